@@ -1,0 +1,1 @@
+"""The Braze accelerator in Amaranth HDL."""

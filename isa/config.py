@@ -1,0 +1,186 @@
+"""Accelerator configurations.
+
+A configuration sets the sizes of one build of the accelerator.  It never
+changes the instruction encoding: it only limits which addresses and tile
+sizes are legal (see :mod:`braze.isa.encoding`, whose field widths are the
+hard ceilings checked here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from .errors import ConfigError
+
+#: Hard limits of the encoding; a configuration may not exceed them.
+MAX_ARRAY_DIM = 64
+MAX_LOCAL_ROWS = 1 << 16
+DMA_BUS_BITS = (64, 128, 256)
+
+
+def _is_pow2(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The parameters of one accelerator build.
+
+    Parameters
+    ----------
+    name : str
+        Preset or user-chosen name; the generated Verilog top is ``braze_<name>``.
+    rows, cols : int
+        Systolic array size.  ``rows`` is the reduction depth of one weight
+        tile, ``cols`` the number of output columns.  ``rows <= cols``, because
+        a scratchpad row (``cols`` bytes) carries one row of A (``rows`` bytes
+        used) and one row of B (``cols`` bytes).
+    spad_bytes, spad_banks : int
+        Scratchpad capacity in bytes and number of banks; rows of ``cols``
+        int8 values, interleaved across banks by row address.
+    acc_bytes, acc_banks : int
+        Accumulator capacity in bytes and number of banks; rows of ``cols``
+        int32 values.
+    dma_bus_bits : int
+        AXI4 data width of the DMA and instruction-fetch master: 64, 128 or 256.
+    dram_bytes : int
+        Size of external memory the reference model provides (the hardware
+        addresses 32 bits; this is the testbench's memory).
+    queue_depth : int
+        Depth of each of the load, compute and store instruction queues.
+    token_depth : int
+        Capacity of each dependency-token queue between neighbouring units.
+    mem_latency : int
+        Cycles from an AXI read address to its first data beat, assumed by
+        the timing model (a property of the system, not of the accelerator).
+    """
+
+    name: str = "custom"
+    rows: int = 8
+    cols: int = 8
+    spad_bytes: int = 64 * 1024
+    spad_banks: int = 4
+    acc_bytes: int = 32 * 1024
+    acc_banks: int = 2
+    dma_bus_bits: int = 128
+    dram_bytes: int = 16 * 1024 * 1024
+    queue_depth: int = 8
+    token_depth: int = 8
+    mem_latency: int = 16
+
+    def __post_init__(self):
+        def fail(field: str, problem: str):
+            raise ConfigError(f"config {self.name!r}: {field}={getattr(self, field)!r} {problem}")
+
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "name":
+                if not isinstance(value, str) or not value.isidentifier():
+                    fail("name", "must be an identifier (it names the Verilog top)")
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                fail(field.name, "must be an integer")
+            if value <= 0:
+                fail(field.name, "must be positive")
+        for dim in ("rows", "cols"):
+            if not _is_pow2(getattr(self, dim)) or getattr(self, dim) < 2 or getattr(self, dim) > MAX_ARRAY_DIM:
+                fail(dim, f"must be a power of two from 2 to {MAX_ARRAY_DIM}")
+        if self.rows > self.cols:
+            fail("rows", f"must not exceed cols={self.cols} (a scratchpad row holds one A row and one B row)")
+        if self.dma_bus_bits not in DMA_BUS_BITS:
+            fail("dma_bus_bits", f"must be one of {DMA_BUS_BITS}")
+        for mem, row_bytes in (("spad", self.cols), ("acc", 4 * self.cols)):
+            size, banks = getattr(self, f"{mem}_bytes"), getattr(self, f"{mem}_banks")
+            if size % row_bytes:
+                fail(f"{mem}_bytes", f"must be a multiple of the {row_bytes}-byte row")
+            n_rows = size // row_bytes
+            if not _is_pow2(n_rows):
+                fail(f"{mem}_bytes", f"must hold a power-of-two number of rows (holds {n_rows})")
+            if n_rows > MAX_LOCAL_ROWS:
+                fail(f"{mem}_bytes", f"holds {n_rows} rows; the encoding addresses at most {MAX_LOCAL_ROWS}")
+            if not _is_pow2(banks) or banks > n_rows:
+                fail(f"{mem}_banks", f"must be a power of two no larger than the {n_rows} rows")
+        if self.dram_bytes > 1 << 32:
+            fail("dram_bytes", "exceeds the 32-bit external address space")
+        if not _is_pow2(self.queue_depth) or not _is_pow2(self.token_depth):
+            fail("queue_depth" if not _is_pow2(self.queue_depth) else "token_depth", "must be a power of two")
+
+    # Derived sizes: properties so that they can never disagree with the fields.
+    @property
+    def spad_rows(self) -> int:
+        """Scratchpad rows; each holds ``cols`` int8 values."""
+        return self.spad_bytes // self.cols
+
+    @property
+    def acc_rows(self) -> int:
+        """Accumulator rows; each holds ``cols`` int32 values."""
+        return self.acc_bytes // (4 * self.cols)
+
+    @property
+    def dma_bus_bytes(self) -> int:
+        return self.dma_bus_bits // 8
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with some fields changed, validated like a new one."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Config":
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    @classmethod
+    def preset(cls, name: str) -> "Config":
+        """One of :data:`PRESETS` by name."""
+        try:
+            return PRESETS[name]
+        except KeyError:
+            raise ConfigError(f"no preset named {name!r}; presets are {', '.join(PRESETS)}") from None
+
+    @classmethod
+    def parse(cls, text: str) -> "Config":
+        """A preset name, a JSON object, or ``PRESET:field=value,...``."""
+        text = text.strip()
+        if text.startswith("{"):
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"config JSON is malformed: {exc}") from None
+            return cls.from_dict(values)
+        base, _, overrides = text.partition(":")
+        config = cls.preset(base)
+        if not overrides:
+            return config
+        changes: dict[str, Any] = {"name": f"{base}_custom"}
+        for item in overrides.split(","):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ConfigError(f"config override {item!r} is not of the form field=value")
+            key = key.strip()
+            if key not in {f.name for f in dataclasses.fields(cls)}:
+                raise ConfigError(f"config override names unknown field {key!r}")
+            try:
+                changes[key] = value.strip() if key == "name" else int(value, 0)
+            except ValueError:
+                raise ConfigError(f"config override {key}={value!r} is not an integer") from None
+        return config.replace(**changes)
+
+
+PRESETS: dict[str, Config] = {
+    "tiny": Config(name="tiny", rows=4, cols=4, spad_bytes=4 * 1024, spad_banks=2,
+                   acc_bytes=4 * 1024, acc_banks=2, dma_bus_bits=64, dram_bytes=1 << 20,
+                   queue_depth=4, token_depth=4, mem_latency=8),
+    "default": Config(name="default"),
+    "large": Config(name="large", rows=16, cols=16, spad_bytes=256 * 1024, spad_banks=4,
+                    acc_bytes=64 * 1024, acc_banks=2, dma_bus_bits=256, dram_bytes=64 << 20),
+}

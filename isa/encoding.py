@@ -1,0 +1,585 @@
+"""The Braze instruction set, defined once.
+
+Every instruction is one 128-bit word (16 bytes, little-endian in memory).
+Its layout is :data:`INSTRUCTION`, an :class:`amaranth.lib.data.StructLayout`::
+
+    bits 0..3    opcode     (:class:`Opcode`)
+    bits 4..7    deps       (:data:`DEPS`: pop_prev, pop_next, push_prev, push_next)
+    bits 8..127  args       (a union: one :class:`Format` layout per opcode)
+
+The hardware decoder views a fetched word through :data:`INSTRUCTION`; the
+Python encoder and decoder below read field offsets and widths from the very
+same layouts; the assembler, the disassembler and the ISA document read the
+:class:`Format` table.  Nothing about an instruction is written anywhere else.
+
+Dependencies
+------------
+The machine runs three units decoupled: **load** (``LOAD``), **compute**
+(``MATMUL``, ``EPILOGUE``, ``VECTOR``, ``CONFIG``) and **store** (``STORE``).
+Instructions are dispatched in program order into one queue per unit, and
+each unit executes its own queue in order, so a unit may run ahead of the
+others.  Ordering *between* units is stated with dependency tokens in the
+manner of VTA: four token queues connect neighbours (load→compute,
+compute→load, compute→store, store→compute).  ``push_next``/``push_prev``
+put a token to the next/previous unit after the instruction completes;
+``pop_prev``/``pop_next`` wait for (and consume) a token from that unit
+before the instruction starts.  The load unit has no previous unit and the
+store unit no next one; setting those flags is illegal.
+
+``FENCE``, ``COUNTERS`` and ``HALT`` are *barriers*: they are executed by the
+control unit once every earlier instruction has completed, and take no tokens.
+
+A program is correct when every pair of instructions on different units that
+touch the same memory (scratchpad, accumulator or external) is ordered by
+tokens or barriers.  The reference model checks this and reports a race.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum as py_enum
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from amaranth.hdl import Shape, signed, unsigned
+from amaranth.lib import data, enum
+
+from .config import MAX_ARRAY_DIM
+from .errors import BrazeError, IllegalInstruction
+
+INSN_BITS = 128
+INSN_BYTES = INSN_BITS // 8
+
+
+class Opcode(enum.Enum, shape=4):
+    """Instruction opcodes.  Opcode 0 is illegal, so zeroed memory never executes."""
+
+    LOAD = 1
+    STORE = 2
+    MATMUL = 3
+    EPILOGUE = 4
+    VECTOR = 5
+    CONFIG = 6
+    FENCE = 7
+    COUNTERS = 8
+    HALT = 9
+
+
+class Unit(enum.Enum, shape=2):
+    """The unit whose queue an instruction is dispatched to."""
+
+    LOAD = 0
+    COMPUTE = 1
+    STORE = 2
+    CONTROL = 3
+
+
+class Memory(enum.Enum, shape=1):
+    """On-chip memories: scratchpad rows of int8, accumulator rows of int32."""
+
+    SPAD = 0
+    ACC = 1
+
+
+class Activation(enum.Enum, shape=2):
+    """Activation stage of ``EPILOGUE`` (value 3 is illegal)."""
+
+    NONE = 0
+    RELU = 1
+    CLIP = 2
+
+
+class VectorOp(enum.Enum, shape=4):
+    """Element-wise operations of ``VECTOR`` (values 8..15 are illegal)."""
+
+    ADD = 0
+    SUB = 1
+    MUL = 2
+    MAX = 3
+    MIN = 4
+    SHR = 5
+    CLIP = 6
+    MOV = 7
+
+
+#: Vector operations that read only their first operand.
+UNARY_VECTOR_OPS = frozenset({VectorOp.SHR, VectorOp.CLIP, VectorOp.MOV})
+
+
+class ConfigReg(enum.Enum, shape=8):
+    """Registers written by ``CONFIG`` and read by ``EPILOGUE`` and ``VECTOR``.
+
+    All are int32 and reset to 0.
+    """
+
+    CLIP_LO = 0
+    CLIP_HI = 1
+    OUT_ZP = 2
+
+
+CONFIG_REG_DOC = {
+    ConfigReg.CLIP_LO: "lower bound of the CLIP activation and of VECTOR op=clip",
+    ConfigReg.CLIP_HI: "upper bound of the CLIP activation and of VECTOR op=clip",
+    ConfigReg.OUT_ZP: "output zero point, added by the EPILOGUE requantize stage",
+}
+
+
+class ErrorCause(enum.Enum, shape=4):
+    """Why the machine stopped with an error (hardware status register field)."""
+
+    NONE = 0
+    ILLEGAL_OPCODE = 1
+    RESERVED_BITS = 2
+    BAD_DEPS = 3
+    BAD_FIELD = 4
+    SPAD_RANGE = 5
+    ACC_RANGE = 6
+    DRAM_RANGE = 7
+    TILE_RANGE = 8
+    DEADLOCK = 9
+    FETCH_ERROR = 10
+    RACE = 15
+
+
+ERROR_CAUSE_DOC = {
+    ErrorCause.NONE: "no error",
+    ErrorCause.ILLEGAL_OPCODE: "the opcode field holds no defined opcode",
+    ErrorCause.RESERVED_BITS: "a bit outside the opcode's fields is set",
+    ErrorCause.BAD_DEPS: "a dependency flag names a neighbour the unit does not have",
+    ErrorCause.BAD_FIELD: "a field holds a value its encoding does not define (zero count, unknown enum)",
+    ErrorCause.SPAD_RANGE: "a scratchpad access lies outside this configuration's scratchpad",
+    ErrorCause.ACC_RANGE: "an accumulator access lies outside this configuration's accumulator",
+    ErrorCause.DRAM_RANGE: "an external-memory access failed (outside memory; AXI SLVERR/DECERR)",
+    ErrorCause.TILE_RANGE: "a tile or row is wider than this configuration's array",
+    ErrorCause.DEADLOCK: "every unit waits for a dependency token that no instruction will push",
+    ErrorCause.FETCH_ERROR: "instruction fetch failed (AXI error response)",
+    ErrorCause.RACE: "reference model only: two units touch the same memory without a token ordering them",
+}
+
+
+class Kind(py_enum.Enum):
+    """How a field is read and written in assembly, and what it means."""
+
+    COUNT = "count"      # positive integer
+    UINT = "uint"        # non-negative integer
+    INT = "int"          # signed integer
+    ROW = "row"          # row address in the scratchpad or accumulator
+    DRAM = "dram"        # byte address in external memory
+    FLAG = "flag"        # one bit, written as a bare word
+    ENUM = "enum"        # one of an enum's members, by lower-case name
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldSpec:
+    """One field of an instruction format.
+
+    ``default`` is the value the assembler fills in when the field is
+    omitted; ``None`` makes the field required.  ``limit`` is the largest
+    legal value where that is below what the bits hold.
+    """
+
+    name: str
+    shape: Any
+    kind: Kind
+    doc: str
+    default: Any = None
+    limit: int | None = None
+
+    @property
+    def width(self) -> int:
+        return Shape.cast(self.shape).width
+
+
+def _f(name, shape, kind, doc, default=None, limit=None):
+    if kind is Kind.FLAG:
+        default = False
+    return FieldSpec(name, shape, kind, doc, default, limit)
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+    """The argument layout and meaning of one opcode."""
+
+    opcode: Opcode
+    unit: Unit
+    summary: str
+    doc: str
+    fields: tuple[FieldSpec, ...]
+
+    @property
+    def mnemonic(self) -> str:
+        return self.opcode.name.lower()
+
+    @property
+    def layout(self) -> data.StructLayout:
+        return data.StructLayout({f.name: f.shape for f in self.fields})
+
+    def field(self, name: str) -> FieldSpec:
+        for spec in self.fields:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+_LOCAL_MEM = _f("mem", Memory, Kind.ENUM, "on-chip memory: spad (int8 rows) or acc (int32 rows)")
+_ROW_LEN = _f("len", unsigned(7), Kind.COUNT,
+              "elements per row (1..cols); int8 in spad, int32 in acc", limit=MAX_ARRAY_DIM)
+_DRAM_STRIDE = _f("stride", unsigned(32), Kind.UINT, "bytes from one external row to the next")
+
+FORMATS: tuple[Format, ...] = (
+    Format(
+        Opcode.LOAD, Unit.LOAD, "2-D strided copy from external memory into an on-chip memory",
+        "Row r (0 <= r < rows) reads `len` elements from external address "
+        "`dram + r*stride` into local row `addr + r` of `mem`, and fills the rest "
+        "of the local row with zeros. With `zero` set, external memory is not read "
+        "and the rows are written with zeros.",
+        (
+            _LOCAL_MEM,
+            _f("zero", unsigned(1), Kind.FLAG, "write zero rows without reading external memory"),
+            _f("addr", unsigned(16), Kind.ROW, "first local row"),
+            _f("rows", unsigned(16), Kind.COUNT, "number of rows"),
+            _ROW_LEN,
+            _f("dram", unsigned(32), Kind.DRAM, "external byte address of row 0", default=0),
+            dataclasses.replace(_DRAM_STRIDE, default=0),
+        ),
+    ),
+    Format(
+        Opcode.STORE, Unit.STORE, "2-D strided copy from an on-chip memory to external memory",
+        "Row r (0 <= r < rows) writes the first `len` elements of local row "
+        "`addr + r` of `mem` to external address `dram + r*stride` (int32 "
+        "elements little-endian).",
+        (
+            _LOCAL_MEM,
+            _f("addr", unsigned(16), Kind.ROW, "first local row"),
+            _f("rows", unsigned(16), Kind.COUNT, "number of rows"),
+            _ROW_LEN,
+            _f("dram", unsigned(32), Kind.DRAM, "external byte address of row 0"),
+            _DRAM_STRIDE,
+        ),
+    ),
+    Format(
+        Opcode.MATMUL, Unit.COMPUTE, "int8 matrix multiply into int32 accumulator rows",
+        "C[i, j] for 0 <= i < m, 0 <= j < n is accumulator row `acc + i`, column j. "
+        "C = A x B (or C += A x B with `accumulate`), A is m x k and B is k x n, "
+        "both int8. K is split into chunks of `rows` (the array height): element "
+        "A[i, c*rows + r] is byte r of scratchpad row `a + c*a_stride + i`, and "
+        "B[k, j] is byte j of scratchpad row `b + k`. Accumulator columns n..cols-1 "
+        "are left unchanged. Products and sums wrap modulo 2**32.",
+        (
+            _f("acc", unsigned(16), Kind.ROW, "accumulator row of C[0, :]"),
+            _f("a", unsigned(16), Kind.ROW, "scratchpad row of A[0, 0:rows]"),
+            _f("b", unsigned(16), Kind.ROW, "scratchpad row of B[0, :]"),
+            _f("a_stride", unsigned(16), Kind.UINT,
+               "scratchpad rows from one K-chunk of A to the next (usually m)"),
+            _f("m", unsigned(16), Kind.COUNT, "rows of A and C"),
+            _f("n", unsigned(7), Kind.COUNT, "columns of B and C (1..cols)", limit=MAX_ARRAY_DIM),
+            _f("k", unsigned(16), Kind.COUNT, "reduction length"),
+            _f("accumulate", unsigned(1), Kind.FLAG, "add to C instead of overwriting it"),
+        ),
+    ),
+    Format(
+        Opcode.EPILOGUE, Unit.COMPUTE, "fused bias, requantize, residual and activation over accumulator rows",
+        "For each of m rows of n columns from accumulator row `src + i`, in one pass: "
+        "(1) `bias`: x = wrap32(x + bias[j]), bias[j] = acc[bias_addr][j]; "
+        "(2) `requant`: x = sat32(round_half_even(x * mult[j] / 2**shift[j]) + OUT_ZP), "
+        "mult[j] = acc[quant_addr][j] (int32), shift[j] = acc[quant_addr+1][j] & 63; "
+        "(3) `residual`: x = sat32(x + spad[res_addr + i][j]) (int8); "
+        "(4) `act`: relu gives max(x, 0), clip gives min(max(x, CLIP_LO), CLIP_HI); "
+        "(5) write: to scratchpad row `dst + i` saturated to int8 (`out=spad`), or to "
+        "accumulator row `dst + i` as int32 (`out=acc`). Columns n..cols-1 of the "
+        "destination row are written with zeros.",
+        (
+            _f("src", unsigned(16), Kind.ROW, "accumulator row of the first input row"),
+            _f("m", unsigned(16), Kind.COUNT, "rows"),
+            _f("n", unsigned(7), Kind.COUNT, "columns (1..cols)", limit=MAX_ARRAY_DIM),
+            _f("dst", unsigned(16), Kind.ROW, "first destination row"),
+            _f("out", Memory, Kind.ENUM, "destination memory: spad (int8) or acc (int32)",
+               default=Memory.SPAD),
+            _f("bias", unsigned(1), Kind.FLAG, "enable the bias stage"),
+            _f("bias_addr", unsigned(16), Kind.ROW, "accumulator row holding the bias", default=0),
+            _f("requant", unsigned(1), Kind.FLAG, "enable the requantize stage"),
+            _f("quant_addr", unsigned(16), Kind.ROW,
+               "accumulator row holding multipliers; shifts in the next row", default=0),
+            _f("residual", unsigned(1), Kind.FLAG, "enable the residual stage"),
+            _f("res_addr", unsigned(16), Kind.ROW, "scratchpad row of the residual's first row", default=0),
+            _f("act", Activation, Kind.ENUM, "activation", default=Activation.NONE),
+        ),
+    ),
+    Format(
+        Opcode.VECTOR, Unit.COMPUTE, "element-wise operation over whole on-chip rows",
+        "For each of `rows` rows and all `cols` elements: x = src1[i][j]; y = src2[i][j], "
+        "or y = imm with `use_imm`. Elements read from the scratchpad are int8 and "
+        "from the accumulator int32; the result is computed exactly and saturated to "
+        "the destination's type. add: x+y; sub: x-y; mul: round_half_even(x*y / 2**shift); "
+        "max, min; shr: round_half_even(x / 2**shift); clip: min(max(x, CLIP_LO), CLIP_HI); "
+        "mov: x. shr, clip and mov read no second operand.",
+        (
+            _f("op", VectorOp, Kind.ENUM, "operation"),
+            _f("dst_mem", Memory, Kind.ENUM, "memory of the destination"),
+            _f("src1_mem", Memory, Kind.ENUM, "memory of the first operand"),
+            _f("src2_mem", Memory, Kind.ENUM, "memory of the second operand", default=Memory.SPAD),
+            _f("use_imm", unsigned(1), Kind.FLAG, "second operand is `imm` instead of src2"),
+            _f("dst", unsigned(16), Kind.ROW, "first destination row"),
+            _f("src1", unsigned(16), Kind.ROW, "first row of the first operand"),
+            _f("src2", unsigned(16), Kind.ROW, "first row of the second operand", default=0),
+            _f("rows", unsigned(16), Kind.COUNT, "number of rows"),
+            _f("imm", signed(16), Kind.INT, "immediate second operand", default=0),
+            _f("shift", unsigned(5), Kind.UINT, "right shift of mul and shr", default=0),
+        ),
+    ),
+    Format(
+        Opcode.CONFIG, Unit.COMPUTE, "write a configuration register",
+        "Sets register `reg` to `value`; later EPILOGUE and VECTOR instructions read it.",
+        (
+            _f("reg", ConfigReg, Kind.ENUM, "register"),
+            _f("value", signed(32), Kind.INT, "value"),
+        ),
+    ),
+    Format(
+        Opcode.FENCE, Unit.CONTROL, "wait until every earlier instruction has completed",
+        "A barrier: no later instruction starts before every earlier one has completed.",
+        (),
+    ),
+    Format(
+        Opcode.COUNTERS, Unit.CONTROL, "snapshot the performance counters to external memory",
+        "A barrier. Once every earlier instruction has completed, writes every "
+        "performance counter as a 64-bit little-endian integer, in Counter order, "
+        "starting at external address `dram`; then, with `reset`, sets them to zero. "
+        "The COUNTERS instruction itself is counted after the snapshot (and reset).",
+        (
+            _f("dram", unsigned(32), Kind.DRAM, "external byte address of the snapshot"),
+            _f("reset", unsigned(1), Kind.FLAG, "zero the counters after the snapshot"),
+        ),
+    ),
+    Format(
+        Opcode.HALT, Unit.CONTROL, "stop, once every earlier instruction has completed",
+        "A barrier; then the machine reports done.",
+        (),
+    ),
+)
+
+FORMAT_BY_OPCODE: Mapping[Opcode, Format] = MappingProxyType({f.opcode: f for f in FORMATS})
+FORMAT_BY_MNEMONIC: Mapping[str, Format] = MappingProxyType({f.mnemonic: f for f in FORMATS})
+
+DEP_FLAGS = ("pop_prev", "pop_next", "push_prev", "push_next")
+DEPS = data.StructLayout({name: unsigned(1) for name in DEP_FLAGS})
+ARGS_BITS = INSN_BITS - Shape.cast(Opcode).width - DEPS.size
+
+#: The instruction word, as the hardware decoder views it.
+INSTRUCTION = data.StructLayout({
+    "opcode": Opcode,
+    "deps": DEPS,
+    "args": data.UnionLayout({f.mnemonic: f.layout for f in FORMATS} | {"raw": unsigned(ARGS_BITS)}),
+})
+assert INSTRUCTION.size == INSN_BITS
+assert all(f.layout.size <= ARGS_BITS for f in FORMATS)
+ARGS_OFFSET = INSTRUCTION["args"].offset
+
+#: Dependency flags each unit may set; the others are illegal.
+ALLOWED_DEPS: Mapping[Unit, frozenset[str]] = MappingProxyType({
+    Unit.LOAD: frozenset({"pop_next", "push_next"}),
+    Unit.COMPUTE: frozenset(DEP_FLAGS),
+    Unit.STORE: frozenset({"pop_prev", "push_prev"}),
+    Unit.CONTROL: frozenset(),
+})
+
+
+def _field_range(spec: FieldSpec) -> tuple[int, int]:
+    shape = Shape.cast(spec.shape)
+    if shape.signed:
+        low, high = -(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1
+    else:
+        low, high = 0, (1 << shape.width) - 1
+    if spec.kind is Kind.COUNT:
+        low = 1
+    if spec.limit is not None:
+        high = min(high, spec.limit)
+    return low, high
+
+
+def field_range(spec: FieldSpec) -> tuple[int, int]:
+    """Smallest and largest legal value of an integer field."""
+    return _field_range(spec)
+
+
+class InstructionError(BrazeError, ValueError):
+    """An instruction built in Python with a missing, unknown or out-of-range field."""
+
+
+def _coerce(spec: FieldSpec, value: Any, mnemonic: str) -> Any:
+    where = f"{mnemonic} field {spec.name!r}"
+    if spec.kind is Kind.ENUM:
+        enum_cls = spec.shape
+        if isinstance(value, enum_cls):
+            return value
+        if isinstance(value, str):
+            try:
+                return enum_cls[value.upper()]
+            except KeyError:
+                pass
+        names = ", ".join(m.name.lower() for m in enum_cls)
+        raise InstructionError(f"{where}: {value!r} is not one of {names}")
+    if spec.kind is Kind.FLAG:
+        if value in (0, 1, False, True):
+            return bool(value)
+        raise InstructionError(f"{where}: {value!r} is not a flag (0/1/True/False)")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InstructionError(f"{where}: {value!r} is not an integer")
+    low, high = _field_range(spec)
+    if not low <= value <= high:
+        raise InstructionError(f"{where}: {value} is outside {low}..{high}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Instruction:
+    """One decoded instruction: an opcode, its argument values and its dependency flags.
+
+    Build one with :meth:`make`; arguments read as attributes (``insn.m``).
+    """
+
+    opcode: Opcode
+    args: Mapping[str, Any]
+    deps: frozenset[str] = frozenset()
+
+    @classmethod
+    def make(cls, opcode: Opcode | str, /, **values: Any) -> "Instruction":
+        """Build an instruction, filling defaults and checking every field.
+
+        Dependency flags are keyword arguments too (``push_next=True``).
+        """
+        if isinstance(opcode, str):
+            try:
+                fmt = FORMAT_BY_MNEMONIC[opcode.lower()]
+            except KeyError:
+                raise InstructionError(f"no opcode named {opcode!r}") from None
+        else:
+            fmt = FORMAT_BY_OPCODE[opcode]
+        deps = frozenset(name for name in DEP_FLAGS if values.pop(name, False))
+        bad_deps = deps - ALLOWED_DEPS[fmt.unit]
+        if bad_deps:
+            raise InstructionError(
+                f"{fmt.mnemonic} runs on the {fmt.unit.name.lower()} unit, which cannot "
+                f"{', '.join(sorted(bad_deps))}")
+        unknown = set(values) - {spec.name for spec in fmt.fields}
+        if unknown:
+            raise InstructionError(f"{fmt.mnemonic} has no field(s) {', '.join(sorted(unknown))}")
+        args = {}
+        for spec in fmt.fields:
+            if spec.name in values:
+                args[spec.name] = _coerce(spec, values[spec.name], fmt.mnemonic)
+            elif spec.default is not None:
+                args[spec.name] = spec.default
+            else:
+                raise InstructionError(f"{fmt.mnemonic} needs field {spec.name!r}")
+        return cls(fmt.opcode, MappingProxyType(args), deps)
+
+    @property
+    def format(self) -> Format:
+        return FORMAT_BY_OPCODE[self.opcode]
+
+    @property
+    def unit(self) -> Unit:
+        return self.format.unit
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not dataclass attributes.
+        try:
+            return self.__dict__["args"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def replace(self, **values: Any) -> "Instruction":
+        merged = dict(self.args) | {name: True for name in self.deps} | values
+        return Instruction.make(self.opcode, **merged)
+
+    def encode(self) -> int:
+        """The 128-bit instruction word."""
+        args = {spec.name: int(v) if spec.kind is Kind.FLAG else v for spec, v in
+                ((self.format.field(k), v) for k, v in self.args.items())}
+        const = INSTRUCTION.const({
+            "opcode": self.opcode,
+            "deps": {name: int(name in self.deps) for name in DEP_FLAGS},
+            "args": {self.format.mnemonic: args} if args else {},
+        })
+        return const.as_bits()
+
+    def to_bytes(self) -> bytes:
+        return self.encode().to_bytes(INSN_BYTES, "little")
+
+    def __repr__(self) -> str:
+        parts = [f"{k}={v.name.lower() if isinstance(v, py_enum.Enum) else v}"
+                 for k, v in self.args.items()]
+        return f"<Instruction {self.format.mnemonic} {' '.join(parts + sorted(self.deps))}>"
+
+
+def _bits(word: int, offset: int, width: int) -> int:
+    return (word >> offset) & ((1 << width) - 1)
+
+
+def decode(word: int, *, pc: int | None = None) -> Instruction:
+    """Decode a 128-bit word, raising :class:`IllegalInstruction` for illegal encodings."""
+    if not 0 <= word < 1 << INSN_BITS:
+        raise IllegalInstruction(ErrorCause.RESERVED_BITS, "word is wider than 128 bits", pc=pc)
+
+    def illegal(cause: ErrorCause, detail: str):
+        return IllegalInstruction(cause, detail, pc=pc, word=word)
+
+    op_field = INSTRUCTION["opcode"]
+    raw_op = _bits(word, op_field.offset, op_field.width)
+    try:
+        opcode = Opcode(raw_op)
+    except ValueError:
+        raise illegal(ErrorCause.ILLEGAL_OPCODE, f"opcode {raw_op} is not defined") from None
+    fmt = FORMAT_BY_OPCODE[opcode]
+
+    deps_offset = INSTRUCTION["deps"].offset
+    deps = frozenset(name for name in DEP_FLAGS if _bits(word, deps_offset + DEPS[name].offset, 1))
+    bad_deps = deps - ALLOWED_DEPS[fmt.unit]
+    if bad_deps:
+        raise illegal(ErrorCause.BAD_DEPS, f"{fmt.mnemonic} runs on the {fmt.unit.name.lower()} "
+                                           f"unit, which cannot {', '.join(sorted(bad_deps))}")
+
+    layout = fmt.layout
+    args_word = word >> ARGS_OFFSET
+    if args_word >> layout.size:
+        raise illegal(ErrorCause.RESERVED_BITS,
+                      f"{fmt.mnemonic} uses argument bits 0..{layout.size - 1}; higher bits are set")
+    args = {}
+    for spec in fmt.fields:
+        field = layout[spec.name]
+        raw = _bits(args_word, field.offset, field.width)
+        if spec.kind is Kind.ENUM:
+            try:
+                args[spec.name] = spec.shape(raw)
+            except ValueError:
+                raise illegal(ErrorCause.BAD_FIELD,
+                              f"{fmt.mnemonic} field {spec.name!r} holds undefined value {raw}") from None
+            continue
+        if spec.kind is Kind.FLAG:
+            args[spec.name] = bool(raw)
+            continue
+        if Shape.cast(spec.shape).signed and raw >> (field.width - 1):
+            raw -= 1 << field.width
+        low, high = _field_range(spec)
+        if not low <= raw <= high:
+            raise illegal(ErrorCause.BAD_FIELD,
+                          f"{fmt.mnemonic} field {spec.name!r} holds {raw}, outside {low}..{high}")
+        args[spec.name] = raw
+    return Instruction(opcode, MappingProxyType(args), deps)
+
+
+def encode_program(program: list[Instruction]) -> bytes:
+    """Instructions as the bytes the machine fetches."""
+    return b"".join(insn.to_bytes() for insn in program)
+
+
+def decode_program(blob: bytes) -> list[Instruction]:
+    """Bytes of a program back into instructions; errors name the byte offset."""
+    if len(blob) % INSN_BYTES:
+        raise IllegalInstruction(
+            ErrorCause.FETCH_ERROR,
+            f"program is {len(blob)} bytes, not a multiple of the {INSN_BYTES}-byte instruction")
+    return [decode(int.from_bytes(blob[pc:pc + INSN_BYTES], "little"), pc=pc)
+            for pc in range(0, len(blob), INSN_BYTES)]

@@ -1,0 +1,71 @@
+"""Errors shared by every layer of Braze.
+
+Every error a user can provoke with bad input derives from :class:`BrazeError`,
+so that the command line can print it as one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class BrazeError(Exception):
+    """Base class of every error Braze reports about its input."""
+
+
+class ConfigError(BrazeError, ValueError):
+    """An accelerator configuration is invalid."""
+
+
+class AsmError(BrazeError):
+    """Malformed assembly, located by file, line and column.
+
+    Parameters
+    ----------
+    message : str
+        What was wrong or what was expected.
+    file, line, column : str, int, int
+        Where; ``line`` and ``column`` count from 1.
+    """
+
+    def __init__(self, message: str, *, file: str = "<input>", line: int = 0, column: int = 0):
+        self.message = message
+        self.file = file
+        self.line = line
+        self.column = column
+        super().__init__(f"{file}:{line}:{column}: {message}")
+
+
+class IllegalInstruction(BrazeError):
+    """A binary instruction word that is not a legal encoding.
+
+    Attributes
+    ----------
+    cause : ErrorCause
+        The same cause the hardware reports in its status register.
+    pc : int or None
+        Byte offset of the instruction in the program, when known.
+    """
+
+    def __init__(self, cause, detail: str, *, pc: int | None = None, word: int | None = None):
+        self.cause = cause
+        self.detail = detail
+        self.pc = pc
+        self.word = word
+        where = f"instruction at byte 0x{pc:x}" if pc is not None else "instruction"
+        raw = f" (word 0x{word:032x})" if word is not None else ""
+        super().__init__(f"{where}{raw}: {cause.name.lower()}: {detail}")
+
+
+class ExecutionError(BrazeError):
+    """A legal instruction that cannot execute on this machine.
+
+    Raised for out-of-range addresses, tiles larger than the array, data
+    races between decoupled units and dependency-token deadlocks.  ``cause``
+    is the :class:`~braze.isa.ErrorCause` the hardware reports.
+    """
+
+    def __init__(self, cause, detail: str, *, pc: int | None = None):
+        self.cause = cause
+        self.detail = detail
+        self.pc = pc
+        where = f"instruction at byte 0x{pc:x}" if pc is not None else "program"
+        super().__init__(f"{where}: {cause.name.lower()}: {detail}")

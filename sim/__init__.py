@@ -1,0 +1,1 @@
+"""Simulation back ends behind one device interface."""

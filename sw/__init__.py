@@ -1,0 +1,1 @@
+"""The Braze compiler and runtime."""
