@@ -3,8 +3,23 @@
 from .config import PRESETS, Config
 from .counters import COUNTERS, SNAPSHOT_BYTES, Counter, CounterSpec, parse_snapshot
 from .encoding import (
-    DEP_FLAGS, FORMATS, INSN_BITS, INSN_BYTES, INSTRUCTION, Activation, ConfigReg, ErrorCause,
-    Format, Instruction, Memory, Opcode, Unit, VectorOp, decode, decode_program, encode_program,
+    DEP_FLAGS,
+    FORMATS,
+    INSN_BITS,
+    INSN_BYTES,
+    INSTRUCTION,
+    Activation,
+    ConfigReg,
+    ErrorCause,
+    Format,
+    Instruction,
+    Memory,
+    Opcode,
+    Unit,
+    VectorOp,
+    decode,
+    decode_program,
+    encode_program,
 )
 from .errors import AsmError, BrazeError, ConfigError, ExecutionError, IllegalInstruction
 

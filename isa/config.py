@@ -85,7 +85,8 @@ class Config:
             if value <= 0:
                 fail(field.name, "must be positive")
         for dim in ("rows", "cols"):
-            if not _is_pow2(getattr(self, dim)) or getattr(self, dim) < 2 or getattr(self, dim) > MAX_ARRAY_DIM:
+            size = getattr(self, dim)
+            if not _is_pow2(size) or not 2 <= size <= MAX_ARRAY_DIM:
                 fail(dim, f"must be a power of two from 2 to {MAX_ARRAY_DIM}")
         if self.rows > self.cols:
             fail("rows", f"must not exceed cols={self.cols} (a scratchpad row holds one A row and one B row)")
@@ -122,7 +123,7 @@ class Config:
     def dma_bus_bytes(self) -> int:
         return self.dma_bus_bits // 8
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed, validated like a new one."""
         return dataclasses.replace(self, **changes)
 
@@ -133,14 +134,14 @@ class Config:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Config":
+    def from_dict(cls, values: dict[str, Any]) -> Config:
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
         return cls(**values)
 
     @classmethod
-    def preset(cls, name: str) -> "Config":
+    def preset(cls, name: str) -> Config:
         """One of :data:`PRESETS` by name."""
         try:
             return PRESETS[name]
@@ -148,7 +149,7 @@ class Config:
             raise ConfigError(f"no preset named {name!r}; presets are {', '.join(PRESETS)}") from None
 
     @classmethod
-    def parse(cls, text: str) -> "Config":
+    def parse(cls, text: str) -> Config:
         """A preset name, a JSON object, or ``PRESET:field=value,...``."""
         text = text.strip()
         if text.startswith("{"):

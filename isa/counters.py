@@ -33,7 +33,7 @@ COUNTERS: tuple[CounterSpec, ...] = (
     CounterSpec("vector_busy", "cycles the epilogue/vector unit spends executing EPILOGUE and VECTOR", False),
     CounterSpec("macs", "useful multiply-accumulates: m*n*k summed over MATMULs", True),
     CounterSpec("stall_dep", "unit-cycles spent waiting for a dependency token or a barrier", False),
-    CounterSpec("stall_axi_read", "cycles the load unit waits for AXI read data or address acceptance", False),
+    CounterSpec("stall_axi_read", "cycles the load unit waits for AXI read address or data", False),
     CounterSpec("stall_axi_write", "cycles the store unit waits for AXI write acceptance or response", False),
     CounterSpec("stall_fetch", "cycles the dispatcher waits for instruction fetch", False),
     CounterSpec("dma_read_bytes", "payload bytes LOAD reads from external memory", True),

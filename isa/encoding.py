@@ -279,7 +279,7 @@ FORMATS: tuple[Format, ...] = (
         ),
     ),
     Format(
-        Opcode.EPILOGUE, Unit.COMPUTE, "fused bias, requantize, residual and activation over accumulator rows",
+        Opcode.EPILOGUE, Unit.COMPUTE, "fused bias, requantize, residual and activation on accumulator rows",
         "For each of m rows of n columns from accumulator row `src + i`, in one pass: "
         "(1) `bias`: x = wrap32(x + bias[j]), bias[j] = acc[bias_addr][j]; "
         "(2) `requant`: x = sat32(round_half_even(x * mult[j] / 2**shift[j]) + OUT_ZP), "
@@ -444,7 +444,7 @@ class Instruction:
     deps: frozenset[str] = frozenset()
 
     @classmethod
-    def make(cls, opcode: Opcode | str, /, **values: Any) -> "Instruction":
+    def make(cls, opcode: Opcode | str, /, **values: Any) -> Instruction:
         """Build an instruction, filling defaults and checking every field.
 
         Dependency flags are keyword arguments too (``push_next=True``).
@@ -490,7 +490,7 @@ class Instruction:
         except KeyError:
             raise AttributeError(name) from None
 
-    def replace(self, **values: Any) -> "Instruction":
+    def replace(self, **values: Any) -> Instruction:
         merged = dict(self.args) | {name: True for name in self.deps} | values
         return Instruction.make(self.opcode, **merged)
 

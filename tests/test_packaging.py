@@ -1,0 +1,58 @@
+"""The distribution installs as documented: editable for development, and as a wheel."""
+
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBPACKAGES = ("isa", "hw", "sim", "sw")
+
+
+def test_editable_install_maps_top_level_folders():
+    import braze
+
+    for name in SUBPACKAGES:
+        module = __import__(f"braze.{name}", fromlist=["_"])
+        assert Path(module.__file__).resolve() == ROOT / name / "__init__.py"
+    assert Path(braze.__file__).resolve() == ROOT / "braze" / "__init__.py"
+    assert braze.Config is __import__("braze.isa", fromlist=["Config"]).Config
+
+
+def test_ruff_is_clean():
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(ROOT)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_wheel_installs_into_clean_virtualenv(tmp_path):
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(dist), str(ROOT)], check=True, cwd=tmp_path)
+    (wheel,) = dist.glob("braze-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for expected in ("braze/__init__.py", "braze/isa/encoding.py", "braze/hw/__init__.py",
+                     "braze/sim/__init__.py", "braze/sw/__init__.py"):
+        assert expected in names, f"{expected} missing from {wheel.name}"
+    assert any(name.startswith("braze/examples/") and name.endswith(".s") for name in names)
+    assert not any(name.startswith(("isa/", "hw/", "tests/")) for name in names)
+
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(wheel)], check=True, cwd=tmp_path)
+    probe = ("import braze, braze.isa, braze.hw, braze.sim, braze.sw;"
+             "print(braze.isa.__file__); print(braze.isa.Config.preset('default').rows)")
+    result = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                            check=True)
+    isa_file, rows = result.stdout.split()
+    assert Path(isa_file).resolve().is_relative_to(env_dir.resolve())
+    assert rows == "8"
+    result = subprocess.run([str(env_dir / "bin" / "braze"), "configs"], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "default" in result.stdout and "large" in result.stdout
