@@ -38,7 +38,7 @@ def run_demo(config: Config, *, seed: int = 0, verbose: bool = True) -> dict:
     b = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
     bias = rng.integers(-2000, 2000, size=n, dtype=np.int32)
     mult = rng.integers(1 << 14, 1 << 15, size=n, dtype=np.int32)
-    shift = np.full(n, 22, dtype=np.int32)
+    shift = np.full(n, 24, dtype=np.int32)
 
     machine = Machine(config)
     machine.write_dram(0, encode_program(program))

@@ -28,11 +28,17 @@ def test_ruff_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _run(*args, cwd):
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd)
+    assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
 @pytest.mark.slow
 def test_wheel_installs_into_clean_virtualenv(tmp_path):
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "-w", str(dist), str(ROOT)], check=True, cwd=tmp_path)
+    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "-w", dist, ROOT, cwd=tmp_path)
     (wheel,) = dist.glob("braze-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in ("braze/__init__.py", "braze/isa/encoding.py", "braze/hw/__init__.py",
@@ -44,15 +50,12 @@ def test_wheel_installs_into_clean_virtualenv(tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(wheel)], check=True, cwd=tmp_path)
+    _run(python, "-m", "pip", "install", "--quiet", wheel, cwd=tmp_path)
     probe = ("import braze, braze.isa, braze.hw, braze.sim, braze.sw;"
              "print(braze.isa.__file__); print(braze.isa.Config.preset('default').rows)")
-    result = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path,
-                            check=True)
+    result = _run(python, "-c", probe, cwd=tmp_path)
     isa_file, rows = result.stdout.split()
     assert Path(isa_file).resolve().is_relative_to(env_dir.resolve())
     assert rows == "8"
-    result = subprocess.run([str(env_dir / "bin" / "braze"), "configs"], capture_output=True, text=True,
-                            cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    result = _run(env_dir / "bin" / "braze", "configs", cwd=tmp_path)
     assert "default" in result.stdout and "large" in result.stdout

@@ -1,0 +1,285 @@
+"""The ISA reference document, generated from the single source.
+
+:func:`isa_markdown` renders ``docs/isa.md`` from :mod:`~braze.isa.encoding`,
+:mod:`~braze.isa.counters`, :mod:`~braze.isa.config` and the assembler's
+syntax description; nothing in the document is written by hand here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from amaranth.hdl import Shape
+
+from . import asm, config, counters, encoding
+from .config import PRESETS, Config
+from .counters import COUNTER_BYTES, COUNTERS
+from .encoding import (
+    ALLOWED_DEPS,
+    ARGS_OFFSET,
+    CONFIG_REG_DOC,
+    DEP_FLAGS,
+    DEPS,
+    ERROR_CAUSE_DOC,
+    FORMATS,
+    INSN_BITS,
+    INSTRUCTION,
+    Activation,
+    ConfigReg,
+    ErrorCause,
+    FieldSpec,
+    Format,
+    Instruction,
+    Kind,
+    Memory,
+    Opcode,
+    Unit,
+    VectorOp,
+    field_range,
+)
+
+__all__ = ["isa_markdown", "preset_table"]
+
+# Values for the per-opcode examples, chosen to read well.  Fields not named here get a
+# value derived from their kind, so a format that gains a field still gets an example.
+_EXAMPLE_VALUES: dict[str, dict[str, Any]] = {
+    "load": {"mem": "spad", "addr": 16, "rows": 8, "len": 8, "dram": 0x1000, "stride": 8, "push_next": True},
+    "store": {"mem": "acc", "addr": 0, "rows": 8, "len": 8, "dram": 0x8000, "stride": 32, "pop_prev": True},
+    "matmul": {"acc": 0, "a": 0, "b": 16, "a_stride": 8, "m": 8, "n": 8, "k": 16, "pop_prev": True},
+    "epilogue": {"src": 0, "m": 8, "n": 8, "dst": 64, "bias": True, "bias_addr": 100, "requant": True,
+                 "quant_addr": 101, "act": "relu", "push_next": True},
+    "vector": {"op": "add", "dst_mem": "spad", "src1_mem": "spad", "src2_mem": "spad", "dst": 32,
+               "src1": 0, "src2": 16, "rows": 8},
+    "config": {"reg": "clip_hi", "value": 127},
+    "counters": {"dram": 0x10000, "reset": True},
+}
+
+
+def _example_value(spec: FieldSpec) -> Any:
+    if spec.kind is Kind.ENUM:
+        return next(iter(spec.shape))
+    if spec.kind is Kind.FLAG:
+        return False
+    low, high = field_range(spec)
+    return min(max(4 if spec.kind is Kind.COUNT else 0, low), high)
+
+
+def example(fmt: Format) -> Instruction:
+    """An instruction of this format, for the document."""
+    chosen = _EXAMPLE_VALUES.get(fmt.mnemonic, {})
+    known = {spec.name for spec in fmt.fields} | set(ALLOWED_DEPS[fmt.unit])
+    values = {spec.name: _example_value(spec) for spec in fmt.fields if spec.default is None}
+    values |= {name: value for name, value in chosen.items() if name in known}
+    return Instruction.make(fmt.opcode, **values)
+
+
+def _rst_to_markdown(text: str, heading: str = "###") -> str:
+    """The small subset of reStructuredText our docstrings use, as Markdown."""
+    text = inspect.cleandoc(text)
+    # Sphinx roles: ``:class:`~a.b.C``` shows ``C``, ``:class:`a.b.C``` shows ``a.b.C``.
+    text = re.sub(r":\w+:`(~?)([^`]+)`",
+                  lambda m: f"`{m.group(2).split('.')[-1] if m.group(1) else m.group(2)}`", text)
+    text = text.replace("``", "`")
+    lines = text.splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        underline = lines[i + 1] if i + 1 < len(lines) else ""
+        if line and underline and set(underline) <= set("-=") and len(underline) == len(line):
+            out.extend([f"{heading} {line}", ""])
+            i += 2
+            continue
+        if line.endswith("::"):
+            out.append(line[:-1] if not line.endswith(" ::") else line[:-3])
+            out.extend(["", "```"])
+            i += 1
+            block = []
+            while i < len(lines) and (not lines[i].strip() or lines[i].startswith(" ")):
+                block.append(lines[i])
+                i += 1
+            out.extend(inspect.cleandoc("\n".join(block)).splitlines())
+            out.extend(["```", ""])
+            continue
+        out.append(line)
+        i += 1
+    return "\n".join(out).strip() + "\n"
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
+    headers = list(headers)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _bits(low: int, width: int) -> str:
+    return f"{low}" if width == 1 else f"{low}..{low + width - 1}"
+
+
+def _default(spec: FieldSpec) -> str:
+    if spec.kind is Kind.FLAG:
+        return "off"
+    if spec.default is None:
+        return "required"
+    if spec.kind is Kind.ENUM:
+        return f"`{spec.default.name.lower()}`"
+    return f"{spec.default:#x}" if spec.kind is Kind.DRAM else str(spec.default)
+
+
+def _legal(spec: FieldSpec) -> str:
+    if spec.kind is Kind.ENUM:
+        return ", ".join(f"`{member.name.lower()}`" for member in spec.shape)
+    if spec.kind is Kind.FLAG:
+        return "bare word"
+    low, high = field_range(spec)
+    return f"{low:#x}..{high:#x}" if spec.kind is Kind.DRAM else f"{low}..{high}"
+
+
+def _deps_text(unit: Unit) -> str:
+    allowed = [name for name in DEP_FLAGS if name in ALLOWED_DEPS[unit]]
+    return ", ".join(f"`{name}`" for name in allowed) if allowed else "none"
+
+
+def _word_section() -> str:
+    rows = []
+    for name in ("opcode", "deps", "args"):
+        field = INSTRUCTION[name]
+        if name == "deps":
+            for flag in DEP_FLAGS:
+                rows.append((_bits(field.offset + DEPS[flag].offset, 1), f"`{flag}`",
+                             "dependency flag (see below)"))
+            continue
+        meaning = {"opcode": "`Opcode`; 0 is illegal",
+                   "args": "arguments: one layout per opcode; bits above it must be zero"}[name]
+        rows.append((_bits(field.offset, Shape.cast(field.shape).width), f"`{name}`", meaning))
+    units = [(f"`{unit.name.lower()}`",
+              ", ".join(f"`{fmt.mnemonic}`" for fmt in FORMATS if fmt.unit is unit), _deps_text(unit))
+             for unit in Unit]
+    return "\n".join([
+        "## Instruction word\n",
+        _table(("bits", "field", "meaning"), rows),
+        _rst_to_markdown(encoding.__doc__.split("\n", 1)[1]),
+        "### Units and their dependency flags\n",
+        _table(("unit", "instructions", "dependency flags allowed"), units),
+    ])
+
+
+def _opcode_section(fmt: Format) -> str:
+    rows = []
+    layout = fmt.layout
+    for spec in fmt.fields:
+        field = layout[spec.name]
+        rows.append((f"`{spec.name}`", _bits(ARGS_OFFSET + field.offset, spec.width), spec.width,
+                     spec.kind.value, _default(spec), _legal(spec), spec.doc))
+    last_bit = ARGS_OFFSET + layout.size - 1
+    parts = [
+        f"### `{fmt.mnemonic}`: {fmt.summary}\n",
+        f"Opcode {fmt.opcode.value}, {fmt.unit.name.lower()} unit; dependency flags allowed: "
+        f"{_deps_text(fmt.unit)}.\n",
+        fmt.doc + "\n",
+    ]
+    if fmt.fields:
+        headers = ("field", "bits", "width", "kind", "default", "legal values", "description")
+        parts.append(_table(headers, rows))
+        parts.append(f"Bits {last_bit + 1}..{INSN_BITS - 1} are reserved and must be zero.\n")
+    else:
+        parts.append(f"No fields; bits {ARGS_OFFSET}..{INSN_BITS - 1} are reserved and must be zero.\n")
+    parts.append(f"Example:\n\n```\n{asm.format_instruction(example(fmt))}\n```\n")
+    return "\n".join(parts)
+
+
+def _enum_table(enum_cls, doc: Callable[[Any], str] | None = None) -> str:
+    headers = ["value", "name"] + (["meaning"] if doc else [])
+    rows = [[member.value, f"`{member.name.lower()}`"] + ([doc(member)] if doc else [])
+            for member in enum_cls]
+    return _table(headers, rows)
+
+
+def _enums_section() -> str:
+    summaries = {fmt.opcode: fmt.summary for fmt in FORMATS}
+    parts = ["## Enumerations\n"]
+    enums = ((Opcode, summaries.get), (Unit, None), (Memory, None), (Activation, None), (VectorOp, None),
+             (ConfigReg, CONFIG_REG_DOC.get), (ErrorCause, ERROR_CAUSE_DOC.get))
+    for enum_cls, doc in enums:
+        width = Shape.cast(enum_cls).width
+        parts.append(f"### `{enum_cls.__name__}` ({width} bit{'s' if width > 1 else ''})\n")
+        parts.append(_rst_to_markdown(enum_cls.__doc__))
+        parts.append(_enum_table(enum_cls, doc))
+    return "\n".join(parts)
+
+
+def _counters_section() -> str:
+    rows = [(index, f"`{spec.name}`", f"{index * COUNTER_BYTES:#05x}", "yes" if spec.exact else "no",
+             spec.doc) for index, spec in enumerate(COUNTERS)]
+    return "\n".join([
+        "## Performance counters\n",
+        _rst_to_markdown(counters.__doc__),
+        f"Each counter is {COUNTER_BYTES * 8} bits; a snapshot is {len(COUNTERS) * COUNTER_BYTES} bytes.\n",
+        _table(("index", "name", "snapshot offset", "exact", "counts"), rows),
+    ])
+
+
+_PRESET_COLUMNS: tuple[tuple[str, Callable[[Config], Any]], ...] = (
+    ("name", lambda c: c.name),
+    ("rows", lambda c: c.rows),
+    ("cols", lambda c: c.cols),
+    ("spad bytes", lambda c: c.spad_bytes),
+    ("spad rows", lambda c: c.spad_rows),
+    ("spad banks", lambda c: c.spad_banks),
+    ("acc bytes", lambda c: c.acc_bytes),
+    ("acc rows", lambda c: c.acc_rows),
+    ("acc banks", lambda c: c.acc_banks),
+    ("bus bits", lambda c: c.dma_bus_bits),
+)
+
+
+def preset_table(configs: Iterable[Config] | None = None) -> tuple[list[str], list[list[Any]]]:
+    """Headers and rows describing configurations (by default every preset)."""
+    configs = PRESETS.values() if configs is None else configs
+    headers = [header for header, _ in _PRESET_COLUMNS]
+    return headers, [[get(config) for _, get in _PRESET_COLUMNS] for config in configs]
+
+
+def _presets_section() -> str:
+    headers, rows = preset_table()
+    other = [f.name for f in dataclasses.fields(Config)
+             if f.name not in {"name", "rows", "cols", "spad_bytes", "spad_banks", "acc_bytes", "acc_banks",
+                               "dma_bus_bits"}]
+    other_rows = [[config.name] + [getattr(config, name) for name in other] for config in PRESETS.values()]
+    return "\n".join([
+        "## Configuration presets\n",
+        _rst_to_markdown(config.__doc__.split("\n", 1)[1]),
+        _table(headers, rows),
+        "Parameters of the system around the accelerator:\n",
+        _table(["name"] + [name.replace("_", " ") for name in other], other_rows),
+    ])
+
+
+def isa_markdown() -> str:
+    """The complete ISA reference as Markdown (deterministic)."""
+    parts = [
+        "# Braze instruction set\n",
+        "<!-- Generated by `braze isa-doc > docs/isa.md` from braze.isa; do not edit by hand. -->\n",
+        _word_section(),
+        "## Opcodes\n",
+        _table(("opcode", "mnemonic", "unit", "summary"),
+               [(fmt.opcode.value, f"`{fmt.mnemonic}`", fmt.unit.name.lower(), fmt.summary)
+                for fmt in FORMATS]),
+        "Legal values in the field tables below are those of the encoding; `decode` rejects the "
+        "others (`bad_field`).  A configuration further limits addresses and sizes: an access "
+        "outside its memories or a tile wider than its array stops the machine with "
+        "`spad_range`, `acc_range`, `tile_range` or `dram_range`.\n",
+    ]
+    parts += [_opcode_section(fmt) for fmt in FORMATS]
+    parts += [_enums_section(), _counters_section(), _presets_section(),
+              "## Assembly language\n", _rst_to_markdown(asm.__doc__.split("\n", 1)[1])]
+    return "\n".join(part.rstrip("\n") + "\n" for part in parts)
