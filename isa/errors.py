@@ -42,7 +42,8 @@ class IllegalInstruction(BrazeError):
     cause : ErrorCause
         The same cause the hardware reports in its status register.
     pc : int or None
-        Byte offset of the instruction in the program, when known.
+        Byte address of the instruction in external memory (its offset in the
+        program for :func:`~braze.isa.decode_program`), when known.
     """
 
     def __init__(self, cause, detail: str, *, pc: int | None = None, word: int | None = None):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from braze.isa.asm import AsmError, assemble, assemble_bytes, disassemble
 from braze.isa.encoding import (
     ALLOWED_DEPS,
@@ -20,8 +23,6 @@ from braze.isa.encoding import (
     encode_program,
     field_range,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 CONFIG = "config reg=clip_lo value={}"
 

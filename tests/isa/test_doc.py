@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from braze.isa.asm import assemble
 from braze.isa.config import PRESETS
 from braze.isa.counters import COUNTERS

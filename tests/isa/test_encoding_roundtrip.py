@@ -10,6 +10,9 @@ import random
 
 import pytest
 from amaranth.hdl import Shape
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from braze.isa.asm import assemble, assemble_bytes, disassemble
 from braze.isa.encoding import (
     ALLOWED_DEPS,
@@ -30,8 +33,6 @@ from braze.isa.encoding import (
     field_range,
 )
 from braze.isa.errors import IllegalInstruction
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 OPCODE_WIDTH = INSTRUCTION["opcode"].width

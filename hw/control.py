@@ -1,0 +1,456 @@
+"""Control core: decode, in-order dispatch to the unit queues, dependency tokens and barriers.
+
+Fetched words arrive on a stream in program order.  The dispatcher decodes
+each one and writes it into the queue of its unit (load, compute or store),
+or, for the barriers ``FENCE``, ``COUNTERS`` and ``HALT``, waits until every
+queue is empty and every unit idle and then executes it.  Each unit takes
+its queue's head instruction once the dependency tokens it pops are
+available, hands it to its execution client, and pushes its tokens when the
+client reports done (see the dependency rules in :mod:`braze.isa.encoding`).
+``CONFIG`` is executed here: it writes the configuration registers, which are
+outputs for the EPILOGUE/VECTOR units.
+
+Execution client contract (:data:`EXECUTION_PORT`, seen from the control
+core): an instruction is handed over by a transfer on ``insn``; the client
+then pulses ``done`` once when the instruction has completed (in the cycle of
+the transfer at the earliest), with ``error`` and ``cause`` set in that same
+cycle if it failed.  A client has at most one instruction at a time: the core
+offers the next one only after the previous one's ``done``.
+
+On the first illegal or failing instruction (or a fetch error, or a
+deadlock) the core stops dispatching and starting instructions (queued ones
+are dropped), waits for the instructions its clients hold to report done, and
+then reports ``error`` with the cause and the pc of the offending instruction.
+A deadlock is reported when, for :data:`DEADLOCK_CYCLES` cycles in a row,
+every unit is either empty or blocked on a token (a pop with no token, or a
+push into a full token queue) with at least one blocked, no client holds an
+instruction, and the dispatcher is blocked (full queue, or a barrier) or
+halted.  A dispatcher waiting for fetch is not blocked: the next word may
+push the missing token.
+
+Timing: a word can be handed to its client two cycles after its fetch
+transfer; a unit offers its next instruction the cycle after the previous
+one's ``done`` (if the head is there and its tokens are available); the
+dispatcher takes one word per cycle, and a barrier retires (``FENCE``,
+``HALT``) or is offered to its client (``COUNTERS``) in the first cycle in
+which everything has drained.
+
+Performance-counter events: ``busy.load``/``busy.store`` are the cycles the
+DMA clients hold an instruction; ``stall_dep`` and ``stall_fetch`` are the
+per-cycle increments of ``STALL_DEP`` and ``STALL_FETCH``; ``retired.<op>``
+those of ``INSN_<OP>``.  ``COUNTERS`` retires when its client reports done,
+so it is counted after its own snapshot.  ``done & running`` and
+``error & running`` are one-cycle pulses (``running`` drops the cycle after).
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Shape, Signal, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from braze.isa import INSTRUCTION, Config, ConfigReg, ErrorCause, Opcode, Unit
+from braze.isa.encoding import FORMAT_BY_OPCODE
+
+from .decoder import Decoder
+
+__all__ = [
+    "CONFIG_REGS", "DEADLOCK_CYCLES", "EXECUTION_PORT", "FETCH_ENTRY", "PC_BITS", "QUEUE_ENTRY",
+    "QUEUED_UNITS", "RETIRED", "UNIT_FLAGS", "Control",
+]
+
+PC_BITS = 32
+
+#: One fetched instruction.  ``error`` marks a word the fetch could not read (AXI error response);
+#: it travels in program order with the other words so that its ``pc`` is the failing address.
+FETCH_ENTRY = data.StructLayout({"word": INSTRUCTION, "pc": unsigned(PC_BITS), "error": unsigned(1)})
+
+#: One entry of a unit's instruction queue.
+QUEUE_ENTRY = data.StructLayout({"word": INSTRUCTION, "pc": unsigned(PC_BITS)})
+
+#: The connection to one execution client, from the control core's side.
+EXECUTION_PORT = wiring.Signature({
+    "insn": Out(stream.Signature(INSTRUCTION)),
+    "done": In(1),
+    "error": In(1),
+    "cause": In(ErrorCause),
+})
+
+#: Units with an instruction queue, in pipeline order: each one's previous and next neighbour.
+QUEUED_UNITS = (Unit.LOAD, Unit.COMPUTE, Unit.STORE)
+
+#: One bit per queued unit, by lower-case unit name.
+UNIT_FLAGS = data.StructLayout({unit.name.lower(): unsigned(1) for unit in QUEUED_UNITS})
+
+#: One retire pulse per opcode, by lower-case opcode name.
+RETIRED = data.StructLayout({opcode.name.lower(): unsigned(1) for opcode in Opcode})
+
+#: The configuration registers, by lower-case register name, as wide as CONFIG's ``value``.
+CONFIG_REGS = data.StructLayout({reg.name.lower(): FORMAT_BY_OPCODE[Opcode.CONFIG].field("value").shape
+                                 for reg in ConfigReg})
+
+#: Cycles the deadlock condition must hold before DEADLOCK is reported.
+DEADLOCK_CYCLES = 4
+
+
+class _UnitState(enum.Enum, shape=2):
+    IDLE = 0      # no instruction, or the head waits for its tokens
+    EXECUTE = 1   # the client holds the instruction
+    PUSH = 2      # completed; waits for room in a token queue it pushes to
+
+
+class _CountersState(enum.Enum, shape=2):
+    IDLE = 0
+    EXECUTE = 1
+
+
+class _TokenQueue:
+    """A dependency-token counter between two neighbouring units."""
+
+    def __init__(self, producer: Unit, consumer: Unit, depth: int):
+        self.name = f"{producer.name.lower()}_to_{consumer.name.lower()}"
+        self.depth = depth
+        self.count = Signal(range(depth + 1), name=f"tokens_{self.name}")
+        self.push = Signal(name=f"push_{self.name}")
+        self.pop = Signal(name=f"pop_{self.name}")
+        self.available = self.count != 0
+        self.room = self.count != depth
+
+    def elaborate_into(self, m: Module):
+        with m.If(self.push & ~self.pop):
+            m.d.sync += self.count.eq(self.count + 1)
+        with m.Elif(self.pop & ~self.push):
+            m.d.sync += self.count.eq(self.count - 1)
+
+
+def _client_report(m: Module, name: str, port) -> tuple:
+    """A client's (done, error, cause), as seen while it executes an instruction.
+
+    A client may report done in the very cycle it takes the instruction; that report is kept
+    for the cycle after, when the core waits for it.
+    """
+    early_done = Signal(name=f"{name}_early_done")
+    early_error = Signal(name=f"{name}_early_error")
+    early_cause = Signal(ErrorCause, name=f"{name}_early_cause")
+    taken_and_done = port.insn.valid & port.insn.ready & port.done
+    m.d.sync += early_done.eq(taken_and_done)
+    with m.If(taken_and_done):
+        m.d.sync += [early_error.eq(port.error), early_cause.eq(port.cause)]
+    return (port.done | early_done, Mux(early_done, early_error, port.error),
+            Mux(early_done, early_cause, port.cause))
+
+
+class Control(wiring.Component):
+    """The control core of the accelerator.
+
+    Parameters
+    ----------
+    config : Config
+        Sets the queue and token depths and the range checks of the decoder.
+
+    Attributes
+    ----------
+    start : In(1)
+        Pulse: clear all state (queues, tokens, configuration registers, status) and run.
+        Ignored while running.
+    soft_reset : In(1)
+        Clear all state and stop.
+    fetch : In(stream.Signature(FETCH_ENTRY))
+        Fetched words in program order; the fetch unit starts at the program base on ``start``.
+    load, compute, store : Out(EXECUTION_PORT)
+        Execution clients: the DMA load engine, the compute units (MATMUL, EPILOGUE and VECTOR;
+        CONFIG is executed here) and the DMA store engine.
+    counters : Out(EXECUTION_PORT)
+        The client that writes a counter snapshot for ``COUNTERS``.
+    running, done, error : Out(1)
+        Status: running since ``start``; stopped at ``HALT``; stopped on an error
+        (raised once every instruction a client held has completed).
+    cause : Out(ErrorCause)
+        Why the run stopped with ``error``.
+    error_pc : Out(32)
+        Byte address of the offending instruction (for DEADLOCK: the earliest blocked one).
+    config_regs : Out(CONFIG_REGS)
+        The registers ``CONFIG`` writes, for the EPILOGUE/VECTOR units.
+    busy : Out(UNIT_FLAGS)
+        Per unit: its client holds an instruction.
+    stall_dep : Out(range(len(QUEUED_UNITS) + 2))
+        Units waiting for a dependency token this cycle, plus one while a barrier waits.
+    stall_fetch : Out(1)
+        The dispatcher has no instruction to dispatch this cycle.
+    retired : Out(RETIRED)
+        Pulses: an instruction of that opcode completed this cycle.
+    """
+
+    start: In(1)
+    soft_reset: In(1)
+    fetch: In(stream.Signature(FETCH_ENTRY))
+    load: Out(EXECUTION_PORT)
+    compute: Out(EXECUTION_PORT)
+    store: Out(EXECUTION_PORT)
+    counters: Out(EXECUTION_PORT)
+    running: Out(1)
+    done: Out(1)
+    error: Out(1)
+    cause: Out(ErrorCause)
+    error_pc: Out(PC_BITS)
+    config_regs: Out(CONFIG_REGS)
+    busy: Out(UNIT_FLAGS)
+    stall_dep: Out(range(len(QUEUED_UNITS) + 2))
+    stall_fetch: Out(1)
+    retired: Out(RETIRED)
+
+    def __init__(self, config: Config):
+        if not isinstance(config, Config):
+            raise TypeError(f"Control needs a braze.isa.Config, not {config!r}")
+        self.config = config
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        core = Module()
+        # Everything but `running` restarts on `start`, so a new run never sees an old one's state.
+        clear = self.soft_reset | (self.start & ~self.running)
+        m.submodules.core = ResetInserter(clear)(core)
+        finished = self.done | self.error
+        with m.If(self.soft_reset):
+            m.d.sync += self.running.eq(0)
+        with m.Elif(self.start & ~self.running):
+            m.d.sync += self.running.eq(1)
+        with m.Elif(finished):
+            m.d.sync += self.running.eq(0)
+        self._elaborate_core(core)
+        return m
+
+    def _elaborate_core(self, m: Module):
+        config = self.config
+        ports = {Unit.LOAD: self.load, Unit.COMPUTE: self.compute, Unit.STORE: self.store}
+
+        # --- Error latch: the first error wins; later ones are ignored. -------------------------
+        stopping = Signal()                       # an error has occurred; start nothing new
+
+        # --- Dependency tokens. -------------------------------------------------------------------
+        tokens = {}
+        for producer, consumer in zip(QUEUED_UNITS, QUEUED_UNITS[1:], strict=False):
+            tokens[producer, consumer] = _TokenQueue(producer, consumer, config.token_depth)
+            tokens[consumer, producer] = _TokenQueue(consumer, producer, config.token_depth)
+        for token in tokens.values():
+            token.elaborate_into(m)
+
+        # --- Unit queues and the per-unit sequencers. ---------------------------------------------
+        units = {}
+        for position, unit in enumerate(QUEUED_UNITS):
+            name = unit.name.lower()
+            fifo = SyncFIFO(width=QUEUE_ENTRY.size, depth=config.queue_depth)
+            m.submodules[f"{name}_queue"] = fifo
+            head = data.View(QUEUE_ENTRY, fifo.r_data)
+            prev_unit = QUEUED_UNITS[position - 1] if position > 0 else None
+            next_unit = QUEUED_UNITS[position + 1] if position + 1 < len(QUEUED_UNITS) else None
+            # Which token queue each dependency flag names; a flag without a neighbour is
+            # rejected by the decoder and never reaches a queue.
+            flag_tokens = {
+                "pop_prev": tokens.get((prev_unit, unit)),
+                "pop_next": tokens.get((next_unit, unit)),
+                "push_prev": tokens.get((unit, prev_unit)),
+                "push_next": tokens.get((unit, next_unit)),
+            }
+            units[unit] = self._elaborate_unit(m, unit, fifo, head, ports[unit], flag_tokens, stopping)
+
+        # --- Dispatcher. ----------------------------------------------------------------------------
+        # Words are decoded as they enter the dispatcher's one-word slot, so that dispatch and
+        # fetch back-pressure depend on registered decode results only.
+        m.submodules.decoder = decoder = Decoder(config)
+        slot_valid = Signal()
+        slot = Signal(FETCH_ENTRY)
+        slot_unit = Signal(Unit)
+        slot_cause = Signal(ErrorCause)
+        halted = Signal()
+        m.d.comb += decoder.word.eq(self.fetch.payload.word)
+
+        drained = Cat(*((u["fifo"].level == 0) & u["idle"] for u in units.values())).all()
+        slot_legal = slot_valid & ~slot.error & (slot_cause == ErrorCause.NONE)
+        is_barrier = slot_unit == Unit.CONTROL
+        at_barrier = slot_legal & is_barrier & ~stopping
+        barrier_go = at_barrier & drained
+
+        counters_state = Signal(_CountersState)
+        slot_leaves = Signal()
+        barrier_retire = {opcode: Signal(name=f"retire_{opcode.name.lower()}_barrier")
+                          for opcode in (Opcode.FENCE, Opcode.COUNTERS, Opcode.HALT)}
+
+        for unit, state in units.items():
+            fifo = state["fifo"]
+            m.d.comb += [
+                fifo.w_data.eq(Cat(slot.word, slot.pc)),
+                fifo.w_en.eq(slot_legal & ~stopping & (slot_unit == unit)),
+            ]
+            with m.If(fifo.w_en & fifo.w_rdy):
+                m.d.comb += slot_leaves.eq(1)
+        queue_full = Cat(*(u["fifo"].w_en & ~u["fifo"].w_rdy for u in units.values())).any()
+
+        with m.If(barrier_go):
+            with m.Switch(slot.word.opcode):
+                with m.Case(Opcode.FENCE):
+                    m.d.comb += [slot_leaves.eq(1), barrier_retire[Opcode.FENCE].eq(1)]
+                with m.Case(Opcode.HALT):
+                    m.d.comb += [slot_leaves.eq(1), barrier_retire[Opcode.HALT].eq(1)]
+                    m.d.sync += halted.eq(1)
+                with m.Case(Opcode.COUNTERS):
+                    m.d.comb += self.counters.insn.valid.eq(counters_state == _CountersState.IDLE)
+        m.d.comb += self.counters.insn.payload.eq(slot.word)
+        with m.If(self.counters.insn.valid & self.counters.insn.ready):
+            m.d.sync += counters_state.eq(_CountersState.EXECUTE)
+        counters_done, counters_error, counters_cause = _client_report(m, "counters", self.counters)
+        counters_finished = (counters_state == _CountersState.EXECUTE) & counters_done
+        with m.If(counters_finished):
+            m.d.sync += counters_state.eq(_CountersState.IDLE)
+            with m.If(~counters_error):
+                m.d.comb += [slot_leaves.eq(1), barrier_retire[Opcode.COUNTERS].eq(1)]
+
+        # (condition, cause, pc), highest priority first.  Instructions the units hold were
+        # dispatched before the word in the slot, so their errors come first.
+        error_requests = [(u["failed"], u["cause"], u["pc"]) for u in units.values()]
+        error_requests += [
+            (counters_finished & counters_error, counters_cause, slot.pc),
+            (slot_valid & slot.error, ErrorCause.FETCH_ERROR, slot.pc),
+            (slot_valid & ~slot.error & (slot_cause != ErrorCause.NONE), slot_cause, slot.pc),
+        ]
+
+        # Nothing after HALT is taken, not even into the slot.
+        m.d.comb += self.fetch.ready.eq(self.running & ~stopping & ~halted & ~barrier_retire[Opcode.HALT] &
+                                        (~slot_valid | slot_leaves))
+        with m.If(self.fetch.valid & self.fetch.ready):
+            m.d.sync += [
+                slot_valid.eq(1),
+                slot.eq(self.fetch.payload),
+                slot_unit.eq(decoder.unit),
+                slot_cause.eq(decoder.cause),
+            ]
+        with m.Elif(slot_leaves):
+            m.d.sync += slot_valid.eq(0)
+
+        # --- Deadlock: nothing can ever move again. -------------------------------------------------
+        dispatcher_stuck = halted | queue_full | (at_barrier & ~drained)
+        units_settled = Cat(*(u["stuck"] | u["empty"] for u in units.values())).all()
+        any_stuck = Cat(*(u["stuck"] for u in units.values())).any()
+        deadlock_now = (self.running & ~stopping & dispatcher_stuck & units_settled & any_stuck &
+                        (counters_state == _CountersState.IDLE))
+        deadlock_cycles = Signal(range(DEADLOCK_CYCLES + 1))
+        with m.If(deadlock_now):
+            m.d.sync += deadlock_cycles.eq(deadlock_cycles + 1)
+        with m.Else():
+            m.d.sync += deadlock_cycles.eq(0)
+        # Report the earliest blocked instruction; 2**32 stands for "none yet".
+        earliest_stuck_pc = Const(1 << PC_BITS, PC_BITS + 1)
+        for u in units.values():
+            candidate = Mux(u["stuck"], u["pc"], 1 << PC_BITS)
+            earliest_stuck_pc = Mux(candidate < earliest_stuck_pc, candidate, earliest_stuck_pc)
+        error_requests.append((deadlock_now & (deadlock_cycles == DEADLOCK_CYCLES - 1), ErrorCause.DEADLOCK,
+                               earliest_stuck_pc[:PC_BITS]))
+
+        # --- Error latch and status. ----------------------------------------------------------------
+        with m.If(~stopping):
+            for index, (condition, cause, pc) in enumerate(error_requests):
+                with (m.If if index == 0 else m.Elif)(condition):
+                    m.d.sync += [stopping.eq(1), self.cause.eq(cause), self.error_pc.eq(pc)]
+        in_flight = Cat(*(~u["idle"] & (u["state"] != _UnitState.PUSH) for u in units.values())).any() | \
+            (counters_state != _CountersState.IDLE)
+        m.d.comb += [
+            self.error.eq(stopping & ~in_flight),
+            self.done.eq(halted),
+        ]
+
+        # --- Statistics. ------------------------------------------------------------------------------
+        m.d.comb += [
+            self.stall_fetch.eq(self.running & ~stopping & ~halted & ~slot_valid),
+            self.stall_dep.eq(sum(u["dep_stall"] for u in units.values()) + (at_barrier & ~drained)),
+        ]
+        for unit, u in units.items():
+            m.d.comb += self.busy[unit.name.lower()].eq(u["state"] == _UnitState.EXECUTE)
+        for opcode in Opcode:
+            pulses = [u["retire"] & (u["opcode"] == opcode) for u in units.values()]
+            if opcode in barrier_retire:
+                pulses.append(barrier_retire[opcode])
+            m.d.comb += self.retired[opcode.name.lower()].eq(Cat(*pulses).any())
+
+    def _elaborate_unit(self, m, unit, fifo, head, port, flag_tokens, stopping) -> dict:
+        """The sequencer of one queued unit; returns the signals the rest of the core reads."""
+        name = unit.name.lower()
+        state = Signal(_UnitState, name=f"{name}_state")
+        offering = Signal(name=f"{name}_offering")     # insn.valid was up without a transfer
+        current_pc = Signal(PC_BITS, name=f"{name}_pc")
+        current_opcode = Signal(Shape.cast(Opcode), name=f"{name}_opcode")  # Opcode has no 0
+        current_deps = Signal(INSTRUCTION["deps"].shape, name=f"{name}_deps")
+        retire = Signal(name=f"{name}_retire")
+
+        head_deps = head.word.deps
+        tokens_ready = Signal(name=f"{name}_tokens_ready")
+        m.d.comb += tokens_ready.eq(Cat(
+            ~head_deps[flag] | flag_tokens[flag].available
+            for flag in ("pop_prev", "pop_next") if flag_tokens[flag] is not None).all())
+        push_room = Signal(name=f"{name}_push_room")
+        m.d.comb += push_room.eq(Cat(
+            ~current_deps[flag] | flag_tokens[flag].room
+            for flag in ("push_prev", "push_next") if flag_tokens[flag] is not None).all())
+
+        can_start = (state == _UnitState.IDLE) & ~offering & fifo.r_rdy & tokens_ready & ~stopping
+        internal = (head.word.opcode == Opcode.CONFIG) if unit is Unit.COMPUTE else Const(0)
+        m.d.comb += [
+            port.insn.valid.eq((can_start & ~internal) | offering),
+            port.insn.payload.eq(head.word),
+        ]
+        handed_over = port.insn.valid & port.insn.ready
+        m.d.sync += offering.eq(port.insn.valid & ~port.insn.ready)
+        started = handed_over | (can_start & internal)
+
+        with m.If(started):
+            m.d.comb += fifo.r_en.eq(1)
+            for flag in ("pop_prev", "pop_next"):
+                if flag_tokens[flag] is not None:
+                    m.d.comb += flag_tokens[flag].pop.eq(head_deps[flag])
+            m.d.sync += [
+                current_pc.eq(head.pc),
+                current_opcode.eq(head.word.opcode),
+                current_deps.eq(head_deps),
+                state.eq(Mux(internal, _UnitState.PUSH, _UnitState.EXECUTE)),
+            ]
+        if unit is Unit.COMPUTE:
+            with m.If(started & internal):
+                config_insn = head.word.args.config
+                with m.Switch(config_insn.reg):
+                    for reg in ConfigReg:
+                        with m.Case(reg):
+                            m.d.sync += self.config_regs[reg.name.lower()].eq(config_insn.value)
+
+        client_done, client_error, client_cause = _client_report(m, name, port)
+        executing = state == _UnitState.EXECUTE
+        failed = executing & client_done & client_error
+        completing = (executing & client_done & ~client_error) | (state == _UnitState.PUSH)
+        with m.If(failed):
+            m.d.sync += state.eq(_UnitState.IDLE)
+        with m.If(completing):
+            # After an error, pending pushes are dropped: nothing will pop them.
+            with m.If(push_room | stopping):
+                m.d.comb += retire.eq(1)
+                m.d.sync += state.eq(_UnitState.IDLE)
+                with m.If(~stopping):
+                    for flag in ("push_prev", "push_next"):
+                        if flag_tokens[flag] is not None:
+                            m.d.comb += flag_tokens[flag].push.eq(current_deps[flag])
+            with m.Else():
+                m.d.sync += state.eq(_UnitState.PUSH)
+
+        waiting_pop = (state == _UnitState.IDLE) & ~offering & fifo.r_rdy & ~tokens_ready
+        waiting_push = (state == _UnitState.PUSH) & ~push_room
+        return {
+            "fifo": fifo,
+            "state": state,
+            "idle": (state == _UnitState.IDLE) & ~offering,
+            "empty": (state == _UnitState.IDLE) & ~offering & ~fifo.r_rdy,
+            "stuck": waiting_pop | waiting_push,
+            "dep_stall": (waiting_pop | waiting_push) & ~stopping,
+            # The pc of the instruction that failed or is blocked.
+            "pc": Mux(waiting_pop, head.pc, current_pc),
+            "failed": failed,
+            "cause": client_cause,
+            "retire": retire,
+            "opcode": current_opcode,
+        }

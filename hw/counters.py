@@ -1,0 +1,101 @@
+"""Performance-counter bank: one 64-bit counter per entry of :data:`braze.isa.COUNTERS`."""
+
+from amaranth.hdl import Module, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from braze.isa import COUNTERS
+
+__all__ = ["COUNTER_BITS", "SNAPSHOT_REQUEST", "SNAPSHOT_WORD", "CounterBank"]
+
+COUNTER_BITS = 64
+
+#: A snapshot request: with ``reset``, the counters restart from zero after the snapshot.
+SNAPSHOT_REQUEST = data.StructLayout({"reset": unsigned(1)})
+
+#: One counter of a snapshot write-out; ``last`` marks the final counter.
+SNAPSHOT_WORD = data.StructLayout({"value": unsigned(COUNTER_BITS), "last": unsigned(1)})
+
+
+class CounterBank(wiring.Component):
+    """The performance counters, their live values and their snapshots.
+
+    Every cycle counter ``i`` (index :class:`braze.isa.Counter`) adds ``inc[i]``,
+    wrapping modulo 2**64.  A transfer on ``snapshot`` freezes a copy of all
+    counters, including the increments of the transfer cycle, and (with
+    ``reset``) restarts the live counters from zero in the next cycle; the
+    copy is then written out on ``words`` in counter order.  Counting goes on
+    while the copy is written out, so every event is counted exactly once:
+    either in the snapshot or after it.
+
+    Parameters
+    ----------
+    inc_width : int
+        Width of each increment input: large enough for the most a counter can
+        gain in one cycle (e.g. ``rows*cols`` multiply-accumulates, or the bus
+        bytes of one beat).
+
+    Attributes
+    ----------
+    inc : In(ArrayLayout(unsigned(inc_width), len(COUNTERS)))
+        Per-counter increment of this cycle.
+    values : Out(ArrayLayout(unsigned(64), len(COUNTERS)))
+        Live counter values, for the register block.
+    snapshot : In(stream.Signature(SNAPSHOT_REQUEST))
+        Snapshot requests; ready while no write-out is in progress.
+    words : Out(stream.Signature(SNAPSHOT_WORD))
+        The frozen copy, one counter per transfer, in counter order.
+    clear : In(1)
+        Soft reset: zero the counters and drop any write-out in progress.
+    """
+
+    def __init__(self, *, inc_width: int = 16):
+        if not isinstance(inc_width, int) or not 1 <= inc_width <= COUNTER_BITS:
+            raise ValueError(f"CounterBank inc_width must be an integer from 1 to {COUNTER_BITS}, "
+                             f"not {inc_width!r}")
+        self.inc_width = inc_width
+        count = len(COUNTERS)
+        super().__init__({
+            "inc": In(data.ArrayLayout(unsigned(inc_width), count)),
+            "values": Out(data.ArrayLayout(unsigned(COUNTER_BITS), count)),
+            "snapshot": In(stream.Signature(SNAPSHOT_REQUEST)),
+            "words": Out(stream.Signature(SNAPSHOT_WORD)),
+            "clear": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        count = len(COUNTERS)
+        # The frozen copy is a shift register, so the write-out needs no wide multiplexer.
+        frozen = [Signal(unsigned(COUNTER_BITS), name=f"frozen_{spec.name}") for spec in COUNTERS]
+        words_left = Signal(range(count + 1))
+
+        taking_snapshot = self.snapshot.valid & self.snapshot.ready
+        m.d.comb += [
+            self.snapshot.ready.eq((words_left == 0) & ~self.clear),
+            self.words.valid.eq(words_left != 0),
+            self.words.payload.value.eq(frozen[0]),
+            self.words.payload.last.eq(words_left == 1),
+        ]
+
+        for index in range(count):
+            after_this_cycle = (self.values[index] + self.inc[index])[:COUNTER_BITS]
+            with m.If(self.clear):
+                m.d.sync += self.values[index].eq(0)
+            with m.Elif(taking_snapshot & self.snapshot.payload.reset):
+                m.d.sync += self.values[index].eq(0)
+            with m.Else():
+                m.d.sync += self.values[index].eq(after_this_cycle)
+
+            with m.If(taking_snapshot):
+                m.d.sync += frozen[index].eq(after_this_cycle)
+            with m.Elif(self.words.valid & self.words.ready):
+                m.d.sync += frozen[index].eq(frozen[index + 1] if index + 1 < count else 0)
+
+        with m.If(self.clear):
+            m.d.sync += words_left.eq(0)
+        with m.Elif(taking_snapshot):
+            m.d.sync += words_left.eq(count)
+        with m.Elif(self.words.valid & self.words.ready):
+            m.d.sync += words_left.eq(words_left - 1)
+        return m

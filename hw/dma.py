@@ -1,0 +1,687 @@
+"""DMA engines: LOAD and STORE over AXI4, and the COUNTERS snapshot write-out.
+
+Blocks
+------
+:class:`LoadEngine`
+    Executes ``LOAD``: reads rows of external memory through an
+    :class:`~braze.hw.axi.AXI4ReadMaster` (directly or through a
+    :class:`~braze.hw.axi.ReadArbiter`), realigns each row's bytes and writes
+    it through the DMA write port of the scratchpad or the accumulator
+    (:class:`~braze.hw.memories.BankedMemory`).
+:class:`StoreEngine`
+    Executes ``STORE``: reads local rows through the DMA read ports, realigns
+    them to the bus and writes them through an
+    :class:`~braze.hw.axi.AXI4WriteMaster` with byte strobes.  It also
+    executes the write-out of ``COUNTERS``: the 64-bit words of a snapshot
+    from :class:`~braze.hw.counters.CounterBank` are packed onto the bus at any
+    byte address.
+
+Both engines take one instruction at a time and report its end with a
+one-cycle ``done``; ``error`` is high in that same cycle if the instruction
+failed, with ``cause`` = ``DRAM_RANGE``: an AXI error response (SLVERR or
+DECERR) or an external range that runs past the 32-bit address space.  After
+an error an engine issues no new rows but drains everything already in flight,
+so it always ends and leaves the AXI masters idle.  The configuration range
+checks (TILE_RANGE, SPAD_RANGE, ACC_RANGE) belong to
+:class:`~braze.hw.decoder.Decoder`; the engines assume instructions that
+passed them.
+
+Row geometry
+------------
+Row ``r`` of a LOAD or STORE covers the ``len * element_bytes`` bytes
+(1 per element for the scratchpad, 4, little-endian, for the accumulator)
+from external byte address ``dram + r*stride``, at any alignment.  Its AXI
+request starts at the bus word holding the first byte and has
+``ceil((addr % bus_bytes + row_bytes) / bus_bytes)`` beats, the count the
+``axi_*_beats`` counters define.  Every row is its own request, and the
+LoadEngine keeps up to ``rows_in_flight`` of them outstanding, so long LOADs
+and STOREs move one bus word per cycle when the bus allows it -- provided the
+AXI masters' ``max_outstanding`` covers the memory latency: rows are often a
+single beat, hence a single burst, and with 4 bursts outstanding and a
+16-cycle latency a LOAD of one-beat rows gets about a quarter of the bus.
+
+Performance events
+------------------
+``events`` carries this cycle's increments, one field per counter of
+:data:`braze.isa.COUNTERS` that the engine contributes to, named like the
+counter (``inc[Counter[name.upper()]] += events[name]``).  The ``spad_*`` and
+``acc_*`` fields count this engine's own row accesses (one per row); do not
+add them on top of :attr:`BankedMemory.reads <braze.hw.memories.BankedMemory>`
+/ ``writes``, which already include the DMA ports.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, ValueLike, signed, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2, exact_log2
+
+from braze.isa import INSTRUCTION, SNAPSHOT_BYTES, Config, ErrorCause, Memory
+
+from .axi import (
+    read_beat_layout,
+    read_request_layout,
+    write_beat_layout,
+    write_request_layout,
+    write_response_layout,
+)
+from .counters import SNAPSHOT_WORD
+from .memories import read_port_signature, write_port_signature
+
+__all__ = ["ADDR_WIDTH", "LoadEngine", "StoreEngine", "load_events_layout", "store_events_layout",
+           "row_beats"]
+
+#: External (AXI) byte address width.
+ADDR_WIDTH = 32
+# Row addresses are computed this wide, so that dram + r*stride never wraps silently.
+_WIDE_ADDR_WIDTH = ADDR_WIDTH + 17
+_SNAPSHOT_WORD_BYTES = 8
+
+
+def row_beats(offset: int, row_bytes: int, bus_bytes: int) -> int:
+    """Bus words covering ``row_bytes`` bytes that start ``offset`` bytes into a bus word."""
+    return (offset + row_bytes + bus_bytes - 1) // bus_bytes
+
+
+def _max_row_bytes(config: Config) -> int:
+    return 4 * config.cols
+
+
+def _row_layouts(config: Config) -> tuple[data.ArrayLayout, data.ArrayLayout]:
+    """Rows of the scratchpad (int8) and of the accumulator (int32), as BankedMemory holds them."""
+    return data.ArrayLayout(signed(8), config.cols), data.ArrayLayout(signed(32), config.cols)
+
+
+def load_events_layout(config: Config) -> data.StructLayout:
+    """Per-cycle counter increments of a :class:`LoadEngine`, named like the counters."""
+    return data.StructLayout({
+        "load_busy": unsigned(1),
+        "stall_axi_read": unsigned(1),
+        "dma_read_bytes": unsigned(ceil_log2(_max_row_bytes(config) + 1)),
+        "axi_read_beats": unsigned(1),
+        "spad_writes": unsigned(1),
+        "acc_writes": unsigned(1),
+    })
+
+
+def store_events_layout(config: Config) -> data.StructLayout:
+    """Per-cycle counter increments of a :class:`StoreEngine`, named like the counters."""
+    return data.StructLayout({
+        "store_busy": unsigned(1),
+        "stall_axi_write": unsigned(1),
+        "dma_write_bytes": unsigned(ceil_log2(max(_max_row_bytes(config), _SNAPSHOT_WORD_BYTES) + 1)),
+        "axi_write_beats": unsigned(1),
+        "spad_reads": unsigned(1),
+        "acc_reads": unsigned(1),
+    })
+
+
+def _check_common(owner: str, config, beats_width) -> None:
+    if not isinstance(config, Config):
+        raise TypeError(f"{owner} needs a braze.isa.Config, not {config!r}")
+    longest = max(row_beats(config.dma_bus_bytes - 1, _max_row_bytes(config), config.dma_bus_bytes),
+                  row_beats(config.dma_bus_bytes - 1, SNAPSHOT_BYTES, config.dma_bus_bytes))
+    if not isinstance(beats_width, int) or isinstance(beats_width, bool) or not \
+            ceil_log2(longest + 1) <= beats_width <= 32:
+        raise ValueError(f"{owner}: beats_width={beats_width!r} must be an integer from "
+                         f"{ceil_log2(longest + 1)} (a request of up to {longest} beats) to 32")
+
+
+def _element_bytes_shift(mem: ValueLike) -> Value:
+    """log2 of the external bytes of one element of ``mem`` (1 for the scratchpad, 4 for the accumulator)."""
+    return Mux(mem == Memory.ACC, 2, 0)
+
+
+class LoadEngine(wiring.Component):
+    """Executes LOAD instructions: external rows over AXI4 into the scratchpad or accumulator.
+
+    For row ``r`` the engine requests the bus words covering ``len`` elements at
+    ``dram + r*stride``, puts each beat's bytes in place in a row buffer as it
+    arrives (a byte rotation by the row's offset within the bus word), and on the
+    row's last beat writes local row ``addr + r``: the ``len`` elements, then zeros.
+    Read requests run ahead of the data by up to ``rows_in_flight`` rows.  A row
+    write refused by the memory (bank conflict with the compute unit) is held
+    until accepted; meanwhile the engine stops taking beats once the next row is
+    complete.  With ``zero`` set, rows of zeros are written, one per cycle, with no
+    AXI traffic.
+
+    Parameters
+    ----------
+    config : Config
+        Bus width (``dma_bus_bits``), row size (``cols``) and memory depths.
+    beats_width : int
+        Width of a read request's ``beats`` field; must match the read master's.
+    rows_in_flight : int
+        Rows whose read request has been accepted and whose data has not fully
+        arrived; at least the bus latency in beats for full throughput.
+
+    Attributes
+    ----------
+    insn : In(stream.Signature(INSTRUCTION))
+        LOAD instructions (``args.load``), range-checked; ready while idle.
+    read_req : Out(stream.Signature(read_request_layout(32, beats_width)))
+        To :class:`~braze.hw.axi.AXI4ReadMaster` ``req``: one request per row,
+        bus-aligned address.
+    read_data : In(stream.Signature(read_beat_layout(dma_bus_bits)))
+        From the read master's ``data``; ``last`` is not used (the engine counts beats).
+    spad_write, acc_write : Out(write_port_signature(..., handshake=True))
+        To the ``dma_write`` port of the scratchpad / accumulator ``BankedMemory``.
+    done : Out(1)
+        One-cycle pulse: the instruction has ended and every row write is committed.
+    error : Out(1)
+        High with ``done`` when the instruction failed.
+    cause : Out(ErrorCause)
+        With ``error``: ``DRAM_RANGE``; ``NONE`` otherwise.
+    busy : Out(1)
+        An instruction is being executed (from acceptance to ``done``).
+    events : Out(load_events_layout(config))
+        Counter increments of this cycle (see the module documentation).
+    """
+
+    def __init__(self, config: Config, *, beats_width: int = 16, rows_in_flight: int = 32):
+        _check_common("LoadEngine", config, beats_width)
+        if not isinstance(rows_in_flight, int) or rows_in_flight < 2 or rows_in_flight & (rows_in_flight - 1):
+            raise ValueError(f"LoadEngine: rows_in_flight={rows_in_flight!r} must be a power of two, "
+                             "at least 2")
+        self.config = config
+        self.beats_width = beats_width
+        self.rows_in_flight = rows_in_flight
+        spad_row, acc_row = _row_layouts(config)
+        super().__init__({
+            "insn": In(stream.Signature(INSTRUCTION)),
+            "read_req": Out(stream.Signature(read_request_layout(ADDR_WIDTH, beats_width))),
+            "read_data": In(stream.Signature(read_beat_layout(config.dma_bus_bits))),
+            "spad_write": Out(write_port_signature(ceil_log2(config.spad_rows), spad_row, handshake=True)),
+            "acc_write": Out(write_port_signature(ceil_log2(config.acc_rows), acc_row, handshake=True)),
+            "done": Out(1),
+            "error": Out(1),
+            "cause": Out(ErrorCause),
+            "busy": Out(1),
+            "events": Out(load_events_layout(config)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        config = self.config
+        bus_bytes = config.dma_bus_bytes
+        shift = exact_log2(bus_bytes)
+        row_bytes_max = _max_row_bytes(config)
+        words = -(-row_bytes_max // bus_bytes)      # bus words in the row buffer
+        max_beats = row_beats(bus_bytes - 1, row_bytes_max, bus_bytes)
+        total_rows = 1 << len(self.insn.payload.args.load.rows)
+
+        # The instruction being executed.
+        active = Signal()
+        mem = Signal(Memory)
+        zero = Signal()
+        first_row = Signal(16)
+        rows = Signal(range(total_rows))
+        row_bytes = Signal(range(row_bytes_max + 1))
+        stride = Signal(32)
+        failed = Signal()
+
+        args = self.insn.payload.args.load
+        m.d.comb += self.insn.ready.eq(~active)
+        with m.If(self.insn.valid & self.insn.ready):
+            m.d.sync += [
+                active.eq(1),
+                mem.eq(args.mem),
+                zero.eq(args.zero),
+                first_row.eq(args.addr),
+                rows.eq(args.rows),
+                row_bytes.eq(args.len << _element_bytes_shift(args.mem)),
+                stride.eq(args.stride),
+                failed.eq(0),
+            ]
+
+        # Request side: one read request per row, recorded in `meta` for the data side.
+        meta_layout = data.StructLayout({"offset": unsigned(shift), "beats": range(max_beats + 1)})
+        m.submodules.meta = meta = fifo.SyncFIFO(width=meta_layout.size, depth=self.rows_in_flight)
+        req_row = Signal(range(total_rows + 1))
+        req_addr = Signal(_WIDE_ADDR_WIDTH)
+        with m.If(self.insn.valid & self.insn.ready):
+            m.d.sync += [req_row.eq(0), req_addr.eq(args.dram)]
+
+        req_offset = req_addr[:shift]
+        req_beats = Signal(range(max_beats + 1))
+        m.d.comb += req_beats.eq((req_offset + row_bytes + bus_bytes - 1) >> shift)
+        past_address_space = (req_addr + row_bytes) > (1 << ADDR_WIDTH)
+        want_request = active & ~zero & ~failed & (req_row != rows)
+        m.d.comb += [
+            self.read_req.valid.eq(want_request & ~past_address_space & meta.w_rdy),
+            self.read_req.payload.addr.eq(Cat(Const(0, shift), req_addr[shift:ADDR_WIDTH])),
+            self.read_req.payload.beats.eq(req_beats),
+            meta.w_en.eq(self.read_req.valid & self.read_req.ready),
+            meta.w_data.eq(Cat(req_offset, req_beats)),
+        ]
+        with m.If(meta.w_en):
+            m.d.sync += [req_row.eq(req_row + 1), req_addr.eq(req_addr + stride)]
+        with m.If(want_request & past_address_space):
+            m.d.sync += failed.eq(1)
+
+        # The completed row waiting for the memory's write port.
+        out_valid = Signal()
+        out_row = Signal(16)
+        out_bytes = Signal(row_bytes_max * 8)
+        out_taken = Signal()
+        m.d.comb += [
+            self.spad_write.en.eq(out_valid & (mem == Memory.SPAD)),
+            self.spad_write.addr.eq(out_row),
+            self.spad_write.data.eq(out_bytes[:config.cols * 8]),
+            self.acc_write.en.eq(out_valid & (mem == Memory.ACC)),
+            self.acc_write.addr.eq(out_row),
+            self.acc_write.data.eq(out_bytes),
+            out_taken.eq(Mux(mem == Memory.ACC, self.acc_write.en & self.acc_write.ready,
+                             self.spad_write.en & self.spad_write.ready)),
+        ]
+        out_free = ~out_valid | out_taken
+        with m.If(out_taken):
+            m.d.sync += out_valid.eq(0)
+
+        # Data side: place each beat's bytes in the row buffer.
+        rows_done = Signal(range(total_rows + 1))    # rows whose last beat (or zero row) has passed
+        with m.If(self.insn.valid & self.insn.ready):
+            m.d.sync += rows_done.eq(0)
+        head = data.View(meta_layout, meta.r_data)
+        beat_index = Signal(range(max_beats))
+        row_ends = beat_index == head.beats - 1
+        beat = self.read_data.payload
+        m.d.comb += self.read_data.ready.eq(meta.r_rdy & (~row_ends | out_free))
+        beat_taken = self.read_data.valid & self.read_data.ready
+
+        # Byte c of a beat rotated right by `offset` is byte c of bus word `beat_index` of the
+        # row if c < bus_bytes - offset, else byte c of word `beat_index - 1`.
+        rotated = Cat(beat.data, beat.data).bit_select(head.offset * 8, bus_bytes * 8)
+        to_this_word = Signal(bus_bytes)
+        m.d.comb += to_this_word.eq(Cat(c < bus_bytes - head.offset for c in range(bus_bytes)))
+        row_buffer = [Signal(bus_bytes * 8, name=f"row_word{k}") for k in range(words)]
+        merged = []
+        for k, word in enumerate(row_buffer):
+            byte_enable = (Mux(beat_index == k, to_this_word, 0)
+                           | Mux(beat_index == k + 1, ~to_this_word, 0))
+            merged.append(Cat(Mux(byte_enable[c], rotated.word_select(c, 8), word.word_select(c, 8))
+                              for c in range(bus_bytes)))
+        keep = Cat(Mux(j < row_bytes, 0xff, 0x00) for j in range(row_bytes_max))
+        completed_row = Cat(*merged)[:row_bytes_max * 8] & keep
+
+        with m.If(beat_taken):
+            m.d.sync += [word.eq(new) for word, new in zip(row_buffer, merged, strict=True)]
+            with m.If(beat.error):
+                m.d.sync += failed.eq(1)
+            with m.If(row_ends):
+                m.d.comb += meta.r_en.eq(1)
+                m.d.sync += [beat_index.eq(0), rows_done.eq(rows_done + 1)]
+                with m.If(~failed & ~beat.error):
+                    m.d.sync += [
+                        out_valid.eq(1),
+                        out_row.eq(first_row + rows_done),
+                        out_bytes.eq(completed_row),
+                    ]
+            with m.Else():
+                m.d.sync += beat_index.eq(beat_index + 1)
+
+        # `zero`: one row of zeros per cycle, through the same output register.
+        with m.If(active & zero & (rows_done != rows) & out_free):
+            m.d.sync += [
+                out_valid.eq(1),
+                out_row.eq(first_row + rows_done),
+                out_bytes.eq(0),
+                rows_done.eq(rows_done + 1),
+            ]
+
+        # End: no request left to issue, no data left to receive, no row left to write.
+        requests_over = Mux(zero, rows_done == rows, failed | (req_row == rows))
+        finished = active & requests_over & ~meta.r_rdy & ~out_valid
+        with m.If(finished):
+            m.d.sync += active.eq(0)
+        m.d.comb += [
+            self.done.eq(finished),
+            self.error.eq(finished & failed),
+            self.cause.eq(Mux(finished & failed, ErrorCause.DRAM_RANGE, ErrorCause.NONE)),
+            self.busy.eq(active),
+        ]
+
+        events = self.events
+        m.d.comb += [
+            events.load_busy.eq(active),
+            events.stall_axi_read.eq(active & ((self.read_req.valid & ~self.read_req.ready)
+                                               | (meta.r_rdy & ~self.read_data.valid))),
+            events.axi_read_beats.eq(beat_taken),
+            events.dma_read_bytes.eq(Mux(beat_taken & row_ends & ~failed & ~beat.error, row_bytes, 0)),
+            events.spad_writes.eq(out_taken & (mem == Memory.SPAD)),
+            events.acc_writes.eq(out_taken & (mem == Memory.ACC)),
+        ]
+        return m
+
+
+class StoreEngine(wiring.Component):
+    """Executes STORE instructions and the write-out of COUNTERS snapshots over AXI4.
+
+    STORE: local rows are read through the DMA read port (a read refused on a
+    bank conflict is held until accepted), two rows at most between the memory
+    and the bus packer.  For each row one write request of
+    ``ceil((addr % bus_bytes + row_bytes) / bus_bytes)`` beats goes to the write
+    master ahead of its data; the packer shifts the row out one bus word per
+    beat, rotated to the row's byte offset, with ``strb`` set exactly on the
+    row's bytes.
+
+    COUNTERS: after accepting the instruction the engine consumes one snapshot
+    from ``snapshot`` (64-bit words in counter order, up to ``last``) and writes
+    its ``len(COUNTERS) * 8`` bytes to ``dram`` (any byte address) as one
+    request.  The words pass through a byte queue of one bus word plus one
+    counter word, so a word is taken in any cycle the bus has room for it.  If
+    ``dram`` is so high that the snapshot would pass the 32-bit address space,
+    the words are consumed and dropped and the instruction ends with an error.
+
+    ``done`` comes when the write response of the instruction's last request
+    has arrived.  STORE and COUNTERS are never executed at once.
+
+    Parameters
+    ----------
+    config : Config
+        Bus width (``dma_bus_bits``), row size (``cols``) and memory depths.
+    beats_width : int
+        Width of a write request's ``beats`` field; must match the write master's.
+
+    Attributes
+    ----------
+    insn : In(stream.Signature(INSTRUCTION))
+        STORE instructions (``args.store``), range-checked; ready while idle.
+    counters : In(stream.Signature(INSTRUCTION))
+        COUNTERS instructions (``args.counters.dram``); ready while idle and no
+        STORE is offered.
+    snapshot : In(stream.Signature(SNAPSHOT_WORD))
+        From :class:`~braze.hw.counters.CounterBank` ``words``.
+    spad_read, acc_read : Out(read_port_signature(..., handshake=True))
+        To the ``dma_read`` port of the scratchpad / accumulator ``BankedMemory``.
+    write_req : Out(stream.Signature(write_request_layout(32, beats_width)))
+        To :class:`~braze.hw.axi.AXI4WriteMaster` ``req``.
+    write_data : Out(stream.Signature(write_beat_layout(dma_bus_bits)))
+        To the write master's ``data``.
+    write_resp : In(stream.Signature(write_response_layout()))
+        From the write master's ``resp``; always ready.
+    done, error, cause, busy
+        As for :class:`LoadEngine`; ``busy`` covers STORE and COUNTERS.
+    events : Out(store_events_layout(config))
+        Counter increments of this cycle; ``store_busy`` counts STORE only, the
+        bytes and beats count both.
+    """
+
+    #: Rows that may be read from local memory and not yet be in the packer.
+    ROW_BUFFER_DEPTH = 2
+
+    def __init__(self, config: Config, *, beats_width: int = 16):
+        _check_common("StoreEngine", config, beats_width)
+        self.config = config
+        self.beats_width = beats_width
+        spad_row, acc_row = _row_layouts(config)
+        super().__init__({
+            "insn": In(stream.Signature(INSTRUCTION)),
+            "counters": In(stream.Signature(INSTRUCTION)),
+            "snapshot": In(stream.Signature(SNAPSHOT_WORD)),
+            "spad_read": Out(read_port_signature(ceil_log2(config.spad_rows), spad_row, handshake=True)),
+            "acc_read": Out(read_port_signature(ceil_log2(config.acc_rows), acc_row, handshake=True)),
+            "write_req": Out(stream.Signature(write_request_layout(ADDR_WIDTH, beats_width))),
+            "write_data": Out(stream.Signature(write_beat_layout(config.dma_bus_bits))),
+            "write_resp": In(stream.Signature(write_response_layout())),
+            "done": Out(1),
+            "error": Out(1),
+            "cause": Out(ErrorCause),
+            "busy": Out(1),
+            "events": Out(store_events_layout(config)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        config = self.config
+        bus_bytes = config.dma_bus_bytes
+        shift = exact_log2(bus_bytes)
+        row_bytes_max = _max_row_bytes(config)
+        words = -(-row_bytes_max // bus_bytes)
+        max_beats = max(row_beats(bus_bytes - 1, row_bytes_max, bus_bytes),
+                        row_beats(bus_bytes - 1, SNAPSHOT_BYTES, bus_bytes))
+        total_rows = 1 << len(self.insn.payload.args.store.rows)
+
+        # The instruction being executed.
+        active = Signal()
+        snapshotting = Signal()      # executing COUNTERS rather than STORE
+        mem = Signal(Memory)
+        first_row = Signal(16)
+        rows = Signal(range(total_rows))
+        row_bytes = Signal(range(row_bytes_max + 1))
+        stride = Signal(32)
+        failed = Signal()
+
+        store = self.insn.payload.args.store
+        m.d.comb += [
+            self.insn.ready.eq(~active),
+            self.counters.ready.eq(~active & ~self.insn.valid),
+        ]
+        take_store = self.insn.valid & self.insn.ready
+        take_counters = self.counters.valid & self.counters.ready
+        with m.If(take_store):
+            m.d.sync += [
+                active.eq(1),
+                snapshotting.eq(0),
+                mem.eq(store.mem),
+                first_row.eq(store.addr),
+                rows.eq(store.rows),
+                row_bytes.eq(store.len << _element_bytes_shift(store.mem)),
+                stride.eq(store.stride),
+                failed.eq(0),
+            ]
+        with m.If(take_counters):
+            m.d.sync += [active.eq(1), snapshotting.eq(1), failed.eq(0)]
+        storing = active & ~snapshotting
+
+        # Write requests wait here for the write master, ahead of their data.
+        request_layout = data.StructLayout({"word": unsigned(ADDR_WIDTH - shift),
+                                            "beats": range(max_beats + 1)})
+        m.submodules.requests = requests = fifo.SyncFIFO(width=request_layout.size,
+                                                         depth=self.ROW_BUFFER_DEPTH + 2)
+        queued = data.View(request_layout, requests.r_data)
+        m.d.comb += [
+            self.write_req.valid.eq(requests.r_rdy),
+            self.write_req.payload.addr.eq(Cat(Const(0, shift), queued.word)),
+            self.write_req.payload.beats.eq(queued.beats),
+            requests.r_en.eq(self.write_req.valid & self.write_req.ready),
+        ]
+
+        # Completions still to come: one per request the master has taken.
+        pending = Signal(range(total_rows + 1))
+        m.d.comb += self.write_resp.ready.eq(1)
+        response = self.write_resp.valid & self.write_resp.ready
+        m.d.sync += pending.eq(pending + requests.r_en - response)
+        with m.If(response & self.write_resp.payload.error):
+            m.d.sync += failed.eq(1)
+
+        beat_sent = Signal()
+        m.d.comb += beat_sent.eq(self.write_data.valid & self.write_data.ready)
+
+        # --- STORE: sequencer, local reads, packer --------------------------------------------
+
+        # Sequencer: one local read and one write request per row.
+        next_row = Signal(range(total_rows + 1))
+        next_addr = Signal(_WIDE_ADDR_WIDTH)
+        with m.If(take_store):
+            m.d.sync += [next_row.eq(0), next_addr.eq(store.dram)]
+        offset = next_addr[:shift]
+        past_address_space = (next_addr + row_bytes) > (1 << ADDR_WIDTH)
+        want_row = storing & ~failed & (next_row != rows)
+
+        # Rows read and not yet in the packer: one in the memory's read cycle, the rest in `fetched`.
+        row_layout = data.StructLayout({"bytes": unsigned(row_bytes_max * 8), "offset": unsigned(shift)})
+        m.submodules.fetched = fetched = fifo.SyncFIFO(width=row_layout.size, depth=self.ROW_BUFFER_DEPTH)
+        reading = Signal()           # a read was accepted last cycle; its row arrives now
+        reading_offset = Signal(shift)
+        room = fetched.level + reading - fetched.r_en < self.ROW_BUFFER_DEPTH
+
+        issue = want_row & ~past_address_space & room & requests.w_rdy
+        local_addr = (first_row + next_row)[:16]
+        m.d.comb += [
+            self.spad_read.en.eq(issue & (mem == Memory.SPAD)),
+            self.spad_read.addr.eq(local_addr),
+            self.acc_read.en.eq(issue & (mem == Memory.ACC)),
+            self.acc_read.addr.eq(local_addr),
+        ]
+        row_read = Signal()
+        m.d.comb += row_read.eq(issue & Mux(mem == Memory.ACC, self.acc_read.ready, self.spad_read.ready))
+        with m.If(row_read):
+            m.d.comb += [
+                requests.w_en.eq(1),
+                requests.w_data.eq(Cat(next_addr[shift:ADDR_WIDTH],
+                                       ((offset + row_bytes + bus_bytes - 1) >> shift)[:len(queued.beats)])),
+            ]
+            m.d.sync += [next_row.eq(next_row + 1), next_addr.eq(next_addr + stride)]
+        m.d.sync += [reading.eq(row_read), reading_offset.eq(offset)]
+        with m.If(want_row & past_address_space):
+            m.d.sync += failed.eq(1)
+
+        local_row = Mux(mem == Memory.ACC, self.acc_read.data.as_value(), self.spad_read.data.as_value())
+        m.d.comb += [
+            fetched.w_en.eq(reading),
+            fetched.w_data.eq(Cat(local_row, reading_offset)),
+        ]
+
+        # Packer: the row in bus words, shifted down one word per beat; `previous` is the word
+        # shifted out last, whose high bytes begin the next beat when the row is unaligned.
+        loaded = Signal()
+        remaining = Signal(words * bus_bytes * 8)
+        previous = Signal(bus_bytes * 8)
+        row_offset = Signal(shift)
+        position = Signal(range(row_bytes_max + 2 * bus_bytes))    # window byte at lane 0 of this beat
+        row_end = Signal(range(row_bytes_max + bus_bytes))         # window byte just after the row
+
+        window = Cat(previous, remaining[:bus_bytes * 8])
+        window_start = Signal(range(bus_bytes + 1))    # first window byte of this beat
+        m.d.comb += window_start.eq(bus_bytes - row_offset)
+        row_beat_data = window.bit_select(window_start * 8, bus_bytes * 8)
+        row_beat_strobes = Cat((position + lane >= row_offset) & (position + lane < row_end)
+                               for lane in range(bus_bytes))
+        row_last_beat = position + bus_bytes >= row_end
+        row_beat_sent = beat_sent & storing
+        with m.If(row_beat_sent):
+            m.d.sync += [
+                previous.eq(remaining[:bus_bytes * 8]),
+                remaining.eq(remaining >> (bus_bytes * 8)),
+                position.eq(position + bus_bytes),
+            ]
+            with m.If(row_last_beat):
+                m.d.sync += loaded.eq(0)
+        head = data.View(row_layout, fetched.r_data)
+        m.d.comb += fetched.r_en.eq(fetched.r_rdy & (~loaded | (row_beat_sent & row_last_beat)))
+        with m.If(fetched.r_en):
+            m.d.sync += [
+                loaded.eq(1),
+                remaining.eq(head.bytes),
+                previous.eq(0),
+                row_offset.eq(head.offset),
+                position.eq(0),
+                row_end.eq(head.offset + row_bytes),
+            ]
+        rows_idle = ~want_row & ~reading & ~fetched.r_rdy & ~loaded
+
+        # --- COUNTERS: the snapshot's words packed onto the bus ----------------------------------
+
+        # A byte queue of bus_bytes + 8 bytes: words enter at byte `fill`, beats leave from byte 0.
+        word_bytes = _SNAPSHOT_WORD_BYTES
+        queue_bytes = bus_bytes + word_bytes
+        queue = Signal(queue_bytes * 8)
+        queue_strobes = Signal(queue_bytes)
+        fill = Signal(range(queue_bytes + 1))
+        ended = Signal()             # the snapshot's last word has been taken
+        discard = Signal()           # the snapshot lies past the address space: drop its words
+
+        snapshot_dram = self.counters.payload.args.counters.dram
+        snapshot_offset = snapshot_dram[:shift]
+        snapshot_past_space = snapshot_dram + SNAPSHOT_BYTES > (1 << ADDR_WIDTH)
+        with m.If(take_counters):
+            m.d.sync += [
+                queue.eq(0),
+                queue_strobes.eq(0),
+                fill.eq(snapshot_offset),    # the lanes below the start address are never strobed
+                ended.eq(0),
+                discard.eq(snapshot_past_space),
+            ]
+            with m.If(snapshot_past_space):
+                m.d.sync += failed.eq(1)
+            with m.Else():
+                m.d.comb += [
+                    requests.w_en.eq(1),
+                    requests.w_data.eq(Cat(
+                        snapshot_dram[shift:ADDR_WIDTH],
+                        ((snapshot_offset + SNAPSHOT_BYTES + bus_bytes - 1) >> shift)[:len(queued.beats)])),
+                ]
+
+        snapshotting_now = active & snapshotting
+        snapshot_beat_valid = snapshotting_now & ~discard & ((fill >= bus_bytes) | (ended & (fill != 0)))
+        snapshot_beat_sent = beat_sent & snapshotting
+        fill_after = Signal(range(queue_bytes + 1))
+        m.d.comb += fill_after.eq(Mux(snapshot_beat_sent, Mux(fill > bus_bytes, fill - bus_bytes, 0), fill))
+        m.d.comb += self.snapshot.ready.eq(snapshotting_now & ~ended & ((fill_after <= bus_bytes) | discard))
+        word_taken = self.snapshot.valid & self.snapshot.ready
+
+        kept = Mux(snapshot_beat_sent, queue >> (bus_bytes * 8), queue)
+        kept_strobes = Mux(snapshot_beat_sent, queue_strobes >> bus_bytes, queue_strobes)
+        word = self.snapshot.payload.value
+        placed, placed_strobes = [], []
+        for byte in range(queue_bytes):
+            value, strobe = Const(0, 8), Const(0, 1)
+            for i in range(word_bytes):
+                if 0 <= byte - i <= bus_bytes:
+                    here = fill_after == byte - i
+                    value = Mux(here, word.word_select(i, 8), value)
+                    strobe = strobe | here
+            placed.append(value)
+            placed_strobes.append(strobe)
+        with m.If(word_taken & ~discard):
+            m.d.sync += [
+                queue.eq(kept | Cat(*placed)),
+                queue_strobes.eq(kept_strobes | Cat(*placed_strobes)),
+                fill.eq(fill_after + word_bytes),
+            ]
+        with m.Elif(snapshot_beat_sent):
+            m.d.sync += [queue.eq(kept), queue_strobes.eq(kept_strobes), fill.eq(fill_after)]
+        with m.If(word_taken & self.snapshot.payload.last):
+            m.d.sync += ended.eq(1)
+        snapshot_idle = ~snapshotting_now | (ended & ((fill == 0) | discard))
+
+        # --- the write data stream, completion and events --------------------------------------
+
+        with m.If(snapshotting):
+            m.d.comb += [
+                self.write_data.valid.eq(snapshot_beat_valid),
+                self.write_data.payload.data.eq(queue[:bus_bytes * 8]),
+                self.write_data.payload.strb.eq(queue_strobes[:bus_bytes]),
+            ]
+        with m.Else():
+            m.d.comb += [
+                self.write_data.valid.eq(loaded),
+                self.write_data.payload.data.eq(row_beat_data),
+                self.write_data.payload.strb.eq(row_beat_strobes),
+            ]
+
+        finished = active & rows_idle & snapshot_idle & ~requests.r_rdy & (pending == 0)
+        with m.If(finished):
+            m.d.sync += active.eq(0)
+        m.d.comb += [
+            self.done.eq(finished),
+            self.error.eq(finished & failed),
+            self.cause.eq(Mux(finished & failed, ErrorCause.DRAM_RANGE, ErrorCause.NONE)),
+            self.busy.eq(active),
+        ]
+
+        data_left = ~(rows_idle & snapshot_idle)
+        events = self.events
+        m.d.comb += [
+            events.store_busy.eq(storing),
+            events.stall_axi_write.eq(active & ~beat_sent & (
+                self.write_data.valid | self.write_req.valid | (~data_left & (pending != 0)))),
+            events.axi_write_beats.eq(beat_sent),
+            events.dma_write_bytes.eq(Mux(row_beat_sent & row_last_beat, row_bytes, 0)
+                                      | Mux(word_taken & ~discard, word_bytes, 0)),
+            events.spad_reads.eq(self.spad_read.en & self.spad_read.ready),
+            events.acc_reads.eq(self.acc_read.en & self.acc_read.ready),
+        ]
+        return m

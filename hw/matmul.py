@@ -1,0 +1,306 @@
+"""The MATMUL execution unit: scratchpad rows through the PE array into accumulator rows."""
+
+from amaranth.hdl import Elaboratable, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from braze.isa.config import Config
+from braze.isa.encoding import INSTRUCTION
+
+from .memories import read_port_signature, write_port_signature
+from .pe_array import PEArray
+
+__all__ = ["MATMUL_LATENCY", "MatmulUnit", "matmul_cycles"]
+
+#: Cycles of a MATMUL beyond ``chunks*(rows + m) + rows + cols``: the scratchpad
+#: read, the adder stage before the accumulator write, and the write itself.
+MATMUL_LATENCY = 3
+
+
+def matmul_cycles(config: Config, m: int, k: int) -> int:
+    """Cycles from accepting a MATMUL to its ``done``: the timing contract."""
+    chunks = -(-k // config.rows)
+    return chunks * (config.rows + m) + config.rows + config.cols + MATMUL_LATENCY
+
+
+class MatmulUnit(wiring.Component):
+    """Executes ``MATMUL`` instructions on a :class:`~braze.hw.pe_array.PEArray`.
+
+    One instruction at a time.  For each K-chunk ``c`` (``chunks = ceil(k/rows)``)
+    the unit spends ``rows`` cycles reading B rows ``b + c*rows + rows-1 .. b +
+    c*rows`` (last first, the order the array preloads them; rows at or beyond
+    ``k`` are not read and preload zero weights), then ``m`` cycles reading A
+    rows ``a + c*a_stride + i``, one per cycle on the scratchpad compute read
+    port.  Result row ``i`` of chunk ``c`` leaves the array ``rows + cols``
+    cycles after its A row entered; one cycle earlier the unit reads
+    accumulator row ``acc + i`` (unless this is chunk 0 of a MATMUL without
+    ``accumulate``), then adds, then writes the row with columns ``0..n-1``
+    enabled.  A chunk's accumulator write comes ``rows + m`` cycles after the
+    previous chunk's write of the same row, so the read always sees it.
+
+    Timing: if the instruction is accepted in cycle 0, ``done`` is high in cycle
+    ``chunks*(rows + m) + rows + cols + MATMUL_LATENCY`` (see
+    :func:`matmul_cycles`), the first cycle in which every accumulator write
+    is committed.  ``insn.ready`` is high when idle and in the ``done`` cycle,
+    so instructions can follow back to back.  ``busy`` is high from the cycle
+    after acceptance through the ``done`` cycle: exactly ``matmul_cycles``
+    cycles per instruction.
+
+    The instruction must be a legal ``MATMUL`` whose range checks passed
+    (see :mod:`braze.isa.encoding`); the unit reads ``insn.payload.args.matmul``
+    only.
+
+    Parameters
+    ----------
+    config : Config
+        The accelerator build (``rows``, ``cols``, ``spad_rows``, ``acc_rows``).
+
+    Attributes
+    ----------
+    insn : In(stream.Signature(INSTRUCTION))
+        Decoded MATMUL instructions.
+    spad_read : Out(read_port_signature(ceil_log2(spad_rows), ArrayLayout(signed(8), cols)))
+        To the scratchpad's compute read port.
+    acc_read : Out(read_port_signature(ceil_log2(acc_rows), ArrayLayout(signed(32), cols)))
+        To the accumulator's compute read port.
+    acc_write : Out(write_port_signature(ceil_log2(acc_rows), ArrayLayout(signed(32), cols)))
+        To the accumulator's compute write port.
+    done : Out(1)
+        One-cycle pulse: the instruction has completed.
+    busy : Out(1)
+        An instruction is executing (for the ``array_busy`` counter).
+    macs : Out(range(rows*cols + 1))
+        Multiply-accumulates completed in this cycle: ``n * (rows of the chunk
+        within k)`` with each accumulator write; ``m*n*k`` per instruction.
+    spad_read_pulse, acc_read_pulse, acc_write_pulse : Out(1)
+        One row read or written in this cycle: ``chunks*m + k`` scratchpad
+        reads, ``m*chunks`` (``accumulate``) or ``m*(chunks-1)`` accumulator
+        reads, and ``m*chunks`` accumulator writes per instruction.
+    """
+
+    def __init__(self, config: Config):
+        if not isinstance(config, Config):
+            raise TypeError(f"MatmulUnit needs a braze.isa.Config, not {config!r}")
+        self.config = config
+        self.array_latency = config.rows + config.cols
+        spad_row = data.ArrayLayout(signed(8), config.cols)
+        acc_row = data.ArrayLayout(signed(32), config.cols)
+        super().__init__({
+            "insn": In(stream.Signature(INSTRUCTION)),
+            "spad_read": Out(read_port_signature(ceil_log2(config.spad_rows), spad_row)),
+            "acc_read": Out(read_port_signature(ceil_log2(config.acc_rows), acc_row)),
+            "acc_write": Out(write_port_signature(ceil_log2(config.acc_rows), acc_row)),
+            "done": Out(1),
+            "busy": Out(1),
+            "macs": Out(range(config.rows * config.cols + 1)),
+            "spad_read_pulse": Out(1),
+            "acc_read_pulse": Out(1),
+            "acc_write_pulse": Out(1),
+        })
+
+    def elaborate(self, platform) -> Elaboratable:
+        m = Module()
+        rows, cols = self.config.rows, self.config.cols
+        array = m.submodules.array = PEArray(rows, cols)
+
+        # The instruction, latched when accepted.
+        args = self.insn.payload.args.matmul
+        acc_base = Signal(16)
+        a_base = Signal(16)
+        b_base = Signal(16)
+        a_stride = Signal(16)
+        count_m = Signal(16)
+        count_n = Signal(7)
+        count_k = Signal(16)
+        accumulate = Signal()
+        accept = Signal()
+        m.d.comb += accept.eq(self.insn.valid & self.insn.ready)
+        with m.If(accept):
+            m.d.sync += [
+                acc_base.eq(args.acc),
+                a_base.eq(args.a),
+                b_base.eq(args.b),
+                a_stride.eq(args.a_stride),
+                count_m.eq(args.m),
+                count_n.eq(args.n),
+                count_k.eq(args.k),
+                accumulate.eq(args.accumulate),
+            ]
+
+        # Issue stage: one scratchpad read per cycle, B rows (preload) then A rows (stream).
+        step = Signal(16)              # preload row j, or A row i
+        chunk_base = Signal(17)        # c * rows: the first K index of the current chunk
+        a_chunk = Signal(17)           # a + c * a_stride
+        a_row = Signal(17)             # a + c * a_stride + i
+        issue_weight = Signal()
+        issue_zero = Signal()
+        issue_a = Signal()
+        issue_first = Signal()
+        b_index = Signal(17)
+        m.d.comb += b_index.eq(chunk_base + (rows - 1) - step)
+        last_chunk = Signal()
+        m.d.comb += last_chunk.eq(chunk_base + rows >= count_k)
+
+        with m.If(accept):
+            m.d.sync += [
+                step.eq(0),
+                chunk_base.eq(0),
+                a_chunk.eq(args.a),
+                a_row.eq(args.a),
+            ]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.insn.ready.eq(1)
+                with m.If(self.insn.valid):
+                    m.next = "PRELOAD"
+            with m.State("PRELOAD"):
+                in_range = b_index < count_k
+                m.d.comb += [
+                    self.busy.eq(1),
+                    self.spad_read.en.eq(in_range),
+                    self.spad_read.addr.eq(b_base + b_index),
+                    issue_weight.eq(1),
+                    issue_zero.eq(~in_range),
+                ]
+                m.d.sync += step.eq(step + 1)
+                with m.If(step == rows - 1):
+                    m.d.sync += step.eq(0)
+                    m.next = "STREAM"
+            with m.State("STREAM"):
+                m.d.comb += [
+                    self.busy.eq(1),
+                    self.spad_read.en.eq(1),
+                    self.spad_read.addr.eq(a_row),
+                    issue_a.eq(1),
+                    issue_first.eq(step == 0),
+                ]
+                m.d.sync += [
+                    step.eq(step + 1),
+                    a_row.eq(a_row + 1),
+                ]
+                with m.If(step == count_m - 1):
+                    m.d.sync += step.eq(0)
+                    with m.If(last_chunk):
+                        m.next = "DRAIN"
+                    with m.Else():
+                        m.d.sync += [
+                            chunk_base.eq(chunk_base + rows),
+                            a_chunk.eq(a_chunk + a_stride),
+                            a_row.eq(a_chunk + a_stride),
+                        ]
+                        m.next = "PRELOAD"
+            with m.State("DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(self.done):
+                    m.d.comb += self.insn.ready.eq(1)
+                    with m.If(self.insn.valid):
+                        m.next = "PRELOAD"
+                    with m.Else():
+                        m.next = "IDLE"
+
+        # Data stage: the scratchpad row arrives the cycle after its read.
+        data_weight = Signal()
+        data_zero = Signal()
+        data_a = Signal()
+        data_first = Signal()
+        m.d.sync += [
+            data_weight.eq(issue_weight),
+            data_zero.eq(issue_zero),
+            data_a.eq(issue_a),
+            data_first.eq(issue_first),
+        ]
+        spad_row = self.spad_read.data.as_value()
+        m.d.comb += [
+            array.weight_in.eq(Mux(data_zero, 0, spad_row)),
+            array.weight_shift.eq(data_weight),
+            array.a_in.eq(spad_row[:array.a_in.shape().size]),
+            array.a_valid.eq(data_a),
+            array.a_first.eq(data_first),
+        ]
+
+        # Read stage: one cycle before a result row leaves the array, read the row it adds to.
+        # Result rows leave in the order their A rows entered: chunk by chunk, row 0 first.
+        read_valid = data_a
+        for stage in range(self.array_latency - 1):
+            delayed = Signal(name=f"a_valid_d{stage + 1}")
+            m.d.sync += delayed.eq(read_valid)
+            read_valid = delayed
+        out_step = Signal(16)
+        out_chunk_base = Signal(17)
+        out_acc_row = Signal(16)
+        with m.If(accept):
+            m.d.sync += [
+                out_step.eq(0),
+                out_chunk_base.eq(0),
+                out_acc_row.eq(args.acc),
+            ]
+        read_old = accumulate | (out_chunk_base != 0)
+        out_last_chunk = out_chunk_base + rows >= count_k
+        with m.If(read_valid):
+            m.d.comb += [
+                self.acc_read.en.eq(read_old),
+                self.acc_read.addr.eq(out_acc_row),
+            ]
+            m.d.sync += [
+                out_step.eq(out_step + 1),
+                out_acc_row.eq(out_acc_row + 1),
+            ]
+            with m.If(out_step == count_m - 1):
+                m.d.sync += [
+                    out_step.eq(0),
+                    out_acc_row.eq(acc_base),
+                    out_chunk_base.eq(out_chunk_base + rows),
+                ]
+
+        # Add stage: the result row meets the old accumulator row.
+        add_valid = Signal()
+        add_addr = Signal(16)
+        add_old = Signal()
+        add_last_chunk = Signal()
+        add_last_row = Signal()
+        m.d.sync += [
+            add_valid.eq(read_valid),
+            add_addr.eq(out_acc_row),
+            add_old.eq(read_old),
+            add_last_chunk.eq(out_last_chunk),
+            add_last_row.eq(out_last_chunk & (out_step == count_m - 1)),
+        ]
+        write_valid = Signal()
+        write_addr = Signal(16)
+        write_row = Signal(data.ArrayLayout(signed(32), cols))
+        write_last_chunk = Signal()
+        write_last_row = Signal()
+        m.d.sync += [
+            write_valid.eq(add_valid),
+            write_addr.eq(add_addr),
+            write_last_chunk.eq(add_last_chunk),
+            write_last_row.eq(add_valid & add_last_row),
+        ]
+        for column in range(cols):
+            old = Mux(add_old, self.acc_read.data[column], 0)
+            m.d.sync += write_row[column].eq(array.c_out[column] + old)
+
+        # Write stage: columns n..cols-1 keep their value.
+        column_mask = Signal(cols)
+        for column in range(cols):
+            m.d.comb += column_mask[column].eq(column < count_n)
+        last_chunk_k = Signal(unsigned(ceil_log2(rows) + 1))
+        m.d.comb += last_chunk_k.eq(((count_k - 1) & (rows - 1)) + 1)
+        m.d.comb += [
+            self.acc_write.en.eq(write_valid),
+            self.acc_write.addr.eq(write_addr),
+            self.acc_write.data.eq(write_row),
+            self.acc_write.mask.eq(column_mask),
+        ]
+        with m.If(write_valid):
+            m.d.comb += self.macs.eq(count_n * Mux(write_last_chunk, last_chunk_k, rows))
+        m.d.sync += self.done.eq(write_last_row)
+
+        m.d.comb += [
+            self.spad_read_pulse.eq(self.spad_read.en),
+            self.acc_read_pulse.eq(self.acc_read.en),
+            self.acc_write_pulse.eq(self.acc_write.en),
+        ]
+        return m

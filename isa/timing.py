@@ -1,0 +1,301 @@
+"""Analytical timing model of the accelerator.
+
+Two levels:
+
+* :func:`instruction_cycles` -- how long one instruction occupies its unit,
+  from the pipeline depths below and the shapes in the instruction;
+* :func:`schedule` -- when each instruction of a program starts and ends on
+  the decoupled machine described in :mod:`braze.isa.encoding` (in-order
+  dispatch into per-unit queues, dependency tokens, barriers).
+
+The reference model (:mod:`braze.isa.model`) reports this schedule for the
+performance counters that depend on timing (``cycles``, ``*_busy``,
+``stall_dep``); :func:`axi_beats` gives the exact ``axi_*_beats`` counts.
+
+Simplifications of :func:`schedule` (the hardware may differ by these):
+
+* instruction fetch is free (``stall_fetch`` and the AXI stalls are 0);
+* the dispatcher hands out one instruction per cycle, and an instruction may
+  start in the cycle it is dispatched;
+* an instruction leaves its unit's queue when it starts, freeing the slot;
+* a token pushed in cycle t can be popped by an instruction starting in t;
+* a push into a full token queue holds the pushing unit (its next
+  instruction cannot start) until the consumer pops;
+* a barrier starts when every earlier instruction has retired; the
+  dispatcher resumes when it ends.
+
+``stall_dep`` counts, per instruction on the load, compute and store units,
+the cycles between being able to start (dispatched, unit free) and starting
+because a token to pop was not there yet, plus the cycles after completion
+spent waiting for room to push; and, per barrier, the cycles it waits for
+the earlier instructions to retire (as the control core counts it: one per
+cycle while a barrier waits).  Nothing is dispatched while a barrier is
+pending, so no unit waits for a barrier itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+
+from .config import Config
+from .counters import SNAPSHOT_BYTES
+from .encoding import INSN_BYTES, UNARY_VECTOR_OPS, ErrorCause, Instruction, Memory, Opcode, Unit
+from .errors import ExecutionError
+
+#: Pipeline depth of the MATMUL unit beyond the systolic fill and drain; the RTL is held to it exactly.
+MATMUL_LATENCY = 3
+#: Pipeline depth of the EPILOGUE datapath (parameter-row reads included).
+EPILOGUE_LATENCY = 4
+#: Pipeline depth of the VECTOR datapath.
+VECTOR_LATENCY = 3
+
+#: Units that execute from an instruction queue (barriers run on the control unit).
+QUEUED_UNITS = (Unit.LOAD, Unit.COMPUTE, Unit.STORE)
+
+#: Which ``*_busy`` counter an opcode's execution time is added to.
+BUSY_COUNTER = {
+    Opcode.LOAD: "load_busy",
+    Opcode.STORE: "store_busy",
+    Opcode.MATMUL: "array_busy",
+    Opcode.EPILOGUE: "vector_busy",
+    Opcode.VECTOR: "vector_busy",
+}
+
+BARRIER_OPCODES = frozenset({Opcode.FENCE, Opcode.COUNTERS, Opcode.HALT})
+
+_PREV = {Unit.COMPUTE: Unit.LOAD, Unit.STORE: Unit.COMPUTE}
+_NEXT = {Unit.LOAD: Unit.COMPUTE, Unit.COMPUTE: Unit.STORE}
+
+
+def token_queues(insn: Instruction) -> tuple[list[tuple[Unit, Unit]], list[tuple[Unit, Unit]]]:
+    """The token queues an instruction pops from and pushes to, as (producer, consumer) pairs.
+
+    Assumes the flags are legal for the unit (``Instruction.make``/``decode`` guarantee it).
+    """
+    unit = insn.unit
+    pops, pushes = [], []
+    if "pop_prev" in insn.deps:
+        pops.append((_PREV[unit], unit))
+    if "pop_next" in insn.deps:
+        pops.append((_NEXT[unit], unit))
+    if "push_prev" in insn.deps:
+        pushes.append((unit, _PREV[unit]))
+    if "push_next" in insn.deps:
+        pushes.append((unit, _NEXT[unit]))
+    return pops, pushes
+
+
+def element_bytes(memory: Memory) -> int:
+    """Bytes of one element in external memory: int8 for the scratchpad, int32 for the accumulator."""
+    return 1 if memory is Memory.SPAD else 4
+
+
+def _strided_beats(start: int, rows: int, stride: int, row_bytes: int, bus_bytes: int) -> int:
+    """Sum over rows of the bus words covering ``[start + r*stride, ... + row_bytes)``."""
+    # The offset within a bus word repeats with this period, so one period suffices.
+    period = bus_bytes // math.gcd(stride % bus_bytes, bus_bytes)
+    per_row = [((start + r * stride) % bus_bytes + row_bytes + bus_bytes - 1) // bus_bytes
+               for r in range(min(period, rows))]
+    full, rest = divmod(rows, period)
+    return full * sum(per_row) + sum(per_row[:rest])
+
+
+def axi_beats(insn: Instruction, config: Config) -> int:
+    """AXI data beats an instruction transfers: whole bus words covering each row.
+
+    LOAD (not ``zero``) counts read beats; STORE and COUNTERS count write
+    beats; every other instruction transfers nothing and gives 0.
+    """
+    bus = config.dma_bus_bytes
+    if insn.opcode is Opcode.LOAD and insn.zero:
+        return 0
+    if insn.opcode in (Opcode.LOAD, Opcode.STORE):
+        return _strided_beats(insn.dram, insn.rows, insn.stride, insn.len * element_bytes(insn.mem), bus)
+    if insn.opcode is Opcode.COUNTERS:
+        return _strided_beats(insn.dram, 1, 0, SNAPSHOT_BYTES, bus)
+    return 0
+
+
+def matmul_chunks(insn: Instruction, config: Config) -> int:
+    """Number of K-chunks of ``rows`` a MATMUL is split into."""
+    return -(-insn.k // config.rows)
+
+
+def instruction_cycles(insn: Instruction, config: Config) -> int:
+    """Cycles an instruction occupies its unit, from start to completion."""
+    op = insn.opcode
+    if op is Opcode.MATMUL:
+        chunks = matmul_chunks(insn, config)
+        return chunks * (config.rows + insn.m) + config.rows + config.cols + MATMUL_LATENCY
+    if op is Opcode.EPILOGUE:
+        return insn.m + EPILOGUE_LATENCY
+    if op is Opcode.VECTOR:
+        two_reads = (insn.op not in UNARY_VECTOR_OPS and not insn.use_imm
+                     and insn.src1_mem is insn.src2_mem)
+        return insn.rows * (2 if two_reads else 1) + VECTOR_LATENCY
+    if op is Opcode.LOAD and insn.zero:
+        return insn.rows
+    if op in (Opcode.LOAD, Opcode.STORE):
+        return config.mem_latency + axi_beats(insn, config) + 1
+    if op is Opcode.COUNTERS:
+        return config.mem_latency + axi_beats(insn, config)
+    return 1  # CONFIG, FENCE, HALT
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduledInstruction:
+    """When one instruction ran.
+
+    ``dispatch``: cycle it entered its unit's queue; ``start``/``end``: its
+    execution ``[start, end)``; ``retire``: when its unit was free again
+    (later than ``end`` only if a token push waited for space);
+    ``stall_dep``: cycles it waited for tokens (to pop, then to push), or, for a
+    barrier, for every earlier instruction to retire.
+    """
+
+    index: int
+    insn: Instruction
+    unit: Unit
+    dispatch: int
+    start: int
+    end: int
+    retire: int
+    stall_dep: int
+    pc: int | None = None
+
+
+@dataclasses.dataclass
+class Schedule:
+    """The timing of a program: per-instruction entries and totals.
+
+    ``unit_busy`` counts execution cycles per unit (barriers on
+    ``Unit.CONTROL``); ``busy`` the same by ``*_busy`` counter name;
+    ``stall_dep`` the unit-cycles spent waiting for tokens or in a barrier; ``cycles`` the
+    cycle at which the last instruction retired.
+    """
+
+    entries: list[ScheduledInstruction]
+    unit_busy: dict[Unit, int]
+    busy: dict[str, int]
+    stall_dep: int
+    cycles: int
+
+
+class Scheduler:
+    """Incremental :func:`schedule`: feed instructions in program order with :meth:`add`.
+
+    Every time depends only on earlier instructions, because a valid
+    program pops only tokens pushed by earlier instructions and pushes only
+    into space freed by earlier pops (the reference model checks this).
+    """
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.entries: list[ScheduledInstruction] = []
+        self.unit_busy = {unit: 0 for unit in Unit}
+        self.busy = dict.fromkeys(BUSY_COUNTER.values(), 0)
+        self.stall_dep = 0
+        self._next_dispatch = 0
+        self._unit_free = {unit: 0 for unit in QUEUED_UNITS}
+        # Start cycles of the last queue_depth instructions of each unit: their queue slots.
+        self._queue_starts = {unit: deque(maxlen=config.queue_depth) for unit in QUEUED_UNITS}
+        self._push_times: dict[tuple[Unit, Unit], list[int]] = {}
+        self._pop_times: dict[tuple[Unit, Unit], list[int]] = {}
+        self._all_retired = 0
+
+    @property
+    def cycles(self) -> int:
+        return max(self._all_retired, self._next_dispatch)
+
+    def add(self, insn: Instruction, *, pc: int | None = None) -> ScheduledInstruction:
+        index = len(self.entries)
+        cycles = instruction_cycles(insn, self.config)
+        if insn.opcode in BARRIER_OPCODES:
+            dispatch = self._next_dispatch
+            start = max(dispatch, self._all_retired)
+            end = retire = start + cycles
+            self._next_dispatch = end
+            self._all_retired = end
+            entry = ScheduledInstruction(index, insn, Unit.CONTROL, dispatch, start, end, retire,
+                                         start - dispatch, pc)
+            self.unit_busy[Unit.CONTROL] += cycles
+            self.stall_dep += start - dispatch
+            self.entries.append(entry)
+            return entry
+
+        unit = insn.unit
+        slots = self._queue_starts[unit]
+        dispatch = self._next_dispatch
+        if len(slots) == slots.maxlen:
+            dispatch = max(dispatch, slots[0])
+        self._next_dispatch = dispatch + 1
+        ready = max(dispatch, self._unit_free[unit])
+
+        pops, pushes = token_queues(insn)
+        start = ready
+        for queue in pops:
+            pushed = self._push_times.setdefault(queue, [])
+            popped = self._pop_times.setdefault(queue, [])
+            if len(popped) >= len(pushed):
+                raise ExecutionError(
+                    ErrorCause.DEADLOCK,
+                    f"{insn.format.mnemonic} pops a {_queue_name(queue)} token that no earlier "
+                    "instruction pushed", pc=pc)
+            start = max(start, pushed[len(popped)])
+        for queue in pops:
+            self._pop_times[queue].append(start)
+        end = start + cycles
+
+        retire = end
+        for queue in pushes:
+            pushed = self._push_times.setdefault(queue, [])
+            popped = self._pop_times.setdefault(queue, [])
+            push_time = end
+            waits_for = len(pushed) - self.config.token_depth
+            if waits_for >= 0:
+                if waits_for >= len(popped):
+                    raise ExecutionError(
+                        ErrorCause.DEADLOCK,
+                        f"{insn.format.mnemonic} pushes a {_queue_name(queue)} token into a full queue "
+                        f"(token_depth={self.config.token_depth}) that no earlier "
+                        "instruction drains", pc=pc)
+                push_time = max(push_time, popped[waits_for])
+            pushed.append(push_time)
+            retire = max(retire, push_time)
+
+        stall = (start - ready) + (retire - end)
+        slots.append(start)
+        self._unit_free[unit] = retire
+        self._all_retired = max(self._all_retired, retire)
+        self.unit_busy[unit] += cycles
+        if insn.opcode in BUSY_COUNTER:
+            self.busy[BUSY_COUNTER[insn.opcode]] += cycles
+        self.stall_dep += stall
+        entry = ScheduledInstruction(index, insn, unit, dispatch, start, end, retire, stall, pc)
+        self.entries.append(entry)
+        return entry
+
+    def result(self) -> Schedule:
+        return Schedule(list(self.entries), dict(self.unit_busy), dict(self.busy),
+                        self.stall_dep, self.cycles)
+
+
+def _queue_name(queue: tuple[Unit, Unit]) -> str:
+    return f"{queue[0].name.lower()}->{queue[1].name.lower()}"
+
+
+def schedule(program: list[Instruction], config: Config, *, base: int = 0) -> Schedule:
+    """Simulate the decoupled machine on a program and return when everything ran.
+
+    Entries carry ``pc = base + 16 * index``.
+
+    Raises :class:`~braze.isa.ExecutionError` (DEADLOCK) if program order is
+    not a valid execution of the tokens (a pop before its push, a push into a
+    queue that only a later pop drains).
+    """
+    scheduler = Scheduler(config)
+    for index, insn in enumerate(program):
+        scheduler.add(insn, pc=base + INSN_BYTES * index)
+    return scheduler.result()

@@ -1,0 +1,200 @@
+"""One device interface over every back end.
+
+The runtime, the verifier and the benchmarks talk to a :class:`Device`; the
+back ends are the reference model (``golden``), Amaranth's simulator
+(``amaranth``) and the generated RTL in Verilator hosted by cocotb
+(``verilator``).  A device owns an external memory, runs programs that it
+fetches from that memory, and reports the status and performance counters
+the hardware's registers hold at the end of the run.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from braze.isa import (
+    COUNTERS,
+    BrazeError,
+    Config,
+    ErrorCause,
+    ExecutionError,
+    IllegalInstruction,
+    Instruction,
+    encode_program,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStatus:
+    """What a device reports after a run.
+
+    Attributes
+    ----------
+    cause : ErrorCause
+        ``ErrorCause.NONE`` when the program reached HALT.
+    error_pc : int or None
+        External byte address of the instruction that stopped the machine.
+    cycles : int
+        Clock cycles of the run (the golden device reports its timing model's).
+    counters : dict[str, int]
+        Every performance counter at the end of the run, by name.
+    timed_out : bool
+        The run did not halt within its cycle budget (and was stopped).
+    detail : str
+        The back end's own words about an error.
+    """
+
+    cause: ErrorCause
+    error_pc: int | None
+    cycles: int
+    counters: dict[str, int]
+    timed_out: bool = False
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.cause is ErrorCause.NONE and not self.timed_out
+
+
+class DeviceError(BrazeError):
+    """A run stopped with an error cause; ``status`` holds what the device reported."""
+
+    def __init__(self, device: str, status: RunStatus):
+        self.status = status
+        where = f" at pc 0x{status.error_pc:x}" if status.error_pc is not None else ""
+        detail = f": {status.detail}" if status.detail else ""
+        what = "did not halt within its cycle budget" if status.timed_out \
+            else f"stopped with {status.cause.name.lower()}{where}"
+        super().__init__(f"{device} device {what}{detail}")
+
+
+class Device(abc.ABC):
+    """A Braze accelerator with its external memory.
+
+    Use it as a context manager, or call :meth:`close`, so that back ends
+    holding a simulator process shut it down.
+    """
+
+    #: Back-end name: ``golden``, ``amaranth`` or ``verilator``.
+    kind: str = "abstract"
+
+    def __init__(self, config: Config):
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be a braze.Config, not {config!r}")
+        self.config = config
+
+    @property
+    def memory_size(self) -> int:
+        return self.config.dram_bytes
+
+    def _check_span(self, addr: int, nbytes: int) -> None:
+        if addr < 0 or nbytes < 0 or addr + nbytes > self.memory_size:
+            raise BrazeError(f"{self.kind} device: bytes 0x{addr:x}..0x{addr + nbytes:x} lie outside "
+                             f"its {self.memory_size}-byte external memory")
+
+    @abc.abstractmethod
+    def write(self, addr: int, data: bytes | np.ndarray) -> None:
+        """Write bytes (or an array's raw little-endian bytes) to external memory."""
+
+    @abc.abstractmethod
+    def read(self, addr: int, nbytes: int) -> bytes:
+        """Read bytes of external memory."""
+
+    @abc.abstractmethod
+    def _execute(self, base: int, max_cycles: int | None) -> RunStatus:
+        """Run the program already in memory at ``base`` until it halts or fails."""
+
+    def run(self, program: bytes | Sequence[Instruction] | None = None, *, base: int = 0,
+            max_cycles: int | None = None, check: bool = True) -> RunStatus:
+        """Write ``program`` at ``base`` (unless None), run it, and return the status.
+
+        With ``check`` (the default) an error status raises :class:`DeviceError`.
+        ``max_cycles`` bounds the run; exceeding it is an error, never a hang.
+        """
+        if program is not None:
+            blob = program if isinstance(program, bytes | bytearray) else encode_program(list(program))
+            self.write(base, bytes(blob))
+        status = self._execute(base, max_cycles)
+        if check and not status.ok:
+            raise DeviceError(self.kind, status)
+        return status
+
+    def read_array(self, addr: int, shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
+        dtype = np.dtype(dtype).newbyteorder("<")
+        count = int(np.prod(shape))
+        return np.frombuffer(self.read(addr, count * dtype.itemsize), dtype=dtype).reshape(shape).copy()
+
+    def close(self) -> None:
+        """Release the back end's resources (a simulator process, say)."""
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class GoldenDevice(Device):
+    """The bit-exact reference model (:class:`braze.isa.model.Machine`) as a device.
+
+    Cycle counts and timing counters are the analytical timing model's
+    prediction; exact counters are exact.
+    """
+
+    kind = "golden"
+
+    def __init__(self, config: Config, *, race_check: bool = True):
+        super().__init__(config)
+        from braze.isa.model import Machine
+
+        self.machine = Machine(config, race_check=race_check)
+
+    def write(self, addr: int, data: bytes | np.ndarray) -> None:
+        payload = data.astype(data.dtype.newbyteorder("<")).tobytes() if isinstance(data, np.ndarray) \
+            else bytes(data)
+        self._check_span(addr, len(payload))
+        self.machine.write_dram(addr, payload)
+
+    def read(self, addr: int, nbytes: int) -> bytes:
+        self._check_span(addr, nbytes)
+        return self.machine.read_dram(addr, nbytes)
+
+    def _execute(self, base: int, max_cycles: int | None) -> RunStatus:
+        from braze.isa.model import InstructionLimitExceeded
+
+        # The model counts instructions, not cycles; every instruction takes at least one cycle,
+        # so a cycle budget bounds the instruction count too.
+        try:
+            result = self.machine.run(base, max_instructions=max_cycles)
+        except (ExecutionError, IllegalInstruction) as error:
+            counters = self._counters()
+            return RunStatus(error.cause, error.pc, counters["cycles"], counters, detail=str(error))
+        except InstructionLimitExceeded as error:
+            counters = self._counters()
+            return RunStatus(ErrorCause.NONE, None, counters["cycles"], counters, timed_out=True,
+                             detail=str(error))
+        if max_cycles is not None and result.cycles > max_cycles:
+            return RunStatus(ErrorCause.NONE, None, result.cycles, result.counters, timed_out=True,
+                             detail=f"the run takes {result.cycles} cycles, over the budget of {max_cycles}")
+        return RunStatus(ErrorCause.NONE, None, result.cycles, result.counters)
+
+    def _counters(self) -> dict[str, int]:
+        return {spec.name: int(value) for spec, value in zip(COUNTERS, self.machine.counters, strict=True)}
+
+
+#: Back ends by name; later ones register themselves here.
+DEVICES: dict[str, Callable[..., Device]] = {"golden": GoldenDevice}
+
+
+def open_device(kind: str, config: Config | str = "default", **options) -> Device:
+    """A device of the named back end for a configuration (a Config or a preset/spec string)."""
+    if isinstance(config, str):
+        config = Config.parse(config)
+    if kind not in DEVICES:
+        raise BrazeError(f"no device back end named {kind!r}; back ends are {', '.join(DEVICES)}")
+    return DEVICES[kind](config, **options)

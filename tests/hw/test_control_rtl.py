@@ -1,0 +1,318 @@
+# amaranth: UnusedElaboratable=no
+"""The control core with fake execution units: ordering, tokens, barriers, errors and deadlock."""
+
+import random
+
+import pytest
+from amaranth.back import verilog
+from amaranth.sim import Simulator
+from control_harness import TOKEN_OF_FLAG, check_trace, make, run, unit_of
+from test_decoder_rtl import reference_cause
+
+from braze.hw.control import Control
+from braze.isa import PRESETS, ConfigReg, ErrorCause, Instruction, Opcode, Unit, decode
+from braze.isa.encoding import ALLOWED_DEPS, DEPS, INSTRUCTION
+
+CONFIG = PRESETS["tiny"]
+O = Opcode
+
+
+def _retired_count(trace, unit):
+    return len(trace.retires[unit])
+
+
+def random_program(rng: random.Random, length: int, token_depth: int) -> list:
+    """A program whose every pop is preceded, in program order, by the push it consumes and whose
+    outstanding tokens never exceed ``token_depth``, so that it can neither deadlock nor overflow."""
+    outstanding = {token: 0 for token in set(TOKEN_OF_FLAG.values())}
+    program = []
+    for tag in range(length):
+        if rng.random() < 0.08:
+            program.append(make(rng.choice([O.FENCE, O.COUNTERS]), tag))
+            continue
+        opcode = rng.choice([O.LOAD, O.LOAD, O.STORE, O.STORE, O.MATMUL, O.VECTOR, O.EPILOGUE, O.CONFIG])
+        unit = make(opcode).unit
+        deps = {}
+        for flag in sorted(ALLOWED_DEPS[unit]):
+            token = TOKEN_OF_FLAG[unit, flag]
+            if flag.startswith("pop") and outstanding[token] > 0 and rng.random() < 0.6:
+                outstanding[token] -= 1
+                deps[flag] = True
+            elif flag.startswith("push") and outstanding[token] < token_depth and rng.random() < 0.5:
+                outstanding[token] += 1
+                deps[flag] = True
+        program.append(make(opcode, tag, **deps))
+    return program + [make(O.HALT)]
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_random_programs_respect_every_ordering_rule(seed):
+    rng = random.Random(seed)
+    config = PRESETS["tiny" if seed % 3 else "default"]
+    program = random_program(rng, 60, config.token_depth)
+    latency = rng.choice([(0, 3), (1, 12), (5, 20)])
+    trace = run(config, program, seed=seed, latency=latency, ready_prob=rng.choice([0.3, 1.0]),
+                fetch_prob=rng.choice([0.5, 1.0]), max_edges=6000)
+    assert trace.error_edge is None, f"error {trace.cause} at pc 0x{trace.error_pc:x}"
+    assert trace.done_edge is not None
+    check_trace(trace, config)
+    for unit in (Unit.LOAD, Unit.COMPUTE, Unit.STORE, Unit.CONTROL):
+        assert _retired_count(trace, unit) == sum(unit_of(insn) is unit for insn in program)
+    assert sum(bool(insn.deps) for insn in program) > 10, "the program exercises few tokens"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_programs_with_a_failing_instruction(seed):
+    """One instruction's client reports an error: the core reports it, with its pc, and stops."""
+    rng = random.Random(100 + seed)
+    program = random_program(rng, 40, CONFIG.token_depth)
+    failing = rng.choice([i for i, insn in enumerate(program)
+                          if insn.opcode in (O.LOAD, O.STORE, O.MATMUL, O.VECTOR, O.EPILOGUE)])
+    pc = 0x1000 + 16 * failing
+    trace = run(CONFIG, program, seed=seed, latency=(seed % 2, 12), unit_errors={pc: ErrorCause.DRAM_RANGE},
+                max_edges=4000)
+    assert trace.error_edge is not None and trace.done_edge is None
+    assert trace.cause is ErrorCause.DRAM_RANGE and trace.error_pc == pc
+    check_trace(trace, CONFIG, executed=len(program))
+    # Only the failing instruction started without retiring.
+    unit = program[failing].unit
+    queued = (Unit.LOAD, Unit.COMPUTE, Unit.STORE)
+    assert sum(len(trace.starts[u]) - len(trace.retires[u]) for u in queued) == 1
+    assert len(trace.starts[unit]) == len(trace.retires[unit]) + 1
+
+
+def test_pop_waits_for_push():
+    """The compute unit is fast and the load slow: without the token it would start first."""
+    program = [make(O.LOAD, 1, push_next=True), make(O.MATMUL, 2, pop_prev=True), make(O.HALT)]
+    trace = run(CONFIG, program, latency_of={Unit.LOAD: (40, 40), Unit.COMPUTE: (1, 1)}, ready_prob=1.0,
+                fetch_prob=1.0)
+    check_trace(trace, CONFIG)
+    (load_start, _), = trace.starts[Unit.LOAD]
+    (matmul_start, _), = trace.starts[Unit.COMPUTE]
+    assert matmul_start > trace.retires[Unit.LOAD][0] >= load_start + 40
+    # While the matmul waited for its token, the core counted a dependency stall.
+    assert sum(trace.stall_dep[load_start + 2:matmul_start]) >= 30
+
+
+def test_units_overlap_without_tokens():
+    program = [make(O.LOAD, i) for i in range(3)] + [make(O.MATMUL, i) for i in range(3)] + \
+        [make(O.STORE, i) for i in range(3)] + [make(O.HALT)]
+    trace = run(CONFIG, program, latency=(20, 20), ready_prob=1.0, fetch_prob=1.0)
+    check_trace(trace, CONFIG)
+    assert max(sum(bits) for bits in trace.busy) == 3
+    # Serial execution would take 9 * 20 cycles.
+    assert trace.done_edge < 9 * 20 / 2
+
+
+def test_fence_orders_everything():
+    program = [make(O.LOAD, 1), make(O.MATMUL, 2), make(O.FENCE), make(O.STORE, 3), make(O.HALT)]
+    trace = run(CONFIG, program, latency_of={Unit.LOAD: (30, 30), Unit.COMPUTE: (10, 10),
+                                             Unit.STORE: (1, 1)}, ready_prob=1.0)
+    check_trace(trace, CONFIG)
+    (fence_edge, opcode), *_ = trace.retires[Unit.CONTROL]
+    assert opcode is O.FENCE
+    assert trace.starts[Unit.STORE][0][0] > fence_edge > trace.retires[Unit.LOAD][0]
+    # The barrier wait counts as a dependency stall.
+    assert sum(trace.stall_dep) >= 20
+
+
+def test_counters_handshake():
+    program = [make(O.LOAD, 1), make(O.COUNTERS, 2), make(O.STORE, 3), make(O.HALT)]
+    trace = run(CONFIG, program, latency_of={None: (25, 25), Unit.LOAD: (5, 5)}, ready_prob=1.0)
+    check_trace(trace, CONFIG)
+    (counters_start,) = trace.counters_starts
+    counters_retire = next(edge for edge, op in trace.retires[Unit.CONTROL] if op is O.COUNTERS)
+    assert counters_start > trace.retires[Unit.LOAD][0]
+    assert counters_retire >= counters_start + 25
+    assert trace.starts[Unit.STORE][0][0] > counters_retire
+
+
+def test_full_queue_back_pressure():
+    depth = CONFIG.queue_depth
+    program = [make(O.VECTOR, i) for i in range(3 * depth)] + [make(O.HALT)]
+    trace = run(CONFIG, program, latency_of={Unit.COMPUTE: (15, 15)}, ready_prob=1.0, fetch_prob=1.0)
+    check_trace(trace, CONFIG)
+    assert trace.queue_full_edges > 0
+    # Fetched but not yet started: at most the queue and the dispatcher's one-word slot.
+    starts = [edge for edge, _ in trace.starts[Unit.COMPUTE]]
+    for edge in range(trace.edges):
+        waiting = sum(e <= edge for e in trace.fetched) - sum(e <= edge for e in starts)
+        assert waiting <= depth + 1, f"edge {edge}: {waiting} instructions held"
+
+
+def test_halt_stops_fetch():
+    program = [make(O.LOAD, 1), make(O.HALT), make(O.LOAD, 2), 0]   # a legal and an illegal word after it
+    trace = run(CONFIG, program, ready_prob=1.0, fetch_prob=1.0)
+    assert trace.done_edge is not None and trace.error_edge is None
+    assert len(trace.fetched) == 2
+    assert len(trace.starts[Unit.LOAD]) == 1
+    check_trace(trace, CONFIG, executed=2)
+
+
+@pytest.mark.parametrize("bad", [
+    0,                                                                      # opcode 0
+    make(O.LOAD, 9).encode() | 1 << (INSTRUCTION["deps"].offset + DEPS["pop_prev"].offset),  # no prev
+    Instruction.make("load", mem="spad", addr=CONFIG.spad_rows - 1, rows=2, len=4).encode(),
+    Instruction.make("matmul", acc=0, a=0, b=0, a_stride=0, m=1, n=CONFIG.cols + 1, k=1).encode(),
+    make(O.FENCE).encode() | 1 << 127,                                      # reserved bit
+])
+def test_illegal_word_stops_with_cause_and_pc(bad):
+    program = [make(O.LOAD, 1), make(O.MATMUL, 2), bad, make(O.STORE, 3), make(O.HALT)]
+    trace = run(CONFIG, program, latency=(3, 10), base=0x400)
+    want = reference_cause(bad if isinstance(bad, int) else bad.encode(), CONFIG)
+    assert want is not ErrorCause.NONE
+    assert trace.error_edge is not None and trace.done_edge is None
+    assert trace.cause == want
+    assert trace.error_pc == trace.pc(2)
+    assert trace.starts[Unit.STORE] == []
+    check_trace(trace, CONFIG, executed=2)
+
+
+def test_unit_error_waits_for_in_flight_work():
+    program = [make(O.LOAD, 1), make(O.STORE, 2), make(O.STORE, 3), make(O.LOAD, 4), make(O.HALT)]
+    trace = run(CONFIG, program, latency_of={Unit.LOAD: (60, 60), Unit.STORE: (5, 5)}, ready_prob=1.0,
+                fetch_prob=1.0, unit_errors={0x1000 + 16: ErrorCause.DRAM_RANGE})
+    assert trace.cause is ErrorCause.DRAM_RANGE
+    assert trace.error_pc == trace.pc(1)
+    # The first load was executing: the error is raised once it has completed, and nothing else starts.
+    assert trace.error_edge > trace.retires[Unit.LOAD][0]
+    assert len(trace.starts[Unit.LOAD]) == 1 and len(trace.starts[Unit.STORE]) == 1
+    assert trace.retires[Unit.STORE] == []
+
+
+def test_fetch_error():
+    program = [make(O.LOAD, 1), make(O.LOAD, 2), make(O.HALT)]
+    trace = run(CONFIG, program, fetch_errors=frozenset({0x1000 + 32}))
+    assert trace.cause is ErrorCause.FETCH_ERROR and trace.error_pc == trace.pc(2)
+    assert trace.done_edge is None
+
+
+def test_counters_client_error():
+    program = [make(O.COUNTERS, 1), make(O.LOAD, 2), make(O.HALT)]
+    trace = run(CONFIG, program, counters_error={0: ErrorCause.DRAM_RANGE})
+    assert trace.cause is ErrorCause.DRAM_RANGE and trace.error_pc == trace.pc(0)
+    assert trace.starts[Unit.LOAD] == []
+
+
+def test_deadlock_pop_without_push():
+    program = [make(O.LOAD, 1), make(O.MATMUL, 2, pop_prev=True), make(O.HALT)]
+    trace = run(CONFIG, program, max_edges=500)
+    assert trace.error_edge is not None, "a deadlock hung the core"
+    assert trace.cause is ErrorCause.DEADLOCK and trace.error_pc == trace.pc(1)
+    assert len(trace.starts[Unit.LOAD]) == 1 and trace.starts[Unit.COMPUTE] == []
+
+
+def test_deadlock_behind_full_queue():
+    """The push that would free the compute unit sits behind the full compute queue."""
+    depth = CONFIG.queue_depth
+    program = [make(O.VECTOR, 0, pop_next=True)] + [make(O.VECTOR, i) for i in range(1, depth + 2)] + \
+        [make(O.STORE, 1, push_prev=True), make(O.HALT)]
+    trace = run(CONFIG, program, max_edges=500)
+    assert trace.cause is ErrorCause.DEADLOCK and trace.error_pc == trace.pc(0)
+
+
+def test_slow_push_is_not_a_deadlock():
+    program = [make(O.STORE, 1, push_prev=True), make(O.VECTOR, 2, pop_next=True), make(O.HALT)]
+    trace = run(CONFIG, program, latency_of={Unit.STORE: (150, 150)}, max_edges=1000)
+    assert trace.error_edge is None and trace.done_edge is not None
+    check_trace(trace, CONFIG)
+
+
+def test_full_token_queue_blocks_push():
+    """More pushes than the token queue holds: the producer waits until the consumer pops."""
+    depth = CONFIG.token_depth
+    program = [make(O.LOAD, i, push_next=True) for i in range(depth + 2)] + \
+        [make(O.MATMUL, i, pop_prev=True) for i in range(depth + 2)] + [make(O.HALT)]
+    trace = run(CONFIG, program, latency_of={Unit.LOAD: (1, 2), Unit.COMPUTE: (20, 20)}, max_edges=3000)
+    # The load unit stalls on its push, but the compute unit pops, so this is no deadlock.
+    assert trace.error_edge is None and trace.done_edge is not None
+    check_trace(trace, CONFIG)
+
+
+def test_config_registers_start_and_soft_reset():
+    """CONFIG sets the registers (signed); soft reset stops and clears; start runs again from scratch."""
+    dut = Control(CONFIG)
+    program = [make(O.CONFIG, 0).replace(reg="clip_lo", value=-5),
+               make(O.CONFIG, 0).replace(reg="out_zp", value=(1 << 31) - 1),
+               make(O.HALT)]
+
+    async def feed(ctx, words):
+        for word in words:
+            ctx.set(dut.fetch.payload.word.as_value(), word)
+            ctx.set(dut.fetch.valid, 1)
+            await ctx.tick().until(dut.fetch.ready)
+        ctx.set(dut.fetch.valid, 0)
+
+    async def testbench(ctx):
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        assert ctx.get(dut.running)
+        await feed(ctx, [insn.encode() for insn in program])
+        done_pulses = 0                   # cycles with done & running: the status block's event
+        for _ in range(20):
+            await ctx.tick()
+            done_pulses += ctx.get(dut.done) & ctx.get(dut.running)
+        assert ctx.get(dut.done) and done_pulses == 1
+        assert ctx.get(dut.config_regs.clip_lo) == -5
+        assert ctx.get(dut.config_regs.out_zp) == (1 << 31) - 1
+        assert ctx.get(dut.config_regs.clip_hi) == 0
+        await ctx.tick()
+        assert not ctx.get(dut.running)
+
+        # A second run starts from cleared state; soft reset in the middle stops it.
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        assert not ctx.get(dut.done) and ctx.get(dut.config_regs.clip_lo) == 0
+        await feed(ctx, [make(O.CONFIG, 1).encode(), make(O.LOAD, 1).encode()])
+        await ctx.tick().repeat(3)
+        assert ctx.get(dut.config_regs.as_value()) != 0
+        ctx.set(dut.soft_reset, 1)
+        await ctx.tick()
+        ctx.set(dut.soft_reset, 0)
+        assert not ctx.get(dut.running) and not ctx.get(dut.error) and not ctx.get(dut.done)
+        assert ctx.get(dut.config_regs.as_value()) == 0
+        assert not ctx.get(dut.fetch.ready)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+
+
+def test_config_values_follow_program_order():
+    program = [make(O.CONFIG, i) for i in range(9)] + [make(O.HALT)]
+    trace = run(CONFIG, program)
+    check_trace(trace, CONFIG)
+    for reg in ConfigReg:
+        last = max(i for i, insn in enumerate(program[:-1]) if insn.reg is reg)
+        assert trace.config_regs[reg.name.lower()] == program[last].value
+
+
+def test_stall_and_busy_outputs():
+    program = [make(O.LOAD, 1), make(O.HALT)]
+    trace = run(CONFIG, program, latency=(10, 10), ready_prob=1.0, fetch_prob=0.3)
+    assert sum(trace.stall_fetch) > 0
+    (start, _), = trace.starts[Unit.LOAD]
+    retire = trace.retires[Unit.LOAD][0]
+    busy_edges = [edge for edge, bits in enumerate(trace.busy) if bits[0]]
+    assert busy_edges == list(range(start + 1, retire + 1))
+
+
+def test_decoder_agrees_on_random_programs():
+    """The words the harness builds are legal, so errors in the tests above come from the core."""
+    rng = random.Random(7)
+    for insn in random_program(rng, 200, CONFIG.token_depth):
+        assert decode(insn.encode()) == insn
+        assert reference_cause(insn.encode(), CONFIG) is ErrorCause.NONE
+
+
+def test_rejects_bad_config():
+    with pytest.raises(TypeError, match="Config"):
+        Control({"rows": 4})
+
+
+def test_control_converts_to_verilog():
+    text = verilog.convert(Control(CONFIG), name="braze_control")
+    assert "module braze_control" in text

@@ -1,0 +1,184 @@
+"""The analytical timing model: per-instruction formulas, AXI beats and the decoupled schedule."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from braze.isa import SNAPSHOT_BYTES, Config, ErrorCause, ExecutionError
+from braze.isa import Instruction as I
+from braze.isa.timing import (
+    EPILOGUE_LATENCY,
+    MATMUL_LATENCY,
+    VECTOR_LATENCY,
+    axi_beats,
+    instruction_cycles,
+    schedule,
+)
+
+TINY = Config.preset("tiny")        # rows=cols=4, 64-bit bus (8 bytes), mem_latency=8
+DEFAULT = Config.preset("default")  # rows=cols=8, 128-bit bus (16 bytes), mem_latency=16
+
+
+def test_latency_constants():
+    assert MATMUL_LATENCY == 4 and EPILOGUE_LATENCY == 4 and VECTOR_LATENCY == 3
+
+
+@pytest.mark.parametrize(("m", "k", "chunks"), [(1, 1, 1), (3, 4, 1), (3, 5, 2), (6, 9, 3), (16, 16, 4)])
+def test_matmul_cycles(m, k, chunks):
+    insn = I.make("matmul", acc=0, a=0, b=0, a_stride=m, m=m, n=4, k=k)
+    assert instruction_cycles(insn, TINY) == chunks * (4 + m) + 4 + 4 + MATMUL_LATENCY
+
+
+def test_matmul_cycles_default_hand_computed():
+    insn = I.make("matmul", acc=0, a=0, b=0, a_stride=10, m=10, n=8, k=20)
+    # chunks = 3: 3 * (8 + 10) + 8 + 8 + 4 = 74
+    assert instruction_cycles(insn, DEFAULT) == 74
+
+
+def test_epilogue_cycles():
+    insn = I.make("epilogue", src=0, m=7, n=4, dst=0, bias=True, requant=True)
+    assert instruction_cycles(insn, TINY) == 7 + EPILOGUE_LATENCY
+
+
+@pytest.mark.parametrize(("fields", "reads_per_row"), [
+    ({"op": "add", "src1_mem": "spad", "src2_mem": "spad"}, 2),
+    ({"op": "mul", "src1_mem": "acc", "src2_mem": "acc"}, 2),
+    ({"op": "add", "src1_mem": "spad", "src2_mem": "acc"}, 1),
+    ({"op": "max", "src1_mem": "acc", "src2_mem": "spad"}, 1),
+    ({"op": "add", "src1_mem": "spad", "src2_mem": "spad", "use_imm": True}, 1),
+    ({"op": "mov", "src1_mem": "spad", "src2_mem": "spad"}, 1),
+    ({"op": "shr", "src1_mem": "acc", "src2_mem": "acc"}, 1),
+    ({"op": "clip", "src1_mem": "acc", "src2_mem": "acc"}, 1),
+])
+def test_vector_cycles(fields, reads_per_row):
+    insn = I.make("vector", dst_mem="spad", dst=0, src1=0, rows=5, **fields)
+    assert instruction_cycles(insn, TINY) == 5 * reads_per_row + VECTOR_LATENCY
+
+
+def test_load_store_cycles_hand_computed():
+    # tiny: 8-byte bus, mem_latency 8.  Rows of 4 bytes at 5, 11, 17: offsets 5, 3, 1 in their
+    # bus words -> 2 + 1 + 1 beats.
+    load = I.make("load", mem="spad", addr=0, rows=3, len=4, dram=5, stride=6)
+    assert axi_beats(load, TINY) == 4
+    assert instruction_cycles(load, TINY) == 8 + 4 + 1
+    # Accumulator rows: 3 int32 = 12 bytes at 0, 16: 2 beats each.
+    store = I.make("store", mem="acc", addr=0, rows=2, len=3, dram=0, stride=16)
+    assert axi_beats(store, TINY) == 4
+    assert instruction_cycles(store, TINY) == 8 + 4 + 1
+    # Same on the 16-byte bus of `default`: 1 beat each.
+    assert axi_beats(store, DEFAULT) == 2
+    assert instruction_cycles(store, DEFAULT) == 16 + 2 + 1
+
+
+def test_load_zero_cycles():
+    insn = I.make("load", mem="acc", zero=True, addr=0, rows=9, len=4)
+    assert instruction_cycles(insn, TINY) == 9
+    assert axi_beats(insn, TINY) == 0
+
+
+def test_counters_and_control_cycles():
+    insn = I.make("counters", dram=4)
+    beats = (4 + SNAPSHOT_BYTES + 7) // 8
+    assert axi_beats(insn, TINY) == beats
+    assert instruction_cycles(insn, TINY) == TINY.mem_latency + beats
+    for control in (I.make("fence"), I.make("halt"), I.make("config", reg="clip_lo", value=-3)):
+        assert instruction_cycles(control, TINY) == 1
+        assert axi_beats(control, TINY) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(dram=st.integers(0, 1 << 20), rows=st.integers(1, 200), stride=st.integers(0, 300),
+       length=st.integers(1, 64), acc=st.booleans(), bus_bits=st.sampled_from([64, 128, 256]))
+def test_axi_beats_brute_force(dram, rows, stride, length, acc, bus_bits):
+    config = Config(cols=64, rows=8, dma_bus_bits=bus_bits)
+    insn = I.make("load", mem="acc" if acc else "spad", addr=0, rows=rows, len=length,
+                  dram=dram, stride=stride)
+    row_bytes = length * (4 if acc else 1)
+    bus = bus_bits // 8
+    expected = 0
+    for r in range(rows):
+        first = dram + r * stride
+        last = first + row_bytes - 1
+        expected += last // bus - first // bus + 1       # bus words touched
+    assert axi_beats(insn, config) == expected
+
+
+# Schedules ------------------------------------------------------------------------------------------------
+
+LOAD_A = I.make("load", mem="spad", addr=0, rows=4, len=4, dram=0x1000, stride=4)
+MATMUL_OTHER = I.make("matmul", acc=0, a=16, b=20, a_stride=4, m=4, n=4, k=4)
+
+
+def test_independent_load_and_matmul_overlap():
+    sched = schedule([LOAD_A, MATMUL_OTHER, I.make("halt")], TINY)
+    load, matmul, halt = sched.entries
+    assert matmul.start < load.end                       # ran in parallel
+    assert halt.start == max(load.end, matmul.end)
+    assert sched.cycles == halt.end == halt.start + 1
+    assert load.stall_dep == matmul.stall_dep == 0
+    assert sched.stall_dep == halt.stall_dep == halt.start - halt.dispatch > 0    # HALT waits
+
+
+def test_token_serialises_load_and_matmul():
+    program = [LOAD_A.replace(push_next=True), MATMUL_OTHER.replace(pop_prev=True), I.make("halt")]
+    sched = schedule(program, TINY)
+    load, matmul, halt = sched.entries
+    assert matmul.start == load.end
+    assert matmul.end == matmul.start + instruction_cycles(MATMUL_OTHER, TINY)
+    assert sched.stall_dep == (matmul.start - matmul.dispatch) + (halt.start - halt.dispatch)
+    assert halt.start == matmul.end
+
+
+def test_units_run_their_queues_in_order_and_busy_sums():
+    loads = [LOAD_A.replace(addr=4 * i) for i in range(3)]
+    sched = schedule(loads + [MATMUL_OTHER], TINY)
+    for before, after in zip(sched.entries[:2], sched.entries[1:3], strict=True):
+        assert after.start == before.end
+    cycles = instruction_cycles(LOAD_A, TINY)
+    assert sched.unit_busy[LOAD_A.unit] == 3 * cycles
+    assert sched.busy["load_busy"] == 3 * cycles
+    assert sched.busy["array_busy"] == instruction_cycles(MATMUL_OTHER, TINY)
+    assert sched.cycles == 3 * cycles
+
+
+def test_full_queue_blocks_dispatch():
+    depth = TINY.queue_depth
+    loads = [LOAD_A.replace(addr=4 * i) for i in range(depth + 2)]
+    sched = schedule(loads + [MATMUL_OTHER], TINY)
+    matmul = sched.entries[-1]
+    # The last load waits for a slot, which the load two places before frees when it starts.
+    assert sched.entries[depth + 1].dispatch == sched.entries[1].start
+    assert matmul.dispatch == sched.entries[depth + 1].dispatch + 1
+    assert matmul.start == matmul.dispatch
+
+
+def test_barrier_waits_for_everything_and_holds_dispatch():
+    program = [LOAD_A, MATMUL_OTHER, I.make("fence"), MATMUL_OTHER, I.make("halt")]
+    sched = schedule(program, TINY)
+    load, matmul, fence, matmul2, halt = sched.entries
+    assert fence.start == max(load.end, matmul.end)
+    assert matmul2.dispatch == fence.end == fence.start + 1
+    assert matmul2.start == fence.end
+
+
+def test_push_into_full_token_queue_waits_for_pop():
+    depth = TINY.token_depth
+    vec = I.make("vector", op="mov", dst_mem="spad", src1_mem="spad", dst=0, src1=0, rows=1, push_next=True)
+    # A long store keeps the store unit busy, so the popping store starts late.
+    long_store = I.make("store", mem="spad", addr=40, rows=64, len=4, dram=0x2000, stride=64)
+    popping_store = long_store.replace(rows=1, pop_prev=True)
+    program = [long_store] + [vec] * depth + [popping_store, vec]
+    sched = schedule(program, TINY)
+    first_vec, store, last = sched.entries[1], sched.entries[depth + 1], sched.entries[depth + 2]
+    assert store.start == sched.entries[0].end            # after the long store
+    assert store.start > first_vec.retire                 # so the token waited for the store
+    assert last.end < store.start                         # the fifth push had no room ...
+    assert last.retire == store.start                     # ... until the store popped
+    assert last.stall_dep == last.retire - last.end
+    assert sched.stall_dep == last.stall_dep + store.stall_dep
+
+
+def test_schedule_rejects_pop_without_push():
+    with pytest.raises(ExecutionError) as info:
+        schedule([MATMUL_OTHER.replace(pop_prev=True)], TINY)
+    assert info.value.cause is ErrorCause.DEADLOCK
