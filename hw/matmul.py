@@ -7,15 +7,15 @@ from amaranth.utils import ceil_log2
 
 from braze.isa.config import Config
 from braze.isa.encoding import INSTRUCTION
+from braze.isa.timing import MATMUL_LATENCY
 
 from .memories import read_port_signature, write_port_signature
 from .pe_array import PEArray
 
 __all__ = ["MATMUL_LATENCY", "MatmulUnit", "matmul_cycles"]
 
-#: Cycles of a MATMUL beyond ``chunks*(rows + m) + rows + cols``: the scratchpad
-#: read, the adder stage before the accumulator write, and the write itself.
-MATMUL_LATENCY = 3
+# MATMUL_LATENCY (braze.isa.timing) is what this unit takes beyond ``chunks*(rows + m) + rows + cols``:
+# the scratchpad read, the adder stage before the accumulator write, and the write itself.
 
 
 def matmul_cycles(config: Config, m: int, k: int) -> int:

@@ -156,7 +156,7 @@ ERROR_CAUSE_DOC = {
     ErrorCause.TILE_RANGE: "a tile or row is wider than this configuration's array",
     ErrorCause.DEADLOCK: "every unit waits for a dependency token that no instruction will push",
     ErrorCause.FETCH_ERROR: "instruction fetch failed (AXI error response)",
-    ErrorCause.OVERLAP: "EPILOGUE/VECTOR source and destination rows in one memory overlap without being equal",
+    ErrorCause.OVERLAP: "EPILOGUE/VECTOR source and destination rows in one memory overlap but differ",
     ErrorCause.RACE: "reference model only: two units touch the same memory without a token ordering them",
 }
 

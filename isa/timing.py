@@ -44,12 +44,19 @@ from .counters import SNAPSHOT_BYTES
 from .encoding import INSN_BYTES, UNARY_VECTOR_OPS, ErrorCause, Instruction, Memory, Opcode, Unit
 from .errors import ExecutionError
 
-#: Pipeline depth of the MATMUL unit beyond the systolic fill and drain; the RTL is held to it exactly.
+# The pipeline depths below are the single source of these constants: the units in braze.hw import
+# them and their tests hold the RTL to them cycle-exactly.
+
+#: Cycles of a MATMUL beyond ``chunks*(rows + m) + rows + cols`` (the systolic fill and drain):
+#: the scratchpad read, the adder stage before the accumulator write, and the write.
 MATMUL_LATENCY = 3
-#: Pipeline depth of the EPILOGUE datapath (parameter-row reads included).
-EPILOGUE_LATENCY = 4
-#: Pipeline depth of the VECTOR datapath.
-VECTOR_LATENCY = 3
+#: Cycles of an EPILOGUE beyond one per row: three parameter-row reads (bias, multiplier,
+#: shift), the read latency, four pipeline registers (bias add, multiply, round,
+#: saturate/residual/activation) and the write.
+EPILOGUE_LATENCY = 8
+#: Cycles of a VECTOR beyond one (or two) per row: the read, the operand register, the
+#: compute/multiply register, the round-and-saturate register and the write.
+VECTOR_LATENCY = 4
 
 #: Units that execute from an instruction queue (barriers run on the control unit).
 QUEUED_UNITS = (Unit.LOAD, Unit.COMPUTE, Unit.STORE)

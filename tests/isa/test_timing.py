@@ -20,7 +20,9 @@ DEFAULT = Config.preset("default")  # rows=cols=8, 128-bit bus (16 bytes), mem_l
 
 
 def test_latency_constants():
-    assert MATMUL_LATENCY == 4 and EPILOGUE_LATENCY == 4 and VECTOR_LATENCY == 3
+    # Pinned: the RTL units import these and their tests measure the pipelines against them, so a
+    # change here is a change of the timing contract and should be deliberate.
+    assert MATMUL_LATENCY == 3 and EPILOGUE_LATENCY == 8 and VECTOR_LATENCY == 4
 
 
 @pytest.mark.parametrize(("m", "k", "chunks"), [(1, 1, 1), (3, 4, 1), (3, 5, 2), (6, 9, 3), (16, 16, 4)])
@@ -31,8 +33,8 @@ def test_matmul_cycles(m, k, chunks):
 
 def test_matmul_cycles_default_hand_computed():
     insn = I.make("matmul", acc=0, a=0, b=0, a_stride=10, m=10, n=8, k=20)
-    # chunks = 3: 3 * (8 + 10) + 8 + 8 + 4 = 74
-    assert instruction_cycles(insn, DEFAULT) == 74
+    # chunks = 3: 3 * (8 + 10) + 8 + 8 + MATMUL_LATENCY (3) = 73
+    assert instruction_cycles(insn, DEFAULT) == 73
 
 
 def test_epilogue_cycles():

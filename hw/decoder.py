@@ -1,0 +1,215 @@
+"""Instruction decoder: legality and configuration range checks of one instruction word.
+
+Every check is generated from :data:`braze.isa.FORMATS` and the layouts of
+:data:`braze.isa.INSTRUCTION`, so that a field added to the ISA is checked
+here without touching this file; only the range and overlap rules, which state
+what the fields *mean*, are written out (:meth:`Decoder._range_rules`,
+:meth:`Decoder._overlap_rules`; the same rules as :func:`braze.isa.model.check_ranges`
+and :func:`braze.isa.model.check_overlap`).
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Shape, Value
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from braze.isa import FORMATS, INSTRUCTION, Config, ErrorCause, Memory, Unit
+from braze.isa.encoding import ALLOWED_DEPS, DEPS, UNARY_VECTOR_OPS, Format, Kind, field_range
+
+__all__ = ["Decoder"]
+
+
+def _field_value(args, fmt: Format, name: str) -> Value:
+    """The raw bits of one field (signed for signed fields), read through the format's layout."""
+    return Value.cast(args[fmt.mnemonic][name])
+
+
+def _field_is_legal(spec, value: Value) -> Value:
+    """Whether a field holds a value its encoding defines (the BAD_FIELD rule of ``decode``)."""
+    if spec.kind is Kind.ENUM:
+        return Cat(*(value == member.value for member in spec.shape)).any()
+    if spec.kind is Kind.FLAG:
+        return Value.cast(1)
+    low, high = field_range(spec)
+    shape = Shape.cast(spec.shape)
+    full_low = -(1 << (shape.width - 1)) if shape.signed else 0
+    full_high = (1 << (shape.width - 1)) - 1 if shape.signed else (1 << shape.width) - 1
+    legal = Value.cast(1)
+    if low > full_low:
+        legal &= value >= low
+    if high < full_high:
+        legal &= value <= high
+    return legal
+
+
+class Decoder(wiring.Component):
+    """Combinational decoder of one 128-bit instruction word.
+
+    Reports the unit an instruction runs on and whether it may execute on this
+    configuration.  The encoding checks are exactly those of
+    :func:`braze.isa.decode`, in its order (ILLEGAL_OPCODE, BAD_DEPS,
+    RESERVED_BITS, BAD_FIELD); an encoding-legal word is then checked against
+    the configuration's range rules (TILE_RANGE, SPAD_RANGE, ACC_RANGE), first
+    failing rule first, and a word that passes them against the overlap rule
+    (OVERLAP: an EPILOGUE/VECTOR source range in the destination's memory that
+    overlaps the destination range without being equal to it).
+
+    Parameters
+    ----------
+    config : Config
+        The accelerator configuration whose array size and memories bound the ranges.
+
+    Attributes
+    ----------
+    word : In(INSTRUCTION)
+        The instruction word.
+    unit : Out(Unit)
+        Queue the instruction is dispatched to (meaningless when the opcode is illegal).
+    legal : Out(1)
+        The word may execute: ``cause`` is ``NONE``.
+    cause : Out(ErrorCause)
+        The first failing check, or ``NONE``.
+    """
+
+    word: In(INSTRUCTION)
+    unit: Out(Unit)
+    legal: Out(1)
+    cause: Out(ErrorCause)
+
+    def __init__(self, config: Config):
+        if not isinstance(config, Config):
+            raise TypeError(f"Decoder needs a braze.isa.Config, not {config!r}")
+        self.config = config
+        super().__init__()
+
+    def _rows_outside(self, start: Value, count: Value, memory) -> tuple[Value, Value]:
+        """Rule: rows ``[start, start+count)`` lie outside ``memory`` (a constant or a Memory value)."""
+        spad_rows, acc_rows = self.config.spad_rows, self.config.acc_rows
+        if isinstance(memory, Memory):
+            size = spad_rows if memory is Memory.SPAD else acc_rows
+            cause = ErrorCause.SPAD_RANGE if memory is Memory.SPAD else ErrorCause.ACC_RANGE
+            return start + count > size, Value.cast(cause)
+        is_spad = memory == Memory.SPAD
+        return (start + count > Mux(is_spad, spad_rows, acc_rows),
+                Mux(is_spad, ErrorCause.SPAD_RANGE, ErrorCause.ACC_RANGE))
+
+    def _range_rules(self, args) -> dict:
+        """Per opcode, the configuration range rules in priority order: ``[(failed, cause), ...]``."""
+        config = self.config
+        tile = Value.cast(ErrorCause.TILE_RANGE)
+        spad, acc = Value.cast(ErrorCause.SPAD_RANGE), Value.cast(ErrorCause.ACC_RANGE)
+        load, store = args.load, args.store
+        matmul, epilogue, vector = args.matmul, args.epilogue, args.vector
+
+        # ceil(k/rows) - 1 for k >= 1 (k == 0 is BAD_FIELD and never reaches these rules).
+        k_minus_1 = (matmul.k - 1)[:len(matmul.k)]
+        chunks_minus_1 = k_minus_1 >> (config.rows.bit_length() - 1)
+        reads_src2 = ~Cat(*(vector.op == op for op in UNARY_VECTOR_OPS)).any() & ~vector.use_imm
+        src2_outside, src2_cause = self._rows_outside(vector.src2, vector.rows, vector.src2_mem)
+        return {
+            "load": [
+                (load.len > config.cols, tile),
+                self._rows_outside(load.addr, load.rows, load.mem),
+            ],
+            "store": [
+                (store.len > config.cols, tile),
+                self._rows_outside(store.addr, store.rows, store.mem),
+            ],
+            "matmul": [
+                (matmul.n > config.cols, tile),
+                self._rows_outside(matmul.acc, matmul.m, Memory.ACC),
+                (matmul.a + chunks_minus_1 * matmul.a_stride + matmul.m > config.spad_rows, spad),
+                (matmul.b + matmul.k > config.spad_rows, spad),
+            ],
+            "epilogue": [
+                (epilogue.n > config.cols, tile),
+                self._rows_outside(epilogue.src, epilogue.m, Memory.ACC),
+                (epilogue.bias & (epilogue.bias_addr >= config.acc_rows), acc),
+                (epilogue.requant & (epilogue.quant_addr + 1 >= config.acc_rows), acc),
+                (epilogue.residual & (epilogue.res_addr + epilogue.m > config.spad_rows), spad),
+                self._rows_outside(epilogue.dst, epilogue.m, epilogue.out),
+            ],
+            "vector": [
+                self._rows_outside(vector.src1, vector.rows, vector.src1_mem),
+                (reads_src2 & src2_outside, src2_cause),
+                self._rows_outside(vector.dst, vector.rows, vector.dst_mem),
+            ],
+        }
+
+    @staticmethod
+    def _overlap_rules(args) -> dict:
+        """Per opcode, the OVERLAP rule: ``[(failed, cause), ...]``, checked after the range rules.
+
+        A source range ``[first, first+count)`` read from the destination's memory must be the
+        destination range ``[dst, dst+count)`` itself or disjoint from it.
+        """
+        overlap = Value.cast(ErrorCause.OVERLAP)
+        epilogue, vector = args.epilogue, args.vector
+
+        def partly_overlaps(first: Value, dst: Value, count: Value) -> Value:
+            # |first - dst| < count, without a subtraction that could wrap.
+            return (first != dst) & (first < dst + count) & (dst < first + count)
+
+        reads_src2 = ~Cat(*(vector.op == op for op in UNARY_VECTOR_OPS)).any() & ~vector.use_imm
+        return {
+            "epilogue": [
+                ((epilogue.out == Memory.ACC) & partly_overlaps(epilogue.src, epilogue.dst, epilogue.m),
+                 overlap),
+                (epilogue.residual & (epilogue.out == Memory.SPAD)
+                 & partly_overlaps(epilogue.res_addr, epilogue.dst, epilogue.m), overlap),
+            ],
+            "vector": [
+                ((vector.src1_mem == vector.dst_mem) & partly_overlaps(vector.src1, vector.dst, vector.rows),
+                 overlap),
+                (reads_src2 & (vector.src2_mem == vector.dst_mem)
+                 & partly_overlaps(vector.src2, vector.dst, vector.rows), overlap),
+            ],
+        }
+
+    def elaborate(self, platform):
+        m = Module()
+        word = self.word
+        args_bits = word.args.as_value()
+        deps_bits = word.deps.as_value()
+
+        is_opcode = {fmt.opcode: word.opcode == fmt.opcode for fmt in FORMATS}
+        illegal_opcode = ~Cat(*is_opcode.values()).any()
+        bad_deps, reserved_bits, bad_field = [], [], []
+        for fmt in FORMATS:
+            allowed = sum(1 << DEPS[name].offset for name in ALLOWED_DEPS[fmt.unit])
+            bad_deps.append(is_opcode[fmt.opcode] & (deps_bits & ~allowed & ((1 << DEPS.size) - 1)).any())
+            reserved_bits.append(is_opcode[fmt.opcode] & args_bits[fmt.layout.size:].any())
+            fields_legal = Cat(*(_field_is_legal(spec, _field_value(word.args, fmt, spec.name))
+                                 for spec in fmt.fields)).all() if fmt.fields else Value.cast(1)
+            bad_field.append(is_opcode[fmt.opcode] & ~fields_legal)
+
+        with m.Switch(word.opcode):
+            for fmt in FORMATS:
+                with m.Case(fmt.opcode):
+                    m.d.comb += self.unit.eq(fmt.unit)
+            with m.Default():
+                m.d.comb += self.unit.eq(Unit.CONTROL)
+
+        range_rules = self._range_rules(word.args)
+        overlap_rules = self._overlap_rules(word.args)
+        rules = {name: range_rules[name] + overlap_rules.get(name, []) for name in range_rules}
+        with m.If(illegal_opcode):
+            m.d.comb += self.cause.eq(ErrorCause.ILLEGAL_OPCODE)
+        with m.Elif(Cat(*bad_deps).any()):
+            m.d.comb += self.cause.eq(ErrorCause.BAD_DEPS)
+        with m.Elif(Cat(*reserved_bits).any()):
+            m.d.comb += self.cause.eq(ErrorCause.RESERVED_BITS)
+        with m.Elif(Cat(*bad_field).any()):
+            m.d.comb += self.cause.eq(ErrorCause.BAD_FIELD)
+        with m.Else():
+            with m.Switch(word.opcode):
+                for fmt in FORMATS:
+                    if fmt.mnemonic not in rules:
+                        continue
+                    with m.Case(fmt.opcode):
+                        cause = Value.cast(ErrorCause.NONE)
+                        for failed, rule_cause in reversed(rules[fmt.mnemonic]):
+                            cause = Mux(failed, rule_cause, cause)
+                        m.d.comb += self.cause.eq(cause)
+        m.d.comb += self.legal.eq(self.cause == ErrorCause.NONE)
+        return m
+

@@ -1,0 +1,259 @@
+"""The EPILOGUE unit: fused bias, requantize, residual and activation over accumulator rows.
+
+Exactly :func:`braze.isa.arith.epilogue` and the ``EPILOGUE`` format's doc in
+:mod:`braze.isa.encoding`, one row per cycle, with a fixed schedule: an
+instruction of ``m`` rows takes ``m + EPILOGUE_LATENCY`` cycles whatever its
+flags (the parameter-row reads it does not need are idle cycles, so the
+access counts stay exact).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In
+
+from braze.isa.config import Config
+from braze.isa.encoding import FORMAT_BY_OPCODE, INSTRUCTION, Activation, Memory, Opcode
+from braze.isa.timing import EPILOGUE_LATENCY
+
+from .vector import ROW_ADDR_WIDTH, counter_ports, memory_ports, round_half_even, saturate
+
+__all__ = ["EPILOGUE_LATENCY", "EpilogueUnit"]
+
+# EPILOGUE_LATENCY (braze.isa.timing) is what this unit takes beyond one cycle per row: three
+# parameter-row reads (bias, multiplier, shift), the read latency, four pipeline registers
+# (bias add, multiply, requantize, residual/activation/output) and the write.
+
+EPILOGUE_ARGS = FORMAT_BY_OPCODE[Opcode.EPILOGUE].layout
+
+#: Cycle (counting the one after acceptance as 1) of the first source-row read.
+_FIRST_ROW_READ = 4
+
+
+class EpilogueUnit(wiring.Component):
+    """Executes ``EPILOGUE`` instructions.
+
+    Parameters
+    ----------
+    config : Config
+        The accelerator build; sets the row width (``cols``).
+
+    Attributes
+    ----------
+    insn : In(stream.Signature(INSTRUCTION))
+        The decoded instruction (``args.epilogue`` is read); range checks have
+        already passed.  ``ready`` is high when idle and in the cycle of
+        ``done``, so instructions can run back to back.
+    clip_lo, clip_hi, out_zp : In(signed(32))
+        The CONFIG registers, sampled when the instruction is accepted.
+    spad_read, acc_read : In(ReadPort.Signature(addr_width=16, shape=row))
+        Compute read ports of the scratchpad and the accumulator (data valid
+        the cycle after ``en``; they never stall).
+    spad_write, acc_write : In(WritePort.Signature(addr_width=16, shape=row))
+        Compute write ports.
+    busy : Out(1)
+        High for exactly ``m + EPILOGUE_LATENCY`` cycles per instruction: from
+        the cycle after it is accepted to the cycle of ``done``.
+    done : Out(1)
+        One-cycle pulse in the cycle of the last row write (committed at the
+        end of that cycle).
+    spad_read_pulse, spad_write_pulse, acc_read_pulse, acc_write_pulse : Out(1)
+        One pulse per row read or written, for the performance counters:
+        ``m + bias + 2*requant`` accumulator reads, ``m`` scratchpad reads with
+        ``residual``, ``m`` writes to ``out``.
+
+    Notes
+    -----
+    Schedule, counting the cycle after acceptance as cycle 1: cycle 1 reads
+    the bias row (with ``bias``), cycles 2 and 3 the multiplier and shift
+    rows (with ``requant``); source row ``i`` is read in cycle ``4 + i``,
+    residual row ``i`` in cycle ``6 + i``, and destination row ``i`` written
+    in cycle ``9 + i``; ``done`` comes in cycle ``m + 8``.  Per row the
+    pipeline registers hold: the bias sum (wrap32) | the int32 x int32
+    product | the product rounded half to even by ``shift & 63``, plus
+    OUT_ZP, sat32 | plus the residual, sat32, activated, sat8 for
+    ``out=spad``, columns ``>= n`` zeroed; then the write.
+    Disabled stages are made neutral (bias 0, multiplier 1, shift 0,
+    OUT_ZP 0, residual 0) rather than bypassed.
+
+    The parameter rows are read before any write, and every source and
+    residual row before it is written, so in place (``out=acc`` with
+    ``dst == src``, or ``out=spad`` with ``dst == res_addr``) and any overlap
+    with ``dst`` below the source give the row-by-row result, which is then
+    also the whole-tile result.  When a destination row is a source (residual)
+    row of a *later* row of the same instruction, the later row reads it
+    before it is written if the distance is below 5 (3) rows and after
+    otherwise: neither order is guaranteed, so programs must not do that.
+    """
+
+    def __init__(self, config: Config):
+        if not isinstance(config, Config):
+            raise TypeError(f"EpilogueUnit needs a braze.isa.Config, not {config!r}")
+        self._config = config
+        super().__init__({
+            "insn": In(stream.Signature(INSTRUCTION)),
+            "clip_lo": In(signed(32)),
+            "clip_hi": In(signed(32)),
+            "out_zp": In(signed(32)),
+            **memory_ports(config),
+            **counter_ports(),
+        })
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cols = self._config.cols
+        int32_row = data.ArrayLayout(signed(32), cols)
+
+        args = Signal(EPILOGUE_ARGS)
+        clip_lo = Signal(signed(32))
+        clip_hi = Signal(signed(32))
+        clip_floor = Signal(signed(32))      # min(CLIP_LO, CLIP_HI): what clip gives below CLIP_LO
+        zero_point = Signal(signed(32))      # OUT_ZP with requant, else 0
+
+        busy = Signal()
+        # Parameter-read phase: cycle 1..3 after acceptance; then the source rows.
+        param_cycle = Signal(range(_FIRST_ROW_READ + 1))
+        reading = Signal()
+        read_row = Signal(16)
+        src_addr = Signal(ROW_ADDR_WIDTH)
+        res_addr = Signal(ROW_ADDR_WIDTH)
+        write_row = Signal(16)
+        dst_addr = Signal(ROW_ADDR_WIDTH)
+
+        bias = Signal(int32_row)
+        mult = Signal(int32_row)
+        shift = Signal(data.ArrayLayout(6, cols))
+
+        # Stage valids, one per pipeline register after the source-row read.
+        row_arrives = Signal()   # source row data on acc_read.data
+        biased_valid = Signal()  # biased holds the row; residual row read this cycle
+        product_valid = Signal()
+        requantized_valid = Signal()  # residual row registered too
+        result_valid = Signal()  # write this cycle
+
+        biased = Signal(int32_row)
+        product = Signal(data.ArrayLayout(signed(64), cols))
+        requantized = Signal(int32_row)
+        residual_row = Signal(data.ArrayLayout(signed(8), cols))
+        result = Signal(int32_row)
+
+        done = Signal()
+        m.d.comb += [
+            done.eq(result_valid & (write_row == args.m - 1)),
+            self.done.eq(done),
+            self.busy.eq(busy),
+            self.insn.ready.eq(~busy | done),
+        ]
+
+        with m.If(done):
+            m.d.sync += busy.eq(0)
+
+        # Accumulator reads: bias, multiplier and shift rows, then the m source rows.
+        with m.If(param_cycle != 0):
+            m.d.sync += param_cycle.eq(param_cycle + 1)
+            with m.If(param_cycle == _FIRST_ROW_READ - 1):
+                m.d.sync += [param_cycle.eq(0), reading.eq(1)]
+        acc_read_en = Signal()
+        with m.Switch(param_cycle):
+            with m.Case(1):
+                m.d.comb += [self.acc_read.addr.eq(args.bias_addr), acc_read_en.eq(args.bias)]
+            with m.Case(2):
+                m.d.comb += [self.acc_read.addr.eq(args.quant_addr), acc_read_en.eq(args.requant)]
+            with m.Case(3):
+                m.d.comb += [self.acc_read.addr.eq(args.quant_addr + 1), acc_read_en.eq(args.requant)]
+            with m.Default():
+                m.d.comb += [self.acc_read.addr.eq(src_addr), acc_read_en.eq(reading)]
+        m.d.comb += [self.acc_read.en.eq(acc_read_en), self.acc_read_pulse.eq(acc_read_en)]
+        with m.If(reading):
+            m.d.sync += [read_row.eq(read_row + 1), src_addr.eq(src_addr + 1)]
+            with m.If(read_row == args.m - 1):
+                m.d.sync += reading.eq(0)
+
+        # Parameter rows arrive one cycle after their read; disabled stages get neutral values.
+        param_arrives = Signal(range(_FIRST_ROW_READ + 1))
+        m.d.sync += param_arrives.eq(param_cycle)
+        for j in range(cols):
+            element = self.acc_read.data[j]
+            with m.Switch(param_arrives):
+                with m.Case(1):
+                    m.d.sync += bias[j].eq(Mux(args.bias, element, 0))
+                with m.Case(2):
+                    m.d.sync += mult[j].eq(Mux(args.requant, element, 1))
+                with m.Case(3):
+                    m.d.sync += shift[j].eq(Mux(args.requant, element[:6], 0))
+
+        m.d.sync += [
+            row_arrives.eq(reading),
+            biased_valid.eq(row_arrives),
+            product_valid.eq(biased_valid),
+            requantized_valid.eq(product_valid),
+            result_valid.eq(requantized_valid),
+        ]
+
+        # Residual rows: read while the row is in the multiply stage, registered next to `requantized`.
+        residual_read = Signal()
+        m.d.comb += [
+            residual_read.eq(biased_valid & args.residual),
+            self.spad_read.en.eq(residual_read),
+            self.spad_read.addr.eq(res_addr),
+            self.spad_read_pulse.eq(residual_read),
+        ]
+        with m.If(residual_read):
+            m.d.sync += res_addr.eq(res_addr + 1)
+
+        for j in range(cols):
+            # Bias (wrap32) | multiply | round, + OUT_ZP, sat32.
+            m.d.sync += [
+                biased[j].eq((self.acc_read.data[j] + bias[j])[:32]),
+                product[j].eq(biased[j] * mult[j]),
+                requantized[j].eq(saturate(round_half_even(product[j], shift[j]) + zero_point, 32)),
+                residual_row[j].eq(Mux(args.residual, self.spad_read.data[j], 0)),
+            ]
+            # + residual, sat32 | activation | output type | column mask.
+            summed = saturate(requantized[j] + residual_row[j], 32)
+            activated = Signal(signed(32), name=f"activated_{j}")
+            with m.Switch(args.act):
+                with m.Case(Activation.RELU):
+                    m.d.comb += activated.eq(Mux(summed[-1], 0, summed))
+                with m.Case(Activation.CLIP):
+                    m.d.comb += activated.eq(
+                        Mux(summed < clip_lo, clip_floor, Mux(summed > clip_hi, clip_hi, summed)))
+                with m.Default():
+                    m.d.comb += activated.eq(summed)
+            converted = Mux(args.out == Memory.SPAD, saturate(activated, 8), activated)
+            m.d.sync += result[j].eq(Mux(j < args.n, converted, 0))
+
+        # Writing.
+        with m.If(result_valid):
+            m.d.sync += [write_row.eq(write_row + 1), dst_addr.eq(dst_addr + 1)]
+        for memory, port, pulse in ((Memory.SPAD, self.spad_write, self.spad_write_pulse),
+                                    (Memory.ACC, self.acc_write, self.acc_write_pulse)):
+            here = result_valid & (args.out == memory)
+            m.d.comb += [port.en.eq(here), port.addr.eq(dst_addr), pulse.eq(here)]
+            element = port.data.shape().elem_shape
+            for j in range(cols):
+                m.d.comb += port.data[j].eq(result[j][:element.width])
+
+        # Accepting an instruction: last, so that it overrides the final updates of the previous one.
+        new = self.insn.payload.args.epilogue
+        with m.If(self.insn.valid & self.insn.ready):
+            m.d.sync += [
+                args.eq(new),
+                clip_lo.eq(self.clip_lo),
+                clip_hi.eq(self.clip_hi),
+                clip_floor.eq(Mux(self.clip_lo < self.clip_hi, self.clip_lo, self.clip_hi)),
+                zero_point.eq(Mux(new.requant, self.out_zp, 0)),
+                busy.eq(1),
+                param_cycle.eq(1),
+                read_row.eq(0),
+                src_addr.eq(new.src),
+                res_addr.eq(new.res_addr),
+                write_row.eq(0),
+                dst_addr.eq(new.dst),
+            ]
+        return m
