@@ -1,0 +1,305 @@
+"""The validity check of the compiler's IR, separate from the passes.
+
+:func:`validate` checks a :class:`~braze.sw.ir.Graph` and raises
+:class:`~braze.sw.ir.InvalidGraph` naming the first offending node and the
+problem.  Every pass must map valid graphs to valid graphs; the tests run it
+before and after each pass.
+
+Checks: node kinds are well-formed; the graph is acyclic; every tensor read
+is produced exactly once and every graph output exists; per operator, the
+arity, dtypes and (where known) shapes agree (e.g. MatMul inner dimensions,
+Conv channels, broadcastable elementwise operands); quantized nodes carry
+their quantization parameters; transfers move one tensor between two
+different known places without changing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .frontend import BRAZE_DOMAIN, supports
+from .ir import LOCATIONS, Graph, InvalidGraph, Node, NodeKind, TensorInfo
+
+__all__ = ["validate", "InvalidGraph"]
+
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def validate(graph: Graph) -> Graph:
+    """Check ``graph``; return it unchanged, or raise :class:`InvalidGraph`."""
+    for node in graph.nodes:
+        _check_kind(graph, node)
+    for node in graph.nodes:
+        for tensor in node.inputs:
+            if not tensor:
+                continue
+            count = len(graph.producers(tensor))
+            if count == 0:
+                raise InvalidGraph(f"reads tensor {tensor!r}, which no node produces", node=node.name)
+        for tensor in node.outputs:
+            if tensor and len(graph.producers(tensor)) > 1:
+                others = [n.name for n in graph.producers(tensor)]
+                raise InvalidGraph(f"tensor {tensor!r} is produced {len(others)} times (by {others})",
+                                   node=node.name)
+    if not graph.outputs:
+        raise InvalidGraph(f"graph {graph.name!r} has no outputs")
+    if len(set(graph.outputs)) != len(graph.outputs):
+        raise InvalidGraph(f"graph {graph.name!r} lists an output twice: {list(graph.outputs)}")
+    graph.topological_order()                   # raises on a cycle
+    for node in graph.nodes:
+        if node.kind is NodeKind.OPERATOR:
+            _check_operator(graph, node)
+    return graph
+
+
+def _check_kind(graph: Graph, node: Node) -> None:
+    def fail(problem: str):
+        raise InvalidGraph(problem, node=node.name)
+
+    counts = {NodeKind.INPUT: (0, 1), NodeKind.OUTPUT: (1, 0), NodeKind.CONSTANT: (0, 1),
+              NodeKind.TRANSFER: (1, 1)}
+    if node.kind in counts:
+        n_in, n_out = counts[node.kind]
+        if len(node.inputs) != n_in or len(node.outputs) != n_out or not all(node.inputs + node.outputs):
+            fail(f"a {node.kind.value} node has {n_in} input(s) and {n_out} output(s), "
+                 f"got {list(node.inputs)} -> {list(node.outputs)}")
+    if node.kind is NodeKind.CONSTANT:
+        if node.value is None:
+            fail("constant without a value")
+        info = graph.tensor(node.outputs[0])
+        if info.dtype is not None and info.dtype != node.value.dtype.name:
+            fail(f"constant value is {node.value.dtype.name} but its tensor is declared {info.dtype}")
+        if info.shape is not None and tuple(info.shape) != node.value.shape:
+            fail(f"constant value has shape {node.value.shape} but its tensor is declared {info.shape}")
+    if node.kind is NodeKind.TRANSFER:
+        src, dst = node.attrs.get("src"), node.attrs.get("dst")
+        if src not in LOCATIONS or dst not in LOCATIONS or src == dst:
+            fail(f"transfer from {src!r} to {dst!r}: both must be different places among {LOCATIONS}")
+        before, after = graph.tensor(node.inputs[0]), graph.tensor(node.outputs[0])
+        if (before.dtype, before.shape) != (after.dtype, after.shape):
+            fail(f"transfer changes the tensor: {before} -> {after}")
+    if node.kind is NodeKind.OPERATOR and node.device == "cpu" and not supports(node) \
+            and "onnx_node" not in node.attrs:
+        fail(f"CPU fallback node {node.qualified_op} has neither a built-in evaluator nor its ONNX node")
+    if node.kind is NodeKind.OPERATOR and node.device == "accel" and node.domain not in ("", BRAZE_DOMAIN):
+        fail(f"operator {node.qualified_op} of a foreign domain must run on the CPU")
+    if node.kind is NodeKind.CONTROL and not node.op_type:
+        fail("control-flow node without an op type")
+
+
+# -- per-operator checks -----------------------------------------------------------------------------
+
+def _info(graph: Graph, node: Node, index: int) -> TensorInfo:
+    present = index < len(node.inputs) and node.inputs[index]
+    return graph.tensor(node.inputs[index]) if present else TensorInfo("")
+
+
+def _known(*dims) -> bool:
+    return all(isinstance(d, int) for d in dims)
+
+
+def _broadcastable(a: tuple, b: tuple) -> bool:
+    for x, y in zip(reversed(a), reversed(b), strict=False):
+        if _known(x, y) and x != y and x != 1 and y != 1:
+            return False
+    return True
+
+
+def _check_operator(graph: Graph, node: Node) -> None:
+    def fail(problem: str):
+        raise InvalidGraph(problem, node=node.name)
+
+    arity = _ARITY.get(node.qualified_op)
+    if arity is not None:
+        present = len(node.inputs)
+        low, high = arity
+        if not low <= present <= high or any(not node.inputs[i] for i in range(low)):
+            fail(f"{node.qualified_op} takes {low}..{high} inputs (the first {low} required), "
+                 f"got {list(node.inputs)}")
+    if not node.outputs or not node.outputs[0]:
+        fail(f"{node.qualified_op} has no output")
+    check = _CHECKS.get(node.qualified_op)
+    if check is not None:
+        check(graph, node, fail)
+
+
+def _check_output_shape(graph, node, fail, expected: tuple) -> None:
+    """The declared output shape agrees with ``expected`` wherever both dims are known."""
+    declared = graph.tensor(node.outputs[0]).shape
+    if declared is None:
+        return
+    if len(declared) != len(expected) or any(_known(d, e) and d != e for d, e in zip(declared, expected,
+                                                                                      strict=True)):
+        fail(f"output {node.outputs[0]!r} is declared {declared}, but the operands give {expected}")
+
+
+def _check_matmul(graph, node, fail):
+    a, b = _info(graph, node, 0), _info(graph, node, 1)
+    if a.dtype and b.dtype and a.dtype != b.dtype:
+        fail(f"MatMul operands differ in type: {a.dtype} and {b.dtype}")
+    if a.shape and b.shape:
+        k_a = a.shape[-1]
+        k_b = b.shape[0] if len(b.shape) == 1 else b.shape[-2]
+        if _known(k_a, k_b) and k_a != k_b:
+            fail(f"MatMul inner dimensions differ: {a.name} is {a.shape}, {b.name} is {b.shape}")
+        if len(a.shape) == 2 and len(b.shape) == 2:
+            _check_output_shape(graph, node, fail, (a.shape[0], b.shape[1]))
+
+
+def _gemm_operands(graph, node):
+    a, b = _info(graph, node, 0), _info(graph, node, 1)
+    a_shape, b_shape = a.shape, b.shape
+    if a_shape is not None and node.attrs.get("flatten_a") is not None:
+        axis = node.attrs["flatten_a"]
+        head, tail = a_shape[:axis], a_shape[axis:]
+        a_shape = (int(np.prod(head)) if _known(*head) else None,
+                   int(np.prod(tail)) if _known(*tail) else None)
+    if a_shape is not None and node.attrs.get("transA", 0):
+        a_shape = a_shape[::-1]
+    if b_shape is not None and node.attrs.get("transB", 0):
+        b_shape = b_shape[::-1]
+    return a, b, a_shape, b_shape
+
+
+def _check_gemm(graph, node, fail):
+    a, b, a_shape, b_shape = _gemm_operands(graph, node)
+    if a.dtype and b.dtype and a.dtype != b.dtype:
+        fail(f"Gemm operands differ in type: {a.dtype} and {b.dtype}")
+    if a_shape is not None and len(a_shape) != 2 or b_shape is not None and len(b_shape) != 2:
+        fail(f"Gemm needs 2-D operands, got {a.shape} and {b.shape}")
+    if a_shape and b_shape and _known(a_shape[1], b_shape[0]) and a_shape[1] != b_shape[0]:
+        fail(f"Gemm inner dimensions differ: A is {a_shape}, B is {b_shape} (after flatten/transpose)")
+    c = _info(graph, node, 2)
+    if c.shape is not None and a_shape and b_shape and not _broadcastable((a_shape[0], b_shape[1]), c.shape):
+        fail(f"Gemm bias {c.shape} does not broadcast to {(a_shape[0], b_shape[1])}")
+    if a_shape and b_shape:
+        _check_output_shape(graph, node, fail, (a_shape[0], b_shape[1]))
+
+
+def _check_conv(graph, node, fail, *, x_index=0, w_index=1, bias_index=2):
+    x, w = _info(graph, node, x_index), _info(graph, node, w_index)
+    if x.shape is not None and len(x.shape) != 4 or w.shape is not None and len(w.shape) != 4:
+        fail(f"only 2-D convolution (rank-4 input and weight) is supported, got {x.shape} and {w.shape}")
+    if x.shape and w.shape and _known(x.shape[1], w.shape[1]):
+        group = node.attrs.get("group", 1)
+        if x.shape[1] != w.shape[1] * group:
+            fail(f"Conv input has {x.shape[1]} channels, weight expects {w.shape[1]}x{group} groups")
+    bias = _info(graph, node, bias_index)
+    if bias.shape is not None and w.shape and (len(bias.shape) != 1 or _known(bias.shape[0], w.shape[0])
+                                               and bias.shape[0] != w.shape[0]):
+        fail(f"Conv bias has shape {bias.shape}, expected ({w.shape[0]},)")
+
+
+def _check_elementwise(graph, node, fail):
+    infos = [_info(graph, node, i) for i in range(len(node.inputs))]
+    dtypes = {i.dtype for i in infos if i.dtype}
+    if len(dtypes) > 1 and node.op_type not in ("Pow", "Where"):
+        fail(f"{node.op_type} operands differ in type: {sorted(dtypes)}")
+    shapes = [i.shape for i in infos if i.shape is not None]
+    for first in shapes:
+        for second in shapes:
+            if not _broadcastable(first, second):
+                fail(f"{node.op_type} operands do not broadcast: {shapes}")
+
+
+def _check_qdq(graph, node, fail):
+    x, scale, zp = _info(graph, node, 0), _info(graph, node, 1), _info(graph, node, 2)
+    if scale.dtype and np.dtype(scale.dtype).kind != "f":
+        fail(f"{node.op_type} scale must be a float tensor, got {scale.dtype}")
+    if zp.dtype and scale.shape is not None and zp.shape is not None and scale.shape != zp.shape:
+        fail(f"{node.op_type} scale {scale.shape} and zero point {zp.shape} differ in shape")
+    if node.op_type == "QuantizeLinear" and x.dtype and np.dtype(x.dtype).kind != "f":
+        fail(f"QuantizeLinear input must be float, got {x.dtype}")
+    if node.op_type == "DequantizeLinear" and x.dtype and np.dtype(x.dtype).kind not in "iu":
+        fail(f"DequantizeLinear input must be an integer tensor, got {x.dtype}")
+
+
+def _check_braze(graph, node, fail):
+    """Braze's quantized ops: int8 operands, int32 bias, complete and in-range requantization."""
+    x, w, bias = _info(graph, node, 0), _info(graph, node, 1), _info(graph, node, 2)
+    if x.dtype not in (None, "int8"):
+        fail(f"quantized input {x.name!r} must be int8, got {x.dtype}")
+    if graph.constant(node.inputs[1]) is None or w.dtype != "int8":
+        fail(f"weight {w.name!r} must be an int8 constant, got {w}")
+    if x.quant is None:
+        fail(f"quantized input {x.name!r} has no quantization parameters")
+    if x.quant.zero_point[0] != node.attrs.get("x_zero_point", 0):
+        fail(f"x_zero_point {node.attrs.get('x_zero_point', 0)} differs from input's {x.quant.zero_point[0]}")
+    n = w.shape[-1] if node.op_type == "QMatMul" else w.shape[0]
+    k = w.shape[0] if node.op_type == "QMatMul" else w.shape[1]
+    if node.op_type == "QMatMul" and x.shape is not None:
+        width = x.shape[-1]
+        if node.attrs.get("flatten_a") is not None:
+            tail = x.shape[node.attrs["flatten_a"]:]
+            width = int(np.prod(tail)) if _known(*tail) else None
+        if _known(width) and width != k:
+            fail(f"QMatMul inner dimensions differ: input {x.shape}, weight {w.shape}")
+    if node.op_type == "QConv":
+        _check_conv(graph, node, fail)
+    if node.inputs[2:] and node.inputs[2]:
+        if bias.dtype != "int32" or bias.shape != (n,):
+            fail(f"bias {bias.name!r} must be int32 of shape ({n},), got {bias}")
+    out = node.attrs.get("out", "spad")
+    if out not in ("spad", "acc"):
+        fail(f"out must be 'spad' or 'acc', got {out!r}")
+    mult, shift = node.attrs.get("mult"), node.attrs.get("shift")
+    if (mult is None) != (shift is None):
+        fail("requantization needs both mult and shift")
+    if mult is not None:
+        mult, shift = np.asarray(mult), np.asarray(shift)
+        if mult.shape not in ((n,), ()) or shift.shape not in ((n,), ()):
+            fail(f"mult {mult.shape} and shift {shift.shape} must be per column (n={n}) or scalar")
+        if mult.min() < INT32_MIN or mult.max() > INT32_MAX or shift.min() < 0 or shift.max() > 63:
+            fail(f"mult must be int32 and shift 0..63, got mult {mult.min()}..{mult.max()}, "
+                 f"shift {shift.min()}..{shift.max()}")
+    elif out == "spad":
+        fail("an int8 output needs requantization (mult and shift)")
+    act = node.attrs.get("act", "none")
+    if act not in ("none", "relu", "clip"):
+        fail(f"act must be 'none', 'relu' or 'clip', got {act!r}")
+    y = graph.tensor(node.outputs[0])
+    expected = "int8" if out == "spad" else "int32"
+    if y.dtype not in (None, expected):
+        fail(f"output {y.name!r} must be {expected} (out={out!r}), got {y.dtype}")
+    if out == "spad":
+        if y.quant is None:
+            fail(f"quantized output {y.name!r} has no quantization parameters")
+        if y.quant.zero_point[0] != node.attrs.get("out_zp", 0):
+            fail(f"out_zp {node.attrs.get('out_zp', 0)} differs from the output's zero point "
+                 f"{y.quant.zero_point}")
+
+
+def _check_qlinear_matmul(graph, node, fail, *, b_index=3):
+    a, b = _info(graph, node, 0), _info(graph, node, b_index)
+    for info in (a, b):
+        if info.dtype and info.dtype not in ("int8", "uint8"):
+            fail(f"{node.op_type} operand {info.name!r} must be int8 or uint8, got {info.dtype}")
+    if a.shape and b.shape and _known(a.shape[-1], b.shape[-2] if len(b.shape) > 1 else b.shape[0]) \
+            and a.shape[-1] != (b.shape[-2] if len(b.shape) > 1 else b.shape[0]):
+        fail(f"{node.op_type} inner dimensions differ: {a.shape} and {b.shape}")
+
+
+_ARITY: dict[str, tuple[int, int]] = {
+    "MatMul": (2, 2), "Gemm": (2, 3), "Conv": (2, 3), "Relu": (1, 1), "Clip": (1, 3), "Add": (2, 2),
+    "Sub": (2, 2), "Mul": (2, 2), "Div": (2, 2), "MaxPool": (1, 1), "AveragePool": (1, 1),
+    "GlobalAveragePool": (1, 1), "Flatten": (1, 1), "Reshape": (2, 2), "Transpose": (1, 1), "Softmax": (1, 1),
+    "Sigmoid": (1, 1), "QuantizeLinear": (2, 3), "DequantizeLinear": (2, 3), "QLinearMatMul": (8, 8),
+    "QLinearConv": (8, 9), "MatMulInteger": (2, 4), "ConvInteger": (2, 4), "Identity": (1, 1),
+    "Dropout": (1, 3), "Cast": (1, 1), "Shape": (1, 1), "Gather": (2, 2), "Slice": (3, 5),
+    "Unsqueeze": (2, 2), "Squeeze": (1, 2), "ConstantOfShape": (1, 1),
+    f"{BRAZE_DOMAIN}.QMatMul": (2, 3), f"{BRAZE_DOMAIN}.QConv": (2, 3),
+}
+
+_CHECKS: dict[str, Callable] = {
+    "MatMul": _check_matmul, "Gemm": _check_gemm, "Conv": _check_conv,
+    "Add": _check_elementwise, "Sub": _check_elementwise,
+    "Mul": _check_elementwise, "Div": _check_elementwise,
+    "QuantizeLinear": _check_qdq, "DequantizeLinear": _check_qdq,
+    "QLinearMatMul": _check_qlinear_matmul,
+    "MatMulInteger": lambda g, n, f: _check_qlinear_matmul(g, n, f, b_index=1),
+    "QLinearConv": lambda g, n, f: _check_conv(g, n, f, x_index=0, w_index=3, bias_index=8),
+    "ConvInteger": lambda g, n, f: _check_conv(g, n, f, bias_index=99),
+    f"{BRAZE_DOMAIN}.QMatMul": _check_braze, f"{BRAZE_DOMAIN}.QConv": _check_braze,
+}
