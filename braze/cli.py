@@ -117,6 +117,57 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.main(args)
 
 
+
+@command("rtl", "generate the Verilog and manifest of a build; lint it, and synthesize with --synth",
+         arg("--config", default="default", help="preset name, PRESET:field=value,... or JSON"),
+         arg("-o", "--output", type=Path, required=True, help="output directory"),
+         arg("--synth", action="store_true", help="run Yosys and write braze_<name>_synth.json"),
+         arg("--lint", action=argparse.BooleanOptionalAction, default=True,
+             help="run verilator --lint-only on the generated Verilog (default: on)"))
+def _rtl(args: argparse.Namespace) -> int:
+    from braze.hw.rtl import build, synth_table
+    from braze.isa.config import Config
+
+    result = build(Config.parse(args.config), args.output, lint=args.lint, synth=args.synth)
+    print(f"wrote {result.verilog} and {result.manifest}")
+    if args.lint:
+        print(f"verilator lint: clean ({result.seconds['lint']:.1f} s)")
+    if result.synth_report is not None:
+        print(synth_table(result.synth_report))
+        print(f"wrote {result.synth}")
+    return 0
+
+
+@command("verify", "differential verification: random programs on the reference model and a device",
+         arg("--device", default="golden", help="device under test, a back end of braze.sim.device.DEVICES"),
+         arg("--config", default="tiny", help="preset name, PRESET:field=value,... or JSON (default: tiny)"),
+         arg("--programs", type=int, default=20, help="number of random programs (default: 20)"),
+         arg("--seed", type=int, default=0, help="program i is generated from seed SEED+i (default: 0)"),
+         arg("--size", type=int, default=None, help="tiles of work per program (default: 8)"),
+         arg("--reproducers", type=Path, metavar="DIR", help="write a minimised reproducer per mismatch"),
+         arg("--replay", type=Path, metavar="DIR", help="rerun a reproducer instead of generating programs"))
+def _verify(args: argparse.Namespace) -> int:
+    from braze.isa.config import Config
+    from braze.sim import verify
+    from braze.sim.device import DEVICES
+    from braze.sim.progen import DEFAULT_SIZE
+
+    if args.device not in DEVICES:
+        raise BrazeError(f"no device back end named {args.device!r}; available: {', '.join(DEVICES)}")
+    factory = DEVICES[args.device]
+    if args.replay is not None:
+        program, mismatches = verify.replay(args.replay, factory)
+        print(f"replayed {args.replay}: {len(program.instructions)} instructions on the {args.device} "
+              f"device, config {program.config.name!r}: {len(mismatches)} mismatch(es)")
+        for mismatch in mismatches:
+            print(f"  {mismatch.kind}: {mismatch.detail}")
+        return 1 if mismatches else 0
+    report = verify.verify(factory, Config.parse(args.config), programs=args.programs, seed=args.seed,
+                           size=args.size or DEFAULT_SIZE, reproducer_dir=args.reproducers)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="braze", description="Braze: an int8 systolic accelerator, its ISA, simulators and compiler.")

@@ -86,7 +86,7 @@ from .timing import (
 
 __all__ = [
     "Machine", "RunResult", "RaceError", "InstructionLimitExceeded", "check_ranges", "check_overlap",
-    "run_program",
+    "run_program", "instruction_accesses",
 ]
 
 _COUNTER_MASK = (1 << 64) - 1
@@ -257,7 +257,7 @@ def _matmul_a_rows(insn: Instruction, first_chunk: int, end_chunk: int) -> np.nd
             + np.arange(insn.m, dtype=np.int64))
 
 
-def _accesses(insn: Instruction, config: Config) -> list[Access]:
+def instruction_accesses(insn: Instruction, config: Config) -> list[Access]:
     op = insn.opcode
     if op is Opcode.LOAD:
         result: list[Access] = [(_SPACE_OF[insn.mem], slice(insn.addr, insn.addr + insn.rows), True)]
@@ -507,7 +507,7 @@ class Machine:
             if entry.unit is Unit.CONTROL:
                 self._races.barrier(seq)
             else:
-                self._races.instruction(insn, seq, pc, _accesses(insn, config))
+                self._races.instruction(insn, seq, pc, instruction_accesses(insn, config))
 
         if op in BUSY_COUNTER:
             self._count(Counter[BUSY_COUNTER[op].upper()], entry.end - entry.start)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import importlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -187,8 +188,22 @@ class GoldenDevice(Device):
         return {spec.name: int(value) for spec, value in zip(COUNTERS, self.machine.counters, strict=True)}
 
 
-#: Back ends by name; later ones register themselves here.
-DEVICES: dict[str, Callable[..., Device]] = {"golden": GoldenDevice}
+def _imported(module: str, name: str) -> Callable[..., Device]:
+    """A factory that imports its back end on first use: simulators are heavy imports."""
+
+    def factory(config: Config, **options) -> Device:
+        return getattr(importlib.import_module(module), name)(config, **options)
+
+    factory.__name__ = name
+    return factory
+
+
+#: Back ends by name: factories taking a Config and back-end options.
+DEVICES: dict[str, Callable[..., Device]] = {
+    "golden": GoldenDevice,
+    "amaranth": _imported("braze.sim.amaranth_device", "AmaranthDevice"),
+    "verilator": _imported("braze.sim.verilator_device", "VerilatorDevice"),
+}
 
 
 def open_device(kind: str, config: Config | str = "default", **options) -> Device:
