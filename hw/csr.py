@@ -167,7 +167,8 @@ REGISTERS: tuple[Register, ...] = (
     Register("ERROR_PC", 0x01C, Access.RO, (_ro("pc", 0, 32, "byte address"),),
              "byte address of the instruction that failed"),
     Register("PROG_BASE_LO", 0x020, Access.RW,
-             (Field("addr", 0, 32, Access.RW, "bits 0..31"),), "program base address, low word"),
+             (Field("addr", 0, 32, Access.RW, "bits 0..31"),),
+             "program base address, low word; must be 16-byte aligned (else FETCH_ERROR)"),
     Register("PROG_BASE_HI", 0x024, Access.RW,
              (Field("addr", 0, 32, Access.RW, "bits 32..63"),), "program base address, high word"),
 ) + _counter_registers()

@@ -32,6 +32,17 @@ control unit once every earlier instruction has completed, and take no tokens.
 A program is correct when every pair of instructions on different units that
 touch the same memory (scratchpad, accumulator or external) is ordered by
 tokens or barriers.  The reference model checks this and reports a race.
+
+Errors
+------
+An illegal or failing instruction stops the machine with an
+:class:`ErrorCause` and the instruction's byte address.  Because the units
+run decoupled, only the instructions ordered before the failing one by a
+barrier are guaranteed to have completed; instructions of other units may
+have run past it, and a LOAD or STORE that fails part-way has moved (and
+counted) its earlier rows.  Memory contents and exact counters after an
+error are therefore defined only up to the last barrier before it.  Programs
+start at a 16-byte aligned address; an unaligned base is a FETCH_ERROR.
 """
 
 from __future__ import annotations

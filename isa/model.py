@@ -453,6 +453,11 @@ class Machine:
         if program_addr < 0:
             raise ValueError(f"program_addr {program_addr} is negative")
         self._start_run()
+        if program_addr % INSN_BYTES:
+            # The hardware fetches whole 16-byte words and reports an unaligned base this way.
+            raise ExecutionError(ErrorCause.FETCH_ERROR,
+                                 f"program base 0x{program_addr:x} is not {INSN_BYTES}-byte aligned",
+                                 pc=program_addr)
         pc = program_addr
         executed = 0
         while True:

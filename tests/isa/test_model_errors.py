@@ -349,3 +349,16 @@ def test_large_program_checks_quickly():
     # The pipeline overlaps units: well under the serial sum of busy cycles.
     busy = sum(result.counters[name] for name in ("load_busy", "store_busy", "array_busy", "vector_busy"))
     assert result.cycles < busy
+
+
+def test_unaligned_program_base_is_a_fetch_error():
+    from braze.isa import Config, ErrorCause, ExecutionError, Instruction, encode_program
+    from braze.isa.model import Machine
+
+    machine = Machine(Config.preset("tiny"))
+    machine.write_dram(0x104, encode_program([Instruction.make("halt")]))
+    with pytest.raises(ExecutionError) as caught:
+        machine.run(0x104)
+    assert caught.value.cause is ErrorCause.FETCH_ERROR and caught.value.pc == 0x104
+    machine.write_dram(0x100, encode_program([Instruction.make("halt")]))
+    assert machine.run(0x100).status == "done"
