@@ -1,0 +1,49 @@
+"""The Amaranth-simulator device: same interface, same results as the reference model."""
+
+import numpy as np
+
+from braze.isa import Config, ErrorCause, Instruction, assemble
+from braze.sim import verify
+from braze.sim.device import DeviceError, open_device
+
+TINY = Config.preset("tiny")
+
+
+def test_random_programs_match_the_reference_model():
+    report = verify.verify(lambda config: open_device("amaranth", config), TINY, programs=4, seed=11)
+    assert report.programs == 4
+    assert report.mismatches == 0, report.summary()
+
+
+def test_error_status_and_recovery_on_one_device():
+    with open_device("amaranth", TINY) as device:
+        bad = [Instruction.make("load", mem="spad", addr=TINY.spad_rows - 1, rows=2, len=4, dram=0x400),
+               Instruction.make("halt")]
+        status = device.run(bad, base=0x100, check=False)
+        assert status.cause is ErrorCause.SPAD_RANGE and status.error_pc == 0x100
+        try:
+            device.run(bad, base=0x100)
+        except DeviceError as error:
+            assert "spad_range" in str(error)
+        else:
+            raise AssertionError("an error status must raise with check=True")
+        # The same device runs a good program afterwards, and on-chip state persists.
+        device.write(0x400, np.arange(16, dtype=np.int8))
+        good = assemble("""
+            load mem=spad addr=3 rows=4 len=4 dram=0x400 stride=4 push_next
+            vector op=add dst_mem=spad src1_mem=spad dst=3 src1=3 src2=3 rows=4 pop_prev push_next
+            store mem=spad addr=3 rows=4 len=4 dram=0x800 stride=4 pop_prev
+            halt
+        """)
+        status = device.run(good, base=0x100)
+        assert status.ok and status.counters["insn_vector"] == 1
+        assert device.read_array(0x800, (16,), np.int8).tolist() == [2 * v for v in range(16)]
+
+
+def test_cycle_budget_stops_a_run_and_the_device_recovers():
+    with open_device("amaranth", TINY) as device:
+        long_program = [Instruction.make("load", mem="spad", addr=0, rows=200, len=4, dram=0x1000, stride=4),
+                        Instruction.make("halt")]
+        status = device.run(long_program, base=0, max_cycles=20, check=False)
+        assert status.timed_out and not status.ok
+        assert device.run([Instruction.make("halt")], base=0x200).ok
