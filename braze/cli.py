@@ -168,6 +168,160 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _session_from_args(args: argparse.Namespace, *, device: str | None = None):
+    """An InferenceSession from the shared options of ``run`` and ``compile``."""
+    import numpy as np
+
+    from braze.sw.session import InferenceSession
+
+    calibration = None
+    if getattr(args, "calibrate", None) is not None:
+        calibration = _load_arrays(args.calibrate)
+    return InferenceSession(str(args.model), device=device or args.device, config=args.config,
+                            fuse=not args.no_fuse, calibration=calibration,
+                            allow_fallback=args.allow_fallback,
+                            threshold=args.threshold), np
+
+
+def _load_arrays(path: Path):
+    """An array (``.npy``) or a dict of input name to array (``.npz``)."""
+    import numpy as np
+
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise BrazeError(f"{path}: not a .npy or .npz file ({error})") from None
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    return {name: loaded[name] for name in loaded.files}
+
+
+_MODEL_ARGUMENTS = (
+    arg("model", type=Path, help="ONNX model file"),
+    arg("--config", default="default", help="preset name, PRESET:field=value,... or JSON"),
+    arg("--no-fuse", action="store_true", help="one kernel per operator (the unfused baseline)"),
+    arg("--calibrate", type=Path, metavar="FILE", help="calibration inputs (.npy, or .npz by input name) "
+        "to quantize a float model with"),
+    arg("--allow-fallback", action="store_true", help="run unsupported operators on the CPU"),
+    arg("--threshold", type=float, default=0.02, help="minimum predicted gain of a fusion (default 0.02)"),
+)
+
+
+@command("run", "compile an ONNX model and run it on a device; print outputs and per-kernel counters",
+         *_MODEL_ARGUMENTS,
+         arg("--device", default="golden", help="golden, amaranth or verilator (default: golden)"),
+         arg("--input", type=Path, metavar="FILE", help="input (.npy, or .npz by input name); "
+             "default: uniform random in [0, 1) of the input's shape, seed 0"))
+def _run(args: argparse.Namespace) -> int:
+    session, np = _session_from_args(args)
+    with session:
+        inputs = session.get_inputs()
+        if args.input is not None:
+            loaded = _load_arrays(args.input)
+            if isinstance(loaded, dict):
+                feeds = loaded
+            elif len(inputs) == 1:
+                feeds = {inputs[0].name: loaded}
+            else:
+                raise BrazeError(f"the model has inputs {[i.name for i in inputs]}: give --input as .npz")
+        else:
+            rng = np.random.default_rng(0)
+            feeds = {}
+            for item in inputs:
+                shape = [d if isinstance(d, int) else 1 for d in item.shape]
+                dtype = session.graph_before.tensor(item.name).dtype
+                feeds[item.name] = rng.random(shape).astype(dtype) if np.dtype(dtype).kind == "f" \
+                    else rng.integers(-128, 128, shape).astype(dtype)
+        outputs = session.run(None, feeds)
+        for item, value in zip(session.get_outputs(), outputs, strict=True):
+            print(f"{item.name}: {value.dtype}{list(value.shape)}")
+            print(np.array2string(value, threshold=200, precision=5))
+        print()
+        for decision in session.fusion_decisions:
+            print(f"fusion: {decision}")
+        print(session.report().table())
+    return 0
+
+
+@command("compile", "compile an ONNX model: each kernel's assembly (.s) and binary (.bin), JSON manifest",
+         *_MODEL_ARGUMENTS,
+         arg("-o", "--output", type=Path, required=True, help="output directory"),
+         arg("--shape", action="append", default=[], metavar="NAME=D0,D1,...",
+             help="concrete shape of an input with symbolic dimensions (default: 1 for each)"))
+def _compile(args: argparse.Namespace) -> int:
+    from braze.isa import encode_program
+
+    session, _ = _session_from_args(args, device="golden")
+    with session:
+        shapes = {}
+        for item in args.shape:
+            name, eq, dims = item.partition("=")
+            if not eq:
+                raise BrazeError(f"--shape {item!r} is not of the form NAME=D0,D1,...")
+            try:
+                shapes[name] = tuple(int(d) for d in dims.split(","))
+            except ValueError:
+                raise BrazeError(f"--shape {item!r}: dimensions must be integers") from None
+        if shapes:
+            compiled = session.compile_for({**{i.name: tuple(d if isinstance(d, int) else 1 for d in i.shape)
+                                              for i in session.get_inputs()}, **shapes})
+        else:
+            compiled = session.compiled
+        args.output.mkdir(parents=True, exist_ok=True)
+        manifest = {"model": str(args.model), "config": compiled.config.to_dict(), "fused": not args.no_fuse,
+                    "memory_bytes": compiled.memory_bytes, "placement": compiled.placement,
+                    "fusion": [str(d) for d in session.fusion_decisions], "kernels": []}
+        for name, kernel in compiled.kernels.items():
+            (args.output / f"{name}.s").write_text(kernel.asm)
+            (args.output / f"{name}.bin").write_bytes(encode_program(kernel.program()))
+            manifest["kernels"].append({
+                "name": name, "kind": kernel.name, "asm": f"{name}.s", "bin": f"{name}.bin",
+                "instructions": len(kernel.instructions), "predicted_cycles": kernel.predicted_cycles,
+                "macs": kernel.macs, "tiling": {k: v for k, v in kernel.tiling.items()},
+                "operands": {op.name: {"addr": op.addr, "shape": list(op.shape), "dtype": op.dtype.str,
+                                       "layout": op.layout, "role": op.role}
+                             for op in kernel.operands.values()}})
+        (args.output / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        print(f"wrote {len(compiled.kernels)} kernels (.s, .bin) and manifest.json to {args.output}")
+    return 0
+
+
+#: Targets of ``braze bench``: name -> (help, function(argv) -> exit status).  Each target parses its own
+#: arguments, so targets do not share an argument namespace.
+BENCH_TARGETS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {}
+
+
+def _bench_sim(argv: Sequence[str]) -> int:
+    from braze.sim import bench
+
+    return bench.main(argv)
+
+
+BENCH_TARGETS["sim"] = ("Verilator co-simulation: build time clean/cached, cycles/s, per-run overhead "
+                        "(braze bench sim --help)", _bench_sim)
+
+
+def _bench_model(argv: Sequence[str]) -> int:
+    from braze.sw import bench
+
+    return bench.main(argv)
+
+
+BENCH_TARGETS["model"] = ("compile time cold/cached, cycles and PE utilisation per kernel, host overhead "
+                          "(braze bench model --help)", _bench_model)
+
+
+@command("bench", "benchmarks: braze bench TARGET [options]; targets: "
+         + ", ".join(sorted(BENCH_TARGETS)) + " (braze bench TARGET --help)",
+         arg("target", help="what to benchmark (braze bench TARGET --help shows its options)"),
+         arg("args", nargs=argparse.REMAINDER, help="the target's own options"))
+def _bench(args: argparse.Namespace) -> int:
+    if args.target not in BENCH_TARGETS:
+        raise BrazeError(f"no bench target {args.target!r}; targets: "
+                         + "; ".join(f"{name} ({help})" for name, (help, _) in sorted(BENCH_TARGETS.items())))
+    return BENCH_TARGETS[args.target][1](args.args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="braze", description="Braze: an int8 systolic accelerator, its ISA, simulators and compiler.")

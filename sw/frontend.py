@@ -572,7 +572,8 @@ def _reshape(node, x, shape):
 
 
 def _flatten(node, x):
-    axis = node.attrs.get("axis", 1) % (x.ndim + 1) if x.ndim else 0
+    axis = node.attrs.get("axis", 1)
+    axis = axis + x.ndim if axis < 0 else axis
     return x.reshape(int(np.prod(x.shape[:axis])), -1)
 
 

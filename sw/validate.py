@@ -208,7 +208,9 @@ def _check_qdq(graph, node, fail):
     x, scale, zp = _info(graph, node, 0), _info(graph, node, 1), _info(graph, node, 2)
     if scale.dtype and np.dtype(scale.dtype).kind != "f":
         fail(f"{node.op_type} scale must be a float tensor, got {scale.dtype}")
-    if zp.dtype and scale.shape is not None and zp.shape is not None and scale.shape != zp.shape:
+    # quantize_static writes a per-tensor scale of shape (1,) with a scalar zero point: compare sizes.
+    if zp.dtype and scale.shape is not None and zp.shape is not None \
+            and int(np.prod(scale.shape)) != int(np.prod(zp.shape)):
         fail(f"{node.op_type} scale {scale.shape} and zero point {zp.shape} differ in shape")
     if node.op_type == "QuantizeLinear" and x.dtype and np.dtype(x.dtype).kind != "f":
         fail(f"QuantizeLinear input must be float, got {x.dtype}")

@@ -8,11 +8,11 @@ import sys
 import types
 
 import pytest
+
+from braze import cli
 from braze.isa.asm import assemble_bytes
 from braze.isa.config import PRESETS
 from braze.isa.doc import isa_markdown
-
-from braze import cli
 
 SOURCE = """\
 .equ N, 4

@@ -1,0 +1,302 @@
+"""The fusion engine: which operators of a quantized graph share one kernel, chosen by a cost model.
+
+Pipeline
+--------
+1. :func:`split_activations` puts the graph in per-operator form: a
+   ``QMatMul``/``QConv`` whose activation the quantizer already folded in
+   gets it back as a separate int8 ``Clip`` node (exact: clipping commutes
+   with the int8 saturation for bounds inside int8).  This is also the
+   unfused baseline (``fuse=False``): one kernel per ONNX operator, each
+   intermediate tensor written to external memory and read back.
+2. :func:`find_opportunities` lists fusion opportunities:
+
+   ``epilogue``
+       ``QMatMul``/``QConv`` followed by its only reader, an int8 ``Relu`` or
+       ``Clip`` (the activation; bias and requantization are always in the
+       epilogue) -- candidates: two kernels, or the activation fused into
+       the kernel's ``EPILOGUE``, in the tiling the kernel library picks
+       and in forced tilings (half the M tile; single buffering).
+   ``pool``
+       an int8 activation followed by ``MaxPool`` (pooling after
+       activation) -- candidates: activation then pool, or pool first and
+       the activation on the pooled, smaller tensor (exact: max commutes
+       with a monotone clip).
+   ``chain``
+       two element-wise clips in a row -- candidates: two kernels or one with
+       the intersected bounds.
+
+3. For each opportunity every candidate is priced by a :class:`~braze.sw.cost.CostModel`
+   (kernels generated through the kernel cache; each kernel library call
+   searches tilings itself within a budget, so a forced tiling sometimes
+   wins); the cheapest candidate replaces the separate form only if it
+   saves at least ``threshold`` of the predicted cycles.  A chosen forced
+   tiling is kept as the node's ``tiling`` attribute for the lowering.
+   Layouts are not candidates: the lowering always keeps convolution
+   outputs NHWC and folds a flatten into permuted weights (no transpose).
+
+Not fused (yet): residual additions.  The quantized IR keeps ``Add`` in
+float between Dequantize/QuantizeLinear, and the kernels' saturating int8
+residual is not that computation, so no exact rewrite exists.
+
+Every pass is Graph -> Graph and its result passes :func:`~braze.sw.validate.validate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from braze.isa import Config
+
+from .cache import KernelCache, default_cache
+from .cost import Cost, CostModel, TimingCostModel
+from .frontend import BRAZE_DOMAIN
+from .ir import Graph, Node, NodeKind, TensorInfo, constant_info, constant_node
+from .kernels import Tiling
+from .lower import node_kernel
+from .validate import validate
+
+__all__ = ["split_activations", "find_opportunities", "Opportunity", "Candidate", "FusionDecision", "fuse",
+           "DEFAULT_THRESHOLD"]
+
+#: Fuse only when the fused candidate is predicted at least this fraction faster.
+DEFAULT_THRESHOLD = 0.02
+MATRIX_OPS = (f"{BRAZE_DOMAIN}.QMatMul", f"{BRAZE_DOMAIN}.QConv")
+
+
+def _ops_of(node: Node) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return (tuple(node.attrs.get("fused_ops", (node.name,))),
+            tuple(node.attrs.get("fused_op_types", (node.qualified_op,))))
+
+
+def _clip_bounds(graph: Graph, node: Node) -> tuple[int, int] | None:
+    """Int8 bounds of an int8 Relu/Clip with constant bounds, else None."""
+    if node.kind is not NodeKind.OPERATOR or node.domain or node.device != "accel" \
+            or graph.tensor(node.inputs[0]).dtype != "int8":
+        return None
+    if node.op_type == "Relu":
+        return 0, 127
+    if node.op_type != "Clip":
+        return None
+    bounds = []
+    for index, default in ((1, -128), (2, 127)):
+        name = node.inputs[index] if len(node.inputs) > index else ""
+        value = graph.constant(name) if name else None
+        if name and value is None:
+            return None
+        bounds.append(default if value is None else int(np.asarray(value).reshape(-1)[0]))
+    lo, hi = max(bounds[0], -128), min(bounds[1], 127)
+    return (lo, hi) if lo <= hi else None
+
+
+def _clip_nodes(graph: Graph, name: str, source: str, target: str, lo: int, hi: int,
+                ops: tuple[str, ...] | None = None) -> tuple[list[Node], list[TensorInfo]]:
+    lo_name, hi_name = graph.unique_name(f"{name}_lo"), graph.unique_name(f"{name}_hi")
+    lo_value, hi_value = np.array(lo, np.int8), np.array(hi, np.int8)
+    attrs = {"fused_ops": ops} if ops else {}
+    nodes = [constant_node(lo_name, lo_value), constant_node(hi_name, hi_value),
+             Node(name, NodeKind.OPERATOR, "Clip", (source, lo_name, hi_name), (target,), attrs)]
+    return nodes, [constant_info(lo_name, lo_value), constant_info(hi_name, hi_value)]
+
+
+def split_activations(graph: Graph) -> Graph:
+    """Per-operator form: every activation folded into a ``QMatMul``/``QConv`` becomes its own ``Clip``."""
+    substitute: dict[str, list[Node]] = {}
+    infos: list[TensorInfo] = []
+    for node in graph.operators():
+        if node.qualified_op not in MATRIX_OPS or node.attrs.get("act", "none") != "clip" \
+                or node.attrs.get("out", "spad") != "spad" or "fused_ops" in node.attrs:
+            continue
+        lo, hi = int(node.attrs.get("clip_lo", 0)), int(node.attrs.get("clip_hi", 0))
+        if not -128 <= lo <= hi <= 127:
+            continue
+        out = node.outputs[0]
+        pre = graph.unique_name(f"{out}_pre_act")
+        matrix = node.replace(outputs=(pre,)).with_attrs(act="none", clip_lo=None, clip_hi=None)
+        clip_name = graph.unique_name(f"{node.name}_act")
+        clip_nodes, clip_infos = _clip_nodes(graph, clip_name, pre, out, lo, hi)
+        substitute[node.name] = [matrix, *clip_nodes]
+        infos += [dataclasses.replace(graph.tensor(out), name=pre), *clip_infos]
+    if not substitute:
+        return graph
+    return validate(graph.edit(substitute=substitute, tensors=infos))
+
+
+@dataclasses.dataclass(frozen=True)
+class Opportunity:
+    kind: str                  # "epilogue", "pool" or "chain"
+    nodes: tuple[str, ...]     # producer first
+
+    def __str__(self) -> str:
+        return f"{self.kind}({' -> '.join(self.nodes)})"
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One way to implement an opportunity: the rewritten graph and the kernels of the nodes involved."""
+
+    name: str
+    graph: Graph
+    nodes: tuple[str, ...]
+    kernels: list = dataclasses.field(default_factory=list)
+    cost: Cost | None = None
+
+
+@dataclasses.dataclass
+class FusionDecision:
+    opportunity: Opportunity
+    candidates: list[tuple[str, Cost]]
+    chosen: str
+    gain: float                # predicted fraction of cycles saved against the separate candidate
+
+    def __str__(self) -> str:
+        costs = ", ".join(f"{name}: {cost.cycles} cycles / {cost.bytes} B" for name, cost in self.candidates)
+        return f"{self.opportunity}: {costs} -> {self.chosen} ({100 * self.gain:.1f}% predicted gain)"
+
+
+def _sole_reader(graph: Graph, tensor: str) -> Node | None:
+    readers = graph.consumers(tensor)
+    if len(readers) != 1 or tensor in graph.outputs:
+        return None
+    return readers[0]
+
+
+def find_opportunities(graph: Graph) -> list[Opportunity]:
+    """Every fusion opportunity, in topological order of the first node."""
+    found = []
+    for node in graph.operators():
+        reader = _sole_reader(graph, node.outputs[0]) if node.outputs else None
+        if reader is None:
+            continue
+        if node.qualified_op in MATRIX_OPS and node.attrs.get("act", "none") == "none" \
+                and node.attrs.get("out", "spad") == "spad" and _clip_bounds(graph, reader) is not None:
+            found.append(Opportunity("epilogue", (node.name, reader.name)))
+        elif _clip_bounds(graph, node) is not None:
+            if reader.op_type == "MaxPool" and not reader.domain \
+                    and graph.tensor(reader.inputs[0]).dtype == "int8" \
+                    and len([t for t in reader.outputs if t]) == 1:
+                found.append(Opportunity("pool", (node.name, reader.name)))
+            elif _clip_bounds(graph, reader) is not None:
+                found.append(Opportunity("chain", (node.name, reader.name)))
+    return found
+
+
+def _tiling_variants(graph: Graph, node: Node, config: Config, cache: KernelCache
+                     ) -> list[tuple[str, Tiling]]:
+    """Forced tilings to price against the kernel library's own choice: half the M tile, and single
+    buffering (the library keeps its fastest tiling under the timing model; another cost model may
+    disagree, which is what these candidates are for)."""
+    built = node_kernel(graph, node, config, cache)
+    if built is None:
+        return []
+    fields = {f.name for f in dataclasses.fields(Tiling)}
+    chosen = Tiling(**{k: v for k, v in built[1].tiling.items() if k in fields})
+    variants = []
+    if chosen.m > 1:
+        variants.append((f"tiling m={-(-chosen.m // 2)}", dataclasses.replace(chosen, m=-(-chosen.m // 2))))
+    if chosen.buffers > 1 and not chosen.k_block:
+        # Single buffering keeps one A tile of all K chunks (as the library's own single-buffered tilings).
+        k = built[1].tiling.get("K") or built[1].operands["A"].shape[1]
+        chunks = -(-k // config.rows)
+        variants.append(("tiling single-buffered",
+                         dataclasses.replace(chosen, buffers=1, first_pieces=1, a_slots=chunks)))
+    return variants
+
+
+def _candidates(graph: Graph, opportunity: Opportunity, config: Config, cache: KernelCache
+                ) -> list[Candidate]:
+    first, second = (graph.node(name) for name in opportunity.nodes)
+    separate = Candidate("separate", graph, opportunity.nodes)
+    ops = _ops_of(first)[0] + _ops_of(second)[0]
+    op_types = _ops_of(first)[1] + _ops_of(second)[1]
+    if opportunity.kind == "epilogue":
+        lo, hi = _clip_bounds(graph, second)
+        out = second.outputs[0]
+        fused = first.replace(outputs=(out,)).with_attrs(act="clip", clip_lo=lo, clip_hi=hi, fused_ops=ops,
+                                                        fused_op_types=op_types)
+        info = dataclasses.replace(graph.tensor(first.outputs[0]), name=out,
+                                   shape=graph.tensor(out).shape or graph.tensor(first.outputs[0]).shape)
+        rewritten = graph.edit(remove=[second.name], substitute={first.name: fused}, tensors=[info])
+        candidates = [separate, Candidate("fused", rewritten, (first.name,))]
+        for label, tiling in _tiling_variants(rewritten, fused, config, cache):
+            variant = rewritten.edit(substitute={first.name: fused.with_attrs(tiling=tiling)})
+            candidates.append(Candidate(f"fused, {label}", variant, (first.name,)))
+        return candidates
+    if opportunity.kind == "pool":
+        lo, hi = _clip_bounds(graph, first)
+        pooled = graph.unique_name(f"{second.outputs[0]}_before_act")
+        pool = second.replace(inputs=(first.inputs[0],), outputs=(pooled,))
+        clip_name = graph.unique_name(f"{first.name}_after_pool")
+        clip_nodes, infos = _clip_nodes(graph, clip_name, pooled, second.outputs[0], lo, hi)
+        infos.append(dataclasses.replace(graph.tensor(second.outputs[0]), name=pooled,
+                                         quant=graph.tensor(first.inputs[0]).quant))
+        rewritten = graph.edit(remove=[first.name], substitute={second.name: [pool, *clip_nodes]},
+                               tensors=infos)
+        return [separate, Candidate("pool-first", rewritten, (second.name, clip_name))]
+    lo1, hi1 = _clip_bounds(graph, first)
+    lo2, hi2 = _clip_bounds(graph, second)
+    if hi1 < lo2:                      # disjoint ranges: the result is constant
+        lo = hi = lo2
+    elif lo1 > hi2:
+        lo = hi = hi2
+    else:
+        lo, hi = max(lo1, lo2), min(hi1, hi2)
+    name = graph.unique_name(f"{first.name}_{second.name}")
+    clip_nodes, infos = _clip_nodes(graph, name, first.inputs[0], second.outputs[0], lo, hi, ops)
+    rewritten = graph.edit(remove=[first.name], substitute={second.name: clip_nodes}, tensors=infos)
+    return [separate, Candidate("merged", rewritten, (name,))]
+
+
+def _price(candidate: Candidate, config: Config, cost_model: CostModel, cache: KernelCache) -> Cost | None:
+    kernels = []
+    for name in candidate.nodes:
+        built = node_kernel(candidate.graph, candidate.graph.node(name), config, cache)
+        if built is None:
+            return None
+        kernels.append(built[1])
+    candidate.kernels = kernels
+    return cost_model.predict(kernels, config)
+
+
+def fuse(graph: Graph, config: Config, *, cost_model: CostModel | None = None,
+         threshold: float = DEFAULT_THRESHOLD, cache: KernelCache | None = None,
+         log: Callable[[FusionDecision], None] | None = None) -> tuple[Graph, list[FusionDecision]]:
+    """Fuse where the cost model predicts a gain of at least ``threshold``; returns the graph and decisions.
+
+    ``graph`` needs static shapes (kernels are generated to price candidates).
+    """
+    if not 0 <= threshold < 1:
+        raise ValueError(f"fusion threshold must be in [0, 1), not {threshold!r}")
+    cost_model = cost_model or TimingCostModel()
+    cache = cache if cache is not None else default_cache()
+    graph = split_activations(graph)
+    decisions: list[FusionDecision] = []
+    decided: set[tuple[str, tuple[str, ...]]] = set()
+    while True:
+        pending = [o for o in find_opportunities(graph) if (o.kind, o.nodes) not in decided]
+        if not pending:
+            break
+        opportunity = pending[0]
+        decided.add((opportunity.kind, opportunity.nodes))
+        candidates = _candidates(graph, opportunity, config, cache)
+        priced = [(c, _price(c, config, cost_model, cache)) for c in candidates]
+        # A candidate whose kernel cannot be generated (a forced tiling that does not fit) drops out.
+        priced = [(c, cost) for c, cost in priced if cost is not None]
+        if len(priced) < 2 or priced[0][0].name != "separate":
+            continue
+        base = priced[0][1]
+        best, best_cost = min(priced, key=lambda pair: (pair[1].cycles, pair[1].bytes))
+        gain = (base.cycles - best_cost.cycles) / max(1, base.cycles)
+        chosen = best if best is not priced[0][0] and gain >= threshold else priced[0][0]
+        decision = FusionDecision(opportunity, [(c.name, cost) for c, cost in priced], chosen.name,
+                                  gain if chosen is best else 0.0)
+        decisions.append(decision)
+        if log is not None:
+            log(decision)
+        if chosen.name != "separate":
+            graph = validate(chosen.graph)
+            # The rewritten nodes may open new opportunities (an epilogue after a merged chain).
+            decided = {d for d in decided if all(n in graph for n in d[1])}
+    return graph, decisions

@@ -1,0 +1,805 @@
+"""Lowering: a fused, quantized graph to a compiled model that runs on any Braze device.
+
+What runs where
+---------------
+Every operator node becomes one *step* of a straight-line plan:
+
+* **Kernel steps** (the accelerator): ``braze.QMatMul`` -> :func:`~braze.sw.kernels.gemm`,
+  ``braze.QConv`` -> :func:`~braze.sw.kernels.conv2d` (NHWC, implicit im2col),
+  int8 ``MaxPool`` -> :func:`~braze.sw.kernels.maxpool2d`, int8 ``Relu``/``Clip`` ->
+  :func:`~braze.sw.kernels.relu` / :func:`~braze.sw.kernels.clip`.  The epilogue
+  (bias, requantize, activation) of a node is fused into its kernel; the
+  input zero point is folded into the bias (``bias - x_zp * colsum(w)``).
+* **Views**: ``Reshape``/``Flatten``/``Squeeze``/``Unsqueeze``/``Identity`` of a
+  tensor that lives on the device in a row-major layout cost nothing: the
+  output names the same bytes.
+* **CPU steps**: everything else (QuantizeLinear/DequantizeLinear, float
+  ops, Softmax, Sigmoid, CPU-fallback ops, and accelerator ops whose
+  attributes no kernel implements -- unequal strides, dilations, average
+  pooling of int8 with ONNX's truncating semantics...) runs on the host with
+  :func:`braze.sw.frontend.evaluate_node`, so results are those of
+  :func:`~braze.sw.frontend.evaluate` exactly.  :attr:`CompiledModel.placement`
+  says why each CPU node is there.
+* **Transfers** between host and device memory are explicit steps (and
+  ``TRANSFER`` nodes in :attr:`CompiledModel.graph`); the layout change
+  NCHW <-> NHWC of 4-D tensors happens on the host as part of the transfer.
+  Convolutions keep NHWC between kernels, and a ``QMatMul`` that flattens an
+  NHWC tensor gets its weight rows permuted instead of the tensor transposed.
+* **Padding**: a convolution whose padding is asymmetric, or whose input
+  zero point is nonzero (the kernel pads with raw zeros, the ONNX semantics
+  pad with the zero point), reads an input padded on the host with the zero
+  point (a ``Pad`` node), and runs unpadded.
+
+External memory
+---------------
+Weights and parameters (written once, :meth:`CompiledModel.load`), one
+counter snapshot per kernel, the programs, and an arena for activations in
+which buffers whose lifetimes ended are reused (first fit over step
+intervals).  Kernels come from the :class:`~braze.sw.cache.KernelCache` at a
+canonical placement and are relocated (:func:`relocate`) to the addresses
+chosen here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+from onnx import helper
+
+from braze.isa import INSN_BYTES, SNAPSHOT_BYTES, Config, Instruction, Opcode
+from braze.isa.encoding import FORMAT_BY_OPCODE
+from braze.isa.errors import BrazeError
+
+from . import kernels as kernel_lib
+from .cache import KernelCache, default_cache, encoded_words
+from .frontend import BRAZE_DOMAIN, conv_pads
+from .ir import Graph, Node, NodeKind, TensorInfo
+from .kernels import Kernel, KernelError
+from .validate import validate
+
+__all__ = ["LoweringError", "KernelRecipe", "NodeKernel", "plan_node", "relocate", "relocated_words", "lower",
+           "PlacedKernels",
+           "CompiledModel", "KernelStep", "CpuStep", "PadStep", "TransferStep", "Buffer", "DeviceTensor"]
+
+ALIGN = kernel_lib.OPERAND_ALIGN
+VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+
+
+class LoweringError(BrazeError):
+    """The graph cannot be lowered (unknown shapes, external memory too small, ...); names the node."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# From a node to a kernel
+# ---------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class KernelRecipe:
+    """A kernel-library call without placement: ``kernels.<kind>(config, *args, **options)``.
+
+    Its :attr:`signature` (fused-operator kind, shapes, dtypes and options) is the cache key.
+    """
+
+    kind: str
+    args: tuple
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def signature(self) -> tuple:
+        return (self.kind, self.args, self.options)
+
+    def build(self, config: Config) -> Kernel:
+        return getattr(kernel_lib, self.kind)(config, *self.args, **dict(self.options))
+
+    def kernel(self, config: Config, cache: KernelCache | None) -> Kernel:
+        if cache is None:
+            return self.build(config)
+        return cache.get_or_build(self.signature, config, lambda: self.build(config))
+
+
+@dataclasses.dataclass
+class NodeKernel:
+    """How one accelerator node maps onto a kernel.
+
+    ``inputs`` maps kernel operands to (graph tensor, device layout the kernel
+    needs; ``"any"`` for element-wise kernels); ``constants`` holds the
+    weights and the bias / requantize rows, which :meth:`param_values` packs
+    into the kernel's constant operands; ``host_pad`` is
+    ``(top, left, bottom, right, value)`` when the input must be padded on
+    the host first.
+    """
+
+    node: Node
+    recipe: KernelRecipe
+    inputs: dict[str, tuple[str, str]]
+    output: tuple[str, str]
+    constants: dict[str, Any]
+    host_pad: tuple[int, int, int, int, int] | None = None
+
+    def param_values(self, kernel: Kernel) -> dict[str, np.ndarray]:
+        values = {}
+        if "B" in self.constants:
+            values["B"] = self.constants["B"]
+        if "params" in kernel.operands:
+            values["params"] = kernel_lib.pack_params(
+                kernel, **{k: self.constants[k] for k in kernel.param_rows})
+        return values
+
+
+def _static(graph: Graph, tensor: str, node: Node) -> tuple[int, ...]:
+    info = graph.tensor(tensor)
+    if not info.static:
+        raise LoweringError(f"node {node.name!r}: tensor {tensor!r} has no static shape ({info}); "
+                            "give the session concrete input shapes")
+    return tuple(int(d) for d in info.shape)
+
+
+def _wrap32(values: np.ndarray) -> np.ndarray:
+    return ((np.asarray(values, np.int64) + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int64)
+
+
+def _epilogue(node: Node, n: int, bias: np.ndarray | None, colsum: np.ndarray
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Kernel options and constant rows of a Braze op's epilogue (input zero point folded into the bias)."""
+    attrs = node.attrs
+    x_zp = int(attrs.get("x_zero_point", 0))
+    options: dict[str, Any] = {}
+    constants: dict[str, Any] = {}
+    if bias is not None or x_zp:
+        total = np.zeros(n, np.int64) if bias is None else np.asarray(bias, np.int64).reshape(-1)
+        constants["bias"] = _wrap32(total - x_zp * colsum)
+        options["bias"] = True
+    if attrs.get("mult") is not None:
+        options["requant"] = True
+        constants["mult"] = np.broadcast_to(np.asarray(attrs["mult"], np.int64), (n,)).copy()
+        constants["shift"] = np.broadcast_to(np.asarray(attrs["shift"], np.int64), (n,)).copy()
+        if int(attrs.get("out_zp", 0)):
+            options["out_zp"] = int(attrs["out_zp"])
+    act = attrs.get("act", "none")
+    if act != "none":
+        options["act"] = act
+    if act == "clip":
+        options["clip"] = (int(attrs.get("clip_lo", 0)), int(attrs.get("clip_hi", 0)))
+    options["out"] = "int32" if attrs.get("out", "spad") == "acc" else "int8"
+    if attrs.get("tiling") is not None:
+        options["tiling"] = attrs["tiling"]          # forced by the fusion engine's choice
+    return options, constants
+
+
+def _options(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(options.items()))
+
+
+def plan_node(graph: Graph, node: Node, x_layout: str | None = None) -> NodeKernel | str:
+    """The kernel of an operator node, or the reason it runs on the CPU.
+
+    ``x_layout`` is the device layout its first input already has (``"NHWC"``,
+    ``"plain"`` or None when it is on the host); it only decides whether a
+    ``QMatMul`` that flattens a 4-D input permutes its weights.
+    """
+    if node.kind is not NodeKind.OPERATOR:
+        return "not an operator"
+    if node.device == "cpu":
+        return "CPU fallback op"
+    op = node.qualified_op
+    try:
+        if op == f"{BRAZE_DOMAIN}.QMatMul":
+            return _plan_qmatmul(graph, node, x_layout)
+        if op == f"{BRAZE_DOMAIN}.QConv":
+            return _plan_qconv(graph, node)
+        if op == "MaxPool":
+            return _plan_maxpool(graph, node)
+        if op in ("Relu", "Clip"):
+            return _plan_clip(graph, node)
+    except KernelError as error:
+        return f"no kernel: {error}"
+    return f"{op} has no accelerator kernel"
+
+
+def _plan_qmatmul(graph: Graph, node: Node, x_layout: str | None) -> NodeKernel | str:
+    x_name = node.inputs[0]
+    shape = _static(graph, x_name, node)
+    w = graph.constant(node.inputs[1])
+    bias = graph.constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    flatten = node.attrs.get("flatten_a")
+    if flatten is not None:
+        m, k = int(np.prod(shape[:flatten], dtype=np.int64)), int(np.prod(shape[flatten:], dtype=np.int64))
+    else:
+        m, k = int(np.prod(shape[:-1], dtype=np.int64)), shape[-1]
+    n = w.shape[1]
+    weights = np.asarray(w, np.int8)
+    layout = "plain"
+    if len(shape) == 4 and flatten == 1 and x_layout == "NHWC":
+        # The input stays NHWC: permute the weight rows from (c, h, w) to (h, w, c) order instead.
+        _, c, h, wd = shape
+        weights = np.ascontiguousarray(weights.reshape(c, h, wd, n).transpose(1, 2, 0, 3).reshape(k, n))
+        layout = "NHWC"
+    options, constants = _epilogue(node, n, bias, weights.astype(np.int64).sum(axis=0))
+    constants["B"] = weights
+    recipe = KernelRecipe("gemm", (m, k, n), _options(options))
+    out_layout = "plain"
+    return NodeKernel(node, recipe, {"A": (x_name, layout)}, (node.outputs[0], out_layout), constants)
+
+
+def _plan_qconv(graph: Graph, node: Node) -> NodeKernel | str:
+    x_name = node.inputs[0]
+    n, c, h, wd = _static(graph, x_name, node)
+    w = np.asarray(graph.constant(node.inputs[1]), np.int8)
+    bias = graph.constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    k_out, _, kh, kw = w.shape
+    strides = tuple(node.attrs.get("strides", (1, 1)))
+    dilations = tuple(node.attrs.get("dilations", (1, 1)))
+    if int(node.attrs.get("group", 1)) != 1:
+        return "grouped convolution"
+    if dilations != (1, 1):
+        return f"dilations {dilations}"
+    if strides[0] != strides[1]:
+        return f"unequal strides {strides}"
+    pads = conv_pads((h, wd), (kh, kw), strides, dilations, node.attrs)
+    x_zp = int(node.attrs.get("x_zero_point", 0))
+    host_pad = None
+    pad = pads[0]
+    if any(p != pad for p in pads) or (pad and x_zp):
+        host_pad = (*pads, x_zp)
+        h, wd, pad = h + pads[0] + pads[2], wd + pads[1] + pads[3], 0
+    options, constants = _epilogue(node, k_out, bias, w.astype(np.int64).sum(axis=(1, 2, 3)))
+    recipe = KernelRecipe("conv2d", (n, c, h, wd, k_out, kh, kw, strides[0], pad), _options(options))
+    # Weights in the layout conv2d_weights gives (channels padded to a multiple of rows) need the config:
+    constants["weights_oihw"] = w
+    return NodeKernel(node, recipe, {"x": (x_name, "NHWC")}, (node.outputs[0], "NHWC"), constants,
+                      host_pad)
+
+
+def _plan_maxpool(graph: Graph, node: Node) -> NodeKernel | str:
+    x = graph.tensor(node.inputs[0])
+    if x.dtype != "int8":
+        return f"MaxPool of {x.dtype} (the accelerator pools int8)"
+    if len([t for t in node.outputs if t]) != 1:
+        return "MaxPool with an Indices output"
+    n, c, h, wd = _static(graph, node.inputs[0], node)
+    kh, kw = node.attrs["kernel_shape"]
+    strides = tuple(node.attrs.get("strides", (1, 1)))
+    if tuple(node.attrs.get("dilations", (1, 1))) != (1, 1) or node.attrs.get("ceil_mode", 0) \
+            or node.attrs.get("storage_order", 0) or strides[0] != strides[1]:
+        return "MaxPool with dilations, ceil_mode, storage_order or unequal strides"
+    pads = conv_pads((h, wd), (kh, kw), strides, (1, 1), node.attrs)
+    if any(p != pads[0] for p in pads):
+        return f"asymmetric pads {pads}"
+    recipe = KernelRecipe("maxpool2d", (n, c, h, wd, kh, kw, strides[0], pads[0]))
+    return NodeKernel(node, recipe, {"x": (node.inputs[0], "NHWC")}, (node.outputs[0], "NHWC"), {})
+
+
+def _plan_clip(graph: Graph, node: Node) -> NodeKernel | str:
+    x = graph.tensor(node.inputs[0])
+    if x.dtype != "int8":
+        return f"{node.op_type} of {x.dtype} (the accelerator's element-wise ops are int8)"
+    elements = int(np.prod(_static(graph, node.inputs[0], node), dtype=np.int64))
+    if node.op_type == "Relu":
+        recipe = KernelRecipe("relu", ((elements,),))
+    else:
+        bounds = []
+        for index, default in ((1, -128), (2, 127)):
+            name = node.inputs[index] if len(node.inputs) > index else ""
+            value = graph.constant(name) if name else None
+            if name and value is None:
+                return "Clip with bounds that are not constants"
+            bounds.append(default if value is None else int(np.asarray(value).reshape(-1)[0]))
+        lo, hi = max(bounds[0], -128), min(bounds[1], 127)
+        if lo > hi:
+            return f"Clip with empty range {bounds}"
+        recipe = KernelRecipe("clip", ((elements,), lo, hi))
+    # Element-wise: any layout; the output keeps the input's ("any" is resolved by the lowering).
+    return NodeKernel(node, recipe, {"x": (node.inputs[0], "any")}, (node.outputs[0], "any"), {})
+
+
+def node_kernel(graph: Graph, node: Node, config: Config, cache: KernelCache | None = None,
+                x_layout: str | None = None) -> tuple[NodeKernel, Kernel] | None:
+    """:func:`plan_node` and the (canonically placed) kernel, or None for a CPU node."""
+    plan = plan_node(graph, node, x_layout)
+    if isinstance(plan, str):
+        return None
+    try:
+        return plan, plan.recipe.kernel(config, cache)
+    except KernelError:
+        return None
+
+
+def relocate(kernel: Kernel, addrs: Mapping[str, int]) -> Kernel:
+    """The kernel with its operands moved to ``addrs`` (by operand name; others stay).
+
+    Every LOAD, STORE and COUNTERS address lies inside one operand, so moving an
+    operand moves the addresses that point into it.  Zero-fill LOADs read nothing.
+    """
+    shifts = [(op.addr, op.end, addrs[op.name] - op.addr) for op in kernel.operands.values()
+              if op.name in addrs]
+    instructions = []
+    for insn in kernel.instructions:
+        if insn.opcode in (Opcode.LOAD, Opcode.STORE, Opcode.COUNTERS) and \
+                not (insn.opcode is Opcode.LOAD and insn.zero):
+            for start, end, delta in shifts:
+                if start <= insn.dram < end:
+                    # Built directly (not Instruction.replace): only the address changes, and it stays
+                    # inside external memory, so the checks of Instruction.make would repeat themselves.
+                    args = dict(insn.args) | {"dram": insn.dram + delta}
+                    insn = Instruction(insn.opcode, MappingProxyType(args), insn.deps)
+                    break
+        instructions.append(insn)
+    operands = {name: dataclasses.replace(op, addr=addrs.get(name, op.addr))
+                for name, op in kernel.operands.items()}
+    return dataclasses.replace(kernel, instructions=instructions, operands=operands)
+
+
+_DRAM_SLOT = {op: next((offset for spec, offset, _ in FORMAT_BY_OPCODE[op].slots if spec.name == "dram"))
+              for op in (Opcode.LOAD, Opcode.STORE, Opcode.COUNTERS)}
+
+
+def relocated_words(kernel: Kernel, addrs: Mapping[str, int]) -> list[int]:
+    """The encoded program of ``relocate(kernel, addrs)``, patched word by word (no re-encoding)."""
+    shifts = [(op.addr, op.end, addrs[op.name] - op.addr) for op in kernel.operands.values()
+              if op.name in addrs]
+    words = list(encoded_words(kernel))
+    for index, insn in enumerate(kernel.instructions):
+        offset = _DRAM_SLOT.get(insn.opcode)
+        if offset is None or (insn.opcode is Opcode.LOAD and insn.zero):
+            continue
+        for start, end, delta in shifts:
+            if start <= insn.dram < end:
+                words[index] += delta << offset       # the new address still fits the 32-bit field
+                break
+    return words
+
+
+# ---------------------------------------------------------------------------------------------------
+# The plan
+# ---------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(eq=False)
+class Buffer:
+    """A region of external memory; ``first``/``last`` are the plan steps that use it."""
+
+    name: str
+    nbytes: int
+    kind: str                      # "const", "counters", "program" or "activation"
+    first: int = 0
+    last: int = 0
+    addr: int = -1
+
+    def use(self, step: int) -> None:
+        self.first = min(self.first, step)
+        self.last = max(self.last, step)
+
+
+@dataclasses.dataclass
+class DeviceTensor:
+    """A graph tensor held on the device: its buffer, layout, logical (ONNX) shape and dtype."""
+
+    tensor: str
+    buffer: Buffer
+    layout: str                    # "NHWC" (a logical NCHW tensor stored NHWC) or "plain" (row-major)
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def device_shape(self) -> tuple[int, ...]:
+        if self.layout == "NHWC":
+            n, c, h, w = self.shape
+            return (n, h, w, c)
+        return self.shape
+
+
+@dataclasses.dataclass
+class KernelStep:
+    """One kernel on the device: ``kernel`` as generated (canonical placement), :attr:`placed` as it runs."""
+
+    name: str
+    ops: tuple[str, ...]           # the graph nodes it implements (several when fused)
+    op_types: tuple[str, ...]
+    kernel: Kernel
+    operands: dict[str, DeviceTensor]
+    params: dict[str, tuple[Buffer, np.ndarray]]
+    counters: Buffer
+    segment: int = -1
+    _placed: Kernel | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def addrs(self) -> dict[str, int]:
+        """Where each operand lives, once memory is allocated."""
+        addrs = {name: value.buffer.addr for name, value in self.operands.items()}
+        addrs.update({name: buffer.addr for name, (buffer, _) in self.params.items()})
+        addrs["counters"] = self.counters.addr
+        return addrs
+
+    @property
+    def placed(self) -> Kernel:
+        """The kernel relocated to :attr:`addrs` (built on first use: the runtime only needs the binary)."""
+        if self._placed is None:
+            self._placed = relocate(self.kernel, self.addrs)
+        return self._placed
+
+
+class PlacedKernels(Mapping):
+    """Kernel step name -> placed :class:`~braze.sw.kernels.Kernel`, relocated when first looked up."""
+
+    def __init__(self, steps: list[KernelStep]):
+        self._steps = {step.name: step for step in steps}
+
+    def __getitem__(self, name: str) -> Kernel:
+        return self._steps[name].placed
+
+    def __iter__(self):
+        return iter(self._steps)
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+
+@dataclasses.dataclass
+class CpuStep:
+    node: Node
+    reason: str
+
+
+@dataclasses.dataclass
+class PadStep:
+    """Pad a host tensor's H and W with a value (the input zero point of the convolution after it)."""
+
+    source: str
+    target: str
+    pads: tuple[int, int, int, int]
+    value: int
+
+
+@dataclasses.dataclass
+class TransferStep:
+    """``"to_device"``: write a host tensor (NCHW -> NHWC if needed); ``"to_host"``: read it back."""
+
+    direction: str
+    value: DeviceTensor
+
+
+@dataclasses.dataclass
+class Segment:
+    """Consecutive kernel steps linked into one program (one device run)."""
+
+    index: int
+    steps: list[KernelStep]
+    program: Buffer
+    binary: bytes = b""
+
+
+@dataclasses.dataclass
+class CompiledModel:
+    """A graph lowered for one configuration: the plan, memory map, kernels and the lowered graph.
+
+    Attributes
+    ----------
+    graph : Graph
+        The lowered graph: device tensors are ``<name>@dram``, transfers are
+        ``TRANSFER`` nodes, host padding is a ``Pad`` node; it evaluates to the
+        same outputs as the graph it came from.
+    steps : list
+        :class:`KernelStep`, :class:`CpuStep`, :class:`PadStep`, :class:`TransferStep` in order.
+    segments : list of Segment
+        Runs of kernel steps, each linked into one program.
+    kernels : mapping of str to Kernel
+        Every placed kernel by step name (relocated on first lookup).
+    placement : dict of str to str
+        Every operator node: ``"accel"`` (which kernel) or why it runs on the CPU.
+    memory_bytes : int
+        External memory the model uses.
+    """
+
+    source: Graph
+    graph: Graph
+    config: Config
+    steps: list
+    segments: list[Segment]
+    kernels: Mapping[str, Kernel]
+    placement: dict[str, str]
+    buffers: list[Buffer]
+    memory_bytes: int
+
+    def load(self, device) -> None:
+        """Write weights, parameters and programs to a device (once per device)."""
+        if device.config != self.config:
+            raise LoweringError(f"model compiled for config {self.config.name!r}, device has "
+                                f"{device.config.name!r}")
+        for step in self.steps:
+            if isinstance(step, KernelStep):
+                for buffer, value in step.params.values():
+                    device.write(buffer.addr, np.ascontiguousarray(value))
+        for segment in self.segments:
+            device.write(segment.program.addr, segment.binary)
+
+    def asm(self) -> dict[str, str]:
+        return {name: kernel.asm for name, kernel in self.kernels.items()}
+
+
+class _Lowering:
+    def __init__(self, graph: Graph, config: Config, cache: KernelCache | None):
+        self.graph = graph
+        self.config = config
+        self.cache = cache
+        self.steps: list = []
+        self.buffers: list[Buffer] = []
+        self.device: dict[str, DeviceTensor] = {}
+        self.host: set[str] = set()
+        self.placement: dict[str, str] = {}
+        # The lowered graph, built alongside.
+        self.nodes: list[Node] = []
+        self.infos: dict[str, TensorInfo] = dict(graph.tensors)
+
+    def buffer(self, name: str, nbytes: int, kind: str) -> Buffer:
+        step = len(self.steps)
+        buffer = Buffer(name, max(int(nbytes), 1), kind, step, step)
+        self.buffers.append(buffer)
+        return buffer
+
+    # -- tensor movement ----------------------------------------------------------------------------
+    def dram_name(self, tensor: str) -> str:
+        return f"{tensor}@dram"
+
+    def info_as(self, tensor: str, name: str) -> None:
+        self.infos[name] = dataclasses.replace(self.infos.get(tensor) or TensorInfo(tensor), name=name)
+
+    def to_host(self, tensor: str) -> None:
+        if tensor in self.host:
+            return
+        value = self.device[tensor]
+        value.buffer.use(len(self.steps))
+        self.steps.append(TransferStep("to_host", value))
+        self.nodes.append(Node(f"transfer:{tensor}:to_host", NodeKind.TRANSFER, "Transfer",
+                               (self.dram_name(tensor),), (tensor,), {"src": "dram", "dst": "host"}))
+        self.host.add(tensor)
+
+    def to_device(self, tensor: str, layout: str, node: Node) -> DeviceTensor:
+        """The device copy of ``tensor`` in ``layout`` (``"any"``: whatever it has), moving it if needed."""
+        current = self.device.get(tensor)
+        if current is not None and (layout in ("any", current.layout)):
+            return current
+        if current is not None:
+            self.to_host(tensor)          # a layout change goes through the host
+        info = self.infos.get(tensor) or TensorInfo(tensor)
+        if not info.static:
+            raise LoweringError(f"node {node.name!r}: tensor {tensor!r} has no static shape ({info}); "
+                                "give the session concrete input shapes")
+        shape = tuple(int(d) for d in info.shape)
+        if layout == "any":
+            layout = "plain"
+        if layout == "NHWC" and len(shape) != 4:
+            raise LoweringError(f"node {node.name!r}: tensor {tensor!r} of shape {shape} cannot be NHWC")
+        dtype = np.dtype(info.dtype)
+        buffer = self.buffer(tensor, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, "activation")
+        value = DeviceTensor(tensor, buffer, layout, shape, dtype)
+        self.steps.append(TransferStep("to_device", value))
+        # A second device copy in another layout needs no new graph node: the lowered graph is logical
+        # (layouts are the plan's business), and ``tensor@dram`` already exists.
+        if current is None:
+            self.nodes.append(Node(f"transfer:{tensor}:to_device", NodeKind.TRANSFER, "Transfer",
+                                   (tensor,), (self.dram_name(tensor),), {"src": "host", "dst": "dram"}))
+            self.info_as(tensor, self.dram_name(tensor))
+        self.device[tensor] = value
+        return value
+
+    # -- steps ----------------------------------------------------------------------------------------
+    def cpu(self, node: Node, reason: str) -> None:
+        for tensor in node.inputs:
+            if tensor and tensor not in self.host and tensor in self.device:
+                self.to_host(tensor)
+        self.steps.append(CpuStep(node, reason))
+        self.nodes.append(node)
+        self.host.update(t for t in node.outputs if t)
+        self.placement[node.name] = f"cpu: {reason}"
+
+    def view(self, node: Node) -> bool:
+        """A reshape-like op of a device-only tensor in a row-major layout: alias its bytes."""
+        source = node.inputs[0]
+        value = self.device.get(source)
+        if value is None or source in self.host or node.op_type not in VIEW_OPS or node.domain:
+            return False
+        out = node.outputs[0]
+        info = self.graph.tensor(out)
+        if not info.static:
+            return False
+        if value.layout == "NHWC" and value.shape[2:] != (1, 1):
+            return False
+        shape = tuple(int(d) for d in info.shape)
+        self.device[out] = DeviceTensor(out, value.buffer, "plain", shape, value.dtype)
+        value.buffer.use(len(self.steps))
+        inputs = (self.dram_name(source), *node.inputs[1:])
+        self.nodes.append(node.replace(inputs=inputs, outputs=(self.dram_name(out),)))
+        self.info_as(out, self.dram_name(out))
+        self.placement[node.name] = "accel: view (no data movement)"
+        return True
+
+    def kernel(self, node: Node, plan: NodeKernel, kernel: Kernel) -> None:
+        config = self.config
+        graph = self.graph
+        operands: dict[str, DeviceTensor] = {}
+        kernel_node = node
+        for operand, (tensor, layout) in plan.inputs.items():
+            if plan.host_pad is not None:
+                tensor = self.pad(node, tensor, plan.host_pad)
+                kernel_node = kernel_node.with_attrs(pads=[0, 0, 0, 0], auto_pad=None)
+            operands[operand] = self.to_device(tensor, layout, node)
+        step_index = len(self.steps)
+        for value in operands.values():
+            value.buffer.use(step_index)
+        out_tensor, out_layout = plan.output
+        if out_layout == "any":
+            out_layout = next(iter(operands.values())).layout
+        info = graph.tensor(out_tensor)
+        shape = _static(graph, out_tensor, node)
+        dtype = np.dtype(info.dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        out_buffer = self.buffer(out_tensor, nbytes, "activation")
+        operands["out"] = DeviceTensor(out_tensor, out_buffer, out_layout, shape, dtype)
+        self.device[out_tensor] = operands["out"]
+        constants = dict(plan.constants)
+        if "weights_oihw" in constants:
+            constants["B"] = kernel_lib.conv2d_weights(config, constants.pop("weights_oihw"))
+        plan = dataclasses.replace(plan, constants=constants)
+        params = {}
+        for name, value in plan.param_values(kernel).items():
+            expected = kernel.operands[name]
+            if value.shape != expected.shape:
+                raise LoweringError(f"node {node.name!r}: constant operand {name} has shape {value.shape}, "
+                                    f"the kernel expects {expected.shape}")
+            params[name] = (self.buffer(f"{node.name}.{name}", expected.nbytes, "const"),
+                            value.astype(expected.dtype))
+        counters = self.buffer(f"{node.name}.counters", SNAPSHOT_BYTES, "counters")
+        # Kernel names become file names (braze compile): keep them to letters, digits, '_' and '-'.
+        safe = re.sub(r"[^A-Za-z0-9_-]+", "_", node.name).strip("_") or "op"
+        name = f"k{sum(isinstance(s, KernelStep) for s in self.steps)}_{kernel.name}_{safe}"
+        ops = tuple(node.attrs.get("fused_ops", (node.name,)))
+        op_types = tuple(node.attrs.get("fused_op_types", (node.qualified_op,)))
+        self.steps.append(KernelStep(name, ops, op_types, kernel, operands, params, counters))
+        first = next(iter(plan.inputs))
+        inputs = (self.dram_name(operands[first].tensor), *node.inputs[1:])
+        self.nodes.append(kernel_node.replace(inputs=inputs, outputs=(self.dram_name(out_tensor),))
+                          .with_attrs(kernel=name))
+        self.info_as(out_tensor, self.dram_name(out_tensor))
+        self.placement[node.name] = f"accel: {name}"
+
+    def pad(self, node: Node, tensor: str, host_pad: tuple[int, int, int, int, int]) -> str:
+        top, left, bottom, right, value = host_pad
+        if tensor not in self.host:
+            self.to_host(tensor)
+        target = self.graph.unique_name(f"{tensor}_padded_{node.name}")
+        info = self.graph.tensor(tensor)
+        n, c, h, w = info.shape
+        padded_shape = (n, c, h + top + bottom, w + left + right)
+        self.infos[target] = dataclasses.replace(info, name=target, shape=padded_shape)
+        self.steps.append(PadStep(tensor, target, (top, left, bottom, right), value))
+        const_name = f"{target}_pads"
+        pads_value = np.array([0, 0, top, left, 0, 0, bottom, right], np.int64)
+        value_name = f"{target}_value"
+        self.nodes.append(Node(f"const:{const_name}", NodeKind.CONSTANT, "Constant", (), (const_name,),
+                               value=pads_value))
+        self.nodes.append(Node(f"const:{value_name}", NodeKind.CONSTANT, "Constant", (), (value_name,),
+                               value=np.array(value, np.dtype(info.dtype))))
+        self.infos[const_name] = TensorInfo(const_name, (8,), "int64")
+        self.infos[value_name] = TensorInfo(value_name, (), info.dtype)
+        proto = helper.make_node("Pad", [tensor, const_name, value_name], [target], mode="constant")
+        self.nodes.append(Node(f"pad:{target}", NodeKind.OPERATOR, "Pad", (tensor, const_name, value_name),
+                               (target,), {"onnx_node": proto.SerializeToString(), "onnx_opset": 18},
+                               device="cpu"))
+        self.host.add(target)
+        return target
+
+    # -- the whole graph -------------------------------------------------------------------------------
+    def run(self) -> None:
+        graph = self.graph
+        for node in graph.topological_order():
+            if node.kind in (NodeKind.INPUT, NodeKind.CONSTANT):
+                self.nodes.append(node)
+                self.host.update(node.outputs)
+                continue
+            if node.kind is NodeKind.OUTPUT:
+                continue
+            if node.kind is not NodeKind.OPERATOR:
+                self.cpu(node, f"{node.kind.value} node")
+                continue
+            if self.view(node):
+                continue
+            x = self.device.get(node.inputs[0]) if node.inputs else None
+            plan = plan_node(graph, node, x.layout if x is not None else None)
+            if isinstance(plan, str):
+                self.cpu(node, plan)
+                continue
+            try:
+                kernel = plan.recipe.kernel(self.config, self.cache)
+            except KernelError as error:
+                self.cpu(node, f"no kernel: {error}")
+                continue
+            self.kernel(node, plan, kernel)
+        for tensor in graph.outputs:
+            if tensor not in self.host:
+                self.to_host(tensor)
+        for node in graph.nodes:
+            if node.kind is NodeKind.OUTPUT:
+                self.nodes.append(node)
+
+
+def _allocate(buffers: list[Buffer], config: Config, where: str) -> int:
+    """Addresses for every buffer: constants, counters and programs first, then the activation arena with
+    first-fit reuse of buffers whose step intervals do not overlap.  Returns the bytes used."""
+    cursor = 0
+
+    def aligned(value: int) -> int:
+        return -(-value // ALIGN) * ALIGN
+
+    for kind in ("const", "counters", "program"):
+        for buffer in buffers:
+            if buffer.kind == kind:
+                buffer.addr = aligned(cursor)
+                cursor = buffer.addr + buffer.nbytes
+    arena = aligned(cursor)
+    placed: list[Buffer] = []
+    end = arena
+    for buffer in sorted((b for b in buffers if b.kind == "activation"), key=lambda b: (b.first, -b.nbytes)):
+        live = sorted((b for b in placed if not (b.last < buffer.first or buffer.last < b.first)),
+                      key=lambda b: b.addr)
+        candidate = arena
+        for other in live:
+            if candidate + buffer.nbytes <= other.addr:
+                break
+            candidate = max(candidate, aligned(other.addr + other.nbytes))
+        buffer.addr = candidate
+        placed.append(buffer)
+        end = max(end, candidate + buffer.nbytes)
+    if end > config.dram_bytes:
+        raise LoweringError(f"{where}: needs {end} bytes of external memory, config {config.name!r} "
+                            f"has {config.dram_bytes}")
+    return end
+
+
+def lower(graph: Graph, config: Config, *, cache: KernelCache | None = None, check: bool = True
+          ) -> CompiledModel:
+    """Lower a (fused) quantized graph for ``config``; see the module documentation."""
+    if cache is None:
+        cache = default_cache()
+    lowering = _Lowering(graph, config, cache)
+    lowering.run()
+    steps = lowering.steps
+    # Segments: maximal runs of consecutive kernel steps, one program each.
+    segments: list[Segment] = []
+    current: list[KernelStep] = []
+
+    def close() -> None:
+        if current:
+            program = lowering.buffer(f"program{len(segments)}",
+                                      (sum(len(s.kernel.instructions) for s in current) + 1) * 16, "program")
+            segments.append(Segment(len(segments), list(current), program))
+            current.clear()
+
+    for step in steps:
+        if isinstance(step, KernelStep):
+            step.segment = len(segments)
+            current.append(step)
+        else:
+            close()
+    close()
+    memory = _allocate(lowering.buffers, config, f"graph {graph.name!r}")
+    halt = Instruction.make(Opcode.HALT).to_bytes()
+    for segment in segments:
+        words: list[int] = []
+        for step in segment.steps:
+            words += relocated_words(step.kernel, step.addrs)
+        # The linked program (braze.sw.kernels.link): every kernel's instructions, then HALT.
+        segment.binary = b"".join(word.to_bytes(INSN_BYTES, "little") for word in words) + halt
+    lowered = Graph(lowering.nodes, {k: v for k, v in lowering.infos.items()}, name=graph.name,
+                    opset=graph.opset)
+    used = {t for n in lowered.nodes for t in (*n.inputs, *n.outputs) if t}
+    lowered = lowered.replace(tensors={k: v for k, v in lowering.infos.items() if k in used})
+    if check:
+        validate(lowered)
+    placed = PlacedKernels([step for step in steps if isinstance(step, KernelStep)])
+    return CompiledModel(graph, lowered, config, steps, segments, placed, lowering.placement,
+                         lowering.buffers, memory)
+

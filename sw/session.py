@@ -1,0 +1,299 @@
+"""``braze.InferenceSession``: an ONNX model compiled for and run on a Braze device, in onnxruntime's manner.
+
+::
+
+    sess = braze.InferenceSession("model.onnx", device="golden", config="default",
+                                  calibration=x_calib)
+    (y,) = sess.run(None, {"x": x})
+    print(sess.report())
+
+What happens
+------------
+* The model is imported (:func:`~braze.sw.frontend.load_onnx`) and simplified.
+* With ``calibration`` (an array for a one-input model, a dict, or a list of
+  dicts), float MatMul/Gemm/Conv are quantized to int8
+  (:func:`~braze.sw.quantize.quantize`).  Without it, quantized operators the
+  model already has (QDQ groups, QLinear*, *Integer) become Braze ops
+  (:func:`~braze.sw.quantize.lower_qdq`) and float operators run on the CPU.
+  :attr:`graph_before` is this quantized graph.
+* Fusion (:func:`~braze.sw.fusion.fuse`, or the per-operator baseline with
+  ``fuse=False``) gives :attr:`graph_after`; lowering
+  (:func:`~braze.sw.lower.lower`) gives the kernels (:attr:`kernels`) and the
+  plan that :class:`~braze.sw.runtime.Runtime` runs.
+* Inputs with symbolic dimensions (a batch axis, say) compile per concrete
+  input shape, at the first run with that shape; looking at :attr:`kernels`
+  or :attr:`graph_after` before any run compiles for size 1 in every
+  symbolic dimension.
+
+Outputs equal :func:`~braze.sw.frontend.evaluate` of :attr:`graph_before`
+bit-exactly: the accelerator computes the IR's integer semantics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+
+from braze.isa import Config
+from braze.isa.errors import BrazeError
+
+from .cache import KernelCache, default_cache
+from .cost import CostModel
+from .frontend import evaluate, load_onnx
+from .fusion import DEFAULT_THRESHOLD, FusionDecision, fuse, split_activations
+from .ir import Graph, TensorInfo
+from .lower import CompiledModel, lower
+from .passes import simplify
+from .profile import TensorProfile
+from .quantize import lower_qdq, quantize
+from .runtime import RunReport, Runtime
+from .validate import validate
+
+__all__ = ["InferenceSession", "NodeArg", "InputError"]
+
+
+class InputError(BrazeError, ValueError):
+    """A run's inputs do not match the model: names the input, what was expected and what was given."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeArg:
+    """An input or output of the model, as onnxruntime's ``NodeArg``: name, shape (ints or names), type."""
+
+    name: str
+    shape: list
+    type: str
+
+
+_ORT_TYPES = {"float32": "tensor(float)", "float64": "tensor(double)", "int8": "tensor(int8)",
+              "uint8": "tensor(uint8)", "int32": "tensor(int32)", "int64": "tensor(int64)",
+              "bool": "tensor(bool)", "float16": "tensor(float16)"}
+
+
+def _calibration_sets(graph: Graph, calibration: Any) -> list[dict[str, np.ndarray]]:
+    if isinstance(calibration, Mapping):
+        return [dict(calibration)]
+    if isinstance(calibration, np.ndarray):
+        if len(graph.inputs) != 1:
+            raise BrazeError(f"calibration as one array needs a one-input model; this one has inputs "
+                             f"{list(graph.inputs)} (pass a dict)")
+        return [{graph.inputs[0]: calibration}]
+    if isinstance(calibration, Iterable) and not isinstance(calibration, str | bytes):
+        sets = list(calibration)
+        if not sets or not all(isinstance(s, Mapping) for s in sets):
+            raise BrazeError("calibration must be an array, a dict of arrays or a list of dicts of arrays")
+        return [dict(s) for s in sets]
+    raise BrazeError(f"calibration must be an array, a dict or a list of dicts, "
+                     f"not {type(calibration).__name__}")
+
+
+def _with_shapes(graph: Graph, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str]) -> Graph:
+    """``graph`` with every tensor's shape made concrete for these input shapes (evaluated on zeros)."""
+    if all(info.static for info in graph.tensors.values()) and all(
+            tuple(graph.tensor(name).shape) == tuple(shape) for name, shape in shapes.items()):
+        return graph
+    zeros = {name: np.zeros(shape, dtypes[name]) for name, shape in shapes.items()}
+    values = evaluate(graph, zeros, keep=True)
+    infos = dict(graph.tensors)
+    for name, value in values.items():
+        value = np.asarray(value)
+        old = graph.tensor(name)
+        infos[name] = TensorInfo(name, tuple(int(d) for d in value.shape), old.dtype or value.dtype.name,
+                                 old.quant)
+    return validate(graph.replace(tensors=infos))
+
+
+class InferenceSession:
+    """A model compiled for a Braze device.
+
+    Parameters
+    ----------
+    model : path, bytes or onnx.ModelProto
+    device : str or Device
+        ``"golden"`` (reference model), ``"amaranth"`` or ``"verilator"``, or an open device.
+    config : str or Config
+        A preset name, a :meth:`Config.parse` spec, or a Config.
+    fuse : bool
+        Fuse operators where the cost model predicts a gain (``False``: one kernel per operator).
+    calibration : array, dict or list of dicts, optional
+        Inputs to calibrate float models with (see the module documentation).
+    allow_fallback : bool
+        Run operators the compiler does not support on the CPU instead of refusing the model.
+    threshold : float
+        Minimum predicted gain for a fusion (:data:`~braze.sw.fusion.DEFAULT_THRESHOLD`).
+    cost_model : CostModel, optional
+        What prices fusion candidates (default: the ISA timing model).
+    cache : KernelCache, optional
+        The kernel cache (default: the process-wide memory + disk cache).
+    profile : bool
+        Profile every host-side tensor of each run (:attr:`profiles`).
+    """
+
+    def __init__(self, model: str | os.PathLike | bytes | onnx.ModelProto, *, device: Any = "golden",
+                 config: str | Config = "default", fuse: bool = True, calibration: Any = None,
+                 allow_fallback: bool = False, threshold: float = DEFAULT_THRESHOLD,
+                 cost_model: CostModel | None = None, cache: KernelCache | None = None,
+                 profile: bool = False):
+        started = time.perf_counter()
+        self.config = config if isinstance(config, Config) else Config.parse(config)
+        self.fuse = fuse
+        self.threshold = threshold
+        self.cost_model = cost_model
+        self.cache = cache if cache is not None else default_cache()
+        self.profile = profile
+        self.profiles: dict[str, TensorProfile] = {}
+        graph = simplify(load_onnx(model, allow_fallback=allow_fallback))
+        self.graph_float = graph
+        if calibration is not None:
+            graph = quantize(graph, _calibration_sets(graph, calibration))
+        else:
+            graph = validate(simplify(lower_qdq(graph)))
+        self.graph_before: Graph = graph
+        self._inputs = [NodeArg(name, list(graph.tensor(name).shape or []), _ORT_TYPES.get(
+            graph.tensor(name).dtype, f"tensor({graph.tensor(name).dtype})")) for name in graph.inputs]
+        self._outputs = [NodeArg(name, list(graph.tensor(name).shape or []), _ORT_TYPES.get(
+            graph.tensor(name).dtype, f"tensor({graph.tensor(name).dtype})")) for name in graph.outputs]
+        if isinstance(device, str):
+            from braze.sim.device import open_device
+            device = open_device(device, self.config)
+        elif device.config != self.config:
+            raise BrazeError(f"device has config {device.config.name!r}, the session {self.config.name!r}")
+        self.device = device
+        self._compiled: dict[tuple, tuple[Graph, list[FusionDecision], CompiledModel, Runtime]] = {}
+        self._last: tuple | None = None
+        self._default_shapes = {arg.name: tuple(d if isinstance(d, int) else 1 for d in arg.shape)
+                                for arg in self._inputs}
+        if not any(not isinstance(d, int) for arg in self._inputs for d in arg.shape):
+            self._compile(self._default_shapes)
+        # With symbolic dimensions, compilation waits for the first run's shapes (or for the first look at
+        # kernels / graph_after, which compiles for size 1 in every symbolic dimension).
+        self.compile_seconds = time.perf_counter() - started
+
+    # -- compilation ----------------------------------------------------------------------------------
+    def _compile(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple:
+        key = tuple(sorted((name, tuple(shape)) for name, shape in shapes.items()))
+        if key not in self._compiled:
+            dtypes = {name: self.graph_before.tensor(name).dtype for name in shapes}
+            static = _with_shapes(self.graph_before, shapes, dtypes)
+            if self.fuse:
+                fused, decisions = fuse(static, self.config, cost_model=self.cost_model,
+                                        threshold=self.threshold, cache=self.cache)
+            else:
+                fused, decisions = split_activations(static), []
+            compiled = lower(fused, self.config, cache=self.cache)
+            self._compiled[key] = (fused, decisions, compiled, Runtime(compiled, self.device))
+        self._last = key
+        return self._compiled[key]
+
+    def compile_for(self, input_shapes: Mapping[str, Sequence[int]]) -> CompiledModel:
+        """Compile (or fetch the compiled model) for concrete input shapes; ``run`` does this itself."""
+        return self._compile({name: tuple(int(d) for d in shape) for name, shape in input_shapes.items()})[2]
+
+    @property
+    def _current(self) -> tuple:
+        if self._last is None:
+            self._compile(self._default_shapes)
+        return self._compiled[self._last]
+
+    @property
+    def graph_after(self) -> Graph:
+        """The graph after fusion (per-operator form with ``fuse=False``), for the last compiled shapes."""
+        return self._current[0]
+
+    @property
+    def fusion_decisions(self) -> list[FusionDecision]:
+        return self._current[1]
+
+    @property
+    def compiled(self) -> CompiledModel:
+        return self._current[2]
+
+    @property
+    def graph_lowered(self) -> Graph:
+        """The lowered graph: kernels, CPU ops and explicit TRANSFER nodes."""
+        return self._current[2].graph
+
+    @property
+    def kernels(self) -> dict:
+        """Every kernel (name -> :class:`~braze.sw.kernels.Kernel`, with ``.asm``), as placed in memory."""
+        return self._current[2].kernels
+
+    # -- onnxruntime's API ----------------------------------------------------------------------------
+    def get_inputs(self) -> list[NodeArg]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[NodeArg]:
+        return list(self._outputs)
+
+    def _check(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if not isinstance(feeds, Mapping):
+            raise InputError(f"inputs must be a dict of input name to array, not {type(feeds).__name__}")
+        expected = {arg.name: arg for arg in self._inputs}
+        unknown = sorted(set(feeds) - set(expected))
+        if unknown:
+            raise InputError(f"unknown input(s) {unknown}; the model's inputs are {list(expected)}")
+        checked = {}
+        for name, arg in expected.items():
+            if name not in feeds:
+                raise InputError(f"missing input {name!r} (expected {arg.type} of shape {arg.shape})")
+            value = feeds[name]
+            if not isinstance(value, np.ndarray):
+                raise InputError(f"input {name!r}: expected a numpy array ({arg.type}), "
+                                 f"got {type(value).__name__}")
+            want = self.graph_before.tensor(name).dtype
+            if value.dtype.name != want:
+                raise InputError(f"input {name!r}: expected dtype {want}, got {value.dtype.name}")
+            shape = arg.shape
+            if value.ndim != len(shape) or any(isinstance(d, int) and d != s
+                                               for d, s in zip(shape, value.shape, strict=True)):
+                raise InputError(f"input {name!r}: expected shape {shape}, got {list(value.shape)}")
+            if value.size == 0:
+                raise InputError(f"input {name!r}: empty array of shape {list(value.shape)}")
+            checked[name] = value
+        return checked
+
+    def run(self, output_names: Sequence[str] | None,
+            input_feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the model; returns the requested outputs (all with ``None``) in order."""
+        feeds = self._check(input_feed)
+        names = list(output_names) if output_names else [arg.name for arg in self._outputs]
+        missing = [n for n in names if n not in {arg.name for arg in self._outputs}]
+        if missing:
+            raise InputError(f"unknown output(s) {missing}; the model's outputs are "
+                             f"{[arg.name for arg in self._outputs]}")
+        _, _, _, runtime = self._compile({name: value.shape for name, value in feeds.items()})
+        observe = None
+        if self.profile:
+            rng = np.random.default_rng(0)
+
+            def observe(tensor: str, value: np.ndarray) -> None:
+                value = np.asarray(value)
+                if tensor not in self.profiles:
+                    self.profiles[tensor] = TensorProfile(tensor, value.shape, value.dtype.name)
+                self.profiles[tensor].add(value, rng)
+            for name, value in feeds.items():
+                observe(name, value)
+        outputs = runtime.run(feeds, observe=observe)
+        return [outputs[name] for name in names]
+
+    def report(self) -> RunReport:
+        """The per-kernel counter report of the last run (printable as a table)."""
+        report = self._current[3].last_report
+        if report is None:
+            raise BrazeError("no run yet: call run() before report()")
+        return report
+
+    def close(self) -> None:
+        self.device.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,54 @@
+"""onnx's own backend node test suite through the Braze backend, filtered to the supported operators.
+
+Each case loads an ONNX model, runs it through :class:`braze.sw.backend.BrazeBackend`
+(golden device, config ``default``) and compares with onnx's expected outputs.
+Integer operators (MatMulInteger, ConvInteger, int8 Relu/Clip/MaxPool, ...) run
+on the accelerator's reference model, float operators on the CPU (see the
+backend's documentation).  Cases that fail are excluded below by name, each
+with the reason; nothing is dropped silently.  At the time of writing:
+162 cases pass, 34 are excluded.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import onnx.backend.test
+
+from braze.sw.backend import BrazeBackend
+
+#: The operators of issue 5's supported list whose node tests run here.
+OPERATORS = ("relu", "clip", "add", "mul", "matmul", "gemm", "conv", "maxpool", "averagepool",
+             "globalaveragepool", "flatten", "reshape", "transpose", "softmax", "sigmoid", "quantizelinear",
+             "dequantizelinear", "qlinearmatmul", "qlinearconv", "matmulinteger", "convinteger")
+
+#: Excluded cases (regular expressions on the test name) and why.
+EXCLUDED = {
+    r"test_(averagepool|maxpool)_(1d|3d)_.*": "only 2-D pooling is implemented (evaluator and kernels)",
+    r"test_maxpool_with_argmax_.*": "MaxPool's Indices output is not implemented by the evaluator",
+    r"test_(de)?quantizelinear_(e4m3fn|e5m2|float4e2m1|int2|int4|uint2|uint4)(_.*)?_cpu":
+        "float8 / 4-bit / 2-bit quantized types are not supported (int8, uint8, int32 only)",
+    r"test_(de)?quantizelinear_blocked_.*": "blocked quantization (block_size) is not supported",
+    r"test_reshape_allowzero_reordered_cpu": "an empty input (a zero-sized dimension) is refused",
+}
+
+INCLUDED = re.compile(r"^test_(" + "|".join(OPERATORS) + r")(_.*)?_cpu$")
+backend_test = onnx.backend.test.BackendTest(BrazeBackend, __name__)
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    test_cases = backend_test.test_cases
+
+
+def _selected(name: str) -> bool:
+    return bool(INCLUDED.match(name)) and not any(re.fullmatch(p, name) for p in EXCLUDED)
+
+
+# onnx's own include/exclude turn every other case of its ~4,000 into a pytest skip; dropping them
+# instead keeps the report to what runs (the exclusions and their reasons are listed above).
+for case in test_cases.values():
+    for name in [name for name in vars(case) if name.startswith("test_")]:
+        if not _selected(name):
+            delattr(case, name)
+globals().update(test_cases)

@@ -1,0 +1,53 @@
+"""The runtime: device checks, repeated runs, report totals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx_models import conv_model
+
+from braze.isa import Config
+from braze.sim.device import open_device
+from braze.sw.cache import KernelCache
+from braze.sw.runtime import Runtime
+from braze.sw.session import InferenceSession
+
+#: Counters that are a function of the program alone (braze.isa.counters marks them exact).
+EXACT = ("macs", "dma_read_bytes", "dma_write_bytes", "insn_matmul", "insn_load", "insn_store")
+
+
+@pytest.fixture(scope="module")
+def session():
+    rng = np.random.default_rng(5)
+    return InferenceSession(conv_model(6), config="tiny",
+                            calibration=rng.normal(size=(2, 1, 8, 8)).astype(np.float32),
+                            cache=KernelCache(disk=False))
+
+
+def test_repeated_runs_are_deterministic(session):
+    x = np.random.default_rng(6).normal(size=(2, 1, 8, 8)).astype(np.float32)
+    (first,) = session.run(None, {"x": x})
+    rows = [{name: row.counters[name] for name in EXACT} for row in session.report().kernels]
+    (second,) = session.run(None, {"x": x})
+    assert np.array_equal(first, second)
+    assert rows == [{name: row.counters[name] for name in EXACT} for row in session.report().kernels]
+    other = np.random.default_rng(7).normal(size=(2, 1, 8, 8)).astype(np.float32)
+    (third,) = session.run(None, {"x": other})
+    assert not np.array_equal(first, third)
+
+
+def test_report_totals_add_up(session):
+    session.run(None, {"x": np.zeros((2, 1, 8, 8), np.float32)})
+    report = session.report()
+    summary = report.to_dict()
+    assert summary["total_cycles"] == sum(r.cycles for r in report.kernels)
+    assert summary["dma_bytes"] == sum(r.dma_read_bytes + r.dma_write_bytes for r in report.kernels)
+    assert summary["total_macs"] == sum(k.macs for k in session.kernels.values())
+    # Kernels of one device run: the run's cycles cover every kernel snapshot in it.
+    assert report.device_cycles >= report.total_cycles
+    assert report.cpu_ops and all(name in session.compiled.placement for name in report.cpu_ops)
+
+
+def test_runtime_refuses_a_device_of_another_config(session):
+    with open_device("golden", Config.preset("default")) as device, pytest.raises(ValueError, match="config"):
+        Runtime(session.compiled, device)
