@@ -108,9 +108,20 @@ def _isa_doc(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("demo", "run the sample fused-GEMM kernel on the reference model",
+@command("demo", "the main job: digits models trained, compiled and run on a device, fused vs unfused",
+         arg("--device", default="verilator",
+             help="device back end: golden, amaranth or verilator (default: verilator)"),
          arg("--config", default="default", help="preset name, PRESET:field=value,... or JSON"),
-         arg("--seed", type=int, default=0, help="seed of the random inputs"))
+         arg("--models", default="mlp,cnn", help="comma-separated models to run (default: mlp,cnn)"),
+         arg("--samples", type=int, default=None,
+             help="validation samples to run (default: the whole validation set)"),
+         arg("--batch", type=int, default=64, help="samples per device run (default: 64)"),
+         arg("--seed", type=int, default=0, help="seed of training (and of --kernel's inputs)"),
+         arg("--output", type=Path, default=None, help="directory to keep the exported ONNX models in"),
+         arg("--no-golden-check", dest="golden_check", action="store_false",
+             help="skip the bit-for-bit comparison with the golden device"),
+         arg("--kernel", action="store_true",
+             help="instead, run the sample fused-GEMM kernel on the reference model"))
 def _demo(args: argparse.Namespace) -> int:
     from braze import demo
 

@@ -1,0 +1,282 @@
+"""The generated RTL in Verilator, hosted by cocotb, as a :class:`~braze.sim.device.Device`.
+
+:class:`VerilatorDevice` builds (or finds in the cache, :mod:`braze.sim.build`) the Verilator
+model of the configuration's :class:`~braze.sim.harness.Harness` and starts it once as a
+long-lived process that runs :mod:`braze.sim.cocotb_server`.  Every device call is one request
+over a socket pair, so a program run pays for no simulator start.  The simulator's time
+advances only while a request is being served.
+
+A simulator that dies, or that does not answer within ``timeout`` seconds, becomes a
+:class:`SimulatorError` carrying the tail of its log; the caller never hangs.  The process is
+stopped on :meth:`~VerilatorDevice.close`, on context exit and at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+from braze.isa import BrazeError, Config, ErrorCause
+
+from .build import BuildResult, build_harness
+from .cocotb_server import receive_message, send_message
+from .device import Device, RunStatus
+
+__all__ = ["VerilatorDevice", "SimulatorError", "simulator_env"]
+
+_SERVER_MODULE = "braze.sim.cocotb_server"
+_LOG_TAIL_BYTES = 3000
+_POLL_SECONDS = 0.05
+
+
+class SimulatorError(BrazeError):
+    """The simulator process died, hung, or failed a request."""
+
+
+def simulator_env(build: BuildResult, test_module: str,
+                  extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment cocotb needs to run ``test_module`` in a build's executable.
+
+    This is what :meth:`cocotb_tools.runner.Runner.test` sets up, for a process that we start
+    ourselves so that it can outlive one call.
+    """
+    import cocotb_tools.config
+    import find_libpython
+
+    env = dict(os.environ)
+    libpython = find_libpython.find_libpython()
+    if libpython is None:
+        raise SimulatorError("cannot find libpython, which cocotb needs to host Python in the simulator")
+    env["GPI_USERS"] = f"{libpython};{cocotb_tools.config.pygpi_entry_point()}"
+    env["PATH"] = f"{env.get('PATH', '')}{os.pathsep}{cocotb_tools.config.libs_dir}"
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    env["PYGPI_PYTHON_BIN"] = sys.executable
+    env["COCOTB_TOPLEVEL"] = build.top
+    env["COCOTB_TEST_MODULES"] = test_module
+    env["TOPLEVEL_LANG"] = "verilog"
+    env["COCOTB_TRUST_INERTIAL_WRITES"] = "1"
+    env.setdefault("COCOTB_LOG_LEVEL", "WARNING")
+    env.update(extra or {})
+    return env
+
+
+def _shutdown(process: subprocess.Popen, sock: socket.socket, grace: float) -> None:
+    """Stop a simulator: ask politely, then terminate, then kill (also runs at interpreter exit)."""
+    if process.poll() is None:
+        try:
+            send_message(sock, ("stop",))
+        except OSError:
+            pass
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    sock.close()
+    for stop in (signal.SIGTERM, signal.SIGKILL):
+        if process.poll() is not None:
+            break
+        try:
+            os.killpg(process.pid, stop)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(2.0)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class VerilatorDevice(Device):
+    """The accelerator's generated Verilog in Verilator, behind the :class:`Device` interface.
+
+    Parameters
+    ----------
+    config : Config
+        The accelerator build.
+    waves : bool
+        Record a VCD waveform of the whole session into :attr:`waves_path` (complete once the
+        device closes).  Uses a separate build with tracing compiled in.
+    timeout : float
+        Seconds to wait for the simulator's answer to any one request (a run included).
+    mem_bytes : int or None
+        External memory size (a power of two); ``config.dram_bytes`` by default.
+    stall : float
+        Probability of random AXI backpressure from the memory (exercises stalls; changes timing);
+        set at run time, so every level shares one build.  :meth:`set_stall` changes it later.
+    waves_path : str or Path or None
+        Where to write the waveform; a file in the device's work directory by default.
+    """
+
+    kind = "verilator"
+
+    def __init__(self, config: Config, *, waves: bool = False, timeout: float = 300.0,
+                 mem_bytes: int | None = None, stall: float = 0.0, waves_path: str | Path | None = None):
+        super().__init__(config)
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise ValueError(f"VerilatorDevice: timeout={timeout!r} must be a positive number of seconds")
+        self.closed = False
+        self.timeout = float(timeout)
+        self.build = build_harness(config, waves=waves, mem_bytes=mem_bytes)
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"braze-verilator-{config.name}-"))
+        self.log_path = self.workdir / "simulator.log"
+        self.waves_path: Path | None = None
+        args = [str(self.build.executable)]
+        if waves:
+            self.waves_path = Path(waves_path) if waves_path is not None else self.workdir / "waves.vcd"
+            args += ["--trace", "--trace-file", str(self.waves_path)]
+        ours, theirs = socket.socketpair()
+        env = simulator_env(self.build, _SERVER_MODULE, {
+            "BRAZE_SERVER_FD": str(theirs.fileno()),
+            "COCOTB_RESULTS_FILE": str(self.workdir / "results.xml"),
+        })
+        started = time.perf_counter()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(args, env=env, cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=subprocess.STDOUT, pass_fds=[theirs.fileno()],
+                                            start_new_session=True)
+        theirs.close()
+        self._sock = ours
+        # Runs on close(), on garbage collection, or at interpreter exit, whichever comes first.
+        self._finalizer = weakref.finalize(self, _shutdown, self.process, ours, 5.0)
+        try:
+            hello = self._receive(self.timeout, "start")
+        except BaseException:
+            self._finalizer()
+            raise
+        self.mem_bytes = hello["mem_bytes"]
+        #: Clock cycles from the start of the last run to its end (its interrupt or its budget); unlike
+        #: the ``cycles`` counter, not restarted by a COUNTERS instruction with ``reset``.
+        self.last_run_cycles = 0
+        self.start_seconds = time.perf_counter() - started
+        if stall:
+            self.set_stall(stall)
+
+    # --- Plumbing. -------------------------------------------------------------------------------
+    @property
+    def memory_size(self) -> int:
+        return self.mem_bytes if hasattr(self, "mem_bytes") else self.config.dram_bytes
+
+    def log_tail(self) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(0, log.tell() - _LOG_TAIL_BYTES))
+                return log.read().decode(errors="replace")
+        except OSError:
+            return "(no simulator log)"
+
+    def _fail(self, what: str) -> SimulatorError:
+        return SimulatorError(f"verilator device ({self.build.top}): {what}\n"
+                              f"--- simulator log ({self.log_path}), last lines ---\n{self.log_tail()}")
+
+    def _receive(self, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while True:
+            ready, _, _ = select.select([self._sock], [], [], _POLL_SECONDS)
+            if ready:
+                try:
+                    status, value = receive_message(self._sock)
+                except (ConnectionError, EOFError, OSError):
+                    self.process.poll()
+                    self._finalizer()
+                    raise self._fail(f"the simulator process died or closed its connection during {what} "
+                                     f"(exit status {self.process.returncode})") from None
+                if status != "ok":
+                    raise self._fail(f"the simulator failed {what}:\n{value}")
+                return value
+            if self.process.poll() is not None:
+                self._finalizer()
+                raise self._fail(f"the simulator process died during {what} "
+                                 f"(exit status {self.process.returncode})")
+            if time.monotonic() > deadline:
+                self._kill()
+                raise self._fail(f"no answer to {what} within {timeout:g} s; the simulator was stopped")
+
+    def _kill(self) -> None:
+        """Stop a simulator that does not answer: no polite request, straight to SIGKILL."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5.0)
+        self._finalizer()
+
+    def _request(self, *message, what: str):
+        if self.closed:
+            raise BrazeError(f"verilator device ({self.build.top}) is closed")
+        if self.process.poll() is not None:
+            raise self._fail(f"the simulator process died before {what} "
+                             f"(exit status {self.process.returncode})")
+        try:
+            send_message(self._sock, message)
+        except OSError as error:
+            self._finalizer()
+            raise self._fail(f"the simulator process died or closed its connection: cannot send {what} "
+                             f"({error})") from None
+        return self._receive(self.timeout, what)
+
+    # --- Device interface. -------------------------------------------------------------------------
+    def write(self, addr: int, data: bytes | np.ndarray) -> None:
+        payload = data.astype(data.dtype.newbyteorder("<")).tobytes() if isinstance(data, np.ndarray) \
+            else bytes(data)
+        self._check_span(addr, len(payload))
+        self._request("write", addr, payload, what=f"a write of {len(payload)} bytes at 0x{addr:x}")
+
+    def read(self, addr: int, nbytes: int) -> bytes:
+        self._check_span(addr, nbytes)
+        return self._request("read", addr, nbytes, what=f"a read of {nbytes} bytes at 0x{addr:x}")
+
+    def read_register(self, offset: int) -> tuple[int, int]:
+        """An AXI4-Lite register read: ``(value, resp)``."""
+        return self._request("reg_read", offset, what=f"a read of register 0x{offset:x}")
+
+    def write_register(self, offset: int, value: int) -> int:
+        """An AXI4-Lite register write; returns the response code."""
+        return self._request("reg_write", offset, value, what=f"a write of register 0x{offset:x}")
+
+    def set_stall(self, probability: float) -> None:
+        """Random backpressure of the memory from now on: each handshake stalls with this probability."""
+        if not isinstance(probability, int | float) or not 0.0 <= probability < 1.0:
+            raise ValueError(f"VerilatorDevice: stall={probability!r} must be a probability in [0, 1)")
+        self._request("stall", round(probability * 256), what="setting the memory backpressure")
+
+    def ping(self) -> None:
+        self._request("ping", what="a ping")
+
+    def _execute(self, base: int, max_cycles: int | None) -> RunStatus:
+        result = self._request("run", base, max_cycles, what=f"the run of the program at 0x{base:x}")
+        counters = result["counters"]
+        self.last_run_cycles = result["sim_cycles"]
+        cause = ErrorCause(result["cause"])
+        detail = ""
+        if result["timed_out"]:
+            detail = f"stopped after {self.last_run_cycles} cycles, over the budget of {max_cycles}"
+        # The run's length in clock cycles, from the simulator's clock: the `cycles` counter
+        # restarts at every COUNTERS instruction with `reset`.
+        return RunStatus(cause, result["error_pc"], self.last_run_cycles, counters,
+                         timed_out=result["timed_out"], detail=detail)
+
+    @property
+    def pid(self) -> int:
+        """Process id of the simulator."""
+        return self.process.pid
+
+    def close(self) -> None:
+        """Stop the simulator (which completes the waveform file) and remove the work directory."""
+        if getattr(self, "closed", True):
+            return
+        self.closed = True
+        self._finalizer()
+        if self.waves_path is None or not self.waves_path.is_relative_to(self.workdir):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+

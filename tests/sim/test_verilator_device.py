@@ -1,0 +1,200 @@
+"""The Verilator device against the reference model, and its process handling.
+
+Every test uses the ``tiny`` build (built once, cached under ``$BRAZE_CACHE_DIR`` or
+``~/.cache/braze/verilator``) except one run of the demo kernel on ``default``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from braze.demo import build_kernel
+from braze.hw.csr import MAGIC, REGISTER_BY_NAME, constant_value
+from braze.isa import COUNTERS, BrazeError, Config, ErrorCause, encode_program
+from braze.isa.asm import assemble
+from braze.isa.counters import COUNTER_BYTES
+from braze.sim.device import GoldenDevice, open_device
+from braze.sim.verify import verify
+from braze.sim.verilator_device import SimulatorError, VerilatorDevice
+
+TINY = Config.preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_device():
+    with VerilatorDevice(TINY, timeout=120) as device:
+        yield device
+
+
+def _demo_inputs(config: Config, seed: int) -> tuple[list, bytes, dict]:
+    _, program = build_kernel(config)
+    symbols = {"A": program[0].dram, "B": program[4].dram, "PARAMS": program[5].dram,
+               "OUT": next(i for i in program if i.format.mnemonic == "store").dram,
+               "CNT": next(i for i in program if i.format.mnemonic == "counters").dram}
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, size=symbols["CNT"] + 0x1000 - symbols["A"], dtype=np.uint8).tobytes()
+    return program, data, symbols
+
+
+def _run_demo(device, config: Config, seed: int):
+    program, data, symbols = _demo_inputs(config, seed)
+    device.write(symbols["A"], data)
+    status = device.run(program)
+    return status, device.read(0, symbols["CNT"] + 0x1000), symbols
+
+
+def _compare_with_golden(device, config: Config, seed: int) -> None:
+    golden = GoldenDevice(config)
+    expected_status, expected_memory, symbols = _run_demo(golden, config, seed)
+    status, memory, _ = _run_demo(device, config, seed)
+    assert status.ok and status.cycles > 0
+    # The snapshot's timing counters are the timing model's prediction; mask them out.
+    expected_memory, memory = bytearray(expected_memory), bytearray(memory)
+    for index, spec in enumerate(COUNTERS):
+        if not spec.exact:
+            start = symbols["CNT"] + index * COUNTER_BYTES
+            expected_memory[start:start + COUNTER_BYTES] = memory[start:start + COUNTER_BYTES] = bytes(8)
+    assert memory == expected_memory
+    for spec in COUNTERS:
+        if spec.exact:
+            assert status.counters[spec.name] == expected_status.counters[spec.name], spec.name
+    assert status.counters["macs"] > 0
+
+
+def test_open_device_gives_a_verilator_device():
+    with open_device("verilator", "tiny") as device:
+        assert isinstance(device, VerilatorDevice)
+        assert device.memory_size == TINY.dram_bytes
+
+
+def test_registers_identify_the_build(tiny_device):
+    assert tiny_device.read_register(REGISTER_BY_NAME["ID"].offset) == (MAGIC, 0)
+    version = REGISTER_BY_NAME["VERSION"]
+    assert tiny_device.read_register(version.offset) == (constant_value(version, TINY), 0)
+
+
+def test_memory_round_trip_with_unaligned_edges(tiny_device):
+    rng = np.random.default_rng(3)
+    for addr, nbytes in ((0x10003, 1), (0x10005, 29), (0x20000, 4096), (TINY.dram_bytes - 7, 7)):
+        payload = rng.integers(0, 256, size=nbytes, dtype=np.uint8).tobytes()
+        before = tiny_device.read(addr - 3 if addr >= 3 else 0, 3)
+        tiny_device.write(addr, payload)
+        assert tiny_device.read(addr, nbytes) == payload
+        assert tiny_device.read(addr - 3, 3) == before      # neighbouring bytes untouched
+    with pytest.raises(BrazeError, match="outside"):
+        tiny_device.write(TINY.dram_bytes - 2, b"abc")
+
+
+def test_demo_kernel_matches_golden(tiny_device):
+    _compare_with_golden(tiny_device, TINY, seed=11)
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.35])
+def test_random_programs_match_golden(stall):
+    report = verify(lambda config: VerilatorDevice(config, stall=stall, timeout=120), TINY,
+                    programs=25, seed=500 + int(stall * 100), minimise_trials=0)
+    assert report.programs == 25
+    assert report.mismatches == 0, [result.mismatches for result in report.failed]
+
+
+def test_error_causes_and_pc_match_golden(tiny_device):
+    base = 0x4000
+    cases = [
+        bytes(16),      # opcode 0
+        encode_program(assemble("fence\n"
+                                f"load mem=spad addr=0 rows=2 len=4 dram={TINY.dram_bytes - 4} stride=4\n"
+                                "halt")),
+        encode_program(assemble("fence\n"
+                                f"load mem=spad addr={TINY.spad_rows - 1} rows=2 len=4 dram=0 stride=4\n"
+                                "halt")),
+    ]
+    for program in cases:
+        expected = GoldenDevice(TINY).run(program, base=base, check=False)
+        status = tiny_device.run(program, base=base, check=False)
+        assert expected.cause is not ErrorCause.NONE
+        assert (status.cause, status.error_pc) == (expected.cause, expected.error_pc)
+    # The machine is usable after errors.
+    assert tiny_device.run(encode_program(assemble("halt")), base=base).ok
+
+
+def test_cycle_budget_stops_the_run_and_the_next_run_works(tiny_device):
+    program, data, symbols = _demo_inputs(TINY, seed=5)
+    tiny_device.write(symbols["A"], data)
+    status = tiny_device.run(program, max_cycles=40, check=False)
+    assert status.timed_out and not status.ok
+    assert 40 <= status.cycles < 200
+    assert "budget" in status.detail
+    _compare_with_golden(tiny_device, TINY, seed=5)
+
+
+def test_killed_simulator_is_a_clear_error():
+    device = VerilatorDevice(TINY, timeout=60)
+    os.kill(device.pid, signal.SIGKILL)
+    began = time.monotonic()
+    with pytest.raises(SimulatorError, match=r"simulator process died(.|\n)*simulator log"):
+        device.run(encode_program(assemble("halt")))
+    assert time.monotonic() - began < 10
+    device.close()
+
+
+def test_hung_simulator_times_out():
+    device = VerilatorDevice(TINY, timeout=1.5)
+    os.kill(device.pid, signal.SIGSTOP)
+    began = time.monotonic()
+    with pytest.raises(SimulatorError, match="no answer .* within 1.5 s"):
+        device.ping()
+    assert time.monotonic() - began < 10
+    assert device.process.poll() is not None      # the hung process was stopped
+    device.close()
+
+
+def test_close_shuts_the_simulator_down_cleanly():
+    with VerilatorDevice(TINY) as device:
+        device.run(encode_program(assemble("halt")))
+        process = device.process
+    assert process.wait(10) == 0
+    with pytest.raises(BrazeError, match="closed"):
+        device.read(0, 4)
+
+
+def test_waves_file_is_written(tmp_path):
+    path = tmp_path / "run.vcd"
+    with VerilatorDevice(TINY, waves=True, waves_path=path) as device:
+        device.run(encode_program(assemble("fence\nhalt")))
+        assert device.waves_path == path
+    text = path.read_text()
+    assert text.startswith("$") and "$enddefinitions" in text
+    assert "irq" in text and "#" in text.split("$enddefinitions", 1)[1]     # signals and time steps
+
+
+def test_default_preset_demo_matches_golden():
+    config = Config.preset("default")
+    with VerilatorDevice(config, timeout=300) as device:
+        _compare_with_golden(device, config, seed=2)
+
+
+def test_simulator_stops_at_interpreter_exit(tmp_path):
+    script = tmp_path / "leave_open.py"
+    script.write_text("from braze.isa import Config\n"
+                      "from braze.sim.verilator_device import VerilatorDevice\n"
+                      "device = VerilatorDevice(Config.preset('tiny'))\n"
+                      "print(device.pid)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    pid = int(done.stdout.split()[-1])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"simulator process {pid} outlived the interpreter that opened it")
