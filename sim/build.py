@@ -2,8 +2,8 @@
 
 :func:`build_harness` builds the :class:`~braze.sim.harness.Harness` of a configuration (and
 :func:`build_accelerator` the bare accelerator top, for the cocotb benches) with cocotb's
-Verilator recipe (:func:`_verilate`) into ``<cache>/<key>``.  ``<cache>`` is ``$BRAZE_CACHE_DIR``
-or ``~/.cache/braze/verilator``; ``<key>`` hashes everything the executable depends on: the
+Verilator recipe (:func:`_verilate`) into ``<cache>/<key>``.  ``<cache>`` is ``$BRAZE_CACHE_DIR/verilator``
+(by default ``~/.cache/braze/verilator``); ``<key>`` hashes everything the executable depends on: the
 configuration, the harness options, the text of the Python sources that generate the Verilog
 (``isa/``, ``hw/`` and the RAM and harness modules), the Amaranth, Verilator and cocotb
 versions, the Verilator flags and whether waveforms are compiled in.  Hashing the sources
@@ -79,9 +79,9 @@ class BuildResult:
 
 
 def cache_dir() -> Path:
-    """The root of the build cache: ``$BRAZE_CACHE_DIR`` or ``~/.cache/braze/verilator``."""
+    """The build cache: ``$BRAZE_CACHE_DIR/verilator``, by default ``~/.cache/braze/verilator``."""
     configured = os.environ.get("BRAZE_CACHE_DIR")
-    return Path(configured) if configured else Path.home() / ".cache" / "braze" / "verilator"
+    return (Path(configured) if configured else Path.home() / ".cache" / "braze") / "verilator"
 
 
 def _version(package: str) -> str:

@@ -3,7 +3,7 @@
 Kernels are generated at a canonical placement (operands packed from
 address 0) and relocated by the lowering, so a cached kernel serves every
 model that needs the same operator on the same shapes.  Entries live in
-memory and on disk (``$BRAZE_CACHE_DIR``, default ``~/.cache/braze/kernels``),
+memory and on disk (``$BRAZE_CACHE_DIR/kernels``, default ``~/.cache/braze/kernels``),
 one file per kernel holding its encoded program and operand table; a
 second compile of the same model generates nothing.
 """
@@ -30,9 +30,9 @@ CACHE_VERSION = 3
 
 
 def cache_dir() -> Path:
-    """``$BRAZE_CACHE_DIR`` or ``~/.cache/braze/kernels``."""
+    """``$BRAZE_CACHE_DIR/kernels``, by default ``~/.cache/braze/kernels``."""
     env = os.environ.get("BRAZE_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "braze" / "kernels"
+    return (Path(env) if env else Path.home() / ".cache" / "braze") / "kernels"
 
 
 def _key(signature: tuple, config: Config) -> str:

@@ -67,7 +67,7 @@ def test_half_finished_build_is_redone(tmp_path, monkeypatch):
 
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("BRAZE_CACHE_DIR", str(tmp_path / "elsewhere"))
-    assert build.cache_dir() == tmp_path / "elsewhere"
+    assert build.cache_dir() == tmp_path / "elsewhere" / "verilator"
     monkeypatch.delenv("BRAZE_CACHE_DIR")
     assert build.cache_dir() == Path.home() / ".cache" / "braze" / "verilator"
 

@@ -51,7 +51,7 @@ def test_corrupt_entries_are_rebuilt(tmp_path):
 
 def test_cache_directory_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("BRAZE_CACHE_DIR", str(tmp_path / "here"))
-    assert cache_dir() == tmp_path / "here"
+    assert cache_dir() == tmp_path / "here" / "kernels"
     monkeypatch.delenv("BRAZE_CACHE_DIR")
     assert cache_dir().parts[-3:] == (".cache", "braze", "kernels")
 
