@@ -84,7 +84,7 @@ class EpilogueUnit(wiring.Component):
     also the whole-tile result.  When a destination row is a source (residual)
     row of a *later* row of the same instruction, the later row reads it
     before it is written if the distance is below 5 (3) rows and after
-    otherwise: neither order is guaranteed, so programs must not do that.
+    otherwise: neither order is guaranteed, so the decoder rejects such an instruction (OVERLAP).
     """
 
     def __init__(self, config: Config):

@@ -129,7 +129,7 @@ class VectorUnit(wiring.Component):
     *later* row of the same instruction (``0 < dst - src < rows`` in the same
     memory) the later row reads it before it is written if ``dst - src`` is
     below the pipeline depth (4, or 2 with two reads per row) and after
-    otherwise: neither order is guaranteed, so programs must not do that.
+    otherwise: neither order is guaranteed, so the decoder rejects such an instruction (OVERLAP).
     """
 
     def __init__(self, config: Config):
