@@ -649,13 +649,19 @@ def _argmax(node, x):
 ACTIVATIONS = {"none": Activation.NONE, "relu": Activation.RELU, "clip": Activation.CLIP}
 
 
-def braze_epilogue(node: Node, acc: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+def braze_epilogue(node: Node, acc: np.ndarray, bias: np.ndarray | None,
+                   residual: np.ndarray | None = None) -> np.ndarray:
     """The ``EPILOGUE`` stage of a Braze quantized op on an ``(rows, n)`` int32 tile, bit-exact.
 
     Attributes (see :mod:`braze.sw.quantize`): ``mult``, ``shift`` (per
     column, or absent: no requantize), ``out_zp``, ``act`` (``"none"``,
     ``"relu"``, ``"clip"``), ``clip_lo``, ``clip_hi``, ``out`` (``"spad"``
-    for int8, ``"acc"`` for int32).
+    for int8, ``"acc"`` for int32).  With an int8 ``(rows, n)`` ``residual``
+    (zero point attribute ``residual_zp``) the result is
+    ``act(sat(requant(acc) + out_zp + residual - residual_zp))``: the
+    hardware adds the raw residual, so ``residual_zp`` is folded into the
+    requantize stage's zero point (exact: both are added in int32 before
+    any saturation).
     """
     attrs = node.attrs
     n = acc.shape[-1]
@@ -663,28 +669,41 @@ def braze_epilogue(node: Node, acc: np.ndarray, bias: np.ndarray | None) -> np.n
     if attrs.get("mult") is not None:
         mult = np.broadcast_to(np.asarray(attrs["mult"], np.int64), (n,))
         shift = np.broadcast_to(np.asarray(attrs["shift"], np.int64), (n,))
+    out_zp = int(attrs.get("out_zp", 0))
+    if residual is not None:
+        out_zp -= int(attrs.get("residual_zp", 0))
     return arith.epilogue(
         arith.wrap32(acc), bias=None if bias is None else _int64(bias), mult=mult, shift=shift,
+        residual=None if residual is None else _int64(residual),
         act=ACTIVATIONS[attrs.get("act", "none")],
         out=Memory.ACC if attrs.get("out", "spad") == "acc" else Memory.SPAD,
-        out_zp=int(attrs.get("out_zp", 0)), clip_lo=int(attrs.get("clip_lo", 0)),
-        clip_hi=int(attrs.get("clip_hi", 0)))
+        out_zp=out_zp, clip_lo=int(attrs.get("clip_lo", 0)), clip_hi=int(attrs.get("clip_hi", 0)))
 
 
-def _braze_qmatmul(node, x, w, bias=None):
+def _braze_qmatmul(node, x, w, bias=None, residual=None):
     flatten = node.attrs.get("flatten_a")
     if flatten is not None:
         x = x.reshape(int(np.prod(x.shape[:flatten])), -1)
     lead = x.shape[:-1]
     acc = (_int64(x).reshape(-1, x.shape[-1]) - int(node.attrs.get("x_zero_point", 0))) @ _int64(w)
-    return braze_epilogue(node, acc, bias).reshape(*lead, w.shape[-1])
+    tile = None if residual is None else residual.reshape(-1, w.shape[-1])
+    return braze_epilogue(node, acc, bias, tile).reshape(*lead, w.shape[-1])
 
 
-def _braze_qconv(node, x, w, bias=None):
+def _braze_qconv(node, x, w, bias=None, residual=None):
     acc = conv2d(_int64(x) - int(node.attrs.get("x_zero_point", 0)), _int64(w), node.attrs)
     n, o, h, wd = acc.shape
     tile = acc.transpose(0, 2, 3, 1).reshape(-1, o)
-    return braze_epilogue(node, tile, bias).reshape(n, h, wd, o).transpose(0, 3, 1, 2)
+    res_tile = None if residual is None else residual.transpose(0, 2, 3, 1).reshape(-1, o)
+    return braze_epilogue(node, tile, bias, res_tile).reshape(n, h, wd, o).transpose(0, 3, 1, 2)
+
+
+def _braze_qadd(node, x, y):
+    """``sat8((x - x_zp) + (y - y_zp) + out_zp)``: int8 addition at equal scales (the unfused residual)."""
+    attrs = node.attrs
+    total = (_int64(x) - int(attrs.get("x_zp", 0))) + (_int64(y) - int(attrs.get("y_zp", 0))) \
+        + int(attrs.get("out_zp", 0))
+    return np.clip(total, -128, 127).astype(np.int8)
 
 
 def _unary(fn):
@@ -747,6 +766,7 @@ _OPS: dict[str, Callable[..., Any]] = {
     .astype(np.int32),
     f"{BRAZE_DOMAIN}.QMatMul": _braze_qmatmul,
     f"{BRAZE_DOMAIN}.QConv": _braze_qconv,
+    f"{BRAZE_DOMAIN}.QAdd": _braze_qadd,
 }
 
 

@@ -5,9 +5,15 @@ Pipeline
 1. :func:`split_activations` puts the graph in per-operator form: a
    ``QMatMul``/``QConv`` whose activation the quantizer already folded in
    gets it back as a separate int8 ``Clip`` node (exact: clipping commutes
-   with the int8 saturation for bounds inside int8).  This is also the
-   unfused baseline (``fuse=False``): one kernel per ONNX operator, each
-   intermediate tensor written to external memory and read back.
+   with the int8 saturation for bounds inside int8), and one whose residual
+   addition the quantizer folded in (a fourth, int8 input at the output's
+   scale) gets it back as a ``braze.QAdd`` node of the int8 product and the
+   residual.  This is also the unfused baseline (``fuse=False``): one kernel
+   per ONNX operator, each intermediate tensor written to external memory
+   and read back.  The split residual is exact except where the product
+   before the addition leaves int8: the separate form saturates it (the
+   semantics of a QDQ graph that quantizes the product at the output's
+   parameters), the fused epilogue adds in int32 and saturates once.
 2. :func:`find_opportunities` lists fusion opportunities:
 
    ``epilogue``
@@ -24,6 +30,14 @@ Pipeline
    ``chain``
        two element-wise clips in a row -- candidates: two kernels or one with
        the intersected bounds.
+   ``residual``
+       ``QMatMul``/``QConv`` (no activation yet) followed by its only reader,
+       a ``braze.QAdd`` of its output and another int8 tensor, all three at
+       one scale and the sum's zero point the product's -- candidates: two
+       kernels, or the addition in the kernel's ``EPILOGUE`` (the residual's
+       zero point folded into the requantize stage's ``out_zp``).  An
+       activation after the addition then becomes an ``epilogue``
+       opportunity of the fused node.
 
 3. For each opportunity every candidate is priced by a :class:`~braze.sw.cost.CostModel`
    (kernels generated through the kernel cache; each kernel library call
@@ -34,9 +48,10 @@ Pipeline
    Layouts are not candidates: the lowering always keeps convolution
    outputs NHWC and folds a flatten into permuted weights (no transpose).
 
-Not fused (yet): residual additions.  The quantized IR keeps ``Add`` in
-float between Dequantize/QuantizeLinear, and the kernels' saturating int8
-residual is not that computation, so no exact rewrite exists.
+Residual additions come from the quantizer already folded into the Braze op
+(:func:`braze.sw.quantize.insert_qdq` quantizes the residual at the Add
+output's parameters; imported QDQ models only where the scales are equal);
+additions at other scales stay float on the host and are not fused.
 
 Every pass is Graph -> Graph and its result passes :func:`~braze.sw.validate.validate`.
 """
@@ -101,8 +116,48 @@ def _clip_nodes(graph: Graph, name: str, source: str, target: str, lo: int, hi: 
     return nodes, [constant_info(lo_name, lo_value), constant_info(hi_name, hi_value)]
 
 
+def _residual_of(node: Node) -> str | None:
+    return node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
+
+
+def _split_residuals(graph: Graph) -> Graph:
+    """Every residual addition folded into a ``QMatMul``/``QConv`` becomes a ``braze.QAdd`` (and its
+    activation a ``Clip``)."""
+    substitute: dict[str, list[Node]] = {}
+    infos: list[TensorInfo] = []
+    for node in graph.operators():
+        residual = _residual_of(node)
+        if node.qualified_op not in MATRIX_OPS or residual is None or "fused_ops" in node.attrs:
+            continue
+        out = node.outputs[0]
+        out_zp = int(node.attrs.get("out_zp", 0))
+        pre = graph.unique_name(f"{out}_pre_residual")
+        matrix = node.replace(inputs=node.inputs[:3], outputs=(pre,)).with_attrs(
+            act="none", clip_lo=None, clip_hi=None, residual_zp=None)
+        act = node.attrs.get("act", "none")
+        summed = graph.unique_name(f"{out}_pre_act") if act != "none" else out
+        add = Node(graph.unique_name(f"{node.name}_residual"), NodeKind.OPERATOR, "QAdd", (pre, residual),
+                   (summed,), {"x_zp": out_zp, "y_zp": int(node.attrs.get("residual_zp", 0)),
+                               "out_zp": out_zp}, domain=BRAZE_DOMAIN)
+        replacement = [matrix, add]
+        infos.append(dataclasses.replace(graph.tensor(out), name=pre))
+        if act != "none":
+            lo, hi = ((int(node.attrs.get("clip_lo", 0)), int(node.attrs.get("clip_hi", 0))) if act == "clip"
+                      else (0, 127))
+            clip_nodes, clip_infos = _clip_nodes(graph, graph.unique_name(f"{node.name}_act"), summed, out,
+                                                 max(lo, -128), min(hi, 127))
+            replacement += clip_nodes
+            infos += [dataclasses.replace(graph.tensor(out), name=summed), *clip_infos]
+        substitute[node.name] = replacement
+    if not substitute:
+        return graph
+    return validate(graph.edit(substitute=substitute, tensors=infos))
+
+
 def split_activations(graph: Graph) -> Graph:
-    """Per-operator form: every activation folded into a ``QMatMul``/``QConv`` becomes its own ``Clip``."""
+    """Per-operator form: every activation folded into a ``QMatMul``/``QConv`` becomes its own ``Clip``,
+    every residual addition its own ``braze.QAdd``."""
+    graph = _split_residuals(graph)
     substitute: dict[str, list[Node]] = {}
     infos: list[TensorInfo] = []
     for node in graph.operators():
@@ -126,7 +181,7 @@ def split_activations(graph: Graph) -> Graph:
 
 @dataclasses.dataclass(frozen=True)
 class Opportunity:
-    kind: str                  # "epilogue", "pool" or "chain"
+    kind: str                  # "epilogue", "pool", "chain" or "residual"
     nodes: tuple[str, ...]     # producer first
 
     def __str__(self) -> str:
@@ -163,6 +218,21 @@ def _sole_reader(graph: Graph, tensor: str) -> Node | None:
     return readers[0]
 
 
+def _fusable_residual(graph: Graph, node: Node, reader: Node) -> bool:
+    """``reader`` is a ``QAdd`` of ``node``'s int8 output (first operand) and another tensor at one scale,
+    with the sum's zero point the product's: the epilogue's residual stage computes it."""
+    if reader.qualified_op != f"{BRAZE_DOMAIN}.QAdd" or reader.inputs[0] != node.outputs[0] \
+            or reader.inputs[1] == node.outputs[0] or _residual_of(node) is not None \
+            or node.attrs.get("act", "none") != "none" or node.attrs.get("out", "spad") != "spad":
+        return False
+    infos = [graph.tensor(t) for t in (node.outputs[0], reader.inputs[1], reader.outputs[0])]
+    if any(info.quant is None or info.dtype != "int8" or len(info.quant.scale) != 1 for info in infos) \
+            or len({np.float32(info.quant.scale[0]) for info in infos}) != 1:
+        return False
+    out_zp = int(node.attrs.get("out_zp", 0))
+    return int(reader.attrs.get("x_zp", 0)) == out_zp == int(reader.attrs.get("out_zp", 0))
+
+
 def find_opportunities(graph: Graph) -> list[Opportunity]:
     """Every fusion opportunity, in topological order of the first node."""
     found = []
@@ -173,6 +243,8 @@ def find_opportunities(graph: Graph) -> list[Opportunity]:
         if node.qualified_op in MATRIX_OPS and node.attrs.get("act", "none") == "none" \
                 and node.attrs.get("out", "spad") == "spad" and _clip_bounds(graph, reader) is not None:
             found.append(Opportunity("epilogue", (node.name, reader.name)))
+        elif node.qualified_op in MATRIX_OPS and _fusable_residual(graph, node, reader):
+            found.append(Opportunity("residual", (node.name, reader.name)))
         elif _clip_bounds(graph, node) is not None:
             if reader.op_type == "MaxPool" and not reader.domain \
                     and graph.tensor(reader.inputs[0]).dtype == "int8" \
@@ -224,6 +296,13 @@ def _candidates(graph: Graph, opportunity: Opportunity, config: Config, cache: K
             variant = rewritten.edit(substitute={first.name: fused.with_attrs(tiling=tiling)})
             candidates.append(Candidate(f"fused, {label}", variant, (first.name,)))
         return candidates
+    if opportunity.kind == "residual":
+        out = second.outputs[0]
+        inputs = (*first.inputs[:3], *[""] * (3 - len(first.inputs)), second.inputs[1])
+        fused = first.replace(inputs=inputs, outputs=(out,)).with_attrs(
+            residual_zp=int(second.attrs.get("y_zp", 0)), fused_ops=ops, fused_op_types=op_types)
+        rewritten = graph.edit(remove=[second.name], substitute={first.name: fused})
+        return [separate, Candidate("fused", rewritten, (first.name,))]
     if opportunity.kind == "pool":
         lo, hi = _clip_bounds(graph, first)
         pooled = graph.unique_name(f"{second.outputs[0]}_before_act")

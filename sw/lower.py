@@ -7,9 +7,12 @@ Every operator node becomes one *step* of a straight-line plan:
 * **Kernel steps** (the accelerator): ``braze.QMatMul`` -> :func:`~braze.sw.kernels.gemm`,
   ``braze.QConv`` -> :func:`~braze.sw.kernels.conv2d` (NHWC, implicit im2col),
   int8 ``MaxPool`` -> :func:`~braze.sw.kernels.maxpool2d`, int8 ``Relu``/``Clip`` ->
-  :func:`~braze.sw.kernels.relu` / :func:`~braze.sw.kernels.clip`.  The epilogue
-  (bias, requantize, activation) of a node is fused into its kernel; the
-  input zero point is folded into the bias (``bias - x_zp * colsum(w)``).
+  :func:`~braze.sw.kernels.relu` / :func:`~braze.sw.kernels.clip`, ``braze.QAdd`` ->
+  :func:`~braze.sw.kernels.add`.  The epilogue (bias, requantize, residual,
+  activation) of a node is fused into its kernel; the input zero point is
+  folded into the bias (``bias - x_zp * colsum(w)``), the residual's zero
+  point into the requantize stage's (``out_zp - residual_zp``); the residual
+  operand has the output's device layout.
 * **Views**: ``Reshape``/``Flatten``/``Squeeze``/``Unsqueeze``/``Identity`` of a
   tensor that lives on the device in a row-major layout cost nothing: the
   output names the same bytes.
@@ -154,12 +157,18 @@ def _epilogue(node: Node, n: int, bias: np.ndarray | None, colsum: np.ndarray
         total = np.zeros(n, np.int64) if bias is None else np.asarray(bias, np.int64).reshape(-1)
         constants["bias"] = _wrap32(total - x_zp * colsum)
         options["bias"] = True
+    out_zp = int(attrs.get("out_zp", 0))
+    if _residual(node):
+        # The EPILOGUE adds the raw int8 residual; its zero point joins the requantize stage's (exact:
+        # both are int32 additions before any saturation).
+        options["residual"] = True
+        out_zp -= int(attrs.get("residual_zp", 0))
     if attrs.get("mult") is not None:
         options["requant"] = True
         constants["mult"] = np.broadcast_to(np.asarray(attrs["mult"], np.int64), (n,)).copy()
         constants["shift"] = np.broadcast_to(np.asarray(attrs["shift"], np.int64), (n,)).copy()
-        if int(attrs.get("out_zp", 0)):
-            options["out_zp"] = int(attrs["out_zp"])
+        if out_zp:
+            options["out_zp"] = out_zp
     act = attrs.get("act", "none")
     if act != "none":
         options["act"] = act
@@ -169,6 +178,11 @@ def _epilogue(node: Node, n: int, bias: np.ndarray | None, colsum: np.ndarray
     if attrs.get("tiling") is not None:
         options["tiling"] = attrs["tiling"]          # forced by the fusion engine's choice
     return options, constants
+
+
+def _residual(node: Node) -> str | None:
+    """The residual input of a Braze matrix op (its fourth input), if any."""
+    return node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
 
 
 def _options(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -196,6 +210,8 @@ def plan_node(graph: Graph, node: Node, x_layout: str | None = None) -> NodeKern
             return _plan_maxpool(graph, node)
         if op in ("Relu", "Clip"):
             return _plan_clip(graph, node)
+        if op == f"{BRAZE_DOMAIN}.QAdd":
+            return _plan_qadd(graph, node, x_layout)
     except KernelError as error:
         return f"no kernel: {error}"
     return f"{op} has no accelerator kernel"
@@ -222,8 +238,10 @@ def _plan_qmatmul(graph: Graph, node: Node, x_layout: str | None) -> NodeKernel 
     options, constants = _epilogue(node, n, bias, weights.astype(np.int64).sum(axis=0))
     constants["B"] = weights
     recipe = KernelRecipe("gemm", (m, k, n), _options(options))
-    out_layout = "plain"
-    return NodeKernel(node, recipe, {"A": (x_name, layout)}, (node.outputs[0], out_layout), constants)
+    inputs = {"A": (x_name, layout)}
+    if _residual(node):
+        inputs["residual"] = (_residual(node), "plain")
+    return NodeKernel(node, recipe, inputs, (node.outputs[0], "plain"), constants)
 
 
 def _plan_qconv(graph: Graph, node: Node) -> NodeKernel | str:
@@ -251,8 +269,10 @@ def _plan_qconv(graph: Graph, node: Node) -> NodeKernel | str:
     recipe = KernelRecipe("conv2d", (n, c, h, wd, k_out, kh, kw, strides[0], pad), _options(options))
     # Weights in the layout conv2d_weights gives (channels padded to a multiple of rows) need the config:
     constants["weights_oihw"] = w
-    return NodeKernel(node, recipe, {"x": (x_name, "NHWC")}, (node.outputs[0], "NHWC"), constants,
-                      host_pad)
+    inputs = {"x": (x_name, "NHWC")}
+    if _residual(node):
+        inputs["residual"] = (_residual(node), "NHWC")
+    return NodeKernel(node, recipe, inputs, (node.outputs[0], "NHWC"), constants, host_pad)
 
 
 def _plan_maxpool(graph: Graph, node: Node) -> NodeKernel | str:
@@ -295,6 +315,16 @@ def _plan_clip(graph: Graph, node: Node) -> NodeKernel | str:
         recipe = KernelRecipe("clip", ((elements,), lo, hi))
     # Element-wise: any layout; the output keeps the input's ("any" is resolved by the lowering).
     return NodeKernel(node, recipe, {"x": (node.inputs[0], "any")}, (node.outputs[0], "any"), {})
+
+
+def _plan_qadd(graph: Graph, node: Node, x_layout: str | None) -> NodeKernel | str:
+    shape = _static(graph, node.inputs[0], node)
+    elements = int(np.prod(shape, dtype=np.int64))
+    options = {key: int(node.attrs[key]) for key in ("x_zp", "y_zp", "out_zp") if int(node.attrs.get(key, 0))}
+    recipe = KernelRecipe("add", ((elements,),), _options(options))
+    # Element-wise, but both operands must share one layout: the second follows the first.
+    inputs = {"x": (node.inputs[0], "any"), "y": (node.inputs[1], x_layout or "plain")}
+    return NodeKernel(node, recipe, inputs, (node.outputs[0], "any"), {})
 
 
 def node_kernel(graph: Graph, node: Node, config: Config, cache: KernelCache | None = None,
@@ -622,8 +652,9 @@ class _Lowering:
         graph = self.graph
         operands: dict[str, DeviceTensor] = {}
         kernel_node = node
+        first = next(iter(plan.inputs))
         for operand, (tensor, layout) in plan.inputs.items():
-            if plan.host_pad is not None:
+            if plan.host_pad is not None and operand == first:   # the padded input, not a residual
                 tensor = self.pad(node, tensor, plan.host_pad)
                 kernel_node = kernel_node.with_attrs(pads=[0, 0, 0, 0], auto_pad=None)
             operands[operand] = self.to_device(tensor, layout, node)
@@ -659,8 +690,10 @@ class _Lowering:
         ops = tuple(node.attrs.get("fused_ops", (node.name,)))
         op_types = tuple(node.attrs.get("fused_op_types", (node.qualified_op,)))
         self.steps.append(KernelStep(name, ops, op_types, kernel, operands, params, counters))
-        first = next(iter(plan.inputs))
-        inputs = (self.dram_name(operands[first].tensor), *node.inputs[1:])
+        # Device operands are read from external memory: the lowered node names their ``@dram`` copies.
+        on_device = {tensor: self.dram_name(operands[operand].tensor)
+                     for operand, (tensor, _) in plan.inputs.items()}
+        inputs = (on_device[node.inputs[0]], *(on_device.get(t, t) for t in node.inputs[1:]))
         self.nodes.append(kernel_node.replace(inputs=inputs, outputs=(self.dram_name(out_tensor),))
                           .with_attrs(kernel=name))
         self.info_as(out_tensor, self.dram_name(out_tensor))

@@ -4,13 +4,17 @@ Braze's quantized ops
 ---------------------
 Two ops of domain ``"braze"`` carry every quantized matrix product:
 
-``QMatMul(x, w, bias?)``
+``QMatMul(x, w, bias?, residual?)``
     ``x`` int8 ``(..., K)`` (or any rank with the layout note ``flatten_a=axis``),
-    ``w`` an int8 constant ``(K, N)``, ``bias`` an int32 constant ``(N,)``.
-``QConv(x, w, bias?)``
+    ``w`` an int8 constant ``(K, N)``, ``bias`` an int32 constant ``(N,)``
+    (the empty name when absent and a residual follows).
+``QConv(x, w, bias?, residual?)``
     ``x`` int8 NCHW, ``w`` an int8 constant OIHW, ONNX Conv attributes
     (``strides``, ``pads``, ``auto_pad``); padding is the input zero point,
     i.e. a real zero.
+
+``residual`` (optional) is an int8 tensor of the output's shape and scale
+with zero point ``residual_zp``: a residual connection ``Add`` folded in.
 
 Both compute, exactly as the accelerator does, ``acc = sum((x - x_zero_point) * w)``
 in int32 and then the ``EPILOGUE`` chain of :func:`braze.isa.arith.epilogue`:
@@ -18,7 +22,14 @@ in int32 and then the ``EPILOGUE`` chain of :func:`braze.isa.arith.epilogue`:
 activation ``act`` (``"none"``, ``"relu"``, ``"clip"`` with ``clip_lo``/``clip_hi``),
 saturation to int8 (``out="spad"``) or int32 (``out="acc"``, no requantize,
 used for ``MatMulInteger``/``ConvInteger``).  (Lowering folds ``x_zero_point``
-into the bias: ``-x_zp * sum_k w[k, j]``.)
+into the bias: ``-x_zp * sum_k w[k, j]``.)  With a residual, the int32 value
+after requantization (``out_zp`` included) gets ``residual - residual_zp``
+added before the activation and the single saturation; the hardware adds
+the raw residual, so lowering folds ``-residual_zp`` into its ``out_zp``
+(exact: both are int32 additions before any saturation).  This is the QDQ
+graph's ``Q(DQ(acc) + DQ(r))`` exactly (up to the requantize rounding every
+Braze op has) when ``r``'s scale is the output's: ``(r - r_zp) * s / s`` is
+an integer, so it commutes with the rounding.
 
 Choices
 -------
@@ -33,6 +44,11 @@ Choices
   (``[100-p, p]`` percentiles of the observed values, default ``p = 99.99``),
   over the user's calibration inputs (:mod:`braze.sw.profile`).
 * Requantization multipliers: :func:`quantize_multiplier`.
+* Residual connections: an ``Add`` of a MatMul/Gemm/Conv output (its only
+  reader) and another tensor of its shape, optionally followed by Relu/Clip,
+  is calibrated at the Add output; the product is requantized straight to
+  the Add output's parameters and the other operand quantized at them too,
+  so the addition folds exactly into the op (see above).
 * uint8 activations (onnxruntime's ``QUInt8``) are shifted to int8 exactly:
   ``q8 = q - 128`` with ``zero_point8 = zero_point - 128``, so ``q8 - zero_point8 == q - zero_point``.
 
@@ -260,6 +276,25 @@ def _fused_activation(graph: Graph, tensor: str) -> Node | None:
     return None
 
 
+def _residual_add(graph: Graph, node: Node) -> tuple[Node, str] | None:
+    """``(add, other input)`` if the only reader of ``node``'s output is an element-wise ``Add`` of it and
+    another float tensor of the same shape (a residual connection), else None."""
+    tensor = node.outputs[0]
+    readers = graph.consumers(tensor)
+    if len(readers) != 1 or tensor in graph.outputs:
+        return None
+    add = readers[0]
+    if add.op_type != "Add" or add.domain or add.kind is not NodeKind.OPERATOR or add.device != "accel" \
+            or list(add.inputs).count(tensor) != 1:
+        return None
+    other = add.inputs[1] if add.inputs[0] == tensor else add.inputs[0]
+    shapes = [graph.tensor(t).shape for t in (tensor, other, add.outputs[0])]
+    if graph.constant(other) is not None or graph.tensor(other).dtype != "float32" \
+            or any(shape is None or tuple(shape) != tuple(shapes[0]) for shape in shapes):
+        return None
+    return add, other
+
+
 def _quantizable(graph: Graph, node: Node) -> bool:
     if node.kind is not NodeKind.OPERATOR or node.domain or node.device != "accel":
         return False
@@ -288,13 +323,20 @@ def insert_qdq(graph: Graph, ranges: Mapping[str, tuple[float, float]], *,
     onnxruntime's ``quantize_static``: activations ``DQ(Q(x))`` (int8,
     :func:`activation_params` of ``ranges``), weights ``DQ(int8 const)``
     (:func:`quantize_weights`), biases ``DQ(int32 const)``.  A fused
-    Relu/Clip stays between the op and its output ``Q``.  Scale-preserving ops
+    Relu/Clip stays between the op and its output ``Q``.  A residual ``Add``
+    of the op's float output and another tensor of its shape (the op's only
+    reader), optionally followed by Relu/Clip, is quantized as one group:
+    the output ``Q`` after the Add (and activation) uses the *Add output's*
+    calibrated parameters, and the other operand gets its own ``DQ(Q(.))``
+    with those same parameters, so that :func:`lower_qdq` folds the
+    addition exactly into the op's epilogue.  Scale-preserving ops
     (:data:`SCALE_PRESERVING`) reading a quantized tensor get an output ``Q``
     with the same parameters, so they run on int8 after lowering.
     """
     build = _Builder(graph)
     quantized: dict[str, QuantParams] = {}        # float tensor -> params of its DQ-produced value
     dequantized: dict[str, str] = {}               # float tensor -> DQ(Q(tensor)) inserted for readers
+    claimed: set[str] = set()                      # residual Adds already quantized with their producer
 
     def params_of(tensor: str) -> QuantParams:
         if tensor not in ranges:
@@ -353,6 +395,25 @@ def insert_qdq(graph: Graph, ranges: Mapping[str, tuple[float, float]], *,
             inputs.append(b_dq)
         op = node.replace(inputs=tuple(inputs))
         activation = _fused_activation(graph, node.outputs[0])
+        residual = _residual_add(graph, node) if activation is None else None
+        if residual is not None and residual[0].name not in claimed:
+            add, other = residual
+            claimed.add(add.name)
+            add_params = params_of(add.outputs[0])
+            # The residual operand at the Add output's parameters: its own Q/DQ pair, whatever other
+            # readers of the tensor use.
+            q, dq = build.name(f"{other}_residual_q"), build.name(f"{other}_residual_dq")
+            build.quantize(other, q, add_params, info=graph.tensor(other))
+            build.dequantize(q, dq, add_params, info=graph.tensor(other))
+            add = add.replace(inputs=tuple(dq if t == other else t for t in add.inputs))
+            build.substitute[node.name] = op
+            after = _fused_activation(graph, add.outputs[0])
+            if after is None:
+                build.substitute[add.name] = quantize_output(add, add.outputs[0], add_params)
+            else:
+                build.substitute[add.name] = add
+                build.substitute[after.name] = quantize_output(after, after.outputs[0], add_params)
+            continue
         last = activation or op
         final = last.outputs[0]
         replacement = quantize_output(last, final, params_of(final))
@@ -494,13 +555,16 @@ class _Lowering:
     # -- the Braze op -------------------------------------------------------------------------------
     def emit(self, node: Node, x: _QTensor, weights: np.ndarray, bias: np.ndarray | None,
              real: np.ndarray | None, out: _QTensor | None, out_shape, act: str = "none",
-             clip: tuple[int, int] = (0, 0)) -> None:
+             clip: tuple[int, int] = (0, 0), residual: _QTensor | None = None) -> None:
         build = self.build
         op_type = "QConv" if weights.ndim == 4 else "QMatMul"
         inputs = [x.name, build.constant(f"{node.name}_w8", weights)]
         if bias is not None:
             inputs.append(build.constant(f"{node.name}_bias32", bias.astype(np.int32)))
         attrs = {"x_zero_point": x.zero_point, "act": act}
+        if residual is not None:
+            inputs += [""] * (3 - len(inputs)) + [residual.name]
+            attrs["residual_zp"] = residual.zero_point
         if act == "clip":
             attrs.update(clip_lo=int(clip[0]), clip_hi=int(clip[1]))
         if op_type == "QConv":
@@ -547,12 +611,20 @@ class _Lowering:
         activation = _fused_activation(graph, node.outputs[0])
         last = activation or node
         quantize = _only_quantize_reader(graph, last.outputs[0])
+        add = residual = None
+        if quantize is None and activation is None:
+            add, residual, activation = self._residual(node)
+            last = activation or add
+            quantize = _only_quantize_reader(graph, last.outputs[0]) if last is not None else None
         if quantize is None:
             return False
         y_params = _scalar_params(graph, quantize.inputs[1], quantize.inputs[2] if len(quantize.inputs) > 2
                                   else None)
         if y_params is None:
             return False
+        if residual is not None and (np.float32(residual[1]) != np.float32(y_params[0])
+                                     or residual[3] not in ("int8", "uint8")):
+            return False           # only a residual at the output's scale adds exactly in the epilogue
         # Weights as (K, N) for QMatMul or OIHW for QConv, channel scales along N / O.
         transposed = node.op_type == "Gemm" and node.attrs.get("transB", 0)
         channel_axis = 0 if node.op_type == "Conv" or transposed else weights.ndim - 1
@@ -582,10 +654,31 @@ class _Lowering:
             act, clip = self._activation(graph, activation, out)
         real = acc_scales.astype(np.float64) / y_scale
         shape = graph.tensor(quantize.outputs[0]).shape
-        self.emit(node, x, w8, bias, real, out, shape, act, clip)
+        r = None if residual is None else self.as_int8(*residual)
+        self.emit(node, x, w8, bias, real, out, shape, act, clip, residual=r)
         self.publish(quantize.outputs[0], out, y_dtype, shape)
-        self.build.remove.update(n.name for n in (node, activation, quantize) if n is not None)
+        self.build.remove.update(n.name for n in (node, add, activation, quantize) if n is not None)
         return True
+
+    def _residual(self, node: Node) -> tuple[Node | None, tuple[str, float, int, str] | None, Node | None]:
+        """``(add, (int8 source, scale, zero point, dtype), activation)`` for
+        ``node -> Add(., DQ(r)) [-> Relu/Clip]`` where the Add is the only reader and ``r`` has the shape
+        of the output; ``(None, None, None)`` otherwise."""
+        graph = self.graph
+        tensor = node.outputs[0]
+        readers = graph.consumers(tensor)
+        if len(readers) != 1 or tensor in graph.outputs:
+            return None, None, None
+        add = readers[0]
+        if add.op_type != "Add" or add.domain or add.device != "accel" or list(add.inputs).count(tensor) != 1:
+            return None, None, None
+        other = add.inputs[1] if add.inputs[0] == tensor else add.inputs[0]
+        parts = _dq_parts(graph, other)
+        params = None if parts is None else _scalar_params(graph, parts[1], parts[2])
+        shapes = [graph.tensor(t).shape for t in (tensor, other, add.outputs[0])]
+        if params is None or any(shape is None or tuple(shape) != tuple(shapes[0]) for shape in shapes):
+            return None, None, None
+        return add, (parts[0], *params), _fused_activation(graph, add.outputs[0])
 
     def _bias(self, node: Node, tensor: str, acc_scales: np.ndarray, channels: int) -> np.ndarray | None:
         graph = self.graph
@@ -723,6 +816,10 @@ def lower_qdq(graph: Graph) -> Graph:
     * ``DQ -> MatMul/Gemm/Conv [-> Relu/Clip] -> Q`` groups (onnxruntime's
       QDQ format) become ``braze.QMatMul``/``braze.QConv`` with the bias
       (int32 DQ or float constant) in units of ``x_scale * w_scale``.
+    * ``DQ -> MatMul/Gemm/Conv -> Add(., DQ(r)) [-> Relu/Clip] -> Q`` with
+      ``r`` of the output's shape and exactly the output ``Q``'s scale becomes
+      one Braze op with ``r`` as its residual input; at another scale the
+      group stays as it is (the addition is not exact in the epilogue).
     * ``DQ -> MaxPool/Reshape/... -> Q`` with equal parameters runs on int8.
     * ``QLinearMatMul``/``QLinearConv`` become Braze ops; ``MatMulInteger``/
       ``ConvInteger`` become Braze ops with int32 output (``out="acc"``).

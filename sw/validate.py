@@ -271,6 +271,32 @@ def _check_braze(graph, node, fail):
         if y.quant.zero_point[0] != node.attrs.get("out_zp", 0):
             fail(f"out_zp {node.attrs.get('out_zp', 0)} differs from the output's zero point "
                  f"{y.quant.zero_point}")
+    if len(node.inputs) > 3 and node.inputs[3]:
+        residual = _info(graph, node, 3)
+        if out != "spad":
+            fail("a residual input needs an int8 output (out='spad')")
+        if residual.dtype not in (None, "int8"):
+            fail(f"residual {residual.name!r} must be int8, got {residual.dtype}")
+        if residual.shape is not None and y.shape is not None and _known(*residual.shape, *y.shape) \
+                and tuple(residual.shape) != tuple(y.shape):
+            fail(f"residual {residual.name!r} of shape {residual.shape} differs from the output's {y.shape}")
+        if residual.quant is None or residual.quant.zero_point[0] != node.attrs.get("residual_zp", 0):
+            fail(f"residual_zp {node.attrs.get('residual_zp', 0)} differs from residual {residual.name!r}'s "
+                 f"quantization {residual.quant}")
+
+
+def _check_qadd(graph, node, fail):
+    """Braze's int8 addition: int8 operands of one shape, zero points that match the tensors'."""
+    infos = {"x": _info(graph, node, 0), "y": _info(graph, node, 1), "out": graph.tensor(node.outputs[0])}
+    shapes = [info.shape for info in infos.values() if info.shape is not None]
+    if any(tuple(shape) != tuple(shapes[0]) for shape in shapes):
+        fail(f"QAdd operands and output must have one shape, got {[str(s) for s in shapes]}")
+    for key, info in infos.items():
+        if info.dtype not in (None, "int8"):
+            fail(f"QAdd {key} {info.name!r} must be int8, got {info.dtype}")
+        zero_point = node.attrs.get(f"{key}_zp", 0)
+        if info.quant is not None and info.quant.zero_point[0] != zero_point:
+            fail(f"{key}_zp {zero_point} differs from {info.name!r}'s zero point {info.quant.zero_point[0]}")
 
 
 def _check_qlinear_matmul(graph, node, fail, *, b_index=3):
@@ -291,7 +317,7 @@ _ARITY: dict[str, tuple[int, int]] = {
     "QLinearConv": (8, 9), "MatMulInteger": (2, 4), "ConvInteger": (2, 4), "Identity": (1, 1),
     "Dropout": (1, 3), "Cast": (1, 1), "Shape": (1, 1), "Gather": (2, 2), "Slice": (3, 5),
     "Unsqueeze": (2, 2), "Squeeze": (1, 2), "ConstantOfShape": (1, 1),
-    f"{BRAZE_DOMAIN}.QMatMul": (2, 3), f"{BRAZE_DOMAIN}.QConv": (2, 3),
+    f"{BRAZE_DOMAIN}.QMatMul": (2, 4), f"{BRAZE_DOMAIN}.QConv": (2, 4), f"{BRAZE_DOMAIN}.QAdd": (2, 2),
 }
 
 _CHECKS: dict[str, Callable] = {
@@ -304,4 +330,5 @@ _CHECKS: dict[str, Callable] = {
     "QLinearConv": lambda g, n, f: _check_conv(g, n, f, x_index=0, w_index=3, bias_index=8),
     "ConvInteger": lambda g, n, f: _check_conv(g, n, f, bias_index=99),
     f"{BRAZE_DOMAIN}.QMatMul": _check_braze, f"{BRAZE_DOMAIN}.QConv": _check_braze,
+    f"{BRAZE_DOMAIN}.QAdd": _check_qadd,
 }
