@@ -105,6 +105,9 @@ class Accelerator(wiring.Component):
         Register port.
     irq : Out(1)
         Interrupt, level-sensitive.
+    counter_bank : CounterBank
+        The performance counters (a submodule).  Not a port: a simulation harness may read
+        ``counter_bank.values`` to observe every counter without bus traffic.
     """
 
     def __init__(self, config: Config):
@@ -116,6 +119,7 @@ class Accelerator(wiring.Component):
             "s_axil": In(AXI4LiteSignature(addr_width=AXIL_ADDR_WIDTH, data_width=32)),
             "irq": Out(1),
         })
+        self.counter_bank = CounterBank(inc_width=16)
 
     def elaborate(self, platform):
         m = Module()
@@ -137,7 +141,7 @@ class Accelerator(wiring.Component):
             depth=MAX_OUTSTANDING)
         m.submodules.load = load = LoadEngine(config, beats_width=BEATS_WIDTH)
         m.submodules.store = store = StoreEngine(config, beats_width=BEATS_WIDTH)
-        m.submodules.counter_bank = bank = CounterBank(inc_width=16)
+        m.submodules.counter_bank = bank = self.counter_bank
         m.submodules.spad = spad = BankedMemory(shape=data.ArrayLayout(signed(8), config.cols),
                                                 depth=config.spad_rows, banks=config.spad_banks)
         m.submodules.acc = acc = BankedMemory(shape=data.ArrayLayout(signed(32), config.cols),

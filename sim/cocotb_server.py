@@ -1,41 +1,46 @@
 """The cocotb test module a :class:`~braze.sim.verilator_device.VerilatorDevice` simulator runs.
 
-Its one test, :func:`serve`, starts cocotb's C-level clock, resets the
-:class:`~braze.sim.harness.Harness`, and then serves requests from the device over the
-socket whose file descriptor is in ``$BRAZE_SERVER_FD``, until the device asks it to stop.
-Waiting for a request blocks inside the test coroutine, so simulated time stands still
-between requests; a run awaits the ``irq`` rising edge (or the cycle budget), so Python is
-not woken every cycle while the accelerator works.
+Its one test, :func:`serve`, resets the :class:`~braze.sim.harness.Harness` (built with its host
+bridge, on the clock of the C++ main :data:`braze.sim.build.HARNESS_MAIN`), and then serves
+requests from the device over the socket whose file descriptor is in ``$BRAZE_SERVER_FD``, until
+the device asks it to stop.  Waiting for a request blocks inside the test coroutine, so simulated
+time stands still between requests.  Python never wakes per clock cycle: a register access awaits
+the host bridge's acknowledgement, a run awaits the ``irq`` rising edge (or the cycle budget), the
+counters are read from the harness's ``counters`` port, and memory moves by ``memcpy`` into the
+RAM's storage array (``braze_storage`` of ``verilator_storage.cpp``).
 
 Protocol: each message is a 4-byte little-endian length and a pickled tuple.  Requests are
 ``("write", addr, data)``, ``("read", addr, nbytes)``, ``("run", base, max_cycles)``,
-``("reg_read", offset)``, ``("reg_write", offset, value)``, ``("stall", threshold)`` (the
+``("reg_read", offset)``, ``("reg_write", offset, value)``, ``("counters_over_bus",)`` (every
+counter read over AXI4-Lite, as driver software would), ``("stall", threshold)`` (the
 memory's backpressure, in 1/256 steps), ``("ping",)`` and ``("stop",)``;
 replies are ``("ok", value)`` or ``("error", text)``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
 import socket
 import struct
+import time
 import traceback
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
-from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer
+from cocotb.triggers import ClockCycles, First, RisingEdge, Timer, ValueChange
 
+from braze.hw.counters import COUNTER_BITS as _COUNTER_BITS
 from braze.hw.csr import COUNTER_BASE, REGISTER_BY_NAME
 from braze.isa import COUNTERS, ErrorCause
 
-CLOCK_PERIOD_NS = 10
+from .build import CLOCK_PERIOD_NS
+
 _HEADER = struct.Struct("<I")
 _REG = {name: reg.offset for name, reg in REGISTER_BY_NAME.items()}
 _CTRL_START, _CTRL_IRQ_DONE, _CTRL_IRQ_ERROR, _CTRL_SOFT_RESET = 1, 2, 4, 8
 _STATUS_DONE, _STATUS_ERROR = 2, 4
-_NO_DELAY = 3     # GPI set action: write now (what cocotb.handle.Immediate does)
 #: The budget of a run that names none: long enough for any test program, short of forever.
 DEFAULT_BUDGET = 1 << 40
 
@@ -61,86 +66,48 @@ def receive_message(sock: socket.socket):
 
 
 class HarnessDriver:
-    """Register access over AXI4-Lite and bulk memory access through VPI for one harness."""
+    """Register access through the harness's host bridge and bulk memory access through C for one harness.
+
+    The harness runs on the clock of its C++ main (:data:`braze.sim.build.HARNESS_MAIN`), so
+    Python wakes only on what it awaits: a register access finishing (an edge of ``host_ack``),
+    the interrupt, or a run's cycle budget.
+    """
 
     def __init__(self, dut):
         self.dut = dut
         self.clk = dut.clk
-        mem = dut.ram.storage.mem
-        self.word_bytes = len(mem[0]) // 8
-        self.mem_bytes = len(mem) * self.word_bytes
-        self._mem_handle = mem._handle
-        self._words: dict[int, object] = {}
+        self._storage, self.mem_bytes, self.word_bytes = _storage()
+        self._counters = dut.counters._handle
+        self._req = 0
         self.stall_threshold = 0
 
     async def reset(self) -> None:
         dut = self.dut
-        for name in ("awvalid", "wvalid", "bready", "arvalid", "rready", "awaddr", "wdata", "araddr",
-                     "awprot", "arprot"):
-            getattr(dut, f"s_axil_{name}").value = 0
-        dut.s_axil_wstrb.value = 0xF
+        self._req = 0
+        for name in ("req", "write", "addr", "wdata"):
+            getattr(dut, f"host_{name}").value = 0
         dut.mem_stall.value = self.stall_threshold
         dut.rst.value = 1
         await ClockCycles(self.clk, 4)
         dut.rst.value = 0
         await RisingEdge(self.clk)
 
-    async def _handshake(self, valid, ready) -> None:
-        """Hold ``valid`` high until the edge at which ``ready`` is high too."""
-        valid.value = 1
-        while True:
-            await ReadOnly()
-            fired = bool(ready.value)
-            await RisingEdge(self.clk)
-            if fired:
-                break
-        valid.value = 0
+    async def _access(self, write: bool, offset: int, value: int = 0) -> tuple[int, int]:
+        """One AXI4-Lite access by the bridge: ``(read data, response)``."""
+        dut = self.dut
+        dut.host_write.value = int(write)
+        dut.host_addr.value = offset
+        dut.host_wdata.value = value
+        self._req ^= 1
+        dut.host_req.value = self._req
+        await ValueChange(dut.host_ack)
+        return dut.host_rdata.value.to_unsigned(), dut.host_resp.value.to_unsigned()
 
     async def reg_write(self, offset: int, value: int) -> int:
-        dut = self.dut
-        dut.s_axil_awaddr.value = offset
-        dut.s_axil_wdata.value = value
-        # AW and W together: the slave takes them in any order.
-        dut.s_axil_awvalid.value = 1
-        dut.s_axil_wvalid.value = 1
-        aw_done = w_done = False
-        while not (aw_done and w_done):
-            await ReadOnly()
-            aw_fire = not aw_done and bool(dut.s_axil_awready.value)
-            w_fire = not w_done and bool(dut.s_axil_wready.value)
-            await RisingEdge(self.clk)
-            if aw_fire:
-                aw_done = True
-                dut.s_axil_awvalid.value = 0
-            if w_fire:
-                w_done = True
-                dut.s_axil_wvalid.value = 0
-        dut.s_axil_bready.value = 1
-        while True:
-            await ReadOnly()
-            if dut.s_axil_bvalid.value:
-                resp = dut.s_axil_bresp.value.to_unsigned()
-                await RisingEdge(self.clk)
-                break
-            await RisingEdge(self.clk)
-        dut.s_axil_bready.value = 0
-        return resp
+        return (await self._access(True, offset, value))[1]
 
     async def reg_read_response(self, offset: int) -> tuple[int, int]:
-        dut = self.dut
-        dut.s_axil_araddr.value = offset
-        await self._handshake(dut.s_axil_arvalid, dut.s_axil_arready)
-        dut.s_axil_rready.value = 1
-        while True:
-            await ReadOnly()
-            if dut.s_axil_rvalid.value:
-                value = dut.s_axil_rdata.value.to_unsigned()
-                resp = dut.s_axil_rresp.value.to_unsigned()
-                await RisingEdge(self.clk)
-                break
-            await RisingEdge(self.clk)
-        dut.s_axil_rready.value = 0
-        return value, resp
+        return await self._access(False, offset)
 
     async def reg_read(self, offset: int) -> int:
         value, resp = await self.reg_read_response(offset)
@@ -148,15 +115,7 @@ class HarnessDriver:
             raise RuntimeError(f"AXI4-Lite read of register 0x{offset:03x} answered with response {resp}")
         return value
 
-    # --- Memory through VPI: no clock cycles. ---------------------------------------------------
-    # cocotb's handle objects cost tens of microseconds per wide write; the raw GPI handles of
-    # the array's words, with values as binary strings, cost a few.
-    def _word(self, index: int):
-        handle = self._words.get(index)
-        if handle is None:
-            handle = self._words[index] = self._mem_handle.get_handle_by_index(index)
-        return handle
-
+    # --- Memory: the storage array's bytes, in place; no clock cycles. ------------------------------
     def _check(self, addr: int, nbytes: int) -> None:
         if addr < 0 or nbytes < 0 or addr + nbytes > self.mem_bytes:
             raise ValueError(f"bytes 0x{addr:x}..0x{addr + nbytes:x} lie outside the "
@@ -164,41 +123,24 @@ class HarnessDriver:
 
     def read_memory(self, addr: int, nbytes: int) -> bytes:
         self._check(addr, nbytes)
-        if nbytes == 0:
-            return b""
-        size = self.word_bytes
-        first, last = addr // size, (addr + nbytes - 1) // size
-        word = self._word
-        blob = b"".join(int(word(i).get_signal_val_binstr(), 2).to_bytes(size, "little")
-                        for i in range(first, last + 1))
-        start = addr - first * size
-        return blob[start:start + nbytes]
+        return ctypes.string_at(self._storage + addr, nbytes)
 
     def write_memory(self, addr: int, payload: bytes) -> None:
         self._check(addr, len(payload))
-        if not payload:
-            return
-        size = self.word_bytes
-        first, last = addr // size, (addr + len(payload) - 1) // size
-        start = addr - first * size
-        end = start + len(payload)
-        span = (last - first + 1) * size
-        if start or end != span:    # partial words at the ends keep their other bytes
-            blob = bytearray(self.read_memory(first * size, span))
-            blob[start:end] = payload
-        else:
-            blob = payload
-        word = self._word
-        width = f"0{8 * size}b"
-        for index in range(last - first + 1):
-            value = int.from_bytes(blob[index * size:(index + 1) * size], "little")
-            word(first + index).set_signal_val_binstr(_NO_DELAY, format(value, width))
+        ctypes.memmove(self._storage + addr, payload, len(payload))
 
     # --- Runs. ------------------------------------------------------------------------------------
-    async def counters(self) -> dict[str, int]:
+    def counters(self) -> dict[str, int]:
+        """Every counter's live value, from the harness's ``counters`` port (no bus cycles)."""
+        packed = int(self._counters.get_signal_val_binstr(), 2)
+        mask = (1 << _COUNTER_BITS) - 1
+        return {spec.name: packed >> (_COUNTER_BITS * index) & mask for index, spec in enumerate(COUNTERS)}
+
+    async def counters_over_bus(self) -> dict[str, int]:
+        """Every counter read over AXI4-Lite, as host software would (low word first: it latches the high)."""
         values = {}
         for index, spec in enumerate(COUNTERS):
-            low = await self.reg_read(COUNTER_BASE + 8 * index)      # latches the high word
+            low = await self.reg_read(COUNTER_BASE + 8 * index)
             high = await self.reg_read(COUNTER_BASE + 8 * index + 4)
             values[spec.name] = high << 32 | low
         return values
@@ -210,18 +152,17 @@ class HarnessDriver:
         await self.reg_write(_REG["CTRL"], _CTRL_START | _CTRL_IRQ_DONE | _CTRL_IRQ_ERROR)
         # `irq` is low now: the start cleared done and error.
         started = get_sim_time("ns")
-        timer = Timer(budget * CLOCK_PERIOD_NS, unit="ns")
-        await First(RisingEdge(self.dut.irq), timer)
+        cpu_started = time.process_time()
+        await First(RisingEdge(self.dut.irq), Timer(budget * CLOCK_PERIOD_NS, unit="ns"))
+        cpu_seconds = time.process_time() - cpu_started
         sim_cycles = round((get_sim_time("ns") - started) / CLOCK_PERIOD_NS)
-        # Back in step with the clock: the timer may have fired between edges.
-        await RisingEdge(self.clk)
+        counters = self.counters()
         status = await self.reg_read(_REG["STATUS"])
         finished = bool(status & (_STATUS_DONE | _STATUS_ERROR))
         cause = pc = None
         if status & _STATUS_ERROR:
             cause = await self.reg_read(_REG["ERROR_CAUSE"])
             pc = await self.reg_read(_REG["ERROR_PC"])
-        counters = await self.counters()
         if finished:
             await self.reg_write(_REG["STATUS"], _STATUS_DONE | _STATUS_ERROR)
         else:
@@ -233,14 +174,27 @@ class HarnessDriver:
             await ClockCycles(self.clk, 4)
             await self.reset()
         return {"cause": ErrorCause.NONE.value if cause is None else cause, "error_pc": pc,
-                "timed_out": not finished, "counters": counters, "sim_cycles": sim_cycles}
+                "timed_out": not finished, "counters": counters, "sim_cycles": sim_cycles,
+                "cpu_seconds": cpu_seconds}
+
+
+def _storage() -> tuple[int, int, int]:
+    """Address and size of the harness RAM's storage array, and its word size, from the C++ main."""
+    find = ctypes.CDLL(None).braze_storage
+    find.restype = ctypes.c_void_p
+    find.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint32),
+                     ctypes.POINTER(ctypes.c_char_p)]
+    nbytes, word_bytes, error = ctypes.c_uint64(), ctypes.c_uint32(), ctypes.c_char_p()
+    address = find(ctypes.byref(nbytes), ctypes.byref(word_bytes), ctypes.byref(error))
+    if not address:
+        raise RuntimeError(f"no bulk access to the external memory: {error.value.decode()}")
+    return address, nbytes.value, word_bytes.value
 
 
 @cocotb.test()
 async def serve(dut):
     """Serve the device on ``$BRAZE_SERVER_FD`` until it sends ``stop`` or goes away."""
     sock = socket.socket(fileno=int(os.environ["BRAZE_SERVER_FD"]))
-    Clock(dut.clk, CLOCK_PERIOD_NS, unit="ns").start()
     driver = HarnessDriver(dut)
     await driver.reset()
     send_message(sock, ("ok", {"mem_bytes": driver.mem_bytes, "word_bytes": driver.word_bytes}))
@@ -267,6 +221,8 @@ async def serve(dut):
                 result = await driver.reg_read_response(*args)
             elif kind == "reg_write":
                 result = await driver.reg_write(*args)
+            elif kind == "counters_over_bus":
+                result = await driver.counters_over_bus()
             elif kind == "stall":
                 (threshold,) = args
                 if not 0 <= threshold < 256:

@@ -158,6 +158,8 @@ class VerilatorDevice(Device):
         #: Clock cycles from the start of the last run to its end (its interrupt or its budget); unlike
         #: the ``cycles`` counter, not restarted by a COUNTERS instruction with ``reset``.
         self.last_run_cycles = 0
+        #: CPU seconds the simulator process spent on the last run (its clock cycles, not the requests).
+        self.last_run_cpu_seconds = 0.0
         self.start_seconds = time.perf_counter() - started
         if stall:
             self.set_stall(stall)
@@ -244,6 +246,10 @@ class VerilatorDevice(Device):
         """An AXI4-Lite register write; returns the response code."""
         return self._request("reg_write", offset, value, what=f"a write of register 0x{offset:x}")
 
+    def counters_over_bus(self) -> dict[str, int]:
+        """Every counter read over AXI4-Lite, as driver software would (a run reads them off the harness)."""
+        return self._request("counters_over_bus", what="reading the counters over AXI4-Lite")
+
     def set_stall(self, probability: float) -> None:
         """Random backpressure of the memory from now on: each handshake stalls with this probability."""
         if not isinstance(probability, int | float) or not 0.0 <= probability < 1.0:
@@ -257,6 +263,7 @@ class VerilatorDevice(Device):
         result = self._request("run", base, max_cycles, what=f"the run of the program at 0x{base:x}")
         counters = result["counters"]
         self.last_run_cycles = result["sim_cycles"]
+        self.last_run_cpu_seconds = result["cpu_seconds"]
         cause = ErrorCause(result["cause"])
         detail = ""
         if result["timed_out"]:

@@ -7,6 +7,7 @@ the cache logic in milliseconds; the real builds are exercised by the device and
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 import time
 from pathlib import Path
 
@@ -15,11 +16,13 @@ import pytest
 from braze.sim import build
 
 
-def _fake_verilate(verilog_path: Path, top: str, directory: Path, flags: list[str], waves: bool) -> None:
+def _fake_verilate(verilog_path: Path, top: str, directory: Path, flags: list[str], waves: bool,
+                   **options) -> dict[str, float]:
     time.sleep(0.3)         # long enough for the other processes to pile up on the lock
     (directory / top).write_text("#!/bin/sh\n")
     with open(directory.parent / "builds.log", "a") as log:
         log.write(f"{directory.name}\n")
+    return {"verilate": 0.3}
 
 
 def _build_in_child(root: str, design: str) -> tuple[bool, str]:
@@ -73,9 +76,64 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
 
 
 def test_failing_build_reports_the_log(tmp_path, monkeypatch):
-    def broken(verilog_path, top, directory, flags, waves):
+    def broken(verilog_path, top, directory, flags, waves, **options):
         raise build.ToolError(f"the Verilator build of {top} failed: syntax error")
 
     monkeypatch.setattr(build, "_verilate", broken)
     with pytest.raises(build.ToolError, match="syntax error"):
         build.cached_build("demo", {"design": "bad"}, "demo_top", lambda: "module\n", root=tmp_path)
+
+
+def test_same_verilog_from_another_key_reuses_the_model(tmp_path, monkeypatch):
+    """The model is keyed by the Verilog text: a generator change that leaves it alone rebuilds nothing."""
+    monkeypatch.setattr(build, "_verilate", _fake_verilate)
+    generated = []
+
+    def make(parts: dict, text: str):
+        def generate():
+            generated.append(text)
+            return text
+        return build.cached_build("demo", parts, "demo_top", generate, root=tmp_path, progress=None)
+
+    first = make({"design": "x", "revision": 1}, "// x\n")
+    second = make({"design": "x", "revision": 2}, "// x\n")      # a new key, the same Verilog
+    assert not first.cached and second.cached
+    assert second.directory == first.directory
+    assert generated == ["// x\n", "// x\n"]
+    assert make({"design": "x", "revision": 2}, "// x\n").cached
+    assert generated == ["// x\n", "// x\n"], "cached Verilog was generated again"
+    third = make({"design": "x", "revision": 3}, "// y\n")
+    assert not third.cached and third.directory != first.directory
+
+
+def test_only_hardware_sources_key_the_verilog(tmp_path, monkeypatch):
+    """Editing the compiler, the reference model or the assembler must not regenerate any Verilog."""
+    tree = tmp_path / "tree"
+    for folder in ("hw", "isa", "sim", "sw"):
+        shutil.copytree(build._PACKAGE_ROOT / folder, tree / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(build, "_PACKAGE_ROOT", tree)
+    before = build.source_digest()
+    for path in ("sw/session.py", "isa/model.py", "isa/asm.py", "isa/doc.py", "sim/verilator_device.py"):
+        with open(tree / path, "a") as source:
+            source.write("\n# an edit\n")
+        assert build.source_digest() == before, f"editing {path} would regenerate the Verilog"
+    for path in ("hw/top.py", "isa/encoding.py", "sim/harness.py"):
+        with open(tree / path, "a") as source:
+            source.write("\n# an edit\n")
+        after = build.source_digest()
+        assert after != before, f"editing {path} must regenerate the Verilog"
+        before = after
+
+
+def test_build_reports_progress(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "_verilate", _fake_verilate)
+    lines = []
+    build.cached_build("demo", {"design": "p"}, "demo_top", lambda: "// p\n", root=tmp_path,
+                       progress=lines.append)
+    assert any("generating Verilog" in line for line in lines)
+    assert any("built in" in line for line in lines)
+    lines.clear()
+    build.cached_build("demo", {"design": "p"}, "demo_top", lambda: "// p\n", root=tmp_path,
+                       progress=lines.append)
+    assert lines == [], "a cache hit should be silent"
