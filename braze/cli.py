@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -155,6 +156,9 @@ def _rtl(args: argparse.Namespace) -> int:
          arg("--programs", type=int, default=20, help="number of random programs (default: 20)"),
          arg("--seed", type=int, default=0, help="program i is generated from seed SEED+i (default: 0)"),
          arg("--size", type=int, default=None, help="tiles of work per program (default: 8)"),
+         arg("--stall", type=float, default=0.0, metavar="P",
+             help="random AXI backpressure: the memory stalls each handshake with probability P "
+                  "(verilator and amaranth devices; default 0)"),
          arg("--reproducers", type=Path, metavar="DIR", help="write a minimised reproducer per mismatch"),
          arg("--replay", type=Path, metavar="DIR", help="rerun a reproducer instead of generating programs"))
 def _verify(args: argparse.Namespace) -> int:
@@ -166,6 +170,12 @@ def _verify(args: argparse.Namespace) -> int:
     if args.device not in DEVICES:
         raise BrazeError(f"no device back end named {args.device!r}; available: {', '.join(DEVICES)}")
     factory = DEVICES[args.device]
+    if not 0.0 <= args.stall < 1.0:     # also false for NaN
+        raise BrazeError(f"--stall {args.stall} must be a probability in [0, 1)")
+    if args.stall:
+        if args.device == "golden":
+            raise BrazeError("--stall needs a device whose memory stalls (verilator, amaranth), not golden")
+        factory = functools.partial(factory, stall=args.stall)
     if args.replay is not None:
         program, mismatches = verify.replay(args.replay, factory)
         print(f"replayed {args.replay}: {len(program.instructions)} instructions on the {args.device} "

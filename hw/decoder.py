@@ -17,6 +17,10 @@ from braze.isa.encoding import ALLOWED_DEPS, DEPS, UNARY_VECTOR_OPS, Format, Kin
 
 __all__ = ["Decoder"]
 
+#: In a fixed order: iterating the set itself would order the generated Verilog by string hashes, which
+#: differ from process to process, and a different Verilog text is a different (recompiled) model.
+_UNARY_OPS = sorted(UNARY_VECTOR_OPS, key=lambda op: op.value)
+
 
 def _field_value(args, fmt: Format, name: str) -> Value:
     """The raw bits of one field (signed for signed fields), read through the format's layout."""
@@ -103,7 +107,7 @@ class Decoder(wiring.Component):
         # ceil(k/rows) - 1 for k >= 1 (k == 0 is BAD_FIELD and never reaches these rules).
         k_minus_1 = (matmul.k - 1)[:len(matmul.k)]
         chunks_minus_1 = k_minus_1 >> (config.rows.bit_length() - 1)
-        reads_src2 = ~Cat(*(vector.op == op for op in UNARY_VECTOR_OPS)).any() & ~vector.use_imm
+        reads_src2 = ~Cat(*(vector.op == op for op in _UNARY_OPS)).any() & ~vector.use_imm
         src2_outside, src2_cause = self._rows_outside(vector.src2, vector.rows, vector.src2_mem)
         return {
             "load": [
@@ -149,7 +153,7 @@ class Decoder(wiring.Component):
             # |first - dst| < count, without a subtraction that could wrap.
             return (first != dst) & (first < dst + count) & (dst < first + count)
 
-        reads_src2 = ~Cat(*(vector.op == op for op in UNARY_VECTOR_OPS)).any() & ~vector.use_imm
+        reads_src2 = ~Cat(*(vector.op == op for op in _UNARY_OPS)).any() & ~vector.use_imm
         return {
             "epilogue": [
                 ((epilogue.out == Memory.ACC) & partly_overlaps(epilogue.src, epilogue.dst, epilogue.m),

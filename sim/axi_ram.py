@@ -17,7 +17,9 @@ simulator.  Amaranth writes an ``initial`` statement for every word of a Memory,
 one of a million words takes minutes, so Verilog builds use ``storage="verilog"``: the same
 logic around an instance of :data:`STORAGE_VERILOG` (module ``braze_axi_ram_storage``), a plain
 ``reg`` array that Verilator zero-initialises (``--x-initial 0``) and that a cocotb testbench
-reads and writes in bulk through VPI (``<ram instance>.storage.mem``) without clocking the design.
+reads and writes in bulk (``<ram instance>.storage.mem``, made public to the simulator; the
+co-simulation main copies bytes into it directly, see ``verilator_storage.cpp``) without clocking
+the design.
 """
 
 from __future__ import annotations

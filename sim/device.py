@@ -78,6 +78,13 @@ class Device(abc.ABC):
 
     Use it as a context manager, or call :meth:`close`, so that back ends
     holding a simulator process shut it down.
+
+    Attributes
+    ----------
+    memory_generation : int
+        How many times the device lost its memory contents (a simulator that died and was
+        replaced, say).  Whoever keeps data in the device's memory across runs compares it with
+        the value it saw when it wrote, and writes again when it changed.
     """
 
     #: Back-end name: ``golden``, ``amaranth`` or ``verilator``.
@@ -87,6 +94,7 @@ class Device(abc.ABC):
         if not isinstance(config, Config):
             raise TypeError(f"config must be a braze.Config, not {config!r}")
         self.config = config
+        self.memory_generation = 0
 
     @property
     def memory_size(self) -> int:

@@ -2,8 +2,9 @@
 
 :class:`Harness` puts an :class:`~braze.hw.top.Accelerator` and an :class:`~braze.sim.axi_ram.AXIRam`
 (its ``m_axi`` on the RAM) in one design whose ports are the accelerator's AXI4-Lite register
-port, ``irq``, ``clk`` and ``rst``.  The host side (the cocotb server) loads programs and data by
-writing the RAM's storage array in bulk through VPI, so loading memory costs no clock cycles.
+port (or, with ``host_bridge``, a :class:`~braze.sim.host_bridge.HostBridge` in front of it),
+``irq``, every counter, ``clk`` and ``rst``.  The host side (the cocotb server) loads programs and
+data by writing the RAM's storage array in place, so loading memory costs no clock cycles.
 :func:`harness_verilog` writes it as the Verilog module ``braze_<name>_harness``.
 """
 
@@ -22,10 +23,7 @@ from braze.isa import COUNTERS, Config
 from .axi_ram import STORAGE_VERILOG, AXIRam
 from .host_bridge import HostBridge, HostSignature
 
-__all__ = ["Harness", "harness_name", "harness_options", "harness_verilog", "RAM_PATH"]
-
-#: Hierarchical path, from the harness top, of the RAM's storage array (``reg [W-1:0] mem [...]``).
-RAM_PATH = ("ram", "storage", "mem")
+__all__ = ["Harness", "harness_name", "harness_options", "harness_verilog"]
 
 
 def harness_name(config: Config) -> str:

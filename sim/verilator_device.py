@@ -7,7 +7,10 @@ over a socket pair, so a program run pays for no simulator start.  The simulator
 advances only while a request is being served.
 
 A simulator that dies, or that does not answer within ``timeout`` seconds, becomes a
-:class:`SimulatorError` carrying the tail of its log; the caller never hangs.  The process is
+:class:`SimulatorError` carrying the tail of its log; the caller never hangs, and the process is
+reaped (no zombie).  The next request starts a fresh simulator whose memory is cleared, and
+:attr:`~braze.sim.device.Device.memory_generation` counts up so that whoever left data in the
+device's memory knows to load it again.  The process is
 stopped on :meth:`~VerilatorDevice.close`, on context exit and at interpreter exit.
 """
 
@@ -131,18 +134,30 @@ class VerilatorDevice(Device):
         self.workdir = Path(tempfile.mkdtemp(prefix=f"braze-verilator-{config.name}-"))
         self.log_path = self.workdir / "simulator.log"
         self.waves_path: Path | None = None
-        args = [str(self.build.executable)]
+        self._args = [str(self.build.executable)]
         if waves:
             self.waves_path = Path(waves_path) if waves_path is not None else self.workdir / "waves.vcd"
-            args += ["--trace", "--trace-file", str(self.waves_path)]
+            self._args += ["--trace", "--trace-file", str(self.waves_path)]
+        self._stall_level = 0
+        self._start()
+        #: Clock cycles from the start of the last run to its end (its interrupt or its budget); unlike
+        #: the ``cycles`` counter, not restarted by a COUNTERS instruction with ``reset``.
+        self.last_run_cycles = 0
+        #: CPU seconds the simulator process spent on the last run (its clock cycles, not the requests).
+        self.last_run_cpu_seconds = 0.0
+        if stall:
+            self.set_stall(stall)
+
+    def _start(self) -> None:
+        """Start a simulator process and wait for its hello (memory zeroed, backpressure as last set)."""
         ours, theirs = socket.socketpair()
         env = simulator_env(self.build, _SERVER_MODULE, {
             "BRAZE_SERVER_FD": str(theirs.fileno()),
             "COCOTB_RESULTS_FILE": str(self.workdir / "results.xml"),
         })
         started = time.perf_counter()
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(args, env=env, cwd=self.workdir, stdin=subprocess.DEVNULL,
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self._args, env=env, cwd=self.workdir, stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=subprocess.STDOUT, pass_fds=[theirs.fileno()],
                                             start_new_session=True)
         theirs.close()
@@ -151,18 +166,14 @@ class VerilatorDevice(Device):
         self._finalizer = weakref.finalize(self, _shutdown, self.process, ours, 5.0)
         try:
             hello = self._receive(self.timeout, "start")
+            if self._stall_level:
+                send_message(self._sock, ("stall", self._stall_level))
+                self._receive(self.timeout, "restoring the memory backpressure")
         except BaseException:
             self._finalizer()
             raise
         self.mem_bytes = hello["mem_bytes"]
-        #: Clock cycles from the start of the last run to its end (its interrupt or its budget); unlike
-        #: the ``cycles`` counter, not restarted by a COUNTERS instruction with ``reset``.
-        self.last_run_cycles = 0
-        #: CPU seconds the simulator process spent on the last run (its clock cycles, not the requests).
-        self.last_run_cpu_seconds = 0.0
         self.start_seconds = time.perf_counter() - started
-        if stall:
-            self.set_stall(stall)
 
     # --- Plumbing. -------------------------------------------------------------------------------
     @property
@@ -179,6 +190,8 @@ class VerilatorDevice(Device):
             return "(no simulator log)"
 
     def _fail(self, what: str) -> SimulatorError:
+        if not self._finalizer.alive and "fresh simulator" not in what:
+            what += "; the next request starts a fresh simulator, with its memory cleared"
         return SimulatorError(f"verilator device ({self.build.top}): {what}\n"
                               f"--- simulator log ({self.log_path}), last lines ---\n{self.log_tail()}")
 
@@ -216,9 +229,15 @@ class VerilatorDevice(Device):
     def _request(self, *message, what: str):
         if self.closed:
             raise BrazeError(f"verilator device ({self.build.top}) is closed")
-        if self.process.poll() is not None:
+        if not self._finalizer.alive:
+            # The last simulator died, or was stopped, and that was reported; start afresh.
+            self.memory_generation += 1
+            self._start()
+        elif self.process.poll() is not None:
+            self._finalizer()
             raise self._fail(f"the simulator process died before {what} "
-                             f"(exit status {self.process.returncode})")
+                             f"(exit status {self.process.returncode}); the next request starts a fresh "
+                             f"simulator, with its memory cleared")
         try:
             send_message(self._sock, message)
         except OSError as error:
@@ -254,7 +273,9 @@ class VerilatorDevice(Device):
         """Random backpressure of the memory from now on: each handshake stalls with this probability."""
         if not isinstance(probability, int | float) or not 0.0 <= probability < 1.0:
             raise ValueError(f"VerilatorDevice: stall={probability!r} must be a probability in [0, 1)")
-        self._request("stall", round(probability * 256), what="setting the memory backpressure")
+        level = round(probability * 256)
+        self._request("stall", level, what="setting the memory backpressure")
+        self._stall_level = level
 
     def ping(self) -> None:
         self._request("ping", what="a ping")

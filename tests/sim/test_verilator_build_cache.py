@@ -7,7 +7,10 @@ the cache logic in milliseconds; the real builds are exercised by the device and
 from __future__ import annotations
 
 import multiprocessing
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -137,3 +140,19 @@ def test_build_reports_progress(tmp_path, monkeypatch):
     build.cached_build("demo", {"design": "p"}, "demo_top", lambda: "// p\n", root=tmp_path,
                        progress=lines.append)
     assert lines == [], "a cache hit should be silent"
+
+
+def test_generated_verilog_is_the_same_in_every_process():
+    """The model is keyed by the Verilog text: generation must not depend on Python's string hashing."""
+    script = ("import hashlib\n"
+              "from braze.isa import Config\n"
+              "from braze.sim.harness import Harness, harness_verilog\n"
+              "text = harness_verilog(Harness(Config.preset('tiny'), host_bridge=True))\n"
+              "print(hashlib.sha256(text.encode()).hexdigest())\n")
+    digests = set()
+    for seed in ("1", "2"):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONHASHSEED": seed})
+        assert done.returncode == 0, done.stderr
+        digests.add(done.stdout.strip())
+    assert len(digests) == 1, "the same design gave two Verilog texts"

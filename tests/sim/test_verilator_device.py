@@ -134,25 +134,66 @@ def test_cycle_budget_stops_the_run_and_the_next_run_works(tiny_device):
     _compare_with_golden(tiny_device, TINY, seed=5)
 
 
-def test_killed_simulator_is_a_clear_error():
-    device = VerilatorDevice(TINY, timeout=60)
-    os.kill(device.pid, signal.SIGKILL)
-    began = time.monotonic()
-    with pytest.raises(SimulatorError, match=r"simulator process died(.|\n)*simulator log"):
-        device.run(encode_program(assemble("halt")))
-    assert time.monotonic() - began < 10
-    device.close()
+def _assert_reaped(pid: int) -> None:
+    """No process, not even a zombie, is left with this pid."""
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
-def test_hung_simulator_times_out():
-    device = VerilatorDevice(TINY, timeout=1.5)
-    os.kill(device.pid, signal.SIGSTOP)
-    began = time.monotonic()
-    with pytest.raises(SimulatorError, match="no answer .* within 1.5 s"):
-        device.ping()
-    assert time.monotonic() - began < 10
-    assert device.process.poll() is not None      # the hung process was stopped
-    device.close()
+def _assert_fresh_simulator_works(device: VerilatorDevice, old_pid: int) -> None:
+    status = device.run(encode_program(assemble("halt")))
+    assert status.ok and device.pid != old_pid
+    assert device.memory_generation == 1
+    assert device.read(0x100, 16) == bytes(16), "a fresh simulator starts with cleared memory"
+    _compare_with_golden(device, TINY, seed=9)
+
+
+def test_killed_simulator_is_a_clear_error_and_the_next_run_starts_afresh():
+    with VerilatorDevice(TINY, timeout=60, stall=0.25) as device:
+        device.write(0x100, b"\xff" * 16)
+        pid = device.pid
+        os.kill(pid, signal.SIGKILL)
+        began = time.monotonic()
+        with pytest.raises(SimulatorError, match=r"simulator process died(.|\n)*fresh simulator(.|\n)*log"):
+            device.run(encode_program(assemble("halt")))
+        assert time.monotonic() - began < 10
+        _assert_reaped(pid)
+        _assert_fresh_simulator_works(device, pid)
+
+
+def test_hung_simulator_times_out_and_the_next_run_starts_afresh():
+    with VerilatorDevice(TINY, timeout=1.5) as device:
+        device.write(0x100, b"\xff" * 16)
+        pid = device.pid
+        os.kill(pid, signal.SIGSTOP)
+        began = time.monotonic()
+        with pytest.raises(SimulatorError, match="no answer .* within 1.5 s"):
+            device.ping()
+        assert time.monotonic() - began < 10
+        assert device.process.poll() is not None      # the hung process was stopped
+        _assert_reaped(pid)
+        device.timeout = 60.0
+        _assert_fresh_simulator_works(device, pid)
+
+
+def test_run_counters_equal_the_registers_read_over_the_bus(tiny_device):
+    """Runs read the counters off the harness; driver software reads them over AXI4-Lite."""
+    status, _, _ = _run_demo(tiny_device, TINY, seed=4)
+    assert status.counters["macs"] > 0
+    assert tiny_device.counters_over_bus() == status.counters
+
+
+def test_bulk_memory_transfer_round_trips_the_whole_memory(tiny_device):
+    payload = np.random.default_rng(8).integers(0, 256, size=TINY.dram_bytes - 0x10000, dtype=np.uint8)
+    tiny_device.write(0x10000, payload)
+    assert tiny_device.read(0x10000, payload.size) == payload.tobytes()
+    # The program sees what the host wrote: a LOAD then a STORE copy one row elsewhere.
+    program = assemble(f"load mem=spad addr=0 rows=1 len={TINY.cols} dram=0x10000 stride={TINY.cols}\n"
+                       "fence\n"
+                       f"store mem=spad addr=0 rows=1 len={TINY.cols} dram=0x1000 stride={TINY.cols}\n"
+                       "halt")
+    tiny_device.run(program, base=0x8000)
+    assert tiny_device.read(0x1000, TINY.cols) == payload[:TINY.cols].tobytes()
 
 
 def test_close_shuts_the_simulator_down_cleanly():
