@@ -2,7 +2,7 @@
 
     python benchmarks/gemm.py --device golden --config default --sizes 64 128 256
 
-For each size n, generates ``braze.sw.kernels.gemm(config, n, n, n, ...)``, runs it on the
+For each size n, generates ``braze.sw.compiler.kernels.gemm(config, n, n, n, ...)``, runs it on the
 device with random operands, checks the result against numpy and ``braze.isa.arith``, and
 prints one table row from the kernel's COUNTERS snapshot: cycles, array busy % (``array_busy
 / cycles``), useful-MAC utilisation % (``macs / (cycles * rows * cols)``), DMA bytes (read +
@@ -21,7 +21,7 @@ import numpy as np
 from braze.isa import Activation, Config, Memory
 from braze.isa.arith import epilogue
 from braze.sim.device import DEVICES, open_device
-from braze.sw import kernels
+from braze.sw.compiler import kernels
 
 EPILOGUES = {
     # The hardware benchmark's GEMM: bias, per-column requantize and ReLU fused, int8 out.

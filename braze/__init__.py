@@ -9,7 +9,7 @@ __all__ = ["BrazeError", "Config", "ConfigError", "InferenceSession", "__version
 def __getattr__(name: str):
     # The compiler pulls in onnx and networkx: import it only when a session is asked for.
     if name == "InferenceSession":
-        from braze.sw.session import InferenceSession
+        from braze.sw.runtime.session import InferenceSession
 
         return InferenceSession
     raise AttributeError(f"module 'braze' has no attribute {name!r}")

@@ -5,7 +5,7 @@ For each configuration, in one run:
 * **build**: the Verilator build of the co-simulation harness from clean (a fresh cache directory,
   unless ``--no-clean``): Verilog generation, Verilator, the C++ compile; then the cached lookup
   a second device open pays;
-* **co-simulation speed**: a long GEMM (:func:`braze.sw.kernels.gemm`) on the verilator device --
+* **co-simulation speed**: a long GEMM (:func:`braze.sw.compiler.kernels.gemm`) on the verilator device --
   simulated cycles per wall second and per CPU second of the simulator process for the run;
 * **raw Verilator speed**: the same compiled model of the same RTL under a minimal C++ main
   generated here (no cocotb, no Python: it loads the device's memory image, starts the program
@@ -166,7 +166,7 @@ def _cache_root(path: str | None):
 
 def _gemm_workload(config: Config, shape: tuple[int, int, int]):
     """The GEMM kernel, its inputs, its program bytes and the program's address."""
-    from braze.sw.kernels import OPERAND_ALIGN, gemm
+    from braze.sw.compiler.kernels import OPERAND_ALIGN, gemm
 
     m, k, n = shape
     kernel = gemm(config, m, k, n)

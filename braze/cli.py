@@ -193,7 +193,7 @@ def _session_from_args(args: argparse.Namespace, *, device: str | None = None):
     """An InferenceSession from the shared options of ``run`` and ``compile``."""
     import numpy as np
 
-    from braze.sw.session import InferenceSession
+    from braze.sw.runtime.session import InferenceSession
 
     calibration = None
     if getattr(args, "calibrate", None) is not None:
@@ -323,7 +323,7 @@ BENCH_TARGETS["sim"] = ("simulators: build time clean/cached, co-sim vs raw Veri
 
 
 def _bench_model(argv: Sequence[str]) -> int:
-    from braze.sw import bench
+    from braze.sw.runtime import bench
 
     return bench.main(argv)
 

@@ -1,7 +1,7 @@
 """The main job: digits models trained, exported to ONNX, compiled and run on the accelerator.
 
 ``braze demo`` trains an MLP and a small CNN on scikit-learn's bundled digits
-(:mod:`braze.sw.models`, numpy only, no downloads), exports both to ONNX,
+(:mod:`braze.sw.compiler.models`, numpy only, no downloads), exports both to ONNX,
 quantizes them to int8 on training images, compiles each twice -- fused and
 one kernel per operator -- runs the validation set on a device (the
 Verilator-simulated RTL by default) and prints, per model: the float and int8
@@ -224,7 +224,7 @@ class ModelOutcome:
 
 def train_model(name: str, *, seed: int = 0):
     """Train the named demo model; returns ``(model, training log)``."""
-    from braze.sw import models
+    from braze.sw.compiler import models
 
     trainers = {"mlp": models.train_mlp, "cnn": models.train_cnn}
     if name not in trainers:
@@ -266,8 +266,8 @@ def run_model(name: str, *, device: Any = DEFAULT_DEVICE, config: Config | str =
     open :class:`~braze.sim.device.Device`, which the two compilations use one after the other
     (each loads its weights and programs before its first run) and which stays open.
     """
-    from braze.sw import models
-    from braze.sw.session import InferenceSession
+    from braze.sw.compiler import models
+    from braze.sw.runtime.session import InferenceSession
 
     config = config if isinstance(config, Config) else Config.parse(config)
     device_name = device if isinstance(device, str) else device.kind

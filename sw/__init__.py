@@ -1,1 +1,1 @@
-"""The Braze compiler and runtime."""
+"""The Braze compiler (:mod:`braze.sw.compiler`) and runtime (:mod:`braze.sw.runtime`)."""

@@ -72,7 +72,7 @@ def golden_run():
 
 
 def test_main_job_accuracies_are_the_models_own(golden_run):
-    from braze.sw import models
+    from braze.sw.compiler import models
 
     outcomes, _ = golden_run
     assert [o.name for o in outcomes] == ["mlp", "cnn"]
@@ -91,8 +91,8 @@ def test_main_job_accuracies_are_the_models_own(golden_run):
 
 def test_main_job_outputs_do_not_depend_on_batching_or_fusion(golden_run):
     """One batch of 40 through a fresh session gives the demo's 16+16+8 outputs, fused and unfused."""
-    from braze.sw import models
-    from braze.sw.session import InferenceSession
+    from braze.sw.compiler import models
+    from braze.sw.runtime.session import InferenceSession
 
     outcomes, _ = golden_run
     for outcome in outcomes:

@@ -42,7 +42,8 @@ def test_wheel_installs_into_clean_virtualenv(tmp_path):
     (wheel,) = dist.glob("braze-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in ("braze/__init__.py", "braze/isa/encoding.py", "braze/hw/__init__.py",
-                     "braze/sim/__init__.py", "braze/sw/__init__.py"):
+                     "braze/sim/__init__.py", "braze/sw/__init__.py",
+                     "braze/sw/compiler/kernels.py", "braze/sw/runtime/session.py"):
         assert expected in names, f"{expected} missing from {wheel.name}"
     assert any(name.startswith("braze/examples/") and name.endswith(".s") for name in names)
     assert not any(name.startswith(("isa/", "hw/", "tests/")) for name in names)
@@ -51,7 +52,7 @@ def test_wheel_installs_into_clean_virtualenv(tmp_path):
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
     _run(python, "-m", "pip", "install", "--quiet", wheel, cwd=tmp_path)
-    probe = ("import braze, braze.isa, braze.hw, braze.sim, braze.sw;"
+    probe = ("import braze, braze.isa, braze.hw, braze.sim, braze.sw, braze.sw.compiler, braze.sw.runtime;"
              "print(braze.isa.__file__); print(braze.isa.Config.preset('default').rows)")
     result = _run(python, "-c", probe, cwd=tmp_path)
     isa_file, rows = result.stdout.split()

@@ -117,7 +117,8 @@ def test_only_hardware_sources_key_the_verilog(tmp_path, monkeypatch):
                         ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(build, "_PACKAGE_ROOT", tree)
     before = build.source_digest()
-    for path in ("sw/session.py", "isa/model.py", "isa/asm.py", "isa/doc.py", "sim/verilator_device.py"):
+    for path in ("sw/runtime/session.py", "isa/model.py", "isa/asm.py", "isa/doc.py",
+                 "sim/verilator_device.py"):
         with open(tree / path, "a") as source:
             source.write("\n# an edit\n")
         assert build.source_digest() == before, f"editing {path} would regenerate the Verilog"

@@ -7,7 +7,7 @@ import pytest
 from onnx import helper
 from onnx_models import make_model
 
-from braze.sw.backend import BrazeBackend
+from braze.sw.runtime.backend import BrazeBackend
 
 
 def test_matmul_integer_runs_on_the_accelerator_exactly():

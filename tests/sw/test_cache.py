@@ -6,9 +6,9 @@ import numpy as np
 from onnx_models import conv_model
 
 from braze.isa import Config
-from braze.sw.cache import KernelCache, cache_dir
-from braze.sw.kernels import gemm
-from braze.sw.session import InferenceSession
+from braze.sw.compiler.cache import KernelCache, cache_dir
+from braze.sw.compiler.kernels import gemm
+from braze.sw.runtime.session import InferenceSession
 
 TINY = Config.preset("tiny")
 

@@ -11,8 +11,8 @@ from onnx_models import conv_model
 
 from braze import cli
 from braze.isa import Instruction, Opcode, assemble, decode_program
-from braze.sw.frontend import evaluate
-from braze.sw.session import InferenceSession
+from braze.sw.compiler.frontend import evaluate
+from braze.sw.runtime.session import InferenceSession
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 from onnx_models import OPSET, conv_model, digits_data, digits_mlp, make_model, run_ort
 
 from braze.isa.errors import BrazeError
-from braze.sw.frontend import (
+from braze.sw.compiler.frontend import (
     SUPPORTED_OPS,
     EvaluationError,
     ModelLoadError,
@@ -17,8 +17,8 @@ from braze.sw.frontend import (
     evaluate,
     load_onnx,
 )
-from braze.sw.ir import NodeKind
-from braze.sw.validate import validate
+from braze.sw.compiler.ir import NodeKind
+from braze.sw.compiler.validate import validate
 
 RNG_SEED = 1234
 

@@ -8,14 +8,14 @@ from onnx import helper
 from onnx_models import conv_model, make_model
 
 from braze.isa import Config
-from braze.sw.cache import KernelCache
-from braze.sw.cost import Cost, CostModel, TimingCostModel
-from braze.sw.frontend import evaluate, load_onnx
-from braze.sw.fusion import find_opportunities, fuse, split_activations
-from braze.sw.kernels import gemm
-from braze.sw.quantize import quantize
-from braze.sw.session import _with_shapes
-from braze.sw.validate import validate
+from braze.sw.compiler.cache import KernelCache
+from braze.sw.compiler.cost import Cost, CostModel, TimingCostModel
+from braze.sw.compiler.frontend import evaluate, load_onnx
+from braze.sw.compiler.fusion import find_opportunities, fuse, split_activations
+from braze.sw.compiler.kernels import gemm
+from braze.sw.compiler.quantize import quantize
+from braze.sw.compiler.validate import validate
+from braze.sw.runtime.session import _with_shapes
 
 TINY = Config.preset("tiny")
 

@@ -10,8 +10,8 @@ import pytest
 from onnx_models import conv_model, digits_mlp
 
 from braze.isa.errors import BrazeError
-from braze.sw.frontend import load_onnx
-from braze.sw.ir import (
+from braze.sw.compiler.frontend import load_onnx
+from braze.sw.compiler.ir import (
     Graph,
     InvalidGraph,
     Node,
@@ -23,7 +23,7 @@ from braze.sw.ir import (
     input_node,
     output_node,
 )
-from braze.sw.validate import validate
+from braze.sw.compiler.validate import validate
 
 
 def _op(name, op_type, inputs, outputs, **attrs):
@@ -261,7 +261,7 @@ def test_declared_output_shape_must_match_operands():
 
 
 def test_transfer_evaluates_as_identity():
-    from braze.sw.frontend import evaluate
+    from braze.sw.compiler.frontend import evaluate
 
     graph = _mlp_graph()
     transfer = Node("t", NodeKind.TRANSFER, "Transfer", ("h",), ("h_dev",), {"src": "dram", "dst": "spad"})

@@ -15,7 +15,7 @@ from braze.isa.arith import INT8_MAX, INT8_MIN, epilogue, round_shift
 from braze.isa.asm import assemble
 from braze.isa.timing import schedule
 from braze.sim.device import open_device
-from braze.sw import kernels as K
+from braze.sw.compiler import kernels as K
 
 TINY = Config.preset("tiny")
 DEFAULT = Config.preset("default")

@@ -8,12 +8,12 @@ from onnx_models import conv_model
 from braze.isa import Activation, Config, Memory, encode_program
 from braze.isa.arith import epilogue
 from braze.sim.device import open_device
-from braze.sw.bench import builtin_models
-from braze.sw.cache import KernelCache
-from braze.sw.frontend import evaluate
-from braze.sw.kernels import gemm, link, pack_params, run_kernel
-from braze.sw.lower import KernelStep, PadStep, TransferStep, relocate
-from braze.sw.session import InferenceSession
+from braze.sw.compiler.cache import KernelCache
+from braze.sw.compiler.frontend import evaluate
+from braze.sw.compiler.kernels import gemm, link, pack_params, run_kernel
+from braze.sw.compiler.lower import KernelStep, PadStep, TransferStep, relocate
+from braze.sw.runtime.bench import builtin_models
+from braze.sw.runtime.session import InferenceSession
 
 TINY = Config.preset("tiny")
 

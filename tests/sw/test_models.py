@@ -4,8 +4,8 @@ import numpy as np
 import onnx
 import pytest
 
-from braze.sw import models
-from braze.sw.frontend import load_onnx
+from braze.sw.compiler import models
+from braze.sw.compiler.frontend import load_onnx
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """onnx's own backend node test suite through the Braze backend, filtered to the supported operators.
 
-Each case loads an ONNX model, runs it through :class:`braze.sw.backend.BrazeBackend`
+Each case loads an ONNX model, runs it through :class:`braze.sw.runtime.backend.BrazeBackend`
 (golden device, config ``default``) and compares with onnx's expected outputs.
 Integer operators (MatMulInteger, ConvInteger, int8 Relu/Clip/MaxPool, ...) run
 on the accelerator's reference model, float operators on the CPU (see the
@@ -16,7 +16,7 @@ import warnings
 
 import onnx.backend.test
 
-from braze.sw.backend import BrazeBackend
+from braze.sw.runtime.backend import BrazeBackend
 
 #: The operators of issue 5's supported list whose node tests run here.
 OPERATORS = ("relu", "clip", "add", "mul", "matmul", "gemm", "conv", "maxpool", "averagepool",

@@ -7,9 +7,9 @@ import pytest
 from onnx import helper
 from onnx_models import conv_model, digits_data, digits_mlp, make_model
 
-from braze.sw.frontend import evaluate, load_onnx
-from braze.sw.ir import NodeKind
-from braze.sw.passes import (
+from braze.sw.compiler.frontend import evaluate, load_onnx
+from braze.sw.compiler.ir import NodeKind
+from braze.sw.compiler.passes import (
     DEFAULT_PASSES,
     cancel_quant_pairs,
     fold_constants,
@@ -19,8 +19,8 @@ from braze.sw.passes import (
     run_passes,
     simplify,
 )
-from braze.sw.quantize import quantize
-from braze.sw.validate import validate
+from braze.sw.compiler.quantize import quantize
+from braze.sw.compiler.validate import validate
 
 ALL_PASSES = (remove_dead, remove_identities, fold_constants, cancel_quant_pairs, fold_layouts)
 
@@ -215,7 +215,7 @@ def test_run_passes_records_changes():
 
 
 def test_run_passes_rejects_a_pass_that_breaks_the_graph():
-    from braze.sw.ir import InvalidGraph
+    from braze.sw.compiler.ir import InvalidGraph
 
     def break_it(graph):
         return graph.edit(remove=["fc"])

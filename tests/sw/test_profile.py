@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from onnx_models import conv_model
 
-from braze.sw.frontend import evaluate, load_onnx
-from braze.sw.profile import PERCENTILES, format_profiles, profile_graph
+from braze.sw.compiler.frontend import evaluate, load_onnx
+from braze.sw.compiler.profile import PERCENTILES, format_profiles, profile_graph
 
 
 def _runs(count, seed=0):

@@ -12,10 +12,10 @@ from onnx_models import conv_model, digits_data, digits_mlp, make_model, run_ort
 
 from braze.isa import arith
 from braze.isa.encoding import Activation, Memory
-from braze.sw.frontend import BRAZE_DOMAIN, evaluate, evaluate_node, load_onnx
-from braze.sw.ir import InvalidGraph, Node, NodeKind, QuantParams, TensorInfo
-from braze.sw.passes import simplify
-from braze.sw.quantize import (
+from braze.sw.compiler.frontend import BRAZE_DOMAIN, evaluate, evaluate_node, load_onnx
+from braze.sw.compiler.ir import InvalidGraph, Node, NodeKind, QuantParams, TensorInfo
+from braze.sw.compiler.passes import simplify
+from braze.sw.compiler.quantize import (
     QuantizationError,
     activation_params,
     lower_qdq,
@@ -24,7 +24,7 @@ from braze.sw.quantize import (
     quantize_weights,
     shift_uint8,
 )
-from braze.sw.validate import validate
+from braze.sw.compiler.validate import validate
 
 
 def _braze_ops(graph):

@@ -11,16 +11,16 @@ from onnx_models import make_model, run_ort
 from braze.isa import Config, arith
 from braze.isa.encoding import Activation
 from braze.sim.device import open_device
-from braze.sw import kernels as kernel_lib
-from braze.sw.cache import KernelCache
-from braze.sw.frontend import BRAZE_DOMAIN, evaluate, evaluate_node, load_onnx
-from braze.sw.fusion import find_opportunities, fuse, split_activations
-from braze.sw.ir import Node, NodeKind, constant_node
-from braze.sw.lower import node_kernel
-from braze.sw.passes import simplify
-from braze.sw.quantize import calibrate, fuse_bias_add, insert_qdq, lower_qdq, quantize
-from braze.sw.session import InferenceSession, _with_shapes
-from braze.sw.validate import validate
+from braze.sw.compiler import kernels as kernel_lib
+from braze.sw.compiler.cache import KernelCache
+from braze.sw.compiler.frontend import BRAZE_DOMAIN, evaluate, evaluate_node, load_onnx
+from braze.sw.compiler.fusion import find_opportunities, fuse, split_activations
+from braze.sw.compiler.ir import Node, NodeKind, constant_node
+from braze.sw.compiler.lower import node_kernel
+from braze.sw.compiler.passes import simplify
+from braze.sw.compiler.quantize import calibrate, fuse_bias_add, insert_qdq, lower_qdq, quantize
+from braze.sw.compiler.validate import validate
+from braze.sw.runtime.session import InferenceSession, _with_shapes
 
 TINY = Config.preset("tiny")
 

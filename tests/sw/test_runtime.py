@@ -8,9 +8,9 @@ from onnx_models import conv_model
 
 from braze.isa import Config
 from braze.sim.device import open_device
-from braze.sw.cache import KernelCache
-from braze.sw.runtime import Runtime
-from braze.sw.session import InferenceSession
+from braze.sw.compiler.cache import KernelCache
+from braze.sw.runtime.runtime import Runtime
+from braze.sw.runtime.session import InferenceSession
 
 #: Counters that are a function of the program alone (braze.isa.counters marks them exact).
 EXACT = ("macs", "dma_read_bytes", "dma_write_bytes", "insn_matmul", "insn_load", "insn_store")

@@ -10,11 +10,11 @@ from onnx_models import conv_model, digits_data, digits_mlp, make_model
 
 import braze
 from braze.isa.errors import BrazeError
-from braze.sw.cache import KernelCache
-from braze.sw.frontend import ModelLoadError, UnsupportedOperator, evaluate
-from braze.sw.ir import NodeKind
-from braze.sw.session import InferenceSession, InputError
-from braze.sw.validate import validate
+from braze.sw.compiler.cache import KernelCache
+from braze.sw.compiler.frontend import ModelLoadError, UnsupportedOperator, evaluate
+from braze.sw.compiler.ir import NodeKind
+from braze.sw.compiler.validate import validate
+from braze.sw.runtime.session import InferenceSession, InputError
 
 
 @pytest.fixture(autouse=True)

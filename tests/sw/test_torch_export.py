@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import braze
-from braze.sw.models import calibration_set, load_digits_split, train_cnn, train_mlp
+from braze.sw.compiler.models import calibration_set, load_digits_split, train_cnn, train_mlp
 
 
 class TorchMLP(torch.nn.Module):

@@ -39,7 +39,7 @@ Pipeline
        activation after the addition then becomes an ``epilogue``
        opportunity of the fused node.
 
-3. For each opportunity every candidate is priced by a :class:`~braze.sw.cost.CostModel`
+3. For each opportunity every candidate is priced by a :class:`~braze.sw.compiler.cost.CostModel`
    (kernels generated through the kernel cache; each kernel library call
    searches tilings itself within a budget, so a forced tiling sometimes
    wins); the cheapest candidate replaces the separate form only if it
@@ -49,7 +49,7 @@ Pipeline
    outputs NHWC and folds a flatten into permuted weights (no transpose).
 
 Residual additions come from the quantizer already folded into the Braze op
-(:func:`braze.sw.quantize.insert_qdq` quantizes the residual at the Add
+(:func:`braze.sw.compiler.quantize.insert_qdq` quantizes the residual at the Add
 output's parameters; imported QDQ models only where the scales are equal);
 additions at other scales stay float on the host and are not fused.
 

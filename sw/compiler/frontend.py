@@ -2,7 +2,7 @@
 
 :func:`load_onnx` turns an ONNX model (opset 13 or newer, as written by
 ``torch.onnx.export``, ``skl2onnx`` or onnxruntime's ``quantize_static``)
-into a :class:`~braze.sw.ir.Graph`.  :func:`evaluate` runs a graph on numpy
+into a :class:`~braze.sw.compiler.ir.Graph`.  :func:`evaluate` runs a graph on numpy
 arrays: float ops with ONNX float semantics, integer and QLinear ops exactly,
 Braze's quantized ops (``domain="braze"``) bit-exactly as the accelerator's
 ``EPILOGUE`` (:mod:`braze.isa.arith`).  It is the oracle of the tests, the
@@ -41,7 +41,7 @@ SHAPE_OPS = frozenset({
 })
 SUPPORTED_OPS = COMPUTE_OPS | SHAPE_OPS
 CONTROL_OPS = frozenset({"Loop", "If", "Scan"})
-#: Braze's own ops (see :mod:`braze.sw.quantize`).
+#: Braze's own ops (see :mod:`braze.sw.compiler.quantize`).
 BRAZE_DOMAIN = "braze"
 
 
@@ -276,7 +276,7 @@ def evaluate(graph: Graph, inputs: Mapping[str, np.ndarray], *, observe: Observe
         losslessly when possible) and shape.
     observe : callable(tensor name, value), optional
         Called for every tensor as it is computed (inputs and operator
-        outputs, not constants); :mod:`braze.sw.profile` uses it.
+        outputs, not constants); :mod:`braze.sw.compiler.profile` uses it.
     keep : bool
         Return every computed tensor, not only the graph outputs.
 
@@ -653,7 +653,7 @@ def braze_epilogue(node: Node, acc: np.ndarray, bias: np.ndarray | None,
                    residual: np.ndarray | None = None) -> np.ndarray:
     """The ``EPILOGUE`` stage of a Braze quantized op on an ``(rows, n)`` int32 tile, bit-exact.
 
-    Attributes (see :mod:`braze.sw.quantize`): ``mult``, ``shift`` (per
+    Attributes (see :mod:`braze.sw.compiler.quantize`): ``mult``, ``shift`` (per
     column, or absent: no requantize), ``out_zp``, ``act`` (``"none"``,
     ``"relu"``, ``"clip"``), ``clip_lo``, ``clip_hi``, ``out`` (``"spad"``
     for int8, ``"acc"`` for int32).  With an int8 ``(rows, n)`` ``residual``

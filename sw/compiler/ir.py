@@ -15,7 +15,7 @@ Node kinds
     An initializer or folded constant; its value is ``node.value``.
 ``OPERATOR``
     An operator: ONNX ops (``domain=""``), Braze's quantized ops
-    (``domain="braze"``, see :mod:`braze.sw.quantize`) or, when imported with
+    (``domain="braze"``, see :mod:`braze.sw.compiler.quantize`) or, when imported with
     ``allow_fallback``, any other op marked ``device="cpu"``.
 ``TRANSFER``
     A data movement inserted by later passes; ``op_type="Transfer"``, attrs

@@ -1,6 +1,6 @@
 """Pure graph-to-graph passes.
 
-Every pass takes a :class:`~braze.sw.ir.Graph` and returns a new one; the
+Every pass takes a :class:`~braze.sw.compiler.ir.Graph` and returns a new one; the
 argument is never changed (graphs are immutable).  A pass that finds nothing
 to do returns its argument.  :func:`run_passes` chains passes, checks each
 result with :func:`~braze.sw.validate.validate` and records what each pass
@@ -21,7 +21,7 @@ from .validate import validate
 Pass = Callable[[Graph], Graph]
 
 #: Ops constant folding leaves alone although it could evaluate them: they carry the
-#: quantization structure of QDQ models, which :mod:`braze.sw.quantize` reads.
+#: quantization structure of QDQ models, which :mod:`braze.sw.compiler.quantize` reads.
 KEEP_UNFOLDED = frozenset({"QuantizeLinear", "DequantizeLinear"})
 #: Ops whose value is not a function of their inputs (only reachable through the CPU fallback).
 NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",

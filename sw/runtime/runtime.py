@@ -1,12 +1,12 @@
-"""The runtime: executes a :class:`~braze.sw.lower.CompiledModel` on any Braze device.
+"""The runtime: executes a :class:`~braze.sw.compiler.lower.CompiledModel` on any Braze device.
 
 Execution
 ---------
 Steps run in plan order.  Consecutive kernel steps form a *segment*, linked
-into one program (:func:`braze.sw.kernels.link`) and run with one
+into one program (:func:`braze.sw.compiler.kernels.link`) and run with one
 ``device.run``: fewer round trips between host and device, and every kernel
 still writes its own COUNTERS snapshot, so the report is per kernel.  CPU
-steps run :func:`braze.sw.frontend.evaluate_node` on host arrays; transfer
+steps run :func:`braze.sw.compiler.frontend.evaluate_node` on host arrays; transfer
 steps write host tensors to, or read them from, the device's external memory
 (converting NCHW <-> NHWC for 4-D tensors the kernels keep NHWC).  Weights,
 parameters and programs are written once per device (:meth:`Runtime.load`).
@@ -29,8 +29,8 @@ import numpy as np
 
 from braze.isa import SNAPSHOT_BYTES, parse_snapshot
 
-from .frontend import evaluate_node
-from .lower import CompiledModel, CpuStep, KernelStep, PadStep, TransferStep
+from ..compiler.frontend import evaluate_node
+from ..compiler.lower import CompiledModel, CpuStep, KernelStep, PadStep, TransferStep
 
 __all__ = ["Runtime", "KernelReport", "RunReport"]
 

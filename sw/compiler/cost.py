@@ -3,7 +3,7 @@
 A :class:`CostModel` predicts the cost of one kernel or of a candidate (a
 sequence of kernels) on a configuration.  :class:`TimingCostModel`, the one in
 use, reads the ISA timing model's prediction that every generated
-:class:`~braze.sw.kernels.Kernel` carries (``predicted_cycles``, from
+:class:`~braze.sw.compiler.kernels.Kernel` carries (``predicted_cycles``, from
 :func:`braze.isa.timing.schedule`) and counts external-memory bytes from the
 kernel's operands.  A learned hardware performance model plugs in by
 implementing :meth:`CostModel.predict`.

@@ -1,7 +1,7 @@
 """The validity check of the compiler's IR, separate from the passes.
 
-:func:`validate` checks a :class:`~braze.sw.ir.Graph` and raises
-:class:`~braze.sw.ir.InvalidGraph` naming the first offending node and the
+:func:`validate` checks a :class:`~braze.sw.compiler.ir.Graph` and raises
+:class:`~braze.sw.compiler.ir.InvalidGraph` naming the first offending node and the
 problem.  Every pass must map valid graphs to valid graphs; the tests run it
 before and after each pass.
 

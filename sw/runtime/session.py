@@ -9,23 +9,23 @@
 
 What happens
 ------------
-* The model is imported (:func:`~braze.sw.frontend.load_onnx`) and simplified.
+* The model is imported (:func:`~braze.sw.compiler.frontend.load_onnx`) and simplified.
 * With ``calibration`` (an array for a one-input model, a dict, or a list of
   dicts), float MatMul/Gemm/Conv are quantized to int8
   (:func:`~braze.sw.quantize.quantize`).  Without it, quantized operators the
   model already has (QDQ groups, QLinear*, *Integer) become Braze ops
-  (:func:`~braze.sw.quantize.lower_qdq`) and float operators run on the CPU.
+  (:func:`~braze.sw.compiler.quantize.lower_qdq`) and float operators run on the CPU.
   :attr:`graph_before` is this quantized graph.
-* Fusion (:func:`~braze.sw.fusion.fuse`, or the per-operator baseline with
+* Fusion (:func:`~braze.sw.compiler.fusion.fuse`, or the per-operator baseline with
   ``fuse=False``) gives :attr:`graph_after`; lowering
   (:func:`~braze.sw.lower.lower`) gives the kernels (:attr:`kernels`) and the
-  plan that :class:`~braze.sw.runtime.Runtime` runs.
+  plan that :class:`~braze.sw.runtime.runtime.Runtime` runs.
 * Inputs with symbolic dimensions (a batch axis, say) compile per concrete
   input shape, at the first run with that shape; looking at :attr:`kernels`
   or :attr:`graph_after` before any run compiles for size 1 in every
   symbolic dimension.
 
-Outputs equal :func:`~braze.sw.frontend.evaluate` of :attr:`graph_before`
+Outputs equal :func:`~braze.sw.compiler.frontend.evaluate` of :attr:`graph_before`
 bit-exactly: the accelerator computes the IR's integer semantics.
 """
 
@@ -43,17 +43,17 @@ import onnx
 from braze.isa import Config
 from braze.isa.errors import BrazeError
 
-from .cache import KernelCache, default_cache
-from .cost import CostModel
-from .frontend import evaluate, load_onnx
-from .fusion import DEFAULT_THRESHOLD, FusionDecision, fuse, split_activations
-from .ir import Graph, TensorInfo
-from .lower import CompiledModel, lower
-from .passes import simplify
-from .profile import TensorProfile
-from .quantize import lower_qdq, quantize
+from ..compiler.cache import KernelCache, default_cache
+from ..compiler.cost import CostModel
+from ..compiler.frontend import evaluate, load_onnx
+from ..compiler.fusion import DEFAULT_THRESHOLD, FusionDecision, fuse, split_activations
+from ..compiler.ir import Graph, TensorInfo
+from ..compiler.lower import CompiledModel, lower
+from ..compiler.passes import simplify
+from ..compiler.profile import TensorProfile
+from ..compiler.quantize import lower_qdq, quantize
+from ..compiler.validate import validate
 from .runtime import RunReport, Runtime
-from .validate import validate
 
 __all__ = ["InferenceSession", "NodeArg", "InputError"]
 
@@ -126,7 +126,7 @@ class InferenceSession:
     allow_fallback : bool
         Run operators the compiler does not support on the CPU instead of refusing the model.
     threshold : float
-        Minimum predicted gain for a fusion (:data:`~braze.sw.fusion.DEFAULT_THRESHOLD`).
+        Minimum predicted gain for a fusion (:data:`~braze.sw.compiler.fusion.DEFAULT_THRESHOLD`).
     cost_model : CostModel, optional
         What prices fusion candidates (default: the ISA timing model).
     cache : KernelCache, optional
@@ -221,7 +221,7 @@ class InferenceSession:
 
     @property
     def kernels(self) -> dict:
-        """Every kernel (name -> :class:`~braze.sw.kernels.Kernel`, with ``.asm``), as placed in memory."""
+        """Every kernel (name -> :class:`~braze.sw.compiler.Kernel`, with ``.asm``), as placed in memory."""
         return self._current[2].kernels
 
     # -- onnxruntime's API ----------------------------------------------------------------------------

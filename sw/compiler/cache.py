@@ -25,8 +25,10 @@ from .kernels import Kernel
 
 __all__ = ["KernelCache", "default_cache", "cache_dir", "CACHE_VERSION"]
 
-#: Bump when generated kernels change meaning, so that old disk entries are ignored.
-CACHE_VERSION = 3
+#: Bump when generated kernels change meaning, or when a class pickled in the records moves (4: the
+#: kernels' ``Operand`` from ``braze.sw.kernels`` to ``braze.sw.compiler.kernels``), so that old
+#: disk entries are ignored.
+CACHE_VERSION = 4
 
 
 def cache_dir() -> Path:

@@ -1,4 +1,4 @@
-"""An ``onnx.backend.base.Backend`` over :class:`~braze.sw.session.InferenceSession`.
+"""An ``onnx.backend.base.Backend`` over :class:`~braze.sw.runtime.session.InferenceSession`.
 
 What runs where
 ---------------
@@ -15,7 +15,7 @@ ONNX backend API cannot pass): it runs what the accelerator computes
   :meth:`BrazeBackendRep.run` freezes every graph input that feeds a weight,
   scale or zero-point operand of those operators into an initializer and
   compiles the model for those values (cached per value).
-* On the CPU (:func:`braze.sw.frontend.evaluate` semantics): float
+* On the CPU (:func:`braze.sw.compiler.frontend.evaluate` semantics): float
   operators (MatMul, Gemm, Conv, Add, Softmax, ...), Quantize/DequantizeLinear,
   integer operators whose weights are not int8 after subtracting their
   zero point, and (the backend sets ``allow_fallback=True``) operators the
@@ -41,8 +41,8 @@ import onnx
 from onnx import helper, numpy_helper, version_converter
 from onnx.backend.base import Backend, BackendRep
 
-from .frontend import MIN_OPSET
-from .quantize import QuantizationError
+from ..compiler.frontend import MIN_OPSET
+from ..compiler.quantize import QuantizationError
 from .session import InferenceSession
 
 __all__ = ["BrazeBackend", "BrazeBackendRep", "prepare", "run_model", "run_node", "supports_device",

@@ -42,7 +42,7 @@ Choices
   with ``clip_lo = out_zp``, ``clip_hi = 127``.
 * Calibration: ``"minmax"`` (observed extremes, default) or ``"percentile"``
   (``[100-p, p]`` percentiles of the observed values, default ``p = 99.99``),
-  over the user's calibration inputs (:mod:`braze.sw.profile`).
+  over the user's calibration inputs (:mod:`braze.sw.compiler.profile`).
 * Requantization multipliers: :func:`quantize_multiplier`.
 * Residual connections: an ``Add`` of a MatMul/Gemm/Conv output (its only
   reader) and another tensor of its shape, optionally followed by Relu/Clip,

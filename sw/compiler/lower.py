@@ -4,11 +4,11 @@ What runs where
 ---------------
 Every operator node becomes one *step* of a straight-line plan:
 
-* **Kernel steps** (the accelerator): ``braze.QMatMul`` -> :func:`~braze.sw.kernels.gemm`,
-  ``braze.QConv`` -> :func:`~braze.sw.kernels.conv2d` (NHWC, implicit im2col),
-  int8 ``MaxPool`` -> :func:`~braze.sw.kernels.maxpool2d`, int8 ``Relu``/``Clip`` ->
-  :func:`~braze.sw.kernels.relu` / :func:`~braze.sw.kernels.clip`, ``braze.QAdd`` ->
-  :func:`~braze.sw.kernels.add`.  The epilogue (bias, requantize, residual,
+* **Kernel steps** (the accelerator): ``braze.QMatMul`` -> :func:`~braze.sw.compiler.kernels.gemm`,
+  ``braze.QConv`` -> :func:`~braze.sw.compiler.kernels.conv2d` (NHWC, implicit im2col),
+  int8 ``MaxPool`` -> :func:`~braze.sw.compiler.kernels.maxpool2d`, int8 ``Relu``/``Clip`` ->
+  :func:`~braze.sw.compiler.kernels.relu` / :func:`~braze.sw.compiler.kernels.clip`, ``braze.QAdd`` ->
+  :func:`~braze.sw.compiler.kernels.add`.  The epilogue (bias, requantize, residual,
   activation) of a node is fused into its kernel; the input zero point is
   folded into the bias (``bias - x_zp * colsum(w)``), the residual's zero
   point into the requantize stage's (``out_zp - residual_zp``); the residual
@@ -20,8 +20,8 @@ Every operator node becomes one *step* of a straight-line plan:
   ops, Softmax, Sigmoid, CPU-fallback ops, and accelerator ops whose
   attributes no kernel implements -- unequal strides, dilations, average
   pooling of int8 with ONNX's truncating semantics...) runs on the host with
-  :func:`braze.sw.frontend.evaluate_node`, so results are those of
-  :func:`~braze.sw.frontend.evaluate` exactly.  :attr:`CompiledModel.placement`
+  :func:`braze.sw.compiler.frontend.evaluate_node`, so results are those of
+  :func:`~braze.sw.compiler.frontend.evaluate` exactly.  :attr:`CompiledModel.placement`
   says why each CPU node is there.
 * **Transfers** between host and device memory are explicit steps (and
   ``TRANSFER`` nodes in :attr:`CompiledModel.graph`); the layout change
@@ -38,7 +38,7 @@ External memory
 Weights and parameters (written once, :meth:`CompiledModel.load`), one
 counter snapshot per kernel, the programs, and an arena for activations in
 which buffers whose lifetimes ended are reused (first fit over step
-intervals).  Kernels come from the :class:`~braze.sw.cache.KernelCache` at a
+intervals).  Kernels come from the :class:`~braze.sw.compiler.cache.KernelCache` at a
 canonical placement and are relocated (:func:`relocate`) to the addresses
 chosen here.
 """
@@ -453,7 +453,7 @@ class KernelStep:
 
 
 class PlacedKernels(Mapping):
-    """Kernel step name -> placed :class:`~braze.sw.kernels.Kernel`, relocated when first looked up."""
+    """Kernel step name -> placed :class:`~braze.sw.compiler.Kernel`, relocated when first looked up."""
 
     def __init__(self, steps: list[KernelStep]):
         self._steps = {step.name: step for step in steps}
@@ -824,7 +824,7 @@ def lower(graph: Graph, config: Config, *, cache: KernelCache | None = None, che
         words: list[int] = []
         for step in segment.steps:
             words += relocated_words(step.kernel, step.addrs)
-        # The linked program (braze.sw.kernels.link): every kernel's instructions, then HALT.
+        # The linked program (braze.sw.compiler.kernels.link): every kernel's instructions, then HALT.
         segment.binary = b"".join(word.to_bytes(INSN_BYTES, "little") for word in words) + halt
     lowered = Graph(lowering.nodes, {k: v for k, v in lowering.infos.items()}, name=graph.name,
                     opset=graph.opset)

@@ -26,7 +26,7 @@ from onnx import helper, numpy_helper
 
 from braze.isa import Config
 
-from .cache import KernelCache
+from ..compiler.cache import KernelCache
 from .session import InferenceSession
 
 __all__ = ["builtin_models", "bench_model", "ModelBench", "format_table", "main"]

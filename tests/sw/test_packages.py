@@ -1,0 +1,72 @@
+"""The layout of ``sw/``: the packages' public APIs, their lazy imports and their layering."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import braze
+import braze.sw.compiler as compiler
+import braze.sw.runtime as runtime
+
+SW = Path(__file__).resolve().parents[2] / "sw"
+
+
+@pytest.mark.parametrize("package", [compiler, runtime], ids=lambda p: p.__name__)
+def test_public_names_resolve_to_their_definitions(package):
+    assert sorted(package.__all__) == sorted(package._EXPORTS)
+    for name in package.__all__:
+        value = getattr(package, name)
+        defining = sys.modules[f"{package.__name__}.{package._EXPORTS[name]}"]
+        assert value is getattr(defining, name), name
+
+
+def test_functions_named_like_their_modules_stay_functions():
+    import braze.sw.compiler.lower  # noqa: F401  (binds the submodules on the package)
+    import braze.sw.compiler.quantize  # noqa: F401
+    import braze.sw.compiler.validate  # noqa: F401
+    from braze.sw.compiler import lower, quantize, validate
+
+    for function in (lower, quantize, validate):
+        assert isinstance(function, types.FunctionType), function
+
+
+def test_session_is_the_same_class_everywhere():
+    from braze.sw.runtime.session import InferenceSession
+
+    assert braze.InferenceSession is runtime.InferenceSession is InferenceSession
+
+
+def test_kernel_library_imports_without_the_frontend():
+    probe = ("import sys, braze.sw.compiler, braze.sw.runtime, braze.sw.compiler.kernels;"
+             "print(sorted({'onnx', 'networkx'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, relative imports resolved against its package."""
+    package = ["braze", *path.relative_to(SW.parent).parts[:-1]]          # braze.sw.compiler
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_compiler_never_imports_the_runtime():
+    assert "braze.sw.compiler.lower" in _imported_modules(SW / "compiler" / "fusion.py")
+    assert "braze.sw.compiler.lower" in _imported_modules(SW / "runtime" / "session.py")
+    for path in sorted((SW / "compiler").glob("*.py")):
+        offending = {name for name in _imported_modules(path) if name.startswith("braze.sw.runtime")}
+        assert not offending, f"{path.name} imports {offending}"
