@@ -13,45 +13,37 @@ Modules, in pipeline order:
 
 The compiler never imports :mod:`braze.sw.runtime`, which runs what it compiles.
 
-The names below are imported on first use: the frontend and the passes pull in onnx and
-networkx, which the kernel library alone does not need.  ``conv2d`` here is the kernel
-constructor (:func:`.kernels.conv2d`), not the reference interpreter's :func:`.frontend.conv2d`.
+``conv2d`` here is the kernel constructor (:func:`.kernels.conv2d`), not the reference
+interpreter's :func:`.frontend.conv2d`; ``validate``, ``quantize`` and ``lower`` are the functions
+(their modules are ``braze.sw.compiler.validate`` etc., as in ``from .validate import X``).
 """
 
-from __future__ import annotations
-
-import importlib
-import sys
-import types
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .cache import KernelCache, default_cache
-    from .cost import Cost, CostModel, TimingCostModel
-    from .frontend import ModelLoadError, UnsupportedOperator, evaluate, load_onnx
-    from .fusion import fuse
-    from .ir import Graph, InvalidGraph, Node, NodeKind, TensorInfo
-    from .kernels import (
-        Kernel,
-        KernelError,
-        Tiling,
-        add,
-        avgpool2d,
-        clip,
-        conv2d,
-        gemm,
-        global_avgpool,
-        link,
-        maxpool2d,
-        relu,
-        run_kernel,
-        run_kernels,
-    )
-    from .lower import CompiledModel, LoweringError, lower
-    from .passes import simplify
-    from .profile import profile_graph
-    from .quantize import QuantizationError, quantize
-    from .validate import validate
+from .cache import KernelCache, default_cache
+from .cost import Cost, CostModel, TimingCostModel
+from .frontend import ModelLoadError, UnsupportedOperator, evaluate, load_onnx
+from .fusion import fuse
+from .ir import Graph, InvalidGraph, Node, NodeKind, TensorInfo
+from .kernels import (
+    Kernel,
+    KernelError,
+    Tiling,
+    add,
+    avgpool2d,
+    clip,
+    conv2d,
+    gemm,
+    global_avgpool,
+    link,
+    maxpool2d,
+    relu,
+    run_kernel,
+    run_kernels,
+)
+from .lower import CompiledModel, LoweringError, lower
+from .passes import simplify
+from .profile import profile_graph
+from .quantize import QuantizationError, quantize
+from .validate import validate
 
 __all__ = [
     "load_onnx", "evaluate", "ModelLoadError", "UnsupportedOperator",
@@ -63,50 +55,3 @@ __all__ = [
     "add", "relu", "clip", "link", "run_kernel", "run_kernels",
     "KernelCache", "default_cache",
 ]
-
-#: Public name -> the module that defines it (the names of ``__all__``).
-_EXPORTS = {name: module for module, names in {
-    "frontend": ("load_onnx", "evaluate", "ModelLoadError", "UnsupportedOperator"),
-    "ir": ("Graph", "Node", "NodeKind", "TensorInfo", "InvalidGraph"),
-    "passes": ("simplify",),
-    "validate": ("validate",),
-    "profile": ("profile_graph",),
-    "quantize": ("quantize", "QuantizationError"),
-    "fusion": ("fuse",),
-    "cost": ("Cost", "CostModel", "TimingCostModel"),
-    "lower": ("lower", "CompiledModel", "LoweringError"),
-    "kernels": ("Kernel", "KernelError", "Tiling", "gemm", "conv2d", "maxpool2d", "avgpool2d",
-                "global_avgpool", "add", "relu", "clip", "link", "run_kernel", "run_kernels"),
-    "cache": ("KernelCache", "default_cache"),
-}.items() for name in names}
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """Keeps ``validate``, ``quantize`` and ``lower`` the functions once their modules are imported.
-
-    Importing a submodule binds it on its package under its own name, which would shadow the
-    function of the same name that the module exports.  The package keeps the function, as an
-    ``__init__`` that ran ``from .validate import validate`` eagerly would.
-    """
-
-    def __setattr__(self, name: str, value) -> None:
-        if (isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name
-                and value.__name__ == f"{self.__name__}.{name}"):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -1,10 +1,8 @@
-"""The layout of ``sw/``: the packages' public APIs, their lazy imports and their layering."""
+"""The layout of ``sw/``: the packages' public APIs and their layering."""
 
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -18,12 +16,10 @@ SW = Path(__file__).resolve().parents[2] / "sw"
 
 
 @pytest.mark.parametrize("package", [compiler, runtime], ids=lambda p: p.__name__)
-def test_public_names_resolve_to_their_definitions(package):
-    assert sorted(package.__all__) == sorted(package._EXPORTS)
+def test_public_names_are_defined_in_the_package(package):
     for name in package.__all__:
         value = getattr(package, name)
-        defining = sys.modules[f"{package.__name__}.{package._EXPORTS[name]}"]
-        assert value is getattr(defining, name), name
+        assert value.__module__.startswith(f"{package.__name__}."), (name, value.__module__)
 
 
 def test_functions_named_like_their_modules_stay_functions():
@@ -40,13 +36,6 @@ def test_session_is_the_same_class_everywhere():
     from braze.sw.runtime.session import InferenceSession
 
     assert braze.InferenceSession is runtime.InferenceSession is InferenceSession
-
-
-def test_kernel_library_imports_without_the_frontend():
-    probe = ("import sys, braze.sw.compiler, braze.sw.runtime, braze.sw.compiler.kernels;"
-             "print(sorted({'onnx', 'networkx'} & set(sys.modules)))")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
 
 
 def _imported_modules(path: Path) -> set[str]:
