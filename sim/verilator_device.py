@@ -170,7 +170,7 @@ class VerilatorDevice(Device):
                 send_message(self._sock, ("stall", self._stall_level))
                 self._receive(self.timeout, "restoring the memory backpressure")
         except BaseException:
-            self._finalizer()
+            self._lose()
             raise
         self.mem_bytes = hello["mem_bytes"]
         self.start_seconds = time.perf_counter() - started
@@ -204,19 +204,25 @@ class VerilatorDevice(Device):
                     status, value = receive_message(self._sock)
                 except (ConnectionError, EOFError, OSError):
                     self.process.poll()
-                    self._finalizer()
+                    self._lose()
                     raise self._fail(f"the simulator process died or closed its connection during {what} "
                                      f"(exit status {self.process.returncode})") from None
                 if status != "ok":
                     raise self._fail(f"the simulator failed {what}:\n{value}")
                 return value
             if self.process.poll() is not None:
-                self._finalizer()
+                self._lose()
                 raise self._fail(f"the simulator process died during {what} "
                                  f"(exit status {self.process.returncode})")
             if time.monotonic() > deadline:
                 self._kill()
                 raise self._fail(f"no answer to {what} within {timeout:g} s; the simulator was stopped")
+
+    def _lose(self) -> None:
+        """Stop and reap a simulator that failed: its memory is lost (see ``memory_generation``)."""
+        if self._finalizer.alive:
+            self._finalizer()
+            self.memory_generation += 1
 
     def _kill(self) -> None:
         """Stop a simulator that does not answer: no polite request, straight to SIGKILL."""
@@ -224,24 +230,23 @@ class VerilatorDevice(Device):
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(5.0)
-        self._finalizer()
+        self._lose()
 
     def _request(self, *message, what: str):
         if self.closed:
             raise BrazeError(f"verilator device ({self.build.top}) is closed")
         if not self._finalizer.alive:
             # The last simulator died, or was stopped, and that was reported; start afresh.
-            self.memory_generation += 1
             self._start()
         elif self.process.poll() is not None:
-            self._finalizer()
+            self._lose()
             raise self._fail(f"the simulator process died before {what} "
                              f"(exit status {self.process.returncode}); the next request starts a fresh "
                              f"simulator, with its memory cleared")
         try:
             send_message(self._sock, message)
         except OSError as error:
-            self._finalizer()
+            self._lose()
             raise self._fail(f"the simulator process died or closed its connection: cannot send {what} "
                              f"({error})") from None
         return self._receive(self.timeout, what)

@@ -127,14 +127,18 @@ class Runtime:
 
     @property
     def loaded(self) -> bool:
-        """Whether the device's memory holds this model's weights and programs (and no other model's)."""
-        return getattr(self.device, "_braze_loaded_model", None) is self.model
+        """Whether the device's memory holds this model's weights and programs (and no other model's).
+
+        A device that lost its memory since (a simulator replaced after it died) holds nothing.
+        """
+        held = getattr(self.device, "_braze_loaded_model", None)
+        return held is not None and held[0] is self.model and held[1] == self.device.memory_generation
 
     def load(self) -> None:
         self.model.load(self.device)
         # Several compiled models (a session's input shapes, or sessions sharing a device) use the same
-        # addresses: the device remembers which one its memory holds.
-        self.device._braze_loaded_model = self.model
+        # addresses: the device remembers which one its memory holds, and since when.
+        self.device._braze_loaded_model = (self.model, self.device.memory_generation)
 
     def run(self, feeds: Mapping[str, np.ndarray], *, observe=None) -> dict[str, np.ndarray]:
         """Execute the plan on host-side ``feeds`` (already checked); returns every graph output."""

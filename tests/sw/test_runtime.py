@@ -51,3 +51,37 @@ def test_report_totals_add_up(session):
 def test_runtime_refuses_a_device_of_another_config(session):
     with open_device("golden", Config.preset("default")) as device, pytest.raises(ValueError, match="config"):
         Runtime(session.compiled, device)
+
+
+def test_a_device_that_lost_its_memory_is_loaded_again(session):
+    """A replaced simulator starts with cleared memory; the next run must reload, not read zeros."""
+    x = np.random.default_rng(8).normal(size=(2, 1, 8, 8)).astype(np.float32)
+    (expected,) = session.run(None, {"x": x})
+    device = session.device
+    device.write(0, bytes(device.memory_size))      # what a replaced simulator holds
+    device.memory_generation += 1
+    (again,) = session.run(None, {"x": x})
+    assert np.array_equal(again, expected)
+
+
+def test_session_survives_a_killed_simulator():
+    import os
+    import signal
+
+    from braze.sim.verilator_device import SimulatorError
+
+    rng = np.random.default_rng(9)
+    sess = InferenceSession(conv_model(6), device="verilator", config="tiny",
+                            calibration=rng.normal(size=(2, 1, 8, 8)).astype(np.float32),
+                            cache=KernelCache(disk=False))
+    try:
+        x = rng.normal(size=(2, 1, 8, 8)).astype(np.float32)
+        (expected,) = sess.run(None, {"x": x})
+        os.kill(sess.device.pid, signal.SIGKILL)
+        with pytest.raises(SimulatorError, match="fresh simulator"):
+            sess.run(None, {"x": x})
+        (again,) = sess.run(None, {"x": x})
+        assert np.array_equal(again, expected)
+        assert sess.device.memory_generation == 1
+    finally:
+        sess.close()
