@@ -307,6 +307,76 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(text: str) -> float:
+    """Seconds of ``90``, ``90s``, ``20m`` or ``1.5h``."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 20m or 1.5h") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be positive")
+    return seconds
+
+
+def _preset_list(text: str) -> list:
+    from braze.isa.config import Config
+
+    return [Config.parse(name.strip()) for name in text.split(",") if name.strip()]
+
+
+@command("hpm", "the hardware performance model: calibrate it on a device, train it, evaluate it",
+         arg("action", choices=("calibrate", "train", "evaluate", "show"),
+             help="calibrate: run calibration kernels into the history; train: fit the model on the "
+                  "history; evaluate: held-out errors by kernel family; show: the history and model"),
+         arg("--device", default="verilator", help="device kind (default: verilator)"),
+         arg("--configs", default="tiny,default,large", type=_preset_list,
+             help="comma-separated presets or specs to calibrate (default: tiny,default,large)"),
+         arg("--budget", type=_duration, help="stop calibrating after this long (90s, 20m, 1h); resumable"),
+         arg("--count", type=int, default=200, help="calibration kernels per configuration (default: 200)"),
+         arg("--history", type=Path, help="the performance history (default: $BRAZE_CACHE_DIR/hpm/...)"),
+         arg("--regressor", default="lightgbm", choices=("lightgbm", "sklearn")),
+         arg("--out", type=Path, help="where train writes the model (default: the cache's model folder)"),
+         arg("--ship", action="store_true", help="train into the model shipped with Braze (developers)"))
+def _hpm(args: argparse.Namespace) -> int:
+    from braze.sw import hpm
+
+    if args.count < 1:
+        raise BrazeError(f"--count {args.count} must be at least 1")
+    store = hpm.HistoryStore(args.history)
+    if args.action == "calibrate":
+        report = hpm.calibrate(args.configs, device=args.device, count=args.count, store=store,
+                               budget_seconds=args.budget)
+        print(report.summary())
+        for line in report.failed[:20]:
+            print(f"  failed: {line}")
+        return 0
+    records = store.records(device=args.device)
+    if args.action == "show":
+        print(f"history {store.path}: {store.count()} runs; {len(records)} on {args.device}; families "
+              f"{', '.join(store.families()) or 'none'}")
+        model = hpm.load_model(args.device)
+        print("model: " + (json.dumps(model.metadata, indent=1) if model else "none trained"))
+        return 0
+    if not records:
+        raise BrazeError(f"the history {store.path} has no runs on the {args.device} device: "
+                         f"run `braze hpm calibrate` first")
+    if args.action == "evaluate":
+        from braze.sw.hpm.evaluate import format_scores
+
+        print(format_scores(hpm.holdout_by_family(records, regressor=args.regressor)))
+        return 0
+    from braze.sw.hpm.model import shipped_model_dir
+
+    model = hpm.PerformanceModel(args.regressor).fit(records)
+    out = args.out or (shipped_model_dir(args.device) if args.ship else hpm.default_model_dir(args.device))
+    model.save(out)
+    print(f"trained on {len(records)} runs ({', '.join(model.metadata['configs'])}; "
+          f"{len(model.metadata['families'])} families): {out}")
+    return 0
+
+
 #: Targets of ``braze bench``: name -> (help, function(argv) -> exit status).  Each target parses its own
 #: arguments, so targets do not share an argument namespace.
 BENCH_TARGETS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {}
@@ -330,6 +400,16 @@ def _bench_model(argv: Sequence[str]) -> int:
 
 BENCH_TARGETS["model"] = ("compile time cold/cached, cycles and PE utilisation per kernel, host overhead "
                           "(braze bench model --help)", _bench_model)
+
+
+def _bench_hpm(argv: Sequence[str]) -> int:
+    from braze.sw.hpm import bench
+
+    return bench.main(argv)
+
+
+BENCH_TARGETS["hpm"] = ("learned performance model: held-out family errors vs analytic, top-1 decisions on "
+                        "the RTL, drift recovery (braze bench hpm --help)", _bench_hpm)
 
 
 @command("bench", "benchmarks: braze bench TARGET [options]; targets: "

@@ -270,6 +270,11 @@ class VerilatorDevice(Device):
         """An AXI4-Lite register write; returns the response code."""
         return self._request("reg_write", offset, value, what=f"a write of register 0x{offset:x}")
 
+    @property
+    def stall(self) -> float:
+        """The memory's current backpressure: the probability that it stalls an AXI handshake."""
+        return self._stall_level / 256
+
     def counters_over_bus(self) -> dict[str, int]:
         """Every counter read over AXI4-Lite, as driver software would (a run reads them off the harness)."""
         return self._request("counters_over_bus", what="reading the counters over AXI4-Lite")

@@ -44,7 +44,7 @@ from braze.isa import Config
 from braze.isa.errors import BrazeError
 
 from ..compiler.cache import KernelCache, default_cache
-from ..compiler.cost import CostModel
+from ..compiler.cost import CostModel, TimingCostModel
 from ..compiler.frontend import evaluate, load_onnx
 from ..compiler.fusion import DEFAULT_THRESHOLD, FusionDecision, fuse, split_activations
 from ..compiler.ir import Graph, TensorInfo
@@ -109,6 +109,27 @@ def _with_shapes(graph: Graph, shapes: Mapping[str, tuple[int, ...]], dtypes: Ma
     return validate(graph.replace(tensors=infos))
 
 
+def _choose_cost_model(requested: CostModel | str | None, device, config: Config) -> tuple[CostModel, str]:
+    """The cost model a session plans with, and why (see ``cost_model`` of :class:`InferenceSession`)."""
+    if isinstance(requested, CostModel):
+        return requested, "given"
+    if requested not in (None, "analytic", "learned"):
+        raise BrazeError(f"cost_model {requested!r}: give a CostModel, 'analytic', 'learned' or None")
+    if requested == "analytic":
+        return TimingCostModel(), "asked for"
+    from ..hpm import LearnedCostModel, MemorySystem, load_model
+
+    model = load_model(device.kind)
+    if model is None or not model.covers(config, device.kind):
+        if requested == "learned":
+            raise BrazeError(f"no learned performance model covers config {config.name!r} on the "
+                             f"{device.kind} device: run `braze hpm calibrate` and `braze hpm train`")
+        return TimingCostModel(), (f"no learned model for {config.name} on {device.kind}; "
+                                   f"`braze hpm calibrate` and `braze hpm train` make one")
+    memory = MemorySystem(config.mem_latency, float(getattr(device, "stall", 0.0)))
+    return LearnedCostModel(model, device=device.kind, memory=memory), "auto"
+
+
 class InferenceSession:
     """A model compiled for a Braze device.
 
@@ -127,8 +148,17 @@ class InferenceSession:
         Run operators the compiler does not support on the CPU instead of refusing the model.
     threshold : float
         Minimum predicted gain for a fusion (:data:`~braze.sw.compiler.fusion.DEFAULT_THRESHOLD`).
-    cost_model : CostModel, optional
-        What prices fusion candidates (default: the ISA timing model).
+    cost_model : CostModel, "analytic", "learned" or None
+        What prices fusion and tiling candidates.  None (the default): the learned hardware
+        performance model (:mod:`braze.sw.hpm`) where one is trained for this device kind and
+        configuration, else the ISA timing model; :meth:`cost_model_description` says which, and
+        why predictions fell back.
+    record : bool or None
+        Record every run's kernels and counters in the performance history, and let the monitor
+        retrain the learned model when its error drifts (devices with real timing only: not
+        ``golden``, whose counters are the timing model's).  The session re-plans, between runs,
+        when the model it plans with was retrained.  None (the default): on, unless the environment
+        sets ``BRAZE_HPM_RECORD=0``.
     cache : KernelCache, optional
         The kernel cache (default: the process-wide memory + disk cache).
     profile : bool
@@ -138,13 +168,12 @@ class InferenceSession:
     def __init__(self, model: str | os.PathLike | bytes | onnx.ModelProto, *, device: Any = "golden",
                  config: str | Config = "default", fuse: bool = True, calibration: Any = None,
                  allow_fallback: bool = False, threshold: float = DEFAULT_THRESHOLD,
-                 cost_model: CostModel | None = None, cache: KernelCache | None = None,
-                 profile: bool = False):
+                 cost_model: CostModel | str | None = None, cache: KernelCache | None = None,
+                 profile: bool = False, record: bool | None = None):
         started = time.perf_counter()
         self.config = config if isinstance(config, Config) else Config.parse(config)
         self.fuse = fuse
         self.threshold = threshold
-        self.cost_model = cost_model
         self.cache = cache if cache is not None else default_cache()
         self.profile = profile
         self.profiles: dict[str, TensorProfile] = {}
@@ -165,6 +194,18 @@ class InferenceSession:
         elif device.config != self.config:
             raise BrazeError(f"device has config {device.config.name!r}, the session {self.config.name!r}")
         self.device = device
+        self.cost_model, self.cost_model_reason = _choose_cost_model(cost_model, device, self.config)
+        self._auto_cost_model = cost_model is None
+        self.monitor = None
+        if record is None:
+            record = os.environ.get("BRAZE_HPM_RECORD", "1") != "0"
+        if record and device.kind != "golden":
+            from ..hpm import HistoryStore
+            from ..hpm.monitor import Monitor
+
+            learned = getattr(self.cost_model, "model", None)
+            self.monitor = Monitor(HistoryStore(), device=device.kind, model=learned)
+        self._plan_version = 0
         self._compiled: dict[tuple, tuple[Graph, list[FusionDecision], CompiledModel, Runtime]] = {}
         self._last: tuple | None = None
         self._default_shapes = {arg.name: tuple(d if isinstance(d, int) else 1 for d in arg.shape)
@@ -267,7 +308,8 @@ class InferenceSession:
         if missing:
             raise InputError(f"unknown output(s) {missing}; the model's outputs are "
                              f"{[arg.name for arg in self._outputs]}")
-        _, _, _, runtime = self._compile({name: value.shape for name, value in feeds.items()})
+        self._replan_if_retrained()
+        _, _, compiled, runtime = self._compile({name: value.shape for name, value in feeds.items()})
         observe = None
         if self.profile:
             rng = np.random.default_rng(0)
@@ -280,7 +322,36 @@ class InferenceSession:
             for name, value in feeds.items():
                 observe(name, value)
         outputs = runtime.run(feeds, observe=observe)
+        if self.monitor is not None and runtime.last_report is not None:
+            from ..hpm import MemorySystem
+
+            rows = runtime.last_report.kernels
+            memory = MemorySystem(self.config.mem_latency, float(getattr(self.device, "stall", 0.0)))
+            self.monitor.observe([compiled.kernels[row.kernel] for row in rows],
+                                 [row.counters for row in rows], memory)
         return [outputs[name] for name in names]
+
+    def _replan_if_retrained(self) -> None:
+        """Between runs: plan with the monitor's retrained model, compiling afresh (never mid-run)."""
+        monitor = self.monitor
+        if monitor is None or monitor.version == self._plan_version or monitor.model is None:
+            return
+        self._plan_version = monitor.version
+        if not self._auto_cost_model and getattr(self.cost_model, "name", "") != "hpm-learned":
+            return                      # the caller chose another cost model
+        from ..hpm import LearnedCostModel, MemorySystem
+
+        memory = MemorySystem(self.config.mem_latency, float(getattr(self.device, "stall", 0.0)))
+        self.cost_model = LearnedCostModel(monitor.model, device=self.device.kind, memory=memory)
+        self.cost_model_reason = f"monitor retrained the model (version {monitor.version})"
+        self._compiled.clear()
+        self._last = None
+
+    def cost_model_description(self) -> str:
+        """Which cost model plans this session's kernels, and why."""
+        describe = getattr(self.cost_model, "describe", None)
+        text = describe() if describe else f"{getattr(self.cost_model, 'name', 'isa-timing')}"
+        return f"{text} ({self.cost_model_reason})"
 
     def report(self) -> RunReport:
         """The per-kernel counter report of the last run (printable as a table)."""
@@ -290,6 +361,8 @@ class InferenceSession:
         return report
 
     def close(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
         self.device.close()
 
     def __enter__(self):

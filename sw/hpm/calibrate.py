@@ -1,0 +1,278 @@
+"""Calibration: run a representative, diverse set of kernels on a device and record what they cost.
+
+:func:`calibration_kernels` draws kernels from the kernel library -- GEMMs and convolutions across
+shapes, strides, padding and fused epilogues, alternative tilings and single buffering, pools and
+element-wise kernels -- so that few runs cover the space the compiler generates: candidate specs
+are bucketed by family and arithmetic intensity (MACs per external byte, which decides whether a
+kernel is bound by the array or by memory) and by burst shape (bytes per row: short strided rows
+stall on the memory's latency, long rows stream), and drawn round-robin over the buckets.
+
+:func:`calibrate` runs them on a device under several memory backpressure levels, one history row
+per run, skipping what the history already holds (so an interrupted calibration resumes), within
+an optional time budget, and reports progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from braze.isa import BrazeError, Config, Opcode
+from braze.isa.timing import element_bytes
+
+from ..compiler import kernels as library
+from ..compiler.kernels import Kernel, KernelError, Tiling
+from .features import MemorySystem, kernel_family, kernel_features, kernel_signature
+from .store import HistoryStore, RunRecord
+
+__all__ = ["KernelSpec", "calibration_specs", "calibration_kernels", "calibrate", "CalibrationReport",
+           "random_inputs", "record_run", "DEFAULT_STALLS", "tiling_variants"]
+
+#: Backpressure levels calibration runs every kernel under (probability per AXI handshake).
+DEFAULT_STALLS = (0.0, 0.1, 0.25, 0.4)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSpec:
+    """A kernel to generate: the library function's name and its arguments."""
+
+    function: str
+    args: tuple
+    options: tuple = ()
+
+    def build(self, config: Config, **extra) -> Kernel:
+        return getattr(library, self.function)(config, *self.args, **dict(self.options), **extra)
+
+
+def _gemm_specs(config: Config) -> list[KernelSpec]:
+    specs = []
+    epilogues = [(), (("bias", True), ("requant", True), ("act", "relu")),
+                 (("bias", True), ("requant", True), ("residual", True), ("act", "relu"))]
+    for m, k, n in itertools.product((1, 4, 16, 37, 64, 128), (8, 24, 64, 150, 256), (4, 16, 40, 64, 128)):
+        for epilogue in epilogues:
+            specs.append(KernelSpec("gemm", (m, k, n), epilogue))
+    return specs
+
+
+def _conv_specs(config: Config) -> list[KernelSpec]:
+    specs = []
+    for n, c, hw, k_out, (kh, stride, pad) in itertools.product(
+            (1, 2, 4), (1, 3, 8, 16), (6, 8, 12, 16), (4, 8, 16),
+            ((3, 1, 1), (3, 1, 0), (3, 2, 1), (1, 1, 0), (5, 1, 2), (2, 2, 0))):
+        if hw + 2 * pad < kh:
+            continue
+        for epilogue in ((), (("bias", True), ("requant", True), ("act", "relu"))):
+            specs.append(KernelSpec("conv2d", (n, c, hw, hw, k_out, kh, kh, stride, pad), epilogue))
+    return specs
+
+
+def _pool_specs(config: Config) -> list[KernelSpec]:
+    specs = []
+    for kind, n, c, hw, (k, stride, pad) in itertools.product(
+            ("maxpool2d", "avgpool2d"), (1, 2, 4), (4, 8, 16), (4, 8, 12),
+            ((2, 2, 0), (3, 1, 1), (3, 2, 1))):
+        specs.append(KernelSpec(kind, (n, c, hw, hw, k, k, stride, pad)))
+    for n, hw, c in itertools.product((1, 2, 4), (2, 4, 7), (4, 8, 16, 32)):
+        specs.append(KernelSpec("global_avgpool", (n, hw, hw, c)))
+    return specs
+
+
+def _elementwise_specs(config: Config) -> list[KernelSpec]:
+    specs = []
+    for shape in ((4, 8), (16, 16), (64, 10), (2, 8, 8, 8), (4, 12, 12, 16), (256, 64)):
+        specs.append(KernelSpec("relu", (shape,)))
+        specs.append(KernelSpec("clip", (shape, -20, 90)))
+        specs.append(KernelSpec("add", (shape,)))
+        specs.append(KernelSpec("add", (shape,), (("x_scale", (3, 2)), ("y_scale", (5, 3)), ("out_zp", 4))))
+    return specs
+
+
+#: The families' groups and their shares of a calibration.
+_GROUPS = (("gemm", _gemm_specs, 0.35), ("conv2d", _conv_specs, 0.35), ("pool", _pool_specs, 0.15),
+           ("elementwise", _elementwise_specs, 0.15))
+
+
+def calibration_specs(config: Config) -> list[KernelSpec]:
+    """Every candidate spec for ``config`` (many more than a calibration runs)."""
+    return [spec for _, specs, _ in _GROUPS for spec in specs(config)]
+
+
+def tiling_variants(kernel: Kernel) -> list[Tiling]:
+    """Other tilings of a GEMM/convolution kernel than the one the timing model chose (some may not fit)."""
+    if not kernel.tiling or "m" not in kernel.tiling:
+        return []
+    chosen = Tiling(**{field.name: kernel.tiling[field.name] for field in dataclasses.fields(Tiling)})
+    variants = {
+        dataclasses.replace(chosen, m=max(1, chosen.m // 2), a_slots=chosen.a_slots),
+        dataclasses.replace(chosen, first_pieces=1),
+        dataclasses.replace(chosen, buffers=1, first_pieces=1),
+        dataclasses.replace(chosen, b_resident=False) if not chosen.k_block else chosen,
+    }
+    variants.discard(chosen)
+    return sorted(variants, key=repr)
+
+
+def _bucket(kernel: Kernel) -> tuple:
+    """Family, arithmetic-intensity decade and burst-shape octave of a kernel."""
+    external = sum(op.nbytes for op in kernel.operands.values() if op.role != "counters")
+    intensity = kernel.macs / max(1, external)
+    loads = [insn for insn in kernel.instructions if insn.opcode is Opcode.LOAD and not insn.zero]
+    row_bytes = np.mean([insn.len * element_bytes(insn.mem) for insn in loads]) if loads else 0
+    return (kernel_family(kernel), round(math.log10(intensity + 1) * 2),
+            round(math.log2(row_bytes + 1)))
+
+
+def calibration_kernels(config: Config, *, count: int = 200, seed: int = 0, tilings: bool = True,
+                        log: Callable[[str], None] | None = None) -> list[Kernel]:
+    """About ``count`` kernels covering ``config``'s space, stratified (see the module documentation).
+
+    Each group of families (GEMM, convolution, pools, element-wise) gets its share of ``count``;
+    within a group, specs are built in a seeded random order (about 1.5 times the share) and drawn
+    round-robin over their intensity/burst buckets.  With ``tilings``, some GEMMs and convolutions
+    also come in alternative tilings (forced), so that the model sees what the compiler's choices
+    cost, not only its favourites.
+    """
+    rng = random.Random(seed)
+    chosen: list[Kernel] = []
+    buckets_seen = 0
+    for _, make_specs, share in _GROUPS:
+        quota = max(1, round(count * share))
+        specs = make_specs(config)
+        rng.shuffle(specs)
+        buckets: dict[tuple, list[Kernel]] = defaultdict(list)
+        built = 0
+        for spec in specs:
+            if built >= 1.5 * quota:
+                break
+            try:
+                kernel = spec.build(config)
+            except (KernelError, ValueError):
+                continue             # does not fit this configuration
+            buckets[_bucket(kernel)].append(kernel)
+            built += 1
+            if tilings and kernel.name in ("gemm", "conv2d") and rng.random() < 0.25:
+                for tiling in tiling_variants(kernel)[:2]:
+                    try:
+                        variant = spec.build(config, tiling=tiling)
+                    except (KernelError, ValueError):
+                        continue
+                    buckets[_bucket(variant)].append(variant)
+                    built += 1
+        queues = [buckets[key] for key in sorted(buckets)]
+        buckets_seen += len(queues)
+        taken = 0
+        while taken < quota and any(queues):
+            for queue in queues:
+                if queue and taken < quota:
+                    chosen.append(queue.pop(0))
+                    taken += 1
+    if log:
+        log(f"{config.name}: {len(chosen)} calibration kernels from {buckets_seen} intensity/burst buckets")
+    return chosen
+
+
+def random_inputs(kernel: Kernel, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random values for every input operand of ``kernel`` (timing does not depend on them)."""
+    inputs = {}
+    for op in kernel.inputs():
+        if op.name == "params":
+            columns = op.shape[1]
+            given = {"bias": rng.integers(-1000, 1000, columns), "mult": rng.integers(1, 1 << 15, columns),
+                     "shift": rng.integers(8, 20, columns)}
+            inputs[op.name] = library.pack_params(kernel, **{name: given[name] for name in kernel.param_rows})
+        else:
+            inputs[op.name] = rng.integers(-128, 128, size=op.shape).astype(op.dtype)
+    return inputs
+
+
+def record_run(kernel: Kernel, counters: dict, *, device: str, memory: MemorySystem, source: str,
+               predicted_cycles: int | None = None, predictor: str | None = None,
+               energy_pj: float | None = None) -> RunRecord:
+    """The history row of one run of ``kernel`` whose snapshot held ``counters``."""
+    config = kernel.config
+    return RunRecord(family=kernel_family(kernel), signature=kernel_signature(kernel),
+                     config_name=config.name, config=config.to_dict(), device=device,
+                     read_latency=memory.read_latency, stall=memory.stall,
+                     features=kernel_features(kernel, config, memory),
+                     counters={name: int(value) for name, value in counters.items()},
+                     predicted_cycles=predicted_cycles if predicted_cycles is not None
+                     else int(kernel.predicted_cycles),
+                     predictor=predictor or "isa-timing", source=source, energy_pj=energy_pj)
+
+
+@dataclasses.dataclass
+class CalibrationReport:
+    """What a calibration did."""
+
+    ran: int = 0
+    skipped: int = 0
+    failed: list[str] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+    out_of_time: bool = False
+
+    def summary(self) -> str:
+        return (f"calibration: {self.ran} runs recorded, {self.skipped} already in the history, "
+                f"{len(self.failed)} failed, {self.seconds:.0f} s"
+                + (" (stopped at the time budget; run again to continue)" if self.out_of_time else ""))
+
+
+def calibrate(configs: Sequence[Config], *, device: str = "verilator",
+              stalls: Sequence[float] = DEFAULT_STALLS, count: int = 200, store: HistoryStore | None = None,
+              budget_seconds: float | None = None, seed: int = 0,
+              progress: Callable[[str], None] | None = print,
+              device_options: dict | None = None) -> CalibrationReport:
+    """Run calibration kernels on ``device`` for each configuration and backpressure level.
+
+    Resumable: a (kernel, configuration, device, memory system) already in the history is skipped.
+    ``budget_seconds`` stops after that long (between runs).  Kernels whose run fails are named
+    in the report, not fatal.
+    """
+    from braze.sim.device import open_device
+
+    from ..compiler.kernels import run_kernel
+
+    store = store if store is not None else HistoryStore()
+    report = CalibrationReport()
+    started = time.monotonic()
+    rng = np.random.default_rng(seed)
+    for config in configs:
+        kernels = calibration_kernels(config, count=count, seed=seed, log=progress)
+        levels = list(stalls) if device in ("verilator", "amaranth") else [0.0]
+        todo = [(stall, kernel) for stall in levels for kernel in kernels]
+        with open_device(device, config, **(device_options or {})) as dev:
+            read_latency = config.mem_latency
+            current_stall = None
+            for index, (stall, kernel) in enumerate(todo):
+                if budget_seconds is not None and time.monotonic() - started > budget_seconds:
+                    report.out_of_time = True
+                    break
+                memory = MemorySystem(read_latency, stall)
+                if store.has(kernel_signature(kernel), config.name, device, read_latency, stall):
+                    report.skipped += 1
+                    continue
+                if stall != current_stall and hasattr(dev, "set_stall"):
+                    dev.set_stall(stall)
+                    current_stall = stall
+                try:
+                    result = run_kernel(dev, kernel, random_inputs(kernel, rng))
+                except BrazeError as error:
+                    report.failed.append(f"{kernel_family(kernel)} {kernel_signature(kernel)['operands']}: "
+                                         f"{str(error).splitlines()[0]}")
+                    continue
+                store.add(record_run(kernel, result.counters, device=device, memory=memory,
+                                     source="calibrate"))
+                report.ran += 1
+                if progress and (index + 1) % 25 == 0:
+                    progress(f"{config.name}: {index + 1}/{len(todo)} runs "
+                             f"({time.monotonic() - started:.0f} s)")
+        if report.out_of_time:
+            break
+    report.seconds = time.monotonic() - started
+    return report

@@ -1,0 +1,206 @@
+"""Features of a kernel for the hardware performance model: what its instruction stream asks of the machine.
+
+:func:`kernel_features` turns a :class:`~braze.sw.compiler.Kernel`, the configuration and the
+memory system it runs on into a flat ``{name: float}`` dict:
+
+* per unit: instruction counts, rows moved, bytes, AXI beats, bursts (rows are bursts: a LOAD of
+  ``rows`` rows issues that many reads), mean burst length in beats, the share of strided rows;
+* compute: MACs, MATMUL count and mean m/n/k and K-chunks, fill/drain per MATMUL, epilogue and
+  vector rows;
+* dependencies: tokens pushed and popped per unit, barriers;
+* the configuration (array size, banks, bus width) and the memory system (read latency,
+  backpressure probability), so that one model serves every preset and memory;
+* the analytic timing model's cycles and per-unit busy cycles, which the learned model corrects
+  (it learns the residual) -- and derived intensities: MACs per external byte, beats per cycle
+  of the analytic prediction.
+
+Every feature is computed from the program alone, never from a run, so it is available before
+the kernel runs (the cost model prices candidates with it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from braze.isa import Config, Opcode
+from braze.isa.timing import axi_beats, element_bytes, schedule
+
+from ..compiler.kernels import Kernel
+
+__all__ = ["MemorySystem", "kernel_features", "kernel_signature", "kernel_family", "FEATURE_VERSION"]
+
+#: Bump when the features change meaning: models record it and refuse features of another version.
+FEATURE_VERSION = 2
+_UNITS = ("load", "compute", "store")
+
+
+@dataclasses.dataclass(frozen=True)
+class MemorySystem:
+    """The external memory a kernel runs against.
+
+    Attributes
+    ----------
+    read_latency : int
+        Cycles from a read request to its first data beat.
+    stall : float
+        Probability that the memory stalls each AXI handshake (backpressure), in [0, 1).
+    """
+
+    read_latency: int
+    stall: float = 0.0
+
+    def __post_init__(self):
+        if not isinstance(self.read_latency, int) or self.read_latency < 1:
+            raise ValueError(f"MemorySystem: read_latency={self.read_latency!r} must be a positive integer")
+        if not 0.0 <= self.stall < 1.0:
+            raise ValueError(f"MemorySystem: stall={self.stall!r} must be a probability in [0, 1)")
+
+    @classmethod
+    def nominal(cls, config: Config) -> MemorySystem:
+        """The memory the timing model assumes: the configuration's latency, no backpressure."""
+        return cls(config.mem_latency, 0.0)
+
+
+def kernel_family(kernel: Kernel) -> str:
+    """The family held-out evaluation splits by: the kernel kind and its fused epilogue stages."""
+    stages = [stage for stage, present in (("bias", "bias" in kernel.param_rows),
+                                           ("requant", "mult" in kernel.param_rows),
+                                           ("residual", "residual" in kernel.operands)) if present]
+    return "+".join([kernel.name, *stages])
+
+
+def kernel_signature(kernel: Kernel) -> dict[str, Any]:
+    """What identifies a kernel: family, operand shapes and types, tiling (JSON-serialisable)."""
+    return {
+        "family": kernel_family(kernel),
+        "name": kernel.name,
+        "operands": {name: [list(op.shape), str(op.dtype)] for name, op in sorted(kernel.operands.items())
+                     if op.role != "counters"},
+        "param_rows": list(kernel.param_rows),
+        "tiling": {key: value for key, value in sorted(kernel.tiling.items())},
+        "instructions": len(kernel.instructions),
+        # Rows recorded with other features cannot train this code's models: calibration reruns them.
+        "feature_version": FEATURE_VERSION,
+    }
+
+
+def kernel_features(kernel: Kernel, config: Config | None = None,
+                    memory: MemorySystem | None = None) -> dict[str, float]:
+    """The features of ``kernel`` on ``config`` (its own by default) against ``memory``."""
+    config = kernel.config if config is None else config
+    memory = MemorySystem.nominal(config) if memory is None else memory
+    features: dict[str, float] = {}
+    counts = {op: 0 for op in Opcode}
+    rows = {"load": 0, "store": 0}
+    data_bytes = {"load": 0, "store": 0}
+    beats = {"load": 0, "store": 0}
+    strided_rows = {"load": 0, "store": 0}
+    tokens = {(unit, kind): 0 for unit in _UNITS for kind in ("push", "pop")}
+    macs = chunks = matmul_m = matmul_n = matmul_k = 0
+    epilogue_rows = vector_rows = zero_rows = 0
+    chunk_rows = config.rows
+    for insn in kernel.instructions:
+        op = insn.opcode
+        counts[op] += 1
+        unit = ("load" if op is Opcode.LOAD else "store" if op in (Opcode.STORE, Opcode.COUNTERS)
+                else "compute")
+        for flag in insn.deps:
+            tokens[(unit, "push" if flag.startswith("push") else "pop")] += 1
+        if op in (Opcode.LOAD, Opcode.STORE):
+            side = "load" if op is Opcode.LOAD else "store"
+            if op is Opcode.LOAD and insn.zero:
+                zero_rows += insn.rows
+                continue
+            row_bytes = insn.len * element_bytes(insn.mem)
+            rows[side] += insn.rows
+            data_bytes[side] += insn.rows * row_bytes
+            beats[side] += axi_beats(insn, config)
+            if insn.rows > 1 and insn.stride != row_bytes:
+                strided_rows[side] += insn.rows
+        elif op is Opcode.COUNTERS:
+            beats["store"] += axi_beats(insn, config)
+        elif op is Opcode.MATMUL:
+            macs += insn.m * insn.n * insn.k
+            chunks += math.ceil(insn.k / chunk_rows)
+            matmul_m += insn.m
+            matmul_n += insn.n
+            matmul_k += insn.k
+        elif op is Opcode.EPILOGUE:
+            epilogue_rows += insn.m
+        elif op is Opcode.VECTOR:
+            vector_rows += insn.rows
+    for op, count in counts.items():
+        features[f"n_{op.name.lower()}"] = count
+    matmuls = max(1, counts[Opcode.MATMUL])
+    for side in ("load", "store"):
+        features[f"{side}_rows"] = rows[side]
+        features[f"{side}_bytes"] = data_bytes[side]
+        features[f"{side}_beats"] = beats[side]
+        features[f"{side}_beats_per_row"] = beats[side] / max(1, rows[side])
+        features[f"{side}_bytes_per_row"] = data_bytes[side] / max(1, rows[side])
+        features[f"{side}_strided_share"] = strided_rows[side] / max(1, rows[side])
+    features["zero_rows"] = zero_rows
+    features["macs"] = macs
+    features["matmul_chunks"] = chunks
+    features["matmul_mean_m"] = matmul_m / matmuls
+    features["matmul_mean_n"] = matmul_n / matmuls
+    features["matmul_mean_k"] = matmul_k / matmuls
+    features["epilogue_rows"] = epilogue_rows
+    features["vector_rows"] = vector_rows
+    for (unit, kind), count in tokens.items():
+        features[f"tokens_{unit}_{kind}"] = count
+    features["barriers"] = counts[Opcode.FENCE] + counts[Opcode.COUNTERS]
+
+    # The configuration and the memory system.
+    features["rows"] = config.rows
+    features["cols"] = config.cols
+    features["spad_banks"] = config.spad_banks
+    features["acc_banks"] = config.acc_banks
+    features["bus_bytes"] = config.dma_bus_bytes
+    features["token_depth"] = config.token_depth
+    features["read_latency"] = memory.read_latency
+    features["stall"] = memory.stall
+
+    # The analytic model: its cycles and per-unit busy time (the learned model corrects these).
+    timeline = schedule(kernel.program(), config)
+    analytic = max(1, int(timeline.cycles))
+    busy = {unit: 0 for unit in _UNITS}
+    for entry in timeline.entries:
+        name = entry.unit.name.lower()
+        if name in busy:
+            busy[name] += entry.end - entry.start
+    features["analytic_cycles"] = analytic
+    features["log_analytic_cycles"] = math.log(analytic)
+    for unit, cycles in busy.items():
+        features[f"analytic_{unit}_busy_share"] = cycles / analytic
+    external = data_bytes["load"] + data_bytes["store"]
+    features["macs_per_byte"] = macs / max(1, external)
+    features["read_beats_per_cycle"] = beats["load"] / analytic
+    features["write_beats_per_cycle"] = beats["store"] / analytic
+    features["bursts_per_kcycle"] = 1000 * (rows["load"] + rows["store"]) / analytic
+    features["array_share"] = macs / (analytic * config.rows * config.cols)
+    # Backpressure and latency meet the bursts: expected stall cycles per read burst, per beat.
+    features["stall_x_read_beats"] = memory.stall * beats["load"] / analytic
+    features["latency_x_read_bursts"] = memory.read_latency * rows["load"] / analytic
+    # What the analytic model leaves out, as shares of its cycles: each DMA instruction runs to
+    # completion before the next starts (a hand-off of a few cycles), and a stalling memory adds
+    # stall / (1 - stall) cycles per beat on average.
+    stretch = memory.stall / (1.0 - memory.stall)
+    features["dma_handoffs_share"] = (counts[Opcode.LOAD] + counts[Opcode.STORE]) / analytic
+    features["expected_read_stall_share"] = stretch * beats["load"] / analytic
+    features["expected_write_stall_share"] = stretch * beats["store"] / analytic
+    features["load_busy_x_stretch"] = features["analytic_load_busy_share"] * stretch
+    features["store_busy_x_stretch"] = features["analytic_store_busy_share"] * stretch
+    features["feature_version"] = FEATURE_VERSION
+    return features
+
+
+def as_vector(features: Mapping[str, float], names: list[str]) -> list[float]:
+    """The features in ``names`` order (a name missing from ``features`` is an error)."""
+    missing = [name for name in names if name not in features]
+    if missing:
+        raise KeyError(f"features missing: {', '.join(missing)}")
+    return [float(features[name]) for name in names]

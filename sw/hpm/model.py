@@ -1,0 +1,327 @@
+"""The learned hardware performance model, and the cost model that puts it to work.
+
+:class:`PerformanceModel` learns, from the history's runs, the *residual* of the analytic timing
+model: ``log(measured cycles / analytic cycles)`` as a function of the kernel's features
+(:mod:`.features`, which include the analytic prediction itself, the configuration and the memory
+system).  Gradient-boosted trees (LightGBM, or scikit-learn's histogram GBRT -- chosen by
+``regressor``; ``braze bench hpm`` measures both) predict the median and, with quantile losses,
+a 10%..90% band whose relative width is the model's uncertainty.  It also predicts the counters
+that say *why* (``stall_axi_read``, ``array_busy``) as shares of the cycles.
+
+A model saves to a folder (the regressors' own formats plus ``model.json`` with its training
+metadata) and loads in milliseconds.
+
+:class:`LearnedCostModel` implements :class:`~braze.sw.compiler.CostModel` with it.  Where the
+model is not trained for the configuration or device, or is unsure of a kernel (a wide band, or
+features outside what it was trained on), it falls back to the analytic model and counts why in
+:attr:`LearnedCostModel.fallbacks`, which session reports show.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from braze.isa import BrazeError, Config
+
+from ..compiler.cost import Cost, CostModel, TimingCostModel
+from ..compiler.kernels import Kernel
+from .features import FEATURE_VERSION, MemorySystem, kernel_features
+from .store import RunRecord, default_history_path
+
+__all__ = ["PerformanceModel", "Prediction", "LearnedCostModel", "ModelError", "REGRESSORS", "error_pct",
+           "default_model_dir", "shipped_model_dir", "load_model"]
+
+#: Regressors a model can be built with.
+REGRESSORS = ("lightgbm", "sklearn")
+#: Counters predicted besides cycles, as shares of the cycles.
+COUNTER_SHARES = ("stall_axi_read", "array_busy")
+#: The band the uncertainty is measured on (quantiles of the residual).
+BAND = (0.1, 0.9)
+_MODEL_FILE = "model.json"
+
+
+class ModelError(BrazeError):
+    """A performance model cannot be trained, loaded or used."""
+
+
+def default_model_dir(device: str = "verilator") -> Path:
+    """Where ``braze hpm train`` keeps the model of a device kind: ``$BRAZE_CACHE_DIR/hpm/model-<device>``."""
+    return default_history_path().parent / f"model-{device}"
+
+
+def shipped_model_dir(device: str = "verilator") -> Path:
+    """The model shipped with Braze for a device kind (made by ``braze hpm train --ship``)."""
+    return Path(__file__).resolve().parent / "shipped" / device
+
+
+def load_model(device: str = "verilator") -> PerformanceModel | None:
+    """The model for a device kind: the user's trained one, else the shipped one, else None."""
+    for folder in (default_model_dir(device), shipped_model_dir(device)):
+        if (folder / _MODEL_FILE).exists():
+            return PerformanceModel.load(folder)
+    return None
+
+
+def error_pct(predicted: float, measured: float) -> float:
+    """Signed error of a prediction, in percent of the measurement."""
+    return 100.0 * (predicted - measured) / measured
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """A learned prediction of one kernel run.
+
+    Attributes
+    ----------
+    cycles : float
+        Median prediction of the run's cycles.
+    low, high : float
+        The 10%..90% band of the cycles.
+    counters : dict[str, float]
+        Predicted ``stall_axi_read`` and ``array_busy`` cycles.
+    analytic : float
+        The analytic timing model's cycles.
+    """
+
+    cycles: float
+    low: float
+    high: float
+    counters: dict[str, float]
+    analytic: float
+
+    @property
+    def uncertainty(self) -> float:
+        """Relative width of the band: ``(high - low) / cycles``."""
+        return (self.high - self.low) / max(self.cycles, 1.0)
+
+
+def _make_regressor(kind: str, objective: str, alpha: float | None = None, seed: int = 0):
+    if kind == "lightgbm":
+        import lightgbm
+
+        options: dict[str, Any] = dict(n_estimators=400, learning_rate=0.05, num_leaves=15,
+                                       min_child_samples=5, subsample=0.9, subsample_freq=1,
+                                       colsample_bytree=0.9, random_state=seed, verbose=-1, n_jobs=1)
+        if objective == "quantile":
+            options.update(objective="quantile", alpha=alpha)
+        return lightgbm.LGBMRegressor(**options)
+    if kind == "sklearn":
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        options = dict(max_iter=400, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=5,
+                       random_state=seed)
+        if objective == "quantile":
+            options.update(loss="quantile", quantile=alpha)
+        return HistGradientBoostingRegressor(**options)
+    raise ModelError(f"no regressor {kind!r}; regressors are {', '.join(REGRESSORS)}")
+
+
+class PerformanceModel:
+    """Learned cycles (and stall/busy counters) of kernel runs, with an uncertainty.
+
+    Parameters
+    ----------
+    regressor : str
+        ``"lightgbm"`` or ``"sklearn"``.
+    seed : int
+        Seed of the regressors.
+    """
+
+    def __init__(self, regressor: str = "lightgbm", *, seed: int = 0):
+        if regressor not in REGRESSORS:
+            raise ModelError(f"no regressor {regressor!r}; regressors are {', '.join(REGRESSORS)}")
+        self.regressor = regressor
+        self.seed = seed
+        self.feature_names: list[str] = []
+        self.metadata: dict[str, Any] = {}
+        self._median = self._low = self._high = None
+        self._shares: dict[str, Any] = {}
+        self._ranges: dict[str, tuple[float, float]] = {}
+
+    @property
+    def trained(self) -> bool:
+        return self._median is not None
+
+    # --- Training. -------------------------------------------------------------------------------
+    def fit(self, records: Sequence[RunRecord], *, band: bool = True) -> PerformanceModel:
+        """Train on history rows (each with its features and measured counters).
+
+        Without ``band``, only the median of the cycles is learned (evaluations that need nothing
+        else train about five times faster); such a model has no uncertainty and predicts no
+        counters.
+        """
+        if len(records) < 10:
+            raise ModelError(f"a performance model needs at least 10 runs to learn from, not {len(records)}")
+        versions = {record.features.get("feature_version", FEATURE_VERSION) for record in records}
+        if versions != {FEATURE_VERSION}:
+            raise ModelError(f"history rows have feature versions {sorted(versions)}; this Braze computes "
+                             f"version {FEATURE_VERSION}: recalibrate")
+        self.feature_names = sorted(name for name in records[0].features if name != "feature_version")
+        x = self._matrix([record.features for record in records])
+        analytic = np.array([record.features["analytic_cycles"] for record in records], dtype=float)
+        measured = np.array([record.cycles for record in records], dtype=float)
+        residual = np.log(np.maximum(measured, 1.0) / analytic)
+        self._median = _make_regressor(self.regressor, "median", seed=self.seed).fit(x, residual)
+        self._low = self._high = None
+        self._shares = {}
+        if band:
+            self._low = _make_regressor(self.regressor, "quantile", BAND[0], self.seed).fit(x, residual)
+            self._high = _make_regressor(self.regressor, "quantile", BAND[1], self.seed).fit(x, residual)
+        for name in COUNTER_SHARES if band else ():
+            share = np.array([record.counters.get(name, 0) / max(record.cycles, 1) for record in records])
+            self._shares[name] = _make_regressor(self.regressor, "median", seed=self.seed).fit(x, share)
+        self._ranges = {name: (float(x[:, i].min()), float(x[:, i].max()))
+                        for i, name in enumerate(self.feature_names)}
+        self.metadata = {
+            "regressor": self.regressor, "feature_version": FEATURE_VERSION, "trained_at": time.time(),
+            "rows": len(records), "families": sorted({record.family for record in records}),
+            "configs": sorted({record.config_name for record in records}),
+            "devices": sorted({record.device for record in records}),
+            "stalls": sorted({record.stall for record in records}),
+            "last_row_id": max((record.id or 0) for record in records),
+        }
+        return self
+
+    def _matrix(self, features: Sequence[Mapping[str, float]]) -> np.ndarray:
+        try:
+            return np.array([[float(f[name]) for name in self.feature_names] for f in features], dtype=float)
+        except KeyError as error:
+            raise ModelError(f"features lack {error.args[0]!r}, which the model was trained on") from None
+
+    # --- Prediction. -----------------------------------------------------------------------------
+    def predict_features(self, features: Sequence[Mapping[str, float]]) -> list[Prediction]:
+        if not self.trained:
+            raise ModelError("the performance model is not trained")
+        x = self._matrix(features)
+        analytic = x[:, self.feature_names.index("analytic_cycles")]
+        median = self._median.predict(x)
+        low = np.minimum(self._low.predict(x), median) if self._low is not None else median
+        high = np.maximum(self._high.predict(x), median) if self._high is not None else median
+        shares = {name: np.clip(model.predict(x), 0.0, 1.0) for name, model in self._shares.items()}
+        predictions = []
+        for i in range(len(x)):
+            cycles = float(analytic[i] * math.exp(median[i]))
+            counters = {name: float(values[i] * cycles) for name, values in shares.items()}
+            band = (float(analytic[i] * math.exp(low[i])), float(analytic[i] * math.exp(high[i])))
+            predictions.append(Prediction(cycles, *band, counters, float(analytic[i])))
+        return predictions
+
+    def predict(self, kernel: Kernel, memory: MemorySystem | None = None) -> Prediction:
+        return self.predict_features([kernel_features(kernel, kernel.config, memory)])[0]
+
+    def outside_training(self, features: Mapping[str, float], *, slack: float = 0.25) -> list[str]:
+        """Features of a kernel that lie outside the training range (widened by ``slack`` of its span)."""
+        out = []
+        for name, (low, high) in self._ranges.items():
+            value = float(features[name])
+            span = (high - low) * slack
+            if not low - span <= value <= high + span:
+                out.append(name)
+        return out
+
+    def covers(self, config: Config, device: str) -> bool:
+        """Whether the model was trained on runs of this configuration and device kind."""
+        return self.trained and config.name in self.metadata.get("configs", []) \
+            and device in self.metadata.get("devices", [])
+
+    # --- Persistence. ----------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """Write the model to ``folder`` (created); returns it."""
+        if not self.trained:
+            raise ModelError("cannot save an untrained performance model")
+        import joblib
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        joblib.dump({"median": self._median, "low": self._low, "high": self._high, "shares": self._shares},
+                    folder / "regressors.joblib")
+        info = {"metadata": self.metadata, "feature_names": self.feature_names, "ranges": self._ranges,
+                "regressor": self.regressor, "seed": self.seed}
+        temporary = folder / f"{_MODEL_FILE}.tmp"
+        temporary.write_text(json.dumps(info, indent=1))
+        temporary.replace(folder / _MODEL_FILE)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> PerformanceModel:
+        import joblib
+
+        folder = Path(folder)
+        try:
+            info = json.loads((folder / _MODEL_FILE).read_text())
+            parts = joblib.load(folder / "regressors.joblib")
+        except (OSError, ValueError, EOFError) as error:
+            raise ModelError(f"cannot load the performance model in {folder}: {error}") from None
+        if info["metadata"].get("feature_version") != FEATURE_VERSION:
+            raise ModelError(f"the performance model in {folder} was trained on feature version "
+                             f"{info['metadata'].get('feature_version')}, not {FEATURE_VERSION}: retrain it")
+        model = cls(info["regressor"], seed=info["seed"])
+        model.feature_names = info["feature_names"]
+        model.metadata = info["metadata"]
+        model._ranges = {name: tuple(span) for name, span in info["ranges"].items()}
+        model._median, model._low, model._high = parts["median"], parts["low"], parts["high"]
+        model._shares = parts["shares"]
+        return model
+
+
+class LearnedCostModel(CostModel):
+    """The learned performance model as the compiler's cost model, with the analytic one as fallback.
+
+    Parameters
+    ----------
+    model : PerformanceModel
+    device : str
+        The device kind the kernels will run on.
+    memory : MemorySystem or None
+        Its memory system (by default the configuration's nominal one).
+    max_uncertainty : float
+        A prediction whose 10%..90% band is wider than this share of it falls back.
+    """
+
+    name = "hpm-learned"
+
+    def __init__(self, model: PerformanceModel, *, device: str = "verilator",
+                 memory: MemorySystem | None = None, max_uncertainty: float = 0.25):
+        self.model = model
+        self.device = device
+        self.memory = memory
+        self.max_uncertainty = max_uncertainty
+        self.analytic = TimingCostModel()
+        #: Why predictions fell back to the analytic model: reason -> count.
+        self.fallbacks: collections.Counter[str] = collections.Counter()
+        self.learned = 0
+
+    def predict_kernel(self, kernel: Kernel, config: Config) -> Cost:
+        analytic = self.analytic.predict_kernel(kernel, config)
+        if not self.model.covers(config, self.device):
+            self.fallbacks[f"not trained for {config.name} on {self.device}"] += 1
+            return analytic
+        features = kernel_features(kernel, config, self.memory)
+        outside = self.model.outside_training(features)
+        if outside:
+            self.fallbacks[f"features outside training: {', '.join(outside[:3])}"] += 1
+            return analytic
+        prediction = self.model.predict_features([features])[0]
+        if prediction.uncertainty > self.max_uncertainty:
+            self.fallbacks[f"uncertain (band over {self.max_uncertainty:.0%})"] += 1
+            return analytic
+        self.learned += 1
+        return Cost(int(round(prediction.cycles)), analytic.bytes)
+
+    def describe(self) -> str:
+        """One line for reports: how many predictions were learned and why the rest fell back."""
+        total = self.learned + sum(self.fallbacks.values())
+        text = f"{self.name}: {self.learned} of {total} kernel predictions learned"
+        if self.fallbacks:
+            text += "; analytic for " + "; ".join(f"{count} ({reason})" for reason, count in
+                                                  self.fallbacks.most_common())
+        return text

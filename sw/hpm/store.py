@@ -1,0 +1,291 @@
+"""The performance history: one row per kernel run on a device, in SQLite.
+
+Every row holds what the hardware performance model learns from and is judged on: the kernel's
+signature (its family, shapes, tiling, dtypes) and instruction-stream features, the
+configuration, the device kind and its memory system (read latency, backpressure), every counter
+of the run, the prediction that was in use when it ran and by which model, and when.
+
+The file lives under the cache directory (``$BRAZE_CACHE_DIR/hpm/history.sqlite`` by default)
+in WAL mode, so several processes (a calibration, a running session, a benchmark) may write at
+once; each insert is one transaction, so a crash loses no row already committed.  The schema is
+versioned with SQLite's ``user_version`` and upgraded in place by :data:`MIGRATIONS`.  A file that
+is not a SQLite database, or one too new for this code, is a :class:`HistoryError` naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from braze.isa import BrazeError
+
+__all__ = ["HistoryError", "HistoryStore", "RunRecord", "MIGRATIONS", "default_history_path",
+           "signature_hash"]
+
+#: Schema migrations: ``MIGRATIONS[i]`` takes a database at ``user_version`` i to i + 1.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: runs with their signature, configuration, memory system, features, counters, prediction.
+    """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        recorded_at REAL NOT NULL,
+        family TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        signature_hash TEXT NOT NULL,
+        config_name TEXT NOT NULL,
+        config TEXT NOT NULL,
+        device TEXT NOT NULL,
+        read_latency INTEGER NOT NULL,
+        stall REAL NOT NULL,
+        features TEXT NOT NULL,
+        counters TEXT NOT NULL,
+        cycles INTEGER NOT NULL,
+        predicted_cycles INTEGER,
+        predictor TEXT,
+        source TEXT NOT NULL
+    );
+    CREATE INDEX runs_by_kernel ON runs (signature_hash, config_name, device, read_latency, stall);
+    CREATE INDEX runs_by_family ON runs (family);
+    """,
+    # 2: the energy estimate of each run (picojoules), from its counters.
+    """
+    ALTER TABLE runs ADD COLUMN energy_pj REAL;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+#: How long a writer waits for another's lock before giving up (seconds).
+BUSY_TIMEOUT = 30.0
+
+
+class HistoryError(BrazeError):
+    """The performance history cannot be used (not a database, locked for too long, too new)."""
+
+
+def default_history_path() -> Path:
+    """``$BRAZE_HISTORY``, else ``$BRAZE_CACHE_DIR/hpm/history.sqlite`` (default ``~/.cache/braze/...``)."""
+    if os.environ.get("BRAZE_HISTORY"):
+        return Path(os.environ["BRAZE_HISTORY"])
+    configured = os.environ.get("BRAZE_CACHE_DIR")
+    return (Path(configured) if configured else Path.home() / ".cache" / "braze") / "hpm" / "history.sqlite"
+
+
+def signature_hash(signature: Mapping[str, Any]) -> str:
+    """A stable hash of a kernel signature (the key that calibration skips what it has by)."""
+    return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """One kernel run as the history stores it.
+
+    Attributes
+    ----------
+    family : str
+        The kernel family (``gemm``, ``conv2d``, ``maxpool2d``, ``add`` ...): held-out evaluation
+        splits by it.
+    signature : dict
+        What identifies the kernel: family, shapes, epilogue, tiling.
+    config_name, config : str, dict
+        The configuration's name and its fields.
+    device : str
+        The back end (``verilator``, ``amaranth``, ``golden``).
+    read_latency : int
+        External memory read latency in cycles.
+    stall : float
+        Probability of AXI backpressure per handshake.
+    features : dict[str, float]
+        Instruction-stream and configuration features (:func:`braze.sw.hpm.features.kernel_features`).
+    counters : dict[str, int]
+        Every counter of the kernel's snapshot.
+    predicted_cycles : int or None
+        The prediction in use when it ran, by ``predictor``.
+    source : str
+        Who recorded it: ``calibrate``, ``runtime``, ``bench``, ``test``.
+    energy_pj : float or None
+        Energy estimate from the counters.
+    recorded_at : float
+        Unix time.
+    id : int or None
+        Row id once stored.
+    """
+
+    family: str
+    signature: dict
+    config_name: str
+    config: dict
+    device: str
+    read_latency: int
+    stall: float
+    features: dict
+    counters: dict
+    predicted_cycles: int | None = None
+    predictor: str | None = None
+    source: str = "runtime"
+    energy_pj: float | None = None
+    recorded_at: float = dataclasses.field(default_factory=time.time)
+    id: int | None = None
+
+    @property
+    def cycles(self) -> int:
+        return int(self.counters["cycles"])
+
+    @property
+    def signature_hash(self) -> str:
+        return signature_hash(self.signature)
+
+
+_COLUMNS = ("recorded_at", "family", "signature", "signature_hash", "config_name", "config", "device",
+            "read_latency", "stall", "features", "counters", "cycles", "predicted_cycles", "predictor",
+            "source", "energy_pj")
+
+
+class HistoryStore:
+    """The performance history in one SQLite file.
+
+    Parameters
+    ----------
+    path : str or Path or None
+        The database file (created with its folder); :func:`default_history_path` by default.
+        ``":memory:"`` keeps it in memory (tests).
+    """
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = default_history_path() if path is None else path
+        if str(self.path) != ":memory:":
+            self.path = Path(self.path)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise HistoryError(f"cannot create the folder of the performance history {self.path}: "
+                                   f"{error.strerror}") from None
+        try:
+            self._db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as error:
+            raise self._error("cannot be opened", error) from None
+
+    def _error(self, what: str, error: Exception) -> HistoryError:
+        return HistoryError(f"performance history {self.path} {what}: {error}")
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise HistoryError(f"performance history {self.path} has schema version {version}, newer than "
+                               f"this Braze's {SCHEMA_VERSION}; upgrade Braze or use another file")
+        while version < SCHEMA_VERSION:
+            # One transaction per step: a crash mid-migration leaves the previous version intact.
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                current = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if current == version:          # another process may have migrated meanwhile
+                    for statement in MIGRATIONS[version].split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version = {version + 1}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    @property
+    def schema_version(self) -> int:
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> HistoryStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # --- Writing. --------------------------------------------------------------------------------
+    def add(self, record: RunRecord) -> int:
+        """Store one run (one transaction); returns its row id."""
+        return self.add_many([record])[0]
+
+    def add_many(self, records: Sequence[RunRecord]) -> list[int]:
+        """Store runs in one transaction (all or none); returns their row ids."""
+        rows = [self._row(record) for record in records]
+        insert = f"INSERT INTO runs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+        ids = []
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for row in rows:
+                    cursor = self._db.execute(insert, row)
+                    ids.append(cursor.lastrowid)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as error:
+            raise self._error("could not be written", error) from None
+        for record, row_id in zip(records, ids, strict=True):
+            record.id = row_id
+        return ids
+
+    @staticmethod
+    def _row(record: RunRecord) -> tuple:
+        return (record.recorded_at, record.family, json.dumps(record.signature, sort_keys=True),
+                record.signature_hash, record.config_name, json.dumps(record.config, sort_keys=True),
+                record.device, int(record.read_latency), float(record.stall),
+                json.dumps(record.features, sort_keys=True), json.dumps(record.counters, sort_keys=True),
+                record.cycles, record.predicted_cycles, record.predictor, record.source, record.energy_pj)
+
+    # --- Reading. --------------------------------------------------------------------------------
+    def records(self, *, family: str | None = None, config_name: str | None = None,
+                device: str | None = None, since_id: int = 0, limit: int | None = None) -> list[RunRecord]:
+        """Stored runs, oldest first, optionally filtered."""
+        return list(self._select(family=family, config_name=config_name, device=device, since_id=since_id,
+                                 limit=limit))
+
+    def _select(self, *, family, config_name, device, since_id, limit) -> Iterator[RunRecord]:
+        where, args = ["id > ?"], [since_id]
+        for column, value in (("family", family), ("config_name", config_name), ("device", device)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        query = f"SELECT id, {', '.join(_COLUMNS)} FROM runs WHERE {' AND '.join(where)} ORDER BY id"
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+        try:
+            rows = self._db.execute(query, args).fetchall()
+        except sqlite3.DatabaseError as error:
+            raise self._error("could not be read", error) from None
+        for row in rows:
+            (row_id, recorded_at, family_, signature, _, config_name_, config, device_, read_latency, stall,
+             features, counters, _, predicted, predictor, source, energy) = row
+            yield RunRecord(family_, json.loads(signature), config_name_, json.loads(config), device_,
+                            read_latency, stall, json.loads(features), json.loads(counters), predicted,
+                            predictor, source, energy, recorded_at, row_id)
+
+    def count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+
+    def has(self, signature: Mapping[str, Any], config_name: str, device: str, read_latency: int,
+            stall: float) -> bool:
+        """Whether a run of this kernel under this configuration and memory system is stored."""
+        row = self._db.execute(
+            "SELECT 1 FROM runs WHERE signature_hash = ? AND config_name = ? AND device = ? "
+            "AND read_latency = ? AND abs(stall - ?) < 1e-9 LIMIT 1",
+            (signature_hash(signature), config_name, device, int(read_latency), float(stall))).fetchone()
+        return row is not None
+
+    def families(self) -> list[str]:
+        return [row[0] for row in self._db.execute("SELECT DISTINCT family FROM runs ORDER BY family")]
+
+    def last_id(self) -> int:
+        return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM runs").fetchone()[0]

@@ -1,0 +1,99 @@
+"""The learned performance model: it learns a known cost function, persists, and falls back honestly."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from braze.isa import Config
+from braze.sw.compiler import TimingCostModel, gemm
+from braze.sw.hpm.evaluate import holdout_by_family, summarise
+from braze.sw.hpm.features import MemorySystem, kernel_features
+from braze.sw.hpm.model import LearnedCostModel, ModelError, PerformanceModel
+from braze.sw.hpm.store import RunRecord
+
+TINY = Config.preset("tiny")
+
+
+def _synthetic(rng, family: str, rows: int) -> list[RunRecord]:
+    """Runs whose true cost is analytic * (1 + 2 * stall * read share + 0.3 * strided share)."""
+    records = []
+    for _ in range(rows):
+        analytic = float(rng.integers(200, 20000))
+        stall = float(rng.choice([0.0, 0.1, 0.25, 0.4]))
+        read_share = float(rng.uniform(0.05, 0.9))
+        strided = float(rng.uniform(0, 1))
+        cycles = round(analytic * (1 + 2 * stall * read_share + 0.3 * strided))
+        features = {"analytic_cycles": analytic, "log_analytic_cycles": np.log(analytic), "stall": stall,
+                    "read_share": read_share, "strided": strided, "noise": float(rng.normal())}
+        records.append(RunRecord(family, {"f": family}, "tiny", {}, "verilator", 16, stall, features,
+                                 {"cycles": cycles, "stall_axi_read": round(cycles * stall * read_share),
+                                  "array_busy": round(analytic * 0.5)}))
+    return records
+
+
+def test_model_learns_a_known_cost_function_on_held_out_families():
+    rng = np.random.default_rng(0)
+    records = [r for family in ("a", "b", "c", "d") for r in _synthetic(rng, family, 300)]
+    for regressor in ("lightgbm", "sklearn"):
+        total = summarise(holdout_by_family(records, regressor=regressor))
+        assert total["analytic_mape"] > 20, total           # the residual is large...
+        assert total["learned_mape"] < 3.0, (regressor, total)   # ...and learned
+
+
+def test_band_and_counters_come_with_the_prediction():
+    rng = np.random.default_rng(1)
+    model = PerformanceModel("lightgbm").fit(_synthetic(rng, "a", 400))
+    (prediction,) = model.predict_features([_synthetic(rng, "a", 1)[0].features])
+    assert prediction.low <= prediction.cycles <= prediction.high
+    assert set(prediction.counters) == {"stall_axi_read", "array_busy"}
+    assert 0 <= prediction.counters["array_busy"] <= prediction.cycles
+
+
+def test_save_and_load_give_the_same_predictions_quickly(tmp_path):
+    rng = np.random.default_rng(2)
+    records = _synthetic(rng, "a", 200)
+    model = PerformanceModel("lightgbm").fit(records)
+    model.save(tmp_path / "m")
+    began = time.perf_counter()
+    loaded = PerformanceModel.load(tmp_path / "m")
+    assert time.perf_counter() - began < 2.0
+    features = [r.features for r in records[:20]]
+    assert [p.cycles for p in loaded.predict_features(features)] == \
+        [p.cycles for p in model.predict_features(features)]
+    assert loaded.metadata["rows"] == 200 and loaded.metadata["families"] == ["a"]
+
+
+def test_too_few_runs_and_missing_models_are_clear_errors(tmp_path):
+    with pytest.raises(ModelError, match="at least 10"):
+        PerformanceModel().fit(_synthetic(np.random.default_rng(3), "a", 3))
+    with pytest.raises(ModelError, match="cannot load"):
+        PerformanceModel.load(tmp_path / "nothing")
+    with pytest.raises(ModelError, match="no regressor"):
+        PerformanceModel("xgboost")
+
+
+def test_cost_model_falls_back_where_the_model_is_not_trained():
+    kernel = gemm(TINY, 17, 16, 8)          # a shape between the trained ones
+    records = []
+    rng = np.random.default_rng(4)
+    for stall in (0.0, 0.2):
+        for m in range(4, 40, 3):
+            k = gemm(TINY, m, 16, 8)
+            f = kernel_features(k, TINY, MemorySystem(TINY.mem_latency, stall))
+            records.append(RunRecord("gemm", {"m": m}, "tiny", {}, "verilator", TINY.mem_latency, stall, f,
+                                     {"cycles": int(f["analytic_cycles"] * (1.1 + rng.uniform(0, 0.01)))}))
+    model = PerformanceModel("sklearn").fit(records)
+    on_other_device = LearnedCostModel(model, device="amaranth")
+    assert on_other_device.predict(kernel, TINY) == TimingCostModel().predict(kernel, TINY)
+    assert "not trained for tiny on amaranth" in on_other_device.describe()
+    default = Config.preset("default")
+    assert LearnedCostModel(model).predict(gemm(default, 16, 16, 16), default).cycles == \
+        gemm(default, 16, 16, 16).predicted_cycles
+    learned = LearnedCostModel(model, max_uncertainty=10.0)
+    cost = learned.predict(kernel, TINY)
+    assert learned.learned == 1, learned.describe()
+    assert cost.cycles != kernel.predicted_cycles
+    assert cost.cycles == pytest.approx(kernel.predicted_cycles * 1.1, rel=0.05)

@@ -1,0 +1,98 @@
+"""The performance history store: round trip, concurrent writers, migration, bad files."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+
+import pytest
+
+from braze.sw.hpm.store import MIGRATIONS, SCHEMA_VERSION, HistoryError, HistoryStore, RunRecord
+
+
+def _record(index: int, *, family: str = "gemm", stall: float = 0.0) -> RunRecord:
+    return RunRecord(family=family, signature={"family": family, "shape": [index, 8, 8]},
+                     config_name="tiny", config={"rows": 4, "cols": 4}, device="verilator",
+                     read_latency=16, stall=stall, features={"macs": 64.0 * index, "stall": stall},
+                     counters={"cycles": 100 + index, "macs": 64 * index}, predicted_cycles=90 + index,
+                     predictor="isa-timing", source="test", energy_pj=1.5 * index)
+
+
+def test_round_trip(tmp_path):
+    with HistoryStore(tmp_path / "h.sqlite") as store:
+        ids = store.add_many([_record(i) for i in range(5)])
+        store.add(_record(9, family="conv2d", stall=0.25))
+    with HistoryStore(tmp_path / "h.sqlite") as store:       # reopened: everything was committed
+        assert store.count() == 6
+        records = store.records()
+        assert [r.id for r in records[:5]] == ids
+        first = records[1]
+        assert first.signature == {"family": "gemm", "shape": [1, 8, 8]}
+        assert first.counters == {"cycles": 101, "macs": 64} and first.cycles == 101
+        assert first.features == {"macs": 64.0, "stall": 0.0}
+        assert (first.predicted_cycles, first.predictor, first.energy_pj) == (91, "isa-timing", 1.5)
+        assert store.families() == ["conv2d", "gemm"]
+        assert [r.family for r in store.records(family="conv2d")] == ["conv2d"]
+        assert store.has({"family": "conv2d", "shape": [9, 8, 8]}, "tiny", "verilator", 16, 0.25)
+        assert not store.has({"family": "conv2d", "shape": [9, 8, 8]}, "tiny", "verilator", 16, 0.0)
+        assert [r.id for r in store.records(since_id=ids[-1])] == [records[-1].id]
+
+
+def _write_rows(path: str, worker: int, rows: int) -> None:
+    with HistoryStore(path) as store:
+        for index in range(rows):
+            store.add(_record(1000 * worker + index))
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    path = str(tmp_path / "h.sqlite")
+    HistoryStore(path).close()
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        pool.starmap(_write_rows, [(path, worker, 40) for worker in range(4)])
+    with HistoryStore(path) as store:
+        shapes = sorted(r.signature["shape"][0] for r in store.records())
+    assert shapes == sorted(1000 * worker + index for worker in range(4) for index in range(40))
+
+
+def test_a_version_1_file_is_migrated_keeping_its_rows(tmp_path):
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0])
+    db.execute("PRAGMA user_version = 1")
+    db.execute("INSERT INTO runs (recorded_at, family, signature, signature_hash, config_name, config, "
+               "device, read_latency, stall, features, counters, cycles, source) VALUES "
+               "(1.0, 'gemm', '{}', 'h', 'tiny', '{}', 'golden', 16, 0.0, '{}', '{\"cycles\": 7}', 7, 'old')")
+    db.commit()
+    db.close()
+    with HistoryStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION > 1
+        (record,) = store.records()
+        assert record.cycles == 7 and record.source == "old" and record.energy_pj is None
+        store.add(_record(1))
+        assert store.count() == 2
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
+    path = tmp_path / "h.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(HistoryError, match=r"h\.sqlite"):
+        HistoryStore(path)
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "new.sqlite"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(HistoryError, match="newer than"):
+        HistoryStore(path)
+
+
+def test_a_failed_batch_commits_nothing(tmp_path):
+    with HistoryStore(tmp_path / "h.sqlite") as store:
+        store.add(_record(1))
+        bad = _record(2)
+        bad.counters = {"macs": 1}          # no cycles: the record cannot be stored
+        with pytest.raises(KeyError):
+            store.add_many([_record(3), bad])
+        assert store.count() == 1
