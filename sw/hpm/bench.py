@@ -172,8 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     names = ("tiny",) if args.quick else ("tiny", "default", "large")
     configs = [Config.parse(name) for name in names]
-    stalls = (0.0, 0.25) if args.quick else DEFAULT_STALLS
-    count = 100 if args.quick else 200
+    stalls = (0.0, 0.2, 0.4) if args.quick else DEFAULT_STALLS
+    count = 200
     with tempfile.TemporaryDirectory(prefix="braze-bench-hpm-") as scratch:
         path = Path(scratch) / "history.sqlite" if args.fresh else args.history
         store = HistoryStore(path)
@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = PerformanceModel(regressor).fit(records, band=False)
         agreements = []
         with open_device("verilator", configs[-1]) as device:
-            for stall in (0.0, 0.25):
+            for stall in (0.0, 0.4):
                 decisions = decision_sets(configs[-1], quick=args.quick)
                 seen = {record.signature_hash for record in records}
                 kernels = [kernel for _, candidates in decisions for run in candidates for kernel in run]

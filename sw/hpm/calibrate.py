@@ -29,6 +29,7 @@ from braze.isa.timing import element_bytes
 
 from ..compiler import kernels as library
 from ..compiler.kernels import Kernel, KernelError, Tiling
+from .energy import kernel_energy_pj
 from .features import MemorySystem, kernel_family, kernel_features, kernel_signature
 from .store import HistoryStore, RunRecord
 
@@ -197,6 +198,8 @@ def record_run(kernel: Kernel, counters: dict, *, device: str, memory: MemorySys
                energy_pj: float | None = None) -> RunRecord:
     """The history row of one run of ``kernel`` whose snapshot held ``counters``."""
     config = kernel.config
+    if energy_pj is None:
+        energy_pj = kernel_energy_pj(counters, config)["total"]
     return RunRecord(family=kernel_family(kernel), signature=kernel_signature(kernel),
                      config_name=config.name, config=config.to_dict(), device=device,
                      read_latency=memory.read_latency, stall=memory.stall,

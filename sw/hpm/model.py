@@ -234,18 +234,32 @@ class PerformanceModel:
             and device in self.metadata.get("devices", [])
 
     # --- Persistence. ----------------------------------------------------------------------------
+    def _parts(self) -> dict[str, Any]:
+        parts = {"median": self._median, "low": self._low, "high": self._high}
+        parts.update({f"share_{name}": model for name, model in self._shares.items()})
+        return {name: model for name, model in parts.items() if model is not None}
+
     def save(self, folder: str | Path) -> Path:
-        """Write the model to ``folder`` (created); returns it."""
+        """Write the model to ``folder`` (created); returns it.
+
+        LightGBM models are saved in LightGBM's own text format (loading one runs no code);
+        scikit-learn models have no such format and are pickled with joblib -- load those only from
+        folders you trust.
+        """
         if not self.trained:
             raise ModelError("cannot save an untrained performance model")
-        import joblib
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        joblib.dump({"median": self._median, "low": self._low, "high": self._high, "shares": self._shares},
-                    folder / "regressors.joblib")
+        parts = self._parts()
+        if self.regressor == "lightgbm":
+            for name, model in parts.items():
+                model.booster_.save_model(str(folder / f"{name}.lgb.txt"))
+        else:
+            import joblib
+
+            joblib.dump(parts, folder / "regressors.joblib")
         info = {"metadata": self.metadata, "feature_names": self.feature_names, "ranges": self._ranges,
-                "regressor": self.regressor, "seed": self.seed}
+                "regressor": self.regressor, "seed": self.seed, "parts": sorted(parts)}
         temporary = folder / f"{_MODEL_FILE}.tmp"
         temporary.write_text(json.dumps(info, indent=1))
         temporary.replace(folder / _MODEL_FILE)
@@ -253,13 +267,19 @@ class PerformanceModel:
 
     @classmethod
     def load(cls, folder: str | Path) -> PerformanceModel:
-        import joblib
-
         folder = Path(folder)
         try:
             info = json.loads((folder / _MODEL_FILE).read_text())
-            parts = joblib.load(folder / "regressors.joblib")
-        except (OSError, ValueError, EOFError) as error:
+            if info["regressor"] == "lightgbm":
+                import lightgbm
+
+                parts = {name: lightgbm.Booster(model_file=str(folder / f"{name}.lgb.txt"))
+                         for name in info["parts"]}
+            else:
+                import joblib
+
+                parts = joblib.load(folder / "regressors.joblib")
+        except (OSError, ValueError, EOFError, KeyError) as error:
             raise ModelError(f"cannot load the performance model in {folder}: {error}") from None
         if info["metadata"].get("feature_version") != FEATURE_VERSION:
             raise ModelError(f"the performance model in {folder} was trained on feature version "
@@ -268,8 +288,9 @@ class PerformanceModel:
         model.feature_names = info["feature_names"]
         model.metadata = info["metadata"]
         model._ranges = {name: tuple(span) for name, span in info["ranges"].items()}
-        model._median, model._low, model._high = parts["median"], parts["low"], parts["high"]
-        model._shares = parts["shares"]
+        model._median, model._low, model._high = parts["median"], parts.get("low"), parts.get("high")
+        model._shares = {name.removeprefix("share_"): part for name, part in parts.items()
+                         if name.startswith("share_")}
         return model
 
 

@@ -52,17 +52,22 @@ def test_band_and_counters_come_with_the_prediction():
     assert 0 <= prediction.counters["array_busy"] <= prediction.cycles
 
 
-def test_save_and_load_give_the_same_predictions_quickly(tmp_path):
+@pytest.mark.parametrize("regressor", ["lightgbm", "sklearn"])
+def test_save_and_load_give_the_same_predictions_quickly(tmp_path, regressor):
     rng = np.random.default_rng(2)
     records = _synthetic(rng, "a", 200)
-    model = PerformanceModel("lightgbm").fit(records)
+    model = PerformanceModel(regressor).fit(records)
     model.save(tmp_path / "m")
     began = time.perf_counter()
     loaded = PerformanceModel.load(tmp_path / "m")
     assert time.perf_counter() - began < 2.0
     features = [r.features for r in records[:20]]
     assert [p.cycles for p in loaded.predict_features(features)] == \
-        [p.cycles for p in model.predict_features(features)]
+        pytest.approx([p.cycles for p in model.predict_features(features)], rel=1e-9)
+    pairs = zip(model.predict_features(features), loaded.predict_features(features), strict=True)
+    for before, after in pairs:
+        assert after.counters == pytest.approx(before.counters, rel=1e-9)
+        assert (after.low, after.high) == pytest.approx((before.low, before.high), rel=1e-9)
     assert loaded.metadata["rows"] == 200 and loaded.metadata["families"] == ["a"]
 
 
@@ -97,3 +102,18 @@ def test_cost_model_falls_back_where_the_model_is_not_trained():
     assert learned.learned == 1, learned.describe()
     assert cost.cycles != kernel.predicted_cycles
     assert cost.cycles == pytest.approx(kernel.predicted_cycles * 1.1, rel=0.05)
+
+
+def test_energy_follows_the_stated_table():
+    from braze.sw.hpm.energy import HOROWITZ_45NM, kernel_energy_pj
+
+    default = Config.preset("default")
+    counters = {"macs": 1000, "spad_reads": 10, "spad_writes": 2, "acc_reads": 3, "acc_writes": 1,
+                "axi_read_beats": 5, "axi_write_beats": 1}
+    energy = kernel_energy_pj(counters, default)
+    assert energy["mac"] == pytest.approx(1000 * 0.3)
+    assert energy["scratchpad"] == pytest.approx(12 * default.cols * 10 / 8)
+    assert energy["accumulator"] == pytest.approx(4 * 4 * default.cols * 10 / 8)
+    assert energy["external"] == pytest.approx(6 * default.dma_bus_bytes * 1950 / 8)
+    assert energy["total"] == pytest.approx(sum(v for k, v in energy.items() if k != "total"))
+    assert HOROWITZ_45NM.dram_byte_pj > 100 * HOROWITZ_45NM.sram_byte_pj      # memory dominates, as cited
