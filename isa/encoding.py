@@ -544,8 +544,9 @@ def _bits(word: int, offset: int, width: int) -> int:
     return (word >> offset) & ((1 << width) - 1)
 
 
-def decode(word: int, *, pc: int | None = None) -> Instruction:
-    """Decode a 128-bit word, raising :class:`IllegalInstruction` for illegal encodings."""
+def _decode_checked(word: int, *, pc: int | None = None) -> Instruction:
+    """The field-by-field decoder; :func:`decode` runs it for the words its tables reject, so
+    that every error is raised here, with its cause and words."""
     if not 0 <= word < 1 << INSN_BITS:
         raise IllegalInstruction(ErrorCause.RESERVED_BITS, "word is wider than 128 bits", pc=pc)
 
@@ -594,6 +595,105 @@ def decode(word: int, *, pc: int | None = None) -> Instruction:
                           f"{fmt.mnemonic} field {spec.name!r} holds {raw}, outside {low}..{high}")
         args[spec.name] = raw
     return Instruction(opcode, MappingProxyType(args), deps)
+
+
+# Decoding tables, derived once from the layouts above so that no Amaranth call runs per word:
+# per opcode value, the format, the legal dependency bits and the width of its arguments, and per
+# field (name, offset in the word, mask, kind) plus the enum members by raw value (ENUM), the sign
+# bit (signed INT) or the legal range (other integers).
+_FLAG, _ENUM, _SIGNED, _INT = range(4)
+
+
+def _field_decoder(spec: FieldSpec, offset: int, width: int) -> tuple:
+    mask = (1 << width) - 1
+    if spec.kind is Kind.ENUM:
+        members = {member.value: member for member in spec.shape}
+        return spec.name, offset, mask, _ENUM, tuple(members.get(raw) for raw in range(1 << width))
+    if spec.kind is Kind.FLAG:
+        return spec.name, offset, mask, _FLAG, None
+    low, high = _field_range(spec)
+    if Shape.cast(spec.shape).signed:
+        return spec.name, offset, mask, _SIGNED, (1 << (width - 1), 1 << width, low, high)
+    return spec.name, offset, mask, _INT, (low, high)
+
+
+def _decoder_table() -> tuple:
+    op_field, deps_field = INSTRUCTION["opcode"], INSTRUCTION["deps"]
+    table: list = [None] * (1 << op_field.width)
+    for fmt in FORMATS:
+        allowed = sum(1 << DEPS[name].offset for name in ALLOWED_DEPS[fmt.unit])
+        deps = {bits: frozenset(name for name in DEP_FLAGS if bits >> DEPS[name].offset & 1)
+                for bits in range(1 << DEPS.size) if not bits & ~allowed}
+        fields = tuple(_field_decoder(spec, offset, width) for spec, offset, width in fmt.slots)
+        table[fmt.opcode.value] = (fmt.opcode, deps, ARGS_OFFSET + fmt.layout.size, fields)
+    return op_field.offset, (1 << op_field.width) - 1, deps_field.offset, (1 << deps_field.width) - 1, \
+        tuple(table)
+
+
+_OP_SHIFT, _OP_MASK, _DEPS_SHIFT, _DEPS_MASK, _DECODERS = _decoder_table()
+#: Decoded legal words (instructions are immutable, so they are shared); cleared when full.
+_DECODED: dict[int, Instruction] = {}
+_DECODED_LIMIT = 1 << 15
+
+
+def _decode_fast(word: int) -> Instruction | None:
+    """The instruction a legal word encodes, or None for an illegal one (no exception raised)."""
+    if word >> INSN_BITS or word < 0:
+        return None
+    decoder = _DECODERS[(word >> _OP_SHIFT) & _OP_MASK]
+    if decoder is None:
+        return None
+    opcode, deps_by_bits, used_bits, fields = decoder
+    deps = deps_by_bits.get((word >> _DEPS_SHIFT) & _DEPS_MASK)
+    if deps is None or word >> used_bits:
+        return None
+    args = {}
+    for name, offset, mask, kind, extra in fields:
+        raw = (word >> offset) & mask
+        if kind is _INT:
+            if raw < extra[0] or raw > extra[1]:
+                return None
+            args[name] = raw
+        elif kind is _ENUM:
+            member = extra[raw]
+            if member is None:
+                return None
+            args[name] = member
+        elif kind is _FLAG:
+            args[name] = bool(raw)
+        else:
+            sign, span, low, high = extra
+            if raw & sign:
+                raw -= span
+            if raw < low or raw > high:
+                return None
+            args[name] = raw
+    # Instruction(opcode, MappingProxyType(args), deps), without the frozen dataclass's __setattr__s.
+    insn = _new_object(Instruction)
+    fields = insn.__dict__
+    fields["opcode"] = opcode
+    fields["args"] = MappingProxyType(args)
+    fields["deps"] = deps
+    return insn
+
+
+_new_object = object.__new__
+assert [field.name for field in dataclasses.fields(Instruction)] == ["opcode", "args", "deps"]
+
+
+def decode(word: int, *, pc: int | None = None) -> Instruction:
+    """Decode a 128-bit word, raising :class:`IllegalInstruction` for illegal encodings."""
+    if type(word) is int:
+        insn = _DECODED.get(word)
+        if insn is not None:
+            return insn
+        insn = _decode_fast(word)
+        if insn is not None:
+            if len(_DECODED) >= _DECODED_LIMIT:
+                _DECODED.clear()
+            _DECODED[word] = insn
+            return insn
+    return _decode_checked(word, pc=pc)
 
 
 def encode_program(program: list[Instruction]) -> bytes:

@@ -48,11 +48,34 @@ cycle HALT ends minus the cycle of the last reset.
 :meth:`Machine.run` starts a run with counters, token queues, the race
 detector and the timing model cleared; memories and configuration
 registers keep their contents across runs.
+
+Plans
+-----
+Everything these checks, the schedule and the counters depend on is in the
+instruction words fetched (with the configuration and the base address),
+never in the data.  So :meth:`Machine.run` does not interpret a program
+instruction by instruction: it first compiles it -- decoding each word once,
+checking, scheduling and counting it with the functions below and in
+:mod:`braze.isa.timing`, deciding races on the same vector clocks with
+interval lists instead of shadow arrays where it can -- into a plan: the
+numpy operations that move data, in program order, and the outcome (the
+counters, every COUNTERS snapshot, the error or the HALT).  Replaying the
+plan leaves the machine exactly as the instruction-by-instruction executor
+(:meth:`Machine._run_reference`) does; that executor still runs with
+``Machine(..., fast=False)``, for subclasses that override a part of it, and
+for a program that writes over its own instructions ahead of the writer.
+Plans are kept per machine, keyed by the program's bytes: a run whose
+program bytes at its base are unchanged only replays the data movement, as
+the runtime does for every batch.  Errors raised from a plan are the
+reference code's, with the same cause, pc and message.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
+import gc
 from collections import deque
 from collections.abc import Sequence
 
@@ -64,6 +87,7 @@ from .counters import COUNTER_BYTES, COUNTERS, SNAPSHOT_BYTES, Counter, instret_
 from .encoding import (
     INSN_BYTES,
     UNARY_VECTOR_OPS,
+    Activation,
     ConfigReg,
     ErrorCause,
     Instruction,
@@ -73,14 +97,16 @@ from .encoding import (
     decode,
     encode_program,
 )
-from .errors import BrazeError, ExecutionError
+from .errors import BrazeError, ExecutionError, IllegalInstruction
 from .timing import (
     BUSY_COUNTER,
     QUEUED_UNITS,
+    TOKEN_QUEUES,
     ScheduledInstruction,
     Scheduler,
     axi_beats,
     element_bytes,
+    timing_key,
     token_queues,
 )
 
@@ -132,16 +158,31 @@ class RunResult:
     halt_pc: int
 
 
-def _rows_of(memory: Memory, config: Config) -> int:
-    return config.spad_rows if memory is Memory.SPAD else config.acc_rows
-
-
 def _range_cause(memory: Memory) -> ErrorCause:
     return ErrorCause.SPAD_RANGE if memory is Memory.SPAD else ErrorCause.ACC_RANGE
 
 
 def _mem_name(memory: Memory) -> str:
     return "scratchpad" if memory is Memory.SPAD else "accumulator"
+
+
+def _range_failure(insn: Instruction, cause: ErrorCause, detail: str, pc: int | None) -> ExecutionError:
+    return ExecutionError(cause, f"{insn.format.mnemonic}: {detail}", pc=pc)
+
+
+def _rows_within(insn: Instruction, config: Config, pc: int | None, memory: Memory, first: int, count: int,
+                 what: str) -> None:
+    limit = config.spad_rows if memory is Memory.SPAD else config.acc_rows
+    if first + count > limit:
+        raise _range_failure(insn, _range_cause(memory),
+                             f"{what} rows {first}..{first + count - 1} exceed the "
+                             f"{limit} {_mem_name(memory)} rows of config {config.name!r}", pc)
+
+
+def _width_within(insn: Instruction, config: Config, pc: int | None, name: str, value: int) -> None:
+    if value > config.cols:
+        raise _range_failure(insn, ErrorCause.TILE_RANGE,
+                             f"{name}={value} exceeds cols={config.cols} of config {config.name!r}", pc)
 
 
 def check_ranges(insn: Instruction, config: Config, *, pc: int | None = None) -> None:
@@ -153,50 +194,39 @@ def check_ranges(insn: Instruction, config: Config, *, pc: int | None = None) ->
     fail at execution (DRAM_RANGE).
     """
     op = insn.opcode
-    mnemonic = insn.format.mnemonic
-
-    def fail(cause: ErrorCause, detail: str):
-        raise ExecutionError(cause, f"{mnemonic}: {detail}", pc=pc)
-
-    def rows_within(memory: Memory, first: int, count: int, what: str):
-        limit = _rows_of(memory, config)
-        if first + count > limit:
-            fail(_range_cause(memory), f"{what} rows {first}..{first + count - 1} exceed the "
-                                       f"{limit} {_mem_name(memory)} rows of config {config.name!r}")
-
-    def width_within(name: str, value: int):
-        if value > config.cols:
-            fail(ErrorCause.TILE_RANGE,
-                 f"{name}={value} exceeds cols={config.cols} of config {config.name!r}")
-
-    if op in (Opcode.LOAD, Opcode.STORE):
-        width_within("len", insn.len)
-        rows_within(insn.mem, insn.addr, insn.rows, "local")
+    a = insn.args
+    if op is Opcode.LOAD or op is Opcode.STORE:
+        _width_within(insn, config, pc, "len", a["len"])
+        _rows_within(insn, config, pc, a["mem"], a["addr"], a["rows"], "local")
     elif op is Opcode.MATMUL:
-        width_within("n", insn.n)
-        rows_within(Memory.ACC, insn.acc, insn.m, "C")
-        chunks = -(-insn.k // config.rows)
-        last_a = insn.a + (chunks - 1) * insn.a_stride
-        if last_a + insn.m > config.spad_rows:
-            fail(ErrorCause.SPAD_RANGE,
-                 f"A rows reach {last_a + insn.m - 1} (a={insn.a}, {chunks} chunks of a_stride="
-                 f"{insn.a_stride}, m={insn.m}), beyond the {config.spad_rows} scratchpad rows")
-        rows_within(Memory.SPAD, insn.b, insn.k, "B")
+        m = a["m"]
+        _width_within(insn, config, pc, "n", a["n"])
+        _rows_within(insn, config, pc, Memory.ACC, a["acc"], m, "C")
+        chunks = -(-a["k"] // config.rows)
+        last_a = a["a"] + (chunks - 1) * a["a_stride"]
+        if last_a + m > config.spad_rows:
+            raise _range_failure(
+                insn, ErrorCause.SPAD_RANGE,
+                f"A rows reach {last_a + m - 1} (a={a['a']}, {chunks} chunks of a_stride="
+                f"{a['a_stride']}, m={m}), beyond the {config.spad_rows} scratchpad rows", pc)
+        _rows_within(insn, config, pc, Memory.SPAD, a["b"], a["k"], "B")
     elif op is Opcode.EPILOGUE:
-        width_within("n", insn.n)
-        rows_within(Memory.ACC, insn.src, insn.m, "source")
-        if insn.bias:
-            rows_within(Memory.ACC, insn.bias_addr, 1, "bias")
-        if insn.requant:
-            rows_within(Memory.ACC, insn.quant_addr, 2, "requantize parameter")
-        if insn.residual:
-            rows_within(Memory.SPAD, insn.res_addr, insn.m, "residual")
-        rows_within(insn.out, insn.dst, insn.m, "destination")
+        m = a["m"]
+        _width_within(insn, config, pc, "n", a["n"])
+        _rows_within(insn, config, pc, Memory.ACC, a["src"], m, "source")
+        if a["bias"]:
+            _rows_within(insn, config, pc, Memory.ACC, a["bias_addr"], 1, "bias")
+        if a["requant"]:
+            _rows_within(insn, config, pc, Memory.ACC, a["quant_addr"], 2, "requantize parameter")
+        if a["residual"]:
+            _rows_within(insn, config, pc, Memory.SPAD, a["res_addr"], m, "residual")
+        _rows_within(insn, config, pc, a["out"], a["dst"], m, "destination")
     elif op is Opcode.VECTOR:
-        rows_within(insn.src1_mem, insn.src1, insn.rows, "src1")
-        if insn.op not in UNARY_VECTOR_OPS and not insn.use_imm:
-            rows_within(insn.src2_mem, insn.src2, insn.rows, "src2")
-        rows_within(insn.dst_mem, insn.dst, insn.rows, "destination")
+        rows = a["rows"]
+        _rows_within(insn, config, pc, a["src1_mem"], a["src1"], rows, "src1")
+        if a["op"] not in UNARY_VECTOR_OPS and not a["use_imm"]:
+            _rows_within(insn, config, pc, a["src2_mem"], a["src2"], rows, "src2")
+        _rows_within(insn, config, pc, a["dst_mem"], a["dst"], rows, "destination")
 
 
 def check_overlap(insn: Instruction, config: Config | None = None, *, pc: int | None = None) -> None:
@@ -372,6 +402,526 @@ class _RaceDetector:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The planned path: a program compiled once, its data movement replayed
+#
+# Everything the model decides about a program -- decoding, the range and overlap rules, the token
+# schedule and its timing, external-memory ranges, races, every counter and the COUNTERS snapshots --
+# depends only on the instruction words fetched, the configuration and the base address, never on the
+# data.  Machine._compile works all of it out once (with the reference functions of this module and
+# of braze.isa.timing, on facts cached per instruction word) and leaves a _Plan: the numpy operations
+# that move data, in program order, and the outcome.  A run whose program bytes equal a plan's replays
+# those operations.  A program that writes into its own instructions ahead of the one writing (a STORE
+# or COUNTERS over code still to be fetched) is not planned: it runs on the reference path.
+
+_DRAM_SPACE = 2                                  # spaces: 0 scratchpad, 1 accumulator, 2 external
+_OTHER_UNITS = ((1, 2), (0, 2), (0, 1))
+_N_COUNTERS = len(COUNTERS)
+_BUSY_INDEX = {op: int(Counter[name.upper()]) for op, name in BUSY_COUNTER.items()}
+_LE_INT32 = np.dtype("<i4")
+#: Per-word facts are kept for this many words per configuration (then forgotten).
+_STATIC_LIMIT = 1 << 16
+#: Plans a machine keeps (the least recently used go first), per base address and in all, and the
+#: instructions they may hold in total (a planned instruction takes about 0.5 kB).
+_PLANS_PER_BASE = 8
+_PLAN_LIMIT = 256
+_PLANNED_INSTRUCTIONS_LIMIT = 1 << 19
+
+
+_LOAD, _STORE, _MATMUL, _EPILOGUE, _VECTOR, _COUNTERS, _HALT = (
+    Opcode.LOAD, Opcode.STORE, Opcode.MATMUL, Opcode.EPILOGUE, Opcode.VECTOR, Opcode.COUNTERS, Opcode.HALT)
+_MEM_SPAD = Memory.SPAD
+(_C_CYCLES, _C_STALL_DEP, _C_MACS, _C_DMA_READ_BYTES, _C_DMA_WRITE_BYTES, _C_AXI_READ_BEATS,
+ _C_AXI_WRITE_BEATS, _C_SPAD_READS, _C_SPAD_WRITES, _C_ACC_READS, _C_ACC_WRITES) = (
+    int(Counter[name]) for name in ("CYCLES", "STALL_DEP", "MACS", "DMA_READ_BYTES", "DMA_WRITE_BYTES",
+                                    "AXI_READ_BEATS", "AXI_WRITE_BEATS", "SPAD_READS", "SPAD_WRITES",
+                                    "ACC_READS", "ACC_WRITES"))
+# Per opcode: (its instructions-retired counter, its *_busy counter or None).
+_OPCODE_COUNTERS = {op: (int(instret_counter(op)), _BUSY_INDEX.get(op)) for op in Opcode}
+
+
+class _Static:
+    """What the model needs to know of one legal instruction word under one configuration.
+
+    ``deltas`` are the (counter, amount) it adds (after the snapshot, for COUNTERS);
+    ``accesses`` its (space, is_write, strided, first, end) for the race detector: the locations
+    ``first..end-1`` of space 0 (scratchpad rows), 1 (accumulator rows) or 2 (external bytes), or
+    only those of a strided view (see :func:`_shadow_view`); ``dram_write`` the span of external
+    memory it may write.
+    """
+
+    __slots__ = ("insn", "opcode", "unit", "fails_checks", "timing", "fails_dram", "deltas", "accesses",
+                 "dram_write")
+
+    def __init__(self, insn: Instruction, config: Config):
+        self.insn = insn
+        self.opcode = op = insn.opcode
+        args = insn.args
+        try:
+            check_ranges(insn, config)
+            check_overlap(insn, config)
+            self.fails_checks = False
+        except ExecutionError:
+            self.fails_checks = True
+        self.timing = timing = timing_key(insn, config)
+        self.unit = timing[0].value
+        self.fails_dram = False
+        self.dram_write: tuple[int, int] | None = None
+        insn_counter, busy = _OPCODE_COUNTERS[op]
+        deltas = [(busy, timing[1])] if busy is not None else []
+        accesses: list = []
+        if self.fails_checks:
+            pass                          # never executed: the rest is not needed
+        elif op is _LOAD or op is _STORE:
+            mem, addr, rows, length = args["mem"], args["addr"], args["rows"], args["len"]
+            spad = mem is _MEM_SPAD
+            space = 0 if spad else 1
+            row_bytes = length if spad else 4 * length
+            start, stride = args["dram"], args["stride"]
+            end = start + (rows - 1) * stride + row_bytes
+            if rows == 1 or stride == row_bytes:
+                external = (None, start, start + rows * row_bytes)
+            else:
+                external = ((4 * start, (rows, row_bytes), (4 * stride, 4)), start, end)
+            if op is _LOAD:
+                deltas.append((_C_SPAD_WRITES if spad else _C_ACC_WRITES, rows))
+                accesses.append((space, True, None, addr, addr + rows))
+                if not args["zero"]:
+                    self.fails_dram = end > config.dram_bytes
+                    deltas.append((_C_DMA_READ_BYTES, rows * row_bytes))
+                    deltas.append((_C_AXI_READ_BEATS, axi_beats(insn, config)))
+                    accesses.append((_DRAM_SPACE, False, *external))
+            else:
+                self.fails_dram = end > config.dram_bytes
+                deltas.append((_C_SPAD_READS if spad else _C_ACC_READS, rows))
+                deltas.append((_C_DMA_WRITE_BYTES, rows * row_bytes))
+                deltas.append((_C_AXI_WRITE_BEATS, axi_beats(insn, config)))
+                accesses.append((space, False, None, addr, addr + rows))
+                accesses.append((_DRAM_SPACE, True, *external))
+                self.dram_write = (start, end)
+        elif op is _MATMUL:
+            m, n, k, a, a_stride = args["m"], args["n"], args["k"], args["a"], args["a_stride"]
+            chunks = -(-k // config.rows)
+            deltas.append((_C_MACS, m * n * k))
+            deltas.append((_C_SPAD_READS, chunks * m + k))
+            deltas.append((_C_ACC_READS, m * (chunks if args["accumulate"] else chunks - 1)))
+            deltas.append((_C_ACC_WRITES, m * chunks))
+            a_end = a + (chunks - 1) * a_stride + m
+            if a_stride <= m:
+                accesses.append((0, False, None, a, a_end))
+            else:
+                accesses.append((0, False, (4 * a, (chunks, m), (4 * a_stride, 4)), a, a_end))
+            b = args["b"]
+            accesses.append((0, False, None, b, b + k))
+            c = args["acc"]
+            if args["accumulate"] or chunks > 1:
+                accesses.append((1, False, None, c, c + m))
+            accesses.append((1, True, None, c, c + m))
+        elif op is _EPILOGUE:
+            m, out = args["m"], args["out"]
+            acc_reads = m
+            first = args["src"]
+            accesses.append((1, False, None, first, first + m))
+            if args["bias"]:
+                acc_reads += 1
+                first = args["bias_addr"]
+                accesses.append((1, False, None, first, first + 1))
+            if args["requant"]:
+                acc_reads += 2
+                first = args["quant_addr"]
+                accesses.append((1, False, None, first, first + 2))
+            if args["residual"]:
+                deltas.append((_C_SPAD_READS, m))
+                first = args["res_addr"]
+                accesses.append((0, False, None, first, first + m))
+            deltas.append((_C_ACC_READS, acc_reads))
+            deltas.append((_C_SPAD_WRITES if out is _MEM_SPAD else _C_ACC_WRITES, m))
+            space, first = (0 if out is _MEM_SPAD else 1), args["dst"]
+            accesses.append((space, True, None, first, first + m))
+        elif op is _VECTOR:
+            rows = args["rows"]
+            reads = [0, 0]
+            space, first = (0 if args["src1_mem"] is _MEM_SPAD else 1), args["src1"]
+            reads[space] += rows
+            accesses.append((space, False, None, first, first + rows))
+            if args["op"] not in UNARY_VECTOR_OPS and not args["use_imm"]:
+                space, first = (0 if args["src2_mem"] is _MEM_SPAD else 1), args["src2"]
+                reads[space] += rows
+                accesses.append((space, False, None, first, first + rows))
+            deltas.append((_C_SPAD_READS, reads[0]))
+            deltas.append((_C_ACC_READS, reads[1]))
+            space, first = (0 if args["dst_mem"] is _MEM_SPAD else 1), args["dst"]
+            deltas.append((_C_SPAD_WRITES if space == 0 else _C_ACC_WRITES, rows))
+            accesses.append((space, True, None, first, first + rows))
+        elif op is _COUNTERS:
+            start = args["dram"]
+            self.fails_dram = start + SNAPSHOT_BYTES > config.dram_bytes
+            deltas.append((_C_DMA_WRITE_BYTES, SNAPSHOT_BYTES))
+            deltas.append((_C_AXI_WRITE_BEATS, axi_beats(insn, config)))
+            self.dram_write = (start, start + SNAPSHOT_BYTES)
+        deltas.append((insn_counter, 1))
+        # Many words share their counts and timing: keep one copy of each.
+        deltas = tuple(delta for delta in deltas if delta[1])
+        self.deltas = _SHARED.setdefault(deltas, deltas)
+        self.timing = _SHARED.setdefault(timing, timing)
+        self.accesses = tuple(accesses)
+
+
+def _shadow_view(shadow: np.ndarray, strided: tuple | None, first: int, end: int) -> np.ndarray:
+    """The locations of an access in an int32 shadow array: ``first..end-1``, or a strided view
+    (byte offset, shape, byte strides)."""
+    if strided is None:
+        return shadow[first:end]
+    offset, shape, strides = strided
+    return np.ndarray(shape, np.int32, shadow, offset, strides)
+
+
+_STATICS: dict[Config, dict[int, _Static]] = {}
+_SHARED: dict[tuple, tuple] = {}
+
+
+def _statics_of(config: Config) -> dict[int, _Static]:
+    statics = _STATICS.get(config)
+    if statics is None or len(statics) >= _STATIC_LIMIT:
+        statics = _STATICS[config] = {}
+        if len(_SHARED) >= _STATIC_LIMIT:
+            _SHARED.clear()
+    return statics
+
+
+class _FastRaces:
+    """The race detector's verdict, on the vector clocks of :class:`_RaceDetector`.
+
+    Per memory space, unit and kind of access (read, write), the accesses of a unit are kept in
+    program order as entries (sequence number, first location, end location, strided), grouped in
+    blocks of :attr:`_BLOCK` with their bounds and latest sequence number.  An access races with
+    an entry of another unit that the unit's clock does not cover and whose locations overlap it.
+    A check walks the blocks back from the newest, stopping at the first one the clock covers and
+    skipping those whose bounds miss the access; contiguous ranges are settled on their bounds, a
+    strided entry or access whose bounds overlap by shadow arrays as in :class:`_RaceDetector`
+    (into which old blocks are also flushed when a list grows past :attr:`_BLOCKS` blocks).
+    Blocks every other unit's clock covers can never race again and are dropped.  It answers only
+    whether an instruction races: the error itself (which location, which earlier instruction)
+    comes from :class:`_RaceDetector`.
+    """
+
+    _BLOCK = 32                      # entries per block
+    _BLOCKS = 64                     # blocks per list before the oldest are flushed
+
+    def __init__(self, config: Config):
+        self._sizes = (config.spad_rows, config.acc_rows, config.dram_bytes)
+        # [space][unit][is_write]: [latest seq, first, end, blocks], the bounds over all blocks, each
+        # block [latest seq, first, end, entries]; shadow arrays; the latest seq flushed into each.
+        self._lists = [[[[0, 0, 0, []], [0, 0, 0, []]] for _ in QUEUED_UNITS] for _ in self._sizes]
+        self._shadow = [[[None, None] for _ in QUEUED_UNITS] for _ in self._sizes]
+        self._flushed = [[[0, 0] for _ in QUEUED_UNITS] for _ in self._sizes]
+        self._clock = [[0] * len(QUEUED_UNITS) for _ in QUEUED_UNITS]
+        self._tokens: list[deque[list[int]]] = [deque() for _ in TOKEN_QUEUES]
+
+    def barrier(self, seq: int) -> None:
+        self._clock = [[seq] * len(QUEUED_UNITS) for _ in QUEUED_UNITS]
+        for space in self._lists:
+            for lists in space:
+                lists[0] = [0, 0, 0, []]
+                lists[1] = [0, 0, 0, []]
+
+    @staticmethod
+    def _rebound(summary: list) -> None:
+        blocks = summary[3]
+        if blocks:
+            summary[1] = min(block[1] for block in blocks)
+            summary[2] = max(block[2] for block in blocks)
+        else:
+            summary[:3] = [0, 0, 0]
+
+    def _flush(self, space: int, unit: int, write: bool, keep: int = 0) -> None:
+        """Move all but the ``keep`` latest blocks of a list into its shadow array."""
+        summary = self._lists[space][unit][write]
+        blocks = summary[3]
+        if len(blocks) <= keep:
+            return
+        shadow = self._shadow[space][unit][write]
+        if shadow is None:
+            shadow = self._shadow[space][unit][write] = np.zeros(self._sizes[space], dtype=np.int32)
+        moved = blocks[:len(blocks) - keep]
+        for block in moved:
+            for seq, first, end, strided in block[3]:
+                _shadow_view(shadow, strided, first, end)[...] = seq
+        self._flushed[space][unit][write] = moved[-1][0]
+        del blocks[:len(moved)]
+        self._rebound(summary)
+
+    def _conflicts(self, space: int, other: int, write: bool, known: int, strided: tuple | None, first: int,
+                   end: int) -> bool:
+        """Whether the access races with an access of the ``other`` unit in the list (or shadow)."""
+        summary = self._lists[space][other][write]
+        if summary[0] > known and summary[1] < end and first < summary[2]:
+            blocks = summary[3]
+            for position in range(len(blocks) - 1, -1, -1):
+                latest, low, high, entries = blocks[position]
+                if latest <= known:
+                    break
+                if low >= end or first >= high:
+                    continue
+                for seq, low, high, other_strided in reversed(entries):
+                    if seq <= known:
+                        break
+                    if low < end and first < high:
+                        if strided is None and other_strided is None:
+                            return True
+                        self._flush(space, other, write)      # strided: let the shadow array decide
+                        return self._shadow_races(space, other, write, known, strided, first, end)
+        return self._shadow_races(space, other, write, known, strided, first, end)
+
+    def _shadow_races(self, space: int, other: int, write: bool, known: int, strided: tuple | None,
+                      first: int, end: int) -> bool:
+        return (self._flushed[space][other][write] > known
+                and _shadow_view(self._shadow[space][other][write], strided, first, end).max() > known)
+
+    def races(self, unit: int, pops: tuple, pushes: tuple, accesses: tuple, seq: int) -> bool:
+        clock = self._clock[unit]
+        for queue in pops:
+            sent = self._tokens[queue].popleft()
+            for other in range(len(clock)):
+                if sent[other] > clock[other]:
+                    clock[other] = sent[other]
+        clock[unit] = seq
+        others = _OTHER_UNITS[unit]
+        all_lists, flushed = self._lists, self._flushed
+        for space, write, strided, first, end in accesses:
+            for other in others:
+                known = clock[other]
+                lists = all_lists[space][other]
+                done = flushed[space][other]
+                # Most lists hold nothing the clock does not cover, or nothing near the access.
+                writes = lists[1]
+                if ((writes[0] > known and writes[1] < end and first < writes[2]) or done[1] > known) and \
+                        self._conflicts(space, other, True, known, strided, first, end):
+                    return True
+                if write:
+                    reads = lists[0]
+                    if ((reads[0] > known and reads[1] < end and first < reads[2]) or done[0] > known) and \
+                            self._conflicts(space, other, False, known, strided, first, end):
+                        return True
+        block_size = self._BLOCK
+        for space, write, strided, first, end in accesses:
+            summary = all_lists[space][unit][write]
+            blocks = summary[3]
+            entry = (seq, first, end, strided)
+            if blocks and len(blocks[-1][3]) < block_size:
+                block = blocks[-1]
+                block[0] = seq
+                if first < block[1]:
+                    block[1] = first
+                if end > block[2]:
+                    block[2] = end
+                block[3].append(entry)
+            else:
+                # A new block: first drop the blocks every other unit knows about.
+                covered = min(self._clock[other][unit] for other in others)
+                dropped = 0
+                while dropped < len(blocks) and blocks[dropped][0] <= covered:
+                    dropped += 1
+                if dropped:
+                    del blocks[:dropped]
+                    self._rebound(summary)
+                blocks.append([seq, first, end, [entry]])
+                if len(blocks) > self._BLOCKS:
+                    self._flush(space, unit, write, self._BLOCKS // 2)
+            if len(blocks) == 1 and len(blocks[0][3]) == 1:
+                summary[1], summary[2] = first, end
+            else:
+                if first < summary[1]:
+                    summary[1] = first
+                if end > summary[2]:
+                    summary[2] = end
+            summary[0] = seq
+        for queue in pushes:
+            self._tokens[queue].append(list(clock))
+        return False
+
+
+class _Plan:
+    """A program compiled by :meth:`Machine._compile`: its data movement and its outcome.
+
+    ``key`` is the program's bytes from ``base`` up to the last instruction fetched (HALT, the
+    failing instruction, or the last one before the instruction limit), ``arrays`` the machine's
+    memories and registers its operations were built on.  ``ops`` are (function, arguments) in
+    program order; ``counters`` the counters after the last instruction; ``error`` the exception
+    (raised as a copy), ``limit`` the instruction limit that stopped the run, or neither for HALT.
+    ``last`` is the index of the last instruction fetched (or of the fetch that failed).
+    """
+
+    __slots__ = ("key", "arrays", "race_check", "ops", "counters", "counter_values", "error", "limit",
+                 "last", "instructions", "cycles", "timeline", "halt_pc")
+
+
+_HOOKS = ("_execute", "_exec_load", "_exec_store", "_exec_matmul", "_exec_epilogue", "_exec_vector",
+          "_exec_config", "_exec_fence", "_exec_counters", "_exec_halt", "_count", "_fetch", "_check_dram",
+          "_local", "_start_run", "_run_reference")
+_FAST_CAPABLE: dict[type, bool] = {}
+
+
+def _fast_capable(cls: type) -> bool:
+    """Whether ``cls`` executes instructions exactly as :class:`Machine` does (no hook overridden)."""
+    capable = _FAST_CAPABLE.get(cls)
+    if capable is None:
+        capable = _FAST_CAPABLE[cls] = all(getattr(cls, name) is getattr(Machine, name) for name in _HOOKS)
+    return capable
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """No cyclic garbage collection inside: compiling makes many objects and no reference cycles."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _copy_error(error: BaseException) -> BaseException:
+    """A fresh exception equal to ``error`` (same type, message and attributes; no traceback)."""
+    copy = error.__class__.__new__(error.__class__, *error.args)
+    copy.__dict__.update(error.__dict__)
+    copy.__suppress_context__ = error.__suppress_context__
+    return copy
+
+
+# Data movement of each opcode, as (function, arguments) pairs appended to a plan's operations.
+
+def _row_dtype(rows: int) -> np.dtype:
+    """One element holding the ``rows`` bytes of an A row in a scratchpad row."""
+    return np.dtype({2: np.uint16, 4: np.uint32, 8: np.uint64}.get(rows, f"V{rows}"))
+
+
+def _matmul_op(a_rows: np.ndarray, k: int, b: np.ndarray, c: np.ndarray, accumulate: bool,
+               exact: type) -> None:
+    # a_rows: (m, chunks) of whole A rows (or (m, k) int8 for one chunk).  Sums of at most k
+    # int8 x int8 products are below 2**14 * k: exact in float32 for k <= 1024, float64 beyond.
+    if a_rows.dtype != np.int8:
+        a_rows = np.ascontiguousarray(a_rows).view(np.int8)
+        if a_rows.shape[1] != k:
+            a_rows = a_rows[:, :k]
+    product = a_rows.astype(exact) @ b.astype(exact)
+    if accumulate:
+        c += product.astype(np.int32)              # wraps modulo 2**32
+    else:
+        c[...] = product
+
+
+_INT32_LOW, _INT32_HIGH = np.int64(arith.INT32_MIN), np.int64(arith.INT32_MAX)
+_INT8_LOW, _INT8_HIGH = np.int64(arith.INT8_MIN), np.int64(arith.INT8_MAX)
+_ZERO = np.int64(0)
+
+
+def _epilogue(tile: np.ndarray, bias: np.ndarray | None, mult: np.ndarray | None, shift: np.ndarray | None,
+              residual: np.ndarray | None, act: Activation, out: Memory, out_zp: int, clip_lo: int,
+              clip_hi: int) -> np.ndarray:
+    """:func:`braze.isa.arith.epilogue`, bit for bit, in fewer numpy operations; returns the int64 result
+    transposed (columns by rows: per-column parameters then broadcast along the long axis).
+
+    The rounding shift is ``(p + 2**(s-1) - 1 + ((p >> s) & 1)) >> s`` for s > 0 (ties to even; no
+    overflow, as ``|p| <= 2**62``), and ``p`` for s = 0.
+    """
+    x = np.array((tile if bias is None else tile + bias).T, dtype=np.int64, order="C")  # int32 sum wraps
+    if mult is not None:
+        s = (shift.astype(np.int64) & 63)[:, None]
+        rounds = s > 0
+        x *= mult.astype(np.int64)[:, None]
+        rounded = x >> s
+        rounded &= rounds
+        rounded += x
+        rounded += np.where(rounds, np.left_shift(1, np.maximum(s - 1, 0)) - 1, 0)
+        rounded >>= s
+        rounded += np.int64(out_zp)
+        x = rounded
+        np.maximum(x, _INT32_LOW, out=x)
+        np.minimum(x, _INT32_HIGH, out=x)
+    if residual is not None:
+        x += residual.T
+        np.maximum(x, _INT32_LOW, out=x)
+        np.minimum(x, _INT32_HIGH, out=x)
+    if act is Activation.RELU:
+        np.maximum(x, _ZERO, out=x)
+    elif act is Activation.CLIP:
+        np.maximum(x, np.int64(clip_lo), out=x)
+        np.minimum(x, np.int64(clip_hi), out=x)
+    low, high = (_INT8_LOW, _INT8_HIGH) if out is Memory.SPAD else (_INT32_LOW, _INT32_HIGH)
+    np.maximum(x, low, out=x)
+    np.minimum(x, high, out=x)
+    return x
+
+
+def _epilogue_op(tile, bias, mult, shift, residual, act, out, regs, dst, rest) -> None:
+    dst[...] = _epilogue(tile, bias, mult, shift, residual, act, out, regs[ConfigReg.OUT_ZP],
+                         regs[ConfigReg.CLIP_LO], regs[ConfigReg.CLIP_HI]).T
+    if rest is not None:
+        rest[...] = 0
+
+
+def _overlapping_store_op(values: np.ndarray, dtype: np.dtype, head: np.ndarray, tail: np.ndarray) -> None:
+    raw = np.ascontiguousarray(values, dtype=dtype).view(np.uint8)
+    head[...] = raw[:-1, :head.shape[1]]
+    tail[...] = raw[-1]
+
+
+def _vector_op(op, x, y, shift, regs, out, dst) -> None:
+    dst[...] = arith.vector(op, x, y, shift=shift, clip_lo=regs[ConfigReg.CLIP_LO],
+                            clip_hi=regs[ConfigReg.CLIP_HI], out=out)
+
+
+class _LoadRun:
+    """Consecutive LOADs of one shape into consecutive local rows from evenly spaced external rows.
+
+    Compiled into one strided copy: LOAD j writes rows ``addr + j*rows`` from external bytes at
+    ``dram + j*step``.  The destinations do not overlap and LOADs read only external memory, which
+    none of them writes, so one copy equals the LOADs one after the other.
+    """
+
+    __slots__ = ("local", "dram", "spad", "addr", "rows", "length", "start", "stride", "step", "count")
+
+    def __init__(self, local: np.ndarray, dram: np.ndarray, spad: bool, addr: int, rows: int, length: int,
+                 start: int, stride: int):
+        self.local, self.dram, self.spad = local, dram, spad
+        self.addr, self.rows, self.length, self.start, self.stride = addr, rows, length, start, stride
+        self.step: int | None = None
+        self.count = 1
+
+    def extend(self, local: np.ndarray, addr: int, rows: int, length: int, start: int, stride: int) -> bool:
+        """Take the next LOAD into the run if it continues it."""
+        if (local is not self.local or rows != self.rows or length != self.length or stride != self.stride
+                or addr != self.addr + self.count * rows):
+            return False
+        step = start - self.start if self.count == 1 else self.step
+        if step < 0 or start != self.start + self.count * step:
+            return False
+        self.step = step
+        self.count += 1
+        return True
+
+    def ops(self) -> list:
+        local, rows, length, count = self.local, self.rows, self.length, self.count
+        dtype, size = (np.dtype(np.int8), 1) if self.spad else (_LE_INT32, 4)
+        first = self.addr
+        if count == 1:
+            target = local[first:first + rows, :length]
+            source = np.ndarray((rows, length), dtype, self.dram, self.start, (self.stride, size))
+        else:
+            row = local.strides[0]
+            target = np.ndarray((count, rows, length), local.dtype, local, first * row,
+                                (rows * row, row, local.strides[1]))
+            source = np.ndarray((count, rows, length), dtype, self.dram, self.start,
+                                (self.step, self.stride, size))
+        ops = [(target.__setitem__, (Ellipsis, source))]
+        if length < local.shape[1]:
+            ops.append((local[first:first + count * rows, length:].fill, (0,)))
+        return ops
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The machine
 
 class Machine:
@@ -392,13 +942,24 @@ class Machine:
         uint64 per performance counter, indexed by :class:`~braze.isa.Counter`.
     race_check : bool
         Whether :meth:`run` detects races (on by default).
+    fast : bool
+        Whether :meth:`run` may execute a program through its compiled plan (on by default; the
+        results are the same, see :class:`_Plan`).  Off, or in a subclass that overrides one of
+        the executor's methods (``_execute``, ``_exec_*``, ``_count`` ...), every run takes the
+        instruction-by-instruction reference path.
     """
 
-    def __init__(self, config: Config, *, race_check: bool = True):
+    def __init__(self, config: Config, *, race_check: bool = True, fast: bool = True):
         if not isinstance(config, Config):
             raise TypeError(f"Machine needs a Config, not {config!r}")
         self.config = config
         self.race_check = race_check
+        self.fast = fast
+        # Compiled programs by base address, most recently used first, and all of them from the least
+        # recently used on, with the instructions they hold (see _Plan).
+        self._plans: dict[int, list[_Plan]] = {}
+        self._plan_order: collections.OrderedDict[int, tuple[int, _Plan]] = collections.OrderedDict()
+        self._planned_instructions = 0
         self.dram = np.zeros(config.dram_bytes, dtype=np.uint8)
         self.spad = np.zeros((config.spad_rows, config.cols), dtype=np.int8)
         self.acc = np.zeros((config.acc_rows, config.cols), dtype=np.int32)
@@ -449,9 +1010,17 @@ class Machine:
         :class:`~braze.isa.ExecutionError` for everything else the hardware
         would report (its ``pc`` is the byte address of the instruction),
         and :class:`InstructionLimitExceeded` after ``max_instructions``.
+        Runs through the program's plan (see the module's documentation)
+        unless :attr:`fast` is off.
         """
         if program_addr < 0:
             raise ValueError(f"program_addr {program_addr} is negative")
+        if self.fast and _fast_capable(type(self)):
+            return self._run_planned(program_addr, max_instructions)
+        return self._run_reference(program_addr, max_instructions)
+
+    def _run_reference(self, program_addr: int, max_instructions: int | None) -> RunResult:
+        """:meth:`run`, one instruction at a time: fetch, decode, :meth:`_execute`."""
         self._start_run()
         if program_addr % INSN_BYTES:
             # The hardware fetches whole 16-byte words and reports an unaligned base this way.
@@ -477,6 +1046,280 @@ class Machine:
             timeline=list(self._scheduler.entries),
             halt_pc=pc,
         )
+
+    # The planned path (see _Plan) ------------------------------------------------------------------------
+
+    def _run_planned(self, base: int, limit: int | None) -> RunResult:
+        self.counters[:] = 0
+        if base % INSN_BYTES:
+            raise ExecutionError(ErrorCause.FETCH_ERROR,
+                                 f"program base 0x{base:x} is not {INSN_BYTES}-byte aligned", pc=base)
+        plan = self._cached_plan(base, limit)
+        if plan is None:
+            if not all(array.flags.c_contiguous for array in (self.dram, self.spad, self.acc)):
+                return self._run_reference(base, limit)          # plans view the memories' buffers
+            plan = self._compile(base, limit)
+            if plan is None:                        # writes into its own instructions
+                return self._run_reference(base, limit)
+            if plan.limit is None:
+                self._remember(base, plan)
+        for function, args in plan.ops:
+            function(*args)
+        self.counters[:] = plan.counters
+        if plan.error is not None:
+            raise _copy_error(plan.error)
+        if plan.limit is not None:
+            raise InstructionLimitExceeded(*plan.limit)
+        return RunResult(status="done", counters=dict(plan.counter_values), instructions=plan.instructions,
+                         cycles=plan.cycles, timeline=list(plan.timeline), halt_pc=plan.halt_pc)
+
+    def _arrays(self) -> tuple:
+        """What a plan's operations are built on: a plan is used only while all of it is still in place."""
+        return self.config, self.dram, self.spad, self.acc, self.config_regs
+
+    def _cached_plan(self, base: int, limit: int | None) -> _Plan | None:
+        plans = self._plans.get(base)
+        if not plans:
+            return None
+        arrays = self._arrays()
+        head = self.dram[base:base + INSN_BYTES].tobytes()
+        for position, plan in enumerate(plans):
+            if (plan.key.startswith(head) and plan.race_check == self.race_check
+                    and (limit is None or limit > plan.last)
+                    and all(mine is theirs for mine, theirs in zip(plan.arrays, arrays, strict=True))
+                    and self.dram[base:base + len(plan.key)].tobytes() == plan.key):
+                if position:
+                    plans.insert(0, plans.pop(position))
+                self._plan_order.move_to_end(id(plan))
+                return plan
+        return None
+
+    def _remember(self, base: int, plan: _Plan) -> None:
+        """Keep a plan, forgetting the least recently used ones beyond the limits."""
+        plans = self._plans.setdefault(base, [])
+        plans.insert(0, plan)
+        self._plan_order[id(plan)] = base, plan
+        self._planned_instructions += len(plan.timeline)
+        if len(plans) > _PLANS_PER_BASE:
+            self._forget(base, plans[-1])
+        while (len(self._plan_order) > _PLAN_LIMIT
+               or self._planned_instructions > _PLANNED_INSTRUCTIONS_LIMIT) and len(self._plan_order) > 1:
+            self._forget(*next(iter(self._plan_order.values())))
+
+    def _forget(self, base: int, plan: _Plan) -> None:
+        del self._plan_order[id(plan)]
+        self._planned_instructions -= len(plan.timeline)
+        plans = self._plans[base]
+        plans.remove(plan)
+        if not plans:
+            del self._plans[base]
+
+    def _compile(self, base: int, limit: int | None) -> _Plan | None:
+        """Work out a run from ``base`` without executing it; None if the program rewrites itself.
+
+        Follows :meth:`_run_reference` and :meth:`_execute` step by step, on the same functions
+        (their errors are raised by the reference code, with the instruction's pc).
+        """
+        with _gc_paused():
+            return self._compile_plan(base, limit)
+
+    def _compile_plan(self, base: int, limit: int | None) -> _Plan | None:
+        config = self.config
+        dram_bytes = config.dram_bytes
+        statics = _statics_of(config)
+        scheduler = Scheduler(config)
+        races = _FastRaces(config) if self.race_check else None
+        counters = [0] * _N_COUNTERS
+        period_start = 0
+        ops: list = []
+        writes: list[tuple[int, int, int]] = []
+        error: BaseException | None = None
+        blob = b""
+        index, pc, fetched = 0, base, 0
+        halted = False
+        while True:
+            if limit is not None and index >= limit:
+                break
+            if pc + INSN_BYTES > dram_bytes:
+                try:
+                    self._fetch(pc)
+                except ExecutionError as failure:
+                    error = failure
+                break
+            offset = pc - base
+            if offset + INSN_BYTES > len(blob):
+                more = max(64, len(blob) // INSN_BYTES) * INSN_BYTES
+                blob += self.dram[base + len(blob):min(dram_bytes, base + len(blob) + more)].tobytes()
+            word = int.from_bytes(blob[offset:offset + INSN_BYTES], "little")
+            fetched = index + 1
+            static = statics.get(word)
+            if static is None:
+                try:
+                    insn = decode(word, pc=pc)
+                except IllegalInstruction as failure:
+                    error = failure
+                    break
+                static = statics[word] = _Static(insn, config)
+            insn = static.insn
+            if static.fails_checks:
+                try:
+                    check_ranges(insn, config, pc=pc)
+                    check_overlap(insn, config, pc=pc)
+                except ExecutionError as failure:
+                    error = failure
+                    break
+                raise AssertionError(f"{insn!r} passes the checks it failed before")
+            try:
+                entry = scheduler.add_keyed(insn, static.timing, pc)
+            except ExecutionError as failure:
+                error = failure
+                break
+            op = static.opcode
+            if static.fails_dram:
+                try:
+                    if op is Opcode.COUNTERS:
+                        self._check_dram(insn, pc, insn.dram, 1, 0, SNAPSHOT_BYTES)
+                    else:
+                        self._check_dram(insn, pc, insn.dram, insn.rows, insn.stride,
+                                         insn.len * element_bytes(insn.mem))
+                except ExecutionError as failure:
+                    error = failure
+                    break
+                raise AssertionError(f"{insn!r} fits the external memory it did not fit before")
+            if races is not None:
+                timing = static.timing
+                if timing[5]:
+                    races.barrier(index + 1)
+                elif races.races(static.unit, timing[2], timing[3], static.accesses, index + 1):
+                    error = self._race_error(base, [entry.insn for entry in scheduler.entries])
+                    if error is None:
+                        return None
+                    break
+
+            counters[_C_STALL_DEP] += entry.stall_dep
+            if op is Opcode.COUNTERS:
+                counters[_C_CYCLES] = entry.start - period_start
+                snapshot = np.array([value & _COUNTER_MASK for value in counters], dtype="<u8").view(np.uint8)
+                address = insn.args["dram"]
+                ops.append((np.copyto, (self.dram[address:address + SNAPSHOT_BYTES], snapshot)))
+                if insn.args["reset"]:
+                    counters = [0] * _N_COUNTERS
+                    period_start = entry.start
+            else:
+                self._plan_ops(insn, ops)
+            for counter, amount in static.deltas:
+                counters[counter] += amount
+            if op is Opcode.HALT:
+                counters[_C_CYCLES] = entry.end - period_start
+                halted = True
+            if static.dram_write is not None:
+                writes.append((index, *static.dram_write))
+            index += 1
+            if halted:
+                break
+            pc += INSN_BYTES
+
+        # A STORE or COUNTERS that writes over an instruction fetched after it changes the program.
+        fetched_end = base + INSN_BYTES * fetched
+        for writer, low, high in writes:
+            if low < fetched_end and high > base + INSN_BYTES * (writer + 1):
+                return None
+
+        plan = _Plan()
+        plan.key = blob[:INSN_BYTES * fetched]
+        plan.arrays = self._arrays()
+        plan.race_check = self.race_check
+        plan.ops = [op for item in ops for op in (item.ops() if type(item) is _LoadRun else (item,))]
+        plan.counters = np.array([value & _COUNTER_MASK for value in counters], dtype=np.uint64)
+        plan.counter_values = {spec.name: int(value)
+                               for spec, value in zip(COUNTERS, plan.counters, strict=True)}
+        plan.error = error
+        plan.limit = None if halted or error is not None else (limit, pc)
+        plan.last = index if not halted else index - 1
+        plan.instructions = index
+        plan.cycles = scheduler.cycles
+        plan.timeline = scheduler.entries
+        plan.halt_pc = pc
+        return plan
+
+    def _race_error(self, base: int, instructions: list[Instruction]) -> RaceError | None:
+        """The reference detector's error for the last of ``instructions`` (None if it finds none)."""
+        detector = _RaceDetector(self.config)
+        for index, insn in enumerate(instructions):
+            pc = base + INSN_BYTES * index
+            if insn.unit is Unit.CONTROL:
+                detector.barrier(index + 1)
+                continue
+            try:
+                detector.instruction(insn, index + 1, pc, instruction_accesses(insn, self.config))
+            except RaceError as error:
+                return error if index == len(instructions) - 1 else None
+        return None
+
+    def _plan_ops(self, insn: Instruction, ops: list) -> None:
+        """Append the data movement of ``insn`` (as :meth:`_execute` does it) to a plan's operations."""
+        op, args, config = insn.opcode, insn.args, self.config
+        if op is Opcode.LOAD:
+            mem, addr, rows, length = args["mem"], args["addr"], args["rows"], args["len"]
+            local = self._local(mem)
+            if args["zero"]:
+                ops.append((local[addr:addr + rows].fill, (0,)))
+                return
+            start, stride = args["dram"], args["stride"]
+            run = ops[-1] if ops and type(ops[-1]) is _LoadRun else None
+            if run is None or not run.extend(local, addr, rows, length, start, stride):
+                ops.append(_LoadRun(local, self.dram, mem is Memory.SPAD, addr, rows, length, start, stride))
+        elif op is Opcode.STORE:
+            mem, addr, rows, length = args["mem"], args["addr"], args["rows"], args["len"]
+            spad = mem is Memory.SPAD
+            dtype, size = (np.int8, 1) if spad else (_LE_INT32, 4)
+            values = self._local(mem)[addr:addr + rows, :length]
+            start, stride = args["dram"], args["stride"]
+            if rows == 1 or stride >= length * size:
+                target = np.ndarray((rows, length), dtype, self.dram, start, (stride, size))
+                ops.append((target.__setitem__, (Ellipsis, values)))
+            else:
+                # Overlapping rows, written in order: byte o of the span ends up from row o // stride
+                # (the first `stride` bytes of each row but the last), then the whole last row.
+                row_bytes = length * size
+                head = self.dram[start:start + (rows - 1) * stride].reshape(rows - 1, stride)
+                tail = self.dram[start + (rows - 1) * stride:start + (rows - 1) * stride + row_bytes]
+                ops.append((_overlapping_store_op, (values, dtype, head, tail)))
+        elif op is Opcode.MATMUL:
+            m, n, k, a, a_stride = args["m"], args["n"], args["k"], args["a"], args["a_stride"]
+            chunks = -(-k // config.rows)
+            if chunks == 1:
+                a_rows = self.spad[a:a + m, :k]
+            else:
+                a_rows = np.ndarray((m, chunks), _row_dtype(config.rows), self.spad, a * config.cols,
+                                    (config.cols, a_stride * config.cols))
+            ops.append((_matmul_op, (a_rows, k, self.spad[args["b"]:args["b"] + k, :n],
+                                     self.acc[args["acc"]:args["acc"] + m, :n], args["accumulate"],
+                                     np.float32 if k <= 1024 else np.float64)))
+        elif op is Opcode.EPILOGUE:
+            m, n, src = args["m"], args["n"], args["src"]
+            bias = self.acc[args["bias_addr"], :n] if args["bias"] else None
+            quant = args["quant_addr"]
+            mult, shift = (self.acc[quant, :n], self.acc[quant + 1, :n]) if args["requant"] else (None, None)
+            residual = self.spad[args["res_addr"]:args["res_addr"] + m, :n] if args["residual"] else None
+            dst = self._local(args["out"])
+            rows = slice(args["dst"], args["dst"] + m)
+            rest = dst[rows, n:] if n < config.cols else None
+            ops.append((_epilogue_op, (self.acc[src:src + m, :n], bias, mult, shift, residual, args["act"],
+                                       args["out"], self.config_regs, dst[rows, :n], rest)))
+        elif op is Opcode.VECTOR:
+            rows, vop = args["rows"], args["op"]
+            x = self._local(args["src1_mem"])[args["src1"]:args["src1"] + rows]
+            if vop in UNARY_VECTOR_OPS:
+                y = 0
+            elif args["use_imm"]:
+                y = args["imm"]
+            else:
+                y = self._local(args["src2_mem"])[args["src2"]:args["src2"] + rows]
+            ops.append((_vector_op, (vop, x, y, args["shift"], self.config_regs, args["dst_mem"],
+                                     self._local(args["dst_mem"])[args["dst"]:args["dst"] + rows])))
+        elif op is Opcode.CONFIG:
+            ops.append((self.config_regs.__setitem__, (args["reg"], args["value"])))
 
     def _fetch(self, pc: int) -> int:
         if pc + INSN_BYTES > self.config.dram_bytes:

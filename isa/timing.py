@@ -41,7 +41,7 @@ from collections import deque
 
 from .config import Config
 from .counters import SNAPSHOT_BYTES
-from .encoding import INSN_BYTES, UNARY_VECTOR_OPS, ErrorCause, Instruction, Memory, Opcode, Unit
+from .encoding import FORMATS, INSN_BYTES, UNARY_VECTOR_OPS, ErrorCause, Instruction, Memory, Opcode, Unit
 from .errors import ExecutionError
 
 # The pipeline depths below are the single source of these constants: the units in braze.hw import
@@ -103,6 +103,8 @@ def _strided_beats(start: int, rows: int, stride: int, row_bytes: int, bus_bytes
     """Sum over rows of the bus words covering ``[start + r*stride, ... + row_bytes)``."""
     # The offset within a bus word repeats with this period, so one period suffices.
     period = bus_bytes // math.gcd(stride % bus_bytes, bus_bytes)
+    if period == 1:
+        return rows * ((start % bus_bytes + row_bytes + bus_bytes - 1) // bus_bytes)
     per_row = [((start + r * stride) % bus_bytes + row_bytes + bus_bytes - 1) // bus_bytes
                for r in range(min(period, rows))]
     full, rest = divmod(rows, period)
@@ -115,36 +117,39 @@ def axi_beats(insn: Instruction, config: Config) -> int:
     LOAD (not ``zero``) counts read beats; STORE and COUNTERS count write
     beats; every other instruction transfers nothing and gives 0.
     """
-    bus = config.dma_bus_bytes
-    if insn.opcode is Opcode.LOAD and insn.zero:
-        return 0
-    if insn.opcode in (Opcode.LOAD, Opcode.STORE):
-        return _strided_beats(insn.dram, insn.rows, insn.stride, insn.len * element_bytes(insn.mem), bus)
-    if insn.opcode is Opcode.COUNTERS:
-        return _strided_beats(insn.dram, 1, 0, SNAPSHOT_BYTES, bus)
+    op = insn.opcode
+    if op is Opcode.LOAD or op is Opcode.STORE:
+        args = insn.args
+        if op is Opcode.LOAD and args["zero"]:
+            return 0
+        return _strided_beats(args["dram"], args["rows"], args["stride"],
+                              args["len"] * element_bytes(args["mem"]), config.dma_bus_bytes)
+    if op is Opcode.COUNTERS:
+        return _strided_beats(insn.args["dram"], 1, 0, SNAPSHOT_BYTES, config.dma_bus_bytes)
     return 0
 
 
 def matmul_chunks(insn: Instruction, config: Config) -> int:
     """Number of K-chunks of ``rows`` a MATMUL is split into."""
-    return -(-insn.k // config.rows)
+    return -(-insn.args["k"] // config.rows)
 
 
 def instruction_cycles(insn: Instruction, config: Config) -> int:
     """Cycles an instruction occupies its unit, from start to completion."""
     op = insn.opcode
+    args = insn.args
     if op is Opcode.MATMUL:
         chunks = matmul_chunks(insn, config)
-        return chunks * (config.rows + insn.m) + config.rows + config.cols + MATMUL_LATENCY
+        return chunks * (config.rows + args["m"]) + config.rows + config.cols + MATMUL_LATENCY
     if op is Opcode.EPILOGUE:
-        return insn.m + EPILOGUE_LATENCY
+        return args["m"] + EPILOGUE_LATENCY
     if op is Opcode.VECTOR:
-        two_reads = (insn.op not in UNARY_VECTOR_OPS and not insn.use_imm
-                     and insn.src1_mem is insn.src2_mem)
-        return insn.rows * (2 if two_reads else 1) + VECTOR_LATENCY
-    if op is Opcode.LOAD and insn.zero:
-        return insn.rows
-    if op in (Opcode.LOAD, Opcode.STORE):
+        two_reads = (args["op"] not in UNARY_VECTOR_OPS and not args["use_imm"]
+                     and args["src1_mem"] is args["src2_mem"])
+        return args["rows"] * (2 if two_reads else 1) + VECTOR_LATENCY
+    if op is Opcode.LOAD and args["zero"]:
+        return args["rows"]
+    if op is Opcode.LOAD or op is Opcode.STORE:
         return config.mem_latency + axi_beats(insn, config) + 1
     if op is Opcode.COUNTERS:
         return config.mem_latency + axi_beats(insn, config)
@@ -173,6 +178,30 @@ class ScheduledInstruction:
     pc: int | None = None
 
 
+_new_object = object.__new__
+
+
+def _entry(index: int, insn: Instruction, unit: Unit, dispatch: int, start: int, end: int, retire: int,
+           stall_dep: int, pc: int | None) -> ScheduledInstruction:
+    """``ScheduledInstruction(...)`` without the frozen dataclass's per-field ``object.__setattr__``."""
+    entry = _new_object(ScheduledInstruction)
+    fields = entry.__dict__
+    fields["index"] = index
+    fields["insn"] = insn
+    fields["unit"] = unit
+    fields["dispatch"] = dispatch
+    fields["start"] = start
+    fields["end"] = end
+    fields["retire"] = retire
+    fields["stall_dep"] = stall_dep
+    fields["pc"] = pc
+    return entry
+
+
+assert [field.name for field in dataclasses.fields(ScheduledInstruction)] == list(
+    _entry.__code__.co_varnames[:_entry.__code__.co_argcount]), "_entry must set every field"
+
+
 @dataclasses.dataclass
 class Schedule:
     """The timing of a program: per-instruction entries and totals.
@@ -190,6 +219,40 @@ class Schedule:
     cycles: int
 
 
+# The scheduler keeps per-unit state in lists indexed by Unit value.
+assert [unit.value for unit in QUEUED_UNITS] == list(range(len(QUEUED_UNITS)))
+
+#: The four token queues as (producer, consumer), numbered in this order by :func:`timing_key`.
+TOKEN_QUEUES = ((Unit.LOAD, Unit.COMPUTE), (Unit.COMPUTE, Unit.LOAD), (Unit.COMPUTE, Unit.STORE),
+                (Unit.STORE, Unit.COMPUTE))
+_QUEUE_NUMBER = {queue: number for number, queue in enumerate(TOKEN_QUEUES)}
+_BUSY_NAMES = tuple(dict.fromkeys(BUSY_COUNTER.values()))
+
+
+# Per opcode: (unit it is scheduled on, is a barrier, index of its *_busy counter name or None).
+_OPCODE_TIMING = {
+    fmt.opcode: (Unit.CONTROL if fmt.opcode in BARRIER_OPCODES else fmt.unit, fmt.opcode in BARRIER_OPCODES,
+                 _BUSY_NAMES.index(BUSY_COUNTER[fmt.opcode]) if fmt.opcode in BUSY_COUNTER else None)
+    for fmt in FORMATS}
+# (opcode, dependency flags) -> (pop queue numbers, push queue numbers), filled on first use.
+_QUEUE_NUMBERS: dict[tuple[Opcode, frozenset[str]], tuple[tuple[int, ...], tuple[int, ...]]] = {}
+
+
+def timing_key(insn: Instruction, config: Config) -> tuple:
+    """What :meth:`Scheduler.add` needs to know of an instruction, computed once per instruction.
+
+    ``(unit, cycles, pops, pushes, busy, barrier)``: pops and pushes are numbers of
+    :data:`TOKEN_QUEUES`, ``busy`` the index of its ``*_busy`` counter name (or None).
+    """
+    unit, barrier, busy = _OPCODE_TIMING[insn.opcode]
+    queues = _QUEUE_NUMBERS.get((insn.opcode, insn.deps))
+    if queues is None:
+        pops, pushes = token_queues(insn)
+        queues = _QUEUE_NUMBERS[insn.opcode, insn.deps] = (tuple(_QUEUE_NUMBER[q] for q in pops),
+                                                           tuple(_QUEUE_NUMBER[q] for q in pushes))
+    return unit, instruction_cycles(insn, config), queues[0], queues[1], busy, barrier
+
+
 class Scheduler:
     """Incremental :func:`schedule`: feed instructions in program order with :meth:`add`.
 
@@ -201,72 +264,82 @@ class Scheduler:
     def __init__(self, config: Config):
         self.config = config
         self.entries: list[ScheduledInstruction] = []
-        self.unit_busy = {unit: 0 for unit in Unit}
-        self.busy = dict.fromkeys(BUSY_COUNTER.values(), 0)
         self.stall_dep = 0
+        self._unit_busy = [0] * len(Unit)                  # by Unit value
+        self._busy = [0] * len(_BUSY_NAMES)
         self._next_dispatch = 0
-        self._unit_free = {unit: 0 for unit in QUEUED_UNITS}
-        # Start cycles of the last queue_depth instructions of each unit: their queue slots.
-        self._queue_starts = {unit: deque(maxlen=config.queue_depth) for unit in QUEUED_UNITS}
-        self._push_times: dict[tuple[Unit, Unit], list[int]] = {}
-        self._pop_times: dict[tuple[Unit, Unit], list[int]] = {}
+        # Start cycles of the last queue_depth instructions of each unit (by Unit value): their queue slots.
+        self._queue_starts = [deque(maxlen=config.queue_depth) for _ in QUEUED_UNITS]
+        self._unit_free = [0] * len(QUEUED_UNITS)
+        # Per token queue (numbered as TOKEN_QUEUES): the push and pop cycles so far.
+        self._push_times: list[list[int]] = [[] for _ in TOKEN_QUEUES]
+        self._pop_times: list[list[int]] = [[] for _ in TOKEN_QUEUES]
         self._all_retired = 0
+
+    @property
+    def unit_busy(self) -> dict[Unit, int]:
+        return {unit: self._unit_busy[unit.value] for unit in Unit}
+
+    @property
+    def busy(self) -> dict[str, int]:
+        return dict(zip(_BUSY_NAMES, self._busy, strict=True))
 
     @property
     def cycles(self) -> int:
         return max(self._all_retired, self._next_dispatch)
 
     def add(self, insn: Instruction, *, pc: int | None = None) -> ScheduledInstruction:
+        return self.add_keyed(insn, timing_key(insn, self.config), pc)
+
+    def add_keyed(self, insn: Instruction, key: tuple, pc: int | None = None) -> ScheduledInstruction:
+        """:meth:`add` with the instruction's :func:`timing_key` already computed."""
+        unit, cycles, pops, pushes, busy, barrier = key
         index = len(self.entries)
-        cycles = instruction_cycles(insn, self.config)
-        if insn.opcode in BARRIER_OPCODES:
+        if barrier:
             dispatch = self._next_dispatch
             start = max(dispatch, self._all_retired)
-            end = retire = start + cycles
+            end = start + cycles
             self._next_dispatch = end
             self._all_retired = end
-            entry = ScheduledInstruction(index, insn, Unit.CONTROL, dispatch, start, end, retire,
-                                         start - dispatch, pc)
-            self.unit_busy[Unit.CONTROL] += cycles
+            entry = _entry(index, insn, unit, dispatch, start, end, end, start - dispatch, pc)
+            self._unit_busy[unit.value] += cycles
             self.stall_dep += start - dispatch
             self.entries.append(entry)
             return entry
 
-        unit = insn.unit
-        slots = self._queue_starts[unit]
+        u = unit.value
+        slots = self._queue_starts[u]
         dispatch = self._next_dispatch
         if len(slots) == slots.maxlen:
             dispatch = max(dispatch, slots[0])
         self._next_dispatch = dispatch + 1
-        ready = max(dispatch, self._unit_free[unit])
+        ready = start = max(dispatch, self._unit_free[u])
 
-        pops, pushes = token_queues(insn)
-        start = ready
-        for queue in pops:
-            pushed = self._push_times.setdefault(queue, [])
-            popped = self._pop_times.setdefault(queue, [])
-            if len(popped) >= len(pushed):
-                raise ExecutionError(
-                    ErrorCause.DEADLOCK,
-                    f"{insn.format.mnemonic} pops a {_queue_name(queue)} token that no earlier "
-                    "instruction pushed", pc=pc)
-            start = max(start, pushed[len(popped)])
-        for queue in pops:
-            self._pop_times[queue].append(start)
-        end = start + cycles
+        if pops:
+            for queue in pops:
+                pushed = self._push_times[queue]
+                popped = self._pop_times[queue]
+                if len(popped) >= len(pushed):
+                    raise ExecutionError(
+                        ErrorCause.DEADLOCK,
+                        f"{insn.format.mnemonic} pops a {_queue_name(TOKEN_QUEUES[queue])} token that no "
+                        "earlier instruction pushed", pc=pc)
+                start = max(start, pushed[len(popped)])
+            for queue in pops:
+                self._pop_times[queue].append(start)
+        end = retire = start + cycles
 
-        retire = end
         for queue in pushes:
-            pushed = self._push_times.setdefault(queue, [])
-            popped = self._pop_times.setdefault(queue, [])
+            pushed = self._push_times[queue]
             push_time = end
             waits_for = len(pushed) - self.config.token_depth
             if waits_for >= 0:
+                popped = self._pop_times[queue]
                 if waits_for >= len(popped):
                     raise ExecutionError(
                         ErrorCause.DEADLOCK,
-                        f"{insn.format.mnemonic} pushes a {_queue_name(queue)} token into a full queue "
-                        f"(token_depth={self.config.token_depth}) that no earlier "
+                        f"{insn.format.mnemonic} pushes a {_queue_name(TOKEN_QUEUES[queue])} token into a "
+                        f"full queue (token_depth={self.config.token_depth}) that no earlier "
                         "instruction drains", pc=pc)
                 push_time = max(push_time, popped[waits_for])
             pushed.append(push_time)
@@ -274,19 +347,19 @@ class Scheduler:
 
         stall = (start - ready) + (retire - end)
         slots.append(start)
-        self._unit_free[unit] = retire
-        self._all_retired = max(self._all_retired, retire)
-        self.unit_busy[unit] += cycles
-        if insn.opcode in BUSY_COUNTER:
-            self.busy[BUSY_COUNTER[insn.opcode]] += cycles
+        self._unit_free[u] = retire
+        if retire > self._all_retired:
+            self._all_retired = retire
+        self._unit_busy[u] += cycles
+        if busy is not None:
+            self._busy[busy] += cycles
         self.stall_dep += stall
-        entry = ScheduledInstruction(index, insn, unit, dispatch, start, end, retire, stall, pc)
+        entry = _entry(index, insn, unit, dispatch, start, end, retire, stall, pc)
         self.entries.append(entry)
         return entry
 
     def result(self) -> Schedule:
-        return Schedule(list(self.entries), dict(self.unit_busy), dict(self.busy),
-                        self.stall_dep, self.cycles)
+        return Schedule(list(self.entries), self.unit_busy, self.busy, self.stall_dep, self.cycles)
 
 
 def _queue_name(queue: tuple[Unit, Unit]) -> str:

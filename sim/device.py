@@ -164,9 +164,14 @@ class GoldenDevice(Device):
         self.machine = Machine(config, race_check=race_check)
 
     def write(self, addr: int, data: bytes | np.ndarray) -> None:
-        payload = data.astype(data.dtype.newbyteorder("<")).tobytes() if isinstance(data, np.ndarray) \
-            else bytes(data)
-        self._check_span(addr, len(payload))
+        if isinstance(data, np.ndarray):
+            # Little-endian and contiguous (a copy only if it is not already): one copy into memory.
+            payload = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<")).reshape(-1)
+            nbytes = payload.nbytes
+        else:
+            payload = bytes(data)
+            nbytes = len(payload)
+        self._check_span(addr, nbytes)
         self.machine.write_dram(addr, payload)
 
     def read(self, addr: int, nbytes: int) -> bytes:
