@@ -372,7 +372,7 @@ def _hpm(args: argparse.Namespace) -> int:
     model = hpm.PerformanceModel(args.regressor).fit(records)
     out = args.out or (shipped_model_dir(args.device) if args.ship else hpm.default_model_dir(args.device))
     model.save(out)
-    print(f"trained on {len(records)} runs ({', '.join(model.metadata['configs'])}; "
+    print(f"trained on {model.metadata['rows']} runs ({', '.join(model.metadata['configs'])}; "
           f"{len(model.metadata['families'])} families): {out}")
     return 0
 

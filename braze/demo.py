@@ -162,6 +162,8 @@ class Variant:
     #: Wall time of compiling (for every batch shape) and of running on the device.
     compile_seconds: float
     run_seconds: float
+    #: Which cost model planned it, and why (the session's own words).
+    cost_model: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,21 +309,24 @@ def run_model(name: str, *, device: Any = DEFAULT_DEVICE, config: Config | str =
                 compiled_in = time.perf_counter() - t0
                 logits, totals, report = run_session(session, x, batch)
                 kernels = dict(session.kernels)
+                cost_model = session.cost_model_description()
+                planner = session.cost_model
             finally:
                 if isinstance(device, str):
                     session.close()
             seconds = time.perf_counter() - t0 - compiled_in
             identical = None
             if golden_check and device_name != "golden":
+                # The same cost model plans both, so that both run the same kernels.
                 with InferenceSession(path, device="golden", config=config, fuse=fuse,
-                                      calibration=calibration) as golden:
+                                      calibration=calibration, cost_model=planner) as golden:
                     golden_logits, _, _ = run_session(golden, x, batch)
                 identical = bool(np.array_equal(logits, golden_logits))
             log(f"[{name}] {label}: {totals.kernels} kernels, compiled in {compiled_in:.2f} s; {count} "
                 f"samples on {device_name} in {totals.device_runs} device run(s), {seconds:.1f} s"
                 + ("" if identical is None else
                    f"; golden outputs {'bit-identical' if identical else 'DIFFER'}"))
-            return Variant(logits, totals, report, kernels, identical, compiled_in, seconds)
+            return Variant(logits, totals, report, kernels, identical, compiled_in, seconds, cost_model)
 
         fused = compile_and_run(True)
         unfused = compile_and_run(False)
@@ -397,7 +402,45 @@ def run_main_demo(*, device: str = DEFAULT_DEVICE, config: Config | str = "defau
         log("")
         log(f"{outcome.name}, fused, per kernel (last batch: {last.stop - last.start} samples):")
         log(str(outcome.fused.report))
+    log("")
+    log(learned_model_table(outcomes, device, config))
     return outcomes
+
+
+def learned_model_table(outcomes: Sequence[ModelOutcome], device: str, config: Config) -> str:
+    """The hardware performance model at work: each fused kernel's measured cycles beside the
+    analytic and the learned predictions, and the cost model that planned each compilation."""
+    from braze.sw.hpm import MemorySystem, load_model
+    from braze.sw.hpm.model import error_pct
+
+    lines = ["Hardware performance model (learned from the RTL's counters):"]
+    for outcome in outcomes:
+        lines.append(f"  {outcome.name} fused was planned by {outcome.fused.cost_model}")
+    model = load_model(device)
+    if model is None or not model.covers(config, device):
+        lines.append(f"  no learned model covers {config.name} on {device}: `braze hpm calibrate` then "
+                     f"`braze hpm train` make one")
+        return "\n".join(lines)
+    meta = model.metadata
+    lines.append(f"  model: {model.regressor}, trained on {meta['rows']} runs of {len(meta['families'])} "
+                 f"kernel families ({', '.join(meta['configs'])}); `braze hpm calibrate` and "
+                 f"`braze hpm train` remake it")
+    lines.append(f"  {'model':6} {'kernel':28} {'measured':>9} {'analytic':>9} {'error':>7} {'learned':>9} "
+                 f"{'error':>7}")
+    errors: dict[str, list[float]] = {"analytic": [], "learned": []}
+    for outcome in outcomes:
+        for row in outcome.fused.report.kernels:
+            kernel = outcome.fused.kernels[row.kernel]
+            learned = model.predict(kernel, MemorySystem.nominal(config)).cycles
+            analytic_error = error_pct(row.predicted_cycles, row.cycles)
+            learned_error = error_pct(learned, row.cycles)
+            errors["analytic"].append(abs(analytic_error))
+            errors["learned"].append(abs(learned_error))
+            lines.append(f"  {outcome.name:6} {row.kernel[:28]:28} {row.cycles:9d} {row.predicted_cycles:9d} "
+                         f"{analytic_error:+6.1f}% {learned:9.0f} {learned_error:+6.1f}%")
+    lines.append(f"  mean |error|: analytic {np.mean(errors['analytic']):.1f}%, learned "
+                 f"{np.mean(errors['learned']):.1f}% (kernels of models it never saw)")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------

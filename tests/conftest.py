@@ -1,4 +1,4 @@
-"""Suite-wide settings: a private performance history, and no recording unless a test asks for it.
+"""Suite-wide settings: a private performance history, no recording, the analytic cost model.
 
 Sessions record their runs in the performance history by default; the suite's runs would fill
 the developer's own history (``~/.cache/braze/hpm``) and start background retraining in every
@@ -11,3 +11,6 @@ import tempfile
 
 os.environ["BRAZE_HISTORY"] = os.path.join(tempfile.mkdtemp(prefix="braze-test-history-"), "history.sqlite")
 os.environ["BRAZE_HPM_RECORD"] = "0"
+# Plans the suite compares (golden against RTL, fused against unfused) come from one cost model, the
+# analytic one, whatever learned model the machine has; tests of the learned path ask for it.
+os.environ["BRAZE_COST_MODEL"] = "analytic"

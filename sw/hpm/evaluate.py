@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .features import FEATURE_VERSION
 from .model import PerformanceModel, error_pct
 from .store import RunRecord
 
@@ -31,11 +32,17 @@ class FamilyScore:
     learned_worst: float
     errors: list[tuple[float, float]] = dataclasses.field(default_factory=list, repr=False)
     """(analytic error, learned error) of every run, signed, in percent."""
+    cycles: list[int] = dataclasses.field(default_factory=list, repr=False)
+    """The measured cycles of every run, in the order of ``errors``."""
 
 
 def holdout_by_family(records: Sequence[RunRecord], *, regressor: str = "lightgbm",
                       min_train: int = 20) -> list[FamilyScore]:
-    """Leave-one-family-out scores of a learned model against the analytic one."""
+    """Leave-one-family-out scores of a learned model against the analytic one.
+
+    Only runs recorded with this Braze's features count (older rows cannot be predicted).
+    """
+    records = [record for record in records if record.features.get("feature_version") == FEATURE_VERSION]
     families = sorted({record.family for record in records})
     scores = []
     for family in families:
@@ -51,7 +58,8 @@ def holdout_by_family(records: Sequence[RunRecord], *, regressor: str = "lightgb
         analytic = np.abs([a for a, _ in errors])
         learned = np.abs([b for _, b in errors])
         scores.append(FamilyScore(family, len(test), float(analytic.mean()), float(analytic.max()),
-                                  float(learned.mean()), float(learned.max()), errors))
+                                  float(learned.mean()), float(learned.max()), errors,
+                                  [record.cycles for record in test]))
     return scores
 
 

@@ -159,12 +159,13 @@ class PerformanceModel:
         else train about five times faster); such a model has no uncertainty and predicts no
         counters.
         """
+        # Rows recorded by an older Braze have other features; they cannot be mixed in.
+        given = len(records)
+        records = [record for record in records if record.features.get("feature_version") == FEATURE_VERSION]
         if len(records) < 10:
-            raise ModelError(f"a performance model needs at least 10 runs to learn from, not {len(records)}")
-        versions = {record.features.get("feature_version", FEATURE_VERSION) for record in records}
-        if versions != {FEATURE_VERSION}:
-            raise ModelError(f"history rows have feature versions {sorted(versions)}; this Braze computes "
-                             f"version {FEATURE_VERSION}: recalibrate")
+            raise ModelError(f"a performance model needs at least 10 runs to learn from; the history has "
+                             f"{len(records)} with this Braze's features (version {FEATURE_VERSION}) of "
+                             f"{given}: run `braze hpm calibrate`")
         self.feature_names = sorted(name for name in records[0].features if name != "feature_version")
         x = self._matrix([record.features for record in records])
         analytic = np.array([record.features["analytic_cycles"] for record in records], dtype=float)
@@ -188,6 +189,7 @@ class PerformanceModel:
             "devices": sorted({record.device for record in records}),
             "stalls": sorted({record.stall for record in records}),
             "last_row_id": max((record.id or 0) for record in records),
+            "ignored_rows": given - len(records),
         }
         return self
 

@@ -113,6 +113,8 @@ def _choose_cost_model(requested: CostModel | str | None, device, config: Config
     """The cost model a session plans with, and why (see ``cost_model`` of :class:`InferenceSession`)."""
     if isinstance(requested, CostModel):
         return requested, "given"
+    if requested is None and os.environ.get("BRAZE_COST_MODEL"):
+        requested = os.environ["BRAZE_COST_MODEL"]
     if requested not in (None, "analytic", "learned"):
         raise BrazeError(f"cost_model {requested!r}: give a CostModel, 'analytic', 'learned' or None")
     if requested == "analytic":
@@ -151,8 +153,8 @@ class InferenceSession:
     cost_model : CostModel, "analytic", "learned" or None
         What prices fusion and tiling candidates.  None (the default): the learned hardware
         performance model (:mod:`braze.sw.hpm`) where one is trained for this device kind and
-        configuration, else the ISA timing model; :meth:`cost_model_description` says which, and
-        why predictions fell back.
+        configuration, else the ISA timing model (the environment's ``BRAZE_COST_MODEL``, if set,
+        replaces None); :meth:`cost_model_description` says which, and why predictions fell back.
     record : bool or None
         Record every run's kernels and counters in the performance history, and let the monitor
         retrain the learned model when its error drifts (devices with real timing only: not

@@ -10,7 +10,7 @@ import pytest
 from braze.isa import Config
 from braze.sw.compiler import TimingCostModel, gemm
 from braze.sw.hpm.evaluate import holdout_by_family, summarise
-from braze.sw.hpm.features import MemorySystem, kernel_features
+from braze.sw.hpm.features import FEATURE_VERSION, MemorySystem, kernel_features
 from braze.sw.hpm.model import LearnedCostModel, ModelError, PerformanceModel
 from braze.sw.hpm.store import RunRecord
 
@@ -27,7 +27,8 @@ def _synthetic(rng, family: str, rows: int) -> list[RunRecord]:
         strided = float(rng.uniform(0, 1))
         cycles = round(analytic * (1 + 2 * stall * read_share + 0.3 * strided))
         features = {"analytic_cycles": analytic, "log_analytic_cycles": np.log(analytic), "stall": stall,
-                    "read_share": read_share, "strided": strided, "noise": float(rng.normal())}
+                    "read_share": read_share, "strided": strided, "noise": float(rng.normal()),
+                    "feature_version": FEATURE_VERSION}
         records.append(RunRecord(family, {"f": family}, "tiny", {}, "verilator", 16, stall, features,
                                  {"cycles": cycles, "stall_axi_read": round(cycles * stall * read_share),
                                   "array_busy": round(analytic * 0.5)}))
@@ -72,6 +73,11 @@ def test_save_and_load_give_the_same_predictions_quickly(tmp_path, regressor):
 
 
 def test_too_few_runs_and_missing_models_are_clear_errors(tmp_path):
+    old = _synthetic(np.random.default_rng(3), "a", 30)
+    for record in old:
+        record.features["feature_version"] = FEATURE_VERSION - 1
+    with pytest.raises(ModelError, match="0 with this Braze's features"):
+        PerformanceModel().fit(old)
     with pytest.raises(ModelError, match="at least 10"):
         PerformanceModel().fit(_synthetic(np.random.default_rng(3), "a", 3))
     with pytest.raises(ModelError, match="cannot load"):
