@@ -44,6 +44,9 @@ __all__ = ["PerformanceModel", "Prediction", "LearnedCostModel", "ModelError", "
 REGRESSORS = ("lightgbm", "sklearn")
 #: Counters predicted besides cycles, as shares of the cycles.
 COUNTER_SHARES = ("stall_axi_read", "array_busy")
+#: Features that say whether a kernel lies in the model's domain (:meth:`PerformanceModel.outside_training`).
+DOMAIN_FEATURES = frozenset({"rows", "cols", "spad_banks", "acc_banks", "bus_bytes", "token_depth",
+                             "read_latency", "stall", "log_analytic_cycles", "macs_per_byte"})
 #: The band the uncertainty is measured on (quantiles of the residual).
 BAND = (0.1, 0.9)
 _MODEL_FILE = "model.json"
@@ -221,9 +224,17 @@ class PerformanceModel:
         return self.predict_features([kernel_features(kernel, kernel.config, memory)])[0]
 
     def outside_training(self, features: Mapping[str, float], *, slack: float = 0.25) -> list[str]:
-        """Features of a kernel that lie outside the training range (widened by ``slack`` of its span)."""
+        """Domain features of a kernel outside the training range (widened by ``slack`` of its span).
+
+        The domain is the machine (array, banks, bus, token depth), the memory system, the kernel's
+        size (its analytic cycles) and intensity: trees predict a constant beyond what they saw, so a
+        kernel outside these is not trusted.  Instruction counts are not checked: a kernel with one
+        more CONFIG than any calibration kernel is no stranger for it.
+        """
         out = []
         for name, (low, high) in self._ranges.items():
+            if name not in DOMAIN_FEATURES:
+                continue
             value = float(features[name])
             span = (high - low) * slack
             if not low - span <= value <= high + span:
