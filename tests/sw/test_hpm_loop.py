@@ -69,3 +69,25 @@ def test_drift_is_detected_and_retraining_recovers(calibrated, device):
     assert np.mean(stale) > 10.0, "a model that never saw backpressure should be far off under it"
     assert np.mean(retrained[-6:]) < np.mean(stale) / 2, (stale, retrained)
     assert store.records(device="verilator")[-1].stall == 0.4
+
+
+def test_cli_calibrates_trains_shows_and_evaluates(tmp_path, capsys):
+    from braze.cli import main
+
+    history = str(tmp_path / "history.sqlite")
+    assert main(["hpm", "calibrate", "--configs", "tiny", "--count", "12", "--history", history,
+                 "--budget", "10m"]) == 0
+    out = capsys.readouterr().out
+    assert "runs recorded" in out and "0 failed" in out
+    assert main(["hpm", "train", "--history", history, "--out", str(tmp_path / "model")]) == 0
+    assert "trained on" in capsys.readouterr().out
+    assert PerformanceModel.load(tmp_path / "model").metadata["configs"] == ["tiny"]
+    assert main(["hpm", "evaluate", "--history", history, "--regressor", "sklearn"]) == 0
+    assert "all families" in capsys.readouterr().out
+    assert main(["hpm", "show", "--history", history]) == 0
+    assert "runs" in capsys.readouterr().out
+    # Bad input is one clear line, exit status 2.
+    assert main(["hpm", "calibrate", "--count", "0", "--history", history]) == 2
+    assert main(["hpm", "calibrate", "--budget", "soon", "--history", history]) == 2
+    assert main(["hpm", "train", "--history", str(tmp_path / "empty.sqlite")]) == 2
+    assert "braze hpm calibrate" in capsys.readouterr().err
