@@ -158,8 +158,8 @@ def calibration_kernels(config: Config, *, count: int = 200, seed: int = 0, tili
                 continue             # does not fit this configuration
             buckets[_bucket(kernel)].append(kernel)
             built += 1
-            if tilings and kernel.name in ("gemm", "conv2d") and rng.random() < 0.25:
-                for tiling in tiling_variants(kernel)[:2]:
+            if tilings and kernel.name in ("gemm", "conv2d") and rng.random() < 0.3:
+                for tiling in tiling_variants(kernel):
                     try:
                         variant = spec.build(config, tiling=tiling)
                     except (KernelError, ValueError):
