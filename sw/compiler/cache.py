@@ -26,9 +26,10 @@ from .kernels import Kernel
 __all__ = ["KernelCache", "default_cache", "cache_dir", "CACHE_VERSION"]
 
 #: Bump when generated kernels change meaning, or when a class pickled in the records moves (4: the
-#: kernels' ``Operand`` from ``braze.sw.kernels`` to ``braze.sw.compiler.kernels``), so that old
-#: disk entries are ignored.
-CACHE_VERSION = 4
+#: kernels' ``Operand`` from ``braze.sw.kernels`` to ``braze.sw.compiler.kernels``; 5: to
+#: ``braze.sw.compiler.kernels.common``, the library split by kernel family), so that old disk
+#: entries are ignored.
+CACHE_VERSION = 5
 
 
 def cache_dir() -> Path:

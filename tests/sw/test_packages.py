@@ -56,6 +56,6 @@ def _imported_modules(path: Path) -> set[str]:
 def test_compiler_never_imports_the_runtime():
     assert "braze.sw.compiler.lower" in _imported_modules(SW / "compiler" / "fusion.py")
     assert "braze.sw.compiler.lower" in _imported_modules(SW / "runtime" / "session.py")
-    for path in sorted((SW / "compiler").glob("*.py")):
+    for path in sorted((SW / "compiler").rglob("*.py")):
         offending = {name for name in _imported_modules(path) if name.startswith("braze.sw.runtime")}
         assert not offending, f"{path.name} imports {offending}"

@@ -1,0 +1,63 @@
+"""The kernel library: fused GEMM, convolution, pooling and element-wise kernels as Braze programs.
+
+Every function here takes a :class:`~braze.isa.Config` and shapes and returns a
+:class:`Kernel`: a straight-line instruction list for that configuration, the
+external-memory operands it reads and writes, and its predicted cycles (the
+timing model of :mod:`braze.isa.timing`) and MACs.  Nothing here knows about a
+graph IR; the compiler calls these functions, places the operands and chains
+the kernels.
+
+The package's modules, by kernel family:
+
+* :mod:`.common` -- what every kernel shares: :class:`Operand`, :class:`Kernel`, operand placement,
+  the scheduling of unit streams into one program (both documented there), the fused epilogue's
+  options, and the host-side helpers;
+* :mod:`.matmul` -- the tiled matrix-multiply pipeline (:class:`Tiling`) and :func:`gemm`;
+* :mod:`.conv` -- :func:`conv2d` on that pipeline;
+* :mod:`.pool` -- :func:`maxpool2d`, :func:`avgpool2d`, :func:`global_avgpool`;
+* :mod:`.elementwise` -- :func:`add`, :func:`relu`, :func:`clip`.
+
+The limitations of each family are in its module's documentation.  Everything public is
+imported here: use ``braze.sw.compiler.kernels.gemm``, not the module it lives in.
+
+Kernels
+-------
+* :func:`gemm` -- ``out = epilogue(A @ B)``, int8 operands, bias / requantize /
+  residual / activation fused, int8 or int32 output.
+* :func:`conv2d` -- NHWC convolution as a GEMM whose A tile is gathered from the
+  input by strided LOADs (implicit im2col; see the function).
+* :func:`maxpool2d`, :func:`avgpool2d`, :func:`global_avgpool` -- VECTOR
+  max / sum in the accumulator, averaging by multiply and shift.
+* :func:`add`, :func:`relu`, :func:`clip` -- element-wise.
+
+Host-side helpers: :func:`pack_params`, :func:`conv2d_weights`,
+:func:`avg_multiplier`, :func:`link`, :func:`run_kernel`, :func:`run_kernels`.
+"""
+
+from .common import (
+    MAX_VECTOR_MULT,
+    OPERAND_ALIGN,
+    Kernel,
+    KernelError,
+    KernelResult,
+    Operand,
+    conv2d_output_shape,
+    link,
+    pack_params,
+    run_kernel,
+    run_kernels,
+    utilisation,
+)
+from .conv import conv2d, conv2d_weights
+from .elementwise import add, clip, relu
+from .matmul import ALoader as ALoader  # public in the old module, though not in __all__
+from .matmul import Tiling, gemm
+from .pool import avg_multiplier, avgpool2d, global_avgpool, maxpool2d
+
+__all__ = [
+    "KernelError", "Operand", "Kernel", "KernelResult",
+    "gemm", "conv2d", "conv2d_output_shape", "maxpool2d", "avgpool2d", "global_avgpool",
+    "add", "relu", "clip",
+    "pack_params", "conv2d_weights", "avg_multiplier", "link", "run_kernel", "run_kernels", "utilisation",
+    "Tiling", "MAX_VECTOR_MULT", "OPERAND_ALIGN",
+]

@@ -1,0 +1,717 @@
+"""What every kernel shares: the data types (:class:`Operand`, :class:`Kernel`, :class:`KernelResult`),
+argument checks, the unit streams and their merge into one program, operand placement, the epilogue
+options of GEMM and convolution, the geometry of convolution and pooling windows, VECTOR helpers, and
+the host-side helpers (:func:`pack_params`, :func:`link`, :func:`run_kernel`, :func:`run_kernels`,
+:func:`utilisation`).
+
+Operands and placement
+----------------------
+A kernel names its external operands (``"A"``, ``"B"``, ``"params"``, ``"out"``,
+``"counters"``, ...); :attr:`Kernel.operands` maps each name to an
+:class:`Operand` with its absolute byte address, shape, dtype and layout.  The
+caller chooses addresses with ``addrs={"A": 0x1000, ...}``; operands it leaves
+out are packed one after another from ``base`` (64-byte aligned).  Operands may
+not overlap (an output is never written in place over an input).  Integers
+are little-endian; every tensor is dense and row-major in the layout named.
+
+Every kernel ends with ``COUNTERS dram=<counters> reset`` (place the snapshot
+with ``addrs={"counters": ...}``): it holds the performance counters since the
+previous snapshot or the start of the run, so a program made of several
+kernels yields a per-kernel breakdown.  (A COUNTERS instruction counts its own
+external write after its snapshot, so the next kernel's ``dma_write_bytes``
+and ``axi_write_beats`` include the previous snapshot's.)  Kernels leave every
+token queue empty and set the CONFIG registers they use, and COUNTERS is a
+barrier, so they compose by concatenation (:func:`link`), a later kernel
+reading what an earlier one wrote.
+
+How a kernel is scheduled
+-------------------------
+A kernel is first written as three in-order streams, one per unit (load,
+compute, store), each instruction declaring which on-chip buffers
+(:class:`_Buffer`) it reads and writes.  Dependencies between units follow from
+those buffers (read after write, write after read or write) and become
+dependency tokens: the producer sets ``push_*``, the consumer ``pop_*``, and a
+dependency already implied by an earlier token is not repeated.  Buffers used
+round-robin (two or more slots) are what gives double buffering: the load of
+the next tile only waits for the compute instruction that last read its slot.
+The three streams are then merged into one program in the order of their
+estimated start times (the timing model's instruction cycles, without the
+dispatcher), which keeps the in-order dispatcher from blocking a unit behind
+another unit's queue, and never lets a token queue hold more than
+``token_depth`` tokens.  Where double buffering needs more tokens in flight
+than the configuration's queues hold (``token_depth`` 1), the kernel falls
+back to single buffering.  GEMM and convolution generate several tilings and
+keep the one the timing model predicts fastest (:class:`Tiling`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from braze.isa import (
+    SNAPSHOT_BYTES,
+    Activation,
+    Config,
+    ConfigReg,
+    Instruction,
+    Memory,
+    Opcode,
+    Unit,
+    VectorOp,
+    parse_snapshot,
+)
+from braze.isa.asm import disassemble
+from braze.isa.errors import BrazeError
+from braze.isa.timing import instruction_cycles, schedule
+
+__all__ = [
+    "KernelError", "Operand", "Kernel", "KernelResult", "conv2d_output_shape",
+    "pack_params", "link", "run_kernel", "run_kernels", "utilisation", "MAX_VECTOR_MULT", "OPERAND_ALIGN",
+]
+
+#: Alignment of operands that the caller leaves to the kernel to place.
+OPERAND_ALIGN = 64
+#: Largest multiplier of VECTOR ``mul`` (its ``imm`` field is int16).
+MAX_VECTOR_MULT = (1 << 15) - 1
+
+
+class KernelError(BrazeError, ValueError):
+    """A kernel cannot be generated for these shapes, options or configuration."""
+
+
+class _Unorderable(Exception):
+    """The streams need more tokens in flight than the token queues hold (retry with fewer slots)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public data types
+
+@dataclasses.dataclass(frozen=True)
+class Operand:
+    """One external-memory operand of a kernel.
+
+    Attributes
+    ----------
+    name : str
+        The kernel's name for it (``"A"``, ``"params"``, ...).
+    addr : int
+        Absolute byte address in external memory.
+    shape : tuple of int
+        Shape of the dense array stored there.
+    dtype : numpy.dtype
+        Element type (little-endian).
+    layout : str
+        What the axes mean, e.g. ``"NHWC"`` or ``"row-major M x K"``.
+    role : str
+        ``"input"`` (the caller writes it before the run), ``"param"`` (an input
+        holding constants: weights, bias, requantize rows), ``"output"`` (the
+        kernel writes it) or ``"counters"`` (the COUNTERS snapshot).
+    """
+
+    name: str
+    addr: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    layout: str
+    role: str
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    @property
+    def end(self) -> int:
+        return self.addr + self.nbytes
+
+
+@dataclasses.dataclass
+class Kernel:
+    """A generated kernel.
+
+    Attributes
+    ----------
+    name : str
+        Kind of kernel (``"gemm"``, ``"conv2d"``, ...).
+    config : Config
+        The configuration it was generated for (it is only valid there).
+    instructions : list of Instruction
+        The program, ending with the COUNTERS snapshot; no HALT (see :meth:`program`).
+    operands : dict of str to Operand
+        External operands by name.
+    macs : int
+        Useful multiply-accumulates (MATMUL ``m*n*k`` summed).
+    predicted_cycles : int
+        Cycles of :meth:`program` under the timing model.
+    param_rows : tuple of str
+        For kernels with a ``params`` operand, what its rows hold, in order
+        (``"bias"``, ``"mult"``, ``"shift"``); see :func:`pack_params`.
+    tiling : dict
+        How the kernel was tiled (for reports; not an interface).
+    """
+
+    name: str
+    config: Config
+    instructions: list[Instruction]
+    operands: dict[str, Operand]
+    macs: int
+    predicted_cycles: int
+    param_rows: tuple[str, ...] = ()
+    tiling: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def program(self, *, halt: bool = True) -> list[Instruction]:
+        """The instructions, followed by HALT unless ``halt`` is false."""
+        return self.instructions + ([Instruction.make(Opcode.HALT)] if halt else [])
+
+    @property
+    def asm(self) -> str:
+        """The instructions as assembly text (the disassembler's)."""
+        return disassemble(self.instructions)
+
+    def inputs(self) -> list[Operand]:
+        """Operands the caller must write before running (inputs and parameters)."""
+        return [op for op in self.operands.values() if op.role in ("input", "param")]
+
+    def outputs(self) -> list[Operand]:
+        return [op for op in self.operands.values() if op.role == "output"]
+
+    @property
+    def data_end(self) -> int:
+        """First byte after every operand."""
+        return max(op.end for op in self.operands.values())
+
+
+@dataclasses.dataclass
+class KernelResult:
+    """What :func:`run_kernel` read back: outputs by name, the kernel's counter snapshot, and the
+    cycles of the whole run (all linked kernels) as the device reported them."""
+
+    outputs: dict[str, np.ndarray]
+    counters: dict[str, int]
+    cycles: int
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Argument checks
+
+def _positive(name: str, value: Any) -> int:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+        raise KernelError(f"{name} must be a positive integer, not {value!r}")
+    return int(value)
+
+
+def _non_negative(name: str, value: Any) -> int:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
+        raise KernelError(f"{name} must be a non-negative integer, not {value!r}")
+    return int(value)
+
+
+def _check_config(config: Any) -> Config:
+    if not isinstance(config, Config):
+        raise KernelError(f"config must be a braze Config, not {config!r}")
+    return config
+
+
+def _int_in(name: str, value: Any, low: int, high: int) -> int:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or not low <= value <= high:
+        raise KernelError(f"{name} must be an integer in {low}..{high}, not {value!r}")
+    return int(value)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Streams, buffers and the merge into one program
+
+_PUSH_FLAG = {(Unit.LOAD, Unit.COMPUTE): "push_next", (Unit.COMPUTE, Unit.LOAD): "push_prev",
+              (Unit.COMPUTE, Unit.STORE): "push_next", (Unit.STORE, Unit.COMPUTE): "push_prev"}
+_POP_FLAG = {(Unit.LOAD, Unit.COMPUTE): "pop_prev", (Unit.COMPUTE, Unit.LOAD): "pop_next",
+             (Unit.COMPUTE, Unit.STORE): "pop_prev", (Unit.STORE, Unit.COMPUTE): "pop_next"}
+_STREAM_UNITS = (Unit.LOAD, Unit.COMPUTE, Unit.STORE)
+
+
+@dataclasses.dataclass(eq=False)      # identity: buffers are tracked as objects
+class _Buffer:
+    """A range of on-chip rows that instructions access as a whole, for dependency tracking.
+
+    ``writer``: (unit, index) of the last writer; ``readers``: the last reader per unit since then.
+    Buffers made with the same ``group`` share that tracking, as if they were one buffer.
+    """
+
+    name: str
+    memory: Memory
+    start: int
+    rows: int
+    writer: tuple[Unit, int] | None = None
+    readers: dict[Unit, int] = dataclasses.field(default_factory=dict)
+    group: _Buffer | None = None
+
+    @property
+    def tracked(self) -> _Buffer:
+        return self.group if self.group is not None else self
+
+
+@dataclasses.dataclass
+class _Op:
+    insn: Instruction
+    flags: set[str] = dataclasses.field(default_factory=set)
+    pops: list[Unit] = dataclasses.field(default_factory=list)      # producers this op pops from
+    pushes: list[Unit] = dataclasses.field(default_factory=list)    # consumers this op pushes to
+
+
+class _Allocator:
+    """Bump allocation of the rows of one on-chip memory."""
+
+    def __init__(self, memory: Memory, limit: int, what: str):
+        self.memory = memory
+        self.limit = limit
+        self.what = what
+        self.used = 0
+
+    def take(self, name: str, rows: int) -> _Buffer:
+        if self.used + rows > self.limit:
+            raise KernelError(f"{self.what}: buffer {name!r} of {rows} rows does not fit "
+                              f"({self.used} of {self.limit} {self.memory.name.lower()} rows in use)")
+        buffer = _Buffer(name, self.memory, self.used, rows)
+        self.used += rows
+        return buffer
+
+    def ring(self, name: str, slots: int, rows: int) -> list[_Buffer]:
+        return [self.take(f"{name}{i}", rows) for i in range(slots)]
+
+
+def _slot(slots: list[_Buffer], index: int) -> _Buffer:
+    return slots[index % len(slots)]
+
+
+def _buffering_options(config: Config) -> list[int]:
+    """Ring slots to try, most first: two (double buffering) if the token queues can hold the tokens
+    that needs in flight, then one."""
+    return sorted({min(2, config.token_depth), 1}, reverse=True)
+
+
+def _first_orderable(what: str, config: Config, build: Callable[[int], Kernel]) -> Kernel:
+    """``build(slots)`` with the most ring slots whose streams fit the token queues."""
+    for slots in _buffering_options(config):
+        try:
+            return build(slots)
+        except _Unorderable:
+            continue
+    raise KernelError(f"{what}: no order of the program fits token_depth={config.token_depth} of config "
+                      f"{config.name!r}")
+
+
+class _Streams:
+    """Per-unit instruction streams whose cross-unit dependencies become tokens."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.ops: dict[Unit, list[_Op]] = {unit: [] for unit in _STREAM_UNITS}
+        # Latest producer instruction each consumer has already waited for, per token queue.
+        self._waited: dict[tuple[Unit, Unit], int] = {queue: -1 for queue in _PUSH_FLAG}
+
+    def add(self, insn: Instruction, *, reads: Iterable[_Buffer] = (),
+            writes: Iterable[_Buffer] = ()) -> None:
+        reads = list(dict.fromkeys(buffer.tracked for buffer in reads))
+        writes = list(dict.fromkeys(buffer.tracked for buffer in writes))
+        unit = insn.unit
+        if unit not in self.ops:
+            raise AssertionError(f"{insn!r} is not a unit instruction")
+        wait: dict[Unit, int] = {}
+
+        def after(other: tuple[Unit, int] | None):
+            if other is not None and other[0] is not unit:
+                wait[other[0]] = max(wait.get(other[0], -1), other[1])
+
+        for buffer in reads:
+            after(buffer.writer)
+        for buffer in writes:
+            after(buffer.writer)
+            for reader in buffer.readers.items():
+                after(reader)
+        op = _Op(insn)
+        for producer, index in wait.items():
+            queue = (producer, unit)
+            if queue not in _PUSH_FLAG:
+                raise AssertionError(f"{insn!r} depends on the {producer.name.lower()} unit, "
+                                     "which has no token queue to it")
+            if index > self._waited[queue]:
+                producer_op = self.ops[producer][index]
+                producer_op.flags.add(_PUSH_FLAG[queue])
+                producer_op.pushes.append(unit)
+                op.flags.add(_POP_FLAG[queue])
+                op.pops.append(producer)
+                self._waited[queue] = index
+        here = (unit, len(self.ops[unit]))
+        self.ops[unit].append(op)
+        for buffer in reads:
+            buffer.readers[unit] = here[1]
+        for buffer in writes:
+            buffer.writer = here
+            buffer.readers = {}
+
+    def merge(self) -> list[Instruction]:
+        """One program: the streams interleaved by estimated start time, within token capacity."""
+        config = self.config
+        heads = {unit: 0 for unit in _STREAM_UNITS}
+        unit_free = {unit: 0 for unit in _STREAM_UNITS}
+        push_times: dict[tuple[Unit, Unit], list[int]] = {queue: [] for queue in _PUSH_FLAG}
+        popped = {queue: 0 for queue in _PUSH_FLAG}
+        program: list[Instruction] = []
+        total = sum(len(ops) for ops in self.ops.values())
+        while len(program) < total:
+            best: tuple[int, Unit] | None = None
+            for unit in _STREAM_UNITS:
+                ops = self.ops[unit]
+                if heads[unit] == len(ops):
+                    continue
+                op = ops[heads[unit]]
+                start = unit_free[unit]
+                ready = True
+                for producer in op.pops:
+                    queue = (producer, unit)
+                    if popped[queue] >= len(push_times[queue]):
+                        ready = False
+                        break
+                    start = max(start, push_times[queue][popped[queue]])
+                for consumer in op.pushes:
+                    queue = (unit, consumer)
+                    if len(push_times[queue]) - popped[queue] >= config.token_depth:
+                        ready = False
+                if ready and (best is None or start < best[0]):
+                    best = (start, unit)
+            if best is None:
+                raise _Unorderable(f"the streams need more than token_depth={config.token_depth} tokens "
+                                   "in flight")
+            start, unit = best
+            op = self.ops[unit][heads[unit]]
+            heads[unit] += 1
+            for producer in op.pops:
+                popped[(producer, unit)] += 1
+            # The flags are legal for the unit by construction (_PUSH_FLAG/_POP_FLAG), so no re-validation.
+            insn = dataclasses.replace(op.insn, deps=op.insn.deps | frozenset(op.flags))
+            end = start + instruction_cycles(insn, config)
+            for consumer in op.pushes:
+                push_times[(unit, consumer)].append(end)
+            unit_free[unit] = end
+            program.append(insn)
+        return program
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Operand placement and kernel assembly
+
+@dataclasses.dataclass
+class _OperandSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    layout: str
+    role: str
+
+
+def _place(config: Config, specs: list[_OperandSpec], addrs: Mapping[str, int] | None, base: int
+           ) -> dict[str, Operand]:
+    addrs = dict(addrs or {})
+    unknown = set(addrs) - {spec.name for spec in specs}
+    if unknown:
+        raise KernelError(f"addrs names unknown operand(s) {', '.join(sorted(unknown))}; "
+                          f"this kernel has {', '.join(spec.name for spec in specs)}")
+    _non_negative("base", base)
+    cursor = base
+    placed: dict[str, Operand] = {}
+    for spec in specs:
+        dtype = np.dtype(spec.dtype).newbyteorder("<")
+        nbytes = int(np.prod(spec.shape)) * dtype.itemsize
+        if spec.name in addrs:
+            addr = _non_negative(f"addrs[{spec.name!r}]", addrs[spec.name])
+        else:
+            addr = _cdiv(cursor, OPERAND_ALIGN) * OPERAND_ALIGN
+            cursor = addr + nbytes
+        placed[spec.name] = Operand(spec.name, addr, spec.shape, dtype, spec.layout, spec.role)
+    ordered = sorted(placed.values(), key=lambda op: op.addr)
+    for first, second in zip(ordered, ordered[1:], strict=False):
+        if first.end > second.addr:
+            raise KernelError(f"operands {first.name!r} (0x{first.addr:x}..0x{first.end:x}) and "
+                              f"{second.name!r} (0x{second.addr:x}..) overlap")
+    if ordered[-1].end > config.dram_bytes:
+        raise KernelError(f"operand {ordered[-1].name!r} ends at 0x{ordered[-1].end:x}, beyond the "
+                          f"{config.dram_bytes}-byte external memory of config {config.name!r}")
+    return placed
+
+
+def _counters_spec() -> _OperandSpec:
+    return _OperandSpec("counters", (SNAPSHOT_BYTES // 8,), "u8", "COUNTERS snapshot, Counter order",
+                        "counters")
+
+
+def _finish(name: str, config: Config, streams: _Streams, operands: dict[str, Operand], *, macs: int,
+            param_rows: tuple[str, ...] = (), tiling: dict | None = None) -> Kernel:
+    instructions = streams.merge()
+    instructions.append(Instruction.make(Opcode.COUNTERS, dram=operands["counters"].addr, reset=True))
+    cycles = schedule(instructions + [Instruction.make(Opcode.HALT)], config).cycles
+    return Kernel(name, config, instructions, operands, macs, cycles, param_rows, dict(tiling or {}))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Epilogue options shared by gemm and conv2d
+
+@dataclasses.dataclass(frozen=True)
+class _Epilogue:
+    bias: bool
+    requant: bool
+    residual: bool
+    act: Activation
+    clip_lo: int
+    clip_hi: int
+    out_zp: int
+    out_int32: bool
+
+    @property
+    def param_rows(self) -> tuple[str, ...]:
+        return (("bias",) if self.bias else ()) + (("mult", "shift") if self.requant else ())
+
+    @property
+    def needed(self) -> bool:
+        """Whether an EPILOGUE runs at all (int8 output always needs one, to saturate)."""
+        return (self.bias or self.requant or self.residual or self.act is not Activation.NONE
+                or not self.out_int32)
+
+
+def _epilogue_options(bias, requant, residual, act, clip_range, out_zp, out) -> _Epilogue:
+    if isinstance(act, str):
+        try:
+            act = Activation[act.upper()]
+        except KeyError:
+            raise KernelError(f"act must be one of none, relu, clip, not {act!r}") from None
+    if not isinstance(act, Activation):
+        raise KernelError(f"act must be an Activation or its name, not {act!r}")
+    lo = hi = 0
+    if act is Activation.CLIP:
+        if not isinstance(clip_range, tuple | list) or len(clip_range) != 2:
+            raise KernelError(f"act='clip' needs clip=(lo, hi), not clip={clip_range!r}")
+        lo, hi = clip_range
+        lo = _int_in("clip lower bound", lo, -(1 << 31), (1 << 31) - 1)
+        hi = _int_in("clip upper bound", hi, lo, (1 << 31) - 1)
+    elif clip_range is not None:
+        raise KernelError(f"clip={clip_range!r} is only meaningful with act='clip' (act={act.name.lower()})")
+    if out not in ("int8", "int32"):
+        raise KernelError(f"out must be 'int8' or 'int32', not {out!r}")
+    out_zp = _int_in("out_zp", out_zp, -(1 << 31), (1 << 31) - 1)
+    if out_zp and not requant:
+        raise KernelError(f"out_zp={out_zp} is added by the requantize stage; set requant=True")
+    for name, flag in (("bias", bias), ("requant", requant), ("residual", residual)):
+        if not isinstance(flag, bool):
+            raise KernelError(f"{name} must be True or False, not {flag!r}")
+    return _Epilogue(bias, requant, residual, act, lo, hi, out_zp, out == "int32")
+
+
+def _epilogue_specs(epi: _Epilogue, rows: int, cols: int, layout: str) -> list[_OperandSpec]:
+    specs = []
+    if epi.param_rows:
+        specs.append(_OperandSpec("params", (len(epi.param_rows), cols), "i4",
+                                  f"rows {', '.join(epi.param_rows)}; one column per output column", "param"))
+    if epi.residual:
+        specs.append(_OperandSpec("residual", (rows, cols), "i1", layout, "input"))
+    specs.append(_OperandSpec("out", (rows, cols), "i4" if epi.out_int32 else "i1", layout, "output"))
+    return specs
+
+
+def _set_config_regs(streams: _Streams, epi: _Epilogue) -> None:
+    # The registers persist across kernels: set every one this kernel's EPILOGUEs read.
+    if epi.requant:
+        streams.add(Instruction.make(Opcode.CONFIG, reg=ConfigReg.OUT_ZP, value=epi.out_zp))
+    if epi.act is Activation.CLIP:
+        streams.add(Instruction.make(Opcode.CONFIG, reg=ConfigReg.CLIP_LO, value=epi.clip_lo))
+        streams.add(Instruction.make(Opcode.CONFIG, reg=ConfigReg.CLIP_HI, value=epi.clip_hi))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Windows of convolution and pooling
+
+def conv2d_output_shape(H: int, W: int, kh: int, kw: int, stride: int, pad: int) -> tuple[int, int]:
+    """Output height and width of a convolution or pooling window."""
+    return (H + 2 * pad - kh) // stride + 1, (W + 2 * pad - kw) // stride + 1
+
+
+def _check_window(H, W, kh, kw, stride, pad, *, pad_below_kernel: bool) -> tuple[int, int]:
+    for name, value in (("H", H), ("W", W), ("kh", kh), ("kw", kw), ("stride", stride)):
+        _positive(name, value)
+    _non_negative("pad", pad)
+    if pad_below_kernel and (pad >= kh or pad >= kw):
+        raise KernelError(f"pad={pad} must be smaller than the {kh}x{kw} window")
+    Ho, Wo = conv2d_output_shape(H, W, kh, kw, stride, pad)
+    if Ho < 1 or Wo < 1:
+        raise KernelError(f"a {kh}x{kw} window with pad={pad} does not fit a {H}x{W} input")
+    return Ho, Wo
+
+
+@dataclasses.dataclass
+class _Segment:
+    """Rows of one gathered LOAD: ``rows`` local rows, external ``dram + r*stride`` (None: zeros)."""
+
+    local: int
+    rows: int
+    dram: int | None
+    stride: int
+
+
+def _window_segments(N: int, H: int, W: int, C: int, Ho: int, Wo: int, stride: int, pad: int, ky: int,
+                     kx: int, first: int, count: int, x_addr: int, channel: int) -> list[_Segment]:
+    """Where the tap (ky, kx) of output pixels first..first+count-1 (flattened n, oy, ox) lies in an
+    NHWC input: runs of pixels read with one strided LOAD, and runs in the padding (None)."""
+    segments: list[_Segment] = []
+
+    def emit(local: int, rows: int, dram: int | None, stride_bytes: int):
+        if rows <= 0:
+            return
+        if segments:
+            last = segments[-1]
+            contiguous = last.local + last.rows == local
+            if contiguous and dram is None and last.dram is None:
+                last.rows += rows
+                return
+            if (contiguous and dram is not None and last.dram is not None and last.stride == stride_bytes
+                    and last.dram + last.rows * last.stride == dram):
+                last.rows += rows
+                return
+        segments.append(_Segment(local, rows, dram, stride_bytes))
+
+    pixel = first
+    end = first + count
+    while pixel < end:
+        n, rest = divmod(pixel, Ho * Wo)
+        oy, ox0 = divmod(rest, Wo)
+        ox1 = min(Wo, ox0 + end - pixel)          # this output row's part of the range
+        local0 = pixel - first
+        iy = oy * stride + ky - pad
+        if not 0 <= iy < H:
+            emit(local0, ox1 - ox0, None, 0)
+        else:
+            # Valid ox: 0 <= ox*stride + kx - pad < W.
+            lo = max(ox0, _cdiv(pad - kx, stride))
+            hi = min(ox1, (W - 1 + pad - kx) // stride + 1)
+            if hi <= lo:
+                emit(local0, ox1 - ox0, None, 0)
+            else:
+                emit(local0, lo - ox0, None, 0)
+                ix = lo * stride + kx - pad
+                emit(local0 + lo - ox0, hi - lo, x_addr + ((n * H + iy) * W + ix) * C + channel, stride * C)
+                emit(local0 + hi - ox0, ox1 - hi, None, 0)
+        pixel += ox1 - ox0
+    return segments
+
+
+# ---------------------------------------------------------------------------------------------------------
+# VECTOR helpers shared by pooling and element-wise kernels
+
+def _set_clip(streams: _Streams, lo: int, hi: int) -> None:
+    streams.add(Instruction.make(Opcode.CONFIG, reg=ConfigReg.CLIP_LO, value=lo))
+    streams.add(Instruction.make(Opcode.CONFIG, reg=ConfigReg.CLIP_HI, value=hi))
+
+
+def _vector(op: VectorOp, dst: _Buffer, dst_row: int, src1: _Buffer, src1_row: int, rows: int, *,
+            src2: _Buffer | None = None, src2_row: int = 0, imm: int | None = None, shift: int = 0
+            ) -> Instruction:
+    fields: dict[str, Any] = dict(op=op, dst_mem=dst.memory, dst=dst_row, src1_mem=src1.memory, src1=src1_row,
+                                  rows=rows, shift=shift)
+    if src2 is not None:
+        fields.update(src2_mem=src2.memory, src2=src2_row)
+    if imm is not None:
+        fields.update(use_imm=True, imm=imm)
+    return Instruction.make(Opcode.VECTOR, **fields)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Host-side helpers
+
+def pack_params(kernel: Kernel, *, bias: np.ndarray | None = None, mult: np.ndarray | None = None,
+                shift: np.ndarray | None = None) -> np.ndarray:
+    """The ``params`` operand of a GEMM/conv kernel: int32 rows in :attr:`Kernel.param_rows` order."""
+    given = {"bias": bias, "mult": mult, "shift": shift}
+    if "params" not in kernel.operands:
+        raise KernelError(f"this {kernel.name} kernel has no params operand (no bias or requant)")
+    columns = kernel.operands["params"].shape[1]
+    rows = []
+    for name in kernel.param_rows:
+        value = given.pop(name)
+        if value is None:
+            raise KernelError(f"the kernel needs {name!r} "
+                              f"(its param rows are {', '.join(kernel.param_rows)})")
+        value = np.asarray(value)
+        if value.shape != (columns,):
+            raise KernelError(f"{name} must have shape ({columns},), not {value.shape}")
+        rows.append(value.astype(np.int64))
+    extra = [name for name, value in given.items() if value is not None]
+    if extra:
+        raise KernelError(f"the kernel does not use {', '.join(extra)} (its param rows are "
+                          f"{', '.join(kernel.param_rows) or 'none'})")
+    packed = np.stack(rows)
+    if packed.min() < -(1 << 31) or packed.max() >= 1 << 31:
+        raise KernelError("params must fit int32")
+    return packed.astype("<i4")
+
+
+def link(kernels: Sequence[Kernel]) -> list[Instruction]:
+    """One program running the kernels in order, then HALT (each keeps its own counter snapshot)."""
+    if not kernels:
+        raise KernelError("link needs at least one kernel")
+    config = kernels[0].config
+    for kernel in kernels:
+        if kernel.config != config:
+            raise KernelError(f"kernel {kernel.name} is for config {kernel.config.name!r}, "
+                              f"not {config.name!r}")
+    return [insn for kernel in kernels for insn in kernel.instructions] + [Instruction.make(Opcode.HALT)]
+
+
+def run_kernels(device, kernels: Sequence[Kernel], inputs: Sequence[Mapping[str, np.ndarray]], *,
+                program_addr: int | None = None, max_cycles: int | None = None) -> list[KernelResult]:
+    """Write the inputs, run the linked kernels on a device, and read every output and snapshot.
+
+    ``inputs[i]`` maps operand names of ``kernels[i]`` to arrays (an input
+    produced by an earlier kernel is simply not given).  The program goes at
+    ``program_addr``, by default after every operand.
+    """
+    if len(inputs) != len(kernels):
+        raise KernelError(f"{len(kernels)} kernels but {len(inputs)} input mappings")
+    program = link(kernels)
+    if program_addr is None:
+        program_addr = _cdiv(max(kernel.data_end for kernel in kernels), OPERAND_ALIGN) * OPERAND_ALIGN
+    for kernel, values in zip(kernels, inputs, strict=True):
+        for name, value in values.items():
+            if name not in kernel.operands:
+                raise KernelError(f"{kernel.name} kernel has no operand {name!r}")
+            operand = kernel.operands[name]
+            value = np.asarray(value)
+            if value.shape != operand.shape:
+                raise KernelError(f"{kernel.name} operand {name!r} has shape {operand.shape}, "
+                                  f"not {value.shape}")
+            device.write(operand.addr, value.astype(operand.dtype))
+    status = device.run(program, base=program_addr, max_cycles=max_cycles)
+    results = []
+    for kernel in kernels:
+        outputs = {op.name: device.read_array(op.addr, op.shape, op.dtype) for op in kernel.outputs()}
+        counters = parse_snapshot(device.read(kernel.operands["counters"].addr, SNAPSHOT_BYTES))
+        results.append(KernelResult(outputs, counters, status.cycles))
+    return results
+
+
+def run_kernel(device, kernel: Kernel, inputs: Mapping[str, np.ndarray], **options) -> KernelResult:
+    """:func:`run_kernels` for one kernel."""
+    return run_kernels(device, [kernel], [inputs], **options)[0]
+
+
+def utilisation(kernel_or_counters: Kernel | Mapping[str, int], config: Config | None = None) -> float:
+    """Useful-MAC utilisation ``macs / (cycles * rows * cols)`` of a kernel's prediction or a snapshot."""
+    if isinstance(kernel_or_counters, Kernel):
+        kernel = kernel_or_counters
+        return kernel.macs / (kernel.predicted_cycles * kernel.config.rows * kernel.config.cols)
+    if config is None:
+        raise KernelError("utilisation of a counter snapshot needs the config")
+    counters = kernel_or_counters
+    return counters["macs"] / (max(1, counters["cycles"]) * config.rows * config.cols)

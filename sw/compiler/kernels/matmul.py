@@ -1,0 +1,458 @@
+"""The tiled matrix-multiply pipeline behind :func:`gemm` and :func:`~.conv.conv2d`: the tilings
+(:class:`Tiling`) that fit a configuration, the streams of one tiling, and the choice of the tiling the
+timing model predicts fastest; :func:`gemm` itself.
+
+Limitations
+-----------
+* When an A tile with all of K does not fit the scratchpad with room to
+  spare, A is streamed in K blocks once per group of N tiles (see
+  :class:`Tiling`); that reads A several times, and a convolution then
+  gathers its patches several times (more LOAD instructions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from braze.isa import Activation, Config, Instruction, Memory, Opcode
+
+from .common import (
+    Kernel,
+    KernelError,
+    Operand,
+    _Allocator,
+    _Buffer,
+    _buffering_options,
+    _cdiv,
+    _check_config,
+    _counters_spec,
+    _Epilogue,
+    _epilogue_options,
+    _epilogue_specs,
+    _finish,
+    _OperandSpec,
+    _place,
+    _positive,
+    _set_config_regs,
+    _slot,
+    _Streams,
+    _Unorderable,
+)
+
+__all__ = ["Tiling", "gemm"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The matrix-multiply pipeline behind gemm and conv2d
+
+# Emits the LOADs that place rows i0..i0+m-1 of K-chunk c of A at scratchpad row `dst` (one row per
+# A row, the chunk's `rows` bytes at the start of the row, zeros elsewhere).
+ALoader = Callable[[int, int, int, int], list[Instruction]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """How a GEMM or convolution is tiled (chosen by the kernel unless forced, e.g. by tests).
+
+    Attributes
+    ----------
+    m : int
+        Rows of A (and C) per M tile.
+    a_slots : int
+        Size of the A ring, in K-chunk slots of ``m`` scratchpad rows.  Chunk c
+        of M tile t lives in slot ``(t*chunks + c) % a_slots``, so with more
+        slots than one tile needs the next tile's chunks load while this one
+        computes (a ring of exactly ``2*chunks`` slots is plain double
+        buffering).  A MATMUL whose chunks wrap around the ring is split in two.
+    b_resident : bool
+        Every B tile stays in the scratchpad (loaded once); otherwise B tiles
+        stream through two slots.
+    params_resident : bool
+        Every parameter tile stays in the accumulator (loaded once); otherwise two slots.
+    first_pieces : int
+        The MATMUL of the first N tile of each M tile is split into this many
+        K-pieces (accumulating), so that it starts as soon as the first
+        chunks of A are in, instead of after all of them.
+    buffers : int
+        Slots of the rings of streamed B, parameter, residual, output and C
+        tiles: 2 (double buffering) or 1 (for token queues of depth 1).
+    k_block : int
+        0: an A tile (all of K) stays resident while every N tile is computed.
+        Otherwise a multiple of ``rows``: for each N tile, K is covered in
+        blocks of ``k_block`` rows, each block's A chunks and B rows streamed
+        through the rings and accumulated by MATMUL -- A is read once per N
+        tile, but K is no longer limited by the scratchpad, and ``m`` can be
+        large for large K.  ``b_resident`` must be false.
+    n_group : int
+        With ``k_block``: N tiles computed together, each K block of A
+        serving all of them (their C tiles live in the accumulator at once),
+        so A is read once per group of N tiles.
+    """
+
+    m: int
+    a_slots: int
+    b_resident: bool
+    params_resident: bool
+    first_pieces: int = 1
+    buffers: int = 2
+    k_block: int = 0
+    n_group: int = 1
+
+
+def _chunk_runs(first_slot: int, chunks: int, ring: int, pieces: int) -> list[tuple[int, int]]:
+    """Chunk ranges [c0, c1) whose slots are consecutive in the ring, each range split into about
+    ``pieces`` parts in total."""
+    runs = []
+    c = 0
+    while c < chunks:
+        slot = (first_slot + c) % ring
+        length = min(chunks - c, ring - slot)
+        runs.append((c, c + length))
+        c += length
+    if pieces <= 1:
+        return runs
+    size = _cdiv(chunks, pieces)
+    return [(c, min(c + size, c1)) for c0, c1 in runs for c in range(c0, c1, size)]
+
+
+def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, operands: dict[str, Operand],
+                     a_loader: ALoader, tiling: Tiling) -> _Streams:
+    R, COLS = config.rows, config.cols
+    chunks = _cdiv(K, R)
+    n_tiles = _cdiv(N, COLS)
+    m = tiling.m
+    p_rows = len(epi.param_rows)
+    streamed = tiling.k_block > 0
+    block_chunks = tiling.k_block // R if streamed else chunks
+    blocks = [(c0, min(chunks, c0 + block_chunks)) for c0 in range(0, chunks, block_chunks)]
+    what = f"{M}x{K}x{N} matmul tiling {tiling}"
+    spad = _Allocator(Memory.SPAD, config.spad_rows, what)
+    acc = _Allocator(Memory.ACC, config.acc_rows, what)
+    ring = tiling.buffers
+    b_slots = spad.ring("B", n_tiles if tiling.b_resident else ring, block_chunks * R if streamed else K)
+    res_slots = spad.ring("residual", ring, m) if epi.residual else []
+    out_slots = spad.ring("out", ring, m) if not epi.out_int32 else []
+    if tiling.a_slots < block_chunks:
+        raise KernelError(f"{what}: the A ring needs at least {block_chunks} slots")
+    a_slots = spad.ring("A", tiling.a_slots, m)      # consecutive rows: slot i starts at a_slots[0] + i*m
+    group = tiling.n_group if streamed else 1
+    c_slots = acc.ring("C", ring * group, m)
+    p_count = n_tiles if tiling.params_resident else ring * group
+    p_slots = acc.ring("params", p_count, p_rows) if p_rows else []
+
+    b_op, out_op = operands["B"], operands["out"]
+    out_bytes = 4 if epi.out_int32 else 1
+    streams = _Streams(config)
+    _set_config_regs(streams, epi)
+    a_next = 0          # the A ring slot the next chunk goes to
+    b_next = 0          # the B ring slot the next streamed B tile goes to
+    c_next = 0          # the C ring slot of the next output tile
+
+    def load_a(i0: int, mt: int, c0: int, c1: int) -> tuple[int, list[_Buffer]]:
+        """LOADs of chunks c0..c1-1 of A tile i0 into the next ring slots; (first slot index, slots)."""
+        nonlocal a_next
+        first, slots = a_next % tiling.a_slots, []
+        for c in range(c0, c1):
+            slot = _slot(a_slots, a_next)
+            a_next += 1
+            for load in a_loader(i0, mt, c, slot.start):
+                streams.add(load, writes=[slot])
+            slots.append(slot)
+        return first, slots
+
+    def load_b(t: int, j: int, c0: int, c1: int) -> _Buffer:
+        """The LOAD of rows c0*R.. of B tile j (all of K unless streamed); returns its buffer."""
+        nonlocal b_next
+        n0 = j * COLS
+        k0, k1 = (c0 * R, min(K, c1 * R)) if streamed else (0, K)
+        if tiling.b_resident:
+            b_buf = b_slots[j]
+        else:
+            b_buf = _slot(b_slots, b_next)
+            b_next += 1
+        if not tiling.b_resident or t == 0:
+            streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=b_buf.start, rows=k1 - k0,
+                                         len=min(COLS, N - n0), dram=b_op.addr + k0 * N + n0, stride=N),
+                        writes=[b_buf])
+        return b_buf
+
+    def load_epilogue_operands(t: int, i0: int, mt: int, j: int, step: int
+                               ) -> tuple[_Buffer | None, _Buffer | None]:
+        """The LOADs of the parameter and residual tiles of tile (t, j); returns their buffers."""
+        n0 = j * COLS
+        nj = min(COLS, N - n0)
+        p_buf = None
+        if p_rows:
+            p_buf = p_slots[j] if tiling.params_resident else _slot(p_slots, step)
+            if not tiling.params_resident or t == 0:
+                streams.add(Instruction.make(Opcode.LOAD, mem=Memory.ACC, addr=p_buf.start, rows=p_rows,
+                                             len=nj, dram=operands["params"].addr + 4 * n0, stride=4 * N),
+                            writes=[p_buf])
+        r_buf = None
+        if epi.residual:
+            r_buf = _slot(res_slots, step)
+            streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=r_buf.start, rows=mt, len=nj,
+                                         dram=operands["residual"].addr + i0 * N + n0, stride=N),
+                        writes=[r_buf])
+        return p_buf, r_buf
+
+    def matmuls(c_buf: _Buffer, b_buf: _Buffer, mt: int, nj: int, c0: int, c1: int, first_slot: int,
+                block_slots: list[_Buffer], pieces: int) -> None:
+        """MATMULs of chunks c0..c1-1 into C: one per run of consecutive ring slots (a block that wraps
+        around the ring is split in two, as is the first MATMUL of a tile into ``pieces``),
+        accumulating after the first chunk of K."""
+        for r0, r1 in _chunk_runs(first_slot, c1 - c0, tiling.a_slots, pieces):
+            k0, k1 = (c0 + r0) * R, min(K, (c0 + r1) * R)
+            streams.add(Instruction.make(Opcode.MATMUL, acc=c_buf.start, a=block_slots[r0].start,
+                                         b=b_buf.start + (k0 if not streamed else r0 * R), a_stride=m, m=mt,
+                                         n=nj, k=k1 - k0, accumulate=k0 > 0),
+                        reads=[*block_slots[r0:r1], b_buf], writes=[c_buf])
+
+    def finish_tile(c_buf: _Buffer, p_buf: _Buffer | None, r_buf: _Buffer | None, i0: int, mt: int, j: int,
+                    step: int) -> None:
+        """The EPILOGUE (if any) and STORE of output tile (i0, j)."""
+        n0 = j * COLS
+        nj = min(COLS, N - n0)
+        result = c_buf
+        if epi.needed:
+            result = c_buf if epi.out_int32 else _slot(out_slots, step)
+            fields: dict[str, Any] = dict(src=c_buf.start, m=mt, n=nj, dst=result.start,
+                                          out=Memory.ACC if epi.out_int32 else Memory.SPAD, act=epi.act)
+            if epi.bias:
+                fields.update(bias=True, bias_addr=p_buf.start)
+            if epi.requant:
+                fields.update(requant=True, quant_addr=p_buf.start + (1 if epi.bias else 0))
+            if epi.residual:
+                fields.update(residual=True, res_addr=r_buf.start)
+            streams.add(Instruction.make(Opcode.EPILOGUE, **fields),
+                        reads=[b for b in (c_buf, p_buf, r_buf) if b is not None], writes=[result])
+        streams.add(Instruction.make(Opcode.STORE, mem=result.memory, addr=result.start, rows=mt, len=nj,
+                                     dram=out_op.addr + (i0 * N + n0) * out_bytes, stride=N * out_bytes),
+                    reads=[result])
+
+    step = 0
+    for t, i0 in enumerate(range(0, M, m)):
+        mt = min(m, M - i0)
+        if streamed:
+            # Per group of N tiles: each K block of A serves every tile of the group.
+            for g0 in range(0, n_tiles, group):
+                tiles = range(g0, min(n_tiles, g0 + group))
+                c_bufs = {j: _slot(c_slots, c_next + index) for index, j in enumerate(tiles)}
+                c_next += len(tiles)
+                for c0, c1 in blocks:
+                    first_slot, block_slots = load_a(i0, mt, c0, c1)
+                    for j in tiles:
+                        b_buf = load_b(t, j, c0, c1)
+                        nj = min(COLS, N - j * COLS)
+                        matmuls(c_bufs[j], b_buf, mt, nj, c0, c1, first_slot, block_slots, 1)
+                for j in tiles:
+                    finish_tile(c_bufs[j], *load_epilogue_operands(t, i0, mt, j, step), i0, mt, j, step)
+                    step += 1
+            continue
+        # The first N tile's operands first: its MATMUL can start on the first chunks of A.
+        first_operands = load_b(t, 0, 0, chunks), *load_epilogue_operands(t, i0, mt, 0, step)
+        first_slot, tile_slots = load_a(i0, mt, 0, chunks)
+        for j in range(n_tiles):
+            b_buf, p_buf, r_buf = first_operands if j == 0 else (
+                load_b(t, j, 0, chunks), *load_epilogue_operands(t, i0, mt, j, step))
+            c_buf = _slot(c_slots, c_next)
+            c_next += 1
+            matmuls(c_buf, b_buf, mt, min(COLS, N - j * COLS), 0, chunks, first_slot, tile_slots,
+                    tiling.first_pieces if j == 0 else 1)
+            finish_tile(c_buf, p_buf, r_buf, i0, mt, j, step)
+            step += 1
+    return streams
+
+
+def _tiling_candidates(config: Config, M: int, K: int, N: int, epi: _Epilogue) -> list[list[Tiling]]:
+    """Tilings that fit, grouped by M tile count; double-buffered groups first, then single-buffered.
+
+    With A resident (K fits the scratchpad): the fewest M tiles that fit, one and two more, and
+    twice and four times as many; per count B resident or streamed, the A ring in the rest of
+    the scratchpad.  With A streamed in K blocks (tried whenever A does not fit in one tile): one
+    to four M tiles, the largest K block that fits.
+    """
+    R, COLS = config.rows, config.cols
+    chunks = _cdiv(K, R)
+    n_tiles = _cdiv(N, COLS)
+    p_rows = len(epi.param_rows)
+    per_m_spad = (2 if epi.residual else 0) + (0 if epi.out_int32 else 2)
+
+    def params_resident(m: int, ring: int) -> bool | None:
+        """Whether every parameter tile fits the accumulator beside the C tiles; None: not even two."""
+        if ring * (m + p_rows) > config.acc_rows:
+            return None
+        return ring * m + n_tiles * p_rows <= config.acc_rows
+
+    def resident(m: int, ring: int) -> list[Tiling]:
+        p_resident = params_resident(m, ring)
+        if p_resident is None:
+            return []
+        found = []
+        for b_resident in (True, False):
+            free = config.spad_rows - ring * per_m_spad * m - (n_tiles if b_resident else ring) * K
+            slots = free // m
+            if slots < chunks:
+                continue
+            if slots >= 2 * chunks:      # whole tiles: no MATMUL wraps around the ring
+                slots -= slots % chunks
+            if ring == 1:
+                slots = chunks           # and no prefetch of the next A tile either
+            pieces = min(8, chunks) if ring > 1 else 1
+            found.append(Tiling(m, slots, b_resident, p_resident, pieces, ring))
+            if b_resident and slots >= 2 * chunks:
+                break                    # streaming B cannot beat resident B with double-buffered A
+        return found
+
+    def streamed(m: int, ring: int) -> list[Tiling]:
+        # As many N tiles per group as the accumulator holds C tiles (and parameters) for.
+        group = 0
+        for p_resident in (True, False):
+            p_acc = n_tiles * p_rows if p_resident else 0
+            group = min(n_tiles, (config.acc_rows - p_acc) // (ring * (m + (0 if p_resident else p_rows))))
+            if group >= 1:
+                break
+        if group < 1:
+            return []
+        free = config.spad_rows - ring * per_m_spad * m
+        # A ring of two blocks of chunks (one loading, one computing) and B ring of two blocks of rows.
+        block = min(chunks, free // (ring * (m + R)))
+        if block < 1:
+            return []
+        slots = (free - ring * block * R) // m
+        slots -= slots % block
+        return [Tiling(m, slots, False, p_resident, 1, ring, block * R, group)]
+
+    groups: list[list[Tiling]] = []
+    for ring in _buffering_options(config):
+        fewest = next((tiles for tiles in range(1, M + 1) if resident(_cdiv(M, tiles), ring)), None)
+        counts = [] if fewest is None else [fewest, fewest + 1, fewest + 2, 2 * fewest, 4 * fewest]
+        # In order of promise: A resident in the fewest tiles, A streamed (unless one tile holds all of
+        # A), then more and smaller resident tiles.
+        options = [(resident, tiles) for tiles in counts[:1]]
+        options += [(streamed, tiles) for tiles in range(1, 5) if fewest != 1]
+        options += [(resident, tiles) for tiles in counts[1:]]
+        seen: set[tuple[Callable, int]] = set()
+        for make, tiles in options:
+            m = _cdiv(M, min(tiles, M))
+            if (make, m) not in seen:
+                seen.add((make, m))
+                if group := make(m, ring):
+                    groups.append(group)
+    if not groups:
+        raise KernelError(f"a {M}x{K}x{N} matmul does not fit config {config.name!r}: not even one row of "
+                          f"A, one K chunk and the output rows fit its {config.spad_rows} scratchpad rows")
+    return groups
+
+
+#: Stop trying more tilings once the candidates generated hold this many instructions (generation time).
+_CANDIDATE_BUDGET = 12000
+
+
+def _matmul_kernel(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue,
+                   operands: dict[str, Operand], a_loader: ALoader, tiling: Tiling | None,
+                   extra_tiling: dict) -> Kernel:
+    """Generate the candidate tilings (or the given one) and keep the fastest under the timing model."""
+    groups = [[tiling]] if tiling is not None else _tiling_candidates(config, M, K, N, epi)
+    best: Kernel | None = None
+    generated = 0
+    for group in groups:
+        if best is not None and group[0].buffers < best.tiling["buffers"]:
+            break                 # single-buffered candidates are only the fallback
+        for candidate in group:
+            streams = _matmul_pipeline(config, M, K, N, epi, operands, a_loader, candidate)
+            try:
+                kernel = _finish(name, config, streams, operands, macs=M * N * K, param_rows=epi.param_rows,
+                                 tiling=dataclasses.asdict(candidate) | extra_tiling)
+            except _Unorderable:
+                continue          # needs deeper token queues; single-buffered candidates follow
+            generated += len(kernel.instructions)
+            if best is None or kernel.predicted_cycles < best.predicted_cycles:
+                best = kernel
+        if best is not None and generated > _CANDIDATE_BUDGET:
+            break
+    if best is None:
+        raise KernelError(f"{name} {M}x{K}x{N}: no tiling fits token_depth={config.token_depth} of config "
+                          f"{config.name!r}")
+    return best
+
+
+def gemm(config: Config, M: int, K: int, N: int, *, bias: bool = False, requant: bool = False,
+         residual: bool = False, act: Activation | str = "none", clip: tuple[int, int] | None = None,
+         out_zp: int = 0, out: str = "int8", addrs: Mapping[str, int] | None = None, base: int = 0,
+         tiling: Tiling | None = None) -> Kernel:
+    """``out = epilogue(A @ B)``: a tiled, double-buffered GEMM with the epilogue fused.
+
+    Parameters
+    ----------
+    config : Config
+    M, K, N : int
+        A is M x K, B is K x N, both int8; products accumulate exactly in int32.
+    bias : bool
+        Add a per-column int32 bias (wrapping, as the accumulator does).
+    requant : bool
+        Requantize per column: ``round_half_even(x * mult / 2**shift) + out_zp``, saturated to int32.
+    residual : bool
+        Add an int8 M x N tensor (after requantize), saturating.
+    act : "none", "relu" or "clip"
+    clip : (lo, hi)
+        Bounds of ``act="clip"`` (int32; the int8 output saturates afterwards anyway).
+    out_zp : int
+        Output zero point, added by the requantize stage (needs ``requant``).
+    out : "int8" or "int32"
+        Output element type; int8 saturates.
+    addrs, base
+        Operand placement (see :mod:`.common`).
+    tiling
+        Force one tiling (tests); by default every fitting tiling is generated
+        and the one the timing model predicts fastest is kept.
+
+    Returns
+    -------
+    Kernel
+        Operands: ``A`` (M x K int8, row-major), ``B`` (K x N int8, row-major),
+        ``params`` (int32 rows of N: those of :attr:`Kernel.param_rows`, only
+        with bias or requant; build it with :func:`pack_params`), ``residual``
+        (M x N int8), ``out`` (M x N int8 or int32), ``counters``.
+
+    Notes
+    -----
+    The exact result is ``braze.isa.arith.epilogue(A.astype(int64) @ B, ...)``
+    with the stages selected.  Tiling: N in tiles of ``cols`` columns, K in
+    chunks of ``rows``, M in tiles of ``m`` rows, sized to the scratchpad and
+    accumulator.  Where it fits, an A tile stays resident while every N tile is
+    computed against it (A is read from external memory once); B tiles stay
+    resident across M tiles when all fit (B read once), otherwise they are
+    streamed through two slots.  Accumulator, output, residual and (when not
+    resident) B and parameter tiles are double buffered, and the A tiles
+    share a ring of K-chunk slots in the rest of the scratchpad, so the next
+    A tile loads while this one computes, as far as it fits.  The loads of the
+    next tile thus overlap the MATMUL of this one, and its EPILOGUE and STORE
+    overlap the next MATMUL; the first MATMUL of an A tile is split into
+    K-pieces so that it starts on the first chunks to arrive.  Where even a
+    small A tile does not fit beside two B tiles of K rows (or only a small
+    one), A and B are instead streamed in K blocks, accumulating, for groups
+    of N tiles whose C tiles share the accumulator (:class:`Tiling`
+    ``k_block``, ``n_group``).  Among the tilings that fit, the one the timing
+    model predicts fastest is kept.
+
+    The EPILOGUE runs on the compute unit between MATMULs, costing about
+    ``M*N/cols`` cycles in all: ``rows/K`` of the ideal MATMUL time.
+    """
+    config = _check_config(config)
+    M, K, N = (_positive(name, value) for name, value in (("M", M), ("K", K), ("N", N)))
+    epi = _epilogue_options(bias, requant, residual, act, clip, out_zp, out)
+    specs = [_OperandSpec("A", (M, K), "i1", "row-major M x K", "input"),
+             _OperandSpec("B", (K, N), "i1", "row-major K x N", "param"),
+             *_epilogue_specs(epi, M, N, "row-major M x N"), _counters_spec()]
+    operands = _place(config, specs, addrs, base)
+    a_op = operands["A"]
+    R = config.rows
+
+    def load_a(i0: int, mt: int, c: int, dst: int) -> list[Instruction]:
+        return [Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=dst, rows=mt, len=min(R, K - c * R),
+                                 dram=a_op.addr + i0 * K + c * R, stride=K)]
+
+    return _matmul_kernel("gemm", config, M, K, N, epi, operands, load_a, tiling, {})
