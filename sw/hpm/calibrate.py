@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from braze.isa import BrazeError, Config, Opcode
+from braze.isa import INSN_BYTES, BrazeError, Config, Opcode
 from braze.isa.timing import element_bytes
 
 from ..compiler import kernels as library
@@ -120,6 +120,13 @@ def tiling_variants(kernel: Kernel) -> list[Tiling]:
     return sorted(variants, key=repr)
 
 
+def _fits_memory(kernel: Kernel) -> bool:
+    """Whether the kernel's operands and its program (placed after them, as ``run_kernel`` does) fit
+    the configuration's external memory."""
+    program_addr = -(-kernel.data_end // library.OPERAND_ALIGN) * library.OPERAND_ALIGN
+    return program_addr + (len(kernel.instructions) + 1) * INSN_BYTES <= kernel.config.dram_bytes
+
+
 def _bucket(kernel: Kernel) -> tuple:
     """Family, arithmetic-intensity decade and burst-shape octave of a kernel."""
     external = sum(op.nbytes for op in kernel.operands.values() if op.role != "counters")
@@ -156,6 +163,8 @@ def calibration_kernels(config: Config, *, count: int = 200, seed: int = 0, tili
                 kernel = spec.build(config)
             except (KernelError, ValueError):
                 continue             # does not fit this configuration
+            if not _fits_memory(kernel):
+                continue
             buckets[_bucket(kernel)].append(kernel)
             built += 1
             if tilings and kernel.name in ("gemm", "conv2d") and rng.random() < 0.3:
@@ -163,6 +172,8 @@ def calibration_kernels(config: Config, *, count: int = 200, seed: int = 0, tili
                     try:
                         variant = spec.build(config, tiling=tiling)
                     except (KernelError, ValueError):
+                        continue
+                    if not _fits_memory(variant):
                         continue
                     buckets[_bucket(variant)].append(variant)
                     built += 1
