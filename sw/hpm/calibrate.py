@@ -111,10 +111,10 @@ def tiling_variants(kernel: Kernel) -> list[Tiling]:
         return []
     chosen = Tiling(**{field.name: kernel.tiling[field.name] for field in dataclasses.fields(Tiling)})
     variants = {
-        dataclasses.replace(chosen, m=max(1, chosen.m // 2), a_slots=chosen.a_slots),
+        dataclasses.replace(chosen, m=max(1, chosen.m // 2)),
         dataclasses.replace(chosen, first_pieces=1),
         dataclasses.replace(chosen, buffers=1, first_pieces=1),
-        dataclasses.replace(chosen, b_resident=False) if not chosen.k_block else chosen,
+        dataclasses.replace(chosen, b_resident=False),      # streamed B (already so with K blocks)
     }
     variants.discard(chosen)
     return sorted(variants, key=repr)

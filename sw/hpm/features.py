@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from typing import Any
 
 from braze.isa import Config, Opcode
@@ -196,11 +195,3 @@ def kernel_features(kernel: Kernel, config: Config | None = None,
     features["store_busy_x_stretch"] = features["analytic_store_busy_share"] * stretch
     features["feature_version"] = FEATURE_VERSION
     return features
-
-
-def as_vector(features: Mapping[str, float], names: list[str]) -> list[float]:
-    """The features in ``names`` order (a name missing from ``features`` is an error)."""
-    missing = [name for name in names if name not in features]
-    if missing:
-        raise KeyError(f"features missing: {', '.join(missing)}")
-    return [float(features[name]) for name in names]

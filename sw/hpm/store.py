@@ -286,6 +286,3 @@ class HistoryStore:
 
     def families(self) -> list[str]:
         return [row[0] for row in self._db.execute("SELECT DISTINCT family FROM runs ORDER BY family")]
-
-    def last_id(self) -> int:
-        return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM runs").fetchone()[0]
