@@ -159,6 +159,9 @@ def _rtl(args: argparse.Namespace) -> int:
          arg("--stall", type=float, default=0.0, metavar="P",
              help="random AXI backpressure: the memory stalls each handshake with probability P "
                   "(verilator and amaranth devices; default 0)"),
+         arg("--watchdog", action="store_true",
+             help="also run each program with a cycle limit below its length: both must stop with WATCHDOG "
+                  "at the limit"),
          arg("--reproducers", type=Path, metavar="DIR", help="write a minimised reproducer per mismatch"),
          arg("--replay", type=Path, metavar="DIR", help="rerun a reproducer instead of generating programs"))
 def _verify(args: argparse.Namespace) -> int:
@@ -184,8 +187,14 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"  {mismatch.kind}: {mismatch.detail}")
         return 1 if mismatches else 0
     report = verify.verify(factory, Config.parse(args.config), programs=args.programs, seed=args.seed,
-                           size=args.size or DEFAULT_SIZE, reproducer_dir=args.reproducers)
+                           size=args.size or DEFAULT_SIZE, reproducer_dir=args.reproducers,
+                           watchdog=args.watchdog)
     print(report.summary())
+    table = report.timing_table()
+    if table:
+        print()
+        print(table)
+    print(f"soak: programs={report.programs} mismatches={report.mismatches}")
     return 0 if report.ok else 1
 
 

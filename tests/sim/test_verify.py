@@ -71,8 +71,8 @@ class SlowDevice(GoldenDevice):
         super().__init__(config, **options)
         self.machine = _SlowMachine(config)
 
-    def _execute(self, base, max_cycles):
-        status = super()._execute(base, None)
+    def _execute(self, base, max_cycles, cycle_limit):
+        status = super()._execute(base, None, 0)
         return dataclasses.replace(status, cycles=status.cycles * 5 // 4)
 
 
@@ -81,7 +81,7 @@ class FaultingDevice(GoldenDevice):
 
     kind = "faulting"
 
-    def _execute(self, base, max_cycles):
+    def _execute(self, base, max_cycles, cycle_limit):
         return RunStatus(ErrorCause.DRAM_RANGE, base, 3, self._counters(), detail="injected")
 
 
@@ -216,10 +216,10 @@ class FlakyDevice(GoldenDevice):
         self.machine = _ArmedCorruptStoreMachine(config)
         self.runs = 0
 
-    def _execute(self, base, max_cycles):
+    def _execute(self, base, max_cycles, cycle_limit):
         self.runs += 1
         self.machine.armed = self.runs >= 2
-        return super()._execute(base, max_cycles)
+        return super()._execute(base, max_cycles, cycle_limit)
 
 
 def test_a_mismatch_that_needs_earlier_runs_is_reported_unminimised(tmp_path):
