@@ -57,6 +57,8 @@ class AmaranthDevice(Device):
 
     def __init__(self, config: Config, *, stall: float = 0.0, seed: int = 0):
         super().__init__(config)
+        #: The memory's backpressure, as :attr:`VerilatorDevice.stall`.
+        self.stall = stall
         self._dut = Accelerator(config)
         self._sim = Simulator(self._dut)
         self._sim.add_clock(1e-8)

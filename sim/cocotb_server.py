@@ -44,8 +44,10 @@ _CTRL_START, _CTRL_IRQ_DONE, _CTRL_IRQ_ERROR, _CTRL_SOFT_RESET = 1, 2, 4, 8
 _STATUS_DONE, _STATUS_ERROR = 2, 4
 #: The budget of a run that names none: long enough for any test program, short of forever.
 DEFAULT_BUDGET = 1 << 40
-#: A run waits for the interrupt in slices of this many cycles, checking its wall-clock budget in between.
-WAIT_SLICE_CYCLES = 1 << 18
+#: A run with a wall-clock budget waits for the interrupt in slices of about this many seconds (the
+#: first of _FIRST_SLICE_CYCLES cycles), checking the budget in between.
+_SLICE_SECONDS = 0.2
+_FIRST_SLICE_CYCLES = 1 << 14
 
 
 def send_message(sock: socket.socket, message) -> None:
@@ -165,13 +167,21 @@ class HarnessDriver:
         cpu_started = time.process_time()
         waited = 0
         out_of_time = False
+        slice_cycles = budget if deadline is None else _FIRST_SLICE_CYCLES
         while not self.dut.irq.value and waited < budget:
-            if deadline is not None and time.monotonic() > deadline:
+            wall_started = time.monotonic()
+            if deadline is not None and wall_started > deadline:
                 out_of_time = True
                 break
-            slice_cycles = min(WAIT_SLICE_CYCLES, budget - waited)
-            await First(RisingEdge(self.dut.irq), Timer(slice_cycles * CLOCK_PERIOD_NS, unit="ns"))
-            waited = round((get_sim_time("ns") - started) / CLOCK_PERIOD_NS)
+            await First(RisingEdge(self.dut.irq), Timer(min(slice_cycles, budget - waited) * CLOCK_PERIOD_NS,
+                                                        unit="ns"))
+            now = round((get_sim_time("ns") - started) / CLOCK_PERIOD_NS)
+            if deadline is not None:
+                # The next slice: about _SLICE_SECONDS at the speed of this one, and not past the deadline.
+                rate = (now - waited) / max(time.monotonic() - wall_started, 1e-6)
+                left = max(deadline - time.monotonic(), 0.0)
+                slice_cycles = max(1, int(rate * min(_SLICE_SECONDS, left)))
+            waited = now
         cpu_seconds = time.process_time() - cpu_started
         sim_cycles = round((get_sim_time("ns") - started) / CLOCK_PERIOD_NS)
         counters = self.counters()

@@ -43,7 +43,7 @@ _SERVER_MODULE = "braze.sim.cocotb_server"
 _LOG_TAIL_BYTES = 3000
 _POLL_SECONDS = 0.05
 #: The part of a request's timeout a run may take: the rest is for the simulator to stop it and answer.
-_RUN_WALL_FRACTION = 0.9
+_RUN_WALL_FRACTION = 0.8
 
 
 class SimulatorError(BrazeError):
