@@ -1183,6 +1183,7 @@ class Machine:
         index, pc, fetched = 0, base, 0
         halted = False
         watchdog = 0
+        last_when = 0
         while True:
             if limit is not None and index >= limit:
                 break
