@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from braze.isa import BrazeError, Config, ErrorCause, Instruction, Unit, encode_program
+from braze.isa import BrazeError, Config, Counter, ErrorCause, Instruction, Unit, encode_program
 from braze.isa.model import Machine, WatchdogError
 from braze.sim.progen import generate
 
@@ -81,7 +81,7 @@ def test_a_runaway_program_stops_at_the_limit():
         error = _stop(machine, base, 5 * period + 3)
         # The sixth VECTOR was dispatched at 5 * period; its FENCE waits for it beyond the limit.
         assert error.pc == base + 16 * (2 * 5 + 1)
-        assert int(machine.counters[0]) == 5 * period + 3      # cycles, up to the limit
+        assert int(machine.counters[Counter.CYCLES]) == 5 * period + 3      # up to the limit
 
 
 @pytest.mark.parametrize("bad", [-1, 1 << 32, 2.5, True, "100"])
