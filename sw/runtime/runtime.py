@@ -47,10 +47,11 @@ __all__ = ["Runtime", "KernelReport", "RunReport", "KernelTimeout", "watchdog_cy
 #: The watchdog's margin over the predicted cycles of a run: ``WATCHDOG_FACTOR / (1 - stall)`` times
 #: the prediction, plus ``WATCHDOG_CYCLES``.  The timing model is optimistic (free instruction fetch,
 #: no memory stalls): on random programs of the tiny preset the RTL takes 1.3x to 1.63x the
-#: prediction without backpressure (``braze verify``'s timing table), and memory stalls with
-#: probability ``stall`` slow the memory-bound part by up to ``1 / (1 - stall)``.  A factor of 4
-#: keeps a correct kernel more than twice away from the limit; the constant covers the fixed
-#: start-up cost (first fetch, a few hundred cycles) that dominates tiny kernels.
+#: prediction without backpressure, and 1.45x to 2.15x with stall 0.3 (``braze verify``'s timing
+#: table over 10,000 programs); memory stalls with probability ``stall`` slow the memory-bound
+#: part by up to ``1 / (1 - stall)``.  A factor of 4 keeps a correct kernel about twice away from
+#: the limit; the constant covers the fixed start-up cost (first fetch, a few hundred cycles) that
+#: dominates tiny kernels.
 WATCHDOG_FACTOR = 4
 WATCHDOG_CYCLES = 10_000
 
