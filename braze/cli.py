@@ -210,7 +210,7 @@ def _session_from_args(args: argparse.Namespace, *, device: str | None = None):
     return InferenceSession(str(args.model), device=device or args.device, config=args.config,
                             fuse=not args.no_fuse, calibration=calibration,
                             allow_fallback=args.allow_fallback,
-                            threshold=args.threshold), np
+                            threshold=args.threshold, objective=args.objective), np
 
 
 def _load_arrays(path: Path):
@@ -234,6 +234,8 @@ _MODEL_ARGUMENTS = (
         "to quantize a float model with"),
     arg("--allow-fallback", action="store_true", help="run unsupported operators on the CPU"),
     arg("--threshold", type=float, default=0.02, help="minimum predicted gain of a fusion (default 0.02)"),
+    arg("--objective", choices=("cycles", "energy", "edp"), default="cycles",
+        help="what fusion and tiling minimise: predicted cycles (default), energy, or energy x delay"),
 )
 
 
@@ -269,6 +271,8 @@ def _run(args: argparse.Namespace) -> int:
         print()
         for decision in session.fusion_decisions:
             print(f"fusion: {decision}")
+        for decision in session.tiling_decisions:
+            print(decision)
         print(session.report().table())
     return 0
 
@@ -300,7 +304,8 @@ def _compile(args: argparse.Namespace) -> int:
         args.output.mkdir(parents=True, exist_ok=True)
         manifest = {"model": str(args.model), "config": compiled.config.to_dict(), "fused": not args.no_fuse,
                     "memory_bytes": compiled.memory_bytes, "placement": compiled.placement,
-                    "fusion": [str(d) for d in session.fusion_decisions], "kernels": []}
+                    "fusion": [str(d) for d in session.fusion_decisions],
+                    "tiling": [str(d) for d in session.tiling_decisions], "kernels": []}
         for name, kernel in compiled.kernels.items():
             (args.output / f"{name}.s").write_text(kernel.asm)
             (args.output / f"{name}.bin").write_bytes(encode_program(kernel.program()))
@@ -380,7 +385,7 @@ def _hpm(args: argparse.Namespace) -> int:
 
     model = hpm.PerformanceModel(args.regressor).fit(records)
     out = args.out or (shipped_model_dir(args.device) if args.ship else hpm.default_model_dir(args.device))
-    model.save(out)
+    model.save(out, versioned=not args.ship)
     print(f"trained on {model.metadata['rows']} runs ({', '.join(model.metadata['configs'])}; "
           f"{len(model.metadata['families'])} families): {out}")
     return 0

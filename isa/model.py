@@ -127,8 +127,7 @@ from .timing import (
 
 __all__ = [
     "Machine", "RunResult", "RaceError", "WatchdogError", "InstructionLimitExceeded", "check_ranges",
-    "check_overlap",
-    "run_program", "instruction_accesses",
+    "check_overlap", "run_program", "instruction_accesses", "program_events",
 ]
 
 _COUNTER_MASK = (1 << 64) - 1
@@ -589,6 +588,21 @@ class _Static:
         self.deltas = _SHARED.setdefault(deltas, deltas)
         self.timing = _SHARED.setdefault(timing, timing)
         self.accesses = tuple(accesses)
+
+
+def program_events(program: Sequence[Instruction], config: Config) -> dict[str, int]:
+    """The exact counters (:data:`~braze.isa.counters.COUNTERS` marked ``exact``) of a run of ``program``.
+
+    These count events the program alone decides -- MACs, scratchpad and accumulator row accesses,
+    external bytes and beats, instructions -- so they are known before the program runs (energy
+    estimates price them).  Each instruction counts as the model's execution counts it; the
+    program is assumed to pass its range checks.
+    """
+    totals = [0] * len(COUNTERS)
+    for insn in program:
+        for counter, amount in _Static(insn, config).deltas:
+            totals[counter] += amount
+    return {spec.name: totals[index] for index, spec in enumerate(COUNTERS) if spec.exact}
 
 
 def _shadow_view(shadow: np.ndarray, strided: tuple | None, first: int, end: int) -> np.ndarray:
