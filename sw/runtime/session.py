@@ -266,7 +266,7 @@ class InferenceSession:
 
     @property
     def tiling_decisions(self) -> list[TilingDecision]:
-        """The cost model's tiling choices (none when it is the timing model: the library's are its own)."""
+        """The cost model's tiling choice for each GEMM/convolution (last compiled shapes)."""
         return self._current[4]
 
     @property
