@@ -21,6 +21,7 @@ import math
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -263,8 +264,8 @@ def _session_from_args(args: argparse.Namespace, *, device: str | None = None):
         calibration = _load_arrays(args.calibrate)
     return InferenceSession(str(args.model), device=device or args.device, config=args.config,
                             fuse=not args.no_fuse, calibration=calibration,
-                            allow_fallback=args.allow_fallback,
-                            threshold=args.threshold), np
+                            allow_fallback=args.allow_fallback, threshold=args.threshold,
+                            nonfinite=getattr(args, "nonfinite", "error")), np
 
 
 def _load_arrays(path: Path):
@@ -296,7 +297,10 @@ _MODEL_ARGUMENTS = (
          *_MODEL_ARGUMENTS,
          arg("--device", default="golden", help="golden, amaranth or verilator (default: golden)"),
          arg("--input", type=Path, metavar="FILE", help="input (.npy, or .npz by input name); "
-             "default: uniform random in [0, 1) of the input's shape, seed 0"))
+             "default: uniform random in [0, 1) of the input's shape, seed 0"),
+         arg("--nonfinite", choices=("error", "clamp"), default="error",
+             help="NaN or infinite input values: an error (default), or clamp them (NaN to 0, +-inf to "
+                  "the largest finite values)"))
 def _run(args: argparse.Namespace) -> int:
     session, np = _session_from_args(args)
     with session:
@@ -509,11 +513,26 @@ def _report(prog: str, message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (2 for bad input, :data:`EXIT_BUG` for a bug)."""
+    """Run the command line; returns the exit status (2 for bad input, :data:`EXIT_BUG` for a bug).
+
+    Warnings print as one line ``braze COMMAND: warning: ...``.
+    """
+    command = ["braze"]
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{command[0]}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning
+        return _main(argv, command)
+
+
+def _main(argv: Sequence[str] | None, command: list[str]) -> int:
     prog, debug = "braze", False
     try:
         args, unknown = build_parser().parse_known_args(argv)
         prog, debug = f"braze {args.command}", args.debug
+        command[0] = prog
         if unknown:
             raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see {prog} --help)", prog=prog)
         return COMMANDS[args.command].run(args)

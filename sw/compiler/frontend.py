@@ -492,7 +492,8 @@ def _quantize_linear(node: Node, x, scale, zero_point=None):
         dtype = np.dtype(np.uint8)
     scale = _axis_shape(scale, axis, x.ndim)
     zp = _axis_shape(zero_point if zero_point is not None else np.zeros((), dtype), axis, x.ndim)
-    scaled = np.rint(x.astype(np.float32) / scale.astype(np.float32))
+    with np.errstate(over="ignore"):        # a value beyond the float range saturates like any other
+        scaled = np.rint(x.astype(np.float32) / scale.astype(np.float32))
     return _saturate_to(scaled.astype(np.float64) + zp.astype(np.float64), dtype)
 
 
