@@ -292,6 +292,22 @@ def test_fallback_op_runs_on_cpu_with_onnx_semantics():
     np.testing.assert_allclose(evaluate(graph, feeds)["y0"], run_ort(model, feeds)[0], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("outputs", [["", "y_h"], ["", "", "y_c"], ["y", "y_h"]])
+def test_an_lstm_with_unnamed_optional_outputs(outputs):
+    """Issue 10, defect 5: an LSTM whose first (optional) output is unnamed was "LSTM has no output"."""
+    rng = np.random.default_rng(0)
+    hidden = 3
+    weights = [("W", _rand(rng, (1, 4 * hidden, 2))), ("R", _rand(rng, (1, 4 * hidden, hidden)))]
+    model = make_model([helper.make_node("LSTM", ["x", "W", "R"], outputs, hidden_size=hidden, name="lstm")],
+                       [("x", np.float32, [5, 1, 2])], [(outputs[-1], np.float32, [1, 1, hidden])], weights)
+    with pytest.raises(UnsupportedOperator, match="LSTM.*'lstm'.*allow_fallback"):
+        load_onnx(model)
+    graph = validate(load_onnx(model, allow_fallback=True))
+    x = _rand(rng, (5, 1, 2))
+    np.testing.assert_allclose(evaluate(graph, {"x": x})[outputs[-1]], run_ort(model, {"x": x})[0],
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_grouped_convolution_is_unsupported_with_reason():
     rng = np.random.default_rng(0)
     model, _ = _single("Conv", [("x", _rand(rng, (1, 4, 5, 5)))], [("w", _rand(rng, (4, 2, 3, 3)))], group=2)
