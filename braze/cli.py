@@ -479,6 +479,17 @@ BENCH_TARGETS["hpm"] = ("learned performance model: held-out family errors vs an
                         "the RTL, drift recovery (braze bench hpm --help)", _bench_hpm)
 
 
+def _bench_fuzz(argv: Sequence[str]) -> int:
+    from braze import fuzz
+
+    return fuzz.main(argv)
+
+
+BENCH_TARGETS["fuzz"] = ("property-based fuzzing of the assembler, disassembler, configuration parser, ONNX "
+                         "loader and InferenceSession.run for N minutes: cases, crashes, hangs per target "
+                         "(braze bench fuzz --help)", _bench_fuzz)
+
+
 @command("bench", "benchmarks: braze bench TARGET [options]; targets: "
          + ", ".join(sorted(BENCH_TARGETS)) + " (braze bench TARGET --help)",
          arg("target", help="what to benchmark (braze bench TARGET --help shows its options)"),

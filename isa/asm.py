@@ -67,7 +67,8 @@ from .encoding import (
 )
 from .errors import AsmError
 
-__all__ = ["AsmError", "assemble", "assemble_bytes", "disassemble", "format_instruction", "read_source"]
+__all__ = ["AsmError", "assemble", "assemble_bytes", "decode_source", "disassemble", "format_instruction",
+           "read_source"]
 
 # Shift counts beyond this are certainly mistakes and would build enormous integers.
 _MAX_SHIFT = 256
@@ -455,7 +456,11 @@ def read_source(path: str | os.PathLike) -> str:
         At the line and column of the first byte that is not UTF-8 (``OSError`` if the file
         cannot be read).
     """
-    data = Path(path).read_bytes()
+    return decode_source(Path(path).read_bytes(), filename=str(path))
+
+
+def decode_source(data: bytes, *, filename: str = "<input>") -> str:
+    """Assembly source bytes as text; a byte that is not UTF-8 is an :class:`AsmError` at its line, column."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -463,7 +468,7 @@ def read_source(path: str | os.PathLike) -> str:
         # The bytes before the bad one on its line are valid UTF-8: count them as characters.
         column = len(data[line_start:error.start].decode("utf-8")) + 1
         raise AsmError(f"byte 0x{data[error.start]:02x} is not UTF-8 text (assembly source must be UTF-8)",
-                       file=str(path), line=data.count(b"\n", 0, error.start) + 1, column=column) from None
+                       file=filename, line=data.count(b"\n", 0, error.start) + 1, column=column) from None
 
 
 def assemble_bytes(text: str, *, filename: str = "<input>",

@@ -22,6 +22,10 @@ DMA_BUS_BITS = (64, 128, 256)
 #: program at the default size on the large preset, and a compiled model needs room for its program,
 #: operands and counter snapshots; the simulated AXI RAMs need a power of two.
 MIN_DRAM_BYTES = 1 << 16
+#: Largest external memory: every simulator holds all of it in host memory (the Amaranth RAM model
+#: alone takes seconds to build 4 GiB, and a Verilator model allocates it), so 256 MiB, four times
+#: the large preset's.  The hardware itself addresses 32 bits.
+MAX_DRAM_BYTES = 1 << 28
 #: Longest read latency the simulated AXI RAMs (``braze.sim.axi_ram``, ``braze.sim.axi_memory``) model.
 MAX_MEM_LATENCY = 1 << 16
 
@@ -54,7 +58,7 @@ class Config:
     dram_bytes : int
         Size of external memory the reference model provides (the hardware
         addresses 32 bits; this is the testbench's memory): a power of two
-        from :data:`MIN_DRAM_BYTES` to 2**32.
+        from :data:`MIN_DRAM_BYTES` to :data:`MAX_DRAM_BYTES`.
     queue_depth : int
         Depth of each of the load, compute and store instruction queues.
     token_depth : int
@@ -110,9 +114,9 @@ class Config:
                 fail(f"{mem}_bytes", f"holds {n_rows} rows; the encoding addresses at most {MAX_LOCAL_ROWS}")
             if not _is_pow2(banks) or banks > n_rows:
                 fail(f"{mem}_banks", f"must be a power of two no larger than the {n_rows} rows")
-        if not _is_pow2(self.dram_bytes) or not MIN_DRAM_BYTES <= self.dram_bytes <= 1 << 32:
-            fail("dram_bytes", f"must be a power of two from {MIN_DRAM_BYTES} (64 KiB) to 2**32 "
-                               "(the simulated memories are powers of two; the address space is 32 bits)")
+        if not _is_pow2(self.dram_bytes) or not MIN_DRAM_BYTES <= self.dram_bytes <= MAX_DRAM_BYTES:
+            fail("dram_bytes", f"must be a power of two from {MIN_DRAM_BYTES} (64 KiB) to {MAX_DRAM_BYTES} "
+                               "(256 MiB): the simulators hold it all in host memory, as a power of two")
         if self.mem_latency > MAX_MEM_LATENCY:
             fail("mem_latency", f"exceeds the {MAX_MEM_LATENCY} cycles the simulated memories model")
         if not _is_pow2(self.queue_depth) or not _is_pow2(self.token_depth):

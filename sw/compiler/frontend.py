@@ -116,7 +116,7 @@ def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *, allow_fallb
     nodes: list[Node] = []
     initializers = {init.name for init in graph.initializer}
     for init in graph.initializer:
-        value = numpy_helper.to_array(init)
+        value = _tensor_value(init, f"{source}: initializer {init.name!r}")
         nodes.append(constant_node(init.name, value))
         infos[init.name] = TensorInfo(init.name, value.shape, value.dtype.name)
     for value_info in graph.input:
@@ -128,7 +128,10 @@ def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *, allow_fallb
         while name in used_names:
             name = f"{name}_{index}"
         used_names.add(name)
-        nodes.append(_import_node(proto_node, name, opsets, infos, allow_fallback))
+        try:
+            nodes.append(_import_node(proto_node, name, opsets, infos, allow_fallback))
+        except ModelLoadError as error:       # a malformed attribute: say where
+            raise ModelLoadError(f"{source}: node {name!r}: {error}") from None
         if nodes[-1].kind is NodeKind.CONSTANT:
             value = nodes[-1].value
             infos[proto_node.output[0]] = TensorInfo(proto_node.output[0], value.shape, value.dtype.name)
@@ -192,14 +195,34 @@ def _tensor_info(value_info: onnx.ValueInfoProto) -> TensorInfo:
     return TensorInfo(value_info.name, shape, dtype)
 
 
+def _tensor_value(tensor: onnx.TensorProto, what: str) -> np.ndarray:
+    """A tensor's data as an array; data that contradicts its dims or type is a :class:`ModelLoadError`.
+
+    (The ONNX checker does not compare a tensor's data with its dims.)
+    """
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as error:   # onnx raises ValueError, TypeError, ... for inconsistent tensors
+        raise ModelLoadError(f"{what}: malformed tensor (dims {list(tensor.dims)}, data type "
+                             f"{tensor.data_type}): {error}") from None
+
+
+def _text(value: bytes, what: str) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise ModelLoadError(f"{what}: string is not UTF-8: {value[:40]!r}") from None
+
+
 def _attribute(attr: onnx.AttributeProto) -> Any:
     value = helper.get_attribute_value(attr)
+    what = f"attribute {attr.name!r}"
     if isinstance(value, bytes):
-        return value.decode()
+        return _text(value, what)
     if isinstance(value, onnx.TensorProto):
-        return numpy_helper.to_array(value)
+        return _tensor_value(value, what)
     if isinstance(value, list) and value and isinstance(value[0], bytes):
-        return [v.decode() for v in value]
+        return [_text(v, what) for v in value]
     if isinstance(value, onnx.GraphProto):
         return value.SerializeToString()
     return value

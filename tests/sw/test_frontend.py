@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from onnx_models import OPSET, conv_model, digits_data, digits_mlp, make_model, run_ort
 
 from braze.isa.errors import BrazeError
@@ -306,6 +306,22 @@ def test_an_lstm_with_unnamed_optional_outputs(outputs):
     x = _rand(rng, (5, 1, 2))
     np.testing.assert_allclose(evaluate(graph, {"x": x})[outputs[-1]], run_ort(model, {"x": x})[0],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_tensor_data_that_contradicts_its_dims_is_a_load_error():
+    """Found by ``braze bench fuzz``: an initializer whose dims disagree with its data (the ONNX checker
+    does not compare them) raised numpy's ValueError from the loader."""
+    model = _single("Add", [("x", np.zeros(4, np.float32))], [("c", np.ones(4, np.float32))])[0]
+    model.graph.initializer[0].dims[0] = 3           # more data than the dims hold
+    with pytest.raises(ModelLoadError, match=r"initializer 'c': malformed tensor \(dims \[3\]"):
+        load_onnx(model.SerializeToString())
+    constant = helper.make_node("Constant", [], ["k"], name="k_node",
+                                value=numpy_helper.from_array(np.ones(3, np.float32)))
+    constant.attribute[0].t.dims[0] = 2
+    broken = make_model([constant, helper.make_node("Add", ["x", "k"], ["y"])], [("x", np.float32, [3])],
+                        [("y", np.float32, [3])])
+    with pytest.raises(ModelLoadError, match=r"node 'k_node': attribute 'value': malformed tensor"):
+        load_onnx(broken)
 
 
 def test_grouped_convolution_is_unsupported_with_reason():
