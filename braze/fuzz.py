@@ -77,7 +77,8 @@ def _crash_signature(error: BaseException) -> str:
     frames = traceback.extract_tb(error.__traceback__)
     # The innermost frame outside the libraries and the standard library (and past this harness).
     libraries = (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"], __file__)
-    ours = [frame for frame in frames if not frame.filename.startswith(libraries)] or frames
+    ours = [frame for frame in frames
+            if frame.filename.startswith("/") and not frame.filename.startswith(libraries)] or frames
     where = f"{Path(ours[-1].filename).name}:{ours[-1].lineno} in {ours[-1].name}" if ours else "?"
     message = " ".join(str(error).split())[:160]
     return f"{type(error).__name__} at {where}: {message}"

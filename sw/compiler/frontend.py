@@ -112,7 +112,7 @@ def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *, allow_fallb
     graph = proto.graph
     infos: dict[str, TensorInfo] = {}
     for value_info in (*graph.input, *graph.value_info, *graph.output):
-        infos[value_info.name] = _tensor_info(value_info)
+        infos[value_info.name] = _tensor_info(value_info, source)
     nodes: list[Node] = []
     initializers = {init.name for init in graph.initializer}
     for init in graph.initializer:
@@ -183,15 +183,22 @@ def _set_input_shapes(proto: onnx.ModelProto, shapes: Mapping[str, tuple], sourc
     return proto
 
 
-def _tensor_info(value_info: onnx.ValueInfoProto) -> TensorInfo:
+def _tensor_info(value_info: onnx.ValueInfoProto, source: str) -> TensorInfo:
     tensor_type = value_info.type.tensor_type
     dtype = None
     if tensor_type.elem_type:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+        except (KeyError, TypeError, ValueError):
+            raise ModelLoadError(f"{source}: tensor {value_info.name!r} has unknown element type "
+                                 f"{tensor_type.elem_type}") from None
     shape = None
     if tensor_type.HasField("shape"):
         shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                       for d in tensor_type.shape.dim)
+        if any(isinstance(d, int) and d < 0 for d in shape):
+            raise ModelLoadError(f"{source}: tensor {value_info.name!r} is declared with a negative "
+                                 f"dimension: {list(shape)}")
     return TensorInfo(value_info.name, shape, dtype)
 
 

@@ -324,6 +324,14 @@ def test_tensor_data_that_contradicts_its_dims_is_a_load_error():
         load_onnx(broken)
 
 
+def test_a_negative_declared_dimension_is_a_load_error():
+    """Found by ``braze bench fuzz``: an input declared with dimension -3 loaded, and failed later."""
+    model = _single("Relu", [("x", np.zeros((2, 3), np.float32))])[0]
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -3
+    with pytest.raises(ModelLoadError, match=r"tensor 'x' is declared with a negative dimension: \[-3, 3\]"):
+        load_onnx(model.SerializeToString())
+
+
 def test_grouped_convolution_is_unsupported_with_reason():
     rng = np.random.default_rng(0)
     model, _ = _single("Conv", [("x", _rand(rng, (1, 4, 5, 5)))], [("w", _rand(rng, (4, 2, 3, 3)))], group=2)
