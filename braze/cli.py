@@ -224,6 +224,9 @@ def _rtl(args: argparse.Namespace) -> int:
          arg("--stall", type=number(0.0, 1.0, high_open=True), default=0.0, metavar="P",
              help="random AXI backpressure: the memory stalls each handshake with probability P "
                   "(verilator and amaranth devices; default 0)"),
+         arg("--watchdog", action="store_true",
+             help="also run each program with a cycle limit below its length: both must stop with WATCHDOG "
+                  "at the limit"),
          arg("--reproducers", type=Path, metavar="DIR", help="write a minimised reproducer per mismatch"),
          arg("--replay", type=Path, metavar="DIR", help="rerun a reproducer instead of generating programs"))
 def _verify(args: argparse.Namespace) -> int:
@@ -248,8 +251,13 @@ def _verify(args: argparse.Namespace) -> int:
         return 1 if mismatches else 0
     report = verify.verify(factory, Config.parse(args.config), programs=args.programs, seed=args.seed,
                            size=DEFAULT_SIZE if args.size is None else args.size,
-                           reproducer_dir=args.reproducers)
+                           reproducer_dir=args.reproducers, watchdog=args.watchdog)
     print(report.summary())
+    table = report.timing_table()
+    if table:
+        print()
+        print(table)
+    print(f"soak: programs={report.programs} mismatches={report.mismatches}")
     return 0 if report.ok else 1
 
 
@@ -265,7 +273,7 @@ def _session_from_args(args: argparse.Namespace, *, device: str | None = None):
     return InferenceSession(str(args.model), device=device or args.device, config=args.config,
                             fuse=not args.no_fuse, calibration=calibration,
                             allow_fallback=args.allow_fallback, threshold=args.threshold,
-                            nonfinite=getattr(args, "nonfinite", "error")), np
+                            objective=args.objective, nonfinite=getattr(args, "nonfinite", "error")), np
 
 
 def _load_arrays(path: Path):
@@ -290,6 +298,8 @@ _MODEL_ARGUMENTS = (
     arg("--allow-fallback", action="store_true", help="run unsupported operators on the CPU"),
     arg("--threshold", type=number(0.0, 1.0, high_open=True), default=0.02,
         help="minimum predicted gain of a fusion, in [0, 1) (default 0.02)"),
+    arg("--objective", choices=("cycles", "energy", "edp"), default="cycles",
+        help="what fusion and tiling minimise: predicted cycles (default), energy, or energy x delay"),
 )
 
 
@@ -328,6 +338,8 @@ def _run(args: argparse.Namespace) -> int:
         print()
         for decision in session.fusion_decisions:
             print(f"fusion: {decision}")
+        for decision in session.tiling_decisions:
+            print(decision)
         print(session.report().table())
     return 0
 
@@ -359,7 +371,8 @@ def _compile(args: argparse.Namespace) -> int:
         args.output.mkdir(parents=True, exist_ok=True)
         manifest = {"model": str(args.model), "config": compiled.config.to_dict(), "fused": not args.no_fuse,
                     "memory_bytes": compiled.memory_bytes, "placement": compiled.placement,
-                    "fusion": [str(d) for d in session.fusion_decisions], "kernels": []}
+                    "fusion": [str(d) for d in session.fusion_decisions],
+                    "tiling": [str(d) for d in session.tiling_decisions], "kernels": []}
         for name, kernel in compiled.kernels.items():
             (args.output / f"{name}.s").write_text(kernel.asm)
             (args.output / f"{name}.bin").write_bytes(encode_program(kernel.program()))
@@ -438,7 +451,7 @@ def _hpm(args: argparse.Namespace) -> int:
 
     model = hpm.PerformanceModel(args.regressor).fit(records)
     out = args.out or (shipped_model_dir(args.device) if args.ship else hpm.default_model_dir(args.device))
-    model.save(out)
+    model.save(out, versioned=not args.ship)
     print(f"trained on {model.metadata['rows']} runs ({', '.join(model.metadata['configs'])}; "
           f"{len(model.metadata['families'])} families): {out}")
     return 0

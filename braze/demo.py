@@ -163,6 +163,8 @@ class Variant:
     run_seconds: float
     #: Which cost model planned it, and why (the session's own words).
     cost_model: str = ""
+    #: The tilings that cost model chose against the kernel library's own (last batch shape).
+    tilings: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,6 +312,7 @@ def run_model(name: str, *, device: Any = DEFAULT_DEVICE, config: Config | str =
                 kernels = dict(session.kernels)
                 cost_model = session.cost_model_description()
                 planner = session.cost_model
+                tilings = tuple(str(d) for d in session.tiling_decisions if d.changed)
             finally:
                 if isinstance(device, str):
                     session.close()
@@ -325,7 +328,8 @@ def run_model(name: str, *, device: Any = DEFAULT_DEVICE, config: Config | str =
                 f"samples on {device_name} in {totals.device_runs} device run(s), {seconds:.1f} s"
                 + ("" if identical is None else
                    f"; golden outputs {'bit-identical' if identical else 'DIFFER'}"))
-            return Variant(logits, totals, report, kernels, identical, compiled_in, seconds, cost_model)
+            return Variant(logits, totals, report, kernels, identical, compiled_in, seconds, cost_model,
+                           tilings)
 
         fused = compile_and_run(True)
         unfused = compile_and_run(False)
@@ -415,6 +419,8 @@ def learned_model_table(outcomes: Sequence[ModelOutcome], device: str, config: C
     lines = ["Hardware performance model (learned from the RTL's counters):"]
     for outcome in outcomes:
         lines.append(f"  {outcome.name} fused was planned by {outcome.fused.cost_model}")
+        for decision in outcome.fused.tilings:
+            lines.append(f"    {decision}")
     model = load_model(device)
     if model is None or not model.covers(config, device):
         lines.append(f"  no learned model covers {config.name} on {device}: `braze hpm calibrate` then "

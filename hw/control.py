@@ -35,6 +35,18 @@ dispatcher takes one word per cycle, and a barrier retires (``FENCE``,
 ``HALT``) or is offered to its client (``COUNTERS``) in the first cycle in
 which everything has drained.
 
+Watchdog: the core counts *run cycles*, ``run_cycles``: the cycles of the run from its first
+cycle (the one after ``start``), numbered from 0, while it has neither stopped on an error nor
+retired HALT; the count stops there (and saturates at 2**32 - 1), and a COUNTERS ``reset`` does
+not touch it.  With a nonzero ``cycle_limit`` L, instructions may be dispatched and started in
+run cycles 0 .. L-1 only: in run cycle L (``run_cycles == L``) nothing is dispatched, started
+or retired by the dispatcher, and, unless another error is raised in that same cycle or HALT
+has retired, the core stops with ``WATCHDOG``.  Its pc is that of the first instruction not yet
+dispatched: the word in the dispatcher's slot (a barrier counts as dispatched once it executes:
+FENCE and HALT retire at once, COUNTERS is handed to its client), else the word after the last
+one fetched (``prog_base`` before the first).  As with every error, instructions already handed
+to their clients complete first, and queued ones are dropped; ``run_cycles`` stays at L.
+
 Performance-counter events: ``busy.load``/``busy.store`` are the cycles the
 DMA clients hold an instruction; ``stall_dep`` and ``stall_fetch`` are the
 per-cycle increments of ``STALL_DEP`` and ``STALL_FETCH``; ``retired.<op>``
@@ -48,17 +60,20 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from braze.isa import INSTRUCTION, Config, ConfigReg, ErrorCause, Opcode, Unit
+from braze.isa import INSN_BYTES, INSTRUCTION, Config, ConfigReg, ErrorCause, Opcode, Unit
+from braze.isa.counters import CYCLE_LIMIT_BITS
 from braze.isa.encoding import FORMAT_BY_OPCODE
 
 from .decoder import Decoder
 
 __all__ = [
-    "CONFIG_REGS", "DEADLOCK_CYCLES", "EXECUTION_PORT", "FETCH_ENTRY", "PC_BITS", "QUEUE_ENTRY",
+    "CONFIG_REGS", "CYCLE_BITS", "DEADLOCK_CYCLES", "EXECUTION_PORT", "FETCH_ENTRY", "PC_BITS", "QUEUE_ENTRY",
     "QUEUED_UNITS", "RETIRED", "UNIT_FLAGS", "Control",
 ]
 
 PC_BITS = 32
+#: Width of the watchdog's cycle limit and run-cycle count (the CYCLE_LIMIT and RUN_CYCLES registers).
+CYCLE_BITS = CYCLE_LIMIT_BITS
 
 #: One fetched instruction.  ``error`` marks a word the fetch could not read (AXI error response);
 #: it travels in program order with the other words so that its ``pc`` is the failing address.
@@ -156,6 +171,12 @@ class Control(wiring.Component):
         Clear all state and stop.
     fetch : In(stream.Signature(FETCH_ENTRY))
         Fetched words in program order; the fetch unit starts at the program base on ``start``.
+    prog_base : In(PC_BITS)
+        The program base (the pc of the first word), for a watchdog stop before any word arrived.
+    cycle_limit : In(CYCLE_BITS)
+        The watchdog's limit in run cycles (0: none); see the module documentation.
+    run_cycles : Out(CYCLE_BITS)
+        Run cycles so far (the watchdog's count).
     load, compute, store : Out(EXECUTION_PORT)
         Execution clients: the DMA load engine, the compute units (MATMUL, EPILOGUE and VECTOR;
         CONFIG is executed here) and the DMA store engine.
@@ -183,6 +204,9 @@ class Control(wiring.Component):
     start: In(1)
     soft_reset: In(1)
     fetch: In(stream.Signature(FETCH_ENTRY))
+    prog_base: In(PC_BITS)
+    cycle_limit: In(CYCLE_BITS)
+    run_cycles: Out(CYCLE_BITS)
     load: Out(EXECUTION_PORT)
     compute: Out(EXECUTION_PORT)
     store: Out(EXECUTION_PORT)
@@ -226,6 +250,16 @@ class Control(wiring.Component):
 
         # --- Error latch: the first error wins; later ones are ignored. -------------------------
         stopping = Signal()                       # an error has occurred; start nothing new
+        halted = Signal()
+
+        # --- Watchdog: run cycles, and the cycle limit that stops dispatch and starts. ------------
+        run_cycles = self.run_cycles
+        expired = Signal()                        # run cycle L: nothing is dispatched or started
+        m.d.comb += expired.eq((self.cycle_limit != 0) & (run_cycles >= self.cycle_limit))
+        with m.If(self.running & ~stopping & ~halted & ~expired & (run_cycles != (1 << CYCLE_BITS) - 1)):
+            m.d.sync += run_cycles.eq(run_cycles + 1)
+        stopped = Signal()                        # start, dispatch and retire no instruction
+        m.d.comb += stopped.eq(stopping | expired)
 
         # --- Dependency tokens. -------------------------------------------------------------------
         tokens = {}
@@ -252,7 +286,8 @@ class Control(wiring.Component):
                 "push_prev": tokens.get((unit, prev_unit)),
                 "push_next": tokens.get((unit, next_unit)),
             }
-            units[unit] = self._elaborate_unit(m, unit, fifo, head, ports[unit], flag_tokens, stopping)
+            units[unit] = self._elaborate_unit(m, unit, fifo, head, ports[unit], flag_tokens, stopping,
+                                               stopped)
 
         # --- Dispatcher. ----------------------------------------------------------------------------
         # Words are decoded as they enter the dispatcher's one-word slot, so that dispatch and
@@ -262,13 +297,12 @@ class Control(wiring.Component):
         slot = Signal(FETCH_ENTRY)
         slot_unit = Signal(Unit)
         slot_cause = Signal(ErrorCause)
-        halted = Signal()
         m.d.comb += decoder.word.eq(self.fetch.payload.word)
 
         drained = Cat(*((u["fifo"].level == 0) & u["idle"] for u in units.values())).all()
         slot_legal = slot_valid & ~slot.error & (slot_cause == ErrorCause.NONE)
         is_barrier = slot_unit == Unit.CONTROL
-        at_barrier = slot_legal & is_barrier & ~stopping
+        at_barrier = slot_legal & is_barrier & ~stopped
         barrier_go = at_barrier & drained
 
         counters_state = Signal(_CountersState)
@@ -280,7 +314,7 @@ class Control(wiring.Component):
             fifo = state["fifo"]
             m.d.comb += [
                 fifo.w_data.eq(Cat(slot.word, slot.pc)),
-                fifo.w_en.eq(slot_legal & ~stopping & (slot_unit == unit)),
+                fifo.w_en.eq(slot_legal & ~stopped & (slot_unit == unit)),
             ]
             with m.If(fifo.w_en & fifo.w_rdy):
                 m.d.comb += slot_leaves.eq(1)
@@ -315,7 +349,7 @@ class Control(wiring.Component):
         ]
 
         # Nothing after HALT is taken, not even into the slot.
-        m.d.comb += self.fetch.ready.eq(self.running & ~stopping & ~halted & ~barrier_retire[Opcode.HALT] &
+        m.d.comb += self.fetch.ready.eq(self.running & ~stopped & ~halted & ~barrier_retire[Opcode.HALT] &
                                         (~slot_valid | slot_leaves))
         with m.If(self.fetch.valid & self.fetch.ready):
             m.d.sync += [
@@ -326,6 +360,12 @@ class Control(wiring.Component):
             ]
         with m.Elif(slot_leaves):
             m.d.sync += slot_valid.eq(0)
+        # The pc of the word after the last one that entered the slot (the program base before any).
+        fetched_any = Signal()
+        last_fetched_pc = Signal(PC_BITS)
+        with m.If(self.fetch.valid & self.fetch.ready):
+            m.d.sync += [fetched_any.eq(1), last_fetched_pc.eq(self.fetch.payload.pc)]
+        next_pc = Mux(fetched_any, (last_fetched_pc + INSN_BYTES)[:PC_BITS], self.prog_base)
 
         # --- Deadlock: nothing can ever move again. -------------------------------------------------
         dispatcher_stuck = halted | queue_full | (at_barrier & ~drained)
@@ -345,6 +385,10 @@ class Control(wiring.Component):
             earliest_stuck_pc = Mux(candidate < earliest_stuck_pc, candidate, earliest_stuck_pc)
         error_requests.append((deadlock_now & (deadlock_cycles == DEADLOCK_CYCLES - 1), ErrorCause.DEADLOCK,
                                earliest_stuck_pc[:PC_BITS]))
+        # Last: any other error of run cycle L wins over the watchdog.  A COUNTERS being executed has
+        # left the dispatcher (see the module documentation).
+        first_undispatched = Mux(slot_valid & (counters_state == _CountersState.IDLE), slot.pc, next_pc)
+        error_requests.append((expired & self.running & ~halted, ErrorCause.WATCHDOG, first_undispatched))
 
         # --- Error latch and status. ----------------------------------------------------------------
         with m.If(~stopping):
@@ -371,8 +415,12 @@ class Control(wiring.Component):
                 pulses.append(barrier_retire[opcode])
             m.d.comb += self.retired[opcode.name.lower()].eq(Cat(*pulses).any())
 
-    def _elaborate_unit(self, m, unit, fifo, head, port, flag_tokens, stopping) -> dict:
-        """The sequencer of one queued unit; returns the signals the rest of the core reads."""
+    def _elaborate_unit(self, m, unit, fifo, head, port, flag_tokens, stopping, stopped) -> dict:
+        """The sequencer of one queued unit; returns the signals the rest of the core reads.
+
+        ``stopping``: an error was raised (pending pushes are dropped); ``stopped``: that, or the
+        watchdog's limit is reached (nothing new starts).
+        """
         name = unit.name.lower()
         state = Signal(_UnitState, name=f"{name}_state")
         offering = Signal(name=f"{name}_offering")     # insn.valid was up without a transfer
@@ -391,7 +439,7 @@ class Control(wiring.Component):
             ~current_deps[flag] | flag_tokens[flag].room
             for flag in ("push_prev", "push_next") if flag_tokens[flag] is not None).all())
 
-        can_start = (state == _UnitState.IDLE) & ~offering & fifo.r_rdy & tokens_ready & ~stopping
+        can_start = (state == _UnitState.IDLE) & ~offering & fifo.r_rdy & tokens_ready & ~stopped
         internal = (head.word.opcode == Opcode.CONFIG) if unit is Unit.COMPUTE else Const(0)
         m.d.comb += [
             port.insn.valid.eq((can_start & ~internal) | offering),

@@ -17,9 +17,16 @@ Map
 ``0x01C ERROR_PC``      byte address of the failing instruction
 ``0x020 PROG_BASE_LO``  program base address, bits 0..31
 ``0x024 PROG_BASE_HI``  program base address, bits 32..63
+``0x028 CYCLE_LIMIT``   watchdog: a run stops with ``WATCHDOG`` after this many run cycles (0: no limit)
+``0x02C RUN_CYCLES``    run cycles of the current (or last) run, as the watchdog counts them
 ``0x100 + 8*i``         ``COUNTER_<NAME>_LO`` of counter ``i`` of :data:`braze.isa.COUNTERS`
 ``0x104 + 8*i``         ``COUNTER_<NAME>_HI``; reading LO latches HI, so LO then HI is an atomic
                         64-bit read
+
+Run cycles (the watchdog's clock) count the cycles of a run from the first cycle after
+``CTRL.start`` up to the cycle in which the core stops on HALT or an error, exclusive; unlike the
+``cycles`` counter they are never reset by a COUNTERS instruction.  See
+:class:`braze.hw.control.Control` for the watchdog's exact rule.
 
 Reads of unmapped addresses and writes to read-only registers get SLVERR.  Writing ``start``
 also clears ``done``, ``error``, ``ERROR_CAUSE`` and ``ERROR_PC`` (a new run begins);
@@ -49,7 +56,7 @@ __all__ = [
 #: Contents of ``ID``: ASCII "BRZE".
 MAGIC = int.from_bytes(b"BRZE", "big")
 #: Version of this register map, in ``VERSION.map_version``.
-MAP_VERSION = 1
+MAP_VERSION = 2
 #: Byte offset of the first counter register.
 COUNTER_BASE = 0x100
 _WORD_BYTES = 4
@@ -171,6 +178,11 @@ REGISTERS: tuple[Register, ...] = (
              "program base address, low word; must be 16-byte aligned (else FETCH_ERROR)"),
     Register("PROG_BASE_HI", 0x024, Access.RW,
              (Field("addr", 0, 32, Access.RW, "bits 32..63"),), "program base address, high word"),
+    Register("CYCLE_LIMIT", 0x028, Access.RW,
+             (Field("cycles", 0, 32, Access.RW, "run cycles a run may take (0: no limit)"),),
+             "watchdog: a run still going after CYCLE_LIMIT run cycles stops with ERROR_CAUSE WATCHDOG"),
+    Register("RUN_CYCLES", 0x02C, Access.RO, (_ro("cycles", 0, 32, "run cycles (saturating)"),),
+             "run cycles of the current or last run: the watchdog's count, not reset by COUNTERS"),
 ) + _counter_registers()
 
 REGISTER_BY_NAME: dict[str, Register] = {reg.name: reg for reg in REGISTERS}
@@ -249,6 +261,10 @@ class CSRFile(wiring.Component):
         One-cycle pulse, the cycle after the host writes ``CTRL.soft_reset`` = 1.
     prog_base : Out(64)
         ``PROG_BASE_HI:PROG_BASE_LO``.
+    cycle_limit : Out(32)
+        ``CYCLE_LIMIT``.
+    run_cycles : In(32)
+        The core's run-cycle count, shown as ``RUN_CYCLES``.
     irq : Out(1)
         Level interrupt: ``done & irq_en_done | error & irq_en_error``.
     busy : In(1)
@@ -276,6 +292,8 @@ class CSRFile(wiring.Component):
             "start": Out(1),
             "soft_reset": Out(1),
             "prog_base": Out(64),
+            "cycle_limit": Out(32),
+            "run_cycles": In(32),
             "irq": Out(1),
             "busy": In(1),
             "done_event": In(1),
@@ -298,6 +316,7 @@ class CSRFile(wiring.Component):
         cause = Signal(4)
         pc = Signal(32)
         prog_base = Signal(64)
+        cycle_limit = Signal(32)
         hi_latch = Signal(32)
         hi_latched_index = Signal(range(len(COUNTERS)))
 
@@ -307,6 +326,7 @@ class CSRFile(wiring.Component):
             ("STATUS", "busy"): self.busy, ("STATUS", "done"): done, ("STATUS", "error"): error,
             ("ERROR_CAUSE", "cause"): cause, ("ERROR_PC", "pc"): pc,
             ("PROG_BASE_LO", "addr"): prog_base[:32], ("PROG_BASE_HI", "addr"): prog_base[32:],
+            ("CYCLE_LIMIT", "cycles"): cycle_limit, ("RUN_CYCLES", "cycles"): self.run_cycles,
         }
         for index, spec in enumerate(COUNTERS):
             name = f"COUNTER_{spec.name.upper()}"
@@ -314,7 +334,7 @@ class CSRFile(wiring.Component):
             readable[(f"{name}_LO", "value")] = value[:32]
             readable[(f"{name}_HI", "value")] = Mux(hi_latched_index == index, hi_latch, value[32:])
         writable = {("CTRL", "irq_en_done"), ("CTRL", "irq_en_error"),
-                    ("PROG_BASE_LO", "addr"), ("PROG_BASE_HI", "addr")}
+                    ("PROG_BASE_LO", "addr"), ("PROG_BASE_HI", "addr"), ("CYCLE_LIMIT", "cycles")}
         pulses = {("CTRL", "start"), ("CTRL", "soft_reset"), ("STATUS", "done"), ("STATUS", "error")}
 
         byte_mask = Cat(bit.replicate(8) for bit in bus.w_strb)
@@ -381,6 +401,7 @@ class CSRFile(wiring.Component):
 
         m.d.comb += [
             self.prog_base.eq(prog_base),
+            self.cycle_limit.eq(cycle_limit),
             self.irq.eq(done & irq_en_done | error & irq_en_error),
         ]
         return m

@@ -88,7 +88,9 @@ class Accelerator(wiring.Component):
     Status and counters
     -------------------
     ``STATUS`` shows busy/done/error, ``ERROR_CAUSE``/``ERROR_PC`` the first failure; ``irq``
-    is a level interrupt (``CTRL.irq_en_*``).  The performance counters of
+    is a level interrupt (``CTRL.irq_en_*``).  ``CYCLE_LIMIT`` is a watchdog: a run still going
+    after that many run cycles (``RUN_CYCLES``) stops with ``WATCHDOG``
+    (:class:`~braze.hw.control.Control` defines the rule).  The performance counters of
     :data:`braze.isa.COUNTERS` count from ``CTRL.start`` (and from a COUNTERS instruction with
     ``reset``); they read over ``s_axil`` and are written to memory by COUNTERS.
 
@@ -167,6 +169,9 @@ class Accelerator(wiring.Component):
             fetch.restart.eq(csr.soft_reset),
             fetch.stop.eq(control.done | control.error | ~control.running),
             fetch.prog_base.eq(csr.prog_base[:32]),
+            control.prog_base.eq(csr.prog_base[:32]),
+            control.cycle_limit.eq(csr.cycle_limit),
+            csr.run_cycles.eq(control.run_cycles),
         ]
         wiring.connect(m, fetch.fetch, control.fetch)
 

@@ -12,10 +12,28 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import numbers
 
 from .encoding import Opcode
+from .errors import BrazeError
 
 COUNTER_BYTES = 8
+
+#: Width of the watchdog's run-cycle count and of its limit (the CYCLE_LIMIT register): a cycle
+#: limit is at most ``2**CYCLE_LIMIT_BITS - 1`` (0 means none).
+CYCLE_LIMIT_BITS = 32
+MAX_CYCLE_LIMIT = (1 << CYCLE_LIMIT_BITS) - 1
+
+
+def check_cycle_limit(cycle_limit: int | None) -> int:
+    """A watchdog cycle limit as an int, 0 for none (``None`` or 0); :class:`BrazeError` if it is not one."""
+    if cycle_limit is None:
+        return 0
+    if isinstance(cycle_limit, bool) or not isinstance(cycle_limit, numbers.Integral) \
+            or not 0 <= cycle_limit <= MAX_CYCLE_LIMIT:
+        raise BrazeError(f"cycle_limit={cycle_limit!r} must be an integer from 0 (no limit) to "
+                         f"{MAX_CYCLE_LIMIT}, the width of the hardware's CYCLE_LIMIT register")
+    return int(cycle_limit)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -152,6 +152,7 @@ class ErrorCause(enum.Enum, shape=4):
     DEADLOCK = 9
     FETCH_ERROR = 10
     OVERLAP = 11
+    WATCHDOG = 12
     RACE = 15
 
 
@@ -168,6 +169,7 @@ ERROR_CAUSE_DOC = {
     ErrorCause.DEADLOCK: "every unit waits for a dependency token that no instruction will push",
     ErrorCause.FETCH_ERROR: "instruction fetch failed (AXI error response)",
     ErrorCause.OVERLAP: "EPILOGUE/VECTOR source and destination rows in one memory overlap but differ",
+    ErrorCause.WATCHDOG: "the run reached its cycle limit (CYCLE_LIMIT) before HALT",
     ErrorCause.RACE: "reference model only: two units touch the same memory without a token ordering them",
 }
 

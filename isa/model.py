@@ -49,6 +49,21 @@ cycle HALT ends minus the cycle of the last reset.
 detector and the timing model cleared; memories and configuration
 registers keep their contents across runs.
 
+Watchdog
+--------
+With ``cycle_limit=L`` (the hardware's ``CYCLE_LIMIT``; 0 or None: no limit) the run stops
+with :class:`WatchdogError` (cause ``WATCHDOG``) at the first instruction, in program order,
+that the timing model does not dispatch before cycle L: a load/compute/store instruction whose
+``dispatch`` is L or later, a barrier whose ``start`` is (FENCE and HALT retire when they start,
+COUNTERS leaves the dispatcher when it starts), or, for a word that cannot be fetched, decoded
+or range-checked, or a token pop/push that can never be served, the cycle the dispatcher would
+take it.  That instruction's pc is the error's; it has no effect, and the run's cycles are L.
+This is the hardware's rule (:class:`braze.hw.control.Control`) on the timing model's clock:
+the model's cycles are a prediction, so the model and the hardware stop at the same cycle with
+the same cause, at the same pc where the prediction of the dispatch times holds.  The model
+runs the instructions before that pc; the hardware drops the ones it had dispatched but not
+started, which, as after any error, leaves memory defined up to the last barrier.
+
 Plans
 -----
 Everything these checks, the schedule and the counters depend on is in the
@@ -83,7 +98,7 @@ import numpy as np
 
 from . import arith
 from .config import Config
-from .counters import COUNTER_BYTES, COUNTERS, SNAPSHOT_BYTES, Counter, instret_counter
+from .counters import COUNTER_BYTES, COUNTERS, SNAPSHOT_BYTES, Counter, check_cycle_limit, instret_counter
 from .encoding import (
     INSN_BYTES,
     UNARY_VECTOR_OPS,
@@ -111,8 +126,8 @@ from .timing import (
 )
 
 __all__ = [
-    "Machine", "RunResult", "RaceError", "InstructionLimitExceeded", "check_ranges", "check_overlap",
-    "run_program", "instruction_accesses",
+    "Machine", "RunResult", "RaceError", "WatchdogError", "InstructionLimitExceeded", "check_ranges",
+    "check_overlap", "run_program", "instruction_accesses", "program_events",
 ]
 
 _COUNTER_MASK = (1 << 64) - 1
@@ -127,6 +142,15 @@ class RaceError(ExecutionError):
     def __init__(self, detail: str, *, pc: int | None, other_pc: int | None):
         self.other_pc = other_pc
         super().__init__(ErrorCause.RACE, detail, pc=pc)
+
+
+class WatchdogError(ExecutionError):
+    """The run reached its cycle limit before HALT (cause ``WATCHDOG``); ``cycle_limit`` is the limit."""
+
+    def __init__(self, cycle_limit: int, pc: int):
+        self.cycle_limit = cycle_limit
+        super().__init__(ErrorCause.WATCHDOG, f"no HALT within the cycle limit of {cycle_limit} run cycles",
+                         pc=pc)
 
 
 class InstructionLimitExceeded(BrazeError):
@@ -566,6 +590,21 @@ class _Static:
         self.accesses = tuple(accesses)
 
 
+def program_events(program: Sequence[Instruction], config: Config) -> dict[str, int]:
+    """The exact counters (:data:`~braze.isa.counters.COUNTERS` marked ``exact``) of a run of ``program``.
+
+    These count events the program alone decides -- MACs, scratchpad and accumulator row accesses,
+    external bytes and beats, instructions -- so they are known before the program runs (energy
+    estimates price them).  Each instruction counts as the model's execution counts it; the
+    program is assumed to pass its range checks.
+    """
+    totals = [0] * len(COUNTERS)
+    for insn in program:
+        for counter, amount in _Static(insn, config).deltas:
+            totals[counter] += amount
+    return {spec.name: totals[index] for index, spec in enumerate(COUNTERS) if spec.exact}
+
+
 def _shadow_view(shadow: np.ndarray, strided: tuple | None, first: int, end: int) -> np.ndarray:
     """The locations of an access in an int32 shadow array: ``first..end-1``, or a strided view
     (byte offset, shape, byte strides)."""
@@ -749,10 +788,14 @@ class _Plan:
     program order; ``counters`` the counters after the last instruction; ``error`` the exception
     (raised as a copy), ``limit`` the instruction limit that stopped the run, or neither for HALT.
     ``last`` is the index of the last instruction fetched (or of the fetch that failed).
+    ``last_when`` is the cycle the last instruction was dispatched (see the watchdog in the module's
+    documentation); ``watchdog`` the cycle limit that stopped the run, or 0.  The plan holds for
+    every cycle limit above ``last_when`` (or none) unless the watchdog stopped it, and then only
+    for that limit.
     """
 
     __slots__ = ("key", "arrays", "race_check", "ops", "counters", "counter_values", "error", "limit",
-                 "last", "instructions", "cycles", "timeline", "halt_pc")
+                 "last", "instructions", "cycles", "timeline", "halt_pc", "last_when", "watchdog")
 
 
 _HOOKS = ("_execute", "_exec_load", "_exec_store", "_exec_matmul", "_exec_epilogue", "_exec_vector",
@@ -991,37 +1034,44 @@ class Machine:
 
     def _start_run(self) -> None:
         self.counters[:] = 0
+        self._cycle_limit = 0
         self._scheduler = Scheduler(self.config)
         self._races = _RaceDetector(self.config) if self.race_check else None
         self._period_start = 0
 
     def run_program(self, program: bytes | Sequence[Instruction], *, base: int = 0,
-                    max_instructions: int | None = None) -> RunResult:
+                    max_instructions: int | None = None, cycle_limit: int | None = None) -> RunResult:
         """Write a program (bytes or instructions) to external memory at ``base`` and run it."""
         blob = bytes(program) if isinstance(program, (bytes, bytearray, memoryview)) else encode_program(
             list(program))
         self.write_dram(base, blob)
-        return self.run(base, max_instructions=max_instructions)
+        return self.run(base, max_instructions=max_instructions, cycle_limit=cycle_limit)
 
-    def run(self, program_addr: int = 0, *, max_instructions: int | None = None) -> RunResult:
+    def run(self, program_addr: int = 0, *, max_instructions: int | None = None,
+            cycle_limit: int | None = None) -> RunResult:
         """Fetch, decode and execute instructions from ``program_addr`` until HALT.
 
         Raises :class:`~braze.isa.IllegalInstruction` for an illegal word,
         :class:`~braze.isa.ExecutionError` for everything else the hardware
         would report (its ``pc`` is the byte address of the instruction),
-        and :class:`InstructionLimitExceeded` after ``max_instructions``.
+        :class:`WatchdogError` when the timing model reaches ``cycle_limit``
+        (0 or None: no limit; see the module's documentation), and
+        :class:`InstructionLimitExceeded` after ``max_instructions``.
         Runs through the program's plan (see the module's documentation)
         unless :attr:`fast` is off.
         """
         if program_addr < 0:
             raise ValueError(f"program_addr {program_addr} is negative")
+        cycle_limit = check_cycle_limit(cycle_limit)
         if self.fast and _fast_capable(type(self)):
-            return self._run_planned(program_addr, max_instructions)
-        return self._run_reference(program_addr, max_instructions)
+            return self._run_planned(program_addr, max_instructions, cycle_limit)
+        return self._run_reference(program_addr, max_instructions, cycle_limit)
 
-    def _run_reference(self, program_addr: int, max_instructions: int | None) -> RunResult:
+    def _run_reference(self, program_addr: int, max_instructions: int | None,
+                       cycle_limit: int = 0) -> RunResult:
         """:meth:`run`, one instruction at a time: fetch, decode, :meth:`_execute`."""
         self._start_run()
+        self._cycle_limit = cycle_limit
         if program_addr % INSN_BYTES:
             # The hardware fetches whole 16-byte words and reports an unaligned base this way.
             raise ExecutionError(ErrorCause.FETCH_ERROR,
@@ -1032,6 +1082,8 @@ class Machine:
         while True:
             if max_instructions is not None and executed >= max_instructions:
                 raise InstructionLimitExceeded(max_instructions, pc)
+            if cycle_limit and self._scheduler.next_dispatch >= cycle_limit:
+                self._stop_by_watchdog(pc)
             insn = decode(self._fetch(pc), pc=pc)
             executed += 1
             self._execute(insn, pc, executed)
@@ -1049,18 +1101,23 @@ class Machine:
 
     # The planned path (see _Plan) ------------------------------------------------------------------------
 
-    def _run_planned(self, base: int, limit: int | None) -> RunResult:
+    def _stop_by_watchdog(self, pc: int) -> None:
+        """Raise the watchdog's error at ``pc``, with ``cycles`` counted up to the limit."""
+        self.counters[Counter.CYCLES] = self._cycle_limit - self._period_start
+        raise WatchdogError(self._cycle_limit, pc)
+
+    def _run_planned(self, base: int, limit: int | None, cycle_limit: int = 0) -> RunResult:
         self.counters[:] = 0
         if base % INSN_BYTES:
             raise ExecutionError(ErrorCause.FETCH_ERROR,
                                  f"program base 0x{base:x} is not {INSN_BYTES}-byte aligned", pc=base)
-        plan = self._cached_plan(base, limit)
+        plan = self._cached_plan(base, limit, cycle_limit)
         if plan is None:
             if not all(array.flags.c_contiguous for array in (self.dram, self.spad, self.acc)):
-                return self._run_reference(base, limit)          # plans view the memories' buffers
-            plan = self._compile(base, limit)
+                return self._run_reference(base, limit, cycle_limit)   # plans view the memories' buffers
+            plan = self._compile(base, limit, cycle_limit)
             if plan is None:                        # writes into its own instructions
-                return self._run_reference(base, limit)
+                return self._run_reference(base, limit, cycle_limit)
             if plan.limit is None:
                 self._remember(base, plan)
         for function, args in plan.ops:
@@ -1077,7 +1134,7 @@ class Machine:
         """What a plan's operations are built on: a plan is used only while all of it is still in place."""
         return self.config, self.dram, self.spad, self.acc, self.config_regs
 
-    def _cached_plan(self, base: int, limit: int | None) -> _Plan | None:
+    def _cached_plan(self, base: int, limit: int | None, cycle_limit: int = 0) -> _Plan | None:
         plans = self._plans.get(base)
         if not plans:
             return None
@@ -1086,6 +1143,8 @@ class Machine:
         for position, plan in enumerate(plans):
             if (plan.key.startswith(head) and plan.race_check == self.race_check
                     and (limit is None or limit > plan.last)
+                    and (cycle_limit == plan.watchdog if plan.watchdog
+                         else not cycle_limit or cycle_limit > plan.last_when)
                     and all(mine is theirs for mine, theirs in zip(plan.arrays, arrays, strict=True))
                     and self.dram[base:base + len(plan.key)].tobytes() == plan.key):
                 if position:
@@ -1114,16 +1173,16 @@ class Machine:
         if not plans:
             del self._plans[base]
 
-    def _compile(self, base: int, limit: int | None) -> _Plan | None:
+    def _compile(self, base: int, limit: int | None, cycle_limit: int = 0) -> _Plan | None:
         """Work out a run from ``base`` without executing it; None if the program rewrites itself.
 
         Follows :meth:`_run_reference` and :meth:`_execute` step by step, on the same functions
         (their errors are raised by the reference code, with the instruction's pc).
         """
         with _gc_paused():
-            return self._compile_plan(base, limit)
+            return self._compile_plan(base, limit, cycle_limit)
 
-    def _compile_plan(self, base: int, limit: int | None) -> _Plan | None:
+    def _compile_plan(self, base: int, limit: int | None, cycle_limit: int = 0) -> _Plan | None:
         config = self.config
         dram_bytes = config.dram_bytes
         statics = _statics_of(config)
@@ -1137,8 +1196,14 @@ class Machine:
         blob = b""
         index, pc, fetched = 0, base, 0
         halted = False
+        watchdog = 0
+        last_when = 0
         while True:
             if limit is not None and index >= limit:
+                break
+            last_when = scheduler.next_dispatch
+            if cycle_limit and last_when >= cycle_limit:
+                watchdog = cycle_limit
                 break
             if pc + INSN_BYTES > dram_bytes:
                 try:
@@ -1173,6 +1238,10 @@ class Machine:
                 entry = scheduler.add_keyed(insn, static.timing, pc)
             except ExecutionError as failure:
                 error = failure
+                break
+            last_when = entry.start if static.timing[5] else entry.dispatch
+            if cycle_limit and last_when >= cycle_limit:
+                watchdog = cycle_limit
                 break
             op = static.opcode
             if static.fails_dram:
@@ -1225,7 +1294,12 @@ class Machine:
             if low < fetched_end and high > base + INSN_BYTES * (writer + 1):
                 return None
 
+        if watchdog:
+            error = WatchdogError(watchdog, pc)
+            counters[_C_CYCLES] = watchdog - period_start
         plan = _Plan()
+        plan.last_when = last_when
+        plan.watchdog = watchdog
         plan.key = blob[:INSN_BYTES * fetched]
         plan.arrays = self._arrays()
         plan.race_check = self.race_check
@@ -1345,6 +1419,9 @@ class Machine:
         check_ranges(insn, config, pc=pc)
         check_overlap(insn, config, pc=pc)
         entry = self._scheduler.add(insn, pc=pc)  # raises DEADLOCK for an invalid token order
+        dispatched = entry.start if entry.unit is Unit.CONTROL else entry.dispatch
+        if self._cycle_limit and dispatched >= self._cycle_limit:
+            self._stop_by_watchdog(pc)
 
         if op in (Opcode.LOAD, Opcode.STORE) and not (op is Opcode.LOAD and insn.zero):
             self._check_dram(insn, pc, insn.dram, insn.rows, insn.stride, insn.len * element_bytes(insn.mem))
@@ -1497,10 +1574,11 @@ class Machine:
 
 def run_program(program: bytes | Sequence[Instruction], config: Config, *, base: int = 0,
                 max_instructions: int | None = None, data: dict[int, bytes] | None = None,
-                ) -> tuple[Machine, RunResult]:
+                cycle_limit: int | None = None) -> tuple[Machine, RunResult]:
     """Convenience: a fresh :class:`Machine` with ``{addr: bytes}`` data and the program at ``base``, run."""
     machine = Machine(config)
     for addr, blob in (data or {}).items():
         machine.write_dram(addr, blob)
-    result = machine.run_program(program, base=base, max_instructions=max_instructions)
+    result = machine.run_program(program, base=base, max_instructions=max_instructions,
+                                 cycle_limit=cycle_limit)
     return machine, result

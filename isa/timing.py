@@ -288,6 +288,11 @@ class Scheduler:
     def cycles(self) -> int:
         return max(self._all_retired, self._next_dispatch)
 
+    @property
+    def next_dispatch(self) -> int:
+        """The earliest cycle the next instruction can be dispatched (a barrier: start) in."""
+        return self._next_dispatch
+
     def add(self, insn: Instruction, *, pc: int | None = None) -> ScheduledInstruction:
         return self.add_keyed(insn, timing_key(insn, self.config), pc)
 

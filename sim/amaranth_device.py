@@ -33,7 +33,9 @@ _START = _bit(_CTRL, "start") | _bit(_CTRL, "irq_en_done") | _bit(_CTRL, "irq_en
 _SOFT_RESET = _bit(_CTRL, "soft_reset")
 _DONE, _ERROR = _bit(_STATUS, "done"), _bit(_STATUS, "error")
 
-#: Cycle budget of a run when the caller gives none; a program that does not halt is stopped.
+#: Cycle budget of a run when the caller gives none (beyond its cycle limit, if it has one: the
+#: instructions in flight when the watchdog stops a run complete first); a program that does not
+#: halt is stopped.
 DEFAULT_MAX_CYCLES = 2_000_000
 
 
@@ -55,6 +57,8 @@ class AmaranthDevice(Device):
 
     def __init__(self, config: Config, *, stall: float = 0.0, seed: int = 0):
         super().__init__(config)
+        #: The memory's backpressure, as :attr:`VerilatorDevice.stall`.
+        self.stall = stall
         self._dut = Accelerator(config)
         self._sim = Simulator(self._dut)
         self._sim.add_clock(1e-8)
@@ -76,8 +80,9 @@ class AmaranthDevice(Device):
         self._check_span(addr, nbytes)
         return self._memory.mem[addr:addr + nbytes].tobytes()
 
-    def _execute(self, base: int, max_cycles: int | None) -> RunStatus:
-        self._request = (base, DEFAULT_MAX_CYCLES if max_cycles is None else max_cycles)
+    def _execute(self, base: int, max_cycles: int | None, cycle_limit: int) -> RunStatus:
+        budget = cycle_limit + DEFAULT_MAX_CYCLES if max_cycles is None else max_cycles
+        self._request = (base, budget, cycle_limit)
         self._status = None
         while self._status is None:
             self._sim.advance()
@@ -89,10 +94,11 @@ class AmaranthDevice(Device):
             if self._request is None:
                 await ctx.tick()
                 continue
-            base, budget = self._request
+            base, budget, cycle_limit = self._request
             self._request = None
             await regs.write(REGISTER_BY_NAME["PROG_BASE_LO"].offset, base & 0xFFFF_FFFF)
             await regs.write(REGISTER_BY_NAME["PROG_BASE_HI"].offset, base >> 32)
+            await regs.write(REGISTER_BY_NAME["CYCLE_LIMIT"].offset, cycle_limit)
             await regs.write(_CTRL.offset, _START)
             cycles = 0
             while not ctx.get(self._dut.irq) and cycles < budget:
@@ -104,6 +110,10 @@ class AmaranthDevice(Device):
                 await regs.write(_CTRL.offset, _SOFT_RESET)
             cause = ErrorCause(await regs.read(REGISTER_BY_NAME["ERROR_CAUSE"].offset))
             error_pc = await regs.read(REGISTER_BY_NAME["ERROR_PC"].offset)
+            if cause is ErrorCause.WATCHDOG:
+                # The run's length is what the watchdog counted, not the cycles its in-flight
+                # instructions took to complete afterwards.
+                cycles = await regs.read(REGISTER_BY_NAME["RUN_CYCLES"].offset)
             counters = {}
             for index, spec in enumerate(COUNTERS):
                 low_offset, high_offset = counter_offsets(index)

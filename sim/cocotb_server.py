@@ -10,7 +10,8 @@ counters are read from the harness's ``counters`` port, and memory moves by ``me
 RAM's storage array (``braze_storage`` of ``verilator_storage.cpp``).
 
 Protocol: each message is a 4-byte little-endian length and a pickled tuple.  Requests are
-``("write", addr, data)``, ``("read", addr, nbytes)``, ``("run", base, max_cycles)``,
+``("write", addr, data)``, ``("read", addr, nbytes)``,
+``("run", base, max_cycles, cycle_limit, wall_seconds)``,
 ``("reg_read", offset)``, ``("reg_write", offset, value)``, ``("counters_over_bus",)`` (every
 counter read over AXI4-Lite, as driver software would), ``("stall", threshold)`` (the
 memory's backpressure, in 1/256 steps), ``("ping",)`` and ``("stop",)``;
@@ -43,6 +44,10 @@ _CTRL_START, _CTRL_IRQ_DONE, _CTRL_IRQ_ERROR, _CTRL_SOFT_RESET = 1, 2, 4, 8
 _STATUS_DONE, _STATUS_ERROR = 2, 4
 #: The budget of a run that names none: long enough for any test program, short of forever.
 DEFAULT_BUDGET = 1 << 40
+#: A run with a wall-clock budget waits for the interrupt in slices of about this many seconds (the
+#: first of _FIRST_SLICE_CYCLES cycles), checking the budget in between.
+_SLICE_SECONDS = 0.2
+_FIRST_SLICE_CYCLES = 1 << 14
 
 
 def send_message(sock: socket.socket, message) -> None:
@@ -145,20 +150,44 @@ class HarnessDriver:
             values[spec.name] = high << 32 | low
         return values
 
-    async def run(self, base: int, max_cycles: int | None) -> dict:
+    async def run(self, base: int, max_cycles: int | None, cycle_limit: int = 0,
+                  wall_seconds: float | None = None) -> dict:
+        """Run the program at ``base`` until the interrupt, ``max_cycles`` clock cycles, or
+        ``wall_seconds`` of wall-clock time, whichever comes first; ``cycle_limit`` goes to the
+        watchdog.  The wall-clock budget lets a run that will not end answer before the device
+        gives up on the simulator."""
         budget = DEFAULT_BUDGET if max_cycles is None else max(1, int(max_cycles))
+        deadline = None if wall_seconds is None else time.monotonic() + wall_seconds
         await self.reg_write(_REG["PROG_BASE_LO"], base & 0xFFFF_FFFF)
         await self.reg_write(_REG["PROG_BASE_HI"], base >> 32)
+        await self.reg_write(_REG["CYCLE_LIMIT"], cycle_limit)
         await self.reg_write(_REG["CTRL"], _CTRL_START | _CTRL_IRQ_DONE | _CTRL_IRQ_ERROR)
         # `irq` is low now: the start cleared done and error.
         started = get_sim_time("ns")
         cpu_started = time.process_time()
-        await First(RisingEdge(self.dut.irq), Timer(budget * CLOCK_PERIOD_NS, unit="ns"))
+        waited = 0
+        out_of_time = False
+        slice_cycles = budget if deadline is None else _FIRST_SLICE_CYCLES
+        while not self.dut.irq.value and waited < budget:
+            wall_started = time.monotonic()
+            if deadline is not None and wall_started > deadline:
+                out_of_time = True
+                break
+            await First(RisingEdge(self.dut.irq), Timer(min(slice_cycles, budget - waited) * CLOCK_PERIOD_NS,
+                                                        unit="ns"))
+            now = round((get_sim_time("ns") - started) / CLOCK_PERIOD_NS)
+            if deadline is not None:
+                # The next slice: about _SLICE_SECONDS at the speed of this one, and not past the deadline.
+                rate = (now - waited) / max(time.monotonic() - wall_started, 1e-6)
+                left = max(deadline - time.monotonic(), 0.0)
+                slice_cycles = max(1, int(rate * min(_SLICE_SECONDS, left)))
+            waited = now
         cpu_seconds = time.process_time() - cpu_started
         sim_cycles = round((get_sim_time("ns") - started) / CLOCK_PERIOD_NS)
         counters = self.counters()
         status = await self.reg_read(_REG["STATUS"])
         finished = bool(status & (_STATUS_DONE | _STATUS_ERROR))
+        run_cycles = await self.reg_read(_REG["RUN_CYCLES"])
         cause = pc = None
         if status & _STATUS_ERROR:
             cause = await self.reg_read(_REG["ERROR_CAUSE"])
@@ -174,8 +203,8 @@ class HarnessDriver:
             await ClockCycles(self.clk, 4)
             await self.reset()
         return {"cause": ErrorCause.NONE.value if cause is None else cause, "error_pc": pc,
-                "timed_out": not finished, "counters": counters, "sim_cycles": sim_cycles,
-                "cpu_seconds": cpu_seconds}
+                "timed_out": not finished, "out_of_time": out_of_time and not finished, "counters": counters,
+                "sim_cycles": sim_cycles, "run_cycles": run_cycles, "cpu_seconds": cpu_seconds}
 
 
 def _storage() -> tuple[int, int, int]:

@@ -27,6 +27,7 @@ from braze.isa import (
     Instruction,
     encode_program,
 )
+from braze.isa.counters import check_cycle_limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,9 @@ class RunStatus:
     error_pc : int or None
         External byte address of the instruction that stopped the machine.
     cycles : int
-        Clock cycles of the run (the golden device reports its timing model's).
+        Clock cycles of the run (the golden device reports its timing model's).  When the
+        watchdog stopped the run (cause ``WATCHDOG``): the run cycles it counted, which is the
+        cycle limit on every back end.
     counters : dict[str, int]
         Every performance counter at the end of the run, by name.
     timed_out : bool
@@ -114,20 +117,30 @@ class Device(abc.ABC):
         """Read bytes of external memory."""
 
     @abc.abstractmethod
-    def _execute(self, base: int, max_cycles: int | None) -> RunStatus:
-        """Run the program already in memory at ``base`` until it halts or fails."""
+    def _execute(self, base: int, max_cycles: int | None, cycle_limit: int) -> RunStatus:
+        """Run the program already in memory at ``base`` until it halts or fails.
+
+        ``cycle_limit`` (0: none) goes to the hardware's watchdog, ``max_cycles`` bounds the host's wait.
+        """
 
     def run(self, program: bytes | Sequence[Instruction] | None = None, *, base: int = 0,
-            max_cycles: int | None = None, check: bool = True) -> RunStatus:
+            max_cycles: int | None = None, cycle_limit: int | None = None, check: bool = True) -> RunStatus:
         """Write ``program`` at ``base`` (unless None), run it, and return the status.
 
         With ``check`` (the default) an error status raises :class:`DeviceError`.
-        ``max_cycles`` bounds the run; exceeding it is an error, never a hang.
+
+        ``cycle_limit`` is the accelerator's watchdog (its ``CYCLE_LIMIT`` register; None or 0:
+        none): a run that has not halted after that many run cycles stops with cause
+        ``WATCHDOG``, at the same cycle on every back end (the golden device on its timing
+        model's clock; see :mod:`braze.isa.model`).  ``max_cycles`` is the host's budget: a run
+        not finished after that many clock cycles is stopped and reported ``timed_out``.  Either
+        way a run is an error, never a hang.
         """
+        cycle_limit = check_cycle_limit(cycle_limit)
         if program is not None:
             blob = program if isinstance(program, bytes | bytearray) else encode_program(list(program))
             self.write(base, bytes(blob))
-        status = self._execute(base, max_cycles)
+        status = self._execute(base, max_cycles, cycle_limit)
         if check and not status.ok:
             raise DeviceError(self.kind, status)
         return status
@@ -178,13 +191,15 @@ class GoldenDevice(Device):
         self._check_span(addr, nbytes)
         return self.machine.read_dram(addr, nbytes)
 
-    def _execute(self, base: int, max_cycles: int | None) -> RunStatus:
-        from braze.isa.model import InstructionLimitExceeded
+    def _execute(self, base: int, max_cycles: int | None, cycle_limit: int) -> RunStatus:
+        from braze.isa.model import InstructionLimitExceeded, WatchdogError
 
         # The model counts instructions, not cycles; every instruction takes at least one cycle,
         # so a cycle budget bounds the instruction count too.
         try:
-            result = self.machine.run(base, max_instructions=max_cycles)
+            result = self.machine.run(base, max_instructions=max_cycles, cycle_limit=cycle_limit)
+        except WatchdogError as error:
+            return RunStatus(error.cause, error.pc, error.cycle_limit, self._counters(), detail=str(error))
         except (ExecutionError, IllegalInstruction) as error:
             counters = self._counters()
             return RunStatus(error.cause, error.pc, counters["cycles"], counters, detail=str(error))

@@ -12,9 +12,21 @@ bit for bit:
   timing model predicts.
 
 It also reports how well the timing model predicts the device's cycle
-count.  For every program that mismatches it writes a reproducer
-directory: the program's assembly, its memory image, and a README with the
-command that replays it and the first differing bytes.  The program is
+count (the distribution of the relative error over the programs).
+
+With ``watchdog``, each program also runs, before that, with a cycle limit
+drawn below its predicted length (:func:`run_watchdog`): both must stop with
+``WATCHDOG`` at the limit, the device at an instruction boundary no later than
+the reference model's pc (the model's pc is where its timing model predicts
+the dispatcher to be, and it never predicts the hardware later than it is).
+
+Every run is bounded: the reference model by a cycle limit just above the
+program's predicted length, the device by a watchdog limit of 20 times that
+(plus a constant) and a host budget of twice the watchdog's.
+
+For every program that mismatches it writes a reproducer directory: the
+program's assembly, its memory image, and a README with the command that
+replays it and the first differing bytes.  The program is
 minimised first, with bounded effort: blocks of instructions, then single
 instructions, are dropped while the program stays valid for the reference
 model and the mismatch stays present (tokens are re-placed with
@@ -25,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,15 +47,16 @@ import numpy as np
 from braze.isa import COUNTERS, Config, ErrorCause, Instruction
 from braze.isa.asm import assemble, read_source
 from braze.isa.config import PRESETS
-from braze.isa.counters import COUNTER_BYTES
-from braze.isa.errors import BrazeError, UsageError
+from braze.isa.counters import COUNTER_BYTES, MAX_CYCLE_LIMIT
+from braze.isa.errors import BrazeError, ExecutionError, UsageError
+from braze.isa.timing import schedule
 
 from .device import Device, GoldenDevice, RunStatus
 from .progen import DEFAULT_SIZE, GeneratedProgram, Region, generate, sync_tokens
 
 __all__ = [
     "Mismatch", "ProgramResult", "VerifyReport", "GeneratorError", "verify", "run_and_compare",
-    "minimise", "write_reproducer", "load_reproducer", "replay",
+    "run_watchdog", "watchdog_limit", "minimise", "write_reproducer", "load_reproducer", "replay",
 ]
 
 DeviceFactory = Callable[[Config], Device]
@@ -51,6 +65,11 @@ DeviceFactory = Callable[[Config], Device]
 _CHUNK = 1 << 22
 #: Differing bytes listed per mismatch.
 _SHOWN_BYTES = 8
+#: The device's watchdog limit: this many times the predicted cycles, plus _DEVICE_LIMIT_CYCLES.
+#: Far above the timing model's error (the device takes about 1.5x the prediction without
+#: backpressure), so that only a device that does not halt reaches it.
+_DEVICE_LIMIT_FACTOR = 20
+_DEVICE_LIMIT_CYCLES = 10_000
 
 
 class GeneratorError(BrazeError):
@@ -71,6 +90,15 @@ class Mismatch:
     first_bytes: tuple[tuple[int, int, int], ...] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class WatchdogResult:
+    """A run with a cycle limit below the program's length: the limit and both stopping pcs."""
+
+    cycle_limit: int
+    golden_pc: int | None
+    device_pc: int | None
+
+
 @dataclasses.dataclass
 class ProgramResult:
     """The outcome of one generated program."""
@@ -82,6 +110,7 @@ class ProgramResult:
     device_cycles: int | None
     mismatches: list[Mismatch]
     reproducer: Path | None = None
+    watchdog: WatchdogResult | None = None
 
     @property
     def cycles_error(self) -> float | None:
@@ -134,6 +163,39 @@ class VerifyReport:
         errors = self._errors()
         return max(errors, key=lambda item: abs(item[0]))[0] if errors else None
 
+    def error_distribution(self) -> list[tuple[str, float, float]]:
+        """The timing model's error over the programs that halted on the device: (statistic,
+        relative error, error in cycles) for the mean, the 50th, 90th and 99th percentiles, the
+        maximum and the minimum.  A program's error is (device - predicted) cycles, relative to
+        the predicted."""
+        pairs = [(result.cycles_error, result.device_cycles - result.golden_cycles)
+                 for result in self.results if result.cycles_error is not None]
+        if not pairs:
+            return []
+        relative = np.array([pair[0] for pair in pairs], dtype=np.float64)
+        cycles = np.array([pair[1] for pair in pairs], dtype=np.float64)
+        rows = [("mean", float(relative.mean()), float(cycles.mean()))]
+        rows += [(f"p{q}", float(np.percentile(relative, q)), float(np.percentile(cycles, q)))
+                 for q in (50, 90, 99)]
+        rows += [("max", float(relative.max()), float(cycles.max())),
+                 ("min", float(relative.min()), float(cycles.min()))]
+        return rows
+
+    def timing_table(self) -> str:
+        """:meth:`error_distribution` as a table ('' when no program halted on the device)."""
+        rows = self.error_distribution()
+        if not rows:
+            return ""
+        cells = [("", "relative", "cycles")] + [(name, f"{rel:+.2%}", f"{cycles:+.0f}")
+                                                 for name, rel, cycles in rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(3)]
+        lines = [f"timing model error, (device - predicted) / predicted cycles, over {len(self._errors())} "
+                 "programs that halted on the device:"]
+        lines += ["  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
+                            for i, (cell, width) in enumerate(zip(row, widths, strict=True)))
+                  for row in cells]
+        return "\n".join(lines)
+
     def summary(self) -> str:
         lines = [f"braze verify: device {self.device}, config {self.config.name!r}, "
                  f"seeds {self.seed}..{self.seed + max(self.programs, 1) - 1}, size {self.size}",
@@ -147,7 +209,13 @@ class VerifyReport:
                          f"{worst_result.golden_cycles}, device {worst_result.device_cycles} cycles)")
         else:
             lines.append("cycles fidelity: no program halted on the device")
-        lines.append(f"wall time:       {self.wall_seconds:.1f} s")
+        stopped = [r.watchdog for r in self.results if r.watchdog is not None]
+        if stopped:
+            same = sum(w.device_pc == w.golden_pc for w in stopped)
+            lines.append(f"watchdog:        {len(stopped)} programs also run with a cycle limit below their "
+                         f"length; device pc = reference pc in {same}, earlier in {len(stopped) - same}")
+        rate = self.programs / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        lines.append(f"wall time:       {self.wall_seconds:.1f} s ({rate:.1f} programs/s)")
         for result in self.failed:
             lines.append(f"program {result.index} (seed {result.seed}): {len(result.mismatches)} mismatch(es)"
                          + (f"; reproducer {result.reproducer}" if result.reproducer else ""))
@@ -240,6 +308,24 @@ def _status_mismatches(golden: RunStatus, device: RunStatus) -> list[Mismatch]:
     return result
 
 
+def _predicted_cycles(program: GeneratedProgram) -> int | None:
+    """The timing model's length of the program, None if it is not a valid token order."""
+    try:
+        return schedule(list(program.instructions), program.config, base=program.base).cycles
+    except ExecutionError:
+        return None
+
+
+def _golden_limit(program: GeneratedProgram) -> int:
+    """A cycle limit the reference model reaches only if the program does not halt (0: none needed)."""
+    predicted = _predicted_cycles(program)
+    return 0 if predicted is None else min(predicted + 1, MAX_CYCLE_LIMIT)
+
+
+def _device_limit(golden_cycles: int) -> int:
+    return min(_DEVICE_LIMIT_FACTOR * golden_cycles + _DEVICE_LIMIT_CYCLES, MAX_CYCLE_LIMIT)
+
+
 def run_and_compare(program: GeneratedProgram, golden: Device, device: Device
                     ) -> tuple[RunStatus, RunStatus | None, list[Mismatch]]:
     """Run ``program`` on both devices and compare; returns both statuses and the differences.
@@ -247,14 +333,15 @@ def run_and_compare(program: GeneratedProgram, golden: Device, device: Device
     Raises :class:`GeneratorError` if the reference model does not halt cleanly.
     """
     _load_image(golden, program)
-    golden_status = golden.run(None, base=program.base, check=False)
+    golden_status = golden.run(None, base=program.base, cycle_limit=_golden_limit(program), check=False)
     if not golden_status.ok:
         raise GeneratorError(f"the reference model rejects generated program (seed {program.seed}, config "
                              f"{program.config.name!r}): {golden_status.detail}")
     _load_image(device, program)
-    budget = 20 * golden_status.cycles + 10_000
+    limit = _device_limit(golden_status.cycles)
     try:
-        device_status = device.run(None, base=program.base, max_cycles=budget, check=False)
+        device_status = device.run(None, base=program.base, cycle_limit=limit, max_cycles=2 * limit,
+                                   check=False)
     except Exception as error:  # noqa: BLE001 -- a crashing back end is a finding, not the end of the run
         return golden_status, None, [Mismatch("crash", f"device raised {type(error).__name__}: {error}")]
     mismatches = _status_mismatches(golden_status, device_status)
@@ -262,11 +349,59 @@ def run_and_compare(program: GeneratedProgram, golden: Device, device: Device
     return golden_status, device_status, mismatches
 
 
+def watchdog_limit(program: GeneratedProgram) -> int:
+    """The cycle limit :func:`verify` gives ``program`` with ``watchdog``: drawn from its seed, below its
+    predicted length."""
+    predicted = _predicted_cycles(program)
+    if predicted is None or predicted < 2:
+        raise GeneratorError(f"generated program (seed {program.seed}) has no predicted length to cut short")
+    return random.Random(program.seed).randrange(1, predicted)
+
+
+def run_watchdog(program: GeneratedProgram, golden: Device, device: Device, cycle_limit: int
+                 ) -> tuple[RunStatus, RunStatus | None, list[Mismatch]]:
+    """Run ``program`` on both devices with a cycle limit below its length and compare how they stop.
+
+    Both must stop with ``WATCHDOG`` and report ``cycle_limit`` run cycles.  The pcs are equal
+    where the timing model predicts the dispatch times exactly; otherwise the device's must be an
+    instruction of the program no later than the model's, because the model (free fetch, one
+    dispatch per cycle, no memory stalls) never predicts an instruction dispatched later than the
+    hardware dispatches it.  Memory is not compared: as after any error it is defined only up to
+    the last barrier.  Raises :class:`GeneratorError` if the reference model does not stop so.
+    """
+    _load_image(golden, program)
+    golden_status = golden.run(None, base=program.base, cycle_limit=cycle_limit, check=False)
+    if golden_status.cause is not ErrorCause.WATCHDOG:
+        raise GeneratorError(f"generated program (seed {program.seed}) does not stop at the cycle limit "
+                             f"{cycle_limit} on the reference model: {golden_status.detail or 'it halts'}")
+    _load_image(device, program)
+    try:
+        device_status = device.run(None, base=program.base, cycle_limit=cycle_limit,
+                                   max_cycles=2 * _device_limit(cycle_limit), check=False)
+    except Exception as error:  # noqa: BLE001 -- a crashing back end is a finding, not the end of the run
+        return golden_status, None, [Mismatch("crash", f"device raised {type(error).__name__}: {error}")]
+    want = f"watchdog at run cycle {cycle_limit}, pc 0x{golden_status.error_pc:x} or earlier"
+    if device_status.timed_out or device_status.cause is not ErrorCause.WATCHDOG:
+        got = ("no interrupt within its budget" if device_status.timed_out
+               else device_status.cause.name.lower())
+        return golden_status, device_status, [Mismatch("status", f"with cycle limit {cycle_limit}: expected "
+                                                                 f"{want}, device stopped with {got}")]
+    start, end = program.program_span
+    pc = device_status.error_pc
+    if device_status.cycles != cycle_limit or pc is None or not start <= pc <= golden_status.error_pc \
+            or (pc - start) % 16 or pc >= end:
+        where = "no pc" if pc is None else f"pc 0x{pc:x}"
+        return golden_status, device_status, [Mismatch("status", f"with cycle limit {cycle_limit}: expected "
+                                                                 f"{want}, device stopped at run cycle "
+                                                                 f"{device_status.cycles}, {where}")]
+    return golden_status, device_status, []
+
+
 def _fresh_run(program: GeneratedProgram, device_factory: DeviceFactory) -> list[Mismatch] | None:
     """Mismatches of ``program`` on fresh devices; None if the reference model rejects it."""
     golden = GoldenDevice(program.config)
     _load_image(golden, program)
-    if not golden.run(None, base=program.base, check=False).ok:
+    if not golden.run(None, base=program.base, cycle_limit=_golden_limit(program), check=False).ok:
         return None
     device = device_factory(program.config)
     try:
@@ -425,7 +560,7 @@ def replay(directory: Path | str, device_factory: DeviceFactory) -> tuple[Genera
 
 def verify(device_factory: DeviceFactory, config: Config, programs: int = 20, seed: int = 0, *,
            reproducer_dir: Path | str | None = None, size: int = DEFAULT_SIZE, reuse_devices: bool = True,
-           minimise_trials: int = 64, minimise_seconds: float = 60.0) -> VerifyReport:
+           minimise_trials: int = 64, minimise_seconds: float = 60.0, watchdog: bool = False) -> VerifyReport:
     """Run ``programs`` generated programs on the reference model and on ``device_factory(config)``.
 
     Parameters
@@ -442,6 +577,9 @@ def verify(device_factory: DeviceFactory, config: Config, programs: int = 20, se
         after a mismatch); otherwise open a fresh pair per program.
     minimise_trials, minimise_seconds
         Effort bound of :func:`minimise` per mismatching program (0 trials: no minimising).
+    watchdog : bool
+        First run each program with a cycle limit below its length (:func:`watchdog_limit`,
+        :func:`run_watchdog`); a mismatch there is reported like any other (no reproducer).
     """
     if not isinstance(config, Config):
         raise TypeError(f"verify needs a Config, not {config!r}")
@@ -459,10 +597,19 @@ def verify(device_factory: DeviceFactory, config: Config, programs: int = 20, se
             if pair is None:
                 pair = (GoldenDevice(config), device_factory(config))
                 device_kind = pair[1].kind
-            golden_status, device_status, mismatches = run_and_compare(program, *pair)
+            stopped = None
+            mismatches: list[Mismatch] = []
+            if watchdog:
+                # Before the full run, which reloads the memory image the stopped run left half-written.
+                limit = watchdog_limit(program)
+                stopped_golden, stopped_device, mismatches = run_watchdog(program, *pair, limit)
+                stopped = WatchdogResult(limit, stopped_golden.error_pc,
+                                         stopped_device.error_pc if stopped_device is not None else None)
+            golden_status, device_status, full_mismatches = run_and_compare(program, *pair)
+            mismatches += full_mismatches
             result = ProgramResult(index, seed + index, len(program.instructions), golden_status.cycles,
                                    device_status.cycles if device_status is not None and device_status.ok
-                                   else None, mismatches)
+                                   else None, mismatches, watchdog=stopped)
             if mismatches or not reuse_devices:
                 pair[1].close()
                 pair = None

@@ -42,6 +42,8 @@ __all__ = ["VerilatorDevice", "SimulatorError", "simulator_env"]
 _SERVER_MODULE = "braze.sim.cocotb_server"
 _LOG_TAIL_BYTES = 3000
 _POLL_SECONDS = 0.05
+#: The part of a request's timeout a run may take: the rest is for the simulator to stop it and answer.
+_RUN_WALL_FRACTION = 0.8
 
 
 class SimulatorError(BrazeError):
@@ -296,18 +298,26 @@ class VerilatorDevice(Device):
     def ping(self) -> None:
         self._request("ping", what="a ping")
 
-    def _execute(self, base: int, max_cycles: int | None) -> RunStatus:
-        result = self._request("run", base, max_cycles, what=f"the run of the program at 0x{base:x}")
+    def _execute(self, base: int, max_cycles: int | None, cycle_limit: int) -> RunStatus:
+        # The simulator gives up on a run in time to answer before this device gives up on it.
+        wall_seconds = _RUN_WALL_FRACTION * self.timeout
+        result = self._request("run", base, max_cycles, cycle_limit, wall_seconds,
+                               what=f"the run of the program at 0x{base:x}")
         counters = result["counters"]
         self.last_run_cycles = result["sim_cycles"]
         self.last_run_cpu_seconds = result["cpu_seconds"]
         cause = ErrorCause(result["cause"])
         detail = ""
-        if result["timed_out"]:
+        if result["out_of_time"]:
+            detail = (f"stopped after {self.last_run_cycles} cycles and {wall_seconds:g} s of wall-clock "
+                      f"time (the device's timeout is {self.timeout:g} s); give the run a cycle_limit")
+        elif result["timed_out"]:
             detail = f"stopped after {self.last_run_cycles} cycles, over the budget of {max_cycles}"
         # The run's length in clock cycles, from the simulator's clock: the `cycles` counter
-        # restarts at every COUNTERS instruction with `reset`.
-        return RunStatus(cause, result["error_pc"], self.last_run_cycles, counters,
+        # restarts at every COUNTERS instruction with `reset`.  A watchdog stop reports what the
+        # watchdog counted (the limit), not the cycles its in-flight instructions took to complete.
+        cycles = result["run_cycles"] if cause is ErrorCause.WATCHDOG else self.last_run_cycles
+        return RunStatus(cause, result["error_pc"], cycles, counters,
                          timed_out=result["timed_out"], detail=detail)
 
     @property

@@ -7,6 +7,7 @@ Modules, in pipeline order:
 * :mod:`.passes` — graph-to-graph simplification; :mod:`.validate` — the IR's validity check;
 * :mod:`.profile` — tensor profiles of calibration inputs; :mod:`.quantize` — int8 quantization;
 * :mod:`.fusion` — the fusion engine, priced by a :mod:`.cost` model (:class:`CostModel`);
+* :mod:`.tiling` — each GEMM/convolution's tiling chosen by that cost model (:func:`choose_tilings`);
 * :mod:`.lower` — a fused graph to a :class:`CompiledModel`;
 * :mod:`.kernels` — the kernel library; :mod:`.cache` — the kernel cache (:class:`KernelCache`);
 * :mod:`.models` — the demo's and the tests' model builders (trained on scikit-learn's digits).
@@ -43,13 +44,14 @@ from .lower import CompiledModel, LoweringError, lower
 from .passes import simplify
 from .profile import profile_graph
 from .quantize import QuantizationError, quantize
+from .tiling import TilingDecision, choose_tilings
 from .validate import validate
 
 __all__ = [
     "load_onnx", "evaluate", "ModelLoadError", "UnsupportedOperator",
     "Graph", "Node", "NodeKind", "TensorInfo", "InvalidGraph",
     "simplify", "validate", "profile_graph", "quantize", "QuantizationError",
-    "fuse", "Cost", "CostModel", "TimingCostModel",
+    "fuse", "Cost", "CostModel", "TimingCostModel", "choose_tilings", "TilingDecision",
     "lower", "CompiledModel", "LoweringError",
     "Kernel", "KernelError", "Tiling", "gemm", "conv2d", "maxpool2d", "avgpool2d", "global_avgpool",
     "add", "relu", "clip", "link", "run_kernel", "run_kernels",

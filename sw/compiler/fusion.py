@@ -66,10 +66,10 @@ import numpy as np
 from braze.isa import Config
 
 from .cache import KernelCache, default_cache
-from .cost import Cost, CostModel, TimingCostModel
+from .cost import Cost, CostModel, TimingCostModel, check_objective
 from .frontend import BRAZE_DOMAIN
 from .ir import Graph, Node, NodeKind, TensorInfo, constant_info, constant_node
-from .kernels import Tiling
+from .kernels import Kernel, Tiling
 from .lower import node_kernel
 from .validate import validate
 
@@ -204,11 +204,14 @@ class FusionDecision:
     opportunity: Opportunity
     candidates: list[tuple[str, Cost]]
     chosen: str
-    gain: float                # predicted fraction of cycles saved against the separate candidate
+    gain: float                # predicted fraction of the objective saved against the separate candidate
+    objective: str = "cycles"
 
     def __str__(self) -> str:
-        costs = ", ".join(f"{name}: {cost.cycles} cycles / {cost.bytes} B" for name, cost in self.candidates)
-        return f"{self.opportunity}: {costs} -> {self.chosen} ({100 * self.gain:.1f}% predicted gain)"
+        costs = ", ".join(f"{name}: {cost.cycles} cycles / {cost.bytes} B / {cost.energy_pj / 1e6:.3f} uJ"
+                          for name, cost in self.candidates)
+        what = "" if self.objective == "cycles" else f" in {self.objective}"
+        return f"{self.opportunity}: {costs} -> {self.chosen} ({100 * self.gain:.1f}% predicted gain{what})"
 
 
 def _sole_reader(graph: Graph, tensor: str) -> Node | None:
@@ -328,7 +331,8 @@ def _candidates(graph: Graph, opportunity: Opportunity, config: Config, cache: K
     return [separate, Candidate("merged", rewritten, (name,))]
 
 
-def _price(candidate: Candidate, config: Config, cost_model: CostModel, cache: KernelCache) -> Cost | None:
+def _kernels(candidate: Candidate, config: Config, cache: KernelCache) -> list[Kernel] | None:
+    """The candidate's kernels (also kept on it), or None if one cannot be generated."""
     kernels = []
     for name in candidate.nodes:
         built = node_kernel(candidate.graph, candidate.graph.node(name), config, cache)
@@ -336,18 +340,22 @@ def _price(candidate: Candidate, config: Config, cost_model: CostModel, cache: K
             return None
         kernels.append(built[1])
     candidate.kernels = kernels
-    return cost_model.predict(kernels, config)
+    return kernels
 
 
 def fuse(graph: Graph, config: Config, *, cost_model: CostModel | None = None,
          threshold: float = DEFAULT_THRESHOLD, cache: KernelCache | None = None,
-         log: Callable[[FusionDecision], None] | None = None) -> tuple[Graph, list[FusionDecision]]:
+         log: Callable[[FusionDecision], None] | None = None,
+         objective: str = "cycles") -> tuple[Graph, list[FusionDecision]]:
     """Fuse where the cost model predicts a gain of at least ``threshold``; returns the graph and decisions.
 
-    ``graph`` needs static shapes (kernels are generated to price candidates).
+    The gain is in ``objective`` (:data:`~braze.sw.compiler.cost.OBJECTIVES`: cycles, energy or
+    the energy-delay product).  ``graph`` needs static shapes (kernels are generated to price
+    candidates).
     """
     if not 0 <= threshold < 1:
         raise ValueError(f"fusion threshold must be in [0, 1), not {threshold!r}")
+    check_objective(objective)
     cost_model = cost_model or TimingCostModel()
     cache = cache if cache is not None else default_cache()
     graph = split_activations(graph)
@@ -360,17 +368,18 @@ def fuse(graph: Graph, config: Config, *, cost_model: CostModel | None = None,
         opportunity = pending[0]
         decided.add((opportunity.kind, opportunity.nodes))
         candidates = _candidates(graph, opportunity, config, cache)
-        priced = [(c, _price(c, config, cost_model, cache)) for c in candidates]
         # A candidate whose kernel cannot be generated (a forced tiling that does not fit) drops out.
-        priced = [(c, cost) for c, cost in priced if cost is not None]
+        built = [(c, kernels) for c in candidates if (kernels := _kernels(c, config, cache)) is not None]
+        costs = cost_model.predict_candidates([kernels for _, kernels in built], config)
+        priced = [(c, cost) for (c, _), cost in zip(built, costs, strict=True)]
         if len(priced) < 2 or priced[0][0].name != "separate":
             continue
         base = priced[0][1]
-        best, best_cost = min(priced, key=lambda pair: (pair[1].cycles, pair[1].bytes))
-        gain = (base.cycles - best_cost.cycles) / max(1, base.cycles)
+        best, best_cost = min(priced, key=lambda pair: pair[1].key(objective))
+        gain = (base.value(objective) - best_cost.value(objective)) / max(1.0, base.value(objective))
         chosen = best if best is not priced[0][0] and gain >= threshold else priced[0][0]
         decision = FusionDecision(opportunity, [(c.name, cost) for c, cost in priced], chosen.name,
-                                  gain if chosen is best else 0.0)
+                                  gain if chosen is best else 0.0, objective)
         decisions.append(decision)
         if log is not None:
             log(decision)

@@ -189,6 +189,7 @@ def compare_plans(device, config: Config, model: PerformanceModel, stall: float,
         session.run(None, {session.get_inputs()[0].name: x})
         cycles[name] = session.report().total_cycles
         decisions[name] = {f"{d.opportunity}: {d.chosen}" for d in session.fusion_decisions}
+        decisions[name] |= {str(d) for d in session.tiling_decisions if d.changed}
         describe = getattr(cost_model, "describe", None)
         log(f"  {name:8} plan: {cycles[name]:8d} cycles" + (f"  ({describe()})" if describe else ""))
     differ = sorted(decisions["learned"] ^ decisions["analytic"])

@@ -28,8 +28,8 @@ from braze.isa import INSN_BYTES, BrazeError, Config, Opcode
 from braze.isa.timing import element_bytes
 
 from ..compiler import kernels as library
+from ..compiler.energy import kernel_energy_pj
 from ..compiler.kernels import Kernel, KernelError, Tiling
-from .energy import kernel_energy_pj
 from .features import MemorySystem, kernel_family, kernel_features, kernel_signature
 from .store import HistoryStore, RunRecord
 

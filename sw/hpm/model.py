@@ -23,6 +23,8 @@ import collections
 import dataclasses
 import json
 import math
+import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -252,30 +254,48 @@ class PerformanceModel:
         parts.update({f"share_{name}": model for name, model in self._shares.items()})
         return {name: model for name, model in parts.items() if model is not None}
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, *, versioned: bool = False) -> Path:
         """Write the model to ``folder`` (created); returns it.
 
         LightGBM models are saved in LightGBM's own text format (loading one runs no code);
         scikit-learn models have no such format and are pickled with joblib -- load those only from
-        folders you trust.
+        folders you trust.  ``versioned`` writes the regressors into a new subfolder and then
+        points the folder's ``model.json`` at it with one atomic rename, so that a process loading
+        the model while another saves a retrained one reads either the old model or the new one,
+        never a mix (the monitor and ``braze hpm train`` save so; older versions but the previous
+        one are removed).
         """
         if not self.trained:
             raise ModelError("cannot save an untrained performance model")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        parts_dir = f"v{time.time_ns()}-{os.getpid()}" if versioned else ""
+        target = folder / parts_dir
+        target.mkdir(exist_ok=True)
         parts = self._parts()
         if self.regressor == "lightgbm":
             for name, model in parts.items():
-                model.booster_.save_model(str(folder / f"{name}.lgb.txt"))
+                model.booster_.save_model(str(target / f"{name}.lgb.txt"))
         else:
             import joblib
 
-            joblib.dump(parts, folder / "regressors.joblib")
+            joblib.dump(parts, target / "regressors.joblib")
         info = {"metadata": self.metadata, "feature_names": self.feature_names, "ranges": self._ranges,
-                "regressor": self.regressor, "seed": self.seed, "parts": sorted(parts)}
-        temporary = folder / f"{_MODEL_FILE}.tmp"
+                "regressor": self.regressor, "seed": self.seed, "parts": sorted(parts),
+                "parts_dir": parts_dir}
+        previous = ""
+        if (folder / _MODEL_FILE).exists():
+            try:
+                previous = json.loads((folder / _MODEL_FILE).read_text()).get("parts_dir", "")
+            except (OSError, ValueError):
+                previous = ""
+        temporary = folder / f"{_MODEL_FILE}.{os.getpid()}.tmp"
         temporary.write_text(json.dumps(info, indent=1))
         temporary.replace(folder / _MODEL_FILE)
+        if versioned:
+            for old in folder.glob("v*-*"):
+                if old.is_dir() and old.name not in (parts_dir, previous):
+                    shutil.rmtree(old, ignore_errors=True)
         return folder
 
     @classmethod
@@ -283,15 +303,16 @@ class PerformanceModel:
         folder = Path(folder)
         try:
             info = json.loads((folder / _MODEL_FILE).read_text())
+            source = folder / info.get("parts_dir", "")
             if info["regressor"] == "lightgbm":
                 import lightgbm
 
-                parts = {name: lightgbm.Booster(model_file=str(folder / f"{name}.lgb.txt"))
+                parts = {name: lightgbm.Booster(model_file=str(source / f"{name}.lgb.txt"))
                          for name in info["parts"]}
             else:
                 import joblib
 
-                parts = joblib.load(folder / "regressors.joblib")
+                parts = joblib.load(source / "regressors.joblib")
         except (OSError, ValueError, EOFError, KeyError) as error:
             raise ModelError(f"cannot load the performance model in {folder}: {error}") from None
         if info["metadata"].get("feature_version") != FEATURE_VERSION:
@@ -334,22 +355,42 @@ class LearnedCostModel(CostModel):
         self.fallbacks: collections.Counter[str] = collections.Counter()
         self.learned = 0
 
-    def predict_kernel(self, kernel: Kernel, config: Config) -> Cost:
-        analytic = self.analytic.predict_kernel(kernel, config)
+    def _learned(self, kernel: Kernel, config: Config) -> Cost | str:
+        """The learned cost of ``kernel``, or why the analytic one must stand in."""
         if not self.model.covers(config, self.device):
-            self.fallbacks[f"not trained for {config.name} on {self.device}"] += 1
-            return analytic
+            return f"not trained for {config.name} on {self.device}"
         features = kernel_features(kernel, config, self.memory)
         outside = self.model.outside_training(features)
         if outside:
-            self.fallbacks[f"features outside training: {', '.join(outside[:3])}"] += 1
-            return analytic
+            return f"features outside training: {', '.join(outside[:3])}"
         prediction = self.model.predict_features([features])[0]
         if prediction.uncertainty > self.max_uncertainty:
-            self.fallbacks[f"uncertain (band over {self.max_uncertainty:.0%})"] += 1
-            return analytic
+            return f"uncertain (band over {self.max_uncertainty:.0%})"
+        analytic = self.analytic.predict_kernel(kernel, config)
+        return Cost(int(round(prediction.cycles)), analytic.bytes, analytic.energy_pj)
+
+    def predict_kernel(self, kernel: Kernel, config: Config) -> Cost:
+        learned = self._learned(kernel, config)
+        if isinstance(learned, str):
+            self.fallbacks[learned] += 1
+            return self.analytic.predict_kernel(kernel, config)
         self.learned += 1
-        return Cost(int(round(prediction.cycles)), analytic.bytes)
+        return learned
+
+    def predict_candidates(self, candidates, config: Config) -> list[Cost]:
+        """One decision's candidates, all learned -- or all analytic if any kernel of any candidate falls
+        back: the analytic model under-predicts stalls, so a mix would favour the fallen-back ones."""
+        groups = [[c] if isinstance(c, Kernel) else list(getattr(c, "kernels", c)) for c in candidates]
+        learned = [[self._learned(kernel, config) for kernel in group] for group in groups]
+        reasons = [cost for group in learned for cost in group if isinstance(cost, str)]
+        if reasons:
+            for reason in reasons:
+                self.fallbacks[reason] += 1
+            self.fallbacks["a decision's other candidates, priced alike"] += \
+                sum(len(group) for group in groups) - len(reasons)
+            return [self.analytic.predict(group, config) for group in groups]
+        self.learned += sum(len(group) for group in groups)
+        return [sum(group, Cost(0, 0)) for group in learned]
 
     def describe(self) -> str:
         """One line for reports: how many predictions were learned and why the rest fell back."""

@@ -62,7 +62,10 @@ class Monitor:
         Regressor of retrained models.
     save_to : Path or None
         Folder each retrained model is saved to (atomically replaced), so the next process starts
-        from it.
+        from it -- provided the history it was trained on is at least as large as the training set
+        of the model the monitor started with: a model retrained on a few local runs must not
+        replace, for every later process, one calibrated on thousands (it still serves this
+        process, whose runs it fits).
     background : bool
         Process on a worker thread (default); otherwise :meth:`observe` processes at once (tests).
     """
@@ -81,6 +84,8 @@ class Monitor:
         self.save_to = save_to
         self.on_swap = on_swap
         self._model = model
+        #: Rows a retrained model needs before it is saved (see ``save_to``).
+        self._save_floor = int(model.metadata.get("rows", 0)) if model is not None else 0
         self.version = 0
         self.events: list[MonitorEvent] = []
         self._errors: collections.deque[float] = collections.deque(maxlen=window)
@@ -175,13 +180,19 @@ class Monitor:
         except ModelError as error:
             self.events.append(MonitorEvent("error", f"retraining failed: {error}"))
             return
+        saved = ""
         if self.save_to is not None:
-            model.save(self.save_to)
+            if len(rows) >= self._save_floor:
+                model.save(self.save_to, versioned=True)
+                saved = f", saved to {self.save_to}"
+            else:
+                saved = (f"; not saved: {len(rows)} runs are fewer than the {self._save_floor} the "
+                         f"starting model was trained on")
         self._model = model                 # the swap: one reference assignment
         self.version += 1
         self._rows_since_training = 0
         self._errors.clear()
         self.events.append(MonitorEvent("retrain", f"{why}: retrained on {len(rows)} runs "
-                                                   f"(model version {self.version})"))
+                                                   f"(model version {self.version}){saved}"))
         if self.on_swap is not None:
             self.on_swap(model)

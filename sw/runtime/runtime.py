@@ -11,6 +11,13 @@ steps write host tensors to, or read them from, the device's external memory
 (converting NCHW <-> NHWC for 4-D tensors the kernels keep NHWC).  Weights,
 parameters and programs are written once per device (:meth:`Runtime.load`).
 
+Watchdog
+--------
+Every device run gets a cycle limit (the accelerator's ``CYCLE_LIMIT``) from the timing model's
+prediction of its kernels, with a margin (:func:`watchdog_cycle_limit`), so that a program that
+does not finish stops with cause ``WATCHDOG`` in bounded time on every back end.  That stop is a
+:class:`KernelTimeout` naming the kernel the machine was in.
+
 Report
 ------
 After each :meth:`Runtime.run`, :attr:`Runtime.last_report` holds one row per
@@ -27,12 +34,50 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from braze.isa import SNAPSHOT_BYTES, parse_snapshot
+from braze.isa import INSN_BYTES, SNAPSHOT_BYTES, BrazeError, ErrorCause, parse_snapshot
+from braze.isa.counters import MAX_CYCLE_LIMIT
+from braze.sim.device import DeviceError
 
 from ..compiler.frontend import evaluate_node
-from ..compiler.lower import CompiledModel, CpuStep, KernelStep, PadStep, TransferStep
+from ..compiler.lower import CompiledModel, CpuStep, KernelStep, PadStep, Segment, TransferStep
 
-__all__ = ["Runtime", "KernelReport", "RunReport"]
+__all__ = ["Runtime", "KernelReport", "RunReport", "KernelTimeout", "watchdog_cycle_limit",
+           "WATCHDOG_FACTOR", "WATCHDOG_CYCLES"]
+
+#: The watchdog's margin over the predicted cycles of a run: ``WATCHDOG_FACTOR / (1 - stall)`` times
+#: the prediction, plus ``WATCHDOG_CYCLES``.  The timing model is optimistic (free instruction fetch,
+#: no memory stalls): on random programs of the tiny preset the RTL takes 1.3x to 1.63x the
+#: prediction without backpressure, and 1.45x to 2.15x with stall 0.3 (``braze verify``'s timing
+#: table over 10,000 programs); memory stalls with probability ``stall`` slow the memory-bound
+#: part by up to ``1 / (1 - stall)``.  A factor of 4 keeps a correct kernel about twice away from
+#: the limit; the constant covers the fixed start-up cost (first fetch, a few hundred cycles) that
+#: dominates tiny kernels.
+WATCHDOG_FACTOR = 4
+WATCHDOG_CYCLES = 10_000
+
+
+def watchdog_cycle_limit(predicted_cycles: int, stall: float = 0.0) -> int:
+    """The cycle limit of a run the timing model predicts to take ``predicted_cycles``, on a device
+    whose memory stalls each handshake with probability ``stall`` (see :data:`WATCHDOG_FACTOR`)."""
+    if not 0.0 <= stall < 1.0:
+        raise ValueError(f"stall={stall!r} must be a probability in [0, 1)")
+    limit = int(WATCHDOG_FACTOR * predicted_cycles / (1.0 - stall)) + WATCHDOG_CYCLES
+    return min(limit, MAX_CYCLE_LIMIT)
+
+
+class KernelTimeout(BrazeError):
+    """A device run did not finish within its cycle limit; ``kernel`` is the kernel it was in."""
+
+    def __init__(self, kernel: str, ops: tuple[str, ...], device: str, cycle_limit: int, predicted: int,
+                 pc: int | None, detail: str):
+        self.kernel = kernel
+        self.cycle_limit = cycle_limit
+        self.pc = pc
+        where = f" at pc 0x{pc:x}" if pc is not None else ""
+        super().__init__(f"kernel {kernel!r} ({'+'.join(ops)}) did not finish on the {device} device within "
+                         f"its cycle limit of {cycle_limit} cycles ({WATCHDOG_FACTOR}x the predicted "
+                         f"{predicted} of its run, plus {WATCHDOG_CYCLES}): stopped{where}"
+                         + (f"; {detail}" if detail else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +155,18 @@ class RunReport:
                 "cpu_ops": list(self.cpu_ops)}
 
 
+def _kernel_at(segment: Segment, pc: int | None) -> KernelStep:
+    """The kernel step of a segment whose instructions hold ``pc`` (the last one for its HALT, or
+    when the pc is unknown)."""
+    if pc is not None:
+        index = (pc - segment.program.addr) // INSN_BYTES
+        for kstep in segment.steps:
+            if 0 <= index < len(kstep.kernel.instructions):
+                return kstep
+            index -= len(kstep.kernel.instructions)
+    return segment.steps[-1]
+
+
 def _stalls(counters: Mapping[str, int]) -> int:
     return sum(counters[name] for name in ("stall_dep", "stall_axi_read", "stall_axi_write", "stall_fetch"))
 
@@ -164,9 +221,19 @@ class Runtime:
             step = steps[index]
             if isinstance(step, KernelStep):
                 segment = model.segments[step.segment]
+                predicted = sum(kstep.kernel.predicted_cycles for kstep in segment.steps)
+                limit = watchdog_cycle_limit(predicted, float(getattr(device, "stall", 0.0)))
                 t0 = time.perf_counter()
-                status = device.run(None, base=segment.program.addr)
+                status = device.run(None, base=segment.program.addr, cycle_limit=limit,
+                                    check=False)
                 device_seconds += time.perf_counter() - t0
+                if status.cause is ErrorCause.WATCHDOG or status.timed_out:
+                    kstep = _kernel_at(segment, status.error_pc)
+                    raise KernelTimeout(kstep.name, kstep.ops, device.kind, limit, predicted, status.error_pc,
+                                        status.detail)
+                if not status.ok:
+                    raise DeviceError(device.kind, status)
+
                 device_cycles += status.cycles
                 runs += 1
                 for kstep in segment.steps:

@@ -17,7 +17,8 @@ What happens
   (:func:`~braze.sw.compiler.quantize.lower_qdq`) and float operators run on the CPU.
   :attr:`graph_before` is this quantized graph.
 * Fusion (:func:`~braze.sw.compiler.fusion.fuse`, or the per-operator baseline with
-  ``fuse=False``) gives :attr:`graph_after`; lowering
+  ``fuse=False``) and the cost model's tiling choices (:func:`~braze.sw.compiler.tiling.choose_tilings`,
+  :attr:`tiling_decisions`) give :attr:`graph_after`; lowering
   (:func:`~braze.sw.lower.lower`) gives the kernels (:attr:`kernels`) and the
   plan that :class:`~braze.sw.runtime.runtime.Runtime` runs.
 * Inputs with symbolic dimensions (a batch axis, say) compile per concrete
@@ -45,7 +46,7 @@ from braze.isa import Config
 from braze.isa.errors import BrazeError
 
 from ..compiler.cache import KernelCache, default_cache
-from ..compiler.cost import CostModel, TimingCostModel
+from ..compiler.cost import CostModel, TimingCostModel, check_objective
 from ..compiler.frontend import evaluate, load_onnx
 from ..compiler.fusion import DEFAULT_THRESHOLD, FusionDecision, fuse, split_activations
 from ..compiler.ir import Graph, TensorInfo
@@ -53,6 +54,7 @@ from ..compiler.lower import CompiledModel, lower
 from ..compiler.passes import simplify
 from ..compiler.profile import TensorProfile
 from ..compiler.quantize import lower_qdq, quantizable_operators, quantize
+from ..compiler.tiling import TilingDecision, choose_tilings
 from ..compiler.validate import validate
 from .runtime import RunReport, Runtime
 
@@ -197,6 +199,9 @@ class InferenceSession:
         The kernel cache (default: the process-wide memory + disk cache).
     profile : bool
         Profile every host-side tensor of each run (:attr:`profiles`).
+    objective : "cycles", "energy" or "edp"
+        What fusion and tiling decisions minimise (:data:`~braze.sw.compiler.cost.OBJECTIVES`):
+        predicted cycles (the default), predicted energy, or their product.
     nonfinite : "error" or "clamp"
         What :meth:`run` does with NaN or infinite values in float inputs: ``"error"`` (the
         default) raises :class:`InputError` naming the input and the first such element;
@@ -215,8 +220,10 @@ class InferenceSession:
                  config: str | Config = "default", fuse: bool = True, calibration: Any = None,
                  allow_fallback: bool = False, threshold: float = DEFAULT_THRESHOLD,
                  cost_model: CostModel | str | None = None, cache: KernelCache | None = None,
-                 profile: bool = False, record: bool | None = None, nonfinite: str = "error"):
+                 profile: bool = False, record: bool | None = None, objective: str = "cycles",
+                 nonfinite: str = "error"):
         started = time.perf_counter()
+        self.objective = check_objective(objective)
         if nonfinite not in NONFINITE_POLICIES:
             raise BrazeError(f"nonfinite={nonfinite!r}: must be one of {', '.join(NONFINITE_POLICIES)}")
         self.nonfinite = nonfinite
@@ -251,12 +258,15 @@ class InferenceSession:
             record = os.environ.get("BRAZE_HPM_RECORD", "1") != "0"
         if record and device.kind != "golden":
             from ..hpm import HistoryStore
+            from ..hpm.model import default_model_dir
             from ..hpm.monitor import Monitor
 
             learned = getattr(self.cost_model, "model", None)
-            self.monitor = Monitor(HistoryStore(), device=device.kind, model=learned)
+            self.monitor = Monitor(HistoryStore(), device=device.kind, model=learned,
+                                   save_to=default_model_dir(device.kind))
         self._plan_version = 0
-        self._compiled: dict[tuple, tuple[Graph, list[FusionDecision], CompiledModel, Runtime]] = {}
+        self._compiled: dict[tuple, tuple[Graph, list[FusionDecision], CompiledModel, Runtime,
+                                          list[TilingDecision]]] = {}
         self._last: tuple | None = None
         self._default_shapes = {arg.name: tuple(d if isinstance(d, int) else 1 for d in arg.shape)
                                 for arg in self._inputs}
@@ -274,11 +284,13 @@ class InferenceSession:
             static = _with_shapes(self.graph_before, shapes, dtypes)
             if self.fuse:
                 fused, decisions = fuse(static, self.config, cost_model=self.cost_model,
-                                        threshold=self.threshold, cache=self.cache)
+                                        threshold=self.threshold, cache=self.cache, objective=self.objective)
             else:
                 fused, decisions = split_activations(static), []
+            fused, tilings = choose_tilings(fused, self.config, cost_model=self.cost_model, cache=self.cache,
+                                            objective=self.objective)
             compiled = lower(fused, self.config, cache=self.cache)
-            self._compiled[key] = (fused, decisions, compiled, Runtime(compiled, self.device))
+            self._compiled[key] = (fused, decisions, compiled, Runtime(compiled, self.device), tilings)
         self._last = key
         return self._compiled[key]
 
@@ -300,6 +312,11 @@ class InferenceSession:
     @property
     def fusion_decisions(self) -> list[FusionDecision]:
         return self._current[1]
+
+    @property
+    def tiling_decisions(self) -> list[TilingDecision]:
+        """The cost model's tiling choice for each GEMM/convolution (last compiled shapes)."""
+        return self._current[4]
 
     @property
     def compiled(self) -> CompiledModel:
@@ -365,7 +382,7 @@ class InferenceSession:
             raise InputError(f"unknown output(s) {missing}; the model's outputs are "
                              f"{[arg.name for arg in self._outputs]}")
         self._replan_if_retrained()
-        _, _, compiled, runtime = self._compile({name: value.shape for name, value in feeds.items()})
+        _, _, compiled, runtime, _ = self._compile({name: value.shape for name, value in feeds.items()})
         observe = None
         if self.profile:
             rng = np.random.default_rng(0)

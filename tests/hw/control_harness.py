@@ -48,6 +48,7 @@ class Trace:
     error_pc: int
     config_regs: dict
     edges: int
+    run_cycles: int = 0
 
     def pc(self, index: int) -> int:
         return self.base + index * INSN_BYTES
@@ -60,12 +61,13 @@ def unit_of(insn) -> Unit:
 def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, latency=(1, 8),
         ready_prob: float = 0.7, fetch_prob: float = 0.8, unit_errors: dict | None = None,
         counters_error: dict | None = None, fetch_errors: frozenset = frozenset(),
-        max_edges: int = 5000, latency_of: dict | None = None) -> Trace:
+        max_edges: int = 5000, latency_of: dict | None = None, cycle_limit: int = 0) -> Trace:
     """Run ``program`` (Instructions or raw words) on a Control; return the trace.
 
     ``unit_errors`` maps a pc to the ErrorCause its client reports; ``fetch_errors`` holds pcs
     whose fetch fails; ``latency_of`` overrides the latency range per unit (``None``: the counters
     client).  A latency range from 0 lets clients report done in the cycle they take an instruction.
+    ``cycle_limit`` is the watchdog's; edge ``e`` is run cycle ``e``.
     """
     dut = Control(config)
     rng = random.Random(seed)
@@ -137,6 +139,8 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
                 ctx.set(dut.fetch.valid, 0)     # a stream offer is only withdrawn after a transfer
 
     async def testbench(ctx):
+        ctx.set(dut.prog_base, base)
+        ctx.set(dut.cycle_limit, cycle_limit)
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
@@ -181,6 +185,7 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
         trace.edges = edge
         trace.cause = ctx.get(dut.cause)
         trace.error_pc = ctx.get(dut.error_pc)
+        trace.run_cycles = ctx.get(dut.run_cycles)
         names = [reg.name.lower() for reg in ConfigReg]
         trace.config_regs = {name: ctx.get(dut.config_regs[name]) for name in names}
         # Keep (starts of) CONFIG in compute order: they were appended out of edge order.

@@ -229,6 +229,40 @@ def test_full_token_queue_blocks_push():
     check_trace(trace, CONFIG)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_watchdog_stops_at_the_cycle_limit(seed):
+    rng = random.Random(100 + seed)
+    program = random_program(rng, 60, CONFIG.token_depth)
+    unlimited = run(CONFIG, program, seed=seed, ready_prob=1.0, max_edges=6000)
+    assert unlimited.done_edge is not None and unlimited.run_cycles <= unlimited.done_edge + 1
+    limit = rng.randrange(10, unlimited.done_edge - 5)
+    trace = run(CONFIG, program, seed=seed, ready_prob=1.0, max_edges=6000, cycle_limit=limit)
+    assert trace.cause is ErrorCause.WATCHDOG and trace.done_edge is None
+    assert trace.run_cycles == limit and trace.error_edge >= limit
+    # Nothing is fetched into the dispatcher or started at or after run cycle `limit` (clients take
+    # every offer at once, so a start is the cycle of the offer).
+    assert trace.fetched and max(trace.fetched) < limit
+    starts = [edge for unit in trace.starts.values() for edge, _ in unit] + trace.counters_starts
+    assert max(starts) < limit
+    # The pc is the first instruction not dispatched: the last word fetched, or the one after it.
+    fetched = len(trace.fetched)
+    assert trace.error_pc in (trace.pc(fetched - 1), trace.pc(fetched))
+    for unit, unit_starts in trace.starts.items():     # each unit starts its instructions in order
+        started = [i for i, insn in enumerate(program) if unit_of(insn) is unit][:len(unit_starts)]
+        assert all(trace.pc(i) < trace.error_pc for i in started), unit
+    check_trace(trace, CONFIG, executed=(trace.error_pc - trace.base) // 16)
+
+
+def test_watchdog_before_the_first_fetch_and_a_limit_beyond_the_run():
+    program = [make(O.LOAD, 1), make(O.HALT)]
+    trace = run(CONFIG, program, base=0x2340, ready_prob=1.0, fetch_prob=1.0, cycle_limit=1)
+    assert (trace.cause, trace.error_pc, trace.run_cycles) == (ErrorCause.WATCHDOG, 0x2340, 1)
+    assert trace.starts[Unit.LOAD] == []
+    trace = run(CONFIG, program, ready_prob=1.0, fetch_prob=1.0, cycle_limit=1000)
+    assert trace.done_edge is not None and trace.cause is ErrorCause.NONE
+    assert trace.run_cycles == trace.done_edge     # counted up to the cycle HALT retired, inclusive
+
+
 def test_config_registers_start_and_soft_reset():
     """CONFIG sets the registers (signed); soft reset stops and clears; start runs again from scratch."""
     dut = Control(CONFIG)

@@ -102,11 +102,25 @@ def test_constants_and_read_write_registers():
     run(testbench)
 
 
+def test_cycle_limit_reads_back_and_run_cycles_is_read_only():
+    async def testbench(ctx, dut):
+        regs = AXI4LiteDriver(ctx, dut.s_axil, stall=0.2, seed=4)
+        assert await regs.read(offset("CYCLE_LIMIT")) == 0       # no limit after reset
+        await regs.write(offset("CYCLE_LIMIT"), 0x1234_5678)
+        assert await regs.read(offset("CYCLE_LIMIT")) == 0x1234_5678 == ctx.get(dut.cycle_limit)
+        ctx.set(dut.run_cycles, 0xDEAD_BEEF)
+        assert await regs.read(offset("RUN_CYCLES")) == 0xDEAD_BEEF
+        await regs.write(offset("RUN_CYCLES"), 0, expect=SLVERR)
+        assert await regs.read(offset("RUN_CYCLES")) == 0xDEAD_BEEF
+
+    run(testbench)
+
+
 def test_unmapped_addresses_get_slverr():
     async def testbench(ctx, dut):
         regs = AXI4LiteDriver(ctx, dut.s_axil, stall=0.3, seed=3)
         mapped = {reg.offset for reg in REGISTERS}
-        unmapped = [o for o in (0x00C, 0x028, 0x0FC, max(mapped) + 4, 0x800, 0xFFC) if o not in mapped]
+        unmapped = [o for o in (0x00C, 0x030, 0x0FC, max(mapped) + 4, 0x800, 0xFFC) if o not in mapped]
         assert len(unmapped) == 6
         for addr in unmapped:
             await regs.read(addr, expect=SLVERR)

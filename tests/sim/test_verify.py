@@ -71,8 +71,8 @@ class SlowDevice(GoldenDevice):
         super().__init__(config, **options)
         self.machine = _SlowMachine(config)
 
-    def _execute(self, base, max_cycles):
-        status = super()._execute(base, None)
+    def _execute(self, base, max_cycles, cycle_limit):
+        status = super()._execute(base, None, 0)
         return dataclasses.replace(status, cycles=status.cycles * 5 // 4)
 
 
@@ -81,7 +81,7 @@ class FaultingDevice(GoldenDevice):
 
     kind = "faulting"
 
-    def _execute(self, base, max_cycles):
+    def _execute(self, base, max_cycles, cycle_limit):
         return RunStatus(ErrorCause.DRAM_RANGE, base, 3, self._counters(), detail="injected")
 
 
@@ -196,6 +196,26 @@ def test_cli_verify(tmp_path, capsys, monkeypatch):
     assert "not a verify reproducer" in capsys.readouterr().err
 
 
+def test_timing_error_distribution_and_soak_line(capsys, monkeypatch):
+    report = verification.verify(SlowDevice, TINY, programs=5, seed=3)
+    rows = {name: (relative, cycles) for name, relative, cycles in report.error_distribution()}
+    assert list(rows) == ["mean", "p50", "p90", "p99", "max", "min"]
+    quarters = [r.golden_cycles // 4 for r in report.results]        # SlowDevice adds a quarter
+    assert rows["max"][1] == max(quarters) and rows["min"][1] == min(quarters)
+    assert all(abs(relative - 0.25) < 0.01 for relative, _ in rows.values())
+
+    monkeypatch.setitem(DEVICES, "slow", SlowDevice)
+    assert cli.main(["verify", "--device", "slow", "--config", "tiny", "--programs", "5", "--seed", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "soak: programs=5 mismatches=0"
+    assert any(line.split()[:2] == ["p99", f"{rows['p99'][0]:+.2%}"] for line in lines)
+
+    assert cli.main(["verify", "--device", "golden", "--config", "tiny", "--programs", "3",
+                     "--watchdog"]) == 0
+    out = capsys.readouterr().out
+    assert "3 programs also run with a cycle limit below their length; device pc = reference pc in 3" in out
+
+
 class _ArmedCorruptStoreMachine(_CorruptStoreMachine):
     armed = False
 
@@ -216,10 +236,10 @@ class FlakyDevice(GoldenDevice):
         self.machine = _ArmedCorruptStoreMachine(config)
         self.runs = 0
 
-    def _execute(self, base, max_cycles):
+    def _execute(self, base, max_cycles, cycle_limit):
         self.runs += 1
         self.machine.armed = self.runs >= 2
-        return super()._execute(base, max_cycles)
+        return super()._execute(base, max_cycles, cycle_limit)
 
 
 def test_a_mismatch_that_needs_earlier_runs_is_reported_unminimised(tmp_path):

@@ -111,7 +111,7 @@ def test_cost_model_falls_back_where_the_model_is_not_trained():
 
 
 def test_energy_follows_the_stated_table():
-    from braze.sw.hpm.energy import HOROWITZ_45NM, kernel_energy_pj
+    from braze.sw.compiler.energy import HOROWITZ_45NM, kernel_energy_pj
 
     default = Config.preset("default")
     counters = {"macs": 1000, "spad_reads": 10, "spad_writes": 2, "acc_reads": 3, "acc_writes": 1,
@@ -123,3 +123,58 @@ def test_energy_follows_the_stated_table():
     assert energy["external"] == pytest.approx(6 * default.dma_bus_bytes * 1950 / 8)
     assert energy["total"] == pytest.approx(sum(v for k, v in energy.items() if k != "total"))
     assert HOROWITZ_45NM.dram_byte_pj > 100 * HOROWITZ_45NM.sram_byte_pj      # memory dominates, as cited
+
+
+def test_versioned_saves_swap_whole_models(tmp_path):
+    rng = np.random.default_rng(5)
+    first = PerformanceModel("lightgbm").fit(_synthetic(rng, "a", 150))
+    second = PerformanceModel("lightgbm").fit(_synthetic(rng, "b", 150))
+    probe = [_synthetic(rng, "a", 1)[0].features]
+    for model in (first, second, first, second):
+        model.save(tmp_path, versioned=True)
+        loaded = PerformanceModel.load(tmp_path)
+        assert loaded.predict_features(probe)[0].cycles == model.predict_features(probe)[0].cycles
+    # The current version and the one before it (a reader may be loading it) stay; older ones go.
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
+
+
+def test_monitor_saves_a_retrained_model_only_if_it_saw_as_many_runs(tmp_path):
+    from braze.sw.hpm.monitor import Monitor
+    from braze.sw.hpm.store import HistoryStore
+
+    rng = np.random.default_rng(6)
+    store = HistoryStore(tmp_path / "history.sqlite")
+    store.add_many(_synthetic(rng, "a", 100))
+    broad = PerformanceModel("lightgbm").fit(_synthetic(rng, "a", 300))
+    folder = tmp_path / "model"
+    monitor = Monitor(store, device="verilator", model=broad, save_to=folder, background=False, min_rows=50)
+    monitor._retrain("test")
+    assert monitor.version == 1 and monitor.model is not broad
+    assert not (folder / "model.json").exists()
+    assert "not saved: 100 runs are fewer than the 300" in monitor.events[-1].detail
+    store.add_many(_synthetic(rng, "b", 250))
+    monitor._retrain("test")
+    assert monitor.version == 2 and "saved to" in monitor.events[-1].detail
+    probe = [_synthetic(rng, "b", 1)[0].features]
+    assert PerformanceModel.load(folder).predict_features(probe)[0].cycles == \
+        monitor.model.predict_features(probe)[0].cycles
+
+
+def test_one_decision_is_priced_alike_when_a_candidate_falls_back():
+    rng = np.random.default_rng(7)
+    records = []
+    for m, k, n in [(m, k, n) for m in (4, 8, 16) for k in (8, 16) for n in (8, 16)]:
+        kernel = gemm(TINY, m, k, n)
+        for stall in (0.0, 0.1):
+            features = kernel_features(kernel, TINY, MemorySystem(TINY.mem_latency, stall))
+            cycles = round(kernel.predicted_cycles * float(rng.uniform(1.1, 1.2)))
+            records.append(RunRecord("gemm", {"m": m, "k": k, "n": n}, "tiny", TINY.to_dict(), "verilator",
+                                     TINY.mem_latency, stall, features, {"cycles": cycles}))
+    model = PerformanceModel("lightgbm").fit(records)
+    inside, outside = gemm(TINY, 8, 16, 8), gemm(TINY, 64, 200, 64)     # the second is far outside training
+    learned = LearnedCostModel(model, max_uncertainty=10.0)
+    assert learned.predict(inside, TINY).cycles != inside.predicted_cycles
+    mixed = learned.predict_candidates([inside, [outside]], TINY)
+    analytic = TimingCostModel()
+    assert mixed == [analytic.predict(inside, TINY), analytic.predict(outside, TINY)]
+    assert learned.fallbacks["a decision's other candidates, priced alike"] == 1

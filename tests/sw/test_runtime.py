@@ -7,8 +7,9 @@ import pytest
 from onnx_models import conv_model
 
 from braze.isa import Config
-from braze.sim.device import open_device
+from braze.sim.device import GoldenDevice, open_device
 from braze.sw.compiler.cache import KernelCache
+from braze.sw.runtime import runtime as runtime_module
 from braze.sw.runtime.runtime import Runtime
 from braze.sw.runtime.session import InferenceSession
 
@@ -85,3 +86,47 @@ def test_session_survives_a_killed_simulator():
         assert sess.device.memory_generation == 1
     finally:
         sess.close()
+
+
+def test_every_run_gets_a_cycle_limit_from_its_prediction(session, monkeypatch):
+    seen = []
+    original = GoldenDevice.run
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("cycle_limit"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GoldenDevice, "run", spy)
+    session.run(None, {"x": np.zeros((2, 1, 8, 8), np.float32)})
+    segments = session.compiled.segments
+    assert seen == [runtime_module.watchdog_cycle_limit(sum(s.kernel.predicted_cycles for s in segment.steps))
+                    for segment in segments]
+    assert all(limit > 4 * sum(s.kernel.predicted_cycles for s in segment.steps)
+               for limit, segment in zip(seen, segments, strict=True))
+
+
+def test_a_run_over_its_cycle_limit_is_an_error_naming_the_kernel(session, monkeypatch):
+    x = np.random.default_rng(10).normal(size=(2, 1, 8, 8)).astype(np.float32)
+    (expected,) = session.run(None, {"x": x})
+    # The segment with the most kernels gets a limit halfway through its last kernel's predicted cycles.
+    segment = max(session.compiled.segments, key=lambda s: len(s.steps))
+    predicted = [step.kernel.predicted_cycles for step in segment.steps]
+    limit = sum(predicted[:-1]) + predicted[-1] // 2
+    original = runtime_module.watchdog_cycle_limit
+
+    def shrunk(cycles, stall=0.0):
+        return limit if cycles == sum(predicted) else original(cycles, stall)
+
+    monkeypatch.setattr(runtime_module, "watchdog_cycle_limit", shrunk)
+    with pytest.raises(runtime_module.KernelTimeout) as caught:
+        session.run(None, {"x": x})
+    error = caught.value
+    # The kernel is the one whose instructions hold the pc where the device stopped.
+    index = (error.pc - segment.program.addr) // 16
+    sizes = np.cumsum([len(step.kernel.instructions) for step in segment.steps])
+    named = segment.steps[min(int(np.searchsorted(sizes, index, side="right")), len(sizes) - 1)]
+    assert error.kernel == named.name and error.cycle_limit == limit
+    assert f"kernel {named.name!r}" in str(error) and "cycle limit" in str(error)
+    monkeypatch.undo()
+    (again,) = session.run(None, {"x": x})
+    assert np.array_equal(again, expected)

@@ -12,7 +12,8 @@ The package's modules, by kernel family:
 * :mod:`.common` -- what every kernel shares: :class:`Operand`, :class:`Kernel`, operand placement,
   the scheduling of unit streams into one program (both documented there), the fused epilogue's
   options, and the host-side helpers;
-* :mod:`.matmul` -- the tiled matrix-multiply pipeline (:class:`Tiling`) and :func:`gemm`;
+* :mod:`.matmul` -- the tiled matrix-multiply pipeline (:class:`Tiling`, :func:`candidate_tilings`) and
+  :func:`gemm`;
 * :mod:`.conv` -- :func:`conv2d` on that pipeline;
 * :mod:`.pool` -- :func:`maxpool2d`, :func:`avgpool2d`, :func:`global_avgpool`;
 * :mod:`.elementwise` -- :func:`add`, :func:`relu`, :func:`clip`.
@@ -51,7 +52,7 @@ from .common import (
 from .conv import conv2d, conv2d_weights
 from .elementwise import add, clip, relu
 from .matmul import ALoader as ALoader  # public in the old module, though not in __all__
-from .matmul import Tiling, gemm
+from .matmul import Tiling, candidate_tilings, gemm
 from .pool import avg_multiplier, avgpool2d, global_avgpool, maxpool2d
 
 __all__ = [
@@ -59,5 +60,5 @@ __all__ = [
     "gemm", "conv2d", "conv2d_output_shape", "maxpool2d", "avgpool2d", "global_avgpool",
     "add", "relu", "clip",
     "pack_params", "conv2d_weights", "avg_multiplier", "link", "run_kernel", "run_kernels", "utilisation",
-    "Tiling", "MAX_VECTOR_MULT", "OPERAND_ALIGN",
+    "Tiling", "candidate_tilings", "MAX_VECTOR_MULT", "OPERAND_ALIGN",
 ]

@@ -16,6 +16,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 from braze.isa import Activation, Config, Instruction, Memory, Opcode
 
 from .common import (
@@ -41,7 +43,7 @@ from .common import (
     _Unorderable,
 )
 
-__all__ = ["Tiling", "gemm"]
+__all__ = ["Tiling", "gemm", "candidate_tilings"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -345,6 +347,29 @@ def _tiling_candidates(config: Config, M: int, K: int, N: int, epi: _Epilogue) -
         raise KernelError(f"a {M}x{K}x{N} matmul does not fit config {config.name!r}: not even one row of "
                           f"A, one K chunk and the output rows fit its {config.spad_rows} scratchpad rows")
     return groups
+
+
+def candidate_tilings(kernel: Kernel) -> list[Tiling]:
+    """The tilings the library weighs for a GEMM or convolution like ``kernel``, in order of promise.
+
+    The same candidates :func:`gemm` and :func:`~.conv.conv2d` generate and rank by the timing
+    model (double-buffered ones first), so that another cost model can rank them instead: build
+    each with ``tiling=``.  Some may not be orderable with the configuration's token queues (their
+    build raises :class:`KernelError`).  Empty for kernels that are not tiled matrix multiplies.
+    """
+    if kernel.name not in ("gemm", "conv2d") or "m" not in kernel.tiling:
+        return []
+    out = kernel.operands["out"]
+    n = out.shape[-1]
+    m = 1
+    for dim in out.shape[:-1]:
+        m *= dim
+    k = kernel.tiling["K"] if "K" in kernel.tiling else kernel.operands["A"].shape[1]
+    # Only the epilogue's footprint shapes the tilings: parameter rows, residual and output tiles.
+    epi = _Epilogue(bias="bias" in kernel.param_rows, requant="mult" in kernel.param_rows,
+                    residual="residual" in kernel.operands, act=Activation.NONE, clip_lo=0, clip_hi=0,
+                    out_zp=0, out_int32=out.dtype == np.dtype(np.int32))
+    return [tiling for group in _tiling_candidates(kernel.config, m, k, n, epi) for tiling in group]
 
 
 #: Stop trying more tilings once the candidates generated hold this many instructions (generation time).

@@ -1,5 +1,11 @@
 """Energy of a kernel run, from its counters and a stated per-event energy table.
 
+The events the table prices (MACs, scratchpad and accumulator row accesses, external bus beats)
+are exact counters: the program alone decides them, so :func:`kernel_energy_estimate` knows a
+kernel's energy before it runs (from the reference model's event counts,
+:func:`braze.isa.model.program_events`), and cost models price candidates in energy as well as
+cycles.  After a run, :func:`kernel_energy_pj` of its counter snapshot gives the same number.
+
 The table is for a 45 nm process, from M. Horowitz, "Computing's energy problem (and what we can
 do about it)", ISSCC 2014, Figure 1.1.9 (the per-operation energies Eyeriss and Accelergy-style
 estimators start from):
@@ -22,9 +28,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from braze.isa import Config
+from braze.isa import Config, Opcode
+from braze.isa.model import program_events
 
-__all__ = ["EnergyTable", "HOROWITZ_45NM", "kernel_energy_pj"]
+from .kernels import Kernel
+
+__all__ = ["EnergyTable", "HOROWITZ_45NM", "kernel_energy_pj", "kernel_energy_estimate"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,3 +61,12 @@ def kernel_energy_pj(counters: Mapping[str, float], config: Config,
              "accumulator": acc * table.sram_byte_pj, "external": external * table.dram_byte_pj}
     parts["total"] = sum(parts.values())
     return parts
+
+
+def kernel_energy_estimate(kernel: Kernel, table: EnergyTable = HOROWITZ_45NM) -> float:
+    """The energy (pJ) a run of ``kernel`` will take: its program's events priced by ``table``.
+
+    Counted as the kernel's counter snapshot counts them: up to its closing COUNTERS instruction.
+    """
+    body = [insn for insn in kernel.instructions if insn.opcode is not Opcode.COUNTERS]
+    return kernel_energy_pj(program_events(body, kernel.config), kernel.config, table)["total"]

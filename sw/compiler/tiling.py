@@ -1,0 +1,150 @@
+"""Tiling choice by a cost model: which of the library's tilings each GEMM and convolution runs with.
+
+The kernel library ranks the tilings of a GEMM or convolution by the ISA timing model and keeps
+the fastest it generated (:func:`~braze.sw.compiler.kernels.gemm`) -- within a generation budget,
+so for large kernels it may not have tried them all.  Under another cost model -- the learned
+hardware performance model, which knows that external memory stalls -- another tiling may be
+cheaper still.  :func:`choose_tilings` is the pass that asks: for every GEMM/convolution node it
+builds the library's candidates
+(:func:`~braze.sw.compiler.kernels.candidate_tilings`, through the kernel cache), prices each with
+the cost model, and forces the cheapest on the node (its ``tiling`` attribute, which lowering
+passes to the kernel; the fusion engine may have forced one of a few variants already, priced
+here among the rest).  Each choice is a :class:`TilingDecision`.
+
+Measured on the digits CNN (batch 64, tiny preset, RTL): the pass under the timing model alone
+cuts the CNN's cycles by 15% (the library's budget had stopped before the smaller M tiles of its
+two convolutions); the learned model then picks the same tilings there.  Where the two models
+disagree (strided and 5x5 convolutions on tiny), the learned model's tilings measure 5-15% faster
+(``tests/sw/test_hpm_loop.py``, ``braze bench hpm``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from braze.isa import Config
+
+from . import kernels as kernel_lib
+from .cache import KernelCache, default_cache
+from .cost import Cost, CostModel, check_objective
+from .ir import Graph
+from .kernels import Kernel, Tiling
+from .lower import node_kernel
+
+__all__ = ["TilingDecision", "choose_tilings", "tiling_label", "MAX_TILING_CANDIDATES",
+           "MAX_TILING_INSTRUCTIONS"]
+
+#: Candidates priced per node, in the library's order of promise (each is generated once, then cached).
+MAX_TILING_CANDIDATES = 12
+#: ... and no more once the candidates generated for a node hold this many instructions: generation
+#: time grows with the kernel (a 33k-instruction convolution takes about 2 s per candidate), and the
+#: kernels that large are the ones whose tilings differ least (many M tiles of the same shape).
+MAX_TILING_INSTRUCTIONS = 60_000
+
+
+def tiling_label(tiling: Tiling | dict) -> str:
+    """A short name for a tiling: ``m=196 ring=36 B=resident x2``."""
+    t = tiling if isinstance(tiling, dict) else dataclasses.asdict(tiling)
+    parts = [f"m={t['m']}", f"ring={t['a_slots']}", "B=" + ("resident" if t["b_resident"] else "streamed")]
+    if t.get("k_block"):
+        parts.append(f"kblock={t['k_block']}x{t['n_group']}")
+    if t.get("first_pieces", 1) > 1:
+        parts.append(f"pieces={t['first_pieces']}")
+    parts.append(f"x{t['buffers']}")
+    return " ".join(parts)
+
+
+@dataclasses.dataclass
+class TilingDecision:
+    """The tilings priced for one node and the one chosen.
+
+    ``candidates`` are (label, predicted cost) in the library's order; ``library`` is the label of
+    the library's own choice (the timing model's fastest); ``chosen`` the cost model's.
+    """
+
+    node: str
+    candidates: list[tuple[str, Cost]]
+    library: str
+    chosen: str
+    objective: str = "cycles"
+
+    @property
+    def changed(self) -> bool:
+        return self.chosen != self.library
+
+    @property
+    def gain(self) -> float:
+        """Predicted saving against the library's choice, as a fraction of its cost (in the objective)."""
+        costs = dict(self.candidates)
+        base = costs[self.library].value(self.objective)
+        return (base - costs[self.chosen].value(self.objective)) / max(1.0, base)
+
+    def __str__(self) -> str:
+        costs = dict(self.candidates)
+
+        def cost(label: str) -> str:
+            return f"{costs[label].cycles} cycles, {costs[label].energy_pj / 1e6:.3f} uJ"
+        if not self.changed:
+            return f"tiling {self.node}: keeps {self.library} ({cost(self.library)}; " \
+                   f"{len(self.candidates)} candidates priced)"
+        what = "" if self.objective == "cycles" else f" in {self.objective}"
+        return (f"tiling {self.node}: {self.chosen} ({cost(self.chosen)}) instead of {self.library} "
+                f"({cost(self.library)}), predicted gain {100 * self.gain:.1f}%{what}")
+
+
+def choose_tilings(graph: Graph, config: Config, *, cost_model: CostModel, cache: KernelCache | None = None,
+                   max_candidates: int = MAX_TILING_CANDIDATES,
+                   max_instructions: int = MAX_TILING_INSTRUCTIONS,
+                   log: Callable[[TilingDecision], None] | None = None,
+                   objective: str = "cycles") -> tuple[Graph, list[TilingDecision]]:
+    """Force, on every GEMM/convolution node, the library tiling ``cost_model`` predicts cheapest.
+
+    Each node's candidates are the library's own choice, the tiling the node has (if forced), and
+    the first ``max_candidates`` of :func:`~braze.sw.compiler.kernels.candidate_tilings`, as far as
+    ``max_instructions`` of generated candidates allow.
+
+    Cheapest in ``objective`` (:data:`~braze.sw.compiler.cost.OBJECTIVES`).
+
+    A node with a ``tiling`` already (the fusion engine's choice among a few variants) has it priced
+    among the candidates too.  ``graph`` needs static shapes.  Returns the graph (a new one
+    if any tiling changed) and a decision per node priced.
+    """
+    check_objective(objective)
+    cache = cache if cache is not None else default_cache()
+    fields = [field.name for field in dataclasses.fields(Tiling)]
+    decisions: list[TilingDecision] = []
+    forced = {}
+    for node in graph.nodes:
+        built = node_kernel(graph, node.with_attrs(tiling=None), config, cache)
+        if built is None:
+            continue
+        library_kernel = built[1]
+        tilings = kernel_lib.candidate_tilings(library_kernel)
+        if not tilings:
+            continue
+        library_tiling = Tiling(**{name: library_kernel.tiling[name] for name in fields})
+        current = node.attrs.get("tiling") or library_tiling
+        kernels: dict[Tiling, Kernel] = {library_tiling: library_kernel}
+        generated = 0
+        for tiling in [current, *tilings[:max_candidates]]:
+            if generated > max_instructions and tiling is not current:
+                break
+            if tiling not in kernels:
+                candidate = node_kernel(graph, node.with_attrs(tiling=tiling), config, cache)
+                if candidate is not None:      # None: not orderable with this configuration's token queues
+                    kernels[tiling] = candidate[1]
+                    generated += len(candidate[1].instructions)
+        costs = cost_model.predict_candidates(list(kernels.values()), config)
+        priced = list(zip(kernels, costs, strict=True))
+        best, _ = min(priced, key=lambda pair: pair[1].key(objective))
+        decision = TilingDecision(node.name, [(tiling_label(t), cost) for t, cost in priced],
+                                  tiling_label(library_tiling), tiling_label(best), objective)
+        decisions.append(decision)
+        if log is not None:
+            log(decision)
+        if best != current:
+            forced[node.name] = node.with_attrs(tiling=None if best == library_tiling else best)
+    if forced:
+        graph = graph.edit(substitute=forced)
+    return graph, decisions
