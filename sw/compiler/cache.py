@@ -15,7 +15,10 @@ whatever the file holds.  An entry is used only if the hash matches the record a
 decode to legal instructions; anything else (a flipped bit, a truncated file, a pickle left by
 an old version, another format) is reported with a :class:`KernelCacheWarning` naming the file
 and the kernel is rebuilt and rewritten.  The instructions are decoded from the words, so what
-the compiler reasons about is exactly what the device runs.  Writes go to a temporary file in
+the compiler reasons about is exactly what the device runs.  A signature whose kernel cannot be
+generated (a :class:`~braze.sw.compiler.kernels.KernelError`, say a tiling candidate the token
+queues cannot order) is an entry too, holding the error's message, so a second compile generates
+nothing at all.  Writes go to a temporary file in
 the same folder and are renamed over the entry, so concurrent readers see a whole old entry or
 a whole new one, and concurrent writers of one key (which write the same content) never mix.
 """
@@ -37,7 +40,7 @@ import numpy as np
 from braze.isa import Config
 from braze.isa.encoding import INSN_BYTES, decode
 
-from .kernels import Kernel, Operand
+from .kernels import Kernel, KernelError, Operand
 
 __all__ = ["KernelCache", "KernelCacheWarning", "default_cache", "cache_dir", "CACHE_VERSION"]
 
@@ -111,15 +114,18 @@ def _from_record(record: dict[str, Any]) -> Kernel:
     return kernel
 
 
-def _entry_bytes(key: str, kernel: Kernel) -> bytes:
-    record = _to_record(kernel)
+def _entry_bytes(key: str, kernel: Kernel | KernelError) -> bytes:
+    # A kernel that cannot be generated for its signature (a KernelError, which depends on nothing
+    # else) is remembered too, by its message, so that a second compile generates nothing at all.
+    record = {"failure": str(kernel)} if isinstance(kernel, KernelError) else _to_record(kernel)
     entry = {"format": _FORMAT, "version": CACHE_VERSION, "key": key,
              "sha256": hashlib.sha256(_canonical(record)).hexdigest(), "kernel": record}
     return json.dumps(entry, separators=(",", ":"), default=_plain).encode()
 
 
-def _read_entry(path: Path, key: str, config: Config) -> Kernel:
-    """The kernel stored at ``path``; raises ``ValueError`` naming what is wrong with the entry."""
+def _read_entry(path: Path, key: str, config: Config) -> Kernel | KernelError:
+    """The kernel (or the generation failure) stored at ``path``; raises ``ValueError`` naming what is
+    wrong with the entry."""
     try:
         entry = json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -136,6 +142,8 @@ def _read_entry(path: Path, key: str, config: Config) -> Kernel:
     if digest != entry.get("sha256"):
         raise ValueError(f"content hash mismatch (stored {str(entry.get('sha256'))[:16]}..., "
                          f"computed {digest[:16]}...)")
+    if set(record) == {"failure"} and isinstance(record["failure"], str):
+        return KernelError(record["failure"])
     try:
         kernel = _from_record(record)
     except Exception as error:        # a record that hashes right but does not describe a kernel
@@ -159,7 +167,7 @@ class KernelCache:
     def __init__(self, directory: str | os.PathLike | None = None, *, disk: bool = True):
         self._directory = Path(directory) if directory is not None else None
         self.disk = disk
-        self._memory: dict[str, Kernel] = {}
+        self._memory: dict[str, Kernel | KernelError] = {}
         self.hits = self.disk_hits = self.misses = self.rejected = 0
 
     @property
@@ -167,28 +175,34 @@ class KernelCache:
         return self._directory if self._directory is not None else cache_dir()
 
     def get_or_build(self, signature: tuple, config: Config, build: Callable[[], Kernel]) -> Kernel:
-        """The kernel for ``signature`` on ``config``: from memory, disk, or ``build()`` (then stored)."""
+        """The kernel for ``signature`` on ``config``: from memory, disk, or ``build()`` (then stored).
+
+        A :class:`KernelError` of ``build()`` is stored as well, and raised again on every request.
+        """
         key = _key(signature, config)
         kernel = self._memory.get(key)
-        if kernel is not None:
-            self.hits += 1
-            return kernel
         path = self.directory / f"{key}.json"
-        if self.disk:
+        if kernel is None and self.disk:
             kernel = self._load(path, key, config)
             if kernel is not None:
-                self.hits += 1
                 self.disk_hits += 1
                 self._memory[key] = kernel
-                return kernel
-        self.misses += 1
-        kernel = build()
-        self._memory[key] = kernel
-        if self.disk:
-            self._store(path, key, kernel)
+        if kernel is not None:
+            self.hits += 1
+        else:
+            self.misses += 1
+            try:
+                kernel = build()
+            except KernelError as error:
+                kernel = error
+            self._memory[key] = kernel
+            if self.disk:
+                self._store(path, key, kernel)
+        if isinstance(kernel, KernelError):
+            raise KernelError(str(kernel))
         return kernel
 
-    def _load(self, path: Path, key: str, config: Config) -> Kernel | None:
+    def _load(self, path: Path, key: str, config: Config) -> Kernel | KernelError | None:
         """The entry at ``path``, or None when there is none or it cannot be trusted (with a warning)."""
         try:
             return _read_entry(path, key, config)
@@ -200,7 +214,7 @@ class KernelCache:
                           KernelCacheWarning, stacklevel=3)
             return None
 
-    def _store(self, path: Path, key: str, kernel: Kernel) -> None:
+    def _store(self, path: Path, key: str, kernel: Kernel | KernelError) -> None:
         payload = _entry_bytes(key, kernel)
         # An unwritable cache directory only costs recompilation.
         try:

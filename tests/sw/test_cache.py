@@ -20,7 +20,7 @@ from braze.isa import Config, Opcode, decode
 from braze.isa.encoding import FORMAT_BY_OPCODE
 from braze.sw.compiler import cache as cache_module
 from braze.sw.compiler.cache import KernelCache, KernelCacheWarning, cache_dir
-from braze.sw.compiler.kernels import gemm
+from braze.sw.compiler.kernels import KernelError, gemm
 from braze.sw.runtime.session import InferenceSession
 
 TINY = Config.preset("tiny")
@@ -103,14 +103,16 @@ def test_a_flipped_instruction_word_is_detected_rebuilt_and_results_stay_right(t
     reference = InferenceSession(conv_model(4), config="tiny", calibration=calibration,
                                  cache=KernelCache(disk=False)).run(None, {"x": x})[0]
     InferenceSession(conv_model(4), config="tiny", calibration=calibration, cache=KernelCache(tmp_path))
-    entries = sorted(tmp_path.glob("*.json"))
+    # Every kernel entry (the others remember tiling candidates that cannot be generated).
+    entries = [entry for entry in sorted(tmp_path.glob("*.json"))
+               if "words" in json.loads(entry.read_text())["kernel"]]
     assert entries
     for entry in entries:
         _flip_a_load_address(entry)
     cache = KernelCache(tmp_path)
     with pytest.warns(KernelCacheWarning, match="content hash mismatch") as caught:
         session = InferenceSession(conv_model(4), config="tiny", calibration=calibration, cache=cache)
-    assert cache.rejected == len(entries) and cache.disk_hits == 0
+    assert cache.rejected == len(entries) == cache.misses          # every kernel entry rebuilt
     assert {str(entry) for entry in entries} <= {str(w.message).split()[3] for w in caught}
     assert np.array_equal(session.run(None, {"x": x})[0], reference)
     # The entries were rewritten whole: a fresh process trusts them again.
@@ -182,6 +184,29 @@ def test_concurrent_readers_and_writers(tmp_path):
         worker.join(120)
     assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
     assert len(list(tmp_path.glob("*.json"))) == 3 and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_kernel_that_cannot_be_generated_is_remembered(tmp_path):
+    attempts = []
+
+    def impossible():
+        attempts.append(1)
+        raise KernelError("does not fit")
+
+    signature = ("gemm", (4096, 4096, 4096), ())
+    cache = KernelCache(tmp_path)
+    for _ in range(2):
+        with pytest.raises(KernelError, match="does not fit"):
+            cache.get_or_build(signature, TINY, impossible)
+    assert len(attempts) == 1 and cache.misses == 1 and cache.hits == 1
+    fresh = KernelCache(tmp_path)                          # another process: the failure is on disk
+    with pytest.raises(KernelError, match="does not fit"):
+        fresh.get_or_build(signature, TINY, impossible)
+    assert len(attempts) == 1 and fresh.disk_hits == 1 and fresh.misses == 0
+    # Other exceptions are not remembered: they are bugs, not properties of the signature.
+    with pytest.raises(ZeroDivisionError):
+        cache.get_or_build(("other",), TINY, lambda: 1 / 0)
+    assert not (tmp_path / f"{cache_module._key(('other',), TINY)}.json").exists()
 
 
 def test_cache_directory_follows_the_environment(tmp_path, monkeypatch):
