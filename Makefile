@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 	@# Debian's python3 without python3-venv has no ensurepip: fall back to virtualenv.
 	$(PYTHON) -m venv $(VENV) || { $(PYTHON) -m pip install --user virtualenv && $(PYTHON) -m virtualenv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# The editable install maps the top-level folders into braze.*; setuptools always warns about
+	@# such layouts, which is expected here (everything else it could warn about is fixed).
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -27,7 +27,6 @@ default clean build <= 60 s on 2 cores; golden >= 100,000 instructions/s.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -44,6 +43,7 @@ from braze.hw.csr import REGISTER_BY_NAME
 from braze.hw.toolchain import ToolError, verilator_env
 from braze.isa import INSN_BYTES, Config, encode_program
 from braze.isa.asm import assemble
+from braze.isa.errors import ArgumentParser
 from braze.sim.build import CXX_OPT, BuildResult, build_harness
 from braze.sim.device import GoldenDevice
 from braze.sim.verilator_device import VerilatorDevice
@@ -339,7 +339,7 @@ def summary_line(result: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="braze bench sim", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="braze bench sim", description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=["default"], metavar="CONFIG",
                         help="presets or config specs to measure (default: default)")
     parser.add_argument("--no-clean", dest="clean", action="store_false",

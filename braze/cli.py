@@ -3,6 +3,12 @@
 Each subcommand is a function registered with :func:`command`, which also declares its
 arguments; :func:`main` builds the parser from the registry.  Adding a subcommand is
 adding one decorated function.
+
+One error boundary: :func:`main` reports every user error -- a :class:`BrazeError` (bad input
+files, configurations, models, arguments out of range) or an ``OSError`` naming a file -- as one
+line ``braze COMMAND: error: ...`` with exit status 2.  Arguments are range-checked as they are
+parsed (:func:`integer`, :func:`number`).  Any other exception is a bug in Braze: its traceback
+is printed with a note saying so, and the exit status is :data:`EXIT_BUG`.
 """
 
 from __future__ import annotations
@@ -11,14 +17,21 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from braze.isa.errors import BrazeError
+from braze.isa.errors import ArgumentParser, BrazeError, UsageError
+
+#: Exit status of a user error (as argparse uses for usage errors).
+EXIT_USAGE = 2
+#: Exit status of an internal error, a bug in Braze (``EX_SOFTWARE`` of sysexits.h).
+EXIT_BUG = 70
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +44,45 @@ class Argument:
 
 def arg(*names: str, **options: Any) -> Argument:
     return Argument(names, options)
+
+
+def integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer from ``low`` to ``high`` (unbounded above when None)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text) if text.strip().lstrip("+-").isdigit() else int(text, 0)   # 010, 0x10
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            limits = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: must be {limits}")
+        return value
+    return parse
+
+
+def number(low: float, high: float, *, high_open: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number in ``[low, high]`` (``[low, high)`` with ``high_open``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < low or value > high or (high_open and value == high):
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range: must be a number in [{low:g}, {high:g}{')' if high_open else ']'}")
+        return value
+    return parse
+
+
+def _define(text: str) -> tuple[str, int]:
+    """An argparse ``type``: ``NAME=VALUE`` of ``braze asm -D``."""
+    name, eq, value = text.partition("=")
+    if not eq or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not of the form NAME=VALUE")
+    try:
+        return name, int(value, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value must be an integer") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,12 +109,21 @@ def command(name: str, help: str, *arguments: Argument):
 
 @command("asm", "assemble a program into its binary",
          arg("source", type=Path, help="assembly source (.s)"),
-         arg("-o", "--output", type=Path, help="binary to write (default: SOURCE with suffix .bin)"))
+         arg("-o", "--output", type=Path, help="binary to write (default: SOURCE with suffix .bin)"),
+         arg("--config", help="predefine the constants of this configuration (ROWS, COLS, SPAD_ROWS, "
+                              "...): preset name, PRESET:field=value,... or JSON"),
+         arg("-D", "--define", type=_define, action="append", default=[], metavar="NAME=VALUE",
+             help="predefine constant NAME (repeatable; overrides --config's)"))
 def _asm(args: argparse.Namespace) -> int:
-    from braze.isa.asm import assemble
+    from braze.isa.asm import assemble, read_source
+    from braze.isa.config import Config
     from braze.isa.encoding import encode_program
 
-    program = assemble(args.source.read_text(), filename=str(args.source))
+    defines = Config.parse(args.config).asm_constants() if args.config else {}
+    defines |= dict(args.define)
+    program = assemble(read_source(args.source), filename=str(args.source), defines=defines)
+    if not program:
+        raise BrazeError(f"{args.source}: no instructions to assemble")
     output = args.output or args.source.with_suffix(".bin")
     blob = encode_program(program)
     output.write_bytes(blob)
@@ -76,7 +137,10 @@ def _asm(args: argparse.Namespace) -> int:
 def _disasm(args: argparse.Namespace) -> int:
     from braze.isa.asm import disassemble
 
-    sys.stdout.write(disassemble(args.binary.read_bytes(), offsets=args.offsets))
+    blob = args.binary.read_bytes()
+    if not blob:
+        raise BrazeError(f"{args.binary}: empty file: no instructions to disassemble")
+    sys.stdout.write(disassemble(blob, offsets=args.offsets))
     return 0
 
 
@@ -114,10 +178,10 @@ def _isa_doc(args: argparse.Namespace) -> int:
              help="device back end: golden, amaranth or verilator (default: verilator)"),
          arg("--config", default="default", help="preset name, PRESET:field=value,... or JSON"),
          arg("--models", default="mlp,cnn", help="comma-separated models to run (default: mlp,cnn)"),
-         arg("--samples", type=int, default=None,
+         arg("--samples", type=integer(1), default=None,
              help="validation samples to run (default: the whole validation set)"),
-         arg("--batch", type=int, default=64, help="samples per device run (default: 64)"),
-         arg("--seed", type=int, default=0, help="seed of training (and of --kernel's inputs)"),
+         arg("--batch", type=integer(1), default=64, help="samples per device run (default: 64)"),
+         arg("--seed", type=integer(0), default=0, help="seed of training (and of --kernel's inputs)"),
          arg("--output", type=Path, default=None, help="directory to keep the exported ONNX models in"),
          arg("--no-golden-check", dest="golden_check", action="store_false",
              help="skip the bit-for-bit comparison with the golden device"),
@@ -153,10 +217,11 @@ def _rtl(args: argparse.Namespace) -> int:
 @command("verify", "differential verification: random programs on the reference model and a device",
          arg("--device", default="golden", help="device under test, a back end of braze.sim.device.DEVICES"),
          arg("--config", default="tiny", help="preset name, PRESET:field=value,... or JSON (default: tiny)"),
-         arg("--programs", type=int, default=20, help="number of random programs (default: 20)"),
-         arg("--seed", type=int, default=0, help="program i is generated from seed SEED+i (default: 0)"),
-         arg("--size", type=int, default=None, help="tiles of work per program (default: 8)"),
-         arg("--stall", type=float, default=0.0, metavar="P",
+         arg("--programs", type=integer(0), default=20, help="number of random programs (default: 20)"),
+         arg("--seed", type=integer(0), default=0,
+             help="program i is generated from seed SEED+i (default: 0)"),
+         arg("--size", type=integer(1), default=None, help="tiles of work per program (default: 8)"),
+         arg("--stall", type=number(0.0, 1.0, high_open=True), default=0.0, metavar="P",
              help="random AXI backpressure: the memory stalls each handshake with probability P "
                   "(verilator and amaranth devices; default 0)"),
          arg("--watchdog", action="store_true",
@@ -173,8 +238,6 @@ def _verify(args: argparse.Namespace) -> int:
     if args.device not in DEVICES:
         raise BrazeError(f"no device back end named {args.device!r}; available: {', '.join(DEVICES)}")
     factory = DEVICES[args.device]
-    if not 0.0 <= args.stall < 1.0:     # also false for NaN
-        raise BrazeError(f"--stall {args.stall} must be a probability in [0, 1)")
     if args.stall:
         if args.device == "golden":
             raise BrazeError("--stall needs a device whose memory stalls (verilator, amaranth), not golden")
@@ -187,8 +250,8 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"  {mismatch.kind}: {mismatch.detail}")
         return 1 if mismatches else 0
     report = verify.verify(factory, Config.parse(args.config), programs=args.programs, seed=args.seed,
-                           size=args.size or DEFAULT_SIZE, reproducer_dir=args.reproducers,
-                           watchdog=args.watchdog)
+                           size=DEFAULT_SIZE if args.size is None else args.size,
+                           reproducer_dir=args.reproducers, watchdog=args.watchdog)
     print(report.summary())
     table = report.timing_table()
     if table:
@@ -209,8 +272,8 @@ def _session_from_args(args: argparse.Namespace, *, device: str | None = None):
         calibration = _load_arrays(args.calibrate)
     return InferenceSession(str(args.model), device=device or args.device, config=args.config,
                             fuse=not args.no_fuse, calibration=calibration,
-                            allow_fallback=args.allow_fallback,
-                            threshold=args.threshold, objective=args.objective), np
+                            allow_fallback=args.allow_fallback, threshold=args.threshold,
+                            objective=args.objective, nonfinite=getattr(args, "nonfinite", "error")), np
 
 
 def _load_arrays(path: Path):
@@ -233,7 +296,8 @@ _MODEL_ARGUMENTS = (
     arg("--calibrate", type=Path, metavar="FILE", help="calibration inputs (.npy, or .npz by input name) "
         "to quantize a float model with"),
     arg("--allow-fallback", action="store_true", help="run unsupported operators on the CPU"),
-    arg("--threshold", type=float, default=0.02, help="minimum predicted gain of a fusion (default 0.02)"),
+    arg("--threshold", type=number(0.0, 1.0, high_open=True), default=0.02,
+        help="minimum predicted gain of a fusion, in [0, 1) (default 0.02)"),
     arg("--objective", choices=("cycles", "energy", "edp"), default="cycles",
         help="what fusion and tiling minimise: predicted cycles (default), energy, or energy x delay"),
 )
@@ -243,7 +307,10 @@ _MODEL_ARGUMENTS = (
          *_MODEL_ARGUMENTS,
          arg("--device", default="golden", help="golden, amaranth or verilator (default: golden)"),
          arg("--input", type=Path, metavar="FILE", help="input (.npy, or .npz by input name); "
-             "default: uniform random in [0, 1) of the input's shape, seed 0"))
+             "default: uniform random in [0, 1) of the input's shape, seed 0"),
+         arg("--nonfinite", choices=("error", "clamp"), default="error",
+             help="NaN or infinite input values: an error (default), or clamp them (NaN to 0, +-inf to "
+                  "the largest finite values)"))
 def _run(args: argparse.Namespace) -> int:
     session, np = _session_from_args(args)
     with session:
@@ -348,7 +415,8 @@ def _preset_list(text: str) -> list:
          arg("--configs", default="tiny,default,large", type=_preset_list,
              help="comma-separated presets or specs to calibrate (default: tiny,default,large)"),
          arg("--budget", type=_duration, help="stop calibrating after this long (90s, 20m, 1h); resumable"),
-         arg("--count", type=int, default=200, help="calibration kernels per configuration (default: 200)"),
+         arg("--count", type=integer(1), default=200,
+             help="calibration kernels per configuration (default: 200)"),
          arg("--history", type=Path, help="the performance history (default: $BRAZE_CACHE_DIR/hpm/...)"),
          arg("--regressor", default="lightgbm", choices=("lightgbm", "sklearn")),
          arg("--out", type=Path, help="where train writes the model (default: the cache's model folder)"),
@@ -356,8 +424,6 @@ def _preset_list(text: str) -> list:
 def _hpm(args: argparse.Namespace) -> int:
     from braze.sw import hpm
 
-    if args.count < 1:
-        raise BrazeError(f"--count {args.count} must be at least 1")
     store = hpm.HistoryStore(args.history)
     if args.action == "calibrate":
         report = hpm.calibrate(args.configs, device=args.device, count=args.count, store=store,
@@ -426,6 +492,17 @@ BENCH_TARGETS["hpm"] = ("learned performance model: held-out family errors vs an
                         "the RTL, drift recovery (braze bench hpm --help)", _bench_hpm)
 
 
+def _bench_fuzz(argv: Sequence[str]) -> int:
+    from braze import fuzz
+
+    return fuzz.main(argv)
+
+
+BENCH_TARGETS["fuzz"] = ("property-based fuzzing of the assembler, disassembler, configuration parser, ONNX "
+                         "loader and InferenceSession.run for N minutes: cases, crashes, hangs per target "
+                         "(braze bench fuzz --help)", _bench_fuzz)
+
+
 @command("bench", "benchmarks: braze bench TARGET [options]; targets: "
          + ", ".join(sorted(BENCH_TARGETS)) + " (braze bench TARGET --help)",
          arg("target", help="what to benchmark (braze bench TARGET --help shows its options)"),
@@ -438,7 +515,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="braze", description="Braze: an int8 systolic accelerator, its ISA, simulators and compiler.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -451,24 +528,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(prog: str, message: str) -> None:
+    """``PROG: error: MESSAGE`` on stderr: one line, with any detail the message carries indented below."""
+    first, *detail = message.strip().splitlines() or [""]
+    print(f"{prog}: error: {first}", file=sys.stderr)
+    for line in detail:
+        print(f"  {line}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (2 for bad input)."""
-    parser = build_parser()
+    """Run the command line; returns the exit status (2 for bad input, :data:`EXIT_BUG` for a bug).
+
+    Warnings print as one line ``braze COMMAND: warning: ...``.
+    """
+    command = ["braze"]
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{command[0]}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning
+        return _main(argv, command)
+
+
+def _main(argv: Sequence[str] | None, command: list[str]) -> int:
+    prog, debug = "braze", False
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit:   # --help, or a usage error argparse has already printed
-        return exit.code if isinstance(exit.code, int) else 2
-    try:
+        args, unknown = build_parser().parse_known_args(argv)
+        prog, debug = f"braze {args.command}", args.debug
+        command[0] = prog
+        if unknown:
+            raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see {prog} --help)", prog=prog)
         return COMMANDS[args.command].run(args)
+    except SystemExit as exit:   # --help of braze, of a command or of a bench target
+        return exit.code if isinstance(exit.code, int) else 0 if exit.code is None else EXIT_USAGE
     except BrokenPipeError:
         # The reader went away (``braze isa-doc | head``): stop quietly, and keep Python's
         # final flush of stdout from failing again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     except (BrazeError, OSError) as exc:
-        if args.debug:
+        if debug:
             traceback.print_exc()
         message = str(exc) if not isinstance(exc, OSError) or not exc.filename else \
             f"{exc.filename}: {exc.strerror}"
-        print(f"braze: error: {message}", file=sys.stderr)
-        return 2
+        _report(getattr(exc, "prog", None) or prog, message)
+        return EXIT_USAGE
+    except Exception as exc:
+        traceback.print_exc()
+        print(f"{prog}: internal error: {type(exc).__name__}: {exc}\n"
+              f"this is a bug in Braze; please report it, with the command line and the traceback above",
+              file=sys.stderr)
+        return EXIT_BUG

@@ -34,7 +34,7 @@ from braze.isa import COUNTERS, Config, Memory, parse_snapshot
 from braze.isa.arith import epilogue
 from braze.isa.asm import assemble, disassemble
 from braze.isa.encoding import Activation, encode_program
-from braze.isa.errors import BrazeError
+from braze.isa.errors import ArgumentParser, BrazeError
 from braze.isa.model import Machine
 
 KERNEL = "fused_gemm.s"
@@ -51,8 +51,7 @@ DEFAULT_DEVICE = "verilator"
 
 def build_kernel(config: Config) -> tuple[str, list]:
     source = resources.files("braze").joinpath("examples", KERNEL).read_text()
-    prelude = f".equ ROWS, {config.rows}\n.equ COLS, {config.cols}\n"
-    return source, assemble(prelude + source, filename=KERNEL)
+    return source, assemble(source, filename=KERNEL, defines=config.asm_constants())
 
 
 def run_kernel_demo(config: Config, *, seed: int = 0, verbose: bool = True) -> dict:
@@ -474,7 +473,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return add_arguments(argparse.ArgumentParser(
+    return add_arguments(ArgumentParser(
         prog="braze demo", description="The main job: digits models on the accelerator, fused vs unfused."))
 
 

@@ -12,13 +12,18 @@ One statement per line; ``#`` and ``;`` start a comment that runs to the end of 
   default, and fields without a default are required.  Enum fields take a member's name
   (``mem=acc``, ``act=relu``, ``op=max``, ``reg=clip_lo``).  Flag fields and the dependency
   flags ``pop_prev``, ``pop_next``, ``push_prev``, ``push_next`` are bare words; a dependency
-  flag is only accepted where the instruction's unit has that neighbour.
+  flag is only accepted where the instruction's unit has that neighbour.  Some fields are
+  required only with a flag: ``dram`` and ``stride`` of a LOAD unless it has ``zero``,
+  ``bias_addr``, ``quant_addr`` and ``res_addr`` of an EPILOGUE with ``bias``, ``requant``,
+  ``residual``.
 - **Label**: ``name:``, alone or before an instruction on the same line.  Its value is the
   byte offset of the next instruction (16 bytes per instruction); labels may be used before
   they are defined.
 - **Constant**: ``.equ NAME, expr`` or ``NAME = expr``.  A constant must be defined before
   it is used; a name is defined at most once (labels and constants share one namespace).
-  Symbol names are case-sensitive.
+  Symbol names are case-sensitive.  The caller may predefine constants (``defines=``;
+  ``braze asm --config NAME`` predefines the configuration's :meth:`~braze.isa.Config.asm_constants`
+  and ``-D NAME=VALUE`` any other).
 - **Numbers**: decimal, hexadecimal ``0x``, binary ``0b`` or octal ``0o``, with optional
   ``_`` separators; a leading ``-`` negates.
 - **Expressions** over numbers, constants and labels with parentheses and, from loosest to
@@ -40,8 +45,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from .encoding import (
@@ -60,7 +67,8 @@ from .encoding import (
 )
 from .errors import AsmError
 
-__all__ = ["AsmError", "assemble", "assemble_bytes", "disassemble", "format_instruction"]
+__all__ = ["AsmError", "assemble", "assemble_bytes", "decode_source", "disassemble", "format_instruction",
+           "read_source"]
 
 # Shift counts beyond this are certainly mistakes and would build enormous integers.
 _MAX_SHIFT = 256
@@ -326,24 +334,28 @@ def _parse_instruction(parser: _LineParser, mnemonic: _Token) -> _InsnStatement:
             statement.values[name] = spec.shape[value_token.text.upper()]
             continue
         statement.operands.append(_Operand(spec, value_token, parser.expression()))
-    missing = [spec.name for spec in fmt.fields if spec.default is None and spec.name not in seen]
+    missing = [spec.name for spec in fmt.fields if spec.name not in seen and spec.required(statement.values)]
     if missing:
+        conditions = sorted({f" (required {'with' if spec.required_if[1] else 'without'} "
+                             f"{spec.required_if[0]!r})" for spec in fmt.fields
+                             if spec.name in missing and spec.default is not None})
         raise parser.error(f"{fmt.mnemonic} is missing required field{'s' if len(missing) > 1 else ''} "
-                           f"{_names(repr(name) for name in missing)}", mnemonic)
+                           f"{_names(repr(name) for name in missing)}{''.join(conditions)}", mnemonic)
     return statement
 
 
-def _parse(text: str, file: str):
-    """First pass: statements, and label values (byte offsets)."""
+def _parse(text: str, file: str, defines: Mapping[str, int]):
+    """First pass: statements, and the values of labels (byte offsets) and predefined constants."""
     statements: list[tuple[_LineParser, _InsnStatement | _ConstStatement]] = []
-    symbols: dict[str, _Symbol] = {}
+    symbols: dict[str, _Symbol] = {name: _Symbol(value, 0, "predefined") for name, value in defines.items()}
     insn_count = 0
 
     def define(token: _Token, kind: str, parser: _LineParser, value: int | None = None) -> None:
         previous = symbols.get(token.text)
         if previous is not None:
-            raise parser.error(f"duplicate {kind} {token.text!r}: already defined as a {previous.kind} "
-                               f"at line {previous.line}", token)
+            where = "predefined (by the assembler's caller)" if previous.kind == "predefined" else \
+                f"already defined as a {previous.kind} at line {previous.line}"
+            raise parser.error(f"duplicate {kind} {token.text!r}: {where}", token)
         symbols[token.text] = _Symbol(value, token.line, kind)
 
     for line_number, line in enumerate(text.splitlines(), start=1):
@@ -380,7 +392,19 @@ def _parse(text: str, file: str):
     return statements, symbols
 
 
-def assemble(text: str, *, filename: str = "<input>") -> list[Instruction]:
+def _check_defines(defines: Mapping[str, int] | None) -> dict[str, int]:
+    checked = {}
+    for name, value in (defines or {}).items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise AsmError(f"predefined constant name {name!r} is not a symbol name")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise AsmError(f"predefined constant {name} = {value!r} is not an integer")
+        checked[name] = value
+    return checked
+
+
+def assemble(text: str, *, filename: str = "<input>", defines: Mapping[str, int] | None = None
+             ) -> list[Instruction]:
     """Assemble source text into instructions.
 
     Parameters
@@ -389,14 +413,18 @@ def assemble(text: str, *, filename: str = "<input>") -> list[Instruction]:
         The program (syntax in this module's docstring).
     filename : str
         Names the source in error messages.
+    defines : mapping of str to int, optional
+        Constants defined before the first line (``braze asm -D NAME=VALUE``, or a configuration's
+        :meth:`~braze.isa.Config.asm_constants`); the source may not define them again.
 
     Raises
     ------
     AsmError
         For any malformed input, located by file, line and column.
     """
-    statements, symbols = _parse(text, filename)
-    values = {name: symbol.value for name, symbol in symbols.items() if symbol.kind == "label"}
+    statements, symbols = _parse(text, filename, _check_defines(defines))
+    values = {name: symbol.value for name, symbol in symbols.items()
+              if symbol.kind in ("label", "predefined")}
     program = []
     for parser, statement in statements:
         if isinstance(statement, _ConstStatement):
@@ -419,9 +447,34 @@ def assemble(text: str, *, filename: str = "<input>") -> list[Instruction]:
     return program
 
 
-def assemble_bytes(text: str, *, filename: str = "<input>") -> bytes:
+def read_source(path: str | os.PathLike) -> str:
+    """The text of an assembly source file, which must be UTF-8.
+
+    Raises
+    ------
+    AsmError
+        At the line and column of the first byte that is not UTF-8 (``OSError`` if the file
+        cannot be read).
+    """
+    return decode_source(Path(path).read_bytes(), filename=str(path))
+
+
+def decode_source(data: bytes, *, filename: str = "<input>") -> str:
+    """Assembly source bytes as text; a byte that is not UTF-8 is an :class:`AsmError` at its line, column."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line_start = data.rfind(b"\n", 0, error.start) + 1
+        # The bytes before the bad one on its line are valid UTF-8: count them as characters.
+        column = len(data[line_start:error.start].decode("utf-8")) + 1
+        raise AsmError(f"byte 0x{data[error.start]:02x} is not UTF-8 text (assembly source must be UTF-8)",
+                       file=filename, line=data.count(b"\n", 0, error.start) + 1, column=column) from None
+
+
+def assemble_bytes(text: str, *, filename: str = "<input>",
+                   defines: Mapping[str, int] | None = None) -> bytes:
     """Assemble source text into the bytes the machine fetches."""
-    return encode_program(assemble(text, filename=filename))
+    return encode_program(assemble(text, filename=filename, defines=defines))
 
 
 def _format_value(spec: FieldSpec, value: Any) -> str:
@@ -441,7 +494,7 @@ def format_instruction(insn: Instruction) -> str:
         if spec.kind is Kind.FLAG:
             if value:
                 parts.append(spec.name)
-        elif spec.default is None or value != spec.default:
+        elif value != spec.default or spec.required(insn.args):
             parts.append(f"{spec.name}={_format_value(spec, value)}")
     parts.extend(name for name in DEP_FLAGS if name in insn.deps)
     return " ".join(parts)

@@ -18,6 +18,16 @@ from .errors import ConfigError
 MAX_ARRAY_DIM = 64
 MAX_LOCAL_ROWS = 1 << 16
 DMA_BUS_BITS = (64, 128, 256)
+#: Smallest external memory: the random programs of ``braze verify`` place up to ~48 KiB of data and
+#: program at the default size on the large preset, and a compiled model needs room for its program,
+#: operands and counter snapshots; the simulated AXI RAMs need a power of two.
+MIN_DRAM_BYTES = 1 << 16
+#: Largest external memory: every simulator holds all of it in host memory (the Amaranth RAM model
+#: alone takes seconds to build 4 GiB, and a Verilator model allocates it), so 256 MiB, four times
+#: the large preset's.  The hardware itself addresses 32 bits.
+MAX_DRAM_BYTES = 1 << 28
+#: Longest read latency the simulated AXI RAMs (``braze.sim.axi_ram``, ``braze.sim.axi_memory``) model.
+MAX_MEM_LATENCY = 1 << 16
 
 
 def _is_pow2(value: int) -> bool:
@@ -47,7 +57,8 @@ class Config:
         AXI4 data width of the DMA and instruction-fetch master: 64, 128 or 256.
     dram_bytes : int
         Size of external memory the reference model provides (the hardware
-        addresses 32 bits; this is the testbench's memory).
+        addresses 32 bits; this is the testbench's memory): a power of two
+        from :data:`MIN_DRAM_BYTES` to :data:`MAX_DRAM_BYTES`.
     queue_depth : int
         Depth of each of the load, compute and store instruction queues.
     token_depth : int
@@ -103,8 +114,11 @@ class Config:
                 fail(f"{mem}_bytes", f"holds {n_rows} rows; the encoding addresses at most {MAX_LOCAL_ROWS}")
             if not _is_pow2(banks) or banks > n_rows:
                 fail(f"{mem}_banks", f"must be a power of two no larger than the {n_rows} rows")
-        if self.dram_bytes > 1 << 32:
-            fail("dram_bytes", "exceeds the 32-bit external address space")
+        if not _is_pow2(self.dram_bytes) or not MIN_DRAM_BYTES <= self.dram_bytes <= MAX_DRAM_BYTES:
+            fail("dram_bytes", f"must be a power of two from {MIN_DRAM_BYTES} (64 KiB) to {MAX_DRAM_BYTES} "
+                               "(256 MiB): the simulators hold it all in host memory, as a power of two")
+        if self.mem_latency > MAX_MEM_LATENCY:
+            fail("mem_latency", f"exceeds the {MAX_MEM_LATENCY} cycles the simulated memories model")
         if not _is_pow2(self.queue_depth) or not _is_pow2(self.token_depth):
             fail("queue_depth" if not _is_pow2(self.queue_depth) else "token_depth", "must be a power of two")
 
@@ -122,6 +136,17 @@ class Config:
     @property
     def dma_bus_bytes(self) -> int:
         return self.dma_bus_bits // 8
+
+    def asm_constants(self) -> dict[str, int]:
+        """The configuration's sizes as assembler constants (``ROWS``, ``COLS``, ``SPAD_ROWS``, ...).
+
+        ``braze asm --config NAME`` predefines them, so that a program such as
+        ``braze/examples/fused_gemm.s`` can be written for any array size.
+        """
+        constants = {field.name.upper(): getattr(self, field.name) for field in dataclasses.fields(self)
+                     if field.name != "name"}
+        return constants | {"SPAD_ROWS": self.spad_rows, "ACC_ROWS": self.acc_rows,
+                            "DMA_BUS_BYTES": self.dma_bus_bytes}
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed, validated like a new one."""

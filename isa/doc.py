@@ -131,8 +131,13 @@ def _default(spec: FieldSpec) -> str:
     if spec.default is None:
         return "required"
     if spec.kind is Kind.ENUM:
-        return f"`{spec.default.name.lower()}`"
-    return f"{spec.default:#x}" if spec.kind is Kind.DRAM else str(spec.default)
+        default = f"`{spec.default.name.lower()}`"
+    else:
+        default = f"{spec.default:#x}" if spec.kind is Kind.DRAM else str(spec.default)
+    if spec.required_if is not None:
+        flag, value = spec.required_if
+        return f"required {'with' if value else 'without'} `{flag}`, else {default}"
+    return default
 
 
 def _legal(spec: FieldSpec) -> str:

@@ -190,9 +190,13 @@ class Kind(py_enum.Enum):
 class FieldSpec:
     """One field of an instruction format.
 
-    ``default`` is the value the assembler fills in when the field is
-    omitted; ``None`` makes the field required.  ``limit`` is the largest
-    legal value where that is below what the bits hold.
+    ``default`` is the value the assembler and :meth:`Instruction.make` fill in
+    when the field is omitted; ``None`` makes the field required.
+    ``required_if`` makes the assembler require a field that has a default
+    when a flag of the instruction has a value: ``("zero", False)`` for the
+    external address of a LOAD, which only a zero-filling LOAD may omit in
+    assembly (a forgotten address is an error, never a silent 0).  ``limit``
+    is the largest legal value where that is below what the bits hold.
     """
 
     name: str
@@ -201,16 +205,26 @@ class FieldSpec:
     doc: str
     default: Any = None
     limit: int | None = None
+    required_if: tuple[str, bool] | None = None
+
+    def required(self, flags: Mapping[str, Any]) -> bool:
+        """Whether the field must be given, for an instruction whose flag fields are ``flags``."""
+        if self.default is None:
+            return True
+        if self.required_if is None:
+            return False
+        flag, value = self.required_if
+        return bool(flags.get(flag, False)) == value
 
     @property
     def width(self) -> int:
         return Shape.cast(self.shape).width
 
 
-def _f(name, shape, kind, doc, default=None, limit=None):
+def _f(name, shape, kind, doc, default=None, limit=None, required_if=None):
     if kind is Kind.FLAG:
         default = False
-    return FieldSpec(name, shape, kind, doc, default, limit)
+    return FieldSpec(name, shape, kind, doc, default, limit, required_if)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,8 +276,9 @@ FORMATS: tuple[Format, ...] = (
             _f("addr", unsigned(16), Kind.ROW, "first local row"),
             _f("rows", unsigned(16), Kind.COUNT, "number of rows"),
             _ROW_LEN,
-            _f("dram", unsigned(32), Kind.DRAM, "external byte address of row 0", default=0),
-            dataclasses.replace(_DRAM_STRIDE, default=0),
+            _f("dram", unsigned(32), Kind.DRAM, "external byte address of row 0", default=0,
+               required_if=("zero", False)),
+            dataclasses.replace(_DRAM_STRIDE, default=0, required_if=("zero", False)),
         ),
     ),
     Format(
@@ -321,12 +336,15 @@ FORMATS: tuple[Format, ...] = (
             _f("out", Memory, Kind.ENUM, "destination memory: spad (int8) or acc (int32)",
                default=Memory.SPAD),
             _f("bias", unsigned(1), Kind.FLAG, "enable the bias stage"),
-            _f("bias_addr", unsigned(16), Kind.ROW, "accumulator row holding the bias", default=0),
+            _f("bias_addr", unsigned(16), Kind.ROW, "accumulator row holding the bias", default=0,
+               required_if=("bias", True)),
             _f("requant", unsigned(1), Kind.FLAG, "enable the requantize stage"),
             _f("quant_addr", unsigned(16), Kind.ROW,
-               "accumulator row holding multipliers; shifts in the next row", default=0),
+               "accumulator row holding multipliers; shifts in the next row", default=0,
+               required_if=("requant", True)),
             _f("residual", unsigned(1), Kind.FLAG, "enable the residual stage"),
-            _f("res_addr", unsigned(16), Kind.ROW, "scratchpad row of the residual's first row", default=0),
+            _f("res_addr", unsigned(16), Kind.ROW, "scratchpad row of the residual's first row", default=0,
+               required_if=("residual", True)),
             _f("act", Activation, Kind.ENUM, "activation", default=Activation.NONE),
         ),
     ),

@@ -6,9 +6,37 @@ so that the command line can print it as one line instead of a traceback.
 
 from __future__ import annotations
 
+import argparse
+from typing import NoReturn
+
 
 class BrazeError(Exception):
     """Base class of every error Braze reports about its input."""
+
+
+class UsageError(BrazeError, ValueError):
+    """An argument of a command or of a public function is out of range or of the wrong kind.
+
+    Attributes
+    ----------
+    prog : str or None
+        The command whose argument it was (``"braze verify"``), when a command line parsed it.
+    """
+
+    def __init__(self, message: str, *, prog: str | None = None):
+        self.prog = prog
+        super().__init__(message)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``argparse.ArgumentParser`` whose usage errors raise :class:`UsageError` instead of exiting.
+
+    The ``braze`` command line and the benchmarks it runs parse their arguments with it, so that a
+    bad argument is reported like every other user error: one line naming the command, exit status 2.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)", prog=self.prog)
 
 
 class ConfigError(BrazeError, ValueError):

@@ -149,13 +149,23 @@ def _cached_verilog(root: Path, name: str, key_parts: dict, write_verilog: Calla
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}-{key}.v"
     marker = path.with_suffix(".json")
-    with _locked(directory / f"{name}-{key}.lock"):
+    lock = directory / f"{name}-{key}.lock"
+    with _locked(lock):
         if marker.exists():
             return path, json.loads(marker.read_text())["sha256"], 0.0
         if progress:
             progress(f"{name}: generating Verilog with Amaranth (cached afterwards)...")
         started = time.perf_counter()
-        text = write_verilog()
+        try:
+            text = write_verilog()
+        except BaseException:
+            # Leave no trace of a design that cannot be generated: its lock, and the cache's folders
+            # if nothing else is in them (rmdir fails on a folder that holds anything).
+            lock.unlink(missing_ok=True)
+            for folder in (directory, root):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
         seconds = time.perf_counter() - started
         _write_atomically(path, text)
         sha = hashlib.sha256(text.encode()).hexdigest()
@@ -201,15 +211,20 @@ def cached_build(name: str, key_parts: dict, top: str, write_verilog: Callable[[
         if directory.exists():      # a build that died half-way
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
-        verilog_path = directory / f"{top}.v"
-        shutil.copyfile(verilog_source, verilog_path)
-        seconds = {"generate": generate_seconds}
-        seconds |= _verilate(verilog_path, top, directory, flags, waves, cpp=cpp, progress=progress)
-        executable = directory / top
-        if not executable.exists():
-            raise ToolError(f"the Verilator build of {top} in {directory} produced no executable")
-        info = {"top": top, "key": key_data, "seconds": seconds}
-        _write_atomically(marker, json.dumps(info, indent=2))
+        try:
+            verilog_path = directory / f"{top}.v"
+            shutil.copyfile(verilog_source, verilog_path)
+            seconds = {"generate": generate_seconds}
+            seconds |= _verilate(verilog_path, top, directory, flags, waves, cpp=cpp, progress=progress)
+            executable = directory / top
+            if not executable.exists():
+                raise ToolError(f"the Verilator build of {top} in {directory} produced no executable")
+            info = {"top": top, "key": key_data, "seconds": seconds}
+            _write_atomically(marker, json.dumps(info, indent=2))
+        except BaseException:
+            # A failed (or interrupted) build leaves no folder behind: the error carries the log's tail.
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
         if progress:
             progress(f"{top}: built in {time.perf_counter() - began:.1f} s, cached in {directory}")
     return BuildResult(directory, executable, top, verilog_path, False,

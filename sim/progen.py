@@ -53,6 +53,7 @@ from braze.isa.encoding import (
     Unit,
     VectorOp,
 )
+from braze.isa.errors import ConfigError, UsageError
 from braze.isa.model import instruction_accesses
 from braze.isa.timing import QUEUED_UNITS, element_bytes
 
@@ -159,7 +160,7 @@ def generate(config: Config, rng_or_seed: int | np.random.Generator, *,
     if not isinstance(config, Config):
         raise TypeError(f"generate needs a Config, not {config!r}")
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= _MAX_SIZE:
-        raise ValueError(f"generate: size={size!r} must be an integer from 1 to {_MAX_SIZE}")
+        raise UsageError(f"generate: size={size!r} must be an integer from 1 to {_MAX_SIZE}")
     if isinstance(rng_or_seed, np.random.Generator):
         rng, seed = rng_or_seed, None
     elif isinstance(rng_or_seed, int | np.integer) and not isinstance(rng_or_seed, bool) and rng_or_seed >= 0:
@@ -409,8 +410,8 @@ class _Generator:
                                   or config.acc_rows // self.slots < self.acc_need):
             self.slots -= 1
         if config.spad_rows < self.spad_need or config.acc_rows < self.acc_need:
-            raise ValueError(f"config {config.name!r} is too small for the program generator: it needs "
-                             f"{self.spad_need} scratchpad and {self.acc_need} accumulator rows per tile")
+            raise ConfigError(f"config {config.name!r} is too small for the program generator: it needs "
+                              f"{self.spad_need} scratchpad and {self.acc_need} accumulator rows per tile")
         self.planner = _TokenPlanner(config, rng, fence_share=0.25)
         self.regions: list[Region] = []
         self.cursor = int(rng.integers(0, 4096))
@@ -432,8 +433,8 @@ class _Generator:
         if self.chance(0.6):
             addr += self.rint(1, bus + 7)      # unaligned
         if addr + size + 4096 > self.config.dram_bytes:
-            raise ValueError(f"the generated program's data does not fit the {self.config.dram_bytes}-byte "
-                             f"external memory of config {self.config.name!r}; use a smaller size")
+            raise ConfigError(f"the generated program's data does not fit the {self.config.dram_bytes}-byte "
+                              f"external memory of config {self.config.name!r}; use a smaller size")
         if data is None:
             data = self.rng.integers(0, 256, size, dtype=np.uint8).tobytes()
         region = Region(f"{name}@0x{addr:x}", addr, bytes(data), kind)
@@ -781,6 +782,6 @@ class _Generator:
         instructions = planner.instructions()
         base = -(-(self.cursor + self.rint(0, 256)) // 64) * 64
         if base + len(instructions) * INSN_BYTES > self.config.dram_bytes:
-            raise ValueError(f"the generated program does not fit the external memory of config "
-                             f"{self.config.name!r}; use a smaller size")
+            raise ConfigError(f"the generated program does not fit the external memory of config "
+                              f"{self.config.name!r}; use a smaller size")
         return GeneratedProgram(self.config, self.seed, base, tuple(instructions), tuple(self.regions))

@@ -45,10 +45,10 @@ from pathlib import Path
 import numpy as np
 
 from braze.isa import COUNTERS, Config, ErrorCause, Instruction
-from braze.isa.asm import assemble
+from braze.isa.asm import assemble, read_source
 from braze.isa.config import PRESETS
 from braze.isa.counters import COUNTER_BYTES, MAX_CYCLE_LIMIT
-from braze.isa.errors import BrazeError, ExecutionError
+from braze.isa.errors import BrazeError, ExecutionError, UsageError
 from braze.isa.timing import schedule
 
 from .device import Device, GoldenDevice, RunStatus
@@ -521,21 +521,27 @@ def load_reproducer(directory: Path | str) -> GeneratedProgram:
     try:
         manifest = json.loads((directory / "image.json").read_text())
         blob = (directory / "image.bin").read_bytes()
-        source = (directory / "program.s").read_text()
+        source = read_source(directory / "program.s")
     except FileNotFoundError as error:
         raise BrazeError(f"{directory} is not a verify reproducer: {error.filename} is missing") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BrazeError(f"{directory / 'image.json'} is malformed: {error}") from None
-    config = Config.from_dict(manifest["config"])
-    regions = []
-    for segment in manifest["segments"]:
-        data = blob[segment["offset"]:segment["offset"] + segment["size"]]
-        if len(data) != segment["size"]:
-            raise BrazeError(f"{directory / 'image.bin'} is too short for segment {segment['name']!r}")
-        regions.append(Region(segment["name"], segment["addr"], data, segment["kind"]))
+    try:
+        config = Config.from_dict(manifest["config"])
+        regions = []
+        for segment in manifest["segments"]:
+            data = blob[segment["offset"]:segment["offset"] + segment["size"]]
+            if len(data) != segment["size"]:
+                raise BrazeError(f"{directory / 'image.bin'} is too short for segment {segment['name']!r}")
+            regions.append(Region(segment["name"], segment["addr"], data, segment["kind"]))
+        base = int(manifest["base"])
+    except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, BrazeError):
+            raise
+        raise BrazeError(f"{directory / 'image.json'} is malformed: "
+                         f"{type(error).__name__}: {error}") from None
     instructions = assemble(source, filename=str(directory / "program.s"))
-    return GeneratedProgram(config, manifest.get("seed"), manifest["base"], tuple(instructions),
-                            tuple(regions))
+    return GeneratedProgram(config, manifest.get("seed"), base, tuple(instructions), tuple(regions))
 
 
 def replay(directory: Path | str, device_factory: DeviceFactory) -> tuple[GeneratedProgram, list[Mismatch]]:
@@ -578,9 +584,9 @@ def verify(device_factory: DeviceFactory, config: Config, programs: int = 20, se
     if not isinstance(config, Config):
         raise TypeError(f"verify needs a Config, not {config!r}")
     if isinstance(programs, bool) or not isinstance(programs, int) or programs < 0:
-        raise ValueError(f"verify: programs={programs!r} must be a non-negative integer")
+        raise UsageError(f"verify: programs={programs!r} must be a non-negative integer")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"verify: seed={seed!r} must be a non-negative integer")
+        raise UsageError(f"verify: seed={seed!r} must be a non-negative integer")
     started = time.monotonic()
     results: list[ProgramResult] = []
     pair: tuple[Device, Device] | None = None

@@ -140,6 +140,12 @@ class VerilatorDevice(Device):
         if waves:
             self.waves_path = Path(waves_path) if waves_path is not None else self.workdir / "waves.vcd"
             self._args += ["--trace", "--trace-file", str(self.waves_path)]
+        # A device never closed still leaves no work directory behind: removed on garbage collection
+        # or at interpreter exit, after the simulator's own finalizer (made later, so it runs first)
+        # has stopped the process.  A waveform inside it is kept, as close() keeps it.
+        keep = self.waves_path is not None and self.waves_path.is_relative_to(self.workdir)
+        self._workdir_finalizer = weakref.finalize(self, shutil.rmtree, self.workdir, True) if not keep \
+            else None
         self._stall_level = 0
         self._start()
         #: Clock cycles from the start of the last run to its end (its interrupt or its budget); unlike
@@ -325,6 +331,6 @@ class VerilatorDevice(Device):
             return
         self.closed = True
         self._finalizer()
-        if self.waves_path is None or not self.waves_path.is_relative_to(self.workdir):
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._workdir_finalizer is not None:
+            self._workdir_finalizer()
 

@@ -3,33 +3,56 @@
 Kernels are generated at a canonical placement (operands packed from
 address 0) and relocated by the lowering, so a cached kernel serves every
 model that needs the same operator on the same shapes.  Entries live in
-memory and on disk (``$BRAZE_CACHE_DIR/kernels``, default ``~/.cache/braze/kernels``),
-one file per kernel holding its encoded program and operand table; a
-second compile of the same model generates nothing.
+memory and on disk (``$BRAZE_CACHE_DIR/kernels``, default ``~/.cache/braze/kernels``);
+a second compile of the same model generates nothing.
+
+On disk
+-------
+One JSON file per kernel, ``<key>.json``: the format name, :data:`CACHE_VERSION`, the key, and
+the kernel record (its encoded instruction words as hex, the operand table, the configuration
+and the metadata), plus the SHA-256 of that record.  JSON only: reading an entry never runs code,
+whatever the file holds.  An entry is used only if the hash matches the record and its words
+decode to legal instructions; anything else (a flipped bit, a truncated file, a pickle left by
+an old version, another format) is reported with a :class:`KernelCacheWarning` naming the file
+and the kernel is rebuilt and rewritten.  The instructions are decoded from the words, so what
+the compiler reasons about is exactly what the device runs.  A signature whose kernel cannot be
+generated (a :class:`~braze.sw.compiler.kernels.KernelError`, say a tiling candidate the token
+queues cannot order) is an entry too, holding the error's message, so a second compile generates
+nothing at all.  Writes go to a temporary file in
+the same folder and are renamed over the entry, so concurrent readers see a whole old entry or
+a whole new one, and concurrent writers of one key (which write the same content) never mix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
-import pickle
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
-from braze.isa import Config, Instruction
+import numpy as np
 
-from .kernels import Kernel
+from braze.isa import Config
+from braze.isa.encoding import INSN_BYTES, decode
 
-__all__ = ["KernelCache", "default_cache", "cache_dir", "CACHE_VERSION"]
+from .kernels import Kernel, KernelError, Operand
 
-#: Bump when generated kernels change meaning, or when a class pickled in the records moves (4: the
-#: kernels' ``Operand`` from ``braze.sw.kernels`` to ``braze.sw.compiler.kernels``; 5: to
-#: ``braze.sw.compiler.kernels.common``, the library split by kernel family), so that old disk
-#: entries are ignored.
-CACHE_VERSION = 5
+__all__ = ["KernelCache", "KernelCacheWarning", "default_cache", "cache_dir", "CACHE_VERSION"]
+
+#: Bump when generated kernels or the entry format change meaning, so that old disk entries are
+#: ignored (their keys differ).  6: JSON entries with a content hash (5 and before were pickles).
+CACHE_VERSION = 6
+#: The ``format`` field of every entry, so that a stray JSON file is not mistaken for one.
+_FORMAT = "braze-kernel-cache"
+
+
+class KernelCacheWarning(UserWarning):
+    """A disk entry of the kernel cache was rejected (corrupt, tampered with or unreadable); it is rebuilt."""
 
 
 def cache_dir() -> Path:
@@ -56,32 +79,82 @@ def encoded_words(kernel: Kernel) -> tuple[int, ...]:
     return entry[1]
 
 
+def _plain(value: Any) -> Any:
+    """``json.dumps``'s fallback for the numpy scalars a kernel's metadata may hold."""
+    if isinstance(value, np.integer | np.bool_):
+        return value.item()
+    raise TypeError(f"kernel cache: cannot store {type(value).__name__} {value!r}")
+
+
+def _canonical(record: dict[str, Any]) -> bytes:
+    """The bytes the content hash covers: the record as compact JSON with sorted keys."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), default=_plain).encode()
+
+
 def _to_record(kernel: Kernel) -> dict[str, Any]:
     return {"name": kernel.name, "config": kernel.config.to_dict(),
-            "program": [(insn.opcode, dict(insn.args), tuple(sorted(insn.deps)))
-                        for insn in kernel.instructions],
-            "words": encoded_words(kernel), "operands": kernel.operands, "macs": kernel.macs,
-            "predicted_cycles": kernel.predicted_cycles,
-            "param_rows": kernel.param_rows, "tiling": kernel.tiling}
+            "words": [f"{word:032x}" for word in encoded_words(kernel)],
+            "operands": [{"name": op.name, "addr": op.addr, "shape": list(op.shape), "dtype": op.dtype.str,
+                          "layout": op.layout, "role": op.role} for op in kernel.operands.values()],
+            "macs": kernel.macs, "predicted_cycles": kernel.predicted_cycles,
+            "param_rows": list(kernel.param_rows), "tiling": kernel.tiling}
 
 
 def _from_record(record: dict[str, Any]) -> Kernel:
-    # Instructions are rebuilt from their fields directly: they were checked when generated, and
-    # decoding 128-bit words costs more than the rest of a cached compile.
-    program = [Instruction(opcode, MappingProxyType(args), frozenset(deps))
-               for opcode, args, deps in record["program"]]
-    kernel = Kernel(record["name"], Config.from_dict(record["config"]), program,
-                    dict(record["operands"]), record["macs"], record["predicted_cycles"],
-                    tuple(record["param_rows"]), dict(record["tiling"]))
-    words = tuple(record["words"])
-    if len(words) != len(program):
-        raise ValueError("cache record: program and words differ in length")
+    """The kernel of a record whose hash matched; raises if it is still malformed."""
+    words = tuple(int(text, 16) for text in record["words"])
+    program = [decode(word, pc=index * INSN_BYTES) for index, word in enumerate(words)]
+    operands = {item["name"]: Operand(item["name"], int(item["addr"]), tuple(int(d) for d in item["shape"]),
+                                      np.dtype(item["dtype"]), item["layout"], item["role"])
+                for item in record["operands"]}
+    kernel = Kernel(record["name"], Config.from_dict(record["config"]), program, operands,
+                    int(record["macs"]), int(record["predicted_cycles"]), tuple(record["param_rows"]),
+                    dict(record["tiling"]))
     _WORDS[id(kernel)] = (kernel, words)
     return kernel
 
 
+def _entry_bytes(key: str, kernel: Kernel | KernelError) -> bytes:
+    # A kernel that cannot be generated for its signature (a KernelError, which depends on nothing
+    # else) is remembered too, by its message, so that a second compile generates nothing at all.
+    record = {"failure": str(kernel)} if isinstance(kernel, KernelError) else _to_record(kernel)
+    entry = {"format": _FORMAT, "version": CACHE_VERSION, "key": key,
+             "sha256": hashlib.sha256(_canonical(record)).hexdigest(), "kernel": record}
+    return json.dumps(entry, separators=(",", ":"), default=_plain).encode()
+
+
+def _read_entry(path: Path, key: str, config: Config) -> Kernel | KernelError:
+    """The kernel (or the generation failure) stored at ``path``; raises ``ValueError`` naming what is
+    wrong with the entry."""
+    try:
+        entry = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError("not a JSON cache entry") from None
+    if not isinstance(entry, dict) or entry.get("format") != _FORMAT:
+        raise ValueError("not a kernel cache entry")
+    if entry.get("version") != CACHE_VERSION or entry.get("key") != key:
+        raise ValueError(f"entry of version {entry.get('version')!r}, key {entry.get('key')!r}; "
+                         f"expected version {CACHE_VERSION}, key {key}")
+    record = entry.get("kernel")
+    if not isinstance(record, dict):
+        raise ValueError("the entry holds no kernel record")
+    digest = hashlib.sha256(_canonical(record)).hexdigest()
+    if digest != entry.get("sha256"):
+        raise ValueError(f"content hash mismatch (stored {str(entry.get('sha256'))[:16]}..., "
+                         f"computed {digest[:16]}...)")
+    if set(record) == {"failure"} and isinstance(record["failure"], str):
+        return KernelError(record["failure"])
+    try:
+        kernel = _from_record(record)
+    except Exception as error:        # a record that hashes right but does not describe a kernel
+        raise ValueError(f"malformed kernel record ({type(error).__name__}: {error})") from None
+    if kernel.config != config:
+        raise ValueError(f"the entry is for config {kernel.config.name!r}, not {config.name!r}")
+    return kernel
+
+
 class KernelCache:
-    """Generated kernels in memory and (unless ``directory=None`` and ``disk=False``) on disk.
+    """Generated kernels in memory and (unless ``disk=False``) on disk.
 
     Parameters
     ----------
@@ -94,55 +167,76 @@ class KernelCache:
     def __init__(self, directory: str | os.PathLike | None = None, *, disk: bool = True):
         self._directory = Path(directory) if directory is not None else None
         self.disk = disk
-        self._memory: dict[str, Kernel] = {}
-        self.hits = self.disk_hits = self.misses = 0
+        self._memory: dict[str, Kernel | KernelError] = {}
+        self.hits = self.disk_hits = self.misses = self.rejected = 0
 
     @property
     def directory(self) -> Path:
         return self._directory if self._directory is not None else cache_dir()
 
     def get_or_build(self, signature: tuple, config: Config, build: Callable[[], Kernel]) -> Kernel:
-        """The kernel for ``signature`` on ``config``: from memory, disk, or ``build()`` (then stored)."""
+        """The kernel for ``signature`` on ``config``: from memory, disk, or ``build()`` (then stored).
+
+        A :class:`KernelError` of ``build()`` is stored as well, and raised again on every request.
+        """
         key = _key(signature, config)
         kernel = self._memory.get(key)
-        if kernel is not None:
-            self.hits += 1
-            return kernel
-        path = self.directory / f"{key}.pkl"
-        if self.disk and path.is_file():
-            try:
-                with path.open("rb") as file:
-                    kernel = _from_record(pickle.load(file))
-            except Exception:             # a corrupt or stale entry is rebuilt, never trusted
-                kernel = None
-            if kernel is not None and kernel.config == config:
-                self.hits += 1
+        path = self.directory / f"{key}.json"
+        if kernel is None and self.disk:
+            kernel = self._load(path, key, config)
+            if kernel is not None:
                 self.disk_hits += 1
                 self._memory[key] = kernel
-                return kernel
-        self.misses += 1
-        kernel = build()
-        self._memory[key] = kernel
-        if self.disk:
-            self._store(path, kernel)
+        if kernel is not None:
+            self.hits += 1
+        else:
+            self.misses += 1
+            try:
+                kernel = build()
+            except KernelError as error:
+                kernel = error
+            self._memory[key] = kernel
+            if self.disk:
+                self._store(path, key, kernel)
+        if isinstance(kernel, KernelError):
+            raise KernelError(str(kernel))
         return kernel
 
-    def _store(self, path: Path, kernel: Kernel) -> None:
+    def _load(self, path: Path, key: str, config: Config) -> Kernel | KernelError | None:
+        """The entry at ``path``, or None when there is none or it cannot be trusted (with a warning)."""
+        try:
+            return _read_entry(path, key, config)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            self.rejected += 1
+            warnings.warn(f"kernel cache entry {path} rejected: {error}; rebuilding the kernel",
+                          KernelCacheWarning, stacklevel=3)
+            return None
+
+    def _store(self, path: Path, key: str, kernel: Kernel | KernelError) -> None:
+        payload = _entry_bytes(key, kernel)
+        # An unwritable cache directory only costs recompilation.
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # Write then rename, so that a concurrent reader never sees half a file.
-            with tempfile.NamedTemporaryFile("wb", dir=path.parent, delete=False, suffix=".tmp") as file:
-                pickle.dump(_to_record(kernel), file)
-            os.replace(file.name, path)
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
         except OSError:
-            pass                          # an unwritable cache directory only costs recompilation
+            return
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(payload)
+            # Rename over the entry, so that a concurrent reader never sees half a file.
+            os.replace(temporary, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
 
     def clear_memory(self) -> None:
         self._memory.clear()
 
     def stats(self) -> dict[str, int]:
         return {"hits": self.hits, "disk_hits": self.disk_hits, "misses": self.misses,
-                "entries": len(self._memory)}
+                "rejected": self.rejected, "entries": len(self._memory)}
 
     def __repr__(self) -> str:
         return f"<KernelCache {self.directory if self.disk else 'memory-only'} {self.stats()}>"
@@ -157,5 +251,3 @@ def default_cache() -> KernelCache:
     if _DEFAULT is None:
         _DEFAULT = KernelCache()
     return _DEFAULT
-
-

@@ -112,11 +112,11 @@ def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *, allow_fallb
     graph = proto.graph
     infos: dict[str, TensorInfo] = {}
     for value_info in (*graph.input, *graph.value_info, *graph.output):
-        infos[value_info.name] = _tensor_info(value_info)
+        infos[value_info.name] = _tensor_info(value_info, source)
     nodes: list[Node] = []
     initializers = {init.name for init in graph.initializer}
     for init in graph.initializer:
-        value = numpy_helper.to_array(init)
+        value = _tensor_value(init, f"{source}: initializer {init.name!r}")
         nodes.append(constant_node(init.name, value))
         infos[init.name] = TensorInfo(init.name, value.shape, value.dtype.name)
     for value_info in graph.input:
@@ -128,7 +128,10 @@ def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *, allow_fallb
         while name in used_names:
             name = f"{name}_{index}"
         used_names.add(name)
-        nodes.append(_import_node(proto_node, name, opsets, infos, allow_fallback))
+        try:
+            nodes.append(_import_node(proto_node, name, opsets, infos, allow_fallback))
+        except ModelLoadError as error:       # a malformed attribute: say where
+            raise ModelLoadError(f"{source}: node {name!r}: {error}") from None
         if nodes[-1].kind is NodeKind.CONSTANT:
             value = nodes[-1].value
             infos[proto_node.output[0]] = TensorInfo(proto_node.output[0], value.shape, value.dtype.name)
@@ -180,26 +183,53 @@ def _set_input_shapes(proto: onnx.ModelProto, shapes: Mapping[str, tuple], sourc
     return proto
 
 
-def _tensor_info(value_info: onnx.ValueInfoProto) -> TensorInfo:
+def _tensor_info(value_info: onnx.ValueInfoProto, source: str) -> TensorInfo:
     tensor_type = value_info.type.tensor_type
     dtype = None
     if tensor_type.elem_type:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+        except (KeyError, TypeError, ValueError):
+            raise ModelLoadError(f"{source}: tensor {value_info.name!r} has unknown element type "
+                                 f"{tensor_type.elem_type}") from None
     shape = None
     if tensor_type.HasField("shape"):
         shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                       for d in tensor_type.shape.dim)
+        if any(isinstance(d, int) and d < 0 for d in shape):
+            raise ModelLoadError(f"{source}: tensor {value_info.name!r} is declared with a negative "
+                                 f"dimension: {list(shape)}")
     return TensorInfo(value_info.name, shape, dtype)
+
+
+def _tensor_value(tensor: onnx.TensorProto, what: str) -> np.ndarray:
+    """A tensor's data as an array; data that contradicts its dims or type is a :class:`ModelLoadError`.
+
+    (The ONNX checker does not compare a tensor's data with its dims.)
+    """
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as error:   # onnx raises ValueError, TypeError, ... for inconsistent tensors
+        raise ModelLoadError(f"{what}: malformed tensor (dims {list(tensor.dims)}, data type "
+                             f"{tensor.data_type}): {error}") from None
+
+
+def _text(value: bytes, what: str) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise ModelLoadError(f"{what}: string is not UTF-8: {value[:40]!r}") from None
 
 
 def _attribute(attr: onnx.AttributeProto) -> Any:
     value = helper.get_attribute_value(attr)
+    what = f"attribute {attr.name!r}"
     if isinstance(value, bytes):
-        return value.decode()
+        return _text(value, what)
     if isinstance(value, onnx.TensorProto):
-        return numpy_helper.to_array(value)
+        return _tensor_value(value, what)
     if isinstance(value, list) and value and isinstance(value[0], bytes):
-        return [v.decode() for v in value]
+        return [_text(v, what) for v in value]
     if isinstance(value, onnx.GraphProto):
         return value.SerializeToString()
     return value
@@ -492,7 +522,8 @@ def _quantize_linear(node: Node, x, scale, zero_point=None):
         dtype = np.dtype(np.uint8)
     scale = _axis_shape(scale, axis, x.ndim)
     zp = _axis_shape(zero_point if zero_point is not None else np.zeros((), dtype), axis, x.ndim)
-    scaled = np.rint(x.astype(np.float32) / scale.astype(np.float32))
+    with np.errstate(over="ignore"):        # a value beyond the float range saturates like any other
+        scaled = np.rint(x.astype(np.float32) / scale.astype(np.float32))
     return _saturate_to(scaled.astype(np.float64) + zp.astype(np.float64), dtype)
 
 

@@ -162,12 +162,39 @@ def quantize_bias(bias: np.ndarray, scales: np.ndarray) -> np.ndarray:
 # Float models: calibrate, insert Q/DQ
 # ---------------------------------------------------------------------------------------------------
 
+class CalibrationError(QuantizationError, ValueError):
+    """Calibration data that cannot calibrate the model: non-finite values, or ranges that are not finite."""
+
+
 def calibrate(graph: Graph, inputs: Iterable[Mapping[str, np.ndarray]], *, method: str = "minmax",
               percentile: float = 99.99) -> dict[str, tuple[float, float]]:
-    """Activation ranges of every float tensor over the calibration inputs."""
+    """Activation ranges of every float tensor over the calibration inputs.
+
+    Raises
+    ------
+    CalibrationError
+        When a calibration input holds NaN or infinite values, or a tensor computed from the
+        inputs does (a range that is not finite quantizes nothing meaningfully).
+    """
+    inputs = list(inputs)
+    for index, feeds in enumerate(inputs):
+        for name, value in feeds.items():
+            value = np.asarray(value)
+            if value.dtype.kind in "fc" and not np.isfinite(value).all():
+                bad = ~np.isfinite(value)
+                first = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise CalibrationError(
+                    f"calibration input {name!r} (set {index}) has {int(np.count_nonzero(np.isnan(value)))} "
+                    f"NaN and {int(np.count_nonzero(np.isinf(value)))} infinite values (first at index "
+                    f"{first}); calibration data must be finite")
     profiles = profile_graph(graph, inputs)
-    return {name: p.range(method, percentile) for name, p in profiles.items()
-            if np.dtype(p.dtype).kind == "f"}
+    ranges = {name: p.range(method, percentile) for name, p in profiles.items()
+              if np.dtype(p.dtype).kind == "f"}
+    for name, (low, high) in ranges.items():
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise CalibrationError(f"tensor {name!r} of graph {graph.name!r} reaches non-finite values on "
+                                   f"the calibration data (range [{low}, {high}]); it cannot be quantized")
+    return ranges
 
 
 def fuse_bias_add(graph: Graph) -> Graph:
@@ -313,6 +340,13 @@ def _quantizable(graph: Graph, node: Node) -> bool:
     if node.op_type == "Conv":
         return weight.ndim == 4 and node.attrs.get("group", 1) == 1 and (bias is None or bias.ndim == 1)
     return False
+
+
+def quantizable_operators(graph: Graph) -> list[Node]:
+    """The float operators :func:`quantize` turns into int8 accelerator ops (MatMul, Gemm, Conv with
+    constant float weights), in topological order."""
+    graph = fuse_bias_add(simplify(graph))
+    return [node for node in graph.operators() if _quantizable(graph, node)]
 
 
 def insert_qdq(graph: Graph, ranges: Mapping[str, tuple[float, float]], *,
@@ -842,7 +876,8 @@ def lower_qdq(graph: Graph) -> Graph:
 
 
 __all__ = [
-    "QuantizationError", "quantize_multiplier", "activation_params", "quantize_weights", "shift_uint8",
-    "quantize_bias", "calibrate", "fuse_bias_add", "insert_qdq", "quantize", "lower_qdq",
+    "QuantizationError", "CalibrationError", "quantize_multiplier", "activation_params", "quantize_weights",
+    "shift_uint8", "quantize_bias", "quantizable_operators", "calibrate", "fuse_bias_add", "insert_qdq",
+    "quantize", "lower_qdq",
     "SCALE_PRESERVING", "WEIGHT_MAX",
 ]

@@ -118,8 +118,11 @@ def _check_operator(graph: Graph, node: Node) -> None:
         if not low <= present <= high or any(not node.inputs[i] for i in range(low)):
             fail(f"{node.qualified_op} takes {low}..{high} inputs (the first {low} required), "
                  f"got {list(node.inputs)}")
-    if not node.outputs or not node.outputs[0]:
+    if not any(node.outputs):
         fail(f"{node.qualified_op} has no output")
+    if not node.outputs[0] and node.qualified_op in _CHECKS:
+        # The checked operators' first output is required (an LSTM's first output is optional).
+        fail(f"{node.qualified_op} has no first output (outputs {list(node.outputs)})")
     check = _CHECKS.get(node.qualified_op)
     if check is not None:
         check(graph, node, fail)

@@ -26,7 +26,6 @@ drift_recovery_runs=<n>`` and ``cnn_cycles_learned_over_analytic=<x>`` (at 40% b
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import tempfile
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from braze.isa import Config
+from braze.isa.errors import ArgumentParser
 
 from ..compiler import kernels as library
 from ..compiler.kernels import Kernel, KernelError, run_kernel
@@ -198,13 +198,15 @@ def compare_plans(device, config: Config, model: PerformanceModel, stall: float,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="braze bench hpm", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="braze bench hpm", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="tiny preset, fewer kernels and backpressure levels (under 15 min on 2 cores)")
     parser.add_argument("--history", type=Path, help="the performance history (default: the cache's)")
     parser.add_argument("--fresh", action="store_true", help="calibrate into a new, temporary history")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.seed < 0:
+        parser.error(f"argument --seed: {args.seed} must be at least 0")
     began = time.monotonic()
     names = ("tiny",) if args.quick else ("tiny", "default", "large")
     configs = [Config.parse(name) for name in names]

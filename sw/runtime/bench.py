@@ -25,6 +25,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from braze.isa import Config
+from braze.isa.errors import ArgumentParser
 
 from ..compiler.cache import KernelCache
 from .session import InferenceSession
@@ -153,9 +154,7 @@ def format_table(results: Sequence[ModelBench]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``braze bench model [MODEL...] [--config NAME] [--device KIND] [--calibrate FILE] [--json FILE]``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="braze bench model", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="braze bench model", description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", type=Path, help="ONNX files (default: built-in MLP and CNN)")
     parser.add_argument("--config", default="default", help="preset name, PRESET:field=value,... or JSON")
     parser.add_argument("--device", default="golden", help="golden, amaranth or verilator")

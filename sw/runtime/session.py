@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -52,16 +53,35 @@ from ..compiler.ir import Graph, TensorInfo
 from ..compiler.lower import CompiledModel, lower
 from ..compiler.passes import simplify
 from ..compiler.profile import TensorProfile
-from ..compiler.quantize import lower_qdq, quantize
+from ..compiler.quantize import lower_qdq, quantizable_operators, quantize
 from ..compiler.tiling import TilingDecision, choose_tilings
 from ..compiler.validate import validate
 from .runtime import RunReport, Runtime
 
-__all__ = ["InferenceSession", "NodeArg", "InputError"]
+__all__ = ["InferenceSession", "NodeArg", "InputError", "UncalibratedModelWarning", "NONFINITE_POLICIES"]
+
+#: What :meth:`InferenceSession.run` does with NaN and infinite input values (``nonfinite=``).
+NONFINITE_POLICIES = ("error", "clamp")
 
 
 class InputError(BrazeError, ValueError):
     """A run's inputs do not match the model: names the input, what was expected and what was given."""
+
+
+class UncalibratedModelWarning(UserWarning):
+    """A float model was compiled without calibration data, so its float operators run on the CPU."""
+
+
+def _nonfinite_summary(value: np.ndarray) -> str | None:
+    """``"2 NaN, 1 inf (first at index (0, 3))"`` for a float array with non-finite values, else None."""
+    if value.dtype.kind not in "fc":
+        return None
+    bad = ~np.isfinite(value)
+    if not bad.any():
+        return None
+    nans = int(np.count_nonzero(np.isnan(value)))
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    return f"{nans} NaN, {int(np.count_nonzero(bad)) - nans} infinite (first at index {first})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +113,18 @@ def _calibration_sets(graph: Graph, calibration: Any) -> list[dict[str, np.ndarr
         return [dict(s) for s in sets]
     raise BrazeError(f"calibration must be an array, a dict or a list of dicts, "
                      f"not {type(calibration).__name__}")
+
+
+def _warn_uncalibrated(graph: Graph) -> None:
+    """Without calibration data, say which float operators the accelerator could run but will not."""
+    names = [f"{node.name} ({node.op_type})" for node in quantizable_operators(graph)]
+    if names:
+        shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+        warnings.warn(f"model {graph.name!r} is a float model and no calibration data was given, so "
+                      f"{len(names)} operator(s) the accelerator runs in int8 run on the CPU instead: "
+                      f"{shown} (and the float operators between them); pass calibration inputs "
+                      f"(InferenceSession(calibration=...), braze run --calibrate FILE) to quantize them",
+                      UncalibratedModelWarning, stacklevel=3)
 
 
 def _with_shapes(graph: Graph, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str]) -> Graph:
@@ -170,15 +202,31 @@ class InferenceSession:
     objective : "cycles", "energy" or "edp"
         What fusion and tiling decisions minimise (:data:`~braze.sw.compiler.cost.OBJECTIVES`):
         predicted cycles (the default), predicted energy, or their product.
+    nonfinite : "error" or "clamp"
+        What :meth:`run` does with NaN or infinite values in float inputs: ``"error"`` (the
+        default) raises :class:`InputError` naming the input and the first such element;
+        ``"clamp"`` replaces NaN by 0 and +-inf by the largest finite values of the dtype, which
+        quantization saturates to the int8 extremes.  (Quantized arithmetic has no NaN: without a
+        policy they became arbitrary, finite-looking outputs.)
+
+    Warns
+    -----
+    UncalibratedModelWarning
+        When the model has float operators and no ``calibration`` was given: they run on the CPU
+        (the accelerator computes int8); the warning names them.
     """
 
     def __init__(self, model: str | os.PathLike | bytes | onnx.ModelProto, *, device: Any = "golden",
                  config: str | Config = "default", fuse: bool = True, calibration: Any = None,
                  allow_fallback: bool = False, threshold: float = DEFAULT_THRESHOLD,
                  cost_model: CostModel | str | None = None, cache: KernelCache | None = None,
-                 profile: bool = False, record: bool | None = None, objective: str = "cycles"):
+                 profile: bool = False, record: bool | None = None, objective: str = "cycles",
+                 nonfinite: str = "error"):
         started = time.perf_counter()
         self.objective = check_objective(objective)
+        if nonfinite not in NONFINITE_POLICIES:
+            raise BrazeError(f"nonfinite={nonfinite!r}: must be one of {', '.join(NONFINITE_POLICIES)}")
+        self.nonfinite = nonfinite
         self.config = config if isinstance(config, Config) else Config.parse(config)
         self.fuse = fuse
         self.threshold = threshold
@@ -190,6 +238,7 @@ class InferenceSession:
         if calibration is not None:
             graph = quantize(graph, _calibration_sets(graph, calibration))
         else:
+            _warn_uncalibrated(graph)
             graph = validate(simplify(lower_qdq(graph)))
         self.graph_before: Graph = graph
         self._inputs = [NodeArg(name, list(graph.tensor(name).shape or []), _ORT_TYPES.get(
@@ -314,6 +363,12 @@ class InferenceSession:
                 raise InputError(f"input {name!r}: expected shape {shape}, got {list(value.shape)}")
             if value.size == 0:
                 raise InputError(f"input {name!r}: empty array of shape {list(value.shape)}")
+            nonfinite = _nonfinite_summary(value)
+            if nonfinite is not None:
+                if self.nonfinite == "error":
+                    raise InputError(f"input {name!r} has non-finite values: {nonfinite}; pass "
+                                     f"nonfinite='clamp' to InferenceSession to replace them")
+                value = np.nan_to_num(value)     # NaN -> 0, +-inf -> the dtype's finite extremes
             checked[name] = value
         return checked
 

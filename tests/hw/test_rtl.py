@@ -88,7 +88,7 @@ def test_cli_synth_writes_report_and_table(tmp_path, capsys, monkeypatch):
 def test_cli_bad_config(argv, message, tmp_path, capsys):
     assert main(["rtl", *argv, "-o", str(tmp_path), "--no-lint"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("braze: error:") and message in err
+    assert err.startswith("braze rtl: error:") and message in err
 
 
 def test_unwritable_output(tmp_path, capsys):
@@ -97,4 +97,4 @@ def test_unwritable_output(tmp_path, capsys):
     with pytest.raises(BrazeError, match="output"):
         build(Config.preset("tiny"), blocker / "sub", lint=False)
     assert main(["rtl", "--config", "tiny", "-o", str(blocker), "--no-lint"]) == 2
-    assert "braze: error:" in capsys.readouterr().err
+    assert "braze rtl: error:" in capsys.readouterr().err

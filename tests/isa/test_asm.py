@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -86,9 +87,9 @@ def test_constants_labels_and_comments():
 
 
 def test_defaults_enums_and_flags():
-    (insn,) = assemble("epilogue src=1 m=2 n=3 dst=4 act=RELU residual\n")
+    (insn,) = assemble("epilogue src=1 m=2 n=3 dst=4 act=RELU residual res_addr=0\n")
     assert insn.act is Activation.RELU and insn.residual and not insn.bias
-    assert insn.out is Memory.SPAD and insn.res_addr == 0
+    assert insn.out is Memory.SPAD and insn.res_addr == 0 and insn.bias_addr == 0
     (vec,) = assemble("vector op=max dst_mem=acc src1_mem=spad dst=0 src1=1 rows=2 use_imm imm=-5")
     assert vec.op is VectorOp.MAX and vec.src2_mem is Memory.SPAD and vec.use_imm and vec.imm == -5
     (cfg,) = assemble("config reg=out_zp value=-3")
@@ -102,9 +103,12 @@ def test_empty_program():
 
 
 def test_disassembly_omits_defaults_and_shows_offsets():
-    program = assemble("load mem=acc addr=3 rows=1 len=2\nhalt\nfence")
+    program = assemble("load mem=acc addr=3 rows=1 len=2 dram=0 stride=0 zero\nhalt\nfence")
     text = disassemble(program)
-    assert text.splitlines()[0] == "load mem=acc addr=3 rows=1 len=2"
+    assert text.splitlines()[0] == "load mem=acc zero addr=3 rows=1 len=2"
+    # A LOAD that reads external memory always shows its address and stride, even when 0.
+    (load,) = assemble("load mem=acc addr=3 rows=1 len=2 dram=0 stride=0")
+    assert disassemble([load]) == "load mem=acc addr=3 rows=1 len=2 dram=0x0 stride=0\n"
     with_offsets = disassemble(encode_program(program), offsets=True).splitlines()
     assert [line.split("#")[1].strip() for line in with_offsets] == ["0x0000", "0x0010", "0x0020"]
     assert assemble("\n".join(with_offsets)) == program
@@ -116,7 +120,7 @@ def test_every_flag_allowed_or_rejected_per_unit():
         required = " ".join(
             f"{spec.name}={next(iter(spec.shape)).name.lower()}" if spec.kind is Kind.ENUM
             else f"{spec.name}={field_range(spec)[0]}"
-            for spec in fmt.fields if spec.default is None)
+            for spec in fmt.fields if spec.required({}))
         for flag in ("pop_prev", "pop_next", "push_prev", "push_next"):
             source = f"{fmt.mnemonic} {required} {flag}"
             if flag in ALLOWED_DEPS[fmt.unit]:
@@ -128,7 +132,7 @@ def test_every_flag_allowed_or_rejected_per_unit():
                 assert fmt.unit.name.lower() in info.value.message
 
 
-LOAD = "load mem=spad addr=0 rows=1 len=1"
+LOAD = "load mem=spad addr=0 rows=1 len=1 stride=1"    # dram= follows in the tests that need it
 
 
 @pytest.mark.parametrize("source, line, column, fragments", [
@@ -147,8 +151,8 @@ LOAD = "load mem=spad addr=0 rows=1 len=1"
     ("  load mem=spad addr=0", 1, 3, ["missing required fields 'rows', 'len'"]),
     ("config value=1", 1, 1, ["missing required field 'reg'"]),
     # out of range: the legal range from field_range
-    ("load mem=spad addr=0 rows=1 len=65", 1, 33, ["65 out of range", "'len'", "1..64"]),
-    ("load mem=spad addr=0 rows=0 len=1", 1, 27, ["0 out of range", "'rows'", "1..65535"]),
+    ("load mem=spad addr=0 rows=1 len=65 dram=0 stride=1", 1, 33, ["65 out of range", "'len'", "1..64"]),
+    ("load mem=spad addr=0 rows=0 len=1 dram=0 stride=1", 1, 27, ["0 out of range", "'rows'", "1..65535"]),
     ("config reg=clip_lo value=1 << 31", 1, 26, ["2147483648 out of range", "-2147483648..2147483647"]),
     ("vector op=shr dst_mem=acc src1_mem=acc dst=0 src1=0 rows=1 shift=32", 1, 66, ["0..31"]),
     (f"{LOAD} dram=-1", 1, len(LOAD) + 7, ["-1 out of range", "0..4294967295"]),
@@ -161,7 +165,7 @@ LOAD = "load mem=spad addr=0 rows=1 len=1"
     (f"{LOAD} dram=12abc", 1, len(LOAD) + 7, ["bad decimal number '12abc'"]),
     (f"{LOAD} dram=0b102", 1, len(LOAD) + 7, ["bad binary number"]),
     (f"{LOAD} dram=1__0", 1, len(LOAD) + 7, ["bad decimal number"]),
-    (f"{LOAD} dram=(1 + 2", 1, len(LOAD) + 13, ["expected ')' to close the '(' at column 40"]),
+    (f"{LOAD} dram=(1 + 2", 1, len(LOAD) + 13, [f"expected ')' to close the '(' at column {len(LOAD) + 7}"]),
     (f"{LOAD} dram=1 +", 1, len(LOAD) + 10, ["expected a number, symbol or '('", "end of line"]),
     (f"{LOAD} dram=*3", 1, len(LOAD) + 7, ["expected a number, symbol or '('", "'*'"]),
     (f"{LOAD} dram=4 / (2 - 2)", 1, len(LOAD) + 9, ["division by zero"]),
@@ -268,3 +272,21 @@ def test_any_text_assembles_or_raises_asm_error(text):
         assert error.line >= 1 and error.column >= 1
     else:
         assert assemble_bytes(disassemble(program)) == encode_program(program)
+
+
+@pytest.mark.parametrize(("source", "missing"), [
+    ("load mem=spad addr=0 rows=1 len=1", "'dram', 'stride' (required without 'zero')"),
+    ("load mem=spad addr=0 rows=1 len=1 dram=0x40", "'stride' (required without 'zero')"),
+    ("epilogue src=0 m=1 n=1 dst=0 bias", "'bias_addr' (required with 'bias')"),
+    ("epilogue src=0 m=1 n=1 dst=0 requant residual res_addr=2", "'quant_addr' (required with 'requant')"),
+])
+def test_fields_a_flag_makes_required_must_be_given(source, missing):
+    """Defect 3: a LOAD without dram=/stride= assembled with address 0 and stride 0."""
+    with pytest.raises(AsmError, match=re.escape(f"is missing required field{'s' if ',' in missing else ''} "
+                                                 f"{missing}")) as caught:
+        assemble(source)
+    assert (caught.value.line, caught.value.column) == (1, 1)
+    # Without the flag that needs them (a zero-filling LOAD, an EPILOGUE without the stage) they
+    # keep their defaults.
+    assert assemble("load mem=spad zero addr=0 rows=1 len=1")[0].dram == 0
+    assert assemble("epilogue src=0 m=1 n=1 dst=0")[0].bias_addr == 0

@@ -85,6 +85,29 @@ def test_failing_build_reports_the_log(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "_verilate", broken)
     with pytest.raises(build.ToolError, match="syntax error"):
         build.cached_build("demo", {"design": "bad"}, "demo_top", lambda: "module\n", root=tmp_path)
+    # Defect 3: a failed build left its folder in the cache.
+    assert not [path for path in tmp_path.iterdir() if path.is_dir() and path.name.startswith("demo-")]
+
+
+def test_a_design_that_cannot_be_generated_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
+    """Defect 3: a harness Amaranth could not generate left an empty build folder (with a lock)."""
+    monkeypatch.setattr(build, "_verilate", _fake_verilate)
+
+    def unbuildable():
+        raise ValueError("this design cannot be generated")
+
+    root = tmp_path / "verilator"
+    with pytest.raises(ValueError, match="cannot be generated"):
+        build.cached_build("demo", {"design": "bad"}, "demo_top", unbuildable, root=root, progress=None)
+    assert not root.exists()
+    # Another build's files stay where they are.
+    good = build.cached_build("demo", {"design": "good"}, "demo_top", lambda: "// good\n", root=root)
+    before = sorted(path.relative_to(root) for path in root.rglob("*"))
+    with pytest.raises(ValueError):
+        build.cached_build("demo", {"design": "bad"}, "demo_top", unbuildable, root=root, progress=None)
+    assert sorted(path.relative_to(root) for path in root.rglob("*")) == before
+    assert build.cached_build("demo", {"design": "good"}, "demo_top", lambda: "// good\n", root=root).cached
+    assert good.executable.exists()
 
 
 def test_same_verilog_from_another_key_reuses_the_model(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ Every test uses the ``tiny`` build (built once, cached under ``$BRAZE_CACHE_DIR`
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -205,6 +206,18 @@ def test_close_shuts_the_simulator_down_cleanly():
         device.read(0, 4)
 
 
+def test_a_device_nobody_closes_removes_its_work_folder_when_collected():
+    device = VerilatorDevice(TINY)
+    workdir, process = device.workdir, device.process
+    assert workdir.is_dir()
+    del device
+    gc.collect()
+    assert process.wait(10) is not None and not workdir.exists()
+    with VerilatorDevice(TINY) as closed:
+        workdir = closed.workdir
+    assert not workdir.exists()
+
+
 def test_waves_file_is_written(tmp_path):
     path = tmp_path / "run.vcd"
     with VerilatorDevice(TINY, waves=True, waves_path=path) as device:
@@ -226,10 +239,12 @@ def test_simulator_stops_at_interpreter_exit(tmp_path):
     script.write_text("from braze.isa import Config\n"
                       "from braze.sim.verilator_device import VerilatorDevice\n"
                       "device = VerilatorDevice(Config.preset('tiny'))\n"
-                      "print(device.pid)\n")
+                      "print(device.workdir, device.pid)\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    pid = int(done.stdout.split()[-1])
+    workdir, pid = done.stdout.split()[-2], int(done.stdout.split()[-1])
+    # Issue 10, defect 5: a device not closed left its work folder in the temporary directory.
+    assert not os.path.exists(workdir), f"{workdir} outlived the interpreter that made it"
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from onnx_models import OPSET, conv_model, digits_data, digits_mlp, make_model, run_ort
 
 from braze.isa.errors import BrazeError
@@ -290,6 +290,46 @@ def test_fallback_op_runs_on_cpu_with_onnx_semantics():
     (node,) = [n for n in graph.nodes if n.kind is NodeKind.OPERATOR]
     assert node.device == "cpu"
     np.testing.assert_allclose(evaluate(graph, feeds)["y0"], run_ort(model, feeds)[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("outputs", [["", "y_h"], ["", "", "y_c"], ["y", "y_h"]])
+def test_an_lstm_with_unnamed_optional_outputs(outputs):
+    """Issue 10, defect 5: an LSTM whose first (optional) output is unnamed was "LSTM has no output"."""
+    rng = np.random.default_rng(0)
+    hidden = 3
+    weights = [("W", _rand(rng, (1, 4 * hidden, 2))), ("R", _rand(rng, (1, 4 * hidden, hidden)))]
+    model = make_model([helper.make_node("LSTM", ["x", "W", "R"], outputs, hidden_size=hidden, name="lstm")],
+                       [("x", np.float32, [5, 1, 2])], [(outputs[-1], np.float32, [1, 1, hidden])], weights)
+    with pytest.raises(UnsupportedOperator, match="LSTM.*'lstm'.*allow_fallback"):
+        load_onnx(model)
+    graph = validate(load_onnx(model, allow_fallback=True))
+    x = _rand(rng, (5, 1, 2))
+    np.testing.assert_allclose(evaluate(graph, {"x": x})[outputs[-1]], run_ort(model, {"x": x})[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_tensor_data_that_contradicts_its_dims_is_a_load_error():
+    """Found by ``braze bench fuzz``: an initializer whose dims disagree with its data (the ONNX checker
+    does not compare them) raised numpy's ValueError from the loader."""
+    model = _single("Add", [("x", np.zeros(4, np.float32))], [("c", np.ones(4, np.float32))])[0]
+    model.graph.initializer[0].dims[0] = 3           # more data than the dims hold
+    with pytest.raises(ModelLoadError, match=r"initializer 'c': malformed tensor \(dims \[3\]"):
+        load_onnx(model.SerializeToString())
+    constant = helper.make_node("Constant", [], ["k"], name="k_node",
+                                value=numpy_helper.from_array(np.ones(3, np.float32)))
+    constant.attribute[0].t.dims[0] = 2
+    broken = make_model([constant, helper.make_node("Add", ["x", "k"], ["y"])], [("x", np.float32, [3])],
+                        [("y", np.float32, [3])])
+    with pytest.raises(ModelLoadError, match=r"node 'k_node': attribute 'value': malformed tensor"):
+        load_onnx(broken)
+
+
+def test_a_negative_declared_dimension_is_a_load_error():
+    """Found by ``braze bench fuzz``: an input declared with dimension -3 loaded, and failed later."""
+    model = _single("Relu", [("x", np.zeros((2, 3), np.float32))])[0]
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -3
+    with pytest.raises(ModelLoadError, match=r"tensor 'x' is declared with a negative dimension: \[-3, 3\]"):
+        load_onnx(model.SerializeToString())
 
 
 def test_grouped_convolution_is_unsupported_with_reason():

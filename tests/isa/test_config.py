@@ -1,0 +1,37 @@
+"""Configurations: what a back end cannot build is rejected when the Config is made."""
+
+from __future__ import annotations
+
+import pytest
+
+from braze.isa.config import MAX_DRAM_BYTES, MIN_DRAM_BYTES, PRESETS, Config
+from braze.isa.errors import ConfigError
+
+
+@pytest.mark.parametrize(("spec", "fragment"), [
+    ("default:dram_bytes=1000", "dram_bytes=1000 must be a power of two"),
+    ("tiny:dram_bytes=1000000", "dram_bytes=1000000 must be a power of two"),
+    (f"tiny:dram_bytes={MIN_DRAM_BYTES // 2}", f"from {MIN_DRAM_BYTES}"),
+    # Found by braze bench fuzz: 4 GiB was accepted, and building its simulated memory hung.
+    (f"tiny:dram_bytes={1 << 32}", f"to {MAX_DRAM_BYTES}"),
+    ("tiny:mem_latency=100000", "mem_latency=100000 exceeds"),
+])
+def test_unbuildable_configs_are_rejected(spec, fragment):
+    """Defect 3: a dram_bytes the simulated memories cannot hold failed later, with a traceback."""
+    with pytest.raises(ConfigError, match=fragment.replace("*", r"\*")):
+        Config.parse(spec)
+
+
+def test_the_limits_themselves_are_accepted():
+    assert Config.parse(f"tiny:dram_bytes={MIN_DRAM_BYTES}").dram_bytes == MIN_DRAM_BYTES
+    limits = Config.parse(f"tiny:dram_bytes={MAX_DRAM_BYTES},mem_latency={1 << 16}")
+    assert (limits.dram_bytes, limits.mem_latency) == (MAX_DRAM_BYTES, 1 << 16)
+    assert all(MIN_DRAM_BYTES <= config.dram_bytes for config in PRESETS.values())
+
+
+def test_assembler_constants_follow_the_config():
+    config = Config.parse("default:rows=4,cols=16")
+    constants = config.asm_constants()
+    assert (constants["ROWS"], constants["COLS"], constants["SPAD_ROWS"], constants["ACC_ROWS"]) == \
+        (4, 16, config.spad_rows, config.acc_rows)
+    assert constants["DRAM_BYTES"] == config.dram_bytes and "NAME" not in constants
