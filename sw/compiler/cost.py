@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from braze.isa import Config
 
@@ -39,17 +39,28 @@ def check_objective(objective: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Cost:
-    """Predicted cost: accelerator cycles, external-memory bytes moved (read + written), energy (pJ)."""
+    """Predicted cost: accelerator cycles, external-memory bytes moved (read + written), and energy
+    (pJ; None when not estimated -- decisions that minimise cycles do not need it)."""
 
     cycles: int
     bytes: int
-    energy_pj: float = 0.0
+    energy_pj: float | None = None
 
     def __add__(self, other: Cost) -> Cost:
-        return Cost(self.cycles + other.cycles, self.bytes + other.bytes, self.energy_pj + other.energy_pj)
+        energy = None
+        if self.energy_pj is not None and other.energy_pj is not None:
+            energy = self.energy_pj + other.energy_pj
+        return Cost(self.cycles + other.cycles, self.bytes + other.bytes, energy)
+
+    def describe(self) -> str:
+        """``12345 cycles / 678 B / 0.123 uJ`` (without the energy when it was not estimated)."""
+        energy = "" if self.energy_pj is None else f" / {self.energy_pj / 1e6:.3f} uJ"
+        return f"{self.cycles} cycles / {self.bytes} B{energy}"
 
     def key(self, objective: str = "cycles") -> tuple:
         """Sort key under ``objective`` (see :data:`OBJECTIVES`): the smaller, the better."""
+        if objective != "cycles" and self.energy_pj is None:
+            raise ValueError(f"objective {objective!r} needs energy estimates: price with energy=True")
         if objective == "cycles":
             return (self.cycles, self.bytes)
         if objective == "energy":
@@ -70,26 +81,38 @@ class CostModel(abc.ABC):
 
     @abc.abstractmethod
     def predict_kernel(self, kernel: Kernel, config: Config) -> Cost:
-        """The cost of one kernel."""
+        """The cycles and bytes of one kernel (energy is added by :meth:`predict` when asked for)."""
 
-    def predict(self, kernel_or_candidate: Kernel | Iterable[Kernel] | object, config: Config) -> Cost:
-        """The cost of a kernel, of kernels run one after another, or of anything with ``.kernels``."""
-        if isinstance(kernel_or_candidate, Kernel):
-            return self.predict_kernel(kernel_or_candidate, config)
-        kernels = getattr(kernel_or_candidate, "kernels", kernel_or_candidate)
-        total = Cost(0, 0)
-        for kernel in kernels:
-            total = total + self.predict_kernel(kernel, config)
-        return total
+    def predict(self, kernel_or_candidate: Kernel | Iterable[Kernel] | object, config: Config, *,
+                energy: bool = False) -> Cost:
+        """The cost of a kernel, of kernels run one after another, or of anything with ``.kernels``;
+        with ``energy``, the energy estimate too (the same for every cost model: the program decides
+        the events it prices)."""
+        return self._total(_kernels_of(kernel_or_candidate), config, energy, self.predict_kernel)
 
-    def predict_candidates(self, candidates: Sequence[Kernel | Iterable[Kernel] | object],
-                           config: Config) -> list[Cost]:
+    def predict_candidates(self, candidates: Sequence[Kernel | Iterable[Kernel] | object], config: Config,
+                           *, energy: bool = False) -> list[Cost]:
         """The costs of one decision's alternatives, to be compared with each other.
 
         A cost model that predicts some kernels one way and others another (a learned model that
         falls back for a few) overrides this so that one decision's candidates are priced alike.
         """
-        return [self.predict(candidate, config) for candidate in candidates]
+        return [self.predict(candidate, config, energy=energy) for candidate in candidates]
+
+    @staticmethod
+    def _total(kernels: Sequence[Kernel], config: Config, energy: bool,
+               predict_kernel: Callable[[Kernel, Config], Cost]) -> Cost:
+        total = Cost(0, 0, 0.0 if energy else None)
+        for kernel in kernels:
+            cost = predict_kernel(kernel, config)
+            total = total + Cost(cost.cycles, cost.bytes, kernel_energy_estimate(kernel) if energy else None)
+        return total
+
+
+def _kernels_of(kernel_or_candidate: Kernel | Iterable[Kernel] | object) -> list[Kernel]:
+    if isinstance(kernel_or_candidate, Kernel):
+        return [kernel_or_candidate]
+    return list(getattr(kernel_or_candidate, "kernels", kernel_or_candidate))
 
 
 class TimingCostModel(CostModel):
@@ -107,4 +130,4 @@ class TimingCostModel(CostModel):
             raise ValueError(f"kernel {kernel.name} was generated for config {kernel.config.name!r}, "
                              f"not {config.name!r}")
         moved = sum(op.nbytes for op in kernel.operands.values() if op.role != "counters")
-        return Cost(int(kernel.predicted_cycles), int(moved), kernel_energy_estimate(kernel))
+        return Cost(int(kernel.predicted_cycles), int(moved))

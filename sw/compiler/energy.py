@@ -3,7 +3,7 @@
 The events the table prices (MACs, scratchpad and accumulator row accesses, external bus beats)
 are exact counters: the program alone decides them, so :func:`kernel_energy_estimate` knows a
 kernel's energy before it runs (from the reference model's event counts,
-:func:`braze.isa.model.program_events`), and cost models price candidates in energy as well as
+:attr:`~braze.sw.compiler.kernels.Kernel.events`), and cost models price candidates in energy as well as
 cycles.  After a run, :func:`kernel_energy_pj` of its counter snapshot gives the same number.
 
 The table is for a 45 nm process, from M. Horowitz, "Computing's energy problem (and what we can
@@ -28,8 +28,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from braze.isa import Config, Opcode
-from braze.isa.model import program_events
+from braze.isa import Config
 
 from .kernels import Kernel
 
@@ -68,5 +67,4 @@ def kernel_energy_estimate(kernel: Kernel, table: EnergyTable = HOROWITZ_45NM) -
 
     Counted as the kernel's counter snapshot counts them: up to its closing COUNTERS instruction.
     """
-    body = [insn for insn in kernel.instructions if insn.opcode is not Opcode.COUNTERS]
-    return kernel_energy_pj(program_events(body, kernel.config), kernel.config, table)["total"]
+    return kernel_energy_pj(kernel.events, kernel.config, table)["total"]

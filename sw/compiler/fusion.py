@@ -208,8 +208,7 @@ class FusionDecision:
     objective: str = "cycles"
 
     def __str__(self) -> str:
-        costs = ", ".join(f"{name}: {cost.cycles} cycles / {cost.bytes} B / {cost.energy_pj / 1e6:.3f} uJ"
-                          for name, cost in self.candidates)
+        costs = ", ".join(f"{name}: {cost.describe()}" for name, cost in self.candidates)
         what = "" if self.objective == "cycles" else f" in {self.objective}"
         return f"{self.opportunity}: {costs} -> {self.chosen} ({100 * self.gain:.1f}% predicted gain{what})"
 
@@ -370,7 +369,8 @@ def fuse(graph: Graph, config: Config, *, cost_model: CostModel | None = None,
         candidates = _candidates(graph, opportunity, config, cache)
         # A candidate whose kernel cannot be generated (a forced tiling that does not fit) drops out.
         built = [(c, kernels) for c in candidates if (kernels := _kernels(c, config, cache)) is not None]
-        costs = cost_model.predict_candidates([kernels for _, kernels in built], config)
+        costs = cost_model.predict_candidates([kernels for _, kernels in built], config,
+                                              energy=objective != "cycles")
         priced = [(c, cost) for (c, _), cost in zip(built, costs, strict=True)]
         if len(priced) < 2 or priced[0][0].name != "separate":
             continue

@@ -84,7 +84,7 @@ class TilingDecision:
         costs = dict(self.candidates)
 
         def cost(label: str) -> str:
-            return f"{costs[label].cycles} cycles, {costs[label].energy_pj / 1e6:.3f} uJ"
+            return costs[label].describe()
         if not self.changed:
             return f"tiling {self.node}: keeps {self.library} ({cost(self.library)}; " \
                    f"{len(self.candidates)} candidates priced)"
@@ -135,7 +135,7 @@ def choose_tilings(graph: Graph, config: Config, *, cost_model: CostModel, cache
                 if candidate is not None:      # None: not orderable with this configuration's token queues
                     kernels[tiling] = candidate[1]
                     generated += len(candidate[1].instructions)
-        costs = cost_model.predict_candidates(list(kernels.values()), config)
+        costs = cost_model.predict_candidates(list(kernels.values()), config, energy=objective != "cycles")
         priced = list(zip(kernels, costs, strict=True))
         best, _ = min(priced, key=lambda pair: pair[1].key(objective))
         decision = TilingDecision(node.name, [(tiling_label(t), cost) for t, cost in priced],

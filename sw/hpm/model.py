@@ -34,7 +34,7 @@ import numpy as np
 
 from braze.isa import BrazeError, Config
 
-from ..compiler.cost import Cost, CostModel, TimingCostModel
+from ..compiler.cost import Cost, CostModel, TimingCostModel, _kernels_of
 from ..compiler.kernels import Kernel
 from .features import FEATURE_VERSION, MemorySystem, kernel_features
 from .store import RunRecord, default_history_path
@@ -366,8 +366,7 @@ class LearnedCostModel(CostModel):
         prediction = self.model.predict_features([features])[0]
         if prediction.uncertainty > self.max_uncertainty:
             return f"uncertain (band over {self.max_uncertainty:.0%})"
-        analytic = self.analytic.predict_kernel(kernel, config)
-        return Cost(int(round(prediction.cycles)), analytic.bytes, analytic.energy_pj)
+        return Cost(int(round(prediction.cycles)), self.analytic.predict_kernel(kernel, config).bytes)
 
     def predict_kernel(self, kernel: Kernel, config: Config) -> Cost:
         learned = self._learned(kernel, config)
@@ -377,20 +376,19 @@ class LearnedCostModel(CostModel):
         self.learned += 1
         return learned
 
-    def predict_candidates(self, candidates, config: Config) -> list[Cost]:
+    def predict_candidates(self, candidates, config: Config, *, energy: bool = False) -> list[Cost]:
         """One decision's candidates, all learned -- or all analytic if any kernel of any candidate falls
         back: the analytic model under-predicts stalls, so a mix would favour the fallen-back ones."""
-        groups = [[c] if isinstance(c, Kernel) else list(getattr(c, "kernels", c)) for c in candidates]
-        learned = [[self._learned(kernel, config) for kernel in group] for group in groups]
-        reasons = [cost for group in learned for cost in group if isinstance(cost, str)]
+        groups = [_kernels_of(candidate) for candidate in candidates]
+        learned = {id(kernel): self._learned(kernel, config) for group in groups for kernel in group}
+        reasons = [cost for cost in learned.values() if isinstance(cost, str)]
         if reasons:
             for reason in reasons:
                 self.fallbacks[reason] += 1
-            self.fallbacks["a decision's other candidates, priced alike"] += \
-                sum(len(group) for group in groups) - len(reasons)
-            return [self.analytic.predict(group, config) for group in groups]
-        self.learned += sum(len(group) for group in groups)
-        return [sum(group, Cost(0, 0)) for group in learned]
+            self.fallbacks["a decision's other candidates, priced alike"] += len(learned) - len(reasons)
+            return [self._total(group, config, energy, self.analytic.predict_kernel) for group in groups]
+        self.learned += len(learned)
+        return [self._total(group, config, energy, lambda kernel, _: learned[id(kernel)]) for group in groups]
 
     def describe(self) -> str:
         """One line for reports: how many predictions were learned and why the rest fell back."""

@@ -47,6 +47,7 @@ keep the one the timing model predicts fastest (:class:`Tiling`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -66,6 +67,7 @@ from braze.isa import (
 )
 from braze.isa.asm import disassemble
 from braze.isa.errors import BrazeError
+from braze.isa.model import program_events
 from braze.isa.timing import instruction_cycles, schedule
 
 __all__ = [
@@ -170,6 +172,13 @@ class Kernel:
     def asm(self) -> str:
         """The instructions as assembly text (the disassembler's)."""
         return disassemble(self.instructions)
+
+    @functools.cached_property
+    def events(self) -> dict[str, int]:
+        """The exact counters its snapshot will hold -- MACs, row accesses, external bytes and beats,
+        instructions -- known before it runs (:func:`braze.isa.model.program_events`; computed once)."""
+        body = [insn for insn in self.instructions if insn.opcode is not Opcode.COUNTERS]
+        return program_events(body, self.config)
 
     def inputs(self) -> list[Operand]:
         """Operands the caller must write before running (inputs and parameters)."""
