@@ -180,3 +180,19 @@ def test_generated_verilog_is_the_same_in_every_process():
         assert done.returncode == 0, done.stderr
         digests.add(done.stdout.strip())
     assert len(digests) == 1, "the same design gave two Verilog texts"
+
+
+def test_the_simulator_finds_this_environments_cocotb_libraries(tmp_path):
+    """A cached executable's rpath names the cocotb libraries of whichever environment built it
+    (the cache is shared by environments with the same cocotb version); that environment may be
+    gone, so the simulator's environment points at this one's copy."""
+    import cocotb_tools.config
+
+    from braze.sim.verilator_device import simulator_env
+
+    result = build.BuildResult(directory=tmp_path, executable=tmp_path / "x", top="braze_tiny_harness",
+                               verilog=tmp_path / "x.v", cached=True, seconds={}, waves=False)
+    env = simulator_env(result, "braze.sim.cocotb_server")
+    first = env["LD_LIBRARY_PATH"].split(os.pathsep)[0]
+    assert Path(first) == Path(cocotb_tools.config.libs_dir)
+    assert (Path(first) / "libcocotbvpi_verilator.so").exists()
