@@ -70,7 +70,6 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
     ``cycle_limit`` is the watchdog's; edge ``e`` is run cycle ``e``.
     """
     dut = Control(config)
-    rng = random.Random(seed)
     unit_errors = unit_errors or {}
     counters_error = counters_error or {}
     latency_of = latency_of or {}
@@ -90,6 +89,9 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
         pcs = pcs_of_unit.get(unit, [])
 
         errors = unit_errors if unit is not None else counters_error
+        # Each process draws from its own generator: the simulator's order of processes within a
+        # cycle is not fixed, and one shared generator made the same seed give different timings.
+        rng = random.Random(f"{seed}:{unit}")
 
         def key(count):
             return pcs[count] if unit is not None and count < len(pcs) else count
@@ -124,6 +126,7 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
         return process
 
     async def fetcher(ctx):
+        rng = random.Random(f"{seed}:fetch")
         index = 0
         ctx.set(dut.fetch.valid, 0)
         async for _, _, valid, ready in ctx.tick().sample(dut.fetch.valid, dut.fetch.ready):
