@@ -101,6 +101,21 @@ class BuildResult:
     seconds: dict[str, float]
     waves: bool
 
+    def library_env(self, environ: dict[str, str] | None = None) -> dict[str, str]:
+        """``LD_LIBRARY_PATH`` for running :attr:`executable` from this Python environment.
+
+        The executable's rpath names the cocotb libraries of the environment that built it. The
+        build cache is shared by every environment with the same cocotb version (it is in the cache
+        key), so that environment may be gone; this environment's copy of the same libraries is
+        put first instead. Pass the result to ``cocotb_tools.runner``'s ``extra_env`` when running
+        a cached build with the runner.
+        """
+        import cocotb_tools.config
+
+        inherited = (os.environ if environ is None else environ).get("LD_LIBRARY_PATH")
+        paths = [str(cocotb_tools.config.libs_dir), *filter(None, [inherited])]
+        return {"LD_LIBRARY_PATH": os.pathsep.join(paths)}
+
 
 def cache_dir() -> Path:
     """The build cache: ``$BRAZE_CACHE_DIR/verilator``, by default ``~/.cache/braze/verilator``."""

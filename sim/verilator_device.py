@@ -66,11 +66,7 @@ def simulator_env(build: BuildResult, test_module: str,
         raise SimulatorError("cannot find libpython, which cocotb needs to host Python in the simulator")
     env["GPI_USERS"] = f"{libpython};{cocotb_tools.config.pygpi_entry_point()}"
     env["PATH"] = f"{env.get('PATH', '')}{os.pathsep}{cocotb_tools.config.libs_dir}"
-    # The executable's rpath names the cocotb libraries of the environment that built it; the build
-    # cache is shared by environments with the same cocotb version (it is in the cache key), so that
-    # environment may be gone.  This environment's copy of the same libraries is found here instead.
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(
-        [str(cocotb_tools.config.libs_dir), *filter(None, [env.get("LD_LIBRARY_PATH")])])
+    env.update(build.library_env(env))
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
     env["PYGPI_PYTHON_BIN"] = sys.executable
     env["COCOTB_TOPLEVEL"] = build.top

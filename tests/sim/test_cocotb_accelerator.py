@@ -39,7 +39,9 @@ def test_accelerator_bench(tiny_build, testcase, tmp_path, monkeypatch):
             build_dir=tiny_build.directory, test_dir=tmp_path, test_filter=rf"\.{testcase}($|/)", seed=1234,
             extra_env={"BRAZE_CONFIG": Config.preset("tiny").to_json(), "COCOTB_LOG_LEVEL": "WARNING",
                        # cocotbext-axi 0.1.28 still uses APIs cocotb 2 deprecates; it works.
-                       "PYTHONWARNINGS": "ignore::DeprecationWarning"},
+                       "PYTHONWARNINGS": "ignore::DeprecationWarning",
+                       # the cached executable may come from another environment (see library_env)
+                       **tiny_build.library_env()},
             log_file=log_path,
         )
     except SystemExit:      # the runner exits when a cocotb test fails
