@@ -16,10 +16,10 @@ from .calibrate import CalibrationReport, calibrate, calibration_kernels
 from .evaluate import FamilyScore, holdout_by_family
 from .features import MemorySystem, kernel_family, kernel_features, kernel_signature
 from .model import LearnedCostModel, ModelError, PerformanceModel, Prediction, default_model_dir, load_model
-from .store import HistoryError, HistoryStore, RunRecord, default_history_path
+from .store import CodeletRun, HistoryError, HistoryStore, RunRecord, default_history_path
 
 __all__ = [
-    "HistoryStore", "HistoryError", "RunRecord", "default_history_path",
+    "HistoryStore", "HistoryError", "RunRecord", "CodeletRun", "default_history_path",
     "MemorySystem", "kernel_features", "kernel_signature", "kernel_family",
     "calibrate", "calibration_kernels", "CalibrationReport",
     "PerformanceModel", "Prediction", "LearnedCostModel", "ModelError", "default_model_dir", "load_model",

@@ -26,7 +26,7 @@ from typing import Any
 
 from braze.isa import BrazeError
 
-__all__ = ["HistoryError", "HistoryStore", "RunRecord", "MIGRATIONS", "default_history_path",
+__all__ = ["HistoryError", "HistoryStore", "RunRecord", "CodeletRun", "MIGRATIONS", "default_history_path",
            "signature_hash"]
 
 #: Schema migrations: ``MIGRATIONS[i]`` takes a database at ``user_version`` i to i + 1.
@@ -57,6 +57,29 @@ MIGRATIONS: tuple[str, ...] = (
     # 2: the energy estimate of each run (picojoules), from its counters.
     """
     ALTER TABLE runs ADD COLUMN energy_pj REAL;
+    """,
+    # 3: codelet runs of the fleet dispatcher (braze.sw.fleet): what ran where, in which version, how
+    # long it took and what its outputs weighed; the dispatcher's estimates learn from them.
+    """
+    CREATE TABLE codelet_runs (
+        id INTEGER PRIMARY KEY,
+        recorded_at REAL NOT NULL,
+        program TEXT NOT NULL,
+        codelet TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        pattern TEXT NOT NULL,
+        version TEXT NOT NULL,
+        fleet TEXT NOT NULL,
+        worker TEXT NOT NULL,
+        seconds REAL NOT NULL,
+        output_bytes INTEGER NOT NULL,
+        serialize_seconds REAL NOT NULL,
+        cycles INTEGER,
+        predicted_seconds REAL,
+        fallback TEXT,
+        source TEXT NOT NULL
+    );
+    CREATE INDEX codelet_runs_by_signature ON codelet_runs (signature, version);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -139,6 +162,59 @@ class RunRecord:
     @property
     def signature_hash(self) -> str:
         return signature_hash(self.signature)
+
+
+@dataclasses.dataclass
+class CodeletRun:
+    """One codelet run of the fleet dispatcher (:mod:`braze.sw.fleet`), as the history stores it.
+
+    Attributes
+    ----------
+    program, codelet : str
+        The program's name and the codelet's id in it.
+    signature : str
+        What identifies the work: a hash of the codelet's code and its inputs' shapes and types.
+    pattern : str
+        The computational pattern the profiler recognised (``matmul``, ``hash``, ``io`` ...).
+    version : str
+        ``cpu`` or the accelerator kind it ran on (``accel-tiny`` ...).
+    fleet, worker : str
+        Where it ran.
+    seconds : float
+        Wall time of the codelet's body on the worker.
+    output_bytes, serialize_seconds : int, float
+        Pickled size of its outputs and the time pickling them took (the cost of moving them).
+    cycles : int or None
+        Accelerator cycles, for accelerator versions.
+    predicted_seconds : float or None
+        The dispatcher's estimate when it routed the codelet.
+    fallback : str or None
+        Why it ran on the CPU although the plan wanted an accelerator.
+    source : str
+        Who recorded it: ``fleet``, ``bench``, ``test``.
+    """
+
+    program: str
+    codelet: str
+    signature: str
+    pattern: str
+    version: str
+    fleet: str
+    worker: str
+    seconds: float
+    output_bytes: int = 0
+    serialize_seconds: float = 0.0
+    cycles: int | None = None
+    predicted_seconds: float | None = None
+    fallback: str | None = None
+    source: str = "fleet"
+    recorded_at: float = dataclasses.field(default_factory=time.time)
+    id: int | None = None
+
+
+_CODELET_COLUMNS = ("recorded_at", "program", "codelet", "signature", "pattern", "version", "fleet", "worker",
+                    "seconds", "output_bytes", "serialize_seconds", "cycles", "predicted_seconds", "fallback",
+                    "source")
 
 
 _COLUMNS = ("recorded_at", "family", "signature", "signature_hash", "config_name", "config", "device",
@@ -286,3 +362,42 @@ class HistoryStore:
 
     def families(self) -> list[str]:
         return [row[0] for row in self._db.execute("SELECT DISTINCT family FROM runs ORDER BY family")]
+
+    # --- Codelet runs of the fleet dispatcher. -----------------------------------------------------
+    def add_codelet_runs(self, runs: Sequence[CodeletRun]) -> list[int]:
+        """Store codelet runs in one transaction (all or none); returns their row ids."""
+        insert = (f"INSERT INTO codelet_runs ({', '.join(_CODELET_COLUMNS)}) "
+                  f"VALUES ({', '.join('?' for _ in _CODELET_COLUMNS)})")
+        ids = []
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for run in runs:
+                    ids.append(self._db.execute(insert, tuple(getattr(run, column) for column
+                                                              in _CODELET_COLUMNS)).lastrowid)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as error:
+            raise self._error("could not be written", error) from None
+        for run, row_id in zip(runs, ids, strict=True):
+            run.id = row_id
+        return ids
+
+    def codelet_runs(self, *, signature: str | None = None, version: str | None = None,
+                     limit: int | None = None) -> list[CodeletRun]:
+        """Stored codelet runs, oldest first (the newest ``limit`` with ``limit``), optionally filtered."""
+        where, args = ["1"], []
+        for column, value in (("signature", signature), ("version", version)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        query = f"SELECT id, {', '.join(_CODELET_COLUMNS)} FROM codelet_runs WHERE {' AND '.join(where)}"
+        query += " ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
+        try:
+            rows = self._db.execute(query, args).fetchall()
+        except sqlite3.DatabaseError as error:
+            raise self._error("could not be read", error) from None
+        return [CodeletRun(**dict(zip(_CODELET_COLUMNS, row[1:], strict=True)), id=row[0])
+                for row in reversed(rows)]

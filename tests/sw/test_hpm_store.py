@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from braze.sw.hpm.store import MIGRATIONS, SCHEMA_VERSION, HistoryError, HistoryStore, RunRecord
+from braze.sw.hpm.store import MIGRATIONS, SCHEMA_VERSION, CodeletRun, HistoryError, HistoryStore, RunRecord
 
 
 def _record(index: int, *, family: str = "gemm", stall: float = 0.0) -> RunRecord:
@@ -96,3 +96,29 @@ def test_a_failed_batch_commits_nothing(tmp_path):
         with pytest.raises(KeyError):
             store.add_many([_record(3), bad])
         assert store.count() == 1
+
+
+def test_a_version_2_file_gains_the_codelet_runs_table_keeping_its_rows(tmp_path):
+    path = tmp_path / "v2.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0] + MIGRATIONS[1])
+    db.execute("PRAGMA user_version = 2")
+    db.execute("INSERT INTO runs (recorded_at, family, signature, signature_hash, config_name, config, "
+               "device, read_latency, stall, features, counters, cycles, source, energy_pj) VALUES "
+               "(1.0, 'gemm', '{}', 'h', 'tiny', '{}', 'golden', 16, 0.0, '{}', '{\"cycles\": 9}', 9, 'old', "
+               "2.5)")
+    db.commit()
+    db.close()
+    with HistoryStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION >= 3
+        (record,) = store.records()
+        assert record.cycles == 9 and record.energy_pj == 2.5
+        assert store.codelet_runs() == []
+        run = CodeletRun("prog", "c1", "sig", "matmul", "accel-tiny", "heavy", "tcp://w", 0.25,
+                         output_bytes=100, cycles=1234, fallback=None, source="test")
+        store.add_codelet_runs([run])
+    with HistoryStore(path) as store:
+        (stored,) = store.codelet_runs(signature="sig")
+        assert (stored.version, stored.cycles, stored.seconds, stored.output_bytes) == \
+            ("accel-tiny", 1234, 0.25, 100)
+        assert store.codelet_runs(version="cpu") == []
