@@ -77,6 +77,7 @@ MIGRATIONS: tuple[str, ...] = (
         cycles INTEGER,
         predicted_seconds REAL,
         fallback TEXT,
+        error TEXT,
         source TEXT NOT NULL
     );
     CREATE INDEX codelet_runs_by_signature ON codelet_runs (signature, version);
@@ -190,6 +191,8 @@ class CodeletRun:
         The dispatcher's estimate when it routed the codelet.
     fallback : str or None
         Why it ran on the CPU although the plan wanted an accelerator.
+    error : str or None
+        What it raised, if it failed.
     source : str
         Who recorded it: ``fleet``, ``bench``, ``test``.
     """
@@ -207,6 +210,7 @@ class CodeletRun:
     cycles: int | None = None
     predicted_seconds: float | None = None
     fallback: str | None = None
+    error: str | None = None
     source: str = "fleet"
     recorded_at: float = dataclasses.field(default_factory=time.time)
     id: int | None = None
@@ -214,7 +218,7 @@ class CodeletRun:
 
 _CODELET_COLUMNS = ("recorded_at", "program", "codelet", "signature", "pattern", "version", "fleet", "worker",
                     "seconds", "output_bytes", "serialize_seconds", "cycles", "predicted_seconds", "fallback",
-                    "source")
+                    "error", "source")
 
 
 _COLUMNS = ("recorded_at", "family", "signature", "signature_hash", "config_name", "config", "device",

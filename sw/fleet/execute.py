@@ -1,0 +1,422 @@
+"""Execution on a Dask cluster: fleets of workers, codelets as tasks, results as futures.
+
+Fleets are ``dask.distributed`` workers with resources (:data:`DEFAULT_WORKERS`): the heavy-compute
+fleet owns simulated Braze accelerators (``accel-tiny``, ``accel-default``), the memory-bound fleet
+has ``memory`` slots for I/O, and the fast-path fleet ``cpu``.  :func:`local_cluster` starts them as
+a :class:`distributed.SpecCluster` of nannies (one process per worker, restarted by its nanny if it
+dies); a scheduler address uses an existing cluster instead (its workers' ``--resources`` make the
+fleets).
+
+:func:`run_programs` is the driver: a codelet is submitted when the codelets it depends on have
+finished -- its scheduler (:mod:`.dispatch`) places it with what they measured (shapes, sizes,
+where they are) -- with the dependencies' *futures* as arguments, so Dask moves the data between
+workers.  Each finished codelet's measurements update the scheduler's model and go into the
+performance history.  If a worker dies, Dask reruns what it was running, and recomputes results
+it held from their futures' lineage, on the workers left (or on its restarted self); a codelet that
+raises stops the program with a :class:`~.codelet.CodeletError` naming the codelet and the line.
+
+Nothing here deserialises data from outside the cluster: tasks and results move only between the
+client, the scheduler and the workers, over Dask's comms (TLS when ``security`` is given).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from braze.sw.hpm import CodeletRun, HistoryStore
+
+from .codelet import Codelet, CodeletError, FleetError, Program, decompose
+from .dispatch import (
+    SCHEDULERS,
+    AcceleratorManager,
+    HistoryModel,
+    Placement,
+    Request,
+    Scheduler,
+    WorkerInfo,
+    fleets_of,
+    signature_of,
+)
+from .profile import TargetingProfile, profile_codelet
+from .worker import CodeletResult, CodeletTask, run_codelet
+
+__all__ = ["WorkerSpec", "DEFAULT_WORKERS", "local_cluster", "connect", "CodeletRecord", "Execution",
+           "run_programs", "execute", "compose_and_execute", "plan", "workers_of"]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSpec:
+    """One worker of a local cluster: its name, Dask resources and threads."""
+
+    name: str
+    resources: dict[str, float]
+    nthreads: int = 2
+
+
+#: Two workers: one in the heavy-compute fleet (a CPU slot and one device of each accelerator
+#: type), one in the fast-path and memory-bound fleets (a CPU slot, two I/O slots).
+DEFAULT_WORKERS = (WorkerSpec("heavy-0", {"cpu": 1, "accel-tiny": 1, "accel-default": 1}),
+                   WorkerSpec("fast-0", {"cpu": 1, "memory": 2}))
+
+
+def local_cluster(workers: Sequence[WorkerSpec] = DEFAULT_WORKERS, *, processes: bool = True,
+                  dashboard: bool = False, security: Any = None, memory_limit: str = "2GB"):
+    """A :class:`distributed.SpecCluster` on this machine with these workers (nannies with processes)."""
+    from distributed import Nanny, Scheduler, SpecCluster, Worker
+
+    protocol = "tls://" if security is not None else "tcp://"
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "protocol": protocol,
+                                               "dashboard_address": ":0" if dashboard else None,
+                                               "security": security}}
+    specs = {}
+    for spec in workers:
+        options = {"nthreads": spec.nthreads, "resources": dict(spec.resources), "host": "127.0.0.1",
+                   "name": spec.name, "security": security}
+        if processes:
+            options |= {"memory_limit": memory_limit, "protocol": protocol}
+        specs[spec.name] = {"cls": Nanny if processes else Worker, "options": options}
+    return SpecCluster(scheduler=scheduler, workers=specs, silence_logs=logging.ERROR, security=security,
+                       asynchronous=False)
+
+
+@contextlib.contextmanager
+def connect(scheduler: str | None = None, *, workers: Sequence[WorkerSpec] = DEFAULT_WORKERS,
+            processes: bool = True, dashboard: bool = False, security: Any = None) -> Iterator[Any]:
+    """A :class:`distributed.Client` of the cluster at ``scheduler``, or of a new local cluster."""
+    from distributed import Client
+
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout="10s", security=security)
+        except (OSError, TimeoutError) as error:
+            raise FleetError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
+        with client:
+            yield client
+        return
+    with local_cluster(workers, processes=processes, dashboard=dashboard, security=security) as cluster, \
+            Client(cluster, security=security) as client:
+        yield client
+
+
+def workers_of(client) -> list[WorkerInfo]:
+    """The cluster's workers as the schedulers see them."""
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    return sorted((WorkerInfo(str(w.get("name", address)), address, dict(w.get("resources") or {}))
+                   for address, w in info.items()), key=lambda w: w.name)
+
+
+@dataclasses.dataclass
+class CodeletRecord:
+    """How one codelet ran: where, in which version, how long against the prediction, and why."""
+
+    program: str
+    codelet: str
+    line: int
+    pattern: str
+    worker: str
+    fleet: str
+    version: str
+    seconds: float
+    predicted_seconds: float | None
+    cycles: int | None
+    output_bytes: int
+    serialize_seconds: float
+    fallback: str | None
+    reason: str
+    started: float
+    finished: float
+    signature: str
+
+
+@dataclasses.dataclass
+class Execution:
+    """A program's run: its outputs, each codelet's record, what it printed, and its makespan."""
+
+    program: Program
+    values: dict[str, Any]
+    records: dict[str, CodeletRecord]
+    stdout: str
+    started: float
+    finished: float
+
+    @property
+    def makespan(self) -> float:
+        return self.finished - self.started
+
+    def table(self) -> str:
+        """One line per codelet: where it ran and how long it took."""
+        header = ("codelet", "line", "pattern", "fleet", "worker", "version", "ms", "predicted", "cycles",
+                  "out B", "note")
+        rows = [header]
+        for record in self.records.values():
+            rows.append((record.codelet, str(record.line), record.pattern, record.fleet, record.worker,
+                         record.version, f"{record.seconds * 1e3:.2f}",
+                         "-" if record.predicted_seconds is None else f"{record.predicted_seconds * 1e3:.2f}",
+                         "-" if record.cycles is None else str(record.cycles), str(record.output_bytes),
+                         record.fallback and f"fallback: {record.fallback}" or record.reason))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+                 for row in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        return "\n".join(lines)
+
+
+def _fleet_of(worker: WorkerInfo | None, result: CodeletResult, resource: str) -> str:
+    if result.version != "cpu":
+        return "heavy"
+    if resource == "memory":
+        return "memory"
+    fleets = fleets_of(worker.resources) if worker else ()
+    return "fast" if "fast" in fleets and "heavy" not in fleets else (fleets[0] if fleets else "?")
+
+
+@dataclasses.dataclass
+class _Job:
+    """A program in flight on the cluster."""
+
+    index: int
+    program: Program
+    parameters: Mapping[str, Any] | None
+    token: str
+    waiting: dict[str, set[str]]
+    futures: dict[str, Any] = dataclasses.field(default_factory=dict)
+    results: dict[str, CodeletResult] = dataclasses.field(default_factory=dict)
+    placements: dict[str, Placement] = dataclasses.field(default_factory=dict)
+    profiles: dict[str, tuple[TargetingProfile, str]] = dataclasses.field(default_factory=dict)
+    records: dict[str, CodeletRecord] = dataclasses.field(default_factory=dict)
+    parameters_future: Any = None
+    started: float = 0.0
+
+
+def _sources(program: Program, codelet: Codelet) -> tuple[tuple[str, int], ...]:
+    """For each input: the position, among the codelet's deps, of its last writer (-1: a parameter)."""
+    order = {c.id: i for i, c in enumerate(program.codelets)}
+    sources = []
+    for name in codelet.inputs:
+        writers = [d for d in codelet.deps if name in program.codelet(d).outputs]
+        sources.append((name, codelet.deps.index(max(writers, key=order.__getitem__)) if writers else -1))
+    return tuple(sources)
+
+
+def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]], scheduler: Scheduler, *,
+                 manager: AcceleratorManager | None = None, window: int = 4, device: str = "golden",
+                 source: str = "fleet", on_record: Callable[[CodeletRecord], None] | None = None,
+                 on_event: Callable[[int, int], None] | None = None) -> list[Execution]:
+    """Run programs on the cluster, at most ``window`` at a time, placing codelets with ``scheduler``.
+
+    Parameters
+    ----------
+    jobs : sequence of (Program, parameters)
+        ``parameters``: values of a function program's parameters (None for scripts).
+    manager : AcceleratorManager, optional
+        The accelerators (default: every accelerator resource of the cluster's workers).
+    on_record : callable, optional
+        Called with each codelet's record as it finishes (progress bars).
+    on_event : callable, optional
+        Called with (programs finished, codelets finished) after each codelet (fault injection).
+
+    Returns
+    -------
+    list of Execution, in the order of ``jobs``.
+    """
+    from distributed import as_completed
+
+    workers = workers_of(client)
+    if not workers:
+        raise FleetError("the Dask cluster has no workers")
+    manager = manager if manager is not None else AcceleratorManager(workers)
+    scheduler.attach(workers, manager)
+    by_name = {w.name: w for w in workers}
+    refreshed = time.monotonic()
+    executions: list[Execution | None] = [None] * len(jobs)
+    queue = list(enumerate(jobs))
+    active: dict[str, _Job] = {}
+    pending = as_completed()
+    owner: dict[Any, tuple[_Job, str]] = {}
+    done_codelets = done_programs = 0
+
+    def start(index: int, program: Program, parameters) -> None:
+        job = _Job(index, program, parameters, uuid.uuid4().hex[:8],
+                   {c.id: set(c.deps) for c in program.codelets}, started=time.time())
+        if parameters:
+            missing = sorted(set(program.parameters) - set(parameters))
+            if missing:
+                raise FleetError(f"program {program.name!r}: no value for parameter {missing[0]!r}")
+            job.parameters_future = client.scatter(dict(parameters), broadcast=False)
+        active[job.token] = job
+        for codelet in program.codelets:
+            if not codelet.deps:
+                submit(job, codelet)
+
+    def submit(job: _Job, codelet: Codelet) -> None:
+        shapes, inputs = {}, {}
+        for name, position in _sources(job.program, codelet):
+            if position < 0:
+                value = (job.parameters or {}).get(name)
+                shapes[name] = tuple(getattr(value, "shape", ()))
+                inputs[name] = (None, int(getattr(value, "nbytes", 0)), 0.0)
+                continue
+            producer = job.results[codelet.deps[position]]
+            shapes[name] = producer.shapes.get(name, ())
+            share = producer.output_bytes / max(1, len(producer.values))
+            inputs[name] = (producer.worker, int(share),
+                            producer.serialize_seconds / max(1, len(producer.values)))
+        signature = signature_of(codelet, shapes)
+        profile = profile_codelet(job.program, codelet, shapes, accelerators=manager.kinds() or (),
+                                  device=device)
+        placement = scheduler.place(Request(job.program, codelet, profile, signature, inputs))
+        task = CodeletTask(job.program.name, codelet.id, codelet.file, codelet.line, codelet.source,
+                           job.program.prelude, codelet.inputs, codelet.outputs, codelet.mutates,
+                           _sources(job.program, codelet), placement.version, placement.accelerator,
+                           job.program.tolerance, device)
+        key = f"codelet-{job.token}-{codelet.id}"
+        restrictions = {"workers": [placement.worker], "allow_other_workers": True} \
+            if placement.worker is not None else {}
+        future = client.submit(run_codelet, task, job.parameters_future,
+                               *[job.futures[d] for d in codelet.deps], key=key, pure=False,
+                               resources={placement.resource: 1}, **restrictions)
+        scheduler.submitted(placement, key)
+        job.futures[codelet.id] = future
+        job.placements[codelet.id] = placement
+        job.profiles[codelet.id] = (profile, signature)
+        owner[future] = (job, codelet.id)
+        pending.add(future)
+
+    def stop_all() -> None:
+        futures = [f for job in active.values() for f in job.futures.values()]
+        client.cancel(futures)
+
+    while queue and len(active) < window:
+        index, (program, parameters) = queue.pop(0)
+        start(index, program, parameters)
+    for future in pending:
+        job, codelet_id = owner.pop(future)
+        codelet = job.program.codelet(codelet_id)
+        placement = job.placements[codelet_id]
+        profile, signature = job.profiles[codelet_id]
+        try:
+            result: CodeletResult = future.result()
+        except CodeletError as error:
+            stop_all()
+            scheduler.model.record([CodeletRun(job.program.name, codelet_id, signature, profile.pattern,
+                                               placement.target, "?", "?", 0.0, error=str(error),
+                                               source=source)])
+            raise
+        except Exception as error:          # a worker died too often, a cancelled run ...
+            stop_all()
+            raise FleetError(f"codelet {codelet_id} of {job.program.name!r} ({codelet.file}:{codelet.line}) "
+                             f"could not run on the cluster: {type(error).__name__}: {error}") from None
+        key = future.key
+        scheduler.finished(placement, key)
+        if placement.lease is not None:
+            manager.release(placement.lease, seconds=result.seconds if result.version != "cpu" else None,
+                            cycles=result.cycles)
+        if time.monotonic() - refreshed > 1.0 or result.worker not in by_name:
+            workers = workers_of(client)
+            by_name = {w.name: w for w in workers}
+            scheduler.attach(workers, manager)
+            refreshed = time.monotonic()
+        analytic = profile.estimates.get(result.version)
+        scheduler.model.observe(signature, result.version, profile.pattern, result.seconds, analytic)
+        fallback = placement.fallback or result.fallback
+        record = CodeletRecord(job.program.name, codelet_id, codelet.line, profile.pattern, result.worker,
+                               _fleet_of(by_name.get(result.worker), result, placement.resource),
+                               result.version, result.seconds, placement.predicted_seconds, result.cycles,
+                               result.output_bytes, result.serialize_seconds, fallback, placement.reason,
+                               result.started, result.finished, signature)
+        job.results[codelet_id] = result
+        job.records[codelet_id] = record
+        done_codelets += 1
+        if on_record is not None:
+            on_record(record)
+        for other in job.program.codelets:
+            waiting = job.waiting[other.id]
+            if codelet_id in waiting:
+                waiting.discard(codelet_id)
+                if not waiting and other.id not in job.futures:
+                    submit(job, other)
+        if len(job.results) == len(job.program.codelets):
+            executions[job.index] = _finish(job, scheduler.model, source)
+            del active[job.token]
+            done_programs += 1
+            if queue:
+                index, (program, parameters) = queue.pop(0)
+                start(index, program, parameters)
+        if on_event is not None:
+            on_event(done_programs, done_codelets)
+    return [execution for execution in executions if execution is not None]
+
+
+def _finish(job: _Job, model: HistoryModel, source: str) -> Execution:
+    program = job.program
+    last_writer: dict[str, str] = {}
+    for codelet in program.codelets:
+        for name in codelet.outputs:
+            last_writer[name] = codelet.id
+    values = {name: job.results[last_writer[name]].values[name] for name in program.outputs}
+    stdout = "".join(job.results[c.id].stdout for c in program.codelets)
+    model.record([CodeletRun(program.name, r.codelet, r.signature, r.pattern, r.version, r.fleet, r.worker,
+                             r.seconds, r.output_bytes, r.serialize_seconds, r.cycles, r.predicted_seconds,
+                             r.fallback, source=source, recorded_at=r.finished)
+                  for r in job.records.values()])
+    finished = max(r.finished for r in job.records.values())
+    return Execution(program, values, dict(sorted(job.records.items(), key=lambda kv: kv[1].line)), stdout,
+                     job.started, finished)
+
+
+def plan(program: Program, scheduler: Scheduler, workers: Sequence[WorkerInfo], *, device: str = "golden",
+         manager: AcceleratorManager | None = None) -> dict[str, tuple[TargetingProfile, Placement]]:
+    """The placement the scheduler would give each codelet before anything runs (shapes unknown:
+    matrix codelets are planned on the CPU until their operands are known).  For display: the
+    adaptive scheduler decides again, with measurements, when each codelet is ready."""
+    manager = manager if manager is not None else AcceleratorManager(workers)
+    scheduler.attach(workers, manager)
+    planned = {}
+    for codelet in program.codelets:
+        profile = profile_codelet(program, codelet, {}, accelerators=manager.kinds(), device=device)
+        placement = scheduler.place(Request(program, codelet, profile, signature_of(codelet, {}), {}))
+        if placement.lease is not None:
+            manager.release(placement.lease)
+        planned[codelet.id] = (profile, placement)
+    return planned
+
+
+def execute(program: Program, scheduler: Scheduler | str = "adaptive", *, client,
+            parameters: Mapping[str, Any] | None = None, history: HistoryStore | None = None,
+            device: str = "golden", on_record: Callable[[CodeletRecord], None] | None = None) -> Execution:
+    """Run a decomposed program's codelets on the cluster of ``client``, placed by ``scheduler``
+    (a :class:`~.dispatch.Scheduler` or a name of :data:`~.dispatch.SCHEDULERS`)."""
+    if isinstance(scheduler, str):
+        if scheduler not in SCHEDULERS:
+            raise FleetError(f"no scheduler {scheduler!r}; schedulers: {', '.join(SCHEDULERS)}")
+        scheduler = SCHEDULERS[scheduler](HistoryModel(history))
+    (execution,) = run_programs(client, [(program, parameters)], scheduler, device=device,
+                                on_record=on_record)
+    return execution
+
+
+def compose_and_execute(program: Any, *args: Any, scheduler: str = "adaptive", client=None,
+                        address: str | None = None, tolerance: float | None = None,
+                        history: HistoryStore | None = None, device: str = "golden") -> Execution:
+    """Decompose ``program`` (source, module or function), route its codelets and run them.
+
+    A function program is called with ``args`` (its return value is ``values["__return__"]``).
+    Without ``client``, connects to ``address`` or starts a local cluster for the call.
+    """
+    decomposed = decompose(program, tolerance=tolerance)
+    if len(args) != len(decomposed.parameters):
+        raise FleetError(f"program {decomposed.name!r} takes {len(decomposed.parameters)} argument(s) "
+                         f"({', '.join(decomposed.parameters)}), {len(args)} given")
+    parameters = dict(zip(decomposed.parameters, args, strict=True)) or None
+    if client is not None:
+        return execute(decomposed, scheduler, client=client, parameters=parameters, history=history,
+                       device=device)
+    with connect(address) as own:
+        return execute(decomposed, scheduler, client=own, parameters=parameters, history=history,
+                       device=device)
