@@ -407,6 +407,24 @@ def _preset_list(text: str) -> list:
     return [Config.parse(name.strip()) for name in text.split(",") if name.strip()]
 
 
+@command("fleet", "decompose a Python script into codelets and run them on a Dask cluster (fleets of CPUs "
+                  "and simulated accelerators)",
+         arg("action", choices=("run", "plan"), help="run: plan, run and report; plan: only print the plan"),
+         arg("script", type=Path, help="the Python script"),
+         arg("--scheduler", metavar="ADDRESS", help="Dask scheduler address (default: a local cluster of 2 "
+                                                    "worker processes)"),
+         arg("--policy", choices=("adaptive", "static", "cpu"), default="adaptive",
+             help="routing: adaptive (dmda, learning from the history; default), static (by pattern), cpu"),
+         arg("--tolerance", type=number(0.0, 1.0, high_open=True), default=None, metavar="REL",
+             help="relative error accepted in matrix results: lets matrix codelets run in int8 on the "
+                  "accelerators (default: none, exact CPU versions)"),
+         arg("--history", type=Path, help="the performance history (default: $BRAZE_CACHE_DIR/hpm/...)"))
+def _fleet(args: argparse.Namespace) -> int:
+    from braze.sw.fleet.cli import run_script
+
+    return run_script(args)
+
+
 @command("hpm", "the hardware performance model: calibrate it on a device, train it, evaluate it",
          arg("action", choices=("calibrate", "train", "evaluate", "show"),
              help="calibrate: run calibration kernels into the history; train: fit the model on the "
@@ -490,6 +508,16 @@ def _bench_hpm(argv: Sequence[str]) -> int:
 
 BENCH_TARGETS["hpm"] = ("learned performance model: held-out family errors vs analytic, top-1 decisions on "
                         "the RTL, drift recovery (braze bench hpm --help)", _bench_hpm)
+
+
+def _bench_fleet(argv: Sequence[str]) -> int:
+    from braze.sw.fleet import bench
+
+    return bench.main(argv)
+
+
+BENCH_TARGETS["fleet"] = ("codelets on a Dask cluster: makespan all-CPU vs static vs adaptive routing, "
+                          "fallback rate, a worker killed mid-run (braze bench fleet --help)", _bench_fleet)
 
 
 def _bench_fuzz(argv: Sequence[str]) -> int:

@@ -527,8 +527,8 @@ def decompose(program: str | types.ModuleType | Callable[..., Any], *, filename:
             outputs=tuple(sorted(outputs)), mutates=tuple(sorted(mutated & set(inputs))),
             deps=tuple(sorted(deps, key=lambda d: int(d[1:]))), calls=tuple(sorted(calls)), effects=effects,
             cyclomatic=1 + sum(_cyclomatic(n) - 1 for n in nodes), size=sum(_size(n) for n in nodes)))
-        for name in outputs:
-            last_writer[name] = codelet_id
+        for output in outputs:
+            last_writer[output] = codelet_id
         defined |= outputs
         if effects:
             last_effect = codelet_id

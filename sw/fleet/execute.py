@@ -1,8 +1,10 @@
 """Execution on a Dask cluster: fleets of workers, codelets as tasks, results as futures.
 
 Fleets are ``dask.distributed`` workers with resources (:data:`DEFAULT_WORKERS`): the heavy-compute
-fleet owns simulated Braze accelerators (``accel-tiny``, ``accel-default``), the memory-bound fleet
-has ``memory`` slots for I/O, and the fast-path fleet ``cpu``.  :func:`local_cluster` starts them as
+fleet owns simulated Braze accelerators (``accel-tiny``, ``accel-default``: Dask resources that
+int8 codelets require, one codelet per device at a time), the memory-bound fleet has ``memory``
+slots for I/O, and the fast-path fleet ``cpu`` slots (these two the schedulers place by, with
+loose worker restrictions).  :func:`local_cluster` starts them as
 a :class:`distributed.SpecCluster` of nannies (one process per worker, restarted by its nanny if it
 dies); a scheduler address uses an existing cluster instead (its workers' ``--resources`` make the
 fleets).
@@ -24,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -63,6 +66,15 @@ class WorkerSpec:
 #: type), one in the fast-path and memory-bound fleets (a CPU slot, two I/O slots).
 DEFAULT_WORKERS = (WorkerSpec("heavy-0", {"cpu": 1, "accel-tiny": 1, "accel-default": 1}),
                    WorkerSpec("fast-0", {"cpu": 1, "memory": 2}))
+
+
+def quiet_dask_logs(level: str = "error") -> None:
+    """Only Dask's errors on stderr, in this process and the worker processes it starts (command line)."""
+    import dask
+
+    os.environ["DASK_LOGGING__DISTRIBUTED"] = level        # read by the spawned worker processes
+    dask.config.set({"logging.distributed": level})
+    logging.getLogger("distributed").setLevel(level.upper())
 
 
 def local_cluster(workers: Sequence[WorkerSpec] = DEFAULT_WORKERS, *, processes: bool = True,
@@ -276,11 +288,19 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
                            _sources(job.program, codelet), placement.version, placement.accelerator,
                            job.program.tolerance, device)
         key = f"codelet-{job.token}-{codelet.id}"
-        restrictions = {"workers": [placement.worker], "allow_other_workers": True} \
-            if placement.worker is not None else {}
+        if placement.version == "int8":
+            # A device is a Dask resource: one codelet at a time on it, and only where it exists (if
+            # its worker dies, the codelet waits for the nanny to restart it).
+            restrictions = {"resources": {placement.accelerator: 1}}
+        elif placement.worker is not None:
+            # Loose: if the chosen worker dies, the codelet (or a rerun of a result it held) runs on
+            # another.  (Not combined with resources: Dask gives a loose task to workers that lack
+            # them, where it never starts.)
+            restrictions = {"workers": [placement.worker], "allow_other_workers": True}
+        else:
+            restrictions = {}
         future = client.submit(run_codelet, task, job.parameters_future,
-                               *[job.futures[d] for d in codelet.deps], key=key, pure=False,
-                               resources={placement.resource: 1}, **restrictions)
+                               *[job.futures[d] for d in codelet.deps], key=key, pure=False, **restrictions)
         scheduler.submitted(placement, key)
         job.futures[codelet.id] = future
         job.placements[codelet.id] = placement

@@ -217,7 +217,7 @@ def run_codelet(task: CodeletTask, parameters: Mapping[str, Any] | None, *depend
         print(*args, **kwargs)
 
     version, fallback = task.version, None
-    if version == "int8" and task.accelerator not in resources:
+    if version == "int8" and not resources.get(task.accelerator):
         version, fallback = "cpu", f"worker {worker} owns no {task.accelerator} (retried after a failure?)"
     stats: dict[str, Any] = {}
     namespace: dict[str, Any] = {"__name__": f"__braze_fleet_{task.program}__", "print": captured_print}
