@@ -236,7 +236,12 @@ def run_codelet(task: CodeletTask, parameters: Mapping[str, Any] | None, *depend
         line = frames[-1].lineno if frames else task.line
         source_line = task.source.splitlines()[0]
         if frames and line != task.line:
-            source_line += f" ... line {line}: {frames[-1].line}"
+            # (compiled from strings: linecache has no text, the prelude has it at its line number)
+            prelude_lines = task.prelude.splitlines()
+            text = prelude_lines[line - 1] if line <= len(prelude_lines) else ""
+            if not text.strip() and 0 <= line - task.line < len(task.source.splitlines()):
+                text = task.source.splitlines()[line - task.line]
+            source_line += f" ... line {line}: {text.strip()}"
         raise CodeletError(task.codelet, task.file, task.line, source_line,
                            f"{type(error).__name__}: {error}") from None
     seconds = time.perf_counter() - started

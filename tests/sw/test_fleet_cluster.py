@@ -1,0 +1,124 @@
+"""Codelets on a real Dask LocalCluster: 2 worker processes, one run, a codelet error, a worker killed.
+
+One cluster for the module (starting one takes seconds); its workers are processes, so that killing
+one is real.
+"""
+
+import os
+import signal
+import textwrap
+
+import numpy as np
+import pytest
+
+from braze.sw.fleet import (
+    CodeletError,
+    DmdaScheduler,
+    HistoryModel,
+    StaticScheduler,
+    compose_and_execute,
+    connect,
+    decompose,
+    execute,
+    monitor,
+    run_programs,
+)
+from braze.sw.fleet.bench import compare
+from braze.sw.fleet.execute import workers_of
+from braze.sw.hpm import HistoryStore
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("braze-fleet-cluster")]
+
+SCRIPT = textwrap.dedent('''\
+    import hashlib
+    import time
+    import numpy as np
+
+    def layer(x, w):
+        return np.maximum(x @ w, 0.0)
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((24, 40))
+    w = rng.standard_normal((40, 12))
+    h = layer(x, w)
+    digest = hashlib.sha256(x.tobytes()).hexdigest()
+    time.sleep({sleep})
+    total = float(h.sum())
+    print("digest", digest[:12])
+''')
+
+
+@pytest.fixture(scope="module")
+def client():
+    with connect() as client:
+        yield client
+
+
+def _reference(source):
+    namespace = {"print": lambda *args: None, "__name__": "reference"}
+    exec(compile(source, "reference.py", "exec"), namespace)
+    return namespace
+
+
+def test_a_script_runs_on_the_fleets_with_int8_products_and_its_history_is_recorded(client, tmp_path):
+    source = SCRIPT.format(sleep=0.0)
+    program = decompose(source, filename="script.py", tolerance=0.05)
+    history = HistoryStore(tmp_path / "history.sqlite")
+    # Static routing sends the matrix codelet to the heavy fleet's accelerator.
+    result = execute(program, StaticScheduler(HistoryModel(history)), client=client, history=history)
+    reference = _reference(source)
+    assert result.values["digest"] == reference["digest"]
+    assert result.stdout == f"digest {reference['digest'][:12]}\n"
+    scale = np.abs(reference["h"]).max()
+    assert 0 < np.abs(result.values["h"] - reference["h"]).max() <= 0.05 * scale     # int8, in tolerance
+    matmul = next(r for r in result.records.values() if r.pattern == "matmul")
+    assert matmul.version == "accel-default" and matmul.worker == "heavy-0" and matmul.cycles > 0
+    assert matmul.fleet == "heavy" and matmul.line == 11
+    sleep = next(r for r in result.records.values() if r.line == 13)
+    assert (sleep.pattern, sleep.fleet, sleep.worker) == ("io", "memory", "fast-0")
+    assert "accel-default" in result.table() and "static: matrix work to the heavy fleet" in result.table()
+    # Every codelet's run is in the performance history, and monitor() reads it.
+    runs = history.codelet_runs()
+    assert len(runs) == len(program.codelets) and {r.program for r in runs} == {"script.py"}
+    metrics = monitor(matmul.codelet, "heavy", history=history)
+    assert metrics.runs == 1 and metrics.errors == 0 and metrics.mean_seconds == pytest.approx(matmul.seconds)
+    assert 0 < metrics.utilisation <= 1
+    # Without a tolerance the same script is exact, everywhere on the CPU.
+    exact = compose_and_execute(source, client=client, scheduler="adaptive", history=history)
+    assert np.array_equal(exact.values["h"], reference["h"])
+    assert all(r.version == "cpu" for r in exact.records.values())
+
+
+def test_a_codelet_that_raises_on_a_worker_names_the_codelet_and_its_line(client, tmp_path):
+    history = HistoryStore(tmp_path / "history.sqlite")
+    program = decompose("import numpy as np\nh = np.zeros(3)\nbad = h[7]\n", filename="broken.py")
+    with pytest.raises(CodeletError, match=r"^codelet c1 \(broken\.py:3: bad = h\[7\]\) raised IndexError"):
+        execute(program, "adaptive", client=client, history=history)
+    (failed,) = [run for run in history.codelet_runs() if run.error]
+    assert failed.codelet == "c1" and "IndexError" in failed.error
+
+
+def test_a_worker_killed_mid_run_loses_no_result_and_changes_none(client, tmp_path):
+    programs = [decompose(SCRIPT.format(sleep=0.3).replace("default_rng(7)", f"default_rng({seed})"),
+                          filename=f"p{seed}.py", name=f"p{seed}") for seed in range(6)]
+    history = HistoryStore(tmp_path / "history.sqlite")
+    reference = run_programs(client, [(p, None) for p in programs], DmdaScheduler(HistoryModel(history)))
+    pids = client.run(os.getpid)
+    victim = next(pid for address, pid in pids.items()
+                  if address == next(w.address for w in workers_of(client) if w.name == "fast-0"))
+    killed = []
+
+    def kill(done_programs, done_codelets):
+        if not killed and done_programs >= 1:       # others are mid-run: 3 in flight, sleeping on fast-0
+            killed.append(done_codelets)
+            os.kill(victim, signal.SIGKILL)
+
+    run = run_programs(client, [(p, None) for p in programs], DmdaScheduler(HistoryModel(history)),
+                       window=3, on_event=kill)
+    assert killed, "the kill did not happen"
+    assert compare(reference, run) == (0, 0)
+    assert [e.program.name for e in run] == [p.name for p in programs]
+    for seed, execution in enumerate(run):
+        expected = _reference(SCRIPT.format(sleep=0).replace("default_rng(7)", f"default_rng({seed})"))
+        assert execution.values["digest"] == expected["digest"]
+        assert np.array_equal(execution.values["h"], expected["h"])

@@ -1,0 +1,150 @@
+"""Decomposition of programs into codelets: the def-use DAG, contracts, and what cannot be split."""
+
+import pickle
+import textwrap
+
+import numpy as np
+import pytest
+
+from braze.sw.fleet import CodeletError, DecompositionError, FleetError, decompose
+from braze.sw.fleet.worker import CodeletTask, run_codelet
+
+SCRIPT = textwrap.dedent('''\
+    import hashlib
+    import numpy as np
+
+    SCALE = 3
+
+    def normalise(v):
+        return v / SCALE
+
+    a = np.arange(12.0).reshape(3, 4)
+    b = np.ones((4, 2))
+    c = a @ b
+    d = normalise(a).sum()
+    digest = hashlib.sha256(c.tobytes()).hexdigest()
+    log = []
+    log.append(d)
+    print(digest[:8], d)
+    total = c.sum() + d
+    if total > 0:
+        total = total * 2
+    print(total)
+''')
+
+
+def test_a_script_becomes_a_dag_of_codelets_with_their_contracts():
+    program = decompose(SCRIPT, filename="script.py")
+    by_source = {c.source.splitlines()[0]: c for c in program.codelets}
+    assert "import hashlib" in program.prelude and "def normalise" in program.prelude
+    assert len(program.codelets) == 12          # every top-level statement but imports and defs
+
+    c = by_source["c = a @ b"]
+    assert (c.inputs, c.outputs, c.line) == (("a", "b"), ("c",), 11)
+    assert c.deps == (by_source["a = np.arange(12.0).reshape(3, 4)"].id, by_source["b = np.ones((4, 2))"].id)
+    # A call reads what the prelude function reads: normalise uses SCALE.
+    d = by_source["d = normalise(a).sum()"]
+    assert d.inputs == ("SCALE", "a") and d.calls == ("normalise",)
+    # An in-place change makes the variable an output, read from its previous writer.
+    append = by_source["log.append(d)"]
+    assert append.outputs == ("log",) and append.mutates == ("log",)
+    assert set(append.deps) == {by_source["log = []"].id, d.id}
+    # Statements that print keep their order; a branch may keep the earlier value, so it reads it.
+    first_print, second_print = by_source["print(digest[:8], d)"], by_source["print(total)"]
+    assert first_print.effects and first_print.id in second_print.deps
+    branch = by_source["if total > 0:"]
+    assert "total" in branch.inputs and branch.cyclomatic == 2
+    # Independent codelets share a level of the DAG: a and b and SCALE and log first.
+    first_level = {program.codelet(i).source.split(" =")[0] for i in program.levels()[0]}
+    assert first_level == {"SCALE", "a", "b", "log"}
+    assert program.outputs == ("SCALE", "a", "b", "c", "d", "digest", "log", "total")
+
+
+def _run_in_order(program, parameters=None):
+    """Run every codelet in program order in this process: the values the program leaves."""
+    results = {}
+    for codelet in program.codelets:
+        sources = []
+        for name in codelet.inputs:
+            writers = [d for d in codelet.deps if name in program.codelet(d).outputs]
+            sources.append((name, codelet.deps.index(writers[-1]) if writers else -1))
+        task = CodeletTask(program.name, codelet.id, codelet.file, codelet.line, codelet.source,
+                           program.prelude, codelet.inputs, codelet.outputs, codelet.mutates, tuple(sources))
+        results[codelet.id] = run_codelet(task, parameters, *[results[d] for d in codelet.deps])
+    return results
+
+
+def test_codelets_run_apart_compute_what_the_script_computes():
+    program = decompose(SCRIPT, filename="script.py")
+    results = _run_in_order(program)
+    namespace = {"print": lambda *args: None, "__name__": "script"}
+    exec(compile(SCRIPT, "script.py", "exec"), namespace)
+    last = {}
+    for codelet in program.codelets:
+        for name in codelet.outputs:
+            last[name] = results[codelet.id].values[name]
+    assert last["total"] == namespace["total"] and last["digest"] == namespace["digest"]
+    assert last["log"] == namespace["log"]
+    # The list the first codelet made was copied before the append changed it.
+    made = next(c for c in program.codelets if c.source == "log = []")
+    assert results[made.id].values["log"] == []
+    printed = "".join(results[c.id].stdout for c in program.codelets)
+    assert printed == f"{namespace['digest'][:8]} {namespace['d']}\n{namespace['total']}\n"
+
+
+def test_a_generator_advanced_by_a_method_is_threaded_through_in_program_order():
+    program = decompose("import numpy as np\nrng = np.random.default_rng(1)\nx = rng.normal(size=3)\n"
+                        "y = rng.normal(size=3)\n")
+    c1, c2, c3 = program.codelets
+    assert c3.deps == (c2.id,) and c2.mutates == ("rng",)
+    results = _run_in_order(program)
+    reference = np.random.default_rng(1)
+    reference.normal(size=3)
+    assert list(results[c3.id].values["y"]) == list(reference.normal(size=3))     # the second draw
+
+
+def test_a_function_is_decomposed_with_its_parameters_as_inputs():
+    def pipeline(x, w):
+        """A docstring is not a codelet."""
+        h = x @ w
+        y = [v * 2 for v in h.ravel()]
+        return sum(y)
+
+    program = decompose(pipeline, tolerance=0.05)
+    assert program.parameters == ("x", "w") and program.outputs == ("__return__",)
+    assert [c.inputs for c in program.codelets] == [("w", "x"), ("h",), ("y",)]
+    assert program.codelets[0].line == pipeline.__code__.co_firstlineno + 2
+    results = _run_in_order(program, {"x": np.eye(2), "w": np.full((2, 2), 3.0)})
+    assert results[program.codelets[-1].id].values["__return__"] == 24.0
+
+
+@pytest.mark.parametrize("source, line, message", [
+    ("x = 1\nfrom os import *\n", 2, "import \\*"),
+    ("x = 1\nglobal x\n", 2, "'global' at top level"),
+    ("x = 1\ny = eval('x + 1')\n", 2, "eval\\(\\) reads or changes names"),
+    ("import numpy as np\nnp.random.seed(0)\n", 2, "hidden random state"),
+    ("print(x)\nx = 1\n", 1, "'x' is read before the program assigns it"),
+    ("x = 1\ndef f():\n    global x\n    x = 2\nf()\n", 3, "rebinds 'x' through 'global'"),
+    ("x = (1\n", 1, "syntax error"),
+])
+def test_what_cannot_be_decomposed_is_an_error_naming_file_and_line(source, line, message):
+    with pytest.raises(DecompositionError, match=f"^prog.py:{line}: cannot decompose: .*{message}"):
+        decompose(source, filename="prog.py")
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(FleetError, match="tolerance=2"):
+        decompose("x = 1", tolerance=2)
+    with pytest.raises(FleetError, match="not int"):
+        decompose(3)
+
+
+def test_a_codelet_that_raises_names_itself_and_its_line_and_survives_pickling():
+    program = decompose("import numpy as np\n\ndef pick(h):\n    return h[1000]\n\nh = np.zeros(3)\n"
+                        "bad = pick(h)\n", filename="prog.py")
+    with pytest.raises(CodeletError) as caught:
+        _run_in_order(program)
+    message = str(caught.value)
+    assert message.startswith("codelet c1 (prog.py:7: bad = pick(h) ... line 4: return h[1000]) "
+                              "raised IndexError")
+    assert str(pickle.loads(pickle.dumps(caught.value))) == message

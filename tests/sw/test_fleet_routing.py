@@ -1,0 +1,143 @@
+"""Pattern recognition, targeting profiles, the int8 accelerator version, and routing that learns."""
+
+import ast
+
+import numpy as np
+import pytest
+
+from braze.sw.fleet import AcceleratorManager, DmdaScheduler, HistoryModel, StaticScheduler, decompose
+from braze.sw.fleet.dispatch import Lease, Request, WorkerInfo, signature_of
+from braze.sw.fleet.profile import accelerator_cycles, patterns_of, profile_codelet
+from braze.sw.fleet.worker import accelerator_matmul
+from braze.sw.hpm import HistoryStore
+
+
+@pytest.mark.parametrize("code, pattern", [
+    ("y = a @ b", "matmul"),
+    ("y = np.dot(a, b)", "matmul"),
+    ("y = np.einsum('ij,jk->ik', a, b)", "matmul"),
+    ("y = np.convolve(a, k)", "conv"),
+    ("y = scipy.signal.convolve2d(a, k)", "conv"),
+    ("y = np.fft.rfft(a)", "fft"),
+    ("y = hashlib.sha256(b).hexdigest()", "hash"),
+    ("y = zlib.crc32(b)", "hash"),
+    ("y = np.load(path)", "io"),
+    ("y = open(path).read()", "io"),
+    ("y = np.tanh(a) * 2", "elementwise"),
+    ("y = [i for i in range(3)]", "scalar"),
+])
+def test_patterns_are_recognised(code, pattern):
+    assert patterns_of(ast.parse(code))[0] == pattern
+
+
+def test_patterns_inside_called_functions_count_and_the_most_specific_wins():
+    program = decompose("import numpy as np\ndef layer(x, w):\n    return np.maximum(x @ w, 0)\n"
+                        "x = np.ones((4, 8))\nw = np.ones((8, 2))\nh = layer(x, w)\n", tolerance=0.1)
+    profile = profile_codelet(program, program.codelets[2], {"x": (4, 8), "w": (8, 2)})
+    assert profile.pattern == "matmul" and "elementwise" in profile.patterns
+    assert profile.matmul == (4, 8, 2)
+
+
+def test_a_matrix_codelet_gets_an_accelerator_only_with_a_tolerance_and_where_it_pays():
+    source = "import numpy as np\nx = np.ones((64, 128))\nw = np.ones((128, 64))\nh = x @ w\n"
+    shapes = {"x": (64, 128), "w": (128, 64)}
+    exact = decompose(source)
+    profile = profile_codelet(exact, exact.codelets[2], shapes)
+    assert profile.function_version == "cpu" and "no int8 tolerance" in profile.reason
+    tolerant = decompose(source, tolerance=0.05)
+    profile = profile_codelet(tolerant, tolerant.codelets[2], shapes)
+    # Estimates of every target, gains relative to the CPU, transfers included.
+    assert set(profile.estimates) == {"cpu", "accel-tiny", "accel-default"}
+    estimates = profile.estimates
+    assert profile.gains["accel-default"] == pytest.approx(estimates["cpu"] / estimates["accel-default"])
+    best = min(profile.estimates, key=profile.estimates.get)
+    assert profile.accelerator_type == best
+    assert profile.estimated_execution_time == profile.estimates[best]
+    # The bigger array needs fewer cycles for the same product (the timing model's estimate).
+    assert accelerator_cycles("accel-default", 64, 128, 64)[0] < \
+        accelerator_cycles("accel-tiny", 64, 128, 64)[0]
+
+
+def test_the_int8_matmul_runs_on_a_braze_device_within_tolerance_or_falls_back():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((16, 24)), rng.standard_normal((24, 8))
+    stats = {}
+    result = accelerator_matmul(a, b, accelerator="accel-tiny", tolerance=0.05, stats=stats)
+    reference = a @ b
+    error = np.abs(result - reference).max() / np.abs(reference).max()
+    assert 0 < error <= 0.05 and result.dtype == reference.dtype        # int8: close, not exact
+    assert stats["calls"] == 1 and stats["cycles"] > 0 and "fallbacks" not in stats
+    # A tolerance int8 cannot meet: the CPU's result, and the reason.
+    stats = {}
+    strict = accelerator_matmul(a, b, accelerator="accel-tiny", tolerance=1e-6, stats=stats)
+    assert np.array_equal(strict, reference) and "over the tolerance" in stats["fallbacks"][0]
+    # Integer operands stay exact on the CPU.
+    stats = {}
+    ints = accelerator_matmul(np.ones((2, 2), int), np.ones((2, 2), int), accelerator="accel-tiny",
+                              tolerance=0.1, stats=stats)
+    assert ints.tolist() == [[2, 2], [2, 2]] and "integer" in stats["fallbacks"][0]
+
+
+WORKERS = [WorkerInfo("heavy-0", "tcp://h", {"cpu": 1, "accel-tiny": 1, "accel-default": 1}),
+           WorkerInfo("fast-0", "tcp://f", {"cpu": 1, "memory": 2})]
+
+
+def _request(program, index, shapes):
+    codelet = program.codelets[index]
+    profile = profile_codelet(program, codelet, shapes)
+    return Request(program, codelet, profile, signature_of(codelet, shapes), {})
+
+
+def test_the_accelerator_manager_leases_refuses_past_a_deadline_and_when_withheld():
+    manager = AcceleratorManager(WORKERS)
+    assert manager.kinds() == ("accel-default", "accel-tiny")
+    lease = manager.request("accel-tiny", "p/c1", 0.5, deadline=0.1)
+    assert isinstance(lease, Lease) and lease.worker == "heavy-0"
+    refused = manager.request("accel-tiny", "p/c2", 0.5, deadline=0.1)
+    assert isinstance(refused, str) and "no accel-tiny free within 0.1 s" in refused
+    manager.release(lease, seconds=0.4, cycles=1000)
+    assert isinstance(manager.request("accel-tiny", "p/c3", 0.5, deadline=0.1), Lease)
+    stats = manager.stats["heavy-0", "accel-tiny"]
+    assert (stats.runs, stats.cycles, stats.busy_seconds) == (1, 1000, 0.4) and stats.cost > 0
+    assert AcceleratorManager(WORKERS, withheld=True).request("accel-tiny", "k", 0.1, deadline=9) == \
+        "accelerators withheld"
+
+
+def test_dmda_learns_from_measurements_and_static_does_not():
+    program = decompose("import numpy as np\nx = np.ones((64, 128))\nw = np.ones((128, 64))\nh = x @ w\n",
+                        tolerance=0.1)
+    shapes = {"x": (64, 128), "w": (128, 64)}
+    request = _request(program, 2, shapes)
+    store = HistoryStore(":memory:")
+    adaptive = DmdaScheduler(HistoryModel(store))
+    adaptive.attach(WORKERS, AcceleratorManager(WORKERS))
+    static = StaticScheduler(HistoryModel(store))
+    static.attach(WORKERS, AcceleratorManager(WORKERS))
+    # Before any measurement both follow the analytic estimates.
+    first = adaptive.place(request)
+    adaptive.finished(first, "k0")
+    assert first.version == request.profile.function_version
+    # Measurements: the accelerators are slow in wall time, the CPU fast.
+    for kind in ("accel-tiny", "accel-default"):
+        adaptive.model.observe(request.signature, kind, "matmul", 5.0, request.profile.estimates[kind])
+    adaptive.model.observe(request.signature, "cpu", "matmul", 0.001, request.profile.estimates["cpu"])
+    learned = adaptive.place(request)
+    assert (learned.version, learned.predicted_seconds) == ("cpu", 0.001) and "history" in learned.reason
+    assert static.place(request).version == "int8"          # static keeps its pattern rule
+    # An unseen shape of the same pattern is scaled by what the pattern measured.
+    other = _request(program, 2, {"x": (32, 128), "w": (128, 64)})
+    expected, source = adaptive.model.expected(other.signature, "accel-tiny", "matmul",
+                                               other.profile.estimates["accel-tiny"])
+    assert source == "pattern-scaled" and expected > other.profile.estimates["accel-tiny"]
+
+
+def test_dmda_balances_cpu_work_over_workers_by_expected_finish():
+    program = decompose("import numpy as np\nx = np.ones(10)\ny = np.ones(10)\n")
+    scheduler = DmdaScheduler(HistoryModel())
+    scheduler.attach(WORKERS, AcceleratorManager(WORKERS))
+    first = scheduler.place(_request(program, 0, {}))
+    scheduler.submitted(first, "k1")
+    second = scheduler.place(_request(program, 1, {}))
+    assert {first.worker, second.worker} == {"heavy-0", "fast-0"}   # the first worker's queue is busy
+    scheduler.finished(first, "k1")
+    assert scheduler.place(_request(program, 1, {})).worker == first.worker
