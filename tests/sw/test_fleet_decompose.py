@@ -148,3 +148,16 @@ def test_a_codelet_that_raises_names_itself_and_its_line_and_survives_pickling()
     assert message.startswith("codelet c1 (prog.py:7: bad = pick(h) ... line 4: return h[1000]) "
                               "raised IndexError")
     assert str(pickle.loads(pickle.dumps(caught.value))) == message
+
+
+def test_the_command_line_reports_a_script_it_cannot_decompose_in_one_line(tmp_path, capsys):
+    from braze.cli import main
+
+    script = tmp_path / "bad.py"
+    script.write_text("x = 1\nfrom os import *\n")
+    assert main(["fleet", "run", str(script)]) == 2
+    error = capsys.readouterr().err
+    assert error == (f"braze fleet: error: {script}:2: cannot decompose: 'from ... import *' hides which "
+                     f"names the program defines\n")
+    assert main(["bench", "fleet", "--programs", "10"]) == 2
+    assert "at least 50 programs" in capsys.readouterr().err
