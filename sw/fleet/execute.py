@@ -283,10 +283,8 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
         profile = profile_codelet(job.program, codelet, shapes, accelerators=manager.kinds() or (),
                                   device=device)
         placement = scheduler.place(Request(job.program, codelet, profile, signature, inputs))
-        task = CodeletTask(job.program.name, codelet.id, codelet.file, codelet.line, codelet.source,
-                           job.program.prelude, codelet.inputs, codelet.outputs, codelet.mutates,
-                           _sources(job.program, codelet), placement.version, placement.accelerator,
-                           job.program.tolerance, device)
+        task = CodeletTask(job.program.name, codelet, job.program.prelude, _sources(job.program, codelet),
+                           placement.version, placement.accelerator, job.program.tolerance, device)
         key = f"codelet-{job.token}-{codelet.id}"
         if placement.version == "int8":
             # A device is a Dask resource: one codelet at a time on it, and only where it exists (if

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .codelet import CodeletError
+from .codelet import Codelet, CodeletError
 from .profile import ACCELERATORS
 
 __all__ = ["CodeletTask", "CodeletResult", "run_codelet", "accelerator_matmul"]
@@ -48,14 +48,8 @@ class CodeletTask:
     """
 
     program: str
-    codelet: str
-    file: str
-    line: int
-    source: str
+    codelet: Codelet
     prelude: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    mutates: tuple[str, ...]
     sources: tuple[tuple[str, int], ...]
     version: str = "cpu"
     accelerator: str | None = None
@@ -204,11 +198,12 @@ def _shape(value: Any) -> tuple[int, ...]:
 def run_codelet(task: CodeletTask, parameters: Mapping[str, Any] | None, *dependencies: CodeletResult
                 ) -> CodeletResult:
     """Run one codelet on this worker (the function every codelet's Dask task calls)."""
+    codelet = task.codelet
     worker, resources = _worker_identity()
     values: dict[str, Any] = {}
     for name, position in task.sources:
         values[name] = (parameters or {})[name] if position < 0 else dependencies[position].values[name]
-    for name in task.mutates:
+    for name in codelet.mutates:
         values[name] = copy.deepcopy(values[name])      # the producer's value stays as it was
     printed = io.StringIO()
 
@@ -228,24 +223,25 @@ def run_codelet(task: CodeletTask, parameters: Mapping[str, Any] | None, *depend
     started_wall = time.time()
     started = time.perf_counter()
     try:
-        exec(_compiled(task.prelude, task.file, version == "int8"), namespace)
+        exec(_compiled(task.prelude, codelet.file, version == "int8"), namespace)
         namespace.update(values)
-        exec(_compiled("\n" * (task.line - 1) + task.source, task.file, version == "int8"), namespace)
+        padded = "\n" * (codelet.line - 1) + codelet.source     # its line numbers are the file's
+        exec(_compiled(padded, codelet.file, version == "int8"), namespace)
     except Exception as error:
-        frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == task.file]
-        line = frames[-1].lineno if frames else task.line
-        source_line = task.source.splitlines()[0]
-        if frames and line != task.line:
+        frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == codelet.file]
+        line = frames[-1].lineno if frames else codelet.line
+        source_line = codelet.source.splitlines()[0]
+        if frames and line != codelet.line:
             # (compiled from strings: linecache has no text, the prelude has it at its line number)
             prelude_lines = task.prelude.splitlines()
             text = prelude_lines[line - 1] if line <= len(prelude_lines) else ""
-            if not text.strip() and 0 <= line - task.line < len(task.source.splitlines()):
-                text = task.source.splitlines()[line - task.line]
+            if not text.strip() and 0 <= line - codelet.line < len(codelet.source.splitlines()):
+                text = codelet.source.splitlines()[line - codelet.line]
             source_line += f" ... line {line}: {text.strip()}"
-        raise CodeletError(task.codelet, task.file, task.line, source_line,
+        raise CodeletError(codelet.id, codelet.file, codelet.line, source_line,
                            f"{type(error).__name__}: {error}") from None
     seconds = time.perf_counter() - started
-    outputs = {name: namespace[name] for name in task.outputs if name in namespace}
+    outputs = {name: namespace[name] for name in codelet.outputs if name in namespace}
     pickled = time.perf_counter()
     output_bytes = len(pickle.dumps(outputs, protocol=pickle.HIGHEST_PROTOCOL))
     serialize_seconds = time.perf_counter() - pickled
@@ -253,7 +249,7 @@ def run_codelet(task: CodeletTask, parameters: Mapping[str, Any] | None, *depend
         fallback = "; ".join(sorted(set(stats["fallbacks"])))
     if version == "int8" and not stats.get("calls"):
         version = "cpu"             # every product of the codelet ran on the CPU
-    return CodeletResult(outputs, task.program, task.codelet, worker, version if version == "cpu"
+    return CodeletResult(outputs, task.program, codelet.id, worker, version if version == "cpu"
                          else task.accelerator, seconds, started_wall, time.time(), output_bytes,
                          serialize_seconds, {name: _shape(value) for name, value in outputs.items()},
                          printed.getvalue(), stats.get("cycles"), stats.get("calls", 0), fallback)

@@ -298,8 +298,11 @@ class HistoryStore:
 
     def add_many(self, records: Sequence[RunRecord]) -> list[int]:
         """Store runs in one transaction (all or none); returns their row ids."""
-        rows = [self._row(record) for record in records]
         insert = f"INSERT INTO runs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+        return self._insert(insert, records, [self._row(record) for record in records])
+
+    def _insert(self, insert: str, items: Sequence[Any], rows: Sequence[tuple]) -> list[int]:
+        """Insert ``rows`` in one transaction; each item's ``id`` becomes its row's."""
         ids = []
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -313,8 +316,8 @@ class HistoryStore:
                 raise
         except sqlite3.OperationalError as error:
             raise self._error("could not be written", error) from None
-        for record, row_id in zip(records, ids, strict=True):
-            record.id = row_id
+        for item, row_id in zip(items, ids, strict=True):
+            item.id = row_id
         return ids
 
     @staticmethod
@@ -372,22 +375,8 @@ class HistoryStore:
         """Store codelet runs in one transaction (all or none); returns their row ids."""
         insert = (f"INSERT INTO codelet_runs ({', '.join(_CODELET_COLUMNS)}) "
                   f"VALUES ({', '.join('?' for _ in _CODELET_COLUMNS)})")
-        ids = []
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for run in runs:
-                    ids.append(self._db.execute(insert, tuple(getattr(run, column) for column
-                                                              in _CODELET_COLUMNS)).lastrowid)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        except sqlite3.OperationalError as error:
-            raise self._error("could not be written", error) from None
-        for run, row_id in zip(runs, ids, strict=True):
-            run.id = row_id
-        return ids
+        return self._insert(insert, runs, [tuple(getattr(run, column) for column in _CODELET_COLUMNS)
+                                           for run in runs])
 
     def codelet_runs(self, *, signature: str | None = None, version: str | None = None,
                      limit: int | None = None) -> list[CodeletRun]:

@@ -68,8 +68,7 @@ def _run_in_order(program, parameters=None):
         for name in codelet.inputs:
             writers = [d for d in codelet.deps if name in program.codelet(d).outputs]
             sources.append((name, codelet.deps.index(writers[-1]) if writers else -1))
-        task = CodeletTask(program.name, codelet.id, codelet.file, codelet.line, codelet.source,
-                           program.prelude, codelet.inputs, codelet.outputs, codelet.mutates, tuple(sources))
+        task = CodeletTask(program.name, codelet, program.prelude, tuple(sources))
         results[codelet.id] = run_codelet(task, parameters, *[results[d] for d in codelet.deps])
     return results
 
