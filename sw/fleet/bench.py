@@ -10,9 +10,9 @@ taken in turn:
 * ``loading`` -- reading a ``.npy`` file the benchmark wrote, behind a simulated storage latency
   (``time.sleep``, stated), then a summary.
 
-on a local cluster of 2 worker processes (:data:`~.execute.DEFAULT_WORKERS`: ``heavy-0`` with one
-``accel-tiny`` and one ``accel-default`` golden device and a CPU slot; ``fast-0`` with a CPU slot
-and two I/O slots), 4 programs in flight at a time.  Runs, each with a fresh performance model:
+on a local cluster of 2 worker processes of one thread each (:data:`~.execute.DEFAULT_WORKERS`:
+``heavy-0`` with one ``accel-tiny`` and one ``accel-default`` golden device; ``fast-0`` in the
+fast-path and memory fleets), 4 programs in flight at a time.  Runs, each with a fresh performance model:
 
 1. all-CPU: every codelet's CPU version, Dask places it;
 2. static: by pattern -- matrix work to the accelerator, I/O to the memory fleet, the rest to the

@@ -59,13 +59,14 @@ class WorkerSpec:
 
     name: str
     resources: dict[str, float]
-    nthreads: int = 2
+    nthreads: int = 1
 
 
-#: Two workers: one in the heavy-compute fleet (a CPU slot and one device of each accelerator
-#: type), one in the fast-path and memory-bound fleets (a CPU slot, two I/O slots).
+#: Two workers of one thread each (this machine has 2 cores): one in the heavy-compute fleet (a
+#: CPU and one device of each accelerator type, simulated by that CPU), one in the fast-path and
+#: memory-bound fleets.
 DEFAULT_WORKERS = (WorkerSpec("heavy-0", {"cpu": 1, "accel-tiny": 1, "accel-default": 1}),
-                   WorkerSpec("fast-0", {"cpu": 1, "memory": 2}))
+                   WorkerSpec("fast-0", {"cpu": 1, "memory": 1}))
 
 
 def quiet_dask_logs(level: str = "error") -> None:
