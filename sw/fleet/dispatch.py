@@ -35,7 +35,14 @@ from collections.abc import Mapping, Sequence
 from braze.sw.hpm import CodeletRun, HistoryStore
 
 from .codelet import Codelet, FleetError, Program
-from .profile import ACCELERATORS, COST_PER_SECOND, TRANSFER_BYTES_PER_S, TargetingProfile
+from .profile import (
+    ACCELERATORS,
+    COST_PER_SECOND,
+    TASK_OVERHEAD_S,
+    TRANSFER_BYTES_PER_S,
+    TRANSFER_LATENCY_S,
+    TargetingProfile,
+)
 
 __all__ = ["WorkerInfo", "Placement", "Request", "HistoryModel", "AcceleratorManager", "Lease",
            "Scheduler", "CpuScheduler", "StaticScheduler", "DmdaScheduler", "SCHEDULERS", "fleets_of",
@@ -291,7 +298,7 @@ class Scheduler:
         if placement.worker is not None and placement.version == "cpu":
             queue = self._queues.get((placement.worker, placement.resource))
             if queue is not None:
-                queue.outstanding[key] = placement.predicted_seconds or 0.0
+                queue.outstanding[key] = (placement.predicted_seconds or 0.0) + TASK_OVERHEAD_S
 
     def finished(self, placement: Placement, key: str) -> None:
         for queue in self._queues.values():
@@ -361,7 +368,8 @@ class DmdaScheduler(Scheduler):
         seconds = 0.0
         for producer, nbytes, serialize in request.inputs.values():
             if producer is not None and producer != worker:
-                seconds += 2 * serialize + nbytes / TRANSFER_BYTES_PER_S    # pickle, move, unpickle
+                # A round trip, pickling and unpickling, the bytes on the wire.
+                seconds += TRANSFER_LATENCY_S + 2 * serialize + nbytes / TRANSFER_BYTES_PER_S
         return seconds
 
     def place(self, request: Request) -> Placement:

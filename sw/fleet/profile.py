@@ -39,6 +39,10 @@ CPU_FLOPS = 2e9
 SECONDS_PER_NODE = 2e-6
 #: Analytic inter-worker transfer rate (pickled bytes per second) before anything was measured.
 TRANSFER_BYTES_PER_S = 200e6
+#: Fixed cost of fetching one input from another worker (a round trip between Dask workers).
+TRANSFER_LATENCY_S = 3e-3
+#: Fixed cost of one Dask task around the codelet's body (scheduling, messages, the result's return).
+TASK_OVERHEAD_S = 2e-3
 #: Cycles per second the golden device simulates (wall time of an accelerator version).
 SIMULATED_CYCLES_PER_S = 2e6
 #: Fixed host cost of an accelerator version: build, quantize and compile the int8 graph (seconds).
@@ -231,6 +235,14 @@ def profile_codelet(program: Program, codelet: Codelet, shapes: Mapping[str, tup
     """
     shapes = dict(shapes or {})
     tree = codelet_tree(program, codelet)
+    # Inside a called prelude function the operands have its parameters' names: bind them.
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    for call in ast.walk(_parse(codelet.source)):
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in functions:
+            parameters = [a.arg for a in functions[call.func.id].args.args]
+            for parameter, argument in zip(parameters, call.args, strict=False):
+                if isinstance(argument, ast.Name) and argument.id in shapes:
+                    shapes.setdefault(parameter, shapes[argument.id])
     patterns = patterns_of(tree)
     pattern = patterns[0]
     in_bytes = sum(_nbytes(shapes[name]) for name in codelet.inputs if name in shapes)

@@ -59,3 +59,13 @@ def test_compiler_never_imports_the_runtime():
     for path in sorted((SW / "compiler").rglob("*.py")):
         offending = {name for name in _imported_modules(path) if name.startswith("braze.sw.runtime")}
         assert not offending, f"{path.name} imports {offending}"
+
+
+def test_nothing_imports_the_fleet_package():
+    root = SW.parent
+    folders = ("isa", "hw", "sim", "sw", "braze")
+    for path in sorted(p for folder in folders for p in (root / folder).rglob("*.py")):
+        if "fleet" in path.relative_to(root).parts or path.name == "cli.py":
+            continue        # the package itself; the command line loads it lazily, for its commands
+        offending = {name for name in _imported_modules(path) if name.startswith("braze.sw.fleet")}
+        assert not offending, f"{path} imports {offending}"
