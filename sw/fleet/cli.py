@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 from braze.sw.hpm import HistoryStore
@@ -15,7 +16,7 @@ __all__ = ["run_script"]
 
 
 def _dashboard(client) -> str | None:
-    """The Dask dashboard's address, if the scheduler serves one (it needs bokeh)."""
+    """The Dask dashboard's address, if the scheduler serves one."""
     services = client.scheduler_info().get("services", {})
     return client.dashboard_link if "dashboard" in services else None
 
@@ -29,12 +30,13 @@ def run_script(args: argparse.Namespace) -> int:
     quiet_dask_logs()
     history = HistoryStore(args.history)
     scheduler = SCHEDULERS[args.policy](HistoryModel(history))
-    with connect(args.scheduler) as client:
+    # A local cluster serves Dask's dashboard where bokeh (which draws it) is installed.
+    with connect(args.scheduler, dashboard=importlib.util.find_spec("bokeh") is not None) as client:
         workers = workers_of(client)
         print(f"cluster: {client.scheduler.address}; workers: "
               + "; ".join(f"{w.name} ({', '.join(f'{k}={v:g}' for k, v in w.resources.items() if v)})"
                           for w in workers))
-        dashboard = _dashboard(client)
+        dashboard = _dashboard(client) if args.scheduler or importlib.util.find_spec("bokeh") else None
         print(f"dashboard: {dashboard}" if dashboard else
               "dashboard: none (the scheduler serves none; Dask's dashboard needs bokeh)")
         print(f"\nplan ({args.policy}; {len(program.codelets)} codelets, DAG levels "
