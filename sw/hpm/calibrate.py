@@ -30,11 +30,18 @@ from braze.isa.timing import element_bytes
 from ..compiler import kernels as library
 from ..compiler.energy import kernel_energy_pj
 from ..compiler.kernels import Kernel, KernelError, Tiling
-from .features import MemorySystem, kernel_family, kernel_features, kernel_signature
-from .store import HistoryStore, RunRecord
+from .features import (
+    FEATURE_VERSION,
+    MemorySystem,
+    kernel_family,
+    kernel_features,
+    kernel_signature,
+    program_features,
+)
+from .store import HistoryStore, RunRecord, pack_program, signature_hash, unpack_program
 
 __all__ = ["KernelSpec", "calibration_specs", "calibration_kernels", "calibrate", "CalibrationReport",
-           "random_inputs", "record_run", "DEFAULT_STALLS", "tiling_variants"]
+           "random_inputs", "record_run", "DEFAULT_STALLS", "tiling_variants", "refeature", "RefeatureReport"]
 
 #: Backpressure levels calibration runs every kernel under (probability per AXI handshake).
 DEFAULT_STALLS = (0.0, 0.1, 0.25, 0.4)
@@ -218,7 +225,69 @@ def record_run(kernel: Kernel, counters: dict, *, device: str, memory: MemorySys
                      counters={name: int(value) for name, value in counters.items()},
                      predicted_cycles=predicted_cycles if predicted_cycles is not None
                      else int(kernel.predicted_cycles),
-                     predictor=predictor or "isa-timing", source=source, energy_pj=energy_pj)
+                     predictor=predictor or "isa-timing", source=source, energy_pj=energy_pj,
+                     program=pack_program(kernel.instructions))
+
+
+@dataclasses.dataclass
+class RefeatureReport:
+    """What :func:`refeature` did."""
+
+    refeatured: int = 0
+    programs_found: int = 0
+    current: int = 0
+    left: int = 0
+
+    def summary(self) -> str:
+        return (f"refeature: {self.refeatured} runs given feature version {FEATURE_VERSION} "
+                f"({self.programs_found} of them matched to regenerated calibration kernels), "
+                f"{self.current} already current, {self.left} left (no program: run `braze hpm calibrate`)")
+
+
+def refeature(store: HistoryStore, *, count: int = 200, seed: int = 0,
+              progress: Callable[[str], None] | None = print) -> RefeatureReport:
+    """Recompute the features of history rows recorded with other features, without running anything.
+
+    Features are a function of the program and the memory system, both stored with each run; the
+    measured counters stay as they are.  Rows recorded before the history stored programs are
+    matched (by their signature) against the calibration kernels of their configuration
+    (``count``/``seed`` as the calibration that recorded them) and get their program too; rows
+    that match nothing are left for a calibration to run again.
+    """
+    report = RefeatureReport()
+    stale = [record for record in store.records(programs=True)
+             if record.features.get("feature_version") != FEATURE_VERSION]
+    report.current = store.count() - len(stale)
+    regenerated: dict[tuple[str, str], Kernel] = {}
+    for config_name in sorted({record.config_name for record in stale if record.program is None}):
+        rows = [record for record in stale if record.config_name == config_name]
+        config = Config.from_dict(rows[0].config)
+        versions = {record.signature.get("feature_version") for record in rows}
+        for kernel in calibration_kernels(config, count=count, seed=seed, log=progress):
+            for version in versions:
+                old = dict(kernel_signature(kernel), feature_version=version)
+                regenerated[(config_name, signature_hash(old))] = kernel
+    updates = []
+    for record in stale:
+        program = None
+        if record.program is not None:
+            instructions = unpack_program(record.program)
+        else:
+            kernel = regenerated.get((record.config_name, record.signature_hash))
+            if kernel is None:
+                report.left += 1
+                continue
+            instructions = kernel.instructions
+            program = pack_program(instructions)
+            report.programs_found += 1
+        config = Config.from_dict(record.config)
+        features = program_features(instructions, config, MemorySystem(record.read_latency, record.stall))
+        signature = dict(record.signature, feature_version=FEATURE_VERSION)
+        updates.append((record.id, signature, features, program))
+    report.refeatured = store.update_features(updates)
+    if progress:
+        progress(report.summary())
+    return report
 
 
 @dataclasses.dataclass

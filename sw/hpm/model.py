@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ from ..compiler.kernels import Kernel
 from .features import FEATURE_VERSION, MemorySystem, kernel_features
 from .store import RunRecord, default_history_path
 
-__all__ = ["PerformanceModel", "Prediction", "LearnedCostModel", "ModelError", "REGRESSORS", "error_pct",
+__all__ = ["PerformanceModel", "Prediction", "LearnedCostModel", "ModelError", "StaleModelError",
+           "StaleModelWarning", "REGRESSORS", "error_pct",
            "default_model_dir", "shipped_model_dir", "load_model"]
 
 #: Regressors a model can be built with.
@@ -54,8 +56,16 @@ BAND = (0.1, 0.9)
 _MODEL_FILE = "model.json"
 
 
+class StaleModelWarning(UserWarning):
+    """A saved model was trained on other features than this Braze computes, and is not used."""
+
+
 class ModelError(BrazeError):
     """A performance model cannot be trained, loaded or used."""
+
+
+class StaleModelError(ModelError):
+    """A saved model was trained on another version of the features: retrain it."""
 
 
 def default_model_dir(device: str = "verilator") -> Path:
@@ -69,10 +79,19 @@ def shipped_model_dir(device: str = "verilator") -> Path:
 
 
 def load_model(device: str = "verilator") -> PerformanceModel | None:
-    """The model for a device kind: the user's trained one, else the shipped one, else None."""
+    """The model for a device kind: the user's trained one, else the shipped one, else None.
+
+    A user's model trained on another version of the features (by an older Braze) is passed over
+    with a warning rather than failing every session that would use it.
+    """
     for folder in (default_model_dir(device), shipped_model_dir(device)):
         if (folder / _MODEL_FILE).exists():
-            return PerformanceModel.load(folder)
+            try:
+                return PerformanceModel.load(folder)
+            except StaleModelError as error:
+                if folder == shipped_model_dir(device):
+                    raise
+                warnings.warn(f"{error}; using the shipped model meanwhile", StaleModelWarning, stacklevel=2)
     return None
 
 
@@ -147,6 +166,8 @@ class PerformanceModel:
         self.regressor = regressor
         self.seed = seed
         self.feature_names: list[str] = []
+        #: The feature whose cycles the model learns the residual of.
+        self.baseline = "baseline_cycles"
         self.metadata: dict[str, Any] = {}
         self._median = self._low = self._high = None
         self._shares: dict[str, Any] = {}
@@ -172,10 +193,13 @@ class PerformanceModel:
                              f"{len(records)} with this Braze's features (version {FEATURE_VERSION}) of "
                              f"{given}: run `braze hpm calibrate`")
         self.feature_names = sorted(name for name in records[0].features if name != "feature_version")
+        # The residual is learned over the memory-aware baseline where the features have it (this
+        # Braze's always do; synthetic tests may give only the analytic cycles).
+        self.baseline = "baseline_cycles" if "baseline_cycles" in self.feature_names else "analytic_cycles"
         x = self._matrix([record.features for record in records])
-        analytic = np.array([record.features["analytic_cycles"] for record in records], dtype=float)
+        baseline = x[:, self.feature_names.index(self.baseline)]
         measured = np.array([record.cycles for record in records], dtype=float)
-        residual = np.log(np.maximum(measured, 1.0) / analytic)
+        residual = np.log(np.maximum(measured, 1.0) / baseline)
         self._median = _make_regressor(self.regressor, "median", seed=self.seed).fit(x, residual)
         self._low = self._high = None
         self._shares = {}
@@ -189,6 +213,7 @@ class PerformanceModel:
                         for i, name in enumerate(self.feature_names)}
         self.metadata = {
             "regressor": self.regressor, "feature_version": FEATURE_VERSION, "trained_at": time.time(),
+            "baseline": self.baseline,
             "rows": len(records), "families": sorted({record.family for record in records}),
             "configs": sorted({record.config_name for record in records}),
             "devices": sorted({record.device for record in records}),
@@ -210,15 +235,16 @@ class PerformanceModel:
             raise ModelError("the performance model is not trained")
         x = self._matrix(features)
         analytic = x[:, self.feature_names.index("analytic_cycles")]
+        baseline = x[:, self.feature_names.index(self.baseline)]
         median = self._median.predict(x)
         low = np.minimum(self._low.predict(x), median) if self._low is not None else median
         high = np.maximum(self._high.predict(x), median) if self._high is not None else median
         shares = {name: np.clip(model.predict(x), 0.0, 1.0) for name, model in self._shares.items()}
         predictions = []
         for i in range(len(x)):
-            cycles = float(analytic[i] * math.exp(median[i]))
+            cycles = float(baseline[i] * math.exp(median[i]))
             counters = {name: float(values[i] * cycles) for name, values in shares.items()}
-            band = (float(analytic[i] * math.exp(low[i])), float(analytic[i] * math.exp(high[i])))
+            band = (float(baseline[i] * math.exp(low[i])), float(baseline[i] * math.exp(high[i])))
             predictions.append(Prediction(cycles, *band, counters, float(analytic[i])))
         return predictions
 
@@ -316,11 +342,12 @@ class PerformanceModel:
         except (OSError, ValueError, EOFError, KeyError) as error:
             raise ModelError(f"cannot load the performance model in {folder}: {error}") from None
         if info["metadata"].get("feature_version") != FEATURE_VERSION:
-            raise ModelError(f"the performance model in {folder} was trained on feature version "
+            raise StaleModelError(f"the performance model in {folder} was trained on feature version "
                              f"{info['metadata'].get('feature_version')}, not {FEATURE_VERSION}: retrain it")
         model = cls(info["regressor"], seed=info["seed"])
         model.feature_names = info["feature_names"]
         model.metadata = info["metadata"]
+        model.baseline = info["metadata"].get("baseline", "analytic_cycles")
         model._ranges = {name: tuple(span) for name, span in info["ranges"].items()}
         model._median, model._low, model._high = parts["median"], parts.get("low"), parts.get("high")
         model._shares = {name.removeprefix("share_"): part for name, part in parts.items()

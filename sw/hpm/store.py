@@ -20,14 +20,16 @@ import json
 import os
 import sqlite3
 import time
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from braze.isa import BrazeError
+from braze.isa import BrazeError, Instruction
+from braze.isa.encoding import decode_program, encode_program
 
 __all__ = ["HistoryError", "HistoryStore", "RunRecord", "CodeletRun", "MIGRATIONS", "default_history_path",
-           "signature_hash"]
+           "signature_hash", "pack_program", "unpack_program"]
 
 #: Schema migrations: ``MIGRATIONS[i]`` takes a database at ``user_version`` i to i + 1.
 MIGRATIONS: tuple[str, ...] = (
@@ -58,7 +60,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD COLUMN energy_pj REAL;
     """,
-    # 3: codelet runs of the fleet dispatcher (braze.sw.fleet): what ran where, in which version, how
+    # 3: the kernel's program (zlib-compressed instruction words, no HALT), so that features can be
+    # recomputed when they change instead of running the kernel again.
+    """
+    ALTER TABLE runs ADD COLUMN program BLOB;
+    """,
+    # 4: codelet runs of the fleet dispatcher (braze.sw.fleet): what ran where, in which version, how
     # long it took and what its outputs weighed; the dispatcher's estimates learn from them.
     """
     CREATE TABLE codelet_runs (
@@ -134,6 +141,9 @@ class RunRecord:
         Who recorded it: ``calibrate``, ``runtime``, ``bench``, ``test``.
     energy_pj : float or None
         Energy estimate from the counters.
+    program : bytes or None
+        The kernel's instructions (:func:`pack_program`); read only when asked for (``records(
+        programs=True)``), since training needs only the features.
     recorded_at : float
         Unix time.
     id : int or None
@@ -153,6 +163,7 @@ class RunRecord:
     predictor: str | None = None
     source: str = "runtime"
     energy_pj: float | None = None
+    program: bytes | None = dataclasses.field(default=None, repr=False)
     recorded_at: float = dataclasses.field(default_factory=time.time)
     id: int | None = None
 
@@ -223,7 +234,17 @@ _CODELET_COLUMNS = ("recorded_at", "program", "codelet", "signature", "pattern",
 
 _COLUMNS = ("recorded_at", "family", "signature", "signature_hash", "config_name", "config", "device",
             "read_latency", "stall", "features", "counters", "cycles", "predicted_cycles", "predictor",
-            "source", "energy_pj")
+            "source", "energy_pj", "program")
+
+
+def pack_program(instructions: Sequence[Instruction]) -> bytes:
+    """A kernel's instructions as the history stores them: encoded words, zlib-compressed."""
+    return zlib.compress(encode_program(list(instructions)), 6)
+
+
+def unpack_program(blob: bytes) -> list[Instruction]:
+    """The instructions of :func:`pack_program`'s ``blob``."""
+    return decode_program(zlib.decompress(blob))
 
 
 class HistoryStore:
@@ -326,22 +347,50 @@ class HistoryStore:
                 record.signature_hash, record.config_name, json.dumps(record.config, sort_keys=True),
                 record.device, int(record.read_latency), float(record.stall),
                 json.dumps(record.features, sort_keys=True), json.dumps(record.counters, sort_keys=True),
-                record.cycles, record.predicted_cycles, record.predictor, record.source, record.energy_pj)
+                record.cycles, record.predicted_cycles, record.predictor, record.source, record.energy_pj,
+                record.program)
+
+    def update_features(self, updates: Sequence[tuple[int, Mapping[str, Any], Mapping[str, float],
+                                                      bytes | None]]) -> int:
+        """Replace rows' signatures and features (and programs, where given) in one transaction.
+
+        ``updates`` holds ``(row id, signature, features, program or None)``; the measured counters
+        are never touched.  Returns how many rows changed.
+        """
+        statement = ("UPDATE runs SET signature = ?, signature_hash = ?, features = ?, "
+                     "program = coalesce(?, program) WHERE id = ?")
+        changed = 0
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for row_id, signature, features, program in updates:
+                    changed += self._db.execute(statement, (
+                        json.dumps(signature, sort_keys=True), signature_hash(signature),
+                        json.dumps(features, sort_keys=True), program, int(row_id))).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as error:
+            raise self._error("could not be written", error) from None
+        return changed
 
     # --- Reading. --------------------------------------------------------------------------------
     def records(self, *, family: str | None = None, config_name: str | None = None,
-                device: str | None = None, since_id: int = 0, limit: int | None = None) -> list[RunRecord]:
-        """Stored runs, oldest first, optionally filtered."""
+                device: str | None = None, since_id: int = 0, limit: int | None = None,
+                programs: bool = False) -> list[RunRecord]:
+        """Stored runs, oldest first, optionally filtered; with their programs if ``programs``."""
         return list(self._select(family=family, config_name=config_name, device=device, since_id=since_id,
-                                 limit=limit))
+                                 limit=limit, programs=programs))
 
-    def _select(self, *, family, config_name, device, since_id, limit) -> Iterator[RunRecord]:
+    def _select(self, *, family, config_name, device, since_id, limit, programs=False) -> Iterator[RunRecord]:
         where, args = ["id > ?"], [since_id]
         for column, value in (("family", family), ("config_name", config_name), ("device", device)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
-        query = f"SELECT id, {', '.join(_COLUMNS)} FROM runs WHERE {' AND '.join(where)} ORDER BY id"
+        columns = [column if programs or column != "program" else "NULL" for column in _COLUMNS]
+        query = f"SELECT id, {', '.join(columns)} FROM runs WHERE {' AND '.join(where)} ORDER BY id"
         if limit is not None:
             query += f" LIMIT {int(limit)}"
         try:
@@ -350,10 +399,10 @@ class HistoryStore:
             raise self._error("could not be read", error) from None
         for row in rows:
             (row_id, recorded_at, family_, signature, _, config_name_, config, device_, read_latency, stall,
-             features, counters, _, predicted, predictor, source, energy) = row
+             features, counters, _, predicted, predictor, source, energy, program) = row
             yield RunRecord(family_, json.loads(signature), config_name_, json.loads(config), device_,
                             read_latency, stall, json.loads(features), json.loads(counters), predicted,
-                            predictor, source, energy, recorded_at, row_id)
+                            predictor, source, energy, program, recorded_at, row_id)
 
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]

@@ -47,18 +47,22 @@ def test_calibration_records_true_counters(calibrated):
 
 def test_drift_is_detected_and_retraining_recovers(calibrated, device):
     store, model = calibrated
-    monitor = Monitor(store, device="verilator", model=model, threshold_pct=5.0, window=6, background=False)
+    # The features know the memory's backpressure (the baseline schedule stretches for it), so a
+    # model that never saw backpressure is off by a few percent under it, not by the timing
+    # model's 30-60%: the monitor's threshold is set to catch that.
+    monitor = Monitor(store, device="verilator", model=model, threshold_pct=3.0, window=6, background=False)
     rng = np.random.default_rng(0)
     memory = MemorySystem(TINY.mem_latency, 0.4)
     device.set_stall(0.4)                  # the memory system drifts: 40% of handshakes stall
     try:
-        errors = []
+        errors, analytic = [], []
         shapes = [(m, k, n) for m in (6, 14, 22, 30) for k in (12, 28) for n in (4, 12)]
         for m, k, n in shapes:
             kernel = gemm(TINY, m, k, n, bias=True, requant=True, act="relu")
             predicted = monitor.model.predict_features([kernel_features(kernel, TINY, memory)])[0]
             counters = run_kernel(device, kernel, random_inputs(kernel, rng)).counters
             errors.append((monitor.version, abs(error_pct(predicted.cycles, counters["cycles"]))))
+            analytic.append(abs(error_pct(kernel.predicted_cycles, counters["cycles"])))
             monitor.observe([kernel], [counters], memory)
     finally:
         device.set_stall(0.0)
@@ -66,8 +70,9 @@ def test_drift_is_detected_and_retraining_recovers(calibrated, device):
     assert any(event.kind == "retrain" and "rolling error" in event.detail for event in monitor.events)
     stale = [error for version, error in errors if version == 0]
     retrained = [error for version, error in errors if version >= 1]
-    assert np.mean(stale) > 10.0, "a model that never saw backpressure should be far off under it"
-    assert np.mean(retrained[-6:]) < np.mean(stale) / 2, (stale, retrained)
+    assert np.mean(stale) > 3.0, ("a model that never saw backpressure should be off under it", stale)
+    assert np.mean(stale) < np.mean(analytic) / 4, ("the features should carry the memory", stale, analytic)
+    assert np.mean(retrained[-6:]) < 0.8 * np.mean(stale), (stale, retrained)
     assert store.records(device="verilator")[-1].stall == 0.4
 
 

@@ -178,3 +178,48 @@ def test_one_decision_is_priced_alike_when_a_candidate_falls_back():
     analytic = TimingCostModel()
     assert mixed == [analytic.predict(inside, TINY), analytic.predict(outside, TINY)]
     assert learned.fallbacks["a decision's other candidates, priced alike"] == 1
+
+
+def test_a_stale_user_model_is_passed_over_for_the_shipped_one(tmp_path, monkeypatch):
+    """A model an older Braze trained (other features) warns and is not used; the shipped one is."""
+    import json
+
+    from braze.sw.hpm.model import StaleModelError, StaleModelWarning, load_model
+
+    monkeypatch.setenv("BRAZE_HISTORY", str(tmp_path / "hpm" / "history.sqlite"))
+    stale = PerformanceModel("lightgbm").fit(_synthetic(np.random.default_rng(5), "a", 40), band=False)
+    folder = stale.save(tmp_path / "hpm" / "model-verilator")
+    info = json.loads((folder / "model.json").read_text())
+    info["metadata"]["feature_version"] = FEATURE_VERSION - 1
+    (folder / "model.json").write_text(json.dumps(info))
+    with pytest.raises(StaleModelError, match="retrain"):
+        PerformanceModel.load(folder)
+    with pytest.warns(StaleModelWarning, match="shipped model"):
+        model = load_model("verilator")
+    assert model is not None and model.metadata["feature_version"] == FEATURE_VERSION
+    assert model.metadata["rows"] > 1000            # the shipped model, not the 40-run stale one
+
+
+@pytest.mark.parametrize("preset", ["tiny", "default"])
+def test_the_memory_aware_baseline_grows_with_backpressure_from_the_timing_model(preset):
+    """The baseline the model corrects: the timing model's cycles when memory never stalls (plus
+    the DMA hand-offs), more with every level of backpressure, and more for a kernel with more
+    memory traffic per cycle."""
+    from braze.sw.compiler import conv2d
+
+    config = Config.preset(preset)
+    kernels = (gemm(config, 32, 64, 16, bias=True, requant=True), conv2d(config, 2, 8, 8, 8, 8, 3, 3, 1, 1))
+    for kernel in kernels:
+        features = [kernel_features(kernel, config, MemorySystem(config.mem_latency, stall))
+                    for stall in (0.0, 0.1, 0.25, 0.4)]
+        analytic = features[0]["analytic_cycles"]
+        baselines = [f["baseline_cycles"] for f in features]
+        assert all(f["analytic_cycles"] == analytic for f in features)
+        assert analytic < baselines[0] < baselines[1] < baselines[2] < baselines[3], baselines
+        # Lengthening instructions delays the end by at most the sum of what was added: every
+        # beat and row request waiting stall/(1-stall) more, the hand-offs, half a cycle of rounding.
+        f = features[3]
+        dma = f["n_load"] + f["n_store"] + f["n_counters"]
+        requests = f["load_beats"] + f["store_beats"] + f["load_rows"] + f["store_rows"] + f["n_counters"]
+        handoffs = 9 * f["n_load"] + 6 * (f["n_store"] + f["n_counters"])
+        assert baselines[3] <= analytic + handoffs + requests * (0.4 / 0.6) + 0.5 * dma

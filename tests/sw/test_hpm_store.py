@@ -98,11 +98,47 @@ def test_a_failed_batch_commits_nothing(tmp_path):
         assert store.count() == 1
 
 
-def test_a_version_2_file_gains_the_codelet_runs_table_keeping_its_rows(tmp_path):
-    path = tmp_path / "v2.sqlite"
+def test_refeature_recomputes_features_from_programs_without_touching_counters(tmp_path):
+    """Rows recorded with older features get this Braze's: from the program stored with them, or --
+    for rows recorded before programs were stored -- from the calibration kernel they match."""
+    from braze.isa import Config
+    from braze.sw.hpm.calibrate import calibration_kernels, record_run, refeature
+    from braze.sw.hpm.features import FEATURE_VERSION, MemorySystem, kernel_features
+    from braze.sw.hpm.store import unpack_program
+
+    tiny = Config.preset("tiny")
+    stored, regenerated, unknown = calibration_kernels(tiny, count=12, seed=0)[:3]
+    memory = MemorySystem(tiny.mem_latency, 0.25)
+    counters = {"cycles": 4321, "macs": 99}
+
+    def old(kernel, *, program: bool) -> RunRecord:
+        record = record_run(kernel, counters, device="verilator", memory=memory, source="test")
+        assert unpack_program(record.program) == kernel.instructions
+        record.signature = dict(record.signature, feature_version=FEATURE_VERSION - 1)
+        record.features = {"feature_version": FEATURE_VERSION - 1, "gone": 1.0}
+        record.program = record.program if program else None
+        return record
+
+    lost = old(unknown, program=False)
+    lost.signature = dict(lost.signature, operands="not a calibration kernel")
+    with HistoryStore(tmp_path / "h.sqlite") as store:
+        store.add_many([old(stored, program=True), old(regenerated, program=False), lost])
+        report = refeature(store, count=12, seed=0, progress=None)
+        assert (report.refeatured, report.programs_found, report.left) == (2, 1, 1)
+        first, second, third = store.records(programs=True)
+    for record, kernel in ((first, stored), (second, regenerated)):
+        assert record.features == kernel_features(kernel, tiny, memory)
+        assert record.signature["feature_version"] == FEATURE_VERSION
+        assert unpack_program(record.program) == kernel.instructions
+        assert record.counters == counters
+    assert third.features == {"feature_version": FEATURE_VERSION - 1, "gone": 1.0} and third.program is None
+
+
+def test_a_version_3_file_gains_the_codelet_runs_table_keeping_its_rows(tmp_path):
+    path = tmp_path / "v3.sqlite"
     db = sqlite3.connect(path)
-    db.executescript(MIGRATIONS[0] + MIGRATIONS[1])
-    db.execute("PRAGMA user_version = 2")
+    db.executescript(MIGRATIONS[0] + MIGRATIONS[1] + MIGRATIONS[2])
+    db.execute("PRAGMA user_version = 3")
     db.execute("INSERT INTO runs (recorded_at, family, signature, signature_hash, config_name, config, "
                "device, read_latency, stall, features, counters, cycles, source, energy_pj) VALUES "
                "(1.0, 'gemm', '{}', 'h', 'tiny', '{}', 'golden', 16, 0.0, '{}', '{\"cycles\": 9}', 9, 'old', "
@@ -110,7 +146,7 @@ def test_a_version_2_file_gains_the_codelet_runs_table_keeping_its_rows(tmp_path
     db.commit()
     db.close()
     with HistoryStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION >= 3
+        assert store.schema_version == SCHEMA_VERSION >= 4
         (record,) = store.records()
         assert record.cycles == 9 and record.energy_pj == 2.5
         assert store.codelet_runs() == []
