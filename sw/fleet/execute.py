@@ -102,6 +102,7 @@ def local_cluster(workers: Sequence[WorkerSpec] = DEFAULT_WORKERS, *, processes:
 def connect(scheduler: str | None = None, *, workers: Sequence[WorkerSpec] = DEFAULT_WORKERS,
             processes: bool = True, dashboard: bool = False, security: Any = None) -> Iterator[Any]:
     """A :class:`distributed.Client` of the cluster at ``scheduler``, or of a new local cluster."""
+    import dask
     from distributed import Client
 
     if scheduler is not None:
@@ -112,7 +113,10 @@ def connect(scheduler: str | None = None, *, workers: Sequence[WorkerSpec] = DEF
         with client:
             yield client
         return
-    with local_cluster(workers, processes=processes, dashboard=dashboard, security=security) as cluster, \
+    # On one machine a peer that does not answer within seconds is dead: without this, a worker that
+    # fetches a result from a killed one waits out Dask's default 30 s connect timeout first.
+    with dask.config.set({"distributed.comm.timeouts.connect": "5s"}), \
+            local_cluster(workers, processes=processes, dashboard=dashboard, security=security) as cluster, \
             Client(cluster, security=security) as client:
         yield client
 
