@@ -114,8 +114,10 @@ def connect(scheduler: str | None = None, *, workers: Sequence[WorkerSpec] = DEF
             yield client
         return
     # On one machine a peer that does not answer within seconds is dead: without this, a worker that
-    # fetches a result from a killed one waits out Dask's default 30 s connect timeout first.
-    with dask.config.set({"distributed.comm.timeouts.connect": "5s"}), \
+    # fetches a result from a killed one waits out Dask's default 30 s connect timeout first.  Work
+    # stealing is off: placement is the dispatcher's (a loose restriction is for failures only).
+    with dask.config.set({"distributed.comm.timeouts.connect": "5s",
+                          "distributed.scheduler.work-stealing": False}), \
             local_cluster(workers, processes=processes, dashboard=dashboard, security=security) as cluster, \
             Client(cluster, security=security) as client:
         yield client
