@@ -186,8 +186,8 @@ def parse_nextpnr_report(data: dict[str, Any]) -> dict[str, Any]:
     clocks = data.get("fmax", {})
     fmax = None
     if clocks:
-        # The clock net is named after the wrapper's clk port (nextpnr may suffix it, e.g. $glb_clk).
-        name = next((net for net in clocks if net.startswith("clk")), min(clocks))
+        # The clock net is named after the wrapper's clk port ($glbnet$clk$TRELLIS_IO_IN on ECP5).
+        name = next((net for net in clocks if "clk" in net), min(clocks))
         fmax = {"clock": name, "achieved": float(clocks[name]["achieved"]),
                 "constraint": float(clocks[name]["constraint"])}
     return {"utilization": utilization, "fmax": fmax}
@@ -218,10 +218,13 @@ def check_fit(spec: Target, top: str, rows: list[dict[str, Any]]) -> None:
 
 
 def cells_by_owner(netlist: dict[str, Any], cell_types: tuple[str, ...]) -> dict[str, int]:
-    """How many cells of ``cell_types`` each submodule of the core uses, from a Yosys JSON netlist.
+    """How many cells of ``cell_types`` each part of the core uses, from a Yosys JSON netlist.
 
-    The owner is the cell's hierarchical name (flattened: ``core.matmul.acc_bank_0.mem...``) up to
-    its last two components, without the wrapper's ``core`` prefix.
+    A flattened cell's name is its instance path (``core.matmul.acc.bank_0.mem.0.0``,
+    ``core.pe_array.pe_1_2.$12_MULT18X18D``).  The owner is the path's first two named levels
+    below the wrapper's ``core``, with indices written ``*`` so that the PEs or banks of one
+    array count together (``matmul.acc``, ``pe_array.pe_*_*``); cells of the core's own top
+    level are ``(top)``.
     """
     owners: dict[str, int] = {}
     for module in netlist.get("modules", {}).values():
@@ -230,10 +233,10 @@ def cells_by_owner(netlist: dict[str, Any], cell_types: tuple[str, ...]) -> dict
                 continue
             path = cell.get("attributes", {}).get("hdlname") or cell_name
             parts = [part for part in re.split(r"[ .]", path.lstrip("\\"))
-                     if part and not part.startswith("$")]
+                     if part and not part.startswith("$") and not part.isdigit()]
             if parts and parts[0] == "core":
                 parts = parts[1:]
-            owner = ".".join(parts[:-1]) if len(parts) > 1 else (parts[0] if parts else "(unnamed)")
+            owner = ".".join(re.sub(r"\d+", "*", part) for part in parts[:2]) or "(top)"
             owners[owner] = owners.get(owner, 0) + 1
     return dict(sorted(owners.items()))
 
@@ -300,10 +303,7 @@ def _synthesize(spec: Target, core_verilog: str, wrapper_name: str, wrapper_text
         seconds = time.perf_counter() - began
         stat = json.loads((directory / "stat.json").read_text())
         design = stat.get("design") or stat["modules"][f"\\{wrapper_name}"]
-        netlist = json.loads((directory / "synth.json").read_text())
-        return {"seconds": round(seconds, 1), "cells": design.get("num_cells_by_type", {}),
-                "memory_owners": cells_by_owner(netlist, spec.memory_cells),
-                "dsp_owners": cells_by_owner(netlist, spec.dsp_cells)}
+        return {"seconds": round(seconds, 1), "cells": design.get("num_cells_by_type", {})}
 
     return _cached("synth", f"{wrapper_name}-{spec.family}", key, make, progress)
 
@@ -387,13 +387,15 @@ def implement(verilog: Path, manifest: Path, target_name: str, out_dir: Path, *,
 
     fmax = pnr["fmax"]
     cells = synth["cells"]
+    netlist = json.loads((synth_dir / "synth.json").read_text())
     report = {
         "top": top, "config": info.get("config", {}).get("name"), "target": spec.name, "part": spec.part,
         "fits": pnr["fits"], "resources": pnr["resources"],
         "yosys_cells": {"luts": sum(n for c, n in cells.items() if "LUT4" in c),
                         "ffs": sum(n for c, n in cells.items() if c.startswith(("SB_DFF", "TRELLIS_FF"))),
                         "by_type": cells},
-        "memory_owners": synth["memory_owners"], "dsp_owners": synth["dsp_owners"],
+        "memory_owners": cells_by_owner(netlist, spec.memory_cells),
+        "dsp_owners": cells_by_owner(netlist, spec.dsp_cells),
         "io_wrapper": wrapper_cost,
         "target_mhz": freq, "fmax_mhz": None if fmax is None else round(fmax["achieved"], 2),
         "timing_met": None if fmax is None else fmax["achieved"] >= freq,
