@@ -61,7 +61,8 @@ class Target:
 
     ``resources`` maps the report's resource names to nextpnr's cell (BEL) types, in the order
     the report lists them; ``memory_cells``/``dsp_cells`` are the Yosys cell types whose owners
-    (the core's submodules using them) the report lists.
+    (the core's submodules using them) the report lists, as ``lut_cells``/``ff_cells`` (types or
+    prefixes) are its logic.
     """
 
     name: str
@@ -77,6 +78,8 @@ class Target:
     resources: tuple[tuple[str, str], ...]
     memory_cells: tuple[str, ...]
     dsp_cells: tuple[str, ...]
+    lut_cells: tuple[str, ...]
+    ff_cells: tuple[str, ...]
 
     @property
     def nextpnr(self) -> str:
@@ -98,7 +101,7 @@ TARGETS: dict[str, Target] = {
         default_mhz=100.0,
         resources=(("LUT4", "TRELLIS_COMB"), ("FF", "TRELLIS_FF"), ("DSP (MULT18X18D)", "MULT18X18D"),
                    ("BRAM (DP16KD)", "DP16KD"), ("IO", "TRELLIS_IO")),
-        memory_cells=("DP16KD",), dsp_cells=("MULT18X18D",)),
+        memory_cells=("DP16KD",), dsp_cells=("MULT18X18D",), lut_cells=("LUT4",), ff_cells=("TRELLIS_FF",)),
     # The iCE40 UltraPlus 5K of the iCEBreaker, in its only hobbyist package (SG48: 39 IO).
     "ice40-up5k": Target(
         name="ice40-up5k", family="ice40", part="iCE40UP5K SG48", synth="synth_ice40 -dsp",
@@ -109,7 +112,8 @@ TARGETS: dict[str, Target] = {
         default_mhz=24.0,
         resources=(("logic cells (LUT4+FF)", "ICESTORM_LC"), ("DSP (SB_MAC16)", "ICESTORM_DSP"),
                    ("BRAM (SB_RAM40_4K)", "ICESTORM_RAM"), ("SPRAM", "ICESTORM_SPRAM"), ("IO", "SB_IO")),
-        memory_cells=("SB_RAM40_4K", "SB_SPRAM256KA"), dsp_cells=("SB_MAC16",)),
+        memory_cells=("SB_RAM40_4K", "SB_SPRAM256KA"), dsp_cells=("SB_MAC16",), lut_cells=("SB_LUT4",),
+        ff_cells=("SB_DFF",)),
 }
 
 
@@ -217,26 +221,29 @@ def check_fit(spec: Target, top: str, rows: list[dict[str, Any]]) -> None:
     raise FitError(f"{top} does not fit the {spec.name} ({spec.part}): needs " + "; ".join(parts))
 
 
-def cells_by_owner(netlist: dict[str, Any], cell_types: tuple[str, ...]) -> dict[str, int]:
-    """How many cells of ``cell_types`` each part of the core uses, from a Yosys JSON netlist.
+def cells_by_owner(netlist: dict[str, Any], cell_types: tuple[str, ...], *, depth: int = 2) -> dict[str, int]:
+    """How many cells of ``cell_types`` (types or their prefixes) each part of the core uses.
 
+    ``netlist`` is a Yosys JSON netlist.
     A flattened cell's name is its instance path (``core.matmul.acc.bank_0.mem.0.0``,
-    ``core.pe_array.pe_1_2.$12_MULT18X18D``).  The owner is the path's first two named levels
+    ``core.pe_array.pe_1_2.$12_MULT18X18D``; a LUT or flip-flop is named after the net it
+    drives, which carries the path too).  The owner is the path's first ``depth`` named levels
     below the wrapper's ``core``, with indices written ``*`` so that the PEs or banks of one
     array count together (``matmul.acc``, ``pe_array.pe_*_*``); cells of the core's own top
-    level are ``(top)``.
+    level, and the IO wrapper's, are ``(top)``.
     """
     owners: dict[str, int] = {}
     for module in netlist.get("modules", {}).values():
         for cell_name, cell in module.get("cells", {}).items():
-            if cell.get("type") not in cell_types:
+            if not cell.get("type", "").startswith(cell_types):
                 continue
             path = cell.get("attributes", {}).get("hdlname") or cell_name
-            parts = [part for part in re.split(r"[ .]", path.lstrip("\\"))
+            # The last level is the cell's (or its net's) own name, not a module.
+            parts = [part for part in re.split(r"[ .]", path.lstrip("\\"))[:-1]
                      if part and not part.startswith("$") and not part.isdigit()]
             if parts and parts[0] == "core":
                 parts = parts[1:]
-            owner = ".".join(re.sub(r"\d+", "*", part) for part in parts[:2]) or "(top)"
+            owner = ".".join(re.sub(r"\d+", "*", part) for part in parts[:depth]) or "(top)"
             owners[owner] = owners.get(owner, 0) + 1
     return dict(sorted(owners.items()))
 
@@ -391,9 +398,11 @@ def implement(verilog: Path, manifest: Path, target_name: str, out_dir: Path, *,
     report = {
         "top": top, "config": info.get("config", {}).get("name"), "target": spec.name, "part": spec.part,
         "fits": pnr["fits"], "resources": pnr["resources"],
-        "yosys_cells": {"luts": sum(n for c, n in cells.items() if "LUT4" in c),
-                        "ffs": sum(n for c, n in cells.items() if c.startswith(("SB_DFF", "TRELLIS_FF"))),
+        "yosys_cells": {"luts": sum(n for c, n in cells.items() if c.startswith(spec.lut_cells)),
+                        "ffs": sum(n for c, n in cells.items() if c.startswith(spec.ff_cells)),
                         "by_type": cells},
+        "lut_owners": cells_by_owner(netlist, spec.lut_cells, depth=1),
+        "ff_owners": cells_by_owner(netlist, spec.ff_cells, depth=1),
         "memory_owners": cells_by_owner(netlist, spec.memory_cells),
         "dsp_owners": cells_by_owner(netlist, spec.dsp_cells),
         "io_wrapper": wrapper_cost,
@@ -421,9 +430,12 @@ def result_table(report: dict[str, Any]) -> str:
     wrapper = report["io_wrapper"]
     lines.append(f"  (included: IO wrapper, {wrapper['ffs']} FFs for {wrapper['input_bits']} input bits, "
                  f"an XOR tree over {wrapper['output_bits']} output bits)")
-    for title, owners in (("block RAM", report["memory_owners"]), ("DSP", report["dsp_owners"])):
-        if owners:
-            lines.append(f"  {title} used by: " + ", ".join(f"{owner} {n}" for owner, n in owners.items()))
+    for title, owners in (("LUT4", report["lut_owners"]), ("FF", report["ff_owners"]),
+                          ("block RAM", report["memory_owners"]), ("DSP", report["dsp_owners"])):
+        largest = sorted(owners.items(), key=lambda item: -item[1])
+        if largest:
+            shown = ", ".join(f"{owner} {n}" for owner, n in largest[:8])
+            lines.append(f"  {title} used by: {shown}" + (", ..." if len(largest) > 8 else ""))
     if report["fmax_mhz"] is not None:
         verdict = "met" if report["timing_met"] else "NOT met"
         lines.append(f"  Fmax {report['fmax_mhz']:.1f} MHz (target {report['target_mhz']:g} MHz: {verdict})")
