@@ -40,7 +40,7 @@ from typing import Any
 
 from braze.isa import BrazeError
 
-from .toolchain import cache_root, file_lock, package_version, run_yowasp, write_atomically
+from .toolchain import cache_root, file_lock, key_digest, package_version, run_yowasp, write_atomically
 
 __all__ = ["TARGETS", "Target", "FitError", "FpgaResult", "implement", "io_wrapper", "parse_nextpnr_report",
            "check_fit", "resource_rows", "cells_by_owner", "result_table", "FLOW_FORMAT"]
@@ -250,10 +250,6 @@ def cells_by_owner(netlist: dict[str, Any], cell_types: tuple[str, ...], *, dept
 
 # -------------------------------------------------------------------------------------------- cache
 
-def _digest(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:20]
-
-
 def _cached(kind: str, label: str, key_data: dict[str, Any], make: Callable[[Path], dict[str, Any]],
             progress: Callable[[str], None] | None) -> tuple[Path, dict[str, Any], bool]:
     """The cache entry of one step: ``make(directory)`` fills it on a miss and returns its summary.
@@ -266,7 +262,7 @@ def _cached(kind: str, label: str, key_data: dict[str, Any], make: Callable[[Pat
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise BrazeError(f"cannot create the FPGA cache {root}: {error.strerror}") from None
-    key = _digest(key_data)
+    key = key_digest(key_data)
     directory = root / f"{label}-{kind}-{key}"
     marker = directory / "result.json"
     with file_lock(root / f"{label}-{kind}-{key}.lock"):

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from braze.hw.toolchain import ToolError, cache_root, verilator_env, verilator_waiver_flags
 from braze.hw.toolchain import file_lock as _locked
+from braze.hw.toolchain import key_digest as _digest
 from braze.hw.toolchain import package_version as _version
 from braze.hw.toolchain import write_atomically as _write_atomically
 from braze.isa import BrazeError, Config
@@ -136,10 +137,6 @@ def source_digest() -> str:
 def stderr_progress(message: str) -> None:
     """The default build progress report: one line on standard error."""
     print(f"braze: {message}", file=sys.stderr, flush=True)
-
-
-def _digest(data) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def _cached_verilog(root: Path, name: str, key_parts: dict, write_verilog: Callable[[], str],
