@@ -182,3 +182,9 @@ def test_cli_bad_input_is_one_line(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) <= 2
     assert not (tmp_path / "out").exists()   # nothing generated before the arguments were checked
+
+
+def test_bench_rejects_an_unknown_target_before_running_anything(capsys):
+    assert main(["bench", "fpga", "--presets", "tiny", "--targets", "ecp5-85k,spartan"]) == 2
+    err = capsys.readouterr().err
+    assert "no FPGA target named 'spartan'" in err and len(err.strip().splitlines()) == 1
