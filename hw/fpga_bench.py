@@ -67,20 +67,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated presets or specs (default: tiny,default)")
     parser.add_argument("--targets", default="ice40-up5k,ecp5-85k",
                         help=f"comma-separated targets among {', '.join(TARGETS)} (default: all)")
+    parser.add_argument("--pairs", help="instead of every preset on every target, these PRESET:TARGET pairs "
+                                         "(e.g. tiny:ice40-up5k,default:ecp5-85k: the summary line's runs)")
     parser.add_argument("--output", type=Path, help="keep the runs' files here (default: a temporary folder)")
     args = parser.parse_args(argv)
-    configs = [Config.parse(name.strip()) for name in args.presets.split(",") if name.strip()]
-    targets = [target(name.strip()) for name in args.targets.split(",") if name.strip()]
+    if args.pairs:
+        pairs = []
+        for item in args.pairs.split(","):
+            preset, colon, name = item.strip().rpartition(":")
+            if not colon or not preset:
+                parser.error(f"argument --pairs: {item.strip()!r} is not PRESET:TARGET")
+            pairs.append((Config.parse(preset), target(name)))
+    else:
+        configs = [Config.parse(name.strip()) for name in args.presets.split(",") if name.strip()]
+        targets = [target(name.strip()) for name in args.targets.split(",") if name.strip()]
+        pairs = [(config, spec) for config in configs for spec in targets]
     began = time.monotonic()
     reports = []
     with tempfile.TemporaryDirectory(prefix="braze-bench-fpga-") as scratch:
         root = args.output or Path(scratch)
-        for config in configs:
-            rtl = build(config, root / config.name, lint=False)
-            for spec in targets:
-                result = implement(rtl.verilog, rtl.manifest, spec.name, root / config.name)
-                print(result_table(result.report), flush=True)
-                reports.append(result.report)
+        builds = {}
+        for config, spec in pairs:
+            if config.name not in builds:
+                builds[config.name] = build(config, root / config.name, lint=False)
+            rtl = builds[config.name]
+            result = implement(rtl.verilog, rtl.manifest, spec.name, root / config.name)
+            print(result_table(result.report), flush=True)
+            reports.append(result.report)
     print()
     print(_table(reports))
     print(f"\n{len(reports)} runs in {(time.monotonic() - began) / 60:.1f} minutes")
