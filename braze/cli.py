@@ -206,11 +206,33 @@ def _rtl(args: argparse.Namespace) -> int:
 
     result = build(Config.parse(args.config), args.output, lint=args.lint, synth=args.synth)
     print(f"wrote {result.verilog} and {result.manifest}")
+    print("wrote " + ", ".join(str(path) for path in result.packaging.values()))
     if args.lint:
         print(f"verilator lint: clean ({result.seconds['lint']:.1f} s)")
     if result.synth_report is not None:
         print(synth_table(result.synth_report))
         print(f"wrote {result.synth}")
+    return 0
+
+
+@command("fpga", "synthesize, place and route a build for an FPGA part: resources, fit, Fmax, bitstream",
+         arg("--config", default="default", help="preset name, PRESET:field=value,... or JSON"),
+         arg("--target", required=True, help="FPGA part: ecp5-85k or ice40-up5k"),
+         arg("-o", "--output", type=Path, required=True, help="output directory"),
+         arg("--freq", type=number(1.0, 1000.0), default=None, metavar="MHZ",
+             help="target clock of the timing-driven P&R (default: 100 on ecp5-85k, 24 on ice40-up5k)"))
+def _fpga(args: argparse.Namespace) -> int:
+    from braze.hw.fpga import check_fit, implement, result_table, target
+    from braze.hw.rtl import build
+    from braze.isa.config import Config
+
+    spec = target(args.target)   # a bad name fails before minutes of work
+    rtl = build(Config.parse(args.config), args.output, lint=False)
+    print(f"wrote {rtl.verilog}, {rtl.manifest} and " + ", ".join(str(p) for p in rtl.packaging.values()))
+    result = implement(rtl.verilog, rtl.manifest, spec.name, args.output, freq_mhz=args.freq)
+    print(result_table(result.report))
+    print(f"wrote {result.files['report']}")
+    check_fit(spec, result.report["top"], result.report["resources"])
     return 0
 
 
@@ -538,6 +560,16 @@ def _bench_fuzz(argv: Sequence[str]) -> int:
 BENCH_TARGETS["fuzz"] = ("property-based fuzzing of the assembler, disassembler, configuration parser, ONNX "
                          "loader and InferenceSession.run for N minutes: cases, crashes, hangs per target "
                          "(braze bench fuzz --help)", _bench_fuzz)
+
+
+def _bench_fpga(argv: Sequence[str]) -> int:
+    from braze.hw import fpga_bench
+
+    return fpga_bench.main(argv)
+
+
+BENCH_TARGETS["fpga"] = ("FPGA flow per preset and target: fit, resources, Fmax, tool time (braze bench fpga "
+                         "--help)", _bench_fpga)
 
 
 @command("bench", "benchmarks: braze bench TARGET [options]; targets: "

