@@ -14,6 +14,7 @@ is not a SQLite database, or one too new for this code, is a :class:`HistoryErro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -322,21 +323,24 @@ class HistoryStore:
         insert = f"INSERT INTO runs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
         return self._insert(insert, records, [self._row(record) for record in records])
 
-    def _insert(self, insert: str, items: Sequence[Any], rows: Sequence[tuple]) -> list[int]:
-        """Insert ``rows`` in one transaction; each item's ``id`` becomes its row's."""
-        ids = []
+    @contextlib.contextmanager
+    def _transaction(self):
+        """One write transaction: committed whole, or rolled back whole (and a clear error)."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for row in rows:
-                    cursor = self._db.execute(insert, row)
-                    ids.append(cursor.lastrowid)
+                yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as error:
             raise self._error("could not be written", error) from None
+
+    def _insert(self, insert: str, items: Sequence[Any], rows: Sequence[tuple]) -> list[int]:
+        """Insert ``rows`` in one transaction; each item's ``id`` becomes its row's."""
+        with self._transaction() as db:
+            ids = [db.execute(insert, row).lastrowid for row in rows]
         for item, row_id in zip(items, ids, strict=True):
             item.id = row_id
         return ids
@@ -360,19 +364,11 @@ class HistoryStore:
         statement = ("UPDATE runs SET signature = ?, signature_hash = ?, features = ?, "
                      "program = coalesce(?, program) WHERE id = ?")
         changed = 0
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for row_id, signature, features, program in updates:
-                    changed += self._db.execute(statement, (
-                        json.dumps(signature, sort_keys=True), signature_hash(signature),
-                        json.dumps(features, sort_keys=True), program, int(row_id))).rowcount
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        except sqlite3.OperationalError as error:
-            raise self._error("could not be written", error) from None
+        with self._transaction() as db:
+            for row_id, signature, features, program in updates:
+                changed += db.execute(statement, (
+                    json.dumps(signature, sort_keys=True), signature_hash(signature),
+                    json.dumps(features, sort_keys=True), program, int(row_id))).rowcount
         return changed
 
     # --- Reading. --------------------------------------------------------------------------------
