@@ -3,8 +3,8 @@
 For every preset and target: the Verilog (:func:`braze.hw.rtl.build`), then synthesis, packing,
 place and route and the bitstream (:func:`braze.hw.fpga.implement`; every step cached, so a
 second run only reads the cache -- ``cached`` in the table says which).  Prints a table and ends
-with ``fpga: default_ecp5_fmax_mhz=<x> default_ecp5_fits=<0|1> tiny_ice40_fits=<0|1>``
-(``default_ecp5_fmax_mhz`` is 0 when default does not fit, or was not run).
+with ``fpga: default_ecp5_fmax_mhz=<x> default_ecp5_fits=<0|1> tiny_ice40_fits=<0|1>`` (``-`` where
+this run did not measure it: a pair not run, or the Fmax of a design that does not fit).
 """
 
 from __future__ import annotations
@@ -24,14 +24,19 @@ __all__ = ["main", "summary_line"]
 
 
 def summary_line(reports: list[dict]) -> str:
-    """The bench's last line, from the reports of its runs."""
+    """The bench's last line, from the reports of its runs; ``-`` for what this run did not measure
+    (a pair not run, or an Fmax of a design that does not fit), so that it never reads as a 0."""
     by_key = {(report["config"], report["target"]): report for report in reports}
     default = by_key.get(("default", "ecp5-85k"))
     tiny = by_key.get(("tiny", "ice40-up5k"))
-    fmax = default["fmax_mhz"] if default and default["fits"] and default["fmax_mhz"] is not None else 0.0
-    default_fits = int(bool(default and default["fits"]))
-    return (f"fpga: default_ecp5_fmax_mhz={fmax:.1f} default_ecp5_fits={default_fits} "
-            f"tiny_ice40_fits={int(bool(tiny and tiny['fits']))}")
+    fmax = (f"{default['fmax_mhz']:.1f}" if default and default["fits"] and default["fmax_mhz"] is not None
+            else "-")
+
+    def fits(report: dict | None) -> str:
+        return "-" if report is None else str(int(bool(report["fits"])))
+
+    return (f"fpga: default_ecp5_fmax_mhz={fmax} default_ecp5_fits={fits(default)} "
+            f"tiny_ice40_fits={fits(tiny)}")
 
 
 def _table(reports: list[dict]) -> str:

@@ -169,8 +169,9 @@ def test_bench_summary_line():
     assert summary_line(fits_both) == ("fpga: default_ecp5_fmax_mhz=103.3 default_ecp5_fits=1 "
                                        "tiny_ice40_fits=0")
     fits_tiny = [report("default", "ecp5-85k", False, None), report("tiny", "ice40-up5k", True, 30.0)]
-    assert summary_line(fits_tiny) == "fpga: default_ecp5_fmax_mhz=0.0 default_ecp5_fits=0 tiny_ice40_fits=1"
-    assert summary_line([]) == "fpga: default_ecp5_fmax_mhz=0.0 default_ecp5_fits=0 tiny_ice40_fits=0"
+    assert summary_line(fits_tiny) == "fpga: default_ecp5_fmax_mhz=- default_ecp5_fits=0 tiny_ice40_fits=1"
+    # Pairs not run are not reported as misfits.
+    assert summary_line([]) == "fpga: default_ecp5_fmax_mhz=- default_ecp5_fits=- tiny_ice40_fits=-"
 
 
 @pytest.mark.parametrize("argv, message", [
