@@ -106,6 +106,9 @@ def connect(scheduler: str | None = None, *, workers: Sequence[WorkerSpec] = DEF
     from distributed import Client
 
     if scheduler is not None:
+        if scheduler.startswith("tls://") and security is None:
+            raise FleetError(f"the Dask scheduler at {scheduler} speaks TLS: pass the cluster's certificates "
+                             f"(security=distributed.security.Security(...))")
         try:
             client = Client(scheduler, timeout="10s", security=security)
         except (OSError, TimeoutError) as error:

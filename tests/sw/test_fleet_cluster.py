@@ -122,3 +122,29 @@ def test_a_worker_killed_mid_run_loses_no_result_and_changes_none(client, tmp_pa
         expected = _reference(SCRIPT.format(sleep=0).replace("default_rng(7)", f"default_rng({seed})"))
         assert execution.values["digest"] == expected["digest"]
         assert np.array_equal(execution.values["h"], expected["h"])
+
+
+def test_fleets_talk_tls_and_refuse_a_client_without_the_cluster_certificates(tmp_path):
+    """With ``security`` every link (client, scheduler, workers) is TLS with the cluster's
+    certificates (here a temporary self-signed set): the program runs, and a client without them
+    cannot connect, so nothing from outside the cluster is ever deserialised."""
+    from distributed.security import Security
+
+    from braze.sw.fleet import FleetError
+
+    security = Security.temporary()
+    source = "import numpy as np\nx = np.arange(12.0).reshape(3, 4)\ny = x @ x.T\ntotal = float(y.sum())\n"
+    with connect(security=security) as client:
+        address = client.scheduler.address
+        assert address.startswith("tls://")
+        assert all(info.address.startswith("tls://") for info in workers_of(client))
+        run = compose_and_execute(source, client=client, scheduler="cpu",
+                                  history=HistoryStore(tmp_path / "h.sqlite"))
+        expected = np.arange(12.0).reshape(3, 4)
+        assert run.values["total"] == float((expected @ expected.T).sum())
+        with pytest.raises(FleetError, match="speaks TLS"):
+            with connect(address):
+                pass
+        with pytest.raises(FleetError, match="certificate"):        # another self-signed set
+            with connect(address, security=Security.temporary()):
+                pass
