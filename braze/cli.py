@@ -458,6 +458,10 @@ def _fleet(args: argparse.Namespace) -> int:
          arg("--budget", type=_duration, help="stop calibrating after this long (90s, 20m, 1h); resumable"),
          arg("--count", type=integer(1), default=200,
              help="calibration kernels per configuration (default: 200)"),
+         arg("--strategy", default="stratified", choices=("stratified", "uncertainty"),
+             help="calibration order: stratified, or uncertainty (active learning: the runs the model "
+                  "knows least about first)"),
+         arg("--runs", type=integer(1), help="at most this many new calibration runs per configuration"),
          arg("--history", type=Path, help="the performance history (default: $BRAZE_CACHE_DIR/hpm/...)"),
          arg("--regressor", default="lightgbm", choices=("lightgbm", "sklearn")),
          arg("--out", type=Path, help="where train writes the model (default: the cache's model folder)"),
@@ -469,7 +473,7 @@ def _hpm(args: argparse.Namespace) -> int:
     store = hpm.HistoryStore(args.history)
     if args.action == "calibrate":
         report = hpm.calibrate(args.configs, device=args.device, count=args.count, store=store,
-                               budget_seconds=args.budget)
+                               budget_seconds=args.budget, strategy=args.strategy, runs=args.runs)
         print(report.summary())
         for line in report.failed[:20]:
             print(f"  failed: {line}")

@@ -41,7 +41,8 @@ from .features import (
 from .store import HistoryStore, RunRecord, pack_program, signature_hash, unpack_program
 
 __all__ = ["KernelSpec", "calibration_specs", "calibration_kernels", "calibrate", "CalibrationReport",
-           "random_inputs", "record_run", "DEFAULT_STALLS", "tiling_variants", "refeature", "RefeatureReport"]
+           "random_inputs", "record_run", "DEFAULT_STALLS", "tiling_variants", "refeature", "RefeatureReport",
+           "STRATEGIES", "most_uncertain", "CalibrationOptionError"]
 
 #: Backpressure levels calibration runs every kernel under (probability per AXI handshake).
 DEFAULT_STALLS = (0.0, 0.1, 0.25, 0.4)
@@ -306,21 +307,59 @@ class CalibrationReport:
                 + (" (stopped at the time budget; run again to continue)" if self.out_of_time else ""))
 
 
+class CalibrationOptionError(BrazeError, ValueError):
+    """A calibration was asked for with options it cannot follow."""
+
+
+#: How calibration orders its runs (``calibrate(strategy=...)``).
+STRATEGIES = ("stratified", "uncertainty")
+
+
+def _kernel_major(items: list[tuple[float, Kernel]]) -> list[tuple[float, Kernel]]:
+    """(stall, kernel) pairs regrouped kernel by kernel (in their first order), each under every stall."""
+    by_kernel: dict[int, list[tuple[float, Kernel]]] = {}
+    for item in items:
+        by_kernel.setdefault(id(item[1]), []).append(item)
+    return [item for group in by_kernel.values() for item in group]
+
+
+def most_uncertain(model, items: Sequence[tuple[float, Kernel]], take: int, read_latency: int) -> list[int]:
+    """Indices of the ``take`` (stall, kernel) pairs whose predicted 10%..90% band is widest
+    relative to the prediction: where the model knows least, a run teaches it most."""
+    features = [kernel_features(kernel, kernel.config, MemorySystem(read_latency, stall))
+                for stall, kernel in items]
+    widths = np.array([prediction.uncertainty for prediction in model.predict_features(features)])
+    return [int(i) for i in np.argsort(-widths, kind="stable")[:take]]
+
+
 def calibrate(configs: Sequence[Config], *, device: str = "verilator",
               stalls: Sequence[float] = DEFAULT_STALLS, count: int = 200, store: HistoryStore | None = None,
               budget_seconds: float | None = None, seed: int = 0,
               progress: Callable[[str], None] | None = print,
-              device_options: dict | None = None) -> CalibrationReport:
+              device_options: dict | None = None, strategy: str = "stratified",
+              runs: int | None = None) -> CalibrationReport:
     """Run calibration kernels on ``device`` for each configuration and backpressure level.
 
     Resumable: a (kernel, configuration, device, memory system) already in the history is skipped.
     ``budget_seconds`` stops after that long (between runs).  Kernels whose run fails are named
-    in the report, not fatal.
+    in the report, not fatal.  ``runs`` caps the new runs per configuration.
+
+    ``strategy="stratified"`` runs the candidates in their stratified order.  ``"uncertainty"``
+    (active learning) runs a kernel-major quarter of them first, then, in batches of a tenth,
+    those whose band a model trained on the history so far finds widest -- measured offline on
+    the tiny history (``benchmarks/hpm_active_learning.py``), half the runs chosen so give a lower
+    held-out error than the stratified or a random half.
     """
     from braze.sim.device import open_device
 
     from ..compiler.kernels import run_kernel
+    from .model import ModelError, PerformanceModel
 
+    if strategy not in STRATEGIES:
+        raise CalibrationOptionError(f"no calibration strategy {strategy!r}; strategies are "
+                                     f"{', '.join(STRATEGIES)}")
+    if runs is not None and runs < 1:
+        raise CalibrationOptionError(f"runs={runs!r}: a calibration makes at least 1 run per configuration")
     store = store if store is not None else HistoryStore()
     report = CalibrationReport()
     started = time.monotonic()
@@ -328,33 +367,54 @@ def calibrate(configs: Sequence[Config], *, device: str = "verilator",
     for config in configs:
         kernels = calibration_kernels(config, count=count, seed=seed, log=progress)
         levels = list(stalls) if device in ("verilator", "amaranth") else [0.0]
-        todo = [(stall, kernel) for stall in levels for kernel in kernels]
+        read_latency = config.mem_latency
+        pending = []
+        for stall, kernel in [(stall, kernel) for stall in levels for kernel in kernels]:
+            if store.has(kernel_signature(kernel), config.name, device, read_latency, stall):
+                report.skipped += 1
+            else:
+                pending.append((stall, kernel))
+        limit = len(pending) if runs is None else min(runs, len(pending))
+        seed_runs = max(20, limit // 4)
+        if strategy == "uncertainty":
+            pending = _kernel_major(pending)
+        done = 0
         with open_device(device, config, **(device_options or {})) as dev:
-            read_latency = config.mem_latency
             current_stall = None
-            for index, (stall, kernel) in enumerate(todo):
-                if budget_seconds is not None and time.monotonic() - started > budget_seconds:
-                    report.out_of_time = True
-                    break
-                memory = MemorySystem(read_latency, stall)
-                if store.has(kernel_signature(kernel), config.name, device, read_latency, stall):
-                    report.skipped += 1
-                    continue
-                if stall != current_stall and hasattr(dev, "set_stall"):
-                    dev.set_stall(stall)
-                    current_stall = stall
-                try:
-                    result = run_kernel(dev, kernel, random_inputs(kernel, rng))
-                except BrazeError as error:
-                    report.failed.append(f"{kernel_family(kernel)} {kernel_signature(kernel)['operands']}: "
-                                         f"{str(error).splitlines()[0]}")
-                    continue
-                store.add(record_run(kernel, result.counters, device=device, memory=memory,
-                                     source="calibrate"))
-                report.ran += 1
-                if progress and (index + 1) % 25 == 0:
-                    progress(f"{config.name}: {index + 1}/{len(todo)} runs "
-                             f"({time.monotonic() - started:.0f} s)")
+            while done < limit and pending and not report.out_of_time:
+                batch = list(range(limit - done))
+                if strategy == "uncertainty" and done >= seed_runs:
+                    history = [record for record in store.records(config_name=config.name, device=device)
+                               if record.features.get("feature_version") == FEATURE_VERSION]
+                    try:
+                        model = PerformanceModel().fit(history)
+                        batch = most_uncertain(model, pending, max(1, limit // 10), read_latency)
+                    except ModelError:
+                        batch = list(range(max(1, limit // 10)))
+                elif strategy == "uncertainty":
+                    batch = list(range(seed_runs - done))
+                chosen = [pending[i] for i in batch if i < len(pending)]
+                picked = set(batch)
+                pending = [item for i, item in enumerate(pending) if i not in picked]
+                for stall, kernel in chosen:
+                    if budget_seconds is not None and time.monotonic() - started > budget_seconds:
+                        report.out_of_time = True
+                        break
+                    done += 1
+                    if stall != current_stall and hasattr(dev, "set_stall"):
+                        dev.set_stall(stall)
+                        current_stall = stall
+                    try:
+                        result = run_kernel(dev, kernel, random_inputs(kernel, rng))
+                    except BrazeError as error:
+                        what = f"{kernel_family(kernel)} {kernel_signature(kernel)['operands']}"
+                        report.failed.append(f"{what}: {str(error).splitlines()[0]}")
+                        continue
+                    store.add(record_run(kernel, result.counters, device=device,
+                                         memory=MemorySystem(read_latency, stall), source="calibrate"))
+                    report.ran += 1
+                    if progress and done % 25 == 0:
+                        progress(f"{config.name}: {done}/{limit} runs ({time.monotonic() - started:.0f} s)")
         if report.out_of_time:
             break
     report.seconds = time.monotonic() - started

@@ -223,3 +223,44 @@ def test_the_memory_aware_baseline_grows_with_backpressure_from_the_timing_model
         requests = f["load_beats"] + f["store_beats"] + f["load_rows"] + f["store_rows"] + f["n_counters"]
         handoffs = 9 * f["n_load"] + 6 * (f["n_store"] + f["n_counters"])
         assert baselines[3] <= analytic + handoffs + requests * (0.4 / 0.6) + 0.5 * dma
+
+
+def test_active_calibration_runs_first_what_the_model_knows_least(tmp_path, monkeypatch):
+    """strategy="uncertainty": a kernel-major seed, then batches of the candidates whose band a model
+    trained on the history so far finds widest (the golden device: exact, fast)."""
+    import importlib
+
+    from braze.sw.hpm import HistoryStore, calibrate
+    from braze.sw.hpm.calibrate import CalibrationOptionError, most_uncertain
+
+    calibration = importlib.import_module("braze.sw.hpm.calibrate")     # the module (not the function)
+
+    pool = calibration.calibration_kernels(TINY, count=30, seed=0)
+    monkeypatch.setattr(calibration, "calibration_kernels", lambda *args, **kwargs: pool)   # built once
+    store = HistoryStore(tmp_path / "h.sqlite")
+    report = calibrate([TINY], device="golden", count=30, store=store, strategy="uncertainty", runs=22,
+                       progress=None)
+    assert report.ran == 22 and not report.failed
+    rows = store.records()
+    # The seed: the first 20 candidates in calibration order.
+    assert [row.signature_hash for row in rows[:20]] == [kernel_signature_hash(k) for k in pool[:20]]
+    # The first batch after it: the 2 candidates a model of the seed finds least certain.
+    model = PerformanceModel().fit(rows[:20])
+    pending = [(0.0, kernel) for kernel in pool[20:]]
+    picked = most_uncertain(model, pending, 2, TINY.mem_latency)
+    expected = {kernel_signature_hash(pending[i][1]) for i in picked}
+    assert {row.signature_hash for row in rows[20:22]} == expected
+    widths = [p.uncertainty for p in model.predict_features(
+        [kernel_features(kernel, TINY, MemorySystem(TINY.mem_latency, 0.0)) for _, kernel in pending])]
+    chosen = [widths[i] for i, (_, kernel) in enumerate(pending) if kernel_signature_hash(kernel) in expected]
+    assert min(chosen) >= max(w for i, w in enumerate(widths)
+                              if kernel_signature_hash(pending[i][1]) not in expected)
+    with pytest.raises(CalibrationOptionError, match="no calibration strategy 'greedy'"):
+        calibrate([TINY], device="golden", store=store, strategy="greedy", progress=None)
+
+
+def kernel_signature_hash(kernel) -> str:
+    from braze.sw.hpm.features import kernel_signature
+    from braze.sw.hpm.store import signature_hash
+
+    return signature_hash(kernel_signature(kernel))
