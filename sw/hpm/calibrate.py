@@ -332,6 +332,24 @@ def most_uncertain(model, items: Sequence[tuple[float, Kernel]], take: int, read
     return [int(i) for i in np.argsort(-widths, kind="stable")[:take]]
 
 
+def _next_batch(strategy: str, done: int, limit: int, seed_runs: int, pending: list, store: HistoryStore,
+                config: Config, device: str) -> list[int]:
+    """Indices into ``pending`` of the runs to make next (see :func:`calibrate`'s strategies)."""
+    from .model import ModelError, PerformanceModel
+
+    if strategy == "stratified":
+        return list(range(limit - done))
+    if done < seed_runs:
+        return list(range(seed_runs - done))
+    size = max(1, limit // 10)
+    history = [record for record in store.records(config_name=config.name, device=device)
+               if record.features.get("feature_version") == FEATURE_VERSION]
+    try:
+        return most_uncertain(PerformanceModel().fit(history), pending, size, config.mem_latency)
+    except ModelError:             # too little history of this configuration yet
+        return list(range(size))
+
+
 def calibrate(configs: Sequence[Config], *, device: str = "verilator",
               stalls: Sequence[float] = DEFAULT_STALLS, count: int = 200, store: HistoryStore | None = None,
               budget_seconds: float | None = None, seed: int = 0,
@@ -353,7 +371,6 @@ def calibrate(configs: Sequence[Config], *, device: str = "verilator",
     from braze.sim.device import open_device
 
     from ..compiler.kernels import run_kernel
-    from .model import ModelError, PerformanceModel
 
     if strategy not in STRATEGIES:
         raise CalibrationOptionError(f"no calibration strategy {strategy!r}; strategies are "
@@ -382,17 +399,7 @@ def calibrate(configs: Sequence[Config], *, device: str = "verilator",
         with open_device(device, config, **(device_options or {})) as dev:
             current_stall = None
             while done < limit and pending and not report.out_of_time:
-                batch = list(range(limit - done))
-                if strategy == "uncertainty" and done >= seed_runs:
-                    history = [record for record in store.records(config_name=config.name, device=device)
-                               if record.features.get("feature_version") == FEATURE_VERSION]
-                    try:
-                        model = PerformanceModel().fit(history)
-                        batch = most_uncertain(model, pending, max(1, limit // 10), read_latency)
-                    except ModelError:
-                        batch = list(range(max(1, limit // 10)))
-                elif strategy == "uncertainty":
-                    batch = list(range(seed_runs - done))
+                batch = _next_batch(strategy, done, limit, seed_runs, pending, store, config, device)
                 chosen = [pending[i] for i in batch if i < len(pending)]
                 picked = set(batch)
                 pending = [item for i, item in enumerate(pending) if i not in picked]
