@@ -39,6 +39,7 @@ import numpy as np
 
 from braze.isa import Config
 from braze.isa.encoding import INSN_BYTES, decode
+from braze.isa.timing import EPILOGUE_LATENCY, MATMUL_LATENCY, VECTOR_LATENCY
 
 from .kernels import Kernel, KernelError, Operand
 
@@ -62,7 +63,10 @@ def cache_dir() -> Path:
 
 
 def _key(signature: tuple, config: Config) -> str:
-    text = repr((CACHE_VERSION, signature, config.to_json()))
+    # The timing model's pipeline depths are in the key: kernels carry their predicted cycles, and
+    # the library chooses tilings by them, so a deeper RTL pipeline must not reuse old entries.
+    pipelines = (MATMUL_LATENCY, EPILOGUE_LATENCY, VECTOR_LATENCY)
+    text = repr((CACHE_VERSION, signature, config.to_json(), pipelines))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -159,6 +159,16 @@ def test_a_stale_version_is_not_used(tmp_path, monkeypatch):
     assert len(calls) == 2
 
 
+def test_a_changed_pipeline_depth_misses_the_cache(tmp_path, monkeypatch):
+    """Kernels carry predicted cycles and tilings chosen by the timing model: an RTL pipeline
+    made deeper (EPILOGUE_LATENCY 8 -> 9 did it) must not be served the old entries."""
+    build, calls = _build_counter()
+    KernelCache(tmp_path).get_or_build(SIGNATURE, TINY, build)
+    monkeypatch.setattr(cache_module, "EPILOGUE_LATENCY", cache_module.EPILOGUE_LATENCY + 1)
+    KernelCache(tmp_path).get_or_build(SIGNATURE, TINY, build)
+    assert len(calls) == 2
+
+
 def _hammer(directory, seed, rounds):
     """One process of the concurrency test: build, read and rewrite a few shared entries."""
     warnings.simplefilter("error")                 # any rejected entry fails the process
