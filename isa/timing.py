@@ -101,6 +101,22 @@ def element_bytes(memory: Memory) -> int:
 
 def _strided_beats(start: int, rows: int, stride: int, row_bytes: int, bus_bytes: int) -> int:
     """Sum over rows of the bus words covering ``[start + r*stride, ... + row_bytes)``."""
+    # Only the offsets modulo the bus width matter, so the compiler's many similar LOADs share entries.
+    key = (start % bus_bytes, rows, stride % bus_bytes, row_bytes, bus_bytes)
+    beats = _BEATS.get(key)
+    if beats is None:
+        if len(_BEATS) >= _BEATS_LIMIT:
+            _BEATS.clear()
+        beats = _BEATS[key] = _strided_beats_uncached(*key)
+    return beats
+
+
+#: _strided_beats by its arguments reduced modulo the bus width; cleared when full.
+_BEATS: dict[tuple[int, int, int, int, int], int] = {}
+_BEATS_LIMIT = 1 << 16
+
+
+def _strided_beats_uncached(start: int, rows: int, stride: int, row_bytes: int, bus_bytes: int) -> int:
     # The offset within a bus word repeats with this period, so one period suffices.
     period = bus_bytes // math.gcd(stride % bus_bytes, bus_bytes)
     if period == 1:
@@ -238,11 +254,12 @@ _OPCODE_TIMING = {
 _QUEUE_NUMBERS: dict[tuple[Opcode, frozenset[str]], tuple[tuple[int, ...], tuple[int, ...]]] = {}
 
 
-def timing_key(insn: Instruction, config: Config) -> tuple:
+def timing_key(insn: Instruction, config: Config, cycles: int | None = None) -> tuple:
     """What :meth:`Scheduler.add` needs to know of an instruction, computed once per instruction.
 
     ``(unit, cycles, pops, pushes, busy, barrier)``: pops and pushes are numbers of
     :data:`TOKEN_QUEUES`, ``busy`` the index of its ``*_busy`` counter name (or None).
+    ``cycles``: its :func:`instruction_cycles`, if the caller has them already.
     """
     unit, barrier, busy = _OPCODE_TIMING[insn.opcode]
     queues = _QUEUE_NUMBERS.get((insn.opcode, insn.deps))
@@ -250,7 +267,9 @@ def timing_key(insn: Instruction, config: Config) -> tuple:
         pops, pushes = token_queues(insn)
         queues = _QUEUE_NUMBERS[insn.opcode, insn.deps] = (tuple(_QUEUE_NUMBER[q] for q in pops),
                                                            tuple(_QUEUE_NUMBER[q] for q in pushes))
-    return unit, instruction_cycles(insn, config), queues[0], queues[1], busy, barrier
+    if cycles is None:
+        cycles = instruction_cycles(insn, config)
+    return unit, cycles, queues[0], queues[1], busy, barrier
 
 
 class Scheduler:
