@@ -568,12 +568,13 @@ class Instruction:
         """The 128-bit instruction word."""
         # Offsets come from the same layouts as `INSTRUCTION.const(...)` would use; packing
         # them by hand is an order of magnitude faster for the compiler's long programs.
-        word = self.opcode.value << _OPCODE_OFFSET
+        word, slots = _ENCODERS[self.opcode]
         for name in self.deps:
             word |= 1 << _DEP_OFFSETS[name]
-        for spec, offset, width in self.format.slots:
-            value = self.args[spec.name]
-            word |= (int(getattr(value, "value", value)) & ((1 << width) - 1)) << offset
+        args = self.args
+        for name, offset, mask in slots:
+            value = args[name]
+            word |= (int(getattr(value, "value", value)) & mask) << offset
         return word
 
     def to_bytes(self) -> bytes:
@@ -605,6 +606,11 @@ def _maker(fmt: Format) -> tuple:
     return fmt, ALLOWED_DEPS[fmt.unit], frozenset(spec.name for spec in fmt.fields), tuple(fields)
 
 
+#: Instruction.encode's tables by opcode: the opcode bits, and (name, offset, mask) per field.
+_ENCODERS: dict[Opcode, tuple[int, tuple[tuple[str, int, int], ...]]] = {
+    fmt.opcode: (fmt.opcode.value << _OPCODE_OFFSET,
+                 tuple((spec.name, offset, (1 << width) - 1) for spec, offset, width in fmt.slots))
+    for fmt in FORMATS}
 #: Instruction.make's tables by opcode and by mnemonic.
 _MAKERS: dict[Any, tuple] = {key: _maker(fmt) for fmt in FORMATS for key in (fmt.opcode, fmt.mnemonic)}
 

@@ -280,8 +280,10 @@ class Scheduler:
     into space freed by earlier pops (the reference model checks this).
     """
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, *, keep_entries: bool = True):
         self.config = config
+        # Without keep_entries only the totals are kept (add returns None): a compiler pricing a program.
+        self.keep_entries = keep_entries
         self.entries: list[ScheduledInstruction] = []
         self.stall_dep = 0
         self._unit_busy = [0] * len(Unit)                  # by Unit value
@@ -312,10 +314,10 @@ class Scheduler:
         """The earliest cycle the next instruction can be dispatched (a barrier: start) in."""
         return self._next_dispatch
 
-    def add(self, insn: Instruction, *, pc: int | None = None) -> ScheduledInstruction:
+    def add(self, insn: Instruction, *, pc: int | None = None) -> ScheduledInstruction | None:
         return self.add_keyed(insn, timing_key(insn, self.config), pc)
 
-    def add_keyed(self, insn: Instruction, key: tuple, pc: int | None = None) -> ScheduledInstruction:
+    def add_keyed(self, insn: Instruction, key: tuple, pc: int | None = None) -> ScheduledInstruction | None:
         """:meth:`add` with the instruction's :func:`timing_key` already computed."""
         unit, cycles, pops, pushes, busy, barrier = key
         index = len(self.entries)
@@ -325,9 +327,11 @@ class Scheduler:
             end = start + cycles
             self._next_dispatch = end
             self._all_retired = end
-            entry = _entry(index, insn, unit, dispatch, start, end, end, start - dispatch, pc)
             self._unit_busy[unit.value] += cycles
             self.stall_dep += start - dispatch
+            if not self.keep_entries:
+                return None
+            entry = _entry(index, insn, unit, dispatch, start, end, end, start - dispatch, pc)
             self.entries.append(entry)
             return entry
 
@@ -378,6 +382,8 @@ class Scheduler:
         if busy is not None:
             self._busy[busy] += cycles
         self.stall_dep += stall
+        if not self.keep_entries:
+            return None
         entry = _entry(index, insn, unit, dispatch, start, end, retire, stall, pc)
         self.entries.append(entry)
         return entry

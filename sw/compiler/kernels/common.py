@@ -329,23 +329,29 @@ class _Streams:
 
     def add(self, insn: Instruction, *, reads: Iterable[_Buffer] = (),
             writes: Iterable[_Buffer] = ()) -> None:
-        reads = list(dict.fromkeys(buffer.tracked for buffer in reads))
-        writes = list(dict.fromkeys(buffer.tracked for buffer in writes))
+        reads = [buffer.tracked for buffer in reads]
+        if len(reads) > 1:
+            reads = list(dict.fromkeys(reads))
+        writes = [buffer.tracked for buffer in writes]
+        if len(writes) > 1:
+            writes = list(dict.fromkeys(writes))
         unit = insn.unit
-        if unit not in self.ops:
+        ops = self.ops.get(unit)
+        if ops is None:
             raise AssertionError(f"{insn!r} is not a unit instruction")
+        # The latest instruction of each other unit this one must wait for.
         wait: dict[Unit, int] = {}
-
-        def after(other: tuple[Unit, int] | None):
-            if other is not None and other[0] is not unit:
-                wait[other[0]] = max(wait.get(other[0], -1), other[1])
-
         for buffer in reads:
-            after(buffer.writer)
+            writer = buffer.writer
+            if writer is not None and writer[0] is not unit and wait.get(writer[0], -1) < writer[1]:
+                wait[writer[0]] = writer[1]
         for buffer in writes:
-            after(buffer.writer)
-            for reader in buffer.readers.items():
-                after(reader)
+            writer = buffer.writer
+            if writer is not None and writer[0] is not unit and wait.get(writer[0], -1) < writer[1]:
+                wait[writer[0]] = writer[1]
+            for reader, index in buffer.readers.items():
+                if reader is not unit and wait.get(reader, -1) < index:
+                    wait[reader] = index
         op = _Op(insn)
         for producer, index in wait.items():
             queue = (producer, unit)
@@ -359,13 +365,15 @@ class _Streams:
                 op.flags.add(_POP_FLAG[queue])
                 op.pop_queues.append(_QUEUE_NUMBER[queue])
                 self._waited[queue] = index
-        here = (unit, len(self.ops[unit]))
-        self.ops[unit].append(op)
+        here = len(ops)
+        ops.append(op)
         for buffer in reads:
-            buffer.readers[unit] = here[1]
-        for buffer in writes:
-            buffer.writer = here
-            buffer.readers = {}
+            buffer.readers[unit] = here
+        if writes:
+            writer = (unit, here)
+            for buffer in writes:
+                buffer.writer = writer
+                buffer.readers = {}
 
     def merge(self) -> list[Instruction]:
         """One program: the streams interleaved by estimated start time, within token capacity."""
@@ -476,7 +484,7 @@ def _finish(name: str, config: Config, streams: _Streams, operands: dict[str, Op
     instructions, took = streams.merge_timed()
     instructions.append(Instruction.make(Opcode.COUNTERS, dram=operands["counters"].addr, reset=True))
     # schedule(instructions + [HALT]).cycles, reusing the instruction cycles the merge computed.
-    scheduler = Scheduler(config)
+    scheduler = Scheduler(config, keep_entries=False)
     for insn, insn_cycles in zip(instructions, took, strict=False):
         scheduler.add_keyed(insn, timing_key(insn, config, insn_cycles))
     for insn in instructions[len(took):] + [Instruction.make(Opcode.HALT)]:
