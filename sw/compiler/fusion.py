@@ -377,34 +377,28 @@ def fuse(graph: Graph, config: Config, *, cost_model: CostModel | None = None,
         opportunity = pending[0]
         decided.add((opportunity.kind, opportunity.nodes))
         earlier = replayed.get(opportunity)
+        chosen = None
         if earlier is not None:
             # The kind of candidate chosen before ("fused" for "fused, tiling m=96"), generating nothing.
             kind = earlier.split(",")[0]
             chosen = next((c for c in _candidates(graph, opportunity, config, cache, tiling_variants=False)
                            if c.name == kind), None)
-            if chosen is not None:
-                decision = FusionDecision(opportunity, [], chosen.name, 0.0, objective, replayed=True)
-                decisions.append(decision)
-                if log is not None:
-                    log(decision)
-                if chosen.name != "separate":
-                    graph = validate(chosen.graph)
-                    decided = {d for d in decided if all(n in graph for n in d[1])}
+            decision = FusionDecision(opportunity, [], kind, 0.0, objective, replayed=True)
+        if chosen is None:
+            candidates = _candidates(graph, opportunity, config, cache)
+            # A candidate whose kernel cannot be generated (a forced tiling that does not fit) drops out.
+            built = [(c, kernels) for c in candidates if (kernels := _kernels(c, config, cache)) is not None]
+            costs = cost_model.predict_candidates([kernels for _, kernels in built], config,
+                                                  energy=objective != "cycles")
+            priced = [(c, cost) for (c, _), cost in zip(built, costs, strict=True)]
+            if len(priced) < 2 or priced[0][0].name != "separate":
                 continue
-        candidates = _candidates(graph, opportunity, config, cache)
-        # A candidate whose kernel cannot be generated (a forced tiling that does not fit) drops out.
-        built = [(c, kernels) for c in candidates if (kernels := _kernels(c, config, cache)) is not None]
-        costs = cost_model.predict_candidates([kernels for _, kernels in built], config,
-                                              energy=objective != "cycles")
-        priced = [(c, cost) for (c, _), cost in zip(built, costs, strict=True)]
-        if len(priced) < 2 or priced[0][0].name != "separate":
-            continue
-        base = priced[0][1]
-        best, best_cost = min(priced, key=lambda pair: pair[1].key(objective))
-        gain = (base.value(objective) - best_cost.value(objective)) / max(1.0, base.value(objective))
-        chosen = best if best is not priced[0][0] and gain >= threshold else priced[0][0]
-        decision = FusionDecision(opportunity, [(c.name, cost) for c, cost in priced], chosen.name,
-                                  gain if chosen is best else 0.0, objective)
+            base = priced[0][1]
+            best, best_cost = min(priced, key=lambda pair: pair[1].key(objective))
+            gain = (base.value(objective) - best_cost.value(objective)) / max(1.0, base.value(objective))
+            chosen = best if best is not priced[0][0] and gain >= threshold else priced[0][0]
+            decision = FusionDecision(opportunity, [(c.name, cost) for c, cost in priced], chosen.name,
+                                      gain if chosen is best else 0.0, objective)
         decisions.append(decision)
         if log is not None:
             log(decision)
