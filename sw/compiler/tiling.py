@@ -178,14 +178,16 @@ def _kind(tiling: Tiling) -> tuple:
 
 
 def _most_alike(tilings: list[Tiling], M: int, previous: TilingDecision) -> list[Tiling]:
-    """The library tilings here most like the one ``previous`` chose at another shape: of the same kind
-    (buffering, B residency, K blocking) where there is one, the nearest M tile and the nearest number
-    of M tiles (one or two tilings).  (Measured on the digits CNN from batch 64 to 17: neither rule alone
-    finds the best of the library's tilings for both convolutions; the cheaper of the two does.)"""
+    """The library tilings here in order of likeness to the one ``previous`` chose at another shape: of
+    the same kind (buffering, B residency, K blocking) first where there is one, the nearest M tile and
+    the nearest number of M tiles, then the rest by the nearest M tile.  (Measured on the digits CNN from
+    batch 64 to 17: neither of the first two alone is the best of the library's tilings for both
+    convolutions; the cheaper of the two is.)"""
     same = [t for t in tilings if _kind(t) == _kind(previous.tiling)] or tilings
     by_m = min(same, key=lambda t: abs(t.m - previous.tiling.m))
     by_tiles = min(same, key=lambda t: abs(-(-M // t.m) - previous.tiles))
-    return list(dict.fromkeys([by_m, by_tiles]))
+    rest = sorted(tilings, key=lambda t: (_kind(t) != _kind(previous.tiling), abs(t.m - previous.tiling.m)))
+    return list(dict.fromkeys([by_m, by_tiles, *rest]))
 
 
 def specialise_tilings(graph: Graph, config: Config, previous: Mapping[str, TilingDecision], *,
@@ -193,9 +195,9 @@ def specialise_tilings(graph: Graph, config: Config, previous: Mapping[str, Tili
                        ) -> tuple[Graph, list[TilingDecision]]:
     """Per-size specialisation: force on each GEMM/convolution node the library tiling for its shapes
     here most like the one ``previous`` (decisions by node name, at another input shape) chose
-    (:func:`_most_alike`: one or two, priced by ``cost_model``), generating those kernels alone instead
-    of every candidate (:func:`choose_tilings`).  Nodes not in ``previous``, or whose alike tilings do
-    not build, keep the library's own choice.
+    (:func:`_most_alike`: the two most alike that build, priced by ``cost_model``), generating those
+    kernels alone instead of every candidate (:func:`choose_tilings`).  Nodes not in ``previous``, or
+    none of whose tilings build, keep the library's own choice.
     """
     check_objective(objective)
     cache = cache if cache is not None else default_cache()
@@ -211,10 +213,14 @@ def specialise_tilings(graph: Graph, config: Config, previous: Mapping[str, Tili
             tilings = kernel_lib.matmul_tilings(config, M, K, N, **footprint)
         except kernel_lib.KernelError:
             continue
+        # The two most alike, priced; if neither can be ordered with this configuration's token queues
+        # (node_kernel gives None), the next most alike that can.
         kernels: dict[Tiling, Kernel] = {}
-        for tiling in _most_alike(tilings, M, before):
+        for index, tiling in enumerate(_most_alike(tilings, M, before)):
+            if len(kernels) == 2 or (index >= 2 and kernels):
+                break
             built = node_kernel(graph, node.with_attrs(tiling=tiling), config, cache)
-            if built is not None:          # None: not orderable with this configuration's token queues
+            if built is not None:
                 kernels[tiling] = built[1]
         if not kernels:
             continue
