@@ -385,9 +385,9 @@ _CANDIDATE_BUDGET = 12000
 
 #: Candidate kernels generated in this process, by everything they depend on (see :func:`_candidate`):
 #: the library's own search, the fusion engine's forced tilings and the tiling pass ask for many of the
-#: same ones.  At most _GENERATED_LIMIT entries, the oldest dropped first.
+#: same ones.  At most _GENERATED_LIMIT instructions in all, the oldest entries dropped first.
 _GENERATED: dict[tuple, Kernel | None] = {}
-_GENERATED_LIMIT = 64
+_GENERATED_LIMIT = 200_000
 
 
 def _candidate(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue,
@@ -408,9 +408,11 @@ def _candidate(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue
                              tiling=dataclasses.asdict(tiling) | extra_tiling)
         except _Unorderable:
             kernel = None     # needs deeper token queues
-        if len(_GENERATED) >= _GENERATED_LIMIT:
-            del _GENERATED[next(iter(_GENERATED))]
         _GENERATED[key] = kernel
+        held = sum(len(k.instructions) for k in _GENERATED.values() if k is not None)
+        while held > _GENERATED_LIMIT and len(_GENERATED) > 1:
+            oldest = _GENERATED.pop(next(iter(_GENERATED)))
+            held -= len(oldest.instructions) if oldest is not None else 0
     if kernel is None:
         return None
     return dataclasses.replace(kernel, instructions=list(kernel.instructions), operands=dict(kernel.operands),
