@@ -177,17 +177,18 @@ def _kind(tiling: Tiling) -> tuple:
     return tiling.buffers, tiling.b_resident, tiling.k_block > 0
 
 
-def _most_alike(tilings: list[Tiling], M: int, previous: TilingDecision) -> list[Tiling]:
+def _most_alike(tilings: list[Tiling], M: int, previous: TilingDecision) -> tuple[list[Tiling], int]:
     """The library tilings here in order of likeness to the one ``previous`` chose at another shape: of
     the same kind (buffering, B residency, K blocking) first where there is one, the nearest M tile and
-    the nearest number of M tiles, then the rest by the nearest M tile.  (Measured on the digits CNN from
+    the nearest number of M tiles (how many of those: the second value), then the rest by the nearest
+    M tile.  (Measured on the digits CNN from
     batch 64 to 17: neither of the first two alone is the best of the library's tilings for both
     convolutions; the cheaper of the two is.)"""
     same = [t for t in tilings if _kind(t) == _kind(previous.tiling)] or tilings
     by_m = min(same, key=lambda t: abs(t.m - previous.tiling.m))
     by_tiles = min(same, key=lambda t: abs(-(-M // t.m) - previous.tiles))
     rest = sorted(tilings, key=lambda t: (_kind(t) != _kind(previous.tiling), abs(t.m - previous.tiling.m)))
-    return list(dict.fromkeys([by_m, by_tiles, *rest]))
+    return list(dict.fromkeys([by_m, by_tiles, *rest])), len({by_m, by_tiles})
 
 
 def specialise_tilings(graph: Graph, config: Config, previous: Mapping[str, TilingDecision], *,
@@ -216,8 +217,9 @@ def specialise_tilings(graph: Graph, config: Config, previous: Mapping[str, Tili
         # The two most alike, priced; if neither can be ordered with this configuration's token queues
         # (node_kernel gives None), the next most alike that can.
         kernels: dict[Tiling, Kernel] = {}
-        for index, tiling in enumerate(_most_alike(tilings, M, before)):
-            if len(kernels) == 2 or (index >= 2 and kernels):
+        ordered, alike = _most_alike(tilings, M, before)
+        for index, tiling in enumerate(ordered):
+            if index >= alike and kernels:
                 break
             built = node_kernel(graph, node.with_attrs(tiling=tiling), config, cache)
             if built is not None:
