@@ -536,9 +536,9 @@ BENCH_TARGETS["model"] = ("compile time cold/cached, cycles and PE utilisation p
 
 
 def _bench_compile(argv: Sequence[str]) -> int:
-    from braze.sw.compiler import bench
+    from braze.sw.runtime import compile_bench
 
-    return bench.main(argv)
+    return compile_bench.main(argv)
 
 
 BENCH_TARGETS["compile"] = ("compile time of the digits CNN and MLP: cold, a second batch size, cached "

@@ -82,8 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--models: choose from {', '.join(MODELS)}, not {args.models!r}")
     rows = []
     for kind in kinds:
-        command = [sys.executable, "-m", "braze.sw.compiler.bench", "--one", kind, "--config", args.config,
-                   "--first", str(args.first), "--second", str(args.second)]
+        command = [sys.executable, "-m", "braze.sw.runtime.compile_bench", "--one", kind,
+                   "--config", args.config, "--first", str(args.first), "--second", str(args.second)]
         command += ["--fresh"] if args.fresh else []
         env = dict(os.environ, BRAZE_HPM_RECORD="0")
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
