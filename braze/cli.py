@@ -535,6 +535,16 @@ BENCH_TARGETS["model"] = ("compile time cold/cached, cycles and PE utilisation p
                           "(braze bench model --help)", _bench_model)
 
 
+def _bench_compile(argv: Sequence[str]) -> int:
+    from braze.sw.runtime import compile_bench
+
+    return compile_bench.main(argv)
+
+
+BENCH_TARGETS["compile"] = ("compile time of the digits CNN and MLP: cold, a second batch size, cached "
+                            "(braze bench compile --help)", _bench_compile)
+
+
 def _bench_hpm(argv: Sequence[str]) -> int:
     from braze.sw.hpm import bench
 

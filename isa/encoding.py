@@ -115,9 +115,6 @@ class VectorOp(enum.Enum, shape=4):
     MOV = 7
 
 
-#: Vector operations that read only their first operand.
-UNARY_VECTOR_OPS = frozenset({VectorOp.SHR, VectorOp.CLIP, VectorOp.MOV})
-
 
 class ConfigReg(enum.Enum, shape=8):
     """Registers written by ``CONFIG`` and read by ``EPILOGUE`` and ``VECTOR``.
@@ -129,12 +126,6 @@ class ConfigReg(enum.Enum, shape=8):
     CLIP_HI = 1
     OUT_ZP = 2
 
-
-CONFIG_REG_DOC = {
-    ConfigReg.CLIP_LO: "lower bound of the CLIP activation and of VECTOR op=clip",
-    ConfigReg.CLIP_HI: "upper bound of the CLIP activation and of VECTOR op=clip",
-    ConfigReg.OUT_ZP: "output zero point, added by the EPILOGUE requantize stage",
-}
 
 
 class ErrorCause(enum.Enum, shape=4):
@@ -155,6 +146,21 @@ class ErrorCause(enum.Enum, shape=4):
     WATCHDOG = 12
     RACE = 15
 
+
+# Members are singletons compared by identity: hash them by identity too.  The inherited
+# ``Enum.__hash__`` is a Python-level call, and the compiler hashes millions of these.  (Before any
+# set or dict of members is built: one built earlier would hold the old hashes.)
+for _enum in (Opcode, Unit, Memory, Activation, VectorOp, ConfigReg, ErrorCause):
+    _enum.__hash__ = object.__hash__
+
+#: Vector operations that read only their first operand.
+UNARY_VECTOR_OPS = frozenset({VectorOp.SHR, VectorOp.CLIP, VectorOp.MOV})
+
+CONFIG_REG_DOC = {
+    ConfigReg.CLIP_LO: "lower bound of the CLIP activation and of VECTOR op=clip",
+    ConfigReg.CLIP_HI: "upper bound of the CLIP activation and of VECTOR op=clip",
+    ConfigReg.OUT_ZP: "output zero point, added by the EPILOGUE requantize stage",
+}
 
 ERROR_CAUSE_DOC = {
     ErrorCause.NONE: "no error",
@@ -494,31 +500,50 @@ class Instruction:
 
         Dependency flags are keyword arguments too (``push_next=True``).
         """
-        if isinstance(opcode, str):
-            try:
-                fmt = FORMAT_BY_MNEMONIC[opcode.lower()]
-            except KeyError:
-                raise InstructionError(f"no opcode named {opcode!r}") from None
+        maker = _MAKERS.get(opcode)
+        if maker is None:
+            if not isinstance(opcode, str):
+                return cls.make(FORMAT_BY_OPCODE[opcode].opcode, **values)   # KeyError: not an opcode
+            maker = _MAKERS.get(opcode.lower())
+            if maker is None:
+                raise InstructionError(f"no opcode named {opcode!r}")
+        fmt, allowed_deps, names, fields = maker
+        flags = [name for name in DEP_FLAGS if values.pop(name, False)]
+        if flags:
+            deps = frozenset(flags)
+            if not deps <= allowed_deps:
+                raise InstructionError(
+                    f"{fmt.mnemonic} runs on the {fmt.unit.name.lower()} unit, which cannot "
+                    f"{', '.join(sorted(deps - allowed_deps))}")
         else:
-            fmt = FORMAT_BY_OPCODE[opcode]
-        deps = frozenset(name for name in DEP_FLAGS if values.pop(name, False))
-        bad_deps = deps - ALLOWED_DEPS[fmt.unit]
-        if bad_deps:
-            raise InstructionError(
-                f"{fmt.mnemonic} runs on the {fmt.unit.name.lower()} unit, which cannot "
-                f"{', '.join(sorted(bad_deps))}")
-        unknown = set(values) - {spec.name for spec in fmt.fields}
-        if unknown:
-            raise InstructionError(f"{fmt.mnemonic} has no field(s) {', '.join(sorted(unknown))}")
+            deps = _NO_DEPS
+        if not names.issuperset(values):
+            raise InstructionError(f"{fmt.mnemonic} has no field(s) {', '.join(sorted(set(values) - names))}")
         args = {}
-        for spec in fmt.fields:
-            if spec.name in values:
-                args[spec.name] = _coerce(spec, values[spec.name], fmt.mnemonic)
-            elif spec.default is not None:
-                args[spec.name] = spec.default
-            else:
-                raise InstructionError(f"{fmt.mnemonic} needs field {spec.name!r}")
-        return cls(fmt.opcode, MappingProxyType(args), deps)
+        # The common cases are checked inline from the precomputed table; anything else (numpy
+        # integers, enum names as strings, 0/1 flags, values out of range) goes through _coerce,
+        # which converts it or raises the error naming the field.
+        for name, kind, low, high, default, spec in fields:
+            value = values.get(name, _MISSING)
+            if value is _MISSING:
+                if default is None:
+                    raise InstructionError(f"{fmt.mnemonic} needs field {name!r}")
+                args[name] = default
+            elif kind is int:
+                args[name] = value if type(value) is int and low <= value <= high \
+                    else _coerce(spec, value, fmt.mnemonic)
+            elif kind is bool:
+                args[name] = value if value is True or value is False else _coerce(spec, value, fmt.mnemonic)
+            else:                                   # an enum class
+                args[name] = value if type(value) is kind else _coerce(spec, value, fmt.mnemonic)
+        return _new_instruction(fmt.opcode, MappingProxyType(args), deps)
+
+    def with_deps(self, deps: frozenset[str]) -> Instruction:
+        """The same instruction with dependency flags ``deps`` (checked against its unit)."""
+        if not deps <= ALLOWED_DEPS[self.unit]:
+            raise InstructionError(f"{self.format.mnemonic} runs on the {self.unit.name.lower()} unit, "
+                                   f"which cannot {', '.join(sorted(deps - ALLOWED_DEPS[self.unit]))}")
+        return _new_instruction(self.opcode, self.args, deps)
 
     @property
     def format(self) -> Format:
@@ -543,12 +568,13 @@ class Instruction:
         """The 128-bit instruction word."""
         # Offsets come from the same layouts as `INSTRUCTION.const(...)` would use; packing
         # them by hand is an order of magnitude faster for the compiler's long programs.
-        word = self.opcode.value << _OPCODE_OFFSET
+        word, slots = _ENCODERS[self.opcode]
         for name in self.deps:
             word |= 1 << _DEP_OFFSETS[name]
-        for spec, offset, width in self.format.slots:
-            value = self.args[spec.name]
-            word |= (int(getattr(value, "value", value)) & ((1 << width) - 1)) << offset
+        args = self.args
+        for name, offset, mask in slots:
+            value = args[name]
+            word |= (int(getattr(value, "value", value)) & mask) << offset
         return word
 
     def to_bytes(self) -> bytes:
@@ -558,6 +584,45 @@ class Instruction:
         parts = [f"{k}={v.name.lower() if isinstance(v, py_enum.Enum) else v}"
                  for k, v in self.args.items()]
         return f"<Instruction {self.format.mnemonic} {' '.join(parts + sorted(self.deps))}>"
+
+
+_MISSING = object()
+_new_object = object.__new__
+_NO_DEPS: frozenset[str] = frozenset()
+
+
+def _maker(fmt: Format) -> tuple:
+    """What :meth:`Instruction.make` checks for one format, read off its fields once: the format, the
+    legal dependency flags, the field names, and per field (name, kind, low, high, default, spec) where
+    kind is ``int`` (with its legal range), ``bool`` (a flag) or the field's enum class."""
+    fields = []
+    for spec in fmt.fields:
+        if spec.kind is Kind.ENUM:
+            fields.append((spec.name, spec.shape, None, None, spec.default, spec))
+        elif spec.kind is Kind.FLAG:
+            fields.append((spec.name, bool, None, None, spec.default, spec))
+        else:
+            fields.append((spec.name, int, *_field_range(spec), spec.default, spec))
+    return fmt, ALLOWED_DEPS[fmt.unit], frozenset(spec.name for spec in fmt.fields), tuple(fields)
+
+
+#: Instruction.encode's tables by opcode: the opcode bits, and (name, offset, mask) per field.
+_ENCODERS: dict[Opcode, tuple[int, tuple[tuple[str, int, int], ...]]] = {
+    fmt.opcode: (fmt.opcode.value << _OPCODE_OFFSET,
+                 tuple((spec.name, offset, (1 << width) - 1) for spec, offset, width in fmt.slots))
+    for fmt in FORMATS}
+#: Instruction.make's tables by opcode and by mnemonic.
+_MAKERS: dict[Any, tuple] = {key: _maker(fmt) for fmt in FORMATS for key in (fmt.opcode, fmt.mnemonic)}
+
+
+def _new_instruction(opcode: Opcode, args: Mapping[str, Any], deps: frozenset[str]) -> Instruction:
+    """``Instruction(opcode, args, deps)`` without the frozen dataclass's per-field ``__setattr__``."""
+    insn = _new_object(Instruction)
+    fields = insn.__dict__
+    fields["opcode"] = opcode
+    fields["args"] = args
+    fields["deps"] = deps
+    return insn
 
 
 def _bits(word: int, offset: int, width: int) -> int:
@@ -688,16 +753,9 @@ def _decode_fast(word: int) -> Instruction | None:
             if raw < low or raw > high:
                 return None
             args[name] = raw
-    # Instruction(opcode, MappingProxyType(args), deps), without the frozen dataclass's __setattr__s.
-    insn = _new_object(Instruction)
-    fields = insn.__dict__
-    fields["opcode"] = opcode
-    fields["args"] = MappingProxyType(args)
-    fields["deps"] = deps
-    return insn
+    return _new_instruction(opcode, MappingProxyType(args), deps)
 
 
-_new_object = object.__new__
 assert [field.name for field in dataclasses.fields(Instruction)] == ["opcode", "args", "deps"]
 
 

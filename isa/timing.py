@@ -101,6 +101,22 @@ def element_bytes(memory: Memory) -> int:
 
 def _strided_beats(start: int, rows: int, stride: int, row_bytes: int, bus_bytes: int) -> int:
     """Sum over rows of the bus words covering ``[start + r*stride, ... + row_bytes)``."""
+    # Only the offsets modulo the bus width matter, so the compiler's many similar LOADs share entries.
+    key = (start % bus_bytes, rows, stride % bus_bytes, row_bytes, bus_bytes)
+    beats = _BEATS.get(key)
+    if beats is None:
+        if len(_BEATS) >= _BEATS_LIMIT:
+            _BEATS.clear()
+        beats = _BEATS[key] = _strided_beats_uncached(*key)
+    return beats
+
+
+#: _strided_beats by its arguments reduced modulo the bus width; cleared when full.
+_BEATS: dict[tuple[int, int, int, int, int], int] = {}
+_BEATS_LIMIT = 1 << 16
+
+
+def _strided_beats_uncached(start: int, rows: int, stride: int, row_bytes: int, bus_bytes: int) -> int:
     # The offset within a bus word repeats with this period, so one period suffices.
     period = bus_bytes // math.gcd(stride % bus_bytes, bus_bytes)
     if period == 1:
@@ -238,11 +254,12 @@ _OPCODE_TIMING = {
 _QUEUE_NUMBERS: dict[tuple[Opcode, frozenset[str]], tuple[tuple[int, ...], tuple[int, ...]]] = {}
 
 
-def timing_key(insn: Instruction, config: Config) -> tuple:
+def timing_key(insn: Instruction, config: Config, cycles: int | None = None) -> tuple:
     """What :meth:`Scheduler.add` needs to know of an instruction, computed once per instruction.
 
     ``(unit, cycles, pops, pushes, busy, barrier)``: pops and pushes are numbers of
     :data:`TOKEN_QUEUES`, ``busy`` the index of its ``*_busy`` counter name (or None).
+    ``cycles``: its :func:`instruction_cycles`, if the caller has them already.
     """
     unit, barrier, busy = _OPCODE_TIMING[insn.opcode]
     queues = _QUEUE_NUMBERS.get((insn.opcode, insn.deps))
@@ -250,7 +267,9 @@ def timing_key(insn: Instruction, config: Config) -> tuple:
         pops, pushes = token_queues(insn)
         queues = _QUEUE_NUMBERS[insn.opcode, insn.deps] = (tuple(_QUEUE_NUMBER[q] for q in pops),
                                                            tuple(_QUEUE_NUMBER[q] for q in pushes))
-    return unit, instruction_cycles(insn, config), queues[0], queues[1], busy, barrier
+    if cycles is None:
+        cycles = instruction_cycles(insn, config)
+    return unit, cycles, queues[0], queues[1], busy, barrier
 
 
 class Scheduler:
@@ -261,8 +280,10 @@ class Scheduler:
     into space freed by earlier pops (the reference model checks this).
     """
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, *, keep_entries: bool = True):
         self.config = config
+        # Without keep_entries only the totals are kept (add returns None): a compiler pricing a program.
+        self.keep_entries = keep_entries
         self.entries: list[ScheduledInstruction] = []
         self.stall_dep = 0
         self._unit_busy = [0] * len(Unit)                  # by Unit value
@@ -293,10 +314,10 @@ class Scheduler:
         """The earliest cycle the next instruction can be dispatched (a barrier: start) in."""
         return self._next_dispatch
 
-    def add(self, insn: Instruction, *, pc: int | None = None) -> ScheduledInstruction:
+    def add(self, insn: Instruction, *, pc: int | None = None) -> ScheduledInstruction | None:
         return self.add_keyed(insn, timing_key(insn, self.config), pc)
 
-    def add_keyed(self, insn: Instruction, key: tuple, pc: int | None = None) -> ScheduledInstruction:
+    def add_keyed(self, insn: Instruction, key: tuple, pc: int | None = None) -> ScheduledInstruction | None:
         """:meth:`add` with the instruction's :func:`timing_key` already computed."""
         unit, cycles, pops, pushes, busy, barrier = key
         index = len(self.entries)
@@ -306,9 +327,11 @@ class Scheduler:
             end = start + cycles
             self._next_dispatch = end
             self._all_retired = end
-            entry = _entry(index, insn, unit, dispatch, start, end, end, start - dispatch, pc)
             self._unit_busy[unit.value] += cycles
             self.stall_dep += start - dispatch
+            if not self.keep_entries:
+                return None
+            entry = _entry(index, insn, unit, dispatch, start, end, end, start - dispatch, pc)
             self.entries.append(entry)
             return entry
 
@@ -359,6 +382,8 @@ class Scheduler:
         if busy is not None:
             self._busy[busy] += cycles
         self.stall_dep += stall
+        if not self.keep_entries:
+            return None
         entry = _entry(index, insn, unit, dispatch, start, end, retire, stall, pc)
         self.entries.append(entry)
         return entry

@@ -59,7 +59,7 @@ Every pass is Graph -> Graph and its result passes :func:`~braze.sw.validate.val
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -206,8 +206,11 @@ class FusionDecision:
     chosen: str
     gain: float                # predicted fraction of the objective saved against the separate candidate
     objective: str = "cycles"
+    replayed: bool = False     # taken over from a decision at another input shape (``fuse(replay=...)``)
 
     def __str__(self) -> str:
+        if self.replayed:
+            return f"{self.opportunity}: -> {self.chosen} (the decision at another input shape)"
         costs = ", ".join(f"{name}: {cost.describe()}" for name, cost in self.candidates)
         what = "" if self.objective == "cycles" else f" in {self.objective}"
         return f"{self.opportunity}: {costs} -> {self.chosen} ({100 * self.gain:.1f}% predicted gain{what})"
@@ -279,8 +282,8 @@ def _tiling_variants(graph: Graph, node: Node, config: Config, cache: KernelCach
     return variants
 
 
-def _candidates(graph: Graph, opportunity: Opportunity, config: Config, cache: KernelCache
-                ) -> list[Candidate]:
+def _candidates(graph: Graph, opportunity: Opportunity, config: Config, cache: KernelCache, *,
+                tiling_variants: bool = True) -> list[Candidate]:
     first, second = (graph.node(name) for name in opportunity.nodes)
     separate = Candidate("separate", graph, opportunity.nodes)
     ops = _ops_of(first)[0] + _ops_of(second)[0]
@@ -294,7 +297,8 @@ def _candidates(graph: Graph, opportunity: Opportunity, config: Config, cache: K
                                    shape=graph.tensor(out).shape or graph.tensor(first.outputs[0]).shape)
         rewritten = graph.edit(remove=[second.name], substitute={first.name: fused}, tensors=[info])
         candidates = [separate, Candidate("fused", rewritten, (first.name,))]
-        for label, tiling in _tiling_variants(rewritten, fused, config, cache):
+        variants = _tiling_variants(rewritten, fused, config, cache) if tiling_variants else []
+        for label, tiling in variants:
             variant = rewritten.edit(substitute={first.name: fused.with_attrs(tiling=tiling)})
             candidates.append(Candidate(f"fused, {label}", variant, (first.name,)))
         return candidates
@@ -345,12 +349,17 @@ def _kernels(candidate: Candidate, config: Config, cache: KernelCache) -> list[K
 def fuse(graph: Graph, config: Config, *, cost_model: CostModel | None = None,
          threshold: float = DEFAULT_THRESHOLD, cache: KernelCache | None = None,
          log: Callable[[FusionDecision], None] | None = None,
-         objective: str = "cycles") -> tuple[Graph, list[FusionDecision]]:
+         objective: str = "cycles", replay: Sequence[FusionDecision] = ()
+         ) -> tuple[Graph, list[FusionDecision]]:
     """Fuse where the cost model predicts a gain of at least ``threshold``; returns the graph and decisions.
 
     The gain is in ``objective`` (:data:`~braze.sw.compiler.cost.OBJECTIVES`: cycles, energy or
     the energy-delay product).  ``graph`` needs static shapes (kernels are generated to price
     candidates).
+
+    ``replay``: decisions made for this graph at another input shape (a batch size, say).  An
+    opportunity they decided is decided the same way without pricing (a forced tiling of the choice
+    is left to the tiling pass: :func:`~braze.sw.compiler.tiling.specialise_tilings`); others are priced.
     """
     if not 0 <= threshold < 1:
         raise ValueError(f"fusion threshold must be in [0, 1), not {threshold!r}")
@@ -360,26 +369,36 @@ def fuse(graph: Graph, config: Config, *, cost_model: CostModel | None = None,
     graph = split_activations(graph)
     decisions: list[FusionDecision] = []
     decided: set[tuple[str, tuple[str, ...]]] = set()
+    replayed = {decision.opportunity: decision.chosen for decision in replay}
     while True:
         pending = [o for o in find_opportunities(graph) if (o.kind, o.nodes) not in decided]
         if not pending:
             break
         opportunity = pending[0]
         decided.add((opportunity.kind, opportunity.nodes))
-        candidates = _candidates(graph, opportunity, config, cache)
-        # A candidate whose kernel cannot be generated (a forced tiling that does not fit) drops out.
-        built = [(c, kernels) for c in candidates if (kernels := _kernels(c, config, cache)) is not None]
-        costs = cost_model.predict_candidates([kernels for _, kernels in built], config,
-                                              energy=objective != "cycles")
-        priced = [(c, cost) for (c, _), cost in zip(built, costs, strict=True)]
-        if len(priced) < 2 or priced[0][0].name != "separate":
-            continue
-        base = priced[0][1]
-        best, best_cost = min(priced, key=lambda pair: pair[1].key(objective))
-        gain = (base.value(objective) - best_cost.value(objective)) / max(1.0, base.value(objective))
-        chosen = best if best is not priced[0][0] and gain >= threshold else priced[0][0]
-        decision = FusionDecision(opportunity, [(c.name, cost) for c, cost in priced], chosen.name,
-                                  gain if chosen is best else 0.0, objective)
+        earlier = replayed.get(opportunity)
+        chosen = None
+        if earlier is not None:
+            # The kind of candidate chosen before ("fused" for "fused, tiling m=96"), generating nothing.
+            kind = earlier.split(",")[0]
+            chosen = next((c for c in _candidates(graph, opportunity, config, cache, tiling_variants=False)
+                           if c.name == kind), None)
+            decision = FusionDecision(opportunity, [], kind, 0.0, objective, replayed=True)
+        if chosen is None:
+            candidates = _candidates(graph, opportunity, config, cache)
+            # A candidate whose kernel cannot be generated (a forced tiling that does not fit) drops out.
+            built = [(c, kernels) for c in candidates if (kernels := _kernels(c, config, cache)) is not None]
+            costs = cost_model.predict_candidates([kernels for _, kernels in built], config,
+                                                  energy=objective != "cycles")
+            priced = [(c, cost) for (c, _), cost in zip(built, costs, strict=True)]
+            if len(priced) < 2 or priced[0][0].name != "separate":
+                continue
+            base = priced[0][1]
+            best, best_cost = min(priced, key=lambda pair: pair[1].key(objective))
+            gain = (base.value(objective) - best_cost.value(objective)) / max(1.0, base.value(objective))
+            chosen = best if best is not priced[0][0] and gain >= threshold else priced[0][0]
+            decision = FusionDecision(opportunity, [(c.name, cost) for c, cost in priced], chosen.name,
+                                      gain if chosen is best else 0.0, objective)
         decisions.append(decision)
         if log is not None:
             log(decision)

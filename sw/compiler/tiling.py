@@ -21,7 +21,7 @@ disagree (strided and 5x5 convolutions on tiny), the learned model's tilings mea
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from braze.isa import Config
 
@@ -30,9 +30,9 @@ from .cache import KernelCache, default_cache
 from .cost import Cost, CostModel, check_objective
 from .ir import Graph
 from .kernels import Kernel, Tiling
-from .lower import node_kernel
+from .lower import KernelRecipe, node_kernel, plan_node
 
-__all__ = ["TilingDecision", "choose_tilings", "tiling_label", "MAX_TILING_CANDIDATES",
+__all__ = ["TilingDecision", "choose_tilings", "specialise_tilings", "tiling_label", "MAX_TILING_CANDIDATES",
            "MAX_TILING_INSTRUCTIONS"]
 
 #: Candidates priced per node, in the library's order of promise (each is generated once, then cached).
@@ -68,6 +68,12 @@ class TilingDecision:
     library: str
     chosen: str
     objective: str = "cycles"
+    #: The chosen tiling itself (what :func:`specialise_tilings` starts from at another input shape).
+    tiling: Tiling | None = None
+    #: Its number of M tiles.
+    tiles: int | None = None
+    #: True when the tiling was specialised from another input shape's choice, not priced here.
+    specialised: bool = False
 
     @property
     def changed(self) -> bool:
@@ -85,6 +91,9 @@ class TilingDecision:
 
         def cost(label: str) -> str:
             return costs[label].describe()
+        if self.specialised:
+            return (f"tiling {self.node}: {self.chosen} ({cost(self.chosen)}; {len(self.candidates)} "
+                    "priced), specialised from the tiling chosen at another input shape")
         if not self.changed:
             return f"tiling {self.node}: keeps {self.library} ({cost(self.library)}; " \
                    f"{len(self.candidates)} candidates priced)"
@@ -139,12 +148,91 @@ def choose_tilings(graph: Graph, config: Config, *, cost_model: CostModel, cache
         priced = list(zip(kernels, costs, strict=True))
         best, _ = min(priced, key=lambda pair: pair[1].key(objective))
         decision = TilingDecision(node.name, [(tiling_label(t), cost) for t, cost in priced],
-                                  tiling_label(library_tiling), tiling_label(best), objective)
+                                  tiling_label(library_tiling), tiling_label(best), objective, best,
+                                  -(-_matmul_shape(built[0].recipe, config)[0] // best.m))
         decisions.append(decision)
         if log is not None:
             log(decision)
         if best != current:
             forced[node.name] = node.with_attrs(tiling=None if best == library_tiling else best)
+    if forced:
+        graph = graph.edit(substitute=forced)
+    return graph, decisions
+
+
+def _matmul_shape(recipe: KernelRecipe, config: Config) -> tuple[int, int, int, dict]:
+    """(M, K, N, epilogue footprint) of a GEMM or convolution recipe, as its kernel will tile it."""
+    options = dict(recipe.options)
+    footprint = {"bias": bool(options.get("bias")), "requant": bool(options.get("requant")),
+                 "residual": bool(options.get("residual")), "out_int32": options.get("out") == "int32"}
+    if recipe.kind == "gemm":
+        M, K, N = recipe.args
+        return M, K, N, footprint
+    n, c, h, w, k_out, kh, kw, stride, pad = recipe.args
+    ho, wo = kernel_lib.conv2d_output_shape(h, w, kh, kw, stride, pad)
+    return n * ho * wo, kh * kw * -(-c // config.rows) * config.rows, k_out, footprint
+
+
+def _kind(tiling: Tiling) -> tuple:
+    return tiling.buffers, tiling.b_resident, tiling.k_block > 0
+
+
+def _most_alike(tilings: list[Tiling], M: int, previous: TilingDecision) -> tuple[list[Tiling], int]:
+    """The library tilings here in order of likeness to the one ``previous`` chose at another shape: of
+    the same kind (buffering, B residency, K blocking) first where there is one, the nearest M tile and
+    the nearest number of M tiles (how many of those: the second value), then the rest by the nearest
+    M tile.  (Measured on the digits CNN from
+    batch 64 to 17: neither of the first two alone is the best of the library's tilings for both
+    convolutions; the cheaper of the two is.)"""
+    same = [t for t in tilings if _kind(t) == _kind(previous.tiling)] or tilings
+    by_m = min(same, key=lambda t: abs(t.m - previous.tiling.m))
+    by_tiles = min(same, key=lambda t: abs(-(-M // t.m) - previous.tiles))
+    rest = sorted(tilings, key=lambda t: (_kind(t) != _kind(previous.tiling), abs(t.m - previous.tiling.m)))
+    return list(dict.fromkeys([by_m, by_tiles, *rest])), len({by_m, by_tiles})
+
+
+def specialise_tilings(graph: Graph, config: Config, previous: Mapping[str, TilingDecision], *,
+                       cost_model: CostModel, cache: KernelCache | None = None, objective: str = "cycles"
+                       ) -> tuple[Graph, list[TilingDecision]]:
+    """Per-size specialisation: force on each GEMM/convolution node the library tiling for its shapes
+    here most like the one ``previous`` (decisions by node name, at another input shape) chose
+    (:func:`_most_alike`: the two most alike that build, priced by ``cost_model``), generating those
+    kernels alone instead of every candidate (:func:`choose_tilings`).  Nodes not in ``previous``, or
+    none of whose tilings build, keep the library's own choice.
+    """
+    check_objective(objective)
+    cache = cache if cache is not None else default_cache()
+    decisions: list[TilingDecision] = []
+    forced = {}
+    for node in graph.nodes:
+        before = previous.get(node.name)
+        plan = plan_node(graph, node) if before is not None and before.tiling is not None else None
+        if plan is None or isinstance(plan, str) or plan.recipe.kind not in ("gemm", "conv2d"):
+            continue
+        M, K, N, footprint = _matmul_shape(plan.recipe, config)
+        try:
+            tilings = kernel_lib.matmul_tilings(config, M, K, N, **footprint)
+        except kernel_lib.KernelError:
+            continue
+        # The two most alike, priced; if neither can be ordered with this configuration's token queues
+        # (node_kernel gives None), the next most alike that can.
+        kernels: dict[Tiling, Kernel] = {}
+        ordered, alike = _most_alike(tilings, M, before)
+        for index, tiling in enumerate(ordered):
+            if index >= alike and kernels:
+                break
+            built = node_kernel(graph, node.with_attrs(tiling=tiling), config, cache)
+            if built is not None:
+                kernels[tiling] = built[1]
+        if not kernels:
+            continue
+        costs = cost_model.predict_candidates(list(kernels.values()), config, energy=objective != "cycles")
+        priced = list(zip(kernels, costs, strict=True))
+        best, _ = min(priced, key=lambda pair: pair[1].key(objective))
+        labels = [(tiling_label(t), cost) for t, cost in priced]
+        decisions.append(TilingDecision(node.name, labels, tiling_label(best), tiling_label(best), objective,
+                                        best, -(-M // best.m), specialised=True))
+        forced[node.name] = node.with_attrs(tiling=best)
     if forced:
         graph = graph.edit(substitute=forced)
     return graph, decisions

@@ -54,7 +54,7 @@ from ..compiler.lower import CompiledModel, lower
 from ..compiler.passes import simplify
 from ..compiler.profile import TensorProfile
 from ..compiler.quantize import lower_qdq, quantizable_operators, quantize
-from ..compiler.tiling import TilingDecision, choose_tilings
+from ..compiler.tiling import TilingDecision, choose_tilings, specialise_tilings
 from ..compiler.validate import validate
 from .runtime import RunReport, Runtime
 
@@ -208,6 +208,13 @@ class InferenceSession:
         ``"clamp"`` replaces NaN by 0 and +-inf by the largest finite values of the dtype, which
         quantization saturates to the int8 extremes.  (Quantized arithmetic has no NaN: without a
         policy they became arbitrary, finite-looking outputs.)
+    specialise : bool
+        Compile every input shape after the first by reusing the first one's decisions: the same
+        fusions, and per GEMM/convolution the library tiling most like the one chosen there
+        (:func:`~braze.sw.compiler.tiling.specialise_tilings`), one kernel generated per node instead
+        of pricing every candidate again (a second batch size compiles in a fraction of the time;
+        its tilings may be a few percent slower than a fresh search finds).  ``False``: search afresh
+        for every shape.
 
     Warns
     -----
@@ -221,7 +228,7 @@ class InferenceSession:
                  allow_fallback: bool = False, threshold: float = DEFAULT_THRESHOLD,
                  cost_model: CostModel | str | None = None, cache: KernelCache | None = None,
                  profile: bool = False, record: bool | None = None, objective: str = "cycles",
-                 nonfinite: str = "error"):
+                 nonfinite: str = "error", specialise: bool = True):
         started = time.perf_counter()
         self.objective = check_objective(objective)
         if nonfinite not in NONFINITE_POLICIES:
@@ -265,6 +272,9 @@ class InferenceSession:
             self.monitor = Monitor(HistoryStore(), device=device.kind, model=learned,
                                    save_to=default_model_dir(device.kind))
         self._plan_version = 0
+        self.specialise = specialise
+        # The fusion and tiling decisions of the first shape compiled, which later shapes specialise.
+        self._plan: tuple[list[FusionDecision], dict[str, TilingDecision]] | None = None
         self._compiled: dict[tuple, tuple[Graph, list[FusionDecision], CompiledModel, Runtime,
                                           list[TilingDecision]]] = {}
         self._last: tuple | None = None
@@ -282,13 +292,20 @@ class InferenceSession:
         if key not in self._compiled:
             dtypes = {name: self.graph_before.tensor(name).dtype for name in shapes}
             static = _with_shapes(self.graph_before, shapes, dtypes)
+            plan = self._plan if self.specialise else None
             if self.fuse:
                 fused, decisions = fuse(static, self.config, cost_model=self.cost_model,
-                                        threshold=self.threshold, cache=self.cache, objective=self.objective)
+                                        threshold=self.threshold, cache=self.cache, objective=self.objective,
+                                        replay=plan[0] if plan else ())
             else:
                 fused, decisions = split_activations(static), []
-            fused, tilings = choose_tilings(fused, self.config, cost_model=self.cost_model, cache=self.cache,
-                                            objective=self.objective)
+            if plan:
+                fused, tilings = specialise_tilings(fused, self.config, plan[1], cost_model=self.cost_model,
+                                                    cache=self.cache, objective=self.objective)
+            else:
+                fused, tilings = choose_tilings(fused, self.config, cost_model=self.cost_model,
+                                                cache=self.cache, objective=self.objective)
+                self._plan = (decisions, {d.node: d for d in tilings})
             compiled = lower(fused, self.config, cache=self.cache)
             self._compiled[key] = (fused, decisions, compiled, Runtime(compiled, self.device), tilings)
         self._last = key
@@ -418,6 +435,7 @@ class InferenceSession:
         self.cost_model = LearnedCostModel(monitor.model, device=self.device.kind, memory=memory)
         self.cost_model_reason = f"monitor retrained the model (version {monitor.version})"
         self._compiled.clear()
+        self._plan = None
         self._last = None
 
     def cost_model_description(self) -> str:

@@ -7,6 +7,7 @@ written per opcode, so a new field or opcode is covered without touching this fi
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 from amaranth.hdl import Shape
@@ -264,3 +265,36 @@ def test_legal_field_boundaries_decode():
                 insn = Instruction.make(fmt.opcode, **base | {spec.name: value})
                 assert decode(insn.encode()).args[spec.name] == value
                 assert assemble(disassemble([insn])) == [insn]
+
+
+def test_make_fast_path_converts_and_checks_like_the_field_rules():
+    """Instruction.make checks common values inline from its tables; everything else goes through the
+    per-field rules, so enum names and 0/1 flags still convert, and every bad value (a numpy integer
+    too, as before) is still an InstructionError naming the field."""
+    import numpy as np
+
+    from braze.isa.encoding import InstructionError, Memory
+
+    plain = Instruction.make(Opcode.LOAD, mem=Memory.SPAD, zero=False, addr=3, rows=4, len=8, dram=64,
+                             stride=8, push_next=True)
+    converted = Instruction.make("LOAD", mem="spad", zero=0, addr=3, rows=4, len=8, dram=64,
+                                 stride=8, push_next=1)
+    assert converted == plain and converted.encode() == plain.encode()
+    assert type(converted.addr) is int and converted.zero is False
+    assert decode(plain.encode()) == plain
+    assert plain.with_deps(frozenset({"pop_next"})).deps == {"pop_next"}
+    bad = [({"addr": 1 << 16}, "'addr': 65536 is outside 0..65535"), ({"rows": 0}, "'rows': 0 is outside"),
+           ({"len": 129}, "'len'"), ({"mem": "dram"}, "'mem': 'dram' is not one of"),
+           ({"zero": 2}, "'zero': 2 is not a flag"), ({"addr": 1.0}, "'addr': 1.0 is not an integer"),
+           ({"addr": True}, "'addr': True is not an integer"),
+           ({"addr": np.int64(3)}, "'addr': np.int64(3) is not an integer"),
+           ({"pop_prev": True}, "cannot pop_prev"),
+           ({"bogus": 1}, "no field(s) bogus")]
+    base = dict(mem=Memory.SPAD, addr=0, rows=1, len=8, dram=0, stride=8)
+    for change, message in bad:
+        with pytest.raises(InstructionError, match=re.escape(message)):
+            Instruction.make(Opcode.LOAD, **(base | change))
+    with pytest.raises(InstructionError, match="cannot push_prev"):
+        plain.with_deps(frozenset({"push_prev"}))
+    with pytest.raises(InstructionError, match="needs field 'rows'"):
+        Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=0, len=8, dram=0, stride=8)

@@ -68,7 +68,7 @@ from braze.isa import (
 from braze.isa.asm import disassemble
 from braze.isa.errors import BrazeError
 from braze.isa.model import program_events
-from braze.isa.timing import instruction_cycles, schedule
+from braze.isa.timing import Scheduler, instruction_cycles, timing_key
 
 __all__ = [
     "KernelError", "Operand", "Kernel", "KernelResult", "conv2d_output_shape",
@@ -242,6 +242,9 @@ _PUSH_FLAG = {(Unit.LOAD, Unit.COMPUTE): "push_next", (Unit.COMPUTE, Unit.LOAD):
 _POP_FLAG = {(Unit.LOAD, Unit.COMPUTE): "pop_prev", (Unit.COMPUTE, Unit.LOAD): "pop_next",
              (Unit.COMPUTE, Unit.STORE): "pop_prev", (Unit.STORE, Unit.COMPUTE): "pop_next"}
 _STREAM_UNITS = (Unit.LOAD, Unit.COMPUTE, Unit.STORE)
+#: The token queues (producer, consumer), numbered for :meth:`_Streams.merge_timed`.
+_QUEUES = tuple(_PUSH_FLAG)
+_QUEUE_NUMBER = {queue: number for number, queue in enumerate(_QUEUES)}
 
 
 @dataclasses.dataclass(eq=False)      # identity: buffers are tracked as objects
@@ -269,8 +272,8 @@ class _Buffer:
 class _Op:
     insn: Instruction
     flags: set[str] = dataclasses.field(default_factory=set)
-    pops: list[Unit] = dataclasses.field(default_factory=list)      # producers this op pops from
-    pushes: list[Unit] = dataclasses.field(default_factory=list)    # consumers this op pushes to
+    pop_queues: list[int] = dataclasses.field(default_factory=list)    # _QUEUES numbers this op pops from
+    push_queues: list[int] = dataclasses.field(default_factory=list)   # ... and pushes to
 
 
 class _Allocator:
@@ -326,23 +329,29 @@ class _Streams:
 
     def add(self, insn: Instruction, *, reads: Iterable[_Buffer] = (),
             writes: Iterable[_Buffer] = ()) -> None:
-        reads = list(dict.fromkeys(buffer.tracked for buffer in reads))
-        writes = list(dict.fromkeys(buffer.tracked for buffer in writes))
+        reads = [buffer.tracked for buffer in reads]
+        if len(reads) > 1:
+            reads = list(dict.fromkeys(reads))
+        writes = [buffer.tracked for buffer in writes]
+        if len(writes) > 1:
+            writes = list(dict.fromkeys(writes))
         unit = insn.unit
-        if unit not in self.ops:
+        ops = self.ops.get(unit)
+        if ops is None:
             raise AssertionError(f"{insn!r} is not a unit instruction")
+        # The latest instruction of each other unit this one must wait for.
         wait: dict[Unit, int] = {}
-
-        def after(other: tuple[Unit, int] | None):
-            if other is not None and other[0] is not unit:
-                wait[other[0]] = max(wait.get(other[0], -1), other[1])
-
         for buffer in reads:
-            after(buffer.writer)
+            writer = buffer.writer
+            if writer is not None and writer[0] is not unit and wait.get(writer[0], -1) < writer[1]:
+                wait[writer[0]] = writer[1]
         for buffer in writes:
-            after(buffer.writer)
-            for reader in buffer.readers.items():
-                after(reader)
+            writer = buffer.writer
+            if writer is not None and writer[0] is not unit and wait.get(writer[0], -1) < writer[1]:
+                wait[writer[0]] = writer[1]
+            for reader, index in buffer.readers.items():
+                if reader is not unit and wait.get(reader, -1) < index:
+                    wait[reader] = index
         op = _Op(insn)
         for producer, index in wait.items():
             queue = (producer, unit)
@@ -352,64 +361,75 @@ class _Streams:
             if index > self._waited[queue]:
                 producer_op = self.ops[producer][index]
                 producer_op.flags.add(_PUSH_FLAG[queue])
-                producer_op.pushes.append(unit)
+                producer_op.push_queues.append(_QUEUE_NUMBER[queue])
                 op.flags.add(_POP_FLAG[queue])
-                op.pops.append(producer)
+                op.pop_queues.append(_QUEUE_NUMBER[queue])
                 self._waited[queue] = index
-        here = (unit, len(self.ops[unit]))
-        self.ops[unit].append(op)
+        here = len(ops)
+        ops.append(op)
         for buffer in reads:
-            buffer.readers[unit] = here[1]
-        for buffer in writes:
-            buffer.writer = here
-            buffer.readers = {}
+            buffer.readers[unit] = here
+        if writes:
+            writer = (unit, here)
+            for buffer in writes:
+                buffer.writer = writer
+                buffer.readers = {}
 
     def merge(self) -> list[Instruction]:
         """One program: the streams interleaved by estimated start time, within token capacity."""
+        return self.merge_timed()[0]
+
+    def merge_timed(self) -> tuple[list[Instruction], list[int]]:
+        """:meth:`merge`, and each instruction's :func:`~braze.isa.timing.instruction_cycles`."""
+        token_depth = self.config.token_depth
         config = self.config
-        heads = {unit: 0 for unit in _STREAM_UNITS}
-        unit_free = {unit: 0 for unit in _STREAM_UNITS}
-        push_times: dict[tuple[Unit, Unit], list[int]] = {queue: [] for queue in _PUSH_FLAG}
-        popped = {queue: 0 for queue in _PUSH_FLAG}
+        # State by position in _STREAM_UNITS and by token queue number (_QUEUES), not by enum.
+        streams = [self.ops[unit] for unit in _STREAM_UNITS]
+        lengths = [len(ops) for ops in streams]
+        heads = [0, 0, 0]
+        unit_free = [0, 0, 0]
+        push_times: list[list[int]] = [[] for _ in _QUEUES]
+        popped = [0] * len(_QUEUES)
         program: list[Instruction] = []
-        total = sum(len(ops) for ops in self.ops.values())
+        cycles: list[int] = []
+        total = sum(lengths)
         while len(program) < total:
-            best: tuple[int, Unit] | None = None
-            for unit in _STREAM_UNITS:
-                ops = self.ops[unit]
-                if heads[unit] == len(ops):
+            best_start = best = -1
+            for u in (0, 1, 2):
+                head = heads[u]
+                if head == lengths[u]:
                     continue
-                op = ops[heads[unit]]
-                start = unit_free[unit]
+                op = streams[u][head]
+                start = unit_free[u]
                 ready = True
-                for producer in op.pops:
-                    queue = (producer, unit)
+                for queue in op.pop_queues:
                     if popped[queue] >= len(push_times[queue]):
                         ready = False
                         break
-                    start = max(start, push_times[queue][popped[queue]])
-                for consumer in op.pushes:
-                    queue = (unit, consumer)
-                    if len(push_times[queue]) - popped[queue] >= config.token_depth:
+                    pushed = push_times[queue][popped[queue]]
+                    if pushed > start:
+                        start = pushed
+                for queue in op.push_queues:
+                    if len(push_times[queue]) - popped[queue] >= token_depth:
                         ready = False
-                if ready and (best is None or start < best[0]):
-                    best = (start, unit)
-            if best is None:
-                raise _Unorderable(f"the streams need more than token_depth={config.token_depth} tokens "
-                                   "in flight")
-            start, unit = best
-            op = self.ops[unit][heads[unit]]
-            heads[unit] += 1
-            for producer in op.pops:
-                popped[(producer, unit)] += 1
-            # The flags are legal for the unit by construction (_PUSH_FLAG/_POP_FLAG), so no re-validation.
-            insn = dataclasses.replace(op.insn, deps=op.insn.deps | frozenset(op.flags))
-            end = start + instruction_cycles(insn, config)
-            for consumer in op.pushes:
-                push_times[(unit, consumer)].append(end)
-            unit_free[unit] = end
+                if ready and (best < 0 or start < best_start):
+                    best_start, best = start, u
+            if best < 0:
+                raise _Unorderable(f"the streams need more than token_depth={token_depth} tokens in flight")
+            op = streams[best][heads[best]]
+            heads[best] += 1
+            for queue in op.pop_queues:
+                popped[queue] += 1
+            # The flags are legal for the unit by construction (_PUSH_FLAG/_POP_FLAG).
+            insn = op.insn.with_deps(op.insn.deps | frozenset(op.flags)) if op.flags else op.insn
+            took = instruction_cycles(insn, config)
+            end = best_start + took
+            for queue in op.push_queues:
+                push_times[queue].append(end)
+            unit_free[best] = end
             program.append(insn)
-        return program
+            cycles.append(took)
+        return program, cycles
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -461,9 +481,15 @@ def _counters_spec() -> _OperandSpec:
 
 def _finish(name: str, config: Config, streams: _Streams, operands: dict[str, Operand], *, macs: int,
             param_rows: tuple[str, ...] = (), tiling: dict | None = None) -> Kernel:
-    instructions = streams.merge()
+    instructions, took = streams.merge_timed()
     instructions.append(Instruction.make(Opcode.COUNTERS, dram=operands["counters"].addr, reset=True))
-    cycles = schedule(instructions + [Instruction.make(Opcode.HALT)], config).cycles
+    # schedule(instructions + [HALT]).cycles, reusing the instruction cycles the merge computed.
+    scheduler = Scheduler(config, keep_entries=False)
+    for insn, insn_cycles in zip(instructions, took, strict=False):
+        scheduler.add_keyed(insn, timing_key(insn, config, insn_cycles))
+    for insn in instructions[len(took):] + [Instruction.make(Opcode.HALT)]:
+        scheduler.add(insn)
+    cycles = scheduler.cycles
     return Kernel(name, config, instructions, operands, macs, cycles, param_rows, dict(tiling or {}))
 
 

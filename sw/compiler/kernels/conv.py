@@ -96,7 +96,15 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
         operands["residual"] = dataclasses.replace(operands["residual"], shape=(N, Ho, Wo, K_out))
     x_addr = operands["x"].addr
 
+    geometry = ("conv2d", N, C, H, W, kh, kw, stride, pad, R, x_addr)
+
     def load_a(i0: int, mt: int, c: int, dst: int) -> list[Instruction]:
+        # The same A tiles recur in every candidate kernel with the same M tile (separate and fused forms,
+        # forced tilings): their LOADs are generated once (instructions are immutable, so shared).
+        key = (geometry, i0, mt, c, dst)
+        loads = _A_LOADS.get(key)
+        if loads is not None:
+            return list(loads)
         tap, cc = divmod(c, c_chunks)
         ky, kx = divmod(tap, kw)
         length = min(R, C - cc * R)
@@ -108,7 +116,15 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
             else:
                 loads.append(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=dst + seg.local,
                                               rows=seg.rows, len=length, dram=seg.dram, stride=seg.stride))
+        if len(_A_LOADS) >= _A_LOADS_LIMIT:
+            _A_LOADS.clear()
+        _A_LOADS[key] = tuple(loads)
         return loads
 
     extra = {"Ho": Ho, "Wo": Wo, "K": K}
-    return _matmul_kernel("conv2d", config, M, K, K_out, epi, operands, load_a, tiling, extra)
+    return _matmul_kernel("conv2d", config, M, K, K_out, epi, operands, load_a, geometry, tiling, extra)
+
+
+#: The LOADs of conv2d A tiles by (geometry, first pixel, pixels, K-chunk, scratchpad row); cleared when full.
+_A_LOADS: dict[tuple, tuple[Instruction, ...]] = {}
+_A_LOADS_LIMIT = 1 << 15

@@ -43,7 +43,7 @@ from .common import (
     _Unorderable,
 )
 
-__all__ = ["Tiling", "gemm", "candidate_tilings"]
+__all__ = ["Tiling", "gemm", "candidate_tilings", "matmul_tilings"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -365,19 +365,62 @@ def candidate_tilings(kernel: Kernel) -> list[Tiling]:
     for dim in out.shape[:-1]:
         m *= dim
     k = kernel.tiling["K"] if "K" in kernel.tiling else kernel.operands["A"].shape[1]
+    return matmul_tilings(kernel.config, m, k, n, bias="bias" in kernel.param_rows,
+                          requant="mult" in kernel.param_rows, residual="residual" in kernel.operands,
+                          out_int32=out.dtype == np.dtype(np.int32))
+
+
+def matmul_tilings(config: Config, M: int, K: int, N: int, *, bias: bool = False, requant: bool = False,
+                   residual: bool = False, out_int32: bool = False) -> list[Tiling]:
+    """:func:`candidate_tilings` of an M x K x N matrix multiply (a convolution's GEMM: M output pixels,
+    K = kh*kw*Cp), from its shape and epilogue footprint, without generating a kernel."""
     # Only the epilogue's footprint shapes the tilings: parameter rows, residual and output tiles.
-    epi = _Epilogue(bias="bias" in kernel.param_rows, requant="mult" in kernel.param_rows,
-                    residual="residual" in kernel.operands, act=Activation.NONE, clip_lo=0, clip_hi=0,
-                    out_zp=0, out_int32=out.dtype == np.dtype(np.int32))
-    return [tiling for group in _tiling_candidates(kernel.config, m, k, n, epi) for tiling in group]
+    epi = _Epilogue(bias=bias, requant=requant, residual=residual, act=Activation.NONE, clip_lo=0, clip_hi=0,
+                    out_zp=0, out_int32=out_int32)
+    return [tiling for group in _tiling_candidates(config, M, K, N, epi) for tiling in group]
 
 
 #: Stop trying more tilings once the candidates generated hold this many instructions (generation time).
 _CANDIDATE_BUDGET = 12000
 
+#: Candidate kernels generated in this process, by everything they depend on (see :func:`_candidate`):
+#: the library's own search, the fusion engine's forced tilings and the tiling pass ask for many of the
+#: same ones.  At most _GENERATED_LIMIT instructions in all, the oldest entries dropped first.
+_GENERATED: dict[tuple, Kernel | None] = {}
+_GENERATED_LIMIT = 200_000
+
+
+def _candidate(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue,
+               operands: dict[str, Operand], a_loader: ALoader, loader_key: tuple, tiling: Tiling,
+               extra_tiling: dict) -> Kernel | None:
+    """The kernel of one tiling, or None when its streams do not fit the token queues.
+
+    ``loader_key`` says everything ``a_loader`` depends on (kernel generation is a pure function of
+    these arguments, so a kernel generated once is reused; callers get their own copy)."""
+    key = (name, config, M, K, N, epi, tuple(operands.items()), loader_key, tiling,
+           tuple(sorted(extra_tiling.items())))
+    if key in _GENERATED:
+        kernel = _GENERATED[key]
+    else:
+        streams = _matmul_pipeline(config, M, K, N, epi, operands, a_loader, tiling)
+        try:
+            kernel = _finish(name, config, streams, operands, macs=M * N * K, param_rows=epi.param_rows,
+                             tiling=dataclasses.asdict(tiling) | extra_tiling)
+        except _Unorderable:
+            kernel = None     # needs deeper token queues
+        _GENERATED[key] = kernel
+        held = sum(len(k.instructions) for k in _GENERATED.values() if k is not None)
+        while held > _GENERATED_LIMIT and len(_GENERATED) > 1:
+            oldest = _GENERATED.pop(next(iter(_GENERATED)))
+            held -= len(oldest.instructions) if oldest is not None else 0
+    if kernel is None:
+        return None
+    return dataclasses.replace(kernel, instructions=list(kernel.instructions), operands=dict(kernel.operands),
+                               tiling=dict(kernel.tiling))
+
 
 def _matmul_kernel(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue,
-                   operands: dict[str, Operand], a_loader: ALoader, tiling: Tiling | None,
+                   operands: dict[str, Operand], a_loader: ALoader, loader_key: tuple, tiling: Tiling | None,
                    extra_tiling: dict) -> Kernel:
     """Generate the candidate tilings (or the given one) and keep the fastest under the timing model."""
     groups = [[tiling]] if tiling is not None else _tiling_candidates(config, M, K, N, epi)
@@ -387,11 +430,9 @@ def _matmul_kernel(name: str, config: Config, M: int, K: int, N: int, epi: _Epil
         if best is not None and group[0].buffers < best.tiling["buffers"]:
             break                 # single-buffered candidates are only the fallback
         for candidate in group:
-            streams = _matmul_pipeline(config, M, K, N, epi, operands, a_loader, candidate)
-            try:
-                kernel = _finish(name, config, streams, operands, macs=M * N * K, param_rows=epi.param_rows,
-                                 tiling=dataclasses.asdict(candidate) | extra_tiling)
-            except _Unorderable:
+            kernel = _candidate(name, config, M, K, N, epi, operands, a_loader, loader_key, candidate,
+                                extra_tiling)
+            if kernel is None:
                 continue          # needs deeper token queues; single-buffered candidates follow
             generated += len(kernel.instructions)
             if best is None or kernel.predicted_cycles < best.predicted_cycles:
@@ -480,4 +521,4 @@ def gemm(config: Config, M: int, K: int, N: int, *, bias: bool = False, requant:
         return [Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=dst, rows=mt, len=min(R, K - c * R),
                                  dram=a_op.addr + i0 * K + c * R, stride=K)]
 
-    return _matmul_kernel("gemm", config, M, K, N, epi, operands, load_a, tiling, {})
+    return _matmul_kernel("gemm", config, M, K, N, epi, operands, load_a, ("gemm", a_op.addr), tiling, {})
