@@ -19,8 +19,10 @@ fast-path and memory fleets), 4 programs in flight at a time.  Runs, each with a
    fast-path fleet;
 3. adaptive: dmda, learning from its own measurements as they arrive;
 4. static with the accelerators withheld: the fallback rate (accelerator work that ran on the CPU);
-5. adaptive with ``fast-0``'s process killed (SIGKILL) after a third of the programs: its nanny
-   restarts it, Dask reruns what was lost.
+5. adaptive with a worker's process killed (SIGKILL) after a third of the programs, once per
+   worker (``heavy-0``, the accelerator worker, then ``fast-0``): the driver places again what was
+   placed on the lost worker's devices (on the CPU while no device is left) and scatters again
+   results it held; Dask reruns the CPU codelets it was running; its nanny restarts it.
 
 Every run's outputs are checked against the all-CPU run's: equal for exact programs, within the
 tolerance (relative to the largest magnitude) for the int8 ones.  Wall-clock makespans are
@@ -29,7 +31,7 @@ printed, and, because a simulated accelerator is slower than the CPU in wall tim
 taking their cycles at ``--clock-mhz`` (default 200 MHz, stated, not measured).
 
 Ends with ``fleet: adaptive_vs_cpu=<x> adaptive_vs_static=<x> lost_results=<n> wrong_results=<n>``
-(x: makespan ratio, > 1 means adaptive is faster; lost and wrong results of the killed run).
+(x: makespan ratio, > 1 means adaptive is faster; lost and wrong results summed over the killed runs).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from braze.sw.hpm import HistoryStore
 
 from .codelet import Program, decompose
 from .dispatch import SCHEDULERS, AcceleratorManager, HistoryModel
-from .execute import DEFAULT_WORKERS, Execution, connect, quiet_dask_logs, run_programs, workers_of
+from .execute import Execution, connect, quiet_dask_logs, run_programs, workers_of
 
 __all__ = ["main", "workload", "compare", "simulated_makespan"]
 
@@ -212,6 +214,7 @@ class _Run:
     accelerated: int
     fallbacks: int
     eligible: int
+    retries: int = 0
 
 
 def _run(client, name: str, programs: list[Program], policy: str, history: HistoryStore, clock_hz: float,
@@ -227,7 +230,7 @@ def _run(client, name: str, programs: list[Program], policy: str, history: Histo
                 and next(e for e in executions if e.program.name == r.program).program.tolerance]
     return _Run(name, executions, makespan, simulated_makespan(executions, clock_hz),
                 sum(r.version != "cpu" for r in records), sum(r.fallback is not None for r in eligible),
-                len(eligible))
+                len(eligible), sum(r.retry is not None for r in records))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -266,13 +269,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            ("static-withheld", "static", True)):
                 runs[name] = _run(client, name, programs, policy, history, clock_hz, withheld=withheld)
                 print(f"  {name:16} makespan {runs[name].makespan:7.2f} s")
-            killed = _killed_run(client, programs, history, clock_hz)
-            runs["adaptive-killed"] = killed
-            print(f"  {'adaptive-killed':16} makespan {killed.makespan:7.2f} s")
+            for victim in (w.name for w in workers):        # one run per worker kind: heavy, fast
+                killed = _killed_run(client, programs, history, clock_hz, victim)
+                runs[killed.name] = killed
+                print(f"  {killed.name:16} makespan {killed.makespan:7.2f} s; {killed.retries} codelet(s) "
+                      f"placed again by the driver")
         reference = runs["all-cpu"].executions
         print()
         header = f"{'run':16} {'makespan s':>10} {'simulated s':>11} {'accel':>6} {'fallback':>9} " \
-                 f"{'lost':>5} {'wrong':>6}"
+                 f"{'retried':>7} {'lost':>5} {'wrong':>6}"
         print(header)
         print("-" * len(header))
         results = {}
@@ -281,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[name] = (lost, wrong)
             rate = f"{run.fallbacks}/{run.eligible}" if run.eligible else "-"
             print(f"{name:16} {run.makespan:10.2f} {run.simulated:11.3f} {run.accelerated:6d} {rate:>9} "
-                  f"{lost:5d} {wrong:6d}")
+                  f"{run.retries:7d} {lost:5d} {wrong:6d}")
         withheld = runs["static-withheld"]
         print(f"\nfallback rate with accelerators withheld: {withheld.fallbacks}/{withheld.eligible} "
               f"= {withheld.fallbacks / max(1, withheld.eligible):.2f} of the matrix codelets with a "
@@ -292,28 +297,39 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"all-CPU {runs['all-cpu'].simulated:.3f} s (adaptive_vs_cpu {simulated_vs_cpu:.2f}x)")
         history.close()
     print(f"{time.monotonic() - began:.0f} s")
-    lost, wrong = results["adaptive-killed"]
+    killed_runs = [name for name in results if name.startswith("killed-")]
+    lost = sum(results[name][0] for name in killed_runs)
+    wrong = sum(results[name][1] for name in killed_runs)
     print(f"fleet: adaptive_vs_cpu={runs['all-cpu'].makespan / runs['adaptive'].makespan:.2f} "
           f"adaptive_vs_static={runs['static'].makespan / runs['adaptive'].makespan:.2f} "
           f"lost_results={lost} wrong_results={wrong}")
     return 0
 
 
-def _killed_run(client, programs: list[Program], history: HistoryStore, clock_hz: float) -> _Run:
-    """The adaptive run with the fast worker's process killed once a third of the programs finished."""
+def _killed_run(client, programs: list[Program], history: HistoryStore, clock_hz: float, victim_name: str
+                ) -> _Run:
+    """The adaptive run with ``victim_name``'s process killed once a third of the programs finished."""
     pids = client.run(os.getpid)
     names = {w.address: w.name for w in workers_of(client)}
-    victim = next(pid for address, pid in pids.items() if names.get(address) == DEFAULT_WORKERS[1].name)
+    victim = next(pid for address, pid in pids.items() if names.get(address) == victim_name)
     fired = threading.Event()
 
     def kill(done_programs: int, done_codelets: int) -> None:
         if not fired.is_set() and done_programs >= len(programs) // 3:
             fired.set()
             os.kill(victim, signal.SIGKILL)
-            print(f"  killed worker {DEFAULT_WORKERS[1].name} (pid {victim}) after {done_programs} "
-                  f"programs, {done_codelets} codelets")
+            print(f"  killed worker {victim_name} (pid {victim}) after {done_programs} programs, "
+                  f"{done_codelets} codelets")
 
-    run = _run(client, "adaptive-killed", programs, "adaptive", history, clock_hz, on_event=kill)
+    run = _run(client, f"killed-{victim_name}", programs, "adaptive", history, clock_hz, on_event=kill)
     if not fired.is_set():
         print("  (the run finished before the kill)")
+    _wait_for_workers(client, len(names))
     return run
+
+
+def _wait_for_workers(client, count: int, timeout: float = 30.0) -> None:
+    """Until the nanny of a killed worker has restarted it (the next run starts with every worker)."""
+    deadline = time.monotonic() + timeout
+    while len(workers_of(client)) < count and time.monotonic() < deadline:
+        time.sleep(0.2)

@@ -76,6 +76,7 @@ class CodeletResult:
     cycles: int | None = None
     accelerator_calls: int = 0
     fallback: str | None = None
+    address: str = ""
 
 
 class _Devices:
@@ -181,14 +182,15 @@ def _compiled(text: str, file: str, accelerated: bool):
     return compile(tree, file, "exec")
 
 
-def _worker_identity() -> tuple[str, dict[str, float]]:
+def _worker_identity() -> tuple[str, str, dict[str, float]]:
+    """(name, address, resources) of the Dask worker running this."""
     try:
         from distributed import get_worker
 
         worker = get_worker()
-        return str(worker.name), dict(worker.state.total_resources)
+        return str(worker.name), str(worker.address), dict(worker.state.total_resources)
     except ValueError:          # not on a Dask worker (called directly)
-        return "local", {name: 1.0 for name in ACCELERATORS}
+        return "local", "", {name: 1.0 for name in ACCELERATORS}
 
 
 def _shape(value: Any) -> tuple[int, ...]:
@@ -199,7 +201,7 @@ def run_codelet(task: CodeletTask, parameters: Mapping[str, Any] | None, *depend
                 ) -> CodeletResult:
     """Run one codelet on this worker (the function every codelet's Dask task calls)."""
     codelet = task.codelet
-    worker, resources = _worker_identity()
+    worker, address, resources = _worker_identity()
     values: dict[str, Any] = {}
     for name, position in task.sources:
         values[name] = (parameters or {})[name] if position < 0 else dependencies[position].values[name]
@@ -252,4 +254,4 @@ def run_codelet(task: CodeletTask, parameters: Mapping[str, Any] | None, *depend
     return CodeletResult(outputs, task.program, codelet.id, worker, version if version == "cpu"
                          else task.accelerator, seconds, started_wall, time.time(), output_bytes,
                          serialize_seconds, {name: _shape(value) for name, value in outputs.items()},
-                         printed.getvalue(), stats.get("cycles"), stats.get("calls", 0), fallback)
+                         printed.getvalue(), stats.get("cycles"), stats.get("calls", 0), fallback, address)

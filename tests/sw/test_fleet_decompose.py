@@ -160,3 +160,28 @@ def test_the_command_line_reports_a_script_it_cannot_decompose_in_one_line(tmp_p
                      f"names the program defines\n")
     assert main(["bench", "fleet", "--programs", "10"]) == 2
     assert "at least 50 programs" in capsys.readouterr().err
+
+
+def test_the_command_line_tls_files_missing_unreadable_or_not_pem_are_one_line_errors(tmp_path, capsys):
+    from braze.cli import main
+
+    script = tmp_path / "ok.py"
+    script.write_text("x = 1\n")
+    pem = tmp_path / "not.pem"
+    pem.write_text("not a certificate\n")
+    tls = ["--scheduler", "tls://127.0.0.1:1"]
+    cases = [
+        ([*tls, "--tls-ca-file", str(pem)], "TLS needs --tls-ca-file, --tls-cert, --tls-key: --tls-cert, "
+                                            "--tls-key missing"),
+        ([*tls, "--tls-ca-file", str(pem), "--tls-cert", str(pem), "--tls-key", str(tmp_path / "gone.pem")],
+         f"--tls-key {tmp_path / 'gone.pem'}: cannot read it (No such file or directory)"),
+        (["--scheduler", "tcp://127.0.0.1:1", "--tls-ca-file", str(pem), "--tls-cert", str(pem),
+          "--tls-key", str(pem)], "--scheduler tcp://127.0.0.1:1: the --tls-* certificates are for a tls:// "
+                                  "address"),
+        ([*tls, "--tls-ca-file", str(pem), "--tls-cert", str(pem), "--tls-key", str(pem)],
+         f"--tls-ca-file {pem}, --tls-cert {pem}, --tls-key {pem}: not a usable CA/certificate/key set"),
+    ]
+    for extra, message in cases:
+        assert main(["fleet", "run", str(script), *extra]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"braze fleet: error: {message}") and error.count("\n") == 1, error
