@@ -12,15 +12,24 @@ taken in turn:
 
 on a local cluster of 2 worker processes of one thread each (:data:`~.execute.DEFAULT_WORKERS`:
 ``heavy-0`` with one ``accel-tiny`` and one ``accel-default`` golden device; ``fast-0`` in the
-fast-path and memory fleets), 4 programs in flight at a time.  Runs, each with a fresh performance model:
+fast-path and memory fleets; with ``--device verilator``, ``heavy-0`` has one ``accel-tiny``
+simulated by Verilator, the cached tiny build), 4 programs in flight at a time.  Runs:
 
-1. all-CPU: every codelet's CPU version, Dask places it;
-2. static: by pattern -- matrix work to the accelerator, I/O to the memory fleet, the rest to the
-   fast-path fleet;
-3. adaptive: dmda, learning from its own measurements as they arrive;
+1. adaptive, cold: dmda with no history at all, learning from its own measurements as they arrive
+   (one run, reported, not the headline);
+2. a training pass, not timed: the same workload once, adaptively, into a training history
+   (recurring jobs, as StarPU calibrates its models);
+3. ``--repeats`` repetitions (default 3) of all-CPU (every codelet's CPU version, Dask places
+   it), static (by pattern, decided ahead -- matrix work with a tolerance to the heavy fleet's
+   largest accelerator, I/O to the memory fleet, everything else to the fast-path fleet) and
+   adaptive (dmda starting from the training history), each policy first in turn; the
+   headline ratios are the medians of the per-repetition ratios, with their min and max;
 4. static with the accelerators withheld: the fallback rate (accelerator work that ran on the CPU);
-5. adaptive with a worker's process killed (SIGKILL) after a third of the programs, once per
-   worker (``heavy-0``, the accelerator worker, then ``fast-0``): the driver places again what was
+5. adaptive on the workload with cheap consecutive codelets grouped (:func:`~.execute.group_cheap`
+   against the measured per-task overhead), after its own untimed training pass;
+6. a worker's process killed (SIGKILL) after a third of the programs, once per worker:
+   ``heavy-0``, the accelerator worker, under static routing (which keeps int8 codelets on its
+   devices), then ``fast-0`` under adaptive routing: the driver places again what was
    placed on the lost worker's devices (on the CPU while no device is left) and scatters again
    results it held; Dask reruns the CPU codelets it was running; its nanny restarts it.
 
@@ -30,8 +39,10 @@ printed, and, because a simulated accelerator is slower than the CPU in wall tim
 *simulated-cycle* makespan too: each run replayed on its own placement with accelerator codelets
 taking their cycles at ``--clock-mhz`` (default 200 MHz, stated, not measured).
 
-Ends with ``fleet: adaptive_vs_cpu=<x> adaptive_vs_static=<x> lost_results=<n> wrong_results=<n>``
-(x: makespan ratio, > 1 means adaptive is faster; lost and wrong results summed over the killed runs).
+Ends with ``fleet: adaptive_vs_cpu=<x> adaptive_vs_static=<x> lost_results=<n> wrong_results=<n> ...``
+(x: median makespan ratio, > 1 means adaptive is faster; lost and wrong results summed over the
+killed runs; then the min and max of adaptive_vs_static, the repetitions, grouped_vs_adaptive and
+the device).
 """
 
 from __future__ import annotations
@@ -53,7 +64,17 @@ from braze.sw.hpm import HistoryStore
 
 from .codelet import Program, decompose
 from .dispatch import SCHEDULERS, AcceleratorManager, HistoryModel
-from .execute import Execution, connect, quiet_dask_logs, run_programs, workers_of
+from .execute import (
+    DEFAULT_WORKERS,
+    Execution,
+    WorkerSpec,
+    connect,
+    group_cheap,
+    measure_task_overhead,
+    quiet_dask_logs,
+    run_programs,
+    workers_of,
+)
 
 __all__ = ["main", "workload", "compare", "simulated_makespan"]
 
@@ -218,12 +239,15 @@ class _Run:
 
 
 def _run(client, name: str, programs: list[Program], policy: str, history: HistoryStore, clock_hz: float,
-         *, withheld: bool = False, on_event=None) -> _Run:
-    scheduler = SCHEDULERS[policy](HistoryModel(history, load=0))
+         *, withheld: bool = False, on_event=None, model: HistoryModel | None = None, device: str = "golden"
+         ) -> _Run:
+    """One timed run; ``model`` (default: an empty one recording into ``history``) is what the
+    scheduler knows beforehand."""
+    scheduler = SCHEDULERS[policy](model if model is not None else HistoryModel(history, load=0))
     manager = AcceleratorManager(workers_of(client), withheld=withheld)
     began = time.perf_counter()
     executions = run_programs(client, [(p, None) for p in programs], scheduler, manager=manager,
-                              source="bench", on_event=on_event)
+                              source="bench", on_event=on_event, device=device)
     makespan = time.perf_counter() - began
     records = [r for e in executions for r in e.records.values()]
     eligible = [r for r in records if r.pattern == "matmul"
@@ -233,44 +257,106 @@ def _run(client, name: str, programs: list[Program], policy: str, history: Histo
                 len(eligible), sum(r.retry is not None for r in records))
 
 
+def _trained(training: HistoryStore, history: HistoryStore) -> HistoryModel:
+    """A model that knows the training pass's runs and records new ones into ``history`` (so that
+    every timed repetition starts from the same knowledge)."""
+    model = HistoryModel(training)
+    model.store = history
+    return model
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(np.median(values))
+
+
+#: What the static assignment does, stated in the output.
+STATIC_RULE = ("static = by pattern, decided ahead: matrix work with a tolerance to the heavy fleet's "
+               "largest accelerator (int8), I/O to the memory fleet, everything else to the fast-path "
+               "fleet (never the heavy worker's CPU)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="braze bench fleet", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller programs (a few minutes on 2 cores)")
     parser.add_argument("--programs", type=int, default=60, help="programs in the workload (at least 50)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed repetitions of all-CPU, static and adaptive (default 3; medians "
+                             "reported)")
     parser.add_argument("--clock-mhz", type=float, default=200.0,
                         help="clock at which simulated accelerator cycles are stated (default 200)")
+    parser.add_argument("--device", choices=("golden", "verilator"), default="golden",
+                        help="what simulates the accelerators (verilator: the tiny preset only)")
     parser.add_argument("--history", type=Path, help="performance history (default: a temporary one)")
     parser.add_argument("--scheduler", help="address of an existing Dask scheduler (default: local cluster)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.programs < 50:
         parser.error(f"argument --programs: {args.programs}: the workload has at least 50 programs")
+    if args.repeats < 1:
+        parser.error(f"argument --repeats: {args.repeats}: at least 1")
     if not args.clock_mhz > 0:
         parser.error(f"argument --clock-mhz: {args.clock_mhz} must be positive")
     clock_hz = args.clock_mhz * 1e6
+    device = args.device
     quiet_dask_logs()
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="braze-bench-fleet-") as scratch:
         folder = Path(scratch)
         programs = workload(args.programs, folder, quick=args.quick, seed=args.seed)
         history = HistoryStore(args.history or folder / "history.sqlite")
+        training = HistoryStore(folder / "training.sqlite")
         codelets = sum(len(p.codelets) for p in programs)
         print(f"workload: {len(programs)} programs ({', '.join(KINDS)} in turn), {codelets} codelets; "
-              f"history {history.path}")
-        with connect(args.scheduler) as client:
+              f"history {history.path}; accelerators simulated by the {device} device")
+        print(STATIC_RULE)
+        # A Verilator build is per preset: its fleet has the tiny device only (the cached build).
+        workers = [WorkerSpec("heavy-0", {"cpu": 1, "accel-tiny": 1}), DEFAULT_WORKERS[1]] \
+            if device == "verilator" else DEFAULT_WORKERS
+        with connect(args.scheduler, workers=workers) as client:
             workers = workers_of(client)
             print("workers: " + "; ".join(f"{w.name} {w.resources}" for w in workers))
             # Warm-up (not measured): imports and the first int8 compile in each worker process.
             _run(client, "warm-up", workload(len(KINDS), folder, quick=True, seed=args.seed + 1), "static",
-                 HistoryStore(":memory:"), clock_hz)
-            runs = {}
-            for name, policy, withheld in (("all-cpu", "cpu", False), ("static", "static", False),
-                                           ("adaptive", "adaptive", False),
-                                           ("static-withheld", "static", True)):
-                runs[name] = _run(client, name, programs, policy, history, clock_hz, withheld=withheld)
-                print(f"  {name:16} makespan {runs[name].makespan:7.2f} s")
-            for victim in (w.name for w in workers):        # one run per worker kind: heavy, fast
-                killed = _killed_run(client, programs, history, clock_hz, victim)
+                 HistoryStore(":memory:"), clock_hz, device=device)
+            runs: dict[str, _Run] = {}
+            # Adaptive with no history at all: it learns during the run (one run: noisy).
+            runs["adaptive-cold"] = _run(client, "adaptive-cold", programs, "adaptive", history, clock_hz,
+                                         device=device)
+            print(f"  {'adaptive-cold':16} makespan {runs['adaptive-cold'].makespan:7.2f} s")
+            # Training pass (not timed): the same workload once, adaptively, into the training
+            # history -- recurring jobs, as StarPU calibrates its performance models.
+            _run(client, "training", programs, "adaptive", training, clock_hz,
+                 model=HistoryModel(training, load=0), device=device)
+            makespans: dict[str, list[float]] = {"all-cpu": [], "static": [], "adaptive": []}
+            repeated: dict[str, list[_Run]] = {name: [] for name in makespans}
+            policies = {"all-cpu": "cpu", "static": "static", "adaptive": "adaptive"}
+            for repetition in range(args.repeats):
+                turn = repetition % 3           # each policy first in turn: drift evens out
+                order = list(makespans)[turn:] + list(makespans)[:turn]
+                for name in order:
+                    run = _run(client, name, programs, policies[name], history, clock_hz,
+                               model=_trained(training, history), device=device)
+                    makespans[name].append(run.makespan)
+                    repeated[name].append(run)
+                print(f"  repetition {repetition + 1}: " + ", ".join(f"{name} {makespans[name][-1]:.2f} s"
+                                                                      for name in makespans))
+            for name, candidates in repeated.items():       # the table shows each policy's median run
+                runs[name] = sorted(candidates, key=lambda r: r.makespan)[len(candidates) // 2]
+            runs["static-withheld"] = _run(client, "static-withheld", programs, "static", history, clock_hz,
+                                           withheld=True, device=device)
+            overhead = measure_task_overhead(client)
+            grouped_programs = [group_cheap(p, overhead) for p in programs]
+            grouped_codelets = sum(len(p.codelets) for p in grouped_programs)
+            _run(client, "training-grouped", grouped_programs, "adaptive", training, clock_hz,
+                 model=HistoryModel(training, load=0), device=device)
+            runs["adaptive-grouped"] = _run(client, "adaptive-grouped", grouped_programs, "adaptive", history,
+                                            clock_hz, model=_trained(training, history), device=device)
+            print(f"  adaptive-grouped makespan {runs['adaptive-grouped'].makespan:7.2f} s ({codelets} "
+                  f"codelets -> {grouped_codelets}; per-task overhead measured {overhead * 1e3:.2f} ms)")
+            # One run per worker kind.  The heavy worker's under static routing, which keeps int8
+            # codelets on its devices (adaptive may place none there), so that some are in flight.
+            for victim, policy in (("heavy-0", "static"), ("fast-0", "adaptive")):
+                killed = _killed_run(client, programs, history, clock_hz, victim, policy, device)
                 runs[killed.name] = killed
                 print(f"  {killed.name:16} makespan {killed.makespan:7.2f} s; {killed.retries} codelet(s) "
                       f"placed again by the driver")
@@ -287,28 +373,49 @@ def main(argv: Sequence[str] | None = None) -> int:
             rate = f"{run.fallbacks}/{run.eligible}" if run.eligible else "-"
             print(f"{name:16} {run.makespan:10.2f} {run.simulated:11.3f} {run.accelerated:6d} {rate:>9} "
                   f"{run.retries:7d} {lost:5d} {wrong:6d}")
+        for name, candidates in repeated.items():       # every repetition's outputs are checked
+            for run in candidates:
+                lost_wrong = compare(reference, run.executions) if run is not runs[name] else (0, 0)
+                if lost_wrong != (0, 0):
+                    print(f"  a repetition of {name}: lost, wrong results {lost_wrong}")
         withheld = runs["static-withheld"]
         print(f"\nfallback rate with accelerators withheld: {withheld.fallbacks}/{withheld.eligible} "
               f"= {withheld.fallbacks / max(1, withheld.eligible):.2f} of the matrix codelets with a "
               f"tolerance")
+        vs_static = [s / a for s, a in zip(makespans["static"], makespans["adaptive"], strict=True)]
+        vs_cpu = [c / a for c, a in zip(makespans["all-cpu"], makespans["adaptive"], strict=True)]
+        print(f"wall-clock makespan over {args.repeats} repetition(s) after an untimed training pass: "
+              f"adaptive_vs_static median {_median(vs_static):.2f} (min {min(vs_static):.2f}, max "
+              f"{max(vs_static):.2f}); adaptive_vs_cpu median {_median(vs_cpu):.2f} (min {min(vs_cpu):.2f}, "
+              f"max {max(vs_cpu):.2f}); cold adaptive (no history, one run): vs static "
+              f"{_median(makespans['static']) / runs['adaptive-cold'].makespan:.2f}, vs CPU "
+              f"{_median(makespans['all-cpu']) / runs['adaptive-cold'].makespan:.2f}")
+        grouped_vs_adaptive = _median(makespans["adaptive"]) / runs["adaptive-grouped"].makespan
+        print(f"grouping cheap codelets: {codelets} -> {grouped_codelets} codelets, makespan "
+              f"{runs['adaptive-grouped'].makespan:.2f} s against adaptive's median "
+              f"{_median(makespans['adaptive']):.2f} s ({grouped_vs_adaptive:.2f}x)")
         simulated_vs_cpu = runs["all-cpu"].simulated / runs["adaptive"].simulated
-        print(f"simulated-cycle makespan at {args.clock_mhz:g} MHz: adaptive "
+        simulated_vs_static = runs["static"].simulated / runs["adaptive"].simulated
+        print(f"simulated-cycle makespan at {args.clock_mhz:g} MHz (median runs): adaptive "
               f"{runs['adaptive'].simulated:.3f} s, static {runs['static'].simulated:.3f} s, "
-              f"all-CPU {runs['all-cpu'].simulated:.3f} s (adaptive_vs_cpu {simulated_vs_cpu:.2f}x)")
+              f"all-CPU {runs['all-cpu'].simulated:.3f} s (adaptive_vs_cpu {simulated_vs_cpu:.2f}x, "
+              f"adaptive_vs_static {simulated_vs_static:.2f}x)")
         history.close()
+        training.close()
     print(f"{time.monotonic() - began:.0f} s")
     killed_runs = [name for name in results if name.startswith("killed-")]
     lost = sum(results[name][0] for name in killed_runs)
     wrong = sum(results[name][1] for name in killed_runs)
-    print(f"fleet: adaptive_vs_cpu={runs['all-cpu'].makespan / runs['adaptive'].makespan:.2f} "
-          f"adaptive_vs_static={runs['static'].makespan / runs['adaptive'].makespan:.2f} "
-          f"lost_results={lost} wrong_results={wrong}")
+    print(f"fleet: adaptive_vs_cpu={_median(vs_cpu):.2f} adaptive_vs_static={_median(vs_static):.2f} "
+          f"lost_results={lost} wrong_results={wrong} adaptive_vs_static_min={min(vs_static):.2f} "
+          f"adaptive_vs_static_max={max(vs_static):.2f} repeats={args.repeats} "
+          f"grouped_vs_adaptive={grouped_vs_adaptive:.2f} device={device}")
     return 0
 
 
-def _killed_run(client, programs: list[Program], history: HistoryStore, clock_hz: float, victim_name: str
-                ) -> _Run:
-    """The adaptive run with ``victim_name``'s process killed once a third of the programs finished."""
+def _killed_run(client, programs: list[Program], history: HistoryStore, clock_hz: float, victim_name: str,
+                policy: str, device: str = "golden") -> _Run:
+    """A run with ``victim_name``'s process killed once a third of the programs finished."""
     pids = client.run(os.getpid)
     names = {w.address: w.name for w in workers_of(client)}
     victim = next(pid for address, pid in pids.items() if names.get(address) == victim_name)
@@ -321,7 +428,8 @@ def _killed_run(client, programs: list[Program], history: HistoryStore, clock_hz
             print(f"  killed worker {victim_name} (pid {victim}) after {done_programs} programs, "
                   f"{done_codelets} codelets")
 
-    run = _run(client, f"killed-{victim_name}", programs, "adaptive", history, clock_hz, on_event=kill)
+    run = _run(client, f"killed-{victim_name}", programs, policy, history, clock_hz, on_event=kill,
+               device=device)
     if not fired.is_set():
         print("  (the run finished before the kill)")
     _wait_for_workers(client, len(names))

@@ -10,7 +10,7 @@ from braze.sw.hpm import HistoryStore
 
 from .codelet import FleetError, decompose
 from .dispatch import SCHEDULERS, HistoryModel
-from .execute import connect, execute, plan, quiet_dask_logs, workers_of
+from .execute import connect, execute, group_cheap, measure_task_overhead, plan, quiet_dask_logs, workers_of
 
 __all__ = ["run_script"]
 
@@ -68,6 +68,12 @@ def run_script(args: argparse.Namespace) -> int:
     with connect(args.scheduler, dashboard=importlib.util.find_spec("bokeh") is not None,
                  security=security) as client:
         workers = workers_of(client)
+        if args.group:
+            overhead = measure_task_overhead(client)
+            statements = len(program.codelets)
+            program = group_cheap(program, overhead, HistoryModel(history))
+            print(f"grouped: {statements} statements -> {len(program.codelets)} codelets (cheap ones merged "
+                  f"up to the measured per-task overhead, {overhead * 1e3:.1f} ms)")
         print(f"cluster: {client.scheduler.address}; workers: "
               + "; ".join(f"{w.name} ({', '.join(f'{k}={v:g}' for k, v in w.resources.items() if v)})"
                           for w in workers))

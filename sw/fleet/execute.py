@@ -49,7 +49,7 @@ from typing import Any
 
 from braze.sw.hpm import CodeletRun, HistoryStore
 
-from .codelet import Codelet, CodeletError, FleetError, Program, decompose
+from .codelet import Codelet, CodeletError, FleetError, Program, decompose, group
 from .dispatch import (
     SCHEDULERS,
     AcceleratorManager,
@@ -65,7 +65,8 @@ from .profile import TargetingProfile, profile_codelet
 from .worker import CodeletResult, CodeletTask, run_codelet
 
 __all__ = ["WorkerSpec", "DEFAULT_WORKERS", "local_cluster", "connect", "CodeletRecord", "Execution",
-           "run_programs", "execute", "compose_and_execute", "plan", "workers_of"]
+           "run_programs", "execute", "compose_and_execute", "plan", "workers_of", "measure_task_overhead",
+           "group_cheap", "GROUPABLE_PATTERNS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -481,6 +482,42 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
     return [execution for execution in executions if execution is not None]
 
 
+def _nothing() -> None:
+    return None
+
+
+def measure_task_overhead(client, samples: int = 8) -> float:
+    """Seconds one Dask task costs the driver around its body: the median round trip of a task that
+    does nothing (submitted, run on a worker, its result back), one at a time."""
+    times = []
+    for _ in range(samples):
+        began = time.perf_counter()
+        client.submit(_nothing, pure=False).result()
+        times.append(time.perf_counter() - began)
+    return sorted(times)[len(times) // 2]
+
+
+#: Patterns whose codelets may be grouped when cheap; the others (matrix work, convolutions, FFTs,
+#: hashing, I/O) stay alone, for the scheduler to place on their own.
+GROUPABLE_PATTERNS = ("scalar", "elementwise")
+
+
+def group_cheap(program: Program, overhead: float, model: HistoryModel | None = None) -> Program:
+    """:func:`~.codelet.group` with the profiler's CPU estimate of each codelet (scaled by what the
+    model measured of its pattern, where it has) against ``overhead``, the per-task overhead."""
+
+    def estimate(codelet: Codelet) -> float | None:
+        profile = profile_codelet(program, codelet, {}, accelerators=())
+        if profile.pattern not in GROUPABLE_PATTERNS:
+            return None
+        analytic = profile.estimates["cpu"]
+        if model is None:
+            return analytic
+        return model.expected(signature_of(codelet, {}), "cpu", profile.pattern, analytic)[0]
+
+    return group(program, estimate, overhead)
+
+
 def _finish(job: _Job, model: HistoryModel, source: str) -> Execution:
     program = job.program
     last_writer: dict[str, str] = {}
@@ -531,20 +568,25 @@ def execute(program: Program, scheduler: Scheduler | str = "adaptive", *, client
 
 def compose_and_execute(program: Any, *args: Any, scheduler: str = "adaptive", client=None,
                         address: str | None = None, tolerance: float | None = None,
-                        history: HistoryStore | None = None, device: str = "golden") -> Execution:
+                        history: HistoryStore | None = None, device: str = "golden",
+                        grouped: bool = False) -> Execution:
     """Decompose ``program`` (source, module or function), route its codelets and run them.
 
     A function program is called with ``args`` (its return value is ``values["__return__"]``).
     Without ``client``, connects to ``address`` or starts a local cluster for the call.
+    ``grouped``: consecutive cheap codelets merged (:func:`group_cheap`, against the cluster's
+    measured per-task overhead).
     """
+    if client is None:
+        with connect(address) as own:
+            return compose_and_execute(program, *args, scheduler=scheduler, client=own, tolerance=tolerance,
+                                       history=history, device=device, grouped=grouped)
     decomposed = decompose(program, tolerance=tolerance)
+    if grouped:
+        decomposed = group_cheap(decomposed, measure_task_overhead(client))
     if len(args) != len(decomposed.parameters):
         raise FleetError(f"program {decomposed.name!r} takes {len(decomposed.parameters)} argument(s) "
                          f"({', '.join(decomposed.parameters)}), {len(args)} given")
     parameters = dict(zip(decomposed.parameters, args, strict=True)) or None
-    if client is not None:
-        return execute(decomposed, scheduler, client=client, parameters=parameters, history=history,
-                       device=device)
-    with connect(address) as own:
-        return execute(decomposed, scheduler, client=own, parameters=parameters, history=history,
-                       device=device)
+    return execute(decomposed, scheduler, client=client, parameters=parameters, history=history,
+                   device=device)

@@ -205,8 +205,6 @@ def run_codelet(task: CodeletTask, parameters: Mapping[str, Any] | None, *depend
     values: dict[str, Any] = {}
     for name, position in task.sources:
         values[name] = (parameters or {})[name] if position < 0 else dependencies[position].values[name]
-    for name in codelet.mutates:
-        values[name] = copy.deepcopy(values[name])      # the producer's value stays as it was
     printed = io.StringIO()
 
     def captured_print(*args, **kwargs):
@@ -224,23 +222,30 @@ def run_codelet(task: CodeletTask, parameters: Mapping[str, Any] | None, *depend
             stats=stats)
     started_wall = time.time()
     started = time.perf_counter()
+    # A group runs its statements in order, each as it would run alone: inputs it changes in
+    # place are copied first (the producer's value -- here perhaps an earlier statement's -- stays).
+    member = codelet
     try:
         exec(_compiled(task.prelude, codelet.file, version == "int8"), namespace)
         namespace.update(values)
-        padded = "\n" * (codelet.line - 1) + codelet.source     # its line numbers are the file's
-        exec(_compiled(padded, codelet.file, version == "int8"), namespace)
+        for member in codelet.members or (codelet,):
+            for name in member.mutates:
+                namespace[name] = copy.deepcopy(namespace[name])
+            padded = "\n" * (member.line - 1) + member.source     # its line numbers are the file's
+            exec(_compiled(padded, member.file, version == "int8"), namespace)
     except Exception as error:
-        frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == codelet.file]
-        line = frames[-1].lineno if frames else codelet.line
-        source_line = codelet.source.splitlines()[0]
-        if frames and line != codelet.line:
+        frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == member.file]
+        line = frames[-1].lineno if frames else member.line
+        source_line = member.source.splitlines()[0]
+        if frames and line != member.line:
             # (compiled from strings: linecache has no text, the prelude has it at its line number)
             prelude_lines = task.prelude.splitlines()
             text = prelude_lines[line - 1] if line <= len(prelude_lines) else ""
-            if not text.strip() and 0 <= line - codelet.line < len(codelet.source.splitlines()):
-                text = codelet.source.splitlines()[line - codelet.line]
+            if not text.strip() and 0 <= line - member.line < len(member.source.splitlines()):
+                text = member.source.splitlines()[line - member.line]
             source_line += f" ... line {line}: {text.strip()}"
-        raise CodeletError(codelet.id, codelet.file, codelet.line, source_line,
+        name = member.id if member is codelet else f"{member.id} (in group {codelet.id})"
+        raise CodeletError(name, member.file, member.line, source_line,
                            f"{type(error).__name__}: {error}") from None
     seconds = time.perf_counter() - started
     outputs = {name: namespace[name] for name in codelet.outputs if name in namespace}

@@ -222,3 +222,24 @@ def test_fleets_talk_tls_and_refuse_a_client_without_the_cluster_certificates(tm
                      "--tls-cert", files["tls_client_cert"], "--tls-key", files["tls_client_key"]]) == 0
         out = capsys.readouterr().out
         assert f"cluster: {address}" in out and f"total {float((expected @ expected.T).sum())}" in out
+
+
+def test_a_fleet_with_a_verilator_device_runs_int8_products_on_the_rtl(tmp_path):
+    """The heavy worker's ``accel-tiny`` simulated by Verilator (the cached tiny build): the int8
+    product runs on the RTL and gives, bit for bit, what the golden model's device gives."""
+    from braze.sw.fleet import WorkerSpec
+    from braze.sw.fleet.worker import accelerator_matmul
+
+    source = SCRIPT.format(sleep=0.0)
+    program = decompose(source, filename="script.py", tolerance=0.05)
+    workers = (WorkerSpec("heavy-0", {"cpu": 1, "accel-tiny": 1}),
+               WorkerSpec("fast-0", {"cpu": 1, "memory": 1}))
+    with connect(workers=workers, processes=False) as client:
+        result = execute(program, StaticScheduler(HistoryModel()), client=client, device="verilator")
+    record = next(r for r in result.records.values() if r.pattern == "matmul")
+    assert (record.version, record.worker, record.fallback) == ("accel-tiny", "heavy-0", None)
+    assert record.cycles > 0
+    reference = _reference(source)
+    golden = np.maximum(accelerator_matmul(reference["x"], reference["w"], accelerator="accel-tiny",
+                                           tolerance=0.05, device="golden"), 0.0)
+    assert np.array_equal(result.values["h"], golden)
