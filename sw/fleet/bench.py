@@ -27,7 +27,8 @@ simulated by Verilator, the cached tiny build), 4 programs in flight at a time. 
 4. static with the accelerators withheld: the fallback rate (accelerator work that ran on the CPU);
 5. adaptive on the workload with cheap consecutive codelets grouped (:func:`~.execute.group_cheap`
    against the measured per-task overhead), after its own untimed training pass;
-6. a worker's process killed (SIGKILL) after a third of the programs, once per worker:
+6. a worker's process killed (SIGKILL) after a third of the programs (under static routing: as
+   soon as an int8 codelet is in flight there, before two thirds), once per worker:
    ``heavy-0``, the accelerator worker, under static routing (which keeps int8 codelets on its
    devices), then ``fast-0`` under adaptive routing: the driver places again what was
    placed on the lost worker's devices (on the CPU while no device is left) and scatters again
@@ -75,6 +76,7 @@ from .execute import (
     run_programs,
     workers_of,
 )
+from .profile import TASK_OVERHEAD_S
 
 __all__ = ["main", "workload", "compare", "simulated_makespan"]
 
@@ -239,11 +241,12 @@ class _Run:
 
 
 def _run(client, name: str, programs: list[Program], policy: str, history: HistoryStore, clock_hz: float,
-         *, withheld: bool = False, on_event=None, model: HistoryModel | None = None, device: str = "golden"
-         ) -> _Run:
+         *, withheld: bool = False, on_event=None, model: HistoryModel | None = None, device: str = "golden",
+         task_overhead: float = TASK_OVERHEAD_S) -> _Run:
     """One timed run; ``model`` (default: an empty one recording into ``history``) is what the
-    scheduler knows beforehand."""
-    scheduler = SCHEDULERS[policy](model if model is not None else HistoryModel(history, load=0))
+    scheduler knows beforehand; ``task_overhead`` the measured per-task overhead its queues count."""
+    scheduler = SCHEDULERS[policy](model if model is not None else HistoryModel(history, load=0),
+                                   task_overhead=task_overhead)
     manager = AcceleratorManager(workers_of(client), withheld=withheld)
     began = time.perf_counter()
     executions = run_programs(client, [(p, None) for p in programs], scheduler, manager=manager,
@@ -318,15 +321,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Warm-up (not measured): imports and the first int8 compile in each worker process.
             _run(client, "warm-up", workload(len(KINDS), folder, quick=True, seed=args.seed + 1), "static",
                  HistoryStore(":memory:"), clock_hz, device=device)
+            overhead = measure_task_overhead(client)
+            print(f"per-task overhead measured: {overhead * 1e3:.2f} ms (the schedulers' queues count it; "
+                  f"cheap codelets are grouped against it)")
             runs: dict[str, _Run] = {}
             # Adaptive with no history at all: it learns during the run (one run: noisy).
             runs["adaptive-cold"] = _run(client, "adaptive-cold", programs, "adaptive", history, clock_hz,
-                                         device=device)
+                                         device=device, task_overhead=overhead)
             print(f"  {'adaptive-cold':16} makespan {runs['adaptive-cold'].makespan:7.2f} s")
             # Training pass (not timed): the same workload once, adaptively, into the training
             # history -- recurring jobs, as StarPU calibrates its performance models.
             _run(client, "training", programs, "adaptive", training, clock_hz,
-                 model=HistoryModel(training, load=0), device=device)
+                 model=HistoryModel(training, load=0), device=device, task_overhead=overhead)
             makespans: dict[str, list[float]] = {"all-cpu": [], "static": [], "adaptive": []}
             repeated: dict[str, list[_Run]] = {name: [] for name in makespans}
             policies = {"all-cpu": "cpu", "static": "static", "adaptive": "adaptive"}
@@ -335,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 order = list(makespans)[turn:] + list(makespans)[:turn]
                 for name in order:
                     run = _run(client, name, programs, policies[name], history, clock_hz,
-                               model=_trained(training, history), device=device)
+                               model=_trained(training, history), device=device, task_overhead=overhead)
                     makespans[name].append(run.makespan)
                     repeated[name].append(run)
                 print(f"  repetition {repetition + 1}: " + ", ".join(f"{name} {makespans[name][-1]:.2f} s"
@@ -343,20 +349,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, candidates in repeated.items():       # the table shows each policy's median run
                 runs[name] = sorted(candidates, key=lambda r: r.makespan)[len(candidates) // 2]
             runs["static-withheld"] = _run(client, "static-withheld", programs, "static", history, clock_hz,
-                                           withheld=True, device=device)
-            overhead = measure_task_overhead(client)
+                                           withheld=True, device=device, task_overhead=overhead)
             grouped_programs = [group_cheap(p, overhead) for p in programs]
             grouped_codelets = sum(len(p.codelets) for p in grouped_programs)
             _run(client, "training-grouped", grouped_programs, "adaptive", training, clock_hz,
-                 model=HistoryModel(training, load=0), device=device)
+                 model=HistoryModel(training, load=0), device=device, task_overhead=overhead)
             runs["adaptive-grouped"] = _run(client, "adaptive-grouped", grouped_programs, "adaptive", history,
-                                            clock_hz, model=_trained(training, history), device=device)
+                                            clock_hz, model=_trained(training, history), device=device,
+                                            task_overhead=overhead)
             print(f"  adaptive-grouped makespan {runs['adaptive-grouped'].makespan:7.2f} s ({codelets} "
-                  f"codelets -> {grouped_codelets}; per-task overhead measured {overhead * 1e3:.2f} ms)")
+                  f"codelets -> {grouped_codelets})")
             # One run per worker kind.  The heavy worker's under static routing, which keeps int8
             # codelets on its devices (adaptive may place none there), so that some are in flight.
             for victim, policy in (("heavy-0", "static"), ("fast-0", "adaptive")):
-                killed = _killed_run(client, programs, history, clock_hz, victim, policy, device)
+                killed = _killed_run(client, programs, history, clock_hz, victim, policy, device, overhead)
                 runs[killed.name] = killed
                 print(f"  {killed.name:16} makespan {killed.makespan:7.2f} s; {killed.retries} codelet(s) "
                       f"placed again by the driver")
@@ -414,22 +420,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _killed_run(client, programs: list[Program], history: HistoryStore, clock_hz: float, victim_name: str,
-                policy: str, device: str = "golden") -> _Run:
+                policy: str, device: str, task_overhead: float) -> _Run:
     """A run with ``victim_name``'s process killed once a third of the programs finished."""
     pids = client.run(os.getpid)
     names = {w.address: w.name for w in workers_of(client)}
     victim = next(pid for address, pid in pids.items() if names.get(address) == victim_name)
     fired = threading.Event()
 
+    address = next(address for address, name in names.items() if name == victim_name)
+
+    def accelerated_in_flight() -> bool:          # (an int8 codelet's key names its accelerator)
+        return any("-accel-" in str(key) for key in client.processing([address]).get(address, ()))
+
     def kill(done_programs: int, done_codelets: int) -> None:
-        if not fired.is_set() and done_programs >= len(programs) // 3:
+        # After a third of the programs; under static routing, when an int8 codelet is in flight
+        # there (if none is by two thirds: then regardless).
+        late = done_programs >= 2 * len(programs) // 3
+        if not fired.is_set() and done_programs >= len(programs) // 3 \
+                and (policy != "static" or accelerated_in_flight() or late):
             fired.set()
             os.kill(victim, signal.SIGKILL)
             print(f"  killed worker {victim_name} (pid {victim}) after {done_programs} programs, "
                   f"{done_codelets} codelets")
 
     run = _run(client, f"killed-{victim_name}", programs, policy, history, clock_hz, on_event=kill,
-               device=device)
+               device=device, task_overhead=task_overhead)
     if not fired.is_set():
         print("  (the run finished before the kill)")
     _wait_for_workers(client, len(names))

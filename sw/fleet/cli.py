@@ -68,8 +68,8 @@ def run_script(args: argparse.Namespace) -> int:
     with connect(args.scheduler, dashboard=importlib.util.find_spec("bokeh") is not None,
                  security=security) as client:
         workers = workers_of(client)
+        scheduler.task_overhead = overhead = measure_task_overhead(client)
         if args.group:
-            overhead = measure_task_overhead(client)
             statements = len(program.codelets)
             program = group_cheap(program, overhead, HistoryModel(history))
             print(f"grouped: {statements} statements -> {len(program.codelets)} codelets (cheap ones merged "

@@ -325,7 +325,9 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
         task = CodeletTask(job.program.name, codelet, job.program.prelude, _sources(job.program, codelet),
                            placement.version, placement.accelerator, job.program.tolerance, device)
         attempt = job.attempts.get(codelet.id, 0)
-        key = f"codelet-{job.token}-{codelet.id}" + (f"-retry{attempt}" if attempt else "")
+        key = f"codelet-{job.token}-{codelet.id}"       # (int8: and its accelerator, as the dashboard shows)
+        key += (f"-{placement.accelerator}" if placement.version == "int8" else "") \
+            + (f"-retry{attempt}" if attempt else "")
         address = None
         if placement.version == "int8":
             # A device is a Dask resource: one codelet at a time on it, on the worker the scheduler
@@ -464,6 +466,7 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
                 start(index, program, parameters)
         if on_event is not None:
             on_event(done_programs, done_codelets)
+            refresh()               # (fault injection may have changed the cluster)
 
     while queue and len(active) < window:
         index, (program, parameters) = queue.pop(0)

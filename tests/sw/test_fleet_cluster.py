@@ -182,6 +182,35 @@ def test_the_heavy_worker_killed_mid_run_its_int8_codelets_move_to_the_cpu_and_n
     assert len(moved) < len(programs)       # the first program's ran on the device before the kill
 
 
+def test_the_heavy_worker_retired_for_good_mid_run_its_codelets_finish_on_the_cpu(client, tmp_path):
+    """The accelerator worker leaves the scheduler and never comes back (retired, its nanny closed):
+    what was placed on its devices is placed again on the CPU, later matrix codelets go to the CPU
+    (no device is left), and nothing is lost.  (The last test of the module's cluster.)"""
+    programs = [decompose(LAYERED.format(seed=seed), filename=f"r{seed}.py", name=f"r{seed}",
+                          tolerance=0.05) for seed in range(6)]
+    heavy = next(w for w in workers_of(client) if w.name == "heavy-0")
+    retired = []
+
+    def retire(done_programs, done_codelets):
+        if not retired and done_programs >= 1:
+            retired.append(done_codelets)
+            client.retire_workers([heavy.address], close_workers=True, remove=True)
+
+    run = run_programs(client, [(p, None) for p in programs],
+                       StaticScheduler(HistoryModel(HistoryStore(tmp_path / "h.sqlite"))), window=4,
+                       on_event=retire)
+    assert retired and [w.name for w in workers_of(client)] == ["fast-0"]
+    assert [e.program.name for e in run] == [p.name for p in programs]
+    records = [next(r for r in e.records.values() if r.pattern == "matmul") for e in run]
+    assert any(r.retry and "heavy-0" in r.retry for r in records)
+    assert records[-1].version == "cpu" and records[-1].retry is None          # placed after: no device
+    assert "no accelerator in the fleets" in records[-1].reason
+    for seed, execution in enumerate(run):
+        expected = _reference(LAYERED.format(seed=seed).replace("time.sleep(0.25)", "pass"))
+        scale = np.abs(expected["h"]).max()
+        assert np.abs(execution.values["h"] - expected["h"]).max() <= 0.05 * scale
+
+
 def test_fleets_talk_tls_and_refuse_a_client_without_the_cluster_certificates(tmp_path, capsys):
     """With ``security`` every link (client, scheduler, workers) is TLS with the cluster's
     certificates (here a temporary self-signed set, written to PEM files as a real cluster's would
