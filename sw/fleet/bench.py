@@ -25,8 +25,9 @@ simulated by Verilator, the cached tiny build), 4 programs in flight at a time. 
    adaptive (dmda starting from the training history), each policy first in turn; the
    headline ratios are the medians of the per-repetition ratios, with their min and max;
 4. static with the accelerators withheld: the fallback rate (accelerator work that ran on the CPU);
-5. adaptive on the workload with cheap consecutive codelets grouped (:func:`~.execute.group_cheap`
-   against the measured per-task overhead), after its own untimed training pass;
+5. in the same repetitions, static and adaptive on the workload with cheap consecutive codelets
+   grouped (:func:`~.execute.group_cheap` against the measured per-task overhead; adaptive after
+   its own untimed training pass on them);
 6. a worker's process killed (SIGKILL) after a third of the programs (under static routing: as
    soon as an int8 codelet is in flight there, before two thirds), once per worker:
    ``heavy-0``, the accelerator worker, under static routing (which keeps int8 codelets on its
@@ -333,32 +334,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             # history -- recurring jobs, as StarPU calibrates its performance models.
             _run(client, "training", programs, "adaptive", training, clock_hz,
                  model=HistoryModel(training, load=0), device=device, task_overhead=overhead)
-            makespans: dict[str, list[float]] = {"all-cpu": [], "static": [], "adaptive": []}
-            repeated: dict[str, list[_Run]] = {name: [] for name in makespans}
-            policies = {"all-cpu": "cpu", "static": "static", "adaptive": "adaptive"}
+            # The same workload with cheap consecutive codelets grouped, and its own training pass.
+            grouped_programs = [group_cheap(p, overhead) for p in programs]
+            grouped_codelets = sum(len(p.codelets) for p in grouped_programs)
+            _run(client, "training-grouped", grouped_programs, "adaptive", training, clock_hz,
+                 model=HistoryModel(training, load=0), device=device, task_overhead=overhead)
+            plans = {"all-cpu": ("cpu", programs), "static": ("static", programs),
+                     "adaptive": ("adaptive", programs), "static-grouped": ("static", grouped_programs),
+                     "adaptive-grouped": ("adaptive", grouped_programs)}
+            makespans: dict[str, list[float]] = {name: [] for name in plans}
+            repeated: dict[str, list[_Run]] = {name: [] for name in plans}
             for repetition in range(args.repeats):
-                turn = repetition % 3           # each policy first in turn: drift evens out
-                order = list(makespans)[turn:] + list(makespans)[:turn]
-                for name in order:
-                    run = _run(client, name, programs, policies[name], history, clock_hz,
+                turn = repetition % len(plans)      # each run first in turn: drift evens out
+                for name in list(plans)[turn:] + list(plans)[:turn]:
+                    policy, workload_programs = plans[name]
+                    run = _run(client, name, workload_programs, policy, history, clock_hz,
                                model=_trained(training, history), device=device, task_overhead=overhead)
                     makespans[name].append(run.makespan)
                     repeated[name].append(run)
                 print(f"  repetition {repetition + 1}: " + ", ".join(f"{name} {makespans[name][-1]:.2f} s"
                                                                       for name in makespans))
-            for name, candidates in repeated.items():       # the table shows each policy's median run
+            for name, candidates in repeated.items():       # the table shows each run's median
                 runs[name] = sorted(candidates, key=lambda r: r.makespan)[len(candidates) // 2]
             runs["static-withheld"] = _run(client, "static-withheld", programs, "static", history, clock_hz,
                                            withheld=True, device=device, task_overhead=overhead)
-            grouped_programs = [group_cheap(p, overhead) for p in programs]
-            grouped_codelets = sum(len(p.codelets) for p in grouped_programs)
-            _run(client, "training-grouped", grouped_programs, "adaptive", training, clock_hz,
-                 model=HistoryModel(training, load=0), device=device, task_overhead=overhead)
-            runs["adaptive-grouped"] = _run(client, "adaptive-grouped", grouped_programs, "adaptive", history,
-                                            clock_hz, model=_trained(training, history), device=device,
-                                            task_overhead=overhead)
-            print(f"  adaptive-grouped makespan {runs['adaptive-grouped'].makespan:7.2f} s ({codelets} "
-                  f"codelets -> {grouped_codelets})")
             # One run per worker kind.  The heavy worker's under static routing, which keeps int8
             # codelets on its devices (adaptive may place none there), so that some are in flight.
             for victim, policy in (("heavy-0", "static"), ("fast-0", "adaptive")):
@@ -396,10 +395,19 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"max {max(vs_cpu):.2f}); cold adaptive (no history, one run): vs static "
               f"{_median(makespans['static']) / runs['adaptive-cold'].makespan:.2f}, vs CPU "
               f"{_median(makespans['all-cpu']) / runs['adaptive-cold'].makespan:.2f}")
-        grouped_vs_adaptive = _median(makespans["adaptive"]) / runs["adaptive-grouped"].makespan
-        print(f"grouping cheap codelets: {codelets} -> {grouped_codelets} codelets, makespan "
-              f"{runs['adaptive-grouped'].makespan:.2f} s against adaptive's median "
-              f"{_median(makespans['adaptive']):.2f} s ({grouped_vs_adaptive:.2f}x)")
+        grouped_vs_adaptive = _median(makespans["adaptive"]) / _median(makespans["adaptive-grouped"])
+        grouped_vs_static = [s / a for s, a in zip(makespans["static-grouped"], makespans["adaptive-grouped"],
+                                                   strict=True)]
+        print(f"grouping cheap codelets: {codelets} -> {grouped_codelets} codelets; adaptive's median "
+              f"makespan {_median(makespans['adaptive']):.2f} s -> "
+              f"{_median(makespans['adaptive-grouped']):.2f} s "
+              f"({grouped_vs_adaptive:.2f}x); on the grouped programs adaptive_vs_static median "
+              f"{_median(grouped_vs_static):.2f} (min {min(grouped_vs_static):.2f}, max "
+              f"{max(grouped_vs_static):.2f})")
+        print(f"overhead floor: {codelets} codelets x {overhead * 1e3:.1f} ms = {codelets * overhead:.2f} s "
+              f"of per-task overhead ({grouped_codelets} grouped: {grouped_codelets * overhead:.2f} s), "
+              f"against makespans of {_median(makespans['adaptive']):.2f} s and "
+              f"{_median(makespans['adaptive-grouped']):.2f} s")
         simulated_vs_cpu = runs["all-cpu"].simulated / runs["adaptive"].simulated
         simulated_vs_static = runs["static"].simulated / runs["adaptive"].simulated
         print(f"simulated-cycle makespan at {args.clock_mhz:g} MHz (median runs): adaptive "
@@ -415,7 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"fleet: adaptive_vs_cpu={_median(vs_cpu):.2f} adaptive_vs_static={_median(vs_static):.2f} "
           f"lost_results={lost} wrong_results={wrong} adaptive_vs_static_min={min(vs_static):.2f} "
           f"adaptive_vs_static_max={max(vs_static):.2f} repeats={args.repeats} "
-          f"grouped_vs_adaptive={grouped_vs_adaptive:.2f} device={device}")
+          f"grouped_vs_adaptive={grouped_vs_adaptive:.2f} "
+          f"grouped_adaptive_vs_static={_median(grouped_vs_static):.2f} device={device}")
     return 0
 
 

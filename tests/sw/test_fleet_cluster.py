@@ -246,11 +246,12 @@ def test_fleets_talk_tls_and_refuse_a_client_without_the_cluster_certificates(tm
             with connect(address, security=Security.temporary()):
                 pass
         capsys.readouterr()
-        assert main(["fleet", "run", str(script), "--scheduler", address, "--policy", "cpu",
+        assert main(["fleet", "run", str(script), "--scheduler", address, "--policy", "cpu", "--group",
                      "--history", str(tmp_path / "cli.sqlite"), "--tls-ca-file", files["tls_ca_file"],
                      "--tls-cert", files["tls_client_cert"], "--tls-key", files["tls_client_key"]]) == 0
         out = capsys.readouterr().out
         assert f"cluster: {address}" in out and f"total {float((expected @ expected.T).sum())}" in out
+        assert "grouped: 4 statements -> 3 codelets" in out        # the matrix product alone
 
 
 def test_a_fleet_with_a_verilator_device_runs_int8_products_on_the_rtl(tmp_path):
