@@ -440,7 +440,15 @@ def _preset_list(text: str) -> list:
          arg("--tolerance", type=number(0.0, 1.0, high_open=True), default=None, metavar="REL",
              help="relative error accepted in matrix results: lets matrix codelets run in int8 on the "
                   "accelerators (default: none, exact CPU versions)"),
-         arg("--history", type=Path, help="the performance history (default: $BRAZE_CACHE_DIR/hpm/...)"))
+         arg("--history", type=Path, help="the performance history (default: $BRAZE_CACHE_DIR/hpm/...)"),
+         arg("--group", action="store_true", help="merge runs of consecutive cheap statements into one "
+                                                  "codelet each (estimated time under the cluster's "
+                                                  "measured per-task overhead)"),
+         arg("--tls-ca-file", type=Path, metavar="PEM", help="TLS: the CA certificate the cluster's "
+                                                             "certificates are signed with"),
+         arg("--tls-cert", type=Path, metavar="PEM", help="TLS: this client's certificate"),
+         arg("--tls-key", type=Path, metavar="PEM", help="TLS: this client's private key (all three "
+                                                         "--tls-* for a tls:// scheduler)"))
 def _fleet(args: argparse.Namespace) -> int:
     from braze.sw.fleet.cli import run_script
 

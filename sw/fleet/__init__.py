@@ -16,7 +16,7 @@ tolerance -- and every run goes into the performance history that routing learns
 The package uses the compiler, the runtime and the performance model; nothing imports it.
 """
 
-from .codelet import Codelet, CodeletError, DecompositionError, FleetError, Program, decompose
+from .codelet import Codelet, CodeletError, DecompositionError, FleetError, Program, decompose, group
 from .dispatch import (
     SCHEDULERS,
     AcceleratorManager,
@@ -34,7 +34,9 @@ from .execute import (
     compose_and_execute,
     connect,
     execute,
+    group_cheap,
     local_cluster,
+    measure_task_overhead,
     plan,
     run_programs,
 )
@@ -42,7 +44,8 @@ from .monitor import CodeletMetrics, monitor
 from .profile import TargetingProfile, profile_codelet
 
 __all__ = [
-    "decompose", "Program", "Codelet", "FleetError", "DecompositionError", "CodeletError",
+    "decompose", "group", "group_cheap", "measure_task_overhead",
+    "Program", "Codelet", "FleetError", "DecompositionError", "CodeletError",
     "TargetingProfile", "profile_codelet",
     "Scheduler", "CpuScheduler", "StaticScheduler", "DmdaScheduler", "SCHEDULERS", "HistoryModel",
     "AcceleratorManager",

@@ -12,15 +12,28 @@ taken in turn:
 
 on a local cluster of 2 worker processes of one thread each (:data:`~.execute.DEFAULT_WORKERS`:
 ``heavy-0`` with one ``accel-tiny`` and one ``accel-default`` golden device; ``fast-0`` in the
-fast-path and memory fleets), 4 programs in flight at a time.  Runs, each with a fresh performance model:
+fast-path and memory fleets; with ``--device verilator``, ``heavy-0`` has one ``accel-tiny``
+simulated by Verilator, the cached tiny build), 4 programs in flight at a time.  Runs:
 
-1. all-CPU: every codelet's CPU version, Dask places it;
-2. static: by pattern -- matrix work to the accelerator, I/O to the memory fleet, the rest to the
-   fast-path fleet;
-3. adaptive: dmda, learning from its own measurements as they arrive;
+1. adaptive, cold: dmda with no history at all, learning from its own measurements as they arrive
+   (one run, reported, not the headline);
+2. a training pass, not timed: the same workload once, adaptively, into a training history
+   (recurring jobs, as StarPU calibrates its models);
+3. ``--repeats`` repetitions (default 3) of all-CPU (every codelet's CPU version, Dask places
+   it), static (by pattern, decided ahead -- matrix work with a tolerance to the heavy fleet's
+   largest accelerator, I/O to the memory fleet, everything else to the fast-path fleet) and
+   adaptive (dmda starting from the training history), each policy first in turn; the
+   headline ratios are the medians of the per-repetition ratios, with their min and max;
 4. static with the accelerators withheld: the fallback rate (accelerator work that ran on the CPU);
-5. adaptive with ``fast-0``'s process killed (SIGKILL) after a third of the programs: its nanny
-   restarts it, Dask reruns what was lost.
+5. in the same repetitions, static and adaptive on the workload with cheap consecutive codelets
+   grouped (:func:`~.execute.group_cheap` against the measured per-task overhead; adaptive after
+   its own untimed training pass on them);
+6. a worker's process killed (SIGKILL) after a third of the programs (under static routing: as
+   soon as an int8 codelet is in flight there, before two thirds), once per worker:
+   ``heavy-0``, the accelerator worker, under static routing (which keeps int8 codelets on its
+   devices), then ``fast-0`` under adaptive routing: the driver places again what was
+   placed on the lost worker's devices (on the CPU while no device is left) and scatters again
+   results it held; Dask reruns the CPU codelets it was running; its nanny restarts it.
 
 Every run's outputs are checked against the all-CPU run's: equal for exact programs, within the
 tolerance (relative to the largest magnitude) for the int8 ones.  Wall-clock makespans are
@@ -28,8 +41,10 @@ printed, and, because a simulated accelerator is slower than the CPU in wall tim
 *simulated-cycle* makespan too: each run replayed on its own placement with accelerator codelets
 taking their cycles at ``--clock-mhz`` (default 200 MHz, stated, not measured).
 
-Ends with ``fleet: adaptive_vs_cpu=<x> adaptive_vs_static=<x> lost_results=<n> wrong_results=<n>``
-(x: makespan ratio, > 1 means adaptive is faster; lost and wrong results of the killed run).
+Ends with ``fleet: adaptive_vs_cpu=<x> adaptive_vs_static=<x> lost_results=<n> wrong_results=<n> ...``
+(x: median makespan ratio, > 1 means adaptive is faster; lost and wrong results summed over the
+killed runs; then the min and max of adaptive_vs_static, the repetitions, grouped_vs_adaptive and
+the device).
 """
 
 from __future__ import annotations
@@ -51,7 +66,18 @@ from braze.sw.hpm import HistoryStore
 
 from .codelet import Program, decompose
 from .dispatch import SCHEDULERS, AcceleratorManager, HistoryModel
-from .execute import DEFAULT_WORKERS, Execution, connect, quiet_dask_logs, run_programs, workers_of
+from .execute import (
+    DEFAULT_WORKERS,
+    Execution,
+    WorkerSpec,
+    connect,
+    group_cheap,
+    measure_task_overhead,
+    quiet_dask_logs,
+    run_programs,
+    workers_of,
+)
+from .profile import TASK_OVERHEAD_S
 
 __all__ = ["main", "workload", "compare", "simulated_makespan"]
 
@@ -212,67 +238,137 @@ class _Run:
     accelerated: int
     fallbacks: int
     eligible: int
+    retries: int = 0
 
 
 def _run(client, name: str, programs: list[Program], policy: str, history: HistoryStore, clock_hz: float,
-         *, withheld: bool = False, on_event=None) -> _Run:
-    scheduler = SCHEDULERS[policy](HistoryModel(history, load=0))
+         *, withheld: bool = False, on_event=None, model: HistoryModel | None = None, device: str = "golden",
+         task_overhead: float = TASK_OVERHEAD_S) -> _Run:
+    """One timed run; ``model`` (default: an empty one recording into ``history``) is what the
+    scheduler knows beforehand; ``task_overhead`` the measured per-task overhead its queues count."""
+    scheduler = SCHEDULERS[policy](model if model is not None else HistoryModel(history, load=0),
+                                   task_overhead=task_overhead)
     manager = AcceleratorManager(workers_of(client), withheld=withheld)
     began = time.perf_counter()
     executions = run_programs(client, [(p, None) for p in programs], scheduler, manager=manager,
-                              source="bench", on_event=on_event)
+                              source="bench", on_event=on_event, device=device)
     makespan = time.perf_counter() - began
     records = [r for e in executions for r in e.records.values()]
     eligible = [r for r in records if r.pattern == "matmul"
                 and next(e for e in executions if e.program.name == r.program).program.tolerance]
     return _Run(name, executions, makespan, simulated_makespan(executions, clock_hz),
                 sum(r.version != "cpu" for r in records), sum(r.fallback is not None for r in eligible),
-                len(eligible))
+                len(eligible), sum(r.retry is not None for r in records))
+
+
+def _trained(training: HistoryStore, history: HistoryStore) -> HistoryModel:
+    """A model that knows the training pass's runs and records new ones into ``history`` (so that
+    every timed repetition starts from the same knowledge)."""
+    model = HistoryModel(training)
+    model.store = history
+    return model
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(np.median(values))
+
+
+#: What the static assignment does, stated in the output.
+STATIC_RULE = ("static = by pattern, decided ahead: matrix work with a tolerance to the heavy fleet's "
+               "largest accelerator (int8), I/O to the memory fleet, everything else to the fast-path "
+               "fleet (never the heavy worker's CPU)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="braze bench fleet", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller programs (a few minutes on 2 cores)")
     parser.add_argument("--programs", type=int, default=60, help="programs in the workload (at least 50)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed repetitions of all-CPU, static and adaptive (default 3; medians "
+                             "reported)")
     parser.add_argument("--clock-mhz", type=float, default=200.0,
                         help="clock at which simulated accelerator cycles are stated (default 200)")
+    parser.add_argument("--device", choices=("golden", "verilator"), default="golden",
+                        help="what simulates the accelerators (verilator: the tiny preset only)")
     parser.add_argument("--history", type=Path, help="performance history (default: a temporary one)")
     parser.add_argument("--scheduler", help="address of an existing Dask scheduler (default: local cluster)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.programs < 50:
         parser.error(f"argument --programs: {args.programs}: the workload has at least 50 programs")
+    if args.repeats < 1:
+        parser.error(f"argument --repeats: {args.repeats}: at least 1")
     if not args.clock_mhz > 0:
         parser.error(f"argument --clock-mhz: {args.clock_mhz} must be positive")
     clock_hz = args.clock_mhz * 1e6
+    device = args.device
     quiet_dask_logs()
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="braze-bench-fleet-") as scratch:
         folder = Path(scratch)
         programs = workload(args.programs, folder, quick=args.quick, seed=args.seed)
         history = HistoryStore(args.history or folder / "history.sqlite")
+        training = HistoryStore(folder / "training.sqlite")
         codelets = sum(len(p.codelets) for p in programs)
         print(f"workload: {len(programs)} programs ({', '.join(KINDS)} in turn), {codelets} codelets; "
-              f"history {history.path}")
-        with connect(args.scheduler) as client:
+              f"history {history.path}; accelerators simulated by the {device} device")
+        print(STATIC_RULE)
+        # A Verilator build is per preset: its fleet has the tiny device only (the cached build).
+        workers = [WorkerSpec("heavy-0", {"cpu": 1, "accel-tiny": 1}), DEFAULT_WORKERS[1]] \
+            if device == "verilator" else DEFAULT_WORKERS
+        with connect(args.scheduler, workers=workers) as client:
             workers = workers_of(client)
             print("workers: " + "; ".join(f"{w.name} {w.resources}" for w in workers))
             # Warm-up (not measured): imports and the first int8 compile in each worker process.
             _run(client, "warm-up", workload(len(KINDS), folder, quick=True, seed=args.seed + 1), "static",
-                 HistoryStore(":memory:"), clock_hz)
-            runs = {}
-            for name, policy, withheld in (("all-cpu", "cpu", False), ("static", "static", False),
-                                           ("adaptive", "adaptive", False),
-                                           ("static-withheld", "static", True)):
-                runs[name] = _run(client, name, programs, policy, history, clock_hz, withheld=withheld)
-                print(f"  {name:16} makespan {runs[name].makespan:7.2f} s")
-            killed = _killed_run(client, programs, history, clock_hz)
-            runs["adaptive-killed"] = killed
-            print(f"  {'adaptive-killed':16} makespan {killed.makespan:7.2f} s")
+                 HistoryStore(":memory:"), clock_hz, device=device)
+            overhead = measure_task_overhead(client)
+            print(f"per-task overhead measured: {overhead * 1e3:.2f} ms (the schedulers' queues count it; "
+                  f"cheap codelets are grouped against it)")
+            runs: dict[str, _Run] = {}
+            # Adaptive with no history at all: it learns during the run (one run: noisy).
+            runs["adaptive-cold"] = _run(client, "adaptive-cold", programs, "adaptive", history, clock_hz,
+                                         device=device, task_overhead=overhead)
+            print(f"  {'adaptive-cold':16} makespan {runs['adaptive-cold'].makespan:7.2f} s")
+            # Training pass (not timed): the same workload once, adaptively, into the training
+            # history -- recurring jobs, as StarPU calibrates its performance models.
+            _run(client, "training", programs, "adaptive", training, clock_hz,
+                 model=HistoryModel(training, load=0), device=device, task_overhead=overhead)
+            # The same workload with cheap consecutive codelets grouped, and its own training pass.
+            grouped_programs = [group_cheap(p, overhead) for p in programs]
+            grouped_codelets = sum(len(p.codelets) for p in grouped_programs)
+            _run(client, "training-grouped", grouped_programs, "adaptive", training, clock_hz,
+                 model=HistoryModel(training, load=0), device=device, task_overhead=overhead)
+            plans = {"all-cpu": ("cpu", programs), "static": ("static", programs),
+                     "adaptive": ("adaptive", programs), "static-grouped": ("static", grouped_programs),
+                     "adaptive-grouped": ("adaptive", grouped_programs)}
+            makespans: dict[str, list[float]] = {name: [] for name in plans}
+            repeated: dict[str, list[_Run]] = {name: [] for name in plans}
+            for repetition in range(args.repeats):
+                turn = repetition % len(plans)      # each run first in turn: drift evens out
+                for name in list(plans)[turn:] + list(plans)[:turn]:
+                    policy, workload_programs = plans[name]
+                    run = _run(client, name, workload_programs, policy, history, clock_hz,
+                               model=_trained(training, history), device=device, task_overhead=overhead)
+                    makespans[name].append(run.makespan)
+                    repeated[name].append(run)
+                print(f"  repetition {repetition + 1}: " + ", ".join(f"{name} {makespans[name][-1]:.2f} s"
+                                                                      for name in makespans))
+            for name, candidates in repeated.items():       # the table shows each run's median
+                runs[name] = sorted(candidates, key=lambda r: r.makespan)[len(candidates) // 2]
+            runs["static-withheld"] = _run(client, "static-withheld", programs, "static", history, clock_hz,
+                                           withheld=True, device=device, task_overhead=overhead)
+            # One run per worker kind.  The heavy worker's under static routing, which keeps int8
+            # codelets on its devices (adaptive may place none there), so that some are in flight.
+            for victim, policy in (("heavy-0", "static"), ("fast-0", "adaptive")):
+                killed = _killed_run(client, programs, history, clock_hz, victim, policy, device, overhead)
+                runs[killed.name] = killed
+                print(f"  {killed.name:16} makespan {killed.makespan:7.2f} s; {killed.retries} codelet(s) "
+                      f"placed again by the driver")
         reference = runs["all-cpu"].executions
         print()
         header = f"{'run':16} {'makespan s':>10} {'simulated s':>11} {'accel':>6} {'fallback':>9} " \
-                 f"{'lost':>5} {'wrong':>6}"
+                 f"{'retried':>7} {'lost':>5} {'wrong':>6}"
         print(header)
         print("-" * len(header))
         results = {}
@@ -281,39 +377,91 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[name] = (lost, wrong)
             rate = f"{run.fallbacks}/{run.eligible}" if run.eligible else "-"
             print(f"{name:16} {run.makespan:10.2f} {run.simulated:11.3f} {run.accelerated:6d} {rate:>9} "
-                  f"{lost:5d} {wrong:6d}")
+                  f"{run.retries:7d} {lost:5d} {wrong:6d}")
+        for name, candidates in repeated.items():       # every repetition's outputs are checked
+            for run in candidates:
+                lost_wrong = compare(reference, run.executions) if run is not runs[name] else (0, 0)
+                if lost_wrong != (0, 0):
+                    print(f"  a repetition of {name}: lost, wrong results {lost_wrong}")
         withheld = runs["static-withheld"]
         print(f"\nfallback rate with accelerators withheld: {withheld.fallbacks}/{withheld.eligible} "
               f"= {withheld.fallbacks / max(1, withheld.eligible):.2f} of the matrix codelets with a "
               f"tolerance")
+        vs_static = [s / a for s, a in zip(makespans["static"], makespans["adaptive"], strict=True)]
+        vs_cpu = [c / a for c, a in zip(makespans["all-cpu"], makespans["adaptive"], strict=True)]
+        print(f"wall-clock makespan over {args.repeats} repetition(s) after an untimed training pass: "
+              f"adaptive_vs_static median {_median(vs_static):.2f} (min {min(vs_static):.2f}, max "
+              f"{max(vs_static):.2f}); adaptive_vs_cpu median {_median(vs_cpu):.2f} (min {min(vs_cpu):.2f}, "
+              f"max {max(vs_cpu):.2f}); cold adaptive (no history, one run): vs static "
+              f"{_median(makespans['static']) / runs['adaptive-cold'].makespan:.2f}, vs CPU "
+              f"{_median(makespans['all-cpu']) / runs['adaptive-cold'].makespan:.2f}")
+        grouped_vs_adaptive = _median(makespans["adaptive"]) / _median(makespans["adaptive-grouped"])
+        grouped_vs_static = [s / a for s, a in zip(makespans["static-grouped"], makespans["adaptive-grouped"],
+                                                   strict=True)]
+        print(f"grouping cheap codelets: {codelets} -> {grouped_codelets} codelets; adaptive's median "
+              f"makespan {_median(makespans['adaptive']):.2f} s -> "
+              f"{_median(makespans['adaptive-grouped']):.2f} s "
+              f"({grouped_vs_adaptive:.2f}x); on the grouped programs adaptive_vs_static median "
+              f"{_median(grouped_vs_static):.2f} (min {min(grouped_vs_static):.2f}, max "
+              f"{max(grouped_vs_static):.2f})")
+        print(f"overhead floor: {codelets} codelets x {overhead * 1e3:.1f} ms = {codelets * overhead:.2f} s "
+              f"of per-task overhead ({grouped_codelets} grouped: {grouped_codelets * overhead:.2f} s), "
+              f"against makespans of {_median(makespans['adaptive']):.2f} s and "
+              f"{_median(makespans['adaptive-grouped']):.2f} s")
         simulated_vs_cpu = runs["all-cpu"].simulated / runs["adaptive"].simulated
-        print(f"simulated-cycle makespan at {args.clock_mhz:g} MHz: adaptive "
+        simulated_vs_static = runs["static"].simulated / runs["adaptive"].simulated
+        print(f"simulated-cycle makespan at {args.clock_mhz:g} MHz (median runs): adaptive "
               f"{runs['adaptive'].simulated:.3f} s, static {runs['static'].simulated:.3f} s, "
-              f"all-CPU {runs['all-cpu'].simulated:.3f} s (adaptive_vs_cpu {simulated_vs_cpu:.2f}x)")
+              f"all-CPU {runs['all-cpu'].simulated:.3f} s (adaptive_vs_cpu {simulated_vs_cpu:.2f}x, "
+              f"adaptive_vs_static {simulated_vs_static:.2f}x)")
         history.close()
+        training.close()
     print(f"{time.monotonic() - began:.0f} s")
-    lost, wrong = results["adaptive-killed"]
-    print(f"fleet: adaptive_vs_cpu={runs['all-cpu'].makespan / runs['adaptive'].makespan:.2f} "
-          f"adaptive_vs_static={runs['static'].makespan / runs['adaptive'].makespan:.2f} "
-          f"lost_results={lost} wrong_results={wrong}")
+    killed_runs = [name for name in results if name.startswith("killed-")]
+    lost = sum(results[name][0] for name in killed_runs)
+    wrong = sum(results[name][1] for name in killed_runs)
+    print(f"fleet: adaptive_vs_cpu={_median(vs_cpu):.2f} adaptive_vs_static={_median(vs_static):.2f} "
+          f"lost_results={lost} wrong_results={wrong} adaptive_vs_static_min={min(vs_static):.2f} "
+          f"adaptive_vs_static_max={max(vs_static):.2f} repeats={args.repeats} "
+          f"grouped_vs_adaptive={grouped_vs_adaptive:.2f} "
+          f"grouped_adaptive_vs_static={_median(grouped_vs_static):.2f} device={device}")
     return 0
 
 
-def _killed_run(client, programs: list[Program], history: HistoryStore, clock_hz: float) -> _Run:
-    """The adaptive run with the fast worker's process killed once a third of the programs finished."""
+def _killed_run(client, programs: list[Program], history: HistoryStore, clock_hz: float, victim_name: str,
+                policy: str, device: str, task_overhead: float) -> _Run:
+    """A run with ``victim_name``'s process killed once a third of the programs finished."""
     pids = client.run(os.getpid)
     names = {w.address: w.name for w in workers_of(client)}
-    victim = next(pid for address, pid in pids.items() if names.get(address) == DEFAULT_WORKERS[1].name)
+    victim = next(pid for address, pid in pids.items() if names.get(address) == victim_name)
     fired = threading.Event()
 
+    address = next(address for address, name in names.items() if name == victim_name)
+
+    def accelerated_in_flight() -> bool:          # (an int8 codelet's key names its accelerator)
+        return any("-accel-" in str(key) for key in client.processing([address]).get(address, ()))
+
     def kill(done_programs: int, done_codelets: int) -> None:
-        if not fired.is_set() and done_programs >= len(programs) // 3:
+        # After a third of the programs; under static routing, when an int8 codelet is in flight
+        # there (if none is by two thirds: then regardless).
+        late = done_programs >= 2 * len(programs) // 3
+        if not fired.is_set() and done_programs >= len(programs) // 3 \
+                and (policy != "static" or accelerated_in_flight() or late):
             fired.set()
             os.kill(victim, signal.SIGKILL)
-            print(f"  killed worker {DEFAULT_WORKERS[1].name} (pid {victim}) after {done_programs} "
-                  f"programs, {done_codelets} codelets")
+            print(f"  killed worker {victim_name} (pid {victim}) after {done_programs} programs, "
+                  f"{done_codelets} codelets")
 
-    run = _run(client, "adaptive-killed", programs, "adaptive", history, clock_hz, on_event=kill)
+    run = _run(client, f"killed-{victim_name}", programs, policy, history, clock_hz, on_event=kill,
+               device=device, task_overhead=task_overhead)
     if not fired.is_set():
         print("  (the run finished before the kill)")
+    _wait_for_workers(client, len(names))
     return run
+
+
+def _wait_for_workers(client, count: int, timeout: float = 30.0) -> None:
+    """Until the nanny of a killed worker has restarted it (the next run starts with every worker)."""
+    deadline = time.monotonic() + timeout
+    while len(workers_of(client)) < count and time.monotonic() < deadline:
+        time.sleep(0.2)

@@ -31,7 +31,7 @@ from typing import Any
 
 from braze.isa import BrazeError
 
-__all__ = ["Codelet", "Program", "FleetError", "DecompositionError", "CodeletError", "decompose"]
+__all__ = ["Codelet", "Program", "FleetError", "DecompositionError", "CodeletError", "decompose", "group"]
 
 _BUILTINS = frozenset(dir(builtins))
 #: Calls that read or write the interpreter's namespaces: their effect cannot be known statically.
@@ -117,6 +117,9 @@ class Codelet:
         McCabe complexity of the statement and the prelude functions it calls.
     size : int
         AST nodes of the statement and the prelude functions it calls.
+    members : tuple[Codelet, ...]
+        For a group of consecutive statements (:func:`group`): its statements' codelets, run in
+        order in one task, each with its own contract (empty for one statement).
     """
 
     id: str
@@ -132,6 +135,7 @@ class Codelet:
     effects: bool
     cyclomatic: int
     size: int
+    members: tuple[Codelet, ...] = ()
 
     @property
     def complexity(self) -> float:
@@ -547,6 +551,68 @@ def decompose(program: str | types.ModuleType | Callable[..., Any], *, filename:
     program_name = name or (program.__name__ if isinstance(program, types.FunctionType | types.ModuleType)
                             else file)
     return Program(program_name, prelude, tuple(codelets), program_outputs, parameters, tolerance)
+
+
+def group(program: Program, estimate: Callable[[Codelet], float | None], budget: float) -> Program:
+    """The program with runs of consecutive cheap codelets merged into one codelet each.
+
+    A Dask task costs its overhead whatever it runs, so a statement that takes microseconds is
+    cheaper run with its neighbours.  ``estimate(codelet)`` is a codelet's expected seconds, or None
+    for one that must stay alone (one a scheduler should place on its own: matrix work, I/O ...);
+    consecutive codelets join a group while the group's estimated total stays within ``budget``
+    (the per-task overhead).  A group runs its statements in program order in one task, each with
+    its own contract (an input it changes in place is copied first), so it computes what they
+    compute apart; its contract is theirs combined: the inputs its statements read from outside
+    it, everything they bind, the dependencies outside it.  Ids stay those of a group's first
+    statement, so groups and single codelets keep program order.
+    """
+    if not budget > 0:
+        raise FleetError(f"group budget {budget!r}: must be a positive number of seconds")
+    runs: list[list[Codelet]] = []
+    spent = 0.0
+    for codelet in program.codelets:
+        seconds = estimate(codelet)
+        fits = seconds is not None and seconds <= budget
+        if fits and runs and runs[-1][-1] is not None and spent + seconds <= budget:
+            runs[-1].append(codelet)
+            spent += seconds
+        elif fits:
+            runs.append([codelet])
+            spent = seconds
+        else:
+            runs.append([codelet, None])        # alone (the None closes the run)
+    runs = [[c for c in run if c is not None] for run in runs]
+    owner = {member.id: run[0].id for run in runs for member in run}
+    codelets = []
+    for run in runs:
+        if len(run) == 1:
+            single = run[0]
+            codelets.append(dataclasses.replace(single, deps=_group_deps(single.deps, owner)))
+            continue
+        produced: set[str] = set()
+        inputs: list[str] = []
+        for member in run:
+            inputs += [name for name in member.inputs if name not in produced and name not in inputs]
+            produced.update(member.outputs)
+        first, last = run[0], run[-1]
+        lines = [""] * (last.end_line - first.line + 1)
+        for member in run:
+            for offset, text in enumerate(member.source.splitlines()):
+                lines[member.line - first.line + offset] = text
+        inside = {member.id for member in run}
+        codelets.append(Codelet(
+            id=first.id, source="\n".join(lines), file=first.file, line=first.line, end_line=last.end_line,
+            inputs=tuple(sorted(inputs)), outputs=tuple(sorted(produced)),
+            mutates=tuple(sorted({name for m in run for name in m.mutates} & set(inputs))),
+            deps=_group_deps(tuple(d for m in run for d in m.deps if d not in inside), owner),
+            calls=tuple(sorted({name for m in run for name in m.calls})),
+            effects=any(m.effects for m in run), cyclomatic=1 + sum(m.cyclomatic - 1 for m in run),
+            size=sum(m.size for m in run), members=tuple(run)))
+    return dataclasses.replace(program, codelets=tuple(codelets))
+
+
+def _group_deps(deps: tuple[str, ...], owner: dict[str, str]) -> tuple[str, ...]:
+    return tuple(sorted({owner[d] for d in deps}, key=lambda d: int(d[1:])))
 
 
 def _hidden_random_state(call: ast.Call) -> bool:

@@ -268,9 +268,13 @@ class Scheduler:
 
     name = "base"
 
-    def __init__(self, model: HistoryModel | None = None, *, accelerator_deadline: float = 0.25):
+    def __init__(self, model: HistoryModel | None = None, *, accelerator_deadline: float = 0.25,
+                 task_overhead: float = TASK_OVERHEAD_S):
         self.model = model if model is not None else HistoryModel()
         self.accelerator_deadline = accelerator_deadline
+        #: Seconds a task costs around its body (queues count it): measure it where a cluster is
+        #: at hand (:func:`~.execute.measure_task_overhead`).
+        self.task_overhead = task_overhead
         self.workers: list[WorkerInfo] = []
         self.manager = AcceleratorManager([])
         self._queues: dict[tuple[str, str], _Queue] = {}
@@ -298,7 +302,7 @@ class Scheduler:
         if placement.worker is not None and placement.version == "cpu":
             queue = self._queues.get((placement.worker, placement.resource))
             if queue is not None:
-                queue.outstanding[key] = (placement.predicted_seconds or 0.0) + TASK_OVERHEAD_S
+                queue.outstanding[key] = (placement.predicted_seconds or 0.0) + self.task_overhead
 
     def finished(self, placement: Placement, key: str) -> None:
         for queue in self._queues.values():
@@ -353,7 +357,8 @@ class StaticScheduler(Scheduler):
                                  "static: matrix work to the heavy fleet", lease=lease)
             return self._cpu(request, heavy, "static: matrix work to the heavy fleet", fallback=lease)
         if request.profile.pattern == "matmul":
-            return self._cpu(request, heavy, "static: matrix work to the heavy fleet (CPU: no tolerance)")
+            why = "no tolerance" if request.program.tolerance is None else "no accelerator in the fleets"
+            return self._cpu(request, heavy, f"static: matrix work to the heavy fleet (CPU: {why})")
         if self.resource_for(request) == "memory":
             return self._cpu(request, self._fleet_worker("memory"), "static: I/O to the memory fleet")
         return self._cpu(request, self._fleet_worker("fast", avoid=heavy), "static: to the fast-path fleet")

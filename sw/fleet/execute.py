@@ -13,9 +13,24 @@ fleets).
 finished -- its scheduler (:mod:`.dispatch`) places it with what they measured (shapes, sizes,
 where they are) -- with the dependencies' *futures* as arguments, so Dask moves the data between
 workers.  Each finished codelet's measurements update the scheduler's model and go into the
-performance history.  If a worker dies, Dask reruns what it was running, and recomputes results
-it held from their futures' lineage, on the workers left (or on its restarted self); a codelet that
-raises stops the program with a :class:`~.codelet.CodeletError` naming the codelet and the line.
+performance history.  A codelet that raises stops the program with a
+:class:`~.codelet.CodeletError` naming the codelet and the line.
+
+Worker faults are the driver's to recover (:func:`run_programs` watches the scheduler's workers):
+when a worker leaves the scheduler (killed, its nanny gone, retired) --
+
+* every result it produced that a codelet still needs is scattered again from the driver, which
+  holds every finished codelet's result (the same bytes: nothing is recomputed, so nothing changes);
+* every unfinished codelet placed on one of its accelerators, or reading a result scattered again,
+  is cancelled and placed afresh by the scheduler: on another worker's device of that kind if one
+  exists, else in its CPU version -- the *float* version, so an int8 codelet's outputs then differ
+  from its accelerator route only within the tolerance its contract states (which is also what
+  the accelerator route itself guarantees: never more than the tolerance from the float result);
+* a CPU codelet that was running there is rerun by Dask elsewhere (its restriction is loose).
+
+An int8 codelet whose task Dask gives up on (``KilledWorker``: its workers died while running it)
+is placed again in its CPU version.  Each such move is the codelet's ``retry`` in its
+:class:`CodeletRecord` (why, from where) and in the execution's table.
 
 Nothing here deserialises data from outside the cluster: tasks and results move only between the
 client, the scheduler and the workers, over Dask's comms (TLS when ``security`` is given).
@@ -34,7 +49,7 @@ from typing import Any
 
 from braze.sw.hpm import CodeletRun, HistoryStore
 
-from .codelet import Codelet, CodeletError, FleetError, Program, decompose
+from .codelet import Codelet, CodeletError, FleetError, Program, decompose, group
 from .dispatch import (
     SCHEDULERS,
     AcceleratorManager,
@@ -50,7 +65,8 @@ from .profile import TargetingProfile, profile_codelet
 from .worker import CodeletResult, CodeletTask, run_codelet
 
 __all__ = ["WorkerSpec", "DEFAULT_WORKERS", "local_cluster", "connect", "CodeletRecord", "Execution",
-           "run_programs", "execute", "compose_and_execute", "plan", "workers_of"]
+           "run_programs", "execute", "compose_and_execute", "plan", "workers_of", "measure_task_overhead",
+           "group_cheap", "GROUPABLE_PATTERNS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +124,8 @@ def connect(scheduler: str | None = None, *, workers: Sequence[WorkerSpec] = DEF
     if scheduler is not None:
         if scheduler.startswith("tls://") and security is None:
             raise FleetError(f"the Dask scheduler at {scheduler} speaks TLS: pass the cluster's certificates "
-                             f"(security=distributed.security.Security(...))")
+                             f"(--tls-ca-file, --tls-cert, --tls-key; in Python "
+                             f"security=distributed.security.Security(...))")
         try:
             client = Client(scheduler, timeout="10s", security=security)
         except (OSError, TimeoutError) as error:
@@ -154,6 +171,7 @@ class CodeletRecord:
     started: float
     finished: float
     signature: str
+    retry: str | None = None
 
 
 @dataclasses.dataclass
@@ -181,7 +199,9 @@ class Execution:
                          record.version, f"{record.seconds * 1e3:.2f}",
                          "-" if record.predicted_seconds is None else f"{record.predicted_seconds * 1e3:.2f}",
                          "-" if record.cycles is None else str(record.cycles), str(record.output_bytes),
-                         record.fallback and f"fallback: {record.fallback}" or record.reason))
+                         "; ".join(note for note in (record.retry and f"retry: {record.retry}",
+                                                     record.fallback and f"fallback: {record.fallback}")
+                                   if note) or record.reason))
         widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
                  for row in rows]
@@ -212,6 +232,9 @@ class _Job:
     placements: dict[str, Placement] = dataclasses.field(default_factory=dict)
     profiles: dict[str, tuple[TargetingProfile, str]] = dataclasses.field(default_factory=dict)
     records: dict[str, CodeletRecord] = dataclasses.field(default_factory=dict)
+    #: Codelet -> why it was placed again (a worker lost, KilledWorker), and how many times.
+    retries: dict[str, str] = dataclasses.field(default_factory=dict)
+    attempts: dict[str, int] = dataclasses.field(default_factory=dict)
     parameters_future: Any = None
     started: float = 0.0
 
@@ -224,6 +247,10 @@ def _sources(program: Program, codelet: Codelet) -> tuple[tuple[str, int], ...]:
         writers = [d for d in codelet.deps if name in program.codelet(d).outputs]
         sources.append((name, codelet.deps.index(max(writers, key=order.__getitem__)) if writers else -1))
     return tuple(sources)
+
+
+#: How often the driver looks at the scheduler's workers while it waits (seconds).
+WORKER_POLL_S = 0.25
 
 
 def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]], scheduler: Scheduler, *,
@@ -247,7 +274,8 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
     -------
     list of Execution, in the order of ``jobs``.
     """
-    from distributed import as_completed
+    from distributed import wait
+    from distributed.scheduler import KilledWorker
 
     workers = workers_of(client)
     if not workers:
@@ -255,12 +283,13 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
     manager = manager if manager is not None else AcceleratorManager(workers)
     scheduler.attach(workers, manager)
     by_name = {w.name: w for w in workers}
+    addresses = {w.address for w in workers}
     refreshed = time.monotonic()
     executions: list[Execution | None] = [None] * len(jobs)
     queue = list(enumerate(jobs))
     active: dict[str, _Job] = {}
-    pending = as_completed()
-    owner: dict[Any, tuple[_Job, str]] = {}
+    owner: dict[Any, tuple[_Job, str]] = {}         # futures in flight
+    placed_at: dict[Any, str | None] = {}            # an int8 codelet's future -> its worker's address
     done_codelets = done_programs = 0
 
     def start(index: int, program: Program, parameters) -> None:
@@ -276,7 +305,7 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
             if not codelet.deps:
                 submit(job, codelet)
 
-    def submit(job: _Job, codelet: Codelet) -> None:
+    def submit(job: _Job, codelet: Codelet, *, cpu_only: bool = False) -> None:
         shapes, inputs = {}, {}
         for name, position in _sources(job.program, codelet):
             if position < 0:
@@ -290,16 +319,22 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
             inputs[name] = (producer.worker, int(share),
                             producer.serialize_seconds / max(1, len(producer.values)))
         signature = signature_of(codelet, shapes)
-        profile = profile_codelet(job.program, codelet, shapes, accelerators=manager.kinds() or (),
-                                  device=device)
+        profile = profile_codelet(job.program, codelet, shapes,
+                                  accelerators=() if cpu_only else manager.kinds() or (), device=device)
         placement = scheduler.place(Request(job.program, codelet, profile, signature, inputs))
         task = CodeletTask(job.program.name, codelet, job.program.prelude, _sources(job.program, codelet),
                            placement.version, placement.accelerator, job.program.tolerance, device)
-        key = f"codelet-{job.token}-{codelet.id}"
+        attempt = job.attempts.get(codelet.id, 0)
+        key = f"codelet-{job.token}-{codelet.id}"       # (int8: and its accelerator, as the dashboard shows)
+        key += (f"-{placement.accelerator}" if placement.version == "int8" else "") \
+            + (f"-retry{attempt}" if attempt else "")
+        address = None
         if placement.version == "int8":
-            # A device is a Dask resource: one codelet at a time on it, and only where it exists (if
-            # its worker dies, the codelet waits for the nanny to restart it).
-            restrictions = {"resources": {placement.accelerator: 1}}
+            # A device is a Dask resource: one codelet at a time on it, on the worker the scheduler
+            # leased it on (strictly: if that worker leaves, the driver places the codelet again).
+            address = by_name[placement.worker].address if placement.worker in by_name else None
+            restrictions = {"resources": {placement.accelerator: 1}} | (
+                {"workers": [address]} if address else {})
         elif placement.worker is not None:
             # Loose: if the chosen worker dies, the codelet (or a rerun of a result it held) runs on
             # another.  (Not combined with resources: Dask gives a loose task to workers that lack
@@ -314,17 +349,65 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
         job.placements[codelet.id] = placement
         job.profiles[codelet.id] = (profile, signature)
         owner[future] = (job, codelet.id)
-        pending.add(future)
+        placed_at[future] = address
+
+    def place_again(job: _Job, codelet: Codelet, reason: str, *, cpu_only: bool = False) -> None:
+        """Cancel a codelet's task and place it afresh (the scheduler now sees the workers left)."""
+        old = job.futures.pop(codelet.id)
+        owner.pop(old, None)
+        placed_at.pop(old, None)
+        client.cancel([old])
+        scheduler.finished(job.placements[codelet.id], old.key)       # its queue slot and its lease
+        job.attempts[codelet.id] = job.attempts.get(codelet.id, 0) + 1
+        job.retries[codelet.id] = reason
+        submit(job, codelet, cpu_only=cpu_only)
+
+    def needed(job: _Job, codelet_id: str) -> bool:
+        return any(codelet_id in other.deps for other in job.program.codelets if other.id not in job.results)
+
+    def recover(lost: set[str], names: dict[str, str]) -> None:
+        """Workers at ``lost`` addresses left the scheduler: save what they held or were to run."""
+        for job in list(active.values()):
+            rescattered = set()
+            for codelet_id, result in job.results.items():
+                if result.address in lost and codelet_id in job.futures:
+                    if needed(job, codelet_id):
+                        job.futures[codelet_id] = client.scatter(result, hash=False)
+                        rescattered.add(codelet_id)
+                    else:           # (the driver has it: nothing to recompute on the cluster)
+                        job.futures.pop(codelet_id).release()
+            for codelet_id, future in list(job.futures.items()):
+                if codelet_id in job.results:
+                    continue
+                codelet = job.program.codelet(codelet_id)
+                gone = placed_at.get(future)
+                if gone in lost:
+                    place_again(job, codelet, f"worker {names[gone]} ({gone}) left the scheduler with the "
+                                              f"{job.placements[codelet_id].accelerator} it was placed on")
+                elif rescattered & set(codelet.deps):
+                    place_again(job, codelet, f"its inputs from worker "
+                                              f"{', '.join(sorted(names[a] for a in lost))} were scattered "
+                                              f"again from the driver")
+
+    def refresh() -> None:
+        nonlocal workers, by_name, addresses, refreshed
+        current = workers_of(client)
+        lost = addresses - {w.address for w in current}
+        names = {w.address: w.name for w in workers}
+        workers, by_name, addresses = current, {w.name: w for w in current}, {w.address for w in current}
+        scheduler.attach(workers, manager)
+        refreshed = time.monotonic()
+        if lost:
+            recover(lost, names)
 
     def stop_all() -> None:
         futures = [f for job in active.values() for f in job.futures.values()]
         client.cancel(futures)
 
-    while queue and len(active) < window:
-        index, (program, parameters) = queue.pop(0)
-        start(index, program, parameters)
-    for future in pending:
+    def finished(future) -> None:
+        nonlocal done_codelets, done_programs
         job, codelet_id = owner.pop(future)
+        placed_at.pop(future, None)
         codelet = job.program.codelet(codelet_id)
         placement = job.placements[codelet_id]
         profile, signature = job.profiles[codelet_id]
@@ -336,7 +419,17 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
                                                placement.target, "?", "?", 0.0, error=str(error),
                                                source=source)])
             raise
-        except Exception as error:          # a worker died too often, a cancelled run ...
+        except KilledWorker as error:
+            if placement.version != "int8":
+                stop_all()
+                raise FleetError(f"codelet {codelet_id} of {job.program.name!r} "
+                                 f"({codelet.file}:{codelet.line}) killed the workers that ran it: {error}"
+                                 ) from None
+            # The accelerator version took its workers down: the CPU version instead.
+            owner[future] = (job, codelet_id)
+            place_again(job, codelet, f"KilledWorker on {placement.accelerator}: {error}", cpu_only=True)
+            return
+        except Exception as error:          # a cancelled run ...
             stop_all()
             raise FleetError(f"codelet {codelet_id} of {job.program.name!r} ({codelet.file}:{codelet.line}) "
                              f"could not run on the cluster: {type(error).__name__}: {error}") from None
@@ -345,11 +438,6 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
         if placement.lease is not None:
             manager.release(placement.lease, seconds=result.seconds if result.version != "cpu" else None,
                             cycles=result.cycles)
-        if time.monotonic() - refreshed > 1.0 or result.worker not in by_name:
-            workers = workers_of(client)
-            by_name = {w.name: w for w in workers}
-            scheduler.attach(workers, manager)
-            refreshed = time.monotonic()
         analytic = profile.estimates.get(result.version)
         scheduler.model.observe(signature, result.version, profile.pattern, result.seconds, analytic)
         fallback = placement.fallback or result.fallback
@@ -357,7 +445,7 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
                                _fleet_of(by_name.get(result.worker), result, placement.resource),
                                result.version, result.seconds, placement.predicted_seconds, result.cycles,
                                result.output_bytes, result.serialize_seconds, fallback, placement.reason,
-                               result.started, result.finished, signature)
+                               result.started, result.finished, signature, job.retries.get(codelet_id))
         job.results[codelet_id] = result
         job.records[codelet_id] = record
         done_codelets += 1
@@ -378,7 +466,59 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
                 start(index, program, parameters)
         if on_event is not None:
             on_event(done_programs, done_codelets)
+            refresh()               # (fault injection may have changed the cluster)
+
+    while queue and len(active) < window:
+        index, (program, parameters) = queue.pop(0)
+        start(index, program, parameters)
+    while owner:
+        with client.as_current():
+            try:
+                done = wait(list(owner), timeout=WORKER_POLL_S, return_when="FIRST_COMPLETED").done
+            except TimeoutError:
+                done = set()
+        for future in sorted(done, key=lambda f: str(f.key)):
+            if future in owner:         # (not one placed again meanwhile)
+                finished(future)
+        if not done or time.monotonic() - refreshed > 1.0:
+            refresh()           # (a lost worker's tasks never finish: look at the workers while idle)
     return [execution for execution in executions if execution is not None]
+
+
+def _nothing() -> None:
+    return None
+
+
+def measure_task_overhead(client, samples: int = 8) -> float:
+    """Seconds one Dask task costs the driver around its body: the median round trip of a task that
+    does nothing (submitted, run on a worker, its result back), one at a time."""
+    times = []
+    for _ in range(samples):
+        began = time.perf_counter()
+        client.submit(_nothing, pure=False).result()
+        times.append(time.perf_counter() - began)
+    return sorted(times)[len(times) // 2]
+
+
+#: Patterns whose codelets may be grouped when cheap; the others (matrix work, convolutions, FFTs,
+#: hashing, I/O) stay alone, for the scheduler to place on their own.
+GROUPABLE_PATTERNS = ("scalar", "elementwise")
+
+
+def group_cheap(program: Program, overhead: float, model: HistoryModel | None = None) -> Program:
+    """:func:`~.codelet.group` with the profiler's CPU estimate of each codelet (scaled by what the
+    model measured of its pattern, where it has) against ``overhead``, the per-task overhead."""
+
+    def estimate(codelet: Codelet) -> float | None:
+        profile = profile_codelet(program, codelet, {}, accelerators=())
+        if profile.pattern not in GROUPABLE_PATTERNS:
+            return None
+        analytic = profile.estimates["cpu"]
+        if model is None:
+            return analytic
+        return model.expected(signature_of(codelet, {}), "cpu", profile.pattern, analytic)[0]
+
+    return group(program, estimate, overhead)
 
 
 def _finish(job: _Job, model: HistoryModel, source: str) -> Execution:
@@ -431,20 +571,25 @@ def execute(program: Program, scheduler: Scheduler | str = "adaptive", *, client
 
 def compose_and_execute(program: Any, *args: Any, scheduler: str = "adaptive", client=None,
                         address: str | None = None, tolerance: float | None = None,
-                        history: HistoryStore | None = None, device: str = "golden") -> Execution:
+                        history: HistoryStore | None = None, device: str = "golden",
+                        grouped: bool = False) -> Execution:
     """Decompose ``program`` (source, module or function), route its codelets and run them.
 
     A function program is called with ``args`` (its return value is ``values["__return__"]``).
     Without ``client``, connects to ``address`` or starts a local cluster for the call.
+    ``grouped``: consecutive cheap codelets merged (:func:`group_cheap`, against the cluster's
+    measured per-task overhead).
     """
+    if client is None:
+        with connect(address) as own:
+            return compose_and_execute(program, *args, scheduler=scheduler, client=own, tolerance=tolerance,
+                                       history=history, device=device, grouped=grouped)
     decomposed = decompose(program, tolerance=tolerance)
+    if grouped:
+        decomposed = group_cheap(decomposed, measure_task_overhead(client))
     if len(args) != len(decomposed.parameters):
         raise FleetError(f"program {decomposed.name!r} takes {len(decomposed.parameters)} argument(s) "
                          f"({', '.join(decomposed.parameters)}), {len(args)} given")
     parameters = dict(zip(decomposed.parameters, args, strict=True)) or None
-    if client is not None:
-        return execute(decomposed, scheduler, client=client, parameters=parameters, history=history,
-                       device=device)
-    with connect(address) as own:
-        return execute(decomposed, scheduler, client=own, parameters=parameters, history=history,
-                       device=device)
+    return execute(decomposed, scheduler, client=client, parameters=parameters, history=history,
+                   device=device)

@@ -270,7 +270,9 @@ def profile_codelet(program: Program, codelet: Codelet, shapes: Mapping[str, tup
             if wall < best[2]:
                 best = (accelerator, "int8", wall, cycles / clock_hz,
                         f"int8 within tolerance {program.tolerance:g}: {cycles} cycles")
-        if best[0] == "cpu":
+        if not accelerators:
+            best = best[:4] + ("matrix work, but no accelerator in the fleets: CPU version",)
+        elif best[0] == "cpu":
             best = best[:4] + (f"the CPU is faster in wall time than the simulated accelerators "
                                f"(best gain {max(v for t, v in gains.items() if t != 'cpu'):.2g}x)",)
     accelerator, version, seconds, simulated, reason = best

@@ -76,6 +76,7 @@ class CodeletResult:
     cycles: int | None = None
     accelerator_calls: int = 0
     fallback: str | None = None
+    address: str = ""
 
 
 class _Devices:
@@ -181,14 +182,15 @@ def _compiled(text: str, file: str, accelerated: bool):
     return compile(tree, file, "exec")
 
 
-def _worker_identity() -> tuple[str, dict[str, float]]:
+def _worker_identity() -> tuple[str, str, dict[str, float]]:
+    """(name, address, resources) of the Dask worker running this."""
     try:
         from distributed import get_worker
 
         worker = get_worker()
-        return str(worker.name), dict(worker.state.total_resources)
+        return str(worker.name), str(worker.address), dict(worker.state.total_resources)
     except ValueError:          # not on a Dask worker (called directly)
-        return "local", {name: 1.0 for name in ACCELERATORS}
+        return "local", "", {name: 1.0 for name in ACCELERATORS}
 
 
 def _shape(value: Any) -> tuple[int, ...]:
@@ -199,12 +201,10 @@ def run_codelet(task: CodeletTask, parameters: Mapping[str, Any] | None, *depend
                 ) -> CodeletResult:
     """Run one codelet on this worker (the function every codelet's Dask task calls)."""
     codelet = task.codelet
-    worker, resources = _worker_identity()
+    worker, address, resources = _worker_identity()
     values: dict[str, Any] = {}
     for name, position in task.sources:
         values[name] = (parameters or {})[name] if position < 0 else dependencies[position].values[name]
-    for name in codelet.mutates:
-        values[name] = copy.deepcopy(values[name])      # the producer's value stays as it was
     printed = io.StringIO()
 
     def captured_print(*args, **kwargs):
@@ -222,23 +222,30 @@ def run_codelet(task: CodeletTask, parameters: Mapping[str, Any] | None, *depend
             stats=stats)
     started_wall = time.time()
     started = time.perf_counter()
+    # A group runs its statements in order, each as it would run alone: inputs it changes in
+    # place are copied first (the producer's value -- here perhaps an earlier statement's -- stays).
+    member = codelet
     try:
         exec(_compiled(task.prelude, codelet.file, version == "int8"), namespace)
         namespace.update(values)
-        padded = "\n" * (codelet.line - 1) + codelet.source     # its line numbers are the file's
-        exec(_compiled(padded, codelet.file, version == "int8"), namespace)
+        for member in codelet.members or (codelet,):
+            for name in member.mutates:
+                namespace[name] = copy.deepcopy(namespace[name])
+            padded = "\n" * (member.line - 1) + member.source     # its line numbers are the file's
+            exec(_compiled(padded, member.file, version == "int8"), namespace)
     except Exception as error:
-        frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == codelet.file]
-        line = frames[-1].lineno if frames else codelet.line
-        source_line = codelet.source.splitlines()[0]
-        if frames and line != codelet.line:
+        frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == member.file]
+        line = frames[-1].lineno if frames else member.line
+        source_line = member.source.splitlines()[0]
+        if frames and line != member.line:
             # (compiled from strings: linecache has no text, the prelude has it at its line number)
             prelude_lines = task.prelude.splitlines()
             text = prelude_lines[line - 1] if line <= len(prelude_lines) else ""
-            if not text.strip() and 0 <= line - codelet.line < len(codelet.source.splitlines()):
-                text = codelet.source.splitlines()[line - codelet.line]
+            if not text.strip() and 0 <= line - member.line < len(member.source.splitlines()):
+                text = member.source.splitlines()[line - member.line]
             source_line += f" ... line {line}: {text.strip()}"
-        raise CodeletError(codelet.id, codelet.file, codelet.line, source_line,
+        name = member.id if member is codelet else f"{member.id} (in group {codelet.id})"
+        raise CodeletError(name, member.file, member.line, source_line,
                            f"{type(error).__name__}: {error}") from None
     seconds = time.perf_counter() - started
     outputs = {name: namespace[name] for name in codelet.outputs if name in namespace}
@@ -252,4 +259,4 @@ def run_codelet(task: CodeletTask, parameters: Mapping[str, Any] | None, *depend
     return CodeletResult(outputs, task.program, codelet.id, worker, version if version == "cpu"
                          else task.accelerator, seconds, started_wall, time.time(), output_bytes,
                          serialize_seconds, {name: _shape(value) for name, value in outputs.items()},
-                         printed.getvalue(), stats.get("cycles"), stats.get("calls", 0), fallback)
+                         printed.getvalue(), stats.get("cycles"), stats.get("calls", 0), fallback, address)

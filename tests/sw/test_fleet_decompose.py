@@ -160,3 +160,94 @@ def test_the_command_line_reports_a_script_it_cannot_decompose_in_one_line(tmp_p
                      f"names the program defines\n")
     assert main(["bench", "fleet", "--programs", "10"]) == 2
     assert "at least 50 programs" in capsys.readouterr().err
+
+
+def test_the_command_line_tls_files_missing_unreadable_or_not_pem_are_one_line_errors(tmp_path, capsys):
+    from braze.cli import main
+
+    script = tmp_path / "ok.py"
+    script.write_text("x = 1\n")
+    pem = tmp_path / "not.pem"
+    pem.write_text("not a certificate\n")
+    tls = ["--scheduler", "tls://127.0.0.1:1"]
+    cases = [
+        ([*tls, "--tls-ca-file", str(pem)], "TLS needs --tls-ca-file, --tls-cert, --tls-key: --tls-cert, "
+                                            "--tls-key missing"),
+        ([*tls, "--tls-ca-file", str(pem), "--tls-cert", str(pem), "--tls-key", str(tmp_path / "gone.pem")],
+         f"--tls-key {tmp_path / 'gone.pem'}: cannot read it (No such file or directory)"),
+        (["--scheduler", "tcp://127.0.0.1:1", "--tls-ca-file", str(pem), "--tls-cert", str(pem),
+          "--tls-key", str(pem)], "--scheduler tcp://127.0.0.1:1: the --tls-* certificates are for a tls:// "
+                                  "address"),
+        ([*tls, "--tls-ca-file", str(pem), "--tls-cert", str(pem), "--tls-key", str(pem)],
+         f"--tls-ca-file {pem}, --tls-cert {pem}, --tls-key {pem}: not a usable CA/certificate/key set"),
+    ]
+    for extra, message in cases:
+        assert main(["fleet", "run", str(script), *extra]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"braze fleet: error: {message}") and error.count("\n") == 1, error
+
+
+def _tiny_script(statements: int) -> str:
+    """Many tiny statements, a list changed in place through an alias, prints, and one matrix product."""
+    lines = ["import numpy as np", "", "def square(v):", "    return v * v", "", "v0 = 1"]
+    for i in range(1, statements):
+        lines.append(f"v{i} = (square(v{i - 1}) + {i}) % 1009")
+        if i == statements // 2:
+            lines += ["items = [v0, v1]", "alias = items", "alias.append(v2)", "items.append(-1)",
+                      "print('half', v1, items, alias)", "m = np.arange(16.0).reshape(4, 4)",
+                      "p = m @ m", f"w = float(p.sum()) + v{i}"]
+    lines += [f"total = w + v{statements - 1}", "print('total', total)"]
+    return "\n".join(lines) + "\n"
+
+
+def _final_values(program, results):
+    """The values the program leaves (its last writers'), arrays as lists (comparable with ==)."""
+    last = {}
+    for codelet in program.codelets:
+        for name in codelet.outputs:
+            value = results[codelet.id].values[name]
+            last[name] = value.tolist() if isinstance(value, np.ndarray) else value
+    return last
+
+
+def test_tiny_statements_are_grouped_into_few_codelets_that_compute_the_same():
+    from braze.sw.fleet import group_cheap
+
+    program = decompose(_tiny_script(40), filename="tiny.py")
+    assert len(program.codelets) == 50
+    grouped = group_cheap(program, overhead=2e-3)
+    # Cheap statements merge; the matrix product stays alone for the scheduler to place.
+    assert len(grouped.codelets) == 3
+    before, product, after = grouped.codelets
+    assert product.source == "p = m @ m" and product.members == ()
+    assert (before.line, len(before.members), before.inputs) == (6, 27, ())
+    assert product.deps == (before.id,) and product.inputs == ("m",)
+    assert after.deps == (before.id, product.id) and after.inputs == ("p", "v20") and after.effects
+    assert {"items", "alias", "v0", "m"} <= set(before.outputs) and "total" in after.outputs
+    ids = [c.id for c in grouped.codelets]
+    assert all(dep in ids[:ids.index(c.id)] for c in grouped.codelets for dep in c.deps)       # a DAG
+    # The same values and the same output as the statements run one by one.
+    apart, together = _run_in_order(program), _run_in_order(grouped)
+    assert _final_values(grouped, together) == _final_values(program, apart)
+    final = _final_values(grouped, together)
+    assert (final["items"], final["alias"]) == ([1, 2, -1], [1, 2, 6])      # an alias's append stays apart
+    printed = "".join(r.stdout for r in together.values())
+    assert printed == "".join(apart[c.id].stdout for c in program.codelets)
+    assert printed.startswith("half 2 [1, 2, -1] [1, 2, 6]\n")
+    # A smaller budget makes more, smaller groups, each within it.
+    small = group_cheap(program, overhead=1e-4)
+    assert len(grouped.codelets) < len(small.codelets) < len(program.codelets)
+    assert _final_values(small, _run_in_order(small)) == _final_values(program, apart)
+
+
+def test_a_grouped_statement_that_raises_names_itself_and_its_line():
+    from braze.sw.fleet import group
+
+    program = decompose("a = 1\nb = [a]\nc = b[5]\nd = 2\n", filename="g.py")
+    grouped = group(program, lambda codelet: 1e-6, 1e-3)
+    assert len(grouped.codelets) == 1
+    with pytest.raises(CodeletError, match=r"^codelet c2 \(in group c0\) \(g\.py:3: c = b\[5\]\) raised "
+                                           r"IndexError"):
+        _run_in_order(grouped)
+    with pytest.raises(FleetError, match="group budget 0"):
+        group(program, lambda codelet: 1e-6, 0)
