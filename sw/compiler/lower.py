@@ -52,7 +52,6 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-from onnx import helper
 
 from braze.isa import INSN_BYTES, SNAPSHOT_BYTES, Config, Instruction, Opcode
 from braze.isa.encoding import FORMAT_BY_OPCODE
@@ -718,10 +717,8 @@ class _Lowering:
                                value=np.array(value, np.dtype(info.dtype))))
         self.infos[const_name] = TensorInfo(const_name, (8,), "int64")
         self.infos[value_name] = TensorInfo(value_name, (), info.dtype)
-        proto = helper.make_node("Pad", [tensor, const_name, value_name], [target], mode="constant")
         self.nodes.append(Node(f"pad:{target}", NodeKind.OPERATOR, "Pad", (tensor, const_name, value_name),
-                               (target,), {"onnx_node": proto.SerializeToString(), "onnx_opset": 18},
-                               device="cpu"))
+                               (target,), {"mode": "constant"}, device="cpu"))
         self.host.add(target)
         return target
 
