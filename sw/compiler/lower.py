@@ -722,6 +722,14 @@ class _Lowering:
         self.host.add(target)
         return target
 
+    def _zero_size(self, node: Node) -> bool:
+        """Whether ``node`` reads or writes a tensor with a zero dimension (ONNX allows them)."""
+        for tensor in (*node.inputs, *node.outputs):
+            shape = self.graph.tensor(tensor).shape if tensor else None
+            if shape is not None and any(d == 0 for d in shape):
+                return True
+        return False
+
     # -- the whole graph -------------------------------------------------------------------------------
     def run(self) -> None:
         graph = self.graph
@@ -734,6 +742,9 @@ class _Lowering:
                 continue
             if node.kind is not NodeKind.OPERATOR:
                 self.cpu(node, f"{node.kind.value} node")
+                continue
+            if self._zero_size(node):
+                self.cpu(node, "zero-size tensor (nothing for a kernel to compute)")
                 continue
             if self.view(node):
                 continue

@@ -220,8 +220,9 @@ def _check_qdq(graph, node, fail):
         fail(f"{node.op_type} scale {scale.shape} and zero point {zp.shape} differ in shape")
     if node.op_type == "QuantizeLinear" and x.dtype and np.dtype(x.dtype).kind != "f":
         fail(f"QuantizeLinear input must be float, got {x.dtype}")
-    if node.op_type == "DequantizeLinear" and x.dtype and np.dtype(x.dtype).kind not in "iu":
-        fail(f"DequantizeLinear input must be an integer tensor, got {x.dtype}")
+    if node.op_type == "DequantizeLinear" and x.dtype and np.dtype(x.dtype).kind not in "iu" \
+            and "float8" not in x.dtype:
+        fail(f"DequantizeLinear input must be an integer or float8 tensor, got {x.dtype}")
 
 
 def _check_braze(graph, node, fail):

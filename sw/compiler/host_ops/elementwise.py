@@ -205,6 +205,8 @@ def _swish(node, x):
 
 def _cast_to(node, x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
+    if "float8" in dtype.name:
+        return to_float8(x, dtype, bool(node.attrs.get("saturate", 1)))
     if dtype.kind in "iu" and x.dtype.kind == "f":
         with np.errstate(invalid="ignore"):
             return np.trunc(x).astype(dtype)
@@ -215,11 +217,28 @@ def _cast_to(node, x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return x.astype(dtype)
 
 
+def to_float8(x: np.ndarray, dtype: np.dtype, saturate: bool) -> np.ndarray:
+    """ONNX's float8 casts: round to nearest even; with ``saturate``, out-of-range values and the
+    infinities become the largest finite value of their sign."""
+    import ml_dtypes
+
+    value = x.astype(np.float32)
+    if saturate:
+        largest = float(ml_dtypes.finfo(dtype).max)
+        clipped = np.clip(value, -largest, largest)
+        value = np.where(np.isnan(value), value, clipped)
+    return value.astype(dtype)
+
+
 def _format_number(value) -> str:
     if isinstance(value, float | np.floating):
         return str(np.float32(value)) if np.isfinite(value) else {"nan": "NaN", "inf": "INF",
                                                                    "-inf": "-INF"}[str(float(value))]
     return str(value)
+
+
+#: Element types numpy (with ml_dtypes) has no arithmetic for: 4-bit and 2-bit integers and floats.
+_PACKED_TYPES = ("int4", "uint4", "int2", "uint2", "float4", "e8m0")
 
 
 def _cast_check(node, infos):
@@ -228,9 +247,8 @@ def _cast_check(node, infos):
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(to))
     except Exception:
         return f"unknown target type {to}"
-    if dtype.itemsize < 2 and dtype.kind == "V" or dtype.name in ("bfloat16",) or "float8" in str(dtype) \
-            or "int4" in str(dtype) or "int2" in str(dtype) or "float4" in str(dtype):
-        return f"casts to {dtype} are not supported (numeric types of numpy only)"
+    if any(name in dtype.name for name in _PACKED_TYPES):
+        return f"casts to {dtype.name} are not supported (packed 2- and 4-bit types, the exponent-only e8m0)"
     return None
 
 

@@ -283,7 +283,7 @@ register("Einsum")(lambda node, *xs: np.einsum(node.attrs["equation"], *xs).asty
 def _gemm(node, a, b, c=None):
     flatten = node.attrs.get("flatten_a")
     if flatten is not None:
-        a = a.reshape(int(np.prod(a.shape[:flatten])), -1)
+        a = a.reshape(int(np.prod(a.shape[:flatten])), int(np.prod(a.shape[flatten:])))
     if node.attrs.get("transA", 0):
         a = a.T
     if node.attrs.get("transB", 0):

@@ -16,6 +16,7 @@ from ._registry import axis_shape as _axis_shape
 from ._registry import int64 as _int64
 from ._registry import register
 from ._registry import saturate_to as _saturate_to
+from .elementwise import to_float8
 from .nn import conv2d
 
 BRAZE_DOMAIN = "braze"
@@ -37,15 +38,24 @@ def _quantize_linear(node, x, scale, zero_point=None):
         dtype = np.dtype(np.uint8)
     scale = _axis_shape(scale, axis, x.ndim)
     zp = _axis_shape(zero_point if zero_point is not None else np.zeros((), dtype), axis, x.ndim)
+    if _is_float8(dtype):                   # float8 quantization rounds in the cast, not before it
+        value = x.astype(np.float32) / scale.astype(np.float32) + zp.astype(np.float32)
+        return to_float8(value, dtype, bool(node.attrs.get("saturate", 1)))
     with np.errstate(over="ignore"):        # a value beyond the float range saturates like any other
         scaled = np.rint(x.astype(np.float32) / scale.astype(np.float32))
     return _saturate_to(scaled.astype(np.float64) + zp.astype(np.float64), dtype)
+
+
+def _is_float8(dtype: np.dtype) -> bool:
+    return "float8" in np.dtype(dtype).name
 
 
 def _dequantize_linear(node, x, scale, zero_point=None):
     axis = node.attrs.get("axis", 1)
     scale = _axis_shape(scale, axis, x.ndim)
     zp = _axis_shape(zero_point if zero_point is not None else np.zeros((), np.int64), axis, x.ndim)
+    if _is_float8(x.dtype):
+        return ((x.astype(np.float32) - zp.astype(np.float32)) * scale).astype(scale.dtype)
     return ((_int64(x) - _int64(zp)).astype(np.float32) * scale).astype(scale.dtype)
 
 
@@ -121,7 +131,7 @@ def braze_epilogue(node, acc: np.ndarray, bias: np.ndarray | None,
 def _braze_qmatmul(node, x, w, bias=None, residual=None):
     flatten = node.attrs.get("flatten_a")
     if flatten is not None:
-        x = x.reshape(int(np.prod(x.shape[:flatten])), -1)
+        x = x.reshape(int(np.prod(x.shape[:flatten])), int(np.prod(x.shape[flatten:])))
     lead = x.shape[:-1]
     acc = (_int64(x).reshape(-1, x.shape[-1]) - int(node.attrs.get("x_zero_point", 0))) @ _int64(w)
     tile = None if residual is None else residual.reshape(-1, w.shape[-1])
