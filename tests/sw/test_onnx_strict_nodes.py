@@ -153,3 +153,84 @@ def test_resize_matches_onnxruntime(attrs):
     x = rng.normal(size=(1, 2, 4, 5)).astype(np.float32)
     np.testing.assert_allclose(evaluate(load_onnx(model), {"x": x})["y"], run_ort(model, {"x": x})[0],
                                rtol=1e-5, atol=1e-5)
+
+
+def _exported(kind: str, dynamo: bool) -> onnx.ModelProto:
+    """A small CNN (BatchNorm, HardSwish, dilated depthwise conv, ReLU6, LogSoftmax) or a transformer
+    encoder layer (multi-head attention, GELU, LayerNorm, then nn.Unflatten), exported with a dynamic
+    batch by the TorchScript exporter or by the dynamo exporter."""
+    import torch
+
+    class CNN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+            self.norm = torch.nn.BatchNorm2d(8)
+            self.depthwise = torch.nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8)
+            self.fc = torch.nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = torch.nn.functional.hardswish(self.norm(self.conv(x)))
+            x = torch.nn.functional.relu6(self.depthwise(x))
+            return torch.log_softmax(self.fc(torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)), -1)
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, activation="gelu",
+                                                          batch_first=True)
+            self.unflatten = torch.nn.Unflatten(1, (2, 16))
+
+        def forward(self, x):
+            return self.unflatten(self.layer(x).mean(1))
+
+    torch.manual_seed(0)
+    module, shape = (CNN(), (2, 1, 8, 8)) if kind == "cnn" else (Encoder(), (2, 5, 32))
+    module.eval()
+    x = torch.randn(*shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            program = torch.onnx.export(module, (x,), dynamo=True, input_names=["x"], output_names=["y"],
+                                        dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False)
+            return program.model_proto
+        buffer = io.BytesIO()
+        torch.onnx.export(module, x, buffer, input_names=["x"], output_names=["y"], opset_version=17,
+                          dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+        return onnx.load_from_string(buffer.getvalue())
+
+
+@pytest.mark.parametrize(("kind", "dynamo"), [("cnn", False), ("encoder", False), ("encoder", True)])
+def test_torch_exports_load_strictly_and_match_onnxruntime(kind, dynamo):
+    model = _exported(kind, dynamo)
+    graph = simplify(load_onnx(model))                        # strict: Braze's own code only
+    shape = (3, 1, 8, 8) if kind == "cnn" else (3, 5, 32)     # another batch size than exported
+    x = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    np.testing.assert_allclose(evaluate(graph, {"x": x})["y"], run_ort(model, {"x": x})[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_onnxruntime_qdq_model_loads_strictly_and_runs(tmp_path):
+    """quantize_static's per-channel QDQ model of the CNN: loads without fallback; the session's
+    output equals Braze's evaluator bit for bit and onnxruntime's QDQ run within one step."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    float_path, qdq_path = tmp_path / "cnn.onnx", tmp_path / "cnn_qdq.onnx"
+    onnx.save(_exported("cnn", False), float_path)
+    calibration = np.random.default_rng(1).normal(size=(8, 1, 8, 8)).astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"x": calibration[i:i + 1]} for i in range(len(calibration))])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    model = onnx.load(qdq_path)
+    session = InferenceSession(model, config="tiny")
+    (y,) = session.run(None, {"x": calibration[:3]})
+    assert np.array_equal(y, evaluate(session.graph_before, {"x": calibration[:3]})["y"])
+    np.testing.assert_allclose(y, run_ort(model, {"x": calibration[:3]})[0], atol=0.1)
+    assert any(place.startswith("accel") for place in session.compiled.placement.values())
