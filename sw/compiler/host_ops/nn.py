@@ -662,3 +662,30 @@ def _attention(node, q, k, v, mask=None, past_key=None, past_value=None, nonpad_
         y = y.transpose(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], -1)
     outputs = (y, present_key, present_value, qk_output.astype(q.dtype))
     return outputs[:max(len(node.outputs), 1)]
+
+
+# -- position encodings -----------------------------------------------------------------------------
+
+@register("RotaryEmbedding")
+def _rotary_embedding(node, x, cos_cache, sin_cache, position_ids=None):
+    """Rotary position embedding (opset 23): rotate pairs of features by position-dependent angles."""
+    original = x.shape
+    data = np.transpose(x, (0, 2, 1, 3)) if x.ndim == 4 else x        # (batch, sequence, heads?, head)
+    if data.ndim == 3:
+        heads = node.attrs["num_heads"]
+        data = data.reshape(data.shape[0], data.shape[1], heads, data.shape[2] // heads)
+    dim = node.attrs.get("rotary_embedding_dim", 0) or data.shape[3]
+    rotate, keep = data[..., :dim], data[..., dim:]
+    if position_ids is not None:
+        cos_cache, sin_cache = cos_cache[position_ids], sin_cache[position_ids]
+    cos, sin = np.expand_dims(cos_cache, 2), np.expand_dims(sin_cache, 2)
+    interleaved = node.attrs.get("interleaved", 0)
+    x1, x2 = (rotate[..., 0::2], rotate[..., 1::2]) if interleaved else np.split(rotate, 2, axis=-1)
+    real, imag = cos * x1 - sin * x2, sin * x1 + cos * x2
+    if interleaved:
+        rotated = np.stack([real, imag], axis=-1).reshape(rotate.shape)
+    else:
+        rotated = np.concatenate([real, imag], axis=-1)
+    result = np.concatenate([rotated, keep], axis=-1)
+    result = result.reshape(original) if len(original) == 3 else np.transpose(result, (0, 2, 1, 3))
+    return result.astype(x.dtype)
