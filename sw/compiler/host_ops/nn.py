@@ -275,8 +275,15 @@ def _max_unpool(node, x, indices, output_shape=None):
 
 # -- matrix products --------------------------------------------------------------------------------
 
-register("MatMul")(lambda node, a, b: np.matmul(a, b))
-register("Einsum")(lambda node, *xs: np.einsum(node.attrs["equation"], *xs).astype(xs[0].dtype))
+@register("MatMul")
+def _matmul(node, a, b):
+    # ml_dtypes' bfloat16 products come back as float32; ONNX keeps the operands' type.
+    return np.matmul(a, b).astype(a.dtype) if a.dtype == b.dtype else np.matmul(a, b)
+@register("Einsum")
+def _einsum(node, *xs):
+    # numpy's einsum has no kernels for ml_dtypes' types (bfloat16): compute those in float32.
+    wide = [x.astype(np.float32) if x.dtype.kind == "V" else x for x in xs]
+    return np.einsum(node.attrs["equation"], *wide).astype(xs[0].dtype)
 
 
 @register("Gemm")
@@ -660,7 +667,7 @@ def _attention(node, q, k, v, mask=None, past_key=None, past_value=None, nonpad_
     y = np.matmul(probabilities, v)
     if three_d:
         y = y.transpose(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], -1)
-    outputs = (y, present_key, present_value, qk_output.astype(q.dtype))
+    outputs = (y.astype(q.dtype), present_key, present_value, qk_output.astype(q.dtype))
     return outputs[:max(len(node.outputs), 1)]
 
 
