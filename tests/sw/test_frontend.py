@@ -300,9 +300,7 @@ def test_an_lstm_with_unnamed_optional_outputs(outputs):
     weights = [("W", _rand(rng, (1, 4 * hidden, 2))), ("R", _rand(rng, (1, 4 * hidden, hidden)))]
     model = make_model([helper.make_node("LSTM", ["x", "W", "R"], outputs, hidden_size=hidden, name="lstm")],
                        [("x", np.float32, [5, 1, 2])], [(outputs[-1], np.float32, [1, 1, hidden])], weights)
-    with pytest.raises(UnsupportedOperator, match="LSTM.*'lstm'.*allow_fallback"):
-        load_onnx(model)
-    graph = validate(load_onnx(model, allow_fallback=True))
+    graph = validate(load_onnx(model))                 # Braze's own LSTM (no fallback)
     x = _rand(rng, (5, 1, 2))
     np.testing.assert_allclose(evaluate(graph, {"x": x})[outputs[-1]], run_ort(model, {"x": x})[0],
                                rtol=1e-5, atol=1e-5)

@@ -20,7 +20,7 @@ by itself.  Operators outside it reach the CPU only through the opt-in fallback
 
 from __future__ import annotations
 
-from . import elementwise, nn, quant, reduce, signal, tensor  # noqa: F401,E402  (registers the ops)
+from . import elementwise, nn, quant, recurrent, reduce, signal, tensor  # noqa: F401,E402  (registers the ops)
 from ._registry import OPS, EvaluationError, register, unsupported_reason
 from .nn import conv2d, conv_pads
 from .quant import ACTIVATIONS, braze_epilogue
