@@ -154,12 +154,13 @@ def _scatter_nd(node, x, indices, updates):
     upd = updates.reshape((idx.shape[0], *x.shape[depth:]))
     reduction = node.attrs.get("reduction", "none")
     for i in range(idx.shape[0]):
-        position = tuple(int(v) for v in idx[i])
-        if reduction == "none":
-            result[position] = upd[i]
-        else:
-            result[position] = _REDUCTIONS[reduction](result[position], upd[i])
+        _scatter_one(result, tuple(int(v) for v in idx[i]), upd[i], reduction)
     return result
+
+
+def _scatter_one(result: np.ndarray, target: tuple, value, reduction: str) -> None:
+    """Write (or, with a reduction, combine) one update into ``result`` in place, in update order."""
+    result[target] = value if reduction == "none" else _REDUCTIONS[reduction](result[target], value)
 
 
 @register("ScatterElements")
@@ -171,11 +172,7 @@ def _scatter_elements(node, x, indices, updates):
     for position in np.ndindex(*indices.shape):
         target = list(position)
         target[axis] = int(indices[position])
-        target = tuple(target)
-        if reduction == "none":
-            result[target] = updates[position]
-        else:
-            result[target] = _REDUCTIONS[reduction](result[target], updates[position])
+        _scatter_one(result, tuple(target), updates[position], reduction)
     return result
 
 
