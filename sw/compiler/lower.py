@@ -52,7 +52,6 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-from onnx import helper
 
 from braze.isa import INSN_BYTES, SNAPSHOT_BYTES, Config, Instruction, Opcode
 from braze.isa.encoding import FORMAT_BY_OPCODE
@@ -718,12 +717,18 @@ class _Lowering:
                                value=np.array(value, np.dtype(info.dtype))))
         self.infos[const_name] = TensorInfo(const_name, (8,), "int64")
         self.infos[value_name] = TensorInfo(value_name, (), info.dtype)
-        proto = helper.make_node("Pad", [tensor, const_name, value_name], [target], mode="constant")
         self.nodes.append(Node(f"pad:{target}", NodeKind.OPERATOR, "Pad", (tensor, const_name, value_name),
-                               (target,), {"onnx_node": proto.SerializeToString(), "onnx_opset": 18},
-                               device="cpu"))
+                               (target,), {"mode": "constant"}, device="cpu"))
         self.host.add(target)
         return target
+
+    def _zero_size(self, node: Node) -> bool:
+        """Whether ``node`` reads or writes a tensor with a zero dimension (ONNX allows them)."""
+        for tensor in (*node.inputs, *node.outputs):
+            shape = self.graph.tensor(tensor).shape if tensor else None
+            if shape is not None and any(d == 0 for d in shape):
+                return True
+        return False
 
     # -- the whole graph -------------------------------------------------------------------------------
     def run(self) -> None:
@@ -737,6 +742,9 @@ class _Lowering:
                 continue
             if node.kind is not NodeKind.OPERATOR:
                 self.cpu(node, f"{node.kind.value} node")
+                continue
+            if self._zero_size(node):
+                self.cpu(node, "zero-size tensor (nothing for a kernel to compute)")
                 continue
             if self.view(node):
                 continue

@@ -183,8 +183,11 @@ def _check_gemm(graph, node, fail):
 
 def _check_conv(graph, node, fail, *, x_index=0, w_index=1, bias_index=2):
     x, w = _info(graph, node, x_index), _info(graph, node, w_index)
-    if x.shape is not None and len(x.shape) != 4 or w.shape is not None and len(w.shape) != 4:
-        fail(f"only 2-D convolution (rank-4 input and weight) is supported, got {x.shape} and {w.shape}")
+    if node.domain == BRAZE_DOMAIN and (x.shape is not None and len(x.shape) != 4
+                                        or w.shape is not None and len(w.shape) != 4):
+        fail(f"only 2-D convolution (rank-4 input and weight) is quantized, got {x.shape} and {w.shape}")
+    if x.shape is not None and w.shape is not None and len(x.shape) != len(w.shape):
+        fail(f"convolution input and weight differ in rank: {x.shape} and {w.shape}")
     if x.shape and w.shape and _known(x.shape[1], w.shape[1]):
         group = node.attrs.get("group", 1)
         if x.shape[1] != w.shape[1] * group:
@@ -217,8 +220,9 @@ def _check_qdq(graph, node, fail):
         fail(f"{node.op_type} scale {scale.shape} and zero point {zp.shape} differ in shape")
     if node.op_type == "QuantizeLinear" and x.dtype and np.dtype(x.dtype).kind != "f":
         fail(f"QuantizeLinear input must be float, got {x.dtype}")
-    if node.op_type == "DequantizeLinear" and x.dtype and np.dtype(x.dtype).kind not in "iu":
-        fail(f"DequantizeLinear input must be an integer tensor, got {x.dtype}")
+    if node.op_type == "DequantizeLinear" and x.dtype and np.dtype(x.dtype).kind not in "iu" \
+            and "float8" not in x.dtype:
+        fail(f"DequantizeLinear input must be an integer or float8 tensor, got {x.dtype}")
 
 
 def _check_braze(graph, node, fail):

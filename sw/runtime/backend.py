@@ -97,6 +97,8 @@ class BrazeBackendRep(BackendRep):
 
     def __init__(self, model: onnx.ModelProto, device: str, **options: Any):
         options.setdefault("allow_fallback", True)
+        # ONNX semantics: NaN and infinities are ordinary float inputs (the backend quantizes nothing).
+        options.setdefault("nonfinite", "pass")
         model = _supported_opset(model)
         self.model = model
         self.device = _device_kind(device)

@@ -61,7 +61,7 @@ from .runtime import RunReport, Runtime
 __all__ = ["InferenceSession", "NodeArg", "InputError", "UncalibratedModelWarning", "NONFINITE_POLICIES"]
 
 #: What :meth:`InferenceSession.run` does with NaN and infinite input values (``nonfinite=``).
-NONFINITE_POLICIES = ("error", "clamp")
+NONFINITE_POLICIES = ("error", "clamp", "pass")
 
 
 class InputError(BrazeError, ValueError):
@@ -202,11 +202,13 @@ class InferenceSession:
     objective : "cycles", "energy" or "edp"
         What fusion and tiling decisions minimise (:data:`~braze.sw.compiler.cost.OBJECTIVES`):
         predicted cycles (the default), predicted energy, or their product.
-    nonfinite : "error" or "clamp"
+    nonfinite : "error", "clamp" or "pass"
         What :meth:`run` does with NaN or infinite values in float inputs: ``"error"`` (the
         default) raises :class:`InputError` naming the input and the first such element;
         ``"clamp"`` replaces NaN by 0 and +-inf by the largest finite values of the dtype, which
-        quantization saturates to the int8 extremes.  (Quantized arithmetic has no NaN: without a
+        quantization saturates to the int8 extremes; ``"pass"`` gives them to the model as they are,
+        which is right for float operators on the host (IEEE semantics, as onnxruntime) and
+        undefined for what quantization makes of them.  (Quantized arithmetic has no NaN: without a
         policy they became arbitrary, finite-looking outputs.)
     specialise : bool
         Compile every input shape after the first by reusing the first one's decisions: the same
@@ -378,10 +380,11 @@ class InferenceSession:
             if value.ndim != len(shape) or any(isinstance(d, int) and d != s
                                                for d, s in zip(shape, value.shape, strict=True)):
                 raise InputError(f"input {name!r}: expected shape {shape}, got {list(value.shape)}")
-            if value.size == 0:
-                raise InputError(f"input {name!r}: empty array of shape {list(value.shape)}")
             nonfinite = _nonfinite_summary(value)
             if nonfinite is not None:
+                if self.nonfinite == "pass":
+                    checked[name] = value
+                    continue
                 if self.nonfinite == "error":
                     raise InputError(f"input {name!r} has non-finite values: {nonfinite}; pass "
                                      f"nonfinite='clamp' to InferenceSession to replace them")

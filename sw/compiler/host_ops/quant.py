@@ -1,0 +1,179 @@
+"""Quantized operators: ONNX's (QuantizeLinear, QLinear*, *Integer, ...) and Braze's own.
+
+Braze's quantized ops (``domain="braze"``, see :mod:`braze.sw.compiler.quantize`) are evaluated
+bit-exactly as the accelerator's ``EPILOGUE`` (:mod:`braze.isa.arith`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper
+
+from braze.isa import arith
+from braze.isa.encoding import Activation, Memory
+
+from ._registry import axis_shape as _axis_shape
+from ._registry import int64 as _int64
+from ._registry import register
+from ._registry import saturate_to as _saturate_to
+from .elementwise import to_float8
+from .nn import conv2d
+
+BRAZE_DOMAIN = "braze"
+
+
+def _block_check(node, infos):
+    if node.attrs.get("block_size", 0):
+        return "blocked quantization (block_size) is not supported"
+    return None
+
+
+def _quantize_linear(node, x, scale, zero_point=None):
+    axis = node.attrs.get("axis", 1)
+    if zero_point is not None:
+        dtype = zero_point.dtype
+    elif node.attrs.get("output_dtype"):
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(node.attrs["output_dtype"]))
+    else:
+        dtype = np.dtype(np.uint8)
+    scale = _axis_shape(scale, axis, x.ndim)
+    zp = _axis_shape(zero_point if zero_point is not None else np.zeros((), dtype), axis, x.ndim)
+    if _is_float8(dtype):                   # float8 quantization rounds in the cast, not before it
+        value = x.astype(np.float32) / scale.astype(np.float32) + zp.astype(np.float32)
+        return to_float8(value, dtype, bool(node.attrs.get("saturate", 1)))
+    with np.errstate(over="ignore"):        # a value beyond the float range saturates like any other
+        scaled = np.rint(x.astype(np.float32) / scale.astype(np.float32))
+    return _saturate_to(scaled.astype(np.float64) + zp.astype(np.float64), dtype)
+
+
+def _is_float8(dtype: np.dtype) -> bool:
+    return "float8" in np.dtype(dtype).name
+
+
+def _dequantize_linear(node, x, scale, zero_point=None):
+    axis = node.attrs.get("axis", 1)
+    scale = _axis_shape(scale, axis, x.ndim)
+    zp = _axis_shape(zero_point if zero_point is not None else np.zeros((), np.int64), axis, x.ndim)
+    if _is_float8(x.dtype):
+        return ((x.astype(np.float32) - zp.astype(np.float32)) * scale).astype(scale.dtype)
+    return ((_int64(x) - _int64(zp)).astype(np.float32) * scale).astype(scale.dtype)
+
+
+def _requantize_float(acc: np.ndarray, multiplier: np.ndarray, y_zp: np.ndarray) -> np.ndarray:
+    """ONNX QLinear* output stage: ``saturate(round_half_even(acc * multiplier) + y_zp)`` in float32."""
+    scaled = np.rint(acc.astype(np.float32) * multiplier.astype(np.float32))
+    return _saturate_to(scaled.astype(np.float64) + _int64(y_zp), y_zp.dtype)
+
+
+def _matmul_integer(a, b, a_zp, b_zp):
+    a = _int64(a) - (_int64(a_zp).reshape(-1, 1) if a_zp is not None and np.ndim(a_zp) == 1 else
+                     _int64(a_zp if a_zp is not None else 0))
+    b = _int64(b) - _int64(b_zp if b_zp is not None else 0)
+    return np.matmul(a, b)
+
+
+def _qlinear_matmul(node, a, a_s, a_zp, b, b_s, b_zp, y_s, y_zp):
+    acc = _matmul_integer(a, b, a_zp, b_zp)
+    return _requantize_float(acc, np.asarray(a_s, np.float32) * np.asarray(b_s, np.float32) / y_s, y_zp)
+
+
+def _conv_integer(node, x, w, x_zp, w_zp):
+    x = _int64(x) - _int64(x_zp if x_zp is not None else 0)
+    w = _int64(w) - _axis_shape(_int64(w_zp if w_zp is not None else 0), 0, 4)
+    return conv2d(x, w, node.attrs)
+
+
+def _qlinear_conv(node, x, x_s, x_zp, w, w_s, w_zp, y_s, y_zp, bias=None):
+    acc = _conv_integer(node, x, w, x_zp, w_zp)
+    if bias is not None:
+        acc = acc + _axis_shape(_int64(bias), 1, 4)
+    multiplier = _axis_shape(np.asarray(x_s, np.float32) * np.asarray(w_s, np.float32) / y_s, 1, 4)
+    return _requantize_float(acc, multiplier, y_zp)
+
+
+# -- Braze's quantized ops ------------------------------------------------------------------------
+
+#: Values of the ``act`` attribute of Braze's quantized ops.
+ACTIVATIONS = {"none": Activation.NONE, "relu": Activation.RELU, "clip": Activation.CLIP}
+
+
+def braze_epilogue(node, acc: np.ndarray, bias: np.ndarray | None,
+                   residual: np.ndarray | None = None) -> np.ndarray:
+    """The ``EPILOGUE`` stage of a Braze quantized op on an ``(rows, n)`` int32 tile, bit-exact.
+
+    Attributes (see :mod:`braze.sw.compiler.quantize`): ``mult``, ``shift`` (per
+    column, or absent: no requantize), ``out_zp``, ``act`` (``"none"``,
+    ``"relu"``, ``"clip"``), ``clip_lo``, ``clip_hi``, ``out`` (``"spad"``
+    for int8, ``"acc"`` for int32).  With an int8 ``(rows, n)`` ``residual``
+    (zero point attribute ``residual_zp``) the result is
+    ``act(sat(requant(acc) + out_zp + residual - residual_zp))``: the
+    hardware adds the raw residual, so ``residual_zp`` is folded into the
+    requantize stage's zero point (exact: both are added in int32 before
+    any saturation).
+    """
+    attrs = node.attrs
+    n = acc.shape[-1]
+    mult = shift = None
+    if attrs.get("mult") is not None:
+        mult = np.broadcast_to(np.asarray(attrs["mult"], np.int64), (n,))
+        shift = np.broadcast_to(np.asarray(attrs["shift"], np.int64), (n,))
+    out_zp = int(attrs.get("out_zp", 0))
+    if residual is not None:
+        out_zp -= int(attrs.get("residual_zp", 0))
+    return arith.epilogue(
+        arith.wrap32(acc), bias=None if bias is None else _int64(bias), mult=mult, shift=shift,
+        residual=None if residual is None else _int64(residual),
+        act=ACTIVATIONS[attrs.get("act", "none")],
+        out=Memory.ACC if attrs.get("out", "spad") == "acc" else Memory.SPAD,
+        out_zp=out_zp, clip_lo=int(attrs.get("clip_lo", 0)), clip_hi=int(attrs.get("clip_hi", 0)))
+
+
+def _braze_qmatmul(node, x, w, bias=None, residual=None):
+    flatten = node.attrs.get("flatten_a")
+    if flatten is not None:
+        x = x.reshape(int(np.prod(x.shape[:flatten])), int(np.prod(x.shape[flatten:])))
+    lead = x.shape[:-1]
+    acc = (_int64(x).reshape(-1, x.shape[-1]) - int(node.attrs.get("x_zero_point", 0))) @ _int64(w)
+    tile = None if residual is None else residual.reshape(-1, w.shape[-1])
+    return braze_epilogue(node, acc, bias, tile).reshape(*lead, w.shape[-1])
+
+
+def _braze_qconv(node, x, w, bias=None, residual=None):
+    acc = conv2d(_int64(x) - int(node.attrs.get("x_zero_point", 0)), _int64(w), node.attrs)
+    n, o, h, wd = acc.shape
+    tile = acc.transpose(0, 2, 3, 1).reshape(-1, o)
+    res_tile = None if residual is None else residual.transpose(0, 2, 3, 1).reshape(-1, o)
+    return braze_epilogue(node, tile, bias, res_tile).reshape(n, h, wd, o).transpose(0, 3, 1, 2)
+
+
+def _braze_qadd(node, x, y):
+    """``sat8((x - x_zp) + (y - y_zp) + out_zp)``: int8 addition at equal scales (the unfused residual)."""
+    attrs = node.attrs
+    total = (_int64(x) - int(attrs.get("x_zp", 0))) + (_int64(y) - int(attrs.get("y_zp", 0))) \
+        + int(attrs.get("out_zp", 0))
+    return np.clip(total, -128, 127).astype(np.int8)
+
+
+
+
+def _dynamic_quantize_linear(node, x):
+    """uint8 quantization with the range of ``x`` (widened to include 0), as ONNX defines it."""
+    low, high = min(float(x.min()), 0.0) if x.size else 0.0, max(float(x.max()), 0.0) if x.size else 0.0
+    scale = np.float32((high - low) / 255) if high != low else np.float32(1.0)
+    zero_point = np.uint8(np.clip(np.rint(0 - low / scale), 0, 255))
+    y = _saturate_to(np.rint(x / scale) + zero_point, np.uint8)
+    return y, np.array(scale, np.float32), np.array(zero_point, np.uint8)
+
+
+register("QuantizeLinear", check=_block_check)(_quantize_linear)
+register("DequantizeLinear", check=_block_check)(_dequantize_linear)
+register("QLinearMatMul")(_qlinear_matmul)
+register("QLinearConv")(_qlinear_conv)
+register("MatMulInteger")(lambda node, a, b, a_zp=None, b_zp=None: _matmul_integer(a, b, a_zp, b_zp)
+                          .astype(np.int32))
+register("ConvInteger")(lambda node, x, w, x_zp=None, w_zp=None: _conv_integer(node, x, w, x_zp, w_zp)
+                        .astype(np.int32))
+register("DynamicQuantizeLinear")(_dynamic_quantize_linear)
+register(f"{BRAZE_DOMAIN}.QMatMul")(_braze_qmatmul)
+register(f"{BRAZE_DOMAIN}.QConv")(_braze_qconv)
+register(f"{BRAZE_DOMAIN}.QAdd")(_braze_qadd)
