@@ -12,8 +12,9 @@ in microseconds, from what the configuration instantiates:
 * **DSPs, LUTs and flip-flops** as non-negative linear combinations of the structures that scale:
   the processing elements (``rows * cols``), the per-column datapath (epilogue, accumulator ports:
   ``cols``) and the DMA's data path (``bus_bits``), with coefficients fitted (non-negative least
-  squares) on the configurations synthesized for real (:data:`CALIBRATION_FILE`, made by
-  :func:`synthesize` -- ``braze bench dse --calibrate`` adds points);
+  squares) on the configurations synthesized for real (:data:`CALIBRATION_FILE`: the tiny and
+  default presets from ``braze bench fpga``'s runs, the others made with :func:`synthesize`;
+  ``braze bench dse --synthesize`` synthesizes the finalists and prints the estimate's error on them);
 * **Fmax** from place and route, the only source of it: one run measured so far (the tiny preset on
   the ECP5-85F, 42.9 MHz), whose critical path is the epilogue's requantizer (a 32-bit multiply,
   round and shift per column: its depth does not depend on rows, cols, memories or bus).  The
