@@ -8,7 +8,7 @@ in microseconds, from what the configuration instantiates:
 * **block RAMs** exactly from the memories' geometry: every scratchpad and accumulator bank is a
   ``depth x width`` memory (``spad_rows / spad_banks`` rows of ``8 * cols`` bits; accumulator rows
   of ``32 * cols`` bits) that Yosys tiles with DP16KDs in their best aspect ratio (16384x1 ...
-  512x36) -- nothing is fitted;
+  512x32 data bits) -- nothing is fitted;
 * **DSPs, LUTs and flip-flops** as non-negative linear combinations of the structures that scale:
   the processing elements (``rows * cols``), the per-column datapath (epilogue, accumulator ports:
   ``cols``) and the DMA's data path (``bus_bits``), with coefficients fitted (non-negative least
@@ -46,8 +46,10 @@ __all__ = ["AreaError", "AreaEstimate", "AreaModel", "CALIBRATION_FILE", "ecp5_b
 
 #: The synthesis, packing and place-and-route runs the estimate is calibrated on.
 CALIBRATION_FILE = Path(__file__).resolve().parent / "area_calibration.json"
-#: DP16KD aspect ratios (depth, width) Yosys maps ECP5 memories to.
-_DP16KD_MODES = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
+#: DP16KD aspect ratios (depth, data width) Yosys maps ECP5 memories to.  The x9/x18/x36 modes' ninth
+#: bits go unused: with the x36 mode as 36 data bits, the 512-bit accumulator banks of 8x16 would take
+#: 15 blocks, and Yosys uses 16 (the synthesized 8x16 configuration has 64 DP16KDs, not 62).
+_DP16KD_MODES = ((16384, 1), (8192, 2), (4096, 4), (2048, 8), (1024, 16), (512, 32))
 #: The structures each fitted resource scales with (a constant first).
 TERMS: dict[str, tuple[str, ...]] = {
     "luts": ("one", "pes", "cols", "bus_bits"),
