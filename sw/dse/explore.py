@@ -116,6 +116,9 @@ def dask_client(scheduler: str | None = None, *, workers: int = 2, processes: bo
         raise DseError(f"a local cluster needs at least one worker, not {workers}")
     with dask.config.set({"distributed.comm.timeouts.connect": "5s"}), \
             LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes, dashboard_address=None,
+                         # No dashboard; the scheduler's HTTP endpoints on a free port, not 8787 (taken
+                         # by any other cluster on the machine: a warning, and an error under -W error).
+                         scheduler_kwargs={"dashboard_address": ":0"},
                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
 
