@@ -73,3 +73,34 @@ def test_cli_errors_are_one_line(capsys):
     assert "gemm:MxKxN" in capsys.readouterr().err
     assert cli.main(["dse", "--workload", "gemm:8x8x8", "--space", "rows=4", "--objectives", "area"]) == 2
     assert "unknown objective 'area'" in capsys.readouterr().err
+
+
+def test_an_onnx_file_is_a_workload_with_random_inputs_of_the_batch(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from braze.isa import Config
+    from braze.sw.dse import WorkloadError, predict
+
+    values = np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32)
+    weight = numpy_helper.from_array(values, "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])],
+                              [weight])
+    path = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    workload = parse_workload(str(path), batch=12)
+    assert workload.kind == "onnx" and workload.inputs["x"].shape == (12, 32)
+    assert workload.key.startswith("onnx:mm.onnx:") and workload.key.endswith(":batch=12")
+    tiny = Config.preset("tiny")
+    kernels = workload.kernels(tiny)
+    assert kernels and predict(kernels, tiny)["cycles"] > 0
+    for text, message in (("missing.onnx", "no such file"), ("model.txt", "give digits-cnn, gemm:MxKxN"),
+                          (str(tmp_path / "mm.onnx.bad"), "give digits-cnn")):
+        with pytest.raises(WorkloadError, match=message):
+            parse_workload(text)
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(WorkloadError, match="junk.onnx"):
+        parse_workload(str(tmp_path / "junk.onnx"))
