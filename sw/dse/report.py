@@ -62,13 +62,16 @@ def plot(exploration: Exploration, path: Path) -> Path:
     front = sorted(exploration.front, key=lambda i: metrics[i][x_key])
     axes.scatter([metrics[i][x_key] for i in front], [metrics[i][y_key] for i in front], s=30, c="tab:red",
                  label=f"Pareto front over {', '.join(exploration.objectives)} ({len(front)})")
+    middle = (min(m[x_key] for m in metrics) + max(m[x_key] for m in metrics)) / 2
     for i in exploration.finalists:
         result = exploration.results[i]
         label = result.config.name.removeprefix("dse_")
         if result.error_pct is not None:
-            label += f" ({result.error_pct:+.1f}%)"
-        axes.annotate(label, (metrics[i][x_key], metrics[i][y_key]), fontsize=7, xytext=(4, 4),
-                      textcoords="offset points")
+            label += f" (RTL {result.error_pct:+.1f}%)"
+        right_half = metrics[i][x_key] > middle          # labels point inwards, so none leaves the axes
+        axes.annotate(label, (metrics[i][x_key], metrics[i][y_key]), fontsize=7,
+                      xytext=(-4 if right_half else 4, 4), textcoords="offset points",
+                      ha="right" if right_half else "left")
     axes.set_xlabel(_LABELS[objectives[0]])
     axes.set_ylabel(_LABELS[objectives[1]])
     axes.set_title(f"{exploration.workload.key}: {exploration.search} search")
