@@ -17,13 +17,15 @@ from braze.isa.config import Config
 from braze.isa.encoding import FORMAT_BY_OPCODE, INSTRUCTION, Activation, Memory, Opcode
 from braze.isa.timing import EPILOGUE_LATENCY
 
-from .vector import ROW_ADDR_WIDTH, counter_ports, memory_ports, round_half_even, saturate
+from .vector import ROW_ADDR_WIDTH, counter_ports, memory_ports, saturate, shift_for_rounding
 
 __all__ = ["EPILOGUE_LATENCY", "EpilogueUnit"]
 
 # EPILOGUE_LATENCY (braze.isa.timing) is what this unit takes beyond one cycle per row: three
-# parameter-row reads (bias, multiplier, shift), the read latency, four pipeline registers
-# (bias add, multiply, requantize, residual/activation/output) and the write.
+# parameter-row reads (bias, multiplier, shift), the read latency, five pipeline registers
+# (bias add, multiply, shift, round/OUT_ZP/sat32, residual/activation/output) and the write.
+# The shift has its own register because the variable 64-bit shift and the rounding adder in one
+# cycle were the whole design's critical path (tiny on an ECP5: 42.9 MHz).
 
 EPILOGUE_ARGS = FORMAT_BY_OPCODE[Opcode.EPILOGUE].layout
 
@@ -68,12 +70,13 @@ class EpilogueUnit(wiring.Component):
     Schedule, counting the cycle after acceptance as cycle 1: cycle 1 reads
     the bias row (with ``bias``), cycles 2 and 3 the multiplier and shift
     rows (with ``requant``); source row ``i`` is read in cycle ``4 + i``,
-    residual row ``i`` in cycle ``6 + i``, and destination row ``i`` written
-    in cycle ``9 + i``; ``done`` comes in cycle ``m + 8``.  Per row the
+    residual row ``i`` in cycle ``7 + i``, and destination row ``i`` written
+    in cycle ``10 + i``; ``done`` comes in cycle ``m + 9``.  Per row the
     pipeline registers hold: the bias sum (wrap32) | the int32 x int32
-    product | the product rounded half to even by ``shift & 63``, plus
-    OUT_ZP, sat32 | plus the residual, sat32, activated, sat8 for
-    ``out=spad``, columns ``>= n`` zeroed; then the write.
+    product | the product shifted right by ``shift & 63`` and its rounding
+    bit | that rounded half to even, plus OUT_ZP, sat32 | plus the residual,
+    sat32, activated, sat8 for ``out=spad``, columns ``>= n`` zeroed; then
+    the write.
     Disabled stages are made neutral (bias 0, multiplier 1, shift 0,
     OUT_ZP 0, residual 0) rather than bypassed.
 
@@ -133,11 +136,14 @@ class EpilogueUnit(wiring.Component):
         row_arrives = Signal()   # source row data on acc_read.data
         biased_valid = Signal()  # biased holds the row; residual row read this cycle
         product_valid = Signal()
+        shifted_valid = Signal()
         requantized_valid = Signal()  # residual row registered too
         result_valid = Signal()  # write this cycle
 
         biased = Signal(int32_row)
         product = Signal(data.ArrayLayout(signed(64), cols))
+        shifted = Signal(data.ArrayLayout(signed(64), cols))
+        round_up = Signal(cols)
         requantized = Signal(int32_row)
         residual_row = Signal(data.ArrayLayout(signed(8), cols))
         result = Signal(int32_row)
@@ -191,14 +197,15 @@ class EpilogueUnit(wiring.Component):
             row_arrives.eq(reading),
             biased_valid.eq(row_arrives),
             product_valid.eq(biased_valid),
-            requantized_valid.eq(product_valid),
+            shifted_valid.eq(product_valid),
+            requantized_valid.eq(shifted_valid),
             result_valid.eq(requantized_valid),
         ]
 
-        # Residual rows: read while the row is in the multiply stage, registered next to `requantized`.
+        # Residual rows: read while the row is in the shift stage, registered next to `requantized`.
         residual_read = Signal()
         m.d.comb += [
-            residual_read.eq(biased_valid & args.residual),
+            residual_read.eq(product_valid & args.residual),
             self.spad_read.en.eq(residual_read),
             self.spad_read.addr.eq(res_addr),
             self.spad_read_pulse.eq(residual_read),
@@ -207,11 +214,15 @@ class EpilogueUnit(wiring.Component):
             m.d.sync += res_addr.eq(res_addr + 1)
 
         for j in range(cols):
-            # Bias (wrap32) | multiply | round, + OUT_ZP, sat32.
+            # Bias (wrap32) | multiply | shift | round, + OUT_ZP, sat32.  An int32 x int32 product
+            # shifted right never reaches 2**63 - 1, so the rounding add cannot wrap.
+            quotient, rounds_up = shift_for_rounding(product[j], shift[j])
             m.d.sync += [
                 biased[j].eq((self.acc_read.data[j] + bias[j])[:32]),
                 product[j].eq(biased[j] * mult[j]),
-                requantized[j].eq(saturate(round_half_even(product[j], shift[j]) + zero_point, 32)),
+                shifted[j].eq(quotient),
+                round_up[j].eq(rounds_up),
+                requantized[j].eq(saturate(shifted[j] + round_up[j] + zero_point, 32)),
                 residual_row[j].eq(Mux(args.residual, self.spad_read.data[j], 0)),
             ]
             # + residual, sat32 | activation | output type | column mask.

@@ -18,7 +18,8 @@ from braze.isa.config import Config
 from braze.isa.encoding import FORMAT_BY_OPCODE, INSTRUCTION, UNARY_VECTOR_OPS, Memory, Opcode, VectorOp
 from braze.isa.timing import VECTOR_LATENCY
 
-__all__ = ["VECTOR_LATENCY", "VectorUnit", "counter_ports", "memory_ports", "round_half_even", "saturate"]
+__all__ = ["VECTOR_LATENCY", "VectorUnit", "counter_ports", "memory_ports", "round_half_even", "saturate",
+           "shift_for_rounding"]
 
 # VECTOR_LATENCY (braze.isa.timing) is what this unit takes beyond one (or two) cycles per row:
 # the read, the operand register, the compute/multiply register, the round-and-saturate register
@@ -30,10 +31,10 @@ ROW_ADDR_WIDTH = 16
 VECTOR_ARGS = FORMAT_BY_OPCODE[Opcode.VECTOR].layout
 
 
-def round_half_even(value: Value, shift: Value) -> Value:
-    """``value / 2**shift`` rounded to nearest, ties to even (``braze.isa.arith.round_shift``).
-
-    ``value`` is signed; the result has its width (the quotient never grows).
+def shift_for_rounding(value: Value, shift: Value) -> tuple[Value, Value]:
+    """``(value >> shift, round_up)``: the floor quotient and whether rounding to nearest, ties to
+    even, adds one to it -- :func:`round_half_even` in two parts, so that a pipeline can register
+    the shifter's output before the adder's carry chain.
     """
     quotient = value >> shift
     # The guard bit is bit shift-1 of value (0 when shift is 0); the sticky
@@ -41,7 +42,15 @@ def round_half_even(value: Value, shift: Value) -> Value:
     guard = ((value << 1) >> shift)[0]
     below_guard = ((Const(1, 1) << shift) - 1) >> 1
     sticky = (value.as_unsigned() & below_guard).any()
-    round_up = guard & (sticky | quotient[0])
+    return quotient, guard & (sticky | quotient[0])
+
+
+def round_half_even(value: Value, shift: Value) -> Value:
+    """``value / 2**shift`` rounded to nearest, ties to even (``braze.isa.arith.round_shift``).
+
+    ``value`` is signed; the result has its width (the quotient never grows).
+    """
+    quotient, round_up = shift_for_rounding(value, shift)
     return (quotient + round_up)[:len(value)].as_signed()
 
 

@@ -28,6 +28,10 @@ MIN_DRAM_BYTES = 1 << 16
 MAX_DRAM_BYTES = 1 << 28
 #: Longest read latency the simulated AXI RAMs (``braze.sim.axi_ram``, ``braze.sim.axi_memory``) model.
 MAX_MEM_LATENCY = 1 << 16
+#: Deepest instruction queue per unit and dependency-token queue: the queues are flip-flop FIFOs
+#: and token counters in the control core, so a deeper one only grows the design (a queue of 2**20
+#: entries was accepted and then never finished elaborating); 256 is 32 times the presets'.
+MAX_QUEUE_DEPTH = 256
 
 
 def _is_pow2(value: int) -> bool:
@@ -119,8 +123,9 @@ class Config:
                                "(256 MiB): the simulators hold it all in host memory, as a power of two")
         if self.mem_latency > MAX_MEM_LATENCY:
             fail("mem_latency", f"exceeds the {MAX_MEM_LATENCY} cycles the simulated memories model")
-        if not _is_pow2(self.queue_depth) or not _is_pow2(self.token_depth):
-            fail("queue_depth" if not _is_pow2(self.queue_depth) else "token_depth", "must be a power of two")
+        for name in ("queue_depth", "token_depth"):
+            if not _is_pow2(getattr(self, name)) or getattr(self, name) > MAX_QUEUE_DEPTH:
+                fail(name, f"must be a power of two no larger than {MAX_QUEUE_DEPTH}")
 
     # Derived sizes: properties so that they can never disagree with the fields.
     @property

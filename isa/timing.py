@@ -51,9 +51,9 @@ from .errors import ExecutionError
 #: the scratchpad read, the adder stage before the accumulator write, and the write.
 MATMUL_LATENCY = 3
 #: Cycles of an EPILOGUE beyond one per row: three parameter-row reads (bias, multiplier,
-#: shift), the read latency, four pipeline registers (bias add, multiply, round,
+#: shift), the read latency, five pipeline registers (bias add, multiply, shift, round,
 #: saturate/residual/activation) and the write.
-EPILOGUE_LATENCY = 8
+EPILOGUE_LATENCY = 9
 #: Cycles of a VECTOR beyond one (or two) per row: the read, the operand register, the
 #: compute/multiply register, the round-and-saturate register and the write.
 VECTOR_LATENCY = 4

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from braze.isa.config import MAX_DRAM_BYTES, MIN_DRAM_BYTES, PRESETS, Config
+from braze.isa.config import MAX_DRAM_BYTES, MAX_QUEUE_DEPTH, MIN_DRAM_BYTES, PRESETS, Config
 from braze.isa.errors import ConfigError
 
 
@@ -15,6 +15,9 @@ from braze.isa.errors import ConfigError
     # Found by braze bench fuzz: 4 GiB was accepted, and building its simulated memory hung.
     (f"tiny:dram_bytes={1 << 32}", f"to {MAX_DRAM_BYTES}"),
     ("tiny:mem_latency=100000", "mem_latency=100000 exceeds"),
+    ("tiny:queue_depth=6", "queue_depth=6 must be a power of two"),
+    (f"tiny:queue_depth={2 * MAX_QUEUE_DEPTH}", f"no larger than {MAX_QUEUE_DEPTH}"),
+    (f"default:token_depth={1 << 20}", f"token_depth={1 << 20} must be a power of two no larger"),
 ])
 def test_unbuildable_configs_are_rejected(spec, fragment):
     """Defect 3: a dram_bytes the simulated memories cannot hold failed later, with a traceback."""
@@ -26,6 +29,8 @@ def test_the_limits_themselves_are_accepted():
     assert Config.parse(f"tiny:dram_bytes={MIN_DRAM_BYTES}").dram_bytes == MIN_DRAM_BYTES
     limits = Config.parse(f"tiny:dram_bytes={MAX_DRAM_BYTES},mem_latency={1 << 16}")
     assert (limits.dram_bytes, limits.mem_latency) == (MAX_DRAM_BYTES, 1 << 16)
+    deepest = Config.parse(f"tiny:queue_depth={MAX_QUEUE_DEPTH},token_depth={MAX_QUEUE_DEPTH}")
+    assert (deepest.queue_depth, deepest.token_depth) == (MAX_QUEUE_DEPTH, MAX_QUEUE_DEPTH)
     assert all(MIN_DRAM_BYTES <= config.dram_bytes for config in PRESETS.values())
 
 
