@@ -15,12 +15,12 @@ in microseconds, from what the configuration instantiates:
   squares) on the configurations synthesized for real (:data:`CALIBRATION_FILE`: the tiny and
   default presets from ``braze bench fpga``'s runs, the others made with :func:`synthesize`;
   ``braze bench dse --synthesize`` synthesizes the finalists and prints the estimate's error on them);
-* **Fmax** from place and route, the only source of it: one run measured so far (the tiny preset on
-  the ECP5-85F, 42.9 MHz), whose critical path is the epilogue's requantizer (a 32-bit multiply,
-  round and shift per column: its depth does not depend on rows, cols, memories or bus).  The
-  estimate is that Fmax for every configuration: it cannot rank configurations by clock until more
-  place-and-route runs calibrate how routing congestion lowers it; :attr:`AreaModel.fmax_basis`
-  says so in every report;
+* **Fmax** from place and route, the only source of it: one run of the current hardware so far (the
+  tiny preset on the ECP5-85F, 42.3 MHz), whose critical path is the instruction fetch and
+  decoder's range check (before that the epilogue's requantizer, 42.9 MHz): logic whose depth
+  does not depend on rows, cols, memories or bus.  The estimate is that Fmax for every
+  configuration: it cannot rank configurations by clock until more place-and-route runs calibrate
+  how routing congestion lowers it; :attr:`AreaModel.fmax_basis` says so in every report;
 * **fit** on the ECP5-85F: nextpnr packs Yosys's LUT4s and carry chains into slices; the measured
   ratio of packed LUTs to Yosys LUT4s (:data:`CALIBRATION_FILE`'s ``pack``) converts.
 

@@ -31,7 +31,7 @@ import itertools
 from collections.abc import Iterator
 
 from braze.isa import BrazeError, Config
-from braze.isa.config import DMA_BUS_BITS, MAX_ARRAY_DIM
+from braze.isa.config import DMA_BUS_BITS, MAX_ARRAY_DIM, MAX_QUEUE_DEPTH
 
 __all__ = ["SpaceError", "Parameter", "Space", "PARAMETERS", "parse_space", "config_name"]
 
@@ -59,8 +59,8 @@ PARAMETERS: dict[str, _Spec] = {
     "bus_bits": _Spec("dma_bus_bits", 1, min(DMA_BUS_BITS), max(DMA_BUS_BITS), DMA_BUS_BITS, short="b"),
     "spad_banks": _Spec("spad_banks", 1, 1, 1 << 16, short="sb"),
     "acc_banks": _Spec("acc_banks", 1, 1, 1 << 16, short="ab"),
-    "queue_depth": _Spec("queue_depth", 1, 1, 1 << 10, short="q"),
-    "token_depth": _Spec("token_depth", 1, 1, 1 << 10, short="t"),
+    "queue_depth": _Spec("queue_depth", 1, 1, MAX_QUEUE_DEPTH, short="q"),
+    "token_depth": _Spec("token_depth", 1, 1, MAX_QUEUE_DEPTH, short="t"),
 }
 
 

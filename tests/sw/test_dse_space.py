@@ -39,6 +39,7 @@ def test_lists_single_values_and_another_base():
     ("rows=4..128", "128 is not a possible rows"),
     ("bus_bits=32..128", "32 is not a possible bus_bits (must be one of 64, 128, 256)"),
     ("bus_bits=96", "96 is not a possible bus_bits"),
+    ("queue_depth=4..512", "512 is not a possible queue_depth (must be a power of two from 1 to 256)"),
     ("rows=16..4", "'rows=16..4': the range is empty (16 > 4)"),
     ("spad=16..64", "unknown parameter 'spad'; parameters are rows, cols, spad_kib"),
     ("rows=4..8,rows=8", "parameter 'rows' is given twice"),
