@@ -518,6 +518,38 @@ def _hpm(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("dse", "design-space exploration: the Pareto front of configurations for a workload (cycles, "
+                "energy, area, Fmax), finalists confirmed on the RTL",
+         arg("--workload", required=True,
+             help="digits-cnn (the demo's CNN), gemm:MxKxN, or MODEL.onnx (random inputs of --batch)"),
+         arg("--space", required=True,
+             help="parameters and values, e.g. 'rows=4..32,cols=4..32,spad_kib=16..256,bus_bits=64..256' "
+                  "(LO..HI: the powers of two between; A|B: those values); also acc_kib, spad_banks, "
+                  "acc_banks, queue_depth, token_depth"),
+         arg("--objectives", default="cycles,energy,luts,fmax",
+             help="comma-separated among cycles, energy, luts, ffs, dsps, brams, fmax "
+                  "(default: cycles,energy,luts,fmax)"),
+         arg("--trials", type=integer(1), default=30,
+             help="configurations to evaluate (default 30); a space with no more is evaluated whole"),
+         arg("--scheduler", metavar="ADDRESS", help="a Dask scheduler (default: a local cluster)"),
+         arg("--workers", type=integer(1), default=2, help="local cluster workers (default 2)"),
+         arg("--confirm", type=integer(0), default=2, metavar="K",
+             help="run K finalists of the Pareto front on --device and compare cycles (default 2)"),
+         arg("--device", default="verilator", help="device the finalists run on (default: verilator)"),
+         arg("--base", default="default", help="where the unvaried fields come from (default: default)"),
+         arg("--batch", type=integer(1), default=8, help="batch size of model workloads (default 8)"),
+         arg("--history", type=Path, help="the performance history the results go to (resumable; "
+                                           "default: $BRAZE_CACHE_DIR/hpm/...)"),
+         arg("--plot", type=Path, metavar="FILE", help="write the front as a PNG plot"),
+         arg("--all", action="store_true", help="print every evaluated configuration, not only the front"),
+         arg("--seed", type=integer(0), default=0, help="seed of the sampler (default 0)"),
+         arg("--no-progress", action="store_true", help="no progress bar"))
+def _dse(args: argparse.Namespace) -> int:
+    from braze.sw.dse.cli import run
+
+    return run(args)
+
+
 #: Targets of ``braze bench``: name -> (help, function(argv) -> exit status).  Each target parses its own
 #: arguments, so targets do not share an argument namespace.
 BENCH_TARGETS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {}
@@ -571,6 +603,16 @@ def _bench_fleet(argv: Sequence[str]) -> int:
 
 BENCH_TARGETS["fleet"] = ("codelets on a Dask cluster: makespan all-CPU vs static vs adaptive routing, "
                           "fallback rate, a worker killed mid-run (braze bench fleet --help)", _bench_fleet)
+
+
+def _bench_dse(argv: Sequence[str]) -> int:
+    from braze.sw.dse import bench
+
+    return bench.main(argv)
+
+
+BENCH_TARGETS["dse"] = ("design-space exploration of the digits CNN: >= 30 configurations, Pareto front, "
+                        "finalists confirmed on the RTL (braze bench dse --help)", _bench_dse)
 
 
 def _bench_fuzz(argv: Sequence[str]) -> int:

@@ -44,7 +44,7 @@ def test_wheel_installs_into_clean_virtualenv(tmp_path):
     for expected in ("braze/__init__.py", "braze/isa/encoding.py", "braze/hw/__init__.py",
                      "braze/sim/__init__.py", "braze/sw/__init__.py",
                      "braze/sw/compiler/kernels/__init__.py", "braze/sw/compiler/kernels/matmul.py",
-                     "braze/sw/runtime/session.py"):
+                     "braze/sw/runtime/session.py", "braze/sw/dse/area_calibration.json"):
         assert expected in names, f"{expected} missing from {wheel.name}"
     assert any(name.startswith("braze/examples/") and name.endswith(".s") for name in names)
     assert not any(name.startswith(("isa/", "hw/", "tests/")) for name in names)

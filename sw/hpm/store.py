@@ -29,7 +29,8 @@ from typing import Any
 from braze.isa import BrazeError, Instruction
 from braze.isa.encoding import decode_program, encode_program
 
-__all__ = ["HistoryError", "HistoryStore", "RunRecord", "CodeletRun", "MIGRATIONS", "default_history_path",
+__all__ = ["HistoryError", "HistoryStore", "RunRecord", "CodeletRun", "DseResult", "MIGRATIONS",
+           "default_history_path",
            "signature_hash", "pack_program", "unpack_program"]
 
 #: Schema migrations: ``MIGRATIONS[i]`` takes a database at ``user_version`` i to i + 1.
@@ -89,6 +90,23 @@ MIGRATIONS: tuple[str, ...] = (
         source TEXT NOT NULL
     );
     CREATE INDEX codelet_runs_by_signature ON codelet_runs (signature, version);
+    """,
+    # 5: design-space exploration (braze.sw.dse): one row per configuration evaluated for a
+    # workload -- its objectives, which model predicted its cycles, and, for finalists, the cycles
+    # measured on a device -- so that an exploration resumes where it stopped.
+    """
+    CREATE TABLE dse_results (
+        id INTEGER PRIMARY KEY,
+        recorded_at REAL NOT NULL,
+        workload TEXT NOT NULL,
+        config_name TEXT NOT NULL,
+        config TEXT NOT NULL,
+        metrics TEXT NOT NULL,
+        predictor TEXT NOT NULL,
+        measured_cycles INTEGER,
+        measured_device TEXT,
+        UNIQUE (workload, config)
+    );
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -226,6 +244,38 @@ class CodeletRun:
     source: str = "fleet"
     recorded_at: float = dataclasses.field(default_factory=time.time)
     id: int | None = None
+
+
+@dataclasses.dataclass
+class DseResult:
+    """One configuration evaluated by design-space exploration (:mod:`braze.sw.dse`).
+
+    Attributes
+    ----------
+    workload : str
+        What was explored for (``digits-cnn:batch=8``, ``gemm:64x64x64``, a model file's digest).
+    config : dict
+        The configuration's fields (its name among them).
+    metrics : dict
+        The objectives and what else the evaluation computed (cycles, energy, area estimate ...).
+    predictor : str
+        What predicted the cycles: ``learned`` or ``analytic-mem``.
+    measured_cycles, measured_device : int or None, str or None
+        Cycles measured on a device, for the configurations confirmed there.
+    """
+
+    workload: str
+    config: dict
+    metrics: dict
+    predictor: str
+    measured_cycles: int | None = None
+    measured_device: str | None = None
+    recorded_at: float = dataclasses.field(default_factory=time.time)
+    id: int | None = None
+
+    @property
+    def config_name(self) -> str:
+        return str(self.config["name"])
 
 
 _CODELET_COLUMNS = ("recorded_at", "program", "codelet", "signature", "pattern", "version", "fleet", "worker",
@@ -439,3 +489,26 @@ class HistoryStore:
             raise self._error("could not be read", error) from None
         return [CodeletRun(**dict(zip(_CODELET_COLUMNS, row[1:], strict=True)), id=row[0])
                 for row in reversed(rows)]
+
+    # --- Design-space exploration. -----------------------------------------------------------------
+    def add_dse_results(self, results: Sequence[DseResult]) -> list[int]:
+        """Store evaluated configurations in one transaction; one of the same workload and
+        configuration already stored is replaced (a re-evaluation, or its measured cycles added)."""
+        insert = ("INSERT OR REPLACE INTO dse_results (recorded_at, workload, config_name, config, metrics, "
+                  "predictor, measured_cycles, measured_device) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        rows = [(result.recorded_at, result.workload, result.config_name,
+                 json.dumps(result.config, sort_keys=True), json.dumps(result.metrics, sort_keys=True),
+                 result.predictor, result.measured_cycles, result.measured_device) for result in results]
+        return self._insert(insert, results, rows)
+
+    def dse_results(self, workload: str) -> list[DseResult]:
+        """The configurations evaluated for ``workload``, oldest first."""
+        query = ("SELECT id, recorded_at, workload, config, metrics, predictor, measured_cycles, "
+                 "measured_device FROM dse_results WHERE workload = ? ORDER BY id")
+        try:
+            rows = self._db.execute(query, (workload,)).fetchall()
+        except sqlite3.DatabaseError as error:
+            raise self._error("could not be read", error) from None
+        return [DseResult(workload_, json.loads(config), json.loads(metrics), predictor, measured, device,
+                          recorded_at, row_id)
+                for row_id, recorded_at, workload_, config, metrics, predictor, measured, device in rows]

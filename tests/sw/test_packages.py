@@ -61,11 +61,27 @@ def test_compiler_never_imports_the_runtime():
         assert not offending, f"{path.name} imports {offending}"
 
 
-def test_nothing_imports_the_fleet_package():
+def _importers(package: str) -> dict[str, set[str]]:
+    """Files that import ``braze.sw.<package>``, with what they import: the package itself and the
+    command line (which loads it lazily, for its commands) aside."""
     root = SW.parent
+    found = {}
     folders = ("isa", "hw", "sim", "sw", "braze")
     for path in sorted(p for folder in folders for p in (root / folder).rglob("*.py")):
-        if "fleet" in path.relative_to(root).parts or path.name == "cli.py":
-            continue        # the package itself; the command line loads it lazily, for its commands
-        offending = {name for name in _imported_modules(path) if name.startswith("braze.sw.fleet")}
-        assert not offending, f"{path} imports {offending}"
+        if package in path.relative_to(root).parts or path.name == "cli.py":
+            continue
+        offending = {name for name in _imported_modules(path) if name.startswith(f"braze.sw.{package}")}
+        if offending:
+            found[str(path)] = offending
+    return found
+
+
+def test_nothing_imports_the_fleet_package():
+    assert _importers("fleet") == {}
+
+
+def test_nothing_imports_the_dse_package_and_it_uses_hw_only_through_its_entry_points():
+    assert _importers("dse") == {}
+    hardware = {name for path in (SW / "dse").rglob("*.py") for name in _imported_modules(path)
+                if name.startswith("braze.hw")}
+    assert hardware == {"braze.hw.fpga", "braze.hw.fpga.synthesize", "braze.hw.rtl", "braze.hw.rtl.build"}
