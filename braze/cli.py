@@ -586,7 +586,7 @@ BENCH_TARGETS["compile"] = ("compile time of the digits CNN and MLP: cold, a sec
 
 
 def _bench_hpm(argv: Sequence[str]) -> int:
-    from braze.sw.hpm import bench
+    from braze.sw.runtime import hpm_bench as bench
 
     return bench.main(argv)
 

@@ -6,11 +6,11 @@
   re-featuring the history when the features change;
 * :mod:`.model` -- the learned model (the analytic model's residual, with an uncertainty) and
   :class:`LearnedCostModel`, the compiler's cost model built on it;
-* :mod:`.evaluate` -- held-out evaluation by kernel family;
-* :mod:`.bench` -- ``braze bench hpm``.
+* :mod:`.evaluate` -- held-out evaluation by kernel family.
 
 The package uses :mod:`braze.sw.compiler` (it implements its ``CostModel``); the compiler never
-imports it.
+imports it, and it never imports the runtime (``braze bench hpm``, which plans with inference
+sessions, is :mod:`braze.sw.runtime.hpm_bench`).
 """
 
 from .calibrate import CalibrationReport, RefeatureReport, calibrate, calibration_kernels, refeature

@@ -61,6 +61,12 @@ def test_compiler_never_imports_the_runtime():
         assert not offending, f"{path.name} imports {offending}"
 
 
+def test_the_performance_model_never_imports_the_runtime():
+    for path in sorted((SW / "hpm").rglob("*.py")):
+        offending = {name for name in _imported_modules(path) if name.startswith("braze.sw.runtime")}
+        assert not offending, f"{path.name} imports {offending}"
+
+
 def _importers(package: str) -> dict[str, set[str]]:
     """Files that import ``braze.sw.<package>``, with what they import: the package itself and the
     command line (which loads it lazily, for its commands) aside."""

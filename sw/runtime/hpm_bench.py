@@ -39,11 +39,11 @@ from braze.isa.errors import ArgumentParser
 
 from ..compiler import kernels as library
 from ..compiler.kernels import Kernel, KernelError, run_kernel
-from .calibrate import DEFAULT_STALLS, calibrate, random_inputs, record_run, tiling_variants
-from .evaluate import format_scores, holdout_by_family, summarise
-from .features import MemorySystem, kernel_features, kernel_signature
-from .model import PerformanceModel, error_pct
-from .store import HistoryStore, signature_hash
+from ..hpm.calibrate import DEFAULT_STALLS, calibrate, random_inputs, record_run, tiling_variants
+from ..hpm.evaluate import format_scores, holdout_by_family, summarise
+from ..hpm.features import MemorySystem, kernel_features, kernel_signature
+from ..hpm.model import PerformanceModel, error_pct
+from ..hpm.store import HistoryStore, signature_hash
 
 __all__ = ["main", "decision_sets", "compare_plans"]
 
@@ -172,8 +172,8 @@ def compare_plans(device, config: Config, model: PerformanceModel, stall: float,
     """Measured cycles of one CNN batch planned by the analytic and by the learned cost model."""
     from ..compiler import models
     from ..compiler.cost import TimingCostModel
-    from ..runtime.session import InferenceSession
-    from .model import LearnedCostModel
+    from ..hpm.model import LearnedCostModel
+    from .session import InferenceSession
 
     data = models.load_digits_split()
     cnn, _ = models.train_cnn(data, seed=0)
