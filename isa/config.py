@@ -29,8 +29,9 @@ MAX_DRAM_BYTES = 1 << 28
 #: Longest read latency the simulated AXI RAMs (``braze.sim.axi_ram``, ``braze.sim.axi_memory``) model.
 MAX_MEM_LATENCY = 1 << 16
 #: Deepest instruction queue per unit and dependency-token queue: the queues are flip-flop FIFOs
-#: and token counters in the control core, so a deeper one only grows the design (a queue of 2**20
-#: entries was accepted and then never finished elaborating); 256 is 32 times the presets'.
+#: and token counters in the control core, so a deeper one only grows the design (an entry is 160
+#: bits: the three queues of 2**20 entries that were accepted would need 5*10**8 flip-flops); 256 is
+#: 32 times the presets'.
 MAX_QUEUE_DEPTH = 256
 
 
