@@ -47,14 +47,14 @@ FEATURE_VERSION = 4
 #: Cycles between one DMA instruction and the next that the timing model does not count (the
 #: RTL's DMA engine finishes one instruction's last response before it takes the next), by opcode.
 #: A least-squares fit of the measured ``load_busy`` on the calibration history (no backpressure)
-#: gives the read latency plus about 9 per LOAD on every preset, plus one per beat.
+#: gives the read latency plus about 9 per LOAD on every preset, plus 0.8-1.1 per beat.
 DMA_HANDOFF_CYCLES = {Opcode.LOAD: 9, Opcode.COUNTERS: 6}
 #: A STORE occupies the store unit for this many cycles plus one per row (each row is its own
-#: write request, accepted a cycle before its data) plus one per beat, whatever the read latency:
-#: the median of ``(store_busy - rows - beats) / stores`` over the calibration history without
-#: backpressure is 8 on tiny and large, 8.5 on default (the timing model's ``latency + beats + 1``
-#: under-prices a store of many short rows by up to half, which put single-buffered
-#: convolutions 30% off).
+#: write request) plus one per beat, whatever the read latency.  A least-squares fit of the
+#: measured ``store_busy`` (no backpressure) gives 1.1 per row and 1.1 per beat on tiny and large;
+#: the median of ``(store_busy - rows - beats) / stores`` is 8 on tiny and large, 8.5 on default.
+#: The timing model's ``latency + beats + 1`` under-prices a store of many short rows by up to
+#: half, which put single-buffered convolutions 30% off.
 STORE_BASE_CYCLES = 8
 _UNITS = ("load", "compute", "store")
 
