@@ -100,9 +100,11 @@ def local_cluster(workers: Sequence[WorkerSpec] = DEFAULT_WORKERS, *, processes:
     from distributed import Nanny, Scheduler, SpecCluster, Worker
 
     protocol = "tls://" if security is not None else "tcp://"
+    # The scheduler's HTTP server (the dashboard, where bokeh is installed and it is asked for) on a
+    # free port: without an address it takes 8787, and a second cluster on the machine warns.
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "protocol": protocol,
-                                               "dashboard_address": ":0" if dashboard else None,
-                                               "security": security}}
+                                               "dashboard_address": ":0",
+                                               "dashboard": dashboard, "security": security}}
     specs = {}
     for spec in workers:
         options = {"nthreads": spec.nthreads, "resources": dict(spec.resources), "host": "127.0.0.1",
