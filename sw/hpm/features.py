@@ -26,6 +26,7 @@ program the history stores with every run (:func:`program_features`) when the fe
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -169,19 +170,31 @@ def memory_aware_cycles(instructions: Sequence[Instruction], config: Config, mem
     entries = [scheduler.add_keyed(insn, key) for insn, key in zip(program, keys, strict=True)]
 
     banks = {Memory.SPAD: config.spad_banks, Memory.ACC: config.acc_banks}
-    elementwise = [(entry, _local_accesses(entry.insn)) for entry in entries
-                   if entry.insn.opcode in (Opcode.EPILOGUE, Opcode.VECTOR)]
-    if not elementwise:
+    # Per local memory, the element-wise instructions touching it as (start, end, accesses per
+    # cycle).  They run on the one compute unit in program order, so their intervals are disjoint
+    # and sorted, and a DMA instruction's overlaps are found by bisection, not by a scan of all.
+    elementwise: dict[Memory, list[tuple[int, int, float]]] = {Memory.SPAD: [], Memory.ACC: []}
+    for entry in entries:
+        if entry.insn.opcode in (Opcode.EPILOGUE, Opcode.VECTOR):
+            for local, rate in _local_accesses(entry.insn).items():
+                elementwise[local].append((entry.start, entry.end, rate))
+    if not elementwise[Memory.SPAD] and not elementwise[Memory.ACC]:
         return max(1, scheduler.cycles)
+    ends = {local: [end for _, end, _ in intervals] for local, intervals in elementwise.items()}
     scheduler = Scheduler(config)
     for entry, key in zip(entries, keys, strict=True):
         insn = entry.insn
         if insn.opcode in (Opcode.LOAD, Opcode.STORE) and not (insn.opcode is Opcode.LOAD and insn.zero):
             local = insn.args["mem"]
-            rows_per_cycle = insn.args["rows"] / max(1, entry.end - entry.start)
-            conflicts = sum(max(0, min(entry.end, other.end) - max(entry.start, other.start))
-                            * accesses.get(local, 0.0) for other, accesses in elementwise)
-            key = (key[0], int(round(key[1] + conflicts * rows_per_cycle / banks[local])), *key[2:])
+            intervals = elementwise[local]
+            conflicts = 0.0
+            for start, end, rate in intervals[bisect.bisect_right(ends[local], entry.start):]:
+                if start >= entry.end:
+                    break
+                conflicts += (min(entry.end, end) - max(entry.start, start)) * rate
+            if conflicts:
+                rows_per_cycle = insn.args["rows"] / max(1, entry.end - entry.start)
+                key = (key[0], int(round(key[1] + conflicts * rows_per_cycle / banks[local])), *key[2:])
         scheduler.add_keyed(insn, key)
     return max(1, scheduler.cycles)
 
