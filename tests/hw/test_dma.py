@@ -307,7 +307,7 @@ async def _stream(ctx, engine, program: list[Instruction]) -> tuple[list[int], l
 
 
 def _check_overlap(config: Config, accepted: list[int], reports: list[tuple[int, int]]):
-    """At most load_overlap instructions in flight; with more than 1, some LOAD starts before the previous ends."""
+    """At most load_overlap LOADs in flight; with more than 1, some start before the previous one ends."""
     dones = [cycle for cycle, _ in reports]
     for index, start in enumerate(accepted):
         in_flight = sum(1 for done in dones[:index] if done >= start) + 1
@@ -326,7 +326,7 @@ def _check_overlap(config: Config, accepted: list[int], reports: list[tuple[int,
     (PRESETS["tiny"], 8, 12, 6),
 ], ids=lambda value: f"{value.name}-overlap{value.load_overlap}" if isinstance(value, Config) else None)
 def test_load_overlapped_stream(config, seed, count, max_rows):
-    """LOADs offered back to back land in program order, done in program order, overlapping up to load_overlap."""
+    """LOADs offered back to back land and report done in program order, up to load_overlap at once."""
     rng = random.Random(seed)
     bench = LoadBench(config, seed, rows_in_flight=8)
     dram = np.random.default_rng(seed).integers(0, 256, DRAM_BYTES, dtype=np.uint8)
@@ -384,8 +384,8 @@ def test_load_overlapped_errors():
         spad = _read_local(ctx, bench.spad)
         for r in range(good.rows):
             start = good.dram + r * good.stride
-            np.testing.assert_array_equal(
-                spad[good.addr + r], _row_from_bytes(dram[start:start + 3].tobytes(), Memory.SPAD, config.cols))
+            expected_row = _row_from_bytes(dram[start:start + 3].tobytes(), Memory.SPAD, config.cols)
+            np.testing.assert_array_equal(spad[good.addr + r], expected_row)
 
     _simulate(bench, memory, testbench, conflict=0.0, seed=9, events_layout=load_events_layout(config))
 
