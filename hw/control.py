@@ -15,7 +15,11 @@ core): an instruction is handed over by a transfer on ``insn``; the client
 then pulses ``done`` once when the instruction has completed (in the cycle of
 the transfer at the earliest), with ``error`` and ``cause`` set in that same
 cycle if it failed.  A client has at most one instruction at a time: the core
-offers the next one only after the previous one's ``done``.
+offers the next one only after the previous one's ``done`` -- except the load
+client with ``Config.load_overlap`` > 1, which may hold that many LOADs: the core
+offers the next LOAD whenever its tokens are there and fewer are held, the client
+reports their ``done`` in program order (never in the cycle it takes one), and
+they retire and push their tokens in program order.
 
 On the first illegal or failing instruction (or a fetch error, or a
 deadlock) the core stops dispatching and starting instructions (queued ones

@@ -16,8 +16,8 @@ Blocks
     from :class:`~braze.hw.counters.CounterBank` are packed onto the bus at any
     byte address.
 
-Both engines take one instruction at a time and report its end with a
-one-cycle ``done``; ``error`` is high in that same cycle if the instruction
+Both engines report the end of each instruction with a one-cycle ``done``,
+in program order; ``error`` is high in that same cycle if the instruction
 failed, with ``cause`` = ``DRAM_RANGE``: an AXI error response (SLVERR or
 DECERR) or an external range that runs past the 32-bit address space.  After
 an error an engine issues no new rows but drains everything already in flight,
@@ -146,6 +146,20 @@ class LoadEngine(wiring.Component):
     complete.  With ``zero`` set, rows of zeros are written, one per cycle, with no
     AXI traffic.
 
+    Overlap (``config.load_overlap`` > 1): the engine takes the next LOAD as soon
+    as every row request of the newest one is issued, up to ``load_overlap``
+    instructions in flight, so that one LOAD's requests go out while the previous
+    one's data arrives.  Each row request carries a ``last`` flag in the request
+    FIFO; the data side works on the oldest instruction (``current``; the others
+    wait in a FIFO of their parameters), writes its rows in order, and reports
+    ``done`` once its last row is written -- so data and ``done`` stay in program
+    order, zero LOADs included.  The first error (an AXI error response on one of
+    ``current``'s rows, or a row past the address space found while issuing, which
+    is reported with the instruction it belongs to) stops all issuing; the rows
+    in flight are drained unwritten, and each instruction still held reports
+    ``done`` in turn.  With ``load_overlap`` = 1 it behaves, cycle for cycle, as
+    an engine that takes one instruction at a time.
+
     Parameters
     ----------
     config : Config
@@ -159,7 +173,9 @@ class LoadEngine(wiring.Component):
     Attributes
     ----------
     insn : In(stream.Signature(INSTRUCTION))
-        LOAD instructions (``args.load``), range-checked; ready while idle.
+        LOAD instructions (``args.load``), range-checked; ready while idle or (with
+        overlap) while fewer than ``load_overlap`` are in flight, the newest one has
+        issued all its row requests and no error stopped the engine.
     read_req : Out(stream.Signature(read_request_layout(32, beats_width)))
         To :class:`~braze.hw.axi.AXI4ReadMaster` ``req``: one request per row,
         bus-aligned address.
@@ -174,7 +190,10 @@ class LoadEngine(wiring.Component):
     cause : Out(ErrorCause)
         With ``error``: ``DRAM_RANGE``; ``NONE`` otherwise.
     busy : Out(1)
-        An instruction is being executed (from acceptance to ``done``).
+        An instruction is being executed (from acceptance to ``done``); with overlap,
+        at least one is.  ``events.load_busy`` follows it, so with overlap the
+        ``load_busy`` counter counts cycles with any LOAD in flight, not the sum of
+        the LOADs' durations that the timing model predicts for it.
     events : Out(load_events_layout(config))
         Counter increments of this cycle (see the module documentation).
     """

@@ -24,6 +24,14 @@ Simplifications of :func:`schedule` (the hardware may differ by these):
 * a barrier starts when every earlier instruction has retired; the
   dispatcher resumes when it ends.
 
+With ``load_overlap`` > 1 a LOAD starts once the previous LOAD has issued its
+row requests (one per cycle, the cycle after it starts; a zero LOAD issues
+none), if fewer than ``load_overlap`` LOADs have not retired; it ends no
+earlier than alone (``mem_latency + beats + 1``) and no earlier than
+:data:`LOAD_HANDOVER_CYCLES` plus its beats (zero rows) after the previous
+LOAD's end, and LOADs retire in program order.  ``load_busy`` stays the sum of
+the LOADs' durations (the hardware counts cycles with any LOAD in flight).
+
 ``stall_dep`` counts, per instruction on the load, compute and store units,
 the cycles between being able to start (dispatched, unit free) and starting
 because a token to pop was not there yet, plus the cycles after completion

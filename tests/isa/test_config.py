@@ -44,7 +44,8 @@ def test_assembler_constants_follow_the_config():
 
 @pytest.mark.parametrize("value", [0, 3, 16])
 def test_load_overlap_must_be_a_small_power_of_two(value):
-    with pytest.raises(ConfigError, match=f"load_overlap={value} must be (positive|a power of two no larger than 8)"):
+    problem = "(positive|a power of two no larger than 8)"
+    with pytest.raises(ConfigError, match=f"load_overlap={value} must be {problem}"):
         Config.parse(f"default:load_overlap={value}")
 
 
