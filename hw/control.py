@@ -159,6 +159,19 @@ def _client_report(m: Module, name: str, port) -> tuple:
             Mux(early_done, early_cause, port.cause))
 
 
+def _token_checks(m: Module, name: str, pop_deps, push_deps, flag_tokens: dict) -> tuple[Signal, Signal]:
+    """(the tokens ``pop_deps`` pops are there, the queues ``push_deps`` pushes to have room)."""
+    tokens_ready = Signal(name=f"{name}_tokens_ready")
+    m.d.comb += tokens_ready.eq(Cat(
+        ~pop_deps[flag] | flag_tokens[flag].available
+        for flag in ("pop_prev", "pop_next") if flag_tokens[flag] is not None).all())
+    push_room = Signal(name=f"{name}_push_room")
+    m.d.comb += push_room.eq(Cat(
+        ~push_deps[flag] | flag_tokens[flag].room
+        for flag in ("push_prev", "push_next") if flag_tokens[flag] is not None).all())
+    return tokens_ready, push_room
+
+
 class Control(wiring.Component):
     """The control core of the accelerator.
 
@@ -439,14 +452,7 @@ class Control(wiring.Component):
         retire = Signal(name=f"{name}_retire")
 
         head_deps = head.word.deps
-        tokens_ready = Signal(name=f"{name}_tokens_ready")
-        m.d.comb += tokens_ready.eq(Cat(
-            ~head_deps[flag] | flag_tokens[flag].available
-            for flag in ("pop_prev", "pop_next") if flag_tokens[flag] is not None).all())
-        push_room = Signal(name=f"{name}_push_room")
-        m.d.comb += push_room.eq(Cat(
-            ~current_deps[flag] | flag_tokens[flag].room
-            for flag in ("push_prev", "push_next") if flag_tokens[flag] is not None).all())
+        tokens_ready, push_room = _token_checks(m, name, head_deps, current_deps, flag_tokens)
 
         can_start = (state == _UnitState.IDLE) & ~offering & fifo.r_rdy & tokens_ready & ~stopped
         internal = (head.word.opcode == Opcode.CONFIG) if unit is Unit.COMPUTE else Const(0)
@@ -538,14 +544,7 @@ class Control(wiring.Component):
         oldest_deps = deps[oldest]
 
         head_deps = head.word.deps
-        tokens_ready = Signal(name=f"{name}_tokens_ready")
-        m.d.comb += tokens_ready.eq(Cat(
-            ~head_deps[flag] | flag_tokens[flag].available
-            for flag in ("pop_prev", "pop_next") if flag_tokens[flag] is not None).all())
-        push_room = Signal(name=f"{name}_push_room")
-        m.d.comb += push_room.eq(Cat(
-            ~oldest_deps[flag] | flag_tokens[flag].room
-            for flag in ("push_prev", "push_next") if flag_tokens[flag] is not None).all())
+        tokens_ready, push_room = _token_checks(m, name, head_deps, oldest_deps, flag_tokens)
 
         can_start = ~offering & (held != depth) & fifo.r_rdy & tokens_ready & ~stopped
         m.d.comb += [

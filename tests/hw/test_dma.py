@@ -249,6 +249,16 @@ def test_load_random_shapes(config, seed, count, max_rows, rows_in_flight):
     _load_random(config, seed, count, max_rows, rows_in_flight)
 
 
+def _assert_loaded(ctx, bench: LoadBench, dram: np.ndarray, insn: Instruction):
+    """The scratchpad rows ``insn`` wrote hold its external rows."""
+    spad = _read_local(ctx, bench.spad)
+    for r in range(insn.rows):
+        start = insn.dram + r * insn.stride
+        blob = dram[start:start + insn.len].tobytes()
+        cols = bench.engine.config.cols
+        np.testing.assert_array_equal(spad[insn.addr + r], _row_from_bytes(blob, Memory.SPAD, cols))
+
+
 def test_load_errors_and_recovery():
     """DECERR beyond the memory, SLVERR inside it and rows past 2**32 give DRAM_RANGE; then a LOAD works."""
     config = PRESETS["tiny"]
@@ -277,11 +287,7 @@ def test_load_errors_and_recovery():
         error, cause, _ = await _execute(ctx, bench.engine.insn, good, bench.engine)
         assert (error, cause) == (0, ErrorCause.NONE)
         assert memory.stats.read_bursts - bursts == good.rows
-        spad = _read_local(ctx, bench.spad)
-        for r in range(good.rows):
-            start = good.dram + r * good.stride
-            expected_row = _row_from_bytes(dram[start:start + 3].tobytes(), Memory.SPAD, config.cols)
-            np.testing.assert_array_equal(spad[good.addr + r], expected_row)
+        _assert_loaded(ctx, bench, dram, good)
 
     _simulate(bench, memory, testbench, conflict=0.0, seed=4, events_layout=load_events_layout(config))
 
@@ -381,11 +387,7 @@ def test_load_overlapped_errors():
             assert not ctx.get(bench.engine.busy)
         _, reports = await _stream(ctx, bench.engine, [good, good])
         assert [error for _, error in reports] == [0, 0], "the engine recovers after an error"
-        spad = _read_local(ctx, bench.spad)
-        for r in range(good.rows):
-            start = good.dram + r * good.stride
-            expected_row = _row_from_bytes(dram[start:start + 3].tobytes(), Memory.SPAD, config.cols)
-            np.testing.assert_array_equal(spad[good.addr + r], expected_row)
+        _assert_loaded(ctx, bench, dram, good)
 
     _simulate(bench, memory, testbench, conflict=0.0, seed=9, events_layout=load_events_layout(config))
 
