@@ -26,7 +26,8 @@ Simplifications of :func:`schedule` (the hardware may differ by these):
 
 With ``load_overlap`` > 1 a LOAD starts once the previous LOAD has issued its
 row requests (one per cycle, the cycle after it starts; a zero LOAD issues
-none), if fewer than ``load_overlap`` LOADs have not retired; it ends no
+none), if fewer than ``load_overlap`` LOADs have not retired (one of them
+:data:`LOAD_SLOT_CYCLES` ago at the latest); it ends no
 earlier than alone (``mem_latency + beats + 1``) and no earlier than
 :data:`LOAD_HANDOVER_CYCLES` plus its beats (zero rows) after the previous
 LOAD's end, and LOADs retire in program order.  ``load_busy`` stays the sum of
@@ -83,6 +84,9 @@ BARRIER_OPCODES = frozenset({Opcode.FENCE, Opcode.COUNTERS, Opcode.HALT})
 #: With ``load_overlap`` > 1: cycles between one LOAD's completion and the first data of the next
 #: one that the load engine can use (the next one becomes current once the last row is written).
 LOAD_HANDOVER_CYCLES = 2
+#: With ``load_overlap`` > 1: cycles after a LOAD retires before its place among the ``load_overlap``
+#: in flight is taken again (the control core counts the done, then frees the place).
+LOAD_SLOT_CYCLES = 1
 
 _PREV = {Unit.COMPUTE: Unit.LOAD, Unit.STORE: Unit.COMPUTE}
 _NEXT = {Unit.LOAD: Unit.COMPUTE, Unit.COMPUTE: Unit.STORE}
@@ -365,7 +369,7 @@ class Scheduler:
         if overlapped:
             retires = self._load_retires
             ready = start = max(dispatch, self._load_issue_free,
-                                retires[0] if len(retires) == retires.maxlen else 0)
+                                retires[0] + LOAD_SLOT_CYCLES if len(retires) == retires.maxlen else 0)
         else:
             ready = start = max(dispatch, self._unit_free[u])
 

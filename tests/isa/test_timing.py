@@ -193,7 +193,7 @@ def _overlapped(config: Config, overlap: int) -> Config:
 def test_overlapped_loads_share_the_latency():
     """With load_overlap > 1 the next LOAD starts once the previous one's rows are requested; data and
     completions stay in program order, and at most load_overlap LOADs are in flight."""
-    from braze.isa.timing import LOAD_HANDOVER_CYCLES
+    from braze.isa.timing import LOAD_HANDOVER_CYCLES, LOAD_SLOT_CYCLES
     loads = [LOAD_A.replace(addr=4 * i, push_next=True) for i in range(TINY.token_depth)]
     matmuls = [MATMUL_OTHER.replace(pop_prev=True) for _ in loads]
     program = loads + matmuls + [I.make("halt")]
@@ -207,7 +207,7 @@ def test_overlapped_loads_share_the_latency():
             assert after.end >= before.end + beats + LOAD_HANDOVER_CYCLES  # one bus, in order
             assert after.retire >= before.retire
             if index + 1 >= overlap:                                      # at most `overlap` in flight
-                assert after.start >= entries[index + 1 - overlap].retire
+                assert after.start >= entries[index + 1 - overlap].retire + LOAD_SLOT_CYCLES
         assert entries[1].start < entries[0].end
         assert entries[-1].end < serial.entries[len(loads) - 1].end
         assert sched.cycles <= serial.cycles
