@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper
-from onnx_models import make_model
+from onnx_models import make_model, quantize_qdq
 
 from braze.isa import Config
 from braze.sim.device import open_device
@@ -76,21 +76,9 @@ def test_dilated_kernel_equals_the_zero_expanded_kernel():
 
 
 def test_depthwise_qdq_model_from_onnxruntime_runs_on_the_chip(tmp_path):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
     rng = np.random.default_rng(6)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"x": rng.normal(size=(2, 3, 9, 9)).astype(np.float32)} for _ in range(4)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    onnx.save(_mobile_block(3), tmp_path / "float.onnx")
-    quantize_static(tmp_path / "float.onnx", tmp_path / "qdq.onnx", Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
-    session = InferenceSession(str(tmp_path / "qdq.onnx"), config="tiny", cache=KernelCache(disk=False))
+    path = quantize_qdq(_mobile_block(3), tmp_path, (2, 3, 9, 9), rng)
+    session = InferenceSession(str(path), config="tiny", cache=KernelCache(disk=False))
     x = rng.normal(size=(2, 3, 9, 9)).astype(np.float32)
     (y,) = session.run(None, {"x": x})
     assert np.array_equal(y, evaluate(session.graph_before, {"x": x})["y"])
