@@ -10,9 +10,9 @@ and calls back, every few runs, so that the session can re-plan.
 Per tensor: sparsity (fraction of exact zeros), zero-block fraction (blocks of
 :data:`ZERO_BLOCK` consecutive elements that are all zero), value range (decayed per-run minimum
 and maximum, and the extremes ever seen), and, for tensors with int8 parameters, the saturation
-rate (fraction of elements at the int8 extremes).  A value outside a tensor's calibrated range
-becomes a :class:`ValueRangeWarning` naming the tensor (int8 saturates: the answer is that of the
-clamped value, so it is never silent).
+rate (fraction of elements at the int8 extremes, zero excluded).  A value outside a tensor's
+calibrated range (checked on every run, sampled or not) becomes a :class:`ValueRangeWarning`
+naming the tensor (int8 saturates: the answer is that of the clamped value, so it is never silent).
 
 The cost of the analysis is accounted for: :attr:`DataflowAnalyzer.busy_seconds` (the thread's
 CPU time folding) and :attr:`DataflowAnalyzer.submit_seconds` (the inference thread's time
@@ -75,6 +75,7 @@ class Observation:
     cycles: Mapping[str, int] = dataclasses.field(default_factory=dict)
     cost_cycles: float = 0.0                          # kernel cycles plus the host link's cost
     seconds: float = 0.0                              # the run's wall time (the analyzer's budget base)
+    sampled: bool = True                              # full tensor statistics (else ranges only)
 
 
 class TensorStats:
@@ -98,24 +99,29 @@ class TensorStats:
         scale, zero = self.quant
         return (-128 - zero) * scale, (127 - zero) * scale
 
-    def add(self, value: np.ndarray) -> str | None:
-        """Fold one value in; returns a warning's text when it leaves the calibrated range."""
+    def add(self, value: np.ndarray, *, sampled: bool = True) -> str | None:
+        """Fold one value in; returns a warning's text when it leaves the calibrated range.
+
+        Not ``sampled``: only the range (two reductions), which is checked on every run."""
         flat = np.asarray(value, np.float32).ravel()
-        zeros = flat == 0
-        self.sparsity.add(float(zeros.mean()))
-        blocks = len(flat) // ZERO_BLOCK
-        if blocks:
-            self.zero_blocks.add(float(zeros[:blocks * ZERO_BLOCK].reshape(blocks, ZERO_BLOCK).all(1).mean()))
         low, high = float(flat.min()), float(flat.max())
-        self.low.add(low)
-        self.high.add(high)
         self.seen_low, self.seen_high = min(self.seen_low, low), max(self.seen_high, high)
+        if sampled:
+            zeros = flat == 0
+            self.sparsity.add(float(zeros.mean()))
+            blocks = len(flat) // ZERO_BLOCK
+            if blocks:
+                block_zero = zeros[:blocks * ZERO_BLOCK].reshape(blocks, ZERO_BLOCK).all(1)
+                self.zero_blocks.add(float(block_zero.mean()))
+            self.low.add(low)
+            self.high.add(high)
         if self.quant is None:
             return None
         scale, zero = self.quant
-        codes = np.rint(flat / scale) + zero
-        # At an int8 extreme, and not merely zero (a ReLU output's zero is its range's low end).
-        self.saturation.add(float(np.mean(((codes <= -128) | (codes >= 127)) & (codes != zero))))
+        if sampled:
+            codes = np.rint(flat / scale) + zero
+            # At an int8 extreme, and not merely zero (a ReLU output's zero is its range's low end).
+            self.saturation.add(float(np.mean(((codes <= -128) | (codes >= 127)) & (codes != zero))))
         lo, hi = self.calibrated_range
         # Half a step of tolerance: values the quantizer rounds into range are in range.
         if low < lo - scale / 2 or high > hi + scale / 2:
@@ -146,13 +152,13 @@ class DataflowAnalyzer:
         False: fold on :meth:`submit`'s caller (tests; deterministic).
     budget : float
         The share of inference wall time the analysis may cost: while it has cost more than ``budget``
-        times the runs' wall time so far, runs' tensors are not sampled (control outcomes, bytes and
-        cycles always are).
+        times the runs' wall time so far, runs' tensors are not sampled (only their ranges are checked;
+        control outcomes, bytes and cycles are always folded).
     """
 
     def __init__(self, *, half_life: float = 16.0, quant: Mapping[str, tuple[float, int]] | None = None,
                  on_update: Callable[[DataflowAnalyzer], None] | None = None, every: int = 4,
-                 background: bool = True, budget: float = 0.03):
+                 background: bool = True, budget: float = 0.02):
         self.half_life = half_life
         self.budget = budget
         self.inference_seconds = 0.0
@@ -186,7 +192,7 @@ class DataflowAnalyzer:
         """Hand over one run's observation (folded in the background)."""
         self.inference_seconds += observation.seconds
         if self.cost_seconds > self.budget * self.inference_seconds:
-            observation = dataclasses.replace(observation, tensors={})     # over budget: skip sampling
+            observation = dataclasses.replace(observation, sampled=False)  # over budget: ranges only
         if self._thread is None:
             self._fold(observation)
             return
@@ -239,13 +245,13 @@ class DataflowAnalyzer:
     def _fold(self, obs: Observation) -> None:
         started = time.thread_time()
         with self._lock:
-            if obs.tensors:
+            if obs.sampled:
                 self.sampled += 1
             for name, value in obs.tensors.items():
                 stats = self.tensors.get(name)
                 if stats is None:
                     stats = self.tensors[name] = TensorStats(name, self.half_life, self.quant.get(name))
-                warning = stats.add(value)
+                warning = stats.add(value, sampled=obs.sampled)
                 if warning is not None and name not in self._warned:
                     self._warned.add(name)
                     self.warnings.append(warning)

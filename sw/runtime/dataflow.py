@@ -26,13 +26,15 @@ device runs, weighted by the analyzer's decayed rates:
   integers), priced with the host time measured for it.
 * ``dispatch-experts`` -- the gate runs first; an expert whose mask holds no row this run is
   skipped, each other expert runs in its own accelerator partition (its output is multiplied by
-  an all-zero mask otherwise: skipping it changes no value).
+  an all-zero mask otherwise: skipping it changes no value).  With ``hot-expert:<name>`` the
+  most active expert runs in the gate's partition, on every run (no second transfer of the input).
 
 The static plan (no analyzer) is what the partitioner gives without statistics: the If's
 predecessor and else branch as two accelerator partitions, the then branch on the host; the gate
 and all experts as one accelerator partition.  A decision is taken when its predicted gain over
-the static plan exceeds ``threshold`` (a fraction of the static cost), kept while it predicts any
-gain, and reversed otherwise.  Every plan computes the same integers (see
+the static plan exceeds ``threshold`` (a fraction of the static cost), kept until it predicts a
+loss of more than half the threshold (so that rates wobbling near break-even do not thrash the
+plan), and reversed then.  Every plan computes the same integers (see
 :mod:`~braze.sw.runtime.partitions`), so outputs never depend on the plan.
 """
 
@@ -70,11 +72,13 @@ from .partitions import (
 from .session import _choose_cost_model
 
 __all__ = ["DataflowSession", "DecisionEvent", "RunTrace", "DEFAULT_DYNAMIC_THRESHOLD", "FUSE_BRANCH",
-           "BRANCH_ON_CPU", "DISPATCH_EXPERTS"]
+           "BRANCH_ON_CPU", "DISPATCH_EXPERTS", "HOT_EXPERT"]
 
 FUSE_BRANCH = "fuse-branch"
 BRANCH_ON_CPU = "branch-on-cpu"
 DISPATCH_EXPERTS = "dispatch-experts"
+#: With ``dispatch-experts``: ``hot-expert:<name>`` runs that expert in the gate's partition.
+HOT_EXPERT = "hot-expert"
 #: Minimum predicted gain (a fraction of the static plan's cost per run) for a dynamic decision.
 DEFAULT_DYNAMIC_THRESHOLD = 0.05
 #: Observations the analyzer needs before the session trusts its rates.
@@ -235,8 +239,13 @@ class DataflowSession:
                     "else": (s.orelse.name, orelse)}
         layout = {"router": (s.router.name, "cpu"), "combine": (s.combine.name, "cpu")}
         if DISPATCH_EXPERTS in choices:
+            hot = {c.split(":", 1)[1] for c in choices if c.startswith(HOT_EXPERT + ":")}
             layout["gate"] = (s.gate.name, "accelerator")
-            layout.update({region.name: (region.name, "accelerator") for region in s.experts})
+            for region, fused in zip(s.experts, s.gate_with, strict=True):
+                if region.name in hot:
+                    layout["gate"] = (fused.name, "accelerator")
+                else:
+                    layout[region.name] = (region.name, "accelerator")
         else:
             layout["gate"] = (s.gate_and_experts.name, "accelerator")
         return layout
@@ -371,9 +380,16 @@ class DataflowSession:
                     frozenset({FUSE_BRANCH}): part(s.fused_else.name, "accelerator").predicted_cycles,
                     frozenset({BRANCH_ON_CPU}): pre + p * self._host_cycles(s.orelse.name)}
         static = part(s.gate_and_experts.name, "accelerator").predicted_cycles
-        dispatch = part(s.gate.name, "accelerator").predicted_cycles + sum(
-            a.active[r.name].value * part(r.name, "accelerator").predicted_cycles for r in s.experts)
-        return {frozenset(): static, frozenset({DISPATCH_EXPERTS}): dispatch}
+        expected = {r.name: a.active[r.name].value * part(r.name, "accelerator").predicted_cycles
+                    for r in s.experts}
+        dispatch = part(s.gate.name, "accelerator").predicted_cycles + sum(expected.values())
+        prices = {frozenset(): static, frozenset({DISPATCH_EXPERTS}): dispatch}
+        for hot, fused in zip(s.experts, s.gate_with, strict=True):
+            # A hot expert runs (on every row, its result dropped where it has none) with the gate.
+            prices[frozenset({DISPATCH_EXPERTS, f"{HOT_EXPERT}:{hot.name}"})] = (
+                part(fused.name, "accelerator").predicted_cycles
+                + sum(cost for name, cost in expected.items() if name != hot.name))
+        return prices
 
     def _reconsider(self, analyzer: DataflowAnalyzer | None = None) -> Plan:
         """Re-plan from the statistics (the analyzer's thread calls this every few runs)."""
@@ -387,8 +403,8 @@ class DataflowSession:
             gains = {choice: (static - cost) / static for choice, cost in prices.items()}
             best = max(gains, key=gains.get)
             held = current.choices
-            if held and gains[held] > 0 and gains[best] - gains[held] <= self.threshold:
-                return current                 # keep a decision while it still predicts a gain
+            if held and gains[held] > -self.threshold / 2 and gains[best] - gains[held] <= self.threshold:
+                return current                 # hysteresis: keep a decision until it predicts a clear loss
             target = best if gains[best] > self.threshold else frozenset()
             if target == held:
                 return current

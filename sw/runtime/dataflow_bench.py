@@ -82,7 +82,7 @@ def measure(family: str, distribution: str, *, runs: int, warmup: int, device: s
 
 def table(rows: Sequence[dict]) -> str:
     header = ("model", "inputs", "plan after warm-up", "cycles st/dyn", "bytes st/dyn", "cost st/dyn",
-              "speedup", "wall ms st/dyn", "analyzer", "mismatch")
+              "speedup", "wall ms st/an/dyn", "analyzer", "mismatch")
     lines = []
     for r in rows:
         s, d = r["static"], r["dynamic"]
@@ -91,14 +91,15 @@ def table(rows: Sequence[dict]) -> str:
                       f"{s['bytes'] / r['runs']:.0f}/{d['bytes'] / r['runs']:.0f}",
                       f"{s['cost'] / r['runs']:.0f}/{d['cost'] / r['runs']:.0f}",
                       f"{s['cost'] / d['cost']:.2f}x",
-                      f"{1e3 * r['static_wall']:.0f}/{1e3 * r['dynamic_wall']:.0f}",
+                      "/".join(f"{1e3 * r[k]:.0f}" for k in ("static_wall", "analyzed_wall", "dynamic_wall")),
                       f"{100 * r['overhead']:.2f}%", str(r["mismatches"])))
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     out = ["static plan = the partitioner's plan without the analyzer: If predecessor and else branch as two "
            "accelerator partitions (condition and then branch on the host); gate + all experts as one "
            "accelerator partition (routing, gated sum on the host). Per run: cycles = accelerator kernel "
            "cycles (counters); bytes = host<->device transfers; cost = cycles + priced transfers and device "
-           "runs; analyzer = its accounted CPU time / inference wall time (static plan, analyzer on)."]
+           "runs; wall = the measured runs' wall time: static, static with the analyzer on (an), dynamic; "
+           "analyzer = its accounted CPU time / inference wall time (static plan, analyzer on)."]
     out.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     out.append("  ".join("-" * w for w in widths))
     out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]

@@ -124,12 +124,13 @@ class MixtureModel:
     experts: tuple[Region, ...]
     combine: Region                   # masks and expert outputs -> output (host)
     gate_and_experts: Region          # the static accelerator partition: gate and every expert
+    gate_with: tuple[Region, ...]     # per expert: the gate and that expert (a hot expert fused)
     masks: tuple[str, ...]
     expert_outputs: tuple[str, ...]
     name: str
 
     def regions(self) -> list[Region]:
-        return [self.gate, self.router, *self.experts, self.combine, self.gate_and_experts]
+        return [self.gate, self.router, *self.experts, self.combine, self.gate_and_experts, *self.gate_with]
 
 
 def _value_infos(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
@@ -265,21 +266,24 @@ def _split_topk(proto, topk, infos, inits) -> MixtureModel:
     if len(expert_outputs) < 2:
         raise PartitionError(f"TopK node {topk.name!r}: no experts found (expected Mul(mask, expert output) "
                              f"nodes after the routing)")
-    experts, claimed = [], set(gate_ids)
+    experts, gate_with, claimed = [], [], set(gate_ids)
     for index, tensor in enumerate(expert_outputs):
         nodes = ancestors([tensor], stop=gate_ids)
         if any(id(n) in claimed for n in nodes):
             raise PartitionError(f"expert output {tensor!r} shares operators with another expert or the gate")
         claimed.update(id(n) for n in nodes)
         experts.append(_region(proto, f"expert{index}", nodes, [tensor], infos, inits))
+        with_gate = [n for n in graph.node if id(n) in gate_ids or id(n) in {id(m) for m in nodes}]
+        gate_with.append(_region(proto, f"gate+expert{index}", with_gate, [topk.input[0], tensor], infos,
+                                 inits))
     gate = _region(proto, "gate", gate_nodes, [topk.input[0]], infos, inits)
     router = _region(proto, "router", router_nodes, masks, infos, inits)
     combine = _region(proto, "combine", combine_nodes, [o.name for o in graph.output], infos, inits)
     all_nodes = [n for n in graph.node if id(n) in claimed]
     gate_and_experts = _region(proto, "gate+experts", all_nodes, [topk.input[0], *expert_outputs],
                                infos, inits)
-    return MixtureModel(gate, router, tuple(experts), combine, gate_and_experts, tuple(masks),
-                        tuple(expert_outputs), graph.name)
+    return MixtureModel(gate, router, tuple(experts), combine, gate_and_experts, tuple(gate_with),
+                        tuple(masks), tuple(expert_outputs), graph.name)
 
 
 def calibration_inputs(proto: onnx.ModelProto, regions: Sequence[Region],
