@@ -133,33 +133,25 @@ class MixtureModel:
         return [self.gate, self.router, *self.experts, self.combine, self.gate_and_experts, *self.gate_with]
 
 
-def _value_infos(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    inferred = onnx.shape_inference.infer_shapes(proto)
-    infos = {}
+def _graphs(graph: onnx.GraphProto):
+    """``graph`` and every subgraph in it (an If's branches), outermost first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
 
-    def collect(graph: onnx.GraphProto) -> None:
+
+def _value_infos(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    infos = {}
+    for graph in _graphs(onnx.shape_inference.infer_shapes(proto).graph):
         for info in [*graph.input, *graph.output, *graph.value_info]:
             infos.setdefault(info.name, info)
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    collect(attr.g)
-    collect(inferred.graph)
     return infos
 
 
 def _initializers(proto: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    found = {}
-
-    def collect(graph: onnx.GraphProto) -> None:
-        for init in graph.initializer:
-            found[init.name] = init
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    collect(attr.g)
-    collect(proto.graph)
-    return found
+    return {init.name: init for graph in _graphs(proto.graph) for init in graph.initializer}
 
 
 def _region(proto: onnx.ModelProto, name: str, nodes: Sequence[onnx.NodeProto], outputs: Sequence[str],

@@ -207,3 +207,18 @@ def test_a_model_without_control_flow_is_refused():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
     with pytest.raises(PartitionError, match="one top-level If or one TopK"):
         split_model(helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]))
+
+
+def test_bench_prints_a_table_and_one_summary_line(capsys, early_exit, moe):
+    from braze.sw.runtime import dataflow_bench
+
+    assert dataflow_bench.main(["--runs", "3", "--warmup", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "static plan = " in lines[0]
+    assert sum(line.startswith(("early_exit_cnn", "moe_mlp")) for line in lines) == 4
+    summary = lines[-1]
+    assert summary.startswith("dataflow: overhead_pct=")
+    fields = dict(item.split("=") for item in summary.split()[1:])
+    assert set(fields) == {"overhead_pct", "early_exit_speedup", "moe_speedup", "transfer_bytes_saved_pct",
+                           "mismatches"}
+    assert fields["mismatches"] == "0"
