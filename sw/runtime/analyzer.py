@@ -314,5 +314,7 @@ class DataflowAnalyzer:
             lines.append(f"  {name}: {100 * share.value:.1f}% of rows, has rows in "
                          f"{100 * self.active[name].value:.1f}% of runs (decayed)")
         for name, count in self.transfer_bytes.items():
-            lines.append(f"  partition {name}: {count.value:.0f} B host<->device per run (decayed)")
+            cycles = self.cycles.get(name)
+            counted = f", {cycles.value:.0f} kernel cycles (counters)" if cycles is not None else ""
+            lines.append(f"  partition {name}: {count.value:.0f} B host<->device{counted} per run (decayed)")
         return "\n".join(lines)

@@ -83,6 +83,8 @@ HOT_EXPERT = "hot-expert"
 DEFAULT_DYNAMIC_THRESHOLD = 0.05
 #: Observations the analyzer needs before the session trusts its rates.
 MIN_OBSERVATIONS = 8
+#: Run traces a session keeps (the older half is dropped beyond this).
+MAX_TRACES = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +115,7 @@ class RunTrace:
     device_runs: int = 0
     seconds: float = 0.0
     bytes_by_partition: dict[str, int] = dataclasses.field(default_factory=dict)
+    cycles_by_partition: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def cost(self, link: HostLink) -> float:
         return (self.kernel_cycles + link.transfer_cycles(self.transfers, self.transfer_bytes)
@@ -279,11 +282,14 @@ class DataflowSession:
             branches = {}
         trace.seconds = time.perf_counter() - started
         self.traces.append(trace)
+        if len(self.traces) > MAX_TRACES:
+            del self.traces[:MAX_TRACES // 2]
         if self.analyzer is not None:
             handover = time.perf_counter()
             monitored = {t: host[t] for t in self._monitored(plan) if t in host}
             self.analyzer.submit(Observation(run, plan.version, monitored, branches, tokens, rows,
-                                             trace.bytes_by_partition, {}, trace.cost(self.link),
+                                             trace.bytes_by_partition, trace.cycles_by_partition,
+                                             trace.cost(self.link),
                                              trace.seconds))
             if self.analyzer._thread is not None:     # synchronous folding is counted as it folds
                 self.analyzer.submit_seconds += time.perf_counter() - handover
@@ -315,6 +321,8 @@ class DataflowSession:
         trace.kernel_cycles += cycles
         trace.transfer_bytes += part.transfer_bytes
         trace.bytes_by_partition[part.name] = trace.bytes_by_partition.get(part.name, 0) + part.transfer_bytes
+        if part.kind == "accelerator":          # the accelerator's own counters
+            trace.cycles_by_partition[part.name] = trace.cycles_by_partition.get(part.name, 0) + cycles
         trace.transfers += len(part.transfers)
         trace.device_runs += part.device_runs
 
