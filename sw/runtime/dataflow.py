@@ -91,7 +91,7 @@ MAX_TRACES = 10_000
 class DecisionEvent:
     """A plan change: which decision, the statistics behind it, and its predicted cost per run."""
 
-    run: int
+    run: int                          # runs the analyzer had observed (it lags the session a little)
     version_before: int
     version_after: int
     taken: frozenset[str]
@@ -418,7 +418,8 @@ class DataflowSession:
                 return current
             plan = self.manager.deploy(target)
             rates = self._rates_text()
-            self.events.append(DecisionEvent(self._runs, current.version, plan.version, target - held,
+            self.events.append(DecisionEvent(self.analyzer.observations, current.version, plan.version,
+                                             target - held,
                                              held - target, rates, static, prices[held], prices[target]))
             return plan
 
@@ -474,7 +475,7 @@ class DataflowSession:
             after = self.analyzer.measured_cost(event.version_after) if self.analyzer else None
             measured = ("measured " + (f"{before:.0f}" if before is not None else "-") + " -> "
                         + (f"{after:.0f}" if after is not None else "-") + " cycles/run")
-            lines.append(f"  after run {event.run}: {what} (plan v{event.version_before} -> "
+            lines.append(f"  after {event.run} observed runs: {what} (plan v{event.version_before} -> "
                          f"v{event.version_after}); {event.reason}; predicted "
                          f"{event.predicted_before:.0f} -> "
                          f"{event.predicted_after:.0f} "
