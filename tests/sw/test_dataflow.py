@@ -170,6 +170,10 @@ def test_no_run_mixes_two_plans_while_replanning(moe):
     assert not errors
     assert all(len(set(trace.plan_versions)) == 1 for trace in session.traces)
     assert len({trace.plan_versions[0] for trace in session.traces}) >= 2
+    plans = {plan.version: plan for plan in session.manager.history}
+    for trace in session.traces:              # every partition a run used belongs to its one plan
+        names = {part.name for part in plans[trace.plan_versions[0]].partitions.values()}
+        assert set(trace.partitions) <= names
     for i, value in results.items():
         assert np.array_equal(value, expected[i])
 
