@@ -595,6 +595,17 @@ BENCH_TARGETS["hpm"] = ("learned performance model: held-out family errors vs an
                         "the RTL, drift recovery (braze bench hpm --help)", _bench_hpm)
 
 
+def _bench_dataflow(argv: Sequence[str]) -> int:
+    from braze.sw.runtime import dataflow_bench as bench
+
+    return bench.main(argv)
+
+
+BENCH_TARGETS["dataflow"] = ("dataflow analyzer and dynamic partitions on the early-exit CNN and the "
+                             "mixture of experts vs the static plan (braze bench dataflow --help)",
+                             _bench_dataflow)
+
+
 def _bench_fleet(argv: Sequence[str]) -> int:
     from braze.sw.fleet import bench
 
