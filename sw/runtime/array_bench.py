@@ -30,6 +30,9 @@ of reach of the array alone: on the M = 1 shapes even a free array gains at most
 and 1.7x on large, below the 1.8x target, and any dataflow behind the one read port at most
 ``one_port``.
 
+The same four prices over a whole network (``--network``, default the demo's digits CNN at batch 1):
+its kernels as the compiler emits them today, summed.
+
 Fission: four independent ``16 x 16 x 16`` GEMMs on the large preset, run one after another (four
 kernels), against two lower bounds of any schedule that runs them side by side: without fission (the
 compute unit runs the four kernels' MATMULs, epilogues and vector instructions in turn) and with an
@@ -205,6 +208,34 @@ def study_fission(config: Config, shape: tuple[int, int, int] = (16, 16, 16), co
 
 
 @dataclasses.dataclass(frozen=True)
+class NetworkStudy:
+    """A whole workload's kernels, as compiled, with every MATMUL priced every way (summed over kernels).
+
+    The tilings are not re-picked here (unlike :class:`ShapeStudy`): the ceilings are of the programs
+    the compiler emits for the network today.
+    """
+
+    workload: str
+    preset: str
+    kernels: int
+    cycles: dict[str, int]
+
+    def ceiling(self, price: str) -> float:
+        return self.cycles["ws"] / self.cycles[price]
+
+
+def study_network(workload: str, config: Config, batch: int = 1) -> NetworkStudy:
+    """``workload`` in ``braze bench dse`` syntax (``digits-cnn``, ``gemm:MxKxN``, ``MODEL.onnx``)."""
+    from braze.sw.dse.workload import parse_workload
+
+    parsed = parse_workload(workload, batch=batch)
+    kernels = parsed.kernels(config)
+    cycles = {name: sum(price_program(kernel.program(), config, price) for kernel in kernels)
+              for name, price in PRICES.items()}
+    return NetworkStudy(parsed.key, config.name, len(kernels), cycles)
+
+
+@dataclasses.dataclass(frozen=True)
 class Measurement:
     """The compiler's pick of one GEMM run on a device: cycles measured against the timing model."""
 
@@ -286,10 +317,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "default: default,large")
     parser.add_argument("--shapes", default=",".join("x".join(map(str, shape)) for shape in SHAPES),
                         help="comma-separated GEMM shapes MxKxN (default: the issue's seven)")
+    parser.add_argument("--network", default="digits-cnn",
+                        help="also price a whole workload's kernels (braze bench dse syntax: digits-cnn, "
+                             "gemm:MxKxN or MODEL.onnx; 'none' to skip; default: digits-cnn)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size of --network (default: 1)")
     parser.add_argument("--device", help="also run the compiler's pick of the M <= 16 shapes on this device "
                                          "(amaranth or verilator; verilator builds take minutes) and compare "
                                          "cycles and outputs with the reference model")
     args = parser.parse_args(argv)
+    if args.batch < 1:
+        parser.error(f"argument --batch: {args.batch} must be at least 1")
     configs = [Config.parse(text) for text in args.presets.split(",") if text.strip()]
     if not configs:
         parser.error("argument --presets: no configuration given")
@@ -305,6 +342,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("   ws .. free: ws_pick over the fewest cycles of any candidate tiling with every MATMUL priced so "
           "(braze bench array --help)")
     print(shape_table(studies))
+    if args.network != "none":
+        networks = [study_network(args.network, config, args.batch) for config in configs]
+        print(f"\n== {networks[0].workload}: its kernels as compiled, ws_total over the total priced so ==")
+        rows = [[network.preset, network.kernels, network.cycles["ws"],
+                 *(f"{network.ceiling(name):.2f}x" for name in PRICES)] for network in networks]
+        print(_format_table(["preset", "kernels", "ws_total", *PRICES], rows))
     if args.device:
         measurements = [measurement for config in configs for measurement in measure_picks(
             args.device, config, [shape for shape in shapes if shape[0] <= SMALL_M])]

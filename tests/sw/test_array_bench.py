@@ -79,6 +79,16 @@ def test_fission_bounds_come_from_the_linked_kernels():
         array_bench.study_fission(LARGE, count=3)
 
 
+def test_a_network_study_sums_its_kernels_priced_each_way():
+    network = array_bench.study_network("gemm:1x64x10", DEFAULT)
+    kernel = gemm(DEFAULT, 1, 64, 10, bias=True, requant=True)
+    assert network.kernels == 1
+    assert network.cycles["ws"] == kernel.predicted_cycles
+    free = array_bench.price_program(kernel.program(), DEFAULT, lambda insn, config: 1)
+    assert network.cycles["free"] == free
+    assert network.ceiling("free") > 1
+
+
 def test_measuring_on_the_golden_device_agrees_with_the_prediction():
     (measurement,) = array_bench.measure_picks("golden", DEFAULT, [(1, 64, 10)])
     assert measurement.outputs_equal
@@ -86,7 +96,8 @@ def test_measuring_on_the_golden_device_agrees_with_the_prediction():
 
 
 def test_bench_ends_with_one_summary_line(capsys):
-    assert cli.main(["bench", "array", "--presets", "default", "--shapes", "1x64x10,16x16x16,64x9x8"]) == 0
+    assert cli.main(["bench", "array", "--presets", "default", "--shapes", "1x64x10,16x16x16,64x9x8",
+                     "--network", "none"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"array: best_vs_ws_small_worst=n/a fission_speedup=n/a area_overhead_pct=n/a "
                         r"mismatches=n/a one_port_small_worst=\d+\.\d\d free_small_worst=\d+\.\d\d "
@@ -100,6 +111,8 @@ def test_bench_ends_with_one_summary_line(capsys):
     (["--shapes", "1x2"], "'1x2' is not MxKxN"),
     (["--shapes", "64x9x8"], "M = 1"),
     (["--presets", "nope"], "no preset named 'nope'"),
+    (["--batch", "0"], "argument --batch: 0 must be at least 1"),
+    (["--network", "gemm:1x0x3", "--shapes", "1x8x8"], "gemm:MxKxN with positive M, K, N"),
 ])
 def test_bad_arguments_are_one_line(argv, fragment, capsys):
     assert cli.main(["bench", "array", *argv]) == 2
