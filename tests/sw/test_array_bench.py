@@ -93,6 +93,8 @@ def test_measuring_on_the_golden_device_agrees_with_the_prediction():
     (measurement,) = array_bench.measure_picks("golden", DEFAULT, [(1, 64, 10)])
     assert measurement.outputs_equal
     assert measurement.measured == measurement.predicted == gemm(DEFAULT, 1, 64, 10).predicted_cycles
+    assert measurement.array_busy_measured == measurement.array_busy_predicted == \
+        array_bench.study_shape(DEFAULT, (1, 64, 10)).busy["array_busy"]
 
 
 def test_bench_ends_with_one_summary_line(capsys):
