@@ -59,8 +59,8 @@ from braze.isa import Config, Instruction, Opcode
 from braze.isa.errors import ArgumentParser
 from braze.isa.timing import Scheduler, instruction_cycles, matmul_chunks, timing_key
 
-__all__ = ["SHAPES", "PRICES", "ShapeStudy", "FissionStudy", "price_program", "study_shape", "study_fission",
-           "main"]
+__all__ = ["SHAPES", "PRICES", "ShapeStudy", "FissionStudy", "NetworkStudy", "Measurement", "price_program",
+           "study_shape", "study_fission", "study_network", "measure_picks", "main"]
 
 #: The GEMM shapes (M, K, N) of issue 17.
 SHAPES: tuple[tuple[int, int, int], ...] = (
