@@ -42,6 +42,9 @@ compute unit runs the four kernels' MATMULs, epilogues and vector instructions i
 ideal 2 x 2 fission (each GEMM on its own 8 x 8 sub-array, all four at once, the compiler's own
 8 x 8 tiling), both behind the one load unit, store unit and vector unit.
 
+``--synth`` synthesizes the bare PE array of each preset and prints the issue's 15% area budget for
+the mode logic in cells (no mode logic is built to measure against it).
+
 Ends with ``array: best_vs_ws_small_worst=n/a fission_speedup=n/a area_overhead_pct=n/a
 mismatches=n/a one_port_small_worst=<x> free_small_worst=<x> free_m1_worst=<x> fission_ceiling=<x>``:
 the issue's four fields are ``n/a`` because neither an OS mode nor fission is built (there is no
@@ -277,6 +280,36 @@ def measure_picks(device_kind: str, config: Config, shapes: Sequence[tuple[int, 
     return measurements
 
 
+#: Share of the array's area the issue allows the mode logic of both features.
+AREA_BUDGET = 0.15
+
+
+def array_area(config: Config, target: str = "ecp5-85k") -> dict[str, int]:
+    """The bare PE array of ``config`` through the project's synthesis step (:func:`braze.hw.fpga.synthesize`,
+    cached): LUTs, carry cells, DSPs and flip-flops, the IO wrapper's flip-flops taken off."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from amaranth.back import verilog
+
+    from braze.hw.fpga import io_wrapper, synthesize
+    from braze.hw.pe_array import PEArray
+    from braze.hw.rtl import verilog_ports
+
+    top = f"pe_array_{config.name}"
+    text = verilog.convert(PEArray(config.rows, config.cols), name=top)
+    ports = verilog_ports(text, top)
+    with tempfile.TemporaryDirectory(prefix="braze-bench-array-") as scratch:
+        (Path(scratch) / f"{top}.v").write_text(text)
+        (Path(scratch) / f"{top}.json").write_text(json.dumps({"top": top, "ports": ports}))
+        report = synthesize(Path(scratch) / f"{top}.v", Path(scratch) / f"{top}.json", target)
+    _, _, wrapper = io_wrapper(top, ports)
+    carry = sum(count for cell, count in report["cells"].items() if cell in ("CCU2C", "SB_CARRY"))
+    return {"luts": report["luts"], "carry": carry, "dsps": report["dsps"],
+            "ffs": report["ffs"] - wrapper["ffs"]}
+
+
 def _format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     cells = [list(map(str, header))] + [[str(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
@@ -328,6 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also price a whole workload's kernels (braze bench dse syntax: digits-cnn, "
                              "gemm:MxKxN or MODEL.onnx; 'none' to skip; default: digits-cnn)")
     parser.add_argument("--batch", type=int, default=1, help="batch size of --network (default: 1)")
+    parser.add_argument("--synth", action="store_true",
+                        help="synthesize the bare PE array of each preset (Yosys synth_ecp5, minutes unless "
+                             "cached) and print the issue's 15%% area budget for mode logic in cells")
     parser.add_argument("--device", help="also run the compiler's pick of the M <= 16 shapes on this device "
                                          "(amaranth or verilator; verilator builds take minutes) and compare "
                                          "cycles and outputs with the reference model")
@@ -364,6 +400,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                             [[m.preset, "x".join(map(str, m.shape)), m.predicted, m.measured,
                               m.array_busy_predicted, m.array_busy_measured,
                               "equal" if m.outputs_equal else "DIFFER"] for m in measurements]))
+    if args.synth:
+        print("\n== area budget: the bare PE array (ECP5, synth_ecp5; no mode logic is built to compare) ==")
+        rows = []
+        for config in configs:
+            area = array_area(config)
+            rows.append([config.name, f"{config.rows}x{config.cols}",
+                         *(f"{area[kind]} ({AREA_BUDGET * area[kind]:.0f})"
+                           for kind in ("luts", "carry", "dsps", "ffs"))])
+        print(_format_table(["preset", "array", "LUT4 (15%)", "carry (15%)", "DSP (15%)", "FF (15%)"], rows))
     large = Config.preset("large")
     fission = study_fission(large)
     shape = "x".join(map(str, fission.shape))
