@@ -647,6 +647,17 @@ BENCH_TARGETS["fpga"] = ("FPGA flow per preset and target: fit, resources, Fmax,
                          "--help)", _bench_fpga)
 
 
+def _bench_array(argv: Sequence[str]) -> int:
+    from braze.sw.runtime import array_bench
+
+    return array_bench.main(argv)
+
+
+BENCH_TARGETS["array"] = ("reconfigurable array (issue 17): the compiler's GEMMs on WS and the most an OS "
+                          "dataflow, pipelined MATMULs or fission could gain (braze bench array --help)",
+                          _bench_array)
+
+
 @command("bench", "benchmarks: braze bench TARGET [options]; targets: "
          + ", ".join(sorted(BENCH_TARGETS)) + " (braze bench TARGET --help)",
          arg("target", help="what to benchmark (braze bench TARGET --help shows its options)"),
