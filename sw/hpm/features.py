@@ -45,9 +45,9 @@ from braze.isa.timing import Scheduler, axi_beats, element_bytes, timing_key
 
 from ..compiler.kernels import Kernel
 
-__all__ = ["MemorySystem", "kernel_features", "program_features", "feature_cache_dir", "kernel_signature",
-           "kernel_family", "memory_aware_cycles", "FEATURE_VERSION", "DMA_HANDOFF_CYCLES",
-           "STORE_BASE_CYCLES"]
+__all__ = ["MemorySystem", "kernel_features", "program_features", "feature_cache_dir", "forget_features",
+           "kernel_signature", "kernel_family", "memory_aware_cycles", "FEATURE_VERSION",
+           "DMA_HANDOFF_CYCLES", "STORE_BASE_CYCLES"]
 
 #: Bump when the features change meaning: models record it and refuse features of another version;
 #: ``braze hpm refeature`` recomputes the history's features from the programs it stores.
@@ -241,6 +241,12 @@ def kernel_features(kernel: Kernel, config: Config | None = None,
 #: kernel_features by _feature_key, in this process (oldest dropped first beyond the limit).
 _FEATURES: dict[str, dict[str, float]] = {}
 _FEATURES_LIMIT = 4096
+
+
+def forget_features() -> None:
+    """Forget the features :func:`kernel_features` remembers in this process (those on disk stay):
+    a benchmark measuring what a new process pays."""
+    _FEATURES.clear()
 
 
 def _code_digest() -> str:

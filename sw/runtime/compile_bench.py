@@ -3,11 +3,12 @@
 For each model (the digits CNN and MLP of :mod:`braze.sw.compiler.models`, trained with a fixed
 seed), under each cost model (``--cost-models``: the analytic timing model, and the learned
 performance model of the verilator device, :mod:`braze.sw.hpm`, as the demo plans with it), in a
-fresh process with an empty kernel cache: the time of
-``InferenceSession.compile_for`` for the first batch size (cold: every candidate kernel generated,
-fusion and tiling priced), then for a second batch size (which specialises the first one's plan,
-``specialise=True``; with ``--fresh`` it is priced afresh), then for the first size again in a new
-session on the now warm disk cache.  Session construction (import, quantization) is not counted.
+fresh process with an empty kernel cache and feature cache (``$BRAZE_CACHE_DIR`` in a temporary
+directory): the time of ``InferenceSession.compile_for`` for the first batch size (cold: every
+candidate kernel generated, fusion and tiling priced), then for a second batch size (which
+specialises the first one's plan, ``specialise=True``; with ``--fresh`` it is priced afresh), then
+for the first size again in a new session on the now warm disk caches (the features remembered in
+memory forgotten).  Session construction (import, quantization) is not counted.
 The last line is ``compile: cnn_cold=... cnn_second=... ...`` (the learned model's keys with a
 ``_learned`` suffix).
 """
@@ -15,13 +16,14 @@ The last line is ``compile: cnn_cold=... cnn_second=... ...`` (the learned model
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from braze.isa.errors import ArgumentParser, BrazeError
 
@@ -54,11 +56,12 @@ def measure(kind: str, *, config: str = "default", first: int = 64, second: int 
     from braze.isa import Config
     from braze.sw.compiler import models
     from braze.sw.compiler.cache import KernelCache
+    from braze.sw.hpm.features import forget_features
     from braze.sw.runtime.session import InferenceSession
 
     data = models.load_digits_split()
     model, _ = (models.train_cnn if kind == "cnn" else models.train_mlp)(data, seed=0)
-    with tempfile.TemporaryDirectory() as directory:
+    with tempfile.TemporaryDirectory() as directory, _cache_root(directory):
         path = model.save(os.path.join(directory, f"{kind}.onnx"))
         calibration = models.calibration_set(model, data, seed=0)
         parsed = Config.parse(config)
@@ -76,6 +79,7 @@ def measure(kind: str, *, config: str = "default", first: int = 64, second: int 
         started = time.perf_counter()
         session.compile_for({name: (second, *shape[1:])})
         second_s = time.perf_counter() - started
+        forget_features()          # as a new process would: what is remembered is on disk
         warm = InferenceSession(path, cache=KernelCache(cache_dir),
                                 cost_model=planning_cost_model(cost_model, parsed), **options)
         started = time.perf_counter()
@@ -84,6 +88,20 @@ def measure(kind: str, *, config: str = "default", first: int = 64, second: int 
     return {"model": kind, "cost_model": cost_model, "first": first, "second": second, "cold_s": cold,
             "second_s": second_s, "cached_s": cached, "kernels_generated": generated,
             "kernels_second": session.cache.misses - generated}
+
+
+@contextlib.contextmanager
+def _cache_root(directory: str) -> Iterator[None]:
+    """``$BRAZE_CACHE_DIR`` at ``directory`` meanwhile: no kernel or feature from an earlier run counts."""
+    before = os.environ.get("BRAZE_CACHE_DIR")
+    os.environ["BRAZE_CACHE_DIR"] = directory
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["BRAZE_CACHE_DIR"]
+        else:
+            os.environ["BRAZE_CACHE_DIR"] = before
 
 
 def run_child(kind: str, cost_model: str, *, config: str = "default", first: int = 64, second: int = 17,
