@@ -26,6 +26,7 @@ where the small GEMMs are those with M <= 16 (on both configurations) and ``gemm
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 
@@ -115,11 +116,22 @@ def gemm_table(rows: Sequence[dict]) -> str:
 
 
 def run_cnn(device_kind: str, *, samples: int, golden_check: bool, log=print):
-    """The demo's digits CNN, fused and unfused, on ``device_kind`` with the default preset."""
+    """The demo's digits CNN, fused and unfused, on ``device_kind`` with the default preset.
+
+    Its runs are not recorded in the performance history (``BRAZE_HPM_RECORD=0`` meanwhile): a
+    benchmark must not retrain the model it measures the plans of."""
     from braze import demo
 
-    return demo.run_model("cnn", device=device_kind, config="default", samples=samples, batch=64,
-                          golden_check=golden_check, log=log)
+    before = os.environ.get("BRAZE_HPM_RECORD")
+    os.environ["BRAZE_HPM_RECORD"] = "0"
+    try:
+        return demo.run_model("cnn", device=device_kind, config="default", samples=samples, batch=64,
+                              golden_check=golden_check, log=log)
+    finally:
+        if before is None:
+            del os.environ["BRAZE_HPM_RECORD"]
+        else:
+            os.environ["BRAZE_HPM_RECORD"] = before
 
 
 #: The stall counters of the per-kernel table.
