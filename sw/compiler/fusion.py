@@ -27,6 +27,17 @@ Pipeline
        activation) -- candidates: activation then pool, or pool first and
        the activation on the pooled, smaller tensor (exact: max commutes
        with a monotone clip).
+   ``conv_pool``
+       ``QConv`` with an int8 output (its activation fused or none) followed
+       by its only reader, a ``MaxPool`` whose window is its stride, without
+       padding -- candidates: two kernels, or the pooling in the convolution
+       kernel (the ``pool`` attribute; :func:`~braze.sw.compiler.kernels.conv2d`),
+       so the unpooled output never leaves the chip.  Exact: max commutes with
+       the epilogue's monotone requantization and activation.  The fused kernel
+       computes the pixels of a window in separate blocks, so it needs ``pool``
+       times as many (shorter) A LOADs: measured on the RTL it loses where
+       LOADs are the bottleneck (digits CNN's conv2 on default: 126k cycles
+       fused against 73k + 28k separate), and the cost model says so.
    ``chain``
        two element-wise clips in a row -- candidates: two kernels or one with
        the intersected bounds.
@@ -67,7 +78,7 @@ from braze.isa import Config
 
 from .cache import KernelCache, default_cache
 from .cost import Cost, CostModel, TimingCostModel, check_objective
-from .frontend import BRAZE_DOMAIN
+from .frontend import BRAZE_DOMAIN, conv_pads
 from .ir import Graph, Node, NodeKind, TensorInfo, constant_info, constant_node
 from .kernels import Kernel, Tiling
 from .lower import node_kernel
@@ -181,7 +192,7 @@ def split_activations(graph: Graph) -> Graph:
 
 @dataclasses.dataclass(frozen=True)
 class Opportunity:
-    kind: str                  # "epilogue", "pool", "chain" or "residual"
+    kind: str                  # "epilogue", "pool", "conv_pool", "chain" or "residual"
     nodes: tuple[str, ...]     # producer first
 
     def __str__(self) -> str:
@@ -238,6 +249,26 @@ def _fusable_residual(graph: Graph, node: Node, reader: Node) -> bool:
     return int(reader.attrs.get("x_zp", 0)) == out_zp == int(reader.attrs.get("out_zp", 0))
 
 
+def _fusable_pool(graph: Graph, node: Node, reader: Node) -> bool:
+    """``reader`` is an int8 ``MaxPool`` of ``node``'s int8 output (no residual input, not pooled yet)
+    with a square window equal to its stride, no padding, dilation, ceil mode or indices."""
+    if reader.op_type != "MaxPool" or reader.domain or node.attrs.get("out", "spad") != "spad" \
+            or node.attrs.get("pool", 1) != 1 or _residual_of(node) is not None \
+            or len([t for t in reader.outputs if t]) != 1 or graph.tensor(node.outputs[0]).dtype != "int8":
+        return False
+    shape = graph.tensor(node.outputs[0]).shape
+    kernel = tuple(reader.attrs.get("kernel_shape", ()))
+    if shape is None or len(shape) != 4 or len(kernel) != 2 or kernel[0] != kernel[1] \
+            or not all(isinstance(d, int) for d in shape[2:]):
+        return False
+    attrs = reader.attrs
+    if tuple(attrs.get("strides", (1, 1))) != kernel or tuple(attrs.get("dilations", (1, 1))) != (1, 1) \
+            or attrs.get("ceil_mode", 0) or attrs.get("storage_order", 0):
+        return False
+    return conv_pads(tuple(shape[2:]), kernel, kernel, (1, 1), attrs) == (0, 0, 0, 0) \
+        and min(shape[2:]) >= kernel[0] > 1
+
+
 def find_opportunities(graph: Graph) -> list[Opportunity]:
     """Every fusion opportunity, in topological order of the first node."""
     found = []
@@ -250,6 +281,8 @@ def find_opportunities(graph: Graph) -> list[Opportunity]:
             found.append(Opportunity("epilogue", (node.name, reader.name)))
         elif node.qualified_op in MATRIX_OPS and _fusable_residual(graph, node, reader):
             found.append(Opportunity("residual", (node.name, reader.name)))
+        elif node.qualified_op == f"{BRAZE_DOMAIN}.QConv" and _fusable_pool(graph, node, reader):
+            found.append(Opportunity("conv_pool", (node.name, reader.name)))
         elif _clip_bounds(graph, node) is not None:
             if reader.op_type == "MaxPool" and not reader.domain \
                     and graph.tensor(reader.inputs[0]).dtype == "int8" \
@@ -307,6 +340,13 @@ def _candidates(graph: Graph, opportunity: Opportunity, config: Config, cache: K
         inputs = (*first.inputs[:3], *[""] * (3 - len(first.inputs)), second.inputs[1])
         fused = first.replace(inputs=inputs, outputs=(out,)).with_attrs(
             residual_zp=int(second.attrs.get("y_zp", 0)), fused_ops=ops, fused_op_types=op_types)
+        rewritten = graph.edit(remove=[second.name], substitute={first.name: fused})
+        return [separate, Candidate("fused", rewritten, (first.name,))]
+    if opportunity.kind == "conv_pool":
+        out = second.outputs[0]
+        # A tiling forced on the convolution tiles the unpooled rows; the tiling pass picks one again.
+        fused = first.replace(outputs=(out,)).with_attrs(pool=int(second.attrs["kernel_shape"][0]),
+                                                        tiling=None, fused_ops=ops, fused_op_types=op_types)
         rewritten = graph.edit(remove=[second.name], substitute={first.name: fused})
         return [separate, Candidate("fused", rewritten, (first.name,))]
     if opportunity.kind == "pool":

@@ -265,6 +265,8 @@ def _plan_qconv(graph: Graph, node: Node) -> NodeKernel | str:
         host_pad = (*pads, x_zp)
         h, wd, pad = h + pads[0] + pads[2], wd + pads[1] + pads[3], 0
     options, constants = _epilogue(node, k_out, bias, w.astype(np.int64).sum(axis=(1, 2, 3)))
+    if int(node.attrs.get("pool", 1)) > 1:            # max pooling fused by the fusion engine
+        options["pool"] = int(node.attrs["pool"])
     recipe = KernelRecipe("conv2d", (n, c, h, wd, k_out, kh, kw, strides[0], pad), _options(options))
     # Weights in the layout conv2d_weights gives (channels padded to a multiple of rows) need the config:
     constants["weights_oihw"] = w

@@ -170,6 +170,10 @@ def _matmul_shape(recipe: KernelRecipe, config: Config) -> tuple[int, int, int, 
         return M, K, N, footprint
     n, c, h, w, k_out, kh, kw, stride, pad = recipe.args
     ho, wo = kernel_lib.conv2d_output_shape(h, w, kh, kw, stride, pad)
+    pool = int(options.get("pool", 1))
+    if pool > 1:           # fused pooling: the pixels of whole windows, M tiles of whole images
+        ho, wo = ho // pool * pool, wo // pool * pool
+        footprint["align"] = ho * wo
     return n * ho * wo, kh * kw * -(-c // config.rows) * config.rows, k_out, footprint
 
 

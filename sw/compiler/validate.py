@@ -247,6 +247,11 @@ def _check_braze(graph, node, fail):
             fail(f"QMatMul inner dimensions differ: input {x.shape}, weight {w.shape}")
     if node.op_type == "QConv":
         _check_conv(graph, node, fail)
+        pool = node.attrs.get("pool", 1)
+        if isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or pool < 1:
+            fail(f"pool must be a positive integer (fused max pooling window and stride), got {pool!r}")
+        if pool > 1 and (node.attrs.get("out", "spad") != "spad" or len(node.inputs) > 3 and node.inputs[3]):
+            fail("fused pooling needs an int8 output (out='spad') and no residual input")
     if node.inputs[2:] and node.inputs[2]:
         if bias.dtype != "int32" or bias.shape != (n,):
             fail(f"bias {bias.name!r} must be int32 of shape ({n},), got {bias}")

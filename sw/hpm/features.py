@@ -98,7 +98,8 @@ def kernel_family(kernel: Kernel) -> str:
     """The family held-out evaluation splits by: the kernel kind and its fused epilogue stages."""
     stages = [stage for stage, present in (("bias", "bias" in kernel.param_rows),
                                            ("requant", "mult" in kernel.param_rows),
-                                           ("residual", "residual" in kernel.operands)) if present]
+                                           ("residual", "residual" in kernel.operands),
+                                           ("maxpool", kernel.tiling.get("pool", 1) > 1)) if present]
     return "+".join([kernel.name, *stages])
 
 

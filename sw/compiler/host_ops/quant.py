@@ -143,7 +143,12 @@ def _braze_qconv(node, x, w, bias=None, residual=None):
     n, o, h, wd = acc.shape
     tile = acc.transpose(0, 2, 3, 1).reshape(-1, o)
     res_tile = None if residual is None else residual.transpose(0, 2, 3, 1).reshape(-1, o)
-    return braze_epilogue(node, tile, bias, res_tile).reshape(n, h, wd, o).transpose(0, 3, 1, 2)
+    y = braze_epilogue(node, tile, bias, res_tile).reshape(n, h, wd, o).transpose(0, 3, 1, 2)
+    pool = int(node.attrs.get("pool", 1))
+    if pool > 1:            # fused max pooling, window = stride = pool, no padding, floor mode
+        hp, wp = h // pool, wd // pool
+        y = y[:, :, :hp * pool, :wp * pool].reshape(n, o, hp, pool, wp, pool).max(axis=(3, 5))
+    return y
 
 
 def _braze_qadd(node, x, y):

@@ -596,17 +596,15 @@ class _Segment:
     stride: int
 
 
-def _window_segments(N: int, H: int, W: int, C: int, Ho: int, Wo: int, stride: int, pad: int, ky: int,
-                     kx: int, first: int, count: int, x_addr: int, channel: int) -> list[_Segment]:
-    """Where the tap (ky, kx) of output pixels first..first+count-1 (flattened n, oy, ox) lies in an
-    NHWC input: runs of pixels read with one strided LOAD, and runs in the padding (None)."""
-    segments: list[_Segment] = []
+class _SegmentList(list):
+    """Segments in local-row order; a run that continues the previous one (zeros after zeros, or the
+    same external stride) is merged into it, so it becomes one LOAD."""
 
-    def emit(local: int, rows: int, dram: int | None, stride_bytes: int):
+    def emit(self, local: int, rows: int, dram: int | None, stride_bytes: int) -> None:
         if rows <= 0:
             return
-        if segments:
-            last = segments[-1]
+        if self:
+            last = self[-1]
             contiguous = last.local + last.rows == local
             if contiguous and dram is None and last.dram is None:
                 last.rows += rows
@@ -615,31 +613,41 @@ def _window_segments(N: int, H: int, W: int, C: int, Ho: int, Wo: int, stride: i
                     and last.dram + last.rows * last.stride == dram):
                 last.rows += rows
                 return
-        segments.append(_Segment(local, rows, dram, stride_bytes))
+        self.append(_Segment(local, rows, dram, stride_bytes))
 
+    def row(self, local: int, n: int, oy: int, ox_first: int, ox_step: int, count: int, *, H: int, W: int,
+            C: int, stride: int, pad: int, ky: int, kx: int, x_addr: int, channel: int) -> None:
+        """Tap (ky, kx) of ``count`` output pixels of row ``oy`` of image ``n``, at ``ox = ox_first +
+        j*ox_step``, into local rows ``local + j``: one strided LOAD for those inside the input, zeros
+        for those in the padding."""
+        iy = oy * stride + ky - pad
+        # Valid j: 0 <= (ox_first + j*ox_step)*stride + kx - pad < W.
+        lo = max(0, _cdiv(pad - kx - ox_first * stride, ox_step * stride))
+        hi = min(count, (W - 1 + pad - kx - ox_first * stride) // (ox_step * stride) + 1)
+        if not 0 <= iy < H or hi <= lo:
+            self.emit(local, count, None, 0)
+            return
+        self.emit(local, lo, None, 0)
+        ix = (ox_first + lo * ox_step) * stride + kx - pad
+        self.emit(local + lo, hi - lo, x_addr + ((n * H + iy) * W + ix) * C + channel, ox_step * stride * C)
+        self.emit(local + hi, count - hi, None, 0)
+
+
+def _window_segments(N: int, H: int, W: int, C: int, Ho: int, Wo: int, stride: int, pad: int, ky: int,
+                     kx: int, first: int, count: int, x_addr: int, channel: int) -> list[_Segment]:
+    """Where the tap (ky, kx) of output pixels first..first+count-1 (flattened n, oy, ox) lies in an
+    NHWC input: runs of pixels read with one strided LOAD, and runs in the padding (None)."""
+    segments = _SegmentList()
     pixel = first
     end = first + count
     while pixel < end:
         n, rest = divmod(pixel, Ho * Wo)
         oy, ox0 = divmod(rest, Wo)
         ox1 = min(Wo, ox0 + end - pixel)          # this output row's part of the range
-        local0 = pixel - first
-        iy = oy * stride + ky - pad
-        if not 0 <= iy < H:
-            emit(local0, ox1 - ox0, None, 0)
-        else:
-            # Valid ox: 0 <= ox*stride + kx - pad < W.
-            lo = max(ox0, _cdiv(pad - kx, stride))
-            hi = min(ox1, (W - 1 + pad - kx) // stride + 1)
-            if hi <= lo:
-                emit(local0, ox1 - ox0, None, 0)
-            else:
-                emit(local0, lo - ox0, None, 0)
-                ix = lo * stride + kx - pad
-                emit(local0 + lo - ox0, hi - lo, x_addr + ((n * H + iy) * W + ix) * C + channel, stride * C)
-                emit(local0 + hi - ox0, ox1 - hi, None, 0)
+        segments.row(pixel - first, n, oy, ox0, 1, ox1 - ox0, H=H, W=W, C=C, stride=stride, pad=pad, ky=ky,
+                     kx=kx, x_addr=x_addr, channel=channel)
         pixel += ox1 - ox0
-    return segments
+    return list(segments)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ Limitations
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Mapping
 
 import numpy as np
@@ -28,6 +29,7 @@ from .common import (
     _OperandSpec,
     _place,
     _positive,
+    _SegmentList,
     _window_segments,
 )
 from .matmul import Tiling, _matmul_kernel
@@ -56,8 +58,9 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
            pad: int = 0, *, bias: bool = False, requant: bool = False, residual: bool = False,
            act: Activation | str = "none", clip: tuple[int, int] | None = None, out_zp: int = 0,
            out: str = "int8", addrs: Mapping[str, int] | None = None, base: int = 0,
-           tiling: Tiling | None = None) -> Kernel:
-    """2-D convolution, NHWC, with the fused epilogue of :func:`gemm`.
+           tiling: Tiling | None = None, pool: int = 1) -> Kernel:
+    """2-D convolution, NHWC, with the fused epilogue of :func:`gemm` and, with ``pool > 1``, a fused
+    ``pool`` x ``pool`` max pooling of stride ``pool`` (no padding, floor mode) after it.
 
     Layout contract: input ``x`` is NHWC int8 (N, H, W, C); the output ``out``
     (and ``residual``) is NHWC (N, Ho, Wo, K_out), which is exactly the
@@ -77,26 +80,39 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
     would be ``kh*kw`` times the input); the price is that inputs with few
     channels (C < rows) waste part of each chunk, and small output rows mean
     many short LOADs -- the load unit overlaps them with the MATMULs.
+
+    Fused max pooling (``pool = p``): the output is (N, Ho//p, Wo//p, K_out) and never leaves the
+    chip unpooled.  Only the pixels inside a pooling window are computed, and an M tile holds whole
+    images with its rows in the order (dy, dx, image, py, px) -- output pixel (py*p + dy, px*p + dx) --
+    so that each of the p*p positions in the window is a block of consecutive rows.  After the
+    EPILOGUE, VECTORs take the maximum of the blocks in the accumulator (MOV the first, MAX the rest,
+    MOV back to int8: exact, the values are int8) and one STORE writes the pooled rows, which are in
+    NHWC order.  The A tile's LOADs read every p-th pixel of an output row (stride ``p*stride*C``).
+    A max commutes with the epilogue's monotone requantization and activation, so this equals the
+    separate convolution and pooling bit for bit.
     """
     config = _check_config(config)
     for name, value in (("N", N), ("C", C), ("K_out", K_out)):
         _positive(name, value)
     Ho, Wo = _check_window(H, W, kh, kw, stride, pad, pad_below_kernel=False)
     epi = _epilogue_options(bias, requant, residual, act, clip, out_zp, out)
+    pool = _check_pool(pool, Ho, Wo, epi)
+    Hp, Wp = Ho // pool, Wo // pool
     R = config.rows
     c_chunks = _cdiv(C, R)
     K = kh * kw * c_chunks * R
-    M = N * Ho * Wo
+    M = N * pool * pool * Hp * Wp            # the output pixels computed (pooling windows cover them all)
     specs = [_OperandSpec("x", (N, H, W, C), "i1", "NHWC", "input"),
              _OperandSpec("B", (K, K_out), "i1", "(kh*kw*Cp) x K_out, see conv2d_weights", "param"),
-             *_epilogue_specs(epi, M, K_out, "NHWC (N*Ho*Wo rows of K_out)"), _counters_spec()]
+             *_epilogue_specs(epi, N * Hp * Wp, K_out, "NHWC (N*Ho*Wo rows of K_out)"), _counters_spec()]
     operands = _place(config, specs, addrs, base)
-    operands["out"] = dataclasses.replace(operands["out"], shape=(N, Ho, Wo, K_out))
+    operands["out"] = dataclasses.replace(operands["out"], shape=(N, Hp, Wp, K_out))
     if epi.residual:
         operands["residual"] = dataclasses.replace(operands["residual"], shape=(N, Ho, Wo, K_out))
     x_addr = operands["x"].addr
 
-    geometry = ("conv2d", N, C, H, W, kh, kw, stride, pad, R, x_addr)
+    geometry = ("conv2d", N, C, H, W, kh, kw, stride, pad, R, x_addr, pool)
+    image_rows = pool * pool * Hp * Wp           # GEMM rows per image: an M tile holds whole images
 
     def load_a(i0: int, mt: int, c: int, dst: int) -> list[Instruction]:
         # The same A tiles recur in every candidate kernel with the same M tile (separate and fused forms,
@@ -109,7 +125,11 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
         ky, kx = divmod(tap, kw)
         length = min(R, C - cc * R)
         loads = []
-        for seg in _window_segments(N, H, W, C, Ho, Wo, stride, pad, ky, kx, i0, mt, x_addr, cc * R):
+        if pool == 1:
+            segments = _window_segments(N, H, W, C, Ho, Wo, stride, pad, ky, kx, i0, mt, x_addr, cc * R)
+        else:
+            segments = _pooled_segments(i0 // image_rows, mt // image_rows, ky, kx, cc * R)
+        for seg in segments:
             if seg.dram is None:
                 loads.append(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, zero=True, addr=dst + seg.local,
                                               rows=seg.rows, len=R))
@@ -121,8 +141,32 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
         _A_LOADS[key] = tuple(loads)
         return loads
 
+    def _pooled_segments(n0: int, images: int, ky: int, kx: int, channel: int) -> list:
+        # Local row ((dy*p + dx)*images + n)*Hp*Wp + py*Wp + px holds output pixel (py*p + dy, px*p + dx)
+        # of image n0 + n: for each (dy, dx, n, py) the Wp pixels of a row, every p-th of it.
+        segments = _SegmentList()
+        for dy, dx, n, py in itertools.product(range(pool), range(pool), range(images), range(Hp)):
+            local = (((dy * pool + dx) * images + n) * Hp + py) * Wp
+            segments.row(local, n0 + n, py * pool + dy, dx, pool, Wp, H=H, W=W, C=C, stride=stride, pad=pad,
+                         ky=ky, kx=kx, x_addr=x_addr, channel=channel)
+        return list(segments)
+
     extra = {"Ho": Ho, "Wo": Wo, "K": K}
+    if pool > 1:
+        extra.update(pool=pool, align=image_rows)
     return _matmul_kernel("conv2d", config, M, K, K_out, epi, operands, load_a, geometry, tiling, extra)
+
+
+def _check_pool(pool: int, Ho: int, Wo: int, epi) -> int:
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
+        raise KernelError(f"pool={pool!r} must be a positive integer (1: no fused pooling)")
+    if pool == 1:
+        return 1
+    if Ho < pool or Wo < pool:
+        raise KernelError(f"a {pool}x{pool} pooling window does not fit the {Ho}x{Wo} convolution output")
+    if epi.out_int32 or epi.residual:
+        raise KernelError("fused pooling needs an int8 output without a residual input")
+    return pool
 
 
 #: The LOADs of conv2d A tiles by (geometry, first pixel, pixels, K-chunk, scratchpad row); cleared when full.

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from braze.isa import Activation, Config, Instruction, Memory, Opcode
+from braze.isa import Activation, Config, Instruction, Memory, Opcode, VectorOp
 
 from .common import (
     Kernel,
@@ -41,6 +41,7 @@ from .common import (
     _slot,
     _Streams,
     _Unorderable,
+    _vector,
 )
 
 __all__ = ["Tiling", "gemm", "candidate_tilings", "matmul_tilings"]
@@ -120,7 +121,9 @@ def _chunk_runs(first_slot: int, chunks: int, ring: int, pieces: int) -> list[tu
 
 
 def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, operands: dict[str, Operand],
-                     a_loader: ALoader, tiling: Tiling) -> _Streams:
+                     a_loader: ALoader, tiling: Tiling, pool: int = 1) -> _Streams:
+    """The streams of a tiled matrix multiply; with ``pool > 1`` every output tile is max-pooled on chip
+    before its STORE (the rows of a tile in blocks of ``pool**2``, see :func:`~.conv.conv2d`)."""
     R, COLS = config.rows, config.cols
     chunks = _cdiv(K, R)
     n_tiles = _cdiv(N, COLS)
@@ -138,6 +141,8 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     out_slots = spad.ring("out", ring, m) if not epi.out_int32 else []
     if tiling.a_slots < block_chunks:
         raise KernelError(f"{what}: the A ring needs at least {block_chunks} slots")
+    if pool > 1 and (not epi.needed or epi.out_int32):
+        raise KernelError(f"{what}: fused pooling needs an int8 EPILOGUE output")
     a_slots = spad.ring("A", tiling.a_slots, m)      # consecutive rows: slot i starts at a_slots[0] + i*m
     group = tiling.n_group if streamed else 1
     c_slots = acc.ring("C", ring * group, m)
@@ -230,9 +235,22 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
                 fields.update(residual=True, res_addr=r_buf.start)
             streams.add(Instruction.make(Opcode.EPILOGUE, **fields),
                         reads=[b for b in (c_buf, p_buf, r_buf) if b is not None], writes=[result])
-        streams.add(Instruction.make(Opcode.STORE, mem=result.memory, addr=result.start, rows=mt, len=nj,
-                                     dram=out_op.addr + (i0 * N + n0) * out_bytes, stride=N * out_bytes),
-                    reads=[result])
+        rows, first_row = mt, i0
+        if pool > 1:
+            # The maximum of the pool**2 blocks of the int8 tile, in C's accumulator rows (the EPILOGUE
+            # has read them), then back to int8 for the STORE.
+            rows, first_row = mt // pool ** 2, i0 // pool ** 2
+            streams.add(_vector(VectorOp.MOV, c_buf, c_buf.start, result, result.start, rows),
+                        reads=[result], writes=[c_buf])
+            for block in range(1, pool ** 2):
+                streams.add(_vector(VectorOp.MAX, c_buf, c_buf.start, c_buf, c_buf.start, rows, src2=result,
+                                    src2_row=result.start + block * rows),
+                            reads=[c_buf, result], writes=[c_buf])
+            streams.add(_vector(VectorOp.MOV, result, result.start, c_buf, c_buf.start, rows),
+                        reads=[c_buf], writes=[result])
+        streams.add(Instruction.make(Opcode.STORE, mem=result.memory, addr=result.start, rows=rows, len=nj,
+                                     dram=out_op.addr + (first_row * N + n0) * out_bytes,
+                                     stride=N * out_bytes), reads=[result])
 
     step = 0
     for t, i0 in enumerate(range(0, M, m)):
@@ -268,8 +286,12 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     return streams
 
 
-def _tiling_candidates(config: Config, M: int, K: int, N: int, epi: _Epilogue) -> list[list[Tiling]]:
+def _tiling_candidates(config: Config, M: int, K: int, N: int, epi: _Epilogue, align: int = 1
+                       ) -> list[list[Tiling]]:
     """Tilings that fit, grouped by M tile count; double-buffered groups first, then single-buffered.
+
+    With ``align > 1`` (a divisor of M) every M tile is a multiple of ``align`` rows (whole images of
+    a convolution with fused pooling).
 
     With A resident (K fits the scratchpad): the fewest M tiles that fit, one and two more, and
     twice and four times as many; per count B resident or streamed, the A ring in the rest of
@@ -327,9 +349,14 @@ def _tiling_candidates(config: Config, M: int, K: int, N: int, epi: _Epilogue) -
         slots -= slots % block
         return [Tiling(m, slots, False, p_resident, 1, ring, block * R, group)]
 
+    units = M // align
+
+    def tile_rows(tiles: int) -> int:
+        return _cdiv(units, min(tiles, units)) * align
+
     groups: list[list[Tiling]] = []
     for ring in _buffering_options(config):
-        fewest = next((tiles for tiles in range(1, M + 1) if resident(_cdiv(M, tiles), ring)), None)
+        fewest = next((tiles for tiles in range(1, units + 1) if resident(tile_rows(tiles), ring)), None)
         counts = [] if fewest is None else [fewest, fewest + 1, fewest + 2, 2 * fewest, 4 * fewest]
         # In order of promise: A resident in the fewest tiles, A streamed (unless one tile holds all of
         # A), then more and smaller resident tiles.
@@ -338,7 +365,7 @@ def _tiling_candidates(config: Config, M: int, K: int, N: int, epi: _Epilogue) -
         options += [(resident, tiles) for tiles in counts[1:]]
         seen: set[tuple[Callable, int]] = set()
         for make, tiles in options:
-            m = _cdiv(M, min(tiles, M))
+            m = tile_rows(tiles)
             if (make, m) not in seen:
                 seen.add((make, m))
                 if group := make(m, ring):
@@ -365,19 +392,21 @@ def candidate_tilings(kernel: Kernel) -> list[Tiling]:
     for dim in out.shape[:-1]:
         m *= dim
     k = kernel.tiling["K"] if "K" in kernel.tiling else kernel.operands["A"].shape[1]
+    if "align" in kernel.tiling:          # fused pooling: the output has a quarter of the GEMM's rows
+        m = kernel.tiling["align"] * out.shape[0]
     return matmul_tilings(kernel.config, m, k, n, bias="bias" in kernel.param_rows,
                           requant="mult" in kernel.param_rows, residual="residual" in kernel.operands,
-                          out_int32=out.dtype == np.dtype(np.int32))
+                          out_int32=out.dtype == np.dtype(np.int32), align=kernel.tiling.get("align", 1))
 
 
 def matmul_tilings(config: Config, M: int, K: int, N: int, *, bias: bool = False, requant: bool = False,
-                   residual: bool = False, out_int32: bool = False) -> list[Tiling]:
+                   residual: bool = False, out_int32: bool = False, align: int = 1) -> list[Tiling]:
     """:func:`candidate_tilings` of an M x K x N matrix multiply (a convolution's GEMM: M output pixels,
     K = kh*kw*Cp), from its shape and epilogue footprint, without generating a kernel."""
     # Only the epilogue's footprint shapes the tilings: parameter rows, residual and output tiles.
     epi = _Epilogue(bias=bias, requant=requant, residual=residual, act=Activation.NONE, clip_lo=0, clip_hi=0,
                     out_zp=0, out_int32=out_int32)
-    return [tiling for group in _tiling_candidates(config, M, K, N, epi) for tiling in group]
+    return [tiling for group in _tiling_candidates(config, M, K, N, epi, align) for tiling in group]
 
 
 #: Stop trying more tilings once the candidates generated hold this many instructions (generation time).
@@ -402,7 +431,8 @@ def _candidate(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue
     if key in _GENERATED:
         kernel = _GENERATED[key]
     else:
-        streams = _matmul_pipeline(config, M, K, N, epi, operands, a_loader, tiling)
+        streams = _matmul_pipeline(config, M, K, N, epi, operands, a_loader, tiling,
+                                   extra_tiling.get("pool", 1))
         try:
             kernel = _finish(name, config, streams, operands, macs=M * N * K, param_rows=epi.param_rows,
                              tiling=dataclasses.asdict(tiling) | extra_tiling)
@@ -423,7 +453,11 @@ def _matmul_kernel(name: str, config: Config, M: int, K: int, N: int, epi: _Epil
                    operands: dict[str, Operand], a_loader: ALoader, loader_key: tuple, tiling: Tiling | None,
                    extra_tiling: dict) -> Kernel:
     """Generate the candidate tilings (or the given one) and keep the fastest under the timing model."""
-    groups = [[tiling]] if tiling is not None else _tiling_candidates(config, M, K, N, epi)
+    align = extra_tiling.get("align", 1)
+    if tiling is not None and tiling.m % align:
+        raise KernelError(f"{name} {M}x{K}x{N}: an M tile of {tiling.m} rows is not a multiple of the "
+                          f"{align} rows of one image (fused pooling)")
+    groups = [[tiling]] if tiling is not None else _tiling_candidates(config, M, K, N, epi, align)
     best: Kernel | None = None
     generated = 0
     for group in groups:
