@@ -585,6 +585,17 @@ BENCH_TARGETS["compile"] = ("compile time of the digits CNN and MLP: cold, a sec
                             "(braze bench compile --help)", _bench_compile)
 
 
+def _bench_kernels(argv: Sequence[str]) -> int:
+    from braze import kernels_bench
+
+    return kernels_bench.main(argv)
+
+
+BENCH_TARGETS["kernels"] = ("GEMM shapes against their roofline bound, the digits CNN per kernel with stall "
+                            "counters, fusion ratios, compile time, on the verilator device (braze bench "
+                            "kernels --help)", _bench_kernels)
+
+
 def _bench_hpm(argv: Sequence[str]) -> int:
     from braze.sw.runtime import hpm_bench as bench
 
