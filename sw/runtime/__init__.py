@@ -12,7 +12,9 @@ The runtime imports :mod:`braze.sw.compiler`; never the reverse.
 """
 
 from .backend import BrazeBackend
+from .dataflow import DataflowSession
 from .runtime import KernelReport, RunReport, Runtime
 from .session import InferenceSession, InputError
 
-__all__ = ["InferenceSession", "InputError", "Runtime", "RunReport", "KernelReport", "BrazeBackend"]
+__all__ = ["InferenceSession", "InputError", "Runtime", "RunReport", "KernelReport", "BrazeBackend",
+           "DataflowSession"]
