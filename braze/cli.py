@@ -659,7 +659,7 @@ BENCH_TARGETS["fpga"] = ("FPGA flow per preset and target: fit, resources, Fmax,
 
 
 def _bench_array(argv: Sequence[str]) -> int:
-    from braze.sw.runtime import array_bench
+    from braze.sw.dse import array_bench
 
     return array_bench.main(argv)
 

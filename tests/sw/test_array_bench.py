@@ -8,7 +8,7 @@ from braze import cli
 from braze.isa import Config, Instruction, Opcode
 from braze.isa.timing import instruction_cycles, schedule
 from braze.sw.compiler.kernels import gemm, link
-from braze.sw.runtime import array_bench
+from braze.sw.dse import array_bench
 
 DEFAULT = Config.preset("default")
 LARGE = Config.preset("large")

@@ -232,7 +232,7 @@ class NetworkStudy:
 
 def study_network(workload: str, config: Config, batch: int = 1) -> NetworkStudy:
     """``workload`` in ``braze bench dse`` syntax (``digits-cnn``, ``gemm:MxKxN``, ``MODEL.onnx``)."""
-    from braze.sw.dse.workload import parse_workload
+    from .workload import parse_workload
 
     parsed = parse_workload(workload, batch=batch)
     kernels = parsed.kernels(config)
@@ -282,32 +282,6 @@ def measure_picks(device_kind: str, config: Config, shapes: Sequence[tuple[int, 
 
 #: Share of the array's area the issue allows the mode logic of both features.
 AREA_BUDGET = 0.15
-
-
-def array_area(config: Config, target: str = "ecp5-85k") -> dict[str, int]:
-    """The bare PE array of ``config`` through the project's synthesis step (:func:`braze.hw.fpga.synthesize`,
-    cached): LUTs, carry cells, DSPs and flip-flops, the IO wrapper's flip-flops taken off."""
-    import json
-    import tempfile
-    from pathlib import Path
-
-    from amaranth.back import verilog
-
-    from braze.hw.fpga import io_wrapper, synthesize
-    from braze.hw.pe_array import PEArray
-    from braze.hw.rtl import verilog_ports
-
-    top = f"pe_array_{config.name}"
-    text = verilog.convert(PEArray(config.rows, config.cols), name=top)
-    ports = verilog_ports(text, top)
-    with tempfile.TemporaryDirectory(prefix="braze-bench-array-") as scratch:
-        (Path(scratch) / f"{top}.v").write_text(text)
-        (Path(scratch) / f"{top}.json").write_text(json.dumps({"top": top, "ports": ports}))
-        report = synthesize(Path(scratch) / f"{top}.v", Path(scratch) / f"{top}.json", target)
-    _, _, wrapper = io_wrapper(top, ports)
-    carry = sum(count for cell, count in report["cells"].items() if cell in ("CCU2C", "SB_CARRY"))
-    return {"luts": report["luts"], "carry": carry, "dsps": report["dsps"],
-            "ffs": report["ffs"] - wrapper["ffs"]}
 
 
 def _format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -402,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               "equal" if m.outputs_equal else "DIFFER"] for m in measurements]))
     if args.synth:
         print("\n== area budget: the bare PE array (ECP5, synth_ecp5; no mode logic is built to compare) ==")
+        from braze.hw.fpga import array_area
+
         rows = []
         for config in configs:
             area = array_area(config)
