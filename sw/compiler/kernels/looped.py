@@ -91,8 +91,10 @@ def looped_gemm(config: Config, max_m: int, K: int, N: int, *, m: int | None = N
     if K % rows or N % cols:
         raise KernelError(f"looped gemm: K={K} must be a multiple of rows={rows} and N={N} of cols={cols} "
                           f"on config {config.name!r}")
-    m = m or min(max_m, config.acc_rows, config.spad_rows - rows, 256)
-    if not 1 <= m <= min(config.acc_rows, config.spad_rows - rows):
+    # Two buffers of an A block (m rows) and a B block (rows rows) in the scratchpad.
+    largest = min(config.acc_rows, (config.spad_rows - 2 * rows) // 2)
+    m = m or min(max_m, largest, 256)
+    if not 1 <= m <= largest:
         raise KernelError(f"looped gemm: an M tile of {m} rows does not fit config {config.name!r}")
     # The program's length does not depend on the operands' addresses, which follow it.
     length = len(_program(config, K, N, m, skip_zero_blocks, 0, 0, 0))
@@ -112,30 +114,34 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
              c: int) -> list[Instruction]:
     rows, cols = config.rows, config.cols
     k_blocks, n_tiles = K // rows, N // cols
-    spad_a, spad_b, acc_c = 0, m, 0
-
-    k_loop = [
-        _I("load", mem="spad", addr=spad_a, rows=m, len=rows, dram=a, dram_reg=A_OFFSET, stride=K,
-           pop_next=True, push_next=skip_zero_blocks),
-    ]
-    b_load = _I("load", mem="spad", addr=spad_b, rows=rows, len=cols, dram=b, dram_reg=B_OFFSET, stride=N,
-                push_next=True)
-    matmul = _I("matmul", acc=acc_c, a=spad_a, b=spad_b, a_stride=m, m=m, n=cols, k=rows, accumulate=True,
-                pop_prev=True, push_prev=True)
-    if skip_zero_blocks:
-        k_loop += [
-            _I("predicate", op="any", dst=FLAG, mem="spad", addr=spad_a, rows=m, pop_prev=True),
-            _I("branch", cond="eq", a=FLAG, offset=4),           # all zero: to the no-op below
-            b_load, matmul,
-            _I("branch", offset=2),
-            _nop(push_prev=True),                                  # returns the A LOAD's credit
-        ]
-    else:
-        k_loop += [b_load, matmul]
+    acc_c = 0
+    # With an even number of K blocks the loop body is written twice, on two scratchpad buffers, so
+    # that the loads of one block overlap the MATMUL of the other (two credit tokens in flight).
+    buffers = 2 if k_blocks % 2 == 0 else 1
+    k_loop = []
+    for buffer in range(buffers):
+        spad_a, spad_b = buffer * (m + rows), buffer * (m + rows) + m
+        # The second buffer's block is the next one: its addresses are the registers' plus one block.
+        b_load = _I("load", mem="spad", addr=spad_b, rows=rows, len=cols, dram=b + buffer * rows * N,
+                    dram_reg=B_OFFSET, stride=N, push_next=True)
+        matmul = _I("matmul", acc=acc_c, a=spad_a, b=spad_b, a_stride=m, m=m, n=cols, k=rows,
+                    accumulate=True, pop_prev=True, push_prev=True)
+        k_loop.append(_I("load", mem="spad", addr=spad_a, rows=m, len=rows, dram=a + buffer * rows,
+                         dram_reg=A_OFFSET, stride=K, pop_next=True, push_next=skip_zero_blocks))
+        if skip_zero_blocks:
+            k_loop += [
+                _I("predicate", op="any", dst=FLAG, mem="spad", addr=spad_a, rows=m, pop_prev=True),
+                _I("branch", cond="eq", a=FLAG, offset=4),       # all zero: to the no-op below
+                b_load, matmul,
+                _I("branch", offset=2),
+                _nop(push_prev=True),                              # returns the A LOAD's credit
+            ]
+        else:
+            k_loop += [b_load, matmul]
     k_loop += [
-        _I("scalar", dst=A_OFFSET, src1=A_OFFSET, imm=rows),
-        _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=rows * N),
-        _I("scalar", dst=K_COUNT, src1=K_COUNT, imm=-1),
+        _I("scalar", dst=A_OFFSET, src1=A_OFFSET, imm=buffers * rows),
+        _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=buffers * rows * N),
+        _I("scalar", dst=K_COUNT, src1=K_COUNT, imm=-buffers),
     ]
     k_loop.append(_I("branch", cond="ne", a=K_COUNT, offset=-len(k_loop)))
 
@@ -164,7 +170,7 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
     return [
         _I("scalar", dst=A_OFFSET, imm=0),
         _I("scalar", dst=C_OFFSET, imm=0),
-        _nop(push_prev=True),                                      # the first A LOAD's credit
+        *[_nop(push_prev=True)] * buffers,                         # the first A LOADs' credits
         *m_loop,
         _I("halt"),
     ]
