@@ -15,7 +15,8 @@ from braze.sw.runtime.dispatch_bench import block_sparse, run_looped
 TINY = PRESETS["tiny"]
 
 
-@pytest.mark.parametrize("M, K, N, m", [(1, 4, 4, 4), (6, 8, 12, 4), (9, 12, 8, 2), (16, 16, 4, 16)])
+@pytest.mark.parametrize("M, K, N, m", [(1, 4, 4, 4), (6, 8, 12, 4), (9, 12, 8, 4), (16, 16, 4, 16),
+                                        (3, 8, 8, None)])
 @pytest.mark.parametrize("skip", [False, True])
 def test_looped_gemm_is_exact(M, K, N, m, skip):
     rng = np.random.default_rng(M * 100 + K + N + skip)
@@ -85,3 +86,8 @@ def test_bench_dispatch_quick_ends_with_its_summary(capsys):
                          r"compiles_for_8_batch_sizes=1 mismatches=n/a", last)
     assert match, last
     assert float(match[1]) > 0 and float(match[2]) > 1
+
+
+def test_an_m_tile_below_the_array_height_is_refused():
+    with pytest.raises(KernelError, match="an M tile of 2 rows does not fit"):
+        looped_gemm(TINY, 8, 8, 8, m=2)

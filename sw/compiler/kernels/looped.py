@@ -1,27 +1,32 @@
 """A GEMM kernel written as loops (issue 13): a short program whose address fields follow scalar registers.
 
 ``C = A @ B`` (A is M x K int8, B is K x N int8, both row-major; C is M x N int32, row-major) in
-three nested loops -- M tiles of ``m`` rows, N tiles of ``cols`` columns, K blocks of ``rows`` --
-with one copy of the loop body, whatever the shape.  The registers:
+three nested loops -- M tiles of ``m`` rows; within one, K blocks of ``rows``; within one, N tiles
+of ``cols`` columns -- with one copy of each loop body, whatever the shape.  The accumulator rows
+of every N tile of an M tile stay resident, so each A block is loaded (and tested) once.  Registers:
 
 * r1: byte offset of the current A block (``mt*m*K + kb*rows``), added to the A LOAD's ``dram``;
 * r2: byte offset of the current B block (``kb*rows*N + nt*cols``), added to the B LOAD's ``dram``;
 * r3: byte offset of the current C tile, added to the STORE's ``dram``;
-* r4, r5: the K-block and N-tile down-counters; r6: the PREDICATE's result;
+* r4: ``(kb - k_blocks)*m``, the K loop's counter and the offset of A block kb's scratchpad rows
+  (every block of an M tile has its own rows);
+* r5: ``(nt - n_tiles)*m``, the N loop's counter and the offset of N tile nt's accumulator rows
+  and of its B block's scratchpad rows;
+* r6: the PREDICATE's result;
 * r7: the **runtime parameter** ``m_tiles*m*K``, the A offset at which the M loop ends, written by
   the host before the run (:meth:`LoopedGemm.registers`): one program serves every M up to the
   largest it was built for, e.g. every batch size.
 
-With ``skip_zero_blocks`` each A block is tested on chip after it is loaded (PREDICATE any) and,
-when it is all zero, the B block's LOAD and the MATMUL are branched over: after a ReLU many
-activation blocks are zero, and their products add nothing.
+With ``skip_zero_blocks`` each A block is tested on chip once it is loaded (PREDICATE any) and,
+when it is all zero, the whole N loop of that block -- its B LOADs and MATMULs -- is branched
+over: after a ReLU many activation blocks are zero, and their products add nothing.
 
-Ordering: the A block LOAD pops a credit token from the compute unit (one is primed before the
-loops; each MATMUL, or on the skipped path a no-op CONFIG, returns it), so a block is not
-overwritten while the previous MATMUL reads it; the B LOAD's token orders the MATMUL after both
-loads.  Each output tile starts with a FENCE and a zeroing LOAD of its accumulator rows, and its
-STORE pops a token from a no-op CONFIG after the K loop.  The scratchpad holds one A and one B
-block (no double buffering): the loads of a block and its MATMUL do not overlap.
+Ordering: the B block of N tile nt is overwritten (in the next K block) only after the MATMUL that
+read it: each B LOAD pops a credit token that a MATMUL pushes (two are primed before the loops, so
+a B LOAD overlaps the previous MATMUL); a skipped block neither pops nor pushes.  The B LOAD's
+token orders its MATMUL after it and after the A LOAD before it; with skipping, the A LOAD's token
+orders the PREDICATE.  Each M tile starts with a FENCE (the previous tile's stores are done) and
+one zeroing LOAD of its accumulator rows; its STOREs pop tokens of no-op CONFIGs after the K loop.
 """
 
 from __future__ import annotations
@@ -82,7 +87,8 @@ def looped_gemm(config: Config, max_m: int, K: int, N: int, *, m: int | None = N
                 skip_zero_blocks: bool = False, base: int = 0) -> LoopedGemm:
     """The looped GEMM for up to ``max_m`` rows; K must be a multiple of ``rows``, N of ``cols``.
 
-    The program is at external address ``base``; A, B and C follow it.
+    ``m`` (the M tile, at least ``rows``) is by default the largest that fits. The program is at
+    external address ``base``; A, B and C follow it.
     """
     rows, cols = config.rows, config.cols
     for name, value in (("max_m", max_m), ("K", K), ("N", N)):
@@ -91,11 +97,14 @@ def looped_gemm(config: Config, max_m: int, K: int, N: int, *, m: int | None = N
     if K % rows or N % cols:
         raise KernelError(f"looped gemm: K={K} must be a multiple of rows={rows} and N={N} of cols={cols} "
                           f"on config {config.name!r}")
-    # Two buffers of an A block (m rows) and a B block (rows rows) in the scratchpad.
-    largest = min(config.acc_rows, (config.spad_rows - 2 * rows) // 2)
-    m = m or min(max_m, largest, 256)
-    if not 1 <= m <= largest:
-        raise KernelError(f"looped gemm: an M tile of {m} rows does not fit config {config.name!r}")
+    k_blocks, n_tiles = K // rows, N // cols
+    # Scratchpad: m rows per A block and per B block (B blocks are spaced like the accumulator tiles);
+    # accumulator: m rows per N tile.  An M tile is at least `rows` rows, so that B blocks fit their rows.
+    largest = min(config.acc_rows // n_tiles, config.spad_rows // (k_blocks + n_tiles), 1 << 12)
+    m = m or max(rows, min(-(-max_m // rows) * rows, largest))
+    if not rows <= m <= largest:
+        raise KernelError(f"looped gemm: an M tile of {m} rows does not fit config {config.name!r} "
+                          f"(from {rows} to {largest} rows for K={K}, N={N})")
     # The program's length does not depend on the operands' addresses, which follow it.
     length = len(_program(config, K, N, m, skip_zero_blocks, 0, 0, 0))
     padded = -(-max_m // m) * m
@@ -114,63 +123,66 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
              c: int) -> list[Instruction]:
     rows, cols = config.rows, config.cols
     k_blocks, n_tiles = K // rows, N // cols
-    acc_c = 0
-    # With an even number of K blocks the loop body is written twice, on two scratchpad buffers, so
-    # that the loads of one block overlap the MATMUL of the other (two credit tokens in flight).
-    buffers = 2 if k_blocks % 2 == 0 else 1
-    k_loop = []
-    for buffer in range(buffers):
-        spad_a, spad_b = buffer * (m + rows), buffer * (m + rows) + m
-        # The second buffer's block is the next one: its addresses are the registers' plus one block.
-        b_load = _I("load", mem="spad", addr=spad_b, rows=rows, len=cols, dram=b + buffer * rows * N,
-                    dram_reg=B_OFFSET, stride=N, push_next=True)
-        matmul = _I("matmul", acc=acc_c, a=spad_a, b=spad_b, a_stride=m, m=m, n=cols, k=rows,
-                    accumulate=True, pop_prev=True, push_prev=True)
-        k_loop.append(_I("load", mem="spad", addr=spad_a, rows=m, len=rows, dram=a + buffer * rows,
-                         dram_reg=A_OFFSET, stride=K, pop_next=True, push_next=skip_zero_blocks))
-        if skip_zero_blocks:
-            k_loop += [
-                _I("predicate", op="any", dst=FLAG, mem="spad", addr=spad_a, rows=m, pop_prev=True),
-                _I("branch", cond="eq", a=FLAG, offset=4),       # all zero: to the no-op below
-                b_load, matmul,
-                _I("branch", offset=2),
-                _nop(push_prev=True),                              # returns the A LOAD's credit
-            ]
-        else:
-            k_loop += [b_load, matmul]
-    k_loop += [
-        _I("scalar", dst=A_OFFSET, src1=A_OFFSET, imm=buffers * rows),
-        _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=buffers * rows * N),
-        _I("scalar", dst=K_COUNT, src1=K_COUNT, imm=-buffers),
-    ]
-    k_loop.append(_I("branch", cond="ne", a=K_COUNT, offset=-len(k_loop)))
+    spad_a, spad_b = k_blocks * m, (k_blocks + n_tiles) * m   # field values: the registers count up to 0
+    acc_c = n_tiles * m
+    credits = min(2, config.token_depth, n_tiles)
 
     n_loop = [
-        _I("fence"),
-        _I("load", mem="acc", zero=True, addr=acc_c, rows=m, len=cols),
-        _I("scalar", dst=K_COUNT, imm=k_blocks),
-        *k_loop,
-        _nop(push_next=True),
-        _I("store", mem="acc", addr=acc_c, rows=m, len=cols, dram=c, dram_reg=C_OFFSET, stride=4 * N,
-           pop_prev=True),
-        _I("scalar", dst=A_OFFSET, src1=A_OFFSET, imm=-K),
-        _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=-K * N + cols),
-        _I("scalar", dst=C_OFFSET, src1=C_OFFSET, imm=4 * cols),
-        _I("scalar", dst=N_COUNT, src1=N_COUNT, imm=-1),
+        _I("load", mem="spad", addr=spad_b, addr_reg=N_COUNT, rows=rows, len=cols, dram=b, dram_reg=B_OFFSET,
+           stride=N, pop_next=True, push_next=True),
+        _I("matmul", acc=acc_c, acc_reg=N_COUNT, a=spad_a, a_reg=K_COUNT, b=spad_b, b_reg=N_COUNT, a_stride=m,
+           m=m, n=cols, k=rows, accumulate=True, pop_prev=True, push_prev=True),
+        _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=cols),
+        _I("scalar", dst=N_COUNT, src1=N_COUNT, imm=m),
     ]
     n_loop.append(_I("branch", cond="ne", a=N_COUNT, offset=-len(n_loop)))
-    m_loop = [
-        _I("scalar", dst=B_OFFSET, imm=0),
-        _I("scalar", dst=N_COUNT, imm=n_tiles),
+    block = [
+        _I("scalar", dst=N_COUNT, imm=-n_tiles * m),
         *n_loop,
-        _I("scalar", dst=A_OFFSET, src1=A_OFFSET, imm=m * K),
+        _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=-n_tiles * cols),
+    ]
+    a_load = _I("load", mem="spad", addr=spad_a, addr_reg=K_COUNT, rows=m, len=rows, dram=a,
+                dram_reg=A_OFFSET, stride=K, push_next=skip_zero_blocks)
+    if skip_zero_blocks:
+        k_loop = [
+            a_load,
+            _I("predicate", op="any", dst=FLAG, mem="spad", addr=spad_a, addr_reg=K_COUNT, rows=m,
+               pop_prev=True),
+            _I("branch", cond="eq", a=FLAG, offset=len(block) + 1),   # all zero: past the N loop
+            *block,
+        ]
+    else:
+        k_loop = [a_load, *block]
+    k_loop += [
+        _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=rows * N),
+        _I("scalar", dst=A_OFFSET, src1=A_OFFSET, imm=rows),
+        _I("scalar", dst=K_COUNT, src1=K_COUNT, imm=m),
+    ]
+    k_loop.append(_I("branch", cond="ne", a=K_COUNT, offset=-len(k_loop)))
+    store_loop = [
+        _nop(push_next=True),
+        _I("store", mem="acc", addr=acc_c, addr_reg=N_COUNT, rows=m, len=cols, dram=c, dram_reg=C_OFFSET,
+           stride=4 * N, pop_prev=True),
+        _I("scalar", dst=C_OFFSET, src1=C_OFFSET, imm=4 * cols),
+        _I("scalar", dst=N_COUNT, src1=N_COUNT, imm=m),
+    ]
+    store_loop.append(_I("branch", cond="ne", a=N_COUNT, offset=-len(store_loop)))
+    m_loop = [
+        _I("fence"),
+        _I("load", mem="acc", zero=True, addr=0, rows=n_tiles * m, len=cols),
+        _I("scalar", dst=B_OFFSET, imm=0),
+        _I("scalar", dst=K_COUNT, imm=-k_blocks * m),
+        *k_loop,
+        _I("scalar", dst=N_COUNT, imm=-n_tiles * m),
+        *store_loop,
+        _I("scalar", dst=A_OFFSET, src1=A_OFFSET, imm=m * K - K),
         _I("scalar", dst=C_OFFSET, src1=C_OFFSET, imm=4 * m * N - 4 * N),
     ]
     m_loop.append(_I("branch", cond="lt", a=A_OFFSET, b=M_END, offset=-len(m_loop)))
     return [
         _I("scalar", dst=A_OFFSET, imm=0),
         _I("scalar", dst=C_OFFSET, imm=0),
-        *[_nop(push_prev=True)] * buffers,                         # the first A LOADs' credits
+        *[_nop(push_prev=True)] * credits,                         # the first B LOADs' credits
         *m_loop,
         _I("halt"),
     ]
