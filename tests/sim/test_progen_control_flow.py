@@ -4,7 +4,7 @@ memory and the on-chip memories as the straight-line program of the instructions
 import numpy as np
 import pytest
 
-from braze.isa import PRESETS, Opcode
+from braze.isa import PRESETS, Instruction, Opcode
 from braze.isa.encoding import CONTROL_FLOW_OPCODES
 from braze.isa.model import Machine, resolve_registers
 from braze.sim.progen import generate, generate_control_flow
@@ -76,3 +76,21 @@ def test_generated_control_flow_uses_every_new_feature():
     registers = [insn for insn in program.instructions if insn.opcode in (Opcode.LOAD, Opcode.STORE)
                  and (insn.addr_reg or insn.dram_reg)]
     assert registers
+
+
+def test_runtime_parameters_through_the_device_interface():
+    """The golden device takes scalar registers; a back end without them says so."""
+    from braze.isa import BrazeError
+    from braze.sim.device import Device, GoldenDevice
+
+    device = GoldenDevice(PRESETS["tiny"])
+    device.write_scalar(3, 41)
+    device.run([Instruction.make("scalar", dst=4, src1=3, imm=1), Instruction.make("halt")])
+    assert device.machine.scalar_regs[4] == 42
+
+    class _NoScalars(GoldenDevice):
+        kind = "rtl-without-scalars"
+        write_scalar = Device.write_scalar
+
+    with pytest.raises(BrazeError, match="not implemented"):
+        _NoScalars(PRESETS["tiny"]).write_scalar(3, 1)
