@@ -10,6 +10,10 @@ client reports done (see the dependency rules in :mod:`braze.isa.encoding`).
 ``CONFIG`` is executed here: it writes the configuration registers, which are
 outputs for the EPILOGUE/VECTOR units.
 
+Not implemented yet: the control-flow instructions PREDICATE, BRANCH and SCALAR and the
+scalar-register offsets of LOAD, STORE and MATMUL (issue 13; the reference model runs them).  A
+word that uses them stops the core with ILLEGAL_OPCODE or RESERVED_BITS, as an illegal word does.
+
 Execution client contract (:data:`EXECUTION_PORT`, seen from the control
 core): an instruction is handed over by a transfer on ``insn``; the client
 then pulses ``done`` once when the instruction has completed (in the cycle of
