@@ -79,6 +79,11 @@ plan leaves the machine exactly as the instruction-by-instruction executor
 (:meth:`Machine._run_reference`) does; that executor still runs with
 ``Machine(..., fast=False)``, for subclasses that override a part of it, and
 for a program that writes over its own instructions ahead of the writer.
+A program with control flow (PREDICATE, BRANCH, SCALAR) or a register-offset address
+breaks that premise -- its course and addresses depend on registers and data -- and always
+runs on the reference path, which executes instructions in the order they are dispatched
+(branches taken), with registers resolved at dispatch (:func:`resolve_registers`); tokens,
+races, counters and the watchdog are checked on that dynamic order, iteration by iteration.
 Plans are kept per machine, keyed by the program's bytes: a run whose
 program bytes at its base are unchanged only replays the data movement, as
 the runtime does for every batch.  Errors raised from a plan are the
