@@ -18,27 +18,13 @@ import time
 import numpy as np
 
 from braze.isa import PRESETS
-from braze.isa.encoding import CONTROL_FLOW_OPCODES
-from braze.isa.model import Machine, resolve_registers
+from braze.isa.model import DispatchTracer, Machine
 from braze.sim.progen import generate, generate_control_flow
-
-
-class _Tracing(Machine):
-    """The reference executor, recording the load/compute/store/barrier instructions it dispatches."""
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.trace = []
-
-    def _execute(self, insn, pc, seq):
-        if insn.opcode not in CONTROL_FLOW_OPCODES:
-            self.trace.append(resolve_registers(insn, self.scalar_regs))
-        super()._execute(insn, pc, seq)
 
 
 def _agrees(config, seed: int) -> tuple[bool, int]:
     program = generate_control_flow(config, seed, size=4)
-    looped = _Tracing(config)
+    looped = DispatchTracer(config)
     straight = Machine(config)
     for machine in (looped, straight):
         for address, blob in program.image[1:]:

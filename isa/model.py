@@ -137,8 +137,8 @@ from .timing import (
 )
 
 __all__ = [
-    "Machine", "RunResult", "RaceError", "WatchdogError", "InstructionLimitExceeded", "ScalarRegisterError",
-    "branch_taken", "resolve_registers", "check_ranges",
+    "Machine", "DispatchTracer", "RunResult", "RaceError", "WatchdogError", "InstructionLimitExceeded",
+    "ScalarRegisterError", "branch_taken", "resolve_registers", "check_ranges",
     "check_overlap", "run_program", "instruction_accesses", "program_events",
 ]
 
@@ -1674,6 +1674,21 @@ class Machine:
                 or not arith.INT32_MIN <= value <= arith.INT32_MAX:
             raise ScalarRegisterError(f"scalar register r{register}: {value!r} is not an int32")
         self.scalar_regs[register] = value
+
+
+class DispatchTracer(Machine):
+    """A :class:`Machine` that records, in :attr:`trace`, every instruction it dispatches other than
+    the control-flow ones, with its register offsets resolved: the straight-line program a run of a
+    control-flow program amounts to (tests and benchmarks replay it and compare)."""
+
+    def __init__(self, config: Config, **options):
+        super().__init__(config, **options)
+        self.trace: list[Instruction] = []
+
+    def _execute(self, insn: Instruction, pc: int, seq: int) -> None:
+        if insn.opcode not in CONTROL_FLOW_OPCODES:
+            self.trace.append(resolve_registers(insn, self.scalar_regs))
+        super()._execute(insn, pc, seq)
 
 
 def run_program(program: bytes | Sequence[Instruction], config: Config, *, base: int = 0,

@@ -17,26 +17,12 @@ from braze.isa import (
     disassemble,
     encode_program,
 )
-from braze.isa.encoding import CONTROL_FLOW_OPCODES, INSN_BYTES, SCALAR_REGS, IllegalInstruction
-from braze.isa.model import Machine, RaceError, ScalarRegisterError, WatchdogError, resolve_registers
+from braze.isa.encoding import INSN_BYTES, SCALAR_REGS, IllegalInstruction
+from braze.isa.model import DispatchTracer, Machine, RaceError, ScalarRegisterError, WatchdogError
 from braze.isa.timing import PREDICATE_LATENCY
 
 TINY = PRESETS["tiny"]
 I = Instruction.make  # noqa: E741
-
-
-class _Tracing(Machine):
-    """The reference executor, recording each load/compute/store instruction as dispatched (registers
-    resolved)."""
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.trace = []
-
-    def _execute(self, insn, pc, seq):
-        if insn.opcode not in CONTROL_FLOW_OPCODES:
-            self.trace.append(resolve_registers(insn, self.scalar_regs))
-        super()._execute(insn, pc, seq)
 
 
 def _countdown_loop(count: int, body: list[Instruction]) -> list[Instruction]:
@@ -95,7 +81,7 @@ def test_looped_copy_with_register_offsets_equals_its_unrolled_program():
         I("scalar", dst=5, src1=5, imm=8),       # next 8 input bytes
         I("scalar", dst=6, src1=6, imm=16),      # next 16 output bytes
     ]
-    looped = _Tracing(TINY)
+    looped = DispatchTracer(TINY)
     looped.write_dram(0x400, data)
     result = looped.run_program(_countdown_loop(5, body))
     assert looped.trace[-1].opcode is Opcode.HALT

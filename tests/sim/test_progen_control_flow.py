@@ -6,25 +6,21 @@ import pytest
 
 from braze.isa import PRESETS, Instruction, Opcode
 from braze.isa.encoding import CONTROL_FLOW_OPCODES
-from braze.isa.model import Machine, resolve_registers
+from braze.isa.model import DispatchTracer, Machine
 from braze.sim.progen import generate, generate_control_flow
 
 
-class _Tracing(Machine):
-    """The reference executor, recording the load/compute/store/barrier instructions it dispatches."""
+class _Tracing(DispatchTracer):
+    """Also records whether each BRANCH was taken."""
 
     def __init__(self, config):
         super().__init__(config)
-        self.trace = []
         self.branches = []
 
     def _execute(self, insn, pc, seq):
-        if insn.opcode not in CONTROL_FLOW_OPCODES:
-            self.trace.append(resolve_registers(insn, self.scalar_regs))
-        next_pc = pc + 16
         super()._execute(insn, pc, seq)
         if insn.opcode is Opcode.BRANCH:
-            self.branches.append(self._next_pc != next_pc)
+            self.branches.append(self._next_pc != pc + 16)
 
 
 def _load(machine: Machine, program) -> None:
