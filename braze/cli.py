@@ -617,6 +617,17 @@ BENCH_TARGETS["dataflow"] = ("dataflow analyzer and dynamic partitions on the ea
                              _bench_dataflow)
 
 
+def _bench_dispatch(argv: Sequence[str]) -> int:
+    from braze.sw.runtime import dispatch_bench as bench
+
+    return bench.main(argv)
+
+
+BENCH_TARGETS["dispatch"] = ("control flow on the chip: looped vs unrolled GEMM program bytes, zero-block "
+                             "skipping cycles, batch-parametric compiles (braze bench dispatch --help)",
+                             _bench_dispatch)
+
+
 def _bench_fleet(argv: Sequence[str]) -> int:
     from braze.sw.fleet import bench
 
