@@ -585,6 +585,17 @@ BENCH_TARGETS["compile"] = ("compile time of the digits CNN and MLP: cold, a sec
                             "(braze bench compile --help)", _bench_compile)
 
 
+def _bench_kernels(argv: Sequence[str]) -> int:
+    from braze import kernels_bench
+
+    return kernels_bench.main(argv)
+
+
+BENCH_TARGETS["kernels"] = ("GEMM shapes against their roofline bound, the digits CNN per kernel with stall "
+                            "counters, fusion ratios, compile time, on the verilator device (braze bench "
+                            "kernels --help)", _bench_kernels)
+
+
 def _bench_hpm(argv: Sequence[str]) -> int:
     from braze.sw.runtime import hpm_bench as bench
 
@@ -593,6 +604,28 @@ def _bench_hpm(argv: Sequence[str]) -> int:
 
 BENCH_TARGETS["hpm"] = ("learned performance model: held-out family errors vs analytic, top-1 decisions on "
                         "the RTL, drift recovery (braze bench hpm --help)", _bench_hpm)
+
+
+def _bench_dataflow(argv: Sequence[str]) -> int:
+    from braze.sw.runtime import dataflow_bench as bench
+
+    return bench.main(argv)
+
+
+BENCH_TARGETS["dataflow"] = ("dataflow analyzer and dynamic partitions on the early-exit CNN and the "
+                             "mixture of experts vs the static plan (braze bench dataflow --help)",
+                             _bench_dataflow)
+
+
+def _bench_dispatch(argv: Sequence[str]) -> int:
+    from braze.sw.runtime import dispatch_bench as bench
+
+    return bench.main(argv)
+
+
+BENCH_TARGETS["dispatch"] = ("control flow on the chip: looped vs unrolled GEMM program bytes, zero-block "
+                             "skipping cycles, batch-parametric compiles (braze bench dispatch --help)",
+                             _bench_dispatch)
 
 
 def _bench_fleet(argv: Sequence[str]) -> int:
@@ -634,6 +667,17 @@ def _bench_fpga(argv: Sequence[str]) -> int:
 
 BENCH_TARGETS["fpga"] = ("FPGA flow per preset and target: fit, resources, Fmax, tool time (braze bench fpga "
                          "--help)", _bench_fpga)
+
+
+def _bench_array(argv: Sequence[str]) -> int:
+    from braze.sw.dse import array_bench
+
+    return array_bench.main(argv)
+
+
+BENCH_TARGETS["array"] = ("reconfigurable array (issue 17): the compiler's GEMMs on WS and the most an OS "
+                          "dataflow, pipelined MATMULs or fission could gain (braze bench array --help)",
+                          _bench_array)
 
 
 @command("bench", "benchmarks: braze bench TARGET [options]; targets: "

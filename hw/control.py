@@ -10,6 +10,10 @@ client reports done (see the dependency rules in :mod:`braze.isa.encoding`).
 ``CONFIG`` is executed here: it writes the configuration registers, which are
 outputs for the EPILOGUE/VECTOR units.
 
+Not implemented yet: the control-flow instructions PREDICATE, BRANCH and SCALAR and the
+scalar-register offsets of LOAD, STORE and MATMUL (issue 13; the reference model runs them).  A
+word that uses them stops the core with ILLEGAL_OPCODE or RESERVED_BITS, as an illegal word does.
+
 Execution client contract (:data:`EXECUTION_PORT`, seen from the control
 core): an instruction is handed over by a transfer on ``insn``; the client
 then pulses ``done`` once when the instruction has completed (in the cycle of
@@ -67,7 +71,7 @@ from amaranth.utils import exact_log2
 
 from braze.isa import INSN_BYTES, INSTRUCTION, Config, ConfigReg, ErrorCause, Opcode, Unit
 from braze.isa.counters import CYCLE_LIMIT_BITS
-from braze.isa.encoding import FORMAT_BY_OPCODE
+from braze.isa.encoding import CONTROL_FLOW_OPCODES, FORMAT_BY_OPCODE, REGISTER_OFFSETS
 
 from .decoder import Decoder
 
@@ -102,7 +106,8 @@ QUEUED_UNITS = (Unit.LOAD, Unit.COMPUTE, Unit.STORE)
 UNIT_FLAGS = data.StructLayout({unit.name.lower(): unsigned(1) for unit in QUEUED_UNITS})
 
 #: One retire pulse per opcode, by lower-case opcode name.
-RETIRED = data.StructLayout({opcode.name.lower(): unsigned(1) for opcode in Opcode})
+RETIRED = data.StructLayout({opcode.name.lower(): unsigned(1) for opcode in Opcode
+                             if opcode not in CONTROL_FLOW_OPCODES})
 
 #: The configuration registers, by lower-case register name, as wide as CONFIG's ``value``.
 CONFIG_REGS = data.StructLayout({reg.name.lower(): FORMAT_BY_OPCODE[Opcode.CONFIG].field("value").shape
@@ -170,6 +175,31 @@ def _token_checks(m: Module, name: str, pop_deps, push_deps, flag_tokens: dict) 
         ~push_deps[flag] | flag_tokens[flag].room
         for flag in ("push_prev", "push_next") if flag_tokens[flag] is not None).all())
     return tokens_ready, push_room
+
+
+def _unsupported_cause(m: Module, word) -> Signal:
+    """The cause this RTL stops with for a legal word it does not implement yet, or NONE.
+
+    The reference model implements the control-flow instructions (PREDICATE, BRANCH, SCALAR) and
+    scalar-register address offsets (issue 13); this control core does not: it reports them as
+    ILLEGAL_OPCODE and RESERVED_BITS instead of executing them wrongly.
+    """
+    cause = Signal(ErrorCause, name="unsupported_cause")
+    uses_register = []
+    for opcode, offsets in REGISTER_OFFSETS.items():
+        if opcode in CONTROL_FLOW_OPCODES:
+            continue
+        args = word.args[opcode.name.lower()]
+        named = Cat(*(args[name] != 0 for name in offsets.values())).any()
+        uses_register.append((word.opcode == opcode) & named)
+    # In a fixed order, so that the generated Verilog does not depend on set iteration order.
+    opcodes = sorted(CONTROL_FLOW_OPCODES, key=lambda opcode: opcode.value)
+    control_flow = Cat(*(word.opcode == opcode for opcode in opcodes))
+    with m.If(control_flow.any()):
+        m.d.comb += cause.eq(ErrorCause.ILLEGAL_OPCODE)
+    with m.Elif(Cat(*uses_register).any()):
+        m.d.comb += cause.eq(ErrorCause.RESERVED_BITS)
+    return cause
 
 
 class Control(wiring.Component):
@@ -320,6 +350,7 @@ class Control(wiring.Component):
         slot_unit = Signal(Unit)
         slot_cause = Signal(ErrorCause)
         m.d.comb += decoder.word.eq(self.fetch.payload.word)
+        unsupported = _unsupported_cause(m, self.fetch.payload.word)
 
         drained = Cat(*((u["fifo"].level == 0) & u["idle"] for u in units.values())).all()
         slot_legal = slot_valid & ~slot.error & (slot_cause == ErrorCause.NONE)
@@ -378,7 +409,8 @@ class Control(wiring.Component):
                 slot_valid.eq(1),
                 slot.eq(self.fetch.payload),
                 slot_unit.eq(decoder.unit),
-                slot_cause.eq(decoder.cause),
+                slot_cause.eq(Mux((decoder.cause == ErrorCause.NONE) & (unsupported != ErrorCause.NONE),
+                                  unsupported, decoder.cause)),
             ]
         with m.Elif(slot_leaves):
             m.d.sync += slot_valid.eq(0)
@@ -432,6 +464,8 @@ class Control(wiring.Component):
         for unit, u in units.items():
             m.d.comb += self.busy[unit.name.lower()].eq(u["busy"])
         for opcode in Opcode:
+            if opcode in CONTROL_FLOW_OPCODES:
+                continue
             pulses = [u["retire"] & (u["opcode"] == opcode) for u in units.values()]
             if opcode in barrier_retire:
                 pulses.append(barrier_retire[opcode])

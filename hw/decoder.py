@@ -132,6 +132,9 @@ class Decoder(wiring.Component):
                 (epilogue.residual & (epilogue.res_addr + epilogue.m > config.spad_rows), spad),
                 self._rows_outside(epilogue.dst, epilogue.m, epilogue.out),
             ],
+            "predicate": [
+                self._rows_outside(args.predicate.addr, args.predicate.rows, args.predicate.mem),
+            ],
             "vector": [
                 self._rows_outside(vector.src1, vector.rows, vector.src1_mem),
                 (reads_src2 & src2_outside, src2_cause),

@@ -38,13 +38,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from braze.isa import BrazeError
+from braze.isa import BrazeError, Config
 
 from .toolchain import cache_root, file_lock, key_digest, package_version, run_yowasp, write_atomically
 
 __all__ = ["TARGETS", "Target", "FitError", "FpgaResult", "implement", "synthesize", "io_wrapper",
            "parse_nextpnr_report",
-           "check_fit", "resource_rows", "cells_by_owner", "result_table", "FLOW_FORMAT"]
+           "check_fit", "resource_rows", "cells_by_owner", "result_table", "FLOW_FORMAT", "array_area"]
 
 #: Bump to invalidate every cached FPGA result when this module's flow changes.
 FLOW_FORMAT = 1
@@ -467,3 +467,27 @@ def result_table(report: dict[str, Any]) -> str:
     if report["bitstream"]:
         lines.append(f"  bitstream: {report['bitstream']}")
     return "\n".join(lines)
+
+
+def array_area(config: Config, target: str = "ecp5-85k") -> dict[str, int]:
+    """The bare PE array of ``config`` through the project's synthesis step (:func:`synthesize`, cached):
+    LUTs, carry cells, DSPs and flip-flops, the IO wrapper's flip-flops taken off (``braze bench array``
+    weighs the area a reconfigurable array may add against it)."""
+    import tempfile
+
+    from amaranth.back import verilog
+
+    from .pe_array import PEArray
+    from .rtl import verilog_ports
+
+    top = f"pe_array_{config.name}"
+    text = verilog.convert(PEArray(config.rows, config.cols), name=top)
+    ports = verilog_ports(text, top)
+    with tempfile.TemporaryDirectory(prefix="braze-bench-array-") as scratch:
+        (Path(scratch) / f"{top}.v").write_text(text)
+        (Path(scratch) / f"{top}.json").write_text(json.dumps({"top": top, "ports": ports}))
+        report = synthesize(Path(scratch) / f"{top}.v", Path(scratch) / f"{top}.json", target)
+    _, _, wrapper = io_wrapper(top, ports)
+    carry = sum(count for cell, count in report["cells"].items() if cell in ("CCU2C", "SB_CARRY"))
+    return {"luts": report["luts"], "carry": carry, "dsps": report["dsps"],
+            "ffs": report["ffs"] - wrapper["ffs"]}

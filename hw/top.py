@@ -7,6 +7,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from braze.isa import COUNTERS, Config, Counter, ErrorCause, Memory, Opcode
+from braze.isa.encoding import CONTROL_FLOW_OPCODES
 
 from .axi import AXI4LiteSignature, AXI4ReadMaster, AXI4Signature, AXI4WriteMaster, ReadArbiter
 from .control import Control
@@ -266,6 +267,8 @@ class Accelerator(wiring.Component):
                 if counter not in increments:   # memory accesses come from the memories
                     increments[counter] = getattr(engine.events, name)
         for opcode_ in Opcode:
+            if opcode_ in CONTROL_FLOW_OPCODES:
+                continue
             increments[Counter[f"INSN_{opcode_.name}"]] = control.retired[opcode_.name.lower()]
         missing = [spec.name for spec in COUNTERS if Counter[spec.name.upper()] not in increments]
         assert not missing, f"counters without a source: {missing}"

@@ -19,6 +19,8 @@ One statement per line; ``#`` and ``;`` start a comment that runs to the end of 
 - **Label**: ``name:``, alone or before an instruction on the same line.  Its value is the
   byte offset of the next instruction (16 bytes per instruction); labels may be used before
   they are defined.
+  A BRANCH's ``offset`` counts instructions, so a branch back to a label reads
+  ``back: branch cond=ne a=1 offset=(loop - back) / 16``.
 - **Constant**: ``.equ NAME, expr`` or ``NAME = expr``.  A constant must be defined before
   it is used; a name is defined at most once (labels and constants share one namespace).
   Symbol names are case-sensitive.  The caller may predefine constants (``defines=``;

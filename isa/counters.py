@@ -14,7 +14,7 @@ import dataclasses
 import enum
 import numbers
 
-from .encoding import Opcode
+from .encoding import CONTROL_FLOW_OPCODES, Opcode
 from .errors import BrazeError
 
 COUNTER_BYTES = 8
@@ -64,6 +64,7 @@ COUNTERS: tuple[CounterSpec, ...] = (
     CounterSpec("acc_writes", "accumulator row writes", True),
 ) + tuple(
     CounterSpec(f"insn_{op.name.lower()}", f"{op.name} instructions retired", True) for op in Opcode
+    if op not in CONTROL_FLOW_OPCODES
 )
 
 Counter = enum.IntEnum("Counter", [(spec.name.upper(), index) for index, spec in enumerate(COUNTERS)])
@@ -72,7 +73,10 @@ Counter.__doc__ = "Index of each performance counter in the snapshot and the reg
 SNAPSHOT_BYTES = len(COUNTERS) * COUNTER_BYTES
 
 
-def instret_counter(opcode: Opcode) -> Counter:
+def instret_counter(opcode: Opcode) -> Counter | None:
+    """The instructions-retired counter of ``opcode``; None for the control-flow opcodes, which have none."""
+    if opcode in CONTROL_FLOW_OPCODES:
+        return None
     return Counter[f"INSN_{opcode.name}"]
 
 

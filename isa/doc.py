@@ -29,6 +29,7 @@ from .encoding import (
     INSN_BITS,
     INSTRUCTION,
     Activation,
+    BranchCond,
     ConfigReg,
     ErrorCause,
     FieldSpec,
@@ -37,6 +38,7 @@ from .encoding import (
     Kind,
     Memory,
     Opcode,
+    PredicateOp,
     Unit,
     VectorOp,
     field_range,
@@ -56,6 +58,10 @@ _EXAMPLE_VALUES: dict[str, dict[str, Any]] = {
                "src1": 0, "src2": 16, "rows": 8},
     "config": {"reg": "clip_hi", "value": 127},
     "counters": {"dram": 0x10000, "reset": True},
+    "predicate": {"op": "any", "dst": 1, "mem": "spad", "addr": 0, "rows": 8, "addr_reg": 2,
+                  "pop_prev": True},
+    "branch": {"cond": "ne", "a": 1, "b": 0, "offset": -4},
+    "scalar": {"dst": 1, "src1": 1, "imm": -1},
 }
 
 
@@ -213,7 +219,8 @@ def _enums_section() -> str:
     summaries = {fmt.opcode: fmt.summary for fmt in FORMATS}
     parts = ["## Enumerations\n"]
     enums = ((Opcode, summaries.get), (Unit, None), (Memory, None), (Activation, None), (VectorOp, None),
-             (ConfigReg, CONFIG_REG_DOC.get), (ErrorCause, ERROR_CAUSE_DOC.get))
+             (BranchCond, None), (PredicateOp, None), (ConfigReg, CONFIG_REG_DOC.get),
+             (ErrorCause, ERROR_CAUSE_DOC.get))
     for enum_cls, doc in enums:
         width = Shape.cast(enum_cls).width
         parts.append(f"### `{enum_cls.__name__}` ({width} bit{'s' if width > 1 else ''})\n")

@@ -33,6 +33,28 @@ A program is correct when every pair of instructions on different units that
 touch the same memory (scratchpad, accumulator or external) is ordered by
 tokens or barriers.  The reference model checks this and reports a race.
 
+Control flow
+------------
+Eight int32 scalar registers r0..r7 (:data:`SCALAR_REGS`; r0 reads as 0) hold loop counters,
+offsets and runtime parameters: the host writes r1..r7 before a run, and they keep their values
+across runs like the CONFIG registers.  ``SCALAR`` adds registers and an immediate, ``BRANCH``
+compares two registers and continues at a relative target, and ``PREDICATE`` computes a property
+of on-chip rows (any nonzero element; the largest element) into a register.  The address fields
+of LOAD, STORE, MATMUL and PREDICATE may name a register (``addr_reg``, ``dram_reg``, ``a_reg``
+...; 0 names none) whose value is added to the field, modulo the field's width, when the
+instruction is dispatched; the range rules apply to the sum.  So a loop body is dispatched once
+per iteration with different addresses, and a tiled kernel is a short program.
+
+SCALAR and BRANCH execute in the dispatcher, in program order, one per cycle, without waiting for
+the units: a branch is resolved before any later instruction is dispatched, and registers read at
+dispatch are those written by the instructions before it in program order.  PREDICATE runs on the
+compute unit, in its queue order and with its dependency tokens (like a VECTOR reading the rows:
+pop the token of the LOAD that wrote them); the dispatcher dispatches nothing after a PREDICATE
+until it has completed, so that the next BRANCH sees its result.  Control instructions take no
+tokens and are not barriers.  The reference model checks tokens and races in the order the
+instructions are executed, iteration by iteration.  A taken branch below the program base stops
+with ``BRANCH_RANGE``; a loop that never ends runs into the watchdog (``CYCLE_LIMIT``).
+
 Errors
 ------
 An illegal or failing instruction stops the machine with an
@@ -62,6 +84,9 @@ from .errors import BrazeError, IllegalInstruction
 
 INSN_BITS = 128
 INSN_BYTES = INSN_BITS // 8
+#: Scalar registers r0..r7 (int32): r0 reads as 0; r1..r7 are written by SCALAR and PREDICATE and by
+#: the host before a run (runtime parameters, the SCALAR1..7 registers of the host interface).
+SCALAR_REGS = 8
 
 
 class Opcode(enum.Enum, shape=4):
@@ -76,6 +101,10 @@ class Opcode(enum.Enum, shape=4):
     FENCE = 7
     COUNTERS = 8
     HALT = 9
+    # Control flow (issue 13), numbered from the top so that other additions can grow from 10.
+    PREDICATE = 13
+    BRANCH = 14
+    SCALAR = 15
 
 
 class Unit(enum.Enum, shape=2):
@@ -115,6 +144,23 @@ class VectorOp(enum.Enum, shape=4):
     MOV = 7
 
 
+class BranchCond(enum.Enum, shape=3):
+    """Conditions of ``BRANCH`` on scalar registers ``a`` and ``b`` (values 5..7 are illegal)."""
+
+    ALWAYS = 0
+    EQ = 1
+    NE = 2
+    LT = 3
+    GE = 4
+
+
+class PredicateOp(enum.Enum, shape=2):
+    """Properties of on-chip rows that ``PREDICATE`` computes (values 2..3 are illegal)."""
+
+    ANY = 0
+    MAX = 1
+
+
 
 class ConfigReg(enum.Enum, shape=8):
     """Registers written by ``CONFIG`` and read by ``EPILOGUE`` and ``VECTOR``.
@@ -144,13 +190,14 @@ class ErrorCause(enum.Enum, shape=4):
     FETCH_ERROR = 10
     OVERLAP = 11
     WATCHDOG = 12
+    BRANCH_RANGE = 13
     RACE = 15
 
 
 # Members are singletons compared by identity: hash them by identity too.  The inherited
 # ``Enum.__hash__`` is a Python-level call, and the compiler hashes millions of these.  (Before any
 # set or dict of members is built: one built earlier would hold the old hashes.)
-for _enum in (Opcode, Unit, Memory, Activation, VectorOp, ConfigReg, ErrorCause):
+for _enum in (Opcode, Unit, Memory, Activation, VectorOp, BranchCond, PredicateOp, ConfigReg, ErrorCause):
     _enum.__hash__ = object.__hash__
 
 #: Vector operations that read only their first operand.
@@ -176,6 +223,7 @@ ERROR_CAUSE_DOC = {
     ErrorCause.FETCH_ERROR: "instruction fetch failed (AXI error response)",
     ErrorCause.OVERLAP: "EPILOGUE/VECTOR source and destination rows in one memory overlap but differ",
     ErrorCause.WATCHDOG: "the run reached its cycle limit (CYCLE_LIMIT) before HALT",
+    ErrorCause.BRANCH_RANGE: "a taken BRANCH targets an address below the program base",
     ErrorCause.RACE: "reference model only: two units touch the same memory without a token ordering them",
 }
 
@@ -269,6 +317,15 @@ _ROW_LEN = _f("len", unsigned(7), Kind.COUNT,
               "elements per row (1..cols); int8 in spad, int32 in acc", limit=MAX_ARRAY_DIM)
 _DRAM_STRIDE = _f("stride", unsigned(32), Kind.UINT, "bytes from one external row to the next")
 
+
+def _reg(name: str, doc: str, default: int | None = None) -> FieldSpec:
+    """A field naming one of the :data:`SCALAR_REGS` scalar registers (a larger number is BAD_FIELD)."""
+    return _f(name, unsigned(4), Kind.UINT, doc, default=default, limit=SCALAR_REGS - 1)
+
+
+_ADDR_REG = _reg("addr_reg", "scalar register added to `addr` (0: none)", default=0)
+_DRAM_REG = _reg("dram_reg", "scalar register added to `dram` (0: none)", default=0)
+
 FORMATS: tuple[Format, ...] = (
     Format(
         Opcode.LOAD, Unit.LOAD, "2-D strided copy from external memory into an on-chip memory",
@@ -285,6 +342,9 @@ FORMATS: tuple[Format, ...] = (
             _f("dram", unsigned(32), Kind.DRAM, "external byte address of row 0", default=0,
                required_if=("zero", False)),
             dataclasses.replace(_DRAM_STRIDE, default=0, required_if=("zero", False)),
+
+            _ADDR_REG,
+            _DRAM_REG,
         ),
     ),
     Format(
@@ -299,6 +359,9 @@ FORMATS: tuple[Format, ...] = (
             _ROW_LEN,
             _f("dram", unsigned(32), Kind.DRAM, "external byte address of row 0"),
             _DRAM_STRIDE,
+
+            _ADDR_REG,
+            _DRAM_REG,
         ),
     ),
     Format(
@@ -319,6 +382,10 @@ FORMATS: tuple[Format, ...] = (
             _f("n", unsigned(7), Kind.COUNT, "columns of B and C (1..cols)", limit=MAX_ARRAY_DIM),
             _f("k", unsigned(16), Kind.COUNT, "reduction length"),
             _f("accumulate", unsigned(1), Kind.FLAG, "add to C instead of overwriting it"),
+
+            _reg("acc_reg", "scalar register added to `acc` (0: none)", default=0),
+            _reg("a_reg", "scalar register added to `a` (0: none)", default=0),
+            _reg("b_reg", "scalar register added to `b` (0: none)", default=0),
         ),
     ),
     Format(
@@ -406,10 +473,68 @@ FORMATS: tuple[Format, ...] = (
         "A barrier; then the machine reports done.",
         (),
     ),
+    Format(
+        Opcode.PREDICATE, Unit.COMPUTE, "compute a property of on-chip rows into a scalar register",
+        "Reads all `cols` elements of rows `addr + r[addr_reg]` .. `+ rows - 1` of `mem` (int8 in spad, "
+        "int32 in acc) and writes scalar register `dst`: any: 1 if an element is nonzero, else 0; "
+        "max: the largest element (signed). Runs on the compute unit, in its queue order and with "
+        "its tokens (pop the LOAD that wrote the rows); the dispatcher dispatches nothing after it "
+        "until it has completed, so later BRANCH and SCALAR instructions see its result. "
+        "dst = 0 discards the result.",
+        (
+            _f("op", PredicateOp, Kind.ENUM, "property: any (nonzero) or max"),
+            _reg("dst", "scalar register written"),
+            _LOCAL_MEM,
+            _f("addr", unsigned(16), Kind.ROW, "first row"),
+            _f("rows", unsigned(16), Kind.COUNT, "number of rows"),
+            _ADDR_REG,
+        ),
+    ),
+    Format(
+        Opcode.BRANCH, Unit.CONTROL, "conditional relative branch on scalar registers",
+        "Executed by the dispatcher in program order, without waiting for the units: if the "
+        "condition holds (always; eq: r[a] == r[b]; ne; lt: r[a] < r[b] signed; ge), the next "
+        "instruction is fetched from `pc + 16*offset`, else from `pc + 16`. A taken branch to an "
+        "address below the program base stops with BRANCH_RANGE; one beyond external memory "
+        "fails its fetch (FETCH_ERROR). A loop that never ends is stopped by the watchdog "
+        "(CYCLE_LIMIT).",
+        (
+            _f("cond", BranchCond, Kind.ENUM, "condition", default=BranchCond.ALWAYS),
+            _reg("a", "first scalar register compared", default=0),
+            _reg("b", "second scalar register compared", default=0),
+            _f("offset", signed(16), Kind.INT, "target, in instructions relative to this one"),
+        ),
+    ),
+    Format(
+        Opcode.SCALAR, Unit.CONTROL, "scalar register arithmetic: r[dst] = r[src1] + r[src2] + imm",
+        "Executed by the dispatcher in program order, without waiting for the units. The sum "
+        "wraps modulo 2**32; registers hold int32. Register 0 reads as 0 and ignores writes, so "
+        "`scalar dst=1 imm=5` sets r1 and `scalar dst=1 src1=1 imm=-1` decrements it.",
+        (
+            _reg("dst", "scalar register written"),
+            _reg("src1", "first scalar register added", default=0),
+            _reg("src2", "second scalar register added", default=0),
+            _f("imm", signed(32), Kind.INT, "immediate added", default=0),
+        ),
+    ),
 )
 
 FORMAT_BY_OPCODE: Mapping[Opcode, Format] = MappingProxyType({f.opcode: f for f in FORMATS})
 FORMAT_BY_MNEMONIC: Mapping[str, Format] = MappingProxyType({f.mnemonic: f for f in FORMATS})
+
+#: The control-flow instructions: executed by the dispatcher (BRANCH, SCALAR) or read back by it
+#: (PREDICATE).  They have no instructions-retired counter: one would change the counter snapshot's
+#: layout, and with it every existing program's COUNTERS.
+CONTROL_FLOW_OPCODES = frozenset({Opcode.PREDICATE, Opcode.BRANCH, Opcode.SCALAR})
+
+#: Per opcode, the address fields a scalar register may offset: {field: its register field}.  The
+#: effective value is ``(field + r[register]) mod 2**width`` of the field, resolved at dispatch.
+REGISTER_OFFSETS: Mapping[Opcode, Mapping[str, str]] = MappingProxyType({
+    Opcode.LOAD: MappingProxyType({"addr": "addr_reg", "dram": "dram_reg"}),
+    Opcode.STORE: MappingProxyType({"addr": "addr_reg", "dram": "dram_reg"}),
+    Opcode.MATMUL: MappingProxyType({"acc": "acc_reg", "a": "a_reg", "b": "b_reg"}),
+    Opcode.PREDICATE: MappingProxyType({"addr": "addr_reg"}),
+})
 
 DEP_FLAGS = ("pop_prev", "pop_next", "push_prev", "push_next")
 DEPS = data.StructLayout({name: unsigned(1) for name in DEP_FLAGS})

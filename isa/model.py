@@ -79,6 +79,11 @@ plan leaves the machine exactly as the instruction-by-instruction executor
 (:meth:`Machine._run_reference`) does; that executor still runs with
 ``Machine(..., fast=False)``, for subclasses that override a part of it, and
 for a program that writes over its own instructions ahead of the writer.
+A program with control flow (PREDICATE, BRANCH, SCALAR) or a register-offset address
+breaks that premise -- its course and addresses depend on registers and data -- and always
+runs on the reference path, which executes instructions in the order they are dispatched
+(branches taken), with registers resolved at dispatch (:func:`resolve_registers`); tokens,
+races, counters and the watchdog are checked on that dynamic order, iteration by iteration.
 Plans are kept per machine, keyed by the program's bytes: a run whose
 program bytes at its base are unchanged only replays the data movement, as
 the runtime does for every batch.  Errors raised from a plan are the
@@ -100,20 +105,26 @@ from . import arith
 from .config import Config
 from .counters import COUNTER_BYTES, COUNTERS, SNAPSHOT_BYTES, Counter, check_cycle_limit, instret_counter
 from .encoding import (
+    CONTROL_FLOW_OPCODES,
     INSN_BYTES,
+    REGISTER_OFFSETS,
+    SCALAR_REGS,
     UNARY_VECTOR_OPS,
     Activation,
+    BranchCond,
     ConfigReg,
     ErrorCause,
     Instruction,
     Memory,
     Opcode,
+    PredicateOp,
     Unit,
     decode,
     encode_program,
 )
 from .errors import BrazeError, ExecutionError, IllegalInstruction
 from .timing import (
+    BARRIER_OPCODES,
     BUSY_COUNTER,
     QUEUED_UNITS,
     TOKEN_QUEUES,
@@ -126,7 +137,8 @@ from .timing import (
 )
 
 __all__ = [
-    "Machine", "RunResult", "RaceError", "WatchdogError", "InstructionLimitExceeded", "check_ranges",
+    "Machine", "DispatchTracer", "RunResult", "RaceError", "WatchdogError", "InstructionLimitExceeded",
+    "ScalarRegisterError", "branch_taken", "resolve_registers", "check_ranges",
     "check_overlap", "run_program", "instruction_accesses", "program_events",
 ]
 
@@ -151,6 +163,43 @@ class WatchdogError(ExecutionError):
         self.cycle_limit = cycle_limit
         super().__init__(ErrorCause.WATCHDOG, f"no HALT within the cycle limit of {cycle_limit} run cycles",
                          pc=pc)
+
+
+class ScalarRegisterError(BrazeError, ValueError):
+    """The host named a scalar register it cannot write, or a value that is not an int32."""
+
+
+def branch_taken(cond: BranchCond, a: int, b: int) -> bool:
+    """Whether a BRANCH with condition ``cond`` on register values ``a`` and ``b`` (int32) is taken."""
+    if cond is BranchCond.ALWAYS:
+        return True
+    if cond is BranchCond.EQ:
+        return a == b
+    if cond is BranchCond.NE:
+        return a != b
+    if cond is BranchCond.LT:
+        return a < b
+    return a >= b
+
+
+def resolve_registers(insn: Instruction, scalar_regs: Sequence[int]) -> Instruction:
+    """``insn`` with its register offsets added to its address fields (see REGISTER_OFFSETS).
+
+    Each named register's value is added to its field modulo the field's width, and the register
+    field is cleared; an instruction that names no register is returned as it is.
+    """
+    offsets = REGISTER_OFFSETS.get(insn.opcode)
+    if not offsets:
+        return insn
+    args = insn.args
+    values = {}
+    for field, register_field in offsets.items():
+        register = args[register_field]
+        if register:
+            mask = (1 << insn.format.field(field).width) - 1
+            values[field] = (args[field] + scalar_regs[register]) & mask
+            values[register_field] = 0
+    return insn.replace(**values) if values else insn
 
 
 class InstructionLimitExceeded(BrazeError):
@@ -245,6 +294,8 @@ def check_ranges(insn: Instruction, config: Config, *, pc: int | None = None) ->
         if a["residual"]:
             _rows_within(insn, config, pc, Memory.SPAD, a["res_addr"], m, "residual")
         _rows_within(insn, config, pc, a["out"], a["dst"], m, "destination")
+    elif op is Opcode.PREDICATE:
+        _rows_within(insn, config, pc, a["mem"], a["addr"], a["rows"], "predicate")
     elif op is Opcode.VECTOR:
         rows = a["rows"]
         _rows_within(insn, config, pc, a["src1_mem"], a["src1"], rows, "src1")
@@ -351,6 +402,8 @@ def instruction_accesses(insn: Instruction, config: Config) -> list[Access]:
             result.append((_SPACE_OF[insn.src2_mem], slice(insn.src2, insn.src2 + insn.rows), False))
         result.append((_SPACE_OF[insn.dst_mem], slice(insn.dst, insn.dst + insn.rows), True))
         return result
+    if op is Opcode.PREDICATE:
+        return [(_SPACE_OF[insn.mem], slice(insn.addr, insn.addr + insn.rows), False)]
     return []  # CONFIG touches only compute-unit registers; barriers are ordered with everything.
 
 
@@ -459,8 +512,9 @@ _MEM_SPAD = Memory.SPAD
     int(Counter[name]) for name in ("CYCLES", "STALL_DEP", "MACS", "DMA_READ_BYTES", "DMA_WRITE_BYTES",
                                     "AXI_READ_BEATS", "AXI_WRITE_BEATS", "SPAD_READS", "SPAD_WRITES",
                                     "ACC_READS", "ACC_WRITES"))
-# Per opcode: (its instructions-retired counter, its *_busy counter or None).
-_OPCODE_COUNTERS = {op: (int(instret_counter(op)), _BUSY_INDEX.get(op)) for op in Opcode}
+# Per opcode: (its instructions-retired counter or None, its *_busy counter or None).
+_OPCODE_COUNTERS = {op: (None if op in CONTROL_FLOW_OPCODES else int(instret_counter(op)),
+                         _BUSY_INDEX.get(op)) for op in Opcode}
 
 
 class _Static:
@@ -474,12 +528,15 @@ class _Static:
     """
 
     __slots__ = ("insn", "opcode", "unit", "fails_checks", "timing", "fails_dram", "deltas", "accesses",
-                 "dram_write")
+                 "dram_write", "dynamic")
 
     def __init__(self, insn: Instruction, config: Config):
         self.insn = insn
         self.opcode = op = insn.opcode
         args = insn.args
+        # Control flow, or an address that depends on a scalar register: not plannable (see _Plan).
+        self.dynamic = op in CONTROL_FLOW_OPCODES or any(
+            args[register] for register in REGISTER_OFFSETS.get(op, {}).values())
         try:
             check_ranges(insn, config)
             check_overlap(insn, config)
@@ -582,7 +639,8 @@ class _Static:
             deltas.append((_C_DMA_WRITE_BYTES, SNAPSHOT_BYTES))
             deltas.append((_C_AXI_WRITE_BEATS, axi_beats(insn, config)))
             self.dram_write = (start, start + SNAPSHOT_BYTES)
-        deltas.append((insn_counter, 1))
+        if insn_counter is not None:
+            deltas.append((insn_counter, 1))
         # Many words share their counts and timing: keep one copy of each.
         deltas = tuple(delta for delta in deltas if delta[1])
         self.deltas = _SHARED.setdefault(deltas, deltas)
@@ -1007,6 +1065,8 @@ class Machine:
         self.spad = np.zeros((config.spad_rows, config.cols), dtype=np.int8)
         self.acc = np.zeros((config.acc_rows, config.cols), dtype=np.int32)
         self.config_regs: dict[ConfigReg, int] = {reg: 0 for reg in ConfigReg}
+        #: The scalar registers r0..r7 (int32; r0 stays 0).  The host writes r1..r7 with write_scalar.
+        self.scalar_regs: list[int] = [0] * SCALAR_REGS
         self.counters = np.zeros(len(COUNTERS), dtype=np.uint64)
         self._start_run()
 
@@ -1072,6 +1132,7 @@ class Machine:
         """:meth:`run`, one instruction at a time: fetch, decode, :meth:`_execute`."""
         self._start_run()
         self._cycle_limit = cycle_limit
+        self._program_base = program_addr
         if program_addr % INSN_BYTES:
             # The hardware fetches whole 16-byte words and reports an unaligned base this way.
             raise ExecutionError(ErrorCause.FETCH_ERROR,
@@ -1086,10 +1147,11 @@ class Machine:
                 self._stop_by_watchdog(pc)
             insn = decode(self._fetch(pc), pc=pc)
             executed += 1
+            self._next_pc = pc + INSN_BYTES
             self._execute(insn, pc, executed)
             if insn.opcode is Opcode.HALT:
                 break
-            pc += INSN_BYTES
+            pc = self._next_pc
         return RunResult(
             status="done",
             counters={spec.name: int(value) for spec, value in zip(COUNTERS, self.counters, strict=True)},
@@ -1225,6 +1287,8 @@ class Machine:
                     error = failure
                     break
                 static = statics[word] = _Static(insn, config)
+            if static.dynamic:
+                return None                # its course depends on the data: the reference path runs it
             insn = static.insn
             if static.fails_checks:
                 try:
@@ -1416,6 +1480,8 @@ class Machine:
     def _execute(self, insn: Instruction, pc: int, seq: int) -> None:
         config = self.config
         op = insn.opcode
+        if op in REGISTER_OFFSETS:
+            insn = resolve_registers(insn, self.scalar_regs)
         check_ranges(insn, config, pc=pc)
         check_overlap(insn, config, pc=pc)
         entry = self._scheduler.add(insn, pc=pc)  # raises DEADLOCK for an invalid token order
@@ -1429,9 +1495,9 @@ class Machine:
             self._check_dram(insn, pc, insn.dram, 1, 0, SNAPSHOT_BYTES)
 
         if self._races is not None:
-            if entry.unit is Unit.CONTROL:
+            if op in BARRIER_OPCODES:
                 self._races.barrier(seq)
-            else:
+            elif entry.unit is not Unit.CONTROL:       # SCALAR and BRANCH touch no memory
                 self._races.instruction(insn, seq, pc, instruction_accesses(insn, config))
 
         if op in BUSY_COUNTER:
@@ -1440,7 +1506,8 @@ class Machine:
         self._count(Counter.STALL_DEP, entry.stall_dep)
 
         getattr(self, f"_exec_{op.name.lower()}")(insn, entry)
-        self._count(instret_counter(op), 1)
+        if op not in CONTROL_FLOW_OPCODES:
+            self._count(instret_counter(op), 1)
         if op is Opcode.HALT:
             self.counters[Counter.CYCLES] = entry.end - self._period_start
 
@@ -1570,6 +1637,58 @@ class Machine:
 
     def _exec_halt(self, insn: Instruction, entry: ScheduledInstruction) -> None:
         pass
+
+    def _write_scalar(self, register: int, value: int) -> None:
+        if register:
+            self.scalar_regs[register] = ((value + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)   # wraps
+
+    def _exec_scalar(self, insn: Instruction, entry: ScheduledInstruction) -> None:
+        regs = self.scalar_regs
+        self._write_scalar(insn.dst, regs[insn.src1] + regs[insn.src2] + insn.imm)
+
+    def _exec_branch(self, insn: Instruction, entry: ScheduledInstruction) -> None:
+        if not branch_taken(insn.cond, self.scalar_regs[insn.a], self.scalar_regs[insn.b]):
+            return
+        pc = entry.pc
+        target = pc + INSN_BYTES * insn.offset
+        if target < self._program_base:
+            raise ExecutionError(ErrorCause.BRANCH_RANGE,
+                                 f"branch: target {target:#x} (offset {insn.offset}) is below the program "
+                                 f"base 0x{self._program_base:x}", pc=pc)
+        self._next_pc = target
+
+    def _exec_predicate(self, insn: Instruction, entry: ScheduledInstruction) -> None:
+        rows = self._local(insn.mem)[insn.addr:insn.addr + insn.rows]
+        self._count(Counter.SPAD_READS if insn.mem is Memory.SPAD else Counter.ACC_READS, insn.rows)
+        if insn.op is PredicateOp.ANY:
+            value = int(np.count_nonzero(rows) != 0)
+        else:
+            value = int(rows.max())
+        self._write_scalar(insn.dst, value)
+
+    def write_scalar(self, register: int, value: int) -> None:
+        """Host access: set scalar register ``register`` (1..7) to the int32 ``value`` before a run."""
+        if isinstance(register, bool) or not isinstance(register, int) or not 1 <= register < SCALAR_REGS:
+            raise ScalarRegisterError(f"scalar register {register!r}: the host writes r1..r{SCALAR_REGS - 1}")
+        if isinstance(value, bool) or not isinstance(value, int) \
+                or not arith.INT32_MIN <= value <= arith.INT32_MAX:
+            raise ScalarRegisterError(f"scalar register r{register}: {value!r} is not an int32")
+        self.scalar_regs[register] = value
+
+
+class DispatchTracer(Machine):
+    """A :class:`Machine` that records, in :attr:`trace`, every instruction it dispatches other than
+    the control-flow ones, with its register offsets resolved: the straight-line program a run of a
+    control-flow program amounts to (tests and benchmarks replay it and compare)."""
+
+    def __init__(self, config: Config, **options):
+        super().__init__(config, **options)
+        self.trace: list[Instruction] = []
+
+    def _execute(self, insn: Instruction, pc: int, seq: int) -> None:
+        if insn.opcode not in CONTROL_FLOW_OPCODES:
+            self.trace.append(resolve_registers(insn, self.scalar_regs))
+        super()._execute(insn, pc, seq)
 
 
 def run_program(program: bytes | Sequence[Instruction], config: Config, *, base: int = 0,

@@ -23,6 +23,10 @@ Simplifications of :func:`schedule` (the hardware may differ by these):
   instruction cannot start) until the consumer pops;
 * a barrier starts when every earlier instruction has retired; the
   dispatcher resumes when it ends.
+* SCALAR and BRANCH take one dispatcher cycle each (``start`` = ``dispatch``,
+  ``end`` one later) and no unit; a BRANCH's target is dispatched in the
+  next cycle, as fetch is free;
+* after a PREDICATE, the dispatcher resumes when the PREDICATE ends.
 
 With ``load_overlap`` > 1 a LOAD starts once the previous LOAD has issued its
 row requests (one per cycle, the cycle after it starts; a zero LOAD issues
@@ -66,6 +70,9 @@ EPILOGUE_LATENCY = 9
 #: Cycles of a VECTOR beyond one (or two) per row: the read, the operand register, the
 #: compute/multiply register, the round-and-saturate register and the write.
 VECTOR_LATENCY = 4
+#: Cycles of a PREDICATE beyond one per row: the read, the reduction register and the write of the
+#: scalar register.
+PREDICATE_LATENCY = 3
 
 #: Units that execute from an instruction queue (barriers run on the control unit).
 QUEUED_UNITS = (Unit.LOAD, Unit.COMPUTE, Unit.STORE)
@@ -175,6 +182,8 @@ def instruction_cycles(insn: Instruction, config: Config) -> int:
         return chunks * (config.rows + args["m"]) + config.rows + config.cols + MATMUL_LATENCY
     if op is Opcode.EPILOGUE:
         return args["m"] + EPILOGUE_LATENCY
+    if op is Opcode.PREDICATE:
+        return args["rows"] + PREDICATE_LATENCY
     if op is Opcode.VECTOR:
         two_reads = (args["op"] not in UNARY_VECTOR_OPS and not args["use_imm"]
                      and args["src1_mem"] is args["src2_mem"])
@@ -185,7 +194,7 @@ def instruction_cycles(insn: Instruction, config: Config) -> int:
         return config.mem_latency + axi_beats(insn, config) + 1
     if op is Opcode.COUNTERS:
         return config.mem_latency + axi_beats(insn, config)
-    return 1  # CONFIG, FENCE, HALT
+    return 1  # CONFIG, FENCE, HALT, SCALAR, BRANCH
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +269,7 @@ TOKEN_QUEUES = ((Unit.LOAD, Unit.COMPUTE), (Unit.COMPUTE, Unit.LOAD), (Unit.COMP
                 (Unit.STORE, Unit.COMPUTE))
 _QUEUE_NUMBER = {queue: number for number, queue in enumerate(TOKEN_QUEUES)}
 _BUSY_NAMES = tuple(dict.fromkeys(BUSY_COUNTER.values()))
+_PREDICATE = Opcode.PREDICATE
 
 
 # Per opcode: (unit it is scheduled on, is a barrier, index of its *_busy counter name or None).
@@ -359,6 +369,16 @@ class Scheduler:
             self.entries.append(entry)
             return entry
 
+        if unit is Unit.CONTROL:
+            # SCALAR or BRANCH: one dispatcher cycle, no unit.
+            dispatch = self._next_dispatch
+            self._next_dispatch = dispatch + 1
+            if not self.keep_entries:
+                return None
+            entry = _entry(index, insn, unit, dispatch, dispatch, dispatch + 1, dispatch + 1, 0, pc)
+            self.entries.append(entry)
+            return entry
+
         u = unit.value
         slots = self._queue_starts[u]
         dispatch = self._next_dispatch
@@ -405,6 +425,9 @@ class Scheduler:
             pushed.append(push_time)
             retire = max(retire, push_time)
 
+        if insn.opcode is _PREDICATE:
+            # The dispatcher waits for the result: the next instruction may read the register.
+            self._next_dispatch = max(self._next_dispatch, end)
         stall = (start - ready) + (retire - end)
         slots.append(start)
         self._unit_free[u] = retire

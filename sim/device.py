@@ -145,6 +145,15 @@ class Device(abc.ABC):
             raise DeviceError(self.kind, status)
         return status
 
+    def write_scalar(self, register: int, value: int) -> None:
+        """Set scalar register ``register`` (1..7) to the int32 ``value`` before a run: a runtime parameter.
+
+        Only the golden device implements the scalar registers and control flow (issue 13); the
+        RTL back ends raise :class:`BrazeError` until their hardware does.
+        """
+        raise BrazeError(f"{self.kind} device: scalar registers (runtime parameters) are not implemented "
+                         "by this back end yet")
+
     def read_array(self, addr: int, shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
         dtype = np.dtype(dtype).newbyteorder("<")
         count = int(np.prod(shape))
@@ -190,6 +199,9 @@ class GoldenDevice(Device):
     def read(self, addr: int, nbytes: int) -> bytes:
         self._check_span(addr, nbytes)
         return self.machine.read_dram(addr, nbytes)
+
+    def write_scalar(self, register: int, value: int) -> None:
+        self.machine.write_scalar(register, value)
 
     def _execute(self, base: int, max_cycles: int | None, cycle_limit: int) -> RunStatus:
         from braze.isa.model import InstructionLimitExceeded, WatchdogError

@@ -57,7 +57,7 @@ from braze.isa.errors import ConfigError, UsageError
 from braze.isa.model import instruction_accesses
 from braze.isa.timing import QUEUED_UNITS, element_bytes
 
-__all__ = ["Region", "GeneratedProgram", "generate", "sync_tokens", "DEFAULT_SIZE"]
+__all__ = ["Region", "GeneratedProgram", "generate", "generate_control_flow", "sync_tokens", "DEFAULT_SIZE"]
 
 #: Tiles in a program by default: a few thousand cycles on the ``tiny`` preset.
 DEFAULT_SIZE = 8
@@ -170,6 +170,61 @@ def generate(config: Config, rng_or_seed: int | np.random.Generator, *,
         raise TypeError(f"generate: rng_or_seed={rng_or_seed!r} must be a non-negative int or a "
                         "numpy Generator")
     return _Generator(config, rng, seed, size).run()
+
+
+#: Registers of :func:`generate_control_flow`: the loop counter, the predicate's result, a sum of results,
+#: and the three registers that offset addresses by a value the field is lowered by.
+_LOOP, _RESULT, _SUM, _ROW_OFFSET, _DRAM_OFFSET, _A_OFFSET = 1, 2, 3, 4, 5, 6
+
+
+def generate_control_flow(config: Config, seed: int, *, size: int = DEFAULT_SIZE) -> GeneratedProgram:
+    """A random valid program with bounded loops, data-dependent branches, predicates and register offsets.
+
+    The program of :func:`generate` (same seed and size) becomes the body of a counted loop of one
+    to three iterations, ended by a FENCE, a PREDICATE over the rows one of its LOADs writes, a
+    BRANCH on its result (random condition) over a SCALAR that sums the results, the loop's
+    count-down, a FENCE (so that iterations do not race) and the back-branch.  Some LOADs, STOREs
+    and MATMULs of the body address their rows and external bytes through a register: the field
+    is lowered by a random amount that a register, set before the loop, adds back -- the effective
+    addresses are the original program's, so the body stays race-free.
+    """
+    base_program = generate(config, seed, size=size)
+    rng = np.random.default_rng([seed, 13])
+    row_offset, dram_offset, a_offset = (int(rng.integers(0, 64)) for _ in range(3))
+    body = []
+    for insn in base_program.instructions[:-1]:                    # without the HALT
+        args = insn.args
+        chance = rng.random() < 0.5
+        if insn.opcode in (Opcode.LOAD, Opcode.STORE) and chance:
+            values = {}
+            if args["addr"] >= row_offset:
+                values |= {"addr": args["addr"] - row_offset, "addr_reg": _ROW_OFFSET}
+            if args["dram"] >= dram_offset and not (insn.opcode is Opcode.LOAD and args["zero"]):
+                values |= {"dram": args["dram"] - dram_offset, "dram_reg": _DRAM_OFFSET}
+            insn = insn.replace(**values)
+        elif insn.opcode is Opcode.MATMUL and chance and args["a"] >= a_offset:
+            insn = insn.replace(a=args["a"] - a_offset, a_reg=_A_OFFSET)
+        body.append(insn)
+    # The predicate reads rows a LOAD of the program wrote, so that its result depends on the program only.
+    loads = [insn for insn in base_program.instructions if insn.opcode is Opcode.LOAD]
+    tested = loads[int(rng.integers(0, len(loads)))]
+    predicate = Instruction.make(Opcode.PREDICATE, op=str(rng.choice(["any", "max"])), dst=_RESULT,
+                                 mem=tested.mem, addr=tested.addr, rows=tested.rows)
+    cond = str(rng.choice(["always", "eq", "ne", "lt", "ge"]))
+    tail = [Instruction.make(Opcode.FENCE), predicate,
+            Instruction.make(Opcode.BRANCH, cond=cond, a=_RESULT, b=0, offset=2),
+            Instruction.make(Opcode.SCALAR, dst=_SUM, src1=_SUM, src2=_RESULT, imm=int(rng.integers(-9, 10))),
+            Instruction.make(Opcode.SCALAR, dst=_LOOP, src1=_LOOP, imm=-1),
+            Instruction.make(Opcode.FENCE)]               # the next iteration's loads after the PREDICATE
+    back = Instruction.make(Opcode.BRANCH, cond="ne", a=_LOOP, offset=-(len(body) + len(tail)))
+    setup = [Instruction.make(Opcode.SCALAR, dst=register, imm=value)
+             for register, value in ((_LOOP, int(rng.integers(1, 4))), (_SUM, 0), (_ROW_OFFSET, row_offset),
+                                     (_DRAM_OFFSET, dram_offset), (_A_OFFSET, a_offset))]
+    instructions = setup + body + tail + [back, Instruction.make(Opcode.HALT)]
+    if base_program.base + len(instructions) * INSN_BYTES > config.dram_bytes:
+        raise ConfigError(f"generate_control_flow: the program does not fit the external memory of "
+                          f"config {config.name!r}")
+    return base_program.with_instructions(instructions)
 
 
 def sync_tokens(config: Config, instructions: Sequence[Instruction]) -> list[Instruction]:

@@ -192,6 +192,9 @@ def _one_error_line(capsys, command: str) -> str:
     (["asm"], "asm", ["required: source"]),
     (["bench", "sim", "--runs", "0"], "bench sim", ["--runs"]),
     (["bench", "model", "--frobnicate"], "bench model", ["unrecognized arguments"]),
+    (["bench", "dataflow", "--warmup", "1"], "bench dataflow", ["--warmup"]),
+    (["bench", "compile", "--cost-models", "magic"], "bench compile", ["--cost-models", "analytic, learned"]),
+    (["bench", "kernels", "--frobnicate"], "bench kernels", ["unrecognized arguments"]),
 ])
 def test_bad_arguments_are_one_line(argv, command, fragments, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

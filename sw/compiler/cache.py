@@ -26,6 +26,7 @@ a whole new one, and concurrent writers of one key (which write the same content
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -62,11 +63,26 @@ def cache_dir() -> Path:
     return (Path(env) if env else Path.home() / ".cache" / "braze") / "kernels"
 
 
+@functools.cache
+def _generator_fingerprint() -> str:
+    """A hash of the code that generates and chooses kernels: the kernel library, the instruction
+    encoding and the timing model (kernels carry predicted cycles, and the library picks tilings by
+    them).  An entry written by other code is not reused: its program may be valid but is not what
+    this code would choose (a changed tiling rule, a deeper RTL pipeline)."""
+    import braze.isa as isa_package
+
+    from . import kernels as library_package
+    files = sorted(Path(library_package.__file__).parent.glob("*.py"))
+    files += [Path(isa_package.__file__).parent / name for name in ("encoding.py", "timing.py")]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _key(signature: tuple, config: Config) -> str:
-    # The timing model's pipeline depths are in the key: kernels carry their predicted cycles, and
-    # the library chooses tilings by them, so a deeper RTL pipeline must not reuse old entries.
-    pipelines = (MATMUL_LATENCY, EPILOGUE_LATENCY, VECTOR_LATENCY)
-    text = repr((CACHE_VERSION, signature, config.to_json(), pipelines))
+    pipelines = (MATMUL_LATENCY, EPILOGUE_LATENCY, VECTOR_LATENCY)     # also in the fingerprint's sources
+    text = repr((CACHE_VERSION, signature, config.to_json(), pipelines, _generator_fingerprint()))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -251,10 +251,18 @@ def _plan_qconv(graph: Graph, node: Node) -> NodeKernel | str:
     k_out, _, kh, kw = w.shape
     strides = tuple(node.attrs.get("strides", (1, 1)))
     dilations = tuple(node.attrs.get("dilations", (1, 1)))
-    if int(node.attrs.get("group", 1)) != 1:
-        return "grouped convolution"
-    if dilations != (1, 1):
-        return f"dilations {dilations}"
+    group = int(node.attrs.get("group", 1))
+    if group != 1:
+        # A grouped (or depthwise) convolution is the dense one whose weights are zero between groups:
+        # exact in integers, and the array computes the zeros instead of idling (group times the MACs).
+        dense = np.zeros((k_out, c, kh, kw), np.int8)
+        for g in range(group):
+            rows, cols = slice(g * k_out // group, (g + 1) * k_out // group), slice(g * (c // group),
+                                                                                    (g + 1) * (c // group))
+            dense[rows, cols] = w[rows]
+        w = dense
+    if dilations[0] != dilations[1]:
+        return f"unequal dilations {dilations}"
     if strides[0] != strides[1]:
         return f"unequal strides {strides}"
     pads = conv_pads((h, wd), (kh, kw), strides, dilations, node.attrs)
@@ -267,6 +275,8 @@ def _plan_qconv(graph: Graph, node: Node) -> NodeKernel | str:
     options, constants = _epilogue(node, k_out, bias, w.astype(np.int64).sum(axis=(1, 2, 3)))
     if int(node.attrs.get("pool", 1)) > 1:            # max pooling fused by the fusion engine
         options["pool"] = int(node.attrs["pool"])
+    if dilations[0] > 1:
+        options["dilation"] = int(dilations[0])
     recipe = KernelRecipe("conv2d", (n, c, h, wd, k_out, kh, kw, strides[0], pad), _options(options))
     # Weights in the layout conv2d_weights gives (channels padded to a multiple of rows) need the config:
     constants["weights_oihw"] = w

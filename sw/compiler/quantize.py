@@ -338,7 +338,7 @@ def _quantizable(graph: Graph, node: Node) -> bool:
                 and node.attrs.get("beta", 1.0) == 1.0
                 and (bias is None or bias.size == weight.shape[0 if node.attrs.get("transB", 0) else 1]))
     if node.op_type == "Conv":
-        return weight.ndim == 4 and node.attrs.get("group", 1) == 1 and (bias is None or bias.ndim == 1)
+        return weight.ndim == 4 and (bias is None or bias.ndim == 1)
     return False
 
 
@@ -602,7 +602,7 @@ class _Lowering:
         if act == "clip":
             attrs.update(clip_lo=int(clip[0]), clip_hi=int(clip[1]))
         if op_type == "QConv":
-            attrs.update({k: node.attrs[k] for k in ("strides", "pads", "auto_pad", "dilations")
+            attrs.update({k: node.attrs[k] for k in ("strides", "pads", "auto_pad", "dilations", "group")
                           if k in node.attrs})
         elif node.attrs.get("flatten_a") is not None:
             attrs["flatten_a"] = node.attrs["flatten_a"]
@@ -631,8 +631,6 @@ class _Lowering:
             return False
         if node.op_type == "Gemm" and (node.attrs.get("transA", 0) or node.attrs.get("alpha", 1.0) != 1.0
                                        or node.attrs.get("beta", 1.0) != 1.0):
-            return False
-        if node.op_type == "Conv" and node.attrs.get("group", 1) != 1:
             return False
         x_parts, w_parts = _dq_parts(graph, node.inputs[0]), _dq_parts(graph, node.inputs[1])
         if x_parts is None or w_parts is None:

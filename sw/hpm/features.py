@@ -27,20 +27,27 @@ program the history stores with every run (:func:`program_features`) when the fe
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
+import hashlib
+import json
 import math
+import os
+import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from braze.isa import Config, Instruction, Memory, Opcode
+from braze.isa import Config, Instruction, Memory, Opcode, Unit
 from braze.isa.encoding import UNARY_VECTOR_OPS
 from braze.isa.timing import Scheduler, axi_beats, element_bytes, timing_key
 
 from ..compiler.kernels import Kernel
 
-__all__ = ["MemorySystem", "kernel_features", "program_features", "kernel_signature", "kernel_family",
-           "memory_aware_cycles", "FEATURE_VERSION", "DMA_HANDOFF_CYCLES",
-           "STORE_BASE_CYCLES"]
+__all__ = ["MemorySystem", "kernel_features", "program_features", "feature_cache_dir", "forget_features",
+           "kernel_signature", "kernel_family", "memory_aware_cycles", "FEATURE_VERSION",
+           "DMA_HANDOFF_CYCLES", "STORE_BASE_CYCLES"]
 
 #: Bump when the features change meaning: models record it and refuse features of another version;
 #: ``braze hpm refeature`` recomputes the history's features from the programs it stores.
@@ -154,19 +161,28 @@ def memory_aware_cycles(instructions: Sequence[Instruction], config: Config, mem
     """
     if memory.read_latency != config.mem_latency:
         config = dataclasses.replace(config, mem_latency=memory.read_latency)
-    stretch = 1.0 / (1.0 - memory.stall) - 1.0
     program = [*instructions, Instruction.make(Opcode.HALT)]
+    return _memory_aware_cycles(program, [timing_key(insn, config) for insn in program],
+                                [axi_beats(insn, config) for insn in program], config, memory)
+
+
+def _memory_aware_cycles(program: Sequence[Instruction], plain_keys: Sequence[tuple], beats: Sequence[int],
+                         config: Config, memory: MemorySystem) -> int:
+    """:func:`memory_aware_cycles` of ``program`` (with its HALT) given each instruction's
+    :func:`~braze.isa.timing.timing_key` on ``config`` (whose latency is the memory's) and its AXI beats,
+    which :func:`program_features` has computed already."""
+    stretch = 1.0 / (1.0 - memory.stall) - 1.0
     keys = []
-    for insn in program:
-        unit, cycles, pops, pushes, busy, barrier = timing_key(insn, config)
+    for insn, key, insn_beats in zip(program, plain_keys, beats, strict=True):
         op = insn.opcode
         if op is Opcode.STORE:
-            beats, rows = axi_beats(insn, config), insn.args["rows"]
-            cycles = int(round(STORE_BASE_CYCLES + rows + beats + stretch * (beats + rows)))
+            rows = insn.args["rows"]
+            cycles = int(round(STORE_BASE_CYCLES + rows + insn_beats + stretch * (insn_beats + rows)))
+            key = (key[0], cycles, *key[2:])
         elif op in DMA_HANDOFF_CYCLES and not (op is Opcode.LOAD and insn.zero):
-            requests = axi_beats(insn, config) + insn.args.get("rows", 1)
-            cycles = int(round(cycles + DMA_HANDOFF_CYCLES[op] + stretch * requests))
-        keys.append((unit, cycles, pops, pushes, busy, barrier))
+            requests = insn_beats + insn.args.get("rows", 1)
+            key = (key[0], int(round(key[1] + DMA_HANDOFF_CYCLES[op] + stretch * requests)), *key[2:])
+        keys.append(key)
     scheduler = Scheduler(config)
     entries = [scheduler.add_keyed(insn, key) for insn, key in zip(program, keys, strict=True)]
 
@@ -182,7 +198,7 @@ def memory_aware_cycles(instructions: Sequence[Instruction], config: Config, mem
     if not elementwise[Memory.SPAD] and not elementwise[Memory.ACC]:
         return max(1, scheduler.cycles)
     ends = {local: [end for _, end, _ in intervals] for local, intervals in elementwise.items()}
-    scheduler = Scheduler(config)
+    scheduler = Scheduler(config, keep_entries=False)      # only its cycles are needed
     for entry, key in zip(entries, keys, strict=True):
         insn = entry.insn
         if insn.opcode in (Opcode.LOAD, Opcode.STORE) and not (insn.opcode is Opcode.LOAD and insn.zero):
@@ -202,8 +218,102 @@ def memory_aware_cycles(instructions: Sequence[Instruction], config: Config, mem
 
 def kernel_features(kernel: Kernel, config: Config | None = None,
                     memory: MemorySystem | None = None) -> dict[str, float]:
-    """The features of ``kernel`` on ``config`` (its own by default) against ``memory``."""
-    return program_features(kernel.instructions, kernel.config if config is None else config, memory)
+    """The features of ``kernel`` on ``config`` (its own by default) against ``memory``.
+
+    Computed once per program, configuration and memory system: remembered in this process and on
+    disk (:func:`feature_cache_dir`; a compiler pricing candidates asks again for the same kernels at
+    every compile, and a kernel from the kernel cache has its program's words already, which name it).
+    """
+    config = kernel.config if config is None else config
+    memory = MemorySystem.nominal(config) if memory is None else memory
+    key = _feature_key(kernel, config, memory)
+    features = _FEATURES.get(key)
+    if features is None:
+        features = _load_features(key)
+        if features is None:
+            features = program_features(kernel.instructions, config, memory)
+            _store_features(key, features)
+        if len(_FEATURES) >= _FEATURES_LIMIT:
+            _FEATURES.pop(next(iter(_FEATURES)))
+        _FEATURES[key] = features
+    return dict(features)
+
+
+#: kernel_features by _feature_key, in this process (oldest dropped first beyond the limit).
+_FEATURES: dict[str, dict[str, float]] = {}
+_FEATURES_LIMIT = 4096
+
+
+def forget_features() -> None:
+    """Forget the features :func:`kernel_features` remembers in this process (those on disk stay):
+    a benchmark measuring what a new process pays."""
+    _FEATURES.clear()
+
+
+def _code_digest() -> str:
+    """What the features' values depend on besides the program, configuration and memory: the code of
+    the timing model, of the instruction encoding and of this module (an edit to any of them
+    invalidates every remembered feature)."""
+    from braze.isa import encoding, timing
+
+    digest = hashlib.sha256()
+    for module in (timing, encoding, sys.modules[__name__]):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
+_CODE_DIGEST = _code_digest()
+
+
+def _feature_key(kernel: Kernel, config: Config, memory: MemorySystem) -> str:
+    """The name of ``kernel``'s features on ``config`` against ``memory``: a hash of its encoded program
+    (the kernel cache encodes each kernel once), the configuration, the memory and the code."""
+    from ..compiler.cache import encoded_words
+
+    program = hashlib.blake2b(b"".join(word.to_bytes(16, "little") for word in encoded_words(kernel)),
+                              digest_size=16).hexdigest()
+    text = repr((FEATURE_VERSION, program, config.to_json(), memory.read_latency, memory.stall, _CODE_DIGEST))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def feature_cache_dir() -> Path:
+    """``$BRAZE_CACHE_DIR/hpm-features``, by default ``~/.cache/braze/hpm-features``: the features of
+    kernels priced before (set ``BRAZE_HPM_FEATURE_CACHE=0`` to keep them in memory only)."""
+    from ..compiler.cache import cache_dir
+
+    return cache_dir().parent / "hpm-features"
+
+
+def _load_features(key: str) -> dict[str, float] | None:
+    """The features stored under ``key``, or None (none stored, unreadable or not this key's)."""
+    if os.environ.get("BRAZE_HPM_FEATURE_CACHE") == "0":
+        return None
+    try:
+        entry = json.loads((feature_cache_dir() / f"{key}.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict) or entry.get("key") != key or not isinstance(entry.get("features"), dict):
+        return None
+    return entry["features"]
+
+
+def _store_features(key: str, features: dict[str, float]) -> None:
+    """Remember ``features`` on disk (atomically); an unwritable directory only costs recomputation."""
+    if os.environ.get("BRAZE_HPM_FEATURE_CACHE") == "0":
+        return
+    directory = feature_cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{key}.", suffix=".tmp")
+    except OSError:
+        return
+    try:
+        with os.fdopen(handle, "w") as file:
+            json.dump({"key": key, "features": features}, file)
+        os.replace(temporary, directory / f"{key}.json")
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
 
 
 def program_features(instructions: Sequence[Instruction], config: Config,
@@ -220,7 +330,11 @@ def program_features(instructions: Sequence[Instruction], config: Config,
     macs = chunks = matmul_m = matmul_n = matmul_k = 0
     epilogue_rows = vector_rows = zero_rows = 0
     chunk_rows = config.rows
-    for insn in instructions:
+    program = [*instructions, Instruction.make(Opcode.HALT)]
+    # Each instruction's AXI beats and timing key, computed once for the counts, the analytic schedule
+    # and the baseline.
+    program_beats = [axi_beats(insn, config) for insn in program]
+    for insn, insn_beats in zip(instructions, program_beats, strict=False):
         op = insn.opcode
         counts[op] += 1
         unit = ("load" if op is Opcode.LOAD else "store" if op in (Opcode.STORE, Opcode.COUNTERS)
@@ -235,11 +349,11 @@ def program_features(instructions: Sequence[Instruction], config: Config,
             row_bytes = insn.len * element_bytes(insn.mem)
             rows[side] += insn.rows
             data_bytes[side] += insn.rows * row_bytes
-            beats[side] += axi_beats(insn, config)
+            beats[side] += insn_beats
             if insn.rows > 1 and insn.stride != row_bytes:
                 strided_rows[side] += insn.rows
         elif op is Opcode.COUNTERS:
-            beats["store"] += axi_beats(insn, config)
+            beats["store"] += insn_beats
         elif op is Opcode.MATMUL:
             macs += insn.m * insn.n * insn.k
             chunks += math.ceil(insn.k / chunk_rows)
@@ -283,15 +397,14 @@ def program_features(instructions: Sequence[Instruction], config: Config,
     features["stall"] = memory.stall
 
     # The analytic model: its cycles and per-unit busy time (the learned model corrects these).
-    timeline = Scheduler(config)
-    for insn in [*instructions, Instruction.make(Opcode.HALT)]:
-        timeline.add(insn)
+    # (A unit's busy cycles are the sum of its instructions' cycles: each runs from start to end.)
+    keys = [timing_key(insn, config) for insn in program]
+    timeline = Scheduler(config, keep_entries=False)
+    for insn, key in zip(program, keys, strict=True):
+        timeline.add_keyed(insn, key)
     analytic = max(1, int(timeline.cycles))
-    busy = {unit: 0 for unit in _UNITS}
-    for entry in timeline.entries:
-        name = entry.unit.name.lower()
-        if name in busy:
-            busy[name] += entry.end - entry.start
+    unit_busy = timeline.unit_busy
+    busy = {unit: unit_busy[Unit[unit.upper()]] for unit in _UNITS}
     features["analytic_cycles"] = analytic
     features["log_analytic_cycles"] = math.log(analytic)
     for unit, cycles in busy.items():
@@ -315,7 +428,10 @@ def program_features(instructions: Sequence[Instruction], config: Config,
     features["load_busy_x_stretch"] = features["analytic_load_busy_share"] * stretch
     features["store_busy_x_stretch"] = features["analytic_store_busy_share"] * stretch
     # The baseline the learned model corrects (see the module documentation).
-    baseline = memory_aware_cycles(instructions, config, memory)
+    if memory.read_latency == config.mem_latency:
+        baseline = _memory_aware_cycles(program, keys, program_beats, config, memory)
+    else:
+        baseline = memory_aware_cycles(instructions, config, memory)
     features["baseline_cycles"] = baseline
     features["log_baseline_cycles"] = math.log(baseline)
     features["log_baseline_over_analytic"] = math.log(baseline / analytic)

@@ -149,6 +149,15 @@ def _make_regressor(kind: str, objective: str, alpha: float | None = None, seed:
     raise ModelError(f"no regressor {kind!r}; regressors are {', '.join(REGRESSORS)}")
 
 
+def _predict(regressor, x: np.ndarray) -> np.ndarray:
+    """``regressor.predict(x)``; a LightGBM one on one thread: its thread pool costs about 11 ms a call on
+    a busy two-core machine whatever the rows (0.04 ms on one thread for one row, 1.1 ms for 50; the
+    same predictions), and a compiler pricing candidates asks for a few rows at a time."""
+    if type(regressor).__module__.split(".")[0] == "lightgbm":
+        return regressor.predict(x, num_threads=1)
+    return regressor.predict(x)
+
+
 class PerformanceModel:
     """Learned cycles (and stall/busy counters) of kernel runs, with an uncertainty.
 
@@ -236,10 +245,10 @@ class PerformanceModel:
         x = self._matrix(features)
         analytic = x[:, self.feature_names.index("analytic_cycles")]
         baseline = x[:, self.feature_names.index(self.baseline)]
-        median = self._median.predict(x)
-        low = np.minimum(self._low.predict(x), median) if self._low is not None else median
-        high = np.maximum(self._high.predict(x), median) if self._high is not None else median
-        shares = {name: np.clip(model.predict(x), 0.0, 1.0) for name, model in self._shares.items()}
+        median = _predict(self._median, x)
+        low = np.minimum(_predict(self._low, x), median) if self._low is not None else median
+        high = np.maximum(_predict(self._high, x), median) if self._high is not None else median
+        shares = {name: np.clip(_predict(model, x), 0.0, 1.0) for name, model in self._shares.items()}
         predictions = []
         for i in range(len(x)):
             cycles = float(baseline[i] * math.exp(median[i]))
@@ -384,16 +393,7 @@ class LearnedCostModel(CostModel):
 
     def _learned(self, kernel: Kernel, config: Config) -> Cost | str:
         """The learned cost of ``kernel``, or why the analytic one must stand in."""
-        if not self.model.covers(config, self.device):
-            return f"not trained for {config.name} on {self.device}"
-        features = kernel_features(kernel, config, self.memory)
-        outside = self.model.outside_training(features)
-        if outside:
-            return f"features outside training: {', '.join(outside[:3])}"
-        prediction = self.model.predict_features([features])[0]
-        if prediction.uncertainty > self.max_uncertainty:
-            return f"uncertain (band over {self.max_uncertainty:.0%})"
-        return Cost(int(round(prediction.cycles)), self.analytic.predict_kernel(kernel, config).bytes)
+        return self._learned_batch([kernel], config)[0]
 
     def predict_kernel(self, kernel: Kernel, config: Config) -> Cost:
         learned = self._learned(kernel, config)
@@ -403,11 +403,37 @@ class LearnedCostModel(CostModel):
         self.learned += 1
         return learned
 
+    def _learned_batch(self, kernels: list[Kernel], config: Config) -> list[Cost | str]:
+        """:meth:`_learned` of each kernel, the in-domain ones predicted in one call of the model."""
+        if not self.model.covers(config, self.device):
+            return [f"not trained for {config.name} on {self.device}"] * len(kernels)
+        results: list[Cost | str] = []
+        pending: list[tuple[int, dict[str, float]]] = []
+        for kernel in kernels:
+            features = kernel_features(kernel, config, self.memory)
+            outside = self.model.outside_training(features)
+            if outside:
+                results.append(f"features outside training: {', '.join(outside[:3])}")
+            else:
+                results.append("")
+                pending.append((len(results) - 1, features))
+        predictions = self.model.predict_features([features for _, features in pending]) if pending else []
+        for (index, _), prediction in zip(pending, predictions, strict=True):
+            if prediction.uncertainty > self.max_uncertainty:
+                results[index] = f"uncertain (band over {self.max_uncertainty:.0%})"
+            else:
+                kernel = kernels[index]
+                results[index] = Cost(int(round(prediction.cycles)),
+                                      self.analytic.predict_kernel(kernel, config).bytes)
+        return results
+
     def predict_candidates(self, candidates, config: Config, *, energy: bool = False) -> list[Cost]:
         """One decision's candidates, all learned -- or all analytic if any kernel of any candidate falls
         back: the analytic model under-predicts stalls, so a mix would favour the fallen-back ones."""
         groups = [_kernels_of(candidate) for candidate in candidates]
-        learned = {id(kernel): self._learned(kernel, config) for group in groups for kernel in group}
+        unique = list({id(kernel): kernel for group in groups for kernel in group}.values())
+        costs = self._learned_batch(unique, config)
+        learned = {id(kernel): cost for kernel, cost in zip(unique, costs, strict=True)}
         reasons = [cost for cost in learned.values() if isinstance(cost, str)]
         if reasons:
             for reason in reasons:

@@ -32,11 +32,13 @@ bit-exactly: the accelerator computes the IR's integer semantics.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import os
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -141,6 +143,26 @@ def _with_shapes(graph: Graph, shapes: Mapping[str, tuple[int, ...]], dtypes: Ma
         infos[name] = TensorInfo(name, tuple(int(d) for d in value.shape), old.dtype or value.dtype.name,
                                  old.quant)
     return validate(graph.replace(tensors=infos))
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off meanwhile (on again after, if it was on before).
+
+    Compiling allocates about a million long-lived objects (candidate kernels' instructions, their
+    argument mappings, the kernel cache's entries) and almost no reference cycles, so every
+    collection the allocations trigger rescans objects that are not garbage.  Measured on the
+    digits CNN (batch 64, default preset, analytic cost model, ``braze bench compile``'s
+    measurement): with the collector on 2.07 s cold, 0.19 s for a second batch size, 0.60 s from a
+    warm cache; off, 1.33 s, 0.072 s and 0.25 s -- and the whole process collected 6,400 objects.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _choose_cost_model(requested: CostModel | str | None, device, config: Config) -> tuple[CostModel, str]:
@@ -290,6 +312,10 @@ class InferenceSession:
 
     # -- compilation ----------------------------------------------------------------------------------
     def _compile(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple:
+        with _collector_paused():
+            return self._compile_unpaused(shapes)
+
+    def _compile_unpaused(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple:
         key = tuple(sorted((name, tuple(shape)) for name, shape in shapes.items()))
         if key not in self._compiled:
             dtypes = {name: self.graph_before.tensor(name).dtype for name in shapes}

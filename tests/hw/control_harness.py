@@ -12,7 +12,7 @@ from amaranth.sim import Simulator
 
 from braze.hw.control import QUEUED_UNITS, Control
 from braze.isa import INSN_BYTES, Config, ConfigReg, ErrorCause, Instruction, Opcode, Unit
-from braze.isa.encoding import FORMAT_BY_OPCODE
+from braze.isa.encoding import CONTROL_FLOW_OPCODES, FORMAT_BY_OPCODE
 
 BARRIERS = (Opcode.FENCE, Opcode.COUNTERS, Opcode.HALT)
 #: Dependency flags and the token queue (producer, consumer) each names, per unit.
@@ -172,6 +172,8 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
                 trace.starts[Unit.COMPUTE].append((edge - 1, "config"))
             last_regs = regs
             for opcode in Opcode:
+                if opcode in CONTROL_FLOW_OPCODES:          # not implemented by this RTL: no retire pulse
+                    continue
                 if retired >> dut.retired.shape()[opcode.name.lower()].offset & 1:
                     unit = FORMAT_BY_OPCODE[opcode].unit
                     trace.retires[unit].append((edge, opcode) if unit is Unit.CONTROL else edge)

@@ -352,3 +352,23 @@ def test_rejects_bad_config():
 def test_control_converts_to_verilog():
     text = verilog.convert(Control(CONFIG), name="braze_control")
     assert "module braze_control" in text
+
+
+@pytest.mark.parametrize("word, cause", [
+    (Instruction.make("scalar", dst=1, imm=1), ErrorCause.ILLEGAL_OPCODE),
+    (Instruction.make("branch", offset=1), ErrorCause.ILLEGAL_OPCODE),
+    (Instruction.make("predicate", op="any", dst=1, mem="spad", addr=0, rows=1), ErrorCause.ILLEGAL_OPCODE),
+    (Instruction.make("load", mem="spad", zero=True, addr=0, rows=1, len=4, addr_reg=1),
+     ErrorCause.RESERVED_BITS),
+    (Instruction.make("matmul", acc=0, a=0, b=0, a_stride=1, m=1, n=1, k=1, b_reg=7),
+     ErrorCause.RESERVED_BITS),
+])
+def test_control_flow_stops_with_a_cause_until_the_rtl_implements_it(word, cause):
+    """The reference model runs these (issue 13); this control core does not, and says so instead of
+    executing them wrongly."""
+    program = [make(O.LOAD, 1), word, make(O.STORE, 3), make(O.HALT)]
+    trace = run(CONFIG, program, latency=(3, 10), base=0x400)
+    assert trace.error_edge is not None and trace.done_edge is None
+    assert trace.cause == cause
+    assert trace.error_pc == trace.pc(1)
+    assert trace.starts[Unit.STORE] == []

@@ -383,7 +383,7 @@ PRELUDE = (
 
 
 @pytest.mark.parametrize("name, bad, cause", [
-    ("illegal_opcode", 0xF, ErrorCause.ILLEGAL_OPCODE),
+    ("illegal_opcode", max(set(range(1, 16)) - {op.value for op in Opcode}), ErrorCause.ILLEGAL_OPCODE),
     ("bad_deps", make("halt").encode() | 1 << 4, ErrorCause.BAD_DEPS),
     ("spad_range", make("load", mem="spad", addr=TINY.spad_rows - 2, rows=3, len=4, dram=0x2000),
      ErrorCause.SPAD_RANGE),

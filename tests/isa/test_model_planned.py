@@ -188,6 +188,8 @@ def test_random_programs_match_the_reference(config, race_check):
         for machine in (planned, reference):
             machine.write_dram(base, program)
         limit = rng.choice([None, None, None, rng.randint(0, 12)])
+        if limit is None:
+            limit = 5000             # a random word may be a BRANCH that loops for ever
         report = _assert_same(planned, reference, base, limit)[0]
         kind = report[0] if report[0] == "done" else getattr(report[3], "name", report[1].__name__)
         outcomes[kind] = outcomes.get(kind, 0) + 1
@@ -284,7 +286,8 @@ def test_a_program_that_rewrites_its_own_past_is_planned_per_version():
     planned, reference = _machines(TINY, 4)
     for machine in (planned, reference):
         machine.write_dram(PROGRAM, encode_program(program))
-    reports = _assert_same(planned, reference, PROGRAM, runs=3)
+    # The snapshot's words may decode as a BRANCH that loops: an instruction limit bounds the runs.
+    reports = _assert_same(planned, reference, PROGRAM, 1000, runs=3)
     assert reports[0][0] == "done" and reports[1] != reports[0]
     assert planned._plans[PROGRAM][-1].instructions == fences + 2
 

@@ -102,3 +102,21 @@ def digits_mlp() -> onnx.ModelProto:
 
 
 __all__ = ["TensorProto", "make_model", "run_ort", "conv_model", "digits_data", "digits_mlp", "OPSET"]
+
+
+def quantize_qdq(model: onnx.ModelProto, directory, shape, rng, batches: int = 4):
+    """``model`` quantized by onnxruntime's ``quantize_static`` (QDQ, uint8 activations, per-channel int8
+    weights) on ``batches`` random inputs ``x`` of ``shape``; returns the quantized file's path."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"x": rng.normal(size=shape).astype(np.float32)} for _ in range(batches)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    onnx.save(model, directory / "float.onnx")
+    quantize_static(directory / "float.onnx", directory / "qdq.onnx", Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    return directory / "qdq.onnx"

@@ -19,6 +19,7 @@ from onnx_models import conv_model
 from braze.isa import Config, Opcode, decode
 from braze.isa.encoding import FORMAT_BY_OPCODE
 from braze.sw.compiler import cache as cache_module
+from braze.sw.compiler import kernels as kernels_package
 from braze.sw.compiler.cache import KernelCache, KernelCacheWarning, cache_dir
 from braze.sw.compiler.kernels import KernelError, gemm
 from braze.sw.runtime.session import InferenceSession
@@ -166,6 +167,31 @@ def test_a_changed_pipeline_depth_misses_the_cache(tmp_path, monkeypatch):
     KernelCache(tmp_path).get_or_build(SIGNATURE, TINY, build)
     monkeypatch.setattr(cache_module, "EPILOGUE_LATENCY", cache_module.EPILOGUE_LATENCY + 1)
     KernelCache(tmp_path).get_or_build(SIGNATURE, TINY, build)
+    assert len(calls) == 2
+
+
+def test_changed_library_code_misses_the_cache(tmp_path, monkeypatch):
+    """An entry written by another version of the kernel library (a changed tiling rule) is not
+    reused, though its program would still be valid: the key holds a hash of the generator's code."""
+    build, calls = _build_counter()
+    KernelCache(tmp_path).get_or_build(SIGNATURE, TINY, build)
+    KernelCache(tmp_path).get_or_build(SIGNATURE, TINY, build)
+    assert len(calls) == 1
+    library = tmp_path / "library"
+    library.mkdir()
+    sources = sorted(pathlib.Path(kernels_package.__file__).parent.glob("*.py"))
+    for path in sources:
+        (library / path.name).write_bytes(path.read_bytes())
+    (library / sources[0].name).write_bytes(sources[0].read_bytes() + b"\n# changed\n")
+    monkeypatch.setattr(kernels_package, "__file__", str(library / "__init__.py"))
+    cache_module._generator_fingerprint.cache_clear()
+    try:
+        KernelCache(tmp_path).get_or_build(SIGNATURE, TINY, build)
+    finally:
+        monkeypatch.undo()
+        cache_module._generator_fingerprint.cache_clear()
+    assert len(calls) == 2
+    KernelCache(tmp_path).get_or_build(SIGNATURE, TINY, build)      # the original code: its entry again
     assert len(calls) == 2
 
 

@@ -458,3 +458,26 @@ def test_kernels_fit_shallow_token_queues(token_depth):
         scaled = round_shift(x.astype(np.int64) * 300, 8) + round_shift(y.astype(np.int64) * 200, 8)
         expected = np.clip(scaled - 3, INT8_MIN, INT8_MAX)
         np.testing.assert_array_equal(result.outputs["out"], expected)
+
+
+@pytest.mark.parametrize("preset, shape", [("large", (1, 64, 10)), ("large", (1, 64, 32)),
+                                           ("default", (1, 64, 10)), ("default", (64, 64, 64))])
+def test_single_buffering_is_weighed_for_one_m_tile(preset, shape):
+    """With one M tile double buffering prefetches nothing: the library takes a single-buffered tiling
+    there when it is predicted at least 3% cheaper, and never leaves a cheaper one by more."""
+    config = Config.preset(preset)
+    chosen = K.gemm(config, *shape, bias=True, requant=True)
+    doubles, singles = [], []
+    for tiling in K.candidate_tilings(chosen):
+        try:
+            kernel = K.gemm(config, *shape, bias=True, requant=True, tiling=tiling)
+        except K.KernelError:
+            continue
+        (doubles if tiling.buffers == 2 else singles).append(kernel.predicted_cycles)
+    assert doubles
+    best_double = min(doubles)
+    one_tile = chosen.tiling["m"] >= shape[0]
+    if one_tile and singles and min(singles) < 0.97 * best_double:
+        assert chosen.tiling["buffers"] == 1 and chosen.predicted_cycles == min(singles)
+    else:
+        assert chosen.tiling["buffers"] == 2 and chosen.predicted_cycles == best_double

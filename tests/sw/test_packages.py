@@ -90,4 +90,5 @@ def test_nothing_imports_the_dse_package_and_it_uses_hw_only_through_its_entry_p
     assert _importers("dse") == {}
     hardware = {name for path in (SW / "dse").rglob("*.py") for name in _imported_modules(path)
                 if name.startswith("braze.hw")}
-    assert hardware == {"braze.hw.fpga", "braze.hw.fpga.synthesize", "braze.hw.rtl", "braze.hw.rtl.build"}
+    assert hardware == {"braze.hw.fpga", "braze.hw.fpga.synthesize", "braze.hw.fpga.array_area",
+                        "braze.hw.rtl", "braze.hw.rtl.build"}

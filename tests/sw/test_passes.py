@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from onnx import helper
-from onnx_models import conv_model, digits_data, digits_mlp, make_model
+from onnx_models import conv_model, digits_data, digits_mlp, make_model, run_ort
 
+from braze.sw.compiler.cache import KernelCache
 from braze.sw.compiler.frontend import evaluate, load_onnx
 from braze.sw.compiler.ir import NodeKind
 from braze.sw.compiler.passes import (
     DEFAULT_PASSES,
     cancel_quant_pairs,
+    fold_batchnorm,
     fold_constants,
     fold_layouts,
     remove_dead,
@@ -21,6 +23,7 @@ from braze.sw.compiler.passes import (
 )
 from braze.sw.compiler.quantize import quantize
 from braze.sw.compiler.validate import validate
+from braze.sw.runtime.session import InferenceSession
 
 ALL_PASSES = (remove_dead, remove_identities, fold_constants, cancel_quant_pairs, fold_layouts)
 
@@ -222,3 +225,35 @@ def test_run_passes_rejects_a_pass_that_breaks_the_graph():
 
     with pytest.raises(InvalidGraph, match="no node produces"):
         run_passes(load_onnx(exported_model()), [break_it])
+
+
+def _conv_bn_model(*, second_reader: bool = False):
+    """Conv -> BatchNormalization -> Relu (a model exported without folding); with ``second_reader`` the
+    convolution's output is also a graph output, so the normalization cannot be folded into it."""
+    rng = np.random.default_rng(8)
+    params = [("w", rng.normal(0, 0.5, (4, 2, 3, 3))), ("b", rng.normal(0, 0.1, 4)),
+              ("scale", rng.uniform(0.5, 1.5, 4)), ("shift", rng.uniform(-0.5, 0.5, 4)),
+              ("mean", rng.uniform(-1, 1, 4)), ("var", rng.uniform(0.5, 2, 4))]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["n"], name="bn",
+                              epsilon=1e-3),
+             helper.make_node("Relu", ["n"], ["y"], name="relu")]
+    outputs = [("y", np.float32, [2, 4, 6, 6])] + ([("c", np.float32, [2, 4, 6, 6])] if second_reader else [])
+    return make_model(nodes, [("x", np.float32, [2, 2, 6, 6])], outputs,
+                      [(name, value.astype(np.float32)) for name, value in params])
+
+
+def test_batchnorm_folds_into_the_convolution_before_it():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(2, 2, 6, 6)).astype(np.float32)
+    model = _conv_bn_model()
+    folded = fold_batchnorm(load_onnx(model))
+    assert validate(folded) is folded
+    assert [n.op_type for n in folded.operators()] == ["Conv", "Relu"]
+    np.testing.assert_allclose(evaluate(folded, {"x": x})["y"], run_ort(model, {"x": x})[0], rtol=1e-5,
+                               atol=1e-5)
+    # Quantized, the folded convolution runs on the chip (the normalization used to keep it float).
+    session = InferenceSession(model, config="tiny", calibration=x, cache=KernelCache(disk=False))
+    assert session.compiled.placement["conv_q"].startswith("accel")
+    kept = load_onnx(_conv_bn_model(second_reader=True))
+    assert fold_batchnorm(kept) is kept              # the unnormalized output is read elsewhere

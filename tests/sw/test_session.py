@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper
-from onnx_models import conv_model, digits_data, digits_mlp, make_model
+from onnx_models import conv_model, digits_data, digits_mlp, make_model, quantize_qdq
 
 import braze
 from braze.isa.errors import BrazeError
@@ -151,21 +151,9 @@ def test_profiling_records_host_side_tensors():
 
 
 def test_qdq_model_from_onnxruntime_quantize_static_runs_exactly(tmp_path):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
     rng = np.random.default_rng(4)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"x": rng.normal(size=(2, 1, 8, 8)).astype(np.float32)} for _ in range(4)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    onnx.save(conv_model(5), tmp_path / "float.onnx")
-    quantize_static(tmp_path / "float.onnx", tmp_path / "qdq.onnx", Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
-    session = InferenceSession(str(tmp_path / "qdq.onnx"), config="tiny")
+    path = quantize_qdq(conv_model(5), tmp_path, (2, 1, 8, 8), rng)
+    session = InferenceSession(str(path), config="tiny")
     x = rng.normal(size=(2, 1, 8, 8)).astype(np.float32)
     (y,) = session.run(None, {"x": x})
     assert np.array_equal(y, evaluate(session.graph_before, {"x": x})["y"])

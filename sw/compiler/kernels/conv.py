@@ -58,7 +58,7 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
            pad: int = 0, *, bias: bool = False, requant: bool = False, residual: bool = False,
            act: Activation | str = "none", clip: tuple[int, int] | None = None, out_zp: int = 0,
            out: str = "int8", addrs: Mapping[str, int] | None = None, base: int = 0,
-           tiling: Tiling | None = None, pool: int = 1) -> Kernel:
+           tiling: Tiling | None = None, pool: int = 1, dilation: int = 1) -> Kernel:
     """2-D convolution, NHWC, with the fused epilogue of :func:`gemm` and, with ``pool > 1``, a fused
     ``pool`` x ``pool`` max pooling of stride ``pool`` (no padding, floor mode) after it.
 
@@ -81,6 +81,9 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
     channels (C < rows) waste part of each chunk, and small output rows mean
     many short LOADs -- the load unit overlaps them with the MATMULs.
 
+    ``dilation``: the taps are ``dilation`` pixels apart (the window spans ``(kh - 1)*dilation + 1``
+    rows); only the LOADs' addresses change.
+
     Fused max pooling (``pool = p``): the output is (N, Ho//p, Wo//p, K_out) and never leaves the
     chip unpooled.  Only the pixels inside a pooling window are computed, and an M tile holds whole
     images with its rows in the order (dy, dx, image, py, px) -- output pixel (py*p + dy, px*p + dx) --
@@ -94,7 +97,9 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
     config = _check_config(config)
     for name, value in (("N", N), ("C", C), ("K_out", K_out)):
         _positive(name, value)
-    Ho, Wo = _check_window(H, W, kh, kw, stride, pad, pad_below_kernel=False)
+    _positive("dilation", dilation)
+    Ho, Wo = _check_window(H, W, (kh - 1) * dilation + 1, (kw - 1) * dilation + 1, stride, pad,
+                           pad_below_kernel=False)
     epi = _epilogue_options(bias, requant, residual, act, clip, out_zp, out)
     pool = _check_pool(pool, Ho, Wo, epi)
     Hp, Wp = Ho // pool, Wo // pool
@@ -111,7 +116,7 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
         operands["residual"] = dataclasses.replace(operands["residual"], shape=(N, Ho, Wo, K_out))
     x_addr = operands["x"].addr
 
-    geometry = ("conv2d", N, C, H, W, kh, kw, stride, pad, R, x_addr, pool)
+    geometry = ("conv2d", N, C, H, W, kh, kw, stride, pad, R, x_addr, pool, dilation)
     image_rows = pool * pool * Hp * Wp           # GEMM rows per image: an M tile holds whole images
 
     def load_a(i0: int, mt: int, c: int, dst: int) -> list[Instruction]:
@@ -122,7 +127,7 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
         if loads is not None:
             return list(loads)
         tap, cc = divmod(c, c_chunks)
-        ky, kx = divmod(tap, kw)
+        ky, kx = (dilation * offset for offset in divmod(tap, kw))
         length = min(R, C - cc * R)
         loads = []
         if pool == 1:

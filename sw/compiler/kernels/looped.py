@@ -1,0 +1,192 @@
+"""A GEMM kernel written as loops (issue 13): a short program whose address fields follow scalar registers.
+
+``C = A @ B`` (A is M x K int8, B is K x N int8, both row-major; C is M x N int32, row-major) in
+three nested loops -- M tiles of ``m`` rows; within one, K blocks of ``rows``; within one, N tiles
+of ``cols`` columns -- with one copy of each loop body, whatever the shape.  The accumulator rows
+of every N tile of an M tile stay resident, so each A block is loaded (and tested) once.  Registers:
+
+* r1: byte offset of the current A block (``mt*m*K + kb*rows``), added to the A LOAD's ``dram``;
+* r2: byte offset of the current B block (``kb*rows*N + nt*cols``), added to the B LOAD's ``dram``;
+* r3: byte offset of the current C tile, added to the STORE's ``dram``;
+* r4: ``(kb - k_blocks)*m``, the K loop's counter and the offset of A block kb's scratchpad rows
+  (every block of an M tile has its own rows);
+* r5: ``(nt - n_tiles)*m``, the N loop's counter and the offset of N tile nt's accumulator rows
+  and of its B block's scratchpad rows;
+* r6: the PREDICATE's result;
+* r7: the **runtime parameter** ``m_tiles*m*K``, the A offset at which the M loop ends, written by
+  the host before the run (:meth:`LoopedGemm.registers`): one program serves every M up to the
+  largest it was built for, e.g. every batch size.
+
+With ``skip_zero_blocks`` each A block is tested on chip once it is loaded (PREDICATE any) and,
+when it is all zero, the whole N loop of that block -- its B LOADs and MATMULs -- is branched
+over: after a ReLU many activation blocks are zero, and their products add nothing.
+
+Ordering: the B block of N tile nt is overwritten (in the next K block) only after the MATMUL that
+read it: each B LOAD pops a credit token that a MATMUL pushes (two are primed before the loops, so
+a B LOAD overlaps the previous MATMUL); a skipped block neither pops nor pushes.  The B LOAD's
+token orders its MATMUL after it and after the A LOAD before it; with skipping, the A LOAD's token
+orders the PREDICATE.  Each M tile starts with a FENCE (the previous tile's stores are done) and
+one zeroing LOAD of its accumulator rows; its STOREs pop tokens of no-op CONFIGs after the K loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from braze.isa import Config, Instruction
+from braze.isa.encoding import INSN_BYTES
+
+from .common import KernelError
+
+__all__ = ["LoopedGemm", "looped_gemm"]
+
+_I = Instruction.make
+# Register roles (see the module's documentation).
+A_OFFSET, B_OFFSET, C_OFFSET, K_COUNT, N_COUNT, FLAG, M_END = range(1, 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopedGemm:
+    """A looped GEMM program and where its operands live.
+
+    ``a``, ``b``, ``c`` are the external byte addresses of A (``max_m`` padded to whole M tiles
+    of ``m`` rows, K columns), B and C (as many rows as A).  Run it with the registers of
+    :meth:`registers` for the M of the run.
+    """
+
+    config: Config
+    max_m: int
+    K: int
+    N: int
+    m: int
+    a: int
+    b: int
+    c: int
+    end: int
+    skip_zero_blocks: bool
+    program: tuple[Instruction, ...]
+
+    @property
+    def padded_m(self) -> int:
+        return -(-self.max_m // self.m) * self.m
+
+    def registers(self, M: int | None = None) -> dict[int, int]:
+        """The scalar registers the host writes before running ``M`` rows (default: ``max_m``)."""
+        M = self.max_m if M is None else M
+        if not isinstance(M, int) or not 1 <= M <= self.max_m:
+            raise KernelError(f"looped gemm: M={M!r} is outside 1..{self.max_m}, the rows it was built for")
+        return {M_END: -(-M // self.m) * self.m * self.K}
+
+
+def _nop(**deps: bool) -> Instruction:
+    """A compute-unit instruction that only relays tokens (OUT_ZP is 0 in a GEMM: no EPILOGUE reads it)."""
+    return _I("config", reg="out_zp", value=0, **deps)
+
+
+def looped_gemm(config: Config, max_m: int, K: int, N: int, *, m: int | None = None,
+                skip_zero_blocks: bool = False, base: int = 0) -> LoopedGemm:
+    """The looped GEMM for up to ``max_m`` rows; K must be a multiple of ``rows``, N of ``cols``.
+
+    ``m`` (the M tile, at least ``rows``) is by default the largest that fits. The program is at
+    external address ``base``; A, B and C follow it.
+    """
+    rows, cols = config.rows, config.cols
+    for name, value in (("max_m", max_m), ("K", K), ("N", N)):
+        if not isinstance(value, int) or value < 1:
+            raise KernelError(f"looped gemm: {name}={value!r} must be a positive integer")
+    if K % rows or N % cols:
+        raise KernelError(f"looped gemm: K={K} must be a multiple of rows={rows} and N={N} of cols={cols} "
+                          f"on config {config.name!r}")
+    k_blocks, n_tiles = K // rows, N // cols
+    # Scratchpad: m rows per A block and per B block (B blocks are spaced like the accumulator tiles);
+    # accumulator: m rows per N tile.  An M tile is at least `rows` rows, so that B blocks fit their rows.
+    largest = min(config.acc_rows // n_tiles, config.spad_rows // (k_blocks + n_tiles), 1 << 12)
+    m = m or max(rows, min(-(-max_m // rows) * rows, largest))
+    if not rows <= m <= largest:
+        raise KernelError(f"looped gemm: an M tile of {m} rows does not fit config {config.name!r} "
+                          f"(from {rows} to {largest} rows for K={K}, N={N})")
+    # The program's length does not depend on the operands' addresses, which follow it.
+    length = len(_program(config, K, N, m, skip_zero_blocks, 0, 0, 0))
+    padded = -(-max_m // m) * m
+    a = _align(base + INSN_BYTES * length)
+    b = _align(a + padded * K)
+    c = _align(b + K * N)
+    end = c + 4 * padded * N
+    if end > config.dram_bytes:
+        raise KernelError(f"looped gemm: operands end at {end:#x}, beyond the {config.dram_bytes}-byte "
+                          f"external memory of config {config.name!r}")
+    program = _program(config, K, N, m, skip_zero_blocks, a, b, c)
+    return LoopedGemm(config, max_m, K, N, m, a, b, c, end, skip_zero_blocks, tuple(program))
+
+
+def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: int, b: int,
+             c: int) -> list[Instruction]:
+    rows, cols = config.rows, config.cols
+    k_blocks, n_tiles = K // rows, N // cols
+    spad_a, spad_b = k_blocks * m, (k_blocks + n_tiles) * m   # field values: the registers count up to 0
+    acc_c = n_tiles * m
+    credits = min(2, config.token_depth, n_tiles)
+
+    n_loop = [
+        _I("load", mem="spad", addr=spad_b, addr_reg=N_COUNT, rows=rows, len=cols, dram=b, dram_reg=B_OFFSET,
+           stride=N, pop_next=True, push_next=True),
+        _I("matmul", acc=acc_c, acc_reg=N_COUNT, a=spad_a, a_reg=K_COUNT, b=spad_b, b_reg=N_COUNT, a_stride=m,
+           m=m, n=cols, k=rows, accumulate=True, pop_prev=True, push_prev=True),
+        _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=cols),
+        _I("scalar", dst=N_COUNT, src1=N_COUNT, imm=m),
+    ]
+    n_loop.append(_I("branch", cond="ne", a=N_COUNT, offset=-len(n_loop)))
+    block = [
+        _I("scalar", dst=N_COUNT, imm=-n_tiles * m),
+        *n_loop,
+        _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=-n_tiles * cols),
+    ]
+    a_load = _I("load", mem="spad", addr=spad_a, addr_reg=K_COUNT, rows=m, len=rows, dram=a,
+                dram_reg=A_OFFSET, stride=K, push_next=skip_zero_blocks)
+    if skip_zero_blocks:
+        k_loop = [
+            a_load,
+            _I("predicate", op="any", dst=FLAG, mem="spad", addr=spad_a, addr_reg=K_COUNT, rows=m,
+               pop_prev=True),
+            _I("branch", cond="eq", a=FLAG, offset=len(block) + 1),   # all zero: past the N loop
+            *block,
+        ]
+    else:
+        k_loop = [a_load, *block]
+    k_loop += [
+        _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=rows * N),
+        _I("scalar", dst=A_OFFSET, src1=A_OFFSET, imm=rows),
+        _I("scalar", dst=K_COUNT, src1=K_COUNT, imm=m),
+    ]
+    k_loop.append(_I("branch", cond="ne", a=K_COUNT, offset=-len(k_loop)))
+    store_loop = [
+        _nop(push_next=True),
+        _I("store", mem="acc", addr=acc_c, addr_reg=N_COUNT, rows=m, len=cols, dram=c, dram_reg=C_OFFSET,
+           stride=4 * N, pop_prev=True),
+        _I("scalar", dst=C_OFFSET, src1=C_OFFSET, imm=4 * cols),
+        _I("scalar", dst=N_COUNT, src1=N_COUNT, imm=m),
+    ]
+    store_loop.append(_I("branch", cond="ne", a=N_COUNT, offset=-len(store_loop)))
+    m_loop = [
+        _I("fence"),
+        _I("load", mem="acc", zero=True, addr=0, rows=n_tiles * m, len=cols),
+        _I("scalar", dst=B_OFFSET, imm=0),
+        _I("scalar", dst=K_COUNT, imm=-k_blocks * m),
+        *k_loop,
+        _I("scalar", dst=N_COUNT, imm=-n_tiles * m),
+        *store_loop,
+        _I("scalar", dst=A_OFFSET, src1=A_OFFSET, imm=m * K - K),
+        _I("scalar", dst=C_OFFSET, src1=C_OFFSET, imm=4 * m * N - 4 * N),
+    ]
+    m_loop.append(_I("branch", cond="lt", a=A_OFFSET, b=M_END, offset=-len(m_loop)))
+    return [
+        _I("scalar", dst=A_OFFSET, imm=0),
+        _I("scalar", dst=C_OFFSET, imm=0),
+        *[_nop(push_prev=True)] * credits,                         # the first B LOADs' credits
+        *m_loop,
+        _I("halt"),
+    ]
+
+
+def _align(address: int) -> int:
+    return -(-address // 64) * 64

@@ -1,0 +1,320 @@
+"""The dataflow analyzer: statistics of the data flowing through a model, gathered beside inference.
+
+A run hands the analyzer one :class:`Observation` (:meth:`DataflowAnalyzer.submit`: a queue put, a
+few microseconds) holding references to the host-side tensors at the monitoring points (partition
+boundaries: these are on the host anyway), the control outcomes (branch taken, tokens per
+expert), the bytes each partition moved and the cycles the accelerator's counters report.  A
+background thread folds observations into exponentially decayed statistics (half-life in runs)
+and calls back, every few runs, so that the session can re-plan.
+
+Per tensor: sparsity (fraction of exact zeros), zero-block fraction (blocks of
+:data:`ZERO_BLOCK` consecutive elements that are all zero), value range (decayed per-run minimum
+and maximum, and the extremes ever seen), and, for tensors with int8 parameters, the saturation
+rate (fraction of elements at the int8 extremes, zero excluded).  A value outside a tensor's
+calibrated range (checked on every run, sampled or not) becomes a :class:`ValueRangeWarning`
+naming the tensor (int8 saturates: the answer is that of the clamped value, so it is never silent).
+
+The cost of the analysis is accounted for: :attr:`DataflowAnalyzer.busy_seconds` (the thread's
+CPU time folding) and :attr:`DataflowAnalyzer.submit_seconds` (the inference thread's time
+handing over).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+__all__ = ["DataflowAnalyzer", "Observation", "TensorStats", "Decayed", "ValueRangeWarning", "ZERO_BLOCK"]
+
+#: Elements per block of the zero-block fraction (the accelerator's int8 vector width of the default preset).
+ZERO_BLOCK = 16
+#: Observations handed to the analyzer's thread at once (fewer thread wake-ups per run).
+HANDOVER_BATCH = 8
+
+
+class ValueRangeWarning(UserWarning):
+    """A tensor's values left the range its int8 parameters were calibrated for (they saturate)."""
+
+
+class Decayed:
+    """An exponentially decayed mean: each new sample weighs ``2 ** (1 / half_life)`` times the previous."""
+
+    def __init__(self, half_life: float):
+        self.keep = 0.5 ** (1.0 / half_life)
+        self.total = 0.0
+        self.weight = 0.0
+        self.samples = 0
+
+    def add(self, value: float) -> None:
+        self.total = self.total * self.keep + value
+        self.weight = self.weight * self.keep + 1.0
+        self.samples += 1
+
+    @property
+    def value(self) -> float:
+        return self.total / self.weight if self.weight else math.nan
+
+
+@dataclasses.dataclass
+class Observation:
+    """What one run reports: host tensors at monitoring points and what the control flow did."""
+
+    run: int
+    plan_version: int
+    tensors: Mapping[str, np.ndarray]
+    branches: Mapping[str, bool] = dataclasses.field(default_factory=dict)     # branch -> taken
+    tokens: Mapping[str, int] = dataclasses.field(default_factory=dict)        # expert -> rows routed
+    rows: int = 0
+    transfer_bytes: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    cycles: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    cost_cycles: float = 0.0                          # kernel cycles plus the host link's cost
+    seconds: float = 0.0                              # the run's wall time (the analyzer's budget base)
+    sampled: bool = True                              # full tensor statistics (else ranges only)
+
+
+class TensorStats:
+    """Decayed statistics of one tensor; ``quant`` = (scale, zero point) where it has int8 parameters."""
+
+    def __init__(self, name: str, half_life: float, quant: tuple[float, int] | None):
+        self.name = name
+        self.quant = quant
+        self.sparsity = Decayed(half_life)
+        self.zero_blocks = Decayed(half_life)
+        self.low = Decayed(half_life)
+        self.high = Decayed(half_life)
+        self.saturation = Decayed(half_life)
+        self.seen_low = math.inf
+        self.seen_high = -math.inf
+
+    @property
+    def calibrated_range(self) -> tuple[float, float] | None:
+        if self.quant is None:
+            return None
+        scale, zero = self.quant
+        return (-128 - zero) * scale, (127 - zero) * scale
+
+    def add(self, value: np.ndarray, *, sampled: bool = True) -> str | None:
+        """Fold one value in; returns a warning's text when it leaves the calibrated range.
+
+        Not ``sampled``: only the range (two reductions), which is checked on every run."""
+        flat = np.asarray(value, np.float32).ravel()
+        low, high = float(flat.min()), float(flat.max())
+        self.seen_low, self.seen_high = min(self.seen_low, low), max(self.seen_high, high)
+        if sampled:
+            zeros = flat == 0
+            self.sparsity.add(float(zeros.mean()))
+            blocks = len(flat) // ZERO_BLOCK
+            if blocks:
+                block_zero = zeros[:blocks * ZERO_BLOCK].reshape(blocks, ZERO_BLOCK).all(1)
+                self.zero_blocks.add(float(block_zero.mean()))
+            self.low.add(low)
+            self.high.add(high)
+        if self.quant is None:
+            return None
+        scale, zero = self.quant
+        if sampled:
+            codes = np.rint(flat / scale) + zero
+            # At an int8 extreme, and not merely zero (a ReLU output's zero is its range's low end).
+            self.saturation.add(float(np.mean(((codes <= -128) | (codes >= 127)) & (codes != zero))))
+        lo, hi = self.calibrated_range
+        # Half a step of tolerance: values the quantizer rounds into range are in range.
+        if low < lo - scale / 2 or high > hi + scale / 2:
+            return (f"tensor {self.name!r}: values reached [{low:.4g}, {high:.4g}], outside its calibrated "
+                    f"int8 range [{lo:.4g}, {hi:.4g}]; they saturate to the range's ends (recalibrate the "
+                    f"session with inputs like these)")
+        return None
+
+    def row(self) -> dict:
+        return {"tensor": self.name, "sparsity": self.sparsity.value, "zero_blocks": self.zero_blocks.value,
+                "low": self.low.value, "high": self.high.value, "seen_low": self.seen_low,
+                "seen_high": self.seen_high,
+                "saturation": self.saturation.value if self.quant is not None else math.nan}
+
+
+class DataflowAnalyzer:
+    """Aggregates :class:`Observation` s in a background thread (see the module documentation).
+
+    Parameters
+    ----------
+    half_life : float
+        Runs after which an observation weighs half as much as a new one.
+    quant : mapping of tensor name to (scale, zero point)
+        The int8 parameters of monitored tensors (saturation rate and calibrated range).
+    on_update : callable(analyzer), optional
+        Called from the analyzer's thread every ``every`` observations (the session re-plans there).
+    background : bool
+        False: fold on :meth:`submit`'s caller (tests; deterministic).
+    budget : float
+        The share of inference wall time the analysis may cost: while it has cost more than ``budget``
+        times the runs' wall time so far, runs' tensors are not sampled (only their ranges are checked;
+        control outcomes, bytes and cycles are always folded).
+    """
+
+    def __init__(self, *, half_life: float = 16.0, quant: Mapping[str, tuple[float, int]] | None = None,
+                 on_update: Callable[[DataflowAnalyzer], None] | None = None, every: int = 4,
+                 background: bool = True, budget: float = 0.02):
+        self.half_life = half_life
+        self.budget = budget
+        self.inference_seconds = 0.0
+        self.tensor_seconds = 0.0
+        self.sampled = 0
+        self.quant = dict(quant or {})
+        self.on_update = on_update
+        self.every = every
+        self.tensors: dict[str, TensorStats] = {}
+        self.branches: dict[str, Decayed] = {}
+        self.token_share: dict[str, Decayed] = {}
+        self.active: dict[str, Decayed] = {}                 # expert -> rate of runs where it had tokens
+        self.transfer_bytes: dict[str, Decayed] = {}
+        self.cycles: dict[str, Decayed] = {}
+        self.cost_by_plan: dict[int, list[float]] = {}       # plan version -> [runs, total cost]
+        self.observations = 0
+        self.busy_seconds = 0.0
+        self.submit_seconds = 0.0
+        self.warnings: list[str] = []
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[list[Observation] | None] = queue.Queue()
+        self._pending: list[Observation] = []
+        self._thread = None
+        self.error: BaseException | None = None
+        if background:
+            self._thread = threading.Thread(target=self._loop, name="braze-dataflow-analyzer", daemon=True)
+            self._thread.start()
+
+    def submit(self, observation: Observation) -> None:
+        """Hand over one run's observation (folded in the background)."""
+        self.inference_seconds += observation.seconds
+        if self.cost_seconds > self.budget * self.inference_seconds:
+            observation = dataclasses.replace(observation, sampled=False)  # over budget: ranges only
+        if self._thread is None:
+            self._fold(observation)
+            return
+        # Handed over in batches: one wake-up of the analyzer's thread per HANDOVER_BATCH runs.
+        self._pending.append(observation)
+        if len(self._pending) >= HANDOVER_BATCH:
+            self._queue.put(self._pending)
+            self._pending = []
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait until every submitted observation is folded in (and its callbacks ran)."""
+        if self._thread is not None:
+            self._hand_over()
+            deadline = time.monotonic() + timeout
+            while self._queue.unfinished_tasks and time.monotonic() < deadline:
+                time.sleep(0.001)
+        if self.error is not None:
+            raise self.error
+
+    def _hand_over(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            self._queue.put(pending)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._hand_over()
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def take_warnings(self) -> list[str]:
+        with self._lock:
+            pending, self.warnings = self.warnings, []
+        return pending
+
+    def _loop(self) -> None:
+        while True:
+            observation = self._queue.get()
+            try:
+                if observation is None:
+                    return
+                for one in observation:
+                    self._fold(one)
+            except BaseException as err:        # surfaced by flush(); the analyzer must not kill inference
+                self.error = err
+            finally:
+                self._queue.task_done()
+
+    def _fold(self, obs: Observation) -> None:
+        started = time.thread_time()
+        with self._lock:
+            if obs.sampled:
+                self.sampled += 1
+            for name, value in obs.tensors.items():
+                stats = self.tensors.get(name)
+                if stats is None:
+                    stats = self.tensors[name] = TensorStats(name, self.half_life, self.quant.get(name))
+                warning = stats.add(value, sampled=obs.sampled)
+                if warning is not None and name not in self._warned:
+                    self._warned.add(name)
+                    self.warnings.append(warning)
+            self.tensor_seconds += time.thread_time() - started
+            for name, taken in obs.branches.items():
+                self._decayed(self.branches, name).add(float(taken))
+            for name, count in obs.tokens.items():
+                self._decayed(self.token_share, name).add(count / max(1, obs.rows))
+                self._decayed(self.active, name).add(float(count > 0))
+            for name, count in obs.transfer_bytes.items():
+                self._decayed(self.transfer_bytes, name).add(float(count))
+            for name, count in obs.cycles.items():
+                self._decayed(self.cycles, name).add(float(count))
+            runs_cost = self.cost_by_plan.setdefault(obs.plan_version, [0, 0.0])
+            runs_cost[0] += 1
+            runs_cost[1] += obs.cost_cycles
+            self.observations += 1
+        self.busy_seconds += time.thread_time() - started
+        if self.on_update is not None and self.observations % self.every == 0:
+            self.on_update(self)
+
+    def _decayed(self, table: dict[str, Decayed], name: str) -> Decayed:
+        if name not in table:
+            table[name] = Decayed(self.half_life)
+        return table[name]
+
+    @property
+    def cost_seconds(self) -> float:
+        """CPU time the analysis cost: folding (thread time) plus handing over (inference thread)."""
+        return self.busy_seconds + self.submit_seconds
+
+    @property
+    def overhead(self) -> float:
+        """:attr:`cost_seconds` as a share of the observed runs' wall time."""
+        return self.cost_seconds / self.inference_seconds if self.inference_seconds else 0.0
+
+    def measured_cost(self, plan_version: int) -> float | None:
+        """Mean cost per run (kernel cycles plus host link) of the runs under one plan version."""
+        runs, total = self.cost_by_plan.get(plan_version, (0, 0.0))
+        return total / runs if runs else None
+
+    def table(self) -> str:
+        """The statistics as text (part of the session's report)."""
+        lines = [f"analyzer: {self.observations} run(s) observed ({self.sampled} with tensor samples, budget "
+                 f"{100 * self.budget:g}% of inference time), half-life {self.half_life:g} runs; cost "
+                 f"{1e3 * self.cost_seconds:.1f} ms = {100 * self.overhead:.2f}% of "
+                 f"{1e3 * self.inference_seconds:.0f} ms of inference"]
+        header = f"  {'tensor':<16} {'sparsity':>8} {'0-blocks':>8} {'range (decayed)':>22} {'int8 sat':>8}"
+        lines.append(header)
+        for stats in self.tensors.values():
+            row = stats.row()
+            sat = "-" if math.isnan(row["saturation"]) else f"{100 * row['saturation']:.1f}%"
+            blocks = "-" if math.isnan(row["zero_blocks"]) else f"{100 * row['zero_blocks']:.1f}%"
+            span = f"[{row['low']:.3g}, {row['high']:.3g}]"
+            sparsity = f"{100 * row['sparsity']:.1f}%"
+            lines.append(f"  {row['tensor']:<16} {sparsity:>8} {blocks:>8} {span:>22} {sat:>8}")
+        for name, rate in self.branches.items():
+            lines.append(f"  branch {name}: taken {100 * rate.value:.1f}% of runs (decayed)")
+        for name, share in self.token_share.items():
+            lines.append(f"  {name}: {100 * share.value:.1f}% of rows, has rows in "
+                         f"{100 * self.active[name].value:.1f}% of runs (decayed)")
+        for name, count in self.transfer_bytes.items():
+            cycles = self.cycles.get(name)
+            counted = f", {cycles.value:.0f} kernel cycles (counters)" if cycles is not None else ""
+            lines.append(f"  partition {name}: {count.value:.0f} B host<->device{counted} per run (decayed)")
+        return "\n".join(lines)

@@ -1,0 +1,494 @@
+"""``DataflowSession``: a data-dependent model run as partitions, re-planned from what flows through it.
+
+::
+
+    sess = DataflowSession(model_bytes, device="golden", calibration=feeds)
+    (y,) = sess.run(None, {"x": x})
+    print(sess.report())
+
+The model is split at its control node (:func:`~braze.sw.runtime.partitions.split_model`: an
+``If``, or ``TopK`` routing to experts); control flow runs on the host, regions on the
+accelerator or the CPU.  Every run hands an observation to the :class:`~.analyzer.DataflowAnalyzer`
+(background thread), which every few runs asks the session to reconsider its plan.
+
+Dynamic decisions
+-----------------
+Each candidate plan is priced per run by the session's cost model (the learned performance model
+where one is trained for the device and configuration, else the ISA timing model) over the
+kernels of its partitions, plus the :class:`~.partitions.HostLink` cost of their transfers and
+device runs, weighted by the analyzer's decayed rates:
+
+* ``fuse-branch`` -- a hot else branch is fused into its predecessor's accelerator partition
+  (one region compiled from both).  Guard: the host reads the condition the fused partition
+  computes; when the branch is not taken the general path (the then branch) gives the answer and
+  the branch's speculative result is dropped.
+* ``branch-on-cpu`` -- a rarely taken else branch runs on the host (its quantized graph, the same
+  integers), priced with the host time measured for it.
+* ``dispatch-experts`` -- the gate runs first; an expert whose mask holds no row this run is
+  skipped, each other expert runs in its own accelerator partition (its output is multiplied by
+  an all-zero mask otherwise: skipping it changes no value).  With ``hot-expert:<name>`` the
+  most active expert runs in the gate's partition, on every run (no second transfer of the input).
+
+The static plan (no analyzer) is what the partitioner gives without statistics: the If's
+predecessor and else branch as two accelerator partitions, the then branch on the host; the gate
+and all experts as one accelerator partition.  A decision is taken when its predicted gain over
+the static plan exceeds ``threshold`` (a fraction of the static cost), kept until it predicts a
+loss of more than half the threshold (so that rates wobbling near break-even do not thrash the
+plan), and reversed then.  Every plan computes the same integers (see
+:mod:`~braze.sw.runtime.partitions`), so outputs never depend on the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import threading
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+
+from braze.isa import Config
+from braze.isa.errors import BrazeError
+
+from ..compiler.cache import KernelCache, default_cache
+from ..compiler.cost import CostModel
+from ..compiler.frontend import evaluate
+from .analyzer import DataflowAnalyzer, Observation, ValueRangeWarning
+from .partitions import (
+    AcceleratorPartition,
+    BranchModel,
+    CpuPartition,
+    HostLink,
+    MixtureModel,
+    PartitionManager,
+    Plan,
+    calibration_inputs,
+    split_model,
+)
+from .session import _choose_cost_model
+
+__all__ = ["DataflowSession", "DecisionEvent", "RunTrace", "DEFAULT_DYNAMIC_THRESHOLD", "FUSE_BRANCH",
+           "BRANCH_ON_CPU", "DISPATCH_EXPERTS", "HOT_EXPERT"]
+
+FUSE_BRANCH = "fuse-branch"
+BRANCH_ON_CPU = "branch-on-cpu"
+DISPATCH_EXPERTS = "dispatch-experts"
+#: With ``dispatch-experts``: ``hot-expert:<name>`` runs that expert in the gate's partition.
+HOT_EXPERT = "hot-expert"
+#: Minimum predicted gain (a fraction of the static plan's cost per run) for a dynamic decision.
+DEFAULT_DYNAMIC_THRESHOLD = 0.05
+#: Observations the analyzer needs before the session trusts its rates.
+MIN_OBSERVATIONS = 8
+#: Run traces a session keeps (the older half is dropped beyond this).
+MAX_TRACES = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionEvent:
+    """A plan change: which decision, the statistics behind it, and its predicted cost per run."""
+
+    run: int                          # runs the analyzer had observed (it lags the session a little)
+    version_before: int
+    version_after: int
+    taken: frozenset[str]
+    reversed: frozenset[str]
+    reason: str
+    predicted_static: float
+    predicted_before: float
+    predicted_after: float
+
+
+@dataclasses.dataclass
+class RunTrace:
+    """What one run did: the plan version each partition step used, cycles, bytes, wall time."""
+
+    run: int
+    plan_versions: list[int]
+    partitions: list[str]
+    kernel_cycles: int = 0
+    transfer_bytes: int = 0
+    transfers: int = 0
+    device_runs: int = 0
+    seconds: float = 0.0
+    bytes_by_partition: dict[str, int] = dataclasses.field(default_factory=dict)
+    cycles_by_partition: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def cost(self, link: HostLink) -> float:
+        return (self.kernel_cycles + link.transfer_cycles(self.transfers, self.transfer_bytes)
+                + link.launch_cycles * self.device_runs)
+
+
+def _quant_of(graph, tensor: str) -> tuple[float, int] | None:
+    """The per-tensor int8 parameters ``tensor`` has in a quantized graph (as input or output)."""
+    producer = graph.producer(tensor) if tensor in graph.tensors else None
+    candidates = []
+    if producer is not None and producer.op_type == "DequantizeLinear":
+        candidates.append(producer.inputs[0])
+    if tensor in graph.tensors:
+        candidates += [c.outputs[0] for c in graph.consumers(tensor) if c.op_type == "QuantizeLinear"]
+    for name in candidates:
+        quant = graph.tensor(name).quant
+        if quant is not None and not quant.per_channel:
+            return quant.scale[0], quant.zero_point[0]
+    return None
+
+
+class DataflowSession:
+    """A data-dependent ONNX model on a Braze device, partitioned and re-planned at run time.
+
+    Parameters
+    ----------
+    model : bytes or onnx.ModelProto
+    calibration : list of dicts
+        Inputs to quantize every region with (required: the accelerator computes int8).
+    device : str
+        Device back end; every accelerator partition opens its own (kernels stay resident).
+    config : str or Config
+    cost_model : CostModel, "analytic", "learned" or None
+        As for :class:`~braze.sw.runtime.session.InferenceSession` (None: learned where trained).
+    link : HostLink
+        The priced cost of transfers and device runs.
+    analyzer : bool
+        Observe runs (False: no instrumentation at all, the baseline of the overhead measurement).
+    dynamic : bool
+        Let the analyzer's statistics change the plan (False: the static plan, always).
+    threshold : float
+        :data:`DEFAULT_DYNAMIC_THRESHOLD`.
+    half_life : float
+        The analyzer's decay, in runs.
+    background : bool
+        Analyze in a background thread (False: on the calling thread, deterministic).
+    """
+
+    def __init__(self, model: bytes | onnx.ModelProto, *, calibration: Sequence[Mapping[str, np.ndarray]],
+                 device: str = "golden", config: str | Config = "default",
+                 cost_model: CostModel | str | None = None, cache: KernelCache | None = None,
+                 link: HostLink | None = None, analyzer: bool = True, dynamic: bool = True,
+                 threshold: float = DEFAULT_DYNAMIC_THRESHOLD, half_life: float = 16.0,
+                 background: bool = True, every: int = 4):
+        if not isinstance(device, str):
+            raise BrazeError("DataflowSession opens one device per accelerator partition: pass the device's "
+                             "kind (e.g. 'golden'), not an open device")
+        self.proto = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(model)
+        if not calibration:
+            raise BrazeError("DataflowSession needs calibration inputs (a non-empty list of feed dicts)")
+        self.config = config if isinstance(config, Config) else Config.parse(config)
+        self.device_kind = device
+        self.cache = cache if cache is not None else default_cache()
+        self.link = link or HostLink()
+        self.threshold = threshold
+        self.dynamic = dynamic
+        self.structure = split_model(self.proto)
+        self._regions = {region.name: region for region in self.structure.regions()}
+        self._calibration = calibration_inputs(self.proto, list(self._regions.values()), calibration)
+        from braze.sim.device import open_device
+
+        probe = open_device(device, self.config)
+        try:
+            self.cost_model, self.cost_model_reason = _choose_cost_model(cost_model, probe, self.config)
+        finally:
+            probe.close()
+        self._open_device = lambda: open_device(device, self.config)
+        self._cpu_cycles: dict[str, float] = {}
+        self.manager = PartitionManager(self._build, self._layout)
+        self.events: list[DecisionEvent] = []
+        self.traces: list[RunTrace] = []
+        self._runs = 0
+        self._runs_lock = threading.Lock()
+        self._reconsider_lock = threading.Lock()
+        self.last_prices: dict[str, float] = {}
+        self.analyzer = None
+        if analyzer:
+            quant = {}
+            for part in self.manager.current.partitions.values():
+                if isinstance(part, AcceleratorPartition):
+                    graph = part.host_graph()
+                    for tensor in [*part.region.inputs, *part.region.outputs]:
+                        found = _quant_of(graph, tensor)
+                        if found is not None:
+                            quant.setdefault(tensor, found)
+            self.analyzer = DataflowAnalyzer(half_life=half_life, quant=quant, every=every,
+                                             on_update=self._reconsider if dynamic else None,
+                                             background=background)
+        self._outputs = [o.name for o in self.proto.graph.output]
+        self._expert_shapes = {}
+        if isinstance(self.structure, MixtureModel):
+            for region in self.structure.experts:
+                dims = region.proto.graph.output[0].type.tensor_type.shape.dim
+                self._expert_shapes[region.outputs[0]] = tuple(d.dim_value for d in dims)
+
+    # -- partitions and plans ---------------------------------------------------------------------------
+    def _build(self, region: str, where: str) -> AcceleratorPartition | CpuPartition:
+        spec = self._regions[region]
+        if where == "accelerator":
+            return AcceleratorPartition(spec, config=self.config, calibration=self._calibration[region],
+                                        cache=self.cache, cost_model=self.cost_model,
+                                        device=self._open_device(), link=self.link)
+        if spec.wants_accelerator:        # a compute region kept on the host: its quantized graph
+            return CpuPartition(spec, self.manager.partition(region, "accelerator").host_graph())
+        return CpuPartition(spec)
+
+    def _layout(self, choices: frozenset[str]) -> dict[str, tuple[str, str]]:
+        s = self.structure
+        if isinstance(s, BranchModel):
+            if FUSE_BRANCH in choices:
+                return {"pre": (s.fused_else.name, "accelerator"), "then": (s.then.name, "cpu")}
+            orelse = "cpu" if BRANCH_ON_CPU in choices else "accelerator"
+            return {"pre": (s.pre.name, "accelerator"), "then": (s.then.name, "cpu"),
+                    "else": (s.orelse.name, orelse)}
+        layout = {"router": (s.router.name, "cpu"), "combine": (s.combine.name, "cpu")}
+        if DISPATCH_EXPERTS in choices:
+            hot = {c.split(":", 1)[1] for c in choices if c.startswith(HOT_EXPERT + ":")}
+            layout["gate"] = (s.gate.name, "accelerator")
+            for region, fused in zip(s.experts, s.gate_with, strict=True):
+                if region.name in hot:
+                    layout["gate"] = (fused.name, "accelerator")
+                else:
+                    layout[region.name] = (region.name, "accelerator")
+        else:
+            layout["gate"] = (s.gate_and_experts.name, "accelerator")
+        return layout
+
+    @property
+    def plan(self) -> Plan:
+        return self.manager.current
+
+    # -- running ----------------------------------------------------------------------------------------
+    def get_inputs(self) -> list[str]:
+        return [i.name for i in self.proto.graph.input]
+
+    def run(self, output_names: Sequence[str] | None,
+            input_feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the model on the plan in force at the start of the run; returns the requested outputs."""
+        self._emit_warnings()
+        started = time.perf_counter()
+        plan = self.manager.current                 # the one read of the plan: the whole run uses it
+        with self._runs_lock:
+            self._runs += 1
+            run = self._runs
+        trace = RunTrace(run, [], [])
+        host: dict[str, np.ndarray] = dict(input_feed)
+        missing = [i for i in self.get_inputs() if i not in host]
+        if missing:
+            raise BrazeError(f"missing input(s) {missing} of model {self.proto.graph.name!r}")
+        if isinstance(self.structure, BranchModel):
+            branches, tokens, rows = self._run_branch(plan, host, trace), {}, 0
+        else:
+            tokens, rows = self._run_mixture(plan, host, trace)
+            branches = {}
+        trace.seconds = time.perf_counter() - started
+        self.traces.append(trace)
+        if len(self.traces) > MAX_TRACES:
+            del self.traces[:MAX_TRACES // 2]
+        if self.analyzer is not None:
+            handover = time.perf_counter()
+            monitored = {t: host[t] for t in self._monitored(plan) if t in host}
+            self.analyzer.submit(Observation(run, plan.version, monitored, branches, tokens, rows,
+                                             trace.bytes_by_partition, trace.cycles_by_partition,
+                                             trace.cost(self.link),
+                                             trace.seconds))
+            if self.analyzer._thread is not None:     # synchronous folding is counted as it folds
+                self.analyzer.submit_seconds += time.perf_counter() - handover
+            if self.analyzer._thread is None:
+                self._emit_warnings()
+        names = list(output_names) if output_names else self._outputs
+        return [host[name] for name in names]
+
+    def _emit_warnings(self) -> None:
+        if self.analyzer is not None:
+            for text in self.analyzer.take_warnings():
+                warnings.warn(text, ValueRangeWarning, stacklevel=3)
+
+    def _monitored(self, plan: Plan) -> list[str]:
+        """Monitoring points: the tensors crossing partition boundaries (on the host anyway)."""
+        points = []
+        for part in plan.partitions.values():
+            for tensor in [*part.region.inputs, *part.region.outputs]:
+                if tensor not in points:
+                    points.append(tensor)
+        return points
+
+    def _step(self, plan: Plan, role: str, host: dict[str, np.ndarray], trace: RunTrace) -> None:
+        part = plan.partitions[role]
+        outputs, cycles = part.run(host)
+        host.update(outputs)
+        trace.plan_versions.append(plan.version)
+        trace.partitions.append(part.name)
+        trace.kernel_cycles += cycles
+        trace.transfer_bytes += part.transfer_bytes
+        trace.bytes_by_partition[part.name] = trace.bytes_by_partition.get(part.name, 0) + part.transfer_bytes
+        if part.kind == "accelerator":          # the accelerator's own counters
+            trace.cycles_by_partition[part.name] = trace.cycles_by_partition.get(part.name, 0) + cycles
+        trace.transfers += len(part.transfers)
+        trace.device_runs += part.device_runs
+
+    def _run_branch(self, plan: Plan, host: dict[str, np.ndarray], trace: RunTrace) -> dict[str, bool]:
+        s: BranchModel = self.structure
+        self._step(plan, "pre", host, trace)
+        cond = np.asarray(host[s.cond])
+        if cond.size != 1:
+            raise BrazeError(f"If condition {s.cond!r} has {cond.size} elements; it must be one (batch 1)")
+        taken_else = not bool(cond.reshape(()))
+        if taken_else:
+            if "else" in plan.partitions:
+                self._step(plan, "else", host, trace)
+            # Fused plan: the guard passed, the branch's result (computed with its predecessor) is used.
+            host[s.output] = host[s.orelse.outputs[0]]
+        else:
+            self._step(plan, "then", host, trace)       # the general path; a fused branch's result is dropped
+            host[s.output] = host[s.then.outputs[0]]
+        return {"else": taken_else}
+
+    def _run_mixture(self, plan: Plan, host: dict[str, np.ndarray],
+                     trace: RunTrace) -> tuple[dict[str, int], int]:
+        s: MixtureModel = self.structure
+        self._step(plan, "gate", host, trace)
+        self._step(plan, "router", host, trace)
+        tokens = {}
+        for region, mask, output in zip(s.experts, s.masks, s.expert_outputs, strict=True):
+            count = int(np.count_nonzero(host[mask]))
+            tokens[region.name] = count
+            if region.name in plan.partitions:
+                if count:
+                    self._step(plan, region.name, host, trace)
+                else:                 # multiplied by an all-zero mask: zeros give the same sum
+                    host[output] = np.zeros(self._expert_shapes[output], np.float32)
+        self._step(plan, "combine", host, trace)
+        rows = int(np.asarray(host[s.masks[0]]).shape[0])
+        return tokens, rows
+
+    # -- decisions ----------------------------------------------------------------------------------------
+    def _host_cycles(self, region: str) -> float:
+        """Host time of ``region`` on the CPU (median of 5), in accelerator cycles (the link's clock)."""
+        if region not in self._cpu_cycles:
+            part = self.manager.partition(region, "cpu")
+            feeds = self._calibration[region][0]
+            times = []
+            for _ in range(5):
+                started = time.perf_counter()
+                evaluate(part.graph, feeds)
+                times.append(time.perf_counter() - started)
+            self._cpu_cycles[region] = statistics.median(times) * self.link.host_clock_hz
+        return self._cpu_cycles[region]
+
+    def price(self) -> dict[frozenset[str], float]:
+        """Predicted cost per run (cycles) of each candidate plan, under the analyzer's current rates."""
+        a = self.analyzer
+        s = self.structure
+        part = self.manager.partition
+        if isinstance(s, BranchModel):
+            p = a.branches["else"].value
+            pre = part(s.pre.name, "accelerator").predicted_cycles
+            orelse = part(s.orelse.name, "accelerator").predicted_cycles
+            return {frozenset(): pre + p * orelse,
+                    frozenset({FUSE_BRANCH}): part(s.fused_else.name, "accelerator").predicted_cycles,
+                    frozenset({BRANCH_ON_CPU}): pre + p * self._host_cycles(s.orelse.name)}
+        static = part(s.gate_and_experts.name, "accelerator").predicted_cycles
+        expected = {r.name: a.active[r.name].value * part(r.name, "accelerator").predicted_cycles
+                    for r in s.experts}
+        dispatch = part(s.gate.name, "accelerator").predicted_cycles + sum(expected.values())
+        prices = {frozenset(): static, frozenset({DISPATCH_EXPERTS}): dispatch}
+        for hot, fused in zip(s.experts, s.gate_with, strict=True):
+            # A hot expert runs (on every row, its result dropped where it has none) with the gate.
+            prices[frozenset({DISPATCH_EXPERTS, f"{HOT_EXPERT}:{hot.name}"})] = (
+                part(fused.name, "accelerator").predicted_cycles
+                + sum(cost for name, cost in expected.items() if name != hot.name))
+        return prices
+
+    def _reconsider(self, analyzer: DataflowAnalyzer | None = None) -> Plan:
+        """Re-plan from the statistics (the analyzer's thread calls this every few runs)."""
+        with self._reconsider_lock:
+            current = self.manager.current
+            if self.analyzer is None or self.analyzer.observations < MIN_OBSERVATIONS:
+                return current
+            prices = self.price()
+            self.last_prices = {", ".join(sorted(k)) or "static": v for k, v in prices.items()}
+            static = prices[frozenset()]
+            gains = {choice: (static - cost) / static for choice, cost in prices.items()}
+            best = max(gains, key=gains.get)
+            held = current.choices
+            if held and gains[held] > -self.threshold / 2 and gains[best] - gains[held] <= self.threshold:
+                return current                 # hysteresis: keep a decision until it predicts a clear loss
+            target = best if gains[best] > self.threshold else frozenset()
+            if target == held:
+                return current
+            plan = self.manager.deploy(target)
+            rates = self._rates_text()
+            self.events.append(DecisionEvent(self.analyzer.observations, current.version, plan.version,
+                                             target - held,
+                                             held - target, rates, static, prices[held], prices[target]))
+            return plan
+
+    def reconsider(self) -> Plan:
+        """Re-plan now (after :meth:`DataflowAnalyzer.flush`); the analyzer does this by itself."""
+        if self.analyzer is not None:
+            self.analyzer.flush()
+        return self._reconsider()
+
+    def _rates_text(self) -> str:
+        a = self.analyzer
+        if isinstance(self.structure, BranchModel):
+            return f"else branch taken in {100 * a.branches['else'].value:.0f}% of runs"
+        return "experts with rows in " + ", ".join(f"{name} {100 * rate.value:.0f}%"
+                                                   for name, rate in a.active.items())
+
+    # -- report -------------------------------------------------------------------------------------------
+    def report(self) -> str:
+        """Partitions, transfers, the analyzer's statistics and every decision, predicted and measured."""
+        if self.analyzer is not None:
+            self.analyzer.flush()
+        plan = self.manager.current
+        lines = [f"DataflowSession {self.proto.graph.name!r}: {plan.describe()}; cost model "
+                 f"{getattr(self.cost_model, 'name', 'isa-timing')} ({self.cost_model_reason}); "
+                 f"{self.link.describe()}",
+                 "partitions:"]
+        lines.append(f"  {'role':<14} {'region':<14} {'where':<12} {'ops':>4} {'pred. cycles/run':>16} "
+                     f"{'transfers':>9} {'bytes':>6}")
+        for role, part in plan.partitions.items():
+            lines.append(f"  {role:<14} {part.name:<14} {part.kind:<12} {len(part.region.op_types):>4} "
+                         f"{part.predicted_cycles:>16.0f} {len(part.transfers):>9} {part.transfer_bytes:>6}")
+        lines.append("transfers (host <-> device, per run of the partition):")
+        for part in plan.partitions.values():
+            for transfer in part.transfers:
+                lines.append(f"  {transfer.partition:<14} {transfer.direction:<10} {transfer.tensor:<40} "
+                             f"{transfer.bytes:>6} B")
+        if self.traces:
+            last = self.traces[-1]
+            lines.append(f"last run: partitions {' -> '.join(last.partitions)}; {last.kernel_cycles} kernel "
+                         f"cycles, {last.transfer_bytes} B in {last.transfers} transfers, {last.device_runs} "
+                         f"device runs, "
+                         f"{1e3 * last.seconds:.2f} ms")
+        if self.analyzer is not None:
+            lines.append(self.analyzer.table())
+        if self.last_prices:
+            lines.append("predicted cost per run of each candidate plan: " + ", ".join(
+                f"{name} {cost:.0f}" for name, cost in self.last_prices.items()))
+        lines.append("decisions:" if self.events else "decisions: none (the static plan)")
+        for event in self.events:
+            what = ", ".join([f"take {c}" for c in sorted(event.taken)]
+                             + [f"reverse {c}" for c in sorted(event.reversed)])
+            before = self.analyzer.measured_cost(event.version_before) if self.analyzer else None
+            after = self.analyzer.measured_cost(event.version_after) if self.analyzer else None
+            measured = ("measured " + (f"{before:.0f}" if before is not None else "-") + " -> "
+                        + (f"{after:.0f}" if after is not None else "-") + " cycles/run")
+            lines.append(f"  after {event.run} observed runs: {what} (plan v{event.version_before} -> "
+                         f"v{event.version_after}); {event.reason}; predicted "
+                         f"{event.predicted_before:.0f} -> "
+                         f"{event.predicted_after:.0f} "
+                         f"cycles/run (static {event.predicted_static:.0f}); {measured}")
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        if self.analyzer is not None:
+            self.analyzer.close()
+        self.manager.close()
+
+    def __enter__(self) -> DataflowSession:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

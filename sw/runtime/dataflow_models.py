@@ -1,0 +1,346 @@
+"""Two data-dependent digits models, built with torch and exported to ONNX, for the dataflow runtime.
+
+* :func:`early_exit_cnn` -- a CNN with two heads: a cheap stem (conv 3x3, 8 channels, ReLU,
+  max-pool to 4x4) and its head give ``logits1``; when the largest softmax probability of
+  ``logits1`` exceeds :data:`EXIT_CONFIDENCE` an ONNX ``If`` returns them (the *exit* branch),
+  otherwise its else branch runs a deeper part (conv 3x3, 16 channels, ReLU, dense 64, dense 10)
+  on the stem's features.
+* :func:`moe_mlp` -- a mixture of four expert MLPs (``64 -> 48 -> 10`` each) behind a gate
+  (``Gemm`` to 4 logits) with ``TopK`` (k=1) routing: each row's output is its expert's.  The gate
+  is trained to route by digit class (:data:`EXPERT_OF_CLASS`), so the mix of digits decides the
+  mix of experts.
+
+Both are trained with torch on scikit-learn's bundled digits (no downloads) in a few seconds,
+deterministically for a seed; each part is exported by ``torch.onnx.export`` and the parts are
+joined into one ONNX model with the control node (``If``, or ``TopK`` and the gated sum) between
+them, as a framework writes a model whose control flow it cannot trace.
+
+Input distributions (:func:`inputs`): ``easy`` (clean validation digits) and ``hard`` (the same
+with heavy noise, so the first head is rarely confident) for the early-exit CNN; ``skewed``
+(digits of expert 0's classes only) and ``uniform`` (all digits) for the mixture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from braze.isa.errors import BrazeError
+
+from ..compiler.cache import cache_dir
+from ..compiler.models import load_digits_split
+
+__all__ = ["DataflowModel", "early_exit_cnn", "moe_mlp", "inputs", "DISTRIBUTIONS", "EXIT_CONFIDENCE",
+           "EXPERT_OF_CLASS", "EXPERTS", "calibration_feeds"]
+
+#: The first head's softmax confidence above which the early-exit CNN returns its logits.
+EXIT_CONFIDENCE = 0.8
+EXPERTS = 4
+#: The expert the mixture's gate is trained to pick for each digit class.
+EXPERT_OF_CLASS = (0, 0, 0, 1, 1, 2, 2, 3, 3, 3)
+#: Each model's two input distributions.
+DISTRIBUTIONS = {"early_exit": ("easy", "hard"), "moe": ("skewed", "uniform")}
+#: Standard deviation of the noise that makes digits ``hard`` (pixels lie in [0, 1]).
+HARD_NOISE = 0.45
+#: Bumped when a model's architecture or training changes: names the exported files on disk.
+MODEL_VERSION = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class DataflowModel:
+    """An exported model: ONNX bytes, its input name and shape per sample, and its test accuracy."""
+
+    name: str
+    onnx_bytes: bytes
+    input_name: str
+    sample_shape: tuple[int, ...]
+    batch: int
+    accuracy: float
+
+    def proto(self) -> onnx.ModelProto:
+        return onnx.load_from_string(self.onnx_bytes)
+
+
+def _cached(name: str, build: Callable[[], DataflowModel]) -> DataflowModel:
+    """The model exported earlier (``$BRAZE_CACHE_DIR/dataflow_models``), else ``build()`` and store it:
+    training takes tens of seconds, and is deterministic for a seed."""
+    folder = cache_dir().parent / "dataflow_models"
+    path, meta = folder / f"{name}-v{MODEL_VERSION}.onnx", folder / f"{name}-v{MODEL_VERSION}.json"
+    try:
+        fields = json.loads(meta.read_text())
+        return DataflowModel(onnx_bytes=path.read_bytes(), **{k: tuple(v) if isinstance(v, list) else v
+                                                              for k, v in fields.items()})
+    except (OSError, ValueError, TypeError):
+        pass
+    model = build()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(model.onnx_bytes)
+        fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name != "onnx_bytes"}
+        meta.write_text(json.dumps(fields))
+    except OSError:
+        pass                          # a read-only cache: build again next time
+    return model
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as err:     # torch is a development dependency
+        raise BrazeError("the dataflow models are built with torch: pip install -e '.[dev]'") from err
+    return torch
+
+
+def _export(module, example, input_names: list[str], output_names: list[str]) -> onnx.ModelProto:
+    torch = _torch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import logging
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        program = torch.onnx.export(module.eval(), (example,), None, input_names=input_names,
+                                    output_names=output_names, dynamo=True, optimize=True, verbose=False)
+    return program.model_proto
+
+
+def _prefixed(graph: onnx.GraphProto, prefix: str, keep: set[str]) -> tuple[list, list]:
+    """The nodes and initializers of ``graph`` with every name not in ``keep`` prefixed."""
+    def name(value: str) -> str:
+        return value if not value or value in keep else prefix + value
+
+    nodes = []
+    for node in graph.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = prefix + (node.name or node.op_type)
+        copy.input[:] = [name(v) for v in node.input]
+        copy.output[:] = [name(v) for v in node.output]
+        nodes.append(copy)
+    inits = []
+    for init in graph.initializer:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(init)
+        copy.name = name(init.name)
+        inits.append(copy)
+    return nodes, inits
+
+
+def _model(graph: onnx.GraphProto, opset: int) -> bytes:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="braze")
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _train(module, loss_fn, x: np.ndarray, y: np.ndarray, *, epochs: int, seed: int) -> None:
+    torch = _torch()
+    torch.manual_seed(seed)
+    optimiser = torch.optim.Adam(module.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y))
+    order = np.random.default_rng(seed)
+    module.train()
+    for _ in range(epochs):
+        for batch in np.array_split(order.permutation(len(x)), max(1, len(x) // 64)):
+            optimiser.zero_grad()
+            loss = loss_fn(module, xt[batch], yt[batch])
+            loss.backward()
+            optimiser.step()
+    module.eval()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The early-exit CNN
+# ---------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=2)
+def early_exit_cnn(seed: int = 0) -> DataflowModel:
+    """The early-exit CNN (batch 1: the ``If`` decides per image), trained and exported (cached on disk)."""
+    return _cached(f"early_exit_cnn-s{seed}", lambda: _build_early_exit_cnn(seed))
+
+
+def _build_early_exit_cnn(seed: int) -> DataflowModel:
+    torch = _torch()
+    nn = torch.nn
+    torch.manual_seed(seed)
+
+    class Stem(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 8, 3)
+            self.head = nn.Linear(8 * 3 * 3, 10)
+
+        def forward(self, x):
+            features = nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
+            return features, self.head(torch.flatten(features, 1))
+
+    class Deep(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 16, 3)
+            self.fc1 = nn.Linear(16, 64)
+            self.fc2 = nn.Linear(64, 10)
+
+        def forward(self, features):
+            h = torch.relu(self.conv(features))
+            return self.fc2(torch.relu(self.fc1(torch.flatten(h, 1))))
+
+    stem, deep = Stem(), Deep()
+    data = load_digits_split()
+    x_train = data.x_train.reshape(-1, 1, 8, 8)
+    # Train on clean and noisy digits alike, so that the deep head handles what the stem cannot.
+    rng = np.random.default_rng(seed)
+    noisy = np.clip(x_train + rng.normal(0, HARD_NOISE, x_train.shape), 0, 1).astype(np.float32)
+    x_all = np.concatenate([x_train, noisy])
+    y_all = np.concatenate([data.y_train, data.y_train])
+    both = nn.ModuleList([stem, deep])
+
+    def loss(module, x, y):
+        features, logits1 = module[0](x)
+        return nn.functional.cross_entropy(logits1, y) + nn.functional.cross_entropy(module[1](features), y)
+
+    _train(both, loss, x_all, y_all, epochs=10, seed=seed)
+
+    example = torch.zeros(1, 1, 8, 8)
+    stem_onnx = _export(stem, example, ["x"], ["features", "logits1"])
+    deep_onnx = _export(deep, torch.zeros(1, 8, 3, 3), ["features"], ["logits2"])
+    opset = max(_opset(stem_onnx), _opset(deep_onnx))
+    stem_nodes, stem_inits = _prefixed(stem_onnx.graph, "stem/", {"x", "features", "logits1"})
+    deep_nodes, deep_inits = _prefixed(deep_onnx.graph, "deep/", {"features", "logits2"})
+    confidence = [
+        helper.make_node("Softmax", ["logits1"], ["probs1"], name="exit/Softmax", axis=1),
+        helper.make_node("ReduceMax", ["probs1"], ["confidence"], name="exit/ReduceMax", keepdims=0),
+        helper.make_node("Greater", ["confidence", "exit_threshold"], ["exit"], name="exit/Greater"),
+    ]
+    logits_info = helper.make_tensor_value_info
+    then_node = helper.make_node("Identity", ["logits1"], ["exit_logits"], name="then/Id")
+    then_branch = helper.make_graph([then_node], "exit_branch", [],
+                                    [logits_info("exit_logits", TensorProto.FLOAT, [1, 10])])
+    else_branch = helper.make_graph(deep_nodes, "deep_branch", [],
+                                    [logits_info("logits2", TensorProto.FLOAT, [1, 10])], deep_inits)
+    if_node = helper.make_node("If", ["exit"], ["logits"], name="early_exit/If",
+                               then_branch=then_branch, else_branch=else_branch)
+    threshold = numpy_helper.from_array(np.array(EXIT_CONFIDENCE, np.float32), "exit_threshold")
+    graph = helper.make_graph(stem_nodes + confidence + [if_node], "early_exit_cnn",
+                              [logits_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [logits_info("logits", TensorProto.FLOAT, [1, 10])], stem_inits + [threshold])
+    with torch.no_grad():
+        xv = torch.from_numpy(data.x_val.reshape(-1, 1, 8, 8).copy())
+        features, logits1 = stem(xv)
+        logits2 = deep(features)
+        exit_ = torch.softmax(logits1, 1).max(1).values > EXIT_CONFIDENCE
+        predicted = torch.where(exit_[:, None], logits1, logits2).argmax(1).numpy()
+    return DataflowModel("early_exit_cnn", _model(graph, opset), "x", (1, 8, 8), 1,
+                         float(np.mean(predicted == data.y_val)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The mixture of experts
+# ---------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=2)
+def moe_mlp(seed: int = 0, batch: int = 8) -> DataflowModel:
+    """The mixture-of-experts MLP for batches of ``batch`` rows, trained and exported (cached on disk)."""
+    return _cached(f"moe_mlp-s{seed}-b{batch}", lambda: _build_moe_mlp(seed, batch))
+
+
+def _build_moe_mlp(seed: int, batch: int) -> DataflowModel:
+    torch = _torch()
+    nn = torch.nn
+    torch.manual_seed(seed)
+
+    def expert():
+        return nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+
+    gate = nn.Linear(64, EXPERTS)
+    experts = nn.ModuleList([expert() for _ in range(EXPERTS)])
+    data = load_digits_split()
+    route = torch.tensor(EXPERT_OF_CLASS)
+
+    def loss(modules, x, y):
+        gate_, experts_ = modules
+        outputs = torch.stack([e(x) for e in experts_], 1)                     # (n, experts, 10)
+        chosen = outputs[torch.arange(len(x)), route[y]]                        # train each on its classes
+        return nn.functional.cross_entropy(chosen, y) + nn.functional.cross_entropy(gate_(x), route[y])
+
+    _train(nn.ModuleList([gate, experts]), loss, data.x_train, data.y_train, epochs=15, seed=seed)
+
+    example = torch.zeros(batch, 64)
+    gate_onnx = _export(gate, example, ["x"], ["gate_logits"])
+    parts = [_export(e, example, ["x"], [f"expert{i}_out"]) for i, e in enumerate(experts)]
+    opset = max(_opset(m) for m in [gate_onnx, *parts])
+    nodes, inits = _prefixed(gate_onnx.graph, "gate/", {"x", "gate_logits"})
+    for i, part in enumerate(parts):
+        more_nodes, more_inits = _prefixed(part.graph, f"expert{i}/", {"x", f"expert{i}_out"})
+        nodes += more_nodes
+        inits += more_inits
+    inits += [numpy_helper.from_array(np.array([1], np.int64), "topk_k"),
+              numpy_helper.from_array(np.arange(EXPERTS, dtype=np.int64), "expert_ids")]
+    nodes += [
+        helper.make_node("TopK", ["gate_logits", "topk_k"], ["gate_top", "route"], name="gate/TopK", axis=1),
+        helper.make_node("Equal", ["route", "expert_ids"], ["route_mask_bool"], name="gate/Equal"),
+        helper.make_node("Cast", ["route_mask_bool"], ["route_mask"], name="gate/Cast", to=TensorProto.FLOAT),
+        helper.make_node("Split", ["route_mask"], [f"mask{i}" for i in range(EXPERTS)], name="gate/Split",
+                         axis=1, num_outputs=EXPERTS),
+    ]
+    total = None
+    for i in range(EXPERTS):
+        nodes.append(helper.make_node("Mul", [f"mask{i}", f"expert{i}_out"], [f"gated{i}"],
+                                      name=f"combine/Mul{i}"))
+        if total is None:
+            total = f"gated{i}"
+        else:
+            out = "logits" if i == EXPERTS - 1 else f"sum{i}"
+            nodes.append(helper.make_node("Add", [total, f"gated{i}"], [out], name=f"combine/Add{i}"))
+            total = out
+    info = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "moe_mlp", [info("x", TensorProto.FLOAT, [batch, 64])],
+                              [info("logits", TensorProto.FLOAT, [batch, 10])], inits)
+    with torch.no_grad():
+        xv = torch.from_numpy(data.x_val.copy())
+        chosen = gate(xv).argmax(1)
+        outputs = torch.stack([e(xv) for e in experts], 1)
+        predicted = outputs[torch.arange(len(xv)), chosen].argmax(1).numpy()
+    return DataflowModel("moe_mlp", _model(graph, opset), "x", (64,), batch,
+                         float(np.mean(predicted == data.y_val)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Input distributions
+# ---------------------------------------------------------------------------------------------------
+
+def inputs(model: DataflowModel, distribution: str, runs: int, *, seed: int = 0,
+           training: bool = False) -> list[dict[str, np.ndarray]]:
+    """``runs`` feeds of ``model`` drawn from ``distribution`` (validation digits; training digits with
+    ``training``)."""
+    data = load_digits_split()
+    x, y = (data.x_train, data.y_train) if training else (data.x_val, data.y_val)
+    rng = np.random.default_rng(seed)
+    family = "early_exit" if model.name == "early_exit_cnn" else "moe"
+    if distribution not in DISTRIBUTIONS[family]:
+        raise BrazeError(f"distribution {distribution!r} of {model.name}: choose one of "
+                         f"{', '.join(DISTRIBUTIONS[family])}")
+    if family == "moe" and distribution == "skewed":
+        x = x[np.isin(y, [c for c, e in enumerate(EXPERT_OF_CLASS) if e == 0])]
+    picks = rng.choice(len(x), runs * model.batch, replace=len(x) < runs * model.batch)
+    chosen = x[picks].reshape(runs, model.batch, *model.sample_shape).astype(np.float32)
+    if family == "early_exit" and distribution == "hard":
+        chosen = np.clip(chosen + rng.normal(0, HARD_NOISE, chosen.shape), 0, 1).astype(np.float32)
+    return [{model.input_name: sample} for sample in chosen]
+
+
+def calibration_feeds(model: DataflowModel, runs: int = 32, seed: int = 1) -> list[dict[str, np.ndarray]]:
+    """Training digits to calibrate ``model`` with: half from each of its two distributions."""
+    family = "early_exit" if model.name == "early_exit_cnn" else "moe"
+    first, second = DISTRIBUTIONS[family]
+    return (inputs(model, first, runs - runs // 2, seed=seed, training=True)
+            + inputs(model, second, runs // 2, seed=seed + 1, training=True))

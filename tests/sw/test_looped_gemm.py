@@ -1,0 +1,93 @@
+"""The looped GEMM kernel (control flow, issue 13) on the reference model, and ``braze bench dispatch``."""
+
+import re
+
+import numpy as np
+import pytest
+
+from braze.isa import PRESETS, Config
+from braze.isa.model import Machine
+from braze.sw.compiler.kernels.common import KernelError
+from braze.sw.compiler.kernels.looped import looped_gemm
+from braze.sw.runtime import dispatch_bench
+from braze.sw.runtime.dispatch_bench import block_sparse, run_looped
+
+TINY = PRESETS["tiny"]
+
+
+@pytest.mark.parametrize("M, K, N, m", [(1, 4, 4, 4), (6, 8, 12, 4), (9, 12, 8, 4), (16, 16, 4, 16),
+                                        (3, 8, 8, None)])
+@pytest.mark.parametrize("skip", [False, True])
+def test_looped_gemm_is_exact(M, K, N, m, skip):
+    rng = np.random.default_rng(M * 100 + K + N + skip)
+    kernel = looped_gemm(TINY, M, K, N, m=m, skip_zero_blocks=skip)
+    a = rng.integers(-128, 128, (M, K), dtype=np.int8)
+    b = rng.integers(-128, 128, (K, N), dtype=np.int8)
+    _, c = run_looped(kernel, a, b)
+    assert np.array_equal(c, a.astype(np.int64) @ b)
+
+
+def test_skipping_skips_exactly_the_zero_blocks():
+    rng = np.random.default_rng(7)
+    M, K, N, m = 8, 16, 8, 4
+    a = block_sparse(rng, M, K, m, TINY.rows, 0.5)
+    b = rng.integers(-128, 128, (K, N), dtype=np.int8)
+    zero_blocks = sum(not a[i:i + m, j:j + TINY.rows].any()
+                      for i in range(0, M, m) for j in range(0, K, TINY.rows))
+    assert zero_blocks == 4                     # half of the 2 x 4 blocks
+    plain, c_plain = run_looped(looped_gemm(TINY, M, K, N, m=m), a, b)
+    skip, c_skip = run_looped(looped_gemm(TINY, M, K, N, m=m, skip_zero_blocks=True), a, b)
+    assert np.array_equal(c_plain, c_skip) and np.array_equal(c_skip, a.astype(np.int64) @ b)
+    n_tiles, blocks = N // TINY.cols, (M // m) * (K // TINY.rows)
+    assert plain.counters["macs"] == M * N * K
+    assert skip.counters["macs"] == (blocks - zero_blocks) * n_tiles * m * TINY.cols * TINY.rows
+    assert skip.counters["insn_matmul"] == (blocks - zero_blocks) * n_tiles
+
+
+def test_one_batch_parametric_program_serves_every_batch_size():
+    kernel = looped_gemm(TINY, 10, 8, 8, m=TINY.rows)
+    program = kernel.program
+    machine = Machine(TINY)
+    rng = np.random.default_rng(3)
+    b = rng.integers(-128, 128, (8, 8), dtype=np.int8)
+    for batch in (1, 3, 4, 5, 10):
+        a = rng.integers(-128, 128, (batch, 8), dtype=np.int8)
+        result, c = run_looped(kernel, a, b, machine)
+        assert np.array_equal(c, a.astype(np.int64) @ b)
+        assert result.counters["insn_store"] == -(-batch // TINY.rows) * (8 // TINY.cols)
+    assert kernel.program is program
+
+
+def test_looped_gemm_is_far_smaller_than_its_dispatched_instructions():
+    kernel = looped_gemm(Config.parse("default"), 256, 256, 256)
+    assert len(kernel.program) < 32
+    assert kernel.registers() == {7: 256 * 256}
+
+
+@pytest.mark.parametrize("args, message", [
+    ((TINY, 4, 6, 4), "K=6 must be a multiple of rows=4"),
+    ((TINY, 4, 4, 5), "N=5"),
+    ((TINY, 0, 4, 4), "max_m=0"),
+])
+def test_bad_shapes_are_named(args, message):
+    with pytest.raises(KernelError, match=re.escape(message)):
+        looped_gemm(*args)
+
+
+def test_batch_outside_the_built_range_is_an_error():
+    with pytest.raises(KernelError, match="M=11 is outside 1..10"):
+        looped_gemm(TINY, 10, 4, 4).registers(11)
+
+
+def test_bench_dispatch_quick_ends_with_its_summary(capsys):
+    assert dispatch_bench.main(["--quick"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    match = re.fullmatch(r"dispatch: skip_speedup_at_50=([\d.]+) program_shrink=([\d.]+) "
+                         r"compiles_for_8_batch_sizes=1 mismatches=n/a", last)
+    assert match, last
+    assert float(match[1]) > 0 and float(match[2]) > 1
+
+
+def test_an_m_tile_below_the_array_height_is_refused():
+    with pytest.raises(KernelError, match="an M tile of 2 rows does not fit"):
+        looped_gemm(TINY, 8, 8, 8, m=2)

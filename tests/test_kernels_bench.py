@@ -1,0 +1,31 @@
+"""``braze bench kernels``: GEMM rows measured against their roofline bound."""
+
+from __future__ import annotations
+
+from braze import kernels_bench
+from braze.isa import Config
+from braze.sw.compiler import kernels
+
+TINY = Config.preset("tiny")
+
+
+def test_the_bound_is_the_larger_of_compute_and_bus_cycles():
+    kernel = kernels.gemm(TINY, 16, 64, 8, bias=True, requant=True, act="relu")
+    compute, bus = kernels_bench.gemm_bound(kernel, TINY)
+    assert compute == -(-16 * 64 * 8 // (TINY.rows * TINY.cols))
+    # A, B, the bias/mult/shift rows (int32) and the int8 output, over the bus width.
+    moved = 16 * 64 + 64 * 8 + 3 * 8 * 4 + 16 * 8
+    assert bus == -(-moved // TINY.dma_bus_bytes)
+
+
+def test_gemm_rows_are_exact_and_never_beat_their_bound():
+    rows = kernels_bench.run_gemms("golden", ["tiny"], [(1, 64, 10), (16, 16, 16), (20, 24, 12)], seed=3)
+    assert [row["shape"] for row in rows] == [(1, 64, 10), (16, 16, 16), (20, 24, 12)]
+    for row in rows:
+        assert row["correct"] and row["config"] == "tiny"
+        # On the golden device the cycles are the timing model's, which a lower bound must not exceed.
+        assert 0 < row["cycles"] <= row["predicted"]
+        assert row["over_bound"] >= 1.0
+        assert 0 < row["utilisation"] <= 1
+    table = kernels_bench.gemm_table(rows)
+    assert "1x64x10" in table and table.count("ok") == 3
