@@ -19,7 +19,11 @@ core): an instruction is handed over by a transfer on ``insn``; the client
 then pulses ``done`` once when the instruction has completed (in the cycle of
 the transfer at the earliest), with ``error`` and ``cause`` set in that same
 cycle if it failed.  A client has at most one instruction at a time: the core
-offers the next one only after the previous one's ``done``.
+offers the next one only after the previous one's ``done`` -- except the load
+client with ``Config.load_overlap`` > 1, which may hold that many LOADs: the core
+offers the next LOAD whenever its tokens are there and fewer are held, the client
+reports their ``done`` in program order (never in the cycle it takes one), and
+they retire and push their tokens in program order.
 
 On the first illegal or failing instruction (or a fetch error, or a
 deadlock) the core stops dispatching and starting instructions (queued ones
@@ -59,10 +63,11 @@ so it is counted after its own snapshot.  ``done & running`` and
 ``error & running`` are one-cycle pulses (``running`` drops the cycle after).
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Shape, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Shape, Signal, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
 
 from braze.isa import INSN_BYTES, INSTRUCTION, Config, ConfigReg, ErrorCause, Opcode, Unit
 from braze.isa.counters import CYCLE_LIMIT_BITS
@@ -157,6 +162,19 @@ def _client_report(m: Module, name: str, port) -> tuple:
         m.d.sync += [early_error.eq(port.error), early_cause.eq(port.cause)]
     return (port.done | early_done, Mux(early_done, early_error, port.error),
             Mux(early_done, early_cause, port.cause))
+
+
+def _token_checks(m: Module, name: str, pop_deps, push_deps, flag_tokens: dict) -> tuple[Signal, Signal]:
+    """(the tokens ``pop_deps`` pops are there, the queues ``push_deps`` pushes to have room)."""
+    tokens_ready = Signal(name=f"{name}_tokens_ready")
+    m.d.comb += tokens_ready.eq(Cat(
+        ~pop_deps[flag] | flag_tokens[flag].available
+        for flag in ("pop_prev", "pop_next") if flag_tokens[flag] is not None).all())
+    push_room = Signal(name=f"{name}_push_room")
+    m.d.comb += push_room.eq(Cat(
+        ~push_deps[flag] | flag_tokens[flag].room
+        for flag in ("push_prev", "push_next") if flag_tokens[flag] is not None).all())
+    return tokens_ready, push_room
 
 
 def _unsupported_cause(m: Module, word) -> Signal:
@@ -316,8 +334,12 @@ class Control(wiring.Component):
                 "push_prev": tokens.get((unit, prev_unit)),
                 "push_next": tokens.get((unit, next_unit)),
             }
-            units[unit] = self._elaborate_unit(m, unit, fifo, head, ports[unit], flag_tokens, stopping,
-                                               stopped)
+            if unit is Unit.LOAD and config.load_overlap > 1:
+                units[unit] = self._elaborate_overlapped_unit(m, unit, fifo, head, ports[unit], flag_tokens,
+                                                              stopping, stopped, config.load_overlap)
+            else:
+                units[unit] = self._elaborate_unit(m, unit, fifo, head, ports[unit], flag_tokens, stopping,
+                                                   stopped)
 
         # --- Dispatcher. ----------------------------------------------------------------------------
         # Words are decoded as they enter the dispatcher's one-word slot, so that dispatch and
@@ -427,7 +449,7 @@ class Control(wiring.Component):
             for index, (condition, cause, pc) in enumerate(error_requests):
                 with (m.If if index == 0 else m.Elif)(condition):
                     m.d.sync += [stopping.eq(1), self.cause.eq(cause), self.error_pc.eq(pc)]
-        in_flight = Cat(*(~u["idle"] & (u["state"] != _UnitState.PUSH) for u in units.values())).any() | \
+        in_flight = Cat(*(u["in_flight"] for u in units.values())).any() | \
             (counters_state != _CountersState.IDLE)
         m.d.comb += [
             self.error.eq(stopping & ~in_flight),
@@ -440,7 +462,7 @@ class Control(wiring.Component):
             self.stall_dep.eq(sum(u["dep_stall"] for u in units.values()) + (at_barrier & ~drained)),
         ]
         for unit, u in units.items():
-            m.d.comb += self.busy[unit.name.lower()].eq(u["state"] == _UnitState.EXECUTE)
+            m.d.comb += self.busy[unit.name.lower()].eq(u["busy"])
         for opcode in Opcode:
             if opcode in CONTROL_FLOW_OPCODES:
                 continue
@@ -464,14 +486,7 @@ class Control(wiring.Component):
         retire = Signal(name=f"{name}_retire")
 
         head_deps = head.word.deps
-        tokens_ready = Signal(name=f"{name}_tokens_ready")
-        m.d.comb += tokens_ready.eq(Cat(
-            ~head_deps[flag] | flag_tokens[flag].available
-            for flag in ("pop_prev", "pop_next") if flag_tokens[flag] is not None).all())
-        push_room = Signal(name=f"{name}_push_room")
-        m.d.comb += push_room.eq(Cat(
-            ~current_deps[flag] | flag_tokens[flag].room
-            for flag in ("push_prev", "push_next") if flag_tokens[flag] is not None).all())
+        tokens_ready, push_room = _token_checks(m, name, head_deps, current_deps, flag_tokens)
 
         can_start = (state == _UnitState.IDLE) & ~offering & fifo.r_rdy & tokens_ready & ~stopped
         internal = (head.word.opcode == Opcode.CONFIG) if unit is Unit.COMPUTE else Const(0)
@@ -524,7 +539,9 @@ class Control(wiring.Component):
         waiting_push = (state == _UnitState.PUSH) & ~push_room
         return {
             "fifo": fifo,
-            "state": state,
+            # Offered to or held by the client (not yet done).
+            "in_flight": ~((state == _UnitState.IDLE) & ~offering) & (state != _UnitState.PUSH),
+            "busy": state == _UnitState.EXECUTE,
             "idle": (state == _UnitState.IDLE) & ~offering,
             "empty": (state == _UnitState.IDLE) & ~offering & ~fifo.r_rdy,
             "stuck": waiting_pop | waiting_push,
@@ -535,4 +552,84 @@ class Control(wiring.Component):
             "cause": client_cause,
             "retire": retire,
             "opcode": current_opcode,
+        }
+
+    def _elaborate_overlapped_unit(self, m, unit, fifo, head, port, flag_tokens, stopping, stopped,
+                                   depth: int) -> dict:
+        """:meth:`_elaborate_unit` for a client that holds up to ``depth`` instructions at once.
+
+        The load unit with ``Config.load_overlap`` > 1: the next LOAD is offered while earlier ones
+        execute (the client takes it when it can), their done reports come in program order, and
+        each retires -- pushes its tokens -- in program order once done.  The instructions held are
+        kept in a ring, oldest first; the first ``completed`` of them are done and wait to retire.
+        The client must not report done in the cycle it takes an instruction (the load engine's
+        ``done`` comes from registered state).
+        """
+        name = unit.name.lower()
+        index_bits = exact_log2(depth)
+        pcs = Array(Signal(PC_BITS, name=f"{name}_pc{i}") for i in range(depth))
+        deps = Array(Signal(INSTRUCTION["deps"].shape, name=f"{name}_deps{i}") for i in range(depth))
+        failed_ring = Array(Signal(name=f"{name}_failed{i}") for i in range(depth))
+        oldest = Signal(index_bits, name=f"{name}_oldest")
+        held = Signal(range(depth + 1), name=f"{name}_held")
+        completed = Signal(range(depth + 1), name=f"{name}_completed")
+        offering = Signal(name=f"{name}_offering")
+        retire = Signal(name=f"{name}_retire")
+        oldest_deps = deps[oldest]
+
+        head_deps = head.word.deps
+        tokens_ready, push_room = _token_checks(m, name, head_deps, oldest_deps, flag_tokens)
+
+        can_start = ~offering & (held != depth) & fifo.r_rdy & tokens_ready & ~stopped
+        m.d.comb += [
+            port.insn.valid.eq(can_start | offering),
+            port.insn.payload.eq(head.word),
+        ]
+        started = port.insn.valid & port.insn.ready
+        m.d.sync += offering.eq(port.insn.valid & ~port.insn.ready)
+        newest = (oldest + held)[:index_bits]
+        with m.If(started):
+            m.d.comb += fifo.r_en.eq(1)
+            for flag in ("pop_prev", "pop_next"):
+                if flag_tokens[flag] is not None:
+                    m.d.comb += flag_tokens[flag].pop.eq(head_deps[flag])
+            m.d.sync += [pcs[newest].eq(head.pc), deps[newest].eq(head_deps), failed_ring[newest].eq(0)]
+
+        # Done reports come in program order: each one is the oldest instruction not yet completed.
+        reporting = (oldest + completed)[:index_bits]
+        client_done = port.done & (held != completed)
+        failed = client_done & port.error
+        with m.If(failed):
+            m.d.sync += failed_ring[reporting].eq(1)
+
+        # Retire the oldest completed instruction once its pushes have room (after an error, pushes
+        # are dropped; a failed instruction retires without counting).
+        leaving = (completed != 0) & (push_room | stopping)
+        with m.If(leaving):
+            m.d.sync += oldest.eq(oldest + 1)
+            m.d.comb += retire.eq(~failed_ring[oldest])
+            with m.If(~stopping & ~failed_ring[oldest]):
+                for flag in ("push_prev", "push_next"):
+                    if flag_tokens[flag] is not None:
+                        m.d.comb += flag_tokens[flag].push.eq(oldest_deps[flag])
+        m.d.sync += [held.eq(held + started - leaving), completed.eq(completed + client_done - leaving)]
+
+        executing = held != completed
+        waiting_pop = ~offering & (held != depth) & fifo.r_rdy & ~tokens_ready
+        waiting_push = (completed != 0) & ~push_room
+        stuck = ~executing & (waiting_pop | waiting_push)
+        return {
+            "fifo": fifo,
+            "in_flight": executing | offering,
+            "busy": executing,
+            "idle": (held == 0) & ~offering,
+            "empty": (held == 0) & ~offering & ~fifo.r_rdy,
+            "stuck": stuck,
+            "dep_stall": (waiting_pop | waiting_push) & ~stopping,
+            # The pc of the instruction that failed or is blocked (the oldest one first).
+            "pc": Mux(failed, pcs[reporting], Mux(waiting_push, pcs[oldest], head.pc)),
+            "failed": failed,
+            "cause": port.cause,
+            "retire": retire,
+            "opcode": Const(Opcode.LOAD.value, Shape.cast(Opcode)),
         }

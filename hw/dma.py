@@ -16,8 +16,8 @@ Blocks
     from :class:`~braze.hw.counters.CounterBank` are packed onto the bus at any
     byte address.
 
-Both engines take one instruction at a time and report its end with a
-one-cycle ``done``; ``error`` is high in that same cycle if the instruction
+Both engines report the end of each instruction with a one-cycle ``done``,
+in program order; ``error`` is high in that same cycle if the instruction
 failed, with ``cause`` = ``DRAM_RANGE``: an AXI error response (SLVERR or
 DECERR) or an external range that runs past the 32-bit address space.  After
 an error an engine issues no new rows but drains everything already in flight,
@@ -146,6 +146,20 @@ class LoadEngine(wiring.Component):
     complete.  With ``zero`` set, rows of zeros are written, one per cycle, with no
     AXI traffic.
 
+    Overlap (``config.load_overlap`` > 1): the engine takes the next LOAD as soon
+    as every row request of the newest one is issued, up to ``load_overlap``
+    instructions in flight, so that one LOAD's requests go out while the previous
+    one's data arrives.  Each row request carries a ``last`` flag in the request
+    FIFO; the data side works on the oldest instruction (``current``; the others
+    wait in a FIFO of their parameters), writes its rows in order, and reports
+    ``done`` once its last row is written -- so data and ``done`` stay in program
+    order, zero LOADs included.  The first error (an AXI error response on one of
+    ``current``'s rows, or a row past the address space found while issuing, which
+    is reported with the instruction it belongs to) stops all issuing; the rows
+    in flight are drained unwritten, and each instruction still held reports
+    ``done`` in turn.  With ``load_overlap`` = 1 it behaves, cycle for cycle, as
+    an engine that takes one instruction at a time.
+
     Parameters
     ----------
     config : Config
@@ -159,7 +173,9 @@ class LoadEngine(wiring.Component):
     Attributes
     ----------
     insn : In(stream.Signature(INSTRUCTION))
-        LOAD instructions (``args.load``), range-checked; ready while idle.
+        LOAD instructions (``args.load``), range-checked; ready while idle or (with
+        overlap) while fewer than ``load_overlap`` are in flight, the newest one has
+        issued all its row requests and no error stopped the engine.
     read_req : Out(stream.Signature(read_request_layout(32, beats_width)))
         To :class:`~braze.hw.axi.AXI4ReadMaster` ``req``: one request per row,
         bus-aligned address.
@@ -174,7 +190,10 @@ class LoadEngine(wiring.Component):
     cause : Out(ErrorCause)
         With ``error``: ``DRAM_RANGE``; ``NONE`` otherwise.
     busy : Out(1)
-        An instruction is being executed (from acceptance to ``done``).
+        An instruction is being executed (from acceptance to ``done``); with overlap,
+        at least one is.  ``events.load_busy`` follows it, so with overlap the
+        ``load_busy`` counter counts cycles with any LOAD in flight, not the sum of
+        the LOADs' durations that the timing model predicts for it.
     events : Out(load_events_layout(config))
         Counter increments of this cycle (see the module documentation).
     """
@@ -204,61 +223,126 @@ class LoadEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         config = self.config
+        overlap = config.load_overlap
         bus_bytes = config.dma_bus_bytes
         shift = exact_log2(bus_bytes)
         row_bytes_max = _max_row_bytes(config)
         words = -(-row_bytes_max // bus_bytes)      # bus words in the row buffer
         max_beats = row_beats(bus_bytes - 1, row_bytes_max, bus_bytes)
         total_rows = 1 << len(self.insn.payload.args.load.rows)
-
-        # The instruction being executed.
-        active = Signal()
-        mem = Signal(Memory)
-        zero = Signal()
-        first_row = Signal(16)
-        rows = Signal(range(total_rows))
-        row_bytes = Signal(range(row_bytes_max + 1))
-        stride = Signal(32)
-        failed = Signal()
-
         args = self.insn.payload.args.load
-        m.d.comb += self.insn.ready.eq(~active)
-        with m.If(self.insn.valid & self.insn.ready):
-            m.d.sync += [
-                active.eq(1),
-                mem.eq(args.mem),
-                zero.eq(args.zero),
-                first_row.eq(args.addr),
-                rows.eq(args.rows),
-                row_bytes.eq(args.len << _element_bytes_shift(args.mem)),
-                stride.eq(args.stride),
-                failed.eq(0),
-            ]
 
-        # Request side: one read request per row, recorded in `meta` for the data side.
-        meta_layout = data.StructLayout({"offset": unsigned(shift), "beats": range(max_beats + 1)})
-        m.submodules.meta = meta = fifo.SyncFIFO(width=meta_layout.size, depth=self.rows_in_flight)
+        # Instructions accepted and not yet done, and the error state they share.  Instructions are
+        # numbered in acceptance order (modulo 2*overlap), so that a range error found while issuing
+        # one is reported with that one, even while earlier ones still receive their data.
+        tag_count = 2 * overlap
+        in_flight = Signal(range(overlap + 1))
+        halted = Signal()            # an error occurred: issue no more rows, drain those in flight
+        next_tag = Signal(range(tag_count))
+        range_failed = Signal()
+        range_failed_tag = Signal(range(tag_count))
+        accept = Signal()
+        finished = Signal()
+        issuing = Signal()           # the newest instruction still has row requests to issue
+        # One instruction at a time: ready while none is in flight.  With overlap, also once every row
+        # request of the newest one is issued (and no error stopped the engine).
+        m.d.comb += [
+            self.insn.ready.eq((in_flight == 0) | (~halted & ~issuing & (in_flight != overlap))),
+            accept.eq(self.insn.valid & self.insn.ready),
+        ]
+        m.d.sync += in_flight.eq(in_flight + accept - finished)
+        with m.If(accept):
+            m.d.sync += next_tag.eq(next_tag + 1)
+            with m.If(in_flight == 0):
+                m.d.sync += [halted.eq(0), range_failed.eq(0)]
+        accepted_row_bytes = args.len << _element_bytes_shift(args.mem)
+
+        # --- Request side: one read request per row of the newest instruction, recorded in `meta`
+        # for the data side; `last` marks the instruction's last row.
+        issue_zero = Signal()
+        issue_rows = Signal(range(total_rows))
+        issue_row_bytes = Signal(range(row_bytes_max + 1))
+        issue_stride = Signal(32)
+        issue_tag = Signal(range(tag_count))
         req_row = Signal(range(total_rows + 1))
         req_addr = Signal(_WIDE_ADDR_WIDTH)
-        with m.If(self.insn.valid & self.insn.ready):
-            m.d.sync += [req_row.eq(0), req_addr.eq(args.dram)]
+        with m.If(accept):
+            m.d.sync += [
+                issue_zero.eq(args.zero),
+                issue_rows.eq(args.rows),
+                issue_row_bytes.eq(accepted_row_bytes),
+                issue_stride.eq(args.stride),
+                issue_tag.eq(next_tag),
+                req_row.eq(0),
+                req_addr.eq(args.dram),
+            ]
 
+        meta_layout = data.StructLayout({"offset": unsigned(shift), "beats": range(max_beats + 1),
+                                         "last": unsigned(1)})
+        m.submodules.meta = meta = fifo.SyncFIFO(width=meta_layout.size, depth=self.rows_in_flight)
         req_offset = req_addr[:shift]
         req_beats = Signal(range(max_beats + 1))
-        m.d.comb += req_beats.eq((req_offset + row_bytes + bus_bytes - 1) >> shift)
-        past_address_space = (req_addr + row_bytes) > (1 << ADDR_WIDTH)
-        want_request = active & ~zero & ~failed & (req_row != rows)
+        m.d.comb += req_beats.eq((req_offset + issue_row_bytes + bus_bytes - 1) >> shift)
+        past_address_space = (req_addr + issue_row_bytes) > (1 << ADDR_WIDTH)
+        m.d.comb += issuing.eq(~issue_zero & ~halted & (req_row != issue_rows))
         m.d.comb += [
-            self.read_req.valid.eq(want_request & ~past_address_space & meta.w_rdy),
+            self.read_req.valid.eq(issuing & ~past_address_space & meta.w_rdy),
             self.read_req.payload.addr.eq(Cat(Const(0, shift), req_addr[shift:ADDR_WIDTH])),
             self.read_req.payload.beats.eq(req_beats),
             meta.w_en.eq(self.read_req.valid & self.read_req.ready),
-            meta.w_data.eq(Cat(req_offset, req_beats)),
+            meta.w_data.eq(Cat(req_offset, req_beats, req_row + 1 == issue_rows)),
         ]
         with m.If(meta.w_en):
-            m.d.sync += [req_row.eq(req_row + 1), req_addr.eq(req_addr + stride)]
-        with m.If(want_request & past_address_space):
-            m.d.sync += failed.eq(1)
+            m.d.sync += [req_row.eq(req_row + 1), req_addr.eq(req_addr + issue_stride)]
+        with m.If(issuing & past_address_space):
+            m.d.sync += [halted.eq(1), range_failed.eq(1), range_failed_tag.eq(issue_tag)]
+
+        # --- Data side: the oldest instruction not yet done (`current`) writes its rows, in order.
+        params_layout = data.StructLayout({
+            "mem": Memory, "zero": unsigned(1), "first_row": unsigned(16), "rows": range(total_rows),
+            "row_bytes": range(row_bytes_max + 1), "tag": range(tag_count)})
+        accepted = Signal(params_layout)
+        m.d.comb += [
+            accepted.mem.eq(args.mem),
+            accepted.zero.eq(args.zero),
+            accepted.first_row.eq(args.addr),
+            accepted.rows.eq(args.rows),
+            accepted.row_bytes.eq(accepted_row_bytes),
+            accepted.tag.eq(next_tag),
+        ]
+        active = Signal()            # `current` holds an instruction
+        current = Signal(params_layout)
+        failed = Signal()            # an AXI error response arrived for one of current's rows
+        rows_done = Signal(range(total_rows + 1))    # current's rows whose last beat (or zero row) has passed
+        all_received = Signal()      # current's last row has passed
+
+        def begin(params):
+            m.d.sync += [current.eq(params), active.eq(1), failed.eq(0), rows_done.eq(0),
+                         all_received.eq(params.rows == 0)]
+
+        if overlap == 1:
+            with m.If(accept):
+                begin(accepted)
+            with m.Elif(finished):
+                m.d.sync += active.eq(0)
+        else:
+            # Accepted instructions wait here while an earlier one is current.
+            m.submodules.waiting = waiting = fifo.SyncFIFO(width=params_layout.size, depth=overlap)
+            direct = accept & ~active & ~waiting.r_rdy
+            from_waiting = waiting.r_rdy & (~active | finished)
+            m.d.comb += [
+                waiting.w_en.eq(accept & ~direct),
+                waiting.w_data.eq(accepted),
+                waiting.r_en.eq(from_waiting),
+            ]
+            with m.If(direct):
+                begin(accepted)
+            with m.Elif(from_waiting):
+                begin(data.View(params_layout, waiting.r_data))
+            with m.Elif(finished):
+                m.d.sync += active.eq(0)
+        current_failed = failed | (range_failed & (range_failed_tag == current.tag))
+        row_bytes = current.row_bytes
 
         # The completed row waiting for the memory's write port.
         out_valid = Signal()
@@ -266,28 +350,27 @@ class LoadEngine(wiring.Component):
         out_bytes = Signal(row_bytes_max * 8)
         out_taken = Signal()
         m.d.comb += [
-            self.spad_write.en.eq(out_valid & (mem == Memory.SPAD)),
+            self.spad_write.en.eq(out_valid & (current.mem == Memory.SPAD)),
             self.spad_write.addr.eq(out_row),
             self.spad_write.data.eq(out_bytes[:config.cols * 8]),
-            self.acc_write.en.eq(out_valid & (mem == Memory.ACC)),
+            self.acc_write.en.eq(out_valid & (current.mem == Memory.ACC)),
             self.acc_write.addr.eq(out_row),
             self.acc_write.data.eq(out_bytes),
-            out_taken.eq(Mux(mem == Memory.ACC, self.acc_write.en & self.acc_write.ready,
+            out_taken.eq(Mux(current.mem == Memory.ACC, self.acc_write.en & self.acc_write.ready,
                              self.spad_write.en & self.spad_write.ready)),
         ]
         out_free = ~out_valid | out_taken
         with m.If(out_taken):
             m.d.sync += out_valid.eq(0)
 
-        # Data side: place each beat's bytes in the row buffer.
-        rows_done = Signal(range(total_rows + 1))    # rows whose last beat (or zero row) has passed
-        with m.If(self.insn.valid & self.insn.ready):
-            m.d.sync += rows_done.eq(0)
+        # Place each beat's bytes in the row buffer.  The head row belongs to `current` until its last
+        # row has passed; after an error every row in flight is drained (and not written).
         head = data.View(meta_layout, meta.r_data)
+        owns_head = active & ~current.zero & ~all_received
         beat_index = Signal(range(max_beats))
         row_ends = beat_index == head.beats - 1
         beat = self.read_data.payload
-        m.d.comb += self.read_data.ready.eq(meta.r_rdy & (~row_ends | out_free))
+        m.d.comb += self.read_data.ready.eq(meta.r_rdy & (owns_head | halted) & (~row_ends | out_free))
         beat_taken = self.read_data.valid & self.read_data.ready
 
         # Byte c of a beat rotated right by `offset` is byte c of bus word `beat_index` of the
@@ -305,52 +388,60 @@ class LoadEngine(wiring.Component):
         keep = Cat(Mux(j < row_bytes, 0xff, 0x00) for j in range(row_bytes_max))
         completed_row = Cat(*merged)[:row_bytes_max * 8] & keep
 
+        row_written = Signal()       # this beat completes one of current's rows, to be written
+        m.d.comb += row_written.eq(beat_taken & row_ends & owns_head & ~current_failed & ~beat.error)
         with m.If(beat_taken):
             m.d.sync += [word.eq(new) for word, new in zip(row_buffer, merged, strict=True)]
             with m.If(beat.error):
-                m.d.sync += failed.eq(1)
+                m.d.sync += halted.eq(1)
+                with m.If(owns_head):
+                    m.d.sync += failed.eq(1)
             with m.If(row_ends):
                 m.d.comb += meta.r_en.eq(1)
-                m.d.sync += [beat_index.eq(0), rows_done.eq(rows_done + 1)]
-                with m.If(~failed & ~beat.error):
+                m.d.sync += beat_index.eq(0)
+                with m.If(owns_head):
+                    m.d.sync += rows_done.eq(rows_done + 1)
+                    with m.If(head.last):
+                        m.d.sync += all_received.eq(1)
+                with m.If(row_written):
                     m.d.sync += [
                         out_valid.eq(1),
-                        out_row.eq(first_row + rows_done),
+                        out_row.eq(current.first_row + rows_done),
                         out_bytes.eq(completed_row),
                     ]
             with m.Else():
                 m.d.sync += beat_index.eq(beat_index + 1)
 
         # `zero`: one row of zeros per cycle, through the same output register.
-        with m.If(active & zero & (rows_done != rows) & out_free):
+        with m.If(active & current.zero & ~halted & (rows_done != current.rows) & out_free):
             m.d.sync += [
                 out_valid.eq(1),
-                out_row.eq(first_row + rows_done),
+                out_row.eq(current.first_row + rows_done),
                 out_bytes.eq(0),
                 rows_done.eq(rows_done + 1),
             ]
 
-        # End: no request left to issue, no data left to receive, no row left to write.
-        requests_over = Mux(zero, rows_done == rows, failed | (req_row == rows))
-        finished = active & requests_over & ~meta.r_rdy & ~out_valid
-        with m.If(finished):
-            m.d.sync += active.eq(0)
+        # End of `current`: every row received and written -- or, after an error, nothing left in
+        # flight (the engine issues no more rows).
+        drained = halted & ~meta.r_rdy
+        rows_over = Mux(current.zero, rows_done == current.rows, all_received) | drained
+        m.d.comb += finished.eq(active & rows_over & ~out_valid)
         m.d.comb += [
             self.done.eq(finished),
-            self.error.eq(finished & failed),
-            self.cause.eq(Mux(finished & failed, ErrorCause.DRAM_RANGE, ErrorCause.NONE)),
-            self.busy.eq(active),
+            self.error.eq(finished & current_failed),
+            self.cause.eq(Mux(finished & current_failed, ErrorCause.DRAM_RANGE, ErrorCause.NONE)),
+            self.busy.eq(in_flight != 0),
         ]
 
         events = self.events
         m.d.comb += [
-            events.load_busy.eq(active),
-            events.stall_axi_read.eq(active & ((self.read_req.valid & ~self.read_req.ready)
-                                               | (meta.r_rdy & ~self.read_data.valid))),
+            events.load_busy.eq(self.busy),
+            events.stall_axi_read.eq(self.busy & ((self.read_req.valid & ~self.read_req.ready)
+                                                  | (meta.r_rdy & ~self.read_data.valid))),
             events.axi_read_beats.eq(beat_taken),
-            events.dma_read_bytes.eq(Mux(beat_taken & row_ends & ~failed & ~beat.error, row_bytes, 0)),
-            events.spad_writes.eq(out_taken & (mem == Memory.SPAD)),
-            events.acc_writes.eq(out_taken & (mem == Memory.ACC)),
+            events.dma_read_bytes.eq(Mux(row_written, row_bytes, 0)),
+            events.spad_writes.eq(out_taken & (current.mem == Memory.SPAD)),
+            events.acc_writes.eq(out_taken & (current.mem == Memory.ACC)),
         ]
         return m
 

@@ -33,6 +33,13 @@ MAX_MEM_LATENCY = 1 << 16
 #: bits: the three queues of 2**20 entries that were accepted would need 5*10**8 flip-flops); 256 is
 #: 32 times the presets'.
 MAX_QUEUE_DEPTH = 256
+#: Most LOAD instructions that may have reads in flight at once (``Config.load_overlap``): each one
+#: in flight holds a pc and token flags in the control core and its parameters in the load engine.
+MAX_LOAD_OVERLAP = 8
+#: Fields added after the first release, with the value that keeps a configuration's identity
+#: (``to_dict``/``to_json``, hence the kernel cache, Verilator builds and the learned model's
+#: history) as it was before the field existed: at that value the field is left out.
+_OMITTED_AT = {"load_overlap": 1}
 
 
 def _is_pow2(value: int) -> bool:
@@ -71,6 +78,12 @@ class Config:
     mem_latency : int
         Cycles from an AXI read address to its first data beat, assumed by
         the timing model (a property of the system, not of the accelerator).
+    load_overlap : int
+        LOAD instructions that may have reads in flight at once: with 1 the
+        load unit executes one LOAD at a time; with more, the load engine takes
+        the next LOAD as soon as every row request of the previous one is
+        issued, so consecutive LOADs share the memory latency.  A power of two
+        up to :data:`MAX_LOAD_OVERLAP`.  Left out of :meth:`to_dict` at 1.
     """
 
     name: str = "custom"
@@ -85,6 +98,7 @@ class Config:
     queue_depth: int = 8
     token_depth: int = 8
     mem_latency: int = 16
+    load_overlap: int = 1
 
     def __post_init__(self):
         def fail(field: str, problem: str):
@@ -127,6 +141,9 @@ class Config:
         for name in ("queue_depth", "token_depth"):
             if not _is_pow2(getattr(self, name)) or getattr(self, name) > MAX_QUEUE_DEPTH:
                 fail(name, f"must be a power of two no larger than {MAX_QUEUE_DEPTH}")
+        if not _is_pow2(self.load_overlap) or self.load_overlap > MAX_LOAD_OVERLAP:
+            fail("load_overlap", f"must be a power of two no larger than {MAX_LOAD_OVERLAP} "
+                                 "(LOAD instructions with reads in flight at once)")
 
     # Derived sizes: properties so that they can never disagree with the fields.
     @property
@@ -159,7 +176,11 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        for name, value in _OMITTED_AT.items():
+            if values[name] == value:
+                del values[name]
+        return values
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -28,6 +28,15 @@ Simplifications of :func:`schedule` (the hardware may differ by these):
   next cycle, as fetch is free;
 * after a PREDICATE, the dispatcher resumes when the PREDICATE ends.
 
+With ``load_overlap`` > 1 a LOAD starts once the previous LOAD has issued its
+row requests (one per cycle, the cycle after it starts; a zero LOAD issues
+none), if fewer than ``load_overlap`` LOADs have not retired (one of them
+:data:`LOAD_SLOT_CYCLES` ago at the latest); it ends no
+earlier than alone (``mem_latency + beats + 1``) and no earlier than
+:data:`LOAD_HANDOVER_CYCLES` plus its beats (zero rows) after the previous
+LOAD's end, and LOADs retire in program order.  ``load_busy`` stays the sum of
+the LOADs' durations (the hardware counts cycles with any LOAD in flight).
+
 ``stall_dep`` counts, per instruction on the load, compute and store units,
 the cycles between being able to start (dispatched, unit free) and starting
 because a token to pop was not there yet, plus the cycles after completion
@@ -78,6 +87,13 @@ BUSY_COUNTER = {
 }
 
 BARRIER_OPCODES = frozenset({Opcode.FENCE, Opcode.COUNTERS, Opcode.HALT})
+
+#: With ``load_overlap`` > 1: cycles between one LOAD's completion and the first data of the next
+#: one that the load engine can use (the next one becomes current once the last row is written).
+LOAD_HANDOVER_CYCLES = 2
+#: With ``load_overlap`` > 1: cycles after a LOAD retires before its place among the ``load_overlap``
+#: in flight is taken again (the control core counts the done, then frees the place).
+LOAD_SLOT_CYCLES = 1
 
 _PREV = {Unit.COMPUTE: Unit.LOAD, Unit.STORE: Unit.COMPUTE}
 _NEXT = {Unit.LOAD: Unit.COMPUTE, Unit.COMPUTE: Unit.STORE}
@@ -246,6 +262,7 @@ class Schedule:
 
 # The scheduler keeps per-unit state in lists indexed by Unit value.
 assert [unit.value for unit in QUEUED_UNITS] == list(range(len(QUEUED_UNITS)))
+_LOAD = Unit.LOAD.value
 
 #: The four token queues as (producer, consumer), numbered in this order by :func:`timing_key`.
 TOKEN_QUEUES = ((Unit.LOAD, Unit.COMPUTE), (Unit.COMPUTE, Unit.LOAD), (Unit.COMPUTE, Unit.STORE),
@@ -306,6 +323,13 @@ class Scheduler:
         self._push_times: list[list[int]] = [[] for _ in TOKEN_QUEUES]
         self._pop_times: list[list[int]] = [[] for _ in TOKEN_QUEUES]
         self._all_retired = 0
+        # Overlapped LOADs (config.load_overlap > 1): when the load engine can take the next LOAD (its
+        # requests issued), when the last LOAD's data ended, and the retire cycles of the LOADs that
+        # may be in flight.
+        self._load_overlap = config.load_overlap
+        self._load_issue_free = 0
+        self._load_data_end = 0
+        self._load_retires: deque[int] = deque(maxlen=config.load_overlap)
 
     @property
     def unit_busy(self) -> dict[Unit, int]:
@@ -361,7 +385,13 @@ class Scheduler:
         if len(slots) == slots.maxlen:
             dispatch = max(dispatch, slots[0])
         self._next_dispatch = dispatch + 1
-        ready = start = max(dispatch, self._unit_free[u])
+        overlapped = u == _LOAD and self._load_overlap > 1
+        if overlapped:
+            retires = self._load_retires
+            ready = start = max(dispatch, self._load_issue_free,
+                                retires[0] + LOAD_SLOT_CYCLES if len(retires) == retires.maxlen else 0)
+        else:
+            ready = start = max(dispatch, self._unit_free[u])
 
         if pops:
             for queue in pops:
@@ -376,10 +406,12 @@ class Scheduler:
             for queue in pops:
                 self._pop_times[queue].append(start)
         end = retire = start + cycles
+        if overlapped:
+            end, retire = self._overlapped_load(insn, start, end)
 
         for queue in pushes:
             pushed = self._push_times[queue]
-            push_time = end
+            push_time = retire
             waits_for = len(pushed) - self.config.token_depth
             if waits_for >= 0:
                 popped = self._pop_times[queue]
@@ -399,6 +431,8 @@ class Scheduler:
         stall = (start - ready) + (retire - end)
         slots.append(start)
         self._unit_free[u] = retire
+        if overlapped:
+            self._load_retires.append(retire)
         if retire > self._all_retired:
             self._all_retired = retire
         self._unit_busy[u] += cycles
@@ -410,6 +444,21 @@ class Scheduler:
         entry = _entry(index, insn, unit, dispatch, start, end, retire, stall, pc)
         self.entries.append(entry)
         return entry
+
+    def _overlapped_load(self, insn: Instruction, start: int, end: int) -> tuple[int, int]:
+        """(end, retire) of a LOAD starting at ``start`` with ``load_overlap`` > 1; ``end``: alone.
+
+        The engine issues one row request per cycle and takes the next LOAD the cycle after the last
+        (a zero LOAD issues nothing); data arrives in program order on one bus, so this LOAD's
+        beats (or zero rows) follow the previous LOAD's after a hand-over of
+        :data:`LOAD_HANDOVER_CYCLES`; LOADs complete and retire in program order.
+        """
+        args = insn.args
+        data_cycles = args["rows"] if args["zero"] else axi_beats(insn, self.config)
+        self._load_issue_free = start + (1 if args["zero"] else args["rows"] + 1)
+        end = max(end, self._load_data_end + data_cycles + LOAD_HANDOVER_CYCLES)
+        self._load_data_end = end
+        return end, max(end, self._unit_free[_LOAD])
 
     def result(self) -> Schedule:
         return Schedule(list(self.entries), self.unit_busy, self.busy, self.stall_dep, self.cycles)

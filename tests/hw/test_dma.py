@@ -249,6 +249,16 @@ def test_load_random_shapes(config, seed, count, max_rows, rows_in_flight):
     _load_random(config, seed, count, max_rows, rows_in_flight)
 
 
+def _assert_loaded(ctx, bench: LoadBench, dram: np.ndarray, insn: Instruction):
+    """The scratchpad rows ``insn`` wrote hold its external rows."""
+    spad = _read_local(ctx, bench.spad)
+    for r in range(insn.rows):
+        start = insn.dram + r * insn.stride
+        blob = dram[start:start + insn.len].tobytes()
+        cols = bench.engine.config.cols
+        np.testing.assert_array_equal(spad[insn.addr + r], _row_from_bytes(blob, Memory.SPAD, cols))
+
+
 def test_load_errors_and_recovery():
     """DECERR beyond the memory, SLVERR inside it and rows past 2**32 give DRAM_RANGE; then a LOAD works."""
     config = PRESETS["tiny"]
@@ -277,13 +287,109 @@ def test_load_errors_and_recovery():
         error, cause, _ = await _execute(ctx, bench.engine.insn, good, bench.engine)
         assert (error, cause) == (0, ErrorCause.NONE)
         assert memory.stats.read_bursts - bursts == good.rows
-        spad = _read_local(ctx, bench.spad)
-        for r in range(good.rows):
-            start = good.dram + r * good.stride
-            expected_row = _row_from_bytes(dram[start:start + 3].tobytes(), Memory.SPAD, config.cols)
-            np.testing.assert_array_equal(spad[good.addr + r], expected_row)
+        _assert_loaded(ctx, bench, dram, good)
 
     _simulate(bench, memory, testbench, conflict=0.0, seed=4, events_layout=load_events_layout(config))
+
+
+async def _stream(ctx, engine, program: list[Instruction]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Offer ``program`` back to back; returns the acceptance cycles and the (cycle, error) of each done."""
+    accepted, reports = [], []
+    cycle = 0
+    while len(reports) < len(program):
+        if len(accepted) < len(program):
+            ctx.set(engine.insn.payload.as_value(), program[len(accepted)].encode())
+        ctx.set(engine.insn.valid, len(accepted) < len(program))
+        _, _, valid, ready, done, error = await ctx.tick().sample(engine.insn.valid, engine.insn.ready,
+                                                                  engine.done, engine.error)
+        if valid and ready:
+            accepted.append(cycle)
+        if done:
+            reports.append((cycle, error))
+        cycle += 1
+        assert cycle < TIMEOUT * len(program), "the engine hangs"
+    await ctx.tick()    # let the event monitor see the last done cycle
+    return accepted, reports
+
+
+def _check_overlap(config: Config, accepted: list[int], reports: list[tuple[int, int]]):
+    """At most load_overlap LOADs in flight; with more than 1, some start before the previous one ends."""
+    dones = [cycle for cycle, _ in reports]
+    for index, start in enumerate(accepted):
+        in_flight = sum(1 for done in dones[:index] if done >= start) + 1
+        assert in_flight <= config.load_overlap, (index, in_flight)
+    overlapped = sum(1 for index in range(1, len(accepted)) if accepted[index] <= dones[index - 1])
+    if config.load_overlap == 1:
+        assert overlapped == 0
+    else:
+        assert overlapped >= len(accepted) // 4, f"only {overlapped} of {len(accepted)} LOADs overlapped"
+
+
+@pytest.mark.parametrize(("config", "seed", "count", "max_rows"), [
+    (PRESETS["tiny"].replace(load_overlap=2), 5, 40, 6),
+    (PRESETS["default"].replace(load_overlap=4), 6, 30, 4),
+    (NARROW.replace(load_overlap=8), 7, 30, 3),
+    (PRESETS["tiny"], 8, 12, 6),
+], ids=lambda value: f"{value.name}-overlap{value.load_overlap}" if isinstance(value, Config) else None)
+def test_load_overlapped_stream(config, seed, count, max_rows):
+    """LOADs offered back to back land and report done in program order, up to load_overlap at once."""
+    rng = random.Random(seed)
+    bench = LoadBench(config, seed, rows_in_flight=8)
+    dram = np.random.default_rng(seed).integers(0, 256, DRAM_BYTES, dtype=np.uint8)
+    memory = AXI4Memory(bench.master.m_axi, DRAM_BYTES, read_latency=rng.randint(4, 10), stall=0.3,
+                        seed=seed, data=dram.tobytes())
+    # Few local rows, so consecutive LOADs often write the same rows: the last writer must win.
+    program = [_random_copy(rng, config, "load", max_rows, zero_chance=0.2) for _ in range(count)]
+    program = [insn.replace(addr=insn.addr % 8) for insn in program]
+    expected = {mem: rows.copy() for mem, rows in bench.local.items()}
+    for insn in program:
+        for r in range(insn.rows):
+            row_bytes = insn.len * element_bytes(insn.mem)
+            start = insn.dram + r * insn.stride
+            blob = bytes(row_bytes) if insn.zero else dram[start:start + row_bytes].tobytes()
+            expected[insn.mem][insn.addr + r] = _row_from_bytes(blob, insn.mem, config.cols)
+
+    async def testbench(ctx, totals):
+        accepted, reports = await _stream(ctx, bench.engine, program)
+        assert [error for _, error in reports] == [0] * count
+        _check_overlap(config, accepted, reports)
+        assert memory.stats.read_beats == sum(axi_beats(insn, config) for insn in program)
+        assert totals["dma_read_bytes"] == sum(insn.rows * insn.len * element_bytes(insn.mem)
+                                               for insn in program if not insn.zero)
+        for mem, local in ((Memory.SPAD, bench.spad), (Memory.ACC, bench.acc)):
+            np.testing.assert_array_equal(_read_local(ctx, local), expected[mem], err_msg=mem.name)
+
+    _simulate(bench, memory, testbench, conflict=0.3, seed=seed, events_layout=load_events_layout(config))
+
+
+def test_load_overlapped_errors():
+    """With overlap, the failing LOAD (not the one before it) reports DRAM_RANGE, and everything drains."""
+    config = PRESETS["tiny"].replace(load_overlap=4)
+    bench = LoadBench(config, 9)
+    dram = np.random.default_rng(9).integers(0, 256, DRAM_BYTES, dtype=np.uint8)
+    memory = AXI4Memory(bench.master.m_axi, DRAM_BYTES, read_latency=12, stall=0.2, seed=9,
+                        error_regions=[(0x8000, 0x8010)], data=dram.tobytes())
+    good = Instruction.make("load", mem="spad", addr=100, rows=5, len=3, dram=0x123, stride=9)
+    zero = Instruction.make("load", mem="acc", addr=3, rows=4, len=4, dram=0, stride=0, zero=True)
+    past_space = Instruction.make("load", mem="spad", addr=0, rows=3, len=4, dram=0xffff_fff0, stride=0x10)
+    slverr = Instruction.make("load", mem="spad", addr=10, rows=8, len=3, dram=0x8000 - 2 * 7 - 1, stride=7)
+    programs = [
+        ([good, past_space, good, good], 1),      # found while issuing, as `good` still receives data
+        ([good, zero, slverr, good], 2),          # an AXI error response
+    ]
+
+    async def testbench(ctx, totals):
+        for program, failing in programs:
+            _, reports = await _stream(ctx, bench.engine, program)
+            errors = [error for _, error in reports]
+            assert errors[:failing] == [0] * failing and errors[failing] == 1, errors
+            assert not ctx.get(bench.master.busy), "the read master must be drained after an error"
+            assert not ctx.get(bench.engine.busy)
+        _, reports = await _stream(ctx, bench.engine, [good, good])
+        assert [error for _, error in reports] == [0, 0], "the engine recovers after an error"
+        _assert_loaded(ctx, bench, dram, good)
+
+    _simulate(bench, memory, testbench, conflict=0.0, seed=9, events_layout=load_events_layout(config))
 
 
 def test_load_throughput():

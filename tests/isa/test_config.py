@@ -40,3 +40,21 @@ def test_assembler_constants_follow_the_config():
     assert (constants["ROWS"], constants["COLS"], constants["SPAD_ROWS"], constants["ACC_ROWS"]) == \
         (4, 16, config.spad_rows, config.acc_rows)
     assert constants["DRAM_BYTES"] == config.dram_bytes and "NAME" not in constants
+
+
+@pytest.mark.parametrize("value", [0, 3, 16])
+def test_load_overlap_must_be_a_small_power_of_two(value):
+    problem = "(positive|a power of two no larger than 8)"
+    with pytest.raises(ConfigError, match=f"load_overlap={value} must be {problem}"):
+        Config.parse(f"default:load_overlap={value}")
+
+
+def test_load_overlap_joins_the_identity_only_when_not_1():
+    """Caches key on to_json(): at load_overlap=1 it is what it was before the field existed."""
+    default = Config.preset("default")
+    assert "load_overlap" not in default.to_dict()
+    assert Config.from_dict(default.to_dict()) == default
+    overlapped = default.replace(load_overlap=4)
+    assert overlapped.to_dict()["load_overlap"] == 4
+    assert overlapped.to_json() != default.to_json()
+    assert Config.from_dict(overlapped.to_dict()) == overlapped

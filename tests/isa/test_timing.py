@@ -184,3 +184,39 @@ def test_schedule_rejects_pop_without_push():
     with pytest.raises(ExecutionError) as info:
         schedule([MATMUL_OTHER.replace(pop_prev=True)], TINY)
     assert info.value.cause is ErrorCause.DEADLOCK
+
+
+def _overlapped(config: Config, overlap: int) -> Config:
+    return config.replace(name=f"{config.name}_lo{overlap}", load_overlap=overlap)
+
+
+def test_overlapped_loads_share_the_latency():
+    """With load_overlap > 1 the next LOAD starts once the previous one's rows are requested; data and
+    completions stay in program order, and at most load_overlap LOADs are in flight."""
+    from braze.isa.timing import LOAD_HANDOVER_CYCLES, LOAD_SLOT_CYCLES
+    loads = [LOAD_A.replace(addr=4 * i, push_next=True) for i in range(TINY.token_depth)]
+    matmuls = [MATMUL_OTHER.replace(pop_prev=True) for _ in loads]
+    program = loads + matmuls + [I.make("halt")]
+    serial = schedule(program, TINY)
+    beats = axi_beats(LOAD_A, TINY)
+    for overlap in (2, 4):
+        sched = schedule(program, _overlapped(TINY, overlap))
+        entries = sched.entries[:len(loads)]
+        for index, (before, after) in enumerate(zip(entries, entries[1:], strict=False)):
+            assert after.start >= before.start + LOAD_A.rows + 1          # the rows are requested first
+            assert after.end >= before.end + beats + LOAD_HANDOVER_CYCLES  # one bus, in order
+            assert after.retire >= before.retire
+            if index + 1 >= overlap:                                      # at most `overlap` in flight
+                assert after.start >= entries[index + 1 - overlap].retire + LOAD_SLOT_CYCLES
+        assert entries[1].start < entries[0].end
+        assert entries[-1].end < serial.entries[len(loads) - 1].end
+        assert sched.cycles <= serial.cycles
+    assert schedule(program, _overlapped(TINY, 1)).cycles == serial.cycles
+
+
+def test_overlapped_zero_loads_follow_in_order():
+    zero = LOAD_A.replace(zero=True)
+    sched = schedule([LOAD_A, zero, I.make("halt")], _overlapped(DEFAULT, 2))
+    load, zeroed, _ = sched.entries
+    assert zeroed.start == load.start + LOAD_A.rows + 1
+    assert zeroed.end == load.end + zero.rows + 2

@@ -47,3 +47,22 @@ def test_cycle_budget_stops_a_run_and_the_device_recovers():
         status = device.run(long_program, base=0, max_cycles=20, check=False)
         assert status.timed_out and not status.ok
         assert device.run([Instruction.make("halt")], base=0x200).ok
+
+
+def test_overlapped_loads_match_the_reference_model():
+    """load_overlap=2 under backpressure: random programs, and a failing LOAD behind a good one."""
+    config = TINY.replace(name="tiny_lo2", load_overlap=2)
+    report = verify.verify(lambda c: open_device("amaranth", c, stall=0.3), config, programs=3, seed=31)
+    assert report.programs == 3
+    assert report.mismatches == 0, report.summary()
+    past_end = config.dram_bytes - 8
+    program = [Instruction.make("load", mem="spad", addr=0, rows=6, len=4, dram=0x400, stride=4),
+               Instruction.make("load", mem="acc", addr=0, rows=3, len=1, dram=past_end, stride=8),
+               Instruction.make("load", mem="spad", addr=8, rows=2, len=4, dram=0x400, stride=4),
+               Instruction.make("halt")]
+    statuses = []
+    for kind in ("golden", "amaranth"):
+        with open_device(kind, config) as device:
+            status = device.run(program, base=0x100, check=False)
+            statuses.append((status.cause, status.error_pc))
+    assert statuses[0] == statuses[1] == (ErrorCause.DRAM_RANGE, 0x110)
