@@ -69,7 +69,7 @@ from .partitions import (
     calibration_inputs,
     split_model,
 )
-from .session import _choose_cost_model
+from .session import choose_cost_model
 
 __all__ = ["DataflowSession", "DecisionEvent", "RunTrace", "DEFAULT_DYNAMIC_THRESHOLD", "FUSE_BRANCH",
            "BRANCH_ON_CPU", "DISPATCH_EXPERTS", "HOT_EXPERT"]
@@ -189,7 +189,7 @@ class DataflowSession:
 
         probe = open_device(device, self.config)
         try:
-            self.cost_model, self.cost_model_reason = _choose_cost_model(cost_model, probe, self.config)
+            self.cost_model, self.cost_model_reason = choose_cost_model(cost_model, probe, self.config)
         finally:
             probe.close()
         self._open_device = lambda: open_device(device, self.config)

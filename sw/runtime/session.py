@@ -165,7 +165,7 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _choose_cost_model(requested: CostModel | str | None, device, config: Config) -> tuple[CostModel, str]:
+def choose_cost_model(requested: CostModel | str | None, device, config: Config) -> tuple[CostModel, str]:
     """The cost model a session plans with, and why (see ``cost_model`` of :class:`InferenceSession`)."""
     if isinstance(requested, CostModel):
         return requested, "given"
@@ -282,7 +282,7 @@ class InferenceSession:
         elif device.config != self.config:
             raise BrazeError(f"device has config {device.config.name!r}, the session {self.config.name!r}")
         self.device = device
-        self.cost_model, self.cost_model_reason = _choose_cost_model(cost_model, device, self.config)
+        self.cost_model, self.cost_model_reason = choose_cost_model(cost_model, device, self.config)
         self._auto_cost_model = cost_model is None
         self.monitor = None
         if record is None:

@@ -476,8 +476,11 @@ def _matmul_kernel(name: str, config: Config, M: int, K: int, N: int, epi: _Epil
                 continue          # needs deeper token queues; single-buffered candidates follow
             generated += len(kernel.instructions)
             # ... and then by a margin (predicted 1.3% faster, default's 1x64x10 measured 1.5% slower).
-            margin = _SINGLE_BUFFER_MARGIN if best and candidate.buffers < best.tiling["buffers"] else 1.0
-            if best is None or kernel.predicted_cycles < best.predicted_cycles * margin:
+            if best is None:
+                best = kernel
+                continue
+            margin = _SINGLE_BUFFER_MARGIN if candidate.buffers < best.tiling["buffers"] else 1.0
+            if kernel.predicted_cycles < best.predicted_cycles * margin:
                 best = kernel
         if best is not None and generated > _CANDIDATE_BUDGET:
             break
