@@ -48,7 +48,7 @@ COUNTERS: tuple[CounterSpec, ...] = (
     CounterSpec("load_busy", "cycles the load unit spends executing LOADs", False),
     CounterSpec("store_busy", "cycles the store unit spends executing STOREs", False),
     CounterSpec("array_busy", "cycles the PE array spends executing MATMULs", False),
-    CounterSpec("vector_busy", "cycles the epilogue/vector unit spends executing EPILOGUE and VECTOR", False),
+    CounterSpec("vector_busy", "cycles the epilogue/vector unit spends executing EPILOGUE, VECTOR and TABLE", False),
     CounterSpec("macs", "useful multiply-accumulates: m*n*k summed over MATMULs", True),
     CounterSpec("stall_dep", "unit-cycles spent waiting for a dependency token or a barrier", False),
     CounterSpec("stall_axi_read", "cycles the load unit waits for AXI read address or data", False),
