@@ -842,7 +842,7 @@ class _Lowering:
         self.build.substitute[node.name] = node.replace(inputs=(result.name, node.inputs[1], zero))
 
 
-def lower_qdq(graph: Graph) -> Graph:
+def lower_qdq(graph: Graph, *, tables: bool = True) -> Graph:
     """Turn quantized ONNX patterns into Braze's int8 ops, honouring the model's scales.
 
     * ``DQ -> MatMul/Gemm/Conv [-> Relu/Clip] -> Q`` groups (onnxruntime's
@@ -856,6 +856,10 @@ def lower_qdq(graph: Graph) -> Graph:
     * ``QLinearMatMul``/``QLinearConv`` become Braze ops; ``MatMulInteger``/
       ``ConvInteger`` become Braze ops with int32 output (``out="acc"``).
 
+    * With ``tables`` (the default), ``DQ(int8) -> element-wise float ops -> Q(int8)``
+      chains (Sigmoid, Tanh, GELU, HardSwish, SiLU ...) become ``braze.QTable``
+      lookups (:func:`braze.sw.compiler.tables.lower_table_activations`).
+
     uint8 activations are shifted to int8 exactly (:func:`shift_uint8`);
     weights must be int8 after subtracting their zero points.  Groups that do
     not match (non-constant weights or scales, per-tensor patterns the array
@@ -868,9 +872,11 @@ def lower_qdq(graph: Graph) -> Graph:
     for node in graph.operators():
         if node.name not in lowering.build.remove:
             lowering.redirect_dequantize(node)
-    if not lowering.build.add and not lowering.build.substitute:
-        return graph
-    return lowering.build.build()
+    lowered = graph if not lowering.build.add and not lowering.build.substitute else lowering.build.build()
+    if tables:
+        from .tables import lower_table_activations
+        lowered = lower_table_activations(lowered)
+    return lowered
 
 
 __all__ = [
