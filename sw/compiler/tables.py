@@ -56,11 +56,24 @@ def _dequantize_source(graph: Graph, node: Node) -> bool:
     return all(_scalar_constant(graph, t) for t in params)
 
 
+def _requantization(graph: Graph, node: Node) -> bool:
+    """``node`` is a DequantizeLinear of a QuantizeLinear's output, both with scalar parameters."""
+    if node.op_type != "DequantizeLinear" or node.domain or node.device != "accel":
+        return False
+    producer = graph.producer(node.inputs[0])
+    if producer is None or producer.op_type != "QuantizeLinear" or producer.domain \
+            or producer.device != "accel":
+        return False
+    return all(_scalar_constant(graph, t) for t in (*node.inputs[1:], *producer.inputs[1:]) if t)
+
+
 def _chain(graph: Graph, quantize: Node) -> tuple[Node, list[Node]] | None:
     """``(dequantize, element-wise nodes)`` of a table-able chain ending at ``quantize``, or None.
 
     Walks back from the QuantizeLinear's input through :data:`TABLE_OPS` whose other inputs are
-    scalar constants, until every path ends at one DequantizeLinear of an int8 tensor.
+    scalar constants, and through ``Q -> DQ`` pairs with scalar parameters (the quantization
+    onnxruntime's QDQ format puts after every operator: an element-wise function too), until every
+    path ends at one DequantizeLinear of an int8 tensor that no such pair produces.
     """
     source: Node | None = None
     members: dict[str, Node] = {}
@@ -71,9 +84,19 @@ def _chain(graph: Graph, quantize: Node) -> tuple[Node, list[Node]] | None:
         if tensor in seen:
             continue
         seen.add(tensor)
+        if graph.constant(tensor) is not None:
+            if not _scalar_constant(graph, tensor):
+                return None
+            continue                            # a scalar, e.g. quantized and dequantized by the chain
         producer = graph.producer(tensor)
         if producer is None or producer.kind is not NodeKind.OPERATOR:
             return None
+        if _requantization(graph, producer):
+            quantize_ = graph.producer(producer.inputs[0])
+            members[producer.name] = producer
+            members[quantize_.name] = quantize_
+            pending.append(quantize_.inputs[0])
+            continue
         if _dequantize_source(graph, producer):
             if source is not None and source.name != producer.name:
                 return None                     # two int8 sources: not a function of one value
