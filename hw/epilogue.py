@@ -49,8 +49,9 @@ class EpilogueUnit(wiring.Component):
     ----------
     insn : In(stream.Signature(INSTRUCTION))
         The decoded instruction, an EPILOGUE (``args.epilogue`` is read) or a
-        TABLE (``args.table``); range checks have already passed.  ``ready`` is high when idle and in the cycle of
-        ``done``, so instructions can run back to back.
+        TABLE (``args.table``); range checks have already passed.  ``ready``
+        is high when idle and in the cycle of ``done``, so instructions can run
+        back to back.
     clip_lo, clip_hi, out_zp : In(signed(32))
         The CONFIG registers, sampled when the instruction is accepted.
     spad_read, acc_read : In(ReadPort.Signature(addr_width=16, shape=row))

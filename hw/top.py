@@ -223,10 +223,10 @@ class Accelerator(wiring.Component):
         units = ((Opcode.MATMUL, matmul), (Opcode.EPILOGUE, epilogue), (Opcode.VECTOR, vector),
                  (Opcode.TABLE, epilogue))
         for unit in (matmul, epilogue, vector):
+            its_opcodes = [opcode == unit_opcode for unit_opcode, other in units if other is unit]
             m.d.comb += [
                 unit.insn.payload.eq(compute.insn.payload),
-                unit.insn.valid.eq(compute.insn.valid & _any(opcode == unit_opcode
-                                                            for unit_opcode, other in units if other is unit)),
+                unit.insn.valid.eq(compute.insn.valid & _any(its_opcodes)),
             ]
         m.d.comb += [
             compute.insn.ready.eq(_mux_by_enable(

@@ -867,8 +867,8 @@ class _Plan:
 
 
 _HOOKS = ("_execute", "_exec_load", "_exec_store", "_exec_matmul", "_exec_epilogue", "_exec_vector",
-          "_exec_table", "_exec_config", "_exec_fence", "_exec_counters", "_exec_halt", "_count", "_fetch", "_check_dram",
-          "_local", "_start_run", "_run_reference")
+          "_exec_config", "_exec_fence", "_exec_counters", "_exec_halt", "_count", "_fetch", "_check_dram",
+          "_local", "_start_run", "_run_reference", "_exec_table")
 _FAST_CAPABLE: dict[type, bool] = {}
 
 

@@ -72,6 +72,7 @@ from .frontend import BRAZE_DOMAIN
 from .ir import Graph, Node, NodeKind, QuantParams, TensorInfo, constant_info, constant_node
 from .passes import simplify
 from .profile import profile_graph
+from .tables import lower_table_activations
 from .validate import validate
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -874,7 +875,6 @@ def lower_qdq(graph: Graph, *, tables: bool = True) -> Graph:
             lowering.redirect_dequantize(node)
     lowered = graph if not lowering.build.add and not lowering.build.substitute else lowering.build.build()
     if tables:
-        from .tables import lower_table_activations
         lowered = lower_table_activations(lowered)
     return lowered
 

@@ -170,7 +170,8 @@ def lower_table_activations(graph: Graph) -> Graph:
             continue
         params = [t for t in node.inputs[1:] if t]
         if len(params) != 2 or not all(_scalar_constant(graph, t) for t in params) \
-                or graph.constant(params[1]).dtype != np.int8 or graph.tensor(node.outputs[0]).dtype != "int8":
+                or graph.constant(params[1]).dtype != np.int8 \
+                or graph.tensor(node.outputs[0]).dtype != "int8":
             continue
         found = _chain(graph, node)
         if found is None:

@@ -61,6 +61,7 @@ __all__ = [
     "KernelError", "Operand", "Kernel", "KernelResult",
     "gemm", "conv2d", "conv2d_output_shape", "maxpool2d", "avgpool2d", "global_avgpool",
     "add", "relu", "clip", "table",
-    "pack_params", "pack_table", "conv2d_weights", "avg_multiplier", "link", "run_kernel", "run_kernels", "utilisation",
+    "pack_params", "pack_table",
+    "conv2d_weights", "avg_multiplier", "link", "run_kernel", "run_kernels", "utilisation",
     "Tiling", "candidate_tilings", "matmul_tilings", "MAX_VECTOR_MULT", "OPERAND_ALIGN",
 ]

@@ -65,10 +65,10 @@ from braze.isa import (
     VectorOp,
     parse_snapshot,
 )
+from braze.isa.arith import TABLE_ENTRIES
 from braze.isa.asm import disassemble
 from braze.isa.errors import BrazeError
 from braze.isa.model import program_events
-from braze.isa.arith import TABLE_ENTRIES
 from braze.isa.timing import Scheduler, instruction_cycles, table_rows, timing_key
 
 __all__ = [
