@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -10,7 +12,6 @@ from onnx_models import conv_model, digits_data, digits_mlp, make_model, quantiz
 
 import braze
 from braze.isa.errors import BrazeError
-from braze.sw.compiler import quantize as quantize_module
 from braze.sw.compiler.cache import KernelCache
 from braze.sw.compiler.frontend import ModelLoadError, UnsupportedOperator, evaluate
 from braze.sw.compiler.ir import NodeKind
@@ -197,6 +198,8 @@ def test_cpu_fallback_between_device_kernels_uses_explicit_transfers(monkeypatch
                         helper.make_node("Erf", ["h"], ["e"], name="erf"),
                         helper.make_node("MatMul", ["e", "w2"], ["y"], name="mm2")],
                        [("x", np.float32, [4, 8])], [("y", np.float32, [4, 4])], [("w1", w1), ("w2", w2)])
+    # (The package's `quantize` is the function, which shadows its module.)
+    quantize_module = sys.modules["braze.sw.compiler.quantize"]
     monkeypatch.setattr(quantize_module, "lower_table_activations", lambda graph: graph)
     session = InferenceSession(model, config="tiny", calibration=rng.normal(size=(4, 8)).astype(np.float32))
     x = rng.normal(size=(4, 8)).astype(np.float32)
