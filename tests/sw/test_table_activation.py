@@ -180,3 +180,22 @@ def test_a_table_without_a_gemm_runs_as_the_table_kernel():
     assert [where for where in session.compiled.placement.values() if "table" in where], \
         session.compiled.placement
     assert np.array_equal(y, evaluate(_lowered(model, tables=False), {"x": x})["y"])
+
+
+def test_conv_hardswish_runs_fused_and_bit_exact(tmp_path):
+    """The table in a convolution's EPILOGUE (MobileNetV3's Conv -> HardSwish)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Hardswish(),
+                              torch.nn.Conv2d(8, 4, 1)).eval()
+    torch.onnx.export(net, (torch.zeros(1, 3, 6, 6),), str(tmp_path / "exported.onnx"), dynamo=False,
+                      opset_version=17, input_names=["x"], output_names=["y"])
+    rng = np.random.default_rng(5)
+    path = quantize_qdq(onnx.load(str(tmp_path / "exported.onnx")), tmp_path, (1, 3, 6, 6), rng)
+    session = braze.InferenceSession(str(path), config="tiny", device="golden")
+    x = rng.normal(size=(1, 3, 6, 6)).astype(np.float32)
+    (y,) = session.run(None, {"x": x})
+    kernels = [where.split(": ")[1] for where in session.compiled.placement.values()
+               if where.startswith("accel:")]
+    assert len(kernels) == 2 and all("conv2d" in kernel for kernel in kernels)
+    assert any(insn.opcode is Opcode.TABLE for insn in session.kernels[kernels[0]].instructions)
+    assert np.array_equal(y, evaluate(_lowered(onnx.load(str(path)), tables=False), {"x": x})["y"])
