@@ -132,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="golden", help="golden, amaranth or verilator (default golden)")
     parser.add_argument("--batch", type=int, default=16, help="inputs per inference (default 16)")
     args = parser.parse_args(argv)
+    if args.batch < 1:
+        parser.error(f"--batch {args.batch}: needs at least one input")
     config = Config.parse(args.config)
     model = gelu_mlp()
     rng = np.random.default_rng(1)

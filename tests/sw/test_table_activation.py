@@ -199,3 +199,14 @@ def test_conv_hardswish_runs_fused_and_bit_exact(tmp_path):
     assert len(kernels) == 2 and all("conv2d" in kernel for kernel in kernels)
     assert any(insn.opcode is Opcode.TABLE for insn in session.kernels[kernels[0]].instructions)
     assert np.array_equal(y, evaluate(_lowered(onnx.load(str(path)), tables=False), {"x": x})["y"])
+
+
+def test_bench_table_compares_fused_standalone_and_host(capsys):
+    from braze.sw.runtime import table_bench
+
+    assert table_bench.main(["--config", "tiny", "--batch", "2"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    values = dict(item.split("=") for item in last.removeprefix("table: ").split())
+    assert values["exact"] == "1"
+    # A table alone is two more kernels with their transfers: slower than fused, on the same GEMMs.
+    assert int(values["standalone_cycles"]) > int(values["fused_cycles"]) > 0
