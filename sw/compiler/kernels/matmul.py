@@ -44,7 +44,7 @@ from .common import (
     _vector,
 )
 
-__all__ = ["Tiling", "gemm", "candidate_tilings", "matmul_tilings"]
+__all__ = ["Tiling", "gemm", "batched_gemm", "candidate_tilings", "matmul_tilings"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -121,9 +121,14 @@ def _chunk_runs(first_slot: int, chunks: int, ring: int, pieces: int) -> list[tu
 
 
 def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, operands: dict[str, Operand],
-                     a_loader: ALoader, tiling: Tiling, pool: int = 1) -> _Streams:
+                     a_loader: ALoader, tiling: Tiling, pool: int = 1, slice_rows: int | None = None,
+                     b_slice: int = 0) -> _Streams:
     """The streams of a tiled matrix multiply; with ``pool > 1`` every output tile is max-pooled on chip
-    before its STORE (the rows of a tile in blocks of ``pool**2``, see :func:`~.conv.conv2d`)."""
+    before its STORE (the rows of a tile in blocks of ``pool**2``, see :func:`~.conv.conv2d`).
+
+    A batch of matrix multiplies (:func:`batched_gemm`): the M rows are slices of ``slice_rows`` rows,
+    M tiles never cross a slice, and slice ``s`` reads its B ``s * b_slice`` bytes after the first
+    (``b_slice = 0``: one B shared by every slice)."""
     R, COLS = config.rows, config.cols
     chunks = _cdiv(K, R)
     n_tiles = _cdiv(N, COLS)
@@ -156,6 +161,9 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     a_next = 0          # the A ring slot the next chunk goes to
     b_next = 0          # the B ring slot the next streamed B tile goes to
     c_next = 0          # the C ring slot of the next output tile
+    slice_rows = slice_rows or M
+    b_base = b_op.addr  # the B of the current slice
+    b_fresh = True      # the current M tile is the first of its slice (a resident B is loaded)
 
     def load_a(i0: int, mt: int, c0: int, c1: int) -> tuple[int, list[_Buffer]]:
         """LOADs of chunks c0..c1-1 of A tile i0 into the next ring slots; (first slot index, slots)."""
@@ -179,9 +187,9 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
         else:
             b_buf = _slot(b_slots, b_next)
             b_next += 1
-        if not tiling.b_resident or t == 0:
+        if not tiling.b_resident or t == 0 or (b_fresh and b_slice):
             streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=b_buf.start, rows=k1 - k0,
-                                         len=min(COLS, N - n0), dram=b_op.addr + k0 * N + n0, stride=N),
+                                         len=min(COLS, N - n0), dram=b_base + k0 * N + n0, stride=N),
                         writes=[b_buf])
         return b_buf
 
@@ -253,8 +261,11 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
                                      stride=N * out_bytes), reads=[result])
 
     step = 0
-    for t, i0 in enumerate(range(0, M, m)):
-        mt = min(m, M - i0)
+    tiles = [(i0, min(m, s0 + slice_rows - i0)) for s0 in range(0, M, slice_rows)
+             for i0 in range(s0, min(M, s0 + slice_rows), m)]
+    for t, (i0, mt) in enumerate(tiles):
+        b_base = b_op.addr + (i0 // slice_rows) * b_slice
+        b_fresh = i0 % slice_rows == 0
         if streamed:
             # Per group of N tiles: each K block of A serves every tile of the group.
             for g0 in range(0, n_tiles, group):
@@ -434,7 +445,8 @@ def _candidate(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue
         kernel = _GENERATED[key]
     else:
         streams = _matmul_pipeline(config, M, K, N, epi, operands, a_loader, tiling,
-                                   extra_tiling.get("pool", 1))
+                                   extra_tiling.get("pool", 1), extra_tiling.get("slice_rows"),
+                                   extra_tiling.get("b_slice", 0))
         try:
             kernel = _finish(name, config, streams, operands, macs=M * N * K, param_rows=epi.param_rows,
                              tiling=dataclasses.asdict(tiling) | extra_tiling)
@@ -459,7 +471,9 @@ def _matmul_kernel(name: str, config: Config, M: int, K: int, N: int, epi: _Epil
     if tiling is not None and tiling.m % align:
         raise KernelError(f"{name} {M}x{K}x{N}: an M tile of {tiling.m} rows is not a multiple of the "
                           f"{align} rows of one image (fused pooling)")
-    groups = [[tiling]] if tiling is not None else _tiling_candidates(config, M, K, N, epi, align)
+    # A batch is tiled as one of its slices (M tiles never cross a slice).
+    tiled_rows = extra_tiling.get("slice_rows", M)
+    groups = [[tiling]] if tiling is not None else _tiling_candidates(config, tiled_rows, K, N, epi, align)
     best: Kernel | None = None
     generated = 0
     for group in groups:
@@ -567,3 +581,54 @@ def gemm(config: Config, M: int, K: int, N: int, *, bias: bool = False, requant:
                                  dram=a_op.addr + i0 * K + c * R, stride=K)]
 
     return _matmul_kernel("gemm", config, M, K, N, epi, operands, load_a, ("gemm", a_op.addr), tiling, {})
+
+
+def batched_gemm(config: Config, batch: int, M: int, K: int, N: int, *, b_batched: bool = True,
+                 bias: bool = False, requant: bool = False, residual: bool = False,
+                 act: Activation | str = "none", clip: tuple[int, int] | None = None, out_zp: int = 0,
+                 out: str = "int8", addrs: Mapping[str, int] | None = None, base: int = 0,
+                 tiling: Tiling | None = None) -> Kernel:
+    """``out[g] = epilogue(A[g] @ B[g])`` for ``g < batch``: one program, pipelined across the batch.
+
+    The batched MatMul of attention (``Q @ K^T`` and ``P @ V`` per head): the :func:`gemm` pipeline
+    over the ``batch * M`` rows of A, its M tiles never crossing a slice, each slice's B loaded
+    when its first M tile is (``b_batched=False``: one B for every slice).  Unlike ``batch`` separate
+    kernels, the next slice's loads overlap this slice's MATMULs, and there is one COUNTERS barrier
+    instead of ``batch``.
+
+    Parameters
+    ----------
+    config : Config
+    batch, M, K, N : int
+        ``batch`` products of M x K by K x N int8 matrices.
+    b_batched : bool
+        B holds ``batch`` matrices (else one, shared).
+    bias, requant, residual, act, clip, out_zp, out, addrs, base, tiling
+        As for :func:`gemm`; the parameter rows are shared by every slice.
+
+    Returns
+    -------
+    Kernel
+        Operands: ``A`` (``batch*M`` x K int8, row-major: the slices one after the other), ``B``
+        (``batch*K`` x N, or K x N), ``params``, ``residual`` and ``out`` (``batch*M`` x N), ``counters``.
+    """
+    config = _check_config(config)
+    batch, M, K, N = (_positive(name, value) for name, value in
+                      (("batch", batch), ("M", M), ("K", K), ("N", N)))
+    epi = _epilogue_options(bias, requant, residual, act, clip, out_zp, out)
+    b_rows = batch * K if b_batched else K
+    specs = [_OperandSpec("A", (batch * M, K), "i1", "row-major (batch*M) x K", "input"),
+             _OperandSpec("B", (b_rows, N), "i1", "row-major (batch*K) x N" if b_batched else "row-major K x N",
+                          "input"),
+             *_epilogue_specs(epi, batch * M, N, "row-major (batch*M) x N"), _counters_spec()]
+    operands = _place(config, specs, addrs, base)
+    a_op = operands["A"]
+    R = config.rows
+
+    def load_a(i0: int, mt: int, c: int, dst: int) -> list[Instruction]:
+        return [Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=dst, rows=mt, len=min(R, K - c * R),
+                                 dram=a_op.addr + i0 * K + c * R, stride=K)]
+
+    extra = {"batch": batch, "slice_rows": M, "b_slice": K * N if b_batched else 0}
+    return _matmul_kernel("batched_gemm", config, batch * M, K, N, epi, operands, load_a,
+                          ("batched_gemm", a_op.addr), tiling, extra)
