@@ -211,6 +211,8 @@ def plan_node(graph: Graph, node: Node, x_layout: str | None = None) -> NodeKern
             return _plan_clip(graph, node)
         if op == f"{BRAZE_DOMAIN}.QAdd":
             return _plan_qadd(graph, node, x_layout)
+        if op == f"{BRAZE_DOMAIN}.QActMatMul":
+            return _plan_qactmatmul(graph, node)
     except KernelError as error:
         return f"no kernel: {error}"
     return f"{op} has no accelerator kernel"
@@ -240,6 +242,28 @@ def _plan_qmatmul(graph: Graph, node: Node, x_layout: str | None) -> NodeKernel 
     inputs = {"A": (x_name, layout)}
     if _residual(node):
         inputs["residual"] = (_residual(node), "plain")
+    return NodeKernel(node, recipe, inputs, (node.outputs[0], "plain"), constants)
+
+
+def _plan_qactmatmul(graph: Graph, node: Node) -> NodeKernel | str:
+    """A product of two activations, ``[..., M, K] @ [..., K, N]``: both operands are device tensors
+    ("plain", row-major), the batch one :func:`~braze.sw.compiler.kernels.batched_gemm` (a B shared by
+    the whole batch: one :func:`~braze.sw.compiler.kernels.gemm` over all the rows of A)."""
+    if int(node.attrs.get("a_zero_point", 0)) or int(node.attrs.get("b_zero_point", 0)):
+        return "activation product with nonzero zero points (the quantizer splits these)"
+    a_shape, b_shape = _static(graph, node.inputs[0], node), _static(graph, node.inputs[1], node)
+    *a_batch, m, k = a_shape
+    *b_batch, _, n = b_shape
+    options, constants = _epilogue(node, n, None, np.zeros(n, np.int64))
+    inputs = {"A": (node.inputs[0], "plain"), "B": (node.inputs[1], "plain")}
+    a_count, b_count = (int(np.prod(batch, dtype=np.int64)) for batch in (a_batch, b_batch))
+    out_count = int(np.prod(np.broadcast_shapes(tuple(a_batch), tuple(b_batch)), dtype=np.int64))
+    if b_count == 1:
+        recipe = KernelRecipe("gemm", (a_count * m, k, n), _options(options))
+    elif a_count == b_count == out_count:      # slice g of A with slice g of B (size-1 dims aside)
+        recipe = KernelRecipe("batched_gemm", (b_count, m, k, n), _options(options))
+    else:
+        return f"broadcast of A {a_shape} over a batched B {b_shape} (no kernel reads A once per slice)"
     return NodeKernel(node, recipe, inputs, (node.outputs[0], "plain"), constants)
 
 

@@ -692,6 +692,65 @@ class _Lowering:
         self.build.remove.update(n.name for n in (node, add, activation, quantize) if n is not None)
         return True
 
+    def lower_act_matmul(self, node: Node) -> bool:
+        """``DQ(a) -> MatMul(., DQ(b)) [-> Relu/Clip] -> Q`` with ``b`` an activation (not a constant):
+        attention's ``Q @ K^T`` and ``P @ V``, batched as ONNX MatMul broadcasts.
+
+        With both zero points 0 (symmetric activations) one ``braze.QActMatMul`` requantizes in its
+        epilogue.  Otherwise ``(a - za) @ (b - zb) = a @ b - za * colsum(b) - zb * rowsum(a) + K*za*zb``
+        has terms that depend on the data: a ``QActMatMul`` computes the raw int32 ``a @ b`` (every MAC)
+        and a ``braze.QMatMulCorrect`` adds the terms and requantizes (``O(M*K + K*N + M*N)`` integer
+        additions on the host, where attention's operands already are; see docs/attention.md).
+        """
+        graph = self.graph
+        if node.op_type != "MatMul" or node.domain or node.device != "accel":
+            return False
+        a_parts, b_parts = _dq_parts(graph, node.inputs[0]), _dq_parts(graph, node.inputs[1])
+        if a_parts is None or b_parts is None or graph.constant(b_parts[0]) is not None:
+            return False
+        a_params = _scalar_params(graph, a_parts[1], a_parts[2])
+        b_params = _scalar_params(graph, b_parts[1], b_parts[2])
+        shapes = [graph.tensor(t).shape for t in (a_parts[0], b_parts[0])]
+        if a_params is None or b_params is None or any(shape is None or len(shape) < 2 for shape in shapes):
+            return False
+        activation = _fused_activation(graph, node.outputs[0])
+        quantize = _only_quantize_reader(graph, (activation or node).outputs[0])
+        if quantize is None:
+            return False
+        y_params = _scalar_params(graph, quantize.inputs[1], quantize.inputs[2] if len(quantize.inputs) > 2
+                                  else None)
+        if y_params is None or y_params[2] not in ("int8", "uint8"):
+            return False
+        a, b = self.as_int8(a_parts[0], *a_params), self.as_int8(b_parts[0], *b_params)
+        y_scale, y_zero, y_dtype = y_params
+        out = _QTensor(self.output_name(quantize.outputs[0], y_dtype), y_scale,
+                       y_zero - 128 if y_dtype == "uint8" else y_zero)
+        try:
+            mult, shift = quantize_multiplier(np.float32(a.scale) * np.float32(b.scale) / np.float64(y_scale))
+        except ValueError as error:
+            raise QuantizationError(f"node {node.name!r}: {error}") from None
+        attrs: dict = {"mult": (mult,), "shift": (shift,), "out_zp": out.zero_point, "out": "spad",
+                       "act": "none"}
+        if activation is not None:
+            act, clip = self._activation(graph, activation, out)
+            attrs.update(act=act, clip_lo=int(clip[0]), clip_hi=int(clip[1]))
+        shape = graph.tensor(quantize.outputs[0]).shape
+        build = self.build
+        if a.zero_point == 0 and b.zero_point == 0:
+            build.op("QActMatMul", (a.name, b.name), (out.name,), domain=BRAZE_DOMAIN, stem=f"{node.name}_q",
+                     a_zero_point=0, b_zero_point=0, **attrs)
+        else:
+            acc = build.name(f"{node.outputs[0]}_acc32")
+            build.op("QActMatMul", (a.name, b.name), (acc,), domain=BRAZE_DOMAIN, stem=f"{node.name}_q",
+                     a_zero_point=0, b_zero_point=0, out="acc", act="none")
+            build.infos[acc] = TensorInfo(acc, shape, "int32")
+            build.op("QMatMulCorrect", (acc, a.name, b.name), (out.name,), domain=BRAZE_DOMAIN,
+                     stem=f"{node.name}_zero_points", a_zero_point=a.zero_point, b_zero_point=b.zero_point,
+                     **attrs)
+        self.publish(quantize.outputs[0], out, y_dtype, shape)
+        self.build.remove.update(n.name for n in (node, activation, quantize) if n is not None)
+        return True
+
     def _residual(self, node: Node) -> tuple[Node | None, tuple[str, float, int, str] | None, Node | None]:
         """``(add, (int8 source, scale, zero point, dtype), activation)`` for
         ``node -> Add(., DQ(r)) [-> Relu/Clip]`` where the Add is the only reader and ``r`` has the shape
@@ -863,7 +922,8 @@ def lower_qdq(graph: Graph) -> Graph:
     """
     lowering = _Lowering(graph)
     for node in graph.operators():
-        if not (lowering.lower_qdq_group(node) or lowering.lower_passthrough(node)):
+        if not (lowering.lower_qdq_group(node) or lowering.lower_act_matmul(node)
+                or lowering.lower_passthrough(node)):
             lowering.lower_qlinear(node)
     for node in graph.operators():
         if node.name not in lowering.build.remove:

@@ -321,6 +321,22 @@ def _check_qlinear_matmul(graph, node, fail, *, b_index=3):
         fail(f"{node.op_type} inner dimensions differ: {a.shape} and {b.shape}")
 
 
+def _check_qactmatmul(graph, node, fail):
+    """Braze's product of two int8 activations (``QActMatMul``) or its zero-point correction
+    (``QMatMulCorrect``, inputs ``acc, a, b``): int8 operands whose inner dimensions agree."""
+    first = 1 if node.op_type == "QMatMulCorrect" else 0
+    a, b = _info(graph, node, first), _info(graph, node, first + 1)
+    for info in (a, b):
+        if info.dtype not in (None, "int8"):
+            fail(f"{node.op_type} operand {info.name!r} must be int8, got {info.dtype}")
+        if info.shape is not None and len(info.shape) < 2:
+            fail(f"{node.op_type} operand {info.name!r} must have at least 2 dimensions, got {info.shape}")
+    if a.shape and b.shape and _known(a.shape[-1], b.shape[-2]) and a.shape[-1] != b.shape[-2]:
+        fail(f"{node.op_type} inner dimensions differ: {a.shape} and {b.shape}")
+    if node.attrs.get("out", "spad") == "spad" and node.attrs.get("mult") is None:
+        fail("an int8 output needs requantization (mult and shift)")
+
+
 _ARITY: dict[str, tuple[int, int]] = {
     "MatMul": (2, 2), "Gemm": (2, 3), "Conv": (2, 3), "Relu": (1, 1), "Clip": (1, 3), "Add": (2, 2),
     "Sub": (2, 2), "Mul": (2, 2), "Div": (2, 2), "MaxPool": (1, 1), "AveragePool": (1, 1),
@@ -330,6 +346,7 @@ _ARITY: dict[str, tuple[int, int]] = {
     "Dropout": (1, 3), "Cast": (1, 1), "Shape": (1, 1), "Gather": (2, 2), "Slice": (3, 5),
     "Unsqueeze": (2, 2), "Squeeze": (1, 2), "ConstantOfShape": (1, 1),
     f"{BRAZE_DOMAIN}.QMatMul": (2, 4), f"{BRAZE_DOMAIN}.QConv": (2, 4), f"{BRAZE_DOMAIN}.QAdd": (2, 2),
+    f"{BRAZE_DOMAIN}.QActMatMul": (2, 3), f"{BRAZE_DOMAIN}.QMatMulCorrect": (3, 4),
 }
 
 _CHECKS: dict[str, Callable] = {
@@ -343,4 +360,5 @@ _CHECKS: dict[str, Callable] = {
     "ConvInteger": lambda g, n, f: _check_conv(g, n, f, bias_index=99),
     f"{BRAZE_DOMAIN}.QMatMul": _check_braze, f"{BRAZE_DOMAIN}.QConv": _check_braze,
     f"{BRAZE_DOMAIN}.QAdd": _check_qadd,
+    f"{BRAZE_DOMAIN}.QActMatMul": _check_qactmatmul, f"{BRAZE_DOMAIN}.QMatMulCorrect": _check_qactmatmul,
 }

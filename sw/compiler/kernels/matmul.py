@@ -618,8 +618,8 @@ def batched_gemm(config: Config, batch: int, M: int, K: int, N: int, *, b_batche
     epi = _epilogue_options(bias, requant, residual, act, clip, out_zp, out)
     b_rows = batch * K if b_batched else K
     specs = [_OperandSpec("A", (batch * M, K), "i1", "row-major (batch*M) x K", "input"),
-             _OperandSpec("B", (b_rows, N), "i1", "row-major (batch*K) x N" if b_batched else "row-major K x N",
-                          "input"),
+             _OperandSpec("B", (b_rows, N), "i1",
+                          "row-major (batch*K) x N" if b_batched else "row-major K x N", "input"),
              *_epilogue_specs(epi, batch * M, N, "row-major (batch*M) x N"), _counters_spec()]
     operands = _place(config, specs, addrs, base)
     a_op = operands["A"]
