@@ -1,0 +1,172 @@
+"""Attention on the chip: activation x activation and batched MatMul as kernels (issue 11, item 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+from onnx_models import make_model
+
+from braze.isa import Config
+from braze.isa.arith import epilogue
+from braze.sim.device import open_device
+from braze.sw.compiler import kernels as lib
+from braze.sw.compiler.cache import KernelCache
+from braze.sw.compiler.frontend import evaluate, evaluate_node
+from braze.sw.compiler.ir import Node, NodeKind
+from braze.sw.compiler.kernels import run_kernel
+from braze.sw.runtime.attention_bench import attention_model, matmul_macs, quantize_attention
+from braze.sw.runtime.session import InferenceSession
+
+TINY = Config.preset("tiny")
+SHAPE = (1, 16, 32)          # batch, sequence, model width: two heads of 16
+
+
+@pytest.mark.parametrize("b_batched", [True, False])
+def test_batched_gemm_computes_every_slice_with_its_epilogue(b_batched):
+    rng = np.random.default_rng(3)
+    batch, m, k, n = 3, 5, 7, 9                 # M tiles that do not divide evenly, K over two chunks
+    a = rng.integers(-128, 128, (batch * m, k), dtype=np.int8)
+    b = rng.integers(-128, 128, ((batch if b_batched else 1) * k, n), dtype=np.int8)
+    mult, shift = rng.integers(1 << 30, 1 << 31, n), np.full(n, 40)
+    kernel = lib.batched_gemm(TINY, batch, m, k, n, b_batched=b_batched, requant=True, out_zp=3)
+    with open_device("golden", TINY) as device:
+        got = run_kernel(device, kernel, {"A": a, "B": b, "params": lib.pack_params(kernel, mult=mult,
+                                                                                    shift=shift)}).outputs["out"]
+    slices = b.reshape(-1, k, n).astype(np.int64)
+    acc = np.concatenate([a[g * m:(g + 1) * m].astype(np.int64) @ slices[g if b_batched else 0]
+                          for g in range(batch)])
+    assert np.array_equal(got, epilogue(acc, mult=mult, shift=shift, out_zp=3))
+    assert kernel.macs == batch * m * k * n
+
+
+def test_one_batched_kernel_is_predicted_faster_than_a_kernel_per_head():
+    batched = lib.batched_gemm(TINY, 4, 16, 16, 16, requant=True)
+    single = lib.gemm(TINY, 16, 16, 16, requant=True)
+    assert batched.predicted_cycles < 4 * single.predicted_cycles
+
+
+def _node(op: str, inputs, **attrs) -> Node:
+    return Node(op, NodeKind.OPERATOR, op, tuple(inputs), ("y",), attrs, domain="braze")
+
+
+def test_zero_point_correction_equals_the_product_with_zero_points():
+    """QActMatMul (raw int32) then QMatMulCorrect is exactly QActMatMul with the zero points."""
+    rng = np.random.default_rng(4)
+    a = rng.integers(-128, 128, (2, 3, 6, 12), dtype=np.int8)
+    b = rng.integers(-128, 128, (2, 3, 12, 5), dtype=np.int8)
+    epi = {"mult": (1 << 30,), "shift": (44,), "out_zp": -7, "out": "spad", "act": "none"}
+    (raw,) = evaluate_node(_node("QActMatMul", ("a", "b"), out="acc"), a, b)
+    (corrected,) = evaluate_node(_node("QMatMulCorrect", ("acc", "a", "b"), a_zero_point=-128,
+                                       b_zero_point=17, **epi), raw, a, b)
+    (direct,) = evaluate_node(_node("QActMatMul", ("a", "b"), a_zero_point=-128, b_zero_point=17, **epi),
+                              a, b)
+    centred = (a.astype(np.int64) + 128) @ (b.astype(np.int64) - 17)
+    assert np.array_equal(raw, a.astype(np.int64) @ b.astype(np.int64))
+    assert np.array_equal(corrected, direct)
+    assert np.array_equal(direct.reshape(-1, 5), epilogue(centred.reshape(-1, 5), mult=np.full(5, 1 << 30),
+                                                          shift=np.full(5, 44), out_zp=-7))
+
+
+@pytest.fixture(scope="module")
+def attention():
+    rng = np.random.default_rng(0)
+    model = attention_model(seq=SHAPE[1], d=SHAPE[2], heads=2)
+    calibration = [rng.normal(size=SHAPE).astype(np.float32) for _ in range(4)]
+    return model, {symmetric: quantize_attention(model, calibration, symmetric=symmetric)
+                   for symmetric in (True, False)}
+
+
+def _products(session) -> list[str]:
+    """Placement of the two attention products (Q @ K^T, P @ V)."""
+    return [where for name, where in session.compiled.placement.items() if name.startswith(("qk", "pv"))]
+
+
+def _lsb_error(proto: bytes, y: np.ndarray, x: np.ndarray) -> int:
+    import onnxruntime as ort
+
+    (expected,) = ort.InferenceSession(proto, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    model = onnx.load_from_string(proto)
+    producer = next(n for n in model.graph.node if n.output[0] == "y")
+    scale = next(onnx.numpy_helper.to_array(t) for t in model.graph.initializer
+                 if t.name == producer.input[1])
+    return int(np.rint(np.abs(y - expected).max() / float(scale)))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_attention_products_run_on_the_chip_bit_exactly(attention, symmetric):
+    model, protos = attention
+    session = InferenceSession(protos[symmetric], config="tiny", cache=KernelCache(disk=False))
+    products = _products(session)
+    kernels = [where for where in products if where.startswith("accel: k")]
+    assert len(kernels) == 2 and all("batched_gemm" in where for where in kernels), products
+    corrections = [name for name in session.compiled.placement if name.endswith("_zero_points")]
+    assert len(corrections) == (0 if symmetric else 2)     # nonzero zero points: host correction
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        x = rng.normal(size=SHAPE).astype(np.float32)
+        (y,) = session.run(None, {"x": x})
+        assert np.array_equal(y, evaluate(session.graph_before, {"x": x})["y"])
+        assert np.count_nonzero(y) > y.size // 2
+        assert _lsb_error(protos[symmetric], y, x) <= (1 if symmetric else 3)
+    report = session.report()
+    macs = matmul_macs(model)
+    attention_macs = macs["qk"] + macs["pv"]
+    batched = sum(row.macs for row in report.kernels if "batched_gemm" in row.kernel)
+    assert batched == attention_macs
+    print(f"{'symmetric' if symmetric else 'asymmetric'}: attention MACs on chip "
+          f"{100 * batched / attention_macs:.1f}%, all MatMul MACs on chip "
+          f"{100 * report.total_macs / sum(macs.values()):.1f}%")
+    assert report.total_macs == sum(macs.values())
+
+
+def test_asymmetric_attention_is_bit_exact_on_verilator(attention):
+    _, protos = attention
+    session = InferenceSession(protos[False], device="verilator", config="tiny",
+                               cache=KernelCache(disk=False))
+    try:
+        x = np.random.default_rng(2).normal(size=SHAPE).astype(np.float32)
+        (y,) = session.run(None, {"x": x})
+        assert np.array_equal(y, evaluate(session.graph_before, {"x": x})["y"])
+        rows = {row.kernel: row for row in session.report().kernels}
+        assert sum("batched_gemm" in name for name in rows) == 2
+        assert all(row.cycles > 0 for row in rows.values())
+    finally:
+        session.close()
+
+
+def _qdq_matmul(a_shape, b_shape, out_shape) -> onnx.ModelProto:
+    """``DQ(Q(a)) @ DQ(Q(b)) -> Q -> DQ`` with symmetric int8 parameters (a hand-written QDQ model)."""
+    nodes, inits = [], [("s", np.float32(0.05)), ("z", np.int8(0)), ("sy", np.float32(0.5))]
+    for t in ("a", "b"):
+        nodes += [helper.make_node("QuantizeLinear", [t, "s", "z"], [f"{t}_q"]),
+                  helper.make_node("DequantizeLinear", [f"{t}_q", "s", "z"], [f"{t}_dq"])]
+    nodes += [helper.make_node("MatMul", ["a_dq", "b_dq"], ["p"], name="product"),
+              helper.make_node("QuantizeLinear", ["p", "sy", "z"], ["p_q"]),
+              helper.make_node("DequantizeLinear", ["p_q", "sy", "z"], ["y"])]
+    return make_model(nodes, [("a", np.float32, a_shape), ("b", np.float32, b_shape)],
+                      [("y", np.float32, out_shape)], inits)
+
+
+@pytest.mark.parametrize("a_shape, b_shape, out_shape, kernel", [
+    ((2, 3, 4, 8), (2, 3, 8, 5), (2, 3, 4, 5), "batched_gemm"),
+    ((3, 4, 8), (1, 3, 8, 5), (1, 3, 4, 5), "batched_gemm"),        # size-1 batch dims aside
+    ((2, 3, 4, 8), (8, 5), (2, 3, 4, 5), "gemm"),                    # one B for every slice: one GEMM
+    ((4, 8), (3, 8, 5), (3, 4, 5), None),                            # A broadcast over B's batch: host
+])
+def test_batched_matmul_broadcasting(a_shape, b_shape, out_shape, kernel):
+    session = InferenceSession(_qdq_matmul(a_shape, b_shape, out_shape), config="tiny",
+                               cache=KernelCache(disk=False))
+    (where,) = [w for name, w in session.compiled.placement.items() if name.startswith("product")]
+    if kernel is None:
+        assert where.startswith("cpu: broadcast of A"), where
+    else:
+        assert where.startswith("accel: k") and where.split("_")[1] == kernel.split("_")[0], where
+    rng = np.random.default_rng(5)
+    feeds = {"a": rng.normal(size=a_shape).astype(np.float32),
+             "b": rng.normal(size=b_shape).astype(np.float32)}
+    (y,) = session.run(None, feeds)
+    assert y.shape == out_shape
+    assert np.array_equal(y, evaluate(session.graph_before, feeds)["y"])
+    assert np.count_nonzero(y) > y.size // 2
