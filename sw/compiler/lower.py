@@ -127,6 +127,8 @@ class NodeKernel:
         values = {}
         if "B" in self.constants:
             values["B"] = self.constants["B"]
+        if "zp" in kernel.operands:          # zero-point constant tiles of an activation product
+            values["zp"] = kernel_lib.zero_point_rows(kernel)
         if "params" in kernel.operands:
             values["params"] = kernel_lib.pack_params(
                 kernel, **{k: self.constants[k] for k in kernel.param_rows})
@@ -248,17 +250,24 @@ def _plan_qmatmul(graph: Graph, node: Node, x_layout: str | None) -> NodeKernel 
 def _plan_qactmatmul(graph: Graph, node: Node) -> NodeKernel | str:
     """A product of two activations, ``[..., M, K] @ [..., K, N]``: both operands are device tensors
     ("plain", row-major), the batch one :func:`~braze.sw.compiler.kernels.batched_gemm` (a B shared by
-    the whole batch: one :func:`~braze.sw.compiler.kernels.gemm` over all the rows of A)."""
-    if int(node.attrs.get("a_zero_point", 0)) or int(node.attrs.get("b_zero_point", 0)):
-        return "activation product with nonzero zero points (the quantizer splits these)"
+    the whole batch: one GEMM over all the rows of A).  Zero points run on the array too
+    (``batched_gemm(zero_points=)``, with ``K * za * zb`` in the bias)."""
+    za, zb = int(node.attrs.get("a_zero_point", 0)), int(node.attrs.get("b_zero_point", 0))
     a_shape, b_shape = _static(graph, node.inputs[0], node), _static(graph, node.inputs[1], node)
     *a_batch, m, k = a_shape
     *b_batch, _, n = b_shape
-    options, constants = _epilogue(node, n, None, np.zeros(n, np.int64))
+    bias = np.full(n, k * za * zb, np.int64) if za and zb else None
+    options, constants = _epilogue(node, n, bias, np.zeros(n, np.int64))
     inputs = {"A": (node.inputs[0], "plain"), "B": (node.inputs[1], "plain")}
     a_count, b_count = (int(np.prod(batch, dtype=np.int64)) for batch in (a_batch, b_batch))
     out_count = int(np.prod(np.broadcast_shapes(tuple(a_batch), tuple(b_batch)), dtype=np.int64))
-    if b_count == 1:
+    if za or zb:
+        options.pop("tiling", None)        # gemm tilings: the tiling pass does not price batched_gemm
+        options["zero_points"] = (za, zb)
+    if b_count == 1 and (za or zb):
+        options["b_batched"] = False
+        recipe = KernelRecipe("batched_gemm", (1, a_count * m, k, n), _options(options))
+    elif b_count == 1:
         recipe = KernelRecipe("gemm", (a_count * m, k, n), _options(options))
     elif a_count == b_count == out_count:      # slice g of A with slice g of B (size-1 dims aside)
         recipe = KernelRecipe("batched_gemm", (b_count, m, k, n), _options(options))

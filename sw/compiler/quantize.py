@@ -696,11 +696,10 @@ class _Lowering:
         """``DQ(a) -> MatMul(., DQ(b)) [-> Relu/Clip] -> Q`` with ``b`` an activation (not a constant):
         attention's ``Q @ K^T`` and ``P @ V``, batched as ONNX MatMul broadcasts.
 
-        With both zero points 0 (symmetric activations) one ``braze.QActMatMul`` requantizes in its
-        epilogue.  Otherwise ``(a - za) @ (b - zb) = a @ b - za * colsum(b) - zb * rowsum(a) + K*za*zb``
-        has terms that depend on the data: a ``QActMatMul`` computes the raw int32 ``a @ b`` (every MAC)
-        and a ``braze.QMatMulCorrect`` adds the terms and requantizes (``O(M*K + K*N + M*N)`` integer
-        additions on the host, where attention's operands already are; see docs/attention.md).
+        One ``braze.QActMatMul`` with both zero points, requantizing in its epilogue.  With nonzero
+        zero points, ``(a - za) @ (b - zb) = a @ b - za * colsum(b) - zb * rowsum(a) + K*za*zb`` has
+        terms that depend on the data; the kernel accumulates them on the array (see
+        docs/attention.md for why not on the host).
         """
         graph = self.graph
         if node.op_type != "MatMul" or node.domain or node.device != "accel":
@@ -735,18 +734,8 @@ class _Lowering:
             act, clip = self._activation(graph, activation, out)
             attrs.update(act=act, clip_lo=int(clip[0]), clip_hi=int(clip[1]))
         shape = graph.tensor(quantize.outputs[0]).shape
-        build = self.build
-        if a.zero_point == 0 and b.zero_point == 0:
-            build.op("QActMatMul", (a.name, b.name), (out.name,), domain=BRAZE_DOMAIN, stem=f"{node.name}_q",
-                     a_zero_point=0, b_zero_point=0, **attrs)
-        else:
-            acc = build.name(f"{node.outputs[0]}_acc32")
-            build.op("QActMatMul", (a.name, b.name), (acc,), domain=BRAZE_DOMAIN, stem=f"{node.name}_q",
-                     a_zero_point=0, b_zero_point=0, out="acc", act="none")
-            build.infos[acc] = TensorInfo(acc, shape, "int32")
-            build.op("QMatMulCorrect", (acc, a.name, b.name), (out.name,), domain=BRAZE_DOMAIN,
-                     stem=f"{node.name}_zero_points", a_zero_point=a.zero_point, b_zero_point=b.zero_point,
-                     **attrs)
+        self.build.op("QActMatMul", (a.name, b.name), (out.name,), domain=BRAZE_DOMAIN, stem=f"{node.name}_q",
+                      a_zero_point=a.zero_point, b_zero_point=b.zero_point, **attrs)
         self.publish(quantize.outputs[0], out, y_dtype, shape)
         self.build.remove.update(n.name for n in (node, activation, quantize) if n is not None)
         return True

@@ -322,10 +322,12 @@ def _check_qlinear_matmul(graph, node, fail, *, b_index=3):
 
 
 def _check_qactmatmul(graph, node, fail):
-    """Braze's product of two int8 activations (``QActMatMul``) or its zero-point correction
-    (``QMatMulCorrect``, inputs ``acc, a, b``): int8 operands whose inner dimensions agree."""
-    first = 1 if node.op_type == "QMatMulCorrect" else 0
-    a, b = _info(graph, node, first), _info(graph, node, first + 1)
+    """Braze's product of two int8 activations (``QActMatMul``): int8 operands whose inner dimensions
+    agree, int8 zero points."""
+    a, b = _info(graph, node, 0), _info(graph, node, 1)
+    for key in ("a_zero_point", "b_zero_point"):
+        if not -128 <= int(node.attrs.get(key, 0)) <= 127:
+            fail(f"{key} {node.attrs[key]} is not int8")
     for info in (a, b):
         if info.dtype not in (None, "int8"):
             fail(f"{node.op_type} operand {info.name!r} must be int8, got {info.dtype}")
@@ -346,7 +348,7 @@ _ARITY: dict[str, tuple[int, int]] = {
     "Dropout": (1, 3), "Cast": (1, 1), "Shape": (1, 1), "Gather": (2, 2), "Slice": (3, 5),
     "Unsqueeze": (2, 2), "Squeeze": (1, 2), "ConstantOfShape": (1, 1),
     f"{BRAZE_DOMAIN}.QMatMul": (2, 4), f"{BRAZE_DOMAIN}.QConv": (2, 4), f"{BRAZE_DOMAIN}.QAdd": (2, 2),
-    f"{BRAZE_DOMAIN}.QActMatMul": (2, 3), f"{BRAZE_DOMAIN}.QMatMulCorrect": (3, 4),
+    f"{BRAZE_DOMAIN}.QActMatMul": (2, 2),
 }
 
 _CHECKS: dict[str, Callable] = {
@@ -360,5 +362,5 @@ _CHECKS: dict[str, Callable] = {
     "ConvInteger": lambda g, n, f: _check_conv(g, n, f, bias_index=99),
     f"{BRAZE_DOMAIN}.QMatMul": _check_braze, f"{BRAZE_DOMAIN}.QConv": _check_braze,
     f"{BRAZE_DOMAIN}.QAdd": _check_qadd,
-    f"{BRAZE_DOMAIN}.QActMatMul": _check_qactmatmul, f"{BRAZE_DOMAIN}.QMatMulCorrect": _check_qactmatmul,
+    f"{BRAZE_DOMAIN}.QActMatMul": _check_qactmatmul,
 }

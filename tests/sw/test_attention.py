@@ -16,6 +16,7 @@ from braze.sw.compiler.cache import KernelCache
 from braze.sw.compiler.frontend import evaluate, evaluate_node
 from braze.sw.compiler.ir import Node, NodeKind
 from braze.sw.compiler.kernels import run_kernel
+from braze.sw.compiler.lower import CpuStep, KernelStep
 from braze.sw.runtime.attention_bench import attention_model, matmul_macs, quantize_attention
 from braze.sw.runtime.session import InferenceSession
 
@@ -47,26 +48,42 @@ def test_one_batched_kernel_is_predicted_faster_than_a_kernel_per_head():
     assert batched.predicted_cycles < 4 * single.predicted_cycles
 
 
-def _node(op: str, inputs, **attrs) -> Node:
-    return Node(op, NodeKind.OPERATOR, op, tuple(inputs), ("y",), attrs, domain="braze")
+@pytest.mark.parametrize("batch, m, k, n, zero_points", [
+    (4, 16, 16, 16, (-128, 5)),         # -za = 128 is two int8 parts (64 + 64)
+    (3, 5, 7, 9, (3, -128)),
+    (2, 9, 33, 20, (17, 0)),            # K over several chunks, N over several tiles, one term only
+    (1, 12, 16, 6, (0, -3)),
+])
+def test_batched_gemm_accumulates_the_zero_point_terms_on_the_array(batch, m, k, n, zero_points):
+    rng = np.random.default_rng(6)
+    za, zb = zero_points
+    a = rng.integers(-128, 128, (batch * m, k), dtype=np.int8)
+    b = rng.integers(-128, 128, (batch * k, n), dtype=np.int8)
+    kernel = lib.batched_gemm(TINY, batch, m, k, n, zero_points=zero_points, bias=True, out="int32")
+    params = lib.pack_params(kernel, bias=np.full(n, k * za * zb))
+    with open_device("golden", TINY) as device:
+        got = run_kernel(device, kernel, {"A": a, "B": b, "zp": lib.zero_point_rows(kernel),
+                                          "params": params}).outputs["out"]
+    slices = b.reshape(batch, k, n).astype(np.int64) - zb
+    expected = np.concatenate([(a[g * m:(g + 1) * m].astype(np.int64) - za) @ slices[g]
+                               for g in range(batch)])
+    assert np.array_equal(got, expected)
+    plain = lib.batched_gemm(TINY, batch, m, k, n, bias=True, out="int32")
+    assert "zp" not in plain.operands and plain.predicted_cycles < kernel.predicted_cycles
 
 
-def test_zero_point_correction_equals_the_product_with_zero_points():
-    """QActMatMul (raw int32) then QMatMulCorrect is exactly QActMatMul with the zero points."""
+def test_activation_product_evaluates_with_zero_points_and_batch_broadcasting():
     rng = np.random.default_rng(4)
     a = rng.integers(-128, 128, (2, 3, 6, 12), dtype=np.int8)
-    b = rng.integers(-128, 128, (2, 3, 12, 5), dtype=np.int8)
-    epi = {"mult": (1 << 30,), "shift": (44,), "out_zp": -7, "out": "spad", "act": "none"}
-    (raw,) = evaluate_node(_node("QActMatMul", ("a", "b"), out="acc"), a, b)
-    (corrected,) = evaluate_node(_node("QMatMulCorrect", ("acc", "a", "b"), a_zero_point=-128,
-                                       b_zero_point=17, **epi), raw, a, b)
-    (direct,) = evaluate_node(_node("QActMatMul", ("a", "b"), a_zero_point=-128, b_zero_point=17, **epi),
-                              a, b)
-    centred = (a.astype(np.int64) + 128) @ (b.astype(np.int64) - 17)
-    assert np.array_equal(raw, a.astype(np.int64) @ b.astype(np.int64))
-    assert np.array_equal(corrected, direct)
-    assert np.array_equal(direct.reshape(-1, 5), epilogue(centred.reshape(-1, 5), mult=np.full(5, 1 << 30),
-                                                          shift=np.full(5, 44), out_zp=-7))
+    b = rng.integers(-128, 128, (3, 12, 5), dtype=np.int8)
+    node = Node("p", NodeKind.OPERATOR, "QActMatMul", ("a", "b"), ("y",),
+                {"a_zero_point": -128, "b_zero_point": 17, "mult": (1 << 30,), "shift": (44,), "out_zp": -7,
+                 "out": "spad", "act": "none"}, domain="braze")
+    (y,) = evaluate_node(node, a, b)
+    centred = np.matmul(a.astype(np.int64) + 128, b.astype(np.int64) - 17)
+    assert y.shape == (2, 3, 6, 5) and y.dtype == np.int8
+    assert np.array_equal(y.reshape(-1, 5), epilogue(centred.reshape(-1, 5), mult=np.full(5, 1 << 30),
+                                                     shift=np.full(5, 44), out_zp=-7))
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +118,12 @@ def test_attention_products_run_on_the_chip_bit_exactly(attention, symmetric):
     products = _products(session)
     kernels = [where for where in products if where.startswith("accel: k")]
     assert len(kernels) == 2 and all("batched_gemm" in where for where in kernels), products
-    corrections = [name for name in session.compiled.placement if name.endswith("_zero_points")]
-    assert len(corrections) == (0 if symmetric else 2)     # nonzero zero points: host correction
+    steps = [step for step in session.compiled.steps if isinstance(step, KernelStep)
+             and "braze.QActMatMul" in step.op_types]
+    # Nonzero zero points (asymmetric activations) are accumulated on the array from constant tiles.
+    assert all(("zp" in step.kernel.operands) == (not symmetric) for step in steps) and len(steps) == 2
+    host = {step.node.op_type for step in session.compiled.steps if isinstance(step, CpuStep)}
+    assert host == {"QuantizeLinear", "DequantizeLinear", "Mul", "Softmax", "Transpose", "Reshape"}, host
     rng = np.random.default_rng(1)
     for _ in range(2):
         x = rng.normal(size=SHAPE).astype(np.float32)
@@ -110,15 +131,14 @@ def test_attention_products_run_on_the_chip_bit_exactly(attention, symmetric):
         assert np.array_equal(y, evaluate(session.graph_before, {"x": x})["y"])
         assert np.count_nonzero(y) > y.size // 2
         assert _lsb_error(protos[symmetric], y, x) <= (1 if symmetric else 3)
-    report = session.report()
     macs = matmul_macs(model)
     attention_macs = macs["qk"] + macs["pv"]
-    batched = sum(row.macs for row in report.kernels if "batched_gemm" in row.kernel)
-    assert batched == attention_macs
+    on_chip = sum(step.kernel.macs for step in steps)         # the model's MACs, not the zero-point tiles'
+    every = sum(step.kernel.macs for step in session.compiled.steps if isinstance(step, KernelStep))
     print(f"{'symmetric' if symmetric else 'asymmetric'}: attention MACs on chip "
-          f"{100 * batched / attention_macs:.1f}%, all MatMul MACs on chip "
-          f"{100 * report.total_macs / sum(macs.values()):.1f}%")
-    assert report.total_macs == sum(macs.values())
+          f"{100 * on_chip / attention_macs:.1f}%, all MatMul MACs on chip "
+          f"{100 * every / sum(macs.values()):.1f}%")
+    assert on_chip == attention_macs and every == sum(macs.values())
 
 
 def test_asymmetric_attention_is_bit_exact_on_verilator(attention):

@@ -151,26 +151,13 @@ def _braze_qconv(node, x, w, bias=None, residual=None):
     return y
 
 
-def _braze_qactmatmul(node, a, b, bias=None):
-    """``epilogue((a - a_zero_point) @ (b - b_zero_point) + bias)``, broadcasting as ONNX MatMul: a
-    product of two activations (both int8), e.g. attention's ``Q @ K^T``; the epilogue per column."""
+def _braze_qactmatmul(node, a, b):
+    """``epilogue((a - a_zero_point) @ (b - b_zero_point))``, broadcasting as ONNX MatMul: a product
+    of two activations (both int8), e.g. attention's ``Q @ K^T``; the epilogue per column."""
     acc = np.matmul(_int64(a) - int(node.attrs.get("a_zero_point", 0)),
                     _int64(b) - int(node.attrs.get("b_zero_point", 0)))
     n = acc.shape[-1]
-    return braze_epilogue(node, acc.reshape(-1, n), bias).reshape(acc.shape)
-
-
-def _braze_qmatmul_correct(node, acc, a, b, bias=None):
-    """The zero-point terms of an activation product, then the epilogue: from the raw int32
-    ``acc = a @ b`` (a ``QActMatMul`` without zero points) to
-    ``epilogue((a - za) @ (b - zb) + bias)``, adding ``-za * colsum(b) - zb * rowsum(a) + K * za * zb``
-    (wrapping in int32 as the accumulator does)."""
-    za, zb = int(node.attrs.get("a_zero_point", 0)), int(node.attrs.get("b_zero_point", 0))
-    k = a.shape[-1]
-    total = _int64(acc) - za * _int64(b).sum(axis=-2, keepdims=True) \
-        - zb * _int64(a).sum(axis=-1, keepdims=True) + k * za * zb
-    n = total.shape[-1]
-    return braze_epilogue(node, arith.wrap32(total).reshape(-1, n), bias).reshape(total.shape)
+    return braze_epilogue(node, acc.reshape(-1, n), None).reshape(acc.shape)
 
 
 def _braze_qadd(node, x, y):
@@ -205,4 +192,3 @@ register(f"{BRAZE_DOMAIN}.QMatMul")(_braze_qmatmul)
 register(f"{BRAZE_DOMAIN}.QConv")(_braze_qconv)
 register(f"{BRAZE_DOMAIN}.QAdd")(_braze_qadd)
 register(f"{BRAZE_DOMAIN}.QActMatMul")(_braze_qactmatmul)
-register(f"{BRAZE_DOMAIN}.QMatMulCorrect")(_braze_qmatmul_correct)
