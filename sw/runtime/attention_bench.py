@@ -16,8 +16,9 @@ symmetric int8 activations and with asymmetric uint8 ones.  Per variant it print
   :func:`~braze.sw.compiler.kernels.gemm` per head (predicted, and measured on the device).
 
 Ends with ``attention: chip_mac_pct=<x> cycles_golden=<n> [cycles_verilator=<n>] bitexact=<bool>
-batched_over_per_slice=<x> host_softmax_cycles=<n> softmax_transfer_cycles=<n>`` (symmetric variant;
-the asymmetric one's numbers are in the table).
+batched_over_per_slice=<x> host_softmax_cycles=<n> softmax_transfer_cycles=<n>
+host_layernorm_cycles=<n> layernorm_transfer_cycles=<n>`` (symmetric variant; the asymmetric one's
+numbers are in the table).
 """
 
 from __future__ import annotations
@@ -44,13 +45,14 @@ from .partitions import HostLink
 __all__ = ["main", "attention_model", "quantize_attention", "matmul_macs", "AttentionResult",
            "measure_attention", "host_step_cycles"]
 
-def attention_model(*, batch: int = 1, seq: int = 16, d: int = 64, heads: int = 4, seed: int = 0
-                    ) -> onnx.ModelProto:
+def attention_model(*, batch: int = 1, seq: int = 16, d: int = 64, heads: int = 4, seed: int = 0,
+                    layernorm: bool = True) -> onnx.ModelProto:
     """A float multi-head self-attention block as ``torch.onnx.export`` writes one (random weights).
 
     ``x [batch, seq, d]`` -> Q/K/V projections -> Reshape/Transpose to ``[batch, heads, seq, d/heads]``
     (K to ``[batch, heads, d/heads, seq]``) -> ``Q @ K^T`` -> ``* 1/sqrt(d/heads)`` -> Softmax ->
-    ``@ V`` -> Transpose/Reshape back -> output projection ``y``.
+    ``@ V`` -> Transpose/Reshape back -> output projection -> (``layernorm``: residual ``+ x`` and
+    LayerNormalization, a post-norm encoder layer's first half) -> ``y``.
     """
     rng = np.random.default_rng(seed)
     dh = d // heads
@@ -68,8 +70,14 @@ def attention_model(*, batch: int = 1, seq: int = 16, d: int = 64, heads: int = 
         helper.make_node("MatMul", ["p", "vh"], ["o"], name="pv"),
         helper.make_node("Transpose", ["o"], ["o4"], perm=[0, 2, 1, 3], name="merge"),
         helper.make_node("Reshape", ["o4", "model_shape"], ["o3"], name="merge_reshape"),
-        helper.make_node("MatMul", ["o3", "wo"], ["y"], name="o_proj"),
+        helper.make_node("MatMul", ["o3", "wo"], ["attn" if layernorm else "y"], name="o_proj"),
     ]
+    if layernorm:
+        nodes += [helper.make_node("Add", ["x", "attn"], ["residual"], name="residual"),
+                  helper.make_node("LayerNormalization", ["residual", "gamma", "beta"], ["y"], axis=-1,
+                                   epsilon=1e-5, name="layernorm")]
+        weights += [("gamma", rng.uniform(0.5, 1.5, d).astype(np.float32)),
+                    ("beta", rng.normal(0, 0.1, d).astype(np.float32))]
     initializers = [numpy_helper.from_array(value, name) for name, value in weights]
     initializers += [numpy_helper.from_array(np.array([batch, seq, heads, dh], np.int64), "heads_shape"),
                      numpy_helper.from_array(np.array([batch, seq, d], np.int64), "model_shape"),
@@ -150,12 +158,11 @@ class AttentionResult:
     transfers: int
     transfer_bytes: int
     placement: dict[str, str]
-    softmax_host: list[str]                       # CPU nodes between the two attention products
-    softmax_transfers: tuple[int, int]            # (transfers, bytes) between them
+    stages: dict[str, tuple[list[str], int, int]]  # stage -> (CPU nodes, transfers, bytes) it costs
 
-    @property
-    def softmax_cycles(self) -> float:
-        return sum(cycles for node, _, cycles in self.host if node in self.softmax_host)
+    def stage_cycles(self, stage: str) -> float:
+        nodes = self.stages[stage][0]
+        return sum(cycles for node, _, cycles in self.host if node in nodes)
 
     @property
     def chip_mac_pct(self) -> float:
@@ -183,20 +190,37 @@ def measure_attention(proto: bytes, float_model: onnx.ModelProto, x: np.ndarray,
     kernels = {row.kernel: (row.predicted_cycles, row.cycles) for row in report.kernels}
     steps = session.compiled.steps
     transfers = [s for s in steps if isinstance(s, TransferStep)]
-    # The softmax stage: what runs between the two activation products (Q @ K^T and P @ V).
-    products = [i for i, s in enumerate(steps) if isinstance(s, KernelStep)
-                and "braze.QActMatMul" in s.op_types]
-    between = steps[products[0] + 1:products[1]] if len(products) == 2 else []
-    # S to the host and P back (V's transfer to the device happens here too, but not because of softmax).
-    ends = {steps[products[0]].operands["out"].tensor, steps[products[1]].operands["A"].tensor} \
-        if len(products) == 2 else set()
-    moved = [s for s in between if isinstance(s, TransferStep) and s.value.tensor in ends]
+    kernel_steps = [i for i, s in enumerate(steps) if isinstance(s, KernelStep)]
+    products = [i for i in kernel_steps if "braze.QActMatMul" in steps[i].op_types]
+    stages = {}
+    if len(products) == 2:
+        # Softmax: what computes P from S (Q @ K^T) before P @ V -- S to the host and P back.
+        stages["softmax"] = _stage(steps, products[0], products[1])
+    if len(products) == 2 and kernel_steps[-1] > products[1]:
+        # LayerNorm (and the residual addition): what follows the output projection.
+        stages["layernorm"] = _stage(steps, kernel_steps[-1], len(steps))
+    # The model's MACs each kernel computes (the counters also count a zero-point kernel's constant tiles).
+    chip_macs = sum(step.kernel.macs for step in steps if isinstance(step, KernelStep))
     return AttentionResult(
-        variant, device, report.total_macs, sum(matmul_macs(float_model).values()), kernels,
+        variant, device, chip_macs, sum(matmul_macs(float_model).values()), kernels,
         bool(np.array_equal(y, reference)), int(np.rint(np.abs(y - expected).max() / out_scale)),
         host_step_cycles(session, feeds, link), len(transfers), sum(s.value.buffer.nbytes for s in transfers),
-        dict(session.compiled.placement), [s.node.name for s in between if isinstance(s, CpuStep)],
-        (len(moved), sum(s.value.buffer.nbytes for s in moved)))
+        dict(session.compiled.placement), stages)
+
+
+def _stage(steps: list, producer: int, end: int) -> tuple[list[str], int, int]:
+    """The host work fed by kernel step ``producer``'s output before step ``end``: ``(CPU nodes,
+    transfers, bytes)`` -- the output's transfer to the host, every CPU step reading what it or
+    they computed, and the transfers of their results back to the device."""
+    derived = {steps[producer].operands["out"].tensor}
+    nodes, moved = [], []
+    for step in steps[producer + 1:end]:
+        if isinstance(step, CpuStep) and derived & set(step.node.inputs):
+            nodes.append(step.node.name)
+            derived.update(t for t in step.node.outputs if t)
+        elif isinstance(step, TransferStep) and step.value.tensor in derived:
+            moved.append(step)
+    return nodes, len(moved), sum(s.value.buffer.nbytes for s in moved)
 
 
 def _output_scale(model: onnx.ModelProto) -> float:
@@ -280,14 +304,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         every = sum(c for _, _, c in r.host)
         for node, op, cycles in r.host:
-            stage = "softmax stage" if node in r.softmax_host else ""
+            stage = next((name for name, (nodes, _, _) in r.stages.items() if node in nodes), "")
             print(f"  {r.variant:<11} {node:<44} {op:<22} {cycles:>9.0f}  {stage}")
-        # On the host, the softmax stage costs its own time and the transfers of S to the host and P back.
-        softmax, transfer = r.softmax_cycles, link.transfer_cycles(*r.softmax_transfers)
-        summary[r.variant] = (softmax, transfer, every)
-        print(f"  {r.variant:<11} softmax stage on the host {softmax:.0f} cycles, its two transfers "
-              f"{transfer:.0f} cycles; all host steps {every:.0f} cycles; all {r.transfers} transfers "
-              f"{link.transfer_cycles(r.transfers, r.transfer_bytes):.0f} cycles")
+        for name, (nodes, count, nbytes) in r.stages.items():
+            host, transfer = r.stage_cycles(name), link.transfer_cycles(count, nbytes)
+            summary[(r.variant, name)] = (host, transfer)
+            print(f"  {r.variant:<11} {name} on the host: {len(nodes)} steps {host:.0f} cycles, its {count} "
+                  f"transfers ({nbytes} B) {transfer:.0f} cycles")
+        print(f"  {r.variant:<11} all host steps {every:.0f} cycles; all {r.transfers} transfers "
+              f"{link.transfer_cycles(r.transfers, r.transfer_bytes):.0f} cycles; kernels {r.cycles} cycles")
     dh = args.d // args.heads
     batched = batched_vs_per_slice(config, args.heads, args.seq, dh, args.seq,
                                    "verilator" if args.verilator else "golden")
@@ -301,8 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         line += f" cycles_verilator={verilator[0].cycles}"
     line += (f" bitexact={all(r.bitexact for r in results)} "
              f"batched_over_per_slice={batched[2] / batched[3]:.2f} "
-             f"host_softmax_cycles={summary['symmetric'][0]:.0f} "
-             f"softmax_transfer_cycles={summary['symmetric'][1]:.0f}")
+             f"host_softmax_cycles={summary['symmetric', 'softmax'][0]:.0f} "
+             f"softmax_transfer_cycles={summary['symmetric', 'softmax'][1]:.0f} "
+             f"host_layernorm_cycles={summary['symmetric', 'layernorm'][0]:.0f} "
+             f"layernorm_transfer_cycles={summary['symmetric', 'layernorm'][1]:.0f}")
     print(line)
     return 0
 
