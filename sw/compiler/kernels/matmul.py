@@ -122,7 +122,8 @@ def _chunk_runs(first_slot: int, chunks: int, ring: int, pieces: int) -> list[tu
 
 def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, operands: dict[str, Operand],
                      a_loader: ALoader, tiling: Tiling, pool: int = 1, slice_rows: int | None = None,
-                     b_slice: int = 0, zp_a: tuple[int, ...] = (), zp_b: tuple[int, ...] = ()) -> _Streams:
+                     b_slice: int = 0, zp_a: tuple[int, ...] = (), zp_b: tuple[int, ...] = (),
+                     b_heads: int = 1, out_heads: int = 1) -> _Streams:
     """The streams of a tiled matrix multiply; with ``pool > 1`` every output tile is max-pooled on chip
     before its STORE (the rows of a tile in blocks of ``pool**2``, see :func:`~.conv.conv2d`).
 
@@ -134,7 +135,11 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     ``v * colsum(B)`` for every ``v`` of ``zp_a`` (a MATMUL whose A is a constant tile of ``v``, read
     for every K chunk: ``a_stride = 0``) and ``v * rowsum(A)`` for every ``v`` of ``zp_b`` (a MATMUL
     per K chunk whose B is a constant tile of ``v``); the constants come from the ``zp`` operand
-    (:func:`zero_point_rows`), loaded once."""
+    (:func:`zero_point_rows`), loaded once.
+
+    Heads (:func:`batched_gemm` ``heads``): with ``b_heads = H > 1`` slice ``g`` of B is head ``g % H`` of
+    a ``[batch/H, K, H, N]`` tensor (rows ``H*N`` bytes apart), and likewise the output with
+    ``out_heads`` (``[batch/H, M, H, N]``)."""
     R, COLS = config.rows, config.cols
     chunks = _cdiv(K, R)
     n_tiles = _cdiv(N, COLS)
@@ -154,6 +159,8 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
         raise KernelError(f"{what}: the A ring needs at least {block_chunks} slots")
     if pool > 1 and (not epi.needed or epi.out_int32):
         raise KernelError(f"{what}: fused pooling needs an int8 EPILOGUE output")
+    if out_heads > 1 and (epi.residual or pool > 1):
+        raise KernelError(f"{what}: an output in heads layout takes no residual or pooling")
     if (zp_a or zp_b) and streamed:
         raise KernelError(f"{what}: zero points need A resident (no K blocks)")
     zp_a_bufs = spad.ring("zp_a", len(zp_a), m)       # constant A tiles: -za (in int8 parts)
@@ -173,6 +180,7 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     c_next = 0          # the C ring slot of the next output tile
     slice_rows = slice_rows or M
     b_base = b_op.addr  # the B of the current slice
+    b_row = N * (b_heads if b_slice else 1)   # bytes from one row of B to the next
     if zp_a or zp_b:
         zp_op = operands["zp"]
         width = zp_op.shape[1]
@@ -209,7 +217,7 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
             b_next += 1
         if not tiling.b_resident or t == 0 or (b_fresh and b_slice):
             streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=b_buf.start, rows=k1 - k0,
-                                         len=min(COLS, N - n0), dram=b_base + k0 * N + n0, stride=N),
+                                         len=min(COLS, N - n0), dram=b_base + k0 * b_row + n0, stride=b_row),
                         writes=[b_buf])
         return b_buf
 
@@ -290,15 +298,22 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
                             reads=[c_buf, result], writes=[c_buf])
             streams.add(_vector(VectorOp.MOV, result, result.start, c_buf, c_buf.start, rows),
                         reads=[c_buf], writes=[result])
+        out_row = first_row * N
+        if out_heads > 1:           # row r of slice g: head g % H of [batch/H, M, H, N]
+            g, r = divmod(first_row, slice_rows)
+            out_row = (g // out_heads * slice_rows * out_heads + g % out_heads + r * out_heads) * N
         streams.add(Instruction.make(Opcode.STORE, mem=result.memory, addr=result.start, rows=rows, len=nj,
-                                     dram=out_op.addr + (first_row * N + n0) * out_bytes,
-                                     stride=N * out_bytes), reads=[result])
+                                     dram=out_op.addr + (out_row + n0) * out_bytes,
+                                     stride=N * out_heads * out_bytes), reads=[result])
 
     step = 0
     tiles = [(i0, min(m, s0 + slice_rows - i0)) for s0 in range(0, M, slice_rows)
              for i0 in range(s0, min(M, s0 + slice_rows), m)]
     for t, (i0, mt) in enumerate(tiles):
-        b_base = b_op.addr + (i0 // slice_rows) * b_slice
+        g = i0 // slice_rows
+        # Slice g's B: head g % H of [batch/H, K, H, N] with B heads, else the g-th K x N matrix.
+        b_base = b_op.addr + (g // b_heads * b_heads * b_slice + g % b_heads * N if b_heads > 1
+                              else g * b_slice)
         b_fresh = i0 % slice_rows == 0
         if streamed:
             # Per group of N tiles: each K block of A serves every tile of the group.
@@ -485,7 +500,7 @@ def _candidate(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue
         streams = _matmul_pipeline(config, M, K, N, epi, operands, a_loader, tiling,
                                    extra_tiling.get("pool", 1), extra_tiling.get("slice_rows"),
                                    extra_tiling.get("b_slice", 0), extra_tiling.get("zp_a", ()),
-                                   extra_tiling.get("zp_b", ()))
+                                   extra_tiling.get("zp_b", ()), *extra_tiling.get("heads", (1, 1, 1))[1:])
         try:
             kernel = _finish(name, config, streams, operands, macs=M * N * K, param_rows=epi.param_rows,
                              tiling=dataclasses.asdict(tiling) | extra_tiling)
@@ -644,7 +659,8 @@ def zero_point_rows(kernel: Kernel) -> np.ndarray:
 
 
 def batched_gemm(config: Config, batch: int, M: int, K: int, N: int, *, b_batched: bool = True,
-                 zero_points: tuple[int, int] = (0, 0), bias: bool = False, requant: bool = False,
+                 zero_points: tuple[int, int] = (0, 0), heads: tuple[int, int, int] = (1, 1, 1),
+                 bias: bool = False, requant: bool = False,
                  residual: bool = False,
                  act: Activation | str = "none", clip: tuple[int, int] | None = None, out_zp: int = 0,
                  out: str = "int8", addrs: Mapping[str, int] | None = None, base: int = 0,
@@ -670,6 +686,11 @@ def batched_gemm(config: Config, batch: int, M: int, K: int, N: int, *, b_batche
         MATMULs with constant tiles (``-za``, ``-zb`` as one or two int8 parts: 128 = 64 + 64), at
         ``M*N*K`` extra MACs per part; ``K * za * zb`` is the caller's to add to the bias (the
         EPILOGUE's, ``bias=True``).  Needs A resident (no K blocks).
+    heads : (int, int, int)
+        For A, B and the output: ``H > 1`` when the operand is stored heads-interleaved, as a
+        ``[batch/H, rows, H, cols]`` tensor whose slice ``g`` is head ``g % H`` (what the head split
+        ``Reshape`` of a projection gives, before its ``Transpose``), so the split and the merge of
+        attention heads need no transpose.
     bias, requant, residual, act, clip, out_zp, out, addrs, base, tiling
         As for :func:`gemm`; the parameter rows are shared by every slice.
 
@@ -700,11 +721,21 @@ def batched_gemm(config: Config, batch: int, M: int, K: int, N: int, *, b_batche
     a_op = operands["A"]
     R = config.rows
 
+    a_heads = heads[0]
+    if any(h < 1 or batch % h for h in heads) or (heads[1] > 1 and not b_batched):
+        raise KernelError(f"heads {heads} must divide the batch of {batch} (and B be batched for B heads)")
+
     def load_a(i0: int, mt: int, c: int, dst: int) -> list[Instruction]:
+        row = i0 * K
+        if a_heads > 1:             # row r of slice g: head g % H of [batch/H, M, H, K]
+            g, r = divmod(i0, M)
+            row = (g // a_heads * M * a_heads + g % a_heads + r * a_heads) * K
         return [Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=dst, rows=mt, len=min(R, K - c * R),
-                                 dram=a_op.addr + i0 * K + c * R, stride=K)]
+                                 dram=a_op.addr + row + c * R, stride=K * a_heads)]
 
     extra = {"batch": batch, "slice_rows": M, "b_slice": K * N if b_batched else 0}
+    if tuple(heads) != (1, 1, 1):
+        extra["heads"] = tuple(int(h) for h in heads)
     if zp_a or zp_b:
         extra.update(zp_a=zp_a, zp_b=zp_b)
     return _matmul_kernel("batched_gemm", config, batch * M, K, N, epi, operands, load_a,
