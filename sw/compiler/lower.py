@@ -254,6 +254,12 @@ def _plan_qactmatmul(graph: Graph, node: Node) -> NodeKernel | str:
     (``batched_gemm(zero_points=)``, with ``K * za * zb`` in the bias)."""
     za, zb = int(node.attrs.get("a_zero_point", 0)), int(node.attrs.get("b_zero_point", 0))
     a_shape, b_shape = _static(graph, node.inputs[0], node), _static(graph, node.inputs[1], node)
+    # Heads-interleaved operands ([..., rows, H, cols]; fold_head_transposes): the logical shapes.
+    flags = [int(bool(node.attrs.get(key))) for key in ("a_heads", "b_heads", "out_heads")]
+    if flags[0]:
+        a_shape = (*a_shape[:-3], a_shape[-2], a_shape[-3], a_shape[-1])
+    if flags[1]:
+        b_shape = (*b_shape[:-3], b_shape[-2], b_shape[-3], b_shape[-1])
     *a_batch, m, k = a_shape
     *b_batch, _, n = b_shape
     bias = np.full(n, k * za * zb, np.int64) if za and zb else None
@@ -264,7 +270,13 @@ def _plan_qactmatmul(graph: Graph, node: Node) -> NodeKernel | str:
     if za or zb:
         options.pop("tiling", None)        # gemm tilings: the tiling pass does not price batched_gemm
         options["zero_points"] = (za, zb)
-    if b_count == 1 and (za or zb):
+    if any(flags):
+        if not (a_count == b_count == out_count) or not a_batch:
+            return f"heads layout with a broadcast batch (A {a_shape}, B {b_shape})"
+        heads = int(np.broadcast_shapes(tuple(a_batch), tuple(b_batch))[-1])   # the head axis
+        options["heads"] = tuple(heads if flag else 1 for flag in flags)
+        recipe = KernelRecipe("batched_gemm", (b_count, m, k, n), _options(options))
+    elif b_count == 1 and (za or zb):
         options["b_batched"] = False
         recipe = KernelRecipe("batched_gemm", (1, a_count * m, k, n), _options(options))
     elif b_count == 1:

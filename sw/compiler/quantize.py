@@ -890,6 +890,52 @@ class _Lowering:
         self.build.substitute[node.name] = node.replace(inputs=(result.name, node.inputs[1], zero))
 
 
+def _swaps_heads(node: Node | None) -> bool:
+    """Whether ``node`` is a Transpose that swaps axes -3 and -2 only (attention's head split/merge,
+    ``perm=[0, 2, 1, 3]``)."""
+    if node is None or node.op_type != "Transpose" or node.domain or node.kind is not NodeKind.OPERATOR:
+        return False
+    perm = list(node.attrs.get("perm", ()))
+    rank = len(perm)
+    return rank >= 3 and perm == [*range(rank - 3), rank - 2, rank - 3, rank - 1]
+
+
+def fold_head_transposes(graph: Graph) -> Graph:
+    """Fold attention's head split and merge into ``braze.QActMatMul``: a Transpose swapping axes -3 and
+    -2 (``[B, T, H, d] <-> [B, H, T, d]``) that only feeds operand A or B of the product becomes its
+    ``a_heads``/``b_heads`` attribute, and one that is the product's only reader its ``out_heads``: the
+    kernel reads and writes the heads-interleaved tensors directly
+    (:func:`~braze.sw.compiler.kernels.batched_gemm` ``heads``), so no transpose (and no transfer
+    through the host) happens.  K's transpose for ``Q @ K^T`` (``perm=[0, 2, 3, 1]``) is not one of
+    these: B's rows must be K's columns, which a LOAD cannot gather."""
+    if not any(node.qualified_op == f"{BRAZE_DOMAIN}.QActMatMul" for node in graph.operators()):
+        return graph
+    graph = simplify(graph)              # dead Q/DQ nodes left by the lowering are readers no more
+    substitute: dict[str, Node] = {}
+    remove: set[str] = set()
+    for node in graph.operators():
+        if node.qualified_op != f"{BRAZE_DOMAIN}.QActMatMul":
+            continue
+        inputs, attrs, outputs = list(node.inputs), {}, node.outputs
+        for index, key in ((0, "a_heads"), (1, "b_heads")):
+            producer = graph.producer(inputs[index])
+            if _swaps_heads(producer) and len(graph.consumers(inputs[index])) == 1 \
+                    and inputs[index] not in graph.outputs and producer.name not in remove:
+                remove.add(producer.name)
+                inputs[index] = producer.inputs[0]
+                attrs[key] = 1
+        readers = graph.consumers(node.outputs[0])
+        if len(readers) == 1 and _swaps_heads(readers[0]) and node.outputs[0] not in graph.outputs:
+            remove.add(readers[0].name)
+            outputs = readers[0].outputs
+            attrs["out_heads"] = 1
+        if attrs:
+            substitute[node.name] = node.replace(inputs=tuple(inputs), outputs=outputs).with_attrs(**attrs)
+    if not substitute:
+        return graph
+    return graph.edit(remove=remove, substitute=substitute)
+
+
 def lower_qdq(graph: Graph) -> Graph:
     """Turn quantized ONNX patterns into Braze's int8 ops, honouring the model's scales.
 
@@ -919,12 +965,12 @@ def lower_qdq(graph: Graph) -> Graph:
             lowering.redirect_dequantize(node)
     if not lowering.build.add and not lowering.build.substitute:
         return graph
-    return lowering.build.build()
+    return fold_head_transposes(lowering.build.build())
 
 
 __all__ = [
     "QuantizationError", "CalibrationError", "quantize_multiplier", "activation_params", "quantize_weights",
     "shift_uint8", "quantize_bias", "quantizable_operators", "calibrate", "fuse_bias_add", "insert_qdq",
-    "quantize", "lower_qdq",
+    "quantize", "lower_qdq", "fold_head_transposes",
     "SCALE_PRESERVING", "WEIGHT_MAX",
 ]

@@ -333,7 +333,12 @@ def _check_qactmatmul(graph, node, fail):
             fail(f"{node.op_type} operand {info.name!r} must be int8, got {info.dtype}")
         if info.shape is not None and len(info.shape) < 2:
             fail(f"{node.op_type} operand {info.name!r} must have at least 2 dimensions, got {info.shape}")
-    if a.shape and b.shape and _known(a.shape[-1], b.shape[-2]) and a.shape[-1] != b.shape[-2]:
+    for key, info in (("a_heads", a), ("b_heads", b)):
+        if node.attrs.get(key) and info.shape is not None and len(info.shape) < 3:
+            fail(f"{key}: operand {info.name!r} of shape {info.shape} has no head axis")
+    k_b = -3 if node.attrs.get("b_heads") else -2
+    if a.shape and b.shape and len(b.shape) >= -k_b and _known(a.shape[-1], b.shape[k_b]) \
+            and a.shape[-1] != b.shape[k_b]:
         fail(f"{node.op_type} inner dimensions differ: {a.shape} and {b.shape}")
     if node.attrs.get("out", "spad") == "spad" and node.attrs.get("mult") is None:
         fail("an int8 output needs requantization (mult and shift)")

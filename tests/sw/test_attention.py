@@ -16,7 +16,7 @@ from braze.sw.compiler.cache import KernelCache
 from braze.sw.compiler.frontend import evaluate, evaluate_node
 from braze.sw.compiler.ir import Node, NodeKind
 from braze.sw.compiler.kernels import run_kernel
-from braze.sw.compiler.lower import CpuStep, KernelStep
+from braze.sw.compiler.lower import CpuStep, KernelStep, TransferStep
 from braze.sw.runtime.attention_bench import attention_model, matmul_macs, quantize_attention
 from braze.sw.runtime.session import InferenceSession
 
@@ -40,6 +40,32 @@ def test_batched_gemm_computes_every_slice_with_its_epilogue(b_batched):
                           for g in range(batch)])
     assert np.array_equal(got, epilogue(acc, mult=mult, shift=shift, out_zp=3))
     assert kernel.macs == batch * m * k * n
+
+
+@pytest.mark.parametrize("heads, zero_points", [((4, 4, 4), (0, 0)), ((2, 1, 2), (3, -128)),
+                                                ((1, 2, 2), (0, 0)), ((2, 2, 1), (-128, 4))])
+def test_batched_gemm_reads_and_writes_heads_interleaved_tensors(heads, zero_points):
+    """``heads``: operands stored [B, T, H, d] (before the head split's transpose) give the products of
+    the [B, H, T, d] slices, the output written [B, T, H, d] (the merge's layout)."""
+    rng = np.random.default_rng(7)
+    batch, h, m, k, n = 2, max(heads), 5, 19, 6
+    za, zb = zero_points
+    a = rng.integers(-128, 128, (batch, h, m, k), dtype=np.int8)
+    b = rng.integers(-128, 128, (batch, h, k, n), dtype=np.int8)
+    stored = [np.ascontiguousarray(x.transpose(0, 2, 1, 3)) if flag > 1 else x
+              for x, flag in zip((a, b), heads, strict=False)]
+    kernel = lib.batched_gemm(TINY, batch * h, m, k, n, heads=heads, zero_points=zero_points, bias=True,
+                              out="int32")
+    feeds = {"A": stored[0].reshape(-1, k), "B": stored[1].reshape(-1, n),
+             "params": lib.pack_params(kernel, bias=np.full(n, k * za * zb))}
+    if za or zb:
+        feeds["zp"] = lib.zero_point_rows(kernel)
+    with open_device("golden", TINY) as device:
+        got = run_kernel(device, kernel, feeds).outputs["out"]
+    expected = np.matmul(a.astype(np.int64) - za, b.astype(np.int64) - zb)
+    if heads[2] > 1:
+        expected = expected.transpose(0, 2, 1, 3)
+    assert np.array_equal(got.reshape(-1), expected.reshape(-1))
 
 
 def test_one_batched_kernel_is_predicted_faster_than_a_kernel_per_head():
@@ -122,8 +148,13 @@ def test_attention_products_run_on_the_chip_bit_exactly(attention, symmetric):
              and "braze.QActMatMul" in step.op_types]
     # Nonzero zero points (asymmetric activations) are accumulated on the array from constant tiles.
     assert all(("zp" in step.kernel.operands) == (not symmetric) for step in steps) and len(steps) == 2
-    host = {step.node.op_type for step in session.compiled.steps if isinstance(step, CpuStep)}
-    assert host == {"QuantizeLinear", "DequantizeLinear", "Mul", "Softmax", "Transpose", "Reshape"}, host
+    host = [step.node.op_type for step in session.compiled.steps if isinstance(step, CpuStep)]
+    assert set(host) == {"QuantizeLinear", "DequantizeLinear", "Mul", "Softmax", "Transpose", "Add",
+                         "LayerNormalization"}, host
+    # The head split of Q and V and the merge are folded into the kernels; only K's transpose (B's rows
+    # are K's columns) goes through the host.
+    assert host.count("Transpose") == 1
+    assert sum(isinstance(step, TransferStep) for step in session.compiled.steps) == 6
     rng = np.random.default_rng(1)
     for _ in range(2):
         x = rng.normal(size=SHAPE).astype(np.float32)
