@@ -8,8 +8,10 @@ Every operator node becomes one *step* of a straight-line plan:
   ``braze.QConv`` -> :func:`~braze.sw.compiler.kernels.conv2d` (NHWC, implicit im2col),
   int8 ``MaxPool`` -> :func:`~braze.sw.compiler.kernels.maxpool2d`, int8 ``Relu``/``Clip`` ->
   :func:`~braze.sw.compiler.kernels.relu` / :func:`~braze.sw.compiler.kernels.clip`, ``braze.QAdd`` ->
-  :func:`~braze.sw.compiler.kernels.add`.  The epilogue (bias, requantize, residual,
-  activation) of a node is fused into its kernel; the input zero point is
+  :func:`~braze.sw.compiler.kernels.add`, ``braze.QActMatMul`` (two activations, attention) ->
+  :func:`~braze.sw.compiler.kernels.batched_gemm` (or ``gemm`` for a B shared by the batch) with
+  both operands on the device, zero points accumulated on the array.  The epilogue (bias,
+  requantize, residual, activation) of a node is fused into its kernel; the input zero point is
   folded into the bias (``bias - x_zp * colsum(w)``), the residual's zero
   point into the requantize stage's (``out_zp - residual_zp``); the residual
   operand has the output's device layout.

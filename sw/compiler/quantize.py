@@ -13,6 +13,12 @@ Two ops of domain ``"braze"`` carry every quantized matrix product:
     (``strides``, ``pads``, ``auto_pad``); padding is the input zero point,
     i.e. a real zero.
 
+``QActMatMul(a, b)``
+    the product of two int8 *activations* (attention's ``Q @ K^T``, ``P @ V``), batched and
+    broadcast as ONNX MatMul, with zero points ``a_zero_point``/``b_zero_point``; ``a_heads``,
+    ``b_heads``, ``out_heads`` mark an operand (or the output) stored heads-interleaved
+    (``[..., rows, H, cols]``, see :func:`fold_head_transposes`).
+
 ``residual`` (optional) is an int8 tensor of the output's shape and scale
 with zero point ``residual_zp``: a residual connection ``Add`` folded in.
 
@@ -946,6 +952,9 @@ def lower_qdq(graph: Graph) -> Graph:
       ``r`` of the output's shape and exactly the output ``Q``'s scale becomes
       one Braze op with ``r`` as its residual input; at another scale the
       group stays as it is (the addition is not exact in the epilogue).
+    * ``DQ(a) -> MatMul(., DQ(b)) [-> Relu/Clip] -> Q`` with ``b`` an activation becomes
+      ``braze.QActMatMul`` (zero points kept), head split/merge transposes folded into it
+      (:func:`fold_head_transposes`).
     * ``DQ -> MaxPool/Reshape/... -> Q`` with equal parameters runs on int8.
     * ``QLinearMatMul``/``QLinearConv`` become Braze ops; ``MatMulInteger``/
       ``ConvInteger`` become Braze ops with int32 output (``out="acc"``).

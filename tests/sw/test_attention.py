@@ -221,3 +221,16 @@ def test_batched_matmul_broadcasting(a_shape, b_shape, out_shape, kernel):
     assert y.shape == out_shape
     assert np.array_equal(y, evaluate(session.graph_before, feeds)["y"])
     assert np.count_nonzero(y) > y.size // 2
+
+
+def test_bench_attention_reports_the_block(capsys):
+    from braze.sw.runtime import attention_bench
+
+    assert attention_bench.main(["--config", "tiny", "--seq", "8", "--d", "16", "--heads", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("attention: ")
+    fields = dict(item.split("=") for item in lines[-1].split()[1:])
+    assert float(fields["chip_mac_pct"]) == 100.0 and fields["bitexact"] == "True"
+    assert int(fields["cycles_golden"]) > 0 and float(fields["batched_over_per_slice"]) < 1.0
+    assert float(fields["host_softmax_cycles"]) > 0 and float(fields["softmax_transfer_cycles"]) > 0
+    assert any("softmax on the host" in line for line in lines)
