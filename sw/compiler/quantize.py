@@ -348,6 +348,16 @@ def _quantizable(graph: Graph, node: Node) -> bool:
     return False
 
 
+def _activation_product(graph: Graph, node: Node) -> bool:
+    """A float MatMul of two computed tensors (no constant), both of rank 2 or more."""
+    if node.kind is not NodeKind.OPERATOR or node.domain or node.device != "accel" \
+            or node.op_type != "MatMul":
+        return False
+    infos = [graph.tensor(t) for t in node.inputs]
+    return all(graph.constant(t) is None for t in node.inputs) and all(
+        info.dtype == "float32" and info.shape is not None and len(info.shape) >= 2 for info in infos)
+
+
 def quantizable_operators(graph: Graph) -> list[Node]:
     """The float operators :func:`quantize` turns into int8 accelerator ops (MatMul, Gemm, Conv with
     constant float weights), in topological order."""
@@ -357,7 +367,8 @@ def quantizable_operators(graph: Graph) -> list[Node]:
 
 def insert_qdq(graph: Graph, ranges: Mapping[str, tuple[float, float]], *,
                symmetric_activations: bool = False) -> Graph:
-    """Insert QuantizeLinear/DequantizeLinear around every quantizable MatMul, Gemm and Conv.
+    """Insert QuantizeLinear/DequantizeLinear around every quantizable MatMul, Gemm and Conv, and
+    around every MatMul of two activations (both operands and the output quantized as activations).
 
     The result is a float "fake-quantized" QDQ graph, in the form of
     onnxruntime's ``quantize_static``: activations ``DQ(Q(x))`` (int8,
@@ -408,6 +419,15 @@ def insert_qdq(graph: Graph, ranges: Mapping[str, tuple[float, float]], *,
         if node.op_type in SCALE_PRESERVING and not node.domain and node.inputs[0] in quantized \
                 and node.outputs[0] not in quantized and node.device == "accel":
             build.substitute[node.name] = quantize_output(node, node.outputs[0], quantized[node.inputs[0]])
+            continue
+        if _activation_product(graph, node):
+            # Both operands quantized as activations (attention's Q @ K^T, P @ V): braze.QActMatMul.
+            op = node.replace(inputs=(fake_quantized(node.inputs[0])[0], fake_quantized(node.inputs[1])[0]))
+            activation = _fused_activation(graph, node.outputs[0])
+            last = activation or op
+            build.substitute[last.name] = quantize_output(last, last.outputs[0], params_of(last.outputs[0]))
+            if activation is not None:
+                build.substitute[node.name] = op
             continue
         if not _quantizable(graph, node):
             continue

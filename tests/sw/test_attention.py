@@ -234,3 +234,23 @@ def test_bench_attention_reports_the_block(capsys):
     assert int(fields["cycles_golden"]) > 0 and float(fields["batched_over_per_slice"]) < 1.0
     assert float(fields["host_softmax_cycles"]) > 0 and float(fields["softmax_transfer_cycles"]) > 0
     assert any("softmax on the host" in line for line in lines)
+
+
+def test_a_float_attention_block_calibrated_by_braze_gets_the_same_kernels():
+    """Braze's own quantizer (calibration inputs, no onnxruntime) quantizes the activation products too."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(8)
+    model = attention_model(seq=SHAPE[1], d=SHAPE[2], heads=2)
+    calibration = [{"x": rng.normal(size=SHAPE).astype(np.float32)} for _ in range(4)]
+    session = InferenceSession(model, config="tiny", calibration=calibration, cache=KernelCache(disk=False))
+    kernels = [step for step in session.compiled.steps if isinstance(step, KernelStep)]
+    assert sum("braze.QActMatMul" in step.op_types for step in kernels) == 2
+    assert sum(step.kernel.macs for step in kernels) == sum(matmul_macs(model).values())
+    x = rng.normal(size=SHAPE).astype(np.float32)
+    (y,) = session.run(None, {"x": x})
+    assert np.array_equal(y, evaluate(session.graph_before, {"x": x})["y"])
+    (expected,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})
+    # int8 quantization of a layer-normalized output (values of order 1): a few percent of its range.
+    assert np.sqrt(np.mean((y - expected) ** 2)) < 0.05 * np.abs(expected).max()
