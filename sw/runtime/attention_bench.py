@@ -268,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--d", type=int, default=64)
     parser.add_argument("--heads", type=int, default=4)
     args = parser.parse_args(argv)
+    if min(args.seq, args.d, args.heads) < 1 or args.d % args.heads:
+        parser.error(f"--seq {args.seq}, --d {args.d}, --heads {args.heads}: need positive sizes and heads "
+                     f"dividing d")
     config = Config.parse(args.config)
     link = HostLink()
     rng = np.random.default_rng(0)
