@@ -628,6 +628,17 @@ BENCH_TARGETS["dispatch"] = ("control flow on the chip: looped vs unrolled GEMM 
                              _bench_dispatch)
 
 
+def _bench_table(argv: Sequence[str]) -> int:
+    from braze.sw.runtime import table_bench as bench
+
+    return bench.main(argv)
+
+
+BENCH_TARGETS["table"] = ("table activations: a GELU MLP with GELU fused into the GEMM epilogue, as a "
+                          "standalone table kernel and on the host -- cycles, kernels, exactness (braze "
+                          "bench table --help)", _bench_table)
+
+
 def _bench_fleet(argv: Sequence[str]) -> int:
     from braze.sw.fleet import bench
 

@@ -14,6 +14,7 @@ from amaranth.lib.wiring import In, Out
 
 from braze.isa import FORMATS, INSTRUCTION, Config, ErrorCause, Memory, Unit
 from braze.isa.encoding import ALLOWED_DEPS, DEPS, UNARY_VECTOR_OPS, Format, Kind, field_range
+from braze.isa.timing import table_rows
 
 __all__ = ["Decoder"]
 
@@ -134,6 +135,9 @@ class Decoder(wiring.Component):
             ],
             "predicate": [
                 self._rows_outside(args.predicate.addr, args.predicate.rows, args.predicate.mem),
+            ],
+            "table": [
+                self._rows_outside(args.table.addr, table_rows(config), Memory.SPAD),
             ],
             "vector": [
                 self._rows_outside(vector.src1, vector.rows, vector.src1_mem),

@@ -4,22 +4,25 @@ Exactly :func:`braze.isa.arith.epilogue` and the ``EPILOGUE`` format's doc in
 :mod:`braze.isa.encoding`, one row per cycle, with a fixed schedule: an
 instruction of ``m`` rows takes ``m + EPILOGUE_LATENCY`` cycles whatever its
 flags (the parameter-row reads it does not need are idle cycles, so the
-access counts stay exact).
+access counts stay exact).  The unit also holds the activation table of
+``act=table`` and executes ``TABLE``, which writes it.
 """
 
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory as MemoryBlock
 from amaranth.lib.wiring import In
+from amaranth.utils import exact_log2
 
 from braze.isa.config import Config
 from braze.isa.encoding import FORMAT_BY_OPCODE, INSTRUCTION, Activation, Memory, Opcode
-from braze.isa.timing import EPILOGUE_LATENCY
+from braze.isa.timing import EPILOGUE_LATENCY, TABLE_LATENCY, table_rows
 
 from .vector import ROW_ADDR_WIDTH, counter_ports, memory_ports, saturate, shift_for_rounding
 
-__all__ = ["EPILOGUE_LATENCY", "EpilogueUnit"]
+__all__ = ["EPILOGUE_LATENCY", "TABLE_LATENCY", "EpilogueUnit"]
 
 # EPILOGUE_LATENCY (braze.isa.timing) is what this unit takes beyond one cycle per row: three
 # parameter-row reads (bias, multiplier, shift), the read latency, five pipeline registers
@@ -28,13 +31,14 @@ __all__ = ["EPILOGUE_LATENCY", "EpilogueUnit"]
 # cycle were the whole design's critical path (tiny on an ECP5: 42.9 MHz).
 
 EPILOGUE_ARGS = FORMAT_BY_OPCODE[Opcode.EPILOGUE].layout
+TABLE_ARGS = FORMAT_BY_OPCODE[Opcode.TABLE].layout
 
 #: Cycle (counting the one after acceptance as 1) of the first source-row read.
 _FIRST_ROW_READ = 4
 
 
 class EpilogueUnit(wiring.Component):
-    """Executes ``EPILOGUE`` instructions.
+    """Executes ``EPILOGUE`` and ``TABLE`` instructions.
 
     Parameters
     ----------
@@ -44,9 +48,10 @@ class EpilogueUnit(wiring.Component):
     Attributes
     ----------
     insn : In(stream.Signature(INSTRUCTION))
-        The decoded instruction (``args.epilogue`` is read); range checks have
-        already passed.  ``ready`` is high when idle and in the cycle of
-        ``done``, so instructions can run back to back.
+        The decoded instruction, an EPILOGUE (``args.epilogue`` is read) or a
+        TABLE (``args.table``); range checks have already passed.  ``ready``
+        is high when idle and in the cycle of ``done``, so instructions can run
+        back to back.
     clip_lo, clip_hi, out_zp : In(signed(32))
         The CONFIG registers, sampled when the instruction is accepted.
     spad_read, acc_read : In(ReadPort.Signature(addr_width=16, shape=row))
@@ -55,15 +60,16 @@ class EpilogueUnit(wiring.Component):
     spad_write, acc_write : In(WritePort.Signature(addr_width=16, shape=row))
         Compute write ports.
     busy : Out(1)
-        High for exactly ``m + EPILOGUE_LATENCY`` cycles per instruction: from
-        the cycle after it is accepted to the cycle of ``done``.
+        High for exactly ``m + EPILOGUE_LATENCY`` cycles per EPILOGUE and
+        ``256/cols + TABLE_LATENCY`` per TABLE: from the cycle after it is
+        accepted to the cycle of ``done``.
     done : Out(1)
         One-cycle pulse in the cycle of the last row write (committed at the
         end of that cycle).
     spad_read_pulse, spad_write_pulse, acc_read_pulse, acc_write_pulse : Out(1)
         One pulse per row read or written, for the performance counters:
         ``m + bias + 2*requant`` accumulator reads, ``m`` scratchpad reads with
-        ``residual``, ``m`` writes to ``out``.
+        ``residual``, ``m`` writes to ``out``; ``256/cols`` scratchpad reads per TABLE.
 
     Notes
     -----
@@ -79,6 +85,18 @@ class EpilogueUnit(wiring.Component):
     the write.
     Disabled stages are made neutral (bias 0, multiplier 1, shift 0,
     OUT_ZP 0, residual 0) rather than bypassed.
+
+    The activation table is a :class:`~amaranth.lib.memory.Memory` of
+    ``256/cols`` rows of ``cols`` int8 entries (entry ``e`` is element
+    ``e % cols`` of row ``e // cols``, the layout of the scratchpad rows TABLE
+    copies) with one write port and one synchronous read port per column.
+    With ``act=table`` the activation register stage drives each column's read
+    address with the row of its int8-saturated value and registers the column
+    index next to ``result``; in the write cycle the entry is picked out of the
+    row that arrives, so the lookup adds no cycle to the fixed schedule.  A
+    TABLE reads scratchpad row ``addr + r`` in cycle ``1 + r`` and writes it
+    into table row ``r`` in the cycle it arrives; ``done`` comes in cycle
+    ``256/cols + 1``.
 
     The parameter rows are read before any write, and every source and
     residual row before it is written, so in place (``out=acc`` with
@@ -148,9 +166,24 @@ class EpilogueUnit(wiring.Component):
         residual_row = Signal(data.ArrayLayout(signed(8), cols))
         result = Signal(int32_row)
 
+        # The activation table and the TABLE instruction's state.
+        index_bits = exact_log2(cols)            # bits of an entry's column within a table row
+        m.submodules.table = table = MemoryBlock(
+            shape=data.ArrayLayout(signed(8), cols), depth=table_rows(self._config), init=[])
+        table_write = table.write_port()
+        table_reads = [table.read_port() for _ in range(cols)]
+        table_reading = Signal()
+        table_read_row = Signal(range(table_rows(self._config) + 1))
+        table_src = Signal(ROW_ADDR_WIDTH)
+        table_arrives = Signal()                 # the row read last cycle is on spad_read.data
+        table_write_row = Signal(range(table_rows(self._config) + 1))
+        table_done = Signal()
+        lookup_column = Signal(data.ArrayLayout(max(index_bits, 1), cols))
+
         done = Signal()
         m.d.comb += [
-            done.eq(result_valid & (write_row == args.m - 1)),
+            table_done.eq(table_arrives & (table_write_row == table_rows(self._config) - 1)),
+            done.eq((result_valid & (write_row == args.m - 1)) | table_done),
             self.done.eq(done),
             self.busy.eq(busy),
             self.insn.ready.eq(~busy | done),
@@ -158,6 +191,20 @@ class EpilogueUnit(wiring.Component):
 
         with m.If(done):
             m.d.sync += busy.eq(0)
+
+        # TABLE: one scratchpad row read per cycle, written into the table as it arrives.
+        with m.If(table_reading):
+            m.d.sync += [table_read_row.eq(table_read_row + 1), table_src.eq(table_src + 1)]
+            with m.If(table_read_row == table_rows(self._config) - 1):
+                m.d.sync += table_reading.eq(0)
+        m.d.sync += table_arrives.eq(table_reading)
+        with m.If(table_arrives):
+            m.d.sync += table_write_row.eq(table_write_row + 1)
+        m.d.comb += [
+            table_write.en.eq(table_arrives),
+            table_write.addr.eq(table_write_row),
+            table_write.data.eq(self.spad_read.data),
+        ]
 
         # Accumulator reads: bias, multiplier and shift rows, then the m source rows.
         with m.If(param_cycle != 0):
@@ -206,9 +253,9 @@ class EpilogueUnit(wiring.Component):
         residual_read = Signal()
         m.d.comb += [
             residual_read.eq(product_valid & args.residual),
-            self.spad_read.en.eq(residual_read),
-            self.spad_read.addr.eq(res_addr),
-            self.spad_read_pulse.eq(residual_read),
+            self.spad_read.en.eq(residual_read | table_reading),
+            self.spad_read.addr.eq(Mux(table_reading, table_src, res_addr)),
+            self.spad_read_pulse.eq(residual_read | table_reading),
         ]
         with m.If(residual_read):
             m.d.sync += res_addr.eq(res_addr + 1)
@@ -238,6 +285,16 @@ class EpilogueUnit(wiring.Component):
                     m.d.comb += activated.eq(summed)
             converted = Mux(args.out == Memory.SPAD, saturate(activated, 8), activated)
             m.d.sync += result[j].eq(Mux(j < args.n, converted, 0))
+            # act=table: read the table row of the int8-saturated value; the entry's column waits
+            # next to `result` and picks it out of the row in the write cycle.
+            entry = Signal(8, name=f"table_entry_{j}")
+            m.d.comb += [
+                entry.eq(saturate(summed, 8)[:8]),
+                table_reads[j].addr.eq(entry[index_bits:]),
+                table_reads[j].en.eq(requantized_valid),
+            ]
+            if index_bits:
+                m.d.sync += lookup_column[j].eq(entry[:index_bits])
 
         # Writing.
         with m.If(result_valid):
@@ -248,11 +305,24 @@ class EpilogueUnit(wiring.Component):
             m.d.comb += [port.en.eq(here), port.addr.eq(dst_addr), pulse.eq(here)]
             element = port.data.shape().elem_shape
             for j in range(cols):
-                m.d.comb += port.data[j].eq(result[j][:element.width])
+                looked_up = table_reads[j].data[lookup_column[j]] if index_bits else table_reads[j].data[0]
+                with m.If((args.act == Activation.TABLE) & (j < args.n)):
+                    m.d.comb += port.data[j].eq(looked_up)    # int8, sign-extended into acc rows
+                with m.Else():
+                    m.d.comb += port.data[j].eq(result[j][:element.width])
 
         # Accepting an instruction: last, so that it overrides the final updates of the previous one.
         new = self.insn.payload.args.epilogue
-        with m.If(self.insn.valid & self.insn.ready):
+        is_table = self.insn.payload.opcode == Opcode.TABLE
+        with m.If(self.insn.valid & self.insn.ready & is_table):
+            m.d.sync += [
+                busy.eq(1),
+                table_reading.eq(1),
+                table_read_row.eq(0),
+                table_src.eq(self.insn.payload.args.table.addr),
+                table_write_row.eq(0),
+            ]
+        with m.If(self.insn.valid & self.insn.ready & ~is_table):
             m.d.sync += [
                 args.eq(new),
                 clip_lo.eq(self.clip_lo),

@@ -65,7 +65,7 @@ class Accelerator(wiring.Component):
       accumulator;
     * **compute** -- one of :class:`~braze.hw.matmul.MatmulUnit` (MATMUL on the
       ``rows x cols`` :class:`~braze.hw.pe_array.PEArray`), :class:`~braze.hw.epilogue.EpilogueUnit`
-      (EPILOGUE) and :class:`~braze.hw.vector.VectorUnit` (VECTOR), routed by opcode; only one
+      (EPILOGUE and TABLE) and :class:`~braze.hw.vector.VectorUnit` (VECTOR), routed by opcode; only one
       compute instruction runs at a time, so they share the memories' compute ports.  CONFIG
       runs in the control core;
     * **store** -- :class:`~braze.hw.dma.StoreEngine`: STORE, and the write-out of COUNTERS
@@ -219,11 +219,14 @@ class Accelerator(wiring.Component):
         # Compute: route by opcode; the units never fail (the decoder has range-checked).
         compute = control.compute
         opcode = compute.insn.payload.opcode
-        units = ((Opcode.MATMUL, matmul), (Opcode.EPILOGUE, epilogue), (Opcode.VECTOR, vector))
-        for unit_opcode, unit in units:
+        # TABLE runs on the epilogue unit, which holds the activation table.
+        units = ((Opcode.MATMUL, matmul), (Opcode.EPILOGUE, epilogue), (Opcode.VECTOR, vector),
+                 (Opcode.TABLE, epilogue))
+        for unit in (matmul, epilogue, vector):
+            its_opcodes = [opcode == unit_opcode for unit_opcode, other in units if other is unit]
             m.d.comb += [
                 unit.insn.payload.eq(compute.insn.payload),
-                unit.insn.valid.eq(compute.insn.valid & (opcode == unit_opcode)),
+                unit.insn.valid.eq(compute.insn.valid & _any(its_opcodes)),
             ]
         m.d.comb += [
             compute.insn.ready.eq(_mux_by_enable(

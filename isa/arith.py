@@ -50,12 +50,33 @@ def requantize(x: np.ndarray, mult: np.ndarray, shift: np.ndarray, zero_point: i
     return np.clip(round_shift(product, shift) + np.int64(zero_point), INT32_MIN, INT32_MAX)
 
 
-def activate(x: np.ndarray, act: Activation, clip_lo: int, clip_hi: int) -> np.ndarray:
+TABLE_ENTRIES = 256
+
+
+def table_lookup(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """The ``table`` activation: ``table[sat8(x) mod 256]``, int64.
+
+    ``table`` holds the 256 int8 entries indexed by the two's-complement byte of the int8 input
+    (entry 255 is the value for -1, entry 128 for -128).
+    """
+    table = np.asarray(table)
+    if table.shape != (TABLE_ENTRIES,):
+        raise ValueError(f"an activation table has {TABLE_ENTRIES} entries, not shape {table.shape}")
+    index = np.clip(np.asarray(x, dtype=np.int64), INT8_MIN, INT8_MAX) & 0xFF
+    return table.astype(np.int8).astype(np.int64)[index]
+
+
+def activate(x: np.ndarray, act: Activation, clip_lo: int, clip_hi: int,
+             table: np.ndarray | None = None) -> np.ndarray:
     x = np.asarray(x, dtype=np.int64)
     if act is Activation.RELU:
         return np.maximum(x, 0)
     if act is Activation.CLIP:
         return np.minimum(np.maximum(x, clip_lo), clip_hi)
+    if act is Activation.TABLE:
+        if table is None:
+            raise ValueError("act=table needs the activation table")
+        return table_lookup(x, table)
     return x
 
 
@@ -71,12 +92,15 @@ def epilogue(
     out_zp: int = 0,
     clip_lo: int = 0,
     clip_hi: int = 0,
+    table: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ``EPILOGUE`` chain over an m x n int32 tile; a stage runs when its operand is given.
 
     ``bias``, ``mult`` and ``shift`` are per column (length n; ``shift`` is
     taken modulo 64 as the hardware reads its low 6 bits); ``residual`` is
-    an m x n int8 tile.  Returns int8 (``out=SPAD``) or int32 (``out=ACC``).
+    an m x n int8 tile; ``table`` the 256 int8 entries of the activation
+    table (read with ``act=TABLE``, see :func:`table_lookup`).  Returns int8
+    (``out=SPAD``) or int32 (``out=ACC``).
     """
     x = np.asarray(tile, dtype=np.int64)
     if bias is not None:
@@ -87,7 +111,7 @@ def epilogue(
         x = requantize(x, mult, np.asarray(shift, dtype=np.int64) & 63, out_zp)
     if residual is not None:
         x = np.clip(x + np.asarray(residual, dtype=np.int64), INT32_MIN, INT32_MAX)
-    x = activate(x, act, clip_lo, clip_hi)
+    x = activate(x, act, clip_lo, clip_hi, table)
     return saturate(x, out)
 
 

@@ -15,7 +15,7 @@ same layouts; the assembler, the disassembler and the ISA document read the
 Dependencies
 ------------
 The machine runs three units decoupled: **load** (``LOAD``), **compute**
-(``MATMUL``, ``EPILOGUE``, ``VECTOR``, ``CONFIG``) and **store** (``STORE``).
+(``MATMUL``, ``EPILOGUE``, ``VECTOR``, ``CONFIG``, ``TABLE``) and **store** (``STORE``).
 Instructions are dispatched in program order into one queue per unit, and
 each unit executes its own queue in order, so a unit may run ahead of the
 others.  Ordering *between* units is stated with dependency tokens in the
@@ -101,6 +101,7 @@ class Opcode(enum.Enum, shape=4):
     FENCE = 7
     COUNTERS = 8
     HALT = 9
+    TABLE = 10
     # Control flow (issue 13), numbered from the top so that other additions can grow from 10.
     PREDICATE = 13
     BRANCH = 14
@@ -124,11 +125,13 @@ class Memory(enum.Enum, shape=1):
 
 
 class Activation(enum.Enum, shape=2):
-    """Activation stage of ``EPILOGUE`` (value 3 is illegal)."""
+    """Activation stage of ``EPILOGUE``."""
 
     NONE = 0
     RELU = 1
     CLIP = 2
+    #: Look the value, saturated to int8, up in the 256-entry activation table that ``TABLE`` writes.
+    TABLE = 3
 
 
 class VectorOp(enum.Enum, shape=4):
@@ -395,7 +398,8 @@ FORMATS: tuple[Format, ...] = (
         "(2) `requant`: x = sat32(round_half_even(x * mult[j] / 2**shift[j]) + OUT_ZP), "
         "mult[j] = acc[quant_addr][j] (int32), shift[j] = acc[quant_addr+1][j] & 63; "
         "(3) `residual`: x = sat32(x + spad[res_addr + i][j]) (int8); "
-        "(4) `act`: relu gives max(x, 0), clip gives min(max(x, CLIP_LO), CLIP_HI); "
+        "(4) `act`: relu gives max(x, 0), clip gives min(max(x, CLIP_LO), CLIP_HI), table gives "
+        "table[sat8(x) mod 256] (the int8 activation table TABLE writes, sign-extended); "
         "(5) write: to scratchpad row `dst + i` saturated to int8 (`out=spad`), or to "
         "accumulator row `dst + i` as int32 (`out=acc`). Columns n..cols-1 of the "
         "destination row are written with zeros. Rows are processed in order; a source range "
@@ -472,6 +476,19 @@ FORMATS: tuple[Format, ...] = (
         Opcode.HALT, Unit.CONTROL, "stop, once every earlier instruction has completed",
         "A barrier; then the machine reports done.",
         (),
+    ),
+    Format(
+        Opcode.TABLE, Unit.COMPUTE, "write the EPILOGUE activation table from scratchpad rows",
+        "Copies the 256/cols scratchpad rows `addr` .. `addr + 256/cols - 1` into the 256-entry int8 "
+        "activation table that EPILOGUE with act=table reads: entry e (0 <= e < 256) is byte e mod cols "
+        "of row `addr + e // cols`, so the table is one 256-byte external array indexed by the int8 "
+        "input's two's-complement byte, loaded with one LOAD of 256/cols rows of cols bytes. "
+        "Runs on the compute unit in its queue order and with its tokens (pop the LOAD that wrote the "
+        "rows); every later EPILOGUE reads the new table. The table keeps its contents across runs "
+        "(like the CONFIG registers) and is zero after reset.",
+        (
+            _f("addr", unsigned(16), Kind.ROW, "first scratchpad row of the table"),
+        ),
     ),
     Format(
         Opcode.PREDICATE, Unit.COMPUTE, "compute a property of on-chip rows into a scalar register",

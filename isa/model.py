@@ -132,6 +132,7 @@ from .timing import (
     Scheduler,
     axi_beats,
     element_bytes,
+    table_rows,
     timing_key,
     token_queues,
 )
@@ -296,6 +297,8 @@ def check_ranges(insn: Instruction, config: Config, *, pc: int | None = None) ->
         _rows_within(insn, config, pc, a["out"], a["dst"], m, "destination")
     elif op is Opcode.PREDICATE:
         _rows_within(insn, config, pc, a["mem"], a["addr"], a["rows"], "predicate")
+    elif op is Opcode.TABLE:
+        _rows_within(insn, config, pc, Memory.SPAD, a["addr"], table_rows(config), "table")
     elif op is Opcode.VECTOR:
         rows = a["rows"]
         _rows_within(insn, config, pc, a["src1_mem"], a["src1"], rows, "src1")
@@ -404,6 +407,9 @@ def instruction_accesses(insn: Instruction, config: Config) -> list[Access]:
         return result
     if op is Opcode.PREDICATE:
         return [(_SPACE_OF[insn.mem], slice(insn.addr, insn.addr + insn.rows), False)]
+    if op is Opcode.TABLE:
+        # The activation table itself is the compute unit's alone (in queue order): no race on it.
+        return [(_SPAD, slice(insn.addr, insn.addr + table_rows(config)), False)]
     return []  # CONFIG touches only compute-unit registers; barriers are ordered with everything.
 
 
@@ -636,6 +642,10 @@ class _Static:
             space, first = (0 if args["dst_mem"] is _MEM_SPAD else 1), args["dst"]
             deltas.append((_C_SPAD_WRITES if space == 0 else _C_ACC_WRITES, rows))
             accesses.append((space, True, None, first, first + rows))
+        elif op is Opcode.TABLE:
+            rows = table_rows(config)
+            deltas.append((_C_SPAD_READS, rows))
+            accesses.append((0, False, None, args["addr"], args["addr"] + rows))
         elif op is _COUNTERS:
             start = args["dram"]
             self.fails_dram = start + SNAPSHOT_BYTES > config.dram_bytes
@@ -861,7 +871,7 @@ class _Plan:
 
 _HOOKS = ("_execute", "_exec_load", "_exec_store", "_exec_matmul", "_exec_epilogue", "_exec_vector",
           "_exec_config", "_exec_fence", "_exec_counters", "_exec_halt", "_count", "_fetch", "_check_dram",
-          "_local", "_start_run", "_run_reference")
+          "_local", "_start_run", "_run_reference", "_exec_table")
 _FAST_CAPABLE: dict[type, bool] = {}
 
 
@@ -923,7 +933,7 @@ _ZERO = np.int64(0)
 
 def _epilogue(tile: np.ndarray, bias: np.ndarray | None, mult: np.ndarray | None, shift: np.ndarray | None,
               residual: np.ndarray | None, act: Activation, out: Memory, out_zp: int, clip_lo: int,
-              clip_hi: int) -> np.ndarray:
+              clip_hi: int, table: np.ndarray | None = None) -> np.ndarray:
     """:func:`braze.isa.arith.epilogue`, bit for bit, in fewer numpy operations; returns the int64 result
     transposed (columns by rows: per-column parameters then broadcast along the long axis).
 
@@ -953,15 +963,17 @@ def _epilogue(tile: np.ndarray, bias: np.ndarray | None, mult: np.ndarray | None
     elif act is Activation.CLIP:
         np.maximum(x, np.int64(clip_lo), out=x)
         np.minimum(x, np.int64(clip_hi), out=x)
+    elif act is Activation.TABLE:
+        x = arith.table_lookup(x, table)
     low, high = (_INT8_LOW, _INT8_HIGH) if out is Memory.SPAD else (_INT32_LOW, _INT32_HIGH)
     np.maximum(x, low, out=x)
     np.minimum(x, high, out=x)
     return x
 
 
-def _epilogue_op(tile, bias, mult, shift, residual, act, out, regs, dst, rest) -> None:
+def _epilogue_op(tile, bias, mult, shift, residual, act, out, regs, dst, rest, table=None) -> None:
     dst[...] = _epilogue(tile, bias, mult, shift, residual, act, out, regs[ConfigReg.OUT_ZP],
-                         regs[ConfigReg.CLIP_LO], regs[ConfigReg.CLIP_HI]).T
+                         regs[ConfigReg.CLIP_LO], regs[ConfigReg.CLIP_HI], table).T
     if rest is not None:
         rest[...] = 0
 
@@ -1042,6 +1054,8 @@ class Machine:
         Accumulator, int32, shape ``(acc_rows, cols)``.
     config_regs : dict[ConfigReg, int]
         The CONFIG registers (int32, reset 0).
+    table : numpy.ndarray
+        The EPILOGUE activation table: 256 int8 entries (reset 0) that ``TABLE`` writes.
     counters : numpy.ndarray
         uint64 per performance counter, indexed by :class:`~braze.isa.Counter`.
     race_check : bool
@@ -1068,6 +1082,9 @@ class Machine:
         self.spad = np.zeros((config.spad_rows, config.cols), dtype=np.int8)
         self.acc = np.zeros((config.acc_rows, config.cols), dtype=np.int32)
         self.config_regs: dict[ConfigReg, int] = {reg: 0 for reg in ConfigReg}
+        #: The EPILOGUE activation table (256 int8 entries, zero at reset), written by TABLE; like the
+        #: CONFIG registers it keeps its contents across runs.
+        self.table = np.zeros(arith.TABLE_ENTRIES, dtype=np.int8)
         #: The scalar registers r0..r7 (int32; r0 stays 0).  The host writes r1..r7 with write_scalar.
         self.scalar_regs: list[int] = [0] * SCALAR_REGS
         self.counters = np.zeros(len(COUNTERS), dtype=np.uint64)
@@ -1197,7 +1214,7 @@ class Machine:
 
     def _arrays(self) -> tuple:
         """What a plan's operations are built on: a plan is used only while all of it is still in place."""
-        return self.config, self.dram, self.spad, self.acc, self.config_regs
+        return self.config, self.dram, self.spad, self.acc, self.config_regs, self.table
 
     def _cached_plan(self, base: int, limit: int | None, cycle_limit: int = 0) -> _Plan | None:
         plans = self._plans.get(base)
@@ -1449,7 +1466,7 @@ class Machine:
             rows = slice(args["dst"], args["dst"] + m)
             rest = dst[rows, n:] if n < config.cols else None
             ops.append((_epilogue_op, (self.acc[src:src + m, :n], bias, mult, shift, residual, args["act"],
-                                       args["out"], self.config_regs, dst[rows, :n], rest)))
+                                       args["out"], self.config_regs, dst[rows, :n], rest, self.table)))
         elif op is Opcode.VECTOR:
             rows, vop = args["rows"], args["op"]
             x = self._local(args["src1_mem"])[args["src1"]:args["src1"] + rows]
@@ -1463,6 +1480,9 @@ class Machine:
                                      self._local(args["dst_mem"])[args["dst"]:args["dst"] + rows])))
         elif op is Opcode.CONFIG:
             ops.append((self.config_regs.__setitem__, (args["reg"], args["value"])))
+        elif op is Opcode.TABLE:
+            rows = table_rows(config)
+            ops.append((np.copyto, (self.table, self.spad[args["addr"]:args["addr"] + rows].reshape(-1))))
 
     def _fetch(self, pc: int) -> int:
         if pc + INSN_BYTES > self.config.dram_bytes:
@@ -1596,7 +1616,8 @@ class Machine:
             kwargs["residual"] = self.spad[insn.res_addr:insn.res_addr + m, :n]
             self._count(Counter.SPAD_READS, m)
         result = arith.epilogue(tile, act=insn.act, out=insn.out, out_zp=regs[ConfigReg.OUT_ZP],
-                                clip_lo=regs[ConfigReg.CLIP_LO], clip_hi=regs[ConfigReg.CLIP_HI], **kwargs)
+                                clip_lo=regs[ConfigReg.CLIP_LO], clip_hi=regs[ConfigReg.CLIP_HI],
+                                table=self.table, **kwargs)
         dst = self._local(insn.out)
         dst[insn.dst:insn.dst + m, :n] = result
         dst[insn.dst:insn.dst + m, n:] = 0
@@ -1622,6 +1643,11 @@ class Machine:
         self._count(Counter.SPAD_READS, reads[Memory.SPAD])
         self._count(Counter.ACC_READS, reads[Memory.ACC])
         self._count(Counter.SPAD_WRITES if insn.dst_mem is Memory.SPAD else Counter.ACC_WRITES, rows)
+
+    def _exec_table(self, insn: Instruction, entry: ScheduledInstruction) -> None:
+        rows = table_rows(self.config)
+        self.table[:] = self.spad[insn.addr:insn.addr + rows].reshape(-1)
+        self._count(Counter.SPAD_READS, rows)
 
     def _exec_config(self, insn: Instruction, entry: ScheduledInstruction) -> None:
         self.config_regs[insn.reg] = insn.value

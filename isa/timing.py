@@ -71,6 +71,9 @@ EPILOGUE_LATENCY = 9
 #: Cycles of a VECTOR beyond one (or two) per row: the read, the operand register, the
 #: compute/multiply register, the round-and-saturate register and the write.
 VECTOR_LATENCY = 4
+#: Cycles of a TABLE beyond one per scratchpad row read (256/cols rows): the read latency (each row
+#: is written into the table in the cycle its data arrives).
+TABLE_LATENCY = 1
 #: Cycles of a PREDICATE beyond one per row: the read, the reduction register and the write of the
 #: scalar register.
 PREDICATE_LATENCY = 3
@@ -85,6 +88,7 @@ BUSY_COUNTER = {
     Opcode.MATMUL: "array_busy",
     Opcode.EPILOGUE: "vector_busy",
     Opcode.VECTOR: "vector_busy",
+    Opcode.TABLE: "vector_busy",
 }
 
 BARRIER_OPCODES = frozenset({Opcode.FENCE, Opcode.COUNTERS, Opcode.HALT})
@@ -174,6 +178,11 @@ def matmul_chunks(insn: Instruction, config: Config) -> int:
     return -(-insn.args["k"] // config.rows)
 
 
+def table_rows(config: Config) -> int:
+    """Scratchpad rows a TABLE reads: the 256 int8 entries of the activation table, ``cols`` per row."""
+    return 256 // config.cols
+
+
 def instruction_cycles(insn: Instruction, config: Config) -> int:
     """Cycles an instruction occupies its unit, from start to completion."""
     op = insn.opcode
@@ -185,6 +194,8 @@ def instruction_cycles(insn: Instruction, config: Config) -> int:
         return args["m"] + EPILOGUE_LATENCY
     if op is Opcode.PREDICATE:
         return args["rows"] + PREDICATE_LATENCY
+    if op is Opcode.TABLE:
+        return table_rows(config) + TABLE_LATENCY
     if op is Opcode.VECTOR:
         two_reads = (args["op"] not in UNARY_VECTOR_OPS and not args["use_imm"]
                      and args["src1_mem"] is args["src2_mem"])

@@ -9,7 +9,9 @@ compiler would emit a software-pipelined kernel:
   a multiple of it, ``a_stride`` other than ``m``, accumulate chains started by
   an overwrite, a zero load or a loaded accumulator), then EPILOGUE chains with
   random stages whose bias, multiplier and shift rows are loaded into the
-  accumulator, optionally a VECTOR op, and STOREs of scratchpad and accumulator rows;
+  accumulator (an activation table activation preceded, the first time and by
+  chance later, by a TABLE of freshly loaded random entries), optionally a
+  VECTOR op, and STOREs of scratchpad and accumulator rows;
 * **vector** tiles load operands into either memory and chain VECTOR ops
   (every op, immediates, in-place destinations) before storing;
 * **dma** tiles load rows and store them straight back, sometimes reading a
@@ -55,7 +57,7 @@ from braze.isa.encoding import (
 )
 from braze.isa.errors import ConfigError, UsageError
 from braze.isa.model import instruction_accesses
-from braze.isa.timing import QUEUED_UNITS, element_bytes
+from braze.isa.timing import QUEUED_UNITS, element_bytes, table_rows
 
 __all__ = ["Region", "GeneratedProgram", "generate", "generate_control_flow", "sync_tokens", "DEFAULT_SIZE"]
 
@@ -459,7 +461,8 @@ class _Generator:
         self.config, self.rng, self.seed, self.size = config, rng, seed, size
         R = config.rows
         # Rows one tile may take at most (see the tile makers), with room for allocation gaps.
-        self.spad_need, self.acc_need = 48 * R + 40, 10 * R + 24
+        self.spad_need, self.acc_need = 48 * R + 40 + table_rows(config), 10 * R + 24
+        self.table_written = False    # whether an earlier tile's compute wrote the activation table
         self.slots = int(rng.choice([2, 3]))
         while self.slots > 1 and (config.spad_rows // self.slots < self.spad_need
                                   or config.acc_rows // self.slots < self.acc_need):
@@ -683,7 +686,7 @@ class _Generator:
             n = self.rint(1, defined)
             use_params = params is not None
             flags = dict(bias=use_params and self.chance(0.5), requant=use_params and self.chance(0.65),
-                         residual=self.chance(0.3), act=Activation(self.rint(0, 2)))
+                         residual=self.chance(0.3), act=Activation(self.rint(0, len(Activation) - 1)))
             fields: dict = {"bias_addr": params if flags["bias"] else 0,
                             "quant_addr": params + 1 if flags["requant"] else 0}
             if self.chance(0.1) and params is not None:   # unused address fields must be ignored
@@ -708,6 +711,8 @@ class _Generator:
                 tile.compute.append(self._config(ConfigReg.CLIP_LO))
                 tile.compute.append(self._config(ConfigReg.CLIP_HI))
             self._maybe_config(tile, 0.1)
+            if flags["act"] is Activation.TABLE and (not self.table_written or self.chance(0.3)):
+                self._table(tile, spad)
             tile.compute.append(Instruction.make(Opcode.EPILOGUE, src=src, m=m, n=n, dst=dst, out=out,
                                                  **flags, **fields))
             if self.chance(0.2):
@@ -716,6 +721,14 @@ class _Generator:
                 self._store(out, dst, m, C, tile)
             if out is Memory.ACC:
                 src, defined = dst, C               # a second stage works on this one's result
+
+    def _table(self, tile: _Tile, spad: _Rows) -> None:
+        """Load 256 random int8 entries into scratchpad rows and write them into the activation table."""
+        rows = table_rows(self.config)
+        first = spad.take(rows)
+        self._load_split(Memory.SPAD, first, rows, tile)
+        tile.compute.append(Instruction.make(Opcode.TABLE, addr=first))
+        self.table_written = True
 
     def _vector_op(self, tile: _Tile, spad: _Rows, acc: _Rows, pool: list[tuple[Memory, int]],
                    rows: int) -> tuple[Memory, int]:

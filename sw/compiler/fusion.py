@@ -41,6 +41,16 @@ Pipeline
    ``chain``
        two element-wise clips in a row -- candidates: two kernels or one with
        the intersected bounds.
+   ``table``
+       ``QMatMul``/``QConv`` (int8 output, no activation, no fused pooling)
+       followed by its only reader, a ``braze.QTable`` (a Sigmoid, GELU,
+       HardSwish, SiLU ... chain, :mod:`braze.sw.compiler.tables`) --
+       candidates: two kernels (the table alone is
+       :func:`~braze.sw.compiler.kernels.table`), or the table in the kernel's
+       ``EPILOGUE`` (``act="table"``: a ``TABLE`` instruction loads it once per
+       kernel).  Exact: the table maps the int8 value the separate form
+       stores.  A node with a table activation is not pooled by the
+       ``conv_pool`` fusion (a table need not be monotone).
    ``residual``
        ``QMatMul``/``QConv`` (no activation yet) followed by its only reader,
        a ``braze.QAdd`` of its output and another int8 tensor, all three at
@@ -82,6 +92,7 @@ from .frontend import BRAZE_DOMAIN, conv_pads
 from .ir import Graph, Node, NodeKind, TensorInfo, constant_info, constant_node
 from .kernels import Kernel, Tiling
 from .lower import node_kernel
+from .tables import QTABLE
 from .validate import validate
 
 __all__ = ["split_activations", "find_opportunities", "Opportunity", "Candidate", "FusionDecision", "fuse",
@@ -192,7 +203,7 @@ def split_activations(graph: Graph) -> Graph:
 
 @dataclasses.dataclass(frozen=True)
 class Opportunity:
-    kind: str                  # "epilogue", "pool", "conv_pool", "chain" or "residual"
+    kind: str                  # "epilogue", "pool", "conv_pool", "chain", "residual" or "table"
     nodes: tuple[str, ...]     # producer first
 
     def __str__(self) -> str:
@@ -254,6 +265,7 @@ def _fusable_pool(graph: Graph, node: Node, reader: Node) -> bool:
     with a square window equal to its stride, no padding, dilation, ceil mode or indices."""
     if reader.op_type != "MaxPool" or reader.domain or node.attrs.get("out", "spad") != "spad" \
             or node.attrs.get("pool", 1) != 1 or _residual_of(node) is not None \
+            or node.attrs.get("act", "none") == "table" \
             or len([t for t in reader.outputs if t]) != 1 or graph.tensor(node.outputs[0]).dtype != "int8":
         return False
     shape = graph.tensor(node.outputs[0]).shape
@@ -269,6 +281,13 @@ def _fusable_pool(graph: Graph, node: Node, reader: Node) -> bool:
         and min(shape[2:]) >= kernel[0] > 1
 
 
+def _fusable_table(graph: Graph, node: Node, reader: Node) -> bool:
+    """``reader`` is a ``braze.QTable`` of ``node``'s int8 output, which has no activation or pooling yet."""
+    return (reader.qualified_op == QTABLE and reader.inputs[0] == node.outputs[0]
+            and node.attrs.get("act", "none") == "none" and node.attrs.get("out", "spad") == "spad"
+            and node.attrs.get("pool", 1) == 1 and graph.tensor(node.outputs[0]).dtype == "int8")
+
+
 def find_opportunities(graph: Graph) -> list[Opportunity]:
     """Every fusion opportunity, in topological order of the first node."""
     found = []
@@ -279,6 +298,8 @@ def find_opportunities(graph: Graph) -> list[Opportunity]:
         if node.qualified_op in MATRIX_OPS and node.attrs.get("act", "none") == "none" \
                 and node.attrs.get("out", "spad") == "spad" and _clip_bounds(graph, reader) is not None:
             found.append(Opportunity("epilogue", (node.name, reader.name)))
+        elif node.qualified_op in MATRIX_OPS and _fusable_table(graph, node, reader):
+            found.append(Opportunity("table", (node.name, reader.name)))
         elif node.qualified_op in MATRIX_OPS and _fusable_residual(graph, node, reader):
             found.append(Opportunity("residual", (node.name, reader.name)))
         elif node.qualified_op == f"{BRAZE_DOMAIN}.QConv" and _fusable_pool(graph, node, reader):
@@ -335,6 +356,12 @@ def _candidates(graph: Graph, opportunity: Opportunity, config: Config, cache: K
             variant = rewritten.edit(substitute={first.name: fused.with_attrs(tiling=tiling)})
             candidates.append(Candidate(f"fused, {label}", variant, (first.name,)))
         return candidates
+    if opportunity.kind == "table":
+        out = second.outputs[0]
+        fused = first.replace(outputs=(out,)).with_attrs(act="table", table=tuple(second.attrs["table"]),
+                                                        fused_ops=ops, fused_op_types=op_types)
+        rewritten = graph.edit(remove=[second.name], substitute={first.name: fused})
+        return [separate, Candidate("fused", rewritten, (first.name,))]
     if opportunity.kind == "residual":
         out = second.outputs[0]
         inputs = (*first.inputs[:3], *[""] * (3 - len(first.inputs)), second.inputs[1])

@@ -134,6 +134,8 @@ class NodeKernel:
         if "params" in kernel.operands:
             values["params"] = kernel_lib.pack_params(
                 kernel, **{k: self.constants[k] for k in kernel.param_rows})
+        if "table" in kernel.operands:
+            values["table"] = kernel_lib.pack_table(self.constants["table"])
         return values
 
 
@@ -177,6 +179,8 @@ def _epilogue(node: Node, n: int, bias: np.ndarray | None, colsum: np.ndarray
         options["act"] = act
     if act == "clip":
         options["clip"] = (int(attrs.get("clip_lo", 0)), int(attrs.get("clip_hi", 0)))
+    if act == "table":
+        constants["table"] = np.asarray(attrs["table"], np.int64)    # a kernel operand, not an option
     options["out"] = "int32" if attrs.get("out", "spad") == "acc" else "int8"
     if attrs.get("tiling") is not None:
         options["tiling"] = attrs["tiling"]          # forced by the fusion engine's choice
@@ -215,6 +219,8 @@ def plan_node(graph: Graph, node: Node, x_layout: str | None = None) -> NodeKern
             return _plan_clip(graph, node)
         if op == f"{BRAZE_DOMAIN}.QAdd":
             return _plan_qadd(graph, node, x_layout)
+        if op == f"{BRAZE_DOMAIN}.QTable":
+            return _plan_qtable(graph, node)
         if op == f"{BRAZE_DOMAIN}.QActMatMul":
             return _plan_qactmatmul(graph, node)
     except KernelError as error:
@@ -373,6 +379,14 @@ def _plan_clip(graph: Graph, node: Node) -> NodeKernel | str:
         recipe = KernelRecipe("clip", ((elements,), lo, hi))
     # Element-wise: any layout; the output keeps the input's ("any" is resolved by the lowering).
     return NodeKernel(node, recipe, {"x": (node.inputs[0], "any")}, (node.outputs[0], "any"), {})
+
+
+def _plan_qtable(graph: Graph, node: Node) -> NodeKernel | str:
+    """A table activation alone (not after a GEMM or convolution): the element-wise ``table`` kernel."""
+    elements = int(np.prod(_static(graph, node.inputs[0], node), dtype=np.int64))
+    recipe = KernelRecipe("table", ((elements,),))
+    constants = {"table": np.asarray(node.attrs["table"], np.int64)}
+    return NodeKernel(node, recipe, {"x": (node.inputs[0], "any")}, (node.outputs[0], "any"), constants)
 
 
 def _plan_qadd(graph: Graph, node: Node, x_layout: str | None) -> NodeKernel | str:

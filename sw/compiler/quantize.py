@@ -78,6 +78,7 @@ from .frontend import BRAZE_DOMAIN
 from .ir import Graph, Node, NodeKind, QuantParams, TensorInfo, constant_info, constant_node
 from .passes import simplify
 from .profile import profile_graph
+from .tables import lower_table_activations
 from .validate import validate
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -962,7 +963,7 @@ def fold_head_transposes(graph: Graph) -> Graph:
     return graph.edit(remove=remove, substitute=substitute)
 
 
-def lower_qdq(graph: Graph) -> Graph:
+def lower_qdq(graph: Graph, *, tables: bool = True) -> Graph:
     """Turn quantized ONNX patterns into Braze's int8 ops, honouring the model's scales.
 
     * ``DQ -> MatMul/Gemm/Conv [-> Relu/Clip] -> Q`` groups (onnxruntime's
@@ -979,6 +980,10 @@ def lower_qdq(graph: Graph) -> Graph:
     * ``QLinearMatMul``/``QLinearConv`` become Braze ops; ``MatMulInteger``/
       ``ConvInteger`` become Braze ops with int32 output (``out="acc"``).
 
+    * With ``tables`` (the default), ``DQ(int8) -> element-wise float ops -> Q(int8)``
+      chains (Sigmoid, Tanh, GELU, HardSwish, SiLU ...) become ``braze.QTable``
+      lookups (:func:`braze.sw.compiler.tables.lower_table_activations`).
+
     uint8 activations are shifted to int8 exactly (:func:`shift_uint8`);
     weights must be int8 after subtracting their zero points.  Groups that do
     not match (non-constant weights or scales, per-tensor patterns the array
@@ -992,9 +997,11 @@ def lower_qdq(graph: Graph) -> Graph:
     for node in graph.operators():
         if node.name not in lowering.build.remove:
             lowering.redirect_dequantize(node)
-    if not lowering.build.add and not lowering.build.substitute:
-        return graph
-    return fold_head_transposes(lowering.build.build())
+    lowered = graph if not lowering.build.add and not lowering.build.substitute \
+        else fold_head_transposes(lowering.build.build())
+    if tables:
+        lowered = lower_table_activations(lowered)
+    return lowered
 
 
 __all__ = [

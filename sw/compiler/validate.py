@@ -271,8 +271,12 @@ def _check_braze(graph, node, fail):
     elif out == "spad":
         fail("an int8 output needs requantization (mult and shift)")
     act = node.attrs.get("act", "none")
-    if act not in ("none", "relu", "clip"):
-        fail(f"act must be 'none', 'relu' or 'clip', got {act!r}")
+    if act not in ("none", "relu", "clip", "table"):
+        fail(f"act must be 'none', 'relu', 'clip' or 'table', got {act!r}")
+    if (act == "table") != (node.attrs.get("table") is not None):
+        fail("act='table' needs the 256-entry table attribute, and only it has one")
+    if act == "table":
+        _check_table(node, fail)
     y = graph.tensor(node.outputs[0])
     expected = "int8" if out == "spad" else "int32"
     if y.dtype not in (None, expected):
@@ -280,7 +284,8 @@ def _check_braze(graph, node, fail):
     if out == "spad":
         if y.quant is None:
             fail(f"quantized output {y.name!r} has no quantization parameters")
-        if y.quant.zero_point[0] != node.attrs.get("out_zp", 0):
+        # A table activation maps the requantized value onto the output's own quantization.
+        if y.quant.zero_point[0] != node.attrs.get("out_zp", 0) and act != "table":
             fail(f"out_zp {node.attrs.get('out_zp', 0)} differs from the output's zero point "
                  f"{y.quant.zero_point}")
     if len(node.inputs) > 3 and node.inputs[3]:
@@ -295,6 +300,23 @@ def _check_braze(graph, node, fail):
         if residual.quant is None or residual.quant.zero_point[0] != node.attrs.get("residual_zp", 0):
             fail(f"residual_zp {node.attrs.get('residual_zp', 0)} differs from residual {residual.name!r}'s "
                  f"quantization {residual.quant}")
+
+
+def _check_table(node, fail):
+    table = np.asarray(node.attrs.get("table", ()))
+    if table.shape != (256,) or table.dtype.kind not in "iu" or table.min() < -128 or table.max() > 127:
+        fail(f"table must be 256 int8 entries, got shape {table.shape}")
+
+
+def _check_qtable(graph, node, fail):
+    """Braze's table activation: an int8 input and output of one shape, a 256-entry int8 table."""
+    x, y = _info(graph, node, 0), graph.tensor(node.outputs[0])
+    for key, info in (("input", x), ("output", y)):
+        if info.dtype not in (None, "int8"):
+            fail(f"QTable {key} {info.name!r} must be int8, got {info.dtype}")
+    if x.shape is not None and y.shape is not None and tuple(x.shape) != tuple(y.shape):
+        fail(f"QTable input {x.shape} and output {y.shape} must have one shape")
+    _check_table(node, fail)
 
 
 def _check_qadd(graph, node, fail):
@@ -353,6 +375,7 @@ _ARITY: dict[str, tuple[int, int]] = {
     "Dropout": (1, 3), "Cast": (1, 1), "Shape": (1, 1), "Gather": (2, 2), "Slice": (3, 5),
     "Unsqueeze": (2, 2), "Squeeze": (1, 2), "ConstantOfShape": (1, 1),
     f"{BRAZE_DOMAIN}.QMatMul": (2, 4), f"{BRAZE_DOMAIN}.QConv": (2, 4), f"{BRAZE_DOMAIN}.QAdd": (2, 2),
+    f"{BRAZE_DOMAIN}.QTable": (1, 1),
     f"{BRAZE_DOMAIN}.QActMatMul": (2, 2),
 }
 
@@ -367,5 +390,6 @@ _CHECKS: dict[str, Callable] = {
     "ConvInteger": lambda g, n, f: _check_conv(g, n, f, bias_index=99),
     f"{BRAZE_DOMAIN}.QMatMul": _check_braze, f"{BRAZE_DOMAIN}.QConv": _check_braze,
     f"{BRAZE_DOMAIN}.QAdd": _check_qadd,
+    f"{BRAZE_DOMAIN}.QTable": _check_qtable,
     f"{BRAZE_DOMAIN}.QActMatMul": _check_qactmatmul,
 }

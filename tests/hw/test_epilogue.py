@@ -11,16 +11,20 @@ import pytest
 from amaranth.back import verilog
 from test_vector_bench import INT32_MAX, INT32_MIN, MEM_ROWS, PULSES, TINY, Bench, run
 
-from braze.hw.epilogue import EPILOGUE_LATENCY, EpilogueUnit
+from braze.hw.epilogue import EPILOGUE_LATENCY, TABLE_LATENCY, EpilogueUnit
 from braze.isa import Activation, Config, Instruction, Memory, arith
+from braze.isa.timing import table_rows
 
 # Accumulator rows holding the stage parameters in these tests; sources and destinations lie elsewhere.
 BIAS_ROW, QUANT_ROW = 60, 61
 assert QUANT_ROW + 1 < MEM_ROWS
 
 
-def reference_epilogue(mirror, insn: Instruction, regs: dict[str, int]):
-    """Row by row, in order, through braze.isa.arith.epilogue; parameter rows read first."""
+def reference_epilogue(mirror, insn: Instruction, regs: dict[str, int], table=None):
+    """Row by row, in order, through braze.isa.arith.epilogue; parameter rows read first.
+
+    ``table``: the unit's activation table (zero, as after reset, when not given)."""
+    table = np.zeros(arith.TABLE_ENTRIES, np.int8) if table is None else table
     acc, spad = mirror[Memory.ACC], mirror[Memory.SPAD]
     n = insn.n
     bias = acc[insn.bias_addr, :n].copy() if insn.bias else None
@@ -30,7 +34,7 @@ def reference_epilogue(mirror, insn: Instruction, regs: dict[str, int]):
         residual = spad[insn.res_addr + i:insn.res_addr + i + 1, :n] if insn.residual else None
         row = arith.epilogue(acc[insn.src + i:insn.src + i + 1, :n], bias=bias, mult=mult, shift=shift,
                              residual=residual, act=insn.act, out=insn.out, out_zp=regs["out_zp"],
-                             clip_lo=regs["clip_lo"], clip_hi=regs["clip_hi"])
+                             clip_lo=regs["clip_lo"], clip_hi=regs["clip_hi"], table=table)
         destination = mirror[insn.out][insn.dst + i]
         destination[:] = 0
         destination[:n] = row[0]
@@ -243,3 +247,38 @@ def test_rejects_non_config():
         with pytest.raises(TypeError, match="'tiny'"):
             EpilogueUnit("tiny")
         gc.collect()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "default"])
+def test_table_write_then_table_activation(preset):
+    """TABLE copies 256/cols scratchpad rows into the table in 256/cols + TABLE_LATENCY cycles with one
+    scratchpad read each; EPILOGUEs with act=table then read it (both outputs, with every other stage, and
+    back to back with the TABLE); a second TABLE replaces it."""
+    config = Config.preset(preset)
+    bench = Bench(EpilogueUnit(config), seed=21)
+    rng = bench.rng
+    rows = table_rows(config)
+    assert rows <= MEM_ROWS
+
+    async def testbench(ctx):
+        for round_ in range(2):
+            bench.random_fill()
+            random_parameters(bench)
+            bench.load(ctx)
+            table_insn = Instruction.make("table", addr=MEM_ROWS - rows)
+            table = bench.mirror[Memory.SPAD][MEM_ROWS - rows:].reshape(-1).copy()
+            cycles, counts = await bench.execute(ctx, table_insn, random_regs(rng))
+            assert cycles == rows + TABLE_LATENCY
+            assert counts == dict.fromkeys(PULSES, 0) | {"spad_read_pulse": rows}
+            bench.check_memories(ctx, f"round {round_}: TABLE writes no memory")
+            for out, bias, requant, residual in itertools.product(Memory, (False, True), (False, True),
+                                                                  (False, True)):
+                insn = random_epilogue(rng, config.cols, act="table", out=out, bias=bias, requant=requant,
+                                       residual=residual)
+                regs = random_regs(rng)
+                cycles, counts = await bench.execute(ctx, insn, regs)
+                reference_epilogue(bench.mirror, insn, regs, table)
+                assert (cycles, counts) == expected_counts(insn), insn
+                bench.check_memories(ctx, f"round {round_}: {insn} {regs}")
+
+    run(bench, testbench)

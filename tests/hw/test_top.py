@@ -321,6 +321,8 @@ def test_compute_busy_matches_timing_model():
         make("vector", op="mul", dst_mem="acc", src1_mem="spad", src2_mem="acc", dst=50, src1=0, src2=8,
              rows=3, shift=2),
         make("vector", op="clip", dst_mem="spad", src1_mem="acc", dst=120, src1=8, rows=5),
+        make("table", addr=0),
+        make("epilogue", src=8, m=5, n=3, dst=130, out="spad", requant=True, quant_addr=31, act="table"),
     ]
     program = [make("load", mem="spad", addr=0, rows=64, len=TINY.cols, dram=0x2000, stride=TINY.cols),
                make("load", mem="acc", addr=30, rows=2, len=TINY.cols, dram=0x2400, stride=4 * TINY.cols),
@@ -328,7 +330,7 @@ def test_compute_busy_matches_timing_model():
     for index, insn in enumerate(compute):
         program += [insn, make("counters", dram=snap + (index + 1) * SNAPSHOT_BYTES, reset=True)]
     program += [make("store", mem="acc", addr=0, rows=60, len=TINY.cols, dram=0x3000, stride=4 * TINY.cols),
-                make("store", mem="spad", addr=100, rows=25, len=TINY.cols, dram=0x3400, stride=TINY.cols),
+                make("store", mem="spad", addr=100, rows=35, len=TINY.cols, dram=0x3400, stride=TINY.cols),
                 make("halt")]
     quant = np.concatenate([rng.integers(1, 1 << 12, TINY.cols), rng.integers(4, 12, TINY.cols)])
     image = image_with(TINY, program, base, {0x2000: _int8(rng, 64, TINY.cols).tobytes(),

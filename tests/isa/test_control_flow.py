@@ -214,7 +214,10 @@ def test_host_scalar_writes_are_checked():
 def test_existing_counter_snapshot_layout_is_unchanged():
     names = [spec.name for spec in COUNTERS]
     assert not any(name.endswith(("_scalar", "_branch", "_predicate")) for name in names)
-    assert SNAPSHOT_BYTES == 8 * len(names) == 8 * (18 + 9)
+    # 18 event counters and one instructions-retired counter per opcode but the control-flow ones;
+    # insn_table (opcode 10, the EPILOGUE activation table) is appended after them.
+    assert SNAPSHOT_BYTES == 8 * len(names) == 8 * (18 + 10)
+    assert names[-1] == "insn_table"
 
 
 def test_assembler_round_trips_a_loop_with_label_offsets():

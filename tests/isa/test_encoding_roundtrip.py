@@ -247,7 +247,7 @@ def _legal_fields(opcode: Opcode) -> dict[str, int]:
     (_word(Opcode.MATMUL, **_legal_fields(Opcode.MATMUL) | {"n": 65}), ErrorCause.BAD_FIELD),
     (_word(Opcode.LOAD, **_legal_fields(Opcode.LOAD) | {"len": 127}), ErrorCause.BAD_FIELD),
     (_word(Opcode.VECTOR, **_legal_fields(Opcode.VECTOR) | {"op": 8}), ErrorCause.BAD_FIELD),
-    (_word(Opcode.EPILOGUE, **_legal_fields(Opcode.EPILOGUE) | {"act": 3}), ErrorCause.BAD_FIELD),
+    (_word(Opcode.TABLE, **_legal_fields(Opcode.TABLE)) | 1 << (ARGS_OFFSET + 16), ErrorCause.RESERVED_BITS),
     (_word(Opcode.CONFIG, **_legal_fields(Opcode.CONFIG) | {"reg": 3}), ErrorCause.BAD_FIELD),
 ])
 def test_illegal_word_examples(word, cause):

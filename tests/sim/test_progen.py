@@ -104,6 +104,7 @@ def test_results_do_not_depend_on_earlier_state():
         dirty.spad[:] = rng.integers(-128, 128, dirty.spad.shape)
         dirty.acc[:] = rng.integers(-(1 << 31), 1 << 31, dirty.acc.shape)
         dirty.config_regs.update({reg: int(rng.integers(-1000, 1000)) for reg in ConfigReg})
+        dirty.table[:] = rng.integers(-128, 128, dirty.table.shape)
         run_on_model(program, dirty)
         assert np.array_equal(clean.dram, dirty.dram), f"seed {seed}"
 

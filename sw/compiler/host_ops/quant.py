@@ -94,7 +94,8 @@ def _qlinear_conv(node, x, x_s, x_zp, w, w_s, w_zp, y_s, y_zp, bias=None):
 # -- Braze's quantized ops ------------------------------------------------------------------------
 
 #: Values of the ``act`` attribute of Braze's quantized ops.
-ACTIVATIONS = {"none": Activation.NONE, "relu": Activation.RELU, "clip": Activation.CLIP}
+ACTIVATIONS = {"none": Activation.NONE, "relu": Activation.RELU, "clip": Activation.CLIP,
+               "table": Activation.TABLE}
 
 
 def braze_epilogue(node, acc: np.ndarray, bias: np.ndarray | None,
@@ -125,7 +126,8 @@ def braze_epilogue(node, acc: np.ndarray, bias: np.ndarray | None,
         residual=None if residual is None else _int64(residual),
         act=ACTIVATIONS[attrs.get("act", "none")],
         out=Memory.ACC if attrs.get("out", "spad") == "acc" else Memory.SPAD,
-        out_zp=out_zp, clip_lo=int(attrs.get("clip_lo", 0)), clip_hi=int(attrs.get("clip_hi", 0)))
+        out_zp=out_zp, clip_lo=int(attrs.get("clip_lo", 0)), clip_hi=int(attrs.get("clip_hi", 0)),
+        table=None if attrs.get("table") is None else np.asarray(attrs["table"], np.int8))
 
 
 def _braze_qmatmul(node, x, w, bias=None, residual=None):
@@ -177,6 +179,12 @@ def _braze_qadd(node, x, y):
     return np.clip(total, -128, 127).astype(np.int8)
 
 
+def _braze_qtable(node, x):
+    """``table[x mod 256]``: an element-wise function of int8 ``x`` as its 256 int8 results
+    (:mod:`braze.sw.compiler.tables`)."""
+    return np.asarray(node.attrs["table"], np.int8)[_int64(x) & 0xFF]
+
+
 
 
 def _dynamic_quantize_linear(node, x):
@@ -201,3 +209,4 @@ register(f"{BRAZE_DOMAIN}.QMatMul")(_braze_qmatmul)
 register(f"{BRAZE_DOMAIN}.QConv")(_braze_qconv)
 register(f"{BRAZE_DOMAIN}.QAdd")(_braze_qadd)
 register(f"{BRAZE_DOMAIN}.QActMatMul")(_braze_qactmatmul)
+register(f"{BRAZE_DOMAIN}.QTable")(_braze_qtable)

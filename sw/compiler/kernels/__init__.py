@@ -16,7 +16,7 @@ The package's modules, by kernel family:
   :func:`gemm`;
 * :mod:`.conv` -- :func:`conv2d` on that pipeline;
 * :mod:`.pool` -- :func:`maxpool2d`, :func:`avgpool2d`, :func:`global_avgpool`;
-* :mod:`.elementwise` -- :func:`add`, :func:`relu`, :func:`clip`.
+* :mod:`.elementwise` -- :func:`add`, :func:`relu`, :func:`clip`, :func:`table`.
 
 The limitations of each family are in its module's documentation.  Everything public is
 imported here: use ``braze.sw.compiler.kernels.gemm``, not the module it lives in.
@@ -29,9 +29,10 @@ Kernels
   input by strided LOADs (implicit im2col; see the function).
 * :func:`maxpool2d`, :func:`avgpool2d`, :func:`global_avgpool` -- VECTOR
   max / sum in the accumulator, averaging by multiply and shift.
-* :func:`add`, :func:`relu`, :func:`clip` -- element-wise.
+* :func:`add`, :func:`relu`, :func:`clip`, :func:`table` -- element-wise (``table``: a 256-entry
+  int8 activation table, the same lookup ``gemm``/``conv2d`` fuse with ``act="table"``).
 
-Host-side helpers: :func:`pack_params`, :func:`conv2d_weights`,
+Host-side helpers: :func:`pack_params`, :func:`pack_table`, :func:`conv2d_weights`,
 :func:`avg_multiplier`, :func:`link`, :func:`run_kernel`, :func:`run_kernels`.
 """
 
@@ -45,12 +46,13 @@ from .common import (
     conv2d_output_shape,
     link,
     pack_params,
+    pack_table,
     run_kernel,
     run_kernels,
     utilisation,
 )
 from .conv import conv2d, conv2d_weights
-from .elementwise import add, clip, relu
+from .elementwise import add, clip, relu, table
 from .matmul import ALoader as ALoader  # public in the old module, though not in __all__
 from .matmul import Tiling, batched_gemm, candidate_tilings, gemm, matmul_tilings, zero_point_rows
 from .pool import avg_multiplier, avgpool2d, global_avgpool, maxpool2d
@@ -59,7 +61,8 @@ __all__ = [
     "KernelError", "Operand", "Kernel", "KernelResult",
     "gemm", "batched_gemm", "zero_point_rows", "conv2d", "conv2d_output_shape", "maxpool2d", "avgpool2d",
     "global_avgpool",
-    "add", "relu", "clip",
-    "pack_params", "conv2d_weights", "avg_multiplier", "link", "run_kernel", "run_kernels", "utilisation",
+    "add", "relu", "clip", "table",
+    "pack_params", "pack_table",
+    "conv2d_weights", "avg_multiplier", "link", "run_kernel", "run_kernels", "utilisation",
     "Tiling", "candidate_tilings", "matmul_tilings", "MAX_VECTOR_MULT", "OPERAND_ALIGN",
 ]

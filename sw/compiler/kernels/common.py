@@ -65,10 +65,11 @@ from braze.isa import (
     VectorOp,
     parse_snapshot,
 )
+from braze.isa.arith import TABLE_ENTRIES
 from braze.isa.asm import disassemble
 from braze.isa.errors import BrazeError
 from braze.isa.model import program_events
-from braze.isa.timing import Scheduler, instruction_cycles, timing_key
+from braze.isa.timing import Scheduler, instruction_cycles, table_rows, timing_key
 
 __all__ = [
     "KernelError", "Operand", "Kernel", "KernelResult", "conv2d_output_shape",
@@ -523,7 +524,7 @@ def _epilogue_options(bias, requant, residual, act, clip_range, out_zp, out) -> 
         try:
             act = Activation[act.upper()]
         except KeyError:
-            raise KernelError(f"act must be one of none, relu, clip, not {act!r}") from None
+            raise KernelError(f"act must be one of none, relu, clip, table, not {act!r}") from None
     if not isinstance(act, Activation):
         raise KernelError(f"act must be an Activation or its name, not {act!r}")
     lo = hi = 0
@@ -551,6 +552,8 @@ def _epilogue_specs(epi: _Epilogue, rows: int, cols: int, layout: str) -> list[_
     if epi.param_rows:
         specs.append(_OperandSpec("params", (len(epi.param_rows), cols), "i4",
                                   f"rows {', '.join(epi.param_rows)}; one column per output column", "param"))
+    if epi.act is Activation.TABLE:
+        specs.append(_table_spec())
     if epi.residual:
         specs.append(_OperandSpec("residual", (rows, cols), "i1", layout, "input"))
     specs.append(_OperandSpec("out", (rows, cols), "i4" if epi.out_int32 else "i1", layout, "output"))
@@ -564,6 +567,33 @@ def _set_config_regs(streams: _Streams, epi: _Epilogue) -> None:
     if epi.act is Activation.CLIP:
         streams.add(Instruction.make(Opcode.CONFIG, reg=ConfigReg.CLIP_LO, value=epi.clip_lo))
         streams.add(Instruction.make(Opcode.CONFIG, reg=ConfigReg.CLIP_HI, value=epi.clip_hi))
+
+
+def _table_spec() -> _OperandSpec:
+    return _OperandSpec("table", (TABLE_ENTRIES,), "i1",
+                        "activation table: entry e for the int8 input with two's-complement byte e", "param")
+
+
+def _load_table(streams: _Streams, spad: _Allocator, table: Operand) -> None:
+    """LOAD the ``table`` operand into scratchpad rows and write it into the activation table (TABLE):
+    once per kernel, before its first EPILOGUE (the compute unit runs them in order)."""
+    config = streams.config
+    rows = table_rows(config)
+    buffer = spad.take("table", rows)
+    streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=buffer.start, rows=rows, len=config.cols,
+                                 dram=table.addr, stride=config.cols), writes=[buffer])
+    streams.add(Instruction.make(Opcode.TABLE, addr=buffer.start), reads=[buffer])
+
+
+def pack_table(table: Any) -> np.ndarray:
+    """The ``table`` operand of a kernel with a table activation: 256 int8 entries, entry ``e`` for the
+    int8 input whose two's-complement byte is ``e`` (:func:`braze.sw.compiler.tables.table_of`)."""
+    values = np.asarray(table)
+    if values.shape != (TABLE_ENTRIES,) or values.dtype.kind not in "iu" \
+            or values.min() < -128 or values.max() > 127:
+        raise KernelError(f"an activation table is {TABLE_ENTRIES} int8 entries, not {values.dtype} "
+                          f"of shape {values.shape}")
+    return values.astype(np.int8)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Element-wise kernels: :func:`relu`, :func:`clip` and the quantized :func:`add`, over int8 tensors of
-any shape taken as rows of ``cols`` elements, in double-buffered blocks of rows."""
+"""Element-wise kernels: :func:`relu`, :func:`clip`, the quantized :func:`add` and the activation
+:func:`table`, over int8 tensors of any shape taken as rows of ``cols`` elements, in double-buffered
+blocks of rows."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from braze.isa import Config, Instruction, Memory, Opcode, VectorOp
+from braze.isa import Activation, Config, Instruction, Memory, Opcode, VectorOp
+from braze.isa.timing import table_rows
 
 from .common import (
     MAX_VECTOR_MULT,
@@ -22,16 +24,18 @@ from .common import (
     _finish,
     _first_orderable,
     _int_in,
+    _load_table,
     _OperandSpec,
     _place,
     _positive,
     _set_clip,
     _slot,
     _Streams,
+    _table_spec,
     _vector,
 )
 
-__all__ = ["relu", "clip", "add"]
+__all__ = ["relu", "clip", "add", "table"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -64,17 +68,23 @@ def _shape(shape: Any) -> tuple[int, ...]:
 
 def _elementwise(name: str, config: Config, shape: Any, inputs: tuple[str, ...], addrs, base,
                  body: Callable[[_Streams, dict[str, _Buffer], dict[str, _Buffer], _Buffer, int], None],
-                 acc_per_row: int, setup: Callable[[_Streams], None] | None = None) -> Kernel:
-    """Shared loop: the flat tensor as rows of ``cols`` int8, in double-buffered blocks of rows."""
+                 acc_per_row: int, setup: Callable[[_Streams], None] | None = None, *,
+                 with_table: bool = False) -> Kernel:
+    """Shared loop: the flat tensor as rows of ``cols`` int8, in double-buffered blocks of rows.
+
+    ``with_table``: the kernel has a ``table`` operand, loaded into the activation table first."""
     config = _check_config(config)
     shape = _shape(shape)
     elements = int(np.prod(shape))
     COLS = config.cols
     specs = [*(_OperandSpec(x, shape, "i1", "any (element-wise)", "input") for x in inputs),
              _OperandSpec("out", shape, "i1", "as the inputs", "output"), _counters_spec()]
+    if with_table:
+        specs.insert(len(inputs), _table_spec())
     operands = _place(config, specs, addrs, base)
     total_rows = _cdiv(elements, COLS)
-    spad_share = config.spad_rows // (2 * (len(inputs) + 1))
+    reserved = table_rows(config) if with_table else 0
+    spad_share = (config.spad_rows - reserved) // (2 * (len(inputs) + 1))
     acc_share = config.acc_rows // (2 * acc_per_row) if acc_per_row else spad_share
     block = max(1, min(total_rows, spad_share, acc_share, 1024))
     what = f"{name} of {elements} elements"
@@ -94,6 +104,8 @@ def _elementwise(name: str, config: Config, shape: Any, inputs: tuple[str, ...],
         streams = _Streams(config)
         if setup is not None:
             setup(streams)
+        if with_table:
+            _load_table(streams, spad, operands["table"])
         for step, r0 in enumerate(range(0, total_rows, block)):
             count = min(elements - r0 * COLS, block * COLS)
             rows = _cdiv(count, COLS)
@@ -178,3 +190,20 @@ def add(config: Config, shape: Any, *, x_scale: tuple[int, int] = (1, 0), y_scal
         streams.add(_vector(VectorOp.ADD, out_buf, out_buf.start, t0, t0.start, rows, imm=zps["out_zp"]),
                     reads=[t0], writes=[out_buf])
     return _elementwise("add", config, shape, ("x", "y"), addrs, base, body, 0 if plain else 2)
+
+
+def table(config: Config, shape: Any, *, addrs: Mapping[str, int] | None = None, base: int = 0) -> Kernel:
+    """``out = table[x mod 256]`` over an int8 tensor of any shape (operands ``x``, ``table``, ``out``).
+
+    ``table`` holds 256 int8 entries (:func:`~.common.pack_table`), loaded once with ``TABLE``; per
+    block a VECTOR ``mov`` widens the int8 rows into accumulator rows and an EPILOGUE with
+    ``act=table`` looks them up into int8 rows.  A table that follows a GEMM or convolution is cheaper
+    in its EPILOGUE (``gemm(..., act="table")``): this kernel is for one that does not.
+    """
+    def body(streams, srcs, temps, out_buf, rows):
+        x, wide = srcs["x"], temps["t0"]
+        streams.add(_vector(VectorOp.MOV, wide, wide.start, x, x.start, rows), reads=[x], writes=[wide])
+        streams.add(Instruction.make(Opcode.EPILOGUE, src=wide.start, m=rows, n=streams.config.cols,
+                                     dst=out_buf.start, out=Memory.SPAD, act=Activation.TABLE),
+                    reads=[wide], writes=[out_buf])
+    return _elementwise("table", config, shape, ("x",), addrs, base, body, 1, with_table=True)

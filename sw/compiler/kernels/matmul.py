@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from braze.isa import Activation, Config, Instruction, Memory, Opcode, VectorOp
+from braze.isa.timing import table_rows
 
 from .common import (
     Kernel,
@@ -34,6 +35,7 @@ from .common import (
     _epilogue_options,
     _epilogue_specs,
     _finish,
+    _load_table,
     _OperandSpec,
     _place,
     _positive,
@@ -175,6 +177,8 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     out_bytes = 4 if epi.out_int32 else 1
     streams = _Streams(config)
     _set_config_regs(streams, epi)
+    if epi.act is Activation.TABLE:
+        _load_table(streams, spad, operands["table"])
     a_next = 0          # the A ring slot the next chunk goes to
     b_next = 0          # the B ring slot the next streamed B tile goes to
     c_next = 0          # the C ring slot of the next output tile
@@ -367,6 +371,8 @@ def _tiling_candidates(config: Config, M: int, K: int, N: int, epi: _Epilogue, a
     n_tiles = _cdiv(N, COLS)
     p_rows = len(epi.param_rows)
     per_m_spad = (2 if epi.residual else 0) + (0 if epi.out_int32 else 2)
+    # A table activation keeps the table's rows until its TABLE has read them.
+    spad_rows = config.spad_rows - (table_rows(config) if epi.act is Activation.TABLE else 0)
 
     def params_resident(m: int, ring: int) -> bool | None:
         """Whether every parameter tile fits the accumulator beside the C tiles; None: not even two."""
@@ -380,7 +386,7 @@ def _tiling_candidates(config: Config, M: int, K: int, N: int, epi: _Epilogue, a
             return []
         found = []
         for b_resident in (True, False):
-            free = config.spad_rows - reserved - ring * per_m_spad * m - (n_tiles if b_resident else ring) * K
+            free = spad_rows - reserved - ring * per_m_spad * m - (n_tiles if b_resident else ring) * K
             slots = free // m
             if slots < chunks:
                 continue
@@ -404,7 +410,7 @@ def _tiling_candidates(config: Config, M: int, K: int, N: int, epi: _Epilogue, a
                 break
         if group < 1:
             return []
-        free = config.spad_rows - reserved - ring * per_m_spad * m
+        free = spad_rows - reserved - ring * per_m_spad * m
         # A ring of two blocks of chunks (one loading, one computing) and B ring of two blocks of rows.
         block = min(chunks, free // (ring * (m + R)))
         if block < 1:
