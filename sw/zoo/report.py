@@ -1,0 +1,345 @@
+"""Per-model reports of the zoo: where the MACs run, what stays on the host and why, exactness, accuracy.
+
+:func:`count_macs` counts the multiply-accumulates of every matrix operator (``Conv``,
+``ConvTranspose``, ``MatMul``, ``Gemm``, their integer and QLinear forms and Braze's quantized
+``QConv``/``QMatMul``) from a graph's static shapes.  :func:`model_report` compiles a zoo model as
+onnxruntime's quantizer wrote it (no calibration by Braze: the QDQ groups become Braze ops), and
+measures:
+
+* MACs on the accelerator: the matrix operators the lowering made kernels (directly, or fused
+  into a kernel), as a fraction of all MACs per inference;
+* the operators on the host, grouped by operator type and the reason the lowering gives
+  (:func:`~braze.sw.compiler.lower.plan_node`'s, or a kernel's refusal);
+* bit-exactness: the golden device's outputs against the frontend evaluator's
+  (:func:`~braze.sw.compiler.frontend.evaluate` of the quantized graph) on every evaluated image,
+  and, per batch size asked for, the verilator device's against the golden device's;
+* against onnxruntime running the same QDQ model: argmax agreement and the largest logit error;
+  with accuracy on the digits validation split where the model is trained;
+* compile time and cycles per inference (the kernels' COUNTERS snapshots, per batch size).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from braze.isa import Config
+from braze.isa.errors import BrazeError
+
+from ..compiler.cache import KernelCache
+from ..compiler.frontend import evaluate
+from ..compiler.ir import Graph, Node
+from ..runtime.session import InferenceSession
+from .export import INPUT, quantize_qdq
+from .models import ZOO, build_model, digits_images
+
+__all__ = ["HostOps", "ModelReport", "count_macs", "node_macs", "model_report", "format_reports",
+           "AGREEMENT_TARGET", "ACCURACY_MARGIN", "CHIP_MAC_TARGETS", "EVAL_CHUNK"]
+
+#: Argmax agreement with onnxruntime's QDQ run that an untrained (random-weight) model must reach.
+AGREEMENT_TARGET = 0.99
+#: How far below onnxruntime's QDQ accuracy a trained model may be (issue 11: within 1 point).
+ACCURACY_MARGIN = 0.01
+#: Issue 11's targets of MACs on the accelerator, by model kind.
+CHIP_MAC_TARGETS = {"resnet18": 0.95, "mobilenetv2": 0.95, "transformer": 0.90, "mixer": 0.90}
+#: Images per golden run when a report evaluates the validation split (one compiled shape).
+EVAL_CHUNK = 40
+
+#: Operator -> index of the weight input (``(out, in/group, k...)`` for convolutions, ``(.., k, n)``
+#: for matrix products).
+_CONV_WEIGHT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "braze.QConv": 1}
+_MATMUL_B = {"MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3}
+
+
+def node_macs(node: Node, shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """Multiply-accumulates of one operator node given every tensor's shape (0 for non-matrix ops).
+
+    Convolutions: output elements times the weight's ``in/group x kernel`` size (ConvTranspose:
+    input elements times ``out/group x kernel``); matrix products: output elements times the
+    inner dimension.  A node whose shapes are unknown raises :class:`BrazeError`.
+    """
+    op = node.qualified_op
+
+    def shape(index: int) -> tuple[int, ...]:
+        tensor = node.inputs[index] if index >= 0 else node.outputs[0]
+        if tensor not in shapes:
+            raise BrazeError(f"node {node.name!r} ({op}): no static shape for {tensor!r}")
+        return tuple(int(d) for d in shapes[tensor])
+
+    if op in _CONV_WEIGHT:
+        return int(np.prod(shape(-1), dtype=np.int64) * np.prod(shape(_CONV_WEIGHT[op])[1:], dtype=np.int64))
+    if op == "ConvTranspose":
+        return int(np.prod(shape(0), dtype=np.int64) * np.prod(shape(1)[1:], dtype=np.int64))
+    if op == "Gemm":
+        b = shape(1)
+        return int(np.prod(shape(-1), dtype=np.int64)) * (b[1] if node.attrs.get("transB", 0) else b[0])
+    if op in _MATMUL_B or op.endswith("MatMul"):
+        # Braze's matrix ops (QMatMul, and any batched form) keep B as their second input.
+        b = shape(_MATMUL_B.get(op, 1))
+        inner = b[-2] if len(b) >= 2 else b[0]
+        return int(np.prod(shape(-1), dtype=np.int64)) * inner
+    return 0
+
+
+def count_macs(graph: Graph, shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, int]:
+    """MACs of every matrix operator of ``graph`` (node name -> MACs), from ``shapes`` or the graph's
+    own static tensor shapes."""
+    if shapes is None:
+        shapes = {name: info.shape for name, info in graph.tensors.items() if info.static}
+    counts = {}
+    for node in graph.operators():
+        macs = node_macs(node, shapes)
+        if macs:
+            counts[node.name] = macs
+    return counts
+
+
+@dataclasses.dataclass(frozen=True)
+class HostOps:
+    """Operators of one type that run on the host for one reason, and the MACs among them."""
+
+    op_type: str
+    count: int
+    reason: str
+    macs: int
+
+
+@dataclasses.dataclass
+class ModelReport:
+    """One zoo model compiled from one exporter's QDQ model (see the module documentation).
+
+    MACs and cycles are per inference.  ``cycles_golden``/``cycles_verilator`` map a batch size to
+    cycles per inference at that batch; ``verilator_identical`` is None when verilator did not run.
+    ``accuracy*`` are None for untrained models.
+    """
+
+    name: str
+    exporter: str
+    params: int
+    trained: bool
+    total_macs: int
+    chip_macs: int
+    kernels: int
+    host_ops: list[HostOps]
+    compile_seconds: float
+    images: int
+    frontend_identical: bool
+    agreement: float
+    max_logit_error: float
+    accuracy: float | None
+    accuracy_ort: float | None
+    accuracy_float: float | None
+    cycles_golden: dict[int, float]
+    cycles_verilator: dict[int, float] = dataclasses.field(default_factory=dict)
+    verilator_identical: bool | None = None
+    verilator_seconds: float = 0.0
+
+    @property
+    def chip_mac_fraction(self) -> float:
+        return self.chip_macs / self.total_macs if self.total_macs else 0.0
+
+    @property
+    def chip_mac_target(self) -> float:
+        return CHIP_MAC_TARGETS.get(self.name, 0.95)
+
+    @property
+    def within_target(self) -> bool:
+        """Accuracy within :data:`ACCURACY_MARGIN` of onnxruntime's (trained models), else argmax
+        agreement of at least :data:`AGREEMENT_TARGET`."""
+        if self.trained:
+            return self.accuracy is not None and self.accuracy >= self.accuracy_ort - ACCURACY_MARGIN
+        return self.agreement >= AGREEMENT_TARGET
+
+    @property
+    def passed(self) -> bool:
+        """Bit-identical golden vs frontend and vs verilator (verilator must have run), and within
+        the accuracy or agreement target.  (The MACs-on-chip target is reported separately.)"""
+        return bool(self.frontend_identical and self.verilator_identical and self.within_target)
+
+    def table(self) -> str:
+        """The report as text: a summary block and the host operators with their reasons."""
+        def pct(value):
+            return "-" if value is None else f"{100 * value:.1f}%"
+
+        def same(value):
+            return "not run" if value is None else ("bit-identical" if value else "DIFFERENT")
+
+        lines = [
+            f"{self.name} ({self.exporter} export, onnxruntime QDQ per-channel): {self.params:,} params",
+            f"  MACs/inference   {self.total_macs:,}; on the accelerator {self.chip_macs:,} "
+            f"({100 * self.chip_mac_fraction:.1f}%, target {100 * self.chip_mac_target:.0f}%) in "
+            f"{self.kernels} kernels",
+            f"  compile          {self.compile_seconds:.2f} s (load, lower QDQ, fuse, tile, lower)",
+            f"  golden/frontend  {same(self.frontend_identical)} on {self.images} images",
+            f"  golden/verilator {same(self.verilator_identical)}"
+            + (f" at batch {','.join(map(str, self.cycles_verilator))}" if self.cycles_verilator else ""),
+            f"  vs onnxruntime   argmax agreement {pct(self.agreement)}, max logit error "
+            f"{self.max_logit_error:.4g}",
+        ]
+        if self.trained:
+            lines.append(f"  accuracy         braze {pct(self.accuracy)}, onnxruntime QDQ "
+                         f"{pct(self.accuracy_ort)}, float {pct(self.accuracy_float)} (digits validation)")
+        cycles = "; ".join(f"batch {b}: golden {c:,.0f}" + (f", verilator {self.cycles_verilator[b]:,.0f}"
+                                                            if b in self.cycles_verilator else "")
+                           for b, c in self.cycles_golden.items())
+        lines.append(f"  cycles/inference {cycles}")
+        lines.append(f"  host ops         {sum(h.count for h in self.host_ops)} "
+                     f"({sum(h.macs for h in self.host_ops):,} MACs):")
+        for host in self.host_ops:
+            lines.append(f"    {host.count:>4} x {host.op_type:<20} {host.reason}"
+                         + (f"  [{host.macs:,} MACs]" if host.macs else ""))
+        return "\n".join(lines)
+
+    __str__ = table
+
+
+def _host_ops(session: InferenceSession, macs: Mapping[str, int], batch: int) -> list[HostOps]:
+    """Host operators of the session's last compiled plan, grouped by (op type, reason)."""
+    groups: dict[tuple[str, str], list[int]] = collections.defaultdict(lambda: [0, 0])
+    source = session.compiled.source
+    for name, where in session.compiled.placement.items():
+        if not where.startswith("cpu"):
+            continue
+        node = source.node(name)
+        ops = node.attrs.get("fused_ops", (name,))
+        group = groups[(node.qualified_op, where.split(": ", 1)[-1])]
+        group[0] += 1
+        group[1] += sum(macs.get(op, 0) for op in ops) // batch
+    rows = [HostOps(op, count, reason, host_macs) for (op, reason), (count, host_macs) in groups.items()]
+    return sorted(rows, key=lambda h: (-h.macs, -h.count, h.op_type))
+
+
+def _on_chip(session: InferenceSession) -> set[str]:
+    """Names of the quantized graph's nodes that run inside a kernel of the last compiled plan."""
+    source = session.compiled.source
+    names = set()
+    for name, where in session.compiled.placement.items():
+        if where.startswith("accel") and name in source:
+            names.update(source.node(name).attrs.get("fused_ops", (name,)))
+    return names
+
+
+def _same(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(x.dtype == y.dtype and np.array_equal(x, y)
+                                    for x, y in zip(a, b, strict=True))
+
+
+def _ort_logits(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    return session.run(None, {INPUT: x})[0]
+
+
+def _float_accuracy(name: str, x: np.ndarray, y: np.ndarray) -> float:
+    import torch
+
+    with torch.no_grad():
+        return float((build_model(name)(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+
+
+def model_report(name: str, exporter: str = "dynamo", *, config: str | Config = "default",
+                 images: int | None = None, batches: Sequence[int] = (1,), verilator: bool = False,
+                 cache: KernelCache | None = None) -> ModelReport:
+    """Compile zoo model ``name`` (``exporter``'s export, quantized by onnxruntime) and measure it.
+
+    ``images``: how many digits validation images to evaluate on the golden device, in runs of
+    :data:`EVAL_CHUNK` (default: all 360).  ``batches``: the batch sizes whose cycles per inference
+    are measured (the first images); with ``verilator`` each also runs on the verilator device
+    and its outputs are compared with the golden device's.
+    """
+    if name not in ZOO:
+        raise BrazeError(f"no zoo model {name!r}; the zoo has {', '.join(ZOO)}")
+    if any(b < 1 for b in batches):
+        raise BrazeError(f"batch sizes must be at least 1, not {list(batches)}")
+    config = config if isinstance(config, Config) else Config.parse(config)
+    spec = ZOO[name]
+    x_val, y_val = np.array(digits_images()[2]), np.array(digits_images()[3])
+    count = len(x_val) if images is None else max(1, min(int(images), len(x_val)))
+    x_val, y_val = x_val[:count], y_val[:count]
+    params = sum(p.numel() for p in build_model(name).parameters())
+    qdq = quantize_qdq(name, exporter)
+    qdq_bytes = qdq.SerializeToString()
+
+    started = time.perf_counter()
+    session = InferenceSession(qdq, device="golden", config=config, cache=cache)
+    chunk = min(EVAL_CHUNK, count)
+    session.compile_for({INPUT: (chunk, *x_val.shape[1:])})
+    compile_seconds = time.perf_counter() - started
+
+    logits, identical = [], True
+    for start in range(0, count, chunk):
+        x = x_val[start:start + chunk]
+        (out,) = session.run(None, {INPUT: x})
+        reference = evaluate(session.graph_before, {INPUT: x})
+        identical &= _same([out], [reference[session.graph_before.outputs[0]]])
+        logits.append(out)
+    logits = np.concatenate(logits)
+    ort_logits = _ort_logits(qdq_bytes, x_val)
+    agreement = float((logits.argmax(1) == ort_logits.argmax(1)).mean())
+    max_error = float(np.abs(logits.astype(np.float64) - ort_logits).max())
+    accuracy = accuracy_ort = accuracy_float = None
+    if spec.trained:
+        accuracy = float((logits.argmax(1) == y_val).mean())
+        accuracy_ort = float((ort_logits.argmax(1) == y_val).mean())
+        accuracy_float = _float_accuracy(name, x_val, y_val)
+
+    # MACs per inference, from the quantized graph at batch 1 (shapes from evaluating it), placed by
+    # the plan compiled at batch 1.
+    one = x_val[:1]
+    shapes = {k: np.shape(v) for k, v in evaluate(session.graph_before, {INPUT: one}, keep=True).items()}
+    macs = count_macs(session.graph_before, shapes)
+    cycles_golden: dict[int, float] = {}
+    golden_outputs: dict[int, np.ndarray] = {}
+    for batch in sorted(set(batches)):
+        (golden_outputs[batch],) = session.run(None, {INPUT: x_val[:batch]})
+        cycles_golden[batch] = session.report().total_cycles / batch
+    session.run(None, {INPUT: one})
+    chip = _on_chip(session)
+    chip_macs = sum(m for node, m in macs.items() if node in chip)
+    host_ops = _host_ops(session, macs, 1)
+    kernels = len(session.kernels)
+    session.close()
+
+    report = ModelReport(name, exporter, params, spec.trained, sum(macs.values()), chip_macs, kernels,
+                         host_ops, compile_seconds, count, identical, agreement, max_error, accuracy,
+                         accuracy_ort, accuracy_float, cycles_golden)
+    if verilator:
+        started = time.perf_counter()
+        rtl = InferenceSession(qdq, device="verilator", config=config, cache=cache)
+        same = True
+        try:
+            for batch in sorted(set(batches)):
+                (out,) = rtl.run(None, {INPUT: x_val[:batch]})
+                same &= _same([out], [golden_outputs[batch]])
+                report.cycles_verilator[batch] = rtl.report().total_cycles / batch
+        finally:
+            rtl.close()
+        report.verilator_identical = same
+        report.verilator_seconds = time.perf_counter() - started
+    return report
+
+
+def format_reports(reports: Sequence[ModelReport]) -> str:
+    """A one-row-per-model table (then each model's host operators and reasons)."""
+    header = (f"{'model':<12} {'export':<11} {'params':>8} {'MACs/inf':>10} {'on chip':>8} {'kernels':>7} "
+              f"{'compile':>8} {'golden=fe':>9} {'gold=rtl':>8} {'agree':>7} {'max err':>8} {'acc':>6} "
+              f"{'acc ORT':>7} {'pass':>4}")
+    lines = [header, "-" * len(header)]
+    for r in reports:
+        acc = "-" if r.accuracy is None else f"{100 * r.accuracy:.1f}"
+        acc_ort = "-" if r.accuracy_ort is None else f"{100 * r.accuracy_ort:.1f}"
+        rtl = "-" if r.verilator_identical is None else ("yes" if r.verilator_identical else "NO")
+        lines.append(f"{r.name:<12} {r.exporter:<11} {r.params:>8,} {r.total_macs:>10,} "
+                     f"{100 * r.chip_mac_fraction:>7.1f}% {r.kernels:>7} {r.compile_seconds:>7.2f}s "
+                     f"{'yes' if r.frontend_identical else 'NO':>9} {rtl:>8} {100 * r.agreement:>6.1f}% "
+                     f"{r.max_logit_error:>8.4f} {acc:>6} {acc_ort:>7} {'yes' if r.passed else 'no':>4}")
+    return "\n".join(lines)
+
