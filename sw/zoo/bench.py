@@ -97,9 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise BrazeError(f"no zoo model {', '.join(map(repr, unknown))}; "
                          f"the zoo has {', '.join(MODEL_NAMES)}")
     if args.batches < 1:
-        raise BrazeError(f"--batches must be at least 1, not {args.batches}")
+        parser.error(f"argument --batches: must be at least 1, not {args.batches}")
     if args.images is not None and args.images < 1:
-        raise BrazeError(f"--images must be at least 1, not {args.images}")
+        parser.error(f"argument --images: must be at least 1, not {args.images}")
     config = Config.parse(args.config)
     exporters = args.exporter or list(EXPORTERS)
     reports: list[ModelReport] = []

@@ -140,6 +140,9 @@ class ModelReport:
     verilator_identical: bool | None = None
     verilator_seconds: float = 0.0
     target: str = "accuracy"
+    #: MACs the array performed per inference at batch 1 (its MAC counter): more than ``chip_macs``
+    #: where a kernel computes zeros (a grouped convolution runs as the dense one).
+    array_macs: int = 0
 
     @property
     def chip_mac_fraction(self) -> float:
@@ -175,7 +178,7 @@ class ModelReport:
             f"{self.name} ({self.exporter} export, onnxruntime QDQ per-channel): {self.params:,} params",
             f"  MACs/inference   {self.total_macs:,}; on the accelerator {self.chip_macs:,} "
             f"({100 * self.chip_mac_fraction:.1f}%, target {100 * self.chip_mac_target:.0f}%) in "
-            f"{self.kernels} kernels",
+            f"{self.kernels} kernels; the array's MAC counter {self.array_macs:,}",
             f"  compile          {self.compile_seconds:.2f} s (load, lower QDQ, fuse, tile, lower)",
             f"  golden/frontend  {same(self.frontend_identical)} on {self.images} images",
             f"  golden/verilator {same(self.verilator_identical)}"
@@ -344,12 +347,15 @@ def model_report(name: str, exporter: str = "dynamo", *, config: str | Config = 
     for batch in sorted(set(batches)):
         (golden_outputs[batch],) = session.run(None, {INPUT: x_val[:batch]})
         cycles_golden[batch] = session.report().total_cycles / batch
+    session.run(None, {INPUT: x_val[:1]})
+    array_macs = session.report().total_macs
     kernels = len(session.compile_for({INPUT: x_val[:1].shape}).kernels)
     session.close()
 
     report = ModelReport(name, exporter, params, spec.trained, placement.total, placement.chip, kernels,
                          placement.host_ops, compile_seconds, count, identical, agreement, max_error,
-                         accuracy, accuracy_ort, accuracy_float, cycles_golden, target=spec.target)
+                         accuracy, accuracy_ort, accuracy_float, cycles_golden, target=spec.target,
+                         array_macs=array_macs)
     if verilator:
         started = time.perf_counter()
         rtl = InferenceSession(qdq, device="verilator", config=config, cache=cache, cost_model=cost_model,
