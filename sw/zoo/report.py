@@ -143,6 +143,8 @@ class ModelReport:
     #: MACs the array performed per inference at batch 1 (its MAC counter): more than ``chip_macs``
     #: where a kernel computes zeros (a grouped convolution runs as the dense one).
     array_macs: int = 0
+    #: Host time of one golden inference at batch 1 outside the device (host ops, transfers), ms.
+    host_ms: float = 0.0
 
     @property
     def chip_mac_fraction(self) -> float:
@@ -197,7 +199,8 @@ class ModelReport:
                            for b, c in self.cycles_golden.items())
         lines.append(f"  cycles/inference {cycles}")
         lines.append(f"  host ops         {sum(h.count for h in self.host_ops)} "
-                     f"({sum(h.macs for h in self.host_ops):,} MACs):")
+                     f"({sum(h.macs for h in self.host_ops):,} MACs; {self.host_ms:.1f} ms of host time per "
+                     f"golden inference at batch 1):")
         for host in self.host_ops:
             lines.append(f"    {host.count:>4} x {host.op_type:<20} {host.reason}"
                          + (f"  [{host.macs:,} MACs]" if host.macs else ""))
@@ -349,13 +352,14 @@ def model_report(name: str, exporter: str = "dynamo", *, config: str | Config = 
         cycles_golden[batch] = session.report().total_cycles / batch
     session.run(None, {INPUT: x_val[:1]})
     array_macs = session.report().total_macs
+    host_ms = session.report().host_seconds * 1e3
     kernels = len(session.compile_for({INPUT: x_val[:1].shape}).kernels)
     session.close()
 
     report = ModelReport(name, exporter, params, spec.trained, placement.total, placement.chip, kernels,
                          placement.host_ops, compile_seconds, count, identical, agreement, max_error,
                          accuracy, accuracy_ort, accuracy_float, cycles_golden, target=spec.target,
-                         array_macs=array_macs)
+                         array_macs=array_macs, host_ms=host_ms)
     if verilator:
         started = time.perf_counter()
         rtl = InferenceSession(qdq, device="verilator", config=config, cache=cache, cost_model=cost_model,
