@@ -253,10 +253,20 @@ class MacPlacement:
 
 def mac_placement(session: InferenceSession, feeds: Mapping[str, np.ndarray]) -> MacPlacement:
     """Compile ``session`` for ``feeds``' shapes and account its MACs: :func:`count_macs` of the
-    quantized graph (shapes from evaluating it on ``feeds``), a node on chip when the lowering made
-    it, or a fused group holding it, a kernel; the host operators with the lowering's reasons."""
+    quantized graph (shapes from evaluating it on ``feeds``; it must equal the count of the model's
+    own operators), a node on chip when the lowering made it, or a fused group holding it, a kernel;
+    the host operators with the lowering's reasons."""
     shapes = {k: np.shape(v) for k, v in evaluate(session.graph_before, feeds, keep=True).items()}
     macs = count_macs(session.graph_before, shapes)
+    # The model's own operators (standard ONNX ops, before Braze lowered them) must count the same:
+    # a lowered op :func:`node_macs` does not know would otherwise vanish from both sides silently.
+    float_shapes = {k: np.shape(v) for k, v in evaluate(session.graph_float, feeds, keep=True).items()}
+    expected = sum(count_macs(session.graph_float, float_shapes).values())
+    if sum(macs.values()) != expected:
+        raise BrazeError(f"model {session.graph_before.name!r}: its operators do {expected:,} MACs, the "
+                         f"quantized graph's count {sum(macs.values()):,}: an operator of "
+                         f"{sorted({n.qualified_op for n in session.graph_before.operators()})} "
+                         "is missing from node_macs")
     session.compile_for({name: np.shape(value) for name, value in feeds.items()})
     chip = _on_chip(session)
     unplaced = [node for node in macs if node not in chip and not _placed_on_host(session, node)]

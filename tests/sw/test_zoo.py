@@ -31,6 +31,7 @@ from braze.sw.zoo import (
     weights_path,
 )
 from braze.sw.zoo import bench as zoo_bench
+from braze.sw.zoo import report as zoo_report
 
 #: Validation images each model runs on in these tests (one compiled batch shape).
 IMAGES = 24
@@ -79,8 +80,8 @@ def test_mac_count_of_a_hand_countable_model():
         node_macs(graph.node("mm"), {"a": (2, 3, 4)})
 
 
-def test_mac_placement_splits_the_accelerator_from_the_host(tmp_path):
-    """The Gemm left float (excluded from quantization) is host MACs; the quantized Conv chip MACs."""
+def _toy_session(tmp_path) -> InferenceSession:
+    """:func:`_toy` without the depthwise conv, quantized by onnxruntime with the Gemm left float."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     rng = np.random.default_rng(1)
@@ -97,12 +98,24 @@ def test_mac_placement_splits_the_accelerator_from_the_host(tmp_path):
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                     nodes_to_exclude=["fc"])
     with pytest.warns(UncalibratedModelWarning, match="fc"):      # the Gemm left float, as intended
-        session = InferenceSession(str(tmp_path / "qdq.onnx"), device="golden", config="tiny")
-    placement = mac_placement(session, {"x": rng.random((1, 1, 4, 4), dtype=np.float32)})
+        return InferenceSession(str(tmp_path / "qdq.onnx"), device="golden", config="tiny")
+
+
+def test_mac_placement_splits_the_accelerator_from_the_host(tmp_path):
+    """The Gemm left float (excluded from quantization) is host MACs; the quantized Conv chip MACs."""
+    placement = mac_placement(_toy_session(tmp_path), {"x": np.ones((1, 1, 4, 4), np.float32)})
     assert placement.total == 288 + 160
     assert placement.chip == 288
     gemm = [h for h in placement.host_ops if h.op_type == "Gemm"]
     assert len(gemm) == 1 and gemm[0].macs == 160 and gemm[0].count == 1 and gemm[0].reason
+
+
+def test_mac_placement_refuses_a_lowered_operator_it_cannot_count(tmp_path, monkeypatch):
+    """A Braze op node_macs does not know would drop its MACs from both sides: it is an error."""
+    session = _toy_session(tmp_path)
+    monkeypatch.delitem(zoo_report._CONV_WEIGHT, "braze.QConv")
+    with pytest.raises(BrazeError, match="448 MACs, the quantized graph's count 160"):
+        mac_placement(session, {"x": np.ones((1, 1, 4, 4), np.float32)})
 
 
 def test_trained_weights_are_cached_and_reused():
