@@ -638,6 +638,17 @@ BENCH_TARGETS["fleet"] = ("codelets on a Dask cluster: makespan all-CPU vs stati
                           "fallback rate, a worker killed mid-run (braze bench fleet --help)", _bench_fleet)
 
 
+def _bench_attention(argv: Sequence[str]) -> int:
+    from braze.sw.runtime import attention_bench as bench
+
+    return bench.main(argv)
+
+
+BENCH_TARGETS["attention"] = ("a transformer's attention block with its MatMuls on the chip: MACs on chip, "
+                              "cycles, host share vs transfers, batched vs per-head kernels (braze bench "
+                              "attention --help)", _bench_attention)
+
+
 def _bench_dse(argv: Sequence[str]) -> int:
     from braze.sw.dse import bench
 

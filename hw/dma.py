@@ -192,8 +192,8 @@ class LoadEngine(wiring.Component):
     busy : Out(1)
         An instruction is being executed (from acceptance to ``done``); with overlap,
         at least one is.  ``events.load_busy`` follows it, so with overlap the
-        ``load_busy`` counter counts cycles with any LOAD in flight, not the sum of
-        the LOADs' durations that the timing model predicts for it.
+        ``load_busy`` counter counts cycles with any LOAD in flight, as the timing
+        model predicts it.
     events : Out(load_events_layout(config))
         Counter increments of this cycle (see the module documentation).
     """

@@ -528,7 +528,7 @@ class _Static:
     """
 
     __slots__ = ("insn", "opcode", "unit", "fails_checks", "timing", "fails_dram", "deltas", "accesses",
-                 "dram_write", "dynamic")
+                 "dram_write", "dynamic", "busy")
 
     def __init__(self, insn: Instruction, config: Config):
         self.insn = insn
@@ -548,7 +548,10 @@ class _Static:
         self.fails_dram = False
         self.dram_write: tuple[int, int] | None = None
         insn_counter, busy = _OPCODE_COUNTERS[op]
-        deltas = [(busy, timing[1])] if busy is not None else []
+        # The *_busy counter's increment is the scheduler's (Scheduler.last_busy): with overlapped
+        # LOADs it depends on the neighbours, not only on the instruction.
+        self.busy = busy
+        deltas = []
         accesses: list = []
         if self.fails_checks:
             pass                          # never executed: the rest is not needed
@@ -1342,6 +1345,8 @@ class Machine:
                 self._plan_ops(insn, ops)
             for counter, amount in static.deltas:
                 counters[counter] += amount
+            if static.busy is not None:
+                counters[static.busy] += scheduler.last_busy
             if op is Opcode.HALT:
                 counters[_C_CYCLES] = entry.end - period_start
                 halted = True
@@ -1501,7 +1506,7 @@ class Machine:
                 self._races.instruction(insn, seq, pc, instruction_accesses(insn, config))
 
         if op in BUSY_COUNTER:
-            self._count(Counter[BUSY_COUNTER[op].upper()], entry.end - entry.start)
+            self._count(Counter[BUSY_COUNTER[op].upper()], self._scheduler.last_busy)
         # A barrier's wait comes before it starts, so a COUNTERS snapshot includes its own.
         self._count(Counter.STALL_DEP, entry.stall_dep)
 

@@ -34,8 +34,9 @@ none), if fewer than ``load_overlap`` LOADs have not retired (one of them
 :data:`LOAD_SLOT_CYCLES` ago at the latest); it ends no
 earlier than alone (``mem_latency + beats + 1``) and no earlier than
 :data:`LOAD_HANDOVER_CYCLES` plus its beats (zero rows) after the previous
-LOAD's end, and LOADs retire in program order.  ``load_busy`` stays the sum of
-the LOADs' durations (the hardware counts cycles with any LOAD in flight).
+LOAD's end, and LOADs retire in program order.  ``load_busy`` counts the cycles
+with at least one LOAD in flight (from a LOAD's start to its end), as the
+hardware does; without overlap that is the sum of the LOADs' durations.
 
 ``stall_dep`` counts, per instruction on the load, compute and store units,
 the cycles between being able to start (dispatched, unit free) and starting
@@ -330,6 +331,11 @@ class Scheduler:
         self._load_issue_free = 0
         self._load_data_end = 0
         self._load_retires: deque[int] = deque(maxlen=config.load_overlap)
+        # The end of the last overlapped LOAD: load_busy counts only what a LOAD adds beyond it.
+        self._load_busy_until = 0
+        #: The ``*_busy`` counter cycles the instruction added last contributed (0 if it has no such
+        #: counter): its duration, or with overlapped LOADs its cycles with no earlier LOAD in flight.
+        self.last_busy = 0
 
     @property
     def unit_busy(self) -> dict[Unit, int]:
@@ -437,7 +443,17 @@ class Scheduler:
             self._all_retired = retire
         self._unit_busy[u] += cycles
         if busy is not None:
-            self._busy[busy] += cycles
+            if overlapped:
+                # LOADs end in program order, so the cycles in flight are what this one adds after the
+                # previous LOADs' end.
+                counted = max(0, end - max(start, self._load_busy_until))
+                self._load_busy_until = max(self._load_busy_until, end)
+            else:
+                counted = cycles
+            self._busy[busy] += counted
+            self.last_busy = counted
+        else:
+            self.last_busy = 0
         self.stall_dep += stall
         if not self.keep_entries:
             return None

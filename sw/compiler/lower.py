@@ -8,8 +8,10 @@ Every operator node becomes one *step* of a straight-line plan:
   ``braze.QConv`` -> :func:`~braze.sw.compiler.kernels.conv2d` (NHWC, implicit im2col),
   int8 ``MaxPool`` -> :func:`~braze.sw.compiler.kernels.maxpool2d`, int8 ``Relu``/``Clip`` ->
   :func:`~braze.sw.compiler.kernels.relu` / :func:`~braze.sw.compiler.kernels.clip`, ``braze.QAdd`` ->
-  :func:`~braze.sw.compiler.kernels.add`.  The epilogue (bias, requantize, residual,
-  activation) of a node is fused into its kernel; the input zero point is
+  :func:`~braze.sw.compiler.kernels.add`, ``braze.QActMatMul`` (two activations, attention) ->
+  :func:`~braze.sw.compiler.kernels.batched_gemm` (or ``gemm`` for a B shared by the batch) with
+  both operands on the device, zero points accumulated on the array.  The epilogue (bias,
+  requantize, residual, activation) of a node is fused into its kernel; the input zero point is
   folded into the bias (``bias - x_zp * colsum(w)``), the residual's zero
   point into the requantize stage's (``out_zp - residual_zp``); the residual
   operand has the output's device layout.
@@ -127,6 +129,8 @@ class NodeKernel:
         values = {}
         if "B" in self.constants:
             values["B"] = self.constants["B"]
+        if "zp" in kernel.operands:          # zero-point constant tiles of an activation product
+            values["zp"] = kernel_lib.zero_point_rows(kernel)
         if "params" in kernel.operands:
             values["params"] = kernel_lib.pack_params(
                 kernel, **{k: self.constants[k] for k in kernel.param_rows})
@@ -211,6 +215,8 @@ def plan_node(graph: Graph, node: Node, x_layout: str | None = None) -> NodeKern
             return _plan_clip(graph, node)
         if op == f"{BRAZE_DOMAIN}.QAdd":
             return _plan_qadd(graph, node, x_layout)
+        if op == f"{BRAZE_DOMAIN}.QActMatMul":
+            return _plan_qactmatmul(graph, node)
     except KernelError as error:
         return f"no kernel: {error}"
     return f"{op} has no accelerator kernel"
@@ -240,6 +246,47 @@ def _plan_qmatmul(graph: Graph, node: Node, x_layout: str | None) -> NodeKernel 
     inputs = {"A": (x_name, layout)}
     if _residual(node):
         inputs["residual"] = (_residual(node), "plain")
+    return NodeKernel(node, recipe, inputs, (node.outputs[0], "plain"), constants)
+
+
+def _plan_qactmatmul(graph: Graph, node: Node) -> NodeKernel | str:
+    """A product of two activations, ``[..., M, K] @ [..., K, N]``: both operands are device tensors
+    ("plain", row-major), the batch one :func:`~braze.sw.compiler.kernels.batched_gemm` (a B shared by
+    the whole batch: one GEMM over all the rows of A).  Zero points run on the array too
+    (``batched_gemm(zero_points=)``, with ``K * za * zb`` in the bias)."""
+    za, zb = int(node.attrs.get("a_zero_point", 0)), int(node.attrs.get("b_zero_point", 0))
+    a_shape, b_shape = _static(graph, node.inputs[0], node), _static(graph, node.inputs[1], node)
+    # Heads-interleaved operands ([..., rows, H, cols]; fold_head_transposes): the logical shapes.
+    flags = [int(bool(node.attrs.get(key))) for key in ("a_heads", "b_heads", "out_heads")]
+    if flags[0]:
+        a_shape = (*a_shape[:-3], a_shape[-2], a_shape[-3], a_shape[-1])
+    if flags[1]:
+        b_shape = (*b_shape[:-3], b_shape[-2], b_shape[-3], b_shape[-1])
+    *a_batch, m, k = a_shape
+    *b_batch, _, n = b_shape
+    bias = np.full(n, k * za * zb, np.int64) if za and zb else None
+    options, constants = _epilogue(node, n, bias, np.zeros(n, np.int64))
+    inputs = {"A": (node.inputs[0], "plain"), "B": (node.inputs[1], "plain")}
+    a_count, b_count = (int(np.prod(batch, dtype=np.int64)) for batch in (a_batch, b_batch))
+    out_count = int(np.prod(np.broadcast_shapes(tuple(a_batch), tuple(b_batch)), dtype=np.int64))
+    if za or zb:
+        options.pop("tiling", None)        # gemm tilings: the tiling pass does not price batched_gemm
+        options["zero_points"] = (za, zb)
+    if any(flags):
+        if not (a_count == b_count == out_count) or not a_batch:
+            return f"heads layout with a broadcast batch (A {a_shape}, B {b_shape})"
+        heads = int(np.broadcast_shapes(tuple(a_batch), tuple(b_batch))[-1])   # the head axis
+        options["heads"] = tuple(heads if flag else 1 for flag in flags)
+        recipe = KernelRecipe("batched_gemm", (b_count, m, k, n), _options(options))
+    elif b_count == 1 and (za or zb):
+        options["b_batched"] = False
+        recipe = KernelRecipe("batched_gemm", (1, a_count * m, k, n), _options(options))
+    elif b_count == 1:
+        recipe = KernelRecipe("gemm", (a_count * m, k, n), _options(options))
+    elif a_count == b_count == out_count:      # slice g of A with slice g of B (size-1 dims aside)
+        recipe = KernelRecipe("batched_gemm", (b_count, m, k, n), _options(options))
+    else:
+        return f"broadcast of A {a_shape} over a batched B {b_shape} (no kernel reads A once per slice)"
     return NodeKernel(node, recipe, inputs, (node.outputs[0], "plain"), constants)
 
 

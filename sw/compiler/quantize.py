@@ -13,6 +13,12 @@ Two ops of domain ``"braze"`` carry every quantized matrix product:
     (``strides``, ``pads``, ``auto_pad``); padding is the input zero point,
     i.e. a real zero.
 
+``QActMatMul(a, b)``
+    the product of two int8 *activations* (attention's ``Q @ K^T``, ``P @ V``), batched and
+    broadcast as ONNX MatMul, with zero points ``a_zero_point``/``b_zero_point``; ``a_heads``,
+    ``b_heads``, ``out_heads`` mark an operand (or the output) stored heads-interleaved
+    (``[..., rows, H, cols]``, see :func:`fold_head_transposes`).
+
 ``residual`` (optional) is an int8 tensor of the output's shape and scale
 with zero point ``residual_zp``: a residual connection ``Add`` folded in.
 
@@ -342,6 +348,16 @@ def _quantizable(graph: Graph, node: Node) -> bool:
     return False
 
 
+def _activation_product(graph: Graph, node: Node) -> bool:
+    """A float MatMul of two computed tensors (no constant), both of rank 2 or more."""
+    if node.kind is not NodeKind.OPERATOR or node.domain or node.device != "accel" \
+            or node.op_type != "MatMul":
+        return False
+    infos = [graph.tensor(t) for t in node.inputs]
+    return all(graph.constant(t) is None for t in node.inputs) and all(
+        info.dtype == "float32" and info.shape is not None and len(info.shape) >= 2 for info in infos)
+
+
 def quantizable_operators(graph: Graph) -> list[Node]:
     """The float operators :func:`quantize` turns into int8 accelerator ops (MatMul, Gemm, Conv with
     constant float weights), in topological order."""
@@ -351,7 +367,8 @@ def quantizable_operators(graph: Graph) -> list[Node]:
 
 def insert_qdq(graph: Graph, ranges: Mapping[str, tuple[float, float]], *,
                symmetric_activations: bool = False) -> Graph:
-    """Insert QuantizeLinear/DequantizeLinear around every quantizable MatMul, Gemm and Conv.
+    """Insert QuantizeLinear/DequantizeLinear around every quantizable MatMul, Gemm and Conv, and
+    around every MatMul of two activations (both operands and the output quantized as activations).
 
     The result is a float "fake-quantized" QDQ graph, in the form of
     onnxruntime's ``quantize_static``: activations ``DQ(Q(x))`` (int8,
@@ -402,6 +419,15 @@ def insert_qdq(graph: Graph, ranges: Mapping[str, tuple[float, float]], *,
         if node.op_type in SCALE_PRESERVING and not node.domain and node.inputs[0] in quantized \
                 and node.outputs[0] not in quantized and node.device == "accel":
             build.substitute[node.name] = quantize_output(node, node.outputs[0], quantized[node.inputs[0]])
+            continue
+        if _activation_product(graph, node):
+            # Both operands quantized as activations (attention's Q @ K^T, P @ V): braze.QActMatMul.
+            op = node.replace(inputs=(fake_quantized(node.inputs[0])[0], fake_quantized(node.inputs[1])[0]))
+            activation = _fused_activation(graph, node.outputs[0])
+            last = activation or op
+            build.substitute[last.name] = quantize_output(last, last.outputs[0], params_of(last.outputs[0]))
+            if activation is not None:
+                build.substitute[node.name] = op
             continue
         if not _quantizable(graph, node):
             continue
@@ -692,6 +718,54 @@ class _Lowering:
         self.build.remove.update(n.name for n in (node, add, activation, quantize) if n is not None)
         return True
 
+    def lower_act_matmul(self, node: Node) -> bool:
+        """``DQ(a) -> MatMul(., DQ(b)) [-> Relu/Clip] -> Q`` with ``b`` an activation (not a constant):
+        attention's ``Q @ K^T`` and ``P @ V``, batched as ONNX MatMul broadcasts.
+
+        One ``braze.QActMatMul`` with both zero points, requantizing in its epilogue.  With nonzero
+        zero points, ``(a - za) @ (b - zb) = a @ b - za * colsum(b) - zb * rowsum(a) + K*za*zb`` has
+        terms that depend on the data; the kernel accumulates them on the array (see
+        docs/attention.md for why not on the host).
+        """
+        graph = self.graph
+        if node.op_type != "MatMul" or node.domain or node.device != "accel":
+            return False
+        a_parts, b_parts = _dq_parts(graph, node.inputs[0]), _dq_parts(graph, node.inputs[1])
+        if a_parts is None or b_parts is None or graph.constant(b_parts[0]) is not None:
+            return False
+        a_params = _scalar_params(graph, a_parts[1], a_parts[2])
+        b_params = _scalar_params(graph, b_parts[1], b_parts[2])
+        shapes = [graph.tensor(t).shape for t in (a_parts[0], b_parts[0])]
+        if a_params is None or b_params is None or any(shape is None or len(shape) < 2 for shape in shapes):
+            return False
+        activation = _fused_activation(graph, node.outputs[0])
+        quantize = _only_quantize_reader(graph, (activation or node).outputs[0])
+        if quantize is None:
+            return False
+        y_params = _scalar_params(graph, quantize.inputs[1], quantize.inputs[2] if len(quantize.inputs) > 2
+                                  else None)
+        if y_params is None or y_params[2] not in ("int8", "uint8"):
+            return False
+        a, b = self.as_int8(a_parts[0], *a_params), self.as_int8(b_parts[0], *b_params)
+        y_scale, y_zero, y_dtype = y_params
+        out = _QTensor(self.output_name(quantize.outputs[0], y_dtype), y_scale,
+                       y_zero - 128 if y_dtype == "uint8" else y_zero)
+        try:
+            mult, shift = quantize_multiplier(np.float32(a.scale) * np.float32(b.scale) / np.float64(y_scale))
+        except ValueError as error:
+            raise QuantizationError(f"node {node.name!r}: {error}") from None
+        attrs: dict = {"mult": (mult,), "shift": (shift,), "out_zp": out.zero_point, "out": "spad",
+                       "act": "none"}
+        if activation is not None:
+            act, clip = self._activation(graph, activation, out)
+            attrs.update(act=act, clip_lo=int(clip[0]), clip_hi=int(clip[1]))
+        shape = graph.tensor(quantize.outputs[0]).shape
+        self.build.op("QActMatMul", (a.name, b.name), (out.name,), domain=BRAZE_DOMAIN, stem=f"{node.name}_q",
+                      a_zero_point=a.zero_point, b_zero_point=b.zero_point, **attrs)
+        self.publish(quantize.outputs[0], out, y_dtype, shape)
+        self.build.remove.update(n.name for n in (node, activation, quantize) if n is not None)
+        return True
+
     def _residual(self, node: Node) -> tuple[Node | None, tuple[str, float, int, str] | None, Node | None]:
         """``(add, (int8 source, scale, zero point, dtype), activation)`` for
         ``node -> Add(., DQ(r)) [-> Relu/Clip]`` where the Add is the only reader and ``r`` has the shape
@@ -842,6 +916,52 @@ class _Lowering:
         self.build.substitute[node.name] = node.replace(inputs=(result.name, node.inputs[1], zero))
 
 
+def _swaps_heads(node: Node | None) -> bool:
+    """Whether ``node`` is a Transpose that swaps axes -3 and -2 only (attention's head split/merge,
+    ``perm=[0, 2, 1, 3]``)."""
+    if node is None or node.op_type != "Transpose" or node.domain or node.kind is not NodeKind.OPERATOR:
+        return False
+    perm = list(node.attrs.get("perm", ()))
+    rank = len(perm)
+    return rank >= 3 and perm == [*range(rank - 3), rank - 2, rank - 3, rank - 1]
+
+
+def fold_head_transposes(graph: Graph) -> Graph:
+    """Fold attention's head split and merge into ``braze.QActMatMul``: a Transpose swapping axes -3 and
+    -2 (``[B, T, H, d] <-> [B, H, T, d]``) that only feeds operand A or B of the product becomes its
+    ``a_heads``/``b_heads`` attribute, and one that is the product's only reader its ``out_heads``: the
+    kernel reads and writes the heads-interleaved tensors directly
+    (:func:`~braze.sw.compiler.kernels.batched_gemm` ``heads``), so no transpose (and no transfer
+    through the host) happens.  K's transpose for ``Q @ K^T`` (``perm=[0, 2, 3, 1]``) is not one of
+    these: B's rows must be K's columns, which a LOAD cannot gather."""
+    if not any(node.qualified_op == f"{BRAZE_DOMAIN}.QActMatMul" for node in graph.operators()):
+        return graph
+    graph = simplify(graph)              # dead Q/DQ nodes left by the lowering are readers no more
+    substitute: dict[str, Node] = {}
+    remove: set[str] = set()
+    for node in graph.operators():
+        if node.qualified_op != f"{BRAZE_DOMAIN}.QActMatMul":
+            continue
+        inputs, attrs, outputs = list(node.inputs), {}, node.outputs
+        for index, key in ((0, "a_heads"), (1, "b_heads")):
+            producer = graph.producer(inputs[index])
+            if _swaps_heads(producer) and len(graph.consumers(inputs[index])) == 1 \
+                    and inputs[index] not in graph.outputs and producer.name not in remove:
+                remove.add(producer.name)
+                inputs[index] = producer.inputs[0]
+                attrs[key] = 1
+        readers = graph.consumers(node.outputs[0])
+        if len(readers) == 1 and _swaps_heads(readers[0]) and node.outputs[0] not in graph.outputs:
+            remove.add(readers[0].name)
+            outputs = readers[0].outputs
+            attrs["out_heads"] = 1
+        if attrs:
+            substitute[node.name] = node.replace(inputs=tuple(inputs), outputs=outputs).with_attrs(**attrs)
+    if not substitute:
+        return graph
+    return graph.edit(remove=remove, substitute=substitute)
+
+
 def lower_qdq(graph: Graph) -> Graph:
     """Turn quantized ONNX patterns into Braze's int8 ops, honouring the model's scales.
 
@@ -852,6 +972,9 @@ def lower_qdq(graph: Graph) -> Graph:
       ``r`` of the output's shape and exactly the output ``Q``'s scale becomes
       one Braze op with ``r`` as its residual input; at another scale the
       group stays as it is (the addition is not exact in the epilogue).
+    * ``DQ(a) -> MatMul(., DQ(b)) [-> Relu/Clip] -> Q`` with ``b`` an activation becomes
+      ``braze.QActMatMul`` (zero points kept), head split/merge transposes folded into it
+      (:func:`fold_head_transposes`).
     * ``DQ -> MaxPool/Reshape/... -> Q`` with equal parameters runs on int8.
     * ``QLinearMatMul``/``QLinearConv`` become Braze ops; ``MatMulInteger``/
       ``ConvInteger`` become Braze ops with int32 output (``out="acc"``).
@@ -863,19 +986,20 @@ def lower_qdq(graph: Graph) -> Graph:
     """
     lowering = _Lowering(graph)
     for node in graph.operators():
-        if not (lowering.lower_qdq_group(node) or lowering.lower_passthrough(node)):
+        if not (lowering.lower_qdq_group(node) or lowering.lower_act_matmul(node)
+                or lowering.lower_passthrough(node)):
             lowering.lower_qlinear(node)
     for node in graph.operators():
         if node.name not in lowering.build.remove:
             lowering.redirect_dequantize(node)
     if not lowering.build.add and not lowering.build.substitute:
         return graph
-    return lowering.build.build()
+    return fold_head_transposes(lowering.build.build())
 
 
 __all__ = [
     "QuantizationError", "CalibrationError", "quantize_multiplier", "activation_params", "quantize_weights",
     "shift_uint8", "quantize_bias", "quantizable_operators", "calibrate", "fuse_bias_add", "insert_qdq",
-    "quantize", "lower_qdq",
+    "quantize", "lower_qdq", "fold_head_transposes",
     "SCALE_PRESERVING", "WEIGHT_MAX",
 ]

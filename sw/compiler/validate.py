@@ -321,6 +321,29 @@ def _check_qlinear_matmul(graph, node, fail, *, b_index=3):
         fail(f"{node.op_type} inner dimensions differ: {a.shape} and {b.shape}")
 
 
+def _check_qactmatmul(graph, node, fail):
+    """Braze's product of two int8 activations (``QActMatMul``): int8 operands whose inner dimensions
+    agree, int8 zero points."""
+    a, b = _info(graph, node, 0), _info(graph, node, 1)
+    for key in ("a_zero_point", "b_zero_point"):
+        if not -128 <= int(node.attrs.get(key, 0)) <= 127:
+            fail(f"{key} {node.attrs[key]} is not int8")
+    for info in (a, b):
+        if info.dtype not in (None, "int8"):
+            fail(f"{node.op_type} operand {info.name!r} must be int8, got {info.dtype}")
+        if info.shape is not None and len(info.shape) < 2:
+            fail(f"{node.op_type} operand {info.name!r} must have at least 2 dimensions, got {info.shape}")
+    for key, info in (("a_heads", a), ("b_heads", b)):
+        if node.attrs.get(key) and info.shape is not None and len(info.shape) < 3:
+            fail(f"{key}: operand {info.name!r} of shape {info.shape} has no head axis")
+    k_b = -3 if node.attrs.get("b_heads") else -2
+    if a.shape and b.shape and len(b.shape) >= -k_b and _known(a.shape[-1], b.shape[k_b]) \
+            and a.shape[-1] != b.shape[k_b]:
+        fail(f"{node.op_type} inner dimensions differ: {a.shape} and {b.shape}")
+    if node.attrs.get("out", "spad") == "spad" and node.attrs.get("mult") is None:
+        fail("an int8 output needs requantization (mult and shift)")
+
+
 _ARITY: dict[str, tuple[int, int]] = {
     "MatMul": (2, 2), "Gemm": (2, 3), "Conv": (2, 3), "Relu": (1, 1), "Clip": (1, 3), "Add": (2, 2),
     "Sub": (2, 2), "Mul": (2, 2), "Div": (2, 2), "MaxPool": (1, 1), "AveragePool": (1, 1),
@@ -330,6 +353,7 @@ _ARITY: dict[str, tuple[int, int]] = {
     "Dropout": (1, 3), "Cast": (1, 1), "Shape": (1, 1), "Gather": (2, 2), "Slice": (3, 5),
     "Unsqueeze": (2, 2), "Squeeze": (1, 2), "ConstantOfShape": (1, 1),
     f"{BRAZE_DOMAIN}.QMatMul": (2, 4), f"{BRAZE_DOMAIN}.QConv": (2, 4), f"{BRAZE_DOMAIN}.QAdd": (2, 2),
+    f"{BRAZE_DOMAIN}.QActMatMul": (2, 2),
 }
 
 _CHECKS: dict[str, Callable] = {
@@ -343,4 +367,5 @@ _CHECKS: dict[str, Callable] = {
     "ConvInteger": lambda g, n, f: _check_conv(g, n, f, bias_index=99),
     f"{BRAZE_DOMAIN}.QMatMul": _check_braze, f"{BRAZE_DOMAIN}.QConv": _check_braze,
     f"{BRAZE_DOMAIN}.QAdd": _check_qadd,
+    f"{BRAZE_DOMAIN}.QActMatMul": _check_qactmatmul,
 }

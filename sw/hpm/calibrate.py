@@ -342,7 +342,7 @@ def _next_batch(strategy: str, done: int, limit: int, seed_runs: int, pending: l
     if done < seed_runs:
         return list(range(seed_runs - done))
     size = max(1, limit // 10)
-    history = [record for record in store.records(config_name=config.name, device=device)
+    history = [record for record in store.records(config=config.to_dict(), device=device)
                if record.features.get("feature_version") == FEATURE_VERSION]
     try:
         return most_uncertain(PerformanceModel().fit(history), pending, size, config.mem_latency)
@@ -387,7 +387,7 @@ def calibrate(configs: Sequence[Config], *, device: str = "verilator",
         read_latency = config.mem_latency
         pending = []
         for stall, kernel in [(stall, kernel) for stall in levels for kernel in kernels]:
-            if store.has(kernel_signature(kernel), config.name, device, read_latency, stall):
+            if store.has(kernel_signature(kernel), config.to_dict(), device, read_latency, stall):
                 report.skipped += 1
             else:
                 pending.append((stall, kernel))

@@ -423,15 +423,19 @@ class HistoryStore:
 
     # --- Reading. --------------------------------------------------------------------------------
     def records(self, *, family: str | None = None, config_name: str | None = None,
-                device: str | None = None, since_id: int = 0, limit: int | None = None,
-                programs: bool = False) -> list[RunRecord]:
-        """Stored runs, oldest first, optionally filtered; with their programs if ``programs``."""
-        return list(self._select(family=family, config_name=config_name, device=device, since_id=since_id,
-                                 limit=limit, programs=programs))
+                config: Mapping[str, Any] | None = None, device: str | None = None, since_id: int = 0,
+                limit: int | None = None, programs: bool = False) -> list[RunRecord]:
+        """Stored runs, oldest first, optionally filtered (``config``: a whole ``Config.to_dict()``);
+        with their programs if ``programs``."""
+        return list(self._select(family=family, config_name=config_name, config=config, device=device,
+                                 since_id=since_id, limit=limit, programs=programs))
 
-    def _select(self, *, family, config_name, device, since_id, limit, programs=False) -> Iterator[RunRecord]:
+    def _select(self, *, family, config_name, device, since_id, limit, programs=False,
+                config=None) -> Iterator[RunRecord]:
         where, args = ["id > ?"], [since_id]
-        for column, value in (("family", family), ("config_name", config_name), ("device", device)):
+        config_text = None if config is None else json.dumps(dict(config), sort_keys=True)
+        for column, value in (("family", family), ("config_name", config_name), ("config", config_text),
+                              ("device", device)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
@@ -453,13 +457,15 @@ class HistoryStore:
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
 
-    def has(self, signature: Mapping[str, Any], config_name: str, device: str, read_latency: int,
+    def has(self, signature: Mapping[str, Any], config: Mapping[str, Any], device: str, read_latency: int,
             stall: float) -> bool:
-        """Whether a run of this kernel under this configuration and memory system is stored."""
+        """Whether a run of this kernel under this configuration (``Config.to_dict()``: its whole identity,
+        not only its name -- a preset whose fields change keeps its name) and memory system is stored."""
         row = self._db.execute(
-            "SELECT 1 FROM runs WHERE signature_hash = ? AND config_name = ? AND device = ? "
+            "SELECT 1 FROM runs WHERE signature_hash = ? AND config = ? AND device = ? "
             "AND read_latency = ? AND abs(stall - ?) < 1e-9 LIMIT 1",
-            (signature_hash(signature), config_name, device, int(read_latency), float(stall))).fetchone()
+            (signature_hash(signature), json.dumps(dict(config), sort_keys=True), device, int(read_latency),
+             float(stall))).fetchone()
         return row is not None
 
     def families(self) -> list[str]:

@@ -139,7 +139,7 @@ def _top1(model: PerformanceModel, measured, memory: MemorySystem) -> tuple[floa
 
 def _drift(store: HistoryStore, device, config: Config, regressor: str, rng, log) -> int:
     """Runs until a model trained without backpressure recovers under heavy backpressure (-1: never)."""
-    base = [record for record in store.records(config_name=config.name, device="verilator")
+    base = [record for record in store.records(config=config.to_dict(), device="verilator")
             if record.stall == 0.0]
     model = PerformanceModel(regressor).fit(base, band=False)
     memory = MemorySystem(config.mem_latency, _DRIFT_STALL)
@@ -193,6 +193,7 @@ def compare_plans(device, config: Config, model: PerformanceModel, stall: float,
         describe = getattr(cost_model, "describe", None)
         log(f"  {name:8} plan: {cycles[name]:8d} cycles" + (f"  ({describe()})" if describe else ""))
     differ = sorted(decisions["learned"] ^ decisions["analytic"])
+    log(f"  learned only: {sorted(decisions['learned'] - decisions['analytic'])}")
     log(f"  decisions that differ: {differ or 'none'}")
     return cycles
 

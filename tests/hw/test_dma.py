@@ -327,7 +327,7 @@ def _check_overlap(config: Config, accepted: list[int], reports: list[tuple[int,
 
 @pytest.mark.parametrize(("config", "seed", "count", "max_rows"), [
     (PRESETS["tiny"].replace(load_overlap=2), 5, 40, 6),
-    (PRESETS["default"].replace(load_overlap=4), 6, 30, 4),
+    (PRESETS["default"], 6, 30, 4),
     (NARROW.replace(load_overlap=8), 7, 30, 3),
     (PRESETS["tiny"], 8, 12, 6),
 ], ids=lambda value: f"{value.name}-overlap{value.load_overlap}" if isinstance(value, Config) else None)

@@ -51,10 +51,16 @@ def test_load_overlap_must_be_a_small_power_of_two(value):
 
 def test_load_overlap_joins_the_identity_only_when_not_1():
     """Caches key on to_json(): at load_overlap=1 it is what it was before the field existed."""
-    default = Config.preset("default")
-    assert "load_overlap" not in default.to_dict()
-    assert Config.from_dict(default.to_dict()) == default
-    overlapped = default.replace(load_overlap=4)
+    serial = Config.preset("default").replace(load_overlap=1)
+    assert "load_overlap" not in serial.to_dict()
+    assert Config.from_dict(serial.to_dict()) == serial
+    overlapped = serial.replace(load_overlap=4)
     assert overlapped.to_dict()["load_overlap"] == 4
-    assert overlapped.to_json() != default.to_json()
+    assert overlapped.to_json() != serial.to_json()
     assert Config.from_dict(overlapped.to_dict()) == overlapped
+
+
+def test_presets_overlap_loads_except_tiny():
+    """default and large overlap 4 LOADs (convolutions are LOAD-latency-bound); tiny, the small FPGA
+    preset, keeps the one-LOAD engine."""
+    assert [Config.preset(name).load_overlap for name in ("tiny", "default", "large")] == [1, 4, 4]

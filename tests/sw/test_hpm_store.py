@@ -33,8 +33,14 @@ def test_round_trip(tmp_path):
         assert (first.predicted_cycles, first.predictor, first.energy_pj) == (91, "isa-timing", 1.5)
         assert store.families() == ["conv2d", "gemm"]
         assert [r.family for r in store.records(family="conv2d")] == ["conv2d"]
-        assert store.has({"family": "conv2d", "shape": [9, 8, 8]}, "tiny", "verilator", 16, 0.25)
-        assert not store.has({"family": "conv2d", "shape": [9, 8, 8]}, "tiny", "verilator", 16, 0.0)
+        config = {"rows": 4, "cols": 4}
+        assert store.has({"family": "conv2d", "shape": [9, 8, 8]}, config, "verilator", 16, 0.25)
+        assert not store.has({"family": "conv2d", "shape": [9, 8, 8]}, config, "verilator", 16, 0.0)
+        # A configuration is its whole identity: the same name with another field is another one.
+        assert not store.has({"family": "conv2d", "shape": [9, 8, 8]}, {**config, "load_overlap": 4},
+                             "verilator", 16, 0.25)
+        assert [r.config for r in store.records(config=config)][:1] == [config]
+        assert store.records(config={**config, "load_overlap": 4}) == []
         assert [r.id for r in store.records(since_id=ids[-1])] == [records[-1].id]
 
 

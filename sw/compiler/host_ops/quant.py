@@ -151,6 +151,24 @@ def _braze_qconv(node, x, w, bias=None, residual=None):
     return y
 
 
+def _braze_qactmatmul(node, a, b):
+    """``epilogue((a - a_zero_point) @ (b - b_zero_point))``, broadcasting as ONNX MatMul: a product
+    of two activations (both int8), e.g. attention's ``Q @ K^T``; the epilogue per column.
+
+    With ``a_heads``/``b_heads`` set, that operand is given heads-interleaved (``[..., rows, H, cols]``,
+    axes -3 and -2 swapped: the head split's Transpose folded in); with ``out_heads`` the result is
+    returned that way (the head merge's Transpose folded in)."""
+    if node.attrs.get("a_heads"):
+        a = np.swapaxes(a, -3, -2)
+    if node.attrs.get("b_heads"):
+        b = np.swapaxes(b, -3, -2)
+    acc = np.matmul(_int64(a) - int(node.attrs.get("a_zero_point", 0)),
+                    _int64(b) - int(node.attrs.get("b_zero_point", 0)))
+    n = acc.shape[-1]
+    y = braze_epilogue(node, acc.reshape(-1, n), None).reshape(acc.shape)
+    return np.ascontiguousarray(np.swapaxes(y, -3, -2)) if node.attrs.get("out_heads") else y
+
+
 def _braze_qadd(node, x, y):
     """``sat8((x - x_zp) + (y - y_zp) + out_zp)``: int8 addition at equal scales (the unfused residual)."""
     attrs = node.attrs
@@ -182,3 +200,4 @@ register("DynamicQuantizeLinear")(_dynamic_quantize_linear)
 register(f"{BRAZE_DOMAIN}.QMatMul")(_braze_qmatmul)
 register(f"{BRAZE_DOMAIN}.QConv")(_braze_qconv)
 register(f"{BRAZE_DOMAIN}.QAdd")(_braze_qadd)
+register(f"{BRAZE_DOMAIN}.QActMatMul")(_braze_qactmatmul)

@@ -52,12 +52,13 @@ from .common import (
 from .conv import conv2d, conv2d_weights
 from .elementwise import add, clip, relu
 from .matmul import ALoader as ALoader  # public in the old module, though not in __all__
-from .matmul import Tiling, candidate_tilings, gemm, matmul_tilings
+from .matmul import Tiling, batched_gemm, candidate_tilings, gemm, matmul_tilings, zero_point_rows
 from .pool import avg_multiplier, avgpool2d, global_avgpool, maxpool2d
 
 __all__ = [
     "KernelError", "Operand", "Kernel", "KernelResult",
-    "gemm", "conv2d", "conv2d_output_shape", "maxpool2d", "avgpool2d", "global_avgpool",
+    "gemm", "batched_gemm", "zero_point_rows", "conv2d", "conv2d_output_shape", "maxpool2d", "avgpool2d",
+    "global_avgpool",
     "add", "relu", "clip",
     "pack_params", "conv2d_weights", "avg_multiplier", "link", "run_kernel", "run_kernels", "utilisation",
     "Tiling", "candidate_tilings", "matmul_tilings", "MAX_VECTOR_MULT", "OPERAND_ALIGN",

@@ -44,7 +44,7 @@ from .common import (
     _vector,
 )
 
-__all__ = ["Tiling", "gemm", "candidate_tilings", "matmul_tilings"]
+__all__ = ["Tiling", "gemm", "batched_gemm", "zero_point_rows", "candidate_tilings", "matmul_tilings"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -121,9 +121,25 @@ def _chunk_runs(first_slot: int, chunks: int, ring: int, pieces: int) -> list[tu
 
 
 def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, operands: dict[str, Operand],
-                     a_loader: ALoader, tiling: Tiling, pool: int = 1) -> _Streams:
+                     a_loader: ALoader, tiling: Tiling, pool: int = 1, slice_rows: int | None = None,
+                     b_slice: int = 0, zp_a: tuple[int, ...] = (), zp_b: tuple[int, ...] = (),
+                     b_heads: int = 1, out_heads: int = 1) -> _Streams:
     """The streams of a tiled matrix multiply; with ``pool > 1`` every output tile is max-pooled on chip
-    before its STORE (the rows of a tile in blocks of ``pool**2``, see :func:`~.conv.conv2d`)."""
+    before its STORE (the rows of a tile in blocks of ``pool**2``, see :func:`~.conv.conv2d`).
+
+    A batch of matrix multiplies (:func:`batched_gemm`): the M rows are slices of ``slice_rows`` rows,
+    M tiles never cross a slice, and slice ``s`` reads its B ``s * b_slice`` bytes after the first
+    (``b_slice = 0``: one B shared by every slice).
+
+    Zero points (:func:`batched_gemm`): after the MATMULs of A and B, each output tile accumulates
+    ``v * colsum(B)`` for every ``v`` of ``zp_a`` (a MATMUL whose A is a constant tile of ``v``, read
+    for every K chunk: ``a_stride = 0``) and ``v * rowsum(A)`` for every ``v`` of ``zp_b`` (a MATMUL
+    per K chunk whose B is a constant tile of ``v``); the constants come from the ``zp`` operand
+    (:func:`zero_point_rows`), loaded once.
+
+    Heads (:func:`batched_gemm` ``heads``): with ``b_heads = H > 1`` slice ``g`` of B is head ``g % H`` of
+    a ``[batch/H, K, H, N]`` tensor (rows ``H*N`` bytes apart), and likewise the output with
+    ``out_heads`` (``[batch/H, M, H, N]``)."""
     R, COLS = config.rows, config.cols
     chunks = _cdiv(K, R)
     n_tiles = _cdiv(N, COLS)
@@ -143,6 +159,12 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
         raise KernelError(f"{what}: the A ring needs at least {block_chunks} slots")
     if pool > 1 and (not epi.needed or epi.out_int32):
         raise KernelError(f"{what}: fused pooling needs an int8 EPILOGUE output")
+    if out_heads > 1 and (epi.residual or pool > 1):
+        raise KernelError(f"{what}: an output in heads layout takes no residual or pooling")
+    if (zp_a or zp_b) and streamed:
+        raise KernelError(f"{what}: zero points need A resident (no K blocks)")
+    zp_a_bufs = spad.ring("zp_a", len(zp_a), m)       # constant A tiles: -za (in int8 parts)
+    zp_b_bufs = spad.ring("zp_b", len(zp_b), min(R, K))   # constant B tiles of one K chunk: -zb
     a_slots = spad.ring("A", tiling.a_slots, m)      # consecutive rows: slot i starts at a_slots[0] + i*m
     group = tiling.n_group if streamed else 1
     c_slots = acc.ring("C", ring * group, m)
@@ -156,6 +178,20 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     a_next = 0          # the A ring slot the next chunk goes to
     b_next = 0          # the B ring slot the next streamed B tile goes to
     c_next = 0          # the C ring slot of the next output tile
+    slice_rows = slice_rows or M
+    b_base = b_op.addr  # the B of the current slice
+    b_row = N * (b_heads if b_slice else 1)   # bytes from one row of B to the next
+    if zp_a or zp_b:
+        zp_op = operands["zp"]
+        width = zp_op.shape[1]
+        for index, buf in enumerate(zp_a_bufs):
+            streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=buf.start, rows=m, len=min(R, K),
+                                         dram=zp_op.addr + index * width, stride=0), writes=[buf])
+        for index, buf in enumerate(zp_b_bufs, start=len(zp_a)):
+            streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=buf.start, rows=min(R, K),
+                                         len=min(COLS, N), dram=zp_op.addr + index * width, stride=0),
+                        writes=[buf])
+    b_fresh = True      # the current M tile is the first of its slice (a resident B is loaded)
 
     def load_a(i0: int, mt: int, c0: int, c1: int) -> tuple[int, list[_Buffer]]:
         """LOADs of chunks c0..c1-1 of A tile i0 into the next ring slots; (first slot index, slots)."""
@@ -179,9 +215,9 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
         else:
             b_buf = _slot(b_slots, b_next)
             b_next += 1
-        if not tiling.b_resident or t == 0:
+        if not tiling.b_resident or t == 0 or (b_fresh and b_slice):
             streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=b_buf.start, rows=k1 - k0,
-                                         len=min(COLS, N - n0), dram=b_op.addr + k0 * N + n0, stride=N),
+                                         len=min(COLS, N - n0), dram=b_base + k0 * b_row + n0, stride=b_row),
                         writes=[b_buf])
         return b_buf
 
@@ -217,6 +253,20 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
                                          n=nj, k=k1 - k0, accumulate=k0 > 0),
                         reads=[*block_slots[r0:r1], b_buf], writes=[c_buf])
 
+    def zero_point_matmuls(c_buf: _Buffer, b_buf: _Buffer, mt: int, nj: int, tile_slots: list[_Buffer]
+                           ) -> None:
+        """The zero-point terms of an output tile, accumulated after its MATMULs of A and B."""
+        for buf in zp_a_bufs:           # v * colsum(B): the constant A tile serves every K chunk
+            streams.add(Instruction.make(Opcode.MATMUL, acc=c_buf.start, a=buf.start, b=b_buf.start,
+                                         a_stride=0, m=mt, n=nj, k=K, accumulate=True),
+                        reads=[buf, b_buf], writes=[c_buf])
+        for buf in zp_b_bufs:           # v * rowsum(A): chunk by chunk against one constant B chunk
+            for c in range(chunks):
+                streams.add(Instruction.make(Opcode.MATMUL, acc=c_buf.start, a=tile_slots[c].start,
+                                             b=buf.start, a_stride=m, m=mt, n=nj, k=min(R, K - c * R),
+                                             accumulate=True),
+                            reads=[tile_slots[c], buf], writes=[c_buf])
+
     def finish_tile(c_buf: _Buffer, p_buf: _Buffer | None, r_buf: _Buffer | None, i0: int, mt: int, j: int,
                     step: int) -> None:
         """The EPILOGUE (if any) and STORE of output tile (i0, j)."""
@@ -248,13 +298,23 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
                             reads=[c_buf, result], writes=[c_buf])
             streams.add(_vector(VectorOp.MOV, result, result.start, c_buf, c_buf.start, rows),
                         reads=[c_buf], writes=[result])
+        out_row = first_row * N
+        if out_heads > 1:           # row r of slice g: head g % H of [batch/H, M, H, N]
+            g, r = divmod(first_row, slice_rows)
+            out_row = (g // out_heads * slice_rows * out_heads + g % out_heads + r * out_heads) * N
         streams.add(Instruction.make(Opcode.STORE, mem=result.memory, addr=result.start, rows=rows, len=nj,
-                                     dram=out_op.addr + (first_row * N + n0) * out_bytes,
-                                     stride=N * out_bytes), reads=[result])
+                                     dram=out_op.addr + (out_row + n0) * out_bytes,
+                                     stride=N * out_heads * out_bytes), reads=[result])
 
     step = 0
-    for t, i0 in enumerate(range(0, M, m)):
-        mt = min(m, M - i0)
+    tiles = [(i0, min(m, s0 + slice_rows - i0)) for s0 in range(0, M, slice_rows)
+             for i0 in range(s0, min(M, s0 + slice_rows), m)]
+    for t, (i0, mt) in enumerate(tiles):
+        g = i0 // slice_rows
+        # Slice g's B: head g % H of [batch/H, K, H, N] with B heads, else the g-th K x N matrix.
+        b_base = b_op.addr + (g // b_heads * b_heads * b_slice + g % b_heads * N if b_heads > 1
+                              else g * b_slice)
+        b_fresh = i0 % slice_rows == 0
         if streamed:
             # Per group of N tiles: each K block of A serves every tile of the group.
             for g0 in range(0, n_tiles, group):
@@ -281,13 +341,14 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
             c_next += 1
             matmuls(c_buf, b_buf, mt, min(COLS, N - j * COLS), 0, chunks, first_slot, tile_slots,
                     tiling.first_pieces if j == 0 else 1)
+            zero_point_matmuls(c_buf, b_buf, mt, min(COLS, N - j * COLS), tile_slots)
             finish_tile(c_buf, p_buf, r_buf, i0, mt, j, step)
             step += 1
     return streams
 
 
-def _tiling_candidates(config: Config, M: int, K: int, N: int, epi: _Epilogue, align: int = 1
-                       ) -> list[list[Tiling]]:
+def _tiling_candidates(config: Config, M: int, K: int, N: int, epi: _Epilogue, align: int = 1,
+                       reserved: int = 0, streamed_ok: bool = True) -> list[list[Tiling]]:
     """Tilings that fit, grouped by M tile count; double-buffered groups first, then single-buffered.
 
     With ``align > 1`` (a divisor of M) every M tile is a multiple of ``align`` rows (whole images of
@@ -297,6 +358,9 @@ def _tiling_candidates(config: Config, M: int, K: int, N: int, epi: _Epilogue, a
     twice and four times as many; per count B resident or streamed, the A ring in the rest of
     the scratchpad.  With A streamed in K blocks (tried whenever A does not fit in one tile): one
     to four M tiles, the largest K block that fits.
+
+    ``reserved`` scratchpad rows are kept for other buffers (zero-point constants); with
+    ``streamed_ok`` false, no tiling streams A in K blocks.
     """
     R, COLS = config.rows, config.cols
     chunks = _cdiv(K, R)
@@ -316,7 +380,7 @@ def _tiling_candidates(config: Config, M: int, K: int, N: int, epi: _Epilogue, a
             return []
         found = []
         for b_resident in (True, False):
-            free = config.spad_rows - ring * per_m_spad * m - (n_tiles if b_resident else ring) * K
+            free = config.spad_rows - reserved - ring * per_m_spad * m - (n_tiles if b_resident else ring) * K
             slots = free // m
             if slots < chunks:
                 continue
@@ -340,7 +404,7 @@ def _tiling_candidates(config: Config, M: int, K: int, N: int, epi: _Epilogue, a
                 break
         if group < 1:
             return []
-        free = config.spad_rows - ring * per_m_spad * m
+        free = config.spad_rows - reserved - ring * per_m_spad * m
         # A ring of two blocks of chunks (one loading, one computing) and B ring of two blocks of rows.
         block = min(chunks, free // (ring * (m + R)))
         if block < 1:
@@ -361,7 +425,7 @@ def _tiling_candidates(config: Config, M: int, K: int, N: int, epi: _Epilogue, a
         # In order of promise: A resident in the fewest tiles, A streamed (unless one tile holds all of
         # A), then more and smaller resident tiles.
         options = [(resident, tiles) for tiles in counts[:1]]
-        options += [(streamed, tiles) for tiles in range(1, 5) if fewest != 1]
+        options += [(streamed, tiles) for tiles in range(1, 5) if fewest != 1 and streamed_ok]
         options += [(resident, tiles) for tiles in counts[1:]]
         seen: set[tuple[Callable, int]] = set()
         for make, tiles in options:
@@ -434,7 +498,9 @@ def _candidate(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue
         kernel = _GENERATED[key]
     else:
         streams = _matmul_pipeline(config, M, K, N, epi, operands, a_loader, tiling,
-                                   extra_tiling.get("pool", 1))
+                                   extra_tiling.get("pool", 1), extra_tiling.get("slice_rows"),
+                                   extra_tiling.get("b_slice", 0), extra_tiling.get("zp_a", ()),
+                                   extra_tiling.get("zp_b", ()), *extra_tiling.get("heads", (1, 1, 1))[1:])
         try:
             kernel = _finish(name, config, streams, operands, macs=M * N * K, param_rows=epi.param_rows,
                              tiling=dataclasses.asdict(tiling) | extra_tiling)
@@ -459,7 +525,12 @@ def _matmul_kernel(name: str, config: Config, M: int, K: int, N: int, epi: _Epil
     if tiling is not None and tiling.m % align:
         raise KernelError(f"{name} {M}x{K}x{N}: an M tile of {tiling.m} rows is not a multiple of the "
                           f"{align} rows of one image (fused pooling)")
-    groups = [[tiling]] if tiling is not None else _tiling_candidates(config, M, K, N, epi, align)
+    # A batch is tiled as one of its slices (M tiles never cross a slice).
+    tiled_rows = extra_tiling.get("slice_rows", M)
+    zp_tiles = len(extra_tiling.get("zp_a", ())) + len(extra_tiling.get("zp_b", ()))
+    groups = [[tiling]] if tiling is not None else _tiling_candidates(
+        config, tiled_rows, K, N, epi, align, reserved=zp_tiles * max(tiled_rows, config.rows),
+        streamed_ok=zp_tiles == 0)
     best: Kernel | None = None
     generated = 0
     for group in groups:
@@ -567,3 +638,105 @@ def gemm(config: Config, M: int, K: int, N: int, *, bias: bool = False, requant:
                                  dram=a_op.addr + i0 * K + c * R, stride=K)]
 
     return _matmul_kernel("gemm", config, M, K, N, epi, operands, load_a, ("gemm", a_op.addr), tiling, {})
+
+
+def _int8_parts(value: int) -> tuple[int, ...]:
+    """``value`` (in -127..128) as at most two int8 values that add up to it; none for 0."""
+    if value == 0:
+        return ()
+    if -128 <= value <= 127:
+        return (value,)
+    half = value // 2
+    return (half, value - half)
+
+
+def zero_point_rows(kernel: Kernel) -> np.ndarray:
+    """The ``zp`` operand of a :func:`batched_gemm` with zero points: one row per constant tile, every
+    byte the tile's value (``-a_zero_point`` parts, then ``-b_zero_point`` parts)."""
+    values = (*kernel.tiling["zp_a"], *kernel.tiling["zp_b"])
+    rows, width = kernel.operands["zp"].shape
+    return np.repeat(np.asarray(values, np.int8)[:, None], width, axis=1).reshape(rows, width)
+
+
+def batched_gemm(config: Config, batch: int, M: int, K: int, N: int, *, b_batched: bool = True,
+                 zero_points: tuple[int, int] = (0, 0), heads: tuple[int, int, int] = (1, 1, 1),
+                 bias: bool = False, requant: bool = False,
+                 residual: bool = False,
+                 act: Activation | str = "none", clip: tuple[int, int] | None = None, out_zp: int = 0,
+                 out: str = "int8", addrs: Mapping[str, int] | None = None, base: int = 0,
+                 tiling: Tiling | None = None) -> Kernel:
+    """``out[g] = epilogue(A[g] @ B[g])`` for ``g < batch``: one program, pipelined across the batch.
+
+    The batched MatMul of attention (``Q @ K^T`` and ``P @ V`` per head): the :func:`gemm` pipeline
+    over the ``batch * M`` rows of A, its M tiles never crossing a slice, each slice's B loaded
+    when its first M tile is (``b_batched=False``: one B for every slice).  Unlike ``batch`` separate
+    kernels, the next slice's loads overlap this slice's MATMULs, and there is one COUNTERS barrier
+    instead of ``batch``.
+
+    Parameters
+    ----------
+    config : Config
+    batch, M, K, N : int
+        ``batch`` products of M x K by K x N int8 matrices.
+    b_batched : bool
+        B holds ``batch`` matrices (else one, shared).
+    zero_points : (int, int)
+        ``(za, zb)``, int8: compute ``(A - za) @ (B - zb)``, the product of two activations with
+        zero points.  ``-za * colsum(B)`` and ``-zb * rowsum(A)`` are accumulated on the array by
+        MATMULs with constant tiles (``-za``, ``-zb`` as one or two int8 parts: 128 = 64 + 64), at
+        ``M*N*K`` extra MACs per part; ``K * za * zb`` is the caller's to add to the bias (the
+        EPILOGUE's, ``bias=True``).  Needs A resident (no K blocks).
+    heads : (int, int, int)
+        For A, B and the output: ``H > 1`` when the operand is stored heads-interleaved, as a
+        ``[batch/H, rows, H, cols]`` tensor whose slice ``g`` is head ``g % H`` (what the head split
+        ``Reshape`` of a projection gives, before its ``Transpose``), so the split and the merge of
+        attention heads need no transpose.
+    bias, requant, residual, act, clip, out_zp, out, addrs, base, tiling
+        As for :func:`gemm`; the parameter rows are shared by every slice.
+
+    Returns
+    -------
+    Kernel
+        Operands: ``A`` (``batch*M`` x K int8, row-major: the slices one after the other), ``B``
+        (``batch*K`` x N, or K x N), ``params``, ``residual`` and ``out`` (``batch*M`` x N), ``zp``
+        (with zero points: :func:`zero_point_rows`), ``counters``.
+    """
+    config = _check_config(config)
+    batch, M, K, N = (_positive(name, value) for name, value in
+                      (("batch", batch), ("M", M), ("K", K), ("N", N)))
+    epi = _epilogue_options(bias, requant, residual, act, clip, out_zp, out)
+    b_rows = batch * K if b_batched else K
+    za, zb = (int(z) for z in zero_points)
+    if not (-128 <= za <= 127 and -128 <= zb <= 127):
+        raise KernelError(f"zero points {zero_points} must be int8")
+    zp_a, zp_b = _int8_parts(-za), _int8_parts(-zb)
+    specs = [_OperandSpec("A", (batch * M, K), "i1", "row-major (batch*M) x K", "input"),
+             _OperandSpec("B", (b_rows, N), "i1",
+                          "row-major (batch*K) x N" if b_batched else "row-major K x N", "input"),
+             *_epilogue_specs(epi, batch * M, N, "row-major (batch*M) x N"), _counters_spec()]
+    if zp_a or zp_b:
+        specs.append(_OperandSpec("zp", (len(zp_a) + len(zp_b), max(config.rows, config.cols)), "i1",
+                                  "one row per constant tile: -za parts, then -zb parts", "param"))
+    operands = _place(config, specs, addrs, base)
+    a_op = operands["A"]
+    R = config.rows
+
+    a_heads = heads[0]
+    if any(h < 1 or batch % h for h in heads) or (heads[1] > 1 and not b_batched):
+        raise KernelError(f"heads {heads} must divide the batch of {batch} (and B be batched for B heads)")
+
+    def load_a(i0: int, mt: int, c: int, dst: int) -> list[Instruction]:
+        row = i0 * K
+        if a_heads > 1:             # row r of slice g: head g % H of [batch/H, M, H, K]
+            g, r = divmod(i0, M)
+            row = (g // a_heads * M * a_heads + g % a_heads + r * a_heads) * K
+        return [Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=dst, rows=mt, len=min(R, K - c * R),
+                                 dram=a_op.addr + row + c * R, stride=K * a_heads)]
+
+    extra = {"batch": batch, "slice_rows": M, "b_slice": K * N if b_batched else 0}
+    if tuple(heads) != (1, 1, 1):
+        extra["heads"] = tuple(int(h) for h in heads)
+    if zp_a or zp_b:
+        extra.update(zp_a=zp_a, zp_b=zp_b)
+    return _matmul_kernel("batched_gemm", config, batch * M, K, N, epi, operands, load_a,
+                          ("batched_gemm", a_op.addr), tiling, extra)
