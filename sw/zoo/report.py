@@ -50,18 +50,17 @@ CHIP_MAC_TARGETS = {"resnet18": 0.95, "mobilenetv2": 0.95, "transformer": 0.90, 
 #: Images per golden run when a report evaluates the validation split (one compiled shape).
 EVAL_CHUNK = 40
 
-#: Operator -> index of the weight input (``(out, in/group, k...)`` for convolutions, ``(.., k, n)``
-#: for matrix products).
+#: Convolution -> index of its weight input (``(out, in/group, k...)``).
 _CONV_WEIGHT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "braze.QConv": 1}
-_MATMUL_B = {"MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3}
 
 
 def node_macs(node: Node, shapes: Mapping[str, tuple[int, ...]]) -> int:
     """Multiply-accumulates of one operator node given every tensor's shape (0 for non-matrix ops).
 
     Convolutions: output elements times the weight's ``in/group x kernel`` size (ConvTranspose:
-    input elements times ``out/group x kernel``); matrix products: output elements times the
-    inner dimension.  A node whose shapes are unknown raises :class:`BrazeError`.
+    input elements times ``out/group x kernel``); matrix products (any operator whose name ends in
+    ``MatMul``, and ``Gemm``): output elements times the inner dimension.  A node whose shapes are
+    unknown raises :class:`BrazeError`.
     """
     op = node.qualified_op
 
@@ -78,10 +77,13 @@ def node_macs(node: Node, shapes: Mapping[str, tuple[int, ...]]) -> int:
     if op == "Gemm":
         b = shape(1)
         return int(np.prod(shape(-1), dtype=np.int64)) * (b[1] if node.attrs.get("transB", 0) else b[0])
-    if op in _MATMUL_B or op.endswith("MatMul"):
-        # Braze's matrix ops (QMatMul, and any batched form) keep B as their second input.
-        b = shape(_MATMUL_B.get(op, 1))
-        inner = b[-2] if len(b) >= 2 else b[0]
+    if op.endswith("MatMul"):
+        # Every matrix product (MatMul, MatMulInteger, QLinearMatMul, Braze's QMatMul and QActMatMul)
+        # has A first and the inner dimension last in A -- also when A is stored heads-interleaved
+        # (QActMatMul's ``a_heads``: [..., rows, H, K]); QMatMul's ``flatten_a`` flattens A from an axis.
+        a = shape(0)
+        flatten = node.attrs.get("flatten_a")
+        inner = int(np.prod(a[flatten:], dtype=np.int64)) if flatten is not None else a[-1]
         return int(np.prod(shape(-1), dtype=np.int64)) * inner
     return 0
 
