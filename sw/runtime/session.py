@@ -53,7 +53,7 @@ from ..compiler.frontend import evaluate, load_onnx
 from ..compiler.fusion import DEFAULT_THRESHOLD, FusionDecision, fuse, split_activations
 from ..compiler.ir import Graph, TensorInfo
 from ..compiler.lower import CompiledModel, lower
-from ..compiler.passes import fold_constants, remove_dead, simplify
+from ..compiler.passes import simplify
 from ..compiler.profile import TensorProfile
 from ..compiler.quantize import lower_qdq, quantizable_operators, quantize
 from ..compiler.tiling import TilingDecision, choose_tilings, specialise_tilings
@@ -319,10 +319,7 @@ class InferenceSession:
         key = tuple(sorted((name, tuple(shape)) for name, shape in shapes.items()))
         if key not in self._compiled:
             dtypes = {name: self.graph_before.tensor(name).dtype for name in shapes}
-            # With the shapes concrete, shape arithmetic on symbolic dimensions (Shape, Gather, Concat,
-            # ... as the TorchScript exporter writes for ``x.shape[0]``) folds away instead of running on
-            # the host at every inference.
-            static = remove_dead(fold_constants(_with_shapes(self.graph_before, shapes, dtypes)))
+            static = _with_shapes(self.graph_before, shapes, dtypes)
             plan = self._plan if self.specialise else None
             if self.fuse:
                 fused, decisions = fuse(static, self.config, cost_model=self.cost_model,

@@ -168,19 +168,6 @@ def test_zoo_model_on_golden_matches_the_frontend_and_onnxruntime(name):
     assert session.report().total_macs > 0
 
 
-def test_shape_arithmetic_of_a_dynamic_batch_folds_when_the_session_compiles():
-    """The TorchScript exporter computes the attention's reshape targets from ``Shape(x)`` at run
-    time; once a run fixes the batch they are constants, not host operators of every inference."""
-    shape_ops = {"Shape", "Gather", "Concat", "Slice", "Unsqueeze"}
-    session = InferenceSession(quantize_qdq("transformer", "torchscript"), device="golden", config="default")
-    assert shape_ops & {n.op_type for n in session.graph_before.operators()}
-    x = np.array(digits_images()[2][:2])
-    placement = mac_placement(session, {"x": x})
-    assert not shape_ops & {h.op_type for h in placement.host_ops}
-    (logits,) = session.run(None, {"x": x})
-    assert np.array_equal(logits, evaluate(session.graph_before, {"x": x})[session.graph_before.outputs[0]])
-
-
 @pytest.mark.slow
 def test_small_zoo_model_on_verilator_is_bit_identical_to_golden():
     """The mixer on the verilator device (tiny preset, the suite's shared build) at batch 1 and 2."""
