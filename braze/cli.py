@@ -702,6 +702,17 @@ BENCH_TARGETS["array"] = ("reconfigurable array (issue 17): the compiler's GEMMs
                           _bench_array)
 
 
+def _bench_zoo(argv: Sequence[str]) -> int:
+    from braze.sw.zoo import bench
+
+    return bench.main(argv)
+
+
+BENCH_TARGETS["zoo"] = ("model zoo (issue 11): ResNet-18, MobileNetV2, transformer, MLP-Mixer from both "
+                        "torch exporters, quantized by onnxruntime: MACs on chip, cycles on golden and "
+                        "verilator, agreement with onnxruntime (braze bench zoo --help)", _bench_zoo)
+
+
 @command("bench", "benchmarks: braze bench TARGET [options]; targets: "
          + ", ".join(sorted(BENCH_TARGETS)) + " (braze bench TARGET --help)",
          arg("target", help="what to benchmark (braze bench TARGET --help shows its options)"),

@@ -195,6 +195,7 @@ def _one_error_line(capsys, command: str) -> str:
     (["bench", "dataflow", "--warmup", "1"], "bench dataflow", ["--warmup"]),
     (["bench", "compile", "--cost-models", "magic"], "bench compile", ["--cost-models", "analytic, learned"]),
     (["bench", "kernels", "--frobnicate"], "bench kernels", ["unrecognized arguments"]),
+    (["bench", "zoo", "--batches", "0"], "bench zoo", ["argument --batches", "at least 1"]),
     (["bench", "attention", "--d", "10"], "bench attention", ["--d 10", "heads dividing d"]),
 ])
 def test_bad_arguments_are_one_line(argv, command, fragments, capsys, tmp_path, monkeypatch):
