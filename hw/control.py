@@ -447,7 +447,8 @@ class Control(wiring.Component):
             m.d.comb += [
                 scalar_write.en.eq(1),
                 scalar_write.index.eq(scalar_insn.dst[:3]),
-                scalar_write.value.eq(regs[scalar_insn.src1[:3]] + regs[scalar_insn.src2[:3]] + scalar_insn.imm),
+                scalar_write.value.eq(regs[scalar_insn.src1[:3]] + regs[scalar_insn.src2[:3]]
+                                      + scalar_insn.imm),
             ]
         compute_unit = units[Unit.COMPUTE]
         with m.If(compute_unit["predicate_done"]):

@@ -390,7 +390,8 @@ class CSRFile(wiring.Component):
                                 m.d.comb += [
                                     self.scalar_write.en.eq(1),
                                     self.scalar_write.index.eq(scalar_fields[key]),
-                                    self.scalar_write.value.eq(current & keep | written[f.lsb:f.lsb + f.width]),
+                                    self.scalar_write.value.eq(
+                                        current & keep | written[f.lsb:f.lsb + f.width]),
                                 ]
                         elif f.access is Access.RW:
                             if key not in writable:

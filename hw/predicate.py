@@ -29,7 +29,8 @@ _INT32_MIN = -(1 << 31)
 def _tree_max(values: list):
     """The largest of ``values`` (signed), as a balanced tree of comparisons."""
     while len(values) > 1:
-        pairs = [Mux(values[i] > values[i + 1], values[i], values[i + 1]) for i in range(0, len(values) - 1, 2)]
+        pairs = [Mux(values[i] > values[i + 1], values[i], values[i + 1])
+                 for i in range(0, len(values) - 1, 2)]
         values = pairs + ([values[-1]] if len(values) % 2 else [])
     return values[0]
 
@@ -126,7 +127,8 @@ class PredicateUnit(wiring.Component):
         m.d.sync += [row_arrives.eq(reading), last_arrives.eq(reading & (issue_row == args.rows - 1))]
 
         # Row reduction register.
-        elements = [Mux(args.mem == Memory.ACC, self.acc_read.data[j], self.spad_read.data[j]) for j in range(cols)]
+        elements = [Mux(args.mem == Memory.ACC, self.acc_read.data[j], self.spad_read.data[j])
+                    for j in range(cols)]
         nonzero = Signal()
         m.d.comb += nonzero.eq(Mux(args.mem == Memory.ACC, self.acc_read.data.as_value(),
                                    self.spad_read.data.as_value()).any())

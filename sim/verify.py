@@ -51,10 +51,10 @@ from pathlib import Path
 import numpy as np
 
 from braze.isa import COUNTERS, Config, ErrorCause, Instruction
-from braze.isa.encoding import CONTROL_FLOW_OPCODES, SCALAR_REGS
 from braze.isa.asm import assemble, read_source
 from braze.isa.config import PRESETS
 from braze.isa.counters import COUNTER_BYTES, MAX_CYCLE_LIMIT
+from braze.isa.encoding import CONTROL_FLOW_OPCODES, SCALAR_REGS
 from braze.isa.errors import BrazeError, ExecutionError, UsageError
 from braze.isa.timing import schedule
 
@@ -352,7 +352,8 @@ def _scalar_mismatches(golden: Device, device: Device) -> list[Mismatch]:
     for register in range(1, SCALAR_REGS):
         want, have = golden.read_scalar(register), device.read_scalar(register)
         if want != have:
-            result.append(Mismatch("status", f"scalar register r{register}: expected {want}, device has {have}"))
+            result.append(Mismatch("status",
+                                   f"scalar register r{register}: expected {want}, device has {have}"))
     return result
 
 
