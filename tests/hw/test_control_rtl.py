@@ -385,7 +385,8 @@ def test_register_offsets_are_added_at_dispatch_with_the_registers_of_program_or
     assert trace.cause is ErrorCause.NONE
     r2, r3, expected = 10, -16, []
     for _ in range(3):
-        expected.append(load.replace(addr=5 + r2, addr_reg=0, dram=(0x100 + r3) & 0xFFFF_FFFF, dram_reg=0).encode())
+        resolved = load.replace(addr=5 + r2, addr_reg=0, dram=(0x100 + r3) & 0xFFFF_FFFF, dram_reg=0)
+        expected.append(resolved.encode())
         r2 += 7
         r3 += r2
     assert [word for _, word in trace.starts[Unit.LOAD]] == expected

@@ -149,8 +149,8 @@ def test_unaligned_base_is_one_error_word():
 def test_redirect_drops_the_fetched_words_and_continues_at_the_target(bus_bits):
     """A taken branch mid-stream, to a target ahead, behind and in the middle of a bus word."""
     redirects = {3: 0x530, 7: 0x110, 12: 0x2F0}
-    received, contents = run_fetch(bus_bits, [(0x100, 20), (0x400, 9)], seed=bus_bits + 1, redirects=redirects,
-                                   ready=0.7)
+    received, contents = run_fetch(bus_bits, [(0x100, 20), (0x400, 9)], seed=bus_bits + 1,
+                                   redirects=redirects, ready=0.7)
     for base, words in zip((0x100, 0x400), received, strict=True):
         expected_pcs, pc = [], base
         for index in range(len(words)):
