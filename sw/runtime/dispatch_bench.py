@@ -64,6 +64,21 @@ def run_looped(kernel: LoopedGemm, a: np.ndarray, b: np.ndarray, machine: Machin
     return result, c
 
 
+def run_looped_on(device, kernel: LoopedGemm, a: np.ndarray, b: np.ndarray, *, base: int = 0):
+    """Run ``kernel`` on a :class:`braze.sim.device.Device` (the program at ``base``, as it was built)
+    for the rows of ``a``; returns the device's status and C."""
+    M = a.shape[0]
+    padded = np.zeros((kernel.padded_m, kernel.K), dtype=np.int8)
+    padded[:M] = a
+    device.write(kernel.a, padded.tobytes())
+    device.write(kernel.b, np.ascontiguousarray(b, dtype=np.int8).tobytes())
+    for register, value in kernel.registers(M).items():
+        device.write_scalar(register, value)
+    status = device.run(list(kernel.program), base=base)
+    c = np.frombuffer(device.read(kernel.c, 4 * M * kernel.N), "<i4").reshape(M, kernel.N)
+    return status, c
+
+
 def _check(c: np.ndarray, a: np.ndarray, b: np.ndarray, what: str) -> None:
     expected = a.astype(np.int64) @ b.astype(np.int64)
     if not np.array_equal(c, expected):
