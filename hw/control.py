@@ -406,7 +406,12 @@ class Control(wiring.Component):
         resolved = _resolve_registers(m, slot.word, regs)
         m.submodules.resolved_decoder = resolved_decoder = Decoder(config)
         m.d.comb += resolved_decoder.word.eq(resolved)
-        slot_cause_now = Mux(slot_names_register, resolved_decoder.cause, slot_cause)
+        # The encoding checks come first (as ``decode`` before the range checks); a register field
+        # above r7 is BAD_FIELD, whatever the resolved word would be.
+        encoding_causes = (ErrorCause.ILLEGAL_OPCODE, ErrorCause.BAD_DEPS, ErrorCause.RESERVED_BITS,
+                           ErrorCause.BAD_FIELD)
+        encoding_error = Cat(*(slot_cause == cause for cause in encoding_causes)).any()
+        slot_cause_now = Mux(slot_names_register & ~encoding_error, resolved_decoder.cause, slot_cause)
         # A PREDICATE has been dispatched and is not done: the slot waits (docs/isa.md).
         predicate_pending = Signal()
         hold = predicate_pending

@@ -11,7 +11,7 @@ from test_decoder_rtl import reference_cause
 
 from braze.hw.control import Control
 from braze.isa import PRESETS, ConfigReg, ErrorCause, Instruction, Opcode, Unit, decode
-from braze.isa.encoding import ALLOWED_DEPS, DEPS, INSTRUCTION
+from braze.isa.encoding import ALLOWED_DEPS, ARGS_OFFSET, DEPS, INSTRUCTION
 
 CONFIG = PRESETS["tiny"]
 O = Opcode
@@ -400,6 +400,16 @@ def test_a_register_offset_out_of_range_stops_with_the_range_cause_at_its_pc():
     trace = run(CONFIG, program)
     assert trace.cause is ErrorCause.SPAD_RANGE and trace.error_pc == trace.pc(1)
     assert trace.starts[Unit.LOAD] == [] and trace.starts[Unit.STORE] == []
+
+
+def test_a_register_field_above_r7_is_bad_field_not_a_resolved_address():
+    load = Instruction.make("load", mem="spad", zero=True, addr=0, rows=1, len=4, addr_reg=1)
+    offset = ARGS_OFFSET + load.format.layout["addr_reg"].offset
+    word = load.encode() | 8 << offset                    # addr_reg=9
+    assert reference_cause(word, CONFIG) is ErrorCause.BAD_FIELD
+    trace = run(CONFIG, [make(O.STORE, 2), word, make(O.HALT)])
+    assert trace.cause is ErrorCause.BAD_FIELD and trace.error_pc == trace.pc(1)
+    assert trace.starts[Unit.LOAD] == []
 
 
 def test_a_branch_below_the_program_base_stops_with_branch_range():
