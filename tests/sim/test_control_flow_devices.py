@@ -66,7 +66,7 @@ def test_a_loop_with_runtime_parameters_gives_the_same_results_on_every_back_end
     assert registers[0] == 0 and registers[1] == 2 * trips     # r1 counted down, r2 stepped by 2
 
 
-def test_a_branch_below_the_base_and_an_endless_loop_stop_alike_on_every_back_end():
+def test_branches_out_of_the_program_and_an_endless_loop_stop_alike_on_every_back_end():
     below = assemble("scalar dst=1 imm=1\nbranch offset=-2\nhalt\n")
     endless = assemble("load mem=spad zero addr=0 rows=4 len=4\nscalar dst=1 src1=1 imm=1\n"
                        "branch offset=-2\nhalt\n")
@@ -74,6 +74,9 @@ def test_a_branch_below_the_base_and_an_endless_loop_stop_alike_on_every_back_en
         with open_device(kind, TINY) as device:
             status = device.run(below, base=BASE, check=False)
             assert (status.cause, status.error_pc) == (ErrorCause.BRANCH_RANGE, BASE + 16), kind
+            near_end = TINY.dram_bytes - 64                           # a target beyond external memory
+            status = device.run(assemble("branch offset=100\nhalt\n"), base=near_end, check=False)
+            assert (status.cause, status.error_pc) == (ErrorCause.FETCH_ERROR, near_end + 1600), kind
             device.write_scalar(1, 0)
             status = device.run(endless, base=BASE, check=False, cycle_limit=300)
             assert (status.cause, status.cycles) == (ErrorCause.WATCHDOG, 300), kind
