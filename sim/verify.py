@@ -221,8 +221,10 @@ class VerifyReport:
         stopped = [r.watchdog for r in self.results if r.watchdog is not None]
         if stopped:
             same = sum(w.device_pc == w.golden_pc for w in stopped)
+            # With loops a pc repeats: the device's stop is an instruction of the program, not ordered by address.
+            other = "at another instruction" if self.control_flow else "earlier"
             lines.append(f"watchdog:        {len(stopped)} programs also run with a cycle limit below their "
-                         f"length; device pc = reference pc in {same}, earlier in {len(stopped) - same}")
+                         f"length; device pc = reference pc in {same}, {other} in {len(stopped) - same}")
         rate = self.programs / self.wall_seconds if self.wall_seconds > 0 else 0.0
         lines.append(f"wall time:       {self.wall_seconds:.1f} s ({rate:.1f} programs/s)")
         for result in self.failed:
