@@ -221,7 +221,7 @@ class VerifyReport:
         stopped = [r.watchdog for r in self.results if r.watchdog is not None]
         if stopped:
             same = sum(w.device_pc == w.golden_pc for w in stopped)
-            # With loops a pc repeats: the device's stop is an instruction of the program, not ordered by address.
+            # With loops pcs repeat: the device's stop is an instruction of the program, not ordered by pc.
             other = "at another instruction" if self.control_flow else "earlier"
             lines.append(f"watchdog:        {len(stopped)} programs also run with a cycle limit below their "
                          f"length; device pc = reference pc in {same}, {other} in {len(stopped) - same}")
