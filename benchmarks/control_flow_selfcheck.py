@@ -6,8 +6,8 @@ For each seed, :func:`braze.sim.progen.generate_control_flow` wraps a random pro
 loop with a data-dependent branch on a PREDICATE and register-offset addresses.  The reference
 model runs it; the instructions it dispatched (registers resolved) must be the original program's
 in every iteration, and their straight-line replay on the planned path must leave the data regions,
-the scratchpad and the accumulator as the looped run did.  Golden only: the RTL does not implement
-control flow yet, so this is not the three-back-end comparison of ``braze verify``.
+the scratchpad and the accumulator as the looped run did.  Golden only: the comparison with the
+RTL back ends is ``braze verify --control-flow``.
 """
 
 from __future__ import annotations

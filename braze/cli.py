@@ -249,6 +249,9 @@ def _fpga(args: argparse.Namespace) -> int:
          arg("--watchdog", action="store_true",
              help="also run each program with a cycle limit below its length: both must stop with WATCHDOG "
                   "at the limit"),
+         arg("--control-flow", action="store_true",
+             help="generate control-flow programs: loops, PREDICATE, data-dependent BRANCH, SCALAR, register "
+                  "offsets (braze.sim.progen.generate_control_flow)"),
          arg("--reproducers", type=Path, metavar="DIR", help="write a minimised reproducer per mismatch"),
          arg("--replay", type=Path, metavar="DIR", help="rerun a reproducer instead of generating programs"))
 def _verify(args: argparse.Namespace) -> int:
@@ -273,7 +276,8 @@ def _verify(args: argparse.Namespace) -> int:
         return 1 if mismatches else 0
     report = verify.verify(factory, Config.parse(args.config), programs=args.programs, seed=args.seed,
                            size=DEFAULT_SIZE if args.size is None else args.size,
-                           reproducer_dir=args.reproducers, watchdog=args.watchdog)
+                           reproducer_dir=args.reproducers, watchdog=args.watchdog,
+                           control_flow=args.control_flow)
     print(report.summary())
     table = report.timing_table()
     if table:

@@ -10,9 +10,19 @@ client reports done (see the dependency rules in :mod:`braze.isa.encoding`).
 ``CONFIG`` is executed here: it writes the configuration registers, which are
 outputs for the EPILOGUE/VECTOR units.
 
-Not implemented yet: the control-flow instructions PREDICATE, BRANCH and SCALAR and the
-scalar-register offsets of LOAD, STORE and MATMUL (issue 13; the reference model runs them).  A
-word that uses them stops the core with ILLEGAL_OPCODE or RESERVED_BITS, as an illegal word does.
+Control flow (issue 13; the rules are docs/isa.md's "Control flow"): the scalar registers r0..r7
+live here, outside the state that ``start`` clears, so that what the host writes (``scalar_write``)
+and what a run leaves keep their values across runs.  ``SCALAR`` and ``BRANCH`` execute in the
+dispatcher's slot, one per cycle, in program order: SCALAR writes its register, a taken BRANCH
+asks the fetch unit to restart at its target (``redirect``; the words already fetched behind it
+are dropped) or stops with BRANCH_RANGE at its pc when the target lies below the program base.
+The register offsets of LOAD, STORE, MATMUL and PREDICATE are added to their address fields in the
+slot, from the registers as the instructions before have left them, and the sum is what is range
+checked (same causes as the reference model) and what the unit's queue receives (the register
+fields cleared).  PREDICATE is dispatched to the compute unit like a VECTOR, with its tokens; its
+client reports the result on ``predicate_value`` with ``done``, which writes register ``dst``.
+From dispatching a PREDICATE until it is done the dispatcher dispatches and executes nothing
+(the next word waits in the slot, its errors too), so later instructions see the result.
 
 Execution client contract (:data:`EXECUTION_PORT`, seen from the control
 core): an instruction is handed over by a transfer on ``insn``; the client
@@ -63,7 +73,7 @@ so it is counted after its own snapshot.  ``done & running`` and
 ``error & running`` are one-cycle pulses (``running`` drops the cycle after).
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Shape, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -71,13 +81,19 @@ from amaranth.utils import exact_log2
 
 from braze.isa import INSN_BYTES, INSTRUCTION, Config, ConfigReg, ErrorCause, Opcode, Unit
 from braze.isa.counters import CYCLE_LIMIT_BITS
-from braze.isa.encoding import CONTROL_FLOW_OPCODES, FORMAT_BY_OPCODE, REGISTER_OFFSETS
+from braze.isa.encoding import (
+    CONTROL_FLOW_OPCODES,
+    FORMAT_BY_OPCODE,
+    REGISTER_OFFSETS,
+    SCALAR_REGS,
+    BranchCond,
+)
 
 from .decoder import Decoder
 
 __all__ = [
     "CONFIG_REGS", "CYCLE_BITS", "DEADLOCK_CYCLES", "EXECUTION_PORT", "FETCH_ENTRY", "PC_BITS", "QUEUE_ENTRY",
-    "QUEUED_UNITS", "RETIRED", "UNIT_FLAGS", "Control",
+    "QUEUED_UNITS", "RETIRED", "SCALAR_FILE", "SCALAR_WRITE", "UNIT_FLAGS", "Control",
 ]
 
 PC_BITS = 32
@@ -112,6 +128,12 @@ RETIRED = data.StructLayout({opcode.name.lower(): unsigned(1) for opcode in Opco
 #: The configuration registers, by lower-case register name, as wide as CONFIG's ``value``.
 CONFIG_REGS = data.StructLayout({reg.name.lower(): FORMAT_BY_OPCODE[Opcode.CONFIG].field("value").shape
                                  for reg in ConfigReg})
+
+#: The scalar registers r0..r7 (int32; r0 is always 0).
+SCALAR_FILE = data.ArrayLayout(signed(32), SCALAR_REGS)
+
+#: A host write of one scalar register (``en`` for one cycle; index 0 is ignored, r0 stays 0).
+SCALAR_WRITE = data.StructLayout({"en": unsigned(1), "index": range(SCALAR_REGS), "value": signed(32)})
 
 #: Cycles the deadlock condition must hold before DEADLOCK is reported.
 DEADLOCK_CYCLES = 4
@@ -177,29 +199,32 @@ def _token_checks(m: Module, name: str, pop_deps, push_deps, flag_tokens: dict) 
     return tokens_ready, push_room
 
 
-def _unsupported_cause(m: Module, word) -> Signal:
-    """The cause this RTL stops with for a legal word it does not implement yet, or NONE.
-
-    The reference model implements the control-flow instructions (PREDICATE, BRANCH, SCALAR) and
-    scalar-register address offsets (issue 13); this control core does not: it reports them as
-    ILLEGAL_OPCODE and RESERVED_BITS instead of executing them wrongly.
-    """
-    cause = Signal(ErrorCause, name="unsupported_cause")
-    uses_register = []
-    for opcode, offsets in REGISTER_OFFSETS.items():
-        if opcode in CONTROL_FLOW_OPCODES:
-            continue
+def _names_register(word) -> Value:
+    """The word is a LOAD, STORE, MATMUL or PREDICATE with a nonzero register-offset field."""
+    uses = []
+    for opcode, offsets in sorted(REGISTER_OFFSETS.items(), key=lambda item: item[0].value):
         args = word.args[opcode.name.lower()]
-        named = Cat(*(args[name] != 0 for name in offsets.values())).any()
-        uses_register.append((word.opcode == opcode) & named)
-    # In a fixed order, so that the generated Verilog does not depend on set iteration order.
-    opcodes = sorted(CONTROL_FLOW_OPCODES, key=lambda opcode: opcode.value)
-    control_flow = Cat(*(word.opcode == opcode for opcode in opcodes))
-    with m.If(control_flow.any()):
-        m.d.comb += cause.eq(ErrorCause.ILLEGAL_OPCODE)
-    with m.Elif(Cat(*uses_register).any()):
-        m.d.comb += cause.eq(ErrorCause.RESERVED_BITS)
-    return cause
+        uses.append((word.opcode == opcode) & Cat(*(args[name] != 0 for name in offsets.values())).any())
+    return Cat(*uses).any()
+
+
+def _resolve_registers(m: Module, word, regs) -> data.View:
+    """``word`` with its register offsets added to their fields (modulo the field's width) and the
+    register fields cleared: :func:`braze.isa.model.resolve_registers` in hardware."""
+    resolved = Signal(INSTRUCTION, name="resolved_word")
+    m.d.comb += resolved.eq(word)
+    with m.Switch(word.opcode):
+        for opcode, offsets in sorted(REGISTER_OFFSETS.items(), key=lambda item: item[0].value):
+            with m.Case(opcode):
+                args, out = word.args[opcode.name.lower()], resolved.args[opcode.name.lower()]
+                for field, register_field in offsets.items():
+                    width = len(Value.cast(args[field]))
+                    offset = regs[args[register_field][:SCALAR_REGS.bit_length() - 1]]
+                    m.d.comb += [
+                        out[field].eq((args[field] + offset)[:width]),
+                        out[register_field].eq(0),
+                    ]
+    return resolved
 
 
 class Control(wiring.Component):
@@ -247,6 +272,16 @@ class Control(wiring.Component):
         The dispatcher has no instruction to dispatch this cycle.
     retired : Out(RETIRED)
         Pulses: an instruction of that opcode completed this cycle.
+    scalar_regs : Out(SCALAR_FILE)
+        The scalar registers (kept across runs; neither ``start`` nor ``soft_reset`` clears them).
+    scalar_write : In(SCALAR_WRITE)
+        Host write of a scalar register (``CSR`` ``SCALAR_R<i>``); meant for between runs.
+    predicate_value : In(signed(32))
+        The compute client's PREDICATE result, read with its ``done``.
+    redirect : Out(1)
+        Pulse: a BRANCH is taken; the fetch unit drops its words and restarts at ``redirect_pc``.
+    redirect_pc : Out(PC_BITS)
+        The taken BRANCH's target.
     """
 
     start: In(1)
@@ -269,6 +304,11 @@ class Control(wiring.Component):
     stall_dep: Out(range(len(QUEUED_UNITS) + 2))
     stall_fetch: Out(1)
     retired: Out(RETIRED)
+    scalar_regs: Out(SCALAR_FILE)
+    scalar_write: In(SCALAR_WRITE)
+    predicate_value: In(signed(32))
+    redirect: Out(1)
+    redirect_pc: Out(PC_BITS)
 
     def __init__(self, config: Config):
         if not isinstance(config, Config):
@@ -289,10 +329,18 @@ class Control(wiring.Component):
             m.d.sync += self.running.eq(1)
         with m.Elif(finished):
             m.d.sync += self.running.eq(0)
-        self._elaborate_core(core)
+        # The scalar registers, outside the core: a run starts with what the host and earlier runs left.
+        scalar_write = Signal(SCALAR_WRITE, name="core_scalar_write")
+        self._elaborate_core(core, scalar_write)
+        for index in range(1, SCALAR_REGS):
+            with m.If(self.scalar_write.en & (self.scalar_write.index == index)):
+                m.d.sync += self.scalar_regs[index].eq(self.scalar_write.value)
+            with m.Elif(scalar_write.en & (scalar_write.index == index)):
+                m.d.sync += self.scalar_regs[index].eq(scalar_write.value)
         return m
 
-    def _elaborate_core(self, m: Module):
+    def _elaborate_core(self, m: Module, scalar_write):
+        """The core, reset by ``start``; ``scalar_write`` (driven here) writes a scalar register."""
         config = self.config
         ports = {Unit.LOAD: self.load, Unit.COMPUTE: self.compute, Unit.STORE: self.store}
 
@@ -350,13 +398,70 @@ class Control(wiring.Component):
         slot_unit = Signal(Unit)
         slot_cause = Signal(ErrorCause)
         m.d.comb += decoder.word.eq(self.fetch.payload.word)
-        unsupported = _unsupported_cause(m, self.fetch.payload.word)
+
+        # Register offsets: a word that names a register is range-checked on its resolved fields,
+        # with the registers as they are when it is in the slot (a second decoder).
+        regs = Array(self.scalar_regs[index] for index in range(SCALAR_REGS))
+        slot_names_register = Signal()
+        resolved = _resolve_registers(m, slot.word, regs)
+        m.submodules.resolved_decoder = resolved_decoder = Decoder(config)
+        m.d.comb += resolved_decoder.word.eq(resolved)
+        # The encoding checks come first (as ``decode`` before the range checks); a register field
+        # above r7 is BAD_FIELD, whatever the resolved word would be.
+        encoding_causes = (ErrorCause.ILLEGAL_OPCODE, ErrorCause.BAD_DEPS, ErrorCause.RESERVED_BITS,
+                           ErrorCause.BAD_FIELD)
+        encoding_error = Cat(*(slot_cause == cause for cause in encoding_causes)).any()
+        slot_cause_now = Mux(slot_names_register & ~encoding_error, resolved_decoder.cause, slot_cause)
+        # A PREDICATE has been dispatched and is not done: the slot waits (docs/isa.md).
+        predicate_pending = Signal()
+        hold = predicate_pending
 
         drained = Cat(*((u["fifo"].level == 0) & u["idle"] for u in units.values())).all()
-        slot_legal = slot_valid & ~slot.error & (slot_cause == ErrorCause.NONE)
-        is_barrier = slot_unit == Unit.CONTROL
+        slot_legal = slot_valid & ~slot.error & (slot_cause_now == ErrorCause.NONE) & ~hold
+        is_control = slot_unit == Unit.CONTROL
+        is_barrier = is_control & (slot.word.opcode != Opcode.SCALAR) & (slot.word.opcode != Opcode.BRANCH)
         at_barrier = slot_legal & is_barrier & ~stopped
         barrier_go = at_barrier & drained
+
+        # SCALAR and BRANCH execute in the slot, in the cycle they reach it (unless stopped or held).
+        executes = slot_legal & is_control & ~is_barrier & ~stopped
+        scalar_insn, branch_insn = slot.word.args.scalar, slot.word.args.branch
+        executes_scalar = executes & (slot.word.opcode == Opcode.SCALAR)
+        executes_branch = executes & (slot.word.opcode == Opcode.BRANCH)
+        a_value, b_value = regs[branch_insn.a[:3]], regs[branch_insn.b[:3]]
+        taken = Signal()
+        with m.Switch(branch_insn.cond):
+            with m.Case(BranchCond.ALWAYS):
+                m.d.comb += taken.eq(1)
+            with m.Case(BranchCond.EQ):
+                m.d.comb += taken.eq(a_value == b_value)
+            with m.Case(BranchCond.NE):
+                m.d.comb += taken.eq(a_value != b_value)
+            with m.Case(BranchCond.LT):
+                m.d.comb += taken.eq(a_value < b_value)
+            with m.Case(BranchCond.GE):
+                m.d.comb += taken.eq(a_value >= b_value)
+        # The target in more bits than a pc, so that one below address 0 compares below the base.
+        target = Signal(signed(PC_BITS + 2))
+        m.d.comb += target.eq(slot.pc + (branch_insn.offset * INSN_BYTES))
+        below_base = target < self.prog_base
+        branch_fails = executes_branch & taken & below_base
+        redirecting = executes_branch & taken & ~below_base
+        m.d.comb += [self.redirect.eq(redirecting), self.redirect_pc.eq(target[:PC_BITS])]
+        with m.If(executes_scalar):
+            m.d.comb += [
+                scalar_write.en.eq(1),
+                scalar_write.index.eq(scalar_insn.dst[:3]),
+                scalar_write.value.eq(regs[scalar_insn.src1[:3]] + regs[scalar_insn.src2[:3]]
+                                      + scalar_insn.imm),
+            ]
+        compute_unit = units[Unit.COMPUTE]
+        with m.If(compute_unit["predicate_done"]):
+            m.d.comb += [
+                scalar_write.en.eq(1),
+                scalar_write.index.eq(compute_unit["predicate_dst"]),
+                scalar_write.value.eq(self.predicate_value),
+            ]
 
         counters_state = Signal(_CountersState)
         slot_leaves = Signal()
@@ -366,11 +471,18 @@ class Control(wiring.Component):
         for unit, state in units.items():
             fifo = state["fifo"]
             m.d.comb += [
-                fifo.w_data.eq(Cat(slot.word, slot.pc)),
+                fifo.w_data.eq(Cat(resolved, slot.pc)),
                 fifo.w_en.eq(slot_legal & ~stopped & (slot_unit == unit)),
             ]
             with m.If(fifo.w_en & fifo.w_rdy):
                 m.d.comb += slot_leaves.eq(1)
+        with m.If(executes_scalar | (executes_branch & ~branch_fails)):
+            m.d.comb += slot_leaves.eq(1)
+        compute_fifo = units[Unit.COMPUTE]["fifo"]
+        with m.If(compute_fifo.w_en & compute_fifo.w_rdy & (slot.word.opcode == Opcode.PREDICATE)):
+            m.d.sync += predicate_pending.eq(1)
+        with m.Elif(compute_unit["predicate_done"]):
+            m.d.sync += predicate_pending.eq(0)
         queue_full = Cat(*(u["fifo"].w_en & ~u["fifo"].w_rdy for u in units.values())).any()
 
         with m.If(barrier_go):
@@ -397,32 +509,37 @@ class Control(wiring.Component):
         error_requests = [(u["failed"], u["cause"], u["pc"]) for u in units.values()]
         error_requests += [
             (counters_finished & counters_error, counters_cause, slot.pc),
-            (slot_valid & slot.error, ErrorCause.FETCH_ERROR, slot.pc),
-            (slot_valid & ~slot.error & (slot_cause != ErrorCause.NONE), slot_cause, slot.pc),
+            (slot_valid & ~hold & slot.error, ErrorCause.FETCH_ERROR, slot.pc),
+            (slot_valid & ~hold & ~slot.error & (slot_cause_now != ErrorCause.NONE), slot_cause_now, slot.pc),
+            (branch_fails, ErrorCause.BRANCH_RANGE, slot.pc),
         ]
 
         # Nothing after HALT is taken, not even into the slot.
+        # Nor the word after a taken BRANCH: the fetch unit restarts at the target.
         m.d.comb += self.fetch.ready.eq(self.running & ~stopped & ~halted & ~barrier_retire[Opcode.HALT] &
-                                        (~slot_valid | slot_leaves))
+                                        ~redirecting & (~slot_valid | slot_leaves))
         with m.If(self.fetch.valid & self.fetch.ready):
             m.d.sync += [
                 slot_valid.eq(1),
                 slot.eq(self.fetch.payload),
                 slot_unit.eq(decoder.unit),
-                slot_cause.eq(Mux((decoder.cause == ErrorCause.NONE) & (unsupported != ErrorCause.NONE),
-                                  unsupported, decoder.cause)),
+                slot_cause.eq(decoder.cause),
+                slot_names_register.eq(_names_register(self.fetch.payload.word)),
             ]
         with m.Elif(slot_leaves):
             m.d.sync += slot_valid.eq(0)
-        # The pc of the word after the last one that entered the slot (the program base before any).
+        # The pc of the word after the last one that entered the slot, or a taken branch's target
+        # (the program base before any).
         fetched_any = Signal()
-        last_fetched_pc = Signal(PC_BITS)
-        with m.If(self.fetch.valid & self.fetch.ready):
-            m.d.sync += [fetched_any.eq(1), last_fetched_pc.eq(self.fetch.payload.pc)]
-        next_pc = Mux(fetched_any, (last_fetched_pc + INSN_BYTES)[:PC_BITS], self.prog_base)
+        following_pc = Signal(PC_BITS)
+        with m.If(redirecting):
+            m.d.sync += [fetched_any.eq(1), following_pc.eq(target[:PC_BITS])]
+        with m.Elif(self.fetch.valid & self.fetch.ready):
+            m.d.sync += [fetched_any.eq(1), following_pc.eq(self.fetch.payload.pc + INSN_BYTES)]
+        next_pc = Mux(fetched_any, following_pc, self.prog_base)
 
         # --- Deadlock: nothing can ever move again. -------------------------------------------------
-        dispatcher_stuck = halted | queue_full | (at_barrier & ~drained)
+        dispatcher_stuck = halted | queue_full | (at_barrier & ~drained) | predicate_pending
         units_settled = Cat(*(u["stuck"] | u["empty"] for u in units.values())).all()
         any_stuck = Cat(*(u["stuck"] for u in units.values())).any()
         deadlock_now = (self.running & ~stopping & dispatcher_stuck & units_settled & any_stuck &
@@ -535,9 +652,20 @@ class Control(wiring.Component):
             with m.Else():
                 m.d.sync += state.eq(_UnitState.PUSH)
 
+        # PREDICATE: its register and the cycle its result comes (the control core writes it then).
+        predicate_dst = Signal(range(SCALAR_REGS), name=f"{name}_predicate_dst")
+        predicate_done = Signal(name=f"{name}_predicate_done")
+        if unit is Unit.COMPUTE:
+            with m.If(started):
+                m.d.sync += predicate_dst.eq(head.word.args.predicate.dst[:3])
+            m.d.comb += predicate_done.eq(executing & client_done & ~client_error &
+                                          (current_opcode == Opcode.PREDICATE))
+
         waiting_pop = (state == _UnitState.IDLE) & ~offering & fifo.r_rdy & ~tokens_ready
         waiting_push = (state == _UnitState.PUSH) & ~push_room
         return {
+            "predicate_dst": predicate_dst,
+            "predicate_done": predicate_done,
             "fifo": fifo,
             # Offered to or held by the client (not yet done).
             "in_flight": ~((state == _UnitState.IDLE) & ~offering) & (state != _UnitState.PUSH),

@@ -19,6 +19,8 @@ Map
 ``0x024 PROG_BASE_HI``  program base address, bits 32..63
 ``0x028 CYCLE_LIMIT``   watchdog: a run stops with ``WATCHDOG`` after this many run cycles (0: no limit)
 ``0x02C RUN_CYCLES``    run cycles of the current (or last) run, as the watchdog counts them
+``0x030 + 4*(i-1)``     ``SCALAR_R<i>`` for i = 1..7: scalar register r<i> (int32), the runtime
+                        parameters a program reads; write between runs, read what a run left
 ``0x100 + 8*i``         ``COUNTER_<NAME>_LO`` of counter ``i`` of :data:`braze.isa.COUNTERS`
 ``0x104 + 8*i``         ``COUNTER_<NAME>_HI``; reading LO latches HI, so LO then HI is an atomic
                         64-bit read
@@ -45,8 +47,10 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from braze.isa import COUNTERS, Config, ErrorCause
+from braze.isa.encoding import SCALAR_REGS
 
 from .axi import AXI4LiteSignature, AXI4LiteSlave
+from .control import SCALAR_FILE, SCALAR_WRITE
 
 __all__ = [
     "Access", "Field", "Register", "REGISTERS", "REGISTER_BY_NAME", "MAGIC", "MAP_VERSION", "COUNTER_BASE",
@@ -56,7 +60,7 @@ __all__ = [
 #: Contents of ``ID``: ASCII "BRZE".
 MAGIC = int.from_bytes(b"BRZE", "big")
 #: Version of this register map, in ``VERSION.map_version``.
-MAP_VERSION = 2
+MAP_VERSION = 3
 #: Byte offset of the first counter register.
 COUNTER_BASE = 0x100
 _WORD_BYTES = 4
@@ -183,6 +187,12 @@ REGISTERS: tuple[Register, ...] = (
              "watchdog: a run still going after CYCLE_LIMIT run cycles stops with ERROR_CAUSE WATCHDOG"),
     Register("RUN_CYCLES", 0x02C, Access.RO, (_ro("cycles", 0, 32, "run cycles (saturating)"),),
              "run cycles of the current or last run: the watchdog's count, not reset by COUNTERS"),
+) + tuple(
+    Register(f"SCALAR_R{index}", 0x030 + 4 * (index - 1), Access.RW,
+             (Field("value", 0, 32, Access.RW, f"r{index} (int32, two's complement)"),),
+             f"scalar register r{index}: a runtime parameter the program reads (kept across runs; a run's "
+             "SCALAR and PREDICATE instructions change it)")
+    for index in range(1, SCALAR_REGS)
 ) + _counter_registers()
 
 REGISTER_BY_NAME: dict[str, Register] = {reg.name: reg for reg in REGISTERS}
@@ -276,6 +286,10 @@ class CSRFile(wiring.Component):
     error_pc : In(32)
     counters : In(data.ArrayLayout(unsigned(64), len(COUNTERS)))
         The performance counters, in :data:`braze.isa.COUNTERS` order.
+    scalar_regs : In(SCALAR_FILE)
+        The control core's scalar registers, shown as ``SCALAR_R<i>``.
+    scalar_write : Out(SCALAR_WRITE)
+        A host write of ``SCALAR_R<i>`` (``en`` for one cycle), to the control core.
     """
 
     def __init__(self, config: Config, *, addr_width: int = 12):
@@ -301,6 +315,8 @@ class CSRFile(wiring.Component):
             "error_cause": In(ErrorCause),
             "error_pc": In(32),
             "counters": In(data.ArrayLayout(unsigned(64), len(COUNTERS))),
+            "scalar_regs": In(SCALAR_FILE),
+            "scalar_write": Out(SCALAR_WRITE),
         })
 
     def elaborate(self, platform):
@@ -328,6 +344,10 @@ class CSRFile(wiring.Component):
             ("PROG_BASE_LO", "addr"): prog_base[:32], ("PROG_BASE_HI", "addr"): prog_base[32:],
             ("CYCLE_LIMIT", "cycles"): cycle_limit, ("RUN_CYCLES", "cycles"): self.run_cycles,
         }
+        # The scalar registers live in the control core: a write is passed on, not stored here.
+        scalar_fields = {(f"SCALAR_R{index}", "value"): index for index in range(1, SCALAR_REGS)}
+        for key, index in scalar_fields.items():
+            readable[key] = self.scalar_regs[index]
         for index, spec in enumerate(COUNTERS):
             name = f"COUNTER_{spec.name.upper()}"
             value = self.counters[index]
@@ -363,6 +383,16 @@ class CSRFile(wiring.Component):
                                 raise AssertionError(f"CSRFile: field {reg.name}.{f.name} has no pulse")
                             fired[key] = Signal(name=f"{reg.name.lower()}_{f.name}_fired")
                             m.d.comb += fired[key].eq(bus.w_stb & written[f.lsb])
+                        elif f.access is Access.RW and key in scalar_fields:
+                            keep = ~byte_mask[f.lsb:f.lsb + f.width]
+                            current = Value.cast(readable[key]).as_unsigned()
+                            with m.If(bus.w_stb):
+                                m.d.comb += [
+                                    self.scalar_write.en.eq(1),
+                                    self.scalar_write.index.eq(scalar_fields[key]),
+                                    self.scalar_write.value.eq(
+                                        current & keep | written[f.lsb:f.lsb + f.width]),
+                                ]
                         elif f.access is Access.RW:
                             if key not in writable:
                                 raise AssertionError(f"CSRFile: field {reg.name}.{f.name} has no storage")

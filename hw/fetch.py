@@ -14,7 +14,8 @@ word with ``error`` set at ``pc = prog_base`` (the control core stops with FETCH
 no bus access.
 
 ``stop`` (the control core is done or failed) ends fetching; ``restart`` (a new start or a
-soft reset) also empties the FIFO.  Requests already handed to the bus cannot be recalled:
+soft reset) also empties the FIFO.  ``redirect`` (a taken BRANCH) empties it too and fetches on
+from ``redirect_pc``, as a start there would.  Requests already handed to the bus cannot be recalled:
 their beats are counted and dropped as they arrive, also across a restart, so a new run
 never sees an old run's words.
 """
@@ -60,6 +61,10 @@ class Fetch(wiring.Component):
         The program has ended (done or error): issue no further requests.
     prog_base : In(32)
         Byte address of the first instruction, sampled at ``start``.
+    redirect : In(1)
+        Pulse: drop every word fetched and continue at ``redirect_pc`` (a taken branch).
+    redirect_pc : In(32)
+        Byte address to continue at (16-byte aligned).
     req : Out(stream.Signature(read_request_layout(32, beats_width)))
         Read requests, to a :class:`~braze.hw.axi.ReadArbiter` client port.
     data : In(stream.Signature(read_beat_layout(dma_bus_bits)))
@@ -89,6 +94,8 @@ class Fetch(wiring.Component):
             "restart": In(1),
             "stop": In(1),
             "prog_base": In(PC_BITS),
+            "redirect": In(1),
+            "redirect_pc": In(PC_BITS),
             "req": Out(stream.Signature(read_request_layout(32, beats_width))),
             "data": In(stream.Signature(read_beat_layout(config.dma_bus_bits))),
             "fetch": Out(stream.Signature(FETCH_ENTRY)),
@@ -100,7 +107,10 @@ class Fetch(wiring.Component):
         bus_bits = bus_bytes * 8
         burst_beats = self.BURST_BYTES // bus_bytes
         burst_words = self.BURST_BYTES // INSN_BYTES
-        restart = self.start | self.restart
+        restart = self.start | self.restart | self.redirect
+        # A soft reset wins over a redirect; a start samples the program base.
+        begins = self.start | (self.redirect & ~self.restart)
+        base = Mux(self.start, self.prog_base, self.redirect_pc)
 
         m.submodules.words = words = ResetInserter(restart)(
             SyncFIFO(width=_WORD_ERROR.size, depth=self.depth))
@@ -112,11 +122,11 @@ class Fetch(wiring.Component):
         skip_half = Signal()         # 256-bit bus: drop the low word of the first beat
         with m.If(restart):
             m.d.sync += [
-                active.eq(self.start),
-                misaligned.eq(self.start & (self.prog_base[:exact_log2(INSN_BYTES)] != 0)),
-                next_addr.eq(Cat(Const(0, exact_log2(bus_bytes)), self.prog_base[exact_log2(bus_bytes):])),
-                out_pc.eq(self.prog_base),
-                skip_half.eq(self.prog_base[exact_log2(INSN_BYTES)] if bus_bytes > INSN_BYTES else 0),
+                active.eq(begins),
+                misaligned.eq(begins & (base[:exact_log2(INSN_BYTES)] != 0)),
+                next_addr.eq(Cat(Const(0, exact_log2(bus_bytes)), base[exact_log2(bus_bytes):])),
+                out_pc.eq(base),
+                skip_half.eq(base[exact_log2(INSN_BYTES)] if bus_bytes > INSN_BYTES else 0),
             ]
         with m.Elif(self.stop):
             m.d.sync += active.eq(0)

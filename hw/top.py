@@ -18,6 +18,7 @@ from .epilogue import EpilogueUnit
 from .fetch import Fetch
 from .matmul import MatmulUnit
 from .memories import BankedMemory
+from .predicate import PredicateUnit
 from .vector import VectorUnit
 
 __all__ = ["Accelerator", "AXIL_ADDR_WIDTH", "BEATS_WIDTH", "MAX_OUTSTANDING", "top_name"]
@@ -65,9 +66,11 @@ class Accelerator(wiring.Component):
       accumulator;
     * **compute** -- one of :class:`~braze.hw.matmul.MatmulUnit` (MATMUL on the
       ``rows x cols`` :class:`~braze.hw.pe_array.PEArray`), :class:`~braze.hw.epilogue.EpilogueUnit`
-      (EPILOGUE and TABLE) and :class:`~braze.hw.vector.VectorUnit` (VECTOR), routed by opcode; only one
-      compute instruction runs at a time, so they share the memories' compute ports.  CONFIG
-      runs in the control core;
+      (EPILOGUE and TABLE), :class:`~braze.hw.vector.VectorUnit` (VECTOR) and
+      :class:`~braze.hw.predicate.PredicateUnit` (PREDICATE, whose result goes to the control
+      core's scalar registers), routed by opcode; only one compute instruction runs at a time, so
+      they share the memories' compute ports.  CONFIG, SCALAR and BRANCH run in the control core
+      (a taken BRANCH redirects the fetch unit);
     * **store** -- :class:`~braze.hw.dma.StoreEngine`: STORE, and the write-out of COUNTERS
       snapshots from the :class:`~braze.hw.counters.CounterBank`.
 
@@ -153,6 +156,7 @@ class Accelerator(wiring.Component):
         m.submodules.matmul = matmul = MatmulUnit(config)
         m.submodules.epilogue = epilogue = EpilogueUnit(config)
         m.submodules.vector = vector = VectorUnit(config)
+        m.submodules.predicate = predicate = PredicateUnit(config)
 
         # --- Host interface and run control. ------------------------------------------------------
         wiring.connect(m, wiring.flipped(self.s_axil), csr.s_axil)
@@ -173,6 +177,10 @@ class Accelerator(wiring.Component):
             control.prog_base.eq(csr.prog_base[:32]),
             control.cycle_limit.eq(csr.cycle_limit),
             csr.run_cycles.eq(control.run_cycles),
+            control.scalar_write.eq(csr.scalar_write),
+            csr.scalar_regs.eq(control.scalar_regs),
+            fetch.redirect.eq(control.redirect),
+            fetch.redirect_pc.eq(control.redirect_pc),
         ]
         wiring.connect(m, fetch.fetch, control.fetch)
 
@@ -221,8 +229,8 @@ class Accelerator(wiring.Component):
         opcode = compute.insn.payload.opcode
         # TABLE runs on the epilogue unit, which holds the activation table.
         units = ((Opcode.MATMUL, matmul), (Opcode.EPILOGUE, epilogue), (Opcode.VECTOR, vector),
-                 (Opcode.TABLE, epilogue))
-        for unit in (matmul, epilogue, vector):
+                 (Opcode.TABLE, epilogue), (Opcode.PREDICATE, predicate))
+        for unit in (matmul, epilogue, vector, predicate):
             its_opcodes = [opcode == unit_opcode for unit_opcode, other in units if other is unit]
             m.d.comb += [
                 unit.insn.payload.eq(compute.insn.payload),
@@ -231,7 +239,8 @@ class Accelerator(wiring.Component):
         m.d.comb += [
             compute.insn.ready.eq(_mux_by_enable(
                 [(opcode == unit_opcode, unit.insn.ready) for unit_opcode, unit in units], 0)),
-            compute.done.eq(matmul.done | epilogue.done | vector.done),
+            compute.done.eq(matmul.done | epilogue.done | vector.done | predicate.done),
+            control.predicate_value.eq(predicate.value),
             compute.error.eq(0),
             compute.cause.eq(ErrorCause.NONE),
         ]
@@ -247,8 +256,8 @@ class Accelerator(wiring.Component):
         wiring.connect(m, load.acc_write, acc.dma_write)
         wiring.connect(m, store.spad_read, spad.dma_read)
         wiring.connect(m, store.acc_read, acc.dma_read)
-        self._connect_compute_ports(m, spad, Memory.SPAD, matmul, epilogue, vector)
-        self._connect_compute_ports(m, acc, Memory.ACC, matmul, epilogue, vector)
+        self._connect_compute_ports(m, spad, Memory.SPAD, matmul, epilogue, vector, predicate)
+        self._connect_compute_ports(m, acc, Memory.ACC, matmul, epilogue, vector, predicate)
 
         # --- Performance counters. ----------------------------------------------------------------
         m.d.comb += bank.clear.eq(new_run | csr.soft_reset)
@@ -281,12 +290,13 @@ class Accelerator(wiring.Component):
         return m
 
     @staticmethod
-    def _connect_compute_ports(m: Module, memory: BankedMemory, which: Memory, matmul, epilogue, vector):
+    def _connect_compute_ports(m: Module, memory: BankedMemory, which: Memory, matmul, epilogue, vector,
+                               predicate):
         """Drive a memory's compute ports from the compute unit that uses them this cycle."""
         addr_width = memory.addr_width
         ones = Const((1 << memory.shape.length) - 1, memory.shape.length)
         name = "spad" if which is Memory.SPAD else "acc"
-        readers = [getattr(unit, f"{name}_read") for unit in (matmul, epilogue, vector)]
+        readers = [getattr(unit, f"{name}_read") for unit in (matmul, epilogue, vector, predicate)]
         writers = [getattr(unit, f"{name}_write") for unit in (epilogue, vector)]
         if which is Memory.ACC:
             writers.insert(0, matmul.acc_write)

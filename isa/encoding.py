@@ -37,13 +37,13 @@ Control flow
 ------------
 Eight int32 scalar registers r0..r7 (:data:`SCALAR_REGS`; r0 reads as 0) hold loop counters,
 offsets and runtime parameters: the host writes r1..r7 before a run, and they keep their values
-across runs like the CONFIG registers.  ``SCALAR`` adds registers and an immediate, ``BRANCH``
-compares two registers and continues at a relative target, and ``PREDICATE`` computes a property
-of on-chip rows (any nonzero element; the largest element) into a register.  The address fields
-of LOAD, STORE, MATMUL and PREDICATE may name a register (``addr_reg``, ``dram_reg``, ``a_reg``
-...; 0 names none) whose value is added to the field, modulo the field's width, when the
-instruction is dispatched; the range rules apply to the sum.  So a loop body is dispatched once
-per iteration with different addresses, and a tiled kernel is a short program.
+across runs (a start does not clear them; a run's writes stay). ``SCALAR`` adds registers and an
+immediate, ``BRANCH`` compares two registers and continues at a relative target, and ``PREDICATE``
+computes a property of on-chip rows (any nonzero element; the largest element) into a register.
+The address fields of LOAD, STORE, MATMUL and PREDICATE may name a register (``addr_reg``,
+``dram_reg``, ``a_reg`` ...; 0 names none) whose value is added to the field, modulo the field's
+width, when the instruction is dispatched; the range rules apply to the sum. So a loop body is
+dispatched once per iteration with different addresses, and a tiled kernel is a short program.
 
 SCALAR and BRANCH execute in the dispatcher, in program order, one per cycle, without waiting for
 the units: a branch is resolved before any later instruction is dispatched, and registers read at

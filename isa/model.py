@@ -139,7 +139,7 @@ from .timing import (
 
 __all__ = [
     "Machine", "DispatchTracer", "RunResult", "RaceError", "WatchdogError", "InstructionLimitExceeded",
-    "ScalarRegisterError", "branch_taken", "resolve_registers", "check_ranges",
+    "ScalarRegisterError", "branch_taken", "check_scalar_write", "resolve_registers", "check_ranges",
     "check_overlap", "run_program", "instruction_accesses", "program_events",
 ]
 
@@ -1699,12 +1699,17 @@ class Machine:
 
     def write_scalar(self, register: int, value: int) -> None:
         """Host access: set scalar register ``register`` (1..7) to the int32 ``value`` before a run."""
-        if isinstance(register, bool) or not isinstance(register, int) or not 1 <= register < SCALAR_REGS:
-            raise ScalarRegisterError(f"scalar register {register!r}: the host writes r1..r{SCALAR_REGS - 1}")
-        if isinstance(value, bool) or not isinstance(value, int) \
-                or not arith.INT32_MIN <= value <= arith.INT32_MAX:
-            raise ScalarRegisterError(f"scalar register r{register}: {value!r} is not an int32")
+        check_scalar_write(register, value)
         self.scalar_regs[register] = value
+
+
+def check_scalar_write(register: int, value: int) -> None:
+    """Raise :class:`ScalarRegisterError` unless the host may write the int32 ``value`` to ``register``."""
+    if isinstance(register, bool) or not isinstance(register, int) or not 1 <= register < SCALAR_REGS:
+        raise ScalarRegisterError(f"scalar register {register!r}: the host writes r1..r{SCALAR_REGS - 1}")
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not arith.INT32_MIN <= value <= arith.INT32_MAX:
+        raise ScalarRegisterError(f"scalar register r{register}: {value!r} is not an int32")
 
 
 class DispatchTracer(Machine):

@@ -17,6 +17,7 @@ from amaranth.sim import Simulator
 from braze.hw.csr import REGISTER_BY_NAME, counter_offsets
 from braze.hw.top import Accelerator
 from braze.isa import COUNTERS, Config, ErrorCause
+from braze.isa.encoding import SCALAR_REGS
 
 from .axi_memory import AXI4LiteDriver, AXI4Memory
 from .device import Device, RunStatus
@@ -66,6 +67,10 @@ class AmaranthDevice(Device):
                                   stall=stall, seed=seed, max_outstanding=32)
         self._memory.add_to(self._sim)
         self._request: tuple[int, int] | None = None
+        # Scalar registers the host has written since the last run: written over AXI4-Lite before it.
+        self._scalar_writes: list[tuple[int, int]] = []
+        # The scalar registers as the last run left them (read over AXI4-Lite after each run), or as written.
+        self._scalars = [0] * SCALAR_REGS
         self._status: RunStatus | None = None
         self._sim.add_testbench(self._serve)
 
@@ -79,6 +84,13 @@ class AmaranthDevice(Device):
     def read(self, addr: int, nbytes: int) -> bytes:
         self._check_span(addr, nbytes)
         return self._memory.mem[addr:addr + nbytes].tobytes()
+
+    def _write_scalar(self, register: int, bits: int) -> None:
+        self._scalar_writes.append((register, bits))
+        self._scalars[register] = bits - (1 << 32) if bits >> 31 else bits
+
+    def read_scalar(self, register: int) -> int:
+        return self._scalars[register]
 
     def _execute(self, base: int, max_cycles: int | None, cycle_limit: int) -> RunStatus:
         budget = cycle_limit + DEFAULT_MAX_CYCLES if max_cycles is None else max_cycles
@@ -96,6 +108,9 @@ class AmaranthDevice(Device):
                 continue
             base, budget, cycle_limit = self._request
             self._request = None
+            writes, self._scalar_writes = self._scalar_writes, []
+            for register, bits in writes:
+                await regs.write(REGISTER_BY_NAME[f"SCALAR_R{register}"].offset, bits)
             await regs.write(REGISTER_BY_NAME["PROG_BASE_LO"].offset, base & 0xFFFF_FFFF)
             await regs.write(REGISTER_BY_NAME["PROG_BASE_HI"].offset, base >> 32)
             await regs.write(REGISTER_BY_NAME["CYCLE_LIMIT"].offset, cycle_limit)
@@ -119,6 +134,9 @@ class AmaranthDevice(Device):
                 low_offset, high_offset = counter_offsets(index)
                 low = await regs.read(low_offset)
                 counters[spec.name] = low | await regs.read(high_offset) << 32
+            for register in range(1, SCALAR_REGS):
+                bits = await regs.read(REGISTER_BY_NAME[f"SCALAR_R{register}"].offset)
+                self._scalars[register] = bits - (1 << 32) if bits >> 31 else bits
             await regs.write(_STATUS.offset, _DONE | _ERROR)
             failed = cause is not ErrorCause.NONE
             # Whole-run cycles: the `cycles` counter restarts at every COUNTERS with reset.

@@ -148,11 +148,22 @@ class Device(abc.ABC):
     def write_scalar(self, register: int, value: int) -> None:
         """Set scalar register ``register`` (1..7) to the int32 ``value`` before a run: a runtime parameter.
 
-        Only the golden device implements the scalar registers and control flow (issue 13); the
-        RTL back ends raise :class:`BrazeError` until their hardware does.
+        The registers keep their values across runs (a run's SCALAR and PREDICATE instructions
+        change them).  A bad register or value raises :class:`~braze.isa.model.ScalarRegisterError`.
         """
+        from braze.isa.model import check_scalar_write
+
+        check_scalar_write(register, value)
+        self._write_scalar(register, value & 0xFFFF_FFFF)
+
+    def _write_scalar(self, register: int, bits: int) -> None:
+        """Write the 32 bits of a checked value to scalar register ``register`` (its ``SCALAR_R`` CSR)."""
         raise BrazeError(f"{self.kind} device: scalar registers (runtime parameters) are not implemented "
-                         "by this back end yet")
+                         "by this back end")
+
+    def read_scalar(self, register: int) -> int:
+        """The int32 value of scalar register ``register`` (1..7), as the last run (or write) left it."""
+        raise BrazeError(f"{self.kind} device: scalar registers are not implemented by this back end")
 
     def read_array(self, addr: int, shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
         dtype = np.dtype(dtype).newbyteorder("<")
@@ -202,6 +213,9 @@ class GoldenDevice(Device):
 
     def write_scalar(self, register: int, value: int) -> None:
         self.machine.write_scalar(register, value)
+
+    def read_scalar(self, register: int) -> int:
+        return self.machine.scalar_regs[register]
 
     def _execute(self, base: int, max_cycles: int | None, cycle_limit: int) -> RunStatus:
         from braze.isa.model import InstructionLimitExceeded, WatchdogError

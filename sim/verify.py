@@ -14,6 +14,12 @@ bit for bit:
 It also reports how well the timing model predicts the device's cycle
 count (the distribution of the relative error over the programs).
 
+With ``control_flow``, program ``i`` is ``generate_control_flow(config, S + i)``: the same
+program as the body of a counted loop with a PREDICATE, data-dependent BRANCHes, SCALAR
+arithmetic and register-offset addresses.  Its length is what the reference model runs (the
+timing model of the straight-line text does not follow branches), and the scalar registers
+r1..r7 after the run are compared too.
+
 With ``watchdog``, each program also runs, before that, with a cycle limit
 drawn below its predicted length (:func:`run_watchdog`): both must stop with
 ``WATCHDOG`` at the limit, the device at an instruction boundary no later than
@@ -48,11 +54,12 @@ from braze.isa import COUNTERS, Config, ErrorCause, Instruction
 from braze.isa.asm import assemble, read_source
 from braze.isa.config import PRESETS
 from braze.isa.counters import COUNTER_BYTES, MAX_CYCLE_LIMIT
+from braze.isa.encoding import CONTROL_FLOW_OPCODES, SCALAR_REGS
 from braze.isa.errors import BrazeError, ExecutionError, UsageError
 from braze.isa.timing import schedule
 
 from .device import Device, GoldenDevice, RunStatus
-from .progen import DEFAULT_SIZE, GeneratedProgram, Region, generate, sync_tokens
+from .progen import DEFAULT_SIZE, GeneratedProgram, Region, generate, generate_control_flow, sync_tokens
 
 __all__ = [
     "Mismatch", "ProgramResult", "VerifyReport", "GeneratorError", "verify", "run_and_compare",
@@ -130,6 +137,7 @@ class VerifyReport:
     size: int
     results: list[ProgramResult]
     wall_seconds: float
+    control_flow: bool = False
 
     @property
     def programs(self) -> int:
@@ -198,7 +206,8 @@ class VerifyReport:
 
     def summary(self) -> str:
         lines = [f"braze verify: device {self.device}, config {self.config.name!r}, "
-                 f"seeds {self.seed}..{self.seed + max(self.programs, 1) - 1}, size {self.size}",
+                 f"seeds {self.seed}..{self.seed + max(self.programs, 1) - 1}, size {self.size}"
+                 + (", control-flow programs" if self.control_flow else ""),
                  f"programs run:    {self.programs}",
                  f"mismatches:      {self.mismatches}"]
         errors = self._errors()
@@ -212,8 +221,10 @@ class VerifyReport:
         stopped = [r.watchdog for r in self.results if r.watchdog is not None]
         if stopped:
             same = sum(w.device_pc == w.golden_pc for w in stopped)
+            # With loops pcs repeat: the device's stop is an instruction of the program, not ordered by pc.
+            other = "at another instruction" if self.control_flow else "earlier"
             lines.append(f"watchdog:        {len(stopped)} programs also run with a cycle limit below their "
-                         f"length; device pc = reference pc in {same}, earlier in {len(stopped) - same}")
+                         f"length; device pc = reference pc in {same}, {other} in {len(stopped) - same}")
         rate = self.programs / self.wall_seconds if self.wall_seconds > 0 else 0.0
         lines.append(f"wall time:       {self.wall_seconds:.1f} s ({rate:.1f} programs/s)")
         for result in self.failed:
@@ -308,12 +319,44 @@ def _status_mismatches(golden: RunStatus, device: RunStatus) -> list[Mismatch]:
     return result
 
 
+#: A control-flow program's length is bounded by this many times its straight-line length, plus
+#: _LOOP_BOUND_CYCLES (generated loops run at most three times); beyond it, it does not end.
+_LOOP_BOUND_FACTOR = 4
+_LOOP_BOUND_CYCLES = 10_000
+
+
+def _has_control_flow(program: GeneratedProgram) -> bool:
+    return any(insn.opcode in CONTROL_FLOW_OPCODES for insn in program.instructions)
+
+
 def _predicted_cycles(program: GeneratedProgram) -> int | None:
-    """The timing model's length of the program, None if it is not a valid token order."""
+    """The timing model's length of the program, None if it is not a valid token order.
+
+    With control flow, the length of the reference model's run (which follows the branches), None
+    if that run fails or does not end within a bound on its straight-line length.
+    """
     try:
-        return schedule(list(program.instructions), program.config, base=program.base).cycles
+        cycles = schedule(list(program.instructions), program.config, base=program.base).cycles
     except ExecutionError:
         return None
+    if not _has_control_flow(program):
+        return cycles
+    golden = GoldenDevice(program.config)
+    _load_image(golden, program)
+    status = golden.run(None, base=program.base, check=False,
+                        cycle_limit=min(_LOOP_BOUND_FACTOR * cycles + _LOOP_BOUND_CYCLES, MAX_CYCLE_LIMIT))
+    return status.cycles if status.ok else None
+
+
+def _scalar_mismatches(golden: Device, device: Device) -> list[Mismatch]:
+    """Differences in the scalar registers r1..r7 after a run."""
+    result = []
+    for register in range(1, SCALAR_REGS):
+        want, have = golden.read_scalar(register), device.read_scalar(register)
+        if want != have:
+            result.append(Mismatch("status",
+                                   f"scalar register r{register}: expected {want}, device has {have}"))
+    return result
 
 
 def _golden_limit(program: GeneratedProgram) -> int:
@@ -345,6 +388,8 @@ def run_and_compare(program: GeneratedProgram, golden: Device, device: Device
     except Exception as error:  # noqa: BLE001 -- a crashing back end is a finding, not the end of the run
         return golden_status, None, [Mismatch("crash", f"device raised {type(error).__name__}: {error}")]
     mismatches = _status_mismatches(golden_status, device_status)
+    if _has_control_flow(program) and device_status.ok:
+        mismatches += _scalar_mismatches(golden, device)
     mismatches += _memory_mismatches(program, golden, device)
     return golden_status, device_status, mismatches
 
@@ -366,8 +411,10 @@ def run_watchdog(program: GeneratedProgram, golden: Device, device: Device, cycl
     where the timing model predicts the dispatch times exactly; otherwise the device's must be an
     instruction of the program no later than the model's, because the model (free fetch, one
     dispatch per cycle, no memory stalls) never predicts an instruction dispatched later than the
-    hardware dispatches it.  Memory is not compared: as after any error it is defined only up to
-    the last barrier.  Raises :class:`GeneratorError` if the reference model does not stop so.
+    hardware dispatches it.  With control flow, where the pcs of a loop repeat, the device's
+    pc must only be an instruction of the program.  Memory is not compared: as after any error
+    it is defined only up to the last barrier.  Raises :class:`GeneratorError` if the reference
+    model does not stop so.
     """
     _load_image(golden, program)
     golden_status = golden.run(None, base=program.base, cycle_limit=cycle_limit, check=False)
@@ -388,7 +435,8 @@ def run_watchdog(program: GeneratedProgram, golden: Device, device: Device, cycl
                                                                  f"{want}, device stopped with {got}")]
     start, end = program.program_span
     pc = device_status.error_pc
-    if device_status.cycles != cycle_limit or pc is None or not start <= pc <= golden_status.error_pc \
+    latest = end if _has_control_flow(program) else golden_status.error_pc
+    if device_status.cycles != cycle_limit or pc is None or not start <= pc <= latest \
             or (pc - start) % 16 or pc >= end:
         where = "no pc" if pc is None else f"pc 0x{pc:x}"
         return golden_status, device_status, [Mismatch("status", f"with cycle limit {cycle_limit}: expected "
@@ -560,7 +608,8 @@ def replay(directory: Path | str, device_factory: DeviceFactory) -> tuple[Genera
 
 def verify(device_factory: DeviceFactory, config: Config, programs: int = 20, seed: int = 0, *,
            reproducer_dir: Path | str | None = None, size: int = DEFAULT_SIZE, reuse_devices: bool = True,
-           minimise_trials: int = 64, minimise_seconds: float = 60.0, watchdog: bool = False) -> VerifyReport:
+           minimise_trials: int = 64, minimise_seconds: float = 60.0, watchdog: bool = False,
+           control_flow: bool = False) -> VerifyReport:
     """Run ``programs`` generated programs on the reference model and on ``device_factory(config)``.
 
     Parameters
@@ -580,6 +629,8 @@ def verify(device_factory: DeviceFactory, config: Config, programs: int = 20, se
     watchdog : bool
         First run each program with a cycle limit below its length (:func:`watchdog_limit`,
         :func:`run_watchdog`); a mismatch there is reported like any other (no reproducer).
+    control_flow : bool
+        Program ``i`` is ``generate_control_flow(config, seed + i, size=size)`` instead.
     """
     if not isinstance(config, Config):
         raise TypeError(f"verify needs a Config, not {config!r}")
@@ -593,7 +644,7 @@ def verify(device_factory: DeviceFactory, config: Config, programs: int = 20, se
     device_kind = "device"
     try:
         for index in range(programs):
-            program = generate(config, seed + index, size=size)
+            program = (generate_control_flow if control_flow else generate)(config, seed + index, size=size)
             if pair is None:
                 pair = (GoldenDevice(config), device_factory(config))
                 device_kind = pair[1].kind
@@ -625,7 +676,7 @@ def verify(device_factory: DeviceFactory, config: Config, programs: int = 20, se
     finally:
         if pair is not None:
             pair[1].close()
-    return VerifyReport(device_kind, config, seed, size, results, time.monotonic() - started)
+    return VerifyReport(device_kind, config, seed, size, results, time.monotonic() - started, control_flow)
 
 
 def _reproduce(program: GeneratedProgram, mismatches: list[Mismatch], device_factory: DeviceFactory,

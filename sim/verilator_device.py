@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from braze.hw.csr import REGISTER_BY_NAME
 from braze.isa import BrazeError, Config, ErrorCause
 
 from .build import BuildResult, build_harness
@@ -278,6 +279,18 @@ class VerilatorDevice(Device):
     def write_register(self, offset: int, value: int) -> int:
         """An AXI4-Lite register write; returns the response code."""
         return self._request("reg_write", offset, value, what=f"a write of register 0x{offset:x}")
+
+    def _write_scalar(self, register: int, bits: int) -> None:
+        offset = REGISTER_BY_NAME[f"SCALAR_R{register}"].offset
+        resp = self.write_register(offset, bits)
+        if resp:
+            raise SimulatorError(f"verilator device: the write of SCALAR_R{register} got AXI response {resp}")
+
+    def read_scalar(self, register: int) -> int:
+        value, resp = self.read_register(REGISTER_BY_NAME[f"SCALAR_R{register}"].offset)
+        if resp:
+            raise SimulatorError(f"verilator device: the read of SCALAR_R{register} got AXI response {resp}")
+        return value - (1 << 32) if value >> 31 else value
 
     @property
     def stall(self) -> float:

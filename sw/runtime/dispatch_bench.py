@@ -12,10 +12,16 @@
    compile per batch size; the looped kernel is compiled once and every batch size runs from it,
    its batch a scalar register the host writes; each run's result is checked against numpy.
 
-Cycles are the timing model's (the golden device's); every run's C is checked against numpy.
-The RTL does not implement control flow yet, so ``mismatches`` (golden vs amaranth vs verilator
-over random control-flow programs) is ``n/a``.  Ends with one line ``dispatch:
-skip_speedup_at_50=<x> program_shrink=<x> compiles_for_64_batch_sizes=<n> mismatches=n/a``.
+4. **On the RTL** (``--rtl verilator``, the default): the narrower skipping layer at 0% and 50%
+   zero blocks on the Verilator device, without and with skipping -- measured cycles, C checked
+   against numpy and the exact counters against the golden device's -- and ``--rtl-programs``
+   random control-flow programs (:func:`braze.sim.progen.generate_control_flow`, ``braze verify
+   --control-flow``) on ``tiny``.  ``mismatches`` counts the random programs that differ from the
+   reference model plus the looped kernel runs that do; ``--rtl none`` leaves it ``n/a``.
+
+Cycles in 1-3 are the timing model's (the golden device's); every run's C is checked against
+numpy.  Ends with one line ``dispatch: skip_speedup_at_50=<x> program_shrink=<x>
+compiles_for_64_batch_sizes=<n> mismatches=<n>``.
 """
 
 from __future__ import annotations
@@ -62,6 +68,21 @@ def run_looped(kernel: LoopedGemm, a: np.ndarray, b: np.ndarray, machine: Machin
     result = machine.run_program(list(kernel.program))
     c = np.frombuffer(machine.read_dram(kernel.c, 4 * M * kernel.N), "<i4").reshape(M, kernel.N)
     return result, c
+
+
+def run_looped_on(device, kernel: LoopedGemm, a: np.ndarray, b: np.ndarray, *, base: int = 0):
+    """Run ``kernel`` on a :class:`braze.sim.device.Device` (the program at ``base``, as it was built)
+    for the rows of ``a``; returns the device's status and C."""
+    M = a.shape[0]
+    padded = np.zeros((kernel.padded_m, kernel.K), dtype=np.int8)
+    padded[:M] = a
+    device.write(kernel.a, padded.tobytes())
+    device.write(kernel.b, np.ascontiguousarray(b, dtype=np.int8).tobytes())
+    for register, value in kernel.registers(M).items():
+        device.write_scalar(register, value)
+    status = device.run(list(kernel.program), base=base)
+    c = np.frombuffer(device.read(kernel.c, 4 * M * kernel.N), "<i4").reshape(M, kernel.N)
+    return status, c
 
 
 def _check(c: np.ndarray, a: np.ndarray, b: np.ndarray, what: str) -> None:
@@ -127,10 +148,46 @@ def batch_parametric(config: Config, max_batch: int, K: int, N: int) -> dict[str
             "seconds_looped": once_seconds, "batches_checked": max_batch}
 
 
+def on_rtl(config: Config, M: int, K: int, N: int, programs: int) -> dict[str, object]:
+    """Section 4: the looped kernel on the Verilator device at 0% and 50% zero blocks, and random
+    control-flow programs on ``tiny``; returns the table rows and the mismatch count."""
+    from braze.isa import COUNTERS
+    from braze.sim import verify
+    from braze.sim.device import open_device
+
+    exact = [spec.name for spec in COUNTERS if spec.exact]
+    rng = np.random.default_rng(3)
+    b = rng.integers(-128, 128, (K, N), dtype=np.int8)
+    rows, kernel_mismatches = [], 0
+    with open_device("golden", config) as golden, open_device("verilator", config) as device:
+        for sparsity in (0.0, 0.5):
+            a = block_sparse(rng, M, K, looped_gemm(config, M, K, N).m, config.rows, sparsity)
+            cycles = {}
+            for skip in (False, True):
+                kernel = looped_gemm(config, M, K, N, skip_zero_blocks=skip)
+                want, _ = run_looped_on(golden, kernel, a, b)
+                have, c = run_looped_on(device, kernel, a, b)
+                expected = a.astype(np.int64) @ b.astype(np.int64)
+                same = np.array_equal(c, expected) and all(want.counters[name] == have.counters[name]
+                                                           for name in exact)
+                kernel_mismatches += not same
+                cycles[skip] = (want.cycles, have.cycles)
+            rows.append((f"{sparsity:.0%}", cycles[False][1], cycles[True][1],
+                         f"{cycles[False][1] / cycles[True][1]:.2f}x", cycles[False][0], cycles[True][0]))
+    report = verify.verify(lambda c: open_device("verilator", c), Config.parse("tiny"), programs=programs,
+                           seed=0, control_flow=True, minimise_trials=0) if programs else None
+    return {"rows": rows, "kernel_mismatches": kernel_mismatches, "report": report}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="braze bench dispatch", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="smaller shapes (GEMM 64^3, 32x64x32, batches 1..8): seconds, for the tests")
+                        help="smaller shapes (GEMM 64^3, 32x64x32, batches 1..8; on the RTL 16x32x16 on "
+                             "tiny and 10 random programs): for the tests")
+    parser.add_argument("--rtl", choices=("verilator", "none"), default="verilator",
+                        help="measure on the Verilator device too (section 4; default) or not")
+    parser.add_argument("--rtl-programs", type=int, default=None, metavar="N",
+                        help="random control-flow programs verified on the RTL (default 500, quick 10)")
     args = parser.parse_args(argv)
     config = Config.parse("default")
     size, (M, K, N), batches = (64, (32, 64, 32), 8) if args.quick else (256, (64, 256, 64), 64)
@@ -161,10 +218,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                  [("per batch size (today)", batch["compiles_today"], f"{batch['seconds_today']:.2f}", "-"),
                   ("batch-parametric looped", batch["compiles_looped"], f"{batch['seconds_looped']:.4f}",
                    batch["batches_checked"])]))
-    print("\nmismatches: n/a -- the RTL does not implement control flow yet (it stops with ILLEGAL_OPCODE)")
+    mismatches = "n/a"
+    if args.rtl == "verilator":
+        programs = args.rtl_programs if args.rtl_programs is not None else (10 if args.quick else 500)
+        rtl_config, (rM, rK, rN) = (Config.parse("tiny"), (16, 32, 16)) if args.quick else (config, (M, K, N))
+        rtl = on_rtl(rtl_config, rM, rK, rN, programs)
+        print(f"\n== on the Verilator device: GEMM {rM}x{rK}x{rN} on {rtl_config.name}, cycles measured ==")
+        print(_table(("zero blocks", "looped", "looped + skip", "skip speedup", "golden looped",
+                      "golden looped + skip"), rtl["rows"]))
+        report = rtl["report"]
+        mismatches = rtl["kernel_mismatches"] + (report.mismatches if report else 0)
+        print(f"looped kernel runs differing from golden (C or exact counters): "
+              f"{rtl['kernel_mismatches']} of 4")
+        if report:
+            print(f"random control-flow programs on tiny: {report.programs}, mismatching: "
+                  f"{report.mismatches} ({report.wall_seconds:.0f} s)")
     # The summary reports the narrower layer, where a skipped block saves less.
     print(f"dispatch: skip_speedup_at_50={at_50[N]:.2f} "
           f"program_shrink={shrink:.1f} compiles_for_{batches}_batch_sizes={batch['compiles_looped']} "
-          "mismatches=n/a")
+          f"mismatches={mismatches}")
     return 0
 

@@ -49,6 +49,7 @@ class Trace:
     config_regs: dict
     edges: int
     run_cycles: int = 0
+    scalar_regs: tuple = ()           # r0..r7 at the end
 
     def pc(self, index: int) -> int:
         return self.base + index * INSN_BYTES
@@ -61,13 +62,16 @@ def unit_of(insn) -> Unit:
 def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, latency=(1, 8),
         ready_prob: float = 0.7, fetch_prob: float = 0.8, unit_errors: dict | None = None,
         counters_error: dict | None = None, fetch_errors: frozenset = frozenset(),
-        max_edges: int = 5000, latency_of: dict | None = None, cycle_limit: int = 0) -> Trace:
+        max_edges: int = 5000, latency_of: dict | None = None, cycle_limit: int = 0,
+        predicate_value: int = 0, scalar_writes: dict | None = None) -> Trace:
     """Run ``program`` (Instructions or raw words) on a Control; return the trace.
 
     ``unit_errors`` maps a pc to the ErrorCause its client reports; ``fetch_errors`` holds pcs
     whose fetch fails; ``latency_of`` overrides the latency range per unit (``None``: the counters
     client).  A latency range from 0 lets clients report done in the cycle they take an instruction.
-    ``cycle_limit`` is the watchdog's; edge ``e`` is run cycle ``e``.
+    ``cycle_limit`` is the watchdog's; edge ``e`` is run cycle ``e``.  The fetch model follows
+    taken branches (``redirect``); the compute client reports ``predicate_value`` as every
+    PREDICATE's result; ``scalar_writes`` ({register: value}) are host writes before the start.
     """
     dut = Control(config)
     unit_errors = unit_errors or {}
@@ -129,10 +133,15 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
         rng = random.Random(f"{seed}:fetch")
         index = 0
         ctx.set(dut.fetch.valid, 0)
-        async for _, _, valid, ready in ctx.tick().sample(dut.fetch.valid, dut.fetch.ready):
+        async for _, _, valid, ready, redirect, target in ctx.tick().sample(
+                dut.fetch.valid, dut.fetch.ready, dut.redirect, dut.redirect_pc):
             if valid and ready:
                 index += 1
-            if index < len(words) and rng.random() < fetch_prob:
+            if redirect:                        # a taken branch: the offer is dropped, fetch restarts
+                index = (target - base) // INSN_BYTES
+                valid = ready = False
+                ctx.set(dut.fetch.valid, 0)
+            if 0 <= index < len(words) and rng.random() < fetch_prob:
                 pc = base + index * INSN_BYTES
                 ctx.set(dut.fetch.payload.word.as_value(), words[index])
                 ctx.set(dut.fetch.payload.pc, pc)
@@ -142,6 +151,13 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
                 ctx.set(dut.fetch.valid, 0)     # a stream offer is only withdrawn after a transfer
 
     async def testbench(ctx):
+        for register, value in (scalar_writes or {}).items():
+            ctx.set(dut.scalar_write.en, 1)
+            ctx.set(dut.scalar_write.index, register)
+            ctx.set(dut.scalar_write.value, value)
+            await ctx.tick()
+        ctx.set(dut.scalar_write.en, 0)
+        ctx.set(dut.predicate_value, predicate_value)
         ctx.set(dut.prog_base, base)
         ctx.set(dut.cycle_limit, cycle_limit)
         ctx.set(dut.start, 1)
@@ -191,6 +207,7 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
         trace.cause = ctx.get(dut.cause)
         trace.error_pc = ctx.get(dut.error_pc)
         trace.run_cycles = ctx.get(dut.run_cycles)
+        trace.scalar_regs = tuple(ctx.get(dut.scalar_regs[index]) for index in range(len(dut.scalar_regs)))
         names = [reg.name.lower() for reg in ConfigReg]
         trace.config_regs = {name: ctx.get(dut.config_regs[name]) for name in names}
         # Keep (starts of) CONFIG in compute order: they were appended out of edge order.

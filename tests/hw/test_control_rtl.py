@@ -11,7 +11,7 @@ from test_decoder_rtl import reference_cause
 
 from braze.hw.control import Control
 from braze.isa import PRESETS, ConfigReg, ErrorCause, Instruction, Opcode, Unit, decode
-from braze.isa.encoding import ALLOWED_DEPS, DEPS, INSTRUCTION
+from braze.isa.encoding import ALLOWED_DEPS, ARGS_OFFSET, DEPS, INSTRUCTION
 
 CONFIG = PRESETS["tiny"]
 O = Opcode
@@ -356,21 +356,103 @@ def test_control_converts_to_verilog():
     assert "module braze_control" in text
 
 
-@pytest.mark.parametrize("word, cause", [
-    (Instruction.make("scalar", dst=1, imm=1), ErrorCause.ILLEGAL_OPCODE),
-    (Instruction.make("branch", offset=1), ErrorCause.ILLEGAL_OPCODE),
-    (Instruction.make("predicate", op="any", dst=1, mem="spad", addr=0, rows=1), ErrorCause.ILLEGAL_OPCODE),
-    (Instruction.make("load", mem="spad", zero=True, addr=0, rows=1, len=4, addr_reg=1),
-     ErrorCause.RESERVED_BITS),
-    (Instruction.make("matmul", acc=0, a=0, b=0, a_stride=1, m=1, n=1, k=1, b_reg=7),
-     ErrorCause.RESERVED_BITS),
-])
-def test_control_flow_stops_with_a_cause_until_the_rtl_implements_it(word, cause):
-    """The reference model runs these (issue 13); this control core does not, and says so instead of
-    executing them wrongly."""
-    program = [make(O.LOAD, 1), word, make(O.STORE, 3), make(O.HALT)]
-    trace = run(CONFIG, program, latency=(3, 10), base=0x400)
-    assert trace.error_edge is not None and trace.done_edge is None
-    assert trace.cause == cause
-    assert trace.error_pc == trace.pc(1)
+def _loop(count_register: int, body: list, iterations: int) -> list:
+    """``r<count_register> = iterations``, then ``body`` repeated by a count-down and a back-branch."""
+    return ([Instruction.make("scalar", dst=count_register, imm=iterations)] + body +
+            [Instruction.make("scalar", dst=count_register, src1=count_register, imm=-1),
+             Instruction.make("branch", cond="ne", a=count_register, offset=-(len(body) + 1))])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_counted_loop_dispatches_its_body_once_per_iteration(seed):
+    """A taken BRANCH redirects fetch: the body's LOAD and STORE run three times, then HALT."""
+    body = [make(O.LOAD, 1, push_next=True), make(O.CONFIG, 2, pop_prev=True, push_next=True),
+            make(O.STORE, 3, pop_prev=True)]
+    program = _loop(1, body, 3) + [make(O.HALT)]
+    trace = run(CONFIG, program, seed=seed, latency=(1, 6))
+    assert trace.done_edge is not None and trace.cause is ErrorCause.NONE
+    assert [word for _, word in trace.starts[Unit.LOAD]] == [body[0].encode()] * 3
+    assert [word for _, word in trace.starts[Unit.STORE]] == [body[2].encode()] * 3
+    assert trace.scalar_regs[1] == 0
+
+
+def test_register_offsets_are_added_at_dispatch_with_the_registers_of_program_order():
+    """Each iteration's LOAD carries addr + r2 and dram + r3 as the SCALARs before it left them."""
+    load = Instruction.make("load", mem="spad", addr=5, rows=1, len=4, dram=0x100, stride=0, addr_reg=2,
+                            dram_reg=3)
+    body = [load, Instruction.make("scalar", dst=2, src1=2, imm=7),
+            Instruction.make("scalar", dst=3, src1=3, src2=2)]
+    program = _loop(1, body, 3) + [make(O.HALT)]
+    trace = run(CONFIG, program, latency=(1, 4), scalar_writes={2: 10, 3: -16})
+    assert trace.cause is ErrorCause.NONE
+    r2, r3, expected = 10, -16, []
+    for _ in range(3):
+        resolved = load.replace(addr=5 + r2, addr_reg=0, dram=(0x100 + r3) & 0xFFFF_FFFF, dram_reg=0)
+        expected.append(resolved.encode())
+        r2 += 7
+        r3 += r2
+    assert [word for _, word in trace.starts[Unit.LOAD]] == expected
+    assert trace.scalar_regs[2:4] == (r2, r3)
+
+
+def test_a_register_offset_out_of_range_stops_with_the_range_cause_at_its_pc():
+    program = [Instruction.make("scalar", dst=4, imm=CONFIG.spad_rows - 2),
+               Instruction.make("load", mem="spad", zero=True, addr=1, rows=2, len=4, addr_reg=4),
+               make(O.STORE, 3), make(O.HALT)]
+    trace = run(CONFIG, program)
+    assert trace.cause is ErrorCause.SPAD_RANGE and trace.error_pc == trace.pc(1)
+    assert trace.starts[Unit.LOAD] == [] and trace.starts[Unit.STORE] == []
+
+
+def test_a_register_field_above_r7_is_bad_field_not_a_resolved_address():
+    load = Instruction.make("load", mem="spad", zero=True, addr=0, rows=1, len=4, addr_reg=1)
+    offset = ARGS_OFFSET + load.format.layout["addr_reg"].offset
+    word = load.encode() | 8 << offset                    # addr_reg=9
+    assert reference_cause(word, CONFIG) is ErrorCause.BAD_FIELD
+    trace = run(CONFIG, [make(O.STORE, 2), word, make(O.HALT)])
+    assert trace.cause is ErrorCause.BAD_FIELD and trace.error_pc == trace.pc(1)
+    assert trace.starts[Unit.LOAD] == []
+
+
+def test_a_branch_below_the_program_base_stops_with_branch_range():
+    program = [make(O.LOAD, 1), Instruction.make("branch", offset=-2), make(O.STORE, 3), make(O.HALT)]
+    trace = run(CONFIG, program, base=0x400)
+    assert trace.cause is ErrorCause.BRANCH_RANGE and trace.error_pc == trace.pc(1)
     assert trace.starts[Unit.STORE] == []
+
+
+@pytest.mark.parametrize("value, loads", [(0, 1), (5, 2)])
+def test_a_branch_on_a_predicate_sees_its_result(value, loads):
+    """The dispatcher waits for the PREDICATE: the BRANCH right after it reads the new r3."""
+    program = [make(O.LOAD, 1, push_next=True),
+               Instruction.make("predicate", op="max", dst=3, mem="spad", addr=0, rows=1, pop_prev=True),
+               Instruction.make("branch", cond="eq", a=3, b=0, offset=2),
+               make(O.LOAD, 2), make(O.HALT)]
+    trace = run(CONFIG, program, latency=(6, 12), predicate_value=value, scalar_writes={3: 99})
+    assert trace.cause is ErrorCause.NONE
+    assert len(trace.starts[Unit.LOAD]) == loads
+    assert trace.scalar_regs[3] == value
+
+
+def test_a_predicate_that_waits_for_a_missing_token_is_a_deadlock():
+    program = [Instruction.make("predicate", op="any", dst=1, mem="spad", addr=0, rows=1, pop_prev=True),
+               make(O.HALT)]
+    trace = run(CONFIG, program)
+    assert trace.cause is ErrorCause.DEADLOCK and trace.error_pc == trace.pc(0)
+
+
+def test_an_endless_loop_runs_into_the_watchdog():
+    program = [make(O.LOAD, 1), Instruction.make("branch", offset=-1), make(O.HALT)]
+    trace = run(CONFIG, program, cycle_limit=200, max_edges=400)
+    assert trace.cause is ErrorCause.WATCHDOG and trace.run_cycles == 200
+    assert trace.error_pc in (trace.pc(0), trace.pc(1))
+    assert len(trace.starts[Unit.LOAD]) > 3
+
+
+def test_scalar_registers_survive_a_new_start_and_r0_stays_zero():
+    program = [Instruction.make("scalar", dst=0, imm=9), Instruction.make("scalar", dst=5, src1=5, imm=-3),
+               make(O.HALT)]
+    trace = run(CONFIG, program, scalar_writes={5: -(1 << 31), 0: 4})
+    assert trace.cause is ErrorCause.NONE
+    assert trace.scalar_regs[0] == 0
+    assert trace.scalar_regs[5] == (1 << 31) - 3          # wraps modulo 2**32

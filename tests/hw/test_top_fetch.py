@@ -21,11 +21,13 @@ SIZE = 1 << 14
 
 def run_fetch(bus_bits: int, runs: list[tuple[int, int]], *, seed: int, ready: float = 0.5,
               error_regions=(), stall=0.3, memory_outstanding: int = 8, gate: float = 0.0, gap: int = 12,
-              ) -> tuple[list[list[tuple[int, int, int]]], np.ndarray]:
+              redirects: dict[int, int] | None = None) -> tuple[list[list[tuple[int, int, int]]], np.ndarray]:
     """For each (base, words): start at base, take that many words with random ready, then stop.
 
     ``gate`` is the probability that the read master refuses a request in a cycle, so that
-    requests stay offered (held) for a while.
+    requests stay offered (held) for a while.  ``redirects`` {n: target}: in every run, once n
+    words are taken, pulse ``redirect`` to ``target`` (as a taken branch does; the next word
+    is not taken in that cycle).
     """
     config = Config.preset("tiny").replace(name="fetch_test", dma_bus_bits=bus_bits)
     m = Module()
@@ -56,14 +58,23 @@ def run_fetch(bus_bits: int, runs: list[tuple[int, int]], *, seed: int, ready: f
             await ctx.tick()
             ctx.set(fetch.start, 0)
             words = []
+            redirected = set()      # word counts at which the redirect has been made
             for _ in range(2000):
-                ctx.set(fetch.fetch.ready, rng.random() < ready)
+                target = (redirects or {}).get(len(words))
+                pending = target is not None and len(words) not in redirected
+                redirect = pending and rng.random() < 0.5
+                if redirect:
+                    redirected.add(len(words))
+                ctx.set(fetch.redirect, redirect)
+                ctx.set(fetch.redirect_pc, target or 0)
+                ctx.set(fetch.fetch.ready, rng.random() < ready and not pending)
                 _, _, valid, ready_now, payload = await ctx.tick().sample(
                     fetch.fetch.valid, fetch.fetch.ready, fetch.fetch.payload)
                 if valid and ready_now:
                     words.append((payload.word.as_value().value, payload.pc, payload.error))
                     if len(words) == count:
                         break
+            ctx.set(fetch.redirect, 0)
             ctx.set(fetch.fetch.ready, 0)
             ctx.set(fetch.stop, 1)
             received.append(words)
@@ -132,3 +143,18 @@ def test_unaligned_base_is_one_error_word():
     received, _ = run_fetch(128, [(0x108, 1), (0x110, 2)], seed=3)
     assert [(pc, error) for _, pc, error in received[0]] == [(0x108, 1)]
     assert [(pc, error) for _, pc, error in received[1]] == [(0x110, 0), (0x120, 0)]
+
+
+@pytest.mark.parametrize("bus_bits", [64, 128, 256])
+def test_redirect_drops_the_fetched_words_and_continues_at_the_target(bus_bits):
+    """A taken branch mid-stream, to a target ahead, behind and in the middle of a bus word."""
+    redirects = {3: 0x530, 7: 0x110, 12: 0x2F0}
+    received, contents = run_fetch(bus_bits, [(0x100, 20), (0x400, 9)], seed=bus_bits + 1,
+                                   redirects=redirects, ready=0.7)
+    for base, words in zip((0x100, 0x400), received, strict=True):
+        expected_pcs, pc = [], base
+        for index in range(len(words)):
+            expected_pcs.append(pc)
+            pc = redirects.get(index + 1, pc + INSN_BYTES)
+        assert [pc for _, pc, _ in words] == expected_pcs
+        assert all(word == word_at(contents, pc) and not error for word, pc, error in words)

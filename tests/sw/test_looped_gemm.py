@@ -80,12 +80,14 @@ def test_batch_outside_the_built_range_is_an_error():
 
 
 def test_bench_dispatch_quick_ends_with_its_summary(capsys):
-    assert dispatch_bench.main(["--quick"]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert dispatch_bench.main(["--quick", "--rtl-programs", "3"]) == 0
+    out = capsys.readouterr().out
+    last = out.strip().splitlines()[-1]
     match = re.fullmatch(r"dispatch: skip_speedup_at_50=([\d.]+) program_shrink=([\d.]+) "
-                         r"compiles_for_8_batch_sizes=1 mismatches=n/a", last)
+                         r"compiles_for_8_batch_sizes=1 mismatches=0", last)
     assert match, last
     assert float(match[1]) > 0 and float(match[2]) > 1
+    assert "random control-flow programs on tiny: 3, mismatching: 0" in out
 
 
 def test_an_m_tile_below_the_array_height_is_refused():

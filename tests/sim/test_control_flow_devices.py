@@ -1,0 +1,124 @@
+"""Control flow on the RTL back ends (issue 13 item 2): loops, PREDICATE, BRANCH, SCALAR, register
+offsets and host-written scalar registers give what the reference model gives, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from braze.isa import COUNTERS, Config, ErrorCause
+from braze.isa.asm import assemble
+from braze.isa.model import ScalarRegisterError
+from braze.sim import verify
+from braze.sim.device import GoldenDevice, open_device
+
+TINY = Config.preset("tiny")
+BACK_ENDS = ("golden", "amaranth", "verilator")
+BASE = 0x4000
+DATA, OUT = 0x1000, 0x2000
+
+#: r1 (host): trip count; r3 (host): external offset; per iteration, r4 = max of the two rows
+#: loaded, r5 (host-initialised) sums them, r6 counts the iterations whose rows had a nonzero
+#: element.  The rows land in consecutive scratchpad rows (addr_reg=2); the last two are stored,
+#: addressed as row 65534 + r2 (the sum wraps modulo 2**16).
+LOOP = """
+    scalar dst=2 imm=0
+loop:
+    load mem=spad addr=0 rows=2 len=4 dram=0x1000 stride=4 addr_reg=2 dram_reg=3 push_next
+    predicate op=max dst=4 mem=spad addr=0 rows=2 addr_reg=2 pop_prev
+    scalar dst=5 src1=5 src2=4
+    predicate op=any dst=7 mem=spad addr=0 rows=2 addr_reg=2
+    branch cond=eq a=7 b=0 offset=2
+    scalar dst=6 src1=6 imm=1
+    scalar dst=3 src1=3 imm=8
+    scalar dst=2 src1=2 imm=2
+    scalar dst=1 src1=1 imm=-1
+back: branch cond=ne a=1 offset=(loop - back) / 16
+    fence
+    store mem=spad addr=65534 rows=2 len=4 dram=0x2000 stride=4 addr_reg=2
+    halt
+"""
+
+
+def _run(kind: str, source: str, scalars: dict[int, int], data: bytes, **run_options):
+    with open_device(kind, TINY) as device:
+        device.write(DATA, data)
+        for register, value in scalars.items():
+            device.write_scalar(register, value)
+        status = device.run(assemble(source), base=BASE, check=False, **run_options)
+        registers = tuple(device.read_scalar(register) for register in range(1, 8))
+        return status, registers, device.read(OUT, 32)
+
+
+def test_a_loop_with_runtime_parameters_gives_the_same_results_on_every_back_end():
+    trips = 4
+    data = np.zeros(64, dtype=np.int8)
+    data[8:16] = np.arange(-7, 1)                 # iteration 1: rows of values <= 0, one nonzero
+    data[24:32] = np.arange(3, 11)
+    seen = {}
+    for kind in BACK_ENDS:
+        status, registers, out = _run(kind, LOOP, {1: trips, 3: 0, 5: -(1 << 31), 6: 0}, data.tobytes())
+        assert status.ok, f"{kind}: {status.detail}"
+        exact = {spec.name: status.counters[spec.name] for spec in COUNTERS if spec.exact}
+        seen[kind] = (registers, out, exact)
+    assert seen["amaranth"] == seen["golden"] == seen["verilator"]
+    registers = seen["golden"][0]
+    assert registers[0] == 0 and registers[1] == 2 * trips     # r1 counted down, r2 stepped by 2
+
+
+def test_branches_out_of_the_program_and_an_endless_loop_stop_alike_on_every_back_end():
+    below = assemble("scalar dst=1 imm=1\nbranch offset=-2\nhalt\n")
+    endless = assemble("load mem=spad zero addr=0 rows=4 len=4\nscalar dst=1 src1=1 imm=1\n"
+                       "branch offset=-2\nhalt\n")
+    for kind in BACK_ENDS:
+        with open_device(kind, TINY) as device:
+            status = device.run(below, base=BASE, check=False)
+            assert (status.cause, status.error_pc) == (ErrorCause.BRANCH_RANGE, BASE + 16), kind
+            near_end = TINY.dram_bytes - 64                           # a target beyond external memory
+            status = device.run(assemble("branch offset=100\nhalt\n"), base=near_end, check=False)
+            assert (status.cause, status.error_pc) == (ErrorCause.FETCH_ERROR, near_end + 1600), kind
+            device.write_scalar(1, 0)
+            status = device.run(endless, base=BASE, check=False, cycle_limit=300)
+            assert (status.cause, status.cycles) == (ErrorCause.WATCHDOG, 300), kind
+            assert status.error_pc in (BASE, BASE + 16, BASE + 32), kind
+            assert device.read_scalar(1) > 10, kind                   # the loop ran until the watchdog
+
+
+def test_random_control_flow_programs_match_golden_on_verilator():
+    report = verify.verify(lambda config: open_device("verilator", config), TINY, programs=30, seed=1000,
+                           control_flow=True, minimise_trials=0)
+    assert report.programs == 30 and report.mismatches == 0, report.summary()
+    assert "control-flow programs" in report.summary()
+
+
+def test_random_control_flow_programs_match_golden_under_backpressure():
+    report = verify.verify(lambda config: open_device("verilator", config, stall=0.3), TINY, programs=8,
+                           seed=2000, control_flow=True, minimise_trials=0, watchdog=True)
+    assert report.mismatches == 0, report.summary()
+
+
+def test_random_control_flow_programs_match_golden_on_amaranth():
+    report = verify.verify(lambda config: open_device("amaranth", config), TINY, programs=2, seed=3000,
+                           size=3, control_flow=True, minimise_trials=0)
+    assert report.mismatches == 0, report.summary()
+
+
+def test_a_device_whose_registers_differ_is_a_mismatch():
+    class OffByOne(GoldenDevice):
+        kind = "off-by-one"
+
+        def read_scalar(self, register):
+            return super().read_scalar(register) + (register == 3)
+
+    report = verify.verify(OffByOne, TINY, programs=2, seed=4000, control_flow=True, minimise_trials=0)
+    assert report.mismatches == 2
+    assert all("scalar register r3" in result.mismatches[0].detail for result in report.results)
+
+
+@pytest.mark.parametrize("kind", ["amaranth", "verilator"])
+def test_a_bad_scalar_write_is_refused_by_name(kind):
+    with open_device(kind, TINY) as device:
+        with pytest.raises(ScalarRegisterError, match="r1..r7"):
+            device.write_scalar(0, 1)
+        with pytest.raises(ScalarRegisterError, match="not an int32"):
+            device.write_scalar(2, 1 << 31)
