@@ -10,6 +10,7 @@ Modules, in pipeline order:
 * :mod:`.tiling` — each GEMM/convolution's tiling chosen by that cost model (:func:`choose_tilings`);
 * :mod:`.lower` — a fused graph to a :class:`CompiledModel`;
 * :mod:`.kernels` — the kernel library; :mod:`.cache` — the kernel cache (:class:`KernelCache`);
+* :mod:`.macs` — the multiply-accumulates of a graph's matrix operators (:func:`~.macs.count_macs`);
 * :mod:`.models` — the demo's and the tests' model builders (trained on scikit-learn's digits).
 
 The compiler never imports :mod:`braze.sw.runtime`, which runs what it compiles.

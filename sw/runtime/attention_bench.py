@@ -38,8 +38,9 @@ from braze.isa import Config
 from braze.isa.errors import ArgumentParser
 
 from ..compiler import kernels as library
-from ..compiler.frontend import evaluate, evaluate_node
+from ..compiler.frontend import evaluate, evaluate_node, load_onnx
 from ..compiler.lower import CpuStep, KernelStep, TransferStep
+from ..compiler.macs import count_macs
 from .partitions import HostLink
 
 __all__ = ["main", "attention_model", "quantize_attention", "matmul_macs", "AttentionResult",
@@ -117,11 +118,9 @@ def quantize_attention(model: onnx.ModelProto, calibration: Sequence[np.ndarray]
 
 def matmul_macs(model: onnx.ModelProto) -> dict[str, int]:
     """MACs of every MatMul of a float model with static shapes (node name -> MACs)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {info.name: [d.dim_value for d in info.type.tensor_type.shape.dim]
-              for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
-    return {node.name: int(np.prod(shapes[node.output[0]])) * shapes[node.input[0]][-1]
-            for node in inferred.graph.node if node.op_type == "MatMul"}
+    graph = load_onnx(model)
+    macs = count_macs(graph)
+    return {node.name: macs[node.name] for node in graph.operators() if node.op_type == "MatMul"}
 
 
 def host_step_cycles(session, feeds: dict[str, np.ndarray], link: HostLink, repeats: int = 20

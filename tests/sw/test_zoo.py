@@ -13,6 +13,7 @@ from onnx import helper
 from onnx_models import make_model
 
 from braze.isa.errors import BrazeError
+from braze.sw.compiler import macs as compiler_macs
 from braze.sw.compiler.frontend import evaluate, load_onnx
 from braze.sw.runtime import InferenceSession
 from braze.sw.runtime.session import UncalibratedModelWarning
@@ -31,7 +32,6 @@ from braze.sw.zoo import (
     weights_path,
 )
 from braze.sw.zoo import bench as zoo_bench
-from braze.sw.zoo import report as zoo_report
 
 #: Validation images each model runs on in these tests (one compiled batch shape).
 IMAGES = 24
@@ -113,7 +113,7 @@ def test_mac_placement_splits_the_accelerator_from_the_host(tmp_path):
 def test_mac_placement_refuses_a_lowered_operator_it_cannot_count(tmp_path, monkeypatch):
     """A Braze op node_macs does not know would drop its MACs from both sides: it is an error."""
     session = _toy_session(tmp_path)
-    monkeypatch.delitem(zoo_report._CONV_WEIGHT, "braze.QConv")
+    monkeypatch.delitem(compiler_macs._CONV_WEIGHT, "braze.QConv")
     with pytest.raises(BrazeError, match="448 MACs, the quantized graph's count 160"):
         mac_placement(session, {"x": np.ones((1, 1, 4, 4), np.float32)})
 
