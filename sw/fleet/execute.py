@@ -28,6 +28,13 @@ when a worker leaves the scheduler (killed, its nanny gone, retired) --
   the accelerator route itself guarantees: never more than the tolerance from the float result);
 * a CPU codelet that was running there is rerun by Dask elsewhere (its restriction is loose).
 
+A task the scheduler forgets under the driver (a scattered result lost with the worker that held
+it takes its dependents with it: Dask cancels them, "already forgotten") is placed again the same
+way, after its lost inputs are scattered again from the driver -- whichever of the two the driver
+notices first, the scheduler's cancellation or the worker leaving.  Results are scattered again to
+workers without accelerators where there are any (those are the ones a fault-injection test, or a
+device crash, takes down).
+
 An int8 codelet whose task Dask gives up on (``KilledWorker``: its workers died while running it)
 is placed again in its CPU version.  Each such move is the codelet's ``retry`` in its
 :class:`CodeletRecord` (why, from where) and in the execution's table.
@@ -253,6 +260,8 @@ def _sources(program: Program, codelet: Codelet) -> tuple[tuple[str, int], ...]:
 
 #: How often the driver looks at the scheduler's workers while it waits (seconds).
 WORKER_POLL_S = 0.25
+#: How many times a codelet may be placed again after losses before the run stops.
+MAX_ATTEMPTS = 4
 
 
 def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]], scheduler: Scheduler, *,
@@ -277,6 +286,7 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
     list of Execution, in the order of ``jobs``.
     """
     from distributed import wait
+    from distributed.client import FuturesCancelledError
     from distributed.scheduler import KilledWorker
 
     workers = workers_of(client)
@@ -364,6 +374,35 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
         job.retries[codelet.id] = reason
         submit(job, codelet, cpu_only=cpu_only)
 
+    def scatter_again(value):
+        """Scatter a driver-held value again, to a worker without devices where there is one."""
+        plain = [w.address for w in workers if not any(k.startswith("accel") for k in w.resources)]
+        return client.scatter(value, hash=False, **({"workers": plain} if plain else {}))
+
+    def alive(future) -> bool:
+        return future is not None and future.status in ("pending", "finished")
+
+    def revive(job: _Job, codelet_id: str, reason: str) -> None:
+        """A codelet's task was cancelled by the scheduler: bring back what it reads, then place it
+        again (its inputs first: a lost input's own dependents may be among the cancelled)."""
+        if job.attempts.get(codelet_id, 0) >= MAX_ATTEMPTS:
+            stop_all()
+            codelet = job.program.codelet(codelet_id)
+            raise FleetError(f"codelet {codelet_id} of {job.program.name!r} ({codelet.file}:{codelet.line}) "
+                             f"was placed {MAX_ATTEMPTS} times and lost each time; last: {reason}")
+        if job.parameters and not alive(job.parameters_future):
+            job.parameters_future = scatter_again(dict(job.parameters))
+        codelet = job.program.codelet(codelet_id)
+        for dep in codelet.deps:
+            if alive(job.futures.get(dep)):
+                continue
+            if dep in job.results:
+                job.futures[dep] = scatter_again(job.results[dep])
+            else:
+                revive(job, dep, reason)
+        if job.futures.get(codelet_id) is not None and not alive(job.futures[codelet_id]):
+            place_again(job, codelet, reason)
+
     def needed(job: _Job, codelet_id: str) -> bool:
         return any(codelet_id in other.deps for other in job.program.codelets if other.id not in job.results)
 
@@ -374,7 +413,7 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
             for codelet_id, result in job.results.items():
                 if result.address in lost and codelet_id in job.futures:
                     if needed(job, codelet_id):
-                        job.futures[codelet_id] = client.scatter(result, hash=False)
+                        job.futures[codelet_id] = scatter_again(result)
                         rescattered.add(codelet_id)
                     else:           # (the driver has it: nothing to recompute on the cluster)
                         job.futures.pop(codelet_id).release()
@@ -473,14 +512,30 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
     while queue and len(active) < window:
         index, (program, parameters) = queue.pop(0)
         start(index, program, parameters)
+    def cancelled_under_us() -> None:
+        """Tasks the scheduler cancelled (not the driver: those leave ``owner`` first): the workers
+        are looked at (a loss places them again), then what is still cancelled is revived."""
+        refresh()
+        for future in sorted(owner, key=lambda f: str(f.key)):
+            if future in owner and future.status in ("cancelled", "lost"):
+                job, codelet_id = owner[future]
+                exception = getattr(future._state, "exception", None)
+                why = getattr(exception, "reason", None) or future.status
+                revive(job, codelet_id, f"the scheduler cancelled its task ({why}) after a worker left")
+
     while owner:
         with client.as_current():
             try:
                 done = wait(list(owner), timeout=WORKER_POLL_S, return_when="FIRST_COMPLETED").done
             except TimeoutError:
                 done = set()
+            except FuturesCancelledError:
+                cancelled_under_us()
+                continue
         for future in sorted(done, key=lambda f: str(f.key)):
-            if future in owner:         # (not one placed again meanwhile)
+            if future in owner and future.cancelled():      # (between wait and here)
+                cancelled_under_us()
+            elif future in owner:         # (not one placed again meanwhile)
                 finished(future)
         if not done or time.monotonic() - refreshed > 1.0:
             refresh()           # (a lost worker's tasks never finish: look at the workers while idle)

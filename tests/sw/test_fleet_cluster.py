@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from distributed import Future
 
 from braze.sw.fleet import (
     CodeletError,
@@ -138,6 +139,37 @@ LAYERED = textwrap.dedent('''\
     h = layer(x, w)
     total = float(h.sum())
 ''')
+
+
+def test_tasks_the_scheduler_forgets_mid_run_are_placed_again_and_no_result_changes(client, tmp_path):
+    """The scheduler cancels tasks under the driver (as it does to a scattered result lost with its
+    worker, and to everything that reads it: "already forgotten"): the driver scatters their inputs
+    again and places them afresh, the reason recorded, every output the same as an undisturbed run."""
+    programs = [decompose(LAYERED.format(seed=seed), filename=f"f{seed}.py", name=f"f{seed}",
+                          tolerance=0.05) for seed in range(4)]
+    history = HistoryStore(tmp_path / "h.sqlite")
+    reference = run_programs(client, [(p, None) for p in programs], StaticScheduler(HistoryModel(history)))
+    forgotten = []
+
+    def forget(done_programs, done_codelets):
+        if not forgotten and done_programs >= 1:
+            keys = [k for keys in client.processing().values() for k in keys if str(k).startswith("codelet-")]
+            if keys:
+                forgotten.extend(keys)
+                client.cancel([Future(k, client) for k in keys], force=True, reason="forgotten by the test")
+
+    run = run_programs(client, [(p, None) for p in programs], StaticScheduler(HistoryModel(history)),
+                       window=4, on_event=forget)
+    assert forgotten, "no task was in flight to forget"
+    assert [e.program.name for e in run] == [p.name for p in programs]
+    assert compare(reference, run) == (0, 0)
+    retried = [r for e in run for r in e.records.values() if r.retry is not None]
+    assert retried and all("the scheduler cancelled its task (forgotten by the test)" in r.retry
+                           for r in retried)
+    assert len(retried) == len(forgotten)          # each forgotten task placed again, once
+    for seed, execution in enumerate(run):
+        expected = _reference(LAYERED.format(seed=seed).replace("time.sleep(0.25)", "pass"))
+        assert np.abs(execution.values["h"] - expected["h"]).max() <= 0.05 * np.abs(expected["h"]).max()
 
 
 def test_the_heavy_worker_killed_mid_run_its_int8_codelets_move_to_the_cpu_and_no_result_is_lost(
