@@ -43,6 +43,10 @@ __all__ = ["VerilatorDevice", "SimulatorError", "simulator_env"]
 _SERVER_MODULE = "braze.sim.cocotb_server"
 _LOG_TAIL_BYTES = 3000
 _POLL_SECONDS = 0.05
+#: Seconds a simulator process may take to start (load Python, cocotb and the model) before it is
+#: declared hung, whatever the per-request ``timeout``: a start is not a run, and on a loaded
+#: machine it takes seconds.
+START_TIMEOUT_S = 120.0
 #: The part of a request's timeout a run may take: the rest is for the simulator to stop it and answer.
 _RUN_WALL_FRACTION = 0.8
 
@@ -115,7 +119,8 @@ class VerilatorDevice(Device):
         Record a VCD waveform of the whole session into :attr:`waves_path` (complete once the
         device closes).  Uses a separate build with tracing compiled in.
     timeout : float
-        Seconds to wait for the simulator's answer to any one request (a run included).
+        Seconds to wait for the simulator's answer to any one request (a run included); starting
+        the simulator process may take up to ``max(timeout, START_TIMEOUT_S)``.
     mem_bytes : int or None
         External memory size (a power of two); ``config.dram_bytes`` by default.
     stall : float
@@ -175,7 +180,7 @@ class VerilatorDevice(Device):
         # Runs on close(), on garbage collection, or at interpreter exit, whichever comes first.
         self._finalizer = weakref.finalize(self, _shutdown, self.process, ours, 5.0)
         try:
-            hello = self._receive(self.timeout, "start")
+            hello = self._receive(max(self.timeout, START_TIMEOUT_S), "start")
             if self._stall_level:
                 send_message(self._sock, ("stall", self._stall_level))
                 self._receive(self.timeout, "restoring the memory backpressure")
