@@ -393,6 +393,9 @@ def _plan_qadd(graph: Graph, node: Node, x_layout: str | None) -> NodeKernel | s
     shape = _static(graph, node.inputs[0], node)
     elements = int(np.prod(shape, dtype=np.int64))
     options = {key: int(node.attrs[key]) for key in ("x_zp", "y_zp", "out_zp") if int(node.attrs.get(key, 0))}
+    if "shift" in node.attrs:       # operands at two scales: exact products, one rounding of their sum
+        options.update(x_scale=(int(node.attrs["x_mult"]), 0), y_scale=(int(node.attrs["y_mult"]), 0),
+                       out_shift=int(node.attrs["shift"]))
     recipe = KernelRecipe("add", ((elements,),), _options(options))
     # Element-wise, but both operands must share one layout: the second follows the first.
     inputs = {"x": (node.inputs[0], "any"), "y": (node.inputs[1], x_layout or "plain")}
