@@ -57,7 +57,8 @@ COMPUTE_OPS = frozenset({
 SUPPORTED_OPS = frozenset(op for op in _OPS if "." not in op)
 #: Supported ops that are not accelerator candidates: shape arithmetic, element-wise and the rest.
 SHAPE_OPS = SUPPORTED_OPS - COMPUTE_OPS
-CONTROL_OPS = frozenset({"Loop", "If", "Scan"})
+#: Operators with subgraphs (imported with them, run by recursion: :mod:`.host_ops.control`).
+CONTROL_OPS = frozenset({"Loop", "If", "Scan", "SequenceMap"})
 
 
 class ModelLoadError(BrazeError):
@@ -452,6 +453,8 @@ def evaluate_node(node: Node, *args: np.ndarray | None) -> list[np.ndarray]:
 
 
 def _coerce_input(info: TensorInfo, value: Any) -> np.ndarray:
+    if (isinstance(value, list) or value is None) and info.dtype is None and info.shape is None:
+        return value                 # a sequence (list of arrays) or an empty optional, as given
     array = np.asarray(value)
     if info.dtype is not None and array.dtype.name != info.dtype:
         if not np.can_cast(array.dtype, info.dtype, casting="same_kind"):

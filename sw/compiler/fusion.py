@@ -110,7 +110,7 @@ def _ops_of(node: Node) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def _clip_bounds(graph: Graph, node: Node) -> tuple[int, int] | None:
     """Int8 bounds of an int8 Relu/Clip with constant bounds, else None."""
-    if node.kind is not NodeKind.OPERATOR or node.domain or node.device != "accel" \
+    if node.kind is not NodeKind.OPERATOR or node.domain or node.device != "accel" or not node.inputs \
             or graph.tensor(node.inputs[0]).dtype != "int8":
         return None
     if node.op_type == "Relu":

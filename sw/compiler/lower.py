@@ -703,6 +703,8 @@ class _Lowering:
 
     def view(self, node: Node) -> bool:
         """A reshape-like op of a device-only tensor in a row-major layout: alias its bytes."""
+        if not node.inputs:                  # SequenceEmpty, RandomNormal, ...: nothing to alias
+            return False
         source = node.inputs[0]
         value = self.device.get(source)
         if value is None or source in self.host or node.op_type not in VIEW_OPS or node.domain:

@@ -200,3 +200,31 @@ def test_session_runs_if_on_the_host_around_accelerator_partitions():
     placement = session.compiled.placement
     assert sum(place.startswith("accel") for place in placement.values()) >= 2
     assert any(name.startswith("branch") and place.startswith("cpu") for name, place in placement.items())
+
+
+def test_loop_building_a_sequence_runs_in_a_session_and_matches_onnxruntime():
+    """Loop-carried sequence (SequenceEmpty, SequenceInsert in the body), then ConcatFromSequence and
+    SplitToSequence/SequenceAt: sequences are Python lists through the evaluator and the session."""
+    body = helper.make_graph(
+        [helper.make_node("Cast", ["i"], ["fi"], to=TensorProto.FLOAT),
+         helper.make_node("Mul", ["x", "fi"], ["scaled"]),
+         helper.make_node("SequenceInsert", ["seq_in", "scaled"], ["seq_out"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body", [_info("i", TensorProto.INT64, []), _info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_sequence_value_info("seq_in", TensorProto.FLOAT, None)],
+        [_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_sequence_value_info("seq_out", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("SequenceEmpty", [], ["empty"], dtype=TensorProto.FLOAT),
+             helper.make_node("Loop", ["n", "", "empty"], ["seq"], body=body, name="loop"),
+             helper.make_node("ConcatFromSequence", ["seq"], ["stacked"], axis=0, new_axis=1),
+             helper.make_node("SplitToSequence", ["stacked", "sizes"], ["parts"], axis=0),
+             helper.make_node("SequenceAt", ["parts", "last"], ["y"])]
+    model = make_model(nodes, [("x", np.float32, [3]), ("n", np.int64, [])], [("y", np.float32, [None, 3])],
+                       [("sizes", np.array([1, 3], np.int64)), ("last", np.int64(-1))])
+    x = np.array([1.0, -2.0, 0.5], np.float32)
+    with _reference_forbidden():
+        session = InferenceSession(model, config="tiny")
+        (y,) = session.run(None, {"x": x, "n": np.array(4, np.int64)})
+    want = run_ort(model, {"x": x, "n": np.array(4, np.int64)})[0]
+    assert y.shape == want.shape == (3, 3)
+    np.testing.assert_array_equal(y, want)
