@@ -130,14 +130,14 @@ def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *, allow_fallb
 
 
 def _import_graph(graph: onnx.GraphProto, source: str, opsets: Mapping[str, int], opset: int,
-                  allow_fallback: bool, captures: tuple[str, ...] = ()) -> Graph:
+                  allow_fallback: bool, captures: tuple[str, ...] = (), subgraph: bool = False) -> Graph:
     """One ONNX graph (the model's, or a subgraph with the outer-scope names it reads as ``captures``:
     extra graph inputs after its own) as a :class:`Graph`."""
     infos: dict[str, TensorInfo] = {}
     for name in captures:
         infos[name] = TensorInfo(name)
     for value_info in (*graph.input, *graph.value_info, *graph.output):
-        infos[value_info.name] = _tensor_info(value_info, source)
+        infos[value_info.name] = _tensor_info(value_info, source, lenient=subgraph)
     nodes: list[Node] = []
     initializers = {init.name for init in graph.initializer}
     for init in graph.initializer:
@@ -227,7 +227,9 @@ def _set_input_shapes(proto: onnx.ModelProto, shapes: Mapping[str, tuple], sourc
     return proto
 
 
-def _tensor_info(value_info: onnx.ValueInfoProto, source: str) -> TensorInfo:
+def _tensor_info(value_info: onnx.ValueInfoProto, source: str, *, lenient: bool = False) -> TensorInfo:
+    """A value's metadata; a negative declared dimension is an error (``lenient``, in a subgraph, where
+    exporters write -1 for "any": unknown)."""
     tensor_type = value_info.type.tensor_type
     dtype = None
     if tensor_type.elem_type:
@@ -240,6 +242,8 @@ def _tensor_info(value_info: onnx.ValueInfoProto, source: str) -> TensorInfo:
     if tensor_type.HasField("shape"):
         shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                       for d in tensor_type.shape.dim)
+        if lenient:
+            shape = tuple(None if isinstance(d, int) and d < 0 else d for d in shape)
         if any(isinstance(d, int) and d < 0 for d in shape):
             raise ModelLoadError(f"{source}: tensor {value_info.name!r} is declared with a negative "
                                  f"dimension: {list(shape)}")
@@ -372,7 +376,7 @@ def _subgraph(serialized: bytes, captures: tuple[str, ...], allow_fallback: bool
     proto = onnx.GraphProto.FromString(serialized)
     mine = set(_free_names(proto))
     return _import_graph(proto, f"subgraph {proto.name!r}", {"": opset}, opset, allow_fallback,
-                         tuple(name for name in captures if name in mine))
+                         tuple(name for name in captures if name in mine), subgraph=True)
 
 
 def _constant_attr(proto_node: onnx.NodeProto, name: str) -> np.ndarray:
