@@ -391,6 +391,9 @@ def _plan_qtable(graph: Graph, node: Node) -> NodeKernel | str:
 
 def _plan_qadd(graph: Graph, node: Node, x_layout: str | None) -> NodeKernel | str:
     shape = _static(graph, node.inputs[0], node)
+    other = _static(graph, node.inputs[1], node)
+    if tuple(other) != tuple(shape):
+        return f"operands of shapes {list(shape)} and {list(other)} (a broadcast; the kernel adds one shape)"
     elements = int(np.prod(shape, dtype=np.int64))
     options = {key: int(node.attrs[key]) for key in ("x_zp", "y_zp", "out_zp") if int(node.attrs.get(key, 0))}
     if "shift" in node.attrs:       # operands at two scales: exact products, one rounding of their sum

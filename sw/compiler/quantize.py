@@ -545,6 +545,19 @@ def _dq_parts(graph: Graph, tensor: str):
     return producer.inputs[0], producer.inputs[1], zero, producer.attrs.get("axis", 1)
 
 
+def _one_shape(shapes) -> bool:
+    """Whether tensors of these shapes have one shape as far as is known: one rank, and per axis equal
+    sizes, or only symbolic ones (exporters name one batch differently on different tensors; once
+    static, lowering keeps a broadcast after all on the host)."""
+    if any(shape is None or len(shape) != len(shapes[0]) for shape in shapes):
+        return False
+    for dims in zip(*shapes, strict=True):
+        sizes = {d for d in dims if isinstance(d, int)}
+        if sizes and (len(sizes) != 1 or any(not isinstance(d, int) for d in dims)):
+            return False
+    return True
+
+
 def _only_quantize_reader(graph: Graph, tensor: str) -> Node | None:
     readers = graph.consumers(tensor)
     if len(readers) == 1 and tensor not in graph.outputs and readers[0].op_type == "QuantizeLinear" \
@@ -914,7 +927,7 @@ class _Lowering:
                 or any(p[2] not in ("int8", "uint8") for p in (*params, y_params)):
             return False
         shapes = [graph.tensor(t).shape for t in (parts[0][0], parts[1][0], quantize.outputs[0])]
-        if any(shape is None or tuple(shape) != tuple(shapes[0]) for shape in shapes):
+        if not _one_shape(shapes):
             return False              # broadcasting: the kernel adds tensors of one shape
         ratios = [np.float64(np.float32(p[0])) / np.float64(np.float32(y_params[0])) for p in params]
         attrs: dict = {}

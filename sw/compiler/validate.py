@@ -323,7 +323,9 @@ def _check_qadd(graph, node, fail):
     """Braze's int8 addition: int8 operands of one shape, zero points that match the tensors'."""
     infos = {"x": _info(graph, node, 0), "y": _info(graph, node, 1), "out": graph.tensor(node.outputs[0])}
     shapes = [info.shape for info in infos.values() if info.shape is not None]
-    if any(tuple(shape) != tuple(shapes[0]) for shape in shapes):
+    if any(len(shape) != len(shapes[0]) or any(isinstance(a, int) and isinstance(b, int) and a != b
+                                               for a, b in zip(shape, shapes[0], strict=True))
+           for shape in shapes):
         fail(f"QAdd operands and output must have one shape, got {[str(s) for s in shapes]}")
     for key, info in infos.items():
         if info.dtype not in (None, "int8"):
