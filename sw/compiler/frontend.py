@@ -18,10 +18,16 @@ that no output depends on never blocks a model.  Anything else is an
 :class:`UnsupportedOperator` naming the node, its op type and why -- or, with
 ``allow_fallback=True``, a CPU node run by onnx's ``ReferenceEvaluator``: an opt-in last
 resort, never counted as support (such nodes carry the attribute ``onnx_node``).
+
+Control flow (``If``, ``Loop``, ``Scan``) is an operator like the others: its subgraphs are imported
+with it (an unsupported operator inside one is refused naming its path, ``loop/body/node``), the
+outer-scope tensors they read become extra inputs of the node, and :func:`evaluate` runs them by
+recursion (:mod:`braze.sw.compiler.host_ops.control`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -51,7 +57,8 @@ COMPUTE_OPS = frozenset({
 SUPPORTED_OPS = frozenset(op for op in _OPS if "." not in op)
 #: Supported ops that are not accelerator candidates: shape arithmetic, element-wise and the rest.
 SHAPE_OPS = SUPPORTED_OPS - COMPUTE_OPS
-CONTROL_OPS = frozenset({"Loop", "If", "Scan"})
+#: Operators with subgraphs (imported with them, run by recursion: :mod:`.host_ops.control`).
+CONTROL_OPS = frozenset({"Loop", "If", "Scan", "SequenceMap"})
 
 
 class ModelLoadError(BrazeError):
@@ -117,10 +124,20 @@ def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *, allow_fallb
     except Exception as error:
         raise ModelLoadError(f"{source}: shape inference failed: {error}") from error
 
-    graph = proto.graph
+    result = _import_graph(proto.graph, source, opsets, opset, allow_fallback)
+    unsupported = {n.name: n.attrs["unsupported"] for n in result.nodes if "unsupported" in n.attrs}
+    return _check_support_after_folding(result, unsupported) if unsupported else result
+
+
+def _import_graph(graph: onnx.GraphProto, source: str, opsets: Mapping[str, int], opset: int,
+                  allow_fallback: bool, captures: tuple[str, ...] = (), subgraph: bool = False) -> Graph:
+    """One ONNX graph (the model's, or a subgraph with the outer-scope names it reads as ``captures``:
+    extra graph inputs after its own) as a :class:`Graph`."""
     infos: dict[str, TensorInfo] = {}
+    for name in captures:
+        infos[name] = TensorInfo(name)
     for value_info in (*graph.input, *graph.value_info, *graph.output):
-        infos[value_info.name] = _tensor_info(value_info, source)
+        infos[value_info.name] = _tensor_info(value_info, source, lenient=subgraph)
     nodes: list[Node] = []
     initializers = {init.name for init in graph.initializer}
     for init in graph.initializer:
@@ -130,8 +147,8 @@ def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *, allow_fallb
     for value_info in graph.input:
         if value_info.name not in initializers:
             nodes.append(input_node(value_info.name))
+    nodes.extend(input_node(name) for name in captures)
     used_names = {n.name for n in nodes}
-    unsupported: dict[str, str] = {}
     for index, proto_node in enumerate(graph.node):
         name = proto_node.name or f"{proto_node.op_type}_{index}"
         while name in used_names:
@@ -146,9 +163,7 @@ def load_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, *, allow_fallb
             infos[proto_node.output[0]] = TensorInfo(proto_node.output[0], value.shape, value.dtype.name)
     for value_info in graph.output:
         nodes.append(output_node(value_info.name))
-    result = Graph(nodes, infos, name=graph.name or "model", opset=opset)
-    unsupported = {n.name: n.attrs["unsupported"] for n in nodes if "unsupported" in n.attrs}
-    return _check_support_after_folding(result, unsupported) if unsupported else result
+    return Graph(nodes, infos, name=graph.name or "model", opset=opset)
 
 
 def _check_support_after_folding(graph: Graph, unsupported: Mapping[str, str]) -> Graph:
@@ -212,7 +227,9 @@ def _set_input_shapes(proto: onnx.ModelProto, shapes: Mapping[str, tuple], sourc
     return proto
 
 
-def _tensor_info(value_info: onnx.ValueInfoProto, source: str) -> TensorInfo:
+def _tensor_info(value_info: onnx.ValueInfoProto, source: str, *, lenient: bool = False) -> TensorInfo:
+    """A value's metadata; a negative declared dimension is an error (``lenient``, in a subgraph, where
+    exporters write -1 for "any": unknown)."""
     tensor_type = value_info.type.tensor_type
     dtype = None
     if tensor_type.elem_type:
@@ -225,6 +242,8 @@ def _tensor_info(value_info: onnx.ValueInfoProto, source: str) -> TensorInfo:
     if tensor_type.HasField("shape"):
         shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                       for d in tensor_type.shape.dim)
+        if lenient:
+            shape = tuple(None if isinstance(d, int) and d < 0 else d for d in shape)
         if any(isinstance(d, int) and d < 0 for d in shape):
             raise ModelLoadError(f"{source}: tensor {value_info.name!r} is declared with a negative "
                                  f"dimension: {list(shape)}")
@@ -278,10 +297,9 @@ def _import_node(proto_node: onnx.NodeProto, name: str, opsets: Mapping[str, int
     if domain == "" and op_type == "Constant":
         value = _constant_attr(proto_node, name)
         return constant_node(proto_node.output[0], value).replace(name=name)
-    if domain == "" and op_type in CONTROL_OPS:
-        raise UnsupportedOperator(op_type, name, "control flow is not supported (and cannot fall back to the "
-                                  "CPU yet); unroll or remove it before export")
     attrs = {a.name: _attribute(a) for a in proto_node.attribute}
+    if domain == "" and op_type in CONTROL_OPS:
+        return _import_control(proto_node, name, attrs, opsets, allow_fallback)
     node = Node(name, NodeKind.OPERATOR, op_type, tuple(proto_node.input), tuple(proto_node.output), attrs,
                 domain=domain)
     reason = host_ops.unsupported_reason(node, infos) if domain != BRAZE_DOMAIN else None
@@ -292,6 +310,73 @@ def _import_node(proto_node: onnx.NodeProto, name: str, opsets: Mapping[str, int
     opset = opsets.get(proto_node.domain, opsets.get("", MIN_OPSET))
     return node.replace(device="cpu", attrs={**attrs, "onnx_node": proto_node.SerializeToString(),
                                               "onnx_opset": opset})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Control flow: If, Loop, Scan with subgraphs
+# ---------------------------------------------------------------------------------------------------
+
+def _free_names(graph: onnx.GraphProto) -> list[str]:
+    """Outer-scope tensor names ``graph`` reads (its nested subgraphs' included), in first-use order."""
+    defined = {init.name for init in graph.initializer} | {i.name for i in graph.input}
+    defined |= {init.values.name for init in graph.sparse_initializer}
+    free: dict[str, None] = {}
+    for node in graph.node:
+        names = list(node.input)
+        for attr in node.attribute:
+            names += _free_names(attr.g) if attr.type == onnx.AttributeProto.GRAPH else []
+            for sub in attr.graphs:
+                names += _free_names(sub)
+        free.update((name, None) for name in names if name and name not in defined)
+        defined.update(node.output)
+    free.update((o.name, None) for o in graph.output if o.name not in defined)
+    return list(free)
+
+
+def _import_control(proto_node: onnx.NodeProto, name: str, attrs: dict[str, Any], opsets: Mapping[str, int],
+                    allow_fallback: bool) -> Node:
+    """An ``If``/``Loop``/``Scan`` node: an operator whose subgraphs the evaluator runs by recursion.
+
+    The outer-scope tensors its subgraphs read become extra inputs after the ONNX inputs (attribute
+    ``captures`` names them as the subgraphs do), so that dependency order, dead-code removal and
+    renaming passes see them; the subgraphs are imported now, so that an operator Braze lacks inside
+    one is refused at load time, naming the path to it.
+    """
+    subgraphs = {attr.name: attr.g for attr in proto_node.attribute if attr.type == onnx.AttributeProto.GRAPH}
+    captures = tuple(dict.fromkeys(n for g in subgraphs.values() for n in _free_names(g)))
+    opset = opsets.get("", opsets.get("ai.onnx", MIN_OPSET))
+    attrs = {**attrs, "captures": captures, "subgraph_fallback": allow_fallback, "subgraph_opset": opset}
+    node = Node(name, NodeKind.OPERATOR, proto_node.op_type, (*proto_node.input, *captures),
+                tuple(proto_node.output), attrs)
+    for attr_name in subgraphs:
+        try:
+            graph = subgraph(node, attr_name)
+        except UnsupportedOperator as error:
+            raise UnsupportedOperator(error.op_type, f"{name}/{attr_name}/{error.node}",
+                                      str(error).split(": ", 1)[1]) from None
+        for inner in graph.nodes:
+            if "unsupported" in inner.attrs:
+                raise UnsupportedOperator(inner.op_type, f"{name}/{attr_name}/{inner.name}",
+                                          inner.attrs["unsupported"])
+    reason = host_ops.unsupported_reason(node, {})
+    if reason is not None:                 # malformed, whatever the inputs: _import_node says where
+        raise ModelLoadError(f"{node.op_type}: {reason}")
+    return node
+
+
+def subgraph(node: Node, attr: str) -> Graph:
+    """The subgraph ``attr`` of the control-flow ``node`` as a :class:`Graph`: inputs are its own formal
+    inputs, then the node's ``captures``."""
+    return _subgraph(node.attrs[attr], node.attrs["captures"], node.attrs["subgraph_fallback"],
+                     node.attrs["subgraph_opset"])
+
+
+@functools.lru_cache(maxsize=256)
+def _subgraph(serialized: bytes, captures: tuple[str, ...], allow_fallback: bool, opset: int) -> Graph:
+    proto = onnx.GraphProto.FromString(serialized)
+    mine = set(_free_names(proto))
+    return _import_graph(proto, f"subgraph {proto.name!r}", {"": opset}, opset, allow_fallback,
+                         tuple(name for name in captures if name in mine), subgraph=True)
 
 
 def _constant_attr(proto_node: onnx.NodeProto, name: str) -> np.ndarray:
@@ -372,6 +457,8 @@ def evaluate_node(node: Node, *args: np.ndarray | None) -> list[np.ndarray]:
 
 
 def _coerce_input(info: TensorInfo, value: Any) -> np.ndarray:
+    if (isinstance(value, list) or value is None) and info.dtype is None and info.shape is None:
+        return value                 # a sequence (list of arrays) or an empty optional, as given
     array = np.asarray(value)
     if info.dtype is not None and array.dtype.name != info.dtype:
         if not np.can_cast(array.dtype, info.dtype, casting="same_kind"):
@@ -434,7 +521,7 @@ def supports(node: Node) -> bool:
 
 
 __all__ = [
-    "load_onnx", "evaluate", "evaluate_node", "conv2d", "conv_pads", "braze_epilogue", "supports",
+    "load_onnx", "evaluate", "evaluate_node", "subgraph", "conv2d", "conv_pads", "braze_epilogue", "supports",
     "ModelLoadError", "UnsupportedOperator", "EvaluationError", "InvalidGraph",
     "SUPPORTED_OPS", "COMPUTE_OPS", "SHAPE_OPS", "CONTROL_OPS", "BRAZE_DOMAIN", "MIN_OPSET",
 ]

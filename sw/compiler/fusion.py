@@ -110,7 +110,7 @@ def _ops_of(node: Node) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def _clip_bounds(graph: Graph, node: Node) -> tuple[int, int] | None:
     """Int8 bounds of an int8 Relu/Clip with constant bounds, else None."""
-    if node.kind is not NodeKind.OPERATOR or node.domain or node.device != "accel" \
+    if node.kind is not NodeKind.OPERATOR or node.domain or node.device != "accel" or not node.inputs \
             or graph.tensor(node.inputs[0]).dtype != "int8":
         return None
     if node.op_type == "Relu":
@@ -250,6 +250,7 @@ def _fusable_residual(graph: Graph, node: Node, reader: Node) -> bool:
     with the sum's zero point the product's: the epilogue's residual stage computes it."""
     if reader.qualified_op != f"{BRAZE_DOMAIN}.QAdd" or reader.inputs[0] != node.outputs[0] \
             or reader.inputs[1] == node.outputs[0] or _residual_of(node) is not None \
+            or "shift" in reader.attrs \
             or node.attrs.get("act", "none") != "none" or node.attrs.get("out", "spad") != "spad":
         return False
     infos = [graph.tensor(t) for t in (node.outputs[0], reader.inputs[1], reader.outputs[0])]

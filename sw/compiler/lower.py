@@ -391,8 +391,14 @@ def _plan_qtable(graph: Graph, node: Node) -> NodeKernel | str:
 
 def _plan_qadd(graph: Graph, node: Node, x_layout: str | None) -> NodeKernel | str:
     shape = _static(graph, node.inputs[0], node)
+    other = _static(graph, node.inputs[1], node)
+    if tuple(other) != tuple(shape):
+        return f"operands of shapes {list(shape)} and {list(other)} (a broadcast; the kernel adds one shape)"
     elements = int(np.prod(shape, dtype=np.int64))
     options = {key: int(node.attrs[key]) for key in ("x_zp", "y_zp", "out_zp") if int(node.attrs.get(key, 0))}
+    if "shift" in node.attrs:       # operands at two scales: exact products, one rounding of their sum
+        options.update(x_scale=(int(node.attrs["x_mult"]), 0), y_scale=(int(node.attrs["y_mult"]), 0),
+                       out_shift=int(node.attrs["shift"]))
     recipe = KernelRecipe("add", ((elements,),), _options(options))
     # Element-wise, but both operands must share one layout: the second follows the first.
     inputs = {"x": (node.inputs[0], "any"), "y": (node.inputs[1], x_layout or "plain")}
@@ -700,6 +706,8 @@ class _Lowering:
 
     def view(self, node: Node) -> bool:
         """A reshape-like op of a device-only tensor in a row-major layout: alias its bytes."""
+        if not node.inputs:                  # SequenceEmpty, RandomNormal, ...: nothing to alias
+            return False
         source = node.inputs[0]
         value = self.device.get(source)
         if value is None or source in self.host or node.op_type not in VIEW_OPS or node.domain:

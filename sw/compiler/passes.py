@@ -129,6 +129,8 @@ def fold_constants(graph: Graph) -> Graph:
             results = [np.array(int(np.prod(shape)), dtype=np.int64)]
         elif all(not t or t in values for t in node.inputs) and (supports(node) or "onnx_node" in node.attrs):
             results = evaluate_node(node, *[values[t] if t else None for t in node.inputs])
+            if any(isinstance(value, list) or value is None for value in results):
+                continue                 # a sequence or optional is no constant tensor
         else:
             continue
         replacement = []

@@ -76,6 +76,7 @@ from braze.isa.errors import BrazeError
 
 from .frontend import BRAZE_DOMAIN
 from .ir import Graph, Node, NodeKind, QuantParams, TensorInfo, constant_info, constant_node
+from .kernels.common import MAX_VECTOR_MULT
 from .passes import simplify
 from .profile import profile_graph
 from .tables import lower_table_activations
@@ -85,6 +86,8 @@ INT8_MIN, INT8_MAX = -128, 127
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 #: Symmetric weights use [-WEIGHT_MAX, WEIGHT_MAX], so negation never overflows.
 WEIGHT_MAX = 127
+#: Largest multiplier of a two-scale ``braze.QAdd``: the vector unit's int16 immediate.
+MAX_QADD_MULT = MAX_VECTOR_MULT
 #: Ops whose int8 output has exactly the input's quantization (they only select or move values).
 SCALE_PRESERVING = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
                               "Identity"})
@@ -542,6 +545,19 @@ def _dq_parts(graph: Graph, tensor: str):
     return producer.inputs[0], producer.inputs[1], zero, producer.attrs.get("axis", 1)
 
 
+def _one_shape(shapes) -> bool:
+    """Whether tensors of these shapes have one shape as far as is known: one rank, and per axis equal
+    sizes, or only symbolic ones (exporters name one batch differently on different tensors; once
+    static, lowering keeps a broadcast after all on the host)."""
+    if any(shape is None or len(shape) != len(shapes[0]) for shape in shapes):
+        return False
+    for dims in zip(*shapes, strict=True):
+        sizes = {d for d in dims if isinstance(d, int)}
+        if sizes and (len(sizes) != 1 or any(not isinstance(d, int) for d in dims)):
+            return False
+    return True
+
+
 def _only_quantize_reader(graph: Graph, tensor: str) -> Node | None:
     readers = graph.consumers(tensor)
     if len(readers) == 1 and tensor not in graph.outputs and readers[0].op_type == "QuantizeLinear" \
@@ -677,6 +693,11 @@ class _Lowering:
             quantize = _only_quantize_reader(graph, last.outputs[0]) if last is not None else None
         if quantize is None:
             return False
+        bias_add = None
+        if activation is None and residual is None and not (len(node.inputs) > 2 and node.inputs[2]):
+            bias_add = self._requantized_bias_add(quantize)
+            if bias_add is not None:
+                quantize, activation = bias_add[2], bias_add[3]
         y_params = _scalar_params(graph, quantize.inputs[1], quantize.inputs[2] if len(quantize.inputs) > 2
                                   else None)
         if y_params is None:
@@ -704,6 +725,10 @@ class _Lowering:
             bias = self._bias(node, node.inputs[2], acc_scales, channels)
             if bias is None:
                 return False
+        elif bias_add is not None:
+            if bias_add[1].size != channels:
+                return False
+            bias = quantize_bias(bias_add[1], acc_scales)
         y_scale, y_zero, y_dtype = y_params
         x = self.as_int8(x_parts[0], x_scale, x_zero, x_dtype)
         out = _QTensor(self.output_name(quantize.outputs[0], y_dtype), y_scale,
@@ -717,7 +742,65 @@ class _Lowering:
         self.emit(node, x, w8, bias, real, out, shape, act, clip, residual=r)
         self.publish(quantize.outputs[0], out, y_dtype, shape)
         self.build.remove.update(n.name for n in (node, add, activation, quantize) if n is not None)
+        if bias_add is not None:
+            self.build.remove.update(n.name for n in bias_add[0])
         return True
+
+    def _requantized_bias_add(self, quantize: Node
+                              ) -> tuple[list[Node], np.ndarray, Node, Node | None] | None:
+        """``Q -> DQ -> Add(., bias) [-> Relu/Clip] -> Q2`` after a product's ``Q``, with a constant bias
+        (float, or DQ of a constant) along the last axis: a 3-D ``nn.Linear`` as the exporters write it
+        (MatMul, then Add), quantized by onnxruntime.  Returns ``([Q, DQ, Add], float bias, Q2,
+        activation)``: the bias joins the product's epilogue and the product requantizes straight to
+        ``Q2``'s parameters (one rounding instead of two); None when the pattern does not match."""
+        graph = self.graph
+        q_out = quantize.outputs[0]
+        readers = graph.consumers(q_out)
+        if len(readers) != 1 or q_out in graph.outputs or readers[0].op_type != "DequantizeLinear" \
+                or readers[0].domain:
+            return None
+        dequantize = readers[0]
+        q_params = _scalar_params(graph, quantize.inputs[1], quantize.inputs[2] if len(quantize.inputs) > 2
+                                  else None)
+        dq_params = _scalar_params(graph, dequantize.inputs[1], dequantize.inputs[2]
+                                   if len(dequantize.inputs) > 2 else None)
+        if q_params is None or q_params != dq_params:
+            return None
+        tensor = dequantize.outputs[0]
+        readers = graph.consumers(tensor)
+        if len(readers) != 1 or tensor in graph.outputs:
+            return None
+        add = readers[0]
+        if add.op_type != "Add" or add.domain or add.device != "accel" or list(add.inputs).count(tensor) != 1:
+            return None
+        other = add.inputs[1] if add.inputs[0] == tensor else add.inputs[0]
+        bias = self._constant_float(other)
+        out_shape = graph.tensor(add.outputs[0]).shape
+        if bias is None or out_shape is None or graph.tensor(tensor).shape != out_shape \
+                or any(d != 1 for d in bias.shape[:-1]) or bias.ndim > len(out_shape):
+            return None
+        activation = _fused_activation(graph, add.outputs[0])
+        final = _only_quantize_reader(graph, (activation or add).outputs[0])
+        if final is None:
+            return None
+        return [quantize, dequantize, add], bias.reshape(-1), final, activation
+
+    def _constant_float(self, tensor: str) -> np.ndarray | None:
+        """The float value of a constant, or of a DequantizeLinear of a constant (per tensor or per
+        channel along its last axis), else None."""
+        graph = self.graph
+        value = graph.constant(tensor)
+        if value is not None:
+            return value.astype(np.float64) if value.dtype.kind == "f" else None
+        parts = _dq_parts(graph, tensor)
+        raw = None if parts is None else graph.constant(parts[0])
+        params = None if parts is None else _channel_params(graph, parts[1], parts[2])
+        if raw is None or params is None or raw.ndim == 0 or raw.dtype.kind not in "iu":
+            return None
+        scales, zeros = params
+        if (scales.size > 1 or zeros.size > 1) and parts[3] % raw.ndim != raw.ndim - 1:
+            return None
+        return (raw.astype(np.float64) - zeros.astype(np.float64)) * np.float32(scales).astype(np.float64)
 
     def lower_act_matmul(self, node: Node) -> bool:
         """``DQ(a) -> MatMul(., DQ(b)) [-> Relu/Clip] -> Q`` with ``b`` an activation (not a constant):
@@ -820,6 +903,54 @@ class _Lowering:
             return int(np.clip(round(value / out.scale) + out.zero_point, INT8_MIN, INT8_MAX))
 
         return "clip", (level(lo), level(hi))
+
+    def lower_qadd(self, node: Node) -> bool:
+        """``Add(DQ(a), DQ(b)) -> Q`` of per-tensor int8/uint8 tensors of one shape (a residual connection
+        as onnxruntime's quantizer writes it): one ``braze.QAdd``, the vector unit's ``add`` kernel.
+
+        At one scale (all three equal) it is the plain int8 addition the fusion pass folds into a
+        producer's epilogue; at two scales each operand's ratio to the output scale becomes an int16
+        multiplier over a common power of two (``x_mult``, ``y_mult``, ``shift``, the largest shift
+        that keeps both multipliers in int16), and the exact int32 sum is rounded once.
+        """
+        graph = self.graph
+        if node.op_type != "Add" or node.domain or node.device != "accel" or len(node.inputs) != 2:
+            return False
+        parts = [_dq_parts(graph, tensor) for tensor in node.inputs]
+        quantize = _only_quantize_reader(graph, node.outputs[0])
+        if any(p is None for p in parts) or quantize is None:
+            return False
+        params = [_scalar_params(graph, p[1], p[2]) for p in parts]
+        y_params = _scalar_params(graph, quantize.inputs[1], quantize.inputs[2] if len(quantize.inputs) > 2
+                                  else None)
+        if y_params is None or any(p is None for p in params) \
+                or any(p[2] not in ("int8", "uint8") for p in (*params, y_params)):
+            return False
+        shapes = [graph.tensor(t).shape for t in (parts[0][0], parts[1][0], quantize.outputs[0])]
+        if not _one_shape(shapes):
+            return False              # broadcasting: the kernel adds tensors of one shape
+        ratios = [np.float64(np.float32(p[0])) / np.float64(np.float32(y_params[0])) for p in params]
+        attrs: dict = {}
+        if any(ratio != 1.0 for ratio in ratios):
+            if max(ratios) > MAX_QADD_MULT or min(ratios) <= 0:
+                return False
+            shift = max(s for s in range(32) if round(max(ratios) * 2 ** s) <= MAX_QADD_MULT)
+            x_mult, y_mult = (int(round(ratio * 2 ** shift)) for ratio in ratios)
+            attrs = {"x_mult": x_mult, "y_mult": y_mult, "shift": shift}
+        x, y = (self.as_int8(p[0], *q) for p, q in zip(parts, params, strict=True))
+        y_scale, y_zero, y_dtype = y_params
+        out = _QTensor(self.output_name(quantize.outputs[0], y_dtype), y_scale,
+                       y_zero - 128 if y_dtype == "uint8" else y_zero)
+        self.build.op("QAdd", (x.name, y.name), (out.name,), domain=BRAZE_DOMAIN, stem=f"{node.name}_q",
+                      x_zp=x.zero_point, y_zp=y.zero_point, out_zp=out.zero_point, **attrs)
+        for operand in (x, y):
+            if operand.name not in self.build.infos and operand.name in graph.tensors:
+                self.build.infos[operand.name] = dataclasses.replace(
+                    graph.tensor(operand.name), dtype="int8",
+                    quant=QuantParams((operand.scale,), (operand.zero_point,)))
+        self.publish(quantize.outputs[0], out, y_dtype, shapes[2])
+        self.build.remove.update((node.name, quantize.name))
+        return True
 
     def lower_passthrough(self, node: Node) -> bool:
         """``DQ(a) -> MaxPool/Reshape/... -> Q`` with equal parameters: the op on int8 ``a``."""
@@ -977,6 +1108,8 @@ def lower_qdq(graph: Graph, *, tables: bool = True) -> Graph:
       ``braze.QActMatMul`` (zero points kept), head split/merge transposes folded into it
       (:func:`fold_head_transposes`).
     * ``DQ -> MaxPool/Reshape/... -> Q`` with equal parameters runs on int8.
+    * ``Add(DQ(a), DQ(b)) -> Q`` of one shape (a residual connection at any scales) becomes
+      ``braze.QAdd`` (:meth:`_Lowering.lower_qadd`).
     * ``QLinearMatMul``/``QLinearConv`` become Braze ops; ``MatMulInteger``/
       ``ConvInteger`` become Braze ops with int32 output (``out="acc"``).
 
@@ -992,7 +1125,7 @@ def lower_qdq(graph: Graph, *, tables: bool = True) -> Graph:
     lowering = _Lowering(graph)
     for node in graph.operators():
         if not (lowering.lower_qdq_group(node) or lowering.lower_act_matmul(node)
-                or lowering.lower_passthrough(node)):
+                or lowering.lower_passthrough(node) or lowering.lower_qadd(node)):
             lowering.lower_qlinear(node)
     for node in graph.operators():
         if node.name not in lowering.build.remove:

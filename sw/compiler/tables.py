@@ -67,6 +67,14 @@ def _requantization(graph: Graph, node: Node) -> bool:
     return all(_scalar_constant(graph, t) for t in (*node.inputs[1:], *producer.inputs[1:]) if t)
 
 
+def _same_dequantization(graph: Graph, first: Node, second: Node) -> bool:
+    """Two DequantizeLinear nodes of one tensor with equal parameters (onnxruntime writes one per reader)."""
+    if first.inputs[0] != second.inputs[0] or len(first.inputs) != len(second.inputs):
+        return False
+    return all(np.array_equal(graph.constant(a), graph.constant(b))
+               for a, b in zip(first.inputs[1:], second.inputs[1:], strict=True) if a or b)
+
+
 def _chain(graph: Graph, quantize: Node) -> tuple[Node, list[Node]] | None:
     """``(dequantize, element-wise nodes)`` of a table-able chain ending at ``quantize``, or None.
 
@@ -91,6 +99,10 @@ def _chain(graph: Graph, quantize: Node) -> tuple[Node, list[Node]] | None:
         producer = graph.producer(tensor)
         if producer is None or producer.kind is not NodeKind.OPERATOR:
             return None
+        if producer.op_type == "DequantizeLinear" and not producer.domain and producer.device == "accel" \
+                and all(_scalar_constant(graph, t) for t in producer.inputs if t):
+            members[producer.name] = producer   # a quantized scalar constant (the 1 and 0.5 of GELU)
+            continue
         if _requantization(graph, producer):
             quantize_ = graph.producer(producer.inputs[0])
             members[producer.name] = producer
@@ -99,7 +111,10 @@ def _chain(graph: Graph, quantize: Node) -> tuple[Node, list[Node]] | None:
             continue
         if _dequantize_source(graph, producer):
             if source is not None and source.name != producer.name:
-                return None                     # two int8 sources: not a function of one value
+                if not _same_dequantization(graph, source, producer):
+                    return None                 # two int8 sources: not a function of one value
+                members[producer.name] = producer   # another DQ of the same tensor (one per reader)
+                continue
             source = producer
             continue
         if producer.op_type not in TABLE_OPS or producer.domain or producer.device != "accel" \
@@ -129,6 +144,8 @@ def table_of(graph: Graph, dequantize: Node, chain: list[Node], quantize: Node) 
     def value(tensor: str) -> np.ndarray | None:
         if not tensor:
             return None
+        if tensor == dequantize.inputs[0]:
+            return q                            # the int8 source, read by another DQ of it
         if tensor in values:
             return values[tensor]
         return np.asarray(graph.constant(tensor))

@@ -323,7 +323,9 @@ def _check_qadd(graph, node, fail):
     """Braze's int8 addition: int8 operands of one shape, zero points that match the tensors'."""
     infos = {"x": _info(graph, node, 0), "y": _info(graph, node, 1), "out": graph.tensor(node.outputs[0])}
     shapes = [info.shape for info in infos.values() if info.shape is not None]
-    if any(tuple(shape) != tuple(shapes[0]) for shape in shapes):
+    if any(len(shape) != len(shapes[0]) or any(isinstance(a, int) and isinstance(b, int) and a != b
+                                               for a, b in zip(shape, shapes[0], strict=True))
+           for shape in shapes):
         fail(f"QAdd operands and output must have one shape, got {[str(s) for s in shapes]}")
     for key, info in infos.items():
         if info.dtype not in (None, "int8"):
@@ -331,6 +333,13 @@ def _check_qadd(graph, node, fail):
         zero_point = node.attrs.get(f"{key}_zp", 0)
         if info.quant is not None and info.quant.zero_point[0] != zero_point:
             fail(f"{key}_zp {zero_point} differs from {info.name!r}'s zero point {info.quant.zero_point[0]}")
+    scaled = [key for key in ("x_mult", "y_mult", "shift") if key in node.attrs]
+    if scaled and len(scaled) != 3:
+        fail(f"QAdd at two scales needs x_mult, y_mult and shift, got only {scaled}")
+    if scaled and not (all(-(1 << 15) <= int(node.attrs[k]) < (1 << 15) for k in ("x_mult", "y_mult"))
+                       and 0 <= int(node.attrs["shift"]) <= 31):
+        fail(f"QAdd multipliers must be int16 and the shift 0..31, got x_mult={node.attrs['x_mult']}, "
+             f"y_mult={node.attrs['y_mult']}, shift={node.attrs['shift']}")
 
 
 def _check_qlinear_matmul(graph, node, fail, *, b_index=3):

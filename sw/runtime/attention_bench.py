@@ -210,7 +210,8 @@ def measure_attention(proto: bytes, float_model: onnx.ModelProto, x: np.ndarray,
 def _stage(steps: list, producer: int, end: int) -> tuple[list[str], int, int]:
     """The host work fed by kernel step ``producer``'s output before step ``end``: ``(CPU nodes,
     transfers, bytes)`` -- the output's transfer to the host, every CPU step reading what it or
-    they computed, and the transfers of their results back to the device."""
+    they computed (or a kernel between, such as the scaling as a table), and the transfers of their
+    results back to the device."""
     derived = {steps[producer].operands["out"].tensor}
     nodes, moved = [], []
     for step in steps[producer + 1:end]:
@@ -219,6 +220,9 @@ def _stage(steps: list, producer: int, end: int) -> tuple[list[str], int, int]:
             derived.update(t for t in step.node.outputs if t)
         elif isinstance(step, TransferStep) and step.value.tensor in derived:
             moved.append(step)
+        elif isinstance(step, KernelStep) and "out" in step.operands \
+                and derived & {value.tensor for name, value in step.operands.items() if name != "out"}:
+            derived.add(step.operands["out"].tensor)   # a kernel on the way: the scaling as a table
     return nodes, len(moved), sum(s.value.buffer.nbytes for s in moved)
 
 

@@ -150,8 +150,8 @@ class BrazeBackendRep(BackendRep):
             feeds = dict(zip(self.input_names, values, strict=True))
         session = self._session(feeds)
         self.last_session = session
-        live = {name: np.asarray(value) for name, value in feeds.items()
-                if name not in session.frozen_inputs}
+        live = {name: value if isinstance(value, list) or value is None else np.asarray(value)
+                for name, value in feeds.items() if name not in session.frozen_inputs}
         return tuple(session.run(None, live))
 
 

@@ -49,7 +49,7 @@ from braze.isa.errors import BrazeError
 
 from ..compiler.cache import KernelCache, default_cache
 from ..compiler.cost import CostModel, TimingCostModel, check_objective
-from ..compiler.frontend import evaluate, load_onnx
+from ..compiler.frontend import EvaluationError, evaluate, load_onnx
 from ..compiler.fusion import DEFAULT_THRESHOLD, FusionDecision, fuse, split_activations
 from ..compiler.ir import Graph, TensorInfo
 from ..compiler.lower import CompiledModel, lower
@@ -129,15 +129,38 @@ def _warn_uncalibrated(graph: Graph) -> None:
                       UncalibratedModelWarning, stacklevel=3)
 
 
-def _with_shapes(graph: Graph, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str]) -> Graph:
-    """``graph`` with every tensor's shape made concrete for these input shapes (evaluated on zeros)."""
-    if all(info.static for info in graph.tensors.values()) and all(
+def _opaque(info: TensorInfo) -> bool:
+    """A graph input of no tensor type: a sequence (list of arrays) or an optional (``None`` if empty)."""
+    return info.dtype is None and info.shape is None
+
+
+def _shape_key(value: Any) -> Any:
+    """What compilation depends on of an input: its shape (a sequence's: its tensors' shapes)."""
+    if isinstance(value, list):
+        return ("sequence", *(tuple(np.shape(v)) for v in value))
+    return ("none",) if value is None else tuple(value.shape)
+
+
+def _with_shapes(graph: Graph, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str],
+                 opaque: Mapping[str, Any] | None = None, feeds: Mapping[str, Any] | None = None) -> Graph:
+    """``graph`` with every tensor's shape made concrete for these input shapes (evaluated on zeros;
+    sequence and optional inputs on the values in ``opaque``).  When zeros are no valid input (split
+    sizes, indices read from an input), on the run's own ``feeds``."""
+    if not opaque and all(info.static for info in graph.tensors.values()) and all(
             tuple(graph.tensor(name).shape) == tuple(shape) for name, shape in shapes.items()):
         return graph
-    zeros = {name: np.zeros(shape, dtypes[name]) for name, shape in shapes.items()}
-    values = evaluate(graph, zeros, keep=True)
+    zeros = {name: (opaque[name] if opaque and name in opaque else np.zeros(shape, dtypes[name]))
+             for name, shape in shapes.items()}
+    try:
+        values = evaluate(graph, zeros, keep=True)
+    except EvaluationError:
+        if feeds is None:
+            raise
+        values = evaluate(graph, feeds, keep=True)
     infos = dict(graph.tensors)
     for name, value in values.items():
+        if isinstance(value, list) or value is None:
+            continue                     # a sequence or an empty optional: no tensor shape
         value = np.asarray(value)
         old = graph.tensor(name)
         infos[name] = TensorInfo(name, tuple(int(d) for d in value.shape), old.dtype or value.dtype.name,
@@ -304,8 +327,14 @@ class InferenceSession:
         self._last: tuple | None = None
         self._default_shapes = {arg.name: tuple(d if isinstance(d, int) else 1 for d in arg.shape)
                                 for arg in self._inputs}
-        if not any(not isinstance(d, int) for arg in self._inputs for d in arg.shape):
-            self._compile(self._default_shapes)
+        self._opaque_values: dict[str, Any] = {}
+        self._feeds: dict[str, Any] | None = None        # the inputs of the run being compiled for
+        if not any(not isinstance(d, int) for arg in self._inputs for d in arg.shape) \
+                and not any(_opaque(graph.tensor(arg.name)) for arg in self._inputs):
+            try:
+                self._compile(self._default_shapes)
+            except EvaluationError:
+                pass                     # zeros are no valid input (split sizes, ...): the first run compiles
         # With symbolic dimensions, compilation waits for the first run's shapes (or for the first look at
         # kernels / graph_after, which compiles for size 1 in every symbolic dimension).
         self.compile_seconds = time.perf_counter() - started
@@ -319,7 +348,7 @@ class InferenceSession:
         key = tuple(sorted((name, tuple(shape)) for name, shape in shapes.items()))
         if key not in self._compiled:
             dtypes = {name: self.graph_before.tensor(name).dtype for name in shapes}
-            static = _with_shapes(self.graph_before, shapes, dtypes)
+            static = _with_shapes(self.graph_before, shapes, dtypes, self._opaque_values, self._feeds)
             plan = self._plan if self.specialise else None
             if self.fuse:
                 fused, decisions = fuse(static, self.config, cost_model=self.cost_model,
@@ -396,6 +425,10 @@ class InferenceSession:
             if name not in feeds:
                 raise InputError(f"missing input {name!r} (expected {arg.type} of shape {arg.shape})")
             value = feeds[name]
+            opaque = _opaque(self.graph_before.tensor(name))
+            if opaque and (isinstance(value, list | np.ndarray) or value is None):
+                checked[name] = value       # a sequence or optional input: its operators check it
+                continue
             if not isinstance(value, np.ndarray):
                 raise InputError(f"input {name!r}: expected a numpy array ({arg.type}), "
                                  f"got {type(value).__name__}")
@@ -428,7 +461,14 @@ class InferenceSession:
             raise InputError(f"unknown output(s) {missing}; the model's outputs are "
                              f"{[arg.name for arg in self._outputs]}")
         self._replan_if_retrained()
-        _, _, compiled, runtime, _ = self._compile({name: value.shape for name, value in feeds.items()})
+        self._opaque_values = {name: value for name, value in feeds.items()
+                               if _opaque(self.graph_before.tensor(name))}
+        self._feeds = feeds
+        shapes = {name: _shape_key(value) for name, value in feeds.items()}
+        try:
+            _, _, compiled, runtime, _ = self._compile(shapes)
+        finally:
+            self._feeds = None
         observe = None
         if self.profile:
             rng = np.random.default_rng(0)

@@ -341,7 +341,9 @@ def test_grouped_convolution_runs_natively():
     )
 
 
-def test_control_flow_is_rejected_by_name():
+def test_control_flow_runs_on_braze_s_own_evaluator():
+    """An If imports as an operator whose branches read the outer scope's ``a``; each condition
+    value takes its branch (more in test_control_flow.py)."""
     then_branch = helper.make_graph(
         [helper.make_node("Identity", ["a"], ["t"])],
         "then",
@@ -358,9 +360,13 @@ def test_control_flow_is_rejected_by_name():
         "If", ["c"], ["y"], name="branch", then_branch=then_branch, else_branch=else_branch
     )
     model = make_model([node], [("c", np.bool_, []), ("a", np.float32, [2])], [("y", np.float32, [2])])
+    a = np.array([1.5, -2.0], np.float32)
     for fallback in (False, True):
-        with pytest.raises(UnsupportedOperator, match="If.*'branch'.*control flow"):
-            load_onnx(model, allow_fallback=fallback)
+        graph = load_onnx(model, allow_fallback=fallback)
+        (node,) = graph.operators()
+        assert node.op_type == "If" and node.inputs == ("c", "a") and "onnx_node" not in node.attrs
+        for cond, want in ((True, a), (False, -a)):
+            np.testing.assert_array_equal(evaluate(graph, {"c": np.array(cond), "a": a})["y"], want)
 
 
 def test_corrupt_file_error_names_the_file(tmp_path):

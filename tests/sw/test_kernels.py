@@ -375,6 +375,11 @@ def test_elementwise(config, shape):
          {"x": x, "y": y},
          np.clip(round_shift((wide_x - x_zp) * x_scale[0], x_scale[1])
                  + round_shift((wide_y - y_zp) * y_scale[0], y_scale[1]) + out_zp, INT8_MIN, INT8_MAX)),
+        # Two scales with one rounding (the residual Add at two scales): exact products, shifted sum.
+        (K.add(config, shape, x_scale=(23456, 0), y_scale=(-9876, 0), x_zp=x_zp, y_zp=y_zp, out_zp=out_zp,
+               out_shift=14), {"x": x, "y": y},
+         np.clip(round_shift((wide_x - x_zp) * 23456 + (wide_y - y_zp) * -9876, 14) + out_zp,
+                 INT8_MIN, INT8_MAX)),
     ]
     with open_device("golden", config) as device:
         for kernel, inputs, expected in cases:

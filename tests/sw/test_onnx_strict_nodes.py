@@ -21,9 +21,10 @@ from braze.sw.compiler.passes import simplify
 from braze.sw.runtime import InferenceSession
 from braze.sw.runtime.conformance import node_test_cases, run_node_test, run_node_tests
 
-#: The strict pass count may not fall below this.  Measured 1,621 of 1,884 when it was set (onnx
-#: 1.23, numpy 2.4); the margin absorbs numeric noise from other numpy/onnx versions, not regressions.
-STRICT_FLOOR = 1610
+#: The strict pass count may not fall below this.  Measured 1,681 of 1,884 when it was set (onnx
+#: 1.23, numpy 2.4; control flow, sequences and optionals in the evaluator); the margin absorbs numeric
+#: noise from other numpy/onnx versions, not regressions.
+STRICT_FLOOR = 1670
 
 
 def test_strict_node_tests_count(capsys):

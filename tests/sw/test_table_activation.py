@@ -211,3 +211,42 @@ def test_bench_table_compares_fused_standalone_and_host(capsys):
     assert values["exact"] == "1"
     # A table alone is two more kernels with their transfers: slower than fused, on the same GEMMs.
     assert int(values["standalone_cycles"]) > int(values["fused_cycles"]) > 0
+
+
+def test_gelu_with_quantized_constants_and_one_dq_per_reader_is_one_table():
+    """The dynamo exporter's GELU as onnxruntime quantizes it: a Q/DQ pair after every step, the 1 and
+    the 0.5 themselves quantized constants (DQ of an int8 scalar), and the int8 input dequantized once
+    per reader.  Still a function of one int8 value: one braze.QTable, exactly the chain."""
+    def q(name, value, dtype=np.int8):
+        return [(f"{name}_s", np.float32(value)), (f"{name}_z", np.array(0, dtype))]
+
+    nodes = [helper.make_node("DequantizeLinear", ["x", "x_s", "x_z"], ["xa"]),
+             helper.make_node("DequantizeLinear", ["x", "x_s", "x_z"], ["xb"]),    # a second DQ of x
+             helper.make_node("Div", ["xa", "sqrt2"], ["d"]),
+             helper.make_node("Erf", ["d"], ["e"])]
+    inits = [*q("x", 0.05), ("sqrt2", np.float32(1.4142135)), *q("e", 1 / 127), *q("a", 2 / 127),
+             *q("m", 1 / 127), *q("y", 0.04), *q("one", 1 / 127), *q("half", 0.5 / 127),
+             ("one_q", np.int8(127)), ("half_q", np.int8(127))]
+    previous = "e"
+    for step, (op, constant) in enumerate((("Add", "one"), ("Mul", "half"))):
+        quantized, dequantized = f"{previous}_q", f"{previous}_dq"
+        scale = ("e", "a")[step]
+        nodes += [helper.make_node("QuantizeLinear", [previous, f"{scale}_s", f"{scale}_z"], [quantized]),
+                  helper.make_node("DequantizeLinear", [quantized, f"{scale}_s", f"{scale}_z"],
+                                   [dequantized]),
+                  helper.make_node("DequantizeLinear", [f"{constant}_q", f"{constant}_s", f"{constant}_z"],
+                                   [f"{constant}_f"]),
+                  helper.make_node(op, [dequantized, f"{constant}_f"], [f"{op}_out"])]
+        previous = f"{op}_out"
+    nodes += [helper.make_node("QuantizeLinear", [previous, "m_s", "m_z"], ["mq"]),
+              helper.make_node("DequantizeLinear", ["mq", "m_s", "m_z"], ["mf"]),
+              helper.make_node("Mul", ["xb", "mf"], ["g"]),
+              helper.make_node("QuantizeLinear", ["g", "y_s", "y_z"], ["y"])]
+    model = make_model(nodes, [("x", np.int8, [2, 9])], [("y", np.int8, [2, 9])], inits)
+    graph = simplify(load_onnx(model))
+    lowered = simplify(lower_qdq(graph))
+    assert [n.qualified_op for n in lowered.operators()] == [QTABLE]
+    x = np.arange(-128, 128, 14, dtype=np.int8)[:18].reshape(2, 9)
+    want = evaluate(graph, {"x": x})["y"]
+    assert np.array_equal(evaluate(lowered, {"x": x})["y"], want)
+    np.testing.assert_array_equal(want, run_ort(model, {"x": x})[0])

@@ -11,7 +11,9 @@ operator name (``"braze.QMatMul"`` for Braze's own domain).  One module per oper
 * :mod:`.tensor` -- shape arithmetic and data movement (reshape, slice, gather, scatter, pad, ...);
 * :mod:`.nn` -- convolution, pooling, normalization, resize, attention, losses, einsum;
 * :mod:`.signal` -- DFT and window functions;
-* :mod:`.quant` -- ONNX's quantized operators and Braze's own (``domain="braze"``).
+* :mod:`.quant` -- ONNX's quantized operators and Braze's own (``domain="braze"``);
+* :mod:`.control` -- ``If``, ``Loop`` and ``Scan``, their subgraphs run by the same evaluator;
+* :mod:`.sequence` -- sequences (Python lists of arrays) and optionals (``None`` when empty).
 
 Nothing here calls onnx's ``ReferenceEvaluator`` or onnxruntime: :data:`OPS` is what Braze runs
 by itself.  Operators outside it reach the CPU only through the opt-in fallback
@@ -20,7 +22,7 @@ by itself.  Operators outside it reach the CPU only through the opt-in fallback
 
 from __future__ import annotations
 
-from . import elementwise, nn, quant, recurrent, reduce, signal, tensor  # noqa: F401,E402  (registers the ops)
+from . import control, elementwise, nn, quant, recurrent, reduce, sequence, signal, tensor  # noqa: F401,E402  (registers the ops)
 from ._registry import OPS, EvaluationError, register, unsupported_reason
 from .nn import conv2d, conv_pads
 from .quant import ACTIVATIONS, braze_epilogue

@@ -172,10 +172,20 @@ def _braze_qactmatmul(node, a, b):
 
 
 def _braze_qadd(node, x, y):
-    """``sat8((x - x_zp) + (y - y_zp) + out_zp)``: int8 addition at equal scales (the unfused residual)."""
+    """``sat8((x - x_zp) + (y - y_zp) + out_zp)``: int8 addition at equal scales (the unfused residual).
+
+    With ``x_mult``, ``y_mult`` and ``shift`` (operands at two scales, each ratio to the output's scale
+    ``mult / 2**shift``): ``sat8(round_half_even(((x - x_zp) * x_mult + (y - y_zp) * y_mult) / 2**shift)
+    + out_zp)`` -- one rounding of the exact int32 sum, as the ``add`` kernel computes it on the vector
+    unit (:func:`braze.sw.compiler.kernels.add` with ``out_shift``).
+    """
     attrs = node.attrs
-    total = (_int64(x) - int(attrs.get("x_zp", 0))) + (_int64(y) - int(attrs.get("y_zp", 0))) \
-        + int(attrs.get("out_zp", 0))
+    x_c, y_c = _int64(x) - int(attrs.get("x_zp", 0)), _int64(y) - int(attrs.get("y_zp", 0))
+    if "shift" in attrs:
+        exact = x_c * int(attrs["x_mult"]) + y_c * int(attrs["y_mult"])
+        total = arith.round_shift(exact, int(attrs["shift"])) + int(attrs.get("out_zp", 0))
+    else:
+        total = x_c + y_c + int(attrs.get("out_zp", 0))
     return np.clip(total, -128, 127).astype(np.int8)
 
 

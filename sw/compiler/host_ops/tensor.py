@@ -12,7 +12,7 @@ def _ints(values) -> list[int]:
     return [int(v) for v in np.ravel(values)]
 
 
-register("Identity")(lambda node, x: x)
+register("Identity")(lambda node, x: (x,))     # a 1-tuple: x may be a sequence (a list)
 register("Size")(lambda node, x: np.array(x.size, dtype=np.int64))
 register("Transpose")(lambda node, x: np.transpose(x, node.attrs.get("perm")))
 register("Concat")(lambda node, *xs: np.concatenate(xs, axis=node.attrs["axis"]))

@@ -146,8 +146,8 @@ def clip(config: Config, shape: Any, lo: int, hi: int, *, addrs: Mapping[str, in
 
 
 def add(config: Config, shape: Any, *, x_scale: tuple[int, int] = (1, 0), y_scale: tuple[int, int] = (1, 0),
-        x_zp: int = 0, y_zp: int = 0, out_zp: int = 0, addrs: Mapping[str, int] | None = None,
-        base: int = 0) -> Kernel:
+        x_zp: int = 0, y_zp: int = 0, out_zp: int = 0, out_shift: int = 0,
+        addrs: Mapping[str, int] | None = None, base: int = 0) -> Kernel:
     """Quantized element-wise addition of two int8 tensors (operands ``x``, ``y``, ``out``).
 
     ``out = sat8(rq(x - x_zp, x_scale) + rq(y - y_zp, y_scale) + out_zp)`` with
@@ -158,6 +158,12 @@ def add(config: Config, shape: Any, *, x_scale: tuple[int, int] = (1, 0), y_scal
     ``add``; otherwise each operand is rescaled into the accumulator (VECTOR
     ``sub`` of its zero point, ``mul``), the two are added there, and a final
     ``add`` of ``out_zp`` writes int8.
+
+    ``out_shift`` (0..31) rounds the sum once more before ``out_zp``, a VECTOR ``shr``:
+    ``out = sat8(round_half_even((rq(x - x_zp, x_scale) + rq(y - y_zp, y_scale)) / 2**out_shift) + out_zp)``.
+    With operand shifts 0 the products are exact, so two scales cost one rounding (of the exact sum)
+    instead of one per operand: the residual ``Add`` of operands at two scales (``braze.QAdd`` with
+    ``x_mult``/``y_mult``/``shift``).
     """
     scales = []
     for name, scale in (("x_scale", x_scale), ("y_scale", y_scale)):
@@ -167,7 +173,8 @@ def add(config: Config, shape: Any, *, x_scale: tuple[int, int] = (1, 0), y_scal
                        _int_in(f"{name} shift", scale[1], 0, 31)))
     zps = {name: _int_in(name, value, -128, 127) for name, value in
            (("x_zp", x_zp), ("y_zp", y_zp), ("out_zp", out_zp))}
-    plain = scales == [(1, 0), (1, 0)] and not any(zps.values())
+    out_shift = _int_in("out_shift", out_shift, 0, 31)
+    plain = scales == [(1, 0), (1, 0)] and not any(zps.values()) and not out_shift
 
     def body(streams, srcs, temps, out_buf, rows):
         if plain:
@@ -187,6 +194,9 @@ def add(config: Config, shape: Any, *, x_scale: tuple[int, int] = (1, 0), y_scal
         t0, t1 = temps["t0"], temps["t1"]
         streams.add(_vector(VectorOp.ADD, t0, t0.start, t0, t0.start, rows, src2=t1, src2_row=t1.start),
                     reads=[t0, t1], writes=[t0])
+        if out_shift:
+            streams.add(_vector(VectorOp.SHR, t0, t0.start, t0, t0.start, rows, shift=out_shift),
+                        reads=[t0], writes=[t0])
         streams.add(_vector(VectorOp.ADD, out_buf, out_buf.start, t0, t0.start, rows, imm=zps["out_zp"]),
                     reads=[t0], writes=[out_buf])
     return _elementwise("add", config, shape, ("x", "y"), addrs, base, body, 0 if plain else 2)
