@@ -86,3 +86,19 @@ def test_fused_pooling_in_a_model_gives_the_same_outputs():
     assert not any("maxpool" in name for name in kernels)                  # no separate pooling kernel
     assert any("pool1" in op for ops in kernels.values() for op in ops)     # it is in the convolution's
     assert np.array_equal(outputs[0], outputs[1])
+
+
+def test_the_conv_pool_fusion_prices_the_fused_kernel_at_other_tilings_too():
+    """The tiling pass retiles the fused kernel, so the decision prices it at the tilings it may get."""
+    rng = np.random.default_rng(5)
+    calibration = rng.normal(size=(2, 1, 8, 8)).astype(np.float32)
+    session = InferenceSession(conv_model(3), config="tiny", calibration=calibration,
+                               cache=KernelCache(disk=False), cost_model=TimingCostModel())
+    session.run(None, {"x": calibration})
+    (decision,) = [d for d in session.fusion_decisions if d.opportunity.kind == "conv_pool"]
+    names = [name for name, _ in decision.candidates]
+    assert names[:2] == ["separate", "fused"]
+    variants = [name for name in names if name.startswith("fused, tiling ")]
+    assert variants, names
+    costs = dict(decision.candidates)
+    assert all(costs[name].cycles != costs["fused"].cycles for name in variants)  # other kernels, priced

@@ -264,3 +264,46 @@ def kernel_signature_hash(kernel) -> str:
     from braze.sw.hpm.store import signature_hash
 
     return signature_hash(kernel_signature(kernel))
+
+
+def test_opcode_counts_missing_from_older_rows_are_zero_and_other_features_are_required():
+    """Rows recorded before the ISA grew an opcode lack its count: they train beside newer rows."""
+    rng = np.random.default_rng(8)
+    newer = _synthetic(rng, "a", 100)
+    for record in newer:
+        record.features["n_table"] = float(rng.integers(0, 3))
+    older = _synthetic(rng, "b", 100)                  # no n_table: recorded before TABLE existed
+    model = PerformanceModel("lightgbm").fit(older + newer, band=False)
+    assert "n_table" in model.feature_names
+    x = model._matrix([older[0].features])
+    assert x[0, model.feature_names.index("n_table")] == 0.0
+    assert len(model.predict_features([r.features for r in older[:5]])) == 5
+    lacking = dict(older[0].features)
+    del lacking["stall"]
+    with pytest.raises(ModelError, match="features lack 'stall'"):
+        model.predict_features([lacking])
+
+
+def test_a_kernel_family_the_model_never_saw_falls_back_to_the_analytic_model():
+    """A fused kernel family absent from training is not extrapolated from others (the shipped model
+    priced the digits CNN's fused convolution+max pooling 39% over the analytic model)."""
+    from braze.sw.compiler import conv2d
+
+    rng = np.random.default_rng(9)
+    records = []
+    for m, k, n in [(m, k, n) for m in (4, 8, 16, 32) for k in (8, 16, 32) for n in (8, 16)]:
+        kernel = gemm(TINY, m, k, n)
+        features = kernel_features(kernel, TINY, MemorySystem.nominal(TINY))
+        cycles = round(kernel.predicted_cycles * float(rng.uniform(1.1, 1.2)))
+        records.append(RunRecord("gemm", {"m": m, "k": k, "n": n}, "tiny", TINY.to_dict(), "verilator",
+                                 TINY.mem_latency, 0.0, features, {"cycles": cycles}))
+    model = PerformanceModel("lightgbm").fit(records)
+    learned = LearnedCostModel(model, max_uncertainty=10.0)
+    seen = gemm(TINY, 8, 16, 8)
+    assert learned.predict(seen, TINY).cycles != seen.predicted_cycles
+    unseen = conv2d(TINY, 1, 4, 6, 6, 8, 3, 3, 1, 1)          # family conv2d
+    assert learned.predict(unseen, TINY) == TimingCostModel().predict(unseen, TINY)
+    assert learned.fallbacks["family conv2d not in training"] == 1
+    # In one decision, the seen candidate is then priced analytically too (priced alike).
+    assert learned.predict_candidates([seen, unseen], TINY) == \
+        [TimingCostModel().predict(seen, TINY), TimingCostModel().predict(unseen, TINY)]

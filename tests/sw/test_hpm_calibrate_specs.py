@@ -1,0 +1,33 @@
+"""Calibration kernels: fused convolution+max pooling and thin GEMMs are calibrated, after the others."""
+
+from __future__ import annotations
+
+from braze.isa import Config
+from braze.sw.hpm.calibrate import calibration_kernels
+from braze.sw.hpm.features import kernel_family
+
+
+def test_calibration_covers_fused_conv_pool_and_thin_gemms_after_the_other_families():
+    kernels = calibration_kernels(Config.preset("tiny"), count=40, tilings=False)
+    families = [kernel_family(kernel) for kernel in kernels]
+    pooled = [i for i, family in enumerate(families) if family == "conv2d+bias+requant+maxpool"]
+    assert len(pooled) == 4                               # its share: 10% of the count
+    assert all(kernels[i].tiling["pool"] == 2 for i in pooled)
+    # The new groups come last (pooling, then thin GEMMs), so that a calibration recorded before they
+    # existed draws its other kernels alike and resumes.
+    tail = kernels[pooled[0]:]
+    thin = tail[len(pooled):]
+    assert pooled == list(range(pooled[0], pooled[0] + len(pooled)))
+    assert len(thin) == 2 and all(k.name == "gemm" and k.operands["A"].shape[0] <= 2
+                                  and k.operands["A"].shape[1] >= 150 for k in thin)
+    assert "residual" not in {name for k in thin for name in k.operands}
+    assert {"gemm", "conv2d", "maxpool2d", "relu"} <= set(families[:pooled[0]])
+
+
+def test_calibration_never_draws_the_digits_cnn_fused_convolution():
+    """64 images of 6x6 (the digits CNN's conv2, on which compare_plans judges the learned plan) stay out."""
+    from braze.sw.hpm.calibrate import _conv_pool_specs
+
+    specs = _conv_pool_specs(Config.preset("tiny"))
+    assert any(spec.args[2] == 6 for spec in specs)
+    assert not any(spec.args[0] == 64 and spec.args[2] == 6 for spec in specs)
