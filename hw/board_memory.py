@@ -61,12 +61,12 @@ class MemoryHostSignature(wiring.Signature):
         return f"MemoryHostSignature(addr_width={self.addr_width}, data_width={self.data_width})"
 
 
-#: Block RAM geometry per FPGA family: (kbits of one block, [(depth, width), ...] configurations).
+#: Block RAM configurations per FPGA family, as (depth, data bits) of a memory with byte enables.
 _BLOCK_RAM = {
-    # ECP5 DP16KD: 18 Kbit, pseudo-dual-port up to 36 bits wide.
-    "ecp5": (18, ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))),
-    # iCE40 SB_RAM40_4K: 4 Kbit, up to 16 bits wide.
-    "ice40": (4, ((256, 16), (512, 8), (1024, 4), (2048, 2))),
+    # ECP5 DP16KD (18 Kbit): 512 x 36 ... 16384 x 1; with byte enables a 9-bit lane holds one byte.
+    "ecp5": ((512, 32), (1024, 16), (2048, 8), (4096, 4), (8192, 2), (16384, 1)),
+    # iCE40 SB_RAM40_4K (4 Kbit): 256 x 16 ... 2048 x 2 (bit-masked writes).
+    "ice40": ((256, 16), (512, 8), (1024, 4), (2048, 2)),
 }
 
 
@@ -80,7 +80,7 @@ def block_ram_blocks(family: str, depth: int, width: int) -> int:
     if family not in _BLOCK_RAM:
         raise BoardParameterError(f"block_ram_blocks: no block RAM table for FPGA family {family!r}; "
                                   f"families are {', '.join(_BLOCK_RAM)}")
-    _, shapes = _BLOCK_RAM[family]
+    shapes = _BLOCK_RAM[family]
     return min(-(-depth // block_depth) * -(-width // block_width) for block_depth, block_width in shapes)
 
 

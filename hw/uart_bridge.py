@@ -9,12 +9,12 @@ Protocol
 All numbers are little-endian.  A request is an opcode byte and a fixed-length header; the
 reply is the payload (only if the header was valid) followed by exactly one status byte::
 
-    op         header                          host sends after it    reply
-    INFO       --                              --                     mem_bytes:4 word_bytes:1 version:1, status
-    REG_WRITE  addr:2 data:4                   --                     status
-    REG_READ   addr:2 count:1                  --                     count x data:4, status
-    MEM_WRITE  addr:4 count:2                  count x word           status
-    MEM_READ   addr:4 count:2                  --                     count x word, status
+    op         header           then the host sends    reply
+    INFO       --               --                     mem_bytes:4 word_bytes:1 version:1, status
+    REG_WRITE  addr:2 data:4    --                     status
+    REG_READ   addr:2 count:1   --                     count x data:4, status
+    MEM_WRITE  addr:4 count:2   count x word           status
+    MEM_READ   addr:4 count:2   --                     count x word, status
 
 Register addresses are byte offsets in the accelerator's AXI4-Lite window (word aligned;
 REG_READ reads ``count`` consecutive registers: all counters in one request).  Memory addresses
@@ -79,7 +79,8 @@ HEADER_BYTES = {Op.INFO: 0, Op.REG_WRITE: 6, Op.REG_READ: 3, Op.MEM_WRITE: 6, Op
 _HEADER_WIDTH = 8 * max(HEADER_BYTES.values())
 
 
-def header_status(op: Op, addr: int, count: int, *, reg_addr_width: int, mem_size: int, word_bytes: int) -> Status:
+def header_status(op: Op, addr: int, count: int, *, reg_addr_width: int, mem_size: int,
+                  word_bytes: int) -> Status:
     """The status :class:`SerialBridge` gives a request's header: ``OK`` if it executes the request.
 
     The host checks a request with it before sending, so that it knows the reply's length (a

@@ -38,6 +38,8 @@ from braze.hw.uart_bridge import (
 from braze.isa import COUNTERS, BrazeError, Config, ErrorCause
 from braze.isa.encoding import SCALAR_REGS
 
+# The host's view of CTRL and STATUS, and its default cycle budget, are the Amaranth device's.
+from .amaranth_device import _CTRL, _DONE, _ERROR, _SOFT_RESET, _START, _STATUS, DEFAULT_MAX_CYCLES
 from .device import Device, RunStatus
 
 __all__ = ["BridgeError", "Transport", "SimulatedBoard", "SerialTransport", "BridgeClient", "UARTDevice",
@@ -46,21 +48,7 @@ __all__ = ["BridgeError", "Transport", "SimulatedBoard", "SerialTransport", "Bri
 #: Clock cycles per UART bit of the simulated board: the fewest the UART allows with a line that
 #: changes with the clock, so that a byte costs 20 cycles of a simulator that runs ~2000 a second.
 DEFAULT_SIM_DIVISOR = 2
-#: Host budget of a run when the caller gives none, in accelerator run cycles (as AmaranthDevice).
-DEFAULT_MAX_CYCLES = 2_000_000
-
-_CTRL = REGISTER_BY_NAME["CTRL"]
-_STATUS = REGISTER_BY_NAME["STATUS"]
 _RUN_CYCLES = REGISTER_BY_NAME["RUN_CYCLES"]
-
-
-def _bit(register, field: str) -> int:
-    return 1 << register.field(field).lsb
-
-
-_START = _bit(_CTRL, "start") | _bit(_CTRL, "irq_en_done") | _bit(_CTRL, "irq_en_error")
-_SOFT_RESET = _bit(_CTRL, "soft_reset")
-_DONE, _ERROR = _bit(_STATUS, "done"), _bit(_STATUS, "error")
 
 
 class BridgeError(BrazeError):
@@ -78,7 +66,7 @@ class Transport(abc.ABC):
     def receive(self, count: int) -> bytes:
         """The next ``count`` bytes from the board; :class:`BridgeError` if they do not come."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 -- most transports hold nothing to release
         """Release the port (or the simulator)."""
 
 
@@ -196,7 +184,8 @@ class SerialTransport(Transport):
         try:
             import serial
         except ImportError:
-            raise BrazeError("SerialTransport needs pyserial: pip install 'braze[board]' (or pyserial)") from None
+            raise BrazeError("SerialTransport needs pyserial: pip install 'braze[board]' "
+                             "(or pyserial)") from None
         self._port = serial.Serial(port, baudrate=baud, bytesize=8, parity="N", stopbits=1, timeout=timeout)
 
     def send(self, data: bytes) -> None:
@@ -232,8 +221,9 @@ class BridgeClient:
             # The board replies without a payload to a header it rejects: check it here, by the same rule.
             addr_bytes = 2 if op in (Op.REG_WRITE, Op.REG_READ) else 4
             verdict = header_status(op, int.from_bytes(header[:addr_bytes], "little"),
-                                    int.from_bytes(header[addr_bytes:], "little"), reg_addr_width=self.reg_addr_width,
-                                    mem_size=self.memory_bytes, word_bytes=self.word_bytes)
+                                    int.from_bytes(header[addr_bytes:], "little"),
+                                    reg_addr_width=self.reg_addr_width, mem_size=self.memory_bytes,
+                                    word_bytes=self.word_bytes)
             if verdict is not Status.OK:
                 raise BridgeError(f"bridge {op.name} {header.hex()}: {verdict.name} (checked before sending)")
         self.transport.send(bytes([op.value]) + header + payload)
@@ -249,18 +239,21 @@ class BridgeClient:
         reply = self._request(Op.INFO, b"", reply_bytes=INFO_BYTES)
         memory_bytes, word_bytes, version = int.from_bytes(reply[:4], "little"), reply[4], reply[5]
         if version != PROTOCOL_VERSION:
-            raise BridgeError(f"bridge speaks protocol version {version}; this host speaks {PROTOCOL_VERSION}")
+            raise BridgeError(f"bridge speaks protocol version {version}; "
+                              f"this host speaks {PROTOCOL_VERSION}")
         return memory_bytes or 1 << 32, word_bytes
 
     def write_register(self, offset: int, value: int) -> None:
-        self._request(Op.REG_WRITE, offset.to_bytes(2, "little") + (value & 0xFFFF_FFFF).to_bytes(4, "little"))
+        header = offset.to_bytes(2, "little") + (value & 0xFFFF_FFFF).to_bytes(4, "little")
+        self._request(Op.REG_WRITE, header)
 
     def read_registers(self, offset: int, count: int = 1) -> list[int]:
         """``count`` consecutive 32-bit registers from byte ``offset``."""
         words = []
         while count:
             step = min(count, MAX_REG_COUNT)
-            reply = self._request(Op.REG_READ, offset.to_bytes(2, "little") + bytes([step]), reply_bytes=4 * step)
+            header = offset.to_bytes(2, "little") + bytes([step])
+            reply = self._request(Op.REG_READ, header, reply_bytes=4 * step)
             words += [int.from_bytes(reply[i:i + 4], "little") for i in range(0, len(reply), 4)]
             offset, count = offset + 4 * step, count - step
         return words
@@ -269,7 +262,8 @@ class BridgeClient:
         step_bytes = MAX_MEM_COUNT * self.word_bytes
         for start in range(0, len(data), step_bytes):
             chunk = data[start:start + step_bytes]
-            header = (addr + start).to_bytes(4, "little") + (len(chunk) // self.word_bytes).to_bytes(2, "little")
+            count = len(chunk) // self.word_bytes
+            header = (addr + start).to_bytes(4, "little") + count.to_bytes(2, "little")
             self._request(Op.MEM_WRITE, header, chunk)
 
     def _read_words(self, addr: int, nbytes: int) -> bytes:

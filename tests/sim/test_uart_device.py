@@ -32,7 +32,9 @@ def test_gemm_and_an_error_run_match_the_reference_model():
     bias = rng.integers(-500, 500, 4)
     inputs = {"A": a, "B": b, "params": K.pack_params(kernel, bias=bias)}
     expected = np.clip(a.astype(np.int64) @ b + bias, -128, 127)
-    bad = [Instruction.make("load", mem="spad", addr=0, rows=2, len=4, stride=4, dram=BOARD_TINY.dram_bytes - 4),
+    # Its second row lies past the end of the board memory.
+    bad = [Instruction.make("load", mem="spad", addr=0, rows=2, len=4, stride=4,
+                            dram=BOARD_TINY.dram_bytes - 4),
            Instruction.make("halt")]
     # The kernel's COUNTERS snapshot resets the counters; without the reset, the counters read over
     # the UART at the end of the run hold the whole run too.
