@@ -36,16 +36,20 @@ from braze.isa.config import MAX_DRAM_BYTES, MIN_DRAM_BYTES
 from .board_memory import BoardMemory, block_ram_blocks
 from .toolchain import run_yowasp
 from .top import AXIL_ADDR_WIDTH, Accelerator
-from .uart import BoardParameterError, UARTReceiver, UARTTransmitter, check_divisor
+from .uart import BITS_PER_BYTE, BoardParameterError, UARTReceiver, UARTTransmitter, check_divisor
 from .uart_bridge import SerialBridge
 
 __all__ = ["BoardTop", "BridgeTop", "BoardPlatformTop", "Board", "BOARDS", "board", "board_config",
-           "write_board", "memory_report", "board_table", "DEFAULT_BAUD", "DEFAULT_MEMORY_BYTES"]
+           "write_board", "memory_report", "board_table", "DEFAULT_BAUD", "DEFAULT_MEMORY_BYTES",
+           "DEFAULT_TIMEOUT_BYTES"]
 
 #: Serial speed of a board top: what every USB serial chip and pyserial support.
 DEFAULT_BAUD = 115_200
 #: Board memory: the smallest external memory a build may have.
 DEFAULT_MEMORY_BYTES = MIN_DRAM_BYTES
+#: Byte times of silence that end a request part way (``Status.TIMEOUT``): 87 ms at 115200 baud,
+#: far longer than a USB serial chip's gaps within one write.
+DEFAULT_TIMEOUT_BYTES = 1000
 
 
 def board_config(config: Config, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> Config:
@@ -55,6 +59,12 @@ def board_config(config: Config, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> Co
         raise BoardParameterError(f"board memory_bytes={memory_bytes!r} must be a power of two from "
                                   f"{MIN_DRAM_BYTES} to {MAX_DRAM_BYTES}")
     return config.replace(dram_bytes=memory_bytes)
+
+
+def _timeout_cycles(timeout_bytes: int, divisor: int) -> int:
+    if not isinstance(timeout_bytes, int) or isinstance(timeout_bytes, bool) or timeout_bytes < 0:
+        raise BoardParameterError(f"timeout_bytes={timeout_bytes!r} must be a non-negative integer (0: none)")
+    return timeout_bytes * BITS_PER_BYTE * divisor
 
 
 class BoardTop(wiring.Component):
@@ -67,6 +77,8 @@ class BoardTop(wiring.Component):
         in block RAM (see :func:`board_config`).
     divisor : int
         Clock cycles per UART bit (clock frequency over baud rate).
+    timeout_bytes : int
+        Byte times without a byte after which the bridge ends a request that has begun.
 
     Attributes
     ----------
@@ -82,7 +94,7 @@ class BoardTop(wiring.Component):
         The blocks (submodules), for a simulation to observe.
     """
 
-    def __init__(self, config: Config, *, divisor: int):
+    def __init__(self, config: Config, *, divisor: int, timeout_bytes: int = DEFAULT_TIMEOUT_BYTES):
         if not isinstance(config, Config):
             raise BoardParameterError(f"BoardTop needs a braze Config, not {config!r}")
         self.config = config
@@ -91,7 +103,8 @@ class BoardTop(wiring.Component):
         self.accelerator = Accelerator(config)
         self.memory = BoardMemory(size=config.dram_bytes, data_width=config.dma_bus_bits)
         self.bridge = SerialBridge(reg_addr_width=AXIL_ADDR_WIDTH, mem_size=config.dram_bytes,
-                                   word_bytes=config.dma_bus_bytes)
+                                   word_bytes=config.dma_bus_bytes,
+                                   timeout_cycles=_timeout_cycles(timeout_bytes, self.divisor))
 
     def elaborate(self, platform):
         m = Module()
@@ -129,6 +142,8 @@ class BridgeTop(wiring.Component):
         Sizes the memory (``dram_bytes``, ``dma_bus_bits``) and the register file.
     divisor : int
         Clock cycles per UART bit.
+    timeout_bytes : int
+        As :class:`BoardTop`'s.
 
     Attributes
     ----------
@@ -138,11 +153,12 @@ class BridgeTop(wiring.Component):
         Serial output.
     """
 
-    def __init__(self, config: Config, *, divisor: int):
+    def __init__(self, config: Config, *, divisor: int, timeout_bytes: int = DEFAULT_TIMEOUT_BYTES):
         if not isinstance(config, Config):
             raise BoardParameterError(f"BridgeTop needs a braze Config, not {config!r}")
         self.config = config
         self.divisor = check_divisor("BridgeTop", divisor)
+        self.timeout_cycles = _timeout_cycles(timeout_bytes, self.divisor)
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1)})
 
     def elaborate(self, platform):
@@ -153,7 +169,8 @@ class BridgeTop(wiring.Component):
         m.submodules.uart_rx = receiver = UARTReceiver(self.divisor)
         m.submodules.uart_tx = transmitter = UARTTransmitter(self.divisor)
         m.submodules.bridge = bridge = SerialBridge(
-            reg_addr_width=AXIL_ADDR_WIDTH, mem_size=config.dram_bytes, word_bytes=config.dma_bus_bytes)
+            reg_addr_width=AXIL_ADDR_WIDTH, mem_size=config.dram_bytes, word_bytes=config.dma_bus_bytes,
+            timeout_cycles=self.timeout_cycles)
         m.submodules.memory = memory = BoardMemory(size=config.dram_bytes, data_width=config.dma_bus_bits)
         m.submodules.csr = csr = CSRFile(config, addr_width=AXIL_ADDR_WIDTH)
         wiring.connect(m, receiver.data, bridge.rx)

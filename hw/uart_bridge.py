@@ -27,7 +27,9 @@ are byte addresses, aligned to a memory word (the accelerator's DMA bus width, `
   payload in the reply;
 * an AXI-Lite error response (unmapped register, read-only register) is ``BUS_ERROR``, after
   the payload of a REG_READ;
-* a framing error or overrun of the UART aborts the request with ``RX_ERROR``.
+* a framing error or overrun of the UART aborts the request with ``RX_ERROR``;
+* a request that stops arriving part way (a host that died, a cable pulled) ends with ``TIMEOUT``
+  once no byte has come for ``timeout_cycles``, so the next host finds the bridge idle.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class Status(enum.Enum, shape=8):
     BAD_ADDRESS = 0x03
     BUS_ERROR = 0x04
     RX_ERROR = 0x05
+    TIMEOUT = 0x06
 
 
 #: Header bytes after each opcode.
@@ -112,6 +115,9 @@ class SerialBridge(wiring.Component):
         Bytes of the memory behind ``mem``: a power of two, at least 16 words.
     word_bytes : int
         Bytes of one memory word: 8, 16 or 32.
+    timeout_cycles : int
+        Clock cycles without a byte after which a request that has begun ends with ``TIMEOUT``
+        (0: wait for ever).
 
     Attributes
     ----------
@@ -127,7 +133,7 @@ class SerialBridge(wiring.Component):
         Memory word accesses.
     """
 
-    def __init__(self, *, reg_addr_width: int = 12, mem_size: int, word_bytes: int):
+    def __init__(self, *, reg_addr_width: int = 12, mem_size: int, word_bytes: int, timeout_cycles: int = 0):
         if not isinstance(reg_addr_width, int) or not 3 <= reg_addr_width <= 16:
             raise BoardParameterError(f"SerialBridge: reg_addr_width={reg_addr_width!r} must be an integer "
                                       "from 3 to 16 (the header's address has two bytes)")
@@ -137,6 +143,11 @@ class SerialBridge(wiring.Component):
                 or mem_size > 1 << 32):
             raise BoardParameterError(f"SerialBridge: mem_size={mem_size!r} must be a power of two from "
                                       f"{16 * word_bytes} to 2**32 bytes")
+        if not isinstance(timeout_cycles, int) or isinstance(timeout_cycles, bool) or \
+                not 0 <= timeout_cycles < 1 << 32:
+            raise BoardParameterError(f"SerialBridge: timeout_cycles={timeout_cycles!r} must be an integer "
+                                      "from 0 (no timeout) to 2**32 - 1")
+        self.timeout_cycles = timeout_cycles
         self.reg_addr_width = reg_addr_width
         self.mem_size = mem_size
         self.word_bytes = word_bytes
@@ -168,6 +179,8 @@ class SerialBridge(wiring.Component):
         bus_failed = Signal()
         address_done = Signal()                 # AXI-Lite write: AW and W handshakes, in any order
         data_done = Signal()
+        silence = Signal(range(self.timeout_cycles + 1))   # cycles since the last byte of a request
+        m.d.sync += silence.eq(0)
 
         with m.Switch(op):
             for opcode, length in HEADER_BYTES.items():
@@ -185,11 +198,17 @@ class SerialBridge(wiring.Component):
             m.d.sync += status.eq(code)
             m.next = "STATUS"
 
-        def receive_or_abort():
-            """Take a byte in this state; a receiver error ends the request instead."""
+        def receive_or_abort(*, part_way: bool = True):
+            """Take a byte in this state; a receiver error (or, part way through a request, silence) ends
+            the request instead."""
             m.d.comb += self.rx.ready.eq(1)
             with m.If(self.rx_error):
                 finish(Status.RX_ERROR)
+            if part_way and self.timeout_cycles:
+                with m.If(~self.rx.valid & ~self.rx_error):
+                    m.d.sync += silence.eq(silence + 1)
+                    with m.If(silence == self.timeout_cycles - 1):
+                        finish(Status.TIMEOUT)
             return m.If(self.rx.valid & ~self.rx_error)
 
         def send(last_index: int, next_state: str):
@@ -198,7 +217,7 @@ class SerialBridge(wiring.Component):
 
         with m.FSM():
             with m.State("IDLE"):
-                with receive_or_abort():
+                with receive_or_abort(part_way=False):
                     m.d.sync += [op.eq(self.rx.payload), header_index.eq(0), header.eq(0)]
                     with m.Switch(self.rx.payload):
                         with m.Case(Op.INFO):

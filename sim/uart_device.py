@@ -187,6 +187,8 @@ class SerialTransport(Transport):
             raise BrazeError("SerialTransport needs pyserial: pip install 'braze[board]' "
                              "(or pyserial)") from None
         self._port = serial.Serial(port, baudrate=baud, bytesize=8, parity="N", stopbits=1, timeout=timeout)
+        # Drop what a previous session left unread (a TIMEOUT status for its unfinished request, say).
+        self._port.reset_input_buffer()
 
     def send(self, data: bytes) -> None:
         self._port.write(bytes(data))

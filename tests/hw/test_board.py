@@ -50,7 +50,7 @@ class _FakePort:
 
     def __init__(self, port, **settings):
         self.port, self.settings, self.timeout = port, settings, settings["timeout"]
-        self.buffer = bytearray()
+        self.buffer = bytearray(b"left over by the last session")
         self.closed = False
 
     def write(self, data):
@@ -59,6 +59,9 @@ class _FakePort:
     def read(self, count):
         data, self.buffer = bytes(self.buffer[:count]), self.buffer[count:]
         return data
+
+    def reset_input_buffer(self):
+        self.buffer.clear()
 
     def close(self):
         self.closed = True

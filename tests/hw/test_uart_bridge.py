@@ -104,6 +104,23 @@ def test_a_framing_error_aborts_the_request(board):
     assert request(board, Op.MEM_READ, mem_header(0x80, 1), reply=WORD) == (bytes(WORD), Status.OK)
 
 
+def test_a_request_that_stops_part_way_times_out():
+    # A bridge that gives up after 3 byte times of silence within a request.
+    board = SimulatedBoard(CONFIG, divisor=DIVISOR, top=BridgeTop(CONFIG, divisor=DIVISOR, timeout_bytes=3),
+                           reply_timeout=5_000)
+    # Back-to-back bytes never time out, however long the request...
+    words = bytes(range(4 * WORD))
+    assert request(board, Op.MEM_WRITE, mem_header(0x100, 4), words) == (b"", Status.OK)
+    # ... and an idle bridge waits for ever; a request cut short ends with TIMEOUT and writes nothing.
+    board.send(bytes([Op.MEM_WRITE.value]) + mem_header(0x100, 1) + b"\xFF\xFF")
+    start = board.cycles
+    assert board.receive(1) == bytes([Status.TIMEOUT.value])
+    # The 9 bytes sent, 3 byte times of silence, the status byte (and a few cycles of latency).
+    byte_time = 10 * DIVISOR
+    assert (9 + 3 + 1) * byte_time <= board.cycles - start <= (9 + 4 + 1) * byte_time
+    assert request(board, Op.MEM_READ, mem_header(0x100, 4), reply=4 * WORD) == (words, Status.OK)
+
+
 def test_client_splits_unaligned_spans_and_names_failed_requests(board):
     client = BridgeClient(board)
     assert (client.memory_bytes, client.word_bytes) == (MEM_BYTES, WORD)
@@ -154,6 +171,8 @@ def test_header_lengths_cover_every_opcode():
     (lambda: SerialBridge(mem_size=1000, word_bytes=8), "mem_size"),
     (lambda: SerialBridge(mem_size=1024, word_bytes=4), "word_bytes"),
     (lambda: SerialBridge(reg_addr_width=17, mem_size=1024, word_bytes=8), "reg_addr_width"),
+    (lambda: SerialBridge(mem_size=1024, word_bytes=8, timeout_cycles=-1), "timeout_cycles"),
+    (lambda: BridgeTop(CONFIG, divisor=4, timeout_bytes=-5), "timeout_bytes"),
     (lambda: BoardMemory(size=64, data_width=64), "size"),
     (lambda: BoardMemory(size=1024, data_width=32), "data_width"),
 ])
