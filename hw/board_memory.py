@@ -35,7 +35,7 @@ class MemoryHostSignature(wiring.Signature):
 
     The initiator holds ``valid`` with ``write``, ``addr`` (a word address) and ``wdata``
     until a cycle in which ``ready`` is high: the access happens at that clock edge, and a read's
-    word is on ``rdata`` in the next cycle (and stays there until the next granted read).
+    word is on ``rdata`` in the next cycle (only then: the AXI side reads through the same port).
 
     Parameters
     ----------

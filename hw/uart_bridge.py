@@ -140,9 +140,9 @@ class SerialBridge(wiring.Component):
         if word_bytes not in (8, 16, 32):
             raise BoardParameterError(f"SerialBridge: word_bytes={word_bytes!r} must be 8, 16 or 32")
         if (not isinstance(mem_size, int) or mem_size < 16 * word_bytes or mem_size & (mem_size - 1)
-                or mem_size > 1 << 32):
+                or mem_size > 1 << 31):
             raise BoardParameterError(f"SerialBridge: mem_size={mem_size!r} must be a power of two from "
-                                      f"{16 * word_bytes} to 2**32 bytes")
+                                      f"{16 * word_bytes} to 2**31 bytes (INFO reports it in four bytes)")
         if not isinstance(timeout_cycles, int) or isinstance(timeout_cycles, bool) or \
                 not 0 <= timeout_cycles < 1 << 32:
             raise BoardParameterError(f"SerialBridge: timeout_cycles={timeout_cycles!r} must be an integer "

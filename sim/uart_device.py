@@ -243,7 +243,7 @@ class BridgeClient:
         if version != PROTOCOL_VERSION:
             raise BridgeError(f"bridge speaks protocol version {version}; "
                               f"this host speaks {PROTOCOL_VERSION}")
-        return memory_bytes or 1 << 32, word_bytes
+        return memory_bytes, word_bytes
 
     def write_register(self, offset: int, value: int) -> None:
         header = offset.to_bytes(2, "little") + (value & 0xFFFF_FFFF).to_bytes(4, "little")
