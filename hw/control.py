@@ -21,8 +21,11 @@ slot, from the registers as the instructions before have left them, and the sum 
 checked (same causes as the reference model) and what the unit's queue receives (the register
 fields cleared).  PREDICATE is dispatched to the compute unit like a VECTOR, with its tokens; its
 client reports the result on ``predicate_value`` with ``done``, which writes register ``dst``.
-From dispatching a PREDICATE until it is done the dispatcher dispatches and executes nothing
-(the next word waits in the slot, its errors too), so later instructions see the result.
+From dispatching a PREDICATE until it is done the dispatcher holds, in the slot, a word that names
+its ``dst`` register (SCALAR dst/src1/src2, BRANCH a/b, a register-offset field) or is another
+PREDICATE (its errors wait too), so later instructions see the result; other words go on.  The
+result is written through its own register write port, as a SCALAR may write another register in
+the same cycle.
 
 Execution client contract (:data:`EXECUTION_PORT`, seen from the control
 core): an instruction is handed over by a transfer on ``insn``; the client
@@ -208,6 +211,19 @@ def _names_register(word) -> Value:
     return Cat(*uses).any()
 
 
+def _names_scalar_register(word, register) -> Value:
+    """The word names scalar register ``register`` in the dispatcher: a SCALAR's dst/src1/src2, a
+    BRANCH's a/b, a register-offset field (:func:`braze.isa.timing.scalar_registers` in hardware)."""
+    named = [(word.opcode == Opcode.SCALAR) & Cat(*(word.args.scalar[name] == register
+                                                    for name in ("dst", "src1", "src2"))).any(),
+             (word.opcode == Opcode.BRANCH) & Cat(*(word.args.branch[name] == register
+                                                    for name in ("a", "b"))).any()]
+    for opcode, offsets in sorted(REGISTER_OFFSETS.items(), key=lambda item: item[0].value):
+        args = word.args[opcode.name.lower()]
+        named.append((word.opcode == opcode) & Cat(*(args[name] == register for name in offsets.values())).any())
+    return Cat(*named).any()
+
+
 def _resolve_registers(m: Module, word, regs) -> data.View:
     """``word`` with its register offsets added to their fields (modulo the field's width) and the
     register fields cleared: :func:`braze.isa.model.resolve_registers` in hardware."""
@@ -331,16 +347,21 @@ class Control(wiring.Component):
             m.d.sync += self.running.eq(0)
         # The scalar registers, outside the core: a run starts with what the host and earlier runs left.
         scalar_write = Signal(SCALAR_WRITE, name="core_scalar_write")
-        self._elaborate_core(core, scalar_write)
+        predicate_write = Signal(SCALAR_WRITE, name="core_predicate_write")
+        self._elaborate_core(core, scalar_write, predicate_write)
         for index in range(1, SCALAR_REGS):
             with m.If(self.scalar_write.en & (self.scalar_write.index == index)):
                 m.d.sync += self.scalar_regs[index].eq(self.scalar_write.value)
             with m.Elif(scalar_write.en & (scalar_write.index == index)):
                 m.d.sync += self.scalar_regs[index].eq(scalar_write.value)
+            # Never the same register as a SCALAR in the same cycle: that SCALAR waits in the slot.
+            with m.Elif(predicate_write.en & (predicate_write.index == index)):
+                m.d.sync += self.scalar_regs[index].eq(predicate_write.value)
         return m
 
-    def _elaborate_core(self, m: Module, scalar_write):
-        """The core, reset by ``start``; ``scalar_write`` (driven here) writes a scalar register."""
+    def _elaborate_core(self, m: Module, scalar_write, predicate_write):
+        """The core, reset by ``start``; ``scalar_write`` and ``predicate_write`` (driven here) write a
+        scalar register: a SCALAR's, a PREDICATE's result."""
         config = self.config
         ports = {Unit.LOAD: self.load, Unit.COMPUTE: self.compute, Unit.STORE: self.store}
 
@@ -412,9 +433,14 @@ class Control(wiring.Component):
                            ErrorCause.BAD_FIELD)
         encoding_error = Cat(*(slot_cause == cause for cause in encoding_causes)).any()
         slot_cause_now = Mux(slot_names_register & ~encoding_error, resolved_decoder.cause, slot_cause)
-        # A PREDICATE has been dispatched and is not done: the slot waits (docs/isa.md).
+        # A PREDICATE has been dispatched and is not done: a word in the slot that names its register,
+        # or is another PREDICATE, waits (docs/isa.md).
         predicate_pending = Signal()
-        hold = predicate_pending
+        pending_dst = Signal(range(SCALAR_REGS))
+        hold = Signal()
+        m.d.comb += hold.eq(predicate_pending & (
+            (slot.word.opcode == Opcode.PREDICATE)
+            | ((pending_dst != 0) & _names_scalar_register(slot.word, pending_dst))))
 
         drained = Cat(*((u["fifo"].level == 0) & u["idle"] for u in units.values())).all()
         slot_legal = slot_valid & ~slot.error & (slot_cause_now == ErrorCause.NONE) & ~hold
@@ -458,9 +484,9 @@ class Control(wiring.Component):
         compute_unit = units[Unit.COMPUTE]
         with m.If(compute_unit["predicate_done"]):
             m.d.comb += [
-                scalar_write.en.eq(1),
-                scalar_write.index.eq(compute_unit["predicate_dst"]),
-                scalar_write.value.eq(self.predicate_value),
+                predicate_write.en.eq(1),
+                predicate_write.index.eq(compute_unit["predicate_dst"]),
+                predicate_write.value.eq(self.predicate_value),
             ]
 
         counters_state = Signal(_CountersState)
@@ -480,7 +506,7 @@ class Control(wiring.Component):
             m.d.comb += slot_leaves.eq(1)
         compute_fifo = units[Unit.COMPUTE]["fifo"]
         with m.If(compute_fifo.w_en & compute_fifo.w_rdy & (slot.word.opcode == Opcode.PREDICATE)):
-            m.d.sync += predicate_pending.eq(1)
+            m.d.sync += [predicate_pending.eq(1), pending_dst.eq(slot.word.args.predicate.dst[:3])]
         with m.Elif(compute_unit["predicate_done"]):
             m.d.sync += predicate_pending.eq(0)
         queue_full = Cat(*(u["fifo"].w_en & ~u["fifo"].w_rdy for u in units.values())).any()
@@ -539,7 +565,7 @@ class Control(wiring.Component):
         next_pc = Mux(fetched_any, following_pc, self.prog_base)
 
         # --- Deadlock: nothing can ever move again. -------------------------------------------------
-        dispatcher_stuck = halted | queue_full | (at_barrier & ~drained) | predicate_pending
+        dispatcher_stuck = halted | queue_full | (at_barrier & ~drained) | (slot_valid & hold)
         units_settled = Cat(*(u["stuck"] | u["empty"] for u in units.values())).all()
         any_stuck = Cat(*(u["stuck"] for u in units.values())).any()
         deadlock_now = (self.running & ~stopping & dispatcher_stuck & units_settled & any_stuck &

@@ -26,7 +26,9 @@ Simplifications of :func:`schedule` (the hardware may differ by these):
 * SCALAR and BRANCH take one dispatcher cycle each (``start`` = ``dispatch``,
   ``end`` one later) and no unit; a BRANCH's target is dispatched in the
   next cycle, as fetch is free;
-* after a PREDICATE, the dispatcher resumes when the PREDICATE ends.
+* while a PREDICATE runs, the dispatcher goes on; it holds (until the PREDICATE ends) only an
+  instruction that names the PREDICATE's ``dst`` register (:func:`scalar_registers`) or is another
+  PREDICATE.
 
 With ``load_overlap`` > 1 a LOAD starts once the previous LOAD has issued its
 row requests (one per cycle, the cycle after it starts; a zero LOAD issues
@@ -52,10 +54,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import deque
+from collections.abc import Iterable
 
 from .config import Config
 from .counters import SNAPSHOT_BYTES
-from .encoding import FORMATS, INSN_BYTES, UNARY_VECTOR_OPS, ErrorCause, Instruction, Memory, Opcode, Unit
+from .encoding import FORMATS, INSN_BYTES, REGISTER_OFFSETS, UNARY_VECTOR_OPS, ErrorCause, Instruction, Memory, Opcode, Unit
 from .errors import ExecutionError
 
 # The pipeline depths below are the single source of these constants: the units in braze.hw import
@@ -120,6 +123,21 @@ def token_queues(insn: Instruction) -> tuple[list[tuple[Unit, Unit]], list[tuple
     if "push_next" in insn.deps:
         pushes.append((unit, _NEXT[unit]))
     return pops, pushes
+
+
+def scalar_registers(insn: Instruction) -> frozenset[int]:
+    """The scalar registers r1..r7 an instruction names in the dispatcher: SCALAR's ``dst``, ``src1``,
+    ``src2``, BRANCH's ``a`` and ``b``, and the register-offset fields of LOAD, STORE, MATMUL and
+    PREDICATE (:data:`~braze.isa.encoding.REGISTER_OFFSETS`).  Of an unresolved instruction."""
+    op = insn.opcode
+    if op is Opcode.SCALAR:
+        fields: Iterable[str] = ("dst", "src1", "src2")
+    elif op is Opcode.BRANCH:
+        fields = ("a", "b")
+    else:
+        fields = REGISTER_OFFSETS.get(op, {}).values()
+    args = insn.args
+    return frozenset(args[field] for field in fields if args[field])
 
 
 def element_bytes(memory: Memory) -> int:
@@ -347,6 +365,10 @@ class Scheduler:
         #: The ``*_busy`` counter cycles the instruction added last contributed (0 if it has no such
         #: counter): its duration, or with overlapped LOADs its cycles with no earlier LOAD in flight.
         self.last_busy = 0
+        # The last PREDICATE's end and register (0: discarded): the dispatcher holds an instruction
+        # naming that register, or another PREDICATE, until then.
+        self._predicate_end = 0
+        self._predicate_dst = 0
 
     @property
     def unit_busy(self) -> dict[Unit, int]:
@@ -365,13 +387,25 @@ class Scheduler:
         """The earliest cycle the next instruction can be dispatched (a barrier: start) in."""
         return self._next_dispatch
 
-    def add(self, insn: Instruction, *, pc: int | None = None) -> ScheduledInstruction | None:
-        return self.add_keyed(insn, timing_key(insn, self.config), pc)
+    def add(self, insn: Instruction, *, pc: int | None = None,
+            unresolved: Instruction | None = None) -> ScheduledInstruction | None:
+        """Schedule ``insn``, the next instruction dispatched.
 
-    def add_keyed(self, insn: Instruction, key: tuple, pc: int | None = None) -> ScheduledInstruction | None:
+        ``unresolved``: the instruction before its register offsets were added (as the program has
+        it), when ``insn`` is resolved: the registers it names come from it.
+        """
+        return self.add_keyed(insn, timing_key(insn, self.config), pc, unresolved)
+
+    def add_keyed(self, insn: Instruction, key: tuple, pc: int | None = None,
+                  unresolved: Instruction | None = None) -> ScheduledInstruction | None:
         """:meth:`add` with the instruction's :func:`timing_key` already computed."""
         unit, cycles, pops, pushes, busy, barrier = key
         index = len(self.entries)
+        if self._predicate_end > self._next_dispatch and (
+                insn.opcode is _PREDICATE
+                or self._predicate_dst in scalar_registers(insn if unresolved is None else unresolved)):
+            # A PREDICATE is running whose register this instruction names: it waits in the dispatcher.
+            self._next_dispatch = self._predicate_end
         if barrier:
             dispatch = self._next_dispatch
             start = max(dispatch, self._all_retired)
@@ -443,8 +477,9 @@ class Scheduler:
             retire = max(retire, push_time)
 
         if insn.opcode is _PREDICATE:
-            # The dispatcher waits for the result: the next instruction may read the register.
-            self._next_dispatch = max(self._next_dispatch, end)
+            # Later instructions that name its register wait for the result (see add_keyed).
+            self._predicate_end = end
+            self._predicate_dst = insn.args["dst"]
         stall = (start - ready) + (retire - end)
         slots.append(start)
         self._unit_free[u] = retire

@@ -98,9 +98,13 @@ def looped_gemm(config: Config, max_m: int, K: int, N: int, *, m: int | None = N
         raise KernelError(f"looped gemm: K={K} must be a multiple of rows={rows} and N={N} of cols={cols} "
                           f"on config {config.name!r}")
     k_blocks, n_tiles = K // rows, N // cols
-    # Scratchpad: m rows per A block and per B block (B blocks are spaced like the accumulator tiles);
-    # accumulator: m rows per N tile.  An M tile is at least `rows` rows, so that B blocks fit their rows.
-    largest = min(config.acc_rows // n_tiles, config.spad_rows // (k_blocks + n_tiles), 1 << 12)
+    # Scratchpad: m rows per A block and per B block (B blocks are spaced like the accumulator tiles),
+    # and with skipping two more A blocks (loaded ahead past the last) and one row after the B blocks
+    # (zeroed to relay tokens); accumulator: m rows per N tile.  An M tile is at least `rows` rows, so
+    # that B blocks fit their rows.
+    a_blocks = k_blocks + 2 * skip_zero_blocks
+    largest = min(config.acc_rows // n_tiles, (config.spad_rows - skip_zero_blocks) // (a_blocks + n_tiles),
+                  1 << 12)
     m = m or max(rows, min(-(-max_m // rows) * rows, largest))
     if not rows <= m <= largest:
         raise KernelError(f"looped gemm: an M tile of {m} rows does not fit config {config.name!r} "
@@ -123,7 +127,8 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
              c: int) -> list[Instruction]:
     rows, cols = config.rows, config.cols
     k_blocks, n_tiles = K // rows, N // cols
-    spad_a, spad_b = k_blocks * m, (k_blocks + n_tiles) * m   # field values: the registers count up to 0
+    # Field values: the registers count up to 0.  With skipping, two more A blocks (loaded ahead).
+    spad_a, spad_b = k_blocks * m, (k_blocks + 2 * skip_zero_blocks + n_tiles) * m
     acc_c = n_tiles * m
     credits = min(2, config.token_depth, n_tiles)
 
@@ -142,17 +147,37 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
         _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=-n_tiles * cols),
     ]
     a_load = _I("load", mem="spad", addr=spad_a, addr_reg=K_COUNT, rows=m, len=rows, dram=a,
-                dram_reg=A_OFFSET, stride=K, push_next=skip_zero_blocks)
+                dram_reg=A_OFFSET, stride=K)
     if skip_zero_blocks:
+        # Software-pipelined: in iteration kb, block kb+2 is loaded and block kb+1 tested (into FLAG)
+        # before block kb's N loop is dispatched, so the test runs while the units work on block kb
+        # and its rows are there when it runs (also along a run of zero blocks); the BRANCH on block
+        # kb's FLAG finds it done.  The dispatcher waits only for a PREDICATE whose register an
+        # instruction names (docs/isa.md), here that BRANCH.  The A LOADs push no token: the test of
+        # block kb+1 pops the token of a one-row zeroing LOAD issued after block kb+1's LOAD and
+        # before block kb+2's (LOADs complete in order), so it waits for its block only.
+        def load(block: int) -> Instruction:
+            return _I("load", mem="spad", addr=spad_a + block * m, addr_reg=K_COUNT, rows=m, len=rows,
+                      dram=a + block * rows, dram_reg=A_OFFSET, stride=K)
+
+        relay = _I("load", mem="spad", zero=True, addr=(k_blocks + 2 + n_tiles) * m, rows=1, len=cols,
+                   push_next=True)
+        test = _I("predicate", op="any", dst=FLAG, mem="spad", addr=spad_a + m, addr_reg=K_COUNT, rows=m,
+                  pop_prev=True)
         k_loop = [
-            a_load,
-            _I("predicate", op="any", dst=FLAG, mem="spad", addr=spad_a, addr_reg=K_COUNT, rows=m,
-               pop_prev=True),
-            _I("branch", cond="eq", a=FLAG, offset=len(block) + 1),   # all zero: past the N loop
+            relay,
+            load(2),
+            _I("branch", cond="eq", a=FLAG, offset=len(block) + 3),   # block kb is all zero
+            test,
             *block,
+            _I("branch", offset=2),
+            test,
         ]
+        first_block = [load(0), load(1), relay,
+                       test.replace(addr=spad_a)]
     else:
         k_loop = [a_load, *block]
+        first_block = []
     k_loop += [
         _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=rows * N),
         _I("scalar", dst=A_OFFSET, src1=A_OFFSET, imm=rows),
@@ -172,6 +197,7 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
         _I("load", mem="acc", zero=True, addr=0, rows=n_tiles * m, len=cols),
         _I("scalar", dst=B_OFFSET, imm=0),
         _I("scalar", dst=K_COUNT, imm=-k_blocks * m),
+        *first_block,
         *k_loop,
         _I("scalar", dst=N_COUNT, imm=-n_tiles * m),
         *store_loop,
