@@ -20,7 +20,12 @@ The register offsets of LOAD, STORE, MATMUL and PREDICATE are added to their add
 slot, from the registers as the instructions before have left them, and the sum is what is range
 checked (same causes as the reference model) and what the unit's queue receives (the register
 fields cleared).  PREDICATE is dispatched to the compute unit like a VECTOR, with its tokens; its
-client reports the result on ``predicate_value`` with ``done``, which writes register ``dst``.
+client reports the result on ``predicate_value`` with ``predicate_done``, which writes register
+``dst``.  A PREDICATE of scratchpad rows that pushes no token runs *beside* the compute unit: the
+unit hands it over and is free for the next instruction, which may start while the PREDICATE
+runs only if it is a MATMUL (it reads the scratchpad and writes the accumulator only, so neither
+sees the other); whatever it is, it retires -- pushes its tokens -- only once the PREDICATE is
+done, so the program-order semantics (and the reference model's race checks) are unchanged.
 From dispatching a PREDICATE until it is done the dispatcher holds, in the slot, a word that names
 its ``dst`` register (SCALAR dst/src1/src2, BRANCH a/b, a register-offset field) or is another
 PREDICATE (its errors wait too), so later instructions see the result; other words go on.  The
@@ -90,6 +95,7 @@ from braze.isa.encoding import (
     REGISTER_OFFSETS,
     SCALAR_REGS,
     BranchCond,
+    Memory,
 )
 
 from .decoder import Decoder
@@ -220,7 +226,8 @@ def _names_scalar_register(word, register) -> Value:
                                                     for name in ("a", "b"))).any()]
     for opcode, offsets in sorted(REGISTER_OFFSETS.items(), key=lambda item: item[0].value):
         args = word.args[opcode.name.lower()]
-        named.append((word.opcode == opcode) & Cat(*(args[name] == register for name in offsets.values())).any())
+        named.append((word.opcode == opcode)
+                     & Cat(*(args[name] == register for name in offsets.values())).any())
     return Cat(*named).any()
 
 
@@ -293,7 +300,11 @@ class Control(wiring.Component):
     scalar_write : In(SCALAR_WRITE)
         Host write of a scalar register (``CSR`` ``SCALAR_R<i>``); meant for between runs.
     predicate_value : In(signed(32))
-        The compute client's PREDICATE result, read with its ``done``.
+        The PREDICATE client's result, read with ``predicate_done``.
+    predicate_done : In(1)
+        The PREDICATE client's done, at the earliest the cycle after it took the instruction (it is
+        not reported on ``compute.done``: a PREDICATE may run beside a MATMUL, see the module
+        documentation).
     redirect : Out(1)
         Pulse: a BRANCH is taken; the fetch unit drops its words and restarts at ``redirect_pc``.
     redirect_pc : Out(PC_BITS)
@@ -323,6 +334,7 @@ class Control(wiring.Component):
     scalar_regs: Out(SCALAR_FILE)
     scalar_write: In(SCALAR_WRITE)
     predicate_value: In(signed(32))
+    predicate_done: In(1)
     redirect: Out(1)
     redirect_pc: Out(PC_BITS)
 
@@ -631,8 +643,21 @@ class Control(wiring.Component):
         head_deps = head.word.deps
         tokens_ready, push_room = _token_checks(m, name, head_deps, current_deps, flag_tokens)
 
-        can_start = (state == _UnitState.IDLE) & ~offering & fifo.r_rdy & tokens_ready & ~stopped
         internal = (head.word.opcode == Opcode.CONFIG) if unit is Unit.COMPUTE else Const(0)
+        # A PREDICATE running beside the compute unit (see the module documentation): ``beside``
+        # while it runs; the next instruction may start then only if it is a MATMUL, and retires
+        # once it is done.
+        beside = Signal(name=f"{name}_predicate_beside")
+        beside_clear = Const(1)
+        head_beside = Const(0)
+        lane_open = Const(1)
+        if unit is Unit.COMPUTE:
+            head_predicate = head.word.args.predicate
+            head_beside = ((head.word.opcode == Opcode.PREDICATE) & (head_predicate.mem == Memory.SPAD) &
+                           ~head_deps.push_prev & ~head_deps.push_next)
+            beside_clear = ~beside | self.predicate_done
+            lane_open = ~beside | (head.word.opcode == Opcode.MATMUL)
+        can_start = (state == _UnitState.IDLE) & ~offering & fifo.r_rdy & tokens_ready & ~stopped & lane_open
         m.d.comb += [
             port.insn.valid.eq((can_start & ~internal) | offering),
             port.insn.payload.eq(head.word),
@@ -650,8 +675,14 @@ class Control(wiring.Component):
                 current_pc.eq(head.pc),
                 current_opcode.eq(head.word.opcode),
                 current_deps.eq(head_deps),
-                state.eq(Mux(internal, _UnitState.PUSH, _UnitState.EXECUTE)),
+                state.eq(Mux(internal, _UnitState.PUSH,
+                             Mux(head_beside, _UnitState.IDLE, _UnitState.EXECUTE))),
             ]
+        if unit is Unit.COMPUTE:
+            with m.If(started & head_beside):
+                m.d.sync += beside.eq(1)
+            with m.Elif(self.predicate_done):
+                m.d.sync += beside.eq(0)
         if unit is Unit.COMPUTE:
             with m.If(started & internal):
                 config_insn = head.word.args.config
@@ -662,13 +693,16 @@ class Control(wiring.Component):
 
         client_done, client_error, client_cause = _client_report(m, name, port)
         executing = state == _UnitState.EXECUTE
+        if unit is Unit.COMPUTE:
+            # A PREDICATE that does not run beside the unit completes with the client's predicate_done.
+            client_done = client_done | (self.predicate_done & (current_opcode == Opcode.PREDICATE))
         failed = executing & client_done & client_error
         completing = (executing & client_done & ~client_error) | (state == _UnitState.PUSH)
         with m.If(failed):
             m.d.sync += state.eq(_UnitState.IDLE)
         with m.If(completing):
             # After an error, pending pushes are dropped: nothing will pop them.
-            with m.If(push_room | stopping):
+            with m.If((push_room & beside_clear) | stopping):
                 m.d.comb += retire.eq(1)
                 m.d.sync += state.eq(_UnitState.IDLE)
                 with m.If(~stopping):
@@ -682,22 +716,22 @@ class Control(wiring.Component):
         predicate_dst = Signal(range(SCALAR_REGS), name=f"{name}_predicate_dst")
         predicate_done = Signal(name=f"{name}_predicate_done")
         if unit is Unit.COMPUTE:
-            with m.If(started):
+            with m.If(started & (head.word.opcode == Opcode.PREDICATE)):
                 m.d.sync += predicate_dst.eq(head.word.args.predicate.dst[:3])
-            m.d.comb += predicate_done.eq(executing & client_done & ~client_error &
-                                          (current_opcode == Opcode.PREDICATE))
+            m.d.comb += predicate_done.eq(self.predicate_done)
 
         waiting_pop = (state == _UnitState.IDLE) & ~offering & fifo.r_rdy & ~tokens_ready
         waiting_push = (state == _UnitState.PUSH) & ~push_room
+        idle = (state == _UnitState.IDLE) & ~offering & ~beside
         return {
             "predicate_dst": predicate_dst,
             "predicate_done": predicate_done,
             "fifo": fifo,
             # Offered to or held by the client (not yet done).
-            "in_flight": ~((state == _UnitState.IDLE) & ~offering) & (state != _UnitState.PUSH),
+            "in_flight": (~((state == _UnitState.IDLE) & ~offering) & (state != _UnitState.PUSH)) | beside,
             "busy": state == _UnitState.EXECUTE,
-            "idle": (state == _UnitState.IDLE) & ~offering,
-            "empty": (state == _UnitState.IDLE) & ~offering & ~fifo.r_rdy,
+            "idle": idle,
+            "empty": idle & ~fifo.r_rdy,
             "stuck": waiting_pop | waiting_push,
             "dep_stall": (waiting_pop | waiting_push) & ~stopping,
             # The pc of the instruction that failed or is blocked.

@@ -26,6 +26,9 @@ Simplifications of :func:`schedule` (the hardware may differ by these):
 * SCALAR and BRANCH take one dispatcher cycle each (``start`` = ``dispatch``,
   ``end`` one later) and no unit; a BRANCH's target is dispatched in the
   next cycle, as fetch is free;
+* a PREDICATE of scratchpad rows that pushes no token runs beside the compute unit, which is free
+  for the next instruction in the next cycle; that instruction may start while it runs only if it
+  is a MATMUL, and no instruction of the unit retires (pushes) before the PREDICATE ends;
 * while a PREDICATE runs, the dispatcher goes on; it holds (until the PREDICATE ends) only an
   instruction that names the PREDICATE's ``dst`` register (:func:`scalar_registers`) or is another
   PREDICATE.
@@ -58,7 +61,17 @@ from collections.abc import Iterable
 
 from .config import Config
 from .counters import SNAPSHOT_BYTES
-from .encoding import FORMATS, INSN_BYTES, REGISTER_OFFSETS, UNARY_VECTOR_OPS, ErrorCause, Instruction, Memory, Opcode, Unit
+from .encoding import (
+    FORMATS,
+    INSN_BYTES,
+    REGISTER_OFFSETS,
+    UNARY_VECTOR_OPS,
+    ErrorCause,
+    Instruction,
+    Memory,
+    Opcode,
+    Unit,
+)
 from .errors import ExecutionError
 
 # The pipeline depths below are the single source of these constants: the units in braze.hw import
@@ -300,6 +313,8 @@ TOKEN_QUEUES = ((Unit.LOAD, Unit.COMPUTE), (Unit.COMPUTE, Unit.LOAD), (Unit.COMP
 _QUEUE_NUMBER = {queue: number for number, queue in enumerate(TOKEN_QUEUES)}
 _BUSY_NAMES = tuple(dict.fromkeys(BUSY_COUNTER.values()))
 _PREDICATE = Opcode.PREDICATE
+_MATMUL = Opcode.MATMUL
+_COMPUTE = Unit.COMPUTE.value
 
 
 # Per opcode: (unit it is scheduled on, is a barrier, index of its *_busy counter name or None).
@@ -369,6 +384,8 @@ class Scheduler:
         # naming that register, or another PREDICATE, until then.
         self._predicate_end = 0
         self._predicate_dst = 0
+        # The end of the last PREDICATE that runs beside the compute unit (see the module documentation).
+        self._beside_end = 0
 
     @property
     def unit_busy(self) -> dict[Unit, int]:
@@ -443,6 +460,8 @@ class Scheduler:
                                 retires[0] + LOAD_SLOT_CYCLES if len(retires) == retires.maxlen else 0)
         else:
             ready = start = max(dispatch, self._unit_free[u])
+        if u == _COMPUTE and insn.opcode is not _MATMUL and self._beside_end > start:
+            ready = start = self._beside_end   # only a MATMUL starts beside a running PREDICATE
 
         if pops:
             for queue in pops:
@@ -459,6 +478,13 @@ class Scheduler:
         end = retire = start + cycles
         if overlapped:
             end, retire = self._overlapped_load(insn, start, end)
+        beside = False
+        if u == _COMPUTE:
+            if insn.opcode is _PREDICATE and insn.args["mem"] is Memory.SPAD and not pushes:
+                beside = True
+            elif self._beside_end > retire:
+                retire = self._beside_end   # retires once the PREDICATE beside it is done
+        finished = retire   # pushes may wait beyond this; waiting for the PREDICATE is no stall
 
         for queue in pushes:
             pushed = self._push_times[queue]
@@ -480,9 +506,13 @@ class Scheduler:
             # Later instructions that name its register wait for the result (see add_keyed).
             self._predicate_end = end
             self._predicate_dst = insn.args["dst"]
-        stall = (start - ready) + (retire - end)
+        stall = (start - ready) + (retire - finished)
         slots.append(start)
         self._unit_free[u] = retire
+        if beside:
+            # The unit is free in the next cycle; the PREDICATE ends (and counts as retired) at `end`.
+            self._unit_free[u] = start + 1
+            self._beside_end = end
         if overlapped:
             self._load_retires.append(retire)
         if retire > self._all_retired:

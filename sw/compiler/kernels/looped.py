@@ -173,8 +173,7 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
             _I("branch", offset=2),
             test,
         ]
-        first_block = [load(0), load(1), relay,
-                       test.replace(addr=spad_a)]
+        first_block = [load(0), relay, load(1), test.replace(addr=spad_a)]
     else:
         k_loop = [a_load, *block]
         first_block = []
