@@ -71,7 +71,8 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
     client).  A latency range from 0 lets clients report done in the cycle they take an instruction.
     ``cycle_limit`` is the watchdog's; edge ``e`` is run cycle ``e``.  The fetch model follows
     taken branches (``redirect``); the compute client reports ``predicate_value`` as every
-    PREDICATE's result, with ``predicate_done``; ``scalar_writes`` ({register: value}) are host writes before the start.
+    PREDICATE's result, with ``predicate_done``; ``scalar_writes`` ({register: value}) are host
+    writes before the start.
     """
     dut = Control(config)
     unit_errors = unit_errors or {}

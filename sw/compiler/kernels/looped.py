@@ -19,13 +19,15 @@ of every N tile of an M tile stay resident, so each A block is loaded (and teste
 
 With ``skip_zero_blocks`` each A block is tested on chip once it is loaded (PREDICATE any) and,
 when it is all zero, the whole N loop of that block -- its B LOADs and MATMULs -- is branched
-over: after a ReLU many activation blocks are zero, and their products add nothing.
+over: after a ReLU many activation blocks are zero, and their products add nothing.  The loop is
+software-pipelined (A blocks loaded two ahead, tested one ahead, beside the previous block's
+MATMULs), so that a dense block costs about what it costs without skipping; see ``_program``.
 
 Ordering: the B block of N tile nt is overwritten (in the next K block) only after the MATMUL that
 read it: each B LOAD pops a credit token that a MATMUL pushes (two are primed before the loops, so
 a B LOAD overlaps the previous MATMUL); a skipped block neither pops nor pushes.  The B LOAD's
-token orders its MATMUL after it and after the A LOAD before it; with skipping, the A LOAD's token
-orders the PREDICATE.  Each M tile starts with a FENCE (the previous tile's stores are done) and
+token orders its MATMUL after it and after the A LOAD before it; with skipping, a one-row zeroing
+LOAD's token orders each PREDICATE after the A LOAD it tests.  Each M tile starts with a FENCE (the previous tile's stores are done) and
 one zeroing LOAD of its accumulator rows; its STOREs pop tokens of no-op CONFIGs after the K loop.
 """
 
@@ -149,13 +151,14 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
     a_load = _I("load", mem="spad", addr=spad_a, addr_reg=K_COUNT, rows=m, len=rows, dram=a,
                 dram_reg=A_OFFSET, stride=K)
     if skip_zero_blocks:
-        # Software-pipelined: in iteration kb, block kb+2 is loaded and block kb+1 tested (into FLAG)
-        # before block kb's N loop is dispatched, so the test runs while the units work on block kb
-        # and its rows are there when it runs (also along a run of zero blocks); the BRANCH on block
+        # Software-pipelined: in iteration kb, block kb+1 is tested (into FLAG) before block kb's N
+        # loop is dispatched, and block kb+2 loaded after it, so the test runs beside block kb's
+        # first MATMUL (a PREDICATE of scratchpad rows that pushes no token does, docs/isa.md) and
+        # its rows are there when it runs (also along a run of zero blocks); the BRANCH on block
         # kb's FLAG finds it done.  The dispatcher waits only for a PREDICATE whose register an
-        # instruction names (docs/isa.md), here that BRANCH.  The A LOADs push no token: the test of
-        # block kb+1 pops the token of a one-row zeroing LOAD issued after block kb+1's LOAD and
-        # before block kb+2's (LOADs complete in order), so it waits for its block only.
+        # instruction names, here that BRANCH.  The A LOADs push no token: the test of block kb+1
+        # pops the token of a one-row zeroing LOAD issued after block kb+1's LOAD and before block
+        # kb+2's (LOADs complete in order), so it waits for its block only.
         def load(block: int) -> Instruction:
             return _I("load", mem="spad", addr=spad_a + block * m, addr_reg=K_COUNT, rows=m, len=rows,
                       dram=a + block * rows, dram_reg=A_OFFSET, stride=K)
@@ -166,12 +169,12 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
                   pop_prev=True)
         k_loop = [
             relay,
-            load(2),
             _I("branch", cond="eq", a=FLAG, offset=len(block) + 3),   # block kb is all zero
             test,
             *block,
             _I("branch", offset=2),
             test,
+            load(2),   # after block kb's B LOADs, so that they do not wait for it
         ]
         first_block = [load(0), relay, load(1), test.replace(addr=spad_a)]
     else:
