@@ -53,8 +53,12 @@ pop the token of the LOAD that wrote them).  While a PREDICATE runs the dispatch
 instruction that names its ``dst`` register (a SCALAR's ``dst``/``src1``/``src2``, a BRANCH's
 ``a``/``b``, a register-offset field), and any other PREDICATE, waits in the dispatcher until it
 has completed, so that registers read at dispatch are still those of program order and the next
-BRANCH on the result sees it.  A kernel can thus test a block one step ahead, while the units
-work on the previous one.  Control instructions take no
+BRANCH on the result sees it.  A PREDICATE of scratchpad rows that pushes no token runs *beside*
+the compute unit: the next compute instruction may start while it runs if it is a MATMUL (which
+reads the scratchpad and writes only the accumulator), anything else waits for it, and no later
+compute instruction retires (pushes a token) before it has completed -- so every result is that
+of program order, only sooner.  A kernel can thus test a block one step ahead, while the units
+work on the previous one, at the cost of one compute-unit cycle.  Control instructions take no
 tokens and are not barriers.  The reference model checks tokens and races in the order the
 instructions are executed, iteration by iteration.  A taken branch below the program base stops
 with ``BRANCH_RANGE``; a loop that never ends runs into the watchdog (``CYCLE_LIMIT``).
