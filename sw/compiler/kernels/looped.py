@@ -27,8 +27,9 @@ Ordering: the B block of N tile nt is overwritten (in the next K block) only aft
 read it: each B LOAD pops a credit token that a MATMUL pushes (two are primed before the loops, so
 a B LOAD overlaps the previous MATMUL); a skipped block neither pops nor pushes.  The B LOAD's
 token orders its MATMUL after it and after the A LOAD before it; with skipping, a one-row zeroing
-LOAD's token orders each PREDICATE after the A LOAD it tests.  Each M tile starts with a FENCE (the previous tile's stores are done) and
-one zeroing LOAD of its accumulator rows; its STOREs pop tokens of no-op CONFIGs after the K loop.
+LOAD's token orders each PREDICATE after the A LOAD it tests.  Each M tile starts with a FENCE (the
+previous tile's stores are done) and one zeroing LOAD of its accumulator rows; its STOREs pop
+tokens of no-op CONFIGs after the K loop.
 """
 
 from __future__ import annotations
@@ -150,6 +151,11 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
     ]
     a_load = _I("load", mem="spad", addr=spad_a, addr_reg=K_COUNT, rows=m, len=rows, dram=a,
                 dram_reg=A_OFFSET, stride=K)
+    next_block = [
+        _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=rows * N),
+        _I("scalar", dst=A_OFFSET, src1=A_OFFSET, imm=rows),
+        _I("scalar", dst=K_COUNT, src1=K_COUNT, imm=m),
+    ]
     if skip_zero_blocks:
         # Software-pipelined: in iteration kb, block kb+1 is tested (into FLAG) before block kb's N
         # loop is dispatched, and block kb+2 loaded after it, so the test runs beside block kb's
@@ -167,25 +173,23 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
                    push_next=True)
         test = _I("predicate", op="any", dst=FLAG, mem="spad", addr=spad_a + m, addr_reg=K_COUNT, rows=m,
                   pop_prev=True)
-        k_loop = [
-            relay,
-            _I("branch", cond="eq", a=FLAG, offset=len(block) + 3),   # block kb is all zero
-            test,
-            *block,
-            _I("branch", offset=2),
-            test,
-            load(2),   # after block kb's B LOADs, so that they do not wait for it
-        ]
+        # A zero block falls through to a copy of the loop's tail, so that it costs one taken BRANCH
+        # (a fetch redirect), and a run of zero blocks goes as fast as their LOADs and tests; a dense
+        # block branches to the N loop, where a redirect is hidden behind the MATMULs queued.
+        # Block kb+2 is loaded after block kb's B LOADs, so that they do not wait for it.
+        tail = [load(2), *next_block]
+        zero_path = [relay, None, test, *tail]
+        zero_path.append(_I("branch", cond="ne", a=K_COUNT, offset=-len(zero_path)))
+        dense_path = [test, *block, *tail]
+        dense_path.append(_I("branch", cond="ne", a=K_COUNT, offset=-(len(zero_path) + 1 + len(dense_path))))
+        zero_path[1] = _I("branch", cond="ne", a=FLAG, offset=len(zero_path))   # block kb is not all zero
+        zero_path.append(_I("branch", offset=len(dense_path) + 1))               # the K loop's end
+        k_loop = [*zero_path, *dense_path]
         first_block = [load(0), relay, load(1), test.replace(addr=spad_a)]
     else:
-        k_loop = [a_load, *block]
+        k_loop = [a_load, *block, *next_block]
+        k_loop.append(_I("branch", cond="ne", a=K_COUNT, offset=-len(k_loop)))
         first_block = []
-    k_loop += [
-        _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=rows * N),
-        _I("scalar", dst=A_OFFSET, src1=A_OFFSET, imm=rows),
-        _I("scalar", dst=K_COUNT, src1=K_COUNT, imm=m),
-    ]
-    k_loop.append(_I("branch", cond="ne", a=K_COUNT, offset=-len(k_loop)))
     store_loop = [
         _nop(push_next=True),
         _I("store", mem="acc", addr=acc_c, addr_reg=N_COUNT, rows=m, len=cols, dram=c, dram_reg=C_OFFSET,
