@@ -127,11 +127,11 @@ def test_a_bad_scalar_write_is_refused_by_name(kind):
 #: A PREDICATE of 32 scratchpad rows, then a MATMUL that may run beside it (docs/isa.md), a SCALAR
 #: that does not wait for it and a BRANCH on its result; {mem} is spad (beside) or acc (not).
 BESIDE = """
-    load mem=acc zero=True addr=0 rows=4 len=4
+    load mem=acc zero addr=0 rows=4 len=4
     load mem=spad addr=0 rows=4 len=4 dram=0x1000 stride=4
     load mem=spad addr=4 rows=4 len=4 dram=0x1010 stride=4 push_next
     predicate op=any dst=1 mem={mem} addr=0 rows=32 pop_prev
-    matmul acc=0 a=0 b=4 a_stride=4 m=4 n=4 k=4 accumulate=True push_next
+    matmul acc=0 a=0 b=4 a_stride=4 m=4 n=4 k=4 accumulate push_next
     scalar dst=2 imm=5
     branch cond=eq a=1 offset=2
     scalar dst=3 imm=1
