@@ -20,9 +20,17 @@ The register offsets of LOAD, STORE, MATMUL and PREDICATE are added to their add
 slot, from the registers as the instructions before have left them, and the sum is what is range
 checked (same causes as the reference model) and what the unit's queue receives (the register
 fields cleared).  PREDICATE is dispatched to the compute unit like a VECTOR, with its tokens; its
-client reports the result on ``predicate_value`` with ``done``, which writes register ``dst``.
-From dispatching a PREDICATE until it is done the dispatcher dispatches and executes nothing
-(the next word waits in the slot, its errors too), so later instructions see the result.
+client reports the result on ``predicate_value`` with ``predicate_done``, which writes register
+``dst``.  A PREDICATE of scratchpad rows that pushes no token runs *beside* the compute unit: the
+unit hands it over and is free for the next instruction, which may start while the PREDICATE
+runs only if it is a MATMUL (it reads the scratchpad and writes the accumulator only, so neither
+sees the other); whatever it is, it retires -- pushes its tokens -- only once the PREDICATE is
+done, so the program-order semantics (and the reference model's race checks) are unchanged.
+From dispatching a PREDICATE until it is done the dispatcher holds, in the slot, a word that names
+its ``dst`` register (SCALAR dst/src1/src2, BRANCH a/b, a register-offset field) or is another
+PREDICATE (its errors wait too), so later instructions see the result; other words go on.  The
+result is written through its own register write port, as a SCALAR may write another register in
+the same cycle.
 
 Execution client contract (:data:`EXECUTION_PORT`, seen from the control
 core): an instruction is handed over by a transfer on ``insn``; the client
@@ -87,6 +95,7 @@ from braze.isa.encoding import (
     REGISTER_OFFSETS,
     SCALAR_REGS,
     BranchCond,
+    Memory,
 )
 
 from .decoder import Decoder
@@ -208,6 +217,20 @@ def _names_register(word) -> Value:
     return Cat(*uses).any()
 
 
+def _names_scalar_register(word, register) -> Value:
+    """The word names scalar register ``register`` in the dispatcher: a SCALAR's dst/src1/src2, a
+    BRANCH's a/b, a register-offset field (:func:`braze.isa.timing.scalar_registers` in hardware)."""
+    named = [(word.opcode == Opcode.SCALAR) & Cat(*(word.args.scalar[name] == register
+                                                    for name in ("dst", "src1", "src2"))).any(),
+             (word.opcode == Opcode.BRANCH) & Cat(*(word.args.branch[name] == register
+                                                    for name in ("a", "b"))).any()]
+    for opcode, offsets in sorted(REGISTER_OFFSETS.items(), key=lambda item: item[0].value):
+        args = word.args[opcode.name.lower()]
+        named.append((word.opcode == opcode)
+                     & Cat(*(args[name] == register for name in offsets.values())).any())
+    return Cat(*named).any()
+
+
 def _resolve_registers(m: Module, word, regs) -> data.View:
     """``word`` with its register offsets added to their fields (modulo the field's width) and the
     register fields cleared: :func:`braze.isa.model.resolve_registers` in hardware."""
@@ -277,7 +300,11 @@ class Control(wiring.Component):
     scalar_write : In(SCALAR_WRITE)
         Host write of a scalar register (``CSR`` ``SCALAR_R<i>``); meant for between runs.
     predicate_value : In(signed(32))
-        The compute client's PREDICATE result, read with its ``done``.
+        The PREDICATE client's result, read with ``predicate_done``.
+    predicate_done : In(1)
+        The PREDICATE client's done, at the earliest the cycle after it took the instruction (it is
+        not reported on ``compute.done``: a PREDICATE may run beside a MATMUL, see the module
+        documentation).
     redirect : Out(1)
         Pulse: a BRANCH is taken; the fetch unit drops its words and restarts at ``redirect_pc``.
     redirect_pc : Out(PC_BITS)
@@ -307,6 +334,7 @@ class Control(wiring.Component):
     scalar_regs: Out(SCALAR_FILE)
     scalar_write: In(SCALAR_WRITE)
     predicate_value: In(signed(32))
+    predicate_done: In(1)
     redirect: Out(1)
     redirect_pc: Out(PC_BITS)
 
@@ -331,16 +359,21 @@ class Control(wiring.Component):
             m.d.sync += self.running.eq(0)
         # The scalar registers, outside the core: a run starts with what the host and earlier runs left.
         scalar_write = Signal(SCALAR_WRITE, name="core_scalar_write")
-        self._elaborate_core(core, scalar_write)
+        predicate_write = Signal(SCALAR_WRITE, name="core_predicate_write")
+        self._elaborate_core(core, scalar_write, predicate_write)
         for index in range(1, SCALAR_REGS):
             with m.If(self.scalar_write.en & (self.scalar_write.index == index)):
                 m.d.sync += self.scalar_regs[index].eq(self.scalar_write.value)
             with m.Elif(scalar_write.en & (scalar_write.index == index)):
                 m.d.sync += self.scalar_regs[index].eq(scalar_write.value)
+            # Never the same register as a SCALAR in the same cycle: that SCALAR waits in the slot.
+            with m.Elif(predicate_write.en & (predicate_write.index == index)):
+                m.d.sync += self.scalar_regs[index].eq(predicate_write.value)
         return m
 
-    def _elaborate_core(self, m: Module, scalar_write):
-        """The core, reset by ``start``; ``scalar_write`` (driven here) writes a scalar register."""
+    def _elaborate_core(self, m: Module, scalar_write, predicate_write):
+        """The core, reset by ``start``; ``scalar_write`` and ``predicate_write`` (driven here) write a
+        scalar register: a SCALAR's, a PREDICATE's result."""
         config = self.config
         ports = {Unit.LOAD: self.load, Unit.COMPUTE: self.compute, Unit.STORE: self.store}
 
@@ -412,9 +445,14 @@ class Control(wiring.Component):
                            ErrorCause.BAD_FIELD)
         encoding_error = Cat(*(slot_cause == cause for cause in encoding_causes)).any()
         slot_cause_now = Mux(slot_names_register & ~encoding_error, resolved_decoder.cause, slot_cause)
-        # A PREDICATE has been dispatched and is not done: the slot waits (docs/isa.md).
+        # A PREDICATE has been dispatched and is not done: a word in the slot that names its register,
+        # or is another PREDICATE, waits (docs/isa.md).
         predicate_pending = Signal()
-        hold = predicate_pending
+        pending_dst = Signal(range(SCALAR_REGS))
+        hold = Signal()
+        m.d.comb += hold.eq(predicate_pending & (
+            (slot.word.opcode == Opcode.PREDICATE)
+            | ((pending_dst != 0) & _names_scalar_register(slot.word, pending_dst))))
 
         drained = Cat(*((u["fifo"].level == 0) & u["idle"] for u in units.values())).all()
         slot_legal = slot_valid & ~slot.error & (slot_cause_now == ErrorCause.NONE) & ~hold
@@ -458,9 +496,9 @@ class Control(wiring.Component):
         compute_unit = units[Unit.COMPUTE]
         with m.If(compute_unit["predicate_done"]):
             m.d.comb += [
-                scalar_write.en.eq(1),
-                scalar_write.index.eq(compute_unit["predicate_dst"]),
-                scalar_write.value.eq(self.predicate_value),
+                predicate_write.en.eq(1),
+                predicate_write.index.eq(compute_unit["predicate_dst"]),
+                predicate_write.value.eq(self.predicate_value),
             ]
 
         counters_state = Signal(_CountersState)
@@ -480,7 +518,7 @@ class Control(wiring.Component):
             m.d.comb += slot_leaves.eq(1)
         compute_fifo = units[Unit.COMPUTE]["fifo"]
         with m.If(compute_fifo.w_en & compute_fifo.w_rdy & (slot.word.opcode == Opcode.PREDICATE)):
-            m.d.sync += predicate_pending.eq(1)
+            m.d.sync += [predicate_pending.eq(1), pending_dst.eq(slot.word.args.predicate.dst[:3])]
         with m.Elif(compute_unit["predicate_done"]):
             m.d.sync += predicate_pending.eq(0)
         queue_full = Cat(*(u["fifo"].w_en & ~u["fifo"].w_rdy for u in units.values())).any()
@@ -539,7 +577,7 @@ class Control(wiring.Component):
         next_pc = Mux(fetched_any, following_pc, self.prog_base)
 
         # --- Deadlock: nothing can ever move again. -------------------------------------------------
-        dispatcher_stuck = halted | queue_full | (at_barrier & ~drained) | predicate_pending
+        dispatcher_stuck = halted | queue_full | (at_barrier & ~drained) | (slot_valid & hold)
         units_settled = Cat(*(u["stuck"] | u["empty"] for u in units.values())).all()
         any_stuck = Cat(*(u["stuck"] for u in units.values())).any()
         deadlock_now = (self.running & ~stopping & dispatcher_stuck & units_settled & any_stuck &
@@ -605,8 +643,21 @@ class Control(wiring.Component):
         head_deps = head.word.deps
         tokens_ready, push_room = _token_checks(m, name, head_deps, current_deps, flag_tokens)
 
-        can_start = (state == _UnitState.IDLE) & ~offering & fifo.r_rdy & tokens_ready & ~stopped
         internal = (head.word.opcode == Opcode.CONFIG) if unit is Unit.COMPUTE else Const(0)
+        # A PREDICATE running beside the compute unit (see the module documentation): ``beside``
+        # while it runs; the next instruction may start then only if it is a MATMUL, and retires
+        # once it is done.
+        beside = Signal(name=f"{name}_predicate_beside")
+        beside_clear = Const(1)
+        head_beside = Const(0)
+        lane_open = Const(1)
+        if unit is Unit.COMPUTE:
+            head_predicate = head.word.args.predicate
+            head_beside = ((head.word.opcode == Opcode.PREDICATE) & (head_predicate.mem == Memory.SPAD) &
+                           ~head_deps.push_prev & ~head_deps.push_next)
+            beside_clear = ~beside | self.predicate_done
+            lane_open = ~beside | (head.word.opcode == Opcode.MATMUL)
+        can_start = (state == _UnitState.IDLE) & ~offering & fifo.r_rdy & tokens_ready & ~stopped & lane_open
         m.d.comb += [
             port.insn.valid.eq((can_start & ~internal) | offering),
             port.insn.payload.eq(head.word),
@@ -624,8 +675,14 @@ class Control(wiring.Component):
                 current_pc.eq(head.pc),
                 current_opcode.eq(head.word.opcode),
                 current_deps.eq(head_deps),
-                state.eq(Mux(internal, _UnitState.PUSH, _UnitState.EXECUTE)),
+                state.eq(Mux(internal, _UnitState.PUSH,
+                             Mux(head_beside, _UnitState.IDLE, _UnitState.EXECUTE))),
             ]
+        if unit is Unit.COMPUTE:
+            with m.If(started & head_beside):
+                m.d.sync += beside.eq(1)
+            with m.Elif(self.predicate_done):
+                m.d.sync += beside.eq(0)
         if unit is Unit.COMPUTE:
             with m.If(started & internal):
                 config_insn = head.word.args.config
@@ -636,13 +693,16 @@ class Control(wiring.Component):
 
         client_done, client_error, client_cause = _client_report(m, name, port)
         executing = state == _UnitState.EXECUTE
+        if unit is Unit.COMPUTE:
+            # A PREDICATE that does not run beside the unit completes with the client's predicate_done.
+            client_done = client_done | (self.predicate_done & (current_opcode == Opcode.PREDICATE))
         failed = executing & client_done & client_error
         completing = (executing & client_done & ~client_error) | (state == _UnitState.PUSH)
         with m.If(failed):
             m.d.sync += state.eq(_UnitState.IDLE)
         with m.If(completing):
             # After an error, pending pushes are dropped: nothing will pop them.
-            with m.If(push_room | stopping):
+            with m.If((push_room & beside_clear) | stopping):
                 m.d.comb += retire.eq(1)
                 m.d.sync += state.eq(_UnitState.IDLE)
                 with m.If(~stopping):
@@ -656,22 +716,22 @@ class Control(wiring.Component):
         predicate_dst = Signal(range(SCALAR_REGS), name=f"{name}_predicate_dst")
         predicate_done = Signal(name=f"{name}_predicate_done")
         if unit is Unit.COMPUTE:
-            with m.If(started):
+            with m.If(started & (head.word.opcode == Opcode.PREDICATE)):
                 m.d.sync += predicate_dst.eq(head.word.args.predicate.dst[:3])
-            m.d.comb += predicate_done.eq(executing & client_done & ~client_error &
-                                          (current_opcode == Opcode.PREDICATE))
+            m.d.comb += predicate_done.eq(self.predicate_done)
 
         waiting_pop = (state == _UnitState.IDLE) & ~offering & fifo.r_rdy & ~tokens_ready
         waiting_push = (state == _UnitState.PUSH) & ~push_room
+        idle = (state == _UnitState.IDLE) & ~offering & ~beside
         return {
             "predicate_dst": predicate_dst,
             "predicate_done": predicate_done,
             "fifo": fifo,
             # Offered to or held by the client (not yet done).
-            "in_flight": ~((state == _UnitState.IDLE) & ~offering) & (state != _UnitState.PUSH),
+            "in_flight": (~((state == _UnitState.IDLE) & ~offering) & (state != _UnitState.PUSH)) | beside,
             "busy": state == _UnitState.EXECUTE,
-            "idle": (state == _UnitState.IDLE) & ~offering,
-            "empty": (state == _UnitState.IDLE) & ~offering & ~fifo.r_rdy,
+            "idle": idle,
+            "empty": idle & ~fifo.r_rdy,
             "stuck": waiting_pop | waiting_push,
             "dep_stall": (waiting_pop | waiting_push) & ~stopping,
             # The pc of the instruction that failed or is blocked.

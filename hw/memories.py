@@ -87,6 +87,9 @@ class BankedMemory(wiring.Component):
         Number of banks; a power of two.
     init : sequence of sequences of int, optional
         Initial rows, from row 0 (the rest are zero).
+    side_read : bool, optional
+        Give every bank a second read port, ``side_read`` (the scratchpad's, for the PREDICATE unit,
+        which may read while a MATMUL reads ``compute_read``).
 
     Attributes
     ----------
@@ -102,15 +105,17 @@ class BankedMemory(wiring.Component):
     dma_write : In(write_port_signature(addr_width, shape, handshake=True))
         Write port of the DMA; ``ready`` is low when ``compute_write`` writes
         the same bank in this cycle.
+    side_read : In(read_port_signature(addr_width, shape))
+        With ``side_read``: a read port of its own on every bank; never stalls.
     reads : Out(2)
-        Rows read in this cycle (accepted requests of both read ports), for the
+        Rows read in this cycle (accepted requests of all read ports), for the
         performance counters.
     writes : Out(2)
         Rows written in this cycle (accepted requests of both write ports).
     """
 
     def __init__(self, *, shape: data.ArrayLayout, depth: int, banks: int,
-                 init: Sequence[Sequence[int]] = ()):
+                 init: Sequence[Sequence[int]] = (), side_read: bool = False):
         if not isinstance(shape, data.ArrayLayout):
             raise TypeError(f"BankedMemory shape must be a data.ArrayLayout (a row of elements), "
                             f"not {shape!r}")
@@ -122,6 +127,7 @@ class BankedMemory(wiring.Component):
         if len(init) > depth:
             raise ValueError(f"BankedMemory init has {len(init)} rows, more than depth={depth}")
         self.shape = shape
+        self.has_side_read = side_read
         self.depth = depth
         self.banks = banks
         self.addr_width = ceil_log2(depth)
@@ -132,7 +138,9 @@ class BankedMemory(wiring.Component):
             MemoryData(shape=shape, depth=depth // banks, init=list(init[bank::banks]))
             for bank in range(banks)
         ]
+        side = {"side_read": In(read_port_signature(self.addr_width, shape))} if side_read else {}
         super().__init__({
+            **side,
             "compute_read": In(read_port_signature(self.addr_width, shape)),
             "compute_write": In(write_port_signature(self.addr_width, shape)),
             "dma_read": In(read_port_signature(self.addr_width, shape, handshake=True)),
@@ -168,7 +176,7 @@ class BankedMemory(wiring.Component):
         dma_read_go = dma_read.en & dma_read.ready
         dma_write_go = dma_write.en & dma_write.ready
 
-        read_data = []
+        read_data, side_data = [], []
         for bank, storage in enumerate(self.bank_data):
             memory = m.submodules[f"bank{bank}"] = Memory(data=storage)
             read_port = memory.read_port()
@@ -182,6 +190,13 @@ class BankedMemory(wiring.Component):
                                       self._index(dma_read.addr))),
             ]
             read_data.append(read_port.data.as_value())
+            if self.has_side_read:
+                side_port = memory.read_port()
+                m.d.comb += [
+                    side_port.en.eq(self.side_read.en & (self._bank(self.side_read.addr) == bank)),
+                    side_port.addr.eq(self._index(self.side_read.addr)),
+                ]
+                side_data.append(side_port.data.as_value())
 
             compute_writes_here = compute_write.en & (self._bank(compute_write.addr) == bank)
             dma_writes_here = dma_write_go & (self._bank(dma_write.addr) == bank)
@@ -211,8 +226,13 @@ class BankedMemory(wiring.Component):
         m.d.comb += [
             compute_read.data.eq(read_data[compute_bank]),
             dma_read.data.eq(read_data[dma_bank]),
-            self.reads.eq(compute_read.en + dma_read_go),
+            self.reads.eq(compute_read.en + dma_read_go + (self.side_read.en if self.has_side_read else 0)),
             self.writes.eq(compute_write.en + dma_write_go),
         ]
+        if self.has_side_read:
+            side_bank = Signal(self._bank_bits)
+            m.d.sync += [side_bank.eq(self._bank(self.side_read.addr)),
+                         self.side_read.valid.eq(self.side_read.en)]
+            m.d.comb += self.side_read.data.eq(Array(side_data)[side_bank])
         return m
 

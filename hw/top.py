@@ -148,8 +148,10 @@ class Accelerator(wiring.Component):
         m.submodules.load = load = LoadEngine(config, beats_width=BEATS_WIDTH)
         m.submodules.store = store = StoreEngine(config, beats_width=BEATS_WIDTH)
         m.submodules.counter_bank = bank = self.counter_bank
+        # The scratchpad's side read port is the PREDICATE unit's, which may run beside a MATMUL.
         m.submodules.spad = spad = BankedMemory(shape=data.ArrayLayout(signed(8), config.cols),
-                                                depth=config.spad_rows, banks=config.spad_banks)
+                                                depth=config.spad_rows, banks=config.spad_banks,
+                                                side_read=True)
         m.submodules.acc = acc = BankedMemory(shape=data.ArrayLayout(signed(32), config.cols),
                                               depth=config.acc_rows,
                                               banks=config.acc_banks)
@@ -239,7 +241,8 @@ class Accelerator(wiring.Component):
         m.d.comb += [
             compute.insn.ready.eq(_mux_by_enable(
                 [(opcode == unit_opcode, unit.insn.ready) for unit_opcode, unit in units], 0)),
-            compute.done.eq(matmul.done | epilogue.done | vector.done | predicate.done),
+            compute.done.eq(matmul.done | epilogue.done | vector.done),
+            control.predicate_done.eq(predicate.done),
             control.predicate_value.eq(predicate.value),
             compute.error.eq(0),
             compute.cause.eq(ErrorCause.NONE),
@@ -256,7 +259,12 @@ class Accelerator(wiring.Component):
         wiring.connect(m, load.acc_write, acc.dma_write)
         wiring.connect(m, store.spad_read, spad.dma_read)
         wiring.connect(m, store.acc_read, acc.dma_read)
-        self._connect_compute_ports(m, spad, Memory.SPAD, matmul, epilogue, vector, predicate)
+        self._connect_compute_ports(m, spad, Memory.SPAD, matmul, epilogue, vector, None)
+        m.d.comb += [
+            spad.side_read.en.eq(predicate.spad_read.en),
+            spad.side_read.addr.eq(predicate.spad_read.addr[:spad.addr_width]),
+            predicate.spad_read.data.eq(spad.side_read.data),
+        ]
         self._connect_compute_ports(m, acc, Memory.ACC, matmul, epilogue, vector, predicate)
 
         # --- Performance counters. ----------------------------------------------------------------
@@ -296,7 +304,8 @@ class Accelerator(wiring.Component):
         addr_width = memory.addr_width
         ones = Const((1 << memory.shape.length) - 1, memory.shape.length)
         name = "spad" if which is Memory.SPAD else "acc"
-        readers = [getattr(unit, f"{name}_read") for unit in (matmul, epilogue, vector, predicate)]
+        readers = [getattr(unit, f"{name}_read") for unit in (matmul, epilogue, vector, predicate)
+                   if unit is not None]
         writers = [getattr(unit, f"{name}_write") for unit in (epilogue, vector)]
         if which is Memory.ACC:
             writers.insert(0, matmul.acc_write)

@@ -49,8 +49,16 @@ SCALAR and BRANCH execute in the dispatcher, in program order, one per cycle, wi
 the units: a branch is resolved before any later instruction is dispatched, and registers read at
 dispatch are those written by the instructions before it in program order.  PREDICATE runs on the
 compute unit, in its queue order and with its dependency tokens (like a VECTOR reading the rows:
-pop the token of the LOAD that wrote them); the dispatcher dispatches nothing after a PREDICATE
-until it has completed, so that the next BRANCH sees its result.  Control instructions take no
+pop the token of the LOAD that wrote them).  While a PREDICATE runs the dispatcher goes on; an
+instruction that names its ``dst`` register (a SCALAR's ``dst``/``src1``/``src2``, a BRANCH's
+``a``/``b``, a register-offset field), and any other PREDICATE, waits in the dispatcher until it
+has completed, so that registers read at dispatch are still those of program order and the next
+BRANCH on the result sees it.  A PREDICATE of scratchpad rows that pushes no token runs *beside*
+the compute unit: the next compute instruction may start while it runs if it is a MATMUL (which
+reads the scratchpad and writes only the accumulator), anything else waits for it, and no later
+compute instruction retires (pushes a token) before it has completed -- so every result is that
+of program order, only sooner.  A kernel can thus test a block one step ahead, while the units
+work on the previous one, at the cost of one compute-unit cycle.  Control instructions take no
 tokens and are not barriers.  The reference model checks tokens and races in the order the
 instructions are executed, iteration by iteration.  A taken branch below the program base stops
 with ``BRANCH_RANGE``; a loop that never ends runs into the watchdog (``CYCLE_LIMIT``).
@@ -495,8 +503,9 @@ FORMATS: tuple[Format, ...] = (
         "Reads all `cols` elements of rows `addr + r[addr_reg]` .. `+ rows - 1` of `mem` (int8 in spad, "
         "int32 in acc) and writes scalar register `dst`: any: 1 if an element is nonzero, else 0; "
         "max: the largest element (signed). Runs on the compute unit, in its queue order and with "
-        "its tokens (pop the LOAD that wrote the rows); the dispatcher dispatches nothing after it "
-        "until it has completed, so later BRANCH and SCALAR instructions see its result. "
+        "its tokens (pop the LOAD that wrote the rows); the dispatcher goes on, and holds only an "
+        "instruction that names `dst` (or another PREDICATE) until it has completed, so later "
+        "BRANCH and SCALAR instructions see its result. "
         "dst = 0 discards the result.",
         (
             _f("op", PredicateOp, Kind.ENUM, "property: any (nonzero) or max"),

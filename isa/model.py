@@ -1505,11 +1505,13 @@ class Machine:
     def _execute(self, insn: Instruction, pc: int, seq: int) -> None:
         config = self.config
         op = insn.opcode
+        unresolved = insn
         if op in REGISTER_OFFSETS:
             insn = resolve_registers(insn, self.scalar_regs)
         check_ranges(insn, config, pc=pc)
         check_overlap(insn, config, pc=pc)
-        entry = self._scheduler.add(insn, pc=pc)  # raises DEADLOCK for an invalid token order
+        # raises DEADLOCK for an invalid token order
+        entry = self._scheduler.add(insn, pc=pc, unresolved=unresolved)
         dispatched = entry.start if entry.unit is Unit.CONTROL else entry.dispatch
         if self._cycle_limit and dispatched >= self._cycle_limit:
             self._stop_by_watchdog(pc)

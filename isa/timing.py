@@ -26,7 +26,12 @@ Simplifications of :func:`schedule` (the hardware may differ by these):
 * SCALAR and BRANCH take one dispatcher cycle each (``start`` = ``dispatch``,
   ``end`` one later) and no unit; a BRANCH's target is dispatched in the
   next cycle, as fetch is free;
-* after a PREDICATE, the dispatcher resumes when the PREDICATE ends.
+* a PREDICATE of scratchpad rows that pushes no token runs beside the compute unit, which is free
+  for the next instruction in the next cycle; that instruction may start while it runs only if it
+  is a MATMUL, and no instruction of the unit retires (pushes) before the PREDICATE ends;
+* while a PREDICATE runs, the dispatcher goes on; it holds (until the PREDICATE ends) only an
+  instruction that names the PREDICATE's ``dst`` register (:func:`scalar_registers`) or is another
+  PREDICATE.
 
 With ``load_overlap`` > 1 a LOAD starts once the previous LOAD has issued its
 row requests (one per cycle, the cycle after it starts; a zero LOAD issues
@@ -52,10 +57,21 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import deque
+from collections.abc import Iterable
 
 from .config import Config
 from .counters import SNAPSHOT_BYTES
-from .encoding import FORMATS, INSN_BYTES, UNARY_VECTOR_OPS, ErrorCause, Instruction, Memory, Opcode, Unit
+from .encoding import (
+    FORMATS,
+    INSN_BYTES,
+    REGISTER_OFFSETS,
+    UNARY_VECTOR_OPS,
+    ErrorCause,
+    Instruction,
+    Memory,
+    Opcode,
+    Unit,
+)
 from .errors import ExecutionError
 
 # The pipeline depths below are the single source of these constants: the units in braze.hw import
@@ -120,6 +136,21 @@ def token_queues(insn: Instruction) -> tuple[list[tuple[Unit, Unit]], list[tuple
     if "push_next" in insn.deps:
         pushes.append((unit, _NEXT[unit]))
     return pops, pushes
+
+
+def scalar_registers(insn: Instruction) -> frozenset[int]:
+    """The scalar registers r1..r7 an instruction names in the dispatcher: SCALAR's ``dst``, ``src1``,
+    ``src2``, BRANCH's ``a`` and ``b``, and the register-offset fields of LOAD, STORE, MATMUL and
+    PREDICATE (:data:`~braze.isa.encoding.REGISTER_OFFSETS`).  Of an unresolved instruction."""
+    op = insn.opcode
+    if op is Opcode.SCALAR:
+        fields: Iterable[str] = ("dst", "src1", "src2")
+    elif op is Opcode.BRANCH:
+        fields = ("a", "b")
+    else:
+        fields = REGISTER_OFFSETS.get(op, {}).values()
+    args = insn.args
+    return frozenset(args[field] for field in fields if args[field])
 
 
 def element_bytes(memory: Memory) -> int:
@@ -282,6 +313,8 @@ TOKEN_QUEUES = ((Unit.LOAD, Unit.COMPUTE), (Unit.COMPUTE, Unit.LOAD), (Unit.COMP
 _QUEUE_NUMBER = {queue: number for number, queue in enumerate(TOKEN_QUEUES)}
 _BUSY_NAMES = tuple(dict.fromkeys(BUSY_COUNTER.values()))
 _PREDICATE = Opcode.PREDICATE
+_MATMUL = Opcode.MATMUL
+_COMPUTE = Unit.COMPUTE.value
 
 
 # Per opcode: (unit it is scheduled on, is a barrier, index of its *_busy counter name or None).
@@ -347,6 +380,12 @@ class Scheduler:
         #: The ``*_busy`` counter cycles the instruction added last contributed (0 if it has no such
         #: counter): its duration, or with overlapped LOADs its cycles with no earlier LOAD in flight.
         self.last_busy = 0
+        # The last PREDICATE's end and register (0: discarded): the dispatcher holds an instruction
+        # naming that register, or another PREDICATE, until then.
+        self._predicate_end = 0
+        self._predicate_dst = 0
+        # The end of the last PREDICATE that runs beside the compute unit (see the module documentation).
+        self._beside_end = 0
 
     @property
     def unit_busy(self) -> dict[Unit, int]:
@@ -365,13 +404,25 @@ class Scheduler:
         """The earliest cycle the next instruction can be dispatched (a barrier: start) in."""
         return self._next_dispatch
 
-    def add(self, insn: Instruction, *, pc: int | None = None) -> ScheduledInstruction | None:
-        return self.add_keyed(insn, timing_key(insn, self.config), pc)
+    def add(self, insn: Instruction, *, pc: int | None = None,
+            unresolved: Instruction | None = None) -> ScheduledInstruction | None:
+        """Schedule ``insn``, the next instruction dispatched.
 
-    def add_keyed(self, insn: Instruction, key: tuple, pc: int | None = None) -> ScheduledInstruction | None:
+        ``unresolved``: the instruction before its register offsets were added (as the program has
+        it), when ``insn`` is resolved: the registers it names come from it.
+        """
+        return self.add_keyed(insn, timing_key(insn, self.config), pc, unresolved)
+
+    def add_keyed(self, insn: Instruction, key: tuple, pc: int | None = None,
+                  unresolved: Instruction | None = None) -> ScheduledInstruction | None:
         """:meth:`add` with the instruction's :func:`timing_key` already computed."""
         unit, cycles, pops, pushes, busy, barrier = key
         index = len(self.entries)
+        if self._predicate_end > self._next_dispatch and (
+                insn.opcode is _PREDICATE
+                or self._predicate_dst in scalar_registers(insn if unresolved is None else unresolved)):
+            # A PREDICATE is running whose register this instruction names: it waits in the dispatcher.
+            self._next_dispatch = self._predicate_end
         if barrier:
             dispatch = self._next_dispatch
             start = max(dispatch, self._all_retired)
@@ -409,6 +460,8 @@ class Scheduler:
                                 retires[0] + LOAD_SLOT_CYCLES if len(retires) == retires.maxlen else 0)
         else:
             ready = start = max(dispatch, self._unit_free[u])
+        if u == _COMPUTE and insn.opcode is not _MATMUL and self._beside_end > start:
+            ready = start = self._beside_end   # only a MATMUL starts beside a running PREDICATE
 
         if pops:
             for queue in pops:
@@ -425,6 +478,13 @@ class Scheduler:
         end = retire = start + cycles
         if overlapped:
             end, retire = self._overlapped_load(insn, start, end)
+        beside = False
+        if u == _COMPUTE:
+            if insn.opcode is _PREDICATE and insn.args["mem"] is Memory.SPAD and not pushes:
+                beside = True
+            elif self._beside_end > retire:
+                retire = self._beside_end   # retires once the PREDICATE beside it is done
+        finished = retire   # pushes may wait beyond this; waiting for the PREDICATE is no stall
 
         for queue in pushes:
             pushed = self._push_times[queue]
@@ -443,11 +503,16 @@ class Scheduler:
             retire = max(retire, push_time)
 
         if insn.opcode is _PREDICATE:
-            # The dispatcher waits for the result: the next instruction may read the register.
-            self._next_dispatch = max(self._next_dispatch, end)
-        stall = (start - ready) + (retire - end)
+            # Later instructions that name its register wait for the result (see add_keyed).
+            self._predicate_end = end
+            self._predicate_dst = insn.args["dst"]
+        stall = (start - ready) + (retire - finished)
         slots.append(start)
         self._unit_free[u] = retire
+        if beside:
+            # The unit is free in the next cycle; the PREDICATE ends (and counts as retired) at `end`.
+            self._unit_free[u] = start + 1
+            self._beside_end = end
         if overlapped:
             self._load_retires.append(retire)
         if retire > self._all_retired:

@@ -71,7 +71,8 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
     client).  A latency range from 0 lets clients report done in the cycle they take an instruction.
     ``cycle_limit`` is the watchdog's; edge ``e`` is run cycle ``e``.  The fetch model follows
     taken branches (``redirect``); the compute client reports ``predicate_value`` as every
-    PREDICATE's result; ``scalar_writes`` ({register: value}) are host writes before the start.
+    PREDICATE's result, with ``predicate_done``; ``scalar_writes`` ({register: value}) are host
+    writes before the start.
     """
     dut = Control(config)
     unit_errors = unit_errors or {}
@@ -83,6 +84,9 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
                           if unit_of(insn) is unit and insn.opcode is not Opcode.CONFIG]
                    for unit in QUEUED_UNITS}
     ports = {Unit.LOAD: dut.load, Unit.COMPUTE: dut.compute, Unit.STORE: dut.store}
+    # A PREDICATE's done is reported on predicate_done (never in the cycle it is taken).
+    predicate_pcs = {base + i * INSN_BYTES for i, insn in enumerate(program)
+                     if isinstance(insn, Instruction) and insn.opcode is Opcode.PREDICATE}
     trace = Trace(program, base, {u: [] for u in QUEUED_UNITS},
                   {u: [] for u in (*QUEUED_UNITS, Unit.CONTROL)},
                   [], [], [], [], [], 0, None, None, ErrorCause.NONE, 0, {}, 0)
@@ -101,6 +105,9 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
             return pcs[count] if unit is not None and count < len(pcs) else count
 
         def report_done(ctx, current):
+            if unit is Unit.COMPUTE and current in predicate_pcs:
+                ctx.set(dut.predicate_done, 1)
+                return
             ctx.set(port.done, 1)
             if current in errors:
                 ctx.set(port.error, 1)
@@ -111,6 +118,8 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
             async for _, _, valid, ready in ctx.tick().sample(port.insn.valid, port.insn.ready):
                 ctx.set(port.done, 0)
                 ctx.set(port.error, 0)
+                if unit is Unit.COMPUTE:
+                    ctx.set(dut.predicate_done, 0)
                 if valid and ready:
                     current = None if instant else key(count)
                     count += 1
@@ -122,7 +131,8 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
                         current = None
                 accept = current is None and rng.random() < ready_prob
                 # Latency 0: done with the transfer, which a pending offer guarantees for this cycle.
-                instant = accept and lo == 0 and valid and not ready and rng.random() < 0.5
+                instant = (accept and lo == 0 and valid and not ready and rng.random() < 0.5
+                           and key(count) not in predicate_pcs)
                 if instant:
                     report_done(ctx, key(count))
                 ctx.set(port.insn.ready, accept)

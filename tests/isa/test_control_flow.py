@@ -161,6 +161,43 @@ def test_predicate_holds_the_dispatcher_until_its_result():
     assert scalar.dispatch == predicate.end
 
 
+def test_only_instructions_naming_the_predicates_register_wait_for_it():
+    """The dispatcher goes on past a PREDICATE; a SCALAR or register offset naming its dst, or
+    another PREDICATE, waits for its end (docs/isa.md, "Control flow")."""
+    machine = Machine(TINY)
+    result = machine.run_program([
+        I("predicate", op="any", dst=1, mem="spad", addr=0, rows=20),
+        I("scalar", dst=2, imm=7),                                        # names r2 only: goes on
+        I("load", mem="spad", addr=40, rows=1, len=4, dram=0, dram_reg=2),   # r2: goes on
+        I("load", mem="spad", addr=40, rows=1, len=4, dram=0, dram_reg=1),   # r1: waits
+        I("predicate", op="any", dst=3, mem="spad", addr=0, rows=2),      # another PREDICATE: waits
+        I("halt"),
+    ])
+    predicate, scalar, free_load, held_load, second = result.timeline[:5]
+    assert scalar.dispatch == predicate.dispatch + 1 and free_load.dispatch == predicate.dispatch + 2
+    assert held_load.dispatch == predicate.end and second.dispatch >= predicate.end
+    assert machine.scalar_regs[2] == 7
+
+
+def test_a_matmul_runs_beside_a_scratchpad_predicate_and_retires_after_it():
+    def run(predicate: Instruction, then: Instruction):
+        result = Machine(TINY).run_program([predicate, then, I("halt")])
+        return result.timeline[0], result.timeline[1]
+
+    matmul = I("matmul", acc=0, a=0, b=16, a_stride=4, m=4, n=4, k=4, push_next=True)
+    spad = I("predicate", op="any", dst=1, mem="spad", addr=0, rows=40)
+    predicate, beside = run(spad, matmul)
+    assert beside.start == predicate.start + 1 and beside.end < predicate.end
+    assert beside.retire == predicate.end               # its token waits for the PREDICATE
+    # Not beside: anything but a MATMUL, a PREDICATE of accumulator rows, one that pushes a token.
+    predicate, vector = run(spad, I("vector", op="mov", src1_mem="spad", src1=0, dst_mem="spad", dst=50,
+                                    rows=1))
+    assert vector.start == predicate.end
+    for not_beside in (spad.replace(mem="acc"), spad.replace(push_next=True)):
+        predicate, after = run(not_beside, matmul)
+        assert after.start == predicate.end
+
+
 def test_zero_block_skip_branches_over_the_matmul():
     """The use the feature exists for: test a loaded block and skip the MATMUL when it is all zero."""
     def run(a_block: np.ndarray) -> tuple[Machine, dict]:

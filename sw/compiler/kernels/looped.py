@@ -19,14 +19,17 @@ of every N tile of an M tile stay resident, so each A block is loaded (and teste
 
 With ``skip_zero_blocks`` each A block is tested on chip once it is loaded (PREDICATE any) and,
 when it is all zero, the whole N loop of that block -- its B LOADs and MATMULs -- is branched
-over: after a ReLU many activation blocks are zero, and their products add nothing.
+over: after a ReLU many activation blocks are zero, and their products add nothing.  The loop is
+software-pipelined (A blocks loaded two ahead, tested one ahead, beside the previous block's
+MATMULs), so that a dense block costs about what it costs without skipping; see ``_program``.
 
 Ordering: the B block of N tile nt is overwritten (in the next K block) only after the MATMUL that
 read it: each B LOAD pops a credit token that a MATMUL pushes (two are primed before the loops, so
 a B LOAD overlaps the previous MATMUL); a skipped block neither pops nor pushes.  The B LOAD's
-token orders its MATMUL after it and after the A LOAD before it; with skipping, the A LOAD's token
-orders the PREDICATE.  Each M tile starts with a FENCE (the previous tile's stores are done) and
-one zeroing LOAD of its accumulator rows; its STOREs pop tokens of no-op CONFIGs after the K loop.
+token orders its MATMUL after it and after the A LOAD before it; with skipping, a one-row zeroing
+LOAD's token orders each PREDICATE after the A LOAD it tests.  Each M tile starts with a FENCE (the
+previous tile's stores are done) and one zeroing LOAD of its accumulator rows; its STOREs pop
+tokens of no-op CONFIGs after the K loop.
 """
 
 from __future__ import annotations
@@ -98,9 +101,13 @@ def looped_gemm(config: Config, max_m: int, K: int, N: int, *, m: int | None = N
         raise KernelError(f"looped gemm: K={K} must be a multiple of rows={rows} and N={N} of cols={cols} "
                           f"on config {config.name!r}")
     k_blocks, n_tiles = K // rows, N // cols
-    # Scratchpad: m rows per A block and per B block (B blocks are spaced like the accumulator tiles);
-    # accumulator: m rows per N tile.  An M tile is at least `rows` rows, so that B blocks fit their rows.
-    largest = min(config.acc_rows // n_tiles, config.spad_rows // (k_blocks + n_tiles), 1 << 12)
+    # Scratchpad: m rows per A block and per B block (B blocks are spaced like the accumulator tiles),
+    # and with skipping two more A blocks (loaded ahead past the last) and one row after the B blocks
+    # (zeroed to relay tokens); accumulator: m rows per N tile.  An M tile is at least `rows` rows, so
+    # that B blocks fit their rows.
+    a_blocks = k_blocks + 2 * skip_zero_blocks
+    largest = min(config.acc_rows // n_tiles, (config.spad_rows - skip_zero_blocks) // (a_blocks + n_tiles),
+                  1 << 12)
     m = m or max(rows, min(-(-max_m // rows) * rows, largest))
     if not rows <= m <= largest:
         raise KernelError(f"looped gemm: an M tile of {m} rows does not fit config {config.name!r} "
@@ -123,7 +130,8 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
              c: int) -> list[Instruction]:
     rows, cols = config.rows, config.cols
     k_blocks, n_tiles = K // rows, N // cols
-    spad_a, spad_b = k_blocks * m, (k_blocks + n_tiles) * m   # field values: the registers count up to 0
+    # Field values: the registers count up to 0.  With skipping, two more A blocks (loaded ahead).
+    spad_a, spad_b = k_blocks * m, (k_blocks + 2 * skip_zero_blocks + n_tiles) * m
     acc_c = n_tiles * m
     credits = min(2, config.token_depth, n_tiles)
 
@@ -142,23 +150,46 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
         _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=-n_tiles * cols),
     ]
     a_load = _I("load", mem="spad", addr=spad_a, addr_reg=K_COUNT, rows=m, len=rows, dram=a,
-                dram_reg=A_OFFSET, stride=K, push_next=skip_zero_blocks)
-    if skip_zero_blocks:
-        k_loop = [
-            a_load,
-            _I("predicate", op="any", dst=FLAG, mem="spad", addr=spad_a, addr_reg=K_COUNT, rows=m,
-               pop_prev=True),
-            _I("branch", cond="eq", a=FLAG, offset=len(block) + 1),   # all zero: past the N loop
-            *block,
-        ]
-    else:
-        k_loop = [a_load, *block]
-    k_loop += [
+                dram_reg=A_OFFSET, stride=K)
+    next_block = [
         _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=rows * N),
         _I("scalar", dst=A_OFFSET, src1=A_OFFSET, imm=rows),
         _I("scalar", dst=K_COUNT, src1=K_COUNT, imm=m),
     ]
-    k_loop.append(_I("branch", cond="ne", a=K_COUNT, offset=-len(k_loop)))
+    if skip_zero_blocks:
+        # Software-pipelined: in iteration kb, block kb+1 is tested (into FLAG) before block kb's N
+        # loop is dispatched, and block kb+2 loaded after it, so the test runs beside block kb's
+        # first MATMUL (a PREDICATE of scratchpad rows that pushes no token does, docs/isa.md) and
+        # its rows are there when it runs (also along a run of zero blocks); the BRANCH on block
+        # kb's FLAG finds it done.  The dispatcher waits only for a PREDICATE whose register an
+        # instruction names, here that BRANCH.  The A LOADs push no token: the test of block kb+1
+        # pops the token of a one-row zeroing LOAD issued after block kb+1's LOAD and before block
+        # kb+2's (LOADs complete in order), so it waits for its block only.
+        def load(block: int) -> Instruction:
+            return _I("load", mem="spad", addr=spad_a + block * m, addr_reg=K_COUNT, rows=m, len=rows,
+                      dram=a + block * rows, dram_reg=A_OFFSET, stride=K)
+
+        relay = _I("load", mem="spad", zero=True, addr=(k_blocks + 2 + n_tiles) * m, rows=1, len=cols,
+                   push_next=True)
+        test = _I("predicate", op="any", dst=FLAG, mem="spad", addr=spad_a + m, addr_reg=K_COUNT, rows=m,
+                  pop_prev=True)
+        # A zero block falls through to a copy of the loop's tail, so that it costs one taken BRANCH
+        # (a fetch redirect), and a run of zero blocks goes as fast as their LOADs and tests; a dense
+        # block branches to the N loop, where a redirect is hidden behind the MATMULs queued.
+        # Block kb+2 is loaded after block kb's B LOADs, so that they do not wait for it.
+        tail = [load(2), *next_block]
+        zero_path = [relay, None, test, *tail]
+        zero_path.append(_I("branch", cond="ne", a=K_COUNT, offset=-len(zero_path)))
+        dense_path = [test, *block, *tail]
+        dense_path.append(_I("branch", cond="ne", a=K_COUNT, offset=-(len(zero_path) + 1 + len(dense_path))))
+        zero_path[1] = _I("branch", cond="ne", a=FLAG, offset=len(zero_path))   # block kb is not all zero
+        zero_path.append(_I("branch", offset=len(dense_path) + 1))               # the K loop's end
+        k_loop = [*zero_path, *dense_path]
+        first_block = [load(0), relay, load(1), test.replace(addr=spad_a)]
+    else:
+        k_loop = [a_load, *block, *next_block]
+        k_loop.append(_I("branch", cond="ne", a=K_COUNT, offset=-len(k_loop)))
+        first_block = []
     store_loop = [
         _nop(push_next=True),
         _I("store", mem="acc", addr=acc_c, addr_reg=N_COUNT, rows=m, len=cols, dram=c, dram_reg=C_OFFSET,
@@ -172,6 +203,7 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
         _I("load", mem="acc", zero=True, addr=0, rows=n_tiles * m, len=cols),
         _I("scalar", dst=B_OFFSET, imm=0),
         _I("scalar", dst=K_COUNT, imm=-k_blocks * m),
+        *first_block,
         *k_loop,
         _I("scalar", dst=N_COUNT, imm=-n_tiles * m),
         *store_loop,
