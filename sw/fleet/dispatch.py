@@ -71,6 +71,8 @@ class WorkerInfo:
     name: str
     address: str
     resources: dict[str, float]
+    #: Threads running its tasks: CPU, I/O and simulated-device codelets alike take one.
+    nthreads: int = 1
 
     @property
     def fleets(self) -> tuple[str, ...]:
@@ -250,6 +252,12 @@ class AcceleratorManager:
             self._queues[name, kind].outstanding[key] = expected_seconds
             return Lease(name, kind, key, expected_seconds, time.monotonic())
 
+    def outstanding(self, worker: str) -> float:
+        """Expected seconds of the leases in flight on ``worker``'s devices (its threads simulate them)."""
+        with self._lock:
+            return sum(sum(queue.outstanding.values()) for (name, _), queue in self._queues.items()
+                       if name == worker)
+
     def release(self, lease: Lease, *, seconds: float | None = None, cycles: int | None = None) -> None:
         """Give the device back; ``seconds`` and ``cycles`` are what the run measured."""
         with self._lock:
@@ -309,6 +317,15 @@ class Scheduler:
             queue.outstanding.pop(key, None)
         if placement.lease is not None:
             self.manager.release(placement.lease)
+
+    def worker_wait(self, worker: WorkerInfo) -> float:
+        """Seconds until a thread of ``worker`` is expected free: everything in flight there -- its
+        CPU and I/O codelets and the leases on its devices -- over its threads (a task takes a
+        thread whatever resource placed it: a one-thread worker runs its I/O, its CPU codelets and
+        its simulated devices one after another)."""
+        queued = sum(sum(queue.outstanding.values()) for (name, _), queue in self._queues.items()
+                     if name == worker.name)
+        return (queued + self.manager.outstanding(worker.name)) / max(1, worker.nthreads)
 
     def _eligible_accelerators(self, request: Request) -> list[str]:
         profile = request.profile
@@ -384,10 +401,9 @@ class DmdaScheduler(Scheduler):
         cpu_expected, cpu_source = self.model.expected(request.signature, "cpu", pattern,
                                                        request.profile.estimates["cpu"])
         for worker in self.workers:
-            queue = self._queues.get((worker.name, resource))
-            if queue is None:
+            if (worker.name, resource) not in self._queues:
                 continue
-            finish = queue.wait() + self._transfer(request, worker.name) + cpu_expected
+            finish = self.worker_wait(worker) + self._transfer(request, worker.name) + cpu_expected
             candidates.append((finish, Placement(request.codelet.id, "cpu", None, worker.name, resource,
                                                  cpu_expected, f"dmda: CPU ({cpu_source})")))
         if not candidates:
@@ -400,7 +416,8 @@ class DmdaScheduler(Scheduler):
                                                    request.profile.estimates[kind])
             for (worker, device_kind), wait in availability.items():
                 if device_kind == kind:
-                    finish = wait + self._transfer(request, worker) + expected
+                    thread = next((self.worker_wait(w) for w in self.workers if w.name == worker), 0.0)
+                    finish = max(wait, thread) + self._transfer(request, worker) + expected
                     accelerated.append((finish, kind, worker, expected, source))
         fallback = None
         if accelerated:

@@ -155,7 +155,8 @@ def connect(scheduler: str | None = None, *, workers: Sequence[WorkerSpec] = DEF
 def workers_of(client) -> list[WorkerInfo]:
     """The cluster's workers as the schedulers see them."""
     info = client.scheduler_info(n_workers=-1)["workers"]
-    return sorted((WorkerInfo(str(w.get("name", address)), address, dict(w.get("resources") or {}))
+    return sorted((WorkerInfo(str(w.get("name", address)), address, dict(w.get("resources") or {}),
+                              int(w.get("nthreads") or 1))
                    for address, w in info.items()), key=lambda w: w.name)
 
 

@@ -1,6 +1,7 @@
 """Pattern recognition, targeting profiles, the int8 accelerator version, and routing that learns."""
 
 import ast
+import dataclasses
 
 import numpy as np
 import pytest
@@ -141,3 +142,26 @@ def test_dmda_balances_cpu_work_over_workers_by_expected_finish():
     assert {first.worker, second.worker} == {"heavy-0", "fast-0"}   # the first worker's queue is busy
     scheduler.finished(first, "k1")
     assert scheduler.place(_request(program, 1, {})).worker == first.worker
+
+
+def test_dmda_counts_everything_in_flight_on_a_worker_against_its_threads():
+    # One thread per worker runs its I/O, its CPU codelets and its simulated devices alike: a worker
+    # busy with I/O (or with an accelerator lease) is busy for CPU work too.
+    program = decompose("import numpy as np\nx = np.load('t.npy')\ny = np.ones(10)\nz = np.ones(10)\n")
+    scheduler = DmdaScheduler(HistoryModel(), task_overhead=0.0)
+    scheduler.attach(WORKERS, AcceleratorManager(WORKERS))
+    for signature, seconds in (("io", 0.5), ("y", 0.01), ("z", 0.01)):
+        scheduler.model.observe(signature, "cpu", "x", seconds, None)
+    load = dataclasses.replace(_request(program, 0, {}), signature="io")
+    placed = scheduler.place(load)
+    assert (placed.worker, placed.resource) == ("fast-0", "memory")       # the memory fleet's I/O slot
+    scheduler.submitted(placed, "load")
+    assert scheduler.worker_wait(WORKERS[1]) == 0.5 and scheduler.worker_wait(WORKERS[0]) == 0.0
+    cpu = scheduler.place(dataclasses.replace(_request(program, 1, {}), signature="y"))
+    assert (cpu.worker, cpu.resource) == ("heavy-0", "cpu")     # fast-0's one thread is sleeping on I/O
+    # A lease on heavy-0's device occupies heavy-0's thread: CPU work then goes to fast-0 (0.5 s < 2 s).
+    scheduler.manager.request("accel-tiny", "p/c9", 2.0, deadline=1.0)
+    assert scheduler.worker_wait(WORKERS[0]) == 2.0
+    assert scheduler.place(dataclasses.replace(_request(program, 2, {}), signature="z")).worker == "fast-0"
+    # Two threads halve the wait.
+    assert scheduler.worker_wait(dataclasses.replace(WORKERS[0], nthreads=2)) == 1.0
