@@ -303,6 +303,10 @@ class Scheduler:
             return "memory"
         return "cpu"
 
+    def prepare(self, program: Program) -> Program:
+        """The program as this scheduler runs it (the base: as decomposed)."""
+        return program
+
     def place(self, request: Request) -> Placement:
         raise NotImplementedError
 
@@ -385,6 +389,28 @@ class DmdaScheduler(Scheduler):
     """StarPU's dmda: the earliest expected finish over workers and versions (see the module doc)."""
 
     name = "adaptive"
+
+    def __init__(self, model: HistoryModel | None = None, *, group: bool = True, **options):
+        super().__init__(model, **options)
+        #: Merge consecutive cheap codelets before placing (:meth:`prepare`).
+        self.group = group
+
+    def prepare(self, program: Program) -> Program:
+        """With ``group`` (the default), consecutive cheap codelets merged into one task each.
+
+        Every task costs the driver and the Dask scheduler the per-task overhead whatever it runs
+        (measured: :attr:`task_overhead`); on a small cluster that, not the workers, bounds the
+        makespan.  Codelets expected (from the model where it has measured their pattern) to take
+        less than that overhead are grouped against it (:func:`~.execute.group_cheap`); matrix
+        work, I/O and the other placeable patterns stay alone.  A program grouped already is left
+        as it is.
+        """
+        if not self.group or any(codelet.members for codelet in program.codelets):
+            return program
+        # (imported here: execute imports this module)
+        from .execute import group_cheap
+
+        return group_cheap(program, self.task_overhead, self.model)
 
     def _transfer(self, request: Request, worker: str) -> float:
         seconds = 0.0

@@ -153,8 +153,14 @@ def connect(scheduler: str | None = None, *, workers: Sequence[WorkerSpec] = DEF
 
 
 def workers_of(client) -> list[WorkerInfo]:
-    """The cluster's workers as the schedulers see them."""
-    info = client.scheduler_info(n_workers=-1)["workers"]
+    """The cluster's workers as the schedulers see them.
+
+    Asked of the scheduler each time: ``Client.scheduler_info()`` returns the client's cache, which
+    the client's own periodic refresh (every 2 s, without per-worker information) can overwrite
+    between the fetch and the return -- a cluster that seems, for one call, to have no workers (the
+    driver then took every worker for lost).
+    """
+    info = client.sync(client.scheduler.identity, n_workers=-1)["workers"]
     return sorted((WorkerInfo(str(w.get("name", address)), address, dict(w.get("resources") or {}),
                               int(w.get("nthreads") or 1))
                    for address, w in info.items()), key=lambda w: w.name)
@@ -306,6 +312,7 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
     done_codelets = done_programs = 0
 
     def start(index: int, program: Program, parameters) -> None:
+        program = scheduler.prepare(program)
         job = _Job(index, program, parameters, uuid.uuid4().hex[:8],
                    {c.id: set(c.deps) for c in program.codelets}, started=time.time())
         if parameters:
@@ -603,6 +610,7 @@ def plan(program: Program, scheduler: Scheduler, workers: Sequence[WorkerInfo], 
     adaptive scheduler decides again, with measurements, when each codelet is ready."""
     manager = manager if manager is not None else AcceleratorManager(workers)
     scheduler.attach(workers, manager)
+    program = scheduler.prepare(program)
     planned = {}
     for codelet in program.codelets:
         profile = profile_codelet(program, codelet, {}, accelerators=manager.kinds(), device=device)

@@ -165,3 +165,19 @@ def test_dmda_counts_everything_in_flight_on_a_worker_against_its_threads():
     assert scheduler.place(dataclasses.replace(_request(program, 2, {}), signature="z")).worker == "fast-0"
     # Two threads halve the wait.
     assert scheduler.worker_wait(dataclasses.replace(WORKERS[0], nthreads=2)) == 1.0
+
+
+def test_the_adaptive_policy_groups_cheap_codelets_against_the_task_overhead_and_static_does_not():
+    program = decompose("import numpy as np\na = np.ones((8, 8))\nb = a + 1\nc = a @ b\nd = c * 2\n"
+                        "e = d - 1\ntable = np.load('t.npy')\n", tolerance=0.1)
+    assert len(program.codelets) == 6
+    adaptive = DmdaScheduler(HistoryModel(), task_overhead=0.01)
+    grouped = adaptive.prepare(program)
+    # a, b together; the matrix product alone (a placement of its own); d, e together; the I/O alone.
+    assert [[m.id for m in c.members] or [c.id] for c in grouped.codelets] == \
+        [["c0", "c1"], ["c2"], ["c3", "c4"], ["c5"]]
+    assert adaptive.prepare(grouped) is grouped                    # grouped already: left as it is
+    # An overhead smaller than what a codelet is expected to cost: nothing to gain, nothing grouped.
+    assert len(DmdaScheduler(HistoryModel(), task_overhead=1e-9).prepare(program).codelets) == 6
+    assert DmdaScheduler(HistoryModel(), group=False, task_overhead=0.01).prepare(program) is program
+    assert StaticScheduler(HistoryModel(), task_overhead=0.01).prepare(program) is program
