@@ -103,9 +103,13 @@ def test_a_codelet_that_raises_on_a_worker_names_the_codelet_and_its_line(client
     history = HistoryStore(tmp_path / "history.sqlite")
     program = decompose("import numpy as np\nh = np.zeros(3)\nbad = h[7]\n", filename="broken.py")
     with pytest.raises(CodeletError, match=r"^codelet c1 \(broken\.py:3: bad = h\[7\]\) raised IndexError"):
-        execute(program, "adaptive", client=client, history=history)
+        execute(program, DmdaScheduler(HistoryModel(history), group=False), client=client, history=history)
     (failed,) = [run for run in history.codelet_runs() if run.error]
     assert failed.codelet == "c1" and "IndexError" in failed.error
+    # The adaptive policy groups the two cheap statements: the error names the statement in its group.
+    with pytest.raises(CodeletError, match=r"^codelet c1 \(in group c0\) \(broken\.py:3: bad = h\[7\]\) "
+                                           r"raised IndexError"):
+        execute(program, "adaptive", client=client, history=history)
 
 
 def test_a_worker_killed_mid_run_loses_no_result_and_changes_none(client, tmp_path):
