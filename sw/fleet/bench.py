@@ -24,7 +24,8 @@ simulated by Verilator, the cached tiny build), 4 programs in flight at a time. 
    it), static (by pattern, decided ahead -- matrix work with a tolerance to the heavy fleet's
    largest accelerator, I/O to the memory fleet, everything else to the fast-path fleet) and
    adaptive (dmda starting from the training history; the policy groups consecutive codelets
-   expected to cost less than the measured per-task overhead, :meth:`.DmdaScheduler.prepare`),
+   that can only run on a CPU, up to 4 measured per-task overheads of expected work a group,
+   :meth:`.DmdaScheduler.prepare`),
    each policy first in turn; the headline ratios are the medians of the per-repetition ratios,
    with their min and max;
 4. static with the accelerators withheld: the fallback rate (accelerator work that ran on the CPU);

@@ -390,27 +390,38 @@ class DmdaScheduler(Scheduler):
 
     name = "adaptive"
 
-    def __init__(self, model: HistoryModel | None = None, *, group: bool = True, **options):
+    def __init__(self, model: HistoryModel | None = None, *, group: bool = True, group_budget: float = 4.0,
+                 **options):
         super().__init__(model, **options)
-        #: Merge consecutive cheap codelets before placing (:meth:`prepare`).
+        #: Merge consecutive cheap codelets before placing (:meth:`prepare`), up to ``group_budget``
+        #: times the per-task overhead of expected work per group (4: the overhead is then at most a
+        #: fifth of a group's time; on the bench's workload 4 and no limit made the same groups).
         self.group = group
+        self.group_budget = group_budget
 
     def prepare(self, program: Program) -> Program:
         """With ``group`` (the default), consecutive cheap codelets merged into one task each.
 
-        Every task costs the driver and the Dask scheduler the per-task overhead whatever it runs
-        (measured: :attr:`task_overhead`); on a small cluster that, not the workers, bounds the
-        makespan.  Codelets expected (from the model where it has measured their pattern) to take
-        less than that overhead are grouped against it (:func:`~.execute.group_cheap`); matrix
-        work, I/O and the other placeable patterns stay alone.  A program grouped already is left
-        as it is.
+        Every task costs a round trip through the driver and the Dask scheduler whatever it runs
+        (measured: :attr:`task_overhead`), and a program's next codelet waits for it: on the
+        bench's cluster the workers sit idle between codelets most of the makespan (the driver's
+        hops, not the work, bound it), so a chain run as one task saves a round trip per codelet.
+        Consecutive codelets are grouped while their expected work (from the model where it has
+        measured them) stays within ``group_budget`` overheads
+        (:func:`~.execute.group_cheap`).  Only codelets with nowhere to go but a CPU are grouped:
+        I/O stays alone (the memory fleet's), and so does matrix work that may run on an
+        accelerator (a tolerance, and accelerators in the fleets).  A program grouped already is
+        left as it is.
         """
         if not self.group or any(codelet.members for codelet in program.codelets):
             return program
         # (imported here: execute imports this module)
         from .execute import group_cheap
+        from .profile import PATTERNS
 
-        return group_cheap(program, self.task_overhead, self.model)
+        placeable = {"io"} | ({"matmul"} if program.tolerance is not None and self.manager.kinds() else set())
+        return group_cheap(program, self.group_budget * self.task_overhead, self.model,
+                           patterns=tuple(p for p in PATTERNS if p not in placeable))
 
     def _transfer(self, request: Request, worker: str) -> float:
         seconds = 0.0

@@ -570,13 +570,15 @@ def measure_task_overhead(client, samples: int = 8) -> float:
 GROUPABLE_PATTERNS = ("scalar", "elementwise")
 
 
-def group_cheap(program: Program, overhead: float, model: HistoryModel | None = None) -> Program:
+def group_cheap(program: Program, overhead: float, model: HistoryModel | None = None, *,
+                patterns: Sequence[str] = GROUPABLE_PATTERNS) -> Program:
     """:func:`~.codelet.group` with the profiler's CPU estimate of each codelet (scaled by what the
-    model measured of its pattern, where it has) against ``overhead``, the per-task overhead."""
+    model measured of its pattern, where it has) against ``overhead``, the per-task overhead;
+    codelets of other ``patterns`` than these stay alone."""
 
     def estimate(codelet: Codelet) -> float | None:
         profile = profile_codelet(program, codelet, {}, accelerators=())
-        if profile.pattern not in GROUPABLE_PATTERNS:
+        if profile.pattern not in patterns:
             return None
         analytic = profile.estimates["cpu"]
         if model is None:

@@ -172,11 +172,27 @@ def test_the_adaptive_policy_groups_cheap_codelets_against_the_task_overhead_and
                         "e = d - 1\ntable = np.load('t.npy')\n", tolerance=0.1)
     assert len(program.codelets) == 6
     adaptive = DmdaScheduler(HistoryModel(), task_overhead=0.01)
+    adaptive.attach(WORKERS, AcceleratorManager(WORKERS))
+
+    def runs(grouped):
+        return [[m.id for m in c.members] or [c.id] for c in grouped.codelets]
+
     grouped = adaptive.prepare(program)
-    # a, b together; the matrix product alone (a placement of its own); d, e together; the I/O alone.
-    assert [[m.id for m in c.members] or [c.id] for c in grouped.codelets] == \
-        [["c0", "c1"], ["c2"], ["c3", "c4"], ["c5"]]
+    # a, b together; the matrix product alone (the accelerators may take it); d, e together; the I/O
+    # alone (the memory fleet's).
+    assert runs(grouped) == [["c0", "c1"], ["c2"], ["c3", "c4"], ["c5"]]
     assert adaptive.prepare(grouped) is grouped                    # grouped already: left as it is
+    # Without a tolerance (or without accelerators) the product can only run on a CPU: grouped too.
+    exact = dataclasses.replace(program, tolerance=None)
+    assert runs(adaptive.prepare(exact)) == [["c0", "c1", "c2", "c3", "c4"], ["c5"]]
+    bare = DmdaScheduler(HistoryModel(), task_overhead=0.01)
+    bare.attach([WORKERS[1]], AcceleratorManager([WORKERS[1]]))
+    assert runs(bare.prepare(program)) == [["c0", "c1", "c2", "c3", "c4"], ["c5"]]
+    # The budget caps a group's expected work: two codelets' worth (1 ms each, measured) per group.
+    for index in range(5):
+        adaptive.model.observe(signature_of(exact.codelets[index], {}), "cpu", "x", 0.001, None)
+    tight = DmdaScheduler(adaptive.model, task_overhead=0.001, group_budget=2.0)
+    assert runs(tight.prepare(exact)) == [["c0", "c1"], ["c2", "c3"], ["c4"], ["c5"]]
     # An overhead smaller than what a codelet is expected to cost: nothing to gain, nothing grouped.
     assert len(DmdaScheduler(HistoryModel(), task_overhead=1e-9).prepare(program).codelets) == 6
     assert DmdaScheduler(HistoryModel(), group=False, task_overhead=0.01).prepare(program) is program
