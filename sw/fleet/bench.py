@@ -348,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # the routing alone is compared on equal programs.
             grouper = SCHEDULERS["adaptive"](_trained(training, HistoryStore(":memory:")),
                                              task_overhead=overhead)
+            grouper.attach(workers, AcceleratorManager(workers))        # (its accelerators)
             grouped_programs = [grouper.prepare(p) for p in programs]
             grouped_codelets = sum(len(p.codelets) for p in grouped_programs)
             plans = {"all-cpu": ("cpu", programs, True), "static": ("static", programs, True),

@@ -410,8 +410,8 @@ class DmdaScheduler(Scheduler):
         measured them) stays within ``group_budget`` overheads
         (:func:`~.execute.group_cheap`).  Only codelets with nowhere to go but a CPU are grouped:
         I/O stays alone (the memory fleet's), and so does matrix work that may run on an
-        accelerator (a tolerance, and accelerators in the fleets).  A program grouped already is
-        left as it is.
+        accelerator (a tolerance, and accelerators in the fleets -- or no fleets attached yet).
+        A program grouped already is left as it is.
         """
         if not self.group or any(codelet.members for codelet in program.codelets):
             return program
@@ -419,7 +419,9 @@ class DmdaScheduler(Scheduler):
         from .execute import group_cheap
         from .profile import PATTERNS
 
-        placeable = {"io"} | ({"matmul"} if program.tolerance is not None and self.manager.kinds() else set())
+        # (not attached to a cluster yet: accelerators may be there)
+        accelerators = bool(self.manager.kinds()) or not self.workers
+        placeable = {"io"} | ({"matmul"} if program.tolerance is not None and accelerators else set())
         return group_cheap(program, self.group_budget * self.task_overhead, self.model,
                            patterns=tuple(p for p in PATTERNS if p not in placeable))
 

@@ -182,6 +182,8 @@ def test_the_adaptive_policy_groups_cheap_codelets_against_the_task_overhead_and
     # alone (the memory fleet's).
     assert runs(grouped) == [["c0", "c1"], ["c2"], ["c3", "c4"], ["c5"]]
     assert adaptive.prepare(grouped) is grouped                    # grouped already: left as it is
+    # Not attached to a cluster yet: accelerators may be there, the product stays alone.
+    assert runs(DmdaScheduler(HistoryModel(), task_overhead=0.01).prepare(program)) == runs(grouped)
     # Without a tolerance (or without accelerators) the product can only run on a CPU: grouped too.
     exact = dataclasses.replace(program, tolerance=None)
     assert runs(adaptive.prepare(exact)) == [["c0", "c1", "c2", "c3", "c4"], ["c5"]]
