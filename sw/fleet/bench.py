@@ -403,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"tolerance")
         vs_static = [s / a for s, a in zip(makespans["static"], makespans["adaptive"], strict=True)]
         vs_cpu = [c / a for c, a in zip(makespans["all-cpu"], makespans["adaptive"], strict=True)]
-        print(f"wall-clock makespan over {args.repeats} repetition(s) after an untimed training pass: "
+        print(f"wall-clock makespan over {args.repeats} repetition(s) after untimed training passes: "
               f"adaptive_vs_static median {_median(vs_static):.2f} (min {min(vs_static):.2f}, max "
               f"{max(vs_static):.2f}); adaptive_vs_cpu median {_median(vs_cpu):.2f} (min {min(vs_cpu):.2f}, "
               f"max {max(vs_cpu):.2f}); cold adaptive (no history, one run): vs static "
