@@ -17,17 +17,21 @@ simulated by Verilator, the cached tiny build), 4 programs in flight at a time. 
 
 1. adaptive, cold: dmda with no history at all, learning from its own measurements as they arrive
    (one run, reported, not the headline);
-2. a training pass, not timed: the same workload once, adaptively, into a training history
-   (recurring jobs, as StarPU calibrates its models);
+2. two training passes, not timed: the same workload adaptively into a training history, once
+   codelet by codelet, once as the adaptive policy runs it (recurring jobs, as StarPU calibrates
+   its models);
 3. ``--repeats`` repetitions (default 3) of all-CPU (every codelet's CPU version, Dask places
    it), static (by pattern, decided ahead -- matrix work with a tolerance to the heavy fleet's
    largest accelerator, I/O to the memory fleet, everything else to the fast-path fleet) and
-   adaptive (dmda starting from the training history), each policy first in turn; the
-   headline ratios are the medians of the per-repetition ratios, with their min and max;
+   adaptive (dmda starting from the training history; the policy groups consecutive codelets
+   that can only run on a CPU, up to 4 measured per-task overheads of expected work a group,
+   :meth:`.DmdaScheduler.prepare`),
+   each policy first in turn; the headline ratios are the medians of the per-repetition ratios,
+   with their min and max;
 4. static with the accelerators withheld: the fallback rate (accelerator work that ran on the CPU);
-5. in the same repetitions, static and adaptive on the workload with cheap consecutive codelets
-   grouped (:func:`~.execute.group_cheap` against the measured per-task overhead; adaptive after
-   its own untimed training pass on them);
+5. in the same repetitions, the routing alone compared on equal programs: static on the programs
+   grouped as the adaptive policy groups them (``static-grouped``), and adaptive with its grouping
+   off (``adaptive-ungrouped``, against static);
 6. a worker's process killed (SIGKILL) after a third of the programs (under static routing: as
    soon as an int8 codelet is in flight there, before two thirds), once per worker:
    ``heavy-0``, the accelerator worker, under static routing (which keeps int8 codelets on its
@@ -43,8 +47,10 @@ taking their cycles at ``--clock-mhz`` (default 200 MHz, stated, not measured).
 
 Ends with ``fleet: adaptive_vs_cpu=<x> adaptive_vs_static=<x> lost_results=<n> wrong_results=<n> ...``
 (x: median makespan ratio, > 1 means adaptive is faster; lost and wrong results summed over the
-killed runs; then the min and max of adaptive_vs_static, the repetitions, grouped_vs_adaptive and
-the device).
+killed runs; then the min and max of adaptive_vs_static, the repetitions, the routing alone on
+equal programs -- ``grouped_adaptive_vs_static`` (static-grouped / adaptive) and
+``ungrouped_adaptive_vs_static`` (static / adaptive-ungrouped) --, ``grouping_gain``
+(adaptive-ungrouped / adaptive) and the device).
 """
 
 from __future__ import annotations
@@ -71,7 +77,6 @@ from .execute import (
     Execution,
     WorkerSpec,
     connect,
-    group_cheap,
     measure_task_overhead,
     quiet_dask_logs,
     run_programs,
@@ -243,11 +248,13 @@ class _Run:
 
 def _run(client, name: str, programs: list[Program], policy: str, history: HistoryStore, clock_hz: float,
          *, withheld: bool = False, on_event=None, model: HistoryModel | None = None, device: str = "golden",
-         task_overhead: float = TASK_OVERHEAD_S) -> _Run:
+         task_overhead: float = TASK_OVERHEAD_S, group: bool = True) -> _Run:
     """One timed run; ``model`` (default: an empty one recording into ``history``) is what the
-    scheduler knows beforehand; ``task_overhead`` the measured per-task overhead its queues count."""
+    scheduler knows beforehand; ``task_overhead`` the measured per-task overhead its queues count;
+    ``group`` False turns the adaptive policy's grouping off."""
+    options = {"group": False} if policy == "adaptive" and not group else {}
     scheduler = SCHEDULERS[policy](model if model is not None else HistoryModel(history, load=0),
-                                   task_overhead=task_overhead)
+                                   task_overhead=task_overhead, **options)
     manager = AcceleratorManager(workers_of(client), withheld=withheld)
     began = time.perf_counter()
     executions = run_programs(client, [(p, None) for p in programs], scheduler, manager=manager,
@@ -330,26 +337,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs["adaptive-cold"] = _run(client, "adaptive-cold", programs, "adaptive", history, clock_hz,
                                          device=device, task_overhead=overhead)
             print(f"  {'adaptive-cold':16} makespan {runs['adaptive-cold'].makespan:7.2f} s")
-            # Training pass (not timed): the same workload once, adaptively, into the training
-            # history -- recurring jobs, as StarPU calibrates its performance models.
+            # Training passes (not timed): the same workload adaptively into the training history
+            # -- recurring jobs, as StarPU calibrates its performance models --, codelet by codelet
+            # (what the policy's grouping decides on), then as the adaptive policy runs it.
             _run(client, "training", programs, "adaptive", training, clock_hz,
-                 model=HistoryModel(training, load=0), device=device, task_overhead=overhead)
-            # The same workload with cheap consecutive codelets grouped, and its own training pass.
-            grouped_programs = [group_cheap(p, overhead) for p in programs]
+                 model=HistoryModel(training, load=0), device=device, task_overhead=overhead, group=False)
+            _run(client, "training-grouped", programs, "adaptive", training, clock_hz,
+                 model=HistoryModel(training), device=device, task_overhead=overhead)
+            # The programs as the trained adaptive policy groups them: static runs them too, so that
+            # the routing alone is compared on equal programs.
+            grouper = SCHEDULERS["adaptive"](_trained(training, HistoryStore(":memory:")),
+                                             task_overhead=overhead)
+            grouper.attach(workers, AcceleratorManager(workers))        # (its accelerators)
+            grouped_programs = [grouper.prepare(p) for p in programs]
             grouped_codelets = sum(len(p.codelets) for p in grouped_programs)
-            _run(client, "training-grouped", grouped_programs, "adaptive", training, clock_hz,
-                 model=HistoryModel(training, load=0), device=device, task_overhead=overhead)
-            plans = {"all-cpu": ("cpu", programs), "static": ("static", programs),
-                     "adaptive": ("adaptive", programs), "static-grouped": ("static", grouped_programs),
-                     "adaptive-grouped": ("adaptive", grouped_programs)}
+            plans = {"all-cpu": ("cpu", programs, True), "static": ("static", programs, True),
+                     "adaptive": ("adaptive", programs, True),
+                     "static-grouped": ("static", grouped_programs, True),
+                     "adaptive-ungrouped": ("adaptive", programs, False)}
             makespans: dict[str, list[float]] = {name: [] for name in plans}
             repeated: dict[str, list[_Run]] = {name: [] for name in plans}
             for repetition in range(args.repeats):
                 turn = repetition % len(plans)      # each run first in turn: drift evens out
                 for name in list(plans)[turn:] + list(plans)[:turn]:
-                    policy, workload_programs = plans[name]
+                    policy, workload_programs, group = plans[name]
                     run = _run(client, name, workload_programs, policy, history, clock_hz,
-                               model=_trained(training, history), device=device, task_overhead=overhead)
+                               model=_trained(training, history), device=device, task_overhead=overhead,
+                               group=group)
                     makespans[name].append(run.makespan)
                     repeated[name].append(run)
                 print(f"  repetition {repetition + 1}: " + ", ".join(f"{name} {makespans[name][-1]:.2f} s"
@@ -389,25 +403,29 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"tolerance")
         vs_static = [s / a for s, a in zip(makespans["static"], makespans["adaptive"], strict=True)]
         vs_cpu = [c / a for c, a in zip(makespans["all-cpu"], makespans["adaptive"], strict=True)]
-        print(f"wall-clock makespan over {args.repeats} repetition(s) after an untimed training pass: "
+        print(f"wall-clock makespan over {args.repeats} repetition(s) after untimed training passes: "
               f"adaptive_vs_static median {_median(vs_static):.2f} (min {min(vs_static):.2f}, max "
               f"{max(vs_static):.2f}); adaptive_vs_cpu median {_median(vs_cpu):.2f} (min {min(vs_cpu):.2f}, "
               f"max {max(vs_cpu):.2f}); cold adaptive (no history, one run): vs static "
               f"{_median(makespans['static']) / runs['adaptive-cold'].makespan:.2f}, vs CPU "
               f"{_median(makespans['all-cpu']) / runs['adaptive-cold'].makespan:.2f}")
-        grouped_vs_adaptive = _median(makespans["adaptive"]) / _median(makespans["adaptive-grouped"])
-        grouped_vs_static = [s / a for s, a in zip(makespans["static-grouped"], makespans["adaptive-grouped"],
+        grouping_gain = _median(makespans["adaptive-ungrouped"]) / _median(makespans["adaptive"])
+        grouped_vs_static = [s / a for s, a in zip(makespans["static-grouped"], makespans["adaptive"],
                                                    strict=True)]
-        print(f"grouping cheap codelets: {codelets} -> {grouped_codelets} codelets; adaptive's median "
-              f"makespan {_median(makespans['adaptive']):.2f} s -> "
-              f"{_median(makespans['adaptive-grouped']):.2f} s "
-              f"({grouped_vs_adaptive:.2f}x); on the grouped programs adaptive_vs_static median "
+        ungrouped_vs_static = [s / a for s, a in zip(makespans["static"], makespans["adaptive-ungrouped"],
+                                                     strict=True)]
+        print(f"the adaptive policy's grouping: {codelets} -> {grouped_codelets} codelets; its median "
+              f"makespan {_median(makespans['adaptive-ungrouped']):.2f} s ungrouped -> "
+              f"{_median(makespans['adaptive']):.2f} s ({grouping_gain:.2f}x)")
+        print(f"routing alone, on equal programs: grouped (static-grouped / adaptive) median "
               f"{_median(grouped_vs_static):.2f} (min {min(grouped_vs_static):.2f}, max "
-              f"{max(grouped_vs_static):.2f})")
+              f"{max(grouped_vs_static):.2f}); ungrouped (static / adaptive-ungrouped) median "
+              f"{_median(ungrouped_vs_static):.2f} (min {min(ungrouped_vs_static):.2f}, max "
+              f"{max(ungrouped_vs_static):.2f})")
         print(f"overhead floor: {codelets} codelets x {overhead * 1e3:.1f} ms = {codelets * overhead:.2f} s "
               f"of per-task overhead ({grouped_codelets} grouped: {grouped_codelets * overhead:.2f} s), "
-              f"against makespans of {_median(makespans['adaptive']):.2f} s and "
-              f"{_median(makespans['adaptive-grouped']):.2f} s")
+              f"against makespans of {_median(makespans['adaptive-ungrouped']):.2f} s and "
+              f"{_median(makespans['adaptive']):.2f} s")
         simulated_vs_cpu = runs["all-cpu"].simulated / runs["adaptive"].simulated
         simulated_vs_static = runs["static"].simulated / runs["adaptive"].simulated
         print(f"simulated-cycle makespan at {args.clock_mhz:g} MHz (median runs): adaptive "
@@ -423,8 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"fleet: adaptive_vs_cpu={_median(vs_cpu):.2f} adaptive_vs_static={_median(vs_static):.2f} "
           f"lost_results={lost} wrong_results={wrong} adaptive_vs_static_min={min(vs_static):.2f} "
           f"adaptive_vs_static_max={max(vs_static):.2f} repeats={args.repeats} "
-          f"grouped_vs_adaptive={grouped_vs_adaptive:.2f} "
-          f"grouped_adaptive_vs_static={_median(grouped_vs_static):.2f} device={device}")
+          f"grouped_adaptive_vs_static={_median(grouped_vs_static):.2f} "
+          f"ungrouped_adaptive_vs_static={_median(ungrouped_vs_static):.2f} "
+          f"grouping_gain={grouping_gain:.2f} device={device}")
     return 0
 
 

@@ -9,7 +9,7 @@ import sys
 from braze.sw.hpm import HistoryStore
 
 from .codelet import FleetError, decompose
-from .dispatch import SCHEDULERS, HistoryModel
+from .dispatch import SCHEDULERS, AcceleratorManager, HistoryModel
 from .execute import connect, execute, group_cheap, measure_task_overhead, plan, quiet_dask_logs, workers_of
 
 __all__ = ["run_script"]
@@ -74,6 +74,13 @@ def run_script(args: argparse.Namespace) -> int:
             program = group_cheap(program, overhead, HistoryModel(history))
             print(f"grouped: {statements} statements -> {len(program.codelets)} codelets (cheap ones merged "
                   f"up to the measured per-task overhead, {overhead * 1e3:.1f} ms)")
+        scheduler.attach(workers, AcceleratorManager(workers))
+        prepared = scheduler.prepare(program)       # (the adaptive policy groups cheap codelets itself)
+        if len(prepared.codelets) != len(program.codelets):
+            print(f"{args.policy}: {len(program.codelets)} codelets -> {len(prepared.codelets)} (cheap "
+                  f"consecutive ones grouped against the measured per-task overhead, "
+                  f"{overhead * 1e3:.1f} ms)")
+        program = prepared
         print(f"cluster: {client.scheduler.address}; workers: "
               + "; ".join(f"{w.name} ({', '.join(f'{k}={v:g}' for k, v in w.resources.items() if v)})"
                           for w in workers))

@@ -71,6 +71,8 @@ class WorkerInfo:
     name: str
     address: str
     resources: dict[str, float]
+    #: Threads running its tasks: CPU, I/O and simulated-device codelets alike take one.
+    nthreads: int = 1
 
     @property
     def fleets(self) -> tuple[str, ...]:
@@ -250,6 +252,12 @@ class AcceleratorManager:
             self._queues[name, kind].outstanding[key] = expected_seconds
             return Lease(name, kind, key, expected_seconds, time.monotonic())
 
+    def outstanding(self, worker: str) -> float:
+        """Expected seconds of the leases in flight on ``worker``'s devices (its threads simulate them)."""
+        with self._lock:
+            return sum(sum(queue.outstanding.values()) for (name, _), queue in self._queues.items()
+                       if name == worker)
+
     def release(self, lease: Lease, *, seconds: float | None = None, cycles: int | None = None) -> None:
         """Give the device back; ``seconds`` and ``cycles`` are what the run measured."""
         with self._lock:
@@ -295,6 +303,10 @@ class Scheduler:
             return "memory"
         return "cpu"
 
+    def prepare(self, program: Program) -> Program:
+        """The program as this scheduler runs it (the base: as decomposed)."""
+        return program
+
     def place(self, request: Request) -> Placement:
         raise NotImplementedError
 
@@ -309,6 +321,15 @@ class Scheduler:
             queue.outstanding.pop(key, None)
         if placement.lease is not None:
             self.manager.release(placement.lease)
+
+    def worker_wait(self, worker: WorkerInfo) -> float:
+        """Seconds until a thread of ``worker`` is expected free: everything in flight there -- its
+        CPU and I/O codelets and the leases on its devices -- over its threads (a task takes a
+        thread whatever resource placed it: a one-thread worker runs its I/O, its CPU codelets and
+        its simulated devices one after another)."""
+        queued = sum(sum(queue.outstanding.values()) for (name, _), queue in self._queues.items()
+                     if name == worker.name)
+        return (queued + self.manager.outstanding(worker.name)) / max(1, worker.nthreads)
 
     def _eligible_accelerators(self, request: Request) -> list[str]:
         profile = request.profile
@@ -369,6 +390,41 @@ class DmdaScheduler(Scheduler):
 
     name = "adaptive"
 
+    def __init__(self, model: HistoryModel | None = None, *, group: bool = True, group_budget: float = 4.0,
+                 **options):
+        super().__init__(model, **options)
+        #: Merge consecutive cheap codelets before placing (:meth:`prepare`), up to ``group_budget``
+        #: times the per-task overhead of expected work per group (4: the overhead is then at most a
+        #: fifth of a group's time; on the bench's workload 4 and no limit made the same groups).
+        self.group = group
+        self.group_budget = group_budget
+
+    def prepare(self, program: Program) -> Program:
+        """With ``group`` (the default), consecutive cheap codelets merged into one task each.
+
+        Every task costs a round trip through the driver and the Dask scheduler whatever it runs
+        (measured: :attr:`task_overhead`), and a program's next codelet waits for it: on the
+        bench's cluster the workers sit idle between codelets most of the makespan (the driver's
+        hops, not the work, bound it), so a chain run as one task saves a round trip per codelet.
+        Consecutive codelets are grouped while their expected work (from the model where it has
+        measured them) stays within ``group_budget`` overheads
+        (:func:`~.execute.group_cheap`).  Only codelets with nowhere to go but a CPU are grouped:
+        I/O stays alone (the memory fleet's), and so does matrix work that may run on an
+        accelerator (a tolerance, and accelerators in the fleets -- or no fleets attached yet).
+        A program grouped already is left as it is.
+        """
+        if not self.group or any(codelet.members for codelet in program.codelets):
+            return program
+        # (imported here: execute imports this module)
+        from .execute import group_cheap
+        from .profile import PATTERNS
+
+        # (not attached to a cluster yet: accelerators may be there)
+        accelerators = bool(self.manager.kinds()) or not self.workers
+        placeable = {"io"} | ({"matmul"} if program.tolerance is not None and accelerators else set())
+        return group_cheap(program, self.group_budget * self.task_overhead, self.model,
+                           patterns=tuple(p for p in PATTERNS if p not in placeable))
+
     def _transfer(self, request: Request, worker: str) -> float:
         seconds = 0.0
         for producer, nbytes, serialize in request.inputs.values():
@@ -384,10 +440,9 @@ class DmdaScheduler(Scheduler):
         cpu_expected, cpu_source = self.model.expected(request.signature, "cpu", pattern,
                                                        request.profile.estimates["cpu"])
         for worker in self.workers:
-            queue = self._queues.get((worker.name, resource))
-            if queue is None:
+            if (worker.name, resource) not in self._queues:
                 continue
-            finish = queue.wait() + self._transfer(request, worker.name) + cpu_expected
+            finish = self.worker_wait(worker) + self._transfer(request, worker.name) + cpu_expected
             candidates.append((finish, Placement(request.codelet.id, "cpu", None, worker.name, resource,
                                                  cpu_expected, f"dmda: CPU ({cpu_source})")))
         if not candidates:
@@ -400,7 +455,8 @@ class DmdaScheduler(Scheduler):
                                                    request.profile.estimates[kind])
             for (worker, device_kind), wait in availability.items():
                 if device_kind == kind:
-                    finish = wait + self._transfer(request, worker) + expected
+                    thread = next((self.worker_wait(w) for w in self.workers if w.name == worker), 0.0)
+                    finish = max(wait, thread) + self._transfer(request, worker) + expected
                     accelerated.append((finish, kind, worker, expected, source))
         fallback = None
         if accelerated:

@@ -153,9 +153,16 @@ def connect(scheduler: str | None = None, *, workers: Sequence[WorkerSpec] = DEF
 
 
 def workers_of(client) -> list[WorkerInfo]:
-    """The cluster's workers as the schedulers see them."""
-    info = client.scheduler_info(n_workers=-1)["workers"]
-    return sorted((WorkerInfo(str(w.get("name", address)), address, dict(w.get("resources") or {}))
+    """The cluster's workers as the schedulers see them.
+
+    Asked of the scheduler each time: ``Client.scheduler_info()`` returns the client's cache, which
+    the client's own periodic refresh (every 2 s, without per-worker information) can overwrite
+    between the fetch and the return -- a cluster that seems, for one call, to have no workers (the
+    driver then took every worker for lost).
+    """
+    info = client.sync(client.scheduler.identity, n_workers=-1)["workers"]
+    return sorted((WorkerInfo(str(w.get("name", address)), address, dict(w.get("resources") or {}),
+                              int(w.get("nthreads") or 1))
                    for address, w in info.items()), key=lambda w: w.name)
 
 
@@ -305,6 +312,7 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
     done_codelets = done_programs = 0
 
     def start(index: int, program: Program, parameters) -> None:
+        program = scheduler.prepare(program)
         job = _Job(index, program, parameters, uuid.uuid4().hex[:8],
                    {c.id: set(c.deps) for c in program.codelets}, started=time.time())
         if parameters:
@@ -562,13 +570,15 @@ def measure_task_overhead(client, samples: int = 8) -> float:
 GROUPABLE_PATTERNS = ("scalar", "elementwise")
 
 
-def group_cheap(program: Program, overhead: float, model: HistoryModel | None = None) -> Program:
+def group_cheap(program: Program, overhead: float, model: HistoryModel | None = None, *,
+                patterns: Sequence[str] = GROUPABLE_PATTERNS) -> Program:
     """:func:`~.codelet.group` with the profiler's CPU estimate of each codelet (scaled by what the
-    model measured of its pattern, where it has) against ``overhead``, the per-task overhead."""
+    model measured of its pattern, where it has) against ``overhead``, the per-task overhead;
+    codelets of other ``patterns`` than these stay alone."""
 
     def estimate(codelet: Codelet) -> float | None:
         profile = profile_codelet(program, codelet, {}, accelerators=())
-        if profile.pattern not in GROUPABLE_PATTERNS:
+        if profile.pattern not in patterns:
             return None
         analytic = profile.estimates["cpu"]
         if model is None:
@@ -602,6 +612,7 @@ def plan(program: Program, scheduler: Scheduler, workers: Sequence[WorkerInfo], 
     adaptive scheduler decides again, with measurements, when each codelet is ready."""
     manager = manager if manager is not None else AcceleratorManager(workers)
     scheduler.attach(workers, manager)
+    program = scheduler.prepare(program)
     planned = {}
     for codelet in program.codelets:
         profile = profile_codelet(program, codelet, {}, accelerators=manager.kinds(), device=device)

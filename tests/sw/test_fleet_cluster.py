@@ -90,13 +90,26 @@ def test_a_script_runs_on_the_fleets_with_int8_products_and_its_history_is_recor
     assert all(r.version == "cpu" for r in exact.records.values())
 
 
+def test_the_workers_are_asked_of_the_scheduler_not_the_clients_cache(client, monkeypatch):
+    # The client's periodic refresh leaves a cache without per-worker information, and it can land
+    # between scheduler_info()'s fetch and its return: the driver then saw no workers at all.
+    monkeypatch.setattr(client, "scheduler_info", lambda **kwargs: {"workers": {}})
+    workers = workers_of(client)
+    assert [(w.name, w.nthreads) for w in workers] == [("fast-0", 1), ("heavy-0", 1)]
+    assert workers[1].resources["accel-tiny"] == 1 and "heavy" in workers[1].fleets
+
+
 def test_a_codelet_that_raises_on_a_worker_names_the_codelet_and_its_line(client, tmp_path):
     history = HistoryStore(tmp_path / "history.sqlite")
     program = decompose("import numpy as np\nh = np.zeros(3)\nbad = h[7]\n", filename="broken.py")
     with pytest.raises(CodeletError, match=r"^codelet c1 \(broken\.py:3: bad = h\[7\]\) raised IndexError"):
-        execute(program, "adaptive", client=client, history=history)
+        execute(program, DmdaScheduler(HistoryModel(history), group=False), client=client, history=history)
     (failed,) = [run for run in history.codelet_runs() if run.error]
     assert failed.codelet == "c1" and "IndexError" in failed.error
+    # The adaptive policy groups the two cheap statements: the error names the statement in its group.
+    with pytest.raises(CodeletError, match=r"^codelet c1 \(in group c0\) \(broken\.py:3: bad = h\[7\]\) "
+                                           r"raised IndexError"):
+        execute(program, "adaptive", client=client, history=history)
 
 
 def test_a_worker_killed_mid_run_loses_no_result_and_changes_none(client, tmp_path):

@@ -1,6 +1,7 @@
 """Pattern recognition, targeting profiles, the int8 accelerator version, and routing that learns."""
 
 import ast
+import dataclasses
 
 import numpy as np
 import pytest
@@ -141,3 +142,60 @@ def test_dmda_balances_cpu_work_over_workers_by_expected_finish():
     assert {first.worker, second.worker} == {"heavy-0", "fast-0"}   # the first worker's queue is busy
     scheduler.finished(first, "k1")
     assert scheduler.place(_request(program, 1, {})).worker == first.worker
+
+
+def test_dmda_counts_everything_in_flight_on_a_worker_against_its_threads():
+    # One thread per worker runs its I/O, its CPU codelets and its simulated devices alike: a worker
+    # busy with I/O (or with an accelerator lease) is busy for CPU work too.
+    program = decompose("import numpy as np\nx = np.load('t.npy')\ny = np.ones(10)\nz = np.ones(10)\n")
+    scheduler = DmdaScheduler(HistoryModel(), task_overhead=0.0)
+    scheduler.attach(WORKERS, AcceleratorManager(WORKERS))
+    for signature, seconds in (("io", 0.5), ("y", 0.01), ("z", 0.01)):
+        scheduler.model.observe(signature, "cpu", "x", seconds, None)
+    load = dataclasses.replace(_request(program, 0, {}), signature="io")
+    placed = scheduler.place(load)
+    assert (placed.worker, placed.resource) == ("fast-0", "memory")       # the memory fleet's I/O slot
+    scheduler.submitted(placed, "load")
+    assert scheduler.worker_wait(WORKERS[1]) == 0.5 and scheduler.worker_wait(WORKERS[0]) == 0.0
+    cpu = scheduler.place(dataclasses.replace(_request(program, 1, {}), signature="y"))
+    assert (cpu.worker, cpu.resource) == ("heavy-0", "cpu")     # fast-0's one thread is sleeping on I/O
+    # A lease on heavy-0's device occupies heavy-0's thread: CPU work then goes to fast-0 (0.5 s < 2 s).
+    scheduler.manager.request("accel-tiny", "p/c9", 2.0, deadline=1.0)
+    assert scheduler.worker_wait(WORKERS[0]) == 2.0
+    assert scheduler.place(dataclasses.replace(_request(program, 2, {}), signature="z")).worker == "fast-0"
+    # Two threads halve the wait.
+    assert scheduler.worker_wait(dataclasses.replace(WORKERS[0], nthreads=2)) == 1.0
+
+
+def test_the_adaptive_policy_groups_cheap_codelets_against_the_task_overhead_and_static_does_not():
+    program = decompose("import numpy as np\na = np.ones((8, 8))\nb = a + 1\nc = a @ b\nd = c * 2\n"
+                        "e = d - 1\ntable = np.load('t.npy')\n", tolerance=0.1)
+    assert len(program.codelets) == 6
+    adaptive = DmdaScheduler(HistoryModel(), task_overhead=0.01)
+    adaptive.attach(WORKERS, AcceleratorManager(WORKERS))
+
+    def runs(grouped):
+        return [[m.id for m in c.members] or [c.id] for c in grouped.codelets]
+
+    grouped = adaptive.prepare(program)
+    # a, b together; the matrix product alone (the accelerators may take it); d, e together; the I/O
+    # alone (the memory fleet's).
+    assert runs(grouped) == [["c0", "c1"], ["c2"], ["c3", "c4"], ["c5"]]
+    assert adaptive.prepare(grouped) is grouped                    # grouped already: left as it is
+    # Not attached to a cluster yet: accelerators may be there, the product stays alone.
+    assert runs(DmdaScheduler(HistoryModel(), task_overhead=0.01).prepare(program)) == runs(grouped)
+    # Without a tolerance (or without accelerators) the product can only run on a CPU: grouped too.
+    exact = dataclasses.replace(program, tolerance=None)
+    assert runs(adaptive.prepare(exact)) == [["c0", "c1", "c2", "c3", "c4"], ["c5"]]
+    bare = DmdaScheduler(HistoryModel(), task_overhead=0.01)
+    bare.attach([WORKERS[1]], AcceleratorManager([WORKERS[1]]))
+    assert runs(bare.prepare(program)) == [["c0", "c1", "c2", "c3", "c4"], ["c5"]]
+    # The budget caps a group's expected work: two codelets' worth (1 ms each, measured) per group.
+    for index in range(5):
+        adaptive.model.observe(signature_of(exact.codelets[index], {}), "cpu", "x", 0.001, None)
+    tight = DmdaScheduler(adaptive.model, task_overhead=0.001, group_budget=2.0)
+    assert runs(tight.prepare(exact)) == [["c0", "c1"], ["c2", "c3"], ["c4"], ["c5"]]
+    # An overhead smaller than what a codelet is expected to cost: nothing to gain, nothing grouped.
+    assert len(DmdaScheduler(HistoryModel(), task_overhead=1e-9).prepare(program).codelets) == 6
+    assert DmdaScheduler(HistoryModel(), group=False, task_overhead=0.01).prepare(program) is program
+    assert StaticScheduler(HistoryModel(), task_overhead=0.01).prepare(program) is program
