@@ -40,6 +40,7 @@ from amaranth.lib.wiring import In, Out
 
 from .axi import AXI4LiteSignature
 from .board_memory import MemoryHostSignature
+from .host_bridge import HostBridge
 from .uart import BoardParameterError
 
 __all__ = ["Op", "Status", "HEADER_BYTES", "PROTOCOL_VERSION", "INFO_BYTES", "MAX_REG_COUNT",
@@ -163,7 +164,12 @@ class SerialBridge(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         word_bytes, word_shift = self.word_bytes, self.word_bytes.bit_length() - 1
-        bus, mem = self.m_axil, self.mem
+        mem = self.mem
+        # Register accesses go through a HostBridge: one toggle of ``req`` per access, done when
+        # ``ack`` equals it again (the AXI4-Lite handshakes are the HostBridge's).
+        m.submodules.registers = registers = HostBridge(self.reg_addr_width)
+        wiring.connect(m, registers.m_axil, wiring.flipped(self.m_axil))
+        host = registers.host
 
         op = Signal(8)
         header = Signal(_HEADER_WIDTH)
@@ -177,8 +183,6 @@ class SerialBridge(wiring.Component):
         discard = Signal(range(word_bytes * MAX_MEM_COUNT + 1))
         status = Signal(8)
         bus_failed = Signal()
-        address_done = Signal()                 # AXI-Lite write: AW and W handshakes, in any order
-        data_done = Signal()
         silence = Signal(range(self.timeout_cycles + 1))   # cycles since the last byte of a request
         m.d.sync += silence.eq(0)
 
@@ -188,7 +192,7 @@ class SerialBridge(wiring.Component):
                     m.d.comb += header_last.eq(max(length - 1, 0))
 
         m.d.comb += [
-            bus.awaddr.eq(addr), bus.araddr.eq(addr), bus.wdata.eq(word[:32]), bus.wstrb.eq(0xF),
+            host.addr.eq(addr), host.wdata.eq(word[:32]),
             mem.addr.eq(addr), mem.wdata.eq(word[:8 * word_bytes]),
             self.tx.payload.eq(word.word_select(byte_index, 8)),
         ]
@@ -247,8 +251,7 @@ class SerialBridge(wiring.Component):
                         with m.If((reg_addr[:2] != 0) | (reg_addr >= window)):
                             finish(Status.BAD_ADDRESS)
                         with m.Else():
-                            m.d.sync += [addr.eq(reg_addr), word.eq(header[16:48]), address_done.eq(0),
-                                         data_done.eq(0)]
+                            m.d.sync += [addr.eq(reg_addr), word.eq(header[16:48]), host.req.eq(~host.req)]
                             m.next = "REG_WRITE"
                     with m.Case(Op.REG_READ):
                         with m.If(reg_count == 0):
@@ -276,25 +279,15 @@ class SerialBridge(wiring.Component):
 
             # --- Registers. -----------------------------------------------------------------------
             with m.State("REG_WRITE"):
-                m.d.comb += [bus.awvalid.eq(~address_done), bus.wvalid.eq(~data_done)]
-                with m.If(bus.awvalid & bus.awready):
-                    m.d.sync += address_done.eq(1)
-                with m.If(bus.wvalid & bus.wready):
-                    m.d.sync += data_done.eq(1)
-                with m.If((address_done | bus.awready) & (data_done | bus.wready)):
-                    m.next = "REG_WRITE_RESPONSE"
-            with m.State("REG_WRITE_RESPONSE"):
-                m.d.comb += bus.bready.eq(1)
-                with m.If(bus.bvalid):
-                    finish(Mux(bus.bresp[1], Status.BUS_ERROR, Status.OK))
+                m.d.comb += host.write.eq(1)
+                with m.If(host.ack == host.req):
+                    finish(Mux(host.resp[1], Status.BUS_ERROR, Status.OK))
             with m.State("REG_READ"):
-                m.d.comb += bus.arvalid.eq(1)
-                with m.If(bus.arready):
-                    m.next = "REG_READ_DATA"
+                m.d.sync += host.req.eq(~host.req)
+                m.next = "REG_READ_DATA"
             with m.State("REG_READ_DATA"):
-                m.d.comb += bus.rready.eq(1)
-                with m.If(bus.rvalid):
-                    m.d.sync += [word.eq(bus.rdata), bus_failed.eq(bus_failed | bus.rresp[1])]
+                with m.If(host.ack == host.req):
+                    m.d.sync += [word.eq(host.rdata), bus_failed.eq(bus_failed | host.resp[1])]
                     send(3, "SEND")
 
             # --- Memory. --------------------------------------------------------------------------

@@ -67,8 +67,7 @@ HARNESS_CPP = (HARNESS_MAIN, HARNESS_STORAGE)
 #: reference model, timing-model formulas' users, assembler and documentation generator of ``isa/``
 #: are not among them: the hardware imports only these ISA modules.
 HARDWARE_SOURCES = ("hw/*.py", "isa/__init__.py", "isa/config.py", "isa/counters.py", "isa/encoding.py",
-                    "isa/errors.py", "isa/timing.py", "isa/arith.py", "sim/axi_ram.py", "sim/harness.py",
-                    "sim/host_bridge.py")
+                    "isa/errors.py", "isa/timing.py", "isa/arith.py", "sim/axi_ram.py", "sim/harness.py")
 _MARKER = "build.json"
 
 

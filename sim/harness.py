@@ -2,7 +2,7 @@
 
 :class:`Harness` puts an :class:`~braze.hw.top.Accelerator` and an :class:`~braze.sim.axi_ram.AXIRam`
 (its ``m_axi`` on the RAM) in one design whose ports are the accelerator's AXI4-Lite register
-port (or, with ``host_bridge``, a :class:`~braze.sim.host_bridge.HostBridge` in front of it),
+port (or, with ``host_bridge``, a :class:`~braze.hw.host_bridge.HostBridge` in front of it),
 ``irq``, every counter, ``clk`` and ``rst``.  The host side (the cocotb server) loads programs and
 data by writing the RAM's storage array in place, so loading memory costs no clock cycles.
 :func:`harness_verilog` writes it as the Verilog module ``braze_<name>_harness``.
@@ -17,11 +17,11 @@ from amaranth.lib.wiring import In, Out
 
 from braze.hw.axi import AXI4LiteSignature, conventional_ports
 from braze.hw.counters import COUNTER_BITS
+from braze.hw.host_bridge import HostBridge, HostSignature
 from braze.hw.top import AXIL_ADDR_WIDTH, Accelerator
 from braze.isa import COUNTERS, Config
 
 from .axi_ram import STORAGE_VERILOG, AXIRam
-from .host_bridge import HostBridge, HostSignature
 
 __all__ = ["Harness", "harness_name", "harness_options", "harness_verilog"]
 
@@ -50,7 +50,7 @@ class Harness(wiring.Component):
     storage : str
         ``"verilog"`` (for Verilator builds) or ``"memory"`` (for Amaranth's simulator).
     host_bridge : bool
-        Reach the register port through a :class:`~braze.sim.host_bridge.HostBridge` (port
+        Reach the register port through a :class:`~braze.hw.host_bridge.HostBridge` (port
         ``host``), so that a host wakes once per register access instead of every cycle of its
         handshakes; otherwise the register port is the harness's ``s_axil``.
 

@@ -1,4 +1,7 @@
-"""A register-access engine for co-simulation hosts: one AXI4-Lite access per host request.
+"""A register-access engine: one AXI4-Lite access per host request.
+
+Used by co-simulation hosts (:mod:`braze.sim.harness`) and by the board's serial bridge
+(:class:`~braze.hw.uart_bridge.SerialBridge`), which performs its register accesses through one.
 
 A testbench that drives AXI4-Lite handshakes itself must wake up every clock cycle of every
 access.  :class:`HostBridge` moves the handshakes into the design: the host sets ``write``,
@@ -14,7 +17,7 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from braze.hw.axi import AXI4LiteSignature
+from .axi import AXI4LiteSignature
 
 __all__ = ["HostBridge", "HostSignature"]
 
