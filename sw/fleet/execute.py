@@ -517,9 +517,6 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
             on_event(done_programs, done_codelets)
             refresh()               # (fault injection may have changed the cluster)
 
-    while queue and len(active) < window:
-        index, (program, parameters) = queue.pop(0)
-        start(index, program, parameters)
     def cancelled_under_us() -> None:
         """Tasks the scheduler cancelled (not the driver: those leave ``owner`` first): the workers
         are looked at (a loss places them again), then what is still cancelled is revived."""
@@ -531,6 +528,9 @@ def run_programs(client, jobs: Sequence[tuple[Program, Mapping[str, Any] | None]
                 why = getattr(exception, "reason", None) or future.status
                 revive(job, codelet_id, f"the scheduler cancelled its task ({why}) after a worker left")
 
+    while queue and len(active) < window:
+        index, (program, parameters) = queue.pop(0)
+        start(index, program, parameters)
     while owner:
         with client.as_current():
             try:
