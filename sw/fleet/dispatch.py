@@ -193,6 +193,11 @@ class DeviceStats:
         return self.busy_seconds * COST_PER_SECOND.get(self.kind, 1.0)
 
 
+def _outstanding_on(queues, worker: str) -> float:
+    """Expected seconds in flight on ``worker``, summed over its (worker, resource) queues."""
+    return sum(sum(queue.outstanding.values()) for (name, _), queue in queues.items() if name == worker)
+
+
 class AcceleratorManager:
     """The heavy-compute fleet's simulated accelerators (see the module documentation).
 
@@ -255,8 +260,7 @@ class AcceleratorManager:
     def outstanding(self, worker: str) -> float:
         """Expected seconds of the leases in flight on ``worker``'s devices (its threads simulate them)."""
         with self._lock:
-            return sum(sum(queue.outstanding.values()) for (name, _), queue in self._queues.items()
-                       if name == worker)
+            return _outstanding_on(self._queues, worker)
 
     def release(self, lease: Lease, *, seconds: float | None = None, cycles: int | None = None) -> None:
         """Give the device back; ``seconds`` and ``cycles`` are what the run measured."""
@@ -327,8 +331,7 @@ class Scheduler:
         CPU and I/O codelets and the leases on its devices -- over its threads (a task takes a
         thread whatever resource placed it: a one-thread worker runs its I/O, its CPU codelets and
         its simulated devices one after another)."""
-        queued = sum(sum(queue.outstanding.values()) for (name, _), queue in self._queues.items()
-                     if name == worker.name)
+        queued = _outstanding_on(self._queues, worker.name)
         return (queued + self.manager.outstanding(worker.name)) / max(1, worker.nthreads)
 
     def _eligible_accelerators(self, request: Request) -> list[str]:
