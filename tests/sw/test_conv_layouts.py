@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_kernels import conv_reference, pool_reference
 
 from braze.isa import Activation, Config, Memory, Opcode
 from braze.isa.arith import epilogue
@@ -14,27 +15,6 @@ from braze.sw.compiler.kernels import KernelError, run_kernel
 
 TINY = Config.preset("tiny")          # rows = 4
 DEFAULT = Config.preset("default")    # rows = 8
-
-
-def conv_reference(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
-    """int64 NHWC convolution of OIHW weights with zero padding, as a sum over taps."""
-    n, h, width, c = x.shape
-    k_out, _, kh, kw = w.shape
-    padded = np.zeros((n, h + 2 * pad, width + 2 * pad, c), dtype=np.int64)
-    padded[:, pad:pad + h, pad:pad + width] = x
-    ho, wo = (h + 2 * pad - kh) // stride + 1, (width + 2 * pad - kw) // stride + 1
-    out = np.zeros((n, ho, wo, k_out), dtype=np.int64)
-    for ky in range(kh):
-        for kx in range(kw):
-            window = padded[:, ky:ky + stride * (ho - 1) + 1:stride, kx:kx + stride * (wo - 1) + 1:stride]
-            out += window @ w[:, :, ky, kx].T.astype(np.int64)
-    return out
-
-
-def max_pool(x: np.ndarray, p: int) -> np.ndarray:
-    n, h, w, c = x.shape
-    hp, wp = h // p, w // p
-    return x[:, :hp * p, :wp * p].reshape(n, hp, p, wp, p, c).max(axis=(2, 4))
 
 
 def run_conv(config: Config, N, C, H, W, K_out, k, stride, pad, pool=1, seed=0, layout=None):
@@ -51,7 +31,7 @@ def run_conv(config: Config, N, C, H, W, K_out, k, stride, pad, pool=1, seed=0, 
         got = run_kernel(device, kernel, inputs).outputs["out"]
     expected = epilogue(conv_reference(x, w, stride, pad), act=Activation.RELU, out=Memory.SPAD, **params)
     if pool > 1:
-        expected = max_pool(expected, pool)
+        expected = pool_reference(expected, pool, pool, pool, 0)[0]
     assert len(np.unique(expected)) > 4          # not a saturated, constant output
     return kernel, got, expected
 
