@@ -113,6 +113,8 @@ def test_the_timing_model_chooses_the_layout():
     (DEFAULT, 20, 5, 7, 7, 10, 3, 1, 2),      # padding (zero rows), C < rows, a partial column tile
     (DEFAULT, 9, 8, 9, 9, 8, 2, 0, 3),        # 2x2 kernel, 3x3 pooling of an 8x8 output
     (TINY, 13, 3, 6, 5, 6, 3, 1, 1),          # several input tiles of a small scratchpad
+    (DEFAULT, 64, 1, 8, 8, 8, 3, 0, 1),       # the digits CNN's conv1: a kernel row's taps per row
+    (TINY, 7, 2, 6, 7, 5, 2, 0, 2),           # packed taps, pooled, a partial last tile
 ])
 def test_resident_input(config, N, C, H, W, K_out, k, pad, pool):
     kernel, got, expected = run_conv(config, N, C, H, W, K_out, k, 1, pad, pool, seed=N * C,
@@ -120,10 +122,12 @@ def test_resident_input(config, N, C, H, W, K_out, k, pad, pool):
     np.testing.assert_array_equal(got, expected)
     images = kernel.tiling["resident_input"]
     x = kernel.operands["x"]
-    # Every input pixel of every image crosses the bus once.
+    # Every input pixel of every image crosses the bus once -- with packed taps, every run of kw
+    # pixels that an output pixel's kernel row covers.
     input_rows = sum(i.args["rows"] for i in kernel.instructions if i.opcode is Opcode.LOAD
                      and not i.args["zero"] and x.addr <= i.args["dram"] < x.end)
-    assert input_rows == N * H * W and images >= 1
+    packed = kernel.tiling.get("taps_per_chunk", 1) > 1
+    assert input_rows == N * H * (W - k + 1 if packed else W) and images >= 1
 
 
 def test_resident_input_int32_output():

@@ -268,7 +268,9 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
     # row-major LOADs of packed taps are single bus words, 11,548 row-major against 14,241).
     run = Wp if pool > 1 else Wo
     batch = N >= 2 * run and not epi.residual
-    resident_ok = stride == 1 and dilation == 1 and packed == 1 and c_chunks == 1 and not epi.residual
+    # Resident input: one channel chunk, and either one tap per chunk or a whole kernel row per chunk.
+    resident_ok = (stride == 1 and dilation == 1 and c_chunks == 1 and packed in (1, kw)
+                   and not epi.residual)
     if layout is None:
         forms = ["rows"]
         if batch and 4 * image_rows * chunks + K <= config.spad_rows:
@@ -280,8 +282,8 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
     elif layout != "rows" and epi.residual:
         raise KernelError(f"layout={layout!r} takes no residual input")
     elif layout == "resident" and (not resident_ok or tiling is not None):
-        raise KernelError("layout='resident' needs stride 1, no dilation, rows/2 < C <= rows and no "
-                          "forced tiling")
+        raise KernelError("layout='resident' needs stride 1, no dilation, C <= rows (rows/2 < C or all "
+                          "taps of a kernel row in one K-chunk) and no forced tiling")
     else:
         forms = [layout]
     built: list[Kernel] = []
@@ -289,7 +291,7 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
         try:
             if form == "resident":
                 kernel = _resident_input_conv(config, N, C, H, W, K_out, kh, kw, pad, pool, epi, operands,
-                                              (Ho, Wo, K))
+                                              (Ho, Wo, K), packed > 1)
                 if kernel is None and layout is not None:
                     raise KernelError(f"conv2d {N}x{C}x{H}x{W}: not one image's input fits the scratchpad")
             else:
@@ -304,10 +306,16 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
 
 
 def _resident_input_conv(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, kw: int,
-                         pad: int, pool: int, epi: _Epilogue, operands: dict, shape: tuple[int, int, int]
-                         ) -> Kernel | None:
+                         pad: int, pool: int, epi: _Epilogue, operands: dict, shape: tuple[int, int, int],
+                         packed: bool = False) -> Kernel | None:
     """A stride-1 convolution of a batch of small images (``rows/2 < C <= rows``) whose input pixels
     are each loaded once: the taps are read from the scratchpad, not loaded again (on-chip im2col).
+
+    ``packed`` (a kernel row's ``kw`` taps in one K-chunk, :func:`taps_per_chunk`; no padding):
+    the input rows are ``(iy, ox, n)`` instead, each the ``kw*C`` bytes of taps ``ox..ox+kw-1`` of
+    input row ``iy`` (one LOAD per (iy, ox) for every image), and for output row ``oy`` the A rows
+    of chunk ``ky`` are the ``Wo*G`` rows of input row ``oy + ky``: one MATMUL per output row, its
+    ``kh`` K-chunks an input row apart.
 
     An input tile holds ``G`` whole images in scratchpad rows ``(iy, ix, n)`` (padding pixels are
     zero rows), one LOAD per input pixel for every image of the tile.  The output is computed in
@@ -335,7 +343,9 @@ def _resident_input_conv(config: Config, N: int, C: int, H: int, W: int, K_out: 
     # C's accumulator rows are free once the EPILOGUE (and pooling, on the same unit) has read them,
     # unless the STOREs read them (int32 output): then a second slot lets the next band go on.
     c_ring = 2 if epi.out_int32 else 1
-    largest = min((config.spad_rows - spad_fixed) // (2 * Hq * Wq + (0 if epi.out_int32 else 2 * band_rows)),
+    row_pixels = Wo if packed else Wq         # input slot rows per image and input row
+    largest = min((config.spad_rows - spad_fixed)
+                  // (2 * Hq * row_pixels + (0 if epi.out_int32 else 2 * band_rows)),
                   (config.acc_rows - n_tiles * p_rows) // (c_ring * band_rows), N)
     if largest < 1:
         return None
@@ -351,7 +361,9 @@ def _resident_input_conv(config: Config, N: int, C: int, H: int, W: int, K_out: 
         b_bufs = spad.ring("B", n_tiles, K)
         # One buffer per input row of a slot: a MATMUL waits only for the rows it reads.
         slots = min(ring, _cdiv(N, images))
-        in_slots = [[spad.take(f"in{slot}_{iy}", Wq * images) for iy in range(Hq)] for slot in range(slots)]
+        # (Taken in order: consecutive input rows are row_pixels*images rows apart.)
+        in_slots = [[spad.take(f"in{slot}_{iy}", row_pixels * images) for iy in range(Hq)]
+                    for slot in range(slots)]
         out_slots = [] if epi.out_int32 else spad.ring("out", ring, band_rows * images)
         c_slots = acc.ring("C", min(ring, c_ring), band_rows * images)
         p_bufs = acc.ring("params", n_tiles, p_rows) if p_rows else []
@@ -367,7 +379,13 @@ def _resident_input_conv(config: Config, N: int, C: int, H: int, W: int, K_out: 
         for t, first in enumerate(range(0, N, images)):
             g = min(images, N - first)
             rows_in = in_slots[t % slots]
-            for iy in range(Hq):
+            for iy in range(Hq if packed else 0):
+                for ox in range(Wo):        # taps ox..ox+kw-1 of input row iy, for every image
+                    streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, rows=g, len=kw * C,
+                                                 addr=rows_in[iy].start + ox * g, stride=image_bytes,
+                                                 dram=x_addr + first * image_bytes + (iy * W + ox) * C),
+                                writes=[rows_in[iy]])
+            for iy in range(0 if packed else Hq):
                 segments = _SegmentList()
                 for ix in range(Wq):
                     y, x = iy - pad, ix - pad
@@ -383,7 +401,13 @@ def _resident_input_conv(config: Config, N: int, C: int, H: int, W: int, K_out: 
             for j, band in itertools.product(range(n_tiles), range(bands)):
                 n0, nj = j * COLS, min(COLS, K_out - j * COLS)
                 c_buf = _slot(c_slots, step)
-                for r, ky in itertools.product(range(pool), range(kh)):
+                for r in range(pool if packed else 0):
+                    oy = band * pool + r
+                    streams.add(Instruction.make(Opcode.MATMUL, acc=c_buf.start + r * Wo * g,
+                                                 a=rows_in[oy].start, b=b_bufs[j].start,
+                                                 a_stride=Wo * images, m=Wo * g, n=nj, k=K, accumulate=False),
+                                reads=[*rows_in[oy:oy + kh], b_bufs[j]], writes=[c_buf])
+                for r, ky in itertools.product(range(0 if packed else pool), range(kh)):
                     row = rows_in[band * pool + r + ky]
                     streams.add(Instruction.make(Opcode.MATMUL, acc=c_buf.start + r * Wo * g, a=row.start,
                                                  b=b_bufs[j].start + ky * kw * R, a_stride=g, m=Wo * g, n=nj,
@@ -423,6 +447,8 @@ def _resident_input_conv(config: Config, N: int, C: int, H: int, W: int, K_out: 
         tiling = {"m": Ho * Wo * images, "a_slots": slots, "b_resident": True, "params_resident": True,
                   "first_pieces": 1, "buffers": ring, "k_block": 0, "n_group": 1, "Ho": Ho, "Wo": Wo, "K": K,
                   "resident_input": images}
+        if packed:
+            tiling["taps_per_chunk"] = kw
         if pool > 1:
             tiling.update(pool=pool, align=pool * pool * pixels)
         return _finish("conv2d", config, streams, operands, macs=N * bands * band_rows * K * K_out,
