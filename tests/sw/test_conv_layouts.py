@@ -138,3 +138,58 @@ def test_resident_input_int32_output():
     with open_device("golden", DEFAULT) as device:
         got = run_kernel(device, kernel, {"x": x, "B": lib.conv2d_weights(DEFAULT, w, kernel)}).outputs["out"]
     np.testing.assert_array_equal(got, conv_reference(x, w, 1, 1))
+
+
+def _epilogue_rows(rng, k_out):
+    return dict(bias=rng.integers(-3000, 3000, k_out), mult=rng.integers(1 << 13, 1 << 15, k_out),
+                shift=np.full(k_out, 22))
+
+
+@pytest.mark.parametrize("N, C, H, W, layers, pool", [
+    (64, 1, 8, 8, [(8, 3, 0), (16, 3, 0)], 2),              # the digits CNN's conv1 -> conv2 -> pool
+    (10, 6, 7, 7, [(8, 3, 1), (5, 2, 0)], 1),               # padding inside the chain, a 2x2 kernel
+    (5, 8, 6, 6, [(7, 3, 1), (8, 3, 1), (6, 3, 0)], 2),     # three layers
+])
+def test_conv2d_chain_equals_the_layers_one_by_one(N, C, H, W, layers, pool):
+    rng = np.random.default_rng(N + C)
+    specs = [lib.ConvLayer(k_out, k, k, pad, bias=True, requant=True, act="relu") for k_out, k, pad in layers]
+    chain = lib.conv2d_chain(DEFAULT, N, C, H, W, specs, pool=pool)
+    x = rng.integers(-128, 128, (N, H, W, C), dtype=np.int8)
+    inputs, value = {"x": x}, x
+    with open_device("golden", DEFAULT) as device:
+        for index, (k_out, k, pad) in enumerate(layers, start=1):
+            n, h, w, c = value.shape
+            weights = rng.integers(-128, 128, (k_out, c, k, k), dtype=np.int8)
+            rows = _epilogue_rows(rng, k_out)
+            single = lib.conv2d(DEFAULT, n, c, h, w, k_out, k, k, 1, pad, bias=True, requant=True, act="relu",
+                                pool=pool if index == len(layers) else 1)
+            value = run_kernel(device, single, {"x": value, "B": lib.conv2d_weights(DEFAULT, weights, single),
+                                                "params": lib.pack_params(single, **rows)}).outputs["out"]
+            inputs[f"B{index}"] = lib.conv2d_weights(DEFAULT, weights, chain, f"B{index}")
+            inputs[f"params{index}"] = np.stack([rows["bias"], rows["mult"], rows["shift"]]).astype(np.int32)
+        result = run_kernel(device, chain, inputs)
+    np.testing.assert_array_equal(result.outputs["out"], value)
+    assert len(np.unique(value)) > 4
+    # The activations between the layers never cross the bus: the weights and parameters are read
+    # once, the input once (with packed taps, each LOAD row the k pixels of an output pixel's kernel
+    # row), the pooled output written once.
+    params = sum(op.nbytes for op in chain.operands.values() if op.role == "param")
+    k = layers[0][1]
+    x_read = N * H * (W - k + 1) * k * C if chain.tiling.get("taps_per_chunk", 1) > 1 else x.nbytes
+    assert result.counters["dma_read_bytes"] == x_read + params
+    assert result.counters["dma_write_bytes"] == chain.operands["out"].nbytes
+
+
+def test_conv2d_chain_refuses_what_it_cannot_do():
+    layer = lib.ConvLayer(8, 3, 3, bias=True, requant=True, act="relu")
+    with pytest.raises(KernelError, match="at least one layer"):
+        lib.conv2d_chain(DEFAULT, 4, 1, 8, 8, [])
+    with pytest.raises(KernelError, match="12 input channels"):       # two K-chunks per tap
+        lib.conv2d_chain(DEFAULT, 4, 12, 8, 8, [layer, layer])
+    with pytest.raises(KernelError, match="inner layer"):             # 16 channels into the next layer
+        lib.conv2d_chain(DEFAULT, 4, 1, 8, 8, [lib.ConvLayer(16, 3, 3, requant=True), layer])
+    chain = lib.conv2d_chain(DEFAULT, 4, 1, 8, 8, [layer, layer])
+    with pytest.raises(KernelError, match="B2 expects 8"):
+        lib.conv2d_weights(DEFAULT, np.ones((8, 4, 3, 3), np.int8), chain, "B2")
+    with pytest.raises(KernelError, match="no operand 'B3'"):
+        lib.conv2d_weights(DEFAULT, np.ones((8, 8, 3, 3), np.int8), chain, "B3")

@@ -51,7 +51,7 @@ from .common import (
     run_kernels,
     utilisation,
 )
-from .conv import conv2d, conv2d_weights, taps_per_chunk
+from .conv import ConvLayer, conv2d, conv2d_chain, conv2d_weights, taps_per_chunk
 from .elementwise import add, clip, relu, table
 from .matmul import ALoader as ALoader  # public in the old module, though not in __all__
 from .matmul import Tiling, batched_gemm, candidate_tilings, gemm, matmul_tilings, zero_point_rows
@@ -64,5 +64,6 @@ __all__ = [
     "add", "relu", "clip", "table",
     "pack_params", "pack_table",
     "conv2d_weights", "taps_per_chunk", "avg_multiplier", "link", "run_kernel", "run_kernels", "utilisation",
+    "conv2d_chain", "ConvLayer",
     "Tiling", "candidate_tilings", "matmul_tilings", "MAX_VECTOR_MULT", "OPERAND_ALIGN",
 ]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -50,7 +50,7 @@ from .common import (
 )
 from .matmul import Tiling, _matmul_kernel
 
-__all__ = ["conv2d", "conv2d_weights", "taps_per_chunk"]
+__all__ = ["conv2d", "conv2d_chain", "ConvLayer", "conv2d_weights", "taps_per_chunk"]
 
 
 def taps_per_chunk(config: Config, C: int, kw: int, pad: int = 0, dilation: int = 1) -> int:
@@ -68,7 +68,8 @@ def taps_per_chunk(config: Config, C: int, kw: int, pad: int = 0, dilation: int 
     return min(kw, config.rows // C)
 
 
-def conv2d_weights(config: Config, weights: np.ndarray, kernel: Kernel | None = None) -> np.ndarray:
+def conv2d_weights(config: Config, weights: np.ndarray, kernel: Kernel | None = None, operand: str = "B"
+                   ) -> np.ndarray:
     """The B operand of :func:`conv2d` from OIHW weights (K_out, C, kh, kw), for ``kernel``.
 
     One tap per K-chunk (``kernel`` None, or a kernel whose ``taps_per_chunk`` is 1): shape
@@ -77,15 +78,24 @@ def conv2d_weights(config: Config, weights: np.ndarray, kernel: Kernel | None = 
     zero.  With ``g = kernel.tiling["taps_per_chunk"] > 1`` (few channels, see
     :func:`taps_per_chunk`): shape (kh*G*rows, K_out) with ``G = ceil(kw/g)`` chunks per kernel
     row; row ``(ky*G + kx//g)*rows + (kx % g)*C + ch`` holds tap (ky, kx), channel ``ch``.
+
+    ``operand``: which B of a :func:`conv2d_chain` kernel (``"B1"``, ``"B2"`` ...); only the first
+    layer's taps can be packed.
     """
     weights = np.asarray(weights)
     if weights.ndim != 4:
         raise KernelError(f"conv2d weights must be OIHW (4-D), not shape {weights.shape}")
     k_out, channels, kh, kw = weights.shape
-    packed = 1 if kernel is None else int(kernel.tiling.get("taps_per_chunk", 1))
-    if kernel is not None and kernel.operands["x"].shape[-1] != channels:
+    first = operand in ("B", "B1")
+    if kernel is not None and operand not in kernel.operands:
+        raise KernelError(f"the {kernel.name} kernel has no operand {operand!r}")
+    packed = 1 if kernel is None or not first else int(kernel.tiling.get("taps_per_chunk", 1))
+    # The input channels: the first layer's input's, or the output channels of the layer before.
+    expected = None if kernel is None else (kernel.operands["x"].shape[-1] if first
+                                            else kernel.operands[f"B{int(operand[1:]) - 1}"].shape[1])
+    if expected is not None and expected != channels:
         raise KernelError(f"conv2d weights of shape {weights.shape} have {channels} input channels, the "
-                          f"{kernel.name} kernel expects {kernel.operands['x'].shape[-1]}")
+                          f"{kernel.name} kernel's {operand} expects {expected}")
     if packed == 1:
         cp = _cdiv(channels, config.rows) * config.rows
         b = np.zeros((kh, kw, cp, k_out), dtype=np.int8)
@@ -98,9 +108,9 @@ def conv2d_weights(config: Config, weights: np.ndarray, kernel: Kernel | None = 
             q, r = divmod(kx, packed)
             b[:, q, r * channels:(r + 1) * channels, :] = weights[:, :, :, kx].transpose(2, 1, 0)
         b = b.reshape(kh * groups * config.rows, k_out)
-    if kernel is not None and b.shape != kernel.operands["B"].shape:
+    if kernel is not None and b.shape != kernel.operands[operand].shape:
         raise KernelError(f"conv2d weights of shape {weights.shape} give B of shape {b.shape}, the "
-                          f"{kernel.name} kernel expects {kernel.operands['B'].shape}")
+                          f"{kernel.name} kernel's {operand} is {kernel.operands[operand].shape}")
     return b
 
 
@@ -146,9 +156,10 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
         pixel of every image in the tile (one LOAD row per image: few, long LOADs for a batch of
         small images); one STORE per output pixel.
     ``"resident"``
-        stride 1, no dilation, ``rows/2 < C <= rows``: each input pixel is loaded once and the
-        taps are read from the scratchpad (:func:`_resident_input_conv`): the input crosses the
-        bus once instead of ``kh*kw`` times.
+        stride 1, no dilation, ``rows/2 < C <= rows`` or a kernel row's taps in one K-chunk: each
+        input pixel is loaded once (with packed taps: once per kernel-row run of ``kw`` pixels) and
+        the taps are read from the scratchpad (:func:`_resident_input_conv`), instead of loading
+        the input ``kh*kw`` (packed: ``kh``) times.
     None (the default)
         ``"rows"``, and where a batch of small images makes them worth a try the other two; the
         one the timing model predicts fastest.  With a forced ``tiling``, not ``"resident"`` (its
@@ -290,8 +301,8 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
     for form in forms:
         try:
             if form == "resident":
-                kernel = _resident_input_conv(config, N, C, H, W, K_out, kh, kw, pad, pool, epi, operands,
-                                              (Ho, Wo, K), packed > 1)
+                layer = _Layer(C, H, W, K_out, kh, kw, pad, packed > 1, epi, "B", "params")
+                kernel = _resident_input_conv(config, N, [layer], pool, operands)
                 if kernel is None and layout is not None:
                     raise KernelError(f"conv2d {N}x{C}x{H}x{W}: not one image's input fits the scratchpad")
             else:
@@ -305,154 +316,257 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
     return min(built, key=lambda kernel: kernel.predicted_cycles)
 
 
-def _resident_input_conv(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, kw: int,
-                         pad: int, pool: int, epi: _Epilogue, operands: dict, shape: tuple[int, int, int],
-                         packed: bool = False) -> Kernel | None:
-    """A stride-1 convolution of a batch of small images (``rows/2 < C <= rows``) whose input pixels
-    are each loaded once: the taps are read from the scratchpad, not loaded again (on-chip im2col).
+def conv2d_chain(config: Config, N: int, C: int, H: int, W: int, layers: Sequence[ConvLayer], *,
+                 pool: int = 1, out: str = "int8", addrs: Mapping[str, int] | None = None, base: int = 0
+                 ) -> Kernel:
+    """Stride-1 convolutions one after another in one kernel (layer fusion), NHWC int8 in and out:
+    each layer's int8 output stays in the scratchpad as the next one's input, never crossing the bus,
+    and with ``pool > 1`` a ``pool`` x ``pool`` max pooling of stride ``pool`` follows the last.
 
-    ``packed`` (a kernel row's ``kw`` taps in one K-chunk, :func:`taps_per_chunk`; no padding):
-    the input rows are ``(iy, ox, n)`` instead, each the ``kw*C`` bytes of taps ``ox..ox+kw-1`` of
-    input row ``iy`` (one LOAD per (iy, ox) for every image), and for output row ``oy`` the A rows
-    of chunk ``ky`` are the ``Wo*G`` rows of input row ``oy + ky``: one MATMUL per output row, its
-    ``kh`` K-chunks an input row apart.
+    Operands: ``x`` (N, H, W, C); per layer ``i`` (from 1) ``B{i}`` (its weights through
+    ``conv2d_weights(config, w, kernel, f"B{i}")``) and, with a bias or requantization, ``params{i}``
+    (int32 rows bias, mult, shift as present, one column per output channel); ``out`` (N, Hp, Wp,
+    K_out of the last layer).  The input tile's rows are those of :func:`conv2d`'s resident layout
+    (:func:`_resident_input_conv`): every layer's input has at most ``rows`` channels (the first
+    layer's kernel-row taps share a K-chunk where they fit one, :func:`taps_per_chunk`), and an
+    inner layer has at most ``cols`` output channels and no table activation.  Raises
+    :class:`KernelError` otherwise, or if not one image of every layer fits the scratchpad.
+    """
+    config = _check_config(config)
+    for name, value in (("N", N), ("C", C), ("H", H), ("W", W)):
+        _positive(name, value)
+    if not layers:
+        raise KernelError("conv2d_chain needs at least one layer")
+    R = config.rows
+    built: list[_Layer] = []
+    channels, height, width = C, H, W
+    for index, spec in enumerate(layers, start=1):
+        if not isinstance(spec, ConvLayer):
+            raise KernelError(f"layer {index} must be a ConvLayer, not {type(spec).__name__}")
+        _positive(f"layer {index} K_out", spec.K_out)
+        last = index == len(layers)
+        Ho, Wo = _check_window(height, width, spec.kh, spec.kw, 1, spec.pad, pad_below_kernel=False)
+        epi = _epilogue_options(spec.bias, spec.requant, False, spec.act, spec.clip, spec.out_zp,
+                                out if last else "int8")
+        # The first layer's taps packed if a whole kernel row fits one K-chunk, else one tap per chunk.
+        packed = taps_per_chunk(config, channels, spec.kw, spec.pad) if index == 1 else 1
+        packed = packed if packed == spec.kw else 1
+        if channels > R:
+            raise KernelError(f"layer {index}: {channels} input channels do not fit a resident input of "
+                              f"{R} rows")
+        if not last and (spec.K_out > config.cols or epi.act is Activation.TABLE):
+            raise KernelError(f"layer {index}: an inner layer has at most {config.cols} output channels "
+                              "and no table activation")
+        built.append(_Layer(channels, height, width, spec.K_out, spec.kh, spec.kw, spec.pad, packed > 1, epi,
+                            f"B{index}", f"params{index}"))
+        channels, height, width = spec.K_out, Ho, Wo
+    last = built[-1]
+    pool = _check_pool(pool, last.Ho, last.Wo, last.epi)
+    Hp, Wp = last.Ho // pool, last.Wo // pool
+    specs = [_OperandSpec("x", (N, H, W, C), "i1", "NHWC", "input")]
+    for layer in built:
+        specs.append(_OperandSpec(layer.b_name, (layer.K(R), layer.K_out), "i1", "see conv2d_weights",
+                                  "param"))
+        if layer.epi.param_rows:
+            specs.append(_OperandSpec(layer.params_name, (len(layer.epi.param_rows), layer.K_out), "i4",
+                                      f"rows {', '.join(layer.epi.param_rows)}", "param"))
+    specs += [*(s for s in _epilogue_specs(last.epi, N * Hp * Wp, last.K_out, "NHWC")
+                if s.name in ("out", "table")), _counters_spec()]
+    operands = _place(config, specs, addrs, base)
+    operands["out"] = dataclasses.replace(operands["out"], shape=(N, Hp, Wp, last.K_out))
+    kernel = _resident_input_conv(config, N, built, pool, operands, name="conv2d_chain")
+    if kernel is None:
+        raise KernelError(f"conv2d_chain {N}x{C}x{H}x{W}: not one image of every layer fits config "
+                          f"{config.name!r}")
+    return kernel
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvLayer:
+    """One stride-1 convolution of :func:`conv2d_chain`: its output channels, kernel size, zero
+    padding and fused epilogue (as :func:`conv2d`'s keyword arguments of the same names)."""
+
+    K_out: int
+    kh: int
+    kw: int
+    pad: int = 0
+    bias: bool = False
+    requant: bool = False
+    act: str = "none"
+    clip: tuple[int, int] | None = None
+    out_zp: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layer:
+    """A convolution of a resident-input kernel: geometry, epilogue and operand names."""
+
+    C: int
+    H: int
+    W: int
+    K_out: int
+    kh: int
+    kw: int
+    pad: int
+    packed: bool               # a kernel row's kw taps in one K-chunk (the input rows hold kw pixels)
+    epi: _Epilogue
+    b_name: str
+    params_name: str
+
+    @property
+    def Hq(self) -> int:
+        return self.H + 2 * self.pad
+
+    @property
+    def Wq(self) -> int:
+        return self.W + 2 * self.pad
+
+    @property
+    def Ho(self) -> int:
+        return self.Hq - self.kh + 1
+
+    @property
+    def Wo(self) -> int:
+        return self.Wq - self.kw + 1
+
+    @property
+    def row_pixels(self) -> int:
+        """Input rows per image of one input row (kw-pixel rows for packed taps)."""
+        return self.Wo if self.packed else self.Wq
+
+    def K(self, rows: int) -> int:
+        return self.kh * rows if self.packed else self.kh * self.kw * rows
+
+
+def _registers(epi: _Epilogue) -> tuple:
+    """What of the configuration registers an epilogue reads (see _set_config_regs)."""
+    return (epi.requant and epi.out_zp, epi.act is Activation.CLIP and (epi.clip_lo, epi.clip_hi))
+
+
+def _resident_input_conv(config: Config, N: int, layers: list[_Layer], pool: int, operands: dict,
+                         name: str = "conv2d") -> Kernel | None:
+    """Stride-1 convolutions of a batch of small images whose input pixels are each loaded once (with
+    packed taps, once per kernel-row run): the taps are read from the scratchpad, not loaded again
+    (on-chip im2col); with several ``layers``
+    each one's output stays on chip as the next one's input (layer fusion, :func:`conv2d_chain`).
 
     An input tile holds ``G`` whole images in scratchpad rows ``(iy, ix, n)`` (padding pixels are
-    zero rows), one LOAD per input pixel for every image of the tile.  The output is computed in
-    bands of ``pool`` output rows, rows ``(oy, ox, n)``: for output row ``oy`` and kernel row
-    ``ky`` the A rows of tap ``kx`` -- pixel ``(oy + ky, ox + kx)`` of image ``n`` -- are the
-    ``Wo*G`` consecutive input rows from ``((oy + ky)*Wq + kx)*G``, so one MATMUL per (oy, ky)
-    covers the ``kw`` taps as its K-chunks, ``G`` rows apart (``a_stride``).  B and the parameters
-    stay resident.  Pooling (``pool = p``): VECTOR max of the ``p*p`` pixels of each window, ``G``
-    rows at a time.  One STORE per output pixel writes it for every image.  Of the tile sizes
-    tried, the kernel the timing model predicts fastest; None if not even one image fits.
+    zero rows), one LOAD per input pixel for every image of the tile.  A layer's output is computed
+    in bands of output rows (``pool`` rows for the last layer, else one), rows ``(oy, ox, n)``: for
+    output row ``oy`` and kernel row ``ky`` the A rows of tap ``kx`` -- pixel ``(oy + ky, ox + kx)``
+    of image ``n`` -- are the ``Wo*G`` consecutive input rows from ``((oy + ky)*Wq + kx)*G``, so one
+    MATMUL per (oy, ky) covers the ``kw`` taps as its K-chunks, ``G`` rows apart (``a_stride``).
+    With packed taps (the first layer only: a kernel row's ``kw`` taps in one K-chunk,
+    :func:`taps_per_chunk`, no padding) the input rows are ``(iy, ox, n)``, each the ``kw*C`` bytes
+    of taps ``ox..ox+kw-1`` of input row ``iy``, and one MATMUL per output row covers its ``kh``
+    K-chunks, an input row apart.  The EPILOGUE of a layer but the last writes its output row to the
+    next layer's input rows ``(oy + pad, pad.., n)``: the same order.  B and the parameters stay
+    resident.  Pooling (``pool = p``): VECTOR max of the ``p*p`` pixels of each window, ``G`` rows at
+    a time.  One STORE per output pixel writes it for every image.  Of the tile sizes tried, the
+    kernel the timing model predicts fastest; None if not even one image fits.
     """
-    Ho, Wo, K = shape
     R, COLS = config.rows, config.cols
-    Hq, Wq = H + 2 * pad, W + 2 * pad
-    Hp, Wp = Ho // pool, Wo // pool
+    first_layer, last = layers[0], layers[-1]
+    Hp, Wp = last.Ho // pool, last.Wo // pool
     pixels = Hp * Wp                          # output pixels per image (after pooling)
-    band_rows = pool * Wo                     # C rows per image of one band of output rows
-    bands = Ho // pool
-    n_tiles = _cdiv(K_out, COLS)
-    p_rows = len(epi.param_rows)
-    image_bytes = H * W * C
-    out_bytes = 4 if epi.out_int32 else 1
+    image_bytes = first_layer.H * first_layer.W * first_layer.C
+    out_bytes = 4 if last.epi.out_int32 else 1
     x_addr, out_op = operands["x"].addr, operands["out"]
-    spad_fixed = n_tiles * K + (256 // COLS if epi.act is Activation.TABLE else 0)
+    bands = [1] * (len(layers) - 1) + [pool]              # output rows per band, per layer
+    n_tiles = [_cdiv(layer.K_out, COLS) for layer in layers]
+    p_rows = [len(layer.epi.param_rows) for layer in layers]
+    spad_fixed = sum(n * layer.K(R) for n, layer in zip(n_tiles, layers, strict=True)) \
+        + (256 // COLS if last.epi.act is Activation.TABLE else 0)
+    band_rows = max(rows * layer.Wo for rows, layer in zip(bands, layers, strict=True))
     # C's accumulator rows are free once the EPILOGUE (and pooling, on the same unit) has read them,
     # unless the STOREs read them (int32 output): then a second slot lets the next band go on.
-    c_ring = 2 if epi.out_int32 else 1
-    row_pixels = Wo if packed else Wq         # input slot rows per image and input row
-    largest = min((config.spad_rows - spad_fixed)
-                  // (2 * Hq * row_pixels + (0 if epi.out_int32 else 2 * band_rows)),
-                  (config.acc_rows - n_tiles * p_rows) // (c_ring * band_rows), N)
+    c_ring = 2 if last.epi.out_int32 else 1
+    # Per image: the first layer's input (two slots, one if a single tile holds the batch), the later
+    # layers' (one: the compute unit writes and reads them in order), the output slots.
+    inner_rows = sum(layer.Hq * layer.Wq for layer in layers[1:]) \
+        + (0 if last.epi.out_int32 else 2 * pool * last.Wo)
+    first_rows = first_layer.Hq * first_layer.row_pixels
+    acc_images = (config.acc_rows - sum(n * p for n, p in zip(n_tiles, p_rows, strict=True))) \
+        // (c_ring * band_rows)
+    largest = min((config.spad_rows - spad_fixed) // (2 * first_rows + inner_rows), acc_images, N)
+    whole_batch = N <= acc_images and N * (first_rows + inner_rows) <= config.spad_rows - spad_fixed
+    if whole_batch:
+        largest = N
     if largest < 1:
         return None
+    chained = len({_registers(layer.epi) for layer in layers}) > 1    # registers set per layer
 
     def build(images: int, ring: int) -> Kernel:
-        what = f"conv2d {N}x{C}x{H}x{W} resident input, {images} images per tile"
+        what = f"{name} {N}x{first_layer.C}x{first_layer.H}x{first_layer.W} resident input, {images} per tile"
         spad = _Allocator(Memory.SPAD, config.spad_rows, what)
         acc = _Allocator(Memory.ACC, config.acc_rows, what)
         streams = _Streams(config)
-        _set_config_regs(streams, epi)
-        if epi.act is Activation.TABLE:
+        _set_config_regs(streams, last.epi)
+        if last.epi.act is Activation.TABLE:
             _load_table(streams, spad, operands["table"])
-        b_bufs = spad.ring("B", n_tiles, K)
-        # One buffer per input row of a slot: a MATMUL waits only for the rows it reads.
+        b_bufs = [spad.ring(f"B{i}", n_tiles[i], layer.K(R)) for i, layer in enumerate(layers)]
+        # One buffer per input row of a slot, taken in order (consecutive input rows are
+        # row_pixels*images rows apart): a MATMUL waits only for the rows it reads.
         slots = min(ring, _cdiv(N, images))
-        # (Taken in order: consecutive input rows are row_pixels*images rows apart.)
-        in_slots = [[spad.take(f"in{slot}_{iy}", row_pixels * images) for iy in range(Hq)]
-                    for slot in range(slots)]
-        out_slots = [] if epi.out_int32 else spad.ring("out", ring, band_rows * images)
+        in_slots = [[spad.take(f"in{slot}_{iy}", first_layer.row_pixels * images)
+                     for iy in range(first_layer.Hq)] for slot in range(slots)]
+        inner = [[spad.take(f"in{i}_{iy}", layer.Wq * images) for iy in range(layer.Hq)]
+                 for i, layer in enumerate(layers) if i > 0]
+        out_slots = [] if last.epi.out_int32 else spad.ring("out", ring, pool * last.Wo * images)
         c_slots = acc.ring("C", min(ring, c_ring), band_rows * images)
-        p_bufs = acc.ring("params", n_tiles, p_rows) if p_rows else []
-        for j in range(n_tiles):
-            n0, nj = j * COLS, min(COLS, K_out - j * COLS)
-            streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=b_bufs[j].start, rows=K, len=nj,
-                                         dram=operands["B"].addr + n0, stride=K_out), writes=[b_bufs[j]])
-            if p_rows:
-                streams.add(Instruction.make(Opcode.LOAD, mem=Memory.ACC, addr=p_bufs[j].start, rows=p_rows,
-                                             len=nj, dram=operands["params"].addr + 4 * n0, stride=4 * K_out),
-                            writes=[p_bufs[j]])
+        p_bufs = [acc.ring(f"params{i}", n_tiles[i], p_rows[i]) if p_rows[i] else []
+                  for i in range(len(layers))]
+        for i, layer in enumerate(layers):
+            for j in range(n_tiles[i]):
+                n0, nj = j * COLS, min(COLS, layer.K_out - j * COLS)
+                streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=b_bufs[i][j].start,
+                                             rows=layer.K(R), len=nj, dram=operands[layer.b_name].addr + n0,
+                                             stride=layer.K_out), writes=[b_bufs[i][j]])
+                if p_rows[i]:
+                    streams.add(Instruction.make(Opcode.LOAD, mem=Memory.ACC, addr=p_bufs[i][j].start,
+                                                 rows=p_rows[i], len=nj, stride=4 * layer.K_out,
+                                                 dram=operands[layer.params_name].addr + 4 * n0),
+                                writes=[p_bufs[i][j]])
         step = 0
         for t, first in enumerate(range(0, N, images)):
             g = min(images, N - first)
-            rows_in = in_slots[t % slots]
-            for iy in range(Hq if packed else 0):
-                for ox in range(Wo):        # taps ox..ox+kw-1 of input row iy, for every image
-                    streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, rows=g, len=kw * C,
-                                                 addr=rows_in[iy].start + ox * g, stride=image_bytes,
-                                                 dram=x_addr + first * image_bytes + (iy * W + ox) * C),
-                                writes=[rows_in[iy]])
-            for iy in range(0 if packed else Hq):
-                segments = _SegmentList()
-                for ix in range(Wq):
-                    y, x = iy - pad, ix - pad
-                    inside = 0 <= y < H and 0 <= x < W
-                    dram = x_addr + first * image_bytes + (y * W + x) * C if inside else None
-                    segments.emit(ix * g, g, dram, image_bytes if inside else 0)
-                for seg in segments:
-                    fields = (dict(zero=True, len=R) if seg.dram is None
-                              else dict(len=C, dram=seg.dram, stride=seg.stride))
-                    streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, rows=seg.rows,
-                                                 addr=rows_in[iy].start + seg.local, **fields),
-                                writes=[rows_in[iy]])
-            for j, band in itertools.product(range(n_tiles), range(bands)):
-                n0, nj = j * COLS, min(COLS, K_out - j * COLS)
-                c_buf = _slot(c_slots, step)
-                for r in range(pool if packed else 0):
-                    oy = band * pool + r
-                    streams.add(Instruction.make(Opcode.MATMUL, acc=c_buf.start + r * Wo * g,
-                                                 a=rows_in[oy].start, b=b_bufs[j].start,
-                                                 a_stride=Wo * images, m=Wo * g, n=nj, k=K, accumulate=False),
-                                reads=[*rows_in[oy:oy + kh], b_bufs[j]], writes=[c_buf])
-                for r, ky in itertools.product(range(0 if packed else pool), range(kh)):
-                    row = rows_in[band * pool + r + ky]
-                    streams.add(Instruction.make(Opcode.MATMUL, acc=c_buf.start + r * Wo * g, a=row.start,
-                                                 b=b_bufs[j].start + ky * kw * R, a_stride=g, m=Wo * g, n=nj,
-                                                 k=kw * R, accumulate=ky > 0),
-                                reads=[row, b_bufs[j]], writes=[c_buf])
-                result = c_buf if epi.out_int32 else _slot(out_slots, step)
-                fields = dict(src=c_buf.start, m=band_rows * g, n=nj, dst=result.start,
-                              out=Memory.ACC if epi.out_int32 else Memory.SPAD, act=epi.act)
-                if epi.bias:
-                    fields.update(bias=True, bias_addr=p_bufs[j].start)
-                if epi.requant:
-                    fields.update(requant=True, quant_addr=p_bufs[j].start + (1 if epi.bias else 0))
-                streams.add(Instruction.make(Opcode.EPILOGUE, **fields),
-                            reads=[c_buf, *p_bufs[j:j + 1]], writes=[result])
-                if pool > 1:
-                    # Window px of the band: the max of its pool*pool pixels' rows, into C's rows px*g..
-                    # (the EPILOGUE has read them), then back to int8 for the STOREs.
-                    for px in range(Wp):
-                        dst = c_buf.start + px * g
-                        for w, (dy, dx) in enumerate(itertools.product(range(pool), range(pool))):
-                            src = result.start + (dy * Wo + px * pool + dx) * g
-                            if w == 0:
-                                insn = _vector(VectorOp.MOV, c_buf, dst, result, src, g)
-                            else:
-                                insn = _vector(VectorOp.MAX, c_buf, dst, c_buf, dst, g, src2=result,
-                                               src2_row=src)
-                            streams.add(insn, reads=[c_buf, result], writes=[c_buf])
-                    streams.add(_vector(VectorOp.MOV, result, result.start, c_buf, c_buf.start, Wp * g),
-                                reads=[c_buf], writes=[result])
-                for px in range(Wp):          # output pixel (band, px) of every image of the tile: one STORE
-                    q = band * Wp + px
-                    streams.add(Instruction.make(
-                        Opcode.STORE, mem=result.memory, addr=result.start + px * g, rows=g, len=nj,
-                        dram=out_op.addr + ((first * pixels + q) * K_out + n0) * out_bytes,
-                        stride=pixels * K_out * out_bytes), reads=[result])
-                step += 1
-        tiling = {"m": Ho * Wo * images, "a_slots": slots, "b_resident": True, "params_resident": True,
-                  "first_pieces": 1, "buffers": ring, "k_block": 0, "n_group": 1, "Ho": Ho, "Wo": Wo, "K": K,
-                  "resident_input": images}
-        if packed:
-            tiling["taps_per_chunk"] = kw
+            rows_in = [in_slots[t % slots], *inner]
+            _load_input(streams, first_layer, rows_in[0], g, x_addr + first * image_bytes, image_bytes, R)
+            for i, layer in enumerate(layers[1:], start=1):       # its padding: zero rows
+                _zero_padding(streams, layer, rows_in[i], g, R)
+            for i, layer in enumerate(layers):
+                if chained:
+                    _set_config_regs(streams, layer.epi)
+                band = bands[i]
+                for j, b0 in itertools.product(range(n_tiles[i]), range(0, layer.Ho - band + 1, band)):
+                    n0, nj = j * COLS, min(COLS, layer.K_out - j * COLS)
+                    c_buf = _slot(c_slots, step)
+                    step += 1
+                    _band_matmuls(streams, layer, rows_in[i], b_bufs[i][j], c_buf, b0, band, g, images, nj, R)
+                    rows = band * layer.Wo * g
+                    if i + 1 < len(layers):       # into the next layer's input row b0 + pad, from column pad
+                        nxt = layers[i + 1]
+                        dst_buf = rows_in[i + 1][b0 + nxt.pad]
+                        dst = dst_buf.start + nxt.pad * g
+                    else:
+                        dst_buf = c_buf if last.epi.out_int32 else _slot(out_slots, step)
+                        dst = dst_buf.start
+                    streams.add(_epilogue_insn(layer.epi, c_buf, p_bufs[i][j:j + 1], dst, rows, nj),
+                                reads=[c_buf, *p_bufs[i][j:j + 1]], writes=[dst_buf])
+                    if i + 1 == len(layers):
+                        _pool_and_store(streams, c_buf, dst_buf, out_op.addr, first, b0 // band, pool,
+                                        last.Wo, Wp, pixels, g, n0, nj, last.K_out, out_bytes)
+        tiling = {"m": last.Ho * last.Wo * images, "a_slots": slots, "b_resident": True,
+                  "params_resident": True, "first_pieces": 1, "buffers": ring, "k_block": 0, "n_group": 1,
+                  "Ho": last.Ho, "Wo": last.Wo, "K": last.K(R), "resident_input": images}
+        if first_layer.packed:
+            tiling["taps_per_chunk"] = first_layer.kw
         if pool > 1:
             tiling.update(pool=pool, align=pool * pool * pixels)
-        return _finish("conv2d", config, streams, operands, macs=N * bands * band_rows * K * K_out,
-                       param_rows=epi.param_rows, tiling=tiling)
+        macs = sum(N * layer.Ho // band * band * layer.Wo * layer.K(R) * layer.K_out
+                   for band, layer in zip(bands, layers, strict=True))
+        return _finish(name, config, streams, operands, macs=macs, param_rows=last.epi.param_rows,
+                       tiling=tiling)
 
     best: Kernel | None = None
     fewest = _cdiv(N, largest)
@@ -464,10 +578,102 @@ def _resident_input_conv(config: Config, N: int, C: int, H: int, W: int, K_out: 
                 kernel = build(_cdiv(N, tiles), ring)
             except _Unorderable:
                 continue
+            except KernelError:
+                break              # does not fit: (only) one tile of the whole batch did
             if best is None or kernel.predicted_cycles < best.predicted_cycles:
                 best = kernel
             break
     return best
+
+
+def _load_input(streams: _Streams, layer: _Layer, rows_in: list, g: int, x_addr: int, image_bytes: int,
+                R: int) -> None:
+    """The LOADs of a tile's input rows (see _resident_input_conv), each for every image of the tile."""
+    C, W = layer.C, layer.W
+    if layer.packed:
+        for iy, ox in itertools.product(range(layer.H), range(layer.Wo)):   # taps ox..ox+kw-1 of row iy
+            streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, rows=g, len=layer.kw * C,
+                                         addr=rows_in[iy].start + ox * g, stride=image_bytes,
+                                         dram=x_addr + (iy * W + ox) * C), writes=[rows_in[iy]])
+        return
+    for iy in range(layer.Hq):
+        segments = _SegmentList()
+        for ix in range(layer.Wq):
+            y, x = iy - layer.pad, ix - layer.pad
+            inside = 0 <= y < layer.H and 0 <= x < W
+            dram = x_addr + (y * W + x) * C if inside else None
+            segments.emit(ix * g, g, dram, image_bytes if inside else 0)
+        for seg in segments:
+            fields = (dict(zero=True, len=R) if seg.dram is None
+                      else dict(len=C, dram=seg.dram, stride=seg.stride))
+            streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, rows=seg.rows,
+                                         addr=rows_in[iy].start + seg.local, **fields), writes=[rows_in[iy]])
+
+
+def _zero_padding(streams: _Streams, layer: _Layer, rows_in: list, g: int, R: int) -> None:
+    """Zero rows for the padding of a later layer's input (its inside comes from an EPILOGUE)."""
+    p = layer.pad
+    for iy in range(layer.Hq):
+        runs = [(0, layer.Wq)] if not p <= iy < p + layer.H else [(0, p), (p + layer.W, layer.Wq)]
+        for a, b in runs:
+            if b > a:
+                streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, zero=True, len=R, rows=(b - a) * g,
+                                             addr=rows_in[iy].start + a * g), writes=[rows_in[iy]])
+
+
+def _band_matmuls(streams: _Streams, layer: _Layer, rows_in: list, b_buf, c_buf, b0: int, band: int, g: int,
+                  images: int, nj: int, R: int) -> None:
+    """The MATMULs of output rows b0..b0+band-1 of one column tile into C."""
+    Wo, kh, kw = layer.Wo, layer.kh, layer.kw
+    for r in range(band):
+        oy = b0 + r
+        if layer.packed:     # the kh K-chunks are input rows oy..oy+kh-1, row_pixels*images rows apart
+            streams.add(Instruction.make(Opcode.MATMUL, acc=c_buf.start + r * Wo * g, a=rows_in[oy].start,
+                                         b=b_buf.start, a_stride=Wo * images, m=Wo * g, n=nj, k=kh * R,
+                                         accumulate=False),
+                        reads=[*rows_in[oy:oy + kh], b_buf], writes=[c_buf])
+            continue
+        for ky in range(kh):  # the kw K-chunks are taps kx: the same rows, shifted by g per tap
+            row = rows_in[oy + ky]
+            streams.add(Instruction.make(Opcode.MATMUL, acc=c_buf.start + r * Wo * g, a=row.start,
+                                         b=b_buf.start + ky * kw * R, a_stride=g, m=Wo * g, n=nj, k=kw * R,
+                                         accumulate=ky > 0),
+                        reads=[row, b_buf], writes=[c_buf])
+
+
+def _epilogue_insn(epi: _Epilogue, c_buf, p_buf: list, dst: int, rows: int, nj: int) -> Instruction:
+    fields = dict(src=c_buf.start, m=rows, n=nj, dst=dst, out=Memory.ACC if epi.out_int32 else Memory.SPAD,
+                  act=epi.act)
+    if epi.bias:
+        fields.update(bias=True, bias_addr=p_buf[0].start)
+    if epi.requant:
+        fields.update(requant=True, quant_addr=p_buf[0].start + (1 if epi.bias else 0))
+    return Instruction.make(Opcode.EPILOGUE, **fields)
+
+
+def _pool_and_store(streams: _Streams, c_buf, result, out_addr: int, first: int, band: int, pool: int,
+                    Wo: int,
+                    Wp: int, pixels: int, g: int, n0: int, nj: int, K_out: int, out_bytes: int) -> None:
+    """Max pooling of one band of ``pool`` output rows (in C's rows, which the EPILOGUE has read),
+    and a STORE per output pixel of the band, for every image of the tile."""
+    if pool > 1:
+        for px in range(Wp):
+            dst = c_buf.start + px * g
+            for w, (dy, dx) in enumerate(itertools.product(range(pool), range(pool))):
+                src = result.start + (dy * Wo + px * pool + dx) * g
+                if w == 0:
+                    insn = _vector(VectorOp.MOV, c_buf, dst, result, src, g)
+                else:
+                    insn = _vector(VectorOp.MAX, c_buf, dst, c_buf, dst, g, src2=result, src2_row=src)
+                streams.add(insn, reads=[c_buf, result], writes=[c_buf])
+        streams.add(_vector(VectorOp.MOV, result, result.start, c_buf, c_buf.start, Wp * g),
+                    reads=[c_buf], writes=[result])
+    for px in range(Wp):
+        q = band * Wp + px
+        streams.add(Instruction.make(Opcode.STORE, mem=result.memory, addr=result.start + px * g, rows=g,
+                                     len=nj,
+                                     dram=out_addr + ((first * pixels + q) * K_out + n0) * out_bytes,
+                                     stride=pixels * K_out * out_bytes), reads=[result])
 
 
 def _check_pool(pool: int, Ho: int, Wo: int, epi) -> int:
