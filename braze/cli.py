@@ -250,9 +250,11 @@ def _fpga(args: argparse.Namespace) -> int:
 
 def _fpga_block(args: argparse.Namespace, config) -> int:
     from braze.hw.fpga import result_table
-    from braze.hw.fpga_probe import block_component, path_table, probe
+    from braze.hw.fpga_probe import BLOCKS, path_table, probe
+    from braze.isa import BrazeError
 
-    block_component(args.block, config)   # a bad name fails before minutes of work
+    if args.block not in BLOCKS:   # a bad name fails before minutes of work
+        raise BrazeError(f"no block named {args.block!r} to probe; blocks are {', '.join(BLOCKS)}")
     result, steps = probe(args.block, config, args.target, args.output, freq_mhz=args.freq)
     print(result_table(result.report))
     if steps:
