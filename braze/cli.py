@@ -225,7 +225,10 @@ def _rtl(args: argparse.Namespace) -> int:
                                            "bridge) for this board: ulx3s; no place and route"),
          arg("--memory-kib", type=integer(64), default=64, metavar="KIB",
              help="board memory in KiB, a power of two (with --board; default 64)"),
-         arg("--baud", type=integer(1), default=115_200, help="UART speed of the board top (default 115200)"))
+         arg("--baud", type=integer(1), default=115_200, help="UART speed of the board top (default 115200)"),
+         arg("--block", default=None, metavar="NAME",
+             help="place and route one block of the build alone, in minutes (its Fmax and critical path): "
+                  "control, matmul, pe_array, epilogue, vector, predicate, load or store"))
 def _fpga(args: argparse.Namespace) -> int:
     from braze.hw.fpga import check_fit, implement, result_table, target
     from braze.hw.rtl import build
@@ -234,12 +237,30 @@ def _fpga(args: argparse.Namespace) -> int:
     spec = target(args.target)   # a bad name fails before minutes of work
     if args.board is not None:
         return _fpga_board(args, Config.parse(args.config))
+    if args.block is not None:
+        return _fpga_block(args, Config.parse(args.config))
     rtl = build(Config.parse(args.config), args.output, lint=False)
     print(f"wrote {rtl.verilog}, {rtl.manifest} and " + ", ".join(str(p) for p in rtl.packaging.values()))
     result = implement(rtl.verilog, rtl.manifest, spec.name, args.output, freq_mhz=args.freq)
     print(result_table(result.report))
     print(f"wrote {result.files['report']}")
     check_fit(spec, result.report["top"], result.report["resources"])
+    return 0
+
+
+def _fpga_block(args: argparse.Namespace, config) -> int:
+    from braze.hw.fpga import result_table
+    from braze.hw.fpga_probe import BLOCKS, path_table, probe
+    from braze.isa import BrazeError
+
+    if args.block not in BLOCKS:   # a bad name fails before minutes of work
+        raise BrazeError(f"no block named {args.block!r} to probe; blocks are {', '.join(BLOCKS)}")
+    result, steps = probe(args.block, config, args.target, args.output, freq_mhz=args.freq)
+    print(result_table(result.report))
+    if steps:
+        print(f"critical path ({steps[-1]['total']:.2f} ns):")
+        print(path_table(steps))
+    print(f"wrote {result.files['report']}")
     return 0
 
 

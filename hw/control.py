@@ -98,7 +98,7 @@ from braze.isa.encoding import (
     Memory,
 )
 
-from .decoder import Decoder
+from .decoder import A_EXTENT_BITS, Decoder
 
 __all__ = [
     "CONFIG_REGS", "CYCLE_BITS", "DEADLOCK_CYCLES", "EXECUTION_PORT", "FETCH_ENTRY", "PC_BITS", "QUEUE_ENTRY",
@@ -111,7 +111,11 @@ CYCLE_BITS = CYCLE_LIMIT_BITS
 
 #: One fetched instruction.  ``error`` marks a word the fetch could not read (AXI error response);
 #: it travels in program order with the other words so that its ``pc`` is the failing address.
-FETCH_ENTRY = data.StructLayout({"word": INSTRUCTION, "pc": unsigned(PC_BITS), "error": unsigned(1)})
+#: ``a_extent`` is the word's MATMUL A extent (:func:`braze.hw.decoder.a_extent`), computed by the
+#: fetch unit as the word enters its FIFO: the range check's multiplication is then a cycle (or
+#: more) ahead of the decode in the dispatcher's slot, which keeps it off the clock's critical path.
+FETCH_ENTRY = data.StructLayout({"word": INSTRUCTION, "pc": unsigned(PC_BITS), "error": unsigned(1),
+                                 "a_extent": unsigned(A_EXTENT_BITS)})
 
 #: One entry of a unit's instruction queue.
 QUEUE_ENTRY = data.StructLayout({"word": INSTRUCTION, "pc": unsigned(PC_BITS)})
@@ -425,20 +429,22 @@ class Control(wiring.Component):
         # --- Dispatcher. ----------------------------------------------------------------------------
         # Words are decoded as they enter the dispatcher's one-word slot, so that dispatch and
         # fetch back-pressure depend on registered decode results only.
-        m.submodules.decoder = decoder = Decoder(config)
+        m.submodules.decoder = decoder = Decoder(config, extent_input=True)
         slot_valid = Signal()
         slot = Signal(FETCH_ENTRY)
         slot_unit = Signal(Unit)
         slot_cause = Signal(ErrorCause)
-        m.d.comb += decoder.word.eq(self.fetch.payload.word)
+        m.d.comb += [decoder.word.eq(self.fetch.payload.word),
+                     decoder.a_extent_in.eq(self.fetch.payload.a_extent)]
 
         # Register offsets: a word that names a register is range-checked on its resolved fields,
         # with the registers as they are when it is in the slot (a second decoder).
         regs = Array(self.scalar_regs[index] for index in range(SCALAR_REGS))
         slot_names_register = Signal()
         resolved = _resolve_registers(m, slot.word, regs)
-        m.submodules.resolved_decoder = resolved_decoder = Decoder(config)
-        m.d.comb += resolved_decoder.word.eq(resolved)
+        # A MATMUL's A extent does not depend on the registers: the fetch unit's (see FETCH_ENTRY).
+        m.submodules.resolved_decoder = resolved_decoder = Decoder(config, extent_input=True)
+        m.d.comb += [resolved_decoder.word.eq(resolved), resolved_decoder.a_extent_in.eq(slot.a_extent)]
         # The encoding checks come first (as ``decode`` before the range checks); a register field
         # above r7 is BAD_FIELD, whatever the resolved word would be.
         encoding_causes = (ErrorCause.ILLEGAL_OPCODE, ErrorCause.BAD_DEPS, ErrorCause.RESERVED_BITS,

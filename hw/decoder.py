@@ -16,11 +16,43 @@ from braze.isa import FORMATS, INSTRUCTION, Config, ErrorCause, Memory, Unit
 from braze.isa.encoding import ALLOWED_DEPS, DEPS, UNARY_VECTOR_OPS, Format, Kind, field_range
 from braze.isa.timing import table_rows
 
-__all__ = ["Decoder"]
+__all__ = ["A_EXTENT_BITS", "Decoder", "a_extent", "a_extent_value"]
 
 #: In a fixed order: iterating the set itself would order the generated Verilog by string hashes, which
 #: differ from process to process, and a different Verilog text is a different (recompiled) model.
 _UNARY_OPS = sorted(UNARY_VECTOR_OPS, key=lambda op: op.value)
+
+
+#: Width of a MATMUL's A extent, ``(ceil(k/rows) - 1) * a_stride + m`` (16-bit fields: below 2**33).
+A_EXTENT_BITS = 33
+
+
+def a_extent(config: Config, word) -> Value:
+    """The A extent of an instruction word (a View of :data:`INSTRUCTION`) read as a MATMUL:
+    ``(ceil(k/rows) - 1) * a_stride + m``, exact (no bit of the sum is dropped).
+
+    Meaningful for a MATMUL only; the fetch unit computes it for every word as it enters its FIFO
+    (:class:`~braze.hw.fetch.Fetch`), so that the control core's range check needs no multiplier.
+    """
+    matmul = word.args.matmul
+    # ceil(k/rows) - 1 for k >= 1 (k == 0 is BAD_FIELD and never reaches the range rules).
+    k_minus_1 = (matmul.k - 1)[:len(matmul.k)]
+    chunks_minus_1 = k_minus_1 >> (config.rows.bit_length() - 1)
+    return chunks_minus_1 * matmul.a_stride + matmul.m
+
+
+def a_extent_value(config: Config, word: int) -> int:
+    """:func:`a_extent` of an encoded 128-bit instruction word, in Python (for test benches that
+    drive the control core's fetch stream themselves)."""
+    matmul = INSTRUCTION["args"].shape["matmul"].shape
+
+    def field(name: str) -> int:
+        member = matmul[name]
+        offset = INSTRUCTION["args"].offset + member.offset
+        return (word >> offset) & ((1 << Shape.cast(member.shape).width) - 1)
+
+    k_minus_1 = (field("k") - 1) & ((1 << Shape.cast(matmul["k"].shape).width) - 1)
+    return (k_minus_1 >> (config.rows.bit_length() - 1)) * field("a_stride") + field("m")
 
 
 def _field_value(args, fmt: Format, name: str) -> Value:
@@ -58,10 +90,18 @@ class Decoder(wiring.Component):
     (OVERLAP: an EPILOGUE/VECTOR source range in the destination's memory that
     overlaps the destination range without being equal to it).
 
+    The MATMUL range check of A (rows ``a`` up to ``a + A extent``) needs a multiplication, the
+    *A extent* ``(ceil(k/rows) - 1) * a_stride + m`` (:func:`a_extent`).  It is an output
+    (``a_extent``), and with ``extent_input=True`` an input instead: the control core's decoders
+    take it from the fetch unit, which computes it as the word enters its FIFO, so that the
+    multiplier is not in the cycle that needs the decoder's result.
+
     Parameters
     ----------
     config : Config
         The accelerator configuration whose array size and memories bound the ranges.
+    extent_input : bool
+        Take the A extent from the ``a_extent_in`` port instead of computing it.
 
     Attributes
     ----------
@@ -73,18 +113,28 @@ class Decoder(wiring.Component):
         The word may execute: ``cause`` is ``NONE``.
     cause : Out(ErrorCause)
         The first failing check, or ``NONE``.
+    a_extent : Out(A_EXTENT_BITS)
+        The MATMUL A extent of ``word`` (meaningless for other opcodes; ``a_extent_in`` with
+        ``extent_input``).
+    a_extent_in : In(A_EXTENT_BITS)
+        Only with ``extent_input``: the A extent of ``word``, computed earlier.
     """
 
-    word: In(INSTRUCTION)
-    unit: Out(Unit)
-    legal: Out(1)
-    cause: Out(ErrorCause)
-
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, *, extent_input: bool = False):
         if not isinstance(config, Config):
             raise TypeError(f"Decoder needs a braze.isa.Config, not {config!r}")
         self.config = config
-        super().__init__()
+        self.extent_input = bool(extent_input)
+        members = {
+            "word": In(INSTRUCTION),
+            "unit": Out(Unit),
+            "legal": Out(1),
+            "cause": Out(ErrorCause),
+            "a_extent": Out(A_EXTENT_BITS),
+        }
+        if self.extent_input:
+            members["a_extent_in"] = In(A_EXTENT_BITS)
+        super().__init__(members)
 
     def _rows_outside(self, start: Value, count: Value, memory) -> tuple[Value, Value]:
         """Rule: rows ``[start, start+count)`` lie outside ``memory`` (a constant or a Memory value)."""
@@ -105,9 +155,7 @@ class Decoder(wiring.Component):
         load, store = args.load, args.store
         matmul, epilogue, vector = args.matmul, args.epilogue, args.vector
 
-        # ceil(k/rows) - 1 for k >= 1 (k == 0 is BAD_FIELD and never reaches these rules).
-        k_minus_1 = (matmul.k - 1)[:len(matmul.k)]
-        chunks_minus_1 = k_minus_1 >> (config.rows.bit_length() - 1)
+        a_extent = self.a_extent      # computed once, in elaborate
         reads_src2 = ~Cat(*(vector.op == op for op in _UNARY_OPS)).any() & ~vector.use_imm
         src2_outside, src2_cause = self._rows_outside(vector.src2, vector.rows, vector.src2_mem)
         return {
@@ -122,7 +170,7 @@ class Decoder(wiring.Component):
             "matmul": [
                 (matmul.n > config.cols, tile),
                 self._rows_outside(matmul.acc, matmul.m, Memory.ACC),
-                (matmul.a + chunks_minus_1 * matmul.a_stride + matmul.m > config.spad_rows, spad),
+                (matmul.a + a_extent > config.spad_rows, spad),
                 (matmul.b + matmul.k > config.spad_rows, spad),
             ],
             "epilogue": [
@@ -200,6 +248,7 @@ class Decoder(wiring.Component):
             with m.Default():
                 m.d.comb += self.unit.eq(Unit.CONTROL)
 
+        m.d.comb += self.a_extent.eq(self.a_extent_in if self.extent_input else a_extent(self.config, word))
         range_rules = self._range_rules(word.args)
         overlap_rules = self._overlap_rules(word.args)
         rules = {name: range_rules[name] + overlap_rules.get(name, []) for name in range_rules}

@@ -3,10 +3,11 @@
 The fetch unit is a client of :class:`~braze.hw.axi.ReadArbiter`.  On ``start`` it reads the
 program from ``prog_base`` upwards in requests of :attr:`Fetch.BURST_BYTES`, ahead of the
 dispatcher by up to ``depth`` words, and delivers the 128-bit words in order on ``fetch``
-(:data:`~braze.hw.control.FETCH_ENTRY`: the word, its byte address ``pc`` and ``error`` for a
-word that got an AXI error response).  A request is issued only when the word FIFO has room
-for all of its words, so the unit always takes its data beats at once and never stalls the
-other clients of the shared read channel.
+(:data:`~braze.hw.control.FETCH_ENTRY`: the word, its byte address ``pc``, ``error`` for a
+word that got an AXI error response, and the word's MATMUL A extent, computed as the word enters
+the FIFO so that the control core's range check has no multiplier in it).  A request is issued
+only when the word FIFO has room for all of its words, so the unit always takes its data beats at
+once and never stalls the other clients of the shared read channel.
 
 A 128-bit word is two beats of a 64-bit bus, one beat of a 128-bit bus and half a beat of a
 256-bit bus.  The program base must be 16-byte aligned; an unaligned base is reported as one
@@ -28,14 +29,16 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
-from braze.isa import INSN_BITS, INSN_BYTES, Config
+from braze.isa import INSN_BITS, INSN_BYTES, INSTRUCTION, Config
 
 from .axi import read_beat_layout, read_request_layout
 from .control import FETCH_ENTRY, PC_BITS
+from .decoder import A_EXTENT_BITS, a_extent
 
 __all__ = ["Fetch"]
 
-_WORD_ERROR = data.StructLayout({"word": unsigned(INSN_BITS), "error": unsigned(1)})
+_WORD_ERROR = data.StructLayout({"word": unsigned(INSN_BITS), "error": unsigned(1),
+                                 "a_extent": unsigned(A_EXTENT_BITS)})
 
 
 class Fetch(wiring.Component):
@@ -224,6 +227,8 @@ class Fetch(wiring.Component):
             with m.If(restart):
                 m.d.sync += held_index.eq(per_beat)
 
+        # The word's MATMUL A extent goes into the FIFO with it (see FETCH_ENTRY).
+        m.d.comb += push_data.a_extent.eq(a_extent(self.config, data.View(INSTRUCTION, push_data.word)))
         m.d.comb += [
             words.w_en.eq(push & ~restart),
             words.w_data.eq(push_data),
@@ -241,6 +246,7 @@ class Fetch(wiring.Component):
             self.fetch.payload.word.eq(head.word),
             self.fetch.payload.pc.eq(out_pc),
             self.fetch.payload.error.eq(head.error | misaligned),
+            self.fetch.payload.a_extent.eq(head.a_extent),
             words.r_en.eq(self.fetch.ready & active & ~misaligned),
         ]
         with m.If(self.fetch.valid & self.fetch.ready & ~restart):

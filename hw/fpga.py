@@ -44,7 +44,8 @@ from .toolchain import cache_root, file_lock, key_digest, package_version, run_y
 
 __all__ = ["TARGETS", "Target", "FitError", "FpgaResult", "implement", "synthesize", "io_wrapper",
            "parse_nextpnr_report",
-           "check_fit", "resource_rows", "cells_by_owner", "result_table", "FLOW_FORMAT", "array_area"]
+           "check_fit", "resource_rows", "cells_by_owner", "result_table", "FLOW_FORMAT", "array_area",
+           "component_sources"]
 
 #: Bump to invalidate every cached FPGA result when this module's flow changes.
 FLOW_FORMAT = 1
@@ -469,24 +470,34 @@ def result_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def component_sources(component, top: str, directory: Path) -> tuple[Path, Path, list[dict[str, Any]]]:
+    """Write ``component`` (an Amaranth component) as Verilog module ``top`` into ``directory``, with
+    the minimal manifest :func:`synthesize` and :func:`implement` read: (Verilog, manifest, ports)."""
+    from amaranth.back import verilog
+
+    from .rtl import verilog_ports
+
+    text = verilog.convert(component, name=top)
+    ports = verilog_ports(text, top)
+    verilog_path, manifest_path = Path(directory) / f"{top}.v", Path(directory) / f"{top}.json"
+    verilog_path.write_text(text)
+    manifest_path.write_text(json.dumps({"top": top, "ports": ports}))
+    return verilog_path, manifest_path, ports
+
+
 def array_area(config: Config, target: str = "ecp5-85k") -> dict[str, int]:
     """The bare PE array of ``config`` through the project's synthesis step (:func:`synthesize`, cached):
     LUTs, carry cells, DSPs and flip-flops, the IO wrapper's flip-flops taken off (``braze bench array``
     weighs the area a reconfigurable array may add against it)."""
     import tempfile
 
-    from amaranth.back import verilog
-
     from .pe_array import PEArray
-    from .rtl import verilog_ports
 
     top = f"pe_array_{config.name}"
-    text = verilog.convert(PEArray(config.rows, config.cols), name=top)
-    ports = verilog_ports(text, top)
     with tempfile.TemporaryDirectory(prefix="braze-bench-array-") as scratch:
-        (Path(scratch) / f"{top}.v").write_text(text)
-        (Path(scratch) / f"{top}.json").write_text(json.dumps({"top": top, "ports": ports}))
-        report = synthesize(Path(scratch) / f"{top}.v", Path(scratch) / f"{top}.json", target)
+        verilog_path, manifest_path, ports = component_sources(PEArray(config.rows, config.cols), top,
+                                                               Path(scratch))
+        report = synthesize(verilog_path, manifest_path, target)
     _, _, wrapper = io_wrapper(top, ports)
     carry = sum(count for cell, count in report["cells"].items() if cell in ("CCU2C", "SB_CARRY"))
     return {"luts": report["luts"], "carry": carry, "dsps": report["dsps"],

@@ -11,6 +11,7 @@ import random
 from amaranth.sim import Simulator
 
 from braze.hw.control import QUEUED_UNITS, Control
+from braze.hw.decoder import a_extent_value
 from braze.isa import INSN_BYTES, Config, ConfigReg, ErrorCause, Instruction, Opcode, Unit
 from braze.isa.encoding import CONTROL_FLOW_OPCODES, FORMAT_BY_OPCODE
 
@@ -156,6 +157,8 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
                 ctx.set(dut.fetch.payload.word.as_value(), words[index])
                 ctx.set(dut.fetch.payload.pc, pc)
                 ctx.set(dut.fetch.payload.error, pc in fetch_errors)
+                # What the fetch unit computes as a word enters its FIFO.
+                ctx.set(dut.fetch.payload.a_extent, a_extent_value(config, words[index]))
                 ctx.set(dut.fetch.valid, 1)
             elif not (valid and not ready):
                 ctx.set(dut.fetch.valid, 0)     # a stream offer is only withdrawn after a transfer

@@ -10,6 +10,7 @@ from control_harness import TOKEN_OF_FLAG, check_trace, make, run, unit_of
 from test_decoder_rtl import reference_cause
 
 from braze.hw.control import Control
+from braze.hw.decoder import a_extent_value
 from braze.isa import PRESETS, ConfigReg, ErrorCause, Instruction, Opcode, Unit, decode
 from braze.isa.encoding import ALLOWED_DEPS, ARGS_OFFSET, DEPS, INSTRUCTION
 
@@ -277,6 +278,7 @@ def test_config_registers_start_and_soft_reset():
     async def feed(ctx, words):
         for word in words:
             ctx.set(dut.fetch.payload.word.as_value(), word)
+            ctx.set(dut.fetch.payload.a_extent, a_extent_value(CONFIG, word))
             ctx.set(dut.fetch.valid, 1)
             await ctx.tick().until(dut.fetch.ready)
         ctx.set(dut.fetch.valid, 0)

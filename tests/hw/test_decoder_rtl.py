@@ -8,7 +8,7 @@ import pytest
 from amaranth.back import verilog
 from amaranth.sim import Simulator
 
-from braze.hw.decoder import Decoder
+from braze.hw.decoder import Decoder, a_extent_value
 from braze.isa import (
     FORMATS,
     INSN_BITS,
@@ -108,13 +108,20 @@ def random_word(rng: random.Random, config: Config) -> int:
     return (word & ~mask) | (raw << offset)
 
 
-def _run_decoder(config: Config, words: list[int]) -> list[tuple[int, ErrorCause, int]]:
-    dut = Decoder(config)
+def _run_decoder(config: Config, words: list[int], *, extent_input: bool = False
+                 ) -> list[tuple[int, ErrorCause, int]]:
+    """The decoder's (legal, cause, unit) per word; with ``extent_input`` it is given each word's A
+    extent (as the control core's decoders are, from the fetch unit) instead of computing it."""
+    dut = Decoder(config, extent_input=extent_input)
     results = []
 
     async def testbench(ctx):
         for word in words:
             ctx.set(dut.word.as_value(), word)
+            if extent_input:
+                ctx.set(dut.a_extent_in, a_extent_value(config, word))
+            else:
+                assert ctx.get(dut.a_extent) == a_extent_value(config, word), f"word 0x{word:032x}"
             results.append((ctx.get(dut.legal), ctx.get(dut.cause), ctx.get(dut.unit)))
 
     sim = Simulator(dut)
@@ -142,6 +149,18 @@ def test_decoder_matches_reference(preset):
         assert legal == (want is ErrorCause.NONE)
         if want is not ErrorCause.ILLEGAL_OPCODE:
             assert unit == decode_unit(word)
+
+
+def test_decoder_given_the_a_extent_matches_reference():
+    """The control core's decoders take the MATMUL A extent from the fetch unit: same causes."""
+    config = PRESETS["tiny"]
+    rng = random.Random("decoder-extent")
+    words = [random_word(rng, config) for _ in range(3000)]
+    expected = [reference_cause(w, config) for w in words]
+    assert ErrorCause.SPAD_RANGE in expected and ErrorCause.NONE in expected
+    for word, want, (_, cause, _) in zip(words, expected, _run_decoder(config, words, extent_input=True),
+                                         strict=True):
+        assert cause == want, f"word 0x{word:032x}: decoder says {cause}, reference {want}"
 
 
 def decode_unit(word: int):

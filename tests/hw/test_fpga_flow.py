@@ -177,6 +177,7 @@ def test_bench_summary_line():
 @pytest.mark.parametrize("argv, message", [
     (["--target", "virtex"], "no FPGA target named 'virtex'; targets are ecp5-85k, ice40-up5k"),
     (["--target", "ecp5-85k", "--freq", "0"], "argument --freq: 0 is out of range"),
+    (["--target", "ecp5-85k", "--block", "alu"], "no block named 'alu' to probe; blocks are control, matmul"),
 ])
 def test_cli_bad_input_is_one_line(argv, message, tmp_path, capsys):
     assert main(["fpga", "--config", "tiny", "-o", str(tmp_path / "out"), *argv]) == 2

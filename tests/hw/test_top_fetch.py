@@ -12,6 +12,7 @@ from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from braze.hw.axi import AXI4ReadMaster
+from braze.hw.decoder import a_extent_value
 from braze.hw.fetch import Fetch
 from braze.isa import INSN_BYTES, Config
 from braze.sim.axi_memory import AXI4Memory
@@ -72,6 +73,9 @@ def run_fetch(bus_bits: int, runs: list[tuple[int, int]], *, seed: int, ready: f
                     fetch.fetch.valid, fetch.fetch.ready, fetch.fetch.payload)
                 if valid and ready_now:
                     words.append((payload.word.as_value().value, payload.pc, payload.error))
+                    # The word's MATMUL A extent comes with it, computed as it entered the FIFO.
+                    if not payload.error:
+                        assert payload.a_extent == a_extent_value(config, words[-1][0]), f"pc {payload.pc:#x}"
                     if len(words) == count:
                         break
             ctx.set(fetch.redirect, 0)
