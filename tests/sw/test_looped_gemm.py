@@ -89,13 +89,16 @@ def test_bench_dispatch_quick_ends_with_its_summary(capsys):
     match = re.fullmatch(r"dispatch: skip_speedup_at_50=([\d.]+) program_shrink=([\d.]+) "
                          r"compiles_for_8_batch_sizes=1 mismatches=0 skip_ratio_at_0=([\d.]+) "
                          r"skip_speedup_at_50_model=([\d.]+) skip_ratio_at_0_model=([\d.]+) "
-                         r"skip_measured_on=verilator", last)
+                         r"skip_measured_on=verilator skip_vs_best_at_0=([\d.]+) skip_vs_best_at_50=([\d.]+) "
+                         r"loops_shrink=([\d.]+) loops_cycle_ratio=([\d.]+)", last)
     assert match, last
-    assert float(match[1]) > 0 and float(match[2]) > 1
-    # The summary's RTL figures are the section-4 table's (its 50% and 0% rows' speedup column).
+    assert float(match[1]) > 0 and float(match[2]) > 1 and float(match[8]) > 1
+    # The summary's RTL figures are the section-4 table's (its 50% and 0% rows' speedup columns).
     table = {line.split()[0]: line.split() for line in out.splitlines()
              if line.strip().startswith(("0%", "50%"))}
     assert table["50%"][3] == f"{float(match[1]):.2f}x" and table["0%"][3] == f"{float(match[3]):.2f}x"
+    assert table["0%"][5] == f"{float(match[6]):.2f}x" and table["50%"][5] == f"{float(match[7]):.2f}x"
+    assert "kernel runs differing from golden or numpy (C or exact counters): 0 of 8" in out
     assert "random control-flow programs on tiny: 3, mismatching: 0" in out
 
 
