@@ -64,8 +64,9 @@ def test_a_periodic_run_becomes_one_loop():
     loads = [Instruction.make("load", mem="spad", addr=8 * i, rows=8, len=8, dram=1000 + 64 * i, stride=8)
              for i in range(20)]
     rolled = roll_loops(loads)
-    # 2 SCALARs setting the registers, the body, 2 SCALARs advancing them, the BRANCH.
-    assert [insn.opcode for insn in rolled] == [Opcode.SCALAR] * 2 + [Opcode.LOAD] + [Opcode.SCALAR] * 2 \
+    # 3 SCALARs setting the registers (two offsets, the end), the body, 2 SCALARs advancing them,
+    # the BRANCH.
+    assert [insn.opcode for insn in rolled] == [Opcode.SCALAR] * 3 + [Opcode.LOAD] + [Opcode.SCALAR] * 2 \
         + [Opcode.BRANCH]
     assert [insn for insn, _ in expand_loops(rolled)
             if insn.opcode is Opcode.LOAD] == loads
@@ -95,3 +96,19 @@ def test_gemm_emits_loops_only_when_no_slower():
     assert kernel.tiling["loops"] and isinstance(kernel, LoopedKernel)
     assert kernel.predicted_cycles <= gemm(DEFAULT, 64, 256, 64, out="int32").predicted_cycles
     assert not gemm(DEFAULT, 64, 256, 64, out="int32").tiling.get("loops")
+
+
+def test_a_looped_kernel_moves_with_its_operands():
+    from braze.sw.compiler.lower import relocate
+
+    kernel = gemm(DEFAULT, 64, 256, 64, out="int32")
+    looped = looped_kernel(kernel)
+    # Every address a LOAD or STORE holds still lies inside its operand (the registers count from 0).
+    addrs = {name: op.addr + 0x40000 for name, op in kernel.operands.items()}
+    moved, moved_looped = relocate(kernel, addrs), relocate(looped, addrs)
+    inputs = _inputs(kernel, 2)
+    with open_device("golden", DEFAULT) as device:
+        want = run_kernel(device, moved, inputs)
+        have = run_kernel(device, moved_looped, inputs)
+    assert np.array_equal(want.outputs["out"], have.outputs["out"])
+    assert np.array_equal(have.outputs["out"], inputs["A"].astype(np.int64) @ inputs["B"])

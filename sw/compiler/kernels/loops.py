@@ -11,14 +11,16 @@ it): the tiling, double buffering and load/compute/store overlap of the kernel a
 only the dispatcher does more work (one cycle per SCALAR and BRANCH), which the units' queues
 usually hide.  The program's bytes, and the instruction-fetch traffic, fall.
 
-Registers: each loop sets every register it uses before it starts (register ``r`` counts from
-``-count*step`` up to 0, and the field holds its first value plus ``count*step``, modulo the
-field's width: the sum is the straight-line value in every iteration), so a rolled kernel
-depends on no register the host writes, and loops one after the other reuse r1..r7.  A loop
-needs one register per distinct step (at most seven), or one counter if nothing varies.
+Registers: each loop sets every register it uses before it starts (register ``r`` counts from 0
+by its step, and the field keeps its first value, so the sum is the straight-line value in every
+iteration and every address still lies inside its operand: :func:`~braze.sw.compiler.lower.relocate`
+moves a rolled kernel as it moves a straight-line one), so a rolled kernel depends on no register
+the host writes, and loops one after the other reuse r1..r7.  A loop needs one register per
+distinct step (at most six), or one counter if nothing varies, and one holding where the first
+ends.
 
 Which runs become loops is a shortest-program choice (dynamic programming over the program):
-a loop of period ``p`` with ``s`` registers costs ``p + 2*s + 1`` instructions.  ``min_body``
+a loop of period ``p`` with ``s`` registers costs ``p + 2*s + 2`` instructions.  ``min_body``
 keeps loop bodies at least that long (a longer period is a multiple of a short one, so a
 short-period run is then unrolled a few times): fewer dispatcher cycles per instruction.
 
@@ -116,9 +118,9 @@ def roll_loops(program: Sequence[Instruction], *, min_body: int = 1, max_period:
                 continue
             count = 2 + repeats[p][i + p] // p
             needed = _registers_needed(step[i:i + p])
-            if len(needed) > len(LOOP_REGISTERS) or any(abs(count * s) >= _INT32 for s in needed):
+            if len(needed) >= len(LOOP_REGISTERS) or any(abs(count * s) >= _INT32 for s in needed):
                 continue
-            cost = p + 2 * max(1, len(needed)) + 1
+            cost = p + 2 * max(1, len(needed)) + 2
             for c in range(count, max(1, count - 2), -1):
                 if cost + best[i + c * p] < best[i]:
                     best[i], choice[i] = cost + best[i + c * p], (p, c)
@@ -139,18 +141,15 @@ def _loop(body: Sequence[Instruction], steps: Sequence[tuple], count: int) -> li
     """The loop running ``body`` ``count`` times, its address fields advancing by ``steps``."""
     needed = _registers_needed(steps) or (1,)
     register = dict(zip(needed, LOOP_REGISTERS, strict=False))
-    out = [Instruction.make(Opcode.SCALAR, dst=register[s], imm=-count * s) for s in needed]
+    end = LOOP_REGISTERS[len(needed)]       # the first register's value after the last iteration
+    out = [Instruction.make(Opcode.SCALAR, dst=register[s], imm=0) for s in needed]
+    out.append(Instruction.make(Opcode.SCALAR, dst=end, imm=count * needed[0]))
     for insn, step in zip(body, steps, strict=True):
-        values = {}
-        fields = REGISTER_OFFSETS.get(insn.opcode, {}).items()
-        for (field, register_field), s in zip(fields, step, strict=True):
-            if s:
-                mask = (1 << insn.format.field(field).width) - 1
-                values[field] = (insn.args[field] + count * s) & mask
-                values[register_field] = register[s]
+        fields = REGISTER_OFFSETS.get(insn.opcode, {}).values()
+        values = {register_field: register[s] for register_field, s in zip(fields, step, strict=True) if s}
         out.append(insn.replace(**values) if values else insn)
     out += [Instruction.make(Opcode.SCALAR, dst=register[s], src1=register[s], imm=s) for s in needed]
-    out.append(Instruction.make(Opcode.BRANCH, cond="ne", a=register[needed[0]], b=0,
+    out.append(Instruction.make(Opcode.BRANCH, cond="ne", a=register[needed[0]], b=end,
                                 offset=-(len(body) + len(needed))))
     return out
 
