@@ -1,5 +1,6 @@
 """The looped GEMM kernel (control flow, issue 13) on the reference model, and ``braze bench dispatch``."""
 
+import math
 import re
 
 import numpy as np
@@ -105,3 +106,47 @@ def test_bench_dispatch_quick_ends_with_its_summary(capsys):
 def test_an_m_tile_below_the_array_height_is_refused():
     with pytest.raises(KernelError, match="an M tile of 2 rows does not fit"):
         looped_gemm(TINY, 8, 8, 8, m=2)
+
+
+@pytest.mark.parametrize("options", [dict(out="int32"), dict(bias=True, requant=True, act="relu", out_zp=-3),
+                                     dict(bias=True, act="clip", clip=(-40, 50), out="int32")])
+def test_skipping_library_gemm_equals_gemm_and_its_predictions(options):
+    from braze.sim.device import open_device
+    from braze.sw.compiler.kernels import gemm, run_kernel
+    from braze.sw.compiler.kernels.looped import skipping_gemm
+
+    M, K, N = 12, 32, 8
+    rng = np.random.default_rng(11)
+    reference, skipping = gemm(TINY, M, K, N, **options), skipping_gemm(TINY, M, K, N, **options)
+    assert skipping.tiling["m"] == 12 and skipping.operands.keys() == reference.operands.keys()
+    b = rng.integers(-128, 128, (K, N), dtype=np.int8)
+    params = {"bias": rng.integers(-900, 900, N), "mult": rng.integers(1 << 20, 1 << 23, N),
+              "shift": rng.integers(20, 26, N)}
+    tested = K // TINY.rows - 1                 # an M tile's first block is computed untested
+    cycles = {}
+    for zero_fraction in (0.0, 3 / 7):
+        a = rng.integers(1, 128, (M, K), dtype=np.int8)
+        # Zero blocks where spread_predicate puts them: the prediction is then the run's schedule.
+        for test in range(tested):
+            if math.floor((test + 1) * zero_fraction) > math.floor(test * zero_fraction):
+                a[:, (test + 1) * TINY.rows:(test + 2) * TINY.rows] = 0
+        inputs = {"A": a, "B": b}
+        if reference.param_rows:
+            inputs["params"] = np.stack([params[row] for row in reference.param_rows]).astype(np.int32)
+        with open_device("golden", TINY) as device:
+            want = run_kernel(device, reference, inputs)
+            have = run_kernel(device, skipping, inputs)
+        assert np.array_equal(have.outputs["out"], want.outputs["out"])
+        assert have.counters["insn_matmul"] == round((1 - zero_fraction) * tested + 1) * (N // TINY.cols)
+        cycles[zero_fraction] = have.cycles
+        assert have.cycles == skipping.cycles_at(zero_fraction)
+    assert cycles[0.0] == skipping.predicted_cycles > cycles[3 / 7]
+
+
+def test_skipping_library_gemm_refuses_what_it_cannot_tile():
+    from braze.sw.compiler.kernels.looped import skipping_gemm
+
+    with pytest.raises(KernelError, match="K must be a multiple of rows=4"):
+        skipping_gemm(TINY, 8, 6, 4)
+    with pytest.raises(KernelError, match="no M tile from 4 to"):
+        skipping_gemm(TINY, 2, 8, 4)        # fewer rows than the array's height

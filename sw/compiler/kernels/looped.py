@@ -38,13 +38,27 @@ its STOREs pop tokens of no-op CONFIGs after the K loop.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Mapping
 
-from braze.isa import Config, Instruction
+from braze.isa import Activation, Config, Instruction, Opcode
 from braze.isa.encoding import INSN_BYTES
+from braze.isa.model import program_events
 
-from .common import KernelError
+from .common import (
+    KernelError,
+    _check_config,
+    _counters_spec,
+    _Epilogue,
+    _epilogue_options,
+    _epilogue_specs,
+    _OperandSpec,
+    _place,
+    _positive,
+)
+from .loops import LoopedKernel, expand_loops, looped_cycles, spread_predicate
 
-__all__ = ["LoopedGemm", "looped_gemm"]
+__all__ = ["LoopedGemm", "looped_gemm", "SkippingKernel", "skipping_gemm"]
 
 _I = Instruction.make
 # Register roles (see the module's documentation).
@@ -84,9 +98,10 @@ class LoopedGemm:
         return {M_END: -(-M // self.m) * self.m * self.K}
 
 
-def _nop(**deps: bool) -> Instruction:
-    """A compute-unit instruction that only relays tokens (OUT_ZP is 0 in a GEMM: no EPILOGUE reads it)."""
-    return _I("config", reg="out_zp", value=0, **deps)
+def _nop(out_zp: int = 0, **deps: bool) -> Instruction:
+    """A compute-unit instruction that only relays tokens: it writes OUT_ZP with the value the
+    kernel's EPILOGUEs read (0 when no EPILOGUE requantizes)."""
+    return _I("config", reg="out_zp", value=out_zp, **deps)
 
 
 def looped_gemm(config: Config, max_m: int, K: int, N: int, *, m: int | None = None,
@@ -129,8 +144,19 @@ def looped_gemm(config: Config, max_m: int, K: int, N: int, *, m: int | None = N
     return LoopedGemm(config, max_m, K, N, m, a, b, c, end, skip_zero_blocks, tuple(program))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Outputs:
+    """The fused epilogue of :func:`skipping_gemm`: its options, where its parameter rows are in
+    external memory and in the accumulator, and where the int8 output tiles go in the scratchpad."""
+
+    epi: _Epilogue
+    params: int
+    acc_params: int
+    spad_out: int
+
+
 def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: int, b: int,
-             c: int) -> list[Instruction]:
+             c: int, outputs: _Outputs | None = None) -> list[Instruction]:
     rows, cols = config.rows, config.cols
     k_blocks, n_tiles = K // rows, N // cols
     # Field values: the registers count up to 0.  With skipping, two more A blocks (loaded ahead).
@@ -216,6 +242,11 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
         _I("scalar", dst=N_COUNT, src1=N_COUNT, imm=m),
     ]
     store_loop.append(_I("branch", cond="ne", a=N_COUNT, offset=-len(store_loop)))
+    out_bytes, prologue = 4, []
+    if outputs is not None:
+        # An EPILOGUE names no register, so the output tiles are written one by one (per M tile);
+        # the STOREs' external addresses follow C_OFFSET as before.
+        store_loop, prologue, out_bytes = _epilogue_tiles(config, N, m, c, outputs)
     m_loop = [
         _I("fence"),
         *zero_accumulator,
@@ -226,16 +257,116 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
         _I("scalar", dst=N_COUNT, imm=-n_tiles * m),
         *store_loop,
         _I("scalar", dst=A_OFFSET, src1=A_OFFSET, imm=m * K - K),
-        _I("scalar", dst=C_OFFSET, src1=C_OFFSET, imm=4 * m * N - 4 * N),
+        _I("scalar", dst=C_OFFSET, src1=C_OFFSET,
+           imm=out_bytes * (m * N - N) if outputs is None else out_bytes * m * N),
     ]
     m_loop.append(_I("branch", cond="lt", a=A_OFFSET, b=M_END, offset=-len(m_loop)))
+    out_zp = outputs.epi.out_zp if outputs is not None and outputs.epi.requant else 0
     return [
         _I("scalar", dst=A_OFFSET, imm=0),
         _I("scalar", dst=C_OFFSET, imm=0),
-        *[_nop(push_prev=True)] * credits,                         # the first B LOADs' credits
+        *prologue,
+        *[_nop(out_zp, push_prev=True)] * credits,                 # the first B LOADs' credits
         *m_loop,
         _I("halt"),
     ]
+
+
+def _epilogue_tiles(config: Config, N: int, m: int, c: int, outputs: _Outputs
+                    ) -> tuple[list[Instruction], list[Instruction], int]:
+    """The output phase of an M tile with the fused epilogue (an EPILOGUE and a STORE per N tile),
+    the prologue (configuration registers; the parameter rows, loaded once into the accumulator)
+    and the output's element bytes."""
+    cols, n_tiles, epi = config.cols, N // config.cols, outputs.epi
+    p_rows = len(epi.param_rows)
+    out_bytes = 4 if epi.out_int32 else 1
+    prologue = []
+    if epi.act is Activation.CLIP:
+        prologue += [_I("config", reg="clip_lo", value=epi.clip_lo),
+                     _I("config", reg="clip_hi", value=epi.clip_hi)]
+    for j in range(n_tiles if p_rows else 0):
+        prologue.append(_I("load", mem="acc", addr=outputs.acc_params + j * p_rows, rows=p_rows, len=cols,
+                           dram=outputs.params + 4 * j * cols, stride=4 * N))
+    tiles = []
+    for j in range(n_tiles):
+        dst, memory = (j * m, "acc") if epi.out_int32 else (outputs.spad_out + j * m, "spad")
+        fields = dict(src=j * m, m=m, n=cols, dst=dst, out=memory, act=epi.act)
+        if epi.bias:
+            fields.update(bias=True, bias_addr=outputs.acc_params + j * p_rows)
+        if epi.requant:
+            fields.update(requant=True, quant_addr=outputs.acc_params + j * p_rows + (1 if epi.bias else 0))
+        tiles += [_I("epilogue", **fields, push_next=True),
+                  _I("store", mem=memory, addr=dst, rows=m, len=cols, dram=c + out_bytes * j * cols,
+                     dram_reg=C_OFFSET, stride=out_bytes * N, pop_prev=True)]
+    return tiles, prologue, out_bytes
+
+
+@dataclasses.dataclass
+class SkippingKernel(LoopedKernel):
+    """A :class:`~.common.Kernel` of :func:`skipping_gemm`: its cycles depend on how many K-blocks of A
+    are all zero (:meth:`cycles_at`); ``predicted_cycles`` and ``events`` are those of a dense A."""
+
+    def cycles_at(self, zero_fraction: float) -> int:
+        """Predicted cycles (timing model) when ``zero_fraction`` of the tested K-blocks are all zero,
+        spread evenly over the run (see :func:`~.loops.spread_predicate`)."""
+        return looped_cycles(self.instructions, self.config, predicate=spread_predicate(zero_fraction))
+
+    @functools.cached_property
+    def events(self) -> dict[str, int]:
+        """The exact counters of a run on a dense A (no block skipped)."""
+        body = [resolved for resolved, _ in expand_loops(self.instructions, predicate=spread_predicate(0.0))
+                if resolved.opcode not in (Opcode.COUNTERS, Opcode.PREDICATE)]
+        return program_events(body, self.config)
+
+
+def skipping_gemm(config: Config, M: int, K: int, N: int, *, bias: bool = False, requant: bool = False,
+                  act: Activation | str = "none", clip: tuple[int, int] | None = None, out_zp: int = 0,
+                  out: str = "int8", addrs: Mapping[str, int] | None = None, base: int = 0,
+                  skip_zero_blocks: bool = True) -> SkippingKernel:
+    """:func:`~.matmul.gemm` (no residual) as the looped kernel that skips all-zero K-blocks of A.
+
+    The program of :func:`looped_gemm` -- M tiles of ``m`` rows (the largest divisor of M that fits),
+    K blocks of ``rows`` each tested on chip (but an M tile's first) and, when all zero, their
+    B LOADs and MATMULs branched over -- with the epilogue fused: the parameter rows loaded into the
+    accumulator once, and after the K loop of an M tile an EPILOGUE and a STORE per N tile.  Its
+    cycles depend on the data (:meth:`SkippingKernel.cycles_at`), its outputs do not: they are
+    ``gemm``'s exactly.  Operands as :func:`~.matmul.gemm`'s; K must be a multiple of ``rows`` and
+    N of ``cols``.  ``skip_zero_blocks=False``: the same loops without the tests (for comparison).
+    """
+    config = _check_config(config)
+    M, K, N = (_positive(name, value) for name, value in (("M", M), ("K", K), ("N", N)))
+    epi = _epilogue_options(bias, requant, False, act, clip, out_zp, out)
+    rows, cols = config.rows, config.cols
+    what = f"skipping gemm {M}x{K}x{N}"
+    if epi.act is Activation.TABLE:
+        raise KernelError(f"{what}: a table activation is not supported")
+    if K % rows or N % cols:
+        raise KernelError(f"{what}: K must be a multiple of rows={rows} and N of cols={cols} "
+                          f"on config {config.name!r}")
+    k_blocks, n_tiles, p_rows = K // rows, N // cols, len(epi.param_rows)
+    skip = int(skip_zero_blocks)
+    out_tiles = 0 if epi.out_int32 else n_tiles
+    largest = min((config.acc_rows - n_tiles * p_rows) // n_tiles,
+                  (config.spad_rows - skip) // (k_blocks + 2 * skip + n_tiles + out_tiles), 1 << 12)
+    # M tiles of m rows with m dividing M: the STOREs write no row beyond the output.
+    m = max((M // tiles for tiles in range(1, M + 1) if M % tiles == 0 and rows <= M // tiles <= largest),
+            default=0)
+    if not m:
+        raise KernelError(f"{what}: no M tile from {rows} to {largest} rows divides M "
+                          f"on config {config.name!r}")
+    specs = [_OperandSpec("A", (M, K), "i1", "row-major M x K", "input"),
+             _OperandSpec("B", (K, N), "i1", "row-major K x N", "param"),
+             *_epilogue_specs(epi, M, N, "row-major M x N"), _counters_spec()]
+    operands = _place(config, specs, addrs, base)
+    outputs = _Outputs(epi, operands["params"].addr if p_rows else 0, n_tiles * m,
+                       (k_blocks + 2 * skip + n_tiles) * m + skip)
+    program = _program(config, K, N, m, skip_zero_blocks, operands["A"].addr, operands["B"].addr,
+                       operands["out"].addr, outputs)
+    instructions = [_I("scalar", dst=M_END, imm=M * K), *program[:-1],
+                    _I("counters", dram=operands["counters"].addr, reset=True)]
+    dense = looped_cycles(instructions, config, predicate=spread_predicate(0.0))
+    return SkippingKernel("skipping_gemm", config, instructions, operands, M * N * K, dense, epi.param_rows,
+                          {"m": m, "skip_zero_blocks": skip_zero_blocks, "loops": True})
 
 
 def _align(address: int) -> int:

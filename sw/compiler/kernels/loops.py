@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 
 from braze.isa import Config, Instruction, Opcode
 from braze.isa.encoding import REGISTER_OFFSETS
@@ -44,7 +45,7 @@ from braze.isa.timing import Scheduler
 from .common import Kernel, KernelError
 
 __all__ = ["roll_loops", "expand_loops", "looped_cycles", "looped_kernel", "loops_if_no_slower",
-           "LoopedKernel", "LOOP_REGISTERS"]
+           "spread_predicate", "LoopedKernel", "LOOP_REGISTERS"]
 
 #: Scalar registers a rolled loop may use (r0 reads as zero).
 LOOP_REGISTERS = (1, 2, 3, 4, 5, 6, 7)
@@ -154,16 +155,30 @@ def _loop(body: Sequence[Instruction], steps: Sequence[tuple], count: int) -> li
     return out
 
 
-def expand_loops(program: Sequence[Instruction], *, limit: int = 10_000_000
-                 ) -> Iterator[tuple[Instruction, Instruction]]:
-    """The instructions a run of ``program`` dispatches, in order: ``(resolved, as written)`` --
-    register offsets added -- with its SCALARs and BRANCHes executed on registers that start at 0.
+#: What a PREDICATE writes, given how many PREDICATEs were dispatched before it (:func:`expand_loops`).
+Predicate = Callable[[int], int]
 
-    Raises :class:`KernelError` for a PREDICATE (its result depends on the data), a branch out of
-    the program, or more than ``limit`` instructions dispatched.
+
+def spread_predicate(zero_fraction: float) -> Predicate:
+    """PREDICATE results for a run in which ``zero_fraction`` of the tested blocks are all zero (the
+    ``any`` test writes 0), spread evenly: test ``i`` finds zero when ``floor((i+1)*f)`` exceeds
+    ``floor(i*f)``."""
+    if not 0.0 <= zero_fraction <= 1.0:
+        raise KernelError(f"a zero-block fraction of {zero_fraction} is outside 0..1")
+    return lambda index: int(math.floor((index + 1) * zero_fraction) == math.floor(index * zero_fraction))
+
+
+def expand_loops(program: Sequence[Instruction], *, limit: int = 10_000_000,
+                 predicate: Predicate | None = None) -> Iterator[tuple[Instruction, Instruction]]:
+    """The instructions a run of ``program`` dispatches, in order: ``(resolved, as written)`` --
+    register offsets added -- with its SCALARs and BRANCHes executed on registers that start at 0
+    and its PREDICATEs writing what ``predicate`` says.
+
+    Raises :class:`KernelError` for a PREDICATE without ``predicate`` (its result depends on the
+    data), a branch out of the program, or more than ``limit`` instructions dispatched.
     """
     registers = [0] * 8
-    pc, dispatched = 0, 0
+    pc, dispatched, tested = 0, 0, 0
     while 0 <= pc < len(program):
         insn = program[pc]
         dispatched += 1
@@ -171,8 +186,14 @@ def expand_loops(program: Sequence[Instruction], *, limit: int = 10_000_000
             raise KernelError(f"looped program: more than {limit} instructions dispatched "
                               f"(a loop that never ends?)")
         if insn.opcode is Opcode.PREDICATE:
-            raise KernelError(f"looped program: the PREDICATE at instruction {pc} depends on the data")
-        if insn.opcode is Opcode.SCALAR:
+            if predicate is None:
+                raise KernelError(f"looped program: the PREDICATE at instruction {pc} depends on the data")
+            resolved = resolve_registers(insn, registers)
+            if insn.dst:
+                registers[insn.dst] = predicate(tested)
+            tested += 1
+            yield resolved, insn
+        elif insn.opcode is Opcode.SCALAR:
             if insn.dst:
                 value = (registers[insn.src1] + registers[insn.src2] + insn.imm) & 0xFFFF_FFFF
                 registers[insn.dst] = value - (1 << 32) if value >= _INT32 else value
@@ -189,10 +210,12 @@ def expand_loops(program: Sequence[Instruction], *, limit: int = 10_000_000
         raise KernelError(f"looped program: a branch leaves the program (to instruction {pc})")
 
 
-def looped_cycles(program: Sequence[Instruction], config: Config) -> int:
-    """Cycles of ``program`` followed by HALT under the timing model (the reference model's)."""
+def looped_cycles(program: Sequence[Instruction], config: Config, *,
+                  predicate: Predicate | None = None) -> int:
+    """Cycles of ``program`` followed by HALT under the timing model (the reference model's); its
+    PREDICATEs write what ``predicate`` says (:func:`expand_loops`)."""
     scheduler = Scheduler(config, keep_entries=False)
-    for resolved, written in expand_loops(program):
+    for resolved, written in expand_loops(program, predicate=predicate):
         scheduler.add(resolved, unresolved=written)
     scheduler.add(Instruction.make(Opcode.HALT))
     return scheduler.cycles
