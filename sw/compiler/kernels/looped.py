@@ -58,7 +58,7 @@ from .common import (
 )
 from .loops import LoopedKernel, expand_loops, looped_cycles, spread_predicate
 
-__all__ = ["LoopedGemm", "looped_gemm", "SkippingKernel", "skipping_gemm"]
+__all__ = ["LoopedGemm", "looped_gemm", "SkippingKernel", "skipping_gemm", "skipping_tile_rows"]
 
 _I = Instruction.make
 # Register roles (see the module's documentation).
@@ -304,7 +304,7 @@ def _epilogue_tiles(config: Config, N: int, m: int, c: int, outputs: _Outputs
 @dataclasses.dataclass
 class SkippingKernel(LoopedKernel):
     """A :class:`~.common.Kernel` of :func:`skipping_gemm`: its cycles depend on how many K-blocks of A
-    are all zero (:meth:`cycles_at`); ``predicted_cycles`` and ``events`` are those of a dense A."""
+    are all zero (:meth:`cycles_at`); ``events`` are those of a dense A."""
 
     def cycles_at(self, zero_fraction: float) -> int:
         """Predicted cycles (timing model) when ``zero_fraction`` of the tested K-blocks are all zero,
@@ -319,10 +319,25 @@ class SkippingKernel(LoopedKernel):
         return program_events(body, self.config)
 
 
+def skipping_tile_rows(config: Config, M: int, K: int, N: int, *, param_rows: int = 0,
+                       out_int32: bool = False, skip_zero_blocks: bool = True) -> int:
+    """The M tile (rows) of :func:`skipping_gemm`: the largest divisor of M from ``rows`` up that fits
+    the scratchpad and accumulator (so a zero block is ``m`` rows of A by ``rows`` columns); 0 when
+    none does."""
+    rows, cols = config.rows, config.cols
+    k_blocks, n_tiles, skip = K // rows, -(-N // cols), int(skip_zero_blocks)
+    out_tiles = 0 if out_int32 else n_tiles
+    largest = min((config.acc_rows - n_tiles * param_rows) // n_tiles,
+                  (config.spad_rows - skip) // (k_blocks + 2 * skip + n_tiles + out_tiles), 1 << 12)
+    # M tiles of m rows with m dividing M: the STOREs write no row beyond the output.
+    return max((M // tiles for tiles in range(1, M + 1) if M % tiles == 0 and rows <= M // tiles <= largest),
+               default=0)
+
+
 def skipping_gemm(config: Config, M: int, K: int, N: int, *, bias: bool = False, requant: bool = False,
                   act: Activation | str = "none", clip: tuple[int, int] | None = None, out_zp: int = 0,
                   out: str = "int8", addrs: Mapping[str, int] | None = None, base: int = 0,
-                  skip_zero_blocks: bool = True) -> SkippingKernel:
+                  skip_zero_blocks: bool = True, expected_zero_fraction: float = 0.0) -> SkippingKernel:
     """:func:`~.matmul.gemm` (no residual) as the looped kernel that skips all-zero K-blocks of A.
 
     The program of :func:`looped_gemm` -- M tiles of ``m`` rows (the largest divisor of M that fits),
@@ -332,6 +347,9 @@ def skipping_gemm(config: Config, M: int, K: int, N: int, *, bias: bool = False,
     cycles depend on the data (:meth:`SkippingKernel.cycles_at`), its outputs do not: they are
     ``gemm``'s exactly.  Operands as :func:`~.matmul.gemm`'s; K must be a multiple of ``rows`` and
     N of ``cols``.  ``skip_zero_blocks=False``: the same loops without the tests (for comparison).
+    ``predicted_cycles`` are those at ``expected_zero_fraction`` of the tested blocks all zero (a
+    profile's, :meth:`~braze.sw.compiler.profile.TensorProfile.zero_block_fraction`), ``events``
+    those of a dense A.
     """
     config = _check_config(config)
     M, K, N = (_positive(name, value) for name, value in (("M", M), ("K", K), ("N", N)))
@@ -345,15 +363,11 @@ def skipping_gemm(config: Config, M: int, K: int, N: int, *, bias: bool = False,
                           f"on config {config.name!r}")
     k_blocks, n_tiles, p_rows = K // rows, N // cols, len(epi.param_rows)
     skip = int(skip_zero_blocks)
-    out_tiles = 0 if epi.out_int32 else n_tiles
-    largest = min((config.acc_rows - n_tiles * p_rows) // n_tiles,
-                  (config.spad_rows - skip) // (k_blocks + 2 * skip + n_tiles + out_tiles), 1 << 12)
-    # M tiles of m rows with m dividing M: the STOREs write no row beyond the output.
-    m = max((M // tiles for tiles in range(1, M + 1) if M % tiles == 0 and rows <= M // tiles <= largest),
-            default=0)
+    m = skipping_tile_rows(config, M, K, N, param_rows=p_rows, out_int32=epi.out_int32,
+                           skip_zero_blocks=skip_zero_blocks)
     if not m:
-        raise KernelError(f"{what}: no M tile from {rows} to {largest} rows divides M "
-                          f"on config {config.name!r}")
+        raise KernelError(f"{what}: no M tile of at least {rows} rows divides M and fits config "
+                          f"{config.name!r}")
     specs = [_OperandSpec("A", (M, K), "i1", "row-major M x K", "input"),
              _OperandSpec("B", (K, N), "i1", "row-major K x N", "param"),
              *_epilogue_specs(epi, M, N, "row-major M x N"), _counters_spec()]
@@ -364,9 +378,10 @@ def skipping_gemm(config: Config, M: int, K: int, N: int, *, bias: bool = False,
                        operands["out"].addr, outputs)
     instructions = [_I("scalar", dst=M_END, imm=M * K), *program[:-1],
                     _I("counters", dram=operands["counters"].addr, reset=True)]
-    dense = looped_cycles(instructions, config, predicate=spread_predicate(0.0))
-    return SkippingKernel("skipping_gemm", config, instructions, operands, M * N * K, dense, epi.param_rows,
-                          {"m": m, "skip_zero_blocks": skip_zero_blocks, "loops": True})
+    cycles = looped_cycles(instructions, config, predicate=spread_predicate(expected_zero_fraction))
+    return SkippingKernel("skipping_gemm", config, instructions, operands, M * N * K, cycles, epi.param_rows,
+                          {"m": m, "skip_zero_blocks": skip_zero_blocks, "loops": True,
+                           "expected_zero_fraction": expected_zero_fraction})
 
 
 def _align(address: int) -> int:
