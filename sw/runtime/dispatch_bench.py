@@ -25,12 +25,20 @@
    --control-flow``) on ``tiny``.  ``mismatches`` counts the random programs that differ from the
    reference model plus the looped kernel runs that do; ``--rtl none`` leaves it ``n/a``.
 
+5. **A whole model**: a sparse ReLU MLP (``relu(x @ W1 + b1) @ W2``, x 64 x 64, 256 hidden units of
+   which half the blocks of ``rows`` never fire, 64 outputs) quantized with zero point 0 and
+   compiled twice, the fusion engine given the calibration profile (the skipping candidate
+   offered, priced at the profiled zero-block fraction) and not; both run on the golden device
+   (and on the Verilator device with ``--rtl verilator``), outputs checked against the
+   evaluator; ``model_speedup`` is the whole model's cycles without the candidate over with it.
+
 Cycles in 1-3 are the timing model's (the golden device's); every run's C is checked against
 numpy.  Ends with one line ``dispatch: skip_speedup_at_50=<x> program_shrink=<x>
 compiles_for_64_batch_sizes=<n> mismatches=<n> skip_ratio_at_0=<x> ...``: the skipping figures
 (plain / skipping cycles of the narrower layer at 50% and 0% zero blocks) are those measured on
 the Verilator device when section 4 ran, followed by the timing model's for the same layer
 (``skip_speedup_at_50_model``, ``skip_ratio_at_0_model``), and ``skip_measured_on`` says which.
+``model_speedup`` (section 5; on the RTL when it ran, with ``model_speedup_model``) follows.
 ``skip_vs_best_at_0`` and ``skip_vs_best_at_50`` divide the compiler's best non-skipping kernel's
 cycles by the skipping kernel's (the same device); ``loops_shrink`` is the library's own
 256^3 kernel's program bytes straight-line over looped, and ``loops_cycle_ratio`` the largest
@@ -249,6 +257,71 @@ def on_rtl(config: Config, M: int, K: int, N: int, programs: int,
             "best_ratios": best_ratios, "loop_rows": loop_rows, "kernel_runs": 6 + 2 * len(loop_shapes)}
 
 
+def sparse_mlp(rows: int, features: int, hidden: int, outputs: int, block: int, seed: int = 0):
+    """``relu(x @ w1 + b1) @ w2`` (float ONNX) with half the blocks of ``block`` hidden units dead (a
+    negative bias: they never fire), so whole K-blocks of the second product's input are zero."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = (rng.normal(size=(features, hidden)) * 0.1).astype(np.float32)
+    b1 = np.full(hidden, 0.5, np.float32)
+    for first in rng.choice(hidden // block, hidden // block // 2, replace=False) * block:
+        w1[:, first:first + block] = -np.abs(w1[:, first:first + block])
+        b1[first:first + block] = -5.0
+    w2 = (rng.normal(size=(hidden, outputs)) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"]),
+             helper.make_node("Relu", ["hb"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "sparse_mlp",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, features])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, outputs])],
+                              [numpy_helper.from_array(value, name)
+                               for name, value in (("w1", w1), ("b1", b1), ("w2", w2))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def whole_model(config: Config, devices: Sequence[str], rows: int = 64, features: int = 64, hidden: int = 256,
+                outputs: int = 64) -> dict[str, object]:
+    """Section 5: the sparse MLP compiled without and with the skipping candidate, run on ``devices``."""
+    from braze.sim.device import open_device
+
+    from ..compiler.cache import KernelCache
+    from ..compiler.cost import TimingCostModel
+    from ..compiler.frontend import evaluate, load_onnx
+    from ..compiler.fusion import fuse
+    from ..compiler.lower import lower
+    from ..compiler.passes import simplify
+    from ..compiler.profile import profile_graph
+    from ..compiler.quantize import quantize
+    from ..compiler.tiling import choose_tilings
+    from .runtime import Runtime
+
+    rng = np.random.default_rng(4)
+    calibration = [{"x": np.abs(rng.normal(size=(rows, features))).astype(np.float32)} for _ in range(2)]
+    feeds = {"x": np.abs(rng.normal(size=(rows, features))).astype(np.float32)}
+    model = sparse_mlp(rows, features, hidden, outputs, config.rows)
+    graph = quantize(simplify(load_onnx(model)), calibration, symmetric_activations=True)
+    expected = evaluate(graph, feeds)["y"]
+    profiles = profile_graph(graph, calibration)
+    cost_model, cache = TimingCostModel(), KernelCache(disk=False)
+    compiled, gains = {}, {}
+    for skipping in (False, True):
+        fused, decisions = fuse(graph, config, cost_model=cost_model, cache=cache,
+                                profiles=profiles if skipping else None)
+        fused, _ = choose_tilings(fused, config, cost_model=cost_model, cache=cache)
+        compiled[skipping] = lower(fused, config, cache=cache)
+        gains[skipping] = [d for d in decisions if d.opportunity.kind == "skip"]
+    cycles, mismatches = {}, 0
+    for name in devices:
+        with open_device(name, config) as device:
+            for skipping in (False, True):
+                runtime = Runtime(compiled[skipping], device)
+                mismatches += not np.array_equal(runtime.run(feeds)["y"], expected)
+                cycles[name, skipping] = runtime.last_report.total_cycles
+    return {"cycles": cycles, "decisions": gains[True], "mismatches": mismatches}
+
+
 #: Shapes whose library kernel is compared straight-line and looped (M, K, N on default).
 LOOP_SHAPES = ((64, 256, 64), (128, 512, 128), (256, 256, 256), (100, 200, 56))
 QUICK_LOOP_SHAPES = ((16, 32, 16),)
@@ -337,12 +410,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "skip_ratio_at_0_model": rtl["ratios"][0.0][1]}
         best = {"skip_vs_best_at_0": rtl["best_ratios"][0.0][0],
                 "skip_vs_best_at_50": rtl["best_ratios"][0.5][0]}
+    devices = ["golden"] + (["verilator"] if args.rtl == "verilator" else [])
+    model = whole_model(config, devices, *((32, 32, 64, 32) if args.quick else (64, 64, 256, 64)))
+    print(f"\n== a sparse ReLU MLP on {config.name}: without and with the skipping candidate ==")
+    for decision in model["decisions"]:
+        print(f"fusion: {decision}")
+    speedups = {name: model["cycles"][name, False] / model["cycles"][name, True] for name in devices}
+    print(_table(("device", "cycles without", "cycles with", "speedup"),
+                 [(name, model["cycles"][name, False], model["cycles"][name, True], f"{speedups[name]:.2f}x")
+                  for name in devices]))
+    if mismatches != "n/a":
+        mismatches += model["mismatches"]
+    measured = devices[-1]
+    model_speedup = {"model_speedup": speedups[measured]}
+    if measured != "golden":
+        model_speedup["model_speedup_model"] = speedups["golden"]
     print(f"dispatch: skip_speedup_at_50={skip['skip_speedup_at_50']:.2f} "
           f"program_shrink={shrink:.1f} compiles_for_{batches}_batch_sizes={batch['compiles_looped']} "
           f"mismatches={mismatches} skip_ratio_at_0={skip['skip_ratio_at_0']:.2f} "
           + "".join(f"{key}={value:.2f} " for key, value in skip.items() if key.endswith("_model"))
           + f"skip_measured_on={measured_on} "
           + "".join(f"{key}={value:.2f} " for key, value in best.items())
-          + f"loops_shrink={loops_shrink:.1f} loops_cycle_ratio={loops_ratio:.4f}")
+          + f"loops_shrink={loops_shrink:.1f} loops_cycle_ratio={loops_ratio:.4f} "
+          + " ".join(f"{key}={value:.2f}" for key, value in model_speedup.items()))
     return 0
 
