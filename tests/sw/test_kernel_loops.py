@@ -112,3 +112,16 @@ def test_a_looped_kernel_moves_with_its_operands():
         have = run_kernel(device, moved_looped, inputs)
     assert np.array_equal(want.outputs["out"], have.outputs["out"])
     assert np.array_equal(have.outputs["out"], inputs["A"].astype(np.int64) @ inputs["B"])
+
+
+def test_a_kernel_with_loops_read_back_as_a_plain_kernel_counts_its_dispatched_stream():
+    import dataclasses
+
+    from braze.sw.compiler.kernels import Kernel, skipping_gemm
+
+    for looped in (looped_kernel(gemm(DEFAULT, 64, 256, 64, out="int32")),
+                   skipping_gemm(DEFAULT, 64, 256, 64, expected_zero_fraction=0.5)):
+        # What the kernel cache gives back: the same fields, the base class.
+        plain = Kernel(**{field.name: getattr(looped, field.name) for field in dataclasses.fields(Kernel)})
+        assert plain.events == looped.events
+        assert plain.events["macs"] == 64 * 256 * 64      # every loop iteration counted (a dense A)

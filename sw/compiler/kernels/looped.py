@@ -38,12 +38,10 @@ its STOREs pop tokens of no-op CONFIGs after the K loop.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Mapping
 
-from braze.isa import Activation, Config, Instruction, Opcode
+from braze.isa import Activation, Config, Instruction
 from braze.isa.encoding import INSN_BYTES
-from braze.isa.model import program_events
 
 from .common import (
     KernelError,
@@ -56,7 +54,7 @@ from .common import (
     _place,
     _positive,
 )
-from .loops import LoopedKernel, expand_loops, looped_cycles, spread_predicate
+from .loops import LoopedKernel, looped_cycles, spread_predicate
 
 __all__ = ["LoopedGemm", "looped_gemm", "SkippingKernel", "skipping_gemm", "skipping_tile_rows"]
 
@@ -304,19 +302,12 @@ def _epilogue_tiles(config: Config, N: int, m: int, c: int, outputs: _Outputs
 @dataclasses.dataclass
 class SkippingKernel(LoopedKernel):
     """A :class:`~.common.Kernel` of :func:`skipping_gemm`: its cycles depend on how many K-blocks of A
-    are all zero (:meth:`cycles_at`); ``events`` are those of a dense A."""
+    are all zero (:meth:`cycles_at`); :attr:`~.common.Kernel.events` are those of a dense A."""
 
     def cycles_at(self, zero_fraction: float) -> int:
         """Predicted cycles (timing model) when ``zero_fraction`` of the tested K-blocks are all zero,
         spread evenly over the run (see :func:`~.loops.spread_predicate`)."""
         return looped_cycles(self.instructions, self.config, predicate=spread_predicate(zero_fraction))
-
-    @functools.cached_property
-    def events(self) -> dict[str, int]:
-        """The exact counters of a run on a dense A (no block skipped)."""
-        body = [resolved for resolved, _ in expand_loops(self.instructions, predicate=spread_predicate(0.0))
-                if resolved.opcode not in (Opcode.COUNTERS, Opcode.PREDICATE)]
-        return program_events(body, self.config)
 
 
 def skipping_tile_rows(config: Config, M: int, K: int, N: int, *, param_rows: int = 0,

@@ -33,7 +33,6 @@ shortest rolled form the timing model predicts no slower than the straight-line 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 
@@ -45,7 +44,7 @@ from braze.isa.timing import Scheduler
 from .common import Kernel, KernelError
 
 __all__ = ["roll_loops", "expand_loops", "looped_cycles", "looped_kernel", "loops_if_no_slower",
-           "spread_predicate", "LoopedKernel", "LOOP_REGISTERS"]
+           "spread_predicate", "dispatched_events", "LoopedKernel", "LOOP_REGISTERS"]
 
 #: Scalar registers a rolled loop may use (r0 reads as zero).
 LOOP_REGISTERS = (1, 2, 3, 4, 5, 6, 7)
@@ -221,16 +220,18 @@ def looped_cycles(program: Sequence[Instruction], config: Config, *,
     return scheduler.cycles
 
 
+def dispatched_events(program: Sequence[Instruction], config: Config) -> dict[str, int]:
+    """The exact counters of a run of ``program`` (loop bodies once per iteration; a PREDICATE finds
+    its rows nonzero: a kernel's dense run) -- what :attr:`~.common.Kernel.events` gives for a
+    program with loops."""
+    dense = spread_predicate(0.0)
+    return program_events([resolved for resolved, _ in expand_loops(program, predicate=dense)], config)
+
+
 @dataclasses.dataclass
 class LoopedKernel(Kernel):
-    """A :class:`~.common.Kernel` whose instructions have loops (:func:`looped_kernel`)."""
-
-    @functools.cached_property
-    def events(self) -> dict[str, int]:
-        """The exact counters of the dispatched stream (loop bodies once per iteration)."""
-        body = [resolved for resolved, _ in expand_loops(self.instructions)
-                if resolved.opcode is not Opcode.COUNTERS]
-        return program_events(body, self.config)
+    """A :class:`~.common.Kernel` whose instructions have loops (:func:`looped_kernel`); its
+    :attr:`~.common.Kernel.events` count the dispatched stream (:func:`dispatched_events`)."""
 
 
 def looped_kernel(kernel: Kernel, *, min_body: int = 1) -> LoopedKernel:
