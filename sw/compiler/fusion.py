@@ -54,6 +54,17 @@ Pipeline
        kernel).  Exact: the table maps the int8 value the separate form
        stores.  A node with a table activation is not pooled by the
        ``conv_pool`` fusion (a table need not be monotone).
+   ``skip``
+       a ``QMatMul`` (no residual) whose A input is the output of an
+       activation (Relu, Clip, or a Braze op with one fused) and whose profile
+       (``fuse(profiles=...)``, :meth:`~braze.sw.compiler.profile.TensorProfile.zero_block_fraction`)
+       has all-zero blocks at the skipping kernel's granularity (its M tile by
+       ``rows``) -- candidates: the node as it is, or
+       :func:`~braze.sw.compiler.kernels.skipping_gemm`, which tests each K-block of
+       A on chip and branches over the MATMULs of an all-zero one, priced at
+       the profiled fraction (a dense A costs it more than the library's
+       kernel: its MATMULs are one K-block long).  Exact: a zero block adds
+       nothing.  Decided after every other opportunity, on the fused nodes.
    ``residual``
        ``QMatMul``/``QConv`` (no activation yet) followed by its only reader,
        a ``braze.QAdd`` of its output and another int8 tensor, all three at
@@ -83,7 +94,7 @@ Every pass is Graph -> Graph and its result passes :func:`~braze.sw.validate.val
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -94,12 +105,14 @@ from .cost import Cost, CostModel, TimingCostModel, check_objective
 from .frontend import BRAZE_DOMAIN, conv_pads
 from .ir import Graph, Node, NodeKind, TensorInfo, constant_info, constant_node
 from .kernels import Kernel, Tiling
-from .lower import node_kernel
+from .kernels.looped import skipping_tile_rows
+from .lower import node_kernel, plan_node
+from .profile import TensorProfile
 from .tables import QTABLE
 from .validate import validate
 
 __all__ = ["split_activations", "find_opportunities", "Opportunity", "Candidate", "FusionDecision", "fuse",
-           "DEFAULT_THRESHOLD"]
+           "DEFAULT_THRESHOLD", "skip_opportunities"]
 
 #: Fuse only when the fused candidate is predicted at least this fraction faster.
 DEFAULT_THRESHOLD = 0.02
@@ -206,7 +219,7 @@ def split_activations(graph: Graph) -> Graph:
 
 @dataclasses.dataclass(frozen=True)
 class Opportunity:
-    kind: str                  # "epilogue", "pool", "conv_pool", "chain", "residual" or "table"
+    kind: str                  # "epilogue", "pool", "conv_pool", "chain", "residual", "table" or "skip"
     nodes: tuple[str, ...]     # producer first
 
     def __str__(self) -> str:
@@ -425,10 +438,78 @@ def _kernels(candidate: Candidate, config: Config, cache: KernelCache) -> list[K
     return kernels
 
 
+#: Kinds of node whose output is an activation's (the ``skip`` opportunity's "after a ReLU").
+_ACTIVATIONS = ("relu", "clip")
+
+
+def _after_activation(graph: Graph, tensor: str) -> bool:
+    producer = graph.producer(tensor)
+    if producer is None:
+        return False
+    return (producer.op_type in ("Relu", "Clip") and not producer.domain) \
+        or producer.attrs.get("act", "none") in _ACTIVATIONS
+
+
+def skip_opportunities(graph: Graph, config: Config, profiles: Mapping[str, TensorProfile]
+                       ) -> list[tuple[Opportunity, float]]:
+    """The ``skip`` opportunities of ``graph`` and the profiled fraction of zero blocks of each (the
+    M tile of :func:`~braze.sw.compiler.kernels.looped.skipping_tile_rows` by ``rows``)."""
+    found = []
+    for node in graph.operators():
+        if node.qualified_op != f"{BRAZE_DOMAIN}.QMatMul" or node.device != "accel" or _residual_of(node) \
+                or node.attrs.get("act", "none") == "table" or node.attrs.get("skip_zero_blocks") is not None:
+            continue
+        profile = profiles.get(node.inputs[0])
+        plan = plan_node(graph, node)
+        if profile is None or isinstance(plan, str) or not _after_activation(graph, node.inputs[0]):
+            continue
+        M, K, N = plan.recipe.args
+        options = dict(plan.recipe.options)
+        param_rows = len(plan.constants.keys() & {"bias", "mult", "shift"})
+        rows = skipping_tile_rows(config, M, K, N, param_rows=param_rows,
+                                  out_int32=options.get("out") == "int32")
+        fraction = profile.zero_block_fraction(rows, config.rows) if rows and K % config.rows == 0 \
+            and N % config.cols == 0 else None
+        if fraction:
+            found.append((Opportunity("skip", (node.name,)), fraction))
+    return found
+
+
+def _decide_skips(graph: Graph, config: Config, profiles: Mapping[str, TensorProfile],
+                  cost_model: CostModel, threshold: float, cache: KernelCache, objective: str,
+                  log: Callable[[FusionDecision], None] | None) -> tuple[Graph, list[FusionDecision]]:
+    """Price every ``skip`` opportunity against the node as it is; take it when it saves ``threshold``."""
+    decisions = []
+    for opportunity, fraction in skip_opportunities(graph, config, profiles):
+        node = graph.node(opportunity.nodes[0])
+        rewritten = graph.edit(substitute={node.name: node.with_attrs(skip_zero_blocks=round(fraction, 4))})
+        candidates = [Candidate("separate", graph, opportunity.nodes),
+                      Candidate(f"skip zero blocks ({100 * fraction:.0f}% zero)", rewritten,
+                                opportunity.nodes)]
+        built = [(c, kernels) for c in candidates if (kernels := _kernels(c, config, cache)) is not None]
+        if len(built) < 2:
+            continue
+        costs = cost_model.predict_candidates([kernels for _, kernels in built], config,
+                                              energy=objective != "cycles")
+        (plain, plain_cost), (skip, skip_cost) = zip([c for c, _ in built], costs, strict=True)
+        saved = plain_cost.value(objective) - skip_cost.value(objective)
+        gain = saved / max(1.0, plain_cost.value(objective))
+        chosen = skip if gain >= threshold else plain
+        decision = FusionDecision(opportunity, [(plain.name, plain_cost), (skip.name, skip_cost)],
+                                  chosen.name, gain if chosen is skip else 0.0, objective)
+        decisions.append(decision)
+        if log is not None:
+            log(decision)
+        if chosen is skip:
+            graph = validate(rewritten)
+    return graph, decisions
+
+
 def fuse(graph: Graph, config: Config, *, cost_model: CostModel | None = None,
          threshold: float = DEFAULT_THRESHOLD, cache: KernelCache | None = None,
          log: Callable[[FusionDecision], None] | None = None,
-         objective: str = "cycles", replay: Sequence[FusionDecision] = ()
+         objective: str = "cycles", replay: Sequence[FusionDecision] = (),
+         profiles: Mapping[str, TensorProfile] | None = None
          ) -> tuple[Graph, list[FusionDecision]]:
     """Fuse where the cost model predicts a gain of at least ``threshold``; returns the graph and decisions.
 
@@ -439,6 +520,9 @@ def fuse(graph: Graph, config: Config, *, cost_model: CostModel | None = None,
     ``replay``: decisions made for this graph at another input shape (a batch size, say).  An
     opportunity they decided is decided the same way without pricing (a forced tiling of the choice
     is left to the tiling pass: :func:`~braze.sw.compiler.tiling.specialise_tilings`); others are priced.
+
+    ``profiles``: tensor profiles of ``graph`` (:func:`~braze.sw.compiler.profile.profile_graph`);
+    with them, the ``skip`` opportunities are priced last, at the profiled zero-block fractions.
     """
     if not 0 <= threshold < 1:
         raise ValueError(f"fusion threshold must be in [0, 1), not {threshold!r}")
@@ -485,4 +569,7 @@ def fuse(graph: Graph, config: Config, *, cost_model: CostModel | None = None,
             graph = validate(chosen.graph)
             # The rewritten nodes may open new opportunities (an epilogue after a merged chain).
             decided = {d for d in decided if all(n in graph for n in d[1])}
+    if profiles:
+        graph, skips = _decide_skips(graph, config, profiles, cost_model, threshold, cache, objective, log)
+        decisions += skips
     return graph, decisions

@@ -249,6 +249,12 @@ def _plan_qmatmul(graph: Graph, node: Node, x_layout: str | None) -> NodeKernel 
     options, constants = _epilogue(node, n, bias, weights.astype(np.int64).sum(axis=0))
     constants["B"] = weights
     recipe = KernelRecipe("gemm", (m, k, n), _options(options))
+    if node.attrs.get("skip_zero_blocks") is not None and not _residual(node):
+        # The fusion engine's zero-block-skipping candidate (:func:`~braze.sw.compiler.fusion.fuse`
+        # ``profiles``), priced at the profiled fraction of zero blocks.
+        options.pop("tiling", None)
+        options["expected_zero_fraction"] = float(node.attrs["skip_zero_blocks"])
+        recipe = KernelRecipe("skipping_gemm", (m, k, n), _options(options))
     inputs = {"A": (x_name, layout)}
     if _residual(node):
         inputs["residual"] = (_residual(node), "plain")

@@ -1,23 +1,36 @@
 """``braze bench dispatch``: what control flow on the chip buys (issue 13), on the reference model.
 
-1. **Program size**: GEMM 256^3 on ``default`` as the compiler emits it today (unrolled tiles)
-   and as the looped kernel (:mod:`braze.sw.compiler.kernels.looped`): program bytes, and the
-   instructions dispatched (the looped program's loop bodies are dispatched once per iteration;
-   the straight-line one's bytes are its instruction-fetch traffic).
+1. **Program size**: GEMM 256^3 on ``default`` as the compiler emits it today (unrolled tiles),
+   as the library emits it with ``loops=True`` (:mod:`braze.sw.compiler.kernels.loops`: the same
+   tiling, its repeated runs rolled into loops) and as the looped kernel
+   (:mod:`braze.sw.compiler.kernels.looped`): program bytes, and the instructions dispatched (the
+   looped programs' loop bodies are dispatched once per iteration; the straight-line one's bytes
+   are its instruction-fetch traffic).  Then, for several shapes, the library kernel's cycles
+   straight-line and with loops (timing model).
 2. **Zero-block skipping**: GEMM 64x256x64 and 64x256x256 on ``default`` whose A (the output of
    a ReLU) has a fraction of its m x 8 K-blocks all zero (0, 25, 50, 75, 90%): cycles of the
-   looped kernel without and with the on-chip test-and-skip, and of today's unrolled kernel (its
-   cycles do not depend on the data).  The summary's speedup is the narrower layer's.
+   looped kernel without and with the on-chip test-and-skip, and of the compiler's best
+   non-skipping kernel (the library's, with loops where no slower: its cycles do not depend on
+   the data).  The summary's speedup is the narrower layer's.
 3. **Batch-parametric**: batch sizes 1..64 of a 64-deep, 64-wide layer (``default``): today one
    compile per batch size; the looped kernel is compiled once and every batch size runs from it,
    its batch a scalar register the host writes; each run's result is checked against numpy.
 
 4. **On the RTL** (``--rtl verilator``, the default): the narrower skipping layer at 0% and 50%
-   zero blocks on the Verilator device, without and with skipping -- measured cycles, C checked
-   against numpy and the exact counters against the golden device's -- and ``--rtl-programs``
+   zero blocks on the Verilator device, without and with skipping, and the compiler's best
+   non-skipping kernel for it -- measured cycles, C checked against numpy and the exact counters
+   against the golden device's; the library's kernels straight-line and with loops for
+   several shapes (outputs compared, cycles measured) -- and ``--rtl-programs``
    random control-flow programs (:func:`braze.sim.progen.generate_control_flow`, ``braze verify
    --control-flow``) on ``tiny``.  ``mismatches`` counts the random programs that differ from the
    reference model plus the looped kernel runs that do; ``--rtl none`` leaves it ``n/a``.
+
+5. **A whole model**: a sparse ReLU MLP (``relu(x @ W1 + b1) @ W2``, x 64 x 64, 256 hidden units of
+   which half the blocks of ``rows`` never fire, 64 outputs) quantized with zero point 0 and
+   compiled twice, the fusion engine given the calibration profile (the skipping candidate
+   offered, priced at the profiled zero-block fraction) and not; both run on the golden device
+   (and on the Verilator device with ``--rtl verilator``), outputs checked against the
+   evaluator; ``model_speedup`` is the whole model's cycles without the candidate over with it.
 
 Cycles in 1-3 are the timing model's (the golden device's); every run's C is checked against
 numpy.  Ends with one line ``dispatch: skip_speedup_at_50=<x> program_shrink=<x>
@@ -25,6 +38,11 @@ compiles_for_64_batch_sizes=<n> mismatches=<n> skip_ratio_at_0=<x> ...``: the sk
 (plain / skipping cycles of the narrower layer at 50% and 0% zero blocks) are those measured on
 the Verilator device when section 4 ran, followed by the timing model's for the same layer
 (``skip_speedup_at_50_model``, ``skip_ratio_at_0_model``), and ``skip_measured_on`` says which.
+``model_speedup`` (section 5; on the RTL when it ran, with ``model_speedup_model``) follows.
+``skip_vs_best_at_0`` and ``skip_vs_best_at_50`` divide the compiler's best non-skipping kernel's
+cycles by the skipping kernel's (the same device); ``loops_shrink`` is the library's own
+256^3 kernel's program bytes straight-line over looped, and ``loops_cycle_ratio`` the largest
+looped / straight-line cycle ratio over the shapes of section 4 (of section 1 on the model).
 """
 
 from __future__ import annotations
@@ -38,8 +56,9 @@ from braze.isa import Config, encode_program
 from braze.isa.errors import ArgumentParser
 from braze.isa.model import Machine, RunResult
 
-from ..compiler.kernels import gemm
+from ..compiler.kernels import gemm, run_kernel
 from ..compiler.kernels.looped import LoopedGemm, looped_gemm
+from ..compiler.kernels.loops import expand_loops, loops_if_no_slower
 
 __all__ = ["main", "run_looped", "block_sparse"]
 
@@ -102,7 +121,9 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def program_size(config: Config, size: int) -> dict[str, float]:
-    unrolled = gemm(config, size, size, size, out="int32").program()
+    kernel = gemm(config, size, size, size, out="int32")
+    unrolled = kernel.program()
+    library = loops_if_no_slower(kernel)
     looped = looped_gemm(config, size, size, size)
     rng = np.random.default_rng(0)
     a = rng.integers(-128, 128, (size, size), dtype=np.int8)
@@ -110,15 +131,36 @@ def program_size(config: Config, size: int) -> dict[str, float]:
     result, c = run_looped(looped, a, b)
     _check(c, a, b, f"GEMM {size}^3")
     return {"unrolled_bytes": len(encode_program(unrolled)),
+            "library_bytes": len(encode_program(library.program())),
             "looped_bytes": len(encode_program(list(looped.program))),
-            "unrolled_dispatched": len(unrolled), "looped_dispatched": result.instructions,
+            "unrolled_dispatched": len(unrolled),
+            "library_dispatched": sum(1 for _ in expand_loops(library.program())),
+            "looped_dispatched": result.instructions,
+            "unrolled_cycles": kernel.predicted_cycles, "library_cycles": library.predicted_cycles,
             "looped_cycles": result.cycles}
+
+
+def library_gemm(config: Config, M: int, K: int, N: int):
+    """The compiler's best non-skipping GEMM (int32 out): the library's tiling, with loops where the
+    timing model predicts them no slower; and the straight-line kernel."""
+    kernel = gemm(config, M, K, N, out="int32")
+    return loops_if_no_slower(kernel), kernel
+
+
+def loop_cycles(config: Config, shapes: Sequence[tuple[int, int, int]]) -> list[tuple]:
+    """Per shape: instructions and predicted cycles of the library's kernel straight-line and looped."""
+    rows = []
+    for M, K, N in shapes:
+        looped, kernel = library_gemm(config, M, K, N)
+        rows.append((f"{M}x{K}x{N}", len(kernel.instructions), len(looped.instructions),
+                     kernel.predicted_cycles, looped.predicted_cycles))
+    return rows
 
 
 def skipping(config: Config, M: int, K: int, N: int, sparsities: Sequence[float]) -> list[dict[str, float]]:
     rng = np.random.default_rng(1)
     plain, skip = looped_gemm(config, M, K, N), looped_gemm(config, M, K, N, skip_zero_blocks=True)
-    unrolled_cycles = gemm(config, M, K, N, out="int32").predicted_cycles
+    unrolled_cycles = library_gemm(config, M, K, N)[0].predicted_cycles
     b = rng.integers(-128, 128, (K, N), dtype=np.int8)
     rows = []
     for sparsity in sparsities:
@@ -151,9 +193,24 @@ def batch_parametric(config: Config, max_batch: int, K: int, N: int) -> dict[str
             "seconds_looped": once_seconds, "batches_checked": max_batch}
 
 
-def on_rtl(config: Config, M: int, K: int, N: int, programs: int) -> dict[str, object]:
-    """Section 4: the looped kernel on the Verilator device at 0% and 50% zero blocks, and random
-    control-flow programs on ``tiny``; returns the table rows and the mismatch count."""
+def _run_library(golden, device, kernel, a: np.ndarray, b: np.ndarray, exact: Sequence[str]
+                 ) -> tuple[int, int, bool]:
+    """Run a library GEMM (int32 out) on both devices: (golden cycles, device cycles, agree)."""
+    inputs = {"A": a, "B": b}
+    want = run_kernel(golden, kernel, inputs)
+    have = run_kernel(device, kernel, inputs)
+    expected = a.astype(np.int64) @ b.astype(np.int64)
+    same = np.array_equal(have.outputs["out"], expected) and np.array_equal(want.outputs["out"], expected) \
+        and all(want.counters[name] == have.counters[name] for name in exact)
+    return want.cycles, have.cycles, same
+
+
+def on_rtl(config: Config, M: int, K: int, N: int, programs: int,
+           loop_shapes: Sequence[tuple[int, int, int]] = ()) -> dict[str, object]:
+    """Section 4: the looped kernel on the Verilator device at 0% and 50% zero blocks (and the
+    compiler's best non-skipping kernel), the library's kernels straight-line and looped for
+    ``loop_shapes``, and random control-flow programs on ``tiny``; returns the table rows and the
+    mismatch count."""
     from braze.isa import COUNTERS
     from braze.sim import verify
     from braze.sim.device import open_device
@@ -161,7 +218,8 @@ def on_rtl(config: Config, M: int, K: int, N: int, programs: int) -> dict[str, o
     exact = [spec.name for spec in COUNTERS if spec.exact]
     rng = np.random.default_rng(3)
     b = rng.integers(-128, 128, (K, N), dtype=np.int8)
-    rows, kernel_mismatches, ratios = [], 0, {}
+    rows, kernel_mismatches, ratios, best_ratios, loop_rows = [], 0, {}, {}, []
+    best = library_gemm(config, M, K, N)[0]
     with open_device("golden", config) as golden, open_device("verilator", config) as device:
         for sparsity in (0.0, 0.5):
             a = block_sparse(rng, M, K, looped_gemm(config, M, K, N).m, config.rows, sparsity)
@@ -175,13 +233,98 @@ def on_rtl(config: Config, M: int, K: int, N: int, programs: int) -> dict[str, o
                                                            for name in exact)
                 kernel_mismatches += not same
                 cycles[skip] = (want.cycles, have.cycles)
+            best_golden, best_device, same = _run_library(golden, device, best, a, b, exact)
+            kernel_mismatches += not same
             rows.append((f"{sparsity:.0%}", cycles[False][1], cycles[True][1],
-                         f"{cycles[False][1] / cycles[True][1]:.2f}x", cycles[False][0], cycles[True][0]))
+                         f"{cycles[False][1] / cycles[True][1]:.2f}x", best_device,
+                         f"{best_device / cycles[True][1]:.2f}x", cycles[False][0], cycles[True][0],
+                         best_golden))
             # Plain / skipping cycles at this sparsity: measured on the RTL, and the timing model's.
             ratios[sparsity] = (cycles[False][1] / cycles[True][1], cycles[False][0] / cycles[True][0])
+            best_ratios[sparsity] = (best_device / cycles[True][1], best_golden / cycles[True][0])
+        for lM, lK, lN in loop_shapes:
+            looped, kernel = library_gemm(config, lM, lK, lN)
+            a = rng.integers(-128, 128, (lM, lK), dtype=np.int8)
+            lb = rng.integers(-128, 128, (lK, lN), dtype=np.int8)
+            plain = _run_library(golden, device, kernel, a, lb, exact)
+            rolled = _run_library(golden, device, looped, a, lb, exact)
+            kernel_mismatches += (not plain[2]) + (not rolled[2])
+            loop_rows.append((f"{lM}x{lK}x{lN}", len(kernel.instructions), len(looped.instructions),
+                              plain[1], rolled[1], f"{rolled[1] / plain[1]:.4f}", plain[0], rolled[0]))
     report = verify.verify(lambda c: open_device("verilator", c), Config.parse("tiny"), programs=programs,
                            seed=0, control_flow=True, minimise_trials=0) if programs else None
-    return {"rows": rows, "kernel_mismatches": kernel_mismatches, "report": report, "ratios": ratios}
+    return {"rows": rows, "kernel_mismatches": kernel_mismatches, "report": report, "ratios": ratios,
+            "best_ratios": best_ratios, "loop_rows": loop_rows, "kernel_runs": 6 + 2 * len(loop_shapes)}
+
+
+def sparse_mlp(rows: int, features: int, hidden: int, outputs: int, block: int, seed: int = 0):
+    """``relu(x @ w1 + b1) @ w2`` (float ONNX) with half the blocks of ``block`` hidden units dead (a
+    negative bias: they never fire), so whole K-blocks of the second product's input are zero."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = (rng.normal(size=(features, hidden)) * 0.1).astype(np.float32)
+    b1 = np.full(hidden, 0.5, np.float32)
+    for first in rng.choice(hidden // block, hidden // block // 2, replace=False) * block:
+        w1[:, first:first + block] = -np.abs(w1[:, first:first + block])
+        b1[first:first + block] = -5.0
+    w2 = (rng.normal(size=(hidden, outputs)) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"]),
+             helper.make_node("Relu", ["hb"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "sparse_mlp",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, features])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, outputs])],
+                              [numpy_helper.from_array(value, name)
+                               for name, value in (("w1", w1), ("b1", b1), ("w2", w2))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def whole_model(config: Config, devices: Sequence[str], rows: int = 64, features: int = 64, hidden: int = 256,
+                outputs: int = 64) -> dict[str, object]:
+    """Section 5: the sparse MLP compiled without and with the skipping candidate, run on ``devices``."""
+    from braze.sim.device import open_device
+
+    from ..compiler.cache import KernelCache
+    from ..compiler.cost import TimingCostModel
+    from ..compiler.frontend import evaluate, load_onnx
+    from ..compiler.fusion import fuse
+    from ..compiler.lower import lower
+    from ..compiler.passes import simplify
+    from ..compiler.profile import profile_graph
+    from ..compiler.quantize import quantize
+    from ..compiler.tiling import choose_tilings
+    from .runtime import Runtime
+
+    rng = np.random.default_rng(4)
+    calibration = [{"x": np.abs(rng.normal(size=(rows, features))).astype(np.float32)} for _ in range(2)]
+    feeds = {"x": np.abs(rng.normal(size=(rows, features))).astype(np.float32)}
+    model = sparse_mlp(rows, features, hidden, outputs, config.rows)
+    graph = quantize(simplify(load_onnx(model)), calibration, symmetric_activations=True)
+    expected = evaluate(graph, feeds)["y"]
+    profiles = profile_graph(graph, calibration)
+    cost_model, cache = TimingCostModel(), KernelCache(disk=False)
+    compiled, gains = {}, {}
+    for skipping in (False, True):
+        fused, decisions = fuse(graph, config, cost_model=cost_model, cache=cache,
+                                profiles=profiles if skipping else None)
+        fused, _ = choose_tilings(fused, config, cost_model=cost_model, cache=cache)
+        compiled[skipping] = lower(fused, config, cache=cache)
+        gains[skipping] = [d for d in decisions if d.opportunity.kind == "skip"]
+    cycles, mismatches = {}, 0
+    for name in devices:
+        with open_device(name, config) as device:
+            for skipping in (False, True):
+                runtime = Runtime(compiled[skipping], device)
+                mismatches += not np.array_equal(runtime.run(feeds)["y"], expected)
+                cycles[name, skipping] = runtime.last_report.total_cycles
+    return {"cycles": cycles, "decisions": gains[True], "mismatches": mismatches}
+
+
+#: Shapes whose library kernel is compared straight-line and looped (M, K, N on default).
+LOOP_SHAPES = ((64, 256, 64), (128, 512, 128), (256, 256, 256), (100, 200, 56))
+QUICK_LOOP_SHAPES = ((16, 32, 16),)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,25 +342,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sizes = program_size(config, size)
     print(f"== GEMM {size}^3 on {config.name}: program size ==")
-    print(_table(("kernel", "program bytes", "instructions dispatched"),
-                 [("unrolled (compiler today)", sizes["unrolled_bytes"], sizes["unrolled_dispatched"]),
-                  ("looped", sizes["looped_bytes"], sizes["looped_dispatched"])]))
+    print(_table(("kernel", "program bytes", "instructions dispatched", "cycles (model)"),
+                 [("unrolled (compiler today)", sizes["unrolled_bytes"], sizes["unrolled_dispatched"],
+                   sizes["unrolled_cycles"]),
+                  ("library, loops=True", sizes["library_bytes"], sizes["library_dispatched"],
+                   sizes["library_cycles"]),
+                  ("looped", sizes["looped_bytes"], sizes["looped_dispatched"], sizes["looped_cycles"])]))
     shrink = sizes["unrolled_bytes"] / sizes["looped_bytes"]
+    loops_shrink = sizes["unrolled_bytes"] / sizes["library_bytes"]
+    loop_shapes = QUICK_LOOP_SHAPES if args.quick else LOOP_SHAPES
+    print(f"\n== library GEMMs on {config.name}: straight-line and with loops (timing model) ==")
+    model_rows = loop_cycles(config, loop_shapes)
+    print(_table(("shape", "instructions", "with loops", "cycles", "with loops"), model_rows))
+    loops_ratio = max(row[4] / row[3] for row in model_rows)
 
-    at_50, at_0 = {}, {}
+    at_50, at_0, best_50, best_0 = {}, {}, {}, {}
     for width in (N, 4 * N):
         print(f"\n== GEMM {M}x{K}x{width} on {config.name}: cycles vs zero K-blocks of A ==")
         sweep = skipping(config, M, K, width, SPARSITIES)
-        print(_table(("zero blocks", "unrolled today", "looped", "looped + skip", "skip speedup vs looped",
-                      "vs unrolled"),
+        print(_table(("zero blocks", "compiler's best", "looped", "looped + skip", "skip speedup vs looped",
+                      "vs compiler's best"),
                      [(f"{row['sparsity']:.0%}", row["unrolled"], row["looped"], row["looped_skip"],
                        f"{row['looped'] / row['looped_skip']:.2f}x",
                        f"{row['unrolled'] / row['looped_skip']:.2f}x")
                       for row in sweep]))
         row = next(row for row in sweep if row["sparsity"] == 0.5)
         at_50[width] = row["looped"] / row["looped_skip"]
+        best_50[width] = row["unrolled"] / row["looped_skip"]
         row = next(row for row in sweep if row["sparsity"] == 0.0)
         at_0[width] = row["looped"] / row["looped_skip"]
+        best_0[width] = row["unrolled"] / row["looped_skip"]
 
     batch = batch_parametric(config, batches, K, N)
     print(f"\n== batch sizes 1..{batches}, {K}x{N} layer on {config.name} ==")
@@ -229,18 +383,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The summary reports the narrower layer, where a skipped block saves less: measured on the RTL
     # when it ran (with the timing model's figure for the same layer), else the timing model's.
     skip = {"skip_speedup_at_50": at_50[N], "skip_ratio_at_0": at_0[N]}
+    best = {"skip_vs_best_at_0": best_0[N], "skip_vs_best_at_50": best_50[N]}
     measured_on = "model"
     if args.rtl == "verilator":
         programs = args.rtl_programs if args.rtl_programs is not None else (10 if args.quick else 500)
         rtl_config, (rM, rK, rN) = (Config.parse("tiny"), (16, 32, 16)) if args.quick else (config, (M, K, N))
-        rtl = on_rtl(rtl_config, rM, rK, rN, programs)
+        rtl = on_rtl(rtl_config, rM, rK, rN, programs, loop_shapes)
         print(f"\n== on the Verilator device: GEMM {rM}x{rK}x{rN} on {rtl_config.name}, cycles measured ==")
-        print(_table(("zero blocks", "looped", "looped + skip", "skip speedup", "golden looped",
-                      "golden looped + skip"), rtl["rows"]))
+        print(_table(("zero blocks", "looped", "looped + skip", "skip speedup", "compiler's best",
+                      "skip vs best", "golden looped", "golden looped + skip", "golden best"), rtl["rows"]))
+        print(f"\n== on the Verilator device: library GEMMs on {rtl_config.name}, straight-line and with "
+              f"loops ==")
+        print(_table(("shape", "instructions", "with loops", "cycles", "with loops", "ratio", "golden",
+                      "golden with loops"), rtl["loop_rows"]))
+        loops_ratio = max(float(row[5]) for row in rtl["loop_rows"])
         report = rtl["report"]
         mismatches = rtl["kernel_mismatches"] + (report.mismatches if report else 0)
-        print(f"looped kernel runs differing from golden (C or exact counters): "
-              f"{rtl['kernel_mismatches']} of 4")
+        print(f"kernel runs differing from golden or numpy (C or exact counters): "
+              f"{rtl['kernel_mismatches']} of {rtl['kernel_runs']}")
         if report:
             print(f"random control-flow programs on tiny: {report.programs}, mismatching: "
                   f"{report.mismatches} ({report.wall_seconds:.0f} s)")
@@ -248,10 +408,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         skip = {"skip_speedup_at_50": rtl["ratios"][0.5][0], "skip_ratio_at_0": rtl["ratios"][0.0][0],
                 "skip_speedup_at_50_model": rtl["ratios"][0.5][1],
                 "skip_ratio_at_0_model": rtl["ratios"][0.0][1]}
+        best = {"skip_vs_best_at_0": rtl["best_ratios"][0.0][0],
+                "skip_vs_best_at_50": rtl["best_ratios"][0.5][0]}
+    devices = ["golden"] + (["verilator"] if args.rtl == "verilator" else [])
+    model = whole_model(config, devices, *((32, 32, 64, 32) if args.quick else (64, 64, 256, 64)))
+    print(f"\n== a sparse ReLU MLP on {config.name}: without and with the skipping candidate ==")
+    for decision in model["decisions"]:
+        print(f"fusion: {decision}")
+    speedups = {name: model["cycles"][name, False] / model["cycles"][name, True] for name in devices}
+    print(_table(("device", "cycles without", "cycles with", "speedup"),
+                 [(name, model["cycles"][name, False], model["cycles"][name, True], f"{speedups[name]:.2f}x")
+                  for name in devices]))
+    if mismatches != "n/a":
+        mismatches += model["mismatches"]
+    measured = devices[-1]
+    model_speedup = {"model_speedup": speedups[measured]}
+    if measured != "golden":
+        model_speedup["model_speedup_model"] = speedups["golden"]
     print(f"dispatch: skip_speedup_at_50={skip['skip_speedup_at_50']:.2f} "
           f"program_shrink={shrink:.1f} compiles_for_{batches}_batch_sizes={batch['compiles_looped']} "
           f"mismatches={mismatches} skip_ratio_at_0={skip['skip_ratio_at_0']:.2f} "
           + "".join(f"{key}={value:.2f} " for key, value in skip.items() if key.endswith("_model"))
-          + f"skip_measured_on={measured_on}")
+          + f"skip_measured_on={measured_on} "
+          + "".join(f"{key}={value:.2f} " for key, value in best.items())
+          + f"loops_shrink={loops_shrink:.1f} loops_cycle_ratio={loops_ratio:.4f} "
+          + " ".join(f"{key}={value:.2f}" for key, value in model_speedup.items()))
     return 0
 

@@ -54,7 +54,7 @@ from ..compiler.fusion import DEFAULT_THRESHOLD, FusionDecision, fuse, split_act
 from ..compiler.ir import Graph, TensorInfo
 from ..compiler.lower import CompiledModel, lower
 from ..compiler.passes import simplify
-from ..compiler.profile import TensorProfile
+from ..compiler.profile import TensorProfile, profile_graph
 from ..compiler.quantize import lower_qdq, quantizable_operators, quantize
 from ..compiler.tiling import TilingDecision, choose_tilings, specialise_tilings
 from ..compiler.validate import validate
@@ -262,6 +262,12 @@ class InferenceSession:
         of pricing every candidate again (a second batch size compiles in a fraction of the time;
         its tilings may be a few percent slower than a fresh search finds).  ``False``: search afresh
         for every shape.
+    skip_zero_blocks : bool
+        Let the fusion engine offer GEMM kernels that skip all-zero K-blocks of their input on chip
+        (its ``skip`` opportunities, :func:`~braze.sw.compiler.fusion.fuse`), priced at the
+        zero-block fractions of the quantized graph profiled on the calibration data (needed).
+        Activations are then quantized symmetrically (zero point 0: a ReLU's zeros are int8 zeros,
+        which the kernels test for; the output of a ReLU keeps 7 bits instead of 8).
 
     Warns
     -----
@@ -275,7 +281,7 @@ class InferenceSession:
                  allow_fallback: bool = False, threshold: float = DEFAULT_THRESHOLD,
                  cost_model: CostModel | str | None = None, cache: KernelCache | None = None,
                  profile: bool = False, record: bool | None = None, objective: str = "cycles",
-                 nonfinite: str = "error", specialise: bool = True):
+                 nonfinite: str = "error", specialise: bool = True, skip_zero_blocks: bool = False):
         started = time.perf_counter()
         self.objective = check_objective(objective)
         if nonfinite not in NONFINITE_POLICIES:
@@ -289,8 +295,16 @@ class InferenceSession:
         self.profiles: dict[str, TensorProfile] = {}
         graph = simplify(load_onnx(model, allow_fallback=allow_fallback))
         self.graph_float = graph
+        self._zero_block_profiles: dict[str, TensorProfile] = {}
         if calibration is not None:
-            graph = quantize(graph, _calibration_sets(graph, calibration))
+            sets = _calibration_sets(graph, calibration)
+            # A skipped block must be zero in int8: activations are quantized with zero point 0.
+            graph = quantize(graph, sets, symmetric_activations=skip_zero_blocks)
+            if skip_zero_blocks:
+                self._zero_block_profiles = profile_graph(graph, sets)
+        elif skip_zero_blocks:
+            raise BrazeError("skip_zero_blocks=True needs calibration data: the zero-block fractions "
+                             "the skipping kernels are priced at are profiled on it")
         else:
             _warn_uncalibrated(graph)
             graph = validate(simplify(lower_qdq(graph)))
@@ -353,7 +367,7 @@ class InferenceSession:
             if self.fuse:
                 fused, decisions = fuse(static, self.config, cost_model=self.cost_model,
                                         threshold=self.threshold, cache=self.cache, objective=self.objective,
-                                        replay=plan[0] if plan else ())
+                                        replay=plan[0] if plan else (), profiles=self._zero_block_profiles)
             else:
                 fused, decisions = split_activations(static), []
             if plan:

@@ -16,7 +16,10 @@ The package's modules, by kernel family:
   :func:`gemm`;
 * :mod:`.conv` -- :func:`conv2d` on that pipeline;
 * :mod:`.pool` -- :func:`maxpool2d`, :func:`avgpool2d`, :func:`global_avgpool`;
-* :mod:`.elementwise` -- :func:`add`, :func:`relu`, :func:`clip`, :func:`table`.
+* :mod:`.elementwise` -- :func:`add`, :func:`relu`, :func:`clip`, :func:`table`;
+* :mod:`.loops` -- loops rolled from the straight-line kernels (:func:`gemm` ``loops=True``);
+* :mod:`.looped` -- GEMMs written as loops: batch-parametric, and :func:`skipping_gemm`, which
+  skips all-zero K-blocks of A on chip.
 
 The limitations of each family are in its module's documentation.  Everything public is
 imported here: use ``braze.sw.compiler.kernels.gemm``, not the module it lives in.
@@ -53,6 +56,7 @@ from .common import (
 )
 from .conv import ConvLayer, conv2d, conv2d_chain, conv2d_weights, taps_per_chunk
 from .elementwise import add, clip, relu, table
+from .looped import skipping_gemm
 from .matmul import ALoader as ALoader  # public in the old module, though not in __all__
 from .matmul import Tiling, batched_gemm, candidate_tilings, gemm, matmul_tilings, zero_point_rows
 from .pool import avg_multiplier, avgpool2d, global_avgpool, maxpool2d
@@ -66,4 +70,5 @@ __all__ = [
     "conv2d_weights", "taps_per_chunk", "avg_multiplier", "link", "run_kernel", "run_kernels", "utilisation",
     "conv2d_chain", "ConvLayer",
     "Tiling", "candidate_tilings", "matmul_tilings", "MAX_VECTOR_MULT", "OPERAND_ALIGN",
+    "skipping_gemm",
 ]

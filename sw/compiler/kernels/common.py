@@ -179,6 +179,10 @@ class Kernel:
         """The exact counters its snapshot will hold -- MACs, row accesses, external bytes and beats,
         instructions -- known before it runs (:func:`braze.isa.model.program_events`; computed once)."""
         body = [insn for insn in self.instructions if insn.opcode is not Opcode.COUNTERS]
+        if any(insn.opcode is Opcode.BRANCH for insn in body):
+            # A program with loops (also one read back from the kernel cache as a plain Kernel).
+            from .loops import dispatched_events
+            return dispatched_events(body, self.config)
         return program_events(body, self.config)
 
     def inputs(self) -> list[Operand]:

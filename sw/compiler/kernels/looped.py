@@ -17,9 +17,12 @@ of every N tile of an M tile stay resident, so each A block is loaded (and teste
   the host before the run (:meth:`LoopedGemm.registers`): one program serves every M up to the
   largest it was built for, e.g. every batch size.
 
-With ``skip_zero_blocks`` each A block is tested on chip once it is loaded (PREDICATE any) and,
-when it is all zero, the whole N loop of that block -- its B LOADs and MATMULs -- is branched
-over: after a ReLU many activation blocks are zero, and their products add nothing.  The loop is
+With ``skip_zero_blocks`` each A block but an M tile's first is tested on chip once it is loaded
+(PREDICATE any) and, when it is all zero, the whole N loop of that block -- its B LOADs and
+MATMULs -- is branched over: after a ReLU many activation blocks are zero, and their products add
+nothing.  The first block is computed whatever it holds: its MATMULs overwrite the accumulator
+tiles (no zeroing LOAD holding the load unit before the first B LOAD), and its B LOADs are not
+held behind a test.  The loop is
 software-pipelined (A blocks loaded two ahead, tested one ahead, beside the previous block's
 MATMULs), so that a dense block costs about what it costs without skipping; see ``_program``.
 
@@ -28,20 +31,32 @@ read it: each B LOAD pops a credit token that a MATMUL pushes (two are primed be
 a B LOAD overlaps the previous MATMUL); a skipped block neither pops nor pushes.  The B LOAD's
 token orders its MATMUL after it and after the A LOAD before it; with skipping, a one-row zeroing
 LOAD's token orders each PREDICATE after the A LOAD it tests.  Each M tile starts with a FENCE (the
-previous tile's stores are done) and one zeroing LOAD of its accumulator rows; its STOREs pop
-tokens of no-op CONFIGs after the K loop.
+previous tile's stores are done) and, without skipping, one zeroing LOAD of its accumulator rows;
+its STOREs pop tokens of no-op CONFIGs after the K loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
-from braze.isa import Config, Instruction
+from braze.isa import Activation, Config, Instruction
 from braze.isa.encoding import INSN_BYTES
 
-from .common import KernelError
+from .common import (
+    KernelError,
+    _check_config,
+    _counters_spec,
+    _Epilogue,
+    _epilogue_options,
+    _epilogue_specs,
+    _OperandSpec,
+    _place,
+    _positive,
+)
+from .loops import LoopedKernel, looped_cycles, spread_predicate
 
-__all__ = ["LoopedGemm", "looped_gemm"]
+__all__ = ["LoopedGemm", "looped_gemm", "SkippingKernel", "skipping_gemm", "skipping_tile_rows"]
 
 _I = Instruction.make
 # Register roles (see the module's documentation).
@@ -81,9 +96,10 @@ class LoopedGemm:
         return {M_END: -(-M // self.m) * self.m * self.K}
 
 
-def _nop(**deps: bool) -> Instruction:
-    """A compute-unit instruction that only relays tokens (OUT_ZP is 0 in a GEMM: no EPILOGUE reads it)."""
-    return _I("config", reg="out_zp", value=0, **deps)
+def _nop(out_zp: int = 0, **deps: bool) -> Instruction:
+    """A compute-unit instruction that only relays tokens: it writes OUT_ZP with the value the
+    kernel's EPILOGUEs read (0 when no EPILOGUE requantizes)."""
+    return _I("config", reg="out_zp", value=out_zp, **deps)
 
 
 def looped_gemm(config: Config, max_m: int, K: int, N: int, *, m: int | None = None,
@@ -126,8 +142,19 @@ def looped_gemm(config: Config, max_m: int, K: int, N: int, *, m: int | None = N
     return LoopedGemm(config, max_m, K, N, m, a, b, c, end, skip_zero_blocks, tuple(program))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Outputs:
+    """The fused epilogue of :func:`skipping_gemm`: its options, where its parameter rows are in
+    external memory and in the accumulator, and where the int8 output tiles go in the scratchpad."""
+
+    epi: _Epilogue
+    params: int
+    acc_params: int
+    spad_out: int
+
+
 def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: int, b: int,
-             c: int) -> list[Instruction]:
+             c: int, outputs: _Outputs | None = None) -> list[Instruction]:
     rows, cols = config.rows, config.cols
     k_blocks, n_tiles = K // rows, N // cols
     # Field values: the registers count up to 0.  With skipping, two more A blocks (loaded ahead).
@@ -149,6 +176,11 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
         *n_loop,
         _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=-n_tiles * cols),
     ]
+    # With skipping, block 0 of an M tile is peeled: its MATMULs overwrite the accumulator tiles (no
+    # zeroing LOAD, which would hold the load unit for n_tiles*m cycles before the first A and B
+    # blocks).  Without, the accumulator is zeroed by one LOAD: the program stays 10 instructions
+    # shorter (GEMM 256^3 on default: 30 instead of 40; predicted 2% slower for 64x256x64).
+    n_loop_first = [n_loop[0], n_loop[1].replace(accumulate=False), *n_loop[2:]]
     a_load = _I("load", mem="spad", addr=spad_a, addr_reg=K_COUNT, rows=m, len=rows, dram=a,
                 dram_reg=A_OFFSET, stride=K)
     next_block = [
@@ -185,11 +217,21 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
         zero_path[1] = _I("branch", cond="ne", a=FLAG, offset=len(zero_path))   # block kb is not all zero
         zero_path.append(_I("branch", offset=len(dense_path) + 1))               # the K loop's end
         k_loop = [*zero_path, *dense_path]
-        first_block = [load(0), relay, load(1), test.replace(addr=spad_a)]
+        # Block 0 is not tested: it is computed whatever it holds (its MATMULs zero the accumulator
+        # tiles, and its B LOADs start at once instead of after a test).  Block 1 is loaded after
+        # block 0's first B LOAD and tested beside its second MATMUL; the K loop is entered at its
+        # top, block 1's FLAG known and block 2 loaded.
+        first_block = [load(0), block[0], *n_loop_first[:-1], load(1), relay, test,
+                       _I("branch", cond="eq", a=N_COUNT, offset=len(n_loop) + 1),    # one N tile only
+                       *n_loop_first, block[-1], *tail]
+        # One K block only: the K loop is not entered.
+        first_block.append(_I("branch", cond="eq", a=K_COUNT, offset=len(k_loop) + 1))
+        zero_accumulator = []
     else:
         k_loop = [a_load, *block, *next_block]
         k_loop.append(_I("branch", cond="ne", a=K_COUNT, offset=-len(k_loop)))
         first_block = []
+        zero_accumulator = [_I("load", mem="acc", zero=True, addr=0, rows=n_tiles * m, len=cols)]
     store_loop = [
         _nop(push_next=True),
         _I("store", mem="acc", addr=acc_c, addr_reg=N_COUNT, rows=m, len=cols, dram=c, dram_reg=C_OFFSET,
@@ -198,9 +240,14 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
         _I("scalar", dst=N_COUNT, src1=N_COUNT, imm=m),
     ]
     store_loop.append(_I("branch", cond="ne", a=N_COUNT, offset=-len(store_loop)))
+    out_bytes, prologue = 4, []
+    if outputs is not None:
+        # An EPILOGUE names no register, so the output tiles are written one by one (per M tile);
+        # the STOREs' external addresses follow C_OFFSET as before.
+        store_loop, prologue, out_bytes = _epilogue_tiles(config, N, m, c, outputs)
     m_loop = [
         _I("fence"),
-        _I("load", mem="acc", zero=True, addr=0, rows=n_tiles * m, len=cols),
+        *zero_accumulator,
         _I("scalar", dst=B_OFFSET, imm=0),
         _I("scalar", dst=K_COUNT, imm=-k_blocks * m),
         *first_block,
@@ -208,16 +255,124 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
         _I("scalar", dst=N_COUNT, imm=-n_tiles * m),
         *store_loop,
         _I("scalar", dst=A_OFFSET, src1=A_OFFSET, imm=m * K - K),
-        _I("scalar", dst=C_OFFSET, src1=C_OFFSET, imm=4 * m * N - 4 * N),
+        _I("scalar", dst=C_OFFSET, src1=C_OFFSET,
+           imm=out_bytes * (m * N - N) if outputs is None else out_bytes * m * N),
     ]
     m_loop.append(_I("branch", cond="lt", a=A_OFFSET, b=M_END, offset=-len(m_loop)))
+    out_zp = outputs.epi.out_zp if outputs is not None and outputs.epi.requant else 0
     return [
         _I("scalar", dst=A_OFFSET, imm=0),
         _I("scalar", dst=C_OFFSET, imm=0),
-        *[_nop(push_prev=True)] * credits,                         # the first B LOADs' credits
+        *prologue,
+        *[_nop(out_zp, push_prev=True)] * credits,                 # the first B LOADs' credits
         *m_loop,
         _I("halt"),
     ]
+
+
+def _epilogue_tiles(config: Config, N: int, m: int, c: int, outputs: _Outputs
+                    ) -> tuple[list[Instruction], list[Instruction], int]:
+    """The output phase of an M tile with the fused epilogue (an EPILOGUE and a STORE per N tile),
+    the prologue (configuration registers; the parameter rows, loaded once into the accumulator)
+    and the output's element bytes."""
+    cols, n_tiles, epi = config.cols, N // config.cols, outputs.epi
+    p_rows = len(epi.param_rows)
+    out_bytes = 4 if epi.out_int32 else 1
+    prologue = []
+    if epi.act is Activation.CLIP:
+        prologue += [_I("config", reg="clip_lo", value=epi.clip_lo),
+                     _I("config", reg="clip_hi", value=epi.clip_hi)]
+    for j in range(n_tiles if p_rows else 0):
+        prologue.append(_I("load", mem="acc", addr=outputs.acc_params + j * p_rows, rows=p_rows, len=cols,
+                           dram=outputs.params + 4 * j * cols, stride=4 * N))
+    tiles = []
+    for j in range(n_tiles):
+        dst, memory = (j * m, "acc") if epi.out_int32 else (outputs.spad_out + j * m, "spad")
+        fields = dict(src=j * m, m=m, n=cols, dst=dst, out=memory, act=epi.act)
+        if epi.bias:
+            fields.update(bias=True, bias_addr=outputs.acc_params + j * p_rows)
+        if epi.requant:
+            fields.update(requant=True, quant_addr=outputs.acc_params + j * p_rows + (1 if epi.bias else 0))
+        tiles += [_I("epilogue", **fields, push_next=True),
+                  _I("store", mem=memory, addr=dst, rows=m, len=cols, dram=c + out_bytes * j * cols,
+                     dram_reg=C_OFFSET, stride=out_bytes * N, pop_prev=True)]
+    return tiles, prologue, out_bytes
+
+
+@dataclasses.dataclass
+class SkippingKernel(LoopedKernel):
+    """A :class:`~.common.Kernel` of :func:`skipping_gemm`: its cycles depend on how many K-blocks of A
+    are all zero (:meth:`cycles_at`); :attr:`~.common.Kernel.events` are those of a dense A."""
+
+    def cycles_at(self, zero_fraction: float) -> int:
+        """Predicted cycles (timing model) when ``zero_fraction`` of the tested K-blocks are all zero,
+        spread evenly over the run (see :func:`~.loops.spread_predicate`)."""
+        return looped_cycles(self.instructions, self.config, predicate=spread_predicate(zero_fraction))
+
+
+def skipping_tile_rows(config: Config, M: int, K: int, N: int, *, param_rows: int = 0,
+                       out_int32: bool = False, skip_zero_blocks: bool = True) -> int:
+    """The M tile (rows) of :func:`skipping_gemm`: the largest divisor of M from ``rows`` up that fits
+    the scratchpad and accumulator (so a zero block is ``m`` rows of A by ``rows`` columns); 0 when
+    none does."""
+    rows, cols = config.rows, config.cols
+    k_blocks, n_tiles, skip = K // rows, -(-N // cols), int(skip_zero_blocks)
+    out_tiles = 0 if out_int32 else n_tiles
+    largest = min((config.acc_rows - n_tiles * param_rows) // n_tiles,
+                  (config.spad_rows - skip) // (k_blocks + 2 * skip + n_tiles + out_tiles), 1 << 12)
+    # M tiles of m rows with m dividing M: the STOREs write no row beyond the output.
+    return max((M // tiles for tiles in range(1, M + 1) if M % tiles == 0 and rows <= M // tiles <= largest),
+               default=0)
+
+
+def skipping_gemm(config: Config, M: int, K: int, N: int, *, bias: bool = False, requant: bool = False,
+                  act: Activation | str = "none", clip: tuple[int, int] | None = None, out_zp: int = 0,
+                  out: str = "int8", addrs: Mapping[str, int] | None = None, base: int = 0,
+                  skip_zero_blocks: bool = True, expected_zero_fraction: float = 0.0) -> SkippingKernel:
+    """:func:`~.matmul.gemm` (no residual) as the looped kernel that skips all-zero K-blocks of A.
+
+    The program of :func:`looped_gemm` -- M tiles of ``m`` rows (the largest divisor of M that fits),
+    K blocks of ``rows`` each tested on chip (but an M tile's first) and, when all zero, their
+    B LOADs and MATMULs branched over -- with the epilogue fused: the parameter rows loaded into the
+    accumulator once, and after the K loop of an M tile an EPILOGUE and a STORE per N tile.  Its
+    cycles depend on the data (:meth:`SkippingKernel.cycles_at`), its outputs do not: they are
+    ``gemm``'s exactly.  Operands as :func:`~.matmul.gemm`'s; K must be a multiple of ``rows`` and
+    N of ``cols``.  ``skip_zero_blocks=False``: the same loops without the tests (for comparison).
+    ``predicted_cycles`` are those at ``expected_zero_fraction`` of the tested blocks all zero (a
+    profile's, :meth:`~braze.sw.compiler.profile.TensorProfile.zero_block_fraction`), ``events``
+    those of a dense A.
+    """
+    config = _check_config(config)
+    M, K, N = (_positive(name, value) for name, value in (("M", M), ("K", K), ("N", N)))
+    epi = _epilogue_options(bias, requant, False, act, clip, out_zp, out)
+    rows, cols = config.rows, config.cols
+    what = f"skipping gemm {M}x{K}x{N}"
+    if epi.act is Activation.TABLE:
+        raise KernelError(f"{what}: a table activation is not supported")
+    if K % rows or N % cols:
+        raise KernelError(f"{what}: K must be a multiple of rows={rows} and N of cols={cols} "
+                          f"on config {config.name!r}")
+    k_blocks, n_tiles, p_rows = K // rows, N // cols, len(epi.param_rows)
+    skip = int(skip_zero_blocks)
+    m = skipping_tile_rows(config, M, K, N, param_rows=p_rows, out_int32=epi.out_int32,
+                           skip_zero_blocks=skip_zero_blocks)
+    if not m:
+        raise KernelError(f"{what}: no M tile of at least {rows} rows divides M and fits config "
+                          f"{config.name!r}")
+    specs = [_OperandSpec("A", (M, K), "i1", "row-major M x K", "input"),
+             _OperandSpec("B", (K, N), "i1", "row-major K x N", "param"),
+             *_epilogue_specs(epi, M, N, "row-major M x N"), _counters_spec()]
+    operands = _place(config, specs, addrs, base)
+    outputs = _Outputs(epi, operands["params"].addr if p_rows else 0, n_tiles * m,
+                       (k_blocks + 2 * skip + n_tiles) * m + skip)
+    program = _program(config, K, N, m, skip_zero_blocks, operands["A"].addr, operands["B"].addr,
+                       operands["out"].addr, outputs)
+    instructions = [_I("scalar", dst=M_END, imm=M * K), *program[:-1],
+                    _I("counters", dram=operands["counters"].addr, reset=True)]
+    cycles = looped_cycles(instructions, config, predicate=spread_predicate(expected_zero_fraction))
+    return SkippingKernel("skipping_gemm", config, instructions, operands, M * N * K, cycles, epi.param_rows,
+                          {"m": m, "skip_zero_blocks": skip_zero_blocks, "loops": True,
+                           "expected_zero_fraction": expected_zero_fraction})
 
 
 def _align(address: int) -> int:

@@ -45,6 +45,7 @@ from .common import (
     _Unorderable,
     _vector,
 )
+from .loops import loops_if_no_slower
 
 __all__ = ["Tiling", "gemm", "batched_gemm", "zero_point_rows", "candidate_tilings", "matmul_tilings"]
 
@@ -587,7 +588,7 @@ def _matmul_kernel(name: str, config: Config, M: int, K: int, N: int, epi: _Epil
 def gemm(config: Config, M: int, K: int, N: int, *, bias: bool = False, requant: bool = False,
          residual: bool = False, act: Activation | str = "none", clip: tuple[int, int] | None = None,
          out_zp: int = 0, out: str = "int8", addrs: Mapping[str, int] | None = None, base: int = 0,
-         tiling: Tiling | None = None) -> Kernel:
+         tiling: Tiling | None = None, loops: bool = False) -> Kernel:
     """``out = epilogue(A @ B)``: a tiled, double-buffered GEMM with the epilogue fused.
 
     Parameters
@@ -613,6 +614,11 @@ def gemm(config: Config, M: int, K: int, N: int, *, bias: bool = False, requant:
     tiling
         Force one tiling (tests); by default every fitting tiling is generated
         and the one the timing model predicts fastest is kept.
+    loops
+        Emit the kept tiling's program with its repeated runs as counted loops
+        (:func:`~.loops.loops_if_no_slower`: the units receive the same
+        instructions, the program is shorter) when the timing model predicts
+        it no slower; the kernel's ``tiling`` then has ``loops=True``.
 
     Returns
     -------
@@ -660,7 +666,8 @@ def gemm(config: Config, M: int, K: int, N: int, *, bias: bool = False, requant:
         return [Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=dst, rows=mt, len=min(R, K - c * R),
                                  dram=a_op.addr + i0 * K + c * R, stride=K)]
 
-    return _matmul_kernel("gemm", config, M, K, N, epi, operands, load_a, ("gemm", a_op.addr), tiling, {})
+    kernel = _matmul_kernel("gemm", config, M, K, N, epi, operands, load_a, ("gemm", a_op.addr), tiling, {})
+    return loops_if_no_slower(kernel) if loops else kernel
 
 
 def _int8_parts(value: int) -> tuple[int, ...]:
