@@ -102,7 +102,11 @@ class TensorStats:
     def add(self, value: np.ndarray, *, sampled: bool = True) -> str | None:
         """Fold one value in; returns a warning's text when it leaves the calibrated range.
 
-        Not ``sampled``: only the range (two reductions), which is checked on every run."""
+        Not ``sampled``: only the range (two reductions) of a tensor with int8 parameters, which is
+        checked on every run; a tensor without them (a float or bool tensor the host computes) has
+        nothing to check, and its statistics are those of the sampled runs."""
+        if not sampled and self.quant is None:
+            return None
         flat = np.asarray(value, np.float32).ravel()
         low, high = float(flat.min()), float(flat.max())
         self.seen_low, self.seen_high = min(self.seen_low, low), max(self.seen_high, high)

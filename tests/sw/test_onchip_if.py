@@ -154,3 +154,46 @@ def test_guard_kernel_refuses_a_threshold_the_zero_padding_would_decide():
     # Whole rows: no padding, so a negative threshold is exact.
     kernel = if_guard(config, 16, -3, "lt", 3, max_register=6, threshold_register=7)
     assert [i.opcode.name for i in kernel.instructions][-2:] == ["COUNTERS", "BRANCH"]
+
+
+
+@pytest.mark.xdist_group("verilator-onchip-if")
+def test_if_on_chip_on_verilator_matches_the_host_if():
+    """The guarded program on the RTL (Verilator): the answers of the host's If on golden, for both
+    outcomes, at batch 2 (a batch-wide condition).  One partition on one simulator."""
+    pytest.importorskip("cocotb")
+    from braze.isa import Config
+    from braze.sim.device import open_device
+    from braze.sw.runtime.onchip_if import OnChipIfPartition
+    from braze.sw.runtime.partitions import HostLink, calibration_inputs, split_model
+
+    model = _model(2, _threshold(2))
+    proto = onnx.load_from_string(model)
+    structure = split_model(proto)
+    region = structure.fused_else
+    calibration = calibration_inputs(proto, [region], _feeds(2, 16, seed=1))[region.name]
+    config = Config.preset("default")
+    with DataflowSession(model, calibration=_feeds(2, 16, seed=1), analyzer=False) as host:
+        expected, chosen = {}, []
+        for index, feed in enumerate(_feeds(2, 16, seed=11)):     # two feeds of each outcome
+            expected[index] = host.run(None, feed)[0]
+            exits = host.traces[-1].partitions[-1] == "then"
+            if sum(e == exits for _, e, _ in chosen) < 2:
+                chosen.append((index, exits, feed))
+        part = OnChipIfPartition(region, cond=structure.cond, then_inputs=structure.then.inputs,
+                                 config=config, calibration=calibration, cache=host.cache,
+                                 cost_model="analytic",
+                                 device=open_device("verilator", config), link=HostLink())
+        try:
+            assert part.runtime.device.kind == "verilator"
+            outcomes = set()
+            for index, _, feed in chosen:
+                values, cycles = part.run(feed)
+                exit_ = bool(values[structure.cond])
+                got = values[structure.then.inputs[0]] if exit_ else values[structure.orelse.outputs[0]]
+                assert np.array_equal(got, expected[index]) and cycles > 0
+                assert exit_ == part.runtime.last_guard_holds
+                outcomes.add(exit_)
+        finally:
+            part.close()
+        assert outcomes == {True, False}
