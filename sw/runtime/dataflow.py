@@ -216,9 +216,10 @@ class DataflowSession:
         self._runs_lock = threading.Lock()
         self._reconsider_lock = threading.Lock()
         self.last_prices: dict[str, float] = {}
+        self._monitored_of: dict[int, list[str]] = {}
         self.analyzer = None
         if analyzer:
-            quant = {}
+            quant, dequantized = {}, set()
             for part in self.manager.current.partitions.values():
                 if isinstance(part, AcceleratorPartition):
                     graph = part.host_graph()
@@ -226,7 +227,14 @@ class DataflowSession:
                         found = _quant_of(graph, tensor)
                         if found is not None:
                             quant.setdefault(tensor, found)
+                    for tensor in part.region.outputs:       # int8 on the device, dequantized on the way out
+                        producer = graph.producer(tensor) if tensor in graph.tensors else None
+                        if producer is not None and producer.op_type == "DequantizeLinear":
+                            dequantized.add(tensor)
+            # Every region holds a tensor with the same int8 parameters (partitions.py), so a dequantized
+            # output is in its calibrated range wherever it is monitored.
             self.analyzer = DataflowAnalyzer(half_life=half_life, quant=quant, every=every,
+                                             dequantized=frozenset(dequantized),
                                              on_update=self._reconsider if dynamic else None,
                                              background=background)
         self._outputs = [o.name for o in self.proto.graph.output]
@@ -328,8 +336,11 @@ class DataflowSession:
                 warnings.warn(text, ValueRangeWarning, stacklevel=3)
 
     def _monitored(self, plan: Plan) -> list[str]:
-        """Monitoring points: the tensors crossing partition boundaries (on the host anyway)."""
-        points = []
+        """Monitoring points: the tensors crossing partition boundaries (on the host anyway); per plan."""
+        cached = self._monitored_of.get(plan.version)
+        if cached is not None:
+            return cached
+        points = self._monitored_of[plan.version] = []
         for part in plan.partitions.values():
             for tensor in [*part.region.inputs, *part.region.outputs]:
                 if tensor not in points:
