@@ -173,6 +173,8 @@ class DataflowAnalyzer:
         self.inference_seconds = 0.0
         self.tensor_seconds = 0.0
         self.sampled = 0
+        self._sampled_submitted = 0
+        self._sampled_seconds = 0.0                          # folding time of the sampled observations
         self.quant = dict(quant or {})
         self.dequantized = frozenset(dequantized)
         self.on_update = on_update
@@ -201,8 +203,15 @@ class DataflowAnalyzer:
     def submit(self, observation: Observation) -> None:
         """Hand over one run's observation (folded in the background)."""
         self.inference_seconds += observation.seconds
-        if self.cost_seconds > self.budget * self.inference_seconds:
+        # The thread folds later: count the sampled observations still in flight at the mean cost of those
+        # folded (one in flight before any is folded), so that a busy machine cannot overrun the budget.
+        in_flight = self._sampled_submitted - self.sampled
+        expected = (in_flight * self._sampled_seconds / self.sampled if self.sampled
+                    else (math.inf if in_flight else 0.0))
+        if self.cost_seconds + expected > self.budget * self.inference_seconds:
             observation.sampled = False            # over budget: ranges only (no copy: a handover is cheap)
+        if observation.sampled:
+            self._sampled_submitted += 1
         if self._thread is None:
             self._fold(observation)
             return
@@ -267,6 +276,8 @@ class DataflowAnalyzer:
                     self._warned.add(name)
                     self.warnings.append(warning)
             self.tensor_seconds += time.thread_time() - started
+            if obs.sampled:
+                self._sampled_seconds += time.thread_time() - started
             for name, taken in obs.branches.items():
                 self._decayed(self.branches, name).add(float(taken))
             for name, count in obs.tokens.items():
