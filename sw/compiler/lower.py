@@ -64,11 +64,13 @@ from .cache import KernelCache, default_cache, encoded_words
 from .frontend import BRAZE_DOMAIN, conv_pads
 from .ir import Graph, Node, NodeKind, TensorInfo
 from .kernels import Kernel, KernelError
+from .kernels.guard import if_guard as guard_kernel
 from .validate import validate
 
 __all__ = ["LoweringError", "KernelRecipe", "NodeKernel", "plan_node", "relocate", "relocated_words", "lower",
            "PlacedKernels",
-           "CompiledModel", "KernelStep", "CpuStep", "PadStep", "TransferStep", "Buffer", "DeviceTensor"]
+           "CompiledModel", "KernelStep", "CpuStep", "PadStep", "TransferStep", "Buffer", "DeviceTensor",
+           "IfGuard", "GuardPlan"]
 
 ALIGN = kernel_lib.OPERAND_ALIGN
 VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
@@ -241,7 +243,8 @@ def _plan_qmatmul(graph: Graph, node: Node, x_layout: str | None) -> NodeKernel 
     n = w.shape[1]
     weights = np.asarray(w, np.int8)
     layout = "plain"
-    if len(shape) == 4 and flatten == 1 and x_layout == "NHWC":
+    # flatten_a=0 of one image is flatten_a=1 (m = 1 either way): the same NHWC weight permutation.
+    if len(shape) == 4 and (flatten == 1 or (flatten == 0 and shape[0] == 1)) and x_layout == "NHWC":
         # The input stays NHWC: permute the weight rows from (c, h, w) to (h, w, c) order instead.
         _, c, h, wd = shape
         weights = np.ascontiguousarray(weights.reshape(c, h, wd, n).transpose(1, 2, 0, 3).reshape(k, n))
@@ -586,6 +589,45 @@ class Segment:
     binary: bytes = b""
 
 
+@dataclasses.dataclass(frozen=True)
+class IfGuard:
+    """An ONNX ``If`` to run on chip: :func:`lower` links both branches' kernels into one program.
+
+    The graph given to :func:`lower` holds the If's predecessor and its else branch (the then
+    branch runs on the host from ``needed``).  ``cond`` (a graph output, one bool) is what the
+    host's evaluation of the graph says; on chip it is ``max(tensor) >= threshold``
+    (``condition="ge"``) or ``max(tensor) < threshold`` (``"lt"``), ``tensor`` an int8 tensor a
+    kernel computes -- the caller proves the two equal for every int8 value (see
+    :mod:`braze.sw.runtime.onchip_if`).  ``needed`` names the graph outputs the then branch needs
+    (``cond`` among them); every node that none of them depends on is the else branch's, and its
+    kernels and host steps are skipped when the condition holds.
+    """
+
+    tensor: str
+    threshold: int
+    condition: str
+    cond: str
+    needed: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class GuardPlan:
+    """How a guarded :class:`CompiledModel` runs: the guard kernel step, the registers it leaves the
+    maximum and the threshold in, and what to skip after the program when the condition holds."""
+
+    guard: IfGuard
+    step: str                          # the guard's kernel step name
+    max_register: int
+    threshold_register: int
+    else_kernels: frozenset[str]       # kernel step names of the else branch (no snapshot when skipped)
+    else_steps: frozenset[int]         # indices of host steps after the program that only the else needs
+
+    def holds(self, maximum: int) -> bool:
+        """The on-chip condition for the maximum the guard computed (the branch over the else kernels)."""
+        threshold = self.guard.threshold
+        return maximum >= threshold if self.guard.condition == "ge" else maximum < threshold
+
+
 @dataclasses.dataclass
 class CompiledModel:
     """A graph lowered for one configuration: the plan, memory map, kernels and the lowered graph.
@@ -617,6 +659,8 @@ class CompiledModel:
     placement: dict[str, str]
     buffers: list[Buffer]
     memory_bytes: int
+    #: With :func:`lower`'s ``guard``: the on-chip If's condition, registers and else-only steps.
+    guard: GuardPlan | None = None
 
     def load(self, device) -> None:
         """Write weights, parameters and programs to a device (once per device)."""
@@ -647,6 +691,11 @@ class _Lowering:
         # The lowered graph, built alongside.
         self.nodes: list[Node] = []
         self.infos: dict[str, TensorInfo] = dict(graph.tensors)
+        # With an IfGuard (set by lower): the else branch's nodes, the steps they made, the guard's step.
+        self.guard: IfGuard | None = None
+        self.else_nodes: frozenset[str] = frozenset()
+        self.else_steps: set[int] = set()
+        self.guard_step: KernelStep | None = None
 
     def buffer(self, name: str, nbytes: int, kind: str) -> Buffer:
         step = len(self.steps)
@@ -817,10 +866,79 @@ class _Lowering:
                 return True
         return False
 
+    # -- an If on chip ----------------------------------------------------------------------------------
+    def _guarded_order(self) -> tuple[list[Node], Node | None]:
+        """The nodes in the order one guarded program needs: host nodes that need no kernel, the kernels
+        the then branch needs, the else branch's kernels, then host nodes that read kernel results; and
+        the first node after which the guard goes (None: at the end)."""
+        graph, guard = self.graph, self.guard
+        order = list(graph.topological_order())
+        producer = {t: n for n in order for t in n.outputs if t}
+        needed: set[str] = set()
+        stack = [producer[t] for t in guard.needed if t in producer]
+        while stack:
+            node = stack.pop()
+            if node.name not in needed:
+                needed.add(node.name)
+                stack.extend(producer[t] for t in node.inputs if t in producer)
+        self.else_nodes = frozenset(n.name for n in order
+                                    if n.kind is NodeKind.OPERATOR and n.name not in needed)
+        accel: set[str] = set()
+        for node in order:
+            if node.kind is not NodeKind.OPERATOR or self._zero_size(node):
+                continue
+            source = producer.get(node.inputs[0]) if node.inputs else None
+            view = node.op_type in VIEW_OPS and not node.domain and source is not None \
+                and source.name in accel
+            if view or isinstance(plan_node(graph, node), NodeKernel):
+                accel.add(node.name)
+        after: set[str] = set()
+        for node in order:
+            reads = [producer[t] for t in node.inputs if t in producer]
+            if node.name not in accel and any(p.name in accel or p.name in after for p in reads):
+                after.add(node.name)
+            if node.name in accel and any(p.name in after for p in reads):
+                raise LoweringError(f"If guard: kernel node {node.name!r} reads a tensor the host computes "
+                                    f"from a kernel's result; the branches cannot run as one program")
+        head = [n for n in order if n.name not in accel and n.name not in after]
+        then_kernels = [n for n in order if n.name in accel and n.name not in self.else_nodes]
+        else_kernels = [n for n in order if n.name in accel and n.name in self.else_nodes]
+        tail = [n for n in order if n.name in after]
+        following = (else_kernels + tail + [None])[0]
+        return head + then_kernels + else_kernels + tail, following
+
+    def _add_guard_step(self) -> None:
+        """The guard kernel (its branch offset and registers are set by :func:`lower`, once known)."""
+        guard = self.guard
+        value = self.device.get(guard.tensor)
+        if value is None or value.dtype != np.int8:
+            raise LoweringError(f"If guard: tensor {guard.tensor!r} is not an int8 tensor a kernel computes")
+        try:
+            kernel = guard_kernel(self.config, int(np.prod(value.shape)), guard.threshold, guard.condition, 0,
+                                  max_register=1, threshold_register=2)
+        except KernelError as error:
+            raise LoweringError(f"If guard on {guard.tensor!r}: {error}") from error
+        value.buffer.use(len(self.steps))
+        counters = self.buffer("if_guard.counters", SNAPSHOT_BYTES, "counters")
+        name = f"k{sum(isinstance(s, KernelStep) for s in self.steps)}_if_guard"
+        self.guard_step = KernelStep(name, (f"If({guard.cond})",), ("braze.IfGuard",), kernel, {"x": value},
+                                     {}, counters)
+        self.steps.append(self.guard_step)
+        self.placement[f"If({guard.cond})"] = f"accel: {name}"
+
     # -- the whole graph -------------------------------------------------------------------------------
     def run(self) -> None:
         graph = self.graph
-        for node in graph.topological_order():
+        order, guard_before = graph.topological_order(), None
+        if self.guard is not None:
+            order, guard_before = self._guarded_order()
+        previous, first = None, 0
+        for node in order:
+            if previous is not None and previous.name in self.else_nodes:
+                self.else_steps.update(range(first, len(self.steps)))
+            if self.guard is not None and node is guard_before:
+                self._add_guard_step()
+            previous, first = node, len(self.steps)
             if node.kind in (NodeKind.INPUT, NodeKind.CONSTANT):
                 self.nodes.append(node)
                 self.host.update(node.outputs)
@@ -846,9 +964,17 @@ class _Lowering:
                 self.cpu(node, f"no kernel: {error}")
                 continue
             self.kernel(node, plan, kernel)
+        if previous is not None and previous.name in self.else_nodes:
+            self.else_steps.update(range(first, len(self.steps)))
+        if self.guard is not None and self.guard_step is None:
+            self._add_guard_step()
         for tensor in graph.outputs:
             if tensor not in self.host:
+                first = len(self.steps)
                 self.to_host(tensor)
+                source = graph.producer(tensor)
+                if source is not None and source.name in self.else_nodes:
+                    self.else_steps.update(range(first, len(self.steps)))
         for node in graph.nodes:
             if node.kind is NodeKind.OUTPUT:
                 self.nodes.append(node)
@@ -887,14 +1013,64 @@ def _allocate(buffers: list[Buffer], config: Config, where: str) -> int:
     return end
 
 
-def lower(graph: Graph, config: Config, *, cache: KernelCache | None = None, check: bool = True
-          ) -> CompiledModel:
-    """Lower a (fused) quantized graph for ``config``; see the module documentation."""
+def _registers_used(kernels) -> set[int]:
+    """Scalar registers any instruction of ``kernels`` names (register fields, SCALAR/BRANCH/PREDICATE)."""
+    used = set()
+    for kernel in kernels:
+        for insn in kernel.instructions:
+            for field, value in insn.args.items():
+                if field.endswith("_reg") or (insn.opcode in (Opcode.SCALAR, Opcode.BRANCH, Opcode.PREDICATE)
+                                              and field in ("dst", "src1", "src2", "a", "b")):
+                    used.add(int(value))
+    return used - {0}
+
+
+def _finish_guard(lowering: _Lowering) -> GuardPlan:
+    """Check that the kernels form one program, and give the guard its branch offset and registers."""
+    steps = lowering.steps
+    kernel_at = [i for i, step in enumerate(steps) if isinstance(step, KernelStep)]
+    between = [steps[i] for i in range(kernel_at[0], kernel_at[-1] + 1)
+               if not isinstance(steps[i], KernelStep)]
+    if between:
+        what = between[0]
+        detail = (f"{what.direction} transfer of {what.value.tensor!r}" if isinstance(what, TransferStep)
+                  else f"host step {getattr(getattr(what, 'node', None), 'name', what)!r}")
+        raise LoweringError(f"If guard: a {detail} sits between the kernels; the branches cannot run as one "
+                            f"program")
+    guard_index = steps.index(lowering.guard_step)
+    else_kernels = [steps[i] for i in kernel_at if i in lowering.else_steps]
+    if any(steps.index(k) < guard_index for k in else_kernels):
+        raise LoweringError("If guard: an else-branch kernel runs before the condition is known")
+    free = [r for r in range(7, 0, -1) if r not in _registers_used(steps[i].kernel for i in kernel_at
+                                                                      if steps[i] is not lowering.guard_step)]
+    if len(free) < 2:
+        raise LoweringError("If guard: the kernels use every scalar register; none is left for the condition")
+    guard = lowering.guard
+    step = lowering.guard_step
+    skip = sum(len(k.kernel.instructions) for k in else_kernels)
+    step.kernel = guard_kernel(lowering.config, step.kernel.operands["x"].shape[0], guard.threshold,
+                               guard.condition, skip, max_register=free[0], threshold_register=free[1])
+    after = {i for i in lowering.else_steps if i > kernel_at[-1]}
+    return GuardPlan(guard, step.name, free[0], free[1], frozenset(k.name for k in else_kernels),
+                     frozenset(after))
+
+
+def lower(graph: Graph, config: Config, *, cache: KernelCache | None = None, check: bool = True,
+          guard: IfGuard | None = None) -> CompiledModel:
+    """Lower a (fused) quantized graph for ``config``; see the module documentation.
+
+    With ``guard`` (:class:`IfGuard`), the graph's kernels become one program in which a guard kernel
+    (:func:`~braze.sw.compiler.kernels.guard.if_guard`) tests the condition on chip and branches over
+    the else branch's kernels; :attr:`CompiledModel.guard` says what the runtime skips.  A graph whose
+    kernels cannot form one program (a host step between them) raises :class:`LoweringError`.
+    """
     if cache is None:
         cache = default_cache()
     lowering = _Lowering(graph, config, cache)
+    lowering.guard = guard
     lowering.run()
     steps = lowering.steps
+    guard_plan = _finish_guard(lowering) if guard is not None else None
     # Segments: maximal runs of consecutive kernel steps, one program each.
     segments: list[Segment] = []
     current: list[KernelStep] = []
@@ -929,5 +1105,5 @@ def lower(graph: Graph, config: Config, *, cache: KernelCache | None = None, che
         validate(lowered)
     placed = PlacedKernels([step for step in steps if isinstance(step, KernelStep)])
     return CompiledModel(graph, lowered, config, steps, segments, placed, lowering.placement,
-                         lowering.buffers, memory)
+                         lowering.buffers, memory, guard_plan)
 

@@ -81,9 +81,12 @@ class Observation:
 class TensorStats:
     """Decayed statistics of one tensor; ``quant`` = (scale, zero point) where it has int8 parameters."""
 
-    def __init__(self, name: str, half_life: float, quant: tuple[float, int] | None):
+    def __init__(self, name: str, half_life: float, quant: tuple[float, int] | None, *,
+                 dequantized: bool = False):
         self.name = name
         self.quant = quant
+        # Dequantized from int8 with these very parameters: its values cannot leave the calibrated range.
+        self.dequantized = dequantized
         self.sparsity = Decayed(half_life)
         self.zero_blocks = Decayed(half_life)
         self.low = Decayed(half_life)
@@ -102,7 +105,12 @@ class TensorStats:
     def add(self, value: np.ndarray, *, sampled: bool = True) -> str | None:
         """Fold one value in; returns a warning's text when it leaves the calibrated range.
 
-        Not ``sampled``: only the range (two reductions), which is checked on every run."""
+        Not ``sampled``: only the range (two reductions) of a tensor with int8 parameters, which is
+        checked on every run; a tensor without them (a float or bool tensor the host computes), or
+        one an accelerator partition dequantized from int8 (in range by construction), has nothing to
+        check, and its statistics are those of the sampled runs."""
+        if not sampled and (self.quant is None or self.dequantized):
+            return None
         flat = np.asarray(value, np.float32).ravel()
         low, high = float(flat.min()), float(flat.max())
         self.seen_low, self.seen_high = min(self.seen_low, low), max(self.seen_high, high)
@@ -157,6 +165,7 @@ class DataflowAnalyzer:
     """
 
     def __init__(self, *, half_life: float = 16.0, quant: Mapping[str, tuple[float, int]] | None = None,
+                 dequantized: frozenset[str] = frozenset(),
                  on_update: Callable[[DataflowAnalyzer], None] | None = None, every: int = 4,
                  background: bool = True, budget: float = 0.02):
         self.half_life = half_life
@@ -164,7 +173,10 @@ class DataflowAnalyzer:
         self.inference_seconds = 0.0
         self.tensor_seconds = 0.0
         self.sampled = 0
+        self._sampled_submitted = 0
+        self._sampled_seconds = 0.0                          # folding time of the sampled observations
         self.quant = dict(quant or {})
+        self.dequantized = frozenset(dequantized)
         self.on_update = on_update
         self.every = every
         self.tensors: dict[str, TensorStats] = {}
@@ -191,8 +203,15 @@ class DataflowAnalyzer:
     def submit(self, observation: Observation) -> None:
         """Hand over one run's observation (folded in the background)."""
         self.inference_seconds += observation.seconds
-        if self.cost_seconds > self.budget * self.inference_seconds:
-            observation = dataclasses.replace(observation, sampled=False)  # over budget: ranges only
+        # The thread folds later: count the sampled observations still in flight at the mean cost of those
+        # folded (one in flight before any is folded), so that a busy machine cannot overrun the budget.
+        in_flight = self._sampled_submitted - self.sampled
+        expected = (in_flight * self._sampled_seconds / self.sampled if self.sampled
+                    else (math.inf if in_flight else 0.0))
+        if self.cost_seconds + expected > self.budget * self.inference_seconds:
+            observation.sampled = False            # over budget: ranges only (no copy: a handover is cheap)
+        if observation.sampled:
+            self._sampled_submitted += 1
         if self._thread is None:
             self._fold(observation)
             return
@@ -250,12 +269,15 @@ class DataflowAnalyzer:
             for name, value in obs.tensors.items():
                 stats = self.tensors.get(name)
                 if stats is None:
-                    stats = self.tensors[name] = TensorStats(name, self.half_life, self.quant.get(name))
+                    stats = self.tensors[name] = TensorStats(name, self.half_life, self.quant.get(name),
+                                                                 dequantized=name in self.dequantized)
                 warning = stats.add(value, sampled=obs.sampled)
                 if warning is not None and name not in self._warned:
                     self._warned.add(name)
                     self.warnings.append(warning)
             self.tensor_seconds += time.thread_time() - started
+            if obs.sampled:
+                self._sampled_seconds += time.thread_time() - started
             for name, taken in obs.branches.items():
                 self._decayed(self.branches, name).add(float(taken))
             for name, count in obs.tokens.items():

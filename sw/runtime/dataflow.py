@@ -22,6 +22,12 @@ device runs, weighted by the analyzer's decayed rates:
   (one region compiled from both).  Guard: the host reads the condition the fused partition
   computes; when the branch is not taken the general path (the then branch) gives the answer and
   the branch's speculative result is dropped.
+* ``if-on-chip`` -- the If itself runs on the accelerator: its predecessor and else branch as one
+  program whose guard kernel tests the condition (an int8 maximum against an integer threshold,
+  proved equal to the model's condition: :mod:`~braze.sw.runtime.onchip_if`) and branches over the
+  else kernels when it holds -- no host round trip between them, the tail's kernels skipped on an
+  early exit.  Offered only where the condition has an exact on-chip form (else the If stays on the
+  host; the report says why).
 * ``branch-on-cpu`` -- a rarely taken else branch runs on the host (its quantized graph, the same
   integers), priced with the host time measured for it.
 * ``dispatch-experts`` -- the gate runs first; an expert whose mask holds no row this run is
@@ -72,9 +78,12 @@ from .partitions import (
 from .session import choose_cost_model
 
 __all__ = ["DataflowSession", "DecisionEvent", "RunTrace", "DEFAULT_DYNAMIC_THRESHOLD", "FUSE_BRANCH",
-           "BRANCH_ON_CPU", "DISPATCH_EXPERTS", "HOT_EXPERT"]
+           "BRANCH_ON_CPU", "DISPATCH_EXPERTS", "HOT_EXPERT", "IF_ON_CHIP"]
 
 FUSE_BRANCH = "fuse-branch"
+IF_ON_CHIP = "if-on-chip"
+#: The partition manager's placement of the If's predecessor and else branch as one guarded program.
+ONCHIP_IF = "onchip-if"
 BRANCH_ON_CPU = "branch-on-cpu"
 DISPATCH_EXPERTS = "dispatch-experts"
 #: With ``dispatch-experts``: ``hot-expert:<name>`` runs that expert in the gate's partition.
@@ -162,6 +171,8 @@ class DataflowSession:
         The analyzer's decay, in runs.
     background : bool
         Analyze in a background thread (False: on the calling thread, deterministic).
+    onchip_if : bool
+        Offer ``if-on-chip`` (False: the If always runs on the host, as before it existed).
     """
 
     def __init__(self, model: bytes | onnx.ModelProto, *, calibration: Sequence[Mapping[str, np.ndarray]],
@@ -169,7 +180,7 @@ class DataflowSession:
                  cost_model: CostModel | str | None = None, cache: KernelCache | None = None,
                  link: HostLink | None = None, analyzer: bool = True, dynamic: bool = True,
                  threshold: float = DEFAULT_DYNAMIC_THRESHOLD, half_life: float = 16.0,
-                 background: bool = True, every: int = 4):
+                 background: bool = True, every: int = 4, onchip_if: bool = True):
         if not isinstance(device, str):
             raise BrazeError("DataflowSession opens one device per accelerator partition: pass the device's "
                              "kind (e.g. 'golden'), not an open device")
@@ -194,6 +205,10 @@ class DataflowSession:
             probe.close()
         self._open_device = lambda: open_device(device, self.config)
         self._cpu_cycles: dict[str, float] = {}
+        #: Why the If cannot run on chip (None: it can, or it was not tried yet; "" for a mixture).
+        self.onchip_if_unavailable: str | None = None if isinstance(self.structure, BranchModel) else ""
+        if not onchip_if and self.onchip_if_unavailable is None:
+            self.onchip_if_unavailable = "turned off (onchip_if=False)"
         self.manager = PartitionManager(self._build, self._layout)
         self.events: list[DecisionEvent] = []
         self.traces: list[RunTrace] = []
@@ -201,9 +216,10 @@ class DataflowSession:
         self._runs_lock = threading.Lock()
         self._reconsider_lock = threading.Lock()
         self.last_prices: dict[str, float] = {}
+        self._monitored_of: dict[int, list[str]] = {}
         self.analyzer = None
         if analyzer:
-            quant = {}
+            quant, dequantized = {}, set()
             for part in self.manager.current.partitions.values():
                 if isinstance(part, AcceleratorPartition):
                     graph = part.host_graph()
@@ -211,7 +227,14 @@ class DataflowSession:
                         found = _quant_of(graph, tensor)
                         if found is not None:
                             quant.setdefault(tensor, found)
+                    for tensor in part.region.outputs:       # int8 on the device, dequantized on the way out
+                        producer = graph.producer(tensor) if tensor in graph.tensors else None
+                        if producer is not None and producer.op_type == "DequantizeLinear":
+                            dequantized.add(tensor)
+            # Every region holds a tensor with the same int8 parameters (partitions.py), so a dequantized
+            # output is in its calibrated range wherever it is monitored.
             self.analyzer = DataflowAnalyzer(half_life=half_life, quant=quant, every=every,
+                                             dequantized=frozenset(dequantized),
                                              on_update=self._reconsider if dynamic else None,
                                              background=background)
         self._outputs = [o.name for o in self.proto.graph.output]
@@ -224,6 +247,13 @@ class DataflowSession:
     # -- partitions and plans ---------------------------------------------------------------------------
     def _build(self, region: str, where: str) -> AcceleratorPartition | CpuPartition:
         spec = self._regions[region]
+        if where == ONCHIP_IF:
+            from .onchip_if import OnChipIfPartition
+
+            return OnChipIfPartition(spec, cond=self.structure.cond, then_inputs=self.structure.then.inputs,
+                                     config=self.config, calibration=self._calibration[region],
+                                     cache=self.cache, cost_model=self.cost_model, device=self._open_device(),
+                                     link=self.link)
         if where == "accelerator":
             return AcceleratorPartition(spec, config=self.config, calibration=self._calibration[region],
                                         cache=self.cache, cost_model=self.cost_model,
@@ -235,6 +265,8 @@ class DataflowSession:
     def _layout(self, choices: frozenset[str]) -> dict[str, tuple[str, str]]:
         s = self.structure
         if isinstance(s, BranchModel):
+            if IF_ON_CHIP in choices:
+                return {"pre": (s.fused_else.name, ONCHIP_IF), "then": (s.then.name, "cpu")}
             if FUSE_BRANCH in choices:
                 return {"pre": (s.fused_else.name, "accelerator"), "then": (s.then.name, "cpu")}
             orelse = "cpu" if BRANCH_ON_CPU in choices else "accelerator"
@@ -304,8 +336,11 @@ class DataflowSession:
                 warnings.warn(text, ValueRangeWarning, stacklevel=3)
 
     def _monitored(self, plan: Plan) -> list[str]:
-        """Monitoring points: the tensors crossing partition boundaries (on the host anyway)."""
-        points = []
+        """Monitoring points: the tensors crossing partition boundaries (on the host anyway); per plan."""
+        cached = self._monitored_of.get(plan.version)
+        if cached is not None:
+            return cached
+        points = self._monitored_of[plan.version] = []
         for part in plan.partitions.values():
             for tensor in [*part.region.inputs, *part.region.outputs]:
                 if tensor not in points:
@@ -319,11 +354,14 @@ class DataflowSession:
         trace.plan_versions.append(plan.version)
         trace.partitions.append(part.name)
         trace.kernel_cycles += cycles
-        trace.transfer_bytes += part.transfer_bytes
-        trace.bytes_by_partition[part.name] = trace.bytes_by_partition.get(part.name, 0) + part.transfer_bytes
+        # An If on chip moves the else branch's results only when it ran: the transfers of this run.
+        transfers = getattr(part, "last_transfers", part.transfers)
+        nbytes = sum(t.bytes for t in transfers)
+        trace.transfer_bytes += nbytes
+        trace.bytes_by_partition[part.name] = trace.bytes_by_partition.get(part.name, 0) + nbytes
         if part.kind == "accelerator":          # the accelerator's own counters
             trace.cycles_by_partition[part.name] = trace.cycles_by_partition.get(part.name, 0) + cycles
-        trace.transfers += len(part.transfers)
+        trace.transfers += len(transfers)
         trace.device_runs += part.device_runs
 
     def _run_branch(self, plan: Plan, host: dict[str, np.ndarray], trace: RunTrace) -> dict[str, bool]:
@@ -384,9 +422,13 @@ class DataflowSession:
             p = a.branches["else"].value
             pre = part(s.pre.name, "accelerator").predicted_cycles
             orelse = part(s.orelse.name, "accelerator").predicted_cycles
-            return {frozenset(): pre + p * orelse,
-                    frozenset({FUSE_BRANCH}): part(s.fused_else.name, "accelerator").predicted_cycles,
-                    frozenset({BRANCH_ON_CPU}): pre + p * self._host_cycles(s.orelse.name)}
+            prices = {frozenset(): pre + p * orelse,
+                      frozenset({FUSE_BRANCH}): part(s.fused_else.name, "accelerator").predicted_cycles,
+                      frozenset({BRANCH_ON_CPU}): pre + p * self._host_cycles(s.orelse.name)}
+            onchip = self._onchip_if()
+            if onchip is not None:
+                prices[frozenset({IF_ON_CHIP})] = onchip.predicted_at(p)
+            return prices
         static = part(s.gate_and_experts.name, "accelerator").predicted_cycles
         expected = {r.name: a.active[r.name].value * part(r.name, "accelerator").predicted_cycles
                     for r in s.experts}
@@ -398,6 +440,18 @@ class DataflowSession:
                 part(fused.name, "accelerator").predicted_cycles
                 + sum(cost for name, cost in expected.items() if name != hot.name))
         return prices
+
+    def _onchip_if(self):
+        """The If-on-chip partition, built on first use; None (and the reason kept) where it cannot be."""
+        if self.onchip_if_unavailable is not None:
+            return None
+        from .onchip_if import OnChipIfError
+
+        try:
+            return self.manager.partition(self.structure.fused_else.name, ONCHIP_IF)
+        except OnChipIfError as error:
+            self.onchip_if_unavailable = str(error)
+            return None
 
     def _reconsider(self, analyzer: DataflowAnalyzer | None = None) -> Plan:
         """Re-plan from the statistics (the analyzer's thread calls this every few runs)."""
@@ -464,6 +518,9 @@ class DataflowSession:
                          f"{1e3 * last.seconds:.2f} ms")
         if self.analyzer is not None:
             lines.append(self.analyzer.table())
+        if self.onchip_if_unavailable:
+            lines.append(f"if-on-chip: not available, the If stays on the host "
+                         f"({self.onchip_if_unavailable})")
         if self.last_prices:
             lines.append("predicted cost per run of each candidate plan: " + ", ".join(
                 f"{name} {cost:.0f}" for name, cost in self.last_prices.items()))

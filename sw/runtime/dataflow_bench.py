@@ -10,7 +10,9 @@ For the early-exit CNN (``easy`` and ``hard`` digits) and the mixture of experts
 * **analyzed** -- the static plan with the analyzer on (``dynamic=False``): its overhead, as the
   analysis's accounted CPU time over the inference wall time, and as the wall-time difference.
 * **dynamic** -- analyzer and dynamic decisions on (background thread), after ``--warmup`` runs of
-  the same distribution; then the measured runs.
+  the same distribution; then the measured runs.  Its decisions include ``if-on-chip`` (the early
+  exit's If as one program with its condition on chip); ``--no-onchip-if`` leaves it out, which
+  gives the numbers of the host-If decisions alone.
 
 Cycles are the accelerator's counters (kernel cycles); "cost" adds the host link's priced transfers
 and device runs (:class:`~.partitions.HostLink`); bytes are every host <-> device transfer.  Every
@@ -50,7 +52,7 @@ def _totals(traces: Sequence[RunTrace], link) -> dict:
 
 
 def measure(family: str, distribution: str, *, runs: int, warmup: int, device: str = "golden",
-            config: str = "default", cost_model: str | None = None) -> dict:
+            config: str = "default", cost_model: str | None = None, onchip_if: bool = True) -> dict:
     model = early_exit_cnn() if family == "early_exit" else moe_mlp()
     calibration = calibration_feeds(model)
     feeds = inputs(model, distribution, runs, seed=7)
@@ -65,7 +67,7 @@ def measure(family: str, distribution: str, *, runs: int, warmup: int, device: s
         _, _, analyzed_wall = _run(analyzed, feeds)
         analyzed.analyzer.flush()
         overhead = analyzed.analyzer.overhead
-    with DataflowSession(model.onnx_bytes, **options) as dynamic:
+    with DataflowSession(model.onnx_bytes, onchip_if=onchip_if, **options) as dynamic:
         _run(dynamic, warm)
         dynamic.analyzer.flush()
         dynamic_out, dynamic_traces, dynamic_wall = _run(dynamic, feeds)
@@ -108,7 +110,9 @@ def table(rows: Sequence[dict]) -> str:
 
 def summary(rows: Sequence[dict]) -> str:
     def speedup(family: str) -> float:
-        row = next(r for r in rows if r["family"] == family and r["distribution"] == QUOTED[family])
+        row = next((r for r in rows if r["family"] == family and r["distribution"] == QUOTED[family]), None)
+        if row is None:                        # the family was not measured (--models)
+            return float("nan")
         return row["static"]["cost"] / row["dynamic"]["cost"]
 
     static_bytes = sum(r["static"]["bytes"] for r in rows)
@@ -119,7 +123,8 @@ def summary(rows: Sequence[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``braze bench dataflow [--runs N] [--warmup N] [--device golden] [--config NAME] [--reports]``."""
+    """``braze bench dataflow [--runs N] [--warmup N] [--device golden] [--config NAME] [--reports]
+    [--no-onchip-if] [--models early_exit,moe]``."""
     parser = ArgumentParser(prog="braze bench dataflow", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=80, help="measured runs per model and distribution")
     parser.add_argument("--warmup", type=int, default=32, help="runs the analyzer sees before measuring")
@@ -128,14 +133,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cost-model", choices=("analytic", "learned"), default=None,
                         help="what prices decisions (default: learned where trained, else analytic)")
     parser.add_argument("--reports", action="store_true", help="print each dynamic session's report")
+    parser.add_argument("--no-onchip-if", action="store_true",
+                        help="leave the If on the host (no if-on-chip decision): the host-If decisions alone")
+    parser.add_argument("--models", default="early_exit,moe",
+                        help="comma-separated model families to measure (early_exit, moe)")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 2:
         parser.error("--runs must be >= 1 and --warmup >= 2")
+    families = [f.strip() for f in args.models.split(",") if f.strip()]
+    unknown = [f for f in families if f not in DISTRIBUTIONS]
+    if unknown or not families:
+        parser.error(f"--models: unknown family {unknown}; choose from {', '.join(DISTRIBUTIONS)}")
     rows = []
-    for family, distributions in DISTRIBUTIONS.items():
-        for distribution in distributions:
+    for family in families:
+        for distribution in DISTRIBUTIONS[family]:
             rows.append(measure(family, distribution, runs=args.runs, warmup=args.warmup, device=args.device,
-                                config=args.config, cost_model=args.cost_model))
+                                config=args.config, cost_model=args.cost_model,
+                                onchip_if=not args.no_onchip_if))
             if args.reports:
                 print(rows[-1]["report"], end="\n\n")
     print(table(rows))

@@ -171,6 +171,14 @@ def _stalls(counters: Mapping[str, int]) -> int:
     return sum(counters[name] for name in ("stall_dep", "stall_axi_read", "stall_axi_write", "stall_fetch"))
 
 
+def _check_guard(cond: str, host: Mapping[str, np.ndarray], holds: bool | None) -> None:
+    """The chip's decision must be the host's evaluation of the If's condition (same integers, proved
+    equal for every int8 maximum when the guard was built): a difference is a broken invariant."""
+    if cond in host and holds is not None and bool(np.asarray(host[cond]).reshape(-1)[0]) != holds:
+        raise BrazeError(f"If on chip: the guard decided {holds} but the host evaluates condition {cond!r} "
+                         f"to {not holds}; the on-chip condition is not the model's")
+
+
 class Runtime:
     """Runs a compiled model on a device (which it loads on first use)."""
 
@@ -181,6 +189,8 @@ class Runtime:
         self.model = model
         self.device = device
         self.last_report: RunReport | None = None
+        #: A guarded model (an If on chip): whether the last run's condition held (else branch skipped).
+        self.last_guard_holds: bool | None = None
 
     @property
     def loaded(self) -> bool:
@@ -217,8 +227,13 @@ class Runtime:
         started = time.perf_counter()
         steps = model.steps
         index = 0
+        skipped: frozenset[str] = frozenset()
+        skipped_steps: frozenset[int] = frozenset()
         while index < len(steps):
             step = steps[index]
+            if index in skipped_steps:            # a host step of the else branch the guard skipped
+                index += 1
+                continue
             if isinstance(step, KernelStep):
                 segment = model.segments[step.segment]
                 predicted = sum(kstep.kernel.predicted_cycles for kstep in segment.steps)
@@ -236,7 +251,14 @@ class Runtime:
 
                 device_cycles += status.cycles
                 runs += 1
+                if model.guard is not None:       # an If on chip: did the guard branch over the else kernels?
+                    holds = model.guard.holds(device.read_scalar(model.guard.max_register))
+                    self.last_guard_holds = holds
+                    skipped = model.guard.else_kernels if holds else frozenset()
+                    skipped_steps = model.guard.else_steps if holds else frozenset()
                 for kstep in segment.steps:
+                    if kstep.name in skipped:
+                        continue                  # an else kernel the guard branched over: no snapshot
                     counters = parse_snapshot(device.read(kstep.counters.addr, SNAPSHOT_BYTES))
                     config = model.config
                     rows.append(KernelReport(
@@ -278,4 +300,8 @@ class Runtime:
         total = time.perf_counter() - started
         self.last_report = RunReport(rows, runs, device_cycles, device_seconds, total - device_seconds,
                                      cpu_ops)
+        if model.guard is not None:
+            _check_guard(model.guard.guard.cond, host, self.last_guard_holds)
+            # The else branch's outputs do not exist when the guard skipped it.
+            return {name: host[name] for name in model.source.outputs if name in host}
         return {name: host[name] for name in model.source.outputs}

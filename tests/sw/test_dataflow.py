@@ -12,7 +12,7 @@ import onnxruntime
 import pytest
 
 from braze.sw.runtime.analyzer import Decayed, TensorStats, ValueRangeWarning
-from braze.sw.runtime.dataflow import DISPATCH_EXPERTS, FUSE_BRANCH, DataflowSession
+from braze.sw.runtime.dataflow import DISPATCH_EXPERTS, FUSE_BRANCH, IF_ON_CHIP, DataflowSession
 from braze.sw.runtime.dataflow_models import calibration_feeds, early_exit_cnn, inputs, moe_mlp
 from braze.sw.runtime.partitions import BranchModel, MixtureModel, PartitionError, split_model
 
@@ -98,7 +98,7 @@ def test_input_distributions_differ_in_branch_and_routing_rates(early_exit, moe)
     assert share > 0.8
 
 
-@pytest.mark.parametrize("name, distribution, decision", [("early_exit", "hard", FUSE_BRANCH),
+@pytest.mark.parametrize("name, distribution, decision", [("early_exit", "hard", IF_ON_CHIP),
                                                           ("moe", "skewed", DISPATCH_EXPERTS)])
 def test_dynamic_decision_is_taken_and_outputs_equal_the_static_plan(name, distribution, decision,
                                                                       early_exit, moe):
@@ -119,14 +119,23 @@ def test_dynamic_decision_is_taken_and_outputs_equal_the_static_plan(name, distr
     assert "transfers (host <-> device" in report and "partitions:" in report
     if decision == DISPATCH_EXPERTS:           # skipped experts: fewer accelerator cycles, same answers
         assert dynamic_cycles < 0.7 * static_cycles
+    if decision == IF_ON_CHIP:                 # one program per run: no host round trip inside the If
+        assert all(t.device_runs == 1 for t in dynamic.traces[12:])
 
 
 def test_decision_is_reversed_when_the_statistics_change(early_exit):
-    with _session(early_exit, half_life=4.0) as session:
+    # The host If's decisions (the If on chip beats both on either distribution of this model).
+    with _session(early_exit, analyzer=False) as static:       # easy digits that exit early
+        exits = []
+        for feed in inputs(early_exit, "easy", 40, seed=7):
+            static.run(None, feed)
+            if static.traces[-1].partitions[-1] == "then":
+                exits.append(feed)
+    with _session(early_exit, half_life=4.0, onchip_if=False) as session:
         for feed in inputs(early_exit, "hard", 16, seed=7):
             session.run(None, feed)
         assert FUSE_BRANCH in session.plan.choices
-        for feed in inputs(early_exit, "easy", 24, seed=7):
+        for feed in exits[:24]:
             session.run(None, feed)
         assert FUSE_BRANCH not in session.plan.choices
         assert any(FUSE_BRANCH in event.reversed for event in session.events)
