@@ -11,6 +11,14 @@ the cost model, and forces the cheapest on the node (its ``tiling`` attribute, w
 passes to the kernel; the fusion engine may have forced one of a few variants already, priced
 here among the rest).  Each choice is a :class:`TilingDecision`.
 
+A candidate is generated only as far as it takes to rule it out: its streams are built and merged,
+and the merge gives a lower bound on the timing model's cycles
+(:meth:`~braze.sw.compiler.kernels.common._Streams.merge_bounded`); one whose bound is above the
+fewest cycles predicted for a candidate so far is not scheduled, encoded or cached
+(:class:`TilingDecision` ``pruned``).  Under the timing model that leaves every choice as it was; the
+learned model prices only the candidates within :data:`SCREENED_BY_TIMING_MODEL` of the timing
+model's fewest.
+
 Measured on the digits CNN (batch 64, tiny preset, RTL): the pass under the timing model alone
 cuts the CNN's cycles by 15% (the library's budget had stopped before the smaller M tiles of its
 two convolutions); the learned model then picks the same tilings there.  Where the two models

@@ -125,3 +125,23 @@ def test_the_tiling_pass_chooses_the_same_with_pruned_candidates(config, monkeyp
     assert any(decision.pruned for decision in pruned)     # the bounds ruled candidates out here
     assert [n.attrs.get("tiling") for n in pruned_graph.nodes] == \
         [n.attrs.get("tiling") for n in full_graph.nodes]
+
+
+def test_a_cached_compile_reads_the_bounds_of_the_tilings_ruled_out_instead_of_generating_them(
+        tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(12, 1, 8, 8)).astype(np.float32)
+    graph = _with_shapes(quantize(load_onnx(conv_model(1, batch=12)), [{"x": x}]), {"x": x.shape},
+                         {"x": "float32"})
+    config = Config.preset("default")
+    _fresh_generation(monkeypatch)
+    cold = KernelCache(tmp_path)
+    _, first = choose_tilings(graph, config, cost_model=TimingCostModel(), cache=cold)
+    assert cold.pruned > 0 and cold.misses > 0
+    assert len(list(tmp_path.glob("*.bound.json"))) == cold.pruned
+    _fresh_generation(monkeypatch)          # as a new process: only the disk remembers
+    warm = KernelCache(tmp_path)
+    _, second = choose_tilings(graph, config, cost_model=TimingCostModel(), cache=warm)
+    assert warm.misses == 0 and warm.pruned == cold.pruned      # nothing generated, the same ruled out
+    assert [(d.node, d.chosen, d.candidates, d.pruned) for d in second] == \
+        [(d.node, d.chosen, d.candidates, d.pruned) for d in first]
