@@ -74,7 +74,6 @@ from braze.isa.model import program_events
 from braze.isa.timing import (
     LOAD_HANDOVER_CYCLES,
     Scheduler,
-    axi_beats,
     instruction_cycles,
     table_rows,
     timing_key,
@@ -499,7 +498,8 @@ class _Streams:
                 if loading:
                     args = insn.args
                     issue_free = start + (1 if args["zero"] else args["rows"] + 1)
-                    data = args["rows"] if args["zero"] else axi_beats(insn, config)
+                    # Its beats: what instruction_cycles adds to the memory latency and the request.
+                    data = args["rows"] if args["zero"] else took - config.mem_latency - 1
                     end = data_end = max(end, data_end + data + LOAD_HANDOVER_CYCLES)
                     end = max(end, free[0])           # LOADs retire in program order
                 free[best] = end
