@@ -228,7 +228,7 @@ class KernelCache:
         kernel = self._memory.get(key)
         path = self.directory / f"{key}.json"
         if kernel is None and self.disk:
-            kernel = self._load(path, key, config)
+            kernel = self._load(path, lambda path: _read_entry(path, key, config))
             if kernel is not None:
                 self.disk_hits += 1
                 self._memory[key] = kernel
@@ -265,10 +265,11 @@ class KernelCache:
             raise KernelError(str(kernel))
         return kernel
 
-    def _load(self, path: Path, key: str, config: Config) -> Kernel | KernelError | None:
-        """The entry at ``path``, or None when there is none or it cannot be trusted (with a warning)."""
+    def _load(self, path: Path, read: Callable[[Path], Any]) -> Any:
+        """``read(path)``: the entry at ``path``, or None when there is none or it cannot be trusted (with a
+        warning)."""
         try:
-            return _read_entry(path, key, config)
+            return read(path)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as error:
@@ -281,16 +282,9 @@ class KernelCache:
         """The lower bound and size of the tiling ``key`` once ruled out, from memory or disk, if any."""
         bound = self._bounds.get(key)
         if bound is None and self.disk:
-            path = self.directory / f"{key}.bound.json"
-            try:
-                bound = self._bounds[key] = _read_bound(path, key)
-            except FileNotFoundError:
-                return None
-            except (OSError, ValueError) as error:
-                self.rejected += 1
-                warnings.warn(f"kernel cache entry {path} rejected: {error}; rebuilding the kernel",
-                              KernelCacheWarning, stacklevel=3)
-                return None
+            bound = self._load(self.directory / f"{key}.bound.json", lambda path: _read_bound(path, key))
+            if bound is not None:
+                self._bounds[key] = bound
         return bound
 
     def _store(self, path: Path, key: str, kernel: Kernel | KernelError) -> None:
