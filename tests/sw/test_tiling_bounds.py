@@ -145,3 +145,23 @@ def test_a_cached_compile_reads_the_bounds_of_the_tilings_ruled_out_instead_of_g
     assert warm.misses == 0 and warm.pruned == cold.pruned      # nothing generated, the same ruled out
     assert [(d.node, d.chosen, d.candidates, d.pruned) for d in second] == \
         [(d.node, d.chosen, d.candidates, d.pruned) for d in first]
+
+
+def test_which_candidates_each_cost_model_generates():
+    from braze.sw.compiler.cost import Cost, CostModel
+    from braze.sw.compiler.tiling import SCREENED_BY_TIMING_MODEL, _pruning_cutoff
+
+    class Screened(CostModel):
+        name = next(iter(SCREENED_BY_TIMING_MODEL))
+
+        def predict_kernel(self, kernel, config):
+            return Cost(kernel.predicted_cycles, 0)
+
+    timing, screened = TimingCostModel(), Screened()
+    # The timing model itself: exactly those whose bound exceeds the fewest cycles are ruled out.
+    assert _pruning_cutoff(timing, "cycles", 1000) == 1001
+    assert _pruning_cutoff(timing, "energy", 1000) is None           # bounds are on cycles only
+    assert _pruning_cutoff(UnprunedTimingModel(), "cycles", 1000) is None
+    # A screened model: well above the fewest only, and never the tiling the fusion engine forced.
+    assert _pruning_cutoff(screened, "cycles", 1000) == 1000 * SCREENED_BY_TIMING_MODEL[screened.name] > 1001
+    assert _pruning_cutoff(screened, "cycles", 1000, forced=True) is None
