@@ -54,6 +54,7 @@ from .control import SCALAR_FILE, SCALAR_WRITE
 
 __all__ = [
     "Access", "Field", "Register", "REGISTERS", "REGISTER_BY_NAME", "MAGIC", "MAP_VERSION", "COUNTER_BASE",
+    "CTRL_START_RUN", "CTRL_SOFT_RESET", "STATUS_DONE", "STATUS_ERROR",
     "counter_offsets", "register_map", "constant_value", "CSRFile",
 ]
 
@@ -198,6 +199,14 @@ REGISTERS: tuple[Register, ...] = (
 REGISTER_BY_NAME: dict[str, Register] = {reg.name: reg for reg in REGISTERS}
 assert len(REGISTER_BY_NAME) == len(REGISTERS)
 assert len({reg.offset for reg in REGISTERS}) == len(REGISTERS), "two registers share an offset"
+
+_CTRL, _STATUS = REGISTER_BY_NAME["CTRL"], REGISTER_BY_NAME["STATUS"]
+#: The CTRL word a driver writes to start a run with both interrupts (done, error) enabled.
+CTRL_START_RUN = sum(_CTRL.field(name).mask for name in ("start", "irq_en_done", "irq_en_error"))
+#: The CTRL word that stops whatever runs and leaves the core ready for the next run.
+CTRL_SOFT_RESET = _CTRL.field("soft_reset").mask
+#: STATUS bits: the last run halted / stopped with an error (write both back to clear them).
+STATUS_DONE, STATUS_ERROR = _STATUS.field("done").mask, _STATUS.field("error").mask
 
 
 def counter_offsets(index: int) -> tuple[int, int]:

@@ -14,25 +14,20 @@ from __future__ import annotations
 import numpy as np
 from amaranth.sim import Simulator
 
-from braze.hw.csr import REGISTER_BY_NAME, counter_offsets
+from braze.hw.csr import (
+    CTRL_SOFT_RESET,
+    CTRL_START_RUN,
+    REGISTER_BY_NAME,
+    STATUS_DONE,
+    STATUS_ERROR,
+    counter_offsets,
+)
 from braze.hw.top import Accelerator
 from braze.isa import COUNTERS, Config, ErrorCause
 from braze.isa.encoding import SCALAR_REGS
 
 from .axi_memory import AXI4LiteDriver, AXI4Memory
-from .device import Device, RunStatus
-
-_CTRL = REGISTER_BY_NAME["CTRL"]
-_STATUS = REGISTER_BY_NAME["STATUS"]
-
-
-def _bit(register, field: str) -> int:
-    return 1 << register.field(field).lsb
-
-
-_START = _bit(_CTRL, "start") | _bit(_CTRL, "irq_en_done") | _bit(_CTRL, "irq_en_error")
-_SOFT_RESET = _bit(_CTRL, "soft_reset")
-_DONE, _ERROR = _bit(_STATUS, "done"), _bit(_STATUS, "error")
+from .device import Device, RunStatus, ScalarShadow
 
 #: Cycle budget of a run when the caller gives none (beyond its cycle limit, if it has one: the
 #: instructions in flight when the watchdog stops a run complete first); a program that does not
@@ -67,10 +62,8 @@ class AmaranthDevice(Device):
                                   stall=stall, seed=seed, max_outstanding=32)
         self._memory.add_to(self._sim)
         self._request: tuple[int, int] | None = None
-        # Scalar registers the host has written since the last run: written over AXI4-Lite before it.
-        self._scalar_writes: list[tuple[int, int]] = []
-        # The scalar registers as the last run left them (read over AXI4-Lite after each run), or as written.
-        self._scalars = [0] * SCALAR_REGS
+        # Written over AXI4-Lite before the next run; read back after each run.
+        self._scalars = ScalarShadow(SCALAR_REGS)
         self._status: RunStatus | None = None
         self._sim.add_testbench(self._serve)
 
@@ -86,11 +79,10 @@ class AmaranthDevice(Device):
         return self._memory.mem[addr:addr + nbytes].tobytes()
 
     def _write_scalar(self, register: int, bits: int) -> None:
-        self._scalar_writes.append((register, bits))
-        self._scalars[register] = bits - (1 << 32) if bits >> 31 else bits
+        self._scalars.write(register, bits)
 
     def read_scalar(self, register: int) -> int:
-        return self._scalars[register]
+        return self._scalars.read(register)
 
     def _execute(self, base: int, max_cycles: int | None, cycle_limit: int) -> RunStatus:
         budget = cycle_limit + DEFAULT_MAX_CYCLES if max_cycles is None else max_cycles
@@ -108,13 +100,12 @@ class AmaranthDevice(Device):
                 continue
             base, budget, cycle_limit = self._request
             self._request = None
-            writes, self._scalar_writes = self._scalar_writes, []
-            for register, bits in writes:
+            for register, bits in self._scalars.take_writes():
                 await regs.write(REGISTER_BY_NAME[f"SCALAR_R{register}"].offset, bits)
             await regs.write(REGISTER_BY_NAME["PROG_BASE_LO"].offset, base & 0xFFFF_FFFF)
             await regs.write(REGISTER_BY_NAME["PROG_BASE_HI"].offset, base >> 32)
             await regs.write(REGISTER_BY_NAME["CYCLE_LIMIT"].offset, cycle_limit)
-            await regs.write(_CTRL.offset, _START)
+            await regs.write(REGISTER_BY_NAME["CTRL"].offset, CTRL_START_RUN)
             cycles = 0
             while not ctx.get(self._dut.irq) and cycles < budget:
                 await ctx.tick()
@@ -122,7 +113,7 @@ class AmaranthDevice(Device):
             timed_out = not ctx.get(self._dut.irq)
             if timed_out:
                 # Leave the machine usable for the next run.
-                await regs.write(_CTRL.offset, _SOFT_RESET)
+                await regs.write(REGISTER_BY_NAME["CTRL"].offset, CTRL_SOFT_RESET)
             cause = ErrorCause(await regs.read(REGISTER_BY_NAME["ERROR_CAUSE"].offset))
             error_pc = await regs.read(REGISTER_BY_NAME["ERROR_PC"].offset)
             if cause is ErrorCause.WATCHDOG:
@@ -136,8 +127,8 @@ class AmaranthDevice(Device):
                 counters[spec.name] = low | await regs.read(high_offset) << 32
             for register in range(1, SCALAR_REGS):
                 bits = await regs.read(REGISTER_BY_NAME[f"SCALAR_R{register}"].offset)
-                self._scalars[register] = bits - (1 << 32) if bits >> 31 else bits
-            await regs.write(_STATUS.offset, _DONE | _ERROR)
+                self._scalars.read_back(register, bits)
+            await regs.write(REGISTER_BY_NAME["STATUS"].offset, STATUS_DONE | STATUS_ERROR)
             failed = cause is not ErrorCause.NONE
             # Whole-run cycles: the `cycles` counter restarts at every COUNTERS with reset.
             self._status = RunStatus(cause, error_pc if failed else None, cycles, counters,

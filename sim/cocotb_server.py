@@ -33,15 +33,20 @@ from cocotb.simtime import get_sim_time
 from cocotb.triggers import ClockCycles, First, RisingEdge, Timer, ValueChange
 
 from braze.hw.counters import COUNTER_BITS as _COUNTER_BITS
-from braze.hw.csr import COUNTER_BASE, REGISTER_BY_NAME
+from braze.hw.csr import (
+    COUNTER_BASE,
+    CTRL_SOFT_RESET,
+    CTRL_START_RUN,
+    REGISTER_BY_NAME,
+    STATUS_DONE,
+    STATUS_ERROR,
+)
 from braze.isa import COUNTERS, ErrorCause
 
 from .build import CLOCK_PERIOD_NS
 
 _HEADER = struct.Struct("<I")
 _REG = {name: reg.offset for name, reg in REGISTER_BY_NAME.items()}
-_CTRL_START, _CTRL_IRQ_DONE, _CTRL_IRQ_ERROR, _CTRL_SOFT_RESET = 1, 2, 4, 8
-_STATUS_DONE, _STATUS_ERROR = 2, 4
 #: The budget of a run that names none: long enough for any test program, short of forever.
 DEFAULT_BUDGET = 1 << 40
 #: A run with a wall-clock budget waits for the interrupt in slices of about this many seconds (the
@@ -161,7 +166,7 @@ class HarnessDriver:
         await self.reg_write(_REG["PROG_BASE_LO"], base & 0xFFFF_FFFF)
         await self.reg_write(_REG["PROG_BASE_HI"], base >> 32)
         await self.reg_write(_REG["CYCLE_LIMIT"], cycle_limit)
-        await self.reg_write(_REG["CTRL"], _CTRL_START | _CTRL_IRQ_DONE | _CTRL_IRQ_ERROR)
+        await self.reg_write(_REG["CTRL"], CTRL_START_RUN)
         # `irq` is low now: the start cleared done and error.
         started = get_sim_time("ns")
         cpu_started = time.process_time()
@@ -186,20 +191,20 @@ class HarnessDriver:
         sim_cycles = round((get_sim_time("ns") - started) / CLOCK_PERIOD_NS)
         counters = self.counters()
         status = await self.reg_read(_REG["STATUS"])
-        finished = bool(status & (_STATUS_DONE | _STATUS_ERROR))
+        finished = bool(status & (STATUS_DONE | STATUS_ERROR))
         run_cycles = await self.reg_read(_REG["RUN_CYCLES"])
         cause = pc = None
-        if status & _STATUS_ERROR:
+        if status & STATUS_ERROR:
             cause = await self.reg_read(_REG["ERROR_CAUSE"])
             pc = await self.reg_read(_REG["ERROR_PC"])
         if finished:
-            await self.reg_write(_REG["STATUS"], _STATUS_DONE | _STATUS_ERROR)
+            await self.reg_write(_REG["STATUS"], STATUS_DONE | STATUS_ERROR)
         else:
             # Over budget: stop the core so that the next run starts from a clean machine.  A soft
             # reset alone can leave AXI bursts in flight whose late beats the next run would take
             # for its own, so the whole harness is reset too (memory contents survive: the storage
             # array has no reset).
-            await self.reg_write(_REG["CTRL"], _CTRL_SOFT_RESET)
+            await self.reg_write(_REG["CTRL"], CTRL_SOFT_RESET)
             await ClockCycles(self.clk, 4)
             await self.reset()
         return {"cause": ErrorCause.NONE.value if cause is None else cause, "error_pc": pc,

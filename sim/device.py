@@ -30,6 +30,39 @@ from braze.isa import (
 from braze.isa.counters import check_cycle_limit
 
 
+def int32_of(bits: int) -> int:
+    """The int32 a 32-bit register word holds (two's complement)."""
+    return bits - (1 << 32) if bits >> 31 else bits
+
+
+class ScalarShadow:
+    """The host's copy of the scalar registers, for a back end that writes them over its register bus.
+
+    Writes wait here until the next run starts (the back end sends :meth:`take_writes` then);
+    after a run the back end reads the registers back into it with :meth:`read_back`, since a
+    run's SCALAR and PREDICATE instructions change them.
+    """
+
+    def __init__(self, count: int):
+        self._values = [0] * count
+        self._pending: list[tuple[int, int]] = []
+
+    def write(self, register: int, bits: int) -> None:
+        self._pending.append((register, bits))
+        self._values[register] = int32_of(bits)
+
+    def read(self, register: int) -> int:
+        return self._values[register]
+
+    def take_writes(self) -> list[tuple[int, int]]:
+        """The ``(register, bits)`` writes since the last run, in order; they are no longer pending."""
+        writes, self._pending = self._pending, []
+        return writes
+
+    def read_back(self, register: int, bits: int) -> None:
+        self._values[register] = int32_of(bits)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunStatus:
     """What a device reports after a run.

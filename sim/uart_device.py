@@ -23,7 +23,14 @@ import collections
 
 import numpy as np
 
-from braze.hw.csr import COUNTER_BASE, REGISTER_BY_NAME
+from braze.hw.csr import (
+    COUNTER_BASE,
+    CTRL_SOFT_RESET,
+    CTRL_START_RUN,
+    REGISTER_BY_NAME,
+    STATUS_DONE,
+    STATUS_ERROR,
+)
 from braze.hw.top import AXIL_ADDR_WIDTH
 from braze.hw.uart_bridge import (
     HEADER_BYTES,
@@ -39,8 +46,8 @@ from braze.isa import COUNTERS, BrazeError, Config, ErrorCause
 from braze.isa.encoding import SCALAR_REGS
 
 # The host's view of CTRL and STATUS, and its default cycle budget, are the Amaranth device's.
-from .amaranth_device import _CTRL, _DONE, _ERROR, _SOFT_RESET, _START, _STATUS, DEFAULT_MAX_CYCLES
-from .device import Device, RunStatus
+from .amaranth_device import DEFAULT_MAX_CYCLES
+from .device import Device, RunStatus, ScalarShadow
 
 __all__ = ["BridgeError", "Transport", "SimulatedBoard", "SerialTransport", "BridgeClient", "UARTDevice",
            "DEFAULT_SIM_DIVISOR"]
@@ -48,6 +55,7 @@ __all__ = ["BridgeError", "Transport", "SimulatedBoard", "SerialTransport", "Bri
 #: Clock cycles per UART bit of the simulated board: the fewest the UART allows with a line that
 #: changes with the clock, so that a byte costs 20 cycles of a simulator that runs ~2000 a second.
 DEFAULT_SIM_DIVISOR = 2
+_CTRL, _STATUS = REGISTER_BY_NAME["CTRL"], REGISTER_BY_NAME["STATUS"]
 _RUN_CYCLES = REGISTER_BY_NAME["RUN_CYCLES"]
 
 
@@ -322,8 +330,7 @@ class UARTDevice(Device):
             raise BrazeError(f"uart device: the board has {self.bridge.memory_bytes} bytes of memory in "
                              f"{self.bridge.word_bytes}-byte words; config {config.name!r} expects "
                              f"{config.dram_bytes} in {config.dma_bus_bytes}-byte words")
-        self._scalar_writes: list[tuple[int, int]] = []
-        self._scalars = [0] * SCALAR_REGS
+        self._scalars = ScalarShadow(SCALAR_REGS)
 
     def write(self, addr: int, data: bytes | np.ndarray) -> None:
         payload = data.astype(data.dtype.newbyteorder("<")).tobytes() if isinstance(data, np.ndarray) \
@@ -336,33 +343,31 @@ class UARTDevice(Device):
         return self.bridge.read_memory(addr, nbytes)
 
     def _write_scalar(self, register: int, bits: int) -> None:
-        self._scalar_writes.append((register, bits))
-        self._scalars[register] = bits - (1 << 32) if bits >> 31 else bits
+        self._scalars.write(register, bits)
 
     def read_scalar(self, register: int) -> int:
-        return self._scalars[register]
+        return self._scalars.read(register)
 
     def _execute(self, base: int, max_cycles: int | None, cycle_limit: int) -> RunStatus:
         regs = self.bridge
         budget = cycle_limit + DEFAULT_MAX_CYCLES if max_cycles is None else max_cycles
-        writes, self._scalar_writes = self._scalar_writes, []
-        for register, bits in writes:
+        for register, bits in self._scalars.take_writes():
             regs.write_register(REGISTER_BY_NAME[f"SCALAR_R{register}"].offset, bits)
         regs.write_register(REGISTER_BY_NAME["PROG_BASE_LO"].offset, base & 0xFFFF_FFFF)
         regs.write_register(REGISTER_BY_NAME["PROG_BASE_HI"].offset, base >> 32)
         regs.write_register(REGISTER_BY_NAME["CYCLE_LIMIT"].offset, cycle_limit)
-        regs.write_register(_CTRL.offset, _START)
+        regs.write_register(_CTRL.offset, CTRL_START_RUN)
         # STATUS .. RUN_CYCLES are consecutive: one request per poll.
         poll_count = (_RUN_CYCLES.offset - _STATUS.offset) // 4 + 1
         while True:
             window = regs.read_registers(_STATUS.offset, poll_count)
             status_bits, run_cycles = window[0], window[-1]
-            if status_bits & (_DONE | _ERROR) or run_cycles >= budget:
+            if status_bits & (STATUS_DONE | STATUS_ERROR) or run_cycles >= budget:
                 break
-        timed_out = not status_bits & (_DONE | _ERROR)
+        timed_out = not status_bits & (STATUS_DONE | STATUS_ERROR)
         if timed_out:
             # Leave the machine usable for the next run.
-            regs.write_register(_CTRL.offset, _SOFT_RESET)
+            regs.write_register(_CTRL.offset, CTRL_SOFT_RESET)
             window = regs.read_registers(_STATUS.offset, poll_count)
         by_offset = {_STATUS.offset + 4 * i: value for i, value in enumerate(window)}
         cause = ErrorCause(by_offset[REGISTER_BY_NAME["ERROR_CAUSE"].offset])
@@ -373,8 +378,8 @@ class UARTDevice(Device):
         counters = {spec.name: words[2 * i] | words[2 * i + 1] << 32 for i, spec in enumerate(COUNTERS)}
         scalars = regs.read_registers(REGISTER_BY_NAME["SCALAR_R1"].offset, SCALAR_REGS - 1)
         for register, bits in enumerate(scalars, start=1):
-            self._scalars[register] = bits - (1 << 32) if bits >> 31 else bits
-        regs.write_register(_STATUS.offset, _DONE | _ERROR)
+            self._scalars.read_back(register, bits)
+        regs.write_register(_STATUS.offset, STATUS_DONE | STATUS_ERROR)
         failed = cause is not ErrorCause.NONE
         return RunStatus(cause, error_pc if failed else None, cycles, counters, timed_out=timed_out,
                          detail=f"not done after {budget} run cycles" if timed_out else "")

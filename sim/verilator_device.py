@@ -36,7 +36,7 @@ from braze.isa import BrazeError, Config, ErrorCause
 
 from .build import BuildResult, build_harness
 from .cocotb_server import receive_message, send_message
-from .device import Device, RunStatus
+from .device import Device, RunStatus, int32_of
 
 __all__ = ["VerilatorDevice", "SimulatorError", "simulator_env"]
 
@@ -295,7 +295,7 @@ class VerilatorDevice(Device):
         value, resp = self.read_register(REGISTER_BY_NAME[f"SCALAR_R{register}"].offset)
         if resp:
             raise SimulatorError(f"verilator device: the read of SCALAR_R{register} got AXI response {resp}")
-        return value - (1 << 32) if value >> 31 else value
+        return int32_of(value)
 
     @property
     def stall(self) -> float:

@@ -753,7 +753,7 @@ class _Lowering:
         self.device[out_tensor] = operands["out"]
         constants = dict(plan.constants)
         if "weights_oihw" in constants:
-            constants["B"] = kernel_lib.conv2d_weights(config, constants.pop("weights_oihw"))
+            constants["B"] = kernel_lib.conv2d_weights(config, constants.pop("weights_oihw"), kernel)
         plan = dataclasses.replace(plan, constants=constants)
         params = {}
         for name, value in plan.param_values(kernel).items():

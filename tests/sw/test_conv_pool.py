@@ -34,7 +34,7 @@ def test_fused_pooling_equals_convolution_then_maxpool(N, C, H, W, K_out, k, str
     assert fused.operands["out"].shape == (N, Ho // pool, Wo // pool, K_out)
     assert fused.tiling["m"] % fused.tiling["align"] == 0        # M tiles of whole images
     x = rng.integers(-128, 128, (N, H, W, C), dtype=np.int8)
-    weights = lib.conv2d_weights(TINY, rng.integers(-128, 128, (K_out, C, k, k), dtype=np.int8))
+    weights = lib.conv2d_weights(TINY, rng.integers(-128, 128, (K_out, C, k, k), dtype=np.int8), plain)
     params = dict(bias=rng.integers(-30000, 30000, K_out).astype(np.int32),
                   mult=np.full(K_out, 1 << 14, np.int32), shift=np.full(K_out, 24, np.int32))
     with open_device("golden", TINY) as device:

@@ -243,7 +243,7 @@ def test_conv2d(config, dims, options):
     ho, wo = K.conv2d_output_shape(H, W, kh, kw, stride, pad)
     params = epilogue_operands(rng, k_out, bias=options.get("bias", False),
                                requant=options.get("requant", False))
-    inputs = {"x": x, "B": K.conv2d_weights(config, w)}
+    inputs = {"x": x, "B": K.conv2d_weights(config, w, kernel)}
     if params:
         inputs["params"] = K.pack_params(kernel, **params)
     residual = int8(rng, (N, ho, wo, k_out)) if options.get("residual") else None
@@ -447,7 +447,7 @@ def test_kernels_fit_shallow_token_queues(token_depth):
 
         x, w = int8(rng, (1, 6, 6, 5)), int8(rng, (7, 5, 3, 3))
         kernel = K.conv2d(config, 1, 5, 6, 6, 7, 3, 3, 1, 1, out="int32")
-        result = K.run_kernel(device, kernel, {"x": x, "B": K.conv2d_weights(config, w)})
+        result = K.run_kernel(device, kernel, {"x": x, "B": K.conv2d_weights(config, w, kernel)})
         np.testing.assert_array_equal(result.outputs["out"], conv_reference(x, w, 1, 1))
 
         x = int8(rng, (1, 7, 7, 20))

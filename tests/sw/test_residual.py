@@ -147,7 +147,7 @@ def test_lowered_residual_kernel_is_bit_exact_with_the_node_on_golden(quantized)
         plan, kernel = node_kernel(graph, variant, TINY)
         constants = dict(plan.constants)
         if "weights_oihw" in constants:
-            constants["B"] = kernel_lib.conv2d_weights(TINY, constants.pop("weights_oihw"))
+            constants["B"] = kernel_lib.conv2d_weights(TINY, constants.pop("weights_oihw"), kernel)
         plan.constants = constants
         layout = (0, 2, 3, 1) if x.ndim == 4 else (0, 1)       # the kernel's operands are NHWC
         x_in = x

@@ -51,7 +51,7 @@ from .common import (
     run_kernels,
     utilisation,
 )
-from .conv import conv2d, conv2d_weights
+from .conv import ConvLayer, conv2d, conv2d_chain, conv2d_weights, taps_per_chunk
 from .elementwise import add, clip, relu, table
 from .matmul import ALoader as ALoader  # public in the old module, though not in __all__
 from .matmul import Tiling, batched_gemm, candidate_tilings, gemm, matmul_tilings, zero_point_rows
@@ -63,6 +63,7 @@ __all__ = [
     "global_avgpool",
     "add", "relu", "clip", "table",
     "pack_params", "pack_table",
-    "conv2d_weights", "avg_multiplier", "link", "run_kernel", "run_kernels", "utilisation",
+    "conv2d_weights", "taps_per_chunk", "avg_multiplier", "link", "run_kernel", "run_kernels", "utilisation",
+    "conv2d_chain", "ConvLayer",
     "Tiling", "candidate_tilings", "matmul_tilings", "MAX_VECTOR_MULT", "OPERAND_ALIGN",
 ]

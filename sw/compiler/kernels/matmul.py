@@ -127,7 +127,7 @@ def _chunk_runs(first_slot: int, chunks: int, ring: int, pieces: int) -> list[tu
 def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, operands: dict[str, Operand],
                      a_loader: ALoader, tiling: Tiling, pool: int = 1, slice_rows: int | None = None,
                      b_slice: int = 0, zp_a: tuple[int, ...] = (), zp_b: tuple[int, ...] = (),
-                     b_heads: int = 1, out_heads: int = 1) -> _Streams:
+                     b_heads: int = 1, out_heads: int = 1, pixel_major: int = 0) -> _Streams:
     """The streams of a tiled matrix multiply; with ``pool > 1`` every output tile is max-pooled on chip
     before its STORE (the rows of a tile in blocks of ``pool**2``, see :func:`~.conv.conv2d`).
 
@@ -143,7 +143,12 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
 
     Heads (:func:`batched_gemm` ``heads``): with ``b_heads = H > 1`` slice ``g`` of B is head ``g % H`` of
     a ``[batch/H, K, H, N]`` tensor (rows ``H*N`` bytes apart), and likewise the output with
-    ``out_heads`` (``[batch/H, M, H, N]``)."""
+    ``out_heads`` (``[batch/H, M, H, N]``).
+
+    Pixel-major tiles (``pixel_major = P``, a convolution over a batch, :func:`~.conv.conv2d`): M is
+    images of P output rows each (P pixels, after pooling), every M tile holds whole images, and
+    within a tile the rows are in the order (pixel, image); each pixel's rows are STOREd to their
+    NHWC places with one strided STORE."""
     R, COLS = config.rows, config.cols
     chunks = _cdiv(K, R)
     n_tiles = _cdiv(N, COLS)
@@ -165,6 +170,8 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
         raise KernelError(f"{what}: fused pooling needs an int8 EPILOGUE output")
     if out_heads > 1 and (epi.residual or pool > 1):
         raise KernelError(f"{what}: an output in heads layout takes no residual or pooling")
+    if pixel_major and (epi.residual or out_heads > 1 or b_slice):
+        raise KernelError(f"{what}: pixel-major tiles take no residual, heads or batch of B")
     if (zp_a or zp_b) and streamed:
         raise KernelError(f"{what}: zero points need A resident (no K blocks)")
     zp_a_bufs = spad.ring("zp_a", len(zp_a), m)       # constant A tiles: -za (in int8 parts)
@@ -304,6 +311,15 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
                             reads=[c_buf, result], writes=[c_buf])
             streams.add(_vector(VectorOp.MOV, result, result.start, c_buf, c_buf.start, rows),
                         reads=[c_buf], writes=[result])
+        if pixel_major:
+            # Rows (pixel, image) of whole images: one STORE per pixel, its rows an image apart.
+            images, first_image = rows // pixel_major, first_row // pixel_major
+            for pixel in range(pixel_major):
+                streams.add(Instruction.make(
+                    Opcode.STORE, mem=result.memory, addr=result.start + pixel * images, rows=images, len=nj,
+                    dram=out_op.addr + ((first_image * pixel_major + pixel) * N + n0) * out_bytes,
+                    stride=pixel_major * N * out_bytes), reads=[result])
+            return
         out_row = first_row * N
         if out_heads > 1:           # row r of slice g: head g % H of [batch/H, M, H, N]
             g, r = divmod(first_row, slice_rows)
@@ -515,7 +531,8 @@ def _candidate(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue
         streams = _matmul_pipeline(config, M, K, N, epi, operands, a_loader, tiling,
                                    extra_tiling.get("pool", 1), extra_tiling.get("slice_rows"),
                                    extra_tiling.get("b_slice", 0), extra_tiling.get("zp_a", ()),
-                                   extra_tiling.get("zp_b", ()), *extra_tiling.get("heads", (1, 1, 1))[1:])
+                                   extra_tiling.get("zp_b", ()), *extra_tiling.get("heads", (1, 1, 1))[1:],
+                                   pixel_major=extra_tiling.get("pixel_major", 0))
         try:
             program, took, lower = streams.merge_bounded(operands["counters"].addr if cutoff is not None
                                                          else None)
