@@ -165,3 +165,28 @@ def test_which_candidates_each_cost_model_generates():
     # A screened model: well above the fewest only, and never the tiling the fusion engine forced.
     assert _pruning_cutoff(screened, "cycles", 1000) == 1000 * SCREENED_BY_TIMING_MODEL[screened.name] > 1001
     assert _pruning_cutoff(screened, "cycles", 1000, forced=True) is None
+
+
+def test_a_forced_convolution_of_several_forms_is_ruled_out_only_when_its_fastest_form_would_be(
+        monkeypatch):
+    config = Config.preset("default")
+    shape = (16, 1, 6, 6, 8, 3, 3, 1, 1)          # a batch of small images: pixel-major and row-major forms
+    options = dict(bias=True, requant=True, act="relu")
+    for tiling in kernel_lib.candidate_tilings(kernel_lib.conv2d(config, *shape, **options)):
+        _fresh_generation(monkeypatch)
+        try:
+            whole = kernel_lib.conv2d(config, *shape, **options, tiling=tiling)
+        except kernel_lib.KernelError:
+            continue
+        # Above its cycles it is generated, and the same kernel (whatever other form was ruled out); at
+        # its cycles it may be ruled out (if the bounds say so), or else generated the same; at 1 it is.
+        for cutoff in (whole.predicted_cycles + 1, whole.predicted_cycles, 1):
+            _fresh_generation(monkeypatch)
+            try:
+                with prune_above(cutoff):
+                    kept = kernel_lib.conv2d(config, *shape, **options, tiling=tiling)
+            except CandidatePruned as pruned:
+                assert cutoff <= whole.predicted_cycles and pruned.lower_bound <= whole.predicted_cycles
+            else:
+                assert cutoff > 1
+                assert kept.instructions == whole.instructions and kept.tiling == whole.tiling
