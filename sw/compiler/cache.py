@@ -43,6 +43,7 @@ from braze.isa.encoding import INSN_BYTES, decode
 from braze.isa.timing import EPILOGUE_LATENCY, MATMUL_LATENCY, VECTOR_LATENCY
 
 from .kernels import Kernel, KernelError, Operand
+from .kernels.common import CandidatePruned, _prune_cutoff
 
 __all__ = ["KernelCache", "KernelCacheWarning", "default_cache", "cache_dir", "CACHE_VERSION"]
 
@@ -138,14 +139,42 @@ def _entry_bytes(key: str, kernel: Kernel | KernelError) -> bytes:
     # A kernel that cannot be generated for its signature (a KernelError, which depends on nothing
     # else) is remembered too, by its message, so that a second compile generates nothing at all.
     record = {"failure": str(kernel)} if isinstance(kernel, KernelError) else _to_record(kernel)
+    return _envelope(key, record)
+
+
+def _envelope(key: str, record: dict[str, Any]) -> bytes:
     entry = {"format": _FORMAT, "version": CACHE_VERSION, "key": key,
              "sha256": hashlib.sha256(_canonical(record)).hexdigest(), "kernel": record}
     return json.dumps(entry, separators=(",", ":"), default=_plain).encode()
 
 
+def _read_bound(path: Path, key: str) -> tuple[int, int]:
+    """The (lower bound, instructions) of a tiling ruled out, stored at ``path`` (see
+    :meth:`KernelCache.get_or_build`); raises ``ValueError`` naming what is wrong with the entry."""
+    record = _open_envelope(path, key)
+    if set(record) != {"lower_bound", "instructions"} or not all(
+            isinstance(value, int) and value >= 0 for value in record.values()):
+        raise ValueError("the entry holds no lower bound")
+    return record["lower_bound"], record["instructions"]
+
+
 def _read_entry(path: Path, key: str, config: Config) -> Kernel | KernelError:
     """The kernel (or the generation failure) stored at ``path``; raises ``ValueError`` naming what is
     wrong with the entry."""
+    record = _open_envelope(path, key)
+    if set(record) == {"failure"} and isinstance(record["failure"], str):
+        return KernelError(record["failure"])
+    try:
+        kernel = _from_record(record)
+    except Exception as error:        # a record that hashes right but does not describe a kernel
+        raise ValueError(f"malformed kernel record ({type(error).__name__}: {error})") from None
+    if kernel.config != config:
+        raise ValueError(f"the entry is for config {kernel.config.name!r}, not {config.name!r}")
+    return kernel
+
+
+def _open_envelope(path: Path, key: str) -> dict[str, Any]:
+    """The record of the entry at ``path`` after checking its format, version, key and content hash."""
     try:
         entry = json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -162,15 +191,7 @@ def _read_entry(path: Path, key: str, config: Config) -> Kernel | KernelError:
     if digest != entry.get("sha256"):
         raise ValueError(f"content hash mismatch (stored {str(entry.get('sha256'))[:16]}..., "
                          f"computed {digest[:16]}...)")
-    if set(record) == {"failure"} and isinstance(record["failure"], str):
-        return KernelError(record["failure"])
-    try:
-        kernel = _from_record(record)
-    except Exception as error:        # a record that hashes right but does not describe a kernel
-        raise ValueError(f"malformed kernel record ({type(error).__name__}: {error})") from None
-    if kernel.config != config:
-        raise ValueError(f"the entry is for config {kernel.config.name!r}, not {config.name!r}")
-    return kernel
+    return record
 
 
 class KernelCache:
@@ -189,6 +210,9 @@ class KernelCache:
         self.disk = disk
         self._memory: dict[str, Kernel | KernelError] = {}
         self.hits = self.disk_hits = self.misses = self.rejected = 0
+        self.pruned = 0      # builds a CandidatePruned stopped (a tiling ruled out by its lower bound)
+        # (lower bound, instructions) of the tilings ruled out, by key.
+        self._bounds: dict[str, tuple[int, int]] = {}
 
     @property
     def directory(self) -> Path:
@@ -198,23 +222,42 @@ class KernelCache:
         """The kernel for ``signature`` on ``config``: from memory, disk, or ``build()`` (then stored).
 
         A :class:`KernelError` of ``build()`` is stored as well, and raised again on every request.
+        A :class:`~.kernels.common.CandidatePruned` passes through, nothing stored.
         """
         key = _key(signature, config)
         kernel = self._memory.get(key)
         path = self.directory / f"{key}.json"
         if kernel is None and self.disk:
-            kernel = self._load(path, key, config)
+            kernel = self._load(path, lambda path: _read_entry(path, key, config))
             if kernel is not None:
                 self.disk_hits += 1
                 self._memory[key] = kernel
         if kernel is not None:
             self.hits += 1
         else:
+            # A tiling ruled out before by its lower bound (kept beside the kernels, so that a cached
+            # compile reads the kernels it may choose and not the others), if the bound rules it out
+            # again (prune_above).
+            cutoff = _prune_cutoff()
+            bound = self._bound(key) if cutoff is not None else None
+            if bound is not None and bound[0] >= cutoff:
+                self.pruned += 1
+                raise CandidatePruned(*bound)
             self.misses += 1
             try:
                 kernel = build()
             except KernelError as error:
                 kernel = error
+            except CandidatePruned as pruned:
+                # Not generated: no kernel to store, and no miss; its bound is kept.
+                self.misses -= 1
+                self.pruned += 1
+                self._bounds[key] = (pruned.lower_bound, pruned.instructions)
+                if self.disk:
+                    self._write(self.directory / f"{key}.bound.json", key,
+                                _envelope(key, {"lower_bound": pruned.lower_bound,
+                                                "instructions": pruned.instructions}))
+                raise
             self._memory[key] = kernel
             if self.disk:
                 self._store(path, key, kernel)
@@ -222,10 +265,11 @@ class KernelCache:
             raise KernelError(str(kernel))
         return kernel
 
-    def _load(self, path: Path, key: str, config: Config) -> Kernel | KernelError | None:
-        """The entry at ``path``, or None when there is none or it cannot be trusted (with a warning)."""
+    def _load(self, path: Path, read: Callable[[Path], Any]) -> Any:
+        """``read(path)``: the entry at ``path``, or None when there is none or it cannot be trusted (with a
+        warning)."""
         try:
-            return _read_entry(path, key, config)
+            return read(path)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as error:
@@ -234,8 +278,19 @@ class KernelCache:
                           KernelCacheWarning, stacklevel=3)
             return None
 
+    def _bound(self, key: str) -> tuple[int, int] | None:
+        """The lower bound and size of the tiling ``key`` once ruled out, from memory or disk, if any."""
+        bound = self._bounds.get(key)
+        if bound is None and self.disk:
+            bound = self._load(self.directory / f"{key}.bound.json", lambda path: _read_bound(path, key))
+            if bound is not None:
+                self._bounds[key] = bound
+        return bound
+
     def _store(self, path: Path, key: str, kernel: Kernel | KernelError) -> None:
-        payload = _entry_bytes(key, kernel)
+        self._write(path, key, _entry_bytes(key, kernel))
+
+    def _write(self, path: Path, key: str, payload: bytes) -> None:
         # An unwritable cache directory only costs recompilation.
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,10 +308,11 @@ class KernelCache:
 
     def clear_memory(self) -> None:
         self._memory.clear()
+        self._bounds.clear()
 
     def stats(self) -> dict[str, int]:
         return {"hits": self.hits, "disk_hits": self.disk_hits, "misses": self.misses,
-                "rejected": self.rejected, "entries": len(self._memory)}
+                "rejected": self.rejected, "entries": len(self._memory), "pruned": self.pruned}
 
     def __repr__(self) -> str:
         return f"<KernelCache {self.directory if self.disk else 'memory-only'} {self.stats()}>"

@@ -8,7 +8,9 @@ directory): the time of ``InferenceSession.compile_for`` for the first batch siz
 candidate kernel generated, fusion and tiling priced), then for a second batch size (which
 specialises the first one's plan, ``specialise=True``; with ``--fresh`` it is priced afresh), then
 for the first size again in a new session on the now warm disk caches (the features remembered in
-memory forgotten).  Session construction (import, quantization) is not counted.
+memory forgotten).  ``pruned``: candidate tilings of the cold compile ruled out by their lower bound
+before being scheduled (:mod:`braze.sw.compiler.tiling`); ``read``: kernels the cached compile read.
+Session construction (import, quantization) is not counted.
 The last line is ``compile: cnn_cold=... cnn_second=... ...`` (the learned model's keys with a
 ``_learned`` suffix).
 """
@@ -76,6 +78,7 @@ def measure(kind: str, *, config: str = "default", first: int = 64, second: int 
         session.compile_for({name: shape})
         cold = time.perf_counter() - started
         generated = session.cache.misses
+        pruned = session.cache.pruned
         started = time.perf_counter()
         session.compile_for({name: (second, *shape[1:])})
         second_s = time.perf_counter() - started
@@ -87,7 +90,8 @@ def measure(kind: str, *, config: str = "default", first: int = 64, second: int 
         cached = time.perf_counter() - started
     return {"model": kind, "cost_model": cost_model, "first": first, "second": second, "cold_s": cold,
             "second_s": second_s, "cached_s": cached, "kernels_generated": generated,
-            "kernels_second": session.cache.misses - generated}
+            "kernels_second": session.cache.misses - generated, "kernels_pruned": pruned,
+            "kernels_cached": warm.cache.disk_hits}
 
 
 @contextlib.contextmanager
@@ -140,12 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(measure(args.one, specialise=not args.fresh, cost_model=planners[0], **options)))
         return 0
     rows = [run_child(kind, planner, fresh=args.fresh, **options) for planner in planners for kind in kinds]
-    print(f"{'model':<6} {'cost model':<10} {'batch':>6} {'cold':>9} {'generated':>10} {'batch':>6} "
-          f"{'second':>9} {'generated':>10} {'cached':>9}")
+    print(f"{'model':<6} {'cost model':<10} {'batch':>6} {'cold':>9} {'generated':>10} {'pruned':>7} "
+          f"{'batch':>6} {'second':>9} {'generated':>10} {'cached':>9} {'read':>5}")
     for row in rows:
         print(f"{row['model']:<6} {row['cost_model']:<10} {row['first']:>6} {row['cold_s']:>8.3f}s "
-              f"{row['kernels_generated']:>10} {row['second']:>6} {row['second_s']:>8.3f}s "
-              f"{row['kernels_second']:>10} {row['cached_s']:>8.3f}s")
+              f"{row['kernels_generated']:>10} {row['kernels_pruned']:>7} {row['second']:>6} "
+              f"{row['second_s']:>8.3f}s {row['kernels_second']:>10} {row['cached_s']:>8.3f}s "
+              f"{row['kernels_cached']:>5}")
     how = "fresh" if args.fresh else "specialised"
     suffix = {"analytic": "", "learned": "_learned"}
     print("compile: " + " ".join(f"{row['model']}_{key}{suffix[row['cost_model']]}={row[key + '_s']:.3f}"

@@ -46,9 +46,11 @@ keep the one the timing model predicts fastest (:class:`Tiling`).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -69,10 +71,17 @@ from braze.isa.arith import TABLE_ENTRIES
 from braze.isa.asm import disassemble
 from braze.isa.errors import BrazeError
 from braze.isa.model import program_events
-from braze.isa.timing import Scheduler, instruction_cycles, table_rows, timing_key
+from braze.isa.timing import (
+    LOAD_HANDOVER_CYCLES,
+    Scheduler,
+    instruction_cycles,
+    table_rows,
+    timing_key,
+)
 
 __all__ = [
     "KernelError", "Operand", "Kernel", "KernelResult", "conv2d_output_shape",
+    "CandidatePruned", "prune_above",
     "pack_params", "link", "run_kernel", "run_kernels", "utilisation", "MAX_VECTOR_MULT", "OPERAND_ALIGN",
 ]
 
@@ -88,6 +97,39 @@ class KernelError(BrazeError, ValueError):
 
 class _Unorderable(Exception):
     """The streams need more tokens in flight than the token queues hold (retry with fewer slots)."""
+
+
+class CandidatePruned(Exception):
+    """A candidate tiling was not generated: its streams' lower bound (:meth:`_Streams.merge_bounded`)
+    reached the cycles it had to beat (:func:`prune_above`), so it cannot be the fastest.
+
+    ``instructions``: how many its kernel would hold (it orders with the token queues: a candidate that
+    does not is never pruned, it does not build).
+    """
+
+    def __init__(self, lower_bound: int, instructions: int):
+        super().__init__(f"lower bound {lower_bound} cycles")
+        self.lower_bound = lower_bound
+        self.instructions = instructions
+
+
+#: Cycles a forced tiling must beat to be generated (see :func:`prune_above`); None: generate it.
+_PRUNE_ABOVE: contextvars.ContextVar[float | None] = contextvars.ContextVar("braze_prune_above", default=None)
+
+
+@contextlib.contextmanager
+def prune_above(cycles: float | None) -> Iterator[None]:
+    """Meanwhile, a GEMM or convolution built with a forced ``tiling`` whose lower bound is at least
+    ``cycles`` raises :class:`CandidatePruned` instead of being generated (None: no pruning)."""
+    token = _PRUNE_ABOVE.set(cycles)
+    try:
+        yield
+    finally:
+        _PRUNE_ABOVE.reset(token)
+
+
+def _prune_cutoff() -> float | None:
+    return _PRUNE_ABOVE.get()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -386,6 +428,22 @@ class _Streams:
 
     def merge_timed(self) -> tuple[list[Instruction], list[int]]:
         """:meth:`merge`, and each instruction's :func:`~braze.isa.timing.instruction_cycles`."""
+        program, cycles, _ = self.merge_bounded(None)
+        return program, cycles
+
+    def merge_bounded(self, counters_addr: int | None) -> tuple[list[Instruction], list[int], int]:
+        """:meth:`merge_timed`, and the cycles that the program :func:`_finish` makes of it (closed by
+        COUNTERS at ``counters_addr``, then HALT) takes at least under the timing model (0 when
+        ``counters_addr`` is None).
+
+        The bound is a relaxation of :class:`~braze.isa.timing.Scheduler`: each unit runs its stream in
+        order, an instruction starts after the token it pops was pushed (the k-th pop of a queue takes
+        the k-th push), overlapped LOADs share one data bus in order -- and nothing else waits (no
+        dispatcher, no queue or token capacity).  Every time there is at most the scheduler's, so a
+        tiling whose bound reaches another's predicted cycles cannot be faster: it need not be
+        scheduled and encoded to be ruled out (:func:`~.matmul._candidate`).  Measured on the digits
+        CNN's candidates: most bounds equal the timing model's cycles, the rest are within 1.23x.
+        """
         token_depth = self.config.token_depth
         config = self.config
         # State by position in _STREAM_UNITS and by token queue number (_QUEUES), not by enum.
@@ -397,6 +455,13 @@ class _Streams:
         popped = [0] * len(_QUEUES)
         program: list[Instruction] = []
         cycles: list[int] = []
+        # The relaxed schedule of the bound: when each unit is free, each token pushed, the overlapped
+        # load engine takes the next LOAD, and the load data bus is free; the last retire.
+        bounding = counters_addr is not None
+        overlapped = config.load_overlap > 1
+        free = [0, 0, 0]
+        pushed_at: list[list[int]] = [[] for _ in _QUEUES]
+        issue_free = data_end = retired = 0
         total = sum(lengths)
         while len(program) < total:
             best_start = best = -1
@@ -423,18 +488,43 @@ class _Streams:
                 raise _Unorderable(f"the streams need more than token_depth={token_depth} tokens in flight")
             op = streams[best][heads[best]]
             heads[best] += 1
-            for queue in op.pop_queues:
-                popped[queue] += 1
             # The flags are legal for the unit by construction (_PUSH_FLAG/_POP_FLAG).
             insn = op.insn.with_deps(op.insn.deps | frozenset(op.flags)) if op.flags else op.insn
             took = instruction_cycles(insn, config)
+            if bounding:
+                loading = best == 0 and overlapped
+                start = issue_free if loading else free[best]
+                for queue in op.pop_queues:
+                    if pushed_at[queue][popped[queue]] > start:
+                        start = pushed_at[queue][popped[queue]]
+                # A PREDICATE may run beside the compute unit: 1 cycle at least.
+                end = start + (1 if insn.opcode is Opcode.PREDICATE else took)
+                if loading:
+                    args = insn.args
+                    issue_free = start + (1 if args["zero"] else args["rows"] + 1)
+                    # Its beats: what instruction_cycles adds to the memory latency and the request.
+                    data = args["rows"] if args["zero"] else took - config.mem_latency - 1
+                    end = data_end = max(end, data_end + data + LOAD_HANDOVER_CYCLES)
+                    end = max(end, free[0])           # LOADs retire in program order
+                free[best] = end
+                for queue in op.push_queues:
+                    pushed_at[queue].append(end)
+                if end > retired:
+                    retired = end
+            for queue in op.pop_queues:
+                popped[queue] += 1
             end = best_start + took
             for queue in op.push_queues:
                 push_times[queue].append(end)
             unit_free[best] = end
             program.append(insn)
             cycles.append(took)
-        return program, cycles
+        if not bounding:
+            return program, cycles, 0
+        closing = Instruction.make(Opcode.COUNTERS, dram=counters_addr, reset=True)
+        bound = (max(retired, total) + instruction_cycles(closing, config)
+                 + instruction_cycles(Instruction.make(Opcode.HALT), config))
+        return program, cycles, bound
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -485,8 +575,11 @@ def _counters_spec() -> _OperandSpec:
 
 
 def _finish(name: str, config: Config, streams: _Streams, operands: dict[str, Operand], *, macs: int,
-            param_rows: tuple[str, ...] = (), tiling: dict | None = None) -> Kernel:
-    instructions, took = streams.merge_timed()
+            param_rows: tuple[str, ...] = (), tiling: dict | None = None,
+            merged: tuple[list[Instruction], list[int]] | None = None) -> Kernel:
+    """The kernel of ``streams``: merged (or ``merged``, what :meth:`_Streams.merge_timed` gave), closed by
+    COUNTERS, and priced by the timing model."""
+    instructions, took = streams.merge_timed() if merged is None else merged
     instructions.append(Instruction.make(Opcode.COUNTERS, dram=operands["counters"].addr, reset=True))
     # schedule(instructions + [HALT]).cycles, reusing the instruction cycles the merge computed.
     scheduler = Scheduler(config, keep_entries=False)

@@ -24,6 +24,7 @@ import numpy as np
 from braze.isa import Activation, Config, Instruction, Memory, Opcode, VectorOp
 
 from .common import (
+    CandidatePruned,
     Kernel,
     KernelError,
     _Allocator,
@@ -40,6 +41,7 @@ from .common import (
     _OperandSpec,
     _place,
     _positive,
+    _prune_cutoff,
     _SegmentList,
     _set_config_regs,
     _slot,
@@ -298,6 +300,7 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
     else:
         forms = [layout]
     built: list[Kernel] = []
+    ruled_out: list[CandidatePruned] = []      # forms whose forced tiling prune_above ruled out
     for form in forms:
         try:
             if form == "resident":
@@ -307,12 +310,26 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
                     raise KernelError(f"conv2d {N}x{C}x{H}x{W}: not one image's input fits the scratchpad")
             else:
                 kernel = _conv_form(form == "pixels")
+        except CandidatePruned as pruned:
+            ruled_out.append(pruned)   # another form may still beat the cutoff
+            continue
         except KernelError:
             if form != "rows" and len(forms) > 1:
                 continue           # e.g. a forced tiling of the row-major form (not whole images per tile)
             raise
         if kernel is not None:
             built.append(kernel)
+    if ruled_out:
+        # Exact only if a form built beats the cutoff (the ones ruled out reach it); else the fastest
+        # form is not known, and the tiling is ruled out as a whole (its size, for a generation budget,
+        # then that of the smallest form ruled out).
+        fastest = min(built, key=lambda kernel: kernel.predicted_cycles) if built else None
+        cutoff = _prune_cutoff()
+        if fastest is None or cutoff is None or fastest.predicted_cycles >= cutoff:
+            raise CandidatePruned(min([pruned.lower_bound for pruned in ruled_out]
+                                      + [kernel.predicted_cycles for kernel in built]),
+                                  min(pruned.instructions for pruned in ruled_out))
+        return fastest
     return min(built, key=lambda kernel: kernel.predicted_cycles)
 
 

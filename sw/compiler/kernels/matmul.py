@@ -22,6 +22,7 @@ from braze.isa import Activation, Config, Instruction, Memory, Opcode, VectorOp
 from braze.isa.timing import table_rows
 
 from .common import (
+    CandidatePruned,
     Kernel,
     KernelError,
     Operand,
@@ -39,6 +40,7 @@ from .common import (
     _OperandSpec,
     _place,
     _positive,
+    _prune_cutoff,
     _set_config_regs,
     _slot,
     _Streams,
@@ -510,26 +512,42 @@ _GENERATED_LIMIT = 200_000
 
 def _candidate(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue,
                operands: dict[str, Operand], a_loader: ALoader, loader_key: tuple, tiling: Tiling,
-               extra_tiling: dict) -> Kernel | None:
+               extra_tiling: dict, cutoff: float | None = None) -> Kernel | None:
     """The kernel of one tiling, or None when its streams do not fit the token queues.
 
     ``loader_key`` says everything ``a_loader`` depends on (kernel generation is a pure function of
-    these arguments, so a kernel generated once is reused; callers get their own copy)."""
+    these arguments, so a kernel generated once is reused; callers get their own copy).
+
+    ``cutoff``: the predicted cycles the kernel would have to beat; a tiling not generated yet whose
+    lower bound (:meth:`~.common._Streams.merge_bounded`) reaches them raises :class:`CandidatePruned`
+    instead (its streams are built and merged, not scheduled or encoded)."""
     key = (name, config, M, K, N, epi, tuple(operands.items()), loader_key, tiling,
            tuple(sorted(extra_tiling.items())))
     if key in _GENERATED:
         kernel = _GENERATED[key]
     else:
+        bound = _BOUNDS.get(key)
+        if cutoff is not None and bound is not None and bound[0] >= cutoff:
+            raise CandidatePruned(*bound)
         streams = _matmul_pipeline(config, M, K, N, epi, operands, a_loader, tiling,
                                    extra_tiling.get("pool", 1), extra_tiling.get("slice_rows"),
                                    extra_tiling.get("b_slice", 0), extra_tiling.get("zp_a", ()),
                                    extra_tiling.get("zp_b", ()), *extra_tiling.get("heads", (1, 1, 1))[1:],
                                    pixel_major=extra_tiling.get("pixel_major", 0))
         try:
-            kernel = _finish(name, config, streams, operands, macs=M * N * K, param_rows=epi.param_rows,
-                             tiling=dataclasses.asdict(tiling) | extra_tiling)
+            program, took, lower = streams.merge_bounded(operands["counters"].addr if cutoff is not None
+                                                         else None)
         except _Unorderable:
             kernel = None     # needs deeper token queues
+        else:
+            if cutoff is not None:
+                if len(_BOUNDS) >= _BOUNDS_LIMIT:
+                    _BOUNDS.clear()
+                _BOUNDS[key] = bound = (lower, len(program) + 1)
+                if lower >= cutoff:
+                    raise CandidatePruned(*bound)
+            kernel = _finish(name, config, streams, operands, macs=M * N * K, param_rows=epi.param_rows,
+                             tiling=dataclasses.asdict(tiling) | extra_tiling, merged=(program, took))
         _GENERATED[key] = kernel
         held = sum(len(k.instructions) for k in _GENERATED.values() if k is not None)
         while held > _GENERATED_LIMIT and len(_GENERATED) > 1:
@@ -539,6 +557,16 @@ def _candidate(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue
         return None
     return dataclasses.replace(kernel, instructions=list(kernel.instructions), operands=dict(kernel.operands),
                                tiling=dict(kernel.tiling))
+
+
+#: Rule candidates out by their lower bound (:func:`_candidate`'s ``cutoff``); off: generate every one
+#: (tests compare).
+_PRUNING = True
+
+#: Lower bounds and instruction counts of the candidates pruned (:func:`_candidate`), by the same key as
+#: _GENERATED: a tiling ruled out once is ruled out again without building its streams.
+_BOUNDS: dict[tuple, tuple[int, int]] = {}
+_BOUNDS_LIMIT = 1 << 14
 
 
 def _matmul_kernel(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue,
@@ -557,6 +585,7 @@ def _matmul_kernel(name: str, config: Config, M: int, K: int, N: int, epi: _Epil
         streamed_ok=zp_tiles == 0)
     best: Kernel | None = None
     generated = 0
+    forced_cutoff = _prune_cutoff() if tiling is not None else None
     for group in groups:
         if best is not None and group[0].buffers < best.tiling["buffers"] and best.tiling["m"] < M:
             # Single-buffered candidates are the fallback -- except for one M tile, where double
@@ -565,16 +594,27 @@ def _matmul_kernel(name: str, config: Config, M: int, K: int, N: int, epi: _Epil
             # over the calibration shapes stays the same.
             break
         for candidate in group:
-            kernel = _candidate(name, config, M, K, N, epi, operands, a_loader, loader_key, candidate,
-                                extra_tiling)
+            # ... and then by a margin (predicted 1.3% faster, default's 1x64x10 measured 1.5% slower).
+            margin = 1.0 if best is None or candidate.buffers >= best.tiling["buffers"] \
+                else _SINGLE_BUFFER_MARGIN
+            # A candidate that cannot beat the best so far is not generated (its lower bound says so);
+            # a forced tiling is pruned at the cycles its caller gives (prune_above).
+            cutoff = forced_cutoff if best is None else best.predicted_cycles * margin
+            cutoff = cutoff if _PRUNING else None
+            try:
+                kernel = _candidate(name, config, M, K, N, epi, operands, a_loader, loader_key, candidate,
+                                    extra_tiling, cutoff)
+            except CandidatePruned as pruned:
+                if best is None:
+                    raise                 # a forced tiling its caller needs no more
+                generated += pruned.instructions     # it builds: the budget counts it as before
+                continue
             if kernel is None:
                 continue          # needs deeper token queues; single-buffered candidates follow
             generated += len(kernel.instructions)
-            # ... and then by a margin (predicted 1.3% faster, default's 1x64x10 measured 1.5% slower).
             if best is None:
                 best = kernel
                 continue
-            margin = _SINGLE_BUFFER_MARGIN if candidate.buffers < best.tiling["buffers"] else 1.0
             if kernel.predicted_cycles < best.predicted_cycles * margin:
                 best = kernel
         if best is not None and generated > _CANDIDATE_BUDGET:
