@@ -522,7 +522,10 @@ def _fleet(args: argparse.Namespace) -> int:
          arg("--regressor", default="lightgbm", choices=("lightgbm", "sklearn")),
          arg("--out", type=Path, help="where train writes the model (default: the cache's model folder)"),
          arg("--ship", action="store_true",
-             help="train into the model shipped with Braze, on calibration runs only (developers)"))
+             help="train into the model shipped with Braze, on calibration runs only (developers)"),
+         arg("--leave-out", action="append", default=[], metavar="FAMILY",
+             help="train without this kernel family (repeatable): the learned cost model prices its "
+                  "kernels, and the decisions they take part in, with the analytic model"))
 def _hpm(args: argparse.Namespace) -> int:
     from braze.sw import hpm
 
@@ -558,7 +561,14 @@ def _hpm(args: argparse.Namespace) -> int:
         # The shipped model learns from calibration runs only: the demo's models' kernels, which
         # sessions record, stay unseen, so the demo's learned-vs-measured table is a held-out test.
         records = [record for record in records if record.source == "calibrate"]
+    families = {record.family for record in records}
+    for family in args.leave_out:
+        if family not in families:
+            raise hpm.ModelError(f"--leave-out {family}: no such kernel family in the history "
+                                 f"({', '.join(sorted(families))})")
+    records = [record for record in records if record.family not in args.leave_out]
     model = hpm.PerformanceModel(args.regressor).fit(records)
+    model.metadata["left_out_families"] = sorted(args.leave_out)
     out = args.out or (shipped_model_dir(args.device) if args.ship else hpm.default_model_dir(args.device))
     model.save(out, versioned=not args.ship)
     print(f"trained on {model.metadata['rows']} runs ({', '.join(model.metadata['configs'])}; "

@@ -430,6 +430,10 @@ def learned_model_table(outcomes: Sequence[ModelOutcome], device: str, config: C
     lines.append(f"  model: {model.regressor}, trained on {meta['rows']} runs of {len(meta['families'])} "
                  f"kernel families ({', '.join(meta['configs'])}); `braze hpm calibrate` and "
                  f"`braze hpm train` remake it")
+    if meta.get("left_out_families"):
+        left_out = ", ".join(meta["left_out_families"])
+        lines.append(f"  trained without {left_out} (priced by the analytic model; `braze hpm train "
+                     f"--leave-out` as the shipped model was made)")
     lines.append(f"  {'model':6} {'kernel':28} {'measured':>9} {'analytic':>9} {'error':>7} {'learned':>9} "
                  f"{'error':>7}")
     errors: dict[str, list[float]] = {"analytic": [], "learned": []}

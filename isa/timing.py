@@ -352,8 +352,13 @@ class Scheduler:
     into space freed by earlier pops (the reference model checks this).
     """
 
-    def __init__(self, config: Config, *, keep_entries: bool = True):
+    def __init__(self, config: Config, *, keep_entries: bool = True, load_stretch: float = 0.0):
         self.config = config
+        #: With overlapped LOADs: the extra cycles per row request and per data beat a stalling memory
+        #: adds (``stall / (1 - stall)``; 0 for the nominal memory).  The requests and the beats of
+        #: overlapped LOADs queue behind each other on the one AXI port, so the learned model's
+        #: memory-aware baseline stretches them here rather than only each LOAD's own duration.
+        self.load_stretch = load_stretch
         # Without keep_entries only the totals are kept (add returns None): a compiler pricing a program.
         self.keep_entries = keep_entries
         self.entries: list[ScheduledInstruction] = []
@@ -547,7 +552,11 @@ class Scheduler:
         """
         args = insn.args
         data_cycles = args["rows"] if args["zero"] else axi_beats(insn, self.config)
-        self._load_issue_free = start + (1 if args["zero"] else args["rows"] + 1)
+        requests = args["rows"]
+        if self.load_stretch and not args["zero"]:
+            data_cycles = int(round(data_cycles * (1.0 + self.load_stretch)))
+            requests = int(round(requests * (1.0 + self.load_stretch)))
+        self._load_issue_free = start + (1 if args["zero"] else requests + 1)
         end = max(end, self._load_data_end + data_cycles + LOAD_HANDOVER_CYCLES)
         self._load_data_end = end
         return end, max(end, self._unit_free[_LOAD])

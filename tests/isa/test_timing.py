@@ -220,3 +220,34 @@ def test_overlapped_zero_loads_follow_in_order():
     load, zeroed, _ = sched.entries
     assert zeroed.start == load.start + LOAD_A.rows + 1
     assert zeroed.end == load.end + zero.rows + 2
+
+
+def test_load_stretch_lengthens_the_overlapped_loads_requests_and_beats():
+    """A stalling memory (``load_stretch``) stretches each overlapped LOAD's row requests and data
+    beats where they queue behind the previous LOAD's; at 0 the schedule is the timing model's."""
+    from braze.isa.timing import LOAD_HANDOVER_CYCLES, Scheduler
+    config = _overlapped(TINY, 4)
+    loads = [LOAD_A.replace(addr=4 * i, push_next=True) for i in range(TINY.token_depth)]
+    program = loads + [MATMUL_OTHER.replace(pop_prev=True) for _ in loads] + [I.make("halt")]
+    beats = axi_beats(LOAD_A, config)
+
+    def entries(stretch: float):
+        scheduler = Scheduler(config, load_stretch=stretch)
+        for insn in program:
+            scheduler.add(insn)
+        return scheduler.result()
+
+    assert entries(0.0).cycles == schedule(program, config).cycles
+    stretched = entries(1.0)                                      # stall 0.5: every handshake twice
+    plain = entries(0.0)
+    firsts = stretched.entries[:len(loads)]
+    for before, after in zip(firsts, firsts[1:], strict=False):
+        assert after.start >= before.start + 2 * LOAD_A.rows + 1
+        assert after.end >= before.end + 2 * beats + LOAD_HANDOVER_CYCLES
+    assert firsts[-1].end > plain.entries[len(loads) - 1].end        # the matmuls hide it here
+    assert stretched.busy["load_busy"] > plain.busy["load_busy"]
+    # Without overlap a LOAD's own duration is all there is: the stretch has nothing to lengthen.
+    serial = Scheduler(TINY, load_stretch=1.0)
+    for insn in program:
+        serial.add(insn)
+    assert serial.result().cycles == schedule(program, TINY).cycles

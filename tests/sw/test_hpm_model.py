@@ -307,3 +307,23 @@ def test_a_kernel_family_the_model_never_saw_falls_back_to_the_analytic_model():
     # In one decision, the seen candidate is then priced analytically too (priced alike).
     assert learned.predict_candidates([seen, unseen], TINY) == \
         [TimingCostModel().predict(seen, TINY), TimingCostModel().predict(unseen, TINY)]
+
+
+def test_train_can_leave_a_family_out_and_then_prices_it_analytically(tmp_path, capsys):
+    """``braze hpm train --leave-out F`` trains on every family but F (recorded in the metadata), so the
+    learned cost model falls back to the analytic one for F's kernels; an unknown family is an error."""
+    from braze.cli import main
+    from braze.sw.hpm.store import HistoryStore
+
+    rng = np.random.default_rng(5)
+    history = tmp_path / "history.sqlite"
+    with HistoryStore(history) as store:
+        store.add_many([r for family in ("a", "b") for r in _synthetic(rng, family, 30)])
+    out = tmp_path / "model"
+    assert main(["hpm", "train", "--history", str(history), "--out", str(out), "--leave-out", "b"]) == 0
+    model = PerformanceModel.load(out)
+    assert model.metadata["families"] == ["a"] and model.metadata["left_out_families"] == ["b"]
+    assert model.metadata["rows"] == 30
+    capsys.readouterr()
+    assert main(["hpm", "train", "--history", str(history), "--out", str(out), "--leave-out", "c"]) == 2
+    assert "--leave-out c: no such kernel family" in capsys.readouterr().err
