@@ -125,8 +125,10 @@ def test_learned_and_analytic_plans_disagree_and_the_learned_one_measures_faster
     assert not kept.changed, kept                      # the library's tiling is the timing model's best
     (decision,) = learned.tiling_decisions
     assert decision.changed, decision
-    assert decision.candidates == kept.candidates or {label for label, _ in decision.candidates} == {
-        label for label, _ in kept.candidates}       # the same candidates, priced by the other model
+    # The same candidates, priced by the other model -- or ruled out by their lower bound on the
+    # timing model's cycles (exactly, under the timing model; screened at 1.25x for the learned one).
+    assert {label for label, _ in decision.candidates + decision.pruned} == {
+        label for label, _ in kept.candidates + kept.pruned}
     conv = [k for k in learned.kernels.values() if k.name == "conv2d"][0]
     library = [k for k in analytic.kernels.values() if k.name == "conv2d"][0]
     assert conv.tiling["m"] < library.tiling["m"]
