@@ -43,7 +43,7 @@ from braze.isa.encoding import INSN_BYTES, decode
 from braze.isa.timing import EPILOGUE_LATENCY, MATMUL_LATENCY, VECTOR_LATENCY
 
 from .kernels import Kernel, KernelError, Operand
-from .kernels.common import CandidatePruned, _prune_cutoff
+from .kernels.common import CandidatePruned, prune_cutoff
 
 __all__ = ["KernelCache", "KernelCacheWarning", "default_cache", "cache_dir", "CACHE_VERSION"]
 
@@ -238,7 +238,7 @@ class KernelCache:
             # A tiling ruled out before by its lower bound (kept beside the kernels, so that a cached
             # compile reads the kernels it may choose and not the others), if the bound rules it out
             # again (prune_above).
-            cutoff = _prune_cutoff()
+            cutoff = prune_cutoff()
             bound = self._bound(key) if cutoff is not None else None
             if bound is not None and bound[0] >= cutoff:
                 self.pruned += 1

@@ -81,7 +81,7 @@ from braze.isa.timing import (
 
 __all__ = [
     "KernelError", "Operand", "Kernel", "KernelResult", "conv2d_output_shape",
-    "CandidatePruned", "prune_above",
+    "CandidatePruned", "prune_above", "prune_cutoff",
     "pack_params", "link", "run_kernel", "run_kernels", "utilisation", "MAX_VECTOR_MULT", "OPERAND_ALIGN",
 ]
 
@@ -128,7 +128,8 @@ def prune_above(cycles: float | None) -> Iterator[None]:
         _PRUNE_ABOVE.reset(token)
 
 
-def _prune_cutoff() -> float | None:
+def prune_cutoff() -> float | None:
+    """The cycles set by the innermost :func:`prune_above` in force (None: no pruning)."""
     return _PRUNE_ABOVE.get()
 
 

@@ -41,7 +41,6 @@ from .common import (
     _OperandSpec,
     _place,
     _positive,
-    _prune_cutoff,
     _SegmentList,
     _set_config_regs,
     _slot,
@@ -49,6 +48,7 @@ from .common import (
     _Unorderable,
     _vector,
     _window_segments,
+    prune_cutoff,
 )
 from .matmul import Tiling, _matmul_kernel
 
@@ -324,7 +324,7 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
         # form is not known, and the tiling is ruled out as a whole (its size, for a generation budget,
         # then that of the smallest form ruled out).
         fastest = min(built, key=lambda kernel: kernel.predicted_cycles) if built else None
-        cutoff = _prune_cutoff()
+        cutoff = prune_cutoff()
         if fastest is None or cutoff is None or fastest.predicted_cycles >= cutoff:
             raise CandidatePruned(min([pruned.lower_bound for pruned in ruled_out]
                                       + [kernel.predicted_cycles for kernel in built]),

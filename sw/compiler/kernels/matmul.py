@@ -40,12 +40,12 @@ from .common import (
     _OperandSpec,
     _place,
     _positive,
-    _prune_cutoff,
     _set_config_regs,
     _slot,
     _Streams,
     _Unorderable,
     _vector,
+    prune_cutoff,
 )
 from .loops import loops_if_no_slower
 
@@ -585,7 +585,7 @@ def _matmul_kernel(name: str, config: Config, M: int, K: int, N: int, epi: _Epil
         streamed_ok=zp_tiles == 0)
     best: Kernel | None = None
     generated = 0
-    forced_cutoff = _prune_cutoff() if tiling is not None else None
+    forced_cutoff = prune_cutoff() if tiling is not None else None
     for group in groups:
         if best is not None and group[0].buffers < best.tiling["buffers"] and best.tiling["m"] < M:
             # Single-buffered candidates are the fallback -- except for one M tile, where double
