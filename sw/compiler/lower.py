@@ -15,6 +15,9 @@ Every operator node becomes one *step* of a straight-line plan:
   folded into the bias (``bias - x_zp * colsum(w)``), the residual's zero
   point into the requantize stage's (``out_zp - residual_zp``); the residual
   operand has the output's device layout.
+* **Layer fusion**: ``braze.QConvChain`` (:mod:`~braze.sw.compiler.chain`) -> one
+  :func:`~braze.sw.compiler.kernels.conv2d_chain` kernel for all its layers, each layer's epilogue
+  folded as a ``QConv``'s; the activations between the layers stay in the scratchpad.
 * **Views**: ``Reshape``/``Flatten``/``Squeeze``/``Unsqueeze``/``Identity`` of a
   tensor that lives on the device in a row-major layout cost nothing: the
   output names the same bytes.
@@ -61,6 +64,7 @@ from braze.isa.errors import BrazeError
 
 from . import kernels as kernel_lib
 from .cache import KernelCache, default_cache, encoded_words
+from .chain import QCONV_CHAIN, layer_nodes
 from .frontend import BRAZE_DOMAIN, conv_pads
 from .ir import Graph, Node, NodeKind, TensorInfo
 from .kernels import Kernel, KernelError
@@ -138,6 +142,11 @@ class NodeKernel:
                 kernel, **{k: self.constants[k] for k in kernel.param_rows})
         if "table" in kernel.operands:
             values["table"] = kernel_lib.pack_table(self.constants["table"])
+        for index, (weights, rows) in enumerate(self.constants.get("chain_layers", ()), start=1):
+            # A conv2d_chain kernel (braze.QConvChain): B<i> and params<i> per layer.
+            values[f"B{index}"] = kernel_lib.conv2d_weights(kernel.config, weights, kernel, f"B{index}")
+            if rows:
+                values[f"params{index}"] = np.stack([np.asarray(row, np.int64) for row in rows.values()])
         return values
 
 
@@ -215,6 +224,8 @@ def plan_node(graph: Graph, node: Node, x_layout: str | None = None) -> NodeKern
             return _plan_qmatmul(graph, node, x_layout)
         if op == f"{BRAZE_DOMAIN}.QConv":
             return _plan_qconv(graph, node)
+        if op == QCONV_CHAIN:
+            return _plan_qconvchain(graph, node)
         if op == "MaxPool":
             return _plan_maxpool(graph, node)
         if op in ("Relu", "Clip"):
@@ -346,6 +357,40 @@ def _plan_qconv(graph: Graph, node: Node) -> NodeKernel | str:
     if _residual(node):
         inputs["residual"] = (_residual(node), "NHWC")
     return NodeKernel(node, recipe, inputs, (node.outputs[0], "NHWC"), constants, host_pad)
+
+
+def _plan_qconvchain(graph: Graph, node: Node) -> NodeKernel | str:
+    """A ``braze.QConvChain``: one :func:`~braze.sw.compiler.kernels.conv2d_chain` kernel, every layer's
+    epilogue as :func:`_plan_qconv` folds it (the input zero point into the bias)."""
+    x_name = node.inputs[0]
+    n, c, h, wd = _static(graph, x_name, node)
+    layers, constants = [], []
+    height, width = h, wd
+    pool = 1
+    for index, layer in enumerate(layer_nodes(node), start=1):
+        w = np.asarray(graph.constant(layer.inputs[1]), np.int8)
+        bias = graph.constant(layer.inputs[2]) if layer.inputs[2] else None
+        k_out, _, kh, kw = w.shape
+        pads = conv_pads((height, width), (kh, kw), (1, 1), (1, 1), layer.attrs)
+        if len(set(pads)) != 1:
+            return f"layer {index}: asymmetric pads {pads} (a chain's layers pad alike on every side)"
+        if pads[0] and int(layer.attrs.get("x_zero_point", 0)):
+            return (f"layer {index}: padding of an input with zero point {layer.attrs['x_zero_point']} "
+                    "(the chain kernel pads with zeros)")
+        options, rows = _epilogue(layer, k_out, bias, w.astype(np.int64).sum(axis=(1, 2, 3)))
+        if options.get("out") != "int8" or "residual" in options:
+            return f"layer {index}: not an int8 output without a residual"
+        layers.append(kernel_lib.ConvLayer(k_out, kh, kw, pads[0], bias=bool(options.get("bias")),
+                                           requant=bool(options.get("requant")),
+                                           act=options.get("act", "none"), clip=options.get("clip"),
+                                           out_zp=int(options.get("out_zp", 0))))
+        constants.append((w, {name: rows[name] for name in ("bias", "mult", "shift") if name in rows}))
+        height, width = height + 2 * pads[0] - kh + 1, width + 2 * pads[0] - kw + 1
+        pool = int(layer.attrs.get("pool", 1))
+    options = {"pool": pool} if pool > 1 else {}
+    recipe = KernelRecipe("conv2d_chain", (n, c, h, wd, tuple(layers)), _options(options))
+    return NodeKernel(node, recipe, {"x": (x_name, "NHWC")}, (node.outputs[0], "NHWC"),
+                      {"chain_layers": tuple(constants)})
 
 
 def _plan_maxpool(graph: Graph, node: Node) -> NodeKernel | str:

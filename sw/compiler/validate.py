@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .chain import QCONV_CHAIN, check_chain
 from .frontend import BRAZE_DOMAIN, supports
 from .ir import LOCATIONS, Graph, InvalidGraph, Node, NodeKind, TensorInfo
 
@@ -401,4 +402,5 @@ _CHECKS: dict[str, Callable] = {
     f"{BRAZE_DOMAIN}.QAdd": _check_qadd,
     f"{BRAZE_DOMAIN}.QTable": _check_qtable,
     f"{BRAZE_DOMAIN}.QActMatMul": _check_qactmatmul,
+    QCONV_CHAIN: check_chain,
 }

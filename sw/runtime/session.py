@@ -50,7 +50,7 @@ from braze.isa.errors import BrazeError
 from ..compiler.cache import KernelCache, default_cache
 from ..compiler.cost import CostModel, TimingCostModel, check_objective
 from ..compiler.frontend import EvaluationError, evaluate, load_onnx
-from ..compiler.fusion import DEFAULT_THRESHOLD, FusionDecision, fuse, split_activations
+from ..compiler.fusion import DEFAULT_THRESHOLD, OPPORTUNITY_KINDS, FusionDecision, fuse, split_activations
 from ..compiler.ir import Graph, TensorInfo
 from ..compiler.lower import CompiledModel, lower
 from ..compiler.passes import simplify
@@ -268,6 +268,10 @@ class InferenceSession:
         zero-block fractions of the quantized graph profiled on the calibration data (needed).
         Activations are then quantized symmetrically (zero point 0: a ReLU's zeros are int8 zeros,
         which the kernels test for; the output of a ReLU keeps 7 bits instead of 8).
+    force_fusion : sequence of str
+        Fusion opportunity kinds (:data:`~braze.sw.compiler.fusion.OPPORTUNITY_KINDS`, e.g.
+        ``("conv_chain",)``) taken wherever a fused kernel can be generated, whatever the cost model
+        predicts (``fuse(force=...)``): to measure a fusion the cost model does not choose.
 
     Warns
     -----
@@ -281,7 +285,8 @@ class InferenceSession:
                  allow_fallback: bool = False, threshold: float = DEFAULT_THRESHOLD,
                  cost_model: CostModel | str | None = None, cache: KernelCache | None = None,
                  profile: bool = False, record: bool | None = None, objective: str = "cycles",
-                 nonfinite: str = "error", specialise: bool = True, skip_zero_blocks: bool = False):
+                 nonfinite: str = "error", specialise: bool = True, skip_zero_blocks: bool = False,
+                 force_fusion: Sequence[str] = ()):
         started = time.perf_counter()
         self.objective = check_objective(objective)
         if nonfinite not in NONFINITE_POLICIES:
@@ -290,6 +295,12 @@ class InferenceSession:
         self.config = config if isinstance(config, Config) else Config.parse(config)
         self.fuse = fuse
         self.threshold = threshold
+        self.force_fusion = tuple(force_fusion)
+        forceable = [kind for kind in OPPORTUNITY_KINDS if kind != "skip"]
+        unknown = sorted(set(self.force_fusion) - set(forceable))
+        if unknown:
+            raise BrazeError(f"force_fusion={list(self.force_fusion)}: {', '.join(unknown)} cannot be forced "
+                             f"(the kinds that can: {', '.join(forceable)})")
         self.cache = cache if cache is not None else default_cache()
         self.profile = profile
         self.profiles: dict[str, TensorProfile] = {}
@@ -367,7 +378,8 @@ class InferenceSession:
             if self.fuse:
                 fused, decisions = fuse(static, self.config, cost_model=self.cost_model,
                                         threshold=self.threshold, cache=self.cache, objective=self.objective,
-                                        replay=plan[0] if plan else (), profiles=self._zero_block_profiles)
+                                        replay=plan[0] if plan else (), profiles=self._zero_block_profiles,
+                                        force=self.force_fusion)
             else:
                 fused, decisions = split_activations(static), []
             if plan:

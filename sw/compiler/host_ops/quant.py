@@ -6,6 +6,8 @@ bit-exactly as the accelerator's ``EPILOGUE`` (:mod:`braze.isa.arith`).
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from onnx import helper
 
@@ -153,6 +155,15 @@ def _braze_qconv(node, x, w, bias=None, residual=None):
     return y
 
 
+def _braze_qconvchain(node, x, *weights_and_biases):
+    """``braze.QConvChain``: its layers' ``QConv``s one after the other (each layer's attributes are a
+    tuple of ``(name, value)`` pairs in ``node.attrs["layers"]``; see :mod:`braze.sw.compiler.chain`)."""
+    for index, layer in enumerate(node.attrs["layers"]):
+        w, bias = weights_and_biases[2 * index: 2 * index + 2]
+        x = _braze_qconv(types.SimpleNamespace(attrs=dict(layer)), x, w, bias)
+    return x
+
+
 def _braze_qactmatmul(node, a, b):
     """``epilogue((a - a_zero_point) @ (b - b_zero_point))``, broadcasting as ONNX MatMul: a product
     of two activations (both int8), e.g. attention's ``Q @ K^T``; the epilogue per column.
@@ -217,6 +228,7 @@ register("ConvInteger")(lambda node, x, w, x_zp=None, w_zp=None: _conv_integer(n
 register("DynamicQuantizeLinear")(_dynamic_quantize_linear)
 register(f"{BRAZE_DOMAIN}.QMatMul")(_braze_qmatmul)
 register(f"{BRAZE_DOMAIN}.QConv")(_braze_qconv)
+register(f"{BRAZE_DOMAIN}.QConvChain")(_braze_qconvchain)
 register(f"{BRAZE_DOMAIN}.QAdd")(_braze_qadd)
 register(f"{BRAZE_DOMAIN}.QActMatMul")(_braze_qactmatmul)
 register(f"{BRAZE_DOMAIN}.QTable")(_braze_qtable)

@@ -1,0 +1,153 @@
+"""Layer fusion offered by the fusion engine: ``braze.QConvChain``, its evaluator, validation, lowering to
+one ``conv2d_chain`` kernel, and the ``conv_chain`` decision priced by the cost model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+from onnx_models import make_model
+
+from braze.isa import Config
+from braze.sim.device import open_device
+from braze.sw.compiler import models
+from braze.sw.compiler.cache import KernelCache
+from braze.sw.compiler.chain import QCONV_CHAIN
+from braze.sw.compiler.frontend import evaluate, load_onnx
+from braze.sw.compiler.fusion import DEFAULT_THRESHOLD, find_opportunities, fuse
+from braze.sw.compiler.ir import InvalidGraph
+from braze.sw.compiler.lower import lower
+from braze.sw.compiler.quantize import quantize
+from braze.sw.compiler.validate import validate
+from braze.sw.runtime.runtime import Runtime
+from braze.sw.runtime.session import InferenceSession
+
+DEFAULT = Config.preset("default")
+
+
+def conv_stack(N: int, C: int, H: int, layers, pool: int = 1, seed: int = 0):
+    """Float ONNX ``(Conv -> Relu)*`` [-> MaxPool] on N x C x H x H, layers as (K_out, kernel, pad)."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, x, c, side = [], [], "x", C, H
+    for i, (k_out, k, pad) in enumerate(layers, start=1):
+        inits += [(f"w{i}", rng.normal(0, 1 / np.sqrt(k * k * c), (k_out, c, k, k)).astype(np.float32)),
+                  (f"b{i}", rng.normal(0, 0.1, k_out).astype(np.float32))]
+        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}", pads=[pad] * 4),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        x, c, side = f"r{i}", k_out, side + 2 * pad - k + 1
+    if pool > 1:
+        nodes.append(helper.make_node("MaxPool", [x], ["y"], name="pool", kernel_shape=[pool] * 2,
+                                      strides=[pool] * 2))
+        side //= pool
+    else:
+        nodes.append(helper.make_node("Identity", [x], ["y"], name="out"))
+    return make_model(nodes, [("x", np.float32, [N, C, H, H])], [("y", np.float32, [N, c, side, side])],
+                      inits, name="conv_stack")
+
+
+@pytest.fixture(scope="module")
+def padded_stack():
+    """Two padded layers on a batch of 10 (symmetric activations: the chain kernel pads with zeros),
+    the graph quantized and fused by the timing model, and an input."""
+    rng = np.random.default_rng(1)
+    calibration = rng.normal(size=(10, 6, 7, 7)).astype(np.float32)
+    graph = quantize(load_onnx(conv_stack(10, 6, 7, [(8, 3, 1), (5, 2, 0)])), [{"x": calibration}],
+                     symmetric_activations=True)
+    fused, decisions = fuse(graph, DEFAULT, cache=KernelCache(disk=False))
+    return graph, fused, decisions, rng.normal(size=(10, 6, 7, 7)).astype(np.float32)
+
+
+def test_a_padded_stack_is_chained_on_its_merits(padded_stack):
+    graph, fused, decisions, x = padded_stack
+    (decision,) = [d for d in decisions if d.opportunity.kind == "conv_chain"]
+    costs = dict(decision.candidates)
+    assert list(costs) == ["separate", "chained"]
+    gain = 1 - costs["chained"].cycles / costs["separate"].cycles
+    assert decision.chosen == "chained" and not decision.forced
+    assert decision.gain == pytest.approx(gain) and gain >= DEFAULT_THRESHOLD
+    assert costs["chained"].bytes < costs["separate"].bytes       # the intermediate stays on chip
+    assert "conv_chain(conv1_q -> conv2_q)" in str(decision) and "predicted gain" in str(decision)
+    (chain,) = [n for n in fused.operators() if n.qualified_op == QCONV_CHAIN]
+    assert chain.attrs["fused_ops"] == ("conv1_q", "conv1_q_act", "conv2_q", "conv2_q_act")
+    assert validate(fused) is fused
+    # The chain node evaluates exactly as the layers it replaced.
+    assert np.array_equal(evaluate(fused, {"x": x})["y"], evaluate(graph, {"x": x})["y"])
+
+
+@pytest.mark.parametrize("device", ["golden", "verilator"])
+def test_the_chained_stack_is_bit_exact_on_the_devices(padded_stack, device):
+    graph, fused, _, x = padded_stack
+    compiled = lower(fused, DEFAULT, cache=KernelCache(disk=False))
+    kernels = [step.kernel for step in compiled.steps if hasattr(step, "kernel")]
+    assert [k.name for k in kernels] == ["conv2d_chain"]
+    with open_device(device, DEFAULT) as opened:
+        runtime = Runtime(compiled, opened)
+        got = runtime.run({"x": x})["y"]
+        (row,) = runtime.last_report.kernels
+    assert np.array_equal(got, evaluate(graph, {"x": x})["y"])
+    assert len(np.unique(got)) > 4
+    # The 10x8x7x7 intermediate never crosses the bus: the kernel writes only its 10x5x6x6 output.
+    assert row.dma_write_bytes == 10 * 5 * 6 * 6
+    assert row.cycles > 0
+
+
+def test_the_digits_cnn_chain_is_priced_and_forced_by_a_session_option():
+    """The digits CNN's conv1 -> conv2+pool: the timing model predicts 1.3%, under the threshold; with
+    ``force_fusion`` the whole convolution part is one kernel, and the outputs do not change."""
+    cnn = models.CNN()
+    data = models.load_digits_split()
+    calibration = models.calibration_set(cnn, data, samples=32)
+    x = cnn.inputs(data.x_val[:16])
+    outputs, sessions = [], []
+    for force in ((), ("conv_chain",)):
+        session = InferenceSession(cnn.to_onnx().SerializeToString(), config="default",
+                                   calibration=calibration, cost_model="analytic",
+                                   cache=KernelCache(disk=False), force_fusion=force)
+        outputs.append(session.run(None, {session.get_inputs()[0].name: x})[0])
+        sessions.append(session)
+    decisions = [[d for d in s.fusion_decisions if d.opportunity.kind == "conv_chain"] for s in sessions]
+    assert [d.chosen for d in decisions[0]] == ["separate"]
+    assert [(d.chosen, d.forced) for d in decisions[1]] == [("chained", True)]
+    costs = dict(decisions[1][0].candidates)
+    assert costs["chained"].bytes < costs["separate"].bytes
+    assert "forced" in str(decisions[1][0])
+    kernels = [row.kernel for row in sessions[1].report().kernels]
+    assert len(kernels) == 2 and "conv2d_chain" in kernels[0] and "gemm" in kernels[1]
+    assert np.array_equal(outputs[0], outputs[1])
+    assert np.array_equal(outputs[1], evaluate(sessions[1].graph_after, {"x": x})["logits"])
+    with pytest.raises(Exception, match="cannot be forced"):
+        InferenceSession(cnn.to_onnx().SerializeToString(), calibration=calibration, force_fusion=("skip",))
+
+
+def test_no_chain_where_the_kernel_would_pad_a_nonzero_zero_point():
+    """Asymmetric activations (zero point -128) of a padded stack: the chain kernel pads with zeros, so
+    the opportunity is not offered and the layers stay separate kernels."""
+    rng = np.random.default_rng(2)
+    calibration = rng.normal(size=(4, 6, 7, 7)).astype(np.float32)
+    graph = quantize(load_onnx(conv_stack(4, 6, 7, [(8, 3, 1), (5, 3, 1)])), [{"x": calibration}])
+    fused, decisions = fuse(graph, DEFAULT, cache=KernelCache(disk=False))
+    assert not [d for d in decisions if d.opportunity.kind == "conv_chain"]
+    assert not [o for o in find_opportunities(fused) if o.kind == "conv_chain"]
+
+
+def test_validation_rejects_a_malformed_chain(padded_stack):
+    _, fused, _, _ = padded_stack
+    (chain,) = [n for n in fused.operators() if n.qualified_op == QCONV_CHAIN]
+    layers = [dict(layer) for layer in chain.attrs["layers"]]
+
+    def with_layers(changed) -> object:
+        node = chain.with_attrs(layers=tuple(tuple(sorted(layer.items())) for layer in changed))
+        return fused.edit(substitute={chain.name: node})
+
+    with pytest.raises(InvalidGraph, match=r"layer 2: x_zero_point 5 differs"):
+        validate(with_layers([layers[0], {**layers[1], "x_zero_point": 5}]))
+    with pytest.raises(InvalidGraph, match=r"layer 1: strides \(2, 2\)"):
+        validate(with_layers([{**layers[0], "strides": (2, 2)}, layers[1]]))
+    with pytest.raises(InvalidGraph, match="only the last layer of a chain pools"):
+        validate(with_layers([{**layers[0], "pool": 2}, layers[1]]))
+    # Layer 2's weights swapped for layer 1's: 6 input channels where the layer before gives 8.
+    swapped = chain.replace(inputs=(chain.inputs[0], *chain.inputs[1:3], *chain.inputs[1:3]))
+    with pytest.raises(InvalidGraph, match=f"node '{chain.name}': layer 2: weight .* expects 6 input "):
+        validate(fused.edit(substitute={chain.name: swapped}))
+    with pytest.raises(InvalidGraph, match="takes 5 inputs"):
+        validate(fused.edit(substitute={chain.name: chain.replace(inputs=chain.inputs[:3])}))
