@@ -11,24 +11,31 @@ In one run (issue 12, item 5):
 * **the digits CNN** (:mod:`braze.demo`'s model and flow) compiled fused and unfused with the cost model
   a verilator session plans with and run on the validation images: the fused per-kernel table with the
   stall counters, PE utilisation, and the unfused / fused ratios of cycles and external bytes.
+* **layer fusion** of the digits CNN: the plan's ``conv_chain`` decision (is the convolution part one
+  :func:`~braze.sw.compiler.kernels.conv2d_chain` kernel?), and the plan with it forced
+  (``force_fusion=("conv_chain",)``) run the same way: cycles and external bytes against the fused plan.
 * **compile time** of the digits CNN under that cost model (:mod:`braze.sw.runtime.compile_bench`, in a
   fresh process): cold, a second batch size, and from a warm kernel cache.
 
 It ends with one line::
 
     kernels: cnn_util=<pct> gemm64_large_util=<pct> gemm256_util=<pct> small_gemm_worst_over_bound=<x>
-             fusion_cycles=<x> fusion_bytes=<x> compile_cold_s=<x>
+             fusion_cycles=<x> fusion_bytes=<x> compile_cold_s=<x> cnn_chain=<chosen|not_chosen>
+             chain_cycles=<x> chain_bytes=<x>
 
 where the small GEMMs are those with M <= 16 (on both configurations) and ``gemm256_util`` is 256^3 on
 ``default``.  Targets (issue 12): CNN >= 60%, 64^3 on large >= 85%, 256^3 >= 95%, small shapes
-<= 1.5x their bound, fusion >= 1.5x cycles and >= 2x bytes, cold compile < 1 s.
+<= 1.5x their bound, fusion >= 1.5x cycles and >= 2x bytes, cold compile < 1 s.  ``chain_cycles`` and
+``chain_bytes`` are the fused plan's over the forced chain's (above 1: the chain is better).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +43,8 @@ from braze.isa import Activation, Config, Memory
 from braze.isa.arith import epilogue
 from braze.isa.errors import ArgumentParser
 
-__all__ = ["GEMM_SHAPES", "CONFIGS", "gemm_bound", "run_gemms", "run_cnn", "main"]
+__all__ = ["GEMM_SHAPES", "CONFIGS", "gemm_bound", "run_gemms", "run_cnn", "run_cnn_chain", "ChainOutcome",
+           "main"]
 
 #: (M, K, N) of the GEMMs measured, as the issue lists them.
 GEMM_SHAPES = ((1, 64, 10), (1, 256, 256), (16, 16, 16), (64, 64, 64), (128, 128, 128), (256, 256, 256),
@@ -153,6 +161,67 @@ def cnn_table(outcome, config: Config) -> str:
     return "\n".join(lines)
 
 
+@dataclasses.dataclass
+class ChainOutcome:
+    """The digits CNN's layer fusion: the plan's ``conv_chain`` decision, and the plan with it forced."""
+
+    decision: str                  # the decision in the session's own plan (its cost model)
+    chosen: bool                   # the plan chains the convolutions on its own
+    forced_decision: str
+    kernels: list[str]             # of the forced plan
+    totals: Any                    # demo.Totals of the forced plan
+    golden_identical: bool | None
+
+
+def run_cnn_chain(device_kind: str, *, samples: int, golden_check: bool) -> ChainOutcome:
+    """The demo's digits CNN with its convolutions in one ``conv2d_chain`` kernel (``force_fusion``), run
+    as :func:`run_cnn` runs the fused plan, and the ``conv_chain`` decision of the unforced plan."""
+    import tempfile
+    from pathlib import Path
+
+    from braze import demo
+    from braze.sw.compiler import models
+    from braze.sw.runtime.session import InferenceSession
+
+    model, _ = demo.train_model("cnn")
+    data = models.load_digits_split()
+    x = model.inputs(data.x_val[:samples])
+    calibration = models.calibration_set(model, data)
+    before = os.environ.get("BRAZE_HPM_RECORD")
+    os.environ["BRAZE_HPM_RECORD"] = "0"
+    try:
+        with tempfile.TemporaryDirectory(prefix="braze-chain-") as directory:
+            path = model.save(Path(directory) / "digits_cnn.onnx")
+
+            def chain_decision(session) -> str:
+                found = [d for d in session.fusion_decisions if d.opportunity.kind == "conv_chain"]
+                return str(found[0]) if found else "no conv_chain opportunity"
+
+            with InferenceSession(path, device=device_kind, config="default",
+                                  calibration=calibration) as plain:
+                plain.compile_for({plain.get_inputs()[0].name: x[:64].shape})
+                decision = chain_decision(plain)
+                chosen = any(d.opportunity.kind == "conv_chain" and d.chosen != "separate"
+                             for d in plain.fusion_decisions)
+                planner = plain.cost_model
+            with InferenceSession(path, device=device_kind, config="default", calibration=calibration,
+                                  cost_model=planner, force_fusion=("conv_chain",)) as forced:
+                logits, totals, report = demo.run_session(forced, x, 64)
+                forced_decision = chain_decision(forced)
+            identical = None
+            if golden_check and device_kind != "golden":
+                with InferenceSession(path, device="golden", config="default", calibration=calibration,
+                                      cost_model=planner, force_fusion=("conv_chain",)) as golden:
+                    identical = bool(np.array_equal(logits, demo.run_session(golden, x, 64)[0]))
+    finally:
+        if before is None:
+            del os.environ["BRAZE_HPM_RECORD"]
+        else:
+            os.environ["BRAZE_HPM_RECORD"] = before
+    return ChainOutcome(decision, chosen, forced_decision, [row.kernel for row in report.kernels], totals,
+                        identical)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``braze bench kernels [--quick] [--device verilator] [--samples N]``."""
     from braze.sw.runtime import compile_bench
@@ -183,6 +252,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"fused vs unfused: cycles {cnn.unfused.totals.cycles} / {cnn.fused.totals.cycles} = "
           f"{cnn.cycle_ratio:.2f}x, external bytes {cnn.unfused.totals.external_bytes} / "
           f"{cnn.fused.totals.external_bytes} = {cnn.byte_ratio:.2f}x; outputs vs golden: {identical}")
+    chain = run_cnn_chain(args.device, samples=samples, golden_check=not args.quick)
+    chain_cycles = cnn.fused.totals.cycles / max(1, chain.totals.cycles)
+    chain_bytes = cnn.fused.totals.external_bytes / max(1, chain.totals.external_bytes)
+    print(f"layer fusion in the plan: {chain.decision}")
+    print(f"forced (force_fusion=conv_chain): {chain.forced_decision}")
+    print(f"  kernels {', '.join(chain.kernels)}: cycles {chain.totals.cycles}, external bytes "
+          f"{chain.totals.external_bytes}, PE util {chain.totals.utilisation(config):.1%}; fused plan / "
+          f"chained = {chain_cycles:.2f}x cycles, {chain_bytes:.2f}x bytes; outputs vs golden: "
+          f"{ {None: 'not compared', True: 'bit-identical', False: 'DIFFER'}[chain.golden_identical] }")
 
     print()
     cost_model = "learned" if "hpm-learned" in cnn.fused.cost_model else "analytic"
@@ -196,11 +274,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         found = [row for row in gemms if row["config"] == config_name and row["shape"] == shape]
         return f"{100 * found[0]['utilisation']:.1f}" if found else "n/a"
     small = [row["over_bound"] for row in gemms if row["shape"][0] <= SMALL_M]
-    correct = all(row["correct"] for row in gemms) and cnn.golden_identical is not False
+    correct = all(row["correct"] for row in gemms) and cnn.golden_identical is not False \
+        and chain.golden_identical is not False
     verdict = "bit-exact" if correct else "NOT bit-exact"
     print(f"({time.perf_counter() - started:.0f} s; every output {verdict})")
     print(f"kernels: cnn_util={100 * cnn.fused.totals.utilisation(config):.1f} "
           f"gemm64_large_util={util('large', (64, 64, 64))} gemm256_util={util('default', (256, 256, 256))} "
           f"small_gemm_worst_over_bound={max(small):.2f} fusion_cycles={cnn.cycle_ratio:.2f} "
-          f"fusion_bytes={cnn.byte_ratio:.2f} compile_cold_s={compiled['cold_s']:.3f}")
+          f"fusion_bytes={cnn.byte_ratio:.2f} compile_cold_s={compiled['cold_s']:.3f} "
+          f"cnn_chain={'chosen' if chain.chosen else 'not_chosen'} chain_cycles={chain_cycles:.2f} "
+          f"chain_bytes={chain_bytes:.2f}")
     return 0 if correct else 1

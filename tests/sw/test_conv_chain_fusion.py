@@ -115,6 +115,13 @@ def test_the_digits_cnn_chain_is_priced_and_forced_by_a_session_option():
     assert len(kernels) == 2 and "conv2d_chain" in kernels[0] and "gemm" in kernels[1]
     assert np.array_equal(outputs[0], outputs[1])
     assert np.array_equal(outputs[1], evaluate(sessions[1].graph_after, {"x": x})["logits"])
+    # Priced in energy (external bytes at 244 pJ each), the chain wins on its merits: the objective option.
+    energy = InferenceSession(cnn.to_onnx().SerializeToString(), config="default", calibration=calibration,
+                              cost_model="analytic", cache=KernelCache(disk=False), objective="energy")
+    energy.compile_for({energy.get_inputs()[0].name: x.shape})
+    (decision,) = [d for d in energy.fusion_decisions if d.opportunity.kind == "conv_chain"]
+    assert decision.chosen == "chained" and not decision.forced and decision.gain > DEFAULT_THRESHOLD
+    assert "in energy" in str(decision)
     with pytest.raises(Exception, match="cannot be forced"):
         InferenceSession(cnn.to_onnx().SerializeToString(), calibration=calibration, force_fusion=("skip",))
 
