@@ -16,6 +16,10 @@ pairs (lists and arrays as tuples, so the node stays immutable and its fingerpri
 output is the last layer's.  The value is by definition that of the layers evaluated one after the
 other (:func:`layer_nodes`), so the chain is exact.
 
+With attribute ``fc`` (the attributes of a ``braze.QMatMul`` with ``flatten_a=1``, as pairs) and two
+more inputs (its weights and optional bias), the chain ends in that fully connected layer on the
+flattened output of the last convolution (:func:`fc_node`): a small CNN in one node and one kernel.
+
 Rules (:func:`check_chain`, run by :func:`~braze.sw.compiler.validate.validate`): every layer has
 stride 1, no dilation, one group, symmetric padding, int8 output with requantization, an activation
 among none/relu/clip and no residual; only the last layer pools; a layer's input zero point is the
@@ -32,12 +36,13 @@ import numpy as np
 from .frontend import BRAZE_DOMAIN, conv_pads
 from .ir import Graph, Node, NodeKind
 
-__all__ = ["QCONV_CHAIN", "chain_layers", "layer_nodes", "chain_node", "check_chain", "chain_output_shape",
-           "can_be_inner", "can_be_last"]
+__all__ = ["QCONV_CHAIN", "chain_layers", "layer_nodes", "fc_node", "chain_node", "with_pool", "with_fc",
+           "check_chain", "chain_output_shape", "can_be_inner", "can_be_last", "can_close"]
 
 #: The chain operator's qualified name.
 QCONV_CHAIN = f"{BRAZE_DOMAIN}.QConvChain"
 QCONV = f"{BRAZE_DOMAIN}.QConv"
+QMATMUL = f"{BRAZE_DOMAIN}.QMatMul"
 
 #: Attributes of the fused node that are not a layer's own (bookkeeping of fusion and tiling).
 _NOT_LAYER = ("fused_ops", "fused_op_types", "tiling", "kernel")
@@ -73,12 +78,25 @@ def layer_nodes(node: Node) -> list[Node]:
     nodes, source = [], node.inputs[0]
     for index, attrs in enumerate(layers):
         last = index == len(layers) - 1
-        target = node.outputs[0] if last else f"{node.name}/layer{index + 2}"
+        target = f"{node.name}/layer{index + 2}"
+        if last:
+            target = f"{node.name}/fc" if node.attrs.get("fc") is not None else node.outputs[0]
         weights, bias = node.inputs[1 + 2 * index: 3 + 2 * index]
         nodes.append(Node(f"{node.name}[{index + 1}]", NodeKind.OPERATOR, "QConv", (source, weights, bias),
                           (target,), attrs, domain=BRAZE_DOMAIN))
         source = target
     return nodes
+
+
+def fc_node(node: Node) -> Node | None:
+    """The ``braze.QMatMul`` closing a chain node (reading its last convolution's output, named
+    ``<chain>/fc``), or None."""
+    if node.qualified_op != QCONV_CHAIN or node.attrs.get("fc") is None:
+        return None
+    convs = len(node.attrs["layers"])
+    source = f"{node.name}/fc"
+    return Node(f"{node.name}[fc]", NodeKind.OPERATOR, "QMatMul", (source, *node.inputs[1 + 2 * convs:]),
+                node.outputs, dict(node.attrs["fc"]), domain=BRAZE_DOMAIN)
 
 
 def _weights_and_bias(node: Node) -> tuple[str, str]:
@@ -113,6 +131,34 @@ def with_pool(node: Node, pool: int, ops: tuple[str, ...], op_types: tuple[str, 
                                                       fused_op_types=op_types)
 
 
+def with_fc(node: Node, matmul: Node, ops: tuple[str, ...], op_types: tuple[str, ...]) -> Node:
+    """The chain ``node`` closed by ``matmul`` (a ``QMatMul`` of its flattened output)."""
+    return node.replace(inputs=(*node.inputs, *_weights_and_bias(matmul)), outputs=matmul.outputs).with_attrs(
+        fc=_layer_attrs(matmul), fused_ops=ops, fused_op_types=op_types)
+
+
+def can_close(graph: Graph, node: Node, reader: Node) -> bool:
+    """``reader`` can close chain ``node`` as its FC layer: a ``QMatMul`` on the accelerator of the
+    chain's output flattened from axis 1, int8 out with requantization, no residual, an activation
+    among none/relu/clip, not skipping zero blocks."""
+    return node.qualified_op == QCONV_CHAIN and node.attrs.get("fc") is None \
+        and reader.qualified_op == QMATMUL and reader.device == "accel" \
+        and reader.inputs[0] == node.outputs[0] and reader.attrs.get("flatten_a") == 1 \
+        and not (len(reader.inputs) > 3 and reader.inputs[3]) \
+        and reader.attrs.get("skip_zero_blocks") is None and graph.constant(reader.inputs[1]) is not None \
+        and _fc_problem(reader.attrs) is None
+
+
+def _fc_problem(attrs: Mapping[str, Any]) -> str | None:
+    if attrs.get("flatten_a") != 1:
+        return f"flatten_a={attrs.get('flatten_a')!r} (a chain's FC layer flattens from axis 1)"
+    if attrs.get("out", "spad") != "spad" or attrs.get("mult") is None:
+        return "not an int8 output with requantization"
+    if attrs.get("act", "none") not in ("none", "relu", "clip"):
+        return f"activation {attrs.get('act')!r} (a chain's FC layer has none, relu or clip)"
+    return None
+
+
 def _plain_conv(attrs: Mapping[str, Any]) -> str | None:
     """Why a layer with these attributes cannot be in a chain (None: it can)."""
     if tuple(attrs.get("strides", (1, 1))) != (1, 1):
@@ -136,7 +182,8 @@ def can_be_inner(graph: Graph, node: Node) -> bool:
     """``node`` (a ``QConv`` or chain on the accelerator) can be followed by another layer in a chain:
     a ``QConv`` that :func:`can_be_last` and does not pool, or a chain whose last layer does not pool."""
     if node.qualified_op == QCONV_CHAIN:
-        return node.device == "accel" and int(chain_layers(node)[-1].get("pool", 1)) == 1
+        return node.device == "accel" and int(chain_layers(node)[-1].get("pool", 1)) == 1 \
+            and node.attrs.get("fc") is None
     return can_be_last(graph, node) and int(node.attrs.get("pool", 1)) == 1
 
 
@@ -173,9 +220,12 @@ def check_chain(graph: Graph, node: Node, fail: Callable[[str], None]) -> None:
     layers = node.attrs.get("layers")
     if not isinstance(layers, tuple) or not layers or not all(isinstance(layer, tuple) for layer in layers):
         fail("QConvChain needs a non-empty tuple of layers (each a tuple of (attribute, value) pairs)")
-    if len(node.inputs) != 1 + 2 * len(layers):
-        fail(f"QConvChain of {len(layers)} layers takes {1 + 2 * len(layers)} inputs (x, then weights and "
-             f"bias per layer), got {len(node.inputs)}")
+    fc = node.attrs.get("fc")
+    arity = 1 + 2 * len(layers) + (2 if fc is not None else 0)
+    if len(node.inputs) != arity:
+        closing = " and an FC layer" if fc is not None else ""
+        fail(f"QConvChain of {len(layers)} layers{closing} takes {arity} inputs (x, then weights and bias "
+             f"per layer), got {len(node.inputs)}")
     x = graph.tensor(node.inputs[0])
     if x.dtype not in (None, "int8") or x.quant is None:
         fail(f"input {x.name!r} must be a quantized int8 tensor, got {x}")
@@ -210,12 +260,41 @@ def check_chain(graph: Graph, node: Node, fail: Callable[[str], None]) -> None:
             fail(f"layer {index}: mult {mult.shape} and shift {shift.shape} must be per output channel "
                  f"({w.shape[0]}) or scalar")
         zero_point = int(layer.get("out_zp", 0))
+    if fc is not None:
+        zero_point = _check_fc(graph, node, fail, x, shapes, attrs, zero_point)
     y = graph.tensor(node.outputs[0])
     if y.dtype not in (None, "int8") or y.quant is None or y.quant.zero_point[0] != zero_point:
         fail(f"output {y.name!r} must be int8 with zero point {zero_point} (the last layer's out_zp), "
              f"got {y}")
     if x.static and y.shape is not None:
-        expected = chain_output_shape(tuple(x.shape), shapes, attrs)
-        if len(y.shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(y.shape, expected,
-                                                                                  strict=True)):
+        expected = chain_output_shape(tuple(x.shape), shapes[:len(attrs)], attrs)
+        if fc is not None:
+            expected = (expected[0], shapes[-1][1])
+        if len(y.shape) != len(expected) or any(isinstance(d, int) and d != e
+                                                for d, e in zip(y.shape, expected, strict=True)):
             fail(f"output {y.name!r} is declared {y.shape}, but the layers give {expected}")
+
+
+def _check_fc(graph: Graph, node: Node, fail: Callable[[str], None], x, shapes: list, attrs: list,
+              zero_point: int) -> int:
+    """The rules of a chain's closing FC layer (appends its weight shape); returns its output zero point."""
+    fc = dict(node.attrs["fc"])
+    weights, bias = node.inputs[-2], node.inputs[-1]
+    w = graph.constant(weights)
+    problem = _fc_problem(fc)
+    if problem:
+        fail(f"FC layer: {problem}")
+    if w is None or w.dtype != np.int8 or w.ndim != 2:
+        fail(f"FC layer: weight {weights!r} must be an int8 (features, outputs) constant")
+    if int(fc.get("x_zero_point", 0)) != zero_point:
+        fail(f"FC layer: x_zero_point {fc.get('x_zero_point', 0)} differs from its input's zero point "
+             f"{zero_point} (the last convolution's out_zp)")
+    if x.static:
+        _, c, h, wd = chain_output_shape(tuple(x.shape), shapes, attrs)
+        if w.shape[0] != c * h * wd:
+            fail(f"FC layer: weight {weights!r} has {w.shape[0]} rows, the last convolution gives "
+                 f"{c}x{h}x{wd} = {c * h * wd} features")
+    if bias and (graph.tensor(bias).dtype != "int32" or graph.tensor(bias).shape != (w.shape[1],)):
+        fail(f"FC layer: bias {bias!r} must be int32 of shape ({w.shape[1]},), got {graph.tensor(bias)}")
+    shapes.append(w.shape)
+    return int(fc.get("out_zp", 0))

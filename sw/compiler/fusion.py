@@ -83,7 +83,10 @@ Pipeline
        kernel in which each layer's ``EPILOGUE`` writes the next layer's input rows in the
        scratchpad (the intermediate activation never crosses the bus).  Offered after every other
        opportunity, so that the layers have their activations and pooling already; a chain whose
-       layers do not fit the scratchpad has no kernel and drops out.  The digits CNN's conv1 ->
+       layers do not fit the scratchpad has no kernel and drops out.  A chain followed by a
+       ``QMatMul`` of its output flattened from axis 1 (:func:`~braze.sw.compiler.chain.can_close`)
+       is a ``conv_chain`` opportunity too: the FC layer closes the chain in the same kernel (a
+       small CNN in one kernel).  The digits CNN's conv1 ->
        conv2+pool, batch 64, default: 35,374 predicted cycles chained against 35,846 separate (1.3%,
        under the threshold; 14,944 external bytes against 51,808 on the RTL); ``force`` takes it.
 
@@ -114,7 +117,16 @@ import numpy as np
 from braze.isa import Config
 
 from .cache import KernelCache, default_cache
-from .chain import QCONV_CHAIN, can_be_inner, can_be_last, chain_node, layer_nodes, with_pool
+from .chain import (
+    QCONV_CHAIN,
+    can_be_inner,
+    can_be_last,
+    can_close,
+    chain_node,
+    layer_nodes,
+    with_fc,
+    with_pool,
+)
 from .cost import Cost, CostModel, TimingCostModel, check_objective
 from .frontend import BRAZE_DOMAIN, conv_pads
 from .ir import Graph, Node, NodeKind, TensorInfo, constant_info, constant_node
@@ -350,9 +362,11 @@ def find_opportunities(graph: Graph) -> list[Opportunity]:
     # Layer fusion last: a convolution joins a chain once its own epilogue and pooling are decided.
     for node in graph.operators():
         reader = _sole_reader(graph, node.outputs[0]) if node.outputs else None
-        if reader is not None and can_be_inner(graph, node) \
-                and (can_be_last(graph, reader) and reader.inputs[0] == node.outputs[0]
-                     or node.qualified_op == QCONV_CHAIN and _fusable_chain_pool(graph, node, reader)):
+        if reader is not None and (can_be_inner(graph, node)
+                                   and (can_be_last(graph, reader) and reader.inputs[0] == node.outputs[0]
+                                        or node.qualified_op == QCONV_CHAIN
+                                        and _fusable_chain_pool(graph, node, reader))
+                                   or can_close(graph, node, reader)):
             found.append(Opportunity("conv_chain", (node.name, reader.name)))
     return found
 
@@ -437,6 +451,8 @@ def _candidates(graph: Graph, opportunity: Opportunity, config: Config, cache: K
         # The layers in one conv2d_chain kernel; the intermediate activation stays in the scratchpad.
         if second.op_type == "MaxPool":
             fused = with_pool(first, int(second.attrs["kernel_shape"][0]), ops, op_types, second.outputs[0])
+        elif second.op_type == "QMatMul":          # the chain closed by an FC layer
+            fused = with_fc(first, second, ops, op_types)
         else:
             fused = chain_node(graph, first, second)
         rewritten = graph.edit(remove=[second.name], substitute={first.name: fused})

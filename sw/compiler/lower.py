@@ -64,7 +64,7 @@ from braze.isa.errors import BrazeError
 
 from . import kernels as kernel_lib
 from .cache import KernelCache, default_cache, encoded_words
-from .chain import QCONV_CHAIN, layer_nodes
+from .chain import QCONV_CHAIN, fc_node, layer_nodes
 from .frontend import BRAZE_DOMAIN, conv_pads
 from .ir import Graph, Node, NodeKind, TensorInfo
 from .kernels import Kernel, KernelError
@@ -142,11 +142,18 @@ class NodeKernel:
                 kernel, **{k: self.constants[k] for k in kernel.param_rows})
         if "table" in kernel.operands:
             values["table"] = kernel_lib.pack_table(self.constants["table"])
-        for index, (weights, rows) in enumerate(self.constants.get("chain_layers", ()), start=1):
+        layers = self.constants.get("chain_layers", ())
+        for index, (weights, rows) in enumerate(layers, start=1):
             # A conv2d_chain kernel (braze.QConvChain): B<i> and params<i> per layer.
             values[f"B{index}"] = kernel_lib.conv2d_weights(kernel.config, weights, kernel, f"B{index}")
             if rows:
                 values[f"params{index}"] = np.stack([np.asarray(row, np.int64) for row in rows.values()])
+        if self.constants.get("chain_fc") is not None:     # its closing FC layer
+            weights, rows = self.constants["chain_fc"]
+            values[f"B{len(layers) + 1}"] = kernel_lib.chain_fc_weights(kernel.config, weights, kernel)
+            if rows:
+                values[f"params{len(layers) + 1}"] = np.stack([np.asarray(row, np.int64)
+                                                               for row in rows.values()])
         return values
 
 
@@ -387,10 +394,23 @@ def _plan_qconvchain(graph: Graph, node: Node) -> NodeKernel | str:
         constants.append((w, {name: rows[name] for name in ("bias", "mult", "shift") if name in rows}))
         height, width = height + 2 * pads[0] - kh + 1, width + 2 * pads[0] - kw + 1
         pool = int(layer.attrs.get("pool", 1))
-    options = {"pool": pool} if pool > 1 else {}
+    options: dict[str, Any] = {"pool": pool} if pool > 1 else {}
+    fc, closing = fc_node(node), None
+    if fc is not None:
+        # The FC layer of the chain kernel (its weight rows ordered by chain_fc_weights in param_values).
+        w = np.asarray(graph.constant(fc.inputs[1]), np.int8)
+        n_out = w.shape[1]
+        bias = graph.constant(fc.inputs[2]) if fc.inputs[2] else None
+        fc_options, rows = _epilogue(fc, n_out, bias, w.astype(np.int64).sum(axis=0))
+        options["fc"] = kernel_lib.FCLayer(n_out, bias=bool(fc_options.get("bias")),
+                                           requant=bool(fc_options.get("requant")),
+                                           act=fc_options.get("act", "none"), clip=fc_options.get("clip"),
+                                           out_zp=int(fc_options.get("out_zp", 0)))
+        closing = (w, {name: rows[name] for name in ("bias", "mult", "shift") if name in rows})
     recipe = KernelRecipe("conv2d_chain", (n, c, h, wd, tuple(layers)), _options(options))
-    return NodeKernel(node, recipe, {"x": (x_name, "NHWC")}, (node.outputs[0], "NHWC"),
-                      {"chain_layers": tuple(constants)})
+    output = (node.outputs[0], "NHWC" if fc is None else "plain")
+    return NodeKernel(node, recipe, {"x": (x_name, "NHWC")}, output,
+                      {"chain_layers": tuple(constants), "chain_fc": closing})
 
 
 def _plan_maxpool(graph: Graph, node: Node) -> NodeKernel | str:

@@ -10,12 +10,14 @@ from onnx_models import make_model
 
 from braze.isa import Config
 from braze.sim.device import open_device
+from braze.sw.compiler import kernels as lib
 from braze.sw.compiler import models
 from braze.sw.compiler.cache import KernelCache
 from braze.sw.compiler.chain import QCONV_CHAIN
 from braze.sw.compiler.frontend import evaluate, load_onnx
 from braze.sw.compiler.fusion import DEFAULT_THRESHOLD, find_opportunities, fuse
 from braze.sw.compiler.ir import InvalidGraph
+from braze.sw.compiler.kernels import KernelError, run_kernel
 from braze.sw.compiler.lower import lower
 from braze.sw.compiler.quantize import quantize
 from braze.sw.compiler.validate import validate
@@ -91,37 +93,51 @@ def test_the_chained_stack_is_bit_exact_on_the_devices(padded_stack, device):
     assert row.cycles > 0
 
 
-def test_the_digits_cnn_chain_is_priced_and_forced_by_a_session_option():
+@pytest.mark.parametrize("device", ["golden", "verilator"])
+def test_the_whole_digits_cnn_in_one_kernel_by_a_session_option(device):
     """The digits CNN's conv1 -> conv2+pool: the timing model predicts 1.3%, under the threshold; with
-    ``force_fusion`` the whole convolution part is one kernel, and the outputs do not change."""
+    ``force_fusion`` the convolutions chain and the FC layer closes the chain: the whole CNN is one
+    kernel, and its outputs are the unforced plan's and the evaluator's, bit for bit."""
     cnn = models.CNN()
     data = models.load_digits_split()
     calibration = models.calibration_set(cnn, data, samples=32)
     x = cnn.inputs(data.x_val[:16])
     outputs, sessions = [], []
     for force in ((), ("conv_chain",)):
-        session = InferenceSession(cnn.to_onnx().SerializeToString(), config="default",
+        session = InferenceSession(cnn.to_onnx().SerializeToString(), device=device, config="default",
                                    calibration=calibration, cost_model="analytic",
-                                   cache=KernelCache(disk=False), force_fusion=force)
-        outputs.append(session.run(None, {session.get_inputs()[0].name: x})[0])
-        sessions.append(session)
-    decisions = [[d for d in s.fusion_decisions if d.opportunity.kind == "conv_chain"] for s in sessions]
+                                   cache=KernelCache(disk=False), force_fusion=force, record=False)
+        try:
+            outputs.append(session.run(None, {session.get_inputs()[0].name: x})[0])
+            kernels = [row.kernel for row in session.report().kernels]
+        finally:
+            session.close()
+        sessions.append((session, kernels))
+    decisions = [[d for d in s.fusion_decisions if d.opportunity.kind == "conv_chain"] for s, _ in sessions]
     assert [d.chosen for d in decisions[0]] == ["separate"]
-    assert [(d.chosen, d.forced) for d in decisions[1]] == [("chained", True)]
-    costs = dict(decisions[1][0].candidates)
-    assert costs["chained"].bytes < costs["separate"].bytes
-    assert "forced" in str(decisions[1][0])
-    kernels = [row.kernel for row in sessions[1].report().kernels]
-    assert len(kernels) == 2 and "conv2d_chain" in kernels[0] and "gemm" in kernels[1]
+    assert [d.opportunity.nodes for d in decisions[1]] == [("/conv1/Conv_q", "/conv2/Conv_q"),
+                                                           ("/conv1/Conv_q", "/fc/Gemm_q")]
+    assert [(d.chosen, d.forced) for d in decisions[1]] == [("chained", True)] * 2
+    for decision in decisions[1]:
+        costs = dict(decision.candidates)
+        assert costs["chained"].bytes < costs["separate"].bytes
+        assert "forced" in str(decision)
+    assert len(sessions[0][1]) == 3
+    (kernel,) = sessions[1][1]
+    assert "conv2d_chain" in kernel
     assert np.array_equal(outputs[0], outputs[1])
-    assert np.array_equal(outputs[1], evaluate(sessions[1].graph_after, {"x": x})["logits"])
+    assert np.array_equal(outputs[1], evaluate(sessions[1][0].graph_after, {"x": x})["logits"])
+    if device == "verilator":
+        return
     # Priced in energy (external bytes at 244 pJ each), the chain wins on its merits: the objective option.
     energy = InferenceSession(cnn.to_onnx().SerializeToString(), config="default", calibration=calibration,
                               cost_model="analytic", cache=KernelCache(disk=False), objective="energy")
     energy.compile_for({energy.get_inputs()[0].name: x.shape})
-    (decision,) = [d for d in energy.fusion_decisions if d.opportunity.kind == "conv_chain"]
-    assert decision.chosen == "chained" and not decision.forced and decision.gain > DEFAULT_THRESHOLD
-    assert "in energy" in str(decision)
+    chained = [d for d in energy.fusion_decisions if d.opportunity.kind == "conv_chain"]
+    assert len(chained) == 2
+    for decision in chained:
+        assert decision.chosen == "chained" and not decision.forced and decision.gain > DEFAULT_THRESHOLD
+        assert "in energy" in str(decision)
     with pytest.raises(Exception, match="cannot be forced"):
         InferenceSession(cnn.to_onnx().SerializeToString(), calibration=calibration, force_fusion=("skip",))
 
@@ -158,3 +174,70 @@ def test_validation_rejects_a_malformed_chain(padded_stack):
         validate(fused.edit(substitute={chain.name: swapped}))
     with pytest.raises(InvalidGraph, match="takes 5 inputs"):
         validate(fused.edit(substitute={chain.name: chain.replace(inputs=chain.inputs[:3])}))
+
+
+@pytest.mark.parametrize("N, C, H, layers, pool, n_out", [
+    (64, 1, 8, [(8, 3, 0), (16, 3, 0)], 2, 10),      # the digits CNN
+    (5, 6, 7, [(8, 3, 1), (8, 2, 0)], 1, 3),         # no pooling, padding inside
+    (7, 8, 6, [(8, 3, 1), (16, 3, 0)], 2, 17),       # three FC column tiles
+])
+def test_a_chain_closed_by_an_fc_layer_equals_the_chain_then_a_gemm(N, C, H, layers, pool, n_out):
+    rng = np.random.default_rng(N + n_out)
+    specs = [lib.ConvLayer(k_out, k, k, pad, bias=True, requant=True, act="relu") for k_out, k, pad in layers]
+    fc = lib.FCLayer(n_out, bias=True, requant=True, act="clip", clip=(-100, 90), out_zp=-13)
+    chain = lib.conv2d_chain(DEFAULT, N, C, H, H, specs, pool=pool)
+    whole = lib.conv2d_chain(DEFAULT, N, C, H, H, specs, pool=pool, fc=fc)
+    inputs, channels = {"x": rng.integers(-128, 128, (N, H, H, C), dtype=np.int8)}, C
+    for index, (k_out, k, _) in enumerate(layers, start=1):
+        weights = rng.integers(-128, 128, (k_out, channels, k, k), dtype=np.int8)
+        inputs[f"B{index}"] = lib.conv2d_weights(DEFAULT, weights, chain, f"B{index}")
+        inputs[f"params{index}"] = np.stack([rng.integers(-3000, 3000, k_out),
+                                             rng.integers(1 << 13, 1 << 15, k_out),
+                                             np.full(k_out, 22)]).astype(np.int32)
+        channels = k_out
+    with open_device("golden", DEFAULT) as device:
+        pooled = run_kernel(device, chain, inputs).outputs["out"]                   # NHWC
+        features = pooled.shape[1] * pooled.shape[2] * pooled.shape[3]
+        weights = rng.integers(-128, 128, (features, n_out), dtype=np.int8)         # rows in (c, y, x) order
+        rows = dict(bias=rng.integers(-3000, 3000, n_out), mult=rng.integers(1 << 13, 1 << 15, n_out),
+                    shift=np.full(n_out, 20))
+        gemm = lib.gemm(DEFAULT, N, features, n_out, bias=True, requant=True, act="clip", clip=(-100, 90),
+                        out_zp=-13)
+        flat = pooled.transpose(0, 3, 1, 2).reshape(N, features)                    # ONNX Flatten of NCHW
+        expected = run_kernel(device, gemm, {"A": flat, "B": weights,
+                                             "params": lib.pack_params(gemm, **rows)}).outputs["out"]
+        closing = len(layers) + 1
+        inputs[f"B{closing}"] = lib.chain_fc_weights(DEFAULT, weights, whole)
+        inputs[f"params{closing}"] = np.stack([rows["bias"], rows["mult"], rows["shift"]]).astype(np.int32)
+        result = run_kernel(device, whole, inputs)
+    np.testing.assert_array_equal(result.outputs["out"], expected)
+    assert len(np.unique(expected)) > 2
+    # Only the logits leave the chip.
+    assert result.counters["dma_write_bytes"] == N * n_out
+    with pytest.raises(KernelError, match="no FC layer"):
+        lib.chain_fc_weights(DEFAULT, weights, chain)
+    with pytest.raises(KernelError, match="multiple of cols"):
+        lib.conv2d_chain(DEFAULT, 2, 1, 8, 8, [lib.ConvLayer(12, 3, 3, requant=True)], fc=fc)
+
+
+def test_validation_rejects_a_malformed_fc_layer():
+    cnn = models.CNN()
+    calibration = models.calibration_set(cnn, models.load_digits_split(), samples=16)
+    session = InferenceSession(cnn.to_onnx().SerializeToString(), calibration=calibration,
+                               cost_model="analytic", cache=KernelCache(disk=False),
+                               force_fusion=("conv_chain",))
+    session.compile_for({session.get_inputs()[0].name: (4, 1, 8, 8)})
+    graph = session.graph_after
+    (chain,) = [n for n in graph.operators() if n.qualified_op == QCONV_CHAIN]
+    assert chain.attrs.get("fc") is not None and validate(graph) is graph
+    # The FC weights of the wrong layer (conv2's bias as FC bias: 16 entries, not 10).
+    wrong_bias = chain.replace(inputs=(*chain.inputs[:-1], chain.inputs[4]))
+    with pytest.raises(InvalidGraph, match=r"FC layer: bias .* must be int32 of shape \(10,\)"):
+        validate(graph.edit(substitute={chain.name: wrong_bias}))
+    fc = dict(chain.attrs["fc"])
+    with pytest.raises(InvalidGraph, match="FC layer: flatten_a=None"):
+        validate(graph.edit(substitute={chain.name: chain.with_attrs(
+            fc=tuple(sorted((k, v) for k, v in fc.items() if k != "flatten_a")))}))
+    with pytest.raises(InvalidGraph, match="FC layer: x_zero_point 3 differs"):
+        validate(graph.edit(substitute={chain.name: chain.with_attrs(
+            fc=tuple(sorted({**fc, "x_zero_point": 3}.items())))}))

@@ -157,10 +157,14 @@ def _braze_qconv(node, x, w, bias=None, residual=None):
 
 def _braze_qconvchain(node, x, *weights_and_biases):
     """``braze.QConvChain``: its layers' ``QConv``s one after the other (each layer's attributes are a
-    tuple of ``(name, value)`` pairs in ``node.attrs["layers"]``; see :mod:`braze.sw.compiler.chain`)."""
+    tuple of ``(name, value)`` pairs in ``node.attrs["layers"]``; see :mod:`braze.sw.compiler.chain`),
+    then, with ``fc``, its closing ``QMatMul``."""
     for index, layer in enumerate(node.attrs["layers"]):
         w, bias = weights_and_biases[2 * index: 2 * index + 2]
         x = _braze_qconv(types.SimpleNamespace(attrs=dict(layer)), x, w, bias)
+    if node.attrs.get("fc") is not None:        # the closing FC layer: a QMatMul of the flattened output
+        w, bias = weights_and_biases[-2:]
+        x = _braze_qmatmul(types.SimpleNamespace(attrs=dict(node.attrs["fc"])), x, w, bias)
     return x
 
 

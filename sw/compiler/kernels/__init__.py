@@ -54,7 +54,7 @@ from .common import (
     run_kernels,
     utilisation,
 )
-from .conv import ConvLayer, conv2d, conv2d_chain, conv2d_weights, taps_per_chunk
+from .conv import ConvLayer, FCLayer, chain_fc_weights, conv2d, conv2d_chain, conv2d_weights, taps_per_chunk
 from .elementwise import add, clip, relu, table
 from .looped import skipping_gemm
 from .matmul import ALoader as ALoader  # public in the old module, though not in __all__
@@ -68,7 +68,7 @@ __all__ = [
     "add", "relu", "clip", "table",
     "pack_params", "pack_table",
     "conv2d_weights", "taps_per_chunk", "avg_multiplier", "link", "run_kernel", "run_kernels", "utilisation",
-    "conv2d_chain", "ConvLayer",
+    "conv2d_chain", "ConvLayer", "FCLayer", "chain_fc_weights",
     "Tiling", "candidate_tilings", "matmul_tilings", "MAX_VECTOR_MULT", "OPERAND_ALIGN",
     "skipping_gemm",
 ]

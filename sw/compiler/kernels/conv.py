@@ -52,7 +52,8 @@ from .common import (
 )
 from .matmul import Tiling, _matmul_kernel
 
-__all__ = ["conv2d", "conv2d_chain", "ConvLayer", "conv2d_weights", "taps_per_chunk"]
+__all__ = ["conv2d", "conv2d_chain", "ConvLayer", "FCLayer", "conv2d_weights", "chain_fc_weights",
+           "taps_per_chunk"]
 
 
 def taps_per_chunk(config: Config, C: int, kw: int, pad: int = 0, dilation: int = 1) -> int:
@@ -334,8 +335,8 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
 
 
 def conv2d_chain(config: Config, N: int, C: int, H: int, W: int, layers: Sequence[ConvLayer], *,
-                 pool: int = 1, out: str = "int8", addrs: Mapping[str, int] | None = None, base: int = 0
-                 ) -> Kernel:
+                 pool: int = 1, out: str = "int8", addrs: Mapping[str, int] | None = None, base: int = 0,
+                 fc: FCLayer | None = None) -> Kernel:
     """Stride-1 convolutions one after another in one kernel (layer fusion), NHWC int8 in and out:
     each layer's int8 output stays in the scratchpad as the next one's input, never crossing the bus,
     and with ``pool > 1`` a ``pool`` x ``pool`` max pooling of stride ``pool`` follows the last.
@@ -348,6 +349,14 @@ def conv2d_chain(config: Config, N: int, C: int, H: int, W: int, layers: Sequenc
     layer's kernel-row taps share a K-chunk where they fit one, :func:`taps_per_chunk`), and an
     inner layer has at most ``cols`` output channels and no table activation.  Raises
     :class:`KernelError` otherwise, or if not one image of every layer fits the scratchpad.
+
+    ``fc``: a fully connected layer after the (pooled) last convolution, in the same kernel -- the
+    whole of a small CNN in one kernel.  Its input is each image's (pooled) output, F = K_out*Hp*Wp
+    features; operands ``B{L+1}`` (F, fc.N_out) int8 weights (:func:`chain_fc_weights`) and
+    ``params{L+1}``; ``out`` is then (N, fc.N_out).  Each pooled output row of ``cols`` channels is
+    one K-chunk of the FC's GEMM, multiplied as soon as its band is pooled (one MATMUL per band and
+    column tile; it never leaves the chip).  Needs ``rows == cols`` and the last layer's ``K_out`` a
+    multiple of ``cols``.
     """
     config = _check_config(config)
     for name, value in (("N", N), ("C", C), ("H", H), ("W", W)):
@@ -387,11 +396,17 @@ def conv2d_chain(config: Config, N: int, C: int, H: int, W: int, layers: Sequenc
         if layer.epi.param_rows:
             specs.append(_OperandSpec(layer.params_name, (len(layer.epi.param_rows), layer.K_out), "i4",
                                       f"rows {', '.join(layer.epi.param_rows)}", "param"))
-    specs += [*(s for s in _epilogue_specs(last.epi, N * Hp * Wp, last.K_out, "NHWC")
-                if s.name in ("out", "table")), _counters_spec()]
+    dense = None
+    if fc is not None:
+        dense = _dense_layer(config, fc, len(built) + 1, Hp * Wp * last.K_out, last)
+        specs += _dense_specs(dense, N)
+    else:
+        specs += [*(s for s in _epilogue_specs(last.epi, N * Hp * Wp, last.K_out, "NHWC")
+                    if s.name in ("out", "table")), _counters_spec()]
     operands = _place(config, specs, addrs, base)
-    operands["out"] = dataclasses.replace(operands["out"], shape=(N, Hp, Wp, last.K_out))
-    kernel = _resident_input_conv(config, N, built, pool, operands, name="conv2d_chain")
+    if dense is None:
+        operands["out"] = dataclasses.replace(operands["out"], shape=(N, Hp, Wp, last.K_out))
+    kernel = _resident_input_conv(config, N, built, pool, operands, name="conv2d_chain", dense=dense)
     if kernel is None:
         raise KernelError(f"conv2d_chain {N}x{C}x{H}x{W}: not one image of every layer fits config "
                           f"{config.name!r}")
@@ -412,6 +427,75 @@ class ConvLayer:
     act: str = "none"
     clip: tuple[int, int] | None = None
     out_zp: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class FCLayer:
+    """The fully connected layer closing a :func:`conv2d_chain`: its outputs and fused epilogue (as
+    :func:`~.matmul.gemm`'s keyword arguments of the same names)."""
+
+    N_out: int
+    bias: bool = False
+    requant: bool = False
+    act: str = "none"
+    clip: tuple[int, int] | None = None
+    out_zp: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dense:
+    """The FC layer of a chain kernel: features per image, outputs, epilogue and operand names."""
+
+    F: int
+    N_out: int
+    epi: _Epilogue
+    b_name: str
+    params_name: str
+
+
+def _dense_layer(config: Config, fc: FCLayer, index: int, features: int, last: _Layer) -> _Dense:
+    if not isinstance(fc, FCLayer):
+        raise KernelError(f"fc must be an FCLayer, not {type(fc).__name__}")
+    _positive("fc N_out", fc.N_out)
+    if config.rows != config.cols or last.K_out % config.cols:
+        raise KernelError(f"a chain's FC layer needs rows == cols and the last convolution's output "
+                          f"channels ({last.K_out}) a multiple of cols ({config.cols}) on config "
+                          f"{config.name!r}")
+    if last.epi.out_int32 or last.epi.act is Activation.TABLE:
+        raise KernelError("a chain's FC layer reads the last convolution's int8 output (no table activation)")
+    epi = _epilogue_options(fc.bias, fc.requant, False, fc.act, fc.clip, fc.out_zp, "int8")
+    if epi.act is Activation.TABLE:
+        raise KernelError("a chain's FC layer has no table activation")
+    return _Dense(features, fc.N_out, epi, f"B{index}", f"params{index}")
+
+
+def chain_fc_weights(config: Config, weights: np.ndarray, kernel: Kernel) -> np.ndarray:
+    """The B operand of a :func:`conv2d_chain` kernel's FC layer from its (F, N_out) weights whose rows
+    are the features in the order of ONNX's ``Flatten`` of the NCHW output, ``(channel, y, x)``.
+
+    Row ``((j*Hp + y)*Wp + x)*cols + r`` of the result holds feature (channel ``j*cols + r``, y, x):
+    column tile, pixel, then channel within the tile, the order the kernel's MATMULs read them.
+    """
+    name = f"B{len([op for op in kernel.operands if op.startswith('B')])}"
+    if "fc" not in kernel.tiling or name not in kernel.operands:
+        raise KernelError(f"the {kernel.name} kernel has no FC layer")
+    weights = np.asarray(weights)
+    features, n_out = kernel.operands[name].shape
+    if weights.shape != (features, n_out):
+        raise KernelError(f"FC weights of shape {weights.shape}, the {kernel.name} kernel's {name} is "
+                          f"{(features, n_out)}")
+    pixels = kernel.tiling["fc_pixels"]
+    tiles = features // pixels // config.cols
+    b = weights.reshape(tiles, config.cols, pixels, n_out).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(b.reshape(features, n_out).astype(np.int8))
+
+
+def _dense_specs(dense: _Dense, N: int) -> list[_OperandSpec]:
+    specs = [_OperandSpec(dense.b_name, (dense.F, dense.N_out), "i1", "see chain_fc_weights", "param")]
+    if dense.epi.param_rows:
+        specs.append(_OperandSpec(dense.params_name, (len(dense.epi.param_rows), dense.N_out), "i4",
+                                  f"rows {', '.join(dense.epi.param_rows)}", "param"))
+    return [*specs, _OperandSpec("out", (N, dense.N_out), "i1", "row-major", "output"), _counters_spec()]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -461,7 +545,7 @@ def _registers(epi: _Epilogue) -> tuple:
 
 
 def _resident_input_conv(config: Config, N: int, layers: list[_Layer], pool: int, operands: dict,
-                         name: str = "conv2d") -> Kernel | None:
+                         name: str = "conv2d", dense: _Dense | None = None) -> Kernel | None:
     """Stride-1 convolutions of a batch of small images whose input pixels are each loaded once (with
     packed taps, once per kernel-row run): the taps are read from the scratchpad, not loaded again
     (on-chip im2col); with several ``layers``
@@ -494,6 +578,11 @@ def _resident_input_conv(config: Config, N: int, layers: list[_Layer], pool: int
     p_rows = [len(layer.epi.param_rows) for layer in layers]
     spad_fixed = sum(n * layer.K(R) for n, layer in zip(n_tiles, layers, strict=True)) \
         + (256 // COLS if last.epi.act is Activation.TABLE else 0)
+    # A closing FC layer (conv2d_chain's fc): its weights and parameters resident, per image one
+    # accumulator row and one output row per column tile of it.
+    fc_tiles = _cdiv(dense.N_out, COLS) if dense is not None else 0
+    fc_rows = len(dense.epi.param_rows) if dense is not None else 0
+    spad_fixed += fc_tiles * (dense.F if dense is not None else 0)
     band_rows = max(rows * layer.Wo for rows, layer in zip(bands, layers, strict=True))
     # C's accumulator rows are free once the EPILOGUE (and pooling, on the same unit) has read them,
     # unless the STOREs read them (int32 output): then a second slot lets the next band go on.
@@ -501,17 +590,18 @@ def _resident_input_conv(config: Config, N: int, layers: list[_Layer], pool: int
     # Per image: the first layer's input (two slots, one if a single tile holds the batch), the later
     # layers' (one: the compute unit writes and reads them in order), the output slots.
     inner_rows = sum(layer.Hq * layer.Wq for layer in layers[1:]) \
-        + (0 if last.epi.out_int32 else 2 * pool * last.Wo)
+        + (0 if last.epi.out_int32 else 2 * pool * last.Wo) + fc_tiles
     first_rows = first_layer.Hq * first_layer.row_pixels
-    acc_images = (config.acc_rows - sum(n * p for n, p in zip(n_tiles, p_rows, strict=True))) \
-        // (c_ring * band_rows)
+    acc_fixed = sum(n * p for n, p in zip(n_tiles, p_rows, strict=True)) + fc_tiles * fc_rows
+    acc_images = (config.acc_rows - acc_fixed) // (c_ring * band_rows + fc_tiles)
     largest = min((config.spad_rows - spad_fixed) // (2 * first_rows + inner_rows), acc_images, N)
     whole_batch = N <= acc_images and N * (first_rows + inner_rows) <= config.spad_rows - spad_fixed
     if whole_batch:
         largest = N
     if largest < 1:
         return None
-    chained = len({_registers(layer.epi) for layer in layers}) > 1    # registers set per layer
+    epilogues = [layer.epi for layer in layers] + ([dense.epi] if dense is not None else [])
+    chained = len({_registers(epi) for epi in epilogues}) > 1    # registers set per layer
 
     def build(images: int, ring: int) -> Kernel:
         what = f"{name} {N}x{first_layer.C}x{first_layer.H}x{first_layer.W} resident input, {images} per tile"
@@ -533,6 +623,21 @@ def _resident_input_conv(config: Config, N: int, layers: list[_Layer], pool: int
         c_slots = acc.ring("C", min(ring, c_ring), band_rows * images)
         p_bufs = [acc.ring(f"params{i}", n_tiles[i], p_rows[i]) if p_rows[i] else []
                   for i in range(len(layers))]
+        if dense is not None:
+            fc_b = spad.ring("B_fc", fc_tiles, dense.F)
+            fc_params = acc.ring("params_fc", fc_tiles, fc_rows) if fc_rows else []
+            fc_acc = acc.ring("C_fc", fc_tiles, images)
+            fc_out = spad.ring("out_fc", fc_tiles, images)
+            for j in range(fc_tiles):
+                n0, nj = j * COLS, min(COLS, dense.N_out - j * COLS)
+                streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=fc_b[j].start,
+                                             rows=dense.F, len=nj, dram=operands[dense.b_name].addr + n0,
+                                             stride=dense.N_out), writes=[fc_b[j]])
+                if fc_rows:
+                    streams.add(Instruction.make(Opcode.LOAD, mem=Memory.ACC, addr=fc_params[j].start,
+                                                 rows=fc_rows, len=nj, stride=4 * dense.N_out,
+                                                 dram=operands[dense.params_name].addr + 4 * n0),
+                                writes=[fc_params[j]])
         for i, layer in enumerate(layers):
             for j in range(n_tiles[i]):
                 n0, nj = j * COLS, min(COLS, layer.K_out - j * COLS)
@@ -570,9 +675,33 @@ def _resident_input_conv(config: Config, N: int, layers: list[_Layer], pool: int
                         dst = dst_buf.start
                     streams.add(_epilogue_insn(layer.epi, c_buf, p_bufs[i][j:j + 1], dst, rows, nj),
                                 reads=[c_buf, *p_bufs[i][j:j + 1]], writes=[dst_buf])
-                    if i + 1 == len(layers):
+                    if i + 1 == len(layers) and dense is not None:
+                        # Each pooled row of this column tile is one K-chunk of the FC layer's GEMM:
+                        # feature chunk (pixel q, channels n0..n0+cols) is B_fc's rows (q*K_out + n0)...
+                        # the Wp pooled rows of this band, g rows apart, are Wp K-chunks of one MATMUL
+                        # (chain_fc_weights orders B's rows so: column tile, then pixel).
+                        _pool(streams, c_buf, dst_buf, pool, last.Wo, Wp, g)
+                        first_row = (j * Hp + b0 // band) * Wp * R
+                        for f in range(fc_tiles):
+                            streams.add(Instruction.make(
+                                Opcode.MATMUL, acc=fc_acc[f].start, a=dst_buf.start,
+                                b=fc_b[f].start + first_row, a_stride=g, m=g,
+                                n=min(COLS, dense.N_out - f * COLS), k=Wp * R, accumulate=first_row > 0),
+                                reads=[dst_buf, fc_b[f]], writes=[fc_acc[f]])
+                    elif i + 1 == len(layers):
                         _pool_and_store(streams, c_buf, dst_buf, out_op.addr, first, b0 // band, pool,
                                         last.Wo, Wp, pixels, g, n0, nj, last.K_out, out_bytes)
+            if dense is not None:
+                if chained:
+                    _set_config_regs(streams, dense.epi)
+                for f in range(fc_tiles):
+                    n0, nj = f * COLS, min(COLS, dense.N_out - f * COLS)
+                    streams.add(_epilogue_insn(dense.epi, fc_acc[f], fc_params[f:f + 1], fc_out[f].start,
+                                               g, nj),
+                                reads=[fc_acc[f], *fc_params[f:f + 1]], writes=[fc_out[f]])
+                    streams.add(Instruction.make(Opcode.STORE, mem=Memory.SPAD, addr=fc_out[f].start, rows=g,
+                                                 len=nj, dram=out_op.addr + first * dense.N_out + n0,
+                                                 stride=dense.N_out), reads=[fc_out[f]])
         tiling = {"m": last.Ho * last.Wo * images, "a_slots": slots, "b_resident": True,
                   "params_resident": True, "first_pieces": 1, "buffers": ring, "k_block": 0, "n_group": 1,
                   "Ho": last.Ho, "Wo": last.Wo, "K": last.K(R), "resident_input": images}
@@ -582,6 +711,9 @@ def _resident_input_conv(config: Config, N: int, layers: list[_Layer], pool: int
             tiling.update(pool=pool, align=pool * pool * pixels)
         macs = sum(N * layer.Ho // band * band * layer.Wo * layer.K(R) * layer.K_out
                    for band, layer in zip(bands, layers, strict=True))
+        if dense is not None:
+            macs += N * dense.F * dense.N_out
+            tiling.update(fc=dense.N_out, fc_pixels=pixels)
         return _finish(name, config, streams, operands, macs=macs, param_rows=last.epi.param_rows,
                        tiling=tiling)
 
@@ -673,24 +805,31 @@ def _pool_and_store(streams: _Streams, c_buf, result, out_addr: int, first: int,
                     Wp: int, pixels: int, g: int, n0: int, nj: int, K_out: int, out_bytes: int) -> None:
     """Max pooling of one band of ``pool`` output rows (in C's rows, which the EPILOGUE has read),
     and a STORE per output pixel of the band, for every image of the tile."""
-    if pool > 1:
-        for px in range(Wp):
-            dst = c_buf.start + px * g
-            for w, (dy, dx) in enumerate(itertools.product(range(pool), range(pool))):
-                src = result.start + (dy * Wo + px * pool + dx) * g
-                if w == 0:
-                    insn = _vector(VectorOp.MOV, c_buf, dst, result, src, g)
-                else:
-                    insn = _vector(VectorOp.MAX, c_buf, dst, c_buf, dst, g, src2=result, src2_row=src)
-                streams.add(insn, reads=[c_buf, result], writes=[c_buf])
-        streams.add(_vector(VectorOp.MOV, result, result.start, c_buf, c_buf.start, Wp * g),
-                    reads=[c_buf], writes=[result])
+    _pool(streams, c_buf, result, pool, Wo, Wp, g)
     for px in range(Wp):
         q = band * Wp + px
         streams.add(Instruction.make(Opcode.STORE, mem=result.memory, addr=result.start + px * g, rows=g,
                                      len=nj,
                                      dram=out_addr + ((first * pixels + q) * K_out + n0) * out_bytes,
                                      stride=pixels * K_out * out_bytes), reads=[result])
+
+
+def _pool(streams: _Streams, c_buf, result, pool: int, Wo: int, Wp: int, g: int) -> None:
+    """Max pooling of one band of ``pool`` output rows of ``result`` (through C's rows, which the
+    EPILOGUE has read) into its first ``Wp*g`` rows: rows ``(px, n)``."""
+    if pool == 1:
+        return
+    for px in range(Wp):
+        dst = c_buf.start + px * g
+        for w, (dy, dx) in enumerate(itertools.product(range(pool), range(pool))):
+            src = result.start + (dy * Wo + px * pool + dx) * g
+            if w == 0:
+                insn = _vector(VectorOp.MOV, c_buf, dst, result, src, g)
+            else:
+                insn = _vector(VectorOp.MAX, c_buf, dst, c_buf, dst, g, src2=result, src2_row=src)
+            streams.add(insn, reads=[c_buf, result], writes=[c_buf])
+    streams.add(_vector(VectorOp.MOV, result, result.start, c_buf, c_buf.start, Wp * g),
+                reads=[c_buf], writes=[result])
 
 
 def _check_pool(pool: int, Ho: int, Wo: int, epi) -> int:
