@@ -11,9 +11,10 @@ In one run (issue 12, item 5):
 * **the digits CNN** (:mod:`braze.demo`'s model and flow) compiled fused and unfused with the cost model
   a verilator session plans with and run on the validation images: the fused per-kernel table with the
   stall counters, PE utilisation, and the unfused / fused ratios of cycles and external bytes.
-* **layer fusion** of the digits CNN: the plan's ``conv_chain`` decision (is the convolution part one
-  :func:`~braze.sw.compiler.kernels.conv2d_chain` kernel?), and the plan with it forced
-  (``force_fusion=("conv_chain",)``) run the same way: cycles and external bytes against the fused plan.
+* **layer fusion** of the digits CNN: the plan's ``conv_chain`` decisions (are the layers one
+  :func:`~braze.sw.compiler.kernels.conv2d_chain` kernel?), and the plan with them forced
+  (``force_fusion=("conv_chain",)``: the whole CNN in one kernel) run the same way: cycles and external
+  bytes against the fused plan.
 * **compile time** of the digits CNN under that cost model (:mod:`braze.sw.runtime.compile_bench`, in a
   fresh process): cold, a second batch size, and from a warm kernel cache.
 
@@ -165,8 +166,8 @@ def cnn_table(outcome, config: Config) -> str:
 class ChainOutcome:
     """The digits CNN's layer fusion: the plan's ``conv_chain`` decision, and the plan with it forced."""
 
-    decision: str                  # the decision in the session's own plan (its cost model)
-    chosen: bool                   # the plan chains the convolutions on its own
+    decision: str                  # the conv_chain decisions in the session's own plan (its cost model)
+    chosen: bool                   # the plan chains the layers on its own
     forced_decision: str
     kernels: list[str]             # of the forced plan
     totals: Any                    # demo.Totals of the forced plan
@@ -174,8 +175,9 @@ class ChainOutcome:
 
 
 def run_cnn_chain(device_kind: str, *, samples: int, golden_check: bool) -> ChainOutcome:
-    """The demo's digits CNN with its convolutions in one ``conv2d_chain`` kernel (``force_fusion``), run
-    as :func:`run_cnn` runs the fused plan, and the ``conv_chain`` decision of the unforced plan."""
+    """The demo's digits CNN in one ``conv2d_chain`` kernel (``force_fusion``: the convolutions chained,
+    the pooling and the FC layer in the chain), run as :func:`run_cnn` runs the fused plan, and the
+    ``conv_chain`` decisions of the unforced plan (its own cost model's)."""
     import tempfile
     from pathlib import Path
 
@@ -194,8 +196,8 @@ def run_cnn_chain(device_kind: str, *, samples: int, golden_check: bool) -> Chai
             path = model.save(Path(directory) / "digits_cnn.onnx")
 
             def chain_decision(session) -> str:
-                found = [d for d in session.fusion_decisions if d.opportunity.kind == "conv_chain"]
-                return str(found[0]) if found else "no conv_chain opportunity"
+                found = [str(d) for d in session.fusion_decisions if d.opportunity.kind == "conv_chain"]
+                return "; ".join(found) if found else "no conv_chain opportunity"
 
             with InferenceSession(path, device=device_kind, config="default",
                                   calibration=calibration) as plain:
