@@ -29,3 +29,12 @@ def test_gemm_rows_are_exact_and_never_beat_their_bound():
         assert 0 < row["utilisation"] <= 1
     table = kernels_bench.gemm_table(rows)
     assert "1x64x10" in table and table.count("ok") == 3
+
+
+def test_the_cnn_chain_row_runs_the_whole_digits_cnn_in_one_kernel():
+    outcome = kernels_bench.run_cnn_chain("golden", samples=8, golden_check=False)
+    assert len(outcome.kernels) == 1 and "conv2d_chain" in outcome.kernels[0]
+    assert outcome.forced_decision.count("(forced") == 2 and "conv_chain(" in outcome.decision
+    assert outcome.chosen == ("-> chained" in outcome.decision)
+    assert outcome.totals.cycles > 0 and outcome.totals.kernels == 1
+    assert outcome.golden_identical is None          # on golden itself: nothing to compare
