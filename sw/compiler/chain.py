@@ -149,14 +149,19 @@ def can_close(graph: Graph, node: Node, reader: Node) -> bool:
         and _fc_problem(reader.attrs) is None
 
 
-def _fc_problem(attrs: Mapping[str, Any]) -> str | None:
-    if attrs.get("flatten_a") != 1:
-        return f"flatten_a={attrs.get('flatten_a')!r} (a chain's FC layer flattens from axis 1)"
+def _epilogue_problem(attrs: Mapping[str, Any], what: str) -> str | None:
+    """Why the epilogue of a chain's layer (``what``) is not one the chain kernel does (None: it is)."""
     if attrs.get("out", "spad") != "spad" or attrs.get("mult") is None:
         return "not an int8 output with requantization"
     if attrs.get("act", "none") not in ("none", "relu", "clip"):
-        return f"activation {attrs.get('act')!r} (a chain's FC layer has none, relu or clip)"
+        return f"activation {attrs.get('act')!r} ({what} has none, relu or clip)"
     return None
+
+
+def _fc_problem(attrs: Mapping[str, Any]) -> str | None:
+    if attrs.get("flatten_a") != 1:
+        return f"flatten_a={attrs.get('flatten_a')!r} (a chain's FC layer flattens from axis 1)"
+    return _epilogue_problem(attrs, "a chain's FC layer")
 
 
 def _plain_conv(attrs: Mapping[str, Any]) -> str | None:
@@ -167,11 +172,7 @@ def _plain_conv(attrs: Mapping[str, Any]) -> str | None:
         return f"dilations {tuple(attrs.get('dilations'))} (a chain's layers are not dilated)"
     if int(attrs.get("group", 1)) != 1:
         return f"group {attrs.get('group')} (a chain's layers are dense)"
-    if attrs.get("out", "spad") != "spad" or attrs.get("mult") is None:
-        return "not an int8 output with requantization"
-    if attrs.get("act", "none") not in ("none", "relu", "clip"):
-        return f"activation {attrs.get('act')!r} (a chain's layers have none, relu or clip)"
-    return None
+    return _epilogue_problem(attrs, "a chain's convolution")
 
 
 def _pads(attrs: Mapping[str, Any], kernel: tuple[int, int], spatial: tuple[int, int]) -> tuple[int, ...]:
