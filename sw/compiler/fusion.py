@@ -86,7 +86,10 @@ Pipeline
        layers do not fit the scratchpad has no kernel and drops out.  A chain followed by a
        ``QMatMul`` of its output flattened from axis 1 (:func:`~braze.sw.compiler.chain.can_close`)
        is a ``conv_chain`` opportunity too: the FC layer closes the chain in the same kernel (a
-       small CNN in one kernel).  The digits CNN's conv1 ->
+       small CNN in one kernel).  Measured on the RTL (verilator, default): a padded 2-layer stack
+       (batch 10, 6 -> 8 -> 5 channels, 7x7) is chained on its merits (16.7% predicted), 8,657 cycles
+       against 12,221; the digits CNN forced into one kernel (``force``), 256 images: 148,736 cycles
+       and 48,992 external bytes against the fused plan's 152,468 and 231,008.  The digits CNN's conv1 ->
        conv2+pool, batch 64, default: 35,374 predicted cycles chained against 35,846 separate (1.3%,
        under the threshold; 14,944 external bytes against 51,808 on the RTL); ``force`` takes it.
 
