@@ -46,6 +46,8 @@ QUICK_SHAPES = ((1, 64, 10), (1, 256, 256), (16, 16, 16), (64, 64, 64), (256, 25
 CONFIGS = ("default", "large")
 #: A GEMM with at most this many rows of A is "small" (fixed per-kernel costs dominate it).
 SMALL_M = 16
+#: Back-to-back calls of a small GEMM in the streamed (and packed) measurement.
+STREAM_CALLS = 16
 _EPILOGUE = dict(bias=True, requant=True, act="relu", out="int8")
 
 
@@ -72,8 +74,10 @@ def _operands(rng: np.random.Generator, M: int, K: int, N: int, kernel) -> tuple
 
 
 def run_gemms(device_kind: str, config_names: Sequence[str], shapes: Sequence[tuple[int, int, int]], *,
-              seed: int = 0) -> list[dict]:
-    """Each shape on each configuration: one row of cycles, utilisation, bound and correctness."""
+              seed: int = 0, stream_calls: int = STREAM_CALLS) -> list[dict]:
+    """Each shape on each configuration: one row of cycles, utilisation, bound and correctness; a small
+    shape's row also has its streamed and packed per-call cycles (:func:`run_small_stream`; none with
+    ``stream_calls`` 1)."""
     from braze.sim.device import open_device
     from braze.sw.compiler import kernels
 
@@ -98,7 +102,71 @@ def run_gemms(device_kind: str, config_names: Sequence[str], shapes: Sequence[tu
                     "dma_bytes": counters["dma_read_bytes"] + counters["dma_write_bytes"],
                     "correct": bool(np.array_equal(result.outputs["out"], expected)),
                 })
+                if M <= SMALL_M and stream_calls > 1:
+                    rows[-1].update(run_small_stream(device, kernel, stream_calls, rng))
+                    rows[-1]["correct"] &= rows[-1].pop("stream_correct")
     return rows
+
+
+def _shared_weight_calls(rng: np.random.Generator, kernel, calls: int) -> tuple[dict, list[dict], list]:
+    """Parameters shared by ``calls`` calls of a GEMM kernel, each call's A, and each call's exact output."""
+    from braze.sw.compiler import kernels
+
+    M, K = kernel.operands["A"].shape
+    N = kernel.operands["out"].shape[1]
+    b = rng.integers(-128, 128, size=(K, N), dtype=np.int8)
+    bias = rng.integers(-5000, 5000, size=N)
+    mult = rng.integers(1 << 13, 1 << 15, size=N)
+    shift = np.full(N, 20)
+    params = {"B": b, "params": kernels.pack_params(kernel, bias=bias, mult=mult, shift=shift)}
+    inputs = [{"A": rng.integers(-128, 128, size=(M, K), dtype=np.int8)} for _ in range(calls)]
+    expected = [epilogue(call["A"].astype(np.int64) @ b.astype(np.int64), bias=bias, mult=mult, shift=shift,
+                         act=Activation.RELU, out=Memory.SPAD) for call in inputs]
+    return params, inputs, expected
+
+
+def run_small_stream(device, kernel, calls: int, rng: np.random.Generator) -> dict:
+    """A small GEMM in a stream and packed, on an open device: the per-call cycles of each.
+
+    * **streamed**: ``calls`` back-to-back calls of the kernel in one program
+      (:func:`braze.sw.compiler.stream.stream`: cross-call pipelining, weights resident after the first
+      call); its steady-state cycles per call are ``(cycles(calls) - cycles(1)) / (calls - 1)`` -- the
+      stream's one snapshot cannot attribute cycles to a call.  ``stream_predicted`` is the same
+      difference under the timing model.
+    * **packed**: the ``calls`` GEMMs (one B) as one kernel of ``calls * M`` rows, run alone, over
+      ``calls``.
+    """
+    from braze.isa.timing import schedule
+    from braze.sw.compiler import kernels
+    from braze.sw.compiler.stream import stream
+
+    config = kernel.config
+    M, K = kernel.operands["A"].shape
+    N = kernel.operands["out"].shape[1]
+    params, inputs, expected = _shared_weight_calls(rng, kernel, calls)
+    correct = True
+    cycles, predicted, read_bytes = {}, {}, {}
+    for count in (1, calls):
+        program = stream(kernel, count)
+        result = program.run(device, params, inputs[:count])
+        correct &= all(np.array_equal(out["out"], want)
+                       for out, want in zip(result.outputs, expected[:count], strict=True))
+        cycles[count] = result.counters["cycles"]
+        read_bytes[count] = result.counters["dma_read_bytes"]
+        predicted[count] = schedule(program.program(), config).cycles
+    packed = kernels.gemm(config, calls * M, K, N, **_EPILOGUE)
+    stacked = np.concatenate([call["A"] for call in inputs])
+    result = kernels.run_kernel(device, packed, {"A": stacked, **params})
+    correct &= bool(np.array_equal(result.outputs["out"], np.concatenate(expected)))
+    compute, bus = gemm_bound(kernel, config)
+    steady = (cycles[calls] - cycles[1]) / (calls - 1)
+    packed_per_call = result.counters["cycles"] / calls
+    return {"stream_calls": calls, "stream_cycles": steady,
+            "stream_predicted": (predicted[calls] - predicted[1]) / (calls - 1),
+            "stream_over_bound": steady / max(compute, bus),
+            "stream_read_bytes": (read_bytes[calls] - read_bytes[1]) / (calls - 1),
+            "packed_cycles": packed_per_call, "packed_predicted": packed.predicted_cycles / calls,
+            "packed_over_bound": packed_per_call / max(compute, bus), "stream_correct": correct}
 
 
 def gemm_table(rows: Sequence[dict]) -> str:
@@ -112,6 +180,25 @@ def gemm_table(rows: Sequence[dict]) -> str:
                      f"{row['utilisation']:>8.1%} {row['compute_cycles']:>8} {row['bus_cycles']:>7} "
                      f"{row['over_bound']:>9.2f}x {row['stall_axi_read']:>12} {row['stall_dep']:>9} "
                      f"{row['dma_bytes']:>8}  {'ok' if row['correct'] else 'MISMATCH'}")
+    return "\n".join(lines)
+
+
+def stream_table(rows: Sequence[dict]) -> str:
+    """The small shapes isolated, streamed (per call, steady state) and packed (per call)."""
+    header = (f"{'config':<8} {'M x K x N':>13} {'bound':>6} {'isolated':>9} {'over':>6} {'streamed':>9} "
+              f"{'(model)':>8} {'over':>6} {'rd B/call':>9} {'packed':>8} {'(model)':>8} {'over':>6}")
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        if "stream_cycles" not in row:
+            continue
+        shape = "x".join(str(d) for d in row["shape"])
+        bound = max(row["compute_cycles"], row["bus_cycles"])
+        lines.append(f"{row['config']:<8} {shape:>13} {bound:>6} {row['cycles']:>9} "
+                     f"{row['over_bound']:>5.2f}x "
+                     f"{row['stream_cycles']:>9.1f} {row['stream_predicted']:>8.1f} "
+                     f"{row['stream_over_bound']:>5.2f}x {row['stream_read_bytes']:>9.0f} "
+                     f"{row['packed_cycles']:>8.1f} {row['packed_predicted']:>8.1f} "
+                     f"{row['packed_over_bound']:>5.2f}x")
     return "\n".join(lines)
 
 
@@ -162,16 +249,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "reports the timing model's cycles)")
     parser.add_argument("--quick", action="store_true", help="fewer GEMM shapes (those the last line needs), "
                         "one batch of the CNN, no golden comparison")
+    parser.add_argument("--stream-calls", type=int, default=STREAM_CALLS, help="back-to-back calls of a "
+                        f"small GEMM streamed and packed (default: {STREAM_CALLS}; 1: none)")
     parser.add_argument("--samples", type=int, default=None, help="CNN validation images (default: 256, "
                         "64 with --quick)")
     args = parser.parse_args(argv)
     samples = args.samples or (64 if args.quick else 256)
     started = time.perf_counter()
 
-    gemms = run_gemms(args.device, CONFIGS, QUICK_SHAPES if args.quick else GEMM_SHAPES)
+    if args.stream_calls < 1:
+        parser.error(f"--stream-calls must be at least 1, not {args.stream_calls}")
+    gemms = run_gemms(args.device, CONFIGS, QUICK_SHAPES if args.quick else GEMM_SHAPES,
+                      stream_calls=args.stream_calls)
     print(f"GEMMs on the {args.device} device (bias + requantize + ReLU fused, int8 out); "
           "bound = max(compute, bus) cycles")
     print(gemm_table(gemms))
+    if args.stream_calls > 1:
+        print()
+        print(f"small GEMMs per call: isolated (above); streamed = steady state of {args.stream_calls} "
+              "back-to-back calls in one program, pipelined, weights resident after the first call "
+              "(cycles(N) - cycles(1)) / (N - 1); packed = the calls' rows in one kernel, run alone, / N; "
+              "(model) = the timing model's")
+        print(stream_table(gemms))
 
     print()
     config = Config.preset("default")
@@ -196,11 +295,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         found = [row for row in gemms if row["config"] == config_name and row["shape"] == shape]
         return f"{100 * found[0]['utilisation']:.1f}" if found else "n/a"
     small = [row["over_bound"] for row in gemms if row["shape"][0] <= SMALL_M]
+    streamed = [row["stream_over_bound"] for row in gemms if "stream_over_bound" in row]
+    packed = [row["packed_over_bound"] for row in gemms if "packed_over_bound" in row]
+
+    def worst(values: list[float]) -> str:
+        return f"{max(values):.2f}" if values else "n/a"
     correct = all(row["correct"] for row in gemms) and cnn.golden_identical is not False
     verdict = "bit-exact" if correct else "NOT bit-exact"
     print(f"({time.perf_counter() - started:.0f} s; every output {verdict})")
     print(f"kernels: cnn_util={100 * cnn.fused.totals.utilisation(config):.1f} "
           f"gemm64_large_util={util('large', (64, 64, 64))} gemm256_util={util('default', (256, 256, 256))} "
-          f"small_gemm_worst_over_bound={max(small):.2f} fusion_cycles={cnn.cycle_ratio:.2f} "
+          f"small_gemm_worst_over_bound={max(small):.2f} "
+          f"small_gemm_streamed_worst_over_bound={worst(streamed)} "
+          f"small_gemm_packed_worst_over_bound={worst(packed)} "
+          f"fusion_cycles={cnn.cycle_ratio:.2f} "
           f"fusion_bytes={cnn.byte_ratio:.2f} compile_cold_s={compiled['cold_s']:.3f}")
     return 0 if correct else 1
