@@ -268,6 +268,11 @@ class InferenceSession:
         zero-block fractions of the quantized graph profiled on the calibration data (needed).
         Activations are then quantized symmetrically (zero point 0: a ReLU's zeros are int8 zeros,
         which the kernels test for; the output of a ReLU keeps 7 bits instead of 8).
+    resident_weights : bool
+        Keep the weights on chip between runs of one compiled shape when every kernel fits the
+        scratchpad side by side (:class:`~braze.sw.runtime.resident.ResidentRuntime`): from the
+        second run on a run loads only its activations.  A re-plan, another shape's run or any other
+        run on the device makes the next run load them again.
 
     Warns
     -----
@@ -281,7 +286,8 @@ class InferenceSession:
                  allow_fallback: bool = False, threshold: float = DEFAULT_THRESHOLD,
                  cost_model: CostModel | str | None = None, cache: KernelCache | None = None,
                  profile: bool = False, record: bool | None = None, objective: str = "cycles",
-                 nonfinite: str = "error", specialise: bool = True, skip_zero_blocks: bool = False):
+                 nonfinite: str = "error", specialise: bool = True, skip_zero_blocks: bool = False,
+                 resident_weights: bool = False):
         started = time.perf_counter()
         self.objective = check_objective(objective)
         if nonfinite not in NONFINITE_POLICIES:
@@ -334,6 +340,7 @@ class InferenceSession:
                                    save_to=default_model_dir(device.kind))
         self._plan_version = 0
         self.specialise = specialise
+        self.resident_weights = resident_weights
         # The fusion and tiling decisions of the first shape compiled, which later shapes specialise.
         self._plan: tuple[list[FusionDecision], dict[str, TilingDecision]] | None = None
         self._compiled: dict[tuple, tuple[Graph, list[FusionDecision], CompiledModel, Runtime,
@@ -378,9 +385,18 @@ class InferenceSession:
                                                 cache=self.cache, objective=self.objective)
                 self._plan = (decisions, {d.node: d for d in tilings})
             compiled = lower(fused, self.config, cache=self.cache)
-            self._compiled[key] = (fused, decisions, compiled, Runtime(compiled, self.device), tilings)
+            self._compiled[key] = (fused, decisions, compiled, self._runtime_for(compiled), tilings)
         self._last = key
         return self._compiled[key]
+
+    def _runtime_for(self, compiled: CompiledModel) -> Runtime:
+        """The runtime of a compiled model: one keeping its weights on chip between runs when the
+        session was asked to (:mod:`.resident`)."""
+        if self.resident_weights:
+            from .resident import ResidentRuntime
+
+            return ResidentRuntime(compiled, self.device)
+        return Runtime(compiled, self.device)
 
     def compile_for(self, input_shapes: Mapping[str, Sequence[int]]) -> CompiledModel:
         """Compile (or fetch the compiled model) for concrete input shapes; ``run`` does this itself."""
@@ -495,7 +511,9 @@ class InferenceSession:
             for name, value in feeds.items():
                 observe(name, value)
         outputs = runtime.run(feeds, observe=observe)
-        if self.monitor is not None and runtime.last_report is not None:
+        # A warm run (weights resident, :mod:`.resident`) is not the kernels as compiled: no sample of them.
+        if self.monitor is not None and runtime.last_report is not None \
+                and not getattr(runtime, "last_run_warm", False):
             from ..hpm import MemorySystem
 
             rows = runtime.last_report.kernels

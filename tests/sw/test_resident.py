@@ -1,0 +1,97 @@
+"""Weights resident on chip across a session's runs (issue 12, small shapes)."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from braze.isa import Config, Instruction, Opcode
+from braze.isa.model import instruction_accesses
+from braze.sw.compiler import kernels, models
+from braze.sw.runtime.resident import ResidentRuntime, footprint, plan_resident, relocate_rows
+from braze.sw.runtime.session import InferenceSession
+
+DEFAULT = Config.preset("default")
+
+
+@functools.cache
+def _mlp(tmp_dir: str):
+    data = models.load_digits_split()
+    model, _ = models.train_mlp(data, epochs=2, seed=0)
+    path = model.save(f"{tmp_dir}/mlp.onnx")
+    return path, models.calibration_set(model, data, samples=32), model.inputs(data.x_val[:4])
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory):
+    return _mlp(str(tmp_path_factory.mktemp("resident")))
+
+
+def test_relocated_rows_are_the_same_accesses_moved():
+    kernel = kernels.gemm(DEFAULT, 16, 16, 16, bias=True, requant=True, act="relu")
+    moved = relocate_rows(kernel.instructions, 64, 8)
+    shift = {"scratchpad row": 64, "accumulator row": 8, "external byte": 0}
+    for before, after in zip(kernel.instructions, moved, strict=True):
+        assert after.deps == before.deps
+        for (space, index, write), (space2, index2, write2) in zip(
+                instruction_accesses(before, DEFAULT), instruction_accesses(after, DEFAULT), strict=True):
+            assert (space, write) == (space2, write2)
+            np.testing.assert_array_equal(np.arange(10**7)[index] + shift[space], np.arange(10**7)[index2])
+    spad, acc = footprint(kernel)
+    assert 0 < spad <= DEFAULT.spad_rows and 0 < acc <= DEFAULT.acc_rows
+
+
+def test_batch_one_runs_load_only_activations_after_the_first(mlp):
+    path, calibration, x = mlp
+    with InferenceSession(path, device="golden", calibration=calibration) as plain:
+        name = plain.get_inputs()[0].name
+        expected = [plain.run(None, {name: x[i:i + 1]})[0] for i in range(3)]
+        plain_read = sum(row.dma_read_bytes for row in plain.report().kernels)
+        plain_cycles = plain.report().total_cycles
+    with InferenceSession(path, device="golden", calibration=calibration, resident_weights=True) as session:
+        reads, warm, cycles = [], [], []
+        for i in range(3):
+            (out,) = session.run(None, {name: x[i:i + 1]})
+            np.testing.assert_array_equal(out, expected[i])
+            runtime = session._current[3]
+            assert isinstance(runtime, ResidentRuntime) and runtime.plan is not None, runtime.reason
+            reads.append(sum(row.dma_read_bytes for row in session.report().kernels))
+            warm.append(runtime.last_run_warm)
+            cycles.append(session.report().total_cycles)
+        resident = runtime.plan.resident_bytes
+    assert warm == [False, True, True]
+    # The weights and parameter rows of every layer: the MLP's three weight matrices at least.
+    assert resident >= 64 * 64 + 64 * 32 + 32 * 10
+    assert reads[0] == plain_read and reads[1] == reads[2] == plain_read - resident
+    assert cycles[0] == plain_cycles and cycles[1] < cycles[0]
+
+
+def test_any_other_run_on_the_device_makes_the_next_run_load_again(mlp):
+    path, calibration, x = mlp
+    with InferenceSession(path, device="golden", calibration=calibration, resident_weights=True) as session:
+        name = session.get_inputs()[0].name
+        first = session.run(None, {name: x[:1]})[0]
+        session.run(None, {name: x[:1]})
+        assert session._current[3].last_run_warm
+        # Something else runs on the device (another shape, another model, a bare program).
+        session.device.run([Instruction.make(Opcode.LOAD, mem="spad", addr=0, rows=4, len=8, zero=True),
+                            Instruction.make(Opcode.HALT)], base=session._current[2].memory_bytes + 4096)
+        again = session.run(None, {name: x[:1]})[0]
+        assert not session._current[3].last_run_warm
+        np.testing.assert_array_equal(again, first)
+
+
+def test_a_model_too_large_to_sit_side_by_side_has_no_plan(mlp):
+    path, calibration, x = mlp
+    small = Config.parse("default:spad_bytes=2048")     # 256 rows: each layer fits, not all three at once
+    with InferenceSession(path, device="golden", config=small, calibration=calibration,
+                          resident_weights=True) as session:
+        name = session.get_inputs()[0].name
+        first = session.run(None, {name: x[:1]})[0]
+        runtime = session._current[3]
+        assert runtime.plan is None and "side by side" in runtime.reason
+        assert plan_resident(session._current[2]) == runtime.reason
+        np.testing.assert_array_equal(session.run(None, {name: x[:1]})[0], first)
+        assert not runtime.last_run_warm              # it runs as the plain runtime does
