@@ -27,6 +27,7 @@ where the small GEMMs are those with M <= 16 (on both configurations) and ``gemm
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -221,6 +222,46 @@ def run_cnn(device_kind: str, *, samples: int, golden_check: bool, log=print):
             os.environ["BRAZE_HPM_RECORD"] = before
 
 
+def run_mlp_resident(device_kind: str, *, runs: int = 4, config: str = "default") -> dict:
+    """The demo's MLP at batch 1, run ``runs`` times by one session keeping its weights on chip
+    (:mod:`braze.sw.runtime.resident`): cycles and DMA bytes of the first (cold) and the last run,
+    each run's outputs checked against a plain golden session's."""
+    from braze.sw.compiler import models
+    from braze.sw.runtime.session import InferenceSession
+
+    data = models.load_digits_split()
+    model, _ = models.train_mlp(data, seed=0)
+    calibration = models.calibration_set(model, data)
+    x = model.inputs(data.x_val[:runs])
+    before = os.environ.get("BRAZE_HPM_RECORD")
+    os.environ["BRAZE_HPM_RECORD"] = "0"
+    try:
+        with tempfile.TemporaryDirectory(prefix="braze-bench-") as directory:
+            path = model.save(os.path.join(directory, "mlp.onnx"))
+            with InferenceSession(path, device="golden", config=config, calibration=calibration) as plain:
+                name = plain.get_inputs()[0].name
+                expected = [plain.run(None, {name: x[i:i + 1]})[0] for i in range(runs)]
+            with InferenceSession(path, device=device_kind, config=config, calibration=calibration,
+                                  resident_weights=True) as session:
+                rows = []
+                for i in range(runs):
+                    (out,) = session.run(None, {name: x[i:i + 1]})
+                    report = session.report()
+                    rows.append({"cycles": report.total_cycles,
+                                 "dma_read_bytes": sum(row.dma_read_bytes for row in report.kernels),
+                                 "dma_write_bytes": sum(row.dma_write_bytes for row in report.kernels),
+                                 "warm": session._current[3].last_run_warm,
+                                 "identical": bool(np.array_equal(out, expected[i]))})
+                runtime = session._current[3]
+    finally:
+        if before is None:
+            del os.environ["BRAZE_HPM_RECORD"]
+        else:
+            os.environ["BRAZE_HPM_RECORD"] = before
+    return {"runs": rows, "resident_bytes": runtime.plan.resident_bytes if runtime.plan else 0,
+            "reason": runtime.reason}
+
+
 #: The stall counters of the per-kernel table.
 STALLS = ("stall_axi_read", "stall_axi_write", "stall_dep", "stall_fetch")
 
@@ -284,6 +325,18 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{cnn.fused.totals.external_bytes} = {cnn.byte_ratio:.2f}x; outputs vs golden: {identical}")
 
     print()
+    mlp = run_mlp_resident(args.device)
+    first, last = mlp["runs"][0], mlp["runs"][-1]
+    print(f"digits MLP at batch 1 on {args.device}, config default, {len(mlp['runs'])} runs of one session "
+          f"with resident weights ({mlp['resident_bytes']} B resident"
+          + (f"; none: {mlp['reason']}" if mlp["reason"] else "") + "): first run "
+          f"{first['cycles']} cycles, {first['dma_read_bytes']} B read, "
+          f"{first['dma_write_bytes']} B written; "
+          f"run {len(mlp['runs'])} ({'warm' if last['warm'] else 'cold'}) {last['cycles']} cycles, "
+          f"{last['dma_read_bytes']} B read, {last['dma_write_bytes']} B written; outputs vs a plain golden "
+          f"session: {'bit-identical' if all(r['identical'] for r in mlp['runs']) else 'DIFFER'}")
+
+    print()
     cost_model = "learned" if "hpm-learned" in cnn.fused.cost_model else "analytic"
     compiled = compile_bench.run_child("cnn", cost_model)
     print(f"compile of the digits CNN ({cost_model} cost model, fresh process): cold "
@@ -300,7 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def worst(values: list[float]) -> str:
         return f"{max(values):.2f}" if values else "n/a"
-    correct = all(row["correct"] for row in gemms) and cnn.golden_identical is not False
+    correct = all(row["correct"] for row in gemms) and cnn.golden_identical is not False \
+        and all(run["identical"] for run in mlp["runs"])
     verdict = "bit-exact" if correct else "NOT bit-exact"
     print(f"({time.perf_counter() - started:.0f} s; every output {verdict})")
     print(f"kernels: cnn_util={100 * cnn.fused.totals.utilisation(config):.1f} "
