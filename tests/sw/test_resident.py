@@ -9,6 +9,7 @@ import pytest
 
 from braze.isa import Config, Instruction, Opcode
 from braze.isa.model import instruction_accesses
+from braze.sim.device import GoldenDevice
 from braze.sw.compiler import kernels, models
 from braze.sw.runtime.resident import ResidentRuntime, footprint, plan_resident, relocate_rows
 from braze.sw.runtime.session import InferenceSession
@@ -95,3 +96,34 @@ def test_a_model_too_large_to_sit_side_by_side_has_no_plan(mlp):
         assert plan_resident(session._current[2]) == runtime.reason
         np.testing.assert_array_equal(session.run(None, {name: x[:1]})[0], first)
         assert not runtime.last_run_warm              # it runs as the plain runtime does
+
+
+@pytest.mark.xdist_group("verilator-resident")
+def test_on_the_rtl_weights_stay_resident_and_streams_are_exact(mlp):
+    """On the RTL (Verilator) the scratchpad keeps its rows between runs: the warm runs give the
+    golden outputs; then a stream of GEMM calls on the same simulator gives every call exactly."""
+    pytest.importorskip("cocotb")
+    from braze.sw.compiler.stream import stream
+
+    path, calibration, x = mlp
+    with InferenceSession(path, device="golden", calibration=calibration) as plain:
+        name = plain.get_inputs()[0].name
+        expected = [plain.run(None, {name: x[i:i + 1]})[0] for i in range(3)]
+    with InferenceSession(path, device="verilator", calibration=calibration,
+                          resident_weights=True) as session:
+        reads = []
+        for i in range(3):
+            np.testing.assert_array_equal(session.run(None, {name: x[i:i + 1]})[0], expected[i])
+            reads.append(sum(row.dma_read_bytes for row in session.report().kernels))
+        runtime = session._current[3]
+        assert runtime.last_run_warm and reads[1] == reads[2] == reads[0] - runtime.plan.resident_bytes
+        kernel = kernels.gemm(DEFAULT, 16, 16, 16, bias=True, requant=True, act="relu")
+        rng = np.random.default_rng(5)
+        params = {"B": rng.integers(-128, 128, (16, 16), dtype=np.int8),
+                  "params": kernels.pack_params(kernel, bias=rng.integers(-99, 99, 16),
+                                                mult=np.full(16, 1 << 14), shift=np.full(16, 16))}
+        inputs = [{"A": rng.integers(-128, 128, (16, 16), dtype=np.int8)} for _ in range(4)]
+        want = stream(kernel, 4).run(GoldenDevice(DEFAULT), params, inputs).outputs
+        got = stream(kernel, 4).run(session.device, params, inputs).outputs
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a["out"], b["out"])
