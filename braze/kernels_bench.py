@@ -222,17 +222,20 @@ def run_cnn(device_kind: str, *, samples: int, golden_check: bool, log=print):
             os.environ["BRAZE_HPM_RECORD"] = before
 
 
-def run_mlp_resident(device_kind: str, *, runs: int = 4, config: str = "default") -> dict:
+def run_mlp_resident(device_kind: str, *, runs: int = 4, packed: int = STREAM_CALLS,
+                     config: str = "default") -> dict:
     """The demo's MLP at batch 1, run ``runs`` times by one session keeping its weights on chip
-    (:mod:`braze.sw.runtime.resident`): cycles and DMA bytes of the first (cold) and the last run,
-    each run's outputs checked against a plain golden session's."""
+    (:mod:`braze.sw.runtime.resident`): cycles and DMA bytes of the first (cold) and the last run;
+    then ``packed`` batch-1 requests packed into one run (:func:`~braze.sw.runtime.packing.run_packed`,
+    twice: the second is warm).  Every output is checked against a plain golden session's."""
     from braze.sw.compiler import models
+    from braze.sw.runtime.packing import run_packed
     from braze.sw.runtime.session import InferenceSession
 
     data = models.load_digits_split()
     model, _ = models.train_mlp(data, seed=0)
     calibration = models.calibration_set(model, data)
-    x = model.inputs(data.x_val[:runs])
+    x = model.inputs(data.x_val[:max(runs, packed)])
     before = os.environ.get("BRAZE_HPM_RECORD")
     os.environ["BRAZE_HPM_RECORD"] = "0"
     try:
@@ -240,7 +243,7 @@ def run_mlp_resident(device_kind: str, *, runs: int = 4, config: str = "default"
             path = model.save(os.path.join(directory, "mlp.onnx"))
             with InferenceSession(path, device="golden", config=config, calibration=calibration) as plain:
                 name = plain.get_inputs()[0].name
-                expected = [plain.run(None, {name: x[i:i + 1]})[0] for i in range(runs)]
+                expected = [plain.run(None, {name: x[i:i + 1]})[0] for i in range(max(runs, packed))]
             with InferenceSession(path, device=device_kind, config=config, calibration=calibration,
                                   resident_weights=True) as session:
                 rows = []
@@ -253,13 +256,20 @@ def run_mlp_resident(device_kind: str, *, runs: int = 4, config: str = "default"
                                  "warm": session._current[3].last_run_warm,
                                  "identical": bool(np.array_equal(out, expected[i]))})
                 runtime = session._current[3]
+                requests = [{name: x[i:i + 1]} for i in range(packed)]
+                for _ in range(2):
+                    answers = run_packed(session, requests)
+                packed_row = {"requests": packed, "cycles": session.report().total_cycles,
+                              "warm": session._current[3].last_run_warm,
+                              "identical": all(np.array_equal(answer[0], want)
+                                               for answer, want in zip(answers, expected, strict=False))}
     finally:
         if before is None:
             del os.environ["BRAZE_HPM_RECORD"]
         else:
             os.environ["BRAZE_HPM_RECORD"] = before
     return {"runs": rows, "resident_bytes": runtime.plan.resident_bytes if runtime.plan else 0,
-            "reason": runtime.reason}
+            "reason": runtime.reason, "packed": packed_row}
 
 
 #: The stall counters of the per-kernel table.
@@ -335,6 +345,11 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"run {len(mlp['runs'])} ({'warm' if last['warm'] else 'cold'}) {last['cycles']} cycles, "
           f"{last['dma_read_bytes']} B read, {last['dma_write_bytes']} B written; outputs vs a plain golden "
           f"session: {'bit-identical' if all(r['identical'] for r in mlp['runs']) else 'DIFFER'}")
+    pack = mlp["packed"]
+    state = "warm" if pack["warm"] else "cold"
+    print(f"  {pack['requests']} batch-1 requests packed into one run ({state}): {pack['cycles']} cycles, "
+          f"{pack['cycles'] / pack['requests']:.1f} per request; outputs vs separate golden runs: "
+          f"{'bit-identical' if pack['identical'] else 'DIFFER'}")
 
     print()
     cost_model = "learned" if "hpm-learned" in cnn.fused.cost_model else "analytic"
@@ -354,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def worst(values: list[float]) -> str:
         return f"{max(values):.2f}" if values else "n/a"
     correct = all(row["correct"] for row in gemms) and cnn.golden_identical is not False \
-        and all(run["identical"] for run in mlp["runs"])
+        and all(run["identical"] for run in mlp["runs"]) and mlp["packed"]["identical"]
     verdict = "bit-exact" if correct else "NOT bit-exact"
     print(f"({time.perf_counter() - started:.0f} s; every output {verdict})")
     print(f"kernels: cnn_util={100 * cnn.fused.totals.utilisation(config):.1f} "
