@@ -36,8 +36,9 @@ import numpy as np
 
 from braze.isa import SNAPSHOT_BYTES, Config, Instruction, Opcode, Unit, parse_snapshot
 from braze.isa.encoding import CONTROL_FLOW_OPCODES
-from braze.isa.errors import BrazeError
+from braze.isa.errors import BrazeError, ExecutionError
 from braze.isa.model import instruction_accesses
+from braze.isa.timing import schedule
 
 from .kernels import OPERAND_ALIGN, Kernel, Operand
 
@@ -149,7 +150,8 @@ def pipeline(program: Sequence[Instruction], config: Config) -> list[Instruction
     consecutive kernels overlap.  Existing tokens are dropped; FENCE, COUNTERS and HALT stay
     barriers; a hazard between the load and the store unit (no token queue) gets a FENCE.  Only
     straight-line programs: a BRANCH, SCALAR or PREDICATE raises :class:`StreamError` (their
-    registers and loops are not a fixed set of accesses).
+    registers and loops are not a fixed set of accesses), and so does a result the timing model
+    finds deadlocked (more tokens in flight than ``token_depth`` in program order).
     """
     tracker = _Tracker(config)
     # Per unit: the output positions of its instructions, in order; the flags added so far.
@@ -187,7 +189,12 @@ def pipeline(program: Sequence[Instruction], config: Config) -> list[Instruction
         out.append(insn)
         flags.append(mine)
         tracker.record(unit, position, accesses)
-    return [insn.with_deps(frozenset(extra)) for insn, extra in zip(out, flags, strict=True)]
+    result = [insn.with_deps(frozenset(extra)) for insn, extra in zip(out, flags, strict=True)]
+    try:
+        schedule(result, config)      # the timing model dispatches in program order: no token deadlock
+    except ExecutionError as error:
+        raise StreamError(f"pipeline: the re-derived tokens cannot run in this order ({error})") from None
+    return result
 
 
 def _written_rows(insn: Instruction, config: Config) -> list[tuple[int, slice | np.ndarray]]:

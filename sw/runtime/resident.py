@@ -34,7 +34,7 @@ from braze.isa.encoding import CONTROL_FLOW_OPCODES, UNARY_VECTOR_OPS
 from braze.isa.model import instruction_accesses
 from braze.sw.compiler.kernels import OPERAND_ALIGN, Kernel
 from braze.sw.compiler.lower import CompiledModel, Segment
-from braze.sw.compiler.stream import pipeline, resident_loads
+from braze.sw.compiler.stream import StreamError, pipeline, resident_loads
 
 from .runtime import Runtime
 
@@ -149,7 +149,10 @@ def plan_resident(model: CompiledModel) -> ResidentPlan | str:
                 saved += program_events(loads, config)["dma_read_bytes"]
         # Dropping LOADs drops the tokens they pushed: the warm program's tokens are re-derived from
         # its data (each kernel's COUNTERS stays a barrier).
-        warm = pipeline(warm, config)
+        try:
+            warm = pipeline(warm, config)
+        except StreamError as error:
+            return f"segment {segment.index}'s warm program: {error}"
         addrs = []
         for program in (cold, warm):
             binary = encode_program(program + [halt])

@@ -106,3 +106,15 @@ def test_bad_streams_are_refused_with_a_reason():
         stream(kernel, 2).run(GoldenDevice(TINY), params, inputs[:1])
     with pytest.raises(StreamError, match="no call 1 input named 'X'"):
         stream(kernel, 2).run(GoldenDevice(TINY), params, [inputs[0], {"X": inputs[1]["A"]}])
+
+
+def test_tokens_that_would_deadlock_in_program_order_are_refused():
+    # 30 LOADs, then 30 VECTORs each reading one of them: 30 load->compute tokens in flight before the
+    # first VECTOR is even dispatched -- more than the token queue and the load queue hold.
+    loads = [Instruction.make(Opcode.LOAD, mem="spad", addr=i, rows=1, len=4, zero=True) for i in range(30)]
+    reads = [Instruction.make(Opcode.VECTOR, op="mov", dst_mem="spad", src1_mem="spad", dst=100 + i, src1=i,
+                              rows=1) for i in range(30)]
+    with pytest.raises(StreamError, match="cannot run in this order"):
+        pipeline(loads + reads, TINY)
+    interleaved = [insn for pair in zip(loads, reads, strict=True) for insn in pair]
+    assert sum("push_next" in insn.deps for insn in pipeline(interleaved, TINY)) == 30
