@@ -27,7 +27,7 @@ It ends with one line::
              fusion_cycles=<x> fusion_bytes=<x> compile_cold_s=<x>
 
 where the small GEMMs are those with M <= 16 (on both configurations; ``small_gemm_worst_over_bound``
-is the isolated kernel's, the two others the streamed and packed per-call figures) and
+is the isolated kernel's, the two others the streamed and the packed-and-streamed per-call figures) and
 ``gemm256_util`` is 256^3 on ``default``.  Targets (issue 12): CNN >= 60%, 64^3 on large >= 85%,
 256^3 >= 95%, small shapes <= 1.5x their bound, fusion >= 1.5x cycles and >= 2x bytes, cold
 compile < 1 s.
@@ -135,48 +135,68 @@ def _shared_weight_calls(rng: np.random.Generator, kernel, calls: int) -> tuple[
     return params, inputs, expected
 
 
+def _streamed(device, kernel, params: dict, inputs: list[dict], expected: list, count: int
+              ) -> tuple[float, float, float, bool]:
+    """Steady-state (cycles, timing-model cycles, bytes read) per call of ``kernel`` in a stream of
+    ``count`` calls -- ``(x(count) - x(1)) / (count - 1)``: the stream's one snapshot cannot attribute
+    cycles to a call -- and whether every call's output was exact."""
+    from braze.isa.timing import schedule
+    from braze.sw.compiler.stream import stream
+
+    correct = True
+    cycles, predicted, read_bytes = {}, {}, {}
+    for calls in (1, count):
+        program = stream(kernel, calls)
+        result = program.run(device, params, inputs[:calls])
+        correct &= all(np.array_equal(out["out"], want)
+                       for out, want in zip(result.outputs, expected[:calls], strict=True))
+        cycles[calls] = result.counters["cycles"]
+        read_bytes[calls] = result.counters["dma_read_bytes"]
+        predicted[calls] = schedule(program.program(), kernel.config).cycles
+    return tuple((values[count] - values[1]) / (count - 1)
+                 for values in (cycles, predicted, read_bytes)) + (correct,)
+
+
+#: Packed kernels of :data:`STREAM_CALLS` calls each, streamed in this many back-to-back groups.
+PACKED_GROUPS = 4
+
+
 def run_small_stream(device, kernel, calls: int, rng: np.random.Generator) -> dict:
     """A small GEMM in a stream and packed, on an open device: the per-call cycles of each.
 
     * **streamed**: ``calls`` back-to-back calls of the kernel in one program
       (:func:`braze.sw.compiler.stream.stream`: cross-call pipelining, weights resident after the first
-      call); its steady-state cycles per call are ``(cycles(calls) - cycles(1)) / (calls - 1)`` -- the
-      stream's one snapshot cannot attribute cycles to a call.  ``stream_predicted`` is the same
-      difference under the timing model.
+      call); steady-state cycles per call (:func:`_streamed`; ``stream_predicted`` under the timing model).
     * **packed**: the ``calls`` GEMMs (one B) as one kernel of ``calls * M`` rows, run alone, over
-      ``calls``.
+      ``calls``; and that kernel streamed :data:`PACKED_GROUPS` times back to back (weights resident),
+      its steady-state cycles over ``calls`` (``packed_streamed_*``).
     """
-    from braze.isa.timing import schedule
     from braze.sw.compiler import kernels
-    from braze.sw.compiler.stream import stream
 
     config = kernel.config
     M, K = kernel.operands["A"].shape
     N = kernel.operands["out"].shape[1]
-    params, inputs, expected = _shared_weight_calls(rng, kernel, calls)
-    correct = True
-    cycles, predicted, read_bytes = {}, {}, {}
-    for count in (1, calls):
-        program = stream(kernel, count)
-        result = program.run(device, params, inputs[:count])
-        correct &= all(np.array_equal(out["out"], want)
-                       for out, want in zip(result.outputs, expected[:count], strict=True))
-        cycles[count] = result.counters["cycles"]
-        read_bytes[count] = result.counters["dma_read_bytes"]
-        predicted[count] = schedule(program.program(), config).cycles
+    params, inputs, expected = _shared_weight_calls(rng, kernel, calls * PACKED_GROUPS)
+    steady, steady_predicted, steady_read, correct = _streamed(device, kernel, params, inputs, expected,
+                                                               calls)
     packed = kernels.gemm(config, calls * M, K, N, **_EPILOGUE)
-    stacked = np.concatenate([call["A"] for call in inputs])
-    result = kernels.run_kernel(device, packed, {"A": stacked, **params})
-    correct &= bool(np.array_equal(result.outputs["out"], np.concatenate(expected)))
-    compute, bus = gemm_bound(kernel, config)
-    steady = (cycles[calls] - cycles[1]) / (calls - 1)
+    groups = [{"A": np.concatenate([call["A"] for call in inputs[g * calls:(g + 1) * calls]])}
+              for g in range(PACKED_GROUPS)]
+    grouped = [np.concatenate(expected[g * calls:(g + 1) * calls]) for g in range(PACKED_GROUPS)]
+    result = kernels.run_kernel(device, packed, {**groups[0], **params})
+    correct &= bool(np.array_equal(result.outputs["out"], grouped[0]))
+    group_steady, group_predicted, _, group_correct = _streamed(device, packed, params, groups, grouped,
+                                                               PACKED_GROUPS)
+    bound = max(gemm_bound(kernel, config))
     packed_per_call = result.counters["cycles"] / calls
-    return {"stream_calls": calls, "stream_cycles": steady,
-            "stream_predicted": (predicted[calls] - predicted[1]) / (calls - 1),
-            "stream_over_bound": steady / max(compute, bus),
-            "stream_read_bytes": (read_bytes[calls] - read_bytes[1]) / (calls - 1),
+    return {"stream_calls": calls, "stream_cycles": steady, "stream_predicted": steady_predicted,
+            "stream_over_bound": steady / bound, "stream_read_bytes": steady_read,
             "packed_cycles": packed_per_call, "packed_predicted": packed.predicted_cycles / calls,
-            "packed_over_bound": packed_per_call / max(compute, bus), "stream_correct": correct}
+            "packed_over_bound": packed_per_call / bound,
+            "packed_streamed_cycles": group_steady / calls,
+            "packed_streamed_predicted": group_predicted / calls,
+            "packed_streamed_over_bound": group_steady / calls / bound,
+            "stream_correct": correct and group_correct}
 
 
 def gemm_table(rows: Sequence[dict]) -> str:
@@ -196,7 +216,8 @@ def gemm_table(rows: Sequence[dict]) -> str:
 def stream_table(rows: Sequence[dict]) -> str:
     """The small shapes isolated, streamed (per call, steady state) and packed (per call)."""
     header = (f"{'config':<8} {'M x K x N':>13} {'bound':>6} {'isolated':>9} {'over':>6} {'streamed':>9} "
-              f"{'(model)':>8} {'over':>6} {'rd B/call':>9} {'packed':>8} {'(model)':>8} {'over':>6}")
+              f"{'(model)':>8} {'over':>6} {'rd B/call':>9} {'packed':>8} {'(model)':>8} {'over':>6} "
+              f"{'pk+str':>8} {'(model)':>8} {'over':>6}")
     lines = [header, "-" * len(header)]
     for row in rows:
         if "stream_cycles" not in row:
@@ -208,7 +229,8 @@ def stream_table(rows: Sequence[dict]) -> str:
                      f"{row['stream_cycles']:>9.1f} {row['stream_predicted']:>8.1f} "
                      f"{row['stream_over_bound']:>5.2f}x {row['stream_read_bytes']:>9.0f} "
                      f"{row['packed_cycles']:>8.1f} {row['packed_predicted']:>8.1f} "
-                     f"{row['packed_over_bound']:>5.2f}x")
+                     f"{row['packed_over_bound']:>5.2f}x {row['packed_streamed_cycles']:>8.1f} "
+                     f"{row['packed_streamed_predicted']:>8.1f} {row['packed_streamed_over_bound']:>5.2f}x")
     return "\n".join(lines)
 
 
@@ -329,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"small GEMMs per call: isolated (above); streamed = steady state of {args.stream_calls} "
               "back-to-back calls in one program, pipelined, weights resident after the first call "
               "(cycles(N) - cycles(1)) / (N - 1); packed = the calls' rows in one kernel, run alone, / N; "
+              f"pk+str = that kernel streamed {PACKED_GROUPS} times, steady state / N; "
               "(model) = the timing model's")
         print(stream_table(gemms))
 
@@ -373,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return f"{100 * found[0]['utilisation']:.1f}" if found else "n/a"
     small = [row["over_bound"] for row in gemms if row["shape"][0] <= SMALL_M]
     streamed = [row["stream_over_bound"] for row in gemms if "stream_over_bound" in row]
-    packed = [row["packed_over_bound"] for row in gemms if "packed_over_bound" in row]
+    packed = [row["packed_streamed_over_bound"] for row in gemms if "packed_streamed_over_bound" in row]
 
     def worst(values: list[float]) -> str:
         return f"{max(values):.2f}" if values else "n/a"
