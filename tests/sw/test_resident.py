@@ -82,6 +82,10 @@ def test_any_other_run_on_the_device_makes_the_next_run_load_again(mlp):
         again = session.run(None, {name: x[:1]})[0]
         assert not session._current[3].last_run_warm
         np.testing.assert_array_equal(again, first)
+        assert session.run(None, {name: x[:1]}) and session._current[3].last_run_warm
+        session._compiled.clear()                    # a re-plan (what a retrained cost model triggers)
+        np.testing.assert_array_equal(session.run(None, {name: x[:1]})[0], first)
+        assert not session._current[3].last_run_warm  # the new plan's rows are not on chip yet
 
 
 def test_a_model_too_large_to_sit_side_by_side_has_no_plan(mlp):
