@@ -257,7 +257,8 @@ def run_mlp_resident(device_kind: str, *, runs: int = 4, packed: int = STREAM_CA
                      config: str = "default") -> dict:
     """The demo's MLP at batch 1, run ``runs`` times by one session keeping its weights on chip
     (:mod:`braze.sw.runtime.resident`): cycles and DMA bytes of the first (cold) and the last run;
-    then ``packed`` batch-1 requests packed into one run (:func:`~braze.sw.runtime.packing.run_packed`,
+    the last run's cycles with the kernels pipelined too (``resident_weights="pipelined"``); then
+    ``packed`` batch-1 requests packed into one run (:func:`~braze.sw.runtime.packing.run_packed`,
     twice: the second is warm).  Every output is checked against a plain golden session's."""
     from braze.sw.compiler import models
     from braze.sw.runtime.packing import run_packed
@@ -287,6 +288,13 @@ def run_mlp_resident(device_kind: str, *, runs: int = 4, packed: int = STREAM_CA
                                  "warm": session._current[3].last_run_warm,
                                  "identical": bool(np.array_equal(out, expected[i]))})
                 runtime = session._current[3]
+            with InferenceSession(path, device=device_kind, config=config, calibration=calibration,
+                                  resident_weights="pipelined") as session:
+                for i in range(runs):
+                    (out,) = session.run(None, {name: x[i:i + 1]})
+                    rows[i]["identical"] &= bool(np.array_equal(out, expected[i]))
+                rows[-1]["pipelined_cycles"] = session.report().total_cycles
+                rows[-1]["pipelined_warm"] = session._current[3].last_run_warm
                 requests = [{name: x[i:i + 1]} for i in range(packed)]
                 for _ in range(2):
                     answers = run_packed(session, requests)
@@ -377,9 +385,13 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"run {len(mlp['runs'])} ({'warm' if last['warm'] else 'cold'}) {last['cycles']} cycles, "
           f"{last['dma_read_bytes']} B read, {last['dma_write_bytes']} B written; outputs vs a plain golden "
           f"session: {'bit-identical' if all(r['identical'] for r in mlp['runs']) else 'DIFFER'}")
+    state = "warm" if last["pipelined_warm"] else "cold"
+    print(f"  the same with the kernels pipelined (resident_weights='pipelined', one snapshot per device "
+          f"run): run {len(mlp['runs'])} ({state}) {last['pipelined_cycles']} cycles")
     pack = mlp["packed"]
     state = "warm" if pack["warm"] else "cold"
-    print(f"  {pack['requests']} batch-1 requests packed into one run ({state}): {pack['cycles']} cycles, "
+    print(f"  {pack['requests']} batch-1 requests packed into one run ({state}, pipelined): {pack['cycles']} "
+          f"cycles, "
           f"{pack['cycles'] / pack['requests']:.1f} per request; outputs vs separate golden runs: "
           f"{'bit-identical' if pack['identical'] else 'DIFFER'}")
 

@@ -36,7 +36,7 @@ from braze.sw.compiler.kernels import OPERAND_ALIGN, Kernel
 from braze.sw.compiler.lower import CompiledModel, Segment
 from braze.sw.compiler.stream import StreamError, pipeline, resident_loads
 
-from .runtime import Runtime
+from .runtime import KernelReport, Runtime
 
 __all__ = ["relocate_rows", "footprint", "ResidentPlan", "plan_resident", "ResidentRuntime"]
 
@@ -94,7 +94,7 @@ class ResidentPlan:
     ``windows`` maps a kernel step's name to its (scratchpad, accumulator) row offsets;
     ``programs`` holds per segment index (cold address, warm address); ``binaries`` what goes there;
     ``resident_bytes`` the external bytes a warm run does not read; ``memory_end`` the first byte
-    after the programs.
+    after the programs; ``pipelined`` whether a warm program has one snapshot per segment.
     """
 
     windows: dict[str, tuple[int, int]]
@@ -102,14 +102,21 @@ class ResidentPlan:
     binaries: dict[int, bytes]
     resident_bytes: int
     memory_end: int
+    pipelined: bool = False
 
 
 def _aligned(value: int, step: int) -> int:
     return -(-value // step) * step
 
 
-def plan_resident(model: CompiledModel) -> ResidentPlan | str:
-    """The resident plan of ``model``, or why it has none."""
+def plan_resident(model: CompiledModel, *, pipelined: bool = False) -> ResidentPlan | str:
+    """The resident plan of ``model``, or why it has none.
+
+    With ``pipelined`` a segment's warm program keeps one COUNTERS snapshot, at its end (into the
+    last kernel's counters buffer), instead of one per kernel: without those barriers the kernels
+    overlap wherever their data allow (:func:`~braze.sw.compiler.stream.pipeline`; each kernel has
+    its own rows, so only a kernel reading what an earlier one stored waits for it, by a FENCE).
+    """
     from braze.isa.model import program_events
 
     config = model.config
@@ -147,8 +154,11 @@ def plan_resident(model: CompiledModel) -> ResidentPlan | str:
             if dropped:
                 loads = [step.kernel.instructions[index] for index in sorted(dropped)]
                 saved += program_events(loads, config)["dma_read_bytes"]
+        if pipelined:
+            last = [insn for insn in warm if insn.opcode is Opcode.COUNTERS][-1]
+            warm = [insn for insn in warm if insn.opcode is not Opcode.COUNTERS] + [last]
         # Dropping LOADs drops the tokens they pushed: the warm program's tokens are re-derived from
-        # its data (each kernel's COUNTERS stays a barrier).
+        # its data (each remaining COUNTERS stays a barrier).
         try:
             warm = pipeline(warm, config)
         except StreamError as error:
@@ -162,7 +172,7 @@ def plan_resident(model: CompiledModel) -> ResidentPlan | str:
         programs[segment.index] = (addrs[0], addrs[1])
     if cursor > config.dram_bytes:
         return f"its cold and warm programs end at byte {cursor}, past the {config.dram_bytes}-byte memory"
-    return ResidentPlan(windows, programs, binaries, saved, cursor)
+    return ResidentPlan(windows, programs, binaries, saved, cursor, pipelined)
 
 
 class ResidentRuntime(Runtime):
@@ -170,11 +180,16 @@ class ResidentRuntime(Runtime):
 
     :attr:`plan` is the :class:`ResidentPlan` (None when the model cannot have one, and :attr:`reason`
     says why); :attr:`last_run_warm` whether the last run used the warm programs.
+
+    With ``pipelined`` the kernels of a segment also overlap in a warm run (:func:`plan_resident`).
+    The trade-off: a warm run's report has one row per segment (its kernels' names joined by ``+``,
+    the counters of the whole segment) instead of one per kernel -- a snapshot is a barrier, so
+    per-kernel counters and overlap exclude each other.  The cold run keeps per-kernel rows.
     """
 
-    def __init__(self, model: CompiledModel, device):
+    def __init__(self, model: CompiledModel, device, *, pipelined: bool = False):
         super().__init__(model, device)
-        planned = plan_resident(model)
+        planned = plan_resident(model, pipelined=pipelined)
         self.plan: ResidentPlan | None = planned if isinstance(planned, ResidentPlan) else None
         self.reason: str | None = planned if isinstance(planned, str) else None
         self.last_run_warm = False
@@ -203,7 +218,24 @@ class ResidentRuntime(Runtime):
         self.device._braze_resident = None        # until this run has completed
         outputs = super().run(feeds, observe=observe)
         self.last_run_warm = self._warm
+        if self._warm and self.plan.pipelined and self.last_report is not None:
+            self.last_report.kernels = self._segment_rows(self.last_report.kernels)
         if self.plan is not None:
             self.device._braze_resident = (self, self.device.memory_generation, self.device.run_count)
         return outputs
 
+
+    def _segment_rows(self, rows: list[KernelReport]) -> list[KernelReport]:
+        """A pipelined warm run's report: per segment one row, from the snapshot its last kernel's row
+        read (the segment's); the other kernels' snapshots are those of an earlier run."""
+        segment_of = {step.name: segment for segment in self.model.segments for step in segment.steps}
+        merged: list[KernelReport] = []
+        for row in rows:
+            segment = segment_of[row.kernel]
+            if row.kernel != segment.steps[-1].name:
+                continue
+            names = [step.name for step in segment.steps]
+            merged.append(dataclasses.replace(
+                row, kernel="+".join(names), ops=tuple(op for step in segment.steps for op in step.ops),
+                predicted_cycles=sum(step.kernel.predicted_cycles for step in segment.steps)))
+        return merged

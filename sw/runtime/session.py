@@ -272,7 +272,9 @@ class InferenceSession:
         Keep the weights on chip between runs of one compiled shape when every kernel fits the
         scratchpad side by side (:class:`~braze.sw.runtime.resident.ResidentRuntime`): from the
         second run on a run loads only its activations.  A re-plan, another shape's run or any other
-        run on the device makes the next run load them again.
+        run on the device makes the next run load them again.  ``"pipelined"``: besides, the kernels
+        of a warm run overlap (no COUNTERS barrier between them); its report then has one row per
+        device run instead of one per kernel.
 
     Warns
     -----
@@ -287,7 +289,7 @@ class InferenceSession:
                  cost_model: CostModel | str | None = None, cache: KernelCache | None = None,
                  profile: bool = False, record: bool | None = None, objective: str = "cycles",
                  nonfinite: str = "error", specialise: bool = True, skip_zero_blocks: bool = False,
-                 resident_weights: bool = False):
+                 resident_weights: bool | str = False):
         started = time.perf_counter()
         self.objective = check_objective(objective)
         if nonfinite not in NONFINITE_POLICIES:
@@ -340,6 +342,8 @@ class InferenceSession:
                                    save_to=default_model_dir(device.kind))
         self._plan_version = 0
         self.specialise = specialise
+        if resident_weights not in (False, True, "pipelined"):
+            raise BrazeError(f"resident_weights={resident_weights!r}: must be False, True or 'pipelined'")
         self.resident_weights = resident_weights
         # The fusion and tiling decisions of the first shape compiled, which later shapes specialise.
         self._plan: tuple[list[FusionDecision], dict[str, TilingDecision]] | None = None
@@ -395,7 +399,7 @@ class InferenceSession:
         if self.resident_weights:
             from .resident import ResidentRuntime
 
-            return ResidentRuntime(compiled, self.device)
+            return ResidentRuntime(compiled, self.device, pipelined=self.resident_weights == "pipelined")
         return Runtime(compiled, self.device)
 
     def compile_for(self, input_shapes: Mapping[str, Sequence[int]]) -> CompiledModel:

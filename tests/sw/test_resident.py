@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import pytest
 
-from braze.isa import Config, Instruction, Opcode
+from braze.isa import BrazeError, Config, Instruction, Opcode
 from braze.isa.model import instruction_accesses
 from braze.sim.device import GoldenDevice
 from braze.sw.compiler import kernels, models
@@ -69,6 +69,31 @@ def test_batch_one_runs_load_only_activations_after_the_first(mlp):
     assert cycles[0] == plain_cycles and cycles[1] < cycles[0]
 
 
+def test_pipelined_warm_runs_overlap_the_kernels_and_report_per_segment(mlp):
+    path, calibration, x = mlp
+    cycles, outputs = {}, {}
+    for mode in (True, "pipelined"):
+        with InferenceSession(path, device="golden", calibration=calibration,
+                              resident_weights=mode) as session:
+            name = session.get_inputs()[0].name
+            outputs[mode] = [session.run(None, {name: x[i:i + 1]})[0] for i in range(2)]
+            report, compiled = session.report(), session._current[2]
+            cycles[mode] = report.total_cycles
+            if mode == "pipelined":
+                # One snapshot per device run: one row naming every kernel of the segment.
+                assert [row.kernel for row in report.kernels] == [
+                    "+".join(step.name for step in segment.steps) for segment in compiled.segments]
+                assert report.total_macs == sum(step.kernel.macs for segment in compiled.segments
+                                                for step in segment.steps)
+            else:
+                assert len(report.kernels) == sum(len(segment.steps) for segment in compiled.segments)
+    for piped, plain in zip(outputs["pipelined"], outputs[True], strict=True):
+        np.testing.assert_array_equal(piped, plain)
+    assert cycles["pipelined"] < cycles[True]
+    with pytest.raises(BrazeError, match="resident_weights='yes'"):
+        InferenceSession(path, device="golden", calibration=calibration, resident_weights="yes")
+
+
 def test_any_other_run_on_the_device_makes_the_next_run_load_again(mlp):
     path, calibration, x = mlp
     with InferenceSession(path, device="golden", calibration=calibration, resident_weights=True) as session:
@@ -121,6 +146,12 @@ def test_on_the_rtl_weights_stay_resident_and_streams_are_exact(mlp):
             reads.append(sum(row.dma_read_bytes for row in session.report().kernels))
         runtime = session._current[3]
         assert runtime.last_run_warm and reads[1] == reads[2] == reads[0] - runtime.plan.resident_bytes
+        # The pipelined warm program (no barrier between the kernels) on the same simulator.
+        piped = InferenceSession(path, device=session.device, calibration=calibration,
+                                 resident_weights="pipelined")
+        for i in range(3):
+            np.testing.assert_array_equal(piped.run(None, {name: x[i:i + 1]})[0], expected[i])
+        assert piped._current[3].last_run_warm and len(piped.report().kernels) == 1
         kernel = kernels.gemm(DEFAULT, 16, 16, 16, bias=True, requant=True, act="relu")
         rng = np.random.default_rng(5)
         params = {"B": rng.integers(-128, 128, (16, 16), dtype=np.int8),
