@@ -17,8 +17,19 @@ device ran nothing else since its last run (:attr:`~braze.sim.device.Device.run_
 simulator that died and was replaced makes the next run cold again.  A session that re-plans builds
 a new runtime, so residency never outlives the plan that placed the rows.  Each kernel keeps its own
 COUNTERS snapshot, so per-kernel counters stay exact; the warm kernels read fewer bytes and take
-fewer cycles.  Models with control flow in a kernel (loops, an on-chip If) or too large for the
-scratchpad side by side run as the plain :class:`~braze.sw.runtime.runtime.Runtime` does;
+fewer cycles.
+
+Cross-kernel pipelining (``pipelined=True``, ``InferenceSession(resident_weights="pipelined")``):
+what serialises the kernels of one program is (1) the COUNTERS snapshot closing each kernel, a
+barrier; (2) every kernel of the library placing its rows from row 0, so the next kernel's LOADs
+would overwrite rows the previous one still reads; (3) a kernel reading what the previous one
+stored, with no token queue between the store and the load unit.  The resident windows remove (2);
+a pipelined warm program drops (1) -- one snapshot per segment, so its report has one row per
+segment instead of one per kernel -- and keeps (3) as a FENCE (a true data dependency: the digits
+MLP's layers form a chain, so only the snapshots' cycles go).
+
+Models with control flow in a kernel (loops, an on-chip If) or too large for the scratchpad side
+by side run as the plain :class:`~braze.sw.runtime.runtime.Runtime` does;
 :attr:`ResidentRuntime.reason` says why.
 """
 
