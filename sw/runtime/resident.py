@@ -40,11 +40,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from braze.isa import Instruction, Memory, Opcode, encode_program
+from braze.isa import INSN_BYTES, Instruction, Memory, Opcode, encode_program
 from braze.isa.encoding import CONTROL_FLOW_OPCODES, UNARY_VECTOR_OPS
 from braze.isa.model import instruction_accesses
 from braze.sw.compiler.kernels import OPERAND_ALIGN, Kernel
-from braze.sw.compiler.lower import CompiledModel, Segment
+from braze.sw.compiler.lower import CompiledModel, KernelStep, Segment
 from braze.sw.compiler.stream import StreamError, pipeline, resident_loads
 
 from .runtime import KernelReport, Runtime
@@ -105,7 +105,8 @@ class ResidentPlan:
     ``windows`` maps a kernel step's name to its (scratchpad, accumulator) row offsets;
     ``programs`` holds per segment index (cold address, warm address); ``binaries`` what goes there;
     ``resident_bytes`` the external bytes a warm run does not read; ``memory_end`` the first byte
-    after the programs; ``pipelined`` whether a warm program has one snapshot per segment.
+    after the programs; ``pipelined`` whether a warm program has one snapshot per segment;
+    ``kernel_ends`` per program address the index of each kernel's closing COUNTERS and its step name.
     """
 
     windows: dict[str, tuple[int, int]]
@@ -114,6 +115,7 @@ class ResidentPlan:
     resident_bytes: int
     memory_end: int
     pipelined: bool = False
+    kernel_ends: dict[int, list[tuple[int, str]]] = dataclasses.field(default_factory=dict)
 
 
 def _aligned(value: int, step: int) -> int:
@@ -152,6 +154,7 @@ def plan_resident(model: CompiledModel, *, pipelined: bool = False) -> ResidentP
     cursor = _aligned(model.memory_bytes, OPERAND_ALIGN)
     programs: dict[int, tuple[int, int]] = {}
     binaries: dict[int, bytes] = {}
+    kernel_ends: dict[int, list[tuple[int, str]]] = {}
     saved = 0
     halt = Instruction.make(Opcode.HALT)
     for segment in model.segments:
@@ -179,11 +182,15 @@ def plan_resident(model: CompiledModel, *, pipelined: bool = False) -> ResidentP
             binary = encode_program(program + [halt])
             binaries[cursor] = binary
             addrs.append(cursor)
+            # Each kernel ends at its COUNTERS (a pipelined warm program: the segment at its one).
+            ends = [index for index, insn in enumerate(program) if insn.opcode is Opcode.COUNTERS]
+            names = [step.name for step in segment.steps]
+            kernel_ends[cursor] = list(zip(ends, names[-len(ends):], strict=True))
             cursor = _aligned(cursor + len(binary), OPERAND_ALIGN)
         programs[segment.index] = (addrs[0], addrs[1])
     if cursor > config.dram_bytes:
         return f"its cold and warm programs end at byte {cursor}, past the {config.dram_bytes}-byte memory"
-    return ResidentPlan(windows, programs, binaries, saved, cursor, pipelined)
+    return ResidentPlan(windows, programs, binaries, saved, cursor, pipelined, kernel_ends)
 
 
 class ResidentRuntime(Runtime):
@@ -223,6 +230,17 @@ class ResidentRuntime(Runtime):
             return super().segment_program_addr(segment)
         cold, warm = self.plan.programs[segment.index]
         return warm if self._warm else cold
+
+    def kernel_at(self, segment: Segment, pc: int | None) -> KernelStep:
+        if self.plan is None:
+            return super().kernel_at(segment, pc)
+        base = self.segment_program_addr(segment)
+        steps = {step.name: step for step in segment.steps}
+        index = None if pc is None else (pc - base) // INSN_BYTES
+        for end, name in self.plan.kernel_ends[base]:
+            if index is not None and 0 <= index <= end:
+                return steps[name]
+        return segment.steps[-1]
 
     def run(self, feeds: Mapping[str, np.ndarray], *, observe=None) -> dict[str, np.ndarray]:
         self._warm = self._resident_now()

@@ -212,6 +212,10 @@ class Runtime:
         (a subclass may run another program of the same kernels, :mod:`.resident`)."""
         return segment.program.addr
 
+    def kernel_at(self, segment, pc: int | None) -> KernelStep:
+        """The kernel step of the segment's program that holds ``pc`` (for a watchdog's report)."""
+        return _kernel_at(segment, pc)
+
     def run(self, feeds: Mapping[str, np.ndarray], *, observe=None) -> dict[str, np.ndarray]:
         """Execute the plan on host-side ``feeds`` (already checked); returns every graph output."""
         if not self.loaded:
@@ -248,7 +252,7 @@ class Runtime:
                                     check=False)
                 device_seconds += time.perf_counter() - t0
                 if status.cause is ErrorCause.WATCHDOG or status.timed_out:
-                    kstep = _kernel_at(segment, status.error_pc)
+                    kstep = self.kernel_at(segment, status.error_pc)
                     raise KernelTimeout(kstep.name, kstep.ops, device.kind, limit, predicted, status.error_pc,
                                         status.detail)
                 if not status.ok:

@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import pytest
 
-from braze.isa import BrazeError, Config, Instruction, Opcode
+from braze.isa import INSN_BYTES, BrazeError, Config, Instruction, Opcode
 from braze.isa.model import instruction_accesses
 from braze.sim.device import GoldenDevice
 from braze.sw.compiler import kernels, models
@@ -63,6 +63,13 @@ def test_batch_one_runs_load_only_activations_after_the_first(mlp):
             cycles.append(session.report().total_cycles)
         resident = runtime.plan.resident_bytes
     assert warm == [False, True, True]
+    # A watchdog's pc names the kernel of the warm program it stopped in (the programs are not the model's).
+    segment = session._current[2].segments[0]
+    base = runtime.segment_program_addr(segment)
+    (first_end, _), (second_end, second) = runtime.plan.kernel_ends[base][:2]
+    assert runtime.kernel_at(segment, base + INSN_BYTES * (first_end + 1)).name == second
+    assert runtime.kernel_at(segment, base + INSN_BYTES * second_end).name == second
+    assert runtime.kernel_at(segment, base).name == segment.steps[0].name
     # The weights and parameter rows of every layer: the MLP's three weight matrices at least.
     assert resident >= 64 * 64 + 64 * 32 + 32 * 10
     assert reads[0] == plain_read and reads[1] == reads[2] == plain_read - resident
