@@ -268,6 +268,11 @@ class InferenceSession:
         zero-block fractions of the quantized graph profiled on the calibration data (needed).
         Activations are then quantized symmetrically (zero point 0: a ReLU's zeros are int8 zeros,
         which the kernels test for; the output of a ReLU keeps 7 bits instead of 8).
+    zero_block_profiles : mapping of tensor name to TensorProfile, optional
+        With ``skip_zero_blocks``: the profiles (of :attr:`graph_before`'s tensors) to price the
+        ``skip`` candidates at instead of the calibration data's -- e.g. what a dataflow analyzer
+        observed at run time.  An empty mapping offers no skipping kernel (activations are quantized
+        symmetrically all the same: the integers of the session with skipping kernels).
 
     Warns
     -----
@@ -281,7 +286,8 @@ class InferenceSession:
                  allow_fallback: bool = False, threshold: float = DEFAULT_THRESHOLD,
                  cost_model: CostModel | str | None = None, cache: KernelCache | None = None,
                  profile: bool = False, record: bool | None = None, objective: str = "cycles",
-                 nonfinite: str = "error", specialise: bool = True, skip_zero_blocks: bool = False):
+                 nonfinite: str = "error", specialise: bool = True, skip_zero_blocks: bool = False,
+                 zero_block_profiles: Mapping[str, TensorProfile] | None = None):
         started = time.perf_counter()
         self.objective = check_objective(objective)
         if nonfinite not in NONFINITE_POLICIES:
@@ -301,7 +307,8 @@ class InferenceSession:
             # A skipped block must be zero in int8: activations are quantized with zero point 0.
             graph = quantize(graph, sets, symmetric_activations=skip_zero_blocks)
             if skip_zero_blocks:
-                self._zero_block_profiles = profile_graph(graph, sets)
+                self._zero_block_profiles = (dict(zero_block_profiles) if zero_block_profiles is not None
+                                             else profile_graph(graph, sets))
         elif skip_zero_blocks:
             raise BrazeError("skip_zero_blocks=True needs calibration data: the zero-block fractions "
                              "the skipping kernels are priced at are profiled on it")
