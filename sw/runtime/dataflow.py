@@ -250,7 +250,7 @@ class DataflowSession:
         if not onchip_if and self.onchip_if_unavailable is None:
             self.onchip_if_unavailable = "turned off (onchip_if=False)"
         self.manager = PartitionManager(self._build, self._layout)
-        if skip_zero_blocks:         # compiled up front: its kernels say where and how to measure zero blocks
+        if skip_zero_blocks and analyzer:   # compiled up front: its kernels say where and how to measure
             self.manager.partition(self.structure.body.name, ACCELERATOR_SKIP)
         self.events: list[DecisionEvent] = []
         self.traces: list[RunTrace] = []
