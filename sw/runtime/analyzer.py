@@ -88,6 +88,9 @@ class Observation:
     block_zeros: Mapping[str, float] = dataclasses.field(default_factory=dict)
     #: The same measured on the host (an evaluation of the int8 graph): called on sampled runs only.
     sample_block_zeros: Callable[[], Mapping[str, float]] | None = None
+    #: Float values of tensors inside accelerator partitions and their int8 parameters (a host
+    #: evaluation of the float regions, :class:`~.dataflow_shadow.FloatShadow`): sampled runs only.
+    sample_ranges: Callable[[], Mapping[str, tuple[np.ndarray, tuple[float, int]]]] | None = None
 
 
 class TensorStats:
@@ -200,6 +203,7 @@ class DataflowAnalyzer:
         self.block_zeros: dict[str, Decayed] = {}           # tensor -> fraction of tested K-blocks all zero
         self.block_zero_sources: dict[str, dict[str, int]] = {}   # tensor -> {"chip": n, "host": n}
         self._block_zero_run: dict[str, int] = {}            # tensor -> the run of its last sample
+        self.inside: dict[str, TensorStats] = {}             # tensors inside accelerator partitions
         self.cost_by_plan: dict[int, list[float]] = {}       # plan version -> [runs, total cost]
         self.observations = 0
         self.busy_seconds = 0.0
@@ -290,6 +294,16 @@ class DataflowAnalyzer:
                 if warning is not None and name not in self._warned:
                     self._warned.add(name)
                     self.warnings.append(warning)
+            if obs.sampled and obs.sample_ranges is not None:
+                for name, (value, quant) in obs.sample_ranges().items():
+                    stats = self.inside.get(name)
+                    if stats is None:
+                        stats = self.inside[name] = TensorStats(name, self.half_life, quant)
+                    warning = stats.add(value)
+                    if warning is not None and f"inside:{name}" not in self._warned:
+                        self._warned.add(f"inside:{name}")
+                        self.warnings.append(f"{warning} [inside an accelerator partition: seen on a sampled "
+                                             f"run, its float model evaluated on the host]")
             measured = [("chip", obs.block_zeros)]
             if obs.sampled and obs.sample_block_zeros is not None:
                 measured.append(("host", obs.sample_block_zeros()))
@@ -356,6 +370,9 @@ class DataflowAnalyzer:
             span = f"[{row['low']:.3g}, {row['high']:.3g}]"
             sparsity = f"{100 * row['sparsity']:.1f}%"
             lines.append(f"  {row['tensor']:<16} {sparsity:>8} {blocks:>8} {span:>22} {sat:>8}")
+        if self.inside:
+            lines.append(f"  range checks inside accelerator partitions (sampled runs): "
+                         f"{', '.join(sorted(self.inside))}")
         for name, fraction in self.block_zeros.items():
             sources = self.block_zero_sources[name]
             lines.append(f"  {name} (a skipping GEMM's input): {100 * fraction.value:.1f}% of tested "

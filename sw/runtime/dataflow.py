@@ -80,6 +80,7 @@ from ..compiler.cache import KernelCache, default_cache
 from ..compiler.cost import CostModel
 from ..compiler.frontend import evaluate
 from .analyzer import DataflowAnalyzer, Observation, ValueRangeWarning
+from .dataflow_shadow import FloatShadow
 from .dataflow_skip import SkipPoint, forced_profiles, prefix_graph, skip_points, skipping_cycles_at
 from .partitions import (
     AcceleratorPartition,
@@ -148,6 +149,8 @@ class RunTrace:
     seconds: float = 0.0
     bytes_by_partition: dict[str, int] = dataclasses.field(default_factory=dict)
     cycles_by_partition: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: The accelerator partitions that ran and their inputs (what a sampled range check evaluates).
+    accelerator_feeds: list = dataclasses.field(default_factory=list, repr=False)
 
     def cost(self, link: HostLink) -> float:
         return (self.kernel_cycles + link.transfer_cycles(self.transfers, self.transfer_bytes)
@@ -231,6 +234,7 @@ class DataflowSession:
         #: The input shapes the partitions are specialised for (a model without control flow).
         self._shapes: dict[str, tuple[int, ...]] | None = None
         self._skip_cycles: dict[tuple[str, float], int] = {}
+        self._shadows: dict[str, Any] = {}                   # partition name -> FloatShadow
         self._regions = {region.name: region for region in self.structure.regions()}
         self._calibration = calibration_inputs(self.proto, list(self._regions.values()), calibration)
         if isinstance(self.structure, StraightModel):
@@ -386,7 +390,8 @@ class DataflowSession:
                                              trace.bytes_by_partition, trace.cycles_by_partition,
                                              trace.cost(self.link),
                                              trace.seconds, block_zeros=block_zeros,
-                                             sample_block_zeros=sample))
+                                             sample_block_zeros=sample,
+                                             sample_ranges=self._range_sampler(trace.accelerator_feeds)))
             if self.analyzer._thread is not None:     # synchronous folding is counted as it folds
                 self.analyzer.submit_seconds += time.perf_counter() - handover
             if self.analyzer._thread is None:
@@ -423,6 +428,8 @@ class DataflowSession:
         nbytes = sum(t.bytes for t in transfers)
         trace.transfer_bytes += nbytes
         trace.bytes_by_partition[part.name] = trace.bytes_by_partition.get(part.name, 0) + nbytes
+        if part.kind == "accelerator" and self.analyzer is not None:
+            trace.accelerator_feeds.append((part, {t: host[t] for t in part.region.inputs}))
         if part.kind == "accelerator":          # the accelerator's own counters
             trace.cycles_by_partition[part.name] = trace.cycles_by_partition.get(part.name, 0) + cycles
         trace.transfers += len(transfers)
@@ -447,6 +454,23 @@ class DataflowSession:
             values = evaluate(graph, feeds, keep=True)
             return {p.tensor: p.fraction_of(values[p.tensor]) for p in points if p.tensor in values}
         return {}, sample
+
+    def _range_sampler(self, ran: list) -> Any:
+        """A host evaluation of the float regions that ran, at the tensors the chip holds in int8 (called
+        by the analyzer on the runs it samples)."""
+        if not ran:
+            return None
+
+        def sample() -> dict[str, tuple[np.ndarray, tuple[float, int]]]:
+            values = {}
+            for part, feeds in ran:
+                shadow = self._shadows.get(part.name)
+                if shadow is None:
+                    shadow = self._shadows[part.name] = FloatShadow(part.region, part.host_graph())
+                for tensor, value in shadow(feeds).items():
+                    values[tensor] = (value, shadow.quant[tensor])
+            return values
+        return sample
 
     def _sample_graph(self, graph, points: Sequence[SkipPoint]):
         """What a host sample evaluates: the part of the quantized graph that computes the points."""

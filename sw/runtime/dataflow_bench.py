@@ -16,9 +16,10 @@ For the early-exit CNN (``easy`` and ``hard`` digits) and the mixture of experts
 
 **drift** -- the sensor MLP of :mod:`braze.sw.runtime.dataflow_drift` (no control flow) with
 ``skip_zero_blocks=True``, its inputs drifting mid-session: ``dense`` for ``--drift-runs`` runs,
-``sparse`` for twice as many, ``dense`` again.  The same feeds through the static plan (plain
-kernels), the skipping plan held throughout (``always skip``) and the dynamic session (analyzer in
-its background thread, ``--drift-budget`` of the inference time for host samples), which takes
+``sparse`` for twice as many, ``dense`` again for twice as many.  The same feeds through the static
+plan (plain kernels), the skipping plan held throughout (``always skip``) and the dynamic session (analyzer in
+its background thread, ``--drift-budget`` of the inference time for host samples, a half-life of
+:data:`DRIFT_HALF_LIFE` runs), which takes
 ``skip-zero-blocks`` after the inputs go sparse and reverses it after they go dense again.
 
 Cycles are the accelerator's counters (kernel cycles); "cost" adds the host link's priced transfers
@@ -91,10 +92,14 @@ def measure(family: str, distribution: str, *, runs: int, warmup: int, device: s
             "plan_versions": versions, "report": report}
 
 
+#: The drift session's analyzer half-life (runs): the statistics follow a drift within a few dozen runs.
+DRIFT_HALF_LIFE = 8.0
+
+
 def measure_drift(*, runs: int, device: str = "golden", config: str = "default",
                   cost_model: str | None = None, budget: float = 0.05) -> dict:
     """The drift scenario (see the module documentation): cost per phase of three plans, and mismatches."""
-    phases = [("dense", runs), ("sparse", 2 * runs), ("dense", runs)]
+    phases = [("dense", runs), ("sparse", 2 * runs), ("dense", 2 * runs)]
     feeds, phase_of = [], []
     for index, (distribution, count) in enumerate(phases):
         feeds += drift_inputs(distribution, count, seed=20 + index)
@@ -112,7 +117,7 @@ def measure_drift(*, runs: int, device: str = "golden", config: str = "default",
         always.manager.deploy(frozenset({SKIP_ZERO_BLOCKS}))
         _run(always, feeds[:1])
         results["always skip"] = _run(always, feeds)
-    with DataflowSession(model, analyzer_budget=budget, **options) as dynamic:
+    with DataflowSession(model, analyzer_budget=budget, half_life=DRIFT_HALF_LIFE, **options) as dynamic:
         _run(dynamic, feeds[:1])
         results["dynamic"] = _run(dynamic, feeds)
         dynamic.analyzer.flush()
@@ -216,8 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", default="early_exit,moe",
                         help="comma-separated model families to measure (early_exit, moe)")
     parser.add_argument("--drift-runs", type=int, default=32,
-                        help="runs of each dense phase of the drift scenario (the sparse one: twice); "
-                             "0: leave it out")
+                        help="runs of the drift scenario's first phase (dense; then sparse and dense again, "
+                             "twice as many each); 0: leave it out")
     parser.add_argument("--drift-budget", type=float, default=0.05,
                         help="share of inference time the drift session's analyzer may spend sampling")
     args = parser.parse_args(argv)

@@ -4,6 +4,8 @@ re-specialisation, value ranges leaving calibration.  A model without control fl
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -110,6 +112,23 @@ def test_a_value_range_leaving_calibration_warns_with_the_tensor_name(cache):
         with pytest.warns(ValueRangeWarning, match="tensor 'x'"):
             session.run(None, {"x": feed["x"] * 4})
             session.run(None, feed)
+
+
+def test_an_activation_outgrowing_its_calibration_inside_a_partition_warns(cache):
+    # Calibrated on sparse inputs only: dense ones stay in x's range, but the hidden activation 'r' (int8 on
+    # the chip, never on the host) outgrows its range and would saturate silently.
+    calibration = drift_inputs("sparse", 4, seed=1)
+    with DataflowSession(sensor_mlp(), calibration=calibration, background=False, cost_model="analytic",
+                         cache=cache, analyzer_budget=1.0) as session:      # every run sampled
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _run_checked(session, calibration)
+            assert not caught                                 # the calibration's own inputs: no false alarm
+            _run_checked(session, drift_inputs("dense", 2, seed=3))
+            session.run(None, drift_inputs("dense", 1, seed=4)[0])      # the warning surfaces on the next run
+        texts = [str(w.message) for w in caught if issubclass(w.category, ValueRangeWarning)]
+    assert any(text.startswith("tensor 'r'") and "inside an accelerator partition" in text for text in texts)
+    assert not any(text.startswith("tensor 'x'") for text in texts)
 
 
 def test_skip_zero_blocks_is_for_models_without_control_flow():
