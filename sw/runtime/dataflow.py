@@ -253,6 +253,7 @@ class DataflowSession:
         self.onchip_if_unavailable: str | None = None if isinstance(self.structure, BranchModel) else ""
         if not onchip_if and self.onchip_if_unavailable is None:
             self.onchip_if_unavailable = "turned off (onchip_if=False)"
+        self._observe = analyzer
         self.manager = PartitionManager(self._build, self._layout)
         if skip_zero_blocks and analyzer:   # compiled up front: its kernels say where and how to measure
             self.manager.partition(self.structure.body.name, ACCELERATOR_SKIP)
@@ -292,6 +293,14 @@ class DataflowSession:
 
     # -- partitions and plans ---------------------------------------------------------------------------
     def _build(self, region: str, where: str) -> AcceleratorPartition | CpuPartition:
+        part = self._build_partition(region, where)
+        if self._observe and part.kind == "accelerator":
+            # Set up with the partition (as its compilation is), not on the analyzer's budget.
+            shadow = self._shadows[part.name] = FloatShadow(part.region, part.host_graph())
+            shadow(self._calibration[region][0])          # onnxruntime's first run is slow: not a sample's
+        return part
+
+    def _build_partition(self, region: str, where: str) -> AcceleratorPartition | CpuPartition:
         spec = self._regions[region]
         if where == ONCHIP_IF:
             from .onchip_if import OnChipIfPartition
@@ -464,9 +473,7 @@ class DataflowSession:
         def sample() -> dict[str, tuple[np.ndarray, tuple[float, int]]]:
             values = {}
             for part, feeds in ran:
-                shadow = self._shadows.get(part.name)
-                if shadow is None:
-                    shadow = self._shadows[part.name] = FloatShadow(part.region, part.host_graph())
+                shadow = self._shadows[part.name]
                 for tensor, value in shadow(feeds).items():
                     values[tensor] = (value, shadow.quant[tensor])
             return values
