@@ -235,6 +235,8 @@ class DataflowSession:
         self._shapes: dict[str, tuple[int, ...]] | None = None
         self._skip_cycles: dict[tuple[str, float], int] = {}
         self._shadows: dict[str, Any] = {}                   # partition name -> FloatShadow
+        self._sample_key: tuple | None = None                # what _sample_prefix was cut from
+        self._sample_prefix = None
         self._regions = {region.name: region for region in self.structure.regions()}
         self._calibration = calibration_inputs(self.proto, list(self._regions.values()), calibration)
         if isinstance(self.structure, StraightModel):
@@ -482,7 +484,7 @@ class DataflowSession:
     def _sample_graph(self, graph, points: Sequence[SkipPoint]):
         """What a host sample evaluates: the part of the quantized graph that computes the points."""
         key = (id(graph), tuple(p.tensor for p in points))
-        if getattr(self, "_sample_key", None) != key:
+        if self._sample_key != key:
             self._sample_key, self._sample_prefix = key, prefix_graph(graph, [p.tensor for p in points])
         return self._sample_prefix
 
@@ -509,7 +511,8 @@ class DataflowSession:
             prices = {frozenset(): self.manager.partition(region, "accelerator").predicted_cycles}
             if self.analyzer is not None and self.dynamic:
                 prices = self.price()
-                target = self._choose(prices, current.choices)
+                if self.analyzer.observations >= MIN_OBSERVATIONS:
+                    target = self._choose(prices, current.choices)
             self.last_prices = {", ".join(sorted(k)) or "static": v for k, v in prices.items()}
             plan = self.manager.deploy(target, renew=True)
             shape_text = ", ".join(f"{t} {list(old[t]) if old else '?'} -> {list(shapes[t])}" for t in shapes)

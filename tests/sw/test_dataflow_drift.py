@@ -63,9 +63,10 @@ def test_the_chip_counts_the_fraction_the_host_samples(cache):
     assert fractions[0] > 0.5 and fractions[1] < 0.05
 
 
-def test_sparsity_drift_takes_and_reverses_zero_block_skipping(cache):
+@pytest.mark.parametrize("device", ["golden", "verilator"])
+def test_sparsity_drift_takes_and_reverses_zero_block_skipping(cache, device):
     # Sample every run on the host while the plain kernels run (the budget is what the bench measures).
-    with _session(cache, skip_zero_blocks=True, analyzer_budget=1.0, half_life=4.0) as session:
+    with _session(cache, skip_zero_blocks=True, analyzer_budget=1.0, half_life=4.0, device=device) as session:
         _run_checked(session, drift_inputs("dense", 10, seed=1))
         assert SKIP_ZERO_BLOCKS not in session.plan.choices
         _run_checked(session, drift_inputs("sparse", 12, seed=2))
