@@ -275,6 +275,11 @@ class InferenceSession:
         run on the device makes the next run load them again.  ``"pipelined"``: besides, the kernels
         of a warm run overlap (no COUNTERS barrier between them); its report then has one row per
         device run instead of one per kernel.
+    zero_block_profiles : mapping of tensor name to TensorProfile, optional
+        With ``skip_zero_blocks``: the profiles (of :attr:`graph_before`'s tensors) to price the
+        ``skip`` candidates at instead of the calibration data's -- e.g. what a dataflow analyzer
+        observed at run time.  An empty mapping offers no skipping kernel (activations are quantized
+        symmetrically all the same: the integers of the session with skipping kernels).
 
     Warns
     -----
@@ -289,7 +294,8 @@ class InferenceSession:
                  cost_model: CostModel | str | None = None, cache: KernelCache | None = None,
                  profile: bool = False, record: bool | None = None, objective: str = "cycles",
                  nonfinite: str = "error", specialise: bool = True, skip_zero_blocks: bool = False,
-                 resident_weights: bool | str = False):
+                 resident_weights: bool | str = False,
+                 zero_block_profiles: Mapping[str, TensorProfile] | None = None):
         started = time.perf_counter()
         self.objective = check_objective(objective)
         if nonfinite not in NONFINITE_POLICIES:
@@ -309,7 +315,8 @@ class InferenceSession:
             # A skipped block must be zero in int8: activations are quantized with zero point 0.
             graph = quantize(graph, sets, symmetric_activations=skip_zero_blocks)
             if skip_zero_blocks:
-                self._zero_block_profiles = profile_graph(graph, sets)
+                self._zero_block_profiles = (dict(zero_block_profiles) if zero_block_profiles is not None
+                                             else profile_graph(graph, sets))
         elif skip_zero_blocks:
             raise BrazeError("skip_zero_blocks=True needs calibration data: the zero-block fractions "
                              "the skipping kernels are priced at are profiled on it")
