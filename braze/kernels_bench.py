@@ -8,6 +8,12 @@ In one run (issue 12, item 5):
   kernel's COUNTERS snapshot and the shape's **bound**: max(compute cycles = MACs / array size,
   bus cycles = bytes of its operands (A, B, params, out) / bytes the DMA bus moves per cycle).
   ``over bound`` is cycles / bound (1.0 would be a kernel at the roofline).
+* **small GEMMs** (M <= :data:`SMALL_M`) also per call in a stream of :data:`STREAM_CALLS` back-to-back
+  calls in one program, pipelined and with the weights resident after the first call
+  (:func:`run_small_stream`, :mod:`braze.sw.compiler.stream`), and packed (the calls' rows in one
+  kernel), each against the same bound.
+* **the digits MLP at batch 1** run repeatedly by one session with resident weights
+  (:func:`run_mlp_resident`): first and steady-state cycles and bytes, and batch-1 requests packed.
 * **the digits CNN** (:mod:`braze.demo`'s model and flow) compiled fused and unfused with the cost model
   a verilator session plans with and run on the validation images: the fused per-kernel table with the
   stall counters, PE utilisation, and the unfused / fused ratios of cycles and external bytes.
@@ -21,19 +27,23 @@ In one run (issue 12, item 5):
 It ends with one line::
 
     kernels: cnn_util=<pct> gemm64_large_util=<pct> gemm256_util=<pct> small_gemm_worst_over_bound=<x>
+             small_gemm_streamed_worst_over_bound=<x> small_gemm_packed_worst_over_bound=<x>
              fusion_cycles=<x> fusion_bytes=<x> compile_cold_s=<x> cnn_chain=<chosen|not_chosen>
              chain_cycles=<x> chain_bytes=<x>
 
-where the small GEMMs are those with M <= 16 (on both configurations) and ``gemm256_util`` is 256^3 on
-``default``.  Targets (issue 12): CNN >= 60%, 64^3 on large >= 85%, 256^3 >= 95%, small shapes
-<= 1.5x their bound, fusion >= 1.5x cycles and >= 2x bytes, cold compile < 1 s.  ``chain_cycles`` and
-``chain_bytes`` are the fused plan's over the forced chain's (above 1: the chain is better).
+where the small GEMMs are those with M <= 16 (on both configurations; ``small_gemm_worst_over_bound``
+is the isolated kernel's, the two others the streamed and the packed-and-streamed per-call figures) and
+``gemm256_util`` is 256^3 on ``default``.  Targets (issue 12): CNN >= 60%, 64^3 on large >= 85%,
+256^3 >= 95%, small shapes <= 1.5x their bound, fusion >= 1.5x cycles and >= 2x bytes, cold
+compile < 1 s.  ``chain_cycles`` and ``chain_bytes`` are the fused plan's over the forced chain's
+(above 1: the chain is better).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -55,6 +65,8 @@ QUICK_SHAPES = ((1, 64, 10), (1, 256, 256), (16, 16, 16), (64, 64, 64), (256, 25
 CONFIGS = ("default", "large")
 #: A GEMM with at most this many rows of A is "small" (fixed per-kernel costs dominate it).
 SMALL_M = 16
+#: Back-to-back calls of a small GEMM in the streamed (and packed) measurement.
+STREAM_CALLS = 16
 _EPILOGUE = dict(bias=True, requant=True, act="relu", out="int8")
 
 
@@ -81,10 +93,13 @@ def _operands(rng: np.random.Generator, M: int, K: int, N: int, kernel) -> tuple
 
 
 def run_gemms(device_kind: str, config_names: Sequence[str], shapes: Sequence[tuple[int, int, int]], *,
-              seed: int = 0) -> list[dict]:
-    """Each shape on each configuration: one row of cycles, utilisation, bound and correctness."""
+              seed: int = 0, stream_calls: int = STREAM_CALLS) -> list[dict]:
+    """Each shape on each configuration: one row of cycles, utilisation, bound and correctness; a small
+    shape's row also has its streamed and packed per-call cycles (:func:`run_small_stream`; none with
+    ``stream_calls`` 1)."""
     from braze.sim.device import open_device
     from braze.sw.compiler import kernels
+    from braze.sw.compiler.stream import StreamError
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -107,7 +122,95 @@ def run_gemms(device_kind: str, config_names: Sequence[str], shapes: Sequence[tu
                     "dma_bytes": counters["dma_read_bytes"] + counters["dma_write_bytes"],
                     "correct": bool(np.array_equal(result.outputs["out"], expected)),
                 })
+                if M <= SMALL_M and stream_calls > 1:
+                    try:
+                        rows[-1].update(run_small_stream(device, kernel, stream_calls, rng))
+                    except StreamError as error:       # a kernel with loops: no straight-line stream
+                        rows[-1]["stream_error"] = str(error)
+                        continue
+                    rows[-1]["correct"] &= rows[-1].pop("stream_correct")
     return rows
+
+
+def _shared_weight_calls(rng: np.random.Generator, kernel, calls: int) -> tuple[dict, list[dict], list]:
+    """Parameters shared by ``calls`` calls of a GEMM kernel, each call's A, and each call's exact output."""
+    from braze.sw.compiler import kernels
+
+    M, K = kernel.operands["A"].shape
+    N = kernel.operands["out"].shape[1]
+    b = rng.integers(-128, 128, size=(K, N), dtype=np.int8)
+    bias = rng.integers(-5000, 5000, size=N)
+    mult = rng.integers(1 << 13, 1 << 15, size=N)
+    shift = np.full(N, 20)
+    params = {"B": b, "params": kernels.pack_params(kernel, bias=bias, mult=mult, shift=shift)}
+    inputs = [{"A": rng.integers(-128, 128, size=(M, K), dtype=np.int8)} for _ in range(calls)]
+    expected = [epilogue(call["A"].astype(np.int64) @ b.astype(np.int64), bias=bias, mult=mult, shift=shift,
+                         act=Activation.RELU, out=Memory.SPAD) for call in inputs]
+    return params, inputs, expected
+
+
+def _streamed(device, kernel, params: dict, inputs: list[dict], expected: list, count: int
+              ) -> tuple[float, float, float, bool]:
+    """Steady-state (cycles, timing-model cycles, bytes read) per call of ``kernel`` in a stream of
+    ``count`` calls -- ``(x(count) - x(1)) / (count - 1)``: the stream's one snapshot cannot attribute
+    cycles to a call -- and whether every call's output was exact."""
+    from braze.isa.timing import schedule
+    from braze.sw.compiler.stream import stream
+
+    correct = True
+    cycles, predicted, read_bytes = {}, {}, {}
+    for calls in (1, count):
+        program = stream(kernel, calls)
+        result = program.run(device, params, inputs[:calls])
+        correct &= all(np.array_equal(out["out"], want)
+                       for out, want in zip(result.outputs, expected[:calls], strict=True))
+        cycles[calls] = result.counters["cycles"]
+        read_bytes[calls] = result.counters["dma_read_bytes"]
+        predicted[calls] = schedule(program.program(), kernel.config).cycles
+    return tuple((values[count] - values[1]) / (count - 1)
+                 for values in (cycles, predicted, read_bytes)) + (correct,)
+
+
+#: Packed kernels of :data:`STREAM_CALLS` calls each, streamed in this many back-to-back groups.
+PACKED_GROUPS = 4
+
+
+def run_small_stream(device, kernel, calls: int, rng: np.random.Generator) -> dict:
+    """A small GEMM in a stream and packed, on an open device: the per-call cycles of each.
+
+    * **streamed**: ``calls`` back-to-back calls of the kernel in one program
+      (:func:`braze.sw.compiler.stream.stream`: cross-call pipelining, weights resident after the first
+      call); steady-state cycles per call (:func:`_streamed`; ``stream_predicted`` under the timing model).
+    * **packed**: the ``calls`` GEMMs (one B) as one kernel of ``calls * M`` rows, run alone, over
+      ``calls``; and that kernel streamed :data:`PACKED_GROUPS` times back to back (weights resident),
+      its steady-state cycles over ``calls`` (``packed_streamed_*``).
+    """
+    from braze.sw.compiler import kernels
+
+    config = kernel.config
+    M, K = kernel.operands["A"].shape
+    N = kernel.operands["out"].shape[1]
+    params, inputs, expected = _shared_weight_calls(rng, kernel, calls * PACKED_GROUPS)
+    steady, steady_predicted, steady_read, correct = _streamed(device, kernel, params, inputs, expected,
+                                                               calls)
+    packed = kernels.gemm(config, calls * M, K, N, **_EPILOGUE)
+    groups = [{"A": np.concatenate([call["A"] for call in inputs[g * calls:(g + 1) * calls]])}
+              for g in range(PACKED_GROUPS)]
+    grouped = [np.concatenate(expected[g * calls:(g + 1) * calls]) for g in range(PACKED_GROUPS)]
+    result = kernels.run_kernel(device, packed, {**groups[0], **params})
+    correct &= bool(np.array_equal(result.outputs["out"], grouped[0]))
+    group_steady, group_predicted, _, group_correct = _streamed(device, packed, params, groups, grouped,
+                                                               PACKED_GROUPS)
+    bound = max(gemm_bound(kernel, config))
+    packed_per_call = result.counters["cycles"] / calls
+    return {"stream_calls": calls, "stream_cycles": steady, "stream_predicted": steady_predicted,
+            "stream_over_bound": steady / bound, "stream_read_bytes": steady_read,
+            "packed_cycles": packed_per_call, "packed_predicted": packed.predicted_cycles / calls,
+            "packed_over_bound": packed_per_call / bound,
+            "packed_streamed_cycles": group_steady / calls,
+            "packed_streamed_predicted": group_predicted / calls,
+            "packed_streamed_over_bound": group_steady / calls / bound,
+            "stream_correct": correct and group_correct}
 
 
 def gemm_table(rows: Sequence[dict]) -> str:
@@ -121,6 +224,29 @@ def gemm_table(rows: Sequence[dict]) -> str:
                      f"{row['utilisation']:>8.1%} {row['compute_cycles']:>8} {row['bus_cycles']:>7} "
                      f"{row['over_bound']:>9.2f}x {row['stall_axi_read']:>12} {row['stall_dep']:>9} "
                      f"{row['dma_bytes']:>8}  {'ok' if row['correct'] else 'MISMATCH'}")
+    return "\n".join(lines)
+
+
+def stream_table(rows: Sequence[dict]) -> str:
+    """The small shapes isolated, streamed (per call, steady state) and packed (per call)."""
+    header = (f"{'config':<8} {'M x K x N':>13} {'bound':>6} {'isolated':>9} {'over':>6} {'streamed':>9} "
+              f"{'(model)':>8} {'over':>6} {'rd B/call':>9} {'packed':>8} {'(model)':>8} {'over':>6} "
+              f"{'pk+str':>8} {'(model)':>8} {'over':>6}")
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        shape = "x".join(str(d) for d in row["shape"])
+        if "stream_error" in row:
+            lines.append(f"{row['config']:<8} {shape:>13}  not streamed: {row['stream_error']}")
+        if "stream_cycles" not in row:
+            continue
+        bound = max(row["compute_cycles"], row["bus_cycles"])
+        lines.append(f"{row['config']:<8} {shape:>13} {bound:>6} {row['cycles']:>9} "
+                     f"{row['over_bound']:>5.2f}x "
+                     f"{row['stream_cycles']:>9.1f} {row['stream_predicted']:>8.1f} "
+                     f"{row['stream_over_bound']:>5.2f}x {row['stream_read_bytes']:>9.0f} "
+                     f"{row['packed_cycles']:>8.1f} {row['packed_predicted']:>8.1f} "
+                     f"{row['packed_over_bound']:>5.2f}x {row['packed_streamed_cycles']:>8.1f} "
+                     f"{row['packed_streamed_predicted']:>8.1f} {row['packed_streamed_over_bound']:>5.2f}x")
     return "\n".join(lines)
 
 
@@ -141,6 +267,64 @@ def run_cnn(device_kind: str, *, samples: int, golden_check: bool, log=print):
             del os.environ["BRAZE_HPM_RECORD"]
         else:
             os.environ["BRAZE_HPM_RECORD"] = before
+
+
+def run_mlp_resident(device_kind: str, *, runs: int = 4, packed: int = STREAM_CALLS,
+                     config: str = "default") -> dict:
+    """The demo's MLP at batch 1, run ``runs`` times by one session keeping its weights on chip
+    (:mod:`braze.sw.runtime.resident`): cycles and DMA bytes of the first (cold) and the last run;
+    the last run's cycles with the kernels pipelined too (``resident_weights="pipelined"``); then
+    ``packed`` batch-1 requests packed into one run (:func:`~braze.sw.runtime.packing.run_packed`,
+    twice: the second is warm).  Every output is checked against a plain golden session's."""
+    from braze.sw.compiler import models
+    from braze.sw.runtime.packing import run_packed
+    from braze.sw.runtime.session import InferenceSession
+
+    data = models.load_digits_split()
+    model, _ = models.train_mlp(data, seed=0)
+    calibration = models.calibration_set(model, data)
+    x = model.inputs(data.x_val[:max(runs, packed)])
+    before = os.environ.get("BRAZE_HPM_RECORD")
+    os.environ["BRAZE_HPM_RECORD"] = "0"
+    try:
+        with tempfile.TemporaryDirectory(prefix="braze-bench-") as directory:
+            path = model.save(os.path.join(directory, "mlp.onnx"))
+            with InferenceSession(path, device="golden", config=config, calibration=calibration) as plain:
+                name = plain.get_inputs()[0].name
+                expected = [plain.run(None, {name: x[i:i + 1]})[0] for i in range(max(runs, packed))]
+            with InferenceSession(path, device=device_kind, config=config, calibration=calibration,
+                                  resident_weights=True) as session:
+                rows = []
+                for i in range(runs):
+                    (out,) = session.run(None, {name: x[i:i + 1]})
+                    report = session.report()
+                    rows.append({"cycles": report.total_cycles,
+                                 "dma_read_bytes": sum(row.dma_read_bytes for row in report.kernels),
+                                 "dma_write_bytes": sum(row.dma_write_bytes for row in report.kernels),
+                                 "warm": session._current[3].last_run_warm,
+                                 "identical": bool(np.array_equal(out, expected[i]))})
+                runtime = session._current[3]
+            with InferenceSession(path, device=device_kind, config=config, calibration=calibration,
+                                  resident_weights="pipelined") as session:
+                for i in range(runs):
+                    (out,) = session.run(None, {name: x[i:i + 1]})
+                    rows[i]["identical"] &= bool(np.array_equal(out, expected[i]))
+                rows[-1]["pipelined_cycles"] = session.report().total_cycles
+                rows[-1]["pipelined_warm"] = session._current[3].last_run_warm
+                requests = [{name: x[i:i + 1]} for i in range(packed)]
+                for _ in range(2):
+                    answers = run_packed(session, requests)
+                packed_row = {"requests": packed, "cycles": session.report().total_cycles,
+                              "warm": session._current[3].last_run_warm,
+                              "identical": all(np.array_equal(answer[0], want)
+                                               for answer, want in zip(answers, expected, strict=False))}
+    finally:
+        if before is None:
+            del os.environ["BRAZE_HPM_RECORD"]
+        else:
+            os.environ["BRAZE_HPM_RECORD"] = before
+    return {"runs": rows, "resident_bytes": runtime.plan.resident_bytes if runtime.plan else 0,
+            "reason": runtime.reason, "packed": packed_row}
 
 
 #: The stall counters of the per-kernel table.
@@ -233,16 +417,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "reports the timing model's cycles)")
     parser.add_argument("--quick", action="store_true", help="fewer GEMM shapes (those the last line needs), "
                         "one batch of the CNN, no golden comparison")
+    parser.add_argument("--stream-calls", type=int, default=STREAM_CALLS, help="back-to-back calls of a "
+                        f"small GEMM streamed and packed (default: {STREAM_CALLS}; 1: none)")
     parser.add_argument("--samples", type=int, default=None, help="CNN validation images (default: 256, "
                         "64 with --quick)")
     args = parser.parse_args(argv)
     samples = args.samples or (64 if args.quick else 256)
     started = time.perf_counter()
 
-    gemms = run_gemms(args.device, CONFIGS, QUICK_SHAPES if args.quick else GEMM_SHAPES)
+    if args.stream_calls < 1:
+        parser.error(f"--stream-calls must be at least 1, not {args.stream_calls}")
+    gemms = run_gemms(args.device, CONFIGS, QUICK_SHAPES if args.quick else GEMM_SHAPES,
+                      stream_calls=args.stream_calls)
     print(f"GEMMs on the {args.device} device (bias + requantize + ReLU fused, int8 out); "
           "bound = max(compute, bus) cycles")
     print(gemm_table(gemms))
+    if args.stream_calls > 1:
+        print()
+        print(f"small GEMMs per call: isolated (above); streamed = steady state of {args.stream_calls} "
+              "back-to-back calls in one program, pipelined, weights resident after the first call "
+              "(cycles(N) - cycles(1)) / (N - 1); packed = the calls' rows in one kernel, run alone, / N; "
+              f"pk+str = that kernel streamed {PACKED_GROUPS} times, steady state / N; "
+              "(model) = the timing model's")
+        print(stream_table(gemms))
 
     print()
     config = Config.preset("default")
@@ -265,6 +462,27 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{ {None: 'not compared', True: 'bit-identical', False: 'DIFFER'}[chain.golden_identical] }")
 
     print()
+    mlp = run_mlp_resident(args.device)
+    first, last = mlp["runs"][0], mlp["runs"][-1]
+    print(f"digits MLP at batch 1 on {args.device}, config default, {len(mlp['runs'])} runs of one session "
+          f"with resident weights ({mlp['resident_bytes']} B resident"
+          + (f"; none: {mlp['reason']}" if mlp["reason"] else "") + "): first run "
+          f"{first['cycles']} cycles, {first['dma_read_bytes']} B read, "
+          f"{first['dma_write_bytes']} B written; "
+          f"run {len(mlp['runs'])} ({'warm' if last['warm'] else 'cold'}) {last['cycles']} cycles, "
+          f"{last['dma_read_bytes']} B read, {last['dma_write_bytes']} B written; outputs vs a plain golden "
+          f"session: {'bit-identical' if all(r['identical'] for r in mlp['runs']) else 'DIFFER'}")
+    state = "warm" if last["pipelined_warm"] else "cold"
+    print(f"  the same with the kernels pipelined (resident_weights='pipelined', one snapshot per device "
+          f"run): run {len(mlp['runs'])} ({state}) {last['pipelined_cycles']} cycles")
+    pack = mlp["packed"]
+    state = "warm" if pack["warm"] else "cold"
+    print(f"  {pack['requests']} batch-1 requests packed into one run ({state}, pipelined): {pack['cycles']} "
+          f"cycles, "
+          f"{pack['cycles'] / pack['requests']:.1f} per request; outputs vs separate golden runs: "
+          f"{'bit-identical' if pack['identical'] else 'DIFFER'}")
+
+    print()
     cost_model = "learned" if "hpm-learned" in cnn.fused.cost_model else "analytic"
     compiled = compile_bench.run_child("cnn", cost_model)
     print(f"compile of the digits CNN ({cost_model} cost model, fresh process): cold "
@@ -276,13 +494,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         found = [row for row in gemms if row["config"] == config_name and row["shape"] == shape]
         return f"{100 * found[0]['utilisation']:.1f}" if found else "n/a"
     small = [row["over_bound"] for row in gemms if row["shape"][0] <= SMALL_M]
+    streamed = [row["stream_over_bound"] for row in gemms if "stream_over_bound" in row]
+    packed = [row["packed_streamed_over_bound"] for row in gemms if "packed_streamed_over_bound" in row]
+
+    def worst(values: list[float]) -> str:
+        return f"{max(values):.2f}" if values else "n/a"
     correct = all(row["correct"] for row in gemms) and cnn.golden_identical is not False \
+        and all(run["identical"] for run in mlp["runs"]) and mlp["packed"]["identical"] \
         and chain.golden_identical is not False
     verdict = "bit-exact" if correct else "NOT bit-exact"
     print(f"({time.perf_counter() - started:.0f} s; every output {verdict})")
     print(f"kernels: cnn_util={100 * cnn.fused.totals.utilisation(config):.1f} "
           f"gemm64_large_util={util('large', (64, 64, 64))} gemm256_util={util('default', (256, 256, 256))} "
-          f"small_gemm_worst_over_bound={max(small):.2f} fusion_cycles={cnn.cycle_ratio:.2f} "
+          f"small_gemm_worst_over_bound={max(small):.2f} "
+          f"small_gemm_streamed_worst_over_bound={worst(streamed)} "
+          f"small_gemm_packed_worst_over_bound={worst(packed)} "
+          f"fusion_cycles={cnn.cycle_ratio:.2f} "
           f"fusion_bytes={cnn.byte_ratio:.2f} compile_cold_s={compiled['cold_s']:.3f} "
           f"cnn_chain={'chosen' if chain.chosen else 'not_chosen'} chain_cycles={chain_cycles:.2f} "
           f"chain_bytes={chain_bytes:.2f}")

@@ -121,6 +121,10 @@ class Device(abc.ABC):
         How many times the device lost its memory contents (a simulator that died and was
         replaced, say).  Whoever keeps data in the device's memory across runs compares it with
         the value it saw when it wrote, and writes again when it changed.
+    run_count : int
+        How many runs (:meth:`run`) the device has started.  Whoever keeps data in its on-chip
+        memories across runs compares it with the count after its own last run: any other run
+        may have overwritten them.
     """
 
     #: Back-end name: ``golden``, ``amaranth`` or ``verilator``.
@@ -131,6 +135,7 @@ class Device(abc.ABC):
             raise TypeError(f"config must be a braze.Config, not {config!r}")
         self.config = config
         self.memory_generation = 0
+        self.run_count = 0
 
     @property
     def memory_size(self) -> int:
@@ -170,6 +175,7 @@ class Device(abc.ABC):
         way a run is an error, never a hang.
         """
         cycle_limit = check_cycle_limit(cycle_limit)
+        self.run_count += 1
         if program is not None:
             blob = program if isinstance(program, bytes | bytearray) else encode_program(list(program))
             self.write(base, bytes(blob))

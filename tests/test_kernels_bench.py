@@ -31,6 +31,23 @@ def test_gemm_rows_are_exact_and_never_beat_their_bound():
     assert "1x64x10" in table and table.count("ok") == 3
 
 
+def test_small_shapes_report_streamed_and_packed_cycles_per_call():
+    rows = kernels_bench.run_gemms("golden", ["tiny"], [(1, 64, 10), (20, 24, 12)], seed=4, stream_calls=4)
+    small, large = rows
+    assert small["correct"] and "stream_cycles" not in large     # only M <= SMALL_M streams
+    # Weights resident: a later call reads only its A (64 B); pipelined and resident, it beats a lone kernel.
+    assert small["stream_read_bytes"] == 64
+    assert 0 < small["stream_cycles"] < small["cycles"]
+    assert small["stream_cycles"] == small["stream_predicted"]     # golden: the timing model's cycles
+    # Four calls in one kernel share one weight load: cheaper per call than streaming them; streaming
+    # such packed kernels (weights resident) removes their fixed costs too.
+    assert small["packed_streamed_cycles"] < small["packed_cycles"] < small["stream_cycles"]
+    bound = max(small["compute_cycles"], small["bus_cycles"])
+    assert small["stream_over_bound"] == small["stream_cycles"] / bound
+    table = kernels_bench.stream_table(rows)
+    assert "1x64x10" in table and "20x24x12" not in table
+
+
 def test_the_cnn_chain_row_runs_the_whole_digits_cnn_in_one_kernel():
     outcome = kernels_bench.run_cnn_chain("golden", samples=8, golden_check=False)
     assert len(outcome.kernels) == 1 and "conv2d_chain" in outcome.kernels[0]

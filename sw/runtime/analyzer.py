@@ -14,6 +14,12 @@ rate (fraction of elements at the int8 extremes, zero excluded).  A value outsid
 calibrated range (checked on every run, sampled or not) becomes a :class:`ValueRangeWarning`
 naming the tensor (int8 saturates: the answer is that of the clamped value, so it is never silent).
 
+Skipping GEMMs' inputs (:mod:`~braze.sw.runtime.dataflow_skip`): the fraction of the kernel's
+tested K-blocks that are all zero, folded per tensor from what the chip counts (an observation's
+``block_zeros``: the skipping kernel's ``macs`` counter, every run it ran) or, where the plain kernel
+ran, from a host sample (``sample_block_zeros``: the int8 input evaluated on the host, called on
+the analyzer's thread for sampled runs only, inside the budget).
+
 The cost of the analysis is accounted for: :attr:`DataflowAnalyzer.busy_seconds` (the thread's
 CPU time folding) and :attr:`DataflowAnalyzer.submit_seconds` (the inference thread's time
 handing over).
@@ -51,9 +57,11 @@ class Decayed:
         self.weight = 0.0
         self.samples = 0
 
-    def add(self, value: float) -> None:
-        self.total = self.total * self.keep + value
-        self.weight = self.weight * self.keep + 1.0
+    def add(self, value: float, runs: int = 1) -> None:
+        """Fold a sample in, ``runs`` runs after the previous one (older samples decay by that many)."""
+        keep = self.keep ** runs
+        self.total = self.total * keep + value
+        self.weight = self.weight * keep + 1.0
         self.samples += 1
 
     @property
@@ -76,6 +84,13 @@ class Observation:
     cost_cycles: float = 0.0                          # kernel cycles plus the host link's cost
     seconds: float = 0.0                              # the run's wall time (the analyzer's budget base)
     sampled: bool = True                              # full tensor statistics (else ranges only)
+    #: Skipping GEMMs' inputs: fraction of tested K-blocks all zero, from the chip's counters.
+    block_zeros: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    #: The same measured on the host (an evaluation of the int8 graph): called on sampled runs only.
+    sample_block_zeros: Callable[[], Mapping[str, float]] | None = None
+    #: Float values of tensors inside accelerator partitions and their int8 parameters (a host
+    #: evaluation of the float regions, :class:`~.dataflow_shadow.FloatShadow`): sampled runs only.
+    sample_ranges: Callable[[], Mapping[str, tuple[np.ndarray, tuple[float, int]]]] | None = None
 
 
 class TensorStats:
@@ -185,6 +200,10 @@ class DataflowAnalyzer:
         self.active: dict[str, Decayed] = {}                 # expert -> rate of runs where it had tokens
         self.transfer_bytes: dict[str, Decayed] = {}
         self.cycles: dict[str, Decayed] = {}
+        self.block_zeros: dict[str, Decayed] = {}           # tensor -> fraction of tested K-blocks all zero
+        self.block_zero_sources: dict[str, dict[str, int]] = {}   # tensor -> {"chip": n, "host": n}
+        self._block_zero_run: dict[str, int] = {}            # tensor -> the run of its last sample
+        self.inside: dict[str, TensorStats] = {}             # tensors inside accelerator partitions
         self.cost_by_plan: dict[int, list[float]] = {}       # plan version -> [runs, total cost]
         self.observations = 0
         self.busy_seconds = 0.0
@@ -275,6 +294,27 @@ class DataflowAnalyzer:
                 if warning is not None and name not in self._warned:
                     self._warned.add(name)
                     self.warnings.append(warning)
+            if obs.sampled and obs.sample_ranges is not None:
+                for name, (value, quant) in obs.sample_ranges().items():
+                    stats = self.inside.get(name)
+                    if stats is None:
+                        stats = self.inside[name] = TensorStats(name, self.half_life, quant)
+                    warning = stats.add(value)
+                    if warning is not None and f"inside:{name}" not in self._warned:
+                        self._warned.add(f"inside:{name}")
+                        self.warnings.append(f"{warning} [inside an accelerator partition: seen on a sampled "
+                                             f"run, its float model evaluated on the host]")
+            measured = [("chip", obs.block_zeros)]
+            if obs.sampled and obs.sample_block_zeros is not None:
+                measured.append(("host", obs.sample_block_zeros()))
+            for source, fractions in measured:
+                for name, fraction in fractions.items():
+                    # Decayed by the runs since the last sample (host samples are sparse): half-life in runs.
+                    elapsed = max(1, obs.run - self._block_zero_run.get(name, obs.run - 1))
+                    self._block_zero_run[name] = obs.run
+                    self._decayed(self.block_zeros, name).add(fraction, elapsed)
+                    counts = self.block_zero_sources.setdefault(name, {"chip": 0, "host": 0})
+                    counts[source] += 1
             self.tensor_seconds += time.thread_time() - started
             if obs.sampled:
                 self._sampled_seconds += time.thread_time() - started
@@ -330,6 +370,14 @@ class DataflowAnalyzer:
             span = f"[{row['low']:.3g}, {row['high']:.3g}]"
             sparsity = f"{100 * row['sparsity']:.1f}%"
             lines.append(f"  {row['tensor']:<16} {sparsity:>8} {blocks:>8} {span:>22} {sat:>8}")
+        if self.inside:
+            lines.append(f"  range checks inside accelerator partitions (sampled runs): "
+                         f"{', '.join(sorted(self.inside))}")
+        for name, fraction in self.block_zeros.items():
+            sources = self.block_zero_sources[name]
+            lines.append(f"  {name} (a skipping GEMM's input): {100 * fraction.value:.1f}% of tested "
+                         f"K-blocks all zero (decayed; {sources['chip']} run(s) counted on chip, "
+                         f"{sources['host']} sampled on the host)")
         for name, rate in self.branches.items():
             lines.append(f"  branch {name}: taken {100 * rate.value:.1f}% of runs (decayed)")
         for name, share in self.token_share.items():

@@ -35,6 +35,22 @@ device runs, weighted by the analyzer's decayed rates:
   an all-zero mask otherwise: skipping it changes no value).  With ``hot-expert:<name>`` the
   most active expert runs in the gate's partition, on every run (no second transfer of the input).
 
+* ``skip-zero-blocks`` -- a model without control flow (:class:`~.partitions.StraightModel`, one
+  region) with ``skip_zero_blocks=True``: the region runs compiled with the fusion engine's ``skip``
+  candidate taken for every GEMM after an activation (:func:`~braze.sw.compiler.kernels.skipping_gemm`,
+  which branches over all-zero K-blocks of its input on chip) instead of the plain kernels.  Priced at
+  the analyzer's fraction of zero blocks (:mod:`~braze.sw.runtime.dataflow_skip`: counted by the chip
+  while the skipping kernel runs, sampled on the host while the plain one does); taken when the
+  inputs are sparse enough, reversed when they go dense.  Both forms quantize activations
+  symmetrically (zero point 0), so they compute the same integers.
+
+Re-specialisation: when the inputs of a model without control flow change shape (a new batch size),
+the session compiles its partitions for the new shapes before the run -- through the kernel cache,
+reusing the first shape's fusion and tiling decisions (:meth:`InferenceSession.compile_for`) --
+re-prices its candidate plans at them and deploys a new plan version (recorded as a decision; its
+kernels differ).  A value leaving a monitored tensor's calibrated range is a
+:class:`~.analyzer.ValueRangeWarning` naming the tensor (never silent saturation).
+
 The static plan (no analyzer) is what the partitioner gives without statistics: the If's
 predecessor and else branch as two accelerator partitions, the then branch on the host; the gate
 and all experts as one accelerator partition.  A decision is taken when its predicted gain over
@@ -64,6 +80,8 @@ from ..compiler.cache import KernelCache, default_cache
 from ..compiler.cost import CostModel
 from ..compiler.frontend import evaluate
 from .analyzer import DataflowAnalyzer, Observation, ValueRangeWarning
+from .dataflow_shadow import FloatShadow
+from .dataflow_skip import SkipPoint, forced_profiles, prefix_graph, skip_points, skipping_cycles_at
 from .partitions import (
     AcceleratorPartition,
     BranchModel,
@@ -72,13 +90,14 @@ from .partitions import (
     MixtureModel,
     PartitionManager,
     Plan,
+    StraightModel,
     calibration_inputs,
-    split_model,
+    partition_model,
 )
 from .session import choose_cost_model
 
 __all__ = ["DataflowSession", "DecisionEvent", "RunTrace", "DEFAULT_DYNAMIC_THRESHOLD", "FUSE_BRANCH",
-           "BRANCH_ON_CPU", "DISPATCH_EXPERTS", "HOT_EXPERT", "IF_ON_CHIP"]
+           "BRANCH_ON_CPU", "DISPATCH_EXPERTS", "HOT_EXPERT", "IF_ON_CHIP", "SKIP_ZERO_BLOCKS"]
 
 FUSE_BRANCH = "fuse-branch"
 IF_ON_CHIP = "if-on-chip"
@@ -88,6 +107,9 @@ BRANCH_ON_CPU = "branch-on-cpu"
 DISPATCH_EXPERTS = "dispatch-experts"
 #: With ``dispatch-experts``: ``hot-expert:<name>`` runs that expert in the gate's partition.
 HOT_EXPERT = "hot-expert"
+SKIP_ZERO_BLOCKS = "skip-zero-blocks"
+#: The partition manager's placement of a region compiled with zero-block-skipping GEMMs.
+ACCELERATOR_SKIP = "accelerator+skip"
 #: Minimum predicted gain (a fraction of the static plan's cost per run) for a dynamic decision.
 DEFAULT_DYNAMIC_THRESHOLD = 0.05
 #: Observations the analyzer needs before the session trusts its rates.
@@ -109,6 +131,8 @@ class DecisionEvent:
     predicted_static: float
     predicted_before: float
     predicted_after: float
+    #: A new plan version for new input shapes (its kernels re-specialised), whatever the choices.
+    respecialised: bool = False
 
 
 @dataclasses.dataclass
@@ -125,6 +149,8 @@ class RunTrace:
     seconds: float = 0.0
     bytes_by_partition: dict[str, int] = dataclasses.field(default_factory=dict)
     cycles_by_partition: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: The accelerator partitions that ran and their inputs (what a sampled range check evaluates).
+    accelerator_feeds: list = dataclasses.field(default_factory=list, repr=False)
 
     def cost(self, link: HostLink) -> float:
         return (self.kernel_cycles + link.transfer_cycles(self.transfers, self.transfer_bytes)
@@ -173,6 +199,12 @@ class DataflowSession:
         Analyze in a background thread (False: on the calling thread, deterministic).
     onchip_if : bool
         Offer ``if-on-chip`` (False: the If always runs on the host, as before it existed).
+    skip_zero_blocks : bool
+        Offer ``skip-zero-blocks`` (a model without control flow only): activations are then quantized
+        symmetrically in every plan.
+    analyzer_budget : float
+        The share of inference wall time the analyzer's tensor samples may cost (``budget`` of
+        :class:`~.analyzer.DataflowAnalyzer`).
     """
 
     def __init__(self, model: bytes | onnx.ModelProto, *, calibration: Sequence[Mapping[str, np.ndarray]],
@@ -180,7 +212,8 @@ class DataflowSession:
                  cost_model: CostModel | str | None = None, cache: KernelCache | None = None,
                  link: HostLink | None = None, analyzer: bool = True, dynamic: bool = True,
                  threshold: float = DEFAULT_DYNAMIC_THRESHOLD, half_life: float = 16.0,
-                 background: bool = True, every: int = 4, onchip_if: bool = True):
+                 background: bool = True, every: int = 4, onchip_if: bool = True,
+                 skip_zero_blocks: bool = False, analyzer_budget: float = 0.02):
         if not isinstance(device, str):
             raise BrazeError("DataflowSession opens one device per accelerator partition: pass the device's "
                              "kind (e.g. 'golden'), not an open device")
@@ -193,9 +226,22 @@ class DataflowSession:
         self.link = link or HostLink()
         self.threshold = threshold
         self.dynamic = dynamic
-        self.structure = split_model(self.proto)
+        self.structure = partition_model(self.proto)
+        self.skip_zero_blocks = skip_zero_blocks
+        if skip_zero_blocks and not isinstance(self.structure, StraightModel):
+            raise BrazeError(f"model {self.proto.graph.name!r}: skip_zero_blocks=True re-plans models "
+                             f"without control flow; this one has an If or TopK")
+        #: The input shapes the partitions are specialised for (a model without control flow).
+        self._shapes: dict[str, tuple[int, ...]] | None = None
+        self._skip_cycles: dict[tuple[str, float], int] = {}
+        self._shadows: dict[str, Any] = {}                   # partition name -> FloatShadow
+        self._sample_key: tuple | None = None                # what _sample_prefix was cut from
+        self._sample_prefix = None
         self._regions = {region.name: region for region in self.structure.regions()}
         self._calibration = calibration_inputs(self.proto, list(self._regions.values()), calibration)
+        if isinstance(self.structure, StraightModel):
+            first = self._calibration[self.structure.body.name][0]
+            self._shapes = {t: tuple(np.shape(v)) for t, v in first.items()}
         from braze.sim.device import open_device
 
         probe = open_device(device, self.config)
@@ -209,7 +255,10 @@ class DataflowSession:
         self.onchip_if_unavailable: str | None = None if isinstance(self.structure, BranchModel) else ""
         if not onchip_if and self.onchip_if_unavailable is None:
             self.onchip_if_unavailable = "turned off (onchip_if=False)"
+        self._observe = analyzer
         self.manager = PartitionManager(self._build, self._layout)
+        if skip_zero_blocks and analyzer:   # compiled up front: its kernels say where and how to measure
+            self.manager.partition(self.structure.body.name, ACCELERATOR_SKIP)
         self.events: list[DecisionEvent] = []
         self.traces: list[RunTrace] = []
         self._runs = 0
@@ -236,7 +285,7 @@ class DataflowSession:
             self.analyzer = DataflowAnalyzer(half_life=half_life, quant=quant, every=every,
                                              dequantized=frozenset(dequantized),
                                              on_update=self._reconsider if dynamic else None,
-                                             background=background)
+                                             background=background, budget=analyzer_budget)
         self._outputs = [o.name for o in self.proto.graph.output]
         self._expert_shapes = {}
         if isinstance(self.structure, MixtureModel):
@@ -246,6 +295,14 @@ class DataflowSession:
 
     # -- partitions and plans ---------------------------------------------------------------------------
     def _build(self, region: str, where: str) -> AcceleratorPartition | CpuPartition:
+        part = self._build_partition(region, where)
+        if self._observe and part.kind == "accelerator":
+            # Set up with the partition (as its compilation is), not on the analyzer's budget.
+            shadow = self._shadows[part.name] = FloatShadow(part.region, part.host_graph())
+            shadow(self._calibration[region][0])          # onnxruntime's first run is slow: not a sample's
+        return part
+
+    def _build_partition(self, region: str, where: str) -> AcceleratorPartition | CpuPartition:
         spec = self._regions[region]
         if where == ONCHIP_IF:
             from .onchip_if import OnChipIfPartition
@@ -254,16 +311,28 @@ class DataflowSession:
                                      config=self.config, calibration=self._calibration[region],
                                      cache=self.cache, cost_model=self.cost_model, device=self._open_device(),
                                      link=self.link)
-        if where == "accelerator":
+        if where in ("accelerator", ACCELERATOR_SKIP):
+            options, name, shapes = {}, None, None
+            if isinstance(self.structure, StraightModel):     # compiled first at the calibration's shapes
+                shapes = self._shapes
+            if self.skip_zero_blocks:      # symmetric activations in both forms: the same integers
+                profiles = {}
+                if where == ACCELERATOR_SKIP:
+                    profiles = forced_profiles(self.manager.partition(region, "accelerator").host_graph())
+                    name = f"{region}+skip"
+                options = {"skip_zero_blocks": True, "zero_block_profiles": profiles}
             return AcceleratorPartition(spec, config=self.config, calibration=self._calibration[region],
                                         cache=self.cache, cost_model=self.cost_model,
-                                        device=self._open_device(), link=self.link)
+                                        device=self._open_device(), link=self.link, name=name,
+                                        session_options=options, shapes=shapes)
         if spec.wants_accelerator:        # a compute region kept on the host: its quantized graph
             return CpuPartition(spec, self.manager.partition(region, "accelerator").host_graph())
         return CpuPartition(spec)
 
     def _layout(self, choices: frozenset[str]) -> dict[str, tuple[str, str]]:
         s = self.structure
+        if isinstance(s, StraightModel):
+            return {"body": (s.body.name, ACCELERATOR_SKIP if SKIP_ZERO_BLOCKS in choices else "accelerator")}
         if isinstance(s, BranchModel):
             if IF_ON_CHIP in choices:
                 return {"pre": (s.fused_else.name, ONCHIP_IF), "then": (s.then.name, "cpu")}
@@ -298,6 +367,11 @@ class DataflowSession:
         """Run the model on the plan in force at the start of the run; returns the requested outputs."""
         self._emit_warnings()
         started = time.perf_counter()
+        if isinstance(self.structure, StraightModel):
+            body = self.structure.body
+            shapes = {t: tuple(np.shape(input_feed[t])) for t in body.inputs if t in input_feed}
+            if shapes != self._shapes and len(shapes) == len(self.structure.body.inputs):
+                self._respecialise(shapes)
         plan = self.manager.current                 # the one read of the plan: the whole run uses it
         with self._runs_lock:
             self._runs += 1
@@ -307,7 +381,11 @@ class DataflowSession:
         missing = [i for i in self.get_inputs() if i not in host]
         if missing:
             raise BrazeError(f"missing input(s) {missing} of model {self.proto.graph.name!r}")
-        if isinstance(self.structure, BranchModel):
+        block_zeros, sample = {}, None
+        if isinstance(self.structure, StraightModel):
+            block_zeros, sample = self._run_straight(plan, host, trace)
+            branches, tokens, rows = {}, {}, 0
+        elif isinstance(self.structure, BranchModel):
             branches, tokens, rows = self._run_branch(plan, host, trace), {}, 0
         else:
             tokens, rows = self._run_mixture(plan, host, trace)
@@ -322,7 +400,9 @@ class DataflowSession:
             self.analyzer.submit(Observation(run, plan.version, monitored, branches, tokens, rows,
                                              trace.bytes_by_partition, trace.cycles_by_partition,
                                              trace.cost(self.link),
-                                             trace.seconds))
+                                             trace.seconds, block_zeros=block_zeros,
+                                             sample_block_zeros=sample,
+                                             sample_ranges=self._range_sampler(trace.accelerator_feeds)))
             if self.analyzer._thread is not None:     # synchronous folding is counted as it folds
                 self.analyzer.submit_seconds += time.perf_counter() - handover
             if self.analyzer._thread is None:
@@ -359,10 +439,93 @@ class DataflowSession:
         nbytes = sum(t.bytes for t in transfers)
         trace.transfer_bytes += nbytes
         trace.bytes_by_partition[part.name] = trace.bytes_by_partition.get(part.name, 0) + nbytes
+        if part.kind == "accelerator" and self.analyzer is not None:
+            trace.accelerator_feeds.append((part, {t: host[t] for t in part.region.inputs}))
         if part.kind == "accelerator":          # the accelerator's own counters
             trace.cycles_by_partition[part.name] = trace.cycles_by_partition.get(part.name, 0) + cycles
         trace.transfers += len(transfers)
         trace.device_runs += part.device_runs
+
+    def _run_straight(self, plan: Plan, host: dict[str, np.ndarray], trace: RunTrace):
+        """Run the one region; returns what the chip counted of the skipping GEMMs' inputs (when they
+        ran) or else a host sampler of the same (the analyzer calls it on the runs it samples)."""
+        self._step(plan, "body", host, trace)
+        part = plan.partitions["body"]
+        points = self._skip_points()
+        if not points or self.analyzer is None:
+            return {}, None
+        if part.name.endswith("+skip"):
+            rows = {row.kernel: row for row in part.last_kernels}
+            return {p.tensor: p.fraction_from_counters(rows[p.step].counters) for p in points
+                    if p.step in rows}, None
+        graph = self._sample_graph(part.host_graph(), points)
+        feeds = {t: host[t] for t in graph.inputs}
+
+        def sample() -> dict[str, float]:
+            values = evaluate(graph, feeds, keep=True)
+            return {p.tensor: p.fraction_of(values[p.tensor]) for p in points if p.tensor in values}
+        return {}, sample
+
+    def _range_sampler(self, ran: list) -> Any:
+        """A host evaluation of the float regions that ran, at the tensors the chip holds in int8 (called
+        by the analyzer on the runs it samples)."""
+        if not ran:
+            return None
+
+        def sample() -> dict[str, tuple[np.ndarray, tuple[float, int]]]:
+            values = {}
+            for part, feeds in ran:
+                shadow = self._shadows[part.name]
+                for tensor, value in shadow(feeds).items():
+                    values[tensor] = (value, shadow.quant[tensor])
+            return values
+        return sample
+
+    def _sample_graph(self, graph, points: Sequence[SkipPoint]):
+        """What a host sample evaluates: the part of the quantized graph that computes the points."""
+        key = (id(graph), tuple(p.tensor for p in points))
+        if self._sample_key != key:
+            self._sample_key, self._sample_prefix = key, prefix_graph(graph, [p.tensor for p in points])
+        return self._sample_prefix
+
+    def _skip_points(self) -> list[SkipPoint]:
+        """The skipping GEMMs of the region as compiled for the current shapes (none without the option)."""
+        if not self.skip_zero_blocks:
+            return []
+        skip = self.manager.partition(self.structure.body.name, ACCELERATOR_SKIP)
+        return skip_points(skip.compiled, skip.compiled.source)
+
+    def _respecialise(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """New input shapes: compile every partition of the region for them (through the kernel cache),
+        re-price and deploy a new plan version before the run (see the module documentation)."""
+        with self._reconsider_lock:
+            old, started = self._shapes, time.perf_counter()
+            region = self.structure.body.name
+            for where in ("accelerator", ACCELERATOR_SKIP):
+                if self.manager.built(region, where):
+                    self.manager.partition(region, where).specialise(shapes)
+            self._shapes = shapes
+            seconds = time.perf_counter() - started
+            current = self.manager.current
+            target = current.choices
+            prices = {frozenset(): self.manager.partition(region, "accelerator").predicted_cycles}
+            if self.analyzer is not None and self.dynamic:
+                prices = self.price()
+                if self.analyzer.observations >= MIN_OBSERVATIONS:
+                    target = self._choose(prices, current.choices)
+            self.last_prices = {", ".join(sorted(k)) or "static": v for k, v in prices.items()}
+            plan = self.manager.deploy(target, renew=True)
+            shape_text = ", ".join(f"{t} {list(old[t]) if old else '?'} -> {list(shapes[t])}" for t in shapes)
+            reason = (f"input shape {shape_text}: kernels re-specialised through the kernel cache in "
+                      f"{1e3 * seconds:.0f} ms")
+            if self.analyzer is not None and self.dynamic and self._skip_points():
+                reason += f"; {self._rates_text()}"
+            static = prices[frozenset()]
+            self.events.append(DecisionEvent(self.analyzer.observations if self.analyzer else self._runs,
+                                             current.version, plan.version, target - current.choices,
+                                             current.choices - target, reason, static,
+                                             prices.get(current.choices, static), prices.get(target, static),
+                                             respecialised=True))
 
     def _run_branch(self, plan: Plan, host: dict[str, np.ndarray], trace: RunTrace) -> dict[str, bool]:
         s: BranchModel = self.structure
@@ -418,6 +581,17 @@ class DataflowSession:
         a = self.analyzer
         s = self.structure
         part = self.manager.partition
+        if isinstance(s, StraightModel):
+            prices = {frozenset(): part(s.body.name, "accelerator").predicted_cycles}
+            points = self._skip_points()
+            if points and all(p.tensor in a.block_zeros for p in points):
+                skip = part(s.body.name, ACCELERATOR_SKIP)
+                steps = {step.name: step.kernel for step in skip.compiled.steps if hasattr(step, "kernel")}
+                # Compiled at all-zero profiles: the timing model's difference to the observed fractions.
+                adjust = sum(self._cycles_at(steps[p.step], p.step, a.block_zeros[p.tensor].value)
+                             - self._cycles_at(steps[p.step], p.step, 1.0) for p in points)
+                prices[frozenset({SKIP_ZERO_BLOCKS})] = skip.predicted_cycles + adjust
+            return prices
         if isinstance(s, BranchModel):
             p = a.branches["else"].value
             pre = part(s.pre.name, "accelerator").predicted_cycles
@@ -441,6 +615,13 @@ class DataflowSession:
                 + sum(cost for name, cost in expected.items() if name != hot.name))
         return prices
 
+    def _cycles_at(self, kernel, step: str, fraction: float) -> int:
+        """A skipping kernel's timing-model cycles at a zero-block fraction (to 1%: cached)."""
+        key = (f"{step}@{kernel.operands['A'].shape}", round(fraction, 2))
+        if key not in self._skip_cycles:
+            self._skip_cycles[key] = skipping_cycles_at(kernel, key[1])
+        return self._skip_cycles[key]
+
     def _onchip_if(self):
         """The If-on-chip partition, built on first use; None (and the reason kept) where it cannot be."""
         if self.onchip_if_unavailable is not None:
@@ -462,12 +643,8 @@ class DataflowSession:
             prices = self.price()
             self.last_prices = {", ".join(sorted(k)) or "static": v for k, v in prices.items()}
             static = prices[frozenset()]
-            gains = {choice: (static - cost) / static for choice, cost in prices.items()}
-            best = max(gains, key=gains.get)
             held = current.choices
-            if held and gains[held] > -self.threshold / 2 and gains[best] - gains[held] <= self.threshold:
-                return current                 # hysteresis: keep a decision until it predicts a clear loss
-            target = best if gains[best] > self.threshold else frozenset()
+            target = self._choose(prices, held)
             if target == held:
                 return current
             plan = self.manager.deploy(target)
@@ -477,6 +654,17 @@ class DataflowSession:
                                              held - target, rates, static, prices[held], prices[target]))
             return plan
 
+    def _choose(self, prices: Mapping[frozenset[str], float], held: frozenset[str]) -> frozenset[str]:
+        """The choices to deploy: the best above the threshold; a held decision kept (hysteresis) until it
+        predicts a clear loss or another beats it by the threshold."""
+        static = prices[frozenset()]
+        gains = {choice: (static - cost) / static for choice, cost in prices.items()}
+        best = max(gains, key=gains.get)
+        if held in gains and held and gains[held] > -self.threshold / 2 \
+                and gains[best] - gains[held] <= self.threshold:
+            return held
+        return best if gains[best] > self.threshold else frozenset()
+
     def reconsider(self) -> Plan:
         """Re-plan now (after :meth:`DataflowAnalyzer.flush`); the analyzer does this by itself."""
         if self.analyzer is not None:
@@ -485,6 +673,9 @@ class DataflowSession:
 
     def _rates_text(self) -> str:
         a = self.analyzer
+        if isinstance(self.structure, StraightModel):
+            return "zero K-blocks of " + ", ".join(f"{p.tensor} {100 * a.block_zeros[p.tensor].value:.0f}%"
+                                                   for p in self._skip_points() if p.tensor in a.block_zeros)
         if isinstance(self.structure, BranchModel):
             return f"else branch taken in {100 * a.branches['else'].value:.0f}% of runs"
         return "experts with rows in " + ", ".join(f"{name} {100 * rate.value:.0f}%"
@@ -528,6 +719,8 @@ class DataflowSession:
         for event in self.events:
             what = ", ".join([f"take {c}" for c in sorted(event.taken)]
                              + [f"reverse {c}" for c in sorted(event.reversed)])
+            if event.respecialised:
+                what = "re-specialise" + (f" and {what}" if what else "")
             before = self.analyzer.measured_cost(event.version_before) if self.analyzer else None
             after = self.analyzer.measured_cost(event.version_after) if self.analyzer else None
             measured = ("measured " + (f"{before:.0f}" if before is not None else "-") + " -> "

@@ -14,11 +14,20 @@ For the early-exit CNN (``easy`` and ``hard`` digits) and the mixture of experts
   exit's If as one program with its condition on chip); ``--no-onchip-if`` leaves it out, which
   gives the numbers of the host-If decisions alone.
 
+**drift** -- the sensor MLP of :mod:`braze.sw.runtime.dataflow_drift` (no control flow) with
+``skip_zero_blocks=True``, its inputs drifting mid-session: ``dense`` for ``--drift-runs`` runs,
+``sparse`` for twice as many, ``dense`` again for twice as many.  The same feeds through the static
+plan (plain kernels), the skipping plan held throughout (``always skip``) and the dynamic session (analyzer in
+its background thread, ``--drift-budget`` of the inference time for host samples, a half-life of
+:data:`DRIFT_HALF_LIFE` runs), which takes
+``skip-zero-blocks`` after the inputs go sparse and reverses it after they go dense again.
+
 Cycles are the accelerator's counters (kernel cycles); "cost" adds the host link's priced transfers
 and device runs (:class:`~.partitions.HostLink`); bytes are every host <-> device transfer.  Every
 dynamic output is compared with the static plan's (``np.array_equal``).  The last line is
 ``dataflow: overhead_pct=... early_exit_speedup=... moe_speedup=... transfer_bytes_saved_pct=...
-mismatches=...`` (speedups: static cost over dynamic cost, on ``hard`` and ``skewed``).
+mismatches=... sparsity_replan_speedup=...`` (speedups: static cost over dynamic cost, on ``hard`` and
+``skewed``, and over the whole drift sequence; mismatches count the drift scenario's too).
 """
 
 from __future__ import annotations
@@ -30,7 +39,8 @@ import numpy as np
 
 from braze.isa.errors import ArgumentParser
 
-from .dataflow import DataflowSession, RunTrace
+from .dataflow import SKIP_ZERO_BLOCKS, DataflowSession, RunTrace
+from .dataflow_drift import drift_calibration, drift_inputs, sensor_mlp
 from .dataflow_models import DISTRIBUTIONS, calibration_feeds, early_exit_cnn, inputs, moe_mlp
 
 __all__ = ["measure", "main"]
@@ -82,6 +92,76 @@ def measure(family: str, distribution: str, *, runs: int, warmup: int, device: s
             "plan_versions": versions, "report": report}
 
 
+#: The drift session's analyzer half-life (runs): the statistics follow a drift within a few dozen runs.
+DRIFT_HALF_LIFE = 8.0
+
+
+def measure_drift(*, runs: int, device: str = "golden", config: str = "default",
+                  cost_model: str | None = None, budget: float = 0.05) -> dict:
+    """The drift scenario (see the module documentation): cost per phase of three plans, and mismatches."""
+    phases = [("dense", runs), ("sparse", 2 * runs), ("dense", 2 * runs)]
+    feeds, phase_of = [], []
+    for index, (distribution, count) in enumerate(phases):
+        feeds += drift_inputs(distribution, count, seed=20 + index)
+        phase_of += [index] * count
+    model = sensor_mlp()
+    options = dict(calibration=drift_calibration(), device=device, config=config, cost_model=cost_model,
+                   skip_zero_blocks=True)
+    results = {}
+    with DataflowSession(model, analyzer=False, **options) as static:
+        _run(static, feeds[:1])                                  # device load, not measured
+        results["static"] = _run(static, feeds)
+        link = static.link
+    with DataflowSession(model, analyzer=False, **options) as always:
+        always.manager.partition("body", "accelerator+skip")
+        always.manager.deploy(frozenset({SKIP_ZERO_BLOCKS}))
+        _run(always, feeds[:1])
+        results["always skip"] = _run(always, feeds)
+    with DataflowSession(model, analyzer_budget=budget, half_life=DRIFT_HALF_LIFE, **options) as dynamic:
+        _run(dynamic, feeds[:1])
+        results["dynamic"] = _run(dynamic, feeds)
+        dynamic.analyzer.flush()
+        report, overhead = dynamic.report(), dynamic.analyzer.overhead
+        events = [(e.run, sorted(e.taken), sorted(e.reversed)) for e in dynamic.events]
+    static_out = results["static"][0]
+    mismatches = sum(not np.array_equal(a, b) for name in ("always skip", "dynamic")
+                     for a, b in zip(static_out, results[name][0], strict=True))
+    per_phase = {name: [_totals([t for t, p in zip(traces, phase_of, strict=True) if p == index], link)
+                        for index in range(len(phases))]
+                 for name, (_, traces, _) in results.items()}
+    dynamic_traces = results["dynamic"][1]
+    skipping = [[t.partitions[0].endswith("+skip") for t, p in zip(dynamic_traces, phase_of, strict=True)
+                 if p == index] for index in range(len(phases))]
+    totals = {name: _totals(traces, link) for name, (_, traces, _) in results.items()}
+    return {"phases": phases, "per_phase": per_phase, "totals": totals, "skipping": skipping,
+            "walls": {name: wall for name, (_, _, wall) in results.items()}, "mismatches": mismatches,
+            "overhead": overhead, "events": events, "report": report}
+
+
+def drift_table(drift: dict) -> str:
+    lines = ["drift: sensor_mlp (no control flow, skip_zero_blocks=True), inputs dense -> sparse -> dense; "
+             "cost per run (cycles + priced transfers and device runs) of the static plan (plain kernels), "
+             "the skipping plan held throughout, and the dynamic session; 'skip runs' = the dynamic "
+             "session's runs on the skipping plan"]
+    header = f"  {'phase':<8} {'inputs':<7} {'runs':>5} {'static':>9} {'always skip':>12} {'dynamic':>9} " \
+             f"{'skip runs':>9}"
+    lines.append(header)
+    for index, (distribution, count) in enumerate(drift["phases"]):
+        cost = {name: drift["per_phase"][name][index]["cost"] / count for name in drift["per_phase"]}
+        lines.append(f"  {index + 1:<8} {distribution:<7} {count:>5} {cost['static']:>9.0f} "
+                     f"{cost['always skip']:>12.0f} {cost['dynamic']:>9.0f} "
+                     f"{sum(drift['skipping'][index]):>9}")
+    total = {name: t["cost"] for name, t in drift["totals"].items()}
+    lines.append(f"  {'all':<8} {'':<7} {sum(c for _, c in drift['phases']):>5} {total['static']:>9.0f} "
+                 f"{total['always skip']:>12.0f} {total['dynamic']:>9.0f}   (totals)")
+    walls = drift["walls"]
+    lines.append(f"  wall ms static/always skip/dynamic: {1e3 * walls['static']:.0f}/"
+                 f"{1e3 * walls['always skip']:.0f}/{1e3 * walls['dynamic']:.0f}; analyzer "
+                 f"{100 * drift['overhead']:.2f}% of inference time; decisions (observed runs, taken, "
+                 f"reversed): {drift['events']}; mismatches {drift['mismatches']}")
+    return "\n".join(lines)
+
+
 def table(rows: Sequence[dict]) -> str:
     header = ("model", "inputs", "plan after warm-up", "cycles st/dyn", "bytes st/dyn", "cost st/dyn",
               "speedup", "wall ms st/an/dyn", "analyzer", "mismatch")
@@ -108,7 +188,7 @@ def table(rows: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
-def summary(rows: Sequence[dict]) -> str:
+def summary(rows: Sequence[dict], drift: dict | None = None) -> str:
     def speedup(family: str) -> float:
         row = next((r for r in rows if r["family"] == family and r["distribution"] == QUOTED[family]), None)
         if row is None:                        # the family was not measured (--models)
@@ -117,9 +197,12 @@ def summary(rows: Sequence[dict]) -> str:
 
     static_bytes = sum(r["static"]["bytes"] for r in rows)
     saved = 100 * (static_bytes - sum(r["dynamic"]["bytes"] for r in rows)) / static_bytes
+    mismatches = sum(r["mismatches"] for r in rows) + (drift["mismatches"] if drift else 0)
+    replan = drift["totals"]["static"]["cost"] / drift["totals"]["dynamic"]["cost"] if drift else float("nan")
     return (f"dataflow: overhead_pct={100 * max(r['overhead'] for r in rows):.2f} "
             f"early_exit_speedup={speedup('early_exit'):.2f} moe_speedup={speedup('moe'):.2f} "
-            f"transfer_bytes_saved_pct={saved:.1f} mismatches={sum(r['mismatches'] for r in rows)}")
+            f"transfer_bytes_saved_pct={saved:.1f} mismatches={mismatches} "
+            f"sparsity_replan_speedup={replan:.2f}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,9 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="leave the If on the host (no if-on-chip decision): the host-If decisions alone")
     parser.add_argument("--models", default="early_exit,moe",
                         help="comma-separated model families to measure (early_exit, moe)")
+    parser.add_argument("--drift-runs", type=int, default=32,
+                        help="runs of the drift scenario's first phase (dense; then sparse and dense again, "
+                             "twice as many each); 0: leave it out")
+    parser.add_argument("--drift-budget", type=float, default=0.05,
+                        help="share of inference time the drift session's analyzer may spend sampling")
     args = parser.parse_args(argv)
-    if args.runs < 1 or args.warmup < 2:
-        parser.error("--runs must be >= 1 and --warmup >= 2")
+    if args.runs < 1 or args.warmup < 2 or args.drift_runs < 0:
+        parser.error("--runs must be >= 1, --warmup >= 2 and --drift-runs >= 0")
     families = [f.strip() for f in args.models.split(",") if f.strip()]
     unknown = [f for f in families if f not in DISTRIBUTIONS]
     if unknown or not families:
@@ -152,8 +240,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 onchip_if=not args.no_onchip_if))
             if args.reports:
                 print(rows[-1]["report"], end="\n\n")
+    drift = None
+    if args.drift_runs:
+        drift = measure_drift(runs=args.drift_runs, device=args.device, config=args.config,
+                              cost_model=args.cost_model, budget=args.drift_budget)
+        if args.reports:
+            print(drift["report"], end="\n\n")
     print(table(rows))
-    print(summary(rows))
+    if drift:
+        print(drift_table(drift))
+    print(summary(rows, drift))
     return 0
 
 

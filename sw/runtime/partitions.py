@@ -44,7 +44,8 @@ from ..compiler.frontend import evaluate, load_onnx
 from ..compiler.lower import TransferStep
 from .session import InferenceSession
 
-__all__ = ["PartitionError", "Region", "BranchModel", "MixtureModel", "split_model", "HostLink",
+__all__ = ["PartitionError", "Region", "BranchModel", "MixtureModel", "StraightModel", "split_model",
+           "partition_model", "HostLink",
            "AcceleratorPartition", "CpuPartition", "Transfer", "Plan", "PartitionManager"]
 
 #: Operators that make a region worth compiling for the accelerator.
@@ -133,6 +134,17 @@ class MixtureModel:
         return [self.gate, self.router, *self.experts, self.combine, self.gate_and_experts, *self.gate_with]
 
 
+@dataclasses.dataclass(frozen=True)
+class StraightModel:
+    """A model without control flow: one region, whose plans differ in the kernels it is compiled to."""
+
+    body: Region
+    name: str
+
+    def regions(self) -> list[Region]:
+        return [self.body]
+
+
 def _graphs(graph: onnx.GraphProto):
     """``graph`` and every subgraph in it (an If's branches), outermost first."""
     yield graph
@@ -190,6 +202,16 @@ def split_model(proto: onnx.ModelProto) -> BranchModel | MixtureModel:
                              f"one TopK; this one has {len(ifs)} If and {len(topks)} TopK node(s)")
     infos, inits = _value_infos(proto), _initializers(proto)
     return _split_if(proto, ifs[0], infos, inits) if ifs else _split_topk(proto, topks[0], infos, inits)
+
+
+def partition_model(proto: onnx.ModelProto) -> BranchModel | MixtureModel | StraightModel:
+    """:func:`split_model` for a model with control flow; a model with none is one region, ``body``."""
+    if not any(n.op_type in ("If", "TopK", "Loop", "Scan") for n in proto.graph.node):
+        infos, inits = _value_infos(proto), _initializers(proto)
+        body = _region(proto, "body", list(proto.graph.node), [o.name for o in proto.graph.output], infos,
+                       inits)
+        return StraightModel(body, proto.graph.name)
+    return split_model(proto)
 
 
 def _split_if(proto, node, infos, inits) -> BranchModel:
@@ -318,28 +340,50 @@ class AcceleratorPartition:
     kind = "accelerator"
 
     def __init__(self, region: Region, *, config: Config, calibration, cache: KernelCache,
-                 cost_model: CostModel, device, link: HostLink):
+                 cost_model: CostModel, device, link: HostLink, name: str | None = None,
+                 session_options: Mapping[str, object] | None = None,
+                 shapes: Mapping[str, Sequence[int]] | None = None):
         self.region = region
-        self.name = region.name
+        self.name = name or region.name
+        self.config = config
+        self.link = link
         self.session = InferenceSession(region.proto, device=device, config=config, calibration=calibration,
-                                        cache=cache, cost_model=cost_model, record=False)
-        compiled = self.session.compiled
+                                        cache=cache, cost_model=cost_model, record=False,
+                                        **dict(session_options or {}))
+        # First compiled at ``shapes`` (the calibration's batch, say), which later shapes specialise.
+        self._set_prediction(self.session.compile_for(shapes) if shapes else self.session.compiled)
+        self._lock = threading.Lock()     # one run at a time on this partition's device (and compile)
+        #: The per-kernel rows (with counters) of the last run.
+        self.last_kernels: list = []
+
+    def _set_prediction(self, compiled) -> None:
         self.transfers = [Transfer(self.name, step.value.tensor, step.direction,
                                    int(np.prod(step.value.shape)) * step.value.dtype.itemsize)
                           for step in compiled.steps if isinstance(step, TransferStep)]
         self.device_runs = len(compiled.segments)
         kernels = list(compiled.kernels.values())
-        self.predicted_kernel_cycles = int(self.session.cost_model.predict(kernels, config).cycles)
+        self.predicted_kernel_cycles = int(self.session.cost_model.predict(kernels, self.config).cycles)
         self.transfer_bytes = sum(t.bytes for t in self.transfers)
-        self.predicted_cycles = (self.predicted_kernel_cycles + link.launch_cycles * self.device_runs
-                                 + link.transfer_cycles(len(self.transfers), self.transfer_bytes))
-        self._lock = threading.Lock()     # one run at a time on this partition's device
+        self.predicted_cycles = (self.predicted_kernel_cycles + self.link.launch_cycles * self.device_runs
+                                 + self.link.transfer_cycles(len(self.transfers), self.transfer_bytes))
+        self.compiled = compiled
+
+    def specialise(self, shapes: Mapping[str, Sequence[int]]):
+        """Compile for these input shapes (through the kernel cache, reusing the first shape's decisions:
+        :meth:`InferenceSession.compile_for`) and predict at them; returns the compiled model."""
+        with self._lock:
+            compiled = self.session.compile_for(shapes)
+            if compiled is not self.compiled:
+                self._set_prediction(compiled)
+        return compiled
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
         """The region's outputs and the kernel cycles the device's counters report."""
         with self._lock:
             values = self.session.run(None, {name: feeds[name] for name in self.region.inputs})
-            cycles = self.session.report().total_cycles
+            report = self.session.report()
+            self.last_kernels = report.kernels
+            cycles = report.total_cycles
         return dict(zip(self.region.outputs, values, strict=True)), cycles
 
     def host_graph(self):
@@ -417,6 +461,10 @@ class PartitionManager:
                 self._built[key] = self._factory(region, where)
             return self._built[key]
 
+    def built(self, region: str, where: str) -> bool:
+        """Whether the partition of ``region`` placed ``where`` was compiled already."""
+        return (region, where) in self._built
+
     def _make(self, choices: frozenset[str], version: int) -> Plan:
         layout = self._layout(choices)
         parts = {role: self.partition(region, where) for role, (region, where) in layout.items()}
@@ -427,9 +475,10 @@ class PartitionManager:
         """The plan in force (one atomic read: take it once per run)."""
         return self._plan
 
-    def deploy(self, choices: frozenset[str]) -> Plan:
-        """Build the plan for ``choices`` (compiling its partitions first) and swap it in."""
-        if choices == self._plan.choices:
+    def deploy(self, choices: frozenset[str], *, renew: bool = False) -> Plan:
+        """Build the plan for ``choices`` (compiling its partitions first) and swap it in; ``renew``: a new
+        version even for the same choices (its partitions were re-specialised for new input shapes)."""
+        if choices == self._plan.choices and not renew:
             return self._plan
         with self._swap_lock:
             plan = self._make(choices, self._plan.version + 1)

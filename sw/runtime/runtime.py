@@ -207,6 +207,15 @@ class Runtime:
         # addresses: the device remembers which one its memory holds, and since when.
         self.device._braze_loaded_model = (self.model, self.device.memory_generation)
 
+    def segment_program_addr(self, segment) -> int:
+        """Where the program of a segment (:class:`~braze.sw.compiler.lower.Segment`) is in device memory
+        (a subclass may run another program of the same kernels, :mod:`.resident`)."""
+        return segment.program.addr
+
+    def kernel_at(self, segment, pc: int | None) -> KernelStep:
+        """The kernel step of the segment's program that holds ``pc`` (for a watchdog's report)."""
+        return _kernel_at(segment, pc)
+
     def run(self, feeds: Mapping[str, np.ndarray], *, observe=None) -> dict[str, np.ndarray]:
         """Execute the plan on host-side ``feeds`` (already checked); returns every graph output."""
         if not self.loaded:
@@ -239,11 +248,11 @@ class Runtime:
                 predicted = sum(kstep.kernel.predicted_cycles for kstep in segment.steps)
                 limit = watchdog_cycle_limit(predicted, float(getattr(device, "stall", 0.0)))
                 t0 = time.perf_counter()
-                status = device.run(None, base=segment.program.addr, cycle_limit=limit,
+                status = device.run(None, base=self.segment_program_addr(segment), cycle_limit=limit,
                                     check=False)
                 device_seconds += time.perf_counter() - t0
                 if status.cause is ErrorCause.WATCHDOG or status.timed_out:
-                    kstep = _kernel_at(segment, status.error_pc)
+                    kstep = self.kernel_at(segment, status.error_pc)
                     raise KernelTimeout(kstep.name, kstep.ops, device.kind, limit, predicted, status.error_pc,
                                         status.detail)
                 if not status.ok:

@@ -268,6 +268,18 @@ class InferenceSession:
         zero-block fractions of the quantized graph profiled on the calibration data (needed).
         Activations are then quantized symmetrically (zero point 0: a ReLU's zeros are int8 zeros,
         which the kernels test for; the output of a ReLU keeps 7 bits instead of 8).
+    resident_weights : bool
+        Keep the weights on chip between runs of one compiled shape when every kernel fits the
+        scratchpad side by side (:class:`~braze.sw.runtime.resident.ResidentRuntime`): from the
+        second run on a run loads only its activations.  A re-plan, another shape's run or any other
+        run on the device makes the next run load them again.  ``"pipelined"``: besides, the kernels
+        of a warm run overlap (no COUNTERS barrier between them); its report then has one row per
+        device run instead of one per kernel.
+    zero_block_profiles : mapping of tensor name to TensorProfile, optional
+        With ``skip_zero_blocks``: the profiles (of :attr:`graph_before`'s tensors) to price the
+        ``skip`` candidates at instead of the calibration data's -- e.g. what a dataflow analyzer
+        observed at run time.  An empty mapping offers no skipping kernel (activations are quantized
+        symmetrically all the same: the integers of the session with skipping kernels).
     force_fusion : sequence of str
         Fusion opportunity kinds (:data:`~braze.sw.compiler.fusion.OPPORTUNITY_KINDS`, e.g.
         ``("conv_chain",)``) taken wherever a fused kernel can be generated, whatever the cost model
@@ -286,6 +298,8 @@ class InferenceSession:
                  cost_model: CostModel | str | None = None, cache: KernelCache | None = None,
                  profile: bool = False, record: bool | None = None, objective: str = "cycles",
                  nonfinite: str = "error", specialise: bool = True, skip_zero_blocks: bool = False,
+                 resident_weights: bool | str = False,
+                 zero_block_profiles: Mapping[str, TensorProfile] | None = None,
                  force_fusion: Sequence[str] = ()):
         started = time.perf_counter()
         self.objective = check_objective(objective)
@@ -312,7 +326,8 @@ class InferenceSession:
             # A skipped block must be zero in int8: activations are quantized with zero point 0.
             graph = quantize(graph, sets, symmetric_activations=skip_zero_blocks)
             if skip_zero_blocks:
-                self._zero_block_profiles = profile_graph(graph, sets)
+                self._zero_block_profiles = (dict(zero_block_profiles) if zero_block_profiles is not None
+                                             else profile_graph(graph, sets))
         elif skip_zero_blocks:
             raise BrazeError("skip_zero_blocks=True needs calibration data: the zero-block fractions "
                              "the skipping kernels are priced at are profiled on it")
@@ -345,6 +360,9 @@ class InferenceSession:
                                    save_to=default_model_dir(device.kind))
         self._plan_version = 0
         self.specialise = specialise
+        if resident_weights not in (False, True, "pipelined"):
+            raise BrazeError(f"resident_weights={resident_weights!r}: must be False, True or 'pipelined'")
+        self.resident_weights = resident_weights
         # The fusion and tiling decisions of the first shape compiled, which later shapes specialise.
         self._plan: tuple[list[FusionDecision], dict[str, TilingDecision]] | None = None
         self._compiled: dict[tuple, tuple[Graph, list[FusionDecision], CompiledModel, Runtime,
@@ -390,9 +408,18 @@ class InferenceSession:
                                                 cache=self.cache, objective=self.objective)
                 self._plan = (decisions, {d.node: d for d in tilings})
             compiled = lower(fused, self.config, cache=self.cache)
-            self._compiled[key] = (fused, decisions, compiled, Runtime(compiled, self.device), tilings)
+            self._compiled[key] = (fused, decisions, compiled, self._runtime_for(compiled), tilings)
         self._last = key
         return self._compiled[key]
+
+    def _runtime_for(self, compiled: CompiledModel) -> Runtime:
+        """The runtime of a compiled model: one keeping its weights on chip between runs when the
+        session was asked to (:mod:`.resident`)."""
+        if self.resident_weights:
+            from .resident import ResidentRuntime
+
+            return ResidentRuntime(compiled, self.device, pipelined=self.resident_weights == "pipelined")
+        return Runtime(compiled, self.device)
 
     def compile_for(self, input_shapes: Mapping[str, Sequence[int]]) -> CompiledModel:
         """Compile (or fetch the compiled model) for concrete input shapes; ``run`` does this itself."""
@@ -507,7 +534,9 @@ class InferenceSession:
             for name, value in feeds.items():
                 observe(name, value)
         outputs = runtime.run(feeds, observe=observe)
-        if self.monitor is not None and runtime.last_report is not None:
+        # A warm run (weights resident, :mod:`.resident`) is not the kernels as compiled: no sample of them.
+        if self.monitor is not None and runtime.last_report is not None \
+                and not getattr(runtime, "last_run_warm", False):
             from ..hpm import MemorySystem
 
             rows = runtime.last_report.kernels

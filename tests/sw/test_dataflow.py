@@ -225,7 +225,7 @@ def test_a_model_without_control_flow_is_refused():
 def test_bench_prints_a_table_and_one_summary_line(capsys, early_exit, moe):
     from braze.sw.runtime import dataflow_bench
 
-    assert dataflow_bench.main(["--runs", "3", "--warmup", "2"]) == 0
+    assert dataflow_bench.main(["--runs", "3", "--warmup", "2", "--drift-runs", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert "static plan = " in lines[0]
     assert sum(line.startswith(("early_exit_cnn", "moe_mlp")) for line in lines) == 4
@@ -233,5 +233,6 @@ def test_bench_prints_a_table_and_one_summary_line(capsys, early_exit, moe):
     assert summary.startswith("dataflow: overhead_pct=")
     fields = dict(item.split("=") for item in summary.split()[1:])
     assert set(fields) == {"overhead_pct", "early_exit_speedup", "moe_speedup", "transfer_bytes_saved_pct",
-                           "mismatches"}
+                           "mismatches", "sparsity_replan_speedup"}
+    assert any(line.startswith("drift: sensor_mlp") for line in lines)
     assert fields["mismatches"] == "0"
