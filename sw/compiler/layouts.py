@@ -1,0 +1,115 @@
+"""Convolution layout choice by the cost model in use.
+
+:func:`~braze.sw.compiler.kernels.conv2d` builds a convolution's A operand in one of three layouts
+(row-major M tiles, pixel-major tiles of whole images, or a resident input with the taps taken from
+the scratchpad) and, unless told, keeps the one the ISA timing model prices fastest.  The timing model
+assumes external memory never stalls, yet the layouts differ most in how they use the memory: the
+row-major one re-reads the input once per tap in many short LOADs, the resident one reads each
+pixel once.  Under backpressure the cheapest layout on the timing model need not be the cheapest on
+the hardware.
+
+:func:`choose_conv_layouts` is the pass that asks the cost model in use: for every convolution node
+it builds each layout the kernel library accepts for it (through the kernel cache; with the node's
+tiling, if the tiling pass forced one), prices them with the cost model, and forces the cheapest on
+the node (its ``conv_layout`` attribute, which lowering passes to ``conv2d(layout=...)``).  Under the
+timing model the pass changes nothing (the library already chose by it) and is skipped.  For the
+cost models of :data:`~braze.sw.compiler.tiling.SCREENED_BY_TIMING_MODEL` (the learned model, whose
+features cost about as much as a kernel build) only the layouts within that factor of the timing
+model's fewest cycles are priced.  Each choice is a :class:`LayoutDecision`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from braze.isa import Config
+
+from .cache import KernelCache, default_cache
+from .cost import Cost, CostModel, TimingCostModel, check_objective
+from .ir import Graph
+from .kernels import Kernel
+from .lower import node_kernel, plan_node
+from .tiling import SCREENED_BY_TIMING_MODEL
+
+__all__ = ["CONV_LAYOUTS", "LayoutDecision", "choose_conv_layouts", "conv_layout_of"]
+
+#: The layouts of :func:`~braze.sw.compiler.kernels.conv2d`, in the order it tries them (its ties go
+#: to the first).
+CONV_LAYOUTS = ("resident", "pixels", "rows")
+
+
+def conv_layout_of(kernel: Kernel) -> str:
+    """The layout a ``conv2d`` kernel was built in (from the marks each layout leaves in its tiling)."""
+    if "resident_input" in kernel.tiling:
+        return "resident"
+    return "pixels" if "pixel_major" in kernel.tiling else "rows"
+
+
+@dataclasses.dataclass
+class LayoutDecision:
+    """The layouts priced for one convolution node and the one chosen.
+
+    ``candidates`` are (layout, predicted cost) of the layouts priced; ``library`` is the layout the
+    kernel library chooses alone (the timing model's fastest); ``chosen`` the cost model's;
+    ``screened`` the layouts built but not priced (timing-model cycles far above the fewest).
+    """
+
+    node: str
+    candidates: list[tuple[str, Cost]]
+    library: str
+    chosen: str
+    screened: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return self.chosen != self.library
+
+    def __str__(self) -> str:
+        costs = dict(self.candidates)
+        if not self.changed:
+            return f"layout {self.node}: keeps {self.library} ({costs[self.library].describe()}; " \
+                   f"{len(self.candidates)} layouts priced)"
+        return (f"layout {self.node}: {self.chosen} ({costs[self.chosen].describe()}) instead of "
+                f"{self.library} ({costs[self.library].describe()})")
+
+
+def choose_conv_layouts(graph: Graph, config: Config, *, cost_model: CostModel,
+                        cache: KernelCache | None = None, objective: str = "cycles"
+                        ) -> tuple[Graph, list[LayoutDecision]]:
+    """Force, on every convolution node with more than one layout, the one ``cost_model`` prices
+    cheapest in ``objective``.  ``graph`` needs static shapes.  Returns the graph (a new one if any
+    layout was forced) and a decision per node with a choice."""
+    check_objective(objective)
+    if type(cost_model) is TimingCostModel:
+        return graph, []            # the library's own choice is the timing model's
+    cache = cache if cache is not None else default_cache()
+    factor = SCREENED_BY_TIMING_MODEL.get(getattr(cost_model, "name", "")) if objective == "cycles" else None
+    decisions: list[LayoutDecision] = []
+    forced = {}
+    for node in graph.nodes:
+        if node.attrs.get("conv_layout") is not None:
+            continue
+        plan = plan_node(graph, node)
+        if isinstance(plan, str) or plan.recipe.kind != "conv2d":
+            continue
+        kernels: dict[str, Kernel] = {}
+        for layout in CONV_LAYOUTS:
+            built = node_kernel(graph, node.with_attrs(conv_layout=layout), config, cache)
+            if built is not None:        # None: this layout does not fit the convolution
+                kernels[layout] = built[1]
+        if len(kernels) < 2:
+            continue
+        fewest = min(kernel.predicted_cycles for kernel in kernels.values())
+        library = min(kernels, key=lambda layout: kernels[layout].predicted_cycles)
+        priced = {layout: kernel for layout, kernel in kernels.items()
+                  if factor is None or kernel.predicted_cycles <= factor * fewest}
+        costs = cost_model.predict_candidates(list(priced.values()), config, energy=objective != "cycles")
+        candidates = list(zip(priced, costs, strict=True))
+        chosen, _ = min(candidates, key=lambda pair: pair[1].key(objective))
+        decisions.append(LayoutDecision(node.name, candidates, library, chosen,
+                                        [layout for layout in kernels if layout not in priced]))
+        if chosen != library:
+            forced[node.name] = node.with_attrs(conv_layout=chosen)
+    if forced:
+        graph = graph.edit(substitute=forced)
+    return graph, decisions
