@@ -48,6 +48,7 @@ from .build import CLOCK_PERIOD_NS
 
 _HEADER = struct.Struct("<I")
 _REG = {name: reg.offset for name, reg in REGISTER_BY_NAME.items()}
+_SCALAR_OFFSETS = [reg.offset for name, reg in REGISTER_BY_NAME.items() if name.startswith("SCALAR_R")]
 #: The budget of a run that names none: long enough for any test program, short of forever.
 DEFAULT_BUDGET = 1 << 40
 #: Stall seeds are idle cycles after a reset: 0 .. MAX_STALL_SEED - 1.
@@ -172,7 +173,12 @@ class HarnessDriver:
         budget = DEFAULT_BUDGET if max_cycles is None else max(1, int(max_cycles))
         deadline = None if wall_seconds is None else time.monotonic() + wall_seconds
         if self.stall_seed is not None:
+            # The reset clears the host-written scalar registers too: they are read before and
+            # written back after it (a fixed number of bus cycles, so the pattern still reproduces).
+            scalars = [await self.reg_read(offset) for offset in _SCALAR_OFFSETS]
             await self.reset()
+            for offset, value in zip(_SCALAR_OFFSETS, scalars, strict=True):
+                await self.reg_write(offset, value)
             if self.stall_seed:
                 await ClockCycles(self.clk, self.stall_seed)
         await self.reg_write(_REG["PROG_BASE_LO"], base & 0xFFFF_FFFF)

@@ -283,6 +283,9 @@ def test_a_seeded_stall_pattern_reproduces_a_runs_cycles(tiny_device):
         assert len(free) > 1 and len(patterns) > 1          # the seeds are different patterns
         with pytest.raises(ValueError, match="stall seed"):
             tiny_device.set_stall_seed(-1)
+        # The reset before a seeded run keeps the host-written scalar registers.
+        tiny_device.write_scalar(3, -1234)
+        assert cycles() == seeded[0] and tiny_device.read_scalar(3) == -1234
         # Without backpressure a seed (a reset before the run) changes nothing.
         tiny_device.set_stall(0.0)
         tiny_device.set_stall_seed(None)
