@@ -9,9 +9,12 @@ pixel once.  Under backpressure the cheapest layout on the timing model need not
 the hardware.
 
 :func:`choose_conv_layouts` is the pass that asks the cost model in use: for every convolution node
-it builds each layout the kernel library accepts for it (through the kernel cache; with the node's
-tiling, if the tiling pass forced one), prices them with the cost model, and forces the cheapest on
-the node (its ``conv_layout`` attribute, which lowering passes to ``conv2d(layout=...)``).  Under the
+it builds each layout the kernel library accepts for it (through the kernel cache), prices them with
+the cost model, and forces the cheapest on the node (its ``conv_layout`` attribute, which lowering
+passes to ``conv2d(layout=...)``).  Where the tiling pass forced a tiling on the node, each layout
+comes with that tiling and with the library's own (the resident layout takes no forced tiling, so
+the tiling pass, which prices tilings in the library's layout, never saw it); a candidate of the
+library's tiling that wins drops the forced one.  Under the
 timing model the pass changes nothing (the library already chose by it) and is skipped.  For the
 cost models of :data:`~braze.sw.compiler.tiling.SCREENED_BY_TIMING_MODEL` (the learned model, whose
 features cost about as much as a kernel build) only the layouts within that factor of the timing
@@ -49,9 +52,11 @@ def conv_layout_of(kernel: Kernel) -> str:
 class LayoutDecision:
     """The layouts priced for one convolution node and the one chosen.
 
-    ``candidates`` are (layout, predicted cost) of the layouts priced; ``library`` is the layout the
-    kernel library chooses alone (the timing model's fastest); ``chosen`` the cost model's;
-    ``screened`` the layouts built but not priced (timing-model cycles far above the fewest).
+    ``candidates`` are (label, predicted cost) of the layouts priced, a label being the layout and,
+    where the node has a forced tiling, `` (library tiling)`` for a candidate without it; ``library``
+    is the label of the node's kernel as planned (the layout the library chooses alone: the timing
+    model's fastest); ``chosen`` the cost model's; ``screened`` the candidates built but not priced
+    (timing-model cycles far above the fewest).
     """
 
     node: str
@@ -92,24 +97,34 @@ def choose_conv_layouts(graph: Graph, config: Config, *, cost_model: CostModel,
         plan = plan_node(graph, node)
         if isinstance(plan, str) or plan.recipe.kind != "conv2d":
             continue
-        kernels: dict[str, Kernel] = {}
+        planned = node_kernel(graph, node, config, cache)
+        if planned is None:
+            continue
+        tiled = node.attrs.get("tiling") is not None
+        # label -> (the node's attributes for it, its kernel); the node as planned first.
+        library = conv_layout_of(planned[1])
+        kernels: dict[str, tuple[dict, Kernel]] = {library: ({}, planned[1])}
         for layout in CONV_LAYOUTS:
-            built = node_kernel(graph, node.with_attrs(conv_layout=layout), config, cache)
-            if built is not None:        # None: this layout does not fit the convolution
-                kernels[layout] = built[1]
+            for own_tiling in (False, True) if tiled else (False,):
+                label = layout + (" (library tiling)" if own_tiling else "")
+                if label in kernels:
+                    continue
+                attrs = {"conv_layout": layout, **({"tiling": None} if own_tiling else {})}
+                built = node_kernel(graph, node.with_attrs(**attrs), config, cache)
+                if built is not None:        # None: this layout does not fit the convolution
+                    kernels[label] = (attrs, built[1])
         if len(kernels) < 2:
             continue
-        fewest = min(kernel.predicted_cycles for kernel in kernels.values())
-        library = min(kernels, key=lambda layout: kernels[layout].predicted_cycles)
-        priced = {layout: kernel for layout, kernel in kernels.items()
-                  if factor is None or kernel.predicted_cycles <= factor * fewest}
+        fewest = min(kernel.predicted_cycles for _, kernel in kernels.values())
+        priced = {label: kernel for label, (_, kernel) in kernels.items()
+                  if label == library or factor is None or kernel.predicted_cycles <= factor * fewest}
         costs = cost_model.predict_candidates(list(priced.values()), config, energy=objective != "cycles")
         candidates = list(zip(priced, costs, strict=True))
         chosen, _ = min(candidates, key=lambda pair: pair[1].key(objective))
         decisions.append(LayoutDecision(node.name, candidates, library, chosen,
-                                        [layout for layout in kernels if layout not in priced]))
+                                        [label for label in kernels if label not in priced]))
         if chosen != library:
-            forced[node.name] = node.with_attrs(conv_layout=chosen)
+            forced[node.name] = node.with_attrs(**kernels[chosen][0])
     if forced:
         graph = graph.edit(substitute=forced)
     return graph, decisions
