@@ -82,3 +82,35 @@ def test_a_session_under_the_chosen_layouts_computes_the_same_outputs(model_and_
                         if node.op_type == "QConv"})
     assert layouts[0] == {None} and "pixels" in layouts[1]
     np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+class AvoidTile(CostModel):
+    """Prices kernels with one M tile far above the rest."""
+
+    name = "avoid-tile"
+
+    def __init__(self, m: int):
+        self.m = m
+
+    def predict_kernel(self, kernel, config):
+        return Cost(kernel.predicted_cycles + (10**7 if kernel.tiling.get("m") == self.m else 0), 0)
+
+
+def test_layouts_with_the_librarys_tiling_compete_with_a_forced_tiling(model_and_graph):
+    from braze.sw.compiler import kernels as kernel_lib
+
+    _, fused, _ = model_and_graph
+    cache = KernelCache(disk=False)
+    _, decisions = choose_conv_layouts(fused, TINY, cost_model=PreferLayout("rows"), cache=cache)
+    name = decisions[0].node
+    node = fused.node(name)
+    library = node_kernel(fused, node, TINY, cache)[1]
+    forced = next(t for t in kernel_lib.candidate_tilings(library) if t.m != library.tiling["m"]
+                  and node_kernel(fused, node.with_attrs(tiling=t), TINY, cache) is not None)
+    graph = fused.edit(substitute={name: node.with_attrs(tiling=forced)})
+    chosen_graph, decisions = choose_conv_layouts(graph, TINY, cost_model=AvoidTile(forced.m), cache=cache)
+    (decision,) = [d for d in decisions if d.node == name]
+    assert decision.chosen.endswith("(library tiling)")
+    assert any(not label.endswith("(library tiling)") for label, _ in decision.candidates)
+    assert chosen_graph.node(name).attrs.get("tiling") is None
+    assert node_kernel(chosen_graph, chosen_graph.node(name), TINY, cache)[1].tiling["m"] != forced.m
