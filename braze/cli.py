@@ -573,6 +573,9 @@ def _hpm(args: argparse.Namespace) -> int:
     records = [record for record in records if record.family not in args.leave_out]
     model = hpm.PerformanceModel(args.regressor).fit(records)
     model.metadata["left_out_families"] = sorted(args.leave_out)
+    if args.ship:      # how the shipped model was made, for whoever remakes it
+        model.metadata["made_with"] = "braze hpm train --ship" + "".join(f" --leave-out {family}"
+                                                                        for family in args.leave_out)
     out = args.out or (shipped_model_dir(args.device) if args.ship else hpm.default_model_dir(args.device))
     model.save(out, versioned=not args.ship)
     print(f"trained on {model.metadata['rows']} runs ({', '.join(model.metadata['configs'])}; "
