@@ -19,6 +19,11 @@ timing model the pass changes nothing (the library already chose by it) and is s
 cost models of :data:`~braze.sw.compiler.tiling.SCREENED_BY_TIMING_MODEL` (the learned model, whose
 features cost about as much as a kernel build) only the layouts within that factor of the timing
 model's fewest cycles are priced.  Each choice is a :class:`LayoutDecision`.
+
+Measured (``benchmarks/hpm_plans.py``, the shipped learned model, three repeats of each plan under the
+same recorded stall seeds): the digits CNN at batch 16 runs conv1 (on default conv2 too) with the
+resident input, 10.6% and 15.7% fewer RTL cycles than the analytic plan at backpressure 0.3 and 0.4
+on default, 9.8% and 12.1% on large; at batch 64 both models keep the library's layouts.
 """
 
 from __future__ import annotations
