@@ -22,9 +22,8 @@ def test_calibration_covers_fused_conv_pool_and_thin_gemms_after_the_other_famil
                                   and k.operands["A"].shape[1] >= 150 for k in thin)
     assert "residual" not in {name for k in thin for name in k.operands}
     assert {"gemm", "conv2d", "maxpool2d", "relu"} <= set(families[:pooled[0]])
-    # Last, batched convolutions in forced layouts.
-    last = tail[len(pooled) + 2:]
-    assert len(last) == 4 and all(k.name == "conv2d" and k.operands["x"].shape[0] >= 8 for k in last)
+    # The layout group, last, has nothing for tiny (see below).
+    assert len(tail) == len(pooled) + 2
 
 
 def test_calibration_never_draws_the_digits_cnn_fused_convolution():
@@ -39,6 +38,7 @@ def test_calibration_never_draws_the_digits_cnn_fused_convolution():
 def test_calibration_layout_specs_cover_every_layout_but_never_the_digits_cnns_convolutions():
     from braze.sw.hpm.calibrate import _conv_layout_specs
 
+    assert _conv_layout_specs(Config.preset("tiny")) == []      # too slow to generate and run there
     specs = _conv_layout_specs(Config.preset("default"))
     assert {dict(spec.options)["layout"] for spec in specs} == {"rows", "pixels", "resident"}
     assert min(spec.args[0] for spec in specs) >= 8
