@@ -518,6 +518,9 @@ def _fleet(args: argparse.Namespace) -> int:
              help="calibration order: stratified, or uncertainty (active learning: the runs the model "
                   "knows least about first)"),
          arg("--runs", type=integer(1), help="at most this many new calibration runs per configuration"),
+         arg("--repeats", type=integer(1), default=3,
+             help="runs of each short kernel under backpressure, each under its own recorded stall "
+                  "pattern (default: 3)"),
          arg("--history", type=Path, help="the performance history (default: $BRAZE_CACHE_DIR/hpm/...)"),
          arg("--regressor", default="lightgbm", choices=("lightgbm", "sklearn")),
          arg("--out", type=Path, help="where train writes the model (default: the cache's model folder)"),
@@ -532,7 +535,8 @@ def _hpm(args: argparse.Namespace) -> int:
     store = hpm.HistoryStore(args.history)
     if args.action == "calibrate":
         report = hpm.calibrate(args.configs, device=args.device, count=args.count, store=store,
-                               budget_seconds=args.budget, strategy=args.strategy, runs=args.runs)
+                               budget_seconds=args.budget, strategy=args.strategy, runs=args.runs,
+                               repeats=args.repeats)
         print(report.summary())
         for line in report.failed[:20]:
             print(f"  failed: {line}")
@@ -569,6 +573,9 @@ def _hpm(args: argparse.Namespace) -> int:
     records = [record for record in records if record.family not in args.leave_out]
     model = hpm.PerformanceModel(args.regressor).fit(records)
     model.metadata["left_out_families"] = sorted(args.leave_out)
+    if args.ship:      # how the shipped model was made, for whoever remakes it
+        model.metadata["made_with"] = "braze hpm train --ship" + "".join(f" --leave-out {family}"
+                                                                        for family in args.leave_out)
     out = args.out or (shipped_model_dir(args.device) if args.ship else hpm.default_model_dir(args.device))
     model.save(out, versioned=not args.ship)
     print(f"trained on {model.metadata['rows']} runs ({', '.join(model.metadata['configs'])}; "

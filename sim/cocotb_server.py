@@ -14,7 +14,8 @@ Protocol: each message is a 4-byte little-endian length and a pickled tuple.  Re
 ``("run", base, max_cycles, cycle_limit, wall_seconds)``,
 ``("reg_read", offset)``, ``("reg_write", offset, value)``, ``("counters_over_bus",)`` (every
 counter read over AXI4-Lite, as driver software would), ``("stall", threshold)`` (the
-memory's backpressure, in 1/256 steps), ``("ping",)`` and ``("stop",)``;
+memory's backpressure, in 1/256 steps), ``("stall_seed", seed or None)`` (runs start from a reset harness
+``seed`` cycles after reset: a reproducible backpressure pattern), ``("ping",)`` and ``("stop",)``;
 replies are ``("ok", value)`` or ``("error", text)``.
 """
 
@@ -47,8 +48,11 @@ from .build import CLOCK_PERIOD_NS
 
 _HEADER = struct.Struct("<I")
 _REG = {name: reg.offset for name, reg in REGISTER_BY_NAME.items()}
+_SCALAR_OFFSETS = [reg.offset for name, reg in REGISTER_BY_NAME.items() if name.startswith("SCALAR_R")]
 #: The budget of a run that names none: long enough for any test program, short of forever.
 DEFAULT_BUDGET = 1 << 40
+#: Stall seeds are idle cycles after a reset: 0 .. MAX_STALL_SEED - 1.
+MAX_STALL_SEED = 1 << 16
 #: A run with a wall-clock budget waits for the interrupt in slices of about this many seconds (the
 #: first of _FIRST_SLICE_CYCLES cycles), checking the budget in between.
 _SLICE_SECONDS = 0.2
@@ -90,6 +94,11 @@ class HarnessDriver:
         self._counters = dut.counters._handle
         self._req = 0
         self.stall_threshold = 0
+        #: With a seed, every run starts from a reset harness after ``stall_seed`` idle cycles, so
+        #: the memory's backpressure LFSR (free-running since reset) is in the same state at the
+        #: start of every run seeded alike: the run's stall pattern, hence its cycles, reproduce.
+        #: Without one (None) it starts wherever the process's earlier cycles left it.
+        self.stall_seed: int | None = None
 
     async def reset(self) -> None:
         dut = self.dut
@@ -163,6 +172,15 @@ class HarnessDriver:
         gives up on the simulator."""
         budget = DEFAULT_BUDGET if max_cycles is None else max(1, int(max_cycles))
         deadline = None if wall_seconds is None else time.monotonic() + wall_seconds
+        if self.stall_seed is not None:
+            # The reset clears the host-written scalar registers too: they are read before and
+            # written back after it (a fixed number of bus cycles, so the pattern still reproduces).
+            scalars = [await self.reg_read(offset) for offset in _SCALAR_OFFSETS]
+            await self.reset()
+            for offset, value in zip(_SCALAR_OFFSETS, scalars, strict=True):
+                await self.reg_write(offset, value)
+            if self.stall_seed:
+                await ClockCycles(self.clk, self.stall_seed)
         await self.reg_write(_REG["PROG_BASE_LO"], base & 0xFFFF_FFFF)
         await self.reg_write(_REG["PROG_BASE_HI"], base >> 32)
         await self.reg_write(_REG["CYCLE_LIMIT"], cycle_limit)
@@ -262,6 +280,12 @@ async def serve(dut):
                 if not 0 <= threshold < 256:
                     raise ValueError(f"stall threshold {threshold} is outside 0..255")
                 driver.stall_threshold = dut.mem_stall.value = threshold
+                result = None
+            elif kind == "stall_seed":
+                (seed,) = args
+                if seed is not None and not 0 <= seed < MAX_STALL_SEED:
+                    raise ValueError(f"stall seed {seed} is outside 0..{MAX_STALL_SEED - 1}")
+                driver.stall_seed = seed
                 result = None
             else:
                 raise ValueError(f"unknown request {kind!r}")

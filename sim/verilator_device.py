@@ -35,7 +35,7 @@ from braze.hw.csr import REGISTER_BY_NAME
 from braze.isa import BrazeError, Config, ErrorCause
 
 from .build import BuildResult, build_harness
-from .cocotb_server import receive_message, send_message
+from .cocotb_server import MAX_STALL_SEED, receive_message, send_message
 from .device import Device, RunStatus, int32_of
 
 __all__ = ["VerilatorDevice", "SimulatorError", "simulator_env"]
@@ -154,6 +154,7 @@ class VerilatorDevice(Device):
         self._workdir_finalizer = weakref.finalize(self, shutil.rmtree, self.workdir, True) if not keep \
             else None
         self._stall_level = 0
+        self._stall_seed: int | None = None
         self._start()
         #: Clock cycles from the start of the last run to its end (its interrupt or its budget); unlike
         #: the ``cycles`` counter, not restarted by a COUNTERS instruction with ``reset``.
@@ -184,6 +185,9 @@ class VerilatorDevice(Device):
             if self._stall_level:
                 send_message(self._sock, ("stall", self._stall_level))
                 self._receive(self.timeout, "restoring the memory backpressure")
+            if self._stall_seed is not None:
+                send_message(self._sock, ("stall_seed", self._stall_seed))
+                self._receive(self.timeout, "restoring the backpressure seed")
         except BaseException:
             self._lose()
             raise
@@ -313,6 +317,27 @@ class VerilatorDevice(Device):
         level = round(probability * 256)
         self._request("stall", level, what="setting the memory backpressure")
         self._stall_level = level
+
+    @property
+    def stall_seed(self) -> int | None:
+        """The seed of every run's backpressure pattern, or None (the pattern runs on from the last run)."""
+        return self._stall_seed
+
+    def set_stall_seed(self, seed: int | None) -> None:
+        """Make every run from now on start with the memory's backpressure generator in the state
+        ``seed`` names, so that a run's stall pattern, hence its cycle count, reproduces.
+
+        The generator is an LFSR stepping every clock cycle since reset: with a seed, each run starts
+        from a reset harness (memory contents survive) after ``seed`` idle cycles.  Two runs of one
+        program under one seed take the same cycles; different seeds sample different patterns.
+        None (the default) lets the pattern run on from wherever the process's earlier cycles left it.
+        """
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)
+                                 or not 0 <= seed < MAX_STALL_SEED):
+            raise ValueError(f"VerilatorDevice: stall seed={seed!r} must be None or an integer in "
+                             f"0..{MAX_STALL_SEED - 1}")
+        self._request("stall_seed", seed, what="setting the backpressure seed")
+        self._stall_seed = seed
 
     def ping(self) -> None:
         self._request("ping", what="a ping")

@@ -38,7 +38,7 @@ from braze.isa import BrazeError, Config, Opcode
 from ..compiler.cost import Cost, CostModel, TimingCostModel, _kernels_of
 from ..compiler.kernels import Kernel
 from .features import FEATURE_VERSION, MemorySystem, kernel_family, kernel_features
-from .store import RunRecord, default_history_path
+from .store import RunRecord, default_history_path, group_repeats
 
 __all__ = ["PerformanceModel", "Prediction", "LearnedCostModel", "ModelError", "StaleModelError",
            "StaleModelWarning", "REGRESSORS", "error_pct",
@@ -197,6 +197,11 @@ class PerformanceModel:
         Without ``band``, only the median of the cycles is learned (evaluations that need nothing
         else train about five times faster); such a model has no uncertainty and predicts no
         counters.
+
+        Repeats of one measurement (:func:`~.store.group_repeats`: one kernel, configuration and
+        memory system under different backpressure patterns) are one example whose cycles and
+        counters are their mean: the model learns what a kernel costs on average, and a kernel
+        measured three times weighs no more than one measured once.
         """
         # Rows recorded by an older Braze have other features; they cannot be mixed in.
         given = len(records)
@@ -211,9 +216,10 @@ class PerformanceModel:
         # The residual is learned over the memory-aware baseline where the features have it (this
         # Braze's always do; synthetic tests may give only the analytic cycles).
         self.baseline = "baseline_cycles" if "baseline_cycles" in self.feature_names else "analytic_cycles"
-        x = self._matrix([record.features for record in records])
+        groups = group_repeats(records)
+        x = self._matrix([group[0].features for group in groups])
         baseline = x[:, self.feature_names.index(self.baseline)]
-        measured = np.array([record.cycles for record in records], dtype=float)
+        measured = np.array([np.mean([record.cycles for record in group]) for group in groups])
         residual = np.log(np.maximum(measured, 1.0) / baseline)
         self._median = _make_regressor(self.regressor, "median", seed=self.seed).fit(x, residual)
         self._low = self._high = None
@@ -222,14 +228,16 @@ class PerformanceModel:
             self._low = _make_regressor(self.regressor, "quantile", BAND[0], self.seed).fit(x, residual)
             self._high = _make_regressor(self.regressor, "quantile", BAND[1], self.seed).fit(x, residual)
         for name in COUNTER_SHARES if band else ():
-            share = np.array([record.counters.get(name, 0) / max(record.cycles, 1) for record in records])
+            share = np.array([np.mean([record.counters.get(name, 0) / max(record.cycles, 1)
+                                       for record in group]) for group in groups])
             self._shares[name] = _make_regressor(self.regressor, "median", seed=self.seed).fit(x, share)
         self._ranges = {name: (float(x[:, i].min()), float(x[:, i].max()))
                         for i, name in enumerate(self.feature_names)}
         self.metadata = {
             "regressor": self.regressor, "feature_version": FEATURE_VERSION, "trained_at": time.time(),
             "baseline": self.baseline,
-            "rows": len(records), "families": sorted({record.family for record in records}),
+            "rows": len(records), "examples": len(groups),
+            "families": sorted({record.family for record in records}),
             "configs": sorted({record.config_name for record in records}),
             "devices": sorted({record.device for record in records}),
             "stalls": sorted({record.stall for record in records}),

@@ -30,6 +30,7 @@ from braze.isa import BrazeError, Instruction
 from braze.isa.encoding import decode_program, encode_program
 
 __all__ = ["HistoryError", "HistoryStore", "RunRecord", "CodeletRun", "DseResult", "MIGRATIONS",
+           "group_repeats",
            "default_history_path",
            "signature_hash", "pack_program", "unpack_program"]
 
@@ -108,6 +109,12 @@ MIGRATIONS: tuple[str, ...] = (
         UNIQUE (workload, config)
     );
     """,
+    # 6: the seed of the run's memory backpressure pattern (VerilatorDevice.set_stall_seed), NULL when
+    # the pattern ran on from the process's earlier cycles: a seeded run reproduces exactly, and
+    # repeats of one kernel under different seeds measure the run-to-run noise.
+    """
+    ALTER TABLE runs ADD COLUMN stall_seed INTEGER;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 #: How long a writer waits for another's lock before giving up (seconds).
@@ -167,6 +174,9 @@ class RunRecord:
         Unix time.
     id : int or None
         Row id once stored.
+    stall_seed : int or None
+        The seed of the memory's backpressure pattern in this run (``VerilatorDevice.set_stall_seed``),
+        or None when it was not seeded (the pattern ran on from the process's earlier cycles).
     """
 
     family: str
@@ -185,6 +195,7 @@ class RunRecord:
     program: bytes | None = dataclasses.field(default=None, repr=False)
     recorded_at: float = dataclasses.field(default_factory=time.time)
     id: int | None = None
+    stall_seed: int | None = None
 
     @property
     def cycles(self) -> int:
@@ -193,6 +204,24 @@ class RunRecord:
     @property
     def signature_hash(self) -> str:
         return signature_hash(self.signature)
+
+    @property
+    def repeat_key(self) -> tuple:
+        """What repeats of one measurement share: the kernel, the whole configuration, the device and
+        its memory system, and so the features (two kernels of one signature whose programs differ in
+        a way the features see are not repeats).  Runs with one key differ only in their backpressure
+        pattern."""
+        return (self.signature_hash, json.dumps(self.config, sort_keys=True), self.device,
+                int(self.read_latency), round(float(self.stall), 9),
+                json.dumps(self.features, sort_keys=True))
+
+
+def group_repeats(records: Sequence[RunRecord]) -> list[list[RunRecord]]:
+    """``records`` grouped by :attr:`RunRecord.repeat_key` (groups in order of their first run)."""
+    groups: dict[tuple, list[RunRecord]] = {}
+    for record in records:
+        groups.setdefault(record.repeat_key, []).append(record)
+    return list(groups.values())
 
 
 @dataclasses.dataclass
@@ -285,7 +314,7 @@ _CODELET_COLUMNS = ("recorded_at", "program", "codelet", "signature", "pattern",
 
 _COLUMNS = ("recorded_at", "family", "signature", "signature_hash", "config_name", "config", "device",
             "read_latency", "stall", "features", "counters", "cycles", "predicted_cycles", "predictor",
-            "source", "energy_pj", "program")
+            "source", "energy_pj", "program", "stall_seed")
 
 
 def pack_program(instructions: Sequence[Instruction]) -> bytes:
@@ -402,7 +431,7 @@ class HistoryStore:
                 record.device, int(record.read_latency), float(record.stall),
                 json.dumps(record.features, sort_keys=True), json.dumps(record.counters, sort_keys=True),
                 record.cycles, record.predicted_cycles, record.predictor, record.source, record.energy_pj,
-                record.program)
+                record.program, record.stall_seed)
 
     def update_features(self, updates: Sequence[tuple[int, Mapping[str, Any], Mapping[str, float],
                                                       bytes | None]]) -> int:
@@ -449,10 +478,10 @@ class HistoryStore:
             raise self._error("could not be read", error) from None
         for row in rows:
             (row_id, recorded_at, family_, signature, _, config_name_, config, device_, read_latency, stall,
-             features, counters, _, predicted, predictor, source, energy, program) = row
+             features, counters, _, predicted, predictor, source, energy, program, stall_seed) = row
             yield RunRecord(family_, json.loads(signature), config_name_, json.loads(config), device_,
                             read_latency, stall, json.loads(features), json.loads(counters), predicted,
-                            predictor, source, energy, program, recorded_at, row_id)
+                            predictor, source, energy, program, recorded_at, row_id, stall_seed)
 
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
@@ -467,6 +496,17 @@ class HistoryStore:
             (signature_hash(signature), json.dumps(dict(config), sort_keys=True), device, int(read_latency),
              float(stall))).fetchone()
         return row is not None
+
+    def stall_seeds(self, signature: Mapping[str, Any], config: Mapping[str, Any], device: str,
+                    read_latency: int, stall: float) -> list[int | None]:
+        """The backpressure seeds of the stored runs of this kernel, configuration and memory system
+        (None for an unseeded run), oldest first: how many repeats it has, and under which patterns."""
+        rows = self._db.execute(
+            "SELECT stall_seed FROM runs WHERE signature_hash = ? AND config = ? AND device = ? "
+            "AND read_latency = ? AND abs(stall - ?) < 1e-9 ORDER BY id",
+            (signature_hash(signature), json.dumps(dict(config), sort_keys=True), device, int(read_latency),
+             float(stall))).fetchall()
+        return [row[0] for row in rows]
 
     def families(self) -> list[str]:
         return [row[0] for row in self._db.execute("SELECT DISTINCT family FROM runs ORDER BY family")]

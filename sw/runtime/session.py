@@ -52,6 +52,7 @@ from ..compiler.cost import CostModel, TimingCostModel, check_objective
 from ..compiler.frontend import EvaluationError, evaluate, load_onnx
 from ..compiler.fusion import DEFAULT_THRESHOLD, OPPORTUNITY_KINDS, FusionDecision, fuse, split_activations
 from ..compiler.ir import Graph, TensorInfo
+from ..compiler.layouts import choose_conv_layouts
 from ..compiler.lower import CompiledModel, lower
 from ..compiler.passes import simplify
 from ..compiler.profile import TensorProfile, profile_graph
@@ -406,6 +407,9 @@ class InferenceSession:
             else:
                 fused, tilings = choose_tilings(fused, self.config, cost_model=self.cost_model,
                                                 cache=self.cache, objective=self.objective)
+                # Convolution layouts by the cost model in use (a no-op under the timing model).
+                fused, _ = choose_conv_layouts(fused, self.config, cost_model=self.cost_model,
+                                               cache=self.cache, objective=self.objective)
                 self._plan = (decisions, {d.node: d for d in tilings})
             compiled = lower(fused, self.config, cache=self.cache)
             self._compiled[key] = (fused, decisions, compiled, self._runtime_for(compiled), tilings)

@@ -254,3 +254,44 @@ def test_simulator_stops_at_interpreter_exit(tmp_path):
         time.sleep(0.05)
     else:
         pytest.fail(f"simulator process {pid} outlived the interpreter that opened it")
+
+
+def test_a_seeded_stall_pattern_reproduces_a_runs_cycles(tiny_device):
+    # Under backpressure the memory's stall generator runs on from run to run, so repeats of one
+    # program differ; with a seed every run starts from the same generator state.
+    program, data, symbols = _demo_inputs(TINY, 3)
+    tiny_device.write(symbols["A"], data)
+
+    def cycles() -> int:
+        status = tiny_device.run(program)
+        assert status.ok
+        return status.cycles
+
+    try:
+        tiny_device.set_stall(0.4)
+        free = {cycles() for _ in range(6)}
+        tiny_device.set_stall_seed(7)
+        assert tiny_device.stall_seed == 7
+        seeded = [cycles() for _ in range(3)]
+        assert len(set(seeded)) == 1
+        patterns = set()
+        for seed in (1, 100, 1000, 2000, 3000):
+            tiny_device.set_stall_seed(seed)
+            patterns.add(cycles())
+        tiny_device.set_stall_seed(7)
+        assert cycles() == seeded[0]
+        assert len(free) > 1 and len(patterns) > 1          # the seeds are different patterns
+        with pytest.raises(ValueError, match="stall seed"):
+            tiny_device.set_stall_seed(-1)
+        # The reset before a seeded run keeps the host-written scalar registers.
+        tiny_device.write_scalar(3, -1234)
+        assert cycles() == seeded[0] and tiny_device.read_scalar(3) == -1234
+        # Without backpressure a seed (a reset before the run) changes nothing.
+        tiny_device.set_stall(0.0)
+        tiny_device.set_stall_seed(None)
+        unseeded = cycles()
+        tiny_device.set_stall_seed(5)
+        assert cycles() == unseeded
+    finally:
+        tiny_device.set_stall(0.0)
+        tiny_device.set_stall_seed(None)

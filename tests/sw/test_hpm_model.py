@@ -327,3 +327,28 @@ def test_train_can_leave_a_family_out_and_then_prices_it_analytically(tmp_path, 
     capsys.readouterr()
     assert main(["hpm", "train", "--history", str(history), "--out", str(out), "--leave-out", "c"]) == 2
     assert "--leave-out c: no such kernel family" in capsys.readouterr().err
+
+
+def test_repeats_are_one_example_judged_by_their_mean_beside_the_noise_floor():
+    # Each kernel measured three times under different stall patterns: cycles scattered by up to 6%
+    # around the true cost.  The model learns the mean; its error against the means is below its error
+    # against single runs, and the noise floor is the scatter itself.
+    import dataclasses
+
+    rng = np.random.default_rng(5)
+    records = []
+    for family in ("a", "b", "c", "d"):
+        for record in _synthetic(rng, family, 150):
+            for scatter in (-0.06, 0.0, 0.06):
+                counters = dict(record.counters, cycles=round(record.cycles * (1 + scatter)))
+                records.append(dataclasses.replace(record, counters=counters))
+    scores = holdout_by_family(records)
+    total = summarise(scores)
+    assert total["rows"] == 1800 and total["measurements"] == 600
+    assert 3.5 < total["noise_mape"] < 4.5 and 5.5 < total["noise_worst"] < 6.5   # 2/3 of runs 6% off
+    assert total["learned_mean_mape"] < 3.0 < total["learned_mape"], total
+    model = PerformanceModel("lightgbm").fit(records, band=False)
+    assert model.metadata["rows"] == 1800 and model.metadata["examples"] == 600
+    from braze.sw.hpm.evaluate import format_scores
+    table = format_scores(scores)
+    assert "noise MAPE" in table and "all families" in table

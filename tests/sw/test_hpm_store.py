@@ -164,3 +164,42 @@ def test_a_version_3_file_gains_the_codelet_runs_table_keeping_its_rows(tmp_path
         assert (stored.version, stored.cycles, stored.seconds, stored.output_bytes) == \
             ("accel-tiny", 1234, 0.25, 100)
         assert store.codelet_runs(version="cpu") == []
+
+
+def test_stall_seeds_round_trip_and_a_version_5_file_keeps_its_rows_unseeded(tmp_path):
+    path = tmp_path / "v5.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("".join(MIGRATIONS[:5]))
+    db.execute("PRAGMA user_version = 5")
+    db.execute("INSERT INTO runs (recorded_at, family, signature, signature_hash, config_name, config, "
+               "device, read_latency, stall, features, counters, cycles, source) VALUES "
+               "(1.0, 'gemm', '{}', 'h', 'tiny', '{}', 'verilator', 16, 0.4, '{}', '{\"cycles\": 9}', 9, "
+               "'old')")
+    db.commit()
+    db.close()
+    with HistoryStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION >= 6
+        (old,) = store.records()
+        assert old.stall_seed is None and old.cycles == 9
+        for seed in (11, 22):
+            record = _record(1, stall=0.4)
+            record.stall_seed = seed
+            store.add(record)
+        store.add(_record(1, stall=0.1))
+        signature, config = _record(1).signature, _record(1).config
+        assert store.stall_seeds(signature, config, "verilator", 16, 0.4) == [11, 22]
+        assert store.stall_seeds(signature, config, "verilator", 16, 0.1) == [None]
+        assert store.stall_seeds(signature, config, "verilator", 16, 0.25) == []
+        assert [r.stall_seed for r in store.records()] == [None, 11, 22, None]
+
+
+def test_repeats_group_by_kernel_configuration_and_memory_system():
+    from braze.sw.hpm.store import group_repeats
+
+    records = [_record(1, stall=0.4), _record(2, stall=0.4), _record(1, stall=0.4), _record(1, stall=0.1)]
+    records[2].config = dict(records[2].config)          # an equal configuration, another object
+    other = _record(1, stall=0.4)
+    other.config = {"rows": 8, "cols": 4}
+    groups = group_repeats([*records, other])
+    assert [[r.signature["shape"][0] for r in group] for group in groups] == [[1, 1], [2], [1], [1]]
+    assert groups[0] == [records[0], records[2]]
