@@ -24,7 +24,8 @@ class MatmulSystem(wiring.Component):
     def __init__(self, config: Config):
         self.unit = MatmulUnit(config)
         self.spad = BankedMemory(shape=data.ArrayLayout(signed(8), config.cols),
-                                 depth=config.spad_rows, banks=config.spad_banks)
+                                 depth=config.spad_rows, banks=config.spad_banks,
+                                 weight_read=bool(config.weight_preload))
         self.acc = BankedMemory(shape=data.ArrayLayout(signed(32), config.cols),
                                 depth=config.acc_rows, banks=config.acc_banks)
         super().__init__({})
@@ -35,6 +36,8 @@ class MatmulSystem(wiring.Component):
         m.submodules.spad = self.spad
         m.submodules.acc = self.acc
         wiring.connect(m, self.unit.spad_read, self.spad.compute_read)
+        if self.unit.config.weight_preload:
+            wiring.connect(m, self.unit.weight_read, self.spad.weight_read)
         wiring.connect(m, self.unit.acc_read, self.acc.compute_read)
         wiring.connect(m, self.unit.acc_write, self.acc.compute_write)
         return m
@@ -43,6 +46,10 @@ class MatmulSystem(wiring.Component):
 def _contract_cycles(config, m, k):
     """The timing contract, written out here rather than imported from the unit."""
     chunks = -(-k // config.rows)
+    if config.weight_preload:
+        # Only chunk 0's preload is exposed; chunk c+1 streams max(m, rows+1) cycles after chunk c.
+        return (config.rows + (chunks - 1) * max(m, config.rows + 1) + m
+                + config.rows + config.cols + MATMUL_LATENCY)
     return chunks * (config.rows + m) + config.rows + config.cols + MATMUL_LATENCY
 
 
@@ -104,12 +111,15 @@ def _run(config, program, rng, *, gaps):
             if current is not None:
                 sums = current[2]
                 sums["busy"] += ctx.get(unit.busy)
-                sums["spad_reads"] += ctx.get(unit.spad_read_pulse)
+                spad_reads = ctx.get(unit.spad_read_pulse)
+                if config.weight_preload:
+                    spad_reads += ctx.get(unit.weight_read_pulse)
+                sums["spad_reads"] += spad_reads
                 sums["acc_reads"] += ctx.get(unit.acc_read_pulse)
                 sums["acc_writes"] += ctx.get(unit.acc_write_pulse)
                 sums["macs"] += ctx.get(unit.macs)
                 # The pulses mirror the memories' own access counts.
-                assert ctx.get(system.spad.reads) == ctx.get(unit.spad_read_pulse)
+                assert ctx.get(system.spad.reads) == spad_reads
                 assert ctx.get(system.acc.reads) == ctx.get(unit.acc_read_pulse)
                 assert ctx.get(system.acc.writes) == ctx.get(unit.acc_write_pulse)
                 assert ctx.get(system.spad.writes) == 0
@@ -186,3 +196,43 @@ def test_rejects_non_config():
 def test_converts_to_verilog():
     text = verilog.convert(MatmulUnit(Config.preset("tiny")), name="matmul_unit")
     assert "module matmul_unit" in text
+
+
+# Weight preload (Config.weight_preload): the same checks -- results, exact cycles, counter pulses.
+TINY_PRELOAD = Config.parse("tiny:weight_preload=1")
+
+
+def test_preload_tiny_random_shapes_back_to_back():
+    rng = np.random.default_rng(21)
+    program = []
+    # m below, at, one above and well above rows (the chunk period is max(m, rows + 1)); k of one
+    # chunk, a multiple of rows and not; n below cols.
+    for m, k, n in [(1, 1, 1), (3, 4, 4), (4, 3, 2), (5, 8, 3), (4, 9, 4), (9, 11, 4), (2, 8, 1),
+                    (1, 13, 4), (7, 16, 2), (4, 4, 4), (6, 5, 3)]:
+        for accumulate in (False, True):
+            program.append(_random_matmul(rng, TINY_PRELOAD, m, k, n, accumulate))
+    rng.shuffle(program)
+    _run(TINY_PRELOAD, program, rng, gaps=False)
+
+
+def test_preload_tiny_with_idle_gaps_and_repeated_accumulation():
+    rng = np.random.default_rng(22)
+    first = _random_matmul(rng, TINY_PRELOAD, 2, 12, 3, False)
+    again = first.replace(accumulate=True, b=(first.b + 1) % (SPAD_WINDOW - first.k + 1))
+    _run(TINY_PRELOAD, [first, again, _random_matmul(rng, TINY_PRELOAD, 1, 7, 4, True)], rng, gaps=True)
+
+
+def test_preload_default_config():
+    config = Config.parse("default:weight_preload=1")
+    rng = np.random.default_rng(23)
+    _run(config, [_random_matmul(rng, config, 10, 19, 6, True), _random_matmul(rng, config, 3, 24, 8, False),
+                  _random_matmul(rng, config, 9, 17, 8, True)], rng, gaps=False)
+
+
+def test_preload_saves_what_overlapping_each_later_chunk_saves():
+    """Each chunk after the first hides min(rows, m - 1) of its rows + m cycles: all of its preload
+    when m > rows, all but one cycle of the stream otherwise (nothing with m = 1)."""
+    for m, k in [(1, 4), (9, 4), (1, 8), (2, 8), (4, 8), (5, 8), (9, 8), (3, 13)]:
+        serial, preload = _contract_cycles(Config.preset("tiny"), m, k), _contract_cycles(TINY_PRELOAD, m, k)
+        chunks = -(-k // 4)
+        assert serial - preload == (chunks - 1) * min(4, m - 1), (m, k)
