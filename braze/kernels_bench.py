@@ -22,11 +22,17 @@ It ends with one line::
 where the small GEMMs are those with M <= 16 (on both configurations) and ``gemm256_util`` is 256^3 on
 ``default``.  Targets (issue 12): CNN >= 60%, 64^3 on large >= 85%, 256^3 >= 95%, small shapes
 <= 1.5x their bound, fusion >= 1.5x cycles and >= 2x bytes, cold compile < 1 s.
+
+``--config-override FIELD=VALUE[,...]`` (e.g. ``weight_preload=1``) also runs the GEMMs on each
+configuration with the override applied (named ``<preset>_<override>``) and prints them against the
+plain rows: cycles and utilisation off/on and the timing model's error.  The override rows never enter
+the last line, whose values stay those of the presets.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Sequence
 
@@ -36,7 +42,8 @@ from braze.isa import Activation, Config, Memory
 from braze.isa.arith import epilogue
 from braze.isa.errors import ArgumentParser
 
-__all__ = ["GEMM_SHAPES", "CONFIGS", "gemm_bound", "run_gemms", "run_cnn", "main"]
+__all__ = ["GEMM_SHAPES", "CONFIGS", "gemm_bound", "run_gemms", "run_cnn", "override_specs", "override_table",
+           "main"]
 
 #: (M, K, N) of the GEMMs measured, as the issue lists them.
 GEMM_SHAPES = ((1, 64, 10), (1, 256, 256), (16, 16, 16), (64, 64, 64), (128, 128, 128), (256, 256, 256),
@@ -115,6 +122,34 @@ def gemm_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def override_specs(override: str, config_names: Sequence[str] = CONFIGS) -> list[str]:
+    """Config specs of ``--config-override``: each configuration with ``override`` (``field=value,...``)
+    applied and named ``<preset>_<override>``; a bad field or value fails here (ConfigError)."""
+    slug = re.sub(r"\W+", "_", override).strip("_")
+    specs = [f"{name}:{override},name={name}_{slug}" for name in config_names]
+    for spec in specs:
+        Config.parse(spec)
+    return specs
+
+
+def override_table(base: Sequence[dict], overridden: Sequence[dict], config_names: Sequence[str] = CONFIGS
+                   ) -> str:
+    """Each overridden GEMM row next to the plain one of the same configuration and shape: cycles and
+    utilisation off/on, the speed-up, and the timing model's error (predicted / measured - 1) on each."""
+    header = (f"{'config':<8} {'M x K x N':>13} {'cycles':>8} {'with':>8} {'speed-up':>8} {'MAC util':>8} "
+              f"{'with':>7} {'model err':>9} {'with':>7}")
+    lines = [header, "-" * len(header)]
+    for row in overridden:
+        name = next(name for name in config_names if row["config"].startswith(f"{name}_"))
+        plain = next(other for other in base if other["config"] == name and other["shape"] == row["shape"])
+        shape = "x".join(str(d) for d in row["shape"])
+        lines.append(f"{name:<8} {shape:>13} {plain['cycles']:>8} {row['cycles']:>8} "
+                     f"{plain['cycles'] / max(1, row['cycles']):>7.2f}x {plain['utilisation']:>8.1%} "
+                     f"{row['utilisation']:>7.1%} {plain['predicted'] / max(1, plain['cycles']) - 1:>+9.1%} "
+                     f"{row['predicted'] / max(1, row['cycles']) - 1:>+7.1%}")
+    return "\n".join(lines)
+
+
 def run_cnn(device_kind: str, *, samples: int, golden_check: bool, log=print):
     """The demo's digits CNN, fused and unfused, on ``device_kind`` with the default preset.
 
@@ -164,7 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "one batch of the CNN, no golden comparison")
     parser.add_argument("--samples", type=int, default=None, help="CNN validation images (default: 256, "
                         "64 with --quick)")
+    parser.add_argument("--config-override", default=None, metavar="FIELD=VALUE[,...]",
+                        help="also run the GEMMs on each configuration with these fields changed (e.g. "
+                        "weight_preload=1) and compare; the last line keeps the presets' values")
     args = parser.parse_args(argv)
+    specs = override_specs(args.config_override) if args.config_override else []   # fails before any run
     samples = args.samples or (64 if args.quick else 256)
     started = time.perf_counter()
 
@@ -172,6 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"GEMMs on the {args.device} device (bias + requantize + ReLU fused, int8 out); "
           "bound = max(compute, bus) cycles")
     print(gemm_table(gemms))
+    overridden = []
+    if specs:
+        overridden = run_gemms(args.device, specs, QUICK_SHAPES if args.quick else GEMM_SHAPES)
+        print(f"\nGEMMs with {args.config_override} on the {args.device} device")
+        print(gemm_table(overridden))
+        print(f"\nwithout / with {args.config_override} (model err: timing model's predicted / measured - 1)")
+        print(override_table(gemms, overridden))
 
     print()
     config = Config.preset("default")
@@ -196,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         found = [row for row in gemms if row["config"] == config_name and row["shape"] == shape]
         return f"{100 * found[0]['utilisation']:.1f}" if found else "n/a"
     small = [row["over_bound"] for row in gemms if row["shape"][0] <= SMALL_M]
-    correct = all(row["correct"] for row in gemms) and cnn.golden_identical is not False
+    correct = all(row["correct"] for row in [*gemms, *overridden]) and cnn.golden_identical is not False
     verdict = "bit-exact" if correct else "NOT bit-exact"
     print(f"({time.perf_counter() - started:.0f} s; every output {verdict})")
     print(f"kernels: cnn_util={100 * cnn.fused.totals.utilisation(config):.1f} "
