@@ -175,30 +175,32 @@ class MatmulUnit(wiring.Component):
                 a_row.eq(args.a),
             ]
 
-        if self.config.weight_preload:
-            self._preload_issue(m, step, chunk_base, a_chunk, a_row, b_index, last_chunk,
-                                (issue_weight, issue_zero, issue_a, issue_first),
-                                (b_base, a_stride, count_m, count_k))
-        else:
-            with m.FSM():
-                with m.State("IDLE"):
-                    m.d.comb += self.insn.ready.eq(1)
-                    with m.If(self.insn.valid):
-                        m.next = "PRELOAD"
-                with m.State("PRELOAD"):
-                    in_range = b_index < count_k
-                    m.d.comb += [
-                        self.busy.eq(1),
-                        self.spad_read.en.eq(in_range),
-                        self.spad_read.addr.eq(b_base + b_index),
-                        issue_weight.eq(1),
-                        issue_zero.eq(~in_range),
-                    ]
-                    m.d.sync += step.eq(step + 1)
-                    with m.If(step == rows - 1):
-                        m.d.sync += step.eq(0)
-                        m.next = "STREAM"
-                with m.State("STREAM"):
+        # With weight preload the B rows come on a port of their own (see _stream_with_preload).
+        b_port = self.weight_read if self.config.weight_preload else self.spad_read
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.insn.ready.eq(1)
+                with m.If(self.insn.valid):
+                    m.next = "PRELOAD"
+            with m.State("PRELOAD"):
+                in_range = b_index < count_k
+                m.d.comb += [
+                    self.busy.eq(1),
+                    b_port.en.eq(in_range),
+                    b_port.addr.eq(b_base + b_index),
+                    issue_weight.eq(1),
+                    issue_zero.eq(~in_range),
+                ]
+                m.d.sync += step.eq(step + 1)
+                with m.If(step == rows - 1):
+                    m.d.sync += step.eq(0)
+                    m.next = "STREAM"
+            with m.State("STREAM"):
+                if self.config.weight_preload:
+                    self._stream_with_preload(m, step, chunk_base, a_chunk, a_row, last_chunk,
+                                              (issue_weight, issue_zero, issue_a, issue_first),
+                                              (b_base, a_stride, count_m, count_k))
+                else:
                     m.d.comb += [
                         self.busy.eq(1),
                         self.spad_read.en.eq(1),
@@ -221,14 +223,14 @@ class MatmulUnit(wiring.Component):
                                 a_row.eq(a_chunk + a_stride),
                             ]
                             m.next = "PRELOAD"
-                with m.State("DRAIN"):
-                    m.d.comb += self.busy.eq(1)
-                    with m.If(self.done):
-                        m.d.comb += self.insn.ready.eq(1)
-                        with m.If(self.insn.valid):
-                            m.next = "PRELOAD"
-                        with m.Else():
-                            m.next = "IDLE"
+            with m.State("DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(self.done):
+                    m.d.comb += self.insn.ready.eq(1)
+                    with m.If(self.insn.valid):
+                        m.next = "PRELOAD"
+                    with m.Else():
+                        m.next = "IDLE"
 
         # Data stage: the scratchpad row arrives the cycle after its read.
         data_weight = Signal()
@@ -338,78 +340,53 @@ class MatmulUnit(wiring.Component):
             m.d.comb += self.weight_read_pulse.eq(self.weight_read.en)
         return m
 
-    def _preload_issue(self, m: Module, step, chunk_base, a_chunk, a_row, b_index, last_chunk,
-                       issue, instruction) -> None:
-        """The issue stage with weight preload: A rows on ``spad_read``, B rows on ``weight_read``.
+    def _stream_with_preload(self, m: Module, step, chunk_base, a_chunk, a_row, last_chunk, issue,
+                             instruction) -> None:
+        """The STREAM state with weight preload: A rows on ``spad_read``, the next chunk's B rows on
+        ``weight_read``.
 
-        ``step`` counts the cycles of the first preload, then those since the current chunk's
-        stream began; in cycles 1 to ``rows`` of these the next chunk's B rows are read (last row
-        first, zero weights beyond ``k``, as in the first preload).  Not from cycle 0: the PE array
-        needs a cycle without a weight shift between two preloads, and this one follows the
-        previous preload (chunk 0's, or chunk c's read during chunk c-1) by at least that.
+        ``step`` counts the cycles since the current chunk's stream began; in cycles 1 to ``rows`` of
+        these the next chunk's B rows are read (last row first, zero weights beyond ``k``, as in
+        PRELOAD).  Not from cycle 0: the PE array needs a cycle without a weight shift between two
+        preloads, and this one follows the previous preload (PRELOAD's, or the one during the
+        previous chunk) by at least that.  The next chunk starts ``max(m, rows + 1)`` cycles after
+        this one, once its B rows are in; after the last chunk the unit drains.
         """
         rows = self.config.rows
         issue_weight, issue_zero, issue_a, issue_first = issue
         b_base, a_stride, count_m, count_k = instruction
-        weight_read = self.weight_read
         next_b_index = Signal(17)      # B row of the next chunk read in this stream cycle
-        m.d.comb += next_b_index.eq(chunk_base + 2 * rows - step)
-        with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += self.insn.ready.eq(1)
-                with m.If(self.insn.valid):
-                    m.next = "FIRST_PRELOAD"
-            with m.State("FIRST_PRELOAD"):
-                in_range = b_index < count_k
-                m.d.comb += [
-                    self.busy.eq(1),
-                    weight_read.en.eq(in_range),
-                    weight_read.addr.eq(b_base + b_index),
-                    issue_weight.eq(1),
-                    issue_zero.eq(~in_range),
-                ]
-                m.d.sync += step.eq(step + 1)
-                with m.If(step == rows - 1):
-                    m.d.sync += step.eq(0)
-                    m.next = "STREAM"
-            with m.State("STREAM"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(step < count_m):
-                    m.d.comb += [
-                        self.spad_read.en.eq(1),
-                        self.spad_read.addr.eq(a_row),
-                        issue_a.eq(1),
-                        issue_first.eq(step == 0),
-                    ]
-                with m.If(~last_chunk & (step >= 1) & (step <= rows)):
-                    next_in_range = next_b_index < count_k
-                    m.d.comb += [
-                        weight_read.en.eq(next_in_range),
-                        weight_read.addr.eq(b_base + next_b_index),
-                        issue_weight.eq(1),
-                        issue_zero.eq(~next_in_range),
-                    ]
-                m.d.sync += [
-                    step.eq(step + 1),
-                    a_row.eq(a_row + 1),
-                ]
-                with m.If(last_chunk):
-                    with m.If(step == count_m - 1):
-                        m.d.sync += step.eq(0)
-                        m.next = "DRAIN"
-                # The next chunk starts max(m, rows + 1) cycles after this one, once its B rows are in.
-                with m.Elif((step >= count_m - 1) & (step >= rows)):
-                    m.d.sync += [
-                        step.eq(0),
-                        chunk_base.eq(chunk_base + rows),
-                        a_chunk.eq(a_chunk + a_stride),
-                        a_row.eq(a_chunk + a_stride),
-                    ]
-            with m.State("DRAIN"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(self.done):
-                    m.d.comb += self.insn.ready.eq(1)
-                    with m.If(self.insn.valid):
-                        m.next = "FIRST_PRELOAD"
-                    with m.Else():
-                        m.next = "IDLE"
+        m.d.comb += [
+            next_b_index.eq(chunk_base + 2 * rows - step),
+            self.busy.eq(1),
+        ]
+        with m.If(step < count_m):
+            m.d.comb += [
+                self.spad_read.en.eq(1),
+                self.spad_read.addr.eq(a_row),
+                issue_a.eq(1),
+                issue_first.eq(step == 0),
+            ]
+        with m.If(~last_chunk & (step >= 1) & (step <= rows)):
+            next_in_range = next_b_index < count_k
+            m.d.comb += [
+                self.weight_read.en.eq(next_in_range),
+                self.weight_read.addr.eq(b_base + next_b_index),
+                issue_weight.eq(1),
+                issue_zero.eq(~next_in_range),
+            ]
+        m.d.sync += [
+            step.eq(step + 1),
+            a_row.eq(a_row + 1),
+        ]
+        with m.If(last_chunk):
+            with m.If(step == count_m - 1):
+                m.d.sync += step.eq(0)
+                m.next = "DRAIN"
+        with m.Elif((step >= count_m - 1) & (step >= rows)):
+            m.d.sync += [
+                step.eq(0),
+                chunk_base.eq(chunk_base + rows),
+                a_chunk.eq(a_chunk + a_stride),
+                a_row.eq(a_chunk + a_stride),
+            ]

@@ -159,26 +159,33 @@ def _run(config, program, rng, *, gaps):
         np.testing.assert_array_equal(state, expected, err_msg=where)
 
 
-def test_tiny_random_shapes_back_to_back():
-    config = Config.preset("tiny")
-    rng = np.random.default_rng(11)
+TINY_PRELOAD = Config.parse("tiny:weight_preload=1")
+
+
+@pytest.mark.parametrize(("config", "seed"), [(Config.preset("tiny"), 11), (TINY_PRELOAD, 21)],
+                         ids=["tiny", "tiny_preload"])
+def test_tiny_random_shapes_back_to_back(config, seed):
+    rng = np.random.default_rng(seed)
     program = []
-    # m below, at and above rows; k below, at, above and not a multiple of rows; n below cols.
+    # m below, at, one above (with preload the chunk period is max(m, rows + 1)) and well above rows;
+    # k below, at, above and not a multiple of rows; n below cols.
     for m, k, n in [(1, 1, 1), (3, 4, 4), (4, 3, 2), (6, 5, 3), (9, 11, 4), (2, 8, 1), (5, 13, 4),
-                    (7, 7, 2), (4, 4, 4), (1, 9, 3)]:
+                    (7, 7, 2), (4, 4, 4), (1, 9, 3), (5, 8, 3), (4, 9, 4), (1, 13, 4), (7, 16, 2)]:
         for accumulate in (False, True):
             program.append(_random_matmul(rng, config, m, k, n, accumulate))
     rng.shuffle(program)
     _run(config, program, rng, gaps=False)
 
 
-def test_tiny_with_idle_gaps_and_repeated_accumulation():
-    config = Config.preset("tiny")
-    rng = np.random.default_rng(12)
-    first = _random_matmul(rng, config, 5, 6, 3, False)
+@pytest.mark.parametrize(("config", "seed", "first_mk", "last_mk"),
+                         [(Config.preset("tiny"), 12, (5, 6), (2, 2)), (TINY_PRELOAD, 22, (2, 12), (1, 7))],
+                         ids=["tiny", "tiny_preload"])
+def test_tiny_with_idle_gaps_and_repeated_accumulation(config, seed, first_mk, last_mk):
+    rng = np.random.default_rng(seed)
+    first = _random_matmul(rng, config, *first_mk, 3, False)
     # The same accumulator rows again: C += A x B on top of the previous result.
     again = first.replace(accumulate=True, b=(first.b + 1) % (SPAD_WINDOW - first.k + 1))
-    _run(config, [first, again, _random_matmul(rng, config, 2, 2, 4, True)], rng, gaps=True)
+    _run(config, [first, again, _random_matmul(rng, config, *last_mk, 4, True)], rng, gaps=True)
 
 
 def test_default_config():
@@ -199,29 +206,6 @@ def test_converts_to_verilog():
 
 
 # Weight preload (Config.weight_preload): the same checks -- results, exact cycles, counter pulses.
-TINY_PRELOAD = Config.parse("tiny:weight_preload=1")
-
-
-def test_preload_tiny_random_shapes_back_to_back():
-    rng = np.random.default_rng(21)
-    program = []
-    # m below, at, one above and well above rows (the chunk period is max(m, rows + 1)); k of one
-    # chunk, a multiple of rows and not; n below cols.
-    for m, k, n in [(1, 1, 1), (3, 4, 4), (4, 3, 2), (5, 8, 3), (4, 9, 4), (9, 11, 4), (2, 8, 1),
-                    (1, 13, 4), (7, 16, 2), (4, 4, 4), (6, 5, 3)]:
-        for accumulate in (False, True):
-            program.append(_random_matmul(rng, TINY_PRELOAD, m, k, n, accumulate))
-    rng.shuffle(program)
-    _run(TINY_PRELOAD, program, rng, gaps=False)
-
-
-def test_preload_tiny_with_idle_gaps_and_repeated_accumulation():
-    rng = np.random.default_rng(22)
-    first = _random_matmul(rng, TINY_PRELOAD, 2, 12, 3, False)
-    again = first.replace(accumulate=True, b=(first.b + 1) % (SPAD_WINDOW - first.k + 1))
-    _run(TINY_PRELOAD, [first, again, _random_matmul(rng, TINY_PRELOAD, 1, 7, 4, True)], rng, gaps=True)
-
-
 def test_preload_default_config():
     config = Config.parse("default:weight_preload=1")
     rng = np.random.default_rng(23)
