@@ -37,12 +37,18 @@ is the isolated kernel's, the two others the streamed and the packed-and-streame
 256^3 >= 95%, small shapes <= 1.5x their bound, fusion >= 1.5x cycles and >= 2x bytes, cold
 compile < 1 s.  ``chain_cycles`` and ``chain_bytes`` are the fused plan's over the forced chain's
 (above 1: the chain is better).
+
+``--config-override FIELD=VALUE[,...]`` (e.g. ``weight_preload=1``) also runs the GEMMs on each
+configuration with the override applied (named ``<preset>_<override>``) and prints them against the
+plain rows: cycles and utilisation off/on and the timing model's error.  The override rows never enter
+the last line, whose values stay those of the presets.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -55,7 +61,7 @@ from braze.isa.arith import epilogue
 from braze.isa.errors import ArgumentParser
 
 __all__ = ["GEMM_SHAPES", "CONFIGS", "gemm_bound", "run_gemms", "run_cnn", "run_cnn_chain", "ChainOutcome",
-           "main"]
+           "override_specs", "override_table", "main"]
 
 #: (M, K, N) of the GEMMs measured, as the issue lists them.
 GEMM_SHAPES = ((1, 64, 10), (1, 256, 256), (16, 16, 16), (64, 64, 64), (128, 128, 128), (256, 256, 256),
@@ -247,6 +253,33 @@ def stream_table(rows: Sequence[dict]) -> str:
                      f"{row['packed_cycles']:>8.1f} {row['packed_predicted']:>8.1f} "
                      f"{row['packed_over_bound']:>5.2f}x {row['packed_streamed_cycles']:>8.1f} "
                      f"{row['packed_streamed_predicted']:>8.1f} {row['packed_streamed_over_bound']:>5.2f}x")
+
+
+def override_specs(override: str, config_names: Sequence[str] = CONFIGS) -> list[str]:
+    """Config specs of ``--config-override``: each configuration with ``override`` (``field=value,...``)
+    applied and named ``<preset>_<override>``; a bad field or value fails here (ConfigError)."""
+    slug = re.sub(r"\W+", "_", override).strip("_")
+    specs = [f"{name}:{override},name={name}_{slug}" for name in config_names]
+    for spec in specs:
+        Config.parse(spec)
+    return specs
+
+
+def override_table(base: Sequence[dict], overridden: Sequence[dict], config_names: Sequence[str] = CONFIGS
+                   ) -> str:
+    """Each overridden GEMM row next to the plain one of the same configuration and shape: cycles and
+    utilisation off/on, the speed-up, and the timing model's error (predicted / measured - 1) on each."""
+    header = (f"{'config':<8} {'M x K x N':>13} {'cycles':>8} {'with':>8} {'speed-up':>8} {'MAC util':>8} "
+              f"{'with':>7} {'model err':>9} {'with':>7}")
+    lines = [header, "-" * len(header)]
+    for row in overridden:
+        name = next(name for name in config_names if row["config"].startswith(f"{name}_"))
+        plain = next(other for other in base if other["config"] == name and other["shape"] == row["shape"])
+        shape = "x".join(str(d) for d in row["shape"])
+        lines.append(f"{name:<8} {shape:>13} {plain['cycles']:>8} {row['cycles']:>8} "
+                     f"{plain['cycles'] / max(1, row['cycles']):>7.2f}x {plain['utilisation']:>8.1%} "
+                     f"{row['utilisation']:>7.1%} {plain['predicted'] / max(1, plain['cycles']) - 1:>+9.1%} "
+                     f"{row['predicted'] / max(1, row['cycles']) - 1:>+7.1%}")
     return "\n".join(lines)
 
 
@@ -421,7 +454,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"small GEMM streamed and packed (default: {STREAM_CALLS}; 1: none)")
     parser.add_argument("--samples", type=int, default=None, help="CNN validation images (default: 256, "
                         "64 with --quick)")
+    parser.add_argument("--config-override", default=None, metavar="FIELD=VALUE[,...]",
+                        help="also run the GEMMs on each configuration with these fields changed (e.g. "
+                        "weight_preload=1) and compare; the last line keeps the presets' values")
     args = parser.parse_args(argv)
+    specs = override_specs(args.config_override) if args.config_override else []   # fails before any run
     samples = args.samples or (64 if args.quick else 256)
     started = time.perf_counter()
 
@@ -440,6 +477,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"pk+str = that kernel streamed {PACKED_GROUPS} times, steady state / N; "
               "(model) = the timing model's")
         print(stream_table(gemms))
+    overridden = []
+    if specs:
+        overridden = run_gemms(args.device, specs, QUICK_SHAPES if args.quick else GEMM_SHAPES)
+        print(f"\nGEMMs with {args.config_override} on the {args.device} device")
+        print(gemm_table(overridden))
+        print(f"\nwithout / with {args.config_override} (model err: timing model's predicted / measured - 1)")
+        print(override_table(gemms, overridden))
 
     print()
     config = Config.preset("default")
@@ -499,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def worst(values: list[float]) -> str:
         return f"{max(values):.2f}" if values else "n/a"
-    correct = all(row["correct"] for row in gemms) and cnn.golden_identical is not False \
+    correct = all(row["correct"] for row in [*gemms, *overridden]) and cnn.golden_identical is not False \
         and all(run["identical"] for run in mlp["runs"]) and mlp["packed"]["identical"] \
         and chain.golden_identical is not False
     verdict = "bit-exact" if correct else "NOT bit-exact"

@@ -8,6 +8,7 @@ from amaranth.utils import ceil_log2
 from braze.isa.config import Config
 from braze.isa.encoding import INSTRUCTION
 from braze.isa.timing import MATMUL_LATENCY
+from braze.isa.timing import matmul_cycles as _timing_matmul_cycles
 
 from .memories import read_port_signature, write_port_signature
 from .pe_array import PEArray
@@ -19,9 +20,9 @@ __all__ = ["MATMUL_LATENCY", "MatmulUnit", "matmul_cycles"]
 
 
 def matmul_cycles(config: Config, m: int, k: int) -> int:
-    """Cycles from accepting a MATMUL to its ``done``: the timing contract."""
-    chunks = -(-k // config.rows)
-    return chunks * (config.rows + m) + config.rows + config.cols + MATMUL_LATENCY
+    """Cycles from accepting a MATMUL to its ``done``: the timing contract
+    (:func:`braze.isa.timing.matmul_cycles`, its single source)."""
+    return _timing_matmul_cycles(config, m, k)
 
 
 class MatmulUnit(wiring.Component):
@@ -39,8 +40,21 @@ class MatmulUnit(wiring.Component):
     enabled.  A chunk's accumulator write comes ``rows + m`` cycles after the
     previous chunk's write of the same row, so the read always sees it.
 
+    **Weight preload** (``config.weight_preload``).  The unit has a second
+    scratchpad read port, ``weight_read``, for the B rows.  Chunk 0's weights
+    are read on it first (``rows`` cycles), then chunk ``c``'s A rows stream on
+    ``spad_read`` while chunk ``c+1``'s B rows are read on ``weight_read`` in
+    cycles 1 to ``rows`` of the stream (the PE array's shadow registers take
+    them as the current chunk computes; not from cycle 0, as the array needs
+    a cycle without a weight shift between two preloads).  Chunk ``c+1``
+    starts streaming ``max(m, rows + 1)`` cycles after chunk ``c``, the first
+    cycle after its weights are in.  So
+    a chunk's accumulator write comes at least ``rows + 1 >= 3`` cycles after
+    the previous chunk's write of the same row, and the read sees it.
+
     Timing: if the instruction is accepted in cycle 0, ``done`` is high in cycle
-    ``chunks*(rows + m) + rows + cols + MATMUL_LATENCY`` (see
+    ``chunks*(rows + m) + rows + cols + MATMUL_LATENCY``, with weight preload
+    ``rows + (chunks-1)*max(m, rows+1) + m + rows + cols + MATMUL_LATENCY`` (see
     :func:`matmul_cycles`), the first cycle in which every accumulator write
     is committed.  ``insn.ready`` is high when idle and in the ``done`` cycle,
     so instructions can follow back to back.  ``busy`` is high from the cycle
@@ -54,7 +68,8 @@ class MatmulUnit(wiring.Component):
     Parameters
     ----------
     config : Config
-        The accelerator build (``rows``, ``cols``, ``spad_rows``, ``acc_rows``).
+        The accelerator build (``rows``, ``cols``, ``spad_rows``, ``acc_rows``,
+        ``weight_preload``).
 
     Attributes
     ----------
@@ -62,6 +77,8 @@ class MatmulUnit(wiring.Component):
         Decoded MATMUL instructions.
     spad_read : Out(read_port_signature(ceil_log2(spad_rows), ArrayLayout(signed(8), cols)))
         To the scratchpad's compute read port.
+    weight_read : Out(read_port_signature(ceil_log2(spad_rows), ArrayLayout(signed(8), cols)))
+        With ``weight_preload`` only: to the scratchpad's weight read port (B rows).
     acc_read : Out(read_port_signature(ceil_log2(acc_rows), ArrayLayout(signed(32), cols)))
         To the accumulator's compute read port.
     acc_write : Out(write_port_signature(ceil_log2(acc_rows), ArrayLayout(signed(32), cols)))
@@ -77,6 +94,9 @@ class MatmulUnit(wiring.Component):
         One row read or written in this cycle: ``chunks*m + k`` scratchpad
         reads, ``m*chunks`` (``accumulate``) or ``m*(chunks-1)`` accumulator
         reads, and ``m*chunks`` accumulator writes per instruction.
+    weight_read_pulse : Out(1)
+        With ``weight_preload`` only: a B row read on ``weight_read`` in this
+        cycle (``spad_read_pulse`` then counts the A rows): ``k`` per instruction.
     """
 
     def __init__(self, config: Config):
@@ -86,7 +106,12 @@ class MatmulUnit(wiring.Component):
         self.array_latency = config.rows + config.cols
         spad_row = data.ArrayLayout(signed(8), config.cols)
         acc_row = data.ArrayLayout(signed(32), config.cols)
+        preload = {}
+        if config.weight_preload:
+            preload = {"weight_read": Out(read_port_signature(ceil_log2(config.spad_rows), spad_row)),
+                       "weight_read_pulse": Out(1)}
         super().__init__({
+            **preload,
             "insn": In(stream.Signature(INSTRUCTION)),
             "spad_read": Out(read_port_signature(ceil_log2(config.spad_rows), spad_row)),
             "acc_read": Out(read_port_signature(ceil_log2(config.acc_rows), acc_row)),
@@ -150,6 +175,8 @@ class MatmulUnit(wiring.Component):
                 a_row.eq(args.a),
             ]
 
+        # With weight preload the B rows come on a port of their own (see _stream_with_preload).
+        b_port = self.weight_read if self.config.weight_preload else self.spad_read
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.insn.ready.eq(1)
@@ -159,8 +186,8 @@ class MatmulUnit(wiring.Component):
                 in_range = b_index < count_k
                 m.d.comb += [
                     self.busy.eq(1),
-                    self.spad_read.en.eq(in_range),
-                    self.spad_read.addr.eq(b_base + b_index),
+                    b_port.en.eq(in_range),
+                    b_port.addr.eq(b_base + b_index),
                     issue_weight.eq(1),
                     issue_zero.eq(~in_range),
                 ]
@@ -169,28 +196,33 @@ class MatmulUnit(wiring.Component):
                     m.d.sync += step.eq(0)
                     m.next = "STREAM"
             with m.State("STREAM"):
-                m.d.comb += [
-                    self.busy.eq(1),
-                    self.spad_read.en.eq(1),
-                    self.spad_read.addr.eq(a_row),
-                    issue_a.eq(1),
-                    issue_first.eq(step == 0),
-                ]
-                m.d.sync += [
-                    step.eq(step + 1),
-                    a_row.eq(a_row + 1),
-                ]
-                with m.If(step == count_m - 1):
-                    m.d.sync += step.eq(0)
-                    with m.If(last_chunk):
-                        m.next = "DRAIN"
-                    with m.Else():
-                        m.d.sync += [
-                            chunk_base.eq(chunk_base + rows),
-                            a_chunk.eq(a_chunk + a_stride),
-                            a_row.eq(a_chunk + a_stride),
-                        ]
-                        m.next = "PRELOAD"
+                if self.config.weight_preload:
+                    self._stream_with_preload(m, step, chunk_base, a_chunk, a_row, last_chunk,
+                                              (issue_weight, issue_zero, issue_a, issue_first),
+                                              (b_base, a_stride, count_m, count_k))
+                else:
+                    m.d.comb += [
+                        self.busy.eq(1),
+                        self.spad_read.en.eq(1),
+                        self.spad_read.addr.eq(a_row),
+                        issue_a.eq(1),
+                        issue_first.eq(step == 0),
+                    ]
+                    m.d.sync += [
+                        step.eq(step + 1),
+                        a_row.eq(a_row + 1),
+                    ]
+                    with m.If(step == count_m - 1):
+                        m.d.sync += step.eq(0)
+                        with m.If(last_chunk):
+                            m.next = "DRAIN"
+                        with m.Else():
+                            m.d.sync += [
+                                chunk_base.eq(chunk_base + rows),
+                                a_chunk.eq(a_chunk + a_stride),
+                                a_row.eq(a_chunk + a_stride),
+                            ]
+                            m.next = "PRELOAD"
             with m.State("DRAIN"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(self.done):
@@ -212,8 +244,9 @@ class MatmulUnit(wiring.Component):
             data_first.eq(issue_first),
         ]
         spad_row = self.spad_read.data.as_value()
+        weight_row = self.weight_read.data.as_value() if self.config.weight_preload else spad_row
         m.d.comb += [
-            array.weight_in.eq(Mux(data_zero, 0, spad_row)),
+            array.weight_in.eq(Mux(data_zero, 0, weight_row)),
             array.weight_shift.eq(data_weight),
             array.a_in.eq(spad_row[:array.a_in.shape().size]),
             array.a_valid.eq(data_a),
@@ -303,4 +336,57 @@ class MatmulUnit(wiring.Component):
             self.acc_read_pulse.eq(self.acc_read.en),
             self.acc_write_pulse.eq(self.acc_write.en),
         ]
+        if self.config.weight_preload:
+            m.d.comb += self.weight_read_pulse.eq(self.weight_read.en)
         return m
+
+    def _stream_with_preload(self, m: Module, step, chunk_base, a_chunk, a_row, last_chunk, issue,
+                             instruction) -> None:
+        """The STREAM state with weight preload: A rows on ``spad_read``, the next chunk's B rows on
+        ``weight_read``.
+
+        ``step`` counts the cycles since the current chunk's stream began; in cycles 1 to ``rows`` of
+        these the next chunk's B rows are read (last row first, zero weights beyond ``k``, as in
+        PRELOAD).  Not from cycle 0: the PE array needs a cycle without a weight shift between two
+        preloads, and this one follows the previous preload (PRELOAD's, or the one during the
+        previous chunk) by at least that.  The next chunk starts ``max(m, rows + 1)`` cycles after
+        this one, once its B rows are in; after the last chunk the unit drains.
+        """
+        rows = self.config.rows
+        issue_weight, issue_zero, issue_a, issue_first = issue
+        b_base, a_stride, count_m, count_k = instruction
+        next_b_index = Signal(17)      # B row of the next chunk read in this stream cycle
+        m.d.comb += [
+            next_b_index.eq(chunk_base + 2 * rows - step),
+            self.busy.eq(1),
+        ]
+        with m.If(step < count_m):
+            m.d.comb += [
+                self.spad_read.en.eq(1),
+                self.spad_read.addr.eq(a_row),
+                issue_a.eq(1),
+                issue_first.eq(step == 0),
+            ]
+        with m.If(~last_chunk & (step >= 1) & (step <= rows)):
+            next_in_range = next_b_index < count_k
+            m.d.comb += [
+                self.weight_read.en.eq(next_in_range),
+                self.weight_read.addr.eq(b_base + next_b_index),
+                issue_weight.eq(1),
+                issue_zero.eq(~next_in_range),
+            ]
+        m.d.sync += [
+            step.eq(step + 1),
+            a_row.eq(a_row + 1),
+        ]
+        with m.If(last_chunk):
+            with m.If(step == count_m - 1):
+                m.d.sync += step.eq(0)
+                m.next = "DRAIN"
+        with m.Elif((step >= count_m - 1) & (step >= rows)):
+            m.d.sync += [
+                step.eq(0),
+                chunk_base.eq(chunk_base + rows),
+                a_chunk.eq(a_chunk + a_stride),
+                a_row.eq(a_chunk + a_stride),
+            ]

@@ -90,6 +90,10 @@ class BankedMemory(wiring.Component):
     side_read : bool, optional
         Give every bank a second read port, ``side_read`` (the scratchpad's, for the PREDICATE unit,
         which may read while a MATMUL reads ``compute_read``).
+    weight_read : bool, optional
+        Give every bank one more read port, ``weight_read`` (the scratchpad's with
+        ``Config.weight_preload``: the MATMUL unit reads the next K-chunk's weights on it while it
+        streams A rows on ``compute_read``).
 
     Attributes
     ----------
@@ -107,7 +111,9 @@ class BankedMemory(wiring.Component):
         the same bank in this cycle.
     side_read : In(read_port_signature(addr_width, shape))
         With ``side_read``: a read port of its own on every bank; never stalls.
-    reads : Out(2)
+    weight_read : In(read_port_signature(addr_width, shape))
+        With ``weight_read``: another read port of its own on every bank; never stalls.
+    reads : Out(2), or Out(3) with ``weight_read``
         Rows read in this cycle (accepted requests of all read ports), for the
         performance counters.
     writes : Out(2)
@@ -115,7 +121,7 @@ class BankedMemory(wiring.Component):
     """
 
     def __init__(self, *, shape: data.ArrayLayout, depth: int, banks: int,
-                 init: Sequence[Sequence[int]] = (), side_read: bool = False):
+                 init: Sequence[Sequence[int]] = (), side_read: bool = False, weight_read: bool = False):
         if not isinstance(shape, data.ArrayLayout):
             raise TypeError(f"BankedMemory shape must be a data.ArrayLayout (a row of elements), "
                             f"not {shape!r}")
@@ -128,6 +134,7 @@ class BankedMemory(wiring.Component):
             raise ValueError(f"BankedMemory init has {len(init)} rows, more than depth={depth}")
         self.shape = shape
         self.has_side_read = side_read
+        self.has_weight_read = weight_read
         self.depth = depth
         self.banks = banks
         self.addr_width = ceil_log2(depth)
@@ -139,13 +146,15 @@ class BankedMemory(wiring.Component):
             for bank in range(banks)
         ]
         side = {"side_read": In(read_port_signature(self.addr_width, shape))} if side_read else {}
+        if weight_read:
+            side["weight_read"] = In(read_port_signature(self.addr_width, shape))
         super().__init__({
             **side,
             "compute_read": In(read_port_signature(self.addr_width, shape)),
             "compute_write": In(write_port_signature(self.addr_width, shape)),
             "dma_read": In(read_port_signature(self.addr_width, shape, handshake=True)),
             "dma_write": In(write_port_signature(self.addr_width, shape, handshake=True)),
-            "reads": Out(2),
+            "reads": Out(3 if weight_read else 2),
             "writes": Out(2),
         })
 
@@ -176,7 +185,7 @@ class BankedMemory(wiring.Component):
         dma_read_go = dma_read.en & dma_read.ready
         dma_write_go = dma_write.en & dma_write.ready
 
-        read_data, side_data = [], []
+        read_data, side_data, weight_data = [], [], []
         for bank, storage in enumerate(self.bank_data):
             memory = m.submodules[f"bank{bank}"] = Memory(data=storage)
             read_port = memory.read_port()
@@ -197,6 +206,13 @@ class BankedMemory(wiring.Component):
                     side_port.addr.eq(self._index(self.side_read.addr)),
                 ]
                 side_data.append(side_port.data.as_value())
+            if self.has_weight_read:
+                weight_port = memory.read_port()
+                m.d.comb += [
+                    weight_port.en.eq(self.weight_read.en & (self._bank(self.weight_read.addr) == bank)),
+                    weight_port.addr.eq(self._index(self.weight_read.addr)),
+                ]
+                weight_data.append(weight_port.data.as_value())
 
             compute_writes_here = compute_write.en & (self._bank(compute_write.addr) == bank)
             dma_writes_here = dma_write_go & (self._bank(dma_write.addr) == bank)
@@ -213,6 +229,9 @@ class BankedMemory(wiring.Component):
                     write_port.data.eq(dma_write.data),
                 ]
 
+        reads = compute_read.en + dma_read_go + (self.side_read.en if self.has_side_read else 0)
+        if self.has_weight_read:
+            reads = reads + self.weight_read.en
         # Each read port's data comes from the bank it used in the previous cycle.
         read_data = Array(read_data)
         compute_bank = Signal(self._bank_bits)
@@ -226,7 +245,7 @@ class BankedMemory(wiring.Component):
         m.d.comb += [
             compute_read.data.eq(read_data[compute_bank]),
             dma_read.data.eq(read_data[dma_bank]),
-            self.reads.eq(compute_read.en + dma_read_go + (self.side_read.en if self.has_side_read else 0)),
+            self.reads.eq(reads),
             self.writes.eq(compute_write.en + dma_write_go),
         ]
         if self.has_side_read:
@@ -234,5 +253,10 @@ class BankedMemory(wiring.Component):
             m.d.sync += [side_bank.eq(self._bank(self.side_read.addr)),
                          self.side_read.valid.eq(self.side_read.en)]
             m.d.comb += self.side_read.data.eq(Array(side_data)[side_bank])
+        if self.has_weight_read:
+            weight_bank = Signal(self._bank_bits)
+            m.d.sync += [weight_bank.eq(self._bank(self.weight_read.addr)),
+                         self.weight_read.valid.eq(self.weight_read.en)]
+            m.d.comb += self.weight_read.data.eq(Array(weight_data)[weight_bank])
         return m
 

@@ -148,10 +148,11 @@ class Accelerator(wiring.Component):
         m.submodules.load = load = LoadEngine(config, beats_width=BEATS_WIDTH)
         m.submodules.store = store = StoreEngine(config, beats_width=BEATS_WIDTH)
         m.submodules.counter_bank = bank = self.counter_bank
-        # The scratchpad's side read port is the PREDICATE unit's, which may run beside a MATMUL.
+        # The scratchpad's side read port is the PREDICATE unit's, which may run beside a MATMUL; with
+        # weight preload the MATMUL unit reads B rows on a weight read port of its own.
         m.submodules.spad = spad = BankedMemory(shape=data.ArrayLayout(signed(8), config.cols),
                                                 depth=config.spad_rows, banks=config.spad_banks,
-                                                side_read=True)
+                                                side_read=True, weight_read=bool(config.weight_preload))
         m.submodules.acc = acc = BankedMemory(shape=data.ArrayLayout(signed(32), config.cols),
                                               depth=config.acc_rows,
                                               banks=config.acc_banks)
@@ -265,6 +266,8 @@ class Accelerator(wiring.Component):
             spad.side_read.addr.eq(predicate.spad_read.addr[:spad.addr_width]),
             predicate.spad_read.data.eq(spad.side_read.data),
         ]
+        if config.weight_preload:
+            wiring.connect(m, matmul.weight_read, spad.weight_read)
         self._connect_compute_ports(m, acc, Memory.ACC, matmul, epilogue, vector, predicate)
 
         # --- Performance counters. ----------------------------------------------------------------

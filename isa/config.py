@@ -39,7 +39,7 @@ MAX_LOAD_OVERLAP = 8
 #: Fields added after the first release, with the value that keeps a configuration's identity
 #: (``to_dict``/``to_json``, hence the kernel cache, Verilator builds and the learned model's
 #: history) as it was before the field existed: at that value the field is left out.
-_OMITTED_AT = {"load_overlap": 1}
+_OMITTED_AT = {"load_overlap": 1, "weight_preload": 0}
 
 
 def _is_pow2(value: int) -> bool:
@@ -84,6 +84,13 @@ class Config:
         the next LOAD as soon as every row request of the previous one is
         issued, so consecutive LOADs share the memory latency.  A power of two
         up to :data:`MAX_LOAD_OVERLAP`.  Left out of :meth:`to_dict` at 1.
+    weight_preload : int
+        0 or 1.  With 1 the MATMUL unit reads the next K-chunk's weights on a second scratchpad read
+        port while the current chunk's A rows stream (the scratchpad's banks get one more read port
+        each), so a MATMUL of ``chunks`` K-chunks takes ``rows + (chunks-1)*max(m, rows+1) + m + rows +
+        cols + MATMUL_LATENCY`` cycles instead of ``chunks*(rows + m) + rows + cols + MATMUL_LATENCY``
+        (:func:`braze.isa.timing.matmul_cycles`); results are the same.  Left out of :meth:`to_dict`
+        at 0.
     """
 
     name: str = "custom"
@@ -99,6 +106,7 @@ class Config:
     token_depth: int = 8
     mem_latency: int = 16
     load_overlap: int = 1
+    weight_preload: int = 0
 
     def __post_init__(self):
         def fail(field: str, problem: str):
@@ -112,6 +120,11 @@ class Config:
                 continue
             if not isinstance(value, int) or isinstance(value, bool):
                 fail(field.name, "must be an integer")
+            if field.name == "weight_preload":
+                if value not in (0, 1):
+                    fail("weight_preload", "must be 0 (off) or 1 (the next K-chunk's weights are read while "
+                                           "the current chunk streams)")
+                continue
             if value <= 0:
                 fail(field.name, "must be positive")
         for dim in ("rows", "cols"):

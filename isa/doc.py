@@ -43,6 +43,7 @@ from .encoding import (
     VectorOp,
     field_range,
 )
+from .timing import MATMUL_LATENCY
 
 __all__ = ["isa_markdown", "preset_table"]
 
@@ -273,7 +274,19 @@ def _presets_section() -> str:
         _table(headers, rows),
         "Parameters of the system around the accelerator:\n",
         _table(["name"] + [name.replace("_", " ") for name in other], other_rows),
+        _WEIGHT_PRELOAD_DOC,
     ])
+
+
+#: What ``Config.weight_preload`` does to timing (the formula is :func:`braze.isa.timing.matmul_cycles`).
+_WEIGHT_PRELOAD_DOC = (
+    "`weight_preload=1` (0 in every preset; e.g. `--config large:weight_preload=1`) gives every scratchpad "
+    "bank one more read port, on which the MATMUL unit reads the next K-chunk's B rows while the current "
+    "chunk's A rows stream.  A MATMUL of `chunks = ceil(k/rows)` K-chunks then takes "
+    f"`rows + (chunks-1)*max(m, rows+1) + m + rows + cols + {MATMUL_LATENCY}` cycles instead of "
+    f"`chunks*(rows + m) + rows + cols + {MATMUL_LATENCY}`: every chunk after the first hides "
+    "`min(rows, m-1)` cycles.  Results and every exact counter are the same.\n"
+)
 
 
 def isa_markdown() -> str:

@@ -77,8 +77,9 @@ from .errors import ExecutionError
 # The pipeline depths below are the single source of these constants: the units in braze.hw import
 # them and their tests hold the RTL to them cycle-exactly.
 
-#: Cycles of a MATMUL beyond ``chunks*(rows + m) + rows + cols`` (the systolic fill and drain):
-#: the scratchpad read, the adder stage before the accumulator write, and the write.
+#: Cycles of a MATMUL beyond ``chunks*(rows + m) + rows + cols`` (the systolic fill and drain;
+#: with ``Config.weight_preload`` see :func:`matmul_cycles`): the scratchpad read, the adder stage
+#: before the accumulator write, and the write.
 MATMUL_LATENCY = 3
 #: Cycles of an EPILOGUE beyond one per row: three parameter-row reads (bias, multiplier,
 #: shift), the read latency, five pipeline registers (bias add, multiply, shift, round,
@@ -209,6 +210,26 @@ def matmul_chunks(insn: Instruction, config: Config) -> int:
     return -(-insn.args["k"] // config.rows)
 
 
+def matmul_cycles(config: Config, m: int, k: int) -> int:
+    """Cycles of a MATMUL of ``m`` A rows and reduction depth ``k``, from start to completion.
+
+    Each K-chunk of ``rows`` preloads its weights (``rows`` scratchpad reads) and streams its ``m`` A
+    rows (one read per cycle); after the last chunk the array drains (``rows + cols``), and
+    :data:`MATMUL_LATENCY` adds the read, add and write stages.  Without ``config.weight_preload``
+    the two share one read port, so each chunk takes ``rows + m``.  With it, the next chunk's
+    weights are read on a second port while the current chunk streams: only the first chunk's
+    preload is exposed, and a chunk starts ``max(m, rows + 1)`` cycles after the previous one (its
+    weights must have arrived, and the PE array needs one cycle without a weight shift between two
+    preloads, see :class:`braze.hw.pe_array.PEArray`).
+    """
+    rows = config.rows
+    chunks = -(-k // rows)
+    drain = rows + config.cols + MATMUL_LATENCY
+    if config.weight_preload:
+        return rows + (chunks - 1) * max(m, rows + 1) + m + drain
+    return chunks * (rows + m) + drain
+
+
 def table_rows(config: Config) -> int:
     """Scratchpad rows a TABLE reads: the 256 int8 entries of the activation table, ``cols`` per row."""
     return 256 // config.cols
@@ -219,8 +240,7 @@ def instruction_cycles(insn: Instruction, config: Config) -> int:
     op = insn.opcode
     args = insn.args
     if op is Opcode.MATMUL:
-        chunks = matmul_chunks(insn, config)
-        return chunks * (config.rows + args["m"]) + config.rows + config.cols + MATMUL_LATENCY
+        return matmul_cycles(config, args["m"], args["k"])
     if op is Opcode.EPILOGUE:
         return args["m"] + EPILOGUE_LATENCY
     if op is Opcode.PREDICATE:

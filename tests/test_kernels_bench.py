@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from braze import kernels_bench
-from braze.isa import Config
+from braze.isa import BrazeError, Config
 from braze.sw.compiler import kernels
 
 TINY = Config.preset("tiny")
@@ -55,3 +57,22 @@ def test_the_cnn_chain_row_runs_the_whole_digits_cnn_in_one_kernel():
     assert outcome.chosen == ("-> chained" in outcome.decision)
     assert outcome.totals.cycles > 0 and outcome.totals.kernels == 1
     assert outcome.golden_identical is None          # on golden itself: nothing to compare
+
+
+def test_config_override_rows_compare_against_the_plain_ones():
+    """--config-override weight_preload=1: the override rows are named after their preset, run the
+    same shapes exactly, and the comparison pairs each with its plain row (a K of several chunks gets
+    faster where the array bounds the kernel, a one-chunk K does not)."""
+    specs = kernels_bench.override_specs("weight_preload=1", ["tiny"])
+    assert specs == ["tiny:weight_preload=1,name=tiny_weight_preload_1"]
+    shapes = [(8, 4, 4), (32, 64, 8)]
+    plain = kernels_bench.run_gemms("golden", ["tiny"], shapes, seed=5)
+    preload = kernels_bench.run_gemms("golden", specs, shapes, seed=5)
+    assert all(row["correct"] for row in [*plain, *preload])
+    assert [row["config"] for row in preload] == ["tiny_weight_preload_1"] * 2
+    assert preload[0]["cycles"] == plain[0]["cycles"] and preload[1]["cycles"] < plain[1]["cycles"]
+    table = kernels_bench.override_table(plain, preload, ["tiny"]).splitlines()
+    assert len(table) == 4 and table[3].split()[:4] == ["tiny", "32x64x8", str(plain[1]["cycles"]),
+                                                         str(preload[1]["cycles"])]
+    with pytest.raises(BrazeError, match="unknown field 'weight_prelaod'"):
+        kernels_bench.override_specs("weight_prelaod=1")

@@ -24,7 +24,8 @@ class MatmulSystem(wiring.Component):
     def __init__(self, config: Config):
         self.unit = MatmulUnit(config)
         self.spad = BankedMemory(shape=data.ArrayLayout(signed(8), config.cols),
-                                 depth=config.spad_rows, banks=config.spad_banks)
+                                 depth=config.spad_rows, banks=config.spad_banks,
+                                 weight_read=bool(config.weight_preload))
         self.acc = BankedMemory(shape=data.ArrayLayout(signed(32), config.cols),
                                 depth=config.acc_rows, banks=config.acc_banks)
         super().__init__({})
@@ -35,6 +36,8 @@ class MatmulSystem(wiring.Component):
         m.submodules.spad = self.spad
         m.submodules.acc = self.acc
         wiring.connect(m, self.unit.spad_read, self.spad.compute_read)
+        if self.unit.config.weight_preload:
+            wiring.connect(m, self.unit.weight_read, self.spad.weight_read)
         wiring.connect(m, self.unit.acc_read, self.acc.compute_read)
         wiring.connect(m, self.unit.acc_write, self.acc.compute_write)
         return m
@@ -43,6 +46,10 @@ class MatmulSystem(wiring.Component):
 def _contract_cycles(config, m, k):
     """The timing contract, written out here rather than imported from the unit."""
     chunks = -(-k // config.rows)
+    if config.weight_preload:
+        # Only chunk 0's preload is exposed; chunk c+1 streams max(m, rows+1) cycles after chunk c.
+        return (config.rows + (chunks - 1) * max(m, config.rows + 1) + m
+                + config.rows + config.cols + MATMUL_LATENCY)
     return chunks * (config.rows + m) + config.rows + config.cols + MATMUL_LATENCY
 
 
@@ -104,12 +111,15 @@ def _run(config, program, rng, *, gaps):
             if current is not None:
                 sums = current[2]
                 sums["busy"] += ctx.get(unit.busy)
-                sums["spad_reads"] += ctx.get(unit.spad_read_pulse)
+                spad_reads = ctx.get(unit.spad_read_pulse)
+                if config.weight_preload:
+                    spad_reads += ctx.get(unit.weight_read_pulse)
+                sums["spad_reads"] += spad_reads
                 sums["acc_reads"] += ctx.get(unit.acc_read_pulse)
                 sums["acc_writes"] += ctx.get(unit.acc_write_pulse)
                 sums["macs"] += ctx.get(unit.macs)
                 # The pulses mirror the memories' own access counts.
-                assert ctx.get(system.spad.reads) == ctx.get(unit.spad_read_pulse)
+                assert ctx.get(system.spad.reads) == spad_reads
                 assert ctx.get(system.acc.reads) == ctx.get(unit.acc_read_pulse)
                 assert ctx.get(system.acc.writes) == ctx.get(unit.acc_write_pulse)
                 assert ctx.get(system.spad.writes) == 0
@@ -149,26 +159,33 @@ def _run(config, program, rng, *, gaps):
         np.testing.assert_array_equal(state, expected, err_msg=where)
 
 
-def test_tiny_random_shapes_back_to_back():
-    config = Config.preset("tiny")
-    rng = np.random.default_rng(11)
+TINY_PRELOAD = Config.parse("tiny:weight_preload=1")
+
+
+@pytest.mark.parametrize(("config", "seed"), [(Config.preset("tiny"), 11), (TINY_PRELOAD, 21)],
+                         ids=["tiny", "tiny_preload"])
+def test_tiny_random_shapes_back_to_back(config, seed):
+    rng = np.random.default_rng(seed)
     program = []
-    # m below, at and above rows; k below, at, above and not a multiple of rows; n below cols.
+    # m below, at, one above (with preload the chunk period is max(m, rows + 1)) and well above rows;
+    # k below, at, above and not a multiple of rows; n below cols.
     for m, k, n in [(1, 1, 1), (3, 4, 4), (4, 3, 2), (6, 5, 3), (9, 11, 4), (2, 8, 1), (5, 13, 4),
-                    (7, 7, 2), (4, 4, 4), (1, 9, 3)]:
+                    (7, 7, 2), (4, 4, 4), (1, 9, 3), (5, 8, 3), (4, 9, 4), (1, 13, 4), (7, 16, 2)]:
         for accumulate in (False, True):
             program.append(_random_matmul(rng, config, m, k, n, accumulate))
     rng.shuffle(program)
     _run(config, program, rng, gaps=False)
 
 
-def test_tiny_with_idle_gaps_and_repeated_accumulation():
-    config = Config.preset("tiny")
-    rng = np.random.default_rng(12)
-    first = _random_matmul(rng, config, 5, 6, 3, False)
+@pytest.mark.parametrize(("config", "seed", "first_mk", "last_mk"),
+                         [(Config.preset("tiny"), 12, (5, 6), (2, 2)), (TINY_PRELOAD, 22, (2, 12), (1, 7))],
+                         ids=["tiny", "tiny_preload"])
+def test_tiny_with_idle_gaps_and_repeated_accumulation(config, seed, first_mk, last_mk):
+    rng = np.random.default_rng(seed)
+    first = _random_matmul(rng, config, *first_mk, 3, False)
     # The same accumulator rows again: C += A x B on top of the previous result.
     again = first.replace(accumulate=True, b=(first.b + 1) % (SPAD_WINDOW - first.k + 1))
-    _run(config, [first, again, _random_matmul(rng, config, 2, 2, 4, True)], rng, gaps=True)
+    _run(config, [first, again, _random_matmul(rng, config, *last_mk, 4, True)], rng, gaps=True)
 
 
 def test_default_config():
@@ -186,3 +203,20 @@ def test_rejects_non_config():
 def test_converts_to_verilog():
     text = verilog.convert(MatmulUnit(Config.preset("tiny")), name="matmul_unit")
     assert "module matmul_unit" in text
+
+
+# Weight preload (Config.weight_preload): the same checks -- results, exact cycles, counter pulses.
+def test_preload_default_config():
+    config = Config.parse("default:weight_preload=1")
+    rng = np.random.default_rng(23)
+    _run(config, [_random_matmul(rng, config, 10, 19, 6, True), _random_matmul(rng, config, 3, 24, 8, False),
+                  _random_matmul(rng, config, 9, 17, 8, True)], rng, gaps=False)
+
+
+def test_preload_saves_what_overlapping_each_later_chunk_saves():
+    """Each chunk after the first hides min(rows, m - 1) of its rows + m cycles: all of its preload
+    when m > rows, all but one cycle of the stream otherwise (nothing with m = 1)."""
+    for m, k in [(1, 4), (9, 4), (1, 8), (2, 8), (4, 8), (5, 8), (9, 8), (3, 13)]:
+        serial, preload = _contract_cycles(Config.preset("tiny"), m, k), _contract_cycles(TINY_PRELOAD, m, k)
+        chunks = -(-k // 4)
+        assert serial - preload == (chunks - 1) * min(4, m - 1), (m, k)

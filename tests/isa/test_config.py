@@ -64,3 +64,21 @@ def test_presets_overlap_loads_except_tiny():
     """default and large overlap 4 LOADs (convolutions are LOAD-latency-bound); tiny, the small FPGA
     preset, keeps the one-LOAD engine."""
     assert [Config.preset(name).load_overlap for name in ("tiny", "default", "large")] == [1, 4, 4]
+
+
+@pytest.mark.parametrize("value", [-1, 2, 8])
+def test_weight_preload_is_0_or_1(value):
+    with pytest.raises(ConfigError, match=rf"weight_preload={value} must be 0 \(off\) or 1"):
+        Config.parse(f"default:weight_preload={value}")
+
+
+def test_weight_preload_joins_the_identity_only_when_on():
+    """Off (0) in every preset, and then absent from to_dict/to_json, so every existing cache key,
+    Verilator build and learned-model calibration row of a preset is unchanged."""
+    for name in ("tiny", "default", "large"):
+        preset = Config.preset(name)
+        assert preset.weight_preload == 0 and "weight_preload" not in preset.to_dict()
+    preloaded = Config.parse("large:weight_preload=1")
+    assert preloaded.to_dict()["weight_preload"] == 1
+    assert Config.from_dict(preloaded.to_dict()) == preloaded
+    assert preloaded.replace(name="large").to_json() != Config.preset("large").to_json()

@@ -37,6 +37,21 @@ def test_matmul_cycles_default_hand_computed():
     assert instruction_cycles(insn, DEFAULT) == 73
 
 
+@pytest.mark.parametrize(("m", "k", "expected"), [
+    # rows = 4: chunk 0's preload (4), then chunks - 1 periods of max(m, 5), the last stream (m), and
+    # the drain 4 + 4 + MATMUL_LATENCY (3).
+    (1, 1, 4 + 0 + 1 + 11),          # one chunk: as without preload
+    (3, 4, 4 + 0 + 3 + 11),
+    (3, 5, 4 + 5 + 3 + 11),          # m < rows + 1: the period is the preload and its gap
+    (6, 9, 4 + 2 * 6 + 6 + 11),      # m > rows + 1: the period is the stream
+    (5, 16, 4 + 3 * 5 + 5 + 11),
+])
+def test_matmul_cycles_with_weight_preload(m, k, expected):
+    insn = I.make("matmul", acc=0, a=0, b=0, a_stride=m, m=m, n=4, k=k)
+    assert instruction_cycles(insn, TINY.replace(weight_preload=1)) == expected
+    assert instruction_cycles(insn, TINY.replace(weight_preload=1)) <= instruction_cycles(insn, TINY)
+
+
 def test_epilogue_cycles():
     insn = I.make("epilogue", src=0, m=7, n=4, dst=0, bias=True, requant=True)
     assert instruction_cycles(insn, TINY) == 7 + EPILOGUE_LATENCY
