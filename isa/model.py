@@ -1548,6 +1548,7 @@ class Machine:
                     if next_pc < base:
                         error = _branch_range_error(insn, pc, base)
                         break
+                    scheduler.redirect()
             elif op is _SCALAR:
                 args = insn.args
                 if args["dst"]:
@@ -1897,6 +1898,7 @@ class Machine:
         target = pc + INSN_BYTES * insn.offset
         if target < self._program_base:
             raise _branch_range_error(insn, pc, self._program_base)
+        self._scheduler.redirect()
         self._next_pc = target
 
     def _exec_predicate(self, insn: Instruction, entry: ScheduledInstruction) -> None:

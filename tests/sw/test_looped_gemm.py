@@ -101,9 +101,14 @@ def test_bench_dispatch_quick_ends_with_its_summary(capsys):
     assert table["50%"][3] == f"{float(match[1]):.2f}x" and table["0%"][3] == f"{float(match[3]):.2f}x"
     assert table["0%"][5] == f"{float(match[6]):.2f}x" and table["50%"][5] == f"{float(match[7]):.2f}x"
     assert "kernel runs differing from golden or numpy (C or exact counters): 0 of 8" in out
-    # The whole sparse MLP: the skipping candidate was chosen, and the timing model has it faster
-    # (on the RTL, this quick model's 32 x 64 product saves about what its taken branches cost).
-    assert "-> skip zero blocks (50% zero)" in out and float(match[11]) > 1 and float(match[10]) > 0
+    # The whole sparse MLP: the skipping candidate was offered and priced.  This quick model's 32 x 64
+    # product saves about what its taken branches cost (the timing model prices the fetch unit's
+    # restart after each, as the RTL pays it), so it is chosen only where the timing model has it faster.
+    assert "fusion: skip(" in out and "skip zero blocks (50% zero)" in out and float(match[10]) > 0
+    if "-> skip zero blocks (50% zero)" in out:
+        assert float(match[11]) > 1
+    else:
+        assert float(match[11]) == 1.0
     assert "random control-flow programs on tiny: 3, mismatching: 0" in out
 
 
