@@ -96,24 +96,23 @@ TABLE_LATENCY = 1
 #: scalar register.
 PREDICATE_LATENCY = 3
 
-#: Cycles a taken BRANCH costs the dispatcher beyond the memory's read latency and the bus beats of
-#: instruction words: the fetch unit's restart and request, the read channel's arbitration, and the
+#: Cycles a taken BRANCH costs the dispatcher beyond the memory's read latency and the bus beats of an
+#: instruction word: the fetch unit's restart and request, the read channel's arbitration, and the
 #: word's way through the fetch FIFO into the dispatcher's slot (see :func:`fetch_redirect_cycles`).
-FETCH_REDIRECT_OVERHEAD = 7
+FETCH_REDIRECT_OVERHEAD = 8
 
 
 def fetch_redirect_cycles(config: Config) -> int:
     """Cycles from the end of a taken BRANCH until its target can be dispatched.
 
     The fetch unit (:class:`braze.hw.fetch.Fetch`) drops the words it fetched ahead and reads on
-    from the target: the target waits for the memory's read latency, the bus beats of a word
-    twice (the words in flight before the redirect drain first) and
-    :data:`FETCH_REDIRECT_OVERHEAD`.  Fitted to the Verilator device, where a loop's iteration
-    costs this many cycles beyond its dispatcher cycles: 25 on ``default`` (every loop and forward
-    branch measured) and 19 on ``tiny`` (a forward branch at the program's start costs 16 there).
+    from the target: the target waits for the memory's read latency, its word's bus beats and
+    :data:`FETCH_REDIRECT_OVERHEAD`.  Measured on the Verilator device: 25 cycles on ``default``
+    (every loop and forward branch measured; this gives 25); on ``tiny`` (64-bit bus) 16 to 19,
+    as the beats of words fetched ahead before the redirect still have to drain (this gives 18).
     """
     beats = -(-INSN_BYTES // config.dma_bus_bytes)
-    return config.mem_latency + 2 * beats + FETCH_REDIRECT_OVERHEAD
+    return config.mem_latency + beats + FETCH_REDIRECT_OVERHEAD
 
 
 #: Units that execute from an instruction queue (barriers run on the control unit).
