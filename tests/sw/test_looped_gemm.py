@@ -92,9 +92,11 @@ def test_bench_dispatch_quick_ends_with_its_summary(capsys):
                          r"skip_speedup_at_50_model=([\d.]+) skip_ratio_at_0_model=([\d.]+) "
                          r"skip_measured_on=verilator skip_vs_best_at_0=([\d.]+) skip_vs_best_at_50=([\d.]+) "
                          r"loops_shrink=([\d.]+) loops_cycle_ratio=([\d.]+) model_speedup=([\d.]+) "
-                         r"model_speedup_model=([\d.]+)", last)
+                         r"model_speedup_model=([\d.]+) golden_looped_first_ms=([\d.]+) "
+                         r"golden_looped_warm_ms=([\d.]+)", last)
     assert match, last
     assert float(match[1]) > 0 and float(match[2]) > 1 and float(match[8]) > 1
+    assert float(match[12]) > 0 and float(match[13]) > 0          # the reference model's wall times
     # The summary's RTL figures are the section-4 table's (its 50% and 0% rows' speedup columns).
     table = {line.split()[0]: line.split() for line in out.splitlines()
              if line.strip().startswith(("0%", "50%"))}
