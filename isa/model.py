@@ -79,12 +79,20 @@ plan leaves the machine exactly as the instruction-by-instruction executor
 (:meth:`Machine._run_reference`) does; that executor still runs with
 ``Machine(..., fast=False)``, for subclasses that override a part of it, and
 for a program that writes over its own instructions ahead of the writer.
-A program with control flow (PREDICATE, BRANCH, SCALAR) or a register-offset address
-breaks that premise -- its course and addresses depend on registers and data -- and always
-runs on the reference path, which executes instructions in the order they are dispatched
-(branches taken), with registers resolved at dispatch (:func:`resolve_registers`); tokens,
-races, counters and the watchdog are checked on that dynamic order, iteration by iteration.
-Plans are kept per machine, keyed by the program's bytes: a run whose
+The reference path executes a program with control flow (PREDICATE, BRANCH, SCALAR) in the
+order instructions are dispatched (branches taken), with registers resolved at dispatch
+(:func:`resolve_registers`); tokens, races, counters and the watchdog are checked on that
+dynamic order, iteration by iteration.  The plans follow the same order: SCALAR, BRANCH and the
+register offsets depend only on the registers, so the compiler (:meth:`Machine._walk`) keeps
+them itself, and a loop whose registers the program sets is planned like straight-line code.
+Only two things are not in the words: a register read before the run writes it (the host's
+value) and a PREDICATE's result (the data).  At each of these checkpoints the plan ends a
+stretch; a run replays the stretch, reads the value -- the register, or the PREDICATE over the
+rows its operations have just written -- and goes on with the stretch kept for that value, or,
+the first time a value is seen, walks the program on from there (moving the data as it goes)
+and keeps what it finds.  So a program with control flow is a tree of plans with a course per
+outcome (:class:`_Plan`), replayed at the speed of straight-line code once its courses are
+known.  Plans are kept per machine, keyed by the program's bytes: a run whose
 program bytes at its base are unchanged only replays the data movement, as
 the runtime does for every batch.  Errors raised from a plan are the
 reference code's, with the same cause, pc and message.
@@ -490,7 +498,7 @@ class _RaceDetector:
 # Everything the model decides about a program -- decoding, the range and overlap rules, the token
 # schedule and its timing, external-memory ranges, races, every counter and the COUNTERS snapshots --
 # depends only on the instruction words fetched, the configuration and the base address, never on the
-# data.  Machine._compile works all of it out once (with the reference functions of this module and
+# data.  Machine._walk works all of it out once (with the reference functions of this module and
 # of braze.isa.timing, on facts cached per instruction word) and leaves a _Plan: the numpy operations
 # that move data, in program order, and the outcome.  A run whose program bytes equal a plan's replays
 # those operations.  A program that writes into its own instructions ahead of the one writing (a STORE
@@ -508,11 +516,17 @@ _STATIC_LIMIT = 1 << 16
 _PLANS_PER_BASE = 8
 _PLAN_LIMIT = 256
 _PLANNED_INSTRUCTIONS_LIMIT = 1 << 19
+#: A tree of plans (a program whose course depends on data or on the host's registers) keeps at most
+#: this many courses after each checkpoint, and this many courses in all; runs beyond are walked.
+_CHILDREN_PER_NODE = 64
+_PATHS_PER_TREE = 64
 
 
 _LOAD, _STORE, _MATMUL, _EPILOGUE, _VECTOR, _COUNTERS, _HALT = (
     Opcode.LOAD, Opcode.STORE, Opcode.MATMUL, Opcode.EPILOGUE, Opcode.VECTOR, Opcode.COUNTERS, Opcode.HALT)
 _MEM_SPAD = Memory.SPAD
+_BRANCH, _SCALAR, _PREDICATE = Opcode.BRANCH, Opcode.SCALAR, Opcode.PREDICATE
+_CONTROL = Unit.CONTROL.value
 (_C_CYCLES, _C_STALL_DEP, _C_MACS, _C_DMA_READ_BYTES, _C_DMA_WRITE_BYTES, _C_AXI_READ_BEATS,
  _C_AXI_WRITE_BEATS, _C_SPAD_READS, _C_SPAD_WRITES, _C_ACC_READS, _C_ACC_WRITES) = (
     int(Counter[name]) for name in ("CYCLES", "STALL_DEP", "MACS", "DMA_READ_BYTES", "DMA_WRITE_BYTES",
@@ -534,15 +548,25 @@ class _Static:
     """
 
     __slots__ = ("insn", "opcode", "unit", "fails_checks", "timing", "fails_dram", "deltas", "accesses",
-                 "dram_write", "dynamic", "busy")
+                 "dram_write", "dynamic", "busy", "offset_registers", "reads")
 
     def __init__(self, insn: Instruction, config: Config):
         self.insn = insn
         self.opcode = op = insn.opcode
         args = insn.args
-        # Control flow, or an address that depends on a scalar register: not plannable (see _Plan).
-        self.dynamic = op in CONTROL_FLOW_OPCODES or any(
-            args[register] for register in REGISTER_OFFSETS.get(op, {}).values())
+        #: The registers its address fields name (resolved at dispatch), and every register it reads.
+        self.offset_registers = tuple(args[register] for register in REGISTER_OFFSETS.get(op, {}).values()
+                                      if args[register])
+        if op is Opcode.SCALAR:
+            self.reads = tuple(register for register in (args["src1"], args["src2"]) if register)
+        elif op is Opcode.BRANCH:
+            compared = () if args["cond"] is BranchCond.ALWAYS else (args["a"], args["b"])
+            self.reads = tuple(register for register in compared if register)
+        else:
+            self.reads = self.offset_registers
+        # Control flow, or an address that depends on a scalar register: its course or its addresses
+        # depend on the registers (see Machine._walk).
+        self.dynamic = op in CONTROL_FLOW_OPCODES or bool(self.offset_registers)
         try:
             check_ranges(insn, config)
             check_overlap(insn, config)
@@ -646,6 +670,10 @@ class _Static:
             rows = table_rows(config)
             deltas.append((_C_SPAD_READS, rows))
             accesses.append((0, False, None, args["addr"], args["addr"] + rows))
+        elif op is Opcode.PREDICATE:
+            spad, first, rows = args["mem"] is _MEM_SPAD, args["addr"], args["rows"]
+            deltas.append((_C_SPAD_READS if spad else _C_ACC_READS, rows))
+            accesses.append((0 if spad else 1, False, None, first, first + rows))
         elif op is _COUNTERS:
             start = args["dram"]
             self.fails_dram = start + SNAPSHOT_BYTES > config.dram_bytes
@@ -851,7 +879,7 @@ class _FastRaces:
 
 
 class _Plan:
-    """A program compiled by :meth:`Machine._compile`: its data movement and its outcome.
+    """A program compiled by :meth:`Machine._walk`: its data movement and its outcome.
 
     ``key`` is the program's bytes from ``base`` up to the last instruction fetched (HALT, the
     failing instruction, or the last one before the instruction limit), ``arrays`` the machine's
@@ -863,15 +891,47 @@ class _Plan:
     documentation); ``watchdog`` the cycle limit that stopped the run, or 0.  The plan holds for
     every cycle limit above ``last_when`` (or none) unless the watchdog stopped it, and then only
     for that limit.
+
+    A program whose course depends on something besides its words -- a PREDICATE's result (the
+    data), or a scalar register it reads before writing (the host's) -- is a tree of plans, one
+    node per straight stretch of its run: ``kind`` is ``"end"`` for the outcome above, ``"data"``
+    for a stretch that ends at a PREDICATE (``check``: the rows it reads and whether it is ANY),
+    ``"register"`` for one that ends where the register ``check`` is first read, and ``"flush"``
+    for one whose operations must run before the walk fetches an instruction they overwrite.
+    ``children`` maps each value seen at the end of a stretch to the next stretch.  In the root,
+    ``exact`` is the (instruction limit, cycle limit) a tree holds for (None: the rule above),
+    ``size`` the instructions its outcomes hold and ``paths`` their number; ``written`` in an
+    outcome is {register: value} of the scalar registers the run wrote.
     """
 
     __slots__ = ("key", "arrays", "race_check", "ops", "counters", "counter_values", "error", "limit",
-                 "last", "instructions", "cycles", "timeline", "halt_pc", "last_when", "watchdog")
+                 "last", "instructions", "cycles", "timeline", "halt_pc", "last_when", "watchdog", "kind",
+                 "check", "children", "exact", "size", "paths", "written")
+
+
+_END, _DATA, _REGISTER, _FLUSH = "end", "data", "register", "flush"
+
+
+def _branch_range_error(insn: Instruction, pc: int, base: int) -> ExecutionError:
+    target = pc + INSN_BYTES * insn.offset
+    return ExecutionError(ErrorCause.BRANCH_RANGE,
+                          f"branch: target {target:#x} (offset {insn.offset}) is below the program base "
+                          f"0x{base:x}", pc=pc)
+
+
+def _predicate_value(rows: np.ndarray, any_nonzero: bool) -> int:
+    """PREDICATE's result over ``rows``: ANY (1 if an element is nonzero) or MAX."""
+    return int(np.count_nonzero(rows) != 0) if any_nonzero else int(rows.max())
+
+
+def _wrap_int32(value: int) -> int:
+    return ((value + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
 
 
 _HOOKS = ("_execute", "_exec_load", "_exec_store", "_exec_matmul", "_exec_epilogue", "_exec_vector",
           "_exec_config", "_exec_fence", "_exec_counters", "_exec_halt", "_count", "_fetch", "_check_dram",
-          "_local", "_start_run", "_run_reference", "_exec_table")
+          "_local", "_start_run", "_run_reference", "_exec_table", "_exec_scalar", "_exec_branch",
+          "_exec_predicate", "_write_scalar")
 _FAST_CAPABLE: dict[type, bool] = {}
 
 
@@ -1197,20 +1257,94 @@ class Machine:
         if plan is None:
             if not all(array.flags.c_contiguous for array in (self.dram, self.spad, self.acc)):
                 return self._run_reference(base, limit, cycle_limit)   # plans view the memories' buffers
-            plan = self._compile(base, limit, cycle_limit)
-            if plan is None:                        # writes into its own instructions
-                return self._run_reference(base, limit, cycle_limit)
-            if plan.limit is None:
-                self._remember(base, plan)
-        for function, args in plan.ops:
+            return self._run_walk(base, limit, cycle_limit)
+        node, path = plan, []
+        while node.kind is not _END:
+            for function, args in node.ops:
+                function(*args)
+            value = self._checkpoint(node)
+            path.append(value)
+            child = node.children.get(value)
+            if child is None:              # a course not seen yet: walk it on from here
+                return self._run_walk(base, limit, cycle_limit, plan, path, node)
+            node = child
+        return self._finish(node)
+
+    def _checkpoint(self, node: _Plan) -> int:
+        """The value a run's course depends on at the end of ``node``, once its operations ran."""
+        if node.kind is _DATA:
+            return _predicate_value(*node.check)
+        return self.scalar_regs[node.check]
+
+    def _finish(self, node: _Plan) -> RunResult:
+        """Run the last stretch of a run and leave the machine as the run's outcome says."""
+        for function, args in node.ops:
             function(*args)
-        self.counters[:] = plan.counters
-        if plan.error is not None:
-            raise _copy_error(plan.error)
-        if plan.limit is not None:
-            raise InstructionLimitExceeded(*plan.limit)
-        return RunResult(status="done", counters=dict(plan.counter_values), instructions=plan.instructions,
-                         cycles=plan.cycles, timeline=list(plan.timeline), halt_pc=plan.halt_pc)
+        self.counters[:] = node.counters
+        for register, value in node.written.items():
+            self.scalar_regs[register] = value
+        if node.error is not None:
+            raise _copy_error(node.error)
+        if node.limit is not None:
+            raise InstructionLimitExceeded(*node.limit)
+        return RunResult(status="done", counters=dict(node.counter_values), instructions=node.instructions,
+                         cycles=node.cycles, timeline=list(node.timeline), halt_pc=node.halt_pc)
+
+    def _run_walk(self, base: int, limit: int | None, cycle_limit: int, root: _Plan | None = None,
+                  path: Sequence[int] = (), parent: _Plan | None = None) -> RunResult:
+        """Run a program by walking it (:meth:`_walk`), moving the data at each checkpoint, and keep
+        what the walk finds: a new plan, or with ``root``, the course after ``path`` under ``parent``
+        (whose operations, and all before them, have run)."""
+        with _gc_paused():
+            walk = self._walk(base, limit, cycle_limit, path, b"" if root is None else root.key)
+            node = next(walk, None)
+            if node is None:                       # writes into its own instructions
+                return self._run_reference(base, limit, cycle_limit)
+            keep = True
+            value = path[-1] if path else None
+            while True:
+                if node.kind is _FLUSH:
+                    keep = False
+                if keep:
+                    if root is None:
+                        root = self._new_root(base, node, limit, cycle_limit)
+                    else:
+                        keep = self._attach(root, parent, value, node)
+                if node.kind is _END:
+                    return self._finish(node)
+                for function, args in node.ops:
+                    function(*args)
+                value = None if node.kind is _FLUSH else self._checkpoint(node)
+                parent = node
+                node = walk.send(value)
+
+    def _new_root(self, base: int, node: _Plan, limit: int | None, cycle_limit: int) -> _Plan:
+        node.arrays = self._arrays()
+        node.race_check = self.race_check
+        if node.kind is _END:
+            node.exact, node.size, node.paths = None, len(node.timeline), 1
+            if node.limit is None:
+                self._remember(base, node)
+        else:
+            # A tree: its courses differ in length, so it holds for these limits only.
+            node.exact, node.size, node.paths = (limit, cycle_limit), 0, 0
+            self._remember(base, node)
+        return node
+
+    def _attach(self, root: _Plan, parent: _Plan, value: int, node: _Plan) -> bool:
+        """Keep ``node`` as the course after ``value`` at the end of ``parent``, unless the tree is full."""
+        if len(parent.children) >= _CHILDREN_PER_NODE or root.paths >= _PATHS_PER_TREE:
+            return False
+        parent.children[value] = node
+        if len(node.key) > len(root.key):
+            root.key = node.key
+        if node.kind is _END:
+            root.paths += 1
+            if id(root) in self._plan_order:
+                root.size += len(node.timeline)
+                self._planned_instructions += len(node.timeline)
+                self._evict()
+        return True
 
     def _arrays(self) -> tuple:
         """What a plan's operations are built on: a plan is used only while all of it is still in place."""
@@ -1224,9 +1358,10 @@ class Machine:
         head = self.dram[base:base + INSN_BYTES].tobytes()
         for position, plan in enumerate(plans):
             if (plan.key.startswith(head) and plan.race_check == self.race_check
-                    and (limit is None or limit > plan.last)
-                    and (cycle_limit == plan.watchdog if plan.watchdog
-                         else not cycle_limit or cycle_limit > plan.last_when)
+                    and (plan.exact == (limit, cycle_limit) if plan.exact is not None else
+                         (limit is None or limit > plan.last)
+                         and (cycle_limit == plan.watchdog if plan.watchdog
+                              else not cycle_limit or cycle_limit > plan.last_when))
                     and all(mine is theirs for mine, theirs in zip(plan.arrays, arrays, strict=True))
                     and self.dram[base:base + len(plan.key)].tobytes() == plan.key):
                 if position:
@@ -1240,31 +1375,38 @@ class Machine:
         plans = self._plans.setdefault(base, [])
         plans.insert(0, plan)
         self._plan_order[id(plan)] = base, plan
-        self._planned_instructions += len(plan.timeline)
+        self._planned_instructions += plan.size
         if len(plans) > _PLANS_PER_BASE:
             self._forget(base, plans[-1])
+        self._evict()
+
+    def _evict(self) -> None:
         while (len(self._plan_order) > _PLAN_LIMIT
                or self._planned_instructions > _PLANNED_INSTRUCTIONS_LIMIT) and len(self._plan_order) > 1:
             self._forget(*next(iter(self._plan_order.values())))
 
     def _forget(self, base: int, plan: _Plan) -> None:
         del self._plan_order[id(plan)]
-        self._planned_instructions -= len(plan.timeline)
+        self._planned_instructions -= plan.size
         plans = self._plans[base]
         plans.remove(plan)
         if not plans:
             del self._plans[base]
 
-    def _compile(self, base: int, limit: int | None, cycle_limit: int = 0) -> _Plan | None:
-        """Work out a run from ``base`` without executing it; None if the program rewrites itself.
+    def _walk(self, base: int, limit: int | None, cycle_limit: int, known: Sequence[int], blob: bytes):
+        """Work out a run from ``base`` without moving data: a generator of the run's plan nodes.
 
         Follows :meth:`_run_reference` and :meth:`_execute` step by step, on the same functions
-        (their errors are raised by the reference code, with the instruction's pc).
+        (their errors are raised by the reference code, with the instruction's pc).  Where the
+        course depends on a value the words do not hold -- a PREDICATE's result, a register read
+        before the run writes it -- the walk yields the stretch so far (a :class:`_Plan` node); the
+        caller runs its operations and sends the value back.  The values of ``known`` are taken
+        instead, for the first checkpoints, whose operations have run already (their stretches
+        are not yielded).  The last node is the outcome.  ``blob`` is the program's bytes as far
+        as they are known.  Yields nothing if the program writes into an instruction it fetches
+        later before any operation has run (the reference path runs it); after that, such a
+        write is run (a ``"flush"`` node) before the instruction is fetched.
         """
-        with _gc_paused():
-            return self._compile_plan(base, limit, cycle_limit)
-
-    def _compile_plan(self, base: int, limit: int | None, cycle_limit: int = 0) -> _Plan | None:
         config = self.config
         dram_bytes = config.dram_bytes
         statics = _statics_of(config)
@@ -1273,13 +1415,21 @@ class Machine:
         counters = [0] * _N_COUNTERS
         period_start = 0
         ops: list = []
-        writes: list[tuple[int, int, int]] = []
         error: BaseException | None = None
-        blob = b""
-        index, pc, fetched = 0, base, 0
+        index, pc, fetched_end = 0, base, 0
         halted = False
         watchdog = 0
         last_when = 0
+        # The scalar registers as far as the walk knows them: r0, those it wrote, and those it read.
+        regs = [0] * SCALAR_REGS
+        settled = {0}
+        written: dict[int, int] = {}
+        steps = iter(known)
+        pending = len(known)             # checkpoints still to take from `known`
+        live = False                     # whether the caller has run operations of this walk
+        # External bytes the run writes, by STOREs and COUNTERS, while they have not run.
+        writes: list[tuple[int, int]] = []
+        write_low, write_high = dram_bytes, 0
         while True:
             if limit is not None and index >= limit:
                 break
@@ -1295,10 +1445,22 @@ class Machine:
                 break
             offset = pc - base
             if offset + INSN_BYTES > len(blob):
-                more = max(64, len(blob) // INSN_BYTES) * INSN_BYTES
+                more = max(64 * INSN_BYTES, len(blob), offset + INSN_BYTES - len(blob))
                 blob += self.dram[base + len(blob):min(dram_bytes, base + len(blob) + more)].tobytes()
+            if write_low < pc + INSN_BYTES and pc < write_high and any(
+                    low < pc + INSN_BYTES and pc < high for low, high in writes):
+                # An earlier STORE or COUNTERS of this run writes over this instruction.
+                if not live and not known:
+                    return
+                if pending:
+                    raise AssertionError(f"a kept course writes over its instruction at 0x{pc:x}")
+                yield self._node(_FLUSH, None, ops, blob[:fetched_end])
+                ops = []
+                blob = self.dram[base:base + len(blob)].tobytes()
+                writes, write_low, write_high = [], dram_bytes, 0
             word = int.from_bytes(blob[offset:offset + INSN_BYTES], "little")
-            fetched = index + 1
+            if offset + INSN_BYTES > fetched_end:
+                fetched_end = offset + INSN_BYTES
             static = statics.get(word)
             if static is None:
                 try:
@@ -1307,8 +1469,25 @@ class Machine:
                     error = failure
                     break
                 static = statics[word] = _Static(insn, config)
+            unresolved = None
             if static.dynamic:
-                return None                # its course depends on the data: the reference path runs it
+                for register in static.reads:
+                    if register not in settled:        # the host's value: a checkpoint
+                        if pending:
+                            value, pending = next(steps), pending - 1
+                        else:
+                            value = yield self._node(_REGISTER, register, ops, blob[:fetched_end])
+                            live = True
+                        ops = []
+                        regs[register] = value
+                        settled.add(register)
+                if static.offset_registers:
+                    unresolved = static.insn
+                    key = (word, *(regs[register] for register in static.offset_registers))
+                    resolved = statics.get(key)
+                    if resolved is None:
+                        resolved = statics[key] = _Static(resolve_registers(unresolved, regs), config)
+                    static = resolved
             insn = static.insn
             if static.fails_checks:
                 try:
@@ -1319,7 +1498,7 @@ class Machine:
                     break
                 raise AssertionError(f"{insn!r} passes the checks it failed before")
             try:
-                entry = scheduler.add_keyed(insn, static.timing, pc)
+                entry = scheduler.add_keyed(insn, static.timing, pc, unresolved)
             except ExecutionError as failure:
                 error = failure
                 break
@@ -1343,13 +1522,17 @@ class Machine:
                 timing = static.timing
                 if timing[5]:
                     races.barrier(index + 1)
-                elif races.races(static.unit, timing[2], timing[3], static.accesses, index + 1):
-                    error = self._race_error(base, [entry.insn for entry in scheduler.entries])
+                elif static.unit != _CONTROL and races.races(static.unit, timing[2], timing[3],
+                                                             static.accesses, index + 1):
+                    error = self._race_error(scheduler.entries)
                     if error is None:
-                        return None
+                        if live or known:
+                            raise AssertionError(f"the race detectors disagree at 0x{pc:x}")
+                        return
                     break
 
             counters[_C_STALL_DEP] += entry.stall_dep
+            next_pc = pc + INSN_BYTES
             if op is Opcode.COUNTERS:
                 counters[_C_CYCLES] = entry.start - period_start
                 snapshot = np.array([value & _COUNTER_MASK for value in counters], dtype="<u8").view(np.uint8)
@@ -1358,6 +1541,33 @@ class Machine:
                 if insn.args["reset"]:
                     counters = [0] * _N_COUNTERS
                     period_start = entry.start
+            elif op is _BRANCH:
+                args = insn.args
+                if branch_taken(args["cond"], regs[args["a"]], regs[args["b"]]):
+                    next_pc = pc + INSN_BYTES * args["offset"]
+                    if next_pc < base:
+                        error = _branch_range_error(insn, pc, base)
+                        break
+                    scheduler.redirect()
+            elif op is _SCALAR:
+                args = insn.args
+                if args["dst"]:
+                    value = written[args["dst"]] = regs[args["dst"]] = _wrap_int32(
+                        regs[args["src1"]] + regs[args["src2"]] + args["imm"])
+                    settled.add(args["dst"])
+            elif op is _PREDICATE:
+                args = insn.args
+                if args["dst"]:                    # the data's value: a checkpoint
+                    if pending:
+                        value, pending = next(steps), pending - 1
+                    else:
+                        rows = self._local(args["mem"])[args["addr"]:args["addr"] + args["rows"]]
+                        check = (rows, args["op"] is PredicateOp.ANY)
+                        value = yield self._node(_DATA, check, ops, blob[:fetched_end])
+                        live = True
+                    ops = []
+                    written[args["dst"]] = regs[args["dst"]] = value
+                    settled.add(args["dst"])
             else:
                 self._plan_ops(insn, ops)
             for counter, amount in static.deltas:
@@ -1368,28 +1578,20 @@ class Machine:
                 counters[_C_CYCLES] = entry.end - period_start
                 halted = True
             if static.dram_write is not None:
-                writes.append((index, *static.dram_write))
+                low, high = static.dram_write
+                writes.append((low, high))
+                write_low, write_high = min(write_low, low), max(write_high, high)
             index += 1
             if halted:
                 break
-            pc += INSN_BYTES
-
-        # A STORE or COUNTERS that writes over an instruction fetched after it changes the program.
-        fetched_end = base + INSN_BYTES * fetched
-        for writer, low, high in writes:
-            if low < fetched_end and high > base + INSN_BYTES * (writer + 1):
-                return None
+            pc = next_pc
 
         if watchdog:
             error = WatchdogError(watchdog, pc)
             counters[_C_CYCLES] = watchdog - period_start
-        plan = _Plan()
+        plan = self._node(_END, None, ops, blob[:fetched_end])
         plan.last_when = last_when
         plan.watchdog = watchdog
-        plan.key = blob[:INSN_BYTES * fetched]
-        plan.arrays = self._arrays()
-        plan.race_check = self.race_check
-        plan.ops = [op for item in ops for op in (item.ops() if type(item) is _LoadRun else (item,))]
         plan.counters = np.array([value & _COUNTER_MASK for value in counters], dtype=np.uint64)
         plan.counter_values = {spec.name: int(value)
                                for spec, value in zip(COUNTERS, plan.counters, strict=True)}
@@ -1400,20 +1602,30 @@ class Machine:
         plan.cycles = scheduler.cycles
         plan.timeline = scheduler.entries
         plan.halt_pc = pc
-        return plan
+        plan.written = written
+        yield plan
 
-    def _race_error(self, base: int, instructions: list[Instruction]) -> RaceError | None:
-        """The reference detector's error for the last of ``instructions`` (None if it finds none)."""
+    @staticmethod
+    def _node(kind: str, check, ops: list, key: bytes) -> _Plan:
+        node = _Plan()
+        node.kind, node.check, node.key, node.children = kind, check, key, {}
+        node.ops = [op for item in ops for op in (item.ops() if type(item) is _LoadRun else (item,))]
+        return node
+
+    def _race_error(self, entries: list[ScheduledInstruction]) -> RaceError | None:
+        """The reference detector's error for the last of the instructions run (None if it finds none)."""
         detector = _RaceDetector(self.config)
-        for index, insn in enumerate(instructions):
-            pc = base + INSN_BYTES * index
-            if insn.unit is Unit.CONTROL:
+        for index, entry in enumerate(entries):
+            insn = entry.insn
+            if insn.opcode in BARRIER_OPCODES:
                 detector.barrier(index + 1)
                 continue
+            if insn.unit is Unit.CONTROL:                 # SCALAR and BRANCH touch no memory
+                continue
             try:
-                detector.instruction(insn, index + 1, pc, instruction_accesses(insn, self.config))
+                detector.instruction(insn, index + 1, entry.pc, instruction_accesses(insn, self.config))
             except RaceError as error:
-                return error if index == len(instructions) - 1 else None
+                return error if index == len(entries) - 1 else None
         return None
 
     def _plan_ops(self, insn: Instruction, ops: list) -> None:
@@ -1673,7 +1885,7 @@ class Machine:
 
     def _write_scalar(self, register: int, value: int) -> None:
         if register:
-            self.scalar_regs[register] = ((value + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)   # wraps
+            self.scalar_regs[register] = _wrap_int32(value)
 
     def _exec_scalar(self, insn: Instruction, entry: ScheduledInstruction) -> None:
         regs = self.scalar_regs
@@ -1685,19 +1897,14 @@ class Machine:
         pc = entry.pc
         target = pc + INSN_BYTES * insn.offset
         if target < self._program_base:
-            raise ExecutionError(ErrorCause.BRANCH_RANGE,
-                                 f"branch: target {target:#x} (offset {insn.offset}) is below the program "
-                                 f"base 0x{self._program_base:x}", pc=pc)
+            raise _branch_range_error(insn, pc, self._program_base)
+        self._scheduler.redirect()
         self._next_pc = target
 
     def _exec_predicate(self, insn: Instruction, entry: ScheduledInstruction) -> None:
         rows = self._local(insn.mem)[insn.addr:insn.addr + insn.rows]
         self._count(Counter.SPAD_READS if insn.mem is Memory.SPAD else Counter.ACC_READS, insn.rows)
-        if insn.op is PredicateOp.ANY:
-            value = int(np.count_nonzero(rows) != 0)
-        else:
-            value = int(rows.max())
-        self._write_scalar(insn.dst, value)
+        self._write_scalar(insn.dst, _predicate_value(rows, insn.op is PredicateOp.ANY))
 
     def write_scalar(self, register: int, value: int) -> None:
         """Host access: set scalar register ``register`` (1..7) to the int32 ``value`` before a run."""

@@ -24,8 +24,10 @@ Simplifications of :func:`schedule` (the hardware may differ by these):
 * a barrier starts when every earlier instruction has retired; the
   dispatcher resumes when it ends.
 * SCALAR and BRANCH take one dispatcher cycle each (``start`` = ``dispatch``,
-  ``end`` one later) and no unit; a BRANCH's target is dispatched in the
-  next cycle, as fetch is free;
+  ``end`` one later) and no unit; the instruction after a BRANCH that is not taken is
+  dispatched in the next cycle, as fetch is free, but a taken BRANCH empties the fetch unit,
+  which reads on from the target: the target is dispatched :func:`fetch_redirect_cycles` after
+  the BRANCH ends at the earliest (:meth:`Scheduler.redirect`);
 * a PREDICATE of scratchpad rows that pushes no token runs beside the compute unit, which is free
   for the next instruction in the next cycle; that instruction may start while it runs only if it
   is a MATMUL, and no instruction of the unit retires (pushes) before the PREDICATE ends;
@@ -94,6 +96,25 @@ TABLE_LATENCY = 1
 #: Cycles of a PREDICATE beyond one per row: the read, the reduction register and the write of the
 #: scalar register.
 PREDICATE_LATENCY = 3
+
+#: Cycles a taken BRANCH costs the dispatcher beyond the memory's read latency and the bus beats of an
+#: instruction word: the fetch unit's restart and request, the read channel's arbitration, and the
+#: word's way through the fetch FIFO into the dispatcher's slot (see :func:`fetch_redirect_cycles`).
+FETCH_REDIRECT_OVERHEAD = 8
+
+
+def fetch_redirect_cycles(config: Config) -> int:
+    """Cycles from the end of a taken BRANCH until its target can be dispatched.
+
+    The fetch unit (:class:`braze.hw.fetch.Fetch`) drops the words it fetched ahead and reads on
+    from the target: the target waits for the memory's read latency, its word's bus beats and
+    :data:`FETCH_REDIRECT_OVERHEAD`.  Measured on the Verilator device: 25 cycles on ``default``
+    (every loop and forward branch measured; this gives 25); on ``tiny`` (64-bit bus) 16 to 19,
+    as the beats of words fetched ahead before the redirect still have to drain (this gives 18).
+    """
+    beats = -(-INSN_BYTES // config.dma_bus_bytes)
+    return config.mem_latency + beats + FETCH_REDIRECT_OVERHEAD
+
 
 #: Units that execute from an instruction queue (barriers run on the control unit).
 QUEUED_UNITS = (Unit.LOAD, Unit.COMPUTE, Unit.STORE)
@@ -409,6 +430,7 @@ class Scheduler:
         # naming that register, or another PREDICATE, until then.
         self._predicate_end = 0
         self._predicate_dst = 0
+        self._redirect_cycles = fetch_redirect_cycles(config)
         # The end of the last PREDICATE that runs beside the compute unit (see the module documentation).
         self._beside_end = 0
 
@@ -428,6 +450,11 @@ class Scheduler:
     def next_dispatch(self) -> int:
         """The earliest cycle the next instruction can be dispatched (a barrier: start) in."""
         return self._next_dispatch
+
+    def redirect(self) -> None:
+        """The BRANCH just added is taken: the fetch unit restarts at its target, which is dispatched
+        :func:`fetch_redirect_cycles` after the BRANCH ends (its one dispatcher cycle) at the earliest."""
+        self._next_dispatch += self._redirect_cycles
 
     def add(self, insn: Instruction, *, pc: int | None = None,
             unresolved: Instruction | None = None) -> ScheduledInstruction | None:

@@ -43,6 +43,8 @@ the Verilator device when section 4 ran, followed by the timing model's for the 
 cycles by the skipping kernel's (the same device); ``loops_shrink`` is the library's own
 256^3 kernel's program bytes straight-line over looped, and ``loops_cycle_ratio`` the largest
 looped / straight-line cycle ratio over the shapes of section 4 (of section 1 on the model).
+``golden_looped_first_ms`` and ``golden_looped_warm_ms`` are the reference model's wall time for the
+looped GEMM of section 1: its first run (which plans the program, loops followed) and each later run.
 """
 
 from __future__ import annotations
@@ -128,9 +130,20 @@ def program_size(config: Config, size: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     a = rng.integers(-128, 128, (size, size), dtype=np.int8)
     b = rng.integers(-128, 128, (size, size), dtype=np.int8)
-    result, c = run_looped(looped, a, b)
+    # The reference model's wall time: the first run walks the program (plans its loops), the next
+    # ones replay the plan.
+    machine = Machine(config)
+    began = time.perf_counter()
+    result, c = run_looped(looped, a, b, machine)
+    first_seconds = time.perf_counter() - began
     _check(c, a, b, f"GEMM {size}^3")
-    return {"unrolled_bytes": len(encode_program(unrolled)),
+    began = time.perf_counter()
+    runs = 3
+    for _ in range(runs):
+        run_looped(looped, a, b, machine)
+    warm_seconds = (time.perf_counter() - began) / runs
+    return {"golden_first_ms": 1e3 * first_seconds, "golden_warm_ms": 1e3 * warm_seconds,
+            "unrolled_bytes": len(encode_program(unrolled)),
             "library_bytes": len(encode_program(library.program())),
             "looped_bytes": len(encode_program(list(looped.program))),
             "unrolled_dispatched": len(unrolled),
@@ -348,6 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   ("library, loops=True", sizes["library_bytes"], sizes["library_dispatched"],
                    sizes["library_cycles"]),
                   ("looped", sizes["looped_bytes"], sizes["looped_dispatched"], sizes["looped_cycles"])]))
+    print(f"reference model (golden) wall time of the looped kernel: first run "
+          f"{sizes['golden_first_ms']:.0f} ms, then {sizes['golden_warm_ms']:.1f} ms per run "
+          f"(its plan replayed)")
     shrink = sizes["unrolled_bytes"] / sizes["looped_bytes"]
     loops_shrink = sizes["unrolled_bytes"] / sizes["library_bytes"]
     loop_shapes = QUICK_LOOP_SHAPES if args.quick else LOOP_SHAPES
@@ -432,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           + f"skip_measured_on={measured_on} "
           + "".join(f"{key}={value:.2f} " for key, value in best.items())
           + f"loops_shrink={loops_shrink:.1f} loops_cycle_ratio={loops_ratio:.4f} "
-          + " ".join(f"{key}={value:.2f}" for key, value in model_speedup.items()))
+          + " ".join(f"{key}={value:.2f}" for key, value in model_speedup.items())
+          + f" golden_looped_first_ms={sizes['golden_first_ms']:.0f} "
+          f"golden_looped_warm_ms={sizes['golden_warm_ms']:.1f}")
     return 0
 

@@ -19,7 +19,7 @@ from braze.isa import (
 )
 from braze.isa.encoding import INSN_BYTES, SCALAR_REGS, IllegalInstruction
 from braze.isa.model import DispatchTracer, Machine, RaceError, ScalarRegisterError, WatchdogError
-from braze.isa.timing import PREDICATE_LATENCY
+from braze.isa.timing import PREDICATE_LATENCY, fetch_redirect_cycles
 
 TINY = PRESETS["tiny"]
 I = Instruction.make  # noqa: E741
@@ -42,8 +42,9 @@ def test_counted_loop_runs_its_body_count_times_and_scalar_arithmetic_wraps():
     # 7 * (2**31 - 1) wraps modulo 2**32 into int32.
     assert machine.scalar_regs[4] == ((7 * ((1 << 31) - 1) + (1 << 31)) % (1 << 32)) - (1 << 31)
     assert result.instructions == 1 + 7 * 4 + 1
-    # SCALAR and BRANCH take one dispatcher cycle each, HALT one more.
-    assert result.cycles == result.instructions
+    # SCALAR and BRANCH take one dispatcher cycle each, HALT one more, and each of the six taken
+    # BRANCHes waits for the fetch unit to restart at its target.
+    assert result.cycles == result.instructions + 6 * fetch_redirect_cycles(TINY)
 
 
 def test_register_zero_reads_zero_and_ignores_writes():
@@ -126,9 +127,12 @@ def test_endless_loop_is_stopped_by_the_watchdog_at_the_limit():
     with pytest.raises(WatchdogError) as failure:
         machine.run_program(program, cycle_limit=101)
     assert failure.value.cause is ErrorCause.WATCHDOG
-    # One instruction per cycle: cycles 0..100 dispatch instructions 0..100; the first not dispatched is #101.
-    assert failure.value.pc == INSN_BYTES * (101 % 2)
-    assert machine.scalar_regs[1] == 51
+    # Each iteration: the SCALAR's cycle, the BRANCH's, and the fetch unit's restart at the target.
+    period = 2 + fetch_redirect_cycles(TINY)
+    dispatches = [cycle for start in range(0, 101 + period, period) for cycle in (start, start + 1)]
+    first_late = next(index for index, cycle in enumerate(dispatches) if cycle >= 101)
+    assert failure.value.pc == INSN_BYTES * (first_late % 2)
+    assert machine.scalar_regs[1] == (first_late + 1) // 2
     assert int(machine.counters[0]) == 101        # cycles
 
 
@@ -271,3 +275,20 @@ def test_assembler_round_trips_a_loop_with_label_offsets():
     assert program[4].offset == -3 and program[1].addr_reg == 4
     assert assemble(disassemble(program)) == program
     assert encode_program(program) == encode_program(assemble(disassemble(encode_program(program))))
+
+
+def test_a_taken_branch_waits_for_the_fetch_unit_to_restart():
+    """A taken BRANCH delays its target's dispatch by fetch_redirect_cycles; one not taken costs nothing."""
+    def cycles(program):
+        return Machine(TINY).run_program(program).cycles
+
+    redirect = fetch_redirect_cycles(TINY)
+    not_taken = cycles([I("branch", cond="ne", offset=5), I("scalar", dst=1, imm=1), I("halt")])
+    taken = cycles([I("branch", cond="always", offset=2), I("scalar", dst=1, imm=1), I("halt")])
+    assert (not_taken, taken) == (3, 2 + redirect)
+    # Each further iteration of a loop: its SCALAR, its BRANCH and the restart.
+    loops = [cycles(_countdown_loop(n, [])) for n in (1, 2, 5)]
+    assert loops[1] - loops[0] == 3 + redirect and loops[2] - loops[0] == 4 * (3 + redirect)
+    # The units' queues hide the restart when they hold enough work: a long MATMUL per iteration.
+    matmul = I("matmul", acc=0, a=0, b=0, a_stride=16, m=16, n=TINY.cols, k=16 * TINY.rows)
+    assert cycles(_countdown_loop(3, [matmul])) == cycles([matmul] * 3 + [I("halt")]) + 1

@@ -63,7 +63,7 @@ def _outcome(machine: Machine, base: int, limit: int | None):
 
 def _state(machine: Machine):
     return (machine.dram.tobytes(), machine.spad.tobytes(), machine.acc.tobytes(), machine.counters.tolist(),
-            dict(machine.config_regs))
+            dict(machine.config_regs), list(machine.scalar_regs))
 
 
 def _assert_same(planned: Machine, reference: Machine, base: int, limit: int | None = None, *, runs: int = 2):
@@ -603,3 +603,185 @@ def test_plans_are_forgotten_least_recently_used_first(monkeypatch):
         assert len(planned._plan_order) == sum(len(plans) for plans in planned._plans.values()) <= 4
         held = sum(len(plan.timeline) for plans in planned._plans.values() for plan in plans)
         assert held == planned._planned_instructions <= 40
+
+
+# Programs with control flow: plans per course ---------------------------------------------------------------
+
+def _write_both(machines, addr: int, data) -> None:
+    for machine in machines:
+        machine.write_dram(addr, data)
+
+
+def _random_control(rng: random.Random, config: Config, length: int) -> I:
+    """A SCALAR, BRANCH or PREDICATE on r1..r3, or a register-offset LOAD/STORE/MATMUL/PREDICATE; the
+    branches may leave the program, fall below its base or loop (the watchdog or the limit stops them)."""
+    kind = rng.choice(["scalar", "scalar", "branch", "branch", "predicate", "offset"])
+    reg = lambda: rng.choice([0, 1, 2, 3])                          # noqa: E731
+    if kind == "scalar":
+        return I.make("scalar", dst=reg(), src1=reg(), src2=reg(), imm=rng.randint(-3, 3))
+    if kind == "branch":
+        return I.make("branch", cond=rng.choice(["always", "eq", "ne", "lt", "ge"]), a=reg(), b=reg(),
+                      offset=rng.randint(-length - 2, length + 2))
+    if kind == "predicate":
+        mem = rng.choice(["spad", "acc"])
+        return I.make("predicate", op=rng.choice(["any", "max"]), dst=reg(), mem=mem, addr=rng.randrange(12),
+                      rows=rng.randint(1, 4), addr_reg=rng.choice([0, 0, 1, 2]))
+    which = rng.choice(["load", "store", "matmul"])
+    if which == "matmul":
+        return I.make("matmul", acc=rng.randrange(8), a=rng.randrange(8), b=rng.randrange(8), a_stride=4, m=4,
+                      n=config.cols, k=4, a_reg=rng.choice([1, 2, 3]), accumulate=True)
+    return I.make(which, mem="spad", addr=rng.randrange(8), rows=2, len=config.cols,
+                  dram=DATA + rng.randrange(64), stride=config.cols, addr_reg=rng.choice([0, 1, 2]),
+                  dram_reg=rng.choice([0, 1, 3]))
+
+
+def _random_control_program(rng: random.Random, config: Config, base: int) -> bytes:
+    length = rng.randint(2, 20)
+    tokens: dict = {}
+    words = []
+    for _ in range(length):
+        if rng.random() < 0.45:
+            insn = _random_control(rng, config, length)
+        else:
+            insn = _random_instruction(rng, config, base, length, rng.random() < 0.5, tokens)
+        words.append(insn.to_bytes())
+    words.append(I.make("halt").to_bytes())
+    return b"".join(words)
+
+
+@pytest.mark.parametrize("race_check", [True, False])
+def test_random_control_flow_programs_match_the_reference(race_check):
+    """Branches, loops, predicates and register offsets, with the host's registers and the data changed
+    between runs (so that runs take new courses through a kept plan) and random cycle limits."""
+    config = TINY
+    outcomes: dict = {}
+    for seed in range(120):
+        rng = random.Random(1000 + seed)
+        planned, reference = _machines(config, seed)
+        planned.race_check = reference.race_check = race_check
+        base = rng.choice([PROGRAM, PROGRAM, 0])
+        _write_both((planned, reference), base, _random_control_program(rng, config, base))
+        limit = rng.choice([None, rng.randint(0, 30), 400])
+        cycle_limit = rng.choice([0, 0, rng.randint(1, 300)])
+        for run in range(4):
+            if run and rng.random() < 0.5:       # new data for the predicates
+                data = np.random.default_rng([seed, run]).integers(-2, 3, (12, config.cols), dtype=np.int8)
+                for machine in (planned, reference):
+                    machine.spad[:12] = data
+                    machine.acc[:12] = data
+            if run and rng.random() < 0.5:       # the host's registers
+                register, value = rng.randint(1, 3), rng.randint(-2, 2)
+                for machine in (planned, reference):
+                    machine.write_scalar(register, value)
+            try:
+                want = reference.run(base, max_instructions=limit or 5000, cycle_limit=cycle_limit)
+            except Exception as error:           # noqa: BLE001 -- compared below
+                want = error
+            try:
+                have = planned.run(base, max_instructions=limit or 5000, cycle_limit=cycle_limit)
+            except Exception as error:           # noqa: BLE001
+                have = error
+            if isinstance(want, Exception):
+                assert type(have) is type(want) and str(have) == str(want), (seed, run, have, want)
+                assert [getattr(have, name, None) for name in ("cause", "pc", "other_pc")] == \
+                       [getattr(want, name, None) for name in ("cause", "pc", "other_pc")]
+                kind = getattr(want, "cause", None) or type(want).__name__
+            else:
+                assert (have.counters, have.instructions, have.cycles, have.halt_pc) == \
+                       (want.counters, want.instructions, want.cycles, want.halt_pc), (seed, run)
+                assert [(e.insn, e.dispatch, e.start, e.end, e.pc) for e in have.timeline] == \
+                       [(e.insn, e.dispatch, e.start, e.end, e.pc) for e in want.timeline]
+                kind = "done"
+            assert _state(planned) == _state(reference), (seed, run)
+            outcomes[str(kind)] = outcomes.get(str(kind), 0) + 1
+    assert outcomes.get("done", 0) > 40, outcomes
+    for kind in ("ErrorCause.BRANCH_RANGE", "ErrorCause.WATCHDOG", "InstructionLimitExceeded"):
+        assert outcomes.get(kind, 0) > 0, outcomes
+    if race_check:
+        assert outcomes.get("ErrorCause.RACE", 0) > 0, outcomes
+
+
+@pytest.mark.parametrize("preset", ["tiny", "default"])
+def test_generated_control_flow_programs_match_the_reference(preset):
+    """sim.progen's loops with data-dependent branches, on fresh data each run: the plan grows a course
+    per outcome and replays the ones it has seen."""
+    from braze.sim.progen import generate_control_flow
+
+    config = Config.preset(preset)
+    for seed in range(20):
+        program = generate_control_flow(config, seed, size=2 + seed % 4)
+        planned, reference = Machine(config), Machine(config, fast=False)
+        for machine in (planned, reference):
+            for addr, blob in program.image:
+                machine.write_dram(addr, blob)
+        rng = np.random.default_rng(seed)
+        for _ in range(4):
+            _assert_same(planned, reference, program.base, runs=1)
+            inputs = [region for region in program.regions if region.kind == "input"]
+            region = inputs[int(rng.integers(len(inputs)))]
+            zeros = bytes(region.size) if rng.random() < 0.5 else region.data
+            _write_both((planned, reference), region.addr, zeros)
+
+
+def _skip_program(rows: int = 4) -> list[I]:
+    """r1 = any(block); skip the MATMUL when it is all zero; r3 = the host's r2 + 1."""
+    return [I.make("load", mem="spad", addr=0, rows=rows, len=4, dram=DATA, stride=4),
+            I.make("load", mem="spad", addr=4, rows=4, len=4, dram=DATA + 0x40, stride=4, push_next=True),
+            I.make("predicate", op="any", dst=1, mem="spad", addr=0, rows=rows, pop_prev=True),
+            I.make("branch", cond="eq", a=1, offset=2),
+            I.make("matmul", acc=0, a=0, b=4, a_stride=4, m=4, n=4, k=4, accumulate=True),
+            I.make("scalar", dst=3, src1=2, imm=1),
+            I.make("store", mem="acc", addr=0, rows=4, len=4, dram=DATA + 0x100, stride=16),
+            I.make("halt")]
+
+
+def test_a_data_dependent_program_keeps_one_plan_with_a_course_per_outcome():
+    planned, reference = _machines(TINY, 21)
+    _write_both((planned, reference), PROGRAM, encode_program(_skip_program()))
+    blocks = [np.zeros(16, np.int8), np.arange(16, dtype=np.int8) - 3]
+    for run in range(6):
+        _write_both((planned, reference), DATA, blocks[run % 2])
+        for machine in (planned, reference):
+            machine.write_scalar(2, run // 4)
+        _assert_same(planned, reference, PROGRAM, runs=1)
+    [tree] = planned._plans[PROGRAM]
+    assert tree.kind == "data"                         # the first stretch ends at the PREDICATE
+    assert sorted(tree.children) == [0, 1]             # both outcomes kept...
+    register = tree.children[0]
+    assert register.kind == "register" and sorted(register.children) == [0, 1]   # ...and both r2 values
+    assert tree.paths == 4
+
+
+def test_a_loop_without_checkpoints_is_one_plan_replayed():
+    """A counted loop whose registers the program sets itself is planned like straight-line code."""
+    planned, reference = _machines(TINY, 22)
+    body = [I.make("load", mem="spad", addr=0, rows=1, len=4, dram=DATA, stride=4, dram_reg=2),
+            I.make("fence"),
+            I.make("store", mem="spad", addr=0, rows=1, len=4, dram=DATA + 0x200, stride=4, dram_reg=2),
+            I.make("fence")]
+    program = ([I.make("scalar", dst=1, imm=5), I.make("scalar", dst=2, imm=0)] + body
+               + [I.make("scalar", dst=2, src1=2, imm=4), I.make("scalar", dst=1, src1=1, imm=-1),
+                  I.make("branch", cond="ne", a=1, offset=-(len(body) + 2)), I.make("halt")])
+    _write_both((planned, reference), PROGRAM, encode_program(program))
+    _assert_same(planned, reference, PROGRAM, runs=3)
+    [plan] = planned._plans[PROGRAM]
+    assert plan.kind == "end" and plan.instructions == 2 + 5 * 7 + 1
+    assert planned.read_dram(DATA + 0x200, 20) == planned.read_dram(DATA, 20)
+
+
+def test_a_predicated_program_that_stores_over_its_own_code():
+    """After a PREDICATE has run the walk cannot fall back to the reference path: the STORE over a later
+    instruction runs before the walk fetches it."""
+    halt = np.frombuffer(I.make("halt").to_bytes(), dtype=np.int8).reshape(4, 4)
+    program = [I.make("predicate", op="any", dst=1, mem="spad", addr=0, rows=4),
+               I.make("store", mem="spad", addr=0, rows=4, len=4, dram=PROGRAM + 16 * 4, stride=4),
+               I.make("fence"),
+               I.make("branch", cond="eq", a=1, offset=2),
+               I.make("vector", op="mov", dst_mem="spad", src1_mem="spad", dst=9, src1=8, rows=1),
+               I.make("halt")]
+    for block in (halt, np.zeros((4, 4), np.int8)):
+        planned, reference = _machines(TINY, 23)
+        for machine in (planned, reference):
+            machine.spad[:4, :4] = block
+        _write_both((planned, reference), PROGRAM, encode_program(program))
+        _assert_same(planned, reference, PROGRAM, runs=2)

@@ -163,3 +163,31 @@ def test_a_matmul_beside_a_predicate_gives_the_same_results_and_overlaps_on_the_
     assert matmul > 10
     for kind in ("amaranth", "verilator"):
         assert cycles[kind, "acc"] - cycles[kind, "spad"] == matmul, (kind, cycles)
+
+
+def test_the_rtl_pays_the_timing_models_price_for_a_taken_branch():
+    """What a taken BRANCH costs on the Verilator device (the fetch unit restarts at its target) is
+    what the timing model charges, per loop iteration and for a forward branch (on ``default``; the
+    device's start-up fetch, which the model does not count, cancels in the differences)."""
+    from braze.isa import Instruction
+    from braze.isa.timing import fetch_redirect_cycles
+
+    config = Config.preset("default")
+    make = Instruction.make
+
+    def countdown(count: int) -> list:
+        return [make("scalar", dst=1, imm=count), make("scalar", dst=1, src1=1, imm=-1),
+                make("branch", cond="ne", a=1, offset=-1), make("halt")]
+
+    tail = [make("scalar", dst=1, imm=1), make("halt")]
+    programs = {"loop 1": countdown(1), "loop 5": countdown(5),
+                "not taken": [make("branch", cond="ne", offset=5)] + tail,
+                "taken": [make("branch", cond="always", offset=2)] + tail}
+    cycles = {}
+    with open_device("golden", config) as golden, open_device("verilator", config) as device:
+        for name, program in programs.items():
+            cycles[name] = (golden.run(program).cycles, device.run(program).cycles)
+    redirect = fetch_redirect_cycles(config)
+    for back_end in (0, 1):
+        assert cycles["loop 5"][back_end] - cycles["loop 1"][back_end] == 4 * (2 + redirect), cycles
+        assert cycles["taken"][back_end] - cycles["not taken"][back_end] == redirect - 1, cycles

@@ -92,18 +92,25 @@ def test_bench_dispatch_quick_ends_with_its_summary(capsys):
                          r"skip_speedup_at_50_model=([\d.]+) skip_ratio_at_0_model=([\d.]+) "
                          r"skip_measured_on=verilator skip_vs_best_at_0=([\d.]+) skip_vs_best_at_50=([\d.]+) "
                          r"loops_shrink=([\d.]+) loops_cycle_ratio=([\d.]+) model_speedup=([\d.]+) "
-                         r"model_speedup_model=([\d.]+)", last)
+                         r"model_speedup_model=([\d.]+) golden_looped_first_ms=([\d.]+) "
+                         r"golden_looped_warm_ms=([\d.]+)", last)
     assert match, last
     assert float(match[1]) > 0 and float(match[2]) > 1 and float(match[8]) > 1
+    assert float(match[12]) > 0 and float(match[13]) > 0          # the reference model's wall times
     # The summary's RTL figures are the section-4 table's (its 50% and 0% rows' speedup columns).
     table = {line.split()[0]: line.split() for line in out.splitlines()
              if line.strip().startswith(("0%", "50%"))}
     assert table["50%"][3] == f"{float(match[1]):.2f}x" and table["0%"][3] == f"{float(match[3]):.2f}x"
     assert table["0%"][5] == f"{float(match[6]):.2f}x" and table["50%"][5] == f"{float(match[7]):.2f}x"
     assert "kernel runs differing from golden or numpy (C or exact counters): 0 of 8" in out
-    # The whole sparse MLP: the skipping candidate was chosen, and the timing model has it faster
-    # (on the RTL, this quick model's 32 x 64 product saves about what its taken branches cost).
-    assert "-> skip zero blocks (50% zero)" in out and float(match[11]) > 1 and float(match[10]) > 0
+    # The whole sparse MLP: the skipping candidate was offered and priced.  This quick model's 32 x 64
+    # product saves about what its taken branches cost (the timing model prices the fetch unit's
+    # restart after each, as the RTL pays it), so it is chosen only where the timing model has it faster.
+    assert "fusion: skip(" in out and "skip zero blocks (50% zero)" in out and float(match[10]) > 0
+    if "-> skip zero blocks (50% zero)" in out:
+        assert float(match[11]) > 1
+    else:
+        assert float(match[11]) == 1.0
     assert "random control-flow programs on tiny: 3, mismatching: 0" in out
 
 

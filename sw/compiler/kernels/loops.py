@@ -168,10 +168,12 @@ def spread_predicate(zero_fraction: float) -> Predicate:
 
 
 def expand_loops(program: Sequence[Instruction], *, limit: int = 10_000_000,
-                 predicate: Predicate | None = None) -> Iterator[tuple[Instruction, Instruction]]:
+                 predicate: Predicate | None = None,
+                 on_taken: Callable[[], None] | None = None) -> Iterator[tuple[Instruction, Instruction]]:
     """The instructions a run of ``program`` dispatches, in order: ``(resolved, as written)`` --
     register offsets added -- with its SCALARs and BRANCHes executed on registers that start at 0
-    and its PREDICATEs writing what ``predicate`` says.
+    and its PREDICATEs writing what ``predicate`` says.  ``on_taken`` is called after a taken
+    BRANCH is yielded (:func:`looped_cycles` prices the fetch unit's restart).
 
     Raises :class:`KernelError` for a PREDICATE without ``predicate`` (its result depends on the
     data), a branch out of the program, or more than ``limit`` instructions dispatched.
@@ -200,6 +202,8 @@ def expand_loops(program: Sequence[Instruction], *, limit: int = 10_000_000,
         elif insn.opcode is Opcode.BRANCH:
             yield insn, insn
             if branch_taken(insn.cond, registers[insn.a], registers[insn.b]):
+                if on_taken is not None:
+                    on_taken()
                 pc += insn.offset
                 continue
         else:
@@ -214,7 +218,7 @@ def looped_cycles(program: Sequence[Instruction], config: Config, *,
     """Cycles of ``program`` followed by HALT under the timing model (the reference model's); its
     PREDICATEs write what ``predicate`` says (:func:`expand_loops`)."""
     scheduler = Scheduler(config, keep_entries=False)
-    for resolved, written in expand_loops(program, predicate=predicate):
+    for resolved, written in expand_loops(program, predicate=predicate, on_taken=scheduler.redirect):
         scheduler.add(resolved, unresolved=written)
     scheduler.add(Instruction.make(Opcode.HALT))
     return scheduler.cycles
