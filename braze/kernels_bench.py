@@ -253,6 +253,7 @@ def stream_table(rows: Sequence[dict]) -> str:
                      f"{row['packed_cycles']:>8.1f} {row['packed_predicted']:>8.1f} "
                      f"{row['packed_over_bound']:>5.2f}x {row['packed_streamed_cycles']:>8.1f} "
                      f"{row['packed_streamed_predicted']:>8.1f} {row['packed_streamed_over_bound']:>5.2f}x")
+    return "\n".join(lines)
 
 
 def override_specs(override: str, config_names: Sequence[str] = CONFIGS) -> list[str]:
