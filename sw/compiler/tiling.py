@@ -162,7 +162,8 @@ def choose_tilings(graph: Graph, config: Config, *, cost_model: CostModel, cache
                     with prune_above(cutoff):
                         candidate = node_kernel(graph, node.with_attrs(tiling=tiling), config, cache)
                 except CandidatePruned as bound:
-                    pruned.append((tiling, bound))
+                    # Without its traceback, whose frames (this one among them) hold the streams built.
+                    pruned.append((tiling, bound.with_traceback(None)))
                     generated += bound.instructions     # it builds: the budget counts it as before
                     continue
                 if candidate is not None:      # None: not orderable with this configuration's token queues
