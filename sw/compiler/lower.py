@@ -339,6 +339,8 @@ def _plan_qconv(graph: Graph, node: Node) -> NodeKernel | str:
         options["pool"] = int(node.attrs["pool"])
     if dilations[0] > 1:
         options["dilation"] = int(dilations[0])
+    if node.attrs.get("layout") is not None:          # forced by the tiling pass (specialise_tilings)
+        options["layout"] = node.attrs["layout"]
     recipe = KernelRecipe("conv2d", (n, c, h, wd, k_out, kh, kw, strides[0], pad), _options(options))
     # Weights in the layout conv2d_weights gives (channels padded to a multiple of rows) need the config:
     constants["weights_oihw"] = w
