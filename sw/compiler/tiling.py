@@ -269,8 +269,11 @@ def specialise_tilings(graph: Graph, config: Config, previous: Mapping[str, Tili
     """Per-size specialisation: force on each GEMM/convolution node the library tiling for its shapes
     here most like the one ``previous`` (decisions by node name, at another input shape) chose
     (:func:`_most_alike`: the two most alike that build, priced by ``cost_model``), generating those
-    kernels alone instead of every candidate (:func:`choose_tilings`).  Nodes not in ``previous``, or
-    none of whose tilings build, keep the library's own choice.
+    kernels alone instead of every candidate (:func:`choose_tilings`).  Where ``previous`` chose a
+    convolution's resident-input layout (:attr:`TilingDecision.layout`), which a forced tiling excludes,
+    that layout's kernel here is priced too, and chosen by forcing the node's ``layout`` instead.
+    (Digits CNN, batch 17 after 64, default preset: 11,772 -> 11,569 cycles on the golden model.)
+    Nodes not in ``previous``, or none of whose tilings build, keep the library's own choice.
     """
     check_objective(objective)
     cache = cache if cache is not None else default_cache()
