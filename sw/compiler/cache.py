@@ -247,7 +247,8 @@ class KernelCache:
             try:
                 kernel = build()
             except KernelError as error:
-                kernel = error
+                # Kept without its traceback: that holds the frames of the build (a candidate's streams).
+                kernel = error.with_traceback(None)
             except CandidatePruned as pruned:
                 # Not generated: no kernel to store, and no miss; its bound is kept.
                 self.misses -= 1

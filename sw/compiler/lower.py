@@ -359,6 +359,7 @@ def _plan_qconv(graph: Graph, node: Node) -> NodeKernel | str:
         options["dilation"] = int(dilations[0])
     if node.attrs.get("conv_layout") is not None:
         options["layout"] = node.attrs["conv_layout"]      # forced by the layout pass (compiler/layouts.py)
+                                                           # or kept by specialise_tilings
     recipe = KernelRecipe("conv2d", (n, c, h, wd, k_out, kh, kw, strides[0], pad), _options(options))
     # Weights in the layout conv2d_weights gives (channels padded to a multiple of rows) need the config:
     constants["weights_oihw"] = w

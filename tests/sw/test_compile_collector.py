@@ -45,3 +45,32 @@ def test_the_collector_is_paused_while_compiling_and_restored(enabled_before):
         assert np.asarray(out).shape[0] == x.shape[0]
     finally:
         (gc.enable if was else gc.disable)()
+
+
+def test_the_streams_of_candidates_ruled_out_are_freed_without_the_collector(monkeypatch):
+    # A candidate ruled out by its lower bound raises CandidatePruned from the frame that built its
+    # streams; an exception kept with its traceback (by the tiling pass, by conv2d's forms, by the kernel
+    # cache) holds those frames in a reference cycle, so only the cyclic collector would free them.
+    from onnx_models import conv_model
+
+    from braze.sw.compiler.frontend import load_onnx
+    from braze.sw.compiler.kernels import common, matmul
+    from braze.sw.compiler.quantize import quantize
+    from braze.sw.compiler.tiling import choose_tilings
+    from braze.sw.runtime.session import _with_shapes
+
+    monkeypatch.setattr(matmul, "_GENERATED", {})
+    monkeypatch.setattr(matmul, "_BOUNDS", {})
+    x = np.random.default_rng(0).normal(size=(12, 1, 8, 8)).astype(np.float32)
+    graph = _with_shapes(quantize(load_onnx(conv_model(1, batch=12)), [{"x": x}]), {"x": x.shape},
+                         {"x": "float32"})
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        _, decisions = choose_tilings(graph, DEFAULT, cost_model=TimingCostModel(),
+                                      cache=KernelCache(disk=False))
+        assert any(decision.pruned for decision in decisions)       # candidates were ruled out
+        assert not any(type(obj) is common._Op for obj in gc.get_objects())
+    finally:
+        (gc.enable if was else gc.disable)()

@@ -312,7 +312,9 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
             else:
                 kernel = _conv_form(form == "pixels")
         except CandidatePruned as pruned:
-            ruled_out.append(pruned)   # another form may still beat the cutoff
+            # Another form may still beat the cutoff.  (Kept without its traceback: its frames, this
+            # one among them, would hold the streams built, in a reference cycle.)
+            ruled_out.append(pruned.with_traceback(None))
             continue
         except KernelError:
             if form != "rows" and len(forms) > 1:
