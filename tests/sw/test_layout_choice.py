@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from onnx_models import conv_model
@@ -114,3 +116,40 @@ def test_layouts_with_the_librarys_tiling_compete_with_a_forced_tiling(model_and
     assert any(not label.endswith("(library tiling)") for label, _ in decision.candidates)
     assert chosen_graph.node(name).attrs.get("tiling") is None
     assert node_kernel(chosen_graph, chosen_graph.node(name), TINY, cache)[1].tiling["m"] != forced.m
+
+
+
+def _symbolic_batch(model):
+    """The model with a symbolic leading (batch) dimension on its inputs and outputs."""
+    model = copy.deepcopy(model)
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_param = "N"
+    return model
+
+
+@pytest.mark.parametrize("preset, prefer, resident_at_second", [
+    ("default", "resident", True),     # conv1: the library's layout is not resident, the cost model's is
+    ("tiny", "pixels", False),         # the library's is resident for both, the cost model's is not
+])
+def test_a_second_batch_size_keeps_the_layout_the_cost_model_chose(model_and_graph, preset, prefer,
+                                                                    resident_at_second):
+    """The layout pass runs at the first input shape only; whether it chose the resident-input layout
+    is recorded in the plan's tiling decisions, so specialise_tilings builds (or not) that layout
+    again at another batch size, as the cost model chose."""
+    onnx_model, _, x = model_and_graph
+    onnx_model = _symbolic_batch(onnx_model)
+    config = Config.preset(preset)
+    session = InferenceSession(onnx_model, device="golden", config=config, calibration=[{"x": x}],
+                               cost_model=PreferLayout(prefer), record=False)
+    session.run(None, {"x": x})
+    moved = {node.name for node in session.graph_after.nodes if node.attrs.get("conv_layout") == prefer}
+    assert moved
+    assert all((d.layout == "resident") == resident_at_second for d in session.tiling_decisions
+               if d.node in moved)
+    half = x[: BATCH // 2]
+    outputs = session.run(None, {"x": half})[0]
+    second = {node.name: node.attrs.get("conv_layout") for node in session.graph_after.nodes}
+    assert all((second[name] == "resident") == resident_at_second for name in moved), second
+    plain = InferenceSession(onnx_model, device="golden", config=config, calibration=[{"x": x}],
+                             cost_model=TimingCostModel(), record=False)
+    np.testing.assert_array_equal(outputs, plain.run(None, {"x": half})[0])
