@@ -113,6 +113,7 @@ Every pass is Graph -> Graph and its result passes :func:`~braze.sw.validate.val
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
@@ -134,7 +135,8 @@ from .cost import Cost, CostModel, TimingCostModel, check_objective
 from .frontend import BRAZE_DOMAIN, conv_pads
 from .ir import Graph, Node, NodeKind, TensorInfo, constant_info, constant_node
 from .kernels import Kernel, Tiling
-from .kernels.looped import skipping_tile_rows
+from .kernels.common import KernelError
+from .kernels.looped import best_skipping_chunks, skipping_tile_rows
 from .lower import node_kernel, plan_node
 from .profile import TensorProfile
 from .tables import QTABLE
@@ -509,10 +511,19 @@ def _after_activation(graph: Graph, tensor: str) -> bool:
         or producer.attrs.get("act", "none") in _ACTIVATIONS
 
 
+def _profiled_zero_fraction(profile: TensorProfile, config: Config, M: int, K: int, N: int, param_rows: int,
+                            out_int32: bool, chunks: int) -> float | None:
+    """The profiled fraction of zero blocks of the skipping kernel of ``chunks`` K-chunks a block."""
+    rows = skipping_tile_rows(config, M, K, N, param_rows=param_rows, out_int32=out_int32, chunks=chunks)
+    return profile.zero_block_fraction(rows, config.rows * chunks) if rows else None
+
+
 def skip_opportunities(graph: Graph, config: Config, profiles: Mapping[str, TensorProfile]
-                       ) -> list[tuple[Opportunity, float]]:
-    """The ``skip`` opportunities of ``graph`` and the profiled fraction of zero blocks of each (the
-    M tile of :func:`~braze.sw.compiler.kernels.looped.skipping_tile_rows` by ``rows``)."""
+                       ) -> list[tuple[Opportunity, float, int]]:
+    """The ``skip`` opportunities of ``graph``, each with its block size in K-chunks of ``rows`` (the one
+    of :func:`~braze.sw.compiler.kernels.looped.best_skipping_chunks` at the profile) and the profiled
+    fraction of zero blocks at it (the M tile of
+    :func:`~braze.sw.compiler.kernels.looped.skipping_tile_rows` by ``chunks*rows``)."""
     found = []
     for node in graph.operators():
         if node.qualified_op != f"{BRAZE_DOMAIN}.QMatMul" or node.device != "accel" or _residual_of(node) \
@@ -525,12 +536,18 @@ def skip_opportunities(graph: Graph, config: Config, profiles: Mapping[str, Tens
         M, K, N = plan.recipe.args
         options = dict(plan.recipe.options)
         param_rows = len(plan.constants.keys() & {"bias", "mult", "shift"})
-        rows = skipping_tile_rows(config, M, K, N, param_rows=param_rows,
-                                  out_int32=options.get("out") == "int32")
-        fraction = profile.zero_block_fraction(rows, config.rows) if rows and K % config.rows == 0 \
-            and N % config.cols == 0 else None
+        if K % config.rows or N % config.cols:
+            continue
+        kernel_options = {key: options[key] for key in ("bias", "requant", "act", "clip", "out_zp", "out")
+                          if key in options}
+        fraction_at = functools.partial(_profiled_zero_fraction, profile, config, M, K, N, param_rows,
+                                        options.get("out") == "int32")
+        try:
+            chunks, fraction = best_skipping_chunks(config, M, K, N, fraction_at, **kernel_options)
+        except KernelError:
+            continue
         if fraction:
-            found.append((Opportunity("skip", (node.name,)), fraction))
+            found.append((Opportunity("skip", (node.name,)), fraction, chunks))
     return found
 
 
@@ -539,11 +556,13 @@ def _decide_skips(graph: Graph, config: Config, profiles: Mapping[str, TensorPro
                   log: Callable[[FusionDecision], None] | None) -> tuple[Graph, list[FusionDecision]]:
     """Price every ``skip`` opportunity against the node as it is; take it when it saves ``threshold``."""
     decisions = []
-    for opportunity, fraction in skip_opportunities(graph, config, profiles):
+    for opportunity, fraction, chunks in skip_opportunities(graph, config, profiles):
         node = graph.node(opportunity.nodes[0])
-        rewritten = graph.edit(substitute={node.name: node.with_attrs(skip_zero_blocks=round(fraction, 4))})
+        rewritten = graph.edit(substitute={node.name: node.with_attrs(skip_zero_blocks=round(fraction, 4),
+                                                                      skip_chunks=chunks)})
         candidates = [Candidate("separate", graph, opportunity.nodes),
-                      Candidate(f"skip zero blocks ({100 * fraction:.0f}% zero)", rewritten,
+                      Candidate(f"skip zero blocks of {chunks * config.rows} ({100 * fraction:.0f}% zero)",
+                                rewritten,
                                 opportunity.nodes)]
         built = [(c, kernels) for c in candidates if (kernels := _kernels(c, config, cache)) is not None]
         if len(built) < 2:

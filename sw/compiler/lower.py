@@ -275,6 +275,7 @@ def _plan_qmatmul(graph: Graph, node: Node, x_layout: str | None) -> NodeKernel 
         # ``profiles``), priced at the profiled fraction of zero blocks.
         options.pop("tiling", None)
         options["expected_zero_fraction"] = float(node.attrs["skip_zero_blocks"])
+        options["chunks"] = int(node.attrs.get("skip_chunks", 1))     # the block size the profile priced
         recipe = KernelRecipe("skipping_gemm", (m, k, n), _options(options))
     inputs = {"A": (x_name, layout)}
     if _residual(node):

@@ -29,7 +29,7 @@ PERCENTILES = (0.01, 0.1, 1.0, 50.0, 99.0, 99.9, 99.99)
 #: Values kept per tensor for percentiles: more are subsampled with a fixed seed.
 SAMPLE_LIMIT = 1 << 18
 #: K-block widths (the array heights ``rows`` of the presets) whose zero blocks are recorded.
-BLOCK_WIDTHS = (4, 8, 16)
+BLOCK_WIDTHS = (4, 8, 16, 32, 64)
 
 
 @dataclasses.dataclass

@@ -92,8 +92,10 @@ def skip_points(compiled: CompiledModel, graph: Graph) -> list[SkipPoint]:
             continue
         node = graph.node(step.ops[0])
         (M, K), (_, N) = step.kernel.operands["A"].shape, step.kernel.operands["B"].shape
+        # A tested block is m rows by `chunks` K-chunks of rows columns.
+        width = compiled.config.rows * int(step.kernel.tiling.get("chunks", 1))
         points.append(SkipPoint(step.name, node.name, node.inputs[0], M, K, N, int(step.kernel.tiling["m"]),
-                                compiled.config.rows))
+                                width))
     return points
 
 

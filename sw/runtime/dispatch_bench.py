@@ -8,10 +8,13 @@
    are its instruction-fetch traffic).  Then, for several shapes, the library kernel's cycles
    straight-line and with loops (timing model).
 2. **Zero-block skipping**: GEMM 64x256x64 and 64x256x256 on ``default`` whose A (the output of
-   a ReLU) has a fraction of its m x 8 K-blocks all zero (0, 25, 50, 75, 90%): cycles of the
+   a ReLU) has a fraction of its K-blocks all zero (0, 25, 50, 75, 90%): cycles of the
    looped kernel without and with the on-chip test-and-skip, and of the compiler's best
    non-skipping kernel (the library's, with loops where no slower: its cycles do not depend on
-   the data).  The summary's speedup is the narrower layer's.
+   the data).  A block is m rows by the skipping kernel's block K (``block K``: 8, 16, 32 or 64,
+   the one the timing model prices fastest at that fraction, as the fusion engine picks it at a
+   profiled fraction), and the fraction is counted at that block size.  The summary's speedup is
+   the narrower layer's.
 3. **Batch-parametric**: batch sizes 1..64 of a 64-deep, 64-wide layer (``default``): today one
    compile per batch size; the looped kernel is compiled once and every batch size runs from it,
    its batch a scalar register the host writes; each run's result is checked against numpy.
@@ -55,11 +58,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from braze.isa import Config, encode_program
+from braze.isa.encoding import Opcode
 from braze.isa.errors import ArgumentParser
 from braze.isa.model import Machine, RunResult
 
 from ..compiler.kernels import gemm, run_kernel
-from ..compiler.kernels.looped import LoopedGemm, looped_gemm
+from ..compiler.kernels.looped import LoopedGemm, best_skipping_chunks, looped_gemm
 from ..compiler.kernels.loops import expand_loops, loops_if_no_slower
 
 __all__ = ["main", "run_looped", "block_sparse"]
@@ -170,20 +174,34 @@ def loop_cycles(config: Config, shapes: Sequence[tuple[int, int, int]]) -> list[
     return rows
 
 
+def skipping_kernel(config: Config, M: int, K: int, N: int, sparsity: float) -> LoopedGemm:
+    """The skipping looped GEMM (int32 out) whose block size (K-chunks of ``rows``) the timing model
+    prices fastest when ``sparsity`` of its blocks are all zero (the A of :func:`block_sparse` at
+    that block size, as a profile at the kernel's block size would say)."""
+    chunks, _ = best_skipping_chunks(config, M, K, N, lambda chunks: sparsity, out="int32")
+    return looped_gemm(config, M, K, N, skip_zero_blocks=True, chunks=chunks)
+
+
+def block_columns(kernel: LoopedGemm) -> int:
+    """The K columns of one tested block of ``kernel``: the K of one MATMUL of its program."""
+    return next(insn.args["k"] for insn in kernel.program if insn.opcode is Opcode.MATMUL)
+
+
 def skipping(config: Config, M: int, K: int, N: int, sparsities: Sequence[float]) -> list[dict[str, float]]:
     rng = np.random.default_rng(1)
-    plain, skip = looped_gemm(config, M, K, N), looped_gemm(config, M, K, N, skip_zero_blocks=True)
+    plain = looped_gemm(config, M, K, N)
     unrolled_cycles = library_gemm(config, M, K, N)[0].predicted_cycles
     b = rng.integers(-128, 128, (K, N), dtype=np.int8)
     rows = []
     for sparsity in sparsities:
-        a = block_sparse(rng, M, K, plain.m, config.rows, sparsity)
+        skip = skipping_kernel(config, M, K, N, sparsity)
+        a = block_sparse(rng, M, K, skip.m, block_columns(skip), sparsity)
         plain_run, c = run_looped(plain, a, b)
         _check(c, a, b, f"sparsity {sparsity}")
         skip_run, c = run_looped(skip, a, b)
         _check(c, a, b, f"sparsity {sparsity}, skipping")
         rows.append({"sparsity": sparsity, "unrolled": unrolled_cycles, "looped": plain_run.cycles,
-                     "looped_skip": skip_run.cycles})
+                     "looped_skip": skip_run.cycles, "block": block_columns(skip)})
     return rows
 
 
@@ -235,10 +253,11 @@ def on_rtl(config: Config, M: int, K: int, N: int, programs: int,
     best = library_gemm(config, M, K, N)[0]
     with open_device("golden", config) as golden, open_device("verilator", config) as device:
         for sparsity in (0.0, 0.5):
-            a = block_sparse(rng, M, K, looped_gemm(config, M, K, N).m, config.rows, sparsity)
+            skipping_looped = skipping_kernel(config, M, K, N, sparsity)
+            a = block_sparse(rng, M, K, skipping_looped.m, block_columns(skipping_looped), sparsity)
             cycles = {}
             for skip in (False, True):
-                kernel = looped_gemm(config, M, K, N, skip_zero_blocks=skip)
+                kernel = skipping_looped if skip else looped_gemm(config, M, K, N)
                 want, _ = run_looped_on(golden, kernel, a, b)
                 have, c = run_looped_on(device, kernel, a, b)
                 expected = a.astype(np.int64) @ b.astype(np.int64)
@@ -248,7 +267,7 @@ def on_rtl(config: Config, M: int, K: int, N: int, programs: int,
                 cycles[skip] = (want.cycles, have.cycles)
             best_golden, best_device, same = _run_library(golden, device, best, a, b, exact)
             kernel_mismatches += not same
-            rows.append((f"{sparsity:.0%}", cycles[False][1], cycles[True][1],
+            rows.append((f"{sparsity:.0%}", block_columns(skipping_looped), cycles[False][1], cycles[True][1],
                          f"{cycles[False][1] / cycles[True][1]:.2f}x", best_device,
                          f"{best_device / cycles[True][1]:.2f}x", cycles[False][0], cycles[True][0],
                          best_golden))
@@ -376,9 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for width in (N, 4 * N):
         print(f"\n== GEMM {M}x{K}x{width} on {config.name}: cycles vs zero K-blocks of A ==")
         sweep = skipping(config, M, K, width, SPARSITIES)
-        print(_table(("zero blocks", "compiler's best", "looped", "looped + skip", "skip speedup vs looped",
-                      "vs compiler's best"),
-                     [(f"{row['sparsity']:.0%}", row["unrolled"], row["looped"], row["looped_skip"],
+        print(_table(("zero blocks", "block K", "compiler's best", "looped", "looped + skip",
+                      "skip speedup vs looped", "vs compiler's best"),
+                     [(f"{row['sparsity']:.0%}", row["block"], row["unrolled"], row["looped"],
+                       row["looped_skip"],
                        f"{row['looped'] / row['looped_skip']:.2f}x",
                        f"{row['unrolled'] / row['looped_skip']:.2f}x")
                       for row in sweep]))
@@ -406,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rtl_config, (rM, rK, rN) = (Config.parse("tiny"), (16, 32, 16)) if args.quick else (config, (M, K, N))
         rtl = on_rtl(rtl_config, rM, rK, rN, programs, loop_shapes)
         print(f"\n== on the Verilator device: GEMM {rM}x{rK}x{rN} on {rtl_config.name}, cycles measured ==")
-        print(_table(("zero blocks", "looped", "looped + skip", "skip speedup", "compiler's best",
+        print(_table(("zero blocks", "block K", "looped", "looped + skip", "skip speedup", "compiler's best",
                       "skip vs best", "golden looped", "golden looped + skip", "golden best"), rtl["rows"]))
         print(f"\n== on the Verilator device: library GEMMs on {rtl_config.name}, straight-line and with "
               f"loops ==")

@@ -38,7 +38,7 @@ its STOREs pop tokens of no-op CONFIGs after the K loop.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from braze.isa import Activation, Config, Instruction
 from braze.isa.encoding import INSN_BYTES
@@ -56,7 +56,11 @@ from .common import (
 )
 from .loops import LoopedKernel, looped_cycles, spread_predicate
 
-__all__ = ["LoopedGemm", "looped_gemm", "SkippingKernel", "skipping_gemm", "skipping_tile_rows"]
+__all__ = ["LoopedGemm", "looped_gemm", "SkippingKernel", "skipping_gemm", "skipping_tile_rows",
+           "SKIPPING_CHUNKS", "best_skipping_chunks"]
+
+#: The K-chunks of ``rows`` a tested block of :func:`skipping_gemm` may span (its candidates).
+SKIPPING_CHUNKS = (1, 2, 4, 8)
 
 _I = Instruction.make
 # Register roles (see the module's documentation).
@@ -103,33 +107,35 @@ def _nop(out_zp: int = 0, **deps: bool) -> Instruction:
 
 
 def looped_gemm(config: Config, max_m: int, K: int, N: int, *, m: int | None = None,
-                skip_zero_blocks: bool = False, base: int = 0) -> LoopedGemm:
-    """The looped GEMM for up to ``max_m`` rows; K must be a multiple of ``rows``, N of ``cols``.
+                skip_zero_blocks: bool = False, chunks: int = 1, base: int = 0) -> LoopedGemm:
+    """The looped GEMM for up to ``max_m`` rows; K must be a multiple of ``chunks*rows``, N of ``cols``.
 
-    ``m`` (the M tile, at least ``rows``) is by default the largest that fits. The program is at
-    external address ``base``; A, B and C follow it.
+    ``m`` (the M tile, at least ``chunks*rows``) is by default the largest that fits.  A K block
+    (one MATMUL, and with ``skip_zero_blocks`` one test) is ``chunks`` K-chunks of ``rows``.  The
+    program is at external address ``base``; A, B and C follow it.
     """
     rows, cols = config.rows, config.cols
-    for name, value in (("max_m", max_m), ("K", K), ("N", N)):
+    for name, value in (("max_m", max_m), ("K", K), ("N", N), ("chunks", chunks)):
         if not isinstance(value, int) or value < 1:
             raise KernelError(f"looped gemm: {name}={value!r} must be a positive integer")
-    if K % rows or N % cols:
-        raise KernelError(f"looped gemm: K={K} must be a multiple of rows={rows} and N={N} of cols={cols} "
-                          f"on config {config.name!r}")
+    depth = rows * chunks
+    if K % depth or N % cols:
+        raise KernelError(f"looped gemm: K={K} must be a multiple of {chunks} chunk(s) of rows={rows} and "
+                          f"N={N} of cols={cols} on config {config.name!r}")
     k_blocks, n_tiles = K // rows, N // cols
     # Scratchpad: m rows per A block and per B block (B blocks are spaced like the accumulator tiles),
     # and with skipping two more A blocks (loaded ahead past the last) and one row after the B blocks
     # (zeroed to relay tokens); accumulator: m rows per N tile.  An M tile is at least `rows` rows, so
     # that B blocks fit their rows.
-    a_blocks = k_blocks + 2 * skip_zero_blocks
+    a_blocks = k_blocks + 2 * chunks * skip_zero_blocks
     largest = min(config.acc_rows // n_tiles, (config.spad_rows - skip_zero_blocks) // (a_blocks + n_tiles),
                   1 << 12)
-    m = m or max(rows, min(-(-max_m // rows) * rows, largest))
-    if not rows <= m <= largest:
+    m = m or max(depth, min(-(-max_m // rows) * rows, largest))
+    if not depth <= m <= largest:
         raise KernelError(f"looped gemm: an M tile of {m} rows does not fit config {config.name!r} "
-                          f"(from {rows} to {largest} rows for K={K}, N={N})")
+                          f"(from {depth} to {largest} rows for K={K}, N={N}, {chunks} chunk(s) a block)")
     # The program's length does not depend on the operands' addresses, which follow it.
-    length = len(_program(config, K, N, m, skip_zero_blocks, 0, 0, 0))
+    length = len(_program(config, K, N, m, skip_zero_blocks, 0, 0, 0, chunks=chunks))
     padded = -(-max_m // m) * m
     a = _align(base + INSN_BYTES * length)
     b = _align(a + padded * K)
@@ -138,7 +144,7 @@ def looped_gemm(config: Config, max_m: int, K: int, N: int, *, m: int | None = N
     if end > config.dram_bytes:
         raise KernelError(f"looped gemm: operands end at {end:#x}, beyond the {config.dram_bytes}-byte "
                           f"external memory of config {config.name!r}")
-    program = _program(config, K, N, m, skip_zero_blocks, a, b, c)
+    program = _program(config, K, N, m, skip_zero_blocks, a, b, c, chunks=chunks)
     return LoopedGemm(config, max_m, K, N, m, a, b, c, end, skip_zero_blocks, tuple(program))
 
 
@@ -154,19 +160,23 @@ class _Outputs:
 
 
 def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: int, b: int,
-             c: int, outputs: _Outputs | None = None) -> list[Instruction]:
+             c: int, outputs: _Outputs | None = None, chunks: int = 1) -> list[Instruction]:
     rows, cols = config.rows, config.cols
-    k_blocks, n_tiles = K // rows, N // cols
+    # A K block is `chunks` K-chunks of `rows` (depth columns of A): one MATMUL, one test.  Its A
+    # chunks are m scratchpad rows each, one after the other (the MATMUL's a_stride is m).
+    depth = rows * chunks
+    k_chunks, n_tiles = K // rows, N // cols
     # Field values: the registers count up to 0.  With skipping, two more A blocks (loaded ahead).
-    spad_a, spad_b = k_blocks * m, (k_blocks + 2 * skip_zero_blocks + n_tiles) * m
+    ahead = 2 * chunks * skip_zero_blocks
+    spad_a, spad_b = k_chunks * m, (k_chunks + ahead + n_tiles) * m
     acc_c = n_tiles * m
     credits = min(2, config.token_depth, n_tiles)
 
     n_loop = [
-        _I("load", mem="spad", addr=spad_b, addr_reg=N_COUNT, rows=rows, len=cols, dram=b, dram_reg=B_OFFSET,
+        _I("load", mem="spad", addr=spad_b, addr_reg=N_COUNT, rows=depth, len=cols, dram=b, dram_reg=B_OFFSET,
            stride=N, pop_next=True, push_next=True),
         _I("matmul", acc=acc_c, acc_reg=N_COUNT, a=spad_a, a_reg=K_COUNT, b=spad_b, b_reg=N_COUNT, a_stride=m,
-           m=m, n=cols, k=rows, accumulate=True, pop_prev=True, push_prev=True),
+           m=m, n=cols, k=depth, accumulate=True, pop_prev=True, push_prev=True),
         _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=cols),
         _I("scalar", dst=N_COUNT, src1=N_COUNT, imm=m),
     ]
@@ -181,12 +191,16 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
     # blocks).  Without, the accumulator is zeroed by one LOAD: the program stays 10 instructions
     # shorter (GEMM 256^3 on default: 30 instead of 40; predicted 2% slower for 64x256x64).
     n_loop_first = [n_loop[0], n_loop[1].replace(accumulate=False), *n_loop[2:]]
-    a_load = _I("load", mem="spad", addr=spad_a, addr_reg=K_COUNT, rows=m, len=rows, dram=a,
-                dram_reg=A_OFFSET, stride=K)
+    def load(block: int) -> list[Instruction]:
+        """The A LOADs of the block ``block`` blocks after the current one (one per K-chunk)."""
+        return [_I("load", mem="spad", addr=spad_a + chunk * m, addr_reg=K_COUNT, rows=m, len=rows,
+                   dram=a + chunk * rows, dram_reg=A_OFFSET, stride=K)
+                for chunk in range(block * chunks, (block + 1) * chunks)]
+
     next_block = [
-        _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=rows * N),
-        _I("scalar", dst=A_OFFSET, src1=A_OFFSET, imm=rows),
-        _I("scalar", dst=K_COUNT, src1=K_COUNT, imm=m),
+        _I("scalar", dst=B_OFFSET, src1=B_OFFSET, imm=depth * N),
+        _I("scalar", dst=A_OFFSET, src1=A_OFFSET, imm=depth),
+        _I("scalar", dst=K_COUNT, src1=K_COUNT, imm=chunks * m),
     ]
     if skip_zero_blocks:
         # Software-pipelined: in iteration kb, block kb+1 is tested (into FLAG) before block kb's N
@@ -197,19 +211,15 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
         # instruction names, here that BRANCH.  The A LOADs push no token: the test of block kb+1
         # pops the token of a one-row zeroing LOAD issued after block kb+1's LOAD and before block
         # kb+2's (LOADs complete in order), so it waits for its block only.
-        def load(block: int) -> Instruction:
-            return _I("load", mem="spad", addr=spad_a + block * m, addr_reg=K_COUNT, rows=m, len=rows,
-                      dram=a + block * rows, dram_reg=A_OFFSET, stride=K)
-
-        relay = _I("load", mem="spad", zero=True, addr=(k_blocks + 2 + n_tiles) * m, rows=1, len=cols,
+        relay = _I("load", mem="spad", zero=True, addr=(k_chunks + ahead + n_tiles) * m, rows=1, len=cols,
                    push_next=True)
-        test = _I("predicate", op="any", dst=FLAG, mem="spad", addr=spad_a + m, addr_reg=K_COUNT, rows=m,
-                  pop_prev=True)
+        test = _I("predicate", op="any", dst=FLAG, mem="spad", addr=spad_a + chunks * m, addr_reg=K_COUNT,
+                  rows=chunks * m, pop_prev=True)
         # A zero block falls through to a copy of the loop's tail, so that it costs one taken BRANCH
         # (a fetch redirect), and a run of zero blocks goes as fast as their LOADs and tests; a dense
         # block branches to the N loop, where a redirect is hidden behind the MATMULs queued.
         # Block kb+2 is loaded after block kb's B LOADs, so that they do not wait for it.
-        tail = [load(2), *next_block]
+        tail = [*load(2), *next_block]
         zero_path = [relay, None, test, *tail]
         zero_path.append(_I("branch", cond="ne", a=K_COUNT, offset=-len(zero_path)))
         dense_path = [test, *block, *tail]
@@ -221,14 +231,14 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
         # tiles, and its B LOADs start at once instead of after a test).  Block 1 is loaded after
         # block 0's first B LOAD and tested beside its second MATMUL; the K loop is entered at its
         # top, block 1's FLAG known and block 2 loaded.
-        first_block = [load(0), block[0], *n_loop_first[:-1], load(1), relay, test,
+        first_block = [*load(0), block[0], *n_loop_first[:-1], *load(1), relay, test,
                        _I("branch", cond="eq", a=N_COUNT, offset=len(n_loop) + 1),    # one N tile only
                        *n_loop_first, block[-1], *tail]
         # One K block only: the K loop is not entered.
         first_block.append(_I("branch", cond="eq", a=K_COUNT, offset=len(k_loop) + 1))
         zero_accumulator = []
     else:
-        k_loop = [a_load, *block, *next_block]
+        k_loop = [*load(0), *block, *next_block]
         k_loop.append(_I("branch", cond="ne", a=K_COUNT, offset=-len(k_loop)))
         first_block = []
         zero_accumulator = [_I("load", mem="acc", zero=True, addr=0, rows=n_tiles * m, len=cols)]
@@ -249,7 +259,7 @@ def _program(config: Config, K: int, N: int, m: int, skip_zero_blocks: bool, a: 
         _I("fence"),
         *zero_accumulator,
         _I("scalar", dst=B_OFFSET, imm=0),
-        _I("scalar", dst=K_COUNT, imm=-k_blocks * m),
+        _I("scalar", dst=K_COUNT, imm=-k_chunks * m),
         *first_block,
         *k_loop,
         _I("scalar", dst=N_COUNT, imm=-n_tiles * m),
@@ -311,24 +321,27 @@ class SkippingKernel(LoopedKernel):
 
 
 def skipping_tile_rows(config: Config, M: int, K: int, N: int, *, param_rows: int = 0,
-                       out_int32: bool = False, skip_zero_blocks: bool = True) -> int:
-    """The M tile (rows) of :func:`skipping_gemm`: the largest divisor of M from ``rows`` up that fits
-    the scratchpad and accumulator (so a zero block is ``m`` rows of A by ``rows`` columns); 0 when
-    none does."""
+                       out_int32: bool = False, skip_zero_blocks: bool = True, chunks: int = 1) -> int:
+    """The M tile (rows) of :func:`skipping_gemm`: the largest divisor of M from ``chunks*rows`` up
+    that fits the scratchpad and accumulator (so a zero block is ``m`` rows of A by ``chunks*rows``
+    columns); 0 when none does."""
     rows, cols = config.rows, config.cols
-    k_blocks, n_tiles, skip = K // rows, -(-N // cols), int(skip_zero_blocks)
+    k_chunks, n_tiles, skip = K // rows, -(-N // cols), int(skip_zero_blocks)
     out_tiles = 0 if out_int32 else n_tiles
     largest = min((config.acc_rows - n_tiles * param_rows) // n_tiles,
-                  (config.spad_rows - skip) // (k_blocks + 2 * skip + n_tiles + out_tiles), 1 << 12)
-    # M tiles of m rows with m dividing M: the STOREs write no row beyond the output.
-    return max((M // tiles for tiles in range(1, M + 1) if M % tiles == 0 and rows <= M // tiles <= largest),
+                  (config.spad_rows - skip) // (k_chunks + 2 * chunks * skip + n_tiles + out_tiles), 1 << 12)
+    # M tiles of m rows with m dividing M: the STOREs write no row beyond the output.  A B block
+    # (chunks*rows rows) fits the m rows of its N tile.
+    least = rows * chunks
+    return max((M // tiles for tiles in range(1, M + 1) if M % tiles == 0 and least <= M // tiles <= largest),
                default=0)
 
 
 def skipping_gemm(config: Config, M: int, K: int, N: int, *, bias: bool = False, requant: bool = False,
                   act: Activation | str = "none", clip: tuple[int, int] | None = None, out_zp: int = 0,
                   out: str = "int8", addrs: Mapping[str, int] | None = None, base: int = 0,
-                  skip_zero_blocks: bool = True, expected_zero_fraction: float = 0.0) -> SkippingKernel:
+                  skip_zero_blocks: bool = True, expected_zero_fraction: float = 0.0,
+                  chunks: int = 1) -> SkippingKernel:
     """:func:`~.matmul.gemm` (no residual) as the looped kernel that skips all-zero K-blocks of A.
 
     The program of :func:`looped_gemm` -- M tiles of ``m`` rows (the largest divisor of M that fits),
@@ -340,39 +353,73 @@ def skipping_gemm(config: Config, M: int, K: int, N: int, *, bias: bool = False,
     N of ``cols``.  ``skip_zero_blocks=False``: the same loops without the tests (for comparison).
     ``predicted_cycles`` are those at ``expected_zero_fraction`` of the tested blocks all zero (a
     profile's, :meth:`~braze.sw.compiler.profile.TensorProfile.zero_block_fraction`), ``events``
-    those of a dense A.
+    those of a dense A.  A tested block is ``chunks`` K-chunks of ``rows`` (one MATMUL each N tile):
+    coarser blocks pay the MATMUL's fixed cycles and the test less often (see
+    :func:`best_skipping_chunks`); K must be a multiple of ``chunks*rows``.
     """
     config = _check_config(config)
+    if not isinstance(chunks, int) or chunks < 1:
+        raise KernelError(f"skipping gemm: chunks={chunks!r} must be a positive integer")
     M, K, N = (_positive(name, value) for name, value in (("M", M), ("K", K), ("N", N)))
     epi = _epilogue_options(bias, requant, False, act, clip, out_zp, out)
     rows, cols = config.rows, config.cols
     what = f"skipping gemm {M}x{K}x{N}"
     if epi.act is Activation.TABLE:
         raise KernelError(f"{what}: a table activation is not supported")
-    if K % rows or N % cols:
-        raise KernelError(f"{what}: K must be a multiple of rows={rows} and N of cols={cols} "
-                          f"on config {config.name!r}")
-    k_blocks, n_tiles, p_rows = K // rows, N // cols, len(epi.param_rows)
+    if K % (rows * chunks) or N % cols:
+        raise KernelError(f"{what}: K must be a multiple of {chunks} chunk(s) of rows={rows} and N of "
+                          f"cols={cols} on config {config.name!r}")
+    k_chunks, n_tiles, p_rows = K // rows, N // cols, len(epi.param_rows)
     skip = int(skip_zero_blocks)
     m = skipping_tile_rows(config, M, K, N, param_rows=p_rows, out_int32=epi.out_int32,
-                           skip_zero_blocks=skip_zero_blocks)
+                           skip_zero_blocks=skip_zero_blocks, chunks=chunks)
     if not m:
-        raise KernelError(f"{what}: no M tile of at least {rows} rows divides M and fits config "
+        raise KernelError(f"{what}: no M tile of at least {rows * chunks} rows divides M and fits config "
                           f"{config.name!r}")
     specs = [_OperandSpec("A", (M, K), "i1", "row-major M x K", "input"),
              _OperandSpec("B", (K, N), "i1", "row-major K x N", "param"),
              *_epilogue_specs(epi, M, N, "row-major M x N"), _counters_spec()]
     operands = _place(config, specs, addrs, base)
     outputs = _Outputs(epi, operands["params"].addr if p_rows else 0, n_tiles * m,
-                       (k_blocks + 2 * skip + n_tiles) * m + skip)
+                       (k_chunks + 2 * chunks * skip + n_tiles) * m + skip)
     program = _program(config, K, N, m, skip_zero_blocks, operands["A"].addr, operands["B"].addr,
-                       operands["out"].addr, outputs)
+                       operands["out"].addr, outputs, chunks=chunks)
     instructions = [_I("scalar", dst=M_END, imm=M * K), *program[:-1],
                     _I("counters", dram=operands["counters"].addr, reset=True)]
     cycles = looped_cycles(instructions, config, predicate=spread_predicate(expected_zero_fraction))
     return SkippingKernel("skipping_gemm", config, instructions, operands, M * N * K, cycles, epi.param_rows,
-                          {"m": m, "skip_zero_blocks": skip_zero_blocks, "loops": True,
+                          {"m": m, "chunks": chunks, "skip_zero_blocks": skip_zero_blocks, "loops": True,
                            "expected_zero_fraction": expected_zero_fraction})
+
+
+def best_skipping_chunks(config: Config, M: int, K: int, N: int,
+                         zero_fraction_at: Callable[[int], float | None], **options) -> tuple[int, float]:
+    """The block size of :func:`skipping_gemm` (in K-chunks of ``rows``) with the fewest predicted cycles,
+    and the zero-block fraction at it.
+
+    A coarser block pays the MATMUL's fixed cycles (``rows + cols + 3``) and a test once for
+    ``chunks`` K-chunks, but is all zero less often: ``zero_fraction_at(chunks)`` says how often (a
+    profile's :meth:`~braze.sw.compiler.profile.TensorProfile.zero_block_fraction` at the kernel's M
+    tile by ``chunks*rows``; None: not known, that size is not a candidate).  ``options`` are
+    :func:`skipping_gemm`'s.  Raises :class:`KernelError` when no candidate builds or is known.
+    """
+    best: tuple[int, int, float] | None = None
+    for chunks in SKIPPING_CHUNKS:
+        if K % (config.rows * chunks):
+            continue
+        fraction = zero_fraction_at(chunks)
+        if fraction is None:
+            continue
+        try:
+            kernel = skipping_gemm(config, M, K, N, chunks=chunks, expected_zero_fraction=fraction, **options)
+        except KernelError:
+            continue
+        if best is None or kernel.predicted_cycles < best[0]:
+            best = (kernel.predicted_cycles, chunks, fraction)
+    if best is None:
+        raise KernelError(f"skipping gemm {M}x{K}x{N}: no block size of {SKIPPING_CHUNKS} K-chunks builds "
+                          f"on config {config.name!r} with a known zero-block fraction")
+    return best[1], best[2]
 
 
 def _align(address: int) -> int:
