@@ -161,3 +161,72 @@ def test_skipping_library_gemm_refuses_what_it_cannot_tile():
         skipping_gemm(TINY, 8, 6, 4)
     with pytest.raises(KernelError, match="no M tile of at least 4 rows"):
         skipping_gemm(TINY, 2, 8, 4)        # fewer rows than the array's height
+
+
+@pytest.mark.parametrize("M, K, N, chunks", [(8, 16, 8, 2), (9, 32, 4, 4), (16, 16, 8, 4)])
+@pytest.mark.parametrize("skip", [False, True])
+def test_coarser_blocks_are_exact(M, K, N, chunks, skip):
+    rng = np.random.default_rng(M + K + N + chunks)
+    kernel = looped_gemm(TINY, M, K, N, m=max(TINY.rows, chunks * TINY.rows) if M < 16 else None,
+                         skip_zero_blocks=skip, chunks=chunks)
+    a = rng.integers(-128, 128, (M, K), dtype=np.int8)
+    b = rng.integers(-128, 128, (K, N), dtype=np.int8)
+    _, c = run_looped(kernel, a, b)
+    assert np.array_equal(c, a.astype(np.int64) @ b)
+
+
+def test_a_coarse_block_is_skipped_only_when_all_its_chunks_are_zero():
+    rng = np.random.default_rng(11)
+    M, K, N, m, chunks = 8, 32, 8, 8, 2
+    depth = chunks * TINY.rows
+    a = rng.integers(1, 128, (M, K), dtype=np.int8)
+    a[:, 1 * depth:2 * depth] = 0               # block 1: both chunks zero -> skipped
+    a[:, 2 * depth:2 * depth + TINY.rows] = 0   # block 2: one chunk of two zero -> computed
+    b = rng.integers(-128, 128, (K, N), dtype=np.int8)
+    run, c = run_looped(looped_gemm(TINY, M, K, N, m=m, skip_zero_blocks=True, chunks=chunks), a, b)
+    assert np.array_equal(c, a.astype(np.int64) @ b)
+    n_tiles, blocks = N // TINY.cols, K // depth
+    assert run.counters["insn_matmul"] == (blocks - 1) * n_tiles
+    assert run.counters["macs"] == (blocks - 1) * n_tiles * m * TINY.cols * depth
+
+
+def test_best_skipping_chunks_is_the_fastest_predicted_block_size():
+    from braze.sw.compiler.kernels.looped import SKIPPING_CHUNKS, best_skipping_chunks, skipping_gemm
+
+    config = Config.parse("default")
+    M, K, N = 64, 256, 64
+    for fractions in ({c: 0.0 for c in SKIPPING_CHUNKS}, {1: 0.9, 2: 0.8, 4: 0.5, 8: 0.25}):
+        chunks, fraction = best_skipping_chunks(config, M, K, N, fractions.get, out="int32")
+        assert fraction == fractions[chunks]
+        cycles = {c: skipping_gemm(config, M, K, N, out="int32", chunks=c,
+                                   expected_zero_fraction=f).predicted_cycles for c, f in fractions.items()}
+        assert cycles[chunks] == min(cycles.values())
+    # Dense, a coarse block pays a MATMUL's fixed cycles less often; mostly zero at 8 columns only,
+    # the finest block skips most.
+    assert best_skipping_chunks(config, M, K, N, {c: 0.0 for c in SKIPPING_CHUNKS}.get)[0] > 1
+    assert best_skipping_chunks(config, M, K, N, {1: 0.9, 2: 0.0, 4: 0.0, 8: 0.0}.get)[0] == 1
+    with pytest.raises(KernelError, match="no block size"):
+        best_skipping_chunks(config, M, K, N, lambda chunks: None)
+
+
+def test_skipping_gemm_with_coarser_blocks_matches_gemm():
+    from braze.sim.device import open_device
+    from braze.sw.compiler.kernels import gemm, run_kernel
+    from braze.sw.compiler.kernels.looped import skipping_gemm
+
+    rng = np.random.default_rng(5)
+    M, K, N, chunks = 8, 32, 8, 2
+    a = rng.integers(0, 128, (M, K), dtype=np.int8)
+    a[:, 8:16] = 0
+    b = rng.integers(-128, 128, (K, N), dtype=np.int8)
+    bias = rng.integers(-1000, 1000, N, dtype=np.int32)
+    reference = gemm(TINY, M, K, N, bias=True, act="relu", out="int32")
+    skipping = skipping_gemm(TINY, M, K, N, bias=True, act="relu", out="int32", chunks=chunks)
+    assert skipping.tiling["chunks"] == chunks
+    with open_device("golden", TINY) as device:
+        want = run_kernel(device, reference, {"A": a, "B": b, "params": bias[None]})
+        have = run_kernel(device, skipping, {"A": a, "B": b, "params": bias[None]})
+    assert np.array_equal(have.outputs["out"], want.outputs["out"])
+    assert have.counters["insn_matmul"] < K // (chunks * TINY.rows) * (N // TINY.cols)
+    with pytest.raises(KernelError, match=re.escape("K must be a multiple of rows=4 x chunks=4")):
+        skipping_gemm(TINY, 8, 24, 4, chunks=4)

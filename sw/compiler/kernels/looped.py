@@ -120,8 +120,9 @@ def looped_gemm(config: Config, max_m: int, K: int, N: int, *, m: int | None = N
             raise KernelError(f"looped gemm: {name}={value!r} must be a positive integer")
     depth = rows * chunks
     if K % depth or N % cols:
-        raise KernelError(f"looped gemm: K={K} must be a multiple of {chunks} chunk(s) of rows={rows} and "
-                          f"N={N} of cols={cols} on config {config.name!r}")
+        per_block = f"rows={rows}" + (f" x chunks={chunks}" if chunks > 1 else "")
+        raise KernelError(f"looped gemm: K={K} must be a multiple of {per_block} and N={N} of cols={cols} "
+                          f"on config {config.name!r}")
     k_blocks, n_tiles = K // rows, N // cols
     # Scratchpad: m rows per A block and per B block (B blocks are spaced like the accumulator tiles),
     # and with skipping two more A blocks (loaded ahead past the last) and one row after the B blocks
@@ -367,8 +368,9 @@ def skipping_gemm(config: Config, M: int, K: int, N: int, *, bias: bool = False,
     if epi.act is Activation.TABLE:
         raise KernelError(f"{what}: a table activation is not supported")
     if K % (rows * chunks) or N % cols:
-        raise KernelError(f"{what}: K must be a multiple of {chunks} chunk(s) of rows={rows} and N of "
-                          f"cols={cols} on config {config.name!r}")
+        per_block = f"rows={rows}" + (f" x chunks={chunks}" if chunks > 1 else "")
+        raise KernelError(f"{what}: K must be a multiple of {per_block} and N of cols={cols} "
+                          f"on config {config.name!r}")
     k_chunks, n_tiles, p_rows = K // rows, N // cols, len(epi.param_rows)
     skip = int(skip_zero_blocks)
     m = skipping_tile_rows(config, M, K, N, param_rows=p_rows, out_int32=epi.out_int32,
