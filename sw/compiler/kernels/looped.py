@@ -8,8 +8,8 @@ of every N tile of an M tile stay resident, so each A block is loaded (and teste
 * r1: byte offset of the current A block (``mt*m*K + kb*rows``), added to the A LOAD's ``dram``;
 * r2: byte offset of the current B block (``kb*rows*N + nt*cols``), added to the B LOAD's ``dram``;
 * r3: byte offset of the current C tile, added to the STORE's ``dram``;
-* r4: ``(kb - k_blocks)*m``, the K loop's counter and the offset of A block kb's scratchpad rows
-  (every block of an M tile has its own rows);
+* r4: ``(kc - k_chunks)*m`` for the first K-chunk kc of the current block, the K loop's counter and
+  the offset of its scratchpad rows (every K-chunk of an M tile has its own m rows);
 * r5: ``(nt - n_tiles)*m``, the N loop's counter and the offset of N tile nt's accumulator rows
   and of its B block's scratchpad rows;
 * r6: the PREDICATE's result;
@@ -20,10 +20,13 @@ of every N tile of an M tile stay resident, so each A block is loaded (and teste
 With ``skip_zero_blocks`` each A block but an M tile's first is tested on chip once it is loaded
 (PREDICATE any) and, when it is all zero, the whole N loop of that block -- its B LOADs and
 MATMULs -- is branched over: after a ReLU many activation blocks are zero, and their products add
-nothing.  The first block is computed whatever it holds: its MATMULs overwrite the accumulator
-tiles (no zeroing LOAD holding the load unit before the first B LOAD), and its B LOADs are not
-held behind a test.  The loop is
-software-pipelined (A blocks loaded two ahead, tested one ahead, beside the previous block's
+nothing.  A block is ``chunks`` K-chunks of ``rows`` (one MATMUL of ``k=chunks*rows`` per N tile, one
+PREDICATE of ``chunks*m`` rows): a MATMUL pays ``rows + cols + 3`` cycles of drain whatever its k,
+so coarser blocks cost less dense, but are all zero less often (:func:`best_skipping_chunks` weighs
+the two at a profiled fraction).  The first block is computed whatever it holds: its MATMULs
+overwrite the accumulator tiles (no zeroing LOAD holding the load unit before the first B LOAD),
+and its B LOADs are not held behind a test.  The loop is software-pipelined (A blocks loaded
+two ahead, tested one ahead, beside the previous block's
 MATMULs), so that a dense block costs about what it costs without skipping; see ``_program``.
 
 Ordering: the B block of N tile nt is overwritten (in the next K block) only after the MATMUL that
