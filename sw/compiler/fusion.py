@@ -561,9 +561,8 @@ def _decide_skips(graph: Graph, config: Config, profiles: Mapping[str, TensorPro
         rewritten = graph.edit(substitute={node.name: node.with_attrs(skip_zero_blocks=round(fraction, 4),
                                                                       skip_chunks=chunks)})
         candidates = [Candidate("separate", graph, opportunity.nodes),
-                      Candidate(f"skip zero blocks of {chunks * config.rows} ({100 * fraction:.0f}% zero)",
-                                rewritten,
-                                opportunity.nodes)]
+                      Candidate(f"skip zero blocks ({100 * fraction:.0f}% zero) of {chunks * config.rows} "
+                                f"columns", rewritten, opportunity.nodes)]
         built = [(c, kernels) for c in candidates if (kernels := _kernels(c, config, cache)) is not None]
         if len(built) < 2:
             continue
