@@ -513,9 +513,10 @@ def _after_activation(graph: Graph, tensor: str) -> bool:
 
 def _profiled_zero_fraction(profile: TensorProfile, config: Config, M: int, K: int, N: int, param_rows: int,
                             out_int32: bool, chunks: int) -> float | None:
-    """The profiled fraction of zero blocks of the skipping kernel of ``chunks`` K-chunks a block."""
+    """The profiled fraction of zero blocks of the skipping kernel of ``chunks`` K-chunks a block; None
+    (not a candidate) when no block of that size is zero: it would only add the tests."""
     rows = skipping_tile_rows(config, M, K, N, param_rows=param_rows, out_int32=out_int32, chunks=chunks)
-    return profile.zero_block_fraction(rows, config.rows * chunks) if rows else None
+    return (profile.zero_block_fraction(rows, config.rows * chunks) or None) if rows else None
 
 
 def skip_opportunities(graph: Graph, config: Config, profiles: Mapping[str, TensorProfile]
