@@ -370,6 +370,19 @@ def _plan_qconv(graph: Graph, node: Node) -> NodeKernel | str:
     return NodeKernel(node, recipe, inputs, (node.outputs[0], "NHWC"), constants, host_pad)
 
 
+def _layer_epilogue(options: dict[str, Any]) -> dict[str, Any]:
+    """A chain layer's epilogue (:class:`~.kernels.ConvLayer`'s and :class:`~.kernels.FCLayer`'s
+    keyword arguments) from :func:`_epilogue`'s kernel options."""
+    return {"bias": bool(options.get("bias")), "requant": bool(options.get("requant")),
+            "act": options.get("act", "none"), "clip": options.get("clip"),
+            "out_zp": int(options.get("out_zp", 0))}
+
+
+def _epilogue_rows(rows: dict[str, Any]) -> dict[str, Any]:
+    """The per-channel constant rows a chain layer's epilogue reads (of :func:`_epilogue`'s)."""
+    return {name: rows[name] for name in ("bias", "mult", "shift") if name in rows}
+
+
 def _plan_qconvchain(graph: Graph, node: Node) -> NodeKernel | str:
     """A ``braze.QConvChain``: one :func:`~braze.sw.compiler.kernels.conv2d_chain` kernel, every layer's
     epilogue as :func:`_plan_qconv` folds it (the input zero point into the bias)."""
@@ -391,11 +404,8 @@ def _plan_qconvchain(graph: Graph, node: Node) -> NodeKernel | str:
         options, rows = _epilogue(layer, k_out, bias, w.astype(np.int64).sum(axis=(1, 2, 3)))
         if options.get("out") != "int8" or "residual" in options:
             return f"layer {index}: not an int8 output without a residual"
-        layers.append(kernel_lib.ConvLayer(k_out, kh, kw, pads[0], bias=bool(options.get("bias")),
-                                           requant=bool(options.get("requant")),
-                                           act=options.get("act", "none"), clip=options.get("clip"),
-                                           out_zp=int(options.get("out_zp", 0))))
-        constants.append((w, {name: rows[name] for name in ("bias", "mult", "shift") if name in rows}))
+        layers.append(kernel_lib.ConvLayer(k_out, kh, kw, pads[0], **_layer_epilogue(options)))
+        constants.append((w, _epilogue_rows(rows)))
         height, width = height + 2 * pads[0] - kh + 1, width + 2 * pads[0] - kw + 1
         pool = int(layer.attrs.get("pool", 1))
     options: dict[str, Any] = {"pool": pool} if pool > 1 else {}
@@ -406,11 +416,8 @@ def _plan_qconvchain(graph: Graph, node: Node) -> NodeKernel | str:
         n_out = w.shape[1]
         bias = graph.constant(fc.inputs[2]) if fc.inputs[2] else None
         fc_options, rows = _epilogue(fc, n_out, bias, w.astype(np.int64).sum(axis=0))
-        options["fc"] = kernel_lib.FCLayer(n_out, bias=bool(fc_options.get("bias")),
-                                           requant=bool(fc_options.get("requant")),
-                                           act=fc_options.get("act", "none"), clip=fc_options.get("clip"),
-                                           out_zp=int(fc_options.get("out_zp", 0)))
-        closing = (w, {name: rows[name] for name in ("bias", "mult", "shift") if name in rows})
+        options["fc"] = kernel_lib.FCLayer(n_out, **_layer_epilogue(fc_options))
+        closing = (w, _epilogue_rows(rows))
     recipe = KernelRecipe("conv2d_chain", (n, c, h, wd, tuple(layers)), _options(options))
     output = (node.outputs[0], "NHWC" if fc is None else "plain")
     return NodeKernel(node, recipe, {"x": (x_name, "NHWC")}, output,

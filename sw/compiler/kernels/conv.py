@@ -415,33 +415,34 @@ def conv2d_chain(config: Config, N: int, C: int, H: int, W: int, layers: Sequenc
     return kernel
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _LayerEpilogue:
+    """The fused epilogue of a layer of :func:`conv2d_chain` (keyword-only, as :func:`conv2d`'s and
+    :func:`~.matmul.gemm`'s keyword arguments of the same names)."""
+
+    bias: bool = False
+    requant: bool = False
+    act: str = "none"
+    clip: tuple[int, int] | None = None
+    out_zp: int = 0
+
+
 @dataclasses.dataclass(frozen=True)
-class ConvLayer:
+class ConvLayer(_LayerEpilogue):
     """One stride-1 convolution of :func:`conv2d_chain`: its output channels, kernel size, zero
-    padding and fused epilogue (as :func:`conv2d`'s keyword arguments of the same names)."""
+    padding and fused epilogue."""
 
     K_out: int
     kh: int
     kw: int
     pad: int = 0
-    bias: bool = False
-    requant: bool = False
-    act: str = "none"
-    clip: tuple[int, int] | None = None
-    out_zp: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
-class FCLayer:
-    """The fully connected layer closing a :func:`conv2d_chain`: its outputs and fused epilogue (as
-    :func:`~.matmul.gemm`'s keyword arguments of the same names)."""
+class FCLayer(_LayerEpilogue):
+    """The fully connected layer closing a :func:`conv2d_chain`: its outputs and fused epilogue."""
 
     N_out: int
-    bias: bool = False
-    requant: bool = False
-    act: str = "none"
-    clip: tuple[int, int] | None = None
-    out_zp: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
