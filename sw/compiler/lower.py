@@ -69,6 +69,7 @@ from .frontend import BRAZE_DOMAIN, conv_pads
 from .ir import Graph, Node, NodeKind, TensorInfo
 from .kernels import Kernel, KernelError
 from .kernels.guard import if_guard as guard_kernel
+from .kernels.loops import loops_if_no_slower
 from .validate import validate
 
 __all__ = ["LoweringError", "KernelRecipe", "NodeKernel", "plan_node", "relocate", "relocated_words", "lower",
@@ -110,6 +111,16 @@ class KernelRecipe:
         if cache is None:
             return self.build(config)
         return cache.get_or_build(self.signature, config, lambda: self.build(config))
+
+    def looped_kernel(self, config: Config, cache: KernelCache | None) -> Kernel:
+        """:meth:`kernel` with its repeated runs as counted loops where the timing model predicts it
+        no slower (:func:`~braze.sw.compiler.kernels.loops.loops_if_no_slower`; the kernel itself
+        otherwise), cached under its own key: only the kernels the lowering places are rolled, never
+        the candidates fusion and tiling price."""
+        if cache is None:
+            return loops_if_no_slower(self.kernel(config, None))
+        return cache.get_or_build((*self.signature, ("loops", True)), config,
+                                  lambda: loops_if_no_slower(self.kernel(config, cache)))
 
 
 @dataclasses.dataclass
@@ -755,10 +766,11 @@ class CompiledModel:
 
 
 class _Lowering:
-    def __init__(self, graph: Graph, config: Config, cache: KernelCache | None):
+    def __init__(self, graph: Graph, config: Config, cache: KernelCache | None, loops: bool = True):
         self.graph = graph
         self.config = config
         self.cache = cache
+        self.loops = loops
         self.steps: list = []
         self.buffers: list[Buffer] = []
         self.device: dict[str, DeviceTensor] = {}
@@ -1035,7 +1047,10 @@ class _Lowering:
                 self.cpu(node, plan)
                 continue
             try:
-                kernel = plan.recipe.kernel(self.config, self.cache)
+                if self.loops and self.guard is None:
+                    kernel = plan.recipe.looped_kernel(self.config, self.cache)
+                else:
+                    kernel = plan.recipe.kernel(self.config, self.cache)
             except KernelError as error:
                 self.cpu(node, f"no kernel: {error}")
                 continue
@@ -1132,8 +1147,14 @@ def _finish_guard(lowering: _Lowering) -> GuardPlan:
 
 
 def lower(graph: Graph, config: Config, *, cache: KernelCache | None = None, check: bool = True,
-          guard: IfGuard | None = None) -> CompiledModel:
+          guard: IfGuard | None = None, loops: bool = True) -> CompiledModel:
     """Lower a (fused) quantized graph for ``config``; see the module documentation.
+
+    With ``loops`` (the default) each kernel's repeated runs become counted loops wherever the timing
+    model predicts that no slower and it shortens the program (:meth:`KernelRecipe.looped_kernel`):
+    the units receive the straight-line kernel's instructions exactly, the program's bytes and
+    instruction fetches fall.  Not with ``guard``: the guard's registers must outlive every kernel
+    of the program, and rolled loops set registers of their own.
 
     With ``guard`` (:class:`IfGuard`), the graph's kernels become one program in which a guard kernel
     (:func:`~braze.sw.compiler.kernels.guard.if_guard`) tests the condition on chip and branches over
@@ -1142,7 +1163,7 @@ def lower(graph: Graph, config: Config, *, cache: KernelCache | None = None, che
     """
     if cache is None:
         cache = default_cache()
-    lowering = _Lowering(graph, config, cache)
+    lowering = _Lowering(graph, config, cache, loops)
     lowering.guard = guard
     lowering.run()
     steps = lowering.steps

@@ -142,7 +142,8 @@ def _local_accesses(insn: Instruction) -> dict[Memory, float]:
     return {}
 
 
-def memory_aware_cycles(instructions: Sequence[Instruction], config: Config, memory: MemorySystem) -> int:
+def memory_aware_cycles(instructions: Sequence[Instruction], config: Config, memory: MemorySystem, *,
+                        taken: frozenset[int] = frozenset()) -> int:
     """Cycles of a program on the timing model with a memory that stalls and DMA that hands off.
 
     Each LOAD and COUNTERS that touches external memory takes its :data:`DMA_HANDOFF_CYCLES` more,
@@ -168,14 +169,15 @@ def memory_aware_cycles(instructions: Sequence[Instruction], config: Config, mem
         config = dataclasses.replace(config, mem_latency=memory.read_latency)
     program = [*instructions, Instruction.make(Opcode.HALT)]
     return _memory_aware_cycles(program, [timing_key(insn, config) for insn in program],
-                                [axi_beats(insn, config) for insn in program], config, memory)
+                                [axi_beats(insn, config) for insn in program], config, memory, taken)
 
 
 def _memory_aware_cycles(program: Sequence[Instruction], plain_keys: Sequence[tuple], beats: Sequence[int],
-                         config: Config, memory: MemorySystem) -> int:
+                         config: Config, memory: MemorySystem, taken: frozenset[int] = frozenset()) -> int:
     """:func:`memory_aware_cycles` of ``program`` (with its HALT) given each instruction's
     :func:`~braze.isa.timing.timing_key` on ``config`` (whose latency is the memory's) and its AXI beats,
-    which :func:`program_features` has computed already."""
+    which :func:`program_features` has computed already; ``taken``: the positions of taken BRANCHes in
+    a dispatched stream (:func:`_dispatched_stream`), after which the fetch unit restarts."""
     stretch = 1.0 / (1.0 - memory.stall) - 1.0
     keys = []
     for insn, key, insn_beats in zip(program, plain_keys, beats, strict=True):
@@ -189,7 +191,11 @@ def _memory_aware_cycles(program: Sequence[Instruction], plain_keys: Sequence[tu
             key = (key[0], int(round(key[1] + DMA_HANDOFF_CYCLES[op] + stretch * requests)), *key[2:])
         keys.append(key)
     scheduler = Scheduler(config, load_stretch=stretch)
-    entries = [scheduler.add_keyed(insn, key) for insn, key in zip(program, keys, strict=True)]
+    entries = []
+    for index, (insn, key) in enumerate(zip(program, keys, strict=True)):
+        entries.append(scheduler.add_keyed(insn, key))
+        if index in taken:
+            scheduler.redirect()
 
     banks = {Memory.SPAD: config.spad_banks, Memory.ACC: config.acc_banks}
     # Per local memory, the element-wise instructions touching it as (start, end, accesses per
@@ -204,7 +210,7 @@ def _memory_aware_cycles(program: Sequence[Instruction], plain_keys: Sequence[tu
         return max(1, scheduler.cycles)
     ends = {local: [end for _, end, _ in intervals] for local, intervals in elementwise.items()}
     scheduler = Scheduler(config, keep_entries=False, load_stretch=stretch)      # only its cycles are needed
-    for entry, key in zip(entries, keys, strict=True):
+    for index, (entry, key) in enumerate(zip(entries, keys, strict=True)):
         insn = entry.insn
         if insn.opcode in (Opcode.LOAD, Opcode.STORE) and not (insn.opcode is Opcode.LOAD and insn.zero):
             local = insn.args["mem"]
@@ -218,6 +224,8 @@ def _memory_aware_cycles(program: Sequence[Instruction], plain_keys: Sequence[tu
                 rows_per_cycle = insn.args["rows"] / max(1, entry.end - entry.start)
                 key = (key[0], int(round(key[1] + conflicts * rows_per_cycle / banks[local])), *key[2:])
         scheduler.add_keyed(insn, key)
+        if index in taken:
+            scheduler.redirect()
     return max(1, scheduler.cycles)
 
 
@@ -321,10 +329,35 @@ def _store_features(key: str, features: dict[str, float]) -> None:
             os.unlink(temporary)
 
 
+def _dispatched_stream(instructions: Sequence[Instruction]) -> tuple[list[Instruction], frozenset[int]]:
+    """What a program with loops dispatches (:func:`~braze.sw.compiler.kernels.loops.expand_loops`,
+    register offsets added, a PREDICATE finding its rows nonzero: a dense run), and the positions
+    of its taken BRANCHes in that stream."""
+    from ..compiler.kernels.loops import expand_loops, spread_predicate
+
+    stream: list[Instruction] = []
+    taken: list[int] = []
+    for resolved, _ in expand_loops(instructions, predicate=spread_predicate(0.0),
+                                    on_taken=lambda: taken.append(len(stream) - 1)):
+        stream.append(resolved)
+    return stream, frozenset(taken)
+
+
 def program_features(instructions: Sequence[Instruction], config: Config,
                      memory: MemorySystem | None = None) -> dict[str, float]:
-    """The features of a kernel's instructions (without the HALT) on ``config`` against ``memory``."""
+    """The features of a kernel's instructions (without the HALT) on ``config`` against ``memory``.
+
+    A program with loops is featured as it runs: its dispatched stream (:func:`_dispatched_stream`),
+    scheduled with the fetch unit's restart after each taken BRANCH as
+    :func:`~braze.sw.compiler.kernels.loops.looped_cycles` prices it.  A loop rolled from a
+    straight-line kernel therefore has its twin's features for everything the units execute
+    (counts, rows, bytes, beats, MACs, tokens); only the dispatcher's ``n_scalar`` and ``n_branch``
+    are added, and the cycles features hold what the loops' dispatcher cycles do not hide.
+    """
     memory = MemorySystem.nominal(config) if memory is None else memory
+    taken: frozenset[int] = frozenset()
+    if any(insn.opcode is Opcode.BRANCH for insn in instructions):
+        instructions, taken = _dispatched_stream(instructions)
     features: dict[str, float] = {}
     counts = {op: 0 for op in Opcode}
     rows = {"load": 0, "store": 0}
@@ -408,8 +441,10 @@ def program_features(instructions: Sequence[Instruction], config: Config,
     # (A unit's busy cycles are the sum of its instructions' cycles: each runs from start to end.)
     keys = [timing_key(insn, config) for insn in program]
     timeline = Scheduler(config, keep_entries=False)
-    for insn, key in zip(program, keys, strict=True):
+    for index, (insn, key) in enumerate(zip(program, keys, strict=True)):
         timeline.add_keyed(insn, key)
+        if index in taken:
+            timeline.redirect()
     analytic = max(1, int(timeline.cycles))
     unit_busy = timeline.unit_busy
     busy = {unit: unit_busy[Unit[unit.upper()]] for unit in _UNITS}
@@ -437,9 +472,9 @@ def program_features(instructions: Sequence[Instruction], config: Config,
     features["store_busy_x_stretch"] = features["analytic_store_busy_share"] * stretch
     # The baseline the learned model corrects (see the module documentation).
     if memory.read_latency == config.mem_latency:
-        baseline = _memory_aware_cycles(program, keys, program_beats, config, memory)
+        baseline = _memory_aware_cycles(program, keys, program_beats, config, memory, taken)
     else:
-        baseline = memory_aware_cycles(instructions, config, memory)
+        baseline = memory_aware_cycles(instructions, config, memory, taken=taken)
     features["baseline_cycles"] = baseline
     features["log_baseline_cycles"] = math.log(baseline)
     features["log_baseline_over_analytic"] = math.log(baseline / analytic)

@@ -53,7 +53,7 @@ def planning_cost_model(name: str, config):
 
 
 def measure(kind: str, *, config: str = "default", first: int = 64, second: int = 17,
-            specialise: bool = True, cost_model: str = "analytic") -> dict:
+            specialise: bool = True, cost_model: str = "analytic", loops: bool = True) -> dict:
     """Compile times of one digits model in this process (call it in a fresh one for a cold number)."""
     from braze.isa import Config
     from braze.sw.compiler import models
@@ -68,7 +68,7 @@ def measure(kind: str, *, config: str = "default", first: int = 64, second: int 
         calibration = models.calibration_set(model, data, seed=0)
         parsed = Config.parse(config)
         options = dict(device="golden", config=parsed, calibration=calibration, record=False,
-                       specialise=specialise)
+                       specialise=specialise, loops=loops)
         planner = planning_cost_model(cost_model, parsed)
         cache_dir = os.path.join(directory, "cache")
         session = InferenceSession(path, cache=KernelCache(cache_dir), cost_model=planner, **options)
@@ -109,12 +109,13 @@ def _cache_root(directory: str) -> Iterator[None]:
 
 
 def run_child(kind: str, cost_model: str, *, config: str = "default", first: int = 64, second: int = 17,
-              fresh: bool = False) -> dict:
+              fresh: bool = False, loops: bool = True) -> dict:
     """:func:`measure` in a fresh Python process (so that the cold number is cold); its JSON row."""
     command = [sys.executable, "-m", "braze.sw.runtime.compile_bench", "--one", kind,
                "--cost-models", cost_model, "--config", config, "--first", str(first),
                "--second", str(second)]
     command += ["--fresh"] if fresh else []
+    command += [] if loops else ["--no-loops"]
     env = dict(os.environ, BRAZE_HPM_RECORD="0")
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode:
@@ -124,20 +125,22 @@ def run_child(kind: str, cost_model: str, *, config: str = "default", first: int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``braze bench compile [--config NAME] [--first N] [--second N] [--fresh] [--models cnn,mlp]
-    [--cost-models analytic,learned]``."""
+    """``braze bench compile [--config NAME] [--first N] [--second N] [--fresh] [--no-loops]
+    [--models cnn,mlp] [--cost-models analytic,learned]``."""
     parser = ArgumentParser(prog="braze bench compile", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="default", help="preset name, PRESET:field=value,... or JSON")
     parser.add_argument("--first", type=int, default=64, help="first batch size (compiled cold)")
     parser.add_argument("--second", type=int, default=17, help="second batch size")
     parser.add_argument("--fresh", action="store_true", help="price the second batch size afresh "
                         "(specialise=False) instead of specialising the first one's plan")
+    parser.add_argument("--no-loops", action="store_true", help="lower every kernel straight-line "
+                        "(InferenceSession(loops=False)) instead of with the default loops")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated: cnn, mlp")
     parser.add_argument("--cost-models", default=",".join(COST_MODELS),
                         help="comma-separated: analytic, learned (the verilator device's learned model)")
     parser.add_argument("--one", help=argparse.SUPPRESS)      # internal: measure one model in this process
     args = parser.parse_args(argv)
-    options = dict(config=args.config, first=args.first, second=args.second)
+    options = dict(config=args.config, first=args.first, second=args.second, loops=not args.no_loops)
     kinds = _choices(parser, "--models", args.models, MODELS)
     planners = _choices(parser, "--cost-models", args.cost_models, COST_MODELS)
     if args.one:                      # the child process: one model, JSON out
@@ -155,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     suffix = {"analytic": "", "learned": "_learned"}
     print("compile: " + " ".join(f"{row['model']}_{key}{suffix[row['cost_model']]}={row[key + '_s']:.3f}"
                                  for row in rows for key in ("cold", "second", "cached"))
-          + f" second_size={how}")
+          + f" second_size={how}" + (" loops=off" if args.no_loops else ""))
     return 0
 
 

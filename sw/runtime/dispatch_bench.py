@@ -48,6 +48,15 @@ cycles by the skipping kernel's (the same device); ``loops_shrink`` is the libra
 looped / straight-line cycle ratio over the shapes of section 4 (of section 1 on the model).
 ``golden_looped_first_ms`` and ``golden_looped_warm_ms`` are the reference model's wall time for the
 looped GEMM of section 1: its first run (which plans the program, loops followed) and each later run.
+
+6. **The compiler's default**: the digits CNN and MLP (:mod:`braze.sw.compiler.models`, batch 64;
+   ``--quick``: one epoch, batch 8) compiled with every kernel straight-line (``loops=False``) and
+   with the lowering's default loops (:func:`~braze.sw.compiler.lower.lower`), planned by the timing
+   model: the programs' bytes, and the cycles on the golden device (and the Verilator device with
+   ``--rtl verilator``), outputs of the two compared bit for bit (counted in ``mismatches``).
+   ``model_program_shrink`` is both models' program bytes straight-line over with loops, and
+   ``model_loops_cycle_ratio`` the larger with-loops / straight-line cycle ratio of the two (on the
+   Verilator device when it ran).
 """
 
 from __future__ import annotations
@@ -355,6 +364,42 @@ def whole_model(config: Config, devices: Sequence[str], rows: int = 64, features
     return {"cycles": cycles, "decisions": gains[True], "mismatches": mismatches}
 
 
+def digits_models(config: Config, devices: Sequence[str], batch: int, epochs: int | None = None
+                  ) -> dict[str, dict]:
+    """Section 6: the digits CNN and MLP compiled with every kernel straight-line (``loops=False``)
+    and with the lowering's default loops, planned by the timing model (one plan for every device),
+    run on ``devices``: program bytes (every segment's binary), cycles, and whether the outputs of
+    the two agree bit for bit on each device."""
+    from braze.sim.device import open_device
+
+    from ..compiler import models
+    from ..compiler.cache import KernelCache
+    from .session import InferenceSession
+
+    data = models.load_digits_split()
+    cache = KernelCache(disk=False)
+    results: dict[str, dict] = {}
+    for kind, train in (("cnn", models.train_cnn), ("mlp", models.train_mlp)):
+        model, _ = train(data, seed=0, **({"epochs": epochs} if epochs else {}))
+        onnx_model = model.to_onnx()
+        calibration = models.calibration_set(model, data, seed=0)
+        x = model.inputs(data.x_val[:batch])
+        row: dict = {"bytes": {}, "cycles": {}, "mismatches": 0}
+        for name in devices:
+            with open_device(name, config) as device:
+                outputs = {}
+                for loops in (False, True):
+                    session = InferenceSession(onnx_model, device=device, config=config,
+                                               calibration=calibration, cost_model="analytic", cache=cache,
+                                               record=False, loops=loops)
+                    outputs[loops] = session.run(None, {session.get_inputs()[0].name: x})[0]
+                    row["bytes"][loops] = sum(len(segment.binary) for segment in session.compiled.segments)
+                    row["cycles"][name, loops] = session.report().total_cycles
+                row["mismatches"] += not np.array_equal(outputs[False], outputs[True])
+        results[kind] = row
+    return results
+
+
 #: Shapes whose library kernel is compared straight-line and looped (M, K, N on default).
 LOOP_SHAPES = ((64, 256, 64), (128, 512, 128), (256, 256, 256), (100, 200, 56))
 QUICK_LOOP_SHAPES = ((16, 32, 16),)
@@ -462,6 +507,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_speedup = {"model_speedup": speedups[measured]}
     if measured != "golden":
         model_speedup["model_speedup_model"] = speedups["golden"]
+    digits = digits_models(config, devices, *((8, 1) if args.quick else (64, None)))
+    print(f"\n== the digits models on {config.name}: kernels straight-line and with the default loops ==")
+    print(_table(("model", "program bytes", "with loops", "shrink",
+                  *(f"{name} {what}" for name in devices for what in ("cycles", "with loops", "ratio"))),
+                 [(kind, row["bytes"][False], row["bytes"][True],
+                   f"{row['bytes'][False] / row['bytes'][True]:.3f}x",
+                   *(value for name in devices for value in (
+                       row["cycles"][name, False], row["cycles"][name, True],
+                       f"{row['cycles'][name, True] / row['cycles'][name, False]:.4f}")))
+                  for kind, row in digits.items()]))
+    model_shrink = sum(row["bytes"][False] for row in digits.values()) / sum(row["bytes"][True]
+                                                                             for row in digits.values())
+    model_loops_ratio = max(row["cycles"][measured, True] / row["cycles"][measured, False]
+                            for row in digits.values())
+    if mismatches != "n/a":
+        mismatches += sum(row["mismatches"] for row in digits.values())
     print(f"dispatch: skip_speedup_at_50={skip['skip_speedup_at_50']:.2f} "
           f"program_shrink={shrink:.1f} compiles_for_{batches}_batch_sizes={batch['compiles_looped']} "
           f"mismatches={mismatches} skip_ratio_at_0={skip['skip_ratio_at_0']:.2f} "
@@ -471,6 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           + f"loops_shrink={loops_shrink:.1f} loops_cycle_ratio={loops_ratio:.4f} "
           + " ".join(f"{key}={value:.2f}" for key, value in model_speedup.items())
           + f" golden_looped_first_ms={sizes['golden_first_ms']:.0f} "
-          f"golden_looped_warm_ms={sizes['golden_warm_ms']:.1f}")
+          f"golden_looped_warm_ms={sizes['golden_warm_ms']:.1f} "
+          f"model_program_shrink={model_shrink:.3f} model_loops_cycle_ratio={model_loops_ratio:.4f}")
     return 0
 

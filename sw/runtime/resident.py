@@ -28,8 +28,11 @@ a pipelined warm program drops (1) -- one snapshot per segment, so its report ha
 segment instead of one per kernel -- and keeps (3) as a FENCE (a true data dependency: the digits
 MLP's layers form a chain, so only the snapshots' cycles go).
 
-Models with control flow in a kernel (loops, an on-chip If) or too large for the scratchpad side
-by side run as the plain :class:`~braze.sw.runtime.runtime.Runtime` does;
+The loops the lowering rolls by default (:func:`~braze.sw.compiler.lower.lower` ``loops=True``) are
+unrolled for the cold and warm programs (:func:`~braze.sw.compiler.kernels.loops.straight_line`: the
+windows and the dropped LOADs are per instruction).  Models with other control flow in a kernel (a
+zero-block skipping GEMM, an on-chip If) or too large for the scratchpad side by side run as the
+plain :class:`~braze.sw.runtime.runtime.Runtime` does;
 :attr:`ResidentRuntime.reason` says why.
 """
 
@@ -44,7 +47,8 @@ from braze.isa import INSN_BYTES, Instruction, Memory, Opcode, encode_program
 from braze.isa.encoding import CONTROL_FLOW_OPCODES, UNARY_VECTOR_OPS
 from braze.isa.model import instruction_accesses
 from braze.sw.compiler.kernels import OPERAND_ALIGN, Kernel
-from braze.sw.compiler.lower import CompiledModel, KernelStep, Segment
+from braze.sw.compiler.kernels.loops import straight_line
+from braze.sw.compiler.lower import CompiledModel, KernelStep, Segment, relocate
 from braze.sw.compiler.stream import StreamError, pipeline, resident_loads
 
 from .runtime import KernelReport, Runtime
@@ -139,11 +143,13 @@ def plan_resident(model: CompiledModel, *, pipelined: bool = False) -> ResidentP
     if not steps:
         return "no kernels"
     windows: dict[str, tuple[int, int]] = {}
+    # Loops the lowering rolled are unrolled: the windows and dropped LOADs are per instruction.
+    kernels = {step.name: straight_line(step.kernel) for step in steps}
     spad_next = acc_next = 0
     for step in steps:
-        if any(insn.opcode in CONTROL_FLOW_OPCODES for insn in step.kernel.instructions):
+        if any(insn.opcode in CONTROL_FLOW_OPCODES for insn in kernels[step.name].instructions):
             return f"kernel {step.name} has control flow (its rows depend on registers)"
-        spad_rows, acc_rows = footprint(step.kernel)
+        spad_rows, acc_rows = footprint(kernels[step.name])
         # Offsets in whole bank rounds: every row keeps its bank.
         spad_at, acc_at = _aligned(spad_next, config.spad_banks), _aligned(acc_next, config.acc_banks)
         windows[step.name] = (spad_at, acc_at)
@@ -161,12 +167,13 @@ def plan_resident(model: CompiledModel, *, pipelined: bool = False) -> ResidentP
         cold: list[Instruction] = []
         warm: list[Instruction] = []
         for step in segment.steps:
-            placed = relocate_rows(step.placed.instructions, *windows[step.name])
-            dropped = frozenset(resident_loads(step.kernel))
+            kernel = kernels[step.name]
+            placed = relocate_rows(relocate(kernel, step.addrs).instructions, *windows[step.name])
+            dropped = frozenset(resident_loads(kernel))
             cold += placed
             warm += [insn for index, insn in enumerate(placed) if index not in dropped]
             if dropped:
-                loads = [step.kernel.instructions[index] for index in sorted(dropped)]
+                loads = [kernel.instructions[index] for index in sorted(dropped)]
                 saved += program_events(loads, config)["dma_read_bytes"]
         if pipelined:
             last = [insn for insn in warm if insn.opcode is Opcode.COUNTERS][-1]

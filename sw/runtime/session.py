@@ -296,6 +296,11 @@ class InferenceSession:
         ``skip`` candidates at instead of the calibration data's -- e.g. what a dataflow analyzer
         observed at run time.  An empty mapping offers no skipping kernel (activations are quantized
         symmetrically all the same: the integers of the session with skipping kernels).
+    loops : bool
+        Emit each kernel's repeated runs as counted loops where the timing model predicts them no
+        slower and they shorten the program (the default; :func:`~braze.sw.compiler.lower.lower`):
+        the units execute the same instructions, the programs' bytes and instruction fetches fall.
+        ``False``: every kernel straight-line, as the library generates it.
     force_fusion : sequence of str
         Fusion opportunity kinds (:data:`~braze.sw.compiler.fusion.OPPORTUNITY_KINDS`, e.g.
         ``("conv_chain",)``) taken wherever a fused kernel can be generated, whatever the cost model
@@ -316,8 +321,9 @@ class InferenceSession:
                  nonfinite: str = "error", specialise: bool = True, skip_zero_blocks: bool = False,
                  resident_weights: bool | str = False,
                  zero_block_profiles: Mapping[str, TensorProfile] | None = None,
-                 force_fusion: Sequence[str] = ()):
+                 force_fusion: Sequence[str] = (), loops: bool = True):
         started = time.perf_counter()
+        self.loops = loops
         self.objective = check_objective(objective)
         if nonfinite not in NONFINITE_POLICIES:
             raise BrazeError(f"nonfinite={nonfinite!r}: must be one of {', '.join(NONFINITE_POLICIES)}")
@@ -427,7 +433,7 @@ class InferenceSession:
                                                      cache=self.cache, objective=self.objective)
                 tilings = _with_layouts(tilings, layouts)
                 self._plan = (decisions, {d.node: d for d in tilings})
-            compiled = lower(fused, self.config, cache=self.cache)
+            compiled = lower(fused, self.config, cache=self.cache, loops=self.loops)
             self._compiled[key] = (fused, decisions, compiled, self._runtime_for(compiled), tilings)
         self._last = key
         return self._compiled[key]

@@ -125,3 +125,54 @@ def test_a_kernel_with_loops_read_back_as_a_plain_kernel_counts_its_dispatched_s
         plain = Kernel(**{field.name: getattr(looped, field.name) for field in dataclasses.fields(Kernel)})
         assert plain.events == looped.events
         assert plain.events["macs"] == 64 * 256 * 64      # every loop iteration counted (a dense A)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: gemm(DEFAULT, 64, 256, 64, out="int32"),
+    lambda: conv2d(TINY, 1, 8, 6, 6, 8, 3, 3, 1, 1, bias=True, requant=True, act="relu"),
+], ids=["gemm-default", "conv-tiny"])
+def test_a_rolled_kernel_has_its_straight_line_twins_features(make):
+    from braze.sw.hpm.features import MemorySystem, program_features
+
+    kernel = make()
+    looped = looped_kernel(kernel)
+    assert looped.predicted_cycles == kernel.predicted_cycles       # the loops' dispatch is hidden here
+    # Featured as they run (the dispatched stream), a rolled kernel and its straight-line twin differ
+    # only in the dispatcher's SCALARs and BRANCHes, which the shipped model never saw (always 0), so
+    # it predicts both the same -- also against a slower, stalling memory (the baseline reschedules).
+    for memory in (MemorySystem.nominal(kernel.config), MemorySystem(kernel.config.mem_latency + 20, 0.25)):
+        twin = program_features(kernel.instructions, kernel.config, memory)
+        rolled = program_features(looped.instructions, kernel.config, memory)
+        differing = {name for name in twin if twin[name] != rolled[name]}
+        assert differing == {"n_scalar", "n_branch"}
+        assert rolled["n_branch"] > 0 and rolled["n_scalar"] > rolled["n_branch"]
+        assert twin["n_branch"] == twin["n_scalar"] == 0
+
+
+def test_loops_stay_inside_one_operand():
+    loads = [Instruction.make("load", mem="spad", addr=8 * i, rows=8, len=8, dram=64 * i, stride=8)
+             for i in range(20)]
+
+    def region(insn):                  # two operands side by side: bytes 0..639 and 640..
+        return insn.dram >= 640
+
+    assert len([insn for insn in roll_loops(loads) if insn.opcode is Opcode.BRANCH]) == 1
+    rolled = roll_loops(loads, region=region)
+    # One loop per operand: every address a loop position takes lies in the operand of its first.
+    assert len([insn for insn in rolled if insn.opcode is Opcode.BRANCH]) == 2
+    pairs = [(resolved, written) for resolved, written in expand_loops(rolled)
+             if resolved.opcode is Opcode.LOAD]
+    assert [resolved for resolved, _ in pairs] == loads
+    assert all(region(resolved) == region(written) for resolved, written in pairs)
+
+
+def test_loops_if_no_slower_keeps_the_straight_line_kernel_when_nothing_repeats():
+    from braze.sw.compiler.kernels.loops import loops_if_no_slower, straight_line
+
+    kernel = gemm(TINY, 8, 8, 8, out="int32")          # one tile: no run repeats
+    assert roll_loops(kernel.instructions) == kernel.instructions
+    assert loops_if_no_slower(kernel) is kernel
+    looped = looped_kernel(gemm(DEFAULT, 64, 256, 64, out="int32"))
+    unrolled = straight_line(looped)
+    assert unrolled.instructions == gemm(DEFAULT, 64, 256, 64, out="int32").instructions
+    assert "loops" not in unrolled.tiling and straight_line(kernel) is kernel

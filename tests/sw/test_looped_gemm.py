@@ -95,7 +95,8 @@ def test_bench_dispatch_quick_ends_with_its_summary(capsys):
                          r"skip_measured_on=verilator skip_vs_best_at_0=([\d.]+) skip_vs_best_at_50=([\d.]+) "
                          r"loops_shrink=([\d.]+) loops_cycle_ratio=([\d.]+) model_speedup=([\d.]+) "
                          r"model_speedup_model=([\d.]+) golden_looped_first_ms=([\d.]+) "
-                         r"golden_looped_warm_ms=([\d.]+)", last)
+                         r"golden_looped_warm_ms=([\d.]+) model_program_shrink=([\d.]+) "
+                         r"model_loops_cycle_ratio=([\d.]+)", last)
     assert match, last
     assert float(match[1]) > 0 and float(match[2]) > 1 and float(match[8]) > 1
     assert float(match[12]) > 0 and float(match[13]) > 0          # the reference model's wall times
@@ -115,6 +116,9 @@ def test_bench_dispatch_quick_ends_with_its_summary(capsys):
     else:
         assert float(match[11]) == 1.0
     assert "random control-flow programs on tiny: 3, mismatching: 0" in out
+    # Section 6: the digits models' programs shrink with the default loops, their outputs are the
+    # straight-line programs' (counted in mismatches=0), and the timing model kept no slower loop.
+    assert float(match[14]) > 1 and float(match[15]) <= 1.0
 
 
 def test_an_m_tile_below_the_array_height_is_refused():

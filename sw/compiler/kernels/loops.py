@@ -22,7 +22,15 @@ ends.
 Which runs become loops is a shortest-program choice (dynamic programming over the program):
 a loop of period ``p`` with ``s`` registers costs ``p + 2*s + 2`` instructions.  ``min_body``
 keeps loop bodies at least that long (a longer period is a multiple of a short one, so a
-short-period run is then unrolled a few times): fewer dispatcher cycles per instruction.
+short-period run is then unrolled a few times): fewer dispatcher cycles per instruction.  A
+loop position never crosses from one operand into another (``region``, :func:`operand_region`):
+the lowering places operands apart.
+
+The lowering rolls every kernel it places this way by default
+(:meth:`~braze.sw.compiler.lower.KernelRecipe.looped_kernel`), after fusion and tiling chose it,
+so the search must cost little beside the compile: the repeated runs are found once with array
+arithmetic for every period and body length (:class:`_Repeats`), and the choice visits only the
+positions where a loop can start.
 
 :func:`looped_kernel` prices the rolled program with the timing model (:func:`looped_cycles`)
 and returns it as a :class:`~.common.Kernel` whose :attr:`~.common.Kernel.events` count the
@@ -36,6 +44,8 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
+
 from braze.isa import Config, Instruction, Opcode
 from braze.isa.encoding import REGISTER_OFFSETS
 from braze.isa.model import branch_taken, program_events, resolve_registers
@@ -44,13 +54,16 @@ from braze.isa.timing import Scheduler
 from .common import Kernel, KernelError
 
 __all__ = ["roll_loops", "expand_loops", "looped_cycles", "looped_kernel", "loops_if_no_slower",
-           "spread_predicate", "dispatched_events", "LoopedKernel", "LOOP_REGISTERS"]
+           "operand_region", "straight_line", "spread_predicate", "dispatched_events", "LoopedKernel",
+           "LOOP_REGISTERS"]
 
 #: Scalar registers a rolled loop may use (r0 reads as zero).
 LOOP_REGISTERS = (1, 2, 3, 4, 5, 6, 7)
 #: The longest loop body :func:`roll_loops` looks for (instructions).
 MAX_PERIOD = 48
 _CONTROL = (Opcode.SCALAR, Opcode.BRANCH, Opcode.PREDICATE)
+#: The most address fields one instruction has (MATMUL: ``acc``, ``a``, ``b``).
+_ADDRESS_FIELDS = max(len(fields) for fields in REGISTER_OFFSETS.values())
 _INT32 = 1 << 31
 
 
@@ -65,15 +78,6 @@ def _shape(insn: Instruction) -> tuple | None:
     return insn.opcode, insn.deps, fixed
 
 
-def _step(first: Instruction, second: Instruction) -> tuple | None:
-    """The address fields' steps from ``first`` to ``second``, or None when they are not one
-    instruction advanced (different opcode, shape or tokens)."""
-    shape = _shape(first)
-    if shape is None or shape != _shape(second):
-        return None
-    return tuple(second.args[field] - first.args[field] for field in REGISTER_OFFSETS.get(first.opcode, {}))
-
-
 def _registers_needed(steps: Sequence[tuple]) -> tuple[int, ...]:
     """The distinct nonzero steps of a loop body, in order of appearance (one register each)."""
     seen: dict[int, None] = {}
@@ -84,57 +88,153 @@ def _registers_needed(steps: Sequence[tuple]) -> tuple[int, ...]:
     return tuple(seen)
 
 
-def roll_loops(program: Sequence[Instruction], *, min_body: int = 1, max_period: int = MAX_PERIOD
-               ) -> list[Instruction]:
+#: Which operand an instruction's external address lies in (None: it has none); two instructions
+#: in different operands are never one loop position (see :func:`roll_loops`).
+Region = Callable[[Instruction], object]
+
+
+class _Repeats:
+    """The repeated runs of a straight-line program, found once for every loop-body length
+    (:func:`roll_loops` chooses among them; :func:`loops_if_no_slower` for several ``min_body``).
+
+    Each instruction's shape (:func:`_shape`, with its ``region``) becomes a small integer and its
+    address fields a row of an array, once; comparing every instruction ``t`` with ``t + p`` for
+    every period ``p`` is then array arithmetic, and the choice only visits the (position, period)
+    pairs at which a loop can start: a few milliseconds for the kernels a model compiles.
+    """
+
+    def __init__(self, program: Sequence[Instruction], max_period: int, region: Region | None):
+        self.program = program = list(program)
+        n = len(program)
+        ids: dict[tuple, int] = {}
+        shape_ids = np.empty(n, np.int64)
+        addresses = np.zeros((n, _ADDRESS_FIELDS), np.int64)
+        self.fields = [len(REGISTER_OFFSETS.get(insn.opcode, {})) for insn in program]
+        for t, insn in enumerate(program):
+            shape = _shape(insn)
+            if shape is None:
+                raise ValueError("register offset")
+            if region is not None:
+                shape = (*shape, region(insn))
+            shape_ids[t] = ids.setdefault(shape, len(ids))
+            args = insn.args
+            for column, field in enumerate(REGISTER_OFFSETS.get(insn.opcode, {})):
+                addresses[t, column] = args[field]
+        positions = np.arange(n + 1)
+        # For each period p: step[p][t] the address steps from instruction t to t + p (valid where the
+        # two have one shape), ``known`` the length of the run of valid steps from t, ``same`` the
+        # length of the run of positions from t whose step equals the step a period earlier.
+        self.steps: dict[int, np.ndarray] = {}
+        self.same: dict[int, np.ndarray] = {}
+        self._needed: dict[tuple[int, int], tuple[int, ...]] = {}     # registers of the loop (p, i)
+        #: Per position, the periods at which a loop can start there (a whole period of valid steps).
+        self.starts: list[list[int]] = [[] for _ in range(n)]
+        for p in range(1, min(max_period, n // 2) + 1):
+            valid = np.zeros(n, bool)
+            valid[:n - p] = shape_ids[:n - p] == shape_ids[p:]
+            step = np.zeros((n, _ADDRESS_FIELDS), np.int64)
+            step[:n - p] = addresses[p:] - addresses[:n - p]
+            repeat = np.zeros(n, bool)
+            repeat[p:] = valid[p:] & valid[:n - p] & (step[p:] == step[:n - p]).all(axis=1)
+            known = _run_lengths(valid, positions)
+            for t in np.flatnonzero(known[:n] >= p):
+                self.starts[t].append(p)
+            self.steps[p], self.same[p] = step, _run_lengths(repeat, positions)
+
+    def _step_tuples(self, p: int, i: int) -> list[tuple[int, ...]]:
+        """The address steps of the loop body ``program[i:i + p]`` (one tuple per instruction)."""
+        rows = self.steps[p][i:i + p].tolist()
+        return [tuple(row[:fields]) for row, fields in zip(rows, self.fields[i:i + p], strict=True)]
+
+    def roll(self, min_body: int) -> list[Instruction]:
+        """The shortest rolled form with loop bodies of at least ``min_body`` instructions."""
+        program, n = self.program, len(self.program)
+        # best[i]: length of the shortest rolled form of program[i:], and the choice that gives it.
+        best = [0] * (n + 1)
+        choice: list[tuple[int, int] | None] = [None] * (n + 1)
+        for i in range(n - 1, -1, -1):
+            best[i], choice[i] = best[i + 1] + 1, None
+            for p in self.starts[i]:
+                if p < min_body:
+                    continue
+                count = 2 + int(self.same[p][i + p]) // p
+                counts = range(count, max(1, count - 2), -1)
+                # The cheapest loop (one register) cannot beat what is known: skip finding its registers.
+                end = i + count * p
+                rest = best[end] if count == 2 else min(best[end], best[end - p])
+                if p + 4 + rest >= best[i]:
+                    continue
+                needed = self._needed.get((p, i))
+                if needed is None:
+                    needed = self._needed[p, i] = _registers_needed(self._step_tuples(p, i))
+                if len(needed) >= len(LOOP_REGISTERS) or any(abs(count * s) >= _INT32 for s in needed):
+                    continue
+                cost = p + 2 * max(1, len(needed)) + 2
+                for c in counts:
+                    if cost + best[i + c * p] < best[i]:
+                        best[i], choice[i] = cost + best[i + c * p], (p, c)
+        rolled: list[Instruction] = []
+        i = 0
+        while i < n:
+            if choice[i] is None:
+                rolled.append(program[i])
+                i += 1
+                continue
+            p, count = choice[i]
+            rolled += _loop(program[i:i + p], self._step_tuples(p, i), count)
+            i += p * count
+        return rolled
+
+
+def _run_lengths(flags: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """For each position t (and n), how many of ``flags[t], flags[t+1], ...`` are true before the
+    first false one."""
+    n = len(flags)
+    false_at = np.where(np.append(flags, False), n + 1, positions)
+    false_at[n] = n
+    next_false = np.minimum.accumulate(false_at[::-1])[::-1]
+    return next_false - positions
+
+
+def _repeats(program: Sequence[Instruction], max_period: int, region: Region | None) -> _Repeats | None:
+    """The :class:`_Repeats` of ``program``, or None when it cannot be rolled (too short, control
+    flow already, register offsets)."""
+    if len(program) < 2 or any(insn.opcode in _CONTROL for insn in program):
+        return None
+    try:
+        return _Repeats(program, max_period, region)
+    except ValueError:
+        return None
+
+
+def roll_loops(program: Sequence[Instruction], *, min_body: int = 1, max_period: int = MAX_PERIOD,
+               region: Region | None = None) -> list[Instruction]:
     """``program`` (straight-line) with its repeated runs as counted loops; see the module.
 
     A program that already has control flow (SCALAR, BRANCH, PREDICATE) or register offsets is
-    returned as it is.  ``min_body``: the shortest loop body considered.
+    returned as it is.  ``min_body``: the shortest loop body considered.  ``region``: which operand
+    an instruction's address lies in (:func:`operand_region`); the repetitions of a loop position
+    then stay in one operand, so relocating the operands moves the loop's addresses with them.
     """
-    program = list(program)
-    n = len(program)
-    if n < 2 or any(insn.opcode in _CONTROL for insn in program) or any(_shape(i) is None for i in program):
-        return program
-    # best[i]: length of the shortest rolled form of program[i:], and the choice that gives it.
-    best = [0] * (n + 1)
-    choice: list[tuple[int, int] | None] = [None] * (n + 1)
-    # For each period p: steps[p][t] between instruction t and t + p, and the length of the run
-    # of positions from t whose step equals the step a period earlier (so the run repeats).
-    steps: dict[int, list[tuple | None]] = {}
-    repeats: dict[int, list[int]] = {}
-    defined: dict[int, list[int]] = {}
-    for p in range(max(1, min_body), min(max_period, n // 2) + 1):
-        step = [_step(program[t], program[t + p]) for t in range(n - p)] + [None] * p
-        same = [0] * (n + 1)
-        known = [0] * (n + 1)
-        for t in range(n - 1, -1, -1):
-            known[t] = known[t + 1] + 1 if step[t] is not None else 0
-            same[t] = same[t + 1] + 1 if t >= p and step[t] is not None and step[t] == step[t - p] else 0
-        steps[p], repeats[p], defined[p] = step, same, known
-    for i in range(n - 1, -1, -1):
-        best[i], choice[i] = best[i + 1] + 1, None
-        for p, step in steps.items():
-            if defined[p][i] < p:
-                continue
-            count = 2 + repeats[p][i + p] // p
-            needed = _registers_needed(step[i:i + p])
-            if len(needed) >= len(LOOP_REGISTERS) or any(abs(count * s) >= _INT32 for s in needed):
-                continue
-            cost = p + 2 * max(1, len(needed)) + 2
-            for c in range(count, max(1, count - 2), -1):
-                if cost + best[i + c * p] < best[i]:
-                    best[i], choice[i] = cost + best[i + c * p], (p, c)
-    rolled: list[Instruction] = []
-    i = 0
-    while i < n:
-        if choice[i] is None:
-            rolled.append(program[i])
-            i += 1
-            continue
-        p, count = choice[i]
-        rolled += _loop(program[i:i + p], steps[p][i:i + p], count)
-        i += p * count
-    return rolled
+    repeats = _repeats(program, max_period, region)
+    return list(program) if repeats is None else repeats.roll(max(1, min_body))
+
+
+def operand_region(kernel: Kernel) -> Region:
+    """Which of ``kernel``'s operands an instruction's external address lies in, as
+    :func:`~braze.sw.compiler.lower.relocate` sees it (LOAD, STORE and COUNTERS; a zero-fill LOAD
+    reads nothing): a loop whose iterations crossed from one operand into the next would read the
+    wrong bytes once the lowering places the two apart."""
+    bounds = sorted((op.addr, op.end, name) for name, op in kernel.operands.items())
+
+    def region(insn: Instruction) -> object:
+        if insn.opcode not in (Opcode.LOAD, Opcode.STORE, Opcode.COUNTERS) or \
+                (insn.opcode is Opcode.LOAD and insn.zero):
+            return None
+        dram = insn.dram
+        return next((name for start, end, name in bounds if start <= dram < end), "outside")
+
+    return region
 
 
 def _loop(body: Sequence[Instruction], steps: Sequence[tuple], count: int) -> list[Instruction]:
@@ -239,21 +339,48 @@ class LoopedKernel(Kernel):
 
 
 def looped_kernel(kernel: Kernel, *, min_body: int = 1) -> LoopedKernel:
-    """``kernel`` with its repeated runs as loops (:func:`roll_loops`), priced by the timing model.
+    """``kernel`` with its repeated runs as loops (:func:`roll_loops`, each loop within one
+    operand: :func:`operand_region`), priced by the timing model.
 
     Its units receive exactly the straight-line kernel's instructions (checked here), so its
     outputs are bit-identical; ``predicted_cycles`` adds what the loops' dispatcher cycles do
     not hide.
     """
-    rolled = roll_loops(kernel.instructions, min_body=min_body)
-    units = [resolved for resolved, _ in expand_loops(rolled) if resolved.opcode not in _CONTROL]
+    rolled = roll_loops(kernel.instructions, min_body=min_body, region=operand_region(kernel))
+    return _priced(kernel, rolled, min_body)
+
+
+def _priced(kernel: Kernel, rolled: list[Instruction], min_body: int) -> LoopedKernel:
+    """The :class:`LoopedKernel` of ``kernel`` whose program is ``rolled`` (checked against it)."""
+    scheduler = Scheduler(kernel.config, keep_entries=False)
+    units = []
+    for resolved, written in expand_loops(rolled, on_taken=scheduler.redirect):
+        scheduler.add(resolved, unresolved=written)
+        if resolved.opcode not in _CONTROL:
+            units.append(resolved)
     if units != list(kernel.instructions):
         raise KernelError(f"{kernel.name}: the looped program does not dispatch the straight-line one's "
                           f"instructions (a bug in roll_loops)")
+    scheduler.add(Instruction.make(Opcode.HALT))
     fields = {field.name: getattr(kernel, field.name) for field in dataclasses.fields(Kernel)}
-    fields.update(instructions=rolled, predicted_cycles=looped_cycles(rolled, kernel.config),
+    fields.update(instructions=rolled, predicted_cycles=scheduler.cycles,
                   tiling=dict(kernel.tiling) | {"loops": True, "min_body": min_body})
     return LoopedKernel(**fields)
+
+
+def straight_line(kernel: Kernel) -> Kernel:
+    """A kernel :func:`looped_kernel` rolled (its ``tiling`` names a ``min_body``) as the straight-line
+    program its units receive, priced again; any other kernel as it is.  For what rewrites a
+    program instruction by instruction (the resident runtime's row windows and dropped LOADs):
+    a rolled loop's body stands for many instructions."""
+    if "min_body" not in kernel.tiling:
+        return kernel
+    units = [resolved for resolved, _ in expand_loops(kernel.instructions) if resolved.opcode not in _CONTROL]
+    fields = {field.name: getattr(kernel, field.name) for field in dataclasses.fields(Kernel)}
+    fields.update(instructions=units, predicted_cycles=looped_cycles(units, kernel.config),
+                  tiling={key: value for key, value in kernel.tiling.items()
+                          if key not in ("loops", "min_body")})
+    return Kernel(**fields)
 
 
 #: The loop-body lengths :func:`loops_if_no_slower` tries (longer bodies: fewer dispatcher cycles).
@@ -263,11 +390,24 @@ MIN_BODIES = (1, 4, 8)
 def loops_if_no_slower(kernel: Kernel) -> Kernel:
     """The shortest :func:`looped_kernel` of ``kernel`` (over :data:`MIN_BODIES`) whose predicted
     cycles are no more than the straight-line kernel's; ``kernel`` itself when none is, or when
-    rolling saves no instruction."""
-    best: Kernel = kernel
+    rolling saves no instruction.
+
+    The repeated runs are found once for every body length, and the body lengths are tried
+    shortest first -- its program is the shortest, as every loop a longer minimum allows it allows
+    too -- stopping at the first no slower: usually one choice and one timing-model run.
+    """
+    repeats = _repeats(kernel.instructions, MAX_PERIOD, operand_region(kernel))
+    if repeats is None:
+        return kernel
+    tried: list[list[Instruction]] = []
     for min_body in MIN_BODIES:
-        looped = looped_kernel(kernel, min_body=min_body)
-        shorter = len(looped.instructions) < len(best.instructions)
-        if shorter and looped.predicted_cycles <= kernel.predicted_cycles:
-            best = looped
-    return best
+        rolled = repeats.roll(min_body)
+        if len(rolled) >= len(kernel.instructions):
+            break                   # longer bodies give no shorter programs
+        if rolled in tried:
+            continue
+        tried.append(rolled)
+        looped = _priced(kernel, rolled, min_body)
+        if looped.predicted_cycles <= kernel.predicted_cycles:
+            return looped
+    return kernel
