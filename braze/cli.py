@@ -343,7 +343,8 @@ def _session_from_args(args: argparse.Namespace, *, device: str | None = None):
     return InferenceSession(str(args.model), device=device or args.device, config=args.config,
                             fuse=not args.no_fuse, calibration=calibration,
                             allow_fallback=args.allow_fallback, threshold=args.threshold,
-                            objective=args.objective, nonfinite=getattr(args, "nonfinite", "error")), np
+                            objective=args.objective, nonfinite=getattr(args, "nonfinite", "error"),
+                            loops=not args.no_loops), np
 
 
 def _load_arrays(path: Path):
@@ -363,6 +364,8 @@ _MODEL_ARGUMENTS = (
     arg("model", type=Path, help="ONNX model file"),
     arg("--config", default="default", help="preset name, PRESET:field=value,... or JSON"),
     arg("--no-fuse", action="store_true", help="one kernel per operator (the unfused baseline)"),
+    arg("--no-loops", action="store_true", help="every kernel straight-line (default: repeated runs as "
+        "counted loops where the timing model predicts them no slower)"),
     arg("--calibrate", type=Path, metavar="FILE", help="calibration inputs (.npy, or .npz by input name) "
         "to quantize a float model with"),
     arg("--allow-fallback", action="store_true", help="run unsupported operators on the CPU"),
