@@ -69,7 +69,7 @@ from .frontend import BRAZE_DOMAIN, conv_pads
 from .ir import Graph, Node, NodeKind, TensorInfo
 from .kernels import Kernel, KernelError
 from .kernels.guard import if_guard as guard_kernel
-from .kernels.loops import loops_if_no_slower
+from .kernels.loops import MIN_SHRINK, loops_if_no_slower
 from .validate import validate
 
 __all__ = ["LoweringError", "KernelRecipe", "NodeKernel", "plan_node", "relocate", "relocated_words", "lower",
@@ -114,13 +114,16 @@ class KernelRecipe:
 
     def looped_kernel(self, config: Config, cache: KernelCache | None) -> Kernel:
         """:meth:`kernel` with its repeated runs as counted loops where the timing model predicts it
-        no slower (:func:`~braze.sw.compiler.kernels.loops.loops_if_no_slower`; the kernel itself
+        no slower and that removes at least :data:`~braze.sw.compiler.kernels.loops.MIN_SHRINK` of its
+        instructions (:func:`~braze.sw.compiler.kernels.loops.loops_if_no_slower`; the kernel itself
         otherwise), cached under its own key: only the kernels the lowering places are rolled, never
         the candidates fusion and tiling price."""
+        def rolled() -> Kernel:
+            return loops_if_no_slower(self.kernel(config, cache), min_shrink=MIN_SHRINK)
+
         if cache is None:
-            return loops_if_no_slower(self.kernel(config, None))
-        return cache.get_or_build((*self.signature, ("loops", True)), config,
-                                  lambda: loops_if_no_slower(self.kernel(config, cache)))
+            return rolled()
+        return cache.get_or_build((*self.signature, ("loops", MIN_SHRINK)), config, rolled)
 
 
 @dataclasses.dataclass
@@ -1151,7 +1154,8 @@ def lower(graph: Graph, config: Config, *, cache: KernelCache | None = None, che
     """Lower a (fused) quantized graph for ``config``; see the module documentation.
 
     With ``loops`` (the default) each kernel's repeated runs become counted loops wherever the timing
-    model predicts that no slower and it shortens the program (:meth:`KernelRecipe.looped_kernel`):
+    model predicts that no slower and it shortens the program by at least
+    :data:`~braze.sw.compiler.kernels.loops.MIN_SHRINK` (:meth:`KernelRecipe.looped_kernel`):
     the units receive the straight-line kernel's instructions exactly, the program's bytes and
     instruction fetches fall.  Not with ``guard``: the guard's registers must outlive every kernel
     of the program, and rolled loops set registers of their own.

@@ -50,13 +50,14 @@ looped / straight-line cycle ratio over the shapes of section 4 (of section 1 on
 looped GEMM of section 1: its first run (which plans the program, loops followed) and each later run.
 
 6. **The compiler's default**: the digits CNN and MLP (:mod:`braze.sw.compiler.models`, batch 64;
-   ``--quick``: one epoch, batch 8) compiled with every kernel straight-line (``loops=False``) and
+   ``--quick``: one epoch, batch 8) on ``tiny`` and ``default`` (:data:`DIGITS_CONFIGS`) compiled
+   with every kernel straight-line (``loops=False``) and
    with the lowering's default loops (:func:`~braze.sw.compiler.lower.lower`), planned by the timing
    model: the programs' bytes, and the cycles on the golden device (and the Verilator device with
    ``--rtl verilator``), outputs of the two compared bit for bit (counted in ``mismatches``).
-   ``model_program_shrink`` is both models' program bytes straight-line over with loops, and
-   ``model_loops_cycle_ratio`` the larger with-loops / straight-line cycle ratio of the two (on the
-   Verilator device when it ran).
+   ``model_program_shrink`` is all their program bytes straight-line over with loops, and
+   ``model_loops_cycle_ratio`` the largest with-loops / straight-line cycle ratio (on the Verilator
+   device when it ran).
 """
 
 from __future__ import annotations
@@ -400,6 +401,9 @@ def digits_models(config: Config, devices: Sequence[str], batch: int, epochs: in
     return results
 
 
+#: The configurations section 6 compiles the digits models for (on ``tiny`` their convolutions are
+#: many small tiles, which loops roll; on ``default`` too few repeat for loops to pay).
+DIGITS_CONFIGS = ("tiny", "default")
 #: Shapes whose library kernel is compared straight-line and looped (M, K, N on default).
 LOOP_SHAPES = ((64, 256, 64), (128, 512, 128), (256, 256, 256), (100, 200, 56))
 QUICK_LOOP_SHAPES = ((16, 32, 16),)
@@ -507,16 +511,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_speedup = {"model_speedup": speedups[measured]}
     if measured != "golden":
         model_speedup["model_speedup_model"] = speedups["golden"]
-    digits = digits_models(config, devices, *((8, 1) if args.quick else (64, None)))
-    print(f"\n== the digits models on {config.name}: kernels straight-line and with the default loops ==")
-    print(_table(("model", "program bytes", "with loops", "shrink",
+    digits = {(preset, kind): row for preset in DIGITS_CONFIGS
+              for kind, row in digits_models(Config.parse(preset), devices,
+                                             *((8, 1) if args.quick else (64, None))).items()}
+    print("\n== the digits models: kernels straight-line and with the default loops ==")
+    print(_table(("config", "model", "program bytes", "with loops", "shrink",
                   *(f"{name} {what}" for name in devices for what in ("cycles", "with loops", "ratio"))),
-                 [(kind, row["bytes"][False], row["bytes"][True],
+                 [(preset, kind, row["bytes"][False], row["bytes"][True],
                    f"{row['bytes'][False] / row['bytes'][True]:.3f}x",
                    *(value for name in devices for value in (
                        row["cycles"][name, False], row["cycles"][name, True],
                        f"{row['cycles'][name, True] / row['cycles'][name, False]:.4f}")))
-                  for kind, row in digits.items()]))
+                  for (preset, kind), row in digits.items()]))
     model_shrink = sum(row["bytes"][False] for row in digits.values()) / sum(row["bytes"][True]
                                                                              for row in digits.values())
     model_loops_ratio = max(row["cycles"][measured, True] / row["cycles"][measured, False]

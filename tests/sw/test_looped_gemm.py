@@ -116,9 +116,13 @@ def test_bench_dispatch_quick_ends_with_its_summary(capsys):
     else:
         assert float(match[11]) == 1.0
     assert "random control-flow programs on tiny: 3, mismatching: 0" in out
-    # Section 6: the digits models' programs shrink with the default loops, their outputs are the
-    # straight-line programs' (counted in mismatches=0), and the timing model kept no slower loop.
-    assert float(match[14]) > 1 and float(match[15]) <= 1.0
+    # Section 6: the digits models' programs shrink with the default loops (on tiny), their outputs
+    # are the straight-line programs' (counted in mismatches=0), and the timing model kept no loop
+    # it predicts slower (the golden ratios; the RTL's may differ by its fetch restarts).
+    assert float(match[14]) > 1 and 0.9 < float(match[15]) < 1.1
+    golden_ratios = [float(line.split()[7]) for line in out.splitlines()
+                     if line.strip().startswith(("tiny ", "default ")) and len(line.split()) >= 8]
+    assert len(golden_ratios) == 4 and max(golden_ratios) <= 1.0
 
 
 def test_an_m_tile_below_the_array_height_is_refused():

@@ -33,8 +33,9 @@ def cnn(tmp_path_factory):
 
 def _session(cnn, cache, **options):
     path, calibration, _ = cnn
-    return InferenceSession(path, device="golden", calibration=calibration, cost_model="analytic",
-                            cache=cache, record=False, **options)
+    # On tiny the CNN's convolutions are many small tiles: loops pay (on default too few repeat).
+    return InferenceSession(path, device="golden", config="tiny", calibration=calibration,
+                            cost_model="analytic", cache=cache, record=False, **options)
 
 
 def _program_bytes(session) -> int:
@@ -71,18 +72,20 @@ def test_loops_by_default_run_the_straight_line_programs_instructions(cnn, tmp_p
     assert again.cache.misses == 0 and _program_bytes(again) == _program_bytes(looped)
 
 
-def test_resident_weights_unroll_the_loops(cnn):
-    _, _, x = cnn
-    cache = KernelCache(disk=False)
-    plain = _session(cnn, cache, loops=False)
-    name = plain.get_inputs()[0].name
-    expected = plain.run(None, {name: x})[0]
-    session = _session(cnn, cache, resident_weights=True)
+def test_resident_weights_unroll_the_loops():
+    from onnx_models import conv_model
+
+    model = conv_model(batch=4)              # on default two of its kernels roll, and all fit side by side
+    x = np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype(np.float32)
+    options = dict(device="golden", calibration=x, cost_model="analytic", cache=KernelCache(disk=False),
+                   record=False)
+    expected = InferenceSession(model, loops=False, **options).run(None, {"x": x})[0]
+    session = InferenceSession(model, resident_weights=True, **options)
     assert any(insn.opcode is Opcode.BRANCH for kernel in session.compiled.kernels.values()
                for insn in kernel.instructions)
     reads = []
     for _ in range(2):
-        np.testing.assert_array_equal(session.run(None, {name: x})[0], expected)
+        np.testing.assert_array_equal(session.run(None, {"x": x})[0], expected)
         runtime = session._current[3]
         assert isinstance(runtime, ResidentRuntime) and runtime.plan is not None, runtime.reason
         reads.append(sum(row.dma_read_bytes for row in session.report().kernels))
