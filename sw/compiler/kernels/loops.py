@@ -103,7 +103,8 @@ class _Repeats:
     pairs at which a loop can start: a few milliseconds for the kernels a model compiles.
     """
 
-    def __init__(self, program: Sequence[Instruction], max_period: int, region: Region | None):
+    def __init__(self, program: Sequence[Instruction], max_period: int, region: Region | None,
+                 longest: int | None = None):
         self.program = program = list(program)
         n = len(program)
         ids: dict[tuple, int] = {}
@@ -120,26 +121,31 @@ class _Repeats:
             args = insn.args
             for column, field in enumerate(REGISTER_OFFSETS.get(insn.opcode, {})):
                 addresses[t, column] = args[field]
-        positions = np.arange(n + 1)
-        # For each period p: step[p][t] the address steps from instruction t to t + p (valid where the
-        # two have one shape), ``known`` the length of the run of valid steps from t, ``same`` the
-        # length of the run of positions from t whose step equals the step a period earlier.
-        self.steps: dict[int, np.ndarray] = {}
-        self.same: dict[int, np.ndarray] = {}
+        if longest is not None and len(ids) > longest:
+            # Every shape keeps at least one instruction in any rolled form: it cannot be that short.
+            raise ValueError("too many shapes")
+        # Row p-1 is period p, for every period at once: step[p][t] the address steps from instruction
+        # t to t + p (valid where the two have one shape), ``known`` the length of the run of valid
+        # steps from t, ``same`` the length of the run of positions from t whose step equals the step
+        # a period earlier.
+        periods = np.arange(1, max(1, min(max_period, n // 2)) + 1)
+        later = np.arange(n)[None, :] + periods[:, None]                  # t + p
+        inside = later < n
+        later = np.minimum(later, n - 1)
+        valid = inside & (shape_ids[later] == shape_ids[None, :])
+        step = np.where(inside[:, :, None], addresses[later] - addresses[None, :, :], 0)
+        earlier = np.maximum(np.arange(n)[None, :] - periods[:, None], 0)  # t - p
+        rows = np.arange(len(periods))[:, None]
+        repeat = (np.arange(n)[None, :] >= periods[:, None]) & valid & valid[rows, earlier] \
+            & (step == step[rows, earlier]).all(axis=2)
+        known, same = _run_lengths(valid), _run_lengths(repeat)
+        self.steps = {int(p): step[p - 1] for p in periods}
+        self.same = {int(p): same[p - 1] for p in periods}
         self._needed: dict[tuple[int, int], tuple[int, ...]] = {}     # registers of the loop (p, i)
         #: Per position, the periods at which a loop can start there (a whole period of valid steps).
         self.starts: list[list[int]] = [[] for _ in range(n)]
-        for p in range(1, min(max_period, n // 2) + 1):
-            valid = np.zeros(n, bool)
-            valid[:n - p] = shape_ids[:n - p] == shape_ids[p:]
-            step = np.zeros((n, _ADDRESS_FIELDS), np.int64)
-            step[:n - p] = addresses[p:] - addresses[:n - p]
-            repeat = np.zeros(n, bool)
-            repeat[p:] = valid[p:] & valid[:n - p] & (step[p:] == step[:n - p]).all(axis=1)
-            known = _run_lengths(valid, positions)
-            for t in np.flatnonzero(known[:n] >= p):
-                self.starts[t].append(p)
-            self.steps[p], self.same[p] = step, _run_lengths(repeat, positions)
+        for row, t in zip(*np.nonzero(known[:, :n] >= periods[:, None]), strict=True):
+            self.starts[t].append(int(periods[row]))
 
     def _step_tuples(self, p: int, i: int) -> list[tuple[int, ...]]:
         """The address steps of the loop body ``program[i:i + p]`` (one tuple per instruction)."""
@@ -186,23 +192,24 @@ class _Repeats:
         return rolled
 
 
-def _run_lengths(flags: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """For each position t (and n), how many of ``flags[t], flags[t+1], ...`` are true before the
-    first false one."""
-    n = len(flags)
-    false_at = np.where(np.append(flags, False), n + 1, positions)
-    false_at[n] = n
-    next_false = np.minimum.accumulate(false_at[::-1])[::-1]
+def _run_lengths(flags: np.ndarray) -> np.ndarray:
+    """Per row and position t (and n), how many of ``flags[row, t], flags[row, t+1], ...`` are true
+    before the first false one."""
+    n = flags.shape[1]
+    positions = np.arange(n + 1)
+    false_at = np.where(np.pad(flags, ((0, 0), (0, 1))), n, positions)
+    next_false = np.minimum.accumulate(false_at[:, ::-1], axis=1)[:, ::-1]
     return next_false - positions
 
 
-def _repeats(program: Sequence[Instruction], max_period: int, region: Region | None) -> _Repeats | None:
+def _repeats(program: Sequence[Instruction], max_period: int, region: Region | None,
+             longest: int | None = None) -> _Repeats | None:
     """The :class:`_Repeats` of ``program``, or None when it cannot be rolled (too short, control
-    flow already, register offsets)."""
+    flow already, register offsets) or not into at most ``longest`` instructions."""
     if len(program) < 2 or any(insn.opcode in _CONTROL for insn in program):
         return None
     try:
-        return _Repeats(program, max_period, region)
+        return _Repeats(program, max_period, region, longest)
     except ValueError:
         return None
 
@@ -403,14 +410,14 @@ def loops_if_no_slower(kernel: Kernel, *, min_shrink: float = 0.0) -> Kernel:
     shortest first -- its program is the shortest, as every loop a longer minimum allows it allows
     too -- stopping at the first no slower: usually one choice and one timing-model run.
     """
-    repeats = _repeats(kernel.instructions, MAX_PERIOD, operand_region(kernel))
+    longest = int((1.0 - min_shrink) * len(kernel.instructions))
+    repeats = _repeats(kernel.instructions, MAX_PERIOD, operand_region(kernel), longest)
     if repeats is None:
         return kernel
     tried: list[list[Instruction]] = []
     for min_body in MIN_BODIES:
         rolled = repeats.roll(min_body)
-        if len(rolled) >= len(kernel.instructions) or \
-                len(rolled) > (1.0 - min_shrink) * len(kernel.instructions):
+        if len(rolled) >= len(kernel.instructions) or len(rolled) > longest:
             break                   # longer bodies give no shorter programs
         if rolled in tried:
             continue
