@@ -116,10 +116,10 @@ def test_bench_dispatch_quick_ends_with_its_summary(capsys):
     else:
         assert float(match[11]) == 1.0
     assert "random control-flow programs on tiny: 3, mismatching: 0" in out
-    # Section 6: the digits models' programs shrink with the default loops (on tiny), their outputs
-    # are the straight-line programs' (counted in mismatches=0), and the timing model kept no loop
-    # it predicts slower (the golden ratios; the RTL's may differ by its fetch restarts).
-    assert float(match[14]) > 1 and 0.9 < float(match[15]) < 1.1
+    # Section 6: the digits models with the default loops (which roll only where exposed fetch
+    # restarts would cost little: MAX_RESTART_SHARE) give the straight-line programs' outputs
+    # (counted in mismatches=0), and the timing model kept no loop it predicts slower.
+    assert float(match[14]) >= 1 and 0.9 < float(match[15]) < 1.1
     golden_ratios = [float(line.split()[7]) for line in out.splitlines()
                      if line.strip().startswith(("tiny ", "default ")) and len(line.split()) >= 8]
     assert len(golden_ratios) == 4 and max(golden_ratios) <= 1.0

@@ -49,13 +49,13 @@ import numpy as np
 from braze.isa import Config, Instruction, Opcode
 from braze.isa.encoding import REGISTER_OFFSETS
 from braze.isa.model import branch_taken, program_events, resolve_registers
-from braze.isa.timing import Scheduler
+from braze.isa.timing import Scheduler, fetch_redirect_cycles
 
 from .common import Kernel, KernelError
 
 __all__ = ["roll_loops", "expand_loops", "looped_cycles", "looped_kernel", "loops_if_no_slower",
-           "operand_region", "straight_line", "MIN_SHRINK", "spread_predicate", "dispatched_events",
-           "LoopedKernel", "LOOP_REGISTERS"]
+           "operand_region", "straight_line", "MIN_SHRINK", "MAX_RESTART_SHARE", "spread_predicate",
+           "dispatched_events", "LoopedKernel", "LOOP_REGISTERS"]
 
 #: Scalar registers a rolled loop may use (r0 reads as zero).
 LOOP_REGISTERS = (1, 2, 3, 4, 5, 6, 7)
@@ -358,10 +358,17 @@ def looped_kernel(kernel: Kernel, *, min_body: int = 1) -> LoopedKernel:
 
 
 def _priced(kernel: Kernel, rolled: list[Instruction], min_body: int) -> LoopedKernel:
-    """The :class:`LoopedKernel` of ``kernel`` whose program is ``rolled`` (checked against it)."""
+    """The :class:`LoopedKernel` of ``kernel`` whose program is ``rolled`` (checked against it); its
+    ``tiling`` counts the ``taken_branches`` of a run."""
     scheduler = Scheduler(kernel.config, keep_entries=False)
     units = []
-    for resolved, written in expand_loops(rolled, on_taken=scheduler.redirect):
+    taken = []
+
+    def restart() -> None:
+        scheduler.redirect()
+        taken.append(1)
+
+    for resolved, written in expand_loops(rolled, on_taken=restart):
         scheduler.add(resolved, unresolved=written)
         if resolved.opcode not in _CONTROL:
             units.append(resolved)
@@ -371,7 +378,8 @@ def _priced(kernel: Kernel, rolled: list[Instruction], min_body: int) -> LoopedK
     scheduler.add(Instruction.make(Opcode.HALT))
     fields = {field.name: getattr(kernel, field.name) for field in dataclasses.fields(Kernel)}
     fields.update(instructions=rolled, predicted_cycles=scheduler.cycles,
-                  tiling=dict(kernel.tiling) | {"loops": True, "min_body": min_body})
+                  tiling=dict(kernel.tiling) | {"loops": True, "min_body": min_body,
+                                                "taken_branches": len(taken)})
     return LoopedKernel(**fields)
 
 
@@ -386,7 +394,7 @@ def straight_line(kernel: Kernel) -> Kernel:
     fields = {field.name: getattr(kernel, field.name) for field in dataclasses.fields(Kernel)}
     fields.update(instructions=units, predicted_cycles=looped_cycles(units, kernel.config),
                   tiling={key: value for key, value in kernel.tiling.items()
-                          if key not in ("loops", "min_body")})
+                          if key not in ("loops", "min_body", "taken_branches")})
     return Kernel(**fields)
 
 
@@ -399,12 +407,23 @@ MIN_BODIES = (1, 4, 8)
 #: 64 lost 4% (CNN) and 7% (MLP) of their program bytes -- loops of a few iterations saving four
 #: instructions each -- and ran 0.05% and 0.4% slower there (about 20 cycles per such loop).
 MIN_SHRINK = 0.25
+#: The lowering keeps a rolled kernel only if its taken BRANCHes' fetch restarts, each fully exposed,
+#: would cost at most this share of its cycles (:func:`loops_if_no_slower` ``max_restart_share``).
+#: The timing model hides a restart wherever the dispatcher runs ahead of the units; the Verilator
+#: device exposed them whole in the digits CNN's unfused max-pool (2819 instructions rolled into 75,
+#: 126 taken BRANCHes: 10855 -> 14096 cycles, 25.7 per BRANCH, predicted unchanged), and in
+#: small parts where the units are busy (GEMM 256^3: 0.06%).
+MAX_RESTART_SHARE = 0.01
 
 
-def loops_if_no_slower(kernel: Kernel, *, min_shrink: float = 0.0) -> Kernel:
+def loops_if_no_slower(kernel: Kernel, *, min_shrink: float = 0.0, max_restart_share: float | None = None
+                       ) -> Kernel:
     """The shortest :func:`looped_kernel` of ``kernel`` (over :data:`MIN_BODIES`) whose predicted
     cycles are no more than the straight-line kernel's; ``kernel`` itself when none is, or when
     rolling saves no instruction, or less than ``min_shrink`` of them (e.g. :data:`MIN_SHRINK`).
+    With ``max_restart_share`` (e.g. :data:`MAX_RESTART_SHARE`) a rolled form is kept only if its
+    taken BRANCHes' fetch restarts, all exposed, would cost at most that share of the kernel's
+    predicted cycles.
 
     The repeated runs are found once for every body length, and the body lengths are tried
     shortest first -- its program is the shortest, as every loop a longer minimum allows it allows
@@ -423,6 +442,8 @@ def loops_if_no_slower(kernel: Kernel, *, min_shrink: float = 0.0) -> Kernel:
             continue
         tried.append(rolled)
         looped = _priced(kernel, rolled, min_body)
-        if looped.predicted_cycles <= kernel.predicted_cycles:
+        restarts = looped.tiling["taken_branches"] * fetch_redirect_cycles(kernel.config)
+        if looped.predicted_cycles <= kernel.predicted_cycles and (
+                max_restart_share is None or restarts <= max_restart_share * kernel.predicted_cycles):
             return looped
     return kernel
