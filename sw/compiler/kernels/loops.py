@@ -180,6 +180,8 @@ class _Repeats:
                     if cost + best[i + c * p] < best[i]:
                         best[i], choice[i] = cost + best[i + c * p], (p, c)
         rolled: list[Instruction] = []
+        #: The BRANCHes a run of the last rolled program takes (each loop's but its last iteration's).
+        self.taken = 0
         i = 0
         while i < n:
             if choice[i] is None:
@@ -188,6 +190,7 @@ class _Repeats:
                 continue
             p, count = choice[i]
             rolled += _loop(program[i:i + p], self._step_tuples(p, i), count)
+            self.taken += count - 1
             i += p * count
         return rolled
 
@@ -441,9 +444,10 @@ def loops_if_no_slower(kernel: Kernel, *, min_shrink: float = 0.0, max_restart_s
         if rolled in tried:
             continue
         tried.append(rolled)
+        restarts = repeats.taken * fetch_redirect_cycles(kernel.config)
+        if max_restart_share is not None and restarts > max_restart_share * kernel.predicted_cycles:
+            continue                # (known before the timing model runs: it is the costly part)
         looped = _priced(kernel, rolled, min_body)
-        restarts = looped.tiling["taken_branches"] * fetch_redirect_cycles(kernel.config)
-        if looped.predicted_cycles <= kernel.predicted_cycles and (
-                max_restart_share is None or restarts <= max_restart_share * kernel.predicted_cycles):
+        if looped.predicted_cycles <= kernel.predicted_cycles:
             return looped
     return kernel
