@@ -82,3 +82,19 @@ def test_weight_preload_joins_the_identity_only_when_on():
     assert preloaded.to_dict()["weight_preload"] == 1
     assert Config.from_dict(preloaded.to_dict()) == preloaded
     assert preloaded.replace(name="large").to_json() != Config.preset("large").to_json()
+
+
+@pytest.mark.parametrize("value", [-1, 2])
+def test_epilogue_overlap_is_0_or_1(value):
+    with pytest.raises(ConfigError, match=rf"epilogue_overlap={value} must be 0 \(off\) or 1"):
+        Config.parse(f"large:epilogue_overlap={value}")
+
+
+def test_epilogue_overlap_joins_the_identity_only_when_on():
+    """Off in every preset and then absent from to_dict, like weight_preload: preset identities stay."""
+    for name in ("tiny", "default", "large"):
+        preset = Config.preset(name)
+        assert preset.epilogue_overlap == 0 and "epilogue_overlap" not in preset.to_dict()
+    overlapped = Config.parse("large:weight_preload=1,epilogue_overlap=1")
+    assert overlapped.to_dict()["epilogue_overlap"] == 1
+    assert Config.from_dict(overlapped.to_dict()) == overlapped
