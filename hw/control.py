@@ -762,11 +762,14 @@ class Control(wiring.Component):
         pc = Mux(waiting_pop, head.pc, current_pc)
         extra = {}
         if epilogue is not None:
-            # The EPILOGUE beside waits for room to push: the unit is stuck unless its MATMUL still runs.
+            # While the EPILOGUE beside runs the unit is not stuck: its tokens are still to come (a
+            # deadlock report then would be false).  Once it waits for room to push it is, unless the
+            # instruction beside it still runs.
             blocked = epilogue["waiting_push"]
             idle = idle & ~epilogue["beside"]
             in_flight = in_flight | epilogue["beside"]
-            stuck = stuck | (blocked & (state != _UnitState.EXECUTE) & ~offering)
+            stuck = ((stuck & ~epilogue["running"])
+                     | (blocked & (state != _UnitState.EXECUTE) & ~offering))
             dep_stall = dep_stall | (blocked & ~stopping)
             pc = Mux(blocked, epilogue["pc"], pc)      # the earliest of the unit's instructions
             extra["epilogue_retire"] = epilogue["retire"]
@@ -852,7 +855,7 @@ class Control(wiring.Component):
         with m.Elif(finishing):
             m.d.sync += completed.eq(1)
         return {"beside": beside, "head_beside": head_beside, "head_clear": head_clear, "retire": retire,
-                "waiting_push": finishing & ~room, "pc": pc}
+                "running": beside & ~finishing, "waiting_push": finishing & ~room, "pc": pc}
 
     def _elaborate_overlapped_unit(self, m, unit, fifo, head, port, flag_tokens, stopping, stopped,
                                    depth: int) -> dict:
