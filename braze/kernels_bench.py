@@ -41,7 +41,9 @@ compile < 1 s.  ``chain_cycles`` and ``chain_bytes`` are the fused plan's over t
 ``--config-override FIELD=VALUE[,...]`` (e.g. ``weight_preload=1``) also runs the GEMMs on each
 configuration with the override applied (named ``<preset>_<override>``) and prints them against the
 plain rows: cycles and utilisation off/on and the timing model's error.  The override rows never enter
-the last line, whose values stay those of the presets.
+the last line, whose values stay those of the presets.  ``--config-base FIELD=VALUE[,...]`` (e.g.
+``weight_preload=1`` with ``--config-override epilogue_overlap=1``) compares against the configurations
+with the base fields changed instead, the override applied on top of them.
 """
 
 from __future__ import annotations
@@ -266,16 +268,23 @@ def override_specs(override: str, config_names: Sequence[str] = CONFIGS) -> list
     return specs
 
 
+def _preset_of(config_name: str, config_names: Sequence[str]) -> str:
+    """The configuration of ``config_names`` a row's is (``large``) or overrides (``large_...``)."""
+    return next(name for name in config_names if config_name == name or config_name.startswith(f"{name}_"))
+
+
 def override_table(base: Sequence[dict], overridden: Sequence[dict], config_names: Sequence[str] = CONFIGS
                    ) -> str:
     """Each overridden GEMM row next to the plain one of the same configuration and shape: cycles and
-    utilisation off/on, the speed-up, and the timing model's error (predicted / measured - 1) on each."""
+    utilisation off/on, the speed-up, and the timing model's error (predicted / measured - 1) on each.
+    The plain rows may themselves be overridden (``--config-base``)."""
     header = (f"{'config':<8} {'M x K x N':>13} {'cycles':>8} {'with':>8} {'speed-up':>8} {'MAC util':>8} "
               f"{'with':>7} {'model err':>9} {'with':>7}")
     lines = [header, "-" * len(header)]
     for row in overridden:
-        name = next(name for name in config_names if row["config"].startswith(f"{name}_"))
-        plain = next(other for other in base if other["config"] == name and other["shape"] == row["shape"])
+        name = _preset_of(row["config"], config_names)
+        plain = next(other for other in base
+                     if _preset_of(other["config"], config_names) == name and other["shape"] == row["shape"])
         shape = "x".join(str(d) for d in row["shape"])
         lines.append(f"{name:<8} {shape:>13} {plain['cycles']:>8} {row['cycles']:>8} "
                      f"{plain['cycles'] / max(1, row['cycles']):>7.2f}x {plain['utilisation']:>8.1%} "
@@ -458,8 +467,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config-override", default=None, metavar="FIELD=VALUE[,...]",
                         help="also run the GEMMs on each configuration with these fields changed (e.g. "
                         "weight_preload=1) and compare; the last line keeps the presets' values")
+    parser.add_argument("--config-base", default=None, metavar="FIELD=VALUE[,...]",
+                        help="with --config-override: compare against the configurations with these fields "
+                        "changed instead of the presets, the override applied on top of them (e.g. "
+                        "--config-base weight_preload=1 --config-override epilogue_overlap=1)")
     args = parser.parse_args(argv)
-    specs = override_specs(args.config_override) if args.config_override else []   # fails before any run
+    if args.config_base and not args.config_override:
+        parser.error("--config-base needs --config-override")
+    override = ",".join(filter(None, (args.config_base, args.config_override)))
+    specs = override_specs(override) if args.config_override else []   # fails before any run
+    base_specs = override_specs(args.config_base) if args.config_base else []
     samples = args.samples or (64 if args.quick else 256)
     started = time.perf_counter()
 
@@ -480,11 +497,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(stream_table(gemms))
     overridden = []
     if specs:
-        overridden = run_gemms(args.device, specs, QUICK_SHAPES if args.quick else GEMM_SHAPES)
-        print(f"\nGEMMs with {args.config_override} on the {args.device} device")
+        base_rows = gemms
+        if base_specs:
+            base_rows = run_gemms(args.device, base_specs, QUICK_SHAPES if args.quick else GEMM_SHAPES,
+                                  stream_calls=1)
+            print(f"\nGEMMs with {args.config_base} on the {args.device} device")
+            print(gemm_table(base_rows))
+        overridden = run_gemms(args.device, specs, QUICK_SHAPES if args.quick else GEMM_SHAPES,
+                               stream_calls=1 if base_specs else STREAM_CALLS)
+        print(f"\nGEMMs with {override} on the {args.device} device")
         print(gemm_table(overridden))
-        print(f"\nwithout / with {args.config_override} (model err: timing model's predicted / measured - 1)")
-        print(override_table(gemms, overridden))
+        print(f"\nwithout / with {args.config_override}"
+              + (f" (both with {args.config_base})" if base_specs else "")
+              + " (model err: timing model's predicted / measured - 1)")
+        print(override_table(base_rows, overridden))
+        overridden = [*overridden, *(base_rows if base_specs else [])]
 
     print()
     config = Config.preset("default")

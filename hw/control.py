@@ -347,6 +347,12 @@ class Control(wiring.Component):
             raise TypeError(f"Control needs a braze.isa.Config, not {config!r}")
         self.config = config
         super().__init__()
+        if config.epilogue_overlap:
+            # Not ports of the signature, so that a build without epilogue overlap is unchanged.
+            #: In: the EPILOGUE client's done (an EPILOGUE beside the compute unit reports here only).
+            self.epilogue_done = Signal(name="epilogue_done")
+            #: Out: an EPILOGUE runs beside the compute unit (its done is not the compute client's).
+            self.epilogue_beside = Signal(name="epilogue_beside")
 
     def elaborate(self, platform):
         m = Module()
@@ -404,11 +410,16 @@ class Control(wiring.Component):
 
         # --- Unit queues and the per-unit sequencers. ---------------------------------------------
         units = {}
+        # With epilogue overlap a compute queue entry also holds a MATMUL's A end, a + (its A extent), for
+        # the check whether it may start beside an EPILOGUE (no multiplier on that path).
+        a_end_bits = 17 if config.epilogue_overlap else 0
         for position, unit in enumerate(QUEUED_UNITS):
             name = unit.name.lower()
-            fifo = SyncFIFO(width=QUEUE_ENTRY.size, depth=config.queue_depth)
+            extra_bits = a_end_bits if unit is Unit.COMPUTE else 0
+            fifo = SyncFIFO(width=QUEUE_ENTRY.size + extra_bits, depth=config.queue_depth)
             m.submodules[f"{name}_queue"] = fifo
-            head = data.View(QUEUE_ENTRY, fifo.r_data)
+            head = data.View(QUEUE_ENTRY, fifo.r_data[:QUEUE_ENTRY.size])
+            head_a_end = fifo.r_data[QUEUE_ENTRY.size:] if extra_bits else None
             prev_unit = QUEUED_UNITS[position - 1] if position > 0 else None
             next_unit = QUEUED_UNITS[position + 1] if position + 1 < len(QUEUED_UNITS) else None
             # Which token queue each dependency flag names; a flag without a neighbour is
@@ -424,7 +435,7 @@ class Control(wiring.Component):
                                                               stopping, stopped, config.load_overlap)
             else:
                 units[unit] = self._elaborate_unit(m, unit, fifo, head, ports[unit], flag_tokens, stopping,
-                                                   stopped)
+                                                   stopped, head_a_end)
 
         # --- Dispatcher. ----------------------------------------------------------------------------
         # Words are decoded as they enter the dispatcher's one-word slot, so that dispatch and
@@ -514,8 +525,12 @@ class Control(wiring.Component):
 
         for unit, state in units.items():
             fifo = state["fifo"]
+            entry = Cat(resolved, slot.pc)
+            if unit is Unit.COMPUTE and a_end_bits:
+                # In range for a legal MATMUL: a + extent <= spad_rows <= 2**16.
+                entry = Cat(entry, (resolved.args.matmul.a + slot.a_extent)[:a_end_bits])
             m.d.comb += [
-                fifo.w_data.eq(Cat(resolved, slot.pc)),
+                fifo.w_data.eq(entry),
                 fifo.w_en.eq(slot_legal & ~stopped & (slot_unit == unit)),
             ]
             with m.If(fifo.w_en & fifo.w_rdy):
@@ -628,15 +643,19 @@ class Control(wiring.Component):
             if opcode in CONTROL_FLOW_OPCODES:
                 continue
             pulses = [u["retire"] & (u["opcode"] == opcode) for u in units.values()]
+            if opcode is Opcode.EPILOGUE and "epilogue_retire" in compute_unit:
+                pulses.append(compute_unit["epilogue_retire"])
             if opcode in barrier_retire:
                 pulses.append(barrier_retire[opcode])
             m.d.comb += self.retired[opcode.name.lower()].eq(Cat(*pulses).any())
 
-    def _elaborate_unit(self, m, unit, fifo, head, port, flag_tokens, stopping, stopped) -> dict:
+    def _elaborate_unit(self, m, unit, fifo, head, port, flag_tokens, stopping, stopped, head_a_end=None
+                        ) -> dict:
         """The sequencer of one queued unit; returns the signals the rest of the core reads.
 
         ``stopping``: an error was raised (pending pushes are dropped); ``stopped``: that, or the
-        watchdog's limit is reached (nothing new starts).
+        watchdog's limit is reached (nothing new starts).  ``head_a_end``: with epilogue overlap, the
+        compute queue head's A end (read as a MATMUL).
         """
         name = unit.name.lower()
         state = Signal(_UnitState, name=f"{name}_state")
@@ -655,14 +674,22 @@ class Control(wiring.Component):
         # once it is done.
         beside = Signal(name=f"{name}_predicate_beside")
         beside_clear = Const(1)
-        head_beside = Const(0)
+        head_beside = head_predicate_beside = Const(0)
         lane_open = Const(1)
         if unit is Unit.COMPUTE:
             head_predicate = head.word.args.predicate
-            head_beside = ((head.word.opcode == Opcode.PREDICATE) & (head_predicate.mem == Memory.SPAD) &
-                           ~head_deps.push_prev & ~head_deps.push_next)
+            head_beside = head_predicate_beside = (
+                (head.word.opcode == Opcode.PREDICATE) & (head_predicate.mem == Memory.SPAD) &
+                ~head_deps.push_prev & ~head_deps.push_next)
             beside_clear = ~beside | self.predicate_done
             lane_open = ~beside | (head.word.opcode == Opcode.MATMUL)
+        epilogue = None
+        if unit is Unit.COMPUTE and self.config.epilogue_overlap:
+            epilogue = self._epilogue_lane(m, head, head_a_end, flag_tokens, stopping)
+            head_beside = head_beside | epilogue["head_beside"]
+            # The next instruction retires only once the EPILOGUE beside it has retired (pushed).
+            beside_clear = beside_clear & ~epilogue["beside"]
+            lane_open = lane_open & (~epilogue["beside"] | epilogue["head_clear"])
         can_start = (state == _UnitState.IDLE) & ~offering & fifo.r_rdy & tokens_ready & ~stopped & lane_open
         m.d.comb += [
             port.insn.valid.eq((can_start & ~internal) | offering),
@@ -685,7 +712,7 @@ class Control(wiring.Component):
                              Mux(head_beside, _UnitState.IDLE, _UnitState.EXECUTE))),
             ]
         if unit is Unit.COMPUTE:
-            with m.If(started & head_beside):
+            with m.If(started & head_predicate_beside):
                 m.d.sync += beside.eq(1)
             with m.Elif(self.predicate_done):
                 m.d.sync += beside.eq(0)
@@ -729,24 +756,106 @@ class Control(wiring.Component):
         waiting_pop = (state == _UnitState.IDLE) & ~offering & fifo.r_rdy & ~tokens_ready
         waiting_push = (state == _UnitState.PUSH) & ~push_room
         idle = (state == _UnitState.IDLE) & ~offering & ~beside
+        in_flight = (~((state == _UnitState.IDLE) & ~offering) & (state != _UnitState.PUSH)) | beside
+        stuck = waiting_pop | waiting_push
+        dep_stall = (waiting_pop | waiting_push) & ~stopping
+        pc = Mux(waiting_pop, head.pc, current_pc)
+        extra = {}
+        if epilogue is not None:
+            # While the EPILOGUE beside runs the unit is not stuck: its tokens are still to come (a
+            # deadlock report then would be false).  Once it waits for room to push it is, unless the
+            # instruction beside it still runs.
+            blocked = epilogue["waiting_push"]
+            idle = idle & ~epilogue["beside"]
+            in_flight = in_flight | epilogue["beside"]
+            stuck = ((stuck & ~epilogue["running"])
+                     | (blocked & (state != _UnitState.EXECUTE) & ~offering))
+            dep_stall = dep_stall | (blocked & ~stopping)
+            pc = Mux(blocked, epilogue["pc"], pc)      # the earliest of the unit's instructions
+            extra["epilogue_retire"] = epilogue["retire"]
         return {
+            **extra,
             "predicate_dst": predicate_dst,
             "predicate_done": predicate_done,
             "fifo": fifo,
             # Offered to or held by the client (not yet done).
-            "in_flight": (~((state == _UnitState.IDLE) & ~offering) & (state != _UnitState.PUSH)) | beside,
+            "in_flight": in_flight,
             "busy": state == _UnitState.EXECUTE,
             "idle": idle,
             "empty": idle & ~fifo.r_rdy,
-            "stuck": waiting_pop | waiting_push,
-            "dep_stall": (waiting_pop | waiting_push) & ~stopping,
+            "stuck": stuck,
+            "dep_stall": dep_stall,
             # The pc of the instruction that failed or is blocked.
-            "pc": Mux(waiting_pop, head.pc, current_pc),
+            "pc": pc,
             "failed": failed,
             "cause": client_cause,
             "retire": retire,
             "opcode": current_opcode,
         }
+
+    def _epilogue_lane(self, m, head, head_a_end, flag_tokens, stopping) -> dict:
+        """With ``Config.epilogue_overlap``: an EPILOGUE beside the compute unit (docs/isa.md).
+
+        An EPILOGUE that writes scratchpad rows without a residual
+        (:func:`braze.isa.timing.epilogue_runs_beside`) is handed to its client like any compute
+        instruction, and the unit is free in the next cycle; ``beside`` is high until it has completed
+        (``epilogue_done``) and pushed its tokens.  Meanwhile only a MATMUL clear of its rows
+        (``head_clear``: :func:`braze.isa.timing.matmul_clear_of_epilogue`) may start, and no later
+        instruction retires.  The caller hands the EPILOGUE over; this latches it and retires it.
+        """
+        beside = self.epilogue_beside
+        completed = Signal(name="epilogue_beside_completed")
+        deps = Signal(INSTRUCTION["deps"].shape, name="epilogue_beside_deps")
+        pc = Signal(PC_BITS, name="epilogue_beside_pc")
+        # The rows it reads from the accumulator and writes in the scratchpad, as [first, end) ranges.
+        src, src_end = Signal(17, name="epilogue_src"), Signal(17, name="epilogue_src_end")
+        dst, dst_end = Signal(17, name="epilogue_dst"), Signal(17, name="epilogue_dst_end")
+        bias, bias_addr = Signal(name="epilogue_bias"), Signal(17, name="epilogue_bias_addr")
+        requant, quant_addr = Signal(name="epilogue_requant"), Signal(17, name="epilogue_quant_addr")
+
+        args = head.word.args.epilogue
+        head_beside = ((head.word.opcode == Opcode.EPILOGUE) & (args.out == Memory.SPAD) & ~args.residual)
+        # Handed over: the caller's start condition and the client's ready, as for any instruction.
+        taken = self.compute.insn.valid & self.compute.insn.ready & head_beside
+        with m.If(taken):
+            m.d.sync += [
+                beside.eq(1), deps.eq(head.word.deps), pc.eq(head.pc),
+                src.eq(args.src), src_end.eq(args.src + args.m),
+                dst.eq(args.dst), dst_end.eq(args.dst + args.m),
+                bias.eq(args.bias), bias_addr.eq(args.bias_addr),
+                requant.eq(args.requant), quant_addr.eq(args.quant_addr),
+            ]
+
+        def disjoint(first, first_end, second, second_end):
+            return (first_end <= second) | (second_end <= first)
+
+        matmul = head.word.args.matmul
+        acc, acc_end = matmul.acc, matmul.acc + matmul.m
+        head_clear = Signal(name="epilogue_head_clear")
+        m.d.comb += head_clear.eq(
+            (head.word.opcode == Opcode.MATMUL)
+            & disjoint(acc, acc_end, src, src_end)
+            & (~bias | disjoint(acc, acc_end, bias_addr, bias_addr + 1))
+            & (~requant | disjoint(acc, acc_end, quant_addr, quant_addr + 2))
+            & disjoint(matmul.a, head_a_end, dst, dst_end)
+            & disjoint(matmul.b, matmul.b + matmul.k, dst, dst_end))
+
+        finishing = beside & (self.epilogue_done | completed)
+        room = Cat(~deps[flag] | flag_tokens[flag].room
+                   for flag in ("push_prev", "push_next") if flag_tokens[flag] is not None).all()
+        retire = Signal(name="epilogue_beside_retire")
+        m.d.comb += retire.eq(finishing & (room | stopping))
+        with m.If(retire):
+            m.d.sync += [beside.eq(0), completed.eq(0)]
+            # After an error, pending pushes are dropped: nothing will pop them.
+            with m.If(~stopping):
+                for flag in ("push_prev", "push_next"):
+                    if flag_tokens[flag] is not None:
+                        m.d.comb += flag_tokens[flag].push.eq(deps[flag])
+        with m.Elif(finishing):
+            m.d.sync += completed.eq(1)
+        return {"beside": beside, "head_beside": head_beside, "head_clear": head_clear, "retire": retire,
+                "running": beside & ~finishing, "waiting_push": finishing & ~room, "pc": pc}
 
     def _elaborate_overlapped_unit(self, m, unit, fifo, head, port, flag_tokens, stopping, stopped,
                                    depth: int) -> dict:

@@ -153,9 +153,12 @@ class Accelerator(wiring.Component):
         m.submodules.spad = spad = BankedMemory(shape=data.ArrayLayout(signed(8), config.cols),
                                                 depth=config.spad_rows, banks=config.spad_banks,
                                                 side_read=True, weight_read=bool(config.weight_preload))
+        # With epilogue overlap the EPILOGUE unit reads the accumulator on a side read port of its own,
+        # so that it can run beside a MATMUL (which reads and writes on the compute ports).
         m.submodules.acc = acc = BankedMemory(shape=data.ArrayLayout(signed(32), config.cols),
                                               depth=config.acc_rows,
-                                              banks=config.acc_banks)
+                                              banks=config.acc_banks,
+                                              side_read=bool(config.epilogue_overlap))
         m.submodules.matmul = matmul = MatmulUnit(config)
         m.submodules.epilogue = epilogue = EpilogueUnit(config)
         m.submodules.vector = vector = VectorUnit(config)
@@ -231,6 +234,11 @@ class Accelerator(wiring.Component):
         compute = control.compute
         opcode = compute.insn.payload.opcode
         # TABLE runs on the epilogue unit, which holds the activation table.
+        epilogue_done = epilogue.done
+        if config.epilogue_overlap:
+            # An EPILOGUE beside the compute unit reports to the control core on its own (see Control).
+            epilogue_done = epilogue.done & ~control.epilogue_beside
+            m.d.comb += control.epilogue_done.eq(epilogue.done)
         units = ((Opcode.MATMUL, matmul), (Opcode.EPILOGUE, epilogue), (Opcode.VECTOR, vector),
                  (Opcode.TABLE, epilogue), (Opcode.PREDICATE, predicate))
         for unit in (matmul, epilogue, vector, predicate):
@@ -242,7 +250,7 @@ class Accelerator(wiring.Component):
         m.d.comb += [
             compute.insn.ready.eq(_mux_by_enable(
                 [(opcode == unit_opcode, unit.insn.ready) for unit_opcode, unit in units], 0)),
-            compute.done.eq(matmul.done | epilogue.done | vector.done),
+            compute.done.eq(matmul.done | epilogue_done | vector.done),
             control.predicate_done.eq(predicate.done),
             control.predicate_value.eq(predicate.value),
             compute.error.eq(0),
@@ -268,7 +276,16 @@ class Accelerator(wiring.Component):
         ]
         if config.weight_preload:
             wiring.connect(m, matmul.weight_read, spad.weight_read)
-        self._connect_compute_ports(m, acc, Memory.ACC, matmul, epilogue, vector, predicate)
+        if config.epilogue_overlap:
+            self._connect_compute_ports(m, acc, Memory.ACC, matmul, None, vector, predicate,
+                                        write_epilogue=epilogue)
+            m.d.comb += [
+                acc.side_read.en.eq(epilogue.acc_read.en),
+                acc.side_read.addr.eq(epilogue.acc_read.addr[:acc.addr_width]),
+                epilogue.acc_read.data.eq(acc.side_read.data),
+            ]
+        else:
+            self._connect_compute_ports(m, acc, Memory.ACC, matmul, epilogue, vector, predicate)
 
         # --- Performance counters. ----------------------------------------------------------------
         m.d.comb += bank.clear.eq(new_run | csr.soft_reset)
@@ -302,14 +319,16 @@ class Accelerator(wiring.Component):
 
     @staticmethod
     def _connect_compute_ports(m: Module, memory: BankedMemory, which: Memory, matmul, epilogue, vector,
-                               predicate):
-        """Drive a memory's compute ports from the compute unit that uses them this cycle."""
+                               predicate, write_epilogue=None):
+        """Drive a memory's compute ports from the compute unit that uses them this cycle.
+
+        ``write_epilogue``: the EPILOGUE unit when it writes here but reads elsewhere (``epilogue`` None)."""
         addr_width = memory.addr_width
         ones = Const((1 << memory.shape.length) - 1, memory.shape.length)
         name = "spad" if which is Memory.SPAD else "acc"
         readers = [getattr(unit, f"{name}_read") for unit in (matmul, epilogue, vector, predicate)
                    if unit is not None]
-        writers = [getattr(unit, f"{name}_write") for unit in (epilogue, vector)]
+        writers = [getattr(unit, f"{name}_write") for unit in (epilogue or write_epilogue, vector)]
         if which is Memory.ACC:
             writers.insert(0, matmul.acc_write)
         read, write = memory.compute_read, memory.compute_write

@@ -39,7 +39,7 @@ MAX_LOAD_OVERLAP = 8
 #: Fields added after the first release, with the value that keeps a configuration's identity
 #: (``to_dict``/``to_json``, hence the kernel cache, Verilator builds and the learned model's
 #: history) as it was before the field existed: at that value the field is left out.
-_OMITTED_AT = {"load_overlap": 1, "weight_preload": 0}
+_OMITTED_AT = {"load_overlap": 1, "weight_preload": 0, "epilogue_overlap": 0}
 
 
 def _is_pow2(value: int) -> bool:
@@ -91,6 +91,12 @@ class Config:
         cols + MATMUL_LATENCY`` cycles instead of ``chunks*(rows + m) + rows + cols + MATMUL_LATENCY``
         (:func:`braze.isa.timing.matmul_cycles`); results are the same.  Left out of :meth:`to_dict`
         at 0.
+    epilogue_overlap : int
+        0 or 1.  With 1 an EPILOGUE that writes scratchpad rows without a residual runs *beside* the
+        compute unit, on the accumulator's second read port, and the next MATMUL may start while it
+        runs when the two touch different rows (:func:`braze.isa.timing.epilogue_runs_beside`,
+        :func:`braze.isa.timing.matmul_clear_of_epilogue`; the rule is docs/isa.md's); results are
+        the same.  Left out of :meth:`to_dict` at 0.
     """
 
     name: str = "custom"
@@ -107,6 +113,7 @@ class Config:
     mem_latency: int = 16
     load_overlap: int = 1
     weight_preload: int = 0
+    epilogue_overlap: int = 0
 
     def __post_init__(self):
         def fail(field: str, problem: str):
@@ -124,6 +131,10 @@ class Config:
                 if value not in (0, 1):
                     fail("weight_preload", "must be 0 (off) or 1 (the next K-chunk's weights are read while "
                                            "the current chunk streams)")
+                continue
+            if field.name == "epilogue_overlap":
+                if value not in (0, 1):
+                    fail("epilogue_overlap", "must be 0 (off) or 1 (an EPILOGUE runs beside the next MATMUL)")
                 continue
             if value <= 0:
                 fail(field.name, "must be positive")

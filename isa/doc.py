@@ -275,6 +275,7 @@ def _presets_section() -> str:
         "Parameters of the system around the accelerator:\n",
         _table(["name"] + [name.replace("_", " ") for name in other], other_rows),
         _WEIGHT_PRELOAD_DOC,
+        _EPILOGUE_OVERLAP_DOC,
     ])
 
 
@@ -286,6 +287,26 @@ _WEIGHT_PRELOAD_DOC = (
     f"`rows + (chunks-1)*max(m, rows+1) + m + rows + cols + {MATMUL_LATENCY}` cycles instead of "
     f"`chunks*(rows + m) + rows + cols + {MATMUL_LATENCY}`: every chunk after the first hides "
     "`min(rows, m-1)` cycles.  Results and every exact counter are the same.\n"
+)
+
+
+#: What ``Config.epilogue_overlap`` does (the rule is :func:`braze.isa.timing.epilogue_runs_beside` and
+#: :func:`braze.isa.timing.matmul_clear_of_epilogue`).
+_EPILOGUE_OVERLAP_DOC = (
+    "`epilogue_overlap=1` (0 in every preset; e.g. `--config large:epilogue_overlap=1`) gives every "
+    "accumulator bank a second read port, the EPILOGUE unit's, and lets an EPILOGUE run *beside* the compute "
+    "unit, as a PREDICATE of scratchpad rows does.  An EPILOGUE with `out=spad` and without `residual` is "
+    "handed to the EPILOGUE unit, and the compute unit is free for its next instruction in the next cycle.  "
+    "That instruction may start while the EPILOGUE runs only if it is a MATMUL that touches none of the "
+    "EPILOGUE's rows: its accumulator rows `acc .. acc+m-1` hold none of the rows the EPILOGUE reads "
+    "(`src .. src+m-1`, `bias_addr` with `bias`, `quant_addr` and `quant_addr+1` with `requant`), and "
+    "the scratchpad rows it reads (A: `a .. a + (chunks-1)*a_stride + m - 1`, B: `b .. b+k-1`) none of "
+    "those the EPILOGUE writes (`dst .. dst+m-1`).  Anything else waits until the EPILOGUE has retired.  "
+    "The EPILOGUE pushes its tokens when it completes (waiting for room as any instruction does), and no "
+    "later compute instruction retires before it: token order, results and every exact counter are those "
+    "of program order.  A compiler gets the overlap by emitting a tile's EPILOGUE before the next tile's "
+    "MATMUL into another accumulator slot (double-buffered C and output tiles), which the GEMM and "
+    "convolution kernels do.\n"
 )
 
 

@@ -31,6 +31,11 @@ Simplifications of :func:`schedule` (the hardware may differ by these):
 * a PREDICATE of scratchpad rows that pushes no token runs beside the compute unit, which is free
   for the next instruction in the next cycle; that instruction may start while it runs only if it
   is a MATMUL, and no instruction of the unit retires (pushes) before the PREDICATE ends;
+* with ``Config.epilogue_overlap``, an EPILOGUE that :func:`epilogue_runs_beside` runs beside the
+  compute unit likewise (free for the next instruction in the next cycle); that instruction may start
+  while it runs only if it is a MATMUL :func:`matmul_clear_of_epilogue`, else once the EPILOGUE has
+  retired; the EPILOGUE pushes its tokens when it ends (waiting for room), and the next compute
+  instruction retires no earlier than the cycle after it;
 * while a PREDICATE runs, the dispatcher goes on; it holds (until the PREDICATE ends) only an
   instruction that names the PREDICATE's ``dst`` register (:func:`scalar_registers`) or is another
   PREDICATE.
@@ -251,6 +256,42 @@ def matmul_cycles(config: Config, m: int, k: int) -> int:
     return chunks * (rows + m) + drain
 
 
+def epilogue_runs_beside(insn: Instruction, config: Config) -> bool:
+    """With ``Config.epilogue_overlap``: an EPILOGUE that writes scratchpad rows (``out=spad``) and reads no
+    residual runs beside the compute unit.  It reads the accumulator on a port of its own and writes
+    the scratchpad's compute write port, which a MATMUL leaves alone; an EPILOGUE writing the
+    accumulator, or reading residual scratchpad rows, would need the MATMUL's ports."""
+    if not config.epilogue_overlap or insn.opcode is not Opcode.EPILOGUE:
+        return False
+    args = insn.args
+    return args["out"] is Memory.SPAD and not args["residual"]
+
+
+def _disjoint(first: int, first_end: int, second: int, second_end: int) -> bool:
+    """Row ranges ``[first, first_end)`` and ``[second, second_end)`` share no row."""
+    return first_end <= second or second_end <= first
+
+
+def matmul_clear_of_epilogue(matmul: Instruction, epilogue: Instruction, config: Config) -> bool:
+    """A MATMUL may start while ``epilogue`` (one that :func:`epilogue_runs_beside`) runs: the accumulator
+    rows it reads and writes, ``[acc, acc + m)``, hold none of the rows the EPILOGUE reads (source rows
+    ``[src, src + m)``, the bias row with ``bias``, the multiplier and shift rows with ``requant``),
+    and the scratchpad rows it reads (A: ``[a, a + (chunks-1)*a_stride + m)``, B: ``[b, b + k)``) none
+    of those the EPILOGUE writes (``[dst, dst + m)``).  Then neither sees the other, and the results
+    are those of program order.  Of resolved instructions (register offsets added)."""
+    mm, ep = matmul.args, epilogue.args
+    acc, acc_end = mm["acc"], mm["acc"] + mm["m"]
+    if not _disjoint(acc, acc_end, ep["src"], ep["src"] + ep["m"]):
+        return False
+    if ep["bias"] and not _disjoint(acc, acc_end, ep["bias_addr"], ep["bias_addr"] + 1):
+        return False
+    if ep["requant"] and not _disjoint(acc, acc_end, ep["quant_addr"], ep["quant_addr"] + 2):
+        return False
+    dst, dst_end = ep["dst"], ep["dst"] + ep["m"]
+    a_end = mm["a"] + (matmul_chunks(matmul, config) - 1) * mm["a_stride"] + mm["m"]
+    return _disjoint(mm["a"], a_end, dst, dst_end) and _disjoint(mm["b"], mm["b"] + mm["k"], dst, dst_end)
+
+
 def table_rows(config: Config) -> int:
     """Scratchpad rows a TABLE reads: the 256 int8 entries of the activation table, ``cols`` per row."""
     return 256 // config.cols
@@ -355,6 +396,7 @@ _QUEUE_NUMBER = {queue: number for number, queue in enumerate(TOKEN_QUEUES)}
 _BUSY_NAMES = tuple(dict.fromkeys(BUSY_COUNTER.values()))
 _PREDICATE = Opcode.PREDICATE
 _MATMUL = Opcode.MATMUL
+_EPILOGUE = Opcode.EPILOGUE
 _COMPUTE = Unit.COMPUTE.value
 
 
@@ -433,6 +475,10 @@ class Scheduler:
         self._redirect_cycles = fetch_redirect_cycles(config)
         # The end of the last PREDICATE that runs beside the compute unit (see the module documentation).
         self._beside_end = 0
+        # With epilogue_overlap: the last EPILOGUE that ran beside the compute unit, and its retire.
+        self._epilogue_overlap = bool(config.epilogue_overlap)
+        self._beside_epilogue: Instruction | None = None
+        self._epilogue_retire = 0
 
     @property
     def unit_busy(self) -> dict[Unit, int]:
@@ -514,6 +560,12 @@ class Scheduler:
             ready = start = max(dispatch, self._unit_free[u])
         if u == _COMPUTE and insn.opcode is not _MATMUL and self._beside_end > start:
             ready = start = self._beside_end   # only a MATMUL starts beside a running PREDICATE
+        beside_epilogue = u == _COMPUTE and self._epilogue_retire > start
+        if beside_epilogue and not (insn.opcode is _MATMUL and matmul_clear_of_epilogue(
+                insn, self._beside_epilogue, self.config)):
+            # Only a MATMUL clear of its rows starts beside a running EPILOGUE; anything else once it retired.
+            ready = start = self._epilogue_retire
+            beside_epilogue = False
 
         if pops:
             for queue in pops:
@@ -536,6 +588,8 @@ class Scheduler:
                 beside = True
             elif self._beside_end > retire:
                 retire = self._beside_end   # retires once the PREDICATE beside it is done
+            if beside_epilogue and self._epilogue_retire >= retire:
+                retire = self._epilogue_retire + 1   # and the cycle after the EPILOGUE beside it retired
         finished = retire   # pushes may wait beyond this; waiting for the PREDICATE is no stall
 
         for queue in pushes:
@@ -565,6 +619,11 @@ class Scheduler:
             # The unit is free in the next cycle; the PREDICATE ends (and counts as retired) at `end`.
             self._unit_free[u] = start + 1
             self._beside_end = end
+        elif self._epilogue_overlap and insn.opcode is _EPILOGUE and epilogue_runs_beside(insn, self.config):
+            # The unit is free in the next cycle; the EPILOGUE retires (has pushed) at `retire`.
+            self._unit_free[u] = start + 1
+            self._beside_epilogue = insn
+            self._epilogue_retire = retire
         if overlapped:
             self._load_retires.append(retire)
         if retire > self._all_retired:

@@ -76,3 +76,18 @@ def test_config_override_rows_compare_against_the_plain_ones():
                                                          str(preload[1]["cycles"])]
     with pytest.raises(BrazeError, match="unknown field 'weight_prelaod'"):
         kernels_bench.override_specs("weight_prelaod=1")
+
+
+def test_config_base_compares_an_override_against_another():
+    """--config-base weight_preload=1 --config-override epilogue_overlap=1: the override rows pair with the
+    base rows (not the presets'); with several N tiles the EPILOGUEs hide behind the next MATMULs."""
+    base = kernels_bench.override_specs("weight_preload=1", ["tiny"])
+    both = kernels_bench.override_specs("weight_preload=1,epilogue_overlap=1", ["tiny"])
+    shapes = [(32, 16, 16)]
+    preload = kernels_bench.run_gemms("golden", base, shapes, seed=6)
+    overlapped = kernels_bench.run_gemms("golden", both, shapes, seed=6)
+    assert all(row["correct"] for row in [*preload, *overlapped])
+    assert overlapped[0]["cycles"] < preload[0]["cycles"]
+    table = kernels_bench.override_table(preload, overlapped, ["tiny"]).splitlines()
+    cycles = [str(row["cycles"]) for row in (*preload, *overlapped)]
+    assert table[2].split()[:4] == ["tiny", "32x16x16", *cycles]

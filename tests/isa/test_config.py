@@ -66,19 +66,21 @@ def test_presets_overlap_loads_except_tiny():
     assert [Config.preset(name).load_overlap for name in ("tiny", "default", "large")] == [1, 4, 4]
 
 
+@pytest.mark.parametrize("field", ["weight_preload", "epilogue_overlap"])
 @pytest.mark.parametrize("value", [-1, 2, 8])
-def test_weight_preload_is_0_or_1(value):
-    with pytest.raises(ConfigError, match=rf"weight_preload={value} must be 0 \(off\) or 1"):
-        Config.parse(f"default:weight_preload={value}")
+def test_switches_are_0_or_1(field, value):
+    with pytest.raises(ConfigError, match=rf"{field}={value} must be 0 \(off\) or 1"):
+        Config.parse(f"default:{field}={value}")
 
 
-def test_weight_preload_joins_the_identity_only_when_on():
+@pytest.mark.parametrize("field", ["weight_preload", "epilogue_overlap"])
+def test_switches_join_the_identity_only_when_on(field):
     """Off (0) in every preset, and then absent from to_dict/to_json, so every existing cache key,
     Verilator build and learned-model calibration row of a preset is unchanged."""
     for name in ("tiny", "default", "large"):
         preset = Config.preset(name)
-        assert preset.weight_preload == 0 and "weight_preload" not in preset.to_dict()
-    preloaded = Config.parse("large:weight_preload=1")
-    assert preloaded.to_dict()["weight_preload"] == 1
-    assert Config.from_dict(preloaded.to_dict()) == preloaded
-    assert preloaded.replace(name="large").to_json() != Config.preset("large").to_json()
+        assert getattr(preset, field) == 0 and field not in preset.to_dict()
+    switched = Config.parse(f"large:{field}=1")
+    assert switched.to_dict()[field] == 1
+    assert Config.from_dict(switched.to_dict()) == switched
+    assert switched.replace(name="large").to_json() != Config.preset("large").to_json()

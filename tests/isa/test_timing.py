@@ -266,3 +266,51 @@ def test_load_stretch_lengthens_the_overlapped_loads_requests_and_beats():
     for insn in program:
         serial.add(insn)
     assert serial.result().cycles == schedule(program, TINY).cycles
+
+
+# --- Config.epilogue_overlap: an EPILOGUE beside the compute unit ---------------------------------------
+
+OVERLAP = TINY.replace(name="tiny_eo", epilogue_overlap=1)
+#: Reads accumulator rows 0..7 and 100..102, writes scratchpad rows 40..47; pushes to the store unit.
+EPILOGUE_BESIDE = I.make("epilogue", src=0, m=8, n=4, dst=40, bias=True, bias_addr=100, requant=True,
+                         quant_addr=101, push_next=True)
+#: Clear of it: accumulator rows 8..11, scratchpad A rows 0..3 and 16..19 (two chunks), B rows 20..27.
+MATMUL_CLEAR = I.make("matmul", acc=8, a=0, b=20, a_stride=16, m=4, n=4, k=8)
+
+
+def _epilogue_then(second, config=OVERLAP, epilogue=EPILOGUE_BESIDE):
+    program = [epilogue, second, I.make("store", mem="spad", addr=40, rows=8, len=4, dram=0x100, stride=4,
+                                        pop_prev=True), I.make("halt")]
+    entries = schedule(program, config).entries
+    return entries[0], entries[1]
+
+
+def test_a_clear_matmul_starts_beside_an_epilogue_and_retires_after_it():
+    epilogue, matmul = _epilogue_then(MATMUL_CLEAR)
+    assert matmul.start == epilogue.start + 1
+    assert epilogue.end == epilogue.start + instruction_cycles(EPILOGUE_BESIDE, OVERLAP)
+    assert matmul.retire >= epilogue.retire + 1
+    # Off, or not a MATMUL: after it.
+    epilogue, matmul = _epilogue_then(MATMUL_CLEAR, config=TINY)
+    assert matmul.start == epilogue.end
+    vector = I.make("vector", op="mov", src1_mem="spad", src1=0, dst_mem="spad", dst=60, rows=1)
+    epilogue, after = _epilogue_then(vector)
+    assert after.start == epilogue.retire
+
+
+@pytest.mark.parametrize("clash", [
+    {"acc": 4},                      # accumulator rows 4..7 are EPILOGUE source rows
+    {"acc": 98},                     # rows 98..101 hold the bias and multiplier rows
+    {"a": 30, "a_stride": 10},       # A rows 30..33 and 40..43: 40..43 are EPILOGUE destination rows
+    {"a": 36},                       # rows 36..39 and 52..55 miss them, but the A span 36..55 does not
+    {"b": 44},                       # B rows read what the EPILOGUE writes
+])
+def test_a_matmul_touching_the_epilogues_rows_waits_for_it(clash):
+    epilogue, after = _epilogue_then(MATMUL_CLEAR.replace(**clash))
+    assert after.start == epilogue.retire
+
+
+@pytest.mark.parametrize("change", [{"out": "acc", "dst": 200}, {"residual": True, "res_addr": 60}])
+def test_an_epilogue_writing_the_accumulator_or_reading_a_residual_is_not_beside(change):
+    epilogue, matmul = _epilogue_then(MATMUL_CLEAR, epilogue=EPILOGUE_BESIDE.replace(**change))
+    assert matmul.start == epilogue.end

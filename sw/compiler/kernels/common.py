@@ -74,6 +74,7 @@ from braze.isa.model import program_events
 from braze.isa.timing import (
     LOAD_HANDOVER_CYCLES,
     Scheduler,
+    epilogue_runs_beside,
     instruction_cycles,
     table_rows,
     timing_key,
@@ -498,8 +499,10 @@ class _Streams:
                 for queue in op.pop_queues:
                     if pushed_at[queue][popped[queue]] > start:
                         start = pushed_at[queue][popped[queue]]
-                # A PREDICATE may run beside the compute unit: 1 cycle at least.
-                end = start + (1 if insn.opcode is Opcode.PREDICATE else took)
+                # A PREDICATE, and with epilogue_overlap an EPILOGUE, may run beside the compute unit: 1
+                # cycle at least (the EPILOGUE's tokens come at its end).
+                beside = insn.opcode is Opcode.PREDICATE or epilogue_runs_beside(insn, config)
+                end = start + (1 if beside else took)
                 if loading:
                     args = insn.args
                     issue_free = start + (1 if args["zero"] else args["rows"] + 1)
@@ -508,6 +511,8 @@ class _Streams:
                     end = data_end = max(end, data_end + data + LOAD_HANDOVER_CYCLES)
                     end = max(end, free[0])           # LOADs retire in program order
                 free[best] = end
+                if beside and insn.opcode is Opcode.EPILOGUE:
+                    end = start + took
                 for queue in op.push_queues:
                     pushed_at[queue].append(end)
                 if end > retired:
