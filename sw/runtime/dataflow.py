@@ -93,6 +93,7 @@ from .partitions import (
     Plan,
     StraightModel,
     calibration_inputs,
+    link_cycles,
     partition_model,
 )
 from .session import choose_cost_model
@@ -148,9 +149,10 @@ class RunTrace:
     transfers: int = 0
     device_runs: int = 0
     seconds: float = 0.0
-    #: Kernel cycles on the run's critical path: partitions that ran concurrently on several devices count
-    #: as their busiest device's (``kernel_cycles`` otherwise).
-    critical_cycles: int = 0
+    #: The run's cost on its critical path: kernel cycles plus each partition's priced transfers and device
+    #: runs at its device's link, partitions that ran concurrently on several devices counted as their
+    #: busiest device's (one device: ``cost(link)``).
+    critical_cost: float = 0.0
     #: The device each step's partition ran on (None: the host, or a session with one device).
     devices: list = dataclasses.field(default_factory=list)
     bytes_by_partition: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -482,7 +484,7 @@ class DataflowSession:
         trace.partitions.append(part.name)
         trace.devices.append(getattr(part, "device", None))
         trace.kernel_cycles += cycles
-        trace.critical_cycles += cycles
+        trace.critical_cost += cycles + link_cycles(part)
         # An If on chip moves the else branch's results only when it ran: the transfers of this run.
         transfers = getattr(part, "last_transfers", part.transfers)
         nbytes = sum(t.bytes for t in transfers)
@@ -611,7 +613,8 @@ class DataflowSession:
         ran, critical = self.manager.run_stage(plan, stage, host)
         for role, outputs, cycles in ran:
             self._record(plan, role, outputs, cycles, host, trace)
-        trace.critical_cycles += critical - sum(cycles for _, _, cycles in ran)
+        trace.critical_cost += critical - sum(cycles + link_cycles(plan.partitions[role])
+                                              for role, _, cycles in ran)
         self._step(plan, "combine", host, trace)
         rows = int(np.asarray(host[s.masks[0]]).shape[0])
         return tokens, rows

@@ -438,6 +438,16 @@ class CpuPartition:
 # Plans and the partition manager
 # ---------------------------------------------------------------------------------------------------
 
+def link_cycles(part: AcceleratorPartition | CpuPartition) -> float:
+    """The priced host-link cost of the last run of ``part`` at its device's link: its transfers and device
+    runs (nothing for a partition on the host)."""
+    if part.kind != "accelerator":
+        return 0.0
+    transfers = getattr(part, "last_transfers", part.transfers)   # an If on chip moves what ran
+    return (part.link.transfer_cycles(len(transfers), sum(t.bytes for t in transfers))
+            + part.link.launch_cycles * part.device_runs)
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """Which partitions run, as decided: ``choices`` names the dynamic decisions in force; in a session
@@ -539,7 +549,7 @@ class PartitionManager:
         """Run independent partitions of ``plan`` on ``feeds``: those on different devices at the same time
         when the placer runs stages concurrently (one thread per device, its partitions in order), else
         one after another.  Returns ``(role, outputs, cycles)`` in the order of ``roles``, and the stage's
-        kernel cycles on its critical path (the busiest device's)."""
+        cost on its critical path (the busiest device's kernel cycles and :func:`link_cycles`)."""
         groups: dict[str | None, list[str]] = {}
         for role in roles:
             groups.setdefault(plan.devices.get(role), []).append(role)
@@ -558,8 +568,9 @@ class PartitionManager:
         else:
             results = [run_group(group) for group in groups.values()]
         by_role = {row[0]: row for rows in results for row in rows}
-        critical = (max(sum(row[2] for row in rows) for rows in results) if concurrent
-                    else sum(row[2] for rows in results for row in rows))
+        costs = [sum(cycles + link_cycles(plan.partitions[role]) for role, _, cycles in rows)
+                 for rows in results]
+        critical = max(costs) if concurrent else sum(costs)
         return [by_role[role] for role in roles], critical
 
     @property

@@ -233,6 +233,8 @@ def test_bench_prints_a_table_and_one_summary_line(capsys, early_exit, moe):
     assert summary.startswith("dataflow: overhead_pct=")
     fields = dict(item.split("=") for item in summary.split()[1:])
     assert set(fields) == {"overhead_pct", "early_exit_speedup", "moe_speedup", "transfer_bytes_saved_pct",
-                           "mismatches", "sparsity_replan_speedup"}
+                           "mismatches", "sparsity_replan_speedup", "multi_device_cycles_ratio",
+                           "multi_device_wall_ratio", "multi_device_mismatches"}
     assert any(line.startswith("drift: sensor_mlp") for line in lines)
-    assert fields["mismatches"] == "0"
+    assert fields["mismatches"] == "0" and fields["multi_device_mismatches"] == "0"
+    assert any(line.startswith("multi-device: ") for line in lines)
