@@ -4,10 +4,9 @@ Golden devices and the analytic cost model (the suite's setting); the models are
 :mod:`braze.sw.runtime.dataflow_models`.
 """
 
-import threading
-
 import numpy as np
 import pytest
+from plan_races import run_while_swapping
 
 from braze.isa import Config
 from braze.isa.errors import BrazeError
@@ -19,16 +18,6 @@ from braze.sw.runtime.partitions import HostLink
 pytest.importorskip("torch")
 
 DISPATCH = frozenset({DISPATCH_EXPERTS})
-
-
-@pytest.fixture(scope="module")
-def early_exit():
-    return early_exit_cnn()
-
-
-@pytest.fixture(scope="module")
-def moe():
-    return moe_mlp()
 
 
 def _session(model, **options):
@@ -55,8 +44,8 @@ def test_concurrent_assignment_balances_the_busiest_device():
 
 
 @pytest.mark.parametrize("name", ["early_exit", "moe"])
-def test_two_devices_give_the_one_device_static_plans_outputs(name, early_exit, moe):
-    model = early_exit if name == "early_exit" else moe
+def test_two_devices_give_the_one_device_static_plans_outputs(name):
+    model = early_exit_cnn() if name == "early_exit" else moe_mlp()
     feeds = inputs(model, "hard" if name == "early_exit" else "uniform", 6, seed=11)
     with _session(model) as one, _session(model, devices=["tiny", "default"]) as two:
         expected = [one.run(None, f)[0] for f in feeds]
@@ -73,7 +62,8 @@ def test_two_devices_give_the_one_device_static_plans_outputs(name, early_exit, 
     assert "assignment (predicted cycles per run" in report and "devices: tiny (golden" in report
 
 
-def test_assignment_follows_the_prices(early_exit):
+def test_assignment_follows_the_prices():
+    early_exit = early_exit_cnn()
     with _session(early_exit, devices=["tiny", "default"]) as session:
         plan = session.plan
         for role, device in plan.devices.items():
@@ -89,7 +79,8 @@ def test_assignment_follows_the_prices(early_exit):
         assert plan.device_costs["pre"]["default-slow"] > plan.device_costs["pre"]["tiny"]
 
 
-def test_independent_experts_run_concurrently_on_two_devices(moe):
+def test_independent_experts_run_concurrently_on_two_devices():
+    moe = moe_mlp()
     feeds = inputs(moe, "uniform", 4, seed=12)
     with _session(moe, devices=["default", "default"]) as session:
         session.manager.deploy(DISPATCH)
@@ -105,7 +96,8 @@ def test_independent_experts_run_concurrently_on_two_devices(moe):
     assert all(t.critical_cost < t.cost(link) for t in ran_several)
 
 
-def test_reassignment_is_a_new_version_and_no_run_mixes_plans(moe):
+def test_reassignment_is_a_new_version_and_no_run_mixes_plans():
+    moe = moe_mlp()
     feeds = inputs(moe, "uniform", 12, seed=13)
     with _session(moe) as one:
         expected = [one.run(None, f)[0] for f in feeds]
@@ -122,32 +114,13 @@ def test_reassignment_is_a_new_version_and_no_run_mixes_plans(moe):
         alone = after.devices["expert0"]
         assert [r for r, d in after.devices.items() if d == alone and r.startswith("expert")] == ["expert0"]
         session.traces.clear()
-        stop, errors, results = threading.Event(), [], {}
+        weights = [session.manager.placer.weights, lambda: {}]
 
-        def toggle():
-            weights = [session.manager.placer.weights, lambda: {}]
-            index = 0
-            while not stop.is_set():
-                session.manager.placer.weights = weights[index % 2]
-                session.manager.reassign()
-                index += 1
+        def swap(index):
+            session.manager.placer.weights = weights[index % 2]
+            session.manager.reassign()
 
-        def worker(offset):
-            try:
-                for i in range(offset, len(feeds), 2):
-                    results[i] = session.run(None, feeds[i])[0]
-            except Exception as err:          # surfaced below
-                errors.append(err)
-
-        toggler = threading.Thread(target=toggle)
-        toggler.start()
-        workers = [threading.Thread(target=worker, args=(k,)) for k in range(2)]
-        for thread in workers:
-            thread.start()
-        for thread in workers:
-            thread.join()
-        stop.set()
-        toggler.join()
+        results, errors = run_while_swapping(session, feeds, swap)
         plans = {plan.version: plan for plan in session.manager.history}
     assert not errors
     assert all(len(set(trace.plan_versions)) == 1 for trace in session.traces)
