@@ -286,7 +286,7 @@ class DataflowSession:
             mixture = isinstance(self.structure, MixtureModel)
             experts = frozenset(r.name for r in self.structure.experts) if mixture else frozenset()
             placer = DevicePlacer(self.devices, concurrent_roles=experts, concurrent=concurrent,
-                                  weights=self._expert_rates)
+                                  weights=self._expert_rates, threshold=threshold)
         self.manager = PartitionManager(self._build, self._layout, placer=placer)
         if skip_zero_blocks and analyzer:   # compiled up front: its kernels say where and how to measure
             self.manager.partition(self.structure.body.name, ACCELERATOR_SKIP)
@@ -686,8 +686,8 @@ class DataflowSession:
         placer = self.manager.placer
         if placer is None:
             return sum(expected.values())
-        rates = self._expert_rates()
-        costs = {name: {d: rates.get(name, 1.0) * cost
+        rates = {name: self.analyzer.active[name].value for name in expected}     # as ``expected`` has them
+        costs = {name: {d: rates[name] * cost
                         for d, cost in placer.costs(name, "accelerator", self.manager.partition).items()}
                  for name in expected}
         return placer.stage_cost(costs)
@@ -737,11 +737,13 @@ class DataflowSession:
         plan = self.manager.reassign()
         if plan is None:
             return current
+        held, best = self.manager.placer.last_move or (0.0, 0.0)     # the stage's cost before and after
         moved = ", ".join(f"{role} {current.devices.get(role)} -> {device}"
                           for role, device in plan.devices.items() if current.devices.get(role) != device)
         reason = f"re-assigned {moved}; {self._rates_text()}"
         self.events.append(DecisionEvent(self.analyzer.observations, current.version, plan.version,
-                                         frozenset(), frozenset(), reason, static, price, price))
+                                         frozenset(), frozenset(), reason, static, price + held - best,
+                                         price))
         return plan
 
     def _choose(self, prices: Mapping[frozenset[str], float], held: frozenset[str]) -> frozenset[str]:

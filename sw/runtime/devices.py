@@ -155,17 +155,24 @@ class DevicePlacer:
     ``concurrent_roles`` are the roles that may run at the same time (the mixture's experts);
     ``weights()`` their expected runs per model run (the analyzer's rates; 1 when not known).
     ``concurrent``: run such roles on different devices at the same time (a thread per device), and
-    price them so.  ``host`` are the placements that run on the host, not on a device.
+    price them so.  ``host`` are the placements that run on the host, not on a device.  A re-placement
+    (:meth:`place` with ``keep``) moves a concurrent stage only when that gains more than ``threshold``
+    of its cost, so that rates wobbling between equally good assignments do not thrash the plan.
     """
 
     def __init__(self, devices: Sequence[DeviceSpec], *, concurrent_roles: frozenset[str] = frozenset(),
-                 weights=None, concurrent: bool = True, host: frozenset[str] = frozenset({"cpu"})):
+                 weights=None, concurrent: bool = True, host: frozenset[str] = frozenset({"cpu"}),
+                 threshold: float = 0.05):
         self.devices = tuple(devices)
         self.links = {d.name: d.link for d in self.devices}
         self.concurrent_roles = frozenset(concurrent_roles)
         self.weights = weights or (lambda: {})
         self.concurrent = concurrent
         self.host = host
+        self.threshold = threshold
+        #: The concurrent stage's predicted cost on the devices in force and on the best assignment, as
+        #: of the last :meth:`place` with ``keep`` (what a re-assignment gains).
+        self.last_move: tuple[float, float] | None = None
 
     def needs_device(self, where: str) -> bool:
         return where not in self.host and split_placement(where)[1] is None
@@ -180,10 +187,11 @@ class DevicePlacer:
         costs = self.costs(region, where, partition)
         return placed(where, min(costs, key=costs.get))
 
-    def place(self, layout: Mapping[str, tuple[str, str]], partition
+    def place(self, layout: Mapping[str, tuple[str, str]], partition, keep: Mapping[str, str] | None = None
               ) -> tuple[dict[str, tuple[str, str]], dict[str, str], dict[str, dict[str, float]]]:
         """The layout with every accelerator role on a device, the role -> device map, and the prices it
-        was chosen by (role -> device -> predicted cycles per run of the partition there)."""
+        was chosen by (role -> device -> predicted cycles per run of the partition there).  ``keep``: the
+        devices in force, kept for the concurrent stage unless moving it gains more than ``threshold``."""
         roles = {role: (region, where) for role, (region, where) in layout.items()
                  if self.needs_device(where)}
         costs = {role: self.costs(region, where, partition) for role, (region, where) in roles.items()}
@@ -192,7 +200,14 @@ class DevicePlacer:
         chosen = assign({r: c for r, c in costs.items() if r not in together})
         if together:
             weighted = {r: {d: weights.get(r, 1.0) * c for d, c in costs[r].items()} for r in together}
-            chosen.update(assign(weighted, concurrent=self.concurrent))
+            best = assign(weighted, concurrent=self.concurrent)
+            if keep is not None and all(keep.get(r) in weighted[r] for r in together):
+                held = {r: keep[r] for r in together}
+                now = stage_cost(weighted, held, concurrent=self.concurrent)
+                self.last_move = (now, stage_cost(weighted, best, concurrent=self.concurrent))
+                if self.last_move[1] >= now * (1 - self.threshold):
+                    best = held
+            chosen.update(best)
         placed_layout = dict(layout)
         for role, (region, where) in roles.items():
             placed_layout[role] = (region, placed(where, chosen[role]))

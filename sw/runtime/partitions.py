@@ -534,11 +534,11 @@ class PartitionManager:
         return [part for (r, w), part in list(self._built.items())
                 if r == region and (w == where or w.startswith(where + "@"))]
 
-    def _make(self, choices: frozenset[str], version: int) -> Plan:
+    def _make(self, choices: frozenset[str], version: int, keep: Mapping[str, str] | None = None) -> Plan:
         layout = self._layout(choices)
         devices, moves, costs = {}, (), {}
         if self.placer is not None:
-            layout, devices, costs = self.placer.place(layout, self.partition)
+            layout, devices, costs = self.placer.place(layout, self.partition, keep)
         parts = {role: self.partition(region, where) for role, (region, where) in layout.items()}
         if self.placer is not None:
             moves = device_transfers(parts, devices, self.placer.links)
@@ -591,12 +591,13 @@ class PartitionManager:
 
     def reassign(self) -> Plan | None:
         """Place the current plan's roles on devices again (the placer's prices or weights changed): a new
-        plan version when an accelerator role moves to another device, else None."""
+        plan version when an accelerator role moves to another device (by more than the placer's
+        threshold of gain), else None."""
         if self.placer is None:
             return None
         with self._swap_lock:
             current = self._plan
-            plan = self._make(current.choices, current.version + 1)
+            plan = self._make(current.choices, current.version + 1, keep=current.devices)
             if dict(plan.devices) == dict(current.devices):
                 return None
             self._plan = plan

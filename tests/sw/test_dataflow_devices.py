@@ -20,9 +20,9 @@ pytest.importorskip("torch")
 DISPATCH = frozenset({DISPATCH_EXPERTS})
 
 
-def _session(model, **options):
+def _session(model, analyzer=False, **options):
     return DataflowSession(model.onnx_bytes, calibration=calibration_feeds(model), background=False,
-                           cost_model="analytic", analyzer=False, **options)
+                           cost_model="analytic", analyzer=analyzer, **options)
 
 
 def test_device_specs_parse_and_name_uniquely():
@@ -130,3 +130,18 @@ def test_reassignment_is_a_new_version_and_no_run_mixes_plans():
         assert set(zip(trace.partitions, trace.devices, strict=True)) <= placed
     for i, value in results.items():
         assert np.array_equal(value, expected[i])
+
+
+@pytest.mark.filterwarnings("ignore::braze.sw.runtime.analyzer.ValueRangeWarning")   # uniform digits: some
+def test_routing_that_shifts_re_assigns_the_experts_between_devices():
+    moe = moe_mlp()
+    feeds = inputs(moe, "skewed", 16, seed=14) + inputs(moe, "uniform", 16, seed=15)
+    with _session(moe, analyzer=True, half_life=4.0, devices=["default", "default"]) as session:
+        for feed in feeds:
+            session.run(None, feed)
+        moves = [e for e in session.events if not e.taken and not e.reversed]
+        report = session.report()
+    assert any(DISPATCH_EXPERTS in e.taken for e in session.events)
+    assert moves and all(e.version_after == e.version_before + 1 for e in moves)
+    assert all(e.predicted_after < e.predicted_before for e in moves)     # only for a predicted gain
+    assert "re-assign devices" in report and "re-assigned expert" in report
