@@ -407,6 +407,18 @@ class AcceleratorPartition:
         """The quantized graph, which the host evaluates to the same integers as the accelerator."""
         return self.session.graph_before
 
+    def transfer_of(self, tensor: str) -> Transfer | None:
+        """The transfer that moves the region's tensor ``tensor`` -- its int8 form, where the device holds it
+        quantized (the host dequantizes it on the way out, quantizes it on the way in)."""
+        graph = self.host_graph()
+        names = {tensor}
+        if tensor in graph.tensors:
+            producer = graph.producer(tensor)
+            if producer is not None and producer.op_type == "DequantizeLinear":
+                names.add(producer.inputs[0])
+            names.update(c.outputs[0] for c in graph.consumers(tensor) if c.op_type == "QuantizeLinear")
+        return next((t for t in self.transfers if t.tensor in names), None)
+
     def close(self) -> None:
         self.session.close()
 
@@ -480,8 +492,8 @@ def device_transfers(partitions: Mapping[str, AcceleratorPartition | CpuPartitio
             for tensor in producer.region.outputs:
                 if tensor not in consumer.region.inputs:
                     continue
-                sizes = [t.bytes for t in [*producer.transfers, *consumer.transfers] if t.tensor == tensor]
-                nbytes = max(sizes, default=0)
+                moves = [part.transfer_of(tensor) for part in (producer, consumer)]
+                nbytes = max((t.bytes for t in moves if t is not None), default=0)
                 cycles = (links[devices[source]].transfer_cycles(1, nbytes)
                           + links[devices[target]].transfer_cycles(1, nbytes))
                 rows.append(DeviceTransfer(tensor, source, devices[source], target, devices[target], nbytes,

@@ -13,7 +13,7 @@ from braze.isa.errors import BrazeError
 from braze.sw.runtime.dataflow import DISPATCH_EXPERTS, DataflowSession
 from braze.sw.runtime.dataflow_models import calibration_feeds, early_exit_cnn, inputs, moe_mlp
 from braze.sw.runtime.devices import DeviceSpec, assign, parse_devices
-from braze.sw.runtime.partitions import HostLink
+from braze.sw.runtime.partitions import HostLink, device_transfers
 
 pytest.importorskip("torch")
 
@@ -71,6 +71,16 @@ def test_assignment_follows_the_prices():
             assert device == min(costs, key=costs.get)
         pre = plan.device_costs["pre"]
         assert pre["tiny"] > pre["default"] and plan.devices["pre"] == "default"
+        assert not plan.device_transfers                 # both on default: nothing moves between devices
+        # Were the else branch on tiny, the stem's features would go default -> host -> tiny, priced at both.
+        links = {"tiny": HostLink(), "default": HostLink(latency_cycles=3000)}
+        (move,) = device_transfers(plan.partitions, {"pre": "default", "else": "tiny"}, links)
+        assert (move.source, move.source_device, move.target, move.target_device) == (
+            "pre", "default", "else", "tiny")
+        sent = plan.partitions["pre"].transfer_of(move.tensor)
+        assert sent.direction == "to_host" and move.bytes == sent.bytes > 0
+        assert move.cycles == links["default"].transfer_cycles(1, move.bytes) + HostLink().transfer_cycles(
+            1, move.bytes)
     # The default preset behind a link 1000x slower: its transfers now cost more than tiny's slower kernels.
     slow = DeviceSpec("default-slow", "golden", Config.preset("default"), HostLink(bytes_per_cycle=0.008))
     with _session(early_exit, devices=["tiny", slow]) as session:
