@@ -38,7 +38,8 @@ dynamic output is compared with the static plan's (``np.array_equal``).  The las
 mismatches=... sparsity_replan_speedup=... multi_device_cycles_ratio=... multi_device_wall_ratio=...
 multi_device_mismatches=...`` (speedups: static cost over dynamic cost, on ``hard`` and ``skewed``, and
 over the whole drift sequence; mismatches count the drift scenario's too; ``multi_device_cycles_ratio``:
-the multi-device cost over the one-device static plan's, both models, the mixture's experts concurrent;
+the multi-device cost over the same plan's on the one device, both models, the mixture's experts
+concurrent;
 ``multi_device_wall_ratio``: the mixture's wall time with its experts run concurrently over one after
 another, the same placement on the same devices; ``multi_device_mismatches``: multi-device outputs that
 differ from the one-device static plan's).
@@ -118,11 +119,15 @@ def measure_multi(family: str, *, runs: int, devices: Sequence[str], device: str
     feeds = inputs(model, distribution, runs, seed=7)
     warm = inputs(model, distribution, 2, seed=8)
     options = dict(calibration=calibration_feeds(model), device=device, cost_model=cost_model, analyzer=False)
+    choices = frozenset({DISPATCH_EXPERTS}) if family == "moe" else frozenset()
     with DataflowSession(model.onnx_bytes, config=config, **options) as one:
         _run(one, warm)                                          # device load, not measured
         one_out, one_traces, one_wall = _run(one, feeds)
         one_cost = sum(t.cost(one.link) for t in one_traces)
-    choices = frozenset({DISPATCH_EXPERTS}) if family == "moe" else frozenset()
+        one.manager.deploy(choices)                              # the multi-device rows' plan, on one device
+        _run(one, warm)
+        _, same_traces, _ = _run(one, feeds)
+        same_cost = sum(t.cost(one.link) for t in same_traces)
     rows = []
     for concurrent in ((False, True) if family == "moe" else (False,)):
         with DataflowSession(model.onnx_bytes, devices=devices, concurrent=concurrent, **options) as multi:
@@ -142,19 +147,20 @@ def measure_multi(family: str, *, runs: int, devices: Sequence[str], device: str
             rows.append(row)
     return {"model": model.name, "family": family, "distribution": distribution, "runs": runs,
             "devices": list(devices), "one_cycles": sum(t.kernel_cycles for t in one_traces),
-            "one_cost": one_cost, "one_wall": one_wall, "rows": rows}
+            "one_cost": one_cost, "same_plan_cost": same_cost, "one_wall": one_wall, "rows": rows}
 
 
 def multi_table(multi: Sequence[dict], config: str) -> str:
-    lines = [f"multi-device: the one-device static plan on {config} (one) against devices "
+    lines = [f"multi-device: the one-device static plan on {config} (one; 'same': the multi rows' plan on "
+             f"that one device) against devices "
              f"{', '.join(multi[0]['devices'])} (multi; partitions placed by price; moe: dispatch-experts, "
              f"its experts priced and run one after another (seq) or concurrently (conc), conc's placement "
              f"also run without threads (wall ser)); per run: kernel cycles, cost = kernel cycles + priced "
              f"transfers and device runs on the critical path (concurrent partitions: the busiest "
              f"device's), wall ms"]
     lines.append(f"  {'model':<15} {'inputs':<8} {'experts':<7} {'cycles one':>10} {'multi':>7} "
-                 f"{'cost one':>8} {'multi':>7} {'wall one':>8} {'multi':>7} {'ser':>7} {'mismatch':>8}  "
-                 f"placement")
+                 f"{'cost one':>8} {'same':>7} {'multi':>7} {'wall one':>8} {'multi':>7} {'ser':>7} "
+                 f"{'mismatch':>8}  placement")
     for m in multi:
         runs = m["runs"]
         for row in m["rows"]:
@@ -162,7 +168,8 @@ def multi_table(multi: Sequence[dict], config: str) -> str:
             serial = f"{1e3 * row['serial_wall'] / runs:.2f}" if "serial_wall" in row else "-"
             lines.append(f"  {m['model']:<15} {m['distribution']:<8} {experts:<7} "
                          f"{m['one_cycles'] / runs:>10.0f} {row['cycles'] / runs:>7.0f} "
-                         f"{m['one_cost'] / runs:>8.0f} {row['cost'] / runs:>7.0f} "
+                         f"{m['one_cost'] / runs:>8.0f} {m['same_plan_cost'] / runs:>7.0f} "
+                         f"{row['cost'] / runs:>7.0f} "
                          f"{1e3 * m['one_wall'] / runs:>8.2f} {1e3 * row['wall'] / runs:>7.2f} {serial:>7} "
                          f"{row['mismatches']:>8}  {row['placement']}")
     return "\n".join(lines)
@@ -278,7 +285,7 @@ def summary(rows: Sequence[dict], drift: dict | None = None, multi: Sequence[dic
     nan = float("nan")
     # The best multi-device row of each model (the mixture: its experts priced concurrently).
     best = [m["rows"][-1] for m in multi]
-    cost_ratio = sum(row["cost"] for row in best) / sum(m["one_cost"] for m in multi) if multi else nan
+    cost_ratio = sum(row["cost"] for row in best) / sum(m["same_plan_cost"] for m in multi) if multi else nan
     timed = [row for row in best if "serial_wall" in row]
     wall_ratio = (sum(row["wall"] for row in timed) / sum(row["serial_wall"] for row in timed)
                   if timed else nan)
