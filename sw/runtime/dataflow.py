@@ -82,6 +82,7 @@ from ..compiler.frontend import evaluate
 from .analyzer import DataflowAnalyzer, Observation, ValueRangeWarning
 from .dataflow_shadow import FloatShadow
 from .dataflow_skip import SkipPoint, forced_profiles, prefix_graph, skip_points, skipping_cycles_at
+from .devices import DevicePlacer, DeviceSpec, parse_devices, placed, split_placement
 from .partitions import (
     AcceleratorPartition,
     BranchModel,
@@ -92,6 +93,7 @@ from .partitions import (
     Plan,
     StraightModel,
     calibration_inputs,
+    link_cycles,
     partition_model,
 )
 from .session import choose_cost_model
@@ -147,6 +149,12 @@ class RunTrace:
     transfers: int = 0
     device_runs: int = 0
     seconds: float = 0.0
+    #: The run's cost on its critical path: kernel cycles plus each partition's priced transfers and device
+    #: runs at its device's link, partitions that ran concurrently on several devices counted as their
+    #: busiest device's (one device: ``cost(link)``).
+    critical_cost: float = 0.0
+    #: The device each step's partition ran on (None: the host, or a session with one device).
+    devices: list = dataclasses.field(default_factory=list)
     bytes_by_partition: dict[str, int] = dataclasses.field(default_factory=dict)
     cycles_by_partition: dict[str, int] = dataclasses.field(default_factory=dict)
     #: The accelerator partitions that ran and their inputs (what a sampled range check evaluates).
@@ -205,6 +213,14 @@ class DataflowSession:
     analyzer_budget : float
         The share of inference wall time the analyzer's tensor samples may cost (``budget`` of
         :class:`~.analyzer.DataflowAnalyzer`).
+    devices : list of str, Config or DeviceSpec, optional
+        Several accelerators (``["tiny", "default"]``, ``["verilator:default", "golden:large"]``: see
+        :mod:`~braze.sw.runtime.devices`; ``device`` is the back end of a bare config name).  Each
+        plan's accelerator partitions are assigned to them by price; the report says where and why.
+        None: one device, ``device`` of ``config``.
+    concurrent : bool
+        With ``devices``: run independent partitions (a mixture's experts) on different devices at the
+        same time, and price them so (False: one after another).
     """
 
     def __init__(self, model: bytes | onnx.ModelProto, *, calibration: Sequence[Mapping[str, np.ndarray]],
@@ -213,7 +229,8 @@ class DataflowSession:
                  link: HostLink | None = None, analyzer: bool = True, dynamic: bool = True,
                  threshold: float = DEFAULT_DYNAMIC_THRESHOLD, half_life: float = 16.0,
                  background: bool = True, every: int = 4, onchip_if: bool = True,
-                 skip_zero_blocks: bool = False, analyzer_budget: float = 0.02):
+                 skip_zero_blocks: bool = False, analyzer_budget: float = 0.02,
+                 devices: Sequence[str | Config | DeviceSpec] | None = None, concurrent: bool = True):
         if not isinstance(device, str):
             raise BrazeError("DataflowSession opens one device per accelerator partition: pass the device's "
                              "kind (e.g. 'golden'), not an open device")
@@ -244,11 +261,19 @@ class DataflowSession:
             self._shapes = {t: tuple(np.shape(v)) for t, v in first.items()}
         from braze.sim.device import open_device
 
-        probe = open_device(device, self.config)
-        try:
-            self.cost_model, self.cost_model_reason = choose_cost_model(cost_model, probe, self.config)
-        finally:
-            probe.close()
+        #: The session's devices (several: ``devices``), each with its cost model.
+        self.devices = parse_devices(devices if devices is not None else [config], kind=device,
+                                     link=self.link)
+        self._device_of = {}
+        for spec in self.devices:
+            probe = open_device(spec.kind, spec.config)
+            try:
+                self._device_of[spec.name] = (spec, *choose_cost_model(cost_model, probe, spec.config))
+            finally:
+                probe.close()
+        first, self.cost_model, self.cost_model_reason = self._device_of[self.devices[0].name]
+        if devices is not None:
+            self.config, self.device_kind = first.config, first.kind
         self._open_device = lambda: open_device(device, self.config)
         self._cpu_cycles: dict[str, float] = {}
         #: Why the If cannot run on chip (None: it can, or it was not tried yet; "" for a mixture).
@@ -256,7 +281,13 @@ class DataflowSession:
         if not onchip_if and self.onchip_if_unavailable is None:
             self.onchip_if_unavailable = "turned off (onchip_if=False)"
         self._observe = analyzer
-        self.manager = PartitionManager(self._build, self._layout)
+        placer = None
+        if devices is not None:
+            mixture = isinstance(self.structure, MixtureModel)
+            experts = frozenset(r.name for r in self.structure.experts) if mixture else frozenset()
+            placer = DevicePlacer(self.devices, concurrent_roles=experts, concurrent=concurrent,
+                                  weights=self._expert_rates, threshold=threshold)
+        self.manager = PartitionManager(self._build, self._layout, placer=placer)
         if skip_zero_blocks and analyzer:   # compiled up front: its kernels say where and how to measure
             self.manager.partition(self.structure.body.name, ACCELERATOR_SKIP)
         self.events: list[DecisionEvent] = []
@@ -303,14 +334,27 @@ class DataflowSession:
         return part
 
     def _build_partition(self, region: str, where: str) -> AcceleratorPartition | CpuPartition:
+        part = self._build_on_device(region, *split_placement(where))
+        part.device = split_placement(where)[1]
+        return part
+
+    def _build_on_device(self, region: str, where: str,
+                         device: str | None) -> AcceleratorPartition | CpuPartition:
         spec = self._regions[region]
+        config, cost_model, link, open_device = self.config, self.cost_model, self.link, self._open_device
+        if device is not None:            # one of several devices: its configuration, cost model and link
+            from braze.sim.device import open_device as open_named
+
+            target, cost_model, _ = self._device_of[device]
+            config, link = target.config, target.link
+            open_device = lambda: open_named(target.kind, target.config)  # noqa: E731
         if where == ONCHIP_IF:
             from .onchip_if import OnChipIfPartition
 
             return OnChipIfPartition(spec, cond=self.structure.cond, then_inputs=self.structure.then.inputs,
-                                     config=self.config, calibration=self._calibration[region],
-                                     cache=self.cache, cost_model=self.cost_model, device=self._open_device(),
-                                     link=self.link)
+                                     config=config, calibration=self._calibration[region],
+                                     cache=self.cache, cost_model=cost_model, device=open_device(),
+                                     link=link)
         if where in ("accelerator", ACCELERATOR_SKIP):
             options, name, shapes = {}, None, None
             if isinstance(self.structure, StraightModel):     # compiled first at the calibration's shapes
@@ -318,12 +362,13 @@ class DataflowSession:
             if self.skip_zero_blocks:      # symmetric activations in both forms: the same integers
                 profiles = {}
                 if where == ACCELERATOR_SKIP:
-                    profiles = forced_profiles(self.manager.partition(region, "accelerator").host_graph())
+                    plain = "accelerator" if device is None else placed("accelerator", device)
+                    profiles = forced_profiles(self.manager.partition(region, plain).host_graph())
                     name = f"{region}+skip"
                 options = {"skip_zero_blocks": True, "zero_block_profiles": profiles}
-            return AcceleratorPartition(spec, config=self.config, calibration=self._calibration[region],
-                                        cache=self.cache, cost_model=self.cost_model,
-                                        device=self._open_device(), link=self.link, name=name,
+            return AcceleratorPartition(spec, config=config, calibration=self._calibration[region],
+                                        cache=self.cache, cost_model=cost_model,
+                                        device=open_device(), link=link, name=name,
                                         session_options=options, shapes=shapes)
         if spec.wants_accelerator:        # a compute region kept on the host: its quantized graph
             return CpuPartition(spec, self.manager.partition(region, "accelerator").host_graph())
@@ -428,12 +473,18 @@ class DataflowSession:
         return points
 
     def _step(self, plan: Plan, role: str, host: dict[str, np.ndarray], trace: RunTrace) -> None:
+        self._record(plan, role, *plan.partitions[role].run(host), host, trace)
+
+    def _record(self, plan: Plan, role: str, outputs: dict[str, np.ndarray], cycles: int,
+                host: dict[str, np.ndarray], trace: RunTrace) -> None:
+        """The partition of ``role`` ran: its outputs to the host, its cycles and transfers to the trace."""
         part = plan.partitions[role]
-        outputs, cycles = part.run(host)
         host.update(outputs)
         trace.plan_versions.append(plan.version)
         trace.partitions.append(part.name)
+        trace.devices.append(getattr(part, "device", None))
         trace.kernel_cycles += cycles
+        trace.critical_cost += cycles + link_cycles(part)
         # An If on chip moves the else branch's results only when it ran: the transfers of this run.
         transfers = getattr(part, "last_transfers", part.transfers)
         nbytes = sum(t.bytes for t in transfers)
@@ -502,8 +553,8 @@ class DataflowSession:
             old, started = self._shapes, time.perf_counter()
             region = self.structure.body.name
             for where in ("accelerator", ACCELERATOR_SKIP):
-                if self.manager.built(region, where):
-                    self.manager.partition(region, where).specialise(shapes)
+                for part in self.manager.variants(region, where):     # on every device it is compiled for
+                    part.specialise(shapes)
             self._shapes = shapes
             seconds = time.perf_counter() - started
             current = self.manager.current
@@ -549,15 +600,21 @@ class DataflowSession:
         s: MixtureModel = self.structure
         self._step(plan, "gate", host, trace)
         self._step(plan, "router", host, trace)
-        tokens = {}
+        tokens, stage = {}, []
         for region, mask, output in zip(s.experts, s.masks, s.expert_outputs, strict=True):
             count = int(np.count_nonzero(host[mask]))
             tokens[region.name] = count
             if region.name in plan.partitions:
                 if count:
-                    self._step(plan, region.name, host, trace)
+                    stage.append(region.name)
                 else:                 # multiplied by an all-zero mask: zeros give the same sum
                     host[output] = np.zeros(self._expert_shapes[output], np.float32)
+        # Independent of each other: on several devices, the experts of different devices run together.
+        ran, critical = self.manager.run_stage(plan, stage, host)
+        for role, outputs, cycles in ran:
+            self._record(plan, role, outputs, cycles, host, trace)
+        trace.critical_cost += critical - sum(cycles + link_cycles(plan.partitions[role])
+                                              for role, _, cycles in ran)
         self._step(plan, "combine", host, trace)
         rows = int(np.asarray(host[s.masks[0]]).shape[0])
         return tokens, rows
@@ -606,14 +663,34 @@ class DataflowSession:
         static = part(s.gate_and_experts.name, "accelerator").predicted_cycles
         expected = {r.name: a.active[r.name].value * part(r.name, "accelerator").predicted_cycles
                     for r in s.experts}
-        dispatch = part(s.gate.name, "accelerator").predicted_cycles + sum(expected.values())
+        dispatch = part(s.gate.name, "accelerator").predicted_cycles + self._experts_cost(expected)
         prices = {frozenset(): static, frozenset({DISPATCH_EXPERTS}): dispatch}
         for hot, fused in zip(s.experts, s.gate_with, strict=True):
             # A hot expert runs (on every row, its result dropped where it has none) with the gate.
             prices[frozenset({DISPATCH_EXPERTS, f"{HOT_EXPERT}:{hot.name}"})] = (
                 part(fused.name, "accelerator").predicted_cycles
-                + sum(cost for name, cost in expected.items() if name != hot.name))
+                + self._experts_cost({name: cost for name, cost in expected.items() if name != hot.name}))
         return prices
+
+    def _expert_rates(self) -> dict[str, float]:
+        """Each expert's expected runs per model run (the analyzer's rate; 1 without statistics)."""
+        a = getattr(self, "analyzer", None)             # the first plan is placed before the analyzer exists
+        if a is None or a.observations < MIN_OBSERVATIONS or not isinstance(self.structure, MixtureModel):
+            return {}
+        return {r.name: a.active[r.name].value for r in self.structure.experts}
+
+    def _experts_cost(self, expected: Mapping[str, float]) -> float:
+        """The experts' stage at their expected costs: their sum on one device; on several, the busiest
+        device's share of the best assignment (experts run concurrently) or each expert's cheapest
+        device (they do not)."""
+        placer = self.manager.placer
+        if placer is None:
+            return sum(expected.values())
+        rates = {name: self.analyzer.active[name].value for name in expected}     # as ``expected`` has them
+        costs = {name: {d: rates[name] * cost
+                        for d, cost in placer.costs(name, "accelerator", self.manager.partition).items()}
+                 for name in expected}
+        return placer.stage_cost(costs)
 
     def _cycles_at(self, kernel, step: str, fraction: float) -> int:
         """A skipping kernel's timing-model cycles at a zero-block fraction (to 1%: cached)."""
@@ -646,13 +723,28 @@ class DataflowSession:
             held = current.choices
             target = self._choose(prices, held)
             if target == held:
-                return current
+                return self._reassign(current, static, prices[held])
             plan = self.manager.deploy(target)
             rates = self._rates_text()
             self.events.append(DecisionEvent(self.analyzer.observations, current.version, plan.version,
                                              target - held,
                                              held - target, rates, static, prices[held], prices[target]))
             return plan
+
+    def _reassign(self, current: Plan, static: float, price: float) -> Plan:
+        """The same choices, their accelerator roles placed on the devices again (the experts' rates moved
+        the balance of a concurrent stage): a new plan version when a role moves, recorded as a decision."""
+        plan = self.manager.reassign()
+        if plan is None:
+            return current
+        held, best = self.manager.placer.last_move or (0.0, 0.0)     # the stage's cost before and after
+        moved = ", ".join(f"{role} {current.devices.get(role)} -> {device}"
+                          for role, device in plan.devices.items() if current.devices.get(role) != device)
+        reason = f"re-assigned {moved}; {self._rates_text()}"
+        self.events.append(DecisionEvent(self.analyzer.observations, current.version, plan.version,
+                                         frozenset(), frozenset(), reason, static, price + held - best,
+                                         price))
+        return plan
 
     def _choose(self, prices: Mapping[frozenset[str], float], held: frozenset[str]) -> frozenset[str]:
         """The choices to deploy: the best above the threshold; a held decision kept (hysteresis) until it
@@ -696,6 +788,8 @@ class DataflowSession:
         for role, part in plan.partitions.items():
             lines.append(f"  {role:<14} {part.name:<14} {part.kind:<12} {len(part.region.op_types):>4} "
                          f"{part.predicted_cycles:>16.0f} {len(part.transfers):>9} {part.transfer_bytes:>6}")
+        if self.manager.placer is not None:
+            lines += self.manager.placer.report(plan)
         lines.append("transfers (host <-> device, per run of the partition):")
         for part in plan.partitions.values():
             for transfer in part.transfers:
@@ -721,6 +815,8 @@ class DataflowSession:
                              + [f"reverse {c}" for c in sorted(event.reversed)])
             if event.respecialised:
                 what = "re-specialise" + (f" and {what}" if what else "")
+            elif not what:
+                what = "re-assign devices"
             before = self.analyzer.measured_cost(event.version_before) if self.analyzer else None
             after = self.analyzer.measured_cost(event.version_after) if self.analyzer else None
             measured = ("measured " + (f"{before:.0f}" if before is not None else "-") + " -> "

@@ -22,12 +22,27 @@ its background thread, ``--drift-budget`` of the inference time for host samples
 :data:`DRIFT_HALF_LIFE` runs), which takes
 ``skip-zero-blocks`` after the inputs go sparse and reverses it after they go dense again.
 
+**multi-device** -- the same models on a session with several devices (``--multi-devices``, by default
+``default,large``; each accelerator partition assigned to a device by price,
+:mod:`braze.sw.runtime.devices`), against the one-device static plan of ``--config``: the early-exit CNN's
+static plan on ``hard`` digits, and the mixture's ``dispatch-experts`` plan (the experts as partitions of
+their own, spread over the devices) on ``uniform`` routing, its experts priced and run one after another
+(``seq``) and concurrently (``conc``, a thread per device; that placement is also run without threads,
+``ser``, which is what the threads buy in wall time).  A multi-device run's cost is its critical path's:
+concurrent partitions count as their busiest device's.
+
 Cycles are the accelerator's counters (kernel cycles); "cost" adds the host link's priced transfers
 and device runs (:class:`~.partitions.HostLink`); bytes are every host <-> device transfer.  Every
 dynamic output is compared with the static plan's (``np.array_equal``).  The last line is
 ``dataflow: overhead_pct=... early_exit_speedup=... moe_speedup=... transfer_bytes_saved_pct=...
-mismatches=... sparsity_replan_speedup=...`` (speedups: static cost over dynamic cost, on ``hard`` and
-``skewed``, and over the whole drift sequence; mismatches count the drift scenario's too).
+mismatches=... sparsity_replan_speedup=... multi_device_cycles_ratio=... multi_device_wall_ratio=...
+multi_device_mismatches=...`` (speedups: static cost over dynamic cost, on ``hard`` and ``skewed``, and
+over the whole drift sequence; mismatches count the drift scenario's too; ``multi_device_cycles_ratio``:
+the multi-device cost over the same plan's on the one device, both models, the mixture's experts
+concurrent;
+``multi_device_wall_ratio``: the mixture's wall time with its experts run concurrently over one after
+another, the same placement on the same devices; ``multi_device_mismatches``: multi-device outputs that
+differ from the one-device static plan's).
 """
 
 from __future__ import annotations
@@ -39,7 +54,7 @@ import numpy as np
 
 from braze.isa.errors import ArgumentParser
 
-from .dataflow import SKIP_ZERO_BLOCKS, DataflowSession, RunTrace
+from .dataflow import DISPATCH_EXPERTS, SKIP_ZERO_BLOCKS, DataflowSession, RunTrace
 from .dataflow_drift import drift_calibration, drift_inputs, sensor_mlp
 from .dataflow_models import DISTRIBUTIONS, calibration_feeds, early_exit_cnn, inputs, moe_mlp
 
@@ -90,6 +105,74 @@ def measure(family: str, distribution: str, *, runs: int, warmup: int, device: s
             "static": before, "dynamic": after, "static_wall": static_wall, "analyzed_wall": analyzed_wall,
             "dynamic_wall": dynamic_wall, "overhead": overhead, "mismatches": mismatches, "plan": plan,
             "plan_versions": versions, "report": report}
+
+
+#: The distribution each model runs on in the multi-device rows (most branch work; most experts per run).
+MULTI_DEVICE = {"early_exit": "hard", "moe": "uniform"}
+
+
+def measure_multi(family: str, *, runs: int, devices: Sequence[str], device: str = "golden",
+                  config: str = "default", cost_model: str | None = None) -> dict:
+    """One device against several (see the module documentation): cost, wall time, mismatches."""
+    model = early_exit_cnn() if family == "early_exit" else moe_mlp()
+    distribution = MULTI_DEVICE[family]
+    feeds = inputs(model, distribution, runs, seed=7)
+    warm = inputs(model, distribution, 2, seed=8)
+    options = dict(calibration=calibration_feeds(model), device=device, cost_model=cost_model, analyzer=False)
+    choices = frozenset({DISPATCH_EXPERTS}) if family == "moe" else frozenset()
+    with DataflowSession(model.onnx_bytes, config=config, **options) as one:
+        _run(one, warm)                                          # device load, not measured
+        one_out, one_traces, one_wall = _run(one, feeds)
+        one_cost = sum(t.cost(one.link) for t in one_traces)
+        one.manager.deploy(choices)                              # the multi-device rows' plan, on one device
+        _run(one, warm)
+        _, same_traces, _ = _run(one, feeds)
+        same_cost = sum(t.cost(one.link) for t in same_traces)
+    rows = []
+    for concurrent in ((False, True) if family == "moe" else (False,)):
+        with DataflowSession(model.onnx_bytes, devices=devices, concurrent=concurrent, **options) as multi:
+            plan = multi.manager.deploy(choices)
+            _run(multi, warm)
+            out, traces, wall = _run(multi, feeds)
+            row = {"concurrent": concurrent, "wall": wall, "report": multi.report(),
+                   "placement": ", ".join(f"{role}@{name}" for role, name in plan.devices.items()),
+                   "cycles": sum(t.kernel_cycles for t in traces),
+                   "cost": sum(t.critical_cost for t in traces),
+                   "mismatches": sum(not np.array_equal(a, b) for a, b in zip(one_out, out, strict=True))}
+            if concurrent:                # the same placement, experts one after another: what threads buy
+                multi.manager.placer.concurrent = False
+                serial_out, _, row["serial_wall"] = _run(multi, feeds)
+                row["mismatches"] += sum(not np.array_equal(a, b)
+                                         for a, b in zip(one_out, serial_out, strict=True))
+            rows.append(row)
+    return {"model": model.name, "family": family, "distribution": distribution, "runs": runs,
+            "devices": list(devices), "one_cycles": sum(t.kernel_cycles for t in one_traces),
+            "one_cost": one_cost, "same_plan_cost": same_cost, "one_wall": one_wall, "rows": rows}
+
+
+def multi_table(multi: Sequence[dict], config: str) -> str:
+    lines = [f"multi-device: the one-device static plan on {config} (one; 'same': the multi rows' plan on "
+             f"that one device) against devices "
+             f"{', '.join(multi[0]['devices'])} (multi; partitions placed by price; moe: dispatch-experts, "
+             f"its experts priced and run one after another (seq) or concurrently (conc), conc's placement "
+             f"also run without threads (wall ser)); per run: kernel cycles, cost = kernel cycles + priced "
+             f"transfers and device runs on the critical path (concurrent partitions: the busiest "
+             f"device's), wall ms"]
+    lines.append(f"  {'model':<15} {'inputs':<8} {'experts':<7} {'cycles one':>10} {'multi':>7} "
+                 f"{'cost one':>8} {'same':>7} {'multi':>7} {'wall one':>8} {'multi':>7} {'ser':>7} "
+                 f"{'mismatch':>8}  placement")
+    for m in multi:
+        runs = m["runs"]
+        for row in m["rows"]:
+            experts = ("conc" if row["concurrent"] else "seq") if m["family"] == "moe" else "-"
+            serial = f"{1e3 * row['serial_wall'] / runs:.2f}" if "serial_wall" in row else "-"
+            lines.append(f"  {m['model']:<15} {m['distribution']:<8} {experts:<7} "
+                         f"{m['one_cycles'] / runs:>10.0f} {row['cycles'] / runs:>7.0f} "
+                         f"{m['one_cost'] / runs:>8.0f} {m['same_plan_cost'] / runs:>7.0f} "
+                         f"{row['cost'] / runs:>7.0f} "
+                         f"{1e3 * m['one_wall'] / runs:>8.2f} {1e3 * row['wall'] / runs:>7.2f} {serial:>7} "
+                         f"{row['mismatches']:>8}  {row['placement']}")
+    return "\n".join(lines)
 
 
 #: The drift session's analyzer half-life (runs): the statistics follow a drift within a few dozen runs.
@@ -188,7 +271,7 @@ def table(rows: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
-def summary(rows: Sequence[dict], drift: dict | None = None) -> str:
+def summary(rows: Sequence[dict], drift: dict | None = None, multi: Sequence[dict] = ()) -> str:
     def speedup(family: str) -> float:
         row = next((r for r in rows if r["family"] == family and r["distribution"] == QUOTED[family]), None)
         if row is None:                        # the family was not measured (--models)
@@ -199,10 +282,19 @@ def summary(rows: Sequence[dict], drift: dict | None = None) -> str:
     saved = 100 * (static_bytes - sum(r["dynamic"]["bytes"] for r in rows)) / static_bytes
     mismatches = sum(r["mismatches"] for r in rows) + (drift["mismatches"] if drift else 0)
     replan = drift["totals"]["static"]["cost"] / drift["totals"]["dynamic"]["cost"] if drift else float("nan")
+    nan = float("nan")
+    # The best multi-device row of each model (the mixture: its experts priced concurrently).
+    best = [m["rows"][-1] for m in multi]
+    cost_ratio = sum(row["cost"] for row in best) / sum(m["same_plan_cost"] for m in multi) if multi else nan
+    timed = [row for row in best if "serial_wall" in row]
+    wall_ratio = (sum(row["wall"] for row in timed) / sum(row["serial_wall"] for row in timed)
+                  if timed else nan)
     return (f"dataflow: overhead_pct={100 * max(r['overhead'] for r in rows):.2f} "
             f"early_exit_speedup={speedup('early_exit'):.2f} moe_speedup={speedup('moe'):.2f} "
             f"transfer_bytes_saved_pct={saved:.1f} mismatches={mismatches} "
-            f"sparsity_replan_speedup={replan:.2f}")
+            f"sparsity_replan_speedup={replan:.2f} multi_device_cycles_ratio={cost_ratio:.2f} "
+            f"multi_device_wall_ratio={wall_ratio:.2f} "
+            f"multi_device_mismatches={sum(row['mismatches'] for m in multi for row in m['rows'])}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -225,6 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "twice as many each); 0: leave it out")
     parser.add_argument("--drift-budget", type=float, default=0.05,
                         help="share of inference time the drift session's analyzer may spend sampling")
+    parser.add_argument("--multi-devices", default="default,large",
+                        help="comma-separated devices (CONFIG or KIND:CONFIG) of the multi-device rows; '': "
+                             "leave them out")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 2 or args.drift_runs < 0:
         parser.error("--runs must be >= 1, --warmup >= 2 and --drift-runs >= 0")
@@ -240,6 +335,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 onchip_if=not args.no_onchip_if))
             if args.reports:
                 print(rows[-1]["report"], end="\n\n")
+    devices = [d.strip() for d in args.multi_devices.split(",") if d.strip()]
+    multi = []
+    if devices:
+        multi = [measure_multi(family, runs=args.runs, devices=devices, device=args.device,
+                               config=args.config, cost_model=args.cost_model) for family in families]
+        if args.reports:
+            for m in multi:
+                for row in m["rows"]:
+                    print(row["report"], end="\n\n")
     drift = None
     if args.drift_runs:
         drift = measure_drift(runs=args.drift_runs, device=args.device, config=args.config,
@@ -249,7 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(rows))
     if drift:
         print(drift_table(drift))
-    print(summary(rows, drift))
+    if multi:
+        print(multi_table(multi, args.config))
+    print(summary(rows, drift, multi))
     return 0
 
 

@@ -29,6 +29,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -46,7 +47,7 @@ from .session import InferenceSession
 
 __all__ = ["PartitionError", "Region", "BranchModel", "MixtureModel", "StraightModel", "split_model",
            "partition_model", "HostLink",
-           "AcceleratorPartition", "CpuPartition", "Transfer", "Plan", "PartitionManager"]
+           "AcceleratorPartition", "CpuPartition", "Transfer", "DeviceTransfer", "Plan", "PartitionManager"]
 
 #: Operators that make a region worth compiling for the accelerator.
 ACCELERATOR_OPS = frozenset({"Conv", "Gemm", "MatMul"})
@@ -334,10 +335,26 @@ class Transfer:
     bytes: int
 
 
+@dataclasses.dataclass(frozen=True)
+class DeviceTransfer:
+    """A tensor one device's partition computes and another device's partition reads: it moves through
+    the host (the producer's link to the host, then the consumer's link to its device)."""
+
+    tensor: str
+    source: str                       # producing partition's role, and its device
+    source_device: str
+    target: str
+    target_device: str
+    bytes: int
+    cycles: float                     # priced at both devices' links
+
+
 class AcceleratorPartition:
     """A region compiled for the accelerator: its own session and device (kernels stay resident)."""
 
     kind = "accelerator"
+    #: The session's device this partition is placed on (None: the session has one device).
+    device: str | None = None
 
     def __init__(self, region: Region, *, config: Config, calibration, cache: KernelCache,
                  cost_model: CostModel, device, link: HostLink, name: str | None = None,
@@ -390,6 +407,18 @@ class AcceleratorPartition:
         """The quantized graph, which the host evaluates to the same integers as the accelerator."""
         return self.session.graph_before
 
+    def transfer_of(self, tensor: str) -> Transfer | None:
+        """The transfer that moves the region's tensor ``tensor`` -- its int8 form, where the device holds it
+        quantized (the host dequantizes it on the way out, quantizes it on the way in)."""
+        graph = self.host_graph()
+        names = {tensor}
+        if tensor in graph.tensors:
+            producer = graph.producer(tensor)
+            if producer is not None and producer.op_type == "DequantizeLinear":
+                names.add(producer.inputs[0])
+            names.update(c.outputs[0] for c in graph.consumers(tensor) if c.op_type == "QuantizeLinear")
+        return next((t for t in self.transfers if t.tensor in names), None)
+
     def close(self) -> None:
         self.session.close()
 
@@ -421,18 +450,55 @@ class CpuPartition:
 # Plans and the partition manager
 # ---------------------------------------------------------------------------------------------------
 
+def link_cycles(part: AcceleratorPartition | CpuPartition) -> float:
+    """The priced host-link cost of the last run of ``part`` at its device's link: its transfers and device
+    runs (nothing for a partition on the host)."""
+    if part.kind != "accelerator":
+        return 0.0
+    transfers = getattr(part, "last_transfers", part.transfers)   # an If on chip moves what ran
+    return (part.link.transfer_cycles(len(transfers), sum(t.bytes for t in transfers))
+            + part.link.launch_cycles * part.device_runs)
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """Which partitions run, as decided: ``choices`` names the dynamic decisions in force."""
+    """Which partitions run, as decided: ``choices`` names the dynamic decisions in force; in a session
+    with several devices, ``devices`` the device of each accelerator role and ``device_transfers`` the
+    tensors moving between devices."""
 
     version: int
     choices: frozenset[str]
     partitions: Mapping[str, AcceleratorPartition | CpuPartition]
     created: float = dataclasses.field(default_factory=time.time)
+    devices: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    device_transfers: tuple[DeviceTransfer, ...] = ()
+    #: Per accelerator role, its predicted cycles per run on every device (what placed it).
+    device_costs: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
 
     def describe(self) -> str:
         choices = f" ({', '.join(sorted(self.choices))})" if self.choices else " (static)"
-        return f"plan v{self.version}{choices}"
+        used = sorted(set(self.devices.values()))
+        return f"plan v{self.version}{choices}" + (f" on {', '.join(used)}" if used else "")
+
+
+def device_transfers(partitions: Mapping[str, AcceleratorPartition | CpuPartition],
+                     devices: Mapping[str, str], links: Mapping[str, HostLink]) -> tuple[DeviceTransfer, ...]:
+    """The tensors an accelerator partition on one device computes and one on another device reads."""
+    rows = []
+    for source, producer in partitions.items():
+        for target, consumer in partitions.items():
+            if source not in devices or target not in devices or devices[source] == devices[target]:
+                continue
+            for tensor in producer.region.outputs:
+                if tensor not in consumer.region.inputs:
+                    continue
+                moves = [part.transfer_of(tensor) for part in (producer, consumer)]
+                nbytes = max((t.bytes for t in moves if t is not None), default=0)
+                cycles = (links[devices[source]].transfer_cycles(1, nbytes)
+                          + links[devices[target]].transfer_cycles(1, nbytes))
+                rows.append(DeviceTransfer(tensor, source, devices[source], target, devices[target], nbytes,
+                                           cycles))
+    return tuple(rows)
 
 
 class PartitionManager:
@@ -441,34 +507,83 @@ class PartitionManager:
     ``layout(choices)`` names the regions a plan with those decisions runs and where; the manager
     compiles what is missing before it swaps, so a run never waits for a compilation and never sees a
     half-built plan.
+
+    With a ``placer`` (:class:`~.devices.DevicePlacer`: a session with several devices) every
+    accelerator placement is on a device -- ``where`` is ``"accelerator@large"``, say; the placer
+    assigns each plan's accelerator roles to devices by price, and ``partition(region, "accelerator")``
+    without a device is the region on the device where it is cheapest.
     """
 
     def __init__(self, factory: Callable[[str, str], AcceleratorPartition | CpuPartition],
-                 layout: Callable[[frozenset[str]], dict[str, tuple[str, str]]]):
+                 layout: Callable[[frozenset[str]], dict[str, tuple[str, str]]], *, placer=None):
         self._factory = factory
         self._layout = layout
+        self.placer = placer
         self._built: dict[tuple[str, str], AcceleratorPartition | CpuPartition] = {}
         self._build_lock = threading.RLock()     # a CPU partition is built from an accelerator one
         self._swap_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self.history: list[Plan] = []
         self._plan = self._make(frozenset(), 0)
         self.history.append(self._plan)
 
     def partition(self, region: str, where: str) -> AcceleratorPartition | CpuPartition:
         with self._build_lock:
+            if self.placer is not None and self.placer.needs_device(where):
+                where = self.placer.preferred(region, where, self.partition)
             key = (region, where)
             if key not in self._built:
                 self._built[key] = self._factory(region, where)
             return self._built[key]
 
     def built(self, region: str, where: str) -> bool:
-        """Whether the partition of ``region`` placed ``where`` was compiled already."""
-        return (region, where) in self._built
+        """Whether the partition of ``region`` placed ``where`` was compiled already (on any device, for a
+        placement without one)."""
+        return bool(self.variants(region, where))
 
-    def _make(self, choices: frozenset[str], version: int) -> Plan:
+    def variants(self, region: str, where: str) -> list[AcceleratorPartition | CpuPartition]:
+        """The compiled partitions of ``region`` placed ``where``: one per device it was compiled for."""
+        return [part for (r, w), part in list(self._built.items())
+                if r == region and (w == where or w.startswith(where + "@"))]
+
+    def _make(self, choices: frozenset[str], version: int, keep: Mapping[str, str] | None = None) -> Plan:
         layout = self._layout(choices)
+        devices, moves, costs = {}, (), {}
+        if self.placer is not None:
+            layout, devices, costs = self.placer.place(layout, self.partition, keep)
         parts = {role: self.partition(region, where) for role, (region, where) in layout.items()}
-        return Plan(version, choices, parts)
+        if self.placer is not None:
+            moves = device_transfers(parts, devices, self.placer.links)
+        return Plan(version, choices, parts, devices=devices, device_transfers=moves, device_costs=costs)
+
+    def run_stage(self, plan: Plan, roles: Sequence[str], feeds: Mapping[str, np.ndarray]
+                  ) -> tuple[list[tuple[str, dict[str, np.ndarray], int]], int]:
+        """Run independent partitions of ``plan`` on ``feeds``: those on different devices at the same time
+        when the placer runs stages concurrently (one thread per device, its partitions in order), else
+        one after another.  Returns ``(role, outputs, cycles)`` in the order of ``roles``, and the stage's
+        cost on its critical path (the busiest device's kernel cycles and :func:`link_cycles`)."""
+        groups: dict[str | None, list[str]] = {}
+        for role in roles:
+            groups.setdefault(plan.devices.get(role), []).append(role)
+
+        def run_group(group: list[str]) -> list[tuple[str, dict[str, np.ndarray], int]]:
+            return [(role, *plan.partitions[role].run(feeds)) for role in group]
+
+        concurrent = self.placer is not None and self.placer.concurrent and len(groups) > 1
+        if concurrent:
+            with self._build_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=len(self.placer.devices),
+                                                    thread_name_prefix="braze-device")
+            futures = [self._pool.submit(run_group, group) for group in groups.values()]
+            results = [future.result() for future in futures]
+        else:
+            results = [run_group(group) for group in groups.values()]
+        by_role = {row[0]: row for rows in results for row in rows}
+        costs = [sum(cycles + link_cycles(plan.partitions[role]) for role, _, cycles in rows)
+                 for rows in results]
+        critical = max(costs) if concurrent else sum(costs)
+        return [by_role[role] for role in roles], critical
 
     @property
     def current(self) -> Plan:
@@ -486,6 +601,23 @@ class PartitionManager:
             self.history.append(plan)
             return plan
 
+    def reassign(self) -> Plan | None:
+        """Place the current plan's roles on devices again (the placer's prices or weights changed): a new
+        plan version when an accelerator role moves to another device (by more than the placer's
+        threshold of gain), else None."""
+        if self.placer is None:
+            return None
+        with self._swap_lock:
+            current = self._plan
+            plan = self._make(current.choices, current.version + 1, keep=current.devices)
+            if dict(plan.devices) == dict(current.devices):
+                return None
+            self._plan = plan
+            self.history.append(plan)
+            return plan
+
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
         for part in self._built.values():
             part.close()

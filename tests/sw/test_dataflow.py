@@ -4,12 +4,11 @@ The models are trained with torch once per machine and cached (``$BRAZE_CACHE_DI
 every session runs on the golden device with the analytic cost model (the suite's setting).
 """
 
-import threading
-
 import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from plan_races import run_while_swapping
 
 from braze.sw.runtime.analyzer import Decayed, TensorStats, ValueRangeWarning
 from braze.sw.runtime.dataflow import DISPATCH_EXPERTS, FUSE_BRANCH, IF_ON_CHIP, DataflowSession
@@ -146,36 +145,11 @@ def test_no_run_mixes_two_plans_while_replanning(moe):
     with _session(moe, dynamic=False, analyzer=False) as session:
         expected = [session.run(None, f)[0] for f in feeds]
         session.traces.clear()
-        stop = threading.Event()
-
-        def replan():
-            choices = [frozenset({DISPATCH_EXPERTS}), frozenset()]
-            index = 0
-            while not stop.is_set():
-                session.manager.deploy(choices[index % 2])
-                index += 1
-
-        results, errors = {}, []
-
-        def worker(offset):
-            try:
-                for i in range(offset, len(feeds), 2):
-                    results[i] = session.run(None, feeds[i])[0]
-            except Exception as err:          # surfaced below
-                errors.append(err)
-
         session.manager.partition("gate", "accelerator")          # compile before racing
         for region in session.structure.experts:
             session.manager.partition(region.name, "accelerator")
-        toggler = threading.Thread(target=replan)
-        toggler.start()
-        workers = [threading.Thread(target=worker, args=(k,)) for k in range(2)]
-        for thread in workers:
-            thread.start()
-        for thread in workers:
-            thread.join()
-        stop.set()
-        toggler.join()
+        choices = [frozenset({DISPATCH_EXPERTS}), frozenset()]
+        results, errors = run_while_swapping(session, feeds, lambda i: session.manager.deploy(choices[i % 2]))
     assert not errors
     assert all(len(set(trace.plan_versions)) == 1 for trace in session.traces)
     assert len({trace.plan_versions[0] for trace in session.traces}) >= 2
@@ -233,6 +207,8 @@ def test_bench_prints_a_table_and_one_summary_line(capsys, early_exit, moe):
     assert summary.startswith("dataflow: overhead_pct=")
     fields = dict(item.split("=") for item in summary.split()[1:])
     assert set(fields) == {"overhead_pct", "early_exit_speedup", "moe_speedup", "transfer_bytes_saved_pct",
-                           "mismatches", "sparsity_replan_speedup"}
+                           "mismatches", "sparsity_replan_speedup", "multi_device_cycles_ratio",
+                           "multi_device_wall_ratio", "multi_device_mismatches"}
     assert any(line.startswith("drift: sensor_mlp") for line in lines)
-    assert fields["mismatches"] == "0"
+    assert fields["mismatches"] == "0" and fields["multi_device_mismatches"] == "0"
+    assert any(line.startswith("multi-device: ") for line in lines)
