@@ -96,6 +96,9 @@ class Observation:
     #: Float values of tensors inside accelerator partitions and their int8 parameters (a host
     #: evaluation of the float regions, :class:`~.dataflow_shadow.FloatShadow`): sampled runs only.
     sample_ranges: Callable[[], Mapping[str, tuple[np.ndarray, tuple[float, int]]]] | None = None
+    #: Monitoring points inside device programs (graph IR): their values from a host evaluation of the
+    #: quantized graph (the chip's integers, dequantized) and int8 parameters; sampled runs only.
+    sample_monitors: Callable[[], Mapping[str, tuple[np.ndarray, tuple[float, int] | None]]] | None = None
 
 
 class TensorStats:
@@ -306,6 +309,12 @@ class DataflowAnalyzer:
                 if warning is not None and name not in self._warned:
                     self._warned.add(name)
                     self.warnings.append(warning)
+            if obs.sampled and obs.sample_monitors is not None:
+                for name, (value, quant) in obs.sample_monitors().items():
+                    stats = self.tensors.get(name)
+                    if stats is None:
+                        stats = self.tensors[name] = TensorStats(name, self.half_life, quant)
+                    stats.add(value)
             if obs.sampled and obs.sample_ranges is not None:
                 for name, (value, quant) in obs.sample_ranges().items():
                     stats = self.inside.get(name)
