@@ -21,8 +21,8 @@ ran, from a host sample (``sample_block_zeros``: the int8 input evaluated on the
 the analyzer's thread for sampled runs only, inside the budget).
 
 The cost of the analysis is accounted for: :attr:`DataflowAnalyzer.busy_seconds` (the thread's
-CPU time folding) and :attr:`DataflowAnalyzer.submit_seconds` (the inference thread's time
-handing over).
+CPU time folding) and :attr:`DataflowAnalyzer.submit_seconds` (the inference thread's CPU time
+handing over: a wait for the GIL while the thread folds is not counted twice).
 
 The thread is not woken per run: it polls the deque every :data:`POLL_SECONDS`.  Waking it from the
 inference thread (a queue put) cost that thread milliseconds per wake-up (the woken thread takes the
