@@ -50,6 +50,7 @@ def test_lowering_measures_on_chip_what_the_skipping_kernel_counts_else_samples_
             assert vias == {"r": via, "x": "host", "y": "host"}
 
 
+@pytest.mark.filterwarnings("ignore::braze.sw.runtime.analyzer.ValueRangeWarning")   # validation digits
 def test_a_monitor_inside_a_partition_reports_the_statistics_of_a_host_evaluation():
     model = moe_mlp()
     feeds = inputs(model, "uniform", 3, seed=5)
