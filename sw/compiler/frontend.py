@@ -430,7 +430,7 @@ def evaluate(graph: Graph, inputs: Mapping[str, np.ndarray], *, observe: Observe
         elif node.kind is NodeKind.CONSTANT:
             values[node.outputs[0]] = node.value
             continue
-        elif node.kind is NodeKind.OUTPUT:
+        elif node.kind in (NodeKind.OUTPUT, NodeKind.MONITOR):
             continue
         elif node.kind is NodeKind.TRANSFER:
             values[node.outputs[0]] = values[node.inputs[0]]

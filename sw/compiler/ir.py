@@ -23,6 +23,11 @@ Node kinds
 ``CONTROL``
     Control flow (``Loop``, ``If``, ``Scan``); representable so that it can be
     rejected by name, not compiled.
+``MONITOR``
+    A monitoring point (:mod:`braze.sw.compiler.monitors`): reads one tensor,
+    produces nothing; attrs ``stats`` (what the runtime gathers there) and, once
+    lowered, ``via`` (how: a chip counter, the host copy at a boundary, or a
+    host sample).  Evaluation ignores it.
 
 Passes are pure: a :class:`Graph` is never changed after construction, every
 edit (:meth:`Graph.replace`, :meth:`Graph.rewire`, ...) returns a new graph
@@ -63,6 +68,7 @@ class NodeKind(enum.Enum):
     OPERATOR = "operator"
     TRANSFER = "transfer"
     CONTROL = "control"
+    MONITOR = "monitor"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -418,7 +424,8 @@ class Graph:
     def to_dot(self) -> str:
         """Graphviz source: operators as boxes, constants as notes, edges labelled with tensor shapes."""
         colors = {NodeKind.INPUT: "lightblue", NodeKind.OUTPUT: "lightblue", NodeKind.CONSTANT: "lightgrey",
-                  NodeKind.OPERATOR: "white", NodeKind.TRANSFER: "khaki", NodeKind.CONTROL: "salmon"}
+                  NodeKind.OPERATOR: "white", NodeKind.TRANSFER: "khaki", NodeKind.CONTROL: "salmon",
+                  NodeKind.MONITOR: "palegreen"}
         lines = [f'digraph "{_dot_escape(self.name)}" {{', "  rankdir=TB;",
                  '  node [fontname="Helvetica", fontsize=10];']
         ids = {node.name: f"n{i}" for i, node in enumerate(self.topological_order())}

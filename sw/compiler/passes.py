@@ -58,11 +58,11 @@ def _static_shape(graph: Graph, tensor: str) -> tuple[int, ...] | None:
 # ---------------------------------------------------------------------------------------------------
 
 def remove_dead(graph: Graph) -> Graph:
-    """Remove nodes no graph output depends on (graph inputs always stay)."""
+    """Remove nodes no graph output (or monitoring point) depends on (graph inputs always stay)."""
     view = graph.nx
     live: set[str] = set()
     for node in graph.nodes:
-        if node.kind is NodeKind.OUTPUT:
+        if node.kind in (NodeKind.OUTPUT, NodeKind.MONITOR):
             live.add(node.name)
             live |= _ancestors(view, node.name)
     dead = [n.name for n in graph.nodes if n.name not in live and n.kind is not NodeKind.INPUT]

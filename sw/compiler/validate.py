@@ -10,7 +10,8 @@ is produced exactly once and every graph output exists; per operator, the
 arity, dtypes and (where known) shapes agree (e.g. MatMul inner dimensions,
 Conv channels, broadcastable elementwise operands); quantized nodes carry
 their quantization parameters; transfers move one tensor between two
-different known places without changing it.
+different known places without changing it; monitoring points read one
+tensor and gather statistics that fit it (:mod:`~braze.sw.compiler.monitors`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from .chain import QCONV_CHAIN, check_chain
 from .frontend import BRAZE_DOMAIN, supports
 from .ir import LOCATIONS, Graph, InvalidGraph, Node, NodeKind, TensorInfo
+from .monitors import check_monitor
 
 __all__ = ["validate", "InvalidGraph"]
 
@@ -88,6 +90,10 @@ def _check_kind(graph: Graph, node: Node) -> None:
         fail(f"operator {node.qualified_op} of a foreign domain must run on the CPU")
     if node.kind is NodeKind.CONTROL and not node.op_type:
         fail("control-flow node without an op type")
+    if node.kind is NodeKind.MONITOR:
+        problem = check_monitor(graph, node)
+        if problem:
+            fail(problem)
 
 
 # -- per-operator checks -----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The dataflow analyzer: statistics of the data flowing through a model, gathered beside inference.
 
-A run hands the analyzer one :class:`Observation` (:meth:`DataflowAnalyzer.submit`: a queue put, a
-few microseconds) holding references to the host-side tensors at the monitoring points (partition
+A run hands the analyzer one :class:`Observation` (:meth:`DataflowAnalyzer.submit`: an append to a
+deque, a few microseconds) holding references to the host-side tensors at the monitoring points (partition
 boundaries: these are on the host anyway), the control outcomes (branch taken, tokens per
 expert), the bytes each partition moved and the cycles the accelerator's counters report.  A
 background thread folds observations into exponentially decayed statistics (half-life in runs)
@@ -21,15 +21,20 @@ ran, from a host sample (``sample_block_zeros``: the int8 input evaluated on the
 the analyzer's thread for sampled runs only, inside the budget).
 
 The cost of the analysis is accounted for: :attr:`DataflowAnalyzer.busy_seconds` (the thread's
-CPU time folding) and :attr:`DataflowAnalyzer.submit_seconds` (the inference thread's time
-handing over).
+CPU time folding) and :attr:`DataflowAnalyzer.submit_seconds` (the inference thread's CPU time
+handing over: a wait for the GIL while the thread folds is not counted twice).
+
+The thread is not woken per run: it polls the deque every :data:`POLL_SECONDS`.  Waking it from the
+inference thread (a queue put) cost that thread milliseconds per wake-up (the woken thread takes the
+GIL and folds while the run waits for it: the fold counted twice, once as the thread's CPU time and
+once as the handover's wall time); polled, a handover is an append, and the fold's time is its own.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -40,8 +45,8 @@ __all__ = ["DataflowAnalyzer", "Observation", "TensorStats", "Decayed", "ValueRa
 
 #: Elements per block of the zero-block fraction (the accelerator's int8 vector width of the default preset).
 ZERO_BLOCK = 16
-#: Observations handed to the analyzer's thread at once (fewer thread wake-ups per run).
-HANDOVER_BATCH = 8
+#: How often the analyzer's thread looks for new observations (it is never woken by a run).
+POLL_SECONDS = 0.02
 
 
 class ValueRangeWarning(UserWarning):
@@ -91,6 +96,9 @@ class Observation:
     #: Float values of tensors inside accelerator partitions and their int8 parameters (a host
     #: evaluation of the float regions, :class:`~.dataflow_shadow.FloatShadow`): sampled runs only.
     sample_ranges: Callable[[], Mapping[str, tuple[np.ndarray, tuple[float, int]]]] | None = None
+    #: Monitoring points inside device programs (graph IR): their values from a host evaluation of the
+    #: quantized graph (the chip's integers, dequantized) and int8 parameters; sampled runs only.
+    sample_monitors: Callable[[], Mapping[str, tuple[np.ndarray, tuple[float, int] | None]]] | None = None
 
 
 class TensorStats:
@@ -129,22 +137,30 @@ class TensorStats:
         flat = np.asarray(value, np.float32).ravel()
         low, high = float(flat.min()), float(flat.max())
         self.seen_low, self.seen_high = min(self.seen_low, low), max(self.seen_high, high)
+        # Counts (np.count_nonzero) rather than means of booleans: a sampled run folds dozens of small
+        # tensors, and np.mean's Python-level dispatch cost more than the reductions themselves.
         if sampled:
             zeros = flat == 0
-            self.sparsity.add(float(zeros.mean()))
-            blocks = len(flat) // ZERO_BLOCK
-            if blocks:
-                block_zero = zeros[:blocks * ZERO_BLOCK].reshape(blocks, ZERO_BLOCK).all(1)
-                self.zero_blocks.add(float(block_zero.mean()))
+            count = np.count_nonzero(zeros)
+            self.sparsity.add(count / flat.size)
+            blocks = flat.size // ZERO_BLOCK
+            if blocks:                              # fewer zeros than a block: no block is all zero
+                all_zero = (np.count_nonzero(zeros[:blocks * ZERO_BLOCK].reshape(blocks, ZERO_BLOCK).all(1))
+                            if count >= ZERO_BLOCK else 0)
+                self.zero_blocks.add(all_zero / blocks)
             self.low.add(low)
             self.high.add(high)
         if self.quant is None:
             return None
         scale, zero = self.quant
         if sampled:
-            codes = np.rint(flat / scale) + zero
-            # At an int8 extreme, and not merely zero (a ReLU output's zero is its range's low end).
-            self.saturation.add(float(np.mean(((codes <= -128) | (codes >= 127)) & (codes != zero))))
+            if low / scale + zero > -127 and high / scale + zero < 126:
+                saturated = 0                       # no value rounds to an int8 extreme
+            else:
+                codes = np.rint(flat / scale) + zero
+                # At an int8 extreme, and not merely zero (a ReLU output's zero is its range's low end).
+                saturated = np.count_nonzero(((codes <= -128) | (codes >= 127)) & (codes != zero))
+            self.saturation.add(saturated / flat.size)
         lo, hi = self.calibrated_range
         # Half a step of tolerance: values the quantizer rounds into range are in range.
         if low < lo - scale / 2 or high > hi + scale / 2:
@@ -186,7 +202,6 @@ class DataflowAnalyzer:
         self.half_life = half_life
         self.budget = budget
         self.inference_seconds = 0.0
-        self.tensor_seconds = 0.0
         self.sampled = 0
         self._sampled_submitted = 0
         self._sampled_seconds = 0.0                          # folding time of the sampled observations
@@ -211,8 +226,11 @@ class DataflowAnalyzer:
         self.warnings: list[str] = []
         self._warned: set[str] = set()
         self._lock = threading.Lock()
-        self._queue: queue.Queue[list[Observation] | None] = queue.Queue()
-        self._pending: list[Observation] = []
+        self._pending: collections.deque[Observation] = collections.deque()   # appended by runs only
+        self._submitted = 0
+        self._folded = 0                                    # observations folded (or failed) so far
+        self._wake = threading.Event()                      # set by flush() and close(), never by a run
+        self._closing = False
         self._thread = None
         self.error: BaseException | None = None
         if background:
@@ -231,34 +249,27 @@ class DataflowAnalyzer:
             observation.sampled = False            # over budget: ranges only (no copy: a handover is cheap)
         if observation.sampled:
             self._sampled_submitted += 1
+        self._submitted += 1
         if self._thread is None:
             self._fold(observation)
+            self._folded += 1
             return
-        # Handed over in batches: one wake-up of the analyzer's thread per HANDOVER_BATCH runs.
-        self._pending.append(observation)
-        if len(self._pending) >= HANDOVER_BATCH:
-            self._queue.put(self._pending)
-            self._pending = []
+        self._pending.append(observation)           # the thread polls for it (see the module documentation)
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until every submitted observation is folded in (and its callbacks ran)."""
         if self._thread is not None:
-            self._hand_over()
+            self._wake.set()
             deadline = time.monotonic() + timeout
-            while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            while self._folded < self._submitted and time.monotonic() < deadline:
                 time.sleep(0.001)
         if self.error is not None:
             raise self.error
 
-    def _hand_over(self) -> None:
-        pending, self._pending = self._pending, []
-        if pending:
-            self._queue.put(pending)
-
     def close(self) -> None:
         if self._thread is not None:
-            self._hand_over()
-            self._queue.put(None)
+            self._closing = True
+            self._wake.set()
             self._thread.join(timeout=30)
             self._thread = None
 
@@ -269,16 +280,20 @@ class DataflowAnalyzer:
 
     def _loop(self) -> None:
         while True:
-            observation = self._queue.get()
-            try:
-                if observation is None:
-                    return
-                for one in observation:
-                    self._fold(one)
-            except BaseException as err:        # surfaced by flush(); the analyzer must not kill inference
-                self.error = err
-            finally:
-                self._queue.task_done()
+            closing = self._closing
+            while self._pending:
+                observation = self._pending.popleft()
+                try:
+                    if self.error is None:
+                        self._fold(observation)
+                except BaseException as err:    # surfaced by flush(); the analyzer must not kill inference
+                    self.error = err
+                finally:
+                    self._folded += 1
+            if closing:
+                return
+            self._wake.wait(POLL_SECONDS)
+            self._wake.clear()
 
     def _fold(self, obs: Observation) -> None:
         started = time.thread_time()
@@ -294,6 +309,12 @@ class DataflowAnalyzer:
                 if warning is not None and name not in self._warned:
                     self._warned.add(name)
                     self.warnings.append(warning)
+            if obs.sampled and obs.sample_monitors is not None:
+                for name, (value, quant) in obs.sample_monitors().items():
+                    stats = self.tensors.get(name)
+                    if stats is None:
+                        stats = self.tensors[name] = TensorStats(name, self.half_life, quant)
+                    stats.add(value)
             if obs.sampled and obs.sample_ranges is not None:
                 for name, (value, quant) in obs.sample_ranges().items():
                     stats = self.inside.get(name)
@@ -315,8 +336,7 @@ class DataflowAnalyzer:
                     self._decayed(self.block_zeros, name).add(fraction, elapsed)
                     counts = self.block_zero_sources.setdefault(name, {"chip": 0, "host": 0})
                     counts[source] += 1
-            self.tensor_seconds += time.thread_time() - started
-            if obs.sampled:
+            if obs.sampled:         # the budget's estimate of a sampled fold (a clock read: microseconds)
                 self._sampled_seconds += time.thread_time() - started
             for name, taken in obs.branches.items():
                 self._decayed(self.branches, name).add(float(taken))

@@ -51,6 +51,15 @@ re-prices its candidate plans at them and deploys a new plan version (recorded a
 kernels differ).  A value leaving a monitored tensor's calibrated range is a
 :class:`~.analyzer.ValueRangeWarning` naming the tensor (never silent saturation).
 
+Monitoring points
+-----------------
+What the analyzer watches is declared in the graph IR (:mod:`~braze.sw.compiler.monitors`): the
+control nodes' monitors in the whole model's IR (the If's condition: branch-taken rate; the TopK's
+indices: rows per expert), and per partition its boundary tensors plus the tensors asked for with
+``monitor=`` -- lowered against the partition's compiled form: a boundary tensor is read on the host on
+every run, a skipping GEMM's input is counted by the chip, and a tensor inside a device program is a
+host evaluation of the quantized graph (the chip's integers) on the analyzer's sampled runs.
+
 The static plan (no analyzer) is what the partitioner gives without statistics: the If's
 predecessor and else branch as two accelerator partitions, the then branch on the host; the gate
 and all experts as one accelerator partition.  A decision is taken when its predicted gain over
@@ -78,7 +87,9 @@ from braze.isa.errors import BrazeError
 
 from ..compiler.cache import KernelCache, default_cache
 from ..compiler.cost import CostModel
-from ..compiler.frontend import evaluate
+from ..compiler.frontend import evaluate, load_onnx
+from ..compiler.monitors import CONTROL_STATS, insert_monitors, lower_monitors, monitors
+from ..compiler.validate import validate
 from .analyzer import DataflowAnalyzer, Observation, ValueRangeWarning
 from .dataflow_shadow import FloatShadow
 from .dataflow_skip import SkipPoint, forced_profiles, prefix_graph, skip_points, skipping_cycles_at
@@ -221,6 +232,10 @@ class DataflowSession:
     concurrent : bool
         With ``devices``: run independent partitions (a mixture's experts) on different devices at the
         same time, and price them so (False: one after another).
+    monitor : sequence of str
+        Tensors of the model to watch beside the partition boundaries, inside an accelerator partition
+        too: monitoring points in each partition's graph IR (:mod:`~braze.sw.compiler.monitors`); one
+        inside a device program is a host sample of the quantized graph on the analyzer's sampled runs.
     """
 
     def __init__(self, model: bytes | onnx.ModelProto, *, calibration: Sequence[Mapping[str, np.ndarray]],
@@ -230,7 +245,8 @@ class DataflowSession:
                  threshold: float = DEFAULT_DYNAMIC_THRESHOLD, half_life: float = 16.0,
                  background: bool = True, every: int = 4, onchip_if: bool = True,
                  skip_zero_blocks: bool = False, analyzer_budget: float = 0.02,
-                 devices: Sequence[str | Config | DeviceSpec] | None = None, concurrent: bool = True):
+                 devices: Sequence[str | Config | DeviceSpec] | None = None, concurrent: bool = True,
+                 monitor: Sequence[str] = ()):
         if not isinstance(device, str):
             raise BrazeError("DataflowSession opens one device per accelerator partition: pass the device's "
                              "kind (e.g. 'golden'), not an open device")
@@ -287,6 +303,14 @@ class DataflowSession:
             experts = frozenset(r.name for r in self.structure.experts) if mixture else frozenset()
             placer = DevicePlacer(self.devices, concurrent_roles=experts, concurrent=concurrent,
                                   weights=self._expert_rates, threshold=threshold)
+        self._monitor_names = tuple(monitor)
+        #: Per partition name: its quantized graph with monitoring points, lowered (see _monitor_graph).
+        self._monitor_graphs: dict[str, Any] = {}
+        self._monitor_samples: dict[str, tuple] = {}   # partition -> (prefix graph, [(label, tensor, quant)])
+        # The control nodes' monitors, in the whole model's IR: what the runs record of the control flow.
+        self.control_monitors = monitors(lower_monitors(validate(insert_monitors(
+            load_onnx(self.proto, allow_fallback=True), control=True)))) if analyzer else ()
+        self._control_stats = {stat for node in self.control_monitors for stat in node.attrs["stats"]}
         self.manager = PartitionManager(self._build, self._layout, placer=placer)
         if skip_zero_blocks and analyzer:   # compiled up front: its kernels say where and how to measure
             self.manager.partition(self.structure.body.name, ACCELERATOR_SKIP)
@@ -327,11 +351,33 @@ class DataflowSession:
     # -- partitions and plans ---------------------------------------------------------------------------
     def _build(self, region: str, where: str) -> AcceleratorPartition | CpuPartition:
         part = self._build_partition(region, where)
+        if self._observe:
+            self._monitor_graph(part)
         if self._observe and part.kind == "accelerator":
             # Set up with the partition (as its compilation is), not on the analyzer's budget.
             shadow = self._shadows[part.name] = FloatShadow(part.region, part.host_graph())
             shadow(self._calibration[region][0])          # onnxruntime's first run is slow: not a sample's
         return part
+
+    def _monitor_graph(self, part: AcceleratorPartition | CpuPartition):
+        """The partition's graph with its monitoring points -- its boundary tensors and the asked-for tensors
+        it holds -- lowered against its compiled form (host copy, chip counter or host sample), validated."""
+        graph = part.host_graph() if part.kind == "accelerator" else part.graph
+        wanted = [*part.region.inputs, *part.region.outputs]
+        wanted += [t for t in self._monitor_names
+                   if t not in wanted and (t in graph.tensors or f"{t}_q" in graph.tensors)]
+        lowered = validate(lower_monitors(insert_monitors(graph, wanted, control=False),
+                                          getattr(part, "compiled", None)))
+        self._monitor_graphs[part.name] = lowered
+        sampled = []
+        for node in monitors(lowered):
+            if node.attrs["via"] == "sample":
+                quant = lowered.tensor(node.inputs[0]).quant
+                sampled.append((node.attrs["label"], node.inputs[0],
+                                None if quant is None else (float(quant.scale[0]), int(quant.zero_point[0]))))
+        if sampled:
+            self._monitor_samples[part.name] = (prefix_graph(graph, [t for _, t, _ in sampled]), sampled)
+        return lowered
 
     def _build_partition(self, region: str, where: str) -> AcceleratorPartition | CpuPartition:
         part = self._build_on_device(region, *split_placement(where))
@@ -436,20 +482,27 @@ class DataflowSession:
             tokens, rows = self._run_mixture(plan, host, trace)
             branches = {}
         trace.seconds = time.perf_counter() - started
+        if "taken" not in self._control_stats:      # the control outcomes the IR's monitors ask for
+            branches = {}
+        if "routes" not in self._control_stats:
+            tokens = {}
         self.traces.append(trace)
         if len(self.traces) > MAX_TRACES:
             del self.traces[:MAX_TRACES // 2]
         if self.analyzer is not None:
-            handover = time.perf_counter()
+            # CPU time, not wall time: a wait for the GIL while the analyzer's thread folds is that fold's
+            # time, which its own (thread CPU) time already counts.
+            handover = time.thread_time()
             monitored = {t: host[t] for t in self._monitored(plan) if t in host}
             self.analyzer.submit(Observation(run, plan.version, monitored, branches, tokens, rows,
                                              trace.bytes_by_partition, trace.cycles_by_partition,
                                              trace.cost(self.link),
                                              trace.seconds, block_zeros=block_zeros,
                                              sample_block_zeros=sample,
-                                             sample_ranges=self._range_sampler(trace.accelerator_feeds)))
+                                             sample_ranges=self._range_sampler(trace.accelerator_feeds),
+                                             sample_monitors=self._monitor_sampler(trace.accelerator_feeds)))
             if self.analyzer._thread is not None:     # synchronous folding is counted as it folds
-                self.analyzer.submit_seconds += time.perf_counter() - handover
+                self.analyzer.submit_seconds += time.thread_time() - handover
             if self.analyzer._thread is None:
                 self._emit_warnings()
         names = list(output_names) if output_names else self._outputs
@@ -461,16 +514,37 @@ class DataflowSession:
                 warnings.warn(text, ValueRangeWarning, stacklevel=3)
 
     def _monitored(self, plan: Plan) -> list[str]:
-        """Monitoring points: the tensors crossing partition boundaries (on the host anyway); per plan."""
+        """The monitoring points read on every run: the plan's partitions' monitors measured on the host
+        (their boundary tensors, on the host anyway); per plan."""
         cached = self._monitored_of.get(plan.version)
         if cached is not None:
             return cached
         points = self._monitored_of[plan.version] = []
         for part in plan.partitions.values():
-            for tensor in [*part.region.inputs, *part.region.outputs]:
-                if tensor not in points:
-                    points.append(tensor)
+            for node in monitors(self._monitor_graphs[part.name]):
+                if node.attrs["via"] == "host" and node.attrs["label"] not in points:
+                    points.append(node.attrs["label"])
         return points
+
+    def _monitor_sampler(self, ran: list) -> Any:
+        """A host evaluation of the quantized graphs of the partitions that ran, at their monitors inside
+        device programs (called by the analyzer on the runs it samples): dequantized int8 values."""
+        todo = [(self._monitor_samples[part.name], feeds) for part, feeds in ran
+                if part.name in self._monitor_samples]
+        if not todo:
+            return None
+
+        def sample() -> dict[str, tuple[np.ndarray, tuple[float, int] | None]]:
+            values = {}
+            for (graph, points), feeds in todo:
+                computed = evaluate(graph, {t: feeds[t] for t in graph.inputs}, keep=True)
+                for label, tensor, quant in points:
+                    value = computed[tensor]
+                    if quant is not None:
+                        value = (value.astype(np.float32) - quant[1]) * np.float32(quant[0])
+                    values[label] = (value, quant)
+            return values
+        return sample
 
     def _step(self, plan: Plan, role: str, host: dict[str, np.ndarray], trace: RunTrace) -> None:
         self._record(plan, role, *plan.partitions[role].run(host), host, trace)
@@ -803,6 +877,7 @@ class DataflowSession:
                          f"{1e3 * last.seconds:.2f} ms")
         if self.analyzer is not None:
             lines.append(self.analyzer.table())
+            lines.append(self._monitors_text(plan))
         if self.onchip_if_unavailable:
             lines.append(f"if-on-chip: not available, the If stays on the host "
                          f"({self.onchip_if_unavailable})")
@@ -827,6 +902,20 @@ class DataflowSession:
                          f"{event.predicted_after:.0f} "
                          f"cycles/run (static {event.predicted_static:.0f}); {measured}")
         return "\n".join(lines)
+
+    def _monitors_text(self, plan: Plan) -> str:
+        """The plan's monitoring points (graph IR) and how each is measured."""
+        via_text = {"host": "on the host every run", "chip": "chip counters", "sample": "host sample"}
+        rows = [f"{node.attrs['label']} ({'/'.join(node.attrs['stats'])}, control node): {via_text['host']}"
+                for node in self.control_monitors if set(node.attrs["stats"]) <= set(CONTROL_STATS)]
+        for part in plan.partitions.values():
+            inside = [f"{node.attrs['label']} in {part.name}: {via_text[node.attrs['via']]}"
+                      for node in monitors(self._monitor_graphs[part.name])
+                      if node.attrs["label"] in self._monitor_names]
+            rows += inside
+        boundary = len(self._monitored(plan))
+        return (f"monitoring points (graph IR): {boundary} boundary tensor(s) on the host every run"
+                + "".join(f"; {row}" for row in rows))
 
     def close(self) -> None:
         if self.analyzer is not None:

@@ -44,7 +44,13 @@ class FloatShadow:
         outputs = {o.name for o in model.graph.output}
         model.graph.output.extend(infos[t] for t in inside if t not in outputs and t in infos)
         self._names = [o.name for o in model.graph.output]
-        self._session = onnxruntime.InferenceSession(model.SerializeToString(),
+        # One thread, no spinning: evaluated on the analyzer's thread, whose CPU time is what the analysis
+        # is charged; a pool of onnxruntime workers would take cores from inference uncounted.
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = onnxruntime.InferenceSession(model.SerializeToString(), options,
                                                      providers=["CPUExecutionProvider"])
         self.checked = [t for t in inside if t in self._names]
 

@@ -186,6 +186,31 @@ def test_tensor_statistics_and_decay():
     assert "outside its calibrated" in stats.add(value * 2)
 
 
+def test_the_analyzer_thread_folds_every_observation_it_is_handed():
+    from braze.sw.runtime.analyzer import DataflowAnalyzer, Observation
+
+    analyzer = DataflowAnalyzer(quant={"t": (0.05, 3)}, budget=1.0)     # background thread, polling
+    rng = np.random.default_rng(0)
+    values = [rng.uniform(-6.5, 6.2, 96).astype(np.float32) for _ in range(50)]
+    for run, value in enumerate(values[:40]):
+        analyzer.submit(Observation(run, 0, {"t": value}, seconds=1.0))
+    analyzer.flush()
+    assert analyzer.observations == 40
+    for run, value in enumerate(values[40:], start=40):
+        analyzer.submit(Observation(run, 0, {"t": value}, seconds=1.0))
+    analyzer.close()                                    # drains what is still pending
+    assert analyzer.observations == 50
+    stats, expected = TensorStats("t", 8.0, (0.05, 3)), Decayed(8.0)
+    for value in values:                                # the saturation rate's definition
+        stats.add(value)
+        codes = np.rint(value / 0.05) + 3
+        expected.add(float(np.mean(((codes <= -128) | (codes >= 127)) & (codes != 3))))
+    assert 0 < expected.value and stats.saturation.value == pytest.approx(expected.value)
+    inside = TensorStats("u", 8.0, (0.05, 3))
+    inside.add(np.full(96, 6.1, np.float32))            # code 125: near, not at, the top
+    assert inside.saturation.value == 0.0
+
+
 def test_a_model_without_control_flow_is_refused():
     from onnx import TensorProto, helper
 
