@@ -193,11 +193,53 @@ def _conv_layout_specs(config: Config) -> list[KernelSpec]:
     return specs
 
 
+def _small_pool_specs(config: Config) -> list[KernelSpec]:
+    """Max and average pooling of small images (3x3 to 6x6), every window, each shape in both kinds.
+
+    A pool over a small image LOADs a row or two of each window at a time, and there the memory-aware
+    baseline over-counts the hand-offs (the tiny preset's 2x2 pools of 4x4 images measure 5-12% under
+    it), while over larger images it under-counts them by about 5%.  The stratified pool draw took few
+    small images, nearly all of them max pools, so held out, ``maxpool2d`` learned the effect from
+    two average pools and its 4x4 images were priced up to 15% high.  Max and average pooling run
+    the same program shape (the VECTOR op differs), so each kind teaches the other.
+    """
+    specs = []
+    for n, c, hw, (k, stride, pad), kind in itertools.product(
+            (1, 2, 4, 8), (4, 8, 16, 32), (3, 4, 5, 6), ((2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 0)),
+            ("maxpool2d", "avgpool2d")):
+        if hw + 2 * pad < k:
+            continue
+        specs.append(KernelSpec(kind, (n, c, hw, hw, k, k, stride, pad)))
+    return specs
+
+
+def _plain_conv_layout_specs(config: Config) -> list[KernelSpec]:
+    """Batched convolutions in each forced layout without an epilogue (the ``conv2d`` family).
+
+    :func:`_conv_layout_specs` fuses the epilogue into all of its convolutions, so the pixel-major
+    and resident layouts were seen only in the fused families, and held out, the fused ``conv2d+bias+
+    requant`` family learned how backpressure treats them from the fused max pooling family alone
+    (priced up to 15% low at backpressure 0.4 on the default preset).  Same shapes, and the same
+    exclusion of the digits CNN's inputs.
+    """
+    if config.rows < 8:
+        return []
+    specs = []
+    for n, c, hw, k_out, (kh, stride, pad), layout in itertools.product(
+            (8, 16, 32), (1, 4, 8, 16), (6, 8, 10, 12), (8, 16, 32), ((3, 1, 0), (3, 1, 1), (5, 1, 2)),
+            ("rows", "pixels", "resident")):
+        if (c, hw) in DIGITS_CNN_INPUTS:
+            continue
+        specs.append(KernelSpec("conv2d", (n, c, hw, hw, k_out, kh, kh, stride, pad), (("layout", layout),)))
+    return specs
+
+
 #: The families' groups and their shares of a calibration.  (A group added later goes at the end:
 #: the groups before it draw the same kernels, so a calibration that ran before resumes.)
 _GROUPS = (("gemm", _gemm_specs, 0.35), ("conv2d", _conv_specs, 0.35), ("pool", _pool_specs, 0.15),
            ("elementwise", _elementwise_specs, 0.15), ("conv_pool", _conv_pool_specs, 0.1),
-           ("thin_gemm", _thin_gemm_specs, 0.05), ("conv_layout", _conv_layout_specs, 0.1))
+           ("thin_gemm", _thin_gemm_specs, 0.05), ("conv_layout", _conv_layout_specs, 0.1),
+           ("small_pool", _small_pool_specs, 0.1), ("plain_conv_layout", _plain_conv_layout_specs, 0.05))
 
 
 def calibration_specs(config: Config) -> list[KernelSpec]:
