@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 OPSET = 17
 
@@ -39,6 +40,13 @@ def run_ort(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
+
+
+def run_reference(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    """The ONNX specification's own implementation (``onnx.reference``): exact integer arithmetic on
+    every CPU.  onnxruntime's x86 u8s8 kernels on CPUs without VNNI sum pairs of uint8 x int8 products
+    in saturating int16 (``vpmaddubsw``), so its QLinear results depend on the machine it runs on."""
+    return ReferenceEvaluator(model).run(None, feeds)
 
 
 def conv_model(seed: int = 0, *, batch: int = 2) -> onnx.ModelProto:
