@@ -303,8 +303,55 @@ def _split_topk(proto, topk, infos, inits) -> MixtureModel:
 
 def calibration_inputs(proto: onnx.ModelProto, regions: Sequence[Region],
                        feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, list[dict[str, np.ndarray]]]:
-    """Per region, its inputs' float values on the calibration feeds (onnxruntime on the whole model,
-    every intermediate a region reads added as an output -- the same values for every region)."""
+    """Per region, its inputs' float values on the calibration feeds -- the same values for every
+    region, all computed by Braze's frontend evaluator.
+
+    A region's quantizer calibrates the tensors inside it with that evaluator, so a tensor that one
+    region computes and another reads (``logits1``: inside ``pre+else``, the input of ``else``) must
+    come from it too: the two regions then see bit-identical values and give a shared tensor the same
+    quantization parameters, whatever float library versions or CPU compute them.  (onnxruntime's
+    float kernels, used here before, may round a MatMul differently in the last ulp, and an ulp of a
+    range is an ulp of a scale.)  Each region runs once its inputs are known, in the order given;
+    a tensor several regions compute keeps its first value.  A region the evaluator cannot run
+    (an operator it lacks) and the tensors that only such regions give come from onnxruntime's run
+    of the whole model.
+    """
+    graphs: dict[str, object] = {}
+    for region in regions:
+        try:
+            graphs[region.name] = load_onnx(region.proto)
+        except BrazeError:
+            pass
+    rows: list[dict[str, np.ndarray]] = []
+    fallback: list[dict[str, np.ndarray]] | None = None
+    for index, feed in enumerate(feeds):
+        values = dict(feed)
+        pending = [region for region in regions if region.name in graphs]
+        while True:
+            ready = [r for r in pending if all(t in values for t in r.inputs)]
+            if not ready:
+                break
+            for region in ready:
+                pending.remove(region)
+                try:
+                    out = evaluate(graphs[region.name], {t: values[t] for t in region.inputs}, keep=True)
+                except BrazeError:
+                    continue
+                for tensor in region.outputs:
+                    values.setdefault(tensor, out[tensor])
+        if any(t not in values for region in regions for t in region.inputs):
+            if fallback is None:
+                fallback = _onnxruntime_values(proto, regions, feeds)
+            for tensor, value in fallback[index].items():
+                values.setdefault(tensor, value)
+        rows.append(values)
+    return {region.name: [{t: row[t] for t in region.inputs} for row in rows] for region in regions}
+
+
+def _onnxruntime_values(proto: onnx.ModelProto, regions: Sequence[Region],
+                        feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Every tensor a region reads, per feed: onnxruntime on the whole model with each intermediate
+    added as an output."""
     wanted = list(dict.fromkeys(t for region in regions for t in region.inputs))
     model = onnx.ModelProto()
     model.CopyFrom(proto)
@@ -318,7 +365,7 @@ def calibration_inputs(proto: onnx.ModelProto, regions: Sequence[Region],
         row = dict(zip(names, session.run(None, dict(feed)), strict=True))
         row.update(feed)
         values.append(row)
-    return {region.name: [{t: row[t] for t in region.inputs} for row in values] for region in regions}
+    return values
 
 
 # ---------------------------------------------------------------------------------------------------
