@@ -175,15 +175,14 @@ class AttentionResult:
 def measure_attention(proto: bytes, float_model: onnx.ModelProto, x: np.ndarray, *, variant: str, device: str,
                       config: Config, link: HostLink, cache=None) -> AttentionResult:
     """Compile and run the quantized block once on ``device``; see the module documentation."""
-    import onnxruntime as ort
-
+    from .ort_reference import qdq_reference_session
     from .session import InferenceSession
 
     session = InferenceSession(proto, device=device, config=config, cache=cache)
     feeds = {"x": x}
     (y,) = session.run(None, feeds)
     reference = evaluate(session.graph_before, feeds)["y"]
-    (expected,) = ort.InferenceSession(proto, providers=["CPUExecutionProvider"]).run(None, feeds)
+    (expected,) = qdq_reference_session(proto, threads=None).run(None, feeds)
     out_scale = _output_scale(onnx.load_from_string(proto))
     report = session.report()
     kernels = {row.kernel: (row.predicted_cycles, row.cycles) for row in report.kernels}

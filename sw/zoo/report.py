@@ -238,13 +238,11 @@ def _same(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> bool:
 
 
 def _ort_logits(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+    """onnxruntime's run of the QDQ model as written: its optimized kernels depend on the CPU
+    (see :mod:`braze.sw.runtime.ort_reference`)."""
+    from ..runtime.ort_reference import qdq_reference_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-    return session.run(None, {INPUT: x})[0]
+    return qdq_reference_session(model_bytes).run(None, {INPUT: x})[0]
 
 
 def _float_accuracy(name: str, x: np.ndarray, y: np.ndarray) -> float:

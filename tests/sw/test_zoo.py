@@ -38,13 +38,10 @@ IMAGES = 24
 
 
 def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+    # Unoptimized: onnxruntime's fused QDQ and NCHWc kernels depend on the CPU (ort_reference).
+    from braze.sw.runtime.ort_reference import qdq_reference_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return qdq_reference_session(model).run(None, {"x": x})[0]
 
 
 def _toy(group_conv: bool = True) -> onnx.ModelProto:
