@@ -22,6 +22,9 @@ import dataclasses
 import functools
 import hashlib
 import io
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -300,6 +303,26 @@ def _train(torch, model, spec: ZooSpec) -> None:
     model.eval()
 
 
+#: Training runs in a child process with torch's, oneDNN's and MKL's portable CPU kernels: their
+#: vectorised kernels (AVX2, AVX-512 ...) round floats differently, so weights trained in-process
+#: would depend on the CPU that filled the cache, and so would every margin measured on them.
+PORTABLE_TRAINING_ENV = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                         "MKL_CBWR": "COMPATIBLE"}
+
+
+def _train_portably(name: str) -> bool:
+    """Train ``name`` (and cache its weights) in a child process under :data:`PORTABLE_TRAINING_ENV`;
+    False when this already is that child, or the child could not cache the weights."""
+    if all(os.environ.get(key) == value for key, value in PORTABLE_TRAINING_ENV.items()):
+        return False
+    child = subprocess.run([sys.executable, "-c", f"from braze.sw.zoo.models import build_model; "
+                            f"build_model({name!r})"], env={**os.environ, **PORTABLE_TRAINING_ENV},
+                           capture_output=True, text=True)
+    if child.returncode != 0:
+        raise BrazeError(f"training zoo model {name!r} failed:\n{child.stderr[-2000:]}")
+    return weights_path(name).exists()
+
+
 def build_model(name: str):
     """The zoo model ``name`` as a torch module in eval mode: trained weights (from the cache, or
     trained now and cached) or torch's initialisation under the spec's seed."""
@@ -312,6 +335,8 @@ def build_model(name: str):
         model = spec.build(torch)
         if spec.trained:
             path = weights_path(name)
+            if not path.exists():
+                _train_portably(name)
             try:
                 model.load_state_dict(torch.load(path, weights_only=True))
             except (OSError, RuntimeError, EOFError):
