@@ -185,7 +185,10 @@ class BankedMemory(wiring.Component):
         dma_read_go = dma_read.en & dma_read.ready
         dma_write_go = dma_write.en & dma_write.ready
 
-        read_data, side_data, weight_data = [], [], []
+        # Read ports of their own (never stalled): per name, the port and each bank's read data.
+        own_ports = {name: (getattr(self, f"{name}_read"), []) for name, present in
+                     (("side", self.has_side_read), ("weight", self.has_weight_read)) if present}
+        read_data = []
         for bank, storage in enumerate(self.bank_data):
             memory = m.submodules[f"bank{bank}"] = Memory(data=storage)
             read_port = memory.read_port()
@@ -199,20 +202,13 @@ class BankedMemory(wiring.Component):
                                       self._index(dma_read.addr))),
             ]
             read_data.append(read_port.data.as_value())
-            if self.has_side_read:
-                side_port = memory.read_port()
+            for port, bank_data in own_ports.values():
+                own_read = memory.read_port()
                 m.d.comb += [
-                    side_port.en.eq(self.side_read.en & (self._bank(self.side_read.addr) == bank)),
-                    side_port.addr.eq(self._index(self.side_read.addr)),
+                    own_read.en.eq(port.en & (self._bank(port.addr) == bank)),
+                    own_read.addr.eq(self._index(port.addr)),
                 ]
-                side_data.append(side_port.data.as_value())
-            if self.has_weight_read:
-                weight_port = memory.read_port()
-                m.d.comb += [
-                    weight_port.en.eq(self.weight_read.en & (self._bank(self.weight_read.addr) == bank)),
-                    weight_port.addr.eq(self._index(self.weight_read.addr)),
-                ]
-                weight_data.append(weight_port.data.as_value())
+                bank_data.append(own_read.data.as_value())
 
             compute_writes_here = compute_write.en & (self._bank(compute_write.addr) == bank)
             dma_writes_here = dma_write_go & (self._bank(dma_write.addr) == bank)
@@ -229,9 +225,9 @@ class BankedMemory(wiring.Component):
                     write_port.data.eq(dma_write.data),
                 ]
 
-        reads = compute_read.en + dma_read_go + (self.side_read.en if self.has_side_read else 0)
-        if self.has_weight_read:
-            reads = reads + self.weight_read.en
+        reads = compute_read.en + dma_read_go
+        for port, _ in own_ports.values():
+            reads = reads + port.en
         # Each read port's data comes from the bank it used in the previous cycle.
         read_data = Array(read_data)
         compute_bank = Signal(self._bank_bits)
@@ -248,15 +244,9 @@ class BankedMemory(wiring.Component):
             self.reads.eq(reads),
             self.writes.eq(compute_write.en + dma_write_go),
         ]
-        if self.has_side_read:
-            side_bank = Signal(self._bank_bits)
-            m.d.sync += [side_bank.eq(self._bank(self.side_read.addr)),
-                         self.side_read.valid.eq(self.side_read.en)]
-            m.d.comb += self.side_read.data.eq(Array(side_data)[side_bank])
-        if self.has_weight_read:
-            weight_bank = Signal(self._bank_bits)
-            m.d.sync += [weight_bank.eq(self._bank(self.weight_read.addr)),
-                         self.weight_read.valid.eq(self.weight_read.en)]
-            m.d.comb += self.weight_read.data.eq(Array(weight_data)[weight_bank])
+        for name, (port, bank_data) in own_ports.items():
+            own_bank = Signal(self._bank_bits, name=f"{name}_bank")
+            m.d.sync += [own_bank.eq(self._bank(port.addr)), port.valid.eq(port.en)]
+            m.d.comb += port.data.eq(Array(bank_data)[own_bank])
         return m
 
