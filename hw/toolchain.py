@@ -175,27 +175,32 @@ def yosys_stats(verilog: Path, top: str, *, script: str) -> dict:
         return json.loads(stats_path.read_text())
 
 
-def synth_report(verilog: Path, top: str) -> dict:
-    """Generic ``synth`` cell counts and ``synth_ice40 -dsp`` LUT/DSP/FF/BRAM counts."""
+def _design(stats: dict, top: str) -> dict:
+    return stats.get("design", stats["modules"].get(f"\\{top}", {}))
+
+
+def generic_cells(verilog: Path, top: str) -> dict:
+    """Yosys' generic ``synth`` cell counts of ``top``: ``{"cells": n, "cells_by_type": {...}}``."""
     # Yosys' own `synth` with its fine stage minus `memory_map`, so that on-chip RAMs stay
     # RAM cells instead of exploding into flip-flops.
-    generic = yosys_stats(verilog, top, script=f"synth -top {top} -flatten -run begin:fine; "
-                                               "opt -fast -full; techmap; opt -fast; abc; opt -fast")
-    ice40 = yosys_stats(verilog, top, script=f"synth_ice40 -dsp -top {top}")
+    script = f"synth -top {top} -flatten -run begin:fine; opt -fast -full; techmap; opt -fast; abc; opt -fast"
+    design = _design(yosys_stats(verilog, top, script=script), top)
+    return {"cells": design.get("num_cells", 0), "cells_by_type": design.get("num_cells_by_type", {})}
 
-    def design(stats: dict) -> dict:
-        return stats.get("design", stats["modules"].get(f"\\{top}", {}))
 
-    generic_design, ice40_design = design(generic), design(ice40)
-    ice40_cells = ice40_design.get("num_cells_by_type", {})
+def ice40_resources(verilog: Path, top: str) -> dict:
+    """``synth_ice40 -dsp`` LUT, carry, DSP, flip-flop and block-RAM counts of ``top``."""
+    design = _design(yosys_stats(verilog, top, script=f"synth_ice40 -dsp -top {top}"), top)
+    cells = design.get("num_cells_by_type", {})
 
     def count(prefix: str) -> int:
-        return sum(n for cell, n in ice40_cells.items() if cell.startswith(prefix))
+        return sum(n for cell, n in cells.items() if cell.startswith(prefix))
 
-    return {
-        "generic": {"cells": generic_design.get("num_cells", 0),
-                    "cells_by_type": generic_design.get("num_cells_by_type", {})},
-        "ice40": {"luts": count("SB_LUT4"), "carries": count("SB_CARRY"), "dsps": count("SB_MAC16"),
-                  "ffs": count("SB_DFF"), "brams": count("SB_RAM40"),
-                  "cells": ice40_design.get("num_cells", 0)},
-    }
+    return {"luts": count("SB_LUT4"), "carries": count("SB_CARRY"), "dsps": count("SB_MAC16"),
+            "ffs": count("SB_DFF"), "brams": count("SB_RAM40"), "cells": design.get("num_cells", 0)}
+
+
+def synth_report(verilog: Path, top: str) -> dict:
+    """Generic ``synth`` cell counts (:func:`generic_cells`) and ``synth_ice40 -dsp`` LUT/DSP/FF/BRAM
+    counts (:func:`ice40_resources`)."""
+    return {"generic": generic_cells(verilog, top), "ice40": ice40_resources(verilog, top)}
