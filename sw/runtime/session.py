@@ -50,7 +50,14 @@ from braze.isa.errors import BrazeError
 from ..compiler.cache import KernelCache, default_cache
 from ..compiler.cost import CostModel, TimingCostModel, check_objective
 from ..compiler.frontend import EvaluationError, evaluate, load_onnx
-from ..compiler.fusion import DEFAULT_THRESHOLD, OPPORTUNITY_KINDS, FusionDecision, fuse, split_activations
+from ..compiler.fusion import (
+    BYTES_TIE_BREAK,
+    DEFAULT_THRESHOLD,
+    OPPORTUNITY_KINDS,
+    FusionDecision,
+    fuse,
+    split_activations,
+)
 from ..compiler.ir import Graph, TensorInfo
 from ..compiler.layouts import LayoutDecision, choose_conv_layouts
 from ..compiler.lower import CompiledModel, lower
@@ -245,6 +252,10 @@ class InferenceSession:
         Run operators the compiler does not support on the CPU instead of refusing the model.
     threshold : float
         Minimum predicted gain for a fusion (:data:`~braze.sw.compiler.fusion.DEFAULT_THRESHOLD`).
+    bytes_tie_break : float or None
+        Under the ``cycles`` objective, take a fused candidate predicted no slower that moves at least
+        this fraction fewer external bytes even under the threshold
+        (:data:`~braze.sw.compiler.fusion.BYTES_TIE_BREAK`; None: never).
     cost_model : CostModel, "analytic", "learned" or None
         What prices fusion and tiling candidates.  None (the default): the learned hardware
         performance model (:mod:`braze.sw.hpm`) where one is trained for this device kind and
@@ -316,6 +327,7 @@ class InferenceSession:
     def __init__(self, model: str | os.PathLike | bytes | onnx.ModelProto, *, device: Any = "golden",
                  config: str | Config = "default", fuse: bool = True, calibration: Any = None,
                  allow_fallback: bool = False, threshold: float = DEFAULT_THRESHOLD,
+                 bytes_tie_break: float | None = BYTES_TIE_BREAK,
                  cost_model: CostModel | str | None = None, cache: KernelCache | None = None,
                  profile: bool = False, record: bool | None = None, objective: str = "cycles",
                  nonfinite: str = "error", specialise: bool = True, skip_zero_blocks: bool = False,
@@ -331,6 +343,7 @@ class InferenceSession:
         self.config = config if isinstance(config, Config) else Config.parse(config)
         self.fuse = fuse
         self.threshold = threshold
+        self.bytes_tie_break = bytes_tie_break
         self.force_fusion = tuple(force_fusion)
         forceable = [kind for kind in OPPORTUNITY_KINDS if kind != "skip"]
         unknown = sorted(set(self.force_fusion) - set(forceable))
@@ -417,7 +430,8 @@ class InferenceSession:
             plan = self._plan if self.specialise else None
             if self.fuse:
                 fused, decisions = fuse(static, self.config, cost_model=self.cost_model,
-                                        threshold=self.threshold, cache=self.cache, objective=self.objective,
+                                        threshold=self.threshold, bytes_tie_break=self.bytes_tie_break,
+                                        cache=self.cache, objective=self.objective,
                                         replay=plan[0] if plan else (), profiles=self._zero_block_profiles,
                                         force=self.force_fusion)
             else:

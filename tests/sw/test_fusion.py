@@ -87,7 +87,7 @@ def test_opportunities_and_decisions_by_the_timing_model(quantized):
 def test_threshold_and_pluggable_cost_model(quantized):
     graph, _ = quantized
     cache = KernelCache(disk=False)
-    unfused, decisions = fuse(graph, TINY, threshold=0.99, cache=cache)
+    unfused, decisions = fuse(graph, TINY, threshold=0.99, cache=cache, bytes_tie_break=None)
     assert [(d.opportunity.kind, d.chosen) for d in decisions] == [
         ("epilogue", "separate"), ("pool", "separate"), ("epilogue", "separate")]
     assert len([n for n in unfused.operators() if n.op_type == "Clip"]) == 2
@@ -102,6 +102,17 @@ def test_threshold_and_pluggable_cost_model(quantized):
     assert [d.chosen for d in decisions] == ["separate"] * 3
     with pytest.raises(ValueError, match="threshold"):
         fuse(graph, TINY, threshold=1.5)
+    with pytest.raises(ValueError, match="bytes_tie_break"):
+        fuse(graph, TINY, bytes_tie_break=0.0)
+    # The bytes tie-break takes a no-slower fused candidate moving >= 25% fewer bytes under any threshold.
+    _, decisions = fuse(graph, TINY, threshold=0.99, cache=cache)
+    for decision in decisions:
+        costs = dict(decision.candidates)
+        base = costs["separate"]
+        frugal = [name for name, cost in decision.candidates if name != "separate"
+                  and cost.cycles <= base.cycles and cost.bytes <= 0.75 * base.bytes]
+        assert (decision.chosen != "separate") == bool(frugal) == decision.by_bytes
+    assert any(decision.by_bytes for decision in decisions)
 
 
 def test_timing_cost_model_reads_the_kernel_prediction():
