@@ -29,6 +29,7 @@ from braze.isa import INSN_BYTES, BrazeError, Config, Opcode
 from braze.isa.timing import element_bytes
 
 from ..compiler import kernels as library
+from ..compiler.cache import default_cache
 from ..compiler.energy import kernel_energy_pj
 from ..compiler.kernels import Kernel, KernelError, Tiling
 from .features import (
@@ -86,6 +87,14 @@ class KernelSpec:
 
     def build(self, config: Config, **extra) -> Kernel:
         return getattr(library, self.function)(config, *self.args, **dict(self.options), **extra)
+
+    def cached(self, config: Config, tiling: Tiling | None = None) -> Kernel:
+        """:meth:`build` (with ``tiling`` forced, if given) through the kernel cache: a calibration
+        resumed in slices draws its few hundred kernels from disk instead of generating them again
+        (on tiny, two minutes of every slice)."""
+        extra = {} if tiling is None else {"tiling": tiling}
+        signature = ("calibration", self.function, self.args, self.options, repr(tiling))
+        return default_cache().get_or_build(signature, config, lambda: self.build(config, **extra))
 
 
 def _gemm_specs(config: Config) -> list[KernelSpec]:
@@ -311,7 +320,7 @@ def _draw_kernels(config: Config, count: int, seed: int, tilings: bool) -> tuple
             if built >= 1.5 * quota:
                 break
             try:
-                kernel = spec.build(config)
+                kernel = spec.cached(config)
             except (KernelError, ValueError):
                 continue             # does not fit this configuration
             if not _fits_memory(kernel):
@@ -321,7 +330,7 @@ def _draw_kernels(config: Config, count: int, seed: int, tilings: bool) -> tuple
             if tilings and kernel.name in ("gemm", "conv2d") and rng.random() < 0.3:
                 for tiling in tiling_variants(kernel):
                     try:
-                        variant = spec.build(config, tiling=tiling)
+                        variant = spec.cached(config, tiling)
                     except (KernelError, ValueError):
                         continue
                     if not _fits_memory(variant):
