@@ -529,8 +529,8 @@ def _fleet(args: argparse.Namespace) -> int:
          arg("--history", type=Path, help="the performance history (default: $BRAZE_CACHE_DIR/hpm/...)"),
          arg("--regressor", default="lightgbm", choices=("lightgbm", "sklearn")),
          arg("--runs-file", type=Path,
-             help="export/import: the runs file (default: the calibration runs shipped beside the "
-                  "shipped model, which it was trained on)"),
+             help="export/import: the runs file (default: the calibration runs committed beside the "
+                  "shipped model)"),
          arg("--out", type=Path, help="where train writes the model (default: the cache's model folder)"),
          arg("--ship", action="store_true",
              help="train into the model shipped with Braze, on calibration runs only (developers)"),

@@ -83,8 +83,9 @@ def shipped_model_dir(device: str = "verilator") -> Path:
 
 
 def shipped_runs_file(device: str = "verilator") -> Path:
-    """The calibration runs the shipped model was trained on (``braze hpm export``; ``braze hpm import``
-    rebuilds a history from them on a new machine)."""
+    """The calibration runs committed beside the shipped model (``braze hpm export``): ``braze hpm
+    import`` rebuilds a history from them on a new machine, without running the RTL.  (The model's
+    ``made_with`` metadata says which history it was trained on.)"""
     return shipped_model_dir(device) / "calibration-runs.jsonl.xz"
 
 
