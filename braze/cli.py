@@ -507,10 +507,12 @@ def _fleet(args: argparse.Namespace) -> int:
 
 
 @command("hpm", "the hardware performance model: calibrate it on a device, train it, evaluate it",
-         arg("action", choices=("calibrate", "refeature", "train", "evaluate", "show"),
+         arg("action", choices=("calibrate", "refeature", "train", "evaluate", "show", "export", "import"),
              help="calibrate: run calibration kernels into the history; refeature: recompute the "
                   "history's features after they changed (no runs); train: fit the model on the "
-                  "history; evaluate: held-out errors by kernel family; show: the history and model"),
+                  "history; evaluate: held-out errors by kernel family; show: the history and model; "
+                  "export: write the history's calibration runs to --runs-file; import: add a "
+                  "--runs-file's runs to the history (and refeature them)"),
          arg("--device", default="verilator", help="device kind (default: verilator)"),
          arg("--configs", default="tiny,default,large", type=_preset_list,
              help="comma-separated presets or specs to calibrate (default: tiny,default,large)"),
@@ -526,6 +528,9 @@ def _fleet(args: argparse.Namespace) -> int:
                   "pattern (default: 3)"),
          arg("--history", type=Path, help="the performance history (default: $BRAZE_CACHE_DIR/hpm/...)"),
          arg("--regressor", default="lightgbm", choices=("lightgbm", "sklearn")),
+         arg("--runs-file", type=Path,
+             help="export/import: the runs file (default: the calibration runs committed beside the "
+                  "shipped model)"),
          arg("--out", type=Path, help="where train writes the model (default: the cache's model folder)"),
          arg("--ship", action="store_true",
              help="train into the model shipped with Braze, on calibration runs only (developers)"),
@@ -545,6 +550,19 @@ def _hpm(args: argparse.Namespace) -> int:
             print(f"  failed: {line}")
         return 0
     if args.action == "refeature":
+        hpm.refeature(store, count=args.count)
+        return 0
+    if args.action in ("export", "import"):
+        from braze.sw.hpm.model import shipped_runs_file
+
+        path = args.runs_file or shipped_runs_file(args.device)
+        if args.action == "export":
+            count = store.export_runs(path, device=args.device)
+            print(f"exported {count} calibration runs on {args.device} from {store.path} to {path} "
+                  f"({path.stat().st_size / 1e6:.2f} MB)")
+            return 0
+        added, held = store.import_runs(path)
+        print(f"imported {added} runs from {path} into {store.path} ({held} already there)")
         hpm.refeature(store, count=args.count)
         return 0
     records = store.records(device=args.device)

@@ -29,6 +29,7 @@ from braze.isa import INSN_BYTES, BrazeError, Config, Opcode
 from braze.isa.timing import element_bytes
 
 from ..compiler import kernels as library
+from ..compiler.cache import default_cache
 from ..compiler.energy import kernel_energy_pj
 from ..compiler.kernels import Kernel, KernelError, Tiling
 from .features import (
@@ -44,7 +45,7 @@ from .store import HistoryStore, RunRecord, pack_program, signature_hash, unpack
 __all__ = ["KernelSpec", "calibration_specs", "calibration_kernels", "calibrate", "CalibrationReport",
            "random_inputs", "record_run", "DEFAULT_STALLS", "tiling_variants", "refeature", "RefeatureReport",
            "STRATEGIES", "most_uncertain", "CalibrationOptionError", "DEFAULT_REPEATS", "REPEAT_BELOW_CYCLES",
-           "calibration_seed", "wanted_runs"]
+           "calibration_seed", "wanted_runs", "coverage_order"]
 
 #: Backpressure levels calibration runs every kernel under (probability per AXI handshake).
 DEFAULT_STALLS = (0.0, 0.1, 0.25, 0.4)
@@ -86,6 +87,14 @@ class KernelSpec:
 
     def build(self, config: Config, **extra) -> Kernel:
         return getattr(library, self.function)(config, *self.args, **dict(self.options), **extra)
+
+    def cached(self, config: Config, tiling: Tiling | None = None) -> Kernel:
+        """:meth:`build` (with ``tiling`` forced, if given) through the kernel cache: a calibration
+        resumed in slices draws its few hundred kernels from disk instead of generating them again
+        (on tiny, two minutes of every slice)."""
+        extra = {} if tiling is None else {"tiling": tiling}
+        signature = ("calibration", self.function, self.args, self.options, repr(tiling))
+        return default_cache().get_or_build(signature, config, lambda: self.build(config, **extra))
 
 
 def _gemm_specs(config: Config) -> list[KernelSpec]:
@@ -289,6 +298,15 @@ def calibration_kernels(config: Config, *, count: int = 200, seed: int = 0, tili
     also come in alternative tilings (forced), so that the model sees what the compiler's choices
     cost, not only its favourites.
     """
+    with library.isolated_memos():
+        chosen, buckets_seen = _draw_kernels(config, count, seed, tilings)
+    if log:
+        log(f"{config.name}: {len(chosen)} calibration kernels from {buckets_seen} intensity/burst buckets")
+    return chosen
+
+
+def _draw_kernels(config: Config, count: int, seed: int, tilings: bool) -> tuple[list[Kernel], int]:
+    """:func:`calibration_kernels`' draw, and how many buckets it drew from."""
     rng = random.Random(seed)
     chosen: list[Kernel] = []
     buckets_seen = 0
@@ -302,7 +320,7 @@ def calibration_kernels(config: Config, *, count: int = 200, seed: int = 0, tili
             if built >= 1.5 * quota:
                 break
             try:
-                kernel = spec.build(config)
+                kernel = spec.cached(config)
             except (KernelError, ValueError):
                 continue             # does not fit this configuration
             if not _fits_memory(kernel):
@@ -312,7 +330,7 @@ def calibration_kernels(config: Config, *, count: int = 200, seed: int = 0, tili
             if tilings and kernel.name in ("gemm", "conv2d") and rng.random() < 0.3:
                 for tiling in tiling_variants(kernel):
                     try:
-                        variant = spec.build(config, tiling=tiling)
+                        variant = spec.cached(config, tiling)
                     except (KernelError, ValueError):
                         continue
                     if not _fits_memory(variant):
@@ -327,9 +345,18 @@ def calibration_kernels(config: Config, *, count: int = 200, seed: int = 0, tili
                 if queue and taken < quota:
                     chosen.append(queue.pop(0))
                     taken += 1
-    if log:
-        log(f"{config.name}: {len(chosen)} calibration kernels from {buckets_seen} intensity/burst buckets")
-    return chosen
+    return chosen, buckets_seen
+
+
+def coverage_order(kernels: Sequence[Kernel]) -> list[Kernel]:
+    """``kernels`` round-robin over their families (in order of each family's first kernel; within a
+    family in their own order): a calibration stopped early by its budget has measured every family,
+    not the first groups' alone, and a held-out evaluation has each family to hold out."""
+    by_family: dict[str, list[Kernel]] = {}
+    for kernel in kernels:
+        by_family.setdefault(kernel_family(kernel), []).append(kernel)
+    queues = list(by_family.values())
+    return [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]
 
 
 def random_inputs(kernel: Kernel, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -449,14 +476,6 @@ class CalibrationOptionError(BrazeError, ValueError):
 STRATEGIES = ("stratified", "uncertainty")
 
 
-def _kernel_major(items: list[tuple[float, Kernel]]) -> list[tuple[float, Kernel]]:
-    """(stall, kernel) pairs regrouped kernel by kernel (in their first order), each under every stall."""
-    by_kernel: dict[int, list[tuple[float, Kernel]]] = {}
-    for item in items:
-        by_kernel.setdefault(id(item[1]), []).append(item)
-    return [item for group in by_kernel.values() for item in group]
-
-
 def most_uncertain(model, items: Sequence[tuple], take: int, read_latency: int) -> list[int]:
     """Indices of the ``take`` (stall, kernel, ...) items whose predicted 10%..90% band is widest
     relative to the prediction: where the model knows least, a run teaches it most."""
@@ -499,8 +518,10 @@ def calibrate(configs: Sequence[Config], *, device: str = "verilator",
     ``budget_seconds`` stops after that long (between runs).  Kernels whose run fails are named
     in the report, not fatal.  ``runs`` caps the new runs per configuration.
 
-    ``strategy="stratified"`` runs the candidates in their stratified order.  ``"uncertainty"``
-    (active learning) runs a kernel-major quarter of them first, then, in batches of a tenth,
+    ``strategy="stratified"`` runs the candidates in their stratified order, kernel by kernel
+    (each under every backpressure level) and family by family in turn (:func:`coverage_order`),
+    so that a calibration its budget stops covers every family and level.  ``"uncertainty"``
+    (active learning) runs the first quarter of them in that order, then, in batches of a tenth,
     those whose band a model trained on the history so far finds widest -- measured offline on
     the tiny history (``benchmarks/hpm_active_learning.py``), half the runs chosen so give a lower
     held-out error than the stratified or a random half.
@@ -526,7 +547,9 @@ def calibrate(configs: Sequence[Config], *, device: str = "verilator",
         levels = list(stalls) if device in ("verilator", "amaranth") else [0.0]
         read_latency = config.mem_latency
         pending = []
-        for stall, kernel in [(stall, kernel) for stall in levels for kernel in kernels]:
+        # Kernel-major, families interleaved: whatever part of the calibration the budget allows
+        # covers every family under every backpressure level (repeats included).
+        for kernel, stall in [(kernel, stall) for kernel in coverage_order(kernels) for stall in levels]:
             signature = kernel_signature(kernel)
             stored = store.stall_seeds(signature, config.to_dict(), device, read_latency, stall)
             wanted = wanted_runs(kernel, stall, repeats)
@@ -539,8 +562,6 @@ def calibrate(configs: Sequence[Config], *, device: str = "verilator",
             pending.extend((stall, kernel, seed) for seed in seeds[:wanted - len(stored)])
         limit = len(pending) if runs is None else min(runs, len(pending))
         seed_runs = max(20, limit // 4)
-        if strategy == "uncertainty":
-            pending = _kernel_major(pending)
         done = 0
         with open_device(device, config, **(device_options or {})) as dev:
             current_stall = None

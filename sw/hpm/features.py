@@ -47,7 +47,7 @@ from ..compiler.kernels import Kernel
 
 __all__ = ["MemorySystem", "kernel_features", "program_features", "feature_cache_dir", "forget_features",
            "kernel_signature", "kernel_family", "memory_aware_cycles", "FEATURE_VERSION",
-           "DMA_HANDOFF_CYCLES", "STORE_BASE_CYCLES"]
+           "DMA_HANDOFF_CYCLES", "ZERO_LOAD_HANDOFF_CYCLES", "STORE_BASE_CYCLES"]
 
 #: Bump when the features change meaning: models record it and refuse features of another version;
 #: ``braze hpm refeature`` recomputes the history's features from the programs it stores.
@@ -57,6 +57,16 @@ FEATURE_VERSION = 6
 #: A least-squares fit of the measured ``load_busy`` on the calibration history (no backpressure)
 #: gives the read latency plus about 9 per LOAD on every preset, plus 0.8-1.1 per beat.
 DMA_HANDOFF_CYCLES = {Opcode.LOAD: 9, Opcode.COUNTERS: 6}
+#: A zero LOAD (a convolution's padding rows, written on chip without a memory read) takes one cycle
+#: per row, as the timing model says, and then hands off to the next instruction: on the tiny preset at
+#: no backpressure, ``load_busy`` minus the modelled LOADs is 3.9 cycles per zero LOAD (median over the
+#: 41 calibration kernels with any; 10%..90%: 3.2..4.7), and without it the baseline under-prices
+#: LOAD-bound convolutions with padding by up to 14.6%.  0 in feature version 6, which the shipped
+#: model was trained on; ``benchmarks/hpm_zero_load_handoff.py`` measures 4 (held out by family on the
+#: rebuilt history of 6,288 runs: learned MAPE 1.83% -> 1.69%, worst run 15.3% -> 14.9%, fused
+#: convolution+max pooling worst 9.5% -> 5.2%, worst mean of repeats 12.3% -> 12.6%).  Adopting it is
+#: a new feature version and a re-shipped model.
+ZERO_LOAD_HANDOFF_CYCLES = 0
 #: A STORE occupies the store unit for this many cycles plus one per row (each row is its own
 #: write request) plus one per beat, whatever the read latency.  A least-squares fit of the
 #: measured ``store_busy`` (no backpressure) gives 1.1 per row and 1.1 per beat on tiny and large;
@@ -147,7 +157,8 @@ def memory_aware_cycles(instructions: Sequence[Instruction], config: Config, mem
     """Cycles of a program on the timing model with a memory that stalls and DMA that hands off.
 
     Each LOAD and COUNTERS that touches external memory takes its :data:`DMA_HANDOFF_CYCLES` more,
-    each STORE :data:`STORE_BASE_CYCLES` plus one per row and per beat; every such instruction
+    a zero LOAD :data:`ZERO_LOAD_HANDOFF_CYCLES` more, each STORE :data:`STORE_BASE_CYCLES` plus one
+    per row and per beat; every such instruction that touches the memory
     plus ``stall / (1 - stall)`` cycles per AXI beat and row request (the expected wait of a
     handshake stalled with probability ``stall``); the schedule keeps the units' overlap and the
     dependency tokens, so a stretched load only costs what it delays.  With overlapped LOADs
@@ -186,7 +197,9 @@ def _memory_aware_cycles(program: Sequence[Instruction], plain_keys: Sequence[tu
             rows = insn.args["rows"]
             cycles = int(round(STORE_BASE_CYCLES + rows + insn_beats + stretch * (insn_beats + rows)))
             key = (key[0], cycles, *key[2:])
-        elif op in DMA_HANDOFF_CYCLES and not (op is Opcode.LOAD and insn.zero):
+        elif op is Opcode.LOAD and insn.zero:
+            key = (key[0], key[1] + ZERO_LOAD_HANDOFF_CYCLES, *key[2:])     # no memory: no stretch
+        elif op in DMA_HANDOFF_CYCLES:
             requests = insn_beats + insn.args.get("rows", 1)
             key = (key[0], int(round(key[1] + DMA_HANDOFF_CYCLES[op] + stretch * requests)), *key[2:])
         keys.append(key)

@@ -42,7 +42,7 @@ from .store import RunRecord, default_history_path, group_repeats
 
 __all__ = ["PerformanceModel", "Prediction", "LearnedCostModel", "ModelError", "StaleModelError",
            "StaleModelWarning", "REGRESSORS", "error_pct",
-           "default_model_dir", "shipped_model_dir", "load_model"]
+           "default_model_dir", "shipped_model_dir", "shipped_runs_file", "load_model"]
 
 #: Regressors a model can be built with.
 REGRESSORS = ("lightgbm", "sklearn")
@@ -80,6 +80,13 @@ def default_model_dir(device: str = "verilator") -> Path:
 def shipped_model_dir(device: str = "verilator") -> Path:
     """The model shipped with Braze for a device kind (made by ``braze hpm train --ship``)."""
     return Path(__file__).resolve().parent / "shipped" / device
+
+
+def shipped_runs_file(device: str = "verilator") -> Path:
+    """The calibration runs committed beside the shipped model (``braze hpm export``): ``braze hpm
+    import`` rebuilds a history from them on a new machine, without running the RTL.  (The model's
+    ``made_with`` metadata says which history it was trained on.)"""
+    return shipped_model_dir(device) / "calibration-runs.jsonl.xz"
 
 
 def load_model(device: str = "verilator") -> PerformanceModel | None:

@@ -242,11 +242,12 @@ def test_active_calibration_runs_first_what_the_model_knows_least(tmp_path, monk
                        progress=None)
     assert report.ran == 22 and not report.failed
     rows = store.records()
-    # The seed: the first 20 candidates in calibration order.
-    assert [row.signature_hash for row in rows[:20]] == [kernel_signature_hash(k) for k in pool[:20]]
+    # The seed: the first 20 candidates in calibration order (families in turn: coverage_order).
+    order = calibration.coverage_order(pool)
+    assert [row.signature_hash for row in rows[:20]] == [kernel_signature_hash(k) for k in order[:20]]
     # The first batch after it: the 2 candidates a model of the seed finds least certain.
     model = PerformanceModel().fit(rows[:20])
-    pending = [(0.0, kernel) for kernel in pool[20:]]
+    pending = [(0.0, kernel) for kernel in order[20:]]
     picked = most_uncertain(model, pending, 2, TINY.mem_latency)
     expected = {kernel_signature_hash(pending[i][1]) for i in picked}
     assert {row.signature_hash for row in rows[20:22]} == expected

@@ -39,6 +39,10 @@ Host-side helpers: :func:`pack_params`, :func:`pack_table`, :func:`conv2d_weight
 :func:`avg_multiplier`, :func:`link`, :func:`run_kernel`, :func:`run_kernels`.
 """
 
+import contextlib
+from collections.abc import Iterator
+
+from . import conv, matmul
 from .common import (
     MAX_VECTOR_MULT,
     OPERAND_ALIGN,
@@ -61,6 +65,24 @@ from .matmul import ALoader as ALoader  # public in the old module, though not i
 from .matmul import Tiling, batched_gemm, candidate_tilings, gemm, matmul_tilings, zero_point_rows
 from .pool import avg_multiplier, avgpool2d, global_avgpool, maxpool2d
 
+
+@contextlib.contextmanager
+def isolated_memos() -> Iterator[None]:
+    """Generate kernels inside with empty in-process memos (the candidates :mod:`.matmul` generated or
+    ruled out, :mod:`.conv`'s A-tile LOADs), and restore the process's own afterwards.
+
+    Generation is meant to be a pure function of its arguments, but which candidates a search
+    generates, prunes or finds remembered -- and so what its candidate budget counts -- depends on
+    what the process asked for before.  A caller that must draw exactly the same kernels in any
+    process (calibration, which resumes by the kernels' signatures) generates them here.
+    """
+    saved = matmul._GENERATED, matmul._BOUNDS, conv._A_LOADS
+    matmul._GENERATED, matmul._BOUNDS, conv._A_LOADS = {}, {}, {}
+    try:
+        yield
+    finally:
+        matmul._GENERATED, matmul._BOUNDS, conv._A_LOADS = saved
+
 __all__ = [
     "KernelError", "Operand", "Kernel", "KernelResult",
     "gemm", "batched_gemm", "zero_point_rows", "conv2d", "conv2d_output_shape", "maxpool2d", "avgpool2d",
@@ -70,5 +92,5 @@ __all__ = [
     "conv2d_weights", "taps_per_chunk", "avg_multiplier", "link", "run_kernel", "run_kernels", "utilisation",
     "conv2d_chain", "ConvLayer", "FCLayer", "chain_fc_weights",
     "Tiling", "candidate_tilings", "matmul_tilings", "MAX_VECTOR_MULT", "OPERAND_ALIGN",
-    "skipping_gemm",
+    "skipping_gemm", "isolated_memos",
 ]

@@ -120,8 +120,14 @@ def _pool2d(kind: str, config: Config, N: int, C: int, H: int, W: int, kh: int, 
                                         hi - lo, imm=mult, shift=shift), reads=[total], writes=[result])
             streams.add(Instruction.make(Opcode.STORE, mem=Memory.SPAD, addr=result.start, rows=rows,
                                          len=length, dram=y_addr + first * C + ct, stride=C), reads=[result])
+        # The window is part of what the kernel is: pools of one input and output shape with other
+        # windows can have programs of the same length, and the performance history tells kernels
+        # apart by their operands and tiling (``braze.sw.hpm.kernel_signature``).
+        window = {"kh": kh, "kw": kw, "stride": stride, "pad": pad}
+        if kind == "avg":
+            window["count_include_pad"] = count_include_pad
         return _finish(f"{kind}pool2d", config, streams, operands, macs=0,
-                       tiling={"pixels_per_item": seg, "buffers": ring, "Ho": Ho, "Wo": Wo})
+                       tiling={"pixels_per_item": seg, "buffers": ring, "Ho": Ho, "Wo": Wo, **window})
 
     return _first_orderable(f"{kind}pool2d", config, build)
 
