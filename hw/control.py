@@ -467,19 +467,27 @@ class Control(wiring.Component):
         predicate_pending = Signal()
         pending_dst = Signal(range(SCALAR_REGS))
         hold = Signal()
+        # Decoded as the word enters the slot: the registers r1..r7 it names (bit r), so that the hold
+        # is a lookup, not the comparisons of every register field with pending_dst.
+        slot_names = Signal(SCALAR_REGS)
         m.d.comb += hold.eq(predicate_pending & (
-            (slot.word.opcode == Opcode.PREDICATE)
-            | ((pending_dst != 0) & _names_scalar_register(slot.word, pending_dst))))
+            (slot.word.opcode == Opcode.PREDICATE) | slot_names.bit_select(pending_dst, 1)))
 
         drained = Cat(*((u["fifo"].level == 0) & u["idle"] for u in units.values())).all()
         slot_legal = slot_valid & ~slot.error & (slot_cause_now == ErrorCause.NONE) & ~hold
+        # The same for a control word (SCALAR, BRANCH, a barrier; an illegal opcode is one too): it has no
+        # register offset (slot_names_register is low), so its cause is the one decoded on entry.  Not
+        # going through the resolved decoder keeps the register-offset add and its range checks off the
+        # paths of the barriers (the counter snapshot, STALL_DEP) and of SCALAR and BRANCH.
+        assert not any(FORMAT_BY_OPCODE[opcode].unit is Unit.CONTROL for opcode in REGISTER_OFFSETS)
+        control_legal = slot_valid & ~slot.error & (slot_cause == ErrorCause.NONE) & ~hold
         is_control = slot_unit == Unit.CONTROL
         is_barrier = is_control & (slot.word.opcode != Opcode.SCALAR) & (slot.word.opcode != Opcode.BRANCH)
-        at_barrier = slot_legal & is_barrier & ~stopped
+        at_barrier = control_legal & is_barrier & ~stopped
         barrier_go = at_barrier & drained
 
         # SCALAR and BRANCH execute in the slot, in the cycle they reach it (unless stopped or held).
-        executes = slot_legal & is_control & ~is_barrier & ~stopped
+        executes = control_legal & is_control & ~is_barrier & ~stopped
         scalar_insn, branch_insn = slot.word.args.scalar, slot.word.args.branch
         executes_scalar = executes & (slot.word.opcode == Opcode.SCALAR)
         executes_branch = executes & (slot.word.opcode == Opcode.BRANCH)
@@ -584,6 +592,8 @@ class Control(wiring.Component):
                 slot_unit.eq(decoder.unit),
                 slot_cause.eq(decoder.cause),
                 slot_names_register.eq(_names_register(self.fetch.payload.word)),
+                slot_names.eq(Cat(0, *(_names_scalar_register(self.fetch.payload.word, register)
+                                       for register in range(1, SCALAR_REGS)))),
             ]
         with m.Elif(slot_leaves):
             m.d.sync += slot_valid.eq(0)

@@ -66,36 +66,57 @@ class CounterBank(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         count = len(COUNTERS)
-        # The frozen copy is a shift register, so the write-out needs no wide multiplexer.
-        frozen = [Signal(unsigned(COUNTER_BITS), name=f"frozen_{spec.name}") for spec in COUNTERS]
+        # The increments come from deep in the design (the control core's retire and stall logic, the
+        # memories' port arbitration), so they are registered before the 64-bit adders: counter ``i``
+        # is ``total[i] + pending[i]``, ``pending`` being last cycle's increment.  Every value and
+        # every snapshot is the same, cycle for cycle, as adding the increment in its own cycle.
+        total = [Signal(unsigned(COUNTER_BITS), name=f"total_{spec.name}") for spec in COUNTERS]
+        pending = [Signal(unsigned(self.inc_width), name=f"pending_{spec.name}") for spec in COUNTERS]
+        # The frozen copy is a shift register, so the write-out needs no wide multiplexer.  Its head
+        # (the word on ``words``) is a value; the others are (total, increment) pairs like the live
+        # counters, added as they move into the head.
+        head = Signal(unsigned(COUNTER_BITS), name=f"frozen_{COUNTERS[0].name}")
+        frozen_total = [Signal(unsigned(COUNTER_BITS), name=f"frozen_total_{spec.name}")
+                        for spec in COUNTERS[1:]]
+        frozen_inc = [Signal(unsigned(self.inc_width), name=f"frozen_inc_{spec.name}")
+                      for spec in COUNTERS[1:]]
         words_left = Signal(range(count + 1))
 
         taking_snapshot = self.snapshot.valid & self.snapshot.ready
+        restart = self.clear | (taking_snapshot & self.snapshot.payload.reset)
         m.d.comb += [
             self.snapshot.ready.eq((words_left == 0) & ~self.clear),
             self.words.valid.eq(words_left != 0),
-            self.words.payload.value.eq(frozen[0]),
+            self.words.payload.value.eq(head),
             self.words.payload.last.eq(words_left == 1),
         ]
 
         for index in range(count):
-            after_this_cycle = (self.values[index] + self.inc[index])[:COUNTER_BITS]
-            with m.If(self.clear):
-                m.d.sync += self.values[index].eq(0)
-            with m.Elif(taking_snapshot & self.snapshot.payload.reset):
-                m.d.sync += self.values[index].eq(0)
+            m.d.comb += self.values[index].eq((total[index] + pending[index])[:COUNTER_BITS])
+            with m.If(restart):
+                m.d.sync += [total[index].eq(0), pending[index].eq(0)]
             with m.Else():
-                m.d.sync += self.values[index].eq(after_this_cycle)
+                m.d.sync += [total[index].eq(self.values[index]), pending[index].eq(self.inc[index])]
 
+        # Counter 0 (CYCLES) goes straight into the head; its increment is a register (``running``).
+        shifting = self.words.valid & self.words.ready
+        with m.If(taking_snapshot):
+            m.d.sync += head.eq((self.values[0] + self.inc[0])[:COUNTER_BITS])
+        with m.Elif(shifting):
+            m.d.sync += head.eq((frozen_total[0] + frozen_inc[0])[:COUNTER_BITS] if count > 1 else 0)
+        for index in range(1, count):
+            pair = index - 1
             with m.If(taking_snapshot):
-                m.d.sync += frozen[index].eq(after_this_cycle)
-            with m.Elif(self.words.valid & self.words.ready):
-                m.d.sync += frozen[index].eq(frozen[index + 1] if index + 1 < count else 0)
+                m.d.sync += [frozen_total[pair].eq(self.values[index]), frozen_inc[pair].eq(self.inc[index])]
+            with m.Elif(shifting):
+                following = index < count - 1
+                m.d.sync += [frozen_total[pair].eq(frozen_total[pair + 1] if following else 0),
+                             frozen_inc[pair].eq(frozen_inc[pair + 1] if following else 0)]
 
         with m.If(self.clear):
             m.d.sync += words_left.eq(0)
         with m.Elif(taking_snapshot):
             m.d.sync += words_left.eq(count)
-        with m.Elif(self.words.valid & self.words.ready):
+        with m.Elif(shifting):
             m.d.sync += words_left.eq(words_left - 1)
         return m
