@@ -149,7 +149,8 @@ class FetchStream:
     stream only starts at a taken BRANCH.
     """
 
-    __slots__ = ("_burst", "_word_cycles", "_refill", "_trigger", "_words", "_first", "_dispatched")
+    __slots__ = ("_burst", "_word_cycles", "_refill", "_trigger", "_words", "_request", "_first",
+                 "_dispatched")
 
     def __init__(self, config: Config, start: int):
         self._burst = FETCH_BURST_BYTES // INSN_BYTES
@@ -158,19 +159,20 @@ class FetchStream:
         # Request k waits for word burst*(k+1) - depth - 1: this many words before its first one.
         self._trigger = FETCH_DEPTH - self._burst + 1
         self._words = 0               # words of the stream dispatched so far
-        self._first = start           # when the first word of the current request can be dispatched
+        self._request = 0             # the request of the next word, and when its first word can be
+        self._first = start           # dispatched
         self._dispatched: deque[int] = deque(maxlen=FETCH_DEPTH)  # the last words' dispatch cycles
 
     def ready(self) -> int:
         """The earliest cycle the stream's next word can be dispatched in."""
         index, offset = divmod(self._words, self._burst)
-        if offset == 0 and index:
+        if index != self._request:
             first = self._first + self._burst * self._word_cycles
             trigger = self._words - self._trigger        # the word that made room for this request
             if trigger >= 0:
                 dispatched = self._dispatched[trigger - (self._words - len(self._dispatched))]
                 first = max(first, dispatched + self._refill)
-            self._first = first
+            self._request, self._first = index, first
         return self._first + offset * self._word_cycles
 
     def took(self, dispatched: int) -> None:
