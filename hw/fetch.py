@@ -30,6 +30,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from braze.isa import INSN_BITS, INSN_BYTES, INSTRUCTION, Config
+from braze.isa.timing import FETCH_BURST_BYTES, FETCH_DEPTH
 
 from .axi import read_beat_layout, read_request_layout
 from .control import FETCH_ENTRY, PC_BITS
@@ -50,7 +51,7 @@ class Fetch(wiring.Component):
         Sets the bus width (``dma_bus_bits``).
     depth : int
         Words the unit may hold or have requested ahead of the dispatcher; a power of two,
-        at least ``BURST_BYTES // 16``.
+        at least ``BURST_BYTES // 16`` (default: the timing model's :data:`~braze.isa.timing.FETCH_DEPTH`).
     beats_width : int
         Width of a read request's ``beats`` field; must match the read master's.
 
@@ -76,10 +77,11 @@ class Fetch(wiring.Component):
         Program words in order, to :class:`~braze.hw.control.Control` ``fetch``.
     """
 
-    #: Bytes per read request: four instructions.
-    BURST_BYTES = 64
+    #: Bytes per read request: four instructions (the timing model's, see
+    #: :class:`braze.isa.timing.FetchStream`).
+    BURST_BYTES = FETCH_BURST_BYTES
 
-    def __init__(self, config: Config, *, depth: int = 8, beats_width: int = 16):
+    def __init__(self, config: Config, *, depth: int = FETCH_DEPTH, beats_width: int = 16):
         if not isinstance(config, Config):
             raise TypeError(f"Fetch needs a braze.isa.Config, not {config!r}")
         burst_words = self.BURST_BYTES // INSN_BYTES

@@ -60,8 +60,11 @@ compute instruction retires (pushes a token) before it has completed -- so every
 of program order, only sooner.  A kernel can thus test a block one step ahead, while the units
 work on the previous one, at the cost of one compute-unit cycle.  A taken branch empties the
 fetch unit, which reads on from the target: its target is dispatched a memory read latency and
-some cycles later (``braze.isa.timing.fetch_redirect_cycles``; 25 on ``default``), which the
-units' queues hide when they hold enough work.  Control instructions take no
+some cycles later (``braze.isa.timing.fetch_redirect_cycles``; 25 on ``default``), and the
+words after it as the fetch unit refills, a few at a time, a read latency apart
+(``braze.isa.timing.FetchStream``).  The units' queues hide that only when they hold enough work:
+a loop whose body is many short instructions waits for fetch, and a kernel is better left
+straight-line then.  Control instructions take no
 tokens and are not barriers.  The reference model checks tokens and races in the order the
 instructions are executed, iteration by iteration.  A taken branch below the program base stops
 with ``BRANCH_RANGE``; a loop that never ends runs into the watchdog (``CYCLE_LIMIT``).

@@ -69,7 +69,7 @@ from .frontend import BRAZE_DOMAIN, conv_pads
 from .ir import Graph, Node, NodeKind, TensorInfo
 from .kernels import Kernel, KernelError
 from .kernels.guard import if_guard as guard_kernel
-from .kernels.loops import MAX_RESTART_SHARE, MIN_SHRINK, loops_if_no_slower
+from .kernels.loops import MIN_SHRINK, loops_if_no_slower
 from .validate import validate
 
 __all__ = ["LoweringError", "KernelRecipe", "NodeKernel", "plan_node", "relocate", "relocated_words", "lower",
@@ -114,19 +114,17 @@ class KernelRecipe:
 
     def looped_kernel(self, config: Config, cache: KernelCache | None) -> Kernel:
         """:meth:`kernel` with its repeated runs as counted loops where the timing model predicts it
-        no slower, that removes at least :data:`~braze.sw.compiler.kernels.loops.MIN_SHRINK` of its
-        instructions and whose fetch restarts would cost at most
-        :data:`~braze.sw.compiler.kernels.loops.MAX_RESTART_SHARE` of its cycles
+        no slower (the timing model charges each taken BRANCH's fetch restart as the RTL pays it) and
+        that removes at least :data:`~braze.sw.compiler.kernels.loops.MIN_SHRINK` of its instructions
         (:func:`~braze.sw.compiler.kernels.loops.loops_if_no_slower`; the kernel itself otherwise),
         cached under its own key: only the kernels the lowering places are rolled, never the
         candidates fusion and tiling price."""
         def rolled() -> Kernel:
-            return loops_if_no_slower(self.kernel(config, cache), min_shrink=MIN_SHRINK,
-                                      max_restart_share=MAX_RESTART_SHARE)
+            return loops_if_no_slower(self.kernel(config, cache), min_shrink=MIN_SHRINK)
 
         if cache is None:
             return rolled()
-        return cache.get_or_build((*self.signature, ("loops", MIN_SHRINK, MAX_RESTART_SHARE)), config, rolled)
+        return cache.get_or_build((*self.signature, ("loops", MIN_SHRINK)), config, rolled)
 
 
 @dataclasses.dataclass

@@ -23,6 +23,8 @@ from braze.isa.timing import PREDICATE_LATENCY, fetch_redirect_cycles
 
 TINY = PRESETS["tiny"]
 I = Instruction.make  # noqa: E741
+#: Cycles per instruction word the fetch unit brings after a restart: its bus beats (two on tiny).
+WORD = -(-INSN_BYTES // TINY.dma_bus_bytes)
 
 
 def _countdown_loop(count: int, body: list[Instruction]) -> list[Instruction]:
@@ -43,8 +45,9 @@ def test_counted_loop_runs_its_body_count_times_and_scalar_arithmetic_wraps():
     assert machine.scalar_regs[4] == ((7 * ((1 << 31) - 1) + (1 << 31)) % (1 << 32)) - (1 << 31)
     assert result.instructions == 1 + 7 * 4 + 1
     # SCALAR and BRANCH take one dispatcher cycle each, HALT one more, and each of the six taken
-    # BRANCHes waits for the fetch unit to restart at its target.
-    assert result.cycles == result.instructions + 6 * fetch_redirect_cycles(TINY)
+    # BRANCHes waits for the fetch unit to restart at its target, which then brings a word per bus
+    # word (two beats on tiny): three more cycles per iteration, and one before the HALT.
+    assert result.cycles == result.instructions + 6 * (fetch_redirect_cycles(TINY) + 3 * (WORD - 1)) + 1
 
 
 def test_register_zero_reads_zero_and_ignores_writes():
@@ -127,9 +130,11 @@ def test_endless_loop_is_stopped_by_the_watchdog_at_the_limit():
     with pytest.raises(WatchdogError) as failure:
         machine.run_program(program, cycle_limit=101)
     assert failure.value.cause is ErrorCause.WATCHDOG
-    # Each iteration: the SCALAR's cycle, the BRANCH's, and the fetch unit's restart at the target.
-    period = 2 + fetch_redirect_cycles(TINY)
-    dispatches = [cycle for start in range(0, 101 + period, period) for cycle in (start, start + 1)]
+    # Each iteration: the fetch unit's restart at the target, the SCALAR, the BRANCH a bus word later
+    # (the first iteration's words are there at once), and its one dispatcher cycle.
+    period = fetch_redirect_cycles(TINY) + WORD + 1
+    dispatches = [0, 1] + [cycle for start in range(2 + fetch_redirect_cycles(TINY), 101 + period, period)
+                           for cycle in (start, start + WORD)]
     first_late = next(index for index, cycle in enumerate(dispatches) if cycle >= 101)
     assert failure.value.pc == INSN_BYTES * (first_late % 2)
     assert machine.scalar_regs[1] == (first_late + 1) // 2
@@ -286,9 +291,12 @@ def test_a_taken_branch_waits_for_the_fetch_unit_to_restart():
     not_taken = cycles([I("branch", cond="ne", offset=5), I("scalar", dst=1, imm=1), I("halt")])
     taken = cycles([I("branch", cond="always", offset=2), I("scalar", dst=1, imm=1), I("halt")])
     assert (not_taken, taken) == (3, 2 + redirect)
-    # Each further iteration of a loop: its SCALAR, its BRANCH and the restart.
+    # Each further iteration of a loop: the restart, then its two SCALARs and its BRANCH a bus word
+    # apart (two cycles on tiny) as the fetch unit brings them; the HALT after the last iteration is
+    # the first word of the next request, a bus word after the BRANCH.
     loops = [cycles(_countdown_loop(n, [])) for n in (1, 2, 5)]
-    assert loops[1] - loops[0] == 3 + redirect and loops[2] - loops[0] == 4 * (3 + redirect)
+    iteration = 3 + redirect + 2 * (WORD - 1)
+    assert loops[1] - loops[0] == iteration + WORD - 1 and loops[2] - loops[0] == 4 * iteration + WORD - 1
     # The units' queues hide the restart when they hold enough work: a long MATMUL per iteration.
     matmul = I("matmul", acc=0, a=0, b=0, a_stride=16, m=16, n=TINY.cols, k=16 * TINY.rows)
     assert cycles(_countdown_loop(3, [matmul])) == cycles([matmul] * 3 + [I("halt")]) + 1

@@ -116,9 +116,9 @@ def test_bench_dispatch_quick_ends_with_its_summary(capsys):
     else:
         assert float(match[11]) == 1.0
     assert "random control-flow programs on tiny: 3, mismatching: 0" in out
-    # Section 6: the digits models with the default loops (which roll only where exposed fetch
-    # restarts would cost little: MAX_RESTART_SHARE) give the straight-line programs' outputs
-    # (counted in mismatches=0), and the timing model kept no loop it predicts slower.
+    # Section 6: the digits models with the default loops (rolled only where the timing model, which
+    # prices each taken BRANCH's fetch restart and refill, predicts no slower) give the straight-line
+    # programs' outputs (counted in mismatches=0), and the timing model kept no loop it predicts slower.
     assert float(match[14]) >= 1 and 0.9 < float(match[15]) < 1.1
     golden_ratios = [float(line.split()[7]) for line in out.splitlines()
                      if line.strip().startswith(("tiny ", "default ")) and len(line.split()) >= 8]

@@ -31,15 +31,6 @@ def cnn(tmp_path_factory):
     return _cnn(str(tmp_path_factory.mktemp("lowered_loops")))
 
 
-@pytest.fixture(autouse=True)
-def timing_model_loops(monkeypatch):
-    """Loops wherever the timing model predicts them no slower: without the lowering's budget for
-    exposed fetch restarts (MAX_RESTART_SHARE), under which no kernel of these small models rolls."""
-    import importlib
-
-    monkeypatch.setattr(importlib.import_module("braze.sw.compiler.lower"), "MAX_RESTART_SHARE", None)
-
-
 def _session(cnn, cache, **options):
     path, calibration, _ = cnn
     # On tiny the CNN's convolutions are many small tiles: loops pay (on default too few repeat).

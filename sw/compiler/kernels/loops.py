@@ -49,12 +49,12 @@ import numpy as np
 from braze.isa import Config, Instruction, Opcode
 from braze.isa.encoding import REGISTER_OFFSETS
 from braze.isa.model import branch_taken, program_events, resolve_registers
-from braze.isa.timing import Scheduler, fetch_redirect_cycles
+from braze.isa.timing import Scheduler
 
 from .common import Kernel, KernelError
 
 __all__ = ["roll_loops", "expand_loops", "looped_cycles", "looped_kernel", "loops_if_no_slower",
-           "operand_region", "straight_line", "MIN_SHRINK", "MAX_RESTART_SHARE", "spread_predicate",
+           "operand_region", "straight_line", "MIN_SHRINK", "spread_predicate",
            "dispatched_events", "LoopedKernel", "LOOP_REGISTERS"]
 
 #: Scalar registers a rolled loop may use (r0 reads as zero).
@@ -180,8 +180,6 @@ class _Repeats:
                     if cost + best[i + c * p] < best[i]:
                         best[i], choice[i] = cost + best[i + c * p], (p, c)
         rolled: list[Instruction] = []
-        #: The BRANCHes a run of the last rolled program takes (each loop's but its last iteration's).
-        self.taken = 0
         i = 0
         while i < n:
             if choice[i] is None:
@@ -190,7 +188,6 @@ class _Repeats:
                 continue
             p, count = choice[i]
             rolled += _loop(program[i:i + p], self._step_tuples(p, i), count)
-            self.taken += count - 1
             i += p * count
         return rolled
 
@@ -404,29 +401,20 @@ def straight_line(kernel: Kernel) -> Kernel:
 #: The loop-body lengths :func:`loops_if_no_slower` tries (longer bodies: fewer dispatcher cycles).
 MIN_BODIES = (1, 4, 8)
 #: The lowering (:meth:`~braze.sw.compiler.lower.KernelRecipe.looped_kernel`) rolls a kernel only if
-#: that removes at least this share of its instructions (:func:`loops_if_no_slower` ``min_shrink``).
-#: The timing model hides a taken BRANCH's fetch restart wherever the units' queues
-#: hold work, the Verilator device not always: with every saving taken, the digits models at batch
-#: 64 lost 4% (CNN) and 7% (MLP) of their program bytes -- loops of a few iterations saving four
-#: instructions each -- and ran 0.05% and 0.4% slower there (about 20 cycles per such loop).
+#: that removes at least this share of its instructions (:func:`loops_if_no_slower` ``min_shrink``):
+#: with every saving taken, the digits models at batch 64 lost 4% (CNN) and 7% (MLP) of their
+#: program bytes -- loops of a few iterations saving four instructions each -- and ran 0.05% and
+#: 0.4% slower on the Verilator device (about 20 cycles per such loop).
 MIN_SHRINK = 0.25
-#: The lowering keeps a rolled kernel only if its taken BRANCHes' fetch restarts, each fully exposed,
-#: would cost at most this share of its cycles (:func:`loops_if_no_slower` ``max_restart_share``).
-#: The timing model hides a restart wherever the dispatcher runs ahead of the units; the Verilator
-#: device exposed them whole in the digits CNN's unfused max-pool (2819 instructions rolled into 75,
-#: 126 taken BRANCHes: 10855 -> 14096 cycles, 25.7 per BRANCH, predicted unchanged), and in
-#: small parts where the units are busy (GEMM 256^3: 0.06%).
-MAX_RESTART_SHARE = 0.01
 
 
-def loops_if_no_slower(kernel: Kernel, *, min_shrink: float = 0.0, max_restart_share: float | None = None
-                       ) -> Kernel:
+def loops_if_no_slower(kernel: Kernel, *, min_shrink: float = 0.0) -> Kernel:
     """The shortest :func:`looped_kernel` of ``kernel`` (over :data:`MIN_BODIES`) whose predicted
     cycles are no more than the straight-line kernel's; ``kernel`` itself when none is, or when
     rolling saves no instruction, or less than ``min_shrink`` of them (e.g. :data:`MIN_SHRINK`).
-    With ``max_restart_share`` (e.g. :data:`MAX_RESTART_SHARE`) a rolled form is kept only if its
-    taken BRANCHes' fetch restarts, all exposed, would cost at most that share of the kernel's
-    predicted cycles.
+    The timing model charges each taken BRANCH's fetch restart and the refill of the fetch unit
+    behind it (:class:`braze.isa.timing.FetchStream`) as the Verilator device pays them, so a
+    kernel whose units cannot hide them stays straight-line.
 
     The repeated runs are found once for every body length, and the body lengths are tried
     shortest first -- its program is the shortest, as every loop a longer minimum allows it allows
@@ -444,9 +432,6 @@ def loops_if_no_slower(kernel: Kernel, *, min_shrink: float = 0.0, max_restart_s
         if rolled in tried:
             continue
         tried.append(rolled)
-        restarts = repeats.taken * fetch_redirect_cycles(kernel.config)
-        if max_restart_share is not None and restarts > max_restart_share * kernel.predicted_cycles:
-            continue                # (known before the timing model runs: it is the costly part)
         looped = _priced(kernel, rolled, min_body)
         if looped.predicted_cycles <= kernel.predicted_cycles:
             return looped
