@@ -268,6 +268,7 @@ class DataflowSession:
         self._shapes: dict[str, tuple[int, ...]] | None = None
         self._skip_cycles: dict[tuple[str, float], int] = {}
         self._shadows: dict[str, Any] = {}                   # partition name -> FloatShadow
+        self._shadow_seconds: dict[str, float] = {}          # partition name -> a FloatShadow call's CPU time
         self._sample_key: tuple | None = None                # what _sample_prefix was cut from
         self._sample_prefix = None
         self._regions = {region.name: region for region in self.structure.regions()}
@@ -321,6 +322,7 @@ class DataflowSession:
         self._reconsider_lock = threading.Lock()
         self.last_prices: dict[str, float] = {}
         self._monitored_of: dict[int, list[str]] = {}
+        self._checked_of: dict[int, list[str]] = {}
         self.analyzer = None
         if analyzer:
             quant, dequantized = {}, set()
@@ -337,10 +339,13 @@ class DataflowSession:
                             dequantized.add(tensor)
             # Every region holds a tensor with the same int8 parameters (partitions.py), so a dequantized
             # output is in its calibrated range wherever it is monitored.
+            sample = sum(self._shadow_seconds.get(part.name, 0.0)
+                         for part in self.manager.current.partitions.values())
             self.analyzer = DataflowAnalyzer(half_life=half_life, quant=quant, every=every,
                                              dequantized=frozenset(dequantized),
                                              on_update=self._reconsider if dynamic else None,
-                                             background=background, budget=analyzer_budget)
+                                             background=background, budget=analyzer_budget,
+                                             sample_seconds=sample)
         self._outputs = [o.name for o in self.proto.graph.output]
         self._expert_shapes = {}
         if isinstance(self.structure, MixtureModel):
@@ -356,7 +361,13 @@ class DataflowSession:
         if self._observe and part.kind == "accelerator":
             # Set up with the partition (as its compilation is), not on the analyzer's budget.
             shadow = self._shadows[part.name] = FloatShadow(part.region, part.host_graph())
-            shadow(self._calibration[region][0])          # onnxruntime's first run is slow: not a sample's
+            feeds = self._calibration[region][0]
+            shadow(feeds)                                 # onnxruntime's first run is slow: not a sample's
+            started = time.thread_time()
+            shadow(feeds)
+            # What a sampled run's range check of this partition costs: the analyzer's budget admits its
+            # first sample by it (the analyzer's own measurements take over once it has folded one).
+            self._shadow_seconds[part.name] = time.thread_time() - started
         return part
 
     def _monitor_graph(self, part: AcceleratorPartition | CpuPartition):
@@ -493,14 +504,19 @@ class DataflowSession:
             # CPU time, not wall time: a wait for the GIL while the analyzer's thread folds is that fold's
             # time, which its own (thread CPU) time already counts.
             handover = time.thread_time()
-            monitored = {t: host[t] for t in self._monitored(plan) if t in host}
-            self.analyzer.submit(Observation(run, plan.version, monitored, branches, tokens, rows,
-                                             trace.bytes_by_partition, trace.cycles_by_partition,
-                                             trace.cost(self.link),
-                                             trace.seconds, block_zeros=block_zeros,
-                                             sample_block_zeros=sample,
-                                             sample_ranges=self._range_sampler(trace.accelerator_feeds),
-                                             sample_monitors=self._monitor_sampler(trace.accelerator_feeds)))
+            # Asked first: a run the budget does not sample hands over only the tensors whose ranges are
+            # checked on every run, and no samplers.
+            sampled = self.analyzer.admit(trace.seconds)
+            names = self._monitored(plan) if sampled else self._checked(plan)
+            observation = Observation(run, plan.version, {t: host[t] for t in names if t in host}, branches,
+                                      tokens, rows, trace.bytes_by_partition, trace.cycles_by_partition,
+                                      trace.cost(self.link), trace.seconds, sampled=sampled,
+                                      block_zeros=block_zeros)
+            if sampled:
+                observation.sample_block_zeros = sample
+                observation.sample_ranges = self._range_sampler(trace.accelerator_feeds)
+                observation.sample_monitors = self._monitor_sampler(trace.accelerator_feeds)
+            self.analyzer.submit(observation, admitted=True)
             if self.analyzer._thread is not None:     # synchronous folding is counted as it folds
                 self.analyzer.submit_seconds += time.thread_time() - handover
             if self.analyzer._thread is None:
@@ -525,6 +541,14 @@ class DataflowSession:
                 if node.attrs["via"] == "host" and node.attrs["label"] not in points:
                     points.append(node.attrs["label"])
         return points
+
+    def _checked(self, plan: Plan) -> list[str]:
+        """The monitoring points whose ranges the analyzer checks on runs it does not sample; per plan."""
+        cached = self._checked_of.get(plan.version)
+        if cached is None:
+            cached = self._checked_of[plan.version] = [t for t in self._monitored(plan)
+                                                       if self.analyzer.checked_every_run(t)]
+        return cached
 
     def _monitor_sampler(self, ran: list) -> Any:
         """A host evaluation of the quantized graphs of the partitions that ran, at their monitors inside
