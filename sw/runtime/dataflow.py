@@ -93,7 +93,7 @@ from ..compiler.validate import validate
 from .analyzer import DataflowAnalyzer, Observation, ValueRangeWarning
 from .dataflow_shadow import FloatShadow
 from .dataflow_skip import SkipPoint, forced_profiles, prefix_graph, skip_points, skipping_cycles_at
-from .devices import DevicePlacer, DeviceSpec, parse_devices, placed, split_placement
+from .devices import DevicePlacer, DeviceSpec, LazyDevice, parse_devices, placed, split_placement
 from .partitions import (
     AcceleratorPartition,
     BranchModel,
@@ -276,22 +276,18 @@ class DataflowSession:
         if isinstance(self.structure, StraightModel):
             first = self._calibration[self.structure.body.name][0]
             self._shapes = {t: tuple(np.shape(v)) for t, v in first.items()}
-        from braze.sim.device import open_device
-
         #: The session's devices (several: ``devices``), each with its cost model.
         self.devices = parse_devices(devices if devices is not None else [config], kind=device,
                                      link=self.link)
         self._device_of = {}
-        for spec in self.devices:
-            probe = open_device(spec.kind, spec.config)
-            try:
-                self._device_of[spec.name] = (spec, *choose_cost_model(cost_model, probe, spec.config))
-            finally:
-                probe.close()
+        for spec in self.devices:        # the cost model needs the device's kind, not an open device
+            probe = LazyDevice(spec.kind, spec.config)
+            self._device_of[spec.name] = (spec, *choose_cost_model(cost_model, probe, spec.config))
         first, self.cost_model, self.cost_model_reason = self._device_of[self.devices[0].name]
         if devices is not None:
             self.config, self.device_kind = first.config, first.kind
-        self._open_device = lambda: open_device(device, self.config)
+        # Every partition's device is opened when the partition first runs (see LazyDevice).
+        self._open_device = lambda: LazyDevice(device, self.config)
         self._cpu_cycles: dict[str, float] = {}
         #: Why the If cannot run on chip (None: it can, or it was not tried yet; "" for a mixture).
         self.onchip_if_unavailable: str | None = None if isinstance(self.structure, BranchModel) else ""
@@ -400,11 +396,9 @@ class DataflowSession:
         spec = self._regions[region]
         config, cost_model, link, open_device = self.config, self.cost_model, self.link, self._open_device
         if device is not None:            # one of several devices: its configuration, cost model and link
-            from braze.sim.device import open_device as open_named
-
             target, cost_model, _ = self._device_of[device]
             config, link = target.config, target.link
-            open_device = lambda: open_named(target.kind, target.config)  # noqa: E731
+            open_device = lambda: LazyDevice(target.kind, target.config)  # noqa: E731
         if where == ONCHIP_IF:
             from .onchip_if import OnChipIfPartition
 
@@ -888,6 +882,7 @@ class DataflowSession:
                          f"{part.predicted_cycles:>16.0f} {len(part.transfers):>9} {part.transfer_bytes:>6}")
         if self.manager.placer is not None:
             lines += self.manager.placer.report(plan)
+        lines.append(self._devices_text())
         lines.append("transfers (host <-> device, per run of the partition):")
         for part in plan.partitions.values():
             for transfer in part.transfers:
@@ -926,6 +921,23 @@ class DataflowSession:
                          f"{event.predicted_after:.0f} "
                          f"cycles/run (static {event.predicted_static:.0f}); {measured}")
         return "\n".join(lines)
+
+    def opened_devices(self) -> tuple[list[str], list[str]]:
+        """The compiled accelerator partitions whose devices are open (they ran), and those whose are not
+        (compiled to be priced, or for a plan not deployed): ``name@device`` each."""
+        opened, closed = [], []
+        for part in self.manager.built_partitions():
+            if part.kind != "accelerator":
+                continue
+            label = part.name + (f"@{part.device}" if getattr(part, "device", None) else "")
+            (opened if part.session.device.opened else closed).append(label)
+        return opened, closed
+
+    def _devices_text(self) -> str:
+        opened, closed = self.opened_devices()
+        return (f"devices (opened when a partition first runs): {len(opened)} open"
+                + (f" ({', '.join(opened)})" if opened else "")
+                + f", {len(closed)} never opened" + (f" ({', '.join(closed)})" if closed else ""))
 
     def _monitors_text(self, plan: Plan) -> str:
         """The plan's monitoring points (graph IR) and how each is measured."""

@@ -588,6 +588,11 @@ class PartitionManager:
         placement without one)."""
         return bool(self.variants(region, where))
 
+    def built_partitions(self) -> list[AcceleratorPartition | CpuPartition]:
+        """Every partition compiled so far, for any plan or device."""
+        with self._build_lock:
+            return list(self._built.values())
+
     def variants(self, region: str, where: str) -> list[AcceleratorPartition | CpuPartition]:
         """The compiled partitions of ``region`` placed ``where``: one per device it was compiled for."""
         return [part for (r, w), part in list(self._built.items())

@@ -155,3 +155,19 @@ def test_routing_that_shifts_re_assigns_the_experts_between_devices():
     assert moves and all(e.version_after == e.version_before + 1 for e in moves)
     assert all(e.predicted_after < e.predicted_before for e in moves)     # only for a predicted gain
     assert "re-assign devices" in report and "re-assigned expert" in report
+
+
+def test_a_partition_opens_its_device_when_it_first_runs():
+    model = moe_mlp()
+    feeds = inputs(model, "uniform", 2, seed=11)
+    with _session(model, devices=["tiny", "default"]) as two:
+        built = [p for p in two.manager.built_partitions() if p.kind == "accelerator"]
+        # Every accelerator region was compiled on both devices to be priced; none has run.
+        assert len(built) >= 2 and two.opened_devices() == ([], [f"{p.name}@{p.device}" for p in built])
+        two.run(None, feeds[0])
+        ran = {f"{two.plan.partitions[role].name}@{device}" for role, device in two.plan.devices.items()}
+        opened, closed = two.opened_devices()
+        assert set(opened) == ran and closed and not set(closed) & ran
+        assert f"devices (opened when a partition first runs): {len(opened)} open" in two.report()
+        two.run(None, feeds[1])
+        assert set(two.opened_devices()[0]) == ran                  # the same devices, opened once
