@@ -286,7 +286,7 @@ class DataflowSession:
         first, self.cost_model, self.cost_model_reason = self._device_of[self.devices[0].name]
         if devices is not None:
             self.config, self.device_kind = first.config, first.kind
-        # Every partition's device is opened when the partition first runs (see LazyDevice).
+        # A partition's device is opened when a plan that runs it is deployed (see LazyDevice).
         self._open_device = lambda: LazyDevice(device, self.config)
         self._cpu_cycles: dict[str, float] = {}
         #: Why the If cannot run on chip (None: it can, or it was not tried yet; "" for a mixture).
@@ -923,8 +923,8 @@ class DataflowSession:
         return "\n".join(lines)
 
     def opened_devices(self) -> tuple[list[str], list[str]]:
-        """The compiled accelerator partitions whose devices are open (they ran), and those whose are not
-        (compiled to be priced, or for a plan not deployed): ``name@device`` each."""
+        """The compiled accelerator partitions whose devices are open (a plan deployed ran them), and those
+        whose are not (compiled only to be priced): ``name@device`` each."""
         opened, closed = [], []
         for part in self.manager.built_partitions():
             if part.kind != "accelerator":
@@ -935,7 +935,7 @@ class DataflowSession:
 
     def _devices_text(self) -> str:
         opened, closed = self.opened_devices()
-        return (f"devices (opened when a partition first runs): {len(opened)} open"
+        return (f"devices (opened when a plan that runs their partition is deployed): {len(opened)} open"
                 + (f" ({', '.join(opened)})" if opened else "")
                 + f", {len(closed)} never opened" + (f" ({', '.join(closed)})" if closed else ""))
 

@@ -57,7 +57,8 @@ class DeviceSpec:
 
 
 class LazyDevice:
-    """A device opened when a partition first uses it (a run, a memory access), not when it is compiled.
+    """A device opened when a plan that runs its partition is deployed, or when it is first used (a run, a
+    memory access), not when the partition is compiled.
 
     A session with several devices compiles every accelerator region for every device to price it there,
     and each compiled partition owns a device (its kernels and weights stay resident); most of them never
