@@ -217,22 +217,17 @@ class DataflowAnalyzer:
         False: fold on :meth:`submit`'s caller (tests; deterministic).
     budget : float
         The share of inference wall time the analysis may cost: a run's tensors are sampled only when the
-        analysis so far, the samples still in flight and this one (at the mean cost of a sampled fold)
-        fit in ``budget`` times the runs' wall time so far; otherwise only their ranges are checked
+        analysis so far and the samples still in flight (at the mean cost of a sampled fold) fit in
+        ``budget`` times the runs' wall time so far; otherwise only their ranges are checked
         (control outcomes, bytes and cycles are always folded).  ``math.inf``: every run is sampled.
-    sample_seconds : float, optional
-        The expected cost of one sampled fold before any has been folded (the session times its host
-        samplers when it builds its partitions), so that the first sample is admitted by the budget too.
-        None: the first sample is taken at once and measures that cost.
     """
 
     def __init__(self, *, half_life: float = 16.0, quant: Mapping[str, tuple[float, int]] | None = None,
                  dequantized: frozenset[str] = frozenset(),
                  on_update: Callable[[DataflowAnalyzer], None] | None = None, every: int = 4,
-                 background: bool = True, budget: float = 0.02, sample_seconds: float | None = None):
+                 background: bool = True, budget: float = 0.02):
         self.half_life = half_life
         self.budget = budget
-        self.sample_seconds = sample_seconds
         self.inference_seconds = 0.0
         self.sampled = 0
         self._sampled_submitted = 0
@@ -301,19 +296,16 @@ class DataflowAnalyzer:
         self._pending.append(observation)           # the thread polls for it (see the module documentation)
 
     def _fits_a_sample(self) -> bool:
-        """Whether the analysis so far, the samples in flight and one more fit in the budget.
+        """Whether the analysis so far and the samples in flight fit in the budget.
 
         The thread folds later: the sampled observations still in flight count at the mean cost of those
-        folded, and so does the one asked about, so that the budget is not overrun by the sample it admits
-        (a sample costs more than a run of a small model: admitting it at no cost overran a 2% budget by
-        a sample per session, 1-2 points of a short session's overhead).  Before any sample is folded the
-        session's estimate stands in (None: one sample at a time until the first is folded)."""
+        folded (one in flight before any is folded), so that a busy machine cannot overrun the budget.
+        The sample asked about is not counted: a statistic needs samples to move at all (the drift
+        scenario's zero-block fractions come from host samples while the plain kernels run), and counting
+        it too made them so rare that the sparse phase passed before the decision (measured)."""
         in_flight = self._sampled_submitted - self.sampled
-        mean = self._sampled_seconds / self.sampled if self.sampled else self.sample_seconds
-        if mean is None:
-            expected = math.inf if in_flight else 0.0
-        else:
-            expected = (in_flight + 1) * mean
+        expected = (in_flight * self._sampled_seconds / self.sampled if self.sampled
+                    else (math.inf if in_flight else 0.0))
         return self.cost_seconds + expected <= self.budget * self.inference_seconds
 
     def flush(self, timeout: float = 60.0) -> None:

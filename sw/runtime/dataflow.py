@@ -268,7 +268,6 @@ class DataflowSession:
         self._shapes: dict[str, tuple[int, ...]] | None = None
         self._skip_cycles: dict[tuple[str, float], int] = {}
         self._shadows: dict[str, Any] = {}                   # partition name -> FloatShadow
-        self._shadow_seconds: dict[str, float] = {}          # partition name -> a FloatShadow call's CPU time
         self._sample_key: tuple | None = None                # what _sample_prefix was cut from
         self._sample_prefix = None
         self._regions = {region.name: region for region in self.structure.regions()}
@@ -335,13 +334,10 @@ class DataflowSession:
                             dequantized.add(tensor)
             # Every region holds a tensor with the same int8 parameters (partitions.py), so a dequantized
             # output is in its calibrated range wherever it is monitored.
-            sample = sum(self._shadow_seconds.get(part.name, 0.0)
-                         for part in self.manager.current.partitions.values())
             self.analyzer = DataflowAnalyzer(half_life=half_life, quant=quant, every=every,
                                              dequantized=frozenset(dequantized),
                                              on_update=self._reconsider if dynamic else None,
-                                             background=background, budget=analyzer_budget,
-                                             sample_seconds=sample)
+                                             background=background, budget=analyzer_budget)
         self._outputs = [o.name for o in self.proto.graph.output]
         self._expert_shapes = {}
         if isinstance(self.structure, MixtureModel):
@@ -357,13 +353,7 @@ class DataflowSession:
         if self._observe and part.kind == "accelerator":
             # Set up with the partition (as its compilation is), not on the analyzer's budget.
             shadow = self._shadows[part.name] = FloatShadow(part.region, part.host_graph())
-            feeds = self._calibration[region][0]
-            shadow(feeds)                                 # onnxruntime's first run is slow: not a sample's
-            started = time.thread_time()
-            shadow(feeds)
-            # What a sampled run's range check of this partition costs: the analyzer's budget admits its
-            # first sample by it (the analyzer's own measurements take over once it has folded one).
-            self._shadow_seconds[part.name] = time.thread_time() - started
+            shadow(self._calibration[region][0])          # onnxruntime's first run is slow: not a sample's
         return part
 
     def _monitor_graph(self, part: AcceleratorPartition | CpuPartition):

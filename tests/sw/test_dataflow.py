@@ -213,24 +213,6 @@ def test_the_analyzer_thread_folds_every_observation_it_is_handed():
     assert inside.saturation.value == 0.0
 
 
-def test_the_budget_admits_the_first_sample_only_when_its_expected_cost_fits():
-    from braze.sw.runtime.analyzer import DataflowAnalyzer, Observation
-
-    # A sample expected to cost 1 s, runs of 1 s, a 10% budget: the first sample fits after 10 runs' worth
-    # of budget (plus the little the range-only folds cost), not at the first run.
-    analyzer = DataflowAnalyzer(quant={"t": (0.05, 3)}, budget=0.1, sample_seconds=1.0, background=False)
-    value = np.linspace(-1, 1, 64, dtype=np.float32)
-    sampled = []
-    for run in range(14):
-        analyzer.submit(Observation(run, 0, {"t": value}, seconds=1.0))
-        sampled.append(analyzer.tensors["t"].sparsity.samples)
-    assert sampled.index(1) == 10
-    # Without an estimate the first sample is taken at once (it measures what a sample costs).
-    eager = DataflowAnalyzer(quant={"t": (0.05, 3)}, budget=0.1, background=False)
-    eager.submit(Observation(0, 0, {"t": value}, seconds=1.0))
-    assert eager.sampled == 1
-
-
 def test_a_model_without_control_flow_is_refused():
     from onnx import TensorProto, helper
 
