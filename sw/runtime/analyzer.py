@@ -69,6 +69,15 @@ class Decayed:
         self.weight = self.weight * keep + 1.0
         self.samples += 1
 
+    def extend(self, values: list[float]) -> None:
+        """Fold samples in, one run apart (what ``add`` does for each, in one call)."""
+        keep, total, weight = self.keep, self.total, self.weight
+        for value in values:
+            total = total * keep + value
+            weight = weight * keep + 1.0
+        self.total, self.weight = total, weight
+        self.samples += len(values)
+
     @property
     def value(self) -> float:
         return self.total / self.weight if self.weight else math.nan
@@ -161,6 +170,23 @@ class TensorStats:
                 # At an int8 extreme, and not merely zero (a ReLU output's zero is its range's low end).
                 saturated = np.count_nonzero(((codes <= -128) | (codes >= 127)) & (codes != zero))
             self.saturation.add(saturated / flat.size)
+        return self._range_warning(low, high)
+
+    def add_ranges(self, values: list[np.ndarray]) -> str | None:
+        """The range check of runs not sampled, for several runs' values at once (one reduction over them
+        all: per run, the calls cost more than the reductions); a warning's text as ``add`` gives it."""
+        if self.quant is None or self.dequantized:
+            return None
+        if all(v.shape == values[0].shape for v in values):
+            stacked = np.stack(values)
+            low, high = float(stacked.min()), float(stacked.max())
+        else:                                        # shapes changed within the batch (re-specialised)
+            low, high = min(float(np.min(v)) for v in values), max(float(np.max(v)) for v in values)
+        self.seen_low, self.seen_high = min(self.seen_low, low), max(self.seen_high, high)
+        return self._range_warning(low, high)
+
+    def _range_warning(self, low: float, high: float) -> str | None:
+        scale, _ = self.quant
         lo, hi = self.calibrated_range
         # Half a step of tolerance: values the quantizer rounds into range are in range.
         if low < lo - scale / 2 or high > hi + scale / 2:
@@ -190,9 +216,10 @@ class DataflowAnalyzer:
     background : bool
         False: fold on :meth:`submit`'s caller (tests; deterministic).
     budget : float
-        The share of inference wall time the analysis may cost: while it has cost more than ``budget``
-        times the runs' wall time so far, runs' tensors are not sampled (only their ranges are checked;
-        control outcomes, bytes and cycles are always folded).
+        The share of inference wall time the analysis may cost: a run's tensors are sampled only when the
+        analysis so far and the samples still in flight (at the mean cost of a sampled fold) fit in
+        ``budget`` times the runs' wall time so far; otherwise only their ranges are checked
+        (control outcomes, bytes and cycles are always folded).  ``math.inf``: every run is sampled.
     """
 
     def __init__(self, *, half_life: float = 16.0, quant: Mapping[str, tuple[float, int]] | None = None,
@@ -230,6 +257,7 @@ class DataflowAnalyzer:
         self._submitted = 0
         self._folded = 0                                    # observations folded (or failed) so far
         self._wake = threading.Event()                      # set by flush() and close(), never by a run
+        self._drained = threading.Condition()               # notified by the thread after each batch it folds
         self._closing = False
         self._thread = None
         self.error: BaseException | None = None
@@ -237,18 +265,29 @@ class DataflowAnalyzer:
             self._thread = threading.Thread(target=self._loop, name="braze-dataflow-analyzer", daemon=True)
             self._thread.start()
 
-    def submit(self, observation: Observation) -> None:
-        """Hand over one run's observation (folded in the background)."""
-        self.inference_seconds += observation.seconds
-        # The thread folds later: count the sampled observations still in flight at the mean cost of those
-        # folded (one in flight before any is folded), so that a busy machine cannot overrun the budget.
-        in_flight = self._sampled_submitted - self.sampled
-        expected = (in_flight * self._sampled_seconds / self.sampled if self.sampled
-                    else (math.inf if in_flight else 0.0))
-        if self.cost_seconds + expected > self.budget * self.inference_seconds:
-            observation.sampled = False            # over budget: ranges only (no copy: a handover is cheap)
-        if observation.sampled:
-            self._sampled_submitted += 1
+    def admit(self, seconds: float) -> bool:
+        """Count a run of ``seconds`` of inference and decide whether its tensors are sampled (the budget).
+
+        A session asks before it builds the run's observation, so that a run not sampled hands over only
+        the tensors checked on every run (:meth:`checked_every_run`) and no samplers."""
+        self.inference_seconds += seconds
+        sampled = self.budget == math.inf or self._fits_a_sample()
+        self._sampled_submitted += sampled
+        return sampled
+
+    def checked_every_run(self, tensor: str) -> bool:
+        """Whether ``tensor``'s range is checked on runs that are not sampled (int8 parameters, and not
+        dequantized from them on the way out of a partition)."""
+        return tensor in self.quant and tensor not in self.dequantized
+
+    def submit(self, observation: Observation, *, admitted: bool = False) -> None:
+        """Hand over one run's observation (folded in the background); ``admitted``: the caller asked
+        :meth:`admit` for this run already (its ``sampled`` is the answer)."""
+        if not admitted:
+            sampled = self.admit(observation.seconds)
+            if sampled and not observation.sampled:          # the caller did not want it sampled
+                self._sampled_submitted -= 1
+            observation.sampled = sampled and observation.sampled
         self._submitted += 1
         if self._thread is None:
             self._fold(observation)
@@ -256,13 +295,27 @@ class DataflowAnalyzer:
             return
         self._pending.append(observation)           # the thread polls for it (see the module documentation)
 
+    def _fits_a_sample(self) -> bool:
+        """Whether the analysis so far and the samples in flight fit in the budget.
+
+        The thread folds later: the sampled observations still in flight count at the mean cost of those
+        folded (one in flight before any is folded), so that a busy machine cannot overrun the budget.
+        The sample asked about is not counted: a statistic needs samples to move at all (the drift
+        scenario's zero-block fractions come from host samples while the plain kernels run), and counting
+        it too made them so rare that the sparse phase passed before the decision (measured)."""
+        in_flight = self._sampled_submitted - self.sampled
+        expected = (in_flight * self._sampled_seconds / self.sampled if self.sampled
+                    else (math.inf if in_flight else 0.0))
+        return self.cost_seconds + expected <= self.budget * self.inference_seconds
+
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until every submitted observation is folded in (and its callbacks ran)."""
         if self._thread is not None:
             self._wake.set()
-            deadline = time.monotonic() + timeout
-            while self._folded < self._submitted and time.monotonic() < deadline:
-                time.sleep(0.001)
+            # Woken by the thread when it has folded what it found (a sleep-and-poll loop here cost a
+            # millisecond per flush, which a benchmark flushing after each block charged the analyzer).
+            with self._drained:
+                self._drained.wait_for(lambda: self._folded >= self._submitted, timeout)
         if self.error is not None:
             raise self.error
 
@@ -281,79 +334,124 @@ class DataflowAnalyzer:
     def _loop(self) -> None:
         while True:
             closing = self._closing
+            batch = []
             while self._pending:
-                observation = self._pending.popleft()
+                batch.append(self._pending.popleft())
+            if batch:
                 try:
                     if self.error is None:
-                        self._fold(observation)
+                        self._fold_many(batch)
                 except BaseException as err:    # surfaced by flush(); the analyzer must not kill inference
                     self.error = err
                 finally:
-                    self._folded += 1
+                    self._folded += len(batch)
+            with self._drained:
+                self._drained.notify_all()
             if closing:
                 return
             self._wake.wait(POLL_SECONDS)
             self._wake.clear()
 
     def _fold(self, obs: Observation) -> None:
+        self._fold_many([obs])
+
+    def _fold_many(self, batch: list[Observation]) -> None:
+        """Fold the observations the thread found waiting: each one's tensors, then the rates of all of them
+        at once (one decayed update per statistic and batch: per run, the Python calls cost more than the
+        arithmetic, a few percent of a small model's run)."""
         started = time.thread_time()
         with self._lock:
-            if obs.sampled:
-                self.sampled += 1
-            for name, value in obs.tensors.items():
+            unsampled: dict[str, list[np.ndarray]] = {}        # tensor -> values of the runs not sampled
+            for obs in batch:
+                if obs.sampled:
+                    self._fold_tensors(obs)
+                else:
+                    for name, value in obs.tensors.items():
+                        unsampled.setdefault(name, []).append(value)
+                    self._fold_block_zeros(obs)
+            for name, arrays in unsampled.items():
+                self._warn(name, self._stats(name).add_ranges(arrays))
+            series: dict[int, dict[str, list[float]]] = {}
+
+            def values(table: dict[str, Decayed], name: str) -> list[float]:
+                if name not in table:
+                    table[name] = Decayed(self.half_life)
+                return series.setdefault(id(table), {}).setdefault(name, [])
+
+            for obs in batch:
+                for name, taken in obs.branches.items():
+                    values(self.branches, name).append(float(taken))
+                for name, count in obs.tokens.items():
+                    values(self.token_share, name).append(count / max(1, obs.rows))
+                    values(self.active, name).append(float(count > 0))
+                for name, count in obs.transfer_bytes.items():
+                    values(self.transfer_bytes, name).append(float(count))
+                for name, count in obs.cycles.items():
+                    values(self.cycles, name).append(float(count))
+                runs_cost = self.cost_by_plan.setdefault(obs.plan_version, [0, 0.0])
+                runs_cost[0] += 1
+                runs_cost[1] += obs.cost_cycles
+            for table in (self.branches, self.token_share, self.active, self.transfer_bytes, self.cycles):
+                for name, folded in series.get(id(table), {}).items():
+                    table[name].extend(folded)
+            before = self.observations
+            self.observations += len(batch)
+        self.busy_seconds += time.thread_time() - started
+        if self.on_update is not None and self.observations // self.every > before // self.every:
+            self.on_update(self)
+
+    def _fold_tensors(self, obs: Observation) -> None:
+        """One observation's tensors: ranges on every run, statistics and host samples on sampled runs."""
+        started = time.thread_time() if obs.sampled else 0.0
+        if obs.sampled:
+            self.sampled += 1
+        for name, value in obs.tensors.items():
+            self._warn(name, self._stats(name).add(value, sampled=obs.sampled))
+        if obs.sampled and obs.sample_monitors is not None:
+            for name, (value, quant) in obs.sample_monitors().items():
                 stats = self.tensors.get(name)
                 if stats is None:
-                    stats = self.tensors[name] = TensorStats(name, self.half_life, self.quant.get(name),
-                                                                 dequantized=name in self.dequantized)
-                warning = stats.add(value, sampled=obs.sampled)
-                if warning is not None and name not in self._warned:
-                    self._warned.add(name)
-                    self.warnings.append(warning)
-            if obs.sampled and obs.sample_monitors is not None:
-                for name, (value, quant) in obs.sample_monitors().items():
-                    stats = self.tensors.get(name)
-                    if stats is None:
-                        stats = self.tensors[name] = TensorStats(name, self.half_life, quant)
-                    stats.add(value)
-            if obs.sampled and obs.sample_ranges is not None:
-                for name, (value, quant) in obs.sample_ranges().items():
-                    stats = self.inside.get(name)
-                    if stats is None:
-                        stats = self.inside[name] = TensorStats(name, self.half_life, quant)
-                    warning = stats.add(value)
-                    if warning is not None and f"inside:{name}" not in self._warned:
-                        self._warned.add(f"inside:{name}")
-                        self.warnings.append(f"{warning} [inside an accelerator partition: seen on a sampled "
-                                             f"run, its float model evaluated on the host]")
-            measured = [("chip", obs.block_zeros)]
-            if obs.sampled and obs.sample_block_zeros is not None:
-                measured.append(("host", obs.sample_block_zeros()))
-            for source, fractions in measured:
-                for name, fraction in fractions.items():
-                    # Decayed by the runs since the last sample (host samples are sparse): half-life in runs.
-                    elapsed = max(1, obs.run - self._block_zero_run.get(name, obs.run - 1))
-                    self._block_zero_run[name] = obs.run
-                    self._decayed(self.block_zeros, name).add(fraction, elapsed)
-                    counts = self.block_zero_sources.setdefault(name, {"chip": 0, "host": 0})
-                    counts[source] += 1
-            if obs.sampled:         # the budget's estimate of a sampled fold (a clock read: microseconds)
-                self._sampled_seconds += time.thread_time() - started
-            for name, taken in obs.branches.items():
-                self._decayed(self.branches, name).add(float(taken))
-            for name, count in obs.tokens.items():
-                self._decayed(self.token_share, name).add(count / max(1, obs.rows))
-                self._decayed(self.active, name).add(float(count > 0))
-            for name, count in obs.transfer_bytes.items():
-                self._decayed(self.transfer_bytes, name).add(float(count))
-            for name, count in obs.cycles.items():
-                self._decayed(self.cycles, name).add(float(count))
-            runs_cost = self.cost_by_plan.setdefault(obs.plan_version, [0, 0.0])
-            runs_cost[0] += 1
-            runs_cost[1] += obs.cost_cycles
-            self.observations += 1
-        self.busy_seconds += time.thread_time() - started
-        if self.on_update is not None and self.observations % self.every == 0:
-            self.on_update(self)
+                    stats = self.tensors[name] = TensorStats(name, self.half_life, quant)
+                stats.add(value)
+        if obs.sampled and obs.sample_ranges is not None:
+            for name, (value, quant) in obs.sample_ranges().items():
+                stats = self.inside.get(name)
+                if stats is None:
+                    stats = self.inside[name] = TensorStats(name, self.half_life, quant)
+                warning = stats.add(value)
+                if warning is not None and f"inside:{name}" not in self._warned:
+                    self._warned.add(f"inside:{name}")
+                    self.warnings.append(f"{warning} [inside an accelerator partition: seen on a sampled "
+                                         f"run, its float model evaluated on the host]")
+        self._fold_block_zeros(obs)
+        if obs.sampled:         # the budget's estimate of a sampled fold (a clock read: microseconds)
+            self._sampled_seconds += time.thread_time() - started
+
+    def _stats(self, name: str) -> TensorStats:
+        stats = self.tensors.get(name)
+        if stats is None:
+            stats = self.tensors[name] = TensorStats(name, self.half_life, self.quant.get(name),
+                                                     dequantized=name in self.dequantized)
+        return stats
+
+    def _warn(self, name: str, warning: str | None) -> None:
+        if warning is not None and name not in self._warned:
+            self._warned.add(name)
+            self.warnings.append(warning)
+
+    def _fold_block_zeros(self, obs: Observation) -> None:
+        """A skipping GEMM's zero-block fractions: counted by the chip, or sampled on the host."""
+        measured = [("chip", obs.block_zeros)] if obs.block_zeros else []
+        if obs.sampled and obs.sample_block_zeros is not None:
+            measured.append(("host", obs.sample_block_zeros()))
+        for source, fractions in measured:
+            for name, fraction in fractions.items():
+                # Decayed by the runs since the last sample (host samples are sparse): half-life in runs.
+                elapsed = max(1, obs.run - self._block_zero_run.get(name, obs.run - 1))
+                self._block_zero_run[name] = obs.run
+                self._decayed(self.block_zeros, name).add(fraction, elapsed)
+                counts = self.block_zero_sources.setdefault(name, {"chip": 0, "host": 0})
+                counts[source] += 1
 
     def _decayed(self, table: dict[str, Decayed], name: str) -> Decayed:
         if name not in table:

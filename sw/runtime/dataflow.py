@@ -93,7 +93,7 @@ from ..compiler.validate import validate
 from .analyzer import DataflowAnalyzer, Observation, ValueRangeWarning
 from .dataflow_shadow import FloatShadow
 from .dataflow_skip import SkipPoint, forced_profiles, prefix_graph, skip_points, skipping_cycles_at
-from .devices import DevicePlacer, DeviceSpec, parse_devices, placed, split_placement
+from .devices import DevicePlacer, DeviceSpec, LazyDevice, parse_devices, placed, split_placement
 from .partitions import (
     AcceleratorPartition,
     BranchModel,
@@ -275,22 +275,18 @@ class DataflowSession:
         if isinstance(self.structure, StraightModel):
             first = self._calibration[self.structure.body.name][0]
             self._shapes = {t: tuple(np.shape(v)) for t, v in first.items()}
-        from braze.sim.device import open_device
-
         #: The session's devices (several: ``devices``), each with its cost model.
         self.devices = parse_devices(devices if devices is not None else [config], kind=device,
                                      link=self.link)
         self._device_of = {}
-        for spec in self.devices:
-            probe = open_device(spec.kind, spec.config)
-            try:
-                self._device_of[spec.name] = (spec, *choose_cost_model(cost_model, probe, spec.config))
-            finally:
-                probe.close()
+        for spec in self.devices:        # the cost model needs the device's kind, not an open device
+            probe = LazyDevice(spec.kind, spec.config)
+            self._device_of[spec.name] = (spec, *choose_cost_model(cost_model, probe, spec.config))
         first, self.cost_model, self.cost_model_reason = self._device_of[self.devices[0].name]
         if devices is not None:
             self.config, self.device_kind = first.config, first.kind
-        self._open_device = lambda: open_device(device, self.config)
+        # A partition's device is opened when a plan that runs it is deployed (see LazyDevice).
+        self._open_device = lambda: LazyDevice(device, self.config)
         self._cpu_cycles: dict[str, float] = {}
         #: Why the If cannot run on chip (None: it can, or it was not tried yet; "" for a mixture).
         self.onchip_if_unavailable: str | None = None if isinstance(self.structure, BranchModel) else ""
@@ -321,6 +317,7 @@ class DataflowSession:
         self._reconsider_lock = threading.Lock()
         self.last_prices: dict[str, float] = {}
         self._monitored_of: dict[int, list[str]] = {}
+        self._checked_of: dict[int, list[str]] = {}
         self.analyzer = None
         if analyzer:
             quant, dequantized = {}, set()
@@ -389,11 +386,9 @@ class DataflowSession:
         spec = self._regions[region]
         config, cost_model, link, open_device = self.config, self.cost_model, self.link, self._open_device
         if device is not None:            # one of several devices: its configuration, cost model and link
-            from braze.sim.device import open_device as open_named
-
             target, cost_model, _ = self._device_of[device]
             config, link = target.config, target.link
-            open_device = lambda: open_named(target.kind, target.config)  # noqa: E731
+            open_device = lambda: LazyDevice(target.kind, target.config)  # noqa: E731
         if where == ONCHIP_IF:
             from .onchip_if import OnChipIfPartition
 
@@ -493,14 +488,19 @@ class DataflowSession:
             # CPU time, not wall time: a wait for the GIL while the analyzer's thread folds is that fold's
             # time, which its own (thread CPU) time already counts.
             handover = time.thread_time()
-            monitored = {t: host[t] for t in self._monitored(plan) if t in host}
-            self.analyzer.submit(Observation(run, plan.version, monitored, branches, tokens, rows,
-                                             trace.bytes_by_partition, trace.cycles_by_partition,
-                                             trace.cost(self.link),
-                                             trace.seconds, block_zeros=block_zeros,
-                                             sample_block_zeros=sample,
-                                             sample_ranges=self._range_sampler(trace.accelerator_feeds),
-                                             sample_monitors=self._monitor_sampler(trace.accelerator_feeds)))
+            # Asked first: a run the budget does not sample hands over only the tensors whose ranges are
+            # checked on every run, and no samplers.
+            sampled = self.analyzer.admit(trace.seconds)
+            names = self._monitored(plan) if sampled else self._checked(plan)
+            observation = Observation(run, plan.version, {t: host[t] for t in names if t in host}, branches,
+                                      tokens, rows, trace.bytes_by_partition, trace.cycles_by_partition,
+                                      trace.cost(self.link), trace.seconds, sampled=sampled,
+                                      block_zeros=block_zeros)
+            if sampled:
+                observation.sample_block_zeros = sample
+                observation.sample_ranges = self._range_sampler(trace.accelerator_feeds)
+                observation.sample_monitors = self._monitor_sampler(trace.accelerator_feeds)
+            self.analyzer.submit(observation, admitted=True)
             if self.analyzer._thread is not None:     # synchronous folding is counted as it folds
                 self.analyzer.submit_seconds += time.thread_time() - handover
             if self.analyzer._thread is None:
@@ -525,6 +525,14 @@ class DataflowSession:
                 if node.attrs["via"] == "host" and node.attrs["label"] not in points:
                     points.append(node.attrs["label"])
         return points
+
+    def _checked(self, plan: Plan) -> list[str]:
+        """The monitoring points whose ranges the analyzer checks on runs it does not sample; per plan."""
+        cached = self._checked_of.get(plan.version)
+        if cached is None:
+            cached = self._checked_of[plan.version] = [t for t in self._monitored(plan)
+                                                       if self.analyzer.checked_every_run(t)]
+        return cached
 
     def _monitor_sampler(self, ran: list) -> Any:
         """A host evaluation of the quantized graphs of the partitions that ran, at their monitors inside
@@ -864,6 +872,7 @@ class DataflowSession:
                          f"{part.predicted_cycles:>16.0f} {len(part.transfers):>9} {part.transfer_bytes:>6}")
         if self.manager.placer is not None:
             lines += self.manager.placer.report(plan)
+        lines.append(self._devices_text())
         lines.append("transfers (host <-> device, per run of the partition):")
         for part in plan.partitions.values():
             for transfer in part.transfers:
@@ -902,6 +911,23 @@ class DataflowSession:
                          f"{event.predicted_after:.0f} "
                          f"cycles/run (static {event.predicted_static:.0f}); {measured}")
         return "\n".join(lines)
+
+    def opened_devices(self) -> tuple[list[str], list[str]]:
+        """The compiled accelerator partitions whose devices are open (a plan deployed ran them), and those
+        whose are not (compiled only to be priced): ``name@device`` each."""
+        opened, closed = [], []
+        for part in self.manager.built_partitions():
+            if part.kind != "accelerator":
+                continue
+            label = part.name + (f"@{part.device}" if getattr(part, "device", None) else "")
+            (opened if part.session.device.opened else closed).append(label)
+        return opened, closed
+
+    def _devices_text(self) -> str:
+        opened, closed = self.opened_devices()
+        return (f"devices (opened when a plan that runs their partition is deployed): {len(opened)} open"
+                + (f" ({', '.join(opened)})" if opened else "")
+                + f", {len(closed)} never opened" + (f" ({', '.join(closed)})" if closed else ""))
 
     def _monitors_text(self, plan: Plan) -> str:
         """The plan's monitoring points (graph IR) and how each is measured."""

@@ -7,8 +7,12 @@ For the early-exit CNN (``easy`` and ``hard`` digits) and the mixture of experts
   ``analyzer=False``): the If's predecessor and its else branch as two accelerator partitions with
   the condition and the then branch on the host; the gate and all four experts as one accelerator
   partition, routing and the gated sum on the host.  No instrumentation.
-* **analyzed** -- the static plan with the analyzer on (``dynamic=False``): its overhead, as the
-  analysis's accounted CPU time over the inference wall time, and as the wall-time difference.
+* **analyzed** -- the static plan with the analyzer on (``dynamic=False``), open beside the static
+  session: its overhead from ``--overhead-rounds`` interleaved pairs of ``--overhead-block`` runs, the
+  same inputs on both sessions in ABBA order, each analyzed block charged with its analyzer's folding
+  (it ends after ``flush``).  The median and quartiles over the pairs, in wall time (what the issue
+  targets) and in process CPU time (steady on a shared machine: waiting for a core is not in it), beside
+  the analyzer's own accounting (its CPU time over the inference wall time, which its budget uses).
 * **dynamic** -- analyzer and dynamic decisions on (background thread), after ``--warmup`` runs of
   the same distribution; then the measured runs.  Its decisions include ``if-on-chip`` (the early
   exit's If as one program with its condition on chip); ``--no-onchip-if`` leaves it out, which
@@ -36,7 +40,10 @@ and device runs (:class:`~.partitions.HostLink`); bytes are every host <-> devic
 dynamic output is compared with the static plan's (``np.array_equal``).  The last line is
 ``dataflow: overhead_pct=... early_exit_speedup=... moe_speedup=... transfer_bytes_saved_pct=...
 mismatches=... sparsity_replan_speedup=... multi_device_cycles_ratio=... multi_device_wall_ratio=...
-multi_device_mismatches=...`` (speedups: static cost over dynamic cost, on ``hard`` and ``skewed``, and
+multi_device_mismatches=... overhead_cpu_pct=... overhead_iqr_pct=... overhead_own_pct=...``
+(``overhead_pct``: the largest median wall-time overhead of the four rows; ``overhead_iqr_pct``: that
+row's interquartile range; ``overhead_cpu_pct``, ``overhead_own_pct``: the largest CPU-time median and
+own accounting; speedups: static cost over dynamic cost, on ``hard`` and ``skewed``, and
 over the whole drift sequence; mismatches count the drift scenario's too; ``multi_device_cycles_ratio``:
 the multi-device cost over the same plan's on the one device, both models, the mixture's experts
 concurrent;
@@ -76,22 +83,59 @@ def _totals(traces: Sequence[RunTrace], link) -> dict:
             "cost": sum(t.cost(link) for t in traces)}
 
 
+def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    low, median, high = np.percentile(values, [25, 50, 75])
+    return float(low), float(median), float(high)
+
+
+def measure_overhead(static: DataflowSession, analyzed: DataflowSession, feeds, *, rounds: int,
+                     block: int) -> dict:
+    """The analyzer's overhead, from ``rounds`` interleaved pairs of blocks (see the module documentation).
+
+    Each pair runs the same ``block`` feeds on the static plan without instrumentation and on the same
+    plan with the analyzer on, in alternating order (ABBA: a machine getting busier or quieter weighs on
+    both alike); the analyzed block ends when its analyzer has folded every observation (``flush``), so
+    that its background work is charged to it, not to the next block.  Per pair: the wall-time overhead
+    and the CPU-time overhead (process time: every thread, the analyzer's included; time the process
+    waits for a core is not in it, so it is steady on a shared machine).  Returns their quartiles, and
+    the analyzer's own accounting (its CPU time over the measured runs' wall time)."""
+    wall, cpu = [], []
+    analyzer = analyzed.analyzer
+    analyzer.flush()
+    cost_before, inference_before = analyzer.cost_seconds, analyzer.inference_seconds
+    for index in range(rounds):
+        chunk = [feeds[(index * block + i) % len(feeds)] for i in range(block)]
+        spent = {}
+        for session in ((static, analyzed) if index % 2 == 0 else (analyzed, static)):
+            started, started_cpu = time.perf_counter(), time.process_time()
+            for feed in chunk:
+                session.run(None, feed)
+            if session.analyzer is not None:
+                session.analyzer.flush()
+            spent[session is analyzed] = (time.perf_counter() - started, time.process_time() - started_cpu)
+        wall.append(spent[True][0] / spent[False][0] - 1)
+        cpu.append(spent[True][1] / spent[False][1] - 1)
+    accounted = ((analyzer.cost_seconds - cost_before) / (analyzer.inference_seconds - inference_before))
+    return {"wall": _quartiles(wall), "cpu": _quartiles(cpu), "accounted": accounted,
+            "sampled": analyzer.sampled, "observed": analyzer.observations, "pairs": rounds}
+
+
 def measure(family: str, distribution: str, *, runs: int, warmup: int, device: str = "golden",
-            config: str = "default", cost_model: str | None = None, onchip_if: bool = True) -> dict:
+            config: str = "default", cost_model: str | None = None, onchip_if: bool = True,
+            overhead_rounds: int = 60, overhead_block: int = 32) -> dict:
     model = early_exit_cnn() if family == "early_exit" else moe_mlp()
     calibration = calibration_feeds(model)
     feeds = inputs(model, distribution, runs, seed=7)
     warm = inputs(model, distribution, warmup, seed=8)
     options = dict(calibration=calibration, device=device, config=config, cost_model=cost_model)
-    with DataflowSession(model.onnx_bytes, analyzer=False, **options) as static:
+    with DataflowSession(model.onnx_bytes, analyzer=False, **options) as static, \
+            DataflowSession(model.onnx_bytes, dynamic=False, **options) as analyzed:
         _run(static, warm[:2])                                   # device load, not measured
-        static_out, static_traces, static_wall = _run(static, feeds)
-        link = static.link
-    with DataflowSession(model.onnx_bytes, dynamic=False, **options) as analyzed:
         _run(analyzed, warm[:2])
+        static_out, static_traces, static_wall = _run(static, feeds)
         _, _, analyzed_wall = _run(analyzed, feeds)
-        analyzed.analyzer.flush()
-        overhead = analyzed.analyzer.overhead
+        link = static.link
+        overhead = measure_overhead(static, analyzed, feeds, rounds=overhead_rounds, block=overhead_block)
     with DataflowSession(model.onnx_bytes, onchip_if=onchip_if, **options) as dynamic:
         _run(dynamic, warm)
         dynamic.analyzer.flush()
@@ -245,9 +289,14 @@ def drift_table(drift: dict) -> str:
     return "\n".join(lines)
 
 
+def _spread(quartiles: tuple[float, float, float]) -> str:
+    low, median, high = quartiles
+    return f"{100 * median:.2f}% [{100 * low:.1f}, {100 * high:.1f}]"
+
+
 def table(rows: Sequence[dict]) -> str:
     header = ("model", "inputs", "plan after warm-up", "cycles st/dyn", "bytes st/dyn", "cost st/dyn",
-              "speedup", "wall ms st/an/dyn", "analyzer", "mismatch")
+              "speedup", "wall ms st/an/dyn", "analyzer wall [IQR]", "cpu [IQR]", "own", "mismatch")
     lines = []
     for r in rows:
         s, d = r["static"], r["dynamic"]
@@ -257,14 +306,17 @@ def table(rows: Sequence[dict]) -> str:
                       f"{s['cost'] / r['runs']:.0f}/{d['cost'] / r['runs']:.0f}",
                       f"{s['cost'] / d['cost']:.2f}x",
                       "/".join(f"{1e3 * r[k]:.0f}" for k in ("static_wall", "analyzed_wall", "dynamic_wall")),
-                      f"{100 * r['overhead']:.2f}%", str(r["mismatches"])))
+                      _spread(r["overhead"]["wall"]), _spread(r["overhead"]["cpu"]),
+                      f"{100 * r['overhead']['accounted']:.2f}%", str(r["mismatches"])))
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     out = ["static plan = the partitioner's plan without the analyzer: If predecessor and else branch as two "
            "accelerator partitions (condition and then branch on the host); gate + all experts as one "
            "accelerator partition (routing, gated sum on the host). Per run: cycles = accelerator kernel "
            "cycles (counters); bytes = host<->device transfers; cost = cycles + priced transfers and device "
            "runs; wall = the measured runs' wall time: static, static with the analyzer on (an), dynamic; "
-           "analyzer = its accounted CPU time / inference wall time (static plan, analyzer on)."]
+           "analyzer = its overhead on the static plan, median [quartiles] over interleaved pairs of blocks "
+           "(analyzer off/on, the same inputs, ABBA order) in wall time and in process CPU time; own = its "
+           "own accounting (its CPU time / inference wall time)."]
     out.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     out.append("  ".join("-" * w for w in widths))
     out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
@@ -289,12 +341,16 @@ def summary(rows: Sequence[dict], drift: dict | None = None, multi: Sequence[dic
     timed = [row for row in best if "serial_wall" in row]
     wall_ratio = (sum(row["wall"] for row in timed) / sum(row["serial_wall"] for row in timed)
                   if timed else nan)
-    return (f"dataflow: overhead_pct={100 * max(r['overhead'] for r in rows):.2f} "
+    worst = max(rows, key=lambda r: r["overhead"]["wall"][1])
+    return (f"dataflow: overhead_pct={100 * worst['overhead']['wall'][1]:.2f} "
             f"early_exit_speedup={speedup('early_exit'):.2f} moe_speedup={speedup('moe'):.2f} "
             f"transfer_bytes_saved_pct={saved:.1f} mismatches={mismatches} "
             f"sparsity_replan_speedup={replan:.2f} multi_device_cycles_ratio={cost_ratio:.2f} "
             f"multi_device_wall_ratio={wall_ratio:.2f} "
-            f"multi_device_mismatches={sum(row['mismatches'] for m in multi for row in m['rows'])}")
+            f"multi_device_mismatches={sum(row['mismatches'] for m in multi for row in m['rows'])} "
+            f"overhead_cpu_pct={100 * max(r['overhead']['cpu'][1] for r in rows):.2f} "
+            f"overhead_iqr_pct={100 * (worst['overhead']['wall'][2] - worst['overhead']['wall'][0]):.2f} "
+            f"overhead_own_pct={100 * max(r['overhead']['accounted'] for r in rows):.2f}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -307,6 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", default="default", help="preset name, PRESET:field=value,... or JSON")
     parser.add_argument("--cost-model", choices=("analytic", "learned"), default=None,
                         help="what prices decisions (default: learned where trained, else analytic)")
+    parser.add_argument("--overhead-rounds", type=int, default=60,
+                        help="interleaved pairs of blocks (analyzer off, on) the overhead is the median of")
+    parser.add_argument("--overhead-block", type=int, default=32, help="runs per block of those pairs")
     parser.add_argument("--reports", action="store_true", help="print each dynamic session's report")
     parser.add_argument("--no-onchip-if", action="store_true",
                         help="leave the If on the host (no if-on-chip decision): the host-If decisions alone")
@@ -321,8 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated devices (CONFIG or KIND:CONFIG) of the multi-device rows; '': "
                              "leave them out")
     args = parser.parse_args(argv)
-    if args.runs < 1 or args.warmup < 2 or args.drift_runs < 0:
-        parser.error("--runs must be >= 1, --warmup >= 2 and --drift-runs >= 0")
+    if args.runs < 1 or args.warmup < 2 or args.drift_runs < 0 or args.overhead_rounds < 1 \
+            or args.overhead_block < 1:
+        parser.error("--runs must be >= 1, --warmup >= 2, --drift-runs >= 0, --overhead-rounds and "
+                     "--overhead-block >= 1")
     families = [f.strip() for f in args.models.split(",") if f.strip()]
     unknown = [f for f in families if f not in DISTRIBUTIONS]
     if unknown or not families:
@@ -332,7 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for distribution in DISTRIBUTIONS[family]:
             rows.append(measure(family, distribution, runs=args.runs, warmup=args.warmup, device=args.device,
                                 config=args.config, cost_model=args.cost_model,
-                                onchip_if=not args.no_onchip_if))
+                                onchip_if=not args.no_onchip_if, overhead_rounds=args.overhead_rounds,
+                                overhead_block=args.overhead_block))
             if args.reports:
                 print(rows[-1]["report"], end="\n\n")
     devices = [d.strip() for d in args.multi_devices.split(",") if d.strip()]

@@ -37,7 +37,7 @@ from braze.isa.errors import BrazeError
 
 from .partitions import HostLink
 
-__all__ = ["DeviceSpec", "parse_devices", "assign", "stage_cost", "split_placement", "placed"]
+__all__ = ["DeviceSpec", "LazyDevice", "parse_devices", "assign", "stage_cost", "split_placement", "placed"]
 
 #: Exhaustive search of a concurrent stage's assignments up to this many; greedy beyond.
 EXHAUSTIVE_LIMIT = 4096
@@ -54,6 +54,59 @@ class DeviceSpec:
 
     def describe(self) -> str:
         return f"{self.name} ({self.kind}, {self.config.rows}x{self.config.cols} {self.config.name})"
+
+
+class LazyDevice:
+    """A device opened when a plan that runs its partition is deployed, or when it is first used (a run, a
+    memory access), not when the partition is compiled.
+
+    A session with several devices compiles every accelerator region for every device to price it there,
+    and each compiled partition owns a device (its kernels and weights stay resident); most of them never
+    run.  Opening is cheap for the reference model, but a Verilator device is a simulator process, an
+    Amaranth one a simulation.  Until it is opened this answers what compiling and pricing read -- its
+    ``kind``, ``config`` and memory ``stall`` (the learned cost model's backpressure) -- and any other
+    attribute opens the device and is the device's, so that a partition cannot tell the difference.
+    """
+
+    _OWN = frozenset({"kind", "config", "stall", "_options", "_device", "_lock"})
+
+    def __init__(self, kind: str, config: Config, **options):
+        import threading
+
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "config", config)
+        object.__setattr__(self, "stall", float(options.get("stall", 0.0)))
+        object.__setattr__(self, "_options", options)
+        object.__setattr__(self, "_device", None)
+        object.__setattr__(self, "_lock", threading.Lock())
+
+    @property
+    def opened(self) -> bool:
+        return self._device is not None
+
+    def open(self):
+        """The device, opened now if it was not (once: partitions on different threads may race here)."""
+        with self._lock:
+            if self._device is None:
+                from braze.sim.device import open_device
+
+                object.__setattr__(self, "_device", open_device(self.kind, self.config, **self._options))
+            return self._device
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):              # copy/pickle probes: not a use of the device
+            raise AttributeError(name)
+        return getattr(self.open(), name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in self._OWN:
+            raise AttributeError(f"LazyDevice.{name} is fixed when it is made")
+        setattr(self.open(), name, value)
+
+    def close(self) -> None:
+        """Close the device if it was opened (one never opened has nothing to close)."""
+        if self._device is not None:
+            self._device.close()
 
 
 def _parse_one(spec: str | Config | DeviceSpec, kind: str, link: HostLink) -> DeviceSpec:

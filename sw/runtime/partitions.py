@@ -450,6 +450,13 @@ class AcceleratorPartition:
             cycles = report.total_cycles
         return dict(zip(self.region.outputs, values, strict=True)), cycles
 
+    def open_device(self) -> None:
+        """Open the partition's device now, if it opens lazily (a plan that runs the partition was deployed:
+        its first run should not wait for a simulator to start)."""
+        opener = getattr(self.session.device, "open", None)       # a LazyDevice (devices.py)
+        if opener is not None:
+            opener()
+
     def host_graph(self):
         """The quantized graph, which the host evaluates to the same integers as the accelerator."""
         return self.session.graph_before
@@ -484,6 +491,9 @@ class CpuPartition:
         self.region = region
         self.name = region.name
         self.graph = graph if graph is not None else load_onnx(region.proto)
+
+    def open_device(self) -> None:
+        """Nothing to open: the host runs it."""
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
         values = evaluate(self.graph, {name: feeds[name] for name in self.region.inputs})
@@ -588,6 +598,11 @@ class PartitionManager:
         placement without one)."""
         return bool(self.variants(region, where))
 
+    def built_partitions(self) -> list[AcceleratorPartition | CpuPartition]:
+        """Every partition compiled so far, for any plan or device."""
+        with self._build_lock:
+            return list(self._built.values())
+
     def variants(self, region: str, where: str) -> list[AcceleratorPartition | CpuPartition]:
         """The compiled partitions of ``region`` placed ``where``: one per device it was compiled for."""
         return [part for (r, w), part in list(self._built.items())
@@ -599,6 +614,8 @@ class PartitionManager:
         if self.placer is not None:
             layout, devices, costs = self.placer.place(layout, self.partition, keep)
         parts = {role: self.partition(region, where) for role, (region, where) in layout.items()}
+        for part in parts.values():     # the plan will run them (partitions built only to price stay shut)
+            part.open_device()
         if self.placer is not None:
             moves = device_transfers(parts, devices, self.placer.links)
         return Plan(version, choices, parts, devices=devices, device_transfers=moves, device_costs=costs)

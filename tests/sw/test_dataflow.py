@@ -4,6 +4,8 @@ The models are trained with torch once per machine and cached (``$BRAZE_CACHE_DI
 every session runs on the golden device with the analytic cost model (the suite's setting).
 """
 
+import math
+
 import numpy as np
 import onnx
 import onnxruntime
@@ -189,7 +191,7 @@ def test_tensor_statistics_and_decay():
 def test_the_analyzer_thread_folds_every_observation_it_is_handed():
     from braze.sw.runtime.analyzer import DataflowAnalyzer, Observation
 
-    analyzer = DataflowAnalyzer(quant={"t": (0.05, 3)}, budget=1.0)     # background thread, polling
+    analyzer = DataflowAnalyzer(quant={"t": (0.05, 3)}, budget=math.inf)     # background thread, polling
     rng = np.random.default_rng(0)
     values = [rng.uniform(-6.5, 6.2, 96).astype(np.float32) for _ in range(50)]
     for run, value in enumerate(values[:40]):
@@ -224,7 +226,8 @@ def test_a_model_without_control_flow_is_refused():
 def test_bench_prints_a_table_and_one_summary_line(capsys, early_exit, moe):
     from braze.sw.runtime import dataflow_bench
 
-    assert dataflow_bench.main(["--runs", "3", "--warmup", "2", "--drift-runs", "3"]) == 0
+    assert dataflow_bench.main(["--runs", "3", "--warmup", "2", "--drift-runs", "3", "--overhead-rounds", "2",
+                                "--overhead-block", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert "static plan = " in lines[0]
     assert sum(line.startswith(("early_exit_cnn", "moe_mlp")) for line in lines) == 4
@@ -233,7 +236,8 @@ def test_bench_prints_a_table_and_one_summary_line(capsys, early_exit, moe):
     fields = dict(item.split("=") for item in summary.split()[1:])
     assert set(fields) == {"overhead_pct", "early_exit_speedup", "moe_speedup", "transfer_bytes_saved_pct",
                            "mismatches", "sparsity_replan_speedup", "multi_device_cycles_ratio",
-                           "multi_device_wall_ratio", "multi_device_mismatches"}
+                           "multi_device_wall_ratio", "multi_device_mismatches", "overhead_cpu_pct",
+                           "overhead_iqr_pct", "overhead_own_pct"}
     assert any(line.startswith("drift: sensor_mlp") for line in lines)
     assert fields["mismatches"] == "0" and fields["multi_device_mismatches"] == "0"
     assert any(line.startswith("multi-device: ") for line in lines)

@@ -155,3 +155,25 @@ def test_routing_that_shifts_re_assigns_the_experts_between_devices():
     assert moves and all(e.version_after == e.version_before + 1 for e in moves)
     assert all(e.predicted_after < e.predicted_before for e in moves)     # only for a predicted gain
     assert "re-assign devices" in report and "re-assigned expert" in report
+
+
+def test_only_the_deployed_plans_partitions_open_their_devices():
+    model = moe_mlp()
+    feeds = inputs(model, "uniform", 2, seed=11)
+
+    def running(plan) -> set[str]:
+        return {f"{plan.partitions[role].name}@{device}" for role, device in plan.devices.items()}
+
+    with _session(model, devices=["tiny", "default"]) as two:
+        # Every accelerator region was compiled on both devices to be priced; only the plan's are open.
+        opened, closed = two.opened_devices()
+        assert set(opened) == running(two.plan) and closed and not set(closed) & running(two.plan)
+        assert f"devices (opened when a plan that runs their partition is deployed): {len(opened)} open" \
+            in two.report()
+        static = running(two.plan)
+        two.run(None, feeds[0])
+        assert set(two.opened_devices()[0]) == static                # a run opens nothing more
+        plan = two.manager.deploy(DISPATCH)
+        two.run(None, feeds[1])
+        assert set(two.opened_devices()[0]) == static | running(plan)
+        assert two.opened_devices()[1]                               # priced elsewhere, never opened

@@ -4,6 +4,7 @@ re-specialisation, value ranges leaving calibration.  A model without control fl
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -66,7 +67,8 @@ def test_the_chip_counts_the_fraction_the_host_samples(cache):
 @pytest.mark.parametrize("device", ["golden", "verilator"])
 def test_sparsity_drift_takes_and_reverses_zero_block_skipping(cache, device):
     # Sample every run on the host while the plain kernels run (the budget is what the bench measures).
-    with _session(cache, skip_zero_blocks=True, analyzer_budget=1.0, half_life=4.0, device=device) as session:
+    with _session(cache, skip_zero_blocks=True, analyzer_budget=math.inf, half_life=4.0,
+                  device=device) as session:
         _run_checked(session, drift_inputs("dense", 10, seed=1))
         assert SKIP_ZERO_BLOCKS not in session.plan.choices
         _run_checked(session, drift_inputs("sparse", 12, seed=2))
@@ -120,7 +122,7 @@ def test_an_activation_outgrowing_its_calibration_inside_a_partition_warns(cache
     # the chip, never on the host) outgrows its range and would saturate silently.
     calibration = drift_inputs("sparse", 4, seed=1)
     with DataflowSession(sensor_mlp(), calibration=calibration, background=False, cost_model="analytic",
-                         cache=cache, analyzer_budget=1.0) as session:      # every run sampled
+                         cache=cache, analyzer_budget=math.inf) as session:      # every run sampled
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             _run_checked(session, calibration)
