@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import threading
 from collections.abc import Mapping, Sequence
 
 from braze.isa import Config
@@ -71,8 +72,6 @@ class LazyDevice:
     _OWN = frozenset({"kind", "config", "stall", "_options", "_device", "_lock"})
 
     def __init__(self, kind: str, config: Config, **options):
-        import threading
-
         object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "config", config)
         object.__setattr__(self, "stall", float(options.get("stall", 0.0)))
