@@ -323,14 +323,24 @@ _COLUMNS = ("recorded_at", "family", "signature", "signature_hash", "config_name
             "source", "energy_pj", "program", "stall_seed")
 
 
+def _pack_words(words: bytes) -> bytes:
+    """Encoded instruction words as the history's ``program`` column stores them: zlib-compressed."""
+    return zlib.compress(words, 6)
+
+
+def _unpack_words(blob: bytes) -> bytes:
+    """The encoded instruction words of a ``program`` column's ``blob``."""
+    return zlib.decompress(blob)
+
+
 def pack_program(instructions: Sequence[Instruction]) -> bytes:
     """A kernel's instructions as the history stores them: encoded words, zlib-compressed."""
-    return zlib.compress(encode_program(list(instructions)), 6)
+    return _pack_words(encode_program(list(instructions)))
 
 
 def unpack_program(blob: bytes) -> list[Instruction]:
     """The instructions of :func:`pack_program`'s ``blob``."""
-    return decode_program(zlib.decompress(blob))
+    return decode_program(_unpack_words(blob))
 
 
 class HistoryStore:
@@ -593,7 +603,7 @@ class HistoryStore:
                 lines.append(json.dumps(entry, sort_keys=True))
             program_id = None
             if record.program is not None:
-                words = zlib.decompress(record.program)
+                words = _unpack_words(record.program)
                 program_id = hashlib.sha256(words).hexdigest()[:24]
                 if program_id not in programs:
                     # Uncompressed, in hex (byte-aligned): the file's one compression finds what programs
@@ -643,7 +653,7 @@ class HistoryStore:
                 if kind == "config":
                     configs[entry["id"]] = entry["config"]
                 elif kind == "program":
-                    programs[entry["id"]] = zlib.compress(bytes.fromhex(entry["words"]), 6)
+                    programs[entry["id"]] = _pack_words(bytes.fromhex(entry["words"]))
                 elif kind == "run":
                     program = entry["program"]
                     records.append(RunRecord(
