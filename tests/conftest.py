@@ -6,10 +6,14 @@ worker.  Each test process gets a history of its own instead, and sessions recor
 test passes ``record=True``.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
-os.environ["BRAZE_HISTORY"] = os.path.join(tempfile.mkdtemp(prefix="braze-test-history-"), "history.sqlite")
+_history_dir = tempfile.mkdtemp(prefix="braze-test-history-")
+atexit.register(shutil.rmtree, _history_dir, True)     # one per test process; the suite left 70 behind
+os.environ["BRAZE_HISTORY"] = os.path.join(_history_dir, "history.sqlite")
 os.environ["BRAZE_HPM_RECORD"] = "0"
 # Plans the suite compares (golden against RTL, fused against unfused) come from one cost model, the
 # analytic one, whatever learned model the machine has; tests of the learned path ask for it.

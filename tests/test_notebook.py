@@ -1,5 +1,6 @@
 """The walkthrough notebook executes from top to bottom and shows each step of the flow."""
 
+import os
 from pathlib import Path
 
 import nbclient
@@ -29,7 +30,17 @@ def executed(tmp_path_factory):
     # Verilator included: its build of the default configuration is shared with the device tests.
     client = nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
                                      resources={"metadata": {"path": str(workdir)}})
-    client.execute()     # raises CellExecutionError, with the cell and traceback, if any cell fails
+    # The notebook writes its models under tempfile's directory; the kernel inherits TMPDIR, so they
+    # land in pytest's temporary tree rather than in /tmp, where every run left a directory behind.
+    saved = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(workdir)
+    try:
+        client.execute()     # raises CellExecutionError, with the cell and traceback, if any cell fails
+    finally:
+        if saved is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = saved
     return notebook
 
 
