@@ -136,11 +136,11 @@ def test_full_queue_back_pressure():
     trace = run(CONFIG, program, latency_of={Unit.COMPUTE: (15, 15)}, ready_prob=1.0, fetch_prob=1.0)
     check_trace(trace, CONFIG)
     assert trace.queue_full_edges > 0
-    # Fetched but not yet started: at most the queue and the dispatcher's one-word slot.
+    # Fetched but not yet started: at most the queue, the dispatcher's one-word slot and its dispatch stage.
     starts = [edge for edge, _ in trace.starts[Unit.COMPUTE]]
     for edge in range(trace.edges):
         waiting = sum(e <= edge for e in trace.fetched) - sum(e <= edge for e in starts)
-        assert waiting <= depth + 1, f"edge {edge}: {waiting} instructions held"
+        assert waiting <= depth + 1 + CONFIG.dispatch_stage, f"edge {edge}: {waiting} instructions held"
 
 
 def test_halt_stops_fetch():
@@ -249,9 +249,10 @@ def test_watchdog_stops_at_the_cycle_limit(seed):
     assert trace.fetched and max(trace.fetched) < limit
     starts = [edge for unit in trace.starts.values() for edge, _ in unit] + trace.counters_starts
     assert max(starts) < limit
-    # The pc is the first instruction not dispatched: the last word fetched, or the one after it.
+    # The pc is the first instruction not dispatched: the last word fetched, or the one after it (or,
+    # with a dispatch stage, the word in it, before the last one).
     fetched = len(trace.fetched)
-    assert trace.error_pc in (trace.pc(fetched - 1), trace.pc(fetched))
+    assert trace.error_pc in [trace.pc(fetched - 1 - back) for back in range(-1, 1 + CONFIG.dispatch_stage)]
     for unit, unit_starts in trace.starts.items():     # each unit starts its instructions in order
         started = [i for i, insn in enumerate(program) if unit_of(insn) is unit][:len(unit_starts)]
         assert all(trace.pc(i) < trace.error_pc for i in started), unit
