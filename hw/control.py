@@ -57,10 +57,10 @@ push the missing token.
 Timing: a word can be handed to its client two cycles after its fetch
 transfer (three with ``Config.dispatch_stage``: the slot resolves and range-checks the word, and a
 dispatch stage writes it into its queue a cycle later; see :class:`braze.isa.Config` and
-docs/isa.md); a unit offers its next instruction the cycle after the previous one's ``done`` (if the head is there and its tokens are available); the
-dispatcher takes one word per cycle, and a barrier retires (``FENCE``,
-``HALT``) or is offered to its client (``COUNTERS``) in the first cycle in
-which everything has drained.
+docs/isa.md); a unit offers its next instruction the cycle after the previous one's ``done`` (if
+the head is there and its tokens are available); the dispatcher takes one word per cycle, and a
+barrier retires (``FENCE``, ``HALT``) or is offered to its client (``COUNTERS``) in the first cycle
+in which everything has drained.
 
 Watchdog: the core counts *run cycles*, ``run_cycles``: the cycles of the run from its first
 cycle (the one after ``start``), numbered from 0, while it has neither stopped on an error nor
