@@ -16,14 +16,10 @@ STAGED = TINY.replace(name="tiny_ds", dispatch_stage=1)
 DEFAULT_STAGED = Config.preset("default").replace(name="default_ds", dispatch_stage=1)
 BASE, DATA, OUT = 0x4000, 0x1000, 0x2000
 
-#: Small programs where the timing model's differences are the RTL's: a lone instruction (its dispatch a
-#: cycle later), a LOAD -> MATMUL -> STORE token chain with register offsets, and a compute queue kept
-#: full (the stage holds one more instruction).
+#: Small programs where the timing model's differences are the RTL's: a LOAD -> MATMUL -> STORE token
+#: chain with register offsets (the first LOAD dispatched a cycle later), and a compute queue kept full
+#: (the stage holds one more instruction).
 PROGRAMS = {
-    "lone": """
-        vector op=add dst_mem=spad src1_mem=spad src2_mem=spad dst=0 src1=0 src2=8 rows=8
-        halt
-    """,
     "chain": """
         scalar dst=1 imm=4
         load mem=spad addr=0 rows=4 len=4 dram=0x1000 stride=4
