@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_control_flow_devices import BESIDE
 
 from braze.isa import COUNTERS, Config, assemble
 from braze.isa.timing import schedule
@@ -76,28 +77,12 @@ def test_the_timing_model_dispatches_queued_instructions_a_cycle_later_and_contr
     assert on[-1].end == off[-1].end + 1                               # HALT
 
 
-#: A PREDICATE of 32 scratchpad rows, a MATMUL that may run beside it, a SCALAR that does not wait for it
-#: and a BRANCH on its result; {mem} is spad (beside) or acc (not): test_control_flow_devices' program.
-BESIDE = """
-    load mem=acc zero addr=0 rows=4 len=4
-    load mem=spad addr=0 rows=4 len=4 dram=0x1000 stride=4
-    load mem=spad addr=4 rows=4 len=4 dram=0x1010 stride=4 push_next
-    predicate op=any dst=1 mem={mem} addr=0 rows=32 pop_prev
-    matmul acc=0 a=0 b=4 a_stride=4 m=4 n=4 k=4 accumulate push_next
-    scalar dst=2 imm=5
-    branch cond=eq a=1 offset=2
-    scalar dst=3 imm=1
-    store mem=acc addr=0 rows=4 len=4 dram=0x2000 stride=16 pop_prev
-    halt
-"""
-
-
 def test_with_the_stage_a_matmul_beside_a_predicate_hides_on_the_rtl_what_the_model_says():
     """The MATMUL's cycles hidden beside a PREDICATE of scratchpad rows (not beside one of accumulator
-    rows) are the timing model's on the RTL with the dispatch stage too, results and registers alike.
-    On ``default``: on ``tiny`` the fetch unit brings a word every two cycles (two beats of its 64-bit
-    bus), which the model does not count, and the stage's cycle then falls into a fetch gap (the RTL
-    hides one cycle more than the model)."""
+    rows; test_control_flow_devices' program) are the timing model's on the RTL with the dispatch stage
+    too, results and registers alike.  On ``default``: on ``tiny`` the fetch unit brings a word every
+    two cycles (two beats of its 64-bit bus), which the model does not count, and the stage's cycle
+    then falls into a fetch gap (the RTL hides one cycle more than the model)."""
     seen, cycles = {}, {}
     for mem in ("spad", "acc"):
         for kind in ("golden", "amaranth"):
