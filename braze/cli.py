@@ -221,6 +221,9 @@ def _rtl(args: argparse.Namespace) -> int:
          arg("-o", "--output", type=Path, required=True, help="output directory"),
          arg("--freq", type=number(1.0, 1000.0), default=None, metavar="MHZ",
              help="target clock of the timing-driven P&R (default: 100 on ecp5-85k, 24 on ice40-up5k)"),
+         arg("--pnr-minutes", type=number(0.1, 10_000.0), default=None, metavar="MIN",
+             help="stop nextpnr's place and route after this long: the report then has the fit and "
+                  "resources, no Fmax, and nextpnr's estimate after placement (default: no limit)"),
          arg("--board", default=None, help="write a board top instead (accelerator, block-RAM memory, UART "
                                            "bridge) for this board: ulx3s; no place and route"),
          arg("--memory-kib", type=integer(64), default=64, metavar="KIB",
@@ -241,7 +244,8 @@ def _fpga(args: argparse.Namespace) -> int:
         return _fpga_block(args, Config.parse(args.config))
     rtl = build(Config.parse(args.config), args.output, lint=False)
     print(f"wrote {rtl.verilog}, {rtl.manifest} and " + ", ".join(str(p) for p in rtl.packaging.values()))
-    result = implement(rtl.verilog, rtl.manifest, spec.name, args.output, freq_mhz=args.freq)
+    result = implement(rtl.verilog, rtl.manifest, spec.name, args.output, freq_mhz=args.freq,
+                       pnr_minutes=args.pnr_minutes)
     print(result_table(result.report))
     print(f"wrote {result.files['report']}")
     check_fit(spec, result.report["top"], result.report["resources"])

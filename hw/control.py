@@ -55,11 +55,12 @@ halted.  A dispatcher waiting for fetch is not blocked: the next word may
 push the missing token.
 
 Timing: a word can be handed to its client two cycles after its fetch
-transfer; a unit offers its next instruction the cycle after the previous
-one's ``done`` (if the head is there and its tokens are available); the
-dispatcher takes one word per cycle, and a barrier retires (``FENCE``,
-``HALT``) or is offered to its client (``COUNTERS``) in the first cycle in
-which everything has drained.
+transfer (three with ``Config.dispatch_stage``: the slot resolves and range-checks the word, and a
+dispatch stage writes it into its queue a cycle later; see :class:`braze.isa.Config` and
+docs/isa.md); a unit offers its next instruction the cycle after the previous one's ``done`` (if
+the head is there and its tokens are available); the dispatcher takes one word per cycle, and a
+barrier retires (``FENCE``, ``HALT``) or is offered to its client (``COUNTERS``) in the first cycle
+in which everything has drained.
 
 Watchdog: the core counts *run cycles*, ``run_cycles``: the cycles of the run from its first
 cycle (the one after ``start``), numbered from 0, while it has neither stopped on an error nor
@@ -473,7 +474,21 @@ class Control(wiring.Component):
         m.d.comb += hold.eq(predicate_pending & (
             (slot.word.opcode == Opcode.PREDICATE) | slot_names.bit_select(pending_dst, 1)))
 
+        # With Config.dispatch_stage, a load/compute/store word leaves the slot into the dispatch stage
+        # with its resolved fields and its cause, whether legal or not, and the stage writes it into its
+        # queue (or raises its error) a cycle later: what decides whether the slot takes the next word
+        # then depends on registers only, not on the register-offset add and the range checks.
+        stage = config.dispatch_stage
+        stage_valid = Signal(name="stage_valid")
+        stage_entry = Signal(QUEUE_ENTRY.size + a_end_bits, name="stage_entry")
+        stage_unit = Signal(Unit, name="stage_unit")
+        stage_cause = Signal(ErrorCause, name="stage_cause")
+        stage_legal = Signal(name="stage_legal")          # stage_cause is NONE (registered as such)
+        stage_pc = data.View(QUEUE_ENTRY, stage_entry[:QUEUE_ENTRY.size]).pc
+        stage_failing = stage_valid & ~stage_legal
         drained = Cat(*((u["fifo"].level == 0) & u["idle"] for u in units.values())).all()
+        if stage:
+            drained = drained & ~stage_valid
         slot_legal = slot_valid & ~slot.error & (slot_cause_now == ErrorCause.NONE) & ~hold
         # The same for a control word (SCALAR, BRANCH, a barrier; an illegal opcode is one too): it has no
         # register offset (slot_names_register is low), so its cause is the one decoded on entry.  Not
@@ -487,7 +502,10 @@ class Control(wiring.Component):
         barrier_go = at_barrier & drained
 
         # SCALAR and BRANCH execute in the slot, in the cycle they reach it (unless stopped or held).
+        # Not beside an earlier word failing in the dispatch stage: a SCALAR must not write after it.
         executes = control_legal & is_control & ~is_barrier & ~stopped
+        if stage:
+            executes = executes & ~stage_failing
         scalar_insn, branch_insn = slot.word.args.scalar, slot.word.args.branch
         executes_scalar = executes & (slot.word.opcode == Opcode.SCALAR)
         executes_branch = executes & (slot.word.opcode == Opcode.BRANCH)
@@ -531,22 +549,49 @@ class Control(wiring.Component):
         barrier_retire = {opcode: Signal(name=f"retire_{opcode.name.lower()}_barrier")
                           for opcode in (Opcode.FENCE, Opcode.COUNTERS, Opcode.HALT)}
 
-        for unit, state in units.items():
-            fifo = state["fifo"]
+        def queue_entry(unit: Unit) -> Value:
             entry = Cat(resolved, slot.pc)
             if unit is Unit.COMPUTE and a_end_bits:
                 # In range for a legal MATMUL: a + extent <= spad_rows <= 2**16.
                 entry = Cat(entry, (resolved.args.matmul.a + slot.a_extent)[:a_end_bits])
-            m.d.comb += [
-                fifo.w_data.eq(entry),
-                fifo.w_en.eq(slot_legal & ~stopped & (slot_unit == unit)),
-            ]
-            with m.If(fifo.w_en & fifo.w_rdy):
+            return entry
+
+        stage_leaves = Signal(name="stage_leaves")
+        for unit, state in units.items():
+            fifo = state["fifo"]
+            if stage:
+                width = QUEUE_ENTRY.size + (a_end_bits if unit is Unit.COMPUTE else 0)
+                m.d.comb += [
+                    fifo.w_data.eq(stage_entry[:width]),
+                    fifo.w_en.eq(stage_valid & stage_legal & ~stopped & (stage_unit == unit)),
+                ]
+                with m.If(fifo.w_en & fifo.w_rdy):
+                    m.d.comb += stage_leaves.eq(1)
+            else:
+                m.d.comb += [
+                    fifo.w_data.eq(queue_entry(unit)),
+                    fifo.w_en.eq(slot_legal & ~stopped & (slot_unit == unit)),
+                ]
+                with m.If(fifo.w_en & fifo.w_rdy):
+                    m.d.comb += slot_leaves.eq(1)
+        # The slot's load/compute/store word moves into the dispatch stage (see above).
+        slot_moves = Signal(name="slot_moves")
+        if stage:
+            m.d.comb += slot_moves.eq(slot_valid & ~slot.error & ~hold & ~stopped & ~is_control
+                                      & (~stage_valid | stage_leaves))
+            with m.If(slot_moves):
                 m.d.comb += slot_leaves.eq(1)
+                m.d.sync += [stage_valid.eq(1), stage_entry.eq(queue_entry(Unit.COMPUTE)),
+                             stage_unit.eq(slot_unit), stage_cause.eq(slot_cause_now),
+                             stage_legal.eq(slot_cause_now == ErrorCause.NONE)]
+            with m.Elif(stage_leaves):
+                m.d.sync += stage_valid.eq(0)
         with m.If(executes_scalar | (executes_branch & ~branch_fails)):
             m.d.comb += slot_leaves.eq(1)
         compute_fifo = units[Unit.COMPUTE]["fifo"]
-        with m.If(compute_fifo.w_en & compute_fifo.w_rdy & (slot.word.opcode == Opcode.PREDICATE)):
+        # From when the PREDICATE leaves the slot, later words that name its register wait there.
+        predicate_leaves = slot_moves if stage else compute_fifo.w_en & compute_fifo.w_rdy
+        with m.If(predicate_leaves & (slot.word.opcode == Opcode.PREDICATE)):
             m.d.sync += [predicate_pending.eq(1), pending_dst.eq(slot.word.args.predicate.dst[:3])]
         with m.Elif(compute_unit["predicate_done"]):
             m.d.sync += predicate_pending.eq(0)
@@ -574,10 +619,16 @@ class Control(wiring.Component):
         # (condition, cause, pc), highest priority first.  Instructions the units hold were
         # dispatched before the word in the slot, so their errors come first.
         error_requests = [(u["failed"], u["cause"], u["pc"]) for u in units.values()]
+        control_error = slot_valid & ~hold & ~slot.error & is_control & (slot_cause != ErrorCause.NONE)
         error_requests += [
             (counters_finished & counters_error, counters_cause, slot.pc),
             (slot_valid & ~hold & slot.error, ErrorCause.FETCH_ERROR, slot.pc),
-            (slot_valid & ~hold & ~slot.error & (slot_cause_now != ErrorCause.NONE), slot_cause_now, slot.pc),
+            *([(stage_failing, stage_cause, stage_pc)] if stage else []),
+            # With the dispatch stage, only a control word's error is raised in the slot (the cause
+            # decoded on entry; a load/compute/store word's is raised in the stage, a cycle later).
+            ((control_error, slot_cause, slot.pc) if stage else
+             (slot_valid & ~hold & ~slot.error & (slot_cause_now != ErrorCause.NONE), slot_cause_now,
+              slot.pc)),
             (branch_fails, ErrorCause.BRANCH_RANGE, slot.pc),
         ]
 
@@ -609,6 +660,8 @@ class Control(wiring.Component):
 
         # --- Deadlock: nothing can ever move again. -------------------------------------------------
         dispatcher_stuck = halted | queue_full | (at_barrier & ~drained) | (slot_valid & hold)
+        if stage:
+            dispatcher_stuck = dispatcher_stuck & ~stage_leaves
         units_settled = Cat(*(u["stuck"] | u["empty"] for u in units.values())).all()
         any_stuck = Cat(*(u["stuck"] for u in units.values())).any()
         deadlock_now = (self.running & ~stopping & dispatcher_stuck & units_settled & any_stuck &
@@ -628,6 +681,9 @@ class Control(wiring.Component):
         # Last: any other error of run cycle L wins over the watchdog.  A COUNTERS being executed has
         # left the dispatcher (see the module documentation).
         first_undispatched = Mux(slot_valid & (counters_state == _CountersState.IDLE), slot.pc, next_pc)
+        if stage:
+            # A word in the dispatch stage is earlier than the slot's and not yet in its queue.
+            first_undispatched = Mux(stage_valid, stage_pc, first_undispatched)
         error_requests.append((expired & self.running & ~halted, ErrorCause.WATCHDOG, first_undispatched))
 
         # --- Error latch and status. ----------------------------------------------------------------

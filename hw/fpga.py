@@ -32,6 +32,7 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -55,6 +56,18 @@ SEED = 1
 
 class FitError(BrazeError):
     """The design needs more of a resource than the FPGA part has."""
+
+
+class _PlaceAndRouteStopped(Exception):
+    """nextpnr used up its time budget: what packing and placement measured (not cached)."""
+
+    def __init__(self, summary: dict[str, Any], log: str):
+        super().__init__("place and route stopped")
+        self.summary = summary
+        self.log = log
+
+
+_PLACED_FMAX = re.compile(r"Max frequency for clock '[^']*': ([\d.]+) MHz")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,7 +327,12 @@ def _synthesize(spec: Target, core_verilog: str, wrapper_name: str, wrapper_text
 
 
 def _place_and_route(spec: Target, synth_dir: Path, label: str, freq_mhz: float,
-                     progress: Callable[[str], None] | None) -> tuple[Path, dict[str, Any], bool]:
+                     progress: Callable[[str], None] | None, minutes: float | None = None
+                     ) -> tuple[Path | None, dict[str, Any], bool]:
+    """The place-and-route step, cached (when stopped: no directory, the log in the summary).
+
+    ``minutes``: its budget, see :func:`implement`; not part of the key, as a run that finished is the
+    same whatever budget it had."""
     netlist_sha = hashlib.sha256((synth_dir / "synth.json").read_bytes()).hexdigest()
     key = {"format": FLOW_FORMAT, "step": "pnr", "target": dataclasses.asdict(spec), "netlist": netlist_sha,
            "freq_mhz": freq_mhz, "seed": SEED,
@@ -339,9 +357,19 @@ def _place_and_route(spec: Target, synth_dir: Path, label: str, freq_mhz: float,
         if progress:
             progress(f"{label}: nextpnr place and route at {freq_mhz:g} MHz (minutes; cached afterwards)...")
         began = time.perf_counter()
-        run_yowasp(spec.nextpnr, [*common, "--freq", f"{freq_mhz:g}", "--timing-allow-fail",
-                                  "--report", "report.json", spec.bitstream_option, spec.routed_file],
-                   directory, log=directory / "nextpnr.log")
+        try:
+            run_yowasp(spec.nextpnr, [*common, "--freq", f"{freq_mhz:g}", "--timing-allow-fail",
+                                      "--report", "report.json", spec.bitstream_option, spec.routed_file],
+                       directory, log=directory / "nextpnr.log",
+                       timeout=None if minutes is None else 60 * minutes)
+        except subprocess.TimeoutExpired:
+            seconds["pnr"] = round(time.perf_counter() - began, 1)
+            log = (directory / "nextpnr.log").read_text(errors="replace")
+            # nextpnr's first Fmax line is its estimate after placement, before routing.
+            placed = _PLACED_FMAX.search(log)
+            summary["stopped"] = {"minutes": minutes,
+                                  "placed_fmax_mhz": float(placed.group(1)) if placed else None}
+            raise _PlaceAndRouteStopped(summary, log) from None
         seconds["pnr"] = round(time.perf_counter() - began, 1)
         parsed = parse_nextpnr_report(json.loads((directory / "report.json").read_text()))
         summary["resources"] = resource_rows(spec, parsed["utilization"])
@@ -353,7 +381,12 @@ def _place_and_route(spec: Target, synth_dir: Path, label: str, freq_mhz: float,
         (directory / "synth.json").unlink()   # the synthesis entry keeps it
         return summary
 
-    return _cached("pnr", label, key, make, progress)
+    try:
+        return _cached("pnr", label, key, make, progress)
+    except _PlaceAndRouteStopped as stopped:
+        if progress:
+            progress(f"{label}: place and route stopped after its {minutes:g} minutes (not cached)")
+        return None, stopped.summary | {"log": stopped.log}, False
 
 
 def synthesize(verilog: Path, manifest: Path, target_name: str, *,
@@ -382,18 +415,25 @@ def synthesize(verilog: Path, manifest: Path, target_name: str, *,
 
 
 def implement(verilog: Path, manifest: Path, target_name: str, out_dir: Path, *,
-              freq_mhz: float | None = None,
+              freq_mhz: float | None = None, pnr_minutes: float | None = None,
               progress: Callable[[str], None] | None = stderr_progress) -> FpgaResult:
     """Synthesize, pack, place and route the build (``verilog`` + its ``manifest``) for a target.
 
     Writes into ``out_dir``: ``<top>_<target>.json`` (the report), the wrapper Verilog, the
     tools' logs and reports and the bitstream.  A design that does not fit raises nothing here:
     the report says ``fits: false`` and which resources are over (:func:`check_fit` raises).
+    ``pnr_minutes``: a budget for nextpnr's place and route (a large preset's router may need hours
+    where its target clock is out of reach); when it runs out nextpnr is stopped and the report has
+    the fit and resources from packing, no Fmax, and ``stopped``: the budget and nextpnr's estimate
+    after placement (``placed_fmax_mhz``, None if placement did not finish).  A stopped run is not
+    cached.
     """
     spec = target(target_name)
     freq = spec.default_mhz if freq_mhz is None else float(freq_mhz)
     if not 1.0 <= freq <= 1000.0:
         raise BrazeError(f"fpga: target frequency {freq:g} MHz is outside 1..1000 MHz")
+    if pnr_minutes is not None and not pnr_minutes > 0:
+        raise BrazeError(f"fpga: place-and-route budget {pnr_minutes:g} minutes is not positive")
     info = json.loads(Path(manifest).read_text())
     top = info["top"]
     core_verilog = Path(verilog).read_text()
@@ -401,7 +441,7 @@ def implement(verilog: Path, manifest: Path, target_name: str, out_dir: Path, *,
     label = f"{top}-{spec.name}"
 
     synth_dir, synth, synth_hit = _synthesize(spec, core_verilog, wrapper_name, wrapper_text, progress)
-    pnr_dir, pnr, pnr_hit = _place_and_route(spec, synth_dir, label, freq, progress)
+    pnr_dir, pnr, pnr_hit = _place_and_route(spec, synth_dir, label, freq, progress, pnr_minutes)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -410,8 +450,11 @@ def implement(verilog: Path, manifest: Path, target_name: str, out_dir: Path, *,
     for name in ("yosys.log",):
         files[name] = out_dir / f"{label}-{name}"
         shutil.copyfile(synth_dir / name, files[name])
+    if pnr_dir is None:    # stopped: nothing cached; its log is all there is
+        files["nextpnr.log"] = out_dir / f"{label}-nextpnr.log"
+        files["nextpnr.log"].write_text(pnr["log"])
     for name in ("packed.json", "pack.log", "report.json", "nextpnr.log", pnr["bitstream"]):
-        if name and (pnr_dir / name).exists():
+        if name and pnr_dir is not None and (pnr_dir / name).exists():
             files[name] = out_dir / f"{label}-{name}"
             shutil.copyfile(pnr_dir / name, files[name])
 
@@ -431,6 +474,7 @@ def implement(verilog: Path, manifest: Path, target_name: str, out_dir: Path, *,
         "io_wrapper": wrapper_cost,
         "target_mhz": freq, "fmax_mhz": None if fmax is None else round(fmax["achieved"], 2),
         "timing_met": None if fmax is None else fmax["achieved"] >= freq,
+        "stopped": pnr.get("stopped"),
         "seconds": {"synth": synth["seconds"], **pnr["seconds"]},
         "cached": {"synth": synth_hit, "pnr": pnr_hit},
         "bitstream": str(files[pnr["bitstream"]]) if pnr["bitstream"] else None,
@@ -462,6 +506,12 @@ def result_table(report: dict[str, Any]) -> str:
     if report["fmax_mhz"] is not None:
         verdict = "met" if report["timing_met"] else "NOT met"
         lines.append(f"  Fmax {report['fmax_mhz']:.1f} MHz (target {report['target_mhz']:g} MHz: {verdict})")
+    stopped = report.get("stopped")
+    if stopped:
+        placed = stopped["placed_fmax_mhz"]
+        lines.append(f"  place and route stopped after its {stopped['minutes']:g} minutes: no Fmax; "
+                     + (f"estimate after placement {placed:.1f} MHz (target {report['target_mhz']:g} MHz)"
+                        if placed is not None else "placement did not finish"))
     seconds = ", ".join(f"{step} {value:.0f} s" for step, value in report["seconds"].items())
     cached = [step for step, hit in report["cached"].items() if hit]
     lines.append(f"  tool time: {seconds}" + (f" (cached: {', '.join(cached)})" if cached else ""))

@@ -138,20 +138,23 @@ def yowasp_executable(tool: str) -> str:
     raise ToolError(f"{tool} is not installed: it comes with Braze's dependencies (pip install -e .)")
 
 
-def run_yowasp(tool: str, args: Sequence[str], cwd: Path, *, log: Path | None = None) -> None:
+def run_yowasp(tool: str, args: Sequence[str], cwd: Path, *, log: Path | None = None,
+               timeout: float | None = None) -> None:
     """Run YoWASP ``tool`` in ``cwd``; raise :class:`ToolError` with its output's tail when it fails.
 
     YoWASP tools run in a WebAssembly sandbox that sees only their working directory: every
     path in ``args`` must be relative to ``cwd``.  ``log`` receives everything the tool prints as
-    it prints it (``tail -f`` shows a long place and route progressing).
+    it prints it (``tail -f`` shows a long place and route progressing).  ``timeout`` (seconds):
+    the tool is killed after it and :class:`subprocess.TimeoutExpired` raised.
     """
     command = [yowasp_executable(tool), *args]
     if log is None:
-        result = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+        result = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=timeout)
         output, returncode = result.stdout + result.stderr, result.returncode
     else:
         with open(log, "w") as handle:
-            returncode = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd).returncode
+            returncode = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd,
+                                        timeout=timeout).returncode
         output = log.read_text(errors="replace")
     if returncode != 0:
         raise ToolError(f"{tool} failed (exit {returncode}) in {cwd}:\n{output[-4000:]}")

@@ -39,7 +39,7 @@ MAX_LOAD_OVERLAP = 8
 #: Fields added after the first release, with the value that keeps a configuration's identity
 #: (``to_dict``/``to_json``, hence the kernel cache, Verilator builds and the learned model's
 #: history) as it was before the field existed: at that value the field is left out.
-_OMITTED_AT = {"load_overlap": 1, "weight_preload": 0, "epilogue_overlap": 0}
+_OMITTED_AT = {"load_overlap": 1, "weight_preload": 0, "epilogue_overlap": 0, "dispatch_stage": 0}
 
 
 def _is_pow2(value: int) -> bool:
@@ -97,6 +97,14 @@ class Config:
         runs when the two touch different rows (:func:`braze.isa.timing.epilogue_runs_beside`,
         :func:`braze.isa.timing.matmul_clear_of_epilogue`; the rule is docs/isa.md's); results are
         the same.  Left out of :meth:`to_dict` at 0.
+    dispatch_stage : int
+        0 or 1.  With 1 the control core has a dispatch stage after its slot: the slot adds a word's
+        register offsets and range-checks the sum, and the stage, a cycle later, writes the checked
+        word into its unit's queue (or stops with its error).  This takes the add and the checks off
+        the path that decides whether the slot takes the next word (the control core's critical
+        path on an FPGA); a load, compute or store instruction enters its queue a cycle later, and
+        the stage holds one more word while a queue is full (:class:`braze.isa.timing.Scheduler`;
+        the rule is docs/isa.md's).  Results are the same.  Left out of :meth:`to_dict` at 0.
     """
 
     name: str = "custom"
@@ -114,6 +122,7 @@ class Config:
     load_overlap: int = 1
     weight_preload: int = 0
     epilogue_overlap: int = 0
+    dispatch_stage: int = 0
 
     def __post_init__(self):
         def fail(field: str, problem: str):
@@ -135,6 +144,11 @@ class Config:
             if field.name == "epilogue_overlap":
                 if value not in (0, 1):
                     fail("epilogue_overlap", "must be 0 (off) or 1 (an EPILOGUE runs beside the next MATMUL)")
+                continue
+            if field.name == "dispatch_stage":
+                if value not in (0, 1):
+                    fail("dispatch_stage", "must be 0 (off) or 1 (a dispatch stage after the control "
+                                           "core's slot)")
                 continue
             if value <= 0:
                 fail(field.name, "must be positive")

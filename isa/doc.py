@@ -276,6 +276,7 @@ def _presets_section() -> str:
         _table(["name"] + [name.replace("_", " ") for name in other], other_rows),
         _WEIGHT_PRELOAD_DOC,
         _EPILOGUE_OVERLAP_DOC,
+        _DISPATCH_STAGE_DOC,
     ])
 
 
@@ -307,6 +308,24 @@ _EPILOGUE_OVERLAP_DOC = (
     "of program order.  A compiler gets the overlap by emitting a tile's EPILOGUE before the next tile's "
     "MATMUL into another accumulator slot (double-buffered C and output tiles), which the GEMM and "
     "convolution kernels do.\n"
+)
+
+
+#: What ``Config.dispatch_stage`` does to timing (the rule is :class:`braze.isa.timing.Scheduler`'s).
+_DISPATCH_STAGE_DOC = (
+    "`dispatch_stage=1` (0 in every preset; e.g. `--config tiny:dispatch_stage=1`) adds a dispatch stage "
+    "after the control core's one-word slot.  The slot adds a LOAD, STORE, MATMUL or PREDICATE's register "
+    "offsets and range-checks the sum as before; a load, compute or store instruction then moves into the "
+    "stage, in a cycle in which the stage is empty or its word enters its queue, and from the stage enters "
+    "its own unit's queue in the next cycle at the earliest (once the queue has room), or stops the run "
+    "with its error.  The slot takes the next word in the cycle after its word moved on.  So each such "
+    "instruction enters its queue (is dispatched) one cycle later than without the stage, and while a queue "
+    "is full the stage holds one more instruction.  SCALAR, BRANCH and the barriers execute in the slot as "
+    "without the stage (a barrier waits for every earlier instruction, so for the stage too), and an "
+    "instruction that names a running PREDICATE's register waits in the slot from when the PREDICATE left "
+    "it.  Whether the slot takes the next word then depends on registers only, not on the add and the "
+    "range checks -- the control core's longest path on an FPGA.  Results and every exact counter are "
+    "the same.\n"
 )
 
 

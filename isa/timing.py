@@ -40,6 +40,11 @@ Simplifications of :func:`schedule` (the hardware may differ by these):
   while it runs only if it is a MATMUL :func:`matmul_clear_of_epilogue`, else once the EPILOGUE has
   retired; the EPILOGUE pushes its tokens when it ends (waiting for room), and the next compute
   instruction retires no earlier than the cycle after it;
+* with ``Config.dispatch_stage``, a load, compute or store instruction leaves the dispatcher's slot
+  into the dispatch stage once the instruction before it there has entered its queue, and enters
+  its own queue (its ``dispatch``) a cycle later at the earliest (when its queue has room); the slot
+  takes the next word in the cycle after it left.  SCALAR, BRANCH and barriers stay in the slot as
+  without the stage (a barrier waits for every earlier instruction to retire, so for the stage too);
 * while a PREDICATE runs, the dispatcher goes on; it holds (until the PREDICATE ends) only an
   instruction that names the PREDICATE's ``dst`` register (:func:`scalar_registers`) or is another
   PREDICATE.
@@ -541,6 +546,10 @@ class Scheduler:
         self._epilogue_overlap = bool(config.epilogue_overlap)
         self._beside_epilogue: Instruction | None = None
         self._epilogue_retire = 0
+        # With Config.dispatch_stage: the cycle the last load/compute/store instruction entered its
+        # queue from the dispatch stage (the stage is free for the next word from then on).
+        self._dispatch_stage = bool(config.dispatch_stage)
+        self._stage_dispatch = 0
 
     @property
     def unit_busy(self) -> dict[Unit, int]:
@@ -625,9 +634,19 @@ class Scheduler:
         u = unit.value
         slots = self._queue_starts[u]
         dispatch = self._next_dispatch
-        if len(slots) == slots.maxlen:
-            dispatch = max(dispatch, slots[0])
-        self._next_dispatch = dispatch + 1
+        if self._dispatch_stage:
+            # The word leaves the slot into the dispatch stage once the word before it there has
+            # entered its queue, and enters its own queue from there a cycle later (room permitting).
+            leaves = max(dispatch, self._stage_dispatch)
+            dispatch = leaves + 1
+            if len(slots) == slots.maxlen:
+                dispatch = max(dispatch, slots[0])
+            self._next_dispatch = leaves + 1
+            self._stage_dispatch = dispatch
+        else:
+            if len(slots) == slots.maxlen:
+                dispatch = max(dispatch, slots[0])
+            self._next_dispatch = dispatch + 1
         overlapped = u == _LOAD and self._load_overlap > 1
         if overlapped:
             retires = self._load_retires

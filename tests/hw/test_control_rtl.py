@@ -15,6 +15,9 @@ from braze.isa import PRESETS, ConfigReg, ErrorCause, Instruction, Opcode, Unit,
 from braze.isa.encoding import ALLOWED_DEPS, ARGS_OFFSET, DEPS, INSTRUCTION
 
 CONFIG = PRESETS["tiny"]
+#: With the dispatch stage (Config.dispatch_stage): a load/compute/store word enters its queue a cycle
+#: after the slot, which resolved and range-checked it.
+STAGED = CONFIG.replace(name="tiny_ds", dispatch_stage=1)
 O = Opcode
 
 
@@ -62,6 +65,18 @@ def test_random_programs_respect_every_ordering_rule(seed):
     for unit in (Unit.LOAD, Unit.COMPUTE, Unit.STORE, Unit.CONTROL):
         assert _retired_count(trace, unit) == sum(unit_of(insn) is unit for insn in program)
     assert sum(bool(insn.deps) for insn in program) > 10, "the program exercises few tokens"
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_programs_with_a_dispatch_stage_respect_every_ordering_rule(seed):
+    rng = random.Random(seed)
+    program = random_program(rng, 60, STAGED.token_depth)
+    trace = run(STAGED, program, seed=seed, latency=rng.choice([(0, 3), (1, 12)]), ready_prob=0.3,
+                fetch_prob=1.0, max_edges=6000)
+    assert trace.error_edge is None and trace.done_edge is not None
+    check_trace(trace, STAGED)
+    for unit in (Unit.LOAD, Unit.COMPUTE, Unit.STORE, Unit.CONTROL):
+        assert _retired_count(trace, unit) == sum(unit_of(insn) is unit for insn in program)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -136,11 +151,11 @@ def test_full_queue_back_pressure():
     trace = run(CONFIG, program, latency_of={Unit.COMPUTE: (15, 15)}, ready_prob=1.0, fetch_prob=1.0)
     check_trace(trace, CONFIG)
     assert trace.queue_full_edges > 0
-    # Fetched but not yet started: at most the queue and the dispatcher's one-word slot.
+    # Fetched but not yet started: at most the queue, the dispatcher's one-word slot and its dispatch stage.
     starts = [edge for edge, _ in trace.starts[Unit.COMPUTE]]
     for edge in range(trace.edges):
         waiting = sum(e <= edge for e in trace.fetched) - sum(e <= edge for e in starts)
-        assert waiting <= depth + 1, f"edge {edge}: {waiting} instructions held"
+        assert waiting <= depth + 1 + CONFIG.dispatch_stage, f"edge {edge}: {waiting} instructions held"
 
 
 def test_halt_stops_fetch():
@@ -249,9 +264,10 @@ def test_watchdog_stops_at_the_cycle_limit(seed):
     assert trace.fetched and max(trace.fetched) < limit
     starts = [edge for unit in trace.starts.values() for edge, _ in unit] + trace.counters_starts
     assert max(starts) < limit
-    # The pc is the first instruction not dispatched: the last word fetched, or the one after it.
+    # The pc is the first instruction not dispatched: the last word fetched, or the one after it (or,
+    # with a dispatch stage, the word in it, before the last one).
     fetched = len(trace.fetched)
-    assert trace.error_pc in (trace.pc(fetched - 1), trace.pc(fetched))
+    assert trace.error_pc in [trace.pc(fetched - 1 - back) for back in range(-1, 1 + CONFIG.dispatch_stage)]
     for unit, unit_starts in trace.starts.items():     # each unit starts its instructions in order
         started = [i for i, insn in enumerate(program) if unit_of(insn) is unit][:len(unit_starts)]
         assert all(trace.pc(i) < trace.error_pc for i in started), unit
@@ -378,14 +394,15 @@ def test_counted_loop_dispatches_its_body_once_per_iteration(seed):
     assert trace.scalar_regs[1] == 0
 
 
-def test_register_offsets_are_added_at_dispatch_with_the_registers_of_program_order():
+@pytest.mark.parametrize("config", [CONFIG, STAGED], ids=["slot", "dispatch stage"])
+def test_register_offsets_are_added_at_dispatch_with_the_registers_of_program_order(config):
     """Each iteration's LOAD carries addr + r2 and dram + r3 as the SCALARs before it left them."""
     load = Instruction.make("load", mem="spad", addr=5, rows=1, len=4, dram=0x100, stride=0, addr_reg=2,
                             dram_reg=3)
     body = [load, Instruction.make("scalar", dst=2, src1=2, imm=7),
             Instruction.make("scalar", dst=3, src1=3, src2=2)]
     program = _loop(1, body, 3) + [make(O.HALT)]
-    trace = run(CONFIG, program, latency=(1, 4), scalar_writes={2: 10, 3: -16})
+    trace = run(config, program, latency=(1, 4), scalar_writes={2: 10, 3: -16})
     assert trace.cause is ErrorCause.NONE
     r2, r3, expected = 10, -16, []
     for _ in range(3):
@@ -397,11 +414,12 @@ def test_register_offsets_are_added_at_dispatch_with_the_registers_of_program_or
     assert trace.scalar_regs[2:4] == (r2, r3)
 
 
-def test_a_register_offset_out_of_range_stops_with_the_range_cause_at_its_pc():
-    program = [Instruction.make("scalar", dst=4, imm=CONFIG.spad_rows - 2),
+@pytest.mark.parametrize("config", [CONFIG, STAGED], ids=["slot", "dispatch stage"])
+def test_a_register_offset_out_of_range_stops_with_the_range_cause_at_its_pc(config):
+    program = [Instruction.make("scalar", dst=4, imm=config.spad_rows - 2),
                Instruction.make("load", mem="spad", zero=True, addr=1, rows=2, len=4, addr_reg=4),
                make(O.STORE, 3), make(O.HALT)]
-    trace = run(CONFIG, program)
+    trace = run(config, program)
     assert trace.cause is ErrorCause.SPAD_RANGE and trace.error_pc == trace.pc(1)
     assert trace.starts[Unit.LOAD] == [] and trace.starts[Unit.STORE] == []
 

@@ -138,6 +138,24 @@ def test_design_over_a_resource_does_not_fit(tmp_path, monkeypatch):
     assert "\n" not in message
 
 
+@pytest.mark.slow
+def test_a_place_and_route_budget_stops_nextpnr_and_keeps_the_fit(tmp_path, monkeypatch):
+    """With ``pnr_minutes`` used up nextpnr is stopped: the report has packing's fit and resources, no Fmax
+    and no bitstream, says it stopped, and nothing is cached (a run that finishes may follow)."""
+    monkeypatch.setenv("BRAZE_CACHE_DIR", str(tmp_path / "cache"))
+    verilog_path, manifest = write_probe(tmp_path / "probe", 2)
+    for attempt in ("first", "again"):
+        result = implement(verilog_path, manifest, "ice40-up5k", tmp_path / attempt, pnr_minutes=0.001,
+                           progress=None)
+        report = result.report
+        assert report["fits"] is True and report["fmax_mhz"] is None and report["bitstream"] is None
+        assert report["stopped"]["minutes"] == 0.001
+        assert {row["bel"]: row["used"] for row in report["resources"]}["ICESTORM_DSP"] == 2
+        assert report["cached"]["pnr"] is False
+        assert "place and route stopped after its 0.001 minutes" in result_table(report)
+        assert result.files["nextpnr.log"].exists()
+
+
 def test_fit_check_names_every_resource_over():
     rows = [{"resource": "LUT4", "bel": "TRELLIS_COMB", "used": 100_000, "available": 83_640},
             {"resource": "FF", "bel": "TRELLIS_FF", "used": 10, "available": 83_640},

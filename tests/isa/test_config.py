@@ -66,14 +66,14 @@ def test_presets_overlap_loads_except_tiny():
     assert [Config.preset(name).load_overlap for name in ("tiny", "default", "large")] == [1, 4, 4]
 
 
-@pytest.mark.parametrize("field", ["weight_preload", "epilogue_overlap"])
+@pytest.mark.parametrize("field", ["weight_preload", "epilogue_overlap", "dispatch_stage"])
 @pytest.mark.parametrize("value", [-1, 2, 8])
 def test_switches_are_0_or_1(field, value):
     with pytest.raises(ConfigError, match=rf"{field}={value} must be 0 \(off\) or 1"):
         Config.parse(f"default:{field}={value}")
 
 
-@pytest.mark.parametrize("field", ["weight_preload", "epilogue_overlap"])
+@pytest.mark.parametrize("field", ["weight_preload", "epilogue_overlap", "dispatch_stage"])
 def test_switches_join_the_identity_only_when_on(field):
     """Off (0) in every preset, and then absent from to_dict/to_json, so every existing cache key,
     Verilator build and learned-model calibration row of a preset is unchanged."""
