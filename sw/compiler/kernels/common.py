@@ -46,6 +46,7 @@ keep the one the timing model predicts fastest (:class:`Tiling`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import dataclasses
@@ -73,6 +74,7 @@ from braze.isa.errors import BrazeError
 from braze.isa.model import program_events
 from braze.isa.timing import (
     LOAD_HANDOVER_CYCLES,
+    LOAD_SLOT_CYCLES,
     Scheduler,
     epilogue_runs_beside,
     instruction_cycles,
@@ -468,13 +470,14 @@ class _Streams:
         COUNTERS at ``counters_addr``, then HALT) takes at least under the timing model (0 when
         ``counters_addr`` is None).
 
-        The bound is a relaxation of :class:`~braze.isa.timing.Scheduler`: each unit runs its stream in
-        order, an instruction starts after the token it pops was pushed (the k-th pop of a queue takes
-        the k-th push), overlapped LOADs share one data bus in order -- and nothing else waits (no
-        dispatcher, no queue or token capacity).  Every time there is at most the scheduler's, so a
-        tiling whose bound reaches another's predicted cycles cannot be faster: it need not be
-        scheduled and encoded to be ruled out (:func:`~.matmul._candidate`).  Measured on the digits
-        CNN's candidates: most bounds equal the timing model's cycles, the rest are within 1.23x.
+        The bound is a relaxation of :class:`~braze.isa.timing.Scheduler`: one instruction dispatched a
+        cycle in program order, not before the unit's queue has room (``queue_depth``); each unit runs
+        its stream in order, an instruction starts after the token it pops was pushed (the k-th pop of
+        a queue takes the k-th push), overlapped LOADs share one data bus in order, at most
+        ``load_overlap`` of them in flight -- and nothing else waits (no token capacity, no hold of the
+        dispatcher or the compute unit beside a PREDICATE or EPILOGUE).  Every time there is at most the
+        scheduler's, so a tiling whose bound reaches another's predicted cycles cannot be faster: it
+        need not be scheduled and encoded to be ruled out (:func:`~.matmul._candidate`).
         """
         token_depth = self.config.token_depth
         config = self.config
@@ -492,15 +495,26 @@ class _Streams:
         # only when its unit goes or a queue it pops from (or pushes to) gets a token (or loses one), so
         # most steps work out one head, not three.
         head_start: list[int | None] = [None, None, None]
-        # The relaxed schedule of the bound: when each unit is free, each token pushed, the overlapped
-        # load engine takes the next LOAD, and the load data bus is free; the last retire.
+        # The relaxed schedule of the bound: the next dispatch, the starts of each unit's last queue_depth
+        # instructions (their queue slots), when each unit is free, each token pushed, the overlapped load
+        # engine takes the next LOAD, the load data bus is free, the ends of the last load_overlap LOADs;
+        # the last retire.
         bounding = counters_addr is not None
         overlapped = config.load_overlap > 1
         mem_latency = config.mem_latency
+        queue_depth = config.queue_depth
+        next_dispatch = 0
+        queued = [collections.deque(maxlen=queue_depth) for _ in _STREAM_UNITS]
+        load_ends: collections.deque[int] = collections.deque(maxlen=config.load_overlap)
         free = [0, 0, 0]
         pushed_at: list[list[int]] = [[] for _ in _QUEUES]
         issue_free = data_end = retired = 0
         total = sum(lengths)
+        closing_cycles = 0
+        if bounding:
+            closing = Instruction.make(Opcode.COUNTERS, dram=counters_addr, reset=True)
+            closing_cycles = (instruction_cycles(closing, config)
+                              + instruction_cycles(Instruction.make(Opcode.HALT), config))
         for _ in range(total):
             best_start = best = -1
             for u in (0, 1, 2):
@@ -535,8 +549,18 @@ class _Streams:
             insn = op.insn.with_deps(op.insn.deps | op.flags) if pops or pushes else op.insn
             took = instruction_cycles(insn, config)
             if bounding:
+                dispatch = next_dispatch
+                slots = queued[best]
+                if len(slots) == queue_depth and slots[0] > dispatch:
+                    dispatch = slots[0]
+                next_dispatch = dispatch + 1
                 loading = best == 0 and overlapped
-                start = issue_free if loading else free[best]
+                if loading:
+                    start = max(dispatch, issue_free)
+                    if len(load_ends) == load_ends.maxlen and load_ends[0] + LOAD_SLOT_CYCLES > start:
+                        start = load_ends[0] + LOAD_SLOT_CYCLES
+                else:
+                    start = max(dispatch, free[best])
                 for queue in pops:
                     if pushed_at[queue][popped[queue]] > start:
                         start = pushed_at[queue][popped[queue]]
@@ -551,6 +575,8 @@ class _Streams:
                     data = args["rows"] if args["zero"] else took - mem_latency - 1
                     end = data_end = max(end, data_end + data + LOAD_HANDOVER_CYCLES)
                     end = max(end, free[0])           # LOADs retire in program order
+                    load_ends.append(end)
+                slots.append(start)
                 free[best] = end
                 if beside and insn.opcode is Opcode.EPILOGUE:
                     end = start + took
@@ -570,10 +596,7 @@ class _Streams:
             cycles.append(took)
         if not bounding:
             return program, cycles, 0
-        closing = Instruction.make(Opcode.COUNTERS, dram=counters_addr, reset=True)
-        bound = (max(retired, total) + instruction_cycles(closing, config)
-                 + instruction_cycles(Instruction.make(Opcode.HALT), config))
-        return program, cycles, bound
+        return program, cycles, max(retired, next_dispatch, total) + closing_cycles
 
 
 # ---------------------------------------------------------------------------------------------------------
