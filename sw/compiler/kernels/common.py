@@ -456,6 +456,21 @@ class _Streams:
                 buffer.writer = writer
                 buffer.readers = {}
 
+    def add_writes(self, insns: Sequence[Instruction], buffer: _Buffer) -> None:
+        """:meth:`add` each of ``insns`` (instructions of one unit, in order) writing ``buffer``: after the
+        first, none waits for anything -- the unit wrote the buffer last and no one read it since --
+        so the rest are only appended (the many LOADs of a gathered A tile)."""
+        if not insns:
+            return
+        self.add(insns[0], writes=[buffer])
+        unit = insns[0].unit
+        ops = self.ops[unit]
+        for insn in insns[1:]:
+            if insn.unit is not unit:
+                raise AssertionError(f"{insn!r} is not on the {unit.name.lower()} unit")
+            ops.append(_Op(insn))
+        (buffer.group or buffer).writer = (unit, len(ops) - 1)
+
     def merge(self) -> list[Instruction]:
         """One program: the streams interleaved by estimated start time, within token capacity."""
         return self.merge_timed()[0]
