@@ -457,17 +457,17 @@ class _Streams:
                 buffer.readers = {}
 
     def add_writes(self, insns: Sequence[Instruction], buffer: _Buffer) -> None:
-        """:meth:`add` each of ``insns`` (instructions of one unit, in order) writing ``buffer``: after the
+        """:meth:`add` each of ``insns`` (instructions of one opcode, in order) writing ``buffer``: after the
         first, none waits for anything -- the unit wrote the buffer last and no one read it since --
         so the rest are only appended (the many LOADs of a gathered A tile)."""
         if not insns:
             return
         self.add(insns[0], writes=[buffer])
-        unit = insns[0].unit
+        opcode, unit = insns[0].opcode, insns[0].unit
         ops = self.ops[unit]
         for insn in insns[1:]:
-            if insn.unit is not unit:
-                raise AssertionError(f"{insn!r} is not on the {unit.name.lower()} unit")
+            if insn.opcode is not opcode:
+                raise AssertionError(f"add_writes: {insn!r} is not a {opcode.name} as the first is")
             ops.append(_Op(insn))
         (buffer.group or buffer).writer = (unit, len(ops) - 1)
 
@@ -570,12 +570,13 @@ class _Streams:
                     dispatch = slots[0]
                 next_dispatch = dispatch + 1
                 loading = best == 0 and overlapped
+                # (Comparisons rather than max(): this runs for every instruction of every candidate.)
                 if loading:
-                    start = max(dispatch, issue_free)
+                    start = issue_free if issue_free > dispatch else dispatch
                     if len(load_ends) == load_ends.maxlen and load_ends[0] + LOAD_SLOT_CYCLES > start:
                         start = load_ends[0] + LOAD_SLOT_CYCLES
                 else:
-                    start = max(dispatch, free[best])
+                    start = free[best] if free[best] > dispatch else dispatch
                 for queue in pops:
                     if pushed_at[queue][popped[queue]] > start:
                         start = pushed_at[queue][popped[queue]]
@@ -588,8 +589,10 @@ class _Streams:
                     issue_free = start + (1 if args["zero"] else args["rows"] + 1)
                     # Its beats: what instruction_cycles adds to the memory latency and the request.
                     data = args["rows"] if args["zero"] else took - mem_latency - 1
-                    end = data_end = max(end, data_end + data + LOAD_HANDOVER_CYCLES)
-                    end = max(end, free[0])           # LOADs retire in program order
+                    data_end += data + LOAD_HANDOVER_CYCLES
+                    if end > data_end:
+                        data_end = end
+                    end = data_end if data_end > free[0] else free[0]     # LOADs retire in program order
                     load_ends.append(end)
                 slots.append(start)
                 free[best] = end
