@@ -30,13 +30,15 @@ The tiling the library keeps is the fastest *alone*: it splits the work so that 
 compute within the kernel.  In a stream the next call's loads overlap this one's compute anyway,
 so fewer, larger tiles (less weight shift-in and array drain per row) may be faster there:
 :func:`fastest_stream` picks among a kernel's tilings by the timing model's steady-state cycles per
-call (the packed digits-size GEMM 256x16x16 on ``default``: 109.4 -> 103.2 cycles per 16-row call).
+call, or by cycles measured on a device (the packed GEMM 256x16x16 on ``default``: 110.1 -> 104.2
+cycles per 16-row call on the RTL; on ``large`` 46.9 -> 40.0, where the timing model would pick one M
+tile of 256 rows, predicted 36.2 and measured 51.7).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -357,16 +359,20 @@ def steady_cycles_per_call(kernel: Kernel, calls: int) -> float:
     return (many - one) / (calls - 1)
 
 
-def fastest_stream(candidates: Sequence[Kernel], calls: int) -> Kernel:
+def fastest_stream(candidates: Sequence[Kernel], calls: int,
+                   cycles_per_call: Callable[[Kernel, int], float] = steady_cycles_per_call) -> Kernel:
     """Of ``candidates`` -- kernels computing the same thing, say one GEMM at each of its tilings
-    (:func:`~braze.sw.compiler.kernels.candidate_tilings`) -- the one whose stream of ``calls`` calls the
-    timing model predicts fastest per call in the steady state (:func:`steady_cycles_per_call`; the
-    first on a tie).  A candidate that cannot be streamed (loops, or tokens that cannot run in the
-    stream's order) is passed over; if none can, :class:`StreamError`."""
+    (:func:`~braze.sw.compiler.kernels.candidate_tilings`) -- the one whose stream of ``calls`` calls is
+    fastest per call in the steady state: as the timing model predicts (:func:`steady_cycles_per_call`),
+    or as ``cycles_per_call(kernel, calls)`` says (measured on a device, say: the timing model can be
+    wrong about a stream -- the packed 256x16x16 GEMM on ``large`` at one M tile of 256 rows, predicted
+    36.2 cycles per 16 rows, measures 51.7 on the RTL); the first on a tie.  A candidate that cannot be
+    streamed (loops, or tokens that cannot run in the stream's order) is passed over; if none can,
+    :class:`StreamError`."""
     best, best_cycles, errors = None, 0.0, []
     for kernel in candidates:
         try:
-            cycles = steady_cycles_per_call(kernel, calls)
+            cycles = cycles_per_call(kernel, calls)
         except StreamError as error:
             errors.append(str(error))
             continue

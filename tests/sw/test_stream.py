@@ -137,6 +137,9 @@ def test_the_fastest_tiling_in_a_stream_is_chosen_by_its_steady_state_and_comput
     chosen = fastest_stream(candidates, 3)
     assert steady_cycles_per_call(chosen, 3) == min(steady) < steady[0]
     assert chosen.tiling["m"] != library.tiling["m"]
+    # Chosen by other cycles (a device's measurements, say) when given them.
+    slowest = fastest_stream(candidates, 3, lambda kernel, calls: -steady_cycles_per_call(kernel, calls))
+    assert steady_cycles_per_call(slowest, 3) == max(steady)
     params, inputs, expected = _calls(chosen, 3)
     result = stream(chosen, 3).run(GoldenDevice(DEFAULT), params, inputs)
     for out, want in zip(result.outputs, expected, strict=True):
