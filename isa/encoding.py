@@ -665,15 +665,15 @@ class Instruction:
             if maker is None:
                 raise InstructionError(f"no opcode named {opcode!r}")
         fmt, allowed_deps, names, fields = maker
-        flags = [name for name in DEP_FLAGS if values.pop(name, False)]
-        if flags:
-            deps = frozenset(flags)
-            if not deps <= allowed_deps:
-                raise InstructionError(
-                    f"{fmt.mnemonic} runs on the {fmt.unit.name.lower()} unit, which cannot "
-                    f"{', '.join(sorted(deps - allowed_deps))}")
-        else:
-            deps = _NO_DEPS
+        deps = _NO_DEPS
+        if not _DEP_FLAG_SET.isdisjoint(values):        # most instructions are made without flags
+            flags = [name for name in DEP_FLAGS if values.pop(name, False)]
+            if flags:
+                deps = frozenset(flags)
+                if not deps <= allowed_deps:
+                    raise InstructionError(
+                        f"{fmt.mnemonic} runs on the {fmt.unit.name.lower()} unit, which cannot "
+                        f"{', '.join(sorted(deps - allowed_deps))}")
         if not names.issuperset(values):
             raise InstructionError(f"{fmt.mnemonic} has no field(s) {', '.join(sorted(set(values) - names))}")
         args = {}
@@ -746,6 +746,7 @@ class Instruction:
 _MISSING = object()
 _new_object = object.__new__
 _NO_DEPS: frozenset[str] = frozenset()
+_DEP_FLAG_SET = frozenset(DEP_FLAGS)
 
 
 def _maker(fmt: Format) -> tuple:

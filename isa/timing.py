@@ -366,6 +366,13 @@ def instruction_cycles(insn: Instruction, config: Config) -> int:
     """Cycles an instruction occupies its unit, from start to completion."""
     op = insn.opcode
     args = insn.args
+    # LOADs first, with axi_beats inlined: they are most of a compiler's candidate kernels.
+    if op is Opcode.LOAD:
+        if args["zero"]:
+            return args["rows"]
+        row_bytes = args["len"] * (1 if args["mem"] is Memory.SPAD else 4)
+        return config.mem_latency + _strided_beats(args["dram"], args["rows"], args["stride"], row_bytes,
+                                                   config.dma_bus_bits // 8) + 1
     if op is Opcode.MATMUL:
         return matmul_cycles(config, args["m"], args["k"])
     if op is Opcode.EPILOGUE:
@@ -378,9 +385,7 @@ def instruction_cycles(insn: Instruction, config: Config) -> int:
         two_reads = (args["op"] not in UNARY_VECTOR_OPS and not args["use_imm"]
                      and args["src1_mem"] is args["src2_mem"])
         return args["rows"] * (2 if two_reads else 1) + VECTOR_LATENCY
-    if op is Opcode.LOAD and args["zero"]:
-        return args["rows"]
-    if op is Opcode.LOAD or op is Opcode.STORE:
+    if op is Opcode.STORE:
         return config.mem_latency + axi_beats(insn, config) + 1
     if op is Opcode.COUNTERS:
         return config.mem_latency + axi_beats(insn, config)

@@ -11,7 +11,14 @@ from braze.isa.timing import schedule
 from braze.sim.device import GoldenDevice
 from braze.sw.compiler import kernels
 from braze.sw.compiler.lower import relocate
-from braze.sw.compiler.stream import StreamError, pipeline, resident_loads, stream
+from braze.sw.compiler.stream import (
+    StreamError,
+    fastest_stream,
+    pipeline,
+    resident_loads,
+    steady_cycles_per_call,
+    stream,
+)
 
 TINY = Config.preset("tiny")
 DEFAULT = Config.preset("default")
@@ -118,3 +125,33 @@ def test_tokens_that_would_deadlock_in_program_order_are_refused():
         pipeline(loads + reads, TINY)
     interleaved = [insn for pair in zip(loads, reads, strict=True) for insn in pair]
     assert sum("push_next" in insn.deps for insn in pipeline(interleaved, TINY)) == 30
+
+
+def test_the_fastest_tiling_in_a_stream_is_chosen_by_its_steady_state_and_computes_exactly():
+    # The packed GEMM of 16 calls of 16x16x16: alone the library keeps two M tiles, in a stream one
+    # tile of all 256 rows is faster (the next call's loads overlap this one's compute anyway).
+    library = kernels.gemm(DEFAULT, 256, 16, 16, **EPILOGUE)
+    candidates = [library] + [kernels.gemm(DEFAULT, 256, 16, 16, **EPILOGUE, tiling=tiling)
+                              for tiling in kernels.candidate_tilings(library)[:4]]
+    steady = [steady_cycles_per_call(kernel, 3) for kernel in candidates]
+    chosen = fastest_stream(candidates, 3)
+    assert steady_cycles_per_call(chosen, 3) == min(steady) < steady[0]
+    assert chosen.tiling["m"] != library.tiling["m"]
+    # Chosen by other cycles (a device's measurements, say) when given them.
+    slowest = fastest_stream(candidates, 3, lambda kernel, calls: -steady_cycles_per_call(kernel, calls))
+    assert steady_cycles_per_call(slowest, 3) == max(steady)
+    params, inputs, expected = _calls(chosen, 3)
+    result = stream(chosen, 3).run(GoldenDevice(DEFAULT), params, inputs)
+    for out, want in zip(result.outputs, expected, strict=True):
+        np.testing.assert_array_equal(out["out"], want)
+
+
+def test_the_fastest_stream_passes_over_kernels_that_cannot_be_streamed():
+    plain = kernels.gemm(DEFAULT, 64, 64, 64, **EPILOGUE)
+    looped = kernels.gemm(DEFAULT, 64, 64, 64, **EPILOGUE, loops=True)
+    assert any(insn.opcode is Opcode.BRANCH for insn in looped.instructions)
+    assert fastest_stream([looped, plain], 2) is plain
+    with pytest.raises(StreamError, match="no candidate kernel can be streamed: pipeline"):
+        fastest_stream([looped], 2)
+    with pytest.raises(StreamError, match="at least 2 calls"):
+        steady_cycles_per_call(plain, 1)

@@ -71,9 +71,9 @@ def test_the_bound_of_every_candidate_is_at_most_its_predicted_cycles_and_tight(
             assert 0 < bound <= kernel.predicted_cycles, (kind, args, tiling)
             ratios.append(kernel.predicted_cycles / bound)
     assert ratios
-    # Tight: the timing model's cycles are mostly the bound itself (measured: 38 of 42 candidates of the
-    # digits CNN equal; the rest within 1.23x).
-    assert np.median(ratios) < 1.05 and max(ratios) < 2.5
+    # Tight: the timing model's cycles are mostly the bound itself (measured over these shapes: every
+    # candidate on default and large, 101 of 110 on tiny, the rest within 1.09x).
+    assert np.median(ratios) == 1.0 and max(ratios) < 1.15
 
 
 @pytest.mark.parametrize("config", CONFIGS[:3], ids=lambda c: c.name)

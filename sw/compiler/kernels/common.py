@@ -46,6 +46,7 @@ keep the one the timing model predicts fastest (:class:`Tiling`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import dataclasses
@@ -73,6 +74,7 @@ from braze.isa.errors import BrazeError
 from braze.isa.model import program_events
 from braze.isa.timing import (
     LOAD_HANDOVER_CYCLES,
+    LOAD_SLOT_CYCLES,
     Scheduler,
     epilogue_runs_beside,
     instruction_cycles,
@@ -294,6 +296,9 @@ _STREAM_UNITS = (Unit.LOAD, Unit.COMPUTE, Unit.STORE)
 #: The token queues (producer, consumer), numbered for :meth:`_Streams.merge_timed`.
 _QUEUES = tuple(_PUSH_FLAG)
 _QUEUE_NUMBER = {queue: number for number, queue in enumerate(_QUEUES)}
+#: Each token queue's producer and consumer unit, by queue number, as positions in _STREAM_UNITS.
+_QUEUE_PRODUCER = tuple(_STREAM_UNITS.index(producer) for producer, _ in _QUEUES)
+_QUEUE_CONSUMER = tuple(_STREAM_UNITS.index(consumer) for _, consumer in _QUEUES)
 
 
 @dataclasses.dataclass(eq=False)      # identity: buffers are tracked as objects
@@ -317,12 +322,32 @@ class _Buffer:
         return self.group if self.group is not None else self
 
 
-@dataclasses.dataclass
 class _Op:
-    insn: Instruction
-    flags: set[str] = dataclasses.field(default_factory=set)
-    pop_queues: list[int] = dataclasses.field(default_factory=list)    # _QUEUES numbers this op pops from
-    push_queues: list[int] = dataclasses.field(default_factory=list)   # ... and pushes to
+    """One instruction of a stream and the token queues (:data:`_QUEUES` numbers) it pops from and pushes
+    to.  A plain class with slots: a candidate kernel makes thousands, most without tokens (the queue
+    lists are made on the first token)."""
+
+    __slots__ = ("insn", "pop_queues", "push_queues")
+
+    def __init__(self, insn: Instruction):
+        self.insn = insn
+        self.pop_queues: list[int] = _NO_QUEUES
+        self.push_queues: list[int] = _NO_QUEUES
+
+    @property
+    def flags(self) -> frozenset[str]:
+        """The dependency flags its tokens need."""
+        return _queue_flags(tuple(self.pop_queues), tuple(self.push_queues))
+
+
+#: The queue list of an _Op without tokens (shared, never appended to: _Streams.add replaces it).
+_NO_QUEUES: list[int] = []
+
+
+@functools.cache
+def _queue_flags(pops: tuple[int, ...], pushes: tuple[int, ...]) -> frozenset[str]:
+    return frozenset([_POP_FLAG[_QUEUES[queue]] for queue in pops]
+                     + [_PUSH_FLAG[_QUEUES[queue]] for queue in pushes])
 
 
 class _Allocator:
@@ -378,12 +403,16 @@ class _Streams:
 
     def add(self, insn: Instruction, *, reads: Iterable[_Buffer] = (),
             writes: Iterable[_Buffer] = ()) -> None:
-        reads = [buffer.tracked for buffer in reads]
-        if len(reads) > 1:
-            reads = list(dict.fromkeys(reads))
-        writes = [buffer.tracked for buffer in writes]
-        if len(writes) > 1:
-            writes = list(dict.fromkeys(writes))
+        # ``buffer.group or buffer`` is _Buffer.tracked, inlined: this runs once per instruction of every
+        # candidate kernel.
+        if reads:
+            reads = [buffer.group or buffer for buffer in reads]
+            if len(reads) > 1:
+                reads = list(dict.fromkeys(reads))
+        if writes:
+            writes = [buffer.group or buffer for buffer in writes]
+            if len(writes) > 1:
+                writes = list(dict.fromkeys(writes))
         unit = insn.unit
         ops = self.ops.get(unit)
         if ops is None:
@@ -404,15 +433,18 @@ class _Streams:
         op = _Op(insn)
         for producer, index in wait.items():
             queue = (producer, unit)
-            if queue not in _PUSH_FLAG:
+            number = _QUEUE_NUMBER.get(queue)
+            if number is None:
                 raise AssertionError(f"{insn!r} depends on the {producer.name.lower()} unit, "
                                      "which has no token queue to it")
             if index > self._waited[queue]:
                 producer_op = self.ops[producer][index]
-                producer_op.flags.add(_PUSH_FLAG[queue])
-                producer_op.push_queues.append(_QUEUE_NUMBER[queue])
-                op.flags.add(_POP_FLAG[queue])
-                op.pop_queues.append(_QUEUE_NUMBER[queue])
+                if producer_op.push_queues is _NO_QUEUES:
+                    producer_op.push_queues = []
+                producer_op.push_queues.append(number)
+                if op.pop_queues is _NO_QUEUES:
+                    op.pop_queues = []
+                op.pop_queues.append(number)
                 self._waited[queue] = index
         here = len(ops)
         ops.append(op)
@@ -423,6 +455,21 @@ class _Streams:
             for buffer in writes:
                 buffer.writer = writer
                 buffer.readers = {}
+
+    def add_writes(self, insns: Sequence[Instruction], buffer: _Buffer) -> None:
+        """:meth:`add` each of ``insns`` (instructions of one opcode, in order) writing ``buffer``: after the
+        first, none waits for anything -- the unit wrote the buffer last and no one read it since --
+        so the rest are only appended (the many LOADs of a gathered A tile)."""
+        if not insns:
+            return
+        self.add(insns[0], writes=[buffer])
+        opcode, unit = insns[0].opcode, insns[0].unit
+        ops = self.ops[unit]
+        for insn in insns[1:]:
+            if insn.opcode is not opcode:
+                raise AssertionError(f"add_writes: {insn!r} is not a {opcode.name} as the first is")
+            ops.append(_Op(insn))
+        (buffer.group or buffer).writer = (unit, len(ops) - 1)
 
     def merge(self) -> list[Instruction]:
         """One program: the streams interleaved by estimated start time, within token capacity."""
@@ -438,13 +485,14 @@ class _Streams:
         COUNTERS at ``counters_addr``, then HALT) takes at least under the timing model (0 when
         ``counters_addr`` is None).
 
-        The bound is a relaxation of :class:`~braze.isa.timing.Scheduler`: each unit runs its stream in
-        order, an instruction starts after the token it pops was pushed (the k-th pop of a queue takes
-        the k-th push), overlapped LOADs share one data bus in order -- and nothing else waits (no
-        dispatcher, no queue or token capacity).  Every time there is at most the scheduler's, so a
-        tiling whose bound reaches another's predicted cycles cannot be faster: it need not be
-        scheduled and encoded to be ruled out (:func:`~.matmul._candidate`).  Measured on the digits
-        CNN's candidates: most bounds equal the timing model's cycles, the rest are within 1.23x.
+        The bound is a relaxation of :class:`~braze.isa.timing.Scheduler`: one instruction dispatched a
+        cycle in program order, not before the unit's queue has room (``queue_depth``); each unit runs
+        its stream in order, an instruction starts after the token it pops was pushed (the k-th pop of
+        a queue takes the k-th push), overlapped LOADs share one data bus in order, at most
+        ``load_overlap`` of them in flight -- and nothing else waits (no token capacity, no hold of the
+        dispatcher or the compute unit beside a PREDICATE or EPILOGUE).  Every time there is at most the
+        scheduler's, so a tiling whose bound reaches another's predicted cycles cannot be faster: it
+        need not be scheduled and encoded to be ruled out (:func:`~.matmul._candidate`).
         """
         token_depth = self.config.token_depth
         config = self.config
@@ -457,80 +505,116 @@ class _Streams:
         popped = [0] * len(_QUEUES)
         program: list[Instruction] = []
         cycles: list[int] = []
-        # The relaxed schedule of the bound: when each unit is free, each token pushed, the overlapped
-        # load engine takes the next LOAD, and the load data bus is free; the last retire.
+        # Each unit's head: its estimated start, or -1 if it cannot go yet (a token it pops not pushed, or
+        # a queue it pushes to full), or None if that must be worked out again.  A head's answer changes
+        # only when its unit goes or a queue it pops from (or pushes to) gets a token (or loses one), so
+        # most steps work out one head, not three.
+        head_start: list[int | None] = [None, None, None]
+        # The relaxed schedule of the bound: the next dispatch, the starts of each unit's last queue_depth
+        # instructions (their queue slots), when each unit is free, each token pushed, the overlapped load
+        # engine takes the next LOAD, the load data bus is free, the ends of the last load_overlap LOADs;
+        # the last retire.
         bounding = counters_addr is not None
         overlapped = config.load_overlap > 1
+        mem_latency = config.mem_latency
+        queue_depth = config.queue_depth
+        next_dispatch = 0
+        queued = [collections.deque(maxlen=queue_depth) for _ in _STREAM_UNITS]
+        load_ends: collections.deque[int] = collections.deque(maxlen=config.load_overlap)
         free = [0, 0, 0]
         pushed_at: list[list[int]] = [[] for _ in _QUEUES]
         issue_free = data_end = retired = 0
         total = sum(lengths)
-        while len(program) < total:
+        closing_cycles = 0
+        if bounding:
+            closing = Instruction.make(Opcode.COUNTERS, dram=counters_addr, reset=True)
+            closing_cycles = (instruction_cycles(closing, config)
+                              + instruction_cycles(Instruction.make(Opcode.HALT), config))
+        for _ in range(total):
             best_start = best = -1
             for u in (0, 1, 2):
-                head = heads[u]
-                if head == lengths[u]:
-                    continue
-                op = streams[u][head]
-                start = unit_free[u]
-                ready = True
-                for queue in op.pop_queues:
-                    if popped[queue] >= len(push_times[queue]):
-                        ready = False
-                        break
-                    pushed = push_times[queue][popped[queue]]
-                    if pushed > start:
-                        start = pushed
-                for queue in op.push_queues:
-                    if len(push_times[queue]) - popped[queue] >= token_depth:
-                        ready = False
-                if ready and (best < 0 or start < best_start):
+                start = head_start[u]
+                if start is None:
+                    start = -1
+                    head = heads[u]
+                    if head < lengths[u]:
+                        op = streams[u][head]
+                        start = unit_free[u]
+                        for queue in op.pop_queues:
+                            if popped[queue] >= len(push_times[queue]):
+                                start = -1
+                                break
+                            pushed = push_times[queue][popped[queue]]
+                            if pushed > start:
+                                start = pushed
+                        if start >= 0:
+                            for queue in op.push_queues:
+                                if len(push_times[queue]) - popped[queue] >= token_depth:
+                                    start = -1
+                    head_start[u] = start
+                if start >= 0 and (best < 0 or start < best_start):
                     best_start, best = start, u
             if best < 0:
                 raise _Unorderable(f"the streams need more than token_depth={token_depth} tokens in flight")
             op = streams[best][heads[best]]
             heads[best] += 1
+            head_start[best] = None
+            pops, pushes = op.pop_queues, op.push_queues
             # The flags are legal for the unit by construction (_PUSH_FLAG/_POP_FLAG).
-            insn = op.insn.with_deps(op.insn.deps | frozenset(op.flags)) if op.flags else op.insn
+            insn = op.insn.with_deps(op.insn.deps | op.flags) if pops or pushes else op.insn
             took = instruction_cycles(insn, config)
             if bounding:
+                dispatch = next_dispatch
+                slots = queued[best]
+                if len(slots) == queue_depth and slots[0] > dispatch:
+                    dispatch = slots[0]
+                next_dispatch = dispatch + 1
                 loading = best == 0 and overlapped
-                start = issue_free if loading else free[best]
-                for queue in op.pop_queues:
+                # (Comparisons rather than max(): this runs for every instruction of every candidate.)
+                if loading:
+                    start = issue_free if issue_free > dispatch else dispatch
+                    if len(load_ends) == load_ends.maxlen and load_ends[0] + LOAD_SLOT_CYCLES > start:
+                        start = load_ends[0] + LOAD_SLOT_CYCLES
+                else:
+                    start = free[best] if free[best] > dispatch else dispatch
+                for queue in pops:
                     if pushed_at[queue][popped[queue]] > start:
                         start = pushed_at[queue][popped[queue]]
                 # A PREDICATE, and with epilogue_overlap an EPILOGUE, may run beside the compute unit: 1
                 # cycle at least (the EPILOGUE's tokens come at its end).
-                beside = insn.opcode is Opcode.PREDICATE or epilogue_runs_beside(insn, config)
+                beside = best == 1 and (insn.opcode is Opcode.PREDICATE or epilogue_runs_beside(insn, config))
                 end = start + (1 if beside else took)
                 if loading:
                     args = insn.args
                     issue_free = start + (1 if args["zero"] else args["rows"] + 1)
                     # Its beats: what instruction_cycles adds to the memory latency and the request.
-                    data = args["rows"] if args["zero"] else took - config.mem_latency - 1
-                    end = data_end = max(end, data_end + data + LOAD_HANDOVER_CYCLES)
-                    end = max(end, free[0])           # LOADs retire in program order
+                    data = args["rows"] if args["zero"] else took - mem_latency - 1
+                    data_end += data + LOAD_HANDOVER_CYCLES
+                    if end > data_end:
+                        data_end = end
+                    end = data_end if data_end > free[0] else free[0]     # LOADs retire in program order
+                    load_ends.append(end)
+                slots.append(start)
                 free[best] = end
                 if beside and insn.opcode is Opcode.EPILOGUE:
                     end = start + took
-                for queue in op.push_queues:
+                for queue in pushes:
                     pushed_at[queue].append(end)
                 if end > retired:
                     retired = end
-            for queue in op.pop_queues:
+            for queue in pops:
                 popped[queue] += 1
+                head_start[_QUEUE_PRODUCER[queue]] = None     # room in the queue it pushes to
             end = best_start + took
-            for queue in op.push_queues:
+            for queue in pushes:
                 push_times[queue].append(end)
+                head_start[_QUEUE_CONSUMER[queue]] = None     # a token it may pop
             unit_free[best] = end
             program.append(insn)
             cycles.append(took)
         if not bounding:
             return program, cycles, 0
-        closing = Instruction.make(Opcode.COUNTERS, dram=counters_addr, reset=True)
-        bound = (max(retired, total) + instruction_cycles(closing, config)
-                 + instruction_cycles(Instruction.make(Opcode.HALT), config))
-        return program, cycles, bound
+        return program, cycles, max(retired, next_dispatch, total) + closing_cycles
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -214,8 +214,7 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
         for c in range(c0, c1):
             slot = _slot(a_slots, a_next)
             a_next += 1
-            for load in a_loader(i0, mt, c, slot.start):
-                streams.add(load, writes=[slot])
+            streams.add_writes(a_loader(i0, mt, c, slot.start), slot)
             slots.append(slot)
         return first, slots
 
