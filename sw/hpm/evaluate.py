@@ -21,6 +21,7 @@ random stall pattern), so errors are reported three ways, and beside the noise i
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,7 +30,27 @@ from .features import FEATURE_VERSION
 from .model import PerformanceModel, error_pct
 from .store import RunRecord, group_repeats
 
-__all__ = ["FamilyScore", "holdout_by_family", "summarise", "format_scores"]
+__all__ = ["FamilyScore", "WorstMeasurement", "holdout_by_family", "summarise", "format_scores",
+           "format_worst"]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorstMeasurement:
+    """One held-out measurement (a kernel, configuration and memory system; its repeats' mean)."""
+
+    family: str
+    config_name: str
+    stall: float
+    repeats: int
+    measured: float
+    analytic: float
+    baseline: float
+    learned: float
+    signature: dict
+
+    @property
+    def learned_error(self) -> float:
+        return error_pct(self.learned, self.measured)
 
 
 @dataclasses.dataclass
@@ -53,6 +74,8 @@ class FamilyScore:
     repeats, in percent of that mean."""
     stalls: list[float] = dataclasses.field(default_factory=list, repr=False)
     """The backpressure of every run, in the order of ``errors``."""
+    worst: list[WorstMeasurement] = dataclasses.field(default_factory=list, repr=False)
+    """Every measurement (group of repeats) with its held-out predictions, for :func:`format_worst`."""
 
     @property
     def measurements(self) -> int:
@@ -118,17 +141,22 @@ def holdout_by_family(records: Sequence[RunRecord], *, regressor: str = "lightgb
         learned = np.abs([b for _, b in errors])
         predicted = {id(record): prediction.cycles
                      for record, prediction in zip(test, predictions, strict=True)}
-        mean_errors, noise = [], []
+        mean_errors, noise, measurements = [], [], []
         for group in group_repeats(test):
             mean = float(np.mean([record.cycles for record in group]))
-            mean_errors.append((error_pct(group[0].features["analytic_cycles"], mean),
-                                error_pct(predicted[id(group[0])], mean)))
+            first = group[0]
+            mean_errors.append((error_pct(first.features["analytic_cycles"], mean),
+                                error_pct(predicted[id(first)], mean)))
+            priced = first.features["analytic_cycles"]
+            measurements.append(WorstMeasurement(
+                family, first.config_name, first.stall, len(group), mean, priced,
+                first.features.get("baseline_cycles", priced), predicted[id(first)], first.signature))
             if len(group) > 1:
                 noise.extend(error_pct(record.cycles, mean) for record in group)
         scores.append(FamilyScore(family, len(test), float(analytic.mean()), float(analytic.max()),
                                   float(learned.mean()), float(learned.max()), errors,
                                   [record.cycles for record in test], mean_errors, noise,
-                                  [record.stall for record in test]))
+                                  [record.stall for record in test], measurements))
     return scores
 
 
@@ -181,4 +209,26 @@ def format_scores(scores: Sequence[FamilyScore]) -> str:
                  f"{total['learned_mean_worst']:.1f}% of a mean of repeats, "
                  f"{total['learned_stall0_worst']:.1f}% of a run without backpressure; noise floor "
                  f"{total['noise_worst']:.1f}% (analytic worst {total['analytic_worst']:.1f}%)")
+    return "\n".join(lines)
+
+
+def format_worst(scores: Sequence[FamilyScore], count: int = 15) -> str:
+    """The ``count`` worst held-out measurements by the learned error against their repeats' mean, and
+    the ``count`` worst without backpressure (deterministic): where the baseline misses something.
+
+    Each line: family, configuration, backpressure, repeats, measured cycles (mean), and the analytic
+    model's, the memory-aware baseline's and the learned model's prediction with its error.
+    """
+    measurements = [measurement for score in scores for measurement in score.worst]
+    lines = []
+    for title, chosen in (("by the error against the mean of repeats", measurements),
+                          ("without backpressure", [m for m in measurements if m.stall == 0])):
+        lines.append(f"{count} worst held-out measurements {title}:")
+        lines.append(f"  {'family':28} {'config':8} {'stall':>5} {'runs':>4} {'measured':>9} "
+                     f"{'analytic':>16} {'baseline':>16} {'learned':>16}  tiling")
+        for m in sorted(chosen, key=lambda m: -abs(m.learned_error))[:count]:
+            predictions = " ".join(f"{value:9.0f} ({error_pct(value, m.measured):+5.1f}%)"
+                                   for value in (m.analytic, m.baseline, m.learned))
+            lines.append(f"  {m.family:28} {m.config_name:8} {m.stall:5.2f} {m.repeats:4d} {m.measured:9.0f} "
+                         f"{predictions}  {json.dumps(m.signature.get('tiling', {}), sort_keys=True)}")
     return "\n".join(lines)

@@ -369,7 +369,15 @@ def test_the_worst_error_without_backpressure_is_blind_to_the_stall_noise():
                 exact.append(record)
                 noisy = record.cycles * (1 + scatter) if record.stall > 0 else record.cycles
                 scattered.append(dataclasses.replace(record, counters=dict(record.counters, cycles=noisy)))
-    clean, noisy = summarise(holdout_by_family(exact)), summarise(holdout_by_family(scattered))
+    scores = holdout_by_family(scattered)
+    clean, noisy = summarise(holdout_by_family(exact)), summarise(scores)
     assert noisy["learned_worst"] > clean["learned_worst"] + 4, (clean, noisy)
     assert abs(noisy["learned_stall0_worst"] - clean["learned_stall0_worst"]) < 0.5, (clean, noisy)
     assert noisy["learned_stall0_worst"] < noisy["learned_worst"]
+    # The worst-measurements listing leads with the worst mean of repeats, then the worst stall-0 run.
+    from braze.sw.hpm.evaluate import format_worst
+
+    lines = format_worst(scores, 2).splitlines()
+    assert len(lines) == 8 and "without backpressure" in lines[4]
+    assert lines[2].endswith(f"{noisy['learned_mean_worst']:.1f}%)  {{}}"), lines[2]
+    assert lines[6].endswith(f"{noisy['learned_stall0_worst']:.1f}%)  {{}}"), lines[6]
