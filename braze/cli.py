@@ -540,7 +540,10 @@ def _fleet(args: argparse.Namespace) -> int:
              help="train into the model shipped with Braze, on calibration runs only (developers)"),
          arg("--leave-out", action="append", default=[], metavar="FAMILY",
              help="train without this kernel family (repeatable): the learned cost model prices its "
-                  "kernels, and the decisions they take part in, with the analytic model"))
+                  "kernels, and the decisions they take part in, with the analytic model"),
+         arg("--worst", type=integer(1), metavar="N",
+             help="evaluate: also list the N worst held-out measurements (by mean of repeats, and "
+                  "without backpressure) with the analytic, baseline and learned predictions"))
 def _hpm(args: argparse.Namespace) -> int:
     from braze.sw import hpm
 
@@ -580,9 +583,12 @@ def _hpm(args: argparse.Namespace) -> int:
         raise BrazeError(f"the history {store.path} has no runs on the {args.device} device: "
                          f"run `braze hpm calibrate` first")
     if args.action == "evaluate":
-        from braze.sw.hpm.evaluate import format_scores
+        from braze.sw.hpm.evaluate import format_scores, format_worst
 
-        print(format_scores(hpm.holdout_by_family(records, regressor=args.regressor)))
+        scores = hpm.holdout_by_family(records, regressor=args.regressor)
+        print(format_scores(scores))
+        if args.worst:
+            print(format_worst(scores, args.worst))
         return 0
     from braze.sw.hpm.model import shipped_model_dir
 

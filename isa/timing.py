@@ -505,13 +505,18 @@ class Scheduler:
     into space freed by earlier pops (the reference model checks this).
     """
 
-    def __init__(self, config: Config, *, keep_entries: bool = True, load_stretch: float = 0.0):
+    def __init__(self, config: Config, *, keep_entries: bool = True, load_stretch: float = 0.0,
+                 load_handover: int = LOAD_HANDOVER_CYCLES):
         self.config = config
         #: With overlapped LOADs: the extra cycles per row request and per data beat a stalling memory
         #: adds (``stall / (1 - stall)``; 0 for the nominal memory).  The requests and the beats of
         #: overlapped LOADs queue behind each other on the one AXI port, so the learned model's
         #: memory-aware baseline stretches them here rather than only each LOAD's own duration.
         self.load_stretch = load_stretch
+        #: With overlapped LOADs: cycles from one LOAD's last data to the next one's first
+        #: (:data:`LOAD_HANDOVER_CYCLES`; the learned model's memory-aware baseline prices what the
+        #: RTL measures beyond it, and only there).
+        self.load_handover = load_handover
         # Without keep_entries only the totals are kept (add returns None): a compiler pricing a program.
         self.keep_entries = keep_entries
         self.entries: list[ScheduledInstruction] = []
@@ -754,8 +759,8 @@ class Scheduler:
 
         The engine issues one row request per cycle and takes the next LOAD the cycle after the last
         (a zero LOAD issues nothing); data arrives in program order on one bus, so this LOAD's
-        beats (or zero rows) follow the previous LOAD's after a hand-over of
-        :data:`LOAD_HANDOVER_CYCLES`; LOADs complete and retire in program order.
+        beats (or zero rows) follow the previous LOAD's after a hand-over of ``load_handover``
+        (:data:`LOAD_HANDOVER_CYCLES`); LOADs complete and retire in program order.
         """
         args = insn.args
         data_cycles = args["rows"] if args["zero"] else axi_beats(insn, self.config)
@@ -764,7 +769,7 @@ class Scheduler:
             data_cycles = int(round(data_cycles * (1.0 + self.load_stretch)))
             requests = int(round(requests * (1.0 + self.load_stretch)))
         self._load_issue_free = start + (1 if args["zero"] else requests + 1)
-        end = max(end, self._load_data_end + data_cycles + LOAD_HANDOVER_CYCLES)
+        end = max(end, self._load_data_end + data_cycles + self.load_handover)
         self._load_data_end = end
         return end, max(end, self._unit_free[_LOAD])
 

@@ -23,10 +23,12 @@
 
 Ends with ``hpm: learned_mape=<pct> analytic_mape=<pct> learned_worst=<pct> learned_mean_worst=<pct>
 noise_worst=<pct> top1=<fraction> drift_recovery_runs=<n>``, ``cnn_cycles_learned_over_analytic=<x>``
-(at 40% backpressure) and ``cnn16_cycles_learned_over_analytic=<x>`` (the same at batch 16):
-``learned_worst`` against single runs, ``learned_mean_worst`` against the mean
-of each measurement's repeats (calibration runs short kernels under backpressure three times, each
-under its own recorded stall pattern), ``noise_worst`` how far single runs lie from that mean.
+(at 40% backpressure), ``cnn16_cycles_learned_over_analytic=<x>`` (the same at batch 16)
+and ``learned_stall0_worst=<pct>``: ``learned_worst`` against single runs, ``learned_mean_worst``
+against the mean of each measurement's repeats (calibration runs short kernels under backpressure
+three times, each under its own recorded stall pattern), ``noise_worst`` how far single runs lie
+from that mean, ``learned_stall0_worst`` against the single runs without backpressure (deterministic,
+so a single run's error there is the model's own, not the stall pattern's).
 """
 
 from __future__ import annotations
@@ -296,5 +298,6 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"noise_worst={total['noise_worst']:.1f} top1={top1:.2f} drift_recovery_runs={recovery} "
           f"cnn_cycles_learned_over_analytic="
           f"{plans[_DRIFT_STALL]['learned'] / plans[_DRIFT_STALL]['analytic']:.3f} "
-          f"cnn16_cycles_learned_over_analytic={plans16['learned'] / plans16['analytic']:.3f}")
+          f"cnn16_cycles_learned_over_analytic={plans16['learned'] / plans16['analytic']:.3f} "
+          f"learned_stall0_worst={total['learned_stall0_worst']:.1f}")
     return 0
