@@ -170,6 +170,8 @@ class RunTrace:
     cycles_by_partition: dict[str, int] = dataclasses.field(default_factory=dict)
     #: The accelerator partitions that ran and their inputs (what a sampled range check evaluates).
     accelerator_feeds: list = dataclasses.field(default_factory=list, repr=False)
+    #: Whether the run keeps its accelerator partitions' feeds (the analyzer samples it).
+    keeps_feeds: bool = False
 
     def cost(self, link: HostLink) -> float:
         return (self.kernel_cycles + link.transfer_cycles(self.transfers, self.transfer_bytes)
@@ -463,6 +465,10 @@ class DataflowSession:
             self._runs += 1
             run = self._runs
         trace = RunTrace(run, [], [])
+        # Asked before the run: a run the analyzer's budget does not sample hands over only the tensors whose
+        # ranges are checked on every run, and keeps no feeds for samplers (the run's time is counted after).
+        sampled = self.analyzer is not None and self.analyzer.admit(0.0)
+        trace.keeps_feeds = sampled
         host: dict[str, np.ndarray] = dict(input_feed)
         missing = [i for i in self.get_inputs() if i not in host]
         if missing:
@@ -485,25 +491,22 @@ class DataflowSession:
         if len(self.traces) > MAX_TRACES:
             del self.traces[:MAX_TRACES // 2]
         if self.analyzer is not None:
-            # CPU time, not wall time: a wait for the GIL while the analyzer's thread folds is that fold's
-            # time, which its own (thread CPU) time already counts.
-            handover = time.thread_time()
-            # Asked first: a run the budget does not sample hands over only the tensors whose ranges are
-            # checked on every run, and no samplers.
-            sampled = self.analyzer.admit(trace.seconds)
+            # Wall time of the handover (what the run pays: a clock read of a few tens of nanoseconds, where
+            # a thread CPU clock is a system call of a microsecond or more, twice per run).
+            handover = time.perf_counter()
+            self.analyzer.count(trace.seconds)
             names = self._monitored(plan) if sampled else self._checked(plan)
             observation = Observation(run, plan.version, {t: host[t] for t in names if t in host}, branches,
                                       tokens, rows, trace.bytes_by_partition, trace.cycles_by_partition,
-                                      trace.cost(self.link), trace.seconds, sampled=sampled,
-                                      block_zeros=block_zeros)
+                                      trace.cost(self.link), trace.seconds, sampled, block_zeros)
             if sampled:
                 observation.sample_block_zeros = sample
                 observation.sample_ranges = self._range_sampler(trace.accelerator_feeds)
                 observation.sample_monitors = self._monitor_sampler(trace.accelerator_feeds)
             self.analyzer.submit(observation, admitted=True)
             if self.analyzer._thread is not None:     # synchronous folding is counted as it folds
-                self.analyzer.submit_seconds += time.thread_time() - handover
-            if self.analyzer._thread is None:
+                self.analyzer.submit_seconds += time.perf_counter() - handover
+            else:
                 self._emit_warnings()
         names = list(output_names) if output_names else self._outputs
         return [host[name] for name in names]
@@ -572,7 +575,7 @@ class DataflowSession:
         nbytes = sum(t.bytes for t in transfers)
         trace.transfer_bytes += nbytes
         trace.bytes_by_partition[part.name] = trace.bytes_by_partition.get(part.name, 0) + nbytes
-        if part.kind == "accelerator" and self.analyzer is not None:
+        if part.kind == "accelerator" and trace.keeps_feeds:
             trace.accelerator_feeds.append((part, {t: host[t] for t in part.region.inputs}))
         if part.kind == "accelerator":          # the accelerator's own counters
             trace.cycles_by_partition[part.name] = trace.cycles_by_partition.get(part.name, 0) + cycles
