@@ -170,6 +170,40 @@ def _train(module, loss_fn, x: np.ndarray, y: np.ndarray, *, epochs: int, seed: 
     module.eval()
 
 
+def _exit_model(name: str, stem, deep, x_train: np.ndarray, deep_example, *, carried: str, deep_output: str,
+                then_nodes: list, then_output: str, output: str, output_shape: list[int],
+                if_name: str) -> tuple[bytes, float]:
+    """A trained stem (``x`` -> ``carried``, ``logits1``) and deep part (``carried`` -> ``deep_output``)
+    exported and joined by an ``If`` on the stem head's largest logit -- the exit branch ``then_nodes`` --
+    as the two early-exit models are; returns the model and its exit threshold (the
+    :data:`EXIT_QUANTILE` quantile of that logit over the training digits)."""
+    torch = _torch()
+    stem_onnx = _export(stem, torch.zeros(1, 1, 8, 8), ["x"], [carried, "logits1"])
+    deep_onnx = _export(deep, deep_example, [carried], [deep_output])
+    opset = max(_opset(stem_onnx), _opset(deep_onnx))
+    stem_nodes, stem_inits = _prefixed(stem_onnx.graph, "stem/", {"x", carried, "logits1"})
+    deep_nodes, deep_inits = _prefixed(deep_onnx.graph, "deep/", {carried, deep_output})
+    with torch.no_grad():
+        _, train_logits = stem(torch.from_numpy(x_train.copy()))
+    exit_logit = float(np.quantile(train_logits.max(1).values.numpy(), EXIT_QUANTILE))
+    confidence = [
+        helper.make_node("ReduceMax", ["logits1"], ["confidence"], name="exit/ReduceMax", keepdims=0),
+        helper.make_node("Greater", ["confidence", "exit_threshold"], ["exit"], name="exit/Greater"),
+    ]
+    info = helper.make_tensor_value_info
+    then_branch = helper.make_graph(then_nodes, "exit_branch", [],
+                                    [info(then_output, TensorProto.FLOAT, output_shape)])
+    else_branch = helper.make_graph(deep_nodes, "deep_branch", [],
+                                    [info(deep_output, TensorProto.FLOAT, output_shape)], deep_inits)
+    if_node = helper.make_node("If", ["exit"], [output], name=if_name, then_branch=then_branch,
+                               else_branch=else_branch)
+    threshold = numpy_helper.from_array(np.array(exit_logit, np.float32), "exit_threshold")
+    graph = helper.make_graph(stem_nodes + confidence + [if_node], name,
+                              [info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [info(output, TensorProto.FLOAT, output_shape)], stem_inits + [threshold])
+    return _model(graph, opset), exit_logit
+
+
 # ---------------------------------------------------------------------------------------------------
 # The early-exit CNN
 # ---------------------------------------------------------------------------------------------------
@@ -222,38 +256,18 @@ def _build_early_exit_cnn(seed: int) -> DataflowModel:
 
     _train(both, loss, x_all, y_all, epochs=10, seed=seed)
 
-    example = torch.zeros(1, 1, 8, 8)
-    stem_onnx = _export(stem, example, ["x"], ["features", "logits1"])
-    deep_onnx = _export(deep, torch.zeros(1, 8, 3, 3), ["features"], ["logits2"])
-    opset = max(_opset(stem_onnx), _opset(deep_onnx))
-    stem_nodes, stem_inits = _prefixed(stem_onnx.graph, "stem/", {"x", "features", "logits1"})
-    deep_nodes, deep_inits = _prefixed(deep_onnx.graph, "deep/", {"features", "logits2"})
-    with torch.no_grad():
-        _, train_logits = stem(torch.from_numpy(x_train.copy()))
-    exit_logit = float(np.quantile(train_logits.max(1).values.numpy(), EXIT_QUANTILE))
-    confidence = [
-        helper.make_node("ReduceMax", ["logits1"], ["confidence"], name="exit/ReduceMax", keepdims=0),
-        helper.make_node("Greater", ["confidence", "exit_threshold"], ["exit"], name="exit/Greater"),
-    ]
-    logits_info = helper.make_tensor_value_info
     then_node = helper.make_node("Identity", ["logits1"], ["exit_logits"], name="then/Id")
-    then_branch = helper.make_graph([then_node], "exit_branch", [],
-                                    [logits_info("exit_logits", TensorProto.FLOAT, [1, 10])])
-    else_branch = helper.make_graph(deep_nodes, "deep_branch", [],
-                                    [logits_info("logits2", TensorProto.FLOAT, [1, 10])], deep_inits)
-    if_node = helper.make_node("If", ["exit"], ["logits"], name="early_exit/If",
-                               then_branch=then_branch, else_branch=else_branch)
-    threshold = numpy_helper.from_array(np.array(exit_logit, np.float32), "exit_threshold")
-    graph = helper.make_graph(stem_nodes + confidence + [if_node], "early_exit_cnn",
-                              [logits_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
-                              [logits_info("logits", TensorProto.FLOAT, [1, 10])], stem_inits + [threshold])
+    onnx_bytes, exit_logit = _exit_model("early_exit_cnn", stem, deep, x_train, torch.zeros(1, 8, 3, 3),
+                                         carried="features", deep_output="logits2", then_nodes=[then_node],
+                                         then_output="exit_logits", output="logits", output_shape=[1, 10],
+                                         if_name="early_exit/If")
     with torch.no_grad():
         xv = torch.from_numpy(data.x_val.reshape(-1, 1, 8, 8).copy())
         features, logits1 = stem(xv)
         logits2 = deep(features)
         exit_ = logits1.max(1).values > exit_logit
         predicted = torch.where(exit_[:, None], logits1, logits2).argmax(1).numpy()
-    return DataflowModel("early_exit_cnn", _model(graph, opset), "x", (1, 8, 8), 1,
+    return DataflowModel("early_exit_cnn", onnx_bytes, "x", (1, 8, 8), 1,
                          float(np.mean(predicted == data.y_val)))
 
 
@@ -315,31 +329,12 @@ def _build_exit_encoder(seed: int) -> DataflowModel:
                 + nn.functional.cross_entropy(module[2](torch.flatten(embedding, 1)), y))
 
     _train(parts, loss, x_all, y_all, epochs=10, seed=seed)
-    stem_onnx = _export(stem, torch.zeros(1, 1, 8, 8), ["x"], ["stem_map", "logits1"])
-    deep_onnx = _export(deep, torch.zeros(1, 8, 8, 8), ["stem_map"], ["deep_embedding"])
-    opset = max(_opset(stem_onnx), _opset(deep_onnx))
-    stem_nodes, stem_inits = _prefixed(stem_onnx.graph, "stem/", {"x", "stem_map", "logits1"})
-    deep_nodes, deep_inits = _prefixed(deep_onnx.graph, "deep/", {"stem_map", "deep_embedding"})
-    with torch.no_grad():
-        _, train_logits = stem(torch.from_numpy(x_train.copy()))
-    exit_logit = float(np.quantile(train_logits.max(1).values.numpy(), EXIT_QUANTILE))
-    confidence = [
-        helper.make_node("ReduceMax", ["logits1"], ["confidence"], name="exit/ReduceMax", keepdims=0),
-        helper.make_node("Greater", ["confidence", "exit_threshold"], ["exit"], name="exit/Greater"),
-    ]
-    info = helper.make_tensor_value_info
     pool = helper.make_node("MaxPool", ["stem_map"], ["exit_embedding"], name="then/MaxPool",
                             kernel_shape=[2, 2], strides=[2, 2])
-    then_branch = helper.make_graph([pool], "exit_branch", [],
-                                    [info("exit_embedding", TensorProto.FLOAT, [1, 8, 4, 4])])
-    else_branch = helper.make_graph(deep_nodes, "deep_branch", [],
-                                    [info("deep_embedding", TensorProto.FLOAT, [1, 8, 4, 4])], deep_inits)
-    if_node = helper.make_node("If", ["exit"], ["embedding"], name="exit_encoder/If",
-                               then_branch=then_branch, else_branch=else_branch)
-    threshold = numpy_helper.from_array(np.array(exit_logit, np.float32), "exit_threshold")
-    graph = helper.make_graph(stem_nodes + confidence + [if_node], "exit_encoder_cnn",
-                              [info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
-                              [info("embedding", TensorProto.FLOAT, [1, 8, 4, 4])], stem_inits + [threshold])
+    onnx_bytes, exit_logit = _exit_model("exit_encoder_cnn", stem, deep, x_train, torch.zeros(1, 8, 8, 8),
+                                         carried="stem_map", deep_output="deep_embedding", then_nodes=[pool],
+                                         then_output="exit_embedding", output="embedding",
+                                         output_shape=[1, 8, 4, 4], if_name="exit_encoder/If")
     with torch.no_grad():                 # accuracy of the probe on the embedding the model returns
         xv = torch.from_numpy(data.x_val.reshape(-1, 1, 8, 8).copy())
         stem_map, logits1 = stem(xv)
@@ -347,7 +342,7 @@ def _build_exit_encoder(seed: int) -> DataflowModel:
         pooled = nn.functional.max_pool2d(stem_map, 2)
         embedding = torch.where(exit_[:, None, None, None], pooled, deep(stem_map))
         predicted = probe(torch.flatten(embedding, 1)).argmax(1).numpy()
-    return DataflowModel("exit_encoder_cnn", _model(graph, opset), "x", (1, 8, 8), 1,
+    return DataflowModel("exit_encoder_cnn", onnx_bytes, "x", (1, 8, 8), 1,
                          float(np.mean(predicted == data.y_val)))
 
 
