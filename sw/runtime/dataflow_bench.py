@@ -1,7 +1,9 @@
 """``braze bench dataflow``: dynamic partitioning driven by the dataflow analyzer, against the static plan.
 
-For the early-exit CNN (``easy`` and ``hard`` digits) and the mixture of experts (``skewed`` and
-``uniform`` routing) of :mod:`braze.sw.runtime.dataflow_models`, on the same validation inputs:
+For the early-exit CNN (``easy`` and ``hard`` digits), the mixture of experts (``skewed`` and
+``uniform`` routing) and the early-exit encoder (``easy`` and ``hard`` digits: its exit branch is one
+``MaxPool`` the static plan keeps on the host, which ``pull-elementwise`` pulls onto the chip) of
+:mod:`braze.sw.runtime.dataflow_models`, on the same validation inputs:
 
 * **static** -- the partitioned plan without the analyzer (:class:`~.dataflow.DataflowSession` with
   ``analyzer=False``): the If's predecessor and its else branch as two accelerator partitions with
@@ -40,11 +42,15 @@ and device runs (:class:`~.partitions.HostLink`); bytes are every host <-> devic
 dynamic output is compared with the static plan's (``np.array_equal``).  The last line is
 ``dataflow: overhead_pct=... early_exit_speedup=... moe_speedup=... transfer_bytes_saved_pct=...
 mismatches=... sparsity_replan_speedup=... multi_device_cycles_ratio=... multi_device_wall_ratio=...
-multi_device_mismatches=... overhead_cpu_pct=... overhead_iqr_pct=... overhead_own_pct=...``
+multi_device_mismatches=... overhead_cpu_pct=... overhead_iqr_pct=... overhead_own_pct=... pull_speedup=...
+pull_bytes_ratio=...``
 (``overhead_pct``: the largest median wall-time overhead of the four rows; ``overhead_iqr_pct``: that
 row's interquartile range; ``overhead_cpu_pct``, ``overhead_own_pct``: the largest CPU-time median and
 own accounting; speedups: static cost over dynamic cost, on ``hard`` and ``skewed``, and
-over the whole drift sequence; mismatches count the drift scenario's too; ``multi_device_cycles_ratio``:
+over the whole drift sequence; ``transfer_bytes_saved_pct``: over the early-exit CNN's and the mixture's
+rows; ``pull_speedup``: the encoder's on ``easy`` digits, its cost counting the host partitions' measured
+time (what the decision trades for chip work), ``pull_bytes_ratio`` its static bytes over dynamic;
+mismatches count the drift scenario's too; ``multi_device_cycles_ratio``:
 the multi-device cost over the same plan's on the one device, both models, the mixture's experts
 concurrent;
 ``multi_device_wall_ratio``: the mixture's wall time with its experts run concurrently over one after
