@@ -170,6 +170,17 @@ def _train(module, loss_fn, x: np.ndarray, y: np.ndarray, *, epochs: int, seed: 
     module.eval()
 
 
+def _clean_and_noisy(seed: int):
+    """The digits split, its training images as 1x8x8, and the training set of both early-exit models:
+    each image clean and with :data:`HARD_NOISE` (so that the deep part handles what the stem cannot)."""
+    data = load_digits_split()
+    x_train = data.x_train.reshape(-1, 1, 8, 8)
+    rng = np.random.default_rng(seed)
+    noisy = np.clip(x_train + rng.normal(0, HARD_NOISE, x_train.shape), 0, 1).astype(np.float32)
+    return (data, x_train, np.concatenate([x_train, noisy]),
+            np.concatenate([data.y_train, data.y_train]))
+
+
 def _exit_model(name: str, stem, deep, x_train: np.ndarray, deep_example, *, carried: str, deep_output: str,
                 then_nodes: list, then_output: str, output: str, output_shape: list[int],
                 if_name: str) -> tuple[bytes, float]:
@@ -241,13 +252,7 @@ def _build_early_exit_cnn(seed: int) -> DataflowModel:
             return self.fc2(torch.relu(self.fc1(torch.flatten(h, 1))))
 
     stem, deep = Stem(), Deep()
-    data = load_digits_split()
-    x_train = data.x_train.reshape(-1, 1, 8, 8)
-    # Train on clean and noisy digits alike, so that the deep head handles what the stem cannot.
-    rng = np.random.default_rng(seed)
-    noisy = np.clip(x_train + rng.normal(0, HARD_NOISE, x_train.shape), 0, 1).astype(np.float32)
-    x_all = np.concatenate([x_train, noisy])
-    y_all = np.concatenate([data.y_train, data.y_train])
+    data, x_train, x_all, y_all = _clean_and_noisy(seed)
     both = nn.ModuleList([stem, deep])
 
     def loss(module, x, y):
@@ -314,12 +319,7 @@ def _build_exit_encoder(seed: int) -> DataflowModel:
             return nn.functional.max_pool2d(torch.relu(self.conv(stem_map)), 2)
 
     stem, deep, probe = Stem(), Deep(), nn.Linear(8 * 4 * 4, 10)
-    data = load_digits_split()
-    x_train = data.x_train.reshape(-1, 1, 8, 8)
-    rng = np.random.default_rng(seed)
-    noisy = np.clip(x_train + rng.normal(0, HARD_NOISE, x_train.shape), 0, 1).astype(np.float32)
-    x_all = np.concatenate([x_train, noisy])
-    y_all = np.concatenate([data.y_train, data.y_train])
+    data, x_train, x_all, y_all = _clean_and_noisy(seed)
     parts = nn.ModuleList([stem, deep, probe])
 
     def loss(module, x, y):
