@@ -21,8 +21,13 @@ ran, from a host sample (``sample_block_zeros``: the int8 input evaluated on the
 the analyzer's thread for sampled runs only, inside the budget).
 
 The cost of the analysis is accounted for: :attr:`DataflowAnalyzer.busy_seconds` (the thread's
-CPU time folding) and :attr:`DataflowAnalyzer.submit_seconds` (the inference thread's CPU time
-handing over: a wait for the GIL while the thread folds is not counted twice).
+CPU time folding) and :attr:`DataflowAnalyzer.submit_seconds` (the inference thread's wall time
+handing over: a thread CPU clock is a system call of a microsecond or more, a wall clock tens of
+nanoseconds; the handover holds the GIL, so a fold rarely lands inside it to be counted twice).
+
+What a run hands over is references (the host tensors at the monitoring points, its control outcomes,
+bytes and cycles: dicts the run builds anyway); every statistic is computed on the thread, the rates of
+a batch of runs as columns (:func:`_columns`) rather than value by value.
 
 The thread is not woken per run: it polls the deque every :data:`POLL_SECONDS`.  Waking it from the
 inference thread (a queue put) cost that thread milliseconds per wake-up (the woken thread takes the
@@ -45,6 +50,8 @@ __all__ = ["DataflowAnalyzer", "Observation", "TensorStats", "Decayed", "ValueRa
 
 #: Elements per block of the zero-block fraction (the accelerator's int8 vector width of the default preset).
 ZERO_BLOCK = 16
+#: Elements numpy reduces without letting go of the GIL (NPY_BEGIN_THREADS_THRESHOLDED: more than 500).
+GIL_HELD_ELEMENTS = 500
 #: How often the analyzer's thread looks for new observations (it is never woken by a run).
 POLL_SECONDS = 0.02
 
@@ -83,7 +90,7 @@ class Decayed:
         return self.total / self.weight if self.weight else math.nan
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Observation:
     """What one run reports: host tensors at monitoring points and what the control flow did."""
 
@@ -173,11 +180,21 @@ class TensorStats:
         return self._range_warning(low, high)
 
     def add_ranges(self, values: list[np.ndarray]) -> str | None:
-        """The range check of runs not sampled, for several runs' values at once (one reduction over them
-        all: per run, the calls cost more than the reductions); a warning's text as ``add`` gives it."""
+        """The range check of runs not sampled, for several runs' values at once; a warning's text as ``add``
+        gives it.
+
+        One reduction per value, not one over the values stacked: numpy lets go of the GIL in a reduction
+        of more than a few hundred elements, and every time the analyzer's thread lets go of it the
+        inference thread takes it, then has to hand it back (a forced switch, two context switches) --
+        measured, a fold of unsampled runs took 4x its CPU time in wall time that way, and the runs paid
+        for the switches.  Values larger than that release the GIL one by one too: those are stacked,
+        two releases per batch rather than two per run."""
         if self.quant is None or self.dequantized:
             return None
-        if all(v.shape == values[0].shape for v in values):
+        if all(value.size <= GIL_HELD_ELEMENTS for value in values):
+            low = min(float(value.min()) for value in values)
+            high = max(float(value.max()) for value in values)
+        elif all(value.shape == values[0].shape for value in values):
             stacked = np.stack(values)
             low, high = float(stacked.min()), float(stacked.max())
         else:                                        # shapes changed within the batch (re-specialised)
@@ -200,6 +217,26 @@ class TensorStats:
                 "low": self.low.value, "high": self.high.value, "seen_low": self.seen_low,
                 "seen_high": self.seen_high,
                 "saturation": self.saturation.value if self.quant is not None else math.nan}
+
+
+def _columns(dicts: list[Mapping[str, float]]) -> dict[str, tuple[list[float], list[int]]]:
+    """The values of one statistic over a batch of runs, per name: (values in run order, their runs'
+    indices in the batch).  Runs that report the same names in the same order (the usual case: the same
+    plan, the same path) are transposed at once by ``zip``; others value by value."""
+    first = tuple(dicts[0]) if dicts else ()
+    if all(tuple(d) == first for d in dicts):
+        every = list(range(len(dicts)))
+        return {name: (list(values), every)
+                for name, values in zip(first, zip(*(d.values() for d in dicts), strict=True), strict=True)}
+    columns: dict[str, tuple[list[float], list[int]]] = {}
+    for index, d in enumerate(dicts):
+        for name, value in d.items():
+            column = columns.get(name)
+            if column is None:
+                column = columns[name] = ([], [])
+            column[0].append(value)
+            column[1].append(index)
+    return columns
 
 
 class DataflowAnalyzer:
@@ -275,6 +312,10 @@ class DataflowAnalyzer:
         self._sampled_submitted += sampled
         return sampled
 
+    def count(self, seconds: float) -> None:
+        """Count ``seconds`` of inference of a run admitted before it ran (``admit(0.0)``)."""
+        self.inference_seconds += seconds
+
     def checked_every_run(self, tensor: str) -> bool:
         """Whether ``tensor``'s range is checked on runs that are not sampled (int8 parameters, and not
         dequantized from them on the way out of a partition)."""
@@ -327,6 +368,8 @@ class DataflowAnalyzer:
             self._thread = None
 
     def take_warnings(self) -> list[str]:
+        if not self.warnings:        # every run asks: no lock (the thread holds it while it folds a batch)
+            return []
         with self._lock:
             pending, self.warnings = self.warnings, []
         return pending
@@ -368,32 +411,28 @@ class DataflowAnalyzer:
                 else:
                     for name, value in obs.tensors.items():
                         unsampled.setdefault(name, []).append(value)
-                    self._fold_block_zeros(obs)
+                    if obs.block_zeros:
+                        self._fold_block_zeros(obs)
             for name, arrays in unsampled.items():
                 self._warn(name, self._stats(name).add_ranges(arrays))
-            series: dict[int, dict[str, list[float]]] = {}
-
-            def values(table: dict[str, Decayed], name: str) -> list[float]:
-                if name not in table:
-                    table[name] = Decayed(self.half_life)
-                return series.setdefault(id(table), {}).setdefault(name, [])
-
+            # The rates, a column per name and statistic (transposed in C, not by a Python call per value).
+            tokens = _columns([obs.tokens for obs in batch])
+            if tokens:
+                rows = [max(1, obs.rows) for obs in batch]
+                for name, (counts, which) in tokens.items():
+                    self._decayed(self.token_share, name).extend(
+                        [count / rows[i] for count, i in zip(counts, which, strict=True)])
+                    self._decayed(self.active, name).extend([float(count > 0) for count in counts])
+            for table, field in ((self.branches, "branches"), (self.transfer_bytes, "transfer_bytes"),
+                                 (self.cycles, "cycles")):
+                for name, (values, _) in _columns([getattr(obs, field) for obs in batch]).items():
+                    self._decayed(table, name).extend(values)
             for obs in batch:
-                for name, taken in obs.branches.items():
-                    values(self.branches, name).append(float(taken))
-                for name, count in obs.tokens.items():
-                    values(self.token_share, name).append(count / max(1, obs.rows))
-                    values(self.active, name).append(float(count > 0))
-                for name, count in obs.transfer_bytes.items():
-                    values(self.transfer_bytes, name).append(float(count))
-                for name, count in obs.cycles.items():
-                    values(self.cycles, name).append(float(count))
-                runs_cost = self.cost_by_plan.setdefault(obs.plan_version, [0, 0.0])
+                runs_cost = self.cost_by_plan.get(obs.plan_version)
+                if runs_cost is None:
+                    runs_cost = self.cost_by_plan[obs.plan_version] = [0, 0.0]
                 runs_cost[0] += 1
                 runs_cost[1] += obs.cost_cycles
-            for table in (self.branches, self.token_share, self.active, self.transfer_bytes, self.cycles):
-                for name, folded in series.get(id(table), {}).items():
-                    table[name].extend(folded)
             before = self.observations
             self.observations += len(batch)
         self.busy_seconds += time.thread_time() - started

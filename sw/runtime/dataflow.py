@@ -30,6 +30,17 @@ device runs, weighted by the analyzer's decayed rates:
   host; the report says why).
 * ``branch-on-cpu`` -- a rarely taken else branch runs on the host (its quantized graph, the same
   integers), priced with the host time measured for it.
+* ``pull-elementwise`` -- the then branch's ops are pulled onto the chip: the If's predecessor and its
+  then branch run as one accelerator partition (``pre+then``), and an else branch, when taken, runs
+  with its predecessor (``pre+else``, from the model's inputs).  Offered where the then branch -- which
+  the static plan keeps on the host, having no GEMM or convolution -- holds only ops that select or move
+  int8 values (``MaxPool``, ``Reshape``, ... : :data:`~braze.sw.compiler.quantize.SCALE_PRESERVING`),
+  at least one of which computes: the chip gives the same values with the input's own parameters,
+  so the answer is the static plan's.  What it saves on a run that exits: the boundary tensor's bytes
+  beyond the branch's (smaller) output and the branch's host run (priced at its measured host time);
+  what it costs: the ops' kernels, and the predecessor computed again on a run that takes the else
+  branch.  Taken while the then branch is hot, reversed when it goes cold.  Such a session prices the
+  host time of its host partitions in every candidate plan and in the measured cost per run.
 * ``dispatch-experts`` -- the gate runs first; an expert whose mask holds no row this run is
   skipped, each other expert runs in its own accelerator partition (its output is multiplied by
   an all-zero mask otherwise: skipping it changes no value).  With ``hot-expert:<name>`` the
@@ -89,6 +100,7 @@ from ..compiler.cache import KernelCache, default_cache
 from ..compiler.cost import CostModel
 from ..compiler.frontend import evaluate, load_onnx
 from ..compiler.monitors import CONTROL_STATS, insert_monitors, lower_monitors, monitors
+from ..compiler.quantize import SCALE_PRESERVING
 from ..compiler.validate import validate
 from .analyzer import DataflowAnalyzer, Observation, ValueRangeWarning
 from .dataflow_shadow import FloatShadow
@@ -110,13 +122,17 @@ from .partitions import (
 from .session import choose_cost_model
 
 __all__ = ["DataflowSession", "DecisionEvent", "RunTrace", "DEFAULT_DYNAMIC_THRESHOLD", "FUSE_BRANCH",
-           "BRANCH_ON_CPU", "DISPATCH_EXPERTS", "HOT_EXPERT", "IF_ON_CHIP", "SKIP_ZERO_BLOCKS"]
+           "BRANCH_ON_CPU", "PULL_ELEMENTWISE", "DISPATCH_EXPERTS", "HOT_EXPERT", "IF_ON_CHIP",
+           "SKIP_ZERO_BLOCKS"]
 
 FUSE_BRANCH = "fuse-branch"
 IF_ON_CHIP = "if-on-chip"
 #: The partition manager's placement of the If's predecessor and else branch as one guarded program.
 ONCHIP_IF = "onchip-if"
 BRANCH_ON_CPU = "branch-on-cpu"
+PULL_ELEMENTWISE = "pull-elementwise"
+#: Ops that only move int8 values, computing none (a then branch of these alone has nothing to pull).
+MOVE_ONLY = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
 DISPATCH_EXPERTS = "dispatch-experts"
 #: With ``dispatch-experts``: ``hot-expert:<name>`` runs that expert in the gate's partition.
 HOT_EXPERT = "hot-expert"
@@ -166,10 +182,14 @@ class RunTrace:
     critical_cost: float = 0.0
     #: The device each step's partition ran on (None: the host, or a session with one device).
     devices: list = dataclasses.field(default_factory=list)
+    #: The host partitions' measured time, in accelerator cycles (the link's clock).
+    host_cycles: float = 0.0
     bytes_by_partition: dict[str, int] = dataclasses.field(default_factory=dict)
     cycles_by_partition: dict[str, int] = dataclasses.field(default_factory=dict)
     #: The accelerator partitions that ran and their inputs (what a sampled range check evaluates).
     accelerator_feeds: list = dataclasses.field(default_factory=list, repr=False)
+    #: Whether the run keeps its accelerator partitions' feeds (the analyzer samples it).
+    keeps_feeds: bool = False
 
     def cost(self, link: HostLink) -> float:
         return (self.kernel_cycles + link.transfer_cycles(self.transfers, self.transfer_bytes)
@@ -292,6 +312,8 @@ class DataflowSession:
         self.onchip_if_unavailable: str | None = None if isinstance(self.structure, BranchModel) else ""
         if not onchip_if and self.onchip_if_unavailable is None:
             self.onchip_if_unavailable = "turned off (onchip_if=False)"
+        #: Why the then branch's ops are not pulled onto the chip (None: they may be; "" for no If).
+        self.pull_unavailable = self._pull_unavailable() if isinstance(self.structure, BranchModel) else ""
         self._observe = analyzer
         placer = None
         if devices is not None:
@@ -420,6 +442,8 @@ class DataflowSession:
         if isinstance(s, StraightModel):
             return {"body": (s.body.name, ACCELERATOR_SKIP if SKIP_ZERO_BLOCKS in choices else "accelerator")}
         if isinstance(s, BranchModel):
+            if PULL_ELEMENTWISE in choices:
+                return {"pre": (s.fused_then.name, "accelerator"), "else": (s.fused_else.name, "accelerator")}
             if IF_ON_CHIP in choices:
                 return {"pre": (s.fused_else.name, ONCHIP_IF), "then": (s.then.name, "cpu")}
             if FUSE_BRANCH in choices:
@@ -463,6 +487,10 @@ class DataflowSession:
             self._runs += 1
             run = self._runs
         trace = RunTrace(run, [], [])
+        # Asked before the run: a run the analyzer's budget does not sample hands over only the tensors whose
+        # ranges are checked on every run, and keeps no feeds for samplers (the run's time is counted after).
+        sampled = self.analyzer is not None and self.analyzer.admit(0.0)
+        trace.keeps_feeds = sampled
         host: dict[str, np.ndarray] = dict(input_feed)
         missing = [i for i in self.get_inputs() if i not in host]
         if missing:
@@ -485,25 +513,22 @@ class DataflowSession:
         if len(self.traces) > MAX_TRACES:
             del self.traces[:MAX_TRACES // 2]
         if self.analyzer is not None:
-            # CPU time, not wall time: a wait for the GIL while the analyzer's thread folds is that fold's
-            # time, which its own (thread CPU) time already counts.
-            handover = time.thread_time()
-            # Asked first: a run the budget does not sample hands over only the tensors whose ranges are
-            # checked on every run, and no samplers.
-            sampled = self.analyzer.admit(trace.seconds)
+            # Wall time of the handover (what the run pays: a clock read of a few tens of nanoseconds, where
+            # a thread CPU clock is a system call of a microsecond or more, twice per run).
+            handover = time.perf_counter()
+            self.analyzer.count(trace.seconds)
             names = self._monitored(plan) if sampled else self._checked(plan)
             observation = Observation(run, plan.version, {t: host[t] for t in names if t in host}, branches,
                                       tokens, rows, trace.bytes_by_partition, trace.cycles_by_partition,
-                                      trace.cost(self.link), trace.seconds, sampled=sampled,
-                                      block_zeros=block_zeros)
+                                      self._measured_cost(trace), trace.seconds, sampled, block_zeros)
             if sampled:
                 observation.sample_block_zeros = sample
                 observation.sample_ranges = self._range_sampler(trace.accelerator_feeds)
                 observation.sample_monitors = self._monitor_sampler(trace.accelerator_feeds)
             self.analyzer.submit(observation, admitted=True)
             if self.analyzer._thread is not None:     # synchronous folding is counted as it folds
-                self.analyzer.submit_seconds += time.thread_time() - handover
-            if self.analyzer._thread is None:
+                self.analyzer.submit_seconds += time.perf_counter() - handover
+            else:
                 self._emit_warnings()
         names = list(output_names) if output_names else self._outputs
         return [host[name] for name in names]
@@ -555,7 +580,20 @@ class DataflowSession:
         return sample
 
     def _step(self, plan: Plan, role: str, host: dict[str, np.ndarray], trace: RunTrace) -> None:
-        self._record(plan, role, *plan.partitions[role].run(host), host, trace)
+        part = plan.partitions[role]
+        if part.kind == "accelerator":
+            self._record(plan, role, *part.run(host), host, trace)
+            return
+        started = time.perf_counter()
+        outputs, cycles = part.run(host)
+        trace.host_cycles += (time.perf_counter() - started) * self.link.host_clock_hz
+        self._record(plan, role, outputs, cycles, host, trace)
+
+    def _measured_cost(self, trace: RunTrace) -> float:
+        """A run's cost as this session prices plans: kernel cycles and the priced link, plus the host
+        partitions' measured time where a decision trades host work for chip work (``pull-elementwise``)."""
+        cost = trace.cost(self.link)
+        return cost + trace.host_cycles if self.pull_unavailable is None else cost
 
     def _record(self, plan: Plan, role: str, outputs: dict[str, np.ndarray], cycles: int,
                 host: dict[str, np.ndarray], trace: RunTrace) -> None:
@@ -572,7 +610,7 @@ class DataflowSession:
         nbytes = sum(t.bytes for t in transfers)
         trace.transfer_bytes += nbytes
         trace.bytes_by_partition[part.name] = trace.bytes_by_partition.get(part.name, 0) + nbytes
-        if part.kind == "accelerator" and self.analyzer is not None:
+        if part.kind == "accelerator" and trace.keeps_feeds:
             trace.accelerator_feeds.append((part, {t: host[t] for t in part.region.inputs}))
         if part.kind == "accelerator":          # the accelerator's own counters
             trace.cycles_by_partition[part.name] = trace.cycles_by_partition.get(part.name, 0) + cycles
@@ -673,7 +711,9 @@ class DataflowSession:
             # Fused plan: the guard passed, the branch's result (computed with its predecessor) is used.
             host[s.output] = host[s.orelse.outputs[0]]
         else:
-            self._step(plan, "then", host, trace)       # the general path; a fused branch's result is dropped
+            # The general path (a fused branch's result is dropped); pulled onto the chip, it ran with pre.
+            if "then" in plan.partitions:
+                self._step(plan, "then", host, trace)
             host[s.output] = host[s.then.outputs[0]]
         return {"else": taken_else}
 
@@ -741,6 +781,13 @@ class DataflowSession:
             onchip = self._onchip_if()
             if onchip is not None:
                 prices[frozenset({IF_ON_CHIP})] = onchip.predicted_at(p)
+            if self.pull_unavailable is None:
+                # The then branch on the host in every other plan: its measured host time on exits.
+                then_host = (1 - p) * self._host_cycles(s.then.name)
+                prices = {choice: cost + then_host for choice, cost in prices.items()}
+                prices[frozenset({PULL_ELEMENTWISE})] = (
+                    part(s.fused_then.name, "accelerator").predicted_cycles
+                    + p * part(s.fused_else.name, "accelerator").predicted_cycles)
             return prices
         static = part(s.gate_and_experts.name, "accelerator").predicted_cycles
         expected = {r.name: a.active[r.name].value * part(r.name, "accelerator").predicted_cycles
@@ -792,6 +839,18 @@ class DataflowSession:
         except OnChipIfError as error:
             self.onchip_if_unavailable = str(error)
             return None
+
+    def _pull_unavailable(self) -> str | None:
+        """Why the then branch's ops cannot be pulled onto the chip (None: they can; see the module
+        documentation)."""
+        ops = set(self.structure.then.op_types)
+        inexact = sorted(ops - SCALE_PRESERVING)
+        if inexact:
+            return (f"the then branch holds {', '.join(inexact)}, which the chip does not compute with its "
+                    f"input's int8 parameters (the answer could differ from the host's)")
+        if ops <= MOVE_ONLY:
+            return f"the then branch computes nothing to pull ({', '.join(sorted(ops))})"
+        return None
 
     def _reconsider(self, analyzer: DataflowAnalyzer | None = None) -> Plan:
         """Re-plan from the statistics (the analyzer's thread calls this every few runs)."""
@@ -887,6 +946,8 @@ class DataflowSession:
         if self.analyzer is not None:
             lines.append(self.analyzer.table())
             lines.append(self._monitors_text(plan))
+        if self.pull_unavailable:
+            lines.append(f"pull-elementwise: not offered ({self.pull_unavailable})")
         if self.onchip_if_unavailable:
             lines.append(f"if-on-chip: not available, the If stays on the host "
                          f"({self.onchip_if_unavailable})")

@@ -1,7 +1,9 @@
 """``braze bench dataflow``: dynamic partitioning driven by the dataflow analyzer, against the static plan.
 
-For the early-exit CNN (``easy`` and ``hard`` digits) and the mixture of experts (``skewed`` and
-``uniform`` routing) of :mod:`braze.sw.runtime.dataflow_models`, on the same validation inputs:
+For the early-exit CNN (``easy`` and ``hard`` digits), the mixture of experts (``skewed`` and
+``uniform`` routing) and the early-exit encoder (``easy`` and ``hard`` digits: its exit branch is one
+``MaxPool`` the static plan keeps on the host, which ``pull-elementwise`` pulls onto the chip) of
+:mod:`braze.sw.runtime.dataflow_models`, on the same validation inputs:
 
 * **static** -- the partitioned plan without the analyzer (:class:`~.dataflow.DataflowSession` with
   ``analyzer=False``): the If's predecessor and its else branch as two accelerator partitions with
@@ -40,11 +42,15 @@ and device runs (:class:`~.partitions.HostLink`); bytes are every host <-> devic
 dynamic output is compared with the static plan's (``np.array_equal``).  The last line is
 ``dataflow: overhead_pct=... early_exit_speedup=... moe_speedup=... transfer_bytes_saved_pct=...
 mismatches=... sparsity_replan_speedup=... multi_device_cycles_ratio=... multi_device_wall_ratio=...
-multi_device_mismatches=... overhead_cpu_pct=... overhead_iqr_pct=... overhead_own_pct=...``
+multi_device_mismatches=... overhead_cpu_pct=... overhead_iqr_pct=... overhead_own_pct=... pull_speedup=...
+pull_bytes_ratio=...``
 (``overhead_pct``: the largest median wall-time overhead of the four rows; ``overhead_iqr_pct``: that
 row's interquartile range; ``overhead_cpu_pct``, ``overhead_own_pct``: the largest CPU-time median and
 own accounting; speedups: static cost over dynamic cost, on ``hard`` and ``skewed``, and
-over the whole drift sequence; mismatches count the drift scenario's too; ``multi_device_cycles_ratio``:
+over the whole drift sequence; ``transfer_bytes_saved_pct``: over the early-exit CNN's and the mixture's
+rows; ``pull_speedup``: the encoder's on ``easy`` digits, its cost counting the host partitions' measured
+time (what the decision trades for chip work), ``pull_bytes_ratio`` its static bytes over dynamic;
+mismatches count the drift scenario's too; ``multi_device_cycles_ratio``:
 the multi-device cost over the same plan's on the one device, both models, the mixture's experts
 concurrent;
 ``multi_device_wall_ratio``: the mixture's wall time with its experts run concurrently over one after
@@ -63,12 +69,14 @@ from braze.isa.errors import ArgumentParser
 
 from .dataflow import DISPATCH_EXPERTS, SKIP_ZERO_BLOCKS, DataflowSession, RunTrace
 from .dataflow_drift import drift_calibration, drift_inputs, sensor_mlp
-from .dataflow_models import DISTRIBUTIONS, calibration_feeds, early_exit_cnn, inputs, moe_mlp
+from .dataflow_models import DISTRIBUTIONS, calibration_feeds, inputs, model_of
 
 __all__ = ["measure", "main"]
 
 #: The distribution each model's speedup is quoted on (the one whose skew a dynamic plan exploits).
-QUOTED = {"early_exit": "hard", "moe": "skewed"}
+QUOTED = {"early_exit": "hard", "moe": "skewed", "exit_encoder": "easy"}
+#: The families of the issue's speedup and transfer-bytes keys (the encoder has keys of its own: pull_*).
+ISSUE_FAMILIES = ("early_exit", "moe")
 
 
 def _run(session: DataflowSession, feeds) -> tuple[list[np.ndarray], list[RunTrace], float]:
@@ -80,7 +88,7 @@ def _run(session: DataflowSession, feeds) -> tuple[list[np.ndarray], list[RunTra
 
 def _totals(traces: Sequence[RunTrace], link) -> dict:
     return {"cycles": sum(t.kernel_cycles for t in traces), "bytes": sum(t.transfer_bytes for t in traces),
-            "cost": sum(t.cost(link) for t in traces)}
+            "cost": sum(t.cost(link) for t in traces), "host": sum(t.host_cycles for t in traces)}
 
 
 def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
@@ -123,7 +131,7 @@ def measure_overhead(static: DataflowSession, analyzed: DataflowSession, feeds, 
 def measure(family: str, distribution: str, *, runs: int, warmup: int, device: str = "golden",
             config: str = "default", cost_model: str | None = None, onchip_if: bool = True,
             overhead_rounds: int = 60, overhead_block: int = 32) -> dict:
-    model = early_exit_cnn() if family == "early_exit" else moe_mlp()
+    model = model_of(family)
     calibration = calibration_feeds(model)
     feeds = inputs(model, distribution, runs, seed=7)
     warm = inputs(model, distribution, warmup, seed=8)
@@ -158,7 +166,7 @@ MULTI_DEVICE = {"early_exit": "hard", "moe": "uniform"}
 def measure_multi(family: str, *, runs: int, devices: Sequence[str], device: str = "golden",
                   config: str = "default", cost_model: str | None = None) -> dict:
     """One device against several (see the module documentation): cost, wall time, mismatches."""
-    model = early_exit_cnn() if family == "early_exit" else moe_mlp()
+    model = model_of(family)
     distribution = MULTI_DEVICE[family]
     feeds = inputs(model, distribution, runs, seed=7)
     warm = inputs(model, distribution, 2, seed=8)
@@ -296,7 +304,8 @@ def _spread(quartiles: tuple[float, float, float]) -> str:
 
 def table(rows: Sequence[dict]) -> str:
     header = ("model", "inputs", "plan after warm-up", "cycles st/dyn", "bytes st/dyn", "cost st/dyn",
-              "speedup", "wall ms st/an/dyn", "analyzer wall [IQR]", "cpu [IQR]", "own", "mismatch")
+              "speedup", "host st/dyn", "wall ms st/an/dyn", "analyzer wall [IQR]", "cpu [IQR]", "own",
+              "mismatch")
     lines = []
     for r in rows:
         s, d = r["static"], r["dynamic"]
@@ -305,6 +314,7 @@ def table(rows: Sequence[dict]) -> str:
                       f"{s['bytes'] / r['runs']:.0f}/{d['bytes'] / r['runs']:.0f}",
                       f"{s['cost'] / r['runs']:.0f}/{d['cost'] / r['runs']:.0f}",
                       f"{s['cost'] / d['cost']:.2f}x",
+                      f"{s['host'] / r['runs']:.0f}/{d['host'] / r['runs']:.0f}",
                       "/".join(f"{1e3 * r[k]:.0f}" for k in ("static_wall", "analyzed_wall", "dynamic_wall")),
                       _spread(r["overhead"]["wall"]), _spread(r["overhead"]["cpu"]),
                       f"{100 * r['overhead']['accounted']:.2f}%", str(r["mismatches"])))
@@ -313,7 +323,9 @@ def table(rows: Sequence[dict]) -> str:
            "accelerator partitions (condition and then branch on the host); gate + all experts as one "
            "accelerator partition (routing, gated sum on the host). Per run: cycles = accelerator kernel "
            "cycles (counters); bytes = host<->device transfers; cost = cycles + priced transfers and device "
-           "runs; wall = the measured runs' wall time: static, static with the analyzer on (an), dynamic; "
+           "runs; host = the host partitions' measured time in cycles (200 MHz; not in cost, except in "
+           "pull_speedup); wall = the measured runs' wall time: static, static with the analyzer on (an), "
+           "dynamic; "
            "analyzer = its overhead on the static plan, median [quartiles] over interleaved pairs of blocks "
            "(analyzer off/on, the same inputs, ABBA order) in wall time and in process CPU time; own = its "
            "own accounting (its CPU time / inference wall time)."]
@@ -330,8 +342,17 @@ def summary(rows: Sequence[dict], drift: dict | None = None, multi: Sequence[dic
             return float("nan")
         return row["static"]["cost"] / row["dynamic"]["cost"]
 
-    static_bytes = sum(r["static"]["bytes"] for r in rows)
-    saved = 100 * (static_bytes - sum(r["dynamic"]["bytes"] for r in rows)) / static_bytes
+    issue_rows = [r for r in rows if r["family"] in ISSUE_FAMILIES] or rows
+    static_bytes = sum(r["static"]["bytes"] for r in issue_rows)
+    saved = 100 * (static_bytes - sum(r["dynamic"]["bytes"] for r in issue_rows)) / static_bytes
+    pull = next((r for r in rows
+                 if r["family"] == "exit_encoder" and r["distribution"] == QUOTED["exit_encoder"]), None)
+    if pull is None:
+        pull_text = "pull_speedup=nan pull_bytes_ratio=nan"
+    else:
+        s, d = pull["static"], pull["dynamic"]
+        pull_text = (f"pull_speedup={(s['cost'] + s['host']) / (d['cost'] + d['host']):.2f} "
+                     f"pull_bytes_ratio={s['bytes'] / d['bytes']:.2f}")
     mismatches = sum(r["mismatches"] for r in rows) + (drift["mismatches"] if drift else 0)
     replan = drift["totals"]["static"]["cost"] / drift["totals"]["dynamic"]["cost"] if drift else float("nan")
     nan = float("nan")
@@ -350,7 +371,7 @@ def summary(rows: Sequence[dict], drift: dict | None = None, multi: Sequence[dic
             f"multi_device_mismatches={sum(row['mismatches'] for m in multi for row in m['rows'])} "
             f"overhead_cpu_pct={100 * max(r['overhead']['cpu'][1] for r in rows):.2f} "
             f"overhead_iqr_pct={100 * (worst['overhead']['wall'][2] - worst['overhead']['wall'][0]):.2f} "
-            f"overhead_own_pct={100 * max(r['overhead']['accounted'] for r in rows):.2f}")
+            f"overhead_own_pct={100 * max(r['overhead']['accounted'] for r in rows):.2f} {pull_text}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -369,8 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reports", action="store_true", help="print each dynamic session's report")
     parser.add_argument("--no-onchip-if", action="store_true",
                         help="leave the If on the host (no if-on-chip decision): the host-If decisions alone")
-    parser.add_argument("--models", default="early_exit,moe",
-                        help="comma-separated model families to measure (early_exit, moe)")
+    parser.add_argument("--models", default="early_exit,moe,exit_encoder",
+                        help="comma-separated model families to measure (early_exit, moe, exit_encoder)")
     parser.add_argument("--drift-runs", type=int, default=32,
                         help="runs of the drift scenario's first phase (dense; then sparse and dense again, "
                              "twice as many each); 0: leave it out")
@@ -401,7 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     multi = []
     if devices:
         multi = [measure_multi(family, runs=args.runs, devices=devices, device=args.device,
-                               config=args.config, cost_model=args.cost_model) for family in families]
+                               config=args.config, cost_model=args.cost_model)
+                 for family in families if family in MULTI_DEVICE]
         if args.reports:
             for m in multi:
                 for row in m["rows"]:

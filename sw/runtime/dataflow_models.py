@@ -1,4 +1,4 @@
-"""Two data-dependent digits models, built with torch and exported to ONNX, for the dataflow runtime.
+"""Three data-dependent digits models, built with torch and exported to ONNX, for the dataflow runtime.
 
 * :func:`early_exit_cnn` -- a CNN with two heads: a cheap stem (conv 3x3, 8 channels, ReLU,
   max-pool to 4x4) and its head give ``logits1``; when the first head is confident -- its largest
@@ -9,6 +9,9 @@
   largest logit (not the largest softmax probability) is the confidence because it is what the chip
   can test exactly: an int8 maximum against an integer threshold (``PREDICATE max``, see
   :mod:`braze.sw.runtime.onchip_if`), so the whole If runs in one program.
+* :func:`exit_encoder_cnn` -- an early-exit encoder returning an embedding, whose exit branch is one
+  ``MaxPool`` on the stem's feature map: an element-wise op the static plan keeps on the host, between
+  two accelerator partitions' worth of work (the ``pull-elementwise`` decision's model).
 * :func:`moe_mlp` -- a mixture of four expert MLPs (``64 -> 48 -> 10`` each) behind a gate
   (``Gemm`` to 4 logits) with ``TopK`` (k=1) routing: each row's output is its expert's.  The gate
   is trained to route by digit class (:data:`EXPERT_OF_CLASS`), so the mix of digits decides the
@@ -41,7 +44,8 @@ from braze.isa.errors import BrazeError
 from ..compiler.cache import cache_dir
 from ..compiler.models import load_digits_split
 
-__all__ = ["DataflowModel", "early_exit_cnn", "moe_mlp", "inputs", "DISTRIBUTIONS", "EXIT_QUANTILE",
+__all__ = ["DataflowModel", "early_exit_cnn", "exit_encoder_cnn", "moe_mlp", "model_of", "family_of",
+           "inputs", "DISTRIBUTIONS", "EXIT_QUANTILE",
            "EXPERT_OF_CLASS", "EXPERTS", "calibration_feeds"]
 
 #: The early-exit CNN returns the first head's logits when their largest value exceeds this quantile of
@@ -51,7 +55,10 @@ EXPERTS = 4
 #: The expert the mixture's gate is trained to pick for each digit class.
 EXPERT_OF_CLASS = (0, 0, 0, 1, 1, 2, 2, 3, 3, 3)
 #: Each model's two input distributions.
-DISTRIBUTIONS = {"early_exit": ("easy", "hard"), "moe": ("skewed", "uniform")}
+DISTRIBUTIONS = {"early_exit": ("easy", "hard"), "moe": ("skewed", "uniform"),
+                 "exit_encoder": ("easy", "hard")}
+#: Each family's model name.
+FAMILY_MODELS = {"early_exit": "early_exit_cnn", "moe": "moe_mlp", "exit_encoder": "exit_encoder_cnn"}
 #: Standard deviation of the noise that makes digits ``hard`` (pixels lie in [0, 1]).
 HARD_NOISE = 0.45
 #: Bumped when a model's architecture or training changes: names the exported files on disk.
@@ -163,6 +170,51 @@ def _train(module, loss_fn, x: np.ndarray, y: np.ndarray, *, epochs: int, seed: 
     module.eval()
 
 
+def _clean_and_noisy(seed: int):
+    """The digits split, its training images as 1x8x8, and the training set of both early-exit models:
+    each image clean and with :data:`HARD_NOISE` (so that the deep part handles what the stem cannot)."""
+    data = load_digits_split()
+    x_train = data.x_train.reshape(-1, 1, 8, 8)
+    rng = np.random.default_rng(seed)
+    noisy = np.clip(x_train + rng.normal(0, HARD_NOISE, x_train.shape), 0, 1).astype(np.float32)
+    return (data, x_train, np.concatenate([x_train, noisy]),
+            np.concatenate([data.y_train, data.y_train]))
+
+
+def _exit_model(name: str, stem, deep, x_train: np.ndarray, deep_example, *, carried: str, deep_output: str,
+                then_nodes: list, then_output: str, output: str, output_shape: list[int],
+                if_name: str) -> tuple[bytes, float]:
+    """A trained stem (``x`` -> ``carried``, ``logits1``) and deep part (``carried`` -> ``deep_output``)
+    exported and joined by an ``If`` on the stem head's largest logit -- the exit branch ``then_nodes`` --
+    as the two early-exit models are; returns the model and its exit threshold (the
+    :data:`EXIT_QUANTILE` quantile of that logit over the training digits)."""
+    torch = _torch()
+    stem_onnx = _export(stem, torch.zeros(1, 1, 8, 8), ["x"], [carried, "logits1"])
+    deep_onnx = _export(deep, deep_example, [carried], [deep_output])
+    opset = max(_opset(stem_onnx), _opset(deep_onnx))
+    stem_nodes, stem_inits = _prefixed(stem_onnx.graph, "stem/", {"x", carried, "logits1"})
+    deep_nodes, deep_inits = _prefixed(deep_onnx.graph, "deep/", {carried, deep_output})
+    with torch.no_grad():
+        _, train_logits = stem(torch.from_numpy(x_train.copy()))
+    exit_logit = float(np.quantile(train_logits.max(1).values.numpy(), EXIT_QUANTILE))
+    confidence = [
+        helper.make_node("ReduceMax", ["logits1"], ["confidence"], name="exit/ReduceMax", keepdims=0),
+        helper.make_node("Greater", ["confidence", "exit_threshold"], ["exit"], name="exit/Greater"),
+    ]
+    info = helper.make_tensor_value_info
+    then_branch = helper.make_graph(then_nodes, "exit_branch", [],
+                                    [info(then_output, TensorProto.FLOAT, output_shape)])
+    else_branch = helper.make_graph(deep_nodes, "deep_branch", [],
+                                    [info(deep_output, TensorProto.FLOAT, output_shape)], deep_inits)
+    if_node = helper.make_node("If", ["exit"], [output], name=if_name, then_branch=then_branch,
+                               else_branch=else_branch)
+    threshold = numpy_helper.from_array(np.array(exit_logit, np.float32), "exit_threshold")
+    graph = helper.make_graph(stem_nodes + confidence + [if_node], name,
+                              [info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [info(output, TensorProto.FLOAT, output_shape)], stem_inits + [threshold])
+    return _model(graph, opset), exit_logit
+
+
 # ---------------------------------------------------------------------------------------------------
 # The early-exit CNN
 # ---------------------------------------------------------------------------------------------------
@@ -200,13 +252,7 @@ def _build_early_exit_cnn(seed: int) -> DataflowModel:
             return self.fc2(torch.relu(self.fc1(torch.flatten(h, 1))))
 
     stem, deep = Stem(), Deep()
-    data = load_digits_split()
-    x_train = data.x_train.reshape(-1, 1, 8, 8)
-    # Train on clean and noisy digits alike, so that the deep head handles what the stem cannot.
-    rng = np.random.default_rng(seed)
-    noisy = np.clip(x_train + rng.normal(0, HARD_NOISE, x_train.shape), 0, 1).astype(np.float32)
-    x_all = np.concatenate([x_train, noisy])
-    y_all = np.concatenate([data.y_train, data.y_train])
+    data, x_train, x_all, y_all = _clean_and_noisy(seed)
     both = nn.ModuleList([stem, deep])
 
     def loss(module, x, y):
@@ -215,38 +261,88 @@ def _build_early_exit_cnn(seed: int) -> DataflowModel:
 
     _train(both, loss, x_all, y_all, epochs=10, seed=seed)
 
-    example = torch.zeros(1, 1, 8, 8)
-    stem_onnx = _export(stem, example, ["x"], ["features", "logits1"])
-    deep_onnx = _export(deep, torch.zeros(1, 8, 3, 3), ["features"], ["logits2"])
-    opset = max(_opset(stem_onnx), _opset(deep_onnx))
-    stem_nodes, stem_inits = _prefixed(stem_onnx.graph, "stem/", {"x", "features", "logits1"})
-    deep_nodes, deep_inits = _prefixed(deep_onnx.graph, "deep/", {"features", "logits2"})
-    with torch.no_grad():
-        _, train_logits = stem(torch.from_numpy(x_train.copy()))
-    exit_logit = float(np.quantile(train_logits.max(1).values.numpy(), EXIT_QUANTILE))
-    confidence = [
-        helper.make_node("ReduceMax", ["logits1"], ["confidence"], name="exit/ReduceMax", keepdims=0),
-        helper.make_node("Greater", ["confidence", "exit_threshold"], ["exit"], name="exit/Greater"),
-    ]
-    logits_info = helper.make_tensor_value_info
     then_node = helper.make_node("Identity", ["logits1"], ["exit_logits"], name="then/Id")
-    then_branch = helper.make_graph([then_node], "exit_branch", [],
-                                    [logits_info("exit_logits", TensorProto.FLOAT, [1, 10])])
-    else_branch = helper.make_graph(deep_nodes, "deep_branch", [],
-                                    [logits_info("logits2", TensorProto.FLOAT, [1, 10])], deep_inits)
-    if_node = helper.make_node("If", ["exit"], ["logits"], name="early_exit/If",
-                               then_branch=then_branch, else_branch=else_branch)
-    threshold = numpy_helper.from_array(np.array(exit_logit, np.float32), "exit_threshold")
-    graph = helper.make_graph(stem_nodes + confidence + [if_node], "early_exit_cnn",
-                              [logits_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
-                              [logits_info("logits", TensorProto.FLOAT, [1, 10])], stem_inits + [threshold])
+    onnx_bytes, exit_logit = _exit_model("early_exit_cnn", stem, deep, x_train, torch.zeros(1, 8, 3, 3),
+                                         carried="features", deep_output="logits2", then_nodes=[then_node],
+                                         then_output="exit_logits", output="logits", output_shape=[1, 10],
+                                         if_name="early_exit/If")
     with torch.no_grad():
         xv = torch.from_numpy(data.x_val.reshape(-1, 1, 8, 8).copy())
         features, logits1 = stem(xv)
         logits2 = deep(features)
         exit_ = logits1.max(1).values > exit_logit
         predicted = torch.where(exit_[:, None], logits1, logits2).argmax(1).numpy()
-    return DataflowModel("early_exit_cnn", _model(graph, opset), "x", (1, 8, 8), 1,
+    return DataflowModel("early_exit_cnn", onnx_bytes, "x", (1, 8, 8), 1,
+                         float(np.mean(predicted == data.y_val)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The early-exit encoder: an element-wise op between partitions
+# ---------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=2)
+def exit_encoder_cnn(seed: int = 0) -> DataflowModel:
+    """The early-exit encoder (batch 1), trained and exported (cached on disk): see _build_exit_encoder."""
+    return _cached(f"exit_encoder_cnn-s{seed}", lambda: _build_exit_encoder(seed))
+
+
+def _build_exit_encoder(seed: int) -> DataflowModel:
+    """An encoder whose output is an embedding (8 channels, 4x4) of the digit, with an early exit.
+
+    The stem (conv 3x3 with padding, 8 channels, ReLU: an 8x8 feature map ``stem_map``) feeds a small head
+    (max-pool 4x4, dense 10) whose largest logit decides, as in the early-exit CNN, whether the stem is
+    enough.  The exit branch is one element-wise op on the stem's map -- ``MaxPool`` 2x2, the embedding --
+    and no GEMM, so the partitioner keeps it on the host: the stem's partition sends its whole map (512
+    B int8) to the host on every run, which pools it to 128 B.  The deep branch refines the map (conv 3x3,
+    8 channels, ReLU) before the same pooling.  Both convolutions are trained with a classifier on the
+    embedding (not exported), so the embedding separates the digits."""
+    torch = _torch()
+    nn = torch.nn
+    torch.manual_seed(seed)
+
+    class Stem(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 8, 3, padding=1)
+            self.head = nn.Linear(8 * 2 * 2, 10)
+
+        def forward(self, x):
+            stem_map = torch.relu(self.conv(x))
+            return stem_map, self.head(torch.flatten(nn.functional.max_pool2d(stem_map, 4), 1))
+
+    class Deep(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, stem_map):
+            return nn.functional.max_pool2d(torch.relu(self.conv(stem_map)), 2)
+
+    stem, deep, probe = Stem(), Deep(), nn.Linear(8 * 4 * 4, 10)
+    data, x_train, x_all, y_all = _clean_and_noisy(seed)
+    parts = nn.ModuleList([stem, deep, probe])
+
+    def loss(module, x, y):
+        stem_map, logits1 = module[0](x)
+        embedding = module[1](stem_map)
+        return (nn.functional.cross_entropy(logits1, y)
+                + nn.functional.cross_entropy(module[2](torch.flatten(embedding, 1)), y))
+
+    _train(parts, loss, x_all, y_all, epochs=10, seed=seed)
+    pool = helper.make_node("MaxPool", ["stem_map"], ["exit_embedding"], name="then/MaxPool",
+                            kernel_shape=[2, 2], strides=[2, 2])
+    onnx_bytes, exit_logit = _exit_model("exit_encoder_cnn", stem, deep, x_train, torch.zeros(1, 8, 8, 8),
+                                         carried="stem_map", deep_output="deep_embedding", then_nodes=[pool],
+                                         then_output="exit_embedding", output="embedding",
+                                         output_shape=[1, 8, 4, 4], if_name="exit_encoder/If")
+    with torch.no_grad():                 # accuracy of the probe on the embedding the model returns
+        xv = torch.from_numpy(data.x_val.reshape(-1, 1, 8, 8).copy())
+        stem_map, logits1 = stem(xv)
+        exit_ = logits1.max(1).values > exit_logit
+        pooled = nn.functional.max_pool2d(stem_map, 2)
+        embedding = torch.where(exit_[:, None, None, None], pooled, deep(stem_map))
+        predicted = probe(torch.flatten(embedding, 1)).argmax(1).numpy()
+    return DataflowModel("exit_encoder_cnn", onnx_bytes, "x", (1, 8, 8), 1,
                          float(np.mean(predicted == data.y_val)))
 
 
@@ -332,7 +428,7 @@ def inputs(model: DataflowModel, distribution: str, runs: int, *, seed: int = 0,
     data = load_digits_split()
     x, y = (data.x_train, data.y_train) if training else (data.x_val, data.y_val)
     rng = np.random.default_rng(seed)
-    family = "early_exit" if model.name == "early_exit_cnn" else "moe"
+    family = family_of(model)
     if distribution not in DISTRIBUTIONS[family]:
         raise BrazeError(f"distribution {distribution!r} of {model.name}: choose one of "
                          f"{', '.join(DISTRIBUTIONS[family])}")
@@ -340,14 +436,26 @@ def inputs(model: DataflowModel, distribution: str, runs: int, *, seed: int = 0,
         x = x[np.isin(y, [c for c, e in enumerate(EXPERT_OF_CLASS) if e == 0])]
     picks = rng.choice(len(x), runs * model.batch, replace=len(x) < runs * model.batch)
     chosen = x[picks].reshape(runs, model.batch, *model.sample_shape).astype(np.float32)
-    if family == "early_exit" and distribution == "hard":
+    if family in ("early_exit", "exit_encoder") and distribution == "hard":
         chosen = np.clip(chosen + rng.normal(0, HARD_NOISE, chosen.shape), 0, 1).astype(np.float32)
     return [{model.input_name: sample} for sample in chosen]
 
 
 def calibration_feeds(model: DataflowModel, runs: int = 32, seed: int = 1) -> list[dict[str, np.ndarray]]:
     """Training digits to calibrate ``model`` with: half from each of its two distributions."""
-    family = "early_exit" if model.name == "early_exit_cnn" else "moe"
-    first, second = DISTRIBUTIONS[family]
+    first, second = DISTRIBUTIONS[family_of(model)]
     return (inputs(model, first, runs - runs // 2, seed=seed, training=True)
             + inputs(model, second, runs // 2, seed=seed + 1, training=True))
+
+
+def family_of(model: DataflowModel) -> str:
+    """The family (a key of :data:`DISTRIBUTIONS`) of one of this module's models."""
+    return next(family for family, name in FAMILY_MODELS.items() if name == model.name)
+
+
+def model_of(family: str) -> DataflowModel:
+    """The model of a family (a key of :data:`DISTRIBUTIONS`), built or loaded from the cache."""
+    builders = {"early_exit": early_exit_cnn, "moe": moe_mlp, "exit_encoder": exit_encoder_cnn}
+    if family not in builders:
+        raise BrazeError(f"unknown dataflow model family {family!r}; choose from {', '.join(builders)}")
+    return builders[family]()

@@ -112,9 +112,13 @@ class BranchModel:
     orelse: Region
     fused_else: Region                # pre and the else branch in one region
     name: str
+    #: pre and the then branch in one region (its outputs: the condition and the then branch's): a then
+    #: branch of element-wise ops pulled onto the chip.
+    fused_then: Region | None = None
 
     def regions(self) -> list[Region]:
-        return [self.pre, self.then, self.orelse, self.fused_else]
+        pulled = [self.fused_then] if self.fused_then is not None else []
+        return [self.pre, self.then, self.orelse, self.fused_else, *pulled]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,7 +240,9 @@ def _split_if(proto, node, infos, inits) -> BranchModel:
     then_carried = [t for t in _free_inputs(then_g) if t not in inputs]
     fused = _region(proto, "pre+else", pre_nodes + list(else_g.node),
                     [cond, *then_carried, *orelse.outputs], infos, else_inits)
-    return BranchModel(cond, node.output[0], pre, then, orelse, fused, graph.name)
+    fused_then = _region(proto, "pre+then", pre_nodes + list(then_g.node), [cond, *then.outputs], infos,
+                         then_inits)
+    return BranchModel(cond, node.output[0], pre, then, orelse, fused, graph.name, fused_then)
 
 
 def _split_topk(proto, topk, infos, inits) -> MixtureModel:

@@ -227,7 +227,7 @@ def test_bench_prints_a_table_and_one_summary_line(capsys, early_exit, moe):
     from braze.sw.runtime import dataflow_bench
 
     assert dataflow_bench.main(["--runs", "3", "--warmup", "2", "--drift-runs", "3", "--overhead-rounds", "2",
-                                "--overhead-block", "2"]) == 0
+                                "--overhead-block", "2", "--models", "early_exit,moe"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert "static plan = " in lines[0]
     assert sum(line.startswith(("early_exit_cnn", "moe_mlp")) for line in lines) == 4
@@ -237,7 +237,7 @@ def test_bench_prints_a_table_and_one_summary_line(capsys, early_exit, moe):
     assert set(fields) == {"overhead_pct", "early_exit_speedup", "moe_speedup", "transfer_bytes_saved_pct",
                            "mismatches", "sparsity_replan_speedup", "multi_device_cycles_ratio",
                            "multi_device_wall_ratio", "multi_device_mismatches", "overhead_cpu_pct",
-                           "overhead_iqr_pct", "overhead_own_pct"}
+                           "overhead_iqr_pct", "overhead_own_pct", "pull_speedup", "pull_bytes_ratio"}
     assert any(line.startswith("drift: sensor_mlp") for line in lines)
     assert fields["mismatches"] == "0" and fields["multi_device_mismatches"] == "0"
     assert any(line.startswith("multi-device: ") for line in lines)
