@@ -95,9 +95,13 @@ class FamilyScore:
         return _mean_abs(a for a, _ in self.mean_errors)
 
     @property
+    def learned_stall0_errors(self) -> list[float]:
+        """The learned error of every run without backpressure (deterministic: no stall pattern)."""
+        return [b for (_, b), stall in zip(self.errors, self.stalls, strict=True) if stall == 0]
+
+    @property
     def learned_stall0_worst(self) -> float:
-        """The worst learned error of a run without backpressure (deterministic: no stall pattern)."""
-        return _max_abs(b for (_, b), stall in zip(self.errors, self.stalls, strict=True) if stall == 0)
+        return _max_abs(self.learned_stall0_errors)
 
     @property
     def noise_mape(self) -> float:
@@ -171,9 +175,7 @@ def summarise(scores: Sequence[FamilyScore]) -> dict[str, float]:
               "analytic_mean_mape": _mean_abs(a for score in scores for a, _ in score.mean_errors),
               "noise_mape": _mean_abs(x for score in scores for x in score.noise),
               "noise_worst": _max_abs(x for score in scores for x in score.noise),
-              "learned_stall0_worst": _max_abs(
-                  b for score in scores for (_, b), stall in zip(score.errors, score.stalls, strict=True)
-                  if stall == 0),
+              "learned_stall0_worst": _max_abs(b for score in scores for b in score.learned_stall0_errors),
               "measurements": sum(score.measurements for score in scores)}
     if not len(learned):
         return {"analytic_mape": float("nan"), "analytic_worst": float("nan"), "learned_mape": float("nan"),
