@@ -1,6 +1,7 @@
 """The memory-aware baseline's DMA engines that run one instruction at a time (feature version 8):
 the restart cycle after each STORE and each LOAD run alone, the shorter LOADs of few rows, the
-backpressure on a LOAD run alone; and topping up measurements made once (``braze hpm repeat``)."""
+backpressure on a LOAD run alone and on each STORE's responses; and topping up measurements made
+once (``braze hpm repeat``)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,16 @@ def test_backpressure_stretches_a_load_run_alone_by_its_extra_handshakes_only(mo
     # Overlapped LOADs hide it behind the previous LOAD's data.
     assert (_priced(loads, DEFAULT, monkeypatch, stall=0.4, ALONE_LOAD_STALL_HANDSHAKES=4)
             == _priced(loads, DEFAULT, monkeypatch, stall=0.4, ALONE_LOAD_STALL_HANDSHAKES=0))
+
+
+def test_backpressure_stretches_each_store_by_its_extra_handshakes(monkeypatch):
+    stores = [_store(i) for i in range(5)]
+    assert (_priced(stores, DEFAULT, monkeypatch, STORE_STALL_HANDSHAKES=0)
+            == _priced(stores, DEFAULT, monkeypatch, STORE_STALL_HANDSHAKES=3))
+    # At 0.4 each STORE (back to back: all on the critical path) waits 3 * 0.4 / 0.6 = 2 cycles more.
+    added = (_priced(stores, DEFAULT, monkeypatch, stall=0.4, STORE_STALL_HANDSHAKES=3)
+             - _priced(stores, DEFAULT, monkeypatch, stall=0.4, STORE_STALL_HANDSHAKES=0))
+    assert 5 * 1 <= added <= 5 * 3
 
 
 def test_a_program_is_placed_after_every_byte_it_touches():
