@@ -511,12 +511,14 @@ def _fleet(args: argparse.Namespace) -> int:
 
 
 @command("hpm", "the hardware performance model: calibrate it on a device, train it, evaluate it",
-         arg("action", choices=("calibrate", "refeature", "train", "evaluate", "show", "export", "import"),
-             help="calibrate: run calibration kernels into the history; refeature: recompute the "
-                  "history's features after they changed (no runs); train: fit the model on the "
-                  "history; evaluate: held-out errors by kernel family; show: the history and model; "
-                  "export: write the history's calibration runs to --runs-file; import: add a "
-                  "--runs-file's runs to the history (and refeature them)"),
+         arg("action", choices=("calibrate", "repeat", "refeature", "train", "evaluate", "show", "export",
+                                "import"),
+             help="calibrate: run calibration kernels into the history; repeat: run the --worst N held-out "
+                  "measurements under backpressure made only once again, up to --repeats runs each; "
+                  "refeature: recompute the history's features after they changed (no runs); train: fit "
+                  "the model on the history; evaluate: held-out errors by kernel family; show: the "
+                  "history and model; export: write the history's calibration runs to --runs-file; "
+                  "import: add a --runs-file's runs to the history (and refeature them)"),
          arg("--device", default="verilator", help="device kind (default: verilator)"),
          arg("--configs", default="tiny,default,large", type=_preset_list,
              help="comma-separated presets or specs to calibrate (default: tiny,default,large)"),
@@ -543,7 +545,8 @@ def _fleet(args: argparse.Namespace) -> int:
                   "kernels, and the decisions they take part in, with the analytic model"),
          arg("--worst", type=integer(1), metavar="N",
              help="evaluate: also list the N worst held-out measurements (by mean of repeats, and "
-                  "without backpressure) with the analytic, baseline and learned predictions"))
+                  "without backpressure) with the analytic, baseline and learned predictions; repeat: "
+                  "how many measurements to repeat (default: 30)"))
 def _hpm(args: argparse.Namespace) -> int:
     from braze.sw import hpm
 
@@ -589,6 +592,22 @@ def _hpm(args: argparse.Namespace) -> int:
         print(format_scores(scores))
         if args.worst:
             print(format_worst(scores, args.worst))
+        return 0
+    if args.action == "repeat":
+        from braze.sw.hpm.evaluate import worst_measured_once
+        from braze.sw.hpm.store import group_repeats, signature_hash
+
+        scores = hpm.holdout_by_family(records, regressor=args.regressor)
+        chosen = worst_measured_once(scores, args.worst or 30)
+        wanted = {(signature_hash(m.signature), m.config_name, m.stall) for m in chosen}
+        groups = [group for group in group_repeats(store.records(device=args.device, programs=True))
+                  if group[0].source == "calibrate"
+                  and (group[0].signature_hash, group[0].config_name, group[0].stall) in wanted]
+        report = hpm.repeat_measurements(store, groups, repeats=args.repeats, device=args.device,
+                                         budget_seconds=args.budget)
+        print(f"{len(chosen)} worst held-out measurements made once; " + report.summary())
+        for line in report.failed[:20]:
+            print(f"  failed: {line}")
         return 0
     from braze.sw.hpm.model import shipped_model_dir
 

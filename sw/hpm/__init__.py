@@ -13,7 +13,14 @@ imports it, and it never imports the runtime (``braze bench hpm``, which plans w
 sessions, is :mod:`braze.sw.runtime.hpm_bench`).
 """
 
-from .calibrate import CalibrationReport, RefeatureReport, calibrate, calibration_kernels, refeature
+from .calibrate import (
+    CalibrationReport,
+    RefeatureReport,
+    calibrate,
+    calibration_kernels,
+    refeature,
+    repeat_measurements,
+)
 from .evaluate import FamilyScore, holdout_by_family
 from .features import MemorySystem, kernel_family, kernel_features, kernel_signature
 from .model import LearnedCostModel, ModelError, PerformanceModel, Prediction, default_model_dir, load_model
@@ -23,6 +30,7 @@ __all__ = [
     "HistoryStore", "HistoryError", "RunRecord", "CodeletRun", "default_history_path",
     "MemorySystem", "kernel_features", "kernel_signature", "kernel_family",
     "calibrate", "calibration_kernels", "CalibrationReport", "refeature", "RefeatureReport",
+    "repeat_measurements",
     "PerformanceModel", "Prediction", "LearnedCostModel", "ModelError", "default_model_dir", "load_model",
     "holdout_by_family", "FamilyScore",
 ]

@@ -25,13 +25,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from braze.isa import INSN_BYTES, BrazeError, Config, Opcode
+from braze.isa import INSN_BYTES, SNAPSHOT_BYTES, BrazeError, Config, Instruction, Opcode, parse_snapshot
 from braze.isa.timing import element_bytes
 
 from ..compiler import kernels as library
 from ..compiler.cache import default_cache
 from ..compiler.energy import kernel_energy_pj
-from ..compiler.kernels import Kernel, KernelError, Tiling
+from ..compiler.kernels import OPERAND_ALIGN, Kernel, KernelError, Tiling
 from .features import (
     FEATURE_VERSION,
     MemorySystem,
@@ -45,7 +45,7 @@ from .store import HistoryStore, RunRecord, pack_program, signature_hash, unpack
 __all__ = ["KernelSpec", "calibration_specs", "calibration_kernels", "calibrate", "CalibrationReport",
            "random_inputs", "record_run", "DEFAULT_STALLS", "tiling_variants", "refeature", "RefeatureReport",
            "STRATEGIES", "most_uncertain", "CalibrationOptionError", "DEFAULT_REPEATS", "REPEAT_BELOW_CYCLES",
-           "calibration_seed", "wanted_runs", "coverage_order"]
+           "calibration_seed", "wanted_runs", "coverage_order", "repeat_measurements"]
 
 #: Backpressure levels calibration runs every kernel under (probability per AXI handshake).
 DEFAULT_STALLS = (0.0, 0.1, 0.25, 0.4)
@@ -594,6 +594,99 @@ def calibrate(configs: Sequence[Config], *, device: str = "verilator",
                     report.ran += 1
                     if progress and done % 25 == 0:
                         progress(f"{config.name}: {done}/{limit} runs ({time.monotonic() - started:.0f} s)")
+        if report.out_of_time:
+            break
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _data_end(instructions: Sequence[Instruction]) -> int:
+    """One past the last external byte a program's LOADs, STOREs and COUNTERS touch."""
+    end = 0
+    for insn in instructions:
+        if insn.opcode in (Opcode.LOAD, Opcode.STORE) and not (insn.opcode is Opcode.LOAD and insn.zero):
+            args = insn.args
+            end = max(end, args["dram"] + (args["rows"] - 1) * args["stride"]
+                      + args["len"] * element_bytes(args["mem"]))
+        elif insn.opcode is Opcode.COUNTERS:
+            end = max(end, insn.args["dram"] + SNAPSHOT_BYTES)
+    return end
+
+
+def repeat_measurements(store: HistoryStore, measurements: Sequence[Sequence[RunRecord]], *, repeats: int,
+                        device: str = "verilator", budget_seconds: float | None = None,
+                        seed: int = 0, progress: Callable[[str], None] | None = print) -> CalibrationReport:
+    """Run measured kernels again until each measurement has ``repeats`` runs under backpressure.
+
+    ``measurements``: groups of repeats (:func:`~.store.group_repeats`) of calibration runs under
+    backpressure, each run with its program.  Calibration runs a long kernel once per level (its
+    stalls average out over many requests), but then its "mean of repeats" is a single run, and the
+    held-out worst error of such a measurement is partly its one stall pattern's luck: this tops the
+    worst of them up.  Each new run executes the stored program (no kernel is generated again)
+    placed after every byte it touches, as :func:`~braze.sw.compiler.kernels.run_kernels` places
+    a kernel's, over random operands, under the next unused :func:`calibration_seed` of its
+    signature, and is recorded as a copy of the measurement's first run with the new counters.
+    Resumable: a measurement with ``repeats`` runs already is skipped.
+    """
+    from braze.sim.device import open_device
+
+    if not isinstance(repeats, int) or repeats < 2:
+        raise CalibrationOptionError(f"repeats={repeats!r}: repeating a measurement means at least 2 runs")
+    report = CalibrationReport()
+    started = time.monotonic()
+    rng = np.random.default_rng(seed)
+    by_config: dict[str, list[Sequence[RunRecord]]] = defaultdict(list)
+    for group in measurements:
+        first = group[0]
+        if first.stall <= 0.0 or first.program is None or first.device != device:
+            raise CalibrationOptionError(
+                f"repeat_measurements: a {first.family} run on {first.config_name} (stall {first.stall}, "
+                f"device {first.device}, program {'kept' if first.program else 'missing'}) cannot be "
+                f"repeated: only {device} runs under backpressure with their programs can")
+        if len(group) >= repeats:
+            report.skipped += 1
+            continue
+        by_config[first.config_name].append(group)
+    for config_name, groups in by_config.items():
+        config = Config.from_dict(groups[0][0].config)
+        with open_device(device, config) as dev:
+            for group in groups:
+                first = group[0]
+                instructions = unpack_program(first.program)
+                data_end = _data_end(instructions)
+                base = -(-data_end // OPERAND_ALIGN) * OPERAND_ALIGN
+                program = [*instructions, Instruction.make(Opcode.HALT)]
+                counters_at = [insn.args["dram"] for insn in instructions if insn.opcode is Opcode.COUNTERS]
+                if not counters_at:
+                    report.failed.append(f"{first.family} on {config_name}: its program takes no snapshot")
+                    continue
+                used = {record.stall_seed for record in group}
+                seeds = [candidate for candidate in dict.fromkeys(
+                    calibration_seed(first.signature_hash, repeat) for repeat in range(4 * repeats))
+                    if candidate not in used][:repeats - len(group)]
+                dev.set_stall(first.stall)
+                for stall_seed in seeds:
+                    if budget_seconds is not None and time.monotonic() - started > budget_seconds:
+                        report.out_of_time = True
+                        break
+                    dev.write(0, rng.integers(0, 256, size=data_end, dtype=np.uint8).tobytes())
+                    dev.set_stall_seed(stall_seed)
+                    try:
+                        dev.run(program, base=base)
+                    except BrazeError as error:
+                        report.failed.append(f"{first.family} on {config_name}: {str(error).splitlines()[0]}")
+                        break
+                    counters = parse_snapshot(dev.read(counters_at[-1], SNAPSHOT_BYTES))
+                    counters = {name: int(value) for name, value in counters.items()}
+                    store.add(dataclasses.replace(first, counters=counters, stall_seed=stall_seed, id=None,
+                                                  recorded_at=time.time(),
+                                                  energy_pj=kernel_energy_pj(counters, config)["total"]))
+                    report.ran += 1
+                if progress:
+                    progress(f"{first.family} on {config_name} at stall {first.stall}: "
+                             f"{len(group) + len(seeds)} runs ({time.monotonic() - started:.0f} s)")
+                if report.out_of_time:
+                    break
         if report.out_of_time:
             break
     report.seconds = time.monotonic() - started

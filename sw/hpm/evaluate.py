@@ -31,7 +31,7 @@ from .model import PerformanceModel, error_pct
 from .store import RunRecord, group_repeats
 
 __all__ = ["FamilyScore", "WorstMeasurement", "holdout_by_family", "summarise", "format_scores",
-           "format_worst"]
+           "format_worst", "worst_measured_once"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,3 +234,11 @@ def format_worst(scores: Sequence[FamilyScore], count: int = 15) -> str:
             lines.append(f"  {m.family:28} {m.config_name:8} {m.stall:5.2f} {m.repeats:4d} {m.measured:9.0f} "
                          f"{predictions}  {json.dumps(m.signature.get('tiling', {}), sort_keys=True)}")
     return "\n".join(lines)
+
+
+def worst_measured_once(scores: Sequence[FamilyScore], count: int) -> list[WorstMeasurement]:
+    """The ``count`` held-out measurements under backpressure made only once with the largest learned
+    error: their "mean of repeats" is one run, whose stall pattern's luck the error includes, so they
+    are the ones to repeat (:func:`~.calibrate.repeat_measurements`) before reading the worst error."""
+    once = [m for score in scores for m in score.worst if m.repeats == 1 and m.stall > 0]
+    return sorted(once, key=lambda m: -abs(m.learned_error))[:count]
