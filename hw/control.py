@@ -41,7 +41,11 @@ offers the next one only after the previous one's ``done`` -- except the load
 client with ``Config.load_overlap`` > 1, which may hold that many LOADs: the core
 offers the next LOAD whenever its tokens are there and fewer are held, the client
 reports their ``done`` in program order (never in the cycle it takes one), and
-they retire and push their tokens in program order.
+they retire and push their tokens in program order -- and the compute client with
+``Config.matmul_overlap``, which may hold two MATMULs: while a MATMUL executes the core offers the
+next one if it is a MATMUL too, moving the executing one into a lane of its own (one deep); the
+client's dones come in program order, the lane's MATMUL retires first, and no other compute
+instruction starts before both have retired (docs/isa.md).
 
 On the first illegal or failing instruction (or a fetch error, or a
 deadlock) the core stops dispatching and starting instructions (queued ones
@@ -183,16 +187,19 @@ class _TokenQueue:
             m.d.sync += self.count.eq(self.count - 1)
 
 
-def _client_report(m: Module, name: str, port) -> tuple:
+def _client_report(m: Module, name: str, port, takes_own_done=None) -> tuple:
     """A client's (done, error, cause), as seen while it executes an instruction.
 
     A client may report done in the very cycle it takes the instruction; that report is kept
-    for the cycle after, when the core waits for it.
+    for the cycle after, when the core waits for it.  ``takes_own_done``: when given, only a done in
+    a take cycle in which it is high is the taken instruction's (else it is an earlier one's).
     """
     early_done = Signal(name=f"{name}_early_done")
     early_error = Signal(name=f"{name}_early_error")
     early_cause = Signal(ErrorCause, name=f"{name}_early_cause")
     taken_and_done = port.insn.valid & port.insn.ready & port.done
+    if takes_own_done is not None:
+        taken_and_done = taken_and_done & takes_own_done
     m.d.sync += early_done.eq(taken_and_done)
     with m.If(taken_and_done):
         m.d.sync += [early_error.eq(port.error), early_cause.eq(port.cause)]
@@ -711,6 +718,8 @@ class Control(wiring.Component):
             pulses = [u["retire"] & (u["opcode"] == opcode) for u in units.values()]
             if opcode is Opcode.EPILOGUE and "epilogue_retire" in compute_unit:
                 pulses.append(compute_unit["epilogue_retire"])
+            if opcode is Opcode.MATMUL and "matmul_retire" in compute_unit:
+                pulses.append(compute_unit["matmul_retire"])
             if opcode in barrier_retire:
                 pulses.append(barrier_retire[opcode])
             m.d.comb += self.retired[opcode.name.lower()].eq(Cat(*pulses).any())
@@ -756,7 +765,16 @@ class Control(wiring.Component):
             # The next instruction retires only once the EPILOGUE beside it has retired (pushed).
             beside_clear = beside_clear & ~epilogue["beside"]
             lane_open = lane_open & (~epilogue["beside"] | epilogue["head_clear"])
-        can_start = (state == _UnitState.IDLE) & ~offering & fifo.r_rdy & tokens_ready & ~stopped & lane_open
+        # With Config.matmul_overlap: a MATMUL handed over while the previous one, a MATMUL, still executes
+        # (or waits to push); that one moves to the matmul lane, and retires from there.
+        lane = None
+        free_state = state == _UnitState.IDLE
+        if unit is Unit.COMPUTE and self.config.matmul_overlap:
+            lane = self._matmul_lane_signals()
+            matmul_follows = (current_opcode == Opcode.MATMUL) & (head.word.opcode == Opcode.MATMUL)
+            free_state = free_state | (((state == _UnitState.EXECUTE) | (state == _UnitState.PUSH))
+                                       & matmul_follows & lane["free"])
+        can_start = free_state & ~offering & fifo.r_rdy & tokens_ready & ~stopped & lane_open
         m.d.comb += [
             port.insn.valid.eq((can_start & ~internal) | offering),
             port.insn.payload.eq(head.word),
@@ -790,18 +808,36 @@ class Control(wiring.Component):
                         with m.Case(reg):
                             m.d.sync += self.config_regs[reg.name.lower()].eq(config_insn.value)
 
-        client_done, client_error, client_cause = _client_report(m, name, port)
+        client_done, client_error, client_cause = _client_report(
+            m, name, port, None if lane is None else state == _UnitState.IDLE)
         executing = state == _UnitState.EXECUTE
         if unit is Unit.COMPUTE:
             # A PREDICATE that does not run beside the unit completes with the client's predicate_done.
             client_done = client_done | (self.predicate_done & (current_opcode == Opcode.PREDICATE))
+        moving = Const(0)
+        retire_clear = push_room & beside_clear
+        if lane is not None:
+            # While the lane's MATMUL is in flight the client's done is its (dones come in order), and the
+            # current instruction retires only after it.
+            moving = started & (state != _UnitState.IDLE)
+            lane_in_flight = lane["older"] & ~lane["done"]
+            self._matmul_lane(m, lane, client_done & lane_in_flight, flag_tokens, beside_clear, stopping)
+            with m.If(moving):
+                m.d.sync += [
+                    lane["older"].eq(1), lane["pc"].eq(current_pc), lane["deps"].eq(current_deps),
+                    lane["done"].eq((executing & client_done & ~lane_in_flight) | (state == _UnitState.PUSH)),
+                ]
+            client_done = client_done & ~lane_in_flight & ~moving
+            retire_clear = retire_clear & ~lane["older"]
         failed = executing & client_done & client_error
         completing = (executing & client_done & ~client_error) | (state == _UnitState.PUSH)
+        if lane is not None:
+            completing = completing & ~moving
         with m.If(failed):
             m.d.sync += state.eq(_UnitState.IDLE)
         with m.If(completing):
             # After an error, pending pushes are dropped: nothing will pop them.
-            with m.If((push_room & beside_clear) | stopping):
+            with m.If(retire_clear | stopping):
                 m.d.comb += retire.eq(1)
                 m.d.sync += state.eq(_UnitState.IDLE)
                 with m.If(~stopping):
@@ -839,6 +875,16 @@ class Control(wiring.Component):
             dep_stall = dep_stall | (blocked & ~stopping)
             pc = Mux(blocked, epilogue["pc"], pc)      # the earliest of the unit's instructions
             extra["epilogue_retire"] = epilogue["retire"]
+        if lane is not None:
+            # While the lane's MATMUL is in flight the unit is not stuck; once it waits for room to push
+            # it is, unless the current instruction still executes.  Its pc is the earlier one.
+            blocked = lane["blocked"]
+            idle = idle & ~lane["older"]
+            in_flight = in_flight | (lane["older"] & ~lane["done"])
+            stuck = (stuck & ~lane["older"]) | (blocked & (state != _UnitState.EXECUTE) & ~offering)
+            dep_stall = dep_stall | (blocked & ~stopping)
+            pc = Mux(blocked, lane["pc"], pc)
+            extra["matmul_retire"] = lane["retire"]
         return {
             **extra,
             "predicate_dst": predicate_dst,
@@ -858,6 +904,44 @@ class Control(wiring.Component):
             "retire": retire,
             "opcode": current_opcode,
         }
+
+    @staticmethod
+    def _matmul_lane_signals() -> dict:
+        """With ``Config.matmul_overlap``: the registers of the compute unit's matmul lane, which holds
+        the earlier of two MATMULs in flight (see :meth:`_matmul_lane`)."""
+        return {"older": Signal(name="matmul_lane_older"), "done": Signal(name="matmul_lane_done"),
+                "pc": Signal(PC_BITS, name="matmul_lane_pc"),
+                "deps": Signal(INSTRUCTION["deps"].shape, name="matmul_lane_deps"),
+                "free": Signal(name="matmul_lane_free"), "retire": Signal(name="matmul_lane_retire"),
+                "blocked": Signal(name="matmul_lane_blocked")}
+
+    @staticmethod
+    def _matmul_lane(m, lane, its_done, flag_tokens, beside_clear, stopping) -> None:
+        """With ``Config.matmul_overlap`` (docs/isa.md): the earlier of two MATMULs in flight.
+
+        The caller moves the executing MATMUL here when it hands the next MATMUL over (``older``, with
+        ``done`` if it has completed already).  It completes with ``its_done`` and then retires --
+        pushes its tokens -- as the unit's instructions do: once they have room and no instruction
+        beside the unit is still to retire.  The unit hands over no third MATMUL before it retires
+        (``free``, in its retire cycle at the earliest), and the current one retires after it.
+        """
+        finished = lane["older"] & (lane["done"] | its_done)
+        room = Cat(~lane["deps"][flag] | flag_tokens[flag].room
+                   for flag in ("push_prev", "push_next") if flag_tokens[flag] is not None).all()
+        m.d.comb += [
+            lane["retire"].eq(finished & ((room & beside_clear) | stopping)),
+            lane["free"].eq(~lane["older"] | lane["retire"]),
+            lane["blocked"].eq(finished & ~room),
+        ]
+        with m.If(lane["retire"]):
+            m.d.sync += [lane["older"].eq(0), lane["done"].eq(0)]
+            # After an error, pending pushes are dropped: nothing will pop them.
+            with m.If(~stopping):
+                for flag in ("push_prev", "push_next"):
+                    if flag_tokens[flag] is not None:
+                        m.d.comb += flag_tokens[flag].push.eq(lane["deps"][flag])
+        with m.Elif(its_done):
+            m.d.sync += lane["done"].eq(1)
 
     def _epilogue_lane(self, m, head, head_a_end, flag_tokens, stopping) -> dict:
         """With ``Config.epilogue_overlap``: an EPILOGUE beside the compute unit (docs/isa.md).

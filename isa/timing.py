@@ -40,6 +40,11 @@ Simplifications of :func:`schedule` (the hardware may differ by these):
   while it runs only if it is a MATMUL :func:`matmul_clear_of_epilogue`, else once the EPILOGUE has
   retired; the EPILOGUE pushes its tokens when it ends (waiting for room), and the next compute
   instruction retires no earlier than the cycle after it;
+* with ``Config.matmul_overlap``, a MATMUL that follows a MATMUL on the compute unit starts (is taken by
+  the MATMUL unit) once the previous one's last K-chunk streams and the MATMUL before that has retired,
+  and ends when :class:`MatmulPipe` says; MATMULs retire in program order, and every other compute
+  instruction waits for the last MATMUL's retire.  ``array_busy`` counts the cycles with at least one
+  MATMUL in flight (what a MATMUL adds beyond the previous one's end);
 * with ``Config.dispatch_stage``, a load, compute or store instruction leaves the dispatcher's slot
   into the dispatch stage once the instruction before it there has entered its queue, and enters
   its own queue (its ``dispatch``) a cycle later at the earliest (when its queue has room); the slot

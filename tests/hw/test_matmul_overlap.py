@@ -120,7 +120,7 @@ def test_back_to_back_into_different_rows_hide_the_fill_and_drain():
     last_chunk = accepted[0] + rows + 1 + 8          # the first one's second chunk begins streaming
     assert accepted[1] == last_chunk
     assert done[1] == done[0] + 2 * 8                 # its two chunks' rows follow the first one's
-    serial = accepted[0] + 2 * alone                  # without overlap: accepted in the first one's done cycle
+    serial = accepted[0] + 2 * alone     # without overlap: accepted in the first one's done cycle
     assert serial - done[1] == rows + cols + MATMUL_LATENCY + rows
 
 
