@@ -758,22 +758,36 @@ class Control(wiring.Component):
                 ~head_deps.push_prev & ~head_deps.push_next)
             beside_clear = ~beside | self.predicate_done
             lane_open = ~beside | (head.word.opcode == Opcode.MATMUL)
+        predicate_clear = beside_clear
+        # With Config.matmul_overlap: the matmul lane holds the earlier of two MATMULs in flight.
+        lane = self._matmul_lane_signals() if unit is Unit.COMPUTE and self.config.matmul_overlap else None
         epilogue = None
         if unit is Unit.COMPUTE and self.config.epilogue_overlap:
-            epilogue = self._epilogue_lane(m, head, head_a_end, flag_tokens, stopping)
+            # An EPILOGUE beside the unit that follows the lane's MATMUL retires after it.
+            epilogue = self._epilogue_lane(m, head, head_a_end, flag_tokens, stopping,
+                                           None if lane is None else lane["older"] & lane["before_epilogue"])
             head_beside = head_beside | epilogue["head_beside"]
             # The next instruction retires only once the EPILOGUE beside it has retired (pushed).
             beside_clear = beside_clear & ~epilogue["beside"]
-            lane_open = lane_open & (~epilogue["beside"] | epilogue["head_clear"])
-        # With Config.matmul_overlap: a MATMUL handed over while the previous one, a MATMUL, still executes
-        # (or waits to push); that one moves to the matmul lane, and retires from there.
-        lane = None
+            epilogue_open = ~epilogue["beside"] | epilogue["head_clear"]
+            if lane is not None:
+                # A MATMUL that touches its rows waits only until it has completed, not until it retired.
+                epilogue_open = epilogue_open | (~epilogue["running"] & (head.word.opcode == Opcode.MATMUL))
+            lane_open = lane_open & epilogue_open
         free_state = state == _UnitState.IDLE
-        if unit is Unit.COMPUTE and self.config.matmul_overlap:
-            lane = self._matmul_lane_signals()
-            matmul_follows = (current_opcode == Opcode.MATMUL) & (head.word.opcode == Opcode.MATMUL)
-            free_state = free_state | (((state == _UnitState.EXECUTE) | (state == _UnitState.PUSH))
-                                       & matmul_follows & lane["free"])
+        if lane is not None:
+            # A MATMUL (or, with epilogue overlap, an EPILOGUE beside the unit that is clear of its rows)
+            # handed over while a MATMUL still executes or waits to push: that one moves to the lane and
+            # retires from there.  While the lane's MATMUL has not retired, only a MATMUL starts from IDLE.
+            running_matmul = (((state == _UnitState.EXECUTE) | (state == _UnitState.PUSH))
+                              & (current_opcode == Opcode.MATMUL) & lane["free"])
+            follows = head.word.opcode == Opcode.MATMUL
+            if epilogue is not None:
+                started_signal = Signal(name=f"{name}_started")
+                clear = self._current_matmul_clear(m, head, head_a_end, started_signal)
+                follows = follows | (epilogue["head_beside"] & ~beside & clear)
+            free_state = ((free_state & (~lane["older"] | (head.word.opcode == Opcode.MATMUL)))
+                          | (running_matmul & follows))
         can_start = free_state & ~offering & fifo.r_rdy & tokens_ready & ~stopped & lane_open
         m.d.comb += [
             port.insn.valid.eq((can_start & ~internal) | offering),
@@ -782,6 +796,8 @@ class Control(wiring.Component):
         handed_over = port.insn.valid & port.insn.ready
         m.d.sync += offering.eq(port.insn.valid & ~port.insn.ready)
         started = handed_over | (can_start & internal)
+        if lane is not None and epilogue is not None:
+            m.d.comb += started_signal.eq(started)
 
         with m.If(started):
             m.d.comb += fifo.r_en.eq(1)
@@ -808,8 +824,10 @@ class Control(wiring.Component):
                         with m.Case(reg):
                             m.d.sync += self.config_regs[reg.name.lower()].eq(config_insn.value)
 
-        client_done, client_error, client_cause = _client_report(
-            m, name, port, None if lane is None else state == _UnitState.IDLE)
+        takes_own_done = None
+        if lane is not None:     # a done in a take cycle is the lane's MATMUL's while it is in flight
+            takes_own_done = (state == _UnitState.IDLE) & ~(lane["older"] & ~lane["done"])
+        client_done, client_error, client_cause = _client_report(m, name, port, takes_own_done)
         executing = state == _UnitState.EXECUTE
         if unit is Unit.COMPUTE:
             # A PREDICATE that does not run beside the unit completes with the client's predicate_done.
@@ -821,11 +839,15 @@ class Control(wiring.Component):
             # current instruction retires only after it.
             moving = started & (state != _UnitState.IDLE)
             lane_in_flight = lane["older"] & ~lane["done"]
-            self._matmul_lane(m, lane, client_done & lane_in_flight, flag_tokens, beside_clear, stopping)
+            # An EPILOGUE beside the unit that came after the lane's MATMUL does not hold it back.
+            lane_clear = beside_clear if epilogue is None else Mux(lane["before_epilogue"], predicate_clear,
+                                                                   beside_clear)
+            self._matmul_lane(m, lane, client_done & lane_in_flight, flag_tokens, lane_clear, stopping)
             with m.If(moving):
                 m.d.sync += [
                     lane["older"].eq(1), lane["pc"].eq(current_pc), lane["deps"].eq(current_deps),
                     lane["done"].eq((executing & client_done & ~lane_in_flight) | (state == _UnitState.PUSH)),
+                    lane["before_epilogue"].eq(head.word.opcode == Opcode.EPILOGUE),
                 ]
             client_done = client_done & ~lane_in_flight & ~moving
             retire_clear = retire_clear & ~lane["older"]
@@ -913,7 +935,36 @@ class Control(wiring.Component):
                 "pc": Signal(PC_BITS, name="matmul_lane_pc"),
                 "deps": Signal(INSTRUCTION["deps"].shape, name="matmul_lane_deps"),
                 "free": Signal(name="matmul_lane_free"), "retire": Signal(name="matmul_lane_retire"),
-                "blocked": Signal(name="matmul_lane_blocked")}
+                "blocked": Signal(name="matmul_lane_blocked"),
+                # It moved here when an EPILOGUE beside the unit was handed over: that one comes after it.
+                "before_epilogue": Signal(name="matmul_lane_before_epilogue")}
+
+    @staticmethod
+    def _current_matmul_clear(m, head, head_a_end, started) -> Signal:
+        """With ``Config.matmul_overlap`` and ``epilogue_overlap``: the head word, read as an EPILOGUE, is
+        clear of the rows of the MATMUL the unit executes (latched when it starts) -- the rule of
+        :func:`braze.isa.timing.matmul_clear_of_epilogue`, so that the EPILOGUE may run beside it."""
+        matmul = head.word.args.matmul
+        acc, acc_end = Signal(17, name="current_matmul_acc"), Signal(17, name="current_matmul_acc_end")
+        a, a_end = Signal(17, name="current_matmul_a"), Signal(17, name="current_matmul_a_end")
+        b, b_end = Signal(17, name="current_matmul_b"), Signal(17, name="current_matmul_b_end")
+        with m.If(started & (head.word.opcode == Opcode.MATMUL)):
+            m.d.sync += [acc.eq(matmul.acc), acc_end.eq(matmul.acc + matmul.m), a.eq(matmul.a),
+                         a_end.eq(head_a_end), b.eq(matmul.b), b_end.eq(matmul.b + matmul.k)]
+
+        def disjoint(first, first_end, second, second_end):
+            return (first_end <= second) | (second_end <= first)
+
+        ep = head.word.args.epilogue
+        dst_end = ep.dst + ep.m
+        clear = Signal(name="epilogue_clear_of_current_matmul")
+        m.d.comb += clear.eq(
+            disjoint(acc, acc_end, ep.src, ep.src + ep.m)
+            & (~ep.bias | disjoint(acc, acc_end, ep.bias_addr, ep.bias_addr + 1))
+            & (~ep.requant | disjoint(acc, acc_end, ep.quant_addr, ep.quant_addr + 2))
+            & disjoint(a, a_end, ep.dst, dst_end)
+            & disjoint(b, b_end, ep.dst, dst_end))
+        return clear
 
     @staticmethod
     def _matmul_lane(m, lane, its_done, flag_tokens, beside_clear, stopping) -> None:
@@ -943,7 +994,7 @@ class Control(wiring.Component):
         with m.Elif(its_done):
             m.d.sync += lane["done"].eq(1)
 
-    def _epilogue_lane(self, m, head, head_a_end, flag_tokens, stopping) -> dict:
+    def _epilogue_lane(self, m, head, head_a_end, flag_tokens, stopping, earlier_matmul=None) -> dict:
         """With ``Config.epilogue_overlap``: an EPILOGUE beside the compute unit (docs/isa.md).
 
         An EPILOGUE that writes scratchpad rows without a residual
@@ -952,6 +1003,8 @@ class Control(wiring.Component):
         (``epilogue_done``) and pushed its tokens.  Meanwhile only a MATMUL clear of its rows
         (``head_clear``: :func:`braze.isa.timing.matmul_clear_of_epilogue`) may start, and no later
         instruction retires.  The caller hands the EPILOGUE over; this latches it and retires it.
+        ``earlier_matmul`` (with ``Config.matmul_overlap``): a MATMUL before it in program order has not
+        retired yet, so it may not either.
         """
         beside = self.epilogue_beside
         completed = Signal(name="epilogue_beside_completed")
@@ -994,7 +1047,8 @@ class Control(wiring.Component):
         room = Cat(~deps[flag] | flag_tokens[flag].room
                    for flag in ("push_prev", "push_next") if flag_tokens[flag] is not None).all()
         retire = Signal(name="epilogue_beside_retire")
-        m.d.comb += retire.eq(finishing & (room | stopping))
+        after = room if earlier_matmul is None else room & ~earlier_matmul
+        m.d.comb += retire.eq(finishing & (after | stopping))
         with m.If(retire):
             m.d.sync += [beside.eq(0), completed.eq(0)]
             # After an error, pending pushes are dropped: nothing will pop them.

@@ -618,6 +618,7 @@ class Scheduler:
         self._epilogue_overlap = bool(config.epilogue_overlap)
         self._beside_epilogue: Instruction | None = None
         self._epilogue_retire = 0
+        self._epilogue_end = 0
         # With Config.dispatch_stage: the cycle the last load/compute/store instruction entered its
         # queue from the dispatch stage (the stage is free for the next word from then on).
         self._dispatch_stage = bool(config.dispatch_stage)
@@ -627,6 +628,11 @@ class Scheduler:
         # cycles of the last two MATMULs, and the end of the cycles array_busy has counted.
         self._matmul_pipe = MatmulPipe(config) if config.matmul_overlap else None
         self._matmul_follows = False
+        # ... the last MATMUL, whether it was the compute unit's last instruction, and the cycle after an
+        # EPILOGUE that started beside it (no MATMUL is taken before).
+        self._last_matmul: Instruction | None = None
+        self._matmul_last = False
+        self._matmul_floor = 0
         self._matmul_retire = self._matmul_retire_before = 0
         self._matmul_busy_until = 0
 
@@ -737,15 +743,30 @@ class Scheduler:
         if pipelined and self._matmul_follows:
             # The MATMUL unit takes it once the last MATMUL's last chunk streams and the one before has
             # retired (the control core holds two at most), not at the last one's end.
-            ready = start = max(dispatch, self._matmul_pipe.earliest_accept(), self._matmul_retire_before)
+            ready = start = max(dispatch, self._matmul_pipe.earliest_accept(), self._matmul_retire_before,
+                                self._matmul_floor)
+        # With epilogue_overlap too: an EPILOGUE that runs beside the unit and is clear of the last MATMUL's
+        # rows starts while it is in flight, once the MATMUL before it has retired (and any EPILOGUE beside).
+        past_matmul = (self._matmul_last and self._epilogue_overlap and insn.opcode is _EPILOGUE
+                       and epilogue_runs_beside(insn, self.config)
+                       and matmul_clear_of_epilogue(self._last_matmul, insn, self.config))
+        if past_matmul:
+            ready = start = max(dispatch, self._matmul_retire_before, self._epilogue_retire)
         if u == _COMPUTE and insn.opcode is not _MATMUL and self._beside_end > start:
             ready = start = self._beside_end   # only a MATMUL starts beside a running PREDICATE
         beside_epilogue = u == _COMPUTE and self._epilogue_retire > start
+        ready_before_epilogue = start
         if beside_epilogue and not (insn.opcode is _MATMUL and matmul_clear_of_epilogue(
                 insn, self._beside_epilogue, self.config)):
             # Only a MATMUL clear of its rows starts beside a running EPILOGUE; anything else once it retired.
-            ready = start = self._epilogue_retire
-            beside_epilogue = False
+            if pipelined:
+                # With matmul_overlap a MATMUL that touches its rows waits only until it has completed (and
+                # still retires after it).
+                ready = start = max(self._epilogue_end, ready_before_epilogue)
+                beside_epilogue = self._epilogue_retire > start
+            else:
+                ready = start = self._epilogue_retire
+                beside_epilogue = False
 
         if pops:
             for queue in pops:
@@ -765,6 +786,8 @@ class Scheduler:
         elif pipelined:
             end = self._matmul_pipe.accept(insn, start)
             retire = max(end, self._matmul_retire)     # MATMULs retire in program order
+        elif past_matmul:
+            retire = max(retire, self._matmul_retire + 1)  # after the MATMUL it started beside
         beside = False
         if u == _COMPUTE:
             if insn.opcode is _PREDICATE and insn.args["mem"] is Memory.SPAD and not pushes:
@@ -807,12 +830,17 @@ class Scheduler:
             self._unit_free[u] = start + 1
             self._beside_epilogue = insn
             self._epilogue_retire = retire
+            self._epilogue_end = end
         if overlapped:
             self._load_retires.append(retire)
         if u == _COMPUTE and self._matmul_pipe is not None:
-            self._matmul_follows = pipelined
+            self._matmul_follows = pipelined or past_matmul
+            self._matmul_last = pipelined
             if pipelined:
                 self._matmul_retire_before, self._matmul_retire = self._matmul_retire, retire
+                self._last_matmul = insn
+            elif past_matmul:
+                self._matmul_floor = start + 1
         if retire > self._all_retired:
             self._all_retired = retire
         if pipelined:
