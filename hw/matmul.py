@@ -253,34 +253,11 @@ class MatmulUnit(wiring.Component):
                     with m.Else():
                         m.next = "IDLE"
 
-        # Data stage: the scratchpad row arrives the cycle after its read.
-        data_weight = Signal()
-        data_zero = Signal()
-        data_a = Signal()
-        data_first = Signal()
-        m.d.sync += [
-            data_weight.eq(issue_weight),
-            data_zero.eq(issue_zero),
-            data_a.eq(issue_a),
-            data_first.eq(issue_first),
-        ]
-        spad_row = self.spad_read.data.as_value()
-        weight_row = self.weight_read.data.as_value() if self.config.weight_preload else spad_row
-        m.d.comb += [
-            array.weight_in.eq(Mux(data_zero, 0, weight_row)),
-            array.weight_shift.eq(data_weight),
-            array.a_in.eq(spad_row[:array.a_in.shape().size]),
-            array.a_valid.eq(data_a),
-            array.a_first.eq(data_first),
-        ]
+        data_a = self._data_stage(m, array, issue_weight, issue_zero, issue_a, issue_first)
 
         # Read stage: one cycle before a result row leaves the array, read the row it adds to.
         # Result rows leave in the order their A rows entered: chunk by chunk, row 0 first.
-        read_valid = data_a
-        for stage in range(self.array_latency - 1):
-            delayed = Signal(name=f"a_valid_d{stage + 1}")
-            m.d.sync += delayed.eq(read_valid)
-            read_valid = delayed
+        read_valid = self._result_valid(m, data_a)
         out_step = Signal(16)
         out_chunk_base = Signal(17)
         out_acc_row = Signal(16)
@@ -332,22 +309,13 @@ class MatmulUnit(wiring.Component):
             write_last_chunk.eq(add_last_chunk),
             write_last_row.eq(add_valid & add_last_row),
         ]
-        for column in range(cols):
-            old = Mux(add_old, self.acc_read.data[column], 0)
-            m.d.sync += write_row[column].eq(array.c_out[column] + old)
+        self._add_old_row(m, array, add_old, write_row)
 
         # Write stage: columns n..cols-1 keep their value.
-        column_mask = Signal(cols)
-        for column in range(cols):
-            m.d.comb += column_mask[column].eq(column < count_n)
+        column_mask = self._column_mask(m, count_n)
         last_chunk_k = Signal(unsigned(ceil_log2(rows) + 1))
         m.d.comb += last_chunk_k.eq(((count_k - 1) & (rows - 1)) + 1)
-        m.d.comb += [
-            self.acc_write.en.eq(write_valid),
-            self.acc_write.addr.eq(write_addr),
-            self.acc_write.data.eq(write_row),
-            self.acc_write.mask.eq(column_mask),
-        ]
+        self._write_stage(m, write_valid, write_addr, write_row, column_mask)
         with m.If(write_valid):
             m.d.comb += self.macs.eq(count_n * Mux(write_last_chunk, last_chunk_k, rows))
         m.d.sync += self.done.eq(write_last_row)
@@ -360,6 +328,61 @@ class MatmulUnit(wiring.Component):
         if self.config.weight_preload:
             m.d.comb += self.weight_read_pulse.eq(self.weight_read.en)
         return m
+
+    def _data_stage(self, m: Module, array: PEArray, issue_weight, issue_zero, issue_a, issue_first):
+        """The data stage: the scratchpad rows read in the issue stage arrive a cycle later and enter the
+        array (a weight row, with ``issue_zero`` as zeros, and an A row); returns the A row's valid."""
+        data_weight = Signal()
+        data_zero = Signal()
+        data_a = Signal()
+        data_first = Signal()
+        m.d.sync += [
+            data_weight.eq(issue_weight),
+            data_zero.eq(issue_zero),
+            data_a.eq(issue_a),
+            data_first.eq(issue_first),
+        ]
+        spad_row = self.spad_read.data.as_value()
+        weight_row = self.weight_read.data.as_value() if self.config.weight_preload else spad_row
+        m.d.comb += [
+            array.weight_in.eq(Mux(data_zero, 0, weight_row)),
+            array.weight_shift.eq(data_weight),
+            array.a_in.eq(spad_row[:array.a_in.shape().size]),
+            array.a_valid.eq(data_a),
+            array.a_first.eq(data_first),
+        ]
+        return data_a
+
+    def _result_valid(self, m: Module, data_a):
+        """``data_a`` delayed to one cycle before its result row leaves the array (the read stage)."""
+        read_valid = data_a
+        for stage in range(self.array_latency - 1):
+            delayed = Signal(name=f"a_valid_d{stage + 1}")
+            m.d.sync += delayed.eq(read_valid)
+            read_valid = delayed
+        return read_valid
+
+    def _add_old_row(self, m: Module, array: PEArray, add_old, write_row) -> None:
+        """The add stage: ``write_row`` gets the array's result row plus (with ``add_old``) the old row."""
+        for column in range(self.config.cols):
+            old = Mux(add_old, self.acc_read.data[column], 0)
+            m.d.sync += write_row[column].eq(array.c_out[column] + old)
+
+    def _column_mask(self, m: Module, count_n):
+        """The write enables of columns ``0..count_n-1`` (the others keep their value)."""
+        column_mask = Signal(self.config.cols)
+        for column in range(self.config.cols):
+            m.d.comb += column_mask[column].eq(column < count_n)
+        return column_mask
+
+    def _write_stage(self, m: Module, write_valid, write_addr, write_row, column_mask) -> None:
+        """The write stage: ``write_row`` into accumulator row ``write_addr``, columns by ``column_mask``."""
+        m.d.comb += [
+            self.acc_write.en.eq(write_valid),
+            self.acc_write.addr.eq(write_addr),
+            self.acc_write.data.eq(write_row),
+            self.acc_write.mask.eq(column_mask),
+        ]
 
     def _stream_with_preload(self, m: Module, step, chunk_base, a_chunk, a_row, last_chunk, issue,
                              instruction) -> None:
@@ -520,32 +543,11 @@ class MatmulUnit(wiring.Component):
                 a_row.eq(a_row + 1),
             ]
 
-        # Data stage: the scratchpad row arrives the cycle after its read.
-        data_weight = Signal()
-        data_zero = Signal()
-        data_a = Signal()
-        data_first = Signal()
-        m.d.sync += [
-            data_weight.eq(issue_weight),
-            data_zero.eq(issue_zero),
-            data_a.eq(issue_a),
-            data_first.eq(issue_first),
-        ]
-        m.d.comb += [
-            array.weight_in.eq(Mux(data_zero, 0, self.weight_read.data.as_value())),
-            array.weight_shift.eq(data_weight),
-            array.a_in.eq(self.spad_read.data.as_value()[:array.a_in.shape().size]),
-            array.a_valid.eq(data_a),
-            array.a_first.eq(data_first),
-        ]
+        data_a = self._data_stage(m, array, issue_weight, issue_zero, issue_a, issue_first)
 
         # Read stage, one cycle before a result row leaves the array, by the descriptor of the
         # instruction whose rows leave now; the next one's waits in `queued` while they do.
-        read_valid = data_a
-        for stage in range(self.array_latency - 1):
-            delayed = Signal(name=f"a_valid_d{stage + 1}")
-            m.d.sync += delayed.eq(read_valid)
-            read_valid = delayed
+        read_valid = self._result_valid(m, data_a)
         fields = (("acc", 16), ("m", 16), ("n", 7), ("k", 16), ("accumulate", 1))
         out = {name: Signal(width, name=f"out_{name}") for name, width in fields}
         queued = {name: Signal(width, name=f"queued_{name}") for name, width in fields}
@@ -624,20 +626,10 @@ class MatmulUnit(wiring.Component):
             write_chunk_k.eq(add_chunk_k),
             write_last_row.eq(add_valid & add_last_row),
         ]
-        for column in range(cols):
-            old = Mux(add_old, self.acc_read.data[column], 0)
-            m.d.sync += write_row[column].eq(array.c_out[column] + old)
+        self._add_old_row(m, array, add_old, write_row)
 
         # Write stage: columns n..cols-1 keep their value.
-        column_mask = Signal(cols)
-        for column in range(cols):
-            m.d.comb += column_mask[column].eq(column < write_n)
-        m.d.comb += [
-            self.acc_write.en.eq(write_valid),
-            self.acc_write.addr.eq(write_addr),
-            self.acc_write.data.eq(write_row),
-            self.acc_write.mask.eq(column_mask),
-        ]
+        self._write_stage(m, write_valid, write_addr, write_row, self._column_mask(m, write_n))
         with m.If(write_valid):
             m.d.comb += self.macs.eq(write_n * write_chunk_k)
         m.d.sync += self.done.eq(write_last_row)
