@@ -41,7 +41,11 @@ offers the next one only after the previous one's ``done`` -- except the load
 client with ``Config.load_overlap`` > 1, which may hold that many LOADs: the core
 offers the next LOAD whenever its tokens are there and fewer are held, the client
 reports their ``done`` in program order (never in the cycle it takes one), and
-they retire and push their tokens in program order.
+they retire and push their tokens in program order -- and the compute client with
+``Config.matmul_overlap``, which may hold two MATMULs: while a MATMUL executes the core offers the
+next one if it is a MATMUL too, moving the executing one into a lane of its own (one deep); the
+client's dones come in program order, the lane's MATMUL retires first, and no other compute
+instruction starts before both have retired (docs/isa.md).
 
 On the first illegal or failing instruction (or a fetch error, or a
 deadlock) the core stops dispatching and starting instructions (queued ones
@@ -183,16 +187,19 @@ class _TokenQueue:
             m.d.sync += self.count.eq(self.count - 1)
 
 
-def _client_report(m: Module, name: str, port) -> tuple:
+def _client_report(m: Module, name: str, port, takes_own_done=None) -> tuple:
     """A client's (done, error, cause), as seen while it executes an instruction.
 
     A client may report done in the very cycle it takes the instruction; that report is kept
-    for the cycle after, when the core waits for it.
+    for the cycle after, when the core waits for it.  ``takes_own_done``: when given, only a done in
+    a take cycle in which it is high is the taken instruction's (else it is an earlier one's).
     """
     early_done = Signal(name=f"{name}_early_done")
     early_error = Signal(name=f"{name}_early_error")
     early_cause = Signal(ErrorCause, name=f"{name}_early_cause")
     taken_and_done = port.insn.valid & port.insn.ready & port.done
+    if takes_own_done is not None:
+        taken_and_done = taken_and_done & takes_own_done
     m.d.sync += early_done.eq(taken_and_done)
     with m.If(taken_and_done):
         m.d.sync += [early_error.eq(port.error), early_cause.eq(port.cause)]
@@ -711,6 +718,8 @@ class Control(wiring.Component):
             pulses = [u["retire"] & (u["opcode"] == opcode) for u in units.values()]
             if opcode is Opcode.EPILOGUE and "epilogue_retire" in compute_unit:
                 pulses.append(compute_unit["epilogue_retire"])
+            if opcode is Opcode.MATMUL and "matmul_retire" in compute_unit:
+                pulses.append(compute_unit["matmul_retire"])
             if opcode in barrier_retire:
                 pulses.append(barrier_retire[opcode])
             m.d.comb += self.retired[opcode.name.lower()].eq(Cat(*pulses).any())
@@ -749,14 +758,37 @@ class Control(wiring.Component):
                 ~head_deps.push_prev & ~head_deps.push_next)
             beside_clear = ~beside | self.predicate_done
             lane_open = ~beside | (head.word.opcode == Opcode.MATMUL)
+        predicate_clear = beside_clear
+        # With Config.matmul_overlap: the matmul lane holds the earlier of two MATMULs in flight.
+        lane = self._matmul_lane_signals() if unit is Unit.COMPUTE and self.config.matmul_overlap else None
         epilogue = None
         if unit is Unit.COMPUTE and self.config.epilogue_overlap:
-            epilogue = self._epilogue_lane(m, head, head_a_end, flag_tokens, stopping)
+            # An EPILOGUE beside the unit that follows the lane's MATMUL retires after it.
+            epilogue = self._epilogue_lane(m, head, head_a_end, flag_tokens, stopping,
+                                           None if lane is None else lane["older"] & lane["before_epilogue"])
             head_beside = head_beside | epilogue["head_beside"]
             # The next instruction retires only once the EPILOGUE beside it has retired (pushed).
             beside_clear = beside_clear & ~epilogue["beside"]
-            lane_open = lane_open & (~epilogue["beside"] | epilogue["head_clear"])
-        can_start = (state == _UnitState.IDLE) & ~offering & fifo.r_rdy & tokens_ready & ~stopped & lane_open
+            epilogue_open = ~epilogue["beside"] | epilogue["head_clear"]
+            if lane is not None:
+                # A MATMUL that touches its rows waits only until it has completed, not until it retired.
+                epilogue_open = epilogue_open | (~epilogue["running"] & (head.word.opcode == Opcode.MATMUL))
+            lane_open = lane_open & epilogue_open
+        free_state = state == _UnitState.IDLE
+        if lane is not None:
+            # A MATMUL (or, with epilogue overlap, an EPILOGUE beside the unit that is clear of its rows)
+            # handed over while a MATMUL still executes or waits to push: that one moves to the lane and
+            # retires from there.  While the lane's MATMUL has not retired, only a MATMUL starts from IDLE.
+            running_matmul = (((state == _UnitState.EXECUTE) | (state == _UnitState.PUSH))
+                              & (current_opcode == Opcode.MATMUL) & lane["free"])
+            follows = head.word.opcode == Opcode.MATMUL
+            if epilogue is not None:
+                started_signal = Signal(name=f"{name}_started")
+                clear = self._current_matmul_clear(m, head, head_a_end, started_signal)
+                follows = follows | (epilogue["head_beside"] & ~beside & clear)
+            free_state = ((free_state & (~lane["older"] | (head.word.opcode == Opcode.MATMUL)))
+                          | (running_matmul & follows))
+        can_start = free_state & ~offering & fifo.r_rdy & tokens_ready & ~stopped & lane_open
         m.d.comb += [
             port.insn.valid.eq((can_start & ~internal) | offering),
             port.insn.payload.eq(head.word),
@@ -764,6 +796,8 @@ class Control(wiring.Component):
         handed_over = port.insn.valid & port.insn.ready
         m.d.sync += offering.eq(port.insn.valid & ~port.insn.ready)
         started = handed_over | (can_start & internal)
+        if lane is not None and epilogue is not None:
+            m.d.comb += started_signal.eq(started)
 
         with m.If(started):
             m.d.comb += fifo.r_en.eq(1)
@@ -790,18 +824,42 @@ class Control(wiring.Component):
                         with m.Case(reg):
                             m.d.sync += self.config_regs[reg.name.lower()].eq(config_insn.value)
 
-        client_done, client_error, client_cause = _client_report(m, name, port)
+        takes_own_done = None
+        if lane is not None:     # a done in a take cycle is the lane's MATMUL's while it is in flight
+            takes_own_done = (state == _UnitState.IDLE) & ~(lane["older"] & ~lane["done"])
+        client_done, client_error, client_cause = _client_report(m, name, port, takes_own_done)
         executing = state == _UnitState.EXECUTE
         if unit is Unit.COMPUTE:
             # A PREDICATE that does not run beside the unit completes with the client's predicate_done.
             client_done = client_done | (self.predicate_done & (current_opcode == Opcode.PREDICATE))
+        moving = Const(0)
+        retire_clear = push_room & beside_clear
+        if lane is not None:
+            # While the lane's MATMUL is in flight the client's done is its (dones come in order), and the
+            # current instruction retires only after it.
+            moving = started & (state != _UnitState.IDLE)
+            lane_in_flight = lane["older"] & ~lane["done"]
+            # An EPILOGUE beside the unit that came after the lane's MATMUL does not hold it back.
+            lane_clear = beside_clear if epilogue is None else Mux(lane["before_epilogue"], predicate_clear,
+                                                                   beside_clear)
+            self._matmul_lane(m, lane, client_done & lane_in_flight, flag_tokens, lane_clear, stopping)
+            with m.If(moving):
+                m.d.sync += [
+                    lane["older"].eq(1), lane["pc"].eq(current_pc), lane["deps"].eq(current_deps),
+                    lane["done"].eq((executing & client_done & ~lane_in_flight) | (state == _UnitState.PUSH)),
+                    lane["before_epilogue"].eq(head.word.opcode == Opcode.EPILOGUE),
+                ]
+            client_done = client_done & ~lane_in_flight & ~moving
+            retire_clear = retire_clear & ~lane["older"]
         failed = executing & client_done & client_error
         completing = (executing & client_done & ~client_error) | (state == _UnitState.PUSH)
+        if lane is not None:
+            completing = completing & ~moving
         with m.If(failed):
             m.d.sync += state.eq(_UnitState.IDLE)
         with m.If(completing):
             # After an error, pending pushes are dropped: nothing will pop them.
-            with m.If((push_room & beside_clear) | stopping):
+            with m.If(retire_clear | stopping):
                 m.d.comb += retire.eq(1)
                 m.d.sync += state.eq(_UnitState.IDLE)
                 with m.If(~stopping):
@@ -839,6 +897,16 @@ class Control(wiring.Component):
             dep_stall = dep_stall | (blocked & ~stopping)
             pc = Mux(blocked, epilogue["pc"], pc)      # the earliest of the unit's instructions
             extra["epilogue_retire"] = epilogue["retire"]
+        if lane is not None:
+            # While the lane's MATMUL is in flight the unit is not stuck; once it waits for room to push
+            # it is, unless the current instruction still executes.  Its pc is the earlier one.
+            blocked = lane["blocked"]
+            idle = idle & ~lane["older"]
+            in_flight = in_flight | (lane["older"] & ~lane["done"])
+            stuck = (stuck & ~lane["older"]) | (blocked & (state != _UnitState.EXECUTE) & ~offering)
+            dep_stall = dep_stall | (blocked & ~stopping)
+            pc = Mux(blocked, lane["pc"], pc)
+            extra["matmul_retire"] = lane["retire"]
         return {
             **extra,
             "predicate_dst": predicate_dst,
@@ -859,7 +927,74 @@ class Control(wiring.Component):
             "opcode": current_opcode,
         }
 
-    def _epilogue_lane(self, m, head, head_a_end, flag_tokens, stopping) -> dict:
+    @staticmethod
+    def _matmul_lane_signals() -> dict:
+        """With ``Config.matmul_overlap``: the registers of the compute unit's matmul lane, which holds
+        the earlier of two MATMULs in flight (see :meth:`_matmul_lane`)."""
+        return {"older": Signal(name="matmul_lane_older"), "done": Signal(name="matmul_lane_done"),
+                "pc": Signal(PC_BITS, name="matmul_lane_pc"),
+                "deps": Signal(INSTRUCTION["deps"].shape, name="matmul_lane_deps"),
+                "free": Signal(name="matmul_lane_free"), "retire": Signal(name="matmul_lane_retire"),
+                "blocked": Signal(name="matmul_lane_blocked"),
+                # It moved here when an EPILOGUE beside the unit was handed over: that one comes after it.
+                "before_epilogue": Signal(name="matmul_lane_before_epilogue")}
+
+    @staticmethod
+    def _current_matmul_clear(m, head, head_a_end, started) -> Signal:
+        """With ``Config.matmul_overlap`` and ``epilogue_overlap``: the head word, read as an EPILOGUE, is
+        clear of the rows of the MATMUL the unit executes (latched when it starts) -- the rule of
+        :func:`braze.isa.timing.matmul_clear_of_epilogue`, so that the EPILOGUE may run beside it."""
+        matmul = head.word.args.matmul
+        acc, acc_end = Signal(17, name="current_matmul_acc"), Signal(17, name="current_matmul_acc_end")
+        a, a_end = Signal(17, name="current_matmul_a"), Signal(17, name="current_matmul_a_end")
+        b, b_end = Signal(17, name="current_matmul_b"), Signal(17, name="current_matmul_b_end")
+        with m.If(started & (head.word.opcode == Opcode.MATMUL)):
+            m.d.sync += [acc.eq(matmul.acc), acc_end.eq(matmul.acc + matmul.m), a.eq(matmul.a),
+                         a_end.eq(head_a_end), b.eq(matmul.b), b_end.eq(matmul.b + matmul.k)]
+
+        def disjoint(first, first_end, second, second_end):
+            return (first_end <= second) | (second_end <= first)
+
+        ep = head.word.args.epilogue
+        dst_end = ep.dst + ep.m
+        clear = Signal(name="epilogue_clear_of_current_matmul")
+        m.d.comb += clear.eq(
+            disjoint(acc, acc_end, ep.src, ep.src + ep.m)
+            & (~ep.bias | disjoint(acc, acc_end, ep.bias_addr, ep.bias_addr + 1))
+            & (~ep.requant | disjoint(acc, acc_end, ep.quant_addr, ep.quant_addr + 2))
+            & disjoint(a, a_end, ep.dst, dst_end)
+            & disjoint(b, b_end, ep.dst, dst_end))
+        return clear
+
+    @staticmethod
+    def _matmul_lane(m, lane, its_done, flag_tokens, beside_clear, stopping) -> None:
+        """With ``Config.matmul_overlap`` (docs/isa.md): the earlier of two MATMULs in flight.
+
+        The caller moves the executing MATMUL here when it hands the next MATMUL over (``older``, with
+        ``done`` if it has completed already).  It completes with ``its_done`` and then retires --
+        pushes its tokens -- as the unit's instructions do: once they have room and no instruction
+        beside the unit is still to retire.  The unit hands over no third MATMUL before it retires
+        (``free``, in its retire cycle at the earliest), and the current one retires after it.
+        """
+        finished = lane["older"] & (lane["done"] | its_done)
+        room = Cat(~lane["deps"][flag] | flag_tokens[flag].room
+                   for flag in ("push_prev", "push_next") if flag_tokens[flag] is not None).all()
+        m.d.comb += [
+            lane["retire"].eq(finished & ((room & beside_clear) | stopping)),
+            lane["free"].eq(~lane["older"] | lane["retire"]),
+            lane["blocked"].eq(finished & ~room),
+        ]
+        with m.If(lane["retire"]):
+            m.d.sync += [lane["older"].eq(0), lane["done"].eq(0)]
+            # After an error, pending pushes are dropped: nothing will pop them.
+            with m.If(~stopping):
+                for flag in ("push_prev", "push_next"):
+                    if flag_tokens[flag] is not None:
+                        m.d.comb += flag_tokens[flag].push.eq(lane["deps"][flag])
+        with m.Elif(its_done):
+            m.d.sync += lane["done"].eq(1)
+
+    def _epilogue_lane(self, m, head, head_a_end, flag_tokens, stopping, earlier_matmul=None) -> dict:
         """With ``Config.epilogue_overlap``: an EPILOGUE beside the compute unit (docs/isa.md).
 
         An EPILOGUE that writes scratchpad rows without a residual
@@ -868,6 +1003,8 @@ class Control(wiring.Component):
         (``epilogue_done``) and pushed its tokens.  Meanwhile only a MATMUL clear of its rows
         (``head_clear``: :func:`braze.isa.timing.matmul_clear_of_epilogue`) may start, and no later
         instruction retires.  The caller hands the EPILOGUE over; this latches it and retires it.
+        ``earlier_matmul`` (with ``Config.matmul_overlap``): a MATMUL before it in program order has not
+        retired yet, so it may not either.
         """
         beside = self.epilogue_beside
         completed = Signal(name="epilogue_beside_completed")
@@ -910,7 +1047,8 @@ class Control(wiring.Component):
         room = Cat(~deps[flag] | flag_tokens[flag].room
                    for flag in ("push_prev", "push_next") if flag_tokens[flag] is not None).all()
         retire = Signal(name="epilogue_beside_retire")
-        m.d.comb += retire.eq(finishing & (room | stopping))
+        after = room if earlier_matmul is None else room & ~earlier_matmul
+        m.d.comb += retire.eq(finishing & (after | stopping))
         with m.If(retire):
             m.d.sync += [beside.eq(0), completed.eq(0)]
             # After an error, pending pushes are dropped: nothing will pop them.

@@ -39,7 +39,8 @@ MAX_LOAD_OVERLAP = 8
 #: Fields added after the first release, with the value that keeps a configuration's identity
 #: (``to_dict``/``to_json``, hence the kernel cache, Verilator builds and the learned model's
 #: history) as it was before the field existed: at that value the field is left out.
-_OMITTED_AT = {"load_overlap": 1, "weight_preload": 0, "epilogue_overlap": 0, "dispatch_stage": 0}
+_OMITTED_AT = {"load_overlap": 1, "weight_preload": 0, "epilogue_overlap": 0, "dispatch_stage": 0,
+               "matmul_overlap": 0}
 
 
 def _is_pow2(value: int) -> bool:
@@ -123,6 +124,7 @@ class Config:
     weight_preload: int = 0
     epilogue_overlap: int = 0
     dispatch_stage: int = 0
+    matmul_overlap: int = 0
 
     def __post_init__(self):
         def fail(field: str, problem: str):
@@ -144,6 +146,10 @@ class Config:
             if field.name == "epilogue_overlap":
                 if value not in (0, 1):
                     fail("epilogue_overlap", "must be 0 (off) or 1 (an EPILOGUE runs beside the next MATMUL)")
+                continue
+            if field.name == "matmul_overlap":
+                if value not in (0, 1):
+                    fail("matmul_overlap", "must be 0 (off) or 1 (two MATMULs in flight in the MATMUL unit)")
                 continue
             if field.name == "dispatch_stage":
                 if value not in (0, 1):
@@ -179,6 +185,9 @@ class Config:
         for name in ("queue_depth", "token_depth"):
             if not _is_pow2(getattr(self, name)) or getattr(self, name) > MAX_QUEUE_DEPTH:
                 fail(name, f"must be a power of two no larger than {MAX_QUEUE_DEPTH}")
+        if self.matmul_overlap and not self.weight_preload:
+            fail("matmul_overlap", "needs weight_preload=1 (the next MATMUL's first weights are read on the "
+                                   "weight read port while the current one streams)")
         if not _is_pow2(self.load_overlap) or self.load_overlap > MAX_LOAD_OVERLAP:
             fail("load_overlap", f"must be a power of two no larger than {MAX_LOAD_OVERLAP} "
                                  "(LOAD instructions with reads in flight at once)")

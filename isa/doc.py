@@ -277,6 +277,7 @@ def _presets_section() -> str:
         _WEIGHT_PRELOAD_DOC,
         _EPILOGUE_OVERLAP_DOC,
         _DISPATCH_STAGE_DOC,
+        _MATMUL_OVERLAP_DOC,
     ])
 
 
@@ -326,6 +327,43 @@ _DISPATCH_STAGE_DOC = (
     "it.  Whether the slot takes the next word then depends on registers only, not on the add and the "
     "range checks -- the control core's longest path on an FPGA.  Results and every exact counter are "
     "the same.\n"
+)
+
+
+#: What ``Config.matmul_overlap`` does to timing (the rule is :class:`braze.isa.timing.MatmulPipe`'s).
+_MATMUL_OVERLAP_DOC = (
+    "`matmul_overlap=1` (0 in every preset; needs `weight_preload=1`, e.g. `--config "
+    "large:weight_preload=1,matmul_overlap=1`) lets the MATMUL unit hold two MATMULs at once, so that "
+    "consecutive MATMULs pay the array's fill and drain once instead of each.  The unit takes the next "
+    "MATMUL from the cycle the current one's last K-chunk begins streaming, provided the MATMUL before the "
+    "current one is done (in its done cycle at the earliest).  It reads the next one's first-chunk B rows "
+    "on the weight port in the `rows` cycles after taking it, and streams that chunk's A rows once those "
+    "are in and the current one's last A row has been read -- that is, in cycle `max(a + rows + 1, L' + m', "
+    "L' + gap)`, where `a` is the cycle it was taken, `L'` the cycle the current one's last chunk began "
+    "streaming and `m'` its A rows.  The accumulator hazard decides `gap`: if the next MATMUL accumulates "
+    "into rows the current one writes, `gap = acc - acc' + 3` (`acc'` the current one's accumulator row), "
+    "because the next one reads its row `acc + j` `rows + cols + j` cycles after its chunk begins, the "
+    "current one writes row `acc' + i` `rows + cols + i + 2` cycles after its last chunk began, and a read "
+    "sees a write only from the next cycle; otherwise `gap = 0`.  The hardware enforces the gap, and it "
+    "costs at most two cycles beyond `m'`.  A MATMUL that writes the current one's rows without "
+    "`accumulate` needs no gap, because its writes always come later.  The next one then completes as it "
+    "would alone from that first stream cycle: its last chunk begins `(chunks-1)*max(m, rows+1)` cycles "
+    f"later, and it is done `m + rows + cols + {MATMUL_LATENCY - 1}` cycles after that.  Alone, "
+    "accepted by an idle unit, a MATMUL still takes the weight-preload cycles above.  The output stage "
+    "follows each MATMUL's rows with that MATMUL's own descriptor (accumulator row, `n`, `k`, "
+    "`accumulate`), so each MATMUL completes at its own done and pushes its tokens then, in program order. "
+    " The control core holds the earlier MATMUL in a lane of its own until it has retired, and hands a "
+    "MATMUL to the unit while a MATMUL executes only if the lane is free.  Every other compute instruction "
+    "still waits until the last MATMUL has retired, with one exception under `epilogue_overlap`: an "
+    "EPILOGUE that runs beside the unit may start while a MATMUL executes if the MATMUL before that one has "
+    "retired and the executing MATMUL is clear of the EPILOGUE's rows (the rule above for a MATMUL beside "
+    "an EPILOGUE); that MATMUL then moves to the lane and retires before the EPILOGUE.  A MATMUL that is "
+    "not clear of an EPILOGUE beside the unit waits until the EPILOGUE has completed, not until it has "
+    "retired, and retires after it.  The GEMM and convolution kernels emit each output tile's EPILOGUE and "
+    "STORE after the next tile's MATMULs when these rules let the EPILOGUE run beside them.  "
+    "`array_busy` counts the cycles in which at least one MATMUL is in flight, from the cycle after it was "
+    "taken through its done cycle: the union of the MATMULs' cycles, not their sum.  Results "
+    "and every exact counter are the same.\n"
 )
 
 

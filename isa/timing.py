@@ -40,6 +40,11 @@ Simplifications of :func:`schedule` (the hardware may differ by these):
   while it runs only if it is a MATMUL :func:`matmul_clear_of_epilogue`, else once the EPILOGUE has
   retired; the EPILOGUE pushes its tokens when it ends (waiting for room), and the next compute
   instruction retires no earlier than the cycle after it;
+* with ``Config.matmul_overlap``, a MATMUL that follows a MATMUL on the compute unit starts (is taken by
+  the MATMUL unit) once the previous one's last K-chunk streams and the MATMUL before that has retired,
+  and ends when :class:`MatmulPipe` says; MATMULs retire in program order, and every other compute
+  instruction waits for the last MATMUL's retire.  ``array_busy`` counts the cycles with at least one
+  MATMUL in flight (what a MATMUL adds beyond the previous one's end);
 * with ``Config.dispatch_stage``, a load, compute or store instruction leaves the dispatcher's slot
   into the dispatch stage once the instruction before it there has entered its queue, and enters
   its own queue (its ``dispatch``) a cycle later at the earliest (when its queue has room); the slot
@@ -321,6 +326,63 @@ def matmul_cycles(config: Config, m: int, k: int) -> int:
     return chunks * (rows + m) + drain
 
 
+def matmul_hazard_gap(previous: Instruction, insn: Instruction) -> int:
+    """With ``Config.matmul_overlap``: the fewest cycles from the start of ``previous``'s last K-chunk
+    stream to the start of ``insn``'s first, for ``insn`` to read the accumulator rows ``previous``
+    writes only after they are written (0 if it reads none of them).
+
+    A MATMUL reads accumulator row ``acc + i`` of its first chunk (with ``accumulate``) ``rows + cols +
+    i`` cycles after its chunk began streaming, and writes row ``acc + i`` of a chunk two cycles after
+    that; a read sees a write at the earliest the cycle after.  So for each row both touch the gap must
+    be at least ``acc - previous.acc + 3`` (as between two chunks of one MATMUL, ``rows + 1 >= 3``).
+    Writing the same rows without ``accumulate`` needs no gap: the later write always comes later."""
+    mm, prev = insn.args, previous.args
+    acc, prev_acc = mm["acc"], prev["acc"]
+    if not mm["accumulate"] or _disjoint(acc, acc + mm["m"], prev_acc, prev_acc + prev["m"]):
+        return 0
+    return acc - prev_acc + 3
+
+
+class MatmulPipe:
+    """With ``Config.matmul_overlap``: when the MATMUL unit accepts each MATMUL and when it is done.
+
+    Cycles are the unit's.  A MATMUL accepted in cycle ``a`` reads its first chunk's weights on the weight
+    read port in cycles ``a+1 .. a+rows`` and starts streaming its first chunk in cycle ``s = max(a + rows
+    + 1, L' + m', L' + matmul_hazard_gap(previous, it))``, where ``L'`` is the cycle the previous MATMUL's
+    last chunk began streaming and ``m'`` its A rows (its stream has ended).  Its last chunk begins
+    streaming in ``L = s + (chunks-1)*max(m, rows+1)``, and it is done in ``L + m + rows + cols +
+    MATMUL_LATENCY - 1``; alone (accepted once the unit is idle) that is :func:`matmul_cycles` after ``a``.
+    The unit accepts the next MATMUL from cycle ``L`` on, and no earlier than the ``done`` cycle of the
+    MATMUL before this one: at most two are in flight.
+    """
+
+    __slots__ = ("rows", "cols", "_last", "_last_start", "_done", "_done_before")
+
+    def __init__(self, config: Config):
+        self.rows, self.cols = config.rows, config.cols
+        self._last: Instruction | None = None
+        self._last_start = self._done = self._done_before = -(1 << 62)
+
+    def earliest_accept(self) -> int:
+        """The first cycle the unit may accept the next MATMUL in (before any: unconstrained)."""
+        return max(self._last_start, self._done_before)
+
+    def accept(self, insn: Instruction, accepted: int) -> int:
+        """``insn`` is accepted in cycle ``accepted`` (no earlier than :meth:`earliest_accept`); its done
+        cycle."""
+        rows, args = self.rows, insn.args
+        first = accepted + rows + 1
+        if self._last is not None:
+            previous_end = self._last_start + self._last.args["m"]
+            first = max(first, previous_end, self._last_start + matmul_hazard_gap(self._last, insn))
+        chunks = -(-args["k"] // rows)
+        last_start = first + (chunks - 1) * max(args["m"], rows + 1)
+        done = last_start + args["m"] + rows + self.cols + MATMUL_LATENCY - 1
+        self._last, self._last_start = insn, last_start
+        self._done_before, self._done = self._done, done
+        return done
+
+
 def epilogue_runs_beside(insn: Instruction, config: Config) -> bool:
     """With ``Config.epilogue_overlap``: an EPILOGUE that writes scratchpad rows (``out=spad``) and reads no
     residual runs beside the compute unit.  It reads the accumulator on a port of its own and writes
@@ -556,10 +618,23 @@ class Scheduler:
         self._epilogue_overlap = bool(config.epilogue_overlap)
         self._beside_epilogue: Instruction | None = None
         self._epilogue_retire = 0
+        self._epilogue_end = 0
         # With Config.dispatch_stage: the cycle the last load/compute/store instruction entered its
         # queue from the dispatch stage (the stage is free for the next word from then on).
         self._dispatch_stage = bool(config.dispatch_stage)
         self._stage_dispatch = 0
+        # With Config.matmul_overlap: the MATMUL unit's acceptances and dones, whether the compute unit's
+        # last instruction was a MATMUL (the next one may then be accepted while it runs), the retire
+        # cycles of the last two MATMULs, and the end of the cycles array_busy has counted.
+        self._matmul_pipe = MatmulPipe(config) if config.matmul_overlap else None
+        self._matmul_follows = False
+        # ... the last MATMUL, whether it was the compute unit's last instruction, and the cycle after an
+        # EPILOGUE that started beside it (no MATMUL is taken before).
+        self._last_matmul: Instruction | None = None
+        self._matmul_last = False
+        self._matmul_floor = 0
+        self._matmul_retire = self._matmul_retire_before = 0
+        self._matmul_busy_until = 0
 
     @property
     def unit_busy(self) -> dict[Unit, int]:
@@ -664,14 +739,34 @@ class Scheduler:
                                 retires[0] + LOAD_SLOT_CYCLES if len(retires) == retires.maxlen else 0)
         else:
             ready = start = max(dispatch, self._unit_free[u])
+        pipelined = self._matmul_pipe is not None and insn.opcode is _MATMUL
+        if pipelined and self._matmul_follows:
+            # The MATMUL unit takes it once the last MATMUL's last chunk streams and the one before has
+            # retired (the control core holds two at most), not at the last one's end.
+            ready = start = max(dispatch, self._matmul_pipe.earliest_accept(), self._matmul_retire_before,
+                                self._matmul_floor)
+        # With epilogue_overlap too: an EPILOGUE that runs beside the unit and is clear of the last MATMUL's
+        # rows starts while it is in flight, once the MATMUL before it has retired (and any EPILOGUE beside).
+        past_matmul = (self._matmul_last and self._epilogue_overlap and insn.opcode is _EPILOGUE
+                       and epilogue_runs_beside(insn, self.config)
+                       and matmul_clear_of_epilogue(self._last_matmul, insn, self.config))
+        if past_matmul:
+            ready = start = max(dispatch, self._matmul_retire_before, self._epilogue_retire)
         if u == _COMPUTE and insn.opcode is not _MATMUL and self._beside_end > start:
             ready = start = self._beside_end   # only a MATMUL starts beside a running PREDICATE
         beside_epilogue = u == _COMPUTE and self._epilogue_retire > start
+        ready_before_epilogue = start
         if beside_epilogue and not (insn.opcode is _MATMUL and matmul_clear_of_epilogue(
                 insn, self._beside_epilogue, self.config)):
             # Only a MATMUL clear of its rows starts beside a running EPILOGUE; anything else once it retired.
-            ready = start = self._epilogue_retire
-            beside_epilogue = False
+            if pipelined:
+                # With matmul_overlap a MATMUL that touches its rows waits only until it has completed (and
+                # still retires after it).
+                ready = start = max(self._epilogue_end, ready_before_epilogue)
+                beside_epilogue = self._epilogue_retire > start
+            else:
+                ready = start = self._epilogue_retire
+                beside_epilogue = False
 
         if pops:
             for queue in pops:
@@ -688,6 +783,11 @@ class Scheduler:
         end = retire = start + cycles
         if overlapped:
             end, retire = self._overlapped_load(insn, start, end)
+        elif pipelined:
+            end = self._matmul_pipe.accept(insn, start)
+            retire = max(end, self._matmul_retire)     # MATMULs retire in program order
+        elif past_matmul:
+            retire = max(retire, self._matmul_retire + 1)  # after the MATMUL it started beside
         beside = False
         if u == _COMPUTE:
             if insn.opcode is _PREDICATE and insn.args["mem"] is Memory.SPAD and not pushes:
@@ -730,10 +830,23 @@ class Scheduler:
             self._unit_free[u] = start + 1
             self._beside_epilogue = insn
             self._epilogue_retire = retire
+            self._epilogue_end = end
         if overlapped:
             self._load_retires.append(retire)
+        if u == _COMPUTE and self._matmul_pipe is not None:
+            self._matmul_follows = pipelined or past_matmul
+            self._matmul_last = pipelined
+            if pipelined:
+                self._matmul_retire_before, self._matmul_retire = self._matmul_retire, retire
+                self._last_matmul = insn
+            elif past_matmul:
+                self._matmul_floor = start + 1
         if retire > self._all_retired:
             self._all_retired = retire
+        if pipelined:
+            # Two MATMULs may be in flight: array_busy counts the cycles with at least one, as the unit does.
+            cycles = max(0, end - max(start, self._matmul_busy_until))
+            self._matmul_busy_until = max(self._matmul_busy_until, end)
         self._unit_busy[u] += cycles
         if busy is not None:
             if overlapped:

@@ -827,6 +827,11 @@ class _Generator:
                 for insn in insns:
                     planner.emit_synced(insn)
 
+        # With two MATMULs in flight and EPILOGUEs beside the compute unit, half the programs emit what a
+        # tile computes after its last MATMUL (its EPILOGUE, ...) after the next tile's compute up to its last
+        # MATMUL, as the GEMM kernels do (Config.matmul_overlap; the EPILOGUE may then start beside that one).
+        pipelined = bool(self.config.matmul_overlap and self.config.epilogue_overlap) and self.chance(0.5)
+        deferred: list[Instruction] = []
         tiles: dict[int, _Tile] = {}
         for step in range(self.size + load_ahead + store_lag):
             self.step = step
@@ -834,7 +839,15 @@ class _Generator:
                 tiles[step] = self._make_tile(step)
                 emit(tiles[step].load)
             if 0 <= step - load_ahead < self.size:
-                emit(tiles[step - load_ahead].compute)
+                compute = tiles[step - load_ahead].compute
+                if pipelined:
+                    matmuls = [i for i, insn in enumerate(compute) if insn.opcode is Opcode.MATMUL]
+                    split = matmuls[-1] + 1 if matmuls else len(compute)
+                    emit(compute[:split])
+                    emit(deferred)
+                    deferred = compute[split:]
+                else:
+                    emit(compute)
             if 0 <= step - load_ahead - store_lag < self.size:
                 tile = tiles[step - load_ahead - store_lag]
                 emit(tile.store)
@@ -843,6 +856,7 @@ class _Generator:
                 planner.barrier(Instruction.make(Opcode.FENCE))
             if self.chance(0.07):
                 self._snapshot()
+        emit(deferred)
         if self.chance(0.5):
             self._snapshot()
         planner.barrier(Instruction.make(Opcode.HALT))

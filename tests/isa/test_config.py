@@ -66,7 +66,7 @@ def test_presets_overlap_loads_except_tiny():
     assert [Config.preset(name).load_overlap for name in ("tiny", "default", "large")] == [1, 4, 4]
 
 
-@pytest.mark.parametrize("field", ["weight_preload", "epilogue_overlap", "dispatch_stage"])
+@pytest.mark.parametrize("field", ["weight_preload", "epilogue_overlap", "dispatch_stage", "matmul_overlap"])
 @pytest.mark.parametrize("value", [-1, 2, 8])
 def test_switches_are_0_or_1(field, value):
     with pytest.raises(ConfigError, match=rf"{field}={value} must be 0 \(off\) or 1"):

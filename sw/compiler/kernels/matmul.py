@@ -331,6 +331,13 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     step = 0
     tiles = [(i0, min(m, s0 + slice_rows - i0)) for s0 in range(0, M, slice_rows)
              for i0 in range(s0, min(M, s0 + slice_rows), m)]
+    # With two MATMULs in flight (Config.matmul_overlap) an output tile's EPILOGUE and STORE come after the
+    # next tile's MATMULs: the next MATMUL overlaps this one's drain, and the EPILOGUE runs beside it
+    # (epilogue_overlap; clear of its rows, as C, parameter and output tiles are in rings of two or more).
+    # Only for an EPILOGUE that can run beside (int8 out, no residual) and no pooling VECTORs after it.
+    defer_finish = bool(config.matmul_overlap and config.epilogue_overlap and epi.needed and not epi.out_int32
+                        and not epi.residual and pool == 1 and ring >= 2)
+    deferred: tuple | None = None
     for t, (i0, mt) in enumerate(tiles):
         g = i0 // slice_rows
         # Slice g's B: head g % H of [batch/H, K, H, N] with B heads, else the g-th K x N matrix.
@@ -364,8 +371,16 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
             matmuls(c_buf, b_buf, mt, min(COLS, N - j * COLS), 0, chunks, first_slot, tile_slots,
                     tiling.first_pieces if j == 0 else 1)
             zero_point_matmuls(c_buf, b_buf, mt, min(COLS, N - j * COLS), tile_slots)
-            finish_tile(c_buf, p_buf, r_buf, i0, mt, j, step)
+            if deferred is not None:
+                finish_tile(*deferred)
+                deferred = None
+            if defer_finish:
+                deferred = (c_buf, p_buf, r_buf, i0, mt, j, step)
+            else:
+                finish_tile(c_buf, p_buf, r_buf, i0, mt, j, step)
             step += 1
+    if deferred is not None:
+        finish_tile(*deferred)
     return streams
 
 
