@@ -100,7 +100,7 @@ from braze.isa.encoding import (
     Memory,
 )
 
-from .decoder import A_EXTENT_BITS, Decoder
+from .decoder import A_EXTENT_BITS, Decoder, a_extent
 
 __all__ = [
     "CONFIG_REGS", "CYCLE_BITS", "DEADLOCK_CYCLES", "EXECUTION_PORT", "FETCH_ENTRY", "PC_BITS", "QUEUE_ENTRY",
@@ -116,6 +116,7 @@ CYCLE_BITS = CYCLE_LIMIT_BITS
 #: ``a_extent`` is the word's MATMUL A extent (:func:`braze.hw.decoder.a_extent`), computed by the
 #: fetch unit as the word enters its FIFO: the range check's multiplication is then a cycle (or
 #: more) ahead of the decode in the dispatcher's slot, which keeps it off the clock's critical path.
+#: With ``Config.dispatch_stage=2`` it is 0: the slot computes it, a cycle ahead of the check stage.
 FETCH_ENTRY = data.StructLayout({"word": INSTRUCTION, "pc": unsigned(PC_BITS), "error": unsigned(1),
                                  "a_extent": unsigned(A_EXTENT_BITS)})
 
@@ -481,8 +482,13 @@ class Control(wiring.Component):
         encoding_causes = (ErrorCause.ILLEGAL_OPCODE, ErrorCause.BAD_DEPS, ErrorCause.RESERVED_BITS,
                            ErrorCause.BAD_FIELD)
         encoding_error = Cat(*(checked_cause == cause for cause in encoding_causes)).any()
-        # The cause of the word in the slot (in the check stage with two dispatch stages).
-        slot_cause_now = Mux(checked_names_register & ~encoding_error, resolved_decoder.cause, checked_cause)
+        # The cause of the word in the slot (in the check stage with two dispatch stages, where every
+        # word's range checks are the resolved decoder's: the slot's decoder has no A extent then).
+        if stage == 2:
+            slot_cause_now = Mux(encoding_error, checked_cause, resolved_decoder.cause)
+        else:
+            slot_cause_now = Mux(checked_names_register & ~encoding_error, resolved_decoder.cause,
+                                 checked_cause)
         # A PREDICATE has been dispatched and is not done: a word in the slot that names its register,
         # or is another PREDICATE, waits (docs/isa.md).
         predicate_pending = Signal()
@@ -624,8 +630,9 @@ class Control(wiring.Component):
                                       & (~check_valid | check_moves))
             with m.If(slot_moves):
                 m.d.comb += slot_leaves.eq(1)
+                # The A extent is computed here, not by the fetch unit (see Fetch).
                 m.d.sync += [check_valid.eq(1), check_word.eq(resolved), check_pc.eq(slot.pc),
-                             check_a_extent.eq(slot.a_extent), check_unit.eq(slot_unit),
+                             check_a_extent.eq(a_extent(config, slot.word)), check_unit.eq(slot_unit),
                              check_cause.eq(slot_cause), check_names_register.eq(slot_names_register)]
             with m.Elif(check_moves):
                 m.d.sync += check_valid.eq(0)
