@@ -59,12 +59,13 @@ halted.  A dispatcher waiting for fetch is not blocked: the next word may
 push the missing token.
 
 Timing: a word can be handed to its client two cycles after its fetch
-transfer (three with ``Config.dispatch_stage``: the slot resolves and range-checks the word, and a
-dispatch stage writes it into its queue a cycle later; see :class:`braze.isa.Config` and
-docs/isa.md); a unit offers its next instruction the cycle after the previous one's ``done`` (if
-the head is there and its tokens are available); the dispatcher takes one word per cycle, and a
-barrier retires (``FENCE``, ``HALT``) or is offered to its client (``COUNTERS``) in the first cycle
-in which everything has drained.
+transfer (three with ``Config.dispatch_stage=1``: the slot resolves and range-checks the word, and a
+dispatch stage writes it into its queue a cycle later; four with ``dispatch_stage=2``: the slot
+resolves it, a check stage range-checks it, the dispatch stage writes it; see
+:class:`braze.isa.Config` and docs/isa.md); a unit offers its next instruction the cycle after the
+previous one's ``done`` (if the head is there and its tokens are available); the dispatcher takes
+one word per cycle, and a barrier retires (``FENCE``, ``HALT``) or is offered to its client
+(``COUNTERS``) in the first cycle in which everything has drained.
 
 Watchdog: the core counts *run cycles*, ``run_cycles``: the cycles of the run from its first
 cycle (the one after ``start``), numbered from 0, while it has neither stopped on an error nor
@@ -103,7 +104,7 @@ from braze.isa.encoding import (
     Memory,
 )
 
-from .decoder import A_EXTENT_BITS, Decoder
+from .decoder import A_EXTENT_BITS, Decoder, a_extent
 
 __all__ = [
     "CONFIG_REGS", "CYCLE_BITS", "DEADLOCK_CYCLES", "EXECUTION_PORT", "FETCH_ENTRY", "PC_BITS", "QUEUE_ENTRY",
@@ -119,6 +120,7 @@ CYCLE_BITS = CYCLE_LIMIT_BITS
 #: ``a_extent`` is the word's MATMUL A extent (:func:`braze.hw.decoder.a_extent`), computed by the
 #: fetch unit as the word enters its FIFO: the range check's multiplication is then a cycle (or
 #: more) ahead of the decode in the dispatcher's slot, which keeps it off the clock's critical path.
+#: With ``Config.dispatch_stage=2`` it is 0: the slot computes it, a cycle ahead of the check stage.
 FETCH_ENTRY = data.StructLayout({"word": INSTRUCTION, "pc": unsigned(PC_BITS), "error": unsigned(1),
                                  "a_extent": unsigned(A_EXTENT_BITS)})
 
@@ -461,15 +463,39 @@ class Control(wiring.Component):
         regs = Array(self.scalar_regs[index] for index in range(SCALAR_REGS))
         slot_names_register = Signal()
         resolved = _resolve_registers(m, slot.word, regs)
+        stage = config.dispatch_stage
+        # With two dispatch stages (Config.dispatch_stage=2) the slot only adds the register offsets:
+        # the first stage, the *check stage*, holds the resolved word, registered, and range-checks it;
+        # the add and the checks are then in different cycles.
+        check_valid = Signal(name="check_valid")
+        check_word = Signal(INSTRUCTION, name="check_word")
+        check_pc = Signal(PC_BITS, name="check_pc")
+        check_a_extent = Signal(A_EXTENT_BITS, name="check_a_extent")
+        check_unit = Signal(Unit, name="check_unit")
+        check_cause = Signal(ErrorCause, name="check_cause")        # decoded as the word entered the slot
+        check_names_register = Signal(name="check_names_register")
+        if stage == 2:
+            checked_word, checked_a_extent = check_word, check_a_extent
+            checked_cause, checked_names_register = check_cause, check_names_register
+        else:
+            checked_word, checked_a_extent = resolved, slot.a_extent
+            checked_cause, checked_names_register = slot_cause, slot_names_register
         # A MATMUL's A extent does not depend on the registers: the fetch unit's (see FETCH_ENTRY).
         m.submodules.resolved_decoder = resolved_decoder = Decoder(config, extent_input=True)
-        m.d.comb += [resolved_decoder.word.eq(resolved), resolved_decoder.a_extent_in.eq(slot.a_extent)]
+        m.d.comb += [resolved_decoder.word.eq(checked_word),
+                     resolved_decoder.a_extent_in.eq(checked_a_extent)]
         # The encoding checks come first (as ``decode`` before the range checks); a register field
         # above r7 is BAD_FIELD, whatever the resolved word would be.
         encoding_causes = (ErrorCause.ILLEGAL_OPCODE, ErrorCause.BAD_DEPS, ErrorCause.RESERVED_BITS,
                            ErrorCause.BAD_FIELD)
-        encoding_error = Cat(*(slot_cause == cause for cause in encoding_causes)).any()
-        slot_cause_now = Mux(slot_names_register & ~encoding_error, resolved_decoder.cause, slot_cause)
+        encoding_error = Cat(*(checked_cause == cause for cause in encoding_causes)).any()
+        # The cause of the word in the slot (in the check stage with two dispatch stages, where every
+        # word's range checks are the resolved decoder's: the slot's decoder has no A extent then).
+        if stage == 2:
+            slot_cause_now = Mux(encoding_error, checked_cause, resolved_decoder.cause)
+        else:
+            slot_cause_now = Mux(checked_names_register & ~encoding_error, resolved_decoder.cause,
+                                 checked_cause)
         # A PREDICATE has been dispatched and is not done: a word in the slot that names its register,
         # or is another PREDICATE, waits (docs/isa.md).
         predicate_pending = Signal()
@@ -485,7 +511,6 @@ class Control(wiring.Component):
         # with its resolved fields and its cause, whether legal or not, and the stage writes it into its
         # queue (or raises its error) a cycle later: what decides whether the slot takes the next word
         # then depends on registers only, not on the register-offset add and the range checks.
-        stage = config.dispatch_stage
         stage_valid = Signal(name="stage_valid")
         stage_entry = Signal(QUEUE_ENTRY.size + a_end_bits, name="stage_entry")
         stage_unit = Signal(Unit, name="stage_unit")
@@ -496,6 +521,8 @@ class Control(wiring.Component):
         drained = Cat(*((u["fifo"].level == 0) & u["idle"] for u in units.values())).all()
         if stage:
             drained = drained & ~stage_valid
+        if stage == 2:
+            drained = drained & ~check_valid
         slot_legal = slot_valid & ~slot.error & (slot_cause_now == ErrorCause.NONE) & ~hold
         # The same for a control word (SCALAR, BRANCH, a barrier; an illegal opcode is one too): it has no
         # register offset (slot_names_register is low), so its cause is the one decoded on entry.  Not
@@ -513,6 +540,9 @@ class Control(wiring.Component):
         executes = control_legal & is_control & ~is_barrier & ~stopped
         if stage:
             executes = executes & ~stage_failing
+        if stage == 2:
+            # Nor beside a word in the check stage: whether that one fails is known a cycle later.
+            executes = executes & ~check_valid
         scalar_insn, branch_insn = slot.word.args.scalar, slot.word.args.branch
         executes_scalar = executes & (slot.word.opcode == Opcode.SCALAR)
         executes_branch = executes & (slot.word.opcode == Opcode.BRANCH)
@@ -557,10 +587,10 @@ class Control(wiring.Component):
                           for opcode in (Opcode.FENCE, Opcode.COUNTERS, Opcode.HALT)}
 
         def queue_entry(unit: Unit) -> Value:
-            entry = Cat(resolved, slot.pc)
+            entry = Cat(checked_word, check_pc if stage == 2 else slot.pc)
             if unit is Unit.COMPUTE and a_end_bits:
                 # In range for a legal MATMUL: a + extent <= spad_rows <= 2**16.
-                entry = Cat(entry, (resolved.args.matmul.a + slot.a_extent)[:a_end_bits])
+                entry = Cat(entry, (checked_word.args.matmul.a + checked_a_extent)[:a_end_bits])
             return entry
 
         stage_leaves = Signal(name="stage_leaves")
@@ -583,7 +613,8 @@ class Control(wiring.Component):
                     m.d.comb += slot_leaves.eq(1)
         # The slot's load/compute/store word moves into the dispatch stage (see above).
         slot_moves = Signal(name="slot_moves")
-        if stage:
+        check_moves = Signal(name="check_moves")
+        if stage == 1:
             m.d.comb += slot_moves.eq(slot_valid & ~slot.error & ~hold & ~stopped & ~is_control
                                       & (~stage_valid | stage_leaves))
             with m.If(slot_moves):
@@ -593,6 +624,25 @@ class Control(wiring.Component):
                              stage_legal.eq(slot_cause_now == ErrorCause.NONE)]
             with m.Elif(stage_leaves):
                 m.d.sync += stage_valid.eq(0)
+        elif stage == 2:
+            # Slot -> check stage (the resolved word, registered) -> dispatch stage (with its cause).
+            m.d.comb += check_moves.eq(check_valid & ~stopped & (~stage_valid | stage_leaves))
+            with m.If(check_moves):
+                m.d.sync += [stage_valid.eq(1), stage_entry.eq(queue_entry(Unit.COMPUTE)),
+                             stage_unit.eq(check_unit), stage_cause.eq(slot_cause_now),
+                             stage_legal.eq(slot_cause_now == ErrorCause.NONE)]
+            with m.Elif(stage_leaves):
+                m.d.sync += stage_valid.eq(0)
+            m.d.comb += slot_moves.eq(slot_valid & ~slot.error & ~hold & ~stopped & ~is_control
+                                      & (~check_valid | check_moves))
+            with m.If(slot_moves):
+                m.d.comb += slot_leaves.eq(1)
+                # The A extent is computed here, not by the fetch unit (see Fetch).
+                m.d.sync += [check_valid.eq(1), check_word.eq(resolved), check_pc.eq(slot.pc),
+                             check_a_extent.eq(a_extent(config, slot.word)), check_unit.eq(slot_unit),
+                             check_cause.eq(slot_cause), check_names_register.eq(slot_names_register)]
+            with m.Elif(check_moves):
+                m.d.sync += check_valid.eq(0)
         with m.If(executes_scalar | (executes_branch & ~branch_fails)):
             m.d.comb += slot_leaves.eq(1)
         compute_fifo = units[Unit.COMPUTE]["fifo"]
@@ -627,10 +677,16 @@ class Control(wiring.Component):
         # dispatched before the word in the slot, so their errors come first.
         error_requests = [(u["failed"], u["cause"], u["pc"]) for u in units.values()]
         control_error = slot_valid & ~hold & ~slot.error & is_control & (slot_cause != ErrorCause.NONE)
+        fetch_error = slot_valid & ~hold & slot.error
+        if stage == 2:
+            # The slot's errors wait for the check stage's word: it may fail, and it comes first.
+            control_error = control_error & ~check_valid
+            fetch_error = fetch_error & ~check_valid
         error_requests += [
             (counters_finished & counters_error, counters_cause, slot.pc),
-            (slot_valid & ~hold & slot.error, ErrorCause.FETCH_ERROR, slot.pc),
+            # The dispatch stage's word comes before the slot's.
             *([(stage_failing, stage_cause, stage_pc)] if stage else []),
+            (fetch_error, ErrorCause.FETCH_ERROR, slot.pc),
             # With the dispatch stage, only a control word's error is raised in the slot (the cause
             # decoded on entry; a load/compute/store word's is raised in the stage, a cycle later).
             ((control_error, slot_cause, slot.pc) if stage else
@@ -669,6 +725,8 @@ class Control(wiring.Component):
         dispatcher_stuck = halted | queue_full | (at_barrier & ~drained) | (slot_valid & hold)
         if stage:
             dispatcher_stuck = dispatcher_stuck & ~stage_leaves
+        if stage == 2:
+            dispatcher_stuck = dispatcher_stuck & ~check_moves
         units_settled = Cat(*(u["stuck"] | u["empty"] for u in units.values())).all()
         any_stuck = Cat(*(u["stuck"] for u in units.values())).any()
         deadlock_now = (self.running & ~stopping & dispatcher_stuck & units_settled & any_stuck &
@@ -688,8 +746,10 @@ class Control(wiring.Component):
         # Last: any other error of run cycle L wins over the watchdog.  A COUNTERS being executed has
         # left the dispatcher (see the module documentation).
         first_undispatched = Mux(slot_valid & (counters_state == _CountersState.IDLE), slot.pc, next_pc)
+        if stage == 2:
+            first_undispatched = Mux(check_valid, check_pc, first_undispatched)
         if stage:
-            # A word in the dispatch stage is earlier than the slot's and not yet in its queue.
+            # A word in a dispatch stage is earlier than the slot's and not yet in its queue.
             first_undispatched = Mux(stage_valid, stage_pc, first_undispatched)
         error_requests.append((expired & self.running & ~halted, ErrorCause.WATCHDOG, first_undispatched))
 

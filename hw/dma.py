@@ -133,6 +133,14 @@ def _element_bytes_shift(mem: ValueLike) -> Value:
     return Mux(mem == Memory.ACC, 2, 0)
 
 
+def _or_all(values: list, width: int) -> Value:
+    """The OR of ``values``, ``width`` bits wide (0 for none)."""
+    result = Const(0, width)
+    for value in values:
+        result = result | value
+    return result
+
+
 class LoadEngine(wiring.Component):
     """Executes LOAD instructions: external rows over AXI4 into the scratchpad or accumulator.
 
@@ -708,28 +716,37 @@ class StoreEngine(wiring.Component):
         snapshotting_now = active & snapshotting
         snapshot_beat_valid = snapshotting_now & ~discard & ((fill >= bus_bytes) | (ended & (fill != 0)))
         snapshot_beat_sent = beat_sent & snapshotting
-        fill_after = Signal(range(queue_bytes + 1))
-        m.d.comb += fill_after.eq(Mux(snapshot_beat_sent, Mux(fill > bus_bytes, fill - bus_bytes, 0), fill))
-        m.d.comb += self.snapshot.ready.eq(snapshotting_now & ~ended & ((fill_after <= bus_bytes) | discard))
+        # The fill after this cycle's beat, both ways: whether a beat leaves (the bus's ready, late in
+        # the cycle) only picks one of two placements made from registers.
+        fill_if_sent = Signal(range(queue_bytes + 1))
+        m.d.comb += fill_if_sent.eq(Mux(fill > bus_bytes, fill - bus_bytes, 0))
+        fill_after = Mux(snapshot_beat_sent, fill_if_sent, fill)
+        m.d.comb += self.snapshot.ready.eq(snapshotting_now & ~ended & (
+            Mux(snapshot_beat_sent, fill_if_sent <= bus_bytes, fill <= bus_bytes) | discard))
         word_taken = self.snapshot.valid & self.snapshot.ready
 
         kept = Mux(snapshot_beat_sent, queue >> (bus_bytes * 8), queue)
         kept_strobes = Mux(snapshot_beat_sent, queue_strobes >> bus_bytes, queue_strobes)
         word = self.snapshot.payload.value
-        placed, placed_strobes = [], []
-        for byte in range(queue_bytes):
-            value, strobe = Const(0, 8), Const(0, 1)
-            for i in range(word_bytes):
-                if 0 <= byte - i <= bus_bytes:
-                    here = fill_after == byte - i
-                    value = Mux(here, word.word_select(i, 8), value)
-                    strobe = strobe | here
-            placed.append(value)
-            placed_strobes.append(strobe)
+
+        def placed_at(position: Value) -> tuple[Value, Value]:
+            """The word's bytes and strobes in the queue when it enters at byte ``position``: an OR of
+            the one matching placement per byte, not a chain of multiplexers."""
+            placed, strobes = [], []
+            for byte in range(queue_bytes):
+                heres = [(position == byte - i, i) for i in range(word_bytes) if 0 <= byte - i <= bus_bytes]
+                placed.append(_or_all([here.replicate(8) & word.word_select(i, 8) for here, i in heres], 8))
+                strobes.append(_or_all([here for here, _ in heres], 1))
+            return Cat(*placed), Cat(*strobes)
+
+        placed_if_sent, strobes_if_sent = placed_at(fill_if_sent)
+        placed_if_kept, strobes_if_kept = placed_at(fill)
+        placed = Mux(snapshot_beat_sent, placed_if_sent, placed_if_kept)
+        placed_strobes = Mux(snapshot_beat_sent, strobes_if_sent, strobes_if_kept)
         with m.If(word_taken & ~discard):
             m.d.sync += [
-                queue.eq(kept | Cat(*placed)),
-                queue_strobes.eq(kept_strobes | Cat(*placed_strobes)),
+                queue.eq(kept | placed),
+                queue_strobes.eq(kept_strobes | placed_strobes),
                 fill.eq(fill_after + word_bytes),
             ]
         with m.Elif(snapshot_beat_sent):

@@ -10,7 +10,7 @@ access counts stay exact).  The unit also holds the activation table of
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory as MemoryBlock
 from amaranth.lib.wiring import In
@@ -35,6 +35,22 @@ TABLE_ARGS = FORMAT_BY_OPCODE[Opcode.TABLE].layout
 
 #: Cycle (counting the one after acceptance as 1) of the first source-row read.
 _FIRST_ROW_READ = 4
+
+
+def _sign_extend(value: Value, width: int) -> Value:
+    """A signed ``value`` in ``width`` bits (as raw bits)."""
+    value = Value.cast(value)
+    return Cat(value, value[-1].replicate(width - len(value)))
+
+
+def _sign_of_sum3(a: Value, b: Value, c: Value, carry_in: int) -> Value:
+    """Whether ``a + b + c + carry_in`` (signed values; ``carry_in`` 0 or 1) is negative, in one carry
+    chain: a carry-save step (one LUT level) and one adder, not two adders in a row."""
+    width = max(len(Value.cast(v)) for v in (a, b, c)) + 3
+    a, b, c = (_sign_extend(v, width) for v in (a, b, c))
+    bits = a ^ b ^ c
+    carries = Cat(Const(carry_in, 1), ((a & b) | (a & c) | (b & c))[:width - 1])
+    return (bits + carries)[width - 1]
 
 
 class EpilogueUnit(wiring.Component):
@@ -273,14 +289,20 @@ class EpilogueUnit(wiring.Component):
                 residual_row[j].eq(Mux(args.residual, self.spad_read.data[j], 0)),
             ]
             # + residual, sat32 | activation | output type | column mask.
-            summed = saturate(requantized[j] + residual_row[j], 32)
+            exact_sum = requantized[j] + residual_row[j]
+            summed = saturate(exact_sum, 32)
+            # CLIP compares the exact sum (before sat32), each as one three-operand carry chain beside
+            # the sum's, not a comparator after it (the unit's critical path).  sat32(x) < lo exactly
+            # when x < lo, except for x < lo = INT32_MIN, where both give INT32_MIN (the floor is
+            # INT32_MIN then); likewise for > hi.
+            below = _sign_of_sum3(requantized[j], residual_row[j], ~clip_lo, 1)
+            above = ~_sign_of_sum3(requantized[j], residual_row[j], ~clip_hi, 0)
             activated = Signal(signed(32), name=f"activated_{j}")
             with m.Switch(args.act):
                 with m.Case(Activation.RELU):
                     m.d.comb += activated.eq(Mux(summed[-1], 0, summed))
                 with m.Case(Activation.CLIP):
-                    m.d.comb += activated.eq(
-                        Mux(summed < clip_lo, clip_floor, Mux(summed > clip_hi, clip_hi, summed)))
+                    m.d.comb += activated.eq(Mux(below, clip_floor, Mux(above, clip_hi, summed)))
                 with m.Default():
                     m.d.comb += activated.eq(summed)
             converted = Mux(args.out == Memory.SPAD, saturate(activated, 8), activated)

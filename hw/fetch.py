@@ -229,8 +229,11 @@ class Fetch(wiring.Component):
             with m.If(restart):
                 m.d.sync += held_index.eq(per_beat)
 
-        # The word's MATMUL A extent goes into the FIFO with it (see FETCH_ENTRY).
-        m.d.comb += push_data.a_extent.eq(a_extent(self.config, data.View(INSTRUCTION, push_data.word)))
+        # The word's MATMUL A extent goes into the FIFO with it (see FETCH_ENTRY).  Not with two
+        # dispatch stages: the control core then computes it in its slot, a cycle ahead of the range
+        # checks, and the multiplier is off the path from the bus into the FIFO.
+        if self.config.dispatch_stage != 2:
+            m.d.comb += push_data.a_extent.eq(a_extent(self.config, data.View(INSTRUCTION, push_data.word)))
         m.d.comb += [
             words.w_en.eq(push & ~restart),
             words.w_data.eq(push_data),

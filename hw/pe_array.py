@@ -23,10 +23,17 @@ class ProcessingElement(wiring.Component):
     With ``shift`` high the shadow register loads ``weight_in``; its value is
     ``weight_out``, which feeds the shadow register of the PE below.
 
+    The weight the multiplier takes is a register of its own, loaded a cycle ahead from
+    ``first_next`` (``first_in`` of the next cycle, which the PE on the left holds now) and the
+    shadow register's next value, so that no multiplexer lies between the registers and the
+    multiplier (the array's critical path on an FPGA): the same weight in every cycle.
+
     Attributes
     ----------
     a_in, first_in : In
         Activation from the left, and its flag "first row of a new weight tile".
+    first_next : In(1)
+        ``first_in`` of the next cycle.
     psum_in : In(signed(32))
         Partial sum from above.
     weight_in, shift : In
@@ -41,6 +48,7 @@ class ProcessingElement(wiring.Component):
 
     a_in: In(OPERAND)
     first_in: In(1)
+    first_next: In(1)
     psum_in: In(PARTIAL_SUM)
     weight_in: In(OPERAND)
     shift: In(1)
@@ -52,12 +60,12 @@ class ProcessingElement(wiring.Component):
 
     def elaborate(self, platform) -> Elaboratable:
         m = Module()
-        active_weight = Signal(OPERAND)
-        weight = Mux(self.first_in, self.weight_out, active_weight)
-        with m.If(self.first_in):
-            m.d.sync += active_weight.eq(self.weight_out)
-        with m.If(self.shift):
-            m.d.sync += self.weight_out.eq(self.weight_in)
+        # The weight in use: the shadow register's in a cycle with first_in, else the one before.
+        weight = Signal(OPERAND)
+        shadow_next = Mux(self.shift, self.weight_in, self.weight_out)
+        with m.If(self.first_next):
+            m.d.sync += weight.eq(shadow_next)
+        m.d.sync += self.weight_out.eq(shadow_next)
         m.d.sync += [
             self.psum_out.eq(self.psum_in + self.a_in * weight),
             self.a_out.eq(self.a_in),
@@ -171,13 +179,16 @@ class PEArray(wiring.Component):
         # Left edge: row r of the activations is delayed 1 + r cycles.
         for r in range(rows):
             left = pes[r][0]
+            first_next = delayed(self.a_first, r, f"first{r}")
             m.d.comb += [
                 left.a_in.eq(delayed(self.a_in[r], 1 + r, f"a{r}")),
-                left.first_in.eq(delayed(self.a_first, 1 + r, f"first{r}")),
+                left.first_next.eq(first_next),
+                left.first_in.eq(delayed(first_next, 1, f"first{r}_last")),
             ]
             for c in range(1, cols):
                 m.d.comb += [
                     pes[r][c].a_in.eq(pes[r][c - 1].a_out),
+                    pes[r][c].first_next.eq(pes[r][c - 1].first_in),
                     pes[r][c].first_in.eq(pes[r][c - 1].first_out),
                 ]
 

@@ -26,13 +26,14 @@ PREDICATE_ARGS = FORMAT_BY_OPCODE[Opcode.PREDICATE].layout
 _INT32_MIN = -(1 << 31)
 
 
-def _tree_max(values: list):
-    """The largest of ``values`` (signed), as a balanced tree of comparisons."""
-    while len(values) > 1:
+def _tree_max(values: list, down_to: int = 1) -> list:
+    """The largest of ``values`` (signed) as a balanced tree of comparisons, stopped at ``down_to``
+    values (the largest of which is the largest of all)."""
+    while len(values) > down_to:
         pairs = [Mux(values[i] > values[i + 1], values[i], values[i + 1])
                  for i in range(0, len(values) - 1, 2)]
         values = pairs + ([values[-1]] if len(values) % 2 else [])
-    return values[0]
+    return values
 
 
 class PredicateUnit(wiring.Component):
@@ -100,7 +101,10 @@ class PredicateUnit(wiring.Component):
         row_valid = Signal()              # the row registers hold a row's reduction
         last_arrives = Signal()           # ... of the last row
         last_row = Signal()
-        row_max = Signal(signed(32))
+        # The row's largest elements: its reduction ends one tree level short of a single value, and
+        # the fold takes the larger of the two with the running maximum (three comparisons side by
+        # side), so the row register and the fold each have about half the tree.
+        row_max = [Signal(signed(32), name=f"row_max_{half}") for half in range(2)]
         row_nonzero = Signal()
         running_max = Signal(signed(32))
         running_any = Signal()
@@ -134,12 +138,16 @@ class PredicateUnit(wiring.Component):
                                    self.spad_read.data.as_value()).any())
         m.d.sync += [row_valid.eq(row_arrives), last_row.eq(last_arrives)]
         with m.If(row_arrives):
-            m.d.sync += [row_max.eq(_tree_max(elements)), row_nonzero.eq(nonzero)]
+            m.d.sync += [*(reg.eq(value) for reg, value in zip(row_max, _tree_max(elements, 2), strict=True)),
+                         row_nonzero.eq(nonzero)]
 
         # Fold.
+        first, second = row_max
+        first_larger = first > second
+        row_beats_running = Mux(first_larger, first > running_max, second > running_max)
         with m.If(row_valid):
             m.d.sync += [
-                running_max.eq(Mux(row_max > running_max, row_max, running_max)),
+                running_max.eq(Mux(row_beats_running, Mux(first_larger, first, second), running_max)),
                 running_any.eq(running_any | row_nonzero),
             ]
             with m.If(last_row):

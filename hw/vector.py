@@ -18,8 +18,8 @@ from braze.isa.config import Config
 from braze.isa.encoding import FORMAT_BY_OPCODE, INSTRUCTION, UNARY_VECTOR_OPS, Memory, Opcode, VectorOp
 from braze.isa.timing import VECTOR_LATENCY
 
-__all__ = ["VECTOR_LATENCY", "VectorUnit", "counter_ports", "memory_ports", "round_half_even", "saturate",
-           "shift_for_rounding"]
+__all__ = ["VECTOR_LATENCY", "VectorUnit", "counter_ports", "memory_ports", "round_and_saturate",
+           "round_half_even", "saturate", "shift_for_rounding"]
 
 # VECTOR_LATENCY (braze.isa.timing) is what this unit takes beyond one (or two) cycles per row:
 # the read, the operand register, the compute/multiply register, the round-and-saturate register
@@ -66,6 +66,23 @@ def saturate(value: Value, bits: int) -> Value:
     fits = ~top.any() | top.all()
     limit = Mux(value[-1], -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
     return Mux(fits, value[:bits], limit[:bits]).as_signed()
+
+
+def round_and_saturate(quotient: Value, round_up: Value, bits: int) -> Value:
+    """``saturate(quotient + round_up, bits)`` for the parts :func:`shift_for_rounding` gives (so
+    ``saturate(round_half_even(value, shift), bits)``), with a ``bits``-wide rounding adder.
+
+    The full-width add of the rounding bit, then the saturation's check of its top bits, were two
+    steps in a row; here the check is made on the floor quotient, beside the narrow add: ``q + 1``
+    leaves the range only from its top (``q`` the largest value), a sum that does not fit has the
+    sign of ``q``, and one that enters the range from below (``q`` one below the smallest) is the
+    smallest value, which is also the negative limit.
+    """
+    top = quotient[bits - 1:]
+    largest = (1 << (bits - 1)) - 1
+    fits = (~top.any() | top.all()) & ~(round_up & (quotient == largest))
+    limit = Mux(quotient[-1], -(1 << (bits - 1)), largest)
+    return Mux(fits, (quotient[:bits] + round_up)[:bits], limit[:bits]).as_signed()
 
 
 def memory_ports(config: Config) -> dict[str, wiring.Member]:
@@ -275,9 +292,9 @@ class VectorUnit(wiring.Component):
 
         # Result register: round (shift is 0 for ops that do not round), saturate to the destination.
         for j in range(cols):
-            rounded = round_half_even(computed[j], shift)
-            to_int8 = saturate(rounded, 8)
-            to_int32 = saturate(rounded, 32)
+            quotient, round_up = shift_for_rounding(computed[j], shift)
+            to_int8 = round_and_saturate(quotient, round_up, 8)
+            to_int32 = round_and_saturate(quotient, round_up, 32)
             m.d.sync += result[j].eq(Mux(args.dst_mem == Memory.ACC, to_int32, to_int8))
 
         # Writing.

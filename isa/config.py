@@ -99,13 +99,17 @@ class Config:
         :func:`braze.isa.timing.matmul_clear_of_epilogue`; the rule is docs/isa.md's); results are
         the same.  Left out of :meth:`to_dict` at 0.
     dispatch_stage : int
-        0 or 1.  With 1 the control core has a dispatch stage after its slot: the slot adds a word's
+        0, 1 or 2.  With 1 the control core has a dispatch stage after its slot: the slot adds a word's
         register offsets and range-checks the sum, and the stage, a cycle later, writes the checked
         word into its unit's queue (or stops with its error).  This takes the add and the checks off
         the path that decides whether the slot takes the next word (the control core's critical
         path on an FPGA); a load, compute or store instruction enters its queue a cycle later, and
         the stage holds one more word while a queue is full (:class:`braze.isa.timing.Scheduler`;
-        the rule is docs/isa.md's).  Results are the same.  Left out of :meth:`to_dict` at 0.
+        the rule is docs/isa.md's).  With 2 the slot only adds the register offsets, the first stage
+        range-checks the sum and the second writes the word into its queue: the add and the checks
+        are in different cycles, an instruction enters its queue two cycles later than without the
+        stages, and a SCALAR or BRANCH waits in the slot while the first stage holds a word.  Results
+        are the same.  Left out of :meth:`to_dict` at 0.
     """
 
     name: str = "custom"
@@ -152,9 +156,9 @@ class Config:
                     fail("matmul_overlap", "must be 0 (off) or 1 (two MATMULs in flight in the MATMUL unit)")
                 continue
             if field.name == "dispatch_stage":
-                if value not in (0, 1):
-                    fail("dispatch_stage", "must be 0 (off) or 1 (a dispatch stage after the control "
-                                           "core's slot)")
+                if value not in (0, 1, 2):
+                    fail("dispatch_stage", "must be 0 (off), 1 (a dispatch stage after the control "
+                                           "core's slot) or 2 (two: the add, then the range checks)")
                 continue
             if value <= 0:
                 fail(field.name, "must be positive")

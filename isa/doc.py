@@ -326,7 +326,17 @@ _DISPATCH_STAGE_DOC = (
     "instruction that names a running PREDICATE's register waits in the slot from when the PREDICATE left "
     "it.  Whether the slot takes the next word then depends on registers only, not on the add and the "
     "range checks -- the control core's longest path on an FPGA.  Results and every exact counter are "
-    "the same.\n"
+    "the same.\n\n"
+    "`dispatch_stage=2` splits that path once more: the slot only adds the register offsets, and the word "
+    "moves with the sum into a *check stage*, which range-checks it and passes it with its cause to the "
+    "dispatch stage above.  A load, compute or store instruction moves on from the slot, and from the check "
+    "stage, in a cycle in which the next stage is empty or its word moves on, a cycle after it entered at "
+    "the earliest; so it enters its queue two cycles later than without the stages, and while a queue is "
+    "full the stages hold two more instructions.  A SCALAR or BRANCH (and an illegal control word, or a "
+    "word whose fetch failed) waits in the slot while the check stage holds a word -- whether that one "
+    "fails is known only a cycle later, and its error comes first -- so it executes no earlier than the "
+    "cycle after the last load, compute or store instruction before it left the check stage.  Results and "
+    "every exact counter are the same.\n"
 )
 
 

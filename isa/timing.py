@@ -45,11 +45,14 @@ Simplifications of :func:`schedule` (the hardware may differ by these):
   and ends when :class:`MatmulPipe` says; MATMULs retire in program order, and every other compute
   instruction waits for the last MATMUL's retire.  ``array_busy`` counts the cycles with at least one
   MATMUL in flight (what a MATMUL adds beyond the previous one's end);
-* with ``Config.dispatch_stage``, a load, compute or store instruction leaves the dispatcher's slot
-  into the dispatch stage once the instruction before it there has entered its queue, and enters
-  its own queue (its ``dispatch``) a cycle later at the earliest (when its queue has room); the slot
-  takes the next word in the cycle after it left.  SCALAR, BRANCH and barriers stay in the slot as
-  without the stage (a barrier waits for every earlier instruction to retire, so for the stage too);
+* with ``Config.dispatch_stage`` = n (1 or 2), a load, compute or store instruction leaves the
+  dispatcher's slot into the first dispatch stage, and each stage into the next, once the instruction
+  before it has left that stage, a cycle after entering it at the earliest; from the last stage it
+  enters its own queue (its ``dispatch``) a cycle later at the earliest (when its queue has room).
+  The slot takes the next word in the cycle after its word left.  SCALAR, BRANCH and barriers stay in
+  the slot as without the stages (a barrier waits for every earlier instruction to retire, so for the
+  stages too); with two stages a SCALAR or BRANCH executes no earlier than the cycle after the last
+  instruction before it left the first stage (whose range checks are the second stage's);
 * while a PREDICATE runs, the dispatcher goes on; it holds (until the PREDICATE ends) only an
   instruction that names the PREDICATE's ``dst`` register (:func:`scalar_registers`) or is another
   PREDICATE.
@@ -619,10 +622,10 @@ class Scheduler:
         self._beside_epilogue: Instruction | None = None
         self._epilogue_retire = 0
         self._epilogue_end = 0
-        # With Config.dispatch_stage: the cycle the last load/compute/store instruction entered its
-        # queue from the dispatch stage (the stage is free for the next word from then on).
-        self._dispatch_stage = bool(config.dispatch_stage)
-        self._stage_dispatch = 0
+        # With Config.dispatch_stage = n: per stage, the cycle the last load/compute/store instruction
+        # left it (into the next stage, the last one into its queue); the stage takes the next word
+        # from then on.  -1: none yet.
+        self._stage_left = [-1] * config.dispatch_stage
         # With Config.matmul_overlap: the MATMUL unit's acceptances and dones, whether the compute unit's
         # last instruction was a MATMUL (the next one may then be accepted while it runs), the retire
         # cycles of the last two MATMULs, and the end of the cycles array_busy has counted.
@@ -707,8 +710,11 @@ class Scheduler:
             return entry
 
         if unit is Unit.CONTROL:
-            # SCALAR or BRANCH: one dispatcher cycle, no unit.
+            # SCALAR or BRANCH: one dispatcher cycle, no unit.  With two dispatch stages, not while the
+            # first one holds a word (its range checks are not done: it might fail).
             dispatch = self._next_dispatch
+            if len(self._stage_left) == 2:
+                dispatch = max(dispatch, self._stage_left[0] + 1)
             self._next_dispatch = dispatch + 1
             if not self.keep_entries:
                 return None
@@ -719,15 +725,19 @@ class Scheduler:
         u = unit.value
         slots = self._queue_starts[u]
         dispatch = self._next_dispatch
-        if self._dispatch_stage:
-            # The word leaves the slot into the dispatch stage once the word before it there has
-            # entered its queue, and enters its own queue from there a cycle later (room permitting).
-            leaves = max(dispatch, self._stage_dispatch)
-            dispatch = leaves + 1
+        stage_left = self._stage_left
+        if stage_left:
+            # The word leaves the slot into the first dispatch stage, and each stage into the next,
+            # once the word before it has left that stage, a cycle after entering it at the earliest;
+            # from the last stage it enters its own queue (room permitting).
+            leaves = moves = max(dispatch, stage_left[0])
+            for stage in range(1, len(stage_left)):
+                moves = stage_left[stage - 1] = max(moves + 1, stage_left[stage])
+            dispatch = moves + 1
             if len(slots) == slots.maxlen:
                 dispatch = max(dispatch, slots[0])
+            stage_left[-1] = dispatch
             self._next_dispatch = leaves + 1
-            self._stage_dispatch = dispatch
         else:
             if len(slots) == slots.maxlen:
                 dispatch = max(dispatch, slots[0])

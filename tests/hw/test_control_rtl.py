@@ -16,8 +16,9 @@ from braze.isa.encoding import ALLOWED_DEPS, ARGS_OFFSET, DEPS, INSTRUCTION
 
 CONFIG = PRESETS["tiny"]
 #: With the dispatch stage (Config.dispatch_stage): a load/compute/store word enters its queue a cycle
-#: after the slot, which resolved and range-checked it.
-STAGED = CONFIG.replace(name="tiny_ds", dispatch_stage=1)
+#: after the slot, which resolved and range-checked it (two cycles with two stages: the slot resolves it,
+#: the check stage range-checks it).
+STAGED = {stages: CONFIG.replace(name=f"tiny_ds{stages}", dispatch_stage=stages) for stages in (1, 2)}
 O = Opcode
 
 
@@ -67,14 +68,15 @@ def test_random_programs_respect_every_ordering_rule(seed):
     assert sum(bool(insn.deps) for insn in program) > 10, "the program exercises few tokens"
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_random_programs_with_a_dispatch_stage_respect_every_ordering_rule(seed):
+@pytest.mark.parametrize(("stages", "seed"), [(1, 1), (1, 2), (2, 1), (2, 2)])
+def test_random_programs_with_a_dispatch_stage_respect_every_ordering_rule(stages, seed):
     rng = random.Random(seed)
-    program = random_program(rng, 60, STAGED.token_depth)
-    trace = run(STAGED, program, seed=seed, latency=rng.choice([(0, 3), (1, 12)]), ready_prob=0.3,
+    config = STAGED[stages]
+    program = random_program(rng, 60, config.token_depth)
+    trace = run(config, program, seed=seed, latency=rng.choice([(0, 3), (1, 12)]), ready_prob=0.3,
                 fetch_prob=1.0, max_edges=6000)
     assert trace.error_edge is None and trace.done_edge is not None
-    check_trace(trace, STAGED)
+    check_trace(trace, config)
     for unit in (Unit.LOAD, Unit.COMPUTE, Unit.STORE, Unit.CONTROL):
         assert _retired_count(trace, unit) == sum(unit_of(insn) is unit for insn in program)
 
@@ -394,7 +396,7 @@ def test_counted_loop_dispatches_its_body_once_per_iteration(seed):
     assert trace.scalar_regs[1] == 0
 
 
-@pytest.mark.parametrize("config", [CONFIG, STAGED], ids=["slot", "dispatch stage"])
+@pytest.mark.parametrize("config", [CONFIG, STAGED[1], STAGED[2]], ids=["slot", "one stage", "two stages"])
 def test_register_offsets_are_added_at_dispatch_with_the_registers_of_program_order(config):
     """Each iteration's LOAD carries addr + r2 and dram + r3 as the SCALARs before it left them."""
     load = Instruction.make("load", mem="spad", addr=5, rows=1, len=4, dram=0x100, stride=0, addr_reg=2,
@@ -414,7 +416,7 @@ def test_register_offsets_are_added_at_dispatch_with_the_registers_of_program_or
     assert trace.scalar_regs[2:4] == (r2, r3)
 
 
-@pytest.mark.parametrize("config", [CONFIG, STAGED], ids=["slot", "dispatch stage"])
+@pytest.mark.parametrize("config", [CONFIG, STAGED[1], STAGED[2]], ids=["slot", "one stage", "two stages"])
 def test_a_register_offset_out_of_range_stops_with_the_range_cause_at_its_pc(config):
     program = [Instruction.make("scalar", dst=4, imm=config.spad_rows - 2),
                Instruction.make("load", mem="spad", zero=True, addr=1, rows=2, len=4, addr_reg=4),
@@ -422,6 +424,19 @@ def test_a_register_offset_out_of_range_stops_with_the_range_cause_at_its_pc(con
     trace = run(config, program)
     assert trace.cause is ErrorCause.SPAD_RANGE and trace.error_pc == trace.pc(1)
     assert trace.starts[Unit.LOAD] == [] and trace.starts[Unit.STORE] == []
+
+
+@pytest.mark.parametrize("config", [CONFIG, STAGED[1], STAGED[2]], ids=["slot", "one stage", "two stages"])
+def test_the_words_behind_a_failing_register_offset_have_no_effect(config):
+    """The SCALAR right behind the failing LOAD writes nothing, and the BRANCH below the base behind it
+    does not win: with two stages they reach the slot while the LOAD is still being range-checked."""
+    program = [Instruction.make("scalar", dst=4, imm=config.spad_rows - 2),
+               Instruction.make("load", mem="spad", zero=True, addr=1, rows=2, len=4, addr_reg=4),
+               Instruction.make("scalar", dst=5, imm=7), Instruction.make("branch", offset=-8),
+               make(O.HALT)]
+    trace = run(config, program, base=0x400, fetch_prob=1.0, scalar_writes={5: 3})
+    assert trace.cause is ErrorCause.SPAD_RANGE and trace.error_pc == trace.pc(1)
+    assert trace.scalar_regs[4:6] == (config.spad_rows - 2, 3)
 
 
 def test_a_register_field_above_r7_is_bad_field_not_a_resolved_address():

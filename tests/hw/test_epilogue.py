@@ -179,6 +179,11 @@ def test_rounding_saturation_and_wrap_corner_cases():
                                 residual=True, res_addr=0, act=act)
         instructions.append((insn, {"clip_lo": -100, "clip_hi": 200, "out_zp": 0}))
         instructions.append((insn, {"clip_lo": 5, "clip_hi": -5, "out_zp": 0}))
+        # Clip bounds at and next to the int32 bounds, where the saturated sums sit (the unit compares
+        # the sum before sat32).
+        for clip_lo, clip_hi in ((INT32_MIN, INT32_MAX), (INT32_MIN + 1, INT32_MAX - 1),
+                                 (INT32_MIN, INT32_MIN), (INT32_MAX, INT32_MAX)):
+            instructions.append((insn, {"clip_lo": clip_lo, "clip_hi": clip_hi, "out_zp": 0}))
     check_instructions(bench, instructions, refill=False)
 
 

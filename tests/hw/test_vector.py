@@ -108,6 +108,20 @@ def test_rounding_ties_and_shift_extremes():
     check_instructions(bench, instructions, refill=False)
 
 
+def test_rounding_up_across_the_saturation_bounds():
+    """A quotient at the int8/int32 maximum that rounds up saturates; one just below the minimum that
+    rounds up is the minimum."""
+    bench = Bench(VectorUnit(TINY), seed=4)
+    bench.mirror[Memory.ACC][:2] = [[255, -257, 65535, 253], [254, -255, -65535, 0]]
+    bench.mirror[Memory.ACC][20:22] = [[1, 1, 65537, 1], [1, 1, 65537, 1]]  # 65535 * 65537 = 2**32 - 1
+    instructions = []
+    for op, dst_mem in itertools.product((VectorOp.MUL, VectorOp.SHR), Memory):
+        insn = Instruction.make("vector", op=op, dst_mem=dst_mem, src1_mem="acc", src2_mem="acc",
+                                src1=0, src2=20, dst=40, rows=2, shift=1)
+        instructions.append((insn, 0, 0))
+    check_instructions(bench, instructions, refill=False)
+
+
 def test_in_place_and_downward_overlap():
     """dst == src1 and dst < src1 (same memory) give the row-by-row result."""
     bench = Bench(VectorUnit(TINY), seed=4)

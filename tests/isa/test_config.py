@@ -66,11 +66,18 @@ def test_presets_overlap_loads_except_tiny():
     assert [Config.preset(name).load_overlap for name in ("tiny", "default", "large")] == [1, 4, 4]
 
 
-@pytest.mark.parametrize("field", ["weight_preload", "epilogue_overlap", "dispatch_stage", "matmul_overlap"])
+@pytest.mark.parametrize("field", ["weight_preload", "epilogue_overlap", "matmul_overlap"])
 @pytest.mark.parametrize("value", [-1, 2, 8])
 def test_switches_are_0_or_1(field, value):
     with pytest.raises(ConfigError, match=rf"{field}={value} must be 0 \(off\) or 1"):
         Config.parse(f"default:{field}={value}")
+
+
+@pytest.mark.parametrize("value", [-1, 3, 8])
+def test_dispatch_stages_are_0_1_or_2(value):
+    with pytest.raises(ConfigError, match=rf"dispatch_stage={value} must be 0 \(off\), 1 .* or 2"):
+        Config.parse(f"default:dispatch_stage={value}")
+    assert Config.parse("default:dispatch_stage=2").dispatch_stage == 2
 
 
 @pytest.mark.parametrize("field", ["weight_preload", "epilogue_overlap", "dispatch_stage"])
