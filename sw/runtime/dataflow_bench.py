@@ -15,6 +15,13 @@ For the early-exit CNN (``easy`` and ``hard`` digits), the mixture of experts (`
   (it ends after ``flush``).  The median and quartiles over the pairs, in wall time (what the issue
   targets) and in process CPU time (steady on a shared machine: waiting for a core is not in it), beside
   the analyzer's own accounting (its CPU time over the inference wall time, which its budget uses).
+  The wall-time median comes with a 95% bootstrap confidence interval (resampled pairs) and the mean
+  over the pairs beside it: the analyzer's work is lumpy (a sampled run's fold costs as much as a
+  few hundred microseconds, and most blocks hold none or one), so the median of the pairs can sit below
+  their mean, which the summary reports too.  Blocks are kept long (32 runs): every analyzed block ends
+  with a ``flush``, a fold batch of fixed cost (tens of microseconds) that background folding amortises
+  over its polls, so short blocks charge the analyzer a cost it does not have between flushes
+  (measured: 4-run blocks doubled the median); precision comes from the number of pairs instead.
 * **dynamic** -- analyzer and dynamic decisions on (background thread), after ``--warmup`` runs of
   the same distribution; then the measured runs.  Its decisions include ``if-on-chip`` (the early
   exit's If as one program with its condition on chip); ``--no-onchip-if`` leaves it out, which
@@ -43,10 +50,13 @@ dynamic output is compared with the static plan's (``np.array_equal``).  The las
 ``dataflow: overhead_pct=... early_exit_speedup=... moe_speedup=... transfer_bytes_saved_pct=...
 mismatches=... sparsity_replan_speedup=... multi_device_cycles_ratio=... multi_device_wall_ratio=...
 multi_device_mismatches=... overhead_cpu_pct=... overhead_iqr_pct=... overhead_own_pct=... pull_speedup=...
-pull_bytes_ratio=...``
-(``overhead_pct``: the largest median wall-time overhead of the four rows; ``overhead_iqr_pct``: that
-row's interquartile range; ``overhead_cpu_pct``, ``overhead_own_pct``: the largest CPU-time median and
-own accounting; speedups: static cost over dynamic cost, on ``hard`` and ``skewed``, and
+pull_bytes_ratio=... overhead_ci_high_pct=... overhead_mean_pct=...``
+(``overhead_pct``: the largest median wall-time overhead over every row (three models, two
+distributions each; no row is left out); ``overhead_iqr_pct``: that row's interquartile range;
+``overhead_cpu_pct``, ``overhead_own_pct``: the largest CPU-time median and own accounting;
+``overhead_ci_high_pct``: the largest upper end of the rows' 95% confidence intervals of the median
+wall-time overhead; ``overhead_mean_pct``: the largest mean wall-time overhead over a row's pairs;
+speedups: static cost over dynamic cost, on ``hard`` and ``skewed``, and
 over the whole drift sequence; ``transfer_bytes_saved_pct``: over the early-exit CNN's and the mixture's
 rows; ``pull_speedup``: the encoder's on ``easy`` digits, its cost counting the host partitions' measured
 time (what the decision trades for chip work), ``pull_bytes_ratio`` its static bytes over dynamic;
@@ -60,6 +70,7 @@ differ from the one-device static plan's).
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Sequence
 
@@ -77,6 +88,10 @@ __all__ = ["measure", "main"]
 QUOTED = {"early_exit": "hard", "moe": "skewed", "exit_encoder": "easy"}
 #: The families of the issue's speedup and transfer-bytes keys (the encoder has keys of its own: pull_*).
 ISSUE_FAMILIES = ("early_exit", "moe")
+#: Pairs of blocks the analyzer's overhead is measured over, per row: the median's 95% interval is about
+#: +-1 point wide at 120 pairs of 32 runs (+-1.5 at 60, which made the largest of six medians a coin toss
+#: around 5% for a cost of about 3%).
+OVERHEAD_ROUNDS = 120
 
 
 def _run(session: DataflowSession, feeds) -> tuple[list[np.ndarray], list[RunTrace], float]:
@@ -96,6 +111,20 @@ def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
     return float(low), float(median), float(high)
 
 
+#: Resamples of the bootstrap confidence interval of a median (seeded: the same pairs give the same interval).
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """A percentile bootstrap confidence interval of the median of ``values`` (resampled with
+    replacement, :data:`BOOTSTRAP_RESAMPLES` times, a fixed seed)."""
+    data = np.asarray(values, dtype=float)
+    picks = np.random.default_rng(0).integers(0, len(data), (BOOTSTRAP_RESAMPLES, len(data)))
+    medians = np.median(data[picks], axis=1)
+    low, high = np.percentile(medians, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
 def measure_overhead(static: DataflowSession, analyzed: DataflowSession, feeds, *, rounds: int,
                      block: int) -> dict:
     """The analyzer's overhead, from ``rounds`` interleaved pairs of blocks (see the module documentation).
@@ -105,11 +134,15 @@ def measure_overhead(static: DataflowSession, analyzed: DataflowSession, feeds, 
     both alike); the analyzed block ends when its analyzer has folded every observation (``flush``), so
     that its background work is charged to it, not to the next block.  Per pair: the wall-time overhead
     and the CPU-time overhead (process time: every thread, the analyzer's included; time the process
-    waits for a core is not in it, so it is steady on a shared machine).  Returns their quartiles, and
-    the analyzer's own accounting (its CPU time over the measured runs' wall time)."""
+    waits for a core is not in it, so it is steady on a shared machine).  Returns their quartiles, the
+    wall-time median's 95% bootstrap interval and the pairs' mean, and the analyzer's own accounting (its
+    CPU time over the measured runs' wall time)."""
     wall, cpu = [], []
     analyzer = analyzed.analyzer
     analyzer.flush()
+    # The sessions' set-up left garbage enough for a full collection (hundreds of milliseconds) that would
+    # land in whichever block came next; collections the runs themselves cause are measured.
+    gc.collect()
     cost_before, inference_before = analyzer.cost_seconds, analyzer.inference_seconds
     for index in range(rounds):
         chunk = [feeds[(index * block + i) % len(feeds)] for i in range(block)]
@@ -125,12 +158,13 @@ def measure_overhead(static: DataflowSession, analyzed: DataflowSession, feeds, 
         cpu.append(spent[True][1] / spent[False][1] - 1)
     accounted = ((analyzer.cost_seconds - cost_before) / (analyzer.inference_seconds - inference_before))
     return {"wall": _quartiles(wall), "cpu": _quartiles(cpu), "accounted": accounted,
+            "wall_interval": median_interval(wall), "wall_mean": float(np.mean(wall)),
             "sampled": analyzer.sampled, "observed": analyzer.observations, "pairs": rounds}
 
 
 def measure(family: str, distribution: str, *, runs: int, warmup: int, device: str = "golden",
             config: str = "default", cost_model: str | None = None, onchip_if: bool = True,
-            overhead_rounds: int = 60, overhead_block: int = 32) -> dict:
+            overhead_rounds: int = OVERHEAD_ROUNDS, overhead_block: int = 32) -> dict:
     model = model_of(family)
     calibration = calibration_feeds(model)
     feeds = inputs(model, distribution, runs, seed=7)
@@ -302,10 +336,15 @@ def _spread(quartiles: tuple[float, float, float]) -> str:
     return f"{100 * median:.2f}% [{100 * low:.1f}, {100 * high:.1f}]"
 
 
+def _interval(overhead: dict) -> str:
+    low, high = overhead["wall_interval"]
+    return f"[{100 * low:.1f}, {100 * high:.1f}] {100 * overhead['wall_mean']:.2f}%"
+
+
 def table(rows: Sequence[dict]) -> str:
     header = ("model", "inputs", "plan after warm-up", "cycles st/dyn", "bytes st/dyn", "cost st/dyn",
-              "speedup", "host st/dyn", "wall ms st/an/dyn", "analyzer wall [IQR]", "cpu [IQR]", "own",
-              "mismatch")
+              "speedup", "host st/dyn", "wall ms st/an/dyn", "analyzer wall [IQR]", "median 95% CI, mean",
+              "cpu [IQR]", "own", "mismatch")
     lines = []
     for r in rows:
         s, d = r["static"], r["dynamic"]
@@ -316,7 +355,7 @@ def table(rows: Sequence[dict]) -> str:
                       f"{s['cost'] / d['cost']:.2f}x",
                       f"{s['host'] / r['runs']:.0f}/{d['host'] / r['runs']:.0f}",
                       "/".join(f"{1e3 * r[k]:.0f}" for k in ("static_wall", "analyzed_wall", "dynamic_wall")),
-                      _spread(r["overhead"]["wall"]), _spread(r["overhead"]["cpu"]),
+                      _spread(r["overhead"]["wall"]), _interval(r["overhead"]), _spread(r["overhead"]["cpu"]),
                       f"{100 * r['overhead']['accounted']:.2f}%", str(r["mismatches"])))
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     out = ["static plan = the partitioner's plan without the analyzer: If predecessor and else branch as two "
@@ -327,8 +366,9 @@ def table(rows: Sequence[dict]) -> str:
            "pull_speedup); wall = the measured runs' wall time: static, static with the analyzer on (an), "
            "dynamic; "
            "analyzer = its overhead on the static plan, median [quartiles] over interleaved pairs of blocks "
-           "(analyzer off/on, the same inputs, ABBA order) in wall time and in process CPU time; own = its "
-           "own accounting (its CPU time / inference wall time)."]
+           "(analyzer off/on, the same inputs, ABBA order) in wall time, the wall-time median's 95% "
+           "bootstrap interval and the pairs' mean, and in process CPU time; own = its own accounting (its "
+           "CPU time / inference wall time)."]
     out.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     out.append("  ".join("-" * w for w in widths))
     out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
@@ -371,7 +411,9 @@ def summary(rows: Sequence[dict], drift: dict | None = None, multi: Sequence[dic
             f"multi_device_mismatches={sum(row['mismatches'] for m in multi for row in m['rows'])} "
             f"overhead_cpu_pct={100 * max(r['overhead']['cpu'][1] for r in rows):.2f} "
             f"overhead_iqr_pct={100 * (worst['overhead']['wall'][2] - worst['overhead']['wall'][0]):.2f} "
-            f"overhead_own_pct={100 * max(r['overhead']['accounted'] for r in rows):.2f} {pull_text}")
+            f"overhead_own_pct={100 * max(r['overhead']['accounted'] for r in rows):.2f} {pull_text} "
+            f"overhead_ci_high_pct={100 * max(r['overhead']['wall_interval'][1] for r in rows):.2f} "
+            f"overhead_mean_pct={100 * max(r['overhead']['wall_mean'] for r in rows):.2f}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -384,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", default="default", help="preset name, PRESET:field=value,... or JSON")
     parser.add_argument("--cost-model", choices=("analytic", "learned"), default=None,
                         help="what prices decisions (default: learned where trained, else analytic)")
-    parser.add_argument("--overhead-rounds", type=int, default=60,
+    parser.add_argument("--overhead-rounds", type=int, default=OVERHEAD_ROUNDS,
                         help="interleaved pairs of blocks (analyzer off, on) the overhead is the median of")
     parser.add_argument("--overhead-block", type=int, default=32, help="runs per block of those pairs")
     parser.add_argument("--reports", action="store_true", help="print each dynamic session's report")

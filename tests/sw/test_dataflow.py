@@ -223,6 +223,18 @@ def test_a_model_without_control_flow_is_refused():
         split_model(helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]))
 
 
+def test_the_median_interval_holds_the_median_and_narrows_with_more_pairs():
+    from braze.sw.runtime.dataflow_bench import median_interval
+
+    rng = np.random.default_rng(3)
+    few, many = rng.normal(0.03, 0.06, 30), rng.normal(0.03, 0.06, 480)
+    for values in (few, many):
+        low, high = median_interval(values)
+        assert low <= np.median(values) <= high
+    assert np.subtract(*median_interval(many)[::-1]) < np.subtract(*median_interval(few)[::-1])
+    assert median_interval([0.02] * 9) == (0.02, 0.02)
+
+
 def test_bench_prints_a_table_and_one_summary_line(capsys, early_exit, moe):
     from braze.sw.runtime import dataflow_bench
 
@@ -237,7 +249,9 @@ def test_bench_prints_a_table_and_one_summary_line(capsys, early_exit, moe):
     assert set(fields) == {"overhead_pct", "early_exit_speedup", "moe_speedup", "transfer_bytes_saved_pct",
                            "mismatches", "sparsity_replan_speedup", "multi_device_cycles_ratio",
                            "multi_device_wall_ratio", "multi_device_mismatches", "overhead_cpu_pct",
-                           "overhead_iqr_pct", "overhead_own_pct", "pull_speedup", "pull_bytes_ratio"}
+                           "overhead_iqr_pct", "overhead_own_pct", "pull_speedup", "pull_bytes_ratio",
+                           "overhead_ci_high_pct", "overhead_mean_pct"}
+    assert float(fields["overhead_ci_high_pct"]) >= float(fields["overhead_pct"])
     assert any(line.startswith("drift: sensor_mlp") for line in lines)
     assert fields["mismatches"] == "0" and fields["multi_device_mismatches"] == "0"
     assert any(line.startswith("multi-device: ") for line in lines)
