@@ -665,6 +665,7 @@ def repeat_measurements(store: HistoryStore, measurements: Sequence[Sequence[Run
                     calibration_seed(first.signature_hash, repeat) for repeat in range(4 * repeats))
                     if candidate not in used][:repeats - len(group)]
                 dev.set_stall(first.stall)
+                runs = len(group)
                 for stall_seed in seeds:
                     if budget_seconds is not None and time.monotonic() - started > budget_seconds:
                         report.out_of_time = True
@@ -682,9 +683,10 @@ def repeat_measurements(store: HistoryStore, measurements: Sequence[Sequence[Run
                                                   recorded_at=time.time(),
                                                   energy_pj=kernel_energy_pj(counters, config)["total"]))
                     report.ran += 1
+                    runs += 1
                 if progress:
                     progress(f"{first.family} on {config_name} at stall {first.stall}: "
-                             f"{len(group) + len(seeds)} runs ({time.monotonic() - started:.0f} s)")
+                             f"{runs} runs ({time.monotonic() - started:.0f} s)")
                 if report.out_of_time:
                     break
         if report.out_of_time:
