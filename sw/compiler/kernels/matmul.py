@@ -389,8 +389,8 @@ def _defers_finish(config: Config, epi: _Epilogue, tiling: Tiling, pool: int) ->
     With two MATMULs in flight (Config.matmul_overlap) the next MATMUL then overlaps this one's drain, and
     the EPILOGUE runs beside it (epilogue_overlap; clear of its rows, as C, parameter and output tiles are
     in rings of two or more).  Only for an EPILOGUE that can run beside (int8 out, no residual) and no
-    pooling VECTORs after it.  Not always faster (the STOREs start later: a kernel of a few small tiles
-    loses), so :func:`_candidate` prices both orders."""
+    pooling VECTORs after it.  Not always faster under the timing model (the digits CNN's fused conv1 on
+    default is priced 25 cycles lower without it), so :func:`_candidate` prices both orders."""
     return bool(config.matmul_overlap and config.epilogue_overlap and epi.needed and not epi.out_int32
                 and not epi.residual and pool == 1 and tiling.buffers >= 2)
 
