@@ -75,9 +75,11 @@ from braze.isa.model import program_events
 from braze.isa.timing import (
     LOAD_HANDOVER_CYCLES,
     LOAD_SLOT_CYCLES,
+    MatmulPipe,
     Scheduler,
     epilogue_runs_beside,
     instruction_cycles,
+    matmul_clear_of_epilogue,
     table_rows,
     timing_key,
 )
@@ -490,9 +492,11 @@ class _Streams:
         its stream in order, an instruction starts after the token it pops was pushed (the k-th pop of
         a queue takes the k-th push), overlapped LOADs share one data bus in order, at most
         ``load_overlap`` of them in flight -- and nothing else waits (no token capacity, no hold of the
-        dispatcher or the compute unit beside a PREDICATE or EPILOGUE).  Every time there is at most the
-        scheduler's, so a tiling whose bound reaches another's predicted cycles cannot be faster: it
-        need not be scheduled and encoded to be ruled out (:func:`~.matmul._candidate`).
+        dispatcher or the compute unit beside a PREDICATE or EPILOGUE).  With ``epilogue_overlap`` (and
+        ``matmul_overlap``) the compute unit's times follow :class:`_OverlappedComputeBound`.  Every
+        time there is at most the scheduler's, so a tiling whose bound reaches another's predicted cycles
+        cannot be faster: it need not be scheduled and encoded to be ruled out
+        (:func:`~.matmul._candidate`).
         """
         token_depth = self.config.token_depth
         config = self.config
@@ -524,6 +528,9 @@ class _Streams:
         free = [0, 0, 0]
         pushed_at: list[list[int]] = [[] for _ in _QUEUES]
         issue_free = data_end = retired = 0
+        # With epilogue_overlap (and matmul_overlap) the compute unit's times are bounded apart.
+        compute = (_OverlappedComputeBound(config) if bounding and config.epilogue_overlap
+                   else None)
         total = sum(lengths)
         closing_cycles = 0
         if bounding:
@@ -563,7 +570,20 @@ class _Streams:
             # The flags are legal for the unit by construction (_PUSH_FLAG/_POP_FLAG).
             insn = op.insn.with_deps(op.insn.deps | op.flags) if pops or pushes else op.insn
             took = instruction_cycles(insn, config)
-            if bounding:
+            if compute is not None and best == 1:
+                dispatch = next_dispatch
+                slots = queued[1]
+                if len(slots) == queue_depth and slots[0] > dispatch:
+                    dispatch = slots[0]
+                next_dispatch = dispatch + 1
+                start, free[1], end = compute.schedule(insn, took, dispatch, free[1],
+                                                       [pushed_at[queue][popped[queue]] for queue in pops])
+                slots.append(start)
+                for queue in pushes:
+                    pushed_at[queue].append(end)
+                if end > retired:
+                    retired = end
+            elif bounding:
                 dispatch = next_dispatch
                 slots = queued[best]
                 if len(slots) == queue_depth and slots[0] > dispatch:
@@ -615,6 +635,71 @@ class _Streams:
         if not bounding:
             return program, cycles, 0
         return program, cycles, max(retired, next_dispatch, total) + closing_cycles
+
+
+class _OverlappedComputeBound:
+    """The compute unit's times in :meth:`_Streams.merge_bounded` with ``epilogue_overlap`` (and
+    ``matmul_overlap``): each at most :class:`~braze.isa.timing.Scheduler`'s.
+
+    An EPILOGUE that runs beside the unit frees it the next cycle; a later compute instruction starts
+    after that EPILOGUE has retired (pushed its tokens) unless it is a MATMUL clear of its rows (with
+    ``matmul_overlap``, a MATMUL not clear of them once it has ended), and retires after it.
+    With ``matmul_overlap`` the MATMULs go through a :class:`~braze.isa.timing.MatmulPipe` of their own,
+    retiring in program order: a MATMUL right after a MATMUL (or after an EPILOGUE that started beside
+    one) starts once the pipe accepts it; an EPILOGUE beside a MATMUL clear of its rows starts once the
+    MATMUL before that one is done and retires after it; anything else waits for the last MATMUL."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.pipe = MatmulPipe(config) if config.matmul_overlap else None
+        # The last MATMUL, whether it was the unit's last instruction, whether the next MATMUL may be
+        # accepted early, the cycle after an EPILOGUE past a MATMUL started, the done cycles of the last
+        # two MATMULs; the last EPILOGUE beside the unit, its end and its retire.
+        self.last_matmul: Instruction | None = None
+        self.matmul_last = self.matmul_follows = False
+        self.matmul_floor = self.matmul_done = self.matmul_done_before = 0
+        self.epilogue: Instruction | None = None
+        self.epilogue_end = self.epilogue_retire = 0
+
+    def schedule(self, insn: Instruction, took: int, dispatch: int, free: int, pushed: list[int]
+                 ) -> tuple[int, int, int]:
+        """(start, when the unit is free for the next instruction, when it pushes its tokens) of
+        ``insn`` (``took`` cycles), dispatched at ``dispatch``, the unit free at ``free``, the tokens it
+        pops pushed at ``pushed``."""
+        config, pipe = self.config, self.pipe
+        opcode = insn.opcode
+        matmul = opcode is Opcode.MATMUL
+        runs_beside = epilogue_runs_beside(insn, config)
+        past_matmul = (pipe is not None and self.matmul_last and runs_beside
+                       and matmul_clear_of_epilogue(self.last_matmul, insn, config))
+        if pipe is not None and matmul and self.matmul_follows:
+            start = max(dispatch, pipe.earliest_accept(), self.matmul_floor)
+        elif past_matmul:
+            start = max(dispatch, self.matmul_done_before, self.epilogue_retire)
+        else:
+            start = max(dispatch, free)
+        epilogue = self.epilogue
+        if epilogue is not None and not (matmul and matmul_clear_of_epilogue(insn, epilogue, config)):
+            start = max(start, self.epilogue_end if matmul and pipe is not None else self.epilogue_retire)
+        if pushed:
+            start = max(start, *pushed)
+        end = start + took
+        if pipe is not None and matmul:
+            end = max(pipe.accept(insn, start), self.matmul_done)   # MATMULs retire in program order
+            self.matmul_done_before, self.matmul_done = self.matmul_done, end
+            self.last_matmul = insn
+        elif past_matmul:
+            end = max(end, self.matmul_done + 1)       # after the MATMUL it started beside
+            self.matmul_floor = start + 1
+        if epilogue is not None and end <= self.epilogue_retire:
+            end = self.epilogue_retire + 1             # after the EPILOGUE beside the unit
+        if pipe is not None:
+            self.matmul_follows = matmul or past_matmul
+            self.matmul_last = matmul
+        if runs_beside:
+            self.epilogue, self.epilogue_end, self.epilogue_retire = insn, start + took, end
+        beside = runs_beside or (opcode is Opcode.PREDICATE)
+        return start, start + 1 if beside else end, end
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -128,7 +128,8 @@ def _chunk_runs(first_slot: int, chunks: int, ring: int, pieces: int) -> list[tu
 def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, operands: dict[str, Operand],
                      a_loader: ALoader, tiling: Tiling, pool: int = 1, slice_rows: int | None = None,
                      b_slice: int = 0, zp_a: tuple[int, ...] = (), zp_b: tuple[int, ...] = (),
-                     b_heads: int = 1, out_heads: int = 1, pixel_major: int = 0) -> _Streams:
+                     b_heads: int = 1, out_heads: int = 1, pixel_major: int = 0, defer: bool = True
+                     ) -> _Streams:
     """The streams of a tiled matrix multiply; with ``pool > 1`` every output tile is max-pooled on chip
     before its STORE (the rows of a tile in blocks of ``pool**2``, see :func:`~.conv.conv2d`).
 
@@ -149,7 +150,10 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     Pixel-major tiles (``pixel_major = P``, a convolution over a batch, :func:`~.conv.conv2d`): M is
     images of P output rows each (P pixels, after pooling), every M tile holds whole images, and
     within a tile the rows are in the order (pixel, image); each pixel's rows are STOREd to their
-    NHWC places with one strided STORE."""
+    NHWC places with one strided STORE.
+
+    ``defer``: where :func:`_defers_finish` allows it, each output tile's EPILOGUE and STORE come after the
+    next tile's MATMULs (False: right after its own)."""
     R, COLS = config.rows, config.cols
     chunks = _cdiv(K, R)
     n_tiles = _cdiv(N, COLS)
@@ -331,12 +335,7 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     step = 0
     tiles = [(i0, min(m, s0 + slice_rows - i0)) for s0 in range(0, M, slice_rows)
              for i0 in range(s0, min(M, s0 + slice_rows), m)]
-    # With two MATMULs in flight (Config.matmul_overlap) an output tile's EPILOGUE and STORE come after the
-    # next tile's MATMULs: the next MATMUL overlaps this one's drain, and the EPILOGUE runs beside it
-    # (epilogue_overlap; clear of its rows, as C, parameter and output tiles are in rings of two or more).
-    # Only for an EPILOGUE that can run beside (int8 out, no residual) and no pooling VECTORs after it.
-    defer_finish = bool(config.matmul_overlap and config.epilogue_overlap and epi.needed and not epi.out_int32
-                        and not epi.residual and pool == 1 and ring >= 2)
+    defer_finish = defer and _defers_finish(config, epi, tiling, pool)
     deferred: tuple | None = None
     for t, (i0, mt) in enumerate(tiles):
         g = i0 // slice_rows
@@ -382,6 +381,18 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     if deferred is not None:
         finish_tile(*deferred)
     return streams
+
+
+def _defers_finish(config: Config, epi: _Epilogue, tiling: Tiling, pool: int) -> bool:
+    """Whether an output tile's EPILOGUE and STORE may come after the next tile's MATMULs.
+
+    With two MATMULs in flight (Config.matmul_overlap) the next MATMUL then overlaps this one's drain, and
+    the EPILOGUE runs beside it (epilogue_overlap; clear of its rows, as C, parameter and output tiles are
+    in rings of two or more).  Only for an EPILOGUE that can run beside (int8 out, no residual) and no
+    pooling VECTORs after it.  Not always faster under the timing model (the digits CNN's fused conv1 on
+    default is priced 25 cycles lower without it), so :func:`_candidate` prices both orders."""
+    return bool(config.matmul_overlap and config.epilogue_overlap and epi.needed and not epi.out_int32
+                and not epi.residual and pool == 1 and tiling.buffers >= 2)
 
 
 def _tiling_candidates(config: Config, M: int, K: int, N: int, epi: _Epilogue, align: int = 1,
@@ -543,25 +554,38 @@ def _candidate(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue
         bound = _BOUNDS.get(key)
         if cutoff is not None and bound is not None and bound[0] >= cutoff:
             raise CandidatePruned(*bound)
-        streams = _matmul_pipeline(config, M, K, N, epi, operands, a_loader, tiling,
-                                   extra_tiling.get("pool", 1), extra_tiling.get("slice_rows"),
-                                   extra_tiling.get("b_slice", 0), extra_tiling.get("zp_a", ()),
-                                   extra_tiling.get("zp_b", ()), *extra_tiling.get("heads", (1, 1, 1))[1:],
-                                   pixel_major=extra_tiling.get("pixel_major", 0))
-        try:
-            program, took, lower = streams.merge_bounded(operands["counters"].addr if cutoff is not None
-                                                         else None)
-        except _Unorderable:
-            kernel = None     # needs deeper token queues
-        else:
-            if cutoff is not None:
-                if len(_BOUNDS) >= _BOUNDS_LIMIT:
-                    _BOUNDS.clear()
-                _BOUNDS[key] = bound = (lower, len(program) + 1)
-                if lower >= cutoff:
-                    raise CandidatePruned(*bound)
-            kernel = _finish(name, config, streams, operands, macs=M * N * K, param_rows=epi.param_rows,
-                             tiling=dataclasses.asdict(tiling) | extra_tiling, merged=(program, took))
+        pool = extra_tiling.get("pool", 1)
+        # The EPILOGUE deferral, where it applies, both ways (deferred first: kept on a tie).
+        orders = (True, False) if _defers_finish(config, epi, tiling, pool) else (False,)
+        merged = []
+        for defer in orders:
+            streams = _matmul_pipeline(config, M, K, N, epi, operands, a_loader, tiling, pool,
+                                       extra_tiling.get("slice_rows"), extra_tiling.get("b_slice", 0),
+                                       extra_tiling.get("zp_a", ()), extra_tiling.get("zp_b", ()),
+                                       *extra_tiling.get("heads", (1, 1, 1))[1:],
+                                       pixel_major=extra_tiling.get("pixel_major", 0), defer=defer)
+            try:
+                program, took, lower = streams.merge_bounded(operands["counters"].addr if cutoff is not None
+                                                             else None)
+            except _Unorderable:
+                continue      # needs deeper token queues
+            merged.append((defer, streams, program, took, lower))
+        kernel = None
+        if merged and cutoff is not None:
+            if len(_BOUNDS) >= _BOUNDS_LIMIT:
+                _BOUNDS.clear()
+            # Both orders hold the same instructions; the candidate cannot beat the cutoff if neither can.
+            _BOUNDS[key] = bound = (min(lower for *_, lower in merged), len(merged[0][2]) + 1)
+            if bound[0] >= cutoff:
+                raise CandidatePruned(*bound)
+            merged = [order for order in merged if order[4] < cutoff]
+        for defer, streams, program, took, _ in merged:
+            deferral = {"finish_deferred": defer} if len(orders) > 1 else {}
+            priced = _finish(name, config, streams, operands, macs=M * N * K, param_rows=epi.param_rows,
+                             tiling=dataclasses.asdict(tiling) | extra_tiling | deferral,
+                             merged=(program, took))
+            if kernel is None or priced.predicted_cycles < kernel.predicted_cycles:
+                kernel = priced
         _GENERATED[key] = kernel
         held = sum(len(k.instructions) for k in _GENERATED.values() if k is not None)
         while held > _GENERATED_LIMIT and len(_GENERATED) > 1:
