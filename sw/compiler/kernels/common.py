@@ -75,9 +75,11 @@ from braze.isa.model import program_events
 from braze.isa.timing import (
     LOAD_HANDOVER_CYCLES,
     LOAD_SLOT_CYCLES,
+    MatmulPipe,
     Scheduler,
     epilogue_runs_beside,
     instruction_cycles,
+    matmul_clear_of_epilogue,
     table_rows,
     timing_key,
 )
@@ -489,7 +491,9 @@ class _Streams:
         cycle in program order, not before the unit's queue has room (``queue_depth``); each unit runs
         its stream in order, an instruction starts after the token it pops was pushed (the k-th pop of
         a queue takes the k-th push), overlapped LOADs share one data bus in order, at most
-        ``load_overlap`` of them in flight -- and nothing else waits (no token capacity, no hold of the
+        ``load_overlap`` of them in flight, with ``Config.matmul_overlap`` MATMULs taken and done as
+        :class:`~braze.isa.timing.MatmulPipe` says (after the compute unit's last other instruction) --
+        and nothing else waits (no token capacity, no hold of the
         dispatcher or the compute unit beside a PREDICATE or EPILOGUE).  Every time there is at most the
         scheduler's, so a tiling whose bound reaches another's predicted cycles cannot be faster: it
         need not be scheduled and encoded to be ruled out (:func:`~.matmul._candidate`).
@@ -518,6 +522,10 @@ class _Streams:
         overlapped = config.load_overlap > 1
         mem_latency = config.mem_latency
         queue_depth = config.queue_depth
+        pipe = MatmulPipe(config) if config.matmul_overlap else None
+        compute_floor = 0
+        matmul_dones: collections.deque[int] = collections.deque(maxlen=2)
+        beside_epilogue: tuple[Instruction, int] | None = None    # the last EPILOGUE beside, and its end
         next_dispatch = 0
         queued = [collections.deque(maxlen=queue_depth) for _ in _STREAM_UNITS]
         load_ends: collections.deque[int] = collections.deque(maxlen=config.load_overlap)
@@ -577,13 +585,29 @@ class _Streams:
                         start = load_ends[0] + LOAD_SLOT_CYCLES
                 else:
                     start = free[best] if free[best] > dispatch else dispatch
-                for queue in pops:
-                    if pushed_at[queue][popped[queue]] > start:
-                        start = pushed_at[queue][popped[queue]]
                 # A PREDICATE, and with epilogue_overlap an EPILOGUE, may run beside the compute unit: 1
                 # cycle at least (the EPILOGUE's tokens come at its end).
                 beside = best == 1 and (insn.opcode is Opcode.PREDICATE or epilogue_runs_beside(insn, config))
+                # With matmul_overlap the MATMUL unit takes a MATMUL when the MatmulPipe of the MATMULs before
+                # allows, after the compute unit's last other instruction (beside: its first cycle); an
+                # instruction beside starts while the last MATMUL is in flight, once the one before is done.
+                overlapped_matmul = pipe is not None and insn.opcode is Opcode.MATMUL
+                if overlapped_matmul:
+                    start = max(dispatch, compute_floor, pipe.earliest_accept())
+                    if beside_epilogue is not None and beside_epilogue[1] > start and not \
+                            matmul_clear_of_epilogue(insn, beside_epilogue[0], config):
+                        start = beside_epilogue[1]     # it touches the rows of the EPILOGUE beside
+                elif beside and pipe is not None:
+                    start = max(dispatch, compute_floor, matmul_dones[0] if len(matmul_dones) == 2 else 0)
+                for queue in pops:
+                    if pushed_at[queue][popped[queue]] > start:
+                        start = pushed_at[queue][popped[queue]]
                 end = start + (1 if beside else took)
+                if overlapped_matmul:
+                    end = pipe.accept(insn, start)
+                    matmul_dones.append(end)
+                elif best == 1:
+                    compute_floor = end
                 if loading:
                     args = insn.args
                     issue_free = start + (1 if args["zero"] else args["rows"] + 1)
@@ -598,6 +622,9 @@ class _Streams:
                 free[best] = end
                 if beside and insn.opcode is Opcode.EPILOGUE:
                     end = start + took
+                    beside_epilogue = (insn, end)
+                    if matmul_dones and matmul_dones[-1] >= end:
+                        end = matmul_dones[-1] + 1    # it retires after the MATMULs before it
                 for queue in pushes:
                     pushed_at[queue].append(end)
                 if end > retired:
