@@ -461,9 +461,12 @@ class StoreEngine(wiring.Component):
     bank conflict is held until accepted), two rows at most between the memory
     and the bus packer.  For each row one write request of
     ``ceil((addr % bus_bytes + row_bytes) / bus_bytes)`` beats goes to the write
-    master ahead of its data; the packer shifts the row out one bus word per
-    beat, rotated to the row's byte offset, with ``strb`` set exactly on the
-    row's bytes.
+    master ahead of its data: when the row is read, or with
+    ``Config.store_ahead`` from a sequencer of its own, up to
+    :attr:`REQUESTS_AHEAD` rows before the row is read (so that the data of
+    one-beat rows need not wait for their addresses to reach the memory); the
+    packer shifts the row out one bus word per beat, rotated to the row's byte
+    offset, with ``strb`` set exactly on the row's bytes.
 
     COUNTERS: after accepting the instruction the engine consumes one snapshot
     from ``snapshot`` (64-bit words in counter order, up to ``last``) and writes
