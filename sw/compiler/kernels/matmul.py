@@ -703,8 +703,14 @@ def _refined(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue, 
     and drain, and its EPILOGUE runs beside the next piece's MATMULs (without, each piece would pay
     them)."""
     chosen = Tiling(**{field.name: best.tiling[field.name] for field in dataclasses.fields(Tiling)})
-    variants = [dataclasses.replace(chosen, first_b_split=True)] if chosen.b_resident else []
-    variants += [dataclasses.replace(chosen, last_pieces=pieces) for pieces in _LAST_PIECES]
+    # Only the cuts that change the program (see _matmul_pipeline's split_b and split_last).
+    variants = []
+    if chosen.b_resident and not extra_tiling.get("b_slice", 0):
+        variants.append(dataclasses.replace(chosen, first_b_split=True))
+    if (config.epilogue_overlap and epi.needed and not epi.out_int32 and not epi.residual
+            and chosen.buffers >= 2 and extra_tiling.get("pool", 1) == 1
+            and not any(extra_tiling.get(key) for key in ("pixel_major", "zp_a", "zp_b"))):
+        variants += [dataclasses.replace(chosen, last_pieces=pieces) for pieces in _LAST_PIECES]
     for variant in variants:
         if variant.last_pieces > 1:
             variant = dataclasses.replace(variant, first_b_split=chosen.first_b_split)
