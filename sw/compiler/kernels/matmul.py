@@ -107,6 +107,12 @@ class Tiling:
         finish of ``Config.matmul_overlap``): the last output tile is computed,
         finished and stored in this many pieces of rows, so that the work left
         after the last MATMUL is one piece's EPILOGUE and STORE, not the tile's.
+    first_pair : bool
+        With resident B and the deferred finish: the first M tile's first two
+        N tiles are computed K-chunk by K-chunk, one MATMUL per chunk and tile
+        in turn, their B loaded chunk by chunk beside the A chunks, so that they
+        stream while A arrives (without, the first N tile needs all of A before
+        the second can start, and its loads outrun its MATMULs).
     """
 
     m: int
@@ -119,6 +125,7 @@ class Tiling:
     n_group: int = 1
     first_b_split: bool = False
     last_pieces: int = 1
+    first_pair: bool = False
 
 
 def _chunk_runs(first_slot: int, chunks: int, ring: int, pieces: int) -> list[tuple[int, int]]:
@@ -191,7 +198,17 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     zp_b_bufs = spad.ring("zp_b", len(zp_b), min(R, K))   # constant B tiles of one K chunk: -zb
     a_slots = spad.ring("A", tiling.a_slots, m)      # consecutive rows: slot i starts at a_slots[0] + i*m
     group = tiling.n_group if streamed else 1
-    c_slots = acc.ring("C", ring * group, m)
+    # With two MATMULs in flight (Config.matmul_overlap) an output tile's EPILOGUE and STORE come after the
+    # next tile's MATMULs: the next MATMUL overlaps this one's drain, and the EPILOGUE runs beside it
+    # (epilogue_overlap; clear of its rows, as C, parameter and output tiles are in rings of two or more).
+    # Only for an EPILOGUE that can run beside (int8 out, no residual) and no pooling VECTORs after it.
+    defer_finish = bool(config.matmul_overlap and config.epilogue_overlap and epi.needed and not epi.out_int32
+                        and not epi.residual and pool == 1 and ring >= 2)
+    pair = bool(tiling.first_pair and tiling.b_resident and n_tiles >= 2 and not b_slice and not streamed
+                and not (zp_a or zp_b) and defer_finish)
+    # A first pair's tile 0 finishes beside tile 1's last MATMUL and tile 2's: a third C slot keeps tile 2's
+    # MATMUL clear of it.
+    c_slots = acc.ring("C", ring * group + (1 if pair else 0), m)
     p_count = n_tiles if tiling.params_resident else ring * group
     p_slots = acc.ring("params", p_count, p_rows) if p_rows else []
 
@@ -354,12 +371,6 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     step = 0
     tiles = [(i0, min(m, s0 + slice_rows - i0)) for s0 in range(0, M, slice_rows)
              for i0 in range(s0, min(M, s0 + slice_rows), m)]
-    # With two MATMULs in flight (Config.matmul_overlap) an output tile's EPILOGUE and STORE come after the
-    # next tile's MATMULs: the next MATMUL overlaps this one's drain, and the EPILOGUE runs beside it
-    # (epilogue_overlap; clear of its rows, as C, parameter and output tiles are in rings of two or more).
-    # Only for an EPILOGUE that can run beside (int8 out, no residual) and no pooling VECTORs after it.
-    defer_finish = bool(config.matmul_overlap and config.epilogue_overlap and epi.needed and not epi.out_int32
-                        and not epi.residual and pool == 1 and ring >= 2)
     deferred: tuple | None = None
     # Tiling.first_b_split and last_pieces: only where they apply (else the tiling is that without them).
     split_b = tiling.first_b_split and tiling.b_resident and not b_slice and not streamed
@@ -387,9 +398,38 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
                     finish_tile(c_bufs[j], *load_epilogue_operands(t, i0, mt, j, step), i0, mt, j, step)
                     step += 1
             continue
-        # The first N tile's operands first: its MATMUL can start on the first chunks of A.
+        first_j = 0
         b_parts = None
-        if split_b and t == 0:
+        if pair and t == 0:
+            # Tiling.first_pair: per K-chunk, the two tiles' B rows and the A chunk, then per chunk a MATMUL
+            # for each tile in turn; tile 0's finish beside tile 1's last MATMUL, tile 1's deferred.
+            first_slot, tile_slots, parts = a_next % tiling.a_slots, [], ([], [])
+            for c in range(chunks):
+                k0, k1 = c * R, min(K, (c + 1) * R)
+                for j in (0, 1):
+                    parts[j].append(_Buffer("B", Memory.SPAD, b_slots[j].start + k0, k1 - k0))
+                    streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=b_slots[j].start + k0,
+                                                 rows=k1 - k0, len=min(COLS, N - j * COLS),
+                                                 dram=b_base + k0 * b_row + j * COLS, stride=b_row),
+                                writes=[parts[j][c]])
+                tile_slots += load_a(i0, mt, c, c + 1)[1]
+            pair_operands = [load_epilogue_operands(t, i0, mt, j, step + j) for j in (0, 1)]
+            c_pair = [_slot(c_slots, c_next + j) for j in (0, 1)]
+            c_next += 2
+            for c in range(chunks):
+                k0, k1 = c * R, min(K, (c + 1) * R)
+                for j in (0, 1):
+                    streams.add(Instruction.make(Opcode.MATMUL, acc=c_pair[j].start, a=tile_slots[c].start,
+                                                 b=b_slots[j].start + k0, a_stride=m, m=mt,
+                                                 n=min(COLS, N - j * COLS), k=k1 - k0, accumulate=c > 0),
+                                reads=[tile_slots[c], parts[j][c]], writes=[c_pair[j]])
+            finish_tile(c_pair[0], *pair_operands[0], i0, mt, 0, step)
+            deferred = (c_pair[1], *pair_operands[1], i0, mt, 1, step + 1, 0, 1)
+            step += 2
+            first_j = 2
+            first_operands = None
+        # The first N tile's operands first: its MATMUL can start on the first chunks of A.
+        elif split_b and t == 0:
             # B in the first MATMUL's K-pieces, each before its chunks of A; the parameters after A.
             b_buf = b_slots[0]
             first_slot, tile_slots, b_parts = a_next % tiling.a_slots, [], {}
@@ -404,7 +444,7 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
         else:
             first_operands = load_b(t, 0, 0, chunks), *load_epilogue_operands(t, i0, mt, 0, step)
             first_slot, tile_slots = load_a(i0, mt, 0, chunks)
-        for j in range(n_tiles):
+        for j in range(first_j, n_tiles):
             b_buf, p_buf, r_buf = first_operands if j == 0 else (
                 load_b(t, j, 0, chunks), *load_epilogue_operands(t, i0, mt, j, step))
             c_buf = _slot(c_slots, c_next)
@@ -696,16 +736,21 @@ _LAST_PIECES = (2, 4, 8)
 
 def _refined(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue, operands: dict[str, Operand],
              a_loader: ALoader, loader_key: tuple, best: Kernel, extra_tiling: dict) -> Kernel:
-    """``best`` with its lead-in and tail cut where the timing model predicts it faster: the first tile's B
-    loaded in the K-pieces of its first MATMUL (:attr:`Tiling.first_b_split`), then the last output tile
-    in 2, 4, 8 pieces of rows (:attr:`Tiling.last_pieces`) for as long as each is faster than the last.
+    """``best`` with its lead-in and tail cut where the timing model predicts it faster: the first M tile's
+    first two N tiles computed chunk by chunk (:attr:`Tiling.first_pair`), or its B loaded in the K-pieces
+    of its first MATMUL (:attr:`Tiling.first_b_split`), then the last output tile in 2, 4, 8 pieces of
+    rows (:attr:`Tiling.last_pieces`) for as long as each is faster than the last.
     With ``Config.matmul_overlap`` only: a piece's MATMULs then follow the last piece's without a fill
     and drain, and its EPILOGUE runs beside the next piece's MATMULs (without, each piece would pay
     them)."""
     chosen = Tiling(**{field.name: best.tiling[field.name] for field in dataclasses.fields(Tiling)})
     # Only the cuts that change the program (see _matmul_pipeline's split_b and split_last).
     variants = []
+    deferred_finish = (config.epilogue_overlap and epi.needed and not epi.out_int32 and not epi.residual
+                       and chosen.buffers >= 2 and extra_tiling.get("pool", 1) == 1)
     if chosen.b_resident and not extra_tiling.get("b_slice", 0):
+        if deferred_finish and N > config.cols and not (extra_tiling.get("zp_a") or extra_tiling.get("zp_b")):
+            variants.append(dataclasses.replace(chosen, first_pair=True))
         variants.append(dataclasses.replace(chosen, first_b_split=True))
     if (config.epilogue_overlap and epi.needed and not epi.out_int32 and not epi.residual
             and chosen.buffers >= 2 and extra_tiling.get("pool", 1) == 1
@@ -713,7 +758,8 @@ def _refined(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue, 
         variants += [dataclasses.replace(chosen, last_pieces=pieces) for pieces in _LAST_PIECES]
     for variant in variants:
         if variant.last_pieces > 1:
-            variant = dataclasses.replace(variant, first_b_split=chosen.first_b_split)
+            variant = dataclasses.replace(variant, first_b_split=chosen.first_b_split,
+                                          first_pair=chosen.first_pair)
         try:
             kernel = _candidate(name, config, M, K, N, epi, operands, a_loader, loader_key, variant,
                                 extra_tiling, best.predicted_cycles if _PRUNING else None)
