@@ -406,13 +406,15 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
             first_slot, tile_slots, parts = a_next % tiling.a_slots, [], ([], [])
             for c in range(chunks):
                 k0, k1 = c * R, min(K, (c + 1) * R)
+                # Tile 0's B rows, the A chunk, tile 1's B rows: in the order the MATMULs need them.
                 for j in (0, 1):
                     parts[j].append(_Buffer("B", Memory.SPAD, b_slots[j].start + k0, k1 - k0))
                     streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=b_slots[j].start + k0,
                                                  rows=k1 - k0, len=min(COLS, N - j * COLS),
                                                  dram=b_base + k0 * b_row + j * COLS, stride=b_row),
                                 writes=[parts[j][c]])
-                tile_slots += load_a(i0, mt, c, c + 1)[1]
+                    if j == 0:
+                        tile_slots += load_a(i0, mt, c, c + 1)[1]
             pair_operands = [load_epilogue_operands(t, i0, mt, j, step + j) for j in (0, 1)]
             c_pair = [_slot(c_slots, c_next + j) for j in (0, 1)]
             c_next += 2
