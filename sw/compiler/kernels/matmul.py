@@ -404,6 +404,10 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
             # Tiling.first_pair: per K-chunk, the two tiles' B rows and the A chunk, then per chunk a MATMUL
             # for each tile in turn; tile 0's finish beside tile 1's last MATMUL, tile 1's deferred.
             first_slot, tile_slots, parts = a_next % tiling.a_slots, [], ([], [])
+            # Halves of the first A chunk when each keeps the array streaming (at least rows + 1 rows).
+            start, half = _slot(a_slots, a_next).start, _cdiv(mt, 2)
+            halves = [_Buffer("A", Memory.SPAD, start, half),
+                      _Buffer("A", Memory.SPAD, start + half, mt - half)] if mt - half > R else []
             for c in range(chunks):
                 k0, k1 = c * R, min(K, (c + 1) * R)
                 # Tile 0's B rows, the A chunk, tile 1's B rows: in the order the MATMULs need them.
@@ -413,7 +417,15 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
                                                  rows=k1 - k0, len=min(COLS, N - j * COLS),
                                                  dram=b_base + k0 * b_row + j * COLS, stride=b_row),
                                 writes=[parts[j][c]])
-                    if j == 0:
+                    if j == 0 and c == 0 and halves:
+                        # The first chunk in two halves of rows: the first MATMUL starts on the first.
+                        slot = _slot(a_slots, a_next)
+                        a_next += 1
+                        for part in halves:
+                            row = part.start - slot.start
+                            streams.add_writes(a_loader(i0 + row, part.rows, 0, part.start), part)
+                        tile_slots.append(slot)
+                    elif j == 0:
                         tile_slots += load_a(i0, mt, c, c + 1)[1]
             pair_operands = [load_epilogue_operands(t, i0, mt, j, step + j) for j in (0, 1)]
             c_pair = [_slot(c_slots, c_next + j) for j in (0, 1)]
@@ -421,10 +433,15 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
             for c in range(chunks):
                 k0, k1 = c * R, min(K, (c + 1) * R)
                 for j in (0, 1):
-                    streams.add(Instruction.make(Opcode.MATMUL, acc=c_pair[j].start, a=tile_slots[c].start,
-                                                 b=b_slots[j].start + k0, a_stride=m, m=mt,
-                                                 n=min(COLS, N - j * COLS), k=k1 - k0, accumulate=c > 0),
-                                reads=[tile_slots[c], parts[j][c]], writes=[c_pair[j]])
+                    # Tile 0's first chunk per half (each waits for its own rows; tile 1's for both).
+                    pieces = [(part.start - tile_slots[0].start, part.rows, [part]) for part in halves] \
+                        if c == 0 and j == 0 and halves else [(0, mt, halves if c == 0 else [])]
+                    for row, rows, waits in pieces:
+                        streams.add(Instruction.make(Opcode.MATMUL, acc=c_pair[j].start + row,
+                                                     a=tile_slots[c].start + row, b=b_slots[j].start + k0,
+                                                     a_stride=m, m=rows, n=min(COLS, N - j * COLS), k=k1 - k0,
+                                                     accumulate=c > 0),
+                                    reads=[tile_slots[c], *waits, parts[j][c]], writes=[c_pair[j]])
             finish_tile(c_pair[0], *pair_operands[0], i0, mt, 0, step)
             deferred = (c_pair[1], *pair_operands[1], i0, mt, 1, step + 1, 0, 1)
             step += 2
