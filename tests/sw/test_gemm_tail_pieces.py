@@ -64,6 +64,7 @@ def test_the_library_cuts_the_tail_where_predicted_faster():
     assert kernel.predicted_cycles < uncut.predicted_cycles
     assert _exact(kernel, 64, 64, 64, seed=1)
     # Without two MATMULs in flight each piece would pay the array's fill and drain: never cut.
-    serial = kernels.gemm(Config.preset("default"), 64, 64, 64, **EPILOGUE)
+    one_in_flight = Config.parse("default:weight_preload=1,epilogue_overlap=1,matmul_overlap=0")
+    serial = kernels.gemm(one_in_flight, 64, 64, 64, **EPILOGUE)
     assert (serial.tiling["first_b_split"], serial.tiling["last_pieces"], serial.tiling["first_pair"]) == (
         False, 1, False)
