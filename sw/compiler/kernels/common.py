@@ -491,12 +491,12 @@ class _Streams:
         cycle in program order, not before the unit's queue has room (``queue_depth``); each unit runs
         its stream in order, an instruction starts after the token it pops was pushed (the k-th pop of
         a queue takes the k-th push), overlapped LOADs share one data bus in order, at most
-        ``load_overlap`` of them in flight, with ``Config.matmul_overlap`` MATMULs taken and done as
-        :class:`~braze.isa.timing.MatmulPipe` says (after the compute unit's last other instruction) --
-        and nothing else waits (no token capacity, no hold of the
-        dispatcher or the compute unit beside a PREDICATE or EPILOGUE).  Every time there is at most the
-        scheduler's, so a tiling whose bound reaches another's predicted cycles cannot be faster: it
-        need not be scheduled and encoded to be ruled out (:func:`~.matmul._candidate`).
+        ``load_overlap`` of them in flight -- and nothing else waits (no token capacity, no hold of the
+        dispatcher or the compute unit beside a PREDICATE or EPILOGUE).  With ``epilogue_overlap`` (and
+        ``matmul_overlap``) the compute unit's times follow :class:`_OverlappedComputeBound`.  Every
+        time there is at most the scheduler's, so a tiling whose bound reaches another's predicted cycles
+        cannot be faster: it need not be scheduled and encoded to be ruled out
+        (:func:`~.matmul._candidate`).
         """
         token_depth = self.config.token_depth
         config = self.config
@@ -522,16 +522,15 @@ class _Streams:
         overlapped = config.load_overlap > 1
         mem_latency = config.mem_latency
         queue_depth = config.queue_depth
-        pipe = MatmulPipe(config) if config.matmul_overlap else None
-        compute_floor = 0
-        matmul_dones: collections.deque[int] = collections.deque(maxlen=2)
-        beside_epilogue: tuple[Instruction, int] | None = None    # the last EPILOGUE beside, and its end
         next_dispatch = 0
         queued = [collections.deque(maxlen=queue_depth) for _ in _STREAM_UNITS]
         load_ends: collections.deque[int] = collections.deque(maxlen=config.load_overlap)
         free = [0, 0, 0]
         pushed_at: list[list[int]] = [[] for _ in _QUEUES]
         issue_free = data_end = retired = 0
+        # With epilogue_overlap (and matmul_overlap) the compute unit's times are bounded apart.
+        compute = (_OverlappedComputeBound(config) if bounding and config.epilogue_overlap
+                   else None)
         total = sum(lengths)
         closing_cycles = 0
         if bounding:
@@ -571,7 +570,20 @@ class _Streams:
             # The flags are legal for the unit by construction (_PUSH_FLAG/_POP_FLAG).
             insn = op.insn.with_deps(op.insn.deps | op.flags) if pops or pushes else op.insn
             took = instruction_cycles(insn, config)
-            if bounding:
+            if compute is not None and best == 1:
+                dispatch = next_dispatch
+                slots = queued[1]
+                if len(slots) == queue_depth and slots[0] > dispatch:
+                    dispatch = slots[0]
+                next_dispatch = dispatch + 1
+                start, free[1], end = compute.schedule(insn, took, dispatch, free[1],
+                                                       [pushed_at[queue][popped[queue]] for queue in pops])
+                slots.append(start)
+                for queue in pushes:
+                    pushed_at[queue].append(end)
+                if end > retired:
+                    retired = end
+            elif bounding:
                 dispatch = next_dispatch
                 slots = queued[best]
                 if len(slots) == queue_depth and slots[0] > dispatch:
@@ -585,29 +597,13 @@ class _Streams:
                         start = load_ends[0] + LOAD_SLOT_CYCLES
                 else:
                     start = free[best] if free[best] > dispatch else dispatch
-                # A PREDICATE, and with epilogue_overlap an EPILOGUE, may run beside the compute unit: 1
-                # cycle at least (the EPILOGUE's tokens come at its end).
-                beside = best == 1 and (insn.opcode is Opcode.PREDICATE or epilogue_runs_beside(insn, config))
-                # With matmul_overlap the MATMUL unit takes a MATMUL when the MatmulPipe of the MATMULs before
-                # allows, after the compute unit's last other instruction (beside: its first cycle); an
-                # instruction beside starts while the last MATMUL is in flight, once the one before is done.
-                overlapped_matmul = pipe is not None and insn.opcode is Opcode.MATMUL
-                if overlapped_matmul:
-                    start = max(dispatch, compute_floor, pipe.earliest_accept())
-                    if beside_epilogue is not None and beside_epilogue[1] > start and not \
-                            matmul_clear_of_epilogue(insn, beside_epilogue[0], config):
-                        start = beside_epilogue[1]     # it touches the rows of the EPILOGUE beside
-                elif beside and pipe is not None:
-                    start = max(dispatch, compute_floor, matmul_dones[0] if len(matmul_dones) == 2 else 0)
                 for queue in pops:
                     if pushed_at[queue][popped[queue]] > start:
                         start = pushed_at[queue][popped[queue]]
+                # A PREDICATE, and with epilogue_overlap an EPILOGUE, may run beside the compute unit: 1
+                # cycle at least (the EPILOGUE's tokens come at its end).
+                beside = best == 1 and (insn.opcode is Opcode.PREDICATE or epilogue_runs_beside(insn, config))
                 end = start + (1 if beside else took)
-                if overlapped_matmul:
-                    end = pipe.accept(insn, start)
-                    matmul_dones.append(end)
-                elif best == 1:
-                    compute_floor = end
                 if loading:
                     args = insn.args
                     issue_free = start + (1 if args["zero"] else args["rows"] + 1)
@@ -622,9 +618,6 @@ class _Streams:
                 free[best] = end
                 if beside and insn.opcode is Opcode.EPILOGUE:
                     end = start + took
-                    beside_epilogue = (insn, end)
-                    if matmul_dones and matmul_dones[-1] >= end:
-                        end = matmul_dones[-1] + 1    # it retires after the MATMULs before it
                 for queue in pushes:
                     pushed_at[queue].append(end)
                 if end > retired:
@@ -642,6 +635,71 @@ class _Streams:
         if not bounding:
             return program, cycles, 0
         return program, cycles, max(retired, next_dispatch, total) + closing_cycles
+
+
+class _OverlappedComputeBound:
+    """The compute unit's times in :meth:`_Streams.merge_bounded` with ``epilogue_overlap`` (and
+    ``matmul_overlap``): each at most :class:`~braze.isa.timing.Scheduler`'s.
+
+    An EPILOGUE that runs beside the unit frees it the next cycle; a later compute instruction starts
+    after that EPILOGUE has retired (pushed its tokens) unless it is a MATMUL clear of its rows (with
+    ``matmul_overlap``, a MATMUL not clear of them once it has ended), and retires after it.
+    With ``matmul_overlap`` the MATMULs go through a :class:`~braze.isa.timing.MatmulPipe` of their own,
+    retiring in program order: a MATMUL right after a MATMUL (or after an EPILOGUE that started beside
+    one) starts once the pipe accepts it; an EPILOGUE beside a MATMUL clear of its rows starts once the
+    MATMUL before that one is done and retires after it; anything else waits for the last MATMUL."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.pipe = MatmulPipe(config) if config.matmul_overlap else None
+        # The last MATMUL, whether it was the unit's last instruction, whether the next MATMUL may be
+        # accepted early, the cycle after an EPILOGUE past a MATMUL started, the done cycles of the last
+        # two MATMULs; the last EPILOGUE beside the unit, its end and its retire.
+        self.last_matmul: Instruction | None = None
+        self.matmul_last = self.matmul_follows = False
+        self.matmul_floor = self.matmul_done = self.matmul_done_before = 0
+        self.epilogue: Instruction | None = None
+        self.epilogue_end = self.epilogue_retire = 0
+
+    def schedule(self, insn: Instruction, took: int, dispatch: int, free: int, pushed: list[int]
+                 ) -> tuple[int, int, int]:
+        """(start, when the unit is free for the next instruction, when it pushes its tokens) of
+        ``insn`` (``took`` cycles), dispatched at ``dispatch``, the unit free at ``free``, the tokens it
+        pops pushed at ``pushed``."""
+        config, pipe = self.config, self.pipe
+        opcode = insn.opcode
+        matmul = opcode is Opcode.MATMUL
+        runs_beside = epilogue_runs_beside(insn, config)
+        past_matmul = (pipe is not None and self.matmul_last and runs_beside
+                       and matmul_clear_of_epilogue(self.last_matmul, insn, config))
+        if pipe is not None and matmul and self.matmul_follows:
+            start = max(dispatch, pipe.earliest_accept(), self.matmul_floor)
+        elif past_matmul:
+            start = max(dispatch, self.matmul_done_before, self.epilogue_retire)
+        else:
+            start = max(dispatch, free)
+        epilogue = self.epilogue
+        if epilogue is not None and not (matmul and matmul_clear_of_epilogue(insn, epilogue, config)):
+            start = max(start, self.epilogue_end if matmul and pipe is not None else self.epilogue_retire)
+        if pushed:
+            start = max(start, *pushed)
+        end = start + took
+        if pipe is not None and matmul:
+            end = max(pipe.accept(insn, start), self.matmul_done)   # MATMULs retire in program order
+            self.matmul_done_before, self.matmul_done = self.matmul_done, end
+            self.last_matmul = insn
+        elif past_matmul:
+            end = max(end, self.matmul_done + 1)       # after the MATMUL it started beside
+            self.matmul_floor = start + 1
+        if epilogue is not None and end <= self.epilogue_retire:
+            end = self.epilogue_retire + 1             # after the EPILOGUE beside the unit
+        if pipe is not None:
+            self.matmul_follows = matmul or past_matmul
+            self.matmul_last = matmul
+        if runs_beside:
+            self.epilogue, self.epilogue_end, self.epilogue_retire = insn, start + took, end
+        beside = runs_beside or (opcode is Opcode.PREDICATE)
+        return start, start + 1 if beside else end, end
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -147,7 +147,8 @@ def _chunk_runs(first_slot: int, chunks: int, ring: int, pieces: int) -> list[tu
 def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, operands: dict[str, Operand],
                      a_loader: ALoader, tiling: Tiling, pool: int = 1, slice_rows: int | None = None,
                      b_slice: int = 0, zp_a: tuple[int, ...] = (), zp_b: tuple[int, ...] = (),
-                     b_heads: int = 1, out_heads: int = 1, pixel_major: int = 0) -> _Streams:
+                     b_heads: int = 1, out_heads: int = 1, pixel_major: int = 0, defer: bool = True
+                     ) -> _Streams:
     """The streams of a tiled matrix multiply; with ``pool > 1`` every output tile is max-pooled on chip
     before its STORE (the rows of a tile in blocks of ``pool**2``, see :func:`~.conv.conv2d`).
 
@@ -168,7 +169,10 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     Pixel-major tiles (``pixel_major = P``, a convolution over a batch, :func:`~.conv.conv2d`): M is
     images of P output rows each (P pixels, after pooling), every M tile holds whole images, and
     within a tile the rows are in the order (pixel, image); each pixel's rows are STOREd to their
-    NHWC places with one strided STORE."""
+    NHWC places with one strided STORE.
+
+    ``defer``: where :func:`_defers_finish` allows it, each output tile's EPILOGUE and STORE come after the
+    next tile's MATMULs (False: right after its own)."""
     R, COLS = config.rows, config.cols
     chunks = _cdiv(K, R)
     n_tiles = _cdiv(N, COLS)
@@ -198,12 +202,7 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     zp_b_bufs = spad.ring("zp_b", len(zp_b), min(R, K))   # constant B tiles of one K chunk: -zb
     a_slots = spad.ring("A", tiling.a_slots, m)      # consecutive rows: slot i starts at a_slots[0] + i*m
     group = tiling.n_group if streamed else 1
-    # With two MATMULs in flight (Config.matmul_overlap) an output tile's EPILOGUE and STORE come after the
-    # next tile's MATMULs: the next MATMUL overlaps this one's drain, and the EPILOGUE runs beside it
-    # (epilogue_overlap; clear of its rows, as C, parameter and output tiles are in rings of two or more).
-    # Only for an EPILOGUE that can run beside (int8 out, no residual) and no pooling VECTORs after it.
-    defer_finish = bool(config.matmul_overlap and config.epilogue_overlap and epi.needed and not epi.out_int32
-                        and not epi.residual and pool == 1 and ring >= 2)
+    defer_finish = defer and _defers_finish(config, epi, tiling, pool)
     pair = bool(tiling.first_pair and tiling.b_resident and n_tiles >= 2 and not b_slice and not streamed
                 and not (zp_a or zp_b) and defer_finish)
     # A first pair's tile 0 finishes beside tile 1's last MATMUL and tile 2's: a third C slot keeps tile 2's
@@ -492,6 +491,18 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     return streams
 
 
+def _defers_finish(config: Config, epi: _Epilogue, tiling: Tiling, pool: int) -> bool:
+    """Whether an output tile's EPILOGUE and STORE may come after the next tile's MATMULs.
+
+    With two MATMULs in flight (Config.matmul_overlap) the next MATMUL then overlaps this one's drain, and
+    the EPILOGUE runs beside it (epilogue_overlap; clear of its rows, as C, parameter and output tiles are
+    in rings of two or more).  Only for an EPILOGUE that can run beside (int8 out, no residual) and no
+    pooling VECTORs after it.  Not always faster (the STOREs start later: a kernel of a few small tiles
+    loses), so :func:`_candidate` prices both orders."""
+    return bool(config.matmul_overlap and config.epilogue_overlap and epi.needed and not epi.out_int32
+                and not epi.residual and pool == 1 and tiling.buffers >= 2)
+
+
 def _tiling_candidates(config: Config, M: int, K: int, N: int, epi: _Epilogue, align: int = 1,
                        reserved: int = 0, streamed_ok: bool = True) -> list[list[Tiling]]:
     """Tilings that fit, grouped by M tile count; double-buffered groups first, then single-buffered.
@@ -651,25 +662,38 @@ def _candidate(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue
         bound = _BOUNDS.get(key)
         if cutoff is not None and bound is not None and bound[0] >= cutoff:
             raise CandidatePruned(*bound)
-        streams = _matmul_pipeline(config, M, K, N, epi, operands, a_loader, tiling,
-                                   extra_tiling.get("pool", 1), extra_tiling.get("slice_rows"),
-                                   extra_tiling.get("b_slice", 0), extra_tiling.get("zp_a", ()),
-                                   extra_tiling.get("zp_b", ()), *extra_tiling.get("heads", (1, 1, 1))[1:],
-                                   pixel_major=extra_tiling.get("pixel_major", 0))
-        try:
-            program, took, lower = streams.merge_bounded(operands["counters"].addr if cutoff is not None
-                                                         else None)
-        except _Unorderable:
-            kernel = None     # needs deeper token queues
-        else:
-            if cutoff is not None:
-                if len(_BOUNDS) >= _BOUNDS_LIMIT:
-                    _BOUNDS.clear()
-                _BOUNDS[key] = bound = (lower, len(program) + 1)
-                if lower >= cutoff:
-                    raise CandidatePruned(*bound)
-            kernel = _finish(name, config, streams, operands, macs=M * N * K, param_rows=epi.param_rows,
-                             tiling=dataclasses.asdict(tiling) | extra_tiling, merged=(program, took))
+        pool = extra_tiling.get("pool", 1)
+        # The EPILOGUE deferral, where it applies, both ways (deferred first: kept on a tie).
+        orders = (True, False) if _defers_finish(config, epi, tiling, pool) else (False,)
+        merged = []
+        for defer in orders:
+            streams = _matmul_pipeline(config, M, K, N, epi, operands, a_loader, tiling, pool,
+                                       extra_tiling.get("slice_rows"), extra_tiling.get("b_slice", 0),
+                                       extra_tiling.get("zp_a", ()), extra_tiling.get("zp_b", ()),
+                                       *extra_tiling.get("heads", (1, 1, 1))[1:],
+                                       pixel_major=extra_tiling.get("pixel_major", 0), defer=defer)
+            try:
+                program, took, lower = streams.merge_bounded(operands["counters"].addr if cutoff is not None
+                                                             else None)
+            except _Unorderable:
+                continue      # needs deeper token queues
+            merged.append((defer, streams, program, took, lower))
+        kernel = None
+        if merged and cutoff is not None:
+            if len(_BOUNDS) >= _BOUNDS_LIMIT:
+                _BOUNDS.clear()
+            # Both orders hold the same instructions; the candidate cannot beat the cutoff if neither can.
+            _BOUNDS[key] = bound = (min(lower for *_, lower in merged), len(merged[0][2]) + 1)
+            if bound[0] >= cutoff:
+                raise CandidatePruned(*bound)
+            merged = [order for order in merged if order[4] < cutoff]
+        for defer, streams, program, took, _ in merged:
+            deferral = {"finish_deferred": defer} if len(orders) > 1 else {}
+            priced = _finish(name, config, streams, operands, macs=M * N * K, param_rows=epi.param_rows,
+                             tiling=dataclasses.asdict(tiling) | extra_tiling | deferral,
+                             merged=(program, took))
+            if kernel is None or priced.predicted_cycles < kernel.predicted_cycles:
+                kernel = priced
         _GENERATED[key] = kernel
         held = sum(len(k.instructions) for k in _GENERATED.values() if k is not None)
         while held > _GENERATED_LIMIT and len(_GENERATED) > 1:
@@ -765,15 +789,12 @@ def _refined(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue, 
     chosen = Tiling(**{field.name: best.tiling[field.name] for field in dataclasses.fields(Tiling)})
     # Only the cuts that change the program (see _matmul_pipeline's split_b and split_last).
     variants = []
-    deferred_finish = (config.epilogue_overlap and epi.needed and not epi.out_int32 and not epi.residual
-                       and chosen.buffers >= 2 and extra_tiling.get("pool", 1) == 1)
+    deferred_finish = _defers_finish(config, epi, chosen, extra_tiling.get("pool", 1))
     if chosen.b_resident and not extra_tiling.get("b_slice", 0):
         if deferred_finish and N > config.cols and not (extra_tiling.get("zp_a") or extra_tiling.get("zp_b")):
             variants.append(dataclasses.replace(chosen, first_pair=True))
         variants.append(dataclasses.replace(chosen, first_b_split=True))
-    if (config.epilogue_overlap and epi.needed and not epi.out_int32 and not epi.residual
-            and chosen.buffers >= 2 and extra_tiling.get("pool", 1) == 1
-            and not any(extra_tiling.get(key) for key in ("pixel_major", "zp_a", "zp_b"))):
+    if deferred_finish and not any(extra_tiling.get(key) for key in ("pixel_major", "zp_a", "zp_b")):
         variants += [dataclasses.replace(chosen, last_pieces=pieces) for pieces in _LAST_PIECES]
     for variant in variants:
         if variant.last_pieces > 1:
