@@ -127,6 +127,11 @@ class Tiling:
     last_pieces: int = 1
     first_pair: bool = False
 
+    def uncut(self) -> Tiling:
+        """This tiling without the lead-in and tail cuts (``first_b_split``, ``last_pieces``, ``first_pair``):
+        the candidate :func:`candidate_tilings` lists, which the library refines into this one."""
+        return dataclasses.replace(self, first_b_split=False, last_pieces=1, first_pair=False)
+
 
 def _chunk_runs(first_slot: int, chunks: int, ring: int, pieces: int) -> list[tuple[int, int]]:
     """Chunk ranges [c0, c1) whose slots are consecutive in the ring, each range split into about
@@ -203,7 +208,7 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     a_slots = spad.ring("A", tiling.a_slots, m)      # consecutive rows: slot i starts at a_slots[0] + i*m
     group = tiling.n_group if streamed else 1
     defer_finish = defer and _defers_finish(config, epi, tiling, pool)
-    pair = bool(tiling.first_pair and tiling.b_resident and n_tiles >= 2 and not b_slice and not streamed
+    pair = bool(tiling.first_pair and tiling.b_resident and n_tiles >= 3 and not b_slice and not streamed
                 and not (zp_a or zp_b) and defer_finish)
     # A first pair's tile 0 finishes beside tile 1's last MATMUL and tile 2's: a third C slot keeps tile 2's
     # MATMUL clear of it.
@@ -791,7 +796,10 @@ def _refined(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue, 
     variants = []
     deferred_finish = _defers_finish(config, epi, chosen, extra_tiling.get("pool", 1))
     if chosen.b_resident and not extra_tiling.get("b_slice", 0):
-        if deferred_finish and N > config.cols and not (extra_tiling.get("zp_a") or extra_tiling.get("zp_b")):
+        # (Not when the pair is the last N tiles: its MATMULs, one per K-chunk, would then be the last readers
+        # of the A slots, each owing the next call of a stream a token -- more than the queue holds.)
+        no_zero_points = not (extra_tiling.get("zp_a") or extra_tiling.get("zp_b"))
+        if deferred_finish and N > 2 * config.cols and no_zero_points:
             variants.append(dataclasses.replace(chosen, first_pair=True))
         variants.append(dataclasses.replace(chosen, first_b_split=True))
     if deferred_finish and not any(extra_tiling.get(key) for key in ("pixel_major", "zp_a", "zp_b")):
