@@ -127,6 +127,11 @@ class Tiling:
     last_pieces: int = 1
     first_pair: bool = False
 
+    def uncut(self) -> Tiling:
+        """This tiling without the lead-in and tail cuts (``first_b_split``, ``last_pieces``, ``first_pair``):
+        the candidate :func:`candidate_tilings` lists, which the library refines into this one."""
+        return dataclasses.replace(self, first_b_split=False, last_pieces=1, first_pair=False)
+
 
 def _chunk_runs(first_slot: int, chunks: int, ring: int, pieces: int) -> list[tuple[int, int]]:
     """Chunk ranges [c0, c1) whose slots are consecutive in the ring, each range split into about
@@ -204,7 +209,7 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     # Only for an EPILOGUE that can run beside (int8 out, no residual) and no pooling VECTORs after it.
     defer_finish = bool(config.matmul_overlap and config.epilogue_overlap and epi.needed and not epi.out_int32
                         and not epi.residual and pool == 1 and ring >= 2)
-    pair = bool(tiling.first_pair and tiling.b_resident and n_tiles >= 2 and not b_slice and not streamed
+    pair = bool(tiling.first_pair and tiling.b_resident and n_tiles >= 3 and not b_slice and not streamed
                 and not (zp_a or zp_b) and defer_finish)
     # A first pair's tile 0 finishes beside tile 1's last MATMUL and tile 2's: a third C slot keeps tile 2's
     # MATMUL clear of it.
@@ -768,7 +773,10 @@ def _refined(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue, 
     deferred_finish = (config.epilogue_overlap and epi.needed and not epi.out_int32 and not epi.residual
                        and chosen.buffers >= 2 and extra_tiling.get("pool", 1) == 1)
     if chosen.b_resident and not extra_tiling.get("b_slice", 0):
-        if deferred_finish and N > config.cols and not (extra_tiling.get("zp_a") or extra_tiling.get("zp_b")):
+        # (Not when the pair is the last N tiles: its MATMULs, one per K-chunk, would then be the last readers
+        # of the A slots, each owing the next call of a stream a token -- more than the queue holds.)
+        no_zero_points = not (extra_tiling.get("zp_a") or extra_tiling.get("zp_b"))
+        if deferred_finish and N > 2 * config.cols and no_zero_points:
             variants.append(dataclasses.replace(chosen, first_pair=True))
         variants.append(dataclasses.replace(chosen, first_b_split=True))
     if (config.epilogue_overlap and epi.needed and not epi.out_int32 and not epi.residual
