@@ -461,9 +461,12 @@ class StoreEngine(wiring.Component):
     bank conflict is held until accepted), two rows at most between the memory
     and the bus packer.  For each row one write request of
     ``ceil((addr % bus_bytes + row_bytes) / bus_bytes)`` beats goes to the write
-    master ahead of its data; the packer shifts the row out one bus word per
-    beat, rotated to the row's byte offset, with ``strb`` set exactly on the
-    row's bytes.
+    master ahead of its data: when the row is read, or with
+    ``Config.store_ahead`` from a sequencer of its own, up to
+    :attr:`REQUESTS_AHEAD` rows before the row is read (so that the data of
+    one-beat rows need not wait for their addresses to reach the memory); the
+    packer shifts the row out one bus word per beat, rotated to the row's byte
+    offset, with ``strb`` set exactly on the row's bytes.
 
     COUNTERS: after accepting the instruction the engine consumes one snapshot
     from ``snapshot`` (64-bit words in counter order, up to ``last``) and writes
@@ -509,6 +512,10 @@ class StoreEngine(wiring.Component):
 
     #: Rows that may be read from local memory and not yet be in the packer.
     ROW_BUFFER_DEPTH = 2
+    #: With ``Config.store_ahead``: write requests the engine may hold ahead of the write master (each
+    #: the request of a row not read yet, or read and not yet sent): enough to cover the way of an
+    #: address through the write master and the memory's address queue before its data comes.
+    REQUESTS_AHEAD = 8
 
     def __init__(self, config: Config, *, beats_width: int = 16):
         _check_common("StoreEngine", config, beats_width)
@@ -577,8 +584,9 @@ class StoreEngine(wiring.Component):
         # Write requests wait here for the write master, ahead of their data.
         request_layout = data.StructLayout({"word": unsigned(ADDR_WIDTH - shift),
                                             "beats": range(max_beats + 1)})
-        m.submodules.requests = requests = fifo.SyncFIFO(width=request_layout.size,
-                                                         depth=self.ROW_BUFFER_DEPTH + 2)
+        ahead = bool(config.store_ahead)
+        m.submodules.requests = requests = fifo.SyncFIFO(
+            width=request_layout.size, depth=self.REQUESTS_AHEAD if ahead else self.ROW_BUFFER_DEPTH + 2)
         queued = data.View(request_layout, requests.r_data)
         m.d.comb += [
             self.write_req.valid.eq(requests.r_rdy),
@@ -606,8 +614,33 @@ class StoreEngine(wiring.Component):
         with m.If(take_store):
             m.d.sync += [next_row.eq(0), next_addr.eq(store.dram)]
         offset = next_addr[:shift]
-        past_address_space = (next_addr + row_bytes) > (1 << ADDR_WIDTH)
-        want_row = storing & ~failed & (next_row != rows)
+        if ahead:
+            # Config.store_ahead: a sequencer of its own issues the write requests, up to REQUESTS_AHEAD
+            # rows ahead of the local reads, so that a row's address has reached the memory when its data
+            # does (else the data waits on the address's way through the write master and the memory,
+            # and two rows buffered cannot cover it).  Only rows whose request was issued are read:
+            # after an error the requests stop, and the rows already requested still send their data.
+            request_row = Signal(range(total_rows + 1))
+            request_addr = Signal(_WIDE_ADDR_WIDTH)
+            with m.If(take_store):
+                m.d.sync += [request_row.eq(0), request_addr.eq(store.dram)]
+            request_offset = request_addr[:shift]
+            past_address_space = (request_addr + row_bytes) > (1 << ADDR_WIDTH)
+            want_request = storing & ~failed & (request_row != rows)
+            with m.If(want_request & ~past_address_space & requests.w_rdy):
+                m.d.comb += [
+                    requests.w_en.eq(1),
+                    requests.w_data.eq(Cat(
+                        request_addr[shift:ADDR_WIDTH],
+                        ((request_offset + row_bytes + bus_bytes - 1) >> shift)[:len(queued.beats)])),
+                ]
+                m.d.sync += [request_row.eq(request_row + 1), request_addr.eq(request_addr + stride)]
+            with m.If(want_request & past_address_space):
+                m.d.sync += failed.eq(1)
+            want_row = storing & (next_row != request_row)
+        else:
+            past_address_space = (next_addr + row_bytes) > (1 << ADDR_WIDTH)
+            want_row = storing & ~failed & (next_row != rows)
 
         # Rows read and not yet in the packer: one in the memory's read cycle, the rest in `fetched`.
         row_layout = data.StructLayout({"bytes": unsigned(row_bytes_max * 8), "offset": unsigned(shift)})
@@ -616,7 +649,8 @@ class StoreEngine(wiring.Component):
         reading_offset = Signal(shift)
         room = fetched.level + reading - fetched.r_en < self.ROW_BUFFER_DEPTH
 
-        issue = want_row & ~past_address_space & room & requests.w_rdy
+        # (With store_ahead a row is read only once its request is in the queue.)
+        issue = want_row & room if ahead else want_row & ~past_address_space & room & requests.w_rdy
         local_addr = (first_row + next_row)[:16]
         m.d.comb += [
             self.spad_read.en.eq(issue & (mem == Memory.SPAD)),
@@ -627,15 +661,17 @@ class StoreEngine(wiring.Component):
         row_read = Signal()
         m.d.comb += row_read.eq(issue & Mux(mem == Memory.ACC, self.acc_read.ready, self.spad_read.ready))
         with m.If(row_read):
-            m.d.comb += [
-                requests.w_en.eq(1),
-                requests.w_data.eq(Cat(next_addr[shift:ADDR_WIDTH],
-                                       ((offset + row_bytes + bus_bytes - 1) >> shift)[:len(queued.beats)])),
-            ]
+            if not ahead:
+                beats = (offset + row_bytes + bus_bytes - 1) >> shift
+                m.d.comb += [
+                    requests.w_en.eq(1),
+                    requests.w_data.eq(Cat(next_addr[shift:ADDR_WIDTH], beats[:len(queued.beats)])),
+                ]
             m.d.sync += [next_row.eq(next_row + 1), next_addr.eq(next_addr + stride)]
         m.d.sync += [reading.eq(row_read), reading_offset.eq(offset)]
-        with m.If(want_row & past_address_space):
-            m.d.sync += failed.eq(1)
+        if not ahead:
+            with m.If(want_row & past_address_space):
+                m.d.sync += failed.eq(1)
 
         local_row = Mux(mem == Memory.ACC, self.acc_read.data.as_value(), self.spad_read.data.as_value())
         m.d.comb += [
@@ -680,6 +716,8 @@ class StoreEngine(wiring.Component):
                 row_end.eq(head.offset + row_bytes),
             ]
         rows_idle = ~want_row & ~reading & ~fetched.r_rdy & ~loaded
+        if ahead:
+            rows_idle &= ~want_request
 
         # --- COUNTERS: the snapshot's words packed onto the bus ----------------------------------
 

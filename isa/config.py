@@ -40,7 +40,7 @@ MAX_LOAD_OVERLAP = 8
 #: (``to_dict``/``to_json``, hence the kernel cache, Verilator builds and the learned model's
 #: history) as it was before the field existed: at that value the field is left out.
 _OMITTED_AT = {"load_overlap": 1, "weight_preload": 0, "epilogue_overlap": 0, "dispatch_stage": 0,
-               "matmul_overlap": 0}
+               "matmul_overlap": 0, "store_ahead": 0}
 
 
 def _is_pow2(value: int) -> bool:
@@ -110,6 +110,18 @@ class Config:
         are in different cycles, an instruction enters its queue two cycles later than without the
         stages, and a SCALAR or BRANCH waits in the slot while the first stage holds a word.  Results
         are the same.  Left out of :meth:`to_dict` at 0.
+    matmul_overlap : int
+        0 or 1.  With 1 the MATMUL unit holds two MATMULs at once (needs ``weight_preload``; the rule is
+        :class:`braze.isa.timing.MatmulPipe`'s).  Results are the same.  Left out of :meth:`to_dict` at 0.
+    store_ahead : int
+        0 or 1.  With 1 the store engine issues a STORE's write requests (the AXI write addresses) up to
+        :attr:`braze.hw.dma.StoreEngine.REQUESTS_AHEAD` rows ahead of reading the rows' data from local
+        memory, so that a row's data finds its address already taken by the memory.  Without it each
+        row's request goes out when its data is read, and with two rows buffered a long STORE of one-beat
+        rows moves about three beats every seven cycles.  A STORE then takes
+        :data:`~braze.isa.timing.STORE_AHEAD_LATENCY` cycles plus one per write beat
+        (:func:`braze.isa.timing.instruction_cycles`); results are the same.  Left out of :meth:`to_dict`
+        at 0.
     """
 
     name: str = "custom"
@@ -129,6 +141,7 @@ class Config:
     epilogue_overlap: int = 0
     dispatch_stage: int = 0
     matmul_overlap: int = 0
+    store_ahead: int = 0
 
     def __post_init__(self):
         def fail(field: str, problem: str):
@@ -150,6 +163,11 @@ class Config:
             if field.name == "epilogue_overlap":
                 if value not in (0, 1):
                     fail("epilogue_overlap", "must be 0 (off) or 1 (an EPILOGUE runs beside the next MATMUL)")
+                continue
+            if field.name == "store_ahead":
+                if value not in (0, 1):
+                    fail("store_ahead", "must be 0 (off) or 1 (a STORE's write requests run ahead of "
+                                        "its data)")
                 continue
             if field.name == "matmul_overlap":
                 if value not in (0, 1):

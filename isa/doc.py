@@ -43,7 +43,7 @@ from .encoding import (
     VectorOp,
     field_range,
 )
-from .timing import MATMUL_LATENCY
+from .timing import MATMUL_LATENCY, STORE_AHEAD_LATENCY
 
 __all__ = ["isa_markdown", "preset_table"]
 
@@ -278,6 +278,7 @@ def _presets_section() -> str:
         _EPILOGUE_OVERLAP_DOC,
         _DISPATCH_STAGE_DOC,
         _MATMUL_OVERLAP_DOC,
+        _STORE_AHEAD_DOC,
     ])
 
 
@@ -377,6 +378,21 @@ _MATMUL_OVERLAP_DOC = (
     "`array_busy` counts the cycles in which at least one MATMUL is in flight, from the cycle after it was "
     "taken through its done cycle: the union of the MATMULs' cycles, not their sum.  Results "
     "and every exact counter are the same.\n"
+)
+
+
+#: What ``Config.store_ahead`` does to timing (the formula is :func:`braze.isa.timing.instruction_cycles`'s).
+_STORE_AHEAD_DOC = (
+    "`store_ahead=1` (0 in every preset; e.g. `--config large:store_ahead=1`) lets the store engine issue a "
+    "STORE's write requests (one per row, as before) ahead of reading the rows' data from local memory, up "
+    "to a few rows ahead, so that a row's data finds its address already taken by the memory.  Without it a "
+    "row's request goes out when its data is read, and each beat waits for its address's way through the "
+    "write master and the memory's address queue: a long STORE of one-beat rows moves about three beats "
+    "every seven cycles, twice the time the timing model gives it.  With it a STORE takes "
+    f"`{STORE_AHEAD_LATENCY} + beats` cycles, `beats` its AXI write beats (`axi_write_beats`), instead of "
+    "`mem_latency + beats + 1`, the model's price without it (in which the first term is not the write "
+    "path's).  A row read refused on a bank conflict with the compute unit's read port still waits a cycle.  "
+    "Results and every exact counter are the same.\n"
 )
 
 

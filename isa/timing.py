@@ -119,6 +119,15 @@ TABLE_LATENCY = 1
 #: scalar register.
 PREDICATE_LATENCY = 3
 
+#: With ``Config.store_ahead``: cycles of a STORE beyond one per AXI write beat -- the first row's local
+#: read and packing, its address's way through the write master and the memory's address queue, the
+#: write response to the last beat and the done.  Measured on the RTL with the co-simulation memory (a
+#: write response one cycle after the last beat) on tiny, default and large, every row size and
+#: alignment: exactly this.  Without ``store_ahead`` a STORE is priced ``mem_latency + beats + 1``, which
+#: the RTL misses both ways: a few rows take about 10 cycles, and long runs of one-beat rows about twice
+#: their beats, since each row's data waits for its own address (:class:`braze.hw.dma.StoreEngine`).
+STORE_AHEAD_LATENCY = 9
+
 #: Cycles a taken BRANCH costs the dispatcher beyond the memory's read latency and the bus beats of an
 #: instruction word: the fetch unit's restart and request, the read channel's arbitration, and the
 #: word's way through the fetch FIFO into the dispatcher's slot (see :func:`fetch_redirect_cycles`).
@@ -451,6 +460,8 @@ def instruction_cycles(insn: Instruction, config: Config) -> int:
                      and args["src1_mem"] is args["src2_mem"])
         return args["rows"] * (2 if two_reads else 1) + VECTOR_LATENCY
     if op is Opcode.STORE:
+        if config.store_ahead:
+            return STORE_AHEAD_LATENCY + axi_beats(insn, config)
         return config.mem_latency + axi_beats(insn, config) + 1
     if op is Opcode.COUNTERS:
         return config.mem_latency + axi_beats(insn, config)

@@ -53,13 +53,20 @@ MAX_TILING_INSTRUCTIONS = 60_000
 
 
 def tiling_label(tiling: Tiling | dict) -> str:
-    """A short name for a tiling: ``m=196 ring=36 B=resident x2``."""
+    """A short name for a tiling: ``m=196 ring=36 B=resident x2`` (``pair``, ``B-split``, ``last=4`` with the
+    cuts of :attr:`Tiling.first_pair`, :attr:`Tiling.first_b_split` and :attr:`Tiling.last_pieces`)."""
     t = tiling if isinstance(tiling, dict) else dataclasses.asdict(tiling)
     parts = [f"m={t['m']}", f"ring={t['a_slots']}", "B=" + ("resident" if t["b_resident"] else "streamed")]
     if t.get("k_block"):
         parts.append(f"kblock={t['k_block']}x{t['n_group']}")
     if t.get("first_pieces", 1) > 1:
         parts.append(f"pieces={t['first_pieces']}")
+    if t.get("first_pair"):
+        parts.append("pair")
+    if t.get("first_b_split"):
+        parts.append("B-split")
+    if t.get("last_pieces", 1) > 1:
+        parts.append(f"last={t['last_pieces']}")
     parts.append(f"x{t['buffers']}")
     return " ".join(parts)
 

@@ -464,13 +464,15 @@ def _store_random(config: Config, seed: int, count: int, max_rows: int):
     (PRESETS["default"], 12, 30, 12),
     (PRESETS["large"], 13, 12, 8),
     (NARROW, 14, 20, 10),
+    (PRESETS["default"].replace(name="default_store_ahead", store_ahead=1), 16, 30, 24),
 ], ids=lambda value: value.name if isinstance(value, Config) else None)
 def test_store_random_shapes(config, seed, count, max_rows):
     _store_random(config, seed, count, max_rows)
 
 
-def test_store_errors_and_recovery():
-    config = PRESETS["tiny"]
+@pytest.mark.parametrize("store_ahead", [0, 1])
+def test_store_errors_and_recovery(store_ahead):
+    config = PRESETS["tiny"].replace(store_ahead=store_ahead)
     bench = StoreBench(config, 14)
     memory = AXI4Memory(bench.master.m_axi, DRAM_BYTES, stall=0.2, seed=14, error_regions=[(0x4000, 0x4004)])
     failing = [

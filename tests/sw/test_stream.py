@@ -25,6 +25,17 @@ DEFAULT = Config.preset("default")
 EPILOGUE = dict(bias=True, requant=True, act="relu", out="int8")
 
 
+def _tiling(kernel) -> kernels.Tiling:
+    return kernels.Tiling(**{name: kernel.tiling[name] for name in kernels.Tiling.__dataclass_fields__})
+
+
+def _uncut(kernel):
+    """The GEMM ``kernel`` at its tiling without the lead-in and tail cuts (repeated tiles: loops apply)."""
+    M, K = kernel.operands["A"].shape
+    return kernels.gemm(kernel.config, M, K, kernel.operands["out"].shape[1], **EPILOGUE,
+                        tiling=_tiling(kernel).uncut())
+
+
 def _calls(kernel, calls: int, seed: int = 0):
     """Shared parameters, per-call inputs and the exact outputs of a GEMM kernel's calls."""
     rng = np.random.default_rng(seed)
@@ -130,7 +141,7 @@ def test_tokens_that_would_deadlock_in_program_order_are_refused():
 def test_the_fastest_tiling_in_a_stream_is_chosen_by_its_steady_state_and_computes_exactly():
     # The packed GEMM of 16 calls of 16x16x16: alone the library keeps two M tiles, in a stream one
     # tile of all 256 rows is faster (the next call's loads overlap this one's compute anyway).
-    library = kernels.gemm(DEFAULT, 256, 16, 16, **EPILOGUE)
+    library = _uncut(kernels.gemm(DEFAULT, 256, 16, 16, **EPILOGUE))
     candidates = [library] + [kernels.gemm(DEFAULT, 256, 16, 16, **EPILOGUE, tiling=tiling)
                               for tiling in kernels.candidate_tilings(library)[:4]]
     steady = [steady_cycles_per_call(kernel, 3) for kernel in candidates]
@@ -149,8 +160,8 @@ def test_the_fastest_tiling_in_a_stream_is_chosen_by_its_steady_state_and_comput
 def test_the_fastest_stream_passes_over_kernels_that_cannot_be_streamed():
     # A shape the library rolls into loops on default (64^3 it keeps straight-line: its best tiling, two M
     # tiles with each EPILOGUE after the next tile's MATMULs, has no repeated body to roll).
-    plain = kernels.gemm(DEFAULT, 128, 64, 64, **EPILOGUE)
-    looped = kernels.gemm(DEFAULT, 128, 64, 64, **EPILOGUE, loops=True)
+    plain = _uncut(kernels.gemm(DEFAULT, 128, 64, 64, **EPILOGUE))
+    looped = kernels.gemm(DEFAULT, 128, 64, 64, **EPILOGUE, loops=True, tiling=_tiling(plain))
     assert any(insn.opcode is Opcode.BRANCH for insn in looped.instructions)
     assert fastest_stream([looped, plain], 2) is plain
     with pytest.raises(StreamError, match="no candidate kernel can be streamed: pipeline"):

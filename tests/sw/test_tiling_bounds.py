@@ -22,7 +22,8 @@ CONFIGS = [Config.preset("tiny"), Config.preset("default"), Config.preset("large
            Config.parse("default:load_overlap=1"), Config.parse("tiny:token_depth=1"),
            # The presets' overlap options one by one: epilogue_overlap without matmul_overlap, and none.
            Config.parse("default:matmul_overlap=0"),
-           Config.parse("large:weight_preload=0,epilogue_overlap=0,matmul_overlap=0")]
+           Config.parse("large:weight_preload=0,epilogue_overlap=0,matmul_overlap=0"),
+           Config.parse("large:store_ahead=1")]
 
 # (kind, args, options): GEMMs and convolutions (N, C, H, W, K, kh, kw, stride, pad) of several shapes.
 SHAPES = [

@@ -707,6 +707,7 @@ def _resident_input_conv(config: Config, N: int, layers: list[_Layer], pool: int
                                                  stride=dense.N_out), reads=[fc_out[f]])
         tiling = {"m": last.Ho * last.Wo * images, "a_slots": slots, "b_resident": True,
                   "params_resident": True, "first_pieces": 1, "buffers": ring, "k_block": 0, "n_group": 1,
+                  "first_b_split": False, "last_pieces": 1, "first_pair": False,
                   "Ho": last.Ho, "Wo": last.Wo, "K": last.K(R), "resident_input": images}
         if first_layer.packed:
             tiling["taps_per_chunk"] = first_layer.kw

@@ -97,6 +97,22 @@ class Tiling:
         With ``k_block``: N tiles computed together, each K block of A
         serving all of them (their C tiles live in the accumulator at once),
         so A is read once per group of N tiles.
+    first_b_split : bool
+        With resident B: the first tile's B is loaded in the K-pieces of its
+        first MATMUL, each LOADed just before its chunks of A, so that the
+        first piece waits for its own rows of B only, not for all of them
+        (the parameter rows follow the A tile).
+    last_pieces : int
+        With two MATMULs in flight and the EPILOGUE beside them (the deferred
+        finish of ``Config.matmul_overlap``): the last output tile is computed,
+        finished and stored in this many pieces of rows, so that the work left
+        after the last MATMUL is one piece's EPILOGUE and STORE, not the tile's.
+    first_pair : bool
+        With resident B and the deferred finish: the first M tile's first two
+        N tiles are computed K-chunk by K-chunk, one MATMUL per chunk and tile
+        in turn, their B loaded chunk by chunk beside the A chunks, so that they
+        stream while A arrives (without, the first N tile needs all of A before
+        the second can start, and its loads outrun its MATMULs).
     """
 
     m: int
@@ -107,6 +123,14 @@ class Tiling:
     buffers: int = 2
     k_block: int = 0
     n_group: int = 1
+    first_b_split: bool = False
+    last_pieces: int = 1
+    first_pair: bool = False
+
+    def uncut(self) -> Tiling:
+        """This tiling without the lead-in and tail cuts (``first_b_split``, ``last_pieces``, ``first_pair``):
+        the candidate :func:`candidate_tilings` lists, which the library refines into this one."""
+        return dataclasses.replace(self, first_b_split=False, last_pieces=1, first_pair=False)
 
 
 def _chunk_runs(first_slot: int, chunks: int, ring: int, pieces: int) -> list[tuple[int, int]]:
@@ -183,7 +207,12 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     zp_b_bufs = spad.ring("zp_b", len(zp_b), min(R, K))   # constant B tiles of one K chunk: -zb
     a_slots = spad.ring("A", tiling.a_slots, m)      # consecutive rows: slot i starts at a_slots[0] + i*m
     group = tiling.n_group if streamed else 1
-    c_slots = acc.ring("C", ring * group, m)
+    defer_finish = defer and _defers_finish(config, epi, tiling, pool)
+    pair = bool(tiling.first_pair and tiling.b_resident and n_tiles >= 3 and not b_slice and not streamed
+                and not (zp_a or zp_b) and defer_finish)
+    # A first pair's tile 0 finishes beside tile 1's last MATMUL and tile 2's: a third C slot keeps tile 2's
+    # MATMUL clear of it.
+    c_slots = acc.ring("C", ring * group + (1 if pair else 0), m)
     p_count = n_tiles if tiling.params_resident else ring * group
     p_slots = acc.ring("params", p_count, p_rows) if p_rows else []
 
@@ -259,16 +288,19 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
         return p_buf, r_buf
 
     def matmuls(c_buf: _Buffer, b_buf: _Buffer, mt: int, nj: int, c0: int, c1: int, first_slot: int,
-                block_slots: list[_Buffer], pieces: int) -> None:
+                block_slots: list[_Buffer], pieces: int, row: int = 0,
+                b_parts: Mapping[int, _Buffer] | None = None) -> None:
         """MATMULs of chunks c0..c1-1 into C: one per run of consecutive ring slots (a block that wraps
         around the ring is split in two, as is the first MATMUL of a tile into ``pieces``),
-        accumulating after the first chunk of K."""
+        accumulating after the first chunk of K.  ``row``: the MATMULs cover the tile's rows ``row ..
+        row+mt-1`` only; ``b_parts``: the buffers B was loaded in, by the first chunk of their run."""
         for r0, r1 in _chunk_runs(first_slot, c1 - c0, tiling.a_slots, pieces):
             k0, k1 = (c0 + r0) * R, min(K, (c0 + r1) * R)
-            streams.add(Instruction.make(Opcode.MATMUL, acc=c_buf.start, a=block_slots[r0].start,
+            b_read = b_buf if b_parts is None else b_parts[r0]
+            streams.add(Instruction.make(Opcode.MATMUL, acc=c_buf.start + row, a=block_slots[r0].start + row,
                                          b=b_buf.start + (k0 if not streamed else r0 * R), a_stride=m, m=mt,
                                          n=nj, k=k1 - k0, accumulate=k0 > 0),
-                        reads=[*block_slots[r0:r1], b_buf], writes=[c_buf])
+                        reads=[*block_slots[r0:r1], b_read], writes=[c_buf])
 
     def zero_point_matmuls(c_buf: _Buffer, b_buf: _Buffer, mt: int, nj: int, tile_slots: list[_Buffer]
                            ) -> None:
@@ -285,14 +317,21 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
                             reads=[tile_slots[c], buf], writes=[c_buf])
 
     def finish_tile(c_buf: _Buffer, p_buf: _Buffer | None, r_buf: _Buffer | None, i0: int, mt: int, j: int,
-                    step: int) -> None:
-        """The EPILOGUE (if any) and STORE of output tile (i0, j)."""
+                    step: int, row: int = 0, pieces: int = 1) -> None:
+        """The EPILOGUE (if any) and STORE of output tile (i0, j); with ``pieces`` > 1, of its rows ``row ..
+        row+mt-1`` only (an int8 EPILOGUE without residual, pooling or pixel-major STOREs), the piece's
+        output rows tracked on their own so that the next piece's EPILOGUE waits for no STORE but the
+        previous user's of the slot."""
         n0 = j * COLS
         nj = min(COLS, N - n0)
-        result = c_buf
+        result = written = c_buf     # written: the rows' tracking buffer
         if epi.needed:
-            result = c_buf if epi.out_int32 else _slot(out_slots, step)
-            fields: dict[str, Any] = dict(src=c_buf.start, m=mt, n=nj, dst=result.start,
+            result = written = c_buf if epi.out_int32 else _slot(out_slots, step)
+            if pieces > 1:
+                # The piece's rows of the slot, starting with the slot's users (the last tile's STORE).
+                written = _Buffer(result.name, result.memory, result.start + row, mt, result.writer,
+                                  dict(result.readers))
+            fields: dict[str, Any] = dict(src=c_buf.start + row, m=mt, n=nj, dst=result.start + row,
                                           out=Memory.ACC if epi.out_int32 else Memory.SPAD, act=epi.act)
             if epi.bias:
                 fields.update(bias=True, bias_addr=p_buf.start)
@@ -301,8 +340,9 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
             if epi.residual:
                 fields.update(residual=True, res_addr=r_buf.start)
             streams.add(Instruction.make(Opcode.EPILOGUE, **fields),
-                        reads=[b for b in (c_buf, p_buf, r_buf) if b is not None], writes=[result])
-        rows, first_row = mt, i0
+                        reads=[b for b in (c_buf, p_buf, r_buf) if b is not None],
+                        writes=[written])
+        rows, first_row = mt, i0 + row
         if pool > 1:
             # The maximum of the pool**2 blocks of the int8 tile, in C's accumulator rows (the EPILOGUE
             # has read them), then back to int8 for the STORE.
@@ -328,15 +368,18 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
         if out_heads > 1:           # row r of slice g: head g % H of [batch/H, M, H, N]
             g, r = divmod(first_row, slice_rows)
             out_row = (g // out_heads * slice_rows * out_heads + g % out_heads + r * out_heads) * N
-        streams.add(Instruction.make(Opcode.STORE, mem=result.memory, addr=result.start, rows=rows, len=nj,
-                                     dram=out_op.addr + (out_row + n0) * out_bytes,
-                                     stride=N * out_heads * out_bytes), reads=[result])
+        streams.add(Instruction.make(Opcode.STORE, mem=result.memory, addr=result.start + row, rows=rows,
+                                     len=nj, dram=out_op.addr + (out_row + n0) * out_bytes,
+                                     stride=N * out_heads * out_bytes), reads=[written])
 
     step = 0
     tiles = [(i0, min(m, s0 + slice_rows - i0)) for s0 in range(0, M, slice_rows)
              for i0 in range(s0, min(M, s0 + slice_rows), m)]
-    defer_finish = defer and _defers_finish(config, epi, tiling, pool)
     deferred: tuple | None = None
+    # Tiling.first_b_split and last_pieces: only where they apply (else the tiling is that without them).
+    split_b = tiling.first_b_split and tiling.b_resident and not b_slice and not streamed
+    split_last = tiling.last_pieces > 1 and defer_finish and not (zp_a or zp_b) and not pixel_major
+    m_tiles = len(tiles)
     for t, (i0, mt) in enumerate(tiles):
         g = i0 // slice_rows
         # Slice g's B: head g % H of [batch/H, K, H, N] with B heads, else the g-th K x N matrix.
@@ -359,24 +402,94 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
                     finish_tile(c_bufs[j], *load_epilogue_operands(t, i0, mt, j, step), i0, mt, j, step)
                     step += 1
             continue
+        first_j = 0
+        b_parts = None
+        if pair and t == 0:
+            # Tiling.first_pair: per K-chunk, the two tiles' B rows and the A chunk, then per chunk a MATMUL
+            # for each tile in turn; tile 0's finish beside tile 1's last MATMUL, tile 1's deferred.
+            first_slot, tile_slots, parts = a_next % tiling.a_slots, [], ([], [])
+            # Halves of the first A chunk when each keeps the array streaming (at least rows + 1 rows).
+            start, half = _slot(a_slots, a_next).start, _cdiv(mt, 2)
+            halves = [_Buffer("A", Memory.SPAD, start, half),
+                      _Buffer("A", Memory.SPAD, start + half, mt - half)] if mt - half > R else []
+            for c in range(chunks):
+                k0, k1 = c * R, min(K, (c + 1) * R)
+                # Tile 0's B rows, the A chunk, tile 1's B rows: in the order the MATMULs need them.
+                for j in (0, 1):
+                    parts[j].append(_Buffer("B", Memory.SPAD, b_slots[j].start + k0, k1 - k0))
+                    streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=b_slots[j].start + k0,
+                                                 rows=k1 - k0, len=min(COLS, N - j * COLS),
+                                                 dram=b_base + k0 * b_row + j * COLS, stride=b_row),
+                                writes=[parts[j][c]])
+                    if j == 0 and c == 0 and halves:
+                        # The first chunk in two halves of rows: the first MATMUL starts on the first.
+                        slot = _slot(a_slots, a_next)
+                        a_next += 1
+                        for part in halves:
+                            row = part.start - slot.start
+                            streams.add_writes(a_loader(i0 + row, part.rows, 0, part.start), part)
+                        tile_slots.append(slot)
+                    elif j == 0:
+                        tile_slots += load_a(i0, mt, c, c + 1)[1]
+            pair_operands = [load_epilogue_operands(t, i0, mt, j, step + j) for j in (0, 1)]
+            c_pair = [_slot(c_slots, c_next + j) for j in (0, 1)]
+            c_next += 2
+            for c in range(chunks):
+                k0, k1 = c * R, min(K, (c + 1) * R)
+                for j in (0, 1):
+                    # Tile 0's first chunk per half (each waits for its own rows; tile 1's for both).
+                    pieces = [(part.start - tile_slots[0].start, part.rows, [part]) for part in halves] \
+                        if c == 0 and j == 0 and halves else [(0, mt, halves if c == 0 else [])]
+                    for row, rows, waits in pieces:
+                        streams.add(Instruction.make(Opcode.MATMUL, acc=c_pair[j].start + row,
+                                                     a=tile_slots[c].start + row, b=b_slots[j].start + k0,
+                                                     a_stride=m, m=rows, n=min(COLS, N - j * COLS), k=k1 - k0,
+                                                     accumulate=c > 0),
+                                    reads=[tile_slots[c], *waits, parts[j][c]], writes=[c_pair[j]])
+            finish_tile(c_pair[0], *pair_operands[0], i0, mt, 0, step)
+            deferred = (c_pair[1], *pair_operands[1], i0, mt, 1, step + 1, 0, 1)
+            step += 2
+            first_j = 2
+            first_operands = None
         # The first N tile's operands first: its MATMUL can start on the first chunks of A.
-        first_operands = load_b(t, 0, 0, chunks), *load_epilogue_operands(t, i0, mt, 0, step)
-        first_slot, tile_slots = load_a(i0, mt, 0, chunks)
-        for j in range(n_tiles):
+        elif split_b and t == 0:
+            # B in the first MATMUL's K-pieces, each before its chunks of A; the parameters after A.
+            b_buf = b_slots[0]
+            first_slot, tile_slots, b_parts = a_next % tiling.a_slots, [], {}
+            for r0, r1 in _chunk_runs(first_slot, chunks, tiling.a_slots, tiling.first_pieces):
+                k0, k1 = r0 * R, min(K, r1 * R)
+                b_parts[r0] = _Buffer("B", Memory.SPAD, b_buf.start + k0, k1 - k0)
+                streams.add(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=b_buf.start + k0,
+                                             rows=k1 - k0, len=min(COLS, N), dram=b_base + k0 * b_row,
+                                             stride=b_row), writes=[b_parts[r0]])
+                tile_slots += load_a(i0, mt, r0, r1)[1]
+            first_operands = b_buf, *load_epilogue_operands(t, i0, mt, 0, step)
+        else:
+            first_operands = load_b(t, 0, 0, chunks), *load_epilogue_operands(t, i0, mt, 0, step)
+            first_slot, tile_slots = load_a(i0, mt, 0, chunks)
+        for j in range(first_j, n_tiles):
             b_buf, p_buf, r_buf = first_operands if j == 0 else (
                 load_b(t, j, 0, chunks), *load_epilogue_operands(t, i0, mt, j, step))
             c_buf = _slot(c_slots, c_next)
             c_next += 1
-            matmuls(c_buf, b_buf, mt, min(COLS, N - j * COLS), 0, chunks, first_slot, tile_slots,
-                    tiling.first_pieces if j == 0 else 1)
-            zero_point_matmuls(c_buf, b_buf, mt, min(COLS, N - j * COLS), tile_slots)
-            if deferred is not None:
-                finish_tile(*deferred)
-                deferred = None
-            if defer_finish:
-                deferred = (c_buf, p_buf, r_buf, i0, mt, j, step)
-            else:
-                finish_tile(c_buf, p_buf, r_buf, i0, mt, j, step)
+            nj = min(COLS, N - j * COLS)
+            last = t == m_tiles - 1 and j == n_tiles - 1 and (t, j) != (0, 0)
+            # The last tile in pieces of rows (Tiling.last_pieces): each piece's MATMULs, then the finish
+            # deferred before them (the previous piece's, or the previous tile's).
+            size = _cdiv(mt, tiling.last_pieces) if last and split_last else mt
+            for row in range(0, mt, size):
+                rows = min(size, mt - row)
+                matmuls(c_buf, b_buf, rows, nj, 0, chunks, first_slot, tile_slots,
+                        tiling.first_pieces if j == 0 else 1, row, b_parts if j == 0 else None)
+                if size == mt:
+                    zero_point_matmuls(c_buf, b_buf, mt, nj, tile_slots)
+                if deferred is not None:
+                    finish_tile(*deferred)
+                    deferred = None
+                if defer_finish:
+                    deferred = (c_buf, p_buf, r_buf, i0, rows, j, step, row, _cdiv(mt, size))
+                else:
+                    finish_tile(c_buf, p_buf, r_buf, i0, mt, j, step)
             step += 1
     if deferred is not None:
         finish_tile(*deferred)
@@ -660,6 +773,51 @@ def _matmul_kernel(name: str, config: Config, M: int, K: int, N: int, epi: _Epil
     if best is None:
         raise KernelError(f"{name} {M}x{K}x{N}: no tiling fits token_depth={config.token_depth} of config "
                           f"{config.name!r}")
+    if tiling is None and config.matmul_overlap and not best.tiling["k_block"]:
+        best = _refined(name, config, M, K, N, epi, operands, a_loader, loader_key, best, extra_tiling)
+    return best
+
+
+#: Pieces of the last output tile (:attr:`Tiling.last_pieces`) tried, in order, while each is faster.
+_LAST_PIECES = (2, 4, 8)
+
+
+def _refined(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue, operands: dict[str, Operand],
+             a_loader: ALoader, loader_key: tuple, best: Kernel, extra_tiling: dict) -> Kernel:
+    """``best`` with its lead-in and tail cut where the timing model predicts it faster: the first M tile's
+    first two N tiles computed chunk by chunk (:attr:`Tiling.first_pair`), or its B loaded in the K-pieces
+    of its first MATMUL (:attr:`Tiling.first_b_split`), then the last output tile in 2, 4, 8 pieces of
+    rows (:attr:`Tiling.last_pieces`) for as long as each is faster than the last.
+    With ``Config.matmul_overlap`` only: a piece's MATMULs then follow the last piece's without a fill
+    and drain, and its EPILOGUE runs beside the next piece's MATMULs (without, each piece would pay
+    them)."""
+    chosen = Tiling(**{field.name: best.tiling[field.name] for field in dataclasses.fields(Tiling)})
+    # Only the cuts that change the program (see _matmul_pipeline's split_b and split_last).
+    variants = []
+    deferred_finish = _defers_finish(config, epi, chosen, extra_tiling.get("pool", 1))
+    if chosen.b_resident and not extra_tiling.get("b_slice", 0):
+        # (Not when the pair is the last N tiles: its MATMULs, one per K-chunk, would then be the last readers
+        # of the A slots, each owing the next call of a stream a token -- more than the queue holds.)
+        no_zero_points = not (extra_tiling.get("zp_a") or extra_tiling.get("zp_b"))
+        if deferred_finish and N > 2 * config.cols and no_zero_points:
+            variants.append(dataclasses.replace(chosen, first_pair=True))
+        variants.append(dataclasses.replace(chosen, first_b_split=True))
+    if deferred_finish and not any(extra_tiling.get(key) for key in ("pixel_major", "zp_a", "zp_b")):
+        variants += [dataclasses.replace(chosen, last_pieces=pieces) for pieces in _LAST_PIECES]
+    for variant in variants:
+        if variant.last_pieces > 1:
+            variant = dataclasses.replace(variant, first_b_split=chosen.first_b_split,
+                                          first_pair=chosen.first_pair)
+        try:
+            kernel = _candidate(name, config, M, K, N, epi, operands, a_loader, loader_key, variant,
+                                extra_tiling, best.predicted_cycles if _PRUNING else None)
+        except CandidatePruned:
+            kernel = None
+        if kernel is None or kernel.predicted_cycles >= best.predicted_cycles:
+            if variant.last_pieces > 1:
+                break             # more pieces cost more per piece: they will not be faster either
+            continue
+        best, chosen = kernel, variant
     return best
 
 
