@@ -1,10 +1,12 @@
-"""Performance-counter bank: one 64-bit counter per entry of :data:`braze.isa.COUNTERS`."""
+"""Performance-counter bank: one counter (64 bits, or ``Config.counter_bits``) per entry of
+:data:`braze.isa.COUNTERS`."""
 
 from amaranth.hdl import Module, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from braze.isa import COUNTERS
+from braze.isa.config import COUNTER_BITS_CHOICES
 
 __all__ = ["COUNTER_BITS", "SNAPSHOT_REQUEST", "SNAPSHOT_WORD", "CounterBank"]
 
@@ -21,7 +23,7 @@ class CounterBank(wiring.Component):
     """The performance counters, their live values and their snapshots.
 
     Every cycle counter ``i`` (index :class:`braze.isa.Counter`) adds ``inc[i]``,
-    wrapping modulo 2**64.  A transfer on ``snapshot`` freezes a copy of all
+    wrapping modulo ``2**counter_bits``.  A transfer on ``snapshot`` freezes a copy of all
     counters, including the increments of the transfer cycle, and (with
     ``reset``) restarts the live counters from zero in the next cycle; the
     copy is then written out on ``words`` in counter order.  Counting goes on
@@ -34,13 +36,16 @@ class CounterBank(wiring.Component):
         Width of each increment input: large enough for the most a counter can
         gain in one cycle (e.g. ``rows*cols`` multiply-accumulates, or the bus
         bytes of one beat).
+    counter_bits : int
+        Width of each counter (``Config.counter_bits``: 32 or 64).  ``values`` and the
+        snapshot words stay 64 bits wide, zero-extended, so that what reads them is the same.
 
     Attributes
     ----------
     inc : In(ArrayLayout(unsigned(inc_width), len(COUNTERS)))
         Per-counter increment of this cycle.
     values : Out(ArrayLayout(unsigned(64), len(COUNTERS)))
-        Live counter values, for the register block.
+        Live counter values, for the register block (zero-extended from ``counter_bits``).
     snapshot : In(stream.Signature(SNAPSHOT_REQUEST))
         Snapshot requests; ready while no write-out is in progress.
     words : Out(stream.Signature(SNAPSHOT_WORD))
@@ -49,11 +54,15 @@ class CounterBank(wiring.Component):
         Soft reset: zero the counters and drop any write-out in progress.
     """
 
-    def __init__(self, *, inc_width: int = 16):
-        if not isinstance(inc_width, int) or not 1 <= inc_width <= COUNTER_BITS:
-            raise ValueError(f"CounterBank inc_width must be an integer from 1 to {COUNTER_BITS}, "
+    def __init__(self, *, inc_width: int = 16, counter_bits: int = COUNTER_BITS):
+        if counter_bits not in COUNTER_BITS_CHOICES:
+            raise ValueError(f"CounterBank counter_bits must be one of {COUNTER_BITS_CHOICES}, "
+                             f"not {counter_bits!r}")
+        if not isinstance(inc_width, int) or not 1 <= inc_width <= counter_bits:
+            raise ValueError(f"CounterBank inc_width must be an integer from 1 to {counter_bits}, "
                              f"not {inc_width!r}")
         self.inc_width = inc_width
+        self.counter_bits = counter_bits
         count = len(COUNTERS)
         super().__init__({
             "inc": In(data.ArrayLayout(unsigned(inc_width), count)),
@@ -66,17 +75,18 @@ class CounterBank(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         count = len(COUNTERS)
+        bits = self.counter_bits
         # The increments come from deep in the design (the control core's retire and stall logic, the
-        # memories' port arbitration), so they are registered before the 64-bit adders: counter ``i``
+        # memories' port arbitration), so they are registered before the wide adders: counter ``i``
         # is ``total[i] + pending[i]``, ``pending`` being last cycle's increment.  Every value and
         # every snapshot is the same, cycle for cycle, as adding the increment in its own cycle.
-        total = [Signal(unsigned(COUNTER_BITS), name=f"total_{spec.name}") for spec in COUNTERS]
+        total = [Signal(unsigned(bits), name=f"total_{spec.name}") for spec in COUNTERS]
         pending = [Signal(unsigned(self.inc_width), name=f"pending_{spec.name}") for spec in COUNTERS]
         # The frozen copy is a shift register, so the write-out needs no wide multiplexer.  Its head
         # (the word on ``words``) is a value; the others are (total, increment) pairs like the live
         # counters, added as they move into the head.
-        head = Signal(unsigned(COUNTER_BITS), name=f"frozen_{COUNTERS[0].name}")
-        frozen_total = [Signal(unsigned(COUNTER_BITS), name=f"frozen_total_{spec.name}")
+        head = Signal(unsigned(bits), name=f"frozen_{COUNTERS[0].name}")
+        frozen_total = [Signal(unsigned(bits), name=f"frozen_total_{spec.name}")
                         for spec in COUNTERS[1:]]
         frozen_inc = [Signal(unsigned(self.inc_width), name=f"frozen_inc_{spec.name}")
                       for spec in COUNTERS[1:]]
@@ -92,7 +102,7 @@ class CounterBank(wiring.Component):
         ]
 
         for index in range(count):
-            m.d.comb += self.values[index].eq((total[index] + pending[index])[:COUNTER_BITS])
+            m.d.comb += self.values[index].eq((total[index] + pending[index])[:bits])
             with m.If(restart):
                 m.d.sync += [total[index].eq(0), pending[index].eq(0)]
             with m.Else():
@@ -101,9 +111,9 @@ class CounterBank(wiring.Component):
         # Counter 0 (CYCLES) goes straight into the head; its increment is a register (``running``).
         shifting = self.words.valid & self.words.ready
         with m.If(taking_snapshot):
-            m.d.sync += head.eq((self.values[0] + self.inc[0])[:COUNTER_BITS])
+            m.d.sync += head.eq((self.values[0] + self.inc[0])[:bits])
         with m.Elif(shifting):
-            m.d.sync += head.eq((frozen_total[0] + frozen_inc[0])[:COUNTER_BITS] if count > 1 else 0)
+            m.d.sync += head.eq((frozen_total[0] + frozen_inc[0])[:bits] if count > 1 else 0)
         for index in range(1, count):
             pair = index - 1
             with m.If(taking_snapshot):

@@ -357,11 +357,14 @@ class CSRFile(wiring.Component):
         scalar_fields = {(f"SCALAR_R{index}", "value"): index for index in range(1, SCALAR_REGS)}
         for key, index in scalar_fields.items():
             readable[key] = self.scalar_regs[index]
+        # With 32-bit counters (Config.counter_bits) the HI registers read 0: no latch, no read-out.
+        wide_counters = self._config.counter_bits > 32
         for index, spec in enumerate(COUNTERS):
             name = f"COUNTER_{spec.name.upper()}"
             value = self.counters[index]
             readable[(f"{name}_LO", "value")] = value[:32]
-            readable[(f"{name}_HI", "value")] = Mux(hi_latched_index == index, hi_latch, value[32:])
+            readable[(f"{name}_HI", "value")] = (Mux(hi_latched_index == index, hi_latch, value[32:])
+                                                 if wide_counters else Const(0, 32))
         writable = {("CTRL", "irq_en_done"), ("CTRL", "irq_en_error"),
                     ("PROG_BASE_LO", "addr"), ("PROG_BASE_HI", "addr"), ("CYCLE_LIMIT", "cycles")}
         pulses = {("CTRL", "start"), ("CTRL", "soft_reset"), ("STATUS", "done"), ("STATUS", "error")}
@@ -412,7 +415,7 @@ class CSRFile(wiring.Component):
                     m.d.comb += bus.r_data.eq(read_value[:32])
                     if reg.access is Access.RO:
                         m.d.comb += bus.error.eq(bus.w_stb)
-                    if reg.name.startswith("COUNTER_") and reg.name.endswith("_LO"):
+                    if wide_counters and reg.name.startswith("COUNTER_") and reg.name.endswith("_LO"):
                         index = (reg.offset - COUNTER_BASE) // 8
                         with m.If(bus.r_stb):
                             m.d.sync += [hi_latch.eq(self.counters[index][32:]), hi_latched_index.eq(index)]

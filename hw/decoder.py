@@ -85,8 +85,8 @@ class Decoder(wiring.Component):
     configuration.  The encoding checks are exactly those of
     :func:`braze.isa.decode`, in its order (ILLEGAL_OPCODE, BAD_DEPS,
     RESERVED_BITS, BAD_FIELD); an encoding-legal word is then checked against
-    the configuration's range rules (TILE_RANGE, SPAD_RANGE, ACC_RANGE), first
-    failing rule first, and a word that passes them against the overlap rule
+    the configuration's range rules (ILLEGAL_OPCODE for a VECTOR without a VECTOR unit, TILE_RANGE,
+    SPAD_RANGE, ACC_RANGE), first failing rule first, and a word that passes them against the overlap rule
     (OVERLAP: an EPILOGUE/VECTOR source range in the destination's memory that
     overlaps the destination range without being equal to it).
 
@@ -252,6 +252,10 @@ class Decoder(wiring.Component):
         range_rules = self._range_rules(word.args)
         overlap_rules = self._overlap_rules(word.args)
         rules = {name: range_rules[name] + overlap_rules.get(name, []) for name in range_rules}
+        if not self.config.vector_unit:
+            # A build without a VECTOR unit (Config.vector_unit=0): an encoding-legal VECTOR fails here,
+            # where the range rules would check it (braze.isa.model.check_ranges).
+            rules["vector"] = [(Value.cast(1), Value.cast(ErrorCause.ILLEGAL_OPCODE))]
         with m.If(illegal_opcode):
             m.d.comb += self.cause.eq(ErrorCause.ILLEGAL_OPCODE)
         with m.Elif(Cat(*bad_deps).any()):

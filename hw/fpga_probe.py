@@ -127,6 +127,8 @@ def block_component(name: str, config: Config) -> wiring.Component:
     }
     if name not in makers:
         raise BrazeError(f"no block named {name!r} to probe; blocks are {', '.join(BLOCKS)}")
+    if name == "vector" and not config.vector_unit:
+        raise BrazeError(f"config {config.name!r} has no vector block to probe (vector_unit=0)")
     return makers[name]()
 
 

@@ -125,7 +125,7 @@ class Accelerator(wiring.Component):
             "s_axil": In(AXI4LiteSignature(addr_width=AXIL_ADDR_WIDTH, data_width=32)),
             "irq": Out(1),
         })
-        self.counter_bank = CounterBank(inc_width=16)
+        self.counter_bank = CounterBank(inc_width=16, counter_bits=config.counter_bits)
 
     def elaborate(self, platform):
         m = Module()
@@ -161,7 +161,10 @@ class Accelerator(wiring.Component):
                                               side_read=bool(config.epilogue_overlap))
         m.submodules.matmul = matmul = MatmulUnit(config)
         m.submodules.epilogue = epilogue = EpilogueUnit(config)
-        m.submodules.vector = vector = VectorUnit(config)
+        # Config.vector_unit=0: no VECTOR unit (the decoders reject VECTOR with ILLEGAL_OPCODE).
+        vector = VectorUnit(config) if config.vector_unit else None
+        if vector is not None:
+            m.submodules.vector = vector
         m.submodules.predicate = predicate = PredicateUnit(config)
 
         # --- Host interface and run control. ------------------------------------------------------
@@ -239,24 +242,28 @@ class Accelerator(wiring.Component):
             # An EPILOGUE beside the compute unit reports to the control core on its own (see Control).
             epilogue_done = epilogue.done & ~control.epilogue_beside
             m.d.comb += control.epilogue_done.eq(epilogue.done)
-        units = ((Opcode.MATMUL, matmul), (Opcode.EPILOGUE, epilogue), (Opcode.VECTOR, vector),
-                 (Opcode.TABLE, epilogue), (Opcode.PREDICATE, predicate))
-        for unit in (matmul, epilogue, vector, predicate):
+        units = tuple((unit_opcode, unit) for unit_opcode, unit in (
+            (Opcode.MATMUL, matmul), (Opcode.EPILOGUE, epilogue), (Opcode.VECTOR, vector),
+            (Opcode.TABLE, epilogue), (Opcode.PREDICATE, predicate)) if unit is not None)
+        for unit in (unit for unit in (matmul, epilogue, vector, predicate) if unit is not None):
             its_opcodes = [opcode == unit_opcode for unit_opcode, other in units if other is unit]
             m.d.comb += [
                 unit.insn.payload.eq(compute.insn.payload),
                 unit.insn.valid.eq(compute.insn.valid & _any(its_opcodes)),
             ]
+        compute_done = matmul.done | epilogue_done
+        if vector is not None:
+            compute_done = compute_done | vector.done
         m.d.comb += [
             compute.insn.ready.eq(_mux_by_enable(
                 [(opcode == unit_opcode, unit.insn.ready) for unit_opcode, unit in units], 0)),
-            compute.done.eq(matmul.done | epilogue_done | vector.done),
+            compute.done.eq(compute_done),
             control.predicate_done.eq(predicate.done),
             control.predicate_value.eq(predicate.value),
             compute.error.eq(0),
             compute.cause.eq(ErrorCause.NONE),
         ]
-        for unit in (epilogue, vector):
+        for unit in (unit for unit in (epilogue, vector) if unit is not None):
             m.d.comb += [
                 unit.clip_lo.eq(control.config_regs.clip_lo),
                 unit.clip_hi.eq(control.config_regs.clip_hi),
@@ -292,7 +299,7 @@ class Accelerator(wiring.Component):
         increments: dict[Counter, object] = {
             Counter.CYCLES: control.running,
             Counter.ARRAY_BUSY: matmul.busy,
-            Counter.VECTOR_BUSY: epilogue.busy | vector.busy,
+            Counter.VECTOR_BUSY: (epilogue.busy | vector.busy) if vector is not None else epilogue.busy,
             Counter.MACS: matmul.macs,
             Counter.STALL_DEP: control.stall_dep,
             Counter.STALL_FETCH: control.stall_fetch,
@@ -328,7 +335,8 @@ class Accelerator(wiring.Component):
         name = "spad" if which is Memory.SPAD else "acc"
         readers = [getattr(unit, f"{name}_read") for unit in (matmul, epilogue, vector, predicate)
                    if unit is not None]
-        writers = [getattr(unit, f"{name}_write") for unit in (epilogue or write_epilogue, vector)]
+        writers = [getattr(unit, f"{name}_write") for unit in (epilogue or write_epilogue, vector)
+                   if unit is not None]
         if which is Memory.ACC:
             writers.insert(0, matmul.acc_write)
         read, write = memory.compute_read, memory.compute_write

@@ -40,7 +40,10 @@ MAX_LOAD_OVERLAP = 8
 #: (``to_dict``/``to_json``, hence the kernel cache, Verilator builds and the learned model's
 #: history) as it was before the field existed: at that value the field is left out.
 _OMITTED_AT = {"load_overlap": 1, "weight_preload": 0, "epilogue_overlap": 0, "dispatch_stage": 0,
-               "matmul_overlap": 0, "store_ahead": 0}
+               "matmul_overlap": 0, "store_ahead": 0, "counter_bits": 64,
+               "vector_unit": 1}
+#: Widths a performance counter may have (``Config.counter_bits``).
+COUNTER_BITS_CHOICES = (32, 64)
 
 
 def _is_pow2(value: int) -> bool:
@@ -122,6 +125,17 @@ class Config:
         :data:`~braze.isa.timing.STORE_AHEAD_LATENCY` cycles plus one per write beat
         (:func:`braze.isa.timing.instruction_cycles`); results are the same.  Left out of :meth:`to_dict`
         at 0.
+    counter_bits : int
+        32 or 64: the width of each performance counter.  Every counter counts modulo
+        ``2**counter_bits``; a COUNTERS snapshot still writes 64-bit words (the upper half zero with
+        32) and the ``COUNTER_<NAME>_HI`` registers read 0.  32 halves the counter bank and the
+        register file's counter read-out, for a small FPGA (the cycle counter then wraps after 179 s at
+        24 MHz); no cycle changes.  Left out of :meth:`to_dict` at 64.
+    vector_unit : int
+        1 (every preset) or 0.  With 0 the build has no VECTOR unit, for a small FPGA: a VECTOR
+        instruction that passes the encoding checks stops the run with ``ILLEGAL_OPCODE`` when it
+        would be range-checked (:func:`braze.isa.model.check_ranges`), and the compiler runs what
+        needs VECTOR on the host.  Left out of :meth:`to_dict` at 1.
     """
 
     name: str = "custom"
@@ -142,6 +156,8 @@ class Config:
     dispatch_stage: int = 0
     matmul_overlap: int = 0
     store_ahead: int = 0
+    counter_bits: int = 64
+    vector_unit: int = 1
 
     def __post_init__(self):
         def fail(field: str, problem: str):
@@ -172,6 +188,15 @@ class Config:
             if field.name == "matmul_overlap":
                 if value not in (0, 1):
                     fail("matmul_overlap", "must be 0 (off) or 1 (two MATMULs in flight in the MATMUL unit)")
+                continue
+            if field.name == "vector_unit":
+                if value not in (0, 1):
+                    fail("vector_unit", "must be 1 (the build has a VECTOR unit) or 0 (VECTOR is illegal)")
+                continue
+            if field.name == "counter_bits":
+                if value not in COUNTER_BITS_CHOICES:
+                    fail("counter_bits", f"must be one of {COUNTER_BITS_CHOICES} (the width of a performance "
+                                         "counter)")
                 continue
             if field.name == "dispatch_stage":
                 if value not in (0, 1, 2):

@@ -237,8 +237,19 @@ def _counters_section() -> str:
         "## Performance counters\n",
         _rst_to_markdown(counters.__doc__),
         f"Each counter is {COUNTER_BYTES * 8} bits; a snapshot is {len(COUNTERS) * COUNTER_BYTES} bytes.\n",
+        _COUNTER_BITS_DOC,
         _table(("index", "name", "snapshot offset", "exact", "counts"), rows),
     ])
+
+
+#: What ``Config.counter_bits`` does (the hardware is :class:`braze.hw.counters.CounterBank`).
+_COUNTER_BITS_DOC = (
+    "`counter_bits=32` (64 in every preset; e.g. `--config tiny:counter_bits=32`) makes every counter 32 "
+    "bits wide, for a small FPGA: each counts modulo 2**32 (the reference model too), a COUNTERS snapshot "
+    "still writes 64-bit words, their upper halves zero, and the `COUNTER_<NAME>_HI` registers read 0.  "
+    "`cycles` then wraps after 2**32 cycles (179 s at 24 MHz); a run that long needs 64-bit counters to be "
+    "measured.  Timing is the same.\n"
+)
 
 
 _PRESET_COLUMNS: tuple[tuple[str, Callable[[Config], Any]], ...] = (
@@ -279,6 +290,7 @@ def _presets_section() -> str:
         _DISPATCH_STAGE_DOC,
         _MATMUL_OVERLAP_DOC,
         _STORE_AHEAD_DOC,
+        _VECTOR_UNIT_DOC,
     ])
 
 
@@ -393,6 +405,18 @@ _STORE_AHEAD_DOC = (
     "`mem_latency + beats + 1`, the model's price without it (in which the first term is not the write "
     "path's).  A row read refused on a bank conflict with the compute unit's read port still waits a cycle.  "
     "Results and every exact counter are the same.\n"
+)
+
+
+#: What ``Config.vector_unit`` does (the rule is :func:`braze.isa.model.check_ranges`').
+_VECTOR_UNIT_DOC = (
+    "`vector_unit=0` (1 in every preset; e.g. `--config tiny:vector_unit=0`) leaves the VECTOR unit out of "
+    "the build, for a small FPGA.  A VECTOR that passes the encoding checks (`illegal_opcode` for an "
+    "undefined opcode, `bad_deps`, `reserved_bits`, `bad_field`) then fails the first range check with "
+    "`illegal_opcode`: it stops the run where a VECTOR that breaks a range rule would, at its pc, with the "
+    "instructions before it completing.  `vector_busy` counts the EPILOGUE and TABLE cycles only.  The "
+    "compiler generates no VECTOR for such a build: an operator whose kernel needs one (pooling, "
+    "element-wise, ...) runs on the host.  Timing of every other instruction is the same.\n"
 )
 
 

@@ -228,7 +228,8 @@ CONFIG_REG_DOC = {
 
 ERROR_CAUSE_DOC = {
     ErrorCause.NONE: "no error",
-    ErrorCause.ILLEGAL_OPCODE: "the opcode field holds no defined opcode",
+    ErrorCause.ILLEGAL_OPCODE: "the opcode field holds no defined opcode, or the configuration lacks the "
+                               "opcode's unit (VECTOR with `vector_unit=0`; raised with the range checks)",
     ErrorCause.RESERVED_BITS: "a bit outside the opcode's fields is set",
     ErrorCause.BAD_DEPS: "a dependency flag names a neighbour the unit does not have",
     ErrorCause.BAD_FIELD: "a field holds a value its encoding does not define (zero count, unknown enum)",

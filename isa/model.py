@@ -151,7 +151,6 @@ __all__ = [
     "check_overlap", "run_program", "instruction_accesses", "program_events",
 ]
 
-_COUNTER_MASK = (1 << 64) - 1
 
 
 class RaceError(ExecutionError):
@@ -270,13 +269,17 @@ def _width_within(insn: Instruction, config: Config, pc: int | None, name: str, 
 def check_ranges(insn: Instruction, config: Config, *, pc: int | None = None) -> None:
     """Raise :class:`~braze.isa.ExecutionError` if ``insn`` breaks a range rule of ``config``.
 
-    The config-dependent rules (TILE_RANGE, SPAD_RANGE, ACC_RANGE), checked
+    The config-dependent rules (ILLEGAL_OPCODE for an opcode the configuration lacks -- VECTOR with
+    ``Config.vector_unit=0`` -- then TILE_RANGE, SPAD_RANGE, ACC_RANGE), checked
     in the architectural order; the first failure wins.  Arithmetic is exact
     (no wrap-around).  External-memory ranges are not checked here: they
     fail at execution (DRAM_RANGE).
     """
     op = insn.opcode
     a = insn.args
+    if op is Opcode.VECTOR and not config.vector_unit:
+        raise _range_failure(insn, ErrorCause.ILLEGAL_OPCODE,
+                             f"config {config.name!r} has no VECTOR unit (vector_unit=0)", pc)
     if op is Opcode.LOAD or op is Opcode.STORE:
         _width_within(insn, config, pc, "len", a["len"])
         _rows_within(insn, config, pc, a["mem"], a["addr"], a["rows"], "local")
@@ -1148,6 +1151,8 @@ class Machine:
         #: The scalar registers r0..r7 (int32; r0 stays 0).  The host writes r1..r7 with write_scalar.
         self.scalar_regs: list[int] = [0] * SCALAR_REGS
         self.counters = np.zeros(len(COUNTERS), dtype=np.uint64)
+        # Every counter counts modulo 2**counter_bits (Config.counter_bits), as the hardware's do.
+        self._counter_mask = (1 << config.counter_bits) - 1
         self._start_run()
 
     # Host access to external memory ------------------------------------------------------------------------
@@ -1245,7 +1250,7 @@ class Machine:
 
     def _stop_by_watchdog(self, pc: int) -> None:
         """Raise the watchdog's error at ``pc``, with ``cycles`` counted up to the limit."""
-        self.counters[Counter.CYCLES] = self._cycle_limit - self._period_start
+        self.counters[Counter.CYCLES] = (self._cycle_limit - self._period_start) & self._counter_mask
         raise WatchdogError(self._cycle_limit, pc)
 
     def _run_planned(self, base: int, limit: int | None, cycle_limit: int = 0) -> RunResult:
@@ -1535,7 +1540,8 @@ class Machine:
             next_pc = pc + INSN_BYTES
             if op is Opcode.COUNTERS:
                 counters[_C_CYCLES] = entry.start - period_start
-                snapshot = np.array([value & _COUNTER_MASK for value in counters], dtype="<u8").view(np.uint8)
+                snapshot = np.array([value & self._counter_mask for value in counters],
+                                    dtype="<u8").view(np.uint8)
                 address = insn.args["dram"]
                 ops.append((np.copyto, (self.dram[address:address + SNAPSHOT_BYTES], snapshot)))
                 if insn.args["reset"]:
@@ -1592,7 +1598,7 @@ class Machine:
         plan = self._node(_END, None, ops, blob[:fetched_end])
         plan.last_when = last_when
         plan.watchdog = watchdog
-        plan.counters = np.array([value & _COUNTER_MASK for value in counters], dtype=np.uint64)
+        plan.counters = np.array([value & self._counter_mask for value in counters], dtype=np.uint64)
         plan.counter_values = {spec.name: int(value)
                                for spec, value in zip(COUNTERS, plan.counters, strict=True)}
         plan.error = error
@@ -1704,7 +1710,7 @@ class Machine:
         return int.from_bytes(self.dram[pc:pc + INSN_BYTES].tobytes(), "little")
 
     def _count(self, counter: Counter, amount: int) -> None:
-        self.counters[counter] = (int(self.counters[counter]) + amount) & _COUNTER_MASK
+        self.counters[counter] = (int(self.counters[counter]) + amount) & self._counter_mask
 
     def _check_dram(self, insn: Instruction, pc: int, start: int, rows: int, stride: int, row_bytes: int):
         end = start + (rows - 1) * stride + row_bytes
@@ -1748,7 +1754,7 @@ class Machine:
         if op not in CONTROL_FLOW_OPCODES:
             self._count(instret_counter(op), 1)
         if op is Opcode.HALT:
-            self.counters[Counter.CYCLES] = entry.end - self._period_start
+            self.counters[Counter.CYCLES] = (entry.end - self._period_start) & self._counter_mask
 
     # One method per opcode ---------------------------------------------------------------------------------
 
@@ -1870,7 +1876,7 @@ class Machine:
         pass
 
     def _exec_counters(self, insn: Instruction, entry: ScheduledInstruction) -> None:
-        self.counters[Counter.CYCLES] = entry.start - self._period_start
+        self.counters[Counter.CYCLES] = (entry.start - self._period_start) & self._counter_mask
         snapshot = self.counters.astype("<u8").tobytes()
         assert len(snapshot) == SNAPSHOT_BYTES == len(COUNTERS) * COUNTER_BYTES
         self.dram[insn.dram:insn.dram + SNAPSHOT_BYTES] = np.frombuffer(snapshot, dtype=np.uint8)

@@ -597,7 +597,10 @@ class _Generator:
         return allocators[0], allocators[1]
 
     def _make_tile(self, index: int) -> _Tile:
-        kind = str(self.rng.choice(["gemm", "vector", "dma"], p=[0.55, 0.3, 0.15]))
+        if self.config.vector_unit:
+            kind = str(self.rng.choice(["gemm", "vector", "dma"], p=[0.55, 0.3, 0.15]))
+        else:       # no VECTOR unit (Config.vector_unit=0): its tiles would only stop at the first VECTOR
+            kind = str(self.rng.choice(["gemm", "dma"], p=[0.55 / 0.7, 0.15 / 0.7]))
         tile = _Tile(index, kind)
         spad, acc = self._slot_rows(index)
         getattr(self, f"_{kind}_tile")(tile, spad, acc)
@@ -715,7 +718,7 @@ class _Generator:
                 self._table(tile, spad)
             tile.compute.append(Instruction.make(Opcode.EPILOGUE, src=src, m=m, n=n, dst=dst, out=out,
                                                  **flags, **fields))
-            if self.chance(0.2):
+            if self.config.vector_unit and self.chance(0.2):
                 self._vector_op(tile, spad, acc, [(out, dst)], m)
             if self.chance(0.8) or stage == 0:
                 self._store(out, dst, m, C, tile)

@@ -10,12 +10,11 @@ from amaranth.sim import Simulator
 from braze.hw.counters import COUNTER_BITS, CounterBank
 from braze.isa import COUNTERS, Counter
 
-MASK = (1 << COUNTER_BITS) - 1
 
-
-def _simulate(seed: int, cycles: int, inc_width: int):
+def _simulate(seed: int, cycles: int, inc_width: int, counter_bits: int = COUNTER_BITS):
     """Drive random increments, requests and back-pressure; check everything against a tally."""
-    dut = CounterBank(inc_width=inc_width)
+    dut = CounterBank(inc_width=inc_width, counter_bits=counter_bits)
+    mask = (1 << counter_bits) - 1
     rng = random.Random(seed)
     count = len(COUNTERS)
     stats = {"snapshots": 0, "resets": 0, "words": 0, "clears": 0}
@@ -48,7 +47,7 @@ def _simulate(seed: int, cycles: int, inc_width: int):
                 stats["words"] += 1
             await ctx.tick()
 
-            after = [(t + i) & MASK for t, i in zip(tally, incs, strict=True)]
+            after = [(t + i) & mask for t, i in zip(tally, incs, strict=True)]
             if clear:
                 tally = [0] * count
                 expected_words = []
@@ -80,6 +79,18 @@ def test_counters_wrap_at_64_bits():
     """With the widest increments the counters pass 2**64 quickly."""
     stats = _simulate(seed=2, cycles=300, inc_width=COUNTER_BITS)
     assert stats["snapshots"] >= 3
+
+
+def test_counters_wrap_at_32_bits():
+    """Config.counter_bits=32: the counters, and their snapshot words, wrap modulo 2**32."""
+    stats = _simulate(seed=3, cycles=150, inc_width=32, counter_bits=32)
+    assert stats["snapshots"] >= 2
+
+
+@pytest.mark.parametrize("bits", [16, 48, 128])
+def test_bad_counter_bits(bits):
+    with pytest.raises(ValueError, match="counter_bits"):
+        CounterBank(counter_bits=bits)
 
 
 def test_index_is_counter_enum():

@@ -163,6 +163,23 @@ def test_decoder_given_the_a_extent_matches_reference():
         assert cause == want, f"word 0x{word:032x}: decoder says {cause}, reference {want}"
 
 
+def test_decoder_without_vector_unit_matches_reference():
+    """Config.vector_unit=0: an encoding-legal VECTOR is ILLEGAL_OPCODE, after the encoding checks, in
+    the decoder as in the reference model; other words are unchanged."""
+    config = PRESETS["tiny"].replace(vector_unit=0)
+    rng = random.Random("decoder-no-vector")
+    words = [random_word(rng, config) for _ in range(2000)]
+    expected = [reference_cause(w, config) for w in words]
+    vector = INSTRUCTION["opcode"].offset, Opcode.VECTOR.value
+    vectors = [(w, cause) for w, cause in zip(words, expected, strict=True)
+               if (w >> vector[0]) & 0xF == vector[1]]
+    # Encoding-legal VECTORs are illegal here, while a VECTOR's encoding errors still come first.
+    assert {cause for _, cause in vectors} >= {ErrorCause.ILLEGAL_OPCODE, ErrorCause.BAD_FIELD}
+    assert ErrorCause.NONE in expected
+    for word, want, (_, cause, _) in zip(words, expected, _run_decoder(config, words), strict=True):
+        assert cause == want, f"word 0x{word:032x}: decoder says {cause}, reference {want}"
+
+
 def decode_unit(word: int):
     op_field = INSTRUCTION["opcode"]
     opcode = Opcode((word >> op_field.offset) & ((1 << op_field.width) - 1))

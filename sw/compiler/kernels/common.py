@@ -213,6 +213,13 @@ class Kernel:
     param_rows: tuple[str, ...] = ()
     tiling: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self):
+        # A build without a VECTOR unit (Config.vector_unit=0) stops at a VECTOR with ILLEGAL_OPCODE: no
+        # kernel of that configuration may hold one (the lowering runs such a node on the host instead).
+        if not self.config.vector_unit and any(insn.opcode is Opcode.VECTOR for insn in self.instructions):
+            raise KernelError(f"the {self.name} kernel needs the VECTOR unit, which config "
+                              f"{self.config.name!r} lacks (vector_unit=0)")
+
     def program(self, *, halt: bool = True) -> list[Instruction]:
         """The instructions, followed by HALT unless ``halt`` is false."""
         return self.instructions + ([Instruction.make(Opcode.HALT)] if halt else [])
