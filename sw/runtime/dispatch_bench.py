@@ -424,9 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="random control-flow programs verified on the RTL (default 500, quick 10)")
     args = parser.parse_args(argv)
     config = Config.parse("default")
-    # (--quick: 128^3, as 64^3 on default -- two M tiles of 32 rows with 8 first pieces -- rolls 71
-    # instructions into 69 only.)
-    size, (M, K, N), batches = (128, (32, 64, 32), 8) if args.quick else (256, (64, 256, 64), 64)
+    size, (M, K, N), batches = (64, (32, 64, 32), 8) if args.quick else (256, (64, 256, 64), 64)
 
     sizes = program_size(config, size)
     print(f"== GEMM {size}^3 on {config.name}: program size ==")

@@ -33,10 +33,8 @@ def test_matmul_cycles(m, k, chunks):
 
 def test_matmul_cycles_default_hand_computed():
     insn = I.make("matmul", acc=0, a=0, b=0, a_stride=10, m=10, n=8, k=20)
-    # chunks = 3, the weights preloaded (the preset's weight_preload): 8 + 2 * max(10, 8 + 1) + 10 + 8 + 8
-    # + MATMUL_LATENCY (3) = 57; without the preload 3 * (8 + 10) + 8 + 8 + 3 = 73.
-    assert instruction_cycles(insn, DEFAULT) == 57
-    assert instruction_cycles(insn, DEFAULT.replace(weight_preload=0, matmul_overlap=0)) == 73
+    # chunks = 3: 3 * (8 + 10) + 8 + 8 + MATMUL_LATENCY (3) = 73
+    assert instruction_cycles(insn, DEFAULT) == 73
 
 
 @pytest.mark.parametrize(("m", "k", "expected"), [

@@ -68,10 +68,7 @@ def test_a_second_batch_size_specialises_the_first_plan_and_stays_exact(cnn):
         before = first_tiling[decision.node].tiling
         assert (decision.tiling.buffers, decision.tiling.b_resident) == (before.buffers, before.b_resident)
         node = session.graph_after.node(decision.node)
-        if decision.layout == "resident":       # the resident-input layout (on-chip im2col) was cheapest
-            assert node.attrs["conv_layout"] == "resident" and node.attrs.get("tiling") is None
-        else:
-            assert node.attrs["tiling"] == decision.tiling
+        assert node.attrs["tiling"] == decision.tiling
     assert {d.node for d in session.tiling_decisions} == set(first_tiling)
     # Bit-exact to the frontend evaluator at both sizes.
     graph = session.graph_before

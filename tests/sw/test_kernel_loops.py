@@ -55,8 +55,7 @@ def test_rolled_loops_dispatch_exactly_the_straight_line_program():
     rolled = roll_loops(kernel.instructions)
     units = [insn for insn, _ in expand_loops(rolled) if insn.opcode not in (Opcode.SCALAR, Opcode.BRANCH)]
     assert units == kernel.instructions
-    # (1,081 instructions into 408 on default: 32-row M tiles whose first N tile's MATMUL is in 8 pieces.)
-    assert len(rolled) * 2 < len(kernel.instructions)
+    assert len(rolled) * 3 < len(kernel.instructions)
     # The timing model sees the same unit work; the loops' dispatcher cycles hide behind it here.
     assert looped_cycles(rolled, DEFAULT) == kernel.predicted_cycles
 
@@ -145,11 +144,7 @@ def test_a_rolled_kernel_has_its_straight_line_twins_features(make):
         twin = program_features(kernel.instructions, kernel.config, memory)
         rolled = program_features(looped.instructions, kernel.config, memory)
         differing = {name for name in twin if twin[name] != rolled[name]}
-        # With two MATMULs in flight (default) a few of the taken branches' fetch restarts show through
-        # the stalling memory's baseline schedule: 3 of 17,684 cycles on gemm-default.
-        baseline = {"baseline_cycles", "log_baseline_cycles", "log_baseline_over_analytic"}
-        assert differing - baseline == {"n_scalar", "n_branch"}
-        assert abs(rolled["baseline_cycles"] - twin["baseline_cycles"]) <= 1e-3 * twin["baseline_cycles"]
+        assert differing == {"n_scalar", "n_branch"}
         assert rolled["n_branch"] > 0 and rolled["n_scalar"] > rolled["n_branch"]
         assert twin["n_branch"] == twin["n_scalar"] == 0
 

@@ -11,7 +11,6 @@ from onnx_models import make_model
 from braze.isa.errors import BrazeError
 from braze.sw.compiler.cache import KernelCache
 from braze.sw.compiler.frontend import evaluate
-from braze.sw.compiler.fusion import DEFAULT_THRESHOLD
 from braze.sw.compiler.lower import KernelStep
 from braze.sw.runtime.session import InferenceSession
 
@@ -55,8 +54,7 @@ def test_a_sparse_relu_gemm_takes_the_skipping_kernel_bit_exactly(device):
     try:
         skips = [d for d in session.fusion_decisions if d.opportunity.kind == "skip"]
         assert len(skips) == 1 and skips[0].chosen.startswith("skip zero blocks (50% zero)")
-        # Above the fusion threshold (4.4% on default, whose dense kernel overlaps its MATMULs).
-        assert skips[0].gain > DEFAULT_THRESHOLD and "predicted gain" in str(skips[0])
+        assert skips[0].gain > 0.05 and "predicted gain" in str(skips[0])
         (step,) = _skipping_steps(session)
         # Priced at the profiled fraction: cheaper than the library's kernel the decision weighed.
         assert step.kernel.predicted_cycles < skips[0].candidates[0][1].cycles
