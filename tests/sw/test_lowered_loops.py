@@ -75,13 +75,10 @@ def test_loops_by_default_run_the_straight_line_programs_instructions(cnn, tmp_p
 def test_resident_weights_unroll_the_loops():
     from onnx_models import conv_model
 
-    model = conv_model(batch=4)              # a kernel of it rolls, and all fit side by side
+    model = conv_model(batch=4)              # on default two of its kernels roll, and all fit side by side
     x = np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype(np.float32)
-    # On default without its overlap options: with them (other tilings, EPILOGUEs beside the MATMULs) the
-    # compiler keeps each of these kernels straight-line.
-    config = "default:weight_preload=0,epilogue_overlap=0,matmul_overlap=0"
-    options = dict(device="golden", config=config, calibration=x, cost_model="analytic",
-                   cache=KernelCache(disk=False), record=False)
+    options = dict(device="golden", calibration=x, cost_model="analytic", cache=KernelCache(disk=False),
+                   record=False)
     expected = InferenceSession(model, loops=False, **options).run(None, {"x": x})[0]
     session = InferenceSession(model, resident_weights=True, **options)
     assert any(insn.opcode is Opcode.BRANCH for kernel in session.compiled.kernels.values()
