@@ -594,18 +594,13 @@ def _hpm(args: argparse.Namespace) -> int:
             print(format_worst(scores, args.worst))
         return 0
     if args.action == "repeat":
-        from braze.sw.hpm.evaluate import worst_measured_once
-        from braze.sw.hpm.store import group_repeats, signature_hash
+        from braze.sw.hpm.calibrate import WORST_TO_REPEAT, repeat_worst_measured_once
 
-        scores = hpm.holdout_by_family(records, regressor=args.regressor)
-        chosen = worst_measured_once(scores, args.worst or 30)
-        wanted = {(signature_hash(m.signature), m.config_name, m.stall) for m in chosen}
-        groups = [group for group in group_repeats(store.records(device=args.device, programs=True))
-                  if group[0].source == "calibrate"
-                  and (group[0].signature_hash, group[0].config_name, group[0].stall) in wanted]
-        report = hpm.repeat_measurements(store, groups, repeats=args.repeats, device=args.device,
-                                         budget_seconds=args.budget)
-        print(f"{len(chosen)} worst held-out measurements made once; " + report.summary())
+        worst = args.worst or WORST_TO_REPEAT
+        report = repeat_worst_measured_once(store, records, worst=worst, repeats=args.repeats,
+                                            device=args.device, regressor=args.regressor,
+                                            budget_seconds=args.budget)
+        print(f"up to the {worst} worst held-out measurements made once; " + report.summary())
         for line in report.failed[:20]:
             print(f"  failed: {line}")
         return 0

@@ -40,12 +40,13 @@ from .features import (
     kernel_signature,
     program_features,
 )
-from .store import HistoryStore, RunRecord, pack_program, signature_hash, unpack_program
+from .store import HistoryStore, RunRecord, group_repeats, pack_program, signature_hash, unpack_program
 
 __all__ = ["KernelSpec", "calibration_specs", "calibration_kernels", "calibrate", "CalibrationReport",
            "random_inputs", "record_run", "DEFAULT_STALLS", "tiling_variants", "refeature", "RefeatureReport",
            "STRATEGIES", "most_uncertain", "CalibrationOptionError", "DEFAULT_REPEATS", "REPEAT_BELOW_CYCLES",
-           "calibration_seed", "wanted_runs", "coverage_order", "repeat_measurements"]
+           "calibration_seed", "wanted_runs", "coverage_order", "repeat_measurements",
+           "repeat_worst_measured_once", "WORST_TO_REPEAT"]
 
 #: Backpressure levels calibration runs every kernel under (probability per AXI handshake).
 DEFAULT_STALLS = (0.0, 0.1, 0.25, 0.4)
@@ -693,3 +694,32 @@ def repeat_measurements(store: HistoryStore, measurements: Sequence[Sequence[Run
             break
     report.seconds = time.monotonic() - started
     return report
+
+
+#: How many held-out measurements made once under backpressure :func:`repeat_worst_measured_once` repeats
+#: by default (``braze hpm repeat --worst``, and ``braze bench hpm`` after its calibration).
+WORST_TO_REPEAT = 30
+
+
+def repeat_worst_measured_once(store: HistoryStore, records: Sequence[RunRecord], *,
+                               worst: int = WORST_TO_REPEAT, repeats: int = DEFAULT_REPEATS,
+                               device: str = "verilator", regressor: str = "lightgbm",
+                               budget_seconds: float | None = None,
+                               progress: Callable[[str], None] | None = print) -> CalibrationReport:
+    """Repeat the ``worst`` held-out measurements of ``records`` made once under backpressure, up to
+    ``repeats`` runs each (:func:`repeat_measurements` on the calibration runs of ``store``).
+
+    Held out by family (:func:`~.evaluate.holdout_by_family`), the measurements whose learned error is
+    largest among those calibration made once under backpressure (:func:`~.evaluate.worst_measured_once`:
+    long kernels, whose "mean of repeats" is then a single stall pattern's luck) are the ones whose
+    worst error a repeat can change, so a fixed, small number of repeats goes there first.
+    """
+    from .evaluate import holdout_by_family, worst_measured_once
+
+    chosen = worst_measured_once(holdout_by_family(records, regressor=regressor), worst)
+    wanted = {(signature_hash(m.signature), m.config_name, m.stall) for m in chosen}
+    groups = [group for group in group_repeats(store.records(device=device, programs=True))
+              if group[0].source == "calibrate"
+              and (group[0].signature_hash, group[0].config_name, group[0].stall) in wanted]
+    return repeat_measurements(store, groups, repeats=repeats, device=device, budget_seconds=budget_seconds,
+                               progress=progress)
