@@ -778,6 +778,12 @@ def _matmul_kernel(name: str, config: Config, M: int, K: int, N: int, epi: _Epil
     return best
 
 
+#: Whether the library tries :attr:`Tiling.first_pair`.  Off: with the three overlap options the quantized
+#: resnet18 of tests/sw/test_zoo.py computes wrong logits on the golden device when the library may pick it
+#: (bit-exact with the other two cuts alone; found at merge, cause not yet known).  Forced tilings may still
+#: set it (tests/sw/test_gemm_tail_pieces.py checks the GEMMs it is exact for).
+_TRY_FIRST_PAIR = False
+
 #: Pieces of the last output tile (:attr:`Tiling.last_pieces`) tried, in order, while each is faster.
 _LAST_PIECES = (2, 4, 8)
 
@@ -799,7 +805,7 @@ def _refined(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue, 
         # (Not when the pair is the last N tiles: its MATMULs, one per K-chunk, would then be the last readers
         # of the A slots, each owing the next call of a stream a token -- more than the queue holds.)
         no_zero_points = not (extra_tiling.get("zp_a") or extra_tiling.get("zp_b"))
-        if deferred_finish and N > 2 * config.cols and no_zero_points:
+        if _TRY_FIRST_PAIR and deferred_finish and N > 2 * config.cols and no_zero_points:
             variants.append(dataclasses.replace(chosen, first_pair=True))
         variants.append(dataclasses.replace(chosen, first_b_split=True))
     if deferred_finish and not any(extra_tiling.get(key) for key in ("pixel_major", "zp_a", "zp_b")):
