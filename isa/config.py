@@ -45,6 +45,20 @@ _OMITTED_AT = {"load_overlap": 1, "weight_preload": 0, "epilogue_overlap": 0, "d
 #: Widths a performance counter may have (``Config.counter_bits``).
 COUNTER_BITS_CHOICES = (32, 64)
 
+#: Fields that take one of a few values: the values, and what the error says when another is given.
+_CHOICES = {
+    "weight_preload": ((0, 1), "must be 0 (off) or 1 (the next K-chunk's weights are read while the current "
+                               "chunk streams)"),
+    "epilogue_overlap": ((0, 1), "must be 0 (off) or 1 (an EPILOGUE runs beside the next MATMUL)"),
+    "store_ahead": ((0, 1), "must be 0 (off) or 1 (a STORE's write requests run ahead of its data)"),
+    "matmul_overlap": ((0, 1), "must be 0 (off) or 1 (two MATMULs in flight in the MATMUL unit)"),
+    "vector_unit": ((0, 1), "must be 1 (the build has a VECTOR unit) or 0 (VECTOR is illegal)"),
+    "counter_bits": (COUNTER_BITS_CHOICES, f"must be one of {COUNTER_BITS_CHOICES} (the width of a "
+                                           "performance counter)"),
+    "dispatch_stage": ((0, 1, 2), "must be 0 (off), 1 (a dispatch stage after the control core's slot) or 2 "
+                                  "(two: the add, then the range checks)"),
+}
+
 
 def _is_pow2(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
@@ -171,37 +185,10 @@ class Config:
                 continue
             if not isinstance(value, int) or isinstance(value, bool):
                 fail(field.name, "must be an integer")
-            if field.name == "weight_preload":
-                if value not in (0, 1):
-                    fail("weight_preload", "must be 0 (off) or 1 (the next K-chunk's weights are read while "
-                                           "the current chunk streams)")
-                continue
-            if field.name == "epilogue_overlap":
-                if value not in (0, 1):
-                    fail("epilogue_overlap", "must be 0 (off) or 1 (an EPILOGUE runs beside the next MATMUL)")
-                continue
-            if field.name == "store_ahead":
-                if value not in (0, 1):
-                    fail("store_ahead", "must be 0 (off) or 1 (a STORE's write requests run ahead of "
-                                        "its data)")
-                continue
-            if field.name == "matmul_overlap":
-                if value not in (0, 1):
-                    fail("matmul_overlap", "must be 0 (off) or 1 (two MATMULs in flight in the MATMUL unit)")
-                continue
-            if field.name == "vector_unit":
-                if value not in (0, 1):
-                    fail("vector_unit", "must be 1 (the build has a VECTOR unit) or 0 (VECTOR is illegal)")
-                continue
-            if field.name == "counter_bits":
-                if value not in COUNTER_BITS_CHOICES:
-                    fail("counter_bits", f"must be one of {COUNTER_BITS_CHOICES} (the width of a performance "
-                                         "counter)")
-                continue
-            if field.name == "dispatch_stage":
-                if value not in (0, 1, 2):
-                    fail("dispatch_stage", "must be 0 (off), 1 (a dispatch stage after the control "
-                                           "core's slot) or 2 (two: the add, then the range checks)")
+            if field.name in _CHOICES:
+                allowed, problem = _CHOICES[field.name]
+                if value not in allowed:
+                    fail(field.name, problem)
                 continue
             if value <= 0:
                 fail(field.name, "must be positive")
