@@ -314,7 +314,9 @@ PRESETS: dict[str, Config] = {
     "tiny": Config(name="tiny", rows=4, cols=4, spad_bytes=4 * 1024, spad_banks=2,
                    acc_bytes=4 * 1024, acc_banks=2, dma_bus_bits=64, dram_bytes=1 << 20,
                    queue_depth=4, token_depth=4, mem_latency=8),
-    "default": Config(name="default", load_overlap=4),
+    "default": Config(name="default", load_overlap=4, weight_preload=1, epilogue_overlap=1, matmul_overlap=1,
+                      store_ahead=1),
     "large": Config(name="large", rows=16, cols=16, spad_bytes=256 * 1024, spad_banks=4,
-                    acc_bytes=64 * 1024, acc_banks=2, dma_bus_bits=256, dram_bytes=64 << 20, load_overlap=4),
+                    acc_bytes=64 * 1024, acc_banks=2, dma_bus_bits=256, dram_bytes=64 << 20, load_overlap=4,
+                    weight_preload=1, epilogue_overlap=1, matmul_overlap=1, store_ahead=1),
 }
