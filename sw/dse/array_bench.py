@@ -33,6 +33,12 @@ of reach of the array alone: on the M = 1 shapes even a free array gains at most
 and 1.7x on large, below the 1.8x target, and any dataflow behind the one read port at most
 ``one_port``.
 
+The prices replace each MATMUL's duration, one MATMUL at a time, and ``one_port`` assumes the one read
+port: so the shape and network studies run on the preset with ``weight_preload`` and ``matmul_overlap``
+off (:func:`study_config`; the table names it ``<preset>_ws1``).  With the presets' two MATMULs in flight
+the timing model's MATMUL pipe times them itself and a per-instruction price has nothing to replace
+(:func:`price_program` refuses).  The fission study runs on the large preset as shipped.
+
 The same four prices over a whole network (``--network``, default the demo's digits CNN at batch 1):
 its kernels as the compiler emits them today, summed.
 
@@ -63,7 +69,7 @@ from braze.isa.errors import ArgumentParser
 from braze.isa.timing import Scheduler, instruction_cycles, matmul_chunks, timing_key
 
 __all__ = ["SHAPES", "PRICES", "ShapeStudy", "FissionStudy", "NetworkStudy", "Measurement", "price_program",
-           "study_shape", "study_fission", "study_network", "measure_picks", "main"]
+           "study_config", "study_shape", "study_fission", "study_network", "measure_picks", "main"]
 
 #: The GEMM shapes (M, K, N) of issue 17.
 SHAPES: tuple[tuple[int, int, int], ...] = (
@@ -90,8 +96,22 @@ PRICES: dict[str, MatmulPrice] = {
 }
 
 
+def study_config(config: Config) -> Config:
+    """``config`` with one MATMUL at a time through the one scratchpad read port (``weight_preload`` and
+    ``matmul_overlap`` off): the machine whose MATMULs the prices replace (see the module docstring)."""
+    if not (config.weight_preload or config.matmul_overlap):
+        return config
+    return config.replace(name=f"{config.name}_ws1", weight_preload=0, matmul_overlap=0)
+
+
 def price_program(program: Sequence[Instruction], config: Config, matmul_price: MatmulPrice) -> int:
-    """Cycles of ``program`` under the timing model, every MATMUL taking ``matmul_price(insn, config)``."""
+    """Cycles of ``program`` under the timing model, every MATMUL taking ``matmul_price(insn, config)``.
+
+    Raises ValueError for a price other than ``ws`` with ``config.matmul_overlap``: the timing model
+    then times the MATMULs from their shapes and would ignore the price (use :func:`study_config`)."""
+    if config.matmul_overlap and matmul_price is not PRICES["ws"]:
+        raise ValueError(f"config {config.name!r} has matmul_overlap=1: its MATMULs are timed by the MATMUL "
+                         "pipe, not by a price; reprice on study_config(config)")
     scheduler = Scheduler(config, keep_entries=False)
     for insn in program:
         cycles = matmul_price(insn, config) if insn.opcode is Opcode.MATMUL else None
@@ -344,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch < 1:
         parser.error(f"argument --batch: {args.batch} must be at least 1")
-    configs = [Config.parse(text) for text in args.presets.split(",") if text.strip()]
+    configs = [study_config(Config.parse(text)) for text in args.presets.split(",") if text.strip()]
     if not configs:
         parser.error("argument --presets: no configuration given")
     shapes = [_parse_shape(parser, text) for text in args.shapes.split(",") if text.strip()]
@@ -355,7 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"argument --shapes: the summary needs a shape with M <= {SMALL_M} and one with M = 1")
     if not any(study.shape[0] == 1 for study in studies):
         parser.error("argument --shapes: the summary needs a shape with M = 1")
-    print("== the compiler's GEMMs (WS, the only dataflow built) and the ceilings of changes to the array ==")
+    print("== the compiler's GEMMs (WS, the only dataflow built, one MATMUL at a time) and the ceilings of "
+          "changes to the array ==")
     print("   ws .. free: ws_pick over the fewest cycles of any candidate tiling with every MATMUL priced so "
           "(braze bench array --help)")
     print(shape_table(studies))

@@ -53,9 +53,13 @@ def random_program(rng: random.Random, length: int, token_depth: int) -> list:
 @pytest.mark.parametrize("seed", range(16))
 def test_random_programs_respect_every_ordering_rule(seed):
     rng = random.Random(seed)
-    # The fake load client takes one LOAD at a time: the default geometry without overlapped LOADs
-    # (overlap is checked against the real load engine in test_dma.py and the device tests).
-    config = PRESETS["tiny"] if seed % 3 else PRESETS["default"].replace(name="default_lo1", load_overlap=1)
+    # The fake clients take one instruction at a time and report an EPILOGUE's done on the compute port:
+    # the default geometry without overlapped LOADs, MATMULs or EPILOGUEs.  Those are checked against the
+    # real units on random programs vs the reference model: LOADs in test_dma.py and the device tests,
+    # MATMULs in tests/sim/test_matmul_overlap_device.py, EPILOGUEs in tests/sim/test_epilogue_overlap.py
+    # (and the default preset as shipped in tests/sim/test_verilator_device.py).
+    config = PRESETS["tiny"] if seed % 3 else PRESETS["default"].replace(
+        name="default_serial", load_overlap=1, matmul_overlap=0, epilogue_overlap=0)
     program = random_program(rng, 60, config.token_depth)
     latency = rng.choice([(0, 3), (1, 12), (5, 20)])
     trace = run(config, program, seed=seed, latency=latency, ready_prob=rng.choice([0.3, 1.0]),

@@ -189,7 +189,9 @@ def test_tiny_with_idle_gaps_and_repeated_accumulation(config, seed, first_mk, l
 
 
 def test_default_config():
-    config = Config.preset("default")
+    # The default geometry with one MATMUL at a time and no preload (the shipped preset overlaps two
+    # MATMULs: tests/hw/test_matmul_overlap.py::test_the_default_preset_back_to_back).
+    config = Config.parse("default:weight_preload=0,matmul_overlap=0,name=default_serial")
     rng = np.random.default_rng(13)
     _run(config, [_random_matmul(rng, config, 10, 19, 6, True), _random_matmul(rng, config, 3, 8, 8, False)],
          rng, gaps=False)
@@ -207,7 +209,7 @@ def test_converts_to_verilog():
 
 # Weight preload (Config.weight_preload): the same checks -- results, exact cycles, counter pulses.
 def test_preload_default_config():
-    config = Config.parse("default:weight_preload=1")
+    config = Config.parse("default:matmul_overlap=0,name=default_preload")
     rng = np.random.default_rng(23)
     _run(config, [_random_matmul(rng, config, 10, 19, 6, True), _random_matmul(rng, config, 3, 24, 8, False),
                   _random_matmul(rng, config, 9, 17, 8, True)], rng, gaps=False)

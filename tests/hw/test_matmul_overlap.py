@@ -101,6 +101,20 @@ def test_random_back_to_back_matmuls_two_in_flight(seed):
         _check_timing(TINY, program, accepted, done, gaps=gaps)
 
 
+def test_the_default_preset_back_to_back():
+    """The default preset as shipped (8x8, weight preload, two MATMULs in flight): the same shapes as
+    test_matmul's default-geometry tests, results and cycles as MatmulPipe says."""
+    config = Config.preset("default")
+    assert config.matmul_overlap and config.weight_preload
+    rng = np.random.default_rng(23)
+    program = [_random_matmul(rng, config, 10, 19, 6, True), _random_matmul(rng, config, 3, 24, 8, False),
+               _random_matmul(rng, config, 9, 17, 8, True), _random_matmul(rng, config, 3, 8, 8, False)]
+    accepted, done = _run(config, program, np.random.default_rng(23), gaps=False)
+    _check_timing(config, program, accepted, done, gaps=False)
+    assert any(accept < finish for accept, finish in zip(accepted[1:], done, strict=False)), \
+        "no MATMUL was accepted while the one before it was in flight"
+
+
 def _overlap_gain(config, program):
     accepted, done = _run(config, program, np.random.default_rng(5), gaps=False)
     _check_timing(config, program, accepted, done, gaps=False)

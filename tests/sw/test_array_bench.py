@@ -10,8 +10,9 @@ from braze.isa.timing import instruction_cycles, schedule
 from braze.sw.compiler.kernels import gemm, link
 from braze.sw.dse import array_bench
 
-DEFAULT = Config.preset("default")
-LARGE = Config.preset("large")
+# The studies reprice MATMULs one at a time: the presets without their MATMUL overlap (study_config).
+DEFAULT = array_bench.study_config(Config.preset("default"))
+LARGE = array_bench.study_config(Config.preset("large"))
 
 
 def _matmul(m: int, k: int, n: int) -> Instruction:
@@ -25,6 +26,16 @@ def test_repricing_a_matmul_moves_the_program_by_the_difference():
     assert long - short == 45
     assert array_bench.price_program(program, DEFAULT, array_bench.PRICES["ws"]) == \
         schedule(program, DEFAULT).cycles
+
+
+def test_repricing_refuses_a_machine_with_two_matmuls_in_flight():
+    shipped = Config.preset("default")
+    assert shipped.matmul_overlap and not DEFAULT.matmul_overlap and not DEFAULT.weight_preload
+    program = [_matmul(4, 16, 8), Instruction.make(Opcode.HALT)]
+    with pytest.raises(ValueError, match="matmul_overlap=1"):
+        array_bench.price_program(program, shipped, array_bench.PRICES["free"])
+    assert array_bench.price_program(program, shipped, array_bench.PRICES["ws"]) == \
+        schedule(program, shipped).cycles
 
 
 def test_ws_pricing_reproduces_the_timing_model_on_a_compiled_gemm():
@@ -64,19 +75,20 @@ def test_a_shape_study_starts_from_the_compilers_pick():
 
 
 def test_fission_bounds_come_from_the_linked_kernels():
-    fission = array_bench.study_fission(LARGE)
-    kernels = array_bench._independent_gemms(LARGE, (16, 16, 16), 4)
+    large = Config.preset("large")        # as shipped, as `braze bench array` studies it
+    fission = array_bench.study_fission(large)
+    kernels = array_bench._independent_gemms(large, (16, 16, 16), 4)
     operands = [(op.addr, op.addr + op.nbytes) for kernel in kernels for op in kernel.operands.values()]
     operands.sort()
     assert all(end <= start for (_, end), (start, _) in zip(operands, operands[1:], strict=False)), \
         "the four GEMMs must not share memory"
-    busy = schedule(link(kernels), LARGE).busy
-    assert fission.sequential == schedule(link(kernels), LARGE).cycles
+    busy = schedule(link(kernels), large).busy
+    assert fission.sequential == schedule(link(kernels), large).cycles
     assert fission.fissioned_bound >= busy["load_busy"]
     assert fission.together_bound >= busy["vector_busy"] + busy["array_busy"]
     assert fission.fissioned_bound <= fission.together_bound < fission.sequential
     with pytest.raises(ValueError, match="2x2 split has 4 sub-arrays, not 3"):
-        array_bench.study_fission(LARGE, count=3)
+        array_bench.study_fission(large, count=3)
 
 
 def test_a_network_study_sums_its_kernels_priced_each_way():

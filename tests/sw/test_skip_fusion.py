@@ -50,11 +50,13 @@ def _skipping_steps(session: InferenceSession) -> list:
 
 @pytest.mark.parametrize("device", ["golden", "verilator"])
 def test_a_sparse_relu_gemm_takes_the_skipping_kernel_bit_exactly(device):
-    session = _session(HIDDEN // 2, device)
+    # Three quarters of the hidden units dead: with the presets' overlapped MATMULs the plain kernel is fast
+    # enough that at half dead skipping is still taken but gains only 4% (75%: 23%, 88%: 34%).
+    session = _session(3 * HIDDEN // 4, device)
     try:
         skips = [d for d in session.fusion_decisions if d.opportunity.kind == "skip"]
-        assert len(skips) == 1 and skips[0].chosen.startswith("skip zero blocks (50% zero)")
-        assert skips[0].gain > 0.05 and "predicted gain" in str(skips[0])
+        assert len(skips) == 1 and skips[0].chosen.startswith("skip zero blocks (75% zero)")
+        assert skips[0].gain > 0.15 and "predicted gain" in str(skips[0])
         (step,) = _skipping_steps(session)
         # Priced at the profiled fraction: cheaper than the library's kernel the decision weighed.
         assert step.kernel.predicted_cycles < skips[0].candidates[0][1].cycles
