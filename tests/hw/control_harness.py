@@ -14,6 +14,7 @@ from braze.hw.control import QUEUED_UNITS, Control
 from braze.hw.decoder import a_extent_value
 from braze.isa import INSN_BYTES, Config, ConfigReg, ErrorCause, Instruction, Opcode, Unit
 from braze.isa.encoding import CONTROL_FLOW_OPCODES, FORMAT_BY_OPCODE
+from braze.isa.timing import epilogue_runs_beside, matmul_clear_of_epilogue
 
 BARRIERS = (Opcode.FENCE, Opcode.COUNTERS, Opcode.HALT)
 #: Dependency flags and the token queue (producer, consumer) each names, per unit.
@@ -51,6 +52,7 @@ class Trace:
     edges: int
     run_cycles: int = 0
     scalar_regs: tuple = ()           # r0..r7 at the end
+    epilogue_dones: list = dataclasses.field(default_factory=list)   # edges of epilogue_done (beside)
 
     def pc(self, index: int) -> int:
         return self.base + index * INSN_BYTES
@@ -73,7 +75,9 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
     ``cycle_limit`` is the watchdog's; edge ``e`` is run cycle ``e``.  The fetch model follows
     taken branches (``redirect``); the compute client reports ``predicate_value`` as every
     PREDICATE's result, with ``predicate_done``; ``scalar_writes`` ({register: value}) are host
-    writes before the start.
+    writes before the start.  With ``Config.epilogue_overlap`` an EPILOGUE that runs beside the
+    compute unit is handed to a client of its own (as in the accelerator, the EPILOGUE unit): the
+    compute client is free at once, and that EPILOGUE's done comes on ``epilogue_done``.
     """
     dut = Control(config)
     unit_errors = unit_errors or {}
@@ -88,6 +92,8 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
     # A PREDICATE's done is reported on predicate_done (never in the cycle it is taken).
     predicate_pcs = {base + i * INSN_BYTES for i, insn in enumerate(program)
                      if isinstance(insn, Instruction) and insn.opcode is Opcode.PREDICATE}
+    beside_pcs = {base + i * INSN_BYTES for i, insn in enumerate(program)
+                  if isinstance(insn, Instruction) and epilogue_runs_beside(insn, config)}
     trace = Trace(program, base, {u: [] for u in QUEUED_UNITS},
                   {u: [] for u in (*QUEUED_UNITS, Unit.CONTROL)},
                   [], [], [], [], [], 0, None, None, ErrorCause.NONE, 0, {}, 0)
@@ -116,12 +122,22 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
 
         async def process(ctx):
             current, remaining, count, instant = None, 0, 0, False
+            beside_left = 0                 # cycles until the EPILOGUE beside the unit is done
             async for _, _, valid, ready in ctx.tick().sample(port.insn.valid, port.insn.ready):
                 ctx.set(port.done, 0)
                 ctx.set(port.error, 0)
                 if unit is Unit.COMPUTE:
                     ctx.set(dut.predicate_done, 0)
-                if valid and ready:
+                    if beside_pcs:
+                        ctx.set(dut.epilogue_done, 0)
+                        if beside_left:
+                            beside_left -= 1
+                            if beside_left == 0:
+                                ctx.set(dut.epilogue_done, 1)
+                if valid and ready and unit is Unit.COMPUTE and key(count) in beside_pcs:
+                    count += 1
+                    beside_left = rng.randint(max(lo, 1), hi)
+                elif valid and ready:
                     current = None if instant else key(count)
                     count += 1
                     remaining = rng.randint(max(lo, 1), hi)
@@ -133,7 +149,7 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
                 accept = current is None and rng.random() < ready_prob
                 # Latency 0: done with the transfer, which a pending offer guarantees for this cycle.
                 instant = (accept and lo == 0 and valid and not ready and rng.random() < 0.5
-                           and key(count) not in predicate_pcs)
+                           and key(count) not in predicate_pcs and key(count) not in beside_pcs)
                 if instant:
                     report_done(ctx, key(count))
                 ctx.set(port.insn.ready, accept)
@@ -184,7 +200,11 @@ def run(config: Config, program: list, *, seed: int = 0, base: int = 0x1000, lat
                    dut.counters.insn.valid, dut.counters.insn.ready,
                    dut.fetch.valid, dut.fetch.ready, dut.retired.as_value(), dut.config_regs.as_value(),
                    dut.busy.as_value(), dut.stall_dep, dut.stall_fetch, dut.done, dut.error)
+        if config.epilogue_overlap:
+            samples += (dut.epilogue_done,)
         async for _, _, *values in ctx.tick().sample(*samples):
+            if config.epilogue_overlap and values.pop():
+                trace.epilogue_dones.append(edge)
             (lv, lr, lp, cv, cr, cp, sv, sr, sp, kv, kr, fv, fr, retired, regs, busy, stall_dep, stall_fetch,
              done, error) = values
             for unit, (v, r, p) in zip(QUEUED_UNITS, ((lv, lr, lp), (cv, cr, cp), (sv, sr, sp)), strict=True):
@@ -301,11 +321,29 @@ def check_trace(trace: Trace, config: Config, executed: int | None = None):
         retire_of[index] = edge
         start_of[index] = next(counters_starts) if opcode is Opcode.COUNTERS else edge
 
-    # Every unit starts an instruction only after the previous one of that unit retired.
+    # Every unit starts an instruction only after the previous one of that unit retired -- except, on the
+    # compute unit, a MATMUL after a MATMUL with Config.matmul_overlap (after it started), and after an
+    # EPILOGUE beside the unit with Config.epilogue_overlap (docs/isa.md): a MATMUL clear of its rows
+    # after it started, with matmul_overlap one that is not from the cycle it completed (epilogue_done).
+    beside_dones = iter(trace.epilogue_dones)
+    done_of = {i: next(beside_dones, None) for i, insn in enumerate(program)
+               if isinstance(insn, Instruction) and epilogue_runs_beside(insn, config) and i in start_of}
     for unit in QUEUED_UNITS:
         indices = [i for i in range(len(program)) if unit_of(program[i]) is unit and i in start_of]
         for before, after in zip(indices, indices[1:], strict=False):
-            assert start_of[after] > retire_of[before], f"{unit.name}: #{after} overlaps #{before}"
+            first, second = program[before], program[after]
+            earliest = retire_of.get(before)
+            if config.matmul_overlap and first.opcode is second.opcode is Opcode.MATMUL:
+                earliest = start_of[before]
+            elif before in done_of and second.opcode is Opcode.MATMUL:
+                if matmul_clear_of_epilogue(second, first, config):
+                    earliest = start_of[before]
+                elif config.matmul_overlap and done_of[before] is not None:
+                    earliest = done_of[before] - 1
+            where = f"{unit.name}: #{after} overlaps #{before}"
+            assert earliest is not None and start_of[after] > earliest, where
+            if after in retire_of:
+                assert retire_of[after] >= retire_of[before], f"{unit.name}: #{after} retired before it"
 
     # Barriers: everything earlier retired before, nothing later started before the barrier retired.
     for b in barrier_indices:

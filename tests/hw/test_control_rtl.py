@@ -13,6 +13,7 @@ from braze.hw.control import Control
 from braze.hw.decoder import a_extent_value
 from braze.isa import PRESETS, ConfigReg, ErrorCause, Instruction, Opcode, Unit, decode
 from braze.isa.encoding import ALLOWED_DEPS, ARGS_OFFSET, DEPS, INSTRUCTION
+from braze.isa.timing import epilogue_runs_beside
 
 CONFIG = PRESETS["tiny"]
 #: With the dispatch stage (Config.dispatch_stage): a load/compute/store word enters its queue a cycle
@@ -53,13 +54,12 @@ def random_program(rng: random.Random, length: int, token_depth: int) -> list:
 @pytest.mark.parametrize("seed", range(16))
 def test_random_programs_respect_every_ordering_rule(seed):
     rng = random.Random(seed)
-    # The fake clients take one instruction at a time and report an EPILOGUE's done on the compute port:
-    # the default geometry without overlapped LOADs, MATMULs or EPILOGUEs.  Those are checked against the
-    # real units on random programs vs the reference model: LOADs in test_dma.py and the device tests,
-    # MATMULs in tests/sim/test_matmul_overlap_device.py, EPILOGUEs in tests/sim/test_epilogue_overlap.py
-    # (and the default preset as shipped in tests/sim/test_verilator_device.py).
-    config = PRESETS["tiny"] if seed % 3 else PRESETS["default"].replace(
-        name="default_serial", load_overlap=1, matmul_overlap=0, epilogue_overlap=0)
+    # The default preset without overlapped LOADs: the fake load client takes one LOAD at a time (overlap is
+    # checked against the real load engine in test_dma.py and the device tests).  The fake compute client
+    # takes one MATMUL at a time too (two in flight: tests/sim/test_matmul_overlap_device.py); an EPILOGUE
+    # beside the unit goes to a client of its own.
+    config = PRESETS["tiny"] if seed % 3 else PRESETS["default"].replace(name="default_lo1", load_overlap=1)
+    assert seed % 3 or (config.matmul_overlap and config.epilogue_overlap)
     program = random_program(rng, 60, config.token_depth)
     latency = rng.choice([(0, 3), (1, 12), (5, 20)])
     trace = run(config, program, seed=seed, latency=latency, ready_prob=rng.choice([0.3, 1.0]),
@@ -70,6 +70,9 @@ def test_random_programs_respect_every_ordering_rule(seed):
     for unit in (Unit.LOAD, Unit.COMPUTE, Unit.STORE, Unit.CONTROL):
         assert _retired_count(trace, unit) == sum(unit_of(insn) is unit for insn in program)
     assert sum(bool(insn.deps) for insn in program) > 10, "the program exercises few tokens"
+    if config.epilogue_overlap:           # each EPILOGUE ran beside the unit and reported on epilogue_done
+        beside = sum(epilogue_runs_beside(insn, config) for insn in program)
+        assert beside > 0 and len(trace.epilogue_dones) == beside
 
 
 @pytest.mark.parametrize(("stages", "seed"), [(1, 1), (1, 2), (2, 1), (2, 2)])
