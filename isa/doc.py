@@ -296,7 +296,8 @@ def _presets_section() -> str:
 
 #: What ``Config.weight_preload`` does to timing (the formula is :func:`braze.isa.timing.matmul_cycles`).
 _WEIGHT_PRELOAD_DOC = (
-    "`weight_preload=1` (0 in every preset; e.g. `--config large:weight_preload=1`) gives every scratchpad "
+    "`weight_preload=1` (1 in `default` and `large`, 0 in `tiny`; e.g. `--config tiny:weight_preload=1`) "
+    "gives every scratchpad "
     "bank one more read port, on which the MATMUL unit reads the next K-chunk's B rows while the current "
     "chunk's A rows stream.  A MATMUL of `chunks = ceil(k/rows)` K-chunks then takes "
     f"`rows + (chunks-1)*max(m, rows+1) + m + rows + cols + {MATMUL_LATENCY}` cycles instead of "
@@ -308,7 +309,8 @@ _WEIGHT_PRELOAD_DOC = (
 #: What ``Config.epilogue_overlap`` does (the rule is :func:`braze.isa.timing.epilogue_runs_beside` and
 #: :func:`braze.isa.timing.matmul_clear_of_epilogue`).
 _EPILOGUE_OVERLAP_DOC = (
-    "`epilogue_overlap=1` (0 in every preset; e.g. `--config large:epilogue_overlap=1`) gives every "
+    "`epilogue_overlap=1` (1 in `default` and `large`, 0 in `tiny`; e.g. `--config tiny:epilogue_overlap=1`) "
+    "gives every "
     "accumulator bank a second read port, the EPILOGUE unit's, and lets an EPILOGUE run *beside* the compute "
     "unit, as a PREDICATE of scratchpad rows does.  An EPILOGUE with `out=spad` and without `residual` is "
     "handed to the EPILOGUE unit, and the compute unit is free for its next instruction in the next cycle.  "
@@ -355,8 +357,8 @@ _DISPATCH_STAGE_DOC = (
 
 #: What ``Config.matmul_overlap`` does to timing (the rule is :class:`braze.isa.timing.MatmulPipe`'s).
 _MATMUL_OVERLAP_DOC = (
-    "`matmul_overlap=1` (0 in every preset; needs `weight_preload=1`, e.g. `--config "
-    "large:weight_preload=1,matmul_overlap=1`) lets the MATMUL unit hold two MATMULs at once, so that "
+    "`matmul_overlap=1` (1 in `default` and `large`, 0 in `tiny`; needs `weight_preload=1`, e.g. `--config "
+    "tiny:weight_preload=1,matmul_overlap=1`) lets the MATMUL unit hold two MATMULs at once, so that "
     "consecutive MATMULs pay the array's fill and drain once instead of each.  The unit takes the next "
     "MATMUL from the cycle the current one's last K-chunk begins streaming, provided the MATMUL before the "
     "current one is done (in its done cycle at the earliest).  It reads the next one's first-chunk B rows "
@@ -392,7 +394,8 @@ _MATMUL_OVERLAP_DOC = (
 
 #: What ``Config.store_ahead`` does to timing (the formula is :func:`braze.isa.timing.instruction_cycles`'s).
 _STORE_AHEAD_DOC = (
-    "`store_ahead=1` (0 in every preset; e.g. `--config large:store_ahead=1`) lets the store engine issue a "
+    "`store_ahead=1` (1 in `default` and `large`, 0 in `tiny`; e.g. `--config tiny:store_ahead=1`) lets the "
+    "store engine issue a "
     "STORE's write requests (one per row, as before) ahead of reading the rows' data from local memory, up "
     "to a few rows ahead, so that a row's data finds its address already taken by the memory.  Without it a "
     "row's request goes out when its data is read, and each beat waits for its address's way through the "
