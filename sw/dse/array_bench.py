@@ -29,8 +29,9 @@ A column ``price`` shows ``ws_pick / (fewest cycles of any candidate tiling unde
 loads, epilogues and stores stay the compiler's).  ``ws_best`` is that minimum under ``ws`` itself
 (``gemm`` keeps to the double-buffered candidates, so on the M = 1 shapes of the large preset a
 single-buffered tiling is already 12-16% faster).  The table shows that the issue's targets are out
-of reach of the array alone: on the M = 1 shapes even a free array gains at most 1.3x on default
-and 1.7x on large, below the 1.8x target, and any dataflow behind the one read port at most
+of reach of the array alone: on the M = 1 shapes even a free array gained at most 1.3x on default
+and 1.7x on large (before the presets turned on their overlaps; default_ws1: 1.48x), below the 1.8x
+target, and any dataflow behind the one read port at most
 ``one_port``.
 
 The prices replace each MATMUL's duration, one MATMUL at a time, and ``one_port`` assumes the one read
