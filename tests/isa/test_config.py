@@ -83,14 +83,19 @@ def test_dispatch_stages_are_0_1_or_2(value):
 @pytest.mark.parametrize("field", ["weight_preload", "epilogue_overlap", "matmul_overlap", "dispatch_stage",
                                    "store_ahead"])
 def test_switches_join_the_identity_only_when_on(field):
-    """Off (0) in every preset, and then absent from to_dict/to_json, so every existing cache key,
-    Verilator build and learned-model calibration row of a preset is unchanged; on, present."""
+    """Off (0), a switch is absent from to_dict/to_json, so the cache keys, Verilator builds and
+    learned-model rows of a configuration without it are those from before it existed; on, present.
+    default and large ship with the four overlap switches on (dispatch_stage off), tiny with none."""
     for name in ("tiny", "default", "large"):
         preset = Config.preset(name)
-        assert getattr(preset, field) == 0 and field not in preset.to_dict()
-    switched = Config.parse(f"large:weight_preload=1,{field}=1")       # matmul_overlap needs the preload
+        on = name != "tiny" and field != "dispatch_stage"
+        assert getattr(preset, field) == int(on) and (field in preset.to_dict()) == on
+    switched = Config.parse(f"tiny:weight_preload=1,{field}=1")       # matmul_overlap needs the preload
     assert switched.to_dict()[field] == 1
     assert Config.from_dict(switched.to_dict()) == switched
-    assert switched.replace(name="large").to_json() != Config.preset("large").to_json()
+    assert switched.replace(name="tiny").to_json() != Config.preset("tiny").to_json()
+    # Off again (matmul_overlap off too when the preload is): absent.
+    off = Config.parse(f"large:{field}=0" + (",matmul_overlap=0" if field == "weight_preload" else ""))
+    assert getattr(off, field) == 0 and field not in off.to_dict()
 
 

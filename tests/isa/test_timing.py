@@ -33,8 +33,10 @@ def test_matmul_cycles(m, k, chunks):
 
 def test_matmul_cycles_default_hand_computed():
     insn = I.make("matmul", acc=0, a=0, b=0, a_stride=10, m=10, n=8, k=20)
-    # chunks = 3: 3 * (8 + 10) + 8 + 8 + MATMUL_LATENCY (3) = 73
-    assert instruction_cycles(insn, DEFAULT) == 73
+    # chunks = 3: 3 * (8 + 10) + 8 + 8 + MATMUL_LATENCY (3) = 73 without weight preload ...
+    assert instruction_cycles(insn, DEFAULT.replace(weight_preload=0, matmul_overlap=0)) == 73
+    # ... and as the preset ships, with it: 8 + 2 * max(10, 9) + 10 + 8 + 8 + 3 = 57.
+    assert DEFAULT.weight_preload and instruction_cycles(insn, DEFAULT) == 57
 
 
 @pytest.mark.parametrize(("m", "k", "expected"), [
@@ -82,9 +84,10 @@ def test_load_store_cycles_hand_computed():
     store = I.make("store", mem="acc", addr=0, rows=2, len=3, dram=0, stride=16)
     assert axi_beats(store, TINY) == 4
     assert instruction_cycles(store, TINY) == 8 + 4 + 1
-    # Same on the 16-byte bus of `default`: 1 beat each.
+    # Same on the 16-byte bus of `default`: 1 beat each; the preset's store_ahead makes it 9 + beats.
     assert axi_beats(store, DEFAULT) == 2
-    assert instruction_cycles(store, DEFAULT) == 16 + 2 + 1
+    assert instruction_cycles(store, DEFAULT.replace(store_ahead=0)) == 16 + 2 + 1
+    assert DEFAULT.store_ahead and instruction_cycles(store, DEFAULT) == 9 + 2
 
 
 def test_load_zero_cycles():
