@@ -94,20 +94,21 @@ def test_the_chained_stack_is_bit_exact_on_the_devices(padded_stack, device):
 
 
 @pytest.mark.parametrize("device", ["golden", "verilator"])
-def test_the_whole_digits_cnn_in_one_kernel_by_its_bytes_or_by_force(device):
-    """The digits CNN's conv1 -> conv2+pool at the demo's batch, 64: the timing model predicts 1.3%,
-    under the threshold, with 79% fewer external bytes: the bytes tie-break chains the convolutions, and
-    the FC layer closes the chain the same way -- the whole CNN is one kernel.  ``force_fusion`` does it
-    whatever the prediction; without the tie-break the plan stays split.  All three give the
-    evaluator's outputs, bit for bit."""
+def test_the_whole_digits_cnn_in_one_kernel_by_force_not_by_its_bytes(device):
+    """The digits CNN's conv1 -> conv2+pool at the demo's batch, 64, on the default preset as shipped
+    (overlapped MATMULs and EPILOGUEs): the chain moves 79% fewer external bytes, but the timing model
+    predicts it 1.2% slower than the separate kernels, so the bytes tie-break (only for a candidate no
+    slower; its taking case: test_fusion.py) leaves the plan split, three kernels.  ``force_fusion``
+    chains it whatever the prediction, and the FC layer closes the chain the same way -- the whole CNN
+    is one kernel.  Both give the evaluator's outputs, bit for bit."""
     cnn = models.CNN()
     data = models.load_digits_split()
     calibration = models.calibration_set(cnn, data, samples=32)
     x = cnn.inputs(data.x_val[:64])
 
-    def run(force=(), tie_break=fusion.BYTES_TIE_BREAK):
+    def run(force=()):
         session = InferenceSession(cnn.to_onnx().SerializeToString(), device=device, config="default",
-                                   calibration=calibration, cost_model="analytic", bytes_tie_break=tie_break,
+                                   calibration=calibration, cost_model="analytic",
                                    cache=KernelCache(disk=False), force_fusion=force, record=False)
         try:
             logits = session.run(None, {session.get_inputs()[0].name: x})[0]
@@ -117,25 +118,24 @@ def test_the_whole_digits_cnn_in_one_kernel_by_its_bytes_or_by_force(device):
         chains = [d for d in session.fusion_decisions if d.opportunity.kind == "conv_chain"]
         return session, logits, kernels, chains
 
-    split, split_logits, split_kernels, split_chains = run(tie_break=None)
-    assert [d.chosen for d in split_chains] == ["separate"] and len(split_kernels) == 3
-    for force in ((), ("conv_chain",)):
-        session, logits, kernels, chains = run(force)
-        assert [d.opportunity.nodes for d in chains] == [("/conv1/Conv_q", "/conv2/Conv_q"),
-                                                         ("/conv1/Conv_q", "/fc/Gemm_q")]
-        for decision in chains:
-            costs = dict(decision.candidates)
-            assert decision.chosen == "chained" and decision.forced == bool(force)
-            assert costs["chained"].bytes < costs["separate"].bytes
-            if not force:       # under the threshold, no slower, far fewer bytes
-                assert decision.by_bytes and 0 <= decision.gain < DEFAULT_THRESHOLD
-                assert costs["chained"].cycles <= costs["separate"].cycles
-                assert costs["chained"].bytes <= (1 - fusion.BYTES_TIE_BREAK) * costs["separate"].bytes
-                assert "fewer bytes: no slower, taken" in str(decision)
-        (kernel,) = kernels
-        assert "conv2d_chain" in kernel
-        assert np.array_equal(logits, split_logits)
-        assert np.array_equal(logits, evaluate(session.graph_after, {"x": x})["logits"])
+    split, split_logits, split_kernels, split_chains = run()
+    (decision,) = split_chains
+    costs = dict(decision.candidates)
+    assert decision.chosen == "separate" and not decision.by_bytes and len(split_kernels) == 3
+    assert costs["chained"].bytes <= (1 - fusion.BYTES_TIE_BREAK) * costs["separate"].bytes
+    assert costs["chained"].cycles > costs["separate"].cycles
+    assert np.array_equal(split_logits, evaluate(split.graph_after, {"x": x})["logits"])
+    session, logits, kernels, chains = run(("conv_chain",))
+    assert [d.opportunity.nodes for d in chains] == [("/conv1/Conv_q", "/conv2/Conv_q"),
+                                                     ("/conv1/Conv_q", "/fc/Gemm_q")]
+    for decision in chains:
+        costs = dict(decision.candidates)
+        assert decision.chosen == "chained" and decision.forced
+        assert costs["chained"].bytes < costs["separate"].bytes
+    (kernel,) = kernels
+    assert "conv2d_chain" in kernel
+    assert np.array_equal(logits, split_logits)
+    assert np.array_equal(logits, evaluate(session.graph_after, {"x": x})["logits"])
     if device == "verilator":
         return
     # Priced in energy (external bytes at 244 pJ each), the chain wins on its merits: the objective option.
