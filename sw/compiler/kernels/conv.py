@@ -48,6 +48,7 @@ from .common import (
     _Unorderable,
     _vector,
     _window_segments,
+    prune_above,
     prune_cutoff,
 )
 from .matmul import Tiling, _matmul_kernel
@@ -302,7 +303,14 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
         forms = [layout]
     built: list[Kernel] = []
     ruled_out: list[CandidatePruned] = []      # forms whose forced tiling prune_above ruled out
+    outer_cutoff = prune_cutoff()
     for form in forms:
+        # With a forced tiling a later form need only beat the fastest form built so far (the first of
+        # the fastest is kept): one that cannot is ruled out by its lower bound, not scheduled.
+        cutoff = outer_cutoff
+        if tiling is not None and built:
+            fastest_cycles = min(kernel.predicted_cycles for kernel in built)
+            cutoff = fastest_cycles if cutoff is None else min(cutoff, fastest_cycles)
         try:
             if form == "resident":
                 layer = _Layer(C, H, W, K_out, kh, kw, pad, packed > 1, epi, "B", "params")
@@ -310,7 +318,8 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
                 if kernel is None and layout is not None:
                     raise KernelError(f"conv2d {N}x{C}x{H}x{W}: not one image's input fits the scratchpad")
             else:
-                kernel = _conv_form(form == "pixels")
+                with prune_above(cutoff):
+                    kernel = _conv_form(form == "pixels")
         except CandidatePruned as pruned:
             # Another form may still beat the cutoff.  (Kept without its traceback: its frames, this
             # one among them, would hold the streams built, in a reference cycle.)
@@ -323,12 +332,11 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
         if kernel is not None:
             built.append(kernel)
     if ruled_out:
-        # Exact only if a form built beats the cutoff (the ones ruled out reach it); else the fastest
-        # form is not known, and the tiling is ruled out as a whole (its size, for a generation budget,
-        # then that of the smallest form ruled out).
+        # Exact only if a form built beats the caller's cutoff (the ones ruled out reach it, or the
+        # fastest built); else the fastest form is not known, and the tiling is ruled out as a whole
+        # (its size, for a generation budget, then that of the smallest form ruled out).
         fastest = min(built, key=lambda kernel: kernel.predicted_cycles) if built else None
-        cutoff = prune_cutoff()
-        if fastest is None or cutoff is None or fastest.predicted_cycles >= cutoff:
+        if fastest is None or outer_cutoff is not None and fastest.predicted_cycles >= outer_cutoff:
             raise CandidatePruned(min([pruned.lower_bound for pruned in ruled_out]
                                       + [kernel.predicted_cycles for kernel in built]),
                                   min(pruned.instructions for pruned in ruled_out))

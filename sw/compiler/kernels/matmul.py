@@ -677,9 +677,10 @@ def _candidate(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue
                                        extra_tiling.get("zp_a", ()), extra_tiling.get("zp_b", ()),
                                        *extra_tiling.get("heads", (1, 1, 1))[1:],
                                        pixel_major=extra_tiling.get("pixel_major", 0), defer=defer)
+            # Bounded when there is a cutoff, and for the second order (its bound may spare its _finish).
+            bounded = cutoff is not None or defer is False and len(orders) > 1
             try:
-                program, took, lower = streams.merge_bounded(operands["counters"].addr if cutoff is not None
-                                                             else None)
+                program, took, lower = streams.merge_bounded(operands["counters"].addr if bounded else None)
             except _Unorderable:
                 continue      # needs deeper token queues
             merged.append((defer, streams, program, took, lower))
@@ -692,7 +693,9 @@ def _candidate(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue
             if bound[0] >= cutoff:
                 raise CandidatePruned(*bound)
             merged = [order for order in merged if order[4] < cutoff]
-        for defer, streams, program, took, _ in merged:
+        for defer, streams, program, took, lower in merged:
+            if kernel is not None and lower >= kernel.predicted_cycles:
+                continue      # the second order cannot beat the first (kept on a tie): not scheduled
             deferral = {"finish_deferred": defer} if len(orders) > 1 else {}
             priced = _finish(name, config, streams, operands, macs=M * N * K, param_rows=epi.param_rows,
                              tiling=dataclasses.asdict(tiling) | extra_tiling | deferral,
