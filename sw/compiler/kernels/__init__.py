@@ -76,12 +76,12 @@ def isolated_memos() -> Iterator[None]:
     what the process asked for before.  A caller that must draw exactly the same kernels in any
     process (calibration, which resumes by the kernels' signatures) generates them here.
     """
-    saved = matmul._GENERATED, matmul._BOUNDS, conv._A_LOADS
-    matmul._GENERATED, matmul._BOUNDS, conv._A_LOADS = {}, {}, {}
+    saved = matmul._GENERATED, matmul._BOUNDS, conv._A_LOADS, conv._A_SEGMENTS
+    matmul._GENERATED, matmul._BOUNDS, conv._A_LOADS, conv._A_SEGMENTS = {}, {}, {}, {}
     try:
         yield
     finally:
-        matmul._GENERATED, matmul._BOUNDS, conv._A_LOADS = saved
+        matmul._GENERATED, matmul._BOUNDS, conv._A_LOADS, conv._A_SEGMENTS = saved
 
 __all__ = [
     "KernelError", "Operand", "Kernel", "KernelResult",

@@ -223,12 +223,19 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
             # Packed taps: this chunk's taps kx..kx+taps-1 are taps*C contiguous bytes of an input row.
             length = min(packed, kw - q * packed) * C if packed > 1 else min(R, C - cc * R)
             loads = []
-            if pixel_major:
-                segments = _pixel_major_segments(i0 // image_rows, mt // image_rows, ky, kx, cc * R)
-            elif pool == 1:
-                segments = _window_segments(N, H, W, C, Ho, Wo, stride, pad, ky, kx, i0, mt, x_addr, cc * R)
-            else:
-                segments = _pooled_segments(i0 // image_rows, mt // image_rows, ky, kx, cc * R)
+            # The segments do not depend on the A slot (candidates with other rings reuse them).
+            segments = _A_SEGMENTS.get(key[:-1])
+            if segments is None:
+                if pixel_major:
+                    segments = _pixel_major_segments(i0 // image_rows, mt // image_rows, ky, kx, cc * R)
+                elif pool == 1:
+                    segments = _window_segments(N, H, W, C, Ho, Wo, stride, pad, ky, kx, i0, mt, x_addr,
+                                                cc * R)
+                else:
+                    segments = _pooled_segments(i0 // image_rows, mt // image_rows, ky, kx, cc * R)
+                if len(_A_SEGMENTS) >= _A_LOADS_LIMIT:
+                    _A_SEGMENTS.clear()
+                _A_SEGMENTS[key[:-1]] = segments = tuple(segments)
             for seg in segments:
                 if seg.dram is None:
                     loads.append(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, zero=True,
@@ -859,3 +866,5 @@ def _check_pool(pool: int, Ho: int, Wo: int, epi) -> int:
 #: The LOADs of conv2d A tiles by (geometry, first pixel, pixels, K-chunk, scratchpad row); cleared when full.
 _A_LOADS: dict[tuple, tuple[Instruction, ...]] = {}
 _A_LOADS_LIMIT = 1 << 15
+#: ... and their segments by (geometry, first pixel, pixels, K-chunk), for any scratchpad row.
+_A_SEGMENTS: dict[tuple, tuple] = {}
