@@ -220,12 +220,12 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
             group, cc = divmod(c, c_chunks)
             ky, q = divmod(group, tap_groups)
             ky, kx = dilation * ky, dilation * q * packed
-            # Packed taps: this chunk's taps kx..kx+taps-1 are taps*C contiguous bytes of an input row.
-            length = min(packed, kw - q * packed) * C if packed > 1 else min(R, C - cc * R)
-            loads = []
-            # The segments do not depend on the A slot (candidates with other rings reuse them).
-            segments = _A_SEGMENTS.get(key[:-1])
-            if segments is None:
+            # The LOADs at scratchpad row 0 do not depend on the A slot: candidates with other rings
+            # move copies of them (Instruction.with_int) instead of making them anew.
+            at_zero = _A_LOADS_AT_ZERO.get(key[:-1])
+            if at_zero is None:
+                # Packed taps: this chunk's taps kx..kx+taps-1 are taps*C contiguous bytes of an input row.
+                length = min(packed, kw - q * packed) * C if packed > 1 else min(R, C - cc * R)
                 if pixel_major:
                     segments = _pixel_major_segments(i0 // image_rows, mt // image_rows, ky, kx, cc * R)
                 elif pool == 1:
@@ -233,17 +233,19 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
                                                 cc * R)
                 else:
                     segments = _pooled_segments(i0 // image_rows, mt // image_rows, ky, kx, cc * R)
-                if len(_A_SEGMENTS) >= _A_LOADS_LIMIT:
-                    _A_SEGMENTS.clear()
-                _A_SEGMENTS[key[:-1]] = segments = tuple(segments)
-            for seg in segments:
-                if seg.dram is None:
-                    loads.append(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, zero=True,
-                                                  addr=dst + seg.local, rows=seg.rows, len=R))
-                else:
-                    loads.append(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=dst + seg.local,
-                                                  rows=seg.rows, len=length, dram=seg.dram,
-                                                  stride=seg.stride))
+                at_zero = []
+                for seg in segments:
+                    if seg.dram is None:
+                        at_zero.append(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, zero=True,
+                                                        addr=seg.local, rows=seg.rows, len=R))
+                    else:
+                        at_zero.append(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=seg.local,
+                                                        rows=seg.rows, len=length, dram=seg.dram,
+                                                        stride=seg.stride))
+                if len(_A_LOADS_AT_ZERO) >= _A_LOADS_LIMIT:
+                    _A_LOADS_AT_ZERO.clear()
+                _A_LOADS_AT_ZERO[key[:-1]] = at_zero = tuple(at_zero)
+            loads = [load.with_int("addr", load.args["addr"] + dst) for load in at_zero]
             if len(_A_LOADS) >= _A_LOADS_LIMIT:
                 _A_LOADS.clear()
             _A_LOADS[key] = tuple(loads)
@@ -866,5 +868,5 @@ def _check_pool(pool: int, Ho: int, Wo: int, epi) -> int:
 #: The LOADs of conv2d A tiles by (geometry, first pixel, pixels, K-chunk, scratchpad row); cleared when full.
 _A_LOADS: dict[tuple, tuple[Instruction, ...]] = {}
 _A_LOADS_LIMIT = 1 << 15
-#: ... and their segments by (geometry, first pixel, pixels, K-chunk), for any scratchpad row.
-_A_SEGMENTS: dict[tuple, tuple] = {}
+#: ... and at scratchpad row 0, by (geometry, first pixel, pixels, K-chunk): moved to any other row.
+_A_LOADS_AT_ZERO: dict[tuple, tuple[Instruction, ...]] = {}
