@@ -480,6 +480,30 @@ class _Streams:
             ops.append(_Op(insn))
         (buffer.group or buffer).writer = (unit, len(ops) - 1)
 
+    def transfer_bound(self, counters_addr: int) -> int:
+        """A lower bound on :meth:`merge_bounded`'s bound (and so on the timing model's cycles) without
+        merging: the LOADs' time on the load data bus (with ``load_overlap``: each one's data and
+        handover, as that bound relaxes them; without, each whole, one after another), the STOREs' on
+        the store unit, or one dispatch per instruction, whichever is most, then the closing COUNTERS
+        and HALT.  Each is a sum that :meth:`merge_bounded`'s schedule never goes under, in any order."""
+        config = self.config
+        overlapped = config.load_overlap > 1
+        mem_latency = config.mem_latency
+        load = 0
+        for op in self.ops[Unit.LOAD]:
+            took = instruction_cycles(op.insn, config)
+            if overlapped:
+                args = op.insn.args
+                load += (args["rows"] if args["zero"] else took - mem_latency - 1) + LOAD_HANDOVER_CYCLES
+            else:
+                load += took
+        store = sum(instruction_cycles(op.insn, config) for op in self.ops[Unit.STORE])
+        total = sum(len(ops) for ops in self.ops.values())
+        closing = Instruction.make(Opcode.COUNTERS, dram=counters_addr, reset=True)
+        halt = Instruction.make(Opcode.HALT)
+        closing_cycles = instruction_cycles(closing, config) + instruction_cycles(halt, config)
+        return max(load, store, total) + closing_cycles
+
     def merge(self) -> list[Instruction]:
         """One program: the streams interleaved by estimated start time, within token capacity."""
         return self.merge_timed()[0]
