@@ -210,6 +210,13 @@ def test_a_forced_convolution_of_several_forms_is_ruled_out_only_when_its_fastes
             whole = kernel_lib.conv2d(config, *shape, **options, tiling=tiling)
         except kernel_lib.KernelError:
             continue
+        # A later form is ruled out at the cycles of the fastest form built before it: the same kernel as
+        # when every form is generated.
+        _fresh_generation(monkeypatch)
+        monkeypatch.setattr(matmul, "_PRUNING", False)
+        every_form = kernel_lib.conv2d(config, *shape, **options, tiling=tiling)
+        monkeypatch.setattr(matmul, "_PRUNING", True)
+        assert every_form.instructions == whole.instructions and every_form.tiling == whole.tiling
         # Above its cycles it is generated, and the same kernel (whatever other form was ruled out); at
         # its cycles it may be ruled out (if the bounds say so), or else generated the same; at 1 it is.
         for cutoff in (whole.predicted_cycles + 1, whole.predicted_cycles, 1):
