@@ -334,14 +334,17 @@ class _Buffer:
 class _Op:
     """One instruction of a stream and the token queues (:data:`_QUEUES` numbers) it pops from and pushes
     to.  A plain class with slots: a candidate kernel makes thousands, most without tokens (the queue
-    lists are made on the first token)."""
+    lists are made on the first token).  ``cycles``: its :func:`~braze.isa.timing.instruction_cycles`
+    once :meth:`_Streams.transfer_bound` has worked them out (-1 before), so that the merge after it
+    does not work them out again (its dependency flags do not change them)."""
 
-    __slots__ = ("insn", "pop_queues", "push_queues")
+    __slots__ = ("insn", "pop_queues", "push_queues", "cycles")
 
     def __init__(self, insn: Instruction):
         self.insn = insn
         self.pop_queues: list[int] = _NO_QUEUES
         self.push_queues: list[int] = _NO_QUEUES
+        self.cycles = -1
 
     @property
     def flags(self) -> frozenset[str]:
@@ -491,13 +494,16 @@ class _Streams:
         mem_latency = config.mem_latency
         load = 0
         for op in self.ops[Unit.LOAD]:
-            took = instruction_cycles(op.insn, config)
+            took = op.cycles = instruction_cycles(op.insn, config)
             if overlapped:
                 args = op.insn.args
                 load += (args["rows"] if args["zero"] else took - mem_latency - 1) + LOAD_HANDOVER_CYCLES
             else:
                 load += took
-        store = sum(instruction_cycles(op.insn, config) for op in self.ops[Unit.STORE])
+        store = 0
+        for op in self.ops[Unit.STORE]:
+            op.cycles = instruction_cycles(op.insn, config)
+            store += op.cycles
         total = sum(len(ops) for ops in self.ops.values())
         closing = Instruction.make(Opcode.COUNTERS, dram=counters_addr, reset=True)
         halt = Instruction.make(Opcode.HALT)
@@ -600,7 +606,7 @@ class _Streams:
             pops, pushes = op.pop_queues, op.push_queues
             # The flags are legal for the unit by construction (_PUSH_FLAG/_POP_FLAG).
             insn = op.insn.with_deps(op.insn.deps | op.flags) if pops or pushes else op.insn
-            took = instruction_cycles(insn, config)
+            took = op.cycles if op.cycles >= 0 else instruction_cycles(insn, config)
             if compute is not None and best == 1:
                 dispatch = next_dispatch
                 slots = queued[1]
