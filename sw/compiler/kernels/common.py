@@ -73,12 +73,12 @@ from braze.isa.asm import disassemble
 from braze.isa.errors import BrazeError
 from braze.isa.model import program_events
 from braze.isa.timing import (
-    LOAD_HANDOVER_CYCLES,
     LOAD_SLOT_CYCLES,
     MatmulPipe,
     Scheduler,
     epilogue_runs_beside,
     instruction_cycles,
+    load_handover_cycles,
     matmul_clear_of_epilogue,
     table_rows,
     timing_key,
@@ -491,13 +491,14 @@ class _Streams:
         and HALT.  Each is a sum that :meth:`merge_bounded`'s schedule never goes under, in any order."""
         config = self.config
         overlapped = config.load_overlap > 1
+        handover, zero_handover = load_handover_cycles(config), load_handover_cycles(config, zero=True)
         mem_latency = config.mem_latency
         load = 0
         for op in self.ops[Unit.LOAD]:
             took = op.cycles = instruction_cycles(op.insn, config)
             if overlapped:
                 args = op.insn.args
-                load += (args["rows"] if args["zero"] else took - mem_latency - 1) + LOAD_HANDOVER_CYCLES
+                load += (args["rows"] + zero_handover if args["zero"] else took - mem_latency - 1 + handover)
             else:
                 load += took
         store = 0
@@ -557,6 +558,7 @@ class _Streams:
         # the last retire.
         bounding = counters_addr is not None
         overlapped = config.load_overlap > 1
+        handover, zero_handover = load_handover_cycles(config), load_handover_cycles(config, zero=True)
         mem_latency = config.mem_latency
         queue_depth = config.queue_depth
         next_dispatch = 0
@@ -646,7 +648,7 @@ class _Streams:
                     issue_free = start + (1 if args["zero"] else args["rows"] + 1)
                     # Its beats: what instruction_cycles adds to the memory latency and the request.
                     data = args["rows"] if args["zero"] else took - mem_latency - 1
-                    data_end += data + LOAD_HANDOVER_CYCLES
+                    data_end += data + (zero_handover if args["zero"] else handover)
                     if end > data_end:
                         data_end = end
                     end = data_end if data_end > free[0] else free[0]     # LOADs retire in program order
