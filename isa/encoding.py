@@ -696,6 +696,20 @@ class Instruction:
                 args[name] = value if type(value) is kind else _coerce(spec, value, fmt.mnemonic)
         return _new_instruction(fmt.opcode, MappingProxyType(args), deps)
 
+    def with_int(self, name: str, value: int) -> Instruction:
+        """The same instruction with integer field ``name`` set to ``value``, checked as :meth:`make` checks
+        it: a compiler emitting one instruction at many scratchpad rows (a gathered A tile in each slot
+        of a ring) moves a copy instead of making each anew."""
+        field = _INT_FIELDS[self.opcode].get(name)
+        if field is None:
+            raise InstructionError(f"{self.format.mnemonic} has no integer field {name!r}")
+        low, high, spec = field
+        if not (type(value) is int and low <= value <= high):
+            value = _coerce(spec, value, self.format.mnemonic)
+        args = dict(self.args)
+        args[name] = value
+        return _new_instruction(self.opcode, MappingProxyType(args), self.deps)
+
     def with_deps(self, deps: frozenset[str]) -> Instruction:
         """The same instruction with dependency flags ``deps`` (checked against its unit)."""
         if not deps <= ALLOWED_DEPS[self.unit]:
@@ -772,6 +786,10 @@ _ENCODERS: dict[Opcode, tuple[int, tuple[tuple[str, int, int], ...]]] = {
     for fmt in FORMATS}
 #: Instruction.make's tables by opcode and by mnemonic.
 _MAKERS: dict[Any, tuple] = {key: _maker(fmt) for fmt in FORMATS for key in (fmt.opcode, fmt.mnemonic)}
+#: Instruction.with_int's table by opcode: (low, high, spec) per integer field name.
+_INT_FIELDS: dict[Opcode, dict[str, tuple[int, int, FieldSpec]]] = {
+    fmt.opcode: {name: (low, high, spec) for name, kind, low, high, _, spec in _maker(fmt)[3] if kind is int}
+    for fmt in FORMATS}
 
 
 def _new_instruction(opcode: Opcode, args: Mapping[str, Any], deps: frozenset[str]) -> Instruction:

@@ -62,7 +62,7 @@ row requests (one per cycle, the cycle after it starts; a zero LOAD issues
 none), if fewer than ``load_overlap`` LOADs have not retired (one of them
 :data:`LOAD_SLOT_CYCLES` ago at the latest); it ends no
 earlier than alone (``mem_latency + beats + 1``) and no earlier than
-:data:`LOAD_HANDOVER_CYCLES` plus its beats (zero rows) after the previous
+:func:`load_handover_cycles` plus its beats (zero rows) after the previous
 LOAD's end, and LOADs retire in program order.  ``load_busy`` counts the cycles
 with at least one LOAD in flight (from a LOAD's start to its end), as the
 hardware does; without overlap that is the sum of the LOADs' durations.
@@ -218,9 +218,27 @@ BUSY_COUNTER = {
 
 BARRIER_OPCODES = frozenset({Opcode.FENCE, Opcode.COUNTERS, Opcode.HALT})
 
-#: With ``load_overlap`` > 1: cycles between one LOAD's completion and the first data of the next
-#: one that the load engine can use (the next one becomes current once the last row is written).
+#: With ``load_overlap`` > 1: cycles between one LOAD's last row and the next one's first in the load
+#: engine (the next one becomes current once the last row is written): a zero LOAD's rows follow
+#: after this many; a LOAD that reads memory also waits for its own instruction word's beats on the
+#: read port (:func:`load_handover_cycles`).
 LOAD_HANDOVER_CYCLES = 2
+
+
+def load_handover_cycles(config: Config, zero: bool = False) -> int:
+    """Cycles between one overlapped LOAD's last data (or row) and the next one's first.
+
+    :data:`LOAD_HANDOVER_CYCLES`, and for a LOAD that reads memory (not ``zero``) the bus beats of one
+    instruction word (at least one): the fetch unit reads the program through the same in-order read
+    port.  Measured on the Verilator device (``benchmarks/load_handover.py``: 48 LOADs of 16 one-beat
+    rows back to back): 19.0 cycles each on default's 16-byte and large's 32-byte bus (beats + 3), 20.0
+    on tiny's 8-byte bus with ``load_overlap`` = 2 (beats + 4); zero LOADs of 4 rows 6.0 on all three.
+    """
+    if zero:
+        return LOAD_HANDOVER_CYCLES
+    return LOAD_HANDOVER_CYCLES + -(-INSN_BYTES // config.dma_bus_bytes)
+
+
 #: With ``load_overlap`` > 1: cycles after a LOAD retires before its place among the ``load_overlap``
 #: in flight is taken again (the control core counts the done, then frees the place).
 LOAD_SLOT_CYCLES = 1
@@ -582,17 +600,19 @@ class Scheduler:
     """
 
     def __init__(self, config: Config, *, keep_entries: bool = True, load_stretch: float = 0.0,
-                 load_handover: int = LOAD_HANDOVER_CYCLES):
+                 load_handover: int | None = None):
         self.config = config
         #: With overlapped LOADs: the extra cycles per row request and per data beat a stalling memory
         #: adds (``stall / (1 - stall)``; 0 for the nominal memory).  The requests and the beats of
         #: overlapped LOADs queue behind each other on the one AXI port, so the learned model's
         #: memory-aware baseline stretches them here rather than only each LOAD's own duration.
         self.load_stretch = load_stretch
-        #: With overlapped LOADs: cycles from one LOAD's last data to the next one's first
-        #: (:data:`LOAD_HANDOVER_CYCLES`; the learned model's memory-aware baseline prices what the
-        #: RTL measures beyond it, and only there).
+        #: With overlapped LOADs: cycles from one LOAD's last data to the next one's first.  None: the
+        #: RTL's (:func:`load_handover_cycles`); a number: that many before every LOAD (the learned
+        #: model's memory-aware baseline gives one it measured on whole kernels).
         self.load_handover = load_handover
+        self._handovers = (load_handover_cycles(config, False), load_handover_cycles(config, True)) \
+            if load_handover is None else (load_handover, load_handover)
         # Without keep_entries only the totals are kept (add returns None): a compiler pricing a program.
         self.keep_entries = keep_entries
         self.entries: list[ScheduledInstruction] = []
@@ -894,7 +914,7 @@ class Scheduler:
         The engine issues one row request per cycle and takes the next LOAD the cycle after the last
         (a zero LOAD issues nothing); data arrives in program order on one bus, so this LOAD's
         beats (or zero rows) follow the previous LOAD's after a hand-over of ``load_handover``
-        (:data:`LOAD_HANDOVER_CYCLES`); LOADs complete and retire in program order.
+        (by default :func:`load_handover_cycles`); LOADs complete and retire in program order.
         """
         args = insn.args
         data_cycles = args["rows"] if args["zero"] else axi_beats(insn, self.config)
@@ -903,7 +923,7 @@ class Scheduler:
             data_cycles = int(round(data_cycles * (1.0 + self.load_stretch)))
             requests = int(round(requests * (1.0 + self.load_stretch)))
         self._load_issue_free = start + (1 if args["zero"] else requests + 1)
-        end = max(end, self._load_data_end + data_cycles + self.load_handover)
+        end = max(end, self._load_data_end + data_cycles + self._handovers[1 if args["zero"] else 0])
         self._load_data_end = end
         return end, max(end, self._unit_free[_LOAD])
 

@@ -302,3 +302,20 @@ def test_make_fast_path_converts_and_checks_like_the_field_rules():
         plain.with_deps(frozenset({"push_prev"}))
     with pytest.raises(InstructionError, match="needs field 'rows'"):
         Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=0, len=8, dram=0, stride=8)
+
+
+def test_with_int_is_make_with_that_field_and_checks_it_the_same_way():
+    from braze.isa.encoding import InstructionError, Memory
+
+    base = dict(mem=Memory.SPAD, addr=3, rows=4, len=8, dram=64, stride=8, push_next=True)
+    template = Instruction.make(Opcode.LOAD, **base)
+    for field, value in (("addr", 900), ("dram", 1 << 20), ("rows", 1)):
+        moved = template.with_int(field, value)
+        made = Instruction.make(Opcode.LOAD, **(base | {field: value}))
+        assert moved == made and moved.encode() == made.encode() and list(moved.args) == list(made.args)
+    assert template.with_int("addr", 900).deps == template.deps and template.addr == 3      # a copy
+    for field, value, message in (("addr", 1 << 16, "'addr': 65536 is outside 0..65535"),
+                                  ("addr", True, "'addr': True is not an integer"),
+                                  ("mem", 1, "no integer field 'mem'"), ("bogus", 1, "no integer field")):
+        with pytest.raises(InstructionError, match=re.escape(message)):
+            template.with_int(field, value)

@@ -240,6 +240,35 @@ def test_overlapped_zero_loads_follow_in_order():
     assert zeroed.end == load.end + zero.rows + 2
 
 
+def test_overlapped_loads_hand_over_as_the_rtl_measures():
+    """Back to back, a zero LOAD's rows follow the previous LOAD's data after LOAD_HANDOVER_CYCLES (2), a
+    LOAD that reads memory waits also for its instruction word's beats on the read port (at least one),
+    as benchmarks/load_handover.py measures on the RTL: beats + 3 on default's 16-byte bus and large's
+    32-byte one, beats + 4 on tiny's 8-byte one; a hand-over given to the Scheduler (the learned model's
+    baseline) applies before every LOAD."""
+    from braze.isa.timing import LOAD_HANDOVER_CYCLES, Scheduler, load_handover_cycles
+    assert LOAD_HANDOVER_CYCLES == 2
+    tiny = _overlapped(TINY, 2)
+    assert [load_handover_cycles(config) for config in (tiny, DEFAULT, Config.preset("large"))] == [4, 3, 3]
+    assert [load_handover_cycles(config, zero=True) for config in (tiny, DEFAULT)] == [2, 2]
+    rows8 = I.make("load", mem="spad", addr=0, rows=8, len=8, dram=0x1000, stride=64)
+    zero = rows8.replace(zero=True)
+    beats = axi_beats(rows8, DEFAULT)
+    assert beats == 8
+
+    def second_end(second: I, **options) -> int:
+        scheduler = Scheduler(DEFAULT, **options)
+        for insn in (rows8, second):
+            scheduler.add(insn)
+        return scheduler.entries[-1].end
+
+    first_end = schedule([rows8], DEFAULT).entries[0].end
+    assert second_end(rows8) == first_end + beats + 3
+    assert second_end(zero) == first_end + zero.rows + 2
+    assert second_end(rows8, load_handover=4) == first_end + beats + 4
+    assert second_end(zero, load_handover=4) == first_end + zero.rows + 4
+
+
 def test_load_stretch_lengthens_the_overlapped_loads_requests_and_beats():
     """A stalling memory (``load_stretch``) stretches each overlapped LOAD's row requests and data
     beats where they queue behind the previous LOAD's; at 0 the schedule is the timing model's."""

@@ -58,6 +58,7 @@ def _tilings(config, kind, args, options):
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.name + (f"-o{c.load_overlap}-t{c.token_depth}"
                                                                       f"-e{c.epilogue_overlap}-m{c.matmul_overlap}"))
 def test_the_bound_of_every_candidate_is_at_most_its_predicted_cycles_and_tight(config, monkeypatch):
+    monkeypatch.setattr(matmul, "_TRANSFER_BOUND", False)      # the merge's own bound, not the cheaper one
     ratios = []
     for kind, args, options in SHAPES:
         for tiling in _tilings(config, kind, args, options):
@@ -80,6 +81,31 @@ def test_the_bound_of_every_candidate_is_at_most_its_predicted_cycles_and_tight(
     # candidate on default and large, with their overlap options or without, 101 of 110 on tiny, the
     # rest within 1.09x).
     assert np.median(ratios) == 1.0 and max(ratios) < 1.15
+
+
+@pytest.mark.parametrize("config", [Config.preset("default"), Config.parse("tiny:load_overlap=1")],
+                         ids=lambda c: f"{c.name}-o{c.load_overlap}")
+def test_the_transfer_bound_is_at_most_the_merges_bound(config, monkeypatch):
+    # The cheaper bound tried first (LOAD data bus, STORE unit, dispatches) never exceeds the merge's, for
+    # overlapped LOADs and LOADs one at a time (both rule every candidate out at a cutoff of 1).
+    below = 0
+    for kind, args, options in SHAPES:
+        for tiling in _tilings(config, kind, args, options)[:4]:
+            bounds = []
+            for transfer in (True, False):
+                _fresh_generation(monkeypatch)
+                monkeypatch.setattr(matmul, "_TRANSFER_BOUND", transfer)
+                try:
+                    with pytest.raises(CandidatePruned) as pruned, prune_above(1):
+                        _build(config, kind, args, options, tiling=tiling)
+                except kernel_lib.KernelError:
+                    break              # not orderable: never pruned, either way
+                bounds.append((pruned.value.lower_bound, pruned.value.instructions))
+            if len(bounds) == 2:
+                (transfer_bound, count), (merge_bound, merged_count) = bounds
+                assert 0 < transfer_bound <= merge_bound and count == merged_count, (kind, args, tiling)
+                below += transfer_bound < merge_bound
+    assert below                # a bound of its own, not the merge's under another name
 
 
 @pytest.mark.parametrize("config", CONFIGS[:3], ids=lambda c: c.name)
@@ -184,6 +210,13 @@ def test_a_forced_convolution_of_several_forms_is_ruled_out_only_when_its_fastes
             whole = kernel_lib.conv2d(config, *shape, **options, tiling=tiling)
         except kernel_lib.KernelError:
             continue
+        # A later form is ruled out at the cycles of the fastest form built before it: the same kernel as
+        # when every form is generated.
+        _fresh_generation(monkeypatch)
+        monkeypatch.setattr(matmul, "_PRUNING", False)
+        every_form = kernel_lib.conv2d(config, *shape, **options, tiling=tiling)
+        monkeypatch.setattr(matmul, "_PRUNING", True)
+        assert every_form.instructions == whole.instructions and every_form.tiling == whole.tiling
         # Above its cycles it is generated, and the same kernel (whatever other form was ruled out); at
         # its cycles it may be ruled out (if the bounds say so), or else generated the same; at 1 it is.
         for cutoff in (whole.predicted_cycles + 1, whole.predicted_cycles, 1):

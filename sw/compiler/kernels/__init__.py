@@ -76,12 +76,12 @@ def isolated_memos() -> Iterator[None]:
     what the process asked for before.  A caller that must draw exactly the same kernels in any
     process (calibration, which resumes by the kernels' signatures) generates them here.
     """
-    saved = matmul._GENERATED, matmul._BOUNDS, conv._A_LOADS
-    matmul._GENERATED, matmul._BOUNDS, conv._A_LOADS = {}, {}, {}
+    saved = matmul._GENERATED, matmul._BOUNDS, conv._A_LOADS, conv._A_LOADS_AT_ZERO
+    matmul._GENERATED, matmul._BOUNDS, conv._A_LOADS, conv._A_LOADS_AT_ZERO = {}, {}, {}, {}
     try:
         yield
     finally:
-        matmul._GENERATED, matmul._BOUNDS, conv._A_LOADS = saved
+        matmul._GENERATED, matmul._BOUNDS, conv._A_LOADS, conv._A_LOADS_AT_ZERO = saved
 
 __all__ = [
     "KernelError", "Operand", "Kernel", "KernelResult",

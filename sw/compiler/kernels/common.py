@@ -73,12 +73,12 @@ from braze.isa.asm import disassemble
 from braze.isa.errors import BrazeError
 from braze.isa.model import program_events
 from braze.isa.timing import (
-    LOAD_HANDOVER_CYCLES,
     LOAD_SLOT_CYCLES,
     MatmulPipe,
     Scheduler,
     epilogue_runs_beside,
     instruction_cycles,
+    load_handover_cycles,
     matmul_clear_of_epilogue,
     table_rows,
     timing_key,
@@ -334,14 +334,17 @@ class _Buffer:
 class _Op:
     """One instruction of a stream and the token queues (:data:`_QUEUES` numbers) it pops from and pushes
     to.  A plain class with slots: a candidate kernel makes thousands, most without tokens (the queue
-    lists are made on the first token)."""
+    lists are made on the first token).  ``cycles``: its :func:`~braze.isa.timing.instruction_cycles`
+    once :meth:`_Streams.transfer_bound` has worked them out (-1 before), so that the merge after it
+    does not work them out again (its dependency flags do not change them)."""
 
-    __slots__ = ("insn", "pop_queues", "push_queues")
+    __slots__ = ("insn", "pop_queues", "push_queues", "cycles")
 
     def __init__(self, insn: Instruction):
         self.insn = insn
         self.pop_queues: list[int] = _NO_QUEUES
         self.push_queues: list[int] = _NO_QUEUES
+        self.cycles = -1
 
     @property
     def flags(self) -> frozenset[str]:
@@ -480,6 +483,34 @@ class _Streams:
             ops.append(_Op(insn))
         (buffer.group or buffer).writer = (unit, len(ops) - 1)
 
+    def transfer_bound(self, counters_addr: int) -> int:
+        """A lower bound on :meth:`merge_bounded`'s bound (and so on the timing model's cycles) without
+        merging: the LOADs' time on the load data bus (with ``load_overlap``: each one's data and
+        handover, as that bound relaxes them; without, each whole, one after another), the STOREs' on
+        the store unit, or one dispatch per instruction, whichever is most, then the closing COUNTERS
+        and HALT.  Each is a sum that :meth:`merge_bounded`'s schedule never goes under, in any order."""
+        config = self.config
+        overlapped = config.load_overlap > 1
+        handover, zero_handover = load_handover_cycles(config), load_handover_cycles(config, zero=True)
+        mem_latency = config.mem_latency
+        load = 0
+        for op in self.ops[Unit.LOAD]:
+            took = op.cycles = instruction_cycles(op.insn, config)
+            if overlapped:
+                args = op.insn.args
+                load += (args["rows"] + zero_handover if args["zero"] else took - mem_latency - 1 + handover)
+            else:
+                load += took
+        store = 0
+        for op in self.ops[Unit.STORE]:
+            op.cycles = instruction_cycles(op.insn, config)
+            store += op.cycles
+        total = sum(len(ops) for ops in self.ops.values())
+        closing = Instruction.make(Opcode.COUNTERS, dram=counters_addr, reset=True)
+        halt = Instruction.make(Opcode.HALT)
+        closing_cycles = instruction_cycles(closing, config) + instruction_cycles(halt, config)
+        return max(load, store, total) + closing_cycles
+
     def merge(self) -> list[Instruction]:
         """One program: the streams interleaved by estimated start time, within token capacity."""
         return self.merge_timed()[0]
@@ -527,6 +558,7 @@ class _Streams:
         # the last retire.
         bounding = counters_addr is not None
         overlapped = config.load_overlap > 1
+        handover, zero_handover = load_handover_cycles(config), load_handover_cycles(config, zero=True)
         mem_latency = config.mem_latency
         queue_depth = config.queue_depth
         next_dispatch = 0
@@ -576,7 +608,7 @@ class _Streams:
             pops, pushes = op.pop_queues, op.push_queues
             # The flags are legal for the unit by construction (_PUSH_FLAG/_POP_FLAG).
             insn = op.insn.with_deps(op.insn.deps | op.flags) if pops or pushes else op.insn
-            took = instruction_cycles(insn, config)
+            took = op.cycles if op.cycles >= 0 else instruction_cycles(insn, config)
             if compute is not None and best == 1:
                 dispatch = next_dispatch
                 slots = queued[1]
@@ -616,7 +648,7 @@ class _Streams:
                     issue_free = start + (1 if args["zero"] else args["rows"] + 1)
                     # Its beats: what instruction_cycles adds to the memory latency and the request.
                     data = args["rows"] if args["zero"] else took - mem_latency - 1
-                    data_end += data + LOAD_HANDOVER_CYCLES
+                    data_end += data + (zero_handover if args["zero"] else handover)
                     if end > data_end:
                         data_end = end
                     end = data_end if data_end > free[0] else free[0]     # LOADs retire in program order

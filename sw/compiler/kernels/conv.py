@@ -48,6 +48,7 @@ from .common import (
     _Unorderable,
     _vector,
     _window_segments,
+    prune_above,
     prune_cutoff,
 )
 from .matmul import Tiling, _matmul_kernel
@@ -219,23 +220,32 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
             group, cc = divmod(c, c_chunks)
             ky, q = divmod(group, tap_groups)
             ky, kx = dilation * ky, dilation * q * packed
-            # Packed taps: this chunk's taps kx..kx+taps-1 are taps*C contiguous bytes of an input row.
-            length = min(packed, kw - q * packed) * C if packed > 1 else min(R, C - cc * R)
-            loads = []
-            if pixel_major:
-                segments = _pixel_major_segments(i0 // image_rows, mt // image_rows, ky, kx, cc * R)
-            elif pool == 1:
-                segments = _window_segments(N, H, W, C, Ho, Wo, stride, pad, ky, kx, i0, mt, x_addr, cc * R)
-            else:
-                segments = _pooled_segments(i0 // image_rows, mt // image_rows, ky, kx, cc * R)
-            for seg in segments:
-                if seg.dram is None:
-                    loads.append(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, zero=True,
-                                                  addr=dst + seg.local, rows=seg.rows, len=R))
+            # The LOADs at scratchpad row 0 do not depend on the A slot: candidates with other rings
+            # move copies of them (Instruction.with_int) instead of making them anew.
+            at_zero = _A_LOADS_AT_ZERO.get(key[:-1])
+            if at_zero is None:
+                # Packed taps: this chunk's taps kx..kx+taps-1 are taps*C contiguous bytes of an input row.
+                length = min(packed, kw - q * packed) * C if packed > 1 else min(R, C - cc * R)
+                if pixel_major:
+                    segments = _pixel_major_segments(i0 // image_rows, mt // image_rows, ky, kx, cc * R)
+                elif pool == 1:
+                    segments = _window_segments(N, H, W, C, Ho, Wo, stride, pad, ky, kx, i0, mt, x_addr,
+                                                cc * R)
                 else:
-                    loads.append(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=dst + seg.local,
-                                                  rows=seg.rows, len=length, dram=seg.dram,
-                                                  stride=seg.stride))
+                    segments = _pooled_segments(i0 // image_rows, mt // image_rows, ky, kx, cc * R)
+                at_zero = []
+                for seg in segments:
+                    if seg.dram is None:
+                        at_zero.append(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, zero=True,
+                                                        addr=seg.local, rows=seg.rows, len=R))
+                    else:
+                        at_zero.append(Instruction.make(Opcode.LOAD, mem=Memory.SPAD, addr=seg.local,
+                                                        rows=seg.rows, len=length, dram=seg.dram,
+                                                        stride=seg.stride))
+                if len(_A_LOADS_AT_ZERO) >= _A_LOADS_LIMIT:
+                    _A_LOADS_AT_ZERO.clear()
+                _A_LOADS_AT_ZERO[key[:-1]] = at_zero = tuple(at_zero)
+            loads = [load.with_int("addr", load.args["addr"] + dst) for load in at_zero]
             if len(_A_LOADS) >= _A_LOADS_LIMIT:
                 _A_LOADS.clear()
             _A_LOADS[key] = tuple(loads)
@@ -302,7 +312,14 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
         forms = [layout]
     built: list[Kernel] = []
     ruled_out: list[CandidatePruned] = []      # forms whose forced tiling prune_above ruled out
+    outer_cutoff = prune_cutoff()
     for form in forms:
+        # With a forced tiling a later form need only beat the fastest form built so far (the first of
+        # the fastest is kept): one that cannot is ruled out by its lower bound, not scheduled.
+        cutoff = outer_cutoff
+        if tiling is not None and built:
+            fastest_cycles = min(kernel.predicted_cycles for kernel in built)
+            cutoff = fastest_cycles if cutoff is None else min(cutoff, fastest_cycles)
         try:
             if form == "resident":
                 layer = _Layer(C, H, W, K_out, kh, kw, pad, packed > 1, epi, "B", "params")
@@ -310,7 +327,8 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
                 if kernel is None and layout is not None:
                     raise KernelError(f"conv2d {N}x{C}x{H}x{W}: not one image's input fits the scratchpad")
             else:
-                kernel = _conv_form(form == "pixels")
+                with prune_above(cutoff):
+                    kernel = _conv_form(form == "pixels")
         except CandidatePruned as pruned:
             # Another form may still beat the cutoff.  (Kept without its traceback: its frames, this
             # one among them, would hold the streams built, in a reference cycle.)
@@ -323,12 +341,11 @@ def conv2d(config: Config, N: int, C: int, H: int, W: int, K_out: int, kh: int, 
         if kernel is not None:
             built.append(kernel)
     if ruled_out:
-        # Exact only if a form built beats the cutoff (the ones ruled out reach it); else the fastest
-        # form is not known, and the tiling is ruled out as a whole (its size, for a generation budget,
-        # then that of the smallest form ruled out).
+        # Exact only if a form built beats the caller's cutoff (the ones ruled out reach it, or the
+        # fastest built); else the fastest form is not known, and the tiling is ruled out as a whole
+        # (its size, for a generation budget, then that of the smallest form ruled out).
         fastest = min(built, key=lambda kernel: kernel.predicted_cycles) if built else None
-        cutoff = prune_cutoff()
-        if fastest is None or cutoff is None or fastest.predicted_cycles >= cutoff:
+        if fastest is None or outer_cutoff is not None and fastest.predicted_cycles >= outer_cutoff:
             raise CandidatePruned(min([pruned.lower_bound for pruned in ruled_out]
                                       + [kernel.predicted_cycles for kernel in built]),
                                   min(pruned.instructions for pruned in ruled_out))
@@ -851,3 +868,5 @@ def _check_pool(pool: int, Ho: int, Wo: int, epi) -> int:
 #: The LOADs of conv2d A tiles by (geometry, first pixel, pixels, K-chunk, scratchpad row); cleared when full.
 _A_LOADS: dict[tuple, tuple[Instruction, ...]] = {}
 _A_LOADS_LIMIT = 1 << 15
+#: ... and at scratchpad row 0, by (geometry, first pixel, pixels, K-chunk): moved to any other row.
+_A_LOADS_AT_ZERO: dict[tuple, tuple[Instruction, ...]] = {}

@@ -671,15 +671,29 @@ def _candidate(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue
         # The EPILOGUE deferral, where it applies, both ways (deferred first: kept on a tie).
         orders = (True, False) if _defers_finish(config, epi, tiling, pool) else (False,)
         merged = []
+        transfer = None        # the streams' transfer bound, with a cutoff (the same for both orders)
         for defer in orders:
             streams = _matmul_pipeline(config, M, K, N, epi, operands, a_loader, tiling, pool,
                                        extra_tiling.get("slice_rows"), extra_tiling.get("b_slice", 0),
                                        extra_tiling.get("zp_a", ()), extra_tiling.get("zp_b", ()),
                                        *extra_tiling.get("heads", (1, 1, 1))[1:],
                                        pixel_major=extra_tiling.get("pixel_major", 0), defer=defer)
+            if cutoff is not None and transfer is None and _TRANSFER_BOUND:
+                transfer = streams.transfer_bound(operands["counters"].addr)
+            if transfer is not None and transfer >= cutoff:
+                # Ruled out by the cheaper bound, which holds for both orders (the same instructions):
+                # only whether an order can be merged at all is left to know (one that cannot is not
+                # a candidate, as below), and that without the merge's own bound.
+                try:
+                    program, took = streams.merge_timed()
+                except _Unorderable:
+                    continue
+                merged.append((defer, streams, program, took, transfer))
+                break
+            # Bounded when there is a cutoff, and for the second order (its bound may spare its _finish).
+            bounded = cutoff is not None or defer is False and len(orders) > 1
             try:
-                program, took, lower = streams.merge_bounded(operands["counters"].addr if cutoff is not None
-                                                             else None)
+                program, took, lower = streams.merge_bounded(operands["counters"].addr if bounded else None)
             except _Unorderable:
                 continue      # needs deeper token queues
             merged.append((defer, streams, program, took, lower))
@@ -692,7 +706,9 @@ def _candidate(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue
             if bound[0] >= cutoff:
                 raise CandidatePruned(*bound)
             merged = [order for order in merged if order[4] < cutoff]
-        for defer, streams, program, took, _ in merged:
+        for defer, streams, program, took, lower in merged:
+            if kernel is not None and lower >= kernel.predicted_cycles:
+                continue      # the second order cannot beat the first (kept on a tie): not scheduled
             deferral = {"finish_deferred": defer} if len(orders) > 1 else {}
             priced = _finish(name, config, streams, operands, macs=M * N * K, param_rows=epi.param_rows,
                              tiling=dataclasses.asdict(tiling) | extra_tiling | deferral,
@@ -713,6 +729,9 @@ def _candidate(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue
 #: Rule candidates out by their lower bound (:func:`_candidate`'s ``cutoff``); off: generate every one
 #: (tests compare).
 _PRUNING = True
+#: Try the streams' transfer bound (:meth:`~.common._Streams.transfer_bound`) before the merge's own; off:
+#: every bound a pruned candidate reports is the merge's (tests of its tightness).
+_TRANSFER_BOUND = True
 
 #: Lower bounds and instruction counts of the candidates pruned (:func:`_candidate`), by the same key as
 #: _GENERATED: a tiling ruled out once is ruled out again without building its streams.
