@@ -428,8 +428,9 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
             # Tiling.first_pair: per K-chunk, the two tiles' B rows and the A chunk, then per chunk a MATMUL
             # for each tile in turn; tile 0's finish beside tile 1's last MATMUL, tile 1's deferred.
             first_slot, tile_slots, parts = a_next % tiling.a_slots, [], ([], [])
-            # Halves of the first A chunk when each keeps the array streaming (at least rows + 1 rows).
-            start, half = _slot(a_slots, a_next).start, _cdiv(mt, 2)
+            # The first A chunk in two parts when each keeps the array streaming (at least rows + 1 rows).
+            start = _slot(a_slots, a_next).start
+            half = _pair_first_rows(config, mt, min(R, K))
             halves = [_Buffer("A", Memory.SPAD, start, half),
                       _Buffer("A", Memory.SPAD, start + half, mt - half)] if mt - half > R else []
             for c in range(chunks):
@@ -516,6 +517,21 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     if deferred is not None:
         finish_tile(*deferred)
     return streams
+
+
+def _pair_first_rows(config: Config, mt: int, row_bytes: int) -> int:
+    """Rows of the first part of :attr:`Tiling.first_pair`'s first A chunk (A rows of ``row_bytes``).
+
+    Two MATMULs are in flight at most, so tile 1's first MATMUL is taken only once the first part's is
+    done (its rows, then the array's drain) and streams ``rows + 1`` cycles later (its B rows);
+    the second part's rows arrive after the first's and stream in ``mt - first`` cycles.  The first part
+    is the largest that keeps tile 1's MATMUL from waiting past the second part's stream:
+    ``first + drain + rows + 1 <= (mt - first) * (1 + beats)``, ``beats`` the bus beats of an A row
+    (large 64^3: 26 rows of 64, predicted 11 cycles faster than halves)."""
+    R = config.rows
+    beats = _cdiv(row_bytes, config.dma_bus_bits // 8)
+    drain = R + config.cols + 2
+    return max(R + 1, _cdiv(mt * (1 + beats) - drain - R - 1, 2 + beats))
 
 
 def _first_pair_fits(config: Config, tiling: Tiling, n_tiles: int, p_rows: int) -> bool:
