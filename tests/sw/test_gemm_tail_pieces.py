@@ -72,9 +72,9 @@ def test_the_library_cuts_the_tail_where_predicted_faster():
 
 
 def test_first_pair_of_a_pixel_major_convolution_is_exact():
-    """The pair's first A chunk loads in two halves of rows.  A pixel-major tile's rows are (pixel, image):
-    its halves are the tile's LOADs divided at the middle row, not the LOADs of half as many images (which
-    gave the quantized resnet18 of test_zoo.py wrong logits)."""
+    """The pair's first A chunk loads in two parts of rows.  A pixel-major tile's rows are (pixel, image):
+    its parts are the tile's LOADs divided at a row (here within a pixel's LOAD of 4 images), not the LOADs
+    of fewer images (which gave the quantized resnet18 of test_zoo.py wrong logits)."""
     N, C, H, W, K_out, k, pad = 8, 8, 4, 4, 24, 3, 1
     options = dict(bias=True, requant=True, act="relu", layout="pixels")
     chosen = _tiling(kernels.conv2d(OVERLAP, N, C, H, W, K_out, k, k, 1, pad, **options))

@@ -430,9 +430,10 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
             first_slot, tile_slots, parts = a_next % tiling.a_slots, [], ([], [])
             # The first A chunk in two parts when each keeps the array streaming (at least rows + 1 rows).
             start = _slot(a_slots, a_next).start
-            half = _pair_first_rows(config, mt, min(R, K))
-            halves = [_Buffer("A", Memory.SPAD, start, half),
-                      _Buffer("A", Memory.SPAD, start + half, mt - half)] if mt - half > R else []
+            first_rows = _pair_first_rows(config, mt, min(R, K))
+            a_parts = [_Buffer("A", Memory.SPAD, start, first_rows),
+                       _Buffer("A", Memory.SPAD, start + first_rows, mt - first_rows)
+                       ] if mt - first_rows > R else []
             for c in range(chunks):
                 k0, k1 = c * R, min(K, (c + 1) * R)
                 # Tile 0's B rows, the A chunk, tile 1's B rows: in the order the MATMULs need them.
@@ -442,14 +443,14 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
                                                  rows=k1 - k0, len=min(COLS, N - j * COLS),
                                                  dram=b_base + k0 * b_row + j * COLS, stride=b_row),
                                 writes=[parts[j][c]])
-                    if j == 0 and c == 0 and halves:
-                        # The first chunk in two halves of rows: the first MATMUL starts on the first.
-                        # The chunk's LOADs divided at the second half's first row -- not the loader asked
+                    if j == 0 and c == 0 and a_parts:
+                        # The first chunk in two parts of rows: the first MATMUL starts on the first.
+                        # The chunk's LOADs divided at the second part's first row -- not the loader asked
                         # for rows i0+row.., which are not the tile's rows row.. in a pixel-major tile.
                         slot = _slot(a_slots, a_next)
                         a_next += 1
-                        loads = _split_loads(a_loader(i0, mt, 0, slot.start), halves[1].start)
-                        for part, part_loads in zip(halves, loads, strict=True):
+                        loads = _split_loads(a_loader(i0, mt, 0, slot.start), a_parts[1].start)
+                        for part, part_loads in zip(a_parts, loads, strict=True):
                             streams.add_writes(part_loads, part)
                         tile_slots.append(slot)
                     elif j == 0:
@@ -460,9 +461,9 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
             for c in range(chunks):
                 k0, k1 = c * R, min(K, (c + 1) * R)
                 for j in (0, 1):
-                    # Tile 0's first chunk per half (each waits for its own rows; tile 1's for both).
-                    pieces = [(part.start - tile_slots[0].start, part.rows, [part]) for part in halves] \
-                        if c == 0 and j == 0 and halves else [(0, mt, halves if c == 0 else [])]
+                    # Tile 0's first chunk per part (each waits for its own rows; tile 1's for both).
+                    pieces = [(part.start - tile_slots[0].start, part.rows, [part]) for part in a_parts] \
+                        if c == 0 and j == 0 and a_parts else [(0, mt, a_parts if c == 0 else [])]
                     for row, rows, waits in pieces:
                         streams.add(Instruction.make(Opcode.MATMUL, acc=c_pair[j].start + row,
                                                      a=tile_slots[c].start + row, b=b_slots[j].start + k0,
@@ -825,10 +826,10 @@ def _matmul_kernel(name: str, config: Config, M: int, K: int, N: int, epi: _Epil
 
 
 #: Whether the library tries :attr:`Tiling.first_pair` (off: the other cuts only, to compare).  It was off
-#: for a while: the pair's first A chunk, loaded in two halves of rows, asked the A loader for the tile's
+#: for a while: the pair's first A chunk, loaded in two parts of rows, asked the A loader for the tile's
 #: rows ``i0+row ..``, which a pixel-major convolution tile does not hold in that order (its rows are
-#: (pixel, image)), and the quantized resnet18 of tests/sw/test_zoo.py got wrong logits; the halves are now
-#: the tile's LOADs divided at the middle row (:func:`_split_loads`).
+#: (pixel, image)), and the quantized resnet18 of tests/sw/test_zoo.py got wrong logits; the parts are now
+#: the tile's LOADs divided at the second part's first row (:func:`_split_loads`).
 _TRY_FIRST_PAIR = True
 
 #: Pieces of the last output tile (:attr:`Tiling.last_pieces`) tried, in order, while each is faster.
