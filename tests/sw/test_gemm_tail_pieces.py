@@ -9,6 +9,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from test_kernels import conv_reference
 
 from braze.isa import Activation, Config, Memory
 from braze.isa.arith import epilogue
@@ -68,3 +69,37 @@ def test_the_library_cuts_the_tail_where_predicted_faster():
     serial = kernels.gemm(one_in_flight, 64, 64, 64, **EPILOGUE)
     assert (serial.tiling["first_b_split"], serial.tiling["last_pieces"], serial.tiling["first_pair"]) == (
         False, 1, False)
+
+
+def test_first_pair_of_a_pixel_major_convolution_is_exact():
+    """The pair's first A chunk loads in two parts of rows.  A pixel-major tile's rows are (pixel, image):
+    its parts are the tile's LOADs divided at a row (here within a pixel's LOAD of 4 images), not the LOADs
+    of fewer images (which gave the quantized resnet18 of test_zoo.py wrong logits)."""
+    N, C, H, W, K_out, k, pad = 8, 8, 4, 4, 24, 3, 1
+    options = dict(bias=True, requant=True, act="relu", layout="pixels")
+    chosen = _tiling(kernels.conv2d(OVERLAP, N, C, H, W, K_out, k, k, 1, pad, **options))
+    forced = dataclasses.replace(chosen.uncut(), m=4 * H * W, first_pair=True)     # two tiles of 4 images
+    kernel = kernels.conv2d(OVERLAP, N, C, H, W, K_out, k, k, 1, pad, **options, tiling=forced)
+    assert kernel.tiling["pixel_major"] == H * W
+    rng = np.random.default_rng(7)
+    x = rng.integers(-128, 128, (N, H, W, C), dtype=np.int8)
+    w = rng.integers(-128, 128, (K_out, C, k, k), dtype=np.int8)
+    params = dict(bias=rng.integers(-3000, 3000, K_out), mult=np.full(K_out, 1 << 14),
+                  shift=np.full(K_out, 22))
+    inputs = {"x": x, "B": kernels.conv2d_weights(OVERLAP, w, kernel),
+              "params": kernels.pack_params(kernel, **params)}
+    with open_device("golden", OVERLAP) as device:
+        got = kernels.run_kernel(device, kernel, inputs).outputs["out"]
+    want = epilogue(conv_reference(x, w, 1, pad), act=Activation.RELU, out=Memory.SPAD, **params)
+    assert len(np.unique(want)) > 4
+    np.testing.assert_array_equal(got, want)
+
+
+def test_the_pair_is_tried_where_its_third_c_slot_fits():
+    # 864 rows in two M tiles of 432: the two C slots fill 864 of the 1024 accumulator rows, no room for a
+    # third (the pair was tried all the same, and its KernelError stopped the compile).
+    wide = kernels.conv2d(OVERLAP, 24, 8, 6, 6, 32, 3, 3, 1, 1, **EPILOGUE, layout="rows")
+    assert wide.tiling["m"] == 432 and not wide.tiling["first_pair"]
+    kernel = kernels.gemm(OVERLAP, 64, 64, 64, **EPILOGUE)
+    assert kernel.tiling["first_pair"]
+    assert _exact(kernel, 64, 64, 64, seed=2)

@@ -149,6 +149,26 @@ def _chunk_runs(first_slot: int, chunks: int, ring: int, pieces: int) -> list[tu
     return [(c, min(c + size, c1)) for c0, c1 in runs for c in range(c0, c1, size)]
 
 
+def _split_loads(loads: list[Instruction], row: int) -> tuple[list[Instruction], list[Instruction]]:
+    """``loads`` (LOADs of local rows) divided into those of the rows below ``row`` and those of the rows from
+    ``row`` on, a LOAD across ``row`` split in two (its second part reads on from its row ``row - addr``)."""
+    below, above = [], []
+    for load in loads:
+        if load.addr + load.rows <= row:
+            below.append(load)
+        elif load.addr >= row:
+            above.append(load)
+        else:
+            head = row - load.addr
+            fields = dict(load.args)
+            below.append(Instruction.make(Opcode.LOAD, **fields | dict(rows=head)))
+            tail = dict(addr=row, rows=load.rows - head)
+            if not load.zero:
+                tail["dram"] = load.dram + head * load.stride
+            above.append(Instruction.make(Opcode.LOAD, **fields | tail))
+    return below, above
+
+
 def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, operands: dict[str, Operand],
                      a_loader: ALoader, tiling: Tiling, pool: int = 1, slice_rows: int | None = None,
                      b_slice: int = 0, zp_a: tuple[int, ...] = (), zp_b: tuple[int, ...] = (),
@@ -209,7 +229,7 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     group = tiling.n_group if streamed else 1
     defer_finish = defer and _defers_finish(config, epi, tiling, pool)
     pair = bool(tiling.first_pair and tiling.b_resident and n_tiles >= 3 and not b_slice and not streamed
-                and not (zp_a or zp_b) and defer_finish)
+                and not (zp_a or zp_b) and defer_finish and _first_pair_fits(config, tiling, n_tiles, p_rows))
     # A first pair's tile 0 finishes beside tile 1's last MATMUL and tile 2's: a third C slot keeps tile 2's
     # MATMUL clear of it.
     c_slots = acc.ring("C", ring * group + (1 if pair else 0), m)
@@ -408,10 +428,12 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
             # Tiling.first_pair: per K-chunk, the two tiles' B rows and the A chunk, then per chunk a MATMUL
             # for each tile in turn; tile 0's finish beside tile 1's last MATMUL, tile 1's deferred.
             first_slot, tile_slots, parts = a_next % tiling.a_slots, [], ([], [])
-            # Halves of the first A chunk when each keeps the array streaming (at least rows + 1 rows).
-            start, half = _slot(a_slots, a_next).start, _cdiv(mt, 2)
-            halves = [_Buffer("A", Memory.SPAD, start, half),
-                      _Buffer("A", Memory.SPAD, start + half, mt - half)] if mt - half > R else []
+            # The first A chunk in two parts when each keeps the array streaming (at least rows + 1 rows).
+            start = _slot(a_slots, a_next).start
+            first_rows = _pair_first_rows(config, mt, min(R, K))
+            a_parts = [_Buffer("A", Memory.SPAD, start, first_rows),
+                       _Buffer("A", Memory.SPAD, start + first_rows, mt - first_rows)
+                       ] if mt - first_rows > R else []
             for c in range(chunks):
                 k0, k1 = c * R, min(K, (c + 1) * R)
                 # Tile 0's B rows, the A chunk, tile 1's B rows: in the order the MATMULs need them.
@@ -421,13 +443,15 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
                                                  rows=k1 - k0, len=min(COLS, N - j * COLS),
                                                  dram=b_base + k0 * b_row + j * COLS, stride=b_row),
                                 writes=[parts[j][c]])
-                    if j == 0 and c == 0 and halves:
-                        # The first chunk in two halves of rows: the first MATMUL starts on the first.
+                    if j == 0 and c == 0 and a_parts:
+                        # The first chunk in two parts of rows: the first MATMUL starts on the first.
+                        # The chunk's LOADs divided at the second part's first row -- not the loader asked
+                        # for rows i0+row.., which are not the tile's rows row.. in a pixel-major tile.
                         slot = _slot(a_slots, a_next)
                         a_next += 1
-                        for part in halves:
-                            row = part.start - slot.start
-                            streams.add_writes(a_loader(i0 + row, part.rows, 0, part.start), part)
+                        loads = _split_loads(a_loader(i0, mt, 0, slot.start), a_parts[1].start)
+                        for part, part_loads in zip(a_parts, loads, strict=True):
+                            streams.add_writes(part_loads, part)
                         tile_slots.append(slot)
                     elif j == 0:
                         tile_slots += load_a(i0, mt, c, c + 1)[1]
@@ -437,9 +461,9 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
             for c in range(chunks):
                 k0, k1 = c * R, min(K, (c + 1) * R)
                 for j in (0, 1):
-                    # Tile 0's first chunk per half (each waits for its own rows; tile 1's for both).
-                    pieces = [(part.start - tile_slots[0].start, part.rows, [part]) for part in halves] \
-                        if c == 0 and j == 0 and halves else [(0, mt, halves if c == 0 else [])]
+                    # Tile 0's first chunk per part (each waits for its own rows; tile 1's for both).
+                    pieces = [(part.start - tile_slots[0].start, part.rows, [part]) for part in a_parts] \
+                        if c == 0 and j == 0 and a_parts else [(0, mt, a_parts if c == 0 else [])]
                     for row, rows, waits in pieces:
                         streams.add(Instruction.make(Opcode.MATMUL, acc=c_pair[j].start + row,
                                                      a=tile_slots[c].start + row, b=b_slots[j].start + k0,
@@ -494,6 +518,29 @@ def _matmul_pipeline(config: Config, M: int, K: int, N: int, epi: _Epilogue, ope
     if deferred is not None:
         finish_tile(*deferred)
     return streams
+
+
+def _pair_first_rows(config: Config, mt: int, row_bytes: int) -> int:
+    """Rows of the first part of :attr:`Tiling.first_pair`'s first A chunk (A rows of ``row_bytes``).
+
+    Two MATMULs are in flight at most, so tile 1's first MATMUL is taken only once the first part's is
+    done (its rows, then the array's drain) and streams ``rows + 1`` cycles later (its B rows);
+    the second part's rows arrive after the first's and stream in ``mt - first`` cycles.  The first part
+    is the largest that keeps tile 1's MATMUL from waiting past the second part's stream:
+    ``first + drain + rows + 1 <= (mt - first) * (1 + beats)``, ``beats`` the bus beats of an A row
+    (large 64^3: 26 rows of 64, predicted 11 cycles faster than halves)."""
+    R = config.rows
+    beats = _cdiv(row_bytes, config.dma_bus_bits // 8)
+    drain = R + config.cols + 2
+    return max(R + 1, _cdiv(mt * (1 + beats) - drain - R - 1, 2 + beats))
+
+
+def _first_pair_fits(config: Config, tiling: Tiling, n_tiles: int, p_rows: int) -> bool:
+    """Whether the accumulator holds the third C slot of :attr:`Tiling.first_pair` beside the other C slots
+    and the parameter tiles (a tiling whose large M tile fills it has no room for one)."""
+    c_rows = (tiling.buffers + 1) * tiling.m
+    p_count = n_tiles if tiling.params_resident else tiling.buffers
+    return c_rows + p_count * p_rows <= config.acc_rows
 
 
 def _defers_finish(config: Config, epi: _Epilogue, tiling: Tiling, pool: int) -> bool:
@@ -797,11 +844,12 @@ def _matmul_kernel(name: str, config: Config, M: int, K: int, N: int, epi: _Epil
     return best
 
 
-#: Whether the library tries :attr:`Tiling.first_pair`.  Off: with the three overlap options the quantized
-#: resnet18 of tests/sw/test_zoo.py computes wrong logits on the golden device when the library may pick it
-#: (bit-exact with the other two cuts alone; found at merge, cause not yet known).  Forced tilings may still
-#: set it (tests/sw/test_gemm_tail_pieces.py checks the GEMMs it is exact for).
-_TRY_FIRST_PAIR = False
+#: Whether the library tries :attr:`Tiling.first_pair` (off: the other cuts only, to compare).  It was off
+#: for a while: the pair's first A chunk, loaded in two parts of rows, asked the A loader for the tile's
+#: rows ``i0+row ..``, which a pixel-major convolution tile does not hold in that order (its rows are
+#: (pixel, image)), and the quantized resnet18 of tests/sw/test_zoo.py got wrong logits; the parts are now
+#: the tile's LOADs divided at the second part's first row (:func:`_split_loads`).
+_TRY_FIRST_PAIR = True
 
 #: Pieces of the last output tile (:attr:`Tiling.last_pieces`) tried, in order, while each is faster.
 _LAST_PIECES = (2, 4, 8)
@@ -824,7 +872,8 @@ def _refined(name: str, config: Config, M: int, K: int, N: int, epi: _Epilogue, 
         # (Not when the pair is the last N tiles: its MATMULs, one per K-chunk, would then be the last readers
         # of the A slots, each owing the next call of a stream a token -- more than the queue holds.)
         no_zero_points = not (extra_tiling.get("zp_a") or extra_tiling.get("zp_b"))
-        if _TRY_FIRST_PAIR and deferred_finish and N > 2 * config.cols and no_zero_points:
+        if (_TRY_FIRST_PAIR and deferred_finish and N > 2 * config.cols and no_zero_points
+                and _first_pair_fits(config, chosen, _cdiv(N, config.cols), len(epi.param_rows))):
             variants.append(dataclasses.replace(chosen, first_pair=True))
         variants.append(dataclasses.replace(chosen, first_b_split=True))
     if deferred_finish and not any(extra_tiling.get(key) for key in ("pixel_major", "zp_a", "zp_b")):
