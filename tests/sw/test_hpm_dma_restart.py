@@ -86,6 +86,20 @@ def test_backpressure_stretches_each_store_by_its_extra_handshakes(monkeypatch):
     assert 5 * 1 <= added <= 5 * 3
 
 
+def test_with_store_ahead_a_store_s_rows_cost_only_under_backpressure(monkeypatch):
+    """Feature version 10: with ``store_ahead`` (on in default) a STORE takes ``STORE_AHEAD_LATENCY + beats``
+    and the restart, as the RTL measures, not ``STORE_BASE_CYCLES`` + rows + beats."""
+    stores = [_store(i) for i in range(5)]
+    without = DEFAULT.replace(store_ahead=0)
+    assert DEFAULT.store_ahead == 1
+    # Without backpressure each 4-row STORE is 9 + rows + beats without it and 9 + beats + 1 with it.
+    assert _priced(stores, without, monkeypatch) - _priced(stores, DEFAULT, monkeypatch) == 5 * (4 - 1)
+    # Under backpressure its rows wait: at 0.4 each of the 4 rows about 0.4 / 0.6 cycles (rounded per STORE).
+    added = (_priced(stores, DEFAULT, monkeypatch, stall=0.4, STORE_AHEAD_STALL_PER_ROW=1.0)
+             - _priced(stores, DEFAULT, monkeypatch, stall=0.4, STORE_AHEAD_STALL_PER_ROW=0.0))
+    assert 5 * 2 <= added <= 5 * 3
+
+
 def test_a_program_is_placed_after_every_byte_it_touches():
     snapshot = Instruction.make(Opcode.COUNTERS, dram=1000)
     zero = Instruction.make(Opcode.LOAD, mem=Memory.SPAD, zero=True, addr=0, rows=3, len=4)
