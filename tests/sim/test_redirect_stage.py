@@ -1,0 +1,45 @@
+"""Config.redirect_stage: a taken BRANCH costs on the RTL (Amaranth simulator) what the timing model charges
+for it -- REDIRECT_STAGE_CYCLES more than without the register -- and one not taken nothing (docs/isa.md,
+issue 16)."""
+
+from __future__ import annotations
+
+from braze.isa import Config, Instruction
+from braze.isa.timing import REDIRECT_STAGE_CYCLES, fetch_redirect_cycles
+from braze.sim.device import open_device
+
+make = Instruction.make
+#: With the two dispatch stages the registered redirect is meant to go with.
+PLAIN = Config.preset("default").replace(name="default_ds2", dispatch_stage=2)
+REDIRECTED = PLAIN.replace(name="default_ds2_rs", redirect_stage=1)
+
+
+def _countdown(count: int) -> list:
+    return [make("scalar", dst=1, imm=count), make("scalar", dst=1, src1=1, imm=-1),
+            make("branch", cond="ne", a=1, offset=-1), make("halt")]
+
+
+_TAIL = [make("scalar", dst=1, imm=1), make("halt")]
+PROGRAMS = {"loop 1": _countdown(1), "loop 5": _countdown(5),
+            "not taken": [make("branch", cond="ne", offset=5)] + _TAIL,
+            "taken": [make("branch", cond="always", offset=2)] + _TAIL}
+
+
+def test_a_registered_redirect_costs_on_the_rtl_what_the_timing_model_charges():
+    cycles = {}
+    for config in (PLAIN, REDIRECTED):
+        with open_device("golden", config) as golden, open_device("amaranth", config) as device:
+            for name, program in PROGRAMS.items():
+                cycles["golden", config.name, name] = golden.run(program).cycles
+                cycles["amaranth", config.name, name] = device.run(program).cycles
+    redirect = fetch_redirect_cycles(REDIRECTED) + REDIRECT_STAGE_CYCLES
+    for kind in ("golden", "amaranth"):
+        on = {name: cycles[kind, REDIRECTED.name, name] for name in PROGRAMS}
+        off = {name: cycles[kind, PLAIN.name, name] for name in PROGRAMS}
+        # Four more taken BRANCHes, each the SCALAR's cycle, the BRANCH's and the redirect.
+        assert on["loop 5"] - on["loop 1"] == 4 * (2 + redirect), (kind, cycles)
+        assert on["taken"] - on["not taken"] == redirect - 1, (kind, cycles)
+        # Against the build without the register: a cycle per taken BRANCH, none for one not taken.
+        taken = {"loop 1": 1, "loop 5": 5, "not taken": 0, "taken": 1}
+        assert {name: on[name] - off[name] for name in PROGRAMS} == {
+            name: REDIRECT_STAGE_CYCLES * count for name, count in taken.items()}, (kind, cycles)
