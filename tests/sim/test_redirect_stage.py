@@ -4,25 +4,16 @@ issue 16)."""
 
 from __future__ import annotations
 
-from braze.isa import Config, Instruction
+from test_control_flow_devices import branch_programs
+
+from braze.isa import Config
 from braze.isa.timing import REDIRECT_STAGE_CYCLES, fetch_redirect_cycles
 from braze.sim.device import open_device
 
-make = Instruction.make
 #: With the two dispatch stages the registered redirect is meant to go with.
 PLAIN = Config.preset("default").replace(name="default_ds2", dispatch_stage=2)
 REDIRECTED = PLAIN.replace(name="default_ds2_rs", redirect_stage=1)
-
-
-def _countdown(count: int) -> list:
-    return [make("scalar", dst=1, imm=count), make("scalar", dst=1, src1=1, imm=-1),
-            make("branch", cond="ne", a=1, offset=-1), make("halt")]
-
-
-_TAIL = [make("scalar", dst=1, imm=1), make("halt")]
-PROGRAMS = {"loop 1": _countdown(1), "loop 5": _countdown(5),
-            "not taken": [make("branch", cond="ne", offset=5)] + _TAIL,
-            "taken": [make("branch", cond="always", offset=2)] + _TAIL}
+PROGRAMS = branch_programs()
 
 
 def test_a_registered_redirect_costs_on_the_rtl_what_the_timing_model_charges():
