@@ -24,13 +24,15 @@ def test_a_registered_redirect_costs_on_the_rtl_what_the_timing_model_charges():
                 cycles["golden", config.name, name] = golden.run(program).cycles
                 cycles["amaranth", config.name, name] = device.run(program).cycles
     redirect = fetch_redirect_cycles(REDIRECTED) + REDIRECT_STAGE_CYCLES
+    on = {name: cycles["golden", REDIRECTED.name, name] for name in PROGRAMS}
+    # The model: four more taken BRANCHes, each the SCALAR's cycle, the BRANCH's and the redirect.
+    assert on["loop 5"] - on["loop 1"] == 4 * (2 + redirect), cycles
+    assert on["taken"] - on["not taken"] == redirect - 1, cycles
+    # Against the build without the register, on the model and on the RTL alike: a cycle per taken BRANCH,
+    # none for one not taken.  (The Amaranth device's memory refills the fetch unit faster than
+    # fetch_redirect_cycles says, so its absolute redirect cost is not the model's; the difference is.)
+    taken = {"loop 1": 1, "loop 5": 5, "not taken": 0, "taken": 1}
     for kind in ("golden", "amaranth"):
-        on = {name: cycles[kind, REDIRECTED.name, name] for name in PROGRAMS}
-        off = {name: cycles[kind, PLAIN.name, name] for name in PROGRAMS}
-        # Four more taken BRANCHes, each the SCALAR's cycle, the BRANCH's and the redirect.
-        assert on["loop 5"] - on["loop 1"] == 4 * (2 + redirect), (kind, cycles)
-        assert on["taken"] - on["not taken"] == redirect - 1, (kind, cycles)
-        # Against the build without the register: a cycle per taken BRANCH, none for one not taken.
-        taken = {"loop 1": 1, "loop 5": 5, "not taken": 0, "taken": 1}
-        assert {name: on[name] - off[name] for name in PROGRAMS} == {
-            name: REDIRECT_STAGE_CYCLES * count for name, count in taken.items()}, (kind, cycles)
+        added = {name: cycles[kind, REDIRECTED.name, name] - cycles[kind, PLAIN.name, name]
+                 for name in PROGRAMS}
+        assert added == {name: REDIRECT_STAGE_CYCLES * count for name, count in taken.items()}, (kind, cycles)
