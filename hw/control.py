@@ -363,6 +363,10 @@ class Control(wiring.Component):
             self.epilogue_done = Signal(name="epilogue_done")
             #: Out: an EPILOGUE runs beside the compute unit (its done is not the compute client's).
             self.epilogue_beside = Signal(name="epilogue_beside")
+        if config.redirect_stage:
+            #: Out, with ``Config.redirect_stage``: a BRANCH executes in the slot this cycle, taken or not
+            #: (the fetch unit's ``hold``: its redirect, if taken, comes a cycle later).
+            self.branch_executes = Signal(name="branch_executes")
 
     def elaborate(self, platform):
         m = Module()
@@ -408,7 +412,17 @@ class Control(wiring.Component):
         with m.If(self.running & ~stopping & ~halted & ~expired & (run_cycles != (1 << CYCLE_BITS) - 1)):
             m.d.sync += run_cycles.eq(run_cycles + 1)
         stopped = Signal()                        # start, dispatch and retire no instruction
-        m.d.comb += stopped.eq(stopping | expired)
+        # With Config.redirect_stage a taken BRANCH is decided in the slot and acted on a cycle later, from
+        # these registers: the fetch unit's redirect, or its error (see the dispatcher below).
+        redirect_stage = bool(config.redirect_stage)
+        redirect_pending = Signal(name="redirect_pending")
+        branch_failed = Signal(name="branch_failed")
+        if redirect_stage:
+            # The cycle after a BRANCH failed is the one in which an error raised with it would stop
+            # everything: nothing starts in it either.
+            m.d.comb += stopped.eq(stopping | expired | branch_failed)
+        else:
+            m.d.comb += stopped.eq(stopping | expired)
 
         # --- Dependency tokens. -------------------------------------------------------------------
         tokens = {}
@@ -453,6 +467,12 @@ class Control(wiring.Component):
         m.submodules.decoder = decoder = Decoder(config, extent_input=True)
         slot_valid = Signal()
         slot = Signal(FETCH_ENTRY)
+        slot_full = slot_valid          # the register; slot_valid is what the dispatcher sees of it
+        if redirect_stage:
+            # The word taken behind a BRANCH is dropped the cycle after, when the BRANCH turns out taken (or
+            # failed): in that cycle it is not there.
+            slot_valid = Signal(name="slot_live")
+            m.d.comb += slot_valid.eq(slot_full & ~redirect_pending & ~branch_failed)
         slot_unit = Signal(Unit)
         slot_cause = Signal(ErrorCause)
         m.d.comb += [decoder.word.eq(self.fetch.payload.word),
@@ -563,9 +583,24 @@ class Control(wiring.Component):
         target = Signal(signed(PC_BITS + 2))
         m.d.comb += target.eq(slot.pc + (branch_insn.offset * INSN_BYTES))
         below_base = target < self.prog_base
-        branch_fails = executes_branch & taken & below_base
-        redirecting = executes_branch & taken & ~below_base
-        m.d.comb += [self.redirect.eq(redirecting), self.redirect_pc.eq(target[:PC_BITS])]
+        if redirect_stage:
+            # The BRANCH leaves the slot in the cycle it executes, taken or not, and whether it was taken
+            # reaches the fetch unit (or the error latch) from registers a cycle later: the register
+            # compare and the target check end at flip-flops, not in the fetch unit's restart.
+            redirect_pc = Signal(PC_BITS, name="redirect_target")
+            branch_pc = Signal(PC_BITS, name="branch_pc")
+            m.d.sync += [redirect_pending.eq(executes_branch & taken & ~below_base),
+                         branch_failed.eq(executes_branch & taken & below_base)]
+            with m.If(executes_branch):
+                m.d.sync += [redirect_pc.eq(target[:PC_BITS]), branch_pc.eq(slot.pc)]
+            redirecting = redirect_pending
+            m.d.comb += [self.redirect.eq(redirecting), self.redirect_pc.eq(redirect_pc),
+                         self.branch_executes.eq(executes_branch)]
+        else:
+            branch_fails = executes_branch & taken & below_base
+            redirecting = executes_branch & taken & ~below_base
+            redirect_pc = target[:PC_BITS]
+            m.d.comb += [self.redirect.eq(redirecting), self.redirect_pc.eq(redirect_pc)]
         with m.If(executes_scalar):
             m.d.comb += [
                 scalar_write.en.eq(1),
@@ -643,8 +678,13 @@ class Control(wiring.Component):
                              check_cause.eq(slot_cause), check_names_register.eq(slot_names_register)]
             with m.Elif(check_moves):
                 m.d.sync += check_valid.eq(0)
-        with m.If(executes_scalar | (executes_branch & ~branch_fails)):
-            m.d.comb += slot_leaves.eq(1)
+        if redirect_stage:
+            # A BRANCH always leaves; the word taken behind a taken one leaves (is dropped) a cycle later.
+            with m.If(executes_scalar | executes_branch | redirect_pending):
+                m.d.comb += slot_leaves.eq(1)
+        else:
+            with m.If(executes_scalar | (executes_branch & ~branch_fails)):
+                m.d.comb += slot_leaves.eq(1)
         compute_fifo = units[Unit.COMPUTE]["fifo"]
         # From when the PREDICATE leaves the slot, later words that name its register wait there.
         predicate_leaves = slot_moves if stage else compute_fifo.w_en & compute_fifo.w_rdy
@@ -692,7 +732,8 @@ class Control(wiring.Component):
             ((control_error, slot_cause, slot.pc) if stage else
              (slot_valid & ~hold & ~slot.error & (slot_cause_now != ErrorCause.NONE), slot_cause_now,
               slot.pc)),
-            (branch_fails, ErrorCause.BRANCH_RANGE, slot.pc),
+            ((branch_failed, ErrorCause.BRANCH_RANGE, branch_pc) if redirect_stage else
+             (branch_fails, ErrorCause.BRANCH_RANGE, slot.pc)),
         ]
 
         # Nothing after HALT is taken, not even into the slot.
@@ -701,7 +742,7 @@ class Control(wiring.Component):
                                         ~redirecting & (~slot_valid | slot_leaves))
         with m.If(self.fetch.valid & self.fetch.ready):
             m.d.sync += [
-                slot_valid.eq(1),
+                slot_full.eq(1),
                 slot.eq(self.fetch.payload),
                 slot_unit.eq(decoder.unit),
                 slot_cause.eq(decoder.cause),
@@ -710,16 +751,19 @@ class Control(wiring.Component):
                                        for register in range(1, SCALAR_REGS)))),
             ]
         with m.Elif(slot_leaves):
-            m.d.sync += slot_valid.eq(0)
+            m.d.sync += slot_full.eq(0)
         # The pc of the word after the last one that entered the slot, or a taken branch's target
         # (the program base before any).
         fetched_any = Signal()
         following_pc = Signal(PC_BITS)
         with m.If(redirecting):
-            m.d.sync += [fetched_any.eq(1), following_pc.eq(target[:PC_BITS])]
+            m.d.sync += [fetched_any.eq(1), following_pc.eq(redirect_pc)]
         with m.Elif(self.fetch.valid & self.fetch.ready):
             m.d.sync += [fetched_any.eq(1), following_pc.eq(self.fetch.payload.pc + INSN_BYTES)]
         next_pc = Mux(fetched_any, following_pc, self.prog_base)
+        if redirect_stage:
+            # In the cycle after a taken BRANCH its target is the next word (the one behind it is dropped).
+            next_pc = Mux(redirect_pending, redirect_pc, next_pc)
 
         # --- Deadlock: nothing can ever move again. -------------------------------------------------
         dispatcher_stuck = halted | queue_full | (at_barrier & ~drained) | (slot_valid & hold)
@@ -737,10 +781,13 @@ class Control(wiring.Component):
         with m.Else():
             m.d.sync += deadlock_cycles.eq(0)
         # Report the earliest blocked instruction; 2**32 stands for "none yet".
-        earliest_stuck_pc = Const(1 << PC_BITS, PC_BITS + 1)
-        for u in units.values():
-            candidate = Mux(u["stuck"], u["pc"], 1 << PC_BITS)
-            earliest_stuck_pc = Mux(candidate < earliest_stuck_pc, candidate, earliest_stuck_pc)
+        if config.fmax_registers:
+            earliest_stuck_pc = self._registered_earliest_pc(m, units)
+        else:
+            earliest_stuck_pc = Const(1 << PC_BITS, PC_BITS + 1)
+            for u in units.values():
+                candidate = Mux(u["stuck"], u["pc"], 1 << PC_BITS)
+                earliest_stuck_pc = Mux(candidate < earliest_stuck_pc, candidate, earliest_stuck_pc)
         error_requests.append((deadlock_now & (deadlock_cycles == DEADLOCK_CYCLES - 1), ErrorCause.DEADLOCK,
                                earliest_stuck_pc[:PC_BITS]))
         # Last: any other error of run cycle L wins over the watchdog.  A COUNTERS being executed has
@@ -783,6 +830,30 @@ class Control(wiring.Component):
             if opcode in barrier_retire:
                 pulses.append(barrier_retire[opcode])
             m.d.comb += self.retired[opcode.name.lower()].eq(Cat(*pulses).any())
+
+    @staticmethod
+    def _registered_earliest_pc(m: Module, units: dict) -> Signal:
+        """With ``Config.fmax_registers``: the earliest blocked instruction's pc for the DEADLOCK report
+        (2**32 for none), two cycles late: each unit's candidate is registered, and so is their minimum,
+        taken from comparisons side by side rather than in a chain.  The report comes in the
+        :data:`DEADLOCK_CYCLES`-th cycle of the deadlock, in all of which nothing moves, so the pcs of two
+        cycles before are the same -- and the queues' reads, the pc muxes and the comparisons are no longer
+        one path into the error latch."""
+        assert DEADLOCK_CYCLES >= 3     # the minimum is of pcs from two cycles before the report
+        none = 1 << PC_BITS
+        candidates = []
+        for index, u in enumerate(units.values()):
+            candidate = Signal(PC_BITS + 1, name=f"deadlock_candidate_{index}", init=none)
+            m.d.sync += candidate.eq(Mux(u["stuck"], u["pc"], none))
+            candidates.append(candidate)
+        earliest = Signal(PC_BITS + 1, name="deadlock_earliest_pc", init=none)
+        # A candidate no later than every other one is the minimum (the last one if no other is).
+        value = candidates[-1]
+        for candidate in reversed(candidates[:-1]):
+            smallest = Cat(*(candidate <= other for other in candidates if other is not candidate)).all()
+            value = Mux(smallest, candidate, value)
+        m.d.sync += earliest.eq(value)
+        return earliest
 
     def _elaborate_unit(self, m, unit, fifo, head, port, flag_tokens, stopping, stopped, head_a_end=None
                         ) -> dict:

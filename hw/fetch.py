@@ -69,6 +69,10 @@ class Fetch(wiring.Component):
         Pulse: drop every word fetched and continue at ``redirect_pc`` (a taken branch).
     redirect_pc : In(32)
         Byte address to continue at (16-byte aligned).
+    hold : In(1)
+        Only with ``Config.redirect_stage``: issue no request in this cycle (a BRANCH executes, and its
+        redirect, if taken, comes in the next cycle: a request issued now would be dropped unused, and its
+        beats would delay the target's).
     req : Out(stream.Signature(read_request_layout(32, beats_width)))
         Read requests, to a :class:`~braze.hw.axi.ReadArbiter` client port.
     data : In(stream.Signature(read_beat_layout(dma_bus_bits)))
@@ -94,7 +98,7 @@ class Fetch(wiring.Component):
         self.config = config
         self.depth = depth
         self.beats_width = beats_width
-        super().__init__({
+        members = {
             "start": In(1),
             "restart": In(1),
             "stop": In(1),
@@ -104,7 +108,10 @@ class Fetch(wiring.Component):
             "req": Out(stream.Signature(read_request_layout(32, beats_width))),
             "data": In(stream.Signature(read_beat_layout(config.dma_bus_bits))),
             "fetch": Out(stream.Signature(FETCH_ENTRY)),
-        })
+        }
+        if config.redirect_stage:
+            members["hold"] = In(1)
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
@@ -146,6 +153,8 @@ class Fetch(wiring.Component):
         req_taken = self.req.valid & self.req.ready
         room = words.level + reserved + burst_words <= self.depth
         issue = active & ~self.stop & ~misaligned & ~req_valid & room & ~restart
+        if self.config.redirect_stage:
+            issue = issue & ~self.hold
         m.d.comb += [
             self.req.valid.eq(req_valid),
             self.req.payload.addr.eq(req_addr),

@@ -42,7 +42,7 @@ BLOCKS: dict[str, str] = {
 }
 
 #: The fetch unit's ports the probe connects inside (to the control core or its run control).
-_FETCH_INTERNAL = ("fetch", "redirect", "redirect_pc", "prog_base", "start", "restart", "stop")
+_FETCH_INTERNAL = ("fetch", "redirect", "redirect_pc", "hold", "prog_base", "start", "restart", "stop")
 #: The control core's ports connected to the fetch unit.
 _CONTROL_INTERNAL = ("fetch", "redirect", "redirect_pc")
 
@@ -90,6 +90,8 @@ class ControlProbe(wiring.Component):
             fetch.stop.eq(control.done | control.error | ~control.running),
             fetch.prog_base.eq(self.prog_base),
         ]
+        if self.config.redirect_stage:
+            m.d.comb += fetch.hold.eq(control.branch_executes)
         for name in ("req", "data"):
             wiring.connect(m, flipped(getattr(self, f"fetch_{name}")), getattr(fetch, name))
         for name, member in control.signature.members.items():

@@ -191,6 +191,8 @@ class Accelerator(wiring.Component):
             fetch.redirect.eq(control.redirect),
             fetch.redirect_pc.eq(control.redirect_pc),
         ]
+        if config.redirect_stage:
+            m.d.comb += fetch.hold.eq(control.branch_executes)
         wiring.connect(m, fetch.fetch, control.fetch)
 
         # --- External bus: fetch and load share the read master; store owns the write master. ----

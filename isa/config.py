@@ -41,7 +41,7 @@ MAX_LOAD_OVERLAP = 8
 #: history) as it was before the field existed: at that value the field is left out.
 _OMITTED_AT = {"load_overlap": 1, "weight_preload": 0, "epilogue_overlap": 0, "dispatch_stage": 0,
                "matmul_overlap": 0, "store_ahead": 0, "counter_bits": 64,
-               "vector_unit": 1}
+               "vector_unit": 1, "redirect_stage": 0, "fmax_registers": 0}
 #: Widths a performance counter may have (``Config.counter_bits``).
 COUNTER_BITS_CHOICES = (32, 64)
 
@@ -55,6 +55,10 @@ _CHOICES = {
     "vector_unit": ((0, 1), "must be 1 (the build has a VECTOR unit) or 0 (VECTOR is illegal)"),
     "counter_bits": (COUNTER_BITS_CHOICES, f"must be one of {COUNTER_BITS_CHOICES} (the width of a "
                                            "performance counter)"),
+    "redirect_stage": ((0, 1), "must be 0 (off) or 1 (a taken BRANCH redirects the fetch unit a cycle later, "
+                               "from a register)"),
+    "fmax_registers": ((0, 1), "must be 0 (off) or 1 (registers that cost no cycle on long paths of an FPGA "
+                               "build)"),
     "dispatch_stage": ((0, 1, 2), "must be 0 (off), 1 (a dispatch stage after the control core's slot) or 2 "
                                   "(two: the add, then the range checks)"),
 }
@@ -150,6 +154,19 @@ class Config:
         instruction that passes the encoding checks stops the run with ``ILLEGAL_OPCODE`` when it
         would be range-checked (:func:`braze.isa.model.check_ranges`), and the compiler runs what
         needs VECTOR on the host.  Left out of :meth:`to_dict` at 1.
+    redirect_stage : int
+        0 or 1.  With 1 a BRANCH still executes in the control core's slot, but whether it is taken, and
+        its target, go to the fetch unit from registers a cycle later: the register compare and the
+        target check are then off the path into the fetch unit's restart (the control core's critical
+        path on an FPGA with ``dispatch_stage=2``).  A taken BRANCH's target is dispatched a cycle later
+        (:class:`braze.isa.timing.Scheduler`; the rule is docs/isa.md's), a BRANCH holds the fetch unit's
+        next request for its cycle, and one not taken costs the dispatcher nothing.  Results are the
+        same.  Left out of :meth:`to_dict` at 0.
+    fmax_registers : int
+        0 or 1.  With 1 the build has registers on long paths of an FPGA build where they cost no cycle:
+        the control core computes the DEADLOCK report's pc (the earliest blocked instruction's) from
+        registered pcs, two cycles late, in a deadlock that has lasted four cycles in which nothing
+        moved.  No cycle, result or counter changes.  Left out of :meth:`to_dict` at 0.
     """
 
     name: str = "custom"
@@ -172,6 +189,8 @@ class Config:
     store_ahead: int = 0
     counter_bits: int = 64
     vector_unit: int = 1
+    redirect_stage: int = 0
+    fmax_registers: int = 0
 
     def __post_init__(self):
         def fail(field: str, problem: str):

@@ -43,7 +43,7 @@ from .encoding import (
     VectorOp,
     field_range,
 )
-from .timing import MATMUL_LATENCY, STORE_AHEAD_LATENCY
+from .timing import MATMUL_LATENCY, REDIRECT_STAGE_CYCLES, STORE_AHEAD_LATENCY
 
 __all__ = ["isa_markdown", "preset_table"]
 
@@ -288,6 +288,8 @@ def _presets_section() -> str:
         _WEIGHT_PRELOAD_DOC,
         _EPILOGUE_OVERLAP_DOC,
         _DISPATCH_STAGE_DOC,
+        _REDIRECT_STAGE_DOC,
+        _FMAX_REGISTERS_DOC,
         _MATMUL_OVERLAP_DOC,
         _STORE_AHEAD_DOC,
         _VECTOR_UNIT_DOC,
@@ -352,6 +354,34 @@ _DISPATCH_STAGE_DOC = (
     "fails is known only a cycle later, and its error comes first -- so it executes no earlier than the "
     "cycle after the last load, compute or store instruction before it left the check stage.  Results and "
     "every exact counter are the same.\n"
+)
+
+
+#: What ``Config.redirect_stage`` does to timing (the rule is :class:`braze.isa.timing.Scheduler`'s).
+_REDIRECT_STAGE_DOC = (
+    "`redirect_stage=1` (0 in every preset; e.g. `--config default:dispatch_stage=2,redirect_stage=1`) "
+    "registers a taken BRANCH's redirect.  A BRANCH still executes in the slot, in the cycle it is there "
+    "(reading the registers as SCALAR leaves them), and leaves it taken or not; the slot may take the next "
+    "word in the same cycle.  Whether it was taken, and its target (or, below the program base, its "
+    "`branch_range` error, at its pc), reach the fetch unit and the error latch from registers in the next "
+    "cycle, which drops the word taken behind a taken BRANCH and restarts the fetch unit at the target (the "
+    "target is the first word not yet dispatched in that cycle, for the watchdog).  So a taken BRANCH's "
+    f"target is dispatched {REDIRECT_STAGE_CYCLES} cycle later than without the register, and a BRANCH not "
+    "taken costs the dispatcher nothing.  The fetch unit issues no request in a cycle in which a BRANCH "
+    "executes (one issued then would be dropped if the BRANCH was taken, its beats delaying the target's): "
+    "after a taken BRANCH, when the fetch unit refills a few words at a time, a request that a BRANCH not "
+    "taken made room for goes out a cycle later.  This takes the register compare and the target check "
+    "off the path into the fetch unit's restart -- the control core's longest path on an FPGA with "
+    "`dispatch_stage=2`.  Results and every exact counter are the same.\n"
+)
+
+
+#: What ``Config.fmax_registers`` does (nothing to timing: the registers cost no cycle).
+_FMAX_REGISTERS_DOC = (
+    "`fmax_registers=1` (0 in every preset) adds registers on long paths of an FPGA build where they cost no "
+    "cycle: the control core takes the pc of a `deadlock` report (the earliest blocked instruction's) from "
+    "the units' pcs of two cycles before, which in the fourth cycle of a deadlock, when it is reported, are "
+    "the same (nothing has moved).  Timing, results and every counter are the same.\n"
 )
 
 

@@ -53,6 +53,10 @@ Simplifications of :func:`schedule` (the hardware may differ by these):
   the slot as without the stages (a barrier waits for every earlier instruction to retire, so for the
   stages too); with two stages a SCALAR or BRANCH executes no earlier than the cycle after the last
   instruction before it left the first stage (whose range checks are the second stage's);
+* with ``Config.redirect_stage``, a taken BRANCH redirects the fetch unit a cycle later (from registers):
+  its target is dispatched :data:`REDIRECT_STAGE_CYCLES` later than without, and a BRANCH not taken
+  costs the dispatcher nothing; after a taken BRANCH, a BRANCH that makes room for the fetch unit's
+  next request holds it for its cycle (:class:`FetchStream`);
 * while a PREDICATE runs, the dispatcher goes on; it holds (until the PREDICATE ends) only an
   instruction that names the PREDICATE's ``dst`` register (:func:`scalar_registers`) or is another
   PREDICATE.
@@ -134,6 +138,11 @@ STORE_AHEAD_LATENCY = 9
 FETCH_REDIRECT_OVERHEAD = 8
 
 
+#: With ``Config.redirect_stage``: cycles a taken BRANCH costs beyond :func:`fetch_redirect_cycles`
+#: (its redirect reaches the fetch unit from a register, a cycle after the BRANCH executed).
+REDIRECT_STAGE_CYCLES = 1
+
+
 def fetch_redirect_cycles(config: Config) -> int:
     """Cycles from the end of a taken BRANCH until its target can be dispatched.
 
@@ -168,7 +177,9 @@ class FetchStream:
     instructions -- is fetch-bound after a branch, and its queues cannot hide the next restart.
 
     Straight-line code (no BRANCH taken yet) is timed with fetch free, as before; the
-    stream only starts at a taken BRANCH.
+    stream only starts at a taken BRANCH.  With ``Config.redirect_stage`` the fetch unit issues no
+    request in the cycle a BRANCH executes: a request that a BRANCH (not taken) made room for goes
+    out a cycle later (:meth:`took`'s ``holds``).
     """
 
     __slots__ = ("_burst", "_word_cycles", "_refill", "_trigger", "_words", "_request", "_first",
@@ -197,9 +208,11 @@ class FetchStream:
             self._request, self._first = index, first
         return self._first + offset * self._word_cycles
 
-    def took(self, dispatched: int) -> None:
-        """The next word was dispatched (left the dispatcher's slot) in cycle ``dispatched``."""
-        self._dispatched.append(dispatched)
+    def took(self, dispatched: int, holds: bool = False) -> None:
+        """The next word was dispatched (left the dispatcher's slot) in cycle ``dispatched``;
+        ``holds``: it held the fetch unit's requests in that cycle (a BRANCH with
+        ``Config.redirect_stage``), so a request it made room for goes out a cycle later."""
+        self._dispatched.append(dispatched + holds)
         self._words += 1
 
 
@@ -559,6 +572,7 @@ TOKEN_QUEUES = ((Unit.LOAD, Unit.COMPUTE), (Unit.COMPUTE, Unit.LOAD), (Unit.COMP
 _QUEUE_NUMBER = {queue: number for number, queue in enumerate(TOKEN_QUEUES)}
 _BUSY_NAMES = tuple(dict.fromkeys(BUSY_COUNTER.values()))
 _PREDICATE = Opcode.PREDICATE
+_BRANCH = Opcode.BRANCH
 _MATMUL = Opcode.MATMUL
 _EPILOGUE = Opcode.EPILOGUE
 _COMPUTE = Unit.COMPUTE.value
@@ -643,7 +657,8 @@ class Scheduler:
         # naming that register, or another PREDICATE, until then.
         self._predicate_end = 0
         self._predicate_dst = 0
-        self._redirect_cycles = fetch_redirect_cycles(config)
+        self._redirect_cycles = fetch_redirect_cycles(config) + REDIRECT_STAGE_CYCLES * config.redirect_stage
+        self._branch_holds_fetch = bool(config.redirect_stage)
         # The fetch unit's words since the last taken BRANCH (None: none taken, fetch is free).
         self._stream: FetchStream | None = None
         # The end of the last PREDICATE that runs beside the compute unit (see the module documentation).
@@ -689,7 +704,8 @@ class Scheduler:
 
     def redirect(self) -> None:
         """The BRANCH just added is taken: the fetch unit restarts at its target, which is dispatched
-        :func:`fetch_redirect_cycles` after the BRANCH ends (its one dispatcher cycle) at the earliest,
+        :func:`fetch_redirect_cycles` (plus :data:`REDIRECT_STAGE_CYCLES` with ``Config.redirect_stage``)
+        after the BRANCH ends (its one dispatcher cycle) at the earliest,
         and the words after it as the fetch unit brings them (:class:`FetchStream`)."""
         self._next_dispatch += self._redirect_cycles
         self._stream = FetchStream(self.config, self._next_dispatch)
@@ -714,7 +730,7 @@ class Scheduler:
         entry = self._add_keyed(insn, key, pc, unresolved)
         # It left the dispatcher's slot the cycle before the next word may be dispatched (a barrier
         # holds the slot until it ends).
-        stream.took(self._next_dispatch - 1)
+        stream.took(self._next_dispatch - 1, self._branch_holds_fetch and insn.opcode is _BRANCH)
         return entry
 
     def _add_keyed(self, insn: Instruction, key: tuple, pc: int | None,

@@ -66,7 +66,8 @@ def test_presets_overlap_loads_except_tiny():
     assert [Config.preset(name).load_overlap for name in ("tiny", "default", "large")] == [1, 4, 4]
 
 
-@pytest.mark.parametrize("field", ["weight_preload", "epilogue_overlap", "matmul_overlap", "store_ahead"])
+@pytest.mark.parametrize("field", ["weight_preload", "epilogue_overlap", "matmul_overlap", "store_ahead",
+                                   "redirect_stage", "fmax_registers"])
 @pytest.mark.parametrize("value", [-1, 2, 8])
 def test_switches_are_0_or_1(field, value):
     with pytest.raises(ConfigError, match=rf"{field}={value} must be 0 \(off\) or 1"):
@@ -81,7 +82,7 @@ def test_dispatch_stages_are_0_1_or_2(value):
 
 
 @pytest.mark.parametrize("field", ["weight_preload", "epilogue_overlap", "matmul_overlap", "dispatch_stage",
-                                   "store_ahead"])
+                                   "store_ahead", "redirect_stage", "fmax_registers"])
 def test_switches_join_the_identity_only_when_on(field):
     """Off (0), a switch is absent from to_dict/to_json, so the cache keys, Verilator builds and
     learned-model rows of a configuration without it are those from before it existed; on, present.

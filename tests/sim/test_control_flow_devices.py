@@ -165,14 +165,11 @@ def test_a_matmul_beside_a_predicate_gives_the_same_results_and_overlaps_on_the_
         assert cycles[kind, "acc"] - cycles[kind, "spad"] == matmul, (kind, cycles)
 
 
-def test_the_rtl_pays_the_timing_models_price_for_a_taken_branch():
-    """What a taken BRANCH costs on the Verilator device (the fetch unit restarts at its target) is
-    what the timing model charges, per loop iteration and for a forward branch (on ``default``; the
-    device's start-up fetch, which the model does not count, cancels in the differences)."""
+def branch_programs() -> dict[str, list]:
+    """Programs whose cycles differ by taken BRANCHes: a countdown loop of one and of five iterations,
+    and a forward BRANCH not taken and taken (over one SCALAR)."""
     from braze.isa import Instruction
-    from braze.isa.timing import fetch_redirect_cycles
 
-    config = Config.preset("default")
     make = Instruction.make
 
     def countdown(count: int) -> list:
@@ -180,9 +177,19 @@ def test_the_rtl_pays_the_timing_models_price_for_a_taken_branch():
                 make("branch", cond="ne", a=1, offset=-1), make("halt")]
 
     tail = [make("scalar", dst=1, imm=1), make("halt")]
-    programs = {"loop 1": countdown(1), "loop 5": countdown(5),
-                "not taken": [make("branch", cond="ne", offset=5)] + tail,
-                "taken": [make("branch", cond="always", offset=2)] + tail}
+    return {"loop 1": countdown(1), "loop 5": countdown(5),
+            "not taken": [make("branch", cond="ne", offset=5)] + tail,
+            "taken": [make("branch", cond="always", offset=2)] + tail}
+
+
+def test_the_rtl_pays_the_timing_models_price_for_a_taken_branch():
+    """What a taken BRANCH costs on the Verilator device (the fetch unit restarts at its target) is
+    what the timing model charges, per loop iteration and for a forward branch (on ``default``; the
+    device's start-up fetch, which the model does not count, cancels in the differences)."""
+    from braze.isa.timing import fetch_redirect_cycles
+
+    config = Config.preset("default")
+    programs = branch_programs()
     cycles = {}
     with open_device("golden", config) as golden, open_device("verilator", config) as device:
         for name, program in programs.items():
