@@ -55,7 +55,9 @@ def test_rolled_loops_dispatch_exactly_the_straight_line_program():
     rolled = roll_loops(kernel.instructions)
     units = [insn for insn, _ in expand_loops(rolled) if insn.opcode not in (Opcode.SCALAR, Opcode.BRANCH)]
     assert units == kernel.instructions
-    assert len(rolled) * 3 < len(kernel.instructions)
+    # Over 2x fewer words (over 3x before the overlapped default's cut first and last tiles, which
+    # do not repeat).
+    assert len(rolled) * 2 < len(kernel.instructions)
     # The timing model sees the same unit work; the loops' dispatcher cycles hide behind it here.
     assert looped_cycles(rolled, DEFAULT) == kernel.predicted_cycles
 
@@ -144,7 +146,11 @@ def test_a_rolled_kernel_has_its_straight_line_twins_features(make):
         twin = program_features(kernel.instructions, kernel.config, memory)
         rolled = program_features(looped.instructions, kernel.config, memory)
         differing = {name for name in twin if twin[name] != rolled[name]}
-        assert differing == {"n_scalar", "n_branch"}
+        # With two MATMULs in flight the memory-aware baseline's schedule moves by a few cycles when
+        # the loops' SCALARs take dispatch slots against a stalling memory (3 of 17,654 on gemm-default).
+        baseline = {"baseline_cycles", "log_baseline_cycles", "log_baseline_over_analytic"}
+        assert differing - baseline == {"n_scalar", "n_branch"}
+        assert abs(rolled["baseline_cycles"] - twin["baseline_cycles"]) <= 1e-3 * twin["baseline_cycles"]
         assert rolled["n_branch"] > 0 and rolled["n_scalar"] > rolled["n_branch"]
         assert twin["n_branch"] == twin["n_scalar"] == 0
 
