@@ -54,8 +54,10 @@ __all__ = ["MemorySystem", "kernel_features", "program_features", "feature_cache
            "STORE_AHEAD_STALL_PER_ROW", "OVERLAP_OPTIONS"]
 
 #: Bump when the features change meaning: models record it and refuse features of another version;
-#: ``braze hpm refeature`` recomputes the history's features from the programs it stores.
-FEATURE_VERSION = 10
+#: ``braze hpm refeature`` recomputes the history's features from the programs it stores.  The
+#: analytic features come from :mod:`braze.isa.timing`, so a change of its prices is a change of
+#: meaning too (version 11: an overlapped LOAD's hand-over, ``load_handover_cycles``).
+FEATURE_VERSION = 11
 #: Cycles between one DMA instruction and the next that the timing model does not count (the
 #: RTL's DMA engine finishes one instruction's last response before it takes the next), by opcode.
 #: A least-squares fit of the measured ``load_busy`` on the calibration history (no backpressure)
