@@ -152,8 +152,12 @@ def fetch_redirect_cycles(config: Config) -> int:
     (every loop and forward branch measured; this gives 25); on ``tiny`` (64-bit bus) 16 to 19,
     as the beats of words fetched ahead before the redirect still have to drain (this gives 18).
     """
-    beats = -(-INSN_BYTES // config.dma_bus_bytes)
-    return config.mem_latency + beats + FETCH_REDIRECT_OVERHEAD
+    return config.mem_latency + insn_word_beats(config) + FETCH_REDIRECT_OVERHEAD
+
+
+def insn_word_beats(config: Config) -> int:
+    """Bus beats of one instruction word on the read port the fetch unit shares with the LOADs."""
+    return -(-INSN_BYTES // config.dma_bus_bytes)
 
 
 #: Bytes the fetch unit (:class:`braze.hw.fetch.Fetch`) reads per request: four instruction words.
@@ -187,7 +191,7 @@ class FetchStream:
 
     def __init__(self, config: Config, start: int):
         self._burst = FETCH_BURST_BYTES // INSN_BYTES
-        self._word_cycles = max(1, -(-INSN_BYTES // config.dma_bus_bytes))
+        self._word_cycles = insn_word_beats(config)
         self._refill = fetch_redirect_cycles(config)
         # Request k waits for word burst*(k+1) - depth - 1: this many words before its first one.
         self._trigger = FETCH_DEPTH - self._burst + 1
@@ -249,7 +253,7 @@ def load_handover_cycles(config: Config, zero: bool = False) -> int:
     """
     if zero:
         return LOAD_HANDOVER_CYCLES
-    return LOAD_HANDOVER_CYCLES + -(-INSN_BYTES // config.dma_bus_bytes)
+    return LOAD_HANDOVER_CYCLES + insn_word_beats(config)
 
 
 #: With ``load_overlap`` > 1: cycles after a LOAD retires before its place among the ``load_overlap``
