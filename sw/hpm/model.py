@@ -160,13 +160,29 @@ def _make_regressor(kind: str, objective: str, alpha: float | None = None, seed:
     raise ModelError(f"no regressor {kind!r}; regressors are {', '.join(REGRESSORS)}")
 
 
+def _fit(regressor, x: np.ndarray, y: np.ndarray):
+    """``regressor.fit(x, y)``; scikit-learn's trees on one OpenMP thread, as LightGBM's (``n_jobs=1``):
+    on a busy two-core machine its thread team spins against the other work (400 rounds on 200 rows:
+    1.3-3.3 s on two threads, 0.3-0.4 s on one; the same trees)."""
+    if type(regressor).__module__.split(".")[0] == "sklearn":
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="openmp"):
+            return regressor.fit(x, y)
+    return regressor.fit(x, y)
+
+
 def _predict(regressor, x: np.ndarray) -> np.ndarray:
     """``regressor.predict(x)``; a LightGBM one on one thread: its thread pool costs about 11 ms a call on
     a busy two-core machine whatever the rows (0.04 ms on one thread for one row, 1.1 ms for 50; the
-    same predictions), and a compiler pricing candidates asks for a few rows at a time."""
+    same predictions), and a compiler pricing candidates asks for a few rows at a time.  A scikit-learn
+    one on one OpenMP thread likewise (see :func:`_fit`)."""
     if type(regressor).__module__.split(".")[0] == "lightgbm":
         return regressor.predict(x, num_threads=1)
-    return regressor.predict(x)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return regressor.predict(x)
 
 
 class PerformanceModel:
@@ -228,16 +244,16 @@ class PerformanceModel:
         baseline = x[:, self.feature_names.index(self.baseline)]
         measured = np.array([np.mean([record.cycles for record in group]) for group in groups])
         residual = np.log(np.maximum(measured, 1.0) / baseline)
-        self._median = _make_regressor(self.regressor, "median", seed=self.seed).fit(x, residual)
+        self._median = _fit(_make_regressor(self.regressor, "median", seed=self.seed), x, residual)
         self._low = self._high = None
         self._shares = {}
         if band:
-            self._low = _make_regressor(self.regressor, "quantile", BAND[0], self.seed).fit(x, residual)
-            self._high = _make_regressor(self.regressor, "quantile", BAND[1], self.seed).fit(x, residual)
+            self._low = _fit(_make_regressor(self.regressor, "quantile", BAND[0], self.seed), x, residual)
+            self._high = _fit(_make_regressor(self.regressor, "quantile", BAND[1], self.seed), x, residual)
         for name in COUNTER_SHARES if band else ():
             share = np.array([np.mean([record.counters.get(name, 0) / max(record.cycles, 1)
                                        for record in group]) for group in groups])
-            self._shares[name] = _make_regressor(self.regressor, "median", seed=self.seed).fit(x, share)
+            self._shares[name] = _fit(_make_regressor(self.regressor, "median", seed=self.seed), x, share)
         self._ranges = {name: (float(x[:, i].min()), float(x[:, i].max()))
                         for i, name in enumerate(self.feature_names)}
         self.metadata = {

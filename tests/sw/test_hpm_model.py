@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -54,14 +52,14 @@ def test_band_and_counters_come_with_the_prediction():
 
 
 @pytest.mark.parametrize("regressor", ["lightgbm", "sklearn"])
-def test_save_and_load_give_the_same_predictions_quickly(tmp_path, regressor):
+def test_save_and_load_give_the_same_predictions_without_refitting(tmp_path, regressor, monkeypatch):
     rng = np.random.default_rng(2)
     records = _synthetic(rng, "a", 200)
     model = PerformanceModel(regressor).fit(records)
     model.save(tmp_path / "m")
-    began = time.perf_counter()
+    # Loading reads the fitted trees back; it must never train again (how fast it is: `braze bench hpm`).
+    monkeypatch.setattr(PerformanceModel, "fit", lambda *args, **kwargs: pytest.fail("load refitted"))
     loaded = PerformanceModel.load(tmp_path / "m")
-    assert time.perf_counter() - began < 2.0
     features = [r.features for r in records[:20]]
     assert [p.cycles for p in loaded.predict_features(features)] == \
         pytest.approx([p.cycles for p in model.predict_features(features)], rel=1e-9)
