@@ -32,6 +32,10 @@ from braze.hw.fpga_bench import summary_line
 from braze.hw.rtl import verilog_ports
 from braze.isa import BrazeError
 
+# One worker runs the whole module: the module's `flow` fixture (synthesis and P&R of the probe for both
+# targets, ~20 s) runs once, not once per worker.
+pytestmark = pytest.mark.xdist_group("fpga-flow")
+
 
 class ProbeCore(wiring.Component):
     """``multipliers`` registered 8x8 products and a 512x8 RAM written by a counter."""

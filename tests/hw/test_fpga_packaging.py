@@ -24,6 +24,9 @@ from braze.hw.rtl import build
 from braze.hw.toolchain import verilator_env
 from braze.isa import Config
 
+# One worker runs the whole module: the module's `tiny` Verilog (~9 s) is generated once, not once per worker.
+pytestmark = pytest.mark.xdist_group("fpga-packaging")
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

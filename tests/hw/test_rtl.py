@@ -12,7 +12,7 @@ from amaranth.back import verilog as amaranth_verilog
 from braze.cli import main
 from braze.hw.csr import REGISTERS
 from braze.hw.rtl import build, verilog_ports
-from braze.hw.toolchain import VERILATOR_WAIVERS, ice40_resources, synth_report
+from braze.hw.toolchain import VERILATOR_WAIVERS, synth_report
 from braze.hw.uart import UARTTransmitter
 from braze.isa import COUNTERS, BrazeError, Config
 
@@ -43,16 +43,6 @@ def test_preset_generates_and_lints_clean(preset, tmp_path):
     assert [reg["name"] for reg in manifest["registers"]["registers"]] == [reg.name for reg in REGISTERS]
     assert [c["name"] for c in manifest["counters"]] == [spec.name for spec in COUNTERS]
     assert manifest["verilator_waivers"] == VERILATOR_WAIVERS
-
-
-@pytest.mark.slow
-def test_tiny_synthesizes_for_the_ice40(tmp_path):
-    """Real Yosys on the whole ``tiny`` design: ``synth_ice40``, about 150 s of CPU, the slowest test of
-    the build (the generic ``synth`` of ``braze rtl --synth`` is run on a small block below)."""
-    result = build(Config.preset("tiny"), tmp_path, lint=False)
-    ice40 = ice40_resources(result.verilog, result.verilog.stem)
-    print(json.dumps(ice40, indent=1))
-    assert ice40["luts"] > 0 and ice40["ffs"] > 0 and ice40["brams"] > 0
 
 
 def test_synth_report_of_a_small_block(tmp_path):

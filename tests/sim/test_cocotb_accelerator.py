@@ -16,6 +16,10 @@ from braze.hw.toolchain import verilator_env
 from braze.isa import Config
 from braze.sim.build import build_accelerator
 
+# One worker runs the whole module: one Verilator build of the bare top for the five benches: on two
+# workers one of them waited ~30 s for the other's build.
+pytestmark = pytest.mark.xdist_group("cocotb-accelerator")
+
 BENCHES = Path(__file__).parent / "cocotb_benches"
 TESTS = ["register_access", "dma_bursts", "interrupts", "error_causes", "counter_semantics"]
 

@@ -17,6 +17,10 @@ from braze.sw.runtime.dataflow import DISPATCH_EXPERTS, FUSE_BRANCH, IF_ON_CHIP,
 from braze.sw.runtime.dataflow_models import calibration_feeds, early_exit_cnn, inputs, moe_mlp
 from braze.sw.runtime.partitions import BranchModel, MixtureModel, PartitionError, split_model
 
+# One worker runs the whole module: the models are trained and compiled once, not once per worker (the
+# second worker waited for the first).
+pytestmark = pytest.mark.xdist_group("dataflow-models")
+
 pytest.importorskip("torch")
 
 

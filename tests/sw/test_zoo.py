@@ -33,6 +33,10 @@ from braze.sw.zoo import (
 )
 from braze.sw.zoo import bench as zoo_bench
 
+# One worker runs the whole module: exports, quantizations (cached per process) and trained weights are
+# made once, not once per worker.
+pytestmark = pytest.mark.xdist_group("zoo")
+
 #: Validation images each model runs on in these tests (one compiled batch shape).
 IMAGES = 24
 
