@@ -6,8 +6,10 @@ dispatcher by up to ``depth`` words, and delivers the 128-bit words in order on 
 (:data:`~braze.hw.control.FETCH_ENTRY`: the word, its byte address ``pc``, ``error`` for a
 word that got an AXI error response, and the word's MATMUL A extent, computed as the word enters
 the FIFO so that the control core's range check has no multiplier in it).  A request is issued
-only when the word FIFO has room for all of its words, so the unit always takes its data beats at
-once and never stalls the other clients of the shared read channel.
+only when the word FIFO has room for all of its words, so the unit takes its data beats at once and
+does not stall the other clients of the shared read channel -- except on a 256-bit bus, where it
+splits a beat into its two words over two cycles and refuses the next beat meanwhile, unless
+``Config.fetch_skid`` gives it a second beat register.
 
 A 128-bit word is two beats of a 64-bit bus, one beat of a 128-bit bus and half a beat of a
 256-bit bus.  The program base must be 16-byte aligned; an unaligned base is reported as one
@@ -222,7 +224,6 @@ class Fetch(wiring.Component):
             held = Signal(bus_bits)
             held_error = Signal()
             held_index = Signal(range(per_beat + 1))    # next word of the held beat; per_beat: empty
-            m.d.comb += self.data.ready.eq((held_index == per_beat) | stale_beat | ~active)
             with m.If(held_index != per_beat):
                 m.d.comb += [
                     push.eq(1),
@@ -230,13 +231,39 @@ class Fetch(wiring.Component):
                     push_data.error.eq(held_error),
                 ]
                 m.d.sync += held_index.eq(held_index + 1)
-            with m.If(current_beat):
-                m.d.sync += [held.eq(beat.data), held_error.eq(beat.error), held_index.eq(skip_half)]
-                with m.If(skip_half):
-                    m.d.comb += dropped.eq(1)
-                    m.d.sync += skip_half.eq(0)
-            with m.If(restart):
-                m.d.sync += held_index.eq(per_beat)
+            if self.config.fetch_skid:
+                # A second beat register: a beat that arrives while the held one is still being split
+                # waits here, so that a request's two beats are taken in consecutive cycles (its words
+                # have room reserved in the FIFO) and the LOADs' beats behind them flow on.  The unit
+                # still pushes one word a cycle: of back-to-back requests it takes a beat every other
+                # cycle.
+                spare = Signal(bus_bits)
+                spare_error = Signal()
+                spare_valid = Signal()
+                held_free = (held_index == per_beat) | (held_index == per_beat - 1)   # after this cycle
+                m.d.comb += self.data.ready.eq(~spare_valid | held_free | stale_beat | ~active)
+                with m.If(spare_valid & held_free):
+                    m.d.sync += [held.eq(spare), held_error.eq(spare_error), held_index.eq(0),
+                                 spare_valid.eq(0)]
+                with m.If(current_beat):
+                    with m.If(held_free & ~spare_valid):
+                        m.d.sync += [held.eq(beat.data), held_error.eq(beat.error), held_index.eq(skip_half)]
+                        with m.If(skip_half):
+                            m.d.comb += dropped.eq(1)
+                            m.d.sync += skip_half.eq(0)
+                    with m.Else():
+                        m.d.sync += [spare.eq(beat.data), spare_error.eq(beat.error), spare_valid.eq(1)]
+                with m.If(restart):
+                    m.d.sync += [held_index.eq(per_beat), spare_valid.eq(0)]
+            else:
+                m.d.comb += self.data.ready.eq((held_index == per_beat) | stale_beat | ~active)
+                with m.If(current_beat):
+                    m.d.sync += [held.eq(beat.data), held_error.eq(beat.error), held_index.eq(skip_half)]
+                    with m.If(skip_half):
+                        m.d.comb += dropped.eq(1)
+                        m.d.sync += skip_half.eq(0)
+                with m.If(restart):
+                    m.d.sync += held_index.eq(per_beat)
 
         # The word's MATMUL A extent goes into the FIFO with it (see FETCH_ENTRY).  Not with two
         # dispatch stages: the control core then computes it in its slot, a cycle ahead of the range

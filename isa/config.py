@@ -41,7 +41,7 @@ MAX_LOAD_OVERLAP = 8
 #: history) as it was before the field existed: at that value the field is left out.
 _OMITTED_AT = {"load_overlap": 1, "weight_preload": 0, "epilogue_overlap": 0, "dispatch_stage": 0,
                "matmul_overlap": 0, "store_ahead": 0, "counter_bits": 64,
-               "vector_unit": 1, "redirect_stage": 0, "fmax_registers": 0}
+               "vector_unit": 1, "redirect_stage": 0, "fmax_registers": 0, "fetch_skid": 0}
 #: Widths a performance counter may have (``Config.counter_bits``).
 COUNTER_BITS_CHOICES = (32, 64)
 
@@ -59,6 +59,8 @@ _CHOICES = {
                                "from a register)"),
     "fmax_registers": ((0, 1), "must be 0 (off) or 1 (registers that cost no cycle on long paths of an FPGA "
                                "build)"),
+    "fetch_skid": ((0, 1), "must be 0 (off) or 1 (the fetch unit takes a second bus beat while it splits the "
+                           "first into words)"),
     "dispatch_stage": ((0, 1, 2), "must be 0 (off), 1 (a dispatch stage after the control core's slot) or 2 "
                                   "(two: the add, then the range checks)"),
 }
@@ -167,6 +169,13 @@ class Config:
         the control core computes the DEADLOCK report's pc (the earliest blocked instruction's) from
         registered pcs, two cycles late, in a deadlock that has lasted four cycles in which nothing
         moved.  No cycle, result or counter changes.  Left out of :meth:`to_dict` at 0.
+    fetch_skid : int
+        0 or 1.  On a bus wider than an instruction word (256 bits) the fetch unit splits each beat into
+        words, one per cycle; without the skid it refuses the request's next beat meanwhile, so each
+        64-byte fetch holds the shared read channel -- and the LOAD beats behind it -- for four cycles
+        instead of two.  With 1 a second beat register takes that beat at once.  Words reach the
+        dispatcher in the same cycles; only the LOADs' beats move sooner.  No effect on narrower buses.
+        Left out of :meth:`to_dict` at 0.
     """
 
     name: str = "custom"
@@ -191,6 +200,7 @@ class Config:
     vector_unit: int = 1
     redirect_stage: int = 0
     fmax_registers: int = 0
+    fetch_skid: int = 0
 
     def __post_init__(self):
         def fail(field: str, problem: str):

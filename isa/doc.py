@@ -292,6 +292,7 @@ def _presets_section() -> str:
         _FMAX_REGISTERS_DOC,
         _MATMUL_OVERLAP_DOC,
         _STORE_AHEAD_DOC,
+        _FETCH_DOC,
         _VECTOR_UNIT_DOC,
     ])
 
@@ -435,6 +436,21 @@ _STORE_AHEAD_DOC = (
     "`mem_latency + beats + 1`, the model's price without it (in which the first term is not the write "
     "path's).  A row read refused on a bank conflict with the compute unit's read port still waits a cycle.  "
     "Results and every exact counter are the same.\n"
+)
+
+
+#: What ``Config.fetch_skid`` does (straight-line timing is unchanged: fetch is free there).
+_FETCH_DOC = (
+    "`fetch_skid=1` (0 in every preset; e.g. `--config large:fetch_skid=1`) gives the fetch unit a second "
+    "beat register on a 256-bit bus.  The fetch unit shares the read port with the LOADs; a beat of that "
+    "bus carries two instruction words and the unit passes on one a cycle, so without the register it "
+    "refuses a request's second beat until the first is split, holding the read channel -- and the LOAD "
+    "beats behind it -- for four cycles per 64-byte request instead of two.  With it both beats are taken "
+    "in consecutive cycles (of requests back to back it still takes a beat every other cycle).  Words "
+    "reach the dispatcher in the same cycles, and on a 64- or 128-bit bus it changes nothing.  Straight-line "
+    "code is timed with fetch free either way (the timing model's simplification), so the model's "
+    "predictions do not change; the RTL's LOADs finish sooner.  Results and every exact counter are the "
+    "same.\n"
 )
 
 
