@@ -22,14 +22,16 @@ In one run (issue 12, item 5):
   (``force_fusion=("conv_chain",)``: the whole CNN in one kernel) run the same way: cycles and external
   bytes against the fused plan.
 * **compile time** of the digits CNN under that cost model (:mod:`braze.sw.runtime.compile_bench`, in a
-  fresh process): cold, a second batch size, and from a warm kernel cache.
+  fresh process): cold, a second batch size, and from a warm kernel cache; each the least of
+  :data:`COMPILE_REPEATS` processes (:func:`compile_times`), the cold one also in CPU seconds
+  (``compile_cold_cpu_s``: a loaded machine stretches the wall-clock figure, not this one).
 
 It ends with one line::
 
     kernels: cnn_util=<pct> gemm64_large_util=<pct> gemm256_util=<pct> small_gemm_worst_over_bound=<x>
              small_gemm_streamed_worst_over_bound=<x> small_gemm_packed_worst_over_bound=<x>
-             fusion_cycles=<x> fusion_bytes=<x> compile_cold_s=<x> cnn_chain=<chosen|not_chosen>
-             chain_cycles=<x> chain_bytes=<x>
+             fusion_cycles=<x> fusion_bytes=<x> compile_cold_s=<x> compile_cold_cpu_s=<x>
+             cnn_chain=<chosen|not_chosen> chain_cycles=<x> chain_bytes=<x>
 
 where the small GEMMs are those with M <= 16 (on both configurations; ``small_gemm_worst_over_bound``
 is the isolated kernel's, the two others the streamed and the packed-and-streamed per-call figures) and
@@ -63,7 +65,7 @@ from braze.isa.arith import epilogue
 from braze.isa.errors import ArgumentParser
 
 __all__ = ["GEMM_SHAPES", "CONFIGS", "gemm_bound", "run_gemms", "run_cnn", "run_cnn_chain", "ChainOutcome",
-           "override_specs", "override_table", "main"]
+           "override_specs", "override_table", "compile_times", "main"]
 
 #: (M, K, N) of the GEMMs measured, as the issue lists them.
 GEMM_SHAPES = ((1, 64, 10), (1, 256, 256), (16, 16, 16), (64, 64, 64), (128, 128, 128), (256, 256, 256),
@@ -480,9 +482,32 @@ def run_cnn_chain(device_kind: str, *, samples: int, golden_check: bool) -> Chai
                         identical)
 
 
+#: Fresh processes that compile the CNN cold; the least time of each kind is reported.
+COMPILE_REPEATS = 3
+
+
+def compile_times(cost_model: str, repeats: int = COMPILE_REPEATS) -> dict:
+    """The digits CNN's compile times (:func:`braze.sw.runtime.compile_bench.run_child`: cold, a second
+    batch size, cached) under ``cost_model``, each the least of ``repeats`` fresh processes, as
+    ``braze bench compile`` measures them.
+
+    The least, because this bench runs on machines shared with other jobs (and often under ``nice``),
+    where a run's wall-clock time is the compiler's plus whatever the scheduler gave others: one run
+    measured 5.08 s cold where ``braze bench compile`` said 1.5 s.  ``cold_cpu_s`` (the process's CPU
+    seconds) does not grow with the load; ``cold_runs`` lists every run's wall-clock time."""
+    from braze.sw.runtime import compile_bench
+
+    runs = [compile_bench.run_child("cnn", cost_model) for _ in range(repeats)]
+    best = dict(runs[0])
+    for key in ("cold_s", "second_s", "cached_s", "cold_cpu_s", "second_cpu_s", "cached_cpu_s",
+                "load_average"):
+        best[key] = min(run[key] for run in runs)
+    best["cold_runs"] = " ".join(f"{run['cold_s']:.3f}" for run in runs) + " s"
+    return best
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``braze bench kernels [--quick] [--device verilator] [--samples N]``."""
-    from braze.sw.runtime import compile_bench
 
     parser = ArgumentParser(prog="braze bench kernels", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="verilator", help="device back end (default: verilator; golden "
@@ -585,11 +610,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print()
     cost_model = "learned" if "hpm-learned" in cnn.fused.cost_model else "analytic"
-    compiled = compile_bench.run_child("cnn", cost_model)
-    print(f"compile of the digits CNN ({cost_model} cost model, fresh process): cold "
-          f"{compiled['cold_s']:.3f} s (batch {compiled['first']}, {compiled['kernels_generated']} kernels "
-          f"generated), second batch size {compiled['second_s']:.3f} s (batch {compiled['second']}), "
-          f"cached {compiled['cached_s']:.3f} s")
+    compiled = compile_times(cost_model)
+    print(f"compile of the digits CNN ({cost_model} cost model, fresh process, best of {COMPILE_REPEATS}): "
+          f"cold {compiled['cold_s']:.3f} s, CPU {compiled['cold_cpu_s']:.3f} s (batch {compiled['first']}, "
+          f"{compiled['kernels_generated']} kernels generated; {compiled['cold_runs']}), second batch size "
+          f"{compiled['second_s']:.3f} s (batch {compiled['second']}), cached {compiled['cached_s']:.3f} s; "
+          f"load average {compiled['load_average']:.2f} on {os.cpu_count()} CPUs, nice {compiled['nice']}")
 
     def util(config_name: str, shape: tuple[int, int, int]) -> str:
         found = [row for row in gemms if row["config"] == config_name and row["shape"] == shape]
@@ -612,6 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"small_gemm_packed_worst_over_bound={worst(packed)} "
           f"fusion_cycles={cnn.cycle_ratio:.2f} "
           f"fusion_bytes={cnn.byte_ratio:.2f} compile_cold_s={compiled['cold_s']:.3f} "
+          f"compile_cold_cpu_s={compiled['cold_cpu_s']:.3f} "
           f"cnn_chain={'chosen' if chain.chosen else 'not_chosen'} chain_cycles={chain_cycles:.2f} "
           f"chain_bytes={chain_bytes:.2f}")
     return 0 if correct else 1

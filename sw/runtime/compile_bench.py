@@ -10,7 +10,11 @@ specialises the first one's plan, ``specialise=True``; with ``--fresh`` it is pr
 for the first size again in a new session on the now warm disk caches (the features remembered in
 memory forgotten).  ``pruned``: candidate tilings of the cold compile ruled out by their lower bound
 before being scheduled (:mod:`braze.sw.compiler.tiling`); ``read``: kernels the cached compile read.
-Session construction (import, quantization) is not counted.
+Session construction (import, quantization) is not counted, nor is importing the compiler (done before the
+clock starts: a cold compile triggers no import).  Each time is wall-clock (``time.perf_counter``) with the
+process's CPU time beside it (``*_cpu_s``, ``time.process_time``: every thread of the process): on a
+machine shared with other jobs, or under ``nice``, the wall-clock time grows with the load while the CPU
+time does not, so the two together say whether a slow figure is the compiler's or the machine's.
 The last line is ``compile: cnn_cold=... cnn_second=... ...`` (the learned model's keys with a
 ``_learned`` suffix).
 """
@@ -25,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from braze.isa.errors import ArgumentParser, BrazeError
 
@@ -74,24 +78,27 @@ def measure(kind: str, *, config: str = "default", first: int = 64, second: int 
         session = InferenceSession(path, cache=KernelCache(cache_dir), cost_model=planner, **options)
         name = session.get_inputs()[0].name
         shape = model.inputs(data.x_val[:first]).shape
-        started = time.perf_counter()
-        session.compile_for({name: shape})
-        cold = time.perf_counter() - started
+        cold, cold_cpu = _timed(lambda: session.compile_for({name: shape}))
         generated = session.cache.misses
         pruned = session.cache.pruned
-        started = time.perf_counter()
-        session.compile_for({name: (second, *shape[1:])})
-        second_s = time.perf_counter() - started
+        second_s, second_cpu = _timed(lambda: session.compile_for({name: (second, *shape[1:])}))
         forget_features()          # as a new process would: what is remembered is on disk
         warm = InferenceSession(path, cache=KernelCache(cache_dir),
                                 cost_model=planning_cost_model(cost_model, parsed), **options)
-        started = time.perf_counter()
-        warm.compile_for({name: shape})
-        cached = time.perf_counter() - started
+        cached, cached_cpu = _timed(lambda: warm.compile_for({name: shape}))
     return {"model": kind, "cost_model": cost_model, "first": first, "second": second, "cold_s": cold,
-            "second_s": second_s, "cached_s": cached, "kernels_generated": generated,
+            "second_s": second_s, "cached_s": cached, "cold_cpu_s": cold_cpu, "second_cpu_s": second_cpu,
+            "cached_cpu_s": cached_cpu, "load_average": os.getloadavg()[0], "nice": os.nice(0),
+            "kernels_generated": generated,
             "kernels_second": session.cache.misses - generated, "kernels_pruned": pruned,
             "kernels_cached": warm.cache.disk_hits}
+
+
+def _timed(call: Callable[[], object]) -> tuple[float, float]:
+    """(wall-clock seconds, CPU seconds of this process) of ``call()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    call()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 @contextlib.contextmanager
@@ -147,13 +154,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(measure(args.one, specialise=not args.fresh, cost_model=planners[0], **options)))
         return 0
     rows = [run_child(kind, planner, fresh=args.fresh, **options) for planner in planners for kind in kinds]
-    print(f"{'model':<6} {'cost model':<10} {'batch':>6} {'cold':>9} {'generated':>10} {'pruned':>7} "
-          f"{'batch':>6} {'second':>9} {'generated':>10} {'cached':>9} {'read':>5}")
+    print(f"{'model':<6} {'cost model':<10} {'batch':>6} {'cold':>9} {'(CPU)':>8} {'generated':>10} "
+          f"{'pruned':>7} {'batch':>6} {'second':>9} {'generated':>10} {'cached':>9} {'read':>5}")
     for row in rows:
         print(f"{row['model']:<6} {row['cost_model']:<10} {row['first']:>6} {row['cold_s']:>8.3f}s "
-              f"{row['kernels_generated']:>10} {row['kernels_pruned']:>7} {row['second']:>6} "
-              f"{row['second_s']:>8.3f}s {row['kernels_second']:>10} {row['cached_s']:>8.3f}s "
-              f"{row['kernels_cached']:>5}")
+              f"{row['cold_cpu_s']:>7.3f}s {row['kernels_generated']:>10} {row['kernels_pruned']:>7} "
+              f"{row['second']:>6} {row['second_s']:>8.3f}s {row['kernels_second']:>10} "
+              f"{row['cached_s']:>8.3f}s {row['kernels_cached']:>5}")
+    print(f"(wall-clock seconds; CPU: the compiling process's CPU seconds; load average "
+          f"{max(row['load_average'] for row in rows):.2f} on {os.cpu_count()} CPUs, nice "
+          f"{max(row['nice'] for row in rows)})")
     how = "fresh" if args.fresh else "specialised"
     suffix = {"analytic": "", "learned": "_learned"}
     print("compile: " + " ".join(f"{row['model']}_{key}{suffix[row['cost_model']]}={row[key + '_s']:.3f}"

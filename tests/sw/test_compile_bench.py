@@ -30,3 +30,5 @@ def test_a_measurement_runs_in_caches_of_its_own(monkeypatch, tmp_path):
     assert row["cost_model"] == "learned" and row["model"] == "mlp"
     assert row["kernels_generated"] > 0
     assert min(row["cold_s"], row["second_s"], row["cached_s"]) > 0
+    # CPU seconds beside the wall-clock ones: a compile does work, and this process did it.
+    assert min(row["cold_cpu_s"], row["second_cpu_s"], row["cached_cpu_s"]) > 0

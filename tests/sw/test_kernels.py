@@ -10,7 +10,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from braze.isa import SNAPSHOT_BYTES, Activation, Config, Memory, Opcode, parse_snapshot
+from braze.isa import SNAPSHOT_BYTES, Activation, Config, ConfigReg, Memory, Opcode, parse_snapshot
 from braze.isa.arith import INT8_MAX, INT8_MIN, epilogue, round_shift
 from braze.isa.asm import assemble
 from braze.isa.timing import schedule
@@ -106,6 +106,24 @@ def test_gemm_forced_tilings(tiling):
     _, result, expected = run_gemm(TINY, 45, 40, 13, seed=7, bias=True, requant=True, residual=True,
                                    act="clip", clip=(-50, 60), tiling=tiling)
     np.testing.assert_array_equal(result.outputs["out"], expected)
+
+
+def test_a_clip_to_the_int8_range_is_no_activation():
+    """A clip to [-128, 127] (or wider) before an int8 output is the saturation itself: the kernel is the
+    one without an activation (no CLIP CONFIGs), still exact against the reference clip; into int32 it
+    clips."""
+    kernel, result, expected = run_gemm(TINY, 9, 8, 8, seed=3, bias=True, requant=True, out_zp=-128,
+                                        act="clip", clip=(-128, 127))
+    np.testing.assert_array_equal(result.outputs["out"], expected)
+    def words(built):
+        return [insn.to_bytes() for insn in built.instructions]
+    assert words(kernel) == words(K.gemm(TINY, 9, 8, 8, bias=True, requant=True, out_zp=-128))
+    assert words(K.gemm(TINY, 9, 8, 8, act="clip", clip=(-200, 300))) == words(K.gemm(TINY, 9, 8, 8))
+    narrower = K.gemm(TINY, 9, 8, 8, bias=True, requant=True, out_zp=-128, act="clip", clip=(-127, 127))
+    wide_int32 = K.gemm(TINY, 9, 8, 8, act="clip", clip=(-128, 127), out="int32")
+    for clipping in (narrower, wide_int32):
+        assert any(insn.opcode is Opcode.CONFIG and insn.args["reg"] is ConfigReg.CLIP_LO
+                   for insn in clipping.instructions)
 
 
 @pytest.mark.parametrize("tiling", [

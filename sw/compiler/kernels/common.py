@@ -849,6 +849,12 @@ def _epilogue_options(bias, requant, residual, act, clip_range, out_zp, out) -> 
         raise KernelError(f"clip={clip_range!r} is only meaningful with act='clip' (act={act.name.lower()})")
     if out not in ("int8", "int32"):
         raise KernelError(f"out must be 'int8' or 'int32', not {out!r}")
+    if act is Activation.CLIP and out == "int8" and lo <= -128 and hi >= 127:
+        # A clip to the whole int8 range before the int8 saturation changes nothing (isa.arith.epilogue:
+        # activate, then saturate): no activation, so no CLIP CONFIGs.  A quantized ReLU whose output zero
+        # point is -128 is one (the digits CNN's convolutions); and the fusion engine's separate and fused
+        # forms of such a convolution are then one kernel, generated once.
+        act, lo, hi = Activation.NONE, 0, 0
     out_zp = _int_in("out_zp", out_zp, -(1 << 31), (1 << 31) - 1)
     if out_zp and not requant:
         raise KernelError(f"out_zp={out_zp} is added by the requantize stage; set requant=True")
