@@ -328,6 +328,17 @@ def memory_aware_cycles(instructions: Sequence[Instruction], config: Config, mem
     direction, but counting only those accesses left ``add`` on tiny 15% under-priced (the rows of
     the two streams fall on banks in step, not at random), so both directions are counted.
 
+    Feature version 12 takes the overlapped LOADs' hand-over from the timing model
+    (:func:`~braze.isa.timing.load_handover_cycles`, plus :data:`OVERLAPPED_LOAD_HANDOVER_EXCESS`: the
+    same 4 cycles on default and large as version 11's constant of its own), stalls an overlapped LOAD
+    that nothing hides on :data:`OVERLAPPED_LOAD_STALL_HANDSHAKES`, and prices a one-row LOAD waiting on
+    a token :data:`TOKEN_ROW_LOAD_CYCLES` more (the worst held-out kernel of version 11, an ``avgpool2d``
+    on large, 10-15% under-priced at every backpressure level).  Against the means of repeats of the
+    calibration runs of default and large as shipped (``benchmarks/hpm_baseline_errors.py``): mean error
+    2.63% -> 2.17%, worst 14.9% -> 12.6%; the pools at 0.4 -6.2% / -7.1% -> -3.1% / -3.9% (avgpool2d /
+    maxpool2d); the runs of default and large before the overlap options 2.53% -> 2.14%, worst 13.0% ->
+    11.6%; tiny (LOADs one at a time) unchanged.
+
     Feature version 10 prices a STORE with ``Config.store_ahead`` as the RTL runs it
     (:data:`STORE_AHEAD_STALL_PER_BEAT`): on the presets with the overlap options (default and large),
     the baseline's error against the means of repeats went from 4.64% to 2.46% (default) and from
