@@ -41,7 +41,8 @@ MAX_LOAD_OVERLAP = 8
 #: history) as it was before the field existed: at that value the field is left out.
 _OMITTED_AT = {"load_overlap": 1, "weight_preload": 0, "epilogue_overlap": 0, "dispatch_stage": 0,
                "matmul_overlap": 0, "store_ahead": 0, "counter_bits": 64,
-               "vector_unit": 1, "redirect_stage": 0, "fmax_registers": 0}
+               "vector_unit": 1, "redirect_stage": 0, "fmax_registers": 0,
+               "vector_stage": 0}
 #: Widths a performance counter may have (``Config.counter_bits``).
 COUNTER_BITS_CHOICES = (32, 64)
 
@@ -59,6 +60,8 @@ _CHOICES = {
                                "from a register)"),
     "fmax_registers": ((0, 1), "must be 0 (off) or 1 (registers that cost no cycle on long paths of an FPGA "
                                "build)"),
+    "vector_stage": ((0, 1), "must be 0 (off) or 1 (the VECTOR unit's multiply in two pipeline stages: a "
+                             "VECTOR takes a cycle more)"),
     "dispatch_stage": ((0, 1, 2), "must be 0 (off), 1 (a dispatch stage after the control core's slot) or 2 "
                                   "(two: the add, then the range checks)"),
 }
@@ -167,6 +170,12 @@ class Config:
         the control core computes the DEADLOCK report's pc (the earliest blocked instruction's) from
         registered pcs, two cycles late, in a deadlock that has lasted four cycles in which nothing
         moved.  No cycle, result or counter changes.  Left out of :meth:`to_dict` at 0.
+    vector_stage : int
+        0 or 1.  With 1 the VECTOR unit's int32 x int32 multiply takes two pipeline stages instead of one:
+        its four 16 x 16 partial products (one DSP each) are registered, and the next stage adds them, so
+        that the multiplier's DSPs and the adders that join their products are no longer one path (the
+        VECTOR unit's critical path on an FPGA).  Every VECTOR, whatever its op, takes one cycle more
+        (:func:`braze.isa.timing.vector_latency`); results are the same.  Left out of :meth:`to_dict` at 0.
     """
 
     name: str = "custom"
@@ -191,6 +200,7 @@ class Config:
     vector_unit: int = 1
     redirect_stage: int = 0
     fmax_registers: int = 0
+    vector_stage: int = 0
 
     def __post_init__(self):
         def fail(field: str, problem: str):
