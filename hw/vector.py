@@ -1,29 +1,30 @@
 """The VECTOR unit: element-wise operations over whole scratchpad/accumulator rows.
 
 Exactly :func:`braze.isa.arith.vector`, row by row, with a fixed schedule:
-an instruction of ``rows`` rows takes ``rows * reads_per_row + VECTOR_LATENCY``
-cycles, where ``reads_per_row`` is 2 when a binary operation (not ``use_imm``)
-reads both operands from the same memory (one read port per memory) and 1
-otherwise.
+an instruction of ``rows`` rows takes ``rows * reads_per_row +
+vector_latency(config)`` cycles (:data:`VECTOR_LATENCY`, one more with
+``Config.vector_stage``), where ``reads_per_row`` is 2 when a binary operation
+(not ``use_imm``) reads both operands from the same memory (one read port per
+memory) and 1 otherwise.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal, Value, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 
 from braze.isa.config import Config
 from braze.isa.encoding import FORMAT_BY_OPCODE, INSTRUCTION, UNARY_VECTOR_OPS, Memory, Opcode, VectorOp
-from braze.isa.timing import VECTOR_LATENCY
+from braze.isa.timing import VECTOR_LATENCY, vector_latency
 
 __all__ = ["VECTOR_LATENCY", "VectorUnit", "counter_ports", "memory_ports", "round_and_saturate",
-           "round_half_even", "saturate", "shift_for_rounding"]
+           "round_half_even", "saturate", "shift_for_rounding", "vector_latency"]
 
 # VECTOR_LATENCY (braze.isa.timing) is what this unit takes beyond one (or two) cycles per row:
 # the read, the operand register, the compute/multiply register, the round-and-saturate register
-# and the write.
+# and the write; with Config.vector_stage also the partial-product register before the compute one.
 
 #: Width of the row address on the memories' compute ports.
 ROW_ADDR_WIDTH = 16
@@ -131,7 +132,7 @@ class VectorUnit(wiring.Component):
     spad_write, acc_write : In(WritePort.Signature(addr_width=16, shape=row))
         Compute write ports.
     busy : Out(1)
-        High for exactly ``rows * reads_per_row + VECTOR_LATENCY`` cycles per
+        High for exactly ``rows * reads_per_row + vector_latency(config)`` cycles per
         instruction: from the cycle after it is accepted to the cycle of ``done``.
     done : Out(1)
         One-cycle pulse in the cycle of the last row write (committed at the
@@ -144,17 +145,21 @@ class VectorUnit(wiring.Component):
     Schedule, counting the cycle after acceptance as cycle 1, with
     ``p = reads_per_row``: row ``i`` is read in cycles ``1 + p*i .. p*(i+1)``
     (first operand, then second) and written in cycle ``p*(i+1) +
-    VECTOR_LATENCY``.  The pipeline is: read | operand register (int8
+    vector_latency(config)``.  The pipeline is: read | operand register (int8
     sign-extended to int32, or ``imm``) | compute register (exact 64-bit
     result; the int32 x int32 product) | round half to even by ``shift`` (mul,
-    shr) and saturate to the destination type | write.
+    shr) and saturate to the destination type | write.  With
+    ``Config.vector_stage`` a register stage before the compute register holds
+    the product's four 16 x 16 partial products (and the other ops' results),
+    which the compute register adds.
 
     Every row is read before it is written, so in place (``dst == src``)
     and any ``dst < src`` overlap give the row-by-row result, which is then
     also the whole-tile result.  When a destination row is a source row of a
     *later* row of the same instruction (``0 < dst - src < rows`` in the same
     memory) the later row reads it before it is written if ``dst - src`` is
-    below the pipeline depth (4, or 2 with two reads per row) and after
+    below the pipeline depth (4, or 2 with two reads per row; one more with
+    ``Config.vector_stage``) and after
     otherwise: neither order is guaranteed, so the decoder rejects such an instruction (OVERLAP).
     """
 
@@ -177,6 +182,7 @@ class VectorUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cols = self._config.cols
+        vector_stage = bool(self._config.vector_stage)
 
         args = Signal(VECTOR_ARGS)
         clip_hi = Signal(signed(32))
@@ -201,6 +207,7 @@ class VectorUnit(wiring.Component):
         y_arrives = Signal()
         row_arrives = Signal()
         operands_valid = Signal()
+        staged_valid = Signal()          # with Config.vector_stage: the partial products
         computed_valid = Signal()
         result_valid = Signal()
 
@@ -256,7 +263,7 @@ class VectorUnit(wiring.Component):
             y_arrives.eq(y_read),
             row_arrives.eq(row_read),
             operands_valid.eq(row_arrives),
-            computed_valid.eq(operands_valid),
+            computed_valid.eq(staged_valid if vector_stage else operands_valid),
             result_valid.eq(computed_valid),
         ]
 
@@ -271,24 +278,36 @@ class VectorUnit(wiring.Component):
             with m.Elif(y_arrives):
                 m.d.sync += y_reg[j].eq(y_in)
 
-        # Compute register: the exact result, before rounding (mul, shr) and saturation.
+        # Compute register: the exact result, before rounding (mul, shr) and saturation.  With
+        # Config.vector_stage the multiply takes two stages: the partial products, then their sum (the
+        # other ops' results wait beside the products in `staged`).
+        if vector_stage:
+            m.d.sync += staged_valid.eq(operands_valid)
         for j in range(cols):
             x, y = x_reg[j], y_reg[j]
+            if vector_stage:
+                staged = Signal(signed(33), name=f"staged_{j}")
+                exact, product = staged, self._staged_product(m, j, x, y)
+            else:
+                exact, product = computed[j], x * y
             with m.Switch(args.op):
                 with m.Case(VectorOp.ADD):
-                    m.d.sync += computed[j].eq(x + y)
+                    m.d.sync += exact.eq(x + y)
                 with m.Case(VectorOp.SUB):
-                    m.d.sync += computed[j].eq(x - y)
+                    m.d.sync += exact.eq(x - y)
                 with m.Case(VectorOp.MUL):
-                    m.d.sync += computed[j].eq(x * y)
+                    if not vector_stage:
+                        m.d.sync += exact.eq(product)
                 with m.Case(VectorOp.MAX):
-                    m.d.sync += computed[j].eq(Mux(x > y, x, y))
+                    m.d.sync += exact.eq(Mux(x > y, x, y))
                 with m.Case(VectorOp.MIN):
-                    m.d.sync += computed[j].eq(Mux(x < y, x, y))
+                    m.d.sync += exact.eq(Mux(x < y, x, y))
                 with m.Case(VectorOp.CLIP):
-                    m.d.sync += computed[j].eq(Mux(x < clip_lo, clip_floor, Mux(x > clip_hi, clip_hi, x)))
+                    m.d.sync += exact.eq(Mux(x < clip_lo, clip_floor, Mux(x > clip_hi, clip_hi, x)))
                 with m.Default():         # SHR, MOV
-                    m.d.sync += computed[j].eq(x)
+                    m.d.sync += exact.eq(x)
+            if vector_stage:
+                m.d.sync += computed[j].eq(Mux(args.op == VectorOp.MUL, product, staged))
 
         # Result register: round (shift is 0 for ops that do not round), saturate to the destination.
         for j in range(cols):
@@ -331,6 +350,23 @@ class VectorUnit(wiring.Component):
                 write_addr.eq(new.dst),
             ]
         return m
+
+    @staticmethod
+    def _staged_product(m: Module, column: int, x: Value, y: Value) -> Value:
+        """With ``Config.vector_stage``: ``x * y`` (int32s) from four 16 x 16 partial products registered in
+        this cycle (each fits one 18 x 18 DSP), added in the next: the sum, a cycle after ``x`` and ``y``.
+
+        With ``x = xh * 2**16 + xl`` (``xh`` signed, ``xl`` unsigned) and ``y`` alike, ``x * y = xh*yh *
+        2**32 + (xh*yl + xl*yh) * 2**16 + xl*yl``; ``xl*yl`` (32 bits, unsigned) and ``xh*yh * 2**32`` do
+        not overlap, so the sum is two adds: the middle terms, then it shifted onto the two outer ones
+        side by side."""
+        x_lo, x_hi, y_lo, y_hi = x[:16], x[16:].as_signed(), y[:16], y[16:].as_signed()
+        low = Signal(32, name=f"product_ll_{column}")
+        high = Signal(signed(32), name=f"product_hh_{column}")
+        middle = [Signal(signed(33), name=f"product_{name}_{column}") for name in ("lh", "hl")]
+        m.d.sync += [low.eq(x_lo * y_lo), high.eq(x_hi * y_hi), middle[0].eq(x_lo * y_hi),
+                     middle[1].eq(x_hi * y_lo)]
+        return (Cat(low, high).as_signed() + ((middle[0] + middle[1]) << 16))[:64].as_signed()
 
 
 def _is_one_of(value, members) -> Value:

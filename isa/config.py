@@ -41,7 +41,8 @@ MAX_LOAD_OVERLAP = 8
 #: history) as it was before the field existed: at that value the field is left out.
 _OMITTED_AT = {"load_overlap": 1, "weight_preload": 0, "epilogue_overlap": 0, "dispatch_stage": 0,
                "matmul_overlap": 0, "store_ahead": 0, "counter_bits": 64,
-               "vector_unit": 1, "redirect_stage": 0, "fmax_registers": 0, "fetch_skid": 0}
+               "vector_unit": 1, "redirect_stage": 0, "fmax_registers": 0, "fetch_skid": 0,
+               "vector_stage": 0}
 #: Widths a performance counter may have (``Config.counter_bits``).
 COUNTER_BITS_CHOICES = (32, 64)
 
@@ -61,6 +62,8 @@ _CHOICES = {
                                "build)"),
     "fetch_skid": ((0, 1), "must be 0 (off) or 1 (the fetch unit takes a second bus beat while it splits the "
                            "first into words)"),
+    "vector_stage": ((0, 1), "must be 0 (off) or 1 (the VECTOR unit's multiply in two pipeline stages: a "
+                             "VECTOR takes a cycle more)"),
     "dispatch_stage": ((0, 1, 2), "must be 0 (off), 1 (a dispatch stage after the control core's slot) or 2 "
                                   "(two: the add, then the range checks)"),
 }
@@ -176,6 +179,12 @@ class Config:
         instead of two.  With 1 a second beat register takes that beat at once.  Words reach the
         dispatcher in the same cycles; only the LOADs' beats move sooner.  No effect on narrower buses.
         Left out of :meth:`to_dict` at 0.
+    vector_stage : int
+        0 or 1.  With 1 the VECTOR unit's int32 x int32 multiply takes two pipeline stages instead of one:
+        its four 16 x 16 partial products (one DSP each) are registered, and the next stage adds them, so
+        that the multiplier's DSPs and the adders that join their products are no longer one path (the
+        VECTOR unit's critical path on an FPGA).  Every VECTOR, whatever its op, takes one cycle more
+        (:func:`braze.isa.timing.vector_latency`); results are the same.  Left out of :meth:`to_dict` at 0.
     """
 
     name: str = "custom"
@@ -201,6 +210,7 @@ class Config:
     redirect_stage: int = 0
     fmax_registers: int = 0
     fetch_skid: int = 0
+    vector_stage: int = 0
 
     def __post_init__(self):
         def fail(field: str, problem: str):

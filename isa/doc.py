@@ -43,7 +43,13 @@ from .encoding import (
     VectorOp,
     field_range,
 )
-from .timing import MATMUL_LATENCY, REDIRECT_STAGE_CYCLES, STORE_AHEAD_LATENCY
+from .timing import (
+    MATMUL_LATENCY,
+    REDIRECT_STAGE_CYCLES,
+    STORE_AHEAD_LATENCY,
+    VECTOR_LATENCY,
+    VECTOR_STAGE_CYCLES,
+)
 
 __all__ = ["isa_markdown", "preset_table"]
 
@@ -290,6 +296,7 @@ def _presets_section() -> str:
         _DISPATCH_STAGE_DOC,
         _REDIRECT_STAGE_DOC,
         _FMAX_REGISTERS_DOC,
+        _VECTOR_STAGE_DOC,
         _MATMUL_OVERLAP_DOC,
         _STORE_AHEAD_DOC,
         _FETCH_DOC,
@@ -383,6 +390,19 @@ _FMAX_REGISTERS_DOC = (
     "cycle: the control core takes the pc of a `deadlock` report (the earliest blocked instruction's) from "
     "the units' pcs of two cycles before, which in the fourth cycle of a deadlock, when it is reported, are "
     "the same (nothing has moved).  Timing, results and every counter are the same.\n"
+)
+
+
+#: What ``Config.vector_stage`` does to timing (the price is :func:`braze.isa.timing.vector_latency`).
+_VECTOR_STAGE_DOC = (
+    "`vector_stage=1` (0 in every preset; e.g. `--config default:dispatch_stage=2,vector_stage=1`) splits "
+    "the VECTOR unit's int32 x int32 multiply over two pipeline stages: the four 16 x 16 partial products "
+    "(a DSP each) are registered, and the next stage adds them, so that the DSPs and the adders joining "
+    "their products are no longer one path -- the VECTOR unit's longest on an FPGA.  Every VECTOR, "
+    f"whatever its op, takes {VECTOR_STAGE_CYCLES} cycle more: "
+    f"`rows * reads_per_row + {VECTOR_LATENCY + VECTOR_STAGE_CYCLES}` cycles instead of "
+    f"`rows * reads_per_row + {VECTOR_LATENCY}` (`reads_per_row` 2 for a binary op reading both operands "
+    "from the same memory, else 1).  Results and every exact counter but the cycles are the same.\n"
 )
 
 

@@ -116,6 +116,9 @@ EPILOGUE_LATENCY = 9
 #: Cycles of a VECTOR beyond one (or two) per row: the read, the operand register, the
 #: compute/multiply register, the round-and-saturate register and the write.
 VECTOR_LATENCY = 4
+#: With ``Config.vector_stage``: cycles a VECTOR takes beyond :data:`VECTOR_LATENCY` (the multiply's second
+#: pipeline register; every op goes through it, so that the schedule is one for all ops).
+VECTOR_STAGE_CYCLES = 1
 #: Cycles of a TABLE beyond one per scratchpad row read (256/cols rows): the read latency (each row
 #: is written into the table in the cycle its data arrives).
 TABLE_LATENCY = 1
@@ -153,6 +156,12 @@ def fetch_redirect_cycles(config: Config) -> int:
     as the beats of words fetched ahead before the redirect still have to drain (this gives 18).
     """
     return config.mem_latency + insn_word_beats(config) + FETCH_REDIRECT_OVERHEAD
+
+
+def vector_latency(config: Config) -> int:
+    """Cycles of a VECTOR beyond one (or two) per row: :data:`VECTOR_LATENCY`, plus
+    :data:`VECTOR_STAGE_CYCLES` with ``Config.vector_stage``."""
+    return VECTOR_LATENCY + VECTOR_STAGE_CYCLES * config.vector_stage
 
 
 def insn_word_beats(config: Config) -> int:
@@ -493,7 +502,7 @@ def instruction_cycles(insn: Instruction, config: Config) -> int:
     if op is Opcode.VECTOR:
         two_reads = (args["op"] not in UNARY_VECTOR_OPS and not args["use_imm"]
                      and args["src1_mem"] is args["src2_mem"])
-        return args["rows"] * (2 if two_reads else 1) + VECTOR_LATENCY
+        return args["rows"] * (2 if two_reads else 1) + vector_latency(config)
     if op is Opcode.STORE:
         if config.store_ahead:
             return STORE_AHEAD_LATENCY + axi_beats(insn, config)

@@ -142,6 +142,25 @@ def test_design_over_a_resource_does_not_fit(tmp_path, monkeypatch):
     assert "\n" not in message
 
 
+def test_a_failed_synthesis_says_what_yosys_logged(tmp_path, monkeypatch):
+    """Yosys run with -q prints nothing of an internal error (the epilogue probe's ABC9 assertion): the
+    error carries its log's end, as the failed cache entry is removed.  Yosys is faked here."""
+    import braze.hw.fpga as fpga
+    from braze.hw.toolchain import ToolError
+
+    def failing_yosys(tool, args, cwd, **_):
+        (cwd / "yosys.log").write_text("3.46.15.7. Executing ABC_OPS_REINTEGRATE pass\n"
+                                       "ERROR: Assert `GetSize(conn.first) == GetSize(conn.second)'\n")
+        raise ToolError(f"{tool} failed (exit 1) in {cwd}:\n")
+
+    monkeypatch.setenv("BRAZE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(fpga, "run_yowasp", failing_yosys)
+    verilog_path, manifest = write_probe(tmp_path / "probe", 1)
+    with pytest.raises(ToolError, match=r"(?s)failed \(exit 1\).*yosys.log:.*ERROR: Assert `GetSize"):
+        fpga.synthesize(verilog_path, manifest, "ecp5-85k", progress=None)
+    assert not [path for path in (tmp_path / "cache" / "fpga").iterdir() if path.is_dir()]
+
+
 @pytest.mark.slow
 def test_a_place_and_route_budget_stops_nextpnr_and_keeps_the_fit(tmp_path, monkeypatch):
     """With ``pnr_minutes`` used up nextpnr is stopped: the report has packing's fit and resources, no Fmax

@@ -52,6 +52,10 @@ def test_control_probe_exposes_every_port_but_the_fetch_stream():
     # The fetch stream and the branch redirect are internal: no top-level port carries them.
     assert not any(port.startswith(("fetch__", "redirect")) for port in ports)
     assert "fetch" in Fetch(config).signature.members
+    # The compute client's error is tied off, as in the accelerator; the load client's is a port.
+    assert any(port.startswith("compute__done") for port in ports)
+    assert not any(port.startswith(("compute__error", "compute__cause")) for port in ports)
+    assert any(port.startswith("load__error") for port in ports)
 
 
 def test_every_block_has_a_component():

@@ -11,7 +11,7 @@ import pytest
 from amaranth.back import verilog
 from test_vector_bench import INT32_MAX, INT32_MIN, PULSES, TINY, Bench, run
 
-from braze.hw.vector import VECTOR_LATENCY, VectorUnit
+from braze.hw.vector import VectorUnit, vector_latency
 from braze.isa import Config, Instruction, Memory, VectorOp, arith
 from braze.isa.encoding import UNARY_VECTOR_OPS
 
@@ -25,7 +25,7 @@ def reference_vector(mirror, insn: Instruction, clip_lo: int, clip_hi: int):
                                                           clip_hi=clip_hi, out=insn.dst_mem)
 
 
-def expected_counts(insn: Instruction) -> tuple[int, dict[str, int]]:
+def expected_counts(insn: Instruction, config: Config = TINY) -> tuple[int, dict[str, int]]:
     reads_src2 = insn.op not in UNARY_VECTOR_OPS and not insn.use_imm
     counts = dict.fromkeys(PULSES, 0)
     counts[f"{insn.src1_mem.name.lower()}_read_pulse"] += insn.rows
@@ -33,7 +33,7 @@ def expected_counts(insn: Instruction) -> tuple[int, dict[str, int]]:
         counts[f"{insn.src2_mem.name.lower()}_read_pulse"] += insn.rows
     counts[f"{insn.dst_mem.name.lower()}_write_pulse"] += insn.rows
     per_row = 2 if reads_src2 and insn.src1_mem == insn.src2_mem else 1
-    return insn.rows * per_row + VECTOR_LATENCY, counts
+    return insn.rows * per_row + vector_latency(config), counts
 
 
 def random_clip(rng):
@@ -55,7 +55,7 @@ def check_instructions(bench: Bench, instructions, *, refill: bool = True):
                 bench.load(ctx)
             cycles, counts = await bench.execute(ctx, insn, {"clip_lo": clip_lo, "clip_hi": clip_hi})
             reference_vector(bench.mirror, insn, clip_lo, clip_hi)
-            expected_cycles, expected_pulses = expected_counts(insn)
+            expected_cycles, expected_pulses = expected_counts(insn, bench.config)
             assert cycles == expected_cycles, f"{insn}: {cycles} cycles, expected {expected_cycles}"
             assert counts == expected_pulses, f"{insn}: pulses {counts}, expected {expected_pulses}"
             bench.check_memories(ctx, repr(insn))
@@ -92,9 +92,10 @@ def test_wider_array_and_long_tiles():
     check_instructions(bench, instructions)
 
 
-def test_rounding_ties_and_shift_extremes():
+@pytest.mark.parametrize("vector_stage", [0, 1])
+def test_rounding_ties_and_shift_extremes(vector_stage):
     """mul and shr: exact halves round to even, for positive and negative values, shift 0 and 31."""
-    bench = Bench(VectorUnit(TINY), seed=3)
+    bench = Bench(VectorUnit(TINY.replace(vector_stage=vector_stage)), seed=3)
     ties = np.array([[6, 10, -6, -10], [2, -2, 3, -3], [1, -1, 5, -5],   # x*1 / 2**2 has .5 ties
                      [INT32_MAX, INT32_MIN, INT32_MIN + 1, 1 << 30]], np.int32)
     bench.mirror[Memory.ACC][:4] = ties
@@ -108,10 +109,11 @@ def test_rounding_ties_and_shift_extremes():
     check_instructions(bench, instructions, refill=False)
 
 
-def test_rounding_up_across_the_saturation_bounds():
+@pytest.mark.parametrize("vector_stage", [0, 1])
+def test_rounding_up_across_the_saturation_bounds(vector_stage):
     """A quotient at the int8/int32 maximum that rounds up saturates; one just below the minimum that
     rounds up is the minimum."""
-    bench = Bench(VectorUnit(TINY), seed=4)
+    bench = Bench(VectorUnit(TINY.replace(vector_stage=vector_stage)), seed=4)
     bench.mirror[Memory.ACC][:2] = [[255, -257, 65535, 253], [254, -255, -65535, 0]]
     bench.mirror[Memory.ACC][20:22] = [[1, 1, 65537, 1], [1, 1, 65537, 1]]  # 65535 * 65537 = 2**32 - 1
     instructions = []
@@ -136,9 +138,10 @@ def test_in_place_and_downward_overlap():
     check_instructions(bench, instructions)
 
 
-def test_back_to_back_instructions():
+@pytest.mark.parametrize("vector_stage", [0, 1])
+def test_back_to_back_instructions(vector_stage):
     """With valid held high, each instruction is accepted in the cycle of the previous one's done."""
-    bench = Bench(VectorUnit(TINY), seed=5)
+    bench = Bench(VectorUnit(TINY.replace(vector_stage=vector_stage)), seed=5)
     program = [Instruction.make("vector", op=op, dst_mem="acc", src1_mem="spad", src2_mem=src2_mem,
                                 src1=0, src2=8, dst=rows * 4, rows=rows)
                for op, src2_mem, rows in ((VectorOp.ADD, "acc", 3), (VectorOp.SUB, "spad", 2),
@@ -158,7 +161,7 @@ def test_back_to_back_instructions():
                 ctx.set(unit.insn.valid, 0)
             # Counted from the previous done: one cycle more if the unit were not ready during done.
             cycles, _ = await bench.wait_done(ctx)
-            assert cycles == expected_counts(insn)[0]
+            assert cycles == expected_counts(insn, bench.config)[0]
             reference_vector(bench.mirror, insn, 0, 0)
         await ctx.tick()
         bench.check_memories(ctx, "back to back")

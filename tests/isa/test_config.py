@@ -67,7 +67,7 @@ def test_presets_overlap_loads_except_tiny():
 
 
 @pytest.mark.parametrize("field", ["weight_preload", "epilogue_overlap", "matmul_overlap", "store_ahead",
-                                   "redirect_stage", "fmax_registers", "fetch_skid"])
+                                   "redirect_stage", "fmax_registers", "fetch_skid", "vector_stage"])
 @pytest.mark.parametrize("value", [-1, 2, 8])
 def test_switches_are_0_or_1(field, value):
     with pytest.raises(ConfigError, match=rf"{field}={value} must be 0 \(off\) or 1"):
@@ -82,7 +82,8 @@ def test_dispatch_stages_are_0_1_or_2(value):
 
 
 @pytest.mark.parametrize("field", ["weight_preload", "epilogue_overlap", "matmul_overlap", "dispatch_stage",
-                                   "store_ahead", "redirect_stage", "fmax_registers", "fetch_skid"])
+                                   "store_ahead", "redirect_stage", "fmax_registers", "fetch_skid",
+                                   "vector_stage"])
 def test_switches_join_the_identity_only_when_on(field):
     """Off (0), a switch is absent from to_dict/to_json, so the cache keys, Verilator builds and
     learned-model rows of a configuration without it are those from before it existed; on, present.
@@ -90,7 +91,7 @@ def test_switches_join_the_identity_only_when_on(field):
     for name in ("tiny", "default", "large"):
         preset = Config.preset(name)
         on = name != "tiny" and field not in ("dispatch_stage", "redirect_stage", "fmax_registers",
-                                              "fetch_skid")
+                                              "fetch_skid", "vector_stage")
         assert getattr(preset, field) == int(on) and (field in preset.to_dict()) == on
     switched = Config.parse(f"tiny:weight_preload=1,{field}=1")       # matmul_overlap needs the preload
     assert switched.to_dict()[field] == 1

@@ -72,6 +72,8 @@ def test_epilogue_cycles():
 def test_vector_cycles(fields, reads_per_row):
     insn = I.make("vector", dst_mem="spad", dst=0, src1=0, rows=5, **fields)
     assert instruction_cycles(insn, TINY) == 5 * reads_per_row + VECTOR_LATENCY
+    # Config.vector_stage: one more pipeline register for every op.
+    assert instruction_cycles(insn, TINY.replace(vector_stage=1)) == 5 * reads_per_row + VECTOR_LATENCY + 1
 
 
 def test_load_store_cycles_hand_computed():
