@@ -499,9 +499,10 @@ def compile_times(cost_model: str, repeats: int = COMPILE_REPEATS) -> dict:
 
     runs = [compile_bench.run_child("cnn", cost_model) for _ in range(repeats)]
     best = dict(runs[0])
-    for key in ("cold_s", "second_s", "cached_s", "cold_cpu_s", "second_cpu_s", "cached_cpu_s",
-                "load_average"):
+    for key in ("cold_s", "second_s", "cached_s", "cold_cpu_s", "second_cpu_s", "cached_cpu_s"):
         best[key] = min(run[key] for run in runs)
+    # The highest load seen, as braze bench compile prints it: it says whether any run was crowded.
+    best["load_average"] = max(run["load_average"] for run in runs)
     best["cold_runs"] = " ".join(f"{run['cold_s']:.3f}" for run in runs) + " s"
     return best
 
